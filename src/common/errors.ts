@@ -1,0 +1,111 @@
+/**
+ * Named errors shared by every role. Each carries a machine-readable `code`;
+ * the HTTP and (later) gRPC edges map codes to status codes in one place:
+ * {@linkcode httpStatus}.
+ *
+ * @module
+ */
+
+/** Error codes, one per kind of failure a caller can act on. */
+export type ErrorCode =
+  | "invalid"
+  | "not_found"
+  | "conflict"
+  | "already_exists"
+  | "queue_full"
+  | "timeout"
+  | "too_large"
+  | "unavailable"
+  | "worker_failed"
+  | "unschedulable"
+  | "internal";
+
+/** Options for {@linkcode InferxError}. */
+export interface InferxErrorOptions {
+  /** The underlying error. */
+  cause?: unknown;
+  /** Whether the same call may succeed if tried again. @default false */
+  retryable?: boolean;
+  /** Structured details for clients (field name, limit, ...). */
+  details?: Record<string, unknown>;
+}
+
+/** Base error of the platform: a code, a message, and whether to retry. */
+export class InferxError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  readonly details?: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: InferxErrorOptions = {}) {
+    super(message, { cause: options.cause });
+    this.name = "InferxError";
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+    this.details = options.details;
+  }
+}
+
+/** A request or object failed validation; `details.field` names the field. */
+export class ValidationError extends InferxError {
+  constructor(message: string, field?: string) {
+    super("invalid", message, { details: field ? { field } : undefined });
+    this.name = "ValidationError";
+  }
+}
+
+/** The object does not exist. */
+export class NotFoundError extends InferxError {
+  constructor(message: string) {
+    super("not_found", message);
+    this.name = "NotFoundError";
+  }
+}
+
+/** A compare-and-swap failed: the object changed since it was read. */
+export class ConflictError extends InferxError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super("conflict", message, { retryable: true, details });
+    this.name = "ConflictError";
+  }
+}
+
+/** A create found the object already there. */
+export class AlreadyExistsError extends InferxError {
+  constructor(message: string) {
+    super("already_exists", message);
+    this.name = "AlreadyExistsError";
+  }
+}
+
+const STATUS: Record<ErrorCode, number> = {
+  invalid: 400,
+  not_found: 404,
+  conflict: 409,
+  already_exists: 409,
+  too_large: 413,
+  queue_full: 503,
+  unavailable: 503,
+  worker_failed: 503,
+  unschedulable: 503,
+  timeout: 504,
+  internal: 500,
+};
+
+/** The HTTP status for an error code; the single place that decides it. */
+export function httpStatus(code: ErrorCode): number {
+  return STATUS[code];
+}
+
+/** Wraps anything thrown into an {@linkcode InferxError}. */
+export function toInferxError(err: unknown): InferxError {
+  if (err instanceof InferxError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new InferxError("internal", `Internal error: ${message}`, { cause: err });
+}
+
+/** The JSON body every error answer carries. */
+export function errorBody(err: InferxError): {
+  error: { code: ErrorCode; message: string; details?: Record<string, unknown> };
+} {
+  return { error: { code: err.code, message: err.message, details: err.details } };
+}

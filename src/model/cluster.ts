@@ -1,0 +1,105 @@
+/**
+ * Cluster objects written by the platform itself: nodes (by node agents) and
+ * pods (desired state by the scheduler, status by node agents).
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** Pod states (DESIGN.md "Pod states"). */
+export const POD_STATES = [
+  "Init",
+  "Creating",
+  "Ready",
+  "Standby",
+  "Resuming",
+  "Terminating",
+  "Terminated",
+  "Failed",
+] as const;
+/** One of {@linkcode POD_STATES}. */
+export type PodState = typeof POD_STATES[number];
+
+/** Standby tiers a node may support. */
+export const STANDBY_TIERS = ["paused", "host_memory", "file"] as const;
+/** One of {@linkcode STANDBY_TIERS}. */
+export type StandbyTier = typeof STANDBY_TIERS[number];
+
+/** One GPU of a node. */
+export const GpuSchema = z.object({
+  index: z.int().min(0),
+  type: z.string().min(1),
+  vramMB: z.int().min(1),
+  uuid: z.string().optional(),
+});
+/** One GPU of a node. */
+export type Gpu = z.infer<typeof GpuSchema>;
+
+/** A node as its agent registers it. */
+export const NodeInfoSchema = z.object({
+  name: z.string().min(1),
+  /** Host the node's workers are reached on (127.0.0.1 for a single host). */
+  address: z.string().min(1),
+  cpuMillis: z.int().min(1),
+  memMB: z.int().min(1),
+  gpus: z.array(GpuSchema).default([]),
+  /** vRAM (MB) each CUDA context costs beyond the pod's slice. */
+  contextOverheadMB: z.int().min(0).default(0),
+  standbyTiers: z.array(z.enum(STANDBY_TIERS)).default([]),
+  runtime: z.string().default("process"),
+  ready: z.boolean().default(true),
+  /** Milliseconds since the epoch of the last heartbeat. */
+  heartbeat: z.number().default(0),
+});
+/** A node as its agent registers it. */
+export type NodeInfo = z.infer<typeof NodeInfoSchema>;
+
+/** GPUs assigned to a pod: index on the node and vRAM slice in MB. */
+export const GpuSliceSchema = z.object({ index: z.int().min(0), vramMB: z.int().min(0) });
+/** GPUs assigned to a pod. */
+export type GpuSlice = z.infer<typeof GpuSliceSchema>;
+
+/** A pod: desired state from the scheduler, status from the node agent. */
+export const PodInfoSchema = z.object({
+  id: z.string().min(1),
+  tenant: z.string(),
+  namespace: z.string(),
+  func: z.string(),
+  funcVersion: z.int().min(0),
+  node: z.string(),
+  cpuMillis: z.int().min(0),
+  memMB: z.int().min(0),
+  gpus: z.array(GpuSliceSchema).default([]),
+  /** Desired: whether the pod should run. Written by the scheduler only. */
+  desired: z.enum(["Running", "Terminated"]),
+  /** Observed state. Written by the node agent (the scheduler writes `Creating` first). */
+  state: z.enum(POD_STATES),
+  /** `host:port` the worker answers on, once Ready. */
+  endpoint: z.string().optional(),
+  /** Why the pod failed, with the tail of its output. */
+  error: z.string().optional(),
+  createdAt: z.number(),
+  readyAt: z.number().optional(),
+});
+/** A pod: desired state from the scheduler, status from the node agent. */
+export type PodInfo = z.infer<typeof PodInfoSchema>;
+
+/** Encodes a node for the store. */
+export function encodeNode(n: NodeInfo): string {
+  return JSON.stringify(n);
+}
+
+/** Decodes a node from the store. */
+export function decodeNode(value: string): NodeInfo {
+  return NodeInfoSchema.parse(JSON.parse(value));
+}
+
+/** Encodes a pod for the store. */
+export function encodePod(p: PodInfo): string {
+  return JSON.stringify(p);
+}
+
+/** Decodes a pod from the store. */
+export function decodePod(value: string): PodInfo {
+  return PodInfoSchema.parse(JSON.parse(value));
+}

@@ -1,0 +1,282 @@
+/**
+ * Object model: zod schemas that accept InferX's field names, the domain
+ * types they produce, and one decode/encode pair per stored object. Raw JSON
+ * from HTTP or the store is validated here and nowhere else.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { ValidationError } from "../common/errors.ts";
+import { isUserType, isValidName, SYSTEM, type UserType } from "./keys.ts";
+
+// ---------------------------------------------------------------- FuncPolicy
+
+/** Scaling policy schema with InferX's defaults. */
+export const FuncPolicySchema = z.object({
+  min_replica: z.int().min(0).default(0),
+  max_replica: z.int().min(1).max(10_000).default(1),
+  standby_per_node: z.int().min(0).default(1),
+  parallel: z.int().min(1).max(100_000).default(50),
+  queue_len: z.int().min(0).max(1_000_000).default(100),
+  /** Seconds a request may wait in the queue. */
+  queue_timeout: z.number().positive().max(3600).default(30),
+  scaleout_policy: z.object({ wait_ratio: z.number().min(0).max(100).default(0.1) })
+    .prefault({}),
+  /** Seconds a leased worker may stay idle before the gateway returns it. */
+  scalein_timeout: z.number().min(0).max(86_400).default(1),
+}).refine((p) => p.min_replica <= p.max_replica, {
+  message: "min_replica must not exceed max_replica",
+  path: ["min_replica"],
+});
+
+/** A function's scaling policy, all defaults filled in. */
+export type FuncPolicy = z.infer<typeof FuncPolicySchema>;
+
+/** The policy a function gets when it names none. */
+export const DEFAULT_POLICY: FuncPolicy = FuncPolicySchema.parse({});
+
+// ------------------------------------------------------------------ Function
+
+const StandbyTier = z.enum(["Mem", "File"]);
+
+const EnvsSchema = z.union([
+  z.array(z.tuple([z.string().min(1), z.string()])),
+  z.record(z.string().min(1), z.string()).transform((r) => Object.entries(r)),
+]).default([]);
+
+const PolicyRefSchema = z.union([
+  z.object({
+    Link: z.object({
+      objType: z.literal("funcpolicy").optional(),
+      tenant: z.string().optional(),
+      namespace: z.string().optional(),
+      name: z.string().min(1),
+    }),
+  }).transform((v) => ({ kind: "link" as const, name: v.Link.name })),
+  z.object({ Obj: FuncPolicySchema }).transform((v) => ({
+    kind: "inline" as const,
+    policy: v.Obj,
+  })),
+  FuncPolicySchema.transform((p) => ({ kind: "inline" as const, policy: p })),
+]);
+
+/** Function spec schema (InferX field names). */
+export const FunctionSpecSchema = z.object({
+  image: z.string().min(1),
+  commands: z.array(z.string()).default([]),
+  envs: EnvsSchema,
+  mounts: z.array(z.object({
+    hostpath: z.string().min(1),
+    mountpath: z.string().min(1),
+    readonly: z.boolean().default(false),
+  })).default([]),
+  endpoint: z.object({
+    port: z.int().min(1).max(65535).default(80),
+    schema: z.enum(["Http", "Https"]).default("Http"),
+    probe: z.string().startsWith("/").default("/health"),
+  }).prefault({}),
+  resources: z.object({
+    /** Millicores. */
+    CPU: z.int().min(1).max(1_024_000).default(1000),
+    /** Megabytes of host memory. */
+    Mem: z.int().min(1).max(16_777_216).default(1024),
+    GPU: z.object({
+      Type: z.string().min(1).default("Any"),
+      Count: z.int().min(0).max(64).default(0),
+      /** Megabytes of GPU memory per GPU. */
+      vRam: z.int().min(0).max(1_048_576).default(0),
+    }).prefault({}),
+  }).prefault({}),
+  standby: z.object({
+    gpu: StandbyTier.default("Mem"),
+    pageable: StandbyTier.default("Mem"),
+    pinned: StandbyTier.default("Mem"),
+  }).prefault({}),
+  sample_query: z.looseObject({}).optional(),
+  policy: PolicyRefSchema.optional(),
+  /** Seconds a worker may take to answer its probe. */
+  startup_timeout: z.number().positive().max(3600).default(120),
+}).refine((s) => s.resources.GPU.Count === 0 || s.resources.GPU.vRam > 0, {
+  message: "vRam must be set (MB per GPU) when Count is above 0",
+  path: ["resources", "GPU", "vRam"],
+});
+
+/** A function's spec, all defaults filled in. */
+export type FunctionSpec = z.infer<typeof FunctionSpecSchema>;
+
+/** Tenant and namespace specs: free-form, kept as given. */
+const LooseSpecSchema = z.looseObject({});
+
+// ------------------------------------------------------------------ Envelope
+
+/** The envelope every object travels in, over HTTP and in the store. */
+export const EnvelopeSchema = z.object({
+  type: z.string(),
+  tenant: z.string(),
+  namespace: z.string(),
+  name: z.string(),
+  object: z.unknown().optional(),
+  revision: z.int().min(0).optional(),
+});
+
+/** A user object with its decoded spec. */
+export type UserObject =
+  | ObjectMeta & { type: "tenant"; spec: Record<string, unknown> }
+  | ObjectMeta & { type: "namespace"; spec: Record<string, unknown> }
+  | ObjectMeta & { type: "function"; spec: FunctionSpec; version: number }
+  | ObjectMeta & { type: "funcpolicy"; spec: FuncPolicy };
+
+/** Fields every stored user object has. */
+export interface ObjectMeta {
+  tenant: string;
+  namespace: string;
+  name: string;
+  /** Store revision of the last write; 0 before the first. */
+  revision: number;
+}
+
+function fieldOf(issue: z.core.$ZodIssue): string {
+  return issue.path.map(String).join(".");
+}
+
+function invalid(what: string, err: z.ZodError): ValidationError {
+  const issue = err.issues[0];
+  const field = fieldOf(issue);
+  const more = err.issues.length > 1 ? ` (and ${err.issues.length - 1} more)` : "";
+  return new ValidationError(
+    `Invalid ${what}: ${field || "object"}: ${issue.message}${more}`,
+    field || undefined,
+  );
+}
+
+function unwrapSpec(object: unknown): unknown {
+  if (object && typeof object === "object" && "spec" in object) {
+    return (object as { spec: unknown }).spec;
+  }
+  return object ?? {};
+}
+
+/**
+ * Decodes an object as a user sent it: `{type, tenant, namespace, name,
+ * object, revision?}`, where `object` is the spec or `{spec}` as InferX sends
+ * it. Throws {@linkcode ValidationError} naming the first bad field.
+ *
+ * @example
+ * ```ts
+ * const fn = decodeUserObject({
+ *   type: "function", tenant: "public", namespace: "demo", name: "ngram",
+ *   object: { spec: { image: "inferx/ngram", resources: { CPU: 500 } } },
+ * });
+ * ```
+ */
+export function decodeUserObject(input: unknown): UserObject {
+  const env = EnvelopeSchema.safeParse(input);
+  if (!env.success) throw invalid("object envelope", env.error);
+  const { type, tenant, namespace, name } = env.data;
+  if (!isUserType(type)) {
+    throw new ValidationError(
+      `Invalid object envelope: type: must be one of tenant, namespace, function, funcpolicy (got "${type}")`,
+      "type",
+    );
+  }
+  for (const [field, value] of [["tenant", tenant], ["namespace", namespace], ["name", name]]) {
+    if (!isValidName(value)) {
+      throw new ValidationError(
+        `Invalid object envelope: ${field}: "${value}" must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit`,
+        field,
+      );
+    }
+  }
+  if (type === "tenant" && (tenant !== SYSTEM || namespace !== SYSTEM)) {
+    throw new ValidationError(
+      `Invalid tenant ${name}: a tenant lives under tenant "system", namespace "system"`,
+      "tenant",
+    );
+  }
+  if (type === "namespace" && namespace !== SYSTEM) {
+    throw new ValidationError(
+      `Invalid namespace ${tenant}/${name}: a namespace lives under namespace "system" of its tenant`,
+      "namespace",
+    );
+  }
+  const meta: ObjectMeta = { tenant, namespace, name, revision: env.data.revision ?? 0 };
+  const raw = unwrapSpec(env.data.object);
+  const what = `${type} ${tenant}/${namespace}/${name}`;
+  switch (type) {
+    case "tenant":
+    case "namespace": {
+      const r = LooseSpecSchema.safeParse(raw);
+      if (!r.success) throw invalid(what, r.error);
+      return { ...meta, type, spec: r.data };
+    }
+    case "function": {
+      const r = FunctionSpecSchema.safeParse(raw);
+      if (!r.success) throw invalid(what, r.error);
+      return { ...meta, type, spec: r.data, version: 0 };
+    }
+    case "funcpolicy": {
+      const r = FuncPolicySchema.safeParse(raw);
+      if (!r.success) throw invalid(what, r.error);
+      return { ...meta, type, spec: r.data };
+    }
+  }
+}
+
+/** Stored form of a user object (the store's value). */
+interface StoredUserObject {
+  type: UserType;
+  tenant: string;
+  namespace: string;
+  name: string;
+  object: { spec: unknown };
+  version?: number;
+}
+
+/** Encodes a user object as the store's JSON value. */
+export function encodeUserObject(obj: UserObject): string {
+  const stored: StoredUserObject = {
+    type: obj.type,
+    tenant: obj.tenant,
+    namespace: obj.namespace,
+    name: obj.name,
+    object: { spec: obj.spec },
+  };
+  if (obj.type === "function") stored.version = obj.version;
+  return JSON.stringify(stored);
+}
+
+/** Decodes a store value (written by {@linkcode encodeUserObject}) at `revision`. */
+export function decodeStoredUserObject(value: string, revision: number): UserObject {
+  const parsed = JSON.parse(value) as StoredUserObject;
+  const obj = decodeUserObject({ ...parsed, revision });
+  if (obj.type === "function") obj.version = parsed.version ?? revision;
+  return obj;
+}
+
+/** The JSON shape of a user object in API answers (InferX-style envelope). */
+export function userObjectToJson(obj: UserObject): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    type: obj.type,
+    tenant: obj.tenant,
+    namespace: obj.namespace,
+    name: obj.name,
+    revision: obj.revision,
+    object: { spec: obj.spec },
+  };
+  if (obj.type === "function") out.version = obj.version;
+  return out;
+}
+
+/**
+ * The policy in force for a function: inline, linked (looked up with
+ * `lookup`), or the default. A dangling link falls back to the default.
+ */
+export function resolvePolicy(
+  spec: FunctionSpec,
+  lookup: (name: string) => FuncPolicy | undefined,
+): FuncPolicy {
+  const ref = spec.policy;
+  if (!ref) return DEFAULT_POLICY;
+  if (ref.kind === "inline") return ref.policy;
+  return lookup(ref.name) ?? DEFAULT_POLICY;
+}

@@ -1,0 +1,128 @@
+import assert from "node:assert/strict";
+import { ValidationError } from "../common/errors.ts";
+import {
+  decodeStoredUserObject,
+  decodeUserObject,
+  DEFAULT_POLICY,
+  encodeUserObject,
+  resolvePolicy,
+} from "./schemas.ts";
+import { objectKey, parseKey } from "./keys.ts";
+
+const fn = (object: unknown, extra: Record<string, unknown> = {}) => ({
+  type: "function",
+  tenant: "public",
+  namespace: "demo",
+  name: "ngram",
+  object,
+  ...extra,
+});
+
+Deno.test("FuncPolicy defaults are InferX's", () => {
+  assert.deepEqual(DEFAULT_POLICY, {
+    min_replica: 0,
+    max_replica: 1,
+    standby_per_node: 1,
+    parallel: 50,
+    queue_len: 100,
+    queue_timeout: 30,
+    scaleout_policy: { wait_ratio: 0.1 },
+    scalein_timeout: 1,
+  });
+});
+
+Deno.test("decodeUserObject() accepts InferX's function spec with {spec} and envs pairs", () => {
+  const obj = decodeUserObject(fn({
+    spec: {
+      image: "inferx/ngram:1",
+      commands: ["serve"],
+      envs: [["A", "1"]],
+      endpoint: { port: 8000, schema: "Http", probe: "/health" },
+      resources: { CPU: 500, Mem: 256, GPU: { Type: "H100", Count: 2, vRam: 4000 } },
+      standby: { gpu: "File", pageable: "Mem", pinned: "Mem" },
+      policy: { Link: { objType: "funcpolicy", name: "fast" } },
+    },
+  }));
+  assert.equal(obj.type, "function");
+  if (obj.type !== "function") return;
+  assert.deepEqual(obj.spec.envs, [["A", "1"]]);
+  assert.deepEqual(obj.spec.resources.GPU, { Type: "H100", Count: 2, vRam: 4000 });
+  assert.equal(obj.spec.standby.gpu, "File");
+  assert.deepEqual(obj.spec.policy, { kind: "link", name: "fast" });
+});
+
+Deno.test("decodeUserObject() fills defaults and accepts envs as a map and an inline policy", () => {
+  const obj = decodeUserObject(fn({
+    image: "x",
+    envs: { B: "2" },
+    policy: { Obj: { max_replica: 3 } },
+  }));
+  if (obj.type !== "function") throw new Error("not a function");
+  assert.deepEqual(obj.spec.envs, [["B", "2"]]);
+  assert.deepEqual(obj.spec.resources, {
+    CPU: 1000,
+    Mem: 1024,
+    GPU: { Type: "Any", Count: 0, vRam: 0 },
+  });
+  assert.equal(obj.spec.endpoint.probe, "/health");
+  const policy = resolvePolicy(obj.spec, () => undefined);
+  assert.equal(policy.max_replica, 3);
+  assert.equal(policy.parallel, 50);
+});
+
+const invalid: [string, unknown, string][] = [
+  ["missing image", fn({ spec: {} }), "image"],
+  ["negative CPU", fn({ image: "x", resources: { CPU: -1 } }), "resources.CPU"],
+  ["GPU without vRam", fn({ image: "x", resources: { GPU: { Count: 1 } } }), "resources.GPU.vRam"],
+  ["bad probe", fn({ image: "x", endpoint: { probe: "health" } }), "endpoint.probe"],
+  ["bad standby tier", fn({ image: "x", standby: { gpu: "Disk" } }), "standby.gpu"],
+  ["unknown type", { ...fn({}), type: "widget" }, "type"],
+  ["bad name", { ...fn({ image: "x" }), name: "Bad Name" }, "name"],
+  [
+    "policy min above max",
+    {
+      type: "funcpolicy",
+      tenant: "public",
+      namespace: "demo",
+      name: "p",
+      object: { min_replica: 3 },
+    },
+    "min_replica",
+  ],
+  [
+    "tenant outside system",
+    { type: "tenant", tenant: "public", namespace: "system", name: "t" },
+    "tenant",
+  ],
+];
+
+for (const [title, input, field] of invalid) {
+  Deno.test(`decodeUserObject() refuses ${title}, naming field ${field}`, () => {
+    assert.throws(() => decodeUserObject(input), (err: unknown) => {
+      assert.ok(err instanceof ValidationError);
+      assert.equal(err.details?.field, field);
+      assert.match(err.message, new RegExp(field.replaceAll(".", "\\.")));
+      return true;
+    });
+  });
+}
+
+Deno.test("encodeUserObject() and decodeStoredUserObject() round-trip a function with its version", () => {
+  const obj = decodeUserObject(fn({ image: "x" }));
+  if (obj.type !== "function") throw new Error("not a function");
+  obj.version = 7;
+  const back = decodeStoredUserObject(encodeUserObject(obj), 9);
+  assert.deepEqual(back, { ...obj, revision: 9 });
+});
+
+Deno.test("objectKey() and parseKey() follow /registry/{type}/{tenant}/{ns}/{name}", () => {
+  const key = objectKey("function", "public", "demo", "ngram");
+  assert.equal(key, "/registry/function/public/demo/ngram");
+  assert.deepEqual(parseKey(key), {
+    type: "function",
+    tenant: "public",
+    namespace: "demo",
+    name: "ngram",
+  });
+  assert.equal(parseKey("/registry/function/a/b"), undefined);
+});

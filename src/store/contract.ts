@@ -1,0 +1,166 @@
+/**
+ * The contract every `MetaStore` backend must pass. A backend's test file
+ * calls {@linkcode storeContract} with a factory; the same cases then run
+ * against the embedded store and etcd.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { AlreadyExistsError, ConflictError, NotFoundError } from "../common/errors.ts";
+import type { MetaStore, WatchEvent } from "./types.ts";
+
+/** A fresh, empty store and how to dispose of it. */
+export interface StoreFixture {
+  store: MetaStore;
+  /** Closes the store and removes what it wrote. */
+  dispose(): Promise<void>;
+  /** Closes and reopens the same data; absent for stores without persistence. */
+  reopen?(): Promise<MetaStore>;
+}
+
+/** Options for {@linkcode storeContract}. */
+export interface StoreContractOptions {
+  /** Skip every case with this printed reason (e.g. etcd not installed). */
+  ignoreReason?: string;
+}
+
+function nextEvents(
+  store: MetaStore,
+  prefix: string,
+  count: number,
+  afterRevision?: number,
+): Promise<WatchEvent[]> {
+  return new Promise((resolve, reject) => {
+    const got: WatchEvent[] = [];
+    const timer = setTimeout(() => {
+      w.cancel();
+      reject(new Error(`Watch on ${prefix} saw ${got.length} of ${count} events in 5 s`));
+    }, 5000);
+    const w = store.watch(prefix, {
+      afterRevision,
+      onEvent(ev) {
+        got.push(ev);
+        if (got.length === count) {
+          clearTimeout(timer);
+          w.cancel();
+          resolve(got);
+        }
+      },
+      onError(err) {
+        clearTimeout(timer);
+        reject(err);
+      },
+    });
+  });
+}
+
+/** Registers the contract cases as Deno tests named `${name}: ...`. */
+export function storeContract(
+  name: string,
+  open: () => Promise<StoreFixture>,
+  options: StoreContractOptions = {},
+): void {
+  const ignore = options.ignoreReason !== undefined;
+  if (ignore) console.log(`skipping ${name} store contract: ${options.ignoreReason}`);
+  const t = (title: string, fn: (f: StoreFixture) => Promise<void>) =>
+    Deno.test({
+      name: `${name}: ${title}`,
+      ignore,
+      sanitizeOps: false,
+      sanitizeResources: false,
+      fn: async () => {
+        const f = await open();
+        try {
+          await fn(f);
+        } finally {
+          await f.dispose();
+        }
+      },
+    });
+
+  t("create() then get() returns the value with create and mod revisions", async ({ store }) => {
+    const rev = await store.create("/registry/a/t/n/x", "one");
+    const kv = await store.get("/registry/a/t/n/x");
+    assert.equal(kv?.value, "one");
+    assert.equal(kv?.revision, rev);
+    assert.equal(kv?.createRevision, rev);
+    assert.equal(await store.get("/registry/a/t/n/missing"), undefined);
+  });
+
+  t("create() refuses a key that exists", async ({ store }) => {
+    await store.create("/k/1", "a");
+    await assert.rejects(store.create("/k/1", "b"), AlreadyExistsError);
+    assert.equal((await store.get("/k/1"))?.value, "a");
+  });
+
+  t("update() is a compare-and-swap on the revision", async ({ store }) => {
+    const r1 = await store.create("/k/1", "a");
+    const r2 = await store.update("/k/1", "b", r1);
+    assert.ok(r2 > r1);
+    await assert.rejects(store.update("/k/1", "c", r1), ConflictError);
+    const kv = await store.get("/k/1");
+    assert.equal(kv?.value, "b");
+    assert.equal(kv?.createRevision, r1);
+    await assert.rejects(store.update("/k/none", "x", 1), NotFoundError);
+  });
+
+  t("delete() honours an expected revision and reports missing keys", async ({ store }) => {
+    const r1 = await store.create("/k/1", "a");
+    await store.update("/k/1", "b", r1);
+    await assert.rejects(store.delete("/k/1", r1), ConflictError);
+    await store.delete("/k/1");
+    assert.equal(await store.get("/k/1"), undefined);
+    await assert.rejects(store.delete("/k/1"), NotFoundError);
+  });
+
+  t("list() returns only the prefix, sorted, with the store revision", async ({ store }) => {
+    await store.create("/p/b", "2");
+    await store.create("/p/a", "1");
+    await store.create("/q/a", "3");
+    const last = await store.create("/p/c", "4");
+    const { items, revision } = await store.list("/p/");
+    assert.deepEqual(items.map((kv) => kv.key), ["/p/a", "/p/b", "/p/c"]);
+    assert.ok(revision >= last);
+    assert.equal(revision, await store.revision());
+  });
+
+  t("watch() delivers puts and deletes under its prefix in order", async ({ store }) => {
+    const start = await store.revision();
+    const pending = nextEvents(store, "/w/", 3, start);
+    const r1 = await store.create("/w/a", "1");
+    await store.create("/other/a", "x");
+    await store.update("/w/a", "2", r1);
+    await store.delete("/w/a");
+    const evs = await pending;
+    assert.deepEqual(evs.map((e) => e.type), ["put", "put", "delete"]);
+    assert.equal(evs[1].type === "put" && evs[1].kv.value, "2");
+    const revs = evs.map((e) => (e.type === "put" ? e.kv.revision : e.revision));
+    assert.deepEqual([...revs].sort((a, b) => a - b), revs);
+  });
+
+  t("watch() from a past revision replays what happened after it", async ({ store }) => {
+    const r1 = await store.create("/h/a", "1");
+    await store.create("/h/b", "2");
+    await store.update("/h/a", "3", r1);
+    const evs = await nextEvents(store, "/h/", 2, r1);
+    assert.deepEqual(
+      evs.map((e) => e.type === "put" ? `${e.kv.key}=${e.kv.value}` : e.key),
+      ["/h/b=2", "/h/a=3"],
+    );
+  });
+
+  t("a reopened store keeps every object and its revisions", async (f) => {
+    if (!f.reopen) return;
+    const r1 = await f.store.create("/r/a", "1");
+    await f.store.create("/r/b", "2");
+    await f.store.update("/r/a", "3", r1);
+    await f.store.delete("/r/b");
+    const before = await f.store.list("/r/");
+    const again = await f.reopen();
+    const after = await again.list("/r/");
+    assert.deepEqual(after.items, before.items);
+    assert.equal(after.revision, before.revision);
+    const r = await again.create("/r/c", "4");
+    assert.ok(r > before.revision);
+  });
+}
