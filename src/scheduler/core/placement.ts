@@ -1,0 +1,308 @@
+/**
+ * Placement as small plugins: each `Filter` says whether a pod fits on a
+ * node (with a reason code when it does not), each `Score` rates a fitting
+ * node from 0 to 100. `place()` runs them over the nodes; `planEviction()`
+ * finds idle pods to evict, least recently used first, when nothing fits.
+ *
+ * @module
+ */
+import type { GpuSlice } from "../../model/cluster.ts";
+import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
+
+/** Says whether a pod with `demand` fits `node`: null, or a reason code. */
+export interface Filter {
+  name: string;
+  filter(node: CoreNode, demand: PodDemand): string | null;
+}
+
+/** Rates a fitting node from 0 (worst) to 100 (best). */
+export interface Score {
+  name: string;
+  weight: number;
+  score(node: CoreNode, demand: PodDemand): number;
+}
+
+/** Whether a GPU's type satisfies the demand ("Any" matches every GPU). */
+export function gpuTypeMatches(gpuType: string, wanted: string): boolean {
+  return wanted === "Any" || wanted === "" || gpuType === wanted;
+}
+
+/** vRAM (MB) a pod costs on each of its GPUs: its slice plus the context overhead. */
+export function vramCharge(node: CoreNode, demand: PodDemand): number {
+  return demand.gpuCount === 0 ? 0 : demand.vramMB + node.contextOverheadMB;
+}
+
+/** Recomputes `node.gpuSummary`; call after changing any GPU's figures. */
+export function refreshGpuSummary(node: CoreNode): void {
+  let type: string | null = node.gpus.length ? node.gpus[0].type : null;
+  let used = 0;
+  let total = 0;
+  const free: number[] = [];
+  for (const g of node.gpus) {
+    if (g.type !== type) type = null;
+    used += g.vramUsedMB;
+    total += g.vramTotalMB;
+    free.push(g.vramTotalMB - g.vramUsedMB);
+  }
+  free.sort((a, b) => b - a);
+  node.gpuSummary = { type, freeDesc: free, usedMB: used, totalMB: total };
+}
+
+/** Whether the summary answers for this demand (every GPU matches the type). */
+function summaryApplies(node: CoreNode, d: PodDemand): boolean {
+  const t = node.gpuSummary.type;
+  return t !== null && gpuTypeMatches(t, d.gpuType);
+}
+
+/** Filter: the node is ready. */
+export function nodeReady(node: CoreNode): string | null {
+  return node.ready ? null : "node_not_ready";
+}
+
+/** Filter: free CPU and memory cover the demand. */
+export function cpuMemFit(node: CoreNode, d: PodDemand): string | null {
+  if (node.cpuTotal - node.cpuUsed < d.cpu) return "insufficient_cpu";
+  if (node.memTotalMB - node.memUsedMB < d.memMB) return "insufficient_memory";
+  return null;
+}
+
+/** Filter: the node has enough GPUs of the wanted type, free or not. */
+export function gpuTypeFit(node: CoreNode, d: PodDemand): string | null {
+  if (d.gpuCount === 0) return null;
+  if (summaryApplies(node, d)) {
+    return node.gpus.length >= d.gpuCount ? null : "gpu_type_unavailable";
+  }
+  let n = 0;
+  for (const g of node.gpus) if (gpuTypeMatches(g.type, d.gpuType)) n++;
+  return n >= d.gpuCount ? null : "gpu_type_unavailable";
+}
+
+/** Filter: enough GPUs of the wanted type have the slice plus overhead free. */
+export function vramFit(node: CoreNode, d: PodDemand): string | null {
+  if (d.gpuCount === 0) return null;
+  const need = vramCharge(node, d);
+  if (summaryApplies(node, d)) {
+    const free = node.gpuSummary.freeDesc;
+    return free.length >= d.gpuCount && free[d.gpuCount - 1] >= need ? null : "insufficient_vram";
+  }
+  let n = 0;
+  for (const g of node.gpus) {
+    if (gpuTypeMatches(g.type, d.gpuType) && g.vramTotalMB - g.vramUsedMB >= need) n++;
+  }
+  return n >= d.gpuCount ? null : "insufficient_vram";
+}
+
+/** Score: prefer the fullest node after placement (bin-packing). */
+export function binPack(node: CoreNode, d: PodDemand): number {
+  if (d.gpuCount > 0) {
+    let used = node.gpuSummary.usedMB;
+    let total = node.gpuSummary.totalMB;
+    if (!summaryApplies(node, d)) {
+      used = total = 0;
+      for (const g of node.gpus) {
+        if (!gpuTypeMatches(g.type, d.gpuType)) continue;
+        used += g.vramUsedMB;
+        total += g.vramTotalMB;
+      }
+    }
+    return total === 0
+      ? 0
+      : Math.min(100, (100 * (used + vramCharge(node, d) * d.gpuCount)) / total);
+  }
+  const cpu = (node.cpuUsed + d.cpu) / node.cpuTotal;
+  const mem = (node.memUsedMB + d.memMB) / node.memTotalMB;
+  return Math.min(100, 50 * (cpu + mem));
+}
+
+/** Score: prefer nodes without GPUs for pods that need none, keeping GPU nodes free. */
+export function gpuAvoidance(node: CoreNode, d: PodDemand): number {
+  return d.gpuCount === 0 && node.gpus.length > 0 ? 0 : 100;
+}
+
+/** The default filters, cheapest first. */
+export const DEFAULT_FILTERS: readonly Filter[] = [
+  { name: "NodeReady", filter: nodeReady },
+  { name: "CpuMemFit", filter: cpuMemFit },
+  { name: "GpuTypeFit", filter: gpuTypeFit },
+  { name: "VramFit", filter: vramFit },
+];
+
+/** The default scores. */
+export const DEFAULT_SCORES: readonly Score[] = [
+  { name: "BinPack", weight: 2, score: binPack },
+  { name: "GpuAvoidance", weight: 1, score: gpuAvoidance },
+];
+
+/**
+ * Chooses `count` GPUs for a pod on `node`: best fit (least free vRAM that
+ * still holds the charge), ties by index. Returns undefined if they do not fit.
+ */
+export function pickGpus(node: CoreNode, d: PodDemand): GpuSlice[] | undefined {
+  if (d.gpuCount === 0) return [];
+  const need = vramCharge(node, d);
+  const fits = node.gpus.filter((g) =>
+    gpuTypeMatches(g.type, d.gpuType) && g.vramTotalMB - g.vramUsedMB >= need
+  );
+  if (fits.length < d.gpuCount) return undefined;
+  fits.sort((a, b) =>
+    (a.vramTotalMB - a.vramUsedMB) - (b.vramTotalMB - b.vramUsedMB) || a.index - b.index
+  );
+  return fits.slice(0, d.gpuCount).map((g) => ({ index: g.index, vramMB: d.vramMB }))
+    .sort((a, b) => a.index - b.index);
+}
+
+/** Where a pod goes, or why it cannot go anywhere. */
+export type PlaceResult =
+  | { ok: true; node: CoreNode; gpus: GpuSlice[] }
+  | { ok: false; reasons: Record<string, number> };
+
+/** Options for {@linkcode place}. */
+export interface PlaceOptions {
+  /** @default DEFAULT_FILTERS */
+  filters?: readonly Filter[];
+  /** @default DEFAULT_SCORES */
+  scores?: readonly Score[];
+  /**
+   * Stop looking once this many nodes fit, as kube-scheduler's
+   * `percentageOfNodesToScore` does; nodes are scanned in order, so the
+   * front of the list fills first. @default feasibleTarget(nodes.length)
+   */
+  enoughFeasible?: number;
+}
+
+/**
+ * How many fitting nodes are enough to choose from: every node up to 1,000
+ * nodes, then 1,000 or 10% of the nodes, whichever is larger.
+ */
+export function feasibleTarget(nodeCount: number): number {
+  return nodeCount <= 1000 ? nodeCount : Math.max(1000, Math.ceil(nodeCount / 10));
+}
+
+/**
+ * Places one pod: filters nodes in order until enough fit, scores those,
+ * takes the highest score (first in node order on ties).
+ *
+ * @example
+ * ```ts
+ * const r = place(state.nodeList, { cpu: 500, memMB: 512, gpuType: "Any", gpuCount: 1, vramMB: 8000 });
+ * if (r.ok) console.log(r.node.name, r.gpus);
+ * ```
+ */
+export function place(
+  nodes: readonly CoreNode[],
+  demand: PodDemand,
+  options: PlaceOptions = {},
+): PlaceResult {
+  const filters = options.filters ?? DEFAULT_FILTERS;
+  const scores = options.scores ?? DEFAULT_SCORES;
+  const enough = options.enoughFeasible ?? feasibleTarget(nodes.length);
+  let best: CoreNode | undefined;
+  let bestScore = -1;
+  let feasible = 0;
+  let reasons: Record<string, number> | undefined;
+  outer: for (let i = 0; i < nodes.length && feasible < enough; i++) {
+    const node = nodes[i];
+    for (let f = 0; f < filters.length; f++) {
+      const reason = filters[f].filter(node, demand);
+      if (reason !== null) {
+        reasons ??= {};
+        reasons[reason] = (reasons[reason] ?? 0) + 1;
+        continue outer;
+      }
+    }
+    feasible++;
+    let s = 0;
+    for (let k = 0; k < scores.length; k++) s += scores[k].weight * scores[k].score(node, demand);
+    if (s > bestScore) {
+      bestScore = s;
+      best = node;
+    }
+  }
+  if (!best) return { ok: false, reasons: reasons ?? { no_nodes: 1 } };
+  return { ok: true, node: best, gpus: pickGpus(best, demand)! };
+}
+
+/** Formats placement reasons for an error message: "2 insufficient_vram, 1 node_not_ready". */
+export function describeReasons(reasons: Record<string, number>): string {
+  return Object.entries(reasons).sort((a, b) => b[1] - a[1]).map(([r, n]) => `${n} ${r}`)
+    .join(", ");
+}
+
+/** Idle pods to evict on one node so that a pod fits, or nothing needed. */
+export interface EvictionPlan {
+  node: CoreNode;
+  victims: CorePod[];
+}
+
+/**
+ * Finds the node where evicting the fewest idle pods makes `demand` fit.
+ * Victims are idle (Ready, unleased) pods of other functions, or of old
+ * versions, least recently used first, never taking a function below its
+ * `minReplica`. Pods already terminating count as freed, so a plan with no
+ * victims means: wait for them. Undefined when no eviction can help.
+ */
+export function planEviction(
+  state: CoreState,
+  funcId: string,
+  demand: PodDemand,
+): EvictionPlan | undefined {
+  let best: EvictionPlan | undefined;
+  const live = new Map<string, number>();
+  for (const f of state.funcs.values()) {
+    let n = 0;
+    for (const id of f.pods) if (state.pods.get(id)?.state !== "Terminating") n++;
+    live.set(f.id, n);
+  }
+  for (const node of state.nodeList) {
+    if (nodeReady(node) !== null || gpuTypeFit(node, demand) !== null) continue;
+    const candidates: CorePod[] = [];
+    const freed: CorePod[] = [];
+    for (const id of node.pods) {
+      const p = state.pods.get(id)!;
+      if (p.state === "Terminating") freed.push(p);
+      else if (p.state === "Ready" && !p.leasedBy) {
+        const f = state.funcs.get(p.func);
+        if (p.func !== funcId || (f && p.version !== f.version)) candidates.push(p);
+      }
+    }
+    candidates.sort((a, b) => a.lastUsed - b.lastUsed);
+    const budget = new Map(live);
+    const victims: CorePod[] = [];
+    let fits = fitsAfterFreeing(node, demand, freed);
+    for (const p of candidates) {
+      if (fits) break;
+      if (best && victims.length >= best.victims.length) break;
+      const f = state.funcs.get(p.func);
+      const left = budget.get(p.func) ?? 0;
+      if (f && p.version === f.version && left <= f.policy.minReplica) continue;
+      budget.set(p.func, left - 1);
+      victims.push(p);
+      fits = fitsAfterFreeing(node, demand, [...freed, ...victims]);
+    }
+    if (fits && (!best || victims.length < best.victims.length)) {
+      best = { node, victims };
+      if (victims.length === 0) break;
+    }
+  }
+  return best;
+}
+
+function fitsAfterFreeing(node: CoreNode, d: PodDemand, freed: readonly CorePod[]): boolean {
+  let cpu = node.cpuTotal - node.cpuUsed;
+  let mem = node.memTotalMB - node.memUsedMB;
+  const vram = new Map<number, number>();
+  for (const g of node.gpus) vram.set(g.index, g.vramTotalMB - g.vramUsedMB);
+  for (const p of freed) {
+    cpu += p.cpu;
+    mem += p.memMB;
+    for (const s of p.gpus) vram.set(s.index, vram.get(s.index)! + p.vramChargeMB);
+  }
+  if (cpu < d.cpu || mem < d.memMB) return false;
+  if (d.gpuCount === 0) return true;
+  const need = vramCharge(node, d);
+  let n = 0;
+  for (const g of node.gpus) {
+    if (gpuTypeMatches(g.type, d.gpuType) && vram.get(g.index)! >= need) n++;
+  }
+  return n >= d.gpuCount;
+}

@@ -1,0 +1,508 @@
+/**
+ * The scheduler's decisions as one pure function:
+ * `step(state, event, now) -> { state, actions }`. No I/O, no clock, no
+ * randomness: the shell (and the simulator) feed it events with the time and
+ * carry out the actions. For speed the state is owned by the core and updated
+ * in place; the same events in the same order give the same actions.
+ *
+ * @module
+ */
+import {
+  describeReasons,
+  place,
+  planEviction,
+  refreshGpuSummary,
+  vramCharge,
+} from "./placement.ts";
+import type {
+  CoreAction,
+  CoreConfig,
+  CoreEvent,
+  CoreFunc,
+  CoreNode,
+  CorePod,
+  CoreState,
+  FuncReport,
+  NodeReport,
+  PodPlacement,
+  Waiter,
+} from "./types.ts";
+
+/** What one step produced. */
+export interface StepResult {
+  state: CoreState;
+  actions: CoreAction[];
+}
+
+/** A fresh, empty core state. */
+export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
+  return {
+    config: {
+      gatewayTimeoutMs: config.gatewayTimeoutMs ?? 10_000,
+      podIdPrefix: config.podIdPrefix ?? "pod",
+    },
+    nodes: new Map(),
+    nodeList: [],
+    funcs: new Map(),
+    pods: new Map(),
+    gateways: new Map(),
+    starved: new Set(),
+    podSeq: 0,
+  };
+}
+
+interface Ctx {
+  state: CoreState;
+  now: number;
+  actions: CoreAction[];
+}
+
+/**
+ * Applies one event at time `now` (ms) and returns the actions to carry out.
+ *
+ * @example
+ * ```ts
+ * let state = newCoreState({ podIdPrefix: "s1" });
+ * ({ state } = step(state, { type: "nodeUpdate", node }, 0));
+ * const { actions } = step(state, { type: "lease", reqId: "r1", func: "public/demo/f", gateway: "g1", deadline: 30_000 }, 0);
+ * ```
+ */
+export function step(state: CoreState, event: CoreEvent, now: number): StepResult {
+  const ctx: Ctx = { state, now, actions: [] };
+  switch (event.type) {
+    case "lease":
+      onLease(ctx, event.reqId, event.func, event.gateway, event.deadline);
+      break;
+    case "cancelLease": {
+      const f = state.funcs.get(event.func);
+      if (f) f.waiters = f.waiters.filter((w) => w.reqId !== event.reqId);
+      break;
+    }
+    case "return":
+      onReturn(ctx, event.podId, event.gateway, event.failed ?? false);
+      break;
+    case "podStatus":
+      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error);
+      break;
+    case "podSync":
+      onPodSync(ctx, event.pod);
+      break;
+    case "nodeUpdate":
+      onNodeUpdate(ctx, event.node);
+      break;
+    case "nodeRemove":
+      onNodeRemove(ctx, event.name);
+      break;
+    case "funcUpdate":
+      onFuncUpdate(ctx, event.func);
+      break;
+    case "funcRemove":
+      onFuncRemove(ctx, event.id);
+      break;
+    case "gatewayHeartbeat":
+      state.gateways.set(event.gateway, now);
+      break;
+    case "tick":
+      onTick(ctx);
+      break;
+  }
+  return { state, actions: ctx.actions };
+}
+
+// ------------------------------------------------------------------ leases
+
+function onLease(ctx: Ctx, reqId: string, funcId: string, gateway: string, deadline: number) {
+  ctx.state.gateways.set(gateway, ctx.now);
+  const f = ctx.state.funcs.get(funcId);
+  if (!f) {
+    ctx.actions.push({
+      type: "leaseFailed",
+      reqId,
+      code: "not_found",
+      message: `Cannot lease worker for ${funcId}: function does not exist`,
+    });
+    return;
+  }
+  const waiter: Waiter = { reqId, gateway, deadline };
+  for (const podId of f.idle) {
+    grant(ctx, f, ctx.state.pods.get(podId)!, waiter, false);
+    return;
+  }
+  f.waiters.push(waiter);
+  ensureCapacity(ctx, f);
+}
+
+function grant(ctx: Ctx, f: CoreFunc, pod: CorePod, w: Waiter, coldStart: boolean) {
+  f.idle.delete(pod.id);
+  pod.leasedBy = w.gateway;
+  ctx.actions.push({
+    type: "leaseGranted",
+    reqId: w.reqId,
+    podId: pod.id,
+    endpoint: pod.endpoint!,
+    coldStart,
+  });
+}
+
+function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
+  const pod = ctx.state.pods.get(podId);
+  if (!pod || pod.leasedBy !== gateway) return; // stale or foreign: ignore
+  pod.leasedBy = undefined;
+  pod.lastUsed = ctx.now;
+  const f = ctx.state.funcs.get(pod.func);
+  if (failed) return terminate(ctx, pod, "returned as failed");
+  if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+  settleUnleased(ctx, f, pod, false);
+}
+
+/** A Ready pod without a lease: hand it to a waiter, scale it in, or keep it idle. */
+function settleUnleased(ctx: Ctx, f: CoreFunc, pod: CorePod, coldStart: boolean) {
+  const w = f.waiters.shift();
+  if (w) return grant(ctx, f, pod, w, coldStart);
+  if (!coldStart && liveCurrent(ctx.state, f) > f.policy.minReplica) {
+    return terminate(ctx, pod, "scaled in");
+  }
+  f.idle.add(pod.id);
+}
+
+// -------------------------------------------------------------- capacity
+
+function liveCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && p.state !== "Terminating") n++;
+  }
+  return n;
+}
+
+function creatingCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && p.state === "Creating") n++;
+  }
+  return n;
+}
+
+/** Creates pods for waiting leases and `minReplica`, evicting idle pods if needed. */
+function ensureCapacity(ctx: Ctx, f: CoreFunc) {
+  const { state } = ctx;
+  let live = liveCurrent(state, f);
+  let need = Math.max(f.waiters.length - creatingCurrent(state, f), f.policy.minReplica - live);
+  while (need > 0 && live < f.policy.maxReplica) {
+    const r = place(state.nodeList, f.demand);
+    if (r.ok) {
+      createPod(ctx, f, r.node, r.gpus);
+      live++;
+      need--;
+      continue;
+    }
+    const plan = planEviction(state, f.id, f.demand);
+    if (plan) {
+      for (const v of plan.victims) terminate(ctx, v, `evicted for ${f.id}`);
+      f.lastUnschedulable =
+        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}`;
+    } else {
+      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
+    }
+    state.starved.add(f.id);
+    return;
+  }
+  state.starved.delete(f.id);
+}
+
+function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {
+  const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
+  const placement: PodPlacement = {
+    id,
+    func: f.id,
+    version: f.version,
+    node: node.name,
+    cpu: f.demand.cpu,
+    memMB: f.demand.memMB,
+    gpus,
+  };
+  addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now);
+  ctx.actions.push({ type: "createPod", pod: placement });
+}
+
+function addPod(
+  state: CoreState,
+  p: PodPlacement,
+  podState: CorePod["state"],
+  vramChargeMB: number,
+  now: number,
+): CorePod {
+  const node = state.nodes.get(p.node)!;
+  const pod: CorePod = { ...p, vramChargeMB, state: podState, lastUsed: now };
+  state.pods.set(p.id, pod);
+  node.pods.add(p.id);
+  node.cpuUsed += p.cpu;
+  node.memUsedMB += p.memMB;
+  for (const s of p.gpus) {
+    const g = node.gpus.find((g) => g.index === s.index);
+    if (g) {
+      g.vramUsedMB += vramChargeMB;
+      g.contexts++;
+    }
+  }
+  if (p.gpus.length) refreshGpuSummary(node);
+  state.funcs.get(p.func)?.pods.add(p.id);
+  return pod;
+}
+
+function releasePod(state: CoreState, pod: CorePod) {
+  state.pods.delete(pod.id);
+  const node = state.nodes.get(pod.node);
+  if (node) {
+    node.pods.delete(pod.id);
+    node.cpuUsed -= pod.cpu;
+    node.memUsedMB -= pod.memMB;
+    for (const s of pod.gpus) {
+      const g = node.gpus.find((g) => g.index === s.index);
+      if (g) {
+        g.vramUsedMB -= pod.vramChargeMB;
+        g.contexts--;
+      }
+    }
+    if (pod.gpus.length) refreshGpuSummary(node);
+  }
+  const f = state.funcs.get(pod.func);
+  f?.pods.delete(pod.id);
+  f?.idle.delete(pod.id);
+}
+
+function terminate(ctx: Ctx, pod: CorePod, reason: string) {
+  if (pod.state === "Terminating") return;
+  pod.state = "Terminating";
+  pod.leasedBy = undefined;
+  ctx.state.funcs.get(pod.func)?.idle.delete(pod.id);
+  ctx.actions.push({ type: "terminatePod", podId: pod.id, reason });
+}
+
+/** Retries functions whose waiters could not be placed, after resources were freed. */
+function retryStarved(ctx: Ctx) {
+  for (const id of [...ctx.state.starved]) {
+    const f = ctx.state.funcs.get(id);
+    if (f) ensureCapacity(ctx, f);
+    else ctx.state.starved.delete(id);
+  }
+}
+
+// ------------------------------------------------------------------- pods
+
+function onPodStatus(
+  ctx: Ctx,
+  podId: string,
+  status: "Ready" | "Failed" | "Terminated",
+  endpoint?: string,
+  error?: string,
+) {
+  const { state } = ctx;
+  const pod = state.pods.get(podId);
+  if (!pod) return;
+  const f = state.funcs.get(pod.func);
+  if (status === "Ready") {
+    if (pod.state !== "Creating") return;
+    pod.state = "Ready";
+    pod.endpoint = endpoint;
+    pod.lastUsed = ctx.now;
+    if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+    return settleUnleased(ctx, f, pod, true);
+  }
+  const wasCreating = pod.state === "Creating";
+  if (status === "Failed") terminate(ctx, pod, "failed");
+  releasePod(state, pod);
+  if (status === "Failed" && wasCreating && f) {
+    const message = `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
+    for (const w of f.waiters) {
+      ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
+    }
+    f.waiters = [];
+    state.starved.delete(f.id);
+  }
+  retryStarved(ctx);
+}
+
+function onPodSync(ctx: Ctx, r: import("./types.ts").PodReport) {
+  const { state } = ctx;
+  const existing = state.pods.get(r.id);
+  if (existing) {
+    if (existing.state === "Creating" && r.state === "Ready") {
+      onPodStatus(ctx, r.id, "Ready", r.endpoint);
+    }
+    return;
+  }
+  const node = state.nodes.get(r.node);
+  if (!node) {
+    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `node ${r.node} is unknown` });
+    return;
+  }
+  const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
+  const pod = addPod(state, r, r.state, charge, ctx.now);
+  pod.endpoint = r.endpoint;
+  const f = state.funcs.get(r.func);
+  if (r.state === "Terminating") {
+    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
+  } else if (f && f.version !== r.version) {
+    terminate(ctx, pod, "old version drained");
+  } else if (f && r.state === "Ready") settleUnleased(ctx, f, pod, true);
+  // A pod whose function is not known yet waits for it (restart order is
+  // nodes, pods, functions); the tick collects it if the function never comes.
+}
+
+// ------------------------------------------------------------------ nodes
+
+function onNodeUpdate(ctx: Ctx, r: NodeReport) {
+  const { state } = ctx;
+  let node = state.nodes.get(r.name);
+  if (!node) {
+    node = {
+      name: r.name,
+      ready: r.ready,
+      cpuTotal: r.cpuMillis,
+      memTotalMB: r.memMB,
+      cpuUsed: 0,
+      memUsedMB: 0,
+      gpus: [],
+      contextOverheadMB: r.contextOverheadMB,
+      standbyTiers: r.standbyTiers,
+      pods: new Set(),
+      gpuSummary: { type: null, freeDesc: [], usedMB: 0, totalMB: 0 },
+    };
+    state.nodes.set(r.name, node);
+    state.nodeList.push(node);
+  }
+  const wasReady = node.ready;
+  node.ready = r.ready;
+  node.cpuTotal = r.cpuMillis;
+  node.memTotalMB = r.memMB;
+  node.contextOverheadMB = r.contextOverheadMB;
+  node.standbyTiers = r.standbyTiers;
+  const used = new Map(node.gpus.map((g) => [g.index, g]));
+  node.gpus = r.gpus.map((g) => ({
+    index: g.index,
+    type: g.type,
+    vramTotalMB: g.vramMB,
+    vramUsedMB: used.get(g.index)?.vramUsedMB ?? 0,
+    contexts: used.get(g.index)?.contexts ?? 0,
+  }));
+  refreshGpuSummary(node);
+  if (wasReady && !node.ready) loseNodePods(ctx, node, `node ${node.name} is not ready`);
+  retryStarved(ctx);
+}
+
+function onNodeRemove(ctx: Ctx, name: string) {
+  const node = ctx.state.nodes.get(name);
+  if (!node) return;
+  loseNodePods(ctx, node, `node ${name} was removed`);
+  ctx.state.nodes.delete(name);
+  ctx.state.nodeList = ctx.state.nodeList.filter((n) => n !== node);
+  retryStarved(ctx);
+}
+
+/** Pods on a lost node are gone: free their accounting and replace them. */
+function loseNodePods(ctx: Ctx, node: CoreNode, reason: string) {
+  for (const id of [...node.pods]) {
+    const pod = ctx.state.pods.get(id)!;
+    if (pod.state !== "Terminating") ctx.actions.push({ type: "terminatePod", podId: id, reason });
+    releasePod(ctx.state, pod);
+  }
+  for (const f of ctx.state.funcs.values()) {
+    if (f.waiters.length || f.policy.minReplica) ctx.state.starved.add(f.id);
+  }
+}
+
+// -------------------------------------------------------------- functions
+
+function onFuncUpdate(ctx: Ctx, r: FuncReport) {
+  const { state } = ctx;
+  let f = state.funcs.get(r.id);
+  if (!f) {
+    f = { ...r, pods: new Set(), idle: new Set(), waiters: [] };
+    state.funcs.set(r.id, f);
+    // Pods synced before their function (restart order) now belong to it.
+    for (const p of state.pods.values()) {
+      if (p.func !== r.id) continue;
+      f.pods.add(p.id);
+      if (p.state === "Ready" && !p.leasedBy && p.version === r.version) f.idle.add(p.id);
+    }
+  }
+  const changed = f.version !== r.version;
+  f.version = r.version;
+  f.demand = r.demand;
+  f.policy = r.policy;
+  if (changed) {
+    for (const id of [...f.pods]) {
+      const p = state.pods.get(id)!;
+      if (p.version !== f.version && !p.leasedBy) terminate(ctx, p, "old version drained");
+    }
+  }
+  ensureCapacity(ctx, f);
+}
+
+function onFuncRemove(ctx: Ctx, id: string) {
+  const f = ctx.state.funcs.get(id);
+  if (!f) return;
+  for (const podId of f.pods) terminate(ctx, ctx.state.pods.get(podId)!, "function removed");
+  for (const w of f.waiters) {
+    ctx.actions.push({
+      type: "leaseFailed",
+      reqId: w.reqId,
+      code: "not_found",
+      message: `Cannot lease worker for ${id}: function was removed`,
+    });
+  }
+  ctx.state.funcs.delete(id);
+  ctx.state.starved.delete(id);
+}
+
+// ------------------------------------------------------------------- tick
+
+function onTick(ctx: Ctx) {
+  const { state, now } = ctx;
+  for (const f of state.funcs.values()) {
+    if (f.waiters.length && f.waiters[0].deadline <= now) {
+      const keep: Waiter[] = [];
+      for (const w of f.waiters) {
+        if (w.deadline > now) {
+          keep.push(w);
+          continue;
+        }
+        const why = f.lastUnschedulable ? `; ${f.lastUnschedulable}` : "";
+        ctx.actions.push({
+          type: "leaseFailed",
+          reqId: w.reqId,
+          code: "timeout",
+          message: `Cannot lease worker for ${f.id}: no worker was ready before the deadline${why}`,
+        });
+      }
+      f.waiters = keep;
+    }
+  }
+  for (const [gw, seen] of state.gateways) {
+    if (now - seen < state.config.gatewayTimeoutMs) continue;
+    state.gateways.delete(gw);
+    for (const pod of state.pods.values()) {
+      if (pod.leasedBy === gw) onReturn(ctx, pod.id, gw, false);
+    }
+  }
+  for (const f of state.funcs.values()) {
+    if (f.idle.size === 0) continue;
+    let live = liveCurrent(state, f);
+    for (const id of [...f.idle]) {
+      if (live <= f.policy.minReplica) break;
+      const p = state.pods.get(id)!;
+      if (p.lastUsed + f.policy.scaleinTimeoutS * 1000 > now) continue;
+      terminate(ctx, p, "idle past scale-in timeout");
+      live--;
+    }
+  }
+  for (const pod of state.pods.values()) {
+    if (!state.funcs.has(pod.func)) terminate(ctx, pod, "function no longer exists");
+  }
+  for (const f of state.funcs.values()) {
+    if (f.policy.minReplica > 0 || f.waiters.length > 0) ensureCapacity(ctx, f);
+  }
+}

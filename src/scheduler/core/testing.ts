@@ -1,0 +1,90 @@
+/**
+ * Builders for core tests, the benchmark and the simulator: nodes, functions
+ * and a driver that applies events and collects actions.
+ *
+ * @module
+ */
+import { refreshGpuSummary } from "./placement.ts";
+import { newCoreState, step } from "./step.ts";
+import type {
+  CoreAction,
+  CoreEvent,
+  CoreNode,
+  CorePolicy,
+  CoreState,
+  FuncReport,
+  NodeReport,
+  PodDemand,
+} from "./types.ts";
+
+/** A node report with `gpus` GPUs of `vramMB` each. */
+export function nodeReport(
+  name: string,
+  options: Partial<NodeReport> & { gpuCount?: number; vramMB?: number; gpuType?: string } = {},
+): NodeReport {
+  const gpuCount = options.gpuCount ?? 0;
+  return {
+    name,
+    ready: options.ready ?? true,
+    cpuMillis: options.cpuMillis ?? 16_000,
+    memMB: options.memMB ?? 65_536,
+    gpus: options.gpus ??
+      Array.from({ length: gpuCount }, (_, index) => ({
+        index,
+        type: options.gpuType ?? "H100",
+        vramMB: options.vramMB ?? 80_000,
+      })),
+    contextOverheadMB: options.contextOverheadMB ?? 0,
+    standbyTiers: options.standbyTiers ?? ["paused"],
+  };
+}
+
+/** A function report with sensible test defaults. */
+export function funcReport(
+  id: string,
+  demand: Partial<PodDemand> = {},
+  policy: Partial<CorePolicy> = {},
+  version = 1,
+): FuncReport {
+  return {
+    id,
+    version,
+    demand: { cpu: 1000, memMB: 1024, gpuType: "Any", gpuCount: 0, vramMB: 0, ...demand },
+    policy: { minReplica: 0, maxReplica: 1, standbyPerNode: 1, scaleinTimeoutS: 1, ...policy },
+  };
+}
+
+/** A fake node as the core keeps it, for plugin tests. */
+export function coreNode(options: Partial<CoreNode> = {}): CoreNode {
+  const node: CoreNode = {
+    name: "n1",
+    ready: true,
+    cpuTotal: 8000,
+    memTotalMB: 32_768,
+    cpuUsed: 0,
+    memUsedMB: 0,
+    gpus: [],
+    contextOverheadMB: 0,
+    standbyTiers: [],
+    pods: new Set(),
+    gpuSummary: { type: null, freeDesc: [], usedMB: 0, totalMB: 0 },
+    ...options,
+  };
+  refreshGpuSummary(node);
+  return node;
+}
+
+/** Drives a core state: `run()` applies events at the current `now`. */
+export class CoreDriver {
+  state: CoreState;
+  now = 0;
+  constructor(podIdPrefix = "p") {
+    this.state = newCoreState({ podIdPrefix });
+  }
+  /** Applies events in order and returns every action they produced. */
+  run(...events: CoreEvent[]): CoreAction[] {
+    const out: CoreAction[] = [];
+    for (const e of events) out.push(...step(this.state, e, this.now).actions);
+    return out;
+  }
+}

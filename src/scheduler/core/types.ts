@@ -1,0 +1,207 @@
+/**
+ * Types of the pure scheduler core: its state, the events it consumes and the
+ * actions it emits. Nothing here does I/O or reads a clock.
+ *
+ * @module
+ */
+import type { GpuSlice, StandbyTier } from "../../model/cluster.ts";
+
+/** One GPU as the core accounts it. */
+export interface CoreGpu {
+  index: number;
+  type: string;
+  vramTotalMB: number;
+  /** vRAM held by pods on this GPU, context overhead included. */
+  vramUsedMB: number;
+  /** Pods with a context on this GPU. */
+  contexts: number;
+}
+
+/** One node as the core accounts it. */
+export interface CoreNode {
+  name: string;
+  ready: boolean;
+  cpuTotal: number;
+  memTotalMB: number;
+  cpuUsed: number;
+  memUsedMB: number;
+  gpus: CoreGpu[];
+  /** vRAM (MB) every pod context costs beyond its slice. */
+  contextOverheadMB: number;
+  standbyTiers: StandbyTier[];
+  /** Live pods placed on this node. */
+  pods: Set<string>;
+  /** Derived from `gpus` by `refreshGpuSummary()` after every change. */
+  gpuSummary: GpuSummary;
+}
+
+/** Per-node GPU figures kept so filters and scores need not scan the GPUs. */
+export interface GpuSummary {
+  /** The one GPU type of the node, or null when types are mixed or there are none. */
+  type: string | null;
+  /** Free vRAM (MB) of each GPU, largest first. */
+  freeDesc: number[];
+  usedMB: number;
+  totalMB: number;
+}
+
+/** What a function asks of a node for one pod. */
+export interface PodDemand {
+  cpu: number;
+  memMB: number;
+  gpuType: string;
+  gpuCount: number;
+  /** vRAM (MB) per GPU, overhead excluded. */
+  vramMB: number;
+}
+
+/** The policy fields the core acts on. */
+export interface CorePolicy {
+  minReplica: number;
+  maxReplica: number;
+  standbyPerNode: number;
+  /** Seconds an unleased pod above `minReplica` stays before termination. */
+  scaleinTimeoutS: number;
+}
+
+/** A lease request waiting for a pod. */
+export interface Waiter {
+  reqId: string;
+  gateway: string;
+  /** Time (ms) after which the request is answered with a timeout. */
+  deadline: number;
+}
+
+/** One function as the core knows it. */
+export interface CoreFunc {
+  id: string;
+  version: number;
+  demand: PodDemand;
+  policy: CorePolicy;
+  /** Live pods of this function, every version. */
+  pods: Set<string>;
+  /** Ready, unleased pods of the current version, least recently used first. */
+  idle: Set<string>;
+  /** Lease requests in arrival order. */
+  waiters: Waiter[];
+  /** Why the last placement failed, for the timeout message. */
+  lastUnschedulable?: string;
+}
+
+/** Core pod states: a subset of the stored pod states. */
+export type CorePodState = "Creating" | "Ready" | "Terminating";
+
+/** One pod as the core accounts it. */
+export interface CorePod {
+  id: string;
+  func: string;
+  version: number;
+  node: string;
+  cpu: number;
+  memMB: number;
+  gpus: GpuSlice[];
+  /** vRAM (MB) charged per GPU including the context overhead. */
+  vramChargeMB: number;
+  state: CorePodState;
+  endpoint?: string;
+  /** Gateway holding the lease, when leased. */
+  leasedBy?: string;
+  /** Last time (ms) the pod was returned or became ready. */
+  lastUsed: number;
+}
+
+/** Tunables of the core. */
+export interface CoreConfig {
+  /** A gateway silent for this long (ms) loses its leases. @default 10000 */
+  gatewayTimeoutMs: number;
+  /** Prefix of pod ids this scheduler instance mints. */
+  podIdPrefix: string;
+}
+
+/** The whole state of the core. The core owns it: `step` updates it in place. */
+export interface CoreState {
+  config: CoreConfig;
+  nodes: Map<string, CoreNode>;
+  /** Nodes in a stable order, for placement scans. */
+  nodeList: CoreNode[];
+  funcs: Map<string, CoreFunc>;
+  pods: Map<string, CorePod>;
+  /** Gateway id to its last heartbeat (ms). */
+  gateways: Map<string, number>;
+  /** Functions with waiters that could not be placed. */
+  starved: Set<string>;
+  podSeq: number;
+}
+
+/** A node as reported by its agent. */
+export interface NodeReport {
+  name: string;
+  ready: boolean;
+  cpuMillis: number;
+  memMB: number;
+  gpus: { index: number; type: string; vramMB: number }[];
+  contextOverheadMB: number;
+  standbyTiers: StandbyTier[];
+}
+
+/** A function definition as the core needs it. */
+export interface FuncReport {
+  id: string;
+  version: number;
+  demand: PodDemand;
+  policy: CorePolicy;
+}
+
+/** A pod as recorded in the store, to rebuild the view after a restart. */
+export interface PodReport {
+  id: string;
+  func: string;
+  version: number;
+  node: string;
+  cpu: number;
+  memMB: number;
+  gpus: GpuSlice[];
+  state: CorePodState;
+  endpoint?: string;
+}
+
+/** Inputs of the core. */
+export type CoreEvent =
+  | { type: "lease"; reqId: string; func: string; gateway: string; deadline: number }
+  | { type: "cancelLease"; reqId: string; func: string }
+  | { type: "return"; podId: string; gateway: string; failed?: boolean }
+  | {
+    type: "podStatus";
+    podId: string;
+    state: "Ready" | "Failed" | "Terminated";
+    endpoint?: string;
+    error?: string;
+  }
+  | { type: "podSync"; pod: PodReport }
+  | { type: "nodeUpdate"; node: NodeReport }
+  | { type: "nodeRemove"; name: string }
+  | { type: "funcUpdate"; func: FuncReport }
+  | { type: "funcRemove"; id: string }
+  | { type: "gatewayHeartbeat"; gateway: string }
+  | { type: "tick" };
+
+/** A pod the shell must create. */
+export interface PodPlacement {
+  id: string;
+  func: string;
+  version: number;
+  node: string;
+  cpu: number;
+  memMB: number;
+  gpus: GpuSlice[];
+}
+
+/** Outputs of the core, carried out by the shell. */
+export type CoreAction =
+  | { type: "createPod"; pod: PodPlacement }
+  | { type: "terminatePod"; podId: string; reason: string }
+  | { type: "leaseGranted"; reqId: string; podId: string; endpoint: string; coldStart: boolean }
+  | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string };
+
+/** Why a lease was refused. */
+export type LeaseFailure = "timeout" | "worker_failed" | "not_found" | "unschedulable";
