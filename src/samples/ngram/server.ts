@@ -1,0 +1,241 @@
+/**
+ * The sample function's model server: loads the n-gram weights at start-up,
+ * then serves `/health`, `/v1/models`, `/v1/completions` and
+ * `/v1/chat/completions` (both with `stream: true` as server-sent events).
+ *
+ * Env: `PORT` (default 8000), `NGRAM_WEIGHTS` (default the shipped weights),
+ * `MODEL_NAME` (default `ngram`), `HOST` (default 127.0.0.1). A `--weights`
+ * flag overrides `NGRAM_WEIGHTS`.
+ *
+ * @module
+ */
+import { NgramModel } from "./model.ts";
+
+const MAX_TOKENS_LIMIT = 4096;
+
+/** A bad request: answered 400 with an OpenAI-style error body. */
+class BadRequest extends Error {}
+
+interface Sampling {
+  maxTokens: number;
+  temperature: number;
+  seed?: number;
+  stop?: string[];
+  stream: boolean;
+}
+
+function parseSampling(body: Record<string, unknown>): Sampling {
+  const maxTokens = body.max_tokens ?? body.max_completion_tokens ?? 16;
+  if (
+    !Number.isInteger(maxTokens) || (maxTokens as number) < 1 ||
+    (maxTokens as number) > MAX_TOKENS_LIMIT
+  ) {
+    throw new BadRequest(`max_tokens must be an integer from 1 to ${MAX_TOKENS_LIMIT}`);
+  }
+  const temperature = body.temperature ?? 1;
+  if (typeof temperature !== "number" || temperature < 0 || temperature > 2) {
+    throw new BadRequest("temperature must be a number from 0 to 2");
+  }
+  const seed = body.seed;
+  if (seed !== undefined && !Number.isInteger(seed)) {
+    throw new BadRequest("seed must be an integer");
+  }
+  let stop = body.stop;
+  if (typeof stop === "string") stop = [stop];
+  if (
+    stop !== undefined && stop !== null &&
+    (!Array.isArray(stop) || stop.some((s) => typeof s !== "string"))
+  ) {
+    throw new BadRequest("stop must be a string or an array of strings");
+  }
+  return {
+    maxTokens: maxTokens as number,
+    temperature,
+    seed: seed as number | undefined,
+    stop: (stop ?? undefined) as string[] | undefined,
+    stream: body.stream === true,
+  };
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json" },
+  });
+}
+
+function error(status: number, message: string, type = "invalid_request_error"): Response {
+  return json(status, { error: { message, type, code: null } });
+}
+
+/** Options for {@linkcode createModelHandler}. */
+export interface ModelHandlerOptions {
+  /** Model name in answers. @default "ngram" */
+  modelName?: string;
+}
+
+/** The server's request handler over a loaded model; exported for tests. */
+export function createModelHandler(
+  model: NgramModel,
+  options: ModelHandlerOptions = {},
+): (req: Request) => Promise<Response> {
+  const name = options.modelName ?? "ngram";
+  let seq = 0;
+
+  return async (req: Request): Promise<Response> => {
+    const { pathname } = new URL(req.url);
+    if (pathname === "/health") return json(200, { status: "ok", model: name });
+    if (pathname === "/v1/models" && req.method === "GET") {
+      return json(200, {
+        object: "list",
+        data: [{ id: name, object: "model", created: 0, owned_by: "inferx" }],
+      });
+    }
+    const chat = pathname === "/v1/chat/completions";
+    if (!chat && pathname !== "/v1/completions") {
+      return error(404, `No route for ${pathname}`, "not_found");
+    }
+    if (req.method !== "POST") return error(405, `${pathname} takes POST`);
+    let body: Record<string, unknown>;
+    try {
+      const parsed = await req.json();
+      if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
+        throw new BadRequest("body must be a JSON object");
+      }
+      body = parsed;
+    } catch (err) {
+      return error(400, err instanceof BadRequest ? err.message : "body is not valid JSON");
+    }
+    let prompt: string;
+    let sampling: Sampling;
+    try {
+      prompt = chat ? chatPrompt(body.messages) : completionPrompt(body.prompt);
+      sampling = parseSampling(body);
+    } catch (err) {
+      if (err instanceof BadRequest) return error(400, err.message);
+      throw err;
+    }
+    const id = `${chat ? "chatcmpl" : "cmpl"}-${Date.now().toString(36)}${(++seq).toString(36)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const promptTokens = [...prompt].length;
+    const gen = model.generate(prompt, sampling);
+    if (!sampling.stream) {
+      const text = [...gen].join("");
+      const n = [...text].length;
+      const finish = n < sampling.maxTokens ? "stop" : "length";
+      const usage = {
+        prompt_tokens: promptTokens,
+        completion_tokens: n,
+        total_tokens: promptTokens + n,
+      };
+      return json(
+        200,
+        chat
+          ? {
+            id,
+            object: "chat.completion",
+            created,
+            model: name,
+            choices: [{
+              index: 0,
+              message: { role: "assistant", content: text },
+              finish_reason: finish,
+            }],
+            usage,
+          }
+          : {
+            id,
+            object: "text_completion",
+            created,
+            model: name,
+            choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
+            usage,
+          },
+      );
+    }
+    const enc = new TextEncoder();
+    const event = (data: unknown) => enc.encode(`data: ${JSON.stringify(data)}\n\n`);
+    const object = chat ? "chat.completion.chunk" : "text_completion";
+    const chunk = (piece: string | null, finish: string | null, first = false) =>
+      event({
+        id,
+        object,
+        created,
+        model: name,
+        choices: [
+          chat
+            ? {
+              index: 0,
+              delta: first
+                ? { role: "assistant", content: "" }
+                : piece === null
+                ? {}
+                : { content: piece },
+              finish_reason: finish,
+            }
+            : { index: 0, text: piece ?? "", logprobs: null, finish_reason: finish },
+        ],
+      });
+    let n = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        if (chat) controller.enqueue(chunk(null, null, true));
+      },
+      pull(controller) {
+        const r = gen.next();
+        if (!r.done) {
+          n++;
+          controller.enqueue(chunk(r.value, null));
+          return;
+        }
+        controller.enqueue(chunk(null, n < sampling.maxTokens ? "stop" : "length"));
+        controller.enqueue(enc.encode("data: [DONE]\n\n"));
+        controller.close();
+      },
+    });
+    return new Response(stream, {
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+    });
+  };
+}
+
+function completionPrompt(p: unknown): string {
+  if (typeof p === "string") return p;
+  if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string")) return p.join("");
+  throw new BadRequest("prompt must be a string or a non-empty array of strings");
+}
+
+function chatPrompt(messages: unknown): string {
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new BadRequest("messages must be a non-empty array");
+  }
+  for (const m of messages) {
+    if (!m || typeof m !== "object" || typeof (m as { content?: unknown }).content !== "string") {
+      throw new BadRequest("every message needs a string content");
+    }
+  }
+  return (messages as { content: string }[]).map((m) => m.content).join("\n") + "\n";
+}
+
+if (import.meta.main) {
+  const flag = Deno.args.indexOf("--weights");
+  const weights = flag >= 0
+    ? Deno.args[flag + 1]
+    : Deno.env.get("NGRAM_WEIGHTS") ?? new URL("./weights.bin", import.meta.url).pathname;
+  const model = await NgramModel.load(weights);
+  const port = Number(Deno.env.get("PORT") ?? 8000);
+  const hostname = Deno.env.get("HOST") ?? "127.0.0.1";
+  const handler = createModelHandler(model, { modelName: Deno.env.get("MODEL_NAME") ?? "ngram" });
+  const server = Deno.serve({
+    port,
+    hostname,
+    onListen: () => {
+      console.log(
+        `ngram model (order ${model.order}, ${model.contexts} contexts) on ${hostname}:${port}`,
+      );
+    },
+  }, handler);
+  for (const sig of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(sig, () => server.shutdown().then(() => Deno.exit(0)));
+  }
+}
