@@ -24,7 +24,7 @@ Deno.test("NgramModel sampling is reproducible with a seed and honours stop", ()
   const stopped = [...m.generate("the ", { maxTokens: 100, temperature: 0, stop: ["sat"] })].join(
     "",
   );
-  assert.ok(stopped.endsWith("sat"), stopped);
+  assert.equal(stopped, "cat on");
   assert.ok(stopped.length < 100);
 });
 
