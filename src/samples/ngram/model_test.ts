@@ -21,9 +21,8 @@ Deno.test("NgramModel sampling is reproducible with a seed and honours stop", ()
   const a = [...m.generate("the ", { maxTokens: 30, temperature: 1, seed: 42 })].join("");
   const b = [...m.generate("the ", { maxTokens: 30, temperature: 1, seed: 42 })].join("");
   assert.equal(a, b);
-  const stopped = [...m.generate("the ", { maxTokens: 100, temperature: 0, stop: ["sat"] })].join(
-    "",
-  );
+  const stopped = [...m.generate("the ", { maxTokens: 100, temperature: 0, stop: ["on"] })]
+    .join("");
   assert.equal(stopped, "cat on");
   assert.ok(stopped.length < 100);
 });
