@@ -253,6 +253,12 @@ export function decodeStoredUserObject(value: string, revision: number): UserObj
   return obj;
 }
 
+/** The version recorded in a stored function's value (0 when none). */
+export function storedVersion(value: string): number {
+  const v = (JSON.parse(value) as { version?: unknown }).version;
+  return typeof v === "number" ? v : 0;
+}
+
 /** The JSON shape of a user object in API answers (InferX-style envelope). */
 export function userObjectToJson(obj: UserObject): Record<string, unknown> {
   const out: Record<string, unknown> = {

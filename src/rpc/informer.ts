@@ -1,0 +1,95 @@
+/**
+ * A watched cache of one object type, built on {@linkcode MetaClient}: list,
+ * then watch from the list's revision; when the store has compacted that
+ * history, list again and report what disappeared meanwhile.
+ *
+ * @module
+ */
+import { logger } from "../common/log.ts";
+import type { ObjectType } from "../model/keys.ts";
+import type { MetaClient, MetaRecord, ObjectRef } from "./types.ts";
+
+const log = logger("informer");
+
+/** Callbacks of an informer. */
+export interface InformerHandlers {
+  upsert(record: MetaRecord): void;
+  remove(ref: ObjectRef): void;
+}
+
+/** A running informer. */
+export interface Informer {
+  stop(): void;
+}
+
+/** Options for {@linkcode startInformer}. */
+export interface InformerOptions {
+  tenant?: string;
+  namespace?: string;
+  /** Delay before listing again after a watch error (ms). @default 500 */
+  retryMs?: number;
+}
+
+/**
+ * Lists `type`, calls `upsert` for each object, then follows changes. Resolves
+ * once the first list has been delivered.
+ */
+export async function startInformer(
+  meta: MetaClient,
+  type: ObjectType,
+  handlers: InformerHandlers,
+  options: InformerOptions = {},
+): Promise<Informer> {
+  const known = new Map<string, ObjectRef>();
+  let watch: { cancel(): void } | undefined;
+  let stopped = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const keyOf = (r: ObjectRef) => `${r.tenant}/${r.namespace}/${r.name}`;
+
+  const sync = async () => {
+    const { items, revision } = await meta.list(type, options.tenant, options.namespace);
+    if (stopped) return;
+    const seen = new Set<string>();
+    for (const rec of items) {
+      seen.add(keyOf(rec));
+      known.set(keyOf(rec), rec);
+      handlers.upsert(rec);
+    }
+    for (const [k, ref] of known) {
+      if (!seen.has(k)) {
+        known.delete(k);
+        handlers.remove(ref);
+      }
+    }
+    watch = meta.watch(type, {
+      tenant: options.tenant,
+      namespace: options.namespace,
+      afterRevision: revision,
+      onEvent(ev) {
+        if (ev.type === "put") {
+          known.set(keyOf(ev.record), ev.record);
+          handlers.upsert(ev.record);
+        } else {
+          known.delete(keyOf(ev.ref));
+          handlers.remove(ev.ref);
+        }
+      },
+      onError(err) {
+        if (stopped) return;
+        log.warn("Watch on {type} ended ({error}); listing again", { type, error: err.message });
+        timer = setTimeout(() => {
+          timer = undefined;
+          sync().catch((e) => log.error("Cannot list {type}: {error}", { type, error: String(e) }));
+        }, options.retryMs ?? 500);
+      },
+    });
+  };
+  await sync();
+  return {
+    stop() {
+      stopped = true;
+      watch?.cancel();
+      if (timer !== undefined) clearTimeout(timer);
+    },
+  };
+}

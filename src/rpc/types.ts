@@ -1,0 +1,105 @@
+/**
+ * Typed client interfaces through which roles meet. Each has an in-process
+ * implementation (the role object itself, for `RUN_SERVICE=All`); gRPC
+ * implementations follow the same interfaces. Nothing here depends on a
+ * transport.
+ *
+ * @module
+ */
+import type { ObjectType } from "../model/keys.ts";
+
+/** Names one stored object. */
+export interface ObjectRef {
+  type: ObjectType;
+  tenant: string;
+  namespace: string;
+  name: string;
+}
+
+/** One stored object: its name, revision and JSON value as stored. */
+export interface MetaRecord extends ObjectRef {
+  revision: number;
+  /** The stored JSON text (validated on write by the state service). */
+  value: string;
+}
+
+/** An object as a client writes it: `object` is validated by the state service. */
+export interface ObjectInput extends ObjectRef {
+  object: unknown;
+  /** For updates: the revision the writer read (compare-and-swap). */
+  revision?: number;
+}
+
+/** A change seen through {@linkcode MetaClient.watch}. */
+export type MetaEvent =
+  | { type: "put"; record: MetaRecord }
+  | { type: "delete"; ref: ObjectRef; revision: number };
+
+/** Options for {@linkcode MetaClient.watch}. */
+export interface MetaWatchOptions {
+  tenant?: string;
+  namespace?: string;
+  /** Changes after this revision; default: from now. */
+  afterRevision?: number;
+  onEvent(ev: MetaEvent): void;
+  /** The watch ended; a `CompactedError` asks for a fresh list. */
+  onError?(err: Error): void;
+}
+
+/** The state service's API (`IxMetaService`). */
+export interface MetaClient {
+  /** The service's version string. */
+  version(): Promise<string>;
+  get(ref: ObjectRef): Promise<MetaRecord | undefined>;
+  list(
+    type: ObjectType,
+    tenant?: string,
+    namespace?: string,
+  ): Promise<{ items: MetaRecord[]; revision: number }>;
+  /** Validates and creates; throws `ValidationError`, `AlreadyExistsError`, `NotFoundError`. */
+  create(input: ObjectInput): Promise<MetaRecord>;
+  /** Validates and replaces at `input.revision`; throws `ConflictError` when it moved. */
+  update(input: ObjectInput): Promise<MetaRecord>;
+  /** Deletes (at `revision` when given); returns the store revision of the delete. */
+  delete(ref: ObjectRef, revision?: number): Promise<number>;
+  watch(type: ObjectType, options: MetaWatchOptions): { cancel(): void };
+}
+
+/** A request for a worker of one function. */
+export interface LeaseRequest {
+  tenant: string;
+  namespace: string;
+  func: string;
+  gatewayId: string;
+  /** How long the gateway can wait for a worker (ms). */
+  timeoutMs: number;
+}
+
+/** A worker leased to a gateway. */
+export interface Lease {
+  podId: string;
+  /** `host:port` of the worker. */
+  endpoint: string;
+  /** Whether the pod was started for this lease. */
+  coldStart: boolean;
+}
+
+/** The scheduler's API (`SchedulerService`). */
+export interface SchedulerClient {
+  /**
+   * Leases a worker; rejects with an `InferxError` whose code says why
+   * (`timeout`, `worker_failed`, `not_found`, `unschedulable`). Aborting
+   * `signal` withdraws the request.
+   */
+  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease>;
+  /** Gives a worker back; `failed` asks for it to be replaced. */
+  returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void>;
+  /** Heartbeat of a gateway: keeps its leases. */
+  refreshGateway(gatewayId: string): Promise<void>;
+}
+
+/** The node agent's API (`NodeAgentService`). */
+export interface NodeAgentClient {
+  /** The last `lines` lines a pod printed. */
+  readPodLog(podId: string, lines?: number): Promise<string>;
+}

@@ -1,0 +1,227 @@
+/**
+ * The state service: the only writer of the metadata store. It validates
+ * every object at the edge (zod schemas), admits it (its tenant and namespace
+ * exist, a linked policy exists, nothing still depends on what is deleted),
+ * gives functions a new version on every update, and exposes the store's
+ * revisioned reads and watches. Implements {@linkcode MetaClient} in-process.
+ *
+ * @module
+ */
+import {
+  AlreadyExistsError,
+  ConflictError,
+  NotFoundError,
+  ValidationError,
+} from "../common/errors.ts";
+import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
+import {
+  isUserType,
+  objectKey,
+  type ObjectType,
+  parseKey,
+  SYSTEM,
+  typePrefix,
+} from "../model/keys.ts";
+import {
+  decodeStoredUserObject,
+  decodeUserObject,
+  encodeUserObject,
+  storedVersion,
+} from "../model/schemas.ts";
+import type { MetaStore } from "../store/types.ts";
+import type {
+  MetaClient,
+  MetaRecord,
+  MetaWatchOptions,
+  ObjectInput,
+  ObjectRef,
+} from "../rpc/types.ts";
+
+/** The version string the service reports. */
+export const SERVICE_VERSION = "inferx-deno/0.1.0";
+
+const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name}`;
+
+/** In-process state service over a {@linkcode MetaStore}. */
+export class StateService implements MetaClient {
+  #store: MetaStore;
+
+  constructor(store: MetaStore) {
+    this.#store = store;
+  }
+
+  version(): Promise<string> {
+    return Promise.resolve(SERVICE_VERSION);
+  }
+
+  async get(ref: ObjectRef): Promise<MetaRecord | undefined> {
+    const kv = await this.#store.get(objectKey(ref.type, ref.tenant, ref.namespace, ref.name));
+    return kv && { ...ref, revision: kv.revision, value: kv.value };
+  }
+
+  async list(
+    type: ObjectType,
+    tenant?: string,
+    namespace?: string,
+  ): Promise<{ items: MetaRecord[]; revision: number }> {
+    const { items, revision } = await this.#store.list(typePrefix(type, tenant, namespace));
+    return {
+      revision,
+      items: items.flatMap((kv) => {
+        const ref = parseKey(kv.key);
+        return ref ? [{ ...ref, revision: kv.revision, value: kv.value }] : [];
+      }),
+    };
+  }
+
+  async create(input: ObjectInput): Promise<MetaRecord> {
+    const value = await this.#admit(input, undefined);
+    const key = objectKey(input.type, input.tenant, input.namespace, input.name);
+    const revision = await this.#store.create(key, value).catch((err) => {
+      if (err instanceof AlreadyExistsError) {
+        throw new AlreadyExistsError(`Cannot create ${refText(input)}: it already exists`);
+      }
+      throw err;
+    });
+    return { ...refOf(input), revision, value };
+  }
+
+  async update(input: ObjectInput): Promise<MetaRecord> {
+    const ref = refOf(input);
+    const current = await this.get(ref);
+    if (!current) throw new NotFoundError(`Cannot update ${refText(ref)}: it does not exist`);
+    if (input.revision === undefined) {
+      throw new ValidationError(
+        `Cannot update ${refText(ref)}: revision is required (the revision you read)`,
+        "revision",
+      );
+    }
+    if (input.revision !== current.revision) {
+      throw new ConflictError(
+        `Cannot update ${
+          refText(ref)
+        }: it changed (revision ${current.revision}, you sent ${input.revision})`,
+        { revision: current.revision },
+      );
+    }
+    const value = await this.#admit(input, current);
+    const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
+    const revision = await this.#store.update(key, value, input.revision);
+    return { ...ref, revision, value };
+  }
+
+  async delete(ref: ObjectRef, revision?: number): Promise<number> {
+    await this.#checkNoDependents(ref);
+    const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
+    try {
+      return await this.#store.delete(key, revision);
+    } catch (err) {
+      if (err instanceof NotFoundError) {
+        throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
+      }
+      throw err;
+    }
+  }
+
+  watch(type: ObjectType, options: MetaWatchOptions): { cancel(): void } {
+    return this.#store.watch(typePrefix(type, options.tenant, options.namespace), {
+      afterRevision: options.afterRevision,
+      onError: options.onError,
+      onEvent(ev) {
+        const key = ev.type === "put" ? ev.kv.key : ev.key;
+        const ref = parseKey(key);
+        if (!ref) return;
+        if (ev.type === "put") {
+          options.onEvent({
+            type: "put",
+            record: { ...ref, revision: ev.kv.revision, value: ev.kv.value },
+          });
+        } else options.onEvent({ type: "delete", ref, revision: ev.revision });
+      },
+    });
+  }
+
+  /** Validates `input` and checks what it refers to; returns the value to store. */
+  async #admit(input: ObjectInput, current: MetaRecord | undefined): Promise<string> {
+    if (isUserType(input.type)) {
+      const obj = decodeUserObject(input);
+      if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
+      if (obj.type === "function" || obj.type === "funcpolicy") {
+        await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
+      }
+      if (obj.type === "function") {
+        if (obj.spec.policy?.kind === "link") {
+          await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
+        }
+        obj.version = current ? storedVersion(current.value) + 1 : 1;
+      }
+      return encodeUserObject(obj);
+    }
+    if (input.type === "node") {
+      const r = NodeInfoSchema.safeParse(input.object);
+      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (r.data.name !== input.name) {
+        throw new ValidationError(`Invalid ${refText(input)}: name must match`, "name");
+      }
+      return JSON.stringify(r.data);
+    }
+    if (input.type === "pod") {
+      const r = PodInfoSchema.safeParse(input.object);
+      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (r.data.id !== input.name) {
+        throw new ValidationError(`Invalid ${refText(input)}: id must match name`, "id");
+      }
+      return JSON.stringify(r.data);
+    }
+    throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
+  }
+
+  async #mustExist(type: ObjectType, tenant: string, namespace: string, name: string) {
+    const kv = await this.#store.get(objectKey(type, tenant, namespace, name));
+    if (kv) return;
+    const where = type === "tenant"
+      ? name
+      : type === "namespace"
+      ? `${tenant}/${name}`
+      : `${tenant}/${namespace}/${name}`;
+    throw new NotFoundError(`Cannot admit object: ${type} ${where} does not exist`);
+  }
+
+  async #checkNoDependents(ref: ObjectRef) {
+    const blocked = (what: string) => {
+      throw new ConflictError(`Cannot delete ${refText(ref)}: ${what}`);
+    };
+    if (ref.type === "tenant") {
+      const { items } = await this.#store.list(typePrefix("namespace", ref.name));
+      if (items.length) blocked(`it still has ${items.length} namespace(s)`);
+    } else if (ref.type === "namespace") {
+      for (const t of ["function", "funcpolicy"] as const) {
+        const { items } = await this.#store.list(typePrefix(t, ref.tenant, ref.name));
+        if (items.length) blocked(`it still has ${items.length} ${t} object(s)`);
+      }
+    } else if (ref.type === "funcpolicy") {
+      const { items } = await this.#store.list(typePrefix("function", ref.tenant, ref.namespace));
+      for (const kv of items) {
+        const fn = decodeStoredUserObject(kv.value, kv.revision);
+        if (
+          fn.type === "function" && fn.spec.policy?.kind === "link" &&
+          fn.spec.policy.name === ref.name
+        ) {
+          blocked(`function ${fn.name} links to it`);
+        }
+      }
+    }
+  }
+}
+
+function refOf(r: ObjectRef): ObjectRef {
+  return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
+}
+
+function invalidInternal(
+  ref: ObjectRef,
+  issues: { path: PropertyKey[]; message: string }[],
+): ValidationError {
+  const field = issues[0].path.map(String).join(".");
+  return new ValidationError(`Invalid ${refText(ref)}: ${field}: ${issues[0].message}`, field);
+}
