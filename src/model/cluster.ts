@@ -59,6 +59,19 @@ export const GpuSliceSchema = z.object({ index: z.int().min(0), vramMB: z.int().
 /** GPUs assigned to a pod. */
 export type GpuSlice = z.infer<typeof GpuSliceSchema>;
 
+/** What a node agent needs to start a pod: a snapshot of its function's spec. */
+export const PodTemplateSchema = z.object({
+  image: z.string(),
+  commands: z.array(z.string()),
+  envs: z.array(z.tuple([z.string(), z.string()])),
+  mounts: z.array(z.object({ hostpath: z.string(), mountpath: z.string(), readonly: z.boolean() })),
+  port: z.int().min(1).max(65535),
+  probe: z.string(),
+  startupTimeoutS: z.number().positive(),
+});
+/** What a node agent needs to start a pod. */
+export type PodTemplate = z.infer<typeof PodTemplateSchema>;
+
 /** A pod: desired state from the scheduler, status from the node agent. */
 export const PodInfoSchema = z.object({
   id: z.string().min(1),
@@ -70,6 +83,7 @@ export const PodInfoSchema = z.object({
   cpuMillis: z.int().min(0),
   memMB: z.int().min(0),
   gpus: z.array(GpuSliceSchema).default([]),
+  template: PodTemplateSchema,
   /** Desired: whether the pod should run. Written by the scheduler only. */
   desired: z.enum(["Running", "Terminated"]),
   /** Observed state. Written by the node agent (the scheduler writes `Creating` first). */

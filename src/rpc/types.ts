@@ -82,6 +82,8 @@ export interface Lease {
   endpoint: string;
   /** Whether the pod was started for this lease. */
   coldStart: boolean;
+  /** The function version the pod runs. */
+  version: number;
 }
 
 /** The scheduler's API (`SchedulerService`). */

@@ -141,6 +141,7 @@ function grant(ctx: Ctx, f: CoreFunc, pod: CorePod, w: Waiter, coldStart: boolea
     podId: pod.id,
     endpoint: pod.endpoint!,
     coldStart,
+    version: pod.version,
   });
 }
 

@@ -30,6 +30,7 @@ Deno.test("step() cold-starts a pod for the first lease and grants it when ready
     podId: pod.id,
     endpoint: "127.0.0.1:9",
     coldStart: true,
+    version: 1,
   }]);
 });
 
@@ -80,6 +81,7 @@ Deno.test("step() never exceeds max_replica and hands a returned pod to the next
     podId: pod.id,
     endpoint: "e",
     coldStart: false,
+    version: 1,
   }]);
 });
 

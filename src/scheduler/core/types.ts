@@ -200,7 +200,14 @@ export interface PodPlacement {
 export type CoreAction =
   | { type: "createPod"; pod: PodPlacement }
   | { type: "terminatePod"; podId: string; reason: string }
-  | { type: "leaseGranted"; reqId: string; podId: string; endpoint: string; coldStart: boolean }
+  | {
+    type: "leaseGranted";
+    reqId: string;
+    podId: string;
+    endpoint: string;
+    coldStart: boolean;
+    version: number;
+  }
   | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string };
 
 /** Why a lease was refused. */

@@ -1,0 +1,50 @@
+/**
+ * `RUN_SERVICE=All`: every role in one process on the embedded store, wired
+ * through their in-process client implementations. This is the composition
+ * root; the roles themselves never import each other.
+ *
+ * @module
+ */
+import { type EnvConfig, loadNodeConfig, REPO_ROOT } from "../common/config.ts";
+import { logger } from "../common/log.ts";
+import * as gateway from "../gateway/mod.ts";
+import * as nodeagent from "../nodeagent/mod.ts";
+import * as scheduler from "../scheduler/mod.ts";
+import * as statesvc from "../statesvc/mod.ts";
+import { applySamples } from "../statesvc/samples.ts";
+
+/** The running all-in-one platform. */
+export interface AllHandle {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** Starts state service, node agent, scheduler and gateway, in that order. */
+export async function start(env: EnvConfig): Promise<AllHandle> {
+  const state = await statesvc.start({ dataDir: env.dataDir });
+  const meta = state.service;
+  if (env.samplesDir) await applySamples(meta, env.samplesDir);
+  const node = await nodeagent.start({
+    meta,
+    node: await loadNodeConfig(env.nodeConfigPath),
+    workDir: REPO_ROOT,
+  });
+  const sched = await scheduler.start({ meta });
+  const gw = await gateway.start({
+    meta,
+    scheduler: sched.service,
+    port: env.gatewayPort,
+    hostname: env.gatewayHost,
+    bodyLimit: env.bodyLimit,
+  });
+  return {
+    port: gw.port,
+    async stop() {
+      logger().info("Stopping");
+      await gw.stop();
+      await sched.stop();
+      await node.stop();
+      await state.stop();
+    },
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * Configuration from the environment and `config/node.json`. Every setting
+ * has a default that runs the all-in-one platform on one machine.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { ValidationError } from "./errors.ts";
+import { GpuSchema, type NodeInfo, STANDBY_TIERS } from "../model/cluster.ts";
+
+/** The roles `RUN_SERVICE` selects. */
+export const ROLES = ["All", "StateSvc", "Scheduler", "Gateway", "NodeAgent"] as const;
+/** One of {@linkcode ROLES}. */
+export type Role = typeof ROLES[number];
+
+/** Root of the repository (where `main.ts` is). */
+export const REPO_ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** Settings read from the environment. */
+export interface EnvConfig {
+  role: Role;
+  /** `INFERX_DATA_DIR`, default `./data`. */
+  dataDir: string;
+  /** `GATEWAY_PORT`, default 4000. */
+  gatewayPort: number;
+  /** `GATEWAY_HOST`: address the gateway binds, default 127.0.0.1. */
+  gatewayHost: string;
+  /** `NODE_CONFIG`: path of node.json, default `config/node.json`. */
+  nodeConfigPath: string;
+  /** `INFERX_SAMPLES`: directory of objects applied at start, default `config/functions`; `none` for none. */
+  samplesDir?: string;
+  /** `INFERX_BODY_LIMIT`: largest request body in bytes, default 16 MiB. */
+  bodyLimit: number;
+  /** `LOG_LEVEL`, default `info`. */
+  logLevel: string;
+}
+
+function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
+  const raw = env(name);
+  if (raw === undefined || raw === "") return dflt;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ValidationError(`Invalid ${name}: "${raw}" is not a non-negative integer`, name);
+  }
+  return n;
+}
+
+/** Reads the environment (or `env` in tests). */
+export function readEnv(
+  env: (k: string) => string | undefined = (k) => Deno.env.get(k),
+): EnvConfig {
+  const role = env("RUN_SERVICE") ?? "All";
+  if (!(ROLES as readonly string[]).includes(role)) {
+    throw new ValidationError(
+      `Invalid RUN_SERVICE: "${role}" is not one of ${ROLES.join(", ")}`,
+      "RUN_SERVICE",
+    );
+  }
+  const samples = env("INFERX_SAMPLES") ?? `${REPO_ROOT}/config/functions`;
+  return {
+    role: role as Role,
+    dataDir: env("INFERX_DATA_DIR") ?? "./data",
+    gatewayPort: intEnv(env, "GATEWAY_PORT", 4000),
+    gatewayHost: env("GATEWAY_HOST") ?? "127.0.0.1",
+    nodeConfigPath: env("NODE_CONFIG") ?? `${REPO_ROOT}/config/node.json`,
+    samplesDir: samples === "none" ? undefined : samples,
+    bodyLimit: intEnv(env, "INFERX_BODY_LIMIT", 16 * 1024 * 1024),
+    logLevel: env("LOG_LEVEL") ?? "info",
+  };
+}
+
+/** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */
+export const NodeConfigSchema = z.object({
+  name: z.string().min(1).default("node1"),
+  /** Address workers listen on and are reached at. */
+  address: z.string().default("127.0.0.1"),
+  cpuMillis: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
+  memMB: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
+  /** GPUs declared for placement when the driver reports none. */
+  gpus: z.array(GpuSchema).default([]),
+  contextOverheadMB: z.int().min(0).default(0),
+  runtime: z.enum(["process"]).default("process"),
+  standbyTiers: z.array(z.enum(STANDBY_TIERS)).default([]),
+});
+
+/** Loads node.json into the node the agent registers (`NODE_NAME` overrides the name). */
+export async function loadNodeConfig(path: string): Promise<NodeInfo> {
+  let raw: unknown = {};
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new ValidationError(`Invalid node config ${path}: ${(err as Error).message}`);
+    }
+  }
+  const r = NodeConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const field = issue.path.join(".");
+    throw new ValidationError(`Invalid node config ${path}: ${field}: ${issue.message}`, field);
+  }
+  const c = r.data;
+  return {
+    name: Deno.env.get("NODE_NAME") ?? c.name,
+    address: c.address,
+    cpuMillis: c.cpuMillis === "auto" ? navigator.hardwareConcurrency * 1000 : c.cpuMillis,
+    memMB: c.memMB === "auto" ? Math.floor(Deno.systemMemoryInfo().total / 1048576) : c.memMB,
+    gpus: c.gpus,
+    contextOverheadMB: c.contextOverheadMB,
+    standbyTiers: c.standbyTiers,
+    runtime: c.runtime,
+    ready: true,
+    heartbeat: 0,
+  };
+}

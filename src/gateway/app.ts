@@ -1,0 +1,271 @@
+/**
+ * The gateway's HTTP API as a Hono app built by {@linkcode createGatewayApp}:
+ * `/funccall/{tenant}/{namespace}/{function}/{path}` proxies to a leased
+ * worker; `/object(s)` manage objects through the state service; `/nodes` and
+ * `/pods` are read-only views. Every error is a JSON body with a clear
+ * message; status codes come from `httpStatus()` in one place.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import type { Context } from "hono";
+import {
+  errorBody,
+  httpStatus,
+  NotFoundError,
+  toInferxError,
+  ValidationError,
+} from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import { decodeNode, decodePod } from "../model/cluster.ts";
+import { isUserType, type UserType } from "../model/keys.ts";
+import { decodeStoredUserObject, userObjectToJson } from "../model/schemas.ts";
+import type { MetaClient, MetaRecord } from "../rpc/types.ts";
+import type { FuncCache } from "./func_cache.ts";
+import type { Slot } from "./func_agent.ts";
+import {
+  forwardHeaders,
+  limitStream,
+  onBodyDone,
+  readLimited,
+  sendUpstream,
+  tooLarge,
+  UpstreamUnreachable,
+} from "./proxy.ts";
+
+const log = logger("gateway");
+
+/** What the gateway app needs. */
+export interface GatewayDeps {
+  meta: MetaClient;
+  cache: FuncCache;
+  /** Largest request body (bytes). @default 16 MiB */
+  bodyLimit?: number;
+}
+
+const RETRY_STATUSES = new Set([502, 503, 504]);
+const MAX_ATTEMPTS = 3;
+
+/** Builds the gateway's Hono app; test it with `app.request()`. */
+export function createGatewayApp(deps: GatewayDeps): Hono {
+  const limit = deps.bodyLimit ?? 16 * 1024 * 1024;
+  const app = new Hono();
+
+  app.onError((err, c) => {
+    const e = toInferxError(err);
+    if (e.code === "internal") log.error("Request failed: {error}", { error: String(err) });
+    return c.json(errorBody(e), httpStatus(e.code) as 400);
+  });
+  app.notFound((c) =>
+    c.json(errorBody(new NotFoundError(`No route for ${c.req.method} ${c.req.path}`)), 404)
+  );
+
+  app.get("/health", (c) => c.json({ status: "ok" }));
+
+  app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, deps, limit));
+  app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, deps, limit));
+
+  app.put("/object/", async (c) => {
+    const input = await readObjectInput(c, limit);
+    const rec = await deps.meta.create(input);
+    return c.json(recordJson(rec), 201);
+  });
+  app.post("/object/", async (c) => {
+    const input = await readObjectInput(c, limit);
+    if (input.revision === undefined) {
+      throw new ValidationError(
+        "Invalid update: revision is required (the revision you read, for compare-and-swap)",
+        "revision",
+      );
+    }
+    return c.json(recordJson(await deps.meta.update(input)));
+  });
+  app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const type = userType(c.req.param("type"));
+    const rec = await deps.meta.get({ type, tenant, namespace, name });
+    if (!rec) throw new NotFoundError(`${type} ${tenant}/${namespace}/${name} does not exist`);
+    return c.json(recordJson(rec));
+  });
+  app.delete("/object/:type/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const type = userType(c.req.param("type"));
+    const q = c.req.query("revision");
+    const revision = q === undefined ? undefined : Number(q);
+    if (revision !== undefined && !Number.isInteger(revision)) {
+      throw new ValidationError(`Invalid revision "${q}": not an integer`, "revision");
+    }
+    const at = await deps.meta.delete({ type, tenant, namespace, name }, revision);
+    return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
+  });
+  app.get("/objects/:type/:tenant/:namespace", async (c) => {
+    const { tenant, namespace } = c.req.param();
+    const type = userType(c.req.param("type"));
+    const { items, revision } = await deps.meta.list(type, tenant, namespace);
+    return c.json({ items: items.map(recordJson), revision });
+  });
+  app.get("/objects/:type", async (c) => {
+    const type = userType(c.req.param("type"));
+    const { items, revision } = await deps.meta.list(type);
+    return c.json({ items: items.map(recordJson), revision });
+  });
+  app.get("/nodes", async (c) => {
+    const { items } = await deps.meta.list("node");
+    return c.json(items.map((r) => decodeNode(r.value)));
+  });
+  app.get("/pods/:tenant/:namespace/:func", async (c) => {
+    const { tenant, namespace, func } = c.req.param();
+    const { items } = await deps.meta.list("pod", tenant, namespace);
+    return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
+  });
+  return app;
+}
+
+function userType(s: string): UserType {
+  if (!isUserType(s)) {
+    throw new ValidationError(
+      `Invalid type "${s}": must be one of tenant, namespace, function, funcpolicy`,
+      "type",
+    );
+  }
+  return s;
+}
+
+function recordJson(rec: MetaRecord): Record<string, unknown> {
+  return userObjectToJson(decodeStoredUserObject(rec.value, rec.revision));
+}
+
+async function readJson(c: Context, limit: number): Promise<unknown> {
+  const len = Number(c.req.header("content-length") ?? 0);
+  if (len > limit) throw tooLarge(limit);
+  const bytes = await readLimited(c.req.raw.body, limit);
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch (err) {
+    throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+async function readObjectInput(c: Context, limit: number) {
+  const body = await readJson(c, limit);
+  if (!body || typeof body !== "object" || Array.isArray(body)) {
+    throw new ValidationError("Invalid object envelope: body must be a JSON object");
+  }
+  const b = body as Record<string, unknown>;
+  if (typeof b.type !== "string") {
+    throw new ValidationError("Invalid object envelope: type: must be a string", "type");
+  }
+  const type = userType(b.type);
+  for (const f of ["tenant", "namespace", "name"]) {
+    if (typeof b[f] !== "string") {
+      throw new ValidationError(`Invalid object envelope: ${f}: must be a string`, f);
+    }
+  }
+  if (b.revision !== undefined && !Number.isInteger(b.revision)) {
+    throw new ValidationError("Invalid object envelope: revision: must be an integer", "revision");
+  }
+  return {
+    type,
+    tenant: b.tenant as string,
+    namespace: b.namespace as string,
+    name: b.name as string,
+    object: b.object,
+    revision: b.revision as number | undefined,
+  };
+}
+
+function timeoutHeader(c: Context): number | undefined {
+  const raw = c.req.header("x-inferx-timeout");
+  if (raw === undefined) return undefined;
+  const s = Number(raw);
+  if (!Number.isFinite(s) || s <= 0) {
+    throw new ValidationError(
+      `Invalid X-Inferx-Timeout "${raw}": must be a positive number of seconds`,
+      "X-Inferx-Timeout",
+    );
+  }
+  return s * 1000;
+}
+
+async function funccall(c: Context, deps: GatewayDeps, limit: number): Promise<Response> {
+  const t0 = performance.now();
+  const { tenant, namespace, func } = c.req.param() as Record<string, string>;
+  const agent = deps.cache.agent(tenant, namespace, func);
+  if (!agent) throw new NotFoundError(`Function ${tenant}/${namespace}/${func} does not exist`);
+  const req = c.req.raw;
+  const url = new URL(req.url);
+  const prefix = `/funccall/${tenant}/${namespace}/${func}`;
+  const pathAndQuery = (url.pathname.slice(prefix.length) || "/") + url.search;
+  const timeoutMs = timeoutHeader(c);
+
+  let body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null = null;
+  let replayable = true;
+  if (req.body && req.method !== "GET" && req.method !== "HEAD") {
+    if (Number(req.headers.get("content-length") ?? 0) > limit) throw tooLarge(limit);
+    if ((req.headers.get("content-type") ?? "").includes("json")) {
+      const bytes = await readLimited(req.body, limit);
+      if (bytes.byteLength) {
+        try {
+          JSON.parse(new TextDecoder().decode(bytes));
+        } catch (err) {
+          throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+        }
+      }
+      body = bytes;
+    } else {
+      body = limitStream(req.body, limit);
+      replayable = false;
+    }
+  }
+
+  const headers = forwardHeaders(req.headers);
+  let slot: Slot = await agent.acquire(timeoutMs);
+  let upstream: Response | undefined;
+  for (let attempt = 1;; attempt++) {
+    try {
+      upstream = await sendUpstream(
+        slot.worker.endpoint,
+        pathAndQuery,
+        req.method,
+        headers,
+        body,
+        req.signal,
+      );
+    } catch (err) {
+      if (!(err instanceof UpstreamUnreachable)) {
+        agent.release(slot);
+        throw err;
+      }
+      log.warn("Worker {pod} of {func} unreachable: {error}", {
+        pod: slot.worker.podId,
+        func: agent.id,
+        error: err.message,
+      });
+      agent.release(slot, true);
+      if (!replayable || attempt >= MAX_ATTEMPTS) throw err;
+      slot = await agent.acquire(timeoutMs);
+      continue;
+    }
+    if (RETRY_STATUSES.has(upstream.status) && replayable && attempt < MAX_ATTEMPTS) {
+      const other = agent.tryAcquireOther(slot.worker.podId);
+      if (other) {
+        await upstream.body?.cancel();
+        agent.release(slot);
+        slot = other;
+        continue;
+      }
+    }
+    break;
+  }
+  const out = forwardHeaders(upstream.headers);
+  out.set("x-inferx-cold-start", slot.coldStart ? "1" : "0");
+  out.set("x-inferx-ttfb-ms", (performance.now() - t0).toFixed(2));
+  out.set("x-inferx-queue-ms", slot.queuedMs.toFixed(2));
+  out.set("x-inferx-pod", slot.worker.podId);
+  const held = slot;
+  return new Response(onBodyDone(upstream.body, () => agent.release(held)), {
+    status: upstream.status,
+    statusText: upstream.statusText,
+    headers: out,
+  });
+}

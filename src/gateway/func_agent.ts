@@ -1,0 +1,293 @@
+/**
+ * A function's agent in the gateway: its request queue and the workers it has
+ * leased. A request takes a free slot of a leased worker (`parallel` per
+ * worker) without any remote call; only when none is free and the queue is
+ * over `wait_ratio` does the agent ask the scheduler for another worker. A
+ * worker idle for `scalein_timeout` goes back.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import type { FuncPolicy } from "../model/schemas.ts";
+import type { SchedulerClient } from "../rpc/types.ts";
+
+const log = logger("gateway", "agent");
+
+/** A leased worker. */
+export interface Worker {
+  podId: string;
+  endpoint: string;
+  version: number;
+  inflight: number;
+  /** When it last became idle (ms). */
+  idleSince: number;
+  /** Set for workers of an old version: no new requests, returned when idle. */
+  draining: boolean;
+  /** Requests not yet served by this worker since it was cold-started for them. */
+  coldRequests: number;
+}
+
+/** A slot on a worker, held for one request. */
+export interface Slot {
+  worker: Worker;
+  /** This request waited for a worker started for it. */
+  coldStart: boolean;
+  /** Time spent waiting in the queue (ms). */
+  queuedMs: number;
+}
+
+interface Waiter {
+  resolve(slot: Slot): void;
+  reject(err: Error): void;
+  timer: ReturnType<typeof setTimeout>;
+  since: number;
+  deadline: number;
+}
+
+/** Dependencies of a {@linkcode FuncAgent}. */
+export interface FuncAgentDeps {
+  scheduler: SchedulerClient;
+  gatewayId: string;
+}
+
+/** One function's queue and leased workers in one gateway. */
+export class FuncAgent {
+  readonly tenant: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly id: string;
+  policy: FuncPolicy;
+  version: number;
+  #deps: FuncAgentDeps;
+  #workers: Worker[] = [];
+  #queue: Waiter[] = [];
+  #pendingLeases = 0;
+  #leaseAbort = new AbortController();
+  #closed = false;
+
+  constructor(
+    ref: { tenant: string; namespace: string; name: string; version: number },
+    policy: FuncPolicy,
+    deps: FuncAgentDeps,
+  ) {
+    this.tenant = ref.tenant;
+    this.namespace = ref.namespace;
+    this.name = ref.name;
+    this.id = `${ref.tenant}/${ref.namespace}/${ref.name}`;
+    this.version = ref.version;
+    this.policy = policy;
+    this.#deps = deps;
+  }
+
+  /** Leased workers (read-only view). */
+  get workers(): readonly Worker[] {
+    return this.#workers;
+  }
+
+  /** Requests waiting for a slot. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /**
+   * Takes a slot for one request, waiting up to `timeoutMs` (capped by the
+   * policy's `queue_timeout`). Rejects 503 `queue_full` when `queue_len`
+   * requests already wait, 504 `timeout` when the wait runs out.
+   */
+  acquire(timeoutMs?: number): Promise<Slot> {
+    if (this.#closed) {
+      return Promise.reject(
+        new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
+      );
+    }
+    if (this.#queue.length === 0) {
+      const w = this.#freeWorker();
+      if (w) return Promise.resolve(this.#take(w, 0));
+    }
+    if (this.#queue.length >= this.policy.queue_len) {
+      return Promise.reject(
+        new InferxError(
+          "queue_full",
+          `Cannot call ${this.id}: queue is full (${this.#queue.length} waiting)`,
+          { retryable: true, details: { queue_len: this.policy.queue_len } },
+        ),
+      );
+    }
+    const limit = this.policy.queue_timeout * 1000;
+    const wait = Math.max(1, Math.min(timeoutMs ?? limit, limit));
+    return new Promise<Slot>((resolve, reject) => {
+      const since = performance.now();
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        since,
+        deadline: Date.now() + wait,
+        timer: setTimeout(() => {
+          const i = this.#queue.indexOf(waiter);
+          if (i >= 0) this.#queue.splice(i, 1);
+          reject(
+            new InferxError(
+              "timeout",
+              `Cannot call ${this.id}: no worker was free within ${
+                Math.round(wait)
+              } ms${this.#lastErrorText()}`,
+              { retryable: true },
+            ),
+          );
+        }, wait),
+      };
+      this.#queue.push(waiter);
+      this.#scaleOut();
+    });
+  }
+
+  /**
+   * Takes a free slot on a worker other than `podId` now, or undefined; for
+   * retrying a request elsewhere without queueing.
+   */
+  tryAcquireOther(podId: string): Slot | undefined {
+    const w = this.#workers.find((w) =>
+      w.podId !== podId && !w.draining && w.inflight < this.policy.parallel
+    );
+    return w && this.#take(w, 0);
+  }
+
+  /** Gives a slot back; `failed` drops the worker (it refused the connection). */
+  release(slot: Slot, failed = false): void {
+    const w = slot.worker;
+    w.inflight--;
+    if (failed) {
+      this.#drop(w, true);
+    } else if (w.inflight === 0) {
+      w.idleSince = performance.now();
+      if (w.draining || this.#closed) this.#drop(w, false);
+    }
+    this.#drain();
+  }
+
+  /** Returns workers idle past `scalein_timeout`; called periodically. */
+  sweep(now = performance.now()): void {
+    const idleMs = this.policy.scalein_timeout * 1000;
+    for (const w of [...this.#workers]) {
+      if (w.inflight === 0 && now - w.idleSince >= idleMs) this.#drop(w, false);
+    }
+  }
+
+  /** A new spec version: workers of older versions drain. */
+  setVersion(version: number, policy: FuncPolicy): void {
+    this.policy = policy;
+    if (version === this.version) return this.#drain();
+    this.version = version;
+    for (const w of [...this.#workers]) {
+      if (w.version < version) {
+        w.draining = true;
+        if (w.inflight === 0) this.#drop(w, false);
+      }
+    }
+    this.#drain();
+  }
+
+  /** The function is gone: refuse waiters, return workers when idle. */
+  close(): void {
+    this.#closed = true;
+    this.#leaseAbort.abort(
+      new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
+    );
+    for (const q of this.#queue.splice(0)) {
+      clearTimeout(q.timer);
+      q.reject(new InferxError("not_found", `Cannot call ${this.id}: function was removed`));
+    }
+    for (const w of [...this.#workers]) if (w.inflight === 0) this.#drop(w, false);
+  }
+
+  #lastError?: InferxError;
+
+  #lastErrorText(): string {
+    return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
+  }
+
+  #freeWorker(): Worker | undefined {
+    let best: Worker | undefined;
+    for (const w of this.#workers) {
+      if (w.draining || w.inflight >= this.policy.parallel) continue;
+      if (!best || w.inflight < best.inflight) best = w;
+    }
+    return best;
+  }
+
+  #take(w: Worker, queuedMs: number): Slot {
+    w.inflight++;
+    const coldStart = w.coldRequests > 0;
+    if (coldStart) w.coldRequests--;
+    return { worker: w, coldStart, queuedMs };
+  }
+
+  #drain(): void {
+    while (this.#queue.length) {
+      const w = this.#freeWorker();
+      if (!w) break;
+      const q = this.#queue.shift()!;
+      clearTimeout(q.timer);
+      q.resolve(this.#take(w, performance.now() - q.since));
+    }
+    if (this.#queue.length) this.#scaleOut();
+  }
+
+  #drop(w: Worker, failed: boolean): void {
+    const i = this.#workers.indexOf(w);
+    if (i < 0) return;
+    this.#workers.splice(i, 1);
+    this.#deps.scheduler.returnWorker({ podId: w.podId, gatewayId: this.#deps.gatewayId, failed })
+      .catch((err) =>
+        log.warn("Cannot return {pod}: {error}", { pod: w.podId, error: String(err) })
+      );
+  }
+
+  /** Leases another worker when the queue calls for it. */
+  #scaleOut(): void {
+    if (this.#closed || this.#queue.length === 0) return;
+    const active = this.#workers.filter((w) => !w.draining).length;
+    if (active + this.#pendingLeases >= this.policy.max_replica) return;
+    const capacity = active * this.policy.parallel;
+    const pressure = active === 0 ||
+      this.#queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
+    if (!pressure || this.#pendingLeases > 0) return;
+    this.#pendingLeases++;
+    const waitMs = Math.max(1, Math.max(...this.#queue.map((q) => q.deadline)) - Date.now());
+    this.#deps.scheduler.leaseWorker({
+      tenant: this.tenant,
+      namespace: this.namespace,
+      func: this.name,
+      gatewayId: this.#deps.gatewayId,
+      timeoutMs: waitMs,
+    }, this.#leaseAbort.signal).then((lease) => {
+      this.#pendingLeases--;
+      this.#lastError = undefined;
+      const w: Worker = {
+        podId: lease.podId,
+        endpoint: lease.endpoint,
+        version: lease.version,
+        inflight: 0,
+        idleSince: performance.now(),
+        draining: lease.version < this.version,
+        coldRequests: lease.coldStart ? Math.min(this.#queue.length, this.policy.parallel) : 0,
+      };
+      this.#workers.push(w);
+      if (this.#closed || w.draining) return this.#drop(w, false);
+      this.#drain();
+    }, (err: Error) => {
+      this.#pendingLeases--;
+      const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
+      this.#lastError = e;
+      if (e.code === "worker_failed" || e.code === "not_found") {
+        for (const q of this.#queue.splice(0)) {
+          clearTimeout(q.timer);
+          q.reject(e);
+        }
+        return;
+      }
+      if (!this.#closed) setTimeout(() => this.#scaleOut(), 100);
+    });
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The gateway's in-memory view of functions and policies, kept current by
+ * informers, and the function agents built from it. The warm path reads only
+ * this cache.
+ *
+ * @module
+ */
+import { logger } from "../common/log.ts";
+import { funcId } from "../model/keys.ts";
+import {
+  decodeStoredUserObject,
+  type FuncPolicy,
+  type FunctionSpec,
+  resolvePolicy,
+} from "../model/schemas.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { MetaClient } from "../rpc/types.ts";
+import { FuncAgent, type FuncAgentDeps } from "./func_agent.ts";
+
+const log = logger("gateway", "cache");
+
+interface Entry {
+  tenant: string;
+  namespace: string;
+  name: string;
+  version: number;
+  spec: FunctionSpec;
+}
+
+/** Functions, policies and agents of one gateway. */
+export class FuncCache {
+  #funcs = new Map<string, Entry>();
+  #policies = new Map<string, FuncPolicy>();
+  #agents = new Map<string, FuncAgent>();
+  #deps: FuncAgentDeps;
+  #informers: Informer[] = [];
+
+  constructor(deps: FuncAgentDeps) {
+    this.#deps = deps;
+  }
+
+  /** Follows functions and policies through `meta`. */
+  async start(meta: MetaClient): Promise<void> {
+    this.#informers.push(
+      await startInformer(meta, "funcpolicy", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          if (o.type !== "funcpolicy") return;
+          this.#policies.set(funcId(o.tenant, o.namespace, o.name), o.spec);
+          this.#refreshAgents(o.tenant, o.namespace);
+        },
+        remove: (ref) => {
+          this.#policies.delete(funcId(ref.tenant, ref.namespace, ref.name));
+          this.#refreshAgents(ref.tenant, ref.namespace);
+        },
+      }),
+      await startInformer(meta, "function", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          if (o.type !== "function") return;
+          const id = funcId(o.tenant, o.namespace, o.name);
+          this.#funcs.set(id, { ...o, spec: o.spec });
+          this.#agents.get(id)?.setVersion(o.version, this.policyOf(id)!);
+        },
+        remove: (ref) => {
+          const id = funcId(ref.tenant, ref.namespace, ref.name);
+          this.#funcs.delete(id);
+          this.#agents.get(id)?.close();
+          this.#agents.delete(id);
+        },
+      }),
+    );
+  }
+
+  /** Stops following and returns every leased worker. */
+  stop(): void {
+    for (const i of this.#informers) i.stop();
+    for (const a of this.#agents.values()) a.close();
+  }
+
+  /** The spec of a function, or undefined. */
+  spec(id: string): FunctionSpec | undefined {
+    return this.#funcs.get(id)?.spec;
+  }
+
+  /** The policy in force for a function, or undefined when it does not exist. */
+  policyOf(id: string): FuncPolicy | undefined {
+    const f = this.#funcs.get(id);
+    return f &&
+      resolvePolicy(f.spec, (name) => this.#policies.get(funcId(f.tenant, f.namespace, name)));
+  }
+
+  /** The agent of a function (made on first use), or undefined when it does not exist. */
+  agent(tenant: string, namespace: string, name: string): FuncAgent | undefined {
+    const id = funcId(tenant, namespace, name);
+    let a = this.#agents.get(id);
+    if (a) return a;
+    const f = this.#funcs.get(id);
+    if (!f) return undefined;
+    a = new FuncAgent(f, this.policyOf(id)!, this.#deps);
+    this.#agents.set(id, a);
+    return a;
+  }
+
+  /** Every agent, for the scale-in sweep. */
+  agents(): IterableIterator<FuncAgent> {
+    return this.#agents.values();
+  }
+
+  #refreshAgents(tenant: string, namespace: string): void {
+    for (const a of this.#agents.values()) {
+      if (a.tenant !== tenant || a.namespace !== namespace) continue;
+      const policy = this.policyOf(a.id);
+      if (policy) a.setVersion(a.version, policy);
+      else log.warn("Function {id} has no policy in force", { id: a.id });
+    }
+  }
+}

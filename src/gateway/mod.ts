@@ -1,0 +1,72 @@
+/**
+ * The `Gateway` role: the HTTP API on `Deno.serve`, the function cache and
+ * agents, the scale-in sweep and heartbeats to the scheduler.
+ *
+ * @module
+ */
+import { newId } from "../common/ids.ts";
+import { logger } from "../common/log.ts";
+import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
+import { createGatewayApp } from "./app.ts";
+import { FuncCache } from "./func_cache.ts";
+
+export { createGatewayApp, type GatewayDeps } from "./app.ts";
+export { FuncCache } from "./func_cache.ts";
+
+/** Configuration of the gateway role. */
+export interface GatewayConfig {
+  meta: MetaClient;
+  scheduler: SchedulerClient;
+  /** @default 4000 */
+  port?: number;
+  /** @default "127.0.0.1" */
+  hostname?: string;
+  /** Largest request body (bytes). @default 16 MiB */
+  bodyLimit?: number;
+  /** Heartbeat period to the scheduler (ms). @default 2000 */
+  heartbeatMs?: number;
+}
+
+/** A running gateway. */
+export interface GatewayHandle {
+  /** The port it listens on. */
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** Starts the gateway. */
+export async function start(config: GatewayConfig): Promise<GatewayHandle> {
+  const gatewayId = newId("gw", 4);
+  const cache = new FuncCache({ scheduler: config.scheduler, gatewayId });
+  await cache.start(config.meta);
+  const app = createGatewayApp({ meta: config.meta, cache, bodyLimit: config.bodyLimit });
+  const sweep = setInterval(() => {
+    const now = performance.now();
+    for (const a of cache.agents()) a.sweep(now);
+  }, 100);
+  const beat = () =>
+    config.scheduler.refreshGateway(gatewayId).catch((err) =>
+      logger("gateway").warn("Cannot reach the scheduler: {error}", { error: String(err) })
+    );
+  await beat();
+  const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);
+  const server = Deno.serve({
+    port: config.port ?? 4000,
+    hostname: config.hostname ?? "127.0.0.1",
+    onListen: ({ hostname, port }) =>
+      logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
+        id: gatewayId,
+        hostname,
+        port,
+      }),
+  }, app.fetch);
+  return {
+    port: server.addr.port,
+    async stop() {
+      clearInterval(sweep);
+      clearInterval(heartbeat);
+      cache.stop();
+      await server.shutdown();
+    },
+  };
+}

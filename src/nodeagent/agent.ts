@@ -1,0 +1,238 @@
+/**
+ * The node agent: registers its node and heartbeats; follows the pods the
+ * scheduler placed on it (desired state in the store) and reconciles them
+ * with its runtime; writes their observed state back. Level-triggered: the
+ * store says what should run, the agent makes it so and reports.
+ *
+ * @module
+ */
+import { ConflictError, NotFoundError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
+import { SYSTEM } from "../model/keys.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { PodRuntime } from "./runtime.ts";
+
+const log = logger("nodeagent");
+
+/** Options for {@linkcode NodeAgent}. */
+export interface NodeAgentOptions {
+  /** Heartbeat period (ms). @default 2000 */
+  heartbeatMs?: number;
+  /** Grace before SIGKILL when stopping a pod (ms). @default 5000 */
+  stopGraceMs?: number;
+}
+
+interface LocalPod {
+  id: string;
+  phase: "starting" | "running" | "stopping";
+  done?: Promise<void>;
+}
+
+/** One node's agent. Implements {@linkcode NodeAgentClient} in-process. */
+export class NodeAgent implements NodeAgentClient {
+  #meta: MetaClient;
+  #runtime: PodRuntime;
+  #node: NodeInfo;
+  #options: NodeAgentOptions;
+  #local = new Map<string, LocalPod>();
+  #podRefs = new Map<string, { tenant: string; namespace: string }>();
+  #informer?: Informer;
+  #heartbeat?: ReturnType<typeof setInterval>;
+  #stopped = false;
+
+  constructor(
+    meta: MetaClient,
+    runtime: PodRuntime,
+    node: NodeInfo,
+    options: NodeAgentOptions = {},
+  ) {
+    this.#meta = meta;
+    this.#runtime = runtime;
+    this.#node = node;
+    this.#options = options;
+  }
+
+  /** The node's name. */
+  get name(): string {
+    return this.#node.name;
+  }
+
+  /** Registers the node, starts heartbeats and follows pods. */
+  async start(): Promise<void> {
+    await this.#writeNode(true);
+    this.#heartbeat = setInterval(() => {
+      this.#writeNode(true).catch((err) =>
+        log.warn("Cannot heartbeat node {node}: {error}", { node: this.name, error: String(err) })
+      );
+    }, this.#options.heartbeatMs ?? 2000);
+    this.#informer = await startInformer(this.#meta, "pod", {
+      upsert: (rec) => this.#reconcile(decodePod(rec.value)),
+      remove: (ref) => {
+        this.#podRefs.delete(ref.name);
+        if (this.#local.has(ref.name)) this.#stopPod(ref.name, false);
+      },
+    });
+    log.info("Node {node} ready with runtime {runtime}, {gpus} GPU(s)", {
+      node: this.name,
+      runtime: this.#runtime.name,
+      gpus: this.#node.gpus.length,
+    });
+  }
+
+  /** Stops every pod, marks the node not ready and stops following. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#heartbeat);
+    this.#informer?.stop();
+    await Promise.all([...this.#local.keys()].map((id) => this.#stopPod(id, true)));
+    await this.#writeNode(false).catch(() => {});
+  }
+
+  readPodLog(podId: string, lines = 50): Promise<string> {
+    return Promise.resolve(this.#runtime.logs(podId, lines));
+  }
+
+  async #writeNode(ready: boolean): Promise<void> {
+    const ref = { type: "node" as const, tenant: SYSTEM, namespace: SYSTEM, name: this.name };
+    const object: NodeInfo = { ...this.#node, ready, heartbeat: Date.now() };
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const cur = await this.#meta.get(ref);
+      try {
+        if (!cur) await this.#meta.create({ ...ref, object });
+        else await this.#meta.update({ ...ref, object, revision: cur.revision });
+        return;
+      } catch (err) {
+        if (!(err instanceof ConflictError) && attempt === 4) throw err;
+      }
+    }
+  }
+
+  #reconcile(pod: PodInfo): void {
+    if (pod.node !== this.name || this.#stopped) return;
+    this.#podRefs.set(pod.id, { tenant: pod.tenant, namespace: pod.namespace });
+    const local = this.#local.get(pod.id);
+    if (pod.desired === "Terminated") {
+      if (local) this.#stopPod(pod.id, true);
+      else this.#deletePod(pod.id);
+      return;
+    }
+    if (local || pod.state !== "Creating") {
+      if (!local && (pod.state === "Ready" || pod.state === "Resuming")) {
+        // The record says running but this agent has no such process: it was
+        // lost (agent restart). Report it so the scheduler replaces it.
+        this.#setStatus(pod.id, { state: "Failed", error: "Process lost: node agent restarted" });
+      }
+      return;
+    }
+    this.#startPod(pod);
+  }
+
+  #startPod(pod: PodInfo): void {
+    const entry: LocalPod = { id: pod.id, phase: "starting" };
+    this.#local.set(pod.id, entry);
+    const t0 = performance.now();
+    entry.done = this.#runtime.start({
+      podId: pod.id,
+      func: `${pod.tenant}/${pod.namespace}/${pod.func}`,
+      funcVersion: pod.funcVersion,
+      template: pod.template,
+      cpuMillis: pod.cpuMillis,
+      memMB: pod.memMB,
+      gpus: pod.gpus,
+    }).then(async (running) => {
+      if (entry.phase === "stopping") return;
+      entry.phase = "running";
+      log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms", {
+        pod: pod.id,
+        func: pod.func,
+        endpoint: running.endpoint,
+        ms: Math.round(performance.now() - t0),
+      });
+      await this.#setStatus(pod.id, {
+        state: "Ready",
+        endpoint: running.endpoint,
+        readyAt: Date.now(),
+      });
+    }, async (err: Error) => {
+      if (entry.phase === "stopping") return;
+      this.#local.delete(pod.id);
+      log.warn("Pod {pod} of {func} failed to start: {error}", {
+        pod: pod.id,
+        func: pod.func,
+        error: err.message,
+      });
+      await this.#setStatus(pod.id, { state: "Failed", error: err.message });
+    });
+  }
+
+  /** Called by the runtime when a pod's process ends on its own. */
+  podExited(podId: string, why: string): void {
+    if (!this.#local.delete(podId)) return;
+    log.warn("Pod {pod} exited: {why}", { pod: podId, why });
+    this.#setStatus(podId, { state: "Failed", error: `Worker exited: ${why}` });
+  }
+
+  #stopPod(podId: string, deleteRecord: boolean): Promise<void> {
+    const entry = this.#local.get(podId);
+    if (!entry) return Promise.resolve();
+    if (entry.phase === "stopping") return entry.done ?? Promise.resolve();
+    const starting = entry.done;
+    entry.phase = "stopping";
+    entry.done = (async () => {
+      await this.#runtime.stop(podId, this.#options.stopGraceMs ?? 5000);
+      await starting?.catch(() => {});
+      await this.#runtime.stop(podId, this.#options.stopGraceMs ?? 5000);
+      this.#local.delete(podId);
+      if (deleteRecord) await this.#deletePod(podId);
+    })();
+    return entry.done;
+  }
+
+  async #deletePod(podId: string): Promise<void> {
+    const rec = await this.#findPod(podId);
+    if (!rec) return;
+    await this.#meta.delete(rec).catch((err) => {
+      if (!(err instanceof NotFoundError)) {
+        log.warn("Cannot delete pod {pod}: {error}", { pod: podId, error: String(err) });
+      }
+    });
+  }
+
+  async #findPod(podId: string) {
+    const where = this.#podRefs.get(podId);
+    if (where) {
+      return {
+        type: "pod" as const,
+        tenant: where.tenant,
+        namespace: where.namespace,
+        name: podId,
+      };
+    }
+    const { items } = await this.#meta.list("pod");
+    const rec = items.find((r) => r.name === podId);
+    return rec &&
+      { type: "pod" as const, tenant: rec.tenant, namespace: rec.namespace, name: podId };
+  }
+
+  /** Writes observed fields of a pod with compare-and-swap, retrying on conflicts. */
+  async #setStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
+    const ref = await this.#findPod(podId);
+    if (!ref) return;
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.#meta.get(ref);
+      if (!cur) return;
+      const pod = decodePod(cur.value);
+      try {
+        await this.#meta.update({ ...ref, object: { ...pod, ...status }, revision: cur.revision });
+        return;
+      } catch (err) {
+        if (!(err instanceof ConflictError)) {
+          log.warn("Cannot update pod {pod}: {error}", { pod: podId, error: String(err) });
+          return;
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * Process runtime: runs a pod's `commands` as a child process on this host,
+ * on a free port of the host address, with the platform's env. `deno` as the
+ * first command means the Deno binary running the agent.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+import { LogRing } from "./log_ring.ts";
+import { platformEnv, type PodRuntime, type PodSpec, type RunningPod } from "./runtime.ts";
+
+/** Options for {@linkcode ProcessRuntime}. */
+export interface ProcessRuntimeOptions {
+  /** Working directory of workers. @default the current directory */
+  workDir?: string;
+  /** Address workers listen on and are reached at. @default "127.0.0.1" */
+  host?: string;
+  /** Probe interval (ms). @default 25 */
+  probeIntervalMs?: number;
+  /** Called when a started pod's process ends without being stopped. */
+  onExit?(podId: string, why: string): void;
+}
+
+interface Child {
+  proc: Deno.ChildProcess;
+  logs: LogRing;
+  stopping: boolean;
+  exited: Promise<string>;
+}
+
+/** Finds a free TCP port on `host`. */
+export function freePort(host = "127.0.0.1"): number {
+  const l = Deno.listen({ hostname: host, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Waits until `url` answers 2xx, `died` settles, or `timeoutMs` passes. */
+export async function waitForProbe(
+  url: string,
+  died: Promise<string>,
+  options: { timeoutMs: number; intervalMs?: number },
+): Promise<void> {
+  let dead: string | undefined;
+  died.then((why) => dead = why);
+  const deadline = Date.now() + options.timeoutMs;
+  while (true) {
+    if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`worker did not answer ${url} within ${options.timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
+  }
+}
+
+/** Runs pods as processes of this host. */
+export class ProcessRuntime implements PodRuntime {
+  readonly name = "process";
+  #children = new Map<string, Child>();
+  #options: ProcessRuntimeOptions;
+
+  constructor(options: ProcessRuntimeOptions = {}) {
+    this.#options = options;
+  }
+
+  async start(spec: PodSpec): Promise<RunningPod> {
+    const t = spec.template;
+    if (t.commands.length === 0) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot start pod ${spec.podId}: function ${spec.func} has no commands (the process runtime runs commands; image ${t.image} needs the Docker runtime)`,
+      );
+    }
+    const host = this.#options.host ?? "127.0.0.1";
+    const port = freePort(host);
+    const [cmd, ...args] = t.commands;
+    const env: Record<string, string> = {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: Deno.env.get("HOME") ?? "/tmp",
+      ...Object.fromEntries(t.envs),
+      ...platformEnv(spec),
+      PORT: String(port),
+      HOST: host,
+    };
+    const logs = new LogRing();
+    let proc: Deno.ChildProcess;
+    try {
+      proc = new Deno.Command(cmd === "deno" ? Deno.execPath() : cmd, {
+        args,
+        env,
+        clearEnv: true,
+        cwd: this.#options.workDir,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (err) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot start pod ${spec.podId}: ${cmd}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    const pump = async (s: ReadableStream<Uint8Array>) => {
+      for await (const text of s.pipeThrough(new TextDecoderStream())) logs.push(text);
+    };
+    const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {});
+    const child: Child = {
+      proc,
+      logs,
+      stopping: false,
+      exited: proc.status.then(async (s) => {
+        await pumps;
+        return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
+      }),
+    };
+    this.#children.set(spec.podId, child);
+    child.exited.then((why) => {
+      if (this.#children.get(spec.podId) !== child) return;
+      this.#children.delete(spec.podId);
+      if (!child.stopping) {
+        this.#options.onExit?.(spec.podId, `${why}; last output:\n${logs.tail()}`);
+      }
+    });
+    try {
+      await waitForProbe(`http://${host}:${port}${t.probe}`, child.exited, {
+        timeoutMs: t.startupTimeoutS * 1000,
+        intervalMs: this.#options.probeIntervalMs,
+      });
+    } catch (err) {
+      child.stopping = true;
+      await this.stop(spec.podId, 1000);
+      await child.exited;
+      throw new InferxError(
+        "worker_failed",
+        `${(err as Error).message}; last output:\n${logs.tail()}`,
+      );
+    }
+    return { podId: spec.podId, endpoint: `${host}:${port}`, exited: child.exited };
+  }
+
+  async stop(podId: string, graceMs = 5000): Promise<void> {
+    const child = this.#children.get(podId);
+    if (!child) return;
+    child.stopping = true;
+    try {
+      child.proc.kill("SIGTERM");
+    } catch {
+      // already gone
+    }
+    const timer = setTimeout(() => {
+      try {
+        child.proc.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+    }, graceMs);
+    await child.exited;
+    clearTimeout(timer);
+    this.#children.delete(podId);
+  }
+
+  logs(podId: string, lines = 50): string {
+    return this.#children.get(podId)?.logs.tail(lines) ?? "";
+  }
+
+  /** Pod ids with a live process. */
+  running(): string[] {
+    return [...this.#children.keys()];
+  }
+}

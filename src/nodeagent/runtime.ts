@@ -1,0 +1,55 @@
+/**
+ * The `PodRuntime` interface a node agent drives: start a worker, learn when
+ * it is ready or has died, stop it, read its output. Implementations: the
+ * process runtime (here) and Docker.
+ *
+ * @module
+ */
+import type { GpuSlice, PodTemplate } from "../model/cluster.ts";
+
+/** Everything a runtime needs to start one pod. */
+export interface PodSpec {
+  podId: string;
+  /** `tenant/namespace/name` of the function. */
+  func: string;
+  funcVersion: number;
+  template: PodTemplate;
+  cpuMillis: number;
+  memMB: number;
+  gpus: GpuSlice[];
+}
+
+/** A started pod. */
+export interface RunningPod {
+  podId: string;
+  /** `host:port` the worker answers on. */
+  endpoint: string;
+  /** Resolves when the process ends, with a description of how. */
+  exited: Promise<string>;
+}
+
+/** Starts, stops and reads pods on one node. */
+export interface PodRuntime {
+  readonly name: string;
+  /** Starts the pod and resolves once it answers its probe; rejects with the log tail. */
+  start(spec: PodSpec): Promise<RunningPod>;
+  /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */
+  stop(podId: string, graceMs?: number): Promise<void>;
+  /** The last `lines` lines of the pod's output. */
+  logs(podId: string, lines?: number): string;
+}
+
+/** The environment every worker gets from the platform, runtime-independent. */
+export function platformEnv(spec: PodSpec): Record<string, string> {
+  const devices = spec.gpus.map((g) => String(g.index)).join(",");
+  return {
+    INFERX_POD_ID: spec.podId,
+    INFERX_FUNCTION: spec.func,
+    INFERX_FUNCTION_VERSION: String(spec.funcVersion),
+    INFERX_CPU_MILLIS: String(spec.cpuMillis),
+    INFERX_MEM_MB: String(spec.memMB),
+    INFERX_VRAM_MB: String(spec.gpus[0]?.vramMB ?? 0),
+    CUDA_VISIBLE_DEVICES: devices,
+    NVIDIA_VISIBLE_DEVICES: devices || "none",
+  };
+}

@@ -1,0 +1,387 @@
+/**
+ * The scheduler shell around the pure core: informers turn store changes into
+ * core events, a timer sends ticks, and the core's actions become pod writes
+ * and lease answers. Implements {@linkcode SchedulerClient} in-process.
+ *
+ * @module
+ */
+import { ConflictError, InferxError } from "../common/errors.ts";
+import { newId } from "../common/ids.ts";
+import { logger } from "../common/log.ts";
+import { decodeNode, decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
+import { funcId } from "../model/keys.ts";
+import {
+  decodeStoredUserObject,
+  type FuncPolicy,
+  type FunctionSpec,
+  resolvePolicy,
+} from "../model/schemas.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { Lease, LeaseRequest, MetaClient, ObjectRef, SchedulerClient } from "../rpc/types.ts";
+import {
+  type CoreAction,
+  type CoreEvent,
+  type CoreState,
+  type FuncReport,
+  newCoreState,
+  type PodPlacement,
+  step,
+} from "./core/mod.ts";
+
+const log = logger("scheduler");
+
+/** Options for {@linkcode SchedulerService}. */
+export interface SchedulerOptions {
+  /** Tick period (ms). @default 250 */
+  tickMs?: number;
+  /** A node whose heartbeat is older than this (ms) is not ready. @default 10000 */
+  nodeTimeoutMs?: number;
+  /** A gateway silent this long (ms) loses its leases. @default 10000 */
+  gatewayTimeoutMs?: number;
+}
+
+interface FuncEntry {
+  tenant: string;
+  namespace: string;
+  name: string;
+  version: number;
+  spec: FunctionSpec;
+}
+
+/** Scheduler shell: owns the core state and carries out its actions. */
+export class SchedulerService implements SchedulerClient {
+  #meta: MetaClient;
+  #core: CoreState;
+  #options: SchedulerOptions;
+  #pending = new Map<string, { resolve(l: Lease): void; reject(e: Error): void }>();
+  #funcs = new Map<string, FuncEntry>();
+  #policies = new Map<string, FuncPolicy>();
+  #nodes = new Map<string, NodeInfo>();
+  /** Pod records as last seen, for writes. */
+  #podRefs = new Map<string, ObjectRef>();
+  #informers: Informer[] = [];
+  #timer?: ReturnType<typeof setInterval>;
+
+  constructor(meta: MetaClient, options: SchedulerOptions = {}) {
+    this.#meta = meta;
+    this.#options = options;
+    this.#core = newCoreState({
+      podIdPrefix: newId("p", 3),
+      gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
+    });
+  }
+
+  /** The core's state, read-only, for views and tests. */
+  get state(): Readonly<CoreState> {
+    return this.#core;
+  }
+
+  /** Loads the cluster from the store (nodes, pods, then functions) and starts ticking. */
+  async start(): Promise<void> {
+    this.#informers.push(
+      await startInformer(this.#meta, "node", {
+        upsert: (rec) => {
+          const n = decodeNode(rec.value);
+          this.#nodes.set(n.name, n);
+          this.#apply({ type: "nodeUpdate", node: this.#nodeReport(n, Date.now()) });
+        },
+        remove: (ref) => {
+          this.#nodes.delete(ref.name);
+          this.#apply({ type: "nodeRemove", name: ref.name });
+        },
+      }),
+      await startInformer(this.#meta, "pod", {
+        upsert: (rec) => this.#onPod(rec, decodePod(rec.value)),
+        remove: (ref) => {
+          this.#podRefs.delete(ref.name);
+          this.#apply({ type: "podStatus", podId: ref.name, state: "Terminated" });
+        },
+      }),
+      await startInformer(this.#meta, "funcpolicy", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          if (o.type !== "funcpolicy") return;
+          this.#policies.set(funcId(o.tenant, o.namespace, o.name), o.spec);
+          this.#refreshLinked(o.tenant, o.namespace, o.name);
+        },
+        remove: (ref) => {
+          this.#policies.delete(funcId(ref.tenant, ref.namespace, ref.name));
+          this.#refreshLinked(ref.tenant, ref.namespace, ref.name);
+        },
+      }),
+      await startInformer(this.#meta, "function", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          if (o.type !== "function") return;
+          const id = funcId(o.tenant, o.namespace, o.name);
+          this.#funcs.set(id, { ...o, spec: o.spec });
+          this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
+        },
+        remove: (ref) => {
+          const id = funcId(ref.tenant, ref.namespace, ref.name);
+          this.#funcs.delete(id);
+          this.#apply({ type: "funcRemove", id });
+        },
+      }),
+    );
+    this.#timer = setInterval(() => this.#tick(), this.#options.tickMs ?? 250);
+    log.info("Scheduler started: {nodes} node(s), {funcs} function(s), {pods} pod(s)", {
+      nodes: this.#core.nodes.size,
+      funcs: this.#core.funcs.size,
+      pods: this.#core.pods.size,
+    });
+  }
+
+  /** Stops timers and watches; waiting leases are refused. */
+  stop(): void {
+    clearInterval(this.#timer);
+    for (const i of this.#informers) i.stop();
+    for (const [reqId, p] of this.#pending) {
+      p.reject(new InferxError("unavailable", "Cannot lease worker: the scheduler is stopping"));
+      this.#pending.delete(reqId);
+    }
+  }
+
+  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+    const reqId = newId("l", 6);
+    const func = funcId(req.tenant, req.namespace, req.func);
+    return new Promise<Lease>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const onAbort = () => {
+        if (!this.#pending.delete(reqId)) return;
+        this.#apply({ type: "cancelLease", reqId, func });
+        reject(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#pending.set(reqId, {
+        resolve: (l) => (signal?.removeEventListener("abort", onAbort), resolve(l)),
+        reject: (e) => (signal?.removeEventListener("abort", onAbort), reject(e)),
+      });
+      this.#apply({
+        type: "lease",
+        reqId,
+        func,
+        gateway: req.gatewayId,
+        deadline: Date.now() + req.timeoutMs,
+      });
+    });
+  }
+
+  returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
+    this.#apply({ type: "return", podId: req.podId, gateway: req.gatewayId, failed: req.failed });
+    return Promise.resolve();
+  }
+
+  refreshGateway(gatewayId: string): Promise<void> {
+    this.#apply({ type: "gatewayHeartbeat", gateway: gatewayId });
+    return Promise.resolve();
+  }
+
+  #tick(): void {
+    const now = Date.now();
+    const timeout = this.#options.nodeTimeoutMs ?? 10_000;
+    for (const n of this.#nodes.values()) {
+      const core = this.#core.nodes.get(n.name);
+      const fresh = n.ready && now - n.heartbeat < timeout;
+      if (core && core.ready !== fresh) {
+        if (!fresh) log.warn("Node {node} missed its heartbeats: not ready", { node: n.name });
+        this.#apply({ type: "nodeUpdate", node: this.#nodeReport(n, now) });
+      }
+    }
+    this.#apply({ type: "tick" });
+  }
+
+  #nodeReport(n: NodeInfo, now: number) {
+    const timeout = this.#options.nodeTimeoutMs ?? 10_000;
+    return {
+      name: n.name,
+      ready: n.ready && now - n.heartbeat < timeout,
+      cpuMillis: n.cpuMillis,
+      memMB: n.memMB,
+      gpus: n.gpus,
+      contextOverheadMB: n.contextOverheadMB,
+      standbyTiers: n.standbyTiers,
+    };
+  }
+
+  #funcReport(id: string): FuncReport {
+    const f = this.#funcs.get(id)!;
+    const policy = resolvePolicy(
+      f.spec,
+      (name) => this.#policies.get(funcId(f.tenant, f.namespace, name)),
+    );
+    const r = f.spec.resources;
+    return {
+      id,
+      version: f.version,
+      demand: {
+        cpu: r.CPU,
+        memMB: r.Mem,
+        gpuType: r.GPU.Type,
+        gpuCount: r.GPU.Count,
+        vramMB: r.GPU.vRam,
+      },
+      policy: {
+        minReplica: policy.min_replica,
+        maxReplica: policy.max_replica,
+        standbyPerNode: policy.standby_per_node,
+        scaleinTimeoutS: policy.scalein_timeout,
+      },
+    };
+  }
+
+  #refreshLinked(tenant: string, namespace: string, policy: string): void {
+    for (const [id, f] of this.#funcs) {
+      if (
+        f.tenant === tenant && f.namespace === namespace && f.spec.policy?.kind === "link" &&
+        f.spec.policy.name === policy
+      ) this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
+    }
+  }
+
+  #onPod(ref: ObjectRef, pod: PodInfo): void {
+    this.#podRefs.set(pod.id, {
+      type: "pod",
+      tenant: ref.tenant,
+      namespace: ref.namespace,
+      name: ref.name,
+    });
+    const known = this.#core.pods.get(pod.id);
+    if (!known) {
+      if (pod.state === "Failed" || pod.state === "Terminated") {
+        if (pod.desired !== "Terminated") this.#terminate(pod.id);
+        return;
+      }
+      const state = pod.desired === "Terminated"
+        ? "Terminating"
+        : pod.state === "Ready"
+        ? "Ready"
+        : "Creating";
+      this.#apply({
+        type: "podSync",
+        pod: {
+          id: pod.id,
+          func: funcId(pod.tenant, pod.namespace, pod.func),
+          version: pod.funcVersion,
+          node: pod.node,
+          cpu: pod.cpuMillis,
+          memMB: pod.memMB,
+          gpus: pod.gpus,
+          state,
+          endpoint: pod.endpoint,
+        },
+      });
+      return;
+    }
+    if (pod.state === "Ready" && known.state === "Creating") {
+      this.#apply({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: pod.endpoint });
+    } else if (pod.state === "Failed") {
+      this.#apply({ type: "podStatus", podId: pod.id, state: "Failed", error: pod.error });
+    }
+  }
+
+  #apply(event: CoreEvent): void {
+    const { actions } = step(this.#core, event, Date.now());
+    for (const a of actions) this.#carryOut(a);
+  }
+
+  #carryOut(a: CoreAction): void {
+    switch (a.type) {
+      case "leaseGranted": {
+        const p = this.#pending.get(a.reqId);
+        this.#pending.delete(a.reqId);
+        if (p) {
+          p.resolve({
+            podId: a.podId,
+            endpoint: a.endpoint,
+            coldStart: a.coldStart,
+            version: a.version,
+          });
+        } else {
+          // The requester gave up after the grant was decided: give it back.
+          const pod = this.#core.pods.get(a.podId);
+          if (pod?.leasedBy) {
+            queueMicrotask(() =>
+              this.#apply({ type: "return", podId: a.podId, gateway: pod.leasedBy! })
+            );
+          }
+        }
+        break;
+      }
+      case "leaseFailed": {
+        const p = this.#pending.get(a.reqId);
+        this.#pending.delete(a.reqId);
+        p?.reject(new InferxError(a.code, a.message, { retryable: a.code === "timeout" }));
+        break;
+      }
+      case "createPod":
+        this.#createPod(a.pod).catch((err) => {
+          log.error("Cannot create pod {pod}: {error}", { pod: a.pod.id, error: String(err) });
+          this.#apply({ type: "podStatus", podId: a.pod.id, state: "Failed", error: String(err) });
+        });
+        break;
+      case "terminatePod":
+        log.info("Terminating pod {pod}: {reason}", { pod: a.podId, reason: a.reason });
+        this.#terminate(a.podId);
+        break;
+    }
+  }
+
+  async #createPod(p: PodPlacement): Promise<void> {
+    const [tenant, namespace, name] = p.func.split("/");
+    const f = this.#funcs.get(p.func);
+    if (!f) throw new Error(`function ${p.func} is gone`);
+    const s = f.spec;
+    const pod: PodInfo = {
+      id: p.id,
+      tenant,
+      namespace,
+      func: name,
+      funcVersion: p.version,
+      node: p.node,
+      cpuMillis: p.cpu,
+      memMB: p.memMB,
+      gpus: p.gpus,
+      template: {
+        image: s.image,
+        commands: s.commands,
+        envs: s.envs,
+        mounts: s.mounts,
+        port: s.endpoint.port,
+        probe: s.endpoint.probe,
+        startupTimeoutS: s.startup_timeout,
+      },
+      desired: "Running",
+      state: "Creating",
+      createdAt: Date.now(),
+    };
+    const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
+    this.#podRefs.set(p.id, ref);
+    await this.#meta.create({ ...ref, object: pod });
+  }
+
+  #terminate(podId: string): void {
+    const ref = this.#podRefs.get(podId);
+    if (!ref) return;
+    (async () => {
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const cur = await this.#meta.get(ref);
+        if (!cur) return;
+        const pod = decodePod(cur.value);
+        if (pod.desired === "Terminated") return;
+        try {
+          await this.#meta.update({
+            ...ref,
+            object: { ...pod, desired: "Terminated" },
+            revision: cur.revision,
+          });
+          return;
+        } catch (err) {
+          if (!(err instanceof ConflictError)) throw err;
+        }
+      }
+    })().catch((err) =>
+      log.error("Cannot terminate pod {pod}: {error}", { pod: podId, error: String(err) })
+    );
+  }
+}
