@@ -4,7 +4,14 @@
  *
  * @module
  */
-import { configure, getConsoleSink, getLogger, type Logger, type LogLevel } from "@logtape/logtape";
+import {
+  configure,
+  getConsoleSink,
+  getLogger,
+  getTextFormatter,
+  type Logger,
+  type LogLevel,
+} from "@logtape/logtape";
 
 /** A logger under the `inferx` category, e.g. `logger("gateway")`. */
 export function logger(...category: string[]): Logger {
@@ -18,7 +25,7 @@ export async function setupLogging(level: string = "info"): Promise<void> {
   const lowest = (LEVELS as readonly string[]).includes(level) ? level as LogLevel : "info";
   await configure({
     reset: true,
-    sinks: { console: getConsoleSink() },
+    sinks: { console: getConsoleSink({ formatter: getTextFormatter({ value: "bare" }) }) },
     loggers: [
       { category: ["inferx"], lowestLevel: lowest, sinks: ["console"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },

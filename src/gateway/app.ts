@@ -223,14 +223,7 @@ async function funccall(c: Context, deps: GatewayDeps, limit: number): Promise<R
   let upstream: Response | undefined;
   for (let attempt = 1;; attempt++) {
     try {
-      upstream = await sendUpstream(
-        slot.worker.endpoint,
-        pathAndQuery,
-        req.method,
-        headers,
-        body,
-        req.signal,
-      );
+      upstream = await sendUpstream(slot.worker.endpoint, pathAndQuery, req.method, headers, body);
     } catch (err) {
       if (!(err instanceof UpstreamUnreachable)) {
         agent.release(slot);

@@ -27,13 +27,13 @@ export interface NodeAgentHandle {
 
 /** Starts a node agent with the process runtime. */
 export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
-  let agent: NodeAgent | undefined;
+  const exits: { agent?: NodeAgent } = {};
   const runtime = new ProcessRuntime({
     workDir: config.workDir,
     host: config.node.address,
-    onExit: (podId, why) => agent?.podExited(podId, why),
+    onExit: (podId, why) => exits.agent?.podExited(podId, why),
   });
-  agent = new NodeAgent(config.meta, runtime, config.node, config);
+  const agent = exits.agent = new NodeAgent(config.meta, runtime, config.node, config);
   await agent.start();
   return { agent, stop: () => agent.stop() };
 }
