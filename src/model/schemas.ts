@@ -222,6 +222,22 @@ export function decodeUserObject(input: unknown): UserObject {
   }
 }
 
+/** A function spec in InferX's wire form (policy as `Link` or `Obj`): decodable again. */
+export function functionSpecToJson(spec: FunctionSpec): Record<string, unknown> {
+  const { policy, ...rest } = spec;
+  if (!policy) return rest;
+  return {
+    ...rest,
+    policy: policy.kind === "link"
+      ? { Link: { objType: "funcpolicy", name: policy.name } }
+      : { Obj: policy.policy },
+  };
+}
+
+function specToJson(obj: UserObject): unknown {
+  return obj.type === "function" ? functionSpecToJson(obj.spec) : obj.spec;
+}
+
 /** Stored form of a user object (the store's value). */
 interface StoredUserObject {
   type: UserType;
@@ -239,7 +255,7 @@ export function encodeUserObject(obj: UserObject): string {
     tenant: obj.tenant,
     namespace: obj.namespace,
     name: obj.name,
-    object: { spec: obj.spec },
+    object: { spec: specToJson(obj) },
   };
   if (obj.type === "function") stored.version = obj.version;
   return JSON.stringify(stored);
@@ -267,7 +283,7 @@ export function userObjectToJson(obj: UserObject): Record<string, unknown> {
     namespace: obj.namespace,
     name: obj.name,
     revision: obj.revision,
-    object: { spec: obj.spec },
+    object: { spec: specToJson(obj) },
   };
   if (obj.type === "function") out.version = obj.version;
   return out;

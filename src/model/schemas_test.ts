@@ -107,8 +107,10 @@ for (const [title, input, field] of invalid) {
   });
 }
 
-Deno.test("encodeUserObject() and decodeStoredUserObject() round-trip a function with its version", () => {
-  const obj = decodeUserObject(fn({ image: "x" }));
+Deno.test("encodeUserObject() and decodeStoredUserObject() round-trip a function with its version and policy", () => {
+  const obj = decodeUserObject(
+    fn({ image: "x", policy: { Obj: { queue_len: 1, scalein_timeout: 0.5 } } }),
+  );
   if (obj.type !== "function") throw new Error("not a function");
   obj.version = 7;
   const back = decodeStoredUserObject(encodeUserObject(obj), 9);
@@ -125,4 +127,10 @@ Deno.test("objectKey() and parseKey() follow /registry/{type}/{tenant}/{ns}/{nam
     name: "ngram",
   });
   assert.equal(parseKey("/registry/function/a/b"), undefined);
+});
+
+Deno.test("a linked policy survives storage as a Link", () => {
+  const obj = decodeUserObject(fn({ image: "x", policy: { Link: { name: "fast" } } }));
+  const back = decodeStoredUserObject(encodeUserObject(obj), 2);
+  assert.equal(back.type === "function" && back.spec.policy?.kind, "link");
 });
