@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
+import type { PodSpec } from "./runtime.ts";
+import { ProcessRuntime } from "./process_runtime.ts";
+
+const ENV_SERVER = `
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} },
+  () => Response.json(Deno.env.toObject()));`;
+
+function spec(commands: string[], extra: Partial<PodSpec> = {}): PodSpec {
+  return {
+    podId: "pod-test",
+    func: "t/n/f",
+    funcVersion: 3,
+    template: {
+      image: "img",
+      commands,
+      envs: [["GREETING", "hello"]],
+      mounts: [],
+      port: 8000,
+      probe: "/",
+      startupTimeoutS: 20,
+    },
+    cpuMillis: 500,
+    memMB: 256,
+    gpus: [],
+    ...extra,
+  };
+}
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t(
+  "ProcessRuntime starts a worker on a loopback port with the function's and platform's env",
+  async () => {
+    const rt = new ProcessRuntime();
+    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER], {
+      gpus: [{ index: 1, vramMB: 8000 }, { index: 3, vramMB: 8000 }],
+    }));
+    assert.match(pod.endpoint, /^127\.0\.0\.1:\d+$/);
+    const env = await (await fetch(`http://${pod.endpoint}/`)).json();
+    assert.equal(env.GREETING, "hello");
+    assert.equal(env.PORT, pod.endpoint.split(":")[1]);
+    assert.equal(env.CUDA_VISIBLE_DEVICES, "1,3");
+    assert.equal(env.NVIDIA_VISIBLE_DEVICES, "1,3");
+    assert.equal(env.INFERX_VRAM_MB, "8000");
+    assert.equal(env.INFERX_FUNCTION_VERSION, "3");
+    await rt.stop("pod-test");
+    assert.deepEqual(rt.running(), []);
+  },
+);
+
+t("ProcessRuntime reports a worker that crashes at start with the tail of its output", async () => {
+  const rt = new ProcessRuntime();
+  const crash =
+    `console.log("loading weights"); console.error("cannot open weights.bin"); Deno.exit(3);`;
+  await assert.rejects(rt.start(spec(["deno", "eval", crash])), (err: unknown) => {
+    assert.ok(err instanceof InferxError);
+    assert.equal(err.code, "worker_failed");
+    assert.match(err.message, /exit code 3/);
+    assert.match(err.message, /cannot open weights\.bin/);
+    return true;
+  });
+});
+
+t("ProcessRuntime refuses a pod without commands and a missing binary clearly", async () => {
+  const rt = new ProcessRuntime();
+  await assert.rejects(rt.start(spec([])), /has no commands/);
+  await assert.rejects(
+    rt.start(spec(["/nonexistent/worker-binary"])),
+    /nonexistent\/worker-binary/,
+  );
+});
+
+t("ProcessRuntime tells the agent when a ready worker dies, with its output", async () => {
+  const died = Promise.withResolvers<string>();
+  const rt = new ProcessRuntime({ onExit: (_id, why) => died.resolve(why) });
+  const code =
+    `${ENV_SERVER}\nsetTimeout(() => { console.error("out of memory"); Deno.exit(9); }, 300);`;
+  await rt.start(spec(["deno", "eval", code]));
+  const why = await died.promise;
+  assert.match(why, /exit code 9/);
+  assert.match(why, /out of memory/);
+});
+
+t("ProcessRuntime stop() escalates to SIGKILL after the grace period", async () => {
+  const rt = new ProcessRuntime();
+  const stubborn = `Deno.addSignalListener("SIGTERM", () => {});
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, () => new Response("ok"));`;
+  const pod = await rt.start(spec(["deno", "eval", stubborn]));
+  const t0 = performance.now();
+  await rt.stop("pod-test", 300);
+  assert.ok(performance.now() - t0 >= 250);
+  assert.match(await pod.exited, /SIGKILL/);
+});

@@ -1,0 +1,105 @@
+/**
+ * Helpers for end-to-end tests: start `main.ts` as a subprocess on a free
+ * port with its own data directory, wait for it, stop it.
+ *
+ * @module
+ */
+import { freePort } from "../src/nodeagent/process_runtime.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** A running platform process. */
+export interface Platform {
+  url: string;
+  dataDir: string;
+  proc: Deno.ChildProcess;
+  /** Everything it printed so far. */
+  output(): string;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<Deno.CommandStatus>;
+}
+
+/** Starts `RUN_SERVICE=All` with `env` on a free port and waits for /health. */
+export async function startPlatform(
+  env: Record<string, string> = {},
+  dataDir?: string,
+): Promise<Platform> {
+  const port = freePort();
+  const dir = dataDir ?? await Deno.makeTempDir({ prefix: "inferx-e2e-" });
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN],
+    env: { GATEWAY_PORT: String(port), INFERX_DATA_DIR: dir, INFERX_SAMPLES: "none", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let out = "";
+  const pump = async (s: ReadableStream<Uint8Array>) => {
+    for await (const t of s.pipeThrough(new TextDecoderStream())) out += t;
+  };
+  const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  while (true) {
+    try {
+      const r = await fetch(`${url}/health`);
+      await r.body?.cancel();
+      if (r.ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`platform did not start in 30 s:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    dataDir: dir,
+    proc,
+    output: () => out,
+    async stop() {
+      proc.kill("SIGTERM");
+      const status = await proc.status;
+      await pumps;
+      return status;
+    },
+  };
+}
+
+/** JSON request helper: returns status, headers and parsed body. */
+export async function request(
+  url: string,
+  init: { method?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<{ status: number; headers: Headers; body: any }> {
+  const res = await fetch(url, {
+    method: init.method ?? (init.body === undefined ? "GET" : "POST"),
+    headers: { "content-type": "application/json", ...init.headers },
+    body: init.body === undefined
+      ? undefined
+      : typeof init.body === "string"
+      ? init.body
+      : JSON.stringify(init.body),
+  });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON (e.g. server-sent events)
+  }
+  return { status: res.status, headers: res.headers, body };
+}
+
+/** Polls `check` every 100 ms until it returns true or `timeoutMs` passes. */
+export async function eventually(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
