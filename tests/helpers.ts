@@ -67,11 +67,15 @@ export async function startPlatform(
   };
 }
 
+/** A parsed JSON answer; tests read arbitrary answers field by field. */
+// deno-lint-ignore no-explicit-any
+export type Json = any;
+
 /** JSON request helper: returns status, headers and parsed body. */
 export async function request(
   url: string,
   init: { method?: string; body?: unknown; headers?: Record<string, string> } = {},
-): Promise<{ status: number; headers: Headers; body: any }> {
+): Promise<{ status: number; headers: Headers; body: Json }> {
   const res = await fetch(url, {
     method: init.method ?? (init.body === undefined ? "GET" : "POST"),
     headers: { "content-type": "application/json", ...init.headers },
