@@ -254,7 +254,10 @@ export class FuncAgent {
       this.#queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
     if (!pressure || this.#pendingLeases > 0) return;
     this.#pendingLeases++;
-    const waitMs = Math.max(1, Math.max(...this.#queue.map((q) => q.deadline)) - Date.now());
+    // Ask the scheduler to give up a little before the queue does, so its
+    // reason (e.g. no node has the vRAM) reaches the caller's 504.
+    const left = Math.max(...this.#queue.map((q) => q.deadline)) - Date.now();
+    const waitMs = Math.max(1, left > 200 ? left - 100 : left);
     this.#deps.scheduler.leaseWorker({
       tenant: this.tenant,
       namespace: this.namespace,

@@ -153,9 +153,12 @@ export class SchedulerService implements SchedulerClient {
         reject(signal!.reason);
       };
       signal?.addEventListener("abort", onAbort, { once: true });
+      // Answer at the deadline itself rather than at the next tick.
+      const expiry = setTimeout(() => this.#apply({ type: "tick" }), req.timeoutMs + 1);
+      const done = () => (clearTimeout(expiry), signal?.removeEventListener("abort", onAbort));
       this.#pending.set(reqId, {
-        resolve: (l) => (signal?.removeEventListener("abort", onAbort), resolve(l)),
-        reject: (e) => (signal?.removeEventListener("abort", onAbort), reject(e)),
+        resolve: (l) => (done(), resolve(l)),
+        reject: (e) => (done(), reject(e)),
       });
       this.#apply({
         type: "lease",
