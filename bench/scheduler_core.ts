@@ -11,23 +11,26 @@
 import { place, refreshGpuSummary } from "../src/scheduler/core/placement.ts";
 import { newCoreState, step } from "../src/scheduler/core/step.ts";
 import { funcReport, nodeReport } from "../src/scheduler/core/testing.ts";
-import type { CoreAction } from "../src/scheduler/core/types.ts";
+import type { CoreAction, CoreState } from "../src/scheduler/core/types.ts";
+
+/** Adds `count` nodes of 8 x 80 GB GPUs, 128 cores and 1 TB memory. */
+function addNodes(s: CoreState, count: number) {
+  for (let i = 0; i < count; i++) {
+    const node = nodeReport(`n${i}`, {
+      gpuCount: 8,
+      vramMB: 81_920,
+      contextOverheadMB: 500,
+      cpuMillis: 128_000,
+      memMB: 1_048_576,
+    });
+    step(s, { type: "nodeUpdate", node }, 0);
+  }
+}
 
 function leaseReturn(nodes: number, funcs: number, decisions: number) {
   const s = newCoreState({ podIdPrefix: "b" });
   let now = 0;
-  for (let i = 0; i < nodes; i++) {
-    step(s, {
-      type: "nodeUpdate",
-      node: nodeReport(`n${i}`, {
-        gpuCount: 8,
-        vramMB: 81_920,
-        contextOverheadMB: 500,
-        cpuMillis: 128_000,
-        memMB: 1_048_576,
-      }),
-    }, now);
-  }
+  addNodes(s, nodes);
   const pods: string[] = [];
   for (let i = 0; i < funcs; i++) {
     const acts = step(s, {
@@ -85,18 +88,7 @@ function baseline(decisions: number, funcs: number) {
 
 function placement(nodes: number, samples: number, enoughFeasible?: number) {
   const s = newCoreState({ podIdPrefix: "p" });
-  for (let i = 0; i < nodes; i++) {
-    step(s, {
-      type: "nodeUpdate",
-      node: nodeReport(`n${i}`, {
-        gpuCount: 8,
-        vramMB: 81_920,
-        contextOverheadMB: 500,
-        cpuMillis: 128_000,
-        memMB: 1_048_576,
-      }),
-    }, 0);
-  }
+  addNodes(s, nodes);
   // Fill nodes unevenly so filters and scores have work to do.
   for (let i = 0; i < nodes; i++) {
     const n = s.nodeList[i];

@@ -174,3 +174,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "All killed with SIGKILL: the restart removes its left-over worker and serves again",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let p = await startPlatform();
+    try {
+      await register(p);
+      const first = await complete(p);
+      assert.equal(first.status, 200);
+      const [pod] = (await request(`${p.url}/pods/public/demo/lm`)).body;
+      p.proc.kill("SIGKILL");
+      await p.stop().catch(() => {});
+      const orphan = await fetch(`http://${pod.endpoint}/health`);
+      assert.equal(orphan.status, 200, "the worker outlived the killed platform");
+      await orphan.body?.cancel();
+      p = await startPlatform({}, p.dataDir);
+      await assert.rejects(fetch(`http://${pod.endpoint}/health`), "the restart removed it");
+      await eventually("the lost pod replaced or cleaned up", async () => {
+        const pods = (await request(`${p.url}/pods/public/demo/lm`)).body;
+        return pods.every((q: { id: string }) => q.id !== pod.id);
+      });
+      const again = await complete(p);
+      assert.equal(again.status, 200);
+      assert.equal(again.headers.get("x-inferx-cold-start"), "1");
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});

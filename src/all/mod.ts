@@ -24,10 +24,14 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
   const state = await statesvc.start({ dataDir: env.dataDir });
   const meta = state.service;
   if (env.samplesDir) await applySamples(meta, env.samplesDir);
+  const nodeInfo = await loadNodeConfig(env.nodeConfigPath);
   const node = await nodeagent.start({
     meta,
-    node: await loadNodeConfig(env.nodeConfigPath),
+    node: nodeInfo,
     workDir: REPO_ROOT,
+    // The store created the data directory: its real path tells this
+    // platform's workers from another's on the same host.
+    scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,
   });
   const sched = await scheduler.start({ meta });
   const gw = await gateway.start({

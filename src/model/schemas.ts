@@ -238,32 +238,15 @@ function specToJson(obj: UserObject): unknown {
   return obj.type === "function" ? functionSpecToJson(obj.spec) : obj.spec;
 }
 
-/** Stored form of a user object (the store's value). */
-interface StoredUserObject {
-  type: UserType;
-  tenant: string;
-  namespace: string;
-  name: string;
-  object: { spec: unknown };
-  version?: number;
-}
-
-/** Encodes a user object as the store's JSON value. */
+/** Encodes a user object as the store's JSON value: the API envelope without the revision. */
 export function encodeUserObject(obj: UserObject): string {
-  const stored: StoredUserObject = {
-    type: obj.type,
-    tenant: obj.tenant,
-    namespace: obj.namespace,
-    name: obj.name,
-    object: { spec: specToJson(obj) },
-  };
-  if (obj.type === "function") stored.version = obj.version;
+  const { revision: _, ...stored } = userObjectToJson(obj);
   return JSON.stringify(stored);
 }
 
 /** Decodes a store value (written by {@linkcode encodeUserObject}) at `revision`. */
 export function decodeStoredUserObject(value: string, revision: number): UserObject {
-  const parsed = JSON.parse(value) as StoredUserObject;
+  const parsed = JSON.parse(value) as Record<string, unknown> & { version?: number };
   const obj = decodeUserObject({ ...parsed, revision });
   if (obj.type === "function") obj.version = parsed.version ?? revision;
   return obj;

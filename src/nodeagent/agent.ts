@@ -61,6 +61,17 @@ export class NodeAgent implements NodeAgentClient {
 
   /** Registers the node, starts heartbeats and follows pods. */
   async start(): Promise<void> {
+    const { adopted, removed } = await this.#runtime.recover();
+    if (adopted.length || removed) {
+      log.warn(
+        "Recovered after a restart: {adopted} pod(s) adopted, {removed} left-over worker(s) removed",
+        {
+          adopted: adopted.length,
+          removed,
+        },
+      );
+    }
+    for (const id of adopted) this.#local.set(id, { id, phase: "running" });
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).catch((err) =>

@@ -17,6 +17,8 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   node: NodeInfo;
   /** Working directory of process workers. */
   workDir?: string;
+  /** Identifies this agent's workers across restarts (node name and data directory). */
+  scope?: string;
 }
 
 /** A running node agent. */
@@ -31,6 +33,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const runtime = new ProcessRuntime({
     workDir: config.workDir,
     host: config.node.address,
+    scope: config.scope ?? config.node.name,
     onExit: (podId, why) => exits.agent?.podExited(podId, why),
   });
   const agent = exits.agent = new NodeAgent(config.meta, runtime, config.node, config);

@@ -19,6 +19,11 @@ export interface ProcessRuntimeOptions {
   probeIntervalMs?: number;
   /** Called when a started pod's process ends without being stopped. */
   onExit?(podId: string, why: string): void;
+  /**
+   * Marks this runtime's workers (env `INFERX_SCOPE`) so a restarted agent
+   * can find the ones it left behind. @default "default"
+   */
+  scope?: string;
 }
 
 interface Child {
@@ -71,6 +76,27 @@ export class ProcessRuntime implements PodRuntime {
     this.#options = options;
   }
 
+  get #scope(): string {
+    return this.#options.scope ?? "default";
+  }
+
+  /**
+   * Worker processes cannot be re-attached (their output pipes died with the
+   * old agent), so every process of this scope left behind is killed.
+   */
+  async recover(): Promise<{ adopted: string[]; removed: number }> {
+    let removed = 0;
+    for (const pid of await scopeProcesses(this.#scope)) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+        removed++;
+      } catch {
+        // exited meanwhile
+      }
+    }
+    return { adopted: [], removed };
+  }
+
   async start(spec: PodSpec): Promise<RunningPod> {
     const t = spec.template;
     if (t.commands.length === 0) {
@@ -89,6 +115,7 @@ export class ProcessRuntime implements PodRuntime {
       ...platformEnv(spec),
       PORT: String(port),
       HOST: host,
+      INFERX_SCOPE: this.#scope,
     };
     const logs = new LogRing();
     let proc: Deno.ChildProcess;
@@ -176,4 +203,42 @@ export class ProcessRuntime implements PodRuntime {
   running(): string[] {
     return [...this.#children.keys()];
   }
+}
+
+/** Pids of processes whose environment has `INFERX_SCOPE=scope` (Linux `/proc`; none elsewhere). */
+export async function scopeProcesses(scope: string): Promise<number[]> {
+  const marker = new TextEncoder().encode(`\0INFERX_SCOPE=${scope}\0`);
+  const pids: number[] = [];
+  let entries: AsyncIterable<Deno.DirEntry>;
+  try {
+    entries = Deno.readDir("/proc");
+  } catch {
+    return pids;
+  }
+  try {
+    for await (const e of entries) {
+      const pid = Number(e.name);
+      if (!Number.isInteger(pid) || pid === Deno.pid) continue;
+      let env: Uint8Array;
+      try {
+        env = await Deno.readFile(`/proc/${pid}/environ`);
+      } catch {
+        continue; // gone, or not ours to read
+      }
+      const padded = new Uint8Array(env.length + 2);
+      padded.set(env, 1);
+      if (indexOf(padded, marker) >= 0) pids.push(pid);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  return pids;
+}
+
+function indexOf(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= hay.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
 }

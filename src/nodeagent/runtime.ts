@@ -37,6 +37,12 @@ export interface PodRuntime {
   stop(podId: string, graceMs?: number): Promise<void>;
   /** The last `lines` lines of the pod's output. */
   logs(podId: string, lines?: number): string;
+  /**
+   * After an agent restart: takes over the workers this runtime can still
+   * manage and removes the rest. Returns the adopted pods' ids and how many
+   * were removed.
+   */
+  recover(): Promise<{ adopted: string[]; removed: number }>;
 }
 
 /** The environment every worker gets from the platform, runtime-independent. */

@@ -153,14 +153,7 @@ export interface FuncReport {
 }
 
 /** A pod as recorded in the store, to rebuild the view after a restart. */
-export interface PodReport {
-  id: string;
-  func: string;
-  version: number;
-  node: string;
-  cpu: number;
-  memMB: number;
-  gpus: GpuSlice[];
+export interface PodReport extends PodPlacement {
   state: CorePodState;
   endpoint?: string;
 }
