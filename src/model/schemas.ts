@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { ValidationError } from "../common/errors.ts";
-import { isUserType, isValidName, SYSTEM, type UserType } from "./keys.ts";
+import { isUserType, isValidName, SYSTEM } from "./keys.ts";
 
 // ---------------------------------------------------------------- FuncPolicy
 
