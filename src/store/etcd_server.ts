@@ -1,0 +1,91 @@
+/**
+ * Starts a throwaway etcd (Debian's `etcd-server`) on free loopback ports
+ * with a temporary data directory: for tests, benchmarks and local runs.
+ *
+ * @module
+ */
+
+/** A running etcd. */
+export interface EtcdServer {
+  /** `http://127.0.0.1:port` for clients. */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** Why etcd cannot be started here, or undefined when it can. */
+export function etcdUnavailable(): string | undefined {
+  try {
+    new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync();
+    return undefined;
+  } catch {
+    return "the etcd binary is not installed (Debian package etcd-server)";
+  }
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Starts etcd and waits until it answers. */
+export async function startEtcd(): Promise<EtcdServer> {
+  const dir = await Deno.makeTempDir({ prefix: "inferx-etcd-" });
+  const client = freePort();
+  const peer = freePort();
+  const url = `http://127.0.0.1:${client}`;
+  const proc = new Deno.Command("etcd", {
+    args: [
+      "--name",
+      "test",
+      "--data-dir",
+      dir,
+      "--listen-client-urls",
+      url,
+      "--advertise-client-urls",
+      url,
+      "--listen-peer-urls",
+      `http://127.0.0.1:${peer}`,
+      "--initial-advertise-peer-urls",
+      `http://127.0.0.1:${peer}`,
+      "--initial-cluster",
+      `test=http://127.0.0.1:${peer}`,
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  (async () => {
+    for await (const t of proc.stderr.pipeThrough(new TextDecoderStream())) {
+      log = (log + t).slice(-4000);
+    }
+  })().catch(() => {});
+  const deadline = Date.now() + 15_000;
+  while (true) {
+    try {
+      const r = await fetch(`${url}/health`);
+      const body = await r.text();
+      if (r.ok && body.includes("true")) break;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`etcd did not start in 15 s:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    async stop() {
+      try {
+        proc.kill("SIGTERM");
+      } catch {
+        // gone
+      }
+      await proc.status;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+}
