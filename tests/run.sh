@@ -12,6 +12,20 @@ else
   DENO=(npx -y deno@2)
 fi
 
+# Services the tests start for themselves (on 127.0.0.1, temporary data
+# directories, stopped afterwards); installed from Debian when missing.
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing ${missing[*]} from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "Cannot install ${missing[*]} (needs root and apt-get): the tests that need them will be skipped"
+  fi
+fi
+
 "${DENO[@]}" install --quiet
 "${DENO[@]}" fmt --check
 "${DENO[@]}" lint

@@ -1,0 +1,169 @@
+/**
+ * gRPC plumbing shared by every service: loading the protos with
+ * `@grpc/proto-loader`, starting a server, and mapping errors both ways.
+ * An `InferxError` crosses the wire as a gRPC status plus its exact code in
+ * the `ix-code` trailer, so the gateway answers the same HTTP status in
+ * distributed mode as in `All`.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
+import { CompactedError } from "../store/types.ts";
+
+export { grpc };
+
+const PROTO_DIR = new URL("../../proto/", import.meta.url).pathname;
+
+/** Loads `proto/{file}` and returns the service constructor `pkg.Service`. */
+export function loadService(
+  file: string,
+  pkg: string,
+  service: string,
+): grpc.ServiceClientConstructor {
+  const def = protoLoader.loadSync(`${PROTO_DIR}${file}`, {
+    keepCase: true,
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  const loaded = grpc.loadPackageDefinition(def) as Record<string, Record<string, unknown>>;
+  return loaded[pkg][service] as grpc.ServiceClientConstructor;
+}
+
+const TO_GRPC: Record<ErrorCode, grpc.status> = {
+  invalid: grpc.status.INVALID_ARGUMENT,
+  not_found: grpc.status.NOT_FOUND,
+  already_exists: grpc.status.ALREADY_EXISTS,
+  conflict: grpc.status.ABORTED,
+  queue_full: grpc.status.RESOURCE_EXHAUSTED,
+  too_large: grpc.status.RESOURCE_EXHAUSTED,
+  timeout: grpc.status.DEADLINE_EXCEEDED,
+  unavailable: grpc.status.UNAVAILABLE,
+  worker_failed: grpc.status.UNAVAILABLE,
+  unschedulable: grpc.status.RESOURCE_EXHAUSTED,
+  internal: grpc.status.INTERNAL,
+};
+
+const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
+  [grpc.status.INVALID_ARGUMENT]: "invalid",
+  [grpc.status.NOT_FOUND]: "not_found",
+  [grpc.status.ALREADY_EXISTS]: "already_exists",
+  [grpc.status.ABORTED]: "conflict",
+  [grpc.status.RESOURCE_EXHAUSTED]: "queue_full",
+  [grpc.status.DEADLINE_EXCEEDED]: "timeout",
+  [grpc.status.UNAVAILABLE]: "unavailable",
+  [grpc.status.CANCELLED]: "unavailable",
+};
+
+/** An error as a gRPC status object for a callback or `call.destroy()`. */
+export function toGrpcError(err: unknown): Partial<grpc.StatusObject> & Error {
+  const metadata = new grpc.Metadata();
+  if (err instanceof CompactedError) {
+    metadata.set("ix-code", "compacted");
+    return Object.assign(new Error(err.message), {
+      code: grpc.status.OUT_OF_RANGE,
+      details: err.message,
+      metadata,
+    });
+  }
+  const e = toInferxError(err);
+  metadata.set("ix-code", e.code);
+  if (e.details) metadata.set("ix-details", JSON.stringify(e.details));
+  return Object.assign(new Error(e.message), {
+    code: TO_GRPC[e.code],
+    details: e.message,
+    metadata,
+  });
+}
+
+/** A gRPC client error as the `InferxError` the server raised (or the best match). */
+export function fromGrpcError(err: unknown, what: string): InferxError {
+  const e = err as grpc.ServiceError;
+  if (typeof e?.code !== "number") return toInferxError(err);
+  const code = e.metadata?.get("ix-code")?.[0]?.toString();
+  if (code === "compacted") return new CompactedError(0, 0);
+  let details: Record<string, unknown> | undefined;
+  const raw = e.metadata?.get("ix-details")?.[0]?.toString();
+  if (raw) details = JSON.parse(raw);
+  if (code && code in TO_GRPC) {
+    return new InferxError(code as ErrorCode, e.details || e.message, {
+      details,
+      retryable: code === "conflict" || code === "unavailable" || code === "timeout",
+    });
+  }
+  const mapped = FROM_GRPC[e.code as grpc.status] ?? "internal";
+  const message = mapped === "unavailable"
+    ? `Cannot reach ${what}: ${e.details || e.message}`
+    : e.details || e.message;
+  return new InferxError(mapped, message, { cause: err, retryable: mapped !== "internal" });
+}
+
+/** Adapts an async handler to a unary gRPC handler with error mapping. */
+export function unary<Req, Res>(
+  fn: (req: Req) => Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    fn(call.request).then((res) => callback(null, res), (err) => callback(toGrpcError(err)));
+  };
+}
+
+/** Starts a gRPC server for `impl` of `service` on `host:port`; returns its port. */
+export function serve(
+  service: grpc.ServiceClientConstructor,
+  impl: grpc.UntypedServiceImplementation,
+  address: string,
+): Promise<{ server: grpc.Server; port: number }> {
+  const server = new grpc.Server();
+  server.addService(service.service, impl);
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+      if (err) {
+        reject(new InferxError("unavailable", `Cannot listen on ${address}: ${err.message}`));
+      } else resolve({ server, port });
+    });
+  });
+}
+
+/** Stops a server: lets calls finish for `graceMs`, then cancels the rest. */
+export function shutdown(server: grpc.Server, graceMs = 1000): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** Deadline for a call `ms` from now. */
+export function deadline(ms: number): grpc.Deadline {
+  return new Date(Date.now() + ms);
+}
+
+/** Promise form of a unary client call with deadline and error mapping. */
+export function call<Req, Res>(
+  client: grpc.Client,
+  method: string,
+  req: Req,
+  timeoutMs: number,
+  what: string,
+): Promise<Res> {
+  type Unary = (
+    req: Req,
+    options: grpc.CallOptions,
+    cb: (err: grpc.ServiceError | null, res: Res) => void,
+  ) => void;
+  const fn = (client as unknown as Record<string, Unary>)[method];
+  return new Promise<Res>((resolve, reject) => {
+    fn.call(client, req, { deadline: deadline(timeoutMs) }, (err, res) => {
+      if (err) reject(fromGrpcError(err, what));
+      else resolve(res);
+    });
+  });
+}

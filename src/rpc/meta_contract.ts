@@ -1,0 +1,111 @@
+/**
+ * The contract every `MetaClient` implementation passes: the in-process
+ * state service and the gRPC client in front of it must be
+ * indistinguishable, errors included.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
+import type { MetaClient, MetaEvent } from "./types.ts";
+
+/** A fresh client over an empty store and how to dispose of it. */
+export interface MetaFixture {
+  meta: MetaClient;
+  dispose(): Promise<void>;
+}
+
+const code = (c: string) => (err: unknown) => {
+  assert.ok(err instanceof InferxError, String(err));
+  assert.equal(err.code, c, err.message);
+  return true;
+};
+
+const tenant = { type: "tenant" as const, tenant: "system", namespace: "system", name: "acme" };
+const ns = { type: "namespace" as const, tenant: "acme", namespace: "system", name: "prod" };
+const fn = { type: "function" as const, tenant: "acme", namespace: "prod", name: "llm" };
+
+/** Registers the cases as Deno tests named `${name}: ...`. */
+export function metaContract(name: string, open: () => Promise<MetaFixture>): void {
+  const t = (title: string, fn: (meta: MetaClient) => Promise<void>) =>
+    Deno.test({
+      name: `${name}: ${title}`,
+      sanitizeOps: false,
+      sanitizeResources: false,
+      fn: async () => {
+        const f = await open();
+        try {
+          await fn(f.meta);
+        } finally {
+          await f.dispose();
+        }
+      },
+    });
+
+  t("version() names the service", async (meta) => {
+    assert.match(await meta.version(), /^inferx/);
+  });
+
+  t("create, get, list, update with compare-and-swap and delete", async (meta) => {
+    await meta.create({ ...tenant, object: {} });
+    await meta.create({ ...ns, object: {} });
+    const created = await meta.create({ ...fn, object: { image: "x" } });
+    assert.equal(JSON.parse(created.value).version, 1);
+    assert.deepEqual(await meta.get(fn), created);
+    const { items } = await meta.list("function", "acme", "prod");
+    assert.deepEqual(items.map((r) => r.name), ["llm"]);
+    assert.equal((await meta.list("function")).items.length, 1);
+    const updated = await meta.update({
+      ...fn,
+      object: { image: "y" },
+      revision: created.revision,
+    });
+    assert.equal(JSON.parse(updated.value).version, 2);
+    await assert.rejects(
+      meta.update({ ...fn, object: { image: "z" }, revision: created.revision }),
+      code("conflict"),
+    );
+    await assert.rejects(meta.delete(ns), code("conflict"));
+    await meta.delete(fn);
+    assert.equal(await meta.get(fn), undefined);
+  });
+
+  t("errors keep their codes: invalid, not_found, already_exists", async (meta) => {
+    await assert.rejects(meta.create({ ...ns, object: {} }), code("not_found"));
+    await meta.create({ ...tenant, object: {} });
+    await assert.rejects(meta.create({ ...tenant, object: {} }), code("already_exists"));
+    await meta.create({ ...ns, object: {} });
+    await assert.rejects(
+      meta.create({ ...fn, object: { image: "x", resources: { CPU: -1 } } }),
+      (err: unknown) => {
+        assert.ok(err instanceof InferxError && err.code === "invalid");
+        assert.equal(err.details?.field, "resources.CPU");
+        return true;
+      },
+    );
+    await assert.rejects(
+      meta.update({ ...fn, object: { image: "x" }, revision: 1 }),
+      code("not_found"),
+    );
+  });
+
+  t("watch() delivers puts and deletes after a revision", async (meta) => {
+    const { revision } = await meta.list("tenant");
+    const got: MetaEvent[] = [];
+    const done = Promise.withResolvers<void>();
+    const w = meta.watch("tenant", {
+      afterRevision: revision,
+      onEvent(ev) {
+        got.push(ev);
+        if (got.length === 2) done.resolve();
+      },
+      onError: done.reject,
+    });
+    await meta.create({ ...tenant, object: {} });
+    await meta.delete(tenant);
+    await done.promise;
+    w.cancel();
+    assert.deepEqual(got.map((e) => e.type), ["put", "delete"]);
+    assert.equal(got[1].type === "delete" && got[1].ref.name, "acme");
+  });
+}

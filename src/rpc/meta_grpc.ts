@@ -1,0 +1,264 @@
+/**
+ * `IxMetaService` over gRPC: {@linkcode serveMeta} exposes any
+ * {@linkcode MetaClient} (the state service), {@linkcode GrpcMetaClient} is
+ * the remote implementation of the same interface.
+ *
+ * @module
+ */
+import { isObjectType, type ObjectType } from "../model/keys.ts";
+import { ValidationError } from "../common/errors.ts";
+import {
+  call,
+  fromGrpcError,
+  grpc,
+  loadService,
+  serve,
+  shutdown,
+  toGrpcError,
+  unary,
+} from "./grpc.ts";
+import type { MetaClient, MetaRecord, MetaWatchOptions, ObjectInput, ObjectRef } from "./types.ts";
+
+const Service = loadService("ixmeta.proto", "ixmeta", "IxMetaService");
+
+interface WireRef {
+  type: string;
+  tenant: string;
+  namespace: string;
+  name: string;
+}
+interface WireRecord {
+  ref: WireRef;
+  revision: number;
+  value: string;
+}
+
+function toRef(r: WireRef | null | undefined): ObjectRef {
+  if (!r || !isObjectType(r.type)) {
+    throw new ValidationError(
+      `Invalid object reference: type "${r?.type ?? ""}" is unknown`,
+      "type",
+    );
+  }
+  return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
+}
+
+function wireRef(r: ObjectRef): WireRef {
+  return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
+}
+
+function wireRecord(r: MetaRecord): WireRecord {
+  return { ref: wireRef(r), revision: r.revision, value: r.value };
+}
+
+function fromRecord(r: WireRecord): MetaRecord {
+  return { ...toRef(r.ref), revision: r.revision, value: r.value };
+}
+
+function objectType(t: string): ObjectType {
+  if (!isObjectType(t)) throw new ValidationError(`Invalid type "${t}"`, "type");
+  return t;
+}
+
+/** A running gRPC server. */
+export interface GrpcServerHandle {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** Serves `meta` as `IxMetaService` on `address` (`host:port`, port 0 for any). */
+export async function serveMeta(meta: MetaClient, address: string): Promise<GrpcServerHandle> {
+  const { server, port } = await serve(Service, {
+    Version: unary(async () => ({ version: await meta.version() })),
+    Get: unary(async (req: { ref: WireRef }) => {
+      const rec = await meta.get(toRef(req.ref));
+      return rec ? { found: true, record: wireRecord(rec) } : { found: false };
+    }),
+    List: unary(async (req: { type: string; tenant: string; namespace: string }) => {
+      const { items, revision } = await meta.list(
+        objectType(req.type),
+        req.tenant || undefined,
+        req.tenant ? req.namespace || undefined : undefined,
+      );
+      return { items: items.map(wireRecord), revision };
+    }),
+    Create: unary(async (req: { ref: WireRef; object_json: string }) =>
+      wireRecord(await meta.create({ ...toRef(req.ref), object: parseObject(req.object_json) }))
+    ),
+    Update: unary(async (
+      req: { ref: WireRef; object_json: string; has_revision: boolean; revision: number },
+    ) =>
+      wireRecord(
+        await meta.update({
+          ...toRef(req.ref),
+          object: parseObject(req.object_json),
+          revision: req.has_revision ? req.revision : undefined,
+        }),
+      )
+    ),
+    Delete: unary(async (req: { ref: WireRef; has_revision: boolean; revision: number }) => ({
+      revision: await meta.delete(toRef(req.ref), req.has_revision ? req.revision : undefined),
+    })),
+    Watch: (
+      stream: grpc.ServerWritableStream<
+        {
+          type: string;
+          tenant: string;
+          namespace: string;
+          has_after_revision: boolean;
+          after_revision: number;
+        },
+        unknown
+      >,
+    ) => {
+      const req = stream.request;
+      let w: { cancel(): void } | undefined;
+      try {
+        w = meta.watch(objectType(req.type), {
+          tenant: req.tenant || undefined,
+          namespace: req.namespace || undefined,
+          afterRevision: req.has_after_revision ? req.after_revision : undefined,
+          onEvent(ev) {
+            if (ev.type === "put") stream.write({ kind: "put", record: wireRecord(ev.record) });
+            else stream.write({ kind: "delete", ref: wireRef(ev.ref), revision: ev.revision });
+          },
+          onError(err) {
+            stream.destroy(toGrpcError(err));
+          },
+        });
+      } catch (err) {
+        stream.destroy(toGrpcError(err));
+        return;
+      }
+      stream.on("cancelled", () => w?.cancel());
+      stream.on("close", () => w?.cancel());
+    },
+  }, address);
+  return { port, stop: () => shutdown(server) };
+}
+
+function parseObject(json: string): unknown {
+  if (!json) return undefined;
+  try {
+    return JSON.parse(json);
+  } catch (err) {
+    throw new ValidationError(`Invalid object: not JSON (${(err as Error).message})`);
+  }
+}
+
+/** Options for {@linkcode GrpcMetaClient}. */
+export interface GrpcMetaClientOptions {
+  /** Deadline of unary calls (ms). @default 5000 */
+  timeoutMs?: number;
+}
+
+/** `MetaClient` that calls a state service over gRPC. */
+export class GrpcMetaClient implements MetaClient {
+  #client: grpc.Client;
+  #timeout: number;
+  #what: string;
+
+  constructor(address: string, options: GrpcMetaClientOptions = {}) {
+    this.#client = new Service(address, grpc.credentials.createInsecure());
+    this.#timeout = options.timeoutMs ?? 5000;
+    this.#what = `the state service at ${address}`;
+  }
+
+  #call<Res>(method: string, req: unknown): Promise<Res> {
+    return call<unknown, Res>(this.#client, method, req, this.#timeout, this.#what);
+  }
+
+  async version(): Promise<string> {
+    return (await this.#call<{ version: string }>("Version", {})).version;
+  }
+
+  async get(ref: ObjectRef): Promise<MetaRecord | undefined> {
+    const res = await this.#call<{ found: boolean; record: WireRecord }>("Get", {
+      ref: wireRef(ref),
+    });
+    return res.found ? fromRecord(res.record) : undefined;
+  }
+
+  async list(type: ObjectType, tenant?: string, namespace?: string) {
+    const res = await this.#call<{ items: WireRecord[]; revision: number }>("List", {
+      type,
+      tenant: tenant ?? "",
+      namespace: namespace ?? "",
+    });
+    return { items: res.items.map(fromRecord), revision: res.revision };
+  }
+
+  async create(input: ObjectInput): Promise<MetaRecord> {
+    return fromRecord(
+      await this.#call<WireRecord>("Create", {
+        ref: wireRef(input),
+        object_json: JSON.stringify(input.object ?? {}),
+      }),
+    );
+  }
+
+  async update(input: ObjectInput): Promise<MetaRecord> {
+    return fromRecord(
+      await this.#call<WireRecord>("Update", {
+        ref: wireRef(input),
+        object_json: JSON.stringify(input.object ?? {}),
+        has_revision: input.revision !== undefined,
+        revision: input.revision ?? 0,
+      }),
+    );
+  }
+
+  async delete(ref: ObjectRef, revision?: number): Promise<number> {
+    const res = await this.#call<{ revision: number }>("Delete", {
+      ref: wireRef(ref),
+      has_revision: revision !== undefined,
+      revision: revision ?? 0,
+    });
+    return res.revision;
+  }
+
+  watch(type: ObjectType, options: MetaWatchOptions): { cancel(): void } {
+    let cancelled = false;
+    const stream = (this.#client as unknown as {
+      Watch(req: unknown): grpc.ClientReadableStream<{
+        kind: string;
+        record: WireRecord;
+        ref: WireRef;
+        revision: number;
+      }>;
+    }).Watch({
+      type,
+      tenant: options.tenant ?? "",
+      namespace: options.namespace ?? "",
+      has_after_revision: options.afterRevision !== undefined,
+      after_revision: options.afterRevision ?? 0,
+    });
+    stream.on("data", (ev) => {
+      if (cancelled) return;
+      if (ev.kind === "put") options.onEvent({ type: "put", record: fromRecord(ev.record) });
+      else options.onEvent({ type: "delete", ref: toRef(ev.ref), revision: ev.revision });
+    });
+    const end = (err: Error) => {
+      if (cancelled) return;
+      cancelled = true;
+      options.onError?.(err);
+    };
+    stream.on("error", (err) => end(fromGrpcError(err, this.#what)));
+    stream.on(
+      "end",
+      () =>
+        end(fromGrpcError({ code: grpc.status.UNAVAILABLE, details: "watch ended" }, this.#what)),
+    );
+    return {
+      cancel: () => {
+        cancelled = true;
+        stream.cancel();
+      },
+    };
+  }
+
+  /** Closes the channel. */
+  close(): void {
+    this.#client.close();
+  }
+}
