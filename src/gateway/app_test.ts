@@ -39,6 +39,9 @@ class FakeScheduler implements SchedulerClient {
   refreshGateway(): Promise<void> {
     return Promise.resolve();
   }
+  killPod(): Promise<void> {
+    return Promise.resolve();
+  }
 }
 
 interface Fixture {

@@ -102,6 +102,13 @@ export class FuncCache {
     return a;
   }
 
+  /** Pod ids of every worker leased by this gateway, for heartbeats. */
+  leasedPods(): string[] {
+    const ids: string[] = [];
+    for (const a of this.#agents.values()) for (const w of a.workers) ids.push(w.podId);
+    return ids;
+  }
+
   /** Every agent, for the scale-in sweep. */
   agents(): IterableIterator<FuncAgent> {
     return this.#agents.values();

@@ -45,7 +45,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     for (const a of cache.agents()) a.sweep(now);
   }, 100);
   const beat = () =>
-    config.scheduler.refreshGateway(gatewayId).catch((err) =>
+    config.scheduler.refreshGateway(gatewayId, cache.leasedPods()).catch((err) =>
       logger("gateway").warn("Cannot reach the scheduler: {error}", { error: String(err) })
     );
   await beat();

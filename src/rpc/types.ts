@@ -96,8 +96,13 @@ export interface SchedulerClient {
   leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease>;
   /** Gives a worker back; `failed` asks for it to be replaced. */
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void>;
-  /** Heartbeat of a gateway: keeps its leases. */
-  refreshGateway(gatewayId: string): Promise<void>;
+  /**
+   * Heartbeat of a gateway with the pods it holds: keeps its leases, and
+   * tells a restarted scheduler who holds what.
+   */
+  refreshGateway(gatewayId: string, leasedPods?: string[]): Promise<void>;
+  /** Terminates a pod now. */
+  killPod(podId: string): Promise<void>;
 }
 
 /** The node agent's API (`NodeAgentService`). */

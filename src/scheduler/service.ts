@@ -175,8 +175,13 @@ export class SchedulerService implements SchedulerClient {
     return Promise.resolve();
   }
 
-  refreshGateway(gatewayId: string): Promise<void> {
-    this.#apply({ type: "gatewayHeartbeat", gateway: gatewayId });
+  refreshGateway(gatewayId: string, leasedPods?: string[]): Promise<void> {
+    this.#apply({ type: "gatewayHeartbeat", gateway: gatewayId, leases: leasedPods });
+    return Promise.resolve();
+  }
+
+  killPod(podId: string): Promise<void> {
+    this.#apply({ type: "killPod", podId });
     return Promise.resolve();
   }
 

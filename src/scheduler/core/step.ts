@@ -39,6 +39,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
   return {
     config: {
       gatewayTimeoutMs: config.gatewayTimeoutMs ?? 10_000,
+      leaseSettleMs: config.leaseSettleMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
     },
     nodes: new Map(),
@@ -101,7 +102,13 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     case "gatewayHeartbeat":
       state.gateways.set(event.gateway, now);
+      if (event.leases) syncLeases(ctx, event.gateway, event.leases);
       break;
+    case "killPod": {
+      const pod = state.pods.get(event.podId);
+      if (pod) terminate(ctx, pod, "killed by request");
+      break;
+    }
     case "tick":
       onTick(ctx);
       break;
@@ -135,6 +142,7 @@ function onLease(ctx: Ctx, reqId: string, funcId: string, gateway: string, deadl
 function grant(ctx: Ctx, f: CoreFunc, pod: CorePod, w: Waiter, coldStart: boolean) {
   f.idle.delete(pod.id);
   pod.leasedBy = w.gateway;
+  pod.leasedAt = ctx.now;
   ctx.actions.push({
     type: "leaseGranted",
     reqId: w.reqId,
@@ -154,6 +162,29 @@ function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
   if (failed) return terminate(ctx, pod, "returned as failed");
   if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
   settleUnleased(ctx, f, pod, false);
+}
+
+/**
+ * A gateway's heartbeat lists the pods it holds: claim those nobody else
+ * holds (after a scheduler restart the core knows no leases), and take back
+ * settled leases it no longer lists.
+ */
+function syncLeases(ctx: Ctx, gateway: string, leases: string[]) {
+  const held = new Set(leases);
+  for (const id of held) {
+    const pod = ctx.state.pods.get(id);
+    if (!pod || pod.state !== "Ready" || (pod.leasedBy && pod.leasedBy !== gateway)) continue;
+    if (pod.leasedBy === gateway) continue;
+    pod.leasedBy = gateway;
+    pod.leasedAt = ctx.now;
+    ctx.state.funcs.get(pod.func)?.idle.delete(id);
+  }
+  for (const pod of [...ctx.state.pods.values()]) {
+    if (pod.leasedBy !== gateway || held.has(pod.id)) continue;
+    if (ctx.now - (pod.leasedAt ?? 0) >= ctx.state.config.leaseSettleMs) {
+      onReturn(ctx, pod.id, gateway, false);
+    }
+  }
 }
 
 /** A Ready pod without a lease: hand it to a waiter, scale it in, or keep it idle. */

@@ -295,3 +295,46 @@ Deno.test("step() is deterministic: the same events give the same actions", () =
   };
   assert.deepEqual(run(), run());
 });
+
+Deno.test("step() learns leases from gateway heartbeats and takes back settled ones not listed", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { minReplica: 2, maxReplica: 2 }),
+  });
+  const [p1, p2] = [...d.state.pods.keys()];
+  d.run(
+    { type: "podStatus", podId: p1, state: "Ready", endpoint: "e1" },
+    { type: "podStatus", podId: p2, state: "Ready", endpoint: "e2" },
+  );
+  // A restarted scheduler knows no leases; the gateway's heartbeat says it holds p1.
+  d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: [p1] });
+  assert.equal(d.state.pods.get(p1)!.leasedBy, "g1");
+  const grant = d.run(lease("r1", "t/n/f", "g2"));
+  assert.equal(
+    grant[0].type === "leaseGranted" && grant[0].podId,
+    p2,
+    "p1 is not handed out twice",
+  );
+  // g2's heartbeat does not list p2 yet: a fresh lease is left alone...
+  d.now = 1000;
+  assert.deepEqual(d.run({ type: "gatewayHeartbeat", gateway: "g2", leases: [] }), []);
+  assert.equal(d.state.pods.get(p2)!.leasedBy, "g2");
+  // ...but once settled, a lease the gateway no longer lists comes back.
+  d.now = 6000;
+  d.run({ type: "gatewayHeartbeat", gateway: "g2", leases: [] });
+  assert.equal(d.state.pods.get(p2)!.leasedBy, undefined);
+  assert.ok(d.state.funcs.get("t/n/f")!.idle.has(p2));
+});
+
+Deno.test("step() kills a pod on request", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { minReplica: 1 }),
+  });
+  const [p1] = [...d.state.pods.keys()];
+  assert.deepEqual(d.run({ type: "killPod", podId: p1 }), [
+    { type: "terminatePod", podId: p1, reason: "killed by request" },
+  ]);
+});

@@ -106,6 +106,8 @@ export interface CorePod {
   endpoint?: string;
   /** Gateway holding the lease, when leased. */
   leasedBy?: string;
+  /** When the lease was granted (ms). */
+  leasedAt?: number;
   /** Last time (ms) the pod was returned or became ready. */
   lastUsed: number;
 }
@@ -114,6 +116,11 @@ export interface CorePod {
 export interface CoreConfig {
   /** A gateway silent for this long (ms) loses its leases. @default 10000 */
   gatewayTimeoutMs: number;
+  /**
+   * A lease older than this (ms) that a gateway's heartbeat no longer lists
+   * is taken as returned (younger ones may still be on their way). @default 5000
+   */
+  leaseSettleMs: number;
   /** Prefix of pod ids this scheduler instance mints. */
   podIdPrefix: string;
 }
@@ -175,7 +182,13 @@ export type CoreEvent =
   | { type: "nodeRemove"; name: string }
   | { type: "funcUpdate"; func: FuncReport }
   | { type: "funcRemove"; id: string }
-  | { type: "gatewayHeartbeat"; gateway: string }
+  | {
+    type: "gatewayHeartbeat";
+    gateway: string;
+    /** The pods the gateway holds, when it says (level-triggered lease sync). */
+    leases?: string[];
+  }
+  | { type: "killPod"; podId: string }
   | { type: "tick" };
 
 /** A pod the shell must create. */

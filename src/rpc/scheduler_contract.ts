@@ -1,0 +1,165 @@
+/**
+ * The contract every `SchedulerClient` implementation passes, in-process and
+ * over gRPC. The test plays the node agent: it marks the pods the scheduler
+ * writes as ready.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
+import { decodePod, type NodeInfo } from "../model/cluster.ts";
+import { startInformer } from "./informer.ts";
+import type { MetaClient, SchedulerClient } from "./types.ts";
+
+/** A scheduler over `meta` (an empty store) and how to dispose of both. */
+export interface SchedulerFixture {
+  scheduler: SchedulerClient;
+  meta: MetaClient;
+  dispose(): Promise<void>;
+}
+
+const NODE: NodeInfo = {
+  name: "n1",
+  address: "127.0.0.1",
+  cpuMillis: 4000,
+  memMB: 8192,
+  gpus: [],
+  contextOverheadMB: 0,
+  standbyTiers: [],
+  runtime: "process",
+  ready: true,
+  heartbeat: 0,
+};
+
+async function seed(meta: MetaClient) {
+  await meta.create({
+    type: "node",
+    tenant: "system",
+    namespace: "system",
+    name: "n1",
+    object: { ...NODE, heartbeat: Date.now() },
+  });
+  await meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: "t",
+    object: {},
+  });
+  await meta.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
+  await meta.create({
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "f",
+    object: { image: "x", commands: ["x"] },
+  });
+}
+
+/** Marks every new pod Ready at a fake endpoint, as a node agent would. */
+async function fakeAgent(meta: MetaClient) {
+  return await startInformer(meta, "pod", {
+    upsert(rec) {
+      const pod = decodePod(rec.value);
+      if (pod.state !== "Creating" || pod.desired !== "Running") return;
+      meta.update({
+        ...rec,
+        object: { ...pod, state: "Ready", endpoint: `127.0.0.1:${9000 + rec.revision}` },
+        revision: rec.revision,
+      })
+        .catch(() => {});
+    },
+    remove() {},
+  });
+}
+
+const req = (func = "f", timeoutMs = 5000) => ({
+  tenant: "t",
+  namespace: "n",
+  func,
+  gatewayId: "gw1",
+  timeoutMs,
+});
+
+/** Registers the cases as Deno tests named `${name}: ...`. */
+export function schedulerContract(name: string, open: () => Promise<SchedulerFixture>): void {
+  const t = (title: string, fn: (f: SchedulerFixture) => Promise<void>) =>
+    Deno.test({
+      name: `${name}: ${title}`,
+      sanitizeOps: false,
+      sanitizeResources: false,
+      fn: async () => {
+        const f = await open();
+        try {
+          await fn(f);
+        } finally {
+          await f.dispose();
+        }
+      },
+    });
+
+  t("leaseWorker() cold-starts a pod, returnWorker() scales it in", async ({ scheduler, meta }) => {
+    await seed(meta);
+    const agent = await fakeAgent(meta);
+    const lease = await scheduler.leaseWorker(req());
+    assert.equal(lease.coldStart, true);
+    assert.match(lease.endpoint, /^127\.0\.0\.1:\d+$/);
+    assert.equal(lease.version, 1);
+    await scheduler.refreshGateway("gw1", [lease.podId]);
+    await scheduler.returnWorker({ podId: lease.podId, gatewayId: "gw1" });
+    const deadline = Date.now() + 5000;
+    while (true) {
+      const { items } = await meta.list("pod");
+      if (items.every((r) => decodePod(r.value).desired === "Terminated")) break;
+      assert.ok(Date.now() < deadline, "the returned pod was not terminated");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    agent.stop();
+  });
+
+  t("leaseWorker() refuses an unknown function with not_found", async ({ scheduler, meta }) => {
+    await seed(meta);
+    await assert.rejects(scheduler.leaseWorker(req("nope")), (err: unknown) => {
+      assert.ok(err instanceof InferxError);
+      assert.equal(err.code, "not_found");
+      assert.match(err.message, /t\/n\/nope/);
+      return true;
+    });
+  });
+
+  t(
+    "leaseWorker() times out with the timeout code when no worker gets ready",
+    async ({ scheduler, meta }) => {
+      await seed(meta);
+      await assert.rejects(scheduler.leaseWorker(req("f", 300)), (err: unknown) => {
+        assert.ok(err instanceof InferxError);
+        assert.equal(err.code, "timeout");
+        return true;
+      });
+    },
+  );
+
+  t("an aborted leaseWorker() is withdrawn", async ({ scheduler, meta }) => {
+    await seed(meta);
+    const abort = new AbortController();
+    const p = scheduler.leaseWorker(req("f", 10_000), abort.signal);
+    setTimeout(() => abort.abort(new Error("gone")), 100);
+    await assert.rejects(p);
+  });
+
+  t("killPod() terminates a pod", async ({ scheduler, meta }) => {
+    await seed(meta);
+    const agent = await fakeAgent(meta);
+    const lease = await scheduler.leaseWorker(req());
+    await scheduler.killPod(lease.podId);
+    const deadline = Date.now() + 5000;
+    while (true) {
+      const { items } = await meta.list("pod");
+      const pod = items.map((r) => decodePod(r.value)).find((p) => p.id === lease.podId);
+      if (pod?.desired === "Terminated") break;
+      assert.ok(Date.now() < deadline, "killPod did not terminate the pod");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    agent.stop();
+  });
+}

@@ -1,0 +1,218 @@
+/**
+ * `SchedulerService` over gRPC: {@linkcode serveScheduler} exposes any
+ * {@linkcode SchedulerClient}; {@linkcode GrpcSchedulerClient} calls one of
+ * several scheduler replicas, moving to the next when one is unreachable or
+ * is not the leader.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+import {
+  call,
+  fromGrpcError,
+  grpc,
+  loadService,
+  serve,
+  shutdown,
+  toGrpcError,
+  unary,
+} from "./grpc.ts";
+import type { GrpcServerHandle } from "./meta_grpc.ts";
+import type { Lease, LeaseRequest, SchedulerClient } from "./types.ts";
+
+const Service = loadService("scheduler.proto", "scheduler", "SchedulerService");
+
+interface WireLease {
+  pod_id: string;
+  endpoint: string;
+  cold_start: boolean;
+  version: number;
+}
+
+/** Serves `sched` as `SchedulerService` on `address`; `id` names this instance. */
+export async function serveScheduler(
+  sched: SchedulerClient,
+  address: string,
+  id: string,
+): Promise<GrpcServerHandle> {
+  const { server, port } = await serve(Service, {
+    ConnectScheduler: unary(async (req: { gateway_id: string; leased_pods: string[] }) => {
+      await sched.refreshGateway(req.gateway_id, req.leased_pods);
+      return { scheduler_id: id };
+    }),
+    LeaseWorker: (
+      c: grpc.ServerUnaryCall<
+        { tenant: string; namespace: string; func: string; gateway_id: string; timeout_ms: number },
+        WireLease
+      >,
+      cb: grpc.sendUnaryData<WireLease>,
+    ) => {
+      const abort = new AbortController();
+      c.on(
+        "cancelled",
+        () => abort.abort(new InferxError("unavailable", "Lease request cancelled")),
+      );
+      const r = c.request;
+      sched.leaseWorker({
+        tenant: r.tenant,
+        namespace: r.namespace,
+        func: r.func,
+        gatewayId: r.gateway_id,
+        timeoutMs: r.timeout_ms,
+      }, abort.signal).then(
+        (l) =>
+          cb(null, {
+            pod_id: l.podId,
+            endpoint: l.endpoint,
+            cold_start: l.coldStart,
+            version: l.version,
+          }),
+        (err) => cb(toGrpcError(err)),
+      );
+    },
+    ReturnWorker: unary(async (req: { pod_id: string; gateway_id: string; failed: boolean }) => {
+      await sched.returnWorker({
+        podId: req.pod_id,
+        gatewayId: req.gateway_id,
+        failed: req.failed,
+      });
+      return {};
+    }),
+    RefreshGateway: unary(async (req: { gateway_id: string; leased_pods: string[] }) => {
+      await sched.refreshGateway(req.gateway_id, req.leased_pods);
+      return {};
+    }),
+    KillPod: unary(async (req: { pod_id: string }) => {
+      await sched.killPod(req.pod_id);
+      return {};
+    }),
+  }, address);
+  return { port, stop: () => shutdown(server) };
+}
+
+/** Options for {@linkcode GrpcSchedulerClient}. */
+export interface GrpcSchedulerClientOptions {
+  /** Deadline of calls other than leases (ms). @default 5000 */
+  timeoutMs?: number;
+}
+
+/** `SchedulerClient` over gRPC to one of `addresses` (the leader answers). */
+export class GrpcSchedulerClient implements SchedulerClient {
+  #clients: { address: string; client: grpc.Client }[];
+  #current = 0;
+  #timeout: number;
+
+  constructor(addresses: string[], options: GrpcSchedulerClientOptions = {}) {
+    if (addresses.length === 0) throw new InferxError("invalid", "No scheduler address given");
+    this.#clients = addresses.map((address) => ({
+      address,
+      client: new Service(address, grpc.credentials.createInsecure()),
+    }));
+    this.#timeout = options.timeoutMs ?? 5000;
+  }
+
+  /** Calls the current replica, moving on to the next ones while they are unavailable. */
+  async #call<Res>(method: string, req: unknown, timeoutMs: number): Promise<Res> {
+    let last: InferxError | undefined;
+    for (let i = 0; i < this.#clients.length; i++) {
+      const k = (this.#current + i) % this.#clients.length;
+      const { address, client } = this.#clients[k];
+      try {
+        const res = await call<unknown, Res>(
+          client,
+          method,
+          req,
+          timeoutMs,
+          `the scheduler at ${address}`,
+        );
+        this.#current = k;
+        return res;
+      } catch (err) {
+        last = err as InferxError;
+        if (last.code !== "unavailable") throw last;
+      }
+    }
+    throw last!;
+  }
+
+  async connect(gatewayId: string, leasedPods: string[]): Promise<string> {
+    const res = await this.#call<{ scheduler_id: string }>(
+      "ConnectScheduler",
+      { gateway_id: gatewayId, leased_pods: leasedPods },
+      this.#timeout,
+    );
+    return res.scheduler_id;
+  }
+
+  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const wire = {
+      tenant: req.tenant,
+      namespace: req.namespace,
+      func: req.func,
+      gateway_id: req.gatewayId,
+      timeout_ms: req.timeoutMs,
+    };
+    return new Promise<Lease>((resolve, reject) => {
+      const attempt = (i: number, last?: InferxError) => {
+        if (i >= this.#clients.length) return reject(last);
+        const k = (this.#current + i) % this.#clients.length;
+        const { address, client } = this.#clients[k];
+        const c = (client as unknown as {
+          LeaseWorker(
+            r: unknown,
+            o: grpc.CallOptions,
+            cb: (e: grpc.ServiceError | null, res: WireLease) => void,
+          ): grpc.ClientUnaryCall;
+        }).LeaseWorker(
+          wire,
+          { deadline: new Date(Date.now() + req.timeoutMs + 2000) },
+          (err, res) => {
+            signal?.removeEventListener("abort", onAbort);
+            if (!err) {
+              this.#current = k;
+              return resolve({
+                podId: res.pod_id,
+                endpoint: res.endpoint,
+                coldStart: res.cold_start,
+                version: res.version,
+              });
+            }
+            if (signal?.aborted) return reject(signal.reason);
+            const e = fromGrpcError(err, `the scheduler at ${address}`);
+            if (e.code === "unavailable") attempt(i + 1, e);
+            else reject(e);
+          },
+        );
+        const onAbort = () => c.cancel();
+        signal?.addEventListener("abort", onAbort, { once: true });
+      };
+      attempt(0);
+    });
+  }
+
+  async returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
+    await this.#call("ReturnWorker", {
+      pod_id: req.podId,
+      gateway_id: req.gatewayId,
+      failed: req.failed ?? false,
+    }, this.#timeout);
+  }
+
+  async refreshGateway(gatewayId: string, leasedPods: string[] = []): Promise<void> {
+    await this.#call(
+      "RefreshGateway",
+      { gateway_id: gatewayId, leased_pods: leasedPods },
+      this.#timeout,
+    );
+  }
+
+  async killPod(podId: string): Promise<void> {
+    await this.#call("KillPod", { pod_id: podId }, this.#timeout);
+  }
+
+  /** Closes the channels. */
+  close(): void {
+    for (const c of this.#clients) c.client.close();
+  }
+}
