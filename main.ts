@@ -16,14 +16,24 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   await setupLogging(env.logLevel);
-  if (env.role !== "All") {
-    console.error(
-      `RUN_SERVICE=${env.role} is not available in this build: the distributed roles need the gRPC transport, which is not built yet. Use RUN_SERVICE=All.`,
-    );
-    Deno.exit(2);
+  const roles = await import("./src/all/roles.ts");
+  const starters = {
+    All: async () => (await import("./src/all/mod.ts")).start(env),
+    StateSvc: () => roles.startStateSvc(env),
+    Scheduler: () => roles.startScheduler(env),
+    Gateway: () => roles.startGateway(env),
+    NodeAgent: () => roles.startNodeAgent(env),
+  };
+  let handle: { stop(): Promise<void> };
+  try {
+    handle = await starters[env.role]();
+  } catch (err) {
+    logger().fatal("Cannot start {role}: {error}", {
+      role: env.role,
+      error: (err as Error).message,
+    });
+    Deno.exit(1);
   }
-  const { start } = await import("./src/all/mod.ts");
-  const handle = await start(env);
   let stopping = false;
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(sig, async () => {

@@ -19,6 +19,70 @@ export interface Platform {
   stop(): Promise<Deno.CommandStatus>;
 }
 
+/** A process running one role of `main.ts`. */
+export interface RoleProcess {
+  proc: Deno.ChildProcess;
+  output(): string;
+  /** SIGKILL, no goodbye. */
+  kill(): Promise<void>;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<Deno.CommandStatus>;
+}
+
+/** Starts `main.ts` with `env`, then waits until `ready()` says so (30 s at most). */
+export async function spawnRole(
+  env: Record<string, string>,
+  ready: () => Promise<boolean>,
+): Promise<RoleProcess> {
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN],
+    env: { INFERX_SAMPLES: "none", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let out = "";
+  const pump = async (s: ReadableStream<Uint8Array>) => {
+    for await (const t of s.pipeThrough(new TextDecoderStream())) out += t;
+  };
+  const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+  let exited = false;
+  proc.status.then(() => exited = true);
+  const deadline = Date.now() + 30_000;
+  while (!(await ready().catch(() => false))) {
+    if (exited || Date.now() > deadline) {
+      if (!exited) proc.kill("SIGKILL");
+      throw new Error(`${env.RUN_SERVICE ?? "All"} did not get ready:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    proc,
+    output: () => out,
+    async kill() {
+      if (!exited) proc.kill("SIGKILL");
+      await proc.status;
+      await pumps;
+    },
+    async stop() {
+      if (!exited) proc.kill("SIGTERM");
+      const status = await proc.status;
+      await pumps;
+      return status;
+    },
+  };
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export async function listening(port: number): Promise<boolean> {
+  try {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    c.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Starts `RUN_SERVICE=All` with `env` on a free port and waits for /health. */
 export async function startPlatform(
   env: Record<string, string> = {},

@@ -33,7 +33,11 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     // platform's workers from another's on the same host.
     scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,
   });
-  const sched = await scheduler.start({ meta });
+  const sched = await scheduler.start({
+    meta,
+    gatewayTimeoutMs: env.gatewayTimeoutMs,
+    nodeTimeoutMs: env.nodeTimeoutMs,
+  });
   const gw = await gateway.start({
     meta,
     scheduler: sched.service,

@@ -33,6 +33,24 @@ export interface EnvConfig {
   bodyLimit: number;
   /** `LOG_LEVEL`, default `info`. */
   logLevel: string;
+  /** `ETCD_ADDRS`: comma-separated etcd endpoints; embedded store when unset. */
+  etcdAddrs?: string;
+  /** `STATESVC_ADDR`: where roles reach the state service, default 127.0.0.1:1237. */
+  statesvcAddr: string;
+  /** `SCHEDULER_ADDR`: comma-separated scheduler replicas, default 127.0.0.1:1238. */
+  schedulerAddrs: string[];
+  /** `INFERX_BIND`: address gRPC services listen on, default 127.0.0.1. */
+  bindHost: string;
+  /** `STATESVC_PORT` (1237), `SCHEDULER_PORT` (1238), `NODEAGENT_PORT` (1233). */
+  statesvcPort: number;
+  schedulerPort: number;
+  /** `SCHEDULER_HTTP_PORT` (1239): the scheduler's `/health` and `/state`. */
+  schedulerHttpPort: number;
+  nodeagentPort: number;
+  /** `GATEWAY_TIMEOUT_MS`: a silent gateway loses its leases after this, default 10000. */
+  gatewayTimeoutMs: number;
+  /** `NODE_TIMEOUT_MS`: a node without heartbeats is not ready after this, default 10000. */
+  nodeTimeoutMs: number;
 }
 
 function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
@@ -66,6 +84,17 @@ export function readEnv(
     samplesDir: samples === "none" ? undefined : samples,
     bodyLimit: intEnv(env, "INFERX_BODY_LIMIT", 16 * 1024 * 1024),
     logLevel: env("LOG_LEVEL") ?? "info",
+    etcdAddrs: env("ETCD_ADDRS") || undefined,
+    statesvcAddr: env("STATESVC_ADDR") ?? "127.0.0.1:1237",
+    schedulerAddrs: (env("SCHEDULER_ADDR") ?? "127.0.0.1:1238").split(",").map((a) => a.trim())
+      .filter(Boolean),
+    bindHost: env("INFERX_BIND") ?? "127.0.0.1",
+    statesvcPort: intEnv(env, "STATESVC_PORT", 1237),
+    schedulerPort: intEnv(env, "SCHEDULER_PORT", 1238),
+    schedulerHttpPort: intEnv(env, "SCHEDULER_HTTP_PORT", 1239),
+    nodeagentPort: intEnv(env, "NODEAGENT_PORT", 1233),
+    gatewayTimeoutMs: intEnv(env, "GATEWAY_TIMEOUT_MS", 10_000),
+    nodeTimeoutMs: intEnv(env, "NODE_TIMEOUT_MS", 10_000),
   };
 }
 

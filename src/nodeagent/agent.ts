@@ -27,6 +27,7 @@ export interface NodeAgentOptions {
 interface LocalPod {
   id: string;
   phase: "starting" | "running" | "stopping";
+  endpoint?: string;
   done?: Promise<void>;
 }
 
@@ -129,6 +130,11 @@ export class NodeAgent implements NodeAgentClient {
       else this.#deletePod(pod.id);
       return;
     }
+    if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
+      // Our Ready report was lost (state service restarting): say it again.
+      this.#setStatus(pod.id, { state: "Ready", endpoint: local.endpoint, readyAt: Date.now() });
+      return;
+    }
     if (local || pod.state !== "Creating") {
       if (!local && (pod.state === "Ready" || pod.state === "Resuming")) {
         // The record says running but this agent has no such process: it was
@@ -155,6 +161,7 @@ export class NodeAgent implements NodeAgentClient {
     }).then(async (running) => {
       if (entry.phase === "stopping") return;
       entry.phase = "running";
+      entry.endpoint = running.endpoint;
       log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms", {
         pod: pod.id,
         func: pod.func,
@@ -229,6 +236,12 @@ export class NodeAgent implements NodeAgentClient {
 
   /** Writes observed fields of a pod with compare-and-swap, retrying on conflicts. */
   async #setStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
+    await this.#writeStatus(podId, status).catch((err) =>
+      log.warn("Cannot report pod {pod}: {error}", { pod: podId, error: String(err) })
+    );
+  }
+
+  async #writeStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
     const ref = await this.#findPod(podId);
     if (!ref) return;
     for (let attempt = 0; attempt < 10; attempt++) {
@@ -240,6 +253,8 @@ export class NodeAgent implements NodeAgentClient {
         return;
       } catch (err) {
         if (!(err instanceof ConflictError)) {
+          // Given up here; the informer's relist after the state service
+          // returns makes #reconcile report it again.
           log.warn("Cannot update pod {pod}: {error}", { pod: podId, error: String(err) });
           return;
         }

@@ -77,12 +77,19 @@ export async function startInformer(
       onError(err) {
         if (stopped) return;
         log.warn("Watch on {type} ended ({error}); listing again", { type, error: err.message });
-        timer = setTimeout(() => {
-          timer = undefined;
-          sync().catch((e) => log.error("Cannot list {type}: {error}", { type, error: String(e) }));
-        }, options.retryMs ?? 500);
+        resync();
       },
     });
+  };
+  // Lists again until it works (the state service may be restarting).
+  const resync = () => {
+    timer = setTimeout(() => {
+      timer = undefined;
+      sync().catch((e) => {
+        log.warn("Cannot list {type} yet: {error}", { type, error: (e as Error).message });
+        if (!stopped) resync();
+      });
+    }, options.retryMs ?? 500);
   };
   await sync();
   return {

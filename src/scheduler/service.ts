@@ -76,6 +76,38 @@ export class SchedulerService implements SchedulerClient {
     return this.#core;
   }
 
+  /**
+   * The accounting as JSON: per node the CPU, memory and vRAM the core
+   * charges, and the live pods. For `/state` and the restart invariants.
+   */
+  snapshot(): {
+    nodes: {
+      name: string;
+      ready: boolean;
+      cpuUsed: number;
+      memUsedMB: number;
+      vramUsedMB: number[];
+    }[];
+    pods: { id: string; func: string; node: string; state: string; leasedBy?: string }[];
+  } {
+    return {
+      nodes: this.#core.nodeList.map((n) => ({
+        name: n.name,
+        ready: n.ready,
+        cpuUsed: n.cpuUsed,
+        memUsedMB: n.memUsedMB,
+        vramUsedMB: n.gpus.map((g) => g.vramUsedMB),
+      })),
+      pods: [...this.#core.pods.values()].map((p) => ({
+        id: p.id,
+        func: p.func,
+        node: p.node,
+        state: p.state,
+        leasedBy: p.leasedBy,
+      })),
+    };
+  }
+
   /** Loads the cluster from the store (nodes, pods, then functions) and starts ticking. */
   async start(): Promise<void> {
     this.#informers.push(
@@ -281,7 +313,9 @@ export class SchedulerService implements SchedulerClient {
       });
       return;
     }
-    if (pod.state === "Ready" && known.state === "Creating") {
+    if (known.state === "Terminating" && pod.desired !== "Terminated") {
+      this.#terminate(pod.id); // an earlier write was lost: say it again
+    } else if (pod.state === "Ready" && known.state === "Creating") {
       this.#apply({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: pod.endpoint });
     } else if (pod.state === "Failed") {
       this.#apply({ type: "podStatus", podId: pod.id, state: "Failed", error: pod.error });
