@@ -84,6 +84,10 @@ Deno.test({
         const warm = await complete(p);
         assert.equal(warm.headers.get("x-inferx-cold-start"), "0");
         assert.equal(warm.headers.get("x-inferx-pod"), cold.headers.get("x-inferx-pod"));
+        const pod = warm.headers.get("x-inferx-pod");
+        const log = await request(`${p.url}/pods/public/demo/lm/${pod}/log?lines=5`);
+        assert.match(log.body, /ngram model \(order 7/);
+        assert.equal((await request(`${p.url}/pods/public/demo/lm/nope/log`)).status, 404);
       });
 
       await t.step("streaming completions and chat arrive as server-sent events", async () => {

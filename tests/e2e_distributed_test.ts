@@ -111,6 +111,7 @@ Deno.test({
           RUN_SERVICE: "NodeAgent",
           NODE_CONFIG: `${dir}/${n}.json`,
           INFERX_DATA_DIR: `${dir}/${n}`,
+          NODEAGENT_PORT: "0",
         }, async () => {
           const r = await request(`${gw}/nodes`);
           return Array.isArray(r.body) && r.body.some((x: Json) => x.name === n && x.ready);
@@ -167,6 +168,9 @@ Deno.test({
       const [g1] = await pods("g1");
       const [g2] = await pods("g2");
       assert.notEqual(g1.node, g2.node, "50 GB slices cannot share one 80 GB GPU: one per node");
+      const log = await fetch(`${gw}/pods/t/ns/g2/${g2.id}/log`);
+      const logText = await log.text();
+      assert.match(logText, /ngram model/, `the pod log comes from its node agent: ${logText}`);
       const objectsBefore = (await request(`${gw}/objects/function/t/ns`)).body.items;
 
       // A bounded load on the warm path while roles die: at most 4,000 requests.

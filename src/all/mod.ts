@@ -41,6 +41,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
   const gw = await gateway.start({
     meta,
     scheduler: sched.service,
+    nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
     port: env.gatewayPort,
     hostname: env.gatewayHost,
     bodyLimit: env.bodyLimit,

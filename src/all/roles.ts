@@ -15,6 +15,7 @@ import { logger } from "../common/log.ts";
 import * as gateway from "../gateway/mod.ts";
 import * as nodeagent from "../nodeagent/mod.ts";
 import { GrpcMetaClient, serveMeta } from "../rpc/meta_grpc.ts";
+import { GrpcNodeAgentClient, serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
 import { GrpcSchedulerClient, serveScheduler } from "../rpc/scheduler_grpc.ts";
 import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
 import { SchedulerService } from "../scheduler/mod.ts";
@@ -132,9 +133,16 @@ export async function startScheduler(env: EnvConfig): Promise<RoleHandle> {
 export async function startGateway(env: EnvConfig): Promise<RoleHandle> {
   const meta = new GrpcMetaClient(env.statesvcAddr);
   const scheduler = new GrpcSchedulerClient(env.schedulerAddrs);
+  const agents = new Map<string, GrpcNodeAgentClient>();
   const gw = await gateway.start({
     meta,
     scheduler,
+    nodeAgent(node) {
+      if (!node.agentAddr) return undefined;
+      let c = agents.get(node.agentAddr);
+      if (!c) agents.set(node.agentAddr, c = new GrpcNodeAgentClient(node.agentAddr));
+      return c;
+    },
     port: env.gatewayPort,
     hostname: env.gatewayHost,
     bodyLimit: env.bodyLimit,
@@ -142,6 +150,7 @@ export async function startGateway(env: EnvConfig): Promise<RoleHandle> {
   return {
     async stop() {
       await gw.stop();
+      for (const c of agents.values()) c.close();
       scheduler.close();
       meta.close();
     },
@@ -159,8 +168,16 @@ export async function startNodeAgent(env: EnvConfig): Promise<RoleHandle> {
     workDir: REPO_ROOT,
     scope: `${node.name}@${await Deno.realPath(env.dataDir)}`,
   });
+  const server = await serveNodeAgent(agent.agent, `${env.bindHost}:${env.nodeagentPort}`);
+  await agent.agent.setAgentAddr(`${node.address}:${server.port}`);
+  logger("nodeagent").info("NodeAgentService of {node} on {host}:{port}", {
+    node: node.name,
+    host: env.bindHost,
+    port: server.port,
+  });
   return {
     async stop() {
+      await server.stop();
       await agent.stop();
       meta.close();
     },

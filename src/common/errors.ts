@@ -18,6 +18,7 @@ export type ErrorCode =
   | "unavailable"
   | "worker_failed"
   | "unschedulable"
+  | "unsupported"
   | "internal";
 
 /** Options for {@linkcode InferxError}. */
@@ -88,6 +89,7 @@ const STATUS: Record<ErrorCode, number> = {
   worker_failed: 503,
   unschedulable: 503,
   timeout: 504,
+  unsupported: 501,
   internal: 500,
 };
 

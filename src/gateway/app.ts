@@ -12,15 +12,16 @@ import type { Context } from "hono";
 import {
   errorBody,
   httpStatus,
+  InferxError,
   NotFoundError,
   toInferxError,
   ValidationError,
 } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import { decodeNode, decodePod } from "../model/cluster.ts";
+import { decodeNode, decodePod, type NodeInfo } from "../model/cluster.ts";
 import { isUserType, type UserType } from "../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../model/schemas.ts";
-import type { MetaClient, MetaRecord } from "../rpc/types.ts";
+import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { Slot } from "./func_agent.ts";
 import {
@@ -41,6 +42,8 @@ export interface GatewayDeps {
   cache: FuncCache;
   /** Largest request body (bytes). @default 16 MiB */
   bodyLimit?: number;
+  /** The client of a node's agent (for pod logs), or undefined when it has none. */
+  nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
 }
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
@@ -117,6 +120,28 @@ export function createGatewayApp(deps: GatewayDeps): Hono {
     const { tenant, namespace, func } = c.req.param();
     const { items } = await deps.meta.list("pod", tenant, namespace);
     return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
+  });
+  app.get("/pods/:tenant/:namespace/:func/:pod/log", async (c) => {
+    const { tenant, namespace, func, pod: podId } = c.req.param();
+    const rec = await deps.meta.get({ type: "pod", tenant, namespace, name: podId });
+    const pod = rec && decodePod(rec.value);
+    if (!pod || pod.func !== func) {
+      throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
+    }
+    const nodeRec = await deps.meta.get({
+      type: "node",
+      tenant: "system",
+      namespace: "system",
+      name: pod.node,
+    });
+    const agent = nodeRec && deps.nodeAgent?.(decodeNode(nodeRec.value));
+    if (!agent) throw new InferxError("unavailable", `Cannot reach the agent of node ${pod.node}`);
+    const q = c.req.query("lines");
+    const lines = q === undefined ? 50 : Number(q);
+    if (!Number.isInteger(lines) || lines < 1 || lines > 10_000) {
+      throw new ValidationError(`Invalid lines "${q}": an integer from 1 to 10000`, "lines");
+    }
+    return c.text(await agent.readPodLog(podId, lines));
   });
   return app;
 }

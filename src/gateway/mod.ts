@@ -7,7 +7,7 @@
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
-import { createGatewayApp } from "./app.ts";
+import { createGatewayApp, type GatewayDeps } from "./app.ts";
 import { FuncCache } from "./func_cache.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
@@ -25,6 +25,8 @@ export interface GatewayConfig {
   bodyLimit?: number;
   /** Heartbeat period to the scheduler (ms). @default 2000 */
   heartbeatMs?: number;
+  /** The client of a node's agent, for pod logs. */
+  nodeAgent?: GatewayDeps["nodeAgent"];
 }
 
 /** A running gateway. */
@@ -39,7 +41,12 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const gatewayId = newId("gw", 4);
   const cache = new FuncCache({ scheduler: config.scheduler, gatewayId });
   await cache.start(config.meta);
-  const app = createGatewayApp({ meta: config.meta, cache, bodyLimit: config.bodyLimit });
+  const app = createGatewayApp({
+    meta: config.meta,
+    cache,
+    bodyLimit: config.bodyLimit,
+    nodeAgent: config.nodeAgent,
+  });
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);

@@ -47,6 +47,8 @@ export const NodeInfoSchema = z.object({
   contextOverheadMB: z.int().min(0).default(0),
   standbyTiers: z.array(z.enum(STANDBY_TIERS)).default([]),
   runtime: z.string().default("process"),
+  /** `host:port` of the agent's `NodeAgentService`, when it serves one. */
+  agentAddr: z.string().optional(),
   ready: z.boolean().default(true),
   /** Milliseconds since the epoch of the last heartbeat. */
   heartbeat: z.number().default(0),

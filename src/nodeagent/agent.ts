@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { ConflictError, NotFoundError } from "../common/errors.ts";
+import { ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
@@ -60,6 +60,12 @@ export class NodeAgent implements NodeAgentClient {
     return this.#node.name;
   }
 
+  /** Records where this agent's `NodeAgentService` listens, in the node object at once. */
+  async setAgentAddr(addr: string): Promise<void> {
+    this.#node = { ...this.#node, agentAddr: addr };
+    await this.#writeNode(true);
+  }
+
   /** Registers the node, starts heartbeats and follows pods. */
   async start(): Promise<void> {
     const { adopted, removed } = await this.#runtime.recover();
@@ -102,7 +108,48 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(false).catch(() => {});
   }
 
+  createFuncPod(pod: PodInfo): Promise<void> {
+    if (pod.node !== this.name) {
+      return Promise.reject(
+        new InferxError(
+          "invalid",
+          `Cannot create pod ${pod.id}: it is placed on ${pod.node}, not ${this.name}`,
+        ),
+      );
+    }
+    this.#reconcile(pod);
+    return Promise.resolve();
+  }
+
+  terminatePod(podId: string): Promise<void> {
+    if (!this.#local.has(podId)) {
+      return Promise.reject(new NotFoundError(`Pod ${podId} does not run on node ${this.name}`));
+    }
+    return this.#stopPod(podId, true);
+  }
+
+  resumePod(podId: string): Promise<void> {
+    return Promise.reject(
+      new InferxError(
+        "unsupported",
+        `Cannot resume pod ${podId}: node ${this.name} has no standby tier (${this.#runtime.name} runtime)`,
+      ),
+    );
+  }
+
+  removeSnapshot(podId: string): Promise<void> {
+    return Promise.reject(
+      new InferxError(
+        "unsupported",
+        `Cannot remove the snapshot of pod ${podId}: node ${this.name} has no file standby tier`,
+      ),
+    );
+  }
+
   readPodLog(podId: string, lines = 50): Promise<string> {
+    if (!this.#local.has(podId)) {
+      return Promise.reject(new NotFoundError(`Pod ${podId} does not run on node ${this.name}`));
+    }
     return Promise.resolve(this.#runtime.logs(podId, lines));
   }
 

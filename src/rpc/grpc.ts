@@ -44,6 +44,7 @@ const TO_GRPC: Record<ErrorCode, grpc.status> = {
   unavailable: grpc.status.UNAVAILABLE,
   worker_failed: grpc.status.UNAVAILABLE,
   unschedulable: grpc.status.RESOURCE_EXHAUSTED,
+  unsupported: grpc.status.FAILED_PRECONDITION,
   internal: grpc.status.INTERNAL,
 };
 
@@ -56,6 +57,7 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.DEADLINE_EXCEEDED]: "timeout",
   [grpc.status.UNAVAILABLE]: "unavailable",
   [grpc.status.CANCELLED]: "unavailable",
+  [grpc.status.FAILED_PRECONDITION]: "unsupported",
 };
 
 /** An error as a gRPC status object for a callback or `call.destroy()`. */

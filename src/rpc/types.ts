@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { PodInfo } from "../model/cluster.ts";
 import type { ObjectType } from "../model/keys.ts";
 
 /** Names one stored object. */
@@ -107,6 +108,14 @@ export interface SchedulerClient {
 
 /** The node agent's API (`NodeAgentService`). */
 export interface NodeAgentClient {
-  /** The last `lines` lines a pod printed. */
+  /** Starts a pod of this node now (idempotent; the store stays the source of truth). */
+  createFuncPod(pod: PodInfo): Promise<void>;
+  /** Stops a pod of this node now and removes its record. */
+  terminatePod(podId: string): Promise<void>;
+  /** Resumes a parked pod; `unsupported` on a node without standby tiers. */
+  resumePod(podId: string): Promise<void>;
+  /** The last `lines` lines a pod printed; `not_found` for a pod this node does not run. */
   readPodLog(podId: string, lines?: number): Promise<string>;
+  /** Removes a pod's snapshot; `unsupported` on a node without the file tier. */
+  removeSnapshot(podId: string): Promise<void>;
 }
