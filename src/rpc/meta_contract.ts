@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
+import { fixtureTests, hasCode } from "../common/testing.ts";
 import type { MetaClient, MetaEvent } from "./types.ts";
 
 /** A fresh client over an empty store and how to dispose of it. */
@@ -15,11 +16,7 @@ export interface MetaFixture {
   dispose(): Promise<void>;
 }
 
-const code = (c: string) => (err: unknown) => {
-  assert.ok(err instanceof InferxError, String(err));
-  assert.equal(err.code, c, err.message);
-  return true;
-};
+const code = hasCode;
 
 const tenant = { type: "tenant" as const, tenant: "system", namespace: "system", name: "acme" };
 const ns = { type: "namespace" as const, tenant: "acme", namespace: "system", name: "prod" };
@@ -27,26 +24,13 @@ const fn = { type: "function" as const, tenant: "acme", namespace: "prod", name:
 
 /** Registers the cases as Deno tests named `${name}: ...`. */
 export function metaContract(name: string, open: () => Promise<MetaFixture>): void {
-  const t = (title: string, fn: (meta: MetaClient) => Promise<void>) =>
-    Deno.test({
-      name: `${name}: ${title}`,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        const f = await open();
-        try {
-          await fn(f.meta);
-        } finally {
-          await f.dispose();
-        }
-      },
-    });
+  const t = fixtureTests(name, open);
 
-  t("version() names the service", async (meta) => {
+  t("version() names the service", async ({ meta }) => {
     assert.match(await meta.version(), /^inferx/);
   });
 
-  t("create, get, list, update with compare-and-swap and delete", async (meta) => {
+  t("create, get, list, update with compare-and-swap and delete", async ({ meta }) => {
     await meta.create({ ...tenant, object: {} });
     await meta.create({ ...ns, object: {} });
     const created = await meta.create({ ...fn, object: { image: "x" } });
@@ -70,7 +54,7 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
     assert.equal(await meta.get(fn), undefined);
   });
 
-  t("errors keep their codes: invalid, not_found, already_exists", async (meta) => {
+  t("errors keep their codes: invalid, not_found, already_exists", async ({ meta }) => {
     await assert.rejects(meta.create({ ...ns, object: {} }), code("not_found"));
     await meta.create({ ...tenant, object: {} });
     await assert.rejects(meta.create({ ...tenant, object: {} }), code("already_exists"));
@@ -89,7 +73,7 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
     );
   });
 
-  t("watch() delivers puts and deletes after a revision", async (meta) => {
+  t("watch() delivers puts and deletes after a revision", async ({ meta }) => {
     const { revision } = await meta.list("tenant");
     const got: MetaEvent[] = [];
     const done = Promise.withResolvers<void>();

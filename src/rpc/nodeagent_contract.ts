@@ -5,7 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { InferxError } from "../common/errors.ts";
+import { fixtureTests, hasCode } from "../common/testing.ts";
 import { decodePod, type PodInfo } from "../model/cluster.ts";
 import type { MetaClient, NodeAgentClient } from "./types.ts";
 
@@ -46,11 +46,7 @@ function pod(id: string, node = "n1"): PodInfo {
   };
 }
 
-const code = (c: string) => (err: unknown) => {
-  assert.ok(err instanceof InferxError, String(err));
-  assert.equal(err.code, c, err.message);
-  return true;
-};
+const code = hasCode;
 
 async function until(what: string, check: () => Promise<boolean>) {
   const deadline = Date.now() + 15_000;
@@ -62,20 +58,7 @@ async function until(what: string, check: () => Promise<boolean>) {
 
 /** Registers the cases as Deno tests named `${name}: ...`. */
 export function nodeAgentContract(name: string, open: () => Promise<NodeAgentFixture>): void {
-  const t = (title: string, fn: (f: NodeAgentFixture) => Promise<void>) =>
-    Deno.test({
-      name: `${name}: ${title}`,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        const f = await open();
-        try {
-          await fn(f);
-        } finally {
-          await f.dispose();
-        }
-      },
-    });
+  const t = fixtureTests(name, open);
 
   t(
     "createFuncPod() starts a pod, readPodLog() shows its output, terminatePod() removes it",

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
+import { fixtureTests } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "./informer.ts";
 import type { MetaClient, SchedulerClient } from "./types.ts";
@@ -83,20 +84,7 @@ const req = (func = "f", timeoutMs = 5000) => ({
 
 /** Registers the cases as Deno tests named `${name}: ...`. */
 export function schedulerContract(name: string, open: () => Promise<SchedulerFixture>): void {
-  const t = (title: string, fn: (f: SchedulerFixture) => Promise<void>) =>
-    Deno.test({
-      name: `${name}: ${title}`,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        const f = await open();
-        try {
-          await fn(f);
-        } finally {
-          await f.dispose();
-        }
-      },
-    });
+  const t = fixtureTests(name, open);
 
   t("leaseWorker() cold-starts a pod, returnWorker() scales it in", async ({ scheduler, meta }) => {
     await seed(meta);

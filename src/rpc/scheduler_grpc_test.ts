@@ -1,3 +1,4 @@
+import { equal as assertEquals } from "node:assert/strict";
 import { openEmbeddedStore } from "../store/embedded.ts";
 import { StateService } from "../statesvc/service.ts";
 import { SchedulerService } from "../scheduler/service.ts";
@@ -38,4 +39,23 @@ schedulerContract("SchedulerClient over gRPC", async () => {
       await store.close();
     },
   };
+});
+
+Deno.test({
+  name: "ConnectScheduler names the serving instance; the client skips an unreachable replica",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { store, sched } = await inProcess();
+    const server = await serveScheduler(sched, "127.0.0.1:0", "sched-xyz");
+    const client = new GrpcSchedulerClient([`127.0.0.1:1`, `127.0.0.1:${server.port}`]);
+    try {
+      assertEquals(await client.connect("gw1", []), "sched-xyz");
+    } finally {
+      client.close();
+      await server.stop();
+      sched.stop();
+      await store.close();
+    }
+  },
 });

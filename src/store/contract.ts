@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../common/errors.ts";
 import type { MetaStore, WatchEvent } from "./types.ts";
+import { fixtureTests } from "../common/testing.ts";
 
 /** A fresh, empty store and how to dispose of it. */
 export interface StoreFixture {
@@ -62,21 +63,7 @@ export function storeContract(
 ): void {
   const ignore = options.ignoreReason !== undefined;
   if (ignore) console.log(`skipping ${name} store contract: ${options.ignoreReason}`);
-  const t = (title: string, fn: (f: StoreFixture) => Promise<void>) =>
-    Deno.test({
-      name: `${name}: ${title}`,
-      ignore,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        const f = await open();
-        try {
-          await fn(f);
-        } finally {
-          await f.dispose();
-        }
-      },
-    });
+  const t = fixtureTests(name, open, { ignore });
 
   t("create() then get() returns the value with create and mod revisions", async ({ store }) => {
     const rev = await store.create("/registry/a/t/n/x", "one");
