@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { ValidationError } from "./errors.ts";
-import { GpuSchema, type NodeInfo, STANDBY_TIERS } from "../model/cluster.ts";
+import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
 export const ROLES = ["All", "StateSvc", "Scheduler", "Gateway", "NodeAgent"] as const;
@@ -109,7 +109,6 @@ export const NodeConfigSchema = z.object({
   gpus: z.array(GpuSchema).default([]),
   contextOverheadMB: z.int().min(0).default(0),
   runtime: z.enum(["process"]).default("process"),
-  standbyTiers: z.array(z.enum(STANDBY_TIERS)).default([]),
 });
 
 /** Loads node.json into the node the agent registers (`NODE_NAME` overrides the name). */
@@ -136,7 +135,8 @@ export async function loadNodeConfig(path: string): Promise<NodeInfo> {
     memMB: c.memMB === "auto" ? Math.floor(Deno.systemMemoryInfo().total / 1048576) : c.memMB,
     gpus: c.gpus,
     contextOverheadMB: c.contextOverheadMB,
-    standbyTiers: c.standbyTiers,
+    // Advertised from what the runtime can do, never from configuration.
+    standbyTiers: [],
     runtime: c.runtime,
     ready: true,
     heartbeat: 0,

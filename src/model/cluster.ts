@@ -87,7 +87,7 @@ export const PodInfoSchema = z.object({
   gpus: z.array(GpuSliceSchema).default([]),
   template: PodTemplateSchema,
   /** Desired: whether the pod should run. Written by the scheduler only. */
-  desired: z.enum(["Running", "Terminated"]),
+  desired: z.enum(["Running", "Standby", "Terminated"]),
   /** Observed state. Written by the node agent (the scheduler writes `Creating` first). */
   state: z.enum(POD_STATES),
   /** `host:port` the worker answers on, once Ready. */

@@ -177,6 +177,15 @@ export class NodeAgent implements NodeAgentClient {
       else this.#deletePod(pod.id);
       return;
     }
+    if (pod.desired === "Standby" && !this.#node.standbyTiers.length) {
+      // Only asked of nodes that advertise a tier; say plainly this one has none.
+      this.#setStatus(pod.id, {
+        state: "Failed",
+        error:
+          `Node ${this.name} cannot park pods: its ${this.#runtime.name} runtime has no standby tier`,
+      });
+      return;
+    }
     if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
       // Our Ready report was lost (state service restarting): say it again.
       this.#setStatus(pod.id, { state: "Ready", endpoint: local.endpoint, readyAt: Date.now() });

@@ -366,6 +366,14 @@ export class SchedulerService implements SchedulerClient {
         log.info("Terminating pod {pod}: {reason}", { pod: a.podId, reason: a.reason });
         this.#terminate(a.podId);
         break;
+      case "parkPod":
+        log.info("Parking pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
+        this.#setDesired(a.podId, "Standby");
+        break;
+      case "resumePod":
+        log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
+        this.#setDesired(a.podId, "Running");
+        break;
     }
   }
 
@@ -403,6 +411,11 @@ export class SchedulerService implements SchedulerClient {
   }
 
   #terminate(podId: string): void {
+    this.#setDesired(podId, "Terminated");
+  }
+
+  /** Writes a pod's desired state (compare-and-swap, retried on conflicts); the node agent acts. */
+  #setDesired(podId: string, desired: PodInfo["desired"]): void {
     const ref = this.#podRefs.get(podId);
     if (!ref) return;
     (async () => {
@@ -410,20 +423,20 @@ export class SchedulerService implements SchedulerClient {
         const cur = await this.#meta.get(ref);
         if (!cur) return;
         const pod = decodePod(cur.value);
-        if (pod.desired === "Terminated") return;
+        if (pod.desired === desired || pod.desired === "Terminated") return;
         try {
-          await this.#meta.update({
-            ...ref,
-            object: { ...pod, desired: "Terminated" },
-            revision: cur.revision,
-          });
+          await this.#meta.update({ ...ref, object: { ...pod, desired }, revision: cur.revision });
           return;
         } catch (err) {
           if (!(err instanceof ConflictError)) throw err;
         }
       }
     })().catch((err) =>
-      log.error("Cannot terminate pod {pod}: {error}", { pod: podId, error: String(err) })
+      log.error("Cannot set pod {pod} to {desired}: {error}", {
+        pod: podId,
+        desired,
+        error: String(err),
+      })
     );
   }
 }

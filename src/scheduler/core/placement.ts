@@ -250,7 +250,10 @@ export function planEviction(
   const live = new Map<string, number>();
   for (const f of state.funcs.values()) {
     let n = 0;
-    for (const id of f.pods) if (state.pods.get(id)?.state !== "Terminating") n++;
+    for (const id of f.pods) {
+      const st = state.pods.get(id)?.state;
+      if (st !== "Terminating" && st !== "Standby") n++;
+    }
     live.set(f.id, n);
   }
   for (const node of state.nodeList) {
@@ -260,12 +263,16 @@ export function planEviction(
     for (const id of node.pods) {
       const p = state.pods.get(id)!;
       if (p.state === "Terminating") freed.push(p);
+      else if (p.state === "Standby") candidates.push(p);
       else if (p.state === "Ready" && !p.leasedBy) {
         const f = state.funcs.get(p.func);
         if (p.func !== funcId || (f && p.version !== f.version)) candidates.push(p);
       }
     }
-    candidates.sort((a, b) => a.lastUsed - b.lastUsed);
+    // Parked pods go first (they serve nobody), then idle ones, least recently used first.
+    candidates.sort((a, b) =>
+      Number(b.state === "Standby") - Number(a.state === "Standby") || a.lastUsed - b.lastUsed
+    );
     const budget = new Map(live);
     const victims: CorePod[] = [];
     let fits = fitsAfterFreeing(node, demand, freed);
@@ -274,8 +281,10 @@ export function planEviction(
       if (best && victims.length >= best.victims.length) break;
       const f = state.funcs.get(p.func);
       const left = budget.get(p.func) ?? 0;
-      if (f && p.version === f.version && left <= f.policy.minReplica) continue;
-      budget.set(p.func, left - 1);
+      if (p.state !== "Standby") {
+        if (f && p.version === f.version && left <= f.policy.minReplica) continue;
+        budget.set(p.func, left - 1);
+      }
       victims.push(p);
       fits = fitsAfterFreeing(node, demand, [...freed, ...victims]);
     }
@@ -293,9 +302,11 @@ function fitsAfterFreeing(node: CoreNode, d: PodDemand, freed: readonly CorePod[
   const vram = new Map<number, number>();
   for (const g of node.gpus) vram.set(g.index, g.vramTotalMB - g.vramUsedMB);
   for (const p of freed) {
-    cpu += p.cpu;
-    mem += p.memMB;
-    for (const s of p.gpus) vram.set(s.index, vram.get(s.index)! + p.vramChargeMB);
+    if (p.held.cpu) cpu += p.cpu;
+    if (p.held.mem) mem += p.memMB;
+    if (p.held.vram) {
+      for (const s of p.gpus) vram.set(s.index, vram.get(s.index)! + p.vramChargeMB);
+    }
   }
   if (cpu < d.cpu || mem < d.memMB) return false;
   if (d.gpuCount === 0) return true;

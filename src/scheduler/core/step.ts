@@ -14,6 +14,7 @@ import {
   refreshGpuSummary,
   vramCharge,
 } from "./placement.ts";
+import type { StandbyTier } from "../../model/cluster.ts";
 import type {
   CoreAction,
   CoreConfig,
@@ -23,6 +24,7 @@ import type {
   CorePod,
   CoreState,
   FuncReport,
+  Held,
   NodeReport,
   PodPlacement,
   Waiter,
@@ -139,7 +141,14 @@ function onLease(ctx: Ctx, reqId: string, funcId: string, gateway: string, deadl
   ensureCapacity(ctx, f);
 }
 
-function grant(ctx: Ctx, f: CoreFunc, pod: CorePod, w: Waiter, coldStart: boolean) {
+function grant(
+  ctx: Ctx,
+  f: CoreFunc,
+  pod: CorePod,
+  w: Waiter,
+  coldStart: boolean,
+  resumed = false,
+) {
   f.idle.delete(pod.id);
   pod.leasedBy = w.gateway;
   pod.leasedAt = ctx.now;
@@ -149,6 +158,7 @@ function grant(ctx: Ctx, f: CoreFunc, pod: CorePod, w: Waiter, coldStart: boolea
     podId: pod.id,
     endpoint: pod.endpoint!,
     coldStart,
+    resumed,
     version: pod.version,
   });
 }
@@ -188,17 +198,117 @@ function syncLeases(ctx: Ctx, gateway: string, leases: string[]) {
 }
 
 /** A Ready pod without a lease: hand it to a waiter, scale it in, or keep it idle. */
-function settleUnleased(ctx: Ctx, f: CoreFunc, pod: CorePod, coldStart: boolean) {
+function settleUnleased(
+  ctx: Ctx,
+  f: CoreFunc,
+  pod: CorePod,
+  coldStart: boolean,
+  resumed = false,
+) {
   const w = f.waiters.shift();
-  if (w) return grant(ctx, f, pod, w, coldStart);
-  if (!coldStart && liveCurrent(ctx.state, f) > f.policy.minReplica) {
-    return terminate(ctx, pod, "scaled in");
+  if (w) return grant(ctx, f, pod, w, coldStart, resumed);
+  if (!coldStart && !resumed && activeCurrent(ctx.state, f) > f.policy.minReplica) {
+    return retire(ctx, f, pod, "scaled in");
   }
   f.idle.add(pod.id);
 }
 
+// ---------------------------------------------------------------- standby
+
+/** What a pod parked in each tier still holds on its node. */
+export const TIER_HOLDS: Record<StandbyTier, Held> = {
+  paused: { cpu: false, mem: true, vram: true },
+  host_memory: { cpu: false, mem: true, vram: false },
+  file: { cpu: false, mem: false, vram: false },
+};
+
+const TIER_DEPTH: readonly StandbyTier[] = ["paused", "host_memory", "file"];
+
+/** The deepest tier up to `wanted` that `available` offers, or undefined. */
+export function chooseTier(
+  wanted: StandbyTier,
+  available: readonly StandbyTier[],
+): StandbyTier | undefined {
+  for (let i = TIER_DEPTH.indexOf(wanted); i >= 0; i--) {
+    if (available.includes(TIER_DEPTH[i])) return TIER_DEPTH[i];
+  }
+  return undefined;
+}
+
+/** A pod leaves service: parked in a standby tier when policy and node allow, else terminated. */
+function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
+  const node = ctx.state.nodes.get(pod.node);
+  const tier = node && f.policy.standbyPerNode > 0
+    ? chooseTier(f.policy.standbyTier ?? "paused", node.standbyTiers)
+    : undefined;
+  if (tier) {
+    let parked = 0;
+    for (const id of f.pods) {
+      const p = ctx.state.pods.get(id)!;
+      if (p.state === "Standby" && p.node === pod.node && p.version === f.version) parked++;
+    }
+    if (parked < f.policy.standbyPerNode) {
+      f.idle.delete(pod.id);
+      pod.leasedBy = undefined;
+      pod.state = "Standby";
+      pod.tier = tier;
+      pod.lastUsed = ctx.now;
+      setHeld(ctx.state, pod, TIER_HOLDS[tier]);
+      ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
+      return;
+    }
+  }
+  terminate(ctx, pod, reason);
+}
+
+/** The parked pod of `f` to resume first: the cheapest tier, then the most recently parked. */
+function parkedPod(state: CoreState, f: CoreFunc): CorePod | undefined {
+  let best: CorePod | undefined;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.state !== "Standby" || p.version !== f.version) continue;
+    if (
+      !best || TIER_DEPTH.indexOf(p.tier!) < TIER_DEPTH.indexOf(best.tier!) ||
+      (p.tier === best.tier && p.lastUsed > best.lastUsed)
+    ) best = p;
+  }
+  return best;
+}
+
+/** Whether the node can give a parked pod back what it released. */
+function canResume(state: CoreState, pod: CorePod): boolean {
+  const node = state.nodes.get(pod.node);
+  if (!node?.ready) return false;
+  if (!pod.held.cpu && node.cpuTotal - node.cpuUsed < pod.cpu) return false;
+  if (!pod.held.mem && node.memTotalMB - node.memUsedMB < pod.memMB) return false;
+  if (!pod.held.vram) {
+    for (const s of pod.gpus) {
+      const g = node.gpus.find((g) => g.index === s.index);
+      if (!g || g.vramTotalMB - g.vramUsedMB < pod.vramChargeMB) return false;
+    }
+  }
+  return true;
+}
+
+function resume(ctx: Ctx, pod: CorePod) {
+  setHeld(ctx.state, pod, ALL_HELD);
+  pod.state = "Resuming";
+  ctx.actions.push({ type: "resumePod", podId: pod.id, tier: pod.tier! });
+}
+
 // -------------------------------------------------------------- capacity
 
+/** Pods of the current version that serve or are about to: for `minReplica` and scale-in. */
+function activeCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && p.state !== "Terminating" && p.state !== "Standby") n++;
+  }
+  return n;
+}
+
+/** Replicas of the current version, parked ones included: for `maxReplica`. */
 function liveCurrent(state: CoreState, f: CoreFunc): number {
   let n = 0;
   for (const id of f.pods) {
@@ -212,17 +322,35 @@ function creatingCurrent(state: CoreState, f: CoreFunc): number {
   let n = 0;
   for (const id of f.pods) {
     const p = state.pods.get(id)!;
-    if (p.version === f.version && p.state === "Creating") n++;
+    if (p.version === f.version && (p.state === "Creating" || p.state === "Resuming")) n++;
   }
   return n;
 }
 
-/** Creates pods for waiting leases and `minReplica`, evicting idle pods if needed. */
+/**
+ * Finds pods for waiting leases and `minReplica`: resumes parked pods first,
+ * then creates pods, evicting idle and parked pods of others if needed.
+ */
 function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   const { state } = ctx;
   let live = liveCurrent(state, f);
-  let need = Math.max(f.waiters.length - creatingCurrent(state, f), f.policy.minReplica - live);
-  while (need > 0 && live < f.policy.maxReplica) {
+  let need = Math.max(
+    f.waiters.length - creatingCurrent(state, f),
+    f.policy.minReplica - activeCurrent(state, f),
+  );
+  while (need > 0) {
+    const parked = parkedPod(state, f);
+    if (parked) {
+      if (canResume(state, parked)) {
+        resume(ctx, parked);
+        need--;
+        continue;
+      }
+      // Its node has no room to take it back: start fresh elsewhere instead.
+      terminate(ctx, parked, "no room to resume");
+      live--;
+    }
+    if (live >= f.policy.maxReplica) break;
     const r = place(state.nodeList, f.demand);
     if (r.ok) {
       createPod(ctx, f, r.node, r.gpus);
@@ -265,41 +393,50 @@ function addPod(
   podState: CorePod["state"],
   vramChargeMB: number,
   now: number,
+  held: Held = ALL_HELD,
 ): CorePod {
   const node = state.nodes.get(p.node)!;
-  const pod: CorePod = { ...p, vramChargeMB, state: podState, lastUsed: now };
+  const pod: CorePod = {
+    ...p,
+    vramChargeMB,
+    state: podState,
+    held: { cpu: false, mem: false, vram: false },
+    lastUsed: now,
+  };
   state.pods.set(p.id, pod);
   node.pods.add(p.id);
-  node.cpuUsed += p.cpu;
-  node.memUsedMB += p.memMB;
-  for (const s of p.gpus) {
-    const g = node.gpus.find((g) => g.index === s.index);
-    if (g) {
-      g.vramUsedMB += vramChargeMB;
-      g.contexts++;
-    }
-  }
-  if (p.gpus.length) refreshGpuSummary(node);
+  setHeld(state, pod, held);
   state.funcs.get(p.func)?.pods.add(p.id);
   return pod;
 }
 
-function releasePod(state: CoreState, pod: CorePod) {
-  state.pods.delete(pod.id);
+const ALL_HELD: Held = { cpu: true, mem: true, vram: true };
+const NONE_HELD: Held = { cpu: false, mem: false, vram: false };
+
+/** Charges or releases the difference between what a pod holds and `want`. */
+function setHeld(state: CoreState, pod: CorePod, want: Held) {
   const node = state.nodes.get(pod.node);
-  if (node) {
-    node.pods.delete(pod.id);
-    node.cpuUsed -= pod.cpu;
-    node.memUsedMB -= pod.memMB;
+  const had = pod.held;
+  pod.held = { ...want };
+  if (!node) return;
+  if (had.cpu !== want.cpu) node.cpuUsed += want.cpu ? pod.cpu : -pod.cpu;
+  if (had.mem !== want.mem) node.memUsedMB += want.mem ? pod.memMB : -pod.memMB;
+  if (had.vram !== want.vram && pod.gpus.length) {
     for (const s of pod.gpus) {
       const g = node.gpus.find((g) => g.index === s.index);
-      if (g) {
-        g.vramUsedMB -= pod.vramChargeMB;
-        g.contexts--;
-      }
+      if (!g) continue;
+      g.vramUsedMB += want.vram ? pod.vramChargeMB : -pod.vramChargeMB;
+      g.contexts += want.vram ? 1 : -1;
     }
-    if (pod.gpus.length) refreshGpuSummary(node);
+    refreshGpuSummary(node);
   }
+}
+
+function releasePod(state: CoreState, pod: CorePod) {
+  setHeld(state, pod, NONE_HELD);
+  state.pods.delete(pod.id);
+  const node = state.nodes.get(pod.node);
+  node?.pods.delete(pod.id);
   const f = state.funcs.get(pod.func);
   f?.pods.delete(pod.id);
   f?.idle.delete(pod.id);
@@ -327,21 +464,23 @@ function retryStarved(ctx: Ctx) {
 function onPodStatus(
   ctx: Ctx,
   podId: string,
-  status: "Ready" | "Failed" | "Terminated",
+  status: "Ready" | "Standby" | "Failed" | "Terminated",
   endpoint?: string,
   error?: string,
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);
-  if (!pod) return;
+  if (!pod || status === "Standby") return; // a park the core decided is done
   const f = state.funcs.get(pod.func);
   if (status === "Ready") {
-    if (pod.state !== "Creating") return;
+    if (pod.state !== "Creating" && pod.state !== "Resuming") return;
+    const resumed = pod.state === "Resuming";
     pod.state = "Ready";
-    pod.endpoint = endpoint;
+    pod.tier = undefined;
+    pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
     if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
-    return settleUnleased(ctx, f, pod, true);
+    return settleUnleased(ctx, f, pod, !resumed, resumed);
   }
   const wasCreating = pod.state === "Creating";
   if (status === "Failed") terminate(ctx, pod, "failed");
@@ -372,8 +511,10 @@ function onPodSync(ctx: Ctx, r: import("./types.ts").PodReport) {
     return;
   }
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
-  const pod = addPod(state, r, r.state, charge, ctx.now);
+  const parked = r.state === "Standby" && r.tier;
+  const pod = addPod(state, r, r.state, charge, ctx.now, parked ? TIER_HOLDS[r.tier!] : ALL_HELD);
   pod.endpoint = r.endpoint;
+  if (parked) pod.tier = r.tier;
   const f = state.funcs.get(r.func);
   if (r.state === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
@@ -522,13 +663,13 @@ function onTick(ctx: Ctx) {
   }
   for (const f of state.funcs.values()) {
     if (f.idle.size === 0) continue;
-    let live = liveCurrent(state, f);
+    let active = activeCurrent(state, f);
     for (const id of [...f.idle]) {
-      if (live <= f.policy.minReplica) break;
+      if (active <= f.policy.minReplica) break;
       const p = state.pods.get(id)!;
       if (p.lastUsed + f.policy.scaleinTimeoutS * 1000 > now) continue;
-      terminate(ctx, p, "idle past scale-in timeout");
-      live--;
+      retire(ctx, f, p, "idle past scale-in timeout");
+      active--;
     }
   }
   for (const pod of state.pods.values()) {

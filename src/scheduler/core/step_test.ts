@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { CoreDriver, funcReport, nodeReport } from "./testing.ts";
+import type { StandbyTier } from "../../model/cluster.ts";
+import { chooseTier } from "./step.ts";
 import type { CoreAction } from "./types.ts";
 
 const kinds = (acts: CoreAction[]) => acts.map((a) => a.type);
@@ -30,6 +32,7 @@ Deno.test("step() cold-starts a pod for the first lease and grants it when ready
     podId: pod.id,
     endpoint: "127.0.0.1:9",
     coldStart: true,
+    resumed: false,
     version: 1,
   }]);
 });
@@ -81,6 +84,7 @@ Deno.test("step() never exceeds max_replica and hands a returned pod to the next
     podId: pod.id,
     endpoint: "e",
     coldStart: false,
+    resumed: false,
     version: 1,
   }]);
 });
@@ -337,4 +341,107 @@ Deno.test("step() kills a pod on request", () => {
   assert.deepEqual(d.run({ type: "killPod", podId: p1 }), [
     { type: "terminatePod", podId: p1, reason: "killed by request" },
   ]);
+});
+
+const gpuNode = (name: string, tiers: StandbyTier[], vramMB = 80_000) =>
+  nodeReport(name, { gpuCount: 1, vramMB, standbyTiers: tiers });
+const gpuFunc = (id: string, tier: StandbyTier, policy: Record<string, number> = {}) =>
+  funcReport(id, { gpuCount: 1, vramMB: 30_000 }, { standbyTier: tier, ...policy });
+
+Deno.test("chooseTier() takes the deepest tier the node has, up to the wanted one", () => {
+  const cases: [StandbyTier, StandbyTier[], StandbyTier | undefined][] = [
+    ["file", ["paused", "host_memory", "file"], "file"],
+    ["file", ["paused", "host_memory"], "host_memory"],
+    ["host_memory", ["paused"], "paused"],
+    ["paused", ["host_memory", "file"], undefined],
+    ["host_memory", [], undefined],
+  ];
+  for (const [wanted, available, want] of cases) {
+    assert.equal(chooseTier(wanted, available), want, `${wanted} on ${available}`);
+  }
+});
+
+Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and resumes it before any cold start", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "host_memory"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "host_memory"),
+  });
+  const pod = created(d.run(lease("r1")))[0].id;
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  const parked = d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(parked, [{ type: "parkPod", podId: pod, tier: "host_memory" }]);
+  const n = d.state.nodes.get("n1")!;
+  assert.equal(n.gpus[0].vramUsedMB, 0, "host-memory tier frees the GPU");
+  assert.equal(n.cpuUsed, 0);
+  assert.equal(n.memUsedMB, 1024, "its memory stays charged");
+  const again = d.run(lease("r2"));
+  assert.deepEqual(again, [{ type: "resumePod", podId: pod, tier: "host_memory" }]);
+  assert.equal(n.gpus[0].vramUsedMB, 30_000);
+  const granted = d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  assert.deepEqual(granted, [{
+    type: "leaseGranted",
+    reqId: "r2",
+    podId: pod,
+    endpoint: "e",
+    coldStart: false,
+    resumed: true,
+    version: 1,
+  }]);
+});
+
+Deno.test("step() keeps the GPU charged for the paused tier and parks at most standby_per_node", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "host_memory", { maxReplica: 2 }),
+  });
+  const [a, b] = created(d.run(lease("r1"), lease("r2"))).map((p) => p.id);
+  d.run(
+    { type: "podStatus", podId: a, state: "Ready", endpoint: "a" },
+    { type: "podStatus", podId: b, state: "Ready", endpoint: "b" },
+  );
+  assert.deepEqual(d.run({ type: "return", podId: a, gateway: "g1" }), [
+    { type: "parkPod", podId: a, tier: "paused" },
+  ]);
+  assert.equal(d.state.nodes.get("n1")!.gpus[0].vramUsedMB, 60_000, "paused keeps GPU memory");
+  assert.deepEqual(kinds(d.run({ type: "return", podId: b, gateway: "g1" })), ["terminatePod"]);
+});
+
+Deno.test("step() evicts parked pods before idle ones", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["paused"], 60_000) },
+    { type: "funcUpdate", func: gpuFunc("t/n/parked", "paused") },
+    { type: "funcUpdate", func: gpuFunc("t/n/idle", "paused", { standbyPerNode: 0 }) },
+    { type: "funcUpdate", func: gpuFunc("t/n/new", "paused") },
+  );
+  const p = created(d.run(lease("r1", "t/n/parked")))[0].id;
+  d.run({ type: "podStatus", podId: p, state: "Ready", endpoint: "p" });
+  d.now = 50;
+  d.run({ type: "return", podId: p, gateway: "g1" }); // parked, newer than the idle one
+  const i = created(d.run(lease("r2", "t/n/idle")))[0].id;
+  d.run({ type: "cancelLease", reqId: "r2", func: "t/n/idle" });
+  d.run({ type: "podStatus", podId: i, state: "Ready", endpoint: "i" }); // idle, kept (cold path)
+  assert.deepEqual(d.run(lease("r3", "t/n/new")), [
+    { type: "terminatePod", podId: p, reason: "evicted for t/n/new" },
+  ]);
+});
+
+Deno.test("step() drops a parked pod whose node has no room to take it back and starts fresh elsewhere", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["host_memory"], 40_000) },
+    { type: "funcUpdate", func: gpuFunc("t/n/f", "host_memory") },
+    { type: "funcUpdate", func: gpuFunc("t/n/g", "host_memory") },
+  );
+  const p = created(d.run(lease("r1")))[0].id;
+  d.run({ type: "podStatus", podId: p, state: "Ready", endpoint: "p" });
+  d.run({ type: "return", podId: p, gateway: "g1" }); // parked: GPU free
+  const g = created(d.run(lease("r2", "t/n/g")))[0];
+  assert.equal(g.node, "n1", "g took the GPU the parked pod left");
+  d.run({ type: "nodeUpdate", node: gpuNode("n2", []) });
+  const acts = d.run(lease("r3"));
+  assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
+  assert.equal(created(acts)[0].node, "n2");
 });

@@ -35,7 +35,7 @@ export function nodeReport(
         vramMB: options.vramMB ?? 80_000,
       })),
     contextOverheadMB: options.contextOverheadMB ?? 0,
-    standbyTiers: options.standbyTiers ?? ["paused"],
+    standbyTiers: options.standbyTiers ?? [],
   };
 }
 

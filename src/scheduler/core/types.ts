@@ -62,6 +62,11 @@ export interface CorePolicy {
   standbyPerNode: number;
   /** Seconds an unleased pod above `minReplica` stays before termination. */
   scaleinTimeoutS: number;
+  /**
+   * The deepest standby tier the function wants; a node without it uses the
+   * next cheaper one it has. @default "paused"
+   */
+  standbyTier?: StandbyTier;
 }
 
 /** A lease request waiting for a pod. */
@@ -89,7 +94,14 @@ export interface CoreFunc {
 }
 
 /** Core pod states: a subset of the stored pod states. */
-export type CorePodState = "Creating" | "Ready" | "Terminating";
+export type CorePodState = "Creating" | "Ready" | "Standby" | "Resuming" | "Terminating";
+
+/** Which of a pod's resources the node still spends on it. */
+export interface Held {
+  cpu: boolean;
+  mem: boolean;
+  vram: boolean;
+}
 
 /** One pod as the core accounts it. */
 export interface CorePod {
@@ -103,6 +115,10 @@ export interface CorePod {
   /** vRAM (MB) charged per GPU including the context overhead. */
   vramChargeMB: number;
   state: CorePodState;
+  /** What the node still spends on it: all while running, less when parked. */
+  held: Held;
+  /** The standby tier while Standby or Resuming. */
+  tier?: StandbyTier;
   endpoint?: string;
   /** Gateway holding the lease, when leased. */
   leasedBy?: string;
@@ -162,6 +178,7 @@ export interface FuncReport {
 /** A pod as recorded in the store, to rebuild the view after a restart. */
 export interface PodReport extends PodPlacement {
   state: CorePodState;
+  tier?: StandbyTier;
   endpoint?: string;
 }
 
@@ -173,7 +190,8 @@ export type CoreEvent =
   | {
     type: "podStatus";
     podId: string;
-    state: "Ready" | "Failed" | "Terminated";
+    /** Ready also ends a resume; Standby confirms a park. */
+    state: "Ready" | "Standby" | "Failed" | "Terminated";
     endpoint?: string;
     error?: string;
   }
@@ -206,12 +224,16 @@ export interface PodPlacement {
 export type CoreAction =
   | { type: "createPod"; pod: PodPlacement }
   | { type: "terminatePod"; podId: string; reason: string }
+  | { type: "parkPod"; podId: string; tier: StandbyTier }
+  | { type: "resumePod"; podId: string; tier: StandbyTier }
   | {
     type: "leaseGranted";
     reqId: string;
     podId: string;
     endpoint: string;
     coldStart: boolean;
+    /** The pod came back from a standby tier for this lease. */
+    resumed: boolean;
     version: number;
   }
   | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string };
