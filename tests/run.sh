@@ -29,5 +29,5 @@ fi
 "${DENO[@]}" install --quiet
 "${DENO[@]}" fmt --check
 "${DENO[@]}" lint
-"${DENO[@]}" check main.ts 'src/**/*.ts' 'bench/**/*.ts'
+"${DENO[@]}" check main.ts 'src/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts'
 "${DENO[@]}" test -A --permit-no-files "$@"

@@ -247,15 +247,20 @@ export function planEviction(
   demand: PodDemand,
 ): EvictionPlan | undefined {
   let best: EvictionPlan | undefined;
+  // Active pods per function, counted only for functions that own candidates.
   const live = new Map<string, number>();
-  for (const f of state.funcs.values()) {
-    let n = 0;
-    for (const id of f.pods) {
-      const st = state.pods.get(id)?.state;
-      if (st !== "Terminating" && st !== "Standby") n++;
+  const liveOf = (id: string) => {
+    let n = live.get(id);
+    if (n === undefined) {
+      n = 0;
+      for (const podId of state.funcs.get(id)?.pods ?? []) {
+        const st = state.pods.get(podId)?.state;
+        if (st !== "Terminating" && st !== "Standby") n++;
+      }
+      live.set(id, n);
     }
-    live.set(f.id, n);
-  }
+    return n;
+  };
   for (const node of state.nodeList) {
     if (nodeReady(node) !== null || gpuTypeFit(node, demand) !== null) continue;
     const candidates: CorePod[] = [];
@@ -273,14 +278,14 @@ export function planEviction(
     candidates.sort((a, b) =>
       Number(b.state === "Standby") - Number(a.state === "Standby") || a.lastUsed - b.lastUsed
     );
-    const budget = new Map(live);
+    const budget = new Map<string, number>();
     const victims: CorePod[] = [];
     let fits = fitsAfterFreeing(node, demand, freed);
     for (const p of candidates) {
       if (fits) break;
       if (best && victims.length >= best.victims.length) break;
       const f = state.funcs.get(p.func);
-      const left = budget.get(p.func) ?? 0;
+      const left = budget.get(p.func) ?? liveOf(p.func);
       if (p.state !== "Standby") {
         if (f && p.version === f.version && left <= f.policy.minReplica) continue;
         budget.set(p.func, left - 1);

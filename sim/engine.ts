@@ -1,0 +1,550 @@
+/**
+ * The discrete-event simulator: replays a trace through the real scheduler
+ * core (`step()` on a virtual clock, no timers), with a gateway model per
+ * function (queue, leased workers with `parallel` slots, scale-out on
+ * queueing, return after the keep-alive) and a node model (start-up,
+ * restore per standby tier, termination).
+ *
+ * @module
+ */
+import type { StandbyTier } from "../src/model/cluster.ts";
+import { newCoreState, step } from "../src/scheduler/core/step.ts";
+import type { CoreAction, CoreState } from "../src/scheduler/core/types.ts";
+import { rng, type SimFunction, type Trace } from "./trace.ts";
+
+/** How a design runs functions: what the simulated platform does. */
+export interface SimPolicy {
+  name: string;
+  /** What the policy stands for, for the report. */
+  description: string;
+  /** Whether a pod takes whole GPUs (dedicated) or its model's vRAM (packed). */
+  wholeGpu: boolean;
+  /** Standby tiers the nodes offer; empty: parked pods are not kept. */
+  tiers: StandbyTier[];
+  /** The tier functions ask for. */
+  standbyTier: StandbyTier;
+  standbyPerNode: number;
+  /** Seconds a worker idles before it is given back. */
+  keepAliveS: number;
+  /** Requests one worker serves at once. */
+  parallel: number;
+  maxReplica: number;
+}
+
+/** The simulated cluster. */
+export interface ClusterSpec {
+  nodes: number;
+  gpusPerNode: number;
+  gpuVramMB: number;
+  contextOverheadMB: number;
+  cpuPerNode: number;
+  memPerNodeMB: number;
+}
+
+/** Options for {@linkcode simulate}. */
+export interface SimOptions {
+  /** Longest wait in a queue before a request is refused (ms). @default 30000 */
+  queueTimeoutMs?: number;
+  /** Period of the scheduler's tick (ms). @default 5000 */
+  tickMs?: number;
+  /** Seed of service-time draws. @default 1 */
+  seed?: number;
+}
+
+/** Latency quantiles from a log-bucketed histogram (1% resolution). */
+export class Histogram {
+  #counts = new Float64Array(1500);
+  count = 0;
+  static readonly #ratio = Math.log(1.01);
+
+  /** Records a value in ms (values under 1 ms share the first bucket). */
+  add(ms: number): void {
+    const b = ms <= 1
+      ? 0
+      : Math.min(this.#counts.length - 1, Math.ceil(Math.log(ms) / Histogram.#ratio));
+    this.#counts[b]++;
+    this.count++;
+  }
+
+  /** The value at quantile `q` (0..1), to within 1%. */
+  quantile(q: number): number {
+    if (this.count === 0) return 0;
+    const target = q * this.count;
+    let acc = 0;
+    for (let b = 0; b < this.#counts.length; b++) {
+      acc += this.#counts[b];
+      if (acc >= target) return b === 0 ? 1 : Math.exp(b * Histogram.#ratio);
+    }
+    return Infinity;
+  }
+}
+
+/** The outcome of one run. */
+export interface SimResult {
+  policy: string;
+  gpus: number;
+  requests: number;
+  served: number;
+  /** Refused: queue timeout, or the lease failed. */
+  rejected: number;
+  /** Served requests that waited for a worker started for them. */
+  coldStarts: number;
+  /** Served requests that waited for a worker resumed from standby. */
+  restores: number;
+  coldFraction: number;
+  latencyP50Ms: number;
+  latencyP99Ms: number;
+  ttfbP50Ms: number;
+  ttfbP99Ms: number;
+  /** Time-weighted share of the cluster's vRAM held by pods (reserved, whole GPUs for dedicated). */
+  vramUtilization: number;
+  /** Time-weighted share of the cluster's vRAM the models on the GPUs need. */
+  modelVramUtilization: number;
+  evictions: number;
+  parks: number;
+  podStarts: number;
+  /** Wall-clock time of the run (ms). */
+  wallMs: number;
+}
+
+const COMPLETE = 1;
+const POD_READY = 2;
+const POD_GONE = 3;
+const IDLE_CHECK = 4;
+const TICK = 5;
+
+/** A min-heap of events ordered by time, then insertion. */
+class EventHeap {
+  #t: number[] = [];
+  #seq: number[] = [];
+  #kind: number[] = [];
+  #a: number[] = [];
+  #b: number[] = [];
+  #n = 0;
+  #counter = 0;
+
+  get size(): number {
+    return this.#n;
+  }
+
+  push(t: number, kind: number, a: number, b = 0): void {
+    let i = this.#n++;
+    const seq = this.#counter++;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.#t[p] < t || (this.#t[p] === t && this.#seq[p] < seq)) break;
+      this.#set(i, this.#t[p], this.#seq[p], this.#kind[p], this.#a[p], this.#b[p]);
+      i = p;
+    }
+    this.#set(i, t, seq, kind, a, b);
+  }
+
+  #set(i: number, t: number, seq: number, kind: number, a: number, b: number) {
+    this.#t[i] = t;
+    this.#seq[i] = seq;
+    this.#kind[i] = kind;
+    this.#a[i] = a;
+    this.#b[i] = b;
+  }
+
+  peekTime(): number {
+    return this.#n ? this.#t[0] : Infinity;
+  }
+
+  /** Removes the first event into `out` ([t, kind, a, b]). */
+  pop(out: number[]): void {
+    out[0] = this.#t[0];
+    out[1] = this.#kind[0];
+    out[2] = this.#a[0];
+    out[3] = this.#b[0];
+    const last = --this.#n;
+    const t = this.#t[last], seq = this.#seq[last], kind = this.#kind[last];
+    const a = this.#a[last], b = this.#b[last];
+    let i = 0;
+    while (true) {
+      let c = 2 * i + 1;
+      if (c >= last) break;
+      if (
+        c + 1 < last &&
+        (this.#t[c + 1] < this.#t[c] ||
+          (this.#t[c + 1] === this.#t[c] && this.#seq[c + 1] < this.#seq[c]))
+      ) c++;
+      if (t < this.#t[c] || (t === this.#t[c] && seq < this.#seq[c])) break;
+      this.#set(i, this.#t[c], this.#seq[c], this.#kind[c], this.#a[c], this.#b[c]);
+      i = c;
+    }
+    this.#set(i, t, seq, kind, a, b);
+  }
+}
+
+interface Worker {
+  id: number;
+  podId: string;
+  func: number;
+  busy: number;
+  idleSince: number;
+  /** Requests still to be served that waited for this worker's cold start / restore. */
+  coldLeft: number;
+  restoredLeft: number;
+  gone: boolean;
+}
+
+interface Agent {
+  workers: Worker[];
+  /** Queued request indexes (FIFO from `head`). */
+  queue: number[];
+  head: number;
+  leasing: boolean;
+}
+
+/** Runs `trace` on `cluster` under `policy`. Deterministic for the same inputs. */
+export function simulate(
+  trace: Trace,
+  cluster: ClusterSpec,
+  policy: SimPolicy,
+  options: SimOptions = {},
+): SimResult {
+  const wall0 = performance.now();
+  const queueTimeoutMs = options.queueTimeoutMs ?? 30_000;
+  const tickMs = options.tickMs ?? 5_000;
+  const rand = rng(options.seed ?? 1);
+  const core: CoreState = newCoreState({
+    podIdPrefix: "sim",
+    gatewayTimeoutMs: Number.MAX_SAFE_INTEGER,
+  });
+  const funcs = trace.functions;
+  const fid = (i: number) => `sim/ns/${funcs[i].id}`;
+  const funcOf = new Map<string, number>();
+  let now = 0;
+
+  const heap = new EventHeap();
+  const agents: Agent[] = funcs.map(() => ({ workers: [], queue: [], head: 0, leasing: false }));
+  const workers: Worker[] = [];
+  const podFunc = new Map<string, number>();
+  const leaseFunc = new Map<string, number>();
+  let leaseSeq = 0;
+
+  const latency = new Histogram();
+  const ttfb = new Histogram();
+  let served = 0, rejected = 0, coldStarts = 0, restores = 0;
+  let evictions = 0, parks = 0, podStarts = 0;
+  let vramIntegral = 0;
+  let modelIntegral = 0;
+  const totalVram = cluster.nodes * cluster.gpusPerNode * cluster.gpuVramMB;
+
+  const apply = (actions: CoreAction[]) => {
+    for (const a of actions) {
+      switch (a.type) {
+        case "createPod": {
+          const f = funcOf.get(a.pod.func)!;
+          podFunc.set(a.pod.id, f);
+          podStarts++;
+          heap.push(now + funcs[f].coldStartMs, POD_READY, podIndex(a.pod.id));
+          break;
+        }
+        case "resumePod": {
+          const f = podFunc.get(a.podId)!;
+          heap.push(now + funcs[f].restoreMs[a.tier], POD_READY, podIndex(a.podId));
+          break;
+        }
+        case "parkPod":
+          parks++;
+          break;
+        case "terminatePod":
+          if (a.reason.startsWith("evicted")) evictions++;
+          heap.push(now, POD_GONE, podIndex(a.podId));
+          break;
+        case "leaseGranted": {
+          const f = leaseFunc.get(a.reqId)!;
+          leaseFunc.delete(a.reqId);
+          const agent = agents[f];
+          agent.leasing = false;
+          const w: Worker = {
+            id: workers.length,
+            podId: a.podId,
+            func: f,
+            busy: 0,
+            idleSince: now,
+            coldLeft: a.coldStart ? queued(agent) : 0,
+            restoredLeft: a.resumed ? queued(agent) : 0,
+            gone: false,
+          };
+          workers.push(w);
+          agent.workers.push(w);
+          drain(f);
+          if (w.busy === 0) idle(w);
+          scaleOut(f);
+          break;
+        }
+        case "leaseFailed": {
+          const f = leaseFunc.get(a.reqId)!;
+          leaseFunc.delete(a.reqId);
+          const agent = agents[f];
+          agent.leasing = false;
+          rejected += queued(agent);
+          agent.queue = [];
+          agent.head = 0;
+          break;
+        }
+      }
+    }
+  };
+
+  // Pod ids are "sim-<base36 seq>"; the heap carries numbers.
+  const podIndex = (id: string) => parseInt(id.slice(4), 36);
+  const podId = (n: number) => `sim-${n.toString(36)}`;
+  const queued = (a: Agent) => a.queue.length - a.head;
+
+  const freeWorker = (a: Agent): Worker | undefined => {
+    let best: Worker | undefined;
+    for (const w of a.workers) {
+      if (w.busy < policy.parallel && (!best || w.busy < best.busy)) best = w;
+    }
+    return best;
+  };
+
+  const start = (i: number, w: Worker) => {
+    w.busy++;
+    const f = funcs[w.func];
+    if (w.coldLeft > 0) (w.coldLeft--, coldStarts++);
+    else if (w.restoredLeft > 0) (w.restoredLeft--, restores++);
+    ttfb.add(now - trace.times[i] + f.firstByteMs);
+    const service = -Math.log(Math.max(rand(), 1e-12)) * f.serviceMs;
+    heap.push(now + service, COMPLETE, i, w.id);
+  };
+
+  const drain = (f: number) => {
+    const a = agents[f];
+    while (a.head < a.queue.length) {
+      const i = a.queue[a.head];
+      if (now - trace.times[i] > queueTimeoutMs) {
+        a.head++;
+        rejected++;
+        continue;
+      }
+      const w = freeWorker(a);
+      if (!w) break;
+      a.head++;
+      start(i, w);
+    }
+    if (a.head > 1024 && a.head * 2 > a.queue.length) {
+      a.queue = a.queue.slice(a.head);
+      a.head = 0;
+    }
+  };
+
+  const scaleOut = (f: number) => {
+    const a = agents[f];
+    if (a.leasing || queued(a) === 0 || a.workers.length >= policy.maxReplica) return;
+    a.leasing = true;
+    const reqId = `l${leaseSeq++}`;
+    leaseFunc.set(reqId, f);
+    apply(
+      step(core, {
+        type: "lease",
+        reqId,
+        func: fid(f),
+        gateway: "sim",
+        deadline: now + queueTimeoutMs,
+      }, now).actions,
+    );
+  };
+
+  const idle = (w: Worker) => {
+    w.idleSince = now;
+    heap.push(now + policy.keepAliveS * 1000, IDLE_CHECK, w.id, now);
+  };
+
+  // The cluster and the functions.
+  for (let n = 0; n < cluster.nodes; n++) {
+    step(core, {
+      type: "nodeUpdate",
+      node: {
+        name: `node${n}`,
+        ready: true,
+        cpuMillis: cluster.cpuPerNode,
+        memMB: cluster.memPerNodeMB,
+        gpus: Array.from({ length: cluster.gpusPerNode }, (_, index) => ({
+          index,
+          type: "H100",
+          vramMB: cluster.gpuVramMB,
+        })),
+        contextOverheadMB: cluster.contextOverheadMB,
+        standbyTiers: policy.tiers,
+      },
+    }, 0);
+  }
+  for (let i = 0; i < funcs.length; i++) {
+    funcOf.set(fid(i), i);
+    step(core, {
+      type: "funcUpdate",
+      func: {
+        id: fid(i),
+        version: 1,
+        demand: {
+          cpu: funcs[i].cpu,
+          memMB: funcs[i].memMB,
+          gpuType: "Any",
+          gpuCount: 1,
+          vramMB: policy.wholeGpu ? cluster.gpuVramMB - cluster.contextOverheadMB : funcs[i].vramMB,
+        },
+        policy: {
+          minReplica: 0,
+          maxReplica: policy.maxReplica,
+          standbyPerNode: policy.standbyPerNode,
+          scaleinTimeoutS: 0,
+          standbyTier: policy.standbyTier,
+        },
+      },
+    }, 0);
+  }
+
+  heap.push(0, TICK, 0);
+  const ev = [0, 0, 0, 0];
+  let next = 0;
+  const arrivals = trace.times.length;
+  while (next < arrivals || heap.size > 0) {
+    // Arrivals come from the sorted trace; everything else from the heap.
+    if (next < arrivals && trace.times[next] <= heap.peekTime()) {
+      now = trace.times[next];
+      const i = next++;
+      const f = trace.func[i];
+      const a = agents[f];
+      const w = queued(a) === 0 ? freeWorker(a) : undefined;
+      if (w) start(i, w);
+      else {
+        a.queue.push(i);
+        scaleOut(f);
+      }
+      continue;
+    }
+    heap.pop(ev);
+    now = ev[0];
+    switch (ev[1]) {
+      case COMPLETE: {
+        const i = ev[2];
+        const w = workers[ev[3]];
+        served++;
+        latency.add(now - trace.times[i]);
+        w.busy--;
+        drain(w.func);
+        if (w.busy === 0) idle(w);
+        break;
+      }
+      case POD_READY:
+        apply(
+          step(
+            core,
+            { type: "podStatus", podId: podId(ev[2]), state: "Ready", endpoint: "sim" },
+            now,
+          ).actions,
+        );
+        break;
+      case POD_GONE:
+        apply(
+          step(core, { type: "podStatus", podId: podId(ev[2]), state: "Terminated" }, now).actions,
+        );
+        break;
+      case IDLE_CHECK: {
+        const w = workers[ev[2]];
+        if (w.gone || w.busy > 0 || w.idleSince !== ev[3]) break;
+        w.gone = true;
+        const a = agents[w.func];
+        a.workers.splice(a.workers.indexOf(w), 1);
+        apply(step(core, { type: "return", podId: w.podId, gateway: "sim" }, now).actions);
+        break;
+      }
+      case TICK: {
+        let used = 0;
+        for (const n of core.nodeList) for (const g of n.gpus) used += g.vramUsedMB;
+        vramIntegral += used * tickMs;
+        let model = 0;
+        for (const p of core.pods.values()) {
+          if (p.held.vram) model += funcs[podFunc.get(p.id)!].vramMB;
+        }
+        modelIntegral += model * tickMs;
+        apply(step(core, { type: "tick" }, now).actions);
+        for (let f = 0; f < agents.length; f++) if (queued(agents[f]) > 0) drain(f);
+        if (next < arrivals || heap.size > 0) heap.push(now + tickMs, TICK, 0);
+        break;
+      }
+    }
+    if (now > trace.durationMs + 3_600_000 && next >= arrivals) break;
+  }
+  for (const a of agents) rejected += queued(a);
+
+  const requests = arrivals;
+  return {
+    policy: policy.name,
+    gpus: cluster.nodes * cluster.gpusPerNode,
+    requests,
+    served,
+    rejected,
+    coldStarts,
+    restores,
+    coldFraction: served ? coldStarts / served : 0,
+    latencyP50Ms: latency.quantile(0.5),
+    latencyP99Ms: latency.quantile(0.99),
+    ttfbP50Ms: ttfb.quantile(0.5),
+    ttfbP99Ms: ttfb.quantile(0.99),
+    vramUtilization: totalVram ? vramIntegral / (totalVram * Math.max(now, 1)) : 0,
+    modelVramUtilization: totalVram ? modelIntegral / (totalVram * Math.max(now, 1)) : 0,
+    evictions,
+    parks,
+    podStarts,
+    wallMs: performance.now() - wall0,
+  };
+}
+
+/** The three designs compared. */
+export const POLICIES: Record<"dedicated" | "packed" | "full", SimPolicy> = {
+  dedicated: {
+    name: "dedicated",
+    description:
+      "whole GPUs per worker, scale to zero after a 5 min keep-alive (KEDA/Knative style)",
+    wholeGpu: true,
+    tiers: [],
+    standbyTier: "paused",
+    standbyPerNode: 0,
+    keepAliveS: 300,
+    parallel: 8,
+    maxReplica: 4,
+  },
+  packed: {
+    name: "packed",
+    description: "vRAM slices packed on shared GPUs, 5 min keep-alive, no standby",
+    wholeGpu: false,
+    tiers: [],
+    standbyTier: "paused",
+    standbyPerNode: 0,
+    keepAliveS: 300,
+    parallel: 8,
+    maxReplica: 4,
+  },
+  full: {
+    name: "full",
+    description:
+      "packed, idle workers parked in host memory after 30 s (GPU freed, restore at PCIe speed), LRU eviction",
+    wholeGpu: false,
+    tiers: ["paused", "host_memory"],
+    standbyTier: "host_memory",
+    standbyPerNode: 1,
+    keepAliveS: 30,
+    parallel: 8,
+    maxReplica: 4,
+  },
+};
+
+/** A node of 8 H100s (80 GB), 128 cores and 1 TB memory. */
+export function h100Nodes(nodes: number): ClusterSpec {
+  return {
+    nodes,
+    gpusPerNode: 8,
+    gpuVramMB: 81_920,
+    contextOverheadMB: 512,
+    cpuPerNode: 128_000,
+    memPerNodeMB: 1_048_576,
+  };
+}
+
+export type { SimFunction };

@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { type ClusterSpec, h100Nodes, POLICIES, type SimPolicy, simulate } from "./engine.ts";
+import { gpusNeeded } from "./report.ts";
+import { generateTrace, type SimFunction, type Trace } from "./trace.ts";
+
+function fn(id: string, vramMB: number): SimFunction {
+  return {
+    id,
+    vramMB,
+    memMB: 1000,
+    cpu: 1000,
+    coldStartMs: 5000,
+    serviceMs: 100,
+    firstByteMs: 20,
+    restoreMs: { paused: 20, host_memory: 400, file: 3000 },
+  };
+}
+
+function trace(functions: SimFunction[], calls: [number, number][]): Trace {
+  return {
+    functions,
+    times: Float64Array.from(calls.map((c) => c[0])),
+    func: Uint32Array.from(calls.map((c) => c[1])),
+    durationMs: Math.max(...calls.map((c) => c[0])) + 1000,
+  };
+}
+
+const oneGpu: ClusterSpec = {
+  nodes: 1,
+  gpusPerNode: 1,
+  gpuVramMB: 80_000,
+  contextOverheadMB: 0,
+  cpuPerNode: 64_000,
+  memPerNodeMB: 512_000,
+};
+const near = (actual: number, want: number) =>
+  assert.ok(Math.abs(actual - want) <= want * 0.011 + 1, `${actual} vs ${want}`);
+
+Deno.test("simulate(): the first call waits for a cold start, a call within the keep-alive is warm", () => {
+  const r = simulate(trace([fn("a", 10_000)], [[0, 0], [60_000, 0]]), oneGpu, POLICIES.packed);
+  assert.equal(r.served, 2);
+  assert.equal(r.coldStarts, 1);
+  assert.equal(r.podStarts, 1);
+  near(r.ttfbP99Ms, 5000 + 20); // the cold one: start-up plus first byte
+  near(r.ttfbP50Ms, 20); // the warm one
+});
+
+Deno.test("simulate(): under the full policy an idle worker is parked and a later call restores it", () => {
+  const r = simulate(trace([fn("a", 10_000)], [[0, 0], [600_000, 0]]), oneGpu, POLICIES.full);
+  assert.equal(r.coldStarts, 1);
+  assert.equal(r.restores, 1);
+  assert.equal(r.parks, 2, "parked after each call's keep-alive");
+  assert.equal(r.podStarts, 1);
+  near(r.ttfbP50Ms, 400 + 20); // restored from host memory
+});
+
+Deno.test("simulate(): dedicated GPUs refuse what packing serves on the same GPU", () => {
+  const t = trace([fn("a", 30_000), fn("b", 30_000)], [[0, 0], [1000, 1]]);
+  const dedicated = simulate(t, oneGpu, POLICIES.dedicated);
+  assert.equal(dedicated.served, 1);
+  assert.equal(dedicated.rejected, 1, "b waits for a's GPU past the 30 s queue timeout");
+  const packed = simulate(t, oneGpu, POLICIES.packed);
+  assert.equal(packed.served, 2);
+  assert.equal(packed.rejected, 0);
+});
+
+Deno.test("simulate(): evicts a parked model to place another when the GPU is full", () => {
+  const t = trace([fn("a", 50_000), fn("b", 50_000)], [[0, 0], [600_000, 1]]);
+  const paused: SimPolicy = { ...POLICIES.full, tiers: ["paused"], standbyTier: "paused" };
+  const r = simulate(t, oneGpu, paused);
+  assert.equal(r.served, 2);
+  assert.equal(r.evictions, 1, "a, parked in the paused tier, still held the GPU");
+});
+
+Deno.test("simulate() is deterministic and conserves requests: each served or refused", () => {
+  const t = generateTrace({ functions: 60, seed: 11, durationMs: 2 * 3_600_000 });
+  for (const policy of Object.values(POLICIES)) {
+    for (const nodes of [1, 4]) {
+      const a = simulate(t, h100Nodes(nodes), policy);
+      const b = simulate(t, h100Nodes(nodes), policy);
+      assert.deepEqual(
+        { ...a, wallMs: 0 },
+        { ...b, wallMs: 0 },
+        `${policy.name} on ${nodes} nodes`,
+      );
+      assert.equal(a.served + a.rejected, a.requests, `${policy.name} on ${nodes} nodes`);
+    }
+  }
+});
+
+Deno.test("gpusNeeded() finds the smallest cluster that meets the objective", () => {
+  const t = trace([fn("a", 70_000), fn("b", 70_000), fn("c", 70_000)], [[0, 0], [10, 1], [20, 2]]);
+  const one = (n: number): ClusterSpec => ({ ...oneGpu, nodes: n });
+  // Every call is a cold start here (5 s): the objective is capacity, no refusals.
+  const objective = { ttfbP99Ms: 10_000, maxRejected: 0 };
+  const found = gpusNeeded(t, POLICIES.packed, one, { maxNodes: 8, objective });
+  assert.ok(found.met);
+  assert.equal(found.result.gpus, 3, "three 70 GB models need three GPUs");
+  assert.equal(found.result.rejected, 0);
+});

@@ -1,0 +1,71 @@
+/**
+ * `deno task sim`: how many GPUs each design needs for a trace.
+ *
+ * Flags: `--functions N` (1000), `--hours H` (24), `--seed S` (7),
+ * `--csv FILE` (an Azure per-minute invocation-count CSV instead of the
+ * generator), `--max-nodes N` (128), `--out DIR` (sim/results).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { h100Nodes, POLICIES, type SimResult } from "./engine.ts";
+import { chart, DEFAULT_OBJECTIVE, gpusNeeded, markdown, table } from "./report.ts";
+import { generateTrace, loadAzureCsv, traceStats } from "./trace.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    functions: { type: "string", default: "1000" },
+    hours: { type: "string", default: "24" },
+    seed: { type: "string", default: "7" },
+    csv: { type: "string" },
+    "max-nodes": { type: "string", default: "128" },
+    out: { type: "string", default: new URL("./results", import.meta.url).pathname },
+  },
+});
+
+const t0 = performance.now();
+const seed = Number(values.seed);
+const trace = values.csv ? loadAzureCsv(await Deno.readTextFile(values.csv), seed) : generateTrace({
+  functions: Number(values.functions),
+  durationMs: Number(values.hours) * 3_600_000,
+  seed,
+});
+const source = values.csv
+  ? `Azure-format CSV ${values.csv}`
+  : `Generated (seed ${seed}, ${values.hours} h, Azure Functions 2019 shape)`;
+const stats = traceStats(trace);
+console.log(`${source}: ${stats.functions} functions, ${stats.invocations} invocations`);
+
+const policies = [POLICIES.dedicated, POLICIES.packed, POLICIES.full];
+const rows = policies.map((p) => {
+  const found = gpusNeeded(trace, p, h100Nodes, {
+    maxNodes: Number(values["max-nodes"]),
+    log: (r: SimResult) =>
+      console.log(
+        `  ${p.name} on ${r.gpus} GPUs: p99 TTFB ${
+          Math.round(r.ttfbP99Ms)
+        } ms, ${r.rejected} refused (${(r.wallMs / 1000).toFixed(1)} s)`,
+      ),
+  });
+  return found;
+});
+console.log("\n" + table(rows));
+const wallS = (performance.now() - t0) / 1000;
+console.log(`\nsimulated in ${wallS.toFixed(0)} s`);
+
+await Deno.mkdir(values.out, { recursive: true });
+await Deno.writeTextFile(`${values.out}/chart.svg`, chart(rows, `GPUs needed: ${source}`));
+await Deno.writeTextFile(
+  `${values.out}/report.md`,
+  markdown({
+    rows,
+    policies,
+    stats,
+    source,
+    objective: DEFAULT_OBJECTIVE,
+    wallS,
+    command: `deno task sim ${Deno.args.join(" ")}`.trim(),
+  }),
+);
+console.log(`wrote ${values.out}/report.md and chart.svg`);
