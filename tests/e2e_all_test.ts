@@ -4,7 +4,7 @@
  * objects, and check every error answer.
  */
 import assert from "node:assert/strict";
-import { eventually, type Platform, request, startPlatform } from "./helpers.ts";
+import { eventually, type Json, type Platform, request, startPlatform } from "./helpers.ts";
 
 const LM_COMMANDS = [
   "deno",
@@ -34,7 +34,7 @@ async function register(p: Platform) {
       fn("lm", {
         commands: LM_COMMANDS,
         resources: { CPU: 500, Mem: 256 },
-        policy: { Obj: { max_replica: 1, scalein_timeout: 0.5 } },
+        policy: { Obj: { max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 } },
       }),
       fn("stuck", {
         commands: ["deno", "eval", "setInterval(() => {}, 1000)"],
@@ -113,7 +113,9 @@ Deno.test({
           body: fn("lm", {
             commands: LM_COMMANDS,
             resources: { CPU: 500, Mem: 256 },
-            policy: { Obj: { min_replica: 1, max_replica: 1, scalein_timeout: 0.5 } },
+            policy: {
+              Obj: { min_replica: 1, max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 },
+            },
           }, cur.body.revision),
         });
         assert.equal(upd.status, 200, JSON.stringify(upd.body));
@@ -204,6 +206,51 @@ Deno.test({
       const again = await complete(p);
       assert.equal(again.status, 200);
       assert.equal(again.headers.get("x-inferx-cold-start"), "1");
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "All parks an idle worker (paused tier) and resumes the same process, state kept, on the next call",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform();
+    try {
+      await register(p);
+      const r = await request(`${p.url}/object/`, {
+        method: "PUT",
+        body: fn("parked", {
+          commands: LM_COMMANDS,
+          resources: { CPU: 500, Mem: 256 },
+          policy: { Obj: { scalein_timeout: 0.3, standby_per_node: 1 } },
+        }),
+      });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      const first = await complete(p, "parked");
+      assert.equal(first.headers.get("x-inferx-cold-start"), "1");
+      assert.equal(first.headers.get("x-worker-requests"), "1");
+      const podId = first.headers.get("x-inferx-pod");
+      let pod: Json;
+      await eventually("the idle worker parked", async () => {
+        pod = (await request(`${p.url}/pods/public/demo/parked`)).body[0];
+        return pod?.state === "Standby";
+      });
+      assert.equal(pod.standbyTier, "paused");
+      await assert.rejects(
+        fetch(`http://${pod.endpoint}/health`, { signal: AbortSignal.timeout(300) }),
+        "a paused process does not answer",
+      );
+      const again = await complete(p, "parked");
+      assert.equal(again.status, 200);
+      assert.equal(again.headers.get("x-inferx-resumed"), "1");
+      assert.equal(again.headers.get("x-inferx-cold-start"), "0");
+      assert.equal(again.headers.get("x-inferx-pod"), podId, "the same pod came back");
+      assert.equal(again.headers.get("x-worker-requests"), "2", "the same process, its state kept");
     } finally {
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });

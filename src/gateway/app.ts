@@ -277,6 +277,7 @@ async function funccall(c: Context, deps: GatewayDeps, limit: number): Promise<R
   }
   const out = forwardHeaders(upstream.headers);
   out.set("x-inferx-cold-start", slot.coldStart ? "1" : "0");
+  out.set("x-inferx-resumed", slot.resumed ? "1" : "0");
   out.set("x-inferx-ttfb-ms", (performance.now() - t0).toFixed(2));
   out.set("x-inferx-queue-ms", slot.queuedMs.toFixed(2));
   out.set("x-inferx-pod", slot.worker.podId);

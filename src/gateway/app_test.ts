@@ -29,6 +29,7 @@ class FakeScheduler implements SchedulerClient {
       podId: `pod-${++this.#seq}`,
       endpoint,
       coldStart: this.coldStart,
+      resumed: false,
       version: 1,
     });
   }

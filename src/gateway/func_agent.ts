@@ -26,6 +26,8 @@ export interface Worker {
   draining: boolean;
   /** Requests not yet served by this worker since it was cold-started for them. */
   coldRequests: number;
+  /** Likewise for a worker resumed from standby for them. */
+  resumedRequests: number;
 }
 
 /** A slot on a worker, held for one request. */
@@ -33,6 +35,8 @@ export interface Slot {
   worker: Worker;
   /** This request waited for a worker started for it. */
   coldStart: boolean;
+  /** This request waited for a worker resumed from standby for it. */
+  resumed: boolean;
   /** Time spent waiting in the queue (ms). */
   queuedMs: number;
 }
@@ -220,7 +224,9 @@ export class FuncAgent {
     w.inflight++;
     const coldStart = w.coldRequests > 0;
     if (coldStart) w.coldRequests--;
-    return { worker: w, coldStart, queuedMs };
+    const resumed = !coldStart && w.resumedRequests > 0;
+    if (resumed) w.resumedRequests--;
+    return { worker: w, coldStart, resumed, queuedMs };
   }
 
   #drain(): void {
@@ -275,6 +281,7 @@ export class FuncAgent {
         idleSince: performance.now(),
         draining: lease.version < this.version,
         coldRequests: lease.coldStart ? Math.min(this.#queue.length, this.policy.parallel) : 0,
+        resumedRequests: lease.resumed ? Math.min(this.#queue.length, this.policy.parallel) : 0,
       };
       this.#workers.push(w);
       if (this.#closed || w.draining) return this.#drop(w, false);

@@ -92,6 +92,8 @@ export const PodInfoSchema = z.object({
   state: z.enum(POD_STATES),
   /** `host:port` the worker answers on, once Ready. */
   endpoint: z.string().optional(),
+  /** The tier it is parked in, while Standby. */
+  standbyTier: z.enum(STANDBY_TIERS).optional(),
   /** Why the pod failed, with the tail of its output. */
   error: z.string().optional(),
   createdAt: z.number(),

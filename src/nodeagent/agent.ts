@@ -26,7 +26,7 @@ export interface NodeAgentOptions {
 
 interface LocalPod {
   id: string;
-  phase: "starting" | "running" | "stopping";
+  phase: "starting" | "running" | "parked" | "stopping";
   endpoint?: string;
   done?: Promise<void>;
 }
@@ -51,7 +51,8 @@ export class NodeAgent implements NodeAgentClient {
   ) {
     this.#meta = meta;
     this.#runtime = runtime;
-    this.#node = node;
+    // A node offers the standby tiers its runtime implements, nothing else.
+    this.#node = { ...node, standbyTiers: [...runtime.standbyTiers] };
     this.#options = options;
   }
 
@@ -177,13 +178,15 @@ export class NodeAgent implements NodeAgentClient {
       else this.#deletePod(pod.id);
       return;
     }
-    if (pod.desired === "Standby" && !this.#node.standbyTiers.length) {
-      // Only asked of nodes that advertise a tier; say plainly this one has none.
-      this.#setStatus(pod.id, {
-        state: "Failed",
-        error:
-          `Node ${this.name} cannot park pods: its ${this.#runtime.name} runtime has no standby tier`,
-      });
+    if (pod.desired === "Standby") {
+      if (local?.phase === "running") this.#park(pod, local);
+      else if (!local && pod.state !== "Standby") {
+        this.#setStatus(pod.id, { state: "Failed", error: "Process lost: node agent restarted" });
+      }
+      return;
+    }
+    if (local?.phase === "parked") {
+      this.#resume(pod, local);
       return;
     }
     if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
@@ -200,6 +203,39 @@ export class NodeAgent implements NodeAgentClient {
       return;
     }
     this.#startPod(pod);
+  }
+
+  #park(pod: PodInfo, local: LocalPod): void {
+    const tier = this.#node.standbyTiers[0];
+    local.phase = "parked";
+    this.#runtime.park(pod.id, tier).then(
+      () => this.#setStatus(pod.id, { state: "Standby", standbyTier: tier }),
+      (err: Error) => {
+        local.phase = "running";
+        log.warn("Cannot park pod {pod}: {error}", { pod: pod.id, error: err.message });
+        this.#setStatus(pod.id, { state: "Failed", error: `Cannot park: ${err.message}` });
+      },
+    );
+  }
+
+  #resume(pod: PodInfo, local: LocalPod): void {
+    local.phase = "running";
+    const t0 = performance.now();
+    this.#runtime.resume(pod.id).then(
+      () => {
+        log.info("Pod {pod} resumed in {ms} ms", {
+          pod: pod.id,
+          ms: (performance.now() - t0).toFixed(1),
+        });
+        return this.#setStatus(pod.id, {
+          state: "Ready",
+          standbyTier: undefined,
+          endpoint: local.endpoint,
+        });
+      },
+      (err: Error) =>
+        this.#setStatus(pod.id, { state: "Failed", error: `Cannot resume: ${err.message}` }),
+    );
   }
 
   #startPod(pod: PodInfo): void {

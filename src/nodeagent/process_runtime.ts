@@ -7,6 +7,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { LogRing } from "./log_ring.ts";
+import type { StandbyTier } from "../model/cluster.ts";
 import { platformEnv, type PodRuntime, type PodSpec, type RunningPod } from "./runtime.ts";
 
 /** Options for {@linkcode ProcessRuntime}. */
@@ -30,6 +31,7 @@ interface Child {
   proc: Deno.ChildProcess;
   logs: LogRing;
   stopping: boolean;
+  paused: boolean;
   exited: Promise<string>;
 }
 
@@ -69,6 +71,8 @@ export async function waitForProbe(
 /** Runs pods as processes of this host. */
 export class ProcessRuntime implements PodRuntime {
   readonly name = "process";
+  /** Paused: SIGSTOP keeps the process, its memory and any GPU memory; SIGCONT resumes it. */
+  readonly standbyTiers: readonly StandbyTier[] = ["paused"];
   #children = new Map<string, Child>();
   #options: ProcessRuntimeOptions;
 
@@ -144,6 +148,7 @@ export class ProcessRuntime implements PodRuntime {
       proc,
       logs,
       stopping: false,
+      paused: false,
       exited: proc.status.then(async (s) => {
         await pumps;
         return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
@@ -180,6 +185,8 @@ export class ProcessRuntime implements PodRuntime {
     child.stopping = true;
     try {
       child.proc.kill("SIGTERM");
+      // A stopped process only sees SIGTERM once continued.
+      if (child.paused) child.proc.kill("SIGCONT");
     } catch {
       // already gone
     }
@@ -193,6 +200,38 @@ export class ProcessRuntime implements PodRuntime {
     await child.exited;
     clearTimeout(timer);
     this.#children.delete(podId);
+  }
+
+  park(podId: string, tier: StandbyTier): Promise<void> {
+    const child = this.#children.get(podId);
+    if (!child) {
+      return Promise.reject(
+        new InferxError("not_found", `Cannot park pod ${podId}: it is not running`),
+      );
+    }
+    if (tier !== "paused") {
+      return Promise.reject(
+        new InferxError(
+          "unsupported",
+          `Cannot park pod ${podId} in ${tier}: the process runtime offers paused only`,
+        ),
+      );
+    }
+    child.proc.kill("SIGSTOP");
+    child.paused = true;
+    return Promise.resolve();
+  }
+
+  resume(podId: string): Promise<void> {
+    const child = this.#children.get(podId);
+    if (!child) {
+      return Promise.reject(
+        new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`),
+      );
+    }
+    child.proc.kill("SIGCONT");
+    child.paused = false;
+    return Promise.resolve();
   }
 
   logs(podId: string, lines = 50): string {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { GpuSlice, PodTemplate } from "../model/cluster.ts";
+import type { GpuSlice, PodTemplate, StandbyTier } from "../model/cluster.ts";
 
 /** Everything a runtime needs to start one pod. */
 export interface PodSpec {
@@ -31,6 +31,12 @@ export interface RunningPod {
 /** Starts, stops and reads pods on one node. */
 export interface PodRuntime {
   readonly name: string;
+  /** The standby tiers this runtime can park pods in. */
+  readonly standbyTiers: readonly StandbyTier[];
+  /** Parks a running pod in `tier` (one of `standbyTiers`). */
+  park(podId: string, tier: StandbyTier): Promise<void>;
+  /** Brings a parked pod back; resolves once it serves again. */
+  resume(podId: string): Promise<void>;
   /** Starts the pod and resolves once it answers its probe; rejects with the log tail. */
   start(spec: PodSpec): Promise<RunningPod>;
   /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */

@@ -27,6 +27,7 @@ interface WireLease {
   endpoint: string;
   cold_start: boolean;
   version: number;
+  resumed: boolean;
 }
 
 /** Serves `sched` as `SchedulerService` on `address`; `id` names this instance. */
@@ -65,6 +66,7 @@ export async function serveScheduler(
             pod_id: l.podId,
             endpoint: l.endpoint,
             cold_start: l.coldStart,
+            resumed: l.resumed,
             version: l.version,
           }),
         (err) => cb(toGrpcError(err)),
@@ -175,6 +177,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
                 podId: res.pod_id,
                 endpoint: res.endpoint,
                 coldStart: res.cold_start,
+                resumed: res.resumed,
                 version: res.version,
               });
             }

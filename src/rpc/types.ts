@@ -83,6 +83,8 @@ export interface Lease {
   endpoint: string;
   /** Whether the pod was started for this lease. */
   coldStart: boolean;
+  /** Whether the pod was resumed from a standby tier for this lease. */
+  resumed: boolean;
   /** The function version the pod runs. */
   version: number;
 }

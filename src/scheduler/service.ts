@@ -266,6 +266,8 @@ export class SchedulerService implements SchedulerClient {
         maxReplica: policy.max_replica,
         standbyPerNode: policy.standby_per_node,
         scaleinTimeoutS: policy.scalein_timeout,
+        // Where the function wants its GPU memory kept while parked.
+        standbyTier: f.spec.standby.gpu === "File" ? "file" : "host_memory",
       },
     };
   }
@@ -296,6 +298,8 @@ export class SchedulerService implements SchedulerClient {
         ? "Terminating"
         : pod.state === "Ready"
         ? "Ready"
+        : pod.state === "Standby" && pod.standbyTier
+        ? "Standby"
         : "Creating";
       this.#apply({
         type: "podSync",
@@ -308,6 +312,7 @@ export class SchedulerService implements SchedulerClient {
           memMB: pod.memMB,
           gpus: pod.gpus,
           state,
+          tier: pod.standbyTier,
           endpoint: pod.endpoint,
         },
       });
@@ -315,7 +320,13 @@ export class SchedulerService implements SchedulerClient {
     }
     if (known.state === "Terminating" && pod.desired !== "Terminated") {
       this.#terminate(pod.id); // an earlier write was lost: say it again
-    } else if (pod.state === "Ready" && known.state === "Creating") {
+    } else if (known.state === "Standby" && pod.desired !== "Standby") {
+      this.#setDesired(pod.id, "Standby"); // likewise for a park
+    } else if (known.state === "Resuming" && pod.desired === "Standby") {
+      this.#setDesired(pod.id, "Running"); // and for a resume
+    } else if (
+      pod.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")
+    ) {
       this.#apply({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: pod.endpoint });
     } else if (pod.state === "Failed") {
       this.#apply({ type: "podStatus", podId: pod.id, state: "Failed", error: pod.error });
@@ -337,6 +348,7 @@ export class SchedulerService implements SchedulerClient {
             podId: a.podId,
             endpoint: a.endpoint,
             coldStart: a.coldStart,
+            resumed: a.resumed,
             version: a.version,
           });
         } else {

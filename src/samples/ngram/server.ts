@@ -57,10 +57,10 @@ function parseSampling(body: Record<string, unknown>): Sampling {
   };
 }
 
-function json(status: number, body: unknown): Response {
+function json(status: number, body: unknown, extra: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
     status,
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...extra },
   });
 }
 
@@ -151,6 +151,8 @@ export function createModelHandler(
             choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
             usage,
           },
+        // Completions this process has served: shows a resumed worker kept its state.
+        { "x-worker-requests": String(seq) },
       );
     }
     const enc = new TextEncoder();
@@ -194,7 +196,11 @@ export function createModelHandler(
       },
     });
     return new Response(stream, {
-      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+      headers: {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-worker-requests": String(seq),
+      },
     });
   };
 }
