@@ -36,7 +36,7 @@ export async function spawnRole(
 ): Promise<RoleProcess> {
   const proc = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN],
-    env: { INFERX_SAMPLES: "none", ...env },
+    env: { INFERX_SAMPLES: "none", INFERX_RUNTIME: "process", ...env },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -92,7 +92,13 @@ export async function startPlatform(
   const dir = dataDir ?? await Deno.makeTempDir({ prefix: "inferx-e2e-" });
   const proc = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN],
-    env: { GATEWAY_PORT: String(port), INFERX_DATA_DIR: dir, INFERX_SAMPLES: "none", ...env },
+    env: {
+      GATEWAY_PORT: String(port),
+      INFERX_DATA_DIR: dir,
+      INFERX_SAMPLES: "none",
+      INFERX_RUNTIME: "process",
+      ...env,
+    },
     stdout: "piped",
     stderr: "piped",
   }).spawn();

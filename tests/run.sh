@@ -16,6 +16,7 @@ fi
 # directories, stopped afterwards); installed from Debian when missing.
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing ${missing[*]} from Debian"
@@ -26,7 +27,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# A Docker engine for the Docker runtime tests: started here when none
+# answers, stopped when the tests end.
+started_dockerd=""
+cleanup() {
+  if [ -n "$started_dockerd" ]; then
+    kill "$started_dockerd" 2>/dev/null || true
+    wait "$started_dockerd" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+if command -v dockerd >/dev/null 2>&1 && ! docker version >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "Starting dockerd for the tests"
+    dockerd >/tmp/inferx-test-dockerd.log 2>&1 &
+    started_dockerd=$!
+    for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+fi
+
 "${DENO[@]}" install --quiet
+if docker version >/dev/null 2>&1; then
+  "${DENO[@]}" run -A src/samples/ngram/image.ts
+else
+  echo "No Docker engine: the Docker runtime tests will be skipped"
+fi
 "${DENO[@]}" fmt --check
 "${DENO[@]}" lint
 "${DENO[@]}" check main.ts 'src/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts'

@@ -12,6 +12,7 @@ import * as nodeagent from "../nodeagent/mod.ts";
 import * as scheduler from "../scheduler/mod.ts";
 import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
+import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 
 /** The running all-in-one platform. */
 export interface AllHandle {
@@ -33,6 +34,10 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     // platform's workers from another's on the same host.
     scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,
   });
+  if (env.samplesDir && node.runtime === "docker" && !await imageExists(NGRAM_IMAGE)) {
+    logger().info("Building the sample image {tag} (no registry needed)", { tag: NGRAM_IMAGE });
+    await buildNgramImage();
+  }
   const sched = await scheduler.start({
     meta,
     gatewayTimeoutMs: env.gatewayTimeoutMs,

@@ -108,7 +108,8 @@ export const NodeConfigSchema = z.object({
   /** GPUs declared for placement when the driver reports none. */
   gpus: z.array(GpuSchema).default([]),
   contextOverheadMB: z.int().min(0).default(0),
-  runtime: z.enum(["process"]).default("process"),
+  /** `auto`: Docker when its socket answers, else processes. Env `INFERX_RUNTIME` overrides. */
+  runtime: z.enum(["auto", "process", "docker"]).default("auto"),
 });
 
 /** Loads node.json into the node the agent registers (`NODE_NAME` overrides the name). */
@@ -137,7 +138,7 @@ export async function loadNodeConfig(path: string): Promise<NodeInfo> {
     contextOverheadMB: c.contextOverheadMB,
     // Advertised from what the runtime can do, never from configuration.
     standbyTiers: [],
-    runtime: c.runtime,
+    runtime: Deno.env.get("INFERX_RUNTIME") ?? c.runtime,
     ready: true,
     heartbeat: 0,
   };

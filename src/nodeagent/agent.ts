@@ -79,20 +79,37 @@ export class NodeAgent implements NodeAgentClient {
         },
       );
     }
-    for (const id of adopted) this.#local.set(id, { id, phase: "running" });
+    for (const a of adopted) {
+      this.#local.set(a.podId, {
+        id: a.podId,
+        phase: a.paused ? "parked" : "running",
+        endpoint: a.endpoint,
+      });
+    }
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).catch((err) =>
         log.warn("Cannot heartbeat node {node}: {error}", { node: this.name, error: String(err) })
       );
     }, this.#options.heartbeatMs ?? 2000);
+    const listed = new Set<string>();
     this.#informer = await startInformer(this.#meta, "pod", {
-      upsert: (rec) => this.#reconcile(decodePod(rec.value)),
+      upsert: (rec) => {
+        listed.add(rec.name);
+        this.#reconcile(decodePod(rec.value));
+      },
       remove: (ref) => {
         this.#podRefs.delete(ref.name);
         if (this.#local.has(ref.name)) this.#stopPod(ref.name, false);
       },
     });
+    // Adopted workers the store no longer knows are orphans.
+    for (const a of adopted) {
+      if (!listed.has(a.podId)) {
+        log.warn("Removing orphan worker {pod}", { pod: a.podId });
+        this.#stopPod(a.podId, false);
+      }
+    }
     log.info("Node {node} ready with runtime {runtime}, {gpus} GPU(s)", {
       node: this.name,
       runtime: this.#runtime.name,
@@ -151,7 +168,7 @@ export class NodeAgent implements NodeAgentClient {
     if (!this.#local.has(podId)) {
       return Promise.reject(new NotFoundError(`Pod ${podId} does not run on node ${this.name}`));
     }
-    return Promise.resolve(this.#runtime.logs(podId, lines));
+    return this.#runtime.logs(podId, lines);
   }
 
   async #writeNode(ready: boolean): Promise<void> {

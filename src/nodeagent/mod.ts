@@ -6,10 +6,14 @@
 import type { NodeInfo } from "../model/cluster.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
+import { InferxError } from "../common/errors.ts";
+import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
+import type { PodRuntime } from "./runtime.ts";
 
 export { NodeAgent } from "./agent.ts";
 export { ProcessRuntime } from "./process_runtime.ts";
+export { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
 
 /** Configuration of the node agent role. */
 export interface NodeAgentConfig extends NodeAgentOptions {
@@ -24,19 +28,35 @@ export interface NodeAgentConfig extends NodeAgentOptions {
 /** A running node agent. */
 export interface NodeAgentHandle {
   agent: NodeAgent;
+  /** The runtime in use: `docker` or `process`. */
+  runtime: string;
   stop(): Promise<void>;
 }
 
-/** Starts a node agent with the process runtime. */
+/**
+ * Starts a node agent. Its runtime is `node.runtime`: `docker`, `process`,
+ * or `auto` (Docker when its socket answers, else processes).
+ */
 export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const exits: { agent?: NodeAgent } = {};
-  const runtime = new ProcessRuntime({
-    workDir: config.workDir,
-    host: config.node.address,
-    scope: config.scope ?? config.node.name,
-    onExit: (podId, why) => exits.agent?.podExited(podId, why),
-  });
-  const agent = exits.agent = new NodeAgent(config.meta, runtime, config.node, config);
+  const onExit = (podId: string, why: string) => exits.agent?.podExited(podId, why);
+  const scope = config.scope ?? config.node.name;
+  const want = config.node.runtime;
+  if (!["auto", "docker", "process"].includes(want)) {
+    throw new InferxError("invalid", `Invalid runtime "${want}": auto, docker or process`);
+  }
+  const docker = want === "docker" || (want === "auto" && await dockerAvailable());
+  if (want === "docker" && !await dockerAvailable()) {
+    throw new InferxError(
+      "unavailable",
+      "Cannot use the Docker runtime: no Docker engine answers on /var/run/docker.sock",
+    );
+  }
+  const runtime: PodRuntime = docker
+    ? new DockerRuntime({ host: config.node.address, scope, onExit })
+    : new ProcessRuntime({ workDir: config.workDir, host: config.node.address, scope, onExit });
+  const node = { ...config.node, runtime: runtime.name };
+  const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
   await agent.start();
-  return { agent, stop: () => agent.stop() };
+  return { agent, runtime: runtime.name, stop: () => agent.stop() };
 }

@@ -8,7 +8,13 @@
 import { InferxError } from "../common/errors.ts";
 import { LogRing } from "./log_ring.ts";
 import type { StandbyTier } from "../model/cluster.ts";
-import { platformEnv, type PodRuntime, type PodSpec, type RunningPod } from "./runtime.ts";
+import {
+  type AdoptedPod,
+  platformEnv,
+  type PodRuntime,
+  type PodSpec,
+  type RunningPod,
+} from "./runtime.ts";
 
 /** Options for {@linkcode ProcessRuntime}. */
 export interface ProcessRuntimeOptions {
@@ -88,7 +94,7 @@ export class ProcessRuntime implements PodRuntime {
    * Worker processes cannot be re-attached (their output pipes died with the
    * old agent), so every process of this scope left behind is killed.
    */
-  async recover(): Promise<{ adopted: string[]; removed: number }> {
+  async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
     let removed = 0;
     for (const pid of await scopeProcesses(this.#scope)) {
       try {
@@ -234,8 +240,8 @@ export class ProcessRuntime implements PodRuntime {
     return Promise.resolve();
   }
 
-  logs(podId: string, lines = 50): string {
-    return this.#children.get(podId)?.logs.tail(lines) ?? "";
+  logs(podId: string, lines = 50): Promise<string> {
+    return Promise.resolve(this.#children.get(podId)?.logs.tail(lines) ?? "");
   }
 
   /** Pod ids with a live process. */

@@ -42,13 +42,20 @@ export interface PodRuntime {
   /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */
   stop(podId: string, graceMs?: number): Promise<void>;
   /** The last `lines` lines of the pod's output. */
-  logs(podId: string, lines?: number): string;
+  logs(podId: string, lines?: number): Promise<string>;
   /**
    * After an agent restart: takes over the workers this runtime can still
    * manage and removes the rest. Returns the adopted pods' ids and how many
    * were removed.
    */
-  recover(): Promise<{ adopted: string[]; removed: number }>;
+  recover(): Promise<{ adopted: AdoptedPod[]; removed: number }>;
+}
+
+/** A worker a restarted agent took over. */
+export interface AdoptedPod {
+  podId: string;
+  endpoint: string;
+  paused: boolean;
 }
 
 /** The environment every worker gets from the platform, runtime-independent. */

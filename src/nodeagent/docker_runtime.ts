@@ -1,0 +1,270 @@
+/**
+ * Docker runtime through `npm:dockerode`: a pod is a container with the
+ * function's image, CPU and memory limits, env, mounts, labels that mark it
+ * as this agent's (scope, pod, function, version), GPU device requests, and
+ * its endpoint port published on the host address only. Paused tier: the
+ * cgroup freezer (`docker pause`). After an agent restart, running
+ * containers of its scope are adopted and stopped ones removed.
+ *
+ * @module
+ */
+// @ts-types="npm:@types/dockerode@^4"
+import Docker from "dockerode";
+import { InferxError } from "../common/errors.ts";
+import type { StandbyTier } from "../model/cluster.ts";
+import { waitForProbe } from "./process_runtime.ts";
+import {
+  type AdoptedPod,
+  platformEnv,
+  type PodRuntime,
+  type PodSpec,
+  type RunningPod,
+} from "./runtime.ts";
+
+/** Options for {@linkcode DockerRuntime}. */
+export interface DockerRuntimeOptions {
+  /** @default "/var/run/docker.sock" */
+  socketPath?: string;
+  /** Host address ports are published on and workers reached at. @default "127.0.0.1" */
+  host?: string;
+  /** Marks this agent's containers (label `inferx.scope`). @default "default" */
+  scope?: string;
+  /** Called when a started pod's container ends without being stopped. */
+  onExit?(podId: string, why: string): void;
+  /** Probe interval (ms). @default 25 */
+  probeIntervalMs?: number;
+}
+
+interface Entry {
+  container: Docker.Container;
+  endpoint: string;
+  /** Started and answering; until then `start()` itself handles an exit. */
+  ready: boolean;
+  stopping: boolean;
+  exited: Promise<string>;
+}
+
+/** Whether a Docker engine answers on `socketPath`. */
+export async function dockerAvailable(socketPath = "/var/run/docker.sock"): Promise<boolean> {
+  try {
+    await new Docker({ socketPath }).ping();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Splits Docker's multiplexed log stream (8-byte frame headers) into text. */
+export function demuxLogs(buf: Uint8Array): string {
+  const out: Uint8Array[] = [];
+  let o = 0;
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  while (o + 8 <= buf.length && (buf[o] === 1 || buf[o] === 2) && buf[o + 1] === 0) {
+    const size = dv.getUint32(o + 4);
+    out.push(buf.subarray(o + 8, o + 8 + size));
+    o += 8 + size;
+  }
+  if (o === 0) return new TextDecoder().decode(buf); // a TTY stream has no frames
+  return out.map((b) => new TextDecoder().decode(b)).join("");
+}
+
+/** Runs pods as Docker containers. */
+export class DockerRuntime implements PodRuntime {
+  readonly name = "docker";
+  /** Paused: the cgroup freezer keeps the container's memory and GPU memory. */
+  readonly standbyTiers: readonly StandbyTier[] = ["paused"];
+  #docker: Docker;
+  #options: DockerRuntimeOptions;
+  #pods = new Map<string, Entry>();
+
+  constructor(options: DockerRuntimeOptions = {}) {
+    this.#options = options;
+    this.#docker = new Docker({ socketPath: options.socketPath ?? "/var/run/docker.sock" });
+  }
+
+  get #scope(): string {
+    return this.#options.scope ?? "default";
+  }
+
+  get #host(): string {
+    return this.#options.host ?? "127.0.0.1";
+  }
+
+  async start(spec: PodSpec): Promise<RunningPod> {
+    const t = spec.template;
+    const port = `${t.port}/tcp`;
+    const env = {
+      ...Object.fromEntries(t.envs),
+      ...platformEnv(spec),
+      PORT: String(t.port),
+      HOST: "0.0.0.0",
+    };
+    let container: Docker.Container;
+    try {
+      container = await this.#docker.createContainer({
+        name: `inferx-${spec.podId}`,
+        Image: t.image,
+        Cmd: t.commands.length ? t.commands : undefined,
+        Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        Labels: {
+          "inferx.scope": this.#scope,
+          "inferx.pod": spec.podId,
+          "inferx.func": spec.func,
+          "inferx.version": String(spec.funcVersion),
+        },
+        ExposedPorts: { [port]: {} },
+        HostConfig: {
+          NanoCpus: spec.cpuMillis * 1_000_000,
+          Memory: spec.memMB * 1024 * 1024,
+          PortBindings: { [port]: [{ HostIp: this.#host, HostPort: "" }] },
+          Binds: t.mounts.map((m) => `${m.hostpath}:${m.mountpath}${m.readonly ? ":ro" : ""}`),
+          DeviceRequests: spec.gpus.length
+            ? [{
+              Driver: "nvidia",
+              DeviceIDs: spec.gpus.map((g) => String(g.index)),
+              Capabilities: [["gpu"]],
+            }]
+            : undefined,
+        },
+      });
+    } catch (err) {
+      const message = (err as { json?: { message?: string } }).json?.message ??
+        (err as Error).message;
+      throw new InferxError(
+        "worker_failed",
+        `Cannot create the container of pod ${spec.podId} from image ${t.image}: ${message}`,
+        { cause: err },
+      );
+    }
+    const entry = await this.#track(spec.podId, container, true);
+    try {
+      await container.start();
+      const endpoint = await this.#endpoint(container, port);
+      entry.endpoint = endpoint;
+      await waitForProbe(`http://${endpoint}${t.probe}`, entry.exited, {
+        timeoutMs: t.startupTimeoutS * 1000,
+        intervalMs: this.#options.probeIntervalMs,
+      });
+      entry.ready = true;
+      return { podId: spec.podId, endpoint, exited: entry.exited };
+    } catch (err) {
+      entry.stopping = true;
+      const tail = await this.logs(spec.podId, 20);
+      await container.remove({ force: true }).catch(() => {});
+      this.#pods.delete(spec.podId);
+      throw new InferxError("worker_failed", `${(err as Error).message}; last output:\n${tail}`);
+    }
+  }
+
+  async #endpoint(container: Docker.Container, port: string): Promise<string> {
+    const info = await container.inspect();
+    const binding = info.NetworkSettings.Ports?.[port]?.[0];
+    if (!binding) throw new Error(`container publishes no ${port}`);
+    return `${this.#host}:${binding.HostPort}`;
+  }
+
+  /** Follows a container until it exits; `exited` tells how. */
+  #track(podId: string, container: Docker.Container, fresh: boolean): Promise<Entry> {
+    const entry: Entry = {
+      container,
+      endpoint: "",
+      ready: !fresh,
+      stopping: false,
+      exited: Promise.resolve(""),
+    };
+    entry.exited = (async () => {
+      // Waits for the next exit ("next-exit" also covers a container not started yet).
+      const res = await container.wait(fresh ? { condition: "next-exit" } : {}).catch((
+        err: Error,
+      ) => ({
+        StatusCode: -1,
+        Error: { Message: err.message },
+      }));
+      return res.StatusCode === -1 ? `lost: ${res.Error?.Message}` : `exit code ${res.StatusCode}`;
+    })();
+    this.#pods.set(podId, entry);
+    entry.exited.then(async (why) => {
+      if (this.#pods.get(podId) !== entry || entry.stopping || !entry.ready) return;
+      const tail = await this.logs(podId, 20);
+      this.#pods.delete(podId);
+      await container.remove({ force: true }).catch(() => {});
+      this.#options.onExit?.(podId, `${why}; last output:\n${tail}`);
+    });
+    return Promise.resolve(entry);
+  }
+
+  async stop(podId: string, graceMs = 5000): Promise<void> {
+    const entry = this.#pods.get(podId);
+    if (!entry) return;
+    entry.stopping = true;
+    await entry.container.unpause().catch(() => {}); // a frozen container cannot stop
+    await entry.container.stop({ t: Math.ceil(graceMs / 1000) }).catch(() => {});
+    await entry.container.remove({ force: true }).catch(() => {});
+    this.#pods.delete(podId);
+  }
+
+  async park(podId: string, tier: StandbyTier): Promise<void> {
+    const entry = this.#pods.get(podId);
+    if (!entry) throw new InferxError("not_found", `Cannot park pod ${podId}: it is not running`);
+    if (tier !== "paused") {
+      throw new InferxError(
+        "unsupported",
+        `Cannot park pod ${podId} in ${tier}: the Docker runtime offers paused only`,
+      );
+    }
+    await entry.container.pause();
+  }
+
+  async resume(podId: string): Promise<void> {
+    const entry = this.#pods.get(podId);
+    if (!entry) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
+    await entry.container.unpause();
+  }
+
+  async logs(podId: string, lines = 50): Promise<string> {
+    const entry = this.#pods.get(podId);
+    if (!entry) return "";
+    try {
+      const buf = await entry.container.logs({
+        stdout: true,
+        stderr: true,
+        tail: lines,
+        follow: false,
+      });
+      return demuxLogs(new Uint8Array(buf as unknown as ArrayBuffer));
+    } catch {
+      return "";
+    }
+  }
+
+  /** Adopts running containers of this scope; removes the ones that stopped. */
+  async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
+    const list = await this.#docker.listContainers({
+      all: true,
+      filters: { label: [`inferx.scope=${this.#scope}`] },
+    });
+    const adopted: AdoptedPod[] = [];
+    let removed = 0;
+    for (const c of list) {
+      const podId = c.Labels["inferx.pod"];
+      const container = this.#docker.getContainer(c.Id);
+      if (c.State === "running" || c.State === "paused") {
+        const entry = await this.#track(podId, container, false);
+        const port = c.Ports.find((p) => p.PublicPort && p.IP === this.#host) ??
+          c.Ports.find((p) => p.PublicPort);
+        entry.endpoint = port ? `${this.#host}:${port.PublicPort}` : "";
+        adopted.push({ podId, endpoint: entry.endpoint, paused: c.State === "paused" });
+      } else {
+        await container.remove({ force: true }).catch(() => {});
+        removed++;
+      }
+    }
+    return { adopted, removed };
+  }
+
+  /** Whether a pod's container is frozen (paused tier). */
+  async isPaused(podId: string): Promise<boolean> {
+    const entry = this.#pods.get(podId);
+    return entry ? (await entry.container.inspect()).State.Paused : false;
+  }
+}

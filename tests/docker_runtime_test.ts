@@ -1,0 +1,182 @@
+/**
+ * The Docker runtime against a real Docker engine (the test command starts
+ * `dockerd` and builds `inferx/ngram:latest`): container lifecycle, limits
+ * in `docker inspect`, ports on 127.0.0.1 only, the paused tier keeping the
+ * process and its state, the crash-at-start report, adoption after a
+ * restart. Skipped, with the reason printed, where no engine answers.
+ */
+import assert from "node:assert/strict";
+// @ts-types="npm:@types/dockerode@^4"
+import Docker from "dockerode";
+import { InferxError } from "../src/common/errors.ts";
+import { dockerAvailable, DockerRuntime } from "../src/nodeagent/docker_runtime.ts";
+import type { PodSpec } from "../src/nodeagent/runtime.ts";
+import { imageExists, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
+
+const reason = !(await dockerAvailable())
+  ? "no Docker engine answers on /var/run/docker.sock"
+  : !(await imageExists(NGRAM_IMAGE))
+  ? `image ${NGRAM_IMAGE} is missing (deno task image builds it)`
+  : undefined;
+if (reason) console.log(`skipping the Docker runtime tests: ${reason}`);
+
+const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+const LM = [
+  "deno",
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-env",
+  "src/samples/ngram/server.ts",
+];
+
+function spec(podId: string, commands = LM): PodSpec {
+  return {
+    podId,
+    func: "t/n/lm",
+    funcVersion: 2,
+    template: {
+      image: NGRAM_IMAGE,
+      commands,
+      envs: [["MODEL_NAME", "lm-in-docker"]],
+      mounts: [],
+      port: 8000,
+      probe: "/health",
+      startupTimeoutS: 30,
+    },
+    cpuMillis: 500,
+    memMB: 256,
+    gpus: [],
+  };
+}
+
+const complete = async (endpoint: string) => {
+  const res = await fetch(`http://${endpoint}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ prompt: "The GPU", max_tokens: 4 }),
+  });
+  const body = await res.json();
+  return { body, requests: res.headers.get("x-worker-requests") };
+};
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({
+    name,
+    ignore: reason !== undefined,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn,
+  });
+
+t(
+  "DockerRuntime runs a pod as a container with its limits, labels and a port on 127.0.0.1 only",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const rt = new DockerRuntime({ scope });
+    const pod = await rt.start(spec("pod-life"));
+    try {
+      assert.match(pod.endpoint, /^127\.0\.0\.1:\d+$/);
+      const { body } = await complete(pod.endpoint);
+      assert.equal(body.model, "lm-in-docker");
+      const info = await docker.getContainer("inferx-pod-life").inspect();
+      assert.equal(info.HostConfig.NanoCpus, 500_000_000);
+      assert.equal(info.HostConfig.Memory, 256 * 1024 * 1024);
+      const bindings = Object.values(info.HostConfig.PortBindings ?? {}).flat() as {
+        HostIp: string;
+      }[];
+      assert.ok(
+        bindings.length > 0 && bindings.every((b) => b.HostIp === "127.0.0.1"),
+        JSON.stringify(bindings),
+      );
+      assert.deepEqual(
+        [
+          info.Config.Labels["inferx.scope"],
+          info.Config.Labels["inferx.pod"],
+          info.Config.Labels["inferx.version"],
+        ],
+        [scope, "pod-life", "2"],
+      );
+      assert.ok(info.Config.Env.includes("INFERX_FUNCTION=t/n/lm"));
+      assert.match(await rt.logs("pod-life"), /ngram model \(order 7/);
+    } finally {
+      await rt.stop("pod-life");
+    }
+    await assert.rejects(
+      docker.getContainer("inferx-pod-life").inspect(),
+      "stop removes the container",
+    );
+  },
+);
+
+t(
+  "DockerRuntime parks a pod with the cgroup freezer and resumes the same process, state kept",
+  async () => {
+    const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    const pod = await rt.start(spec("pod-pause"));
+    try {
+      assert.equal((await complete(pod.endpoint)).requests, "1");
+      await rt.park("pod-pause", "paused");
+      assert.equal(await rt.isPaused("pod-pause"), true);
+      await assert.rejects(
+        fetch(`http://${pod.endpoint}/health`, { signal: AbortSignal.timeout(300) }),
+      );
+      await rt.resume("pod-pause");
+      assert.equal(
+        (await complete(pod.endpoint)).requests,
+        "2",
+        "the same process served the next call",
+      );
+      await assert.rejects(rt.park("pod-pause", "host_memory"), /offers paused only/);
+    } finally {
+      await rt.stop("pod-pause");
+    }
+  },
+);
+
+t("DockerRuntime reports a worker that crashes at start with the tail of its output", async () => {
+  const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  const crash = ["deno", "eval", "console.error('cannot open weights.bin'); Deno.exit(3)"];
+  await assert.rejects(rt.start(spec("pod-crash", crash)), (err: unknown) => {
+    assert.ok(err instanceof InferxError && err.code === "worker_failed");
+    assert.match(err.message, /exit code 3/);
+    assert.match(err.message, /cannot open weights\.bin/);
+    return true;
+  });
+  await assert.rejects(
+    docker.getContainer("inferx-pod-crash").inspect(),
+    "the failed container is removed",
+  );
+  await assert.rejects(
+    rt.start({
+      ...spec("pod-noimage"),
+      template: { ...spec("x").template, image: "inferx/missing:1" },
+    }),
+    /Cannot create the container of pod pod-noimage from image inferx\/missing:1/,
+  );
+});
+
+t(
+  "a restarted DockerRuntime adopts running containers of its scope and removes stopped ones",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const first = new DockerRuntime({ scope });
+    const pod = await first.start(spec("pod-adopt"));
+    const dead = await docker.createContainer({
+      name: `inferx-pod-dead-${scope.slice(5, 13)}`,
+      Image: NGRAM_IMAGE,
+      Labels: { "inferx.scope": scope, "inferx.pod": "pod-dead" },
+    });
+    const again = new DockerRuntime({ scope });
+    try {
+      const { adopted, removed } = await again.recover();
+      assert.deepEqual(adopted, [{ podId: "pod-adopt", endpoint: pod.endpoint, paused: false }]);
+      assert.equal(removed, 1);
+      await assert.rejects(dead.inspect(), "the stopped container was removed");
+      assert.equal((await complete(pod.endpoint)).requests, "1");
+      assert.match(await again.logs("pod-adopt"), /ngram model/);
+    } finally {
+      await again.stop("pod-adopt");
+    }
+  },
+);
