@@ -3,13 +3,15 @@
  * (a) a fresh worker start, (b) a resume from the paused standby tier and
  * (c) a warm worker, measured in one run on the same platform, with the
  * ratios (b)/(a) and (c)/(b). DESIGN.md budget: paused resume under 50 ms
- * end to end. Runtime: the process runtime (the sample n-gram model server).
+ * end to end. Worker: the sample n-gram model server, as a process or in a
+ * container (`docker`: needs a Docker engine and `deno task image`).
  *
- * Run: `deno run -A bench/cold_start.ts [rounds]` (default 10 rounds).
+ * Run: `deno run -A bench/cold_start.ts [rounds] [process|docker]` (10, process).
  */
 import { eventually, request, startPlatform } from "../tests/helpers.ts";
 
 const rounds = Number(Deno.args[0] ?? 10);
+const runtime = Deno.args[1] ?? "process";
 const LM = [
   "deno",
   "run",
@@ -18,7 +20,7 @@ const LM = [
   "--allow-env",
   "src/samples/ngram/server.ts",
 ];
-const p = await startPlatform({ LOG_LEVEL: "warning" });
+const p = await startPlatform({ LOG_LEVEL: "warning", INFERX_RUNTIME: runtime });
 
 async function ttfb(
   func: string,
@@ -62,7 +64,7 @@ try {
       name,
       object: {
         spec: {
-          image: "inferx/ngram",
+          image: "inferx/ngram:latest",
           commands: LM,
           resources: { CPU: 250, Mem: 128 },
           policy: { Obj: { scalein_timeout: 0.2, standby_per_node: standby } },
@@ -95,7 +97,7 @@ try {
   const a = stats(fresh), b = stats(resumed), c = stats(warm);
   const f = (x: number) => `${x.toFixed(2)} ms`;
   console.log(
-    `cold start benchmark, process runtime, ${rounds} rounds (${Deno.build.os}/${Deno.build.arch}, deno ${Deno.version.deno})`,
+    `cold start benchmark, ${runtime} runtime, ${rounds} rounds (${Deno.build.os}/${Deno.build.arch}, deno ${Deno.version.deno})`,
   );
   console.log(
     `(a) fresh start:        median ${f(a.median)}, p90 ${f(a.p90)} (gateway ttfb median ${
