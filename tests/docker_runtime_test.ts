@@ -12,6 +12,9 @@ import { InferxError } from "../src/common/errors.ts";
 import { dockerAvailable, DockerRuntime } from "../src/nodeagent/docker_runtime.ts";
 import type { PodSpec } from "../src/nodeagent/runtime.ts";
 import { imageExists, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
+import * as nodeagent from "../src/nodeagent/mod.ts";
+import { StateService } from "../src/statesvc/service.ts";
+import { openEmbeddedStore } from "../src/store/embedded.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"
@@ -177,6 +180,48 @@ t(
       assert.match(await again.logs("pod-adopt"), /ngram model/);
     } finally {
       await again.stop("pod-adopt");
+    }
+  },
+);
+
+t(
+  "a node agent on Docker removes a running container of its scope that no pod record claims",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const leftover = new DockerRuntime({ scope });
+    await leftover.start(spec("pod-orphan"));
+    const store = await openEmbeddedStore();
+    const handle = await nodeagent.start({
+      meta: new StateService(store),
+      node: {
+        name: "n1",
+        address: "127.0.0.1",
+        cpuMillis: 2000,
+        memMB: 2048,
+        gpus: [],
+        contextOverheadMB: 0,
+        standbyTiers: [],
+        runtime: "docker",
+        ready: true,
+        heartbeat: 0,
+      },
+      scope,
+    });
+    try {
+      assert.equal(handle.runtime, "docker");
+      const deadline = Date.now() + 15_000;
+      while (true) {
+        const gone = await docker.getContainer("inferx-pod-orphan").inspect().then(
+          () => false,
+          () => true,
+        );
+        if (gone) break;
+        assert.ok(Date.now() < deadline, "the orphan container was not removed");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      await handle.stop();
+      await store.close();
     }
   },
 );
