@@ -131,7 +131,7 @@ export async function loadNodeConfig(path: string): Promise<NodeInfo> {
   const c = r.data;
   return {
     name: Deno.env.get("NODE_NAME") ?? c.name,
-    address: c.address,
+    address: Deno.env.get("NODE_ADDRESS") ?? c.address,
     cpuMillis: c.cpuMillis === "auto" ? navigator.hardwareConcurrency * 1000 : c.cpuMillis,
     memMB: c.memMB === "auto" ? Math.floor(Deno.systemMemoryInfo().total / 1048576) : c.memMB,
     gpus: c.gpus,
