@@ -9,17 +9,10 @@
  * Run: `deno run -A bench/cold_start.ts [rounds] [process|docker]` (10, process).
  */
 import { eventually, request, startPlatform } from "../tests/helpers.ts";
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 const rounds = Number(Deno.args[0] ?? 10);
 const runtime = Deno.args[1] ?? "process";
-const LM = [
-  "deno",
-  "run",
-  "--allow-net",
-  "--allow-read",
-  "--allow-env",
-  "src/samples/ngram/server.ts",
-];
 const p = await startPlatform({ LOG_LEVEL: "warning", INFERX_RUNTIME: runtime });
 
 async function ttfb(
@@ -65,7 +58,7 @@ try {
       object: {
         spec: {
           image: "inferx/ngram:latest",
-          commands: LM,
+          commands: NGRAM_COMMANDS,
           resources: { CPU: 250, Mem: 128 },
           policy: { Obj: { scalein_timeout: 0.2, standby_per_node: standby } },
         },

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { rng } from "../src/common/random.ts";
 
 /** What the simulator knows of one function. */
 export interface SimFunction {
@@ -37,17 +38,7 @@ export interface Trace {
   durationMs: number;
 }
 
-/** A seeded PRNG (mulberry32): uniform in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 /** A standard normal draw (Box-Muller). */
 export function normal(rand: () => number): number {

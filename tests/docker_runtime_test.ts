@@ -11,7 +11,7 @@ import Docker from "dockerode";
 import { InferxError } from "../src/common/errors.ts";
 import { dockerAvailable, DockerRuntime } from "../src/nodeagent/docker_runtime.ts";
 import type { PodSpec } from "../src/nodeagent/runtime.ts";
-import { imageExists, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
+import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
 import * as nodeagent from "../src/nodeagent/mod.ts";
 import { StateService } from "../src/statesvc/service.ts";
 import { openEmbeddedStore } from "../src/store/embedded.ts";
@@ -24,16 +24,8 @@ const reason = !(await dockerAvailable())
 if (reason) console.log(`skipping the Docker runtime tests: ${reason}`);
 
 const docker = new Docker({ socketPath: "/var/run/docker.sock" });
-const LM = [
-  "deno",
-  "run",
-  "--allow-net",
-  "--allow-read",
-  "--allow-env",
-  "src/samples/ngram/server.ts",
-];
 
-function spec(podId: string, commands = LM): PodSpec {
+function spec(podId: string, commands = NGRAM_COMMANDS): PodSpec {
   return {
     podId,
     func: "t/n/lm",

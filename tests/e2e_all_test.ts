@@ -5,15 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { eventually, type Json, type Platform, request, startPlatform } from "./helpers.ts";
-
-const LM_COMMANDS = [
-  "deno",
-  "run",
-  "--allow-net",
-  "--allow-read",
-  "--allow-env",
-  "src/samples/ngram/server.ts",
-];
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 function fn(name: string, spec: Record<string, unknown>, revision?: number) {
   return {
@@ -32,7 +24,7 @@ async function register(p: Platform) {
       { type: "tenant", tenant: "system", namespace: "system", name: "public", object: {} },
       { type: "namespace", tenant: "public", namespace: "system", name: "demo", object: {} },
       fn("lm", {
-        commands: LM_COMMANDS,
+        commands: NGRAM_COMMANDS,
         resources: { CPU: 500, Mem: 256 },
         policy: { Obj: { max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 } },
       }),
@@ -111,7 +103,7 @@ Deno.test({
         const cur = await request(`${p.url}/object/function/public/demo/lm`);
         const upd = await request(`${p.url}/object/`, {
           body: fn("lm", {
-            commands: LM_COMMANDS,
+            commands: NGRAM_COMMANDS,
             resources: { CPU: 500, Mem: 256 },
             policy: {
               Obj: { min_replica: 1, max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 },
@@ -225,7 +217,7 @@ Deno.test({
       const r = await request(`${p.url}/object/`, {
         method: "PUT",
         body: fn("parked", {
-          commands: LM_COMMANDS,
+          commands: NGRAM_COMMANDS,
           resources: { CPU: 500, Mem: 256 },
           policy: { Obj: { scalein_timeout: 0.3, standby_per_node: 1 } },
         }),

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { freePort } from "../src/nodeagent/process_runtime.ts";
 import { etcdUnavailable, startEtcd } from "../src/store/etcd_server.ts";
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import {
   eventually,
   type Json,
@@ -20,15 +21,6 @@ import {
 
 const missing = etcdUnavailable();
 if (missing) console.log(`skipping the distributed end-to-end test: ${missing}`);
-
-const LM = [
-  "deno",
-  "run",
-  "--allow-net",
-  "--allow-read",
-  "--allow-env",
-  "src/samples/ngram/server.ts",
-];
 
 Deno.test({
   name:
@@ -146,7 +138,7 @@ Deno.test({
           object: {
             spec: {
               image: "inferx/ngram",
-              commands: LM,
+              commands: NGRAM_COMMANDS,
               resources: {
                 CPU: 300,
                 Mem: 128,

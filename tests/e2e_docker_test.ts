@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { dockerAvailable } from "../src/nodeagent/docker_runtime.ts";
-import { imageExists, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
+import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
 import { eventually, type Json, request, startPlatform } from "./helpers.ts";
 
 const reason = !(await dockerAvailable())
@@ -34,14 +34,7 @@ Deno.test({
         object: {
           spec: {
             image: NGRAM_IMAGE,
-            commands: [
-              "deno",
-              "run",
-              "--allow-net",
-              "--allow-read",
-              "--allow-env",
-              "src/samples/ngram/server.ts",
-            ],
+            commands: NGRAM_COMMANDS,
             endpoint: { port: 8000, probe: "/health" },
             resources: { CPU: 500, Mem: 256 },
             policy: { Obj: { scalein_timeout: 0.5, standby_per_node: 1 } },

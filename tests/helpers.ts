@@ -90,51 +90,12 @@ export async function startPlatform(
 ): Promise<Platform> {
   const port = freePort();
   const dir = dataDir ?? await Deno.makeTempDir({ prefix: "inferx-e2e-" });
-  const proc = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN],
-    env: {
-      GATEWAY_PORT: String(port),
-      INFERX_DATA_DIR: dir,
-      INFERX_SAMPLES: "none",
-      INFERX_RUNTIME: "process",
-      ...env,
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const pump = async (s: ReadableStream<Uint8Array>) => {
-    for await (const t of s.pipeThrough(new TextDecoderStream())) out += t;
-  };
-  const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 30_000;
-  while (true) {
-    try {
-      const r = await fetch(`${url}/health`);
-      await r.body?.cancel();
-      if (r.ok) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) {
-      proc.kill("SIGKILL");
-      throw new Error(`platform did not start in 30 s:\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    url,
-    dataDir: dir,
-    proc,
-    output: () => out,
-    async stop() {
-      proc.kill("SIGTERM");
-      const status = await proc.status;
-      await pumps;
-      return status;
-    },
-  };
+  const role = await spawnRole(
+    { GATEWAY_PORT: String(port), INFERX_DATA_DIR: dir, ...env },
+    async () => (await fetch(`${url}/health`).then((r) => (r.body?.cancel(), r.ok))),
+  );
+  return { url, dataDir: dir, proc: role.proc, output: role.output, stop: role.stop };
 }
 
 /** A parsed JSON answer; tests read arbitrary answers field by field. */

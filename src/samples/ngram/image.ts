@@ -10,6 +10,16 @@
 /** The tag the sample function's spec names. */
 export const NGRAM_IMAGE = "inferx/ngram:latest";
 
+/** The command that serves the sample model, from the repository root or the image's /app. */
+export const NGRAM_COMMANDS = [
+  "deno",
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-env",
+  "src/samples/ngram/server.ts",
+];
+
 async function run(
   cmd: string,
   args: string[],
@@ -55,10 +65,19 @@ export async function buildNgramImage(tag = NGRAM_IMAGE): Promise<void> {
       await Deno.mkdir(`${root}${dir}`, { recursive: true });
       await Deno.copyFile(await Deno.realPath(lib[1]), `${root}${lib[1]}`);
     }
-    const app = `${root}/app/src/samples/ngram`;
-    await Deno.mkdir(app, { recursive: true });
-    for (const f of ["server.ts", "model.ts", "weights.bin"]) {
-      await Deno.copyFile(new URL(`./${f}`, import.meta.url).pathname, `${app}/${f}`);
+    // The server's local module graph, and its weights, under /app.
+    const repo = new URL("../../../", import.meta.url).pathname;
+    const server = new URL("./server.ts", import.meta.url).pathname;
+    const graph = JSON.parse(await run(deno, ["info", "--json", server])) as {
+      modules: { specifier: string }[];
+    };
+    const files = graph.modules.map((m) => m.specifier).filter((s) => s.startsWith("file://"))
+      .map((s) => new URL(s).pathname);
+    files.push(new URL("./weights.bin", import.meta.url).pathname);
+    for (const f of files) {
+      const rel = f.slice(repo.length);
+      await Deno.mkdir(`${root}/app/${rel.slice(0, rel.lastIndexOf("/"))}`, { recursive: true });
+      await Deno.copyFile(f, `${root}/app/${rel}`);
     }
     const tar = new Deno.Command("tar", { args: ["-C", root, "-c", "."], stdout: "piped" }).spawn();
     await run("docker", [

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { rng } from "../../common/random.ts";
+
 const MAGIC = 0x474e5849; // "IXNG" little-endian
 const FORMAT_VERSION = 1;
 
@@ -126,7 +128,7 @@ export class NgramModel {
    * greedy. Stops early when the output ends with one of `stop`.
    */
   *generate(prompt: string, options: GenerateOptions): Generator<string> {
-    const rand = mulberry32(options.seed ?? (Math.random() * 2 ** 32) >>> 0);
+    const rand = rng(options.seed ?? (Math.random() * 2 ** 32) >>> 0);
     let history = [...prompt.normalize("NFC")].slice(-(this.order - 1));
     let out = "";
     for (let i = 0; i < options.maxTokens; i++) {
@@ -177,15 +179,4 @@ export interface GenerateOptions {
   /** Fixes the sampling sequence. @default random */
   seed?: number;
   stop?: string[];
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
