@@ -1,0 +1,255 @@
+/**
+ * The CUDA driver through `Deno.dlopen("libcuda.so.1")`: device discovery
+ * and the driver's process checkpoint API (lock, checkpoint GPU memory into
+ * host memory, restore, unlock). A missing library or symbol is an absent
+ * capability, never a crash; every failing call throws a
+ * {@linkcode CudaError} carrying the `CUresult` name.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+
+/** `CUresult` values the platform meets, by name. */
+export const CU_RESULT_NAMES: Readonly<Record<number, string>> = {
+  0: "CUDA_SUCCESS",
+  1: "CUDA_ERROR_INVALID_VALUE",
+  2: "CUDA_ERROR_OUT_OF_MEMORY",
+  3: "CUDA_ERROR_NOT_INITIALIZED",
+  4: "CUDA_ERROR_DEINITIALIZED",
+  100: "CUDA_ERROR_NO_DEVICE",
+  101: "CUDA_ERROR_INVALID_DEVICE",
+  401: "CUDA_ERROR_ILLEGAL_STATE",
+  500: "CUDA_ERROR_NOT_FOUND",
+  600: "CUDA_ERROR_NOT_READY",
+  800: "CUDA_ERROR_NOT_PERMITTED",
+  801: "CUDA_ERROR_NOT_SUPPORTED",
+  909: "CUDA_ERROR_TIMEOUT",
+  999: "CUDA_ERROR_UNKNOWN",
+};
+
+/** A CUDA driver call failed. */
+export class CudaError extends InferxError {
+  readonly result: number;
+  readonly resultName: string;
+  constructor(call: string, result: number) {
+    const name = CU_RESULT_NAMES[result] ?? `CUresult ${result}`;
+    super("internal", `${call} failed: ${name}`, {
+      retryable: result === 600 || result === 909,
+      details: { result, resultName: name },
+    });
+    this.name = "CudaError";
+    this.result = result;
+    this.resultName = name;
+  }
+}
+
+/** A CUDA process's checkpoint state (`CUprocessState`). */
+export type CudaProcessState =
+  | "running"
+  | "locked"
+  | "checkpointed"
+  | "failed"
+  | `unknown(${number})`;
+
+const STATES: readonly CudaProcessState[] = ["running", "locked", "checkpointed", "failed"];
+
+/** One GPU as the driver reports it. */
+export interface CudaDevice {
+  ordinal: number;
+  name: string;
+  totalMemMB: number;
+  /** `GPU-xxxxxxxx-xxxx-...` as nvidia-smi prints it. */
+  uuid: string;
+}
+
+const CORE = {
+  cuInit: { parameters: ["u32"], result: "i32" },
+  cuDriverGetVersion: { parameters: ["buffer"], result: "i32" },
+  cuDeviceGetCount: { parameters: ["buffer"], result: "i32" },
+  cuDeviceGet: { parameters: ["buffer", "i32"], result: "i32" },
+  cuDeviceGetName: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  cuDeviceTotalMem_v2: { parameters: ["buffer", "i32"], result: "i32" },
+  cuDeviceGetUuid: { parameters: ["buffer", "i32"], result: "i32" },
+} as const;
+
+const CHECKPOINT = {
+  cuCheckpointProcessGetState: { parameters: ["i32", "buffer"], result: "i32", optional: true },
+  cuCheckpointProcessLock: { parameters: ["i32", "buffer"], result: "i32", optional: true },
+  cuCheckpointProcessCheckpoint: { parameters: ["i32", "buffer"], result: "i32", optional: true },
+  cuCheckpointProcessRestore: { parameters: ["i32", "buffer"], result: "i32", optional: true },
+  cuCheckpointProcessUnlock: { parameters: ["i32", "buffer"], result: "i32", optional: true },
+  cuCheckpointProcessGetRestoreThreadId: {
+    parameters: ["i32", "buffer"],
+    result: "i32",
+    optional: true,
+  },
+} as const;
+
+const SYMBOLS = { ...CORE, ...CHECKPOINT } as const;
+
+type Lib = Deno.DynamicLibrary<typeof SYMBOLS>;
+
+/** What opening the driver gave: the library, or why there is none. */
+export type OpenResult = { cuda: LibCuda; reason?: undefined } | {
+  cuda?: undefined;
+  reason: string;
+};
+
+/**
+ * Opens the driver (`INFERX_LIBCUDA` or `libcuda.so.1`) and initialises it.
+ * Never throws: a missing library, symbol or device is a `reason`.
+ */
+export function openLibCuda(path = Deno.env.get("INFERX_LIBCUDA") ?? "libcuda.so.1"): OpenResult {
+  let lib: Lib;
+  try {
+    lib = Deno.dlopen(path, SYMBOLS);
+  } catch (err) {
+    return { reason: `Cannot load ${path}: ${(err as Error).message}` };
+  }
+  const cuda = new LibCuda(lib);
+  try {
+    cuda.init();
+  } catch (err) {
+    cuda.close();
+    return { reason: `Cannot initialise the CUDA driver: ${(err as Error).message}` };
+  }
+  return { cuda };
+}
+
+/** An opened, initialised CUDA driver. */
+export class LibCuda {
+  #lib: Lib;
+
+  constructor(lib: Lib) {
+    this.#lib = lib;
+  }
+
+  /** Whether the driver has the process checkpoint API (driver 550+). */
+  get hasCheckpointApi(): boolean {
+    return Object.keys(CHECKPOINT).every((k) =>
+      this.#lib.symbols[k as keyof typeof CHECKPOINT] !== null
+    );
+  }
+
+  #check(call: string, result: number): void {
+    if (result !== 0) throw new CudaError(call, result);
+  }
+
+  /** `cuInit(0)`. */
+  init(): void {
+    this.#check("cuInit", this.#lib.symbols.cuInit(0));
+  }
+
+  /** The driver's CUDA version, e.g. 12080 for 12.8. */
+  driverVersion(): number {
+    const v = new Int32Array(1);
+    this.#check("cuDriverGetVersion", this.#lib.symbols.cuDriverGetVersion(v));
+    return v[0];
+  }
+
+  /** Every GPU: name, memory and UUID. */
+  devices(): CudaDevice[] {
+    const count = new Int32Array(1);
+    this.#check("cuDeviceGetCount", this.#lib.symbols.cuDeviceGetCount(count));
+    const out: CudaDevice[] = [];
+    for (let ordinal = 0; ordinal < count[0]; ordinal++) {
+      const dev = new Int32Array(1);
+      this.#check("cuDeviceGet", this.#lib.symbols.cuDeviceGet(dev, ordinal));
+      const name = new Uint8Array(256);
+      this.#check("cuDeviceGetName", this.#lib.symbols.cuDeviceGetName(name, name.length, dev[0]));
+      const mem = new BigUint64Array(1);
+      this.#check("cuDeviceTotalMem_v2", this.#lib.symbols.cuDeviceTotalMem_v2(mem, dev[0]));
+      const uuid = new Uint8Array(16);
+      this.#check("cuDeviceGetUuid", this.#lib.symbols.cuDeviceGetUuid(uuid, dev[0]));
+      const end = name.indexOf(0);
+      out.push({
+        ordinal,
+        name: new TextDecoder().decode(name.subarray(0, end < 0 ? name.length : end)),
+        totalMemMB: Number(mem[0] / 1048576n),
+        uuid: formatUuid(uuid),
+      });
+    }
+    return out;
+  }
+
+  #checkpointCall(
+    name: keyof typeof CHECKPOINT,
+  ): (pid: number, arg: Uint8Array | Int32Array | null) => number {
+    const fn = this.#lib.symbols[name];
+    if (!fn) {
+      throw new InferxError(
+        "unsupported",
+        `${name} is missing: this driver has no process checkpoint API`,
+      );
+    }
+    return fn as (pid: number, arg: Uint8Array | Int32Array | null) => number;
+  }
+
+  /** The checkpoint state of process `pid`. */
+  processState(pid: number): CudaProcessState {
+    const s = new Int32Array(1);
+    this.#check(
+      "cuCheckpointProcessGetState",
+      this.#checkpointCall("cuCheckpointProcessGetState")(pid, s),
+    );
+    return STATES[s[0]] ?? `unknown(${s[0]})`;
+  }
+
+  /** Locks the process's CUDA calls; waits up to `timeoutMs` (0: no limit). */
+  lock(pid: number, timeoutMs = 0): void {
+    // CUcheckpointLockArgs: unsigned int timeoutMs, reserved0; cuuint64_t reserved1[7].
+    const args = new Uint8Array(64);
+    new DataView(args.buffer).setUint32(0, timeoutMs, true);
+    this.#check(
+      "cuCheckpointProcessLock",
+      this.#checkpointCall("cuCheckpointProcessLock")(pid, args),
+    );
+  }
+
+  /** Moves a locked process's GPU memory into its host memory and frees the GPU. */
+  checkpoint(pid: number): void {
+    this.#check(
+      "cuCheckpointProcessCheckpoint",
+      this.#checkpointCall("cuCheckpointProcessCheckpoint")(pid, null),
+    );
+  }
+
+  /** Copies a checkpointed process's memory back to the GPU; it stays locked. */
+  restore(pid: number): void {
+    this.#check(
+      "cuCheckpointProcessRestore",
+      this.#checkpointCall("cuCheckpointProcessRestore")(pid, null),
+    );
+  }
+
+  /** Lets a locked process call CUDA again. */
+  unlock(pid: number): void {
+    this.#check(
+      "cuCheckpointProcessUnlock",
+      this.#checkpointCall("cuCheckpointProcessUnlock")(pid, null),
+    );
+  }
+
+  /** The thread id of the process's CUDA restore thread. */
+  restoreThreadId(pid: number): number {
+    const tid = new Int32Array(1);
+    this.#check(
+      "cuCheckpointProcessGetRestoreThreadId",
+      this.#checkpointCall("cuCheckpointProcessGetRestoreThreadId")(pid, tid),
+    );
+    return tid[0];
+  }
+
+  /** Unloads the library. */
+  close(): void {
+    this.#lib.close();
+  }
+}
+
+/** Formats 16 UUID bytes as the driver's tools do: `GPU-8-4-4-4-12` hex. */
+export function formatUuid(b: Uint8Array): string {
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `GPU-${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${
+    h.slice(20)
+  }`;
+}

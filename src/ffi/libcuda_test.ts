@@ -1,0 +1,129 @@
+import assert from "node:assert/strict";
+import { CudaError, formatUuid, openLibCuda } from "./libcuda.ts";
+
+const SOURCE = new URL("./testdata/fake_libcuda.c", import.meta.url).pathname;
+
+function gccMissing(): string | undefined {
+  try {
+    return new Deno.Command("gcc", { args: ["--version"], stdout: "null", stderr: "null" })
+        .outputSync().success
+      ? undefined
+      : "gcc does not run";
+  } catch {
+    return "gcc is not installed";
+  }
+}
+const missing = gccMissing();
+if (missing) console.log(`skipping the libcuda FFI tests: ${missing}`);
+
+async function buildFake(defines: string[] = []): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "fake-libcuda-" });
+  const out = `${dir}/libcuda.so.1`;
+  const r = await new Deno.Command("gcc", {
+    args: ["-shared", "-fPIC", "-O1", ...defines, "-o", out, SOURCE],
+  }).output();
+  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
+  return out;
+}
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, ignore: missing !== undefined, fn });
+
+t(
+  "openLibCuda() discovers GPUs: names, memory and UUIDs cross the FFI boundary intact",
+  async () => {
+    const { cuda, reason } = openLibCuda(await buildFake());
+    assert.ok(cuda, reason);
+    try {
+      assert.equal(cuda.driverVersion(), 12080);
+      assert.equal(cuda.hasCheckpointApi, true);
+      assert.deepEqual(cuda.devices(), [
+        {
+          ordinal: 0,
+          name: "Fake H100 80GB HBM3",
+          totalMemMB: 81559,
+          uuid: "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f",
+        },
+        {
+          ordinal: 1,
+          name: "Fake H100 80GB HBM3",
+          totalMemMB: 81559,
+          uuid: "GPU-10111213-1415-1617-1819-1a1b1c1d1e1f",
+        },
+      ]);
+    } finally {
+      cuda.close();
+    }
+  },
+);
+
+t("the checkpoint API walks running, locked, checkpointed and back", async () => {
+  const { cuda } = openLibCuda(await buildFake());
+  assert.ok(cuda);
+  try {
+    const pid = 4321;
+    assert.equal(cuda.processState(pid), "running");
+    cuda.lock(pid, 7000);
+    assert.equal(cuda.processState(pid), "locked");
+    assert.equal(cuda.restoreThreadId(pid), pid + 7000, "the lock timeout reached the driver");
+    cuda.checkpoint(pid);
+    assert.equal(cuda.processState(pid), "checkpointed");
+    cuda.restore(pid);
+    assert.equal(cuda.processState(pid), "locked");
+    cuda.unlock(pid);
+    assert.equal(cuda.processState(pid), "running");
+  } finally {
+    cuda.close();
+  }
+});
+
+t("checkpoint calls out of order or on bad pids fail with the CUresult name", async () => {
+  const { cuda } = openLibCuda(await buildFake());
+  assert.ok(cuda);
+  try {
+    const cases: [() => void, string][] = [
+      [() => cuda.checkpoint(77), "CUDA_ERROR_ILLEGAL_STATE"], // running, not locked
+      [() => cuda.unlock(78), "CUDA_ERROR_ILLEGAL_STATE"],
+      [() => cuda.restore(79), "CUDA_ERROR_ILLEGAL_STATE"],
+      [() => cuda.lock(0), "CUDA_ERROR_INVALID_VALUE"],
+      [() => cuda.processState(424242), "CUDA_ERROR_NOT_FOUND"],
+    ];
+    for (const [call, name] of cases) {
+      assert.throws(call, (err: unknown) => {
+        assert.ok(err instanceof CudaError);
+        assert.equal(err.resultName, name);
+        assert.match(err.message, new RegExp(name));
+        return true;
+      });
+    }
+    cuda.lock(80);
+    assert.throws(() => cuda.lock(80), /cuCheckpointProcessLock failed: CUDA_ERROR_ILLEGAL_STATE/);
+  } finally {
+    cuda.close();
+  }
+});
+
+t("a driver without the checkpoint API is a missing capability, not a crash", async () => {
+  const { cuda } = openLibCuda(await buildFake(["-DNO_CHECKPOINT"]));
+  assert.ok(cuda);
+  try {
+    assert.equal(cuda.hasCheckpointApi, false);
+    assert.equal(cuda.devices().length, 2);
+    assert.throws(() => cuda.lock(1), /no process checkpoint API/);
+  } finally {
+    cuda.close();
+  }
+});
+
+Deno.test("openLibCuda() reports a missing library as a reason", () => {
+  const r = openLibCuda("/nonexistent/libcuda.so.1");
+  assert.equal(r.cuda, undefined);
+  assert.match(r.reason!, /Cannot load \/nonexistent\/libcuda\.so\.1/);
+});
+
+Deno.test("formatUuid() prints the driver's GPU- form", () => {
+  assert.equal(
+    formatUuid(new Uint8Array(16).fill(0xab)),
+    "GPU-abababab-abab-abab-abab-abababababab",
+  );
+});

@@ -1,0 +1,114 @@
+/*
+ * A stand-in for libcuda.so.1 for the FFI tests: two fake GPUs and the
+ * process checkpoint API's state machine with its error codes
+ * (RUNNING -> lock -> LOCKED -> checkpoint -> CHECKPOINTED -> restore ->
+ * LOCKED -> unlock -> RUNNING; anything else is CUDA_ERROR_ILLEGAL_STATE).
+ * Build with -DNO_CHECKPOINT for a driver without the checkpoint API.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum {
+  SUCCESS = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
+  ILLEGAL_STATE = 401, NOT_FOUND = 500
+};
+enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2 };
+
+static int initialized = 0;
+static int pids[64];
+static int states[64];
+static unsigned int last_lock_timeout = 0;
+
+int cuInit(unsigned int flags) {
+  if (flags != 0) return INVALID_VALUE;
+  initialized = 1;
+  return SUCCESS;
+}
+int cuDriverGetVersion(int *v) {
+  if (!v) return INVALID_VALUE;
+  *v = 12080;
+  return SUCCESS;
+}
+int cuDeviceGetCount(int *n) {
+  if (!initialized) return NOT_INITIALIZED;
+  *n = 2;
+  return SUCCESS;
+}
+int cuDeviceGet(int *dev, int ordinal) {
+  if (!initialized) return NOT_INITIALIZED;
+  if (ordinal < 0 || ordinal > 1) return INVALID_DEVICE;
+  *dev = ordinal;
+  return SUCCESS;
+}
+int cuDeviceGetName(char *name, int len, int dev) {
+  if (dev < 0 || dev > 1) return INVALID_DEVICE;
+  strncpy(name, "Fake H100 80GB HBM3", (size_t)len);
+  return SUCCESS;
+}
+int cuDeviceTotalMem_v2(size_t *bytes, int dev) {
+  if (dev < 0 || dev > 1) return INVALID_DEVICE;
+  *bytes = (size_t)81559 * 1024 * 1024;
+  return SUCCESS;
+}
+int cuDeviceGetUuid(unsigned char *uuid, int dev) {
+  if (dev < 0 || dev > 1) return INVALID_DEVICE;
+  for (int i = 0; i < 16; i++) uuid[i] = (unsigned char)(dev * 16 + i);
+  return SUCCESS;
+}
+
+#ifndef NO_CHECKPOINT
+/* Processes are known once they appear; pid 0 and below are invalid, pid 424242 is unknown. */
+static int *state_of(int pid) {
+  if (pid == 424242) return NULL;
+  for (int i = 0; i < 64; i++) if (pids[i] == pid) return &states[i];
+  for (int i = 0; i < 64; i++) if (pids[i] == 0) { pids[i] = pid; states[i] = RUNNING; return &states[i]; }
+  return NULL;
+}
+#define PROLOGUE \
+  if (!initialized) return NOT_INITIALIZED; \
+  if (pid <= 0) return INVALID_VALUE; \
+  int *s = state_of(pid); \
+  if (!s) return NOT_FOUND;
+
+int cuCheckpointProcessGetState(int pid, int *state) {
+  PROLOGUE
+  *state = *s;
+  return SUCCESS;
+}
+int cuCheckpointProcessLock(int pid, void *args) {
+  PROLOGUE
+  if (*s != RUNNING) return ILLEGAL_STATE;
+  if (args) memcpy(&last_lock_timeout, args, sizeof last_lock_timeout);
+  *s = LOCKED;
+  return SUCCESS;
+}
+int cuCheckpointProcessCheckpoint(int pid, void *args) {
+  (void)args;
+  PROLOGUE
+  if (*s != LOCKED) return ILLEGAL_STATE;
+  *s = CHECKPOINTED;
+  return SUCCESS;
+}
+int cuCheckpointProcessRestore(int pid, void *args) {
+  (void)args;
+  PROLOGUE
+  if (*s != CHECKPOINTED) return ILLEGAL_STATE;
+  *s = LOCKED;
+  return SUCCESS;
+}
+int cuCheckpointProcessUnlock(int pid, void *args) {
+  (void)args;
+  PROLOGUE
+  if (*s != LOCKED) return ILLEGAL_STATE;
+  *s = RUNNING;
+  return SUCCESS;
+}
+int cuCheckpointProcessGetRestoreThreadId(int pid, int *tid) {
+  PROLOGUE
+  /* The fake's restore thread id echoes the last lock timeout, so the test
+     can see that the lock arguments crossed the FFI boundary intact. */
+  *tid = pid + (int)last_lock_timeout;
+  return SUCCESS;
+}
+#endif
