@@ -64,6 +64,11 @@ Deno.test({
       assert.equal(big.CUDA_VISIBLE_DEVICES, "0,1");
       assert.equal(big.NVIDIA_VISIBLE_DEVICES, "0,1");
       assert.equal(big.INFERX_VRAM_MB, "60000");
+      const [node] = (await request(`${p.url}/nodes`)).body;
+      assert.equal(node.gpuDriver.available, false, "no CUDA driver on this machine");
+      assert.match(node.gpuDriver.reason, /libcuda/);
+      assert.equal(typeof node.criu.available, "boolean");
+      if (!node.criu.available) assert.match(node.criu.reason, /criu/i);
       const pods = (await request(`${p.url}/pods/gpu/lab/big`)).body;
       assert.deepEqual(pods[0].gpus, [{ index: 0, vramMB: 60000 }, { index: 1, vramMB: 60000 }]);
     } finally {

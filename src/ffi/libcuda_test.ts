@@ -1,30 +1,10 @@
 import assert from "node:assert/strict";
 import { CudaError, formatUuid, openLibCuda } from "./libcuda.ts";
+import { buildFakeLibCuda, fakeLibCudaUnavailable } from "./testing.ts";
 
-const SOURCE = new URL("./testdata/fake_libcuda.c", import.meta.url).pathname;
-
-function gccMissing(): string | undefined {
-  try {
-    return new Deno.Command("gcc", { args: ["--version"], stdout: "null", stderr: "null" })
-        .outputSync().success
-      ? undefined
-      : "gcc does not run";
-  } catch {
-    return "gcc is not installed";
-  }
-}
-const missing = gccMissing();
+const missing = fakeLibCudaUnavailable();
 if (missing) console.log(`skipping the libcuda FFI tests: ${missing}`);
-
-async function buildFake(defines: string[] = []): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "fake-libcuda-" });
-  const out = `${dir}/libcuda.so.1`;
-  const r = await new Deno.Command("gcc", {
-    args: ["-shared", "-fPIC", "-O1", ...defines, "-o", out, SOURCE],
-  }).output();
-  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
-  return out;
-}
+const buildFake = buildFakeLibCuda;
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, ignore: missing !== undefined, fn });

@@ -49,6 +49,15 @@ export const NodeInfoSchema = z.object({
   runtime: z.string().default("process"),
   /** `host:port` of the agent's `NodeAgentService`, when it serves one. */
   agentAddr: z.string().optional(),
+  /** What the CUDA driver offers here, or why it is absent. */
+  gpuDriver: z.object({
+    available: z.boolean(),
+    reason: z.string().optional(),
+    driverVersion: z.int().optional(),
+    checkpointApi: z.boolean().optional(),
+  }).optional(),
+  /** Whether CRIU can checkpoint processes here, or why not. */
+  criu: z.object({ available: z.boolean(), reason: z.string().optional() }).optional(),
   ready: z.boolean().default(true),
   /** Milliseconds since the epoch of the last heartbeat. */
   heartbeat: z.number().default(0),

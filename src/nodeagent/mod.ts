@@ -7,6 +7,9 @@ import type { NodeInfo } from "../model/cluster.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import { criuCapability } from "../ffi/criu.ts";
+import { openLibCuda } from "../ffi/libcuda.ts";
 import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodRuntime } from "./runtime.ts";
@@ -23,6 +26,62 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   workDir?: string;
   /** Identifies this agent's workers across restarts (node name and data directory). */
   scope?: string;
+  /** Where the CRIU capability check writes its log. @default a temporary directory */
+  criuDir?: string;
+}
+
+/** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
+export function gpuType(name: string): string {
+  const m = name.match(/\b(B200|H200|H100|A100|A10G|A10|L40S|L40|L4|T4|V100|RTX ?\w+)\b/i);
+  return m ? m[1].toUpperCase().replace(" ", "") : name;
+}
+
+/**
+ * Fills in what the node really has: GPUs from the CUDA driver (else those
+ * node.json declares), and whether the driver's checkpoint API and CRIU
+ * work here, with the reason when not.
+ */
+export async function discover(node: NodeInfo, criuDir?: string): Promise<NodeInfo> {
+  const out: NodeInfo = { ...node };
+  const { cuda, reason } = openLibCuda();
+  if (cuda) {
+    try {
+      const devices = cuda.devices();
+      out.gpuDriver = {
+        available: true,
+        driverVersion: cuda.driverVersion(),
+        checkpointApi: cuda.hasCheckpointApi,
+      };
+      if (devices.length) {
+        out.gpus = devices.map((d) => ({
+          index: d.ordinal,
+          type: gpuType(d.name),
+          vramMB: d.totalMemMB,
+          uuid: d.uuid,
+        }));
+      }
+    } catch (err) {
+      out.gpuDriver = { available: false, reason: (err as Error).message };
+    } finally {
+      cuda.close();
+    }
+  } else out.gpuDriver = { available: false, reason };
+  const dir = criuDir ?? await Deno.makeTempDir({ prefix: "inferx-criu-" });
+  out.criu = await criuCapability(dir);
+  if (!criuDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  logger("nodeagent").info(
+    "Node {node}: {gpus} GPU(s) ({source}); CUDA driver: {driver}; CRIU: {criu}",
+    {
+      node: node.name,
+      gpus: out.gpus.length,
+      source: cuda && out.gpus !== node.gpus ? "libcuda" : "node.json",
+      driver: out.gpuDriver.available
+        ? `version ${out.gpuDriver.driverVersion}`
+        : out.gpuDriver.reason,
+      criu: out.criu.available ? "available" : out.criu.reason,
+    },
+  );
+  return out;
 }
 
 /** A running node agent. */
@@ -55,7 +114,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const runtime: PodRuntime = docker
     ? new DockerRuntime({ host: config.node.address, scope, onExit })
     : new ProcessRuntime({ workDir: config.workDir, host: config.node.address, scope, onExit });
-  const node = { ...config.node, runtime: runtime.name };
+  const node = { ...(await discover(config.node, config.criuDir)), runtime: runtime.name };
   const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
   await agent.start();
   return { agent, runtime: runtime.name, stop: () => agent.stop() };
