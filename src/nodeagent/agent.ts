@@ -223,7 +223,9 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   #park(pod: PodInfo, local: LocalPod): void {
-    const tier = this.#node.standbyTiers[0];
+    const tier = pod.standbyTier && this.#node.standbyTiers.includes(pod.standbyTier)
+      ? pod.standbyTier
+      : this.#node.standbyTiers[0];
     local.phase = "parked";
     this.#runtime.park(pod.id, tier).then(
       () => this.#setStatus(pod.id, { state: "Standby", standbyTier: tier }),

@@ -111,11 +111,26 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       "Cannot use the Docker runtime: no Docker engine answers on /var/run/docker.sock",
     );
   }
+  // The driver stays open while the agent runs: the host-memory tier calls it.
+  const { cuda } = docker ? { cuda: undefined } : openLibCuda();
   const runtime: PodRuntime = docker
     ? new DockerRuntime({ host: config.node.address, scope, onExit })
-    : new ProcessRuntime({ workDir: config.workDir, host: config.node.address, scope, onExit });
+    : new ProcessRuntime({
+      workDir: config.workDir,
+      host: config.node.address,
+      scope,
+      onExit,
+      cuda,
+    });
   const node = { ...(await discover(config.node, config.criuDir)), runtime: runtime.name };
   const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
   await agent.start();
-  return { agent, runtime: runtime.name, stop: () => agent.stop() };
+  return {
+    agent,
+    runtime: runtime.name,
+    async stop() {
+      await agent.stop();
+      cuda?.close();
+    },
+  };
 }

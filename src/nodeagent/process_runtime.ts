@@ -7,6 +7,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { LogRing } from "./log_ring.ts";
+import type { LibCuda } from "../ffi/libcuda.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import {
   type AdoptedPod,
@@ -31,6 +32,10 @@ export interface ProcessRuntimeOptions {
    * can find the ones it left behind. @default "default"
    */
   scope?: string;
+  /** The CUDA driver; with its checkpoint API the host-memory tier is offered. */
+  cuda?: LibCuda;
+  /** How long to wait for a worker's CUDA calls to drain before a checkpoint (ms). @default 10000 */
+  cudaLockTimeoutMs?: number;
 }
 
 interface Child {
@@ -38,6 +43,8 @@ interface Child {
   logs: LogRing;
   stopping: boolean;
   paused: boolean;
+  /** The tier it is parked in, when parked. */
+  tier?: StandbyTier;
   exited: Promise<string>;
 }
 
@@ -77,13 +84,24 @@ export async function waitForProbe(
 /** Runs pods as processes of this host. */
 export class ProcessRuntime implements PodRuntime {
   readonly name = "process";
-  /** Paused: SIGSTOP keeps the process, its memory and any GPU memory; SIGCONT resumes it. */
-  readonly standbyTiers: readonly StandbyTier[] = ["paused"];
+  /**
+   * Paused: SIGSTOP keeps the process, its memory and any GPU memory; SIGCONT
+   * resumes it. Host memory (when the driver has the checkpoint API): the
+   * driver locks the worker's CUDA calls and moves its GPU memory into its
+   * host memory, freeing the GPU; restore and unlock bring it back.
+   */
+  readonly standbyTiers: readonly StandbyTier[];
   #children = new Map<string, Child>();
   #options: ProcessRuntimeOptions;
 
   constructor(options: ProcessRuntimeOptions = {}) {
     this.#options = options;
+    this.standbyTiers = options.cuda?.hasCheckpointApi ? ["paused", "host_memory"] : ["paused"];
+  }
+
+  /** The worker process of a pod, for tier operations and tests. */
+  pidOf(podId: string): number | undefined {
+    return this.#children.get(podId)?.proc.pid;
   }
 
   get #scope(): string {
@@ -215,16 +233,29 @@ export class ProcessRuntime implements PodRuntime {
         new InferxError("not_found", `Cannot park pod ${podId}: it is not running`),
       );
     }
-    if (tier !== "paused") {
+    if (!this.standbyTiers.includes(tier)) {
       return Promise.reject(
         new InferxError(
           "unsupported",
-          `Cannot park pod ${podId} in ${tier}: the process runtime offers paused only`,
+          `Cannot park pod ${podId} in ${tier}: this node offers ${this.standbyTiers.join(", ")}`,
         ),
       );
     }
-    child.proc.kill("SIGSTOP");
-    child.paused = true;
+    if (tier === "host_memory") {
+      const cuda = this.#options.cuda!;
+      const pid = child.proc.pid;
+      cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
+      try {
+        cuda.checkpoint(pid);
+      } catch (err) {
+        cuda.unlock(pid);
+        return Promise.reject(err);
+      }
+    } else {
+      child.proc.kill("SIGSTOP");
+      child.paused = true;
+    }
+    child.tier = tier;
     return Promise.resolve();
   }
 
@@ -235,8 +266,15 @@ export class ProcessRuntime implements PodRuntime {
         new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`),
       );
     }
-    child.proc.kill("SIGCONT");
-    child.paused = false;
+    if (child.tier === "host_memory") {
+      const cuda = this.#options.cuda!;
+      cuda.restore(child.proc.pid);
+      cuda.unlock(child.proc.pid);
+    } else {
+      child.proc.kill("SIGCONT");
+      child.paused = false;
+    }
+    child.tier = undefined;
     return Promise.resolve();
   }
 

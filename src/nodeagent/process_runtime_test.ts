@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
+import { openLibCuda } from "../ffi/libcuda.ts";
+import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 
 const ENV_SERVER = `
 Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
@@ -94,4 +96,35 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen
   await rt.stop("pod-test", 300);
   assert.ok(performance.now() - t0 >= 250);
   assert.match(await pod.exited, /SIGKILL/);
+});
+
+Deno.test({
+  name:
+    "ProcessRuntime parks a worker in host memory through the driver's checkpoint API and brings it back",
+  ignore: fakeLibCudaUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { cuda } = openLibCuda(await buildFakeLibCuda());
+    assert.ok(cuda);
+    const rt = new ProcessRuntime({ cuda });
+    assert.deepEqual(rt.standbyTiers, ["paused", "host_memory"]);
+    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+    try {
+      const pid = rt.pidOf("pod-test")!;
+      await rt.park("pod-test", "host_memory");
+      assert.equal(cuda.processState(pid), "checkpointed", "its GPU memory went to host memory");
+      await rt.resume("pod-test");
+      assert.equal(cuda.processState(pid), "running");
+      assert.equal((await fetch(`http://${pod.endpoint}/`)).status, 200);
+      await assert.rejects(rt.park("pod-test", "file"), /offers paused, host_memory/);
+    } finally {
+      await rt.stop("pod-test");
+      cuda.close();
+    }
+  },
+});
+
+Deno.test("ProcessRuntime offers only the paused tier without a checkpoint-capable driver", () => {
+  assert.deepEqual(new ProcessRuntime().standbyTiers, ["paused"]);
 });

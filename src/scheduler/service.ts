@@ -380,7 +380,7 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "parkPod":
         log.info("Parking pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
-        this.#setDesired(a.podId, "Standby");
+        this.#setDesired(a.podId, "Standby", a.tier);
         break;
       case "resumePod":
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
@@ -427,7 +427,7 @@ export class SchedulerService implements SchedulerClient {
   }
 
   /** Writes a pod's desired state (compare-and-swap, retried on conflicts); the node agent acts. */
-  #setDesired(podId: string, desired: PodInfo["desired"]): void {
+  #setDesired(podId: string, desired: PodInfo["desired"], tier?: PodInfo["standbyTier"]): void {
     const ref = this.#podRefs.get(podId);
     if (!ref) return;
     (async () => {
@@ -437,7 +437,11 @@ export class SchedulerService implements SchedulerClient {
         const pod = decodePod(cur.value);
         if (pod.desired === desired || pod.desired === "Terminated") return;
         try {
-          await this.#meta.update({ ...ref, object: { ...pod, desired }, revision: cur.revision });
+          await this.#meta.update({
+            ...ref,
+            object: { ...pod, desired, ...(tier ? { standbyTier: tier } : {}) },
+            revision: cur.revision,
+          });
           return;
         } catch (err) {
           if (!(err instanceof ConflictError)) throw err;

@@ -290,9 +290,33 @@ function canResume(state: CoreState, pod: CorePod): boolean {
   return true;
 }
 
+/** Restore bandwidth priors (MB/ms) until restores of the tier were seen: PCIe ~10 GB/s, disk ~1 GB/s. */
+const RESTORE_PRIOR = {
+  paused: () => 20,
+  host_memory: (vramMB: number) => 200 + vramMB / 10,
+  file: (vramMB: number) => 1000 + vramMB / 1,
+};
+
+/** How long resuming `pod` should take (ms): observed for its function and tier, else the prior. */
+export function expectedRestoreMs(f: CoreFunc, tier: StandbyTier): number {
+  return f.restoreMs[tier] ?? RESTORE_PRIOR[tier](f.demand.vramMB * Math.max(1, f.demand.gpuCount));
+}
+
+/**
+ * Whether resuming a parked pod beats a fresh start: yes unless a start-up
+ * has been seen and was faster than the expected restore.
+ */
+export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
+  return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
+}
+
+const ewma = (old: number | undefined, sample: number) =>
+  old === undefined ? sample : 0.7 * old + 0.3 * sample;
+
 function resume(ctx: Ctx, pod: CorePod) {
   setHeld(ctx.state, pod, ALL_HELD);
   pod.state = "Resuming";
+  pod.since = ctx.now;
   ctx.actions.push({ type: "resumePod", podId: pod.id, tier: pod.tier! });
 }
 
@@ -341,6 +365,16 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   while (need > 0) {
     const parked = parkedPod(state, f);
     if (parked) {
+      const fresh = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
+        ? undefined
+        : place(state.nodeList, f.demand);
+      if (fresh?.ok) {
+        // Starting anew is faster than this tier's restore: leave the parked pod be.
+        createPod(ctx, f, fresh.node, fresh.gpus);
+        live++;
+        need--;
+        continue;
+      }
       if (canResume(state, parked)) {
         resume(ctx, parked);
         need--;
@@ -383,7 +417,7 @@ function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gp
     memMB: f.demand.memMB,
     gpus,
   };
-  addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now);
+  addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now).since = ctx.now;
   ctx.actions.push({ type: "createPod", pod: placement });
 }
 
@@ -475,6 +509,10 @@ function onPodStatus(
   if (status === "Ready") {
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
     const resumed = pod.state === "Resuming";
+    if (f && pod.since !== undefined) {
+      if (resumed) f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], ctx.now - pod.since);
+      else f.coldStartMs = ewma(f.coldStartMs, ctx.now - pod.since);
+    }
     pod.state = "Ready";
     pod.tier = undefined;
     pod.endpoint = endpoint ?? pod.endpoint;
@@ -593,7 +631,7 @@ function onFuncUpdate(ctx: Ctx, r: FuncReport) {
   const { state } = ctx;
   let f = state.funcs.get(r.id);
   if (!f) {
-    f = { ...r, pods: new Set(), idle: new Set(), waiters: [] };
+    f = { ...r, pods: new Set(), idle: new Set(), waiters: [], restoreMs: {} };
     state.funcs.set(r.id, f);
     // Pods synced before their function (restart order) now belong to it.
     for (const p of state.pods.values()) {

@@ -445,3 +445,35 @@ Deno.test("step() drops a parked pod whose node has no room to take it back and 
   assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
   assert.equal(created(acts)[0].node, "n2");
 });
+
+Deno.test("step() starts fresh instead of resuming when the function has started faster than its tier restores", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "file"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/small", "file", { maxReplica: 2 }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/small")))[0].id;
+  d.now = 100; // started in 100 ms; a 30 GB restore from file is expected to take ~31 s
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  assert.equal(d.state.funcs.get("t/n/small")!.coldStartMs, 100);
+  assert.deepEqual(d.run({ type: "return", podId: pod, gateway: "g1" }), [
+    { type: "parkPod", podId: pod, tier: "file" },
+  ]);
+  assert.deepEqual(kinds(d.run(lease("r2", "t/n/small"))), ["createPod"]);
+});
+
+Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "paused", { maxReplica: 2 }),
+  });
+  const pod = created(d.run(lease("r1")))[0].id;
+  d.now = 5000;
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  d.now = 5012;
+  d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.paused, 12);
+});

@@ -91,6 +91,10 @@ export interface CoreFunc {
   waiters: Waiter[];
   /** Why the last placement failed, for the timeout message. */
   lastUnschedulable?: string;
+  /** Observed start-up time (ms, moving average); unknown until a pod started. */
+  coldStartMs?: number;
+  /** Observed restore time per tier (ms, moving average). */
+  restoreMs: Partial<Record<StandbyTier, number>>;
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -126,6 +130,8 @@ export interface CorePod {
   leasedAt?: number;
   /** Last time (ms) the pod was returned or became ready. */
   lastUsed: number;
+  /** When its start or resume began (ms), to learn how long those take. */
+  since?: number;
 }
 
 /** Tunables of the core. */
