@@ -1,0 +1,96 @@
+/**
+ * Warm-path benchmark: the same worker called directly and through the
+ * gateway, in one run, with the same client (keep-alive fetch, fixed
+ * concurrency, fixed duration). Prints throughput and latency for both and
+ * the ratios. DESIGN.md budget: at least 60% of direct throughput, added
+ * p50 under 0.3 ms.
+ *
+ * Run: `deno run -A bench/gateway.ts [seconds] [concurrency]` (5, 16).
+ */
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { request, startPlatform } from "../tests/helpers.ts";
+
+const seconds = Number(Deno.args[0] ?? 5);
+const concurrency = Number(Deno.args[1] ?? 16);
+const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 1, temperature: 0 });
+
+async function load(
+  url: string,
+): Promise<{ rps: number; p50: number; p99: number; errors: number }> {
+  const lat: number[] = [];
+  let errors = 0;
+  const end = performance.now() + seconds * 1000;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < end) {
+      const t0 = performance.now();
+      try {
+        const res = await fetch(url, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: BODY,
+        });
+        await res.arrayBuffer();
+        if (res.ok) lat.push(performance.now() - t0);
+        else errors++;
+      } catch {
+        errors++;
+      }
+    }
+  }));
+  lat.sort((a, b) => a - b);
+  return {
+    rps: lat.length / seconds,
+    p50: lat[Math.floor(lat.length / 2)],
+    p99: lat[Math.floor(lat.length * 0.99)],
+    errors,
+  };
+}
+
+const p = await startPlatform({ LOG_LEVEL: "warning" });
+try {
+  const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
+  await put({ type: "tenant", tenant: "system", namespace: "system", name: "bench", object: {} });
+  await put({ type: "namespace", tenant: "bench", namespace: "system", name: "gw", object: {} });
+  await put({
+    type: "function",
+    tenant: "bench",
+    namespace: "gw",
+    name: "lm",
+    object: {
+      image: "inferx/ngram:latest",
+      commands: NGRAM_COMMANDS,
+      resources: { CPU: 500, Mem: 256 },
+      policy: { Obj: { parallel: 64, max_replica: 1, scalein_timeout: 600 } },
+    },
+  });
+  const viaGateway = `${p.url}/funccall/bench/gw/lm/v1/completions`;
+  const warm = await request(viaGateway, { body: JSON.parse(BODY) });
+  if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
+  const [pod] = (await request(`${p.url}/pods/bench/gw/lm`)).body;
+  const direct = `http://${pod.endpoint}/v1/completions`;
+  await load(direct); // warm both paths
+  const d = await load(direct);
+  const g = await load(viaGateway);
+  const f = (x: number) => x.toFixed(3);
+  console.log(
+    `gateway warm-path benchmark: ${seconds} s per path, ${concurrency} concurrent, deno ${Deno.version.deno}`,
+  );
+  console.log(
+    `direct:  ${d.rps.toFixed(0)} req/s, p50 ${f(d.p50)} ms, p99 ${
+      f(d.p99)
+    } ms, ${d.errors} errors`,
+  );
+  console.log(
+    `gateway: ${g.rps.toFixed(0)} req/s, p50 ${f(g.p50)} ms, p99 ${
+      f(g.p99)
+    } ms, ${g.errors} errors`,
+  );
+  console.log(
+    `throughput ratio gateway/direct: ${(g.rps / d.rps).toFixed(3)} (target >= 0.6); added p50: ${
+      f(g.p50 - d.p50)
+    } ms (target < 0.3)`,
+  );
+} finally {
+  await p.stop();
+  await Deno.remove(p.dataDir, { recursive: true });
+}
