@@ -24,6 +24,7 @@ import { decodeStoredUserObject, userObjectToJson } from "../model/schemas.ts";
 import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { Slot } from "./func_agent.ts";
+import { HttpPool } from "./http_pool.ts";
 import {
   forwardHeaders,
   limitStream,
@@ -44,6 +45,8 @@ export interface GatewayDeps {
   bodyLimit?: number;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
+  /** Keep-alive connections to workers. @default a new pool */
+  upstream?: HttpPool;
 }
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
@@ -52,6 +55,7 @@ const MAX_ATTEMPTS = 3;
 /** Builds the gateway's Hono app; test it with `app.request()`. */
 export function createGatewayApp(deps: GatewayDeps): Hono {
   const limit = deps.bodyLimit ?? 16 * 1024 * 1024;
+  const pool = deps.upstream ?? new HttpPool();
   const app = new Hono();
 
   app.onError((err, c) => {
@@ -65,8 +69,8 @@ export function createGatewayApp(deps: GatewayDeps): Hono {
 
   app.get("/health", (c) => c.json({ status: "ok" }));
 
-  app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, deps, limit));
-  app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, deps, limit));
+  app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, deps, limit, pool));
+  app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, deps, limit, pool));
 
   app.put("/object/", async (c) => {
     const input = await readObjectInput(c, limit);
@@ -212,7 +216,12 @@ function timeoutHeader(c: Context): number | undefined {
   return s * 1000;
 }
 
-async function funccall(c: Context, deps: GatewayDeps, limit: number): Promise<Response> {
+async function funccall(
+  c: Context,
+  deps: GatewayDeps,
+  limit: number,
+  pool: HttpPool,
+): Promise<Response> {
   const t0 = performance.now();
   const { tenant, namespace, func } = c.req.param() as Record<string, string>;
   const agent = deps.cache.agent(tenant, namespace, func);
@@ -248,7 +257,14 @@ async function funccall(c: Context, deps: GatewayDeps, limit: number): Promise<R
   let upstream: Response | undefined;
   for (let attempt = 1;; attempt++) {
     try {
-      upstream = await sendUpstream(slot.worker.endpoint, pathAndQuery, req.method, headers, body);
+      upstream = await sendUpstream(
+        pool,
+        slot.worker.endpoint,
+        pathAndQuery,
+        req.method,
+        headers,
+        body,
+      );
     } catch (err) {
       if (!(err instanceof UpstreamUnreachable)) {
         agent.release(slot);

@@ -9,6 +9,7 @@ import { logger } from "../common/log.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, type GatewayDeps } from "./app.ts";
 import { FuncCache } from "./func_cache.ts";
+import { HttpPool } from "./http_pool.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
 export { FuncCache } from "./func_cache.ts";
@@ -41,9 +42,11 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const gatewayId = newId("gw", 4);
   const cache = new FuncCache({ scheduler: config.scheduler, gatewayId });
   await cache.start(config.meta);
+  const upstream = new HttpPool();
   const app = createGatewayApp({
     meta: config.meta,
     cache,
+    upstream,
     bodyLimit: config.bodyLimit,
     nodeAgent: config.nodeAgent,
   });
@@ -74,6 +77,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       clearInterval(heartbeat);
       cache.stop();
       await server.shutdown();
+      upstream.close();
     },
   };
 }

@@ -6,6 +6,7 @@
  * @module
  */
 import { InferxError } from "../common/errors.ts";
+import { ConnectError, type HttpPool } from "./http_pool.ts";
 
 const HOP_BY_HOP = [
   "connection",
@@ -37,26 +38,20 @@ export class UpstreamUnreachable extends InferxError {
   }
 }
 
-/** Sends one request to `endpoint`; throws {@linkcode UpstreamUnreachable} when it cannot connect. */
+/** Sends one request to `endpoint` through `pool`; throws {@linkcode UpstreamUnreachable} when it cannot connect. */
 export async function sendUpstream(
+  pool: HttpPool,
   endpoint: string,
   pathAndQuery: string,
   method: string,
   headers: Headers,
-  body: BodyInit | null,
-  signal?: AbortSignal,
+  body: Uint8Array | ReadableStream<Uint8Array> | null,
 ): Promise<Response> {
   try {
-    return await fetch(`http://${endpoint}${pathAndQuery}`, {
-      method,
-      headers,
-      body,
-      signal,
-      redirect: "manual",
-    });
+    return await pool.request(endpoint, { method, path: pathAndQuery, headers, body });
   } catch (err) {
-    if (signal?.aborted) throw err;
-    throw new UpstreamUnreachable(endpoint, err);
+    if (err instanceof ConnectError) throw new UpstreamUnreachable(endpoint, err);
+    throw err;
   }
 }
 
