@@ -237,7 +237,9 @@ async function funccall(
   if (req.body && req.method !== "GET" && req.method !== "HEAD") {
     if (Number(req.headers.get("content-length") ?? 0) > limit) throw tooLarge(limit);
     if ((req.headers.get("content-type") ?? "").includes("json")) {
-      const bytes = await readLimited(req.body, limit);
+      const bytes = req.headers.has("content-length")
+        ? new Uint8Array(await req.arrayBuffer()) // its size is checked above
+        : await readLimited(req.body, limit);
       if (bytes.byteLength) {
         try {
           JSON.parse(new TextDecoder().decode(bytes));
@@ -298,6 +300,16 @@ async function funccall(
   out.set("x-inferx-queue-ms", slot.queuedMs.toFixed(2));
   out.set("x-inferx-pod", slot.worker.podId);
   const held = slot;
+  if (Number(upstream.headers.get("content-length") ?? Infinity) <= 1024 * 1024) {
+    // A sized answer is already whole (the pool reads those up to 1 MiB): no stream to watch.
+    const bytes = new Uint8Array(await upstream.arrayBuffer());
+    agent.release(held);
+    return new Response(bytes, {
+      status: upstream.status,
+      statusText: upstream.statusText,
+      headers: out,
+    });
+  }
   return new Response(onBodyDone(upstream.body, () => agent.release(held)), {
     status: upstream.status,
     statusText: upstream.statusText,

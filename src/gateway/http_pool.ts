@@ -15,6 +15,8 @@ const dec = new TextDecoder();
 const CRLF2 = [13, 10, 13, 10];
 const MAX_HEAD = 64 * 1024;
 const IDLE_PER_ENDPOINT = 64;
+/** Sized answers up to this are read whole rather than streamed. */
+const BUFFER_LIMIT = 1024 * 1024;
 
 /** The connection was refused or broke before an answer arrived. */
 export class ConnectError extends Error {
@@ -151,7 +153,7 @@ export class HttpPool {
         await this.#send(conn, endpoint, req);
         const head = await conn.readHead();
         if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
-        return this.#response(endpoint, conn, req.method, head);
+        return await this.#response(endpoint, conn, req.method, head);
       } catch (err) {
         conn.close();
         // A kept-alive connection the worker had already closed: try a fresh one once.
@@ -206,7 +208,7 @@ export class HttpPool {
     conn: Conn,
     method: string,
     head: { status: number; statusText: string; headers: Headers },
-  ): Response {
+  ): Response | Promise<Response> {
     const h = head.headers;
     const keepAlive = !/\bclose\b/i.test(h.get("connection") ?? "");
     const release = () => {
@@ -228,6 +230,7 @@ export class HttpPool {
       return new Response(null, { status: head.status, statusText: head.statusText, headers: h });
     }
     let left = length === null ? Infinity : Number(length);
+    if (!chunked && left <= BUFFER_LIMIT) return this.#buffered(conn, left, head, release);
     let chunkLeft = 0;
     let done = false;
     const body = new ReadableStream<Uint8Array>({
@@ -278,6 +281,32 @@ export class HttpPool {
       },
     });
     return new Response(body, { status: head.status, statusText: head.statusText, headers: h });
+  }
+
+  /** A sized answer up to BUFFER_LIMIT: read whole, so the connection goes back at once. */
+  async #buffered(
+    conn: Conn,
+    size: number,
+    head: { status: number; statusText: string; headers: Headers },
+    release: () => void,
+  ): Promise<Response> {
+    const out = new Uint8Array(size);
+    let o = 0;
+    while (o < size) {
+      const part = await conn.take(size - o);
+      if (!part) {
+        conn.close();
+        throw new Error("upstream closed the connection before the body ended");
+      }
+      out.set(part, o);
+      o += part.byteLength;
+    }
+    release();
+    return new Response(out, {
+      status: head.status,
+      statusText: head.statusText,
+      headers: head.headers,
+    });
   }
 
   /** Closes every idle connection. */
