@@ -72,6 +72,19 @@ export function createGatewayApp(deps: GatewayDeps): Hono {
   app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, deps, limit, pool));
   app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, deps, limit, pool));
 
+  app.get("/v1/models", (c) =>
+    c.json({
+      object: "list",
+      data: deps.cache.functionIds().map((id) => ({
+        id,
+        object: "model",
+        created: 0,
+        owned_by: id.split("/")[0],
+      })),
+    }));
+  app.post("/v1/completions", (c) => openaiCall(c, deps, limit, pool, "/v1/completions"));
+  app.post("/v1/chat/completions", (c) => openaiCall(c, deps, limit, pool, "/v1/chat/completions"));
+
   app.put("/object/", async (c) => {
     const input = await readObjectInput(c, limit);
     const rec = await deps.meta.create(input);
@@ -203,8 +216,8 @@ async function readObjectInput(c: Context, limit: number) {
   };
 }
 
-function timeoutHeader(c: Context): number | undefined {
-  const raw = c.req.header("x-inferx-timeout");
+function timeoutHeader(headers: Headers): number | undefined {
+  const raw = headers.get("x-inferx-timeout") ?? undefined;
   if (raw === undefined) return undefined;
   const s = Number(raw);
   if (!Number.isFinite(s) || s <= 0) {
@@ -216,6 +229,36 @@ function timeoutHeader(c: Context): number | undefined {
   return s * 1000;
 }
 
+/** A request body read for proxying: bytes (JSON, replayable) or a stream. */
+interface ProxyBody {
+  body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null;
+  replayable: boolean;
+  /** The parsed body when it is JSON. */
+  json?: unknown;
+}
+
+async function readBody(req: Request, limit: number): Promise<ProxyBody> {
+  if (!req.body || req.method === "GET" || req.method === "HEAD") {
+    return { body: null, replayable: true };
+  }
+  if (Number(req.headers.get("content-length") ?? 0) > limit) throw tooLarge(limit);
+  if (!(req.headers.get("content-type") ?? "").includes("json")) {
+    return { body: limitStream(req.body, limit), replayable: false };
+  }
+  const bytes = req.headers.has("content-length")
+    ? new Uint8Array(await req.arrayBuffer()) // its size is checked above
+    : await readLimited(req.body, limit);
+  let json: unknown;
+  if (bytes.byteLength) {
+    try {
+      json = JSON.parse(new TextDecoder().decode(bytes));
+    } catch (err) {
+      throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  return { body: bytes, replayable: true, json };
+}
+
 async function funccall(
   c: Context,
   deps: GatewayDeps,
@@ -224,36 +267,62 @@ async function funccall(
 ): Promise<Response> {
   const t0 = performance.now();
   const { tenant, namespace, func } = c.req.param() as Record<string, string>;
-  const agent = deps.cache.agent(tenant, namespace, func);
-  if (!agent) throw new NotFoundError(`Function ${tenant}/${namespace}/${func} does not exist`);
   const req = c.req.raw;
   const url = new URL(req.url);
   const prefix = `/funccall/${tenant}/${namespace}/${func}`;
   const pathAndQuery = (url.pathname.slice(prefix.length) || "/") + url.search;
-  const timeoutMs = timeoutHeader(c);
-
-  let body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null = null;
-  let replayable = true;
-  if (req.body && req.method !== "GET" && req.method !== "HEAD") {
-    if (Number(req.headers.get("content-length") ?? 0) > limit) throw tooLarge(limit);
-    if ((req.headers.get("content-type") ?? "").includes("json")) {
-      const bytes = req.headers.has("content-length")
-        ? new Uint8Array(await req.arrayBuffer()) // its size is checked above
-        : await readLimited(req.body, limit);
-      if (bytes.byteLength) {
-        try {
-          JSON.parse(new TextDecoder().decode(bytes));
-        } catch (err) {
-          throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
-        }
-      }
-      body = bytes;
-    } else {
-      body = limitStream(req.body, limit);
-      replayable = false;
-    }
+  if (!deps.cache.agent(tenant, namespace, func)) {
+    throw new NotFoundError(`Function ${tenant}/${namespace}/${func} does not exist`);
   }
+  const body = await readBody(req, limit);
+  return await proxy(deps, pool, req, { tenant, namespace, func }, pathAndQuery, body, t0);
+}
 
+/**
+ * The OpenAI-style routes: the body's `model` names the function
+ * (`tenant/namespace/name`, or a name no other tenant or namespace uses).
+ */
+async function openaiCall(
+  c: Context,
+  deps: GatewayDeps,
+  limit: number,
+  pool: HttpPool,
+  path: string,
+): Promise<Response> {
+  const t0 = performance.now();
+  const req = c.req.raw;
+  if (!(req.headers.get("content-type") ?? "").includes("json")) {
+    throw new ValidationError(`${path} takes a JSON body`, "content-type");
+  }
+  const body = await readBody(req, limit);
+  const model = (body.json as { model?: unknown } | undefined)?.model;
+  if (typeof model !== "string" || !model) {
+    throw new ValidationError(
+      "Invalid request: model: the function to call (tenant/namespace/name)",
+      "model",
+    );
+  }
+  const target = deps.cache.resolveModel(model);
+  if (!target) throw new NotFoundError(`The model ${model} does not exist`);
+  return await proxy(deps, pool, req, target, path, body, t0);
+}
+
+async function proxy(
+  deps: GatewayDeps,
+  pool: HttpPool,
+  req: Request,
+  target: { tenant: string; namespace: string; func: string },
+  pathAndQuery: string,
+  { body, replayable }: ProxyBody,
+  t0: number,
+): Promise<Response> {
+  const agent = deps.cache.agent(target.tenant, target.namespace, target.func);
+  if (!agent) {
+    throw new NotFoundError(
+      `Function ${target.tenant}/${target.namespace}/${target.func} does not exist`,
+    );
+  }
+  const timeoutMs = timeoutHeader(req.headers);
   const headers = forwardHeaders(req.headers);
   let slot: Slot = await agent.acquire(timeoutMs);
   let upstream: Response | undefined;

@@ -102,6 +102,28 @@ export class FuncCache {
     return a;
   }
 
+  /** `tenant/namespace/name` of every function, sorted. */
+  functionIds(): string[] {
+    return [...this.#funcs.keys()].sort();
+  }
+
+  /**
+   * The function an OpenAI-style `model` names: `tenant/namespace/name`, or a
+   * bare name that only one function has.
+   */
+  resolveModel(model: string): { tenant: string; namespace: string; func: string } | undefined {
+    const parts = model.split("/");
+    if (parts.length === 3) {
+      const [tenant, namespace, func] = parts;
+      return this.#funcs.has(model) ? { tenant, namespace, func } : undefined;
+    }
+    if (parts.length !== 1) return undefined;
+    const matches = [...this.#funcs.values()].filter((f) => f.name === model);
+    if (matches.length !== 1) return undefined;
+    const f = matches[0];
+    return { tenant: f.tenant, namespace: f.namespace, func: f.name };
+  }
+
   /** Pod ids of every worker leased by this gateway, for heartbeats. */
   leasedPods(): string[] {
     const ids: string[] = [];
