@@ -43,7 +43,8 @@ Deno.test({
       ETCD_ADDRS: etcd.url,
       STATESVC_ADDR: `127.0.0.1:${port.statesvc}`,
       SCHEDULER_ADDR: `127.0.0.1:${port.s1},127.0.0.1:${port.s2}`,
-      NODE_TIMEOUT_MS: "3000",
+      // Heartbeats come every 2 s; the state service is down for ~1.5 s in step 2.
+      NODE_TIMEOUT_MS: "6000",
       GATEWAY_TIMEOUT_MS: "3000",
       LOG_LEVEL: "warning",
     };
@@ -214,7 +215,11 @@ Deno.test({
         );
 
       // 3. A node agent dies: its worker is removed on restart and replaced.
-      const before = (await pods("g1"))[0];
+      let before: Json = undefined;
+      await eventually("a ready g1 pod", async () => {
+        before = (await pods("g1")).find((p) => p.state === "Ready" && p.desired === "Running");
+        return before !== undefined;
+      });
       await procs.get(before.node)!.kill();
       const tAgent = performance.now();
       await launch(before.node);
@@ -251,6 +256,7 @@ Deno.test({
       // Invariants.
       const objectsAfter = (await request(`${gw}/objects/function/t/ns`)).body.items;
       assert.deepEqual(objectsAfter, objectsBefore, "no function object lost or changed");
+      let last = "";
       await eventually(
         "one live pod per GPU function and accounting equal to the live pods",
         async () => {
@@ -262,13 +268,24 @@ Deno.test({
             .filter((p) => p.state !== "Failed");
           for (const node of state.nodes as Json[]) {
             const mine = all.filter((p) => p.node === node.name);
-            const cpu = mine.reduce((n, p) => n + p.cpuMillis, 0);
+            // A pod parked in the paused tier gives back its CPU, keeps memory and vRAM.
+            const cpu = mine.filter((p) => p.state !== "Standby").reduce(
+              (n, p) => n + p.cpuMillis,
+              0,
+            );
             const vram = mine.reduce((n, p) => n + (p.gpus.length ? p.gpus[0].vramMB + 512 : 0), 0);
-            if (node.cpuUsed !== cpu || node.vramUsedMB[0] !== vram) return false;
+            if (node.cpuUsed !== cpu || node.vramUsedMB[0] !== vram) {
+              last = `${node.name}: scheduler cpu ${node.cpuUsed} vram ${
+                node.vramUsedMB[0]
+              }; pods cpu ${cpu} vram ${vram}`;
+              return false;
+            }
           }
           return true;
         },
-      );
+      ).catch((err) => {
+        throw new Error(`${err.message}; last mismatch: ${last}`);
+      });
       console.log("measured recovery (ms):", JSON.stringify(recovery, null, 2));
       console.log(`load during restarts: ${stats.ok} ok, ${stats.failed} failed`, [
         ...stats.errors,

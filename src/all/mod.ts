@@ -12,6 +12,7 @@ import * as nodeagent from "../nodeagent/mod.ts";
 import * as scheduler from "../scheduler/mod.ts";
 import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
+import { Registry } from "prom-client";
 import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 
 /** The running all-in-one platform. */
@@ -43,9 +44,12 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     gatewayTimeoutMs: env.gatewayTimeoutMs,
     nodeTimeoutMs: env.nodeTimeoutMs,
   });
+  const schedulerMetrics = new Registry();
+  sched.service.registerMetrics(schedulerMetrics);
   const gw = await gateway.start({
     meta,
     scheduler: sched.service,
+    extraRegistries: [schedulerMetrics],
     nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
     port: env.gatewayPort,
     hostname: env.gatewayHost,

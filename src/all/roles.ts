@@ -8,6 +8,7 @@
  * @module
  */
 import { Etcd3 } from "etcd3";
+import { Registry } from "prom-client";
 import { type EnvConfig, loadNodeConfig, REPO_ROOT } from "../common/config.ts";
 import { InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
@@ -65,12 +66,14 @@ export async function startScheduler(env: EnvConfig): Promise<RoleHandle> {
     killPod: (podId) => leader ? leader.killPod(podId) : notLeader(),
   };
   const server = await serveScheduler(gate, `${env.bindHost}:${env.schedulerPort}`, id);
+  const registry = new Registry();
   const lead = async () => {
     const service = new SchedulerService(meta, {
       gatewayTimeoutMs: env.gatewayTimeoutMs,
       nodeTimeoutMs: env.nodeTimeoutMs,
     });
     await service.start();
+    service.registerMetrics(registry);
     leader = service;
     log.info("Scheduler {id} leads, SchedulerService on {host}:{port}", {
       id,
@@ -88,6 +91,11 @@ export async function startScheduler(env: EnvConfig): Promise<RoleHandle> {
       return Response.json({ status: "ok", id, leader: leader !== undefined });
     }
     if (path === "/state" && leader) return Response.json({ id, ...leader.snapshot() });
+    if (path === "/metrics") {
+      return registry.metrics().then((text) =>
+        new Response(text, { headers: { "content-type": registry.contentType } })
+      );
+    }
     if (path === "/state") {
       return Response.json({
         error: { code: "unavailable", message: `Scheduler ${id} is not the leader` },

@@ -25,6 +25,8 @@ import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { Slot } from "./func_agent.ts";
 import { HttpPool } from "./http_pool.ts";
+import { GatewayMetrics } from "./metrics.ts";
+import { Registry } from "prom-client";
 import {
   forwardHeaders,
   limitStream,
@@ -47,6 +49,10 @@ export interface GatewayDeps {
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** Keep-alive connections to workers. @default a new pool */
   upstream?: HttpPool;
+  /** The gateway's metrics. @default new metrics on a registry of their own */
+  metrics?: GatewayMetrics;
+  /** More registries served at `/metrics` (the scheduler's, in `All`). */
+  extraRegistries?: Registry[];
 }
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
@@ -56,10 +62,16 @@ const MAX_ATTEMPTS = 3;
 export function createGatewayApp(deps: GatewayDeps): Hono {
   const limit = deps.bodyLimit ?? 16 * 1024 * 1024;
   const pool = deps.upstream ?? new HttpPool();
+  const metrics = deps.metrics ?? new GatewayMetrics(deps.cache);
+  const registry = Registry.merge([metrics.registry, ...(deps.extraRegistries ?? [])]);
   const app = new Hono();
 
   app.onError((err, c) => {
     const e = toInferxError(err);
+    const [, root, t, ns, f] = c.req.path.split("/");
+    if (root === "funccall" && f) {
+      metrics.requests.inc({ function: `${t}/${ns}/${f}`, code: String(httpStatus(e.code)) });
+    }
     if (e.code === "internal") log.error("Request failed: {error}", { error: String(err) });
     return c.json(errorBody(e), httpStatus(e.code) as 400);
   });
@@ -68,9 +80,14 @@ export function createGatewayApp(deps: GatewayDeps): Hono {
   );
 
   app.get("/health", (c) => c.json({ status: "ok" }));
+  app.get(
+    "/metrics",
+    async (c) => c.body(await registry.metrics(), 200, { "content-type": registry.contentType }),
+  );
 
-  app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, deps, limit, pool));
-  app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, deps, limit, pool));
+  const d = { ...deps, metrics };
+  app.all("/funccall/:tenant/:namespace/:func/*", (c) => funccall(c, d, limit, pool));
+  app.all("/funccall/:tenant/:namespace/:func", (c) => funccall(c, d, limit, pool));
 
   app.get("/v1/models", (c) =>
     c.json({
@@ -82,8 +99,8 @@ export function createGatewayApp(deps: GatewayDeps): Hono {
         owned_by: id.split("/")[0],
       })),
     }));
-  app.post("/v1/completions", (c) => openaiCall(c, deps, limit, pool, "/v1/completions"));
-  app.post("/v1/chat/completions", (c) => openaiCall(c, deps, limit, pool, "/v1/chat/completions"));
+  app.post("/v1/completions", (c) => openaiCall(c, d, limit, pool, "/v1/completions"));
+  app.post("/v1/chat/completions", (c) => openaiCall(c, d, limit, pool, "/v1/chat/completions"));
 
   app.put("/object/", async (c) => {
     const input = await readObjectInput(c, limit);
@@ -261,7 +278,7 @@ async function readBody(req: Request, limit: number): Promise<ProxyBody> {
 
 async function funccall(
   c: Context,
-  deps: GatewayDeps,
+  deps: GatewayDeps & { metrics: GatewayMetrics },
   limit: number,
   pool: HttpPool,
 ): Promise<Response> {
@@ -284,7 +301,7 @@ async function funccall(
  */
 async function openaiCall(
   c: Context,
-  deps: GatewayDeps,
+  deps: GatewayDeps & { metrics: GatewayMetrics },
   limit: number,
   pool: HttpPool,
   path: string,
@@ -308,7 +325,7 @@ async function openaiCall(
 }
 
 async function proxy(
-  deps: GatewayDeps,
+  deps: GatewayDeps & { metrics: GatewayMetrics },
   pool: HttpPool,
   req: Request,
   target: { tenant: string; namespace: string; func: string },
@@ -365,7 +382,15 @@ async function proxy(
   const out = forwardHeaders(upstream.headers);
   out.set("x-inferx-cold-start", slot.coldStart ? "1" : "0");
   out.set("x-inferx-resumed", slot.resumed ? "1" : "0");
-  out.set("x-inferx-ttfb-ms", (performance.now() - t0).toFixed(2));
+  const ttfbMs = performance.now() - t0;
+  out.set("x-inferx-ttfb-ms", ttfbMs.toFixed(2));
+  const m = deps.metrics;
+  const fn = { function: agent.id };
+  m.requests.inc({ function: agent.id, code: String(upstream.status) });
+  m.ttfb.observe(fn, ttfbMs / 1000);
+  if (slot.coldStart) m.coldStarts.inc(fn);
+  if (slot.resumed) m.resumes.inc(fn);
+  const finished = () => m.duration.observe(fn, (performance.now() - t0) / 1000);
   out.set("x-inferx-queue-ms", slot.queuedMs.toFixed(2));
   out.set("x-inferx-pod", slot.worker.podId);
   const held = slot;
@@ -373,13 +398,14 @@ async function proxy(
     // A sized answer is already whole (the pool reads those up to 1 MiB): no stream to watch.
     const bytes = new Uint8Array(await upstream.arrayBuffer());
     agent.release(held);
+    finished();
     return new Response(bytes, {
       status: upstream.status,
       statusText: upstream.statusText,
       headers: out,
     });
   }
-  return new Response(onBodyDone(upstream.body, () => agent.release(held)), {
+  return new Response(onBodyDone(upstream.body, () => (agent.release(held), finished())), {
     status: upstream.status,
     statusText: upstream.statusText,
     headers: out,

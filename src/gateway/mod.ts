@@ -28,6 +28,8 @@ export interface GatewayConfig {
   heartbeatMs?: number;
   /** The client of a node's agent, for pod logs. */
   nodeAgent?: GatewayDeps["nodeAgent"];
+  /** More metrics registries to serve at `/metrics`. */
+  extraRegistries?: GatewayDeps["extraRegistries"];
 }
 
 /** A running gateway. */
@@ -49,6 +51,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     upstream,
     bodyLimit: config.bodyLimit,
     nodeAgent: config.nodeAgent,
+    extraRegistries: config.extraRegistries,
   });
   const sweep = setInterval(() => {
     const now = performance.now();

@@ -17,6 +17,7 @@ import {
   resolvePolicy,
 } from "../model/schemas.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
+import { Gauge, type Registry } from "prom-client";
 import type { Lease, LeaseRequest, MetaClient, ObjectRef, SchedulerClient } from "../rpc/types.ts";
 import {
   type CoreAction,
@@ -106,6 +107,46 @@ export class SchedulerService implements SchedulerClient {
         leasedBy: p.leasedBy,
       })),
     };
+  }
+
+  /** Registers the scheduler's gauges (read from the core when scraped) in `registry`. */
+  registerMetrics(registry: Registry): void {
+    const core = () => this.#core;
+    new Gauge({
+      name: "inferx_pods",
+      help: "Pods by state",
+      labelNames: ["state"] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const counts = new Map<string, number>();
+        for (const p of core().pods.values()) counts.set(p.state, (counts.get(p.state) ?? 0) + 1);
+        for (const [state, n] of counts) this.set({ state }, n);
+      },
+    });
+    const perGpu = (
+      name: string,
+      help: string,
+      value: (g: CoreState["nodeList"][0]["gpus"][0]) => number,
+    ) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["node", "gpu"] as const,
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const n of core().nodeList) {
+            for (const g of n.gpus) this.set({ node: n.name, gpu: String(g.index) }, value(g));
+          }
+        },
+      });
+    perGpu(
+      "inferx_gpu_vram_used_mb",
+      "GPU memory held by pods (MB), context overhead included",
+      (g) => g.vramUsedMB,
+    );
+    perGpu("inferx_gpu_vram_total_mb", "GPU memory (MB)", (g) => g.vramTotalMB);
   }
 
   /** Loads the cluster from the store (nodes, pods, then functions) and starts ticking. */

@@ -1,0 +1,72 @@
+/**
+ * The gateway's Prometheus metrics (`npm:prom-client`), on a registry of its
+ * own: request counts by status, cold starts and resumes, time to first byte
+ * and request duration histograms; queue depth and leased workers are read
+ * from the function agents when scraped.
+ *
+ * @module
+ */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { FuncCache } from "./func_cache.ts";
+
+const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** Metrics of one gateway. */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "inferx_requests_total",
+    help: "Calls of functions, by function and HTTP status",
+    labelNames: ["function", "code"] as const,
+    registers: [this.registry],
+  });
+  readonly coldStarts = new Counter({
+    name: "inferx_cold_starts_total",
+    help: "Calls that waited for a worker started for them",
+    labelNames: ["function"] as const,
+    registers: [this.registry],
+  });
+  readonly resumes = new Counter({
+    name: "inferx_resumes_total",
+    help: "Calls that waited for a worker resumed from standby for them",
+    labelNames: ["function"] as const,
+    registers: [this.registry],
+  });
+  readonly ttfb = new Histogram({
+    name: "inferx_time_to_first_byte_seconds",
+    help: "From receiving a call to the worker's first byte",
+    labelNames: ["function"] as const,
+    buckets: BUCKETS,
+    registers: [this.registry],
+  });
+  readonly duration = new Histogram({
+    name: "inferx_request_duration_seconds",
+    help: "From receiving a call to the end of its answer",
+    labelNames: ["function"] as const,
+    buckets: BUCKETS,
+    registers: [this.registry],
+  });
+
+  constructor(cache: FuncCache) {
+    new Gauge({
+      name: "inferx_queue_depth",
+      help: "Calls waiting for a worker slot",
+      labelNames: ["function"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const a of cache.agents()) this.set({ function: a.id }, a.queued);
+      },
+    });
+    new Gauge({
+      name: "inferx_leased_workers",
+      help: "Workers this gateway holds",
+      labelNames: ["function"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const a of cache.agents()) this.set({ function: a.id }, a.workers.length);
+      },
+    });
+  }
+}
