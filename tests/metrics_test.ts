@@ -63,3 +63,28 @@ Deno.test({
     }
   },
 });
+
+Deno.test("the Grafana dashboard queries only metrics the platform exports", async () => {
+  const dash = JSON.parse(
+    await Deno.readTextFile(new URL("../config/grafana/inferx-dashboard.json", import.meta.url)),
+  );
+  const exported = new Set<string>();
+  for (const f of ["../src/gateway/metrics.ts", "../src/scheduler/service.ts"]) {
+    const src = await Deno.readTextFile(new URL(f, import.meta.url));
+    for (const m of src.matchAll(/"(inferx_[a-z_]+)"/g)) exported.add(m[1]);
+  }
+  assert.ok(exported.size >= 9, [...exported].join(", "));
+  const used = new Set<string>();
+  for (const p of dash.panels) {
+    assert.ok(p.targets.length > 0, p.title);
+    for (const t of p.targets) {
+      for (
+        const m of (t.expr as string).matchAll(/\b(inferx_[a-z_]+?)(?:_bucket|_count|_sum)?\b/g)
+      ) used.add(m[1]);
+    }
+  }
+  for (const name of used) {
+    assert.ok(exported.has(name), `the dashboard queries ${name}, which nothing exports`);
+  }
+  assert.ok(used.size >= 9, "the dashboard covers the metrics");
+});
