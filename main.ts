@@ -1,13 +1,17 @@
 /**
  * InferX on Deno: one executable, the role chosen by `RUN_SERVICE`
- * (`All` by default). This file only selects the role.
+ * (`All` by default), or the command line with `ctl`. This file only
+ * selects which.
  *
  * @module
  */
 import { readEnv } from "./src/common/config.ts";
 import { logger, setupLogging } from "./src/common/log.ts";
 
-if (import.meta.main) {
+if (import.meta.main && Deno.args[0] === "ctl") {
+  const { runCtl } = await import("./src/cli/mod.ts");
+  Deno.exit(await runCtl(Deno.args.slice(1)));
+} else if (import.meta.main) {
   let env;
   try {
     env = readEnv();

@@ -1,0 +1,237 @@
+/**
+ * `inferx ctl`: the command line for a running gateway, in the same
+ * executable (`deno run -A main.ts ctl ...`).
+ *
+ *   ctl apply -f FILE             create or update the objects in FILE (JSON or YAML, one or many)
+ *   ctl get TYPE T/NS/NAME        print one object
+ *   ctl list TYPE T/NS            list the objects of a namespace
+ *   ctl delete TYPE T/NS/NAME     delete one object
+ *   ctl call T/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)
+ *
+ * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000).
+ * Exits 1 with the gateway's message on any error.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { parseAllDocuments } from "yaml";
+
+const USAGE = `usage: inferx ctl [--gateway URL] <command>
+  apply -f FILE                 create or update the objects in FILE (JSON or YAML)
+  get TYPE TENANT/NS/NAME       print one object
+  list TYPE TENANT/NS           list the objects of a namespace
+  delete TYPE TENANT/NS/NAME    delete one object
+  call TENANT/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)`;
+
+/** A failure to report: message, exit status 1. */
+class CliError extends Error {}
+
+interface Io {
+  out(s: string): void;
+  err(s: string): void;
+}
+
+async function http(gateway: string, method: string, path: string, body?: unknown) {
+  let res: Response;
+  try {
+    res = await fetch(`${gateway}${path}`, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new CliError(`Cannot reach the gateway at ${gateway}: ${(err as Error).message}`);
+  }
+  const text = await res.text();
+  let json: unknown = text;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  if (!res.ok) {
+    const message = (json as { error?: { message?: string } })?.error?.message ?? text;
+    throw new CliError(`${method} ${path}: ${res.status} ${message}`);
+  }
+  return json as Record<string, unknown>;
+}
+
+function ref(what: string, parts: number): string[] {
+  const p = what.split("/");
+  if (p.length !== parts || p.some((x) => !x)) {
+    throw new CliError(
+      `Expected ${parts === 3 ? "TENANT/NAMESPACE/NAME" : "TENANT/NAMESPACE"}, got "${what}"`,
+    );
+  }
+  return p;
+}
+
+async function readObjects(file: string): Promise<Record<string, unknown>[]> {
+  let text: string;
+  try {
+    text = file === "-"
+      ? await new Response(Deno.stdin.readable).text()
+      : await Deno.readTextFile(file);
+  } catch (err) {
+    throw new CliError(`Cannot read ${file}: ${(err as Error).message}`);
+  }
+  const docs = parseAllDocuments(text);
+  const objs: Record<string, unknown>[] = [];
+  for (const d of docs) {
+    if (d.errors.length) throw new CliError(`Cannot parse ${file}: ${d.errors[0].message}`);
+    const v = d.toJS();
+    if (v === null || v === undefined) continue;
+    for (const o of Array.isArray(v) ? v : [v]) {
+      if (!o || typeof o !== "object") {
+        throw new CliError(`Cannot apply ${file}: every object must be a mapping`);
+      }
+      objs.push(o as Record<string, unknown>);
+    }
+  }
+  if (objs.length === 0) throw new CliError(`Cannot apply ${file}: it holds no objects`);
+  return objs;
+}
+
+const ORDER = ["tenant", "namespace", "funcpolicy", "function"];
+
+async function apply(gateway: string, file: string, io: Io) {
+  const objs = await readObjects(file);
+  objs.sort((a, b) => ORDER.indexOf(String(a.type)) - ORDER.indexOf(String(b.type)));
+  for (const o of objs) {
+    const id = `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
+    const path = `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
+    const exists = await fetch(`${gateway}${path}`).then(
+      async (r) =>
+        r.ok ? (await r.json()) as { revision: number } : (await r.body?.cancel(), undefined),
+      (err) => {
+        throw new CliError(`Cannot reach the gateway at ${gateway}: ${err.message}`);
+      },
+    );
+    if (exists) {
+      await http(gateway, "POST", "/object/", { ...o, revision: exists.revision });
+      io.out(`updated ${id}`);
+    } else {
+      await http(gateway, "PUT", "/object/", o);
+      io.out(`created ${id}`);
+    }
+  }
+}
+
+async function call(
+  gateway: string,
+  target: string,
+  path: string,
+  data: string | undefined,
+  io: Io,
+) {
+  const [t, ns, f] = ref(target, 3);
+  let body: string | undefined;
+  if (data !== undefined) {
+    try {
+      body = JSON.stringify(JSON.parse(data));
+    } catch (err) {
+      throw new CliError(`-d is not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  const t0 = performance.now();
+  // A progress line while the call waits (a cold start can take a while).
+  const progress = setInterval(
+    () => io.err(`waiting for ${t}/${ns}/${f}: ${((performance.now() - t0) / 1000).toFixed(1)} s`),
+    1000,
+  );
+  let res: Response;
+  try {
+    res = await fetch(
+      `${gateway}/funccall/${t}/${ns}/${f}${path.startsWith("/") ? path : `/${path}`}`,
+      {
+        method: body === undefined ? "GET" : "POST",
+        headers: body === undefined ? {} : { "content-type": "application/json" },
+        body,
+      },
+    );
+  } catch (err) {
+    throw new CliError(`Cannot reach the gateway at ${gateway}: ${(err as Error).message}`);
+  } finally {
+    clearInterval(progress);
+  }
+  const cold = res.headers.get("x-inferx-cold-start") === "1";
+  const resumed = res.headers.get("x-inferx-resumed") === "1";
+  const ttfb = res.headers.get("x-inferx-ttfb-ms");
+  const text = await res.text();
+  if (!res.ok) {
+    let message = text;
+    try {
+      message = JSON.parse(text).error?.message ?? text;
+    } catch {
+      // not JSON
+    }
+    throw new CliError(`call ${target}: ${res.status} ${message}`);
+  }
+  io.err(`${cold ? "cold start" : resumed ? "resumed" : "warm"}, first byte after ${ttfb} ms`);
+  io.out(text);
+}
+
+/** Runs `ctl` with `args`; returns the exit status. */
+export async function runCtl(
+  args: string[],
+  io: Io = { out: (s) => console.log(s), err: (s) => console.error(s) },
+): Promise<number> {
+  try {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        gateway: {
+          type: "string",
+          default: Deno.env.get("INFERX_GATEWAY") ?? "http://127.0.0.1:4000",
+        },
+        file: { type: "string", short: "f" },
+        data: { type: "string", short: "d" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+    const gw = values.gateway!.replace(/\/$/, "");
+    const [cmd, a, b] = positionals;
+    if (values.help || !cmd) {
+      io.out(USAGE);
+      return values.help ? 0 : 1;
+    }
+    switch (cmd) {
+      case "apply":
+        if (!values.file) throw new CliError("apply needs -f FILE");
+        await apply(gw, values.file, io);
+        return 0;
+      case "get": {
+        if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");
+        const [t, ns, n] = ref(b, 3);
+        io.out(JSON.stringify(await http(gw, "GET", `/object/${a}/${t}/${ns}/${n}`), null, 2));
+        return 0;
+      }
+      case "list": {
+        if (!a || !b) throw new CliError("usage: list TYPE TENANT/NS");
+        const [t, ns] = ref(b, 2);
+        const res = await http(gw, "GET", `/objects/${a}/${t}/${ns}`);
+        for (const o of res.items as { name: string; revision: number; version?: number }[]) {
+          io.out(`${o.name}\trevision ${o.revision}${o.version ? `\tversion ${o.version}` : ""}`);
+        }
+        return 0;
+      }
+      case "delete": {
+        if (!a || !b) throw new CliError("usage: delete TYPE TENANT/NS/NAME");
+        const [t, ns, n] = ref(b, 3);
+        await http(gw, "DELETE", `/object/${a}/${t}/${ns}/${n}`);
+        io.out(`deleted ${a} ${b}`);
+        return 0;
+      }
+      case "call":
+        if (!a) throw new CliError("usage: call TENANT/NS/FUNC [PATH] [-d JSON]");
+        await call(gw, a, b ?? "/v1/completions", values.data, io);
+        return 0;
+      default:
+        throw new CliError(`Unknown command "${cmd}"\n${USAGE}`);
+    }
+  } catch (err) {
+    io.err(err instanceof CliError ? err.message : `error: ${(err as Error).message}`);
+    return 1;
+  }
+}
