@@ -33,6 +33,24 @@ function toKv(kv: IKeyValue): KeyValue {
   };
 }
 
+/**
+ * Why a guarded write did not happen, from the `else` branch's read of the
+ * key: it is gone (`NotFoundError`) or at another revision (`ConflictError`).
+ */
+function casFailure(
+  verb: string,
+  key: string,
+  expected: number | undefined,
+  res: { responses: { response_range?: { kvs?: IKeyValue[] } }[] },
+): Error {
+  const cur = res.responses[0]?.response_range?.kvs?.[0];
+  if (!cur) return new NotFoundError(`Cannot ${verb} ${key}: it does not exist`);
+  const revision = Number(cur.mod_revision);
+  return new ConflictError(`Cannot ${verb} ${key}: revision is ${revision}, not ${expected}`, {
+    revision,
+  });
+}
+
 /** Connects to etcd at `hosts` (comma-separated `http://host:port`, env `ETCD_ADDRS`). */
 export async function openEtcdStore(
   hosts: string,
@@ -87,13 +105,7 @@ export class EtcdStore implements MetaStore {
       .then(this.client.put(key).value(value))
       .else(this.client.get(key)).commit();
     if (res.succeeded) return Number(res.header.revision);
-    const cur = res.responses[0]?.response_range?.kvs?.[0];
-    if (!cur) throw new NotFoundError(`Cannot update ${key}: it does not exist`);
-    const revision = Number(cur.mod_revision);
-    throw new ConflictError(
-      `Cannot update ${key}: revision is ${revision}, not ${expectedRevision}`,
-      { revision },
-    );
+    throw casFailure("update", key, expectedRevision, res);
   }
 
   async delete(key: string, expectedRevision?: number): Promise<number> {
@@ -102,13 +114,7 @@ export class EtcdStore implements MetaStore {
       : this.client.if(key, "Mod", "==", expectedRevision);
     const res = await guard.then(this.client.delete().key(key)).else(this.client.get(key)).commit();
     if (res.succeeded) return Number(res.header.revision);
-    const cur = res.responses[0]?.response_range?.kvs?.[0];
-    if (!cur) throw new NotFoundError(`Cannot delete ${key}: it does not exist`);
-    const revision = Number(cur.mod_revision);
-    throw new ConflictError(
-      `Cannot delete ${key}: revision is ${revision}, not ${expectedRevision}`,
-      { revision },
-    );
+    throw casFailure("delete", key, expectedRevision, res);
   }
 
   watch(prefix: string, options: WatchOptions): Watch {

@@ -107,15 +107,8 @@ export interface Held {
   vram: boolean;
 }
 
-/** One pod as the core accounts it. */
-export interface CorePod {
-  id: string;
-  func: string;
-  version: number;
-  node: string;
-  cpu: number;
-  memMB: number;
-  gpus: GpuSlice[];
+/** One pod as the core accounts it: where it was placed, and its state. */
+export interface CorePod extends PodPlacement {
   /** vRAM (MB) charged per GPU including the context overhead. */
   vramChargeMB: number;
   state: CorePodState;
