@@ -8,7 +8,13 @@
  *
  * Run: `deno run -A bench/cold_start.ts [rounds] [process|docker]` (10, process).
  */
-import { eventually, request, startPlatform } from "../tests/helpers.ts";
+import {
+  createNamespace,
+  eventually,
+  putObject,
+  request,
+  startPlatform,
+} from "../tests/helpers.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 const rounds = Number(Deno.args[0] ?? 10);
@@ -46,9 +52,8 @@ const stats = (xs: number[]) => {
 };
 
 try {
-  const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-  await put({ type: "tenant", tenant: "system", namespace: "system", name: "bench", object: {} });
-  await put({ type: "namespace", tenant: "bench", namespace: "system", name: "lab", object: {} });
+  const put = (body: unknown) => putObject(p.url, body);
+  await createNamespace(p.url, "bench", "lab");
   for (const [name, standby] of [["fresh", 0], ["parked", 1]] as const) {
     await put({
       type: "function",

@@ -8,7 +8,7 @@
  * Run: `deno run -A bench/gateway.ts [seconds] [concurrency]` (5, 16).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { request, startPlatform } from "../tests/helpers.ts";
+import { createNamespace, putObject, request, startPlatform } from "../tests/helpers.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
 const concurrency = Number(Deno.args[1] ?? 16);
@@ -48,9 +48,8 @@ async function load(
 
 const p = await startPlatform({ LOG_LEVEL: "warning" });
 try {
-  const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-  await put({ type: "tenant", tenant: "system", namespace: "system", name: "bench", object: {} });
-  await put({ type: "namespace", tenant: "bench", namespace: "system", name: "gw", object: {} });
+  const put = (body: unknown) => putObject(p.url, body);
+  await createNamespace(p.url, "bench", "gw");
   await put({
     type: "function",
     tenant: "bench",

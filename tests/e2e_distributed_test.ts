@@ -11,9 +11,11 @@ import { freePort } from "../src/nodeagent/process_runtime.ts";
 import { etcdUnavailable, startEtcd } from "../src/store/etcd_server.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import {
+  createNamespace,
   eventually,
   type Json,
   listening,
+  putObject,
   request,
   type RoleProcess,
   spawnRole,
@@ -127,9 +129,8 @@ Deno.test({
       await launch("n1");
       await launch("n2");
 
-      const put = (body: unknown) => request(`${gw}/object/`, { method: "PUT", body });
-      await put({ type: "tenant", tenant: "system", namespace: "system", name: "t", object: {} });
-      await put({ type: "namespace", tenant: "t", namespace: "system", name: "ns", object: {} });
+      const put = (body: unknown) => putObject(gw, body);
+      await createNamespace(gw, "t", "ns");
       for (const [name, gpu, min] of [["g1", 1, 1], ["g2", 1, 1], ["c", 0, 0]] as const) {
         const r = await put({
           type: "function",

@@ -6,7 +6,14 @@
 import assert from "node:assert/strict";
 import { dockerAvailable } from "../src/nodeagent/docker_runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
-import { eventually, type Json, request, startPlatform } from "./helpers.ts";
+import {
+  createNamespace,
+  eventually,
+  type Json,
+  putObject,
+  request,
+  startPlatform,
+} from "./helpers.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"
@@ -23,9 +30,8 @@ Deno.test({
   async fn() {
     let p = await startPlatform({ INFERX_RUNTIME: "docker" });
     try {
-      const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-      await put({ type: "tenant", tenant: "system", namespace: "system", name: "d", object: {} });
-      await put({ type: "namespace", tenant: "d", namespace: "system", name: "n", object: {} });
+      const put = (body: unknown) => putObject(p.url, body);
+      await createNamespace(p.url, "d", "n");
       const r = await put({
         type: "function",
         tenant: "d",

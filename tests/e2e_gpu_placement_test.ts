@@ -5,7 +5,7 @@
  * scale in, then gets both; every worker sees its devices and slice.
  */
 import assert from "node:assert/strict";
-import { type Json, request, startPlatform } from "./helpers.ts";
+import { createNamespace, type Json, putObject, request, startPlatform } from "./helpers.ts";
 
 const ENV_WORKER =
   `Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} },
@@ -21,9 +21,8 @@ Deno.test({
       NODE_CONFIG: new URL("../config/node.gpus.json", import.meta.url).pathname,
     });
     try {
-      const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-      await put({ type: "tenant", tenant: "system", namespace: "system", name: "gpu", object: {} });
-      await put({ type: "namespace", tenant: "gpu", namespace: "system", name: "lab", object: {} });
+      const put = (body: unknown) => putObject(p.url, body);
+      await createNamespace(p.url, "gpu", "lab");
       const gpuFn = (name: string, count: number, vram: number) =>
         put({
           type: "function",

@@ -8,7 +8,14 @@ import { InferxError } from "../src/common/errors.ts";
 import { openLibCuda } from "../src/ffi/libcuda.ts";
 import { ProcessRuntime } from "../src/nodeagent/process_runtime.ts";
 import type { PodSpec } from "../src/nodeagent/runtime.ts";
-import { eventually, type Json, request, startPlatform } from "./helpers.ts";
+import {
+  createNamespace,
+  eventually,
+  type Json,
+  putObject,
+  request,
+  startPlatform,
+} from "./helpers.ts";
 
 const WORKER = ["python3", "src/samples/gpu/worker.py"];
 const REPO = new URL("..", import.meta.url).pathname;
@@ -78,9 +85,8 @@ Deno.test({
     try {
       const [node] = (await request(`${p.url}/nodes`)).body as Json[];
       assert.ok(node.gpus.length > 0 && node.gpuDriver.available, JSON.stringify(node));
-      const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-      await put({ type: "tenant", tenant: "system", namespace: "system", name: "g", object: {} });
-      await put({ type: "namespace", tenant: "g", namespace: "system", name: "n", object: {} });
+      const put = (body: unknown) => putObject(p.url, body);
+      await createNamespace(p.url, "g", "n");
       for (const name of ["a", "b"]) {
         const r = await put({
           type: "function",

@@ -126,6 +126,30 @@ export async function request(
   return { status: res.status, headers: res.headers, body };
 }
 
+/** Creates an object through the gateway at `url` (`PUT /object/`). */
+export function putObject(url: string, object: unknown): ReturnType<typeof request> {
+  return request(`${url}/object/`, { method: "PUT", body: object });
+}
+
+/** Creates tenant `tenant` and its namespace `namespace` through the gateway at `url`. */
+export async function createNamespace(
+  url: string,
+  tenant: string,
+  namespace: string,
+): Promise<void> {
+  for (
+    const o of [
+      { type: "tenant", tenant: "system", namespace: "system", name: tenant, object: {} },
+      { type: "namespace", tenant, namespace: "system", name: namespace, object: {} },
+    ]
+  ) {
+    const r = await putObject(url, o);
+    if (r.status !== 201) {
+      throw new Error(`Cannot create ${o.type} ${o.name}: ${JSON.stringify(r.body)}`);
+    }
+  }
+}
+
 /** Polls `check` every 100 ms until it returns true or `timeoutMs` passes. */
 export async function eventually(
   what: string,

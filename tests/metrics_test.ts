@@ -1,7 +1,7 @@
 /** `/metrics` after real calls: the gateway's counters and histograms and the scheduler's gauges. */
 import assert from "node:assert/strict";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { request, startPlatform } from "./helpers.ts";
+import { createNamespace, putObject, request, startPlatform } from "./helpers.ts";
 
 function value(text: string, series: string): number {
   const line = text.split("\n").find((l) => l.startsWith(series + " "));
@@ -18,9 +18,8 @@ Deno.test({
       NODE_CONFIG: new URL("../config/node.gpus.json", import.meta.url).pathname,
     });
     try {
-      const put = (body: unknown) => request(`${p.url}/object/`, { method: "PUT", body });
-      await put({ type: "tenant", tenant: "system", namespace: "system", name: "m", object: {} });
-      await put({ type: "namespace", tenant: "m", namespace: "system", name: "n", object: {} });
+      const put = (body: unknown) => putObject(p.url, body);
+      await createNamespace(p.url, "m", "n");
       await put({
         type: "function",
         tenant: "m",
