@@ -96,3 +96,60 @@ object: {}
     }
   },
 });
+
+Deno.test({
+  name: "ctl sends --key, manages API keys, and reports 401/403 clearly",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const admin = "cli-admin-key-0123456789";
+    const p = await startPlatform({ INFERX_ADMIN_APIKEY: admin });
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = `${dir}/t.json`;
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify([
+          { type: "tenant", tenant: "system", namespace: "system", name: "k", object: {} },
+          { type: "namespace", tenant: "k", namespace: "system", name: "ns", object: {} },
+        ]),
+      );
+      const anon = await ctl(p.url, "apply", "-f", file);
+      assert.equal(anon.code, 1);
+      assert.match(anon.stderr, /401 Credentials required/);
+      assert.equal((await ctl(p.url, "--key", admin, "apply", "-f", file)).code, 0);
+      const made = await ctl(
+        p.url,
+        "--key",
+        admin,
+        "apikey",
+        "create",
+        "read",
+        "k/ns",
+        "--name",
+        "ci",
+      );
+      assert.equal(made.code, 0, made.stderr);
+      const key = made.stdout.trim();
+      assert.match(key, /^ixk_/);
+      assert.match(made.stderr, /created read key [a-z0-9]+ for k\/ns; it is shown once/);
+      const listed = await ctl(p.url, "--key", admin, "apikey", "list");
+      const line = listed.stdout.split("\n").find((l) => l.includes("\tci\t"))!;
+      assert.match(line, /^[a-z0-9]+\tread\tk\/ns\tci\texpires never$/);
+      const id = line.split("\t")[0];
+      assert.equal((await ctl(p.url, "--key", key, "list", "function", "k/ns")).code, 0);
+      const denied = await ctl(p.url, "--key", key, "list", "function", "k/other");
+      assert.equal(denied.code, 1);
+      assert.match(denied.stderr, /403 key:[a-z0-9]+ may not read in k\/other/);
+      assert.equal(
+        (await ctl(p.url, "--key", admin, "apikey", "revoke", id)).stdout.trim(),
+        `revoked ${id}`,
+      );
+      const gone = await ctl(p.url, "--key", key, "list", "function", "k/ns");
+      assert.match(gone.stderr, /401 Invalid API key/);
+    } finally {
+      await p.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -9,12 +9,12 @@
 import assert from "node:assert/strict";
 import { freePort } from "../src/nodeagent/process_runtime.ts";
 import { etcdUnavailable, startEtcd } from "../src/store/etcd_server.ts";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import {
   createNamespace,
   eventually,
   type Json,
   listening,
+  ngramFunction,
   putObject,
   request,
   type RoleProcess,
@@ -132,24 +132,14 @@ Deno.test({
       const put = (body: unknown) => putObject(gw, body);
       await createNamespace(gw, "t", "ns");
       for (const [name, gpu, min] of [["g1", 1, 1], ["g2", 1, 1], ["c", 0, 0]] as const) {
-        const r = await put({
-          type: "function",
-          tenant: "t",
-          namespace: "ns",
-          name,
-          object: {
-            spec: {
-              image: "inferx/ngram",
-              commands: NGRAM_COMMANDS,
-              resources: {
-                CPU: 300,
-                Mem: 128,
-                GPU: { Type: "H100", Count: gpu, vRam: gpu ? 50_000 : 0 },
-              },
-              policy: { Obj: { min_replica: min, max_replica: 1, scalein_timeout: 1 } },
-            },
+        const r = await put(ngramFunction("t", "ns", name, {
+          resources: {
+            CPU: 300,
+            Mem: 128,
+            GPU: { Type: "H100", Count: gpu, vRam: gpu ? 50_000 : 0 },
           },
-        });
+          policy: { Obj: { min_replica: min, max_replica: 1, scalein_timeout: 1 } },
+        }));
         assert.equal(r.status, 201, JSON.stringify(r.body));
       }
       const call = (f: string) =>

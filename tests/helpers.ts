@@ -5,6 +5,7 @@
  * @module
  */
 import { freePort } from "../src/nodeagent/process_runtime.ts";
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -161,4 +162,27 @@ export async function eventually(
     if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A function object running the n-gram sample; `spec` fields replace the defaults. */
+export function ngramFunction(
+  tenant: string,
+  namespace: string,
+  name: string,
+  spec: Record<string, unknown> = {},
+) {
+  return {
+    type: "function",
+    tenant,
+    namespace,
+    name,
+    object: {
+      spec: {
+        image: "inferx/ngram",
+        commands: NGRAM_COMMANDS,
+        resources: { CPU: 300, Mem: 256 },
+        ...spec,
+      },
+    },
+  };
 }

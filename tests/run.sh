@@ -18,6 +18,7 @@ missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v criu >/dev/null 2>&1 || [ -x /usr/sbin/criu ] || missing+=(criu)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing ${missing[*]} from Debian"

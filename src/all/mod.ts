@@ -14,6 +14,7 @@ import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
 import { Registry } from "prom-client";
 import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
+import { openAudit, startPodAudit } from "../audit/mod.ts";
 
 /** The running all-in-one platform. */
 export interface AllHandle {
@@ -26,6 +27,12 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
   const state = await statesvc.start({ dataDir: env.dataDir });
   const meta = state.service;
   if (env.samplesDir) await applySamples(meta, env.samplesDir);
+  const audit = openAudit({
+    dbAddr: env.auditDbAddr,
+    dataDir: env.dataDir,
+    batching: { maxBuffered: env.auditBufferRows },
+  });
+  const podAudit = await startPodAudit(meta, audit);
   const nodeInfo = await loadNodeConfig(env.nodeConfigPath);
   const node = await nodeagent.start({
     meta,
@@ -54,6 +61,9 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     port: env.gatewayPort,
     hostname: env.gatewayHost,
     bodyLimit: env.bodyLimit,
+    adminApiKey: env.adminApiKey,
+    oidc: env.oidc,
+    audit,
   });
   return {
     port: gw.port,
@@ -62,6 +72,8 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
       await gw.stop();
       await sched.stop();
       await node.stop();
+      podAudit.stop();
+      await audit.close();
       await state.stop();
     },
   };

@@ -23,6 +23,7 @@ import { SchedulerService } from "../scheduler/mod.ts";
 import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
 import { openEtcdStore } from "../store/etcd.ts";
+import { openAudit, startPodAudit } from "../audit/mod.ts";
 
 /** A running role. */
 export interface RoleHandle {
@@ -34,6 +35,13 @@ export async function startStateSvc(env: EnvConfig): Promise<RoleHandle> {
   const store = env.etcdAddrs ? await openEtcdStore(env.etcdAddrs) : undefined;
   const state = await statesvc.start({ store, dataDir: env.dataDir });
   if (env.samplesDir) await applySamples(state.service, env.samplesDir);
+  // The one state service sees every pod change: it writes the pod audit.
+  const audit = openAudit({
+    dbAddr: env.auditDbAddr,
+    dataDir: env.dataDir,
+    batching: { maxBuffered: env.auditBufferRows },
+  });
+  const podAudit = await startPodAudit(state.service, audit);
   const server = await serveMeta(state.service, `${env.bindHost}:${env.statesvcPort}`);
   logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {
     host: env.bindHost,
@@ -43,6 +51,8 @@ export async function startStateSvc(env: EnvConfig): Promise<RoleHandle> {
   return {
     async stop() {
       await server.stop();
+      podAudit.stop();
+      await audit.close();
       await state.stop();
     },
   };
@@ -142,6 +152,12 @@ export async function startGateway(env: EnvConfig): Promise<RoleHandle> {
   const meta = new GrpcMetaClient(env.statesvcAddr);
   const scheduler = new GrpcSchedulerClient(env.schedulerAddrs);
   const agents = new Map<string, GrpcNodeAgentClient>();
+  await Deno.mkdir(env.dataDir, { recursive: true });
+  const audit = openAudit({
+    dbAddr: env.auditDbAddr,
+    dataDir: env.dataDir,
+    batching: { maxBuffered: env.auditBufferRows },
+  });
   const gw = await gateway.start({
     meta,
     scheduler,
@@ -154,10 +170,14 @@ export async function startGateway(env: EnvConfig): Promise<RoleHandle> {
     port: env.gatewayPort,
     hostname: env.gatewayHost,
     bodyLimit: env.bodyLimit,
+    adminApiKey: env.adminApiKey,
+    oidc: env.oidc,
+    audit,
   });
   return {
     async stop() {
       await gw.stop();
+      await audit.close();
       for (const c of agents.values()) c.close();
       scheduler.close();
       meta.close();

@@ -7,8 +7,11 @@
  *   ctl list TYPE T/NS            list the objects of a namespace
  *   ctl delete TYPE T/NS/NAME     delete one object
  *   ctl call T/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)
+ *   ctl apikey create SCOPE [T[/NS]] [--name N] [--expires S]   create an API key (printed once)
+ *   ctl apikey list | revoke ID
  *
- * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000).
+ * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000);
+ * `--key KEY` (env `INFERX_APIKEY`): the API key or token sent as a bearer.
  * Exits 1 with the gateway's message on any error.
  *
  * @module
@@ -21,7 +24,17 @@ const USAGE = `usage: inferx ctl [--gateway URL] <command>
   get TYPE TENANT/NS/NAME       print one object
   list TYPE TENANT/NS           list the objects of a namespace
   delete TYPE TENANT/NS/NAME    delete one object
-  call TENANT/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)`;
+  call TENANT/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)
+  apikey create SCOPE [TENANT[/NS]] [--name NAME] [--expires SECONDS]
+                                create an API key (full, read or inference); printed once
+  apikey list                   list the keys you may manage
+  apikey revoke ID              revoke a key
+options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY)`;
+
+/** The bearer credential for every request, when one is given. */
+let bearer: string | undefined;
+const authHeaders = (): Record<string, string> =>
+  bearer ? { authorization: `Bearer ${bearer}` } : {};
 
 /** A failure to report: message, exit status 1. */
 class CliError extends Error {}
@@ -36,7 +49,9 @@ async function http(gateway: string, method: string, path: string, body?: unknow
   try {
     res = await fetch(`${gateway}${path}`, {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers: body === undefined
+        ? authHeaders()
+        : { "content-type": "application/json", ...authHeaders() },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
@@ -100,9 +115,22 @@ async function apply(gateway: string, file: string, io: Io) {
   for (const o of objs) {
     const id = `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
     const path = `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
-    const exists = await fetch(`${gateway}${path}`).then(
-      async (r) =>
-        r.ok ? (await r.json()) as { revision: number } : (await r.body?.cancel(), undefined),
+    const exists = await fetch(`${gateway}${path}`, { headers: authHeaders() }).then(
+      async (r) => {
+        if (r.ok) return (await r.json()) as { revision: number };
+        if (r.status !== 404) {
+          const text = await r.text();
+          let message = text;
+          try {
+            message = JSON.parse(text).error?.message ?? text;
+          } catch {
+            // not JSON
+          }
+          throw new CliError(`GET ${path}: ${r.status} ${message}`);
+        }
+        await r.body?.cancel();
+        return undefined;
+      },
       (err) => {
         throw new CliError(`Cannot reach the gateway at ${gateway}: ${err.message}`);
       },
@@ -145,7 +173,9 @@ async function call(
       `${gateway}/funccall/${t}/${ns}/${f}${path.startsWith("/") ? path : `/${path}`}`,
       {
         method: body === undefined ? "GET" : "POST",
-        headers: body === undefined ? {} : { "content-type": "application/json" },
+        headers: body === undefined
+          ? authHeaders()
+          : { "content-type": "application/json", ...authHeaders() },
         body,
       },
     );
@@ -171,6 +201,53 @@ async function call(
   io.out(text);
 }
 
+async function apikey(
+  gw: string,
+  sub: string | undefined,
+  arg: string | undefined,
+  where: string | undefined,
+  opts: { name?: string; expires?: string },
+  io: Io,
+) {
+  switch (sub) {
+    case "create": {
+      if (!arg) throw new CliError("usage: apikey create SCOPE [TENANT[/NS]]");
+      const [tenant, namespace] = where ? where.split("/") : [];
+      const expires = opts.expires === undefined ? undefined : Number(opts.expires);
+      if (expires !== undefined && !(expires > 0)) {
+        throw new CliError(`--expires "${opts.expires}": a positive number of seconds`);
+      }
+      const k = await http(gw, "POST", "/apikeys", {
+        scope: arg,
+        tenant,
+        namespace,
+        name: opts.name,
+        expires_in_s: expires,
+      });
+      io.err(`created ${k.scope} key ${k.id}${tenant ? ` for ${where}` : ""}; it is shown once:`);
+      io.out(String(k.key));
+      return;
+    }
+    case "list": {
+      const res = await http(gw, "GET", "/apikeys");
+      for (const k of res.items as Record<string, string | null>[]) {
+        const reach = k.tenant ? `${k.tenant}${k.namespace ? `/${k.namespace}` : ""}` : "*";
+        io.out(
+          `${k.id}\t${k.scope}\t${reach}\t${k.name || "-"}\texpires ${k.expires_at ?? "never"}`,
+        );
+      }
+      return;
+    }
+    case "revoke":
+      if (!arg) throw new CliError("usage: apikey revoke ID");
+      await http(gw, "DELETE", `/apikeys/${encodeURIComponent(arg)}`);
+      io.out(`revoked ${arg}`);
+      return;
+    default:
+      throw new CliError("usage: apikey create|list|revoke ...");
+  }
+}
+
 /** Runs `ctl` with `args`; returns the exit status. */
 export async function runCtl(
   args: string[],
@@ -185,13 +262,17 @@ export async function runCtl(
           type: "string",
           default: Deno.env.get("INFERX_GATEWAY") ?? "http://127.0.0.1:4000",
         },
+        key: { type: "string", default: Deno.env.get("INFERX_APIKEY") },
+        name: { type: "string" },
+        expires: { type: "string" },
         file: { type: "string", short: "f" },
         data: { type: "string", short: "d" },
         help: { type: "boolean", short: "h" },
       },
     });
     const gw = values.gateway!.replace(/\/$/, "");
-    const [cmd, a, b] = positionals;
+    bearer = values.key || undefined;
+    const [cmd, a, b, c] = positionals;
     if (values.help || !cmd) {
       io.out(USAGE);
       return values.help ? 0 : 1;
@@ -226,6 +307,9 @@ export async function runCtl(
       case "call":
         if (!a) throw new CliError("usage: call TENANT/NS/FUNC [PATH] [-d JSON]");
         await call(gw, a, b ?? "/v1/completions", values.data, io);
+        return 0;
+      case "apikey":
+        await apikey(gw, a, b, c, values, io);
         return 0;
       default:
         throw new CliError(`Unknown command "${cmd}"\n${USAGE}`);

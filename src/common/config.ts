@@ -51,6 +51,14 @@ export interface EnvConfig {
   gatewayTimeoutMs: number;
   /** `NODE_TIMEOUT_MS`: a node without heartbeats is not ready after this, default 10000. */
   nodeTimeoutMs: number;
+  /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
+  adminApiKey?: string;
+  /** `INFERX_OIDC_JWKS_URL`, `INFERX_OIDC_ISSUER`, `INFERX_OIDC_AUDIENCE`: bearer tokens. */
+  oidc?: { jwksUrl: string; issuer?: string; audience?: string };
+  /** `AUDITDB_ADDR`: PostgreSQL URL of the audit (`AUDITDB_PASSWORD` fills in its password); unset: embedded audit files. */
+  auditDbAddr?: string;
+  /** `AUDIT_BUFFER_ROWS`: audit rows held while the database is down, default 100000. */
+  auditBufferRows: number;
 }
 
 function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
@@ -61,6 +69,20 @@ function intEnv(env: (k: string) => string | undefined, name: string, dflt: numb
     throw new ValidationError(`Invalid ${name}: "${raw}" is not a non-negative integer`, name);
   }
   return n;
+}
+
+/** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
+function auditAddr(addr?: string, password?: string): string | undefined {
+  if (!addr) return undefined;
+  if (!password) return addr;
+  let url: URL;
+  try {
+    url = new URL(addr);
+  } catch {
+    throw new ValidationError(`Invalid AUDITDB_ADDR: not a postgres:// URL`, "AUDITDB_ADDR");
+  }
+  url.password = encodeURIComponent(password);
+  return url.toString();
 }
 
 /** Reads the environment (or `env` in tests). */
@@ -95,6 +117,16 @@ export function readEnv(
     nodeagentPort: intEnv(env, "NODEAGENT_PORT", 1233),
     gatewayTimeoutMs: intEnv(env, "GATEWAY_TIMEOUT_MS", 10_000),
     nodeTimeoutMs: intEnv(env, "NODE_TIMEOUT_MS", 10_000),
+    adminApiKey: env("INFERX_ADMIN_APIKEY") || undefined,
+    oidc: env("INFERX_OIDC_JWKS_URL")
+      ? {
+        jwksUrl: env("INFERX_OIDC_JWKS_URL")!,
+        issuer: env("INFERX_OIDC_ISSUER") || undefined,
+        audience: env("INFERX_OIDC_AUDIENCE") || undefined,
+      }
+      : undefined,
+    auditDbAddr: auditAddr(env("AUDITDB_ADDR"), env("AUDITDB_PASSWORD")),
+    auditBufferRows: intEnv(env, "AUDIT_BUFFER_ROWS", 100_000),
   };
 }
 

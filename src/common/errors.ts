@@ -19,6 +19,9 @@ export type ErrorCode =
   | "worker_failed"
   | "unschedulable"
   | "unsupported"
+  | "unauthenticated"
+  | "forbidden"
+  | "quota_exceeded"
   | "internal";
 
 /** Options for {@linkcode InferxError}. */
@@ -90,6 +93,9 @@ const STATUS: Record<ErrorCode, number> = {
   unschedulable: 503,
   timeout: 504,
   unsupported: 501,
+  unauthenticated: 401,
+  forbidden: 403,
+  quota_exceeded: 429,
   internal: 500,
 };
 

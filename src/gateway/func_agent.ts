@@ -290,7 +290,7 @@ export class FuncAgent {
       this.#pendingLeases--;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
-      if (e.code === "worker_failed" || e.code === "not_found") {
+      if (e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded") {
         for (const q of this.#queue.splice(0)) {
           clearTimeout(q.timer);
           q.reject(e);

@@ -111,14 +111,19 @@ export class FuncCache {
    * The function an OpenAI-style `model` names: `tenant/namespace/name`, or a
    * bare name that only one function has.
    */
-  resolveModel(model: string): { tenant: string; namespace: string; func: string } | undefined {
+  resolveModel(
+    model: string,
+    visible: (tenant: string, namespace: string) => boolean = () => true,
+  ): { tenant: string; namespace: string; func: string } | undefined {
     const parts = model.split("/");
     if (parts.length === 3) {
       const [tenant, namespace, func] = parts;
       return this.#funcs.has(model) ? { tenant, namespace, func } : undefined;
     }
     if (parts.length !== 1) return undefined;
-    const matches = [...this.#funcs.values()].filter((f) => f.name === model);
+    const matches = [...this.#funcs.values()].filter((f) =>
+      f.name === model && visible(f.tenant, f.namespace)
+    );
     if (matches.length !== 1) return undefined;
     const f = matches[0];
     return { tenant: f.tenant, namespace: f.namespace, func: f.name };

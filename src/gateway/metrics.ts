@@ -8,6 +8,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { FuncCache } from "./func_cache.ts";
+import type { AuditLog } from "../audit/types.ts";
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -47,7 +48,30 @@ export class GatewayMetrics {
     registers: [this.registry],
   });
 
-  constructor(cache: FuncCache) {
+  constructor(cache: FuncCache, audit?: AuditLog) {
+    if (audit) {
+      const gauge = (
+        name: string,
+        help: string,
+        pick: (s: ReturnType<AuditLog["stats"]>) => number,
+      ) =>
+        new Gauge({
+          name,
+          help,
+          registers: [this.registry],
+          collect() {
+            this.set(pick(audit.stats()));
+          },
+        });
+      gauge("inferx_audit_buffered_rows", "Audit rows waiting to be written", (s) => s.buffered);
+      gauge("inferx_audit_written_rows", "Audit rows written since start", (s) => s.written);
+      gauge(
+        "inferx_audit_dropped_rows",
+        "Audit rows dropped because the buffer was full",
+        (s) => s.dropped,
+      );
+      gauge("inferx_audit_healthy", "1 when the last audit write succeeded", (s) => +s.healthy);
+    }
     new Gauge({
       name: "inferx_queue_depth",
       help: "Calls waiting for a worker slot",

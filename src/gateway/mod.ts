@@ -10,6 +10,9 @@ import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, type GatewayDeps } from "./app.ts";
 import { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
+import { Authenticator } from "./auth.ts";
+import { type OidcOptions, OidcVerifier } from "./oidc.ts";
+import type { AuditLog } from "../audit/types.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
 export { FuncCache } from "./func_cache.ts";
@@ -30,6 +33,12 @@ export interface GatewayConfig {
   nodeAgent?: GatewayDeps["nodeAgent"];
   /** More metrics registries to serve at `/metrics`. */
   extraRegistries?: GatewayDeps["extraRegistries"];
+  /** The administrator's key; with it (or `oidc`) auth is on. */
+  adminApiKey?: string;
+  /** Where OIDC bearer tokens are checked. */
+  oidc?: OidcOptions;
+  /** Where request rows go (the caller closes it). */
+  audit?: AuditLog;
 }
 
 /** A running gateway. */
@@ -42,6 +51,11 @@ export interface GatewayHandle {
 /** Starts the gateway. */
 export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const gatewayId = newId("gw", 4);
+  const auth = new Authenticator({
+    adminKey: config.adminApiKey,
+    oidc: config.oidc && new OidcVerifier(config.oidc),
+  });
+  await auth.start(config.meta);
   const cache = new FuncCache({ scheduler: config.scheduler, gatewayId });
   await cache.start(config.meta);
   const upstream = new HttpPool();
@@ -52,6 +66,9 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     bodyLimit: config.bodyLimit,
     nodeAgent: config.nodeAgent,
     extraRegistries: config.extraRegistries,
+    auth,
+    audit: config.audit,
+    gatewayId,
   });
   const sweep = setInterval(() => {
     const now = performance.now();
@@ -79,6 +96,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       clearInterval(sweep);
       clearInterval(heartbeat);
       cache.stop();
+      auth.stop();
       await server.shutdown();
       upstream.close();
     },

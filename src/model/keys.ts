@@ -15,6 +15,7 @@ export const OBJECT_TYPES = [
   "funcpolicy",
   "node",
   "pod",
+  "apikey",
 ] as const;
 /** One of {@linkcode OBJECT_TYPES}. */
 export type ObjectType = typeof OBJECT_TYPES[number];

@@ -104,8 +104,29 @@ export const FunctionSpecSchema = z.object({
 /** A function's spec, all defaults filled in. */
 export type FunctionSpec = z.infer<typeof FunctionSpecSchema>;
 
-/** Tenant and namespace specs: free-form, kept as given. */
+/** Namespace specs: free-form, kept as given. */
 const LooseSpecSchema = z.looseObject({});
+
+/** A tenant's limits; an absent field is unlimited. */
+export const TenantQuotaSchema = z.object({
+  /** GPUs the tenant's running pods may hold at once. */
+  max_gpu: z.int().min(0).optional(),
+  /** Pods the tenant may run at once (parked ones not counted). */
+  max_replica: z.int().min(0).optional(),
+  /** Functions the tenant may define, across its namespaces. */
+  max_functions: z.int().min(0).optional(),
+});
+/** A tenant's limits. */
+export type TenantQuota = z.infer<typeof TenantQuotaSchema>;
+
+/** Tenant specs: free-form, except `quota`, which is checked. */
+const TenantSpecSchema = z.looseObject({ quota: TenantQuotaSchema.optional() });
+
+/** The quota in a stored tenant's value (none: unlimited). */
+export function tenantQuota(spec: Record<string, unknown>): TenantQuota {
+  const r = TenantQuotaSchema.safeParse(spec.quota ?? {});
+  return r.success ? r.data : {};
+}
 
 // ------------------------------------------------------------------ Envelope
 
@@ -205,7 +226,7 @@ export function decodeUserObject(input: unknown): UserObject {
   switch (type) {
     case "tenant":
     case "namespace": {
-      const r = LooseSpecSchema.safeParse(raw);
+      const r = (type === "tenant" ? TenantSpecSchema : LooseSpecSchema).safeParse(raw);
       if (!r.success) throw invalid(what, r.error);
       return { ...meta, type, spec: r.data };
     }

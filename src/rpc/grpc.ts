@@ -45,6 +45,9 @@ const TO_GRPC: Record<ErrorCode, grpc.status> = {
   worker_failed: grpc.status.UNAVAILABLE,
   unschedulable: grpc.status.RESOURCE_EXHAUSTED,
   unsupported: grpc.status.FAILED_PRECONDITION,
+  unauthenticated: grpc.status.UNAUTHENTICATED,
+  forbidden: grpc.status.PERMISSION_DENIED,
+  quota_exceeded: grpc.status.RESOURCE_EXHAUSTED,
   internal: grpc.status.INTERNAL,
 };
 

@@ -15,6 +15,7 @@ import {
   type FuncPolicy,
   type FunctionSpec,
   resolvePolicy,
+  tenantQuota,
 } from "../model/schemas.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Gauge, type Registry } from "prom-client";
@@ -181,6 +182,18 @@ export class SchedulerService implements SchedulerClient {
           this.#policies.delete(funcId(ref.tenant, ref.namespace, ref.name));
           this.#refreshLinked(ref.tenant, ref.namespace, ref.name);
         },
+      }),
+      await startInformer(this.#meta, "tenant", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          const q = tenantQuota(o.spec as Record<string, unknown>);
+          this.#apply({
+            type: "tenantQuota",
+            tenant: o.name,
+            limits: { maxGpu: q.max_gpu, maxReplica: q.max_replica },
+          });
+        },
+        remove: (ref) => this.#apply({ type: "tenantQuota", tenant: ref.name, limits: {} }),
       }),
       await startInformer(this.#meta, "function", {
         upsert: (rec) => {

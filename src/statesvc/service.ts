@@ -10,10 +10,12 @@
 import {
   AlreadyExistsError,
   ConflictError,
+  InferxError,
   NotFoundError,
   ValidationError,
 } from "../common/errors.ts";
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
+import { ApiKeyRecordSchema } from "../model/apikey.ts";
 import {
   isUserType,
   objectKey,
@@ -26,7 +28,9 @@ import {
   decodeStoredUserObject,
   decodeUserObject,
   encodeUserObject,
+  type FunctionSpec,
   storedVersion,
+  tenantQuota,
 } from "../model/schemas.ts";
 import type { MetaStore } from "../store/types.ts";
 import type {
@@ -153,6 +157,7 @@ export class StateService implements MetaClient {
         if (obj.spec.policy?.kind === "link") {
           await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
         }
+        await this.#checkQuota(obj.tenant, obj.spec, current === undefined);
         obj.version = current ? storedVersion(current.value) + 1 : 1;
       }
       return encodeUserObject(obj);
@@ -173,7 +178,44 @@ export class StateService implements MetaClient {
       }
       return JSON.stringify(r.data);
     }
+    if (input.type === "apikey") {
+      const r = ApiKeyRecordSchema.safeParse(input.object);
+      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (r.data.id !== input.name || input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
+        throw new ValidationError(
+          `Invalid ${refText(input)}: an API key lives at system/system/{its id}`,
+          "id",
+        );
+      }
+      return JSON.stringify(r.data);
+    }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
+  }
+
+  /** A tenant's `max_functions` (on create) and `max_gpu` (a replica that could never fit). */
+  async #checkQuota(tenant: string, spec: FunctionSpec, creating: boolean) {
+    const kv = await this.#store.get(objectKey("tenant", SYSTEM, SYSTEM, tenant));
+    if (!kv) return;
+    const t = decodeStoredUserObject(kv.value, kv.revision);
+    const quota = tenantQuota(t.spec as Record<string, unknown>);
+    const gpus = spec.resources.GPU.Count;
+    if (quota.max_gpu !== undefined && gpus > quota.max_gpu) {
+      throw new InferxError(
+        "quota_exceeded",
+        `Tenant ${tenant} quota max_gpu is ${quota.max_gpu}: one replica of this function needs ${gpus} GPU(s)`,
+        { details: { limit: "max_gpu", quota: quota.max_gpu } },
+      );
+    }
+    if (creating && quota.max_functions !== undefined) {
+      const { items } = await this.#store.list(typePrefix("function", tenant));
+      if (items.length >= quota.max_functions) {
+        throw new InferxError(
+          "quota_exceeded",
+          `Tenant ${tenant} quota max_functions is ${quota.max_functions}: it has ${items.length} function(s)`,
+          { details: { limit: "max_functions", quota: quota.max_functions } },
+        );
+      }
+    }
   }
 
   async #mustExist(type: ObjectType, tenant: string, namespace: string, name: string) {

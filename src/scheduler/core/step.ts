@@ -50,6 +50,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
     pods: new Map(),
     gateways: new Map(),
     starved: new Set(),
+    quotas: new Map(),
     podSeq: 0,
   };
 }
@@ -101,6 +102,12 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     case "funcRemove":
       onFuncRemove(ctx, event.id);
+      break;
+    case "tenantQuota":
+      if (event.limits.maxGpu === undefined && event.limits.maxReplica === undefined) {
+        state.quotas.delete(event.tenant);
+      } else state.quotas.set(event.tenant, { ...event.limits });
+      retryStarved(ctx);
       break;
     case "gatewayHeartbeat":
       state.gateways.set(event.gateway, now);
@@ -364,6 +371,24 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   );
   while (need > 0) {
     const parked = parkedPod(state, f);
+    const quota = quotaBlock(state, f, parked);
+    if (quota) {
+      if (freeTenantPod(ctx, f)) continue;
+      f.lastUnschedulable = quota;
+      state.starved.add(f.id);
+      // Nothing of this function runs, nothing can be freed: waiting would only time out.
+      if (activeCurrent(state, f) === 0) {
+        for (const w of f.waiters.splice(0)) {
+          ctx.actions.push({
+            type: "leaseFailed",
+            reqId: w.reqId,
+            code: "quota_exceeded",
+            message: `Cannot lease worker for ${f.id}: ${quota}`,
+          });
+        }
+      }
+      return;
+    }
     if (parked) {
       const fresh = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
         ? undefined
@@ -404,6 +429,67 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     return;
   }
   state.starved.delete(f.id);
+}
+
+// ---------------------------------------------------------------- quotas
+
+const tenantOf = (funcId: string) => funcId.slice(0, funcId.indexOf("/"));
+
+/**
+ * Why one more replica of `f` (resuming `parked`, when there is one) would
+ * break its tenant's quota, or undefined when it would not.
+ */
+function quotaBlock(state: CoreState, f: CoreFunc, parked?: CorePod): string | undefined {
+  const tenant = tenantOf(f.id);
+  const q = state.quotas.get(tenant);
+  if (!q) return undefined;
+  let replicas = 0;
+  let gpus = 0;
+  for (const pod of state.pods.values()) {
+    if (pod.state === "Terminating" || tenantOf(pod.func) !== tenant) continue;
+    if (pod.state !== "Standby") replicas++;
+    if (pod.held.vram) gpus += pod.gpus.length;
+  }
+  const moreGpus = parked ? (parked.held.vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
+  if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
+    return `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`;
+  }
+  if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
+    return `tenant ${tenant} would exceed its max_gpu quota (${gpus} of ${q.maxGpu} GPU(s) held, ${moreGpus} more needed)`;
+  }
+  return undefined;
+}
+
+/**
+ * Makes room within a tenant's quota: retires the least recently used idle
+ * pod of another function of the same tenant that is above its `minReplica`.
+ */
+function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
+  const tenant = tenantOf(f.id);
+  let victim: CorePod | undefined;
+  let owner: CoreFunc | undefined;
+  for (const g of ctx.state.funcs.values()) {
+    if (g === f || tenantOf(g.id) !== tenant || g.idle.size === 0) continue;
+    if (activeCurrent(ctx.state, g) <= g.policy.minReplica) continue;
+    for (const id of g.idle) {
+      const p = ctx.state.pods.get(id)!;
+      if (!victim || p.lastUsed < victim.lastUsed) (victim = p, owner = g);
+    }
+  }
+  if (victim && owner) {
+    retire(ctx, owner, victim, `freed for ${f.id} within the tenant's quota`);
+    return true;
+  }
+  // A parked pod that kept its GPU memory still counts against max_gpu.
+  for (const p of ctx.state.pods.values()) {
+    if (p.state !== "Standby" || !p.held.vram || !p.gpus.length || tenantOf(p.func) !== tenant) {
+      continue;
+    }
+    if (!victim || p.lastUsed < victim.lastUsed) victim = p;
+  }
+  if (!victim) return false;
+  terminate(ctx, victim, `freed for ${f.id} within the tenant's quota`);
+  return true;
 }
 
 function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {

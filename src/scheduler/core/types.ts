@@ -152,7 +152,17 @@ export interface CoreState {
   gateways: Map<string, number>;
   /** Functions with waiters that could not be placed. */
   starved: Set<string>;
+  /** Limits of tenants that have any. */
+  quotas: Map<string, TenantLimits>;
   podSeq: number;
+}
+
+/** What a tenant may hold at once; undefined: unlimited. */
+export interface TenantLimits {
+  /** GPUs held by its pods (parked ones that keep their vRAM included). */
+  maxGpu?: number;
+  /** Pods that run or are about to (parked ones not counted). */
+  maxReplica?: number;
 }
 
 /** A node as reported by its agent. */
@@ -199,6 +209,7 @@ export type CoreEvent =
   | { type: "nodeRemove"; name: string }
   | { type: "funcUpdate"; func: FuncReport }
   | { type: "funcRemove"; id: string }
+  | { type: "tenantQuota"; tenant: string; limits: TenantLimits }
   | {
     type: "gatewayHeartbeat";
     gateway: string;
@@ -238,4 +249,9 @@ export type CoreAction =
   | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string };
 
 /** Why a lease was refused. */
-export type LeaseFailure = "timeout" | "worker_failed" | "not_found" | "unschedulable";
+export type LeaseFailure =
+  | "timeout"
+  | "worker_failed"
+  | "not_found"
+  | "unschedulable"
+  | "quota_exceeded";

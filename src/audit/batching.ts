@@ -1,0 +1,163 @@
+/**
+ * The buffer between callers and an audit backend: rows are appended in
+ * memory and written in batches on a timer, so a request never waits for the
+ * database. When the backend fails, rows stay (up to a bound) and the writer
+ * retries with backoff; rows past the bound are dropped, counted and logged.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
+
+const log = logger("audit");
+
+/** Storage behind a {@linkcode BatchingAuditLog}. */
+export interface AuditBackend {
+  readonly name: AuditStats["backend"];
+  write(requests: RequestRow[], pods: PodRow[]): Promise<void>;
+  query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]>;
+  close(): Promise<void>;
+}
+
+/** Settings of {@linkcode BatchingAuditLog}. */
+export interface BatchingOptions {
+  /** Rows held while the backend is down, beyond which new rows are dropped. @default 100000 */
+  maxBuffered?: number;
+  /** How often buffered rows are written (ms). @default 200 */
+  flushMs?: number;
+  /** Rows per write. @default 1000 */
+  batchSize?: number;
+  /** Longest wait between retries while the backend fails (ms). @default 5000 */
+  maxBackoffMs?: number;
+}
+
+/** An {@linkcode AuditLog} that buffers rows and writes them in batches. */
+export class BatchingAuditLog implements AuditLog {
+  #backend: AuditBackend;
+  #requests: RequestRow[] = [];
+  #pods: PodRow[] = [];
+  #max: number;
+  #batch: number;
+  #maxBackoff: number;
+  #timer: ReturnType<typeof setInterval>;
+  #writing?: Promise<void>;
+  #failures = 0;
+  #retryAt = 0;
+  #written = 0;
+  #dropped = 0;
+  #droppedLogged = 0;
+  #healthy = true;
+  #closed = false;
+
+  constructor(backend: AuditBackend, opts: BatchingOptions = {}) {
+    this.#backend = backend;
+    this.#max = opts.maxBuffered ?? 100_000;
+    this.#batch = opts.batchSize ?? 1000;
+    this.#maxBackoff = opts.maxBackoffMs ?? 5000;
+    this.#timer = setInterval(() => {
+      if (performance.now() >= this.#retryAt) this.#drain().catch(() => {});
+    }, opts.flushMs ?? 200);
+  }
+
+  request(row: RequestRow): void {
+    if (this.#admit()) this.#requests.push(row);
+  }
+
+  pod(row: PodRow): void {
+    if (this.#admit()) this.#pods.push(row);
+  }
+
+  #admit(): boolean {
+    if (this.#closed) return false;
+    if (this.#requests.length + this.#pods.length < this.#max) return true;
+    this.#dropped++;
+    if (this.#dropped - this.#droppedLogged >= 1000 || this.#droppedLogged === 0) {
+      log.error("Audit buffer full ({max} rows): {dropped} row(s) dropped so far", {
+        max: this.#max,
+        dropped: this.#dropped,
+      });
+      this.#droppedLogged = this.#dropped;
+    }
+    return false;
+  }
+
+  query(kind: "requests", q?: AuditQuery): Promise<RequestRow[]>;
+  query(kind: "pods", q?: AuditQuery): Promise<PodRow[]>;
+  async query(kind: AuditKind, q: AuditQuery = {}): Promise<(RequestRow | PodRow)[]> {
+    try {
+      return await this.#backend.query(kind, q);
+    } catch (err) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot read the audit (${this.#backend.name}): ${(err as Error).message}`,
+        { cause: err, retryable: true },
+      );
+    }
+  }
+
+  stats(): AuditStats {
+    return {
+      backend: this.#backend.name,
+      buffered: this.#requests.length + this.#pods.length,
+      written: this.#written,
+      dropped: this.#dropped,
+      healthy: this.#healthy,
+    };
+  }
+
+  flush(): Promise<void> {
+    return this.#drain();
+  }
+
+  /** Writes batches until the buffer is empty; one writer at a time. */
+  #drain(): Promise<void> {
+    if (this.#writing) return this.#writing.then(() => this.#drain());
+    if (!this.#requests.length && !this.#pods.length) return Promise.resolve();
+    this.#writing = (async () => {
+      try {
+        while (this.#requests.length || this.#pods.length) {
+          const reqs = this.#requests.slice(0, this.#batch);
+          const pods = this.#pods.slice(0, this.#batch);
+          await this.#backend.write(reqs, pods);
+          // Only now are they gone from the buffer: a failed write loses nothing.
+          this.#requests.splice(0, reqs.length);
+          this.#pods.splice(0, pods.length);
+          this.#written += reqs.length + pods.length;
+        }
+        if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
+        this.#healthy = true;
+        this.#failures = 0;
+        this.#retryAt = 0;
+      } catch (err) {
+        if (this.#healthy) {
+          log.warn("Cannot write audit rows to {name}, keeping them: {error}", {
+            name: this.#backend.name,
+            error: String((err as Error).message ?? err),
+          });
+        }
+        this.#healthy = false;
+        this.#failures++;
+        this.#retryAt = performance.now() +
+          Math.min(this.#maxBackoff, 100 * 2 ** Math.min(this.#failures, 10));
+        throw err;
+      } finally {
+        this.#writing = undefined;
+      }
+    })();
+    return this.#writing;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#closed = true;
+    await this.#drain().catch((err) => {
+      const left = this.#requests.length + this.#pods.length;
+      log.error("Closing the audit log with {left} row(s) unwritten: {error}", {
+        left,
+        error: String((err as Error).message ?? err),
+      });
+    });
+    await this.#backend.close();
+  }
+}

@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import { type AuditBackend, BatchingAuditLog } from "./batching.ts";
+import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
+import { sampleRequest } from "./testing.ts";
+
+/** A backend in memory that can be switched off, to test the buffer around it. */
+class MemoryBackend implements AuditBackend {
+  readonly name = "embedded";
+  up = true;
+  writes = 0;
+  requests: RequestRow[] = [];
+  pods: PodRow[] = [];
+  write(requests: RequestRow[], pods: PodRow[]): Promise<void> {
+    if (!this.up) return Promise.reject(new Error("connection refused"));
+    this.writes++;
+    this.requests.push(...requests);
+    this.pods.push(...pods);
+    return Promise.resolve();
+  }
+  query(kind: AuditKind, _q: AuditQuery) {
+    if (!this.up) return Promise.reject(new Error("connection refused"));
+    return Promise.resolve(kind === "requests" ? [...this.requests] : [...this.pods]);
+  }
+  close() {
+    return Promise.resolve();
+  }
+}
+
+const row = (i: number) => sampleRequest(i);
+
+Deno.test("BatchingAuditLog writes rows in batches, not one by one", async () => {
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 10_000, batchSize: 100 });
+  for (let i = 0; i < 250; i++) log.request(row(i));
+  assert.equal(b.writes, 0, "nothing is written on the caller's path");
+  await log.flush();
+  assert.equal(b.writes, 3);
+  assert.deepEqual(b.requests.map((r) => r.time), Array.from({ length: 250 }, (_, i) => i));
+  assert.deepEqual(log.stats(), {
+    backend: "embedded",
+    buffered: 0,
+    written: 250,
+    dropped: 0,
+    healthy: true,
+  });
+  await log.close();
+});
+
+Deno.test("BatchingAuditLog keeps rows while the backend is down, bounded, and counts what it drops", async () => {
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 20, maxBuffered: 5, maxBackoffMs: 50 });
+  b.up = false;
+  for (let i = 0; i < 8; i++) log.request(row(i));
+  await assert.rejects(log.flush(), /connection refused/);
+  assert.deepEqual(log.stats(), {
+    backend: "embedded",
+    buffered: 5,
+    written: 0,
+    dropped: 3,
+    healthy: false,
+  });
+  await assert.rejects(log.query("requests"), /Cannot read the audit/);
+  b.up = true;
+  // The timer retries on its own.
+  const deadline = Date.now() + 5000;
+  while (log.stats().buffered > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.deepEqual(b.requests.map((r) => r.time), [0, 1, 2, 3, 4], "the oldest rows are kept");
+  assert.equal(log.stats().healthy, true);
+  assert.equal(log.stats().dropped, 3);
+  await log.close();
+});
+
+Deno.test("BatchingAuditLog writes what is left on close and takes no rows after", async () => {
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 10_000 });
+  log.request(row(1));
+  log.pod({
+    time: 2,
+    pod: "p",
+    tenant: "t",
+    namespace: "n",
+    func: "f",
+    node: "n1",
+    state: "Ready",
+    prevState: "Creating",
+  });
+  await log.close();
+  assert.equal(b.requests.length, 1);
+  assert.equal(b.pods.length, 1);
+  log.request(row(3));
+  assert.equal(log.stats().buffered, 0);
+});

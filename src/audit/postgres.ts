@@ -1,0 +1,223 @@
+/**
+ * The PostgreSQL audit backend (`AUDITDB_ADDR`, a `postgres://` URL) through
+ * `npm:postgres`. The schema is created by numbered migrations, applied once
+ * each under an advisory lock so that gateways starting together do not
+ * race; the applied versions are kept in `inferx_schema_migrations`.
+ * Migrations run before the first write, so a database that is down at start
+ * only delays them.
+ *
+ * @module
+ */
+import postgres from "postgres";
+import type { AuditBackend } from "./batching.ts";
+import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
+
+/** The schema, one step per version; never edit a released step, add one. */
+export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: "request audit",
+    sql: `create table inferx_request_audit (
+      id bigserial primary key,
+      time timestamptz not null,
+      gateway text not null,
+      principal text not null,
+      tenant text not null,
+      namespace text not null,
+      func text not null,
+      method text not null,
+      path text not null,
+      status integer not null,
+      latency_ms double precision not null,
+      ttfb_ms double precision,
+      cold_start boolean not null,
+      resumed boolean not null,
+      pod text,
+      error text
+    )`,
+  },
+  {
+    version: 2,
+    name: "pod audit",
+    sql: `create table inferx_pod_audit (
+      id bigserial primary key,
+      time timestamptz not null,
+      pod text not null,
+      tenant text not null,
+      namespace text not null,
+      func text not null,
+      node text not null,
+      state text not null,
+      prev_state text,
+      reason text
+    )`,
+  },
+  {
+    version: 3,
+    name: "lookup indexes",
+    sql:
+      `create index inferx_request_audit_by_func on inferx_request_audit (tenant, namespace, func, time desc);
+      create index inferx_request_audit_by_time on inferx_request_audit (time desc);
+      create index inferx_pod_audit_by_func on inferx_pod_audit (tenant, namespace, func, time desc);
+      create index inferx_pod_audit_by_pod on inferx_pod_audit (pod, time)`,
+  },
+];
+
+/** An arbitrary constant naming the migration lock. */
+const MIGRATION_LOCK = 0x1f3a_7e01;
+
+type Sql = ReturnType<typeof postgres>;
+
+/** Audit rows in PostgreSQL. */
+export class PostgresAuditBackend implements AuditBackend {
+  readonly name = "postgres";
+  #sql: Sql;
+  #migrated?: Promise<number[]>;
+
+  /** `url`: `postgres://user:password@host:port/database`. */
+  constructor(url: string) {
+    this.#sql = postgres(url, {
+      max: 4,
+      connect_timeout: 3,
+      idle_timeout: 30,
+      onnotice: () => {},
+      connection: { application_name: "inferx-audit" },
+    });
+  }
+
+  /** Applies missing migrations (once per backend); returns the versions it applied. */
+  migrate(): Promise<number[]> {
+    this.#migrated ??= this.#migrate().catch((err) => {
+      this.#migrated = undefined; // try again on the next write
+      throw err;
+    });
+    return this.#migrated;
+  }
+
+  async #migrate(): Promise<number[]> {
+    return await this.#sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(${MIGRATION_LOCK})`;
+      await tx`create table if not exists inferx_schema_migrations (
+        version integer primary key,
+        name text not null,
+        applied_at timestamptz not null default now()
+      )`;
+      const done = new Set(
+        (await tx<{ version: number }[]>`select version from inferx_schema_migrations`)
+          .map((r) => r.version),
+      );
+      const applied: number[] = [];
+      for (const m of MIGRATIONS) {
+        if (done.has(m.version)) continue;
+        await tx.unsafe(m.sql);
+        await tx`insert into inferx_schema_migrations (version, name) values (${m.version}, ${m.name})`;
+        applied.push(m.version);
+      }
+      return applied;
+    });
+  }
+
+  async write(requests: RequestRow[], pods: PodRow[]): Promise<void> {
+    await this.migrate();
+    const sql = this.#sql;
+    await sql.begin(async (tx) => {
+      if (requests.length) {
+        const rows = requests.map((r) => ({
+          time: new Date(r.time),
+          gateway: r.gateway,
+          principal: r.principal,
+          tenant: r.tenant,
+          namespace: r.namespace,
+          func: r.func,
+          method: r.method,
+          path: r.path,
+          status: r.status,
+          latency_ms: r.latencyMs,
+          ttfb_ms: r.ttfbMs ?? null,
+          cold_start: r.coldStart,
+          resumed: r.resumed,
+          pod: r.pod ?? null,
+          error: r.error ?? null,
+        }));
+        await tx`insert into inferx_request_audit ${sql(rows)}`;
+      }
+      if (pods.length) {
+        const rows = pods.map((p) => ({
+          time: new Date(p.time),
+          pod: p.pod,
+          tenant: p.tenant,
+          namespace: p.namespace,
+          func: p.func,
+          node: p.node,
+          state: p.state,
+          prev_state: p.prevState ?? null,
+          reason: p.reason ?? null,
+        }));
+        await tx`insert into inferx_pod_audit ${sql(rows)}`;
+      }
+    });
+  }
+
+  async query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {
+    await this.migrate();
+    const sql = this.#sql;
+    const table = kind === "requests" ? sql`inferx_request_audit` : sql`inferx_pod_audit`;
+    const rows = await sql<Record<string, unknown>[]>`
+      select * from ${table}
+      where true
+        ${q.tenant !== undefined ? sql`and tenant = ${q.tenant}` : sql``}
+        ${q.namespace !== undefined ? sql`and namespace = ${q.namespace}` : sql``}
+        ${q.func !== undefined ? sql`and func = ${q.func}` : sql``}
+        ${q.since !== undefined ? sql`and time >= ${new Date(q.since)}` : sql``}
+      order by time desc, id desc
+      limit ${q.limit ?? 100}`;
+    return rows.map((r) => kind === "requests" ? requestFromDb(r) : podFromDb(r));
+  }
+
+  /** The applied migration versions, ascending. */
+  async versions(): Promise<number[]> {
+    const rows = await this.#sql<{ version: number }[]>`
+      select version from inferx_schema_migrations order by version`;
+    return rows.map((r) => r.version);
+  }
+
+  async close(): Promise<void> {
+    await this.#sql.end({ timeout: 2 });
+  }
+}
+
+const opt = <T>(v: unknown): T | undefined => (v === null ? undefined : v as T);
+
+function requestFromDb(r: Record<string, unknown>): RequestRow {
+  return {
+    time: (r.time as Date).getTime(),
+    gateway: r.gateway as string,
+    principal: r.principal as string,
+    tenant: r.tenant as string,
+    namespace: r.namespace as string,
+    func: r.func as string,
+    method: r.method as string,
+    path: r.path as string,
+    status: r.status as number,
+    latencyMs: r.latency_ms as number,
+    ttfbMs: opt(r.ttfb_ms),
+    coldStart: r.cold_start as boolean,
+    resumed: r.resumed as boolean,
+    pod: opt(r.pod),
+    error: opt(r.error),
+  };
+}
+
+function podFromDb(r: Record<string, unknown>): PodRow {
+  return {
+    time: (r.time as Date).getTime(),
+    pod: r.pod as string,
+    tenant: r.tenant as string,
+    namespace: r.namespace as string,
+    func: r.func as string,
+    node: r.node as string,
+    state: r.state as string,
+    prevState: opt(r.prev_state),
+    reason: opt(r.reason),
+  };
+}

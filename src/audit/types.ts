@@ -1,0 +1,84 @@
+/**
+ * Audit rows and the log they go to. Two kinds: one row per request through
+ * the gateway, one per pod state change. Writers never wait for storage:
+ * rows are buffered and written in batches off the hot path.
+ *
+ * @module
+ */
+
+/** One request through the gateway. */
+export interface RequestRow {
+  /** When it arrived (ms since the epoch). */
+  time: number;
+  gateway: string;
+  /** Who called (`admin`, `key:{id}`, `oidc:{sub}`, `anonymous`); never a secret. */
+  principal: string;
+  tenant: string;
+  namespace: string;
+  func: string;
+  method: string;
+  path: string;
+  status: number;
+  latencyMs: number;
+  /** Time to the upstream's first byte, when there was an upstream answer. */
+  ttfbMs?: number;
+  coldStart: boolean;
+  resumed: boolean;
+  pod?: string;
+  /** The error code when the gateway answered an error itself. */
+  error?: string;
+}
+
+/** One pod state change. */
+export interface PodRow {
+  time: number;
+  pod: string;
+  tenant: string;
+  namespace: string;
+  func: string;
+  node: string;
+  state: string;
+  prevState?: string;
+  /** Why it changed, when known (a failure's error). */
+  reason?: string;
+}
+
+/** The two kinds of rows. */
+export type AuditKind = "requests" | "pods";
+
+/** A filter for {@linkcode AuditLog.query}. */
+export interface AuditQuery {
+  tenant?: string;
+  namespace?: string;
+  func?: string;
+  /** Rows at or after this time (ms). */
+  since?: number;
+  /** Newest first, at most this many. @default 100 */
+  limit?: number;
+}
+
+/** How the log is doing. */
+export interface AuditStats {
+  backend: "postgres" | "embedded";
+  /** Rows waiting to be written. */
+  buffered: number;
+  /** Rows written since start. */
+  written: number;
+  /** Rows dropped because the buffer was full. */
+  dropped: number;
+  /** Whether the last write succeeded. */
+  healthy: boolean;
+}
+
+/** Where audit rows go. */
+export interface AuditLog {
+  request(row: RequestRow): void;
+  pod(row: PodRow): void;
+  query(kind: "requests", q?: AuditQuery): Promise<RequestRow[]>;
+  query(kind: "pods", q?: AuditQuery): Promise<PodRow[]>;
+  stats(): AuditStats;
+  /** Writes what is buffered now (fails when the backend is down). */
+  flush(): Promise<void>;
+  /** Writes what it can and closes the backend. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,265 @@
+/**
+ * Who is calling, and what they may do. A request carries an API key or an
+ * OIDC token (`Authorization: Bearer ...`); it becomes a {@linkcode Principal}
+ * holding grants, each a scope (`full` > `read` > `inference`) over every
+ * tenant, one tenant, or one namespace. Without credentials a caller is
+ * anonymous and may call the functions of tenant `public`.
+ *
+ * Keys are looked up by their SHA-256 in a map the gateway keeps from a watch
+ * on the store, so the warm path does no I/O. Auth is on when an
+ * administrator key (`INFERX_ADMIN_APIKEY`) or an OIDC issuer is configured;
+ * without either, every caller is the administrator (a development setup,
+ * logged loudly at start).
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import { type ApiKeyRecord, ApiKeyRecordSchema, KEY_PREFIX, type Scope } from "../model/apikey.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { MetaClient } from "../rpc/types.ts";
+import type { OidcVerifier } from "./oidc.ts";
+
+const log = logger("auth");
+
+/** What a route asks of its caller. */
+export type Action = "inference" | "read" | "write";
+
+/** A scope over everything, a tenant, or a namespace of a tenant. */
+export interface Grant {
+  scope: Scope;
+  tenant?: string;
+  namespace?: string;
+}
+
+/** An authenticated (or anonymous) caller. */
+export interface Principal {
+  /** For audit and messages: `admin`, `key:{id}`, `oidc:{sub}`, `anonymous`. Never a secret. */
+  id: string;
+  grants: Grant[];
+  anonymous?: boolean;
+}
+
+const ACTIONS: Record<Scope, readonly Action[]> = {
+  full: ["inference", "read", "write"],
+  read: ["read", "inference"],
+  inference: ["inference"],
+};
+
+const SCOPE_RANK: Record<Scope, number> = { full: 3, read: 2, inference: 1 };
+
+/** The caller without credentials. */
+export const ANONYMOUS: Principal = {
+  id: "anonymous",
+  anonymous: true,
+  grants: [{ scope: "inference", tenant: "public" }],
+};
+
+/** The administrator (and every caller while auth is off). */
+export const ADMIN: Principal = { id: "admin", grants: [{ scope: "full" }] };
+
+/** Whether grant `g` reaches `tenant`/`namespace` (undefined: the whole tenant or cluster). */
+export function covers(g: Grant, tenant?: string, namespace?: string): boolean {
+  if (g.tenant === undefined) return true;
+  if (tenant !== g.tenant) return false;
+  return g.namespace === undefined || namespace === g.namespace;
+}
+
+/** Whether `p` may do `action` in `tenant` (and `namespace`); no tenant: cluster-wide. */
+export function allows(p: Principal, action: Action, tenant?: string, namespace?: string): boolean {
+  return p.grants.some((g) => ACTIONS[g.scope].includes(action) && covers(g, tenant, namespace));
+}
+
+/** Whether `p` may create or revoke a key with `scope` over `tenant`/`namespace`. */
+export function mayManageKey(
+  p: Principal,
+  key: { scope: Scope; tenant?: string; namespace?: string },
+): boolean {
+  return p.grants.some((g) =>
+    g.scope === "full" && SCOPE_RANK[g.scope] >= SCOPE_RANK[key.scope] &&
+    covers(g, key.tenant, key.namespace)
+  );
+}
+
+/** Throws the right error when `p` may not do `action` there: 401 for anonymous, else 403. */
+export function authorize(p: Principal, action: Action, tenant?: string, namespace?: string) {
+  if (allows(p, action, tenant, namespace)) return;
+  const where = tenant === undefined
+    ? "cluster-wide"
+    : namespace === undefined
+    ? `in tenant ${tenant}`
+    : `in ${tenant}/${namespace}`;
+  if (p.anonymous) {
+    throw new InferxError(
+      "unauthenticated",
+      `Credentials required to ${action} ${where}: send Authorization: Bearer <API key or token>`,
+    );
+  }
+  throw new InferxError("forbidden", `${p.id} may not ${action} ${where}`);
+}
+
+/**
+ * Grants from OIDC group paths or roles: `/tenant/admin/{t}`,
+ * `/tenant/user/{t}`, `/namespace/admin/{t}/{ns}`, `/namespace/user/{t}/{ns}`
+ * (a leading slash is optional). Anything else grants nothing.
+ */
+export function rolesToGrants(roles: readonly string[]): Grant[] {
+  const grants: Grant[] = [];
+  for (const role of roles) {
+    const p = role.replace(/^\//, "").split("/");
+    const scope: Scope | undefined = p[1] === "admin"
+      ? "full"
+      : p[1] === "user"
+      ? "read"
+      : undefined;
+    if (!scope) continue;
+    if (p[0] === "tenant" && p.length === 3 && p[2]) grants.push({ scope, tenant: p[2] });
+    if (p[0] === "namespace" && p.length === 4 && p[2] && p[3]) {
+      grants.push({ scope, tenant: p[2], namespace: p[3] });
+    }
+  }
+  return grants;
+}
+
+/** SHA-256 of a key, lowercase hex: what the store keeps. */
+export function hashKey(key: string): string {
+  return createHash("sha256").update(key).digest("hex");
+}
+
+/** A new random key and its id. */
+export function newApiKey(): { id: string; key: string } {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  const key = KEY_PREFIX + btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-")
+    .replace(/\//g, "_").replace(/=+$/, "");
+  const id = Array.from(
+    crypto.getRandomValues(new Uint8Array(6)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  return { id, key };
+}
+
+/** Settings of {@linkcode Authenticator}. */
+export interface AuthOptions {
+  /** The administrator's key (`INFERX_ADMIN_APIKEY`). */
+  adminKey?: string;
+  oidc?: OidcVerifier;
+  /** Current time (ms); for tests. */
+  now?: () => number;
+}
+
+const TOKEN_CACHE_MAX = 10_000;
+
+/** Turns request headers into a principal. */
+export class Authenticator {
+  readonly enabled: boolean;
+  #adminHash?: Buffer;
+  #oidc?: OidcVerifier;
+  #now: () => number;
+  #byHash = new Map<string, { rec: ApiKeyRecord; principal: Principal }>();
+  #idToHash = new Map<string, string>();
+  #tokens = new Map<string, { principal: Principal; expMs: number }>();
+  #informer?: Informer;
+
+  constructor(opts: AuthOptions) {
+    if (opts.adminKey !== undefined && opts.adminKey.length < 16) {
+      throw new InferxError("invalid", "INFERX_ADMIN_APIKEY must be at least 16 characters");
+    }
+    this.#adminHash = opts.adminKey ? Buffer.from(hashKey(opts.adminKey), "hex") : undefined;
+    this.#oidc = opts.oidc;
+    this.#now = opts.now ?? Date.now;
+    this.enabled = this.#adminHash !== undefined || this.#oidc !== undefined;
+  }
+
+  /** Follows the stored API keys. */
+  async start(meta: MetaClient): Promise<void> {
+    if (!this.enabled) {
+      log.warn(
+        "Auth is off: every caller is the administrator. Set INFERX_ADMIN_APIKEY (or INFERX_OIDC_JWKS_URL) to turn it on",
+      );
+    }
+    this.#informer = await startInformer(meta, "apikey", {
+      upsert: (r) => {
+        const parsed = ApiKeyRecordSchema.safeParse(JSON.parse(r.value));
+        if (parsed.success) this.upsertKey(parsed.data);
+        else log.warn("Ignoring malformed API key {id}", { id: r.name });
+      },
+      remove: (ref) => this.removeKey(ref.name),
+    });
+  }
+
+  stop(): void {
+    this.#informer?.stop();
+  }
+
+  upsertKey(rec: ApiKeyRecord): void {
+    this.removeKey(rec.id);
+    const principal: Principal = {
+      id: `key:${rec.id}`,
+      grants: [{ scope: rec.scope, tenant: rec.tenant, namespace: rec.namespace }],
+    };
+    this.#byHash.set(rec.hash, { rec, principal });
+    this.#idToHash.set(rec.id, rec.hash);
+  }
+
+  removeKey(id: string): void {
+    const h = this.#idToHash.get(id);
+    if (h === undefined) return;
+    this.#byHash.delete(h);
+    this.#idToHash.delete(id);
+  }
+
+  /** The caller of a request; throws `unauthenticated` for bad credentials. */
+  authenticate(headers: Headers): Principal | Promise<Principal> {
+    if (!this.enabled) return ADMIN;
+    const cred = credential(headers);
+    if (cred === undefined) return ANONYMOUS;
+    if (cred.startsWith(KEY_PREFIX)) return this.#byKey(cred);
+    if (this.#adminHash) {
+      const h = Buffer.from(hashKey(cred), "hex");
+      if (timingSafeEqual(h, this.#adminHash)) return ADMIN;
+    }
+    if (this.#oidc && cred.split(".").length === 3) return this.#byToken(cred);
+    throw new InferxError("unauthenticated", "Invalid credentials: unknown API key or token");
+  }
+
+  #byKey(key: string): Principal {
+    const found = this.#byHash.get(hashKey(key));
+    if (!found) throw new InferxError("unauthenticated", "Invalid API key");
+    const exp = found.rec.expiresAt;
+    if (exp !== undefined && exp <= this.#now()) {
+      throw new InferxError(
+        "unauthenticated",
+        `API key ${found.rec.id} expired at ${new Date(exp).toISOString()}`,
+      );
+    }
+    return found.principal;
+  }
+
+  async #byToken(token: string): Promise<Principal> {
+    const cached = this.#tokens.get(token);
+    if (cached && cached.expMs > this.#now()) return cached.principal;
+    const claims = await this.#oidc!.verify(token);
+    const principal: Principal = { id: `oidc:${claims.sub}`, grants: rolesToGrants(claims.roles) };
+    if (this.#tokens.size >= TOKEN_CACHE_MAX) this.#tokens.clear();
+    this.#tokens.set(token, { principal, expMs: claims.exp * 1000 });
+    return principal;
+  }
+}
+
+/** The bearer credential of a request: `Authorization: Bearer X` or `X-Api-Key: X`. */
+function credential(headers: Headers): string | undefined {
+  const auth = headers.get("authorization");
+  if (auth !== null) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (!m) {
+      throw new InferxError(
+        "unauthenticated",
+        "Invalid Authorization header: expected Bearer <API key or token>",
+      );
+    }
+    return m[1];
+  }
+  return headers.get("x-api-key") ?? undefined;
+}

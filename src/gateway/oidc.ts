@@ -1,0 +1,223 @@
+/**
+ * OIDC bearer tokens (Keycloak or any issuer with a JWKS endpoint): the
+ * signature is checked with WebCrypto against the issuer's published keys,
+ * then expiry, not-before, issuer and audience. Keys are fetched once and
+ * again when a token names a key id not seen yet (at most every 10 s).
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+
+/** What a verified token says. */
+export interface TokenClaims {
+  sub: string;
+  /** Expiry (seconds since the epoch). */
+  exp: number;
+  /** Group paths and roles, from `groups`, `roles` and `realm_access.roles`. */
+  roles: string[];
+  /** Every claim as sent. */
+  raw: Record<string, unknown>;
+}
+
+/** Settings of {@linkcode OidcVerifier}. */
+export interface OidcOptions {
+  jwksUrl: string;
+  /** Required `iss`, when set. */
+  issuer?: string;
+  /** Required `aud` (or `azp`), when set. */
+  audience?: string;
+  /** Clock skew allowed on `exp` and `nbf` (s). @default 30 */
+  leewayS?: number;
+  /** Current time (ms); for tests. */
+  now?: () => number;
+}
+
+const ALGS: Record<
+  string,
+  {
+    import: RsaHashedImportParams | EcKeyImportParams;
+    verify: AlgorithmIdentifier | EcdsaParams | RsaPssParams;
+  }
+> = {
+  RS256: {
+    import: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" },
+    verify: { name: "RSASSA-PKCS1-v1_5" },
+  },
+  RS384: {
+    import: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-384" },
+    verify: { name: "RSASSA-PKCS1-v1_5" },
+  },
+  RS512: {
+    import: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-512" },
+    verify: { name: "RSASSA-PKCS1-v1_5" },
+  },
+  PS256: {
+    import: { name: "RSA-PSS", hash: "SHA-256" },
+    verify: { name: "RSA-PSS", saltLength: 32 } as RsaPssParams,
+  },
+  ES256: {
+    import: { name: "ECDSA", namedCurve: "P-256" },
+    verify: { name: "ECDSA", hash: "SHA-256" } as EcdsaParams,
+  },
+  ES384: {
+    import: { name: "ECDSA", namedCurve: "P-384" },
+    verify: { name: "ECDSA", hash: "SHA-384" } as EcdsaParams,
+  },
+};
+
+const unauthenticated = (why: string) =>
+  new InferxError("unauthenticated", `Invalid token: ${why}`);
+
+function b64urlBytes(s: string): Uint8Array<ArrayBuffer> {
+  const b64 = s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4);
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function b64urlJson(s: string, what: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(new TextDecoder().decode(b64urlBytes(s)));
+    if (v && typeof v === "object" && !Array.isArray(v)) return v;
+  } catch {
+    // reported below
+  }
+  throw unauthenticated(`its ${what} is not base64url JSON`);
+}
+
+/** Verifies JWTs against a JWKS endpoint. */
+export class OidcVerifier {
+  #opts: OidcOptions;
+  #keys = new Map<
+    string,
+    { jwk: JsonWebKey & { kid?: string; alg?: string }; imported: Map<string, CryptoKey> }
+  >();
+  #lastFetch = -Infinity;
+  #fetching?: Promise<void>;
+
+  constructor(opts: OidcOptions) {
+    this.#opts = opts;
+  }
+
+  /** Checks a token and returns its claims; throws `unauthenticated` saying why not. */
+  async verify(token: string): Promise<TokenClaims> {
+    const parts = token.split(".");
+    if (parts.length !== 3) throw unauthenticated("not a JWT (three dot-separated parts)");
+    const header = b64urlJson(parts[0], "header");
+    const payload = b64urlJson(parts[1], "payload");
+    const alg = String(header.alg);
+    const spec = ALGS[alg];
+    if (!spec) throw unauthenticated(`algorithm ${alg} is not accepted`);
+    const kid = typeof header.kid === "string" ? header.kid : "";
+    const key = await this.#key(kid, alg);
+    let signature: Uint8Array<ArrayBuffer>;
+    try {
+      signature = b64urlBytes(parts[2]);
+    } catch {
+      throw unauthenticated("its signature is not base64url");
+    }
+    const signed = new TextEncoder().encode(`${parts[0]}.${parts[1]}`);
+    if (!await crypto.subtle.verify(spec.verify, key, signature, signed)) {
+      throw unauthenticated("bad signature");
+    }
+    const now = (this.#opts.now?.() ?? Date.now()) / 1000;
+    const leeway = this.#opts.leewayS ?? 30;
+    if (typeof payload.exp !== "number") throw unauthenticated("no exp claim");
+    if (payload.exp + leeway < now) throw unauthenticated("expired");
+    if (typeof payload.nbf === "number" && payload.nbf - leeway > now) {
+      throw unauthenticated("not valid yet (nbf)");
+    }
+    if (this.#opts.issuer && payload.iss !== this.#opts.issuer) {
+      throw unauthenticated(`issuer ${JSON.stringify(payload.iss)} is not ${this.#opts.issuer}`);
+    }
+    const aud = this.#opts.audience;
+    if (aud) {
+      const auds = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+      if (!auds.includes(aud) && payload.azp !== aud) {
+        throw unauthenticated(`audience is not ${aud}`);
+      }
+    }
+    if (typeof payload.sub !== "string" || !payload.sub) throw unauthenticated("no sub claim");
+    return { sub: payload.sub, exp: payload.exp, roles: rolesOf(payload), raw: payload };
+  }
+
+  async #key(kid: string, alg: string): Promise<CryptoKey> {
+    let entry = this.#find(kid);
+    if (!entry) {
+      await this.#refresh();
+      entry = this.#find(kid);
+    }
+    if (!entry) throw unauthenticated(`no key ${kid || "(no kid)"} at the issuer's JWKS`);
+    if (entry.jwk.alg && entry.jwk.alg !== alg) {
+      throw unauthenticated(`key ${kid} is for ${entry.jwk.alg}, the token says ${alg}`);
+    }
+    let key = entry.imported.get(alg);
+    if (!key) {
+      try {
+        const { alg: _a, kid: _k, use: _u, key_ops: _o, ...jwk } = entry.jwk as JsonWebKey & {
+          kid?: string;
+          use?: string;
+        };
+        key = await crypto.subtle.importKey("jwk", jwk, ALGS[alg].import, false, ["verify"]);
+      } catch (err) {
+        throw unauthenticated(`key ${kid} does not suit ${alg}: ${(err as Error).message}`);
+      }
+      entry.imported.set(alg, key);
+    }
+    return key;
+  }
+
+  #find(kid: string) {
+    if (kid) return this.#keys.get(kid);
+    // A token without kid is accepted when the issuer publishes exactly one key.
+    return this.#keys.size === 1 ? [...this.#keys.values()][0] : undefined;
+  }
+
+  #refresh(): Promise<void> {
+    const now = performance.now();
+    if (this.#fetching) return this.#fetching;
+    if (now - this.#lastFetch < 10_000) return Promise.resolve();
+    this.#lastFetch = now;
+    this.#fetching = (async () => {
+      try {
+        const res = await fetch(this.#opts.jwksUrl, { signal: AbortSignal.timeout(5000) });
+        if (!res.ok) {
+          await res.body?.cancel();
+          throw new Error(`HTTP ${res.status}`);
+        }
+        const body = await res.json() as { keys?: unknown };
+        if (!Array.isArray(body.keys)) throw new Error("no keys array");
+        const keys = new Map<
+          string,
+          { jwk: JsonWebKey & { kid?: string; alg?: string }; imported: Map<string, CryptoKey> }
+        >();
+        for (const k of body.keys as (JsonWebKey & { kid?: string; use?: string })[]) {
+          if (k.use && k.use !== "sig") continue;
+          keys.set(k.kid ?? "", { jwk: k, imported: new Map() });
+        }
+        this.#keys = keys;
+      } catch (err) {
+        throw new InferxError(
+          "unavailable",
+          `Cannot read the OIDC keys at ${this.#opts.jwksUrl}: ${(err as Error).message}`,
+          { retryable: true },
+        );
+      } finally {
+        this.#fetching = undefined;
+      }
+    })();
+    return this.#fetching;
+  }
+}
+
+function rolesOf(p: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  const add = (v: unknown) => {
+    if (Array.isArray(v)) { for (const r of v) if (typeof r === "string") out.push(r); }
+  };
+  add(p.groups);
+  add(p.roles);
+  add((p.realm_access as { roles?: unknown } | undefined)?.roles);
+  return out;
+}
