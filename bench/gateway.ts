@@ -8,43 +8,14 @@
  * Run: `deno run -A bench/gateway.ts [seconds] [concurrency]` (5, 16).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { load } from "./load.ts";
 import { createNamespace, putObject, request, startPlatform } from "../tests/helpers.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
 const concurrency = Number(Deno.args[1] ?? 16);
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 1, temperature: 0 });
 
-async function load(
-  url: string,
-): Promise<{ rps: number; p50: number; p99: number; errors: number }> {
-  const lat: number[] = [];
-  let errors = 0;
-  const end = performance.now() + seconds * 1000;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < end) {
-      const t0 = performance.now();
-      try {
-        const res = await fetch(url, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: BODY,
-        });
-        await res.arrayBuffer();
-        if (res.ok) lat.push(performance.now() - t0);
-        else errors++;
-      } catch {
-        errors++;
-      }
-    }
-  }));
-  lat.sort((a, b) => a - b);
-  return {
-    rps: lat.length / seconds,
-    p50: lat[Math.floor(lat.length / 2)],
-    p99: lat[Math.floor(lat.length * 0.99)],
-    errors,
-  };
-}
+const run = (url: string) => load(url, seconds, concurrency, BODY);
 
 const p = await startPlatform({ LOG_LEVEL: "warning" });
 try {
@@ -67,9 +38,9 @@ try {
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
   const [pod] = (await request(`${p.url}/pods/bench/gw/lm`)).body;
   const direct = `http://${pod.endpoint}/v1/completions`;
-  await load(direct); // warm both paths
-  const d = await load(direct);
-  const g = await load(viaGateway);
+  await run(direct); // warm both paths
+  const d = await run(direct);
+  const g = await run(viaGateway);
   const f = (x: number) => x.toFixed(3);
   console.log(
     `gateway warm-path benchmark: ${seconds} s per path, ${concurrency} concurrent, deno ${Deno.version.deno}`,

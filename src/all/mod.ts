@@ -38,6 +38,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     meta,
     node: nodeInfo,
     workDir: REPO_ROOT,
+    snapshotDir: `${env.dataDir}/snapshots`,
     // The store created the data directory: its real path tells this
     // platform's workers from another's on the same host.
     scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,

@@ -194,6 +194,7 @@ export async function startNodeAgent(env: EnvConfig): Promise<RoleHandle> {
     meta,
     node,
     workDir: REPO_ROOT,
+    snapshotDir: `${env.dataDir}/snapshots`,
     scope: `${node.name}@${await Deno.realPath(env.dataDir)}`,
   });
   const server = await serveNodeAgent(agent.agent, `${env.bindHost}:${env.nodeagentPort}`);

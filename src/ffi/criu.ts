@@ -20,6 +20,9 @@ const CRIU = {
   criu_check: { parameters: [], result: "i32" },
   criu_dump: { parameters: [], result: "i32" },
   criu_restore: { parameters: [], result: "i32" },
+  // Not in every libcriu: without them a worker with open connections cannot be dumped.
+  criu_set_tcp_established: { parameters: ["bool"], result: "void", optional: true },
+  criu_set_tcp_close: { parameters: ["bool"], result: "void", optional: true },
 } as const;
 
 const LIBC = {
@@ -119,24 +122,37 @@ export class LibCriu {
     return { ok: false, reason: log.trim() ? logReason(log) : `criu_check returned ${result}` };
   }
 
-  /** Dumps the process tree of `pid` into `dir`; the process stops unless `leaveRunning`. */
-  async dump(pid: number, dir: string, options: { leaveRunning?: boolean } = {}): Promise<void> {
+  /**
+   * Dumps the process tree of `pid` into `dir`; the process stops unless
+   * `leaveRunning`. `tcpEstablished` dumps open TCP connections too (a
+   * worker with kept-alive clients has some).
+   */
+  async dump(
+    pid: number,
+    dir: string,
+    options: { leaveRunning?: boolean; tcpEstablished?: boolean } = {},
+  ): Promise<void> {
     const { result, log } = await this.#run("dump", dir, (s) => {
       s.criu_set_pid(pid);
       s.criu_set_images_dir_fd(this.#dirFd(dir));
       s.criu_set_leave_running(options.leaveRunning ?? false);
       s.criu_set_shell_job(true);
+      if (options.tcpEstablished) s.criu_set_tcp_established?.(true);
     }, () => this.#lib.symbols.criu_dump());
     if (result < 0) {
       throw new InferxError("internal", `Cannot dump process ${pid}: ${logReason(log)}`);
     }
   }
 
-  /** Restores the process tree dumped in `dir`; returns its pid. */
-  async restore(dir: string): Promise<number> {
+  /**
+   * Restores the process tree dumped in `dir`; returns its pid. `tcpClose`
+   * restores dumped connections closed (their peers have moved on).
+   */
+  async restore(dir: string, options: { tcpClose?: boolean } = {}): Promise<number> {
     const { result, log } = await this.#run("restore", dir, (s) => {
       s.criu_set_images_dir_fd(this.#dirFd(dir));
       s.criu_set_shell_job(true);
+      if (options.tcpClose) s.criu_set_tcp_close?.(true);
     }, () => this.#lib.symbols.criu_restore());
     if (result < 0) {
       throw new InferxError("internal", `Cannot restore from ${dir}: ${logReason(log)}`);

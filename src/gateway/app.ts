@@ -42,7 +42,7 @@ import {
 import type { AuditKind, AuditLog, RequestRow } from "../audit/types.ts";
 import { Registry } from "prom-client";
 import {
-  forwardHeaders,
+  forwardHeaderList,
   limitStream,
   onBodyDone,
   readLimited,
@@ -81,6 +81,7 @@ type Ctx = Context<Env>;
 type Deps = GatewayDeps & { metrics: GatewayMetrics; auth: Authenticator; gatewayId: string };
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
+const CREDENTIALS = new Set(["authorization", "x-api-key"]);
 const MAX_ATTEMPTS = 3;
 
 /** Builds the gateway's Hono app; test it with `app.request()`. */
@@ -430,7 +431,6 @@ function requestRow(
   target: { tenant: string; namespace: string; func: string },
 ): Omit<RequestRow, "status"> {
   const t0 = c.var.t0 ?? performance.now();
-  const url = new URL(c.req.url);
   return {
     time: Math.round(Date.now() - (performance.now() - t0)),
     gateway,
@@ -439,7 +439,7 @@ function requestRow(
     namespace: target.namespace,
     func: target.func,
     method: c.req.method,
-    path: url.pathname,
+    path: c.req.path,
     latencyMs: performance.now() - t0,
     coldStart: false,
     resumed: false,
@@ -610,12 +610,8 @@ async function proxy(
     );
   }
   const timeoutMs = timeoutHeader(req.headers);
-  const headers = forwardHeaders(req.headers);
-  if (deps.auth.enabled) {
-    // The platform's credential is not the worker's business.
-    headers.delete("authorization");
-    headers.delete("x-api-key");
-  }
+  // With auth on, the platform's credential is not the worker's business.
+  const headers = forwardHeaderList(req.headers, deps.auth.enabled ? CREDENTIALS : undefined);
   let slot: Slot = await agent.acquire(timeoutMs);
   let upstream: Response | undefined;
   for (let attempt = 1;; attempt++) {
@@ -654,21 +650,24 @@ async function proxy(
     }
     break;
   }
-  const out = forwardHeaders(upstream.headers);
-  out.set("x-inferx-cold-start", slot.coldStart ? "1" : "0");
-  out.set("x-inferx-resumed", slot.resumed ? "1" : "0");
   const ttfbMs = performance.now() - t0;
-  out.set("x-inferx-ttfb-ms", ttfbMs.toFixed(2));
-  const m = deps.metrics;
-  const fn = { function: agent.id };
-  m.requests.inc({ function: agent.id, code: String(upstream.status) });
-  m.ttfb.observe(fn, ttfbMs / 1000);
-  if (slot.coldStart) m.coldStarts.inc(fn);
-  if (slot.resumed) m.resumes.inc(fn);
+  const out = forwardHeaderList(upstream.headers);
+  out.push(
+    ["x-inferx-cold-start", slot.coldStart ? "1" : "0"],
+    ["x-inferx-resumed", slot.resumed ? "1" : "0"],
+    ["x-inferx-ttfb-ms", ttfbMs.toFixed(2)],
+    ["x-inferx-queue-ms", slot.queuedMs.toFixed(2)],
+    ["x-inferx-pod", slot.worker.podId],
+  );
+  const m = deps.metrics.of(agent.id);
+  m.request(upstream.status);
+  m.ttfb.observe(ttfbMs / 1000);
+  if (slot.coldStart) m.coldStarts.inc();
+  if (slot.resumed) m.resumes.inc();
   const audit = deps.audit;
   const status = upstream.status;
   const finished = () => {
-    m.duration.observe(fn, (performance.now() - t0) / 1000);
+    m.duration.observe((performance.now() - t0) / 1000);
     if (!audit) return;
     const row = requestRow(c, deps.gatewayId, target);
     row.ttfbMs = ttfbMs;
@@ -677,8 +676,6 @@ async function proxy(
     row.pod = slot.worker.podId;
     audit.request({ ...row, status });
   };
-  out.set("x-inferx-queue-ms", slot.queuedMs.toFixed(2));
-  out.set("x-inferx-pod", slot.worker.podId);
   const held = slot;
   if (Number(upstream.headers.get("content-length") ?? Infinity) <= 1024 * 1024) {
     // A sized answer is already whole (the pool reads those up to 1 MiB): no stream to watch.

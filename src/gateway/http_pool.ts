@@ -135,7 +135,8 @@ export interface PoolRequest {
   method: string;
   /** Path and query, e.g. `/v1/completions?x=1`. */
   path: string;
-  headers: Headers;
+  /** Lowercase names, without hop-by-hop fields. */
+  headers: Iterable<[string, string]>;
   body: Uint8Array | ReadableStream<Uint8Array> | null;
 }
 

@@ -12,6 +12,16 @@ import type { AuditLog } from "../audit/types.ts";
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
+/** The series of one function. */
+export interface FunctionMetrics {
+  ttfb: { observe(v: number): void };
+  duration: { observe(v: number): void };
+  coldStarts: { inc(): void };
+  resumes: { inc(): void };
+  /** Counts a call answered with `code`. */
+  request(code: number): void;
+}
+
 /** Metrics of one gateway. */
 export class GatewayMetrics {
   readonly registry = new Registry();
@@ -47,6 +57,32 @@ export class GatewayMetrics {
     buckets: BUCKETS,
     registers: [this.registry],
   });
+
+  #children = new Map<string, FunctionMetrics>();
+
+  /** The labelled series of one function, looked up once (label hashing is not free). */
+  of(func: string): FunctionMetrics {
+    let m = this.#children.get(func);
+    if (!m) {
+      const l = { function: func };
+      const byCode = new Map<number, { inc(): void }>();
+      m = {
+        ttfb: this.ttfb.labels(l),
+        duration: this.duration.labels(l),
+        coldStarts: this.coldStarts.labels(l),
+        resumes: this.resumes.labels(l),
+        request: (code) => {
+          let c = byCode.get(code);
+          if (!c) {
+            byCode.set(code, c = this.requests.labels({ function: func, code: String(code) }));
+          }
+          c.inc();
+        },
+      };
+      this.#children.set(func, m);
+    }
+    return m;
+  }
 
   constructor(cache: FuncCache, audit?: AuditLog) {
     if (audit) {

@@ -20,10 +20,24 @@ const HOP_BY_HOP = [
   "content-length",
 ];
 
+const HOP = new Set(HOP_BY_HOP);
+
 /** Copies headers minus hop-by-hop ones. */
 export function forwardHeaders(h: Headers): Headers {
   const out = new Headers(h);
   for (const name of HOP_BY_HOP) out.delete(name);
+  return out;
+}
+
+/**
+ * The headers to forward as a list, minus hop-by-hop ones and `drop`: one
+ * pass, no `Headers` copy (it is measurably cheaper on the warm path).
+ */
+export function forwardHeaderList(h: Headers, drop?: ReadonlySet<string>): [string, string][] {
+  const out: [string, string][] = [];
+  for (const pair of h) {
+    if (!HOP.has(pair[0]) && !drop?.has(pair[0])) out.push(pair);
+  }
   return out;
 }
 
@@ -44,7 +58,7 @@ export async function sendUpstream(
   endpoint: string,
   pathAndQuery: string,
   method: string,
-  headers: Headers,
+  headers: Iterable<[string, string]>,
   body: Uint8Array | ReadableStream<Uint8Array> | null,
 ): Promise<Response> {
   try {

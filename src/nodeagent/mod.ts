@@ -8,7 +8,7 @@ import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import { criuCapability } from "../ffi/criu.ts";
+import { criuCapability, openLibCriu } from "../ffi/criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
@@ -28,6 +28,18 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   scope?: string;
   /** Where the CRIU capability check writes its log. @default a temporary directory */
   criuDir?: string;
+  /** Where file-tier images go (process runtime with CRIU). @default `{workDir}/snapshots` */
+  snapshotDir?: string;
+}
+
+/** Runs the CRIU capability check, logging into `criuDir` or a temporary directory. */
+async function checkCriu(criuDir?: string): Promise<NonNullable<NodeInfo["criu"]>> {
+  const dir = criuDir ?? await Deno.makeTempDir({ prefix: "inferx-criu-" });
+  try {
+    return await criuCapability(dir);
+  } finally {
+    if (!criuDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 }
 
 /** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
@@ -41,7 +53,11 @@ export function gpuType(name: string): string {
  * node.json declares), and whether the driver's checkpoint API and CRIU
  * work here, with the reason when not.
  */
-export async function discover(node: NodeInfo, criuDir?: string): Promise<NodeInfo> {
+export async function discover(
+  node: NodeInfo,
+  criuDir?: string,
+  criu?: NodeInfo["criu"],
+): Promise<NodeInfo> {
   const out: NodeInfo = { ...node };
   const { cuda, reason } = openLibCuda();
   if (cuda) {
@@ -66,9 +82,7 @@ export async function discover(node: NodeInfo, criuDir?: string): Promise<NodeIn
       cuda.close();
     }
   } else out.gpuDriver = { available: false, reason };
-  const dir = criuDir ?? await Deno.makeTempDir({ prefix: "inferx-criu-" });
-  out.criu = await criuCapability(dir);
-  if (!criuDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  out.criu = criu ?? await checkCriu(criuDir);
   logger("nodeagent").info(
     "Node {node}: {gpus} GPU(s) ({source}); CUDA driver: {driver}; CRIU: {criu}",
     {
@@ -113,6 +127,9 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
+  // The file tier (CRIU) is offered by the process runtime when CRIU passes its check.
+  const criuCap = await checkCriu(config.criuDir);
+  const criu = !docker && criuCap.available ? openLibCriu().criu : undefined;
   const runtime: PodRuntime = docker
     ? new DockerRuntime({ host: config.node.address, scope, onExit })
     : new ProcessRuntime({
@@ -121,8 +138,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       scope,
       onExit,
       cuda,
+      criu,
+      snapshotDir: config.snapshotDir,
     });
-  const node = { ...(await discover(config.node, config.criuDir)), runtime: runtime.name };
+  const node = {
+    ...(await discover(config.node, config.criuDir, criuCap)),
+    runtime: runtime.name,
+  };
   const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
   await agent.start();
   return {
@@ -131,6 +153,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     async stop() {
       await agent.stop();
       cuda?.close();
+      criu?.close();
     },
   };
 }

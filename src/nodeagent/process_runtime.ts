@@ -8,6 +8,7 @@
 import { InferxError } from "../common/errors.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
+import type { LibCriu } from "../ffi/criu.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import {
   type AdoptedPod,
@@ -36,16 +37,80 @@ export interface ProcessRuntimeOptions {
   cuda?: LibCuda;
   /** How long to wait for a worker's CUDA calls to drain before a checkpoint (ms). @default 10000 */
   cudaLockTimeoutMs?: number;
+  /**
+   * CRIU, when it passed its check: the file tier is offered, and workers
+   * write their output to a file (a pipe to the agent could not be dumped).
+   */
+  criu?: LibCriu;
+  /** Where file-tier images and worker output files go. @default `{workDir}/snapshots` */
+  snapshotDir?: string;
+  /** Worker output to `{snapshotDir}/{pod}.log` instead of pipes. @default whether `criu` is set */
+  outputToFile?: boolean;
 }
 
 interface Child {
-  proc: Deno.ChildProcess;
+  /** The process as spawned; undefined once dumped to a file or restored by CRIU. */
+  proc?: Deno.ChildProcess;
+  pid: number;
   logs: LogRing;
   stopping: boolean;
   paused: boolean;
   /** The tier it is parked in, when parked. */
   tier?: StandbyTier;
+  /** Whether its GPU memory was checkpointed before a dump to file. */
+  gpu?: boolean;
+  /** Set while CRIU dumps it: its end is the dump's doing, not a crash. */
+  dumping?: boolean;
   exited: Promise<string>;
+  /** Stops following its output file. */
+  unfollow?: () => void;
+}
+
+/** Sends `sig` to `pid`, ignoring a process already gone. */
+function signal(pid: number, sig: Deno.Signal): void {
+  try {
+    Deno.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+/** Resolves when `pid` is gone (or a zombie): for processes that are not our children. */
+async function pidExited(pid: number): Promise<string> {
+  while (true) {
+    try {
+      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) return "exited";
+    } catch {
+      return "exited";
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Appends what is written to `path` to `ring` until the returned function is called. */
+function followFile(path: string, ring: LogRing): () => void {
+  let stopped = false;
+  let offset = 0;
+  (async () => {
+    const dec = new TextDecoder();
+    while (!stopped) {
+      try {
+        using f = await Deno.open(path, { read: true });
+        await f.seek(offset, Deno.SeekMode.Start);
+        const buf = new Uint8Array(64 * 1024);
+        let n: number | null;
+        while ((n = await f.read(buf)) !== null && n > 0) {
+          offset += n;
+          ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
+        }
+      } catch {
+        // not there yet
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  return () => stopped = true;
 }
 
 /** Finds a free TCP port on `host`. */
@@ -96,12 +161,20 @@ export class ProcessRuntime implements PodRuntime {
 
   constructor(options: ProcessRuntimeOptions = {}) {
     this.#options = options;
-    this.standbyTiers = options.cuda?.hasCheckpointApi ? ["paused", "host_memory"] : ["paused"];
+    const tiers: StandbyTier[] = ["paused"];
+    if (options.cuda?.hasCheckpointApi) tiers.push("host_memory");
+    if (options.criu) tiers.push("file");
+    this.standbyTiers = tiers;
+  }
+
+  get #snapshots(): string {
+    return this.#options.snapshotDir ?? `${this.#options.workDir ?? Deno.cwd()}/snapshots`;
   }
 
   /** The worker process of a pod, for tier operations and tests. */
   pidOf(podId: string): number | undefined {
-    return this.#children.get(podId)?.proc.pid;
+    const c = this.#children.get(podId);
+    return c && c.tier !== "file" ? c.pid : undefined;
   }
 
   get #scope(): string {
@@ -146,16 +219,21 @@ export class ProcessRuntime implements PodRuntime {
       INFERX_SCOPE: this.#scope,
     };
     const logs = new LogRing();
+    const bin = cmd === "deno" ? Deno.execPath() : cmd;
+    // With the file tier, output goes to a file CRIU can dump and restore.
+    const toFile = this.#options.outputToFile ?? this.#options.criu !== undefined;
+    const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
+    if (logFile) await Deno.mkdir(this.#snapshots, { recursive: true });
     let proc: Deno.ChildProcess;
     try {
-      proc = new Deno.Command(cmd === "deno" ? Deno.execPath() : cmd, {
-        args,
-        env,
+      proc = new Deno.Command(logFile ? "/bin/sh" : bin, {
+        args: logFile ? ["-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args] : args,
+        env: logFile ? { ...env, INFERX_LOG_FILE: logFile } : env,
         clearEnv: true,
         cwd: this.#options.workDir,
         stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
+        stdout: logFile ? "null" : "piped",
+        stderr: logFile ? "null" : "piped",
       }).spawn();
     } catch (err) {
       throw new InferxError(
@@ -167,25 +245,24 @@ export class ProcessRuntime implements PodRuntime {
     const pump = async (s: ReadableStream<Uint8Array>) => {
       for await (const text of s.pipeThrough(new TextDecoderStream())) logs.push(text);
     };
-    const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {});
+    const unfollow = logFile ? followFile(logFile, logs) : undefined;
+    const pumps = logFile
+      ? Promise.resolve()
+      : Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {});
     const child: Child = {
       proc,
+      pid: proc.pid,
       logs,
       stopping: false,
       paused: false,
+      unfollow,
       exited: proc.status.then(async (s) => {
         await pumps;
         return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
       }),
     };
     this.#children.set(spec.podId, child);
-    child.exited.then((why) => {
-      if (this.#children.get(spec.podId) !== child) return;
-      this.#children.delete(spec.podId);
-      if (!child.stopping) {
-        this.#options.onExit?.(spec.podId, `${why}; last output:\n${logs.tail()}`);
-      }
-    });
+    this.#watchExit(spec.podId, child);
     try {
       await waitForProbe(`http://${host}:${port}${t.probe}`, child.exited, {
         timeoutMs: t.startupTimeoutS * 1000,
@@ -203,27 +280,36 @@ export class ProcessRuntime implements PodRuntime {
     return { podId: spec.podId, endpoint: `${host}:${port}`, exited: child.exited };
   }
 
+  /** Reports an exit nobody asked for; forgets the child either way. */
+  #watchExit(podId: string, child: Child): void {
+    child.exited.then((why) => {
+      if (this.#children.get(podId) !== child || child.dumping) return;
+      child.unfollow?.();
+      this.#children.delete(podId);
+      if (!child.stopping) {
+        this.#options.onExit?.(podId, `${why}; last output:\n${child.logs.tail()}`);
+      }
+    });
+  }
+
   async stop(podId: string, graceMs = 5000): Promise<void> {
     const child = this.#children.get(podId);
     if (!child) return;
     child.stopping = true;
-    try {
-      child.proc.kill("SIGTERM");
+    if (child.tier !== "file") {
+      signal(child.pid, "SIGTERM");
       // A stopped process only sees SIGTERM once continued.
-      if (child.paused) child.proc.kill("SIGCONT");
-    } catch {
-      // already gone
+      if (child.paused) signal(child.pid, "SIGCONT");
+      const timer = setTimeout(() => signal(child.pid, "SIGKILL"), graceMs);
+      await child.exited;
+      clearTimeout(timer);
     }
-    const timer = setTimeout(() => {
-      try {
-        child.proc.kill("SIGKILL");
-      } catch {
-        // already gone
-      }
-    }, graceMs);
-    await child.exited;
-    clearTimeout(timer);
+    child.unfollow?.();
     this.#children.delete(podId);
+    if (this.#options.criu || this.#options.outputToFile) {
+      await Deno.remove(`${this.#snapshots}/${podId}`, { recursive: true }).catch(() => {});
+      await Deno.remove(`${this.#snapshots}/${podId}.log`).catch(() => {});
+    }
   }
 
   park(podId: string, tier: StandbyTier): Promise<void> {
@@ -241,22 +327,93 @@ export class ProcessRuntime implements PodRuntime {
         ),
       );
     }
+    if (tier === "file") return this.#parkToFile(podId, child);
     if (tier === "host_memory") {
-      const cuda = this.#options.cuda!;
-      const pid = child.proc.pid;
-      cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
       try {
-        cuda.checkpoint(pid);
+        this.#checkpointGpu(child.pid);
       } catch (err) {
-        cuda.unlock(pid);
         return Promise.reject(err);
       }
     } else {
-      child.proc.kill("SIGSTOP");
+      signal(child.pid, "SIGSTOP");
       child.paused = true;
     }
     child.tier = tier;
     return Promise.resolve();
+  }
+
+  /** Tier 2: the driver moves the worker's GPU memory into its host memory. */
+  #checkpointGpu(pid: number): void {
+    const cuda = this.#options.cuda!;
+    cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
+    try {
+      cuda.checkpoint(pid);
+    } catch (err) {
+      cuda.unlock(pid);
+      throw err;
+    }
+  }
+
+  /** Whether the driver knows `pid` as a CUDA process. */
+  #usesGpu(pid: number): boolean {
+    const cuda = this.#options.cuda;
+    if (!cuda?.hasCheckpointApi) return false;
+    try {
+      return cuda.processState(pid) === "running";
+    } catch {
+      return false; // not a CUDA process
+    }
+  }
+
+  #restoreGpu(pid: number): void {
+    const cuda = this.#options.cuda!;
+    cuda.restore(pid);
+    cuda.unlock(pid);
+  }
+
+  /** Tier 3: tier 2 when the worker uses the GPU, then CRIU dumps the process to disk. */
+  async #parkToFile(podId: string, child: Child): Promise<void> {
+    const gpu = this.#usesGpu(child.pid);
+    if (gpu) this.#checkpointGpu(child.pid);
+    child.dumping = true;
+    try {
+      await this.#options.criu!.dump(child.pid, `${this.#snapshots}/${podId}`, {
+        tcpEstablished: true,
+      });
+    } catch (err) {
+      child.dumping = false;
+      if (gpu) this.#restoreGpu(child.pid);
+      throw new InferxError(
+        "unavailable",
+        `Cannot park pod ${podId} in file: ${(err as Error).message}`,
+      );
+    }
+    await child.exited; // CRIU ends the process once its image is written
+    child.proc = undefined;
+    child.tier = "file";
+    child.paused = false;
+    child.dumping = false;
+    child.gpu = gpu;
+  }
+
+  /** Restores a pod parked in a file: CRIU rebuilds the process, then tier 2 in reverse. */
+  async #resumeFromFile(podId: string, child: Child): Promise<void> {
+    const dir = `${this.#snapshots}/${podId}`;
+    let pid: number;
+    try {
+      pid = await this.#options.criu!.restore(dir, { tcpClose: true });
+    } catch (err) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot resume pod ${podId} from file: ${(err as Error).message}`,
+      );
+    }
+    if (child.gpu) this.#restoreGpu(pid);
+    child.pid = pid;
+    child.tier = undefined;
+    child.exited = pidExited(pid);
+    this.#watchExit(podId, child);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
   resume(podId: string): Promise<void> {
@@ -266,12 +423,15 @@ export class ProcessRuntime implements PodRuntime {
         new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`),
       );
     }
+    if (child.tier === "file") return this.#resumeFromFile(podId, child);
     if (child.tier === "host_memory") {
-      const cuda = this.#options.cuda!;
-      cuda.restore(child.proc.pid);
-      cuda.unlock(child.proc.pid);
+      try {
+        this.#restoreGpu(child.pid);
+      } catch (err) {
+        return Promise.reject(err);
+      }
     } else {
-      child.proc.kill("SIGCONT");
+      signal(child.pid, "SIGCONT");
       child.paused = false;
     }
     child.tier = undefined;

@@ -3,6 +3,7 @@ import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
+import { criuCapability, openLibCriu } from "../ffi/criu.ts";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 
 const ENV_SERVER = `
@@ -127,4 +128,66 @@ Deno.test({
 
 Deno.test("ProcessRuntime offers only the paused tier without a checkpoint-capable driver", () => {
   assert.deepEqual(new ProcessRuntime().standbyTiers, ["paused"]);
+});
+
+t(
+  "ProcessRuntime can send worker output to a file (as the file tier needs) and still reports it",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({ outputToFile: true, snapshotDir: dir });
+    try {
+      const server = `console.log("model loaded"); ${ENV_SERVER}`;
+      await rt.start(spec(["deno", "eval", server]));
+      const text = await Deno.readTextFile(`${dir}/pod-test.log`);
+      assert.match(text, /model loaded/);
+      for (let i = 0; i < 50 && !(await rt.logs("pod-test")).includes("model loaded"); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.match(await rt.logs("pod-test"), /model loaded/);
+      await rt.stop("pod-test");
+      await assert.rejects(Deno.stat(`${dir}/pod-test.log`), Deno.errors.NotFound);
+      const crash = `console.error("cannot open weights.bin"); Deno.exit(3);`;
+      await assert.rejects(rt.start(spec(["deno", "eval", crash])), (err: InferxError) => {
+        assert.equal(err.code, "worker_failed");
+        assert.match(err.message, /exit code 3/);
+        return true;
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+const criuCap = await criuCapability(await Deno.makeTempDir({ prefix: "criu-probe-" }));
+if (!criuCap.available) console.log(`skipping the file-tier round trip: ${criuCap.reason}`);
+
+Deno.test({
+  name: "ProcessRuntime parks a worker in a file (CRIU dump) and restores it with its state",
+  ignore: !criuCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { criu } = openLibCriu();
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({ criu, snapshotDir: dir });
+    assert.ok(rt.standbyTiers.includes("file"));
+    const counter = `let n = 0; ${
+      ENV_SERVER.replace("Response.json(Deno.env.toObject())", "Response.json({ n: ++n })")
+    }`;
+    const pod = await rt.start(spec(["deno", "eval", counter]));
+    try {
+      assert.deepEqual(await (await fetch(`http://${pod.endpoint}/`)).json(), { n: 1 });
+      const pid = rt.pidOf("pod-test")!;
+      await rt.park("pod-test", "file");
+      assert.equal(rt.pidOf("pod-test"), undefined, "no process while parked in a file");
+      assert.throws(() => Deno.kill(pid, "SIGCONT"));
+      assert.ok([...Deno.readDirSync(`${dir}/pod-test`)].some((e) => e.name.endsWith(".img")));
+      await rt.resume("pod-test");
+      assert.deepEqual(await (await fetch(`http://${pod.endpoint}/`)).json(), { n: 2 });
+    } finally {
+      await rt.stop("pod-test");
+      criu?.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
