@@ -11,7 +11,7 @@ import http from "node:http";
 import { Buffer } from "node:buffer";
 import { HttpPool } from "../src/gateway/http_pool.ts";
 import { load } from "./load.ts";
-import { forwardHeaders } from "../src/gateway/proxy.ts";
+import { forwardHeaderList } from "../src/gateway/proxy.ts";
 import { freePort } from "../src/nodeagent/process_runtime.ts";
 import {
   createNamespace,
@@ -34,21 +34,20 @@ if (Deno.args[0] === "--proxy") {
     fetch: (req, path) =>
       fetch(`http://${upstream}${path}`, {
         method: req.method,
-        headers: forwardHeaders(req.headers),
+        headers: forwardHeaderList(req.headers),
         body: req.body,
       }),
     pool: async (req, path) =>
       await pool.request(upstream, {
         method: req.method,
         path,
-        headers: forwardHeaders(req.headers),
+        headers: forwardHeaderList(req.headers),
         body: new Uint8Array(await req.arrayBuffer()),
       }),
     "node-http": async (req, path) => {
       const body = Buffer.from(await req.arrayBuffer());
       return await new Promise<Response>((resolve, reject) => {
-        const headers: Record<string, string> = {};
-        for (const [k, v] of forwardHeaders(req.headers)) headers[k] = v;
+        const headers = Object.fromEntries(forwardHeaderList(req.headers));
         headers["content-length"] = String(body.byteLength);
         const r = http.request(
           { host, port: Number(uport), method: req.method, path, headers, agent },
@@ -63,7 +62,7 @@ if (Deno.args[0] === "--proxy") {
               resolve(
                 new Response(Buffer.concat(chunks), {
                   status: res.statusCode,
-                  headers: forwardHeaders(h),
+                  headers: forwardHeaderList(h),
                 }),
               );
             });
@@ -80,7 +79,7 @@ if (Deno.args[0] === "--proxy") {
     const res = await send[kind](req, u.pathname + u.search);
     return new Response(await res.arrayBuffer(), {
       status: res.status,
-      headers: forwardHeaders(res.headers),
+      headers: forwardHeaderList(res.headers),
     });
   });
 } else {

@@ -27,11 +27,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
   const state = await statesvc.start({ dataDir: env.dataDir });
   const meta = state.service;
   if (env.samplesDir) await applySamples(meta, env.samplesDir);
-  const audit = openAudit({
-    dbAddr: env.auditDbAddr,
-    dataDir: env.dataDir,
-    batching: { maxBuffered: env.auditBufferRows },
-  });
+  const audit = openAudit(env);
   const podAudit = await startPodAudit(meta, audit);
   const nodeInfo = await loadNodeConfig(env.nodeConfigPath);
   const node = await nodeagent.start({

@@ -36,11 +36,7 @@ export async function startStateSvc(env: EnvConfig): Promise<RoleHandle> {
   const state = await statesvc.start({ store, dataDir: env.dataDir });
   if (env.samplesDir) await applySamples(state.service, env.samplesDir);
   // The one state service sees every pod change: it writes the pod audit.
-  const audit = openAudit({
-    dbAddr: env.auditDbAddr,
-    dataDir: env.dataDir,
-    batching: { maxBuffered: env.auditBufferRows },
-  });
+  const audit = openAudit(env);
   const podAudit = await startPodAudit(state.service, audit);
   const server = await serveMeta(state.service, `${env.bindHost}:${env.statesvcPort}`);
   logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {
@@ -153,11 +149,7 @@ export async function startGateway(env: EnvConfig): Promise<RoleHandle> {
   const scheduler = new GrpcSchedulerClient(env.schedulerAddrs);
   const agents = new Map<string, GrpcNodeAgentClient>();
   await Deno.mkdir(env.dataDir, { recursive: true });
-  const audit = openAudit({
-    dbAddr: env.auditDbAddr,
-    dataDir: env.dataDir,
-    batching: { maxBuffered: env.auditBufferRows },
-  });
+  const audit = openAudit(env);
   const gw = await gateway.start({
     meta,
     scheduler,

@@ -10,7 +10,8 @@ import { logger } from "../common/log.ts";
 import { decodePod } from "../model/cluster.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
-import { BatchingAuditLog, type BatchingOptions } from "./batching.ts";
+import { BatchingAuditLog } from "./batching.ts";
+import type { EnvConfig } from "../common/config.ts";
 import { EmbeddedAuditBackend } from "./embedded.ts";
 import { PostgresAuditBackend } from "./postgres.ts";
 import type { AuditLog } from "./types.ts";
@@ -20,17 +21,16 @@ export { BatchingAuditLog } from "./batching.ts";
 export { EmbeddedAuditBackend } from "./embedded.ts";
 export { MIGRATIONS, PostgresAuditBackend } from "./postgres.ts";
 
-/** Where the audit goes. */
-export interface AuditConfig {
-  /** `AUDITDB_ADDR`: a `postgres://` URL; unset: embedded. */
-  dbAddr?: string;
-  /** Directory of the embedded audit. */
-  dataDir: string;
-  batching?: BatchingOptions;
-}
+/** Where the audit goes: the environment's settings (`AUDITDB_ADDR`, `AUDIT_BUFFER_ROWS`). */
+export type AuditConfig = Pick<EnvConfig, "auditDbAddr" | "dataDir" | "auditBufferRows">;
 
 /** Opens the audit log the configuration names. */
-export function openAudit(config: AuditConfig): AuditLog {
+export function openAudit(env: AuditConfig): AuditLog {
+  const config = {
+    dbAddr: env.auditDbAddr,
+    dataDir: env.dataDir,
+    batching: { maxBuffered: env.auditBufferRows },
+  };
   if (config.dbAddr) {
     const log = logger("audit");
     log.info("Audit to PostgreSQL at {addr}", { addr: redact(config.dbAddr) });

@@ -33,7 +33,6 @@ import {
   allows,
   Authenticator,
   authorize,
-  covers,
   hashKey,
   mayManageKey,
   newApiKey,
@@ -98,7 +97,7 @@ export function createGatewayApp(deps: GatewayDeps): Hono<Env> {
     const status = httpStatus(e.code);
     const [, root, t, ns, f] = c.req.path.split("/");
     if (root === "funccall" && f) {
-      metrics.requests.inc({ function: `${t}/${ns}/${f}`, code: String(status) });
+      metrics.of(`${t}/${ns}/${f}`).request(status);
       deps.audit?.request({
         ...requestRow(c, d.gatewayId, { tenant: t, namespace: ns, func: f }),
         status,
@@ -189,7 +188,9 @@ export function createGatewayApp(deps: GatewayDeps): Hono<Env> {
     const type = userType(c.req.param("type"));
     const p = c.var.principal;
     if (type === "function" || type === "funcpolicy") authorize(p, "read", tenant, namespace);
-    else if (!p.grants.some((g) => g.scope !== "inference" && covers(g, tenant, g.namespace))) {
+    else if (
+      !p.grants.some((g) => g.scope !== "inference" && (g.tenant ?? tenant) === tenant)
+    ) {
       // Namespaces (and tenants) of a tenant: whoever reads anything in it sees what it may.
       authorize(p, "read", tenant);
     }

@@ -8,7 +8,7 @@
 import { InferxError } from "../common/errors.ts";
 import { ConnectError, type HttpPool } from "./http_pool.ts";
 
-const HOP_BY_HOP = [
+const HOP = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",
@@ -18,16 +18,7 @@ const HOP_BY_HOP = [
   "upgrade",
   "host",
   "content-length",
-];
-
-const HOP = new Set(HOP_BY_HOP);
-
-/** Copies headers minus hop-by-hop ones. */
-export function forwardHeaders(h: Headers): Headers {
-  const out = new Headers(h);
-  for (const name of HOP_BY_HOP) out.delete(name);
-  return out;
-}
+]);
 
 /**
  * The headers to forward as a list, minus hop-by-hop ones and `drop`: one

@@ -158,7 +158,9 @@ t(
   },
 );
 
-const criuCap = await criuCapability(await Deno.makeTempDir({ prefix: "criu-probe-" }));
+const probeDir = await Deno.makeTempDir({ prefix: "criu-probe-" });
+const criuCap = await criuCapability(probeDir);
+await Deno.remove(probeDir, { recursive: true });
 if (!criuCap.available) console.log(`skipping the file-tier round trip: ${criuCap.reason}`);
 
 Deno.test({
