@@ -12,7 +12,7 @@ import { Buffer } from "node:buffer";
 import { HttpPool } from "../src/gateway/http_pool.ts";
 import { load } from "./load.ts";
 import { forwardHeaderList } from "../src/gateway/proxy.ts";
-import { freePort } from "../src/nodeagent/process_runtime.ts";
+import { freePort } from "../src/common/net.ts";
 import {
   createNamespace,
   listening,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { freePort } from "../src/nodeagent/process_runtime.ts";
+import { freePort } from "../src/common/net.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { freePort } from "../common/net.ts";
+
 /** A running (or stopped, with its data kept) PostgreSQL. */
 export interface PgServer {
   /** `postgres://inferx@127.0.0.1:port/postgres`. */
@@ -50,13 +52,6 @@ function postgresUser(): { uid: number; gid: number } | undefined {
   } catch {
     return undefined;
   }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** `argv` as the postgres user when root, else as is. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import { discover, gpuType } from "./mod.ts";
+import { discover, gpuType } from "./discover.ts";
 
 const node: NodeInfo = {
   name: "n1",

@@ -11,8 +11,8 @@
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
+import { waitForProbe } from "../common/net.ts";
 import type { StandbyTier } from "../model/cluster.ts";
-import { waitForProbe } from "./process_runtime.ts";
 import {
   type AdoptedPod,
   platformEnv,

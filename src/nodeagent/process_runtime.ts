@@ -6,6 +6,7 @@
  * @module
  */
 import { InferxError } from "../common/errors.ts";
+import { freePort, waitForProbe } from "../common/net.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
 import type { LibCriu } from "../ffi/criu.ts";
@@ -111,39 +112,6 @@ function followFile(path: string, ring: LogRing): () => void {
     }
   })();
   return () => stopped = true;
-}
-
-/** Finds a free TCP port on `host`. */
-export function freePort(host = "127.0.0.1"): number {
-  const l = Deno.listen({ hostname: host, port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-/** Waits until `url` answers 2xx, `died` settles, or `timeoutMs` passes. */
-export async function waitForProbe(
-  url: string,
-  died: Promise<string>,
-  options: { timeoutMs: number; intervalMs?: number },
-): Promise<void> {
-  let dead: string | undefined;
-  died.then((why) => dead = why);
-  const deadline = Date.now() + options.timeoutMs;
-  while (true) {
-    if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.body?.cancel();
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`worker did not answer ${url} within ${options.timeoutMs} ms`);
-    }
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
-  }
 }
 
 /** Runs pods as processes of this host. */

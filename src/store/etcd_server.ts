@@ -5,6 +5,8 @@
  * @module
  */
 
+import { freePort } from "../common/net.ts";
+
 /** A running etcd. */
 export interface EtcdServer {
   /** `http://127.0.0.1:port` for clients. */
@@ -20,13 +22,6 @@ export function etcdUnavailable(): string | undefined {
   } catch {
     return "the etcd binary is not installed (Debian package etcd-server)";
   }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** Starts etcd and waits until it answers. */

@@ -1,0 +1,50 @@
+/**
+ * Small network helpers shared by the runtimes, the test harnesses and the
+ * benchmarks: a free port to listen on, and waiting for an HTTP probe.
+ *
+ * @module
+ */
+
+/** Finds a free TCP port on `host`. */
+export function freePort(host = "127.0.0.1"): number {
+  const l = Deno.listen({ hostname: host, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Options for {@linkcode waitForProbe}. */
+export interface ProbeOptions {
+  /** How long the worker may take to answer (ms). */
+  timeoutMs: number;
+  /** Pause between probes (ms). @default 25 */
+  intervalMs?: number;
+}
+
+/**
+ * Waits until `url` answers 2xx; rejects when `died` settles first (with the
+ * reason it gives) or when `timeoutMs` passes.
+ */
+export async function waitForProbe(
+  url: string,
+  died: Promise<string>,
+  options: ProbeOptions,
+): Promise<void> {
+  let dead: string | undefined;
+  died.then((why) => dead = why);
+  const deadline = Date.now() + options.timeoutMs;
+  while (true) {
+    if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`worker did not answer ${url} within ${options.timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
+  }
+}
