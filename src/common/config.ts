@@ -5,7 +5,7 @@
  * @module
  */
 import { z } from "zod";
-import { ValidationError } from "./errors.ts";
+import { invalidInput, ValidationError } from "./errors.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -155,11 +155,7 @@ export async function loadNodeConfig(path: string): Promise<NodeInfo> {
     }
   }
   const r = NodeConfigSchema.safeParse(raw);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const field = issue.path.join(".");
-    throw new ValidationError(`Invalid node config ${path}: ${field}: ${issue.message}`, field);
-  }
+  if (!r.success) throw invalidInput(`node config ${path}`, r.error);
   const c = r.data;
   return {
     name: Deno.env.get("NODE_NAME") ?? c.name,

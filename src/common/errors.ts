@@ -57,6 +57,32 @@ export class ValidationError extends InferxError {
   }
 }
 
+/** What {@linkcode invalidInput} reads of a failed validation (a `ZodError` has it). */
+export interface ValidationIssues {
+  issues: readonly { path: readonly PropertyKey[]; message: string }[];
+}
+
+/**
+ * The one way a failed schema validation becomes an error: the first issue's
+ * field and message, and how many more there were.
+ *
+ * @example
+ * ```ts
+ * const r = NodeConfigSchema.safeParse(raw);
+ * if (!r.success) throw invalidInput(`node config ${path}`, r.error);
+ * // Invalid node config config/node.json: cpuMillis: Too small: expected number to be >=1
+ * ```
+ */
+export function invalidInput(what: string, error: ValidationIssues): ValidationError {
+  const [issue] = error.issues;
+  const field = issue ? issue.path.map(String).join(".") : "";
+  const more = error.issues.length > 1 ? ` (and ${error.issues.length - 1} more)` : "";
+  return new ValidationError(
+    `Invalid ${what}: ${field || "object"}: ${issue?.message ?? "invalid"}${more}`,
+    field || undefined,
+  );
+}
+
 /** The object does not exist. */
 export class NotFoundError extends InferxError {
   constructor(message: string) {

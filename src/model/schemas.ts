@@ -6,7 +6,7 @@
  * @module
  */
 import { z } from "zod";
-import { ValidationError } from "../common/errors.ts";
+import { invalidInput, ValidationError } from "../common/errors.ts";
 import { isUserType, isValidName, SYSTEM } from "./keys.ts";
 
 // ---------------------------------------------------------------- FuncPolicy
@@ -156,20 +156,6 @@ export interface ObjectMeta {
   revision: number;
 }
 
-function fieldOf(issue: z.core.$ZodIssue): string {
-  return issue.path.map(String).join(".");
-}
-
-function invalid(what: string, err: z.ZodError): ValidationError {
-  const issue = err.issues[0];
-  const field = fieldOf(issue);
-  const more = err.issues.length > 1 ? ` (and ${err.issues.length - 1} more)` : "";
-  return new ValidationError(
-    `Invalid ${what}: ${field || "object"}: ${issue.message}${more}`,
-    field || undefined,
-  );
-}
-
 function unwrapSpec(object: unknown): unknown {
   if (object && typeof object === "object" && "spec" in object) {
     return (object as { spec: unknown }).spec;
@@ -192,7 +178,7 @@ function unwrapSpec(object: unknown): unknown {
  */
 export function decodeUserObject(input: unknown): UserObject {
   const env = EnvelopeSchema.safeParse(input);
-  if (!env.success) throw invalid("object envelope", env.error);
+  if (!env.success) throw invalidInput("object envelope", env.error);
   const { type, tenant, namespace, name } = env.data;
   if (!isUserType(type)) {
     throw new ValidationError(
@@ -227,17 +213,17 @@ export function decodeUserObject(input: unknown): UserObject {
     case "tenant":
     case "namespace": {
       const r = (type === "tenant" ? TenantSpecSchema : LooseSpecSchema).safeParse(raw);
-      if (!r.success) throw invalid(what, r.error);
+      if (!r.success) throw invalidInput(what, r.error);
       return { ...meta, type, spec: r.data };
     }
     case "function": {
       const r = FunctionSpecSchema.safeParse(raw);
-      if (!r.success) throw invalid(what, r.error);
+      if (!r.success) throw invalidInput(what, r.error);
       return { ...meta, type, spec: r.data, version: 0 };
     }
     case "funcpolicy": {
       const r = FuncPolicySchema.safeParse(raw);
-      if (!r.success) throw invalid(what, r.error);
+      if (!r.success) throw invalidInput(what, r.error);
       return { ...meta, type, spec: r.data };
     }
   }

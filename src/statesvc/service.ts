@@ -11,6 +11,7 @@ import {
   AlreadyExistsError,
   ConflictError,
   InferxError,
+  invalidInput,
   NotFoundError,
   ValidationError,
 } from "../common/errors.ts";
@@ -164,7 +165,7 @@ export class StateService implements MetaClient {
     }
     if (input.type === "node") {
       const r = NodeInfoSchema.safeParse(input.object);
-      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (!r.success) throw invalidInput(refText(input), r.error);
       if (r.data.name !== input.name) {
         throw new ValidationError(`Invalid ${refText(input)}: name must match`, "name");
       }
@@ -172,7 +173,7 @@ export class StateService implements MetaClient {
     }
     if (input.type === "pod") {
       const r = PodInfoSchema.safeParse(input.object);
-      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (!r.success) throw invalidInput(refText(input), r.error);
       if (r.data.id !== input.name) {
         throw new ValidationError(`Invalid ${refText(input)}: id must match name`, "id");
       }
@@ -180,7 +181,7 @@ export class StateService implements MetaClient {
     }
     if (input.type === "apikey") {
       const r = ApiKeyRecordSchema.safeParse(input.object);
-      if (!r.success) throw invalidInternal(input, r.error.issues);
+      if (!r.success) throw invalidInput(refText(input), r.error);
       if (r.data.id !== input.name || input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
         throw new ValidationError(
           `Invalid ${refText(input)}: an API key lives at system/system/{its id}`,
@@ -258,12 +259,4 @@ export class StateService implements MetaClient {
 
 function refOf(r: ObjectRef): ObjectRef {
   return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
-}
-
-function invalidInternal(
-  ref: ObjectRef,
-  issues: { path: PropertyKey[]; message: string }[],
-): ValidationError {
-  const field = issues[0].path.map(String).join(".");
-  return new ValidationError(`Invalid ${refText(ref)}: ${field}: ${issues[0].message}`, field);
 }
