@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
+import { InferxError, NotFoundError } from "../common/errors.ts";
+import { updateWithRetry } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
@@ -171,19 +172,10 @@ export class NodeAgent implements NodeAgentClient {
     return this.#runtime.logs(podId, lines);
   }
 
+  /** Registers or heartbeats the node; rejects when the write did not happen. */
   async #writeNode(ready: boolean): Promise<void> {
     const ref = { type: "node" as const, tenant: SYSTEM, namespace: SYSTEM, name: this.name };
-    const object: NodeInfo = { ...this.#node, ready, heartbeat: Date.now() };
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const cur = await this.#meta.get(ref);
-      try {
-        if (!cur) await this.#meta.create({ ...ref, object });
-        else await this.#meta.update({ ...ref, object, revision: cur.revision });
-        return;
-      } catch (err) {
-        if (!(err instanceof ConflictError) && attempt === 4) throw err;
-      }
-    }
+    await updateWithRetry(this.#meta, ref, () => ({ ...this.#node, ready, heartbeat: Date.now() }));
   }
 
   #reconcile(pod: PodInfo): void {
@@ -345,31 +337,23 @@ export class NodeAgent implements NodeAgentClient {
       { type: "pod" as const, tenant: rec.tenant, namespace: rec.namespace, name: podId };
   }
 
-  /** Writes observed fields of a pod with compare-and-swap, retrying on conflicts. */
+  /**
+   * Writes observed fields of a pod with compare-and-swap, retrying on
+   * conflicts. A write that fails otherwise is logged and given up: the
+   * informer's relist after the state service returns makes the reconcile
+   * report it again.
+   */
   async #setStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
-    await this.#writeStatus(podId, status).catch((err) =>
-      log.warn("Cannot report pod {pod}: {error}", { pod: podId, error: String(err) })
-    );
-  }
-
-  async #writeStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
-    const ref = await this.#findPod(podId);
-    if (!ref) return;
-    for (let attempt = 0; attempt < 10; attempt++) {
-      const cur = await this.#meta.get(ref);
-      if (!cur) return;
-      const pod = decodePod(cur.value);
-      try {
-        await this.#meta.update({ ...ref, object: { ...pod, ...status }, revision: cur.revision });
-        return;
-      } catch (err) {
-        if (!(err instanceof ConflictError)) {
-          // Given up here; the informer's relist after the state service
-          // returns makes #reconcile report it again.
-          log.warn("Cannot update pod {pod}: {error}", { pod: podId, error: String(err) });
-          return;
-        }
-      }
+    try {
+      const ref = await this.#findPod(podId);
+      if (!ref) return;
+      await updateWithRetry(
+        this.#meta,
+        ref,
+        (cur) => cur && { ...decodePod(cur.value), ...status },
+      );
+    } catch (err) {
+      log.warn("Cannot report pod {pod}: {error}", { pod: podId, error: String(err) });
     }
   }
 }

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { ConflictError, InferxError } from "../common/errors.ts";
+import { InferxError } from "../common/errors.ts";
+import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import { decodeNode, decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
@@ -484,24 +485,11 @@ export class SchedulerService implements SchedulerClient {
   #setDesired(podId: string, desired: PodInfo["desired"], tier?: PodInfo["standbyTier"]): void {
     const ref = this.#podRefs.get(podId);
     if (!ref) return;
-    (async () => {
-      for (let attempt = 0; attempt < 10; attempt++) {
-        const cur = await this.#meta.get(ref);
-        if (!cur) return;
-        const pod = decodePod(cur.value);
-        if (pod.desired === desired || pod.desired === "Terminated") return;
-        try {
-          await this.#meta.update({
-            ...ref,
-            object: { ...pod, desired, ...(tier ? { standbyTier: tier } : {}) },
-            revision: cur.revision,
-          });
-          return;
-        } catch (err) {
-          if (!(err instanceof ConflictError)) throw err;
-        }
-      }
-    })().catch((err) =>
+    updateWithRetry(this.#meta, ref, (cur) => {
+      const pod = cur && decodePod(cur.value);
+      if (!pod || pod.desired === desired || pod.desired === "Terminated") return undefined;
+      return { ...pod, desired, ...(tier ? { standbyTier: tier } : {}) };
+    }).catch((err) =>
       log.error("Cannot set pod {pod} to {desired}: {error}", {
         pod: podId,
         desired,
