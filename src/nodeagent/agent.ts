@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { InferxError, NotFoundError } from "../common/errors.ts";
+import { NotFoundError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
@@ -125,44 +125,6 @@ export class NodeAgent implements NodeAgentClient {
     this.#informer?.stop();
     await Promise.all([...this.#local.keys()].map((id) => this.#stopPod(id, true)));
     await this.#writeNode(false).catch(() => {});
-  }
-
-  createFuncPod(pod: PodInfo): Promise<void> {
-    if (pod.node !== this.name) {
-      return Promise.reject(
-        new InferxError(
-          "invalid",
-          `Cannot create pod ${pod.id}: it is placed on ${pod.node}, not ${this.name}`,
-        ),
-      );
-    }
-    this.#reconcile(pod);
-    return Promise.resolve();
-  }
-
-  terminatePod(podId: string): Promise<void> {
-    if (!this.#local.has(podId)) {
-      return Promise.reject(new NotFoundError(`Pod ${podId} does not run on node ${this.name}`));
-    }
-    return this.#stopPod(podId, true);
-  }
-
-  resumePod(podId: string): Promise<void> {
-    return Promise.reject(
-      new InferxError(
-        "unsupported",
-        `Cannot resume pod ${podId}: node ${this.name} has no standby tier (${this.#runtime.name} runtime)`,
-      ),
-    );
-  }
-
-  removeSnapshot(podId: string): Promise<void> {
-    return Promise.reject(
-      new InferxError(
-        "unsupported",
-        `Cannot remove the snapshot of pod ${podId}: node ${this.name} has no file standby tier`,
-      ),
-    );
   }
 
   readPodLog(podId: string, lines = 50): Promise<string> {

@@ -6,7 +6,6 @@
  *
  * @module
  */
-import type { PodInfo } from "../model/cluster.ts";
 import type { ObjectType } from "../model/keys.ts";
 
 /** Names one stored object. */
@@ -108,16 +107,11 @@ export interface SchedulerClient {
   killPod(podId: string): Promise<void>;
 }
 
-/** The node agent's API (`NodeAgentService`). */
+/**
+ * The node agent's API (`NodeAgentService`). Pods are not started or stopped
+ * through it: the agent reconciles the pods the store places on its node.
+ */
 export interface NodeAgentClient {
-  /** Starts a pod of this node now (idempotent; the store stays the source of truth). */
-  createFuncPod(pod: PodInfo): Promise<void>;
-  /** Stops a pod of this node now and removes its record. */
-  terminatePod(podId: string): Promise<void>;
-  /** Resumes a parked pod; `unsupported` on a node without standby tiers. */
-  resumePod(podId: string): Promise<void>;
   /** The last `lines` lines a pod printed; `not_found` for a pod this node does not run. */
   readPodLog(podId: string, lines?: number): Promise<string>;
-  /** Removes a pod's snapshot; `unsupported` on a node without the file tier. */
-  removeSnapshot(podId: string): Promise<void>;
 }
