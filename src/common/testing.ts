@@ -5,6 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import type { Clock, Ticker } from "./clock.ts";
 import { InferxError } from "./errors.ts";
 
 /** Registers cases named `${prefix}: ${title}`, each with a fresh fixture. */
@@ -37,4 +38,52 @@ export function hasCode(code: string): (err: unknown) => true {
     assert.equal(err.code, code, err.message);
     return true;
   };
+}
+
+/**
+ * A clock and ticker that move only when told: `advance(ms)` runs every
+ * call that falls due, in time order, with `now()` at its due time.
+ */
+export class ManualClock implements Clock, Ticker {
+  #now: number;
+  #seq = 0;
+  #timers = new Map<number, { at: number; every?: number; fn: () => void }>();
+
+  constructor(start = 1_000_000) {
+    this.#now = start;
+  }
+
+  now(): number {
+    return this.#now;
+  }
+
+  every(ms: number, fn: () => void): () => void {
+    return this.#add({ at: this.#now + ms, every: ms, fn });
+  }
+
+  after(ms: number, fn: () => void): () => void {
+    return this.#add({ at: this.#now + ms, fn });
+  }
+
+  /** Moves time on by `ms`, running what falls due. */
+  advance(ms: number): void {
+    const end = this.#now + ms;
+    while (true) {
+      let next: [number, { at: number; every?: number; fn: () => void }] | undefined;
+      for (const e of this.#timers) if (e[1].at <= end && (!next || e[1].at < next[1].at)) next = e;
+      if (!next) break;
+      const [id, t] = next;
+      this.#now = t.at;
+      if (t.every) t.at += t.every;
+      else this.#timers.delete(id);
+      t.fn();
+    }
+    this.#now = end;
+  }
+
+  #add(t: { at: number; every?: number; fn: () => void }): () => void {
+    const id = ++this.#seq;
+    this.#timers.set(id, t);
+    return () => this.#timers.delete(id);
+  }
 }

@@ -1,10 +1,12 @@
 /**
  * The scheduler shell around the pure core: informers turn store changes into
- * core events, a timer sends ticks, and the core's actions become pod writes
- * and lease answers. Implements {@linkcode SchedulerClient} in-process.
+ * core events, a ticker sends ticks, and the core's actions become pod writes
+ * and lease answers. It decides nothing itself; its clock and ticker are
+ * injected. Implements {@linkcode SchedulerClient} in-process.
  *
  * @module
  */
+import { type Clock, systemClock, systemTicker, type Ticker } from "../common/clock.ts";
 import { InferxError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
@@ -27,6 +29,7 @@ import {
   type CoreState,
   type FuncReport,
   newCoreState,
+  type NodeReport,
   type PodPlacement,
   step,
 } from "./core/mod.ts";
@@ -41,6 +44,10 @@ export interface SchedulerOptions {
   nodeTimeoutMs?: number;
   /** A gateway silent this long (ms) loses its leases. @default 10000 */
   gatewayTimeoutMs?: number;
+  /** What time it is. @default systemClock */
+  clock?: Clock;
+  /** Runs the tick and the lease deadlines. @default systemTicker */
+  ticker?: Ticker;
 }
 
 interface FuncEntry {
@@ -59,18 +66,22 @@ export class SchedulerService implements SchedulerClient {
   #pending = new Map<string, { resolve(l: Lease): void; reject(e: Error): void }>();
   #funcs = new Map<string, FuncEntry>();
   #policies = new Map<string, FuncPolicy>();
-  #nodes = new Map<string, NodeInfo>();
   /** Pod records as last seen, for writes. */
   #podRefs = new Map<string, ObjectRef>();
   #informers: Informer[] = [];
-  #timer?: ReturnType<typeof setInterval>;
+  #clock: Clock;
+  #ticker: Ticker;
+  #stopTicking?: () => void;
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
     this.#options = options;
+    this.#clock = options.clock ?? systemClock;
+    this.#ticker = options.ticker ?? systemTicker;
     this.#core = newCoreState({
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
+      nodeTimeoutMs: options.nodeTimeoutMs ?? 10_000,
     });
   }
 
@@ -155,15 +166,9 @@ export class SchedulerService implements SchedulerClient {
   async start(): Promise<void> {
     this.#informers.push(
       await startInformer(this.#meta, "node", {
-        upsert: (rec) => {
-          const n = decodeNode(rec.value);
-          this.#nodes.set(n.name, n);
-          this.#apply({ type: "nodeUpdate", node: this.#nodeReport(n, Date.now()) });
-        },
-        remove: (ref) => {
-          this.#nodes.delete(ref.name);
-          this.#apply({ type: "nodeRemove", name: ref.name });
-        },
+        upsert: (rec) =>
+          this.#apply({ type: "nodeUpdate", node: nodeReport(decodeNode(rec.value)) }),
+        remove: (ref) => this.#apply({ type: "nodeRemove", name: ref.name }),
       }),
       await startInformer(this.#meta, "pod", {
         upsert: (rec) => this.#onPod(rec, decodePod(rec.value)),
@@ -211,7 +216,10 @@ export class SchedulerService implements SchedulerClient {
         },
       }),
     );
-    this.#timer = setInterval(() => this.#tick(), this.#options.tickMs ?? 250);
+    this.#stopTicking = this.#ticker.every(
+      this.#options.tickMs ?? 250,
+      () => this.#apply({ type: "tick" }),
+    );
     log.info("Scheduler started: {nodes} node(s), {funcs} function(s), {pods} pod(s)", {
       nodes: this.#core.nodes.size,
       funcs: this.#core.funcs.size,
@@ -221,7 +229,7 @@ export class SchedulerService implements SchedulerClient {
 
   /** Stops timers and watches; waiting leases are refused. */
   stop(): void {
-    clearInterval(this.#timer);
+    this.#stopTicking?.();
     for (const i of this.#informers) i.stop();
     for (const [reqId, p] of this.#pending) {
       p.reject(new InferxError("unavailable", "Cannot lease worker: the scheduler is stopping"));
@@ -241,8 +249,11 @@ export class SchedulerService implements SchedulerClient {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       // Answer at the deadline itself rather than at the next tick.
-      const expiry = setTimeout(() => this.#apply({ type: "tick" }), req.timeoutMs + 1);
-      const done = () => (clearTimeout(expiry), signal?.removeEventListener("abort", onAbort));
+      const cancelExpiry = this.#ticker.after(
+        req.timeoutMs + 1,
+        () => this.#apply({ type: "tick" }),
+      );
+      const done = () => (cancelExpiry(), signal?.removeEventListener("abort", onAbort));
       this.#pending.set(reqId, {
         resolve: (l) => (done(), resolve(l)),
         reject: (e) => (done(), reject(e)),
@@ -252,7 +263,7 @@ export class SchedulerService implements SchedulerClient {
         reqId,
         func,
         gateway: req.gatewayId,
-        deadline: Date.now() + req.timeoutMs,
+        deadline: this.#clock.now() + req.timeoutMs,
       });
     });
   }
@@ -270,33 +281,6 @@ export class SchedulerService implements SchedulerClient {
   killPod(podId: string): Promise<void> {
     this.#apply({ type: "killPod", podId });
     return Promise.resolve();
-  }
-
-  #tick(): void {
-    const now = Date.now();
-    const timeout = this.#options.nodeTimeoutMs ?? 10_000;
-    for (const n of this.#nodes.values()) {
-      const core = this.#core.nodes.get(n.name);
-      const fresh = n.ready && now - n.heartbeat < timeout;
-      if (core && core.ready !== fresh) {
-        if (!fresh) log.warn("Node {node} missed its heartbeats: not ready", { node: n.name });
-        this.#apply({ type: "nodeUpdate", node: this.#nodeReport(n, now) });
-      }
-    }
-    this.#apply({ type: "tick" });
-  }
-
-  #nodeReport(n: NodeInfo, now: number) {
-    const timeout = this.#options.nodeTimeoutMs ?? 10_000;
-    return {
-      name: n.name,
-      ready: n.ready && now - n.heartbeat < timeout,
-      cpuMillis: n.cpuMillis,
-      memMB: n.memMB,
-      gpus: n.gpus,
-      contextOverheadMB: n.contextOverheadMB,
-      standbyTiers: n.standbyTiers,
-    };
   }
 
   #funcReport(id: string): FuncReport {
@@ -343,53 +327,27 @@ export class SchedulerService implements SchedulerClient {
       namespace: ref.namespace,
       name: ref.name,
     });
-    const known = this.#core.pods.get(pod.id);
-    if (!known) {
-      if (pod.state === "Failed" || pod.state === "Terminated") {
-        if (pod.desired !== "Terminated") this.#terminate(pod.id);
-        return;
-      }
-      const state = pod.desired === "Terminated"
-        ? "Terminating"
-        : pod.state === "Ready"
-        ? "Ready"
-        : pod.state === "Standby" && pod.standbyTier
-        ? "Standby"
-        : "Creating";
-      this.#apply({
-        type: "podSync",
-        pod: {
-          id: pod.id,
-          func: funcId(pod.tenant, pod.namespace, pod.func),
-          version: pod.funcVersion,
-          node: pod.node,
-          cpu: pod.cpuMillis,
-          memMB: pod.memMB,
-          gpus: pod.gpus,
-          state,
-          tier: pod.standbyTier,
-          endpoint: pod.endpoint,
-        },
-      });
-      return;
-    }
-    if (known.state === "Terminating" && pod.desired !== "Terminated") {
-      this.#terminate(pod.id); // an earlier write was lost: say it again
-    } else if (known.state === "Standby" && pod.desired !== "Standby") {
-      this.#setDesired(pod.id, "Standby"); // likewise for a park
-    } else if (known.state === "Resuming" && pod.desired === "Standby") {
-      this.#setDesired(pod.id, "Running"); // and for a resume
-    } else if (
-      pod.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")
-    ) {
-      this.#apply({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: pod.endpoint });
-    } else if (pod.state === "Failed") {
-      this.#apply({ type: "podStatus", podId: pod.id, state: "Failed", error: pod.error });
-    }
+    this.#apply({
+      type: "podRecord",
+      pod: {
+        id: pod.id,
+        func: funcId(pod.tenant, pod.namespace, pod.func),
+        version: pod.funcVersion,
+        node: pod.node,
+        cpu: pod.cpuMillis,
+        memMB: pod.memMB,
+        gpus: pod.gpus,
+        desired: pod.desired,
+        state: pod.state,
+        tier: pod.standbyTier,
+        endpoint: pod.endpoint,
+        error: pod.error,
+      },
+    });
   }
 
   #apply(event: CoreEvent): void {
-    const { actions } = step(this.#core, event, Date.now());
+    const { actions } = step(this.#core, event, this.#clock.now());
     for (const a of actions) this.#carryOut(a);
   }
 
@@ -470,7 +428,7 @@ export class SchedulerService implements SchedulerClient {
       },
       desired: "Running",
       state: "Creating",
-      createdAt: Date.now(),
+      createdAt: this.#clock.now(),
     };
     const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
     this.#podRefs.set(p.id, ref);
@@ -497,4 +455,18 @@ export class SchedulerService implements SchedulerClient {
       })
     );
   }
+}
+
+/** A stored node as the core reads it. */
+function nodeReport(n: NodeInfo): NodeReport {
+  return {
+    name: n.name,
+    ready: n.ready,
+    heartbeat: n.heartbeat,
+    cpuMillis: n.cpuMillis,
+    memMB: n.memMB,
+    gpus: n.gpus,
+    contextOverheadMB: n.contextOverheadMB,
+    standbyTiers: n.standbyTiers,
+  };
 }

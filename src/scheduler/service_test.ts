@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { ManualClock } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openEmbeddedStore } from "../store/embedded.ts";
@@ -102,6 +103,69 @@ Deno.test({
     } finally {
       clearInterval(beat);
       agent.stop();
+      sched.stop();
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "SchedulerService reads the injected clock and ticks on the injected ticker",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const clock = new ManualClock();
+    const store = await openEmbeddedStore();
+    const meta = new StateService(store);
+    const sys = { tenant: "system", namespace: "system" };
+    await meta.create({
+      type: "node",
+      ...sys,
+      name: "n1",
+      object: { ...node("n1"), heartbeat: clock.now() },
+    });
+    await meta.create({ type: "tenant", ...sys, name: "t", object: {} });
+    await meta.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "n",
+      object: {},
+    });
+    // Wants a GPU the node lacks: a lease can only wait.
+    await meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "f",
+      object: {
+        image: "x",
+        commands: ["x"],
+        resources: { GPU: { Type: "Any", Count: 1, vRam: 1 } },
+      },
+    });
+    const sched = new SchedulerService(meta, {
+      clock,
+      ticker: clock,
+      tickMs: 100,
+      nodeTimeoutMs: 10_000,
+    });
+    await sched.start();
+    try {
+      let answer = "pending";
+      sched.leaseWorker({ tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 5000 })
+        .then(() => answer = "granted", (e) => answer = e.code);
+      await new Promise((r) => setTimeout(r, 50));
+      clock.advance(4999);
+      await new Promise((r) => setTimeout(r, 0));
+      assert.equal(answer, "pending", "no answer before the deadline on the injected clock");
+      clock.advance(2);
+      await new Promise((r) => setTimeout(r, 0));
+      assert.equal(answer, "timeout");
+      assert.equal(sched.snapshot().nodes[0].ready, true);
+      clock.advance(5000);
+      assert.equal(sched.snapshot().nodes[0].ready, false, "the node missed its heartbeats");
+    } finally {
       sched.stop();
       await store.close();
     }

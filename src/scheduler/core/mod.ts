@@ -1,9 +1,14 @@
 /**
- * The pure scheduler core: `step(state, event, now) -> { state, actions }`
- * and its placement plugins. Imported by the scheduler shell and by `sim/`.
+ * The pure scheduler core: `step(state, event, now) -> { state, actions }`,
+ * its placement plugins and the rules it decides by. Imported by the
+ * scheduler shell and by `sim/`.
  *
  * @module
  */
 export * from "./types.ts";
 export * from "./placement.ts";
+export * from "./eviction.ts";
+export { chooseTier, expectedRestoreMs, resumeIsFaster, TIER_HOLDS } from "./standby.ts";
+export { heartbeatFresh } from "./nodes.ts";
+export { recoveredState } from "./pods.ts";
 export { newCoreState, step, type StepResult } from "./step.ts";

@@ -6,6 +6,7 @@
  */
 import { refreshGpuSummary } from "./placement.ts";
 import { newCoreState, step } from "./step.ts";
+import type { StandbyTier } from "../../model/cluster.ts";
 import type {
   CoreAction,
   CoreEvent,
@@ -15,6 +16,7 @@ import type {
   FuncReport,
   NodeReport,
   PodDemand,
+  PodPlacement,
 } from "./types.ts";
 
 /** A node report with `gpus` GPUs of `vramMB` each. */
@@ -26,6 +28,7 @@ export function nodeReport(
   return {
     name,
     ready: options.ready ?? true,
+    heartbeat: options.heartbeat,
     cpuMillis: options.cpuMillis ?? 16_000,
     memMB: options.memMB ?? 65_536,
     gpus: options.gpus ??
@@ -88,3 +91,30 @@ export class CoreDriver {
     return out;
   }
 }
+
+/** The kinds of `acts`, in order. */
+export const kinds = (acts: CoreAction[]): CoreAction["type"][] => acts.map((a) => a.type);
+
+/** The pods `acts` create. */
+export const created = (acts: CoreAction[]): PodPlacement[] =>
+  acts.flatMap((a) => (a.type === "createPod" ? [a.pod] : []));
+
+/** A lease event. */
+export const lease = (reqId: string, func = "t/n/f", gateway = "g1", deadline = 30_000): {
+  type: "lease";
+  reqId: string;
+  func: string;
+  gateway: string;
+  deadline: number;
+} => ({ type: "lease", reqId, func, gateway, deadline });
+
+/** A node with one GPU of `vramMB` offering `tiers`. */
+export const gpuNode = (name: string, tiers: StandbyTier[], vramMB = 80_000): NodeReport =>
+  nodeReport(name, { gpuCount: 1, vramMB, standbyTiers: tiers });
+
+/** A one-GPU, 30 GB function that wants standby `tier`. */
+export const gpuFunc = (
+  id: string,
+  tier: StandbyTier,
+  policy: Record<string, number> = {},
+): FuncReport => funcReport(id, { gpuCount: 1, vramMB: 30_000 }, { standbyTier: tier, ...policy });

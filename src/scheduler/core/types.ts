@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { GpuSlice, StandbyTier } from "../../model/cluster.ts";
+import type { GpuSlice, PodState, StandbyTier } from "../../model/cluster.ts";
 
 /** One GPU as the core accounts it. */
 export interface CoreGpu {
@@ -20,7 +20,10 @@ export interface CoreGpu {
 /** One node as the core accounts it. */
 export interface CoreNode {
   name: string;
+  /** Reported ready by its agent, and heard from within `nodeTimeoutMs`. */
   ready: boolean;
+  /** Time (ms) of the agent's last heartbeat, when known. */
+  heartbeat?: number;
   cpuTotal: number;
   memTotalMB: number;
   cpuUsed: number;
@@ -131,6 +134,8 @@ export interface CorePod extends PodPlacement {
 export interface CoreConfig {
   /** A gateway silent for this long (ms) loses its leases. @default 10000 */
   gatewayTimeoutMs: number;
+  /** A node whose last heartbeat is this old (ms) is not ready. @default 10000 */
+  nodeTimeoutMs: number;
   /**
    * A lease older than this (ms) that a gateway's heartbeat no longer lists
    * is taken as returned (younger ones may still be on their way). @default 5000
@@ -169,6 +174,11 @@ export interface TenantLimits {
 export interface NodeReport {
   name: string;
   ready: boolean;
+  /**
+   * Time (ms) of the agent's last heartbeat: the node stops being ready once
+   * it is `nodeTimeoutMs` old. Without it the node never goes stale.
+   */
+  heartbeat?: number;
   cpuMillis: number;
   memMB: number;
   gpus: { index: number; type: string; vramMB: number }[];
@@ -184,11 +194,20 @@ export interface FuncReport {
   policy: CorePolicy;
 }
 
-/** A pod as recorded in the store, to rebuild the view after a restart. */
-export interface PodReport extends PodPlacement {
-  state: CorePodState;
+/**
+ * A pod as its record in the store says: what the scheduler asked for and
+ * what the node agent reported. Rebuilds the view after a restart, and tells
+ * the core of reports and of its own writes that were lost.
+ */
+export interface PodRecord extends PodPlacement {
+  /** What the scheduler asked for. */
+  desired: "Running" | "Standby" | "Terminated";
+  /** What the node agent reported. */
+  state: PodState;
   tier?: StandbyTier;
   endpoint?: string;
+  /** Why it failed, when it did. */
+  error?: string;
 }
 
 /** Inputs of the core. */
@@ -204,7 +223,7 @@ export type CoreEvent =
     endpoint?: string;
     error?: string;
   }
-  | { type: "podSync"; pod: PodReport }
+  | { type: "podRecord"; pod: PodRecord }
   | { type: "nodeUpdate"; node: NodeReport }
   | { type: "nodeRemove"; name: string }
   | { type: "funcUpdate"; func: FuncReport }

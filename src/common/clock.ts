@@ -1,0 +1,36 @@
+/**
+ * Time as a dependency: shells read the clock and schedule their ticks
+ * through these, so that tests (and the simulator) can run them on a time of
+ * their own, as Knative's multiscaler takes its ticker from outside.
+ *
+ * @module
+ */
+
+/** Reads the time. */
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+}
+
+/** Schedules calls; each returns the function that cancels it. */
+export interface Ticker {
+  /** Calls `fn` every `ms`. */
+  every(ms: number, fn: () => void): () => void;
+  /** Calls `fn` once, after `ms`. */
+  after(ms: number, fn: () => void): () => void;
+}
+
+/** The system clock. */
+export const systemClock: Clock = { now: () => Date.now() };
+
+/** Timers of the runtime. */
+export const systemTicker: Ticker = {
+  every(ms, fn) {
+    const id = setInterval(fn, ms);
+    return () => clearInterval(id);
+  },
+  after(ms, fn) {
+    const id = setTimeout(fn, ms);
+    return () => clearTimeout(id);
+  },
+};

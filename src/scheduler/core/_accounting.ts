@@ -1,0 +1,136 @@
+/**
+ * Internals every decision shares: the context of one step, and the
+ * bookkeeping of what each pod holds on its node. Nothing here decides.
+ *
+ * @module
+ */
+import { refreshGpuSummary, vramCharge } from "./placement.ts";
+import type {
+  CoreAction,
+  CoreFunc,
+  CoreNode,
+  CorePod,
+  CoreState,
+  Held,
+  PodPlacement,
+} from "./types.ts";
+
+/** One step in progress: the state, the time, and the actions so far. */
+export interface Ctx {
+  state: CoreState;
+  now: number;
+  actions: CoreAction[];
+}
+
+/** A running pod holds all it was given. */
+export const ALL_HELD: Held = { cpu: true, mem: true, vram: true };
+const NONE_HELD: Held = { cpu: false, mem: false, vram: false };
+
+/** Pods of the current version that serve or are about to: for `minReplica` and scale-in. */
+export function activeCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && p.state !== "Terminating" && p.state !== "Standby") n++;
+  }
+  return n;
+}
+
+/** Replicas of the current version, parked ones included: for `maxReplica`. */
+export function liveCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && p.state !== "Terminating") n++;
+  }
+  return n;
+}
+
+/** Pods of the current version on their way to Ready: started or resuming. */
+export function creatingCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version === f.version && (p.state === "Creating" || p.state === "Resuming")) n++;
+  }
+  return n;
+}
+
+/** Starts a pod of `f` on `node`: mints its id, charges the node, asks the shell to create it. */
+export function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {
+  const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
+  const placement: PodPlacement = {
+    id,
+    func: f.id,
+    version: f.version,
+    node: node.name,
+    cpu: f.demand.cpu,
+    memMB: f.demand.memMB,
+    gpus,
+  };
+  addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now).since = ctx.now;
+  ctx.actions.push({ type: "createPod", pod: placement });
+}
+
+/** Records a pod on its node and function, charging what it holds. */
+export function addPod(
+  state: CoreState,
+  p: PodPlacement,
+  podState: CorePod["state"],
+  vramChargeMB: number,
+  now: number,
+  held: Held = ALL_HELD,
+): CorePod {
+  const node = state.nodes.get(p.node)!;
+  const pod: CorePod = {
+    ...p,
+    vramChargeMB,
+    state: podState,
+    held: { cpu: false, mem: false, vram: false },
+    lastUsed: now,
+  };
+  state.pods.set(p.id, pod);
+  node.pods.add(p.id);
+  setHeld(state, pod, held);
+  state.funcs.get(p.func)?.pods.add(p.id);
+  return pod;
+}
+
+/** Charges or releases the difference between what a pod holds and `want`. */
+export function setHeld(state: CoreState, pod: CorePod, want: Held) {
+  const node = state.nodes.get(pod.node);
+  const had = pod.held;
+  pod.held = { ...want };
+  if (!node) return;
+  if (had.cpu !== want.cpu) node.cpuUsed += want.cpu ? pod.cpu : -pod.cpu;
+  if (had.mem !== want.mem) node.memUsedMB += want.mem ? pod.memMB : -pod.memMB;
+  if (had.vram !== want.vram && pod.gpus.length) {
+    for (const s of pod.gpus) {
+      const g = node.gpus.find((g) => g.index === s.index);
+      if (!g) continue;
+      g.vramUsedMB += want.vram ? pod.vramChargeMB : -pod.vramChargeMB;
+      g.contexts += want.vram ? 1 : -1;
+    }
+    refreshGpuSummary(node);
+  }
+}
+
+/** Forgets a pod that is gone, giving its node back what it held. */
+export function releasePod(state: CoreState, pod: CorePod) {
+  setHeld(state, pod, NONE_HELD);
+  state.pods.delete(pod.id);
+  const node = state.nodes.get(pod.node);
+  node?.pods.delete(pod.id);
+  const f = state.funcs.get(pod.func);
+  f?.pods.delete(pod.id);
+  f?.idle.delete(pod.id);
+}
+
+/** Asks the shell to terminate a pod; it keeps its charge until the node says it is gone. */
+export function terminate(ctx: Ctx, pod: CorePod, reason: string) {
+  if (pod.state === "Terminating") return;
+  pod.state = "Terminating";
+  pod.leasedBy = undefined;
+  ctx.state.funcs.get(pod.func)?.idle.delete(pod.id);
+  ctx.actions.push({ type: "terminatePod", podId: pod.id, reason });
+}

@@ -1,0 +1,115 @@
+/**
+ * Capacity: how many pods each function needs (its waiting leases and
+ * `minReplica`, never above `maxReplica`), where they come from (standby,
+ * a fresh start, or room made by eviction), and which idle ones to give up.
+ *
+ * @module
+ */
+import {
+  activeCurrent,
+  createPod,
+  creatingCurrent,
+  type Ctx,
+  liveCurrent,
+  terminate,
+} from "./_accounting.ts";
+import { planEviction } from "./eviction.ts";
+import { describeReasons, place } from "./placement.ts";
+import { freeTenantPod, quotaBlock } from "./quota.ts";
+import { parkedPod, restoreOrStart, retire } from "./standby.ts";
+import type { CoreFunc } from "./types.ts";
+
+/**
+ * Finds pods for waiting leases and `minReplica`: resumes parked pods first,
+ * then creates pods, evicting idle and parked pods of others if needed.
+ */
+export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
+  const { state } = ctx;
+  let live = liveCurrent(state, f);
+  let need = Math.max(
+    f.waiters.length - creatingCurrent(state, f),
+    f.policy.minReplica - activeCurrent(state, f),
+  );
+  while (need > 0) {
+    const parked = parkedPod(state, f);
+    const quota = quotaBlock(state, f, parked);
+    if (quota) {
+      if (freeTenantPod(ctx, f)) continue;
+      f.lastUnschedulable = quota;
+      state.starved.add(f.id);
+      // Nothing of this function runs, nothing can be freed: waiting would only time out.
+      if (activeCurrent(state, f) === 0) {
+        for (const w of f.waiters.splice(0)) {
+          ctx.actions.push({
+            type: "leaseFailed",
+            reqId: w.reqId,
+            code: "quota_exceeded",
+            message: `Cannot lease worker for ${f.id}: ${quota}`,
+          });
+        }
+      }
+      return;
+    }
+    if (parked) {
+      const revival = restoreOrStart(ctx, f, parked, live);
+      if (revival !== "dropped") {
+        if (revival === "started") live++;
+        need--;
+        continue;
+      }
+      // Its node has no room to take it back: start fresh elsewhere instead.
+      live--;
+    }
+    if (live >= f.policy.maxReplica) break;
+    const r = place(state.nodeList, f.demand);
+    if (r.ok) {
+      createPod(ctx, f, r.node, r.gpus);
+      live++;
+      need--;
+      continue;
+    }
+    const plan = planEviction(state, f.id, f.demand);
+    if (plan) {
+      for (const v of plan.victims) terminate(ctx, v, `evicted for ${f.id}`);
+      f.lastUnschedulable =
+        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}`;
+    } else {
+      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
+    }
+    state.starved.add(f.id);
+    return;
+  }
+  state.starved.delete(f.id);
+}
+
+/** Retries functions whose waiters could not be placed, after resources were freed. */
+export function retryStarved(ctx: Ctx) {
+  for (const id of [...ctx.state.starved]) {
+    const f = ctx.state.funcs.get(id);
+    if (f) ensureCapacity(ctx, f);
+    else ctx.state.starved.delete(id);
+  }
+}
+
+/** Every function with `minReplica` or waiting leases gets what it needs. */
+export function ensureAll(ctx: Ctx) {
+  for (const f of ctx.state.funcs.values()) {
+    if (f.policy.minReplica > 0 || f.waiters.length > 0) ensureCapacity(ctx, f);
+  }
+}
+
+/** Retires idle pods above `minReplica` once unused for `scaleinTimeoutS`. */
+export function scaleIn(ctx: Ctx) {
+  const { state, now } = ctx;
+  for (const f of state.funcs.values()) {
+    if (f.idle.size === 0) continue;
+    let active = activeCurrent(state, f);
+    for (const id of [...f.idle]) {
+      if (active <= f.policy.minReplica) break;
+      const p = state.pods.get(id)!;
+      if (p.lastUsed + f.policy.scaleinTimeoutS * 1000 > now) continue;
+      retire(ctx, f, p, "idle past scale-in timeout");
+      active--;
+    }
+  }
+}

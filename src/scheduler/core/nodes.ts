@@ -1,0 +1,98 @@
+/**
+ * Nodes: what each offers, whether it is ready (reported so, and heard from
+ * within `nodeTimeoutMs`), and what becomes of the pods of a node that is
+ * lost.
+ *
+ * @module
+ */
+import { type Ctx, releasePod } from "./_accounting.ts";
+import { retryStarved } from "./capacity.ts";
+import { refreshGpuSummary } from "./placement.ts";
+import type { CoreNode, CoreState, NodeReport } from "./types.ts";
+
+/**
+ * Whether a node's last heartbeat (ms) is recent enough at `now`; a node
+ * with no known heartbeat never goes stale.
+ */
+export function heartbeatFresh(state: CoreState, heartbeat: number | undefined, now: number) {
+  return heartbeat === undefined || now - heartbeat < state.config.nodeTimeoutMs;
+}
+
+/** A node registered or heartbeat: takes its figures, and loses its pods if it is not ready. */
+export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
+  const { state } = ctx;
+  let node = state.nodes.get(r.name);
+  if (!node) {
+    node = {
+      name: r.name,
+      ready: r.ready,
+      cpuTotal: r.cpuMillis,
+      memTotalMB: r.memMB,
+      cpuUsed: 0,
+      memUsedMB: 0,
+      gpus: [],
+      contextOverheadMB: r.contextOverheadMB,
+      standbyTiers: r.standbyTiers,
+      pods: new Set(),
+      gpuSummary: { type: null, freeDesc: [], usedMB: 0, totalMB: 0 },
+    };
+    state.nodes.set(r.name, node);
+    state.nodeList.push(node);
+  }
+  const wasReady = node.ready;
+  const fresh = heartbeatFresh(state, r.heartbeat, ctx.now);
+  node.ready = r.ready && fresh;
+  node.heartbeat = r.heartbeat;
+  node.cpuTotal = r.cpuMillis;
+  node.memTotalMB = r.memMB;
+  node.contextOverheadMB = r.contextOverheadMB;
+  node.standbyTiers = r.standbyTiers;
+  const used = new Map(node.gpus.map((g) => [g.index, g]));
+  node.gpus = r.gpus.map((g) => ({
+    index: g.index,
+    type: g.type,
+    vramTotalMB: g.vramMB,
+    vramUsedMB: used.get(g.index)?.vramUsedMB ?? 0,
+    contexts: used.get(g.index)?.contexts ?? 0,
+  }));
+  refreshGpuSummary(node);
+  if (wasReady && !node.ready) {
+    const why = r.ready ? "missed its heartbeats" : "is not ready";
+    loseNodePods(ctx, node, `node ${node.name} ${why}`);
+  }
+  retryStarved(ctx);
+}
+
+/** A node's record is gone: so are its pods. */
+export function onNodeRemove(ctx: Ctx, name: string) {
+  const node = ctx.state.nodes.get(name);
+  if (!node) return;
+  loseNodePods(ctx, node, `node ${name} was removed`);
+  ctx.state.nodes.delete(name);
+  ctx.state.nodeList = ctx.state.nodeList.filter((n) => n !== node);
+  retryStarved(ctx);
+}
+
+/** Ready nodes whose heartbeat has grown older than `nodeTimeoutMs` stop being ready. */
+export function expireSilentNodes(ctx: Ctx) {
+  let lost = false;
+  for (const node of ctx.state.nodeList) {
+    if (!node.ready || heartbeatFresh(ctx.state, node.heartbeat, ctx.now)) continue;
+    node.ready = false;
+    loseNodePods(ctx, node, `node ${node.name} missed its heartbeats`);
+    lost = true;
+  }
+  if (lost) retryStarved(ctx);
+}
+
+/** Pods on a lost node are gone: free their accounting and replace them. */
+function loseNodePods(ctx: Ctx, node: CoreNode, reason: string) {
+  for (const id of [...node.pods]) {
+    const pod = ctx.state.pods.get(id)!;
+    if (pod.state !== "Terminating") ctx.actions.push({ type: "terminatePod", podId: id, reason });
+    releasePod(ctx.state, pod);
+  }
+  for (const f of ctx.state.funcs.values()) {
+    if (f.waiters.length || f.policy.minReplica) ctx.state.starved.add(f.id);
+  }
+}

@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import { heartbeatFresh } from "./nodes.ts";
+import { newCoreState } from "./step.ts";
+import { CoreDriver, created, funcReport, kinds, nodeReport } from "./testing.ts";
+import type { CoreAction } from "./types.ts";
+
+Deno.test("step() replaces the pods of a node that stops being ready", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1") },
+    { type: "nodeUpdate", node: nodeReport("n2", { cpuMillis: 8000 }) },
+    { type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) },
+  );
+  const first = [...d.state.pods.values()][0];
+  const acts = d.run({ type: "nodeUpdate", node: nodeReport(first.node, { ready: false }) });
+  assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
+  assert.notEqual(created(acts)[0].node, first.node);
+});
+
+Deno.test("heartbeatFresh() holds a heartbeat younger than nodeTimeoutMs, and a node without one", () => {
+  const state = newCoreState({ nodeTimeoutMs: 10_000 });
+  const cases: [string, number | undefined, number, boolean][] = [
+    ["no heartbeat known (the simulator)", undefined, 1e12, true],
+    ["just heard", 50_000, 50_000, true],
+    ["a millisecond short of the timeout", 50_000, 59_999, true],
+    ["at the timeout", 50_000, 60_000, false],
+    ["long silent", 50_000, 900_000, false],
+  ];
+  for (const [what, heartbeat, now, want] of cases) {
+    assert.equal(heartbeatFresh(state, heartbeat, now), want, what);
+  }
+});
+
+Deno.test("step() decides node readiness from the agent's report and its heartbeat's age", () => {
+  // [case, reported ready, heartbeat, time of the report, time of a tick, ready then, ready after the tick]
+  const cases: [string, boolean, number | undefined, number, number, boolean, boolean][] = [
+    ["fresh, ticked before the timeout", true, 1000, 1000, 10_999, true, true],
+    ["fresh, ticked at the timeout", true, 1000, 1000, 11_000, true, false],
+    ["already stale when listed (restart)", true, 1000, 11_000, 11_000, false, false],
+    ["reported not ready", false, 1000, 1000, 1000, false, false],
+    ["no heartbeat known", true, undefined, 1000, 1e9, true, true],
+  ];
+  for (const [what, ready, heartbeat, at, tickAt, wantThen, wantAfter] of cases) {
+    const d = new CoreDriver();
+    d.state.config.nodeTimeoutMs = 10_000;
+    d.now = at;
+    d.run({ type: "nodeUpdate", node: nodeReport("n1", { ready, heartbeat }) });
+    assert.equal(d.state.nodes.get("n1")!.ready, wantThen, `${what}: at the report`);
+    d.now = tickAt;
+    d.run({ type: "tick" });
+    assert.equal(d.state.nodes.get("n1")!.ready, wantAfter, `${what}: after the tick`);
+  }
+});
+
+Deno.test("step() replaces the pods of a node whose heartbeats stop, and takes it back when they resume", () => {
+  const d = new CoreDriver();
+  const beat = (name: string, heartbeat: number) => ({
+    type: "nodeUpdate" as const,
+    node: nodeReport(name, { heartbeat }),
+  });
+  d.run(beat("n1", 0), { type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
+  const first = [...d.state.pods.values()][0];
+  assert.equal(first.node, "n1");
+  d.now = 8000;
+  d.run(beat("n2", 8000));
+  d.now = 10_000;
+  const acts: CoreAction[] = d.run({ type: "tick" });
+  assert.deepEqual(acts[0], {
+    type: "terminatePod",
+    podId: first.id,
+    reason: "node n1 missed its heartbeats",
+  });
+  assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
+  assert.equal(created(acts)[0].node, "n2");
+  assert.equal(d.state.nodes.get("n1")!.ready, false);
+  d.run(beat("n1", 10_500));
+  assert.equal(d.state.nodes.get("n1")!.ready, true, "its next heartbeat brings it back");
+});

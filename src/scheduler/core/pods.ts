@@ -1,0 +1,143 @@
+/**
+ * Pods as their node agents report them: a pod became ready, failed or is
+ * gone; and pod records from the store, which rebuild the view after a
+ * restart and say again what a lost write had asked for.
+ *
+ * @module
+ */
+import { addPod, ALL_HELD, type Ctx, releasePod, terminate } from "./_accounting.ts";
+import { retryStarved } from "./capacity.ts";
+import { settleUnleased } from "./leases.ts";
+import { learnReadyTime, TIER_HOLDS } from "./standby.ts";
+import type { CorePodState, PodRecord } from "./types.ts";
+
+/** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
+export function onPodStatus(
+  ctx: Ctx,
+  podId: string,
+  status: "Ready" | "Standby" | "Failed" | "Terminated",
+  endpoint?: string,
+  error?: string,
+) {
+  const { state } = ctx;
+  const pod = state.pods.get(podId);
+  if (!pod || status === "Standby") return;
+  const f = state.funcs.get(pod.func);
+  if (status === "Ready") {
+    if (pod.state !== "Creating" && pod.state !== "Resuming") return;
+    const resumed = pod.state === "Resuming";
+    if (f) learnReadyTime(f, pod, ctx.now);
+    pod.state = "Ready";
+    pod.tier = undefined;
+    pod.endpoint = endpoint ?? pod.endpoint;
+    pod.lastUsed = ctx.now;
+    if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+    return settleUnleased(ctx, f, pod, !resumed, resumed);
+  }
+  const wasCreating = pod.state === "Creating";
+  if (status === "Failed") terminate(ctx, pod, "failed");
+  releasePod(state, pod);
+  if (status === "Failed" && wasCreating && f) {
+    const message = `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
+    for (const w of f.waiters) {
+      ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
+    }
+    f.waiters = [];
+    state.starved.delete(f.id);
+  }
+  retryStarved(ctx);
+}
+
+/** Terminates a pod on request. */
+export function onKillPod(ctx: Ctx, podId: string) {
+  const pod = ctx.state.pods.get(podId);
+  if (pod) terminate(ctx, pod, "killed by request");
+}
+
+/**
+ * A pod record as the store has it. A pod the core knows: the agent's report
+ * (Ready, Failed) is taken, and a desired state the core decided but the
+ * record lacks (a write that was lost) is asked for again. A pod the core
+ * does not know (after a restart): its accounting is rebuilt from the record.
+ */
+export function onPodRecord(ctx: Ctx, r: PodRecord) {
+  const known = ctx.state.pods.get(r.id);
+  if (!known) return recoverPod(ctx, r);
+  if (known.state === "Terminating" && r.desired !== "Terminated") {
+    ctx.actions.push({
+      type: "terminatePod",
+      podId: r.id,
+      reason: "asked again: a write was lost",
+    });
+  } else if (known.state === "Standby" && r.desired !== "Standby") {
+    ctx.actions.push({ type: "parkPod", podId: r.id, tier: known.tier! });
+  } else if (known.state === "Resuming" && r.desired === "Standby") {
+    ctx.actions.push({ type: "resumePod", podId: r.id, tier: known.tier! });
+  } else if (r.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")) {
+    onPodStatus(ctx, r.id, "Ready", r.endpoint);
+  } else if (r.state === "Failed") {
+    onPodStatus(ctx, r.id, "Failed", undefined, r.error);
+  }
+}
+
+/** The core state a pod record stands for, or undefined for a pod that is over. */
+export function recoveredState(r: PodRecord): CorePodState | undefined {
+  if (r.state === "Failed" || r.state === "Terminated") return undefined;
+  if (r.desired === "Terminated") return "Terminating";
+  if (r.state === "Ready") return "Ready";
+  if (r.state === "Standby" && r.tier) return "Standby";
+  return "Creating";
+}
+
+function recoverPod(ctx: Ctx, r: PodRecord) {
+  const { state } = ctx;
+  const podState = recoveredState(r);
+  if (!podState) {
+    // Over: make sure its record goes.
+    if (r.desired !== "Terminated") {
+      ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `its record says ${r.state}` });
+    }
+    return;
+  }
+  const node = state.nodes.get(r.node);
+  if (!node) {
+    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `node ${r.node} is unknown` });
+    return;
+  }
+  const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
+  const parked = podState === "Standby";
+  const placement = {
+    id: r.id,
+    func: r.func,
+    version: r.version,
+    node: r.node,
+    cpu: r.cpu,
+    memMB: r.memMB,
+    gpus: r.gpus,
+  };
+  const pod = addPod(
+    state,
+    placement,
+    podState,
+    charge,
+    ctx.now,
+    parked ? TIER_HOLDS[r.tier!] : ALL_HELD,
+  );
+  pod.endpoint = r.endpoint;
+  if (parked) pod.tier = r.tier;
+  const f = state.funcs.get(r.func);
+  if (podState === "Terminating") {
+    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
+  } else if (f && f.version !== r.version) {
+    terminate(ctx, pod, "old version drained");
+  } else if (f && podState === "Ready") settleUnleased(ctx, f, pod, true);
+  // A pod whose function is not known yet waits for it (restart order is
+  // nodes, pods, functions); the tick collects it if the function never comes.
+}
+
+/** Pods whose function no longer exists are terminated. */
+export function collectOrphans(ctx: Ctx) {
+  for (const pod of ctx.state.pods.values()) {
+    if (!ctx.state.funcs.has(pod.func)) terminate(ctx, pod, "function no longer exists");
+  }
+}

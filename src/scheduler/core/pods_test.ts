@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import type { PodState, StandbyTier } from "../../model/cluster.ts";
+import { recoveredState } from "./pods.ts";
+import {
+  CoreDriver,
+  created,
+  funcReport,
+  gpuFunc,
+  gpuNode,
+  kinds,
+  lease,
+  nodeReport,
+} from "./testing.ts";
+import type { CoreAction, CorePod, CorePodState, PodRecord } from "./types.ts";
+
+const record = (
+  pod: Omit<CorePod, "state">,
+  desired: PodRecord["desired"],
+  state: PodState,
+  more: Partial<PodRecord> = {},
+): PodRecord => ({
+  id: pod.id,
+  func: pod.func,
+  version: pod.version,
+  node: pod.node,
+  cpu: pod.cpu,
+  memMB: pod.memMB,
+  gpus: pod.gpus,
+  desired,
+  state,
+  ...more,
+});
+
+Deno.test("step() rebuilds accounting from pod records after a restart", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 1, contextOverheadMB: 300 }) },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }, { minReplica: 1 }),
+    },
+  );
+  const before = structuredClone(d.state.nodes.get("n1")!.gpus);
+  const pod = [...d.state.pods.values()][0];
+  const again = new CoreDriver("q");
+  const acts = again.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 1, contextOverheadMB: 300 }) },
+    { type: "podRecord", pod: record(pod, "Running", "Ready", { endpoint: "e" }) },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }, { minReplica: 1 }),
+    },
+  );
+  assert.deepEqual(acts, []);
+  assert.deepEqual(again.state.nodes.get("n1")!.gpus, before);
+});
+
+Deno.test("recoveredState() reads what a pod record stands for after a restart", () => {
+  const cases: [
+    PodRecord["desired"],
+    PodState,
+    StandbyTier | undefined,
+    CorePodState | undefined,
+  ][] = [
+    ["Running", "Creating", undefined, "Creating"],
+    ["Running", "Resuming", undefined, "Creating"],
+    ["Running", "Ready", undefined, "Ready"],
+    ["Standby", "Standby", "paused", "Standby"],
+    ["Standby", "Standby", undefined, "Creating"],
+    ["Standby", "Ready", undefined, "Ready"],
+    ["Terminated", "Ready", undefined, "Terminating"],
+    ["Running", "Failed", undefined, undefined],
+    ["Terminated", "Terminated", undefined, undefined],
+  ];
+  const base = { id: "p", func: "t/n/f", version: 1, node: "n1", cpu: 1, memMB: 1, gpus: [] };
+  for (const [desired, state, tier, want] of cases) {
+    assert.equal(
+      recoveredState({ ...base, desired, state, tier }),
+      want,
+      `desired ${desired}, state ${state}, tier ${tier}`,
+    );
+  }
+});
+
+Deno.test("step() recovers an unknown pod from its record, or asks to end it", () => {
+  // [case, desired, state, node, actions]
+  const cases: [string, PodRecord["desired"], PodState, string, CoreAction[]][] = [
+    ["failed while nobody scheduled", "Running", "Failed", "n1", [
+      { type: "terminatePod", podId: "x-1", reason: "its record says Failed" },
+    ]],
+    ["failed and already ended", "Terminated", "Failed", "n1", []],
+    ["on a node nobody knows", "Running", "Ready", "n9", [
+      { type: "terminatePod", podId: "x-1", reason: "node n9 is unknown" },
+    ]],
+    ["being terminated", "Terminated", "Ready", "n1", [
+      { type: "terminatePod", podId: "x-1", reason: "terminating before restart" },
+    ]],
+    ["ready and idle", "Running", "Ready", "n1", []],
+    ["still starting", "Running", "Creating", "n1", []],
+  ];
+  for (const [what, desired, state, node, want] of cases) {
+    const d = new CoreDriver();
+    d.run(
+      { type: "nodeUpdate", node: nodeReport("n1") },
+      { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica: 2 }) },
+    );
+    const pod = { id: "x-1", func: "t/n/f", version: 1, node, cpu: 100, memMB: 64, gpus: [] };
+    const acts = d.run({ type: "podRecord", pod: { ...pod, desired, state, endpoint: "e" } });
+    assert.deepEqual(acts, want, what);
+    const kept = d.state.pods.get("x-1");
+    if (want.length === 0 && state !== "Failed") {
+      assert.equal(d.state.nodes.get("n1")!.cpuUsed, 100, `${what}: its CPU is charged`);
+      assert.equal(kept?.state, state === "Ready" ? "Ready" : "Creating", what);
+    }
+  }
+});
+
+/** A driver with one pod of t/n/f brought to `state`, on a GPU node with the paused tier. */
+function podIn(state: "Creating" | "Terminating" | "Standby" | "Resuming") {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["paused"]) },
+    { type: "funcUpdate", func: gpuFunc("t/n/f", "paused") },
+  );
+  const pod = created(d.run(lease("r1")))[0];
+  if (state === "Terminating") d.run({ type: "killPod", podId: pod.id });
+  if (state === "Standby" || state === "Resuming") {
+    d.run(
+      { type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" },
+      { type: "return", podId: pod.id, gateway: "g1" },
+    );
+  }
+  if (state === "Resuming") d.run(lease("r2"));
+  const core = d.state.pods.get(pod.id)!;
+  assert.equal(core.state, state);
+  return { d, pod: core };
+}
+
+Deno.test("step() takes a known pod's record: reports from its agent, and asks again for what a lost write asked", () => {
+  // [case, core state, record desired, record state, action kinds, core state after]
+  const cases: [
+    string,
+    "Creating" | "Terminating" | "Standby" | "Resuming",
+    PodRecord["desired"],
+    PodState,
+    CoreAction["type"][],
+    CorePodState | undefined,
+  ][] = [
+    ["a lost terminate", "Terminating", "Running", "Ready", ["terminatePod"], "Terminating"],
+    ["a terminate written", "Terminating", "Terminated", "Ready", [], "Terminating"],
+    ["a lost park", "Standby", "Running", "Ready", ["parkPod"], "Standby"],
+    ["a park written", "Standby", "Standby", "Standby", [], "Standby"],
+    ["a lost resume", "Resuming", "Standby", "Standby", ["resumePod"], "Resuming"],
+    ["a resume done", "Resuming", "Running", "Ready", ["leaseGranted"], "Ready"],
+    ["a start done", "Creating", "Running", "Ready", ["leaseGranted"], "Ready"],
+    ["a start failed", "Creating", "Running", "Failed", ["terminatePod", "leaseFailed"], undefined],
+    ["still starting", "Creating", "Running", "Creating", [], "Creating"],
+  ];
+  for (const [what, core, desired, state, want, after] of cases) {
+    const { d, pod } = podIn(core);
+    const acts = d.run({
+      type: "podRecord",
+      pod: record(pod, desired, state, { endpoint: "e", error: "exit 1" }),
+    });
+    assert.deepEqual(kinds(acts), want, what);
+    assert.equal(d.state.pods.get(pod.id)?.state, after, what);
+    const park = acts.find((a) => a.type === "parkPod" || a.type === "resumePod");
+    if (park) assert.equal("tier" in park && park.tier, "paused", `${what}: the tier`);
+  }
+});

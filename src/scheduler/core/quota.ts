@@ -1,0 +1,77 @@
+/**
+ * Tenant quotas: whether one more replica of a function stays within its
+ * tenant's `max_replica` and `max_gpu`, and which pod of the same tenant to
+ * give up to make room.
+ *
+ * @module
+ */
+import { activeCurrent, type Ctx, terminate } from "./_accounting.ts";
+import { retire } from "./standby.ts";
+import type { CoreFunc, CorePod, CoreState, TenantLimits } from "./types.ts";
+
+/** The tenant of a function or pod id `tenant/namespace/name`. */
+export const tenantOf = (funcId: string): string => funcId.slice(0, funcId.indexOf("/"));
+
+/** Sets a tenant's limits; no limit at all removes the entry. */
+export function setTenantLimits(state: CoreState, tenant: string, limits: TenantLimits) {
+  if (limits.maxGpu === undefined && limits.maxReplica === undefined) state.quotas.delete(tenant);
+  else state.quotas.set(tenant, { ...limits });
+}
+
+/**
+ * Why one more replica of `f` (resuming `parked`, when there is one) would
+ * break its tenant's quota, or undefined when it would not.
+ */
+export function quotaBlock(state: CoreState, f: CoreFunc, parked?: CorePod): string | undefined {
+  const tenant = tenantOf(f.id);
+  const q = state.quotas.get(tenant);
+  if (!q) return undefined;
+  let replicas = 0;
+  let gpus = 0;
+  for (const pod of state.pods.values()) {
+    if (pod.state === "Terminating" || tenantOf(pod.func) !== tenant) continue;
+    if (pod.state !== "Standby") replicas++;
+    if (pod.held.vram) gpus += pod.gpus.length;
+  }
+  const moreGpus = parked ? (parked.held.vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
+  if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
+    return `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`;
+  }
+  if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
+    return `tenant ${tenant} would exceed its max_gpu quota (${gpus} of ${q.maxGpu} GPU(s) held, ${moreGpus} more needed)`;
+  }
+  return undefined;
+}
+
+/**
+ * Makes room within a tenant's quota: retires the least recently used idle
+ * pod of another function of the same tenant that is above its `minReplica`,
+ * else terminates a parked pod that kept its GPU memory.
+ */
+export function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
+  const tenant = tenantOf(f.id);
+  let victim: CorePod | undefined;
+  let owner: CoreFunc | undefined;
+  for (const g of ctx.state.funcs.values()) {
+    if (g === f || tenantOf(g.id) !== tenant || g.idle.size === 0) continue;
+    if (activeCurrent(ctx.state, g) <= g.policy.minReplica) continue;
+    for (const id of g.idle) {
+      const p = ctx.state.pods.get(id)!;
+      if (!victim || p.lastUsed < victim.lastUsed) (victim = p, owner = g);
+    }
+  }
+  if (victim && owner) {
+    retire(ctx, owner, victim, `freed for ${f.id} within the tenant's quota`);
+    return true;
+  }
+  // A parked pod that kept its GPU memory still counts against max_gpu.
+  for (const p of ctx.state.pods.values()) {
+    if (p.state !== "Standby" || !p.held.vram || !p.gpus.length || tenantOf(p.func) !== tenant) {
+      continue;
+    }
+    if (!victim || p.lastUsed < victim.lastUsed) victim = p;
+  }
+  if (!victim) return false;
+  terminate(ctx, victim, `freed for ${f.id} within the tenant's quota`);
+  return true;
+}

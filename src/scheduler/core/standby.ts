@@ -1,0 +1,146 @@
+/**
+ * Standby: where a pod that leaves service is parked (which tier, or none),
+ * what a parked pod still holds on its node, and whether a pod the function
+ * needs comes back from standby or starts fresh.
+ *
+ * @module
+ */
+import type { StandbyTier } from "../../model/cluster.ts";
+import { ALL_HELD, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
+import { place } from "./placement.ts";
+import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
+
+/** What a pod parked in each tier still holds on its node. */
+export const TIER_HOLDS: Record<StandbyTier, Held> = {
+  paused: { cpu: false, mem: true, vram: true },
+  host_memory: { cpu: false, mem: true, vram: false },
+  file: { cpu: false, mem: false, vram: false },
+};
+
+const TIER_DEPTH: readonly StandbyTier[] = ["paused", "host_memory", "file"];
+
+/** The deepest tier up to `wanted` that `available` offers, or undefined. */
+export function chooseTier(
+  wanted: StandbyTier,
+  available: readonly StandbyTier[],
+): StandbyTier | undefined {
+  for (let i = TIER_DEPTH.indexOf(wanted); i >= 0; i--) {
+    if (available.includes(TIER_DEPTH[i])) return TIER_DEPTH[i];
+  }
+  return undefined;
+}
+
+/** A pod leaves service: parked in a standby tier when policy and node allow, else terminated. */
+export function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
+  const node = ctx.state.nodes.get(pod.node);
+  const tier = node && f.policy.standbyPerNode > 0
+    ? chooseTier(f.policy.standbyTier ?? "paused", node.standbyTiers)
+    : undefined;
+  if (tier) {
+    let parked = 0;
+    for (const id of f.pods) {
+      const p = ctx.state.pods.get(id)!;
+      if (p.state === "Standby" && p.node === pod.node && p.version === f.version) parked++;
+    }
+    if (parked < f.policy.standbyPerNode) {
+      f.idle.delete(pod.id);
+      pod.leasedBy = undefined;
+      pod.state = "Standby";
+      pod.tier = tier;
+      pod.lastUsed = ctx.now;
+      setHeld(ctx.state, pod, TIER_HOLDS[tier]);
+      ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
+      return;
+    }
+  }
+  terminate(ctx, pod, reason);
+}
+
+/** The parked pod of `f` to resume first: the cheapest tier, then the most recently parked. */
+export function parkedPod(state: CoreState, f: CoreFunc): CorePod | undefined {
+  let best: CorePod | undefined;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.state !== "Standby" || p.version !== f.version) continue;
+    if (
+      !best || TIER_DEPTH.indexOf(p.tier!) < TIER_DEPTH.indexOf(best.tier!) ||
+      (p.tier === best.tier && p.lastUsed > best.lastUsed)
+    ) best = p;
+  }
+  return best;
+}
+
+/** Whether the node can give a parked pod back what it released. */
+function canResume(state: CoreState, pod: CorePod): boolean {
+  const node = state.nodes.get(pod.node);
+  if (!node?.ready) return false;
+  if (!pod.held.cpu && node.cpuTotal - node.cpuUsed < pod.cpu) return false;
+  if (!pod.held.mem && node.memTotalMB - node.memUsedMB < pod.memMB) return false;
+  if (!pod.held.vram) {
+    for (const s of pod.gpus) {
+      const g = node.gpus.find((g) => g.index === s.index);
+      if (!g || g.vramTotalMB - g.vramUsedMB < pod.vramChargeMB) return false;
+    }
+  }
+  return true;
+}
+
+/** Restore bandwidth priors (MB/ms) until restores of the tier were seen: PCIe ~10 GB/s, disk ~1 GB/s. */
+const RESTORE_PRIOR = {
+  paused: () => 20,
+  host_memory: (vramMB: number) => 200 + vramMB / 10,
+  file: (vramMB: number) => 1000 + vramMB / 1,
+};
+
+/** How long resuming `pod` should take (ms): observed for its function and tier, else the prior. */
+export function expectedRestoreMs(f: CoreFunc, tier: StandbyTier): number {
+  return f.restoreMs[tier] ?? RESTORE_PRIOR[tier](f.demand.vramMB * Math.max(1, f.demand.gpuCount));
+}
+
+/**
+ * Whether resuming a parked pod beats a fresh start: yes unless a start-up
+ * has been seen and was faster than the expected restore.
+ */
+export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
+  return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
+}
+
+const ewma = (old: number | undefined, sample: number) =>
+  old === undefined ? sample : 0.7 * old + 0.3 * sample;
+
+/** A pod of `f` became ready: learns how long its start-up or restore took. */
+export function learnReadyTime(f: CoreFunc, pod: CorePod, now: number) {
+  if (pod.since === undefined) return;
+  if (pod.state === "Resuming") {
+    f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], now - pod.since);
+  } else f.coldStartMs = ewma(f.coldStartMs, now - pod.since);
+}
+
+/** What {@linkcode restoreOrStart} did for one more replica. */
+export type Revival = "started" | "resumed" | "dropped";
+
+/**
+ * One more replica of `f` while `parked` waits in standby: starts a fresh pod
+ * when that is faster than the tier's restore and `live` is below
+ * `maxReplica`, else resumes the parked pod; when its node has no room to
+ * take it back, drops it (the caller then starts one elsewhere).
+ */
+export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: number): Revival {
+  const fresh = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
+    ? undefined
+    : place(ctx.state.nodeList, f.demand);
+  if (fresh?.ok) {
+    // Starting anew is faster than this tier's restore: leave the parked pod be.
+    createPod(ctx, f, fresh.node, fresh.gpus);
+    return "started";
+  }
+  if (canResume(ctx.state, parked)) {
+    setHeld(ctx.state, parked, ALL_HELD);
+    parked.state = "Resuming";
+    parked.since = ctx.now;
+    ctx.actions.push({ type: "resumePod", podId: parked.id, tier: parked.tier! });
+    return "resumed";
+  }
+  terminate(ctx, parked, "no room to resume");
+  return "dropped";
+}

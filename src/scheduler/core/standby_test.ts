@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import type { StandbyTier } from "../../model/cluster.ts";
+import { chooseTier } from "./standby.ts";
+import { CoreDriver, created, gpuFunc, gpuNode, kinds, lease } from "./testing.ts";
+
+Deno.test("chooseTier() takes the deepest tier the node has, up to the wanted one", () => {
+  const cases: [StandbyTier, StandbyTier[], StandbyTier | undefined][] = [
+    ["file", ["paused", "host_memory", "file"], "file"],
+    ["file", ["paused", "host_memory"], "host_memory"],
+    ["host_memory", ["paused"], "paused"],
+    ["paused", ["host_memory", "file"], undefined],
+    ["host_memory", [], undefined],
+  ];
+  for (const [wanted, available, want] of cases) {
+    assert.equal(chooseTier(wanted, available), want, `${wanted} on ${available}`);
+  }
+});
+
+Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and resumes it before any cold start", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "host_memory"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "host_memory"),
+  });
+  const pod = created(d.run(lease("r1")))[0].id;
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  const parked = d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(parked, [{ type: "parkPod", podId: pod, tier: "host_memory" }]);
+  const n = d.state.nodes.get("n1")!;
+  assert.equal(n.gpus[0].vramUsedMB, 0, "host-memory tier frees the GPU");
+  assert.equal(n.cpuUsed, 0);
+  assert.equal(n.memUsedMB, 1024, "its memory stays charged");
+  const again = d.run(lease("r2"));
+  assert.deepEqual(again, [{ type: "resumePod", podId: pod, tier: "host_memory" }]);
+  assert.equal(n.gpus[0].vramUsedMB, 30_000);
+  const granted = d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  assert.deepEqual(granted, [{
+    type: "leaseGranted",
+    reqId: "r2",
+    podId: pod,
+    endpoint: "e",
+    coldStart: false,
+    resumed: true,
+    version: 1,
+  }]);
+});
+
+Deno.test("step() keeps the GPU charged for the paused tier and parks at most standby_per_node", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "host_memory", { maxReplica: 2 }),
+  });
+  const [a, b] = created(d.run(lease("r1"), lease("r2"))).map((p) => p.id);
+  d.run(
+    { type: "podStatus", podId: a, state: "Ready", endpoint: "a" },
+    { type: "podStatus", podId: b, state: "Ready", endpoint: "b" },
+  );
+  assert.deepEqual(d.run({ type: "return", podId: a, gateway: "g1" }), [
+    { type: "parkPod", podId: a, tier: "paused" },
+  ]);
+  assert.equal(d.state.nodes.get("n1")!.gpus[0].vramUsedMB, 60_000, "paused keeps GPU memory");
+  assert.deepEqual(kinds(d.run({ type: "return", podId: b, gateway: "g1" })), ["terminatePod"]);
+});
+
+Deno.test("step() drops a parked pod whose node has no room to take it back and starts fresh elsewhere", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["host_memory"], 40_000) },
+    { type: "funcUpdate", func: gpuFunc("t/n/f", "host_memory") },
+    { type: "funcUpdate", func: gpuFunc("t/n/g", "host_memory") },
+  );
+  const p = created(d.run(lease("r1")))[0].id;
+  d.run({ type: "podStatus", podId: p, state: "Ready", endpoint: "p" });
+  d.run({ type: "return", podId: p, gateway: "g1" }); // parked: GPU free
+  const g = created(d.run(lease("r2", "t/n/g")))[0];
+  assert.equal(g.node, "n1", "g took the GPU the parked pod left");
+  d.run({ type: "nodeUpdate", node: gpuNode("n2", []) });
+  const acts = d.run(lease("r3"));
+  assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
+  assert.equal(created(acts)[0].node, "n2");
+});
+
+Deno.test("step() starts fresh instead of resuming when the function has started faster than its tier restores", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "file"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/small", "file", { maxReplica: 2 }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/small")))[0].id;
+  d.now = 100; // started in 100 ms; a 30 GB restore from file is expected to take ~31 s
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  assert.equal(d.state.funcs.get("t/n/small")!.coldStartMs, 100);
+  assert.deepEqual(d.run({ type: "return", podId: pod, gateway: "g1" }), [
+    { type: "parkPod", podId: pod, tier: "file" },
+  ]);
+  assert.deepEqual(kinds(d.run(lease("r2", "t/n/small"))), ["createPod"]);
+});
+
+Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "paused", { maxReplica: 2 }),
+  });
+  const pod = created(d.run(lease("r1")))[0].id;
+  d.now = 5000;
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  d.now = 5012;
+  d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.paused, 12);
+});
