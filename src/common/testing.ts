@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { Clock, Ticker } from "./clock.ts";
 import { InferxError } from "./errors.ts";
+import type { MetaClient } from "../rpc/types.ts";
 
 /** Registers cases named `${prefix}: ${title}`, each with a fresh fixture. */
 export function fixtureTests<F extends { dispose(): Promise<void> }>(
@@ -86,4 +87,21 @@ export class ManualClock implements Clock, Ticker {
     this.#timers.set(id, t);
     return () => this.#timers.delete(id);
   }
+}
+
+/** Creates tenant `t`, its namespace `n` and function `t/n/f`: `spec` over a minimal one. */
+export async function createTestFunction(
+  meta: MetaClient,
+  spec: Record<string, unknown> = {},
+): Promise<void> {
+  const sys = { tenant: "system", namespace: "system" };
+  await meta.create({ type: "tenant", ...sys, name: "t", object: {} });
+  await meta.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
+  await meta.create({
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "f",
+    object: { image: "x", commands: ["x"], ...spec },
+  });
 }

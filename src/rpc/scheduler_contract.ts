@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { fixtureTests } from "../common/testing.ts";
+import { createTestFunction, fixtureTests } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "./informer.ts";
 import type { MetaClient, SchedulerClient } from "./types.ts";
@@ -40,21 +40,7 @@ async function seed(meta: MetaClient) {
     name: "n1",
     object: { ...NODE, heartbeat: Date.now() },
   });
-  await meta.create({
-    type: "tenant",
-    tenant: "system",
-    namespace: "system",
-    name: "t",
-    object: {},
-  });
-  await meta.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
-  await meta.create({
-    type: "function",
-    tenant: "t",
-    namespace: "n",
-    name: "f",
-    object: { image: "x", commands: ["x"] },
-  });
+  await createTestFunction(meta);
 }
 
 /** Marks every new pod Ready at a fake endpoint, as a node agent would. */

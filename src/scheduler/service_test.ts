@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ManualClock } from "../common/testing.ts";
+import { createTestFunction, ManualClock } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openEmbeddedStore } from "../store/embedded.ts";
@@ -34,27 +34,7 @@ Deno.test({
       name,
     });
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
-    await meta.create({
-      type: "tenant",
-      tenant: "system",
-      namespace: "system",
-      name: "t",
-      object: {},
-    });
-    await meta.create({
-      type: "namespace",
-      tenant: "t",
-      namespace: "system",
-      name: "n",
-      object: {},
-    });
-    await meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "n",
-      name: "f",
-      object: { image: "x", commands: ["x"], policy: { Obj: { min_replica: 1 } } },
-    });
+    await createTestFunction(meta, { policy: { Obj: { min_replica: 1 } } });
     // Plays both node agents: pods become Ready.
     const agent = await startInformer(meta, "pod", {
       upsert(rec) {
@@ -124,26 +104,8 @@ Deno.test({
       name: "n1",
       object: { ...node("n1"), heartbeat: clock.now() },
     });
-    await meta.create({ type: "tenant", ...sys, name: "t", object: {} });
-    await meta.create({
-      type: "namespace",
-      tenant: "t",
-      namespace: "system",
-      name: "n",
-      object: {},
-    });
     // Wants a GPU the node lacks: a lease can only wait.
-    await meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "n",
-      name: "f",
-      object: {
-        image: "x",
-        commands: ["x"],
-        resources: { GPU: { Type: "Any", Count: 1, vRam: 1 } },
-      },
-    });
+    await createTestFunction(meta, { resources: { GPU: { Type: "Any", Count: 1, vRam: 1 } } });
     const sched = new SchedulerService(meta, {
       clock,
       ticker: clock,
