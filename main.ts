@@ -1,39 +1,41 @@
 /**
  * InferX on Deno: one executable, the role chosen by `RUN_SERVICE`
  * (`All` by default), or the command line with `ctl`. This file only
- * selects which.
+ * selects which: each role is a module of `src/roles/` with
+ * `start(config) -> { stop() }`.
  *
  * @module
  */
-import { readEnv } from "./src/common/config.ts";
+import { readConfig } from "./src/common/config.ts";
 import { logger, setupLogging } from "./src/common/log.ts";
+
+// Literal specifiers, so that `deno compile` takes every role in.
+const ROLES = {
+  All: () => import("./src/roles/all.ts"),
+  StateSvc: () => import("./src/roles/statesvc.ts"),
+  Scheduler: () => import("./src/roles/scheduler.ts"),
+  Gateway: () => import("./src/roles/gateway.ts"),
+  NodeAgent: () => import("./src/roles/nodeagent.ts"),
+};
 
 if (import.meta.main && Deno.args[0] === "ctl") {
   const { runCtl } = await import("./src/cli/mod.ts");
   Deno.exit(await runCtl(Deno.args.slice(1)));
 } else if (import.meta.main) {
-  let env;
+  let config;
   try {
-    env = readEnv();
+    config = readConfig();
   } catch (err) {
     console.error((err as Error).message);
     Deno.exit(2);
   }
-  await setupLogging(env.logLevel);
-  const roles = await import("./src/all/roles.ts");
-  const starters = {
-    All: async () => (await import("./src/all/mod.ts")).start(env),
-    StateSvc: () => roles.startStateSvc(env),
-    Scheduler: () => roles.startScheduler(env),
-    Gateway: () => roles.startGateway(env),
-    NodeAgent: () => roles.startNodeAgent(env),
-  };
+  await setupLogging(config.logLevel);
   let handle: { stop(): Promise<void> };
   try {
-    handle = await starters[env.role]();
+    handle = await (await ROLES[config.role]()).start(config);
   } catch (err) {
     logger().fatal("Cannot start {role}: {error}", {
-      role: env.role,
+      role: config.role,
       error: (err as Error).message,
     });
     Deno.exit(1);

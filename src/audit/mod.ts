@@ -11,7 +11,7 @@ import { decodePod } from "../model/cluster.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { BatchingAuditLog } from "./batching.ts";
-import type { EnvConfig } from "../common/config.ts";
+import type { Config } from "../common/config.ts";
 import { EmbeddedAuditBackend } from "./embedded.ts";
 import { PostgresAuditBackend } from "./postgres.ts";
 import type { AuditLog } from "./types.ts";
@@ -21,15 +21,15 @@ export { BatchingAuditLog } from "./batching.ts";
 export { EmbeddedAuditBackend } from "./embedded.ts";
 export { MIGRATIONS, PostgresAuditBackend } from "./postgres.ts";
 
-/** Where the audit goes: the environment's settings (`AUDITDB_ADDR`, `AUDIT_BUFFER_ROWS`). */
-export type AuditConfig = Pick<EnvConfig, "auditDbAddr" | "dataDir" | "auditBufferRows">;
+/** Where the audit goes: the data directory and the audit section (`AUDITDB_ADDR`, `AUDIT_BUFFER_ROWS`). */
+export type AuditConfig = Pick<Config, "dataDir" | "audit">;
 
 /** Opens the audit log the configuration names. */
 export function openAudit(env: AuditConfig): AuditLog {
   const config = {
-    dbAddr: env.auditDbAddr,
+    dbAddr: env.audit.dbAddr,
     dataDir: env.dataDir,
-    batching: { maxBuffered: env.auditBufferRows },
+    batching: { maxBuffered: env.audit.bufferRows },
   };
   if (config.dbAddr) {
     const log = logger("audit");

@@ -1,6 +1,8 @@
 /**
- * Configuration from the environment and `config/node.json`. Every setting
- * has a default that runs the all-in-one platform on one machine.
+ * Configuration, read once at start: the environment, one zod schema per
+ * section (each role reads the sections it needs), and `config/node.json`
+ * for a node agent. Every setting has a default that runs the all-in-one
+ * platform on one machine; `docs/configuration.md` lists them all.
  *
  * @module
  */
@@ -16,59 +18,158 @@ export type Role = typeof ROLES[number];
 /** Root of the repository (where `main.ts` is). */
 export const REPO_ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
-/** Settings read from the environment. */
-export interface EnvConfig {
-  role: Role;
-  /** `INFERX_DATA_DIR`, default `./data`. */
-  dataDir: string;
-  /** `GATEWAY_PORT`, default 4000. */
-  gatewayPort: number;
-  /** `GATEWAY_HOST`: address the gateway binds, default 127.0.0.1. */
-  gatewayHost: string;
-  /** `NODE_CONFIG`: path of node.json, default `config/node.json`. */
-  nodeConfigPath: string;
-  /** `INFERX_SAMPLES`: directory of objects applied at start, default `config/functions`; `none` for none. */
-  samplesDir?: string;
-  /** `INFERX_BODY_LIMIT`: largest request body in bytes, default 16 MiB. */
-  bodyLimit: number;
-  /** `LOG_LEVEL`, default `info`. */
-  logLevel: string;
-  /** `ETCD_ADDRS`: comma-separated etcd endpoints; embedded store when unset. */
-  etcdAddrs?: string;
-  /** `STATESVC_ADDR`: where roles reach the state service, default 127.0.0.1:1237. */
-  statesvcAddr: string;
-  /** `SCHEDULER_ADDR`: comma-separated scheduler replicas, default 127.0.0.1:1238. */
-  schedulerAddrs: string[];
-  /** `INFERX_BIND`: address gRPC services listen on, default 127.0.0.1. */
+// ------------------------------------------------------- variable kinds
+
+/** A variable with a default: unset gives `dflt`; set, even empty, is taken as is. */
+const text = (dflt: string) => z.string().optional().transform((v) => v ?? dflt);
+/** A variable that is off when unset or empty. */
+const optional = () => z.string().optional().transform((v) => v || undefined);
+/** A non-negative integer; unset or empty gives `dflt`. */
+const count = (dflt: number) =>
+  z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return dflt;
+    const n = Number(raw);
+    if (Number.isInteger(n) && n >= 0) return n;
+    ctx.addIssue({ code: "custom", message: `"${raw}" is not a non-negative integer` });
+    return z.NEVER;
+  });
+
+// ------------------------------------------------------------- sections
+
+const PlatformEnv = z.object({
+  RUN_SERVICE: z.string().optional().transform((role, ctx) => {
+    role ??= "All";
+    if ((ROLES as readonly string[]).includes(role)) return role as Role;
+    ctx.addIssue({ code: "custom", message: `"${role}" is not one of ${ROLES.join(", ")}` });
+    return z.NEVER;
+  }),
+  LOG_LEVEL: text("info"),
+  INFERX_DATA_DIR: text("./data"),
+  INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
+});
+
+const ClusterEnv = z.object({
+  INFERX_BIND: text("127.0.0.1"),
+  ETCD_ADDRS: optional(),
+  STATESVC_ADDR: text("127.0.0.1:1237"),
+  SCHEDULER_ADDR: text("127.0.0.1:1238"),
+});
+
+/** Where the roles find each other (distributed mode). */
+export interface ClusterSettings {
+  /** `INFERX_BIND`: address the gRPC services and the scheduler's HTTP listen on. */
   bindHost: string;
-  /** `STATESVC_PORT` (1237), `SCHEDULER_PORT` (1238), `NODEAGENT_PORT` (1233). */
-  statesvcPort: number;
-  schedulerPort: number;
-  /** `SCHEDULER_HTTP_PORT` (1239): the scheduler's `/health` and `/state`. */
-  schedulerHttpPort: number;
-  nodeagentPort: number;
-  /** `GATEWAY_TIMEOUT_MS`: a silent gateway loses its leases after this, default 10000. */
+  /** `ETCD_ADDRS`: comma-separated etcd endpoints; the embedded store when unset. */
+  etcdAddrs?: string;
+  /** `STATESVC_ADDR`: where roles reach the state service. */
+  statesvcAddr: string;
+  /** `SCHEDULER_ADDR`: the scheduler replicas, comma-separated. */
+  schedulerAddrs: string[];
+}
+
+const StateSvcEnv = z.object({ STATESVC_PORT: count(1237) });
+
+/** The `StateSvc` role. */
+export interface StateSvcSettings {
+  /** `STATESVC_PORT`: `IxMetaService`. */
+  port: number;
+}
+
+const SchedulerEnv = z.object({
+  SCHEDULER_PORT: count(1238),
+  SCHEDULER_HTTP_PORT: count(1239),
+  GATEWAY_TIMEOUT_MS: count(10_000),
+  NODE_TIMEOUT_MS: count(10_000),
+});
+
+/** The `Scheduler` role. */
+export interface SchedulerSettings {
+  /** `SCHEDULER_PORT`: `SchedulerService`. */
+  port: number;
+  /** `SCHEDULER_HTTP_PORT`: `/health`, `/state` and `/metrics`. */
+  httpPort: number;
+  /** `GATEWAY_TIMEOUT_MS`: a gateway silent this long loses its leases. */
   gatewayTimeoutMs: number;
-  /** `NODE_TIMEOUT_MS`: a node without heartbeats is not ready after this, default 10000. */
+  /** `NODE_TIMEOUT_MS`: a node without heartbeats this long is not ready. */
   nodeTimeoutMs: number;
+}
+
+const GatewayEnv = z.object({
+  GATEWAY_PORT: count(4000),
+  GATEWAY_HOST: text("127.0.0.1"),
+  INFERX_BODY_LIMIT: count(16 * 1024 * 1024),
+  INFERX_ADMIN_APIKEY: optional(),
+  INFERX_OIDC_JWKS_URL: optional(),
+  INFERX_OIDC_ISSUER: optional(),
+  INFERX_OIDC_AUDIENCE: optional(),
+});
+
+/** The `Gateway` role. */
+export interface GatewaySettings {
+  /** `GATEWAY_PORT`. */
+  port: number;
+  /** `GATEWAY_HOST`: the address it binds. */
+  host: string;
+  /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
+  bodyLimit: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
   adminApiKey?: string;
   /** `INFERX_OIDC_JWKS_URL`, `INFERX_OIDC_ISSUER`, `INFERX_OIDC_AUDIENCE`: bearer tokens. */
   oidc?: { jwksUrl: string; issuer?: string; audience?: string };
-  /** `AUDITDB_ADDR`: PostgreSQL URL of the audit (`AUDITDB_PASSWORD` fills in its password); unset: embedded audit files. */
-  auditDbAddr?: string;
-  /** `AUDIT_BUFFER_ROWS`: audit rows held while the database is down, default 100000. */
-  auditBufferRows: number;
 }
 
-function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
-  const raw = env(name);
-  if (raw === undefined || raw === "") return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0) {
-    throw new ValidationError(`Invalid ${name}: "${raw}" is not a non-negative integer`, name);
-  }
-  return n;
+const NodeEnv = z.object({
+  NODE_CONFIG: text(`${REPO_ROOT}/config/node.json`),
+  NODE_NAME: z.string().optional(),
+  NODE_ADDRESS: z.string().optional(),
+  INFERX_RUNTIME: z.string().optional(),
+  NODEAGENT_PORT: count(1233),
+});
+
+/** The `NodeAgent` role: where node.json is, and what overrides it. */
+export interface NodeSettings {
+  /** `NODE_CONFIG`: the path of node.json. */
+  configPath: string;
+  /** `NODE_NAME`: overrides `name` in node.json. */
+  name?: string;
+  /** `NODE_ADDRESS`: overrides `address` in node.json. */
+  address?: string;
+  /** `INFERX_RUNTIME`: overrides `runtime` in node.json. */
+  runtime?: string;
+  /** `NODEAGENT_PORT`: `NodeAgentService`; 0 picks a free port. */
+  port: number;
+}
+
+const AuditEnv = z.object({
+  AUDITDB_ADDR: z.string().optional(),
+  AUDITDB_PASSWORD: z.string().optional(),
+  AUDIT_BUFFER_ROWS: count(100_000),
+});
+
+/** The audit, written by gateways (requests) and the state service (pods). */
+export interface AuditSettings {
+  /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in: PostgreSQL; unset: embedded. */
+  dbAddr?: string;
+  /** `AUDIT_BUFFER_ROWS`: rows held while the database is down. */
+  bufferRows: number;
+}
+
+/** The whole configuration. */
+export interface Config {
+  /** `RUN_SERVICE`. */
+  role: Role;
+  /** `LOG_LEVEL`. */
+  logLevel: string;
+  /** `INFERX_DATA_DIR`: the embedded store, snapshots, embedded audit. */
+  dataDir: string;
+  /** `INFERX_SAMPLES`: objects applied at start; `none` (undefined here) for none. */
+  samplesDir?: string;
+  cluster: ClusterSettings;
+  statesvc: StateSvcSettings;
+  scheduler: SchedulerSettings;
+  gateway: GatewaySettings;
+  node: NodeSettings;
+  audit: AuditSettings;
 }
 
 /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
@@ -85,48 +186,81 @@ function auditAddr(addr?: string, password?: string): string | undefined {
   return url.toString();
 }
 
-/** Reads the environment (or `env` in tests). */
-export function readEnv(
+const SECTIONS = [
+  PlatformEnv,
+  ClusterEnv,
+  StateSvcEnv,
+  SchedulerEnv,
+  GatewayEnv,
+  NodeEnv,
+  AuditEnv,
+];
+
+/** Every environment variable the configuration reads. */
+export const CONFIG_ENV: readonly string[] = SECTIONS.flatMap((s) => Object.keys(s.shape));
+
+function section<T extends z.ZodObject>(schema: T, vars: Record<string, string | undefined>) {
+  const r = schema.safeParse(vars);
+  if (!r.success) throw invalidInput("configuration", r.error);
+  return r.data as z.output<T>;
+}
+
+/**
+ * Reads the configuration from the environment (or `env` in tests). Throws a
+ * `ValidationError` naming the variable at fault.
+ */
+export function readConfig(
   env: (k: string) => string | undefined = (k) => Deno.env.get(k),
-): EnvConfig {
-  const role = env("RUN_SERVICE") ?? "All";
-  if (!(ROLES as readonly string[]).includes(role)) {
-    throw new ValidationError(
-      `Invalid RUN_SERVICE: "${role}" is not one of ${ROLES.join(", ")}`,
-      "RUN_SERVICE",
-    );
-  }
-  const samples = env("INFERX_SAMPLES") ?? `${REPO_ROOT}/config/functions`;
+): Config {
+  const vars = Object.fromEntries(CONFIG_ENV.map((k) => [k, env(k)]));
+  const p = section(PlatformEnv, vars);
+  const c = section(ClusterEnv, vars);
+  const s = section(SchedulerEnv, vars);
+  const g = section(GatewayEnv, vars);
+  const n = section(NodeEnv, vars);
+  const a = section(AuditEnv, vars);
   return {
-    role: role as Role,
-    dataDir: env("INFERX_DATA_DIR") ?? "./data",
-    gatewayPort: intEnv(env, "GATEWAY_PORT", 4000),
-    gatewayHost: env("GATEWAY_HOST") ?? "127.0.0.1",
-    nodeConfigPath: env("NODE_CONFIG") ?? `${REPO_ROOT}/config/node.json`,
-    samplesDir: samples === "none" ? undefined : samples,
-    bodyLimit: intEnv(env, "INFERX_BODY_LIMIT", 16 * 1024 * 1024),
-    logLevel: env("LOG_LEVEL") ?? "info",
-    etcdAddrs: env("ETCD_ADDRS") || undefined,
-    statesvcAddr: env("STATESVC_ADDR") ?? "127.0.0.1:1237",
-    schedulerAddrs: (env("SCHEDULER_ADDR") ?? "127.0.0.1:1238").split(",").map((a) => a.trim())
-      .filter(Boolean),
-    bindHost: env("INFERX_BIND") ?? "127.0.0.1",
-    statesvcPort: intEnv(env, "STATESVC_PORT", 1237),
-    schedulerPort: intEnv(env, "SCHEDULER_PORT", 1238),
-    schedulerHttpPort: intEnv(env, "SCHEDULER_HTTP_PORT", 1239),
-    nodeagentPort: intEnv(env, "NODEAGENT_PORT", 1233),
-    gatewayTimeoutMs: intEnv(env, "GATEWAY_TIMEOUT_MS", 10_000),
-    nodeTimeoutMs: intEnv(env, "NODE_TIMEOUT_MS", 10_000),
-    adminApiKey: env("INFERX_ADMIN_APIKEY") || undefined,
-    oidc: env("INFERX_OIDC_JWKS_URL")
-      ? {
-        jwksUrl: env("INFERX_OIDC_JWKS_URL")!,
-        issuer: env("INFERX_OIDC_ISSUER") || undefined,
-        audience: env("INFERX_OIDC_AUDIENCE") || undefined,
-      }
-      : undefined,
-    auditDbAddr: auditAddr(env("AUDITDB_ADDR"), env("AUDITDB_PASSWORD")),
-    auditBufferRows: intEnv(env, "AUDIT_BUFFER_ROWS", 100_000),
+    role: p.RUN_SERVICE,
+    logLevel: p.LOG_LEVEL,
+    dataDir: p.INFERX_DATA_DIR,
+    samplesDir: p.INFERX_SAMPLES === "none" ? undefined : p.INFERX_SAMPLES,
+    cluster: {
+      bindHost: c.INFERX_BIND,
+      etcdAddrs: c.ETCD_ADDRS,
+      statesvcAddr: c.STATESVC_ADDR,
+      schedulerAddrs: c.SCHEDULER_ADDR.split(",").map((a) => a.trim()).filter(Boolean),
+    },
+    statesvc: { port: section(StateSvcEnv, vars).STATESVC_PORT },
+    scheduler: {
+      port: s.SCHEDULER_PORT,
+      httpPort: s.SCHEDULER_HTTP_PORT,
+      gatewayTimeoutMs: s.GATEWAY_TIMEOUT_MS,
+      nodeTimeoutMs: s.NODE_TIMEOUT_MS,
+    },
+    gateway: {
+      port: g.GATEWAY_PORT,
+      host: g.GATEWAY_HOST,
+      bodyLimit: g.INFERX_BODY_LIMIT,
+      adminApiKey: g.INFERX_ADMIN_APIKEY,
+      oidc: g.INFERX_OIDC_JWKS_URL
+        ? {
+          jwksUrl: g.INFERX_OIDC_JWKS_URL,
+          issuer: g.INFERX_OIDC_ISSUER,
+          audience: g.INFERX_OIDC_AUDIENCE,
+        }
+        : undefined,
+    },
+    node: {
+      configPath: n.NODE_CONFIG,
+      name: n.NODE_NAME,
+      address: n.NODE_ADDRESS,
+      runtime: n.INFERX_RUNTIME,
+      port: n.NODEAGENT_PORT,
+    },
+    audit: {
+      dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),
+      bufferRows: a.AUDIT_BUFFER_ROWS,
+    },
   };
 }
 
@@ -144,8 +278,12 @@ export const NodeConfigSchema = z.object({
   runtime: z.enum(["auto", "process", "docker"]).default("auto"),
 });
 
-/** Loads node.json into the node the agent registers (`NODE_NAME` overrides the name). */
-export async function loadNodeConfig(path: string): Promise<NodeInfo> {
+/**
+ * Loads node.json (`settings.configPath`; defaults when it is missing) into
+ * the node the agent registers, with the environment's overrides applied.
+ */
+export async function loadNodeConfig(settings: NodeSettings): Promise<NodeInfo> {
+  const path = settings.configPath;
   let raw: unknown = {};
   try {
     raw = JSON.parse(await Deno.readTextFile(path));
@@ -158,15 +296,15 @@ export async function loadNodeConfig(path: string): Promise<NodeInfo> {
   if (!r.success) throw invalidInput(`node config ${path}`, r.error);
   const c = r.data;
   return {
-    name: Deno.env.get("NODE_NAME") ?? c.name,
-    address: Deno.env.get("NODE_ADDRESS") ?? c.address,
+    name: settings.name ?? c.name,
+    address: settings.address ?? c.address,
     cpuMillis: c.cpuMillis === "auto" ? navigator.hardwareConcurrency * 1000 : c.cpuMillis,
     memMB: c.memMB === "auto" ? Math.floor(Deno.systemMemoryInfo().total / 1048576) : c.memMB,
     gpus: c.gpus,
     contextOverheadMB: c.contextOverheadMB,
     // Advertised from what the runtime can do, never from configuration.
     standbyTiers: [],
-    runtime: Deno.env.get("INFERX_RUNTIME") ?? c.runtime,
+    runtime: settings.runtime ?? c.runtime,
     ready: true,
     heartbeat: 0,
   };

@@ -1,30 +1,136 @@
 import assert from "node:assert/strict";
-import { readEnv } from "./config.ts";
+import { CONFIG_ENV, loadNodeConfig, readConfig, REPO_ROOT } from "./config.ts";
 
 const envOf = (vars: Record<string, string>) => (k: string) => vars[k];
 
-Deno.test("readEnv puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth settings", () => {
-  const c = readEnv(envOf({
+Deno.test("readConfig() gives every setting its default when the environment is empty", () => {
+  assert.deepEqual(readConfig(envOf({})), {
+    role: "All",
+    logLevel: "info",
+    dataDir: "./data",
+    samplesDir: `${REPO_ROOT}/config/functions`,
+    cluster: {
+      bindHost: "127.0.0.1",
+      etcdAddrs: undefined,
+      statesvcAddr: "127.0.0.1:1237",
+      schedulerAddrs: ["127.0.0.1:1238"],
+    },
+    statesvc: { port: 1237 },
+    scheduler: { port: 1238, httpPort: 1239, gatewayTimeoutMs: 10_000, nodeTimeoutMs: 10_000 },
+    gateway: {
+      port: 4000,
+      host: "127.0.0.1",
+      bodyLimit: 16 * 1024 * 1024,
+      adminApiKey: undefined,
+      oidc: undefined,
+    },
+    node: {
+      configPath: `${REPO_ROOT}/config/node.json`,
+      name: undefined,
+      address: undefined,
+      runtime: undefined,
+      port: 1233,
+    },
+    audit: { dbAddr: undefined, bufferRows: 100_000 },
+  });
+});
+
+Deno.test("readConfig() reads each section from its variables", () => {
+  const c = readConfig(envOf({
+    RUN_SERVICE: "Scheduler",
+    INFERX_SAMPLES: "none",
+    ETCD_ADDRS: "http://127.0.0.1:2379",
+    SCHEDULER_ADDR: " 127.0.0.1:1238 , 127.0.0.1:1248,",
+    SCHEDULER_HTTP_PORT: "1249",
+    NODE_TIMEOUT_MS: "6000",
+    GATEWAY_PORT: "0",
+    NODE_NAME: "gpu-7",
+    INFERX_RUNTIME: "process",
+  }));
+  assert.equal(c.role, "Scheduler");
+  assert.equal(c.samplesDir, undefined);
+  assert.equal(c.cluster.etcdAddrs, "http://127.0.0.1:2379");
+  assert.deepEqual(c.cluster.schedulerAddrs, ["127.0.0.1:1238", "127.0.0.1:1248"]);
+  assert.equal(c.scheduler.httpPort, 1249);
+  assert.equal(c.scheduler.nodeTimeoutMs, 6000);
+  assert.equal(c.gateway.port, 0);
+  assert.equal(c.node.name, "gpu-7");
+  assert.equal(c.node.runtime, "process");
+});
+
+Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth settings", () => {
+  const c = readConfig(envOf({
     AUDITDB_ADDR: "postgres://inferx@db:5432/inferx",
     AUDITDB_PASSWORD: "p@ss/word",
     INFERX_ADMIN_APIKEY: "k".repeat(20),
     INFERX_OIDC_JWKS_URL: "http://127.0.0.1:8080/certs",
     INFERX_OIDC_AUDIENCE: "inferx",
   }));
-  assert.equal(c.auditDbAddr, "postgres://inferx:p%40ss%2Fword@db:5432/inferx");
-  assert.equal(c.adminApiKey, "k".repeat(20));
-  assert.deepEqual(c.oidc, {
+  assert.equal(c.audit.dbAddr, "postgres://inferx:p%40ss%2Fword@db:5432/inferx");
+  assert.equal(c.gateway.adminApiKey, "k".repeat(20));
+  assert.deepEqual(c.gateway.oidc, {
     jwksUrl: "http://127.0.0.1:8080/certs",
     issuer: undefined,
     audience: "inferx",
   });
-  assert.equal(c.auditBufferRows, 100_000);
-  const bare = readEnv(envOf({}));
-  assert.equal(bare.auditDbAddr, undefined);
-  assert.equal(bare.adminApiKey, undefined);
-  assert.equal(bare.oidc, undefined);
+  assert.equal(c.audit.bufferRows, 100_000);
   assert.throws(
-    () => readEnv(envOf({ AUDITDB_ADDR: "not a url", AUDITDB_PASSWORD: "x" })),
+    () => readConfig(envOf({ AUDITDB_ADDR: "not a url", AUDITDB_PASSWORD: "x" })),
     /Invalid AUDITDB_ADDR/,
   );
+});
+
+Deno.test("readConfig() refuses a bad value, naming the variable", () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ RUN_SERVICE: "Everything" }, /RUN_SERVICE: "Everything" is not one of All, StateSvc/],
+    [{ GATEWAY_PORT: "http" }, /GATEWAY_PORT: "http" is not a non-negative integer/],
+    [{ NODE_TIMEOUT_MS: "-5" }, /NODE_TIMEOUT_MS: "-5" is not a non-negative integer/],
+  ];
+  for (const [vars, want] of cases) {
+    assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
+      assert.equal(e.code, "invalid");
+      assert.match(e.message, want);
+      return true;
+    });
+  }
+});
+
+Deno.test("CONFIG_ENV lists every variable the configuration reads, and only those", () => {
+  const read = new Set<string>();
+  readConfig((k) => (read.add(k), undefined));
+  assert.deepEqual([...read].sort(), [...CONFIG_ENV].sort());
+  assert.ok(CONFIG_ENV.includes("NODE_NAME") && CONFIG_ENV.includes("AUDITDB_PASSWORD"));
+});
+
+Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME over node.json", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/node.json`;
+    await Deno.writeTextFile(path, JSON.stringify({ name: "a", cpuMillis: 2000, memMB: 512 }));
+    const plain = await loadNodeConfig(readConfig(envOf({ NODE_CONFIG: path })).node);
+    assert.deepEqual([plain.name, plain.address, plain.runtime, plain.cpuMillis], [
+      "a",
+      "127.0.0.1",
+      "auto",
+      2000,
+    ]);
+    const over = await loadNodeConfig(
+      readConfig(envOf({
+        NODE_CONFIG: path,
+        NODE_NAME: "b",
+        NODE_ADDRESS: "10.0.0.7",
+        INFERX_RUNTIME: "process",
+      })).node,
+    );
+    assert.deepEqual([over.name, over.address, over.runtime], ["b", "10.0.0.7", "process"]);
+    const missing = await loadNodeConfig({ configPath: `${dir}/none.json`, port: 0 });
+    assert.equal(missing.name, "node1", "a missing node.json gives the defaults");
+    await Deno.writeTextFile(path, JSON.stringify({ cpuMillis: 0 }));
+    await assert.rejects(
+      loadNodeConfig({ configPath: path, port: 0 }),
+      /Invalid node config .*node\.json: cpuMillis: /,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

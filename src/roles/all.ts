@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type EnvConfig, loadNodeConfig, REPO_ROOT } from "../common/config.ts";
+import type { Config } from "../common/config.ts";
 import { logger } from "../common/log.ts";
 import * as gateway from "../gateway/mod.ts";
 import * as nodeagent from "../nodeagent/mod.ts";
@@ -15,39 +15,26 @@ import { applySamples } from "../statesvc/samples.ts";
 import { Registry } from "prom-client";
 import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import { openAudit, startPodAudit } from "../audit/mod.ts";
+import { gatewayOptions, nodeAgentConfig, type RoleHandle, schedulerOptions } from "./_shared.ts";
 
 /** The running all-in-one platform. */
-export interface AllHandle {
+export interface AllHandle extends RoleHandle {
   port: number;
-  stop(): Promise<void>;
 }
 
 /** Starts state service, node agent, scheduler and gateway, in that order. */
-export async function start(env: EnvConfig): Promise<AllHandle> {
-  const state = await statesvc.start({ dataDir: env.dataDir });
+export async function start(config: Config): Promise<AllHandle> {
+  const state = await statesvc.start({ dataDir: config.dataDir });
   const meta = state.service;
-  if (env.samplesDir) await applySamples(meta, env.samplesDir);
-  const audit = openAudit(env);
+  if (config.samplesDir) await applySamples(meta, config.samplesDir);
+  const audit = openAudit(config);
   const podAudit = await startPodAudit(meta, audit);
-  const nodeInfo = await loadNodeConfig(env.nodeConfigPath);
-  const node = await nodeagent.start({
-    meta,
-    node: nodeInfo,
-    workDir: REPO_ROOT,
-    snapshotDir: `${env.dataDir}/snapshots`,
-    // The store created the data directory: its real path tells this
-    // platform's workers from another's on the same host.
-    scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,
-  });
-  if (env.samplesDir && node.runtime === "docker" && !await imageExists(NGRAM_IMAGE)) {
+  const node = await nodeagent.start(await nodeAgentConfig(config, meta));
+  if (config.samplesDir && node.runtime === "docker" && !await imageExists(NGRAM_IMAGE)) {
     logger().info("Building the sample image {tag} (no registry needed)", { tag: NGRAM_IMAGE });
     await buildNgramImage();
   }
-  const sched = await scheduler.start({
-    meta,
-    gatewayTimeoutMs: env.gatewayTimeoutMs,
-    nodeTimeoutMs: env.nodeTimeoutMs,
-  });
+  const sched = await scheduler.start({ meta, ...schedulerOptions(config) });
   const schedulerMetrics = new Registry();
   sched.service.registerMetrics(schedulerMetrics);
   const gw = await gateway.start({
@@ -55,11 +42,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     scheduler: sched.service,
     extraRegistries: [schedulerMetrics],
     nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
-    port: env.gatewayPort,
-    hostname: env.gatewayHost,
-    bodyLimit: env.bodyLimit,
-    adminApiKey: env.adminApiKey,
-    oidc: env.oidc,
+    ...gatewayOptions(config),
     audit,
   });
   return {

@@ -1,0 +1,56 @@
+/**
+ * What more than one role derives from the configuration the same way: the
+ * node agent's settings, the scheduler's and the gateway's options.
+ *
+ * @module
+ */
+import { type Config, loadNodeConfig, REPO_ROOT } from "../common/config.ts";
+import type { GatewayConfig } from "../gateway/mod.ts";
+import type { NodeAgentConfig } from "../nodeagent/mod.ts";
+import type { MetaClient } from "../rpc/types.ts";
+import type { SchedulerOptions } from "../scheduler/service.ts";
+
+/** A running role: what `main.ts` stops on SIGINT or SIGTERM. */
+export interface RoleHandle {
+  stop(): Promise<void>;
+}
+
+/**
+ * The node agent of this process: node.json with the environment's
+ * overrides, process workers run from the repository root, file-tier
+ * snapshots under the data directory, and a scope (node name and the data
+ * directory's real path) that tells this platform's workers from another's
+ * on the same host.
+ */
+export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise<NodeAgentConfig> {
+  const node = await loadNodeConfig(config.node);
+  await Deno.mkdir(config.dataDir, { recursive: true });
+  return {
+    meta,
+    node,
+    workDir: REPO_ROOT,
+    snapshotDir: `${config.dataDir}/snapshots`,
+    scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
+  };
+}
+
+/** The scheduler's timeouts. */
+export function schedulerOptions(config: Config): SchedulerOptions {
+  return {
+    gatewayTimeoutMs: config.scheduler.gatewayTimeoutMs,
+    nodeTimeoutMs: config.scheduler.nodeTimeoutMs,
+  };
+}
+
+/** The gateway's listener, body limit and authentication. */
+export function gatewayOptions(
+  config: Config,
+): Pick<GatewayConfig, "port" | "hostname" | "bodyLimit" | "adminApiKey" | "oidc"> {
+  return {
+    port: config.gateway.port,
+    hostname: config.gateway.host,
+    bodyLimit: config.gateway.bodyLimit,
+    adminApiKey: config.gateway.adminApiKey,
+    oidc: config.gateway.oidc,
+  };
+}

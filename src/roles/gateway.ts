@@ -1,0 +1,44 @@
+/**
+ * `RUN_SERVICE=Gateway`: the HTTP API on `GATEWAY_PORT`, reaching the state
+ * service and the scheduler replicas over gRPC, and node agents for pod
+ * logs at the address each node records.
+ *
+ * @module
+ */
+import type { Config } from "../common/config.ts";
+import { openAudit } from "../audit/mod.ts";
+import * as gateway from "../gateway/mod.ts";
+import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
+import { GrpcNodeAgentClient } from "../rpc/nodeagent_grpc.ts";
+import { GrpcSchedulerClient } from "../rpc/scheduler_grpc.ts";
+import { gatewayOptions, type RoleHandle } from "./_shared.ts";
+
+/** Starts a gateway. */
+export async function start(config: Config): Promise<RoleHandle> {
+  const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
+  const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs);
+  const agents = new Map<string, GrpcNodeAgentClient>();
+  await Deno.mkdir(config.dataDir, { recursive: true });
+  const audit = openAudit(config);
+  const gw = await gateway.start({
+    meta,
+    scheduler,
+    nodeAgent(node) {
+      if (!node.agentAddr) return undefined;
+      let c = agents.get(node.agentAddr);
+      if (!c) agents.set(node.agentAddr, c = new GrpcNodeAgentClient(node.agentAddr));
+      return c;
+    },
+    ...gatewayOptions(config),
+    audit,
+  });
+  return {
+    async stop() {
+      await gw.stop();
+      await audit.close();
+      for (const c of agents.values()) c.close();
+      scheduler.close();
+      meta.close();
+    },
+  };
+}

@@ -1,0 +1,77 @@
+/**
+ * `RUN_SERVICE=Scheduler`: one scheduler replica. It reaches the state
+ * service over gRPC (`STATESVC_ADDR`), serves `SchedulerService` and its HTTP
+ * app, and, with `ETCD_ADDRS`, campaigns for leadership; the elected replica
+ * schedules, the others answer UNAVAILABLE until they win.
+ *
+ * @module
+ */
+import { Registry } from "prom-client";
+import type { Config } from "../common/config.ts";
+import { newId } from "../common/ids.ts";
+import { logger } from "../common/log.ts";
+import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
+import { serveScheduler } from "../rpc/scheduler_grpc.ts";
+import { createSchedulerApp } from "../scheduler/http.ts";
+import { type Campaign, campaign, leaderOnly } from "../scheduler/leader.ts";
+import { SchedulerService } from "../scheduler/mod.ts";
+import { type RoleHandle, schedulerOptions } from "./_shared.ts";
+
+/** Starts one scheduler replica. */
+export async function start(config: Config): Promise<RoleHandle> {
+  const log = logger("scheduler");
+  const { bindHost, etcdAddrs, statesvcAddr } = config.cluster;
+  const meta = new GrpcMetaClient(statesvcAddr);
+  const id = newId("sched", 4);
+  let leader: SchedulerService | undefined;
+  const server = await serveScheduler(
+    leaderOnly(id, () => leader),
+    `${bindHost}:${config.scheduler.port}`,
+    id,
+  );
+  const registry = new Registry();
+  const lead = async () => {
+    const service = new SchedulerService(meta, schedulerOptions(config));
+    await service.start();
+    service.registerMetrics(registry);
+    leader = service;
+    log.info("Scheduler {id} leads, SchedulerService on {host}:{port}", {
+      id,
+      host: bindHost,
+      port: server.port,
+    });
+  };
+  const app = createSchedulerApp({ id, leader: () => leader, registry });
+  const http = Deno.serve(
+    { port: config.scheduler.httpPort, hostname: bindHost, onListen() {} },
+    app.fetch,
+  );
+  let election: Campaign | undefined;
+  if (etcdAddrs) {
+    log.info("Scheduler {id} campaigning for leadership", { id });
+    election = campaign(etcdAddrs, id, {
+      onElected() {
+        lead().catch((err) => {
+          log.fatal("Scheduler {id} cannot start leading: {error}", { id, error: String(err) });
+          Deno.exit(1);
+        });
+      },
+      onLost(err) {
+        // Crash-only: a replica that may have lost its lease must not act on.
+        log.fatal("Scheduler {id} lost its campaign: {error}", { id, error: err.message });
+        Deno.exit(1);
+      },
+    });
+  } else {
+    await lead();
+  }
+  return {
+    async stop() {
+      leader?.stop();
+      await server.stop();
+      await http.shutdown();
+      await election?.stop();
+      meta.close();
+    },
+  };
+}

@@ -1,0 +1,39 @@
+/**
+ * `RUN_SERVICE=StateSvc`: the metadata store (etcd with `ETCD_ADDRS`, else
+ * the embedded store) behind `IxMetaService`, and the pod audit.
+ *
+ * @module
+ */
+import type { Config } from "../common/config.ts";
+import { logger } from "../common/log.ts";
+import { openAudit, startPodAudit } from "../audit/mod.ts";
+import { serveMeta } from "../rpc/meta_grpc.ts";
+import * as statesvc from "../statesvc/mod.ts";
+import { applySamples } from "../statesvc/samples.ts";
+import { openEtcdStore } from "../store/etcd.ts";
+import type { RoleHandle } from "./_shared.ts";
+
+/** Starts the state service. */
+export async function start(config: Config): Promise<RoleHandle> {
+  const { bindHost, etcdAddrs } = config.cluster;
+  const store = etcdAddrs ? await openEtcdStore(etcdAddrs) : undefined;
+  const state = await statesvc.start({ store, dataDir: config.dataDir });
+  if (config.samplesDir) await applySamples(state.service, config.samplesDir);
+  // The one state service sees every pod change: it writes the pod audit.
+  const audit = openAudit(config);
+  const podAudit = await startPodAudit(state.service, audit);
+  const server = await serveMeta(state.service, `${bindHost}:${config.statesvc.port}`);
+  logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {
+    host: bindHost,
+    port: server.port,
+    store: etcdAddrs ? `etcd ${etcdAddrs}` : "embedded",
+  });
+  return {
+    async stop() {
+      await server.stop();
+      podAudit.stop();
+      await audit.close();
+      await state.stop();
+    },
+  };
+}

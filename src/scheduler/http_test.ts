@@ -1,0 +1,44 @@
+import assert from "node:assert/strict";
+import { Registry } from "prom-client";
+import { createSchedulerApp } from "./http.ts";
+import type { SchedulerService } from "./service.ts";
+
+const snapshot = { nodes: [], pods: [{ id: "p-1", func: "t/n/f", node: "n1", state: "Ready" }] };
+
+function app(leads: boolean) {
+  const registry = new Registry();
+  registry.setDefaultLabels({});
+  const leader = { snapshot: () => snapshot } as unknown as SchedulerService;
+  return createSchedulerApp({ id: "sched-1", leader: () => leads ? leader : undefined, registry });
+}
+
+Deno.test("the scheduler's /health says whether the replica leads", async () => {
+  for (const leads of [false, true]) {
+    const res = await app(leads).request("/health");
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { status: "ok", id: "sched-1", leader: leads });
+  }
+});
+
+Deno.test("the scheduler's /state shows the leader's accounting, and 503 on other replicas", async () => {
+  const res = await app(true).request("/state");
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), { id: "sched-1", ...snapshot });
+  const other = await app(false).request("/state");
+  assert.equal(other.status, 503);
+  assert.deepEqual(await other.json(), {
+    error: { code: "unavailable", message: "Scheduler sched-1 is not the leader" },
+  });
+});
+
+Deno.test("the scheduler serves /metrics as Prometheus text, and a JSON 404 elsewhere", async () => {
+  const res = await app(true).request("/metrics");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type")!, /^text\/plain/);
+  await res.body?.cancel();
+  const none = await app(true).request("/nope");
+  assert.equal(none.status, 404);
+  assert.deepEqual(await none.json(), {
+    error: { code: "not_found", message: "No route for /nope" },
+  });
+});

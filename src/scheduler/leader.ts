@@ -1,0 +1,65 @@
+/**
+ * Leader election of scheduler replicas: each campaigns on an etcd lease;
+ * the one elected schedules, the others answer UNAVAILABLE (retryable) until
+ * they win. A replica whose campaign fails exits rather than act on, since
+ * it may have lost its lease (crash-only).
+ *
+ * @module
+ */
+import { Etcd3 } from "etcd3";
+import { InferxError } from "../common/errors.ts";
+import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
+
+/** Options for {@linkcode campaign}. */
+export interface CampaignOptions {
+  /** Seconds the leader's etcd lease lives without renewal. @default 3 */
+  ttlS?: number;
+  /** The election's name in etcd. @default "inferx-scheduler" */
+  election?: string;
+  /** Called once when this replica is elected. */
+  onElected(): void;
+  /** Called when the campaign fails; the replica may no longer lead. */
+  onLost(err: Error): void;
+}
+
+/** A running campaign. */
+export interface Campaign {
+  /** Resigns (another replica takes over at once) and closes the etcd client. */
+  stop(): Promise<void>;
+}
+
+/** Campaigns for leadership as `id` on the etcd cluster at `etcdAddrs` (comma-separated). */
+export function campaign(etcdAddrs: string, id: string, options: CampaignOptions): Campaign {
+  const etcd = new Etcd3({ hosts: etcdAddrs.split(",") });
+  const c = etcd.election(options.election ?? "inferx-scheduler", options.ttlS ?? 3).campaign(id);
+  c.on("elected", () => options.onElected());
+  c.on("error", (err: Error) => options.onLost(err));
+  return {
+    async stop() {
+      await c.resign().catch(() => {});
+      etcd.close();
+    },
+  };
+}
+
+/**
+ * A `SchedulerClient` that passes calls to the leader `leader()` returns,
+ * and refuses them (`unavailable`, retryable) while this replica does not
+ * lead: what a replica serves on its `SchedulerService` port.
+ */
+export function leaderOnly(
+  id: string,
+  leader: () => SchedulerClient | undefined,
+): SchedulerClient {
+  const notLeader = () =>
+    Promise.reject(
+      new InferxError("unavailable", `Scheduler ${id} is not the leader`, { retryable: true }),
+    );
+  return {
+    leaseWorker: (req: LeaseRequest, signal?: AbortSignal): Promise<Lease> =>
+      leader()?.leaseWorker(req, signal) ?? notLeader(),
+    returnWorker: (req) => leader()?.returnWorker(req) ?? notLeader(),
+    refreshGateway: (gw, pods) => leader()?.refreshGateway(gw, pods) ?? notLeader(),
+    killPod: (podId) => leader()?.killPod(podId) ?? notLeader(),
+  };
+}

@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import { hasCode } from "../common/testing.ts";
+import type { SchedulerClient } from "../rpc/types.ts";
+import { etcdUnavailable, startEtcd } from "../store/etcd_server.ts";
+import { campaign, leaderOnly } from "./leader.ts";
+
+Deno.test("leaderOnly() refuses calls while the replica does not lead, and passes them on once it does", async () => {
+  const now: { leader?: SchedulerClient } = {};
+  const calls: string[] = [];
+  const gate = leaderOnly("sched-1", () => now.leader);
+  const req = { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 1 };
+  await assert.rejects(gate.leaseWorker(req), (e: Error & { retryable?: boolean }) => {
+    hasCode("unavailable")(e);
+    assert.equal(e.retryable, true);
+    assert.match(e.message, /Scheduler sched-1 is not the leader/);
+    return true;
+  });
+  await assert.rejects(gate.returnWorker({ podId: "p", gatewayId: "g" }), hasCode("unavailable"));
+  await assert.rejects(gate.refreshGateway("g"), hasCode("unavailable"));
+  await assert.rejects(gate.killPod("p"), hasCode("unavailable"));
+  now.leader = {
+    leaseWorker: () => (calls.push("lease"), Promise.resolve({} as never)),
+    returnWorker: () => (calls.push("return"), Promise.resolve()),
+    refreshGateway: () => (calls.push("refresh"), Promise.resolve()),
+    killPod: () => (calls.push("kill"), Promise.resolve()),
+  };
+  await gate.leaseWorker(req);
+  await gate.returnWorker({ podId: "p", gatewayId: "g" });
+  await gate.refreshGateway("g");
+  await gate.killPod("p");
+  assert.deepEqual(calls, ["lease", "return", "refresh", "kill"]);
+});
+
+const noEtcd = etcdUnavailable();
+if (noEtcd) console.log(`skipping the leader election test: ${noEtcd}`);
+
+Deno.test({
+  name: "campaign() elects one replica at a time, the next once the leader resigns",
+  ignore: noEtcd !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const elected: string[] = [];
+    const lost: Error[] = [];
+    const run = (id: string) =>
+      campaign(etcd.url, id, {
+        ttlS: 2,
+        onElected: () => elected.push(id),
+        onLost: (e) => lost.push(e),
+      });
+    const a = run("a");
+    try {
+      const until = async (what: string, ok: () => boolean) => {
+        const deadline = Date.now() + 15_000;
+        while (!ok()) {
+          assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await until("a elected", () => elected.length === 1);
+      const b = run("b");
+      try {
+        await new Promise((r) => setTimeout(r, 500));
+        assert.deepEqual(elected, ["a"], "b waits while a leads");
+        await a.stop();
+        await until("b elected", () => elected.length === 2);
+        assert.deepEqual(elected, ["a", "b"]);
+        assert.deepEqual(lost, []);
+      } finally {
+        await b.stop();
+      }
+    } finally {
+      await a.stop();
+      await etcd.stop();
+    }
+  },
+});
