@@ -13,6 +13,7 @@ import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
 import type { PodRuntime } from "./runtime.ts";
 
 const log = logger("nodeagent");
@@ -25,10 +26,8 @@ export interface NodeAgentOptions {
   stopGraceMs?: number;
 }
 
-interface LocalPod {
+interface LocalPod extends LocalPhase {
   id: string;
-  phase: "starting" | "running" | "parked" | "stopping";
-  endpoint?: string;
   done?: Promise<void>;
 }
 
@@ -144,36 +143,32 @@ export class NodeAgent implements NodeAgentClient {
     if (pod.node !== this.name || this.#stopped) return;
     this.#podRefs.set(pod.id, { tenant: pod.tenant, namespace: pod.namespace });
     const local = this.#local.get(pod.id);
-    if (pod.desired === "Terminated") {
-      if (local) this.#stopPod(pod.id, true);
-      else this.#deletePod(pod.id);
-      return;
-    }
-    if (pod.desired === "Standby") {
-      if (local?.phase === "running") this.#park(pod, local);
-      else if (!local && pod.state !== "Standby") {
-        this.#setStatus(pod.id, { state: "Failed", error: "Process lost: node agent restarted" });
-      }
-      return;
-    }
-    if (local?.phase === "parked") {
-      this.#resume(pod, local);
-      return;
-    }
-    if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
-      // Our Ready report was lost (state service restarting): say it again.
-      this.#setStatus(pod.id, { state: "Ready", endpoint: local.endpoint, readyAt: Date.now() });
-      return;
-    }
-    if (local || pod.state !== "Creating") {
-      if (!local && (pod.state === "Ready" || pod.state === "Resuming")) {
+    switch (reconcileAction(pod, local)) {
+      case "stop":
+        this.#stopPod(pod.id, true);
+        break;
+      case "delete":
+        this.#deletePod(pod.id);
+        break;
+      case "park":
+        this.#park(pod, local!);
+        break;
+      case "resume":
+        this.#resume(pod, local!);
+        break;
+      case "start":
+        this.#startPod(pod);
+        break;
+      case "reportReady":
+        // Our Ready report was lost (state service restarting): say it again.
+        this.#setStatus(pod.id, { state: "Ready", endpoint: local!.endpoint, readyAt: Date.now() });
+        break;
+      case "reportLost":
         // The record says running but this agent has no such process: it was
         // lost (agent restart). Report it so the scheduler replaces it.
         this.#setStatus(pod.id, { state: "Failed", error: "Process lost: node agent restarted" });
-      }
-      return;
+        break;
     }
-    this.#startPod(pod);
   }
 
   #park(pod: PodInfo, local: LocalPod): void {

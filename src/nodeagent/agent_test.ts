@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { ConflictError, InferxError } from "../common/errors.ts";
-import type { NodeInfo } from "../model/cluster.ts";
+import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import type { MetaClient, MetaRecord, ObjectInput } from "../rpc/types.ts";
+import { openEmbeddedStore } from "../store/embedded.ts";
+import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
 import type { PodRuntime } from "./runtime.ts";
 
@@ -76,4 +78,100 @@ Deno.test("NodeAgent writes its node again after a conflict", async () => {
   await agent.setAgentAddr("127.0.0.1:1233");
   assert.equal(updates.length, 2);
   assert.equal(JSON.parse(record().value).agentAddr, "127.0.0.1:1233");
+});
+
+function podOn(node: string, id: string): PodInfo {
+  return {
+    id,
+    tenant: "t",
+    namespace: "n",
+    func: "f",
+    funcVersion: 1,
+    node,
+    cpuMillis: 100,
+    memMB: 64,
+    gpus: [],
+    template: {
+      image: "x",
+      commands: ["x"],
+      envs: [],
+      mounts: [],
+      port: 8000,
+      probe: "/",
+      startupTimeoutS: 30,
+    },
+    desired: "Running",
+    state: "Creating",
+    createdAt: 0,
+  };
+}
+
+async function until(what: string, check: () => Promise<boolean>) {
+  const deadline = Date.now() + 5000;
+  while (!(await check())) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test({
+  name:
+    "NodeAgent starts, parks, resumes and stops its node's pods as their records ask, reporting each step",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const calls: string[] = [];
+    const fake: PodRuntime = {
+      ...runtime,
+      standbyTiers: ["paused"],
+      start: (spec) => (calls.push(`start ${spec.podId}`),
+        Promise.resolve({
+          podId: spec.podId,
+          endpoint: "127.0.0.1:9",
+          exited: new Promise<string>(() => {}),
+        })),
+      park: (id, tier) => (calls.push(`park ${id} ${tier}`), Promise.resolve()),
+      resume: (id) => (calls.push(`resume ${id}`), Promise.resolve()),
+      stop: (id) => (calls.push(`stop ${id}`), Promise.resolve()),
+    };
+    const store = await openEmbeddedStore();
+    const meta = new StateService(store);
+    const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    const current = async () => {
+      const rec = await meta.get(ref);
+      return rec && decodePod(rec.value);
+    };
+    const ask = async (change: Partial<PodInfo>) => {
+      const rec = (await meta.get(ref))!;
+      await meta.update({
+        ...ref,
+        object: { ...decodePod(rec.value), ...change },
+        revision: rec.revision,
+      });
+    };
+    try {
+      await meta.create({ ...ref, object: podOn("n1", "p1") });
+      await meta.create({ ...ref, name: "p2", object: podOn("n2", "p2") });
+      await until("p1 ready", async () => (await current())?.state === "Ready");
+      assert.equal((await current())?.endpoint, "127.0.0.1:9");
+      await ask({ desired: "Standby", standbyTier: "paused" });
+      await until("p1 parked", async () => (await current())?.state === "Standby");
+      await ask({ desired: "Running" });
+      await until("p1 back", async () => (await current())?.state === "Ready");
+      await ask({ desired: "Terminated" });
+      await until("p1's record gone", async () => (await current()) === undefined);
+      assert.deepEqual(calls.filter((c) => !c.startsWith("stop")), [
+        "start p1",
+        "park p1 paused",
+        "resume p1",
+      ]);
+      assert.ok(calls.includes("stop p1"));
+      assert.ok(!calls.some((c) => c.includes("p2")), "a pod of another node is left alone");
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
 });

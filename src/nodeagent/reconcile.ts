@@ -1,0 +1,54 @@
+/**
+ * The node agent's reconcile decision, apart from its I/O: given a pod's
+ * record (what the scheduler wants, what was last reported) and what this
+ * agent runs for it, what to do next. Level-triggered: the same record and
+ * the same local state always give the same answer.
+ *
+ * @module
+ */
+import type { PodInfo } from "../model/cluster.ts";
+
+/** What the agent runs for one pod. */
+export interface LocalPod {
+  phase: "starting" | "running" | "parked" | "stopping";
+  /** Where the worker answers, once it does. */
+  endpoint?: string;
+}
+
+/** What {@linkcode reconcileAction} asks of the agent. */
+export type ReconcileAction =
+  /** Stop the worker, then delete the record. */
+  | "stop"
+  /** Delete the record: there is no worker. */
+  | "delete"
+  /** Park the running worker in a standby tier. */
+  | "park"
+  /** Bring the parked worker back. */
+  | "resume"
+  /** Start a worker. */
+  | "start"
+  /** Report Ready again: the first report was lost. */
+  | "reportReady"
+  /** Report the pod Failed: the record says it runs, but no worker is here (agent restart). */
+  | "reportLost"
+  /** Nothing: the worker is where it should be, or on its way. */
+  | "none";
+
+/** The next step for a pod of this node. */
+export function reconcileAction(
+  pod: Pick<PodInfo, "desired" | "state">,
+  local: LocalPod | undefined,
+): ReconcileAction {
+  if (pod.desired === "Terminated") return local ? "stop" : "delete";
+  if (pod.desired === "Standby") {
+    if (local?.phase === "running") return "park";
+    return !local && pod.state !== "Standby" ? "reportLost" : "none";
+  }
+  if (local?.phase === "parked") return "resume";
+  if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
+    return "reportReady";
+  }
+  if (local) return "none";
+  if (pod.state === "Creating") return "start";
+  return pod.state === "Ready" || pod.state === "Resuming" ? "reportLost" : "none";
+}

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import type { PodInfo } from "../model/cluster.ts";
+import { type LocalPod, type ReconcileAction, reconcileAction } from "./reconcile.ts";
+
+const running: LocalPod = { phase: "running", endpoint: "127.0.0.1:9" };
+const starting: LocalPod = { phase: "starting" };
+const parked: LocalPod = { phase: "parked", endpoint: "127.0.0.1:9" };
+const stopping: LocalPod = { phase: "stopping" };
+
+Deno.test("reconcileAction() decides each pod's next step from its record and the local worker", () => {
+  // [case, desired, recorded state, local worker, action]
+  const cases: [
+    string,
+    PodInfo["desired"],
+    PodInfo["state"],
+    LocalPod | undefined,
+    ReconcileAction,
+  ][] = [
+    ["a new pod is started", "Running", "Creating", undefined, "start"],
+    ["a starting pod is left to start", "Running", "Creating", starting, "none"],
+    ["a lost Ready report is made again", "Running", "Creating", running, "reportReady"],
+    [
+      "a running worker without an endpoint waits",
+      "Running",
+      "Creating",
+      { phase: "running" },
+      "none",
+    ],
+    ["a ready pod that runs here is left alone", "Running", "Ready", running, "none"],
+    [
+      "a ready pod without its worker is reported lost",
+      "Running",
+      "Ready",
+      undefined,
+      "reportLost",
+    ],
+    [
+      "a resuming pod without its worker is reported lost",
+      "Running",
+      "Resuming",
+      undefined,
+      "reportLost",
+    ],
+    [
+      "a failed pod without a worker waits for the scheduler",
+      "Running",
+      "Failed",
+      undefined,
+      "none",
+    ],
+    ["a pod to park that runs is parked", "Standby", "Ready", running, "park"],
+    ["a pod to park that is parked is left alone", "Standby", "Standby", parked, "none"],
+    ["a pod to park still starting waits", "Standby", "Creating", starting, "none"],
+    [
+      "a pod to park without its worker is reported lost",
+      "Standby",
+      "Ready",
+      undefined,
+      "reportLost",
+    ],
+    [
+      "a parked pod whose worker is gone stays as recorded",
+      "Standby",
+      "Standby",
+      undefined,
+      "none",
+    ],
+    ["a parked pod wanted running is resumed", "Running", "Standby", parked, "resume"],
+    ["a pod to end that runs is stopped", "Terminated", "Ready", running, "stop"],
+    ["a pod to end that is stopping is stopped (once)", "Terminated", "Ready", stopping, "stop"],
+    ["a pod to end without a worker loses its record", "Terminated", "Failed", undefined, "delete"],
+  ];
+  for (const [what, desired, state, local, want] of cases) {
+    assert.equal(reconcileAction({ desired, state }, local), want, what);
+  }
+});
