@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { Clock, Ticker } from "./clock.ts";
 import { InferxError } from "./errors.ts";
+import type { PodInfo } from "../model/cluster.ts";
 import type { MetaClient } from "../rpc/types.ts";
 
 /** Registers cases named `${prefix}: ${title}`, each with a fresh fixture. */
@@ -104,4 +105,44 @@ export async function createTestFunction(
     name: "f",
     object: { image: "x", commands: ["x"], ...spec },
   });
+}
+
+/** Waits until `check` holds, failing with `what` after `timeoutMs` (default 15 s). */
+export async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A pod record of function `t/n/f` placed on `node`, to be started: `commands` run it. */
+export function testPod(id: string, node: string, commands = ["x"]): PodInfo {
+  return {
+    id,
+    tenant: "t",
+    namespace: "n",
+    func: "f",
+    funcVersion: 1,
+    node,
+    cpuMillis: 100,
+    memMB: 64,
+    gpus: [],
+    template: {
+      image: "x",
+      commands,
+      envs: [],
+      mounts: [],
+      port: 8000,
+      probe: "/",
+      startupTimeoutS: 30,
+    },
+    desired: "Running",
+    state: "Creating",
+    createdAt: Date.now(),
+  };
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { ConflictError, InferxError } from "../common/errors.ts";
+import { testPod, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import type { MetaClient, MetaRecord, ObjectInput } from "../rpc/types.ts";
 import { openEmbeddedStore } from "../store/embedded.ts";
@@ -80,40 +81,6 @@ Deno.test("NodeAgent writes its node again after a conflict", async () => {
   assert.equal(JSON.parse(record().value).agentAddr, "127.0.0.1:1233");
 });
 
-function podOn(node: string, id: string): PodInfo {
-  return {
-    id,
-    tenant: "t",
-    namespace: "n",
-    func: "f",
-    funcVersion: 1,
-    node,
-    cpuMillis: 100,
-    memMB: 64,
-    gpus: [],
-    template: {
-      image: "x",
-      commands: ["x"],
-      envs: [],
-      mounts: [],
-      port: 8000,
-      probe: "/",
-      startupTimeoutS: 30,
-    },
-    desired: "Running",
-    state: "Creating",
-    createdAt: 0,
-  };
-}
-
-async function until(what: string, check: () => Promise<boolean>) {
-  const deadline = Date.now() + 5000;
-  while (!(await check())) {
-    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 Deno.test({
   name:
     "NodeAgent starts, parks, resumes and stops its node's pods as their records ask, reporting each step",
@@ -152,8 +119,8 @@ Deno.test({
       });
     };
     try {
-      await meta.create({ ...ref, object: podOn("n1", "p1") });
-      await meta.create({ ...ref, name: "p2", object: podOn("n2", "p2") });
+      await meta.create({ ...ref, object: testPod("p1", "n1") });
+      await meta.create({ ...ref, name: "p2", object: testPod("p2", "n2") });
       await until("p1 ready", async () => (await current())?.state === "Ready");
       assert.equal((await current())?.endpoint, "127.0.0.1:9");
       await ask({ desired: "Standby", standbyTier: "paused" });

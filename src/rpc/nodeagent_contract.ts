@@ -5,8 +5,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { fixtureTests, hasCode } from "../common/testing.ts";
-import { decodePod, type PodInfo } from "../model/cluster.ts";
+import { fixtureTests, hasCode, testPod, until } from "../common/testing.ts";
+import { decodePod } from "../model/cluster.ts";
 import type { MetaClient, NodeAgentClient } from "./types.ts";
 
 /** A node agent named `n1` over `meta`, and how to dispose of it. */
@@ -20,41 +20,9 @@ const WORKER = `console.log("weights loaded");
 Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, () => new Response("ok"));`;
 
-function pod(id: string, node = "n1"): PodInfo {
-  return {
-    id,
-    tenant: "t",
-    namespace: "n",
-    func: "f",
-    funcVersion: 1,
-    node,
-    cpuMillis: 100,
-    memMB: 64,
-    gpus: [],
-    template: {
-      image: "x",
-      commands: ["deno", "eval", WORKER],
-      envs: [],
-      mounts: [],
-      port: 8000,
-      probe: "/",
-      startupTimeoutS: 30,
-    },
-    desired: "Running",
-    state: "Creating",
-    createdAt: Date.now(),
-  };
-}
+const pod = (id: string, node = "n1") => testPod(id, node, ["deno", "eval", WORKER]);
 
 const code = hasCode;
-
-async function until(what: string, check: () => Promise<boolean>) {
-  const deadline = Date.now() + 15_000;
-  while (!(await check())) {
-    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Registers the cases as Deno tests named `${name}: ...`. */
 export function nodeAgentContract(name: string, open: () => Promise<NodeAgentFixture>): void {

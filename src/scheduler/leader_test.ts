@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { hasCode } from "../common/testing.ts";
+import { hasCode, until } from "../common/testing.ts";
 import type { SchedulerClient } from "../rpc/types.ts";
 import { etcdUnavailable, startEtcd } from "../store/etcd_server.ts";
 import { campaign, leaderOnly } from "./leader.ts";
@@ -51,13 +51,6 @@ Deno.test({
       });
     const a = run("a");
     try {
-      const until = async (what: string, ok: () => boolean) => {
-        const deadline = Date.now() + 15_000;
-        while (!ok()) {
-          assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      };
       await until("a elected", () => elected.length === 1);
       const b = run("b");
       try {
