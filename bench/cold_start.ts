@@ -14,7 +14,7 @@ import {
   putObject,
   request,
   startPlatform,
-} from "../tests/helpers.ts";
+} from "../tests/e2e/helpers.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 
 const rounds = Number(Deno.args[0] ?? 10);

@@ -9,7 +9,7 @@
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { load } from "./load.ts";
-import { createNamespace, putObject, request, startPlatform } from "../tests/helpers.ts";
+import { createNamespace, putObject, request, startPlatform } from "../tests/e2e/helpers.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
 const concurrency = Number(Deno.args[1] ?? 16);

@@ -20,7 +20,7 @@ import {
   putObject,
   request,
   startPlatform,
-} from "../tests/helpers.ts";
+} from "../tests/e2e/helpers.ts";
 
 type Kind = "fetch" | "node-http" | "pool";
 

@@ -56,5 +56,5 @@ else
 fi
 "${DENO[@]}" fmt --check
 "${DENO[@]}" lint
-"${DENO[@]}" check main.ts 'src/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts' 'k8s/**/*.ts'
+"${DENO[@]}" check main.ts 'src/**/*.ts' 'tests/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts' 'k8s/**/*.ts'
 "${DENO[@]}" test -A --permit-no-files "$@"

@@ -13,7 +13,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const p = await startPlatform({
-      INFERX_SAMPLES: new URL("../config/functions", import.meta.url).pathname,
+      INFERX_SAMPLES: new URL("../../config/functions", import.meta.url).pathname,
     });
     try {
       const client = new OpenAI({ baseURL: `${p.url}/v1`, apiKey: "not-needed-for-public" });

@@ -5,9 +5,9 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { BatchingAuditLog, MIGRATIONS, PostgresAuditBackend } from "../src/audit/mod.ts";
-import { pgUnavailable, startPostgres } from "../src/audit/pg_server.ts";
-import { sampleRequest } from "../src/audit/testing.ts";
+import { BatchingAuditLog, MIGRATIONS, PostgresAuditBackend } from "../../src/audit/mod.ts";
+import { pgUnavailable, startPostgres } from "../../src/audit/pg_server.ts";
+import { sampleRequest } from "../../src/audit/testing.ts";
 import {
   createNamespace,
   eventually,

@@ -4,10 +4,10 @@
  * runs everywhere.
  */
 import assert from "node:assert/strict";
-import { InferxError } from "../src/common/errors.ts";
-import { openLibCuda } from "../src/ffi/libcuda.ts";
-import { ProcessRuntime } from "../src/nodeagent/process_runtime.ts";
-import type { PodSpec } from "../src/nodeagent/runtime.ts";
+import { InferxError } from "../../src/common/errors.ts";
+import { openLibCuda } from "../../src/ffi/libcuda.ts";
+import { ProcessRuntime } from "../../src/nodeagent/process_runtime.ts";
+import type { PodSpec } from "../../src/nodeagent/runtime.ts";
 import {
   createNamespace,
   eventually,
@@ -18,7 +18,7 @@ import {
 } from "./helpers.ts";
 
 const WORKER = ["python3", "src/samples/gpu/worker.py"];
-const REPO = new URL("..", import.meta.url).pathname;
+const REPO = new URL("../..", import.meta.url).pathname;
 
 function gpuReason(): string | undefined {
   const { cuda, reason } = openLibCuda();

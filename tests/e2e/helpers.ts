@@ -4,10 +4,10 @@
  *
  * @module
  */
-import { freePort } from "../src/common/net.ts";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { freePort } from "../../src/common/net.ts";
+import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 /** A running platform process. */
 export interface Platform {

@@ -5,7 +5,7 @@
  * revocation and the open `public` tenant work as documented.
  */
 import assert from "node:assert/strict";
-import { startTestIssuer, type TestIssuer } from "../src/gateway/oidc_testing.ts";
+import { startTestIssuer, type TestIssuer } from "../../src/gateway/oidc_testing.ts";
 import {
   eventually,
   type Json,

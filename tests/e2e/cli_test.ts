@@ -1,9 +1,9 @@
 /** `main.ts ctl` against a running platform, as a user types it. */
 import assert from "node:assert/strict";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
 import { startPlatform } from "./helpers.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 async function ctl(gateway: string, ...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {

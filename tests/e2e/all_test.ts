@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { eventually, type Json, type Platform, request, startPlatform } from "./helpers.ts";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
 
 function fn(name: string, spec: Record<string, unknown>, revision?: number) {
   return {

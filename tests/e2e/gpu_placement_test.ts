@@ -18,7 +18,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const p = await startPlatform({
-      NODE_CONFIG: new URL("../config/node.gpus.json", import.meta.url).pathname,
+      NODE_CONFIG: new URL("../../config/node.gpus.json", import.meta.url).pathname,
     });
     try {
       const put = (body: unknown) => putObject(p.url, body);

@@ -1,6 +1,6 @@
 /** `/metrics` after real calls: the gateway's counters and histograms and the scheduler's gauges. */
 import assert from "node:assert/strict";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
 import { createNamespace, putObject, request, startPlatform } from "./helpers.ts";
 
 function value(text: string, series: string): number {
@@ -15,7 +15,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const p = await startPlatform({
-      NODE_CONFIG: new URL("../config/node.gpus.json", import.meta.url).pathname,
+      NODE_CONFIG: new URL("../../config/node.gpus.json", import.meta.url).pathname,
     });
     try {
       const put = (body: unknown) => putObject(p.url, body);
@@ -65,10 +65,10 @@ Deno.test({
 
 Deno.test("the Grafana dashboard queries only metrics the platform exports", async () => {
   const dash = JSON.parse(
-    await Deno.readTextFile(new URL("../config/grafana/inferx-dashboard.json", import.meta.url)),
+    await Deno.readTextFile(new URL("../../config/grafana/inferx-dashboard.json", import.meta.url)),
   );
   const exported = new Set<string>();
-  for (const f of ["../src/gateway/metrics.ts", "../src/scheduler/service.ts"]) {
+  for (const f of ["../../src/gateway/metrics.ts", "../../src/scheduler/service.ts"]) {
     const src = await Deno.readTextFile(new URL(f, import.meta.url));
     for (const m of src.matchAll(/"(inferx_[a-z_]+)"/g)) exported.add(m[1]);
   }

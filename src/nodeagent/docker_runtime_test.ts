@@ -8,13 +8,13 @@
 import assert from "node:assert/strict";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
-import { InferxError } from "../src/common/errors.ts";
-import { dockerAvailable, DockerRuntime } from "../src/nodeagent/docker_runtime.ts";
-import type { PodSpec } from "../src/nodeagent/runtime.ts";
-import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
-import * as nodeagent from "../src/nodeagent/mod.ts";
-import { StateService } from "../src/statesvc/service.ts";
-import { openEmbeddedStore } from "../src/store/embedded.ts";
+import { InferxError } from "../common/errors.ts";
+import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+import type { PodSpec } from "./runtime.ts";
+import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
+import * as nodeagent from "./mod.ts";
+import { StateService } from "../statesvc/service.ts";
+import { openEmbeddedStore } from "../store/embedded.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"

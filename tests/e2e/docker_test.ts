@@ -4,8 +4,8 @@
  * container keeps serving and the restarted agent takes it over).
  */
 import assert from "node:assert/strict";
-import { dockerAvailable } from "../src/nodeagent/docker_runtime.ts";
-import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../src/samples/ngram/image.ts";
+import { dockerAvailable } from "../../src/nodeagent/docker_runtime.ts";
+import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../../src/samples/ngram/image.ts";
 import {
   createNamespace,
   eventually,

@@ -7,8 +7,8 @@
  * silent gateways lose their leases. Prints the measured recovery times.
  */
 import assert from "node:assert/strict";
-import { freePort } from "../src/common/net.ts";
-import { etcdUnavailable, startEtcd } from "../src/store/etcd_server.ts";
+import { freePort } from "../../src/common/net.ts";
+import { etcdUnavailable, startEtcd } from "../../src/store/etcd_server.ts";
 import {
   createNamespace,
   eventually,
