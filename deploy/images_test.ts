@@ -22,6 +22,7 @@ import {
   VERSION,
 } from "./images.ts";
 import { renderKustomization } from "../k8s/render.ts";
+import { sourceText } from "../src/common/testing.ts";
 
 /** One stage of a Dockerfile: where it starts and what it sets. */
 interface Stage {
@@ -220,19 +221,7 @@ const ROLE_SERVICES: Record<string, keyof typeof ROLES> = {
   nodeagent: "nodeagent",
 };
 
-const sourceText = await (async () => {
-  let all = "";
-  const walk = async (dir: string) => {
-    for await (const e of Deno.readDir(dir)) {
-      if (e.isDirectory) await walk(`${dir}/${e.name}`);
-      else if (e.name.endsWith(".ts") && !e.name.endsWith("_test.ts")) {
-        all += await Deno.readTextFile(`${dir}/${e.name}`);
-      }
-    }
-  };
-  await walk(`${REPO}/src`);
-  return all;
-})();
+const sources = await sourceText();
 
 Deno.test("compose: every service on the host network, every listener on 127.0.0.1, every port a variable", () => {
   const services = compose.services;
@@ -278,7 +267,7 @@ Deno.test("compose: each role runs its image read-only, the node agent with the 
     assert.equal(s.image, imageName(role), service);
     assert.equal(s.read_only, true, `${service} runs read-only as in k8s/`);
     for (const name of Object.keys(s.environment ?? {})) {
-      assert.ok(sourceText.includes(`"${name}"`), `${service} sets ${name}, which nothing reads`);
+      assert.ok(sources.includes(`"${name}"`), `${service} sets ${name}, which nothing reads`);
     }
   }
   assert.equal(compose.services.etcd.image, imageName("etcd"));

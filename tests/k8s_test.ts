@@ -11,6 +11,7 @@ import { StorageClass } from "kubernetes-models/storage.k8s.io/v1";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { parseAllDocuments } from "yaml";
 import { type K8sObject, merge, renderKustomization } from "../k8s/render.ts";
+import { sourceText } from "../src/common/testing.ts";
 
 const K8S = new URL("../k8s", import.meta.url).pathname;
 const OVERLAYS = ["onprem", "eks"];
@@ -82,19 +83,7 @@ function workloads(objs: K8sObject[]) {
   }));
 }
 
-const sourceText = await (async () => {
-  let all = "";
-  const walk = async (dir: string) => {
-    for await (const e of Deno.readDir(dir)) {
-      if (e.isDirectory) await walk(`${dir}/${e.name}`);
-      else if (e.name.endsWith(".ts") && !e.name.endsWith("_test.ts")) {
-        all += await Deno.readTextFile(`${dir}/${e.name}`);
-      }
-    }
-  };
-  await walk(new URL("../src", import.meta.url).pathname);
-  return all;
-})();
+const sources = await sourceText();
 
 for (const overlay of OVERLAYS) {
   Deno.test(`k8s overlay ${overlay}: every object is valid against the Kubernetes schemas`, async () => {
@@ -139,7 +128,7 @@ for (const overlay of OVERLAYS) {
         for (const e of c.env ?? []) {
           if (o.metadata.name === "auditdb" || o.metadata.name === "etcd") continue;
           assert.ok(
-            sourceText.includes(`"${e.name}"`),
+            sources.includes(`"${e.name}"`),
             `${what} sets ${e.name}, which nothing reads`,
           );
         }
