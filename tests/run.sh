@@ -19,6 +19,9 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v criu >/dev/null 2>&1 || [ -x /usr/sbin/criu ] || missing+=(criu)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+# The container images test brings its stack up with Compose (Debian 12 ships 1.29).
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
+  missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing ${missing[*]} from Debian"
@@ -56,5 +59,5 @@ else
 fi
 "${DENO[@]}" fmt --check
 "${DENO[@]}" lint
-"${DENO[@]}" check main.ts 'src/**/*.ts' 'tests/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts' 'k8s/**/*.ts'
+"${DENO[@]}" check main.ts 'src/**/*.ts' 'tests/**/*.ts' 'bench/**/*.ts' 'sim/**/*.ts' 'k8s/**/*.ts' 'deploy/**/*.ts'
 "${DENO[@]}" test -A --permit-no-files "$@"

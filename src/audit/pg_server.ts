@@ -21,7 +21,8 @@ export interface PgServer {
   stop(): Promise<void>;
 }
 
-function binDir(): string | undefined {
+/** The newest installed PostgreSQL's `bin` directory (Debian's layout), if any. */
+export function postgresBinDir(): string | undefined {
   try {
     const versions = [...Deno.readDirSync("/usr/lib/postgresql")]
       .map((e) => Number(e.name)).filter((n) => Number.isFinite(n)).sort((a, b) => b - a);
@@ -37,7 +38,7 @@ function binDir(): string | undefined {
 
 /** Why PostgreSQL cannot be started here, or undefined when it can. */
 export function pgUnavailable(): string | undefined {
-  if (!binDir()) return "PostgreSQL is not installed (Debian package postgresql)";
+  if (!postgresBinDir()) return "PostgreSQL is not installed (Debian package postgresql)";
   if (Deno.uid() === 0 && !postgresUser()) return "running as root without a postgres user";
   return undefined;
 }
@@ -72,7 +73,7 @@ async function run(argv: string[]): Promise<void> {
 
 /** Initialises a cluster and starts PostgreSQL; resolves once it accepts connections. */
 export async function startPostgres(): Promise<PgServer> {
-  const bin = binDir();
+  const bin = postgresBinDir();
   if (!bin) throw new Error(pgUnavailable());
   const dir = await Deno.makeTempDir({ prefix: "inferx-pg-" });
   const owner = Deno.uid() === 0 ? postgresUser() : undefined;

@@ -1,6 +1,7 @@
 /**
- * Helpers shared by the contract suites: a test registrar that opens a
- * fixture per case and always disposes of it, and an error-code assertion.
+ * Helpers shared by tests: a test registrar that opens a fixture per case
+ * and always disposes of it, an error-code assertion, and the sources' text
+ * (for tests that check what configuration the code reads).
  *
  * @module
  */

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { RootFs, run } from "../../common/rootfs.ts";
 
 /** The tag the sample function's spec names. */
 export const NGRAM_IMAGE = "inferx/ngram:latest";
@@ -20,28 +21,6 @@ export const NGRAM_COMMANDS = [
   "src/samples/ngram/server.ts",
 ];
 
-async function run(
-  cmd: string,
-  args: string[],
-  stdin?: ReadableStream<Uint8Array>,
-): Promise<string> {
-  const p = new Deno.Command(cmd, {
-    args,
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .spawn();
-  if (stdin) await stdin.pipeTo(p.stdin);
-  const out = await p.output();
-  if (!out.success) {
-    throw new Error(
-      `${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr).trim()}`,
-    );
-  }
-  return new TextDecoder().decode(out.stdout);
-}
-
 /** Whether the Docker engine has image `tag`. */
 export async function imageExists(tag: string): Promise<boolean> {
   try {
@@ -54,17 +33,11 @@ export async function imageExists(tag: string): Promise<boolean> {
 
 /** Assembles the root filesystem and imports it as `tag`. */
 export async function buildNgramImage(tag = NGRAM_IMAGE): Promise<void> {
-  const root = await Deno.makeTempDir({ prefix: "inferx-image-" });
+  const fs = await RootFs.create();
   try {
     const deno = Deno.execPath();
-    await Deno.mkdir(`${root}/usr/local/bin`, { recursive: true });
-    await Deno.mkdir(`${root}/tmp`, { recursive: true });
-    await Deno.copyFile(deno, `${root}/usr/local/bin/deno`);
-    for (const lib of (await run("ldd", [deno])).matchAll(/(\/\S+)/g)) {
-      const dir = lib[1].slice(0, lib[1].lastIndexOf("/"));
-      await Deno.mkdir(`${root}${dir}`, { recursive: true });
-      await Deno.copyFile(await Deno.realPath(lib[1]), `${root}${lib[1]}`);
-    }
+    await fs.addExecutable(deno, "/usr/local/bin/deno");
+    await fs.mkdir("/tmp", { mode: 0o1777 });
     // The server's local module graph, and its weights, under /app.
     const repo = new URL("../../../", import.meta.url).pathname;
     const server = new URL("./server.ts", import.meta.url).pathname;
@@ -74,28 +47,16 @@ export async function buildNgramImage(tag = NGRAM_IMAGE): Promise<void> {
     const files = graph.modules.map((m) => m.specifier).filter((s) => s.startsWith("file://"))
       .map((s) => new URL(s).pathname);
     files.push(new URL("./weights.bin", import.meta.url).pathname);
-    for (const f of files) {
-      const rel = f.slice(repo.length);
-      await Deno.mkdir(`${root}/app/${rel.slice(0, rel.lastIndexOf("/"))}`, { recursive: true });
-      await Deno.copyFile(f, `${root}/app/${rel}`);
-    }
-    const tar = new Deno.Command("tar", { args: ["-C", root, "-c", "."], stdout: "piped" }).spawn();
-    await run("docker", [
-      "import",
-      "--change",
+    for (const f of files) await fs.copyFile(f, `/app/${f.slice(repo.length)}`);
+    await fs.importAs(tag, [
       "ENV PATH=/usr/local/bin:/usr/bin:/bin",
-      "--change",
       "ENV DENO_DIR=/tmp/deno",
-      "--change",
+      "ENV DENO_NO_UPDATE_CHECK=1",
       "WORKDIR /app",
-      "--change",
       'CMD ["deno", "run", "--allow-net", "--allow-read", "--allow-env", "src/samples/ngram/server.ts"]',
-      "-",
-      tag,
-    ], tar.stdout);
-    await tar.status;
+    ]);
   } finally {
-    await Deno.remove(root, { recursive: true });
+    await fs.remove();
   }
 }
 
