@@ -21,6 +21,8 @@ export class FakeScheduler implements SchedulerClient {
   leases: LeaseRequest[] = [];
   returns: { podId: string; failed?: boolean }[] = [];
   coldStart = true;
+  /** The function version leased workers run. */
+  version = 1;
   /** When set, leases never resolve on their own (until aborted). */
   hang = false;
   failWith?: InferxError;
@@ -39,7 +41,7 @@ export class FakeScheduler implements SchedulerClient {
       endpoint,
       coldStart: this.coldStart,
       resumed: false,
-      version: 1,
+      version: this.version,
     });
   }
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {

@@ -17,7 +17,7 @@
  * @module
  */
 import { STATUS_CODES } from "node:http";
-import { InferxError } from "../../common/errors.ts";
+import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
 import { HPE, Http1Parser, type ParserHandler } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -654,13 +654,17 @@ class ServerConnection implements ParserHandler {
       this.#error = { status: 431, message: `More than ${this.#limits.maxHeaders} header fields` };
       return undefined;
     }
+    const last = r.length ? Math.max(r[r.length - 1], r[r.length - 3]) : this.#urlEnd;
+    if (last - this.#headStart > this.#limits.maxHeadBytes) {
+      this.#error = { status: 431, message: "Request head is too large" };
+      return undefined;
+    }
     if (this.#urlEnd - this.#urlStart > this.#limits.maxUrlBytes) {
       this.#error = { status: 414, message: "Request target is too long" };
       return undefined;
     }
     // One decode of the head; names and values are substrings of it.
     const base = this.#urlStart;
-    const last = r.length ? Math.max(r[r.length - 1], r[r.length - 3]) : this.#urlEnd;
     let text = utf8.decode(this.#buf.subarray(base, last));
     if (text.includes("\uFFFD")) text = latin1.decode(this.#buf.subarray(base, last));
     const headers: [string, string][] = new Array(r.length / 4);
@@ -869,7 +873,12 @@ class ServerConnection implements ParserHandler {
           this.#opts.onError?.(err);
           if (res.headersSent) break; // cannot answer twice: cut the connection
           this.keepAlive = false;
-          await res.send(500, JSON_TYPE, internalError()).catch(() => {});
+          const e = err instanceof InferxError
+            ? err
+            : new InferxError("internal", "Internal error");
+          await res.send(httpStatus(e.code), JSON_TYPE, JSON.stringify(errorBody(e))).catch(
+            () => {},
+          );
           break;
         } finally {
           this.#current = undefined;
@@ -959,7 +968,3 @@ class ServerConnection implements ParserHandler {
 const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 const CRLF = new Uint8Array([13, 10]);
 const JSON_TYPE: [string, string][] = [["content-type", "application/json"]];
-
-function internalError(): string {
-  return JSON.stringify({ error: { code: "internal", message: "Internal error" } });
-}
