@@ -1,66 +1,174 @@
 /**
- * Warm-path benchmark: the same worker called directly and through the
- * gateway, in one run, with the same client (keep-alive fetch, fixed
- * concurrency, fixed duration). Prints throughput and latency for both and
- * the ratios. DESIGN.md budget: at least 60% of direct throughput, added
- * p50 under 0.3 ms.
+ * Warm-path benchmark: one warm worker (kept up by `min_replica: 1`) called
+ * directly, through nginx (one worker, keep-alive upstream) and through the
+ * gateway, in one run, by the same load generator (`wrk`, keep-alive, POST of
+ * a 4-token completion). The gateway runs with auth (an API key on every
+ * call), audit and metrics on. Prints for each path its throughput, p50/p99,
+ * and for each proxy the CPU microseconds it spent per request (utime+stime
+ * from /proc over the run); then the ratios against direct and nginx, and the
+ * time to the first chunk of a streamed answer, direct vs through the gateway.
  *
- * Run: `deno run -A bench/gateway.ts [seconds] [concurrency]` (5, 16).
+ * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
+ * throughput, added p50 ≤ 0.4 ms.
+ *
+ * Run: `deno run -A bench/gateway.ts [seconds] [connections] [gateway workers]` (5, 16, 1).
+ * Needs `wrk` (Debian's `wrk`); nginx (Debian's `nginx-light`) is skipped with
+ * a reason when absent.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { load } from "./load.ts";
-import { createNamespace, putObject, request, startPlatform } from "../tests/e2e/helpers.ts";
+import { request, startPlatform } from "../tests/e2e/helpers.ts";
+import { startNginx } from "./nginx.ts";
+import { childPids, hasCommand, withCpu, wrk, type WrkResult } from "./wrk.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
-const concurrency = Number(Deno.args[1] ?? 16);
-const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 1, temperature: 0 });
+const connections = Number(Deno.args[1] ?? 16);
+const gatewayWorkers = Number(Deno.args[2] ?? 1);
+const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
+const ADMIN = "bench-admin-key-0123456789";
 
-const run = (url: string) => load(url, seconds, concurrency, BODY);
+if (!await hasCommand("wrk")) {
+  console.error("bench/gateway.ts needs wrk: apt-get install wrk");
+  Deno.exit(2);
+}
 
-const p = await startPlatform({ LOG_LEVEL: "warning" });
+const p = await startPlatform({
+  LOG_LEVEL: "warning",
+  INFERX_ADMIN_APIKEY: ADMIN,
+  GATEWAY_WORKERS: String(gatewayWorkers),
+});
+const nginxPath = await hasCommand("nginx");
+let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
 try {
-  const put = (body: unknown) => putObject(p.url, body);
-  await createNamespace(p.url, "bench", "gw");
-  await put({
-    type: "function",
-    tenant: "bench",
-    namespace: "gw",
-    name: "lm",
-    object: {
-      image: "inferx/ngram:latest",
-      commands: NGRAM_COMMANDS,
-      resources: { CPU: 500, Mem: 256 },
-      policy: { Obj: { parallel: 64, max_replica: 1, scalein_timeout: 600 } },
-    },
+  const admin = { authorization: `Bearer ${ADMIN}` };
+  const put = (o: unknown) =>
+    request(`${p.url}/object/`, { method: "PUT", body: o, headers: admin });
+  for (
+    const o of [
+      { type: "tenant", tenant: "system", namespace: "system", name: "bench", object: {} },
+      { type: "namespace", tenant: "bench", namespace: "system", name: "gw", object: {} },
+      {
+        type: "function",
+        tenant: "bench",
+        namespace: "gw",
+        name: "lm",
+        object: {
+          image: "inferx/ngram:latest",
+          commands: NGRAM_COMMANDS,
+          resources: { CPU: 500, Mem: 256 },
+          policy: { Obj: { min_replica: 1, max_replica: 1, parallel: 64, scalein_timeout: 600 } },
+        },
+      },
+    ]
+  ) {
+    const r = await put(o);
+    if (r.status !== 201) throw new Error(`Cannot create ${o.name}: ${JSON.stringify(r.body)}`);
+  }
+  const key = await request(`${p.url}/apikeys`, {
+    body: { scope: "inference", tenant: "bench", name: "bench" },
+    headers: admin,
   });
+  if (key.status !== 201) throw new Error(`Cannot create a key: ${JSON.stringify(key.body)}`);
+  const auth = { authorization: `Bearer ${key.body.key}` };
   const viaGateway = `${p.url}/funccall/bench/gw/lm/v1/completions`;
-  const warm = await request(viaGateway, { body: JSON.parse(BODY) });
+  const warm = await request(viaGateway, { body: JSON.parse(BODY), headers: auth });
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
-  const [pod] = (await request(`${p.url}/pods/bench/gw/lm`)).body;
+  const [pod] = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
   const direct = `http://${pod.endpoint}/v1/completions`;
-  await run(direct); // warm both paths
-  const d = await run(direct);
-  const g = await run(viaGateway);
-  const f = (x: number) => x.toFixed(3);
+  const gatewayPids = async () => [p.proc.pid, ...await gatewayChildren(p.proc.pid)];
+
+  const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
+  await run(direct); // warm every path once
+  await run(viaGateway);
+  const rows: [string, WrkResult & { cpuUsPerRequest?: number }][] = [];
+  rows.push(["direct", await run(direct)]);
+  if (nginxPath) {
+    nginx = await startNginx(pod.endpoint);
+    const viaNginx = `${nginx.url}/v1/completions`;
+    await run(viaNginx);
+    rows.push(["nginx", await withCpu(await nginx.pids(), () => run(viaNginx))]);
+  } else {
+    console.log("nginx: skipped (not installed: apt-get install nginx-light)");
+  }
+  rows.push([
+    `gateway (${gatewayWorkers} worker${gatewayWorkers > 1 ? "s" : ""})`,
+    await withCpu(await gatewayPids(), () => run(viaGateway)),
+  ]);
+
+  const d = rows[0][1];
+  const f = (x: number, n = 3) => x.toFixed(n);
   console.log(
-    `gateway warm-path benchmark: ${seconds} s per path, ${concurrency} concurrent, deno ${Deno.version.deno}`,
+    `gateway warm-path benchmark: wrk, ${seconds} s per path, ${connections} connections, ` +
+      `4-token completion, auth+audit+metrics on; deno ${Deno.version.deno}, ` +
+      `${navigator.hardwareConcurrency} cores`,
   );
   console.log(
-    `direct:  ${d.rps.toFixed(0)} req/s, p50 ${f(d.p50)} ms, p99 ${
-      f(d.p99)
-    } ms, ${d.errors} errors`,
+    "| path | req/s | of direct | p50 ms | added p50 ms | p99 ms | CPU µs/req | errors |",
   );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const [name, r] of rows) {
+    console.log(
+      `| ${name} | ${r.rps.toFixed(0)} | ${f(r.rps / d.rps)} | ${f(r.p50)} | ${
+        name === "direct" ? "—" : f(r.p50 - d.p50)
+      } | ${f(r.p99)} | ${
+        r.cpuUsPerRequest === undefined ? "—" : f(r.cpuUsPerRequest, 1)
+      } | ${r.errors} |`,
+    );
+  }
+  const gw = rows[rows.length - 1][1];
+  const ng = nginxPath ? rows[1][1] : undefined;
   console.log(
-    `gateway: ${g.rps.toFixed(0)} req/s, p50 ${f(g.p50)} ms, p99 ${
-      f(g.p99)
-    } ms, ${g.errors} errors`,
+    `gateway: ${f(gw.rps / d.rps)} of direct (budget >= 0.6), added p50 ${
+      f(gw.p50 - d.p50)
+    } ms (budget <= 0.4), ${f(gw.cpuUsPerRequest!, 1)} µs CPU per request (budget <= 60)` +
+      (ng ? `, ${f(gw.cpuUsPerRequest! / ng.cpuUsPerRequest!, 2)}x nginx's CPU` : ""),
   );
+
+  // Streaming: time to the first chunk of a 64-token streamed completion.
+  const STREAM = JSON.stringify({ prompt: "A cold start", max_tokens: 64, stream: true });
+  const firstChunk = async (url: string) => {
+    const times: number[] = [];
+    const totals: number[] = [];
+    let chunks = 0;
+    for (let i = 0; i < 40; i++) {
+      const t0 = performance.now();
+      const res = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...auth },
+        body: STREAM,
+      });
+      const reader = res.body!.getReader();
+      let first = true;
+      while (true) {
+        const { done } = await reader.read();
+        if (done) break;
+        if (first) times.push(performance.now() - t0), first = false;
+        chunks++;
+      }
+      totals.push(performance.now() - t0);
+    }
+    const med = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1];
+    return { first: med(times), total: med(totals), chunks: chunks / 40 };
+  };
+  const sd = await firstChunk(direct);
+  const sg = await firstChunk(viaGateway);
   console.log(
-    `throughput ratio gateway/direct: ${(g.rps / d.rps).toFixed(3)} (target >= 0.6); added p50: ${
-      f(g.p50 - d.p50)
-    } ms (target < 0.3)`,
+    `streaming (64 tokens, 40 sequential calls, medians): direct first chunk ${f(sd.first)} ms, ` +
+      `total ${f(sd.total)} ms, ${f(sd.chunks, 1)} reads/answer; gateway first chunk ${
+        f(sg.first)
+      } ms (+${f(sg.first - sd.first)}), total ${f(sg.total)} ms, ${f(sg.chunks, 1)} reads/answer`,
   );
 } finally {
+  await nginx?.stop();
   await p.stop();
   await Deno.remove(p.dataDir, { recursive: true });
+}
+
+/** Gateway worker processes the platform started (GATEWAY_WORKERS > 1), not function workers. */
+async function gatewayChildren(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const c of await childPids(pid)) {
+    const env = await Deno.readTextFile(`/proc/${c}/environ`).catch(() => "");
+    if (env.split("\0").includes("INFERX_GATEWAY_WORKER=1")) out.push(c);
+  }
+  return out;
 }

@@ -151,13 +151,20 @@ export interface AuthOptions {
 
 const TOKEN_CACHE_MAX = 10_000;
 
+/** What {@linkcode Authenticator.authenticate} reads credentials from: `Headers`, or anything with `get`. */
+export interface HeaderSource {
+  get(name: string): string | null | undefined;
+}
+
 /** Turns request headers into a principal. */
 export class Authenticator {
   readonly enabled: boolean;
   #adminHash?: Buffer;
   #oidc?: OidcVerifier;
   #now: () => number;
-  #byHash = new Map<string, { rec: ApiKeyRecord; principal: Principal }>();
+  #byHash = new Map<string, KeyEntry>();
+  /** Keys seen on requests, so the warm path hashes a key once; checked against #byHash. */
+  #seen = new Map<string, KeyEntry>();
   #idToHash = new Map<string, string>();
   #tokens = new Map<string, { principal: Principal; expMs: number }>();
   #informer?: Informer;
@@ -211,7 +218,7 @@ export class Authenticator {
   }
 
   /** The caller of a request; throws `unauthenticated` for bad credentials. */
-  authenticate(headers: Headers): Principal | Promise<Principal> {
+  authenticate(headers: HeaderSource): Principal | Promise<Principal> {
     if (!this.enabled) return ADMIN;
     const cred = credential(headers);
     if (cred === undefined) return ANONYMOUS;
@@ -225,8 +232,15 @@ export class Authenticator {
   }
 
   #byKey(key: string): Principal {
-    const found = this.#byHash.get(hashKey(key));
-    if (!found) throw new InferxError("unauthenticated", "Invalid API key");
+    let found = this.#seen.get(key);
+    if (!found || this.#byHash.get(found.rec.hash) !== found) {
+      // First use, or the key changed (revoked, replaced): look it up by its hash.
+      this.#seen.delete(key);
+      found = this.#byHash.get(hashKey(key));
+      if (!found) throw new InferxError("unauthenticated", "Invalid API key");
+      if (this.#seen.size >= TOKEN_CACHE_MAX) this.#seen.clear();
+      this.#seen.set(key, found);
+    }
     const exp = found.rec.expiresAt;
     if (exp !== undefined && exp <= this.#now()) {
       throw new InferxError(
@@ -248,10 +262,15 @@ export class Authenticator {
   }
 }
 
+interface KeyEntry {
+  rec: ApiKeyRecord;
+  principal: Principal;
+}
+
 /** The bearer credential of a request: `Authorization: Bearer X` or `X-Api-Key: X`. */
-function credential(headers: Headers): string | undefined {
+function credential(headers: HeaderSource): string | undefined {
   const auth = headers.get("authorization");
-  if (auth !== null) {
+  if (auth !== null && auth !== undefined) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) {
       throw new InferxError(

@@ -1,22 +1,24 @@
 /**
  * A keep-alive HTTP/1.1 client for the gateway's upstream calls, on
- * `Deno.connect` with TCP_NODELAY: a pool of idle connections per worker,
- * the request head and a known-length body in one write, streamed bodies
- * sent chunked, response bodies streamed back (content-length, chunked, or
- * until close). A reused connection that turns out closed before any answer
- * is retried once on a fresh one. Measured against `fetch()` in
- * `bench/gateway.ts`.
+ * `Deno.connect` with TCP_NODELAY: idle connections pooled per worker, the
+ * request head and a known-length body in one write, streamed bodies sent
+ * chunked, answers framed by llhttp (Content-Length, chunked, or until
+ * close). Sized answers up to 1 MiB are read whole so the connection goes
+ * back at once; larger or unsized ones are read as they come. A reused
+ * connection that turns out closed before any answer is retried once on a
+ * fresh one. No `Response` objects: the warm path writes what it reads.
  *
  * @module
  */
+import { HPE, Http1Parser, type ParserHandler } from "./http1/llhttp.ts";
 
-const enc = new TextEncoder();
-const dec = new TextDecoder();
-const CRLF2 = [13, 10, 13, 10];
 const MAX_HEAD = 64 * 1024;
 const IDLE_PER_ENDPOINT = 64;
 /** Sized answers up to this are read whole rather than streamed. */
-const BUFFER_LIMIT = 1024 * 1024;
+export const BUFFER_LIMIT = 1024 * 1024;
+
+const utf8 = new TextDecoder();
+const latin1 = new TextDecoder("latin1");
 
 /** The connection was refused or broke before an answer arrived. */
 export class ConnectError extends Error {
@@ -26,31 +28,151 @@ export class ConnectError extends Error {
   }
 }
 
-class Conn {
+/** A request to send with {@linkcode HttpPool.send}. */
+export interface PoolRequest {
+  method: string;
+  /** Path and query, e.g. `/v1/completions?x=1`. */
+  path: string;
+  /** Lower-case names, without hop-by-hop fields, `host` or `content-length`. */
+  headers: Iterable<readonly [string, string]>;
+  body: Uint8Array | AsyncIterable<Uint8Array> | null;
+}
+
+/** An upstream answer: its head, and its body whole or as it comes. */
+export interface UpstreamAnswer {
+  status: number;
+  statusText: string;
+  /** Lower-case names; framing fields (connection, keep-alive, transfer-encoding, content-length) removed. */
+  headers: [string, string][];
+  /** The declared body length, when sized. */
+  length: number | undefined;
+  /** The whole body, when it was read at once (sized, up to 1 MiB, or none). */
+  bytes?: Uint8Array;
+  /** The next piece of a streamed body; null at its end. */
+  read(): Promise<Uint8Array | null>;
+  /** Gives up on the rest of the body (the connection is closed). */
+  cancel(): void;
+}
+
+const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
+
+class Conn implements ParserHandler {
   readonly socket: Deno.TcpConn;
+  readonly #parser: Http1Parser;
   #buf = new Uint8Array(16 * 1024);
   #start = 0;
   #end = 0;
+  #out = new Uint8Array(4 * 1024);
   closed = false;
+  #paused = false;
+  // The answer being read.
+  #noBody = false;
+  #headersDone = false;
+  #bodyDone = false;
+  #statusStart = -1;
+  #statusEnd = -1;
+  #ranges: number[] = [];
+  #lastWasValue = false;
+  #body: Uint8Array[] = [];
 
   constructor(socket: Deno.TcpConn) {
     this.socket = socket;
+    this.#parser = new Http1Parser("response", this);
   }
 
-  get buffered(): number {
-    return this.#end - this.#start;
+  onMessageBegin(): void {
+    this.#headersDone = this.#bodyDone = false;
+    this.#statusStart = this.#statusEnd = -1;
+    this.#ranges.length = 0;
+    this.#lastWasValue = false;
+    this.#body = [];
   }
 
-  /** Reads more from the socket into the buffer; false at end of stream. */
-  async fill(): Promise<boolean> {
-    if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
+  onUrl(): void {}
+
+  onStatus(_b: Uint8Array, start: number, end: number): void {
+    if (this.#statusStart < 0) this.#statusStart = start;
+    this.#statusEnd = end;
+  }
+
+  onHeaderField(_b: Uint8Array, start: number, end: number): void {
+    const r = this.#ranges;
+    if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
+    else r.push(start, end, -1, -1);
+    this.#lastWasValue = false;
+  }
+
+  onHeaderValue(_b: Uint8Array, start: number, end: number): void {
+    const r = this.#ranges;
+    if (r[r.length - 2] < 0) r[r.length - 2] = start;
+    r[r.length - 1] = end;
+    this.#lastWasValue = true;
+  }
+
+  onHeadersComplete(): number {
+    this.#headersDone = true;
+    return this.#noBody ? 1 : 0;
+  }
+
+  onBody(buf: Uint8Array, start: number, end: number): void {
+    this.#body.push(buf.slice(start, end));
+  }
+
+  onMessageComplete(): number {
+    this.#bodyDone = true;
+    return HPE.PAUSED;
+  }
+
+  /** Sends a request; bodies of unknown length go chunked. */
+  async send(endpoint: string, req: PoolRequest): Promise<void> {
+    this.#noBody = req.method === "HEAD";
+    let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
+    for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
+    const body = req.body;
+    if (body && !(body instanceof Uint8Array)) {
+      head += "transfer-encoding: chunked\r\n\r\n";
+      await this.#write(this.#encode(head), head.length);
+      for await (const chunk of body) {
+        if (chunk.byteLength === 0) continue;
+        const size = `${chunk.byteLength.toString(16)}\r\n`;
+        await this.#write(this.#encode(size), size.length);
+        await this.#write(chunk, chunk.byteLength);
+        await this.#write(CRLF, 2);
+      }
+      await this.#write(LAST_CHUNK, LAST_CHUNK.byteLength);
+      return;
+    }
+    const n = body?.byteLength ?? 0;
+    if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
+    head += "\r\n";
+    if (head.length + n > this.#out.length) this.#out = new Uint8Array(head.length + n);
+    const out = this.#encode(head);
+    if (n) out.set(body!, head.length);
+    await this.#write(out, head.length + n);
+  }
+
+  #encode(s: string): Uint8Array {
+    if (s.length > this.#out.length) this.#out = new Uint8Array(s.length * 2);
+    const out = this.#out;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      out[i] = c < 256 ? c : 63;
+    }
+    return out;
+  }
+
+  async #write(bytes: Uint8Array, length: number): Promise<void> {
+    let o = 0;
+    while (o < length) o += await this.socket.write(bytes.subarray(o, length));
+  }
+
+  /** Reads more; false at end of stream. */
+  async #fill(): Promise<boolean> {
+    if (this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
-      const size = this.buffered;
-      const next = new Uint8Array(Math.max(this.#buf.length, size * 2));
-      next.set(this.#buf.subarray(this.#start, this.#end));
+      const next = new Uint8Array(this.#buf.length * 2);
+      next.set(this.#buf.subarray(0, this.#end));
       this.#buf = next;
-      this.#start = 0;
-      this.#end = size;
     }
     const n = await this.socket.read(this.#buf.subarray(this.#end));
     if (n === null) return false;
@@ -58,69 +180,102 @@ class Conn {
     return true;
   }
 
-  /** Index of CRLFCRLF in the buffer, or -1. */
-  #headEnd(): number {
-    const b = this.#buf;
-    for (let i = this.#start; i + 3 < this.#end; i++) {
-      if (
-        b[i] === CRLF2[0] && b[i + 1] === CRLF2[1] && b[i + 2] === CRLF2[2] && b[i + 3] === CRLF2[3]
-      ) return i;
+  #parse(): void {
+    if (this.#start === this.#end) return;
+    if (this.#paused) {
+      this.#parser.resume();
+      this.#paused = false;
     }
-    return -1;
+    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
+    this.#start += r.consumed;
+    if (r.error === HPE.PAUSED) this.#paused = true;
+    else if (r.error !== 0) {
+      throw new Error(`upstream sent a malformed answer: ${this.#parser.errorReason}`);
+    }
   }
 
-  /** Reads the response head; undefined when the peer closed before sending anything. */
-  async readHead(): Promise<{ status: number; statusText: string; headers: Headers } | undefined> {
-    let end: number;
-    while ((end = this.#headEnd()) < 0) {
-      if (this.buffered > MAX_HEAD) throw new Error("upstream response head is too large");
-      if (!(await this.fill())) {
-        if (this.buffered === 0) return undefined;
-        throw new Error("upstream closed the connection in the middle of a response head");
-      }
-    }
-    const lines = dec.decode(this.#buf.subarray(this.#start, end)).split("\r\n");
-    this.#start = end + 4;
-    const m = /^HTTP\/1\.[01] (\d{3}) ?(.*)$/.exec(lines[0]);
-    if (!m) throw new Error(`upstream sent a malformed status line: ${lines[0].slice(0, 80)}`);
-    const headers = new Headers();
-    for (let i = 1; i < lines.length; i++) {
-      const colon = lines[i].indexOf(":");
-      if (colon > 0) {
-        headers.append(lines[i].slice(0, colon).trim(), lines[i].slice(colon + 1).trim());
-      }
-    }
-    return { status: Number(m[1]), statusText: m[2], headers };
-  }
-
-  /** Takes up to `max` buffered bytes (reading more when none are buffered); null at end. */
-  async take(max: number): Promise<Uint8Array | null> {
-    if (this.buffered === 0 && !(await this.fill())) return null;
-    const n = Math.min(max, this.buffered);
-    const out = this.#buf.slice(this.#start, this.#start + n);
-    this.#start += n;
-    return out;
-  }
-
-  /** Reads one CRLF-terminated line (for chunk sizes). */
-  async line(): Promise<string> {
+  /**
+   * Reads the answer's head (skipping 1xx answers); undefined when the
+   * peer closed before sending anything.
+   */
+  async readHead(): Promise<
+    { status: number; statusText: string; headers: [string, string][]; length?: number } | undefined
+  > {
+    this.#start = this.#end = 0;
+    this.#headersDone = this.#bodyDone = false;
     while (true) {
-      const b = this.#buf;
-      for (let i = this.#start; i + 1 < this.#end; i++) {
-        if (b[i] === 13 && b[i + 1] === 10) {
-          const s = dec.decode(b.subarray(this.#start, i));
-          this.#start = i + 2;
-          return s;
+      this.#parse();
+      if (this.#headersDone) {
+        const status = this.#parser.statusCode;
+        if (status >= 100 && status < 200 && status !== 101) {
+          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+          this.onMessageBegin();
+          continue;
         }
+        return this.#head(status);
       }
-      if (!(await this.fill())) {
-        throw new Error("upstream closed the connection inside a chunked body");
+      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
+      if (!(await this.#fill())) {
+        if (this.#end === 0) return undefined;
+        throw new Error("upstream closed the connection in the middle of an answer head");
       }
     }
+  }
+
+  #head(status: number) {
+    const r = this.#ranges;
+    const base = this.#statusStart >= 0 ? this.#statusStart : r.length ? r[0] : 0;
+    const last = r.length
+      ? Math.max(r[r.length - 1], r[r.length - 3])
+      : Math.max(this.#statusEnd, base);
+    let text = utf8.decode(this.#buf.subarray(base, last));
+    if (text.includes("\uFFFD")) text = latin1.decode(this.#buf.subarray(base, last));
+    const headers: [string, string][] = [];
+    let length: number | undefined;
+    let chunked = false;
+    for (let i = 0; i < r.length; i += 4) {
+      const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
+      const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
+      if (name === "content-length") length = Number(value);
+      else if (name === "transfer-encoding") chunked = true;
+      if (!FRAMING.has(name)) headers.push([name, value]);
+    }
+    if (chunked) length = undefined;
+    if (this.#noBody || status === 204 || status === 304) length = 0;
+    const statusText = this.#statusStart < 0 ? "" : text.substring(0, this.#statusEnd - base);
+    return { status, statusText, headers, length };
+  }
+
+  /** Whether the answer may leave the connection open for another request. */
+  get keepAlive(): boolean {
+    return this.#parser.keepAlive;
+  }
+
+  /** The next body piece; null at the end of the body. */
+  async nextChunk(): Promise<Uint8Array | null> {
+    while (true) {
+      if (this.#body.length) return this.#body.shift()!;
+      if (this.#bodyDone) return null;
+      this.#parse();
+      if (this.#body.length || this.#bodyDone) continue;
+      if (!(await this.#fill())) {
+        if (this.#parser.needsEof) {
+          this.#parser.finish();
+          this.#bodyDone = true;
+          this.closed = true;
+          continue;
+        }
+        throw new Error("upstream closed the connection before the body ended");
+      }
+    }
+  }
+
+  /** Whether the whole answer was read and nothing else arrived. */
+  get clean(): boolean {
+    return this.#bodyDone && this.#start === this.#end;
   }
 
   close(): void {
-    if (this.closed) return;
     this.closed = true;
     try {
       this.socket.close();
@@ -128,39 +283,51 @@ class Conn {
       // already closed
     }
   }
+
+  free(): void {
+    this.#parser.free();
+  }
 }
 
-/** Options for {@linkcode HttpPool.request}. */
-export interface PoolRequest {
-  method: string;
-  /** Path and query, e.g. `/v1/completions?x=1`. */
-  path: string;
-  /** Lowercase names, without hop-by-hop fields. */
-  headers: Iterable<[string, string]>;
-  body: Uint8Array | ReadableStream<Uint8Array> | null;
-}
+const CRLF = new Uint8Array([13, 10]);
+const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
+const NO_BODY_METHODS = new Set(["GET", "HEAD", "DELETE", "OPTIONS"]);
 
 /** Keep-alive connection pools, one per `host:port`. */
 export class HttpPool {
   #idle = new Map<string, Conn[]>();
 
-  /** Sends one request to `endpoint` (`host:port`) and answers with a streaming Response. */
-  async request(endpoint: string, req: PoolRequest): Promise<Response> {
-    const replayable = !(req.body instanceof ReadableStream);
+  /**
+   * Sends one request to `endpoint` (`host:port`) and reads the answer's
+   * head. `cancelable` receives a function that breaks the exchange off
+   * (closing its connection) while it is in flight.
+   */
+  async send(
+    endpoint: string,
+    req: PoolRequest,
+    cancelable?: (cancel: () => void) => void,
+  ): Promise<UpstreamAnswer> {
+    const replayable = !req.body || req.body instanceof Uint8Array;
     for (let attempt = 0;; attempt++) {
       const pooled = this.#idle.get(endpoint)?.pop();
       const conn = pooled ?? await this.#connect(endpoint);
+      let inFlight = true;
+      cancelable?.(() => inFlight && conn.close());
       try {
-        await this.#send(conn, endpoint, req);
+        await conn.send(endpoint, req);
         const head = await conn.readHead();
         if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
-        return await this.#response(endpoint, conn, req.method, head);
+        return await this.#answer(endpoint, conn, head);
       } catch (err) {
-        conn.close();
+        const cancelled = conn.closed;
+        this.#discard(conn);
+        if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
         // A kept-alive connection the worker had already closed: try a fresh one once.
         if (pooled && attempt === 0 && replayable) continue;
         if (err instanceof ConnectError) throw err;
         throw new ConnectError(`${endpoint}: ${(err as Error).message}`, { cause: err });
+      } finally {
+        inFlight = false;
       }
     }
   }
@@ -181,150 +348,69 @@ export class HttpPool {
     }
   }
 
-  async #send(conn: Conn, endpoint: string, req: PoolRequest): Promise<void> {
-    let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
-    for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
-    const body = req.body;
-    if (body instanceof ReadableStream) {
-      await writeAll(conn.socket, enc.encode(`${head}transfer-encoding: chunked\r\n\r\n`));
-      for await (const chunk of body) {
-        if (chunk.byteLength === 0) continue;
-        await writeAll(
-          conn.socket,
-          concat(enc.encode(`${chunk.byteLength.toString(16)}\r\n`), chunk, enc.encode("\r\n")),
-        );
-      }
-      await writeAll(conn.socket, enc.encode("0\r\n\r\n"));
-      return;
-    }
-    const bytes = body ?? new Uint8Array(0);
-    if (bytes.byteLength || !["GET", "HEAD", "DELETE", "OPTIONS"].includes(req.method)) {
-      head += `content-length: ${bytes.byteLength}\r\n`;
-    }
-    await writeAll(conn.socket, concat(enc.encode(`${head}\r\n`), bytes));
+  #discard(conn: Conn): void {
+    conn.close();
+    conn.free();
   }
 
-  #response(
+  #release(endpoint: string, conn: Conn): void {
+    if (conn.closed || !conn.keepAlive || !conn.clean) return this.#discard(conn);
+    let idle = this.#idle.get(endpoint);
+    if (!idle) this.#idle.set(endpoint, idle = []);
+    if (idle.length >= IDLE_PER_ENDPOINT) return this.#discard(conn);
+    idle.push(conn);
+  }
+
+  async #answer(
     endpoint: string,
     conn: Conn,
-    method: string,
-    head: { status: number; statusText: string; headers: Headers },
-  ): Response | Promise<Response> {
-    const h = head.headers;
-    const keepAlive = !/\bclose\b/i.test(h.get("connection") ?? "");
-    const release = () => {
-      if (!keepAlive || conn.closed) return conn.close();
-      const idle = this.#idle.get(endpoint) ?? [];
-      if (idle.length >= IDLE_PER_ENDPOINT) return conn.close();
-      idle.push(conn);
-      this.#idle.set(endpoint, idle);
-    };
-    const noBody = method === "HEAD" || head.status === 204 || head.status === 304 ||
-      (head.status >= 100 && head.status < 200);
-    const length = h.get("content-length");
-    const chunked = /\bchunked\b/i.test(h.get("transfer-encoding") ?? "");
-    h.delete("transfer-encoding");
-    h.delete("connection");
-    h.delete("keep-alive");
-    if (noBody || length === "0") {
-      release();
-      return new Response(null, { status: head.status, statusText: head.statusText, headers: h });
-    }
-    let left = length === null ? Infinity : Number(length);
-    if (!chunked && left <= BUFFER_LIMIT) return this.#buffered(conn, left, head, release);
-    let chunkLeft = 0;
+    head: { status: number; statusText: string; headers: [string, string][]; length?: number },
+  ): Promise<UpstreamAnswer> {
     let done = false;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        try {
-          if (chunked) {
-            if (chunkLeft === 0) {
-              const size = parseInt((await conn.line()).split(";")[0], 16);
-              if (Number.isNaN(size)) throw new Error("upstream sent a malformed chunk size");
-              if (size === 0) {
-                while ((await conn.line()) !== "") { /* trailers */ }
-                done = true;
-                controller.close();
-                return release();
-              }
-              chunkLeft = size;
-            }
-            const part = await conn.take(chunkLeft);
-            if (!part) throw new Error("upstream closed the connection inside a chunk");
-            chunkLeft -= part.byteLength;
-            if (chunkLeft === 0) await conn.line(); // the CRLF after the chunk
-            controller.enqueue(part);
-            return;
-          }
-          const part = await conn.take(Math.min(left, 64 * 1024));
-          if (!part) {
-            if (left !== Infinity) {
-              throw new Error("upstream closed the connection before the body ended");
-            }
-            done = true;
-            controller.close();
-            return conn.close(); // body delimited by close
-          }
-          left -= part.byteLength;
-          controller.enqueue(part);
-          if (left === 0) {
-            done = true;
-            controller.close();
-            release();
-          }
-        } catch (err) {
-          conn.close();
-          controller.error(err);
-        }
-      },
-      cancel() {
-        if (!done) conn.close(); // a half-read body leaves the connection unusable
-      },
-    });
-    return new Response(body, { status: head.status, statusText: head.statusText, headers: h });
-  }
-
-  /** A sized answer up to BUFFER_LIMIT: read whole, so the connection goes back at once. */
-  async #buffered(
-    conn: Conn,
-    size: number,
-    head: { status: number; statusText: string; headers: Headers },
-    release: () => void,
-  ): Promise<Response> {
-    const out = new Uint8Array(size);
-    let o = 0;
-    while (o < size) {
-      const part = await conn.take(size - o);
-      if (!part) {
-        conn.close();
-        throw new Error("upstream closed the connection before the body ended");
-      }
-      out.set(part, o);
-      o += part.byteLength;
-    }
-    release();
-    return new Response(out, {
+    const finish = (clean: boolean) => {
+      if (done) return;
+      done = true;
+      if (clean) this.#release(endpoint, conn);
+      else this.#discard(conn);
+    };
+    const answer: UpstreamAnswer = {
       status: head.status,
       statusText: head.statusText,
       headers: head.headers,
-    });
+      length: head.length,
+      read: async () => {
+        if (done) return null;
+        try {
+          const c = await conn.nextChunk();
+          if (c === null) finish(true);
+          return c;
+        } catch (err) {
+          finish(false);
+          throw err;
+        }
+      },
+      cancel: () => finish(false),
+    };
+    if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
+      // Read a sized answer whole: the connection goes back at once.
+      const parts: Uint8Array[] = [];
+      let size = 0;
+      for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
+      answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+    }
+    return answer;
   }
 
   /** Closes every idle connection. */
   close(): void {
-    for (const conns of this.#idle.values()) for (const c of conns) c.close();
+    for (const conns of this.#idle.values()) for (const c of conns) this.#discard(c);
     this.#idle.clear();
   }
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+function concat(parts: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
   let o = 0;
   for (const p of parts) (out.set(p, o), o += p.byteLength);
   return out;
-}
-
-async function writeAll(socket: Deno.TcpConn, data: Uint8Array): Promise<void> {
-  let o = 0;
-  while (o < data.byteLength) o += await socket.write(data.subarray(o));
 }

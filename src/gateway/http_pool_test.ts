@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConnectError, HttpPool } from "./http_pool.ts";
+import { ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
 
 function server(port = 0) {
   return Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, async (req, info) => {
@@ -24,6 +24,13 @@ function server(port = 0) {
     if (url.pathname === "/big") {
       return new Response("x".repeat(300_000), { headers: { "x-client": client } });
     }
+    if (url.pathname === "/huge") {
+      return new Response("y".repeat(3 * 1024 * 1024), { headers: { "x-client": client } });
+    }
+    if (url.pathname === "/slow") {
+      await new Promise((r) => setTimeout(r, 2000));
+      return new Response("late");
+    }
     const body = await req.text();
     return Response.json({
       method: req.method,
@@ -38,60 +45,70 @@ function server(port = 0) {
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeResources: false, sanitizeOps: false });
+const enc = new TextEncoder();
 const post = (
-  body: Uint8Array | ReadableStream<Uint8Array> | null,
+  body: Uint8Array | AsyncIterable<Uint8Array> | null,
   path = "/echo?q=1",
   method = "POST",
 ) => ({
   method,
   path,
-  headers: new Headers({ "content-type": "application/json" }),
+  headers: [["content-type", "application/json"]] as [string, string][],
   body,
 });
 
-t("HttpPool sends a request, reads a sized answer and reuses the connection", async () => {
+/** The whole body of an answer, read piece by piece when it was not read at once. */
+async function text(a: UpstreamAnswer): Promise<string> {
+  if (a.bytes) return new TextDecoder().decode(a.bytes);
+  let out = "";
+  for (let c; (c = await a.read()) !== null;) out += new TextDecoder().decode(c);
+  return out;
+}
+const header = (a: UpstreamAnswer, name: string) => a.headers.find(([k]) => k === name)?.[1];
+
+t("HttpPool sends a request, reads a sized answer whole and reuses the connection", async () => {
   const s = server();
   const ep = `127.0.0.1:${s.addr.port}`;
   const pool = new HttpPool();
   try {
-    const r1 = await pool.request(ep, post(new TextEncoder().encode('{"a":1}')));
+    const r1 = await pool.send(ep, post(enc.encode('{"a":1}')));
     assert.equal(r1.status, 200);
-    const b1 = await r1.json();
-    assert.deepEqual(b1, { method: "POST", path: "/echo?q=1", length: 7, body: '{"a":1}' });
-    const r2 = await pool.request(ep, post(new TextEncoder().encode("{}")));
-    await r2.json();
-    assert.equal(
-      r2.headers.get("x-client"),
-      r1.headers.get("x-client"),
-      "the same connection served both",
-    );
-    const big = await pool.request(ep, post(null, "/big", "GET"));
-    assert.equal((await big.text()).length, 300_000);
+    assert.ok(r1.bytes, "a sized answer comes whole");
+    assert.deepEqual(JSON.parse(await text(r1)), {
+      method: "POST",
+      path: "/echo?q=1",
+      length: 7,
+      body: '{"a":1}',
+    });
+    assert.equal(r1.headers.some(([k]) => k === "content-length"), false, "framing removed");
+    const r2 = await pool.send(ep, post(enc.encode("{}")));
+    assert.equal(header(r2, "x-client"), header(r1, "x-client"), "one connection served both");
+    const big = await pool.send(ep, post(null, "/big", "GET"));
+    assert.equal((await text(big)).length, 300_000);
+    const huge = await pool.send(ep, post(null, "/huge", "GET"));
+    assert.equal(huge.bytes, undefined, "over 1 MiB is streamed");
+    assert.equal(huge.length, 3 * 1024 * 1024);
+    assert.equal((await text(huge)).length, 3 * 1024 * 1024);
   } finally {
     pool.close();
     await s.shutdown();
   }
 });
 
-t("HttpPool streams a chunked answer and a streamed request body", async () => {
+t("HttpPool streams a chunked answer and sends a streamed request body chunked", async () => {
   const s = server();
   const ep = `127.0.0.1:${s.addr.port}`;
   const pool = new HttpPool();
   try {
-    const sse = await pool.request(ep, post(null, "/sse", "GET"));
-    assert.equal(await sse.text(), "data: 1\n\ndata: 2\n\ndata: 3\n\n");
-    const stream = ReadableStream.from([
-      new TextEncoder().encode("ab"),
-      new TextEncoder().encode("cd"),
-    ]);
-    const r = await pool.request(ep, post(stream));
-    assert.equal((await r.json()).body, "abcd");
-    const after = await pool.request(ep, post(new TextEncoder().encode("z")));
-    assert.equal(
-      (await after.json()).body,
-      "z",
-      "the connection is usable after a chunked exchange",
-    );
+    const sse = await pool.send(ep, post(null, "/sse", "GET"));
+    assert.equal(sse.length, undefined);
+    const pieces: string[] = [];
+    for (let c; (c = await sse.read()) !== null;) pieces.push(new TextDecoder().decode(c));
+    assert.deepEqual(pieces, ["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], "as they came");
+    const r = await pool.send(ep, post(ReadableStream.from([enc.encode("ab"), enc.encode("cd")])));
+    assert.equal(JSON.parse(await text(r)).body, "abcd");
+    const after = await pool.send(ep, post(enc.encode("z")));
+    assert.equal(JSON.parse(await text(after)).body, "z", "usable after a chunked exchange");
   } finally {
     pool.close();
     await s.shutdown();
@@ -103,28 +120,66 @@ t("HttpPool handles answers without a body and keeps the connection", async () =
   const ep = `127.0.0.1:${s.addr.port}`;
   const pool = new HttpPool();
   try {
-    const empty = await pool.request(ep, post(null, "/empty", "GET"));
+    const empty = await pool.send(ep, post(null, "/empty", "GET"));
     assert.equal(empty.status, 204);
-    assert.equal(empty.body, null);
-    const head = await pool.request(ep, post(null, "/echo", "HEAD"));
+    assert.equal(empty.bytes?.byteLength, 0);
+    const head = await pool.send(ep, post(null, "/echo", "HEAD"));
     assert.equal(head.status, 200);
-    const next = await pool.request(ep, post(new TextEncoder().encode("ok")));
-    assert.equal((await next.json()).body, "ok");
-    assert.equal(next.headers.get("x-client"), empty.headers.get("x-client"));
+    assert.equal(head.bytes?.byteLength, 0);
+    const next = await pool.send(ep, post(enc.encode("ok")));
+    assert.equal(JSON.parse(await text(next)).body, "ok");
+    assert.equal(header(next, "x-client"), header(empty, "x-client"));
   } finally {
     pool.close();
     await s.shutdown();
   }
 });
 
-t("HttpPool reports a refused connection as ConnectError", async () => {
+t("HttpPool skips interim answers and reads the final one", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    const c = await l.accept();
+    await c.read(new Uint8Array(4096));
+    await c.write(
+      enc.encode(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+      ),
+    );
+    c.close();
+  })();
+  const pool = new HttpPool();
+  const a = await pool.send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(enc.encode("x")));
+  assert.equal(a.status, 201);
+  assert.equal(a.statusText, "Created");
+  assert.equal(await text(a), "ok");
+  await serving;
+  l.close();
+  pool.close();
+});
+
+t("HttpPool reports a refused connection and a malformed answer as ConnectError", async () => {
   const s = server();
   const port = s.addr.port;
   await s.shutdown();
   await assert.rejects(
-    new HttpPool().request(`127.0.0.1:${port}`, post(null, "/", "GET")),
+    new HttpPool().send(`127.0.0.1:${port}`, post(null, "/", "GET")),
     ConnectError,
   );
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    const c = await l.accept();
+    await c.read(new Uint8Array(4096));
+    await c.write(
+      enc.encode("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+    );
+    c.close();
+  })();
+  await assert.rejects(
+    new HttpPool().send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(null, "/", "GET")),
+    (err: Error) => err instanceof ConnectError && /malformed answer/.test(err.message),
+  );
+  await serving;
+  l.close();
 });
 
 t("HttpPool retries once when a pooled connection was closed by the worker", async () => {
@@ -132,29 +187,47 @@ t("HttpPool retries once when a pooled connection was closed by the worker", asy
   const port = s.addr.port;
   const pool = new HttpPool();
   try {
-    await (await pool.request(`127.0.0.1:${port}`, post(new TextEncoder().encode("1")))).json();
+    await text(await pool.send(`127.0.0.1:${port}`, post(enc.encode("1"))));
     await s.shutdown(); // closes the kept-alive connection
     s = server(port);
-    const r = await pool.request(`127.0.0.1:${port}`, post(new TextEncoder().encode("2")));
-    assert.equal((await r.json()).body, "2");
+    const r = await pool.send(`127.0.0.1:${port}`, post(enc.encode("2")));
+    assert.equal(JSON.parse(await text(r)).body, "2");
   } finally {
     pool.close();
     await s.shutdown();
   }
 });
 
-t("HttpPool drops a connection whose body was cancelled half-read", async () => {
+t("HttpPool drops a connection whose body was given up half-read", async () => {
   const s = server();
   const ep = `127.0.0.1:${s.addr.port}`;
   const pool = new HttpPool();
   try {
-    const sse = await pool.request(ep, post(null, "/sse", "GET"));
-    const reader = sse.body!.getReader();
-    await reader.read();
-    await reader.cancel();
-    const next = await pool.request(ep, post(new TextEncoder().encode("fresh")));
-    assert.equal((await next.json()).body, "fresh");
-    assert.notEqual(next.headers.get("x-client"), sse.headers.get("x-client"));
+    const sse = await pool.send(ep, post(null, "/sse", "GET"));
+    await sse.read();
+    sse.cancel();
+    const next = await pool.send(ep, post(enc.encode("fresh")));
+    assert.equal(JSON.parse(await text(next)).body, "fresh");
+    assert.notEqual(header(next, "x-client"), header(sse, "x-client"));
+  } finally {
+    pool.close();
+    await s.shutdown();
+  }
+});
+
+t("HttpPool breaks an exchange off when asked while it waits for the answer", async () => {
+  const s = server();
+  const pool = new HttpPool();
+  try {
+    let cancel: (() => void) | undefined;
+    const t0 = performance.now();
+    const pending = pool.send(`127.0.0.1:${s.addr.port}`, post(null, "/slow", "GET"), (c) => {
+      cancel = c;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    cancel!();
+    await assert.rejects(pending, /cancelled/);
+    assert.ok(performance.now() - t0 < 1500, "did not wait for the answer");
   } finally {
     pool.close();
     await s.shutdown();

@@ -1,13 +1,16 @@
 /**
- * The `Gateway` role: the HTTP API on `Deno.serve`, the function cache and
- * agents, the scale-in sweep and heartbeats to the scheduler.
+ * The `Gateway` role: the HTTP API on its own HTTP/1.1 listener (calls of
+ * functions on the warm path, everything else through the Hono app), the
+ * function cache and agents, the scale-in sweep and heartbeats to the
+ * scheduler.
  *
  * @module
  */
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
-import { createGatewayApp, type GatewayDeps } from "./app.ts";
+import { createGatewayApp, resolveDeps } from "./app.ts";
+import { serveGateway } from "./server.ts";
 import { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
@@ -15,6 +18,7 @@ import { type OidcOptions, OidcVerifier } from "./oidc.ts";
 import type { AuditLog } from "../audit/types.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
+import type { GatewayDeps } from "./app.ts";
 export { FuncCache } from "./func_cache.ts";
 
 /** Configuration of the gateway role. */
@@ -39,6 +43,8 @@ export interface GatewayConfig {
   oidc?: OidcOptions;
   /** Where request rows go (the caller closes it). */
   audit?: AuditLog;
+  /** Share the port with other gateway processes (SO_REUSEPORT). @default false */
+  reusePort?: boolean;
 }
 
 /** A running gateway. */
@@ -59,7 +65,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const cache = new FuncCache({ scheduler: config.scheduler, gatewayId });
   await cache.start(config.meta);
   const upstream = new HttpPool();
-  const app = createGatewayApp({
+  const deps = resolveDeps({
     meta: config.meta,
     cache,
     upstream,
@@ -70,6 +76,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     audit: config.audit,
     gatewayId,
   });
+  const app = createGatewayApp(deps);
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);
@@ -80,16 +87,16 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     );
   await beat();
   const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);
-  const server = Deno.serve({
+  const server = serveGateway(app, deps, {
     port: config.port ?? 4000,
     hostname: config.hostname ?? "127.0.0.1",
-    onListen: ({ hostname, port }) =>
-      logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
-        id: gatewayId,
-        hostname,
-        port,
-      }),
-  }, app.fetch);
+    reusePort: config.reusePort,
+  });
+  logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
+    id: gatewayId,
+    hostname: server.addr.hostname,
+    port: server.addr.port,
+  });
   return {
     port: server.addr.port,
     async stop() {
@@ -97,7 +104,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       clearInterval(heartbeat);
       cache.stop();
       auth.stop();
-      await server.shutdown();
+      await server.shutdown(2_000);
       upstream.close();
     },
   };

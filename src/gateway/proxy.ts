@@ -1,36 +1,77 @@
 /**
- * Forwarding a request to a worker: headers without hop-by-hop fields, the
- * body streamed up, the answer streamed back, and the slot released when the
- * answer's body ends (or the caller goes away).
+ * The forward-and-retry loop of a call: take a slot on a leased worker, send
+ * the request through the upstream pool, and retry on another worker when
+ * the first cannot be reached (or answers 502/503/504 while another is free)
+ * and the body can be sent again. Transport-neutral: the raw listener and the
+ * Hono routes both write what {@linkcode forward} returns.
  *
  * @module
  */
-import { InferxError } from "../common/errors.ts";
-import { ConnectError, type HttpPool } from "./http_pool.ts";
+import { InferxError, NotFoundError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import type { FuncCache } from "./func_cache.ts";
+import type { Slot } from "./func_agent.ts";
+import { ConnectError, type HttpPool, type UpstreamAnswer } from "./http_pool.ts";
 
-const HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "host",
-  "content-length",
-]);
+const log = logger("gateway");
 
-/**
- * The headers to forward as a list, minus hop-by-hop ones and `drop`: one
- * pass, no `Headers` copy (it is measurably cheaper on the warm path).
- */
-export function forwardHeaderList(h: Headers, drop?: ReadonlySet<string>): [string, string][] {
-  const out: [string, string][] = [];
-  for (const pair of h) {
-    if (!HOP.has(pair[0]) && !drop?.has(pair[0])) out.push(pair);
-  }
-  return out;
+/** A function by name. */
+export interface FuncTarget {
+  tenant: string;
+  namespace: string;
+  func: string;
 }
+
+/** Something that reports a caller going away. */
+export interface AbortSource {
+  onAbort(fn: () => void): void;
+}
+
+/** One call, ready to forward. */
+export interface CallInput {
+  target: FuncTarget;
+  method: string;
+  /** Path and query on the worker. */
+  path: string;
+  /** Headers to forward: lower-case names, no hop-by-hop fields or credentials. */
+  headers: [string, string][];
+  body: Uint8Array | AsyncIterable<Uint8Array> | null;
+  /** Whether the body can be sent again (a retry on another worker). */
+  replayable: boolean;
+  /** The caller's own wait limit (ms), capped by the policy's `queue_timeout`. */
+  timeoutMs?: number;
+  /** When the gateway received the call (`performance.now()`). */
+  t0: number;
+}
+
+/** A worker's answer to a call, with the `x-inferx-*` fields added. */
+export interface CallAnswer {
+  status: number;
+  statusText: string;
+  headers: [string, string][];
+  /** The body's declared length, when sized. */
+  length: number | undefined;
+  /** The whole body, when it came at once. */
+  bytes?: Uint8Array;
+  /** The next piece of a streamed body; null at its end. */
+  read(): Promise<Uint8Array | null>;
+  slot: Slot;
+  ttfbMs: number;
+  /**
+   * Call once when the answer has been delivered (`true`) or abandoned
+   * (`false`: the worker connection is closed): frees the worker's slot.
+   */
+  finish(delivered: boolean): void;
+}
+
+/** What {@linkcode forward} needs. */
+export interface ProxyDeps {
+  cache: FuncCache;
+  pool: HttpPool;
+}
+
+const RETRY_STATUSES = new Set([502, 503, 504]);
+const MAX_ATTEMPTS = 3;
 
 /** The worker could not be reached: the connection was refused or reset before an answer. */
 export class UpstreamUnreachable extends InferxError {
@@ -43,104 +84,141 @@ export class UpstreamUnreachable extends InferxError {
   }
 }
 
-/** Sends one request to `endpoint` through `pool`; throws {@linkcode UpstreamUnreachable} when it cannot connect. */
-export async function sendUpstream(
-  pool: HttpPool,
-  endpoint: string,
-  pathAndQuery: string,
-  method: string,
-  headers: Iterable<[string, string]>,
-  body: Uint8Array | ReadableStream<Uint8Array> | null,
-): Promise<Response> {
-  try {
-    return await pool.request(endpoint, { method, path: pathAndQuery, headers, body });
-  } catch (err) {
-    if (err instanceof ConnectError) throw new UpstreamUnreachable(endpoint, err);
-    throw err;
+/** The caller went away before an answer. */
+export class CallerGone extends InferxError {
+  constructor(target: string) {
+    super("unavailable", `The caller of ${target} went away`);
+    this.name = "CallerGone";
   }
 }
 
 /**
- * Wraps a response body so `done` runs exactly once when it has been read to
- * the end, fails, or is cancelled by the caller.
+ * Forwards `call` to a worker of its function and resolves with the answer
+ * head (and the whole body when it came at once). Throws an
+ * {@linkcode InferxError} the caller answers as JSON.
  */
-export function onBodyDone(
-  body: ReadableStream<Uint8Array> | null,
-  done: () => void,
-): ReadableStream<Uint8Array> | null {
-  let finished = false;
-  const finish = () => {
-    if (!finished) {
-      finished = true;
-      done();
+export async function forward(
+  deps: ProxyDeps,
+  call: CallInput,
+  caller?: AbortSource,
+): Promise<CallAnswer> {
+  const { tenant, namespace, func } = call.target;
+  const agent = deps.cache.agent(tenant, namespace, func);
+  if (!agent) throw new NotFoundError(`Function ${tenant}/${namespace}/${func} does not exist`);
+  let gone = false;
+  let onGone: (() => void) | undefined;
+  caller?.onAbort(() => {
+    gone = true;
+    onGone?.();
+  });
+  let slot = await agent.acquire(call.timeoutMs);
+  let upstream: UpstreamAnswer | undefined;
+  for (let attempt = 1;; attempt++) {
+    if (gone) {
+      agent.release(slot);
+      throw new CallerGone(agent.id);
     }
-  };
-  if (!body) {
-    finish();
-    return null;
-  }
-  const reader = body.getReader();
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { value, done: end } = await reader.read();
-        if (end) {
-          controller.close();
-          finish();
-        } else controller.enqueue(value);
-      } catch (err) {
-        controller.error(err);
-        finish();
+    try {
+      upstream = await deps.pool.send(slot.worker.endpoint, {
+        method: call.method,
+        path: call.path,
+        headers: call.headers,
+        body: call.body,
+      }, caller && ((cancel) => onGone = cancel));
+    } catch (err) {
+      onGone = undefined;
+      if (gone) {
+        agent.release(slot);
+        throw new CallerGone(agent.id);
       }
-    },
-    async cancel(reason) {
-      finish();
-      await reader.cancel(reason).catch(() => {});
-    },
-  });
+      if (!(err instanceof ConnectError)) {
+        agent.release(slot);
+        throw err;
+      }
+      log.warn("Worker {pod} of {func} unreachable: {error}", {
+        pod: slot.worker.podId,
+        func: agent.id,
+        error: err.message,
+      });
+      agent.release(slot, true);
+      if (!call.replayable || attempt >= MAX_ATTEMPTS) {
+        throw new UpstreamUnreachable(slot.worker.endpoint, err);
+      }
+      slot = await agent.acquire(call.timeoutMs);
+      continue;
+    }
+    if (RETRY_STATUSES.has(upstream.status) && call.replayable && attempt < MAX_ATTEMPTS) {
+      const other = agent.tryAcquireOther(slot.worker.podId);
+      if (other) {
+        upstream.cancel();
+        agent.release(slot);
+        slot = other;
+        continue;
+      }
+    }
+    break;
+  }
+  const ttfbMs = performance.now() - call.t0;
+  const held = slot;
+  const answer = upstream;
+  const headers = answer.headers;
+  headers.push(
+    ["x-inferx-cold-start", held.coldStart ? "1" : "0"],
+    ["x-inferx-resumed", held.resumed ? "1" : "0"],
+    ["x-inferx-ttfb-ms", ttfbMs.toFixed(2)],
+    ["x-inferx-queue-ms", held.queuedMs.toFixed(2)],
+    ["x-inferx-pod", held.worker.podId],
+  );
+  let finished = false;
+  const finish = (delivered: boolean) => {
+    if (finished) return;
+    finished = true;
+    onGone = undefined;
+    if (!delivered) answer.cancel();
+    agent.release(held);
+  };
+  if (answer.bytes) onGone = undefined;
+  else onGone = () => finish(false);
+  if (gone) finish(false);
+  return {
+    status: answer.status,
+    statusText: answer.statusText,
+    headers,
+    length: answer.length,
+    bytes: answer.bytes,
+    read: answer.read,
+    slot: held,
+    ttfbMs,
+    finish,
+  };
 }
+
+/** Hop-by-hop fields, and those the gateway sets itself. */
+const NOT_FORWARDED = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "host",
+  "content-length",
+  "expect",
+]);
 
 /**
- * Reads a request body up to `limit` bytes; throws 413 `too_large` past it.
+ * The request headers to forward, minus hop-by-hop fields and `drop` (the
+ * platform's credentials): one pass over the list.
  */
-export async function readLimited(
-  body: ReadableStream<Uint8Array> | null,
-  limit: number,
-): Promise<Uint8Array<ArrayBuffer>> {
-  if (!body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.byteLength;
-    if (size > limit) throw tooLarge(limit);
-    chunks.push(chunk);
+export function forwardHeaders(
+  headers: Iterable<readonly [string, string]>,
+  drop?: ReadonlySet<string>,
+): [string, string][] {
+  const out: [string, string][] = [];
+  for (const pair of headers) {
+    const k = pair[0];
+    if (!NOT_FORWARDED.has(k) && !drop?.has(k)) out.push([k, pair[1]]);
   }
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const c of chunks) (out.set(c, o), o += c.byteLength);
   return out;
-}
-
-/** A stream that passes `body` through and errors with 413 past `limit` bytes. */
-export function limitStream(
-  body: ReadableStream<Uint8Array>,
-  limit: number,
-): ReadableStream<Uint8Array> {
-  let size = 0;
-  return body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        size += chunk.byteLength;
-        if (size > limit) controller.error(tooLarge(limit));
-        else controller.enqueue(chunk);
-      },
-    }),
-  );
-}
-
-/** The 413 error for a body over `limit` bytes. */
-export function tooLarge(limit: number): InferxError {
-  return new InferxError("too_large", `Request body is larger than the limit of ${limit} bytes`, {
-    details: { limit },
-  });
 }

@@ -1,0 +1,125 @@
+/**
+ * Load and CPU measurement for the proxy benchmarks: `wrk` (Debian's) POSTing
+ * one JSON body over keep-alive connections, and the CPU a process spent over
+ * the run, from `/proc/PID/stat` (utime + stime, it and its threads).
+ *
+ * @module
+ */
+
+/** What one wrk run measured. */
+export interface WrkResult {
+  requests: number;
+  rps: number;
+  /** Latency percentiles (ms). */
+  p50: number;
+  p99: number;
+  /** Non-2xx answers and socket errors. */
+  errors: number;
+}
+
+/** Whether a command is on PATH. */
+export async function hasCommand(name: string): Promise<boolean> {
+  const r = await new Deno.Command("sh", { args: ["-c", `command -v ${name}`], stdout: "null" })
+    .output();
+  return r.success;
+}
+
+/** Options for {@linkcode wrk}. */
+export interface WrkOptions {
+  seconds: number;
+  connections: number;
+  body: string;
+  headers?: Record<string, string>;
+}
+
+/** Runs `wrk` against `url` with a POST of `body`. */
+export async function wrk(url: string, opts: WrkOptions): Promise<WrkResult> {
+  const script = await Deno.makeTempFile({ suffix: ".lua" });
+  const lua = (s: string) => JSON.stringify(s); // a JSON string is a valid Lua string literal here
+  const lines = [
+    `wrk.method = "POST"`,
+    `wrk.body = ${lua(opts.body)}`,
+    `wrk.headers["content-type"] = "application/json"`,
+    ...Object.entries(opts.headers ?? {}).map(([k, v]) => `wrk.headers[${lua(k)}] = ${lua(v)}`),
+  ];
+  await Deno.writeTextFile(script, lines.join("\n") + "\n");
+  try {
+    const out = await new Deno.Command("wrk", {
+      args: [
+        "-t1",
+        `-c${opts.connections}`,
+        `-d${opts.seconds}s`,
+        "--latency",
+        "-s",
+        script,
+        url,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    if (!out.success) throw new Error(`wrk failed: ${new TextDecoder().decode(out.stderr)}`);
+    return parseWrk(text);
+  } finally {
+    await Deno.remove(script);
+  }
+}
+
+/** Parses wrk's `--latency` report. */
+export function parseWrk(text: string): WrkResult {
+  const ms = (v: string, unit: string) =>
+    Number(v) * ({ us: 0.001, ms: 1, s: 1000, m: 60_000 }[unit] ?? NaN);
+  const pct = (p: string) => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, "m").exec(text);
+    if (!m) throw new Error(`wrk output has no ${p}% latency:\n${text}`);
+    return ms(m[1], m[2]);
+  };
+  const reqs = /(\d+) requests in/.exec(text);
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(text);
+  if (!reqs || !rps) throw new Error(`Cannot read wrk output:\n${text}`);
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(text);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const sockErrors = sock ? sock.slice(1).reduce((n, v) => n + Number(v), 0) : 0;
+  return {
+    requests: Number(reqs[1]),
+    rps: Number(rps[1]),
+    p50: pct("50"),
+    p99: pct("99"),
+    errors: (non2xx ? Number(non2xx[1]) : 0) + sockErrors,
+  };
+}
+
+const TICK_S = 0.01; // USER_HZ is 100 on Linux
+
+/** CPU seconds `pid` has used so far (user + system), or NaN when it is gone. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * TICK_S; // fields 14 and 15 of the whole line
+  } catch {
+    return NaN;
+  }
+}
+
+/** The pids of `pid`'s children (direct). */
+export async function childPids(pid: number): Promise<number[]> {
+  try {
+    const text = await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`);
+    return text.trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Runs `load` and reports, with it, the CPU microseconds per request `pids` spent together. */
+export async function withCpu<T extends { requests: number }>(
+  pids: number[],
+  load: () => Promise<T>,
+): Promise<T & { cpuUsPerRequest: number }> {
+  const sum = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
+  const before = await sum();
+  const r = await load();
+  const after = await sum();
+  return { ...r, cpuUsPerRequest: ((after - before) * 1e6) / Math.max(1, r.requests) };
+}

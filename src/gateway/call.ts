@@ -1,0 +1,230 @@
+/**
+ * Turning an incoming request into a call of a function ({@linkcode CallInput}):
+ * the target from `/funccall/{tenant}/{namespace}/{function}/{path}` or the
+ * OpenAI-style body's `model`, the caller's authorization, the body (JSON
+ * read whole and checked, so it can be retried; anything else streamed), the
+ * headers to forward and the caller's own timeout. Used by the raw warm path
+ * and by the Hono routes alike, so both treat a call the same way.
+ *
+ * @module
+ */
+import { NotFoundError, ValidationError } from "../common/errors.ts";
+import { BodyTooLarge } from "./http1/server.ts";
+import { allows, authorize, type Principal } from "./auth.ts";
+import type { FuncCache } from "./func_cache.ts";
+import { type CallInput, forwardHeaders, type FuncTarget } from "./proxy.ts";
+
+/** A request as a call needs it, whatever the transport. */
+export interface IncomingCall {
+  readonly method: string;
+  /** Header fields, names in lower case. */
+  readonly headers: Iterable<readonly [string, string]>;
+  get(name: string): string | null | undefined;
+  readonly hasBody: boolean;
+  /** The declared body length, when known. */
+  readonly contentLength: number | undefined;
+  /** The whole body; 413 past `limit`. */
+  readAll(limit: number): Promise<Uint8Array>;
+  /** The body as it comes; 413 past `limit`. */
+  chunks(limit: number): AsyncIterable<Uint8Array>;
+}
+
+/** What preparing a call needs. */
+export interface CallContext {
+  cache: FuncCache;
+  /** Largest request body (bytes). */
+  bodyLimit: number;
+  /** Auth is on: the platform's credentials are not forwarded. */
+  authEnabled: boolean;
+}
+
+const CREDENTIALS: ReadonlySet<string> = new Set(["authorization", "x-api-key"]);
+const PREFIX = "/funccall/";
+const dec = new TextDecoder();
+
+/**
+ * The function and worker path a `/funccall/...` target names, or undefined
+ * when the target is not a complete call path.
+ */
+export function parseFunccallPath(url: string): { target: FuncTarget; path: string } | undefined {
+  if (!url.startsWith(PREFIX)) return undefined;
+  const a = url.indexOf("/", PREFIX.length);
+  const b = a < 0 ? -1 : url.indexOf("/", a + 1);
+  if (a < 0 || b < 0) return undefined;
+  let end = url.length;
+  for (let i = b + 1; i < url.length; i++) {
+    const ch = url.charCodeAt(i);
+    if (ch === 47 /* / */ || ch === 63 /* ? */) {
+      end = i;
+      break;
+    }
+  }
+  const tenant = url.slice(PREFIX.length, a);
+  const namespace = url.slice(a + 1, b);
+  const func = url.slice(b + 1, end);
+  if (!tenant || !namespace || !func) return undefined;
+  const rest = url.slice(end);
+  return {
+    target: { tenant, namespace, func },
+    path: rest === "" ? "/" : rest.charCodeAt(0) === 63 ? `/${rest}` : rest,
+  };
+}
+
+/** A `/funccall` call: authorized, its function known, its body read or streaming. */
+export async function funccallInput(
+  ctx: CallContext,
+  principal: Principal,
+  req: IncomingCall,
+  target: FuncTarget,
+  path: string,
+  t0: number,
+): Promise<CallInput> {
+  authorize(principal, "inference", target.tenant, target.namespace);
+  if (!ctx.cache.agent(target.tenant, target.namespace, target.func)) {
+    throw new NotFoundError(
+      `Function ${target.tenant}/${target.namespace}/${target.func} does not exist`,
+    );
+  }
+  const timeoutMs = timeoutHeader(req);
+  const body = await readBody(ctx, req);
+  return {
+    target,
+    method: req.method,
+    path,
+    headers: forwardHeaders(req.headers, ctx.authEnabled ? CREDENTIALS : undefined),
+    body: body.bytes ?? body.stream ?? null,
+    replayable: body.stream === undefined,
+    timeoutMs,
+    t0,
+  };
+}
+
+/**
+ * An OpenAI-style call (`/v1/completions`, `/v1/chat/completions`): the JSON
+ * body's `model` names the function, as `tenant/namespace/name` or a name
+ * only one function the caller may call has. `named` learns the target as
+ * soon as it is known (for the record of a call refused later).
+ */
+export async function openaiInput(
+  ctx: CallContext,
+  principal: Principal,
+  req: IncomingCall,
+  path: string,
+  t0: number,
+  named?: (target: FuncTarget, known: boolean) => void,
+): Promise<CallInput> {
+  if (!(req.get("content-type") ?? "").includes("json")) {
+    throw new ValidationError(`${path} takes a JSON body`, "content-type");
+  }
+  const body = await readBody(ctx, req);
+  const model = (body.json as { model?: unknown } | undefined)?.model;
+  if (typeof model !== "string" || !model) {
+    throw new ValidationError(
+      "Invalid request: model: the function to call (tenant/namespace/name)",
+      "model",
+    );
+  }
+  // A bare name resolves among the functions the caller may call.
+  const target = model.includes("/")
+    ? ctx.cache.resolveModel(model)
+    : ctx.cache.resolveModel(model, (t, ns) => allows(principal, "inference", t, ns));
+  if (!target) {
+    const parts = model.split("/");
+    if (parts.length === 3) {
+      named?.({ tenant: parts[0], namespace: parts[1], func: parts[2] }, false);
+      authorize(principal, "inference", parts[0], parts[1]);
+    }
+    throw new NotFoundError(`The model ${model} does not exist`);
+  }
+  named?.(target, true);
+  authorize(principal, "inference", target.tenant, target.namespace);
+  const timeoutMs = timeoutHeader(req);
+  return {
+    target,
+    method: req.method,
+    path,
+    headers: forwardHeaders(req.headers, ctx.authEnabled ? CREDENTIALS : undefined),
+    body: body.bytes!,
+    replayable: true,
+    timeoutMs,
+    t0,
+  };
+}
+
+/** A call's body: JSON read whole and parsed; anything else streamed. */
+async function readBody(
+  ctx: CallContext,
+  req: IncomingCall,
+): Promise<{ bytes?: Uint8Array; stream?: AsyncIterable<Uint8Array>; json?: unknown }> {
+  if (!req.hasBody || req.method === "GET" || req.method === "HEAD") return {};
+  if ((req.contentLength ?? 0) > ctx.bodyLimit) throw new BodyTooLarge(ctx.bodyLimit);
+  if (!(req.get("content-type") ?? "").includes("json")) {
+    return { stream: req.chunks(ctx.bodyLimit) };
+  }
+  const bytes = await req.readAll(ctx.bodyLimit);
+  let json: unknown;
+  if (bytes.byteLength) {
+    try {
+      json = JSON.parse(dec.decode(bytes));
+    } catch (err) {
+      throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  return { bytes, json };
+}
+
+/** `x-inferx-timeout` in milliseconds, when the caller sent one. */
+function timeoutHeader(req: IncomingCall): number | undefined {
+  const raw = req.get("x-inferx-timeout");
+  if (raw === null || raw === undefined) return undefined;
+  const s = Number(raw);
+  if (!Number.isFinite(s) || s <= 0) {
+    throw new ValidationError(
+      `Invalid X-Inferx-Timeout "${raw}": must be a positive number of seconds`,
+      "X-Inferx-Timeout",
+    );
+  }
+  return s * 1000;
+}
+
+/** Reads a stream whole, up to `limit` bytes; 413 past it. */
+export async function readLimited(
+  body: ReadableStream<Uint8Array> | null,
+  limit: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (!body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > limit) throw new BodyTooLarge(limit);
+    chunks.push(chunk);
+  }
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (const c of chunks) (out.set(c, o), o += c.byteLength);
+  return out;
+}
+
+/** An incoming call over a `Request` (the Hono routes). */
+export function requestCall(req: Request): IncomingCall {
+  const len = req.headers.get("content-length");
+  const headers: [string, string][] = [];
+  for (const pair of req.headers) headers.push(pair);
+  return {
+    method: req.method,
+    headers,
+    get: (name) => req.headers.get(name),
+    hasBody: req.body !== null,
+    contentLength: len === null ? undefined : Number(len),
+    readAll: (limit) => readLimited(req.body, limit),
+    async *chunks(limit) {
+      let size = 0;
+      for await (const chunk of req.body ?? []) {
+        size += chunk.byteLength;
+        if (size > limit) throw new BodyTooLarge(limit);
+        yield chunk;
+      }
+    },
+  };
+}

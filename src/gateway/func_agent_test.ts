@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
+import { FuncPolicySchema } from "../model/schemas.ts";
+import { FuncAgent, type Slot } from "./func_agent.ts";
+import { FakeScheduler } from "./testing.ts";
+
+function agent(policy: Record<string, unknown> = {}, endpoints = 4) {
+  const sched = new FakeScheduler();
+  for (let i = 0; i < endpoints; i++) sched.endpoints.push(`127.0.0.1:${9000 + i}`);
+  const a = new FuncAgent(
+    { tenant: "t", namespace: "n", name: "f", version: 1 },
+    FuncPolicySchema.parse(policy),
+    { scheduler: sched, gatewayId: "gw" },
+  );
+  return { a, sched };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+const settle = async () => {
+  for (let i = 0; i < 5; i++) await tick();
+};
+
+Deno.test("acquire() leases a worker for the first call, then serves from its free slots", async () => {
+  const { a, sched } = agent({ parallel: 2, max_replica: 2 });
+  const s1 = await a.acquire();
+  assert.equal(s1.coldStart, true, "the first call waited for a worker started for it");
+  const s2 = await a.acquire();
+  assert.equal(s2.worker, s1.worker, "a second slot on the same worker");
+  assert.equal(s2.coldStart, false);
+  assert.equal(sched.leases.length, 1, "no scheduler call while a slot is free");
+  assert.equal(s1.worker.inflight, 2);
+  a.release(s1);
+  a.release(s2);
+  assert.equal(s1.worker.inflight, 0);
+});
+
+Deno.test("a full queue answers queue_full, and waiters are served first come, first served", async () => {
+  const { a, sched } = agent({ parallel: 1, queue_len: 2, max_replica: 1 });
+  const first = await a.acquire();
+  const order: number[] = [];
+  const w1 = a.acquire().then((s) => (order.push(1), s));
+  const w2 = a.acquire().then((s) => (order.push(2), s));
+  await assert.rejects(a.acquire(), (e: InferxError) => e.code === "queue_full");
+  assert.equal(a.queued, 2);
+  a.release(first);
+  a.release(await w1);
+  a.release(await w2);
+  assert.deepEqual(order, [1, 2]);
+  assert.equal(sched.leases.length, 1, "max_replica 1: no second lease");
+});
+
+Deno.test("wait_ratio decides when queued calls lease another worker", async () => {
+  // Table: calls waiting beyond the leased slots, and whether a second worker is leased.
+  const cases: [number, number, boolean][] = [
+    // [wait_ratio, calls waiting, second lease expected]
+    [0.5, 1, false], // 1 waiting <= 0.5 * 2 slots
+    [0.5, 2, true], // 2 > 1
+    [0, 1, true], // any wait scales out
+    [1, 2, false], // 2 <= 1 * 2
+  ];
+  for (const [ratio, waiting, expected] of cases) {
+    const { a, sched } = agent({
+      parallel: 2,
+      max_replica: 3,
+      queue_len: 10,
+      scaleout_policy: { wait_ratio: ratio },
+    });
+    const held = [await a.acquire(), await a.acquire()];
+    const queued = Array.from({ length: waiting }, () => a.acquire());
+    await settle();
+    assert.equal(
+      sched.leases.length === 2,
+      expected,
+      `wait_ratio ${ratio} with ${waiting} waiting: leases ${sched.leases.length}`,
+    );
+    for (const s of held) a.release(s);
+    for (const s of await Promise.all(queued)) a.release(s);
+  }
+});
+
+Deno.test("no more workers than max_replica, however long the queue", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 2, queue_len: 50 });
+  const slots = Array.from({ length: 20 }, () => a.acquire());
+  await settle();
+  assert.equal(a.workers.length, 2);
+  assert.equal(sched.leases.length, 2);
+  for (const p of slots) a.release(await p);
+});
+
+Deno.test("a queued call times out with the reason of the last failed lease", async () => {
+  const { a, sched } = agent({ queue_timeout: 0.2 }, 0);
+  sched.hang = true;
+  await assert.rejects(
+    a.acquire(),
+    (e: InferxError) => e.code === "timeout" && /within 200 ms/.test(e.message),
+  );
+});
+
+Deno.test("sweep() returns workers idle past scalein_timeout, never busy ones", async () => {
+  const { a, sched } = agent({ parallel: 2, max_replica: 2, scalein_timeout: 1 });
+  const s = await a.acquire();
+  a.sweep(performance.now() + 5_000);
+  assert.equal(a.workers.length, 1, "busy: kept");
+  a.release(s);
+  a.sweep(performance.now() + 500);
+  assert.equal(a.workers.length, 1, "idle for less than scalein_timeout: kept");
+  a.sweep(performance.now() + 1_500);
+  assert.equal(a.workers.length, 0);
+  assert.deepEqual(sched.returns, [{ podId: "pod-1", failed: false }]);
+});
+
+Deno.test("a new version drains old workers: no new calls, returned when idle", async () => {
+  const { a, sched } = agent({ parallel: 2, max_replica: 2 });
+  const old = await a.acquire();
+  a.setVersion(2, a.policy);
+  sched.version = 2;
+  assert.equal(old.worker.draining, true);
+  const fresh = await a.acquire(); // the old worker takes no new call: a new lease
+  assert.notEqual(fresh.worker, old.worker);
+  assert.equal(sched.leases.length, 2);
+  a.release(old);
+  assert.equal(sched.returns[0].podId, old.worker.podId, "returned once idle");
+  a.release(fresh);
+});
+
+Deno.test("a worker that refused its connection is dropped as failed", async () => {
+  const { a, sched } = agent({ parallel: 4 });
+  const s = await a.acquire();
+  a.release(s, true);
+  assert.equal(a.workers.length, 0);
+  assert.deepEqual(sched.returns, [{ podId: "pod-1", failed: true }]);
+});
+
+Deno.test("a start failure fails every queued call with its reason; close() refuses the rest", async () => {
+  const { a, sched } = agent({ max_replica: 1 }, 0);
+  sched.failWith = new InferxError("worker_failed", "Worker crashed: no weights");
+  const calls = [a.acquire(), a.acquire()];
+  for (const c of calls) {
+    await assert.rejects(c, (e: InferxError) => /no weights/.test(e.message));
+  }
+  sched.failWith = undefined;
+  sched.hang = true;
+  const waiting = a.acquire();
+  a.close();
+  await assert.rejects(waiting, (e: InferxError) => e.code === "not_found");
+  await assert.rejects(a.acquire(), (e: InferxError) => /was removed/.test(e.message));
+});
+
+Deno.test("a slot of a resumed worker says so, once per waiting call", async () => {
+  const { a, sched } = agent({ parallel: 4 });
+  sched.coldStart = false;
+  const resumed = sched.leaseWorker.bind(sched);
+  sched.leaseWorker = (req, signal) => resumed(req, signal).then((l) => ({ ...l, resumed: true }));
+  const [x, y] = await Promise.all([a.acquire(), a.acquire()]);
+  const z = await a.acquire();
+  assert.deepEqual([x, y, z].map((s: Slot) => s.resumed), [true, true, false]);
+});

@@ -1,0 +1,970 @@
+/**
+ * An HTTP/1.1 server on raw sockets (`Deno.listen`), for the gateway's warm
+ * path: requests are framed by llhttp (strict: smuggling attempts are
+ * refused), handed to one handler with their headers as a list, and answered
+ * with the head and a sized body in one write. What `Deno.serve` would add
+ * per request — `Request`, `Headers` and `Response` objects, their streams —
+ * is built only when a handler asks for it ({@linkcode toRequest},
+ * {@linkcode Http1Response.sendResponse}).
+ *
+ * Framing: Content-Length and chunked bodies both ways, pipelining (answers
+ * in order), `Expect: 100-continue`, HTTP/1.0 (keep-alive only when asked),
+ * HEAD. Limits: head size and header count (431), URL length (414), header
+ * and keep-alive idle timeouts (408 / close), body limits are the handler's
+ * ({@linkcode Http1Request.readAll}). A client that goes away while its
+ * request is served is reported through {@linkcode Http1Request.onAbort}.
+ *
+ * @module
+ */
+import { STATUS_CODES } from "node:http";
+import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
+import { HPE, Http1Parser, type ParserHandler } from "./llhttp.ts";
+
+/** Limits and timeouts of a {@linkcode Http1Server}. */
+export interface Http1Limits {
+  /** Largest request head (request line and headers) in bytes. @default 65536 */
+  maxHeadBytes: number;
+  /** Most header fields in one request. @default 128 */
+  maxHeaders: number;
+  /** Longest request target. @default 16384 */
+  maxUrlBytes: number;
+  /** Time allowed to receive a whole head once it started (ms). @default 30000 */
+  headersTimeoutMs: number;
+  /** Time an idle keep-alive connection is kept (ms). @default 60000 */
+  keepAliveTimeoutMs: number;
+  /** Time a request body may stall between bytes (ms). @default 60000 */
+  bodyTimeoutMs: number;
+}
+
+/** Options of {@linkcode serveHttp1}. */
+export interface Http1ServerOptions extends Partial<Http1Limits> {
+  /** @default "127.0.0.1" */
+  hostname?: string;
+  port: number;
+  /** Share the port with other listeners (SO_REUSEPORT; needs `--unstable-net`). @default false */
+  reusePort?: boolean;
+  /** Answers each request; it must answer through `res` before it resolves. */
+  handler: (req: Http1Request, res: Http1Response) => Promise<void> | void;
+  /** Called with errors a handler threw before answering (it then answers 500). */
+  onError?: (err: unknown) => void;
+}
+
+/** The peer closed the connection, or the request broke off. */
+export class ConnectionClosed extends Error {
+  constructor(message = "The client closed the connection") {
+    super(message);
+    this.name = "ConnectionClosed";
+  }
+}
+
+/** A request body over its limit (413 `too_large`). */
+export class BodyTooLarge extends InferxError {
+  readonly limit: number;
+  constructor(limit: number) {
+    super("too_large", `Request body is larger than the limit of ${limit} bytes`, {
+      details: { limit },
+    });
+    this.name = "BodyTooLarge";
+    this.limit = limit;
+  }
+}
+
+const DEFAULTS: Http1Limits = {
+  maxHeadBytes: 64 * 1024,
+  maxHeaders: 128,
+  maxUrlBytes: 16 * 1024,
+  headersTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 60_000,
+  bodyTimeoutMs: 60_000,
+};
+
+/** Unparsed bytes a connection reads ahead of its handler. */
+const READ_AHEAD = 256 * 1024;
+/** Unread body bytes drained after an answer to keep the connection; beyond, it closes. */
+const DRAIN_LIMIT = 64 * 1024;
+
+const utf8 = new TextDecoder();
+const latin1 = new TextDecoder("latin1");
+
+let dateHeader = new Date().toUTCString();
+
+/** A running server. */
+export interface Http1Server {
+  readonly addr: Deno.NetAddr;
+  /** Open connections (for tests and metrics). */
+  readonly connections: number;
+  /** Stops accepting, lets requests in progress finish (up to `graceMs`), closes the rest. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/** Starts an HTTP/1.1 server. */
+export function serveHttp1(options: Http1ServerOptions): Http1Server {
+  const limits: Http1Limits = { ...DEFAULTS };
+  for (const k of Object.keys(DEFAULTS) as (keyof Http1Limits)[]) {
+    if (options[k] !== undefined) limits[k] = options[k]!;
+  }
+  const listener = Deno.listen({
+    hostname: options.hostname ?? "127.0.0.1",
+    port: options.port,
+    ...(options.reusePort ? { reusePort: true } : {}),
+  } as Deno.TcpListenOptions);
+  const conns = new Set<ServerConnection>();
+  let closing = false;
+  const sweep = setInterval(() => {
+    dateHeader = new Date().toUTCString();
+    const now = performance.now();
+    for (const c of conns) c.checkTimeouts(now);
+  }, 1000);
+  Deno.unrefTimer(sweep);
+  const accepting = (async () => {
+    while (true) {
+      let sock: Deno.TcpConn;
+      try {
+        sock = await listener.accept();
+      } catch {
+        if (closing) return;
+        continue; // e.g. EMFILE: keep serving the connections we have
+      }
+      sock.setNoDelay(true);
+      const c = new ServerConnection(sock, limits, options);
+      conns.add(c);
+      c.serve().finally(() => conns.delete(c));
+    }
+  })();
+  return {
+    addr: listener.addr as Deno.NetAddr,
+    get connections() {
+      return conns.size;
+    },
+    async shutdown(graceMs = 10_000) {
+      closing = true;
+      listener.close();
+      await accepting;
+      clearInterval(sweep);
+      for (const c of conns) c.closeIfIdle();
+      const deadline = Date.now() + graceMs;
+      while (conns.size && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+        for (const c of conns) c.closeIfIdle();
+      }
+      for (const c of conns) c.close();
+    },
+  };
+}
+
+type Phase = "idle" | "head" | "handling";
+
+/** One request as received. */
+export class Http1Request {
+  readonly method: string;
+  /** The request target as sent (`/path?query`). */
+  readonly url: string;
+  /** Header fields in order, names in lower case. */
+  readonly headers: [string, string][];
+  /** 0 for HTTP/1.0, 1 for HTTP/1.1. */
+  readonly httpMinor: number;
+  /** The connection's peer. */
+  readonly remoteAddr: Deno.NetAddr;
+  /** Declared body length; undefined when chunked or absent. */
+  readonly contentLength: number | undefined;
+  /** Whether a body follows (a length above 0, or chunked). */
+  readonly hasBody: boolean;
+  readonly #conn: ServerConnection;
+  #aborts?: (() => void)[];
+
+  constructor(
+    conn: ServerConnection,
+    init: {
+      method: string;
+      url: string;
+      headers: [string, string][];
+      httpMinor: number;
+      contentLength: number | undefined;
+      hasBody: boolean;
+    },
+  ) {
+    this.#conn = conn;
+    this.method = init.method;
+    this.url = init.url;
+    this.headers = init.headers;
+    this.httpMinor = init.httpMinor;
+    this.contentLength = init.contentLength;
+    this.hasBody = init.hasBody;
+    this.remoteAddr = conn.remoteAddr;
+  }
+
+  /** The first value of header `name` (lower case). */
+  header(name: string): string | undefined {
+    const h = this.headers;
+    for (let i = 0; i < h.length; i++) if (h[i][0] === name) return h[i][1];
+    return undefined;
+  }
+
+  /** The same as {@linkcode header}, shaped like `Headers.get`. */
+  get(name: string): string | undefined {
+    return this.header(name);
+  }
+
+  /** Whether the client went away before the answer was complete. */
+  get aborted(): boolean {
+    return this.#conn.eof && this.#aborts !== undefined;
+  }
+
+  /** Runs `fn` once if the client goes away before the answer is complete. */
+  onAbort(fn: () => void): void {
+    if (this.#conn.eof) return fn();
+    (this.#aborts ??= []).push(fn);
+  }
+
+  /** @internal */
+  fireAbort(): void {
+    const a = this.#aborts;
+    this.#aborts = undefined;
+    if (a) { for (const fn of a) fn(); }
+  }
+
+  /** The whole body (empty when none); throws {@linkcode BodyTooLarge} past `limit`. */
+  readAll(limit: number): Promise<Uint8Array<ArrayBuffer>> {
+    return this.#conn.readBody(this, limit);
+  }
+
+  /** The body as it arrives; errors with {@linkcode BodyTooLarge} past `limit`. */
+  async *chunks(limit: number): AsyncGenerator<Uint8Array> {
+    let size = 0;
+    while (true) {
+      const chunk = await this.#conn.nextBodyChunk(this);
+      if (chunk === null) return;
+      size += chunk.byteLength;
+      if (size > limit) {
+        this.#conn.keepAlive = false;
+        throw new BodyTooLarge(limit);
+      }
+      yield chunk;
+    }
+  }
+}
+
+/** The answer to one request. */
+export class Http1Response {
+  readonly #conn: ServerConnection;
+  readonly #head: boolean;
+  #state: "new" | "streaming" | "done" = "new";
+  #chunked = false;
+
+  constructor(conn: ServerConnection, head: boolean) {
+    this.#conn = conn;
+    this.#head = head;
+  }
+
+  /** Whether the head has gone out. */
+  get headersSent(): boolean {
+    return this.#state !== "new";
+  }
+
+  /** Whether the answer is complete. */
+  get finished(): boolean {
+    return this.#state === "done";
+  }
+
+  /** Answers with a whole body: the head and the body in one write. */
+  async send(
+    status: number,
+    headers: Iterable<readonly [string, string]>,
+    body?: Uint8Array | string | null,
+    statusText?: string,
+  ): Promise<void> {
+    this.#begin();
+    const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    const noBody = status < 200 || status === 204 || status === 304;
+    const length = noBody ? -1 : bytes?.byteLength ?? 0;
+    const out = this.#conn.head(status, statusText, headers, length, false);
+    this.#state = "done";
+    if (this.#head || noBody || !bytes?.byteLength) await this.#conn.write(out.bytes, out.length);
+    else await this.#conn.writeWithBody(out.bytes, out.length, bytes);
+  }
+
+  /**
+   * Starts a streamed answer: `length` sized, else chunked (HTTP/1.1) or
+   * until the connection closes (HTTP/1.0).
+   */
+  async start(
+    status: number,
+    headers: Iterable<readonly [string, string]>,
+    length?: number,
+    statusText?: string,
+  ): Promise<void> {
+    this.#begin();
+    const noBody = this.#head || status < 200 || status === 204 || status === 304;
+    this.#chunked = !noBody && length === undefined && this.#conn.httpMinor === 1;
+    if (!noBody && length === undefined && !this.#chunked) this.#conn.keepAlive = false;
+    const out = this.#conn.head(status, statusText, headers, length ?? -1, this.#chunked);
+    this.#state = noBody ? "done" : "streaming";
+    await this.#conn.write(out.bytes, out.length);
+  }
+
+  /** Writes a piece of a streamed body. */
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.#state !== "streaming") {
+      if (this.#state === "done" && this.#head) return;
+      throw new Error("write() needs start() first");
+    }
+    if (chunk.byteLength === 0) return;
+    if (!this.#chunked) return await this.#conn.write(chunk, chunk.byteLength);
+    await this.#conn.writeChunk(chunk);
+  }
+
+  /** Ends a streamed body. */
+  async end(): Promise<void> {
+    if (this.#state !== "streaming") return;
+    this.#state = "done";
+    if (this.#chunked) await this.#conn.write(LAST_CHUNK, LAST_CHUNK.byteLength);
+  }
+
+  /**
+   * Answers with a `Response` (from a Hono app): a body that is complete at
+   * once goes out sized; one that is still being produced is streamed.
+   */
+  async sendResponse(res: Response): Promise<void> {
+    const headers: [string, string][] = [];
+    let length: number | undefined;
+    for (const [k, v] of res.headers) {
+      if (k === "content-length") length = Number(v);
+      else if (!HOP_BY_HOP.has(k)) headers.push([k, v]);
+    }
+    if (!res.body) return await this.send(res.status, headers, null, res.statusText);
+    const reader = res.body.getReader();
+    try {
+      // Take what the body already holds; a body still being produced
+      // (server-sent events) shows itself by not answering within a tick.
+      const parts: Uint8Array[] = [];
+      let size = 0;
+      let pending: Promise<ReadableStreamReadResult<Uint8Array>> | undefined = reader.read();
+      while (pending) {
+        const r = await Promise.race([pending, nextTick()]);
+        if (r === TICK) break;
+        pending = undefined;
+        if (r.done) {
+          return await this.send(res.status, headers, concat(parts, size), res.statusText);
+        }
+        parts.push(r.value);
+        size += r.value.byteLength;
+        if (size < 1024 * 1024) pending = reader.read();
+      }
+      const sized = length !== undefined && Number.isSafeInteger(length) ? length : undefined;
+      await this.start(res.status, headers, sized, res.statusText);
+      for (const p of parts) await this.write(p);
+      while (true) {
+        const r = await (pending ?? reader.read());
+        pending = undefined;
+        if (r.done) break;
+        await this.write(r.value);
+      }
+      await this.end();
+    } catch (err) {
+      await reader.cancel(err).catch(() => {});
+      throw err;
+    }
+  }
+
+  #begin(): void {
+    if (this.#state !== "new") throw new Error("The answer has already started");
+  }
+}
+
+const TICK = Symbol("tick");
+function nextTick(): Promise<typeof TICK> {
+  return new Promise((resolve) => setTimeout(resolve, 0, TICK));
+}
+
+const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
+
+/** Hop-by-hop and framing fields: never copied from one message to another. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+]);
+
+/** Builds a `Request` for handlers that want one (a Hono app). */
+export function toRequest(
+  req: Http1Request,
+  bodyLimit: number,
+  signal?: AbortSignal,
+): Request {
+  const host = req.header("host") ?? `${req.remoteAddr.hostname}`;
+  const target = req.url.startsWith("/") ? req.url : new URL(req.url).pathname;
+  const headers = new Headers();
+  for (const [k, v] of req.headers) headers.append(k, v);
+  let body: ReadableStream<Uint8Array> | null = null;
+  if (req.hasBody && req.method !== "GET" && req.method !== "HEAD") {
+    const it = req.chunks(bodyLimit);
+    body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const r = await it.next();
+          if (r.done) controller.close();
+          else controller.enqueue(r.value);
+        } catch (err) {
+          controller.error(err);
+        }
+      },
+      async cancel() {
+        await it.return(undefined);
+      },
+    });
+  }
+  return new Request(`http://${host}${target}`, {
+    method: req.method,
+    headers,
+    body,
+    signal,
+    // @ts-ignore: a streamed request body needs half duplex (not in every lib's types)
+    duplex: "half",
+  });
+}
+
+function concat(parts: Uint8Array[], size: number): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (const p of parts) (out.set(p, o), o += p.byteLength);
+  return out;
+}
+
+/** One client connection: reads ahead, parses, answers requests in order. */
+class ServerConnection implements ParserHandler {
+  readonly remoteAddr: Deno.NetAddr;
+  readonly #sock: Deno.TcpConn;
+  readonly #limits: Http1Limits;
+  readonly #opts: Http1ServerOptions;
+  readonly #parser: Http1Parser;
+  #buf = new Uint8Array(16 * 1024);
+  #start = 0;
+  #end = 0;
+  #out = new Uint8Array(16 * 1024);
+  eof = false;
+  #closed = false;
+  /** The reader waiting for bytes, and the pump waiting for room. */
+  #dataWaiter?: () => void;
+  #roomWaiter?: () => void;
+  #phase: Phase = "idle";
+  #since = performance.now();
+  #paused = false;
+  #error?: { status: number; message: string };
+
+  // The message being parsed.
+  #headStart = 0;
+  #urlStart = -1;
+  #urlEnd = -1;
+  #ranges: number[] = [];
+  #lastWasValue = false;
+  #headersDone = false;
+  #bodyDone = false;
+  #body: Uint8Array[] = [];
+  #bodyBytes = 0;
+  #current?: Http1Request;
+  #continueSent = false;
+  #expectContinue = false;
+  keepAlive = true;
+  httpMinor = 1;
+
+  constructor(sock: Deno.TcpConn, limits: Http1Limits, opts: Http1ServerOptions) {
+    this.#sock = sock;
+    this.remoteAddr = sock.remoteAddr as Deno.NetAddr;
+    this.#limits = limits;
+    this.#opts = opts;
+    this.#parser = new Http1Parser("request", this);
+  }
+
+  // ---------------------------------------------------------------- parser callbacks
+
+  onMessageBegin(): void {
+    this.#phase = "head";
+    this.#since = performance.now();
+    this.#urlStart = this.#urlEnd = -1;
+    this.#ranges.length = 0;
+    this.#lastWasValue = false;
+    this.#headersDone = this.#bodyDone = false;
+    this.#body = [];
+    this.#bodyBytes = 0;
+    this.#continueSent = this.#expectContinue = false;
+  }
+
+  onUrl(_buf: Uint8Array, start: number, end: number): void {
+    if (this.#urlStart < 0) this.#urlStart = start;
+    this.#urlEnd = end;
+  }
+
+  onStatus(): void {}
+
+  onHeaderField(_buf: Uint8Array, start: number, end: number): void {
+    const r = this.#ranges;
+    if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
+    else r.push(start, end, -1, -1);
+    this.#lastWasValue = false;
+  }
+
+  onHeaderValue(_buf: Uint8Array, start: number, end: number): void {
+    const r = this.#ranges;
+    if (r[r.length - 2] < 0) r[r.length - 2] = start;
+    r[r.length - 1] = end;
+    this.#lastWasValue = true;
+  }
+
+  onHeadersComplete(): number {
+    this.#headersDone = true;
+    return 0;
+  }
+
+  onBody(buf: Uint8Array, start: number, end: number): void {
+    this.#body.push(buf.slice(start, end));
+    this.#bodyBytes += end - start;
+  }
+
+  onMessageComplete(): number {
+    this.#bodyDone = true;
+    return HPE.PAUSED;
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Parses what is buffered; false when the request is malformed (#error set). */
+  #parse(): boolean {
+    if (this.#start === this.#end) return true;
+    if (this.#paused) {
+      this.#parser.resume();
+      this.#paused = false;
+    }
+    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
+    this.#start += r.consumed;
+    if (r.error === HPE.PAUSED || r.error === HPE.PAUSED_UPGRADE) {
+      // Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
+      this.#paused = true;
+      if (r.error === HPE.PAUSED_UPGRADE) {
+        this.#error = { status: 501, message: "Protocol upgrades are not supported" };
+        return false;
+      }
+    } else if (r.error !== 0) {
+      this.#error = { status: 400, message: `Malformed HTTP request: ${this.#parser.errorReason}` };
+      return false;
+    }
+    if (this.#phase === "head" && !this.#headersDone) {
+      if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
+        this.#error = { status: 431, message: "Request head is too large" };
+        return false;
+      }
+    }
+    this.#wakeRoom();
+    return true;
+  }
+
+  /** Waits for more bytes; false at end of stream. */
+  async #fill(): Promise<boolean> {
+    if (this.eof) return false;
+    this.#wakeRoom();
+    await new Promise<void>((resolve) => this.#dataWaiter = resolve);
+    return this.#end > this.#start || !this.eof;
+  }
+
+  #wakeRoom(): void {
+    const w = this.#roomWaiter;
+    if (w && this.#end - this.#start < READ_AHEAD) {
+      this.#roomWaiter = undefined;
+      w();
+    }
+  }
+
+  /** Reads from the socket ahead of the parser, up to READ_AHEAD bytes. */
+  async #pump(): Promise<void> {
+    while (!this.#closed) {
+      if (this.#end - this.#start >= READ_AHEAD) {
+        await new Promise<void>((r) => this.#roomWaiter = r); // the parser will take some
+        continue;
+      }
+      this.#makeRoom();
+      let n: number | null;
+      try {
+        n = await this.#sock.read(this.#buf.subarray(this.#end));
+      } catch {
+        n = null;
+      }
+      if (n === null) {
+        this.eof = true;
+        this.#notify();
+        if (this.#current && this.#phase === "handling") this.#current.fireAbort();
+        return;
+      }
+      this.#end += n;
+      this.#notify();
+    }
+  }
+
+  #notify(): void {
+    const w = this.#dataWaiter;
+    this.#dataWaiter = undefined;
+    w?.();
+  }
+
+  /** Room at the end of the buffer: compacts between heads, grows within one. */
+  #makeRoom(): void {
+    const inHead = this.#phase === "head" && !this.#headersDone;
+    if (!inHead) {
+      if (this.#start === this.#end) {
+        this.#start = this.#end = 0;
+      } else if (this.#start > this.#buf.length >> 1) {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+        this.#end -= this.#start;
+        this.#start = 0;
+      }
+    }
+    if (this.#end === this.#buf.length) {
+      const next = new Uint8Array(this.#buf.length * 2);
+      next.set(this.#buf.subarray(0, this.#end));
+      this.#buf = next;
+    }
+  }
+
+  /** The next request's head, or undefined when the connection is done. */
+  async #readHead(): Promise<Http1Request | undefined> {
+    this.#phase = "idle";
+    this.#headersDone = this.#bodyDone = false;
+    this.#since = performance.now();
+    this.#headStart = this.#start;
+    while (true) {
+      if (this.#phase === "idle") this.#headStart = this.#start;
+      if (!this.#parse()) return undefined;
+      if (this.#headersDone) return this.#request();
+      if (!(await this.#fill())) {
+        if ((this.#phase as Phase) === "head") this.keepAlive = false; // a head cut short
+        return undefined;
+      }
+    }
+  }
+
+  #request(): Http1Request | undefined {
+    const p = this.#parser;
+    this.httpMinor = p.httpMinor;
+    this.keepAlive = p.keepAlive;
+    const r = this.#ranges;
+    if (r.length / 4 > this.#limits.maxHeaders) {
+      this.#error = { status: 431, message: `More than ${this.#limits.maxHeaders} header fields` };
+      return undefined;
+    }
+    const last = r.length ? Math.max(r[r.length - 1], r[r.length - 3]) : this.#urlEnd;
+    if (last - this.#headStart > this.#limits.maxHeadBytes) {
+      this.#error = { status: 431, message: "Request head is too large" };
+      return undefined;
+    }
+    if (this.#urlEnd - this.#urlStart > this.#limits.maxUrlBytes) {
+      this.#error = { status: 414, message: "Request target is too long" };
+      return undefined;
+    }
+    // One decode of the head; names and values are substrings of it.
+    const base = this.#urlStart;
+    let text = utf8.decode(this.#buf.subarray(base, last));
+    if (text.includes("\uFFFD")) text = latin1.decode(this.#buf.subarray(base, last));
+    const headers: [string, string][] = new Array(r.length / 4);
+    let contentLength: number | undefined;
+    let chunked = false;
+    for (let i = 0, j = 0; i < r.length; i += 4, j++) {
+      const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
+      const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
+      headers[j] = [name, value];
+      if (name === "content-length") contentLength = Number(value);
+      else if (name === "transfer-encoding") chunked = true;
+      else if (name === "expect" && value.toLowerCase() === "100-continue") {
+        this.#expectContinue = true;
+      }
+    }
+    const method = p.method;
+    if (method === "CONNECT") {
+      this.#error = { status: 405, message: "CONNECT is not supported" };
+      return undefined;
+    }
+    if (this.httpMinor === 1 && p.httpMajor === 1 && !headers.some((h) => h[0] === "host")) {
+      this.#error = { status: 400, message: "Malformed HTTP request: Host header is required" };
+      return undefined;
+    }
+    const hasBody = chunked || (contentLength ?? 0) > 0;
+    if (!hasBody) this.#expectContinue = false;
+    this.#phase = "handling";
+    return this.#current = new Http1Request(this, {
+      method,
+      url: text.substring(0, this.#urlEnd - base),
+      headers,
+      httpMinor: this.httpMinor,
+      contentLength: chunked ? undefined : contentLength,
+      hasBody,
+    });
+  }
+
+  /** The next piece of `req`'s body, or null at its end. */
+  async nextBodyChunk(req: Http1Request): Promise<Uint8Array | null> {
+    if (req !== this.#current) throw new ConnectionClosed("The request is over");
+    await this.#sendContinue();
+    while (true) {
+      if (this.#body.length) {
+        const c = this.#body.shift()!;
+        this.#bodyBytes -= c.byteLength;
+        return c;
+      }
+      if (this.#bodyDone) return null;
+      if (!this.#parse()) {
+        this.keepAlive = false;
+        throw new ConnectionClosed(this.#error!.message);
+      }
+      if (this.#body.length || this.#bodyDone) continue;
+      if (this.eof || !(await this.#fillBody())) {
+        this.keepAlive = false;
+        throw new ConnectionClosed("The client closed the connection inside the request body");
+      }
+    }
+  }
+
+  /** The whole body of `req`. */
+  async readBody(req: Http1Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
+    if (req !== this.#current) throw new ConnectionClosed("The request is over");
+    if (!req.hasBody) return new Uint8Array(0);
+    if ((req.contentLength ?? 0) > limit) {
+      this.keepAlive = false; // its bytes will not be read
+      throw new BodyTooLarge(limit);
+    }
+    // The usual case: the whole body came with the head.
+    if (this.#bodyDone && this.#body.length === 1) {
+      const only = this.#body[0] as Uint8Array<ArrayBuffer>;
+      this.#body = [];
+      this.#bodyBytes = 0;
+      return only;
+    }
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    while (true) {
+      const c = await this.nextBodyChunk(req);
+      if (c === null) break;
+      size += c.byteLength;
+      if (size > limit) {
+        this.keepAlive = false;
+        throw new BodyTooLarge(limit);
+      }
+      parts.push(c);
+    }
+    return concat(parts, size) as Uint8Array<ArrayBuffer>;
+  }
+
+  #bodyWaitSince = 0;
+
+  async #fillBody(): Promise<boolean> {
+    this.#bodyWaitSince = performance.now();
+    try {
+      return await this.#fill();
+    } finally {
+      this.#bodyWaitSince = 0;
+    }
+  }
+
+  async #sendContinue(): Promise<void> {
+    if (!this.#expectContinue || this.#continueSent) return;
+    this.#continueSent = true;
+    await this.write(CONTINUE, CONTINUE.byteLength);
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  /** Serializes an answer's head into the output buffer; `length` -1: no Content-Length. */
+  head(
+    status: number,
+    statusText: string | undefined,
+    headers: Iterable<readonly [string, string]>,
+    length: number,
+    chunked: boolean,
+  ): { bytes: Uint8Array; length: number } {
+    let s = `HTTP/1.1 ${status} ${statusText || STATUS_CODES[status] || "Unknown"}\r\n`;
+    let hasDate = false;
+    for (const [k, v] of headers) {
+      s += `${k}: ${v}\r\n`;
+      if (k === "date") hasDate = true;
+    }
+    if (!hasDate) s += `date: ${dateHeader}\r\n`;
+    if (length >= 0) s += `content-length: ${length}\r\n`;
+    if (chunked) s += "transfer-encoding: chunked\r\n";
+    if (!this.keepAlive || this.#closing) s += "connection: close\r\n";
+    else if (this.httpMinor === 0) s += "connection: keep-alive\r\n";
+    s += "\r\n";
+    return { bytes: this.#encode(s, 0), length: s.length };
+  }
+
+  #closing = false;
+
+  /** Latin-1 encodes `s` into the output buffer at `at` (grows it when needed). */
+  #encode(s: string, at: number): Uint8Array {
+    if (at + s.length > this.#out.length) {
+      const next = new Uint8Array(Math.max(this.#out.length * 2, at + s.length));
+      next.set(this.#out.subarray(0, at));
+      this.#out = next;
+    }
+    const out = this.#out;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      out[at + i] = c < 256 ? c : 63; // '?': header bytes are Latin-1
+    }
+    return out;
+  }
+
+  async writeWithBody(head: Uint8Array, headLen: number, body: Uint8Array): Promise<void> {
+    if (headLen + body.byteLength <= 64 * 1024) {
+      if (headLen + body.byteLength > this.#out.length) {
+        const next = new Uint8Array(headLen + body.byteLength);
+        next.set(head.subarray(0, headLen));
+        this.#out = head = next;
+      }
+      head.set(body, headLen);
+      return await this.write(head, headLen + body.byteLength);
+    }
+    await this.write(head, headLen);
+    await this.write(body, body.byteLength);
+  }
+
+  async writeChunk(chunk: Uint8Array): Promise<void> {
+    const size = `${chunk.byteLength.toString(16)}\r\n`;
+    const out = this.#encode(size, 0);
+    if (size.length + chunk.byteLength + 2 <= this.#out.length) {
+      out.set(chunk, size.length);
+      out[size.length + chunk.byteLength] = 13;
+      out[size.length + chunk.byteLength + 1] = 10;
+      return await this.write(out, size.length + chunk.byteLength + 2);
+    }
+    await this.write(out, size.length);
+    await this.write(chunk, chunk.byteLength);
+    await this.write(CRLF, 2);
+  }
+
+  async write(bytes: Uint8Array, length: number): Promise<void> {
+    if (this.#closed) throw new ConnectionClosed();
+    try {
+      let o = 0;
+      while (o < length) o += await this.#sock.write(bytes.subarray(o, length));
+    } catch {
+      this.close();
+      throw new ConnectionClosed();
+    }
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async serve(): Promise<void> {
+    const pump = this.#pump();
+    try {
+      while (!this.#closed) {
+        const req = await this.#readHead();
+        if (!req) {
+          if (this.#error) await this.#answerError();
+          break;
+        }
+        const res = new Http1Response(this, req.method === "HEAD");
+        try {
+          await this.#opts.handler(req, res);
+          if (!res.finished) throw new Error("The handler returned before answering");
+        } catch (err) {
+          if (err instanceof ConnectionClosed || this.#closed) break;
+          this.#opts.onError?.(err);
+          if (res.headersSent) break; // cannot answer twice: cut the connection
+          this.keepAlive = false;
+          const e = err instanceof InferxError
+            ? err
+            : new InferxError("internal", "Internal error");
+          await res.send(httpStatus(e.code), JSON_TYPE, JSON.stringify(errorBody(e))).catch(
+            () => {},
+          );
+          break;
+        } finally {
+          this.#current = undefined;
+        }
+        if (!this.keepAlive || this.#closing || this.eof) break;
+        if (!(await this.#skipBody())) break;
+      }
+    } catch {
+      // a broken connection: nothing more to do on it
+    } finally {
+      this.close();
+      await pump;
+      this.#parser.free();
+    }
+  }
+
+  /** Reads and drops what is left of the last request's body; false: close instead. */
+  async #skipBody(): Promise<boolean> {
+    let dropped = 0;
+    while (!this.#bodyDone && this.#phase !== "idle") {
+      this.#body = [];
+      if (this.#bodyBytes > DRAIN_LIMIT) return false;
+      if (!this.#parse()) return false;
+      dropped += this.#bodyBytes;
+      this.#bodyBytes = 0;
+      if (dropped > DRAIN_LIMIT) return false;
+      if (this.#bodyDone) break;
+      if (this.#expectContinue && !this.#continueSent) return false; // the client waits for us
+      if (!(await this.#fillBody())) return false;
+    }
+    this.#body = [];
+    this.#bodyBytes = 0;
+    return true;
+  }
+
+  async #answerError(): Promise<void> {
+    const e = this.#error!;
+    this.keepAlive = false;
+    const res = new Http1Response(this, false);
+    const code = e.status === 400 ? "invalid" : e.status === 408 ? "timeout" : "too_large";
+    const body = JSON.stringify({
+      error: {
+        code: e.status === 501 || e.status === 405 ? "unsupported" : code,
+        message: e.message,
+      },
+    });
+    await res.send(e.status, JSON_TYPE, body).catch(() => {});
+  }
+
+  /** Closes on timeouts: a head taking too long (408), a keep-alive connection idle too long. */
+  checkTimeouts(now: number): void {
+    if (this.#closed) return;
+    if (this.#phase === "idle" && this.#start === this.#end) {
+      if (now - this.#since > this.#limits.keepAliveTimeoutMs) this.close();
+    } else if (this.#phase === "head" || this.#phase === "idle") {
+      if (now - this.#since > this.#limits.headersTimeoutMs) {
+        this.#error = { status: 408, message: "Request head not received in time" };
+        this.#answerError().finally(() => this.close());
+      }
+    } else if (this.#bodyWaitSince && now - this.#bodyWaitSince > this.#limits.bodyTimeoutMs) {
+      this.close(); // the handler's read fails with ConnectionClosed
+    }
+  }
+
+  /** For shutdown: closes now unless a request is being served (then after it). */
+  closeIfIdle(): void {
+    this.#closing = true;
+    if (this.#phase !== "handling") this.close();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.eof = true;
+    try {
+      this.#sock.close();
+    } catch {
+      // already closed
+    }
+    this.#notify();
+    const w = this.#roomWaiter;
+    this.#roomWaiter = undefined;
+    w?.();
+  }
+}
+
+const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
+const CRLF = new Uint8Array([13, 10]);
+const JSON_TYPE: [string, string][] = [["content-type", "application/json"]];

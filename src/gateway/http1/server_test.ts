@@ -1,0 +1,332 @@
+import assert from "node:assert/strict";
+import { type Http1ServerOptions, serveHttp1 } from "./server.ts";
+import { rng } from "../../common/random.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** An echo server: method, target, headers and body length, as JSON. */
+function echo(opts: Partial<Http1ServerOptions> = {}) {
+  return serveHttp1({
+    port: 0,
+    handler: async (req, res) => {
+      if (req.url === "/stream") {
+        await res.start(200, [["content-type", "text/plain"]]);
+        for (const part of ["one ", "two ", "three"]) {
+          await res.write(enc.encode(part));
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        return await res.end();
+      }
+      const body = await req.readAll(opts.maxHeadBytes === 1 ? 0 : 1000);
+      await res.send(
+        200,
+        [["content-type", "application/json"]],
+        JSON.stringify({ method: req.method, url: req.url, body: dec.decode(body) }),
+      );
+    },
+    ...opts,
+  });
+}
+
+/** Writes `raw` on a fresh connection and reads until the server closes it or `ms` pass. */
+async function exchange(port: number, raw: string | string[], ms = 1500): Promise<string> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  const parts = Array.isArray(raw) ? raw : [raw];
+  let out = "";
+  const reading = (async () => {
+    const buf = new Uint8Array(65536);
+    while (true) {
+      const n = await c.read(buf).catch(() => null);
+      if (n === null) return;
+      out += dec.decode(buf.subarray(0, n));
+    }
+  })();
+  for (const p of parts) {
+    await c.write(enc.encode(p)).catch(() => {});
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const timer = setTimeout(() => {
+    try {
+      c.close();
+    } catch { /* closed by the server */ }
+  }, ms);
+  await reading;
+  clearTimeout(timer);
+  try {
+    c.close();
+  } catch { /* already */ }
+  return out;
+}
+
+/** The answers in a byte stream: status lines and bodies (JSON bodies parsed). */
+function answers(text: string): { status: number; head: string; body: string }[] {
+  const out = [];
+  let rest = text;
+  while (rest.startsWith("HTTP/1.1 ")) {
+    const end = rest.indexOf("\r\n\r\n");
+    const head = rest.slice(0, end);
+    rest = rest.slice(end + 4);
+    const len = /content-length: (\d+)/i.exec(head);
+    let body = "";
+    if (len) {
+      body = rest.slice(0, Number(len[1]));
+      rest = rest.slice(Number(len[1]));
+    } else if (/transfer-encoding: chunked/i.test(head)) {
+      while (true) {
+        const eol = rest.indexOf("\r\n");
+        const size = parseInt(rest.slice(0, eol), 16);
+        rest = rest.slice(eol + 2);
+        if (size === 0) {
+          rest = rest.slice(2);
+          break;
+        }
+        body += rest.slice(0, size);
+        rest = rest.slice(size + 2);
+      }
+    } else if (!/^HTTP\/1.1 1\d\d/.test(head)) {
+      body = rest;
+      rest = "";
+    }
+    out.push({ status: Number(head.slice(9, 12)), head, body });
+  }
+  return out;
+}
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t("http1 serves a sized answer and keeps the connection for the next request", async () => {
+  const s = echo();
+  const got = answers(
+    await exchange(s.addr.port, [
+      "POST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ]),
+  );
+  assert.deepEqual(got.map((a) => JSON.parse(a.body)), [
+    { method: "POST", url: "/a?x=1", body: "hello" },
+    { method: "GET", url: "/b", body: "" },
+  ]);
+  assert.match(got[0].head, /^date: /m);
+  assert.doesNotMatch(got[0].head, /connection: close/);
+  assert.match(got[1].head, /connection: close/);
+  await s.shutdown();
+});
+
+t("http1 reads chunked request bodies and streams answers chunked", async () => {
+  const s = echo();
+  const [a, b] = answers(
+    await exchange(s.addr.port, [
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+      "4;ext=1\r\ndefg\r\n0\r\n\r\n",
+      "GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ]),
+  );
+  assert.equal(JSON.parse(a.body).body, "abcdefg");
+  assert.match(b.head, /transfer-encoding: chunked/);
+  assert.equal(b.body, "one two three");
+  await s.shutdown();
+});
+
+t("http1 answers pipelined requests in order", async () => {
+  const s = echo();
+  const got = answers(
+    await exchange(
+      s.addr.port,
+      "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhiGET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ),
+  );
+  assert.deepEqual(got.map((a) => JSON.parse(a.body).url), ["/1", "/2", "/3"]);
+  await s.shutdown();
+});
+
+t("http1 sends 100 Continue before it reads a body the client holds back", async () => {
+  const s = echo();
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+  await c.write(
+    enc.encode(
+      "POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+    ),
+  );
+  const buf = new Uint8Array(4096);
+  const n = await c.read(buf);
+  assert.equal(dec.decode(buf.subarray(0, n!)), "HTTP/1.1 100 Continue\r\n\r\n");
+  await c.write(enc.encode("abc"));
+  let text = "";
+  for (let m; (m = await c.read(buf)) !== null;) text += dec.decode(buf.subarray(0, m));
+  assert.equal(JSON.parse(answers(text)[0].body).body, "abc");
+  c.close();
+  await s.shutdown();
+});
+
+t(
+  "http1 speaks HTTP/1.0: closes unless keep-alive is asked; streamed answers end at close",
+  async () => {
+    const s = echo();
+    const once = answers(await exchange(s.addr.port, "GET /x HTTP/1.0\r\n\r\n"));
+    assert.equal(once.length, 1);
+    assert.match(once[0].head, /connection: close/);
+    const kept = answers(
+      await exchange(s.addr.port, [
+        "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        "GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+      ]),
+    );
+    assert.equal(kept.length, 2);
+    assert.match(kept[0].head, /connection: keep-alive/);
+    assert.doesNotMatch(kept[1].head, /chunked/, "no chunked framing for HTTP/1.0");
+    assert.equal(kept[1].body, "one two three");
+    await s.shutdown();
+  },
+);
+
+t("http1 answers HEAD with the head only", async () => {
+  const s = echo();
+  const text = await exchange(
+    s.addr.port,
+    "HEAD /h HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+  );
+  const heads = text.split("\r\n\r\n");
+  assert.match(heads[0], /content-length: \d+/);
+  assert.ok(heads[1].startsWith("HTTP/1.1 200"), "the next answer follows the head at once");
+  await s.shutdown();
+});
+
+t("http1 refuses request smuggling and malformed framing with 400 and closes", async () => {
+  const s = echo();
+  const cases = [
+    "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "GET / HTTP/1.1\nHost: h\n\n",
+    "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
+    "GET / HTTP/1.1\r\n\r\n",
+    "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+  ];
+  for (const raw of cases) {
+    const got = answers(await exchange(s.addr.port, raw + "GET /next HTTP/1.1\r\nHost: h\r\n\r\n"));
+    assert.equal(got.length, 1, `one answer, then the connection closes: ${JSON.stringify(raw)}`);
+    assert.equal(got[0].status, 400, JSON.stringify(raw));
+    assert.match(got[0].head, /connection: close/);
+    assert.equal(JSON.parse(got[0].body).error.code, "invalid");
+  }
+  await s.shutdown();
+});
+
+t("http1 limits heads (431), header counts (431), targets (414) and bodies (413)", async () => {
+  const s = echo({ maxHeadBytes: 2048, maxHeaders: 10, maxUrlBytes: 100 });
+  const status = async (raw: string) => answers(await exchange(s.addr.port, raw))[0]?.status;
+  assert.equal(await status(`GET / HTTP/1.1\r\nHost: h\r\nX: ${"a".repeat(4000)}\r\n\r\n`), 431);
+  const many = Array.from({ length: 11 }, (_, i) => `X-${i}: v\r\n`).join("");
+  assert.equal(await status(`GET / HTTP/1.1\r\nHost: h\r\n${many}\r\n`), 431);
+  assert.equal(await status(`GET /${"u".repeat(200)} HTTP/1.1\r\nHost: h\r\n\r\n`), 414);
+  const big = `POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n${"b".repeat(5000)}`;
+  assert.equal(await status(big), 413, "a handler's BodyTooLarge is answered 413");
+  await s.shutdown();
+});
+
+t("http1 closes idle keep-alive connections and answers 408 to a stalled head", async () => {
+  const s = echo({ keepAliveTimeoutMs: 300, headersTimeoutMs: 300 });
+  const t0 = performance.now();
+  const idle = await exchange(s.addr.port, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 5000);
+  assert.equal(answers(idle).length, 1);
+  assert.ok(performance.now() - t0 < 4000, "the server closed the idle connection itself");
+  const stalled = answers(await exchange(s.addr.port, "GET / HTTP/1.1\r\nHo", 5000));
+  assert.equal(stalled[0].status, 408);
+  await s.shutdown();
+});
+
+t("http1 tells the handler when its client goes away", async () => {
+  let aborted = false;
+  const done = Promise.withResolvers<void>();
+  const s = serveHttp1({
+    port: 0,
+    handler: async (req, res) => {
+      req.onAbort(() => {
+        aborted = true;
+        done.resolve();
+      });
+      await done.promise;
+      await res.send(200, [], "late").catch(() => {});
+    },
+  });
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+  await c.write(enc.encode("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"));
+  await new Promise((r) => setTimeout(r, 50));
+  c.close();
+  await done.promise;
+  assert.ok(aborted);
+  await s.shutdown();
+});
+
+t(
+  "http1 sendResponse sends a complete body sized and streams one still being produced",
+  async () => {
+    const s = serveHttp1({
+      port: 0,
+      handler: async (req, res) => {
+        if (req.url === "/json") return await res.sendResponse(Response.json({ a: 1 }));
+        let i = 0;
+        const body = new ReadableStream<Uint8Array>({
+          async pull(c) {
+            await new Promise((r) => setTimeout(r, 20));
+            if (i++ < 3) c.enqueue(enc.encode(`data: ${i}\n\n`));
+            else c.close();
+          },
+        });
+        await res.sendResponse(
+          new Response(body, { headers: { "content-type": "text/event-stream" } }),
+        );
+      },
+    });
+    const [json, sse] = answers(
+      await exchange(s.addr.port, [
+        "GET /json HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /sse HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+      ]),
+    );
+    assert.match(json.head, /content-length: 7/);
+    assert.equal(json.body, '{"a":1}');
+    assert.match(sse.head, /transfer-encoding: chunked/);
+    assert.equal(sse.body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    await s.shutdown();
+  },
+);
+
+t(
+  "http1 survives malformed heads: every mutation gets an answer or a close, never a crash",
+  async () => {
+    const s = echo();
+    const rnd = rng(20261130);
+    const valid = "POST /fuzz?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody";
+    const alphabet = ["\r", "\n", " ", ":", "\0", "\x7f", "\xff", "0", "-", "chunked", "\t"];
+    const mutate = () => {
+      const chars = [...valid];
+      for (let k = 1 + Math.floor(rnd() * 4); k > 0; k--) {
+        const at = Math.floor(rnd() * chars.length);
+        const op = rnd();
+        if (op < 0.4) chars[at] = alphabet[Math.floor(rnd() * alphabet.length)];
+        else if (op < 0.7) chars.splice(at, 1);
+        else chars.splice(at, 0, alphabet[Math.floor(rnd() * alphabet.length)]);
+      }
+      return chars.join("");
+    };
+    for (let batch = 0; batch < 15; batch++) {
+      const texts = await Promise.all(
+        Array.from({ length: 20 }, () => exchange(s.addr.port, mutate(), 300)),
+      );
+      for (const text of texts) {
+        for (const a of answers(text)) {
+          assert.ok([200, 400, 408, 413, 414, 431, 501].includes(a.status), text);
+        }
+      }
+    }
+    // Still serving.
+    const ok = answers(await exchange(s.addr.port, valid.replace("HTTP/1.1", "HTTP/1.0")));
+    assert.equal(ok[0].status, 200);
+    await s.shutdown();
+  },
+);

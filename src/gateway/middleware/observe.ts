@@ -1,0 +1,149 @@
+/**
+ * Every call of a function — through `/funccall` or the OpenAI-style `/v1`
+ * routes, on the raw warm path or through Hono, answered by a worker or
+ * refused by the gateway — is counted in the metrics and written to the
+ * request audit the same way: one {@linkcode CallRecord} per call.
+ * {@linkcode observe} makes one for each Hono request it wraps.
+ *
+ * @module
+ */
+import type { MiddlewareHandler } from "hono";
+import { httpStatus, type InferxError, toInferxError } from "../../common/errors.ts";
+import type { AuditLog } from "../../audit/types.ts";
+import type { FunctionMetrics, GatewayMetrics } from "../metrics.ts";
+import type { Principal } from "../auth.ts";
+import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
+import type { Slot } from "../func_agent.ts";
+
+/** Where call outcomes go. */
+export interface ObserveOptions {
+  metrics: GatewayMetrics;
+  /** Where request rows go; none: no request audit. */
+  audit?: AuditLog;
+  /** This gateway's id, for audit rows. */
+  gatewayId: string;
+}
+
+/** The metrics label of calls whose function is not known. */
+export const UNKNOWN_FUNCTION = "(none)";
+
+/** The outcome of one call, recorded once. */
+export class CallRecord {
+  readonly #o: ObserveOptions;
+  readonly method: string;
+  readonly path: string;
+  readonly t0: number;
+  principal = "unauthenticated";
+  /** The function the call names (as given, for the audit). */
+  target?: FuncTarget;
+  #metrics?: FunctionMetrics;
+  status = 0;
+  #slot?: Slot;
+  #ttfbMs?: number;
+  #done = false;
+
+  constructor(o: ObserveOptions, method: string, path: string, t0: number) {
+    this.#o = o;
+    this.method = method;
+    this.path = path;
+    this.t0 = t0;
+  }
+
+  /** The function the call names; `known`: it exists (so it gets its own metric series). */
+  setTarget(target: FuncTarget, known: boolean): void {
+    this.target = target;
+    if (known) {
+      this.#metrics = this.#o.metrics.of(`${target.tenant}/${target.namespace}/${target.func}`);
+    }
+  }
+
+  /** A worker answered (its head). */
+  answered(a: CallAnswer): void {
+    this.status = a.status;
+    this.#slot = a.slot;
+    this.#ttfbMs = a.ttfbMs;
+    const m = this.#series();
+    m.request(a.status);
+    m.ttfb.observe(a.ttfbMs / 1000);
+    if (a.slot.coldStart) m.coldStarts++;
+    if (a.slot.resumed) m.resumes++;
+  }
+
+  /** The answer has been delivered (or broke off after its head): duration and audit row. */
+  finished(): void {
+    if (this.#done) return;
+    this.#done = true;
+    const ms = performance.now() - this.t0;
+    this.#series().duration.observe(ms / 1000);
+    this.#audit(ms);
+  }
+
+  /** The gateway answered an error itself. */
+  failed(err: InferxError): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.status = httpStatus(err.code);
+    const m = this.#series();
+    m.request(this.status);
+    this.#audit(performance.now() - this.t0, err.code);
+  }
+
+  /** The caller went away before an answer: recorded as 499, as nginx logs it. */
+  callerGone(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.status = 499;
+    this.#series().request(499);
+    this.#audit(performance.now() - this.t0, "caller_gone");
+  }
+
+  #series(): FunctionMetrics {
+    return this.#metrics ?? this.#o.metrics.of(UNKNOWN_FUNCTION);
+  }
+
+  #audit(latencyMs: number, error?: string): void {
+    const audit = this.#o.audit;
+    if (!audit) return;
+    const t = this.target;
+    const slot = this.#slot;
+    audit.request({
+      time: Math.round(Date.now() - latencyMs),
+      gateway: this.#o.gatewayId,
+      principal: this.principal,
+      tenant: t?.tenant ?? "",
+      namespace: t?.namespace ?? "",
+      func: t?.func ?? "",
+      method: this.method,
+      path: this.path,
+      status: this.status,
+      latencyMs,
+      ttfbMs: this.#ttfbMs,
+      coldStart: slot?.coldStart ?? false,
+      resumed: slot?.resumed ?? false,
+      pod: slot?.worker.podId,
+      error,
+    });
+  }
+}
+
+/** Hono variables the gateway's middleware set. */
+export interface GatewayVars {
+  principal: Principal;
+  t0: number;
+  call: CallRecord;
+}
+
+/**
+ * Records every call the wrapped routes answer: the route sets the target
+ * and the answer; a failure anywhere (authentication included) is recorded
+ * here with its status.
+ */
+export function observe(opts: ObserveOptions): MiddlewareHandler<{ Variables: GatewayVars }> {
+  return async function observe(c, next) {
+    const rec = new CallRecord(opts, c.req.method, c.req.path, c.var.t0 ?? performance.now());
+    c.set("call", rec);
+    await next();
+    if (c.error instanceof CallerGone) rec.callerGone();
+    else if (c.error) rec.failed(toInferxError(c.error));
+  };
+}

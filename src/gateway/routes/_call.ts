@@ -1,0 +1,57 @@
+/**
+ * A worker's answer as a `Response`, for the Hono call routes: the slot is
+ * freed and the call recorded when the body has been read to its end, or
+ * when the caller stops reading.
+ *
+ * @module
+ */
+import type { CallRecord } from "../middleware/observe.ts";
+import type { AbortSource, CallAnswer } from "../proxy.ts";
+
+const NULL_BODY = new Set([101, 204, 205, 304]);
+
+/** The `Response` for `answer`. */
+export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
+  const init = { status: answer.status, statusText: answer.statusText, headers: answer.headers };
+  if (answer.bytes || NULL_BODY.has(answer.status)) {
+    answer.finish(true);
+    rec.finished();
+    return new Response(NULL_BODY.has(answer.status) ? null : answer.bytes as BodyInit, init);
+  }
+  if (answer.length !== undefined) answer.headers.push(["content-length", String(answer.length)]);
+  let done = false;
+  const end = (delivered: boolean) => {
+    if (done) return;
+    done = true;
+    answer.finish(delivered);
+    rec.finished();
+  };
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const chunk = await answer.read();
+        if (chunk === null) {
+          controller.close();
+          end(true);
+        } else controller.enqueue(chunk);
+      } catch (err) {
+        end(false);
+        controller.error(err);
+      }
+    },
+    cancel() {
+      end(false);
+    },
+  });
+  return new Response(body, init);
+}
+
+/** A request's signal as an {@linkcode AbortSource}. */
+export function signalSource(signal: AbortSignal): AbortSource {
+  return {
+    onAbort(fn) {
+      if (signal.aborted) fn();
+      else signal.addEventListener("abort", fn, { once: true });
+    },
+  };
+}

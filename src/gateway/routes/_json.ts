@@ -1,0 +1,20 @@
+/**
+ * Reading a JSON request body for the management routes: bounded, with a
+ * clear 400 when it is not JSON.
+ *
+ * @module
+ */
+import { ValidationError } from "../../common/errors.ts";
+import { readLimited } from "../call.ts";
+import { BodyTooLarge } from "../http1/server.ts";
+
+/** The parsed JSON body of `req`, at most `limit` bytes. */
+export async function readJson(req: Request, limit: number): Promise<unknown> {
+  if (Number(req.headers.get("content-length") ?? 0) > limit) throw new BodyTooLarge(limit);
+  const bytes = await readLimited(req.body, limit);
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch (err) {
+    throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * API keys: `POST /apikeys` creates one (the key is in the answer, once),
+ * `GET /apikeys` lists those the caller may manage, `GET /apikeys/{id}`
+ * shows one, `DELETE /apikeys/{id}` revokes it. Only SHA-256 hashes are
+ * stored; a change reaches every gateway through its watch.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import { InferxError, invalidInput, NotFoundError } from "../../common/errors.ts";
+import { logger } from "../../common/log.ts";
+import { type ApiKeyRecord, ApiKeyRecordSchema, SCOPES } from "../../model/apikey.ts";
+import { isValidName, SYSTEM } from "../../model/keys.ts";
+import type { MetaClient } from "../../rpc/types.ts";
+import { authorize, hashKey, mayManageKey, newApiKey, type Principal } from "../auth.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { readJson } from "./_json.ts";
+
+const log = logger("gateway");
+
+const KeyRequestSchema = z.strictObject({
+  name: z.string().max(128).default(""),
+  scope: z.enum(SCOPES),
+  tenant: z.string().refine(isValidName, "not a valid tenant name").optional(),
+  namespace: z.string().refine(isValidName, "not a valid namespace name").optional(),
+  /** Lifetime in seconds; absent: the key does not expire. */
+  expires_in_s: z.number().positive().max(10 * 365 * 86400).optional(),
+}).refine((k) => k.namespace === undefined || k.tenant !== undefined, {
+  message: "a namespace restriction needs a tenant",
+  path: ["namespace"],
+});
+
+/** The API key routes, mounted at `/apikeys`. */
+export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  app.post("/", async (c) => {
+    const p = c.var.principal;
+    const req = KeyRequestSchema.safeParse(await readJson(c.req.raw, deps.bodyLimit));
+    if (!req.success) throw invalidInput("API key request", req.error);
+    const { scope, tenant, namespace, name, expires_in_s } = req.data;
+    checkKeyManager(p, { scope, tenant, namespace });
+    if (tenant !== undefined) {
+      const ref = namespace === undefined
+        ? { type: "tenant" as const, tenant: SYSTEM, namespace: SYSTEM, name: tenant }
+        : { type: "namespace" as const, tenant, namespace: SYSTEM, name: namespace };
+      if (!await deps.meta.get(ref)) {
+        throw new NotFoundError(
+          `Cannot create API key: ${ref.type} ${tenant}${
+            namespace ? `/${namespace}` : ""
+          } does not exist`,
+        );
+      }
+    }
+    const { id, key } = newApiKey();
+    const now = Date.now();
+    const rec: ApiKeyRecord = ApiKeyRecordSchema.parse({
+      id,
+      name,
+      hash: hashKey(key),
+      scope,
+      tenant,
+      namespace,
+      expiresAt: expires_in_s === undefined ? undefined : now + Math.round(expires_in_s * 1000),
+      createdAt: now,
+      createdBy: p.id,
+    });
+    await deps.meta.create({
+      type: "apikey",
+      tenant: SYSTEM,
+      namespace: SYSTEM,
+      name: id,
+      object: rec,
+    });
+    deps.auth.upsertKey(rec); // usable at once here; the watch brings it to other gateways
+    log.info("API key {id} ({scope}) created by {by}", { id, scope, by: p.id });
+    return c.json({ ...keyJson(rec), key }, 201);
+  });
+  app.get("/", async (c) => {
+    const p = c.var.principal;
+    if (p.anonymous) authorize(p, "write");
+    if (!p.grants.some((g) => g.scope === "full")) {
+      throw new InferxError("forbidden", `${p.id} may not manage API keys`);
+    }
+    const { items } = await deps.meta.list("apikey");
+    const keys = items.flatMap((r) => {
+      const k = ApiKeyRecordSchema.safeParse(JSON.parse(r.value));
+      return k.success && mayManageKey(p, k.data) ? [keyJson(k.data)] : [];
+    });
+    return c.json({ items: keys });
+  });
+  app.get(
+    "/:id",
+    async (c) => c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta))),
+  );
+  app.delete("/:id", async (c) => {
+    const rec = await managedKey(c.req.param("id"), c.var.principal, deps.meta);
+    await deps.meta.delete({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: rec.id });
+    deps.auth.removeKey(rec.id);
+    log.info("API key {id} revoked by {by}", { id: rec.id, by: c.var.principal.id });
+    return c.json({ revoked: rec.id });
+  });
+  return app;
+}
+
+/** The public view of a key: everything but its hash. */
+function keyJson(k: ApiKeyRecord) {
+  return {
+    id: k.id,
+    name: k.name,
+    scope: k.scope,
+    tenant: k.tenant ?? null,
+    namespace: k.namespace ?? null,
+    expires_at: k.expiresAt === undefined ? null : new Date(k.expiresAt).toISOString(),
+    created_at: new Date(k.createdAt).toISOString(),
+    created_by: k.createdBy,
+  };
+}
+
+function checkKeyManager(
+  p: Principal,
+  key: { scope: ApiKeyRecord["scope"]; tenant?: string; namespace?: string },
+) {
+  if (mayManageKey(p, key)) return;
+  if (p.anonymous) authorize(p, "write", key.tenant, key.namespace);
+  const where = key.tenant === undefined
+    ? "cluster-wide"
+    : `for ${key.tenant}${key.namespace ? `/${key.namespace}` : ""}`;
+  throw new InferxError("forbidden", `${p.id} may not manage ${key.scope} API keys ${where}`);
+}
+
+async function managedKey(id: string, p: Principal, meta: MetaClient): Promise<ApiKeyRecord> {
+  if (p.anonymous) authorize(p, "write");
+  const rec = isValidName(id)
+    ? await meta.get({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: id })
+    : undefined;
+  const k = rec && ApiKeyRecordSchema.safeParse(JSON.parse(rec.value));
+  if (!k?.success) throw new NotFoundError(`API key ${id} does not exist`);
+  if (!mayManageKey(p, k.data)) checkKeyManager(p, k.data);
+  return k.data;
+}

@@ -1,0 +1,68 @@
+import assert from "node:assert/strict";
+import { gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+const ADMIN = { authorization: "Bearer admin-key-0123456789" };
+
+t("API keys are created once in the clear, listed without secrets, then revoked", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const created = await f.app.request("/apikeys", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...ADMIN },
+    body: JSON.stringify({ scope: "inference", tenant: "t", namespace: "n", name: "ci" }),
+  });
+  assert.equal(created.status, 201);
+  const key = await created.json();
+  assert.match(key.key, /^ixk_/);
+  const list = await (await f.app.request("/apikeys", { headers: ADMIN })).json();
+  assert.deepEqual(list.items.map((k: { id: string }) => k.id), [key.id]);
+  assert.ok(!JSON.stringify(list).includes(key.key), "the list never shows a key");
+  // The new key calls the function's namespace and nothing else.
+  const mine = { authorization: `Bearer ${key.key}` };
+  assert.equal((await f.app.request("/v1/models", { headers: mine })).status, 200);
+  const other = await f.app.request("/objects/function/t/n", { headers: mine });
+  assert.equal(other.status, 403);
+  await other.body?.cancel();
+  const shown = await (await f.app.request(`/apikeys/${key.id}`, { headers: ADMIN })).json();
+  assert.equal(shown.name, "ci");
+  const revoked = await f.app.request(`/apikeys/${key.id}`, { method: "DELETE", headers: ADMIN });
+  assert.deepEqual(await revoked.json(), { revoked: key.id });
+  const after = await f.app.request("/v1/models", { headers: mine });
+  assert.equal(after.status, 401);
+  await after.body?.cancel();
+  await f.close();
+});
+
+t(
+  "API key requests are checked: bad fields 400, missing tenant 404, no manager 401/403",
+  async () => {
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    const post = (body: unknown, headers: Record<string, string> = ADMIN) =>
+      f.app.request("/apikeys", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
+    const cases: [unknown, Record<string, string>, number, RegExp][] = [
+      [{ scope: "root" }, ADMIN, 400, /scope/],
+      [{ scope: "read", namespace: "n" }, ADMIN, 400, /namespace restriction needs a tenant/],
+      [{ scope: "read", tenant: "zz" }, ADMIN, 404, /tenant zz does not exist/],
+      [{ scope: "read" }, {}, 401, /Credentials required/],
+    ];
+    for (const [body, headers, status, re] of cases) {
+      const r = await post(body, headers);
+      assert.equal(r.status, status, JSON.stringify(body));
+      assert.match((await r.json()).error.message, re);
+    }
+    const reader = await (await post({ scope: "read", tenant: "t" })).json();
+    const r = await post({ scope: "read", tenant: "t" }, { authorization: `Bearer ${reader.key}` });
+    assert.equal(r.status, 403);
+    assert.match((await r.json()).error.message, /may not manage read API keys for t/);
+    const missing = await f.app.request("/apikeys/nope", { headers: ADMIN });
+    assert.equal(missing.status, 404);
+    await missing.body?.cancel();
+    await f.close();
+  },
+);

@@ -1,0 +1,38 @@
+import assert from "node:assert/strict";
+import { gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t("the audit routes filter request rows and refuse bad queries", async () => {
+  const f = await gatewayFixture();
+  await (await f.app.request("/funccall/t/n/nope/x")).body?.cancel();
+  await (await f.app.request("/funccall/t/n/other/x")).body?.cancel();
+  const all = await (await f.app.request("/audit/requests?tenant=t")).json();
+  assert.deepEqual(all.items.map((r: { func: string }) => r.func), ["other", "nope"]);
+  const one = await (await f.app.request("/audit/requests?tenant=t&func=nope&limit=5")).json();
+  assert.deepEqual(one.items.map((r: { func: string }) => r.func), ["nope"]);
+  assert.equal(one.stats.backend, "embedded");
+  const stats = await (await f.app.request("/audit/stats")).json();
+  assert.equal(stats.healthy, true);
+  const cases: [string, number, RegExp][] = [
+    ["/audit/requests?func=f", 400, /need tenant/],
+    ["/audit/requests?tenant=t&limit=-1", 400, /limit/],
+    ["/audit/requests?tenant=t&since=soon", 400, /since/],
+    ["/audit/things", 404, /No audit of "things"/],
+  ];
+  for (const [path, status, re] of cases) {
+    const r = await f.app.request(path);
+    assert.equal(r.status, status, path);
+    assert.match((await r.json()).error.message, re);
+  }
+  await f.close();
+});
+
+t("the audit needs a read grant: anonymous callers get 401", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const r = await f.app.request("/audit/requests?tenant=t");
+  assert.equal(r.status, 401);
+  await r.body?.cancel();
+  await f.close();
+});

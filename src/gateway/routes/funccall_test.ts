@@ -1,0 +1,226 @@
+import assert from "node:assert/strict";
+import { InferxError } from "../../common/errors.ts";
+import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+
+const call = (
+  app: GatewayFixture["app"],
+  body: unknown = { prompt: "x" },
+  headers: Record<string, string> = {},
+) =>
+  app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t("gateway proxies to a leased worker, marks the cold start, then reuses it warm", async () => {
+  const f = await gatewayFixture();
+  const w = fakeWorker("w1");
+  f.sched.endpoints.push(w.endpoint);
+  const r1 = await call(f.app);
+  assert.equal(r1.status, 200);
+  assert.equal(r1.headers.get("x-inferx-cold-start"), "1");
+  assert.ok(Number(r1.headers.get("x-inferx-ttfb-ms")) >= 0);
+  assert.deepEqual(await r1.json(), {
+    worker: "w1",
+    path: "/v1/completions",
+    body: '{"prompt":"x"}',
+  });
+  const r2 = await call(f.app);
+  assert.equal(r2.headers.get("x-inferx-cold-start"), "0");
+  await r2.body?.cancel();
+  assert.equal(f.sched.leases.length, 1, "the warm call made no scheduler call");
+  await f.close();
+  await w.close();
+});
+
+t("gateway answers 404 for an unknown function", async () => {
+  const f = await gatewayFixture();
+  const r = await f.app.request("/funccall/t/n/nope/v1/completions");
+  assert.equal(r.status, 404);
+  assert.match((await r.json()).error.message, /t\/n\/nope does not exist/);
+  await f.close();
+});
+
+t("gateway answers 400 for malformed JSON without leasing a worker", async () => {
+  const f = await gatewayFixture();
+  const r = await call(f.app, "{oops");
+  assert.equal(r.status, 400);
+  assert.match((await r.json()).error.message, /not valid JSON/);
+  assert.equal(f.sched.leases.length, 0);
+  await f.close();
+});
+
+t("gateway answers 413 for a body over the limit, declared or streamed", async () => {
+  const f = await gatewayFixture({ bodyLimit: 100 });
+  const big = JSON.stringify({ prompt: "x".repeat(200) });
+  const r = await call(f.app, big);
+  assert.equal(r.status, 413);
+  assert.match((await r.json()).error.message, /limit of 100 bytes/);
+  const chunked = await f.app.request("/funccall/t/n/f/upload", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: new Blob([big]).stream(),
+  });
+  assert.equal(chunked.status, 413);
+  await chunked.body?.cancel();
+  await f.close();
+});
+
+t("gateway answers 503 when the queue is full and 504 when the wait runs out", async () => {
+  const f = await gatewayFixture({ policy: { queue_len: 1, queue_timeout: 0.3 } });
+  f.sched.hang = true;
+  const first = call(f.app);
+  await new Promise((r) => setTimeout(r, 20));
+  const full = await call(f.app);
+  assert.equal(full.status, 503);
+  assert.match((await full.json()).error.message, /queue is full \(1 waiting\)/);
+  const timedOut = await first;
+  assert.equal(timedOut.status, 504);
+  assert.match((await timedOut.json()).error.message, /no worker was free within 300 ms/);
+  await f.close();
+});
+
+t("gateway honours X-Inferx-Timeout up to the policy's queue_timeout", async () => {
+  const f = await gatewayFixture({ policy: { queue_timeout: 30 } });
+  f.sched.hang = true;
+  const t0 = performance.now();
+  const r = await call(f.app, { prompt: "x" }, { "x-inferx-timeout": "0.1" });
+  assert.equal(r.status, 504);
+  await r.body?.cancel();
+  assert.ok(performance.now() - t0 < 5000);
+  const bad = await call(f.app, { prompt: "x" }, { "x-inferx-timeout": "soon" });
+  assert.equal(bad.status, 400);
+  await bad.body?.cancel();
+  await f.close();
+});
+
+t("gateway retries on another worker when one refuses the connection", async () => {
+  const f = await gatewayFixture();
+  const dead = fakeWorker("dead");
+  await dead.close();
+  const live = fakeWorker("live");
+  f.sched.endpoints.push(dead.endpoint, live.endpoint);
+  const r = await call(f.app);
+  assert.equal(r.status, 200);
+  assert.equal((await r.json()).worker, "live");
+  assert.deepEqual(f.sched.returns, [{ podId: "pod-1", failed: true }]);
+  await f.close();
+  await live.close();
+});
+
+t("gateway retries a 503 answer on another free worker", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, scaleout_policy: { wait_ratio: 0 } } });
+  const busy = fakeWorker("busy", { status: 503, delayMs: 100 });
+  const ok = fakeWorker("ok");
+  f.sched.endpoints.push(busy.endpoint);
+  const a = call(f.app); // leases busy and holds its only slot for 100 ms
+  await new Promise((r) => setTimeout(r, 20));
+  f.sched.endpoints.push(ok.endpoint);
+  const b = await call(f.app); // queue pressure leases ok
+  assert.equal((await b.json()).worker, "ok");
+  const ra = await a;
+  assert.equal(ra.status, 200, "busy answered 503 once ok was free: retried there");
+  assert.equal((await ra.json()).worker, "ok");
+  const c = await call(f.app); // busy is first in line and free; its 503 is retried on ok
+  assert.equal(c.status, 200);
+  assert.equal((await c.json()).worker, "ok");
+  assert.equal(f.sched.leases.length, 2);
+  await f.close();
+  await busy.close();
+  await ok.close();
+});
+
+t("gateway passes a 503 answer through when no other worker is free", async () => {
+  const f = await gatewayFixture();
+  const busy = fakeWorker("busy", { status: 503 });
+  f.sched.endpoints.push(busy.endpoint);
+  const r = await call(f.app);
+  assert.equal(r.status, 503);
+  assert.equal((await r.json()).worker, "busy");
+  await f.close();
+  await busy.close();
+});
+
+t("gateway returns a worker idle past scalein_timeout", async () => {
+  const f = await gatewayFixture({ policy: { scalein_timeout: 0.05 } });
+  const w = fakeWorker("w");
+  f.sched.endpoints.push(w.endpoint);
+  await (await call(f.app)).body?.cancel();
+  const agent = f.cache.agent("t", "n", "f")!;
+  assert.equal(agent.workers.length, 1);
+  agent.sweep(performance.now() + 100);
+  assert.equal(agent.workers.length, 0);
+  assert.deepEqual(f.sched.returns, [{ podId: "pod-1", failed: false }]);
+  await f.close();
+  await w.close();
+});
+
+t("gateway passes a worker start failure to the caller as 503 with its message", async () => {
+  const f = await gatewayFixture();
+  f.sched.failWith = new InferxError(
+    "worker_failed",
+    "Worker pod-9 failed to start: exit code 3; last output:\nno weights",
+  );
+  const r = await call(f.app);
+  assert.equal(r.status, 503);
+  assert.match((await r.json()).error.message, /no weights/);
+  await f.close();
+});
+
+t("every outcome of a call is counted in the metrics and written to the audit", async () => {
+  const f = await gatewayFixture();
+  const w = fakeWorker("w");
+  f.sched.endpoints.push(w.endpoint);
+  assert.equal((await call(f.app)).status, 200);
+  await (await f.app.request("/funccall/t/n/nope/x")).body?.cancel(); // 404: no such function
+  await (await call(f.app, "{oops")).body?.cancel(); // 400
+  const text = await (await f.app.request("/metrics")).text();
+  assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="200"\} 1/);
+  assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="400"\} 1/);
+  assert.match(text, /inferx_requests_total\{function="\(none\)",code="404"\} 1/);
+  assert.match(text, /inferx_time_to_first_byte_seconds_count\{function="t\/n\/f"\} 1/);
+  assert.deepEqual(
+    f.audit.requests.map((r) => [r.func, r.status, r.error ?? null, r.pod ?? null]),
+    [["f", 200, null, "pod-1"], ["nope", 404, "not_found", null], ["f", 400, "invalid", null]],
+  );
+  assert.ok(f.audit.requests.every((r) => r.principal === "admin" && r.latencyMs >= 0));
+  await f.close();
+  await w.close();
+});
+
+t("a call refused by authentication is recorded with its 401", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const r = await call(f.app, { prompt: "x" }, { authorization: "Bearer wrong" });
+  assert.equal(r.status, 401);
+  assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
+  await r.body?.cancel();
+  assert.deepEqual(
+    f.audit.requests.map((x) => [x.principal, x.status, x.error]),
+    [["unauthenticated", 401, "unauthenticated"]],
+  );
+  assert.equal(f.sched.leases.length, 0);
+  await f.close();
+});
+
+t("the platform's credentials are not forwarded to the worker when auth is on", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const seen: string[] = [];
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req) => {
+    seen.push(...req.headers.keys());
+    return new Response("ok");
+  });
+  f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+  const r = await call(f.app, { prompt: "x" }, {
+    authorization: "Bearer admin-key-0123456789",
+    "x-trace": "1",
+  });
+  assert.equal(await r.text(), "ok");
+  assert.ok(seen.includes("x-trace"));
+  assert.ok(!seen.includes("authorization"));
+  await f.close();
+  await server.shutdown();
+});

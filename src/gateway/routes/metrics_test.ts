@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import { fakeWorker, gatewayFixture } from "../testing.ts";
+
+Deno.test({
+  name: "/metrics serves the call series as Prometheus text, histograms cumulative",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const f = await gatewayFixture();
+    const w = fakeWorker("w");
+    f.sched.endpoints.push(w.endpoint);
+    for (let i = 0; i < 3; i++) {
+      await (await f.app.request("/funccall/t/n/f/x", { method: "POST", body: "{}" })).text();
+    }
+    const r = await f.app.request("/metrics");
+    assert.match(r.headers.get("content-type") ?? "", /text\/plain/);
+    const text = await r.text();
+    assert.match(text, /# TYPE inferx_time_to_first_byte_seconds histogram/);
+    const buckets = [...text.matchAll(
+      /inferx_time_to_first_byte_seconds_bucket\{function="t\/n\/f",le="([^"]+)"\} (\d+)/g,
+    )].map((m) => Number(m[2]));
+    assert.equal(buckets.length, 15);
+    assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b), "cumulative");
+    assert.equal(buckets.at(-1), 3);
+    assert.match(text, /inferx_request_duration_seconds_count\{function="t\/n\/f"\} 3/);
+    assert.match(text, /inferx_leased_workers\{function="t\/n\/f"\} 1/);
+    await f.close();
+    await w.close();
+  },
+});

@@ -1,0 +1,184 @@
+/**
+ * Objects and the cluster's state: `PUT|POST /object/` (create, update at a
+ * revision), `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
+ * `GET /objects/{type}[/{tenant}/{namespace}]`, `GET /nodes`,
+ * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`. Every change goes
+ * through the state service, which validates it.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
+import { decodeNode, decodePod } from "../../model/cluster.ts";
+import { isUserType, type UserType } from "../../model/keys.ts";
+import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
+import type { MetaRecord } from "../../rpc/types.ts";
+import { type Action, allows, authorize, type Principal } from "../auth.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { readJson } from "./_json.ts";
+
+/** The object, node and pod routes, mounted at `/`. */
+export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  const limit = deps.bodyLimit;
+  app.put("/object/", async (c) => {
+    const input = objectInput(await readJson(c.req.raw, limit));
+    authorizeObject(c.var.principal, "write", input);
+    const rec = await deps.meta.create(input);
+    return c.json(recordJson(rec), 201);
+  });
+  app.post("/object/", async (c) => {
+    const input = objectInput(await readJson(c.req.raw, limit));
+    if (input.revision === undefined) {
+      throw new ValidationError(
+        "Invalid update: revision is required (the revision you read, for compare-and-swap)",
+        "revision",
+      );
+    }
+    authorizeObject(c.var.principal, "write", input);
+    return c.json(recordJson(await deps.meta.update(input)));
+  });
+  app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const type = userType(c.req.param("type"));
+    authorizeObject(c.var.principal, "read", { type, tenant, namespace, name });
+    const rec = await deps.meta.get({ type, tenant, namespace, name });
+    if (!rec) throw new NotFoundError(`${type} ${tenant}/${namespace}/${name} does not exist`);
+    return c.json(recordJson(rec));
+  });
+  app.delete("/object/:type/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const type = userType(c.req.param("type"));
+    authorizeObject(c.var.principal, "write", { type, tenant, namespace, name });
+    const q = c.req.query("revision");
+    const revision = q === undefined ? undefined : Number(q);
+    if (revision !== undefined && !Number.isInteger(revision)) {
+      throw new ValidationError(`Invalid revision "${q}": not an integer`, "revision");
+    }
+    const at = await deps.meta.delete({ type, tenant, namespace, name }, revision);
+    return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
+  });
+  app.get("/objects/:type/:tenant/:namespace", async (c) => {
+    const { tenant, namespace } = c.req.param();
+    const type = userType(c.req.param("type"));
+    const p = c.var.principal;
+    if (type === "function" || type === "funcpolicy") authorize(p, "read", tenant, namespace);
+    else if (
+      !p.grants.some((g) => g.scope !== "inference" && (g.tenant ?? tenant) === tenant)
+    ) {
+      // Namespaces (and tenants) of a tenant: whoever reads anything in it sees what it may.
+      authorize(p, "read", tenant);
+    }
+    const { items, revision } = await deps.meta.list(type, tenant, namespace);
+    return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
+  });
+  app.get("/objects/:type", async (c) => {
+    const type = userType(c.req.param("type"));
+    const p = c.var.principal;
+    if (p.anonymous) authorize(p, "read");
+    const { items, revision } = await deps.meta.list(type);
+    return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
+  });
+  app.get("/nodes", async (c) => {
+    authorize(c.var.principal, "read");
+    const { items } = await deps.meta.list("node");
+    return c.json(items.map((r) => decodeNode(r.value)));
+  });
+  app.get("/pods/:tenant/:namespace/:func", async (c) => {
+    const { tenant, namespace, func } = c.req.param();
+    authorize(c.var.principal, "read", tenant, namespace);
+    const { items } = await deps.meta.list("pod", tenant, namespace);
+    return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
+  });
+  app.get("/pods/:tenant/:namespace/:func/:pod/log", async (c) => {
+    const { tenant, namespace, func, pod: podId } = c.req.param();
+    authorize(c.var.principal, "read", tenant, namespace);
+    const rec = await deps.meta.get({ type: "pod", tenant, namespace, name: podId });
+    const pod = rec && decodePod(rec.value);
+    if (!pod || pod.func !== func) {
+      throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
+    }
+    const nodeRec = await deps.meta.get({
+      type: "node",
+      tenant: "system",
+      namespace: "system",
+      name: pod.node,
+    });
+    const agent = nodeRec && deps.nodeAgent?.(decodeNode(nodeRec.value));
+    if (!agent) throw new InferxError("unavailable", `Cannot reach the agent of node ${pod.node}`);
+    const q = c.req.query("lines");
+    const lines = q === undefined ? 50 : Number(q);
+    if (!Number.isInteger(lines) || lines < 1 || lines > 10_000) {
+      throw new ValidationError(`Invalid lines "${q}": an integer from 1 to 10000`, "lines");
+    }
+    return c.text(await agent.readPodLog(podId, lines));
+  });
+  return app;
+}
+
+/** Where an object lives for authorization: a tenant is its own scope; a namespace too. */
+function objectScope(
+  o: { type: string; tenant: string; namespace: string; name: string },
+): [string | undefined, string | undefined] {
+  if (o.type === "tenant") return [o.name, undefined];
+  if (o.type === "namespace") return [o.tenant, o.name];
+  return [o.tenant, o.namespace];
+}
+
+function authorizeObject(
+  p: Principal,
+  action: Action,
+  o: { type: string; tenant: string; namespace: string; name: string },
+) {
+  if (action === "write" && o.type === "tenant") return authorize(p, "write"); // quotas live there
+  if (action === "write" && o.type === "namespace") return authorize(p, "write", o.tenant);
+  const [t, ns] = objectScope(o);
+  authorize(p, action, t, ns);
+}
+
+function mayRead(p: Principal, rec: MetaRecord): boolean {
+  const [t, ns] = objectScope(rec);
+  return allows(p, "read", t, ns);
+}
+
+function userType(s: string): UserType {
+  if (!isUserType(s)) {
+    throw new ValidationError(
+      `Invalid type "${s}": must be one of tenant, namespace, function, funcpolicy`,
+      "type",
+    );
+  }
+  return s;
+}
+
+function recordJson(rec: MetaRecord): Record<string, unknown> {
+  return userObjectToJson(decodeStoredUserObject(rec.value, rec.revision));
+}
+
+/** The `{type, tenant, namespace, name, object, revision?}` envelope of a change. */
+function objectInput(body: unknown) {
+  if (!body || typeof body !== "object" || Array.isArray(body)) {
+    throw new ValidationError("Invalid object envelope: body must be a JSON object");
+  }
+  const b = body as Record<string, unknown>;
+  if (typeof b.type !== "string") {
+    throw new ValidationError("Invalid object envelope: type: must be a string", "type");
+  }
+  const type = userType(b.type);
+  for (const f of ["tenant", "namespace", "name"]) {
+    if (typeof b[f] !== "string") {
+      throw new ValidationError(`Invalid object envelope: ${f}: must be a string`, f);
+    }
+  }
+  if (b.revision !== undefined && !Number.isInteger(b.revision)) {
+    throw new ValidationError("Invalid object envelope: revision: must be an integer", "revision");
+  }
+  return {
+    type,
+    tenant: b.tenant as string,
+    namespace: b.namespace as string,
+    name: b.name as string,
+    object: b.object,
+    revision: b.revision as number | undefined,
+  };
+}

@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t("object API creates, reads, updates with compare-and-swap, lists and deletes", async () => {
+  const f = await gatewayFixture();
+  const put = await f.app.request("/object/", {
+    method: "PUT",
+    body: JSON.stringify({
+      type: "funcpolicy",
+      tenant: "t",
+      namespace: "n",
+      name: "p",
+      object: { max_replica: 3 },
+    }),
+  });
+  assert.equal(put.status, 201);
+  const created = await put.json();
+  assert.equal(created.object.spec.max_replica, 3);
+  assert.equal(created.object.spec.parallel, 50);
+  const again = await f.app.request("/object/", {
+    method: "PUT",
+    body: JSON.stringify({
+      type: "funcpolicy",
+      tenant: "t",
+      namespace: "n",
+      name: "p",
+      object: {},
+    }),
+  });
+  assert.equal(again.status, 409);
+  await again.body?.cancel();
+  const upd = (rev: number) =>
+    f.app.request("/object/", {
+      method: "POST",
+      body: JSON.stringify({
+        type: "funcpolicy",
+        tenant: "t",
+        namespace: "n",
+        name: "p",
+        revision: rev,
+        object: { max_replica: 4 },
+      }),
+    });
+  const ok = await upd(created.revision);
+  assert.equal(ok.status, 200);
+  const stale = await upd(created.revision);
+  assert.equal(stale.status, 409);
+  assert.match((await stale.json()).error.message, /it changed/);
+  const got = await (await f.app.request("/object/funcpolicy/t/n/p")).json();
+  assert.equal(got.object.spec.max_replica, 4);
+  const list = await (await f.app.request("/objects/funcpolicy/t/n")).json();
+  assert.deepEqual(list.items.map((o: { name: string }) => o.name), ["p"]);
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p", { method: "DELETE" })).status, 200);
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 404);
+  await (await f.app.request("/object/funcpolicy/t/n/p")).body?.cancel();
+  await ok.body?.cancel();
+  await f.close();
+});
+
+t(
+  "object API refuses bad input with 400 naming the field, and missing parents with 404",
+  async () => {
+    const f = await gatewayFixture();
+    const send = (body: unknown) =>
+      f.app.request("/object/", {
+        method: "PUT",
+        body: typeof body === "string" ? body : JSON.stringify(body),
+      });
+    const cases: [unknown, number, RegExp][] = [
+      ["{", 400, /not valid JSON/],
+      [{ type: "node", tenant: "t", namespace: "n", name: "x" }, 400, /type/],
+      [
+        {
+          type: "function",
+          tenant: "t",
+          namespace: "n",
+          name: "g",
+          object: { spec: { image: 5 } },
+        },
+        400,
+        /image/,
+      ],
+      [
+        { type: "function", tenant: "t", namespace: "zz", name: "g", object: { image: "x" } },
+        404,
+        /namespace t\/zz does not exist/,
+      ],
+      [
+        {
+          type: "function",
+          tenant: "t",
+          namespace: "n",
+          name: "g",
+          object: { image: "x", policy: { Link: { name: "nope" } } },
+        },
+        404,
+        /funcpolicy t\/n\/nope/,
+      ],
+    ];
+    for (const [body, status, re] of cases) {
+      const r = await send(body);
+      assert.equal(r.status, status, JSON.stringify(body));
+      assert.match((await r.json()).error.message, re);
+    }
+    const notEmpty = await f.app.request("/object/namespace/t/system/n", { method: "DELETE" });
+    assert.equal(notEmpty.status, 409);
+    assert.match((await notEmpty.json()).error.message, /still has 1 function/);
+    await f.close();
+  },
+);

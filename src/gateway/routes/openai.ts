@@ -1,0 +1,54 @@
+/**
+ * OpenAI-compatible routes: `GET /v1/models` lists the functions the caller
+ * may call as models named `tenant/namespace/name`; `POST /v1/completions`
+ * and `POST /v1/chat/completions` call the function the body's `model`
+ * names. Any OpenAI client works with base URL `http://gateway/v1`.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { allows } from "../auth.ts";
+import { openaiInput, requestCall } from "../call.ts";
+import { forward } from "../proxy.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { callResponse, signalSource } from "./_call.ts";
+
+/** The OpenAI-style calls handled by the raw listener's warm path too. */
+export const OPENAI_CALL_PATHS: ReadonlySet<string> = new Set([
+  "/v1/completions",
+  "/v1/chat/completions",
+]);
+
+/** The `/v1` routes, mounted at `/v1`. */
+export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  const ctx = { cache: deps.cache, bodyLimit: deps.bodyLimit, authEnabled: deps.auth.enabled };
+  app.get("/models", (c) => {
+    const p = c.var.principal;
+    return c.json({
+      object: "list",
+      data: deps.cache.functionIds().filter((id) => {
+        const [t, ns] = id.split("/");
+        return allows(p, "inference", t, ns);
+      }).map((id) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] })),
+    });
+  });
+  for (const path of OPENAI_CALL_PATHS) {
+    app.post(path.slice("/v1".length), async (c) => {
+      const rec = c.var.call;
+      const req = c.req.raw;
+      const input = await openaiInput(
+        ctx,
+        c.var.principal,
+        requestCall(req),
+        path,
+        rec.t0,
+        (t, known) => rec.setTarget(t, known),
+      );
+      const answer = await forward(deps, input, signalSource(req.signal));
+      rec.answered(answer);
+      return callResponse(answer, rec);
+    });
+  }
+  return app;
+}

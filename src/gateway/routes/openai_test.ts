@@ -1,0 +1,88 @@
+import assert from "node:assert/strict";
+import { fakeWorker, gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+const complete = (
+  f: Awaited<ReturnType<typeof gatewayFixture>>,
+  body: unknown,
+  headers: Record<string, string> = {},
+) =>
+  f.app.request("/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+
+t("/v1/models lists the functions as models named tenant/namespace/name", async () => {
+  const f = await gatewayFixture();
+  const r = await f.app.request("/v1/models");
+  assert.deepEqual(await r.json(), {
+    object: "list",
+    data: [{ id: "t/n/f", object: "model", created: 0, owned_by: "t" }],
+  });
+  await f.close();
+});
+
+t("/v1/completions calls the function the model names, by full id or bare name", async () => {
+  const f = await gatewayFixture();
+  const w = fakeWorker("w");
+  f.sched.endpoints.push(w.endpoint);
+  for (const model of ["t/n/f", "f"]) {
+    const r = await complete(f, { model, prompt: "x" });
+    assert.equal(r.status, 200);
+    const body = await r.json();
+    assert.equal(body.path, "/v1/completions");
+    assert.equal(JSON.parse(body.body).model, model);
+  }
+  const chat = await f.app.request("/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "f", messages: [] }),
+  });
+  assert.equal((await chat.json()).path, "/v1/chat/completions");
+  await f.close();
+  await w.close();
+});
+
+t("/v1 refuses bad calls with clear errors", async () => {
+  const f = await gatewayFixture();
+  const cases: [unknown, Record<string, string>, number, RegExp][] = [
+    [{ prompt: "x" }, {}, 400, /model/],
+    [{ model: "t/n/nope" }, {}, 404, /model t\/n\/nope does not exist/],
+    [{ model: "nope" }, {}, 404, /model nope does not exist/],
+    ["{oops", {}, 400, /not valid JSON/],
+    [{ model: "f" }, { "content-type": "text/plain" }, 400, /takes a JSON body/],
+  ];
+  for (const [body, headers, status, re] of cases) {
+    const r = await complete(f, body, headers);
+    assert.equal(r.status, status, JSON.stringify(body));
+    assert.match((await r.json()).error.message, re);
+  }
+  await f.close();
+});
+
+t("a failing /v1 call is counted in the metrics and the audit like a /funccall one", async () => {
+  const f = await gatewayFixture();
+  await (await complete(f, { model: "t/n/nope" })).body?.cancel();
+  await (await complete(f, { model: "f", prompt: 1 }, { "x-inferx-timeout": "never" })).body
+    ?.cancel();
+  await (await f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-timeout": "never" },
+    body: "{}",
+  })).body?.cancel();
+  const text = await (await f.app.request("/metrics")).text();
+  assert.match(text, /inferx_requests_total\{function="\(none\)",code="404"\} 1/);
+  assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="400"\} 2/);
+  assert.deepEqual(
+    f.audit.requests.map((r) => [r.path, r.tenant, r.func, r.status, r.error]),
+    [
+      ["/v1/completions", "t", "nope", 404, "not_found"],
+      ["/v1/completions", "t", "f", 400, "invalid"],
+      ["/funccall/t/n/f/v1/completions", "t", "f", 400, "invalid"],
+    ],
+  );
+  await f.close();
+});

@@ -1,0 +1,143 @@
+/**
+ * The gateway's listener, on the raw HTTP/1.1 server (`http1/server.ts`):
+ * calls of functions (`/funccall/...`, `POST /v1/completions`,
+ * `POST /v1/chat/completions`) take the warm path — authenticate from the
+ * key cache, take a slot, forward, write the worker's answer, release,
+ * count — without `Request`/`Response` objects; every other route is built
+ * into a `Request` and answered by the Hono app. Both paths prepare calls
+ * (`call.ts`), forward them (`proxy.ts`) and record them
+ * (`middleware/observe.ts`) with the same code.
+ *
+ * @module
+ */
+import type { Hono } from "hono";
+import { toInferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
+import {
+  type Http1Limits,
+  type Http1Request,
+  type Http1Response,
+  type Http1Server,
+  serveHttp1,
+  toRequest,
+} from "./http1/server.ts";
+import { errorAnswer } from "./middleware/errors.ts";
+import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
+import { type CallAnswer, CallerGone, type CallInput, forward, type FuncTarget } from "./proxy.ts";
+import { OPENAI_CALL_PATHS } from "./routes/openai.ts";
+import type { GatewayEnv, RouteDeps } from "./types.ts";
+
+const log = logger("gateway");
+
+/** Options of {@linkcode serveGateway}. */
+export interface GatewayServerOptions extends Partial<Http1Limits> {
+  /** @default "127.0.0.1" */
+  hostname?: string;
+  port: number;
+  /** Share the port with other gateway processes (SO_REUSEPORT). @default false */
+  reusePort?: boolean;
+}
+
+/** Serves `app` on a socket, with calls of functions on the warm path. */
+export function serveGateway(
+  app: Hono<GatewayEnv>,
+  deps: RouteDeps,
+  options: GatewayServerOptions,
+): Http1Server {
+  const ctx: CallContext = {
+    cache: deps.cache,
+    bodyLimit: deps.bodyLimit,
+    authEnabled: deps.auth.enabled,
+  };
+  const observed: ObserveOptions = {
+    metrics: deps.metrics,
+    audit: deps.audit,
+    gatewayId: deps.gatewayId,
+  };
+
+  async function call(
+    req: Http1Request,
+    res: Http1Response,
+    path: string,
+    parsed?: { target: FuncTarget; path: string },
+  ) {
+    const t0 = performance.now();
+    const rec = new CallRecord(observed, req.method, path, t0);
+    let answer: CallAnswer;
+    try {
+      const p = deps.auth.authenticate(req);
+      const principal = p instanceof Promise ? await p : p;
+      rec.principal = principal.id;
+      let input: CallInput;
+      if (parsed) {
+        const { tenant, namespace, func } = parsed.target;
+        rec.setTarget(parsed.target, deps.cache.agent(tenant, namespace, func) !== undefined);
+        input = await funccallInput(ctx, principal, req, parsed.target, parsed.path, t0);
+      } else {
+        input = await openaiInput(ctx, principal, req, path, t0, (t, k) => rec.setTarget(t, k));
+      }
+      answer = await forward(deps, input, req);
+      rec.answered(answer);
+    } catch (err) {
+      if (err instanceof CallerGone) return rec.callerGone();
+      const e = toInferxError(err);
+      if (e.code === "internal") log.error("Call failed: {error}", { error: String(err) });
+      rec.failed(e);
+      const a = errorAnswer(e);
+      return await res.send(a.status, a.headers, a.body);
+    }
+    if (answer.bytes !== undefined) {
+      answer.finish(true);
+      try {
+        await res.send(answer.status, answer.headers, answer.bytes, answer.statusText);
+      } finally {
+        rec.finished();
+      }
+      return;
+    }
+    try {
+      await res.start(answer.status, answer.headers, answer.length, answer.statusText);
+      for (let c; (c = await answer.read()) !== null;) await res.write(c);
+      await res.end();
+      answer.finish(true);
+    } catch (err) {
+      answer.finish(false);
+      throw err;
+    } finally {
+      rec.finished();
+    }
+  }
+
+  async function viaApp(req: Http1Request, res: Http1Response) {
+    const abort = new AbortController();
+    req.onAbort(() => abort.abort());
+    const response = await app.fetch(toRequest(req, deps.bodyLimit, abort.signal));
+    await res.sendResponse(response);
+  }
+
+  return serveHttp1({
+    hostname: options.hostname,
+    port: options.port,
+    reusePort: options.reusePort,
+    maxHeadBytes: options.maxHeadBytes,
+    maxHeaders: options.maxHeaders,
+    maxUrlBytes: options.maxUrlBytes,
+    headersTimeoutMs: options.headersTimeoutMs,
+    keepAliveTimeoutMs: options.keepAliveTimeoutMs,
+    bodyTimeoutMs: options.bodyTimeoutMs,
+    onError: (err) => log.error("Request failed: {error}", { error: String(err) }),
+    handler(req, res) {
+      const url = req.url;
+      const q = url.indexOf("?");
+      const path = q < 0 ? url : url.slice(0, q);
+      if (url.startsWith("/funccall/")) {
+        const parsed = parseFunccallPath(url);
+        if (parsed) return call(req, res, path, parsed);
+      } else if (req.method === "POST" && OPENAI_CALL_PATHS.has(path)) {
+        return call(req, res, path);
+      }
+      return viaApp(req, res);
+    },
+  });
+}

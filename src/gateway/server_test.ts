@@ -1,0 +1,164 @@
+import assert from "node:assert/strict";
+import { serveGateway } from "./server.ts";
+import { fakeWorker, gatewayFixture } from "./testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+async function listening(opts: Parameters<typeof gatewayFixture>[0] = {}) {
+  const f = await gatewayFixture(opts);
+  const server = serveGateway(f.app, f.deps, { port: 0 });
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  return {
+    f,
+    url,
+    async close() {
+      await server.shutdown(500);
+      await f.close();
+    },
+  };
+}
+
+const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
+  fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+
+t("the listener serves calls on the warm path and every other route through the app", async () => {
+  const g = await listening();
+  const w = fakeWorker("w");
+  g.f.sched.endpoints.push(w.endpoint);
+  const r = await post(`${g.url}/funccall/t/n/f/v1/completions?x=1`, { prompt: "x" });
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get("x-inferx-cold-start"), "1");
+  assert.equal(r.headers.get("x-inferx-pod"), "pod-1");
+  assert.deepEqual(await r.json(), {
+    worker: "w",
+    path: "/v1/completions",
+    body: '{"prompt":"x"}',
+  });
+  const v1 = await post(`${g.url}/v1/chat/completions`, { model: "t/n/f", messages: [] });
+  assert.equal((await v1.json()).path, "/v1/chat/completions");
+  const objects = await fetch(`${g.url}/objects/function/t/n`);
+  assert.deepEqual((await objects.json()).items.map((o: { name: string }) => o.name), ["f"]);
+  const missing = await fetch(`${g.url}/nowhere`);
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).error.code, "not_found");
+  assert.deepEqual(
+    g.f.audit.requests.map((x) => [x.path, x.status]),
+    [["/funccall/t/n/f/v1/completions", 200], ["/v1/chat/completions", 200]],
+  );
+  await g.close();
+  await w.close();
+});
+
+t("the listener answers call errors as JSON and records them like the app does", async () => {
+  const g = await listening({ adminKey: "admin-key-0123456789" });
+  const cases: [string, unknown, Record<string, string>, number, string][] = [
+    ["/funccall/t/n/f/x", {}, {}, 401, "unauthenticated"],
+    [
+      "/funccall/t/n/nope/x",
+      {},
+      { authorization: "Bearer admin-key-0123456789" },
+      404,
+      "not_found",
+    ],
+    [
+      "/v1/completions",
+      { model: "t/n/nope" },
+      { authorization: "Bearer admin-key-0123456789" },
+      404,
+      "not_found",
+    ],
+    [
+      "/v1/completions",
+      { prompt: "no model" },
+      { authorization: "Bearer admin-key-0123456789" },
+      400,
+      "invalid",
+    ],
+  ];
+  for (const [path, body, headers, status, code] of cases) {
+    const r = await post(`${g.url}${path}`, body, headers);
+    assert.equal(r.status, status, path);
+    assert.equal((await r.json()).error.code, code);
+    if (status === 401) assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
+  }
+  assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [
+    [401, "unauthenticated"],
+    [404, "not_found"],
+    [404, "not_found"],
+    [400, "invalid"],
+  ]);
+  const text = await (await fetch(`${g.url}/metrics`, {
+    headers: { authorization: "Bearer admin-key-0123456789" },
+  })).text();
+  assert.match(text, /inferx_requests_total\{function="\(none\)",code="404"\} 2/);
+  await g.close();
+});
+
+t("the listener forwards streamed answers chunk by chunk as they come", async () => {
+  const g = await listening();
+  const worker = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+    let i = 0;
+    return new Response(
+      new ReadableStream({
+        async pull(c) {
+          await new Promise((r) => setTimeout(r, 100));
+          if (i++ < 3) c.enqueue(new TextEncoder().encode(`data: ${i}\n\n`));
+          else c.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  });
+  g.f.sched.endpoints.push(`127.0.0.1:${worker.addr.port}`);
+  const t0 = performance.now();
+  const r = await post(`${g.url}/funccall/t/n/f/stream`, {});
+  const reader = r.body!.pipeThrough(new TextDecoderStream()).getReader();
+  const first = await reader.read();
+  const firstMs = performance.now() - t0;
+  assert.equal(first.value, "data: 1\n\n");
+  assert.ok(firstMs < 300, `the first chunk came before the rest (${firstMs} ms)`);
+  let rest = "";
+  for (let c; !(c = await reader.read()).done;) rest += c.value;
+  assert.equal(rest, "data: 2\n\ndata: 3\n\n");
+  const agent = g.f.cache.agent("t", "n", "f")!;
+  assert.equal(agent.workers[0].inflight, 0, "the slot is back after the stream ended");
+  await g.close();
+  await worker.shutdown();
+});
+
+t("a caller that goes away aborts the worker's request and frees the slot at once", async () => {
+  const g = await listening();
+  const aborted = Promise.withResolvers<void>();
+  const worker = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    (req) =>
+      new Promise<Response>((resolve) => {
+        // Answers only once its caller is gone.
+        req.signal.addEventListener("abort", () => {
+          aborted.resolve();
+          resolve(new Response("too late"));
+        });
+      }),
+  );
+  g.f.sched.endpoints.push(`127.0.0.1:${worker.addr.port}`);
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+  await c.write(
+    new TextEncoder().encode(
+      "POST /funccall/t/n/f/slow HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    ),
+  );
+  const agent = () => g.f.cache.agent("t", "n", "f")!;
+  while (agent().workers[0]?.inflight !== 1) await new Promise((r) => setTimeout(r, 10));
+  c.close();
+  await aborted.promise;
+  while (agent().workers[0].inflight !== 0) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+  await g.close();
+  await worker.shutdown();
+});

@@ -1,0 +1,182 @@
+/**
+ * Fakes for the gateway's unit tests: a scripted scheduler, a fixture with
+ * one function `t/n/f` on an in-memory store, and workers on free ports.
+ *
+ * @module
+ */
+import type { InferxError } from "../common/errors.ts";
+import { openEmbeddedStore } from "../store/embedded.ts";
+import { StateService } from "../statesvc/service.ts";
+import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
+import type { AuditLog, AuditQuery, PodRow, RequestRow } from "../audit/types.ts";
+import { createGatewayApp, resolveDeps } from "./app.ts";
+import { Authenticator } from "./auth.ts";
+import { FuncCache } from "./func_cache.ts";
+import type { GatewayEnv, RouteDeps } from "./types.ts";
+import type { Hono } from "hono";
+
+/** A scheduler that hands out scripted endpoints and records calls. */
+export class FakeScheduler implements SchedulerClient {
+  endpoints: string[] = [];
+  leases: LeaseRequest[] = [];
+  returns: { podId: string; failed?: boolean }[] = [];
+  coldStart = true;
+  /** The function version leased workers run. */
+  version = 1;
+  /** When set, leases never resolve on their own (until aborted). */
+  hang = false;
+  failWith?: InferxError;
+  #seq = 0;
+  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+    this.leases.push(req);
+    if (this.failWith) return Promise.reject(this.failWith);
+    if (this.hang || this.endpoints.length === 0) {
+      return new Promise((_, reject) =>
+        signal?.addEventListener("abort", () => reject(signal.reason))
+      );
+    }
+    const endpoint = this.endpoints.shift()!;
+    return Promise.resolve({
+      podId: `pod-${++this.#seq}`,
+      endpoint,
+      coldStart: this.coldStart,
+      resumed: false,
+      version: this.version,
+    });
+  }
+  returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
+    this.returns.push({ podId: req.podId, failed: req.failed });
+    return Promise.resolve();
+  }
+  refreshGateway(): Promise<void> {
+    return Promise.resolve();
+  }
+  killPod(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/** A gateway app over one function `t/n/f` (max_replica 2 plus `policy`). */
+export interface GatewayFixture {
+  app: Hono<GatewayEnv>;
+  deps: RouteDeps;
+  sched: FakeScheduler;
+  cache: FuncCache;
+  meta: StateService;
+  audit: MemoryAudit;
+  close(): Promise<void>;
+}
+
+/** Options of {@linkcode gatewayFixture}. */
+export interface FixtureOptions {
+  /** Policy fields of `t/n/f`. */
+  policy?: Record<string, unknown>;
+  /** @default 1024 */
+  bodyLimit?: number;
+  /** Turns auth on with this administrator key. */
+  adminKey?: string;
+}
+
+/** Builds a {@linkcode GatewayFixture}. */
+export async function gatewayFixture(opts: FixtureOptions = {}): Promise<GatewayFixture> {
+  const store = await openEmbeddedStore();
+  const meta = new StateService(store);
+  await meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: "t",
+    object: {},
+  });
+  await meta.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
+  await meta.create({
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "f",
+    object: { spec: { image: "x", policy: { Obj: { max_replica: 2, ...opts.policy } } } },
+  });
+  const sched = new FakeScheduler();
+  const cache = new FuncCache({ scheduler: sched, gatewayId: "gw-test" });
+  await cache.start(meta);
+  const auth = new Authenticator({ adminKey: opts.adminKey });
+  await auth.start(meta);
+  const audit = memoryAudit();
+  const deps = resolveDeps({
+    meta,
+    cache,
+    auth,
+    audit,
+    bodyLimit: opts.bodyLimit ?? 1024,
+    gatewayId: "gw-test",
+  });
+  const app = createGatewayApp(deps);
+  return {
+    app,
+    deps,
+    sched,
+    cache,
+    meta,
+    audit,
+    close: async () => {
+      cache.stop();
+      auth.stop();
+      deps.pool.close();
+      await store.close();
+    },
+  };
+}
+
+/** An audit log that keeps rows in memory, for assertions. */
+export interface MemoryAudit extends AuditLog {
+  requests: RequestRow[];
+  pods: PodRow[];
+}
+
+/** A {@linkcode MemoryAudit}. */
+export function memoryAudit(): MemoryAudit {
+  const requests: RequestRow[] = [];
+  const pods: PodRow[] = [];
+  const pick = <T extends { time: number; tenant: string; namespace: string; func: string }>(
+    rows: T[],
+    q: AuditQuery = {},
+  ) =>
+    rows.filter((r) =>
+      (q.tenant === undefined || r.tenant === q.tenant) &&
+      (q.namespace === undefined || r.namespace === q.namespace) &&
+      (q.func === undefined || r.func === q.func) &&
+      (q.since === undefined || r.time >= q.since)
+    ).reverse().slice(0, q.limit ?? 100);
+  return {
+    requests,
+    pods,
+    request: (row) => void requests.push(row),
+    pod: (row) => void pods.push(row),
+    query:
+      ((kind: "requests" | "pods", q?: AuditQuery) =>
+        Promise.resolve(kind === "requests" ? pick(requests, q) : pick(pods, q))) as AuditLog[
+          "query"
+        ],
+    stats: () => ({
+      backend: "embedded",
+      buffered: 0,
+      written: requests.length + pods.length,
+      dropped: 0,
+      healthy: true,
+    }),
+    flush: () => Promise.resolve(),
+    close: () => Promise.resolve(),
+  };
+}
+
+/** A worker on a free port that answers with its name, after `delayMs`. */
+export function fakeWorker(name: string, options: { status?: number; delayMs?: number } = {}) {
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    if (options.delayMs) await new Promise((r) => setTimeout(r, options.delayMs));
+    const body = req.body ? await req.text() : "";
+    return Response.json({ worker: name, path: new URL(req.url).pathname, body }, {
+      status: options.status ?? 200,
+    });
+  });
+  return { endpoint: `127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}

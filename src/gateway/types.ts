@@ -1,0 +1,34 @@
+/**
+ * What the gateway's routes share: their dependencies and Hono's variables.
+ *
+ * @module
+ */
+import type { Registry } from "prom-client";
+import type { AuditLog } from "../audit/types.ts";
+import type { NodeInfo } from "../model/cluster.ts";
+import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { Authenticator } from "./auth.ts";
+import type { FuncCache } from "./func_cache.ts";
+import type { HttpPool } from "./http_pool.ts";
+import type { GatewayMetrics } from "./metrics.ts";
+import type { GatewayVars } from "./middleware/observe.ts";
+
+/** The dependencies every route module gets, defaults filled in. */
+export interface RouteDeps {
+  meta: MetaClient;
+  cache: FuncCache;
+  pool: HttpPool;
+  auth: Authenticator;
+  metrics: GatewayMetrics;
+  /** Every registry `/metrics` serves (the gateway's first). */
+  registry: Registry;
+  audit?: AuditLog;
+  gatewayId: string;
+  /** Largest request body (bytes). */
+  bodyLimit: number;
+  /** The client of a node's agent (for pod logs), or undefined when it has none. */
+  nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
+}
+
+/** The gateway's Hono environment. */
+export type GatewayEnv = { Variables: GatewayVars };
