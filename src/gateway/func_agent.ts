@@ -94,6 +94,13 @@ export class FuncAgent {
     return this.#queue.length;
   }
 
+  /** Takes a free slot now (the warm path), or undefined when the call must wait. */
+  tryAcquire(): Slot | undefined {
+    if (this.#closed || this.#queue.length) return undefined;
+    const w = this.#freeWorker();
+    return w && this.#take(w, 0);
+  }
+
   /**
    * Takes a slot for one request, waiting up to `timeoutMs` (capped by the
    * policy's `queue_timeout`). Rejects 503 `queue_full` when `queue_len`

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { HPE, Http1Parser, type ParserHandler } from "./http1/llhttp.ts";
+import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
 const IDLE_PER_ENDPOINT = 64;
@@ -56,7 +56,7 @@ export interface UpstreamAnswer {
 
 const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
 
-class Conn implements ParserHandler {
+class Conn {
   readonly socket: Deno.TcpConn;
   readonly #parser: Http1Parser;
   #buf = new Uint8Array(16 * 1024);
@@ -77,10 +77,10 @@ class Conn implements ParserHandler {
 
   constructor(socket: Deno.TcpConn) {
     this.socket = socket;
-    this.#parser = new Http1Parser("response", this);
+    this.#parser = new Http1Parser("response");
   }
 
-  onMessageBegin(): void {
+  #messageBegin(): void {
     this.#headersDone = this.#bodyDone = false;
     this.#statusStart = this.#statusEnd = -1;
     this.#ranges.length = 0;
@@ -88,39 +88,43 @@ class Conn implements ParserHandler {
     this.#body = [];
   }
 
-  onUrl(): void {}
-
-  onStatus(_b: Uint8Array, start: number, end: number): void {
-    if (this.#statusStart < 0) this.#statusStart = start;
-    this.#statusEnd = end;
-  }
-
-  onHeaderField(_b: Uint8Array, start: number, end: number): void {
+  /** Applies what the parser found: the head's spans, body pieces, the answer's end. */
+  #apply(): void {
+    const p = this.#parser;
+    const ev = p.events;
     const r = this.#ranges;
-    if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
-    else r.push(start, end, -1, -1);
-    this.#lastWasValue = false;
-  }
-
-  onHeaderValue(_b: Uint8Array, start: number, end: number): void {
-    const r = this.#ranges;
-    if (r[r.length - 2] < 0) r[r.length - 2] = start;
-    r[r.length - 1] = end;
-    this.#lastWasValue = true;
-  }
-
-  onHeadersComplete(): number {
-    this.#headersDone = true;
-    return this.#noBody ? 1 : 0;
-  }
-
-  onBody(buf: Uint8Array, start: number, end: number): void {
-    this.#body.push(buf.slice(start, end));
-  }
-
-  onMessageComplete(): number {
-    this.#bodyDone = true;
-    return HPE.PAUSED;
+    for (let i = 0, n = p.eventCount; i < n; i += 3) {
+      const at = ev[i + 1];
+      const end = at + ev[i + 2];
+      switch (ev[i]) {
+        case EV.MESSAGE_BEGIN:
+          this.#messageBegin();
+          break;
+        case EV.STATUS:
+          if (this.#statusStart < 0) this.#statusStart = at;
+          this.#statusEnd = end;
+          break;
+        case EV.HEADER_FIELD:
+          if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
+          else r.push(at, end, -1, -1);
+          this.#lastWasValue = false;
+          break;
+        case EV.HEADER_VALUE:
+          if (r[r.length - 2] < 0) r[r.length - 2] = at;
+          r[r.length - 1] = end;
+          this.#lastWasValue = true;
+          break;
+        case EV.HEADERS_COMPLETE:
+          this.#headersDone = true;
+          break;
+        case EV.BODY:
+          this.#body.push(this.#buf.slice(at, end));
+          break;
+        case EV.MESSAGE_COMPLETE:
+          this.#bodyDone = true;
+          break;
+      }
+    }
   }
 
   /** Sends a request; bodies of unknown length go chunked. */
@@ -168,7 +172,8 @@ class Conn implements ParserHandler {
 
   /** Reads more; false at end of stream. */
   async #fill(): Promise<boolean> {
-    if (this.#start === this.#end) this.#start = this.#end = 0;
+    // Positions of a head being read stay put; a body's bytes are copied out as they come.
+    if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
       const next = new Uint8Array(this.#buf.length * 2);
       next.set(this.#buf.subarray(0, this.#end));
@@ -181,16 +186,22 @@ class Conn implements ParserHandler {
   }
 
   #parse(): void {
-    if (this.#start === this.#end) return;
-    if (this.#paused) {
-      this.#parser.resume();
-      this.#paused = false;
-    }
-    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
-    this.#start += r.consumed;
-    if (r.error === HPE.PAUSED) this.#paused = true;
-    else if (r.error !== 0) {
-      throw new Error(`upstream sent a malformed answer: ${this.#parser.errorReason}`);
+    while (this.#start < this.#end) {
+      if (this.#paused) {
+        this.#parser.resume();
+        this.#paused = false;
+      }
+      this.#parser.noBody = this.#noBody;
+      const error = this.#parser.execute(this.#buf, this.#start, this.#end);
+      this.#apply();
+      this.#start += this.#parser.consumed;
+      if (error === HPE.PAUSED) {
+        this.#paused = true;
+        return;
+      }
+      if (error !== 0) {
+        throw new Error(`upstream sent a malformed answer: ${this.#parser.errorReason}`);
+      }
     }
   }
 
@@ -209,7 +220,7 @@ class Conn implements ParserHandler {
         const status = this.#parser.statusCode;
         if (status >= 100 && status < 200 && status !== 101) {
           // An interim answer (100 Continue, 103 Early Hints): the real one follows.
-          this.onMessageBegin();
+          this.#messageBegin();
           continue;
         }
         return this.#head(status);
@@ -261,6 +272,7 @@ class Conn implements ParserHandler {
       if (!(await this.#fill())) {
         if (this.#parser.needsEof) {
           this.#parser.finish();
+          this.#apply();
           this.#bodyDone = true;
           this.closed = true;
           continue;
@@ -268,6 +280,14 @@ class Conn implements ParserHandler {
         throw new Error("upstream closed the connection before the body ended");
       }
     }
+  }
+
+  /** The body pieces already parsed, when the whole body is in (no read needed). */
+  takeWholeBody(): Uint8Array[] | undefined {
+    if (!this.#bodyDone) return undefined;
+    const b = this.#body;
+    this.#body = [];
+    return b;
   }
 
   /** Whether the whole answer was read and nothing else arrived. */
@@ -391,7 +411,12 @@ export class HttpPool {
       },
       cancel: () => finish(false),
     };
-    if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
+    const whole = conn.takeWholeBody();
+    if (whole) {
+      // The usual case: the body came with the head.
+      finish(true);
+      answer.bytes = whole.length === 1 ? whole[0] : concat(whole, sum(whole));
+    } else if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
       // Read a sized answer whole: the connection goes back at once.
       const parts: Uint8Array[] = [];
       let size = 0;
@@ -406,6 +431,12 @@ export class HttpPool {
     for (const conns of this.#idle.values()) for (const c of conns) this.#discard(c);
     this.#idle.clear();
   }
+}
+
+function sum(parts: Uint8Array[]): number {
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  return n;
 }
 
 function concat(parts: Uint8Array[], size: number): Uint8Array {

@@ -111,7 +111,7 @@ export async function forward(
     gone = true;
     onGone?.();
   });
-  let slot = await agent.acquire(call.timeoutMs);
+  let slot = agent.tryAcquire() ?? await agent.acquire(call.timeoutMs);
   let upstream: UpstreamAnswer | undefined;
   for (let attempt = 1;; attempt++) {
     if (gone) {

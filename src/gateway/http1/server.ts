@@ -18,7 +18,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
-import { HPE, Http1Parser, type ParserHandler } from "./llhttp.ts";
+import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
 export interface Http1Limits {
@@ -226,6 +226,14 @@ export class Http1Request {
   /** The whole body (empty when none); throws {@linkcode BodyTooLarge} past `limit`. */
   readAll(limit: number): Promise<Uint8Array<ArrayBuffer>> {
     return this.#conn.readBody(this, limit);
+  }
+
+  /**
+   * The whole body when it has already arrived with the head (the usual
+   * case), without waiting; undefined when more must be read.
+   */
+  bodyNow(limit: number): Uint8Array | undefined {
+    return this.#conn.bodyNow(this, limit);
   }
 
   /** The body as it arrives; errors with {@linkcode BodyTooLarge} past `limit`. */
@@ -436,7 +444,7 @@ function concat(parts: Uint8Array[], size: number): Uint8Array {
 }
 
 /** One client connection: reads ahead, parses, answers requests in order. */
-class ServerConnection implements ParserHandler {
+class ServerConnection {
   readonly remoteAddr: Deno.NetAddr;
   readonly #sock: Deno.TcpConn;
   readonly #limits: Http1Limits;
@@ -454,6 +462,7 @@ class ServerConnection implements ParserHandler {
   #phase: Phase = "idle";
   #since = performance.now();
   #paused = false;
+  #pausedUpgrade = false;
   #error?: { status: number; message: string };
 
   // The message being parsed.
@@ -477,12 +486,12 @@ class ServerConnection implements ParserHandler {
     this.remoteAddr = sock.remoteAddr as Deno.NetAddr;
     this.#limits = limits;
     this.#opts = opts;
-    this.#parser = new Http1Parser("request", this);
+    this.#parser = new Http1Parser("request");
   }
 
-  // ---------------------------------------------------------------- parser callbacks
+  // ---------------------------------------------------------------- parsing
 
-  onMessageBegin(): void {
+  #messageBegin(): void {
     this.#phase = "head";
     this.#since = performance.now();
     this.#urlStart = this.#urlEnd = -1;
@@ -494,68 +503,76 @@ class ServerConnection implements ParserHandler {
     this.#continueSent = this.#expectContinue = false;
   }
 
-  onUrl(_buf: Uint8Array, start: number, end: number): void {
-    if (this.#urlStart < 0) this.#urlStart = start;
-    this.#urlEnd = end;
-  }
-
-  onStatus(): void {}
-
-  onHeaderField(_buf: Uint8Array, start: number, end: number): void {
+  /** Applies what the parser found: the head's spans, body pieces, the message's end. */
+  #apply(): void {
+    const p = this.#parser;
+    const ev = p.events;
     const r = this.#ranges;
-    if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
-    else r.push(start, end, -1, -1);
-    this.#lastWasValue = false;
-  }
-
-  onHeaderValue(_buf: Uint8Array, start: number, end: number): void {
-    const r = this.#ranges;
-    if (r[r.length - 2] < 0) r[r.length - 2] = start;
-    r[r.length - 1] = end;
-    this.#lastWasValue = true;
-  }
-
-  onHeadersComplete(): number {
-    this.#headersDone = true;
-    return 0;
-  }
-
-  onBody(buf: Uint8Array, start: number, end: number): void {
-    this.#body.push(buf.slice(start, end));
-    this.#bodyBytes += end - start;
-  }
-
-  onMessageComplete(): number {
-    this.#bodyDone = true;
-    return HPE.PAUSED;
-  }
-
-  // ---------------------------------------------------------------- reading
-
-  /** Parses what is buffered; false when the request is malformed (#error set). */
-  #parse(): boolean {
-    if (this.#start === this.#end) return true;
-    if (this.#paused) {
-      this.#parser.resume();
-      this.#paused = false;
+    for (let i = 0, n = p.eventCount; i < n; i += 3) {
+      const at = ev[i + 1];
+      const end = at + ev[i + 2];
+      switch (ev[i]) {
+        case EV.MESSAGE_BEGIN:
+          this.#messageBegin();
+          break;
+        case EV.URL:
+          if (this.#urlStart < 0) this.#urlStart = at;
+          this.#urlEnd = end;
+          break;
+        case EV.HEADER_FIELD:
+          if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
+          else r.push(at, end, -1, -1);
+          this.#lastWasValue = false;
+          break;
+        case EV.HEADER_VALUE:
+          if (r[r.length - 2] < 0) r[r.length - 2] = at;
+          r[r.length - 1] = end;
+          this.#lastWasValue = true;
+          break;
+        case EV.HEADERS_COMPLETE:
+          this.#headersDone = true;
+          break;
+        case EV.BODY:
+          this.#body.push(this.#buf.slice(at, end));
+          this.#bodyBytes += end - at;
+          break;
+        case EV.MESSAGE_COMPLETE:
+          this.#bodyDone = true;
+          break;
+      }
     }
-    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
-    this.#start += r.consumed;
-    if (r.error === HPE.PAUSED || r.error === HPE.PAUSED_UPGRADE) {
-      // Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
-      this.#paused = true;
-      if (r.error === HPE.PAUSED_UPGRADE) {
-        this.#error = { status: 501, message: "Protocol upgrades are not supported" };
+  }
+
+  /** Parses what is buffered (up to a message's end); false when it is malformed (#error set). */
+  #parse(): boolean {
+    while (this.#start < this.#end) {
+      if (this.#paused) {
+        if (this.#pausedUpgrade) this.#parser.resumeAfterUpgrade();
+        else this.#parser.resume();
+        this.#paused = this.#pausedUpgrade = false;
+      }
+      const error = this.#parser.execute(this.#buf, this.#start, this.#end);
+      this.#apply();
+      this.#start += this.#parser.consumed;
+      if (error === HPE.PAUSED || error === HPE.PAUSED_UPGRADE) {
+        // A message ended. Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
+        this.#paused = true;
+        this.#pausedUpgrade = error === HPE.PAUSED_UPGRADE;
+        if (this.#pausedUpgrade && !this.#headersDone) continue; // the upgrade stop itself
+        break;
+      }
+      if (error !== 0) {
+        this.#error = {
+          status: 400,
+          message: `Malformed HTTP request: ${this.#parser.errorReason}`,
+        };
         return false;
       }
-    } else if (r.error !== 0) {
-      this.#error = { status: 400, message: `Malformed HTTP request: ${this.#parser.errorReason}` };
-      return false;
-    }
-    if (this.#phase === "head" && !this.#headersDone) {
-      if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
-        this.#error = { status: 431, message: "Request head is too large" };
-        return false;
+      if (this.#phase === "head" && !this.#headersDone) {
+        if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
+          this.#error = { status: 431, message: "Request head is too large" };
+          return false;
+        }
       }
     }
     this.#wakeRoom();
@@ -723,6 +740,21 @@ class ServerConnection implements ParserHandler {
         throw new ConnectionClosed("The client closed the connection inside the request body");
       }
     }
+  }
+
+  /** `req`'s whole body if it is all in, else undefined. */
+  bodyNow(req: Http1Request, limit: number): Uint8Array | undefined {
+    if (req !== this.#current || !this.#bodyDone || this.#expectContinue) return undefined;
+    if (this.#bodyBytes > limit) {
+      this.keepAlive = false;
+      throw new BodyTooLarge(limit);
+    }
+    const parts = this.#body;
+    this.#body = [];
+    this.#bodyBytes = 0;
+    return parts.length === 1
+      ? parts[0]
+      : concat(parts, parts.reduce((n, p) => n + p.byteLength, 0));
   }
 
   /** The whole body of `req`. */
