@@ -96,6 +96,16 @@ export interface SchedulerSettings {
 
 const GatewayEnv = z.object({
   GATEWAY_PORT: count(4000),
+  GATEWAY_WORKERS: z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return undefined;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 1 || n > 256) {
+      ctx.addIssue({ code: "custom", message: `"${raw}" is not an integer from 1 to 256` });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  INFERX_GATEWAY_GROUP: optional(),
   GATEWAY_HOST: text("127.0.0.1"),
   INFERX_BODY_LIMIT: count(16 * 1024 * 1024),
   INFERX_ADMIN_APIKEY: optional(),
@@ -108,6 +118,16 @@ const GatewayEnv = z.object({
 export interface GatewaySettings {
   /** `GATEWAY_PORT`. */
   port: number;
+  /**
+   * `GATEWAY_WORKERS`: gateway processes serving the port together
+   * (SO_REUSEPORT). Unset: 1 in `All`, the core count for `Gateway`.
+   */
+  workers?: number;
+  /**
+   * `INFERX_GATEWAY_GROUP` (set by the platform on the processes it starts):
+   * this process's index and every member's private metrics port, `i:p0,p1,...`.
+   */
+  group?: { index: number; ports: number[] };
   /** `GATEWAY_HOST`: the address it binds. */
   host: string;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
@@ -239,6 +259,8 @@ export function readConfig(
     },
     gateway: {
       port: g.GATEWAY_PORT,
+      workers: g.GATEWAY_WORKERS,
+      group: parseGroup(g.INFERX_GATEWAY_GROUP),
       host: g.GATEWAY_HOST,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
@@ -262,6 +284,21 @@ export function readConfig(
       bufferRows: a.AUDIT_BUFFER_ROWS,
     },
   };
+}
+
+/** `i:p0,p1,...` into a group membership; malformed: a clear error. */
+function parseGroup(raw?: string): GatewaySettings["group"] {
+  if (!raw) return undefined;
+  const m = /^(\d+):(\d+(?:,\d+)*)$/.exec(raw);
+  const ports = m ? m[2].split(",").map(Number) : [];
+  const index = m ? Number(m[1]) : -1;
+  if (!m || index >= ports.length || ports.some((p) => p < 1 || p > 65535)) {
+    throw new ValidationError(
+      `Invalid configuration: INFERX_GATEWAY_GROUP: "${raw}" is not index:port,port,...`,
+      "INFERX_GATEWAY_GROUP",
+    );
+  }
+  return { index, ports };
 }
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */

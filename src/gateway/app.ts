@@ -29,6 +29,7 @@ import { metricsRoutes } from "./routes/metrics.ts";
 import { objectRoutes } from "./routes/objects.ts";
 import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
+import type { GatewayGroup } from "./group.ts";
 
 const log = logger("gateway");
 
@@ -52,6 +53,8 @@ export interface GatewayDeps {
   audit?: AuditLog;
   /** This gateway's id, for audit rows. @default "gateway" */
   gatewayId?: string;
+  /** The gateways sharing this one's port (`GATEWAY_WORKERS`). */
+  group?: GatewayGroup;
 }
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
@@ -68,6 +71,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     gatewayId: deps.gatewayId ?? "gateway",
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
+    group: deps.group,
   };
 }
 
@@ -84,7 +88,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.notFound((c) => {
     throw new NotFoundError(`No route for ${c.req.method} ${c.req.path}`);
   });
-  app.get("/health", (c) => c.json({ status: "ok" }));
+  app.get("/health", (c) => c.json({ status: "ok", gateway: d.gatewayId }));
 
   // Calls are recorded whatever happens to them, authentication failures included.
   const record = observe({ metrics: d.metrics, audit: d.audit, gatewayId: d.gatewayId });

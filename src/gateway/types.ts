@@ -12,6 +12,7 @@ import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { GatewayVars } from "./middleware/observe.ts";
+import type { GatewayGroup } from "./group.ts";
 
 /** The dependencies every route module gets, defaults filled in. */
 export interface RouteDeps {
@@ -28,6 +29,8 @@ export interface RouteDeps {
   bodyLimit: number;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
+  /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */
+  group?: GatewayGroup;
 }
 
 /** The gateway's Hono environment. */

@@ -102,7 +102,14 @@ export class SchedulerService implements SchedulerClient {
       memUsedMB: number;
       vramUsedMB: number[];
     }[];
-    pods: { id: string; func: string; node: string; state: string; leasedBy?: string }[];
+    pods: {
+      id: string;
+      func: string;
+      node: string;
+      state: string;
+      leasedBy?: string;
+      sharedWith?: string[];
+    }[];
   } {
     return {
       nodes: this.#core.nodeList.map((n) => ({
@@ -118,6 +125,7 @@ export class SchedulerService implements SchedulerClient {
         node: p.node,
         state: p.state,
         leasedBy: p.leasedBy,
+        sharedWith: p.sharedWith,
       })),
     };
   }
@@ -366,12 +374,7 @@ export class SchedulerService implements SchedulerClient {
           });
         } else {
           // The requester gave up after the grant was decided: give it back.
-          const pod = this.#core.pods.get(a.podId);
-          if (pod?.leasedBy) {
-            queueMicrotask(() =>
-              this.#apply({ type: "return", podId: a.podId, gateway: pod.leasedBy! })
-            );
-          }
+          queueMicrotask(() => this.#apply({ type: "return", podId: a.podId, gateway: a.gateway }));
         }
         break;
       }

@@ -6,7 +6,7 @@
  * @module
  */
 import type { StandbyTier } from "../../model/cluster.ts";
-import { ALL_HELD, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
+import { ALL_HELD, clearLessees, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
 import { place } from "./placement.ts";
 import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
 
@@ -44,7 +44,7 @@ export function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
     }
     if (parked < f.policy.standbyPerNode) {
       f.idle.delete(pod.id);
-      pod.leasedBy = undefined;
+      clearLessees(pod);
       pod.state = "Standby";
       pod.tier = tier;
       pod.lastUsed = ctx.now;

@@ -120,9 +120,14 @@ export interface CorePod extends PodPlacement {
   /** The standby tier while Standby or Resuming. */
   tier?: StandbyTier;
   endpoint?: string;
-  /** Gateway holding the lease, when leased. */
+  /** Gateway holding the lease, when leased (the first of its lessees). */
   leasedBy?: string;
-  /** When the lease was granted (ms). */
+  /**
+   * Other gateways sharing the lease: a function at `max_replica` shares its
+   * workers between gateways rather than leave one waiting on another.
+   */
+  sharedWith?: string[];
+  /** When the lease was last granted (ms). */
   leasedAt?: number;
   /** Last time (ms) the pod was returned or became ready. */
   lastUsed: number;
@@ -258,6 +263,8 @@ export type CoreAction =
   | {
     type: "leaseGranted";
     reqId: string;
+    /** The gateway that asked. */
+    gateway: string;
     podId: string;
     endpoint: string;
     coldStart: boolean;
