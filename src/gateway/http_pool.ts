@@ -54,6 +54,14 @@ export interface UpstreamAnswer {
   cancel(): void;
 }
 
+/** An answer's head as read. */
+interface Head {
+  status: number;
+  statusText: string;
+  headers: [string, string][];
+  length?: number;
+}
+
 const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
 
 class Conn {
@@ -127,32 +135,69 @@ class Conn {
     }
   }
 
-  /** Sends a request; bodies of unknown length go chunked. */
-  async send(endpoint: string, req: PoolRequest): Promise<void> {
+  /**
+   * Sends a request and reads its answer's head (skipping 1xx answers);
+   * undefined when the peer closed before sending anything. Bodies of
+   * unknown length go chunked.
+   */
+  async exchange(endpoint: string, req: PoolRequest): Promise<Head | undefined> {
     this.#noBody = req.method === "HEAD";
     let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
     for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
     const body = req.body;
     if (body && !(body instanceof Uint8Array)) {
-      head += "transfer-encoding: chunked\r\n\r\n";
-      await this.#write(this.#encode(head), head.length);
-      for await (const chunk of body) {
-        if (chunk.byteLength === 0) continue;
-        const size = `${chunk.byteLength.toString(16)}\r\n`;
-        await this.#write(this.#encode(size), size.length);
-        await this.#write(chunk, chunk.byteLength);
-        await this.#write(CRLF, 2);
-      }
-      await this.#write(LAST_CHUNK, LAST_CHUNK.byteLength);
-      return;
+      await this.#sendChunked(`${head}transfer-encoding: chunked\r\n\r\n`, body);
+    } else {
+      const n = body?.byteLength ?? 0;
+      if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
+      head += "\r\n";
+      const total = head.length + n;
+      if (total > this.#out.length) this.#out = new Uint8Array(total);
+      const out = this.#encode(head);
+      if (n) out.set(body!, head.length);
+      for (let o = 0; o < total;) o += await this.socket.write(out.subarray(o, total));
     }
-    const n = body?.byteLength ?? 0;
-    if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
-    head += "\r\n";
-    if (head.length + n > this.#out.length) this.#out = new Uint8Array(head.length + n);
-    const out = this.#encode(head);
-    if (n) out.set(body!, head.length);
-    await this.#write(out, head.length + n);
+    // The answer's head.
+    this.#start = this.#end = 0;
+    this.#headersDone = this.#bodyDone = false;
+    while (true) {
+      this.#parse();
+      if (this.#headersDone) {
+        const status = this.#parser.statusCode;
+        if (status >= 100 && status < 200 && status !== 101) {
+          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+          this.#messageBegin();
+          continue;
+        }
+        return this.#head(status);
+      }
+      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
+      if (this.#end === this.#buf.length) this.#grow();
+      const n = await this.socket.read(this.#buf.subarray(this.#end));
+      if (n === null) {
+        if (this.#end === 0) return undefined;
+        throw new Error("upstream closed the connection in the middle of an answer head");
+      }
+      this.#end += n;
+    }
+  }
+
+  async #sendChunked(head: string, body: AsyncIterable<Uint8Array>): Promise<void> {
+    await this.#write(this.#encode(head), head.length);
+    for await (const chunk of body) {
+      if (chunk.byteLength === 0) continue;
+      const size = `${chunk.byteLength.toString(16)}\r\n`;
+      await this.#write(this.#encode(size), size.length);
+      await this.#write(chunk, chunk.byteLength);
+      await this.#write(CRLF, 2);
+    }
+    await this.#write(LAST_CHUNK, LAST_CHUNK.byteLength);
+  }
+
+  #grow(): void {
+    const next = new Uint8Array(this.#buf.length * 2);
+    next.set(this.#buf.subarray(0, this.#end));
+    this.#buf = next;
   }
 
   #encode(s: string): Uint8Array {
@@ -174,11 +219,7 @@ class Conn {
   async #fill(): Promise<boolean> {
     // Positions of a head being read stay put; a body's bytes are copied out as they come.
     if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
-    if (this.#end === this.#buf.length) {
-      const next = new Uint8Array(this.#buf.length * 2);
-      next.set(this.#buf.subarray(0, this.#end));
-      this.#buf = next;
-    }
+    if (this.#end === this.#buf.length) this.#grow();
     const n = await this.socket.read(this.#buf.subarray(this.#end));
     if (n === null) return false;
     this.#end += n;
@@ -205,35 +246,7 @@ class Conn {
     }
   }
 
-  /**
-   * Reads the answer's head (skipping 1xx answers); undefined when the
-   * peer closed before sending anything.
-   */
-  async readHead(): Promise<
-    { status: number; statusText: string; headers: [string, string][]; length?: number } | undefined
-  > {
-    this.#start = this.#end = 0;
-    this.#headersDone = this.#bodyDone = false;
-    while (true) {
-      this.#parse();
-      if (this.#headersDone) {
-        const status = this.#parser.statusCode;
-        if (status >= 100 && status < 200 && status !== 101) {
-          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
-          this.#messageBegin();
-          continue;
-        }
-        return this.#head(status);
-      }
-      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
-      if (!(await this.#fill())) {
-        if (this.#end === 0) return undefined;
-        throw new Error("upstream closed the connection in the middle of an answer head");
-      }
-    }
-  }
-
-  #head(status: number) {
+  #head(status: number): Head {
     const r = this.#ranges;
     const base = this.#statusStart >= 0 ? this.#statusStart : r.length ? r[0] : 0;
     const last = r.length
@@ -334,10 +347,10 @@ export class HttpPool {
       let inFlight = true;
       cancelable?.(() => inFlight && conn.close());
       try {
-        await conn.send(endpoint, req);
-        const head = await conn.readHead();
+        const head = await conn.exchange(endpoint, req);
         if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
-        return await this.#answer(endpoint, conn, head);
+        const answer = this.#answer(endpoint, conn, head);
+        return answer instanceof Promise ? await answer : answer;
       } catch (err) {
         const cancelled = conn.closed;
         this.#discard(conn);
@@ -381,11 +394,8 @@ export class HttpPool {
     idle.push(conn);
   }
 
-  async #answer(
-    endpoint: string,
-    conn: Conn,
-    head: { status: number; statusText: string; headers: [string, string][]; length?: number },
-  ): Promise<UpstreamAnswer> {
+  /** The answer to hand out: whole at once when its body came with the head. */
+  #answer(endpoint: string, conn: Conn, head: Head): UpstreamAnswer | Promise<UpstreamAnswer> {
     let done = false;
     const finish = (clean: boolean) => {
       if (done) return;
@@ -418,10 +428,13 @@ export class HttpPool {
       answer.bytes = whole.length === 1 ? whole[0] : concat(whole, sum(whole));
     } else if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
       // Read a sized answer whole: the connection goes back at once.
-      const parts: Uint8Array[] = [];
-      let size = 0;
-      for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
-      answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+      return (async () => {
+        const parts: Uint8Array[] = [];
+        let size = 0;
+        for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
+        answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+        return answer;
+      })();
     }
     return answer;
   }

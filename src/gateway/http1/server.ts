@@ -275,20 +275,24 @@ export class Http1Response {
   }
 
   /** Answers with a whole body: the head and the body in one write. */
-  async send(
+  send(
     status: number,
     headers: Iterable<readonly [string, string]>,
     body?: Uint8Array | string | null,
     statusText?: string,
   ): Promise<void> {
-    this.#begin();
-    const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    try {
+      this.#begin();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const bytes = typeof body === "string" ? ENCODER.encode(body) : body;
     const noBody = status < 200 || status === 204 || status === 304;
     const length = noBody ? -1 : bytes?.byteLength ?? 0;
-    const out = this.#conn.head(status, statusText, headers, length, false);
+    const headLen = this.#conn.head(status, statusText, headers, length, false);
     this.#state = "done";
-    if (this.#head || noBody || !bytes?.byteLength) await this.#conn.write(out.bytes, out.length);
-    else await this.#conn.writeWithBody(out.bytes, out.length, bytes);
+    if (this.#head || noBody || !bytes?.byteLength) return this.#conn.writeOut(headLen);
+    return this.#conn.writeWithBody(headLen, bytes);
   }
 
   /**
@@ -307,7 +311,7 @@ export class Http1Response {
     if (!noBody && length === undefined && !this.#chunked) this.#conn.keepAlive = false;
     const out = this.#conn.head(status, statusText, headers, length ?? -1, this.#chunked);
     this.#state = noBody ? "done" : "streaming";
-    await this.#conn.write(out.bytes, out.length);
+    await this.#conn.writeOut(out);
   }
 
   /** Writes a piece of a streamed body. */
@@ -384,7 +388,8 @@ function nextTick(): Promise<typeof TICK> {
   return new Promise((resolve) => setTimeout(resolve, 0, TICK));
 }
 
-const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
+const ENCODER = new TextEncoder();
+const LAST_CHUNK = ENCODER.encode("0\r\n\r\n");
 
 /** Hop-by-hop and framing fields: never copied from one message to another. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -646,20 +651,22 @@ class ServerConnection {
   }
 
   /** The next request's head, or undefined when the connection is done. */
-  async #readHead(): Promise<Http1Request | undefined> {
-    this.#phase = "idle";
-    this.#headersDone = this.#bodyDone = false;
-    this.#since = performance.now();
-    this.#headStart = this.#start;
-    while (true) {
-      if (this.#phase === "idle") this.#headStart = this.#start;
-      if (!this.#parse()) return undefined;
-      if (this.#headersDone) return this.#request();
-      if (!(await this.#fill())) {
-        if ((this.#phase as Phase) === "head") this.keepAlive = false; // a head cut short
-        return undefined;
-      }
+  /** Parses toward the next request: it, null when more bytes are needed, undefined when done. */
+  #nextHead(): Http1Request | null | undefined {
+    if (this.#phase === "idle") this.#headStart = this.#start;
+    if (!this.#parse()) return undefined;
+    if (this.#headersDone) return this.#request();
+    if (this.eof) {
+      if (this.#phase === "head") this.keepAlive = false; // a head cut short: nothing to answer
+      return undefined;
     }
+    return null;
+  }
+
+  /** Resolves when the pump has read more (or the peer closed). */
+  #moreData(): Promise<void> {
+    this.#wakeRoom();
+    return new Promise<void>((resolve) => this.#dataWaiter = resolve);
   }
 
   #request(): Http1Request | undefined {
@@ -806,14 +813,17 @@ class ServerConnection {
 
   // ---------------------------------------------------------------- writing
 
-  /** Serializes an answer's head into the output buffer; `length` -1: no Content-Length. */
+  /**
+   * Serializes an answer's head into the output buffer and returns its
+   * length; `length` -1: no Content-Length.
+   */
   head(
     status: number,
     statusText: string | undefined,
     headers: Iterable<readonly [string, string]>,
     length: number,
     chunked: boolean,
-  ): { bytes: Uint8Array; length: number } {
+  ): number {
     let s = `HTTP/1.1 ${status} ${statusText || STATUS_CODES[status] || "Unknown"}\r\n`;
     let hasDate = false;
     for (const [k, v] of headers) {
@@ -826,7 +836,8 @@ class ServerConnection {
     if (!this.keepAlive || this.#closing) s += "connection: close\r\n";
     else if (this.httpMinor === 0) s += "connection: keep-alive\r\n";
     s += "\r\n";
-    return { bytes: this.#encode(s, 0), length: s.length };
+    this.#encode(s, 0);
+    return s.length;
   }
 
   #closing = false;
@@ -846,18 +857,24 @@ class ServerConnection {
     return out;
   }
 
-  async writeWithBody(head: Uint8Array, headLen: number, body: Uint8Array): Promise<void> {
-    if (headLen + body.byteLength <= 64 * 1024) {
-      if (headLen + body.byteLength > this.#out.length) {
-        const next = new Uint8Array(headLen + body.byteLength);
-        next.set(head.subarray(0, headLen));
-        this.#out = head = next;
-      }
-      head.set(body, headLen);
-      return await this.write(head, headLen + body.byteLength);
+  /** Writes the head in the output buffer (`headLen` bytes). */
+  writeOut(headLen: number): Promise<void> {
+    return this.write(this.#out, headLen);
+  }
+
+  /** Writes the head in the output buffer and `body` after it, in one write when small. */
+  writeWithBody(headLen: number, body: Uint8Array): Promise<void> {
+    const total = headLen + body.byteLength;
+    if (total > 64 * 1024) {
+      return this.write(this.#out, headLen).then(() => this.write(body, body.byteLength));
     }
-    await this.write(head, headLen);
-    await this.write(body, body.byteLength);
+    if (total > this.#out.length) {
+      const next = new Uint8Array(total);
+      next.set(this.#out.subarray(0, headLen));
+      this.#out = next;
+    }
+    this.#out.set(body, headLen);
+    return this.write(this.#out, total);
   }
 
   async writeChunk(chunk: Uint8Array): Promise<void> {
@@ -874,15 +891,27 @@ class ServerConnection {
     await this.write(CRLF, 2);
   }
 
-  async write(bytes: Uint8Array, length: number): Promise<void> {
-    if (this.#closed) throw new ConnectionClosed();
+  /** Writes `bytes[0, length)`; rejects with ConnectionClosed when the peer is gone. */
+  write(bytes: Uint8Array, length: number): Promise<void> {
+    if (this.#closed) return Promise.reject(new ConnectionClosed());
+    const view = length === bytes.byteLength ? bytes : bytes.subarray(0, length);
+    return this.#sock.write(view).then(
+      (n) => n < length ? this.#writeRest(view, n) : undefined,
+      () => this.#writeFailed(),
+    );
+  }
+
+  async #writeRest(view: Uint8Array, from: number): Promise<void> {
     try {
-      let o = 0;
-      while (o < length) o += await this.#sock.write(bytes.subarray(o, length));
+      for (let o = from; o < view.byteLength;) o += await this.#sock.write(view.subarray(o));
     } catch {
-      this.close();
-      throw new ConnectionClosed();
+      this.#writeFailed();
     }
+  }
+
+  #writeFailed(): never {
+    this.close();
+    throw new ConnectionClosed();
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -891,14 +920,22 @@ class ServerConnection {
     const pump = this.#pump();
     try {
       while (!this.#closed) {
-        const req = await this.#readHead();
+        this.#phase = "idle";
+        this.#headersDone = this.#bodyDone = false;
+        this.#since = performance.now();
+        let req = this.#nextHead();
+        while (req === null) {
+          await this.#moreData();
+          req = this.#nextHead();
+        }
         if (!req) {
           if (this.#error) await this.#answerError();
           break;
         }
         const res = new Http1Response(this, req.method === "HEAD");
         try {
-          await this.#opts.handler(req, res);
+          const handled = this.#opts.handler(req, res);
+          if (handled) await handled;
           if (!res.finished) throw new Error("The handler returned before answering");
         } catch (err) {
           if (err instanceof ConnectionClosed || this.#closed) break;
@@ -916,7 +953,7 @@ class ServerConnection {
           this.#current = undefined;
         }
         if (!this.keepAlive || this.#closing || this.eof) break;
-        if (!(await this.#skipBody())) break;
+        if (!this.#bodyDone && !(await this.#skipBody())) break;
       }
     } catch {
       // a broken connection: nothing more to do on it
