@@ -75,6 +75,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     auth,
     audit: config.audit,
     gatewayId,
+    scheduler: config.scheduler,
   });
   const app = createGatewayApp(deps);
   const sweep = setInterval(() => {
