@@ -185,11 +185,11 @@ export function age(ms: number): string {
   return `${Math.floor(s / 86_400)}d`;
 }
 
-/** Megabytes as people read them: `512 MB`, `30 GB`, `1.5 GB`. */
+/** Megabytes as people read them: `512 MB`, `29.3 GB`, `80 GB`, `1536 GB`. */
 export function mb(n: number): string {
   if (n < 1024) return `${n} MB`;
   const g = n / 1024;
-  return `${Number(g.toFixed(g < 10 ? 1 : 0))} GB`;
+  return `${Number(g.toFixed(g < 100 ? 1 : 0))} GB`;
 }
 
 /** Counts of pods by state, in the order of a pod's life: `2 Ready, 1 Standby`. */

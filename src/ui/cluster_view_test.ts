@@ -100,7 +100,7 @@ Deno.test("the formatters read as people write sizes, durations and shares", () 
   assert.equal(percent(1, 0), "0%");
   assert.equal(percent(1, 3), "33.333%");
   assert.deepEqual([500, 61_000, 7_200_000, 2 * 86_400_000].map(age), ["0s", "1m", "2h", "2d"]);
-  assert.deepEqual([512, 1536, 30000, 81920].map(mb), ["512 MB", "1.5 GB", "29 GB", "80 GB"]);
+  assert.deepEqual([512, 1536, 30000, 81920].map(mb), ["512 MB", "1.5 GB", "29.3 GB", "80 GB"]);
   assert.equal(
     stateCounts([{ state: "Standby" }, { state: "Ready" }, { state: "Ready" }]),
     "2 Ready, 1 Standby",

@@ -42,7 +42,7 @@ function NodeCard(props: { view: NodeView; now: number }) {
         {node.gpuDriver && !node.gpuDriver.available && node.gpus.length
           ? (
             <span title={node.gpuDriver.reason}>
-              · GPUs declared in the node's config (no driver)
+              {" · "}GPUs declared in the node's config (no driver)
             </span>
           )
           : ""}
