@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
-import { testPod } from "../../common/testing.ts";
+import { testPod, until } from "../../common/testing.ts";
 import type { NodeInfo, PodInfo } from "../../model/cluster.ts";
 import { ClusterEvents } from "../../ui/events.ts";
 import { toInferxError } from "../../common/errors.ts";
 import { authenticate } from "../middleware/authenticate.ts";
 import { errorAnswer } from "../middleware/errors.ts";
+import { serveGateway } from "../server.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { uiRoutes } from "./ui.ts";
@@ -64,6 +65,19 @@ async function createKey(f: GatewayFixture, body: Record<string, unknown>): Prom
   });
   assert.equal(r.status, 201);
   return (await r.json()).key;
+}
+
+/** The dashboard's routes over `f` with events of their own, pinging every `pingMs`. */
+function eventsApp(f: GatewayFixture, pingMs: number) {
+  const events = new ClusterEvents(f.meta);
+  const app = new Hono<GatewayEnv>();
+  app.onError((err, c) => {
+    const a = errorAnswer(toInferxError(err));
+    return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
+  });
+  app.use("*", authenticate(f.deps.auth));
+  app.route("/ui", uiRoutes(f.deps, { events, pingMs }));
+  return { app, events };
 }
 
 t("a dashboard page is a shell without data that loads its part from the gateway", async () => {
@@ -308,14 +322,7 @@ t(
   "/ui/events streams the pod changes the caller may see and frees the watch when it leaves",
   async () => {
     const f = await gatewayFixture({ adminKey: ADMIN_KEY });
-    const events = new ClusterEvents(f.meta);
-    const app = new Hono<GatewayEnv>();
-    app.onError((err, c) => {
-      const a = errorAnswer(toInferxError(err));
-      return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
-    });
-    app.use("*", authenticate(f.deps.auth));
-    app.route("/ui", uiRoutes(f.deps, { events, pingMs: 50 }));
+    const { app, events } = eventsApp(f, 50);
     try {
       await f.meta.create({
         type: "tenant",
@@ -367,14 +374,7 @@ t(
 
 t("/ui/events says bye and ends when the credential is revoked", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
-  const events = new ClusterEvents(f.meta);
-  const app = new Hono<GatewayEnv>();
-  app.onError((err, c) => {
-    const a = errorAnswer(toInferxError(err));
-    return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
-  });
-  app.use("*", authenticate(f.deps.auth));
-  app.route("/ui", uiRoutes(f.deps, { events, pingMs: 30 }));
+  const { app, events } = eventsApp(f, 30);
   try {
     const created = await (await f.app.request("/apikeys", {
       method: "POST",
@@ -395,6 +395,33 @@ t("/ui/events says bye and ends when the credential is revoked", async () => {
     assert.match(all, /event: bye\ndata: \{"reason":"The credential no longer holds"\}/);
     assert.equal(events.watching, false);
   } finally {
+    await f.close();
+  }
+});
+
+t("a dashboard that goes away from the gateway's listener ends its event stream", async () => {
+  const f = await gatewayFixture();
+  const { app, events } = eventsApp(f, 60_000);
+  const server = serveGateway(app, f.deps, { port: 0 });
+  try {
+    const abort = new AbortController();
+    const res = await fetch(`http://127.0.0.1:${server.addr.port}/ui/events`, {
+      signal: abort.signal,
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("transfer-encoding"), "chunked", "streamed as it is produced");
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    assert.match((await reader.read()).value ?? "", /: watching pods and nodes/);
+    assert.equal(events.listeners, 1);
+    await addPod(f, { id: "p-live" });
+    let seen = "";
+    while (!seen.includes('"id":"p-live"')) seen += (await reader.read()).value ?? "";
+    abort.abort();
+    await reader.cancel().catch(() => {});
+    await until("the stream to end", () => events.listeners === 0);
+    assert.equal(events.watching, false);
+  } finally {
+    await server.shutdown(100);
     await f.close();
   }
 });
