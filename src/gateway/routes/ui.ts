@@ -208,6 +208,14 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     if (c.req.header("if-none-match") === a.etag) return c.body(null, 304, headers);
     return c.body(a.body, 200, { ...headers, "content-type": a.type });
   });
+  app.get("*", (c) => {
+    // `/ui/` and `/ui/nodes/` as typed: the page without the slash.
+    const url = new URL(c.req.url);
+    if (url.pathname.endsWith("/")) {
+      return c.redirect(url.pathname.replace(/\/+$/, "") + url.search, 308);
+    }
+    throw new NotFoundError(`No dashboard page ${url.pathname}`);
+  });
   return app;
 }
 

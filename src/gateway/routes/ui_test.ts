@@ -107,6 +107,14 @@ t("a dashboard page is a shell without data that loads its part from the gateway
       });
       assert.equal(again.status, 304);
     }
+    for (const [typed, page] of [["/ui/", "/ui"], ["/ui/nodes/?x=1", "/ui/nodes?x=1"]]) {
+      const r = await f.app.request(typed);
+      assert.equal(r.status, 308, typed);
+      assert.equal(r.headers.get("location"), page);
+    }
+    const nopage = await text(f, "/ui/nowhere");
+    assert.equal(nopage.status, 404);
+    assert.match(nopage.body, /No dashboard page \/ui\/nowhere/);
     const missing = await f.app.request("/ui/static/..%2Fevents.ts");
     assert.equal(missing.status, 404);
     await missing.body?.cancel();
