@@ -19,6 +19,8 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v criu >/dev/null 2>&1 || [ -x /usr/sbin/criu ] || missing+=(criu)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+# The dashboard's browser test drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 # The container images test brings its stack up with Compose (Debian 12 ships 1.29).
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
   missing+=(docker-compose)

@@ -14,7 +14,7 @@ import { NotFoundError, toInferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.ts";
 import { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
@@ -28,6 +28,7 @@ import { funccallRoutes } from "./routes/funccall.ts";
 import { metricsRoutes } from "./routes/metrics.ts";
 import { objectRoutes } from "./routes/objects.ts";
 import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
+import { uiRoutes } from "./routes/ui.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
 import type { GatewayGroup } from "./group.ts";
 
@@ -55,6 +56,8 @@ export interface GatewayDeps {
   gatewayId?: string;
   /** The gateways sharing this one's port (`GATEWAY_WORKERS`). */
   group?: GatewayGroup;
+  /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
+  scheduler?: SchedulerClient;
 }
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
@@ -72,6 +75,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
     group: deps.group,
+    scheduler: deps.scheduler,
   };
 }
 
@@ -102,5 +106,6 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.route("/apikeys", apikeyRoutes(d));
   app.route("/audit", auditRoutes(d));
   app.route("/", metricsRoutes(d));
+  app.route("/ui", uiRoutes(d));
   return app;
 }

@@ -80,6 +80,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     audit: config.audit,
     gatewayId,
     group: config.group,
+    scheduler: config.scheduler,
   });
   const app = createGatewayApp(deps);
   const memberMetrics = config.group &&

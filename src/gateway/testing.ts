@@ -51,7 +51,10 @@ export class FakeScheduler implements SchedulerClient {
   refreshGateway(): Promise<void> {
     return Promise.resolve();
   }
-  killPod(): Promise<void> {
+  /** Pods terminated through {@linkcode killPod}. */
+  kills: string[] = [];
+  killPod(podId: string): Promise<void> {
+    this.kills.push(podId);
     return Promise.resolve();
   }
 }
@@ -109,6 +112,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     audit,
     bodyLimit: opts.bodyLimit ?? 1024,
     gatewayId: "gw-test",
+    scheduler: sched,
   });
   const app = createGatewayApp(deps);
   return {
@@ -145,7 +149,8 @@ export function memoryAudit(): MemoryAudit {
       (q.tenant === undefined || r.tenant === q.tenant) &&
       (q.namespace === undefined || r.namespace === q.namespace) &&
       (q.func === undefined || r.func === q.func) &&
-      (q.since === undefined || r.time >= q.since)
+      (q.since === undefined || r.time >= q.since) &&
+      (!q.status || statusIn((r as Partial<RequestRow>).status, q.status))
     ).reverse().slice(0, q.limit ?? 100);
   return {
     requests,
@@ -167,6 +172,10 @@ export function memoryAudit(): MemoryAudit {
     flush: () => Promise.resolve(),
     close: () => Promise.resolve(),
   };
+}
+
+function statusIn(status: number | undefined, range: { min: number; max: number }): boolean {
+  return status !== undefined && status >= range.min && status <= range.max;
 }
 
 /** A worker on a free port that answers with its name, after `delayMs`. */

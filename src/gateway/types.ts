@@ -6,7 +6,7 @@
 import type { Registry } from "prom-client";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.ts";
 import type { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
@@ -31,6 +31,8 @@ export interface RouteDeps {
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */
   group?: GatewayGroup;
+  /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
+  scheduler?: SchedulerClient;
 }
 
 /** The gateway's Hono environment. */

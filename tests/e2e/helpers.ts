@@ -127,9 +127,13 @@ export async function request(
   return { status: res.status, headers: res.headers, body };
 }
 
-/** Creates an object through the gateway at `url` (`PUT /object/`). */
-export function putObject(url: string, object: unknown): ReturnType<typeof request> {
-  return request(`${url}/object/`, { method: "PUT", body: object });
+/** Creates an object through the gateway at `url` (`PUT /object/`), with `headers` (credentials). */
+export function putObject(
+  url: string,
+  object: unknown,
+  headers?: Record<string, string>,
+): ReturnType<typeof request> {
+  return request(`${url}/object/`, { method: "PUT", body: object, headers });
 }
 
 /** Creates tenant `tenant` and its namespace `namespace` through the gateway at `url`. */
@@ -137,6 +141,7 @@ export async function createNamespace(
   url: string,
   tenant: string,
   namespace: string,
+  headers?: Record<string, string>,
 ): Promise<void> {
   for (
     const o of [
@@ -144,7 +149,7 @@ export async function createNamespace(
       { type: "namespace", tenant, namespace: "system", name: namespace, object: {} },
     ]
   ) {
-    const r = await putObject(url, o);
+    const r = await putObject(url, o, headers);
     if (r.status !== 201) {
       throw new Error(`Cannot create ${o.type} ${o.name}: ${JSON.stringify(r.body)}`);
     }

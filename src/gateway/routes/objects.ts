@@ -2,17 +2,18 @@
  * Objects and the cluster's state: `PUT|POST /object/` (create, update at a
  * revision), `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
  * `GET /objects/{type}[/{tenant}/{namespace}]`, `GET /nodes`,
- * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`. Every change goes
- * through the state service, which validates it.
+ * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`,
+ * `DELETE /pods/{tenant}/{namespace}/{function}/{pod}` (terminate, through the
+ * scheduler). Every change goes through the state service, which validates it.
  *
  * @module
  */
 import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
-import { decodeNode, decodePod } from "../../model/cluster.ts";
-import { isUserType, type UserType } from "../../model/keys.ts";
+import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
+import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
-import type { MetaRecord } from "../../rpc/types.ts";
+import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
@@ -90,14 +91,20 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { items } = await deps.meta.list("pod", tenant, namespace);
     return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
   });
+  app.delete("/pods/:tenant/:namespace/:func/:pod", async (c) => {
+    const { tenant, namespace, func, pod: podId } = c.req.param();
+    authorize(c.var.principal, "write", tenant, namespace);
+    const pod = await podOf(deps.meta, tenant, namespace, func, podId);
+    if (!deps.scheduler) {
+      throw new InferxError("unsupported", "This gateway cannot reach the scheduler");
+    }
+    await deps.scheduler.killPod(pod.id);
+    return c.json({ terminated: pod.id, state: pod.state });
+  });
   app.get("/pods/:tenant/:namespace/:func/:pod/log", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
-    const rec = await deps.meta.get({ type: "pod", tenant, namespace, name: podId });
-    const pod = rec && decodePod(rec.value);
-    if (!pod || pod.func !== func) {
-      throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
-    }
+    const pod = await podOf(deps.meta, tenant, namespace, func, podId);
     const nodeRec = await deps.meta.get({
       type: "node",
       tenant: "system",
@@ -114,6 +121,24 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.text(await agent.readPodLog(podId, lines));
   });
   return app;
+}
+
+/** Pod `podId` of function `tenant/namespace/func`; `not_found` when there is none. */
+async function podOf(
+  meta: MetaClient,
+  tenant: string,
+  namespace: string,
+  func: string,
+  podId: string,
+): Promise<PodInfo> {
+  const rec = isValidName(podId)
+    ? await meta.get({ type: "pod", tenant, namespace, name: podId })
+    : undefined;
+  const pod = rec && decodePod(rec.value);
+  if (!pod || pod.func !== func) {
+    throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
+  }
+  return pod;
 }
 
 /** Where an object lives for authorization: a tenant is its own scope; a namespace too. */
