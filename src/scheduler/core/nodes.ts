@@ -23,7 +23,8 @@ export function heartbeatFresh(state: CoreState, heartbeat: number | undefined, 
 export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
   const { state } = ctx;
   let node = state.nodes.get(r.name);
-  const resized = !node || capacityChanged(node, r);
+  const joined = !node;
+  const resized = joined || capacityChanged(node!, r);
   if (!node) {
     node = {
       name: r.name,
@@ -62,7 +63,7 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
     const why = r.ready ? "missed its heartbeats" : "is not ready";
     loseNodePods(ctx, node, `node ${node.name} ${why}`);
   }
-  if (resized) updateAllSchedulable(ctx);
+  if (resized) updateAllSchedulable(ctx, joined);
   retryStarved(ctx);
 }
 

@@ -154,9 +154,15 @@ export function updateSchedulable(ctx: Ctx, f: CoreFunc): void {
   } else if (was === "False") ctx.state.starved.add(f.id);
 }
 
-/** Decides every function again: the nodes changed what they could ever hold. */
-export function updateAllSchedulable(ctx: Ctx): void {
-  for (const f of ctx.state.funcs.values()) updateSchedulable(ctx, f);
+/**
+ * Decides every function again: the nodes changed what they could ever
+ * hold. When a node only joined (`grew`), functions some node could already
+ * hold stay so and are skipped.
+ */
+export function updateAllSchedulable(ctx: Ctx, grew = false): void {
+  for (const f of ctx.state.funcs.values()) {
+    if (!grew || f.schedulable?.status !== "True") updateSchedulable(ctx, f);
+  }
 }
 
 /**
