@@ -23,6 +23,12 @@ export interface Answer {
   json: any;
 }
 
+/** What a command works with: the gateway, and where it prints. */
+export interface Ctl {
+  send: Send;
+  io: Io;
+}
+
 /** An answer from its status and body text: JSON when the text parses, else the text. */
 export function answerOf(status: number, text: string): Answer {
   try {

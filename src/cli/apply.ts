@@ -22,7 +22,7 @@
  */
 import { parseAllDocuments } from "yaml";
 import { APPLIED_BY_ANNOTATION, selectorMatches } from "../model/metadata.ts";
-import { CliError, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
+import { CliError, type Ctl, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
 import { fieldDiff, formatChange } from "./diff.ts";
 
 /** Options of {@linkcode applyObjects} and {@linkcode diffObjects}. */
@@ -208,9 +208,8 @@ async function desired(send: Send, source: string, io: Io, options: ApplyOptions
 
 /** Runs `ctl apply -f source`. */
 export async function applyObjects(
-  send: Send,
+  { send, io }: Ctl,
   source: string,
-  io: Io,
   options: ApplyOptions = {},
 ): Promise<void> {
   const { objs, doomed } = await desired(send, source, io, options);
@@ -282,9 +281,8 @@ async function confirmPrune(source: string, doomed: Obj[], io: Io, options: Appl
  * and a summary; resolves whether anything would change.
  */
 export async function diffObjects(
-  send: Send,
+  { send, io }: Ctl,
   source: string,
-  io: Io,
   options: ApplyOptions = {},
 ): Promise<boolean> {
   const { objs, doomed } = await desired(send, source, io, options);

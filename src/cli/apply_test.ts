@@ -46,12 +46,12 @@ async function setup() {
     Deno.writeTextFile(`${dir}/${file}`, JSON.stringify(objs));
   const apply = async (options: ApplyOptions = {}, answer = "", source = dir) => {
     const r = recorder(answer);
-    await applyObjects(send, source, r.io, options);
+    await applyObjects({ send, io: r.io }, source, options);
     return r;
   };
   const diff = async (options: ApplyOptions = {}) => {
     const r = recorder();
-    const changes = await diffObjects(send, dir, r.io, options);
+    const changes = await diffObjects({ send, io: r.io }, dir, options);
     return { ...r, changes };
   };
   const get = async (name: string) => (await send("GET", `/object/function/t/n/${name}`)).json;

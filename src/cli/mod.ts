@@ -229,7 +229,10 @@ export async function runCtl(
       case "apply":
       case "diff": {
         if (!values.file) throw new CliError(`${cmd} needs -f FILE or -f DIR`);
-        const to = (method: string, path: string, body?: unknown) => send(gw, method, path, body);
+        const ctl = {
+          send: (method: string, path: string, body?: unknown) => send(gw, method, path, body),
+          io,
+        };
         const options = {
           dryRun: values["dry-run"],
           selector: values.selector,
@@ -237,11 +240,11 @@ export async function runCtl(
           yes: values.yes,
         };
         if (cmd === "apply") {
-          await applyObjects(to, values.file, io, options);
+          await applyObjects(ctl, values.file, options);
           return 0;
         }
         failure = 2;
-        return await diffObjects(to, values.file, io, options) ? 1 : 0;
+        return await diffObjects(ctl, values.file, options) ? 1 : 0;
       }
       case "get": {
         if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");

@@ -128,19 +128,19 @@ export function parseSelector(selector: string): SelectorTerm[] {
  * writing: the same status, reason and message are already there, or the
  * condition was never recorded and `next` is not `False` (a condition is
  * written once something is wrong, and kept from then on).
- * `lastTransitionTime` moves only when the status does.
+ * `lastTransitionTime` moves only when the status does, to `at`.
  */
 export function setCondition(
   conditions: readonly Condition[],
   next: Omit<Condition, "lastTransitionTime">,
-  nowIso: string,
+  at: string = new Date().toISOString(),
 ): Condition[] | undefined {
   const cur = conditions.find((c) => c.type === next.type);
   if (!cur && next.status !== "False") return undefined;
   if (cur && cur.status === next.status && cur.reason === next.reason) {
     if (cur.message === next.message) return undefined;
   }
-  const at = cur && cur.status === next.status ? cur.lastTransitionTime : nowIso;
-  const c: Condition = { ...next, lastTransitionTime: at };
+  const since = cur && cur.status === next.status ? cur.lastTransitionTime : at;
+  const c: Condition = { ...next, lastTransitionTime: since };
   return cur ? conditions.map((x) => x === cur ? c : x) : [...conditions, c];
 }

@@ -27,7 +27,8 @@ import type { Schedulability } from "./core/mod.ts";
 
 const log = logger("scheduler", "conditions");
 
-interface Pending {
+/** A decision about a function: its condition, for the version it was made for. */
+export interface Decision {
   version: number;
   condition: Schedulability;
 }
@@ -36,7 +37,7 @@ interface Pending {
 export class ConditionWriter {
   #meta: MetaClient;
   #clock: Clock;
-  #latest = new Map<string, Pending>();
+  #latest = new Map<string, Decision>();
   #running = new Map<string, Promise<void>>();
 
   constructor(meta: MetaClient, clock: Clock) {
@@ -44,9 +45,9 @@ export class ConditionWriter {
     this.#clock = clock;
   }
 
-  /** Records `condition` for function `func` (`tenant/namespace/name`) at `version`. */
-  write(func: string, version: number, condition: Schedulability): void {
-    this.#latest.set(func, { version, condition });
+  /** Records `decision` for function `func` (`tenant/namespace/name`). */
+  write(func: string, decision: Decision): void {
+    this.#latest.set(func, decision);
     if (!this.#running.has(func)) {
       this.#running.set(func, this.#run(func).finally(() => this.#running.delete(func)));
     }
@@ -56,13 +57,8 @@ export class ConditionWriter {
    * Writes the core's decision when the stored status disagrees with it
    * (after a restart, or when a write was skipped); nothing when it agrees.
    */
-  reconcile(
-    func: string,
-    version: number,
-    stored: FunctionStatus | undefined,
-    decided: Schedulability,
-  ): void {
-    if (this.#next(stored?.conditions ?? [], decided)) this.write(func, version, decided);
+  reconcile(func: string, decision: Decision, stored?: FunctionStatus): void {
+    if (this.#next(stored?.conditions ?? [], decision.condition)) this.write(func, decision);
   }
 
   /** Resolves once every write asked for so far has ended. */
@@ -92,7 +88,7 @@ export class ConditionWriter {
     }
   }
 
-  async #writeOne(func: string, p: Pending): Promise<void> {
+  async #writeOne(func: string, p: Decision): Promise<void> {
     const [tenant, namespace, name] = func.split("/");
     await updateWithRetry(this.#meta, { type: "function", tenant, namespace, name }, (cur) => {
       if (!cur) return undefined;

@@ -212,7 +212,9 @@ export class SchedulerService implements SchedulerClient {
           this.#funcs.set(id, { ...o, spec: o.spec });
           this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
           const decided = this.#core.funcs.get(id)?.schedulable;
-          if (decided) this.#conditions.reconcile(id, o.version, o.status, decided);
+          if (decided) {
+            this.#conditions.reconcile(id, { version: o.version, condition: decided }, o.status);
+          }
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
@@ -415,7 +417,7 @@ export class SchedulerService implements SchedulerClient {
           status: a.condition.status,
           message: a.condition.message,
         });
-        this.#conditions.write(a.func, a.version, a.condition);
+        this.#conditions.write(a.func, { version: a.version, condition: a.condition });
         break;
     }
   }
