@@ -99,37 +99,34 @@ Deno.test({
         );
       });
 
-      await t.step(
-        "min_replica 1 keeps a worker up; a policy update keeps the version",
-        async () => {
-          const cur = await request(`${p.url}/object/function/public/demo/lm`);
-          const upd = await request(`${p.url}/object/`, {
-            body: fn("lm", {
-              commands: NGRAM_COMMANDS,
-              resources: { CPU: 500, Mem: 256 },
-              policy: {
-                Obj: { min_replica: 1, max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 },
-              },
-            }, cur.body.revision),
-          });
-          assert.equal(upd.status, 200, JSON.stringify(upd.body));
-          assert.equal(upd.body.unchanged, false);
-          assert.equal(upd.body.version, cur.body.version, "only the policy changed");
-          await eventually("a ready min_replica pod", async () => {
-            const pods = (await request(`${p.url}/pods/public/demo/lm`)).body;
-            return pods.length === 1 && pods[0].state === "Ready" &&
-              pods[0].funcVersion === upd.body.version;
-          });
-          const call = await complete(p);
-          assert.equal(call.headers.get("x-inferx-cold-start"), "0");
-          await new Promise((r) => setTimeout(r, 1500));
-          assert.equal(
-            (await request(`${p.url}/pods/public/demo/lm`)).body.length,
-            1,
-            "still up after scale-in time",
-          );
-        },
-      );
+      await t.step("min_replica 1 keeps a worker up; a policy update keeps version", async () => {
+        const cur = await request(`${p.url}/object/function/public/demo/lm`);
+        const upd = await request(`${p.url}/object/`, {
+          body: fn("lm", {
+            commands: NGRAM_COMMANDS,
+            resources: { CPU: 500, Mem: 256 },
+            policy: {
+              Obj: { min_replica: 1, max_replica: 1, scalein_timeout: 0.5, standby_per_node: 0 },
+            },
+          }, cur.body.revision),
+        });
+        assert.equal(upd.status, 200, JSON.stringify(upd.body));
+        assert.equal(upd.body.unchanged, false);
+        assert.equal(upd.body.version, cur.body.version, "only the policy changed");
+        await eventually("a ready min_replica pod", async () => {
+          const pods = (await request(`${p.url}/pods/public/demo/lm`)).body;
+          return pods.length === 1 && pods[0].state === "Ready" &&
+            pods[0].funcVersion === upd.body.version;
+        });
+        const call = await complete(p);
+        assert.equal(call.headers.get("x-inferx-cold-start"), "0");
+        await new Promise((r) => setTimeout(r, 1500));
+        assert.equal(
+          (await request(`${p.url}/pods/public/demo/lm`)).body.length,
+          1,
+          "still up after scale-in time",
+        );
+      });
 
       await t.step(
         "errors: 404, 400, 413, 503 on a full queue, 504 on a queue timeout, 503 with a crash's output",
