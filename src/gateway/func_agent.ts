@@ -3,7 +3,9 @@
  * leased. A request takes a free slot of a leased worker (`parallel` per
  * worker) without any remote call; only when none is free and the queue is
  * over `wait_ratio` does the agent ask the scheduler for another worker. A
- * worker idle for `scalein_timeout` goes back.
+ * worker idle for `scalein_timeout` goes back. While no node could ever hold
+ * a worker (the function's `Schedulable` condition, or a lease refused as
+ * `unschedulable`), calls that find no free slot are refused at once.
  *
  * @module
  */
@@ -13,6 +15,13 @@ import type { FuncPolicy } from "../model/schemas.ts";
 import type { SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
+
+/**
+ * How long (ms) a lease refused as `unschedulable` refuses calls without
+ * asking the scheduler again; the function's condition, when recorded,
+ * holds until it clears.
+ */
+export const UNSCHEDULABLE_RECHECK_MS = 2000;
 
 /** A leased worker. */
 export interface Worker {
@@ -53,6 +62,11 @@ interface Waiter {
 export interface FuncAgentDeps {
   scheduler: SchedulerClient;
   gatewayId: string;
+  /**
+   * How long (ms) a lease refused as `unschedulable` refuses calls without
+   * asking the scheduler again. @default UNSCHEDULABLE_RECHECK_MS
+   */
+  unschedulableRecheckMs?: number;
 }
 
 /** One function's queue and leased workers in one gateway. */
@@ -69,6 +83,9 @@ export class FuncAgent {
   #pendingLeases = 0;
   #leaseAbort = new AbortController();
   #closed = false;
+  #unschedulable?: InferxError;
+  /** Until when (performance.now() ms) `#unschedulable` holds. */
+  #unschedulableUntil = 0;
 
   constructor(
     ref: { tenant: string; namespace: string; name: string; version: number },
@@ -115,6 +132,9 @@ export class FuncAgent {
     if (this.#queue.length === 0) {
       const w = this.#freeWorker();
       if (w) return Promise.resolve(this.#take(w, 0));
+    }
+    if (this.#unschedulable && performance.now() < this.#unschedulableUntil) {
+      return Promise.reject(this.#unschedulable);
     }
     if (this.#queue.length >= this.policy.queue_len) {
       return Promise.reject(
@@ -199,6 +219,17 @@ export class FuncAgent {
     this.#drain();
   }
 
+  /**
+   * No node could ever hold a worker of this function (`err`, code
+   * `unschedulable`): queued calls and calls that find no free slot are
+   * refused at once until it is cleared (`undefined`).
+   */
+  setUnschedulable(err: InferxError | undefined): void {
+    this.#unschedulable = err;
+    this.#unschedulableUntil = err ? Infinity : 0;
+    if (err) this.#rejectQueue(err);
+  }
+
   /** The function is gone: refuse waiters, return workers when idle. */
   close(): void {
     this.#closed = true;
@@ -213,6 +244,13 @@ export class FuncAgent {
   }
 
   #lastError?: InferxError;
+
+  #rejectQueue(err: InferxError): void {
+    for (const q of this.#queue.splice(0)) {
+      clearTimeout(q.timer);
+      q.reject(err);
+    }
+  }
 
   #lastErrorText(): string {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
@@ -297,11 +335,18 @@ export class FuncAgent {
       this.#pendingLeases--;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
-      if (e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded") {
-        for (const q of this.#queue.splice(0)) {
-          clearTimeout(q.timer);
-          q.reject(e);
-        }
+      if (e.code === "unschedulable") {
+        this.#unschedulable = e;
+        this.#unschedulableUntil = Math.max(
+          this.#unschedulableUntil,
+          performance.now() + (this.#deps.unschedulableRecheckMs ?? UNSCHEDULABLE_RECHECK_MS),
+        );
+      }
+      if (
+        e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded" ||
+        e.code === "unschedulable"
+      ) {
+        this.#rejectQueue(e);
         return;
       }
       if (!this.#closed) setTimeout(() => this.#scaleOut(), 100);

@@ -5,8 +5,10 @@
  *
  * @module
  */
+import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { funcId } from "../model/keys.ts";
+import { findCondition, type FunctionStatus, SCHEDULABLE } from "../model/metadata.ts";
 import {
   decodeStoredUserObject,
   type FuncPolicy,
@@ -25,6 +27,8 @@ interface Entry {
   name: string;
   version: number;
   spec: FunctionSpec;
+  /** Set while the function's `Schedulable` condition is `False`. */
+  unschedulable?: InferxError;
 }
 
 /** Functions, policies and agents of one gateway. */
@@ -59,8 +63,11 @@ export class FuncCache {
           const o = decodeStoredUserObject(rec.value, rec.revision);
           if (o.type !== "function") return;
           const id = funcId(o.tenant, o.namespace, o.name);
-          this.#funcs.set(id, { ...o, spec: o.spec });
-          this.#agents.get(id)?.setVersion(o.version, this.policyOf(id)!);
+          const unschedulable = unschedulableError(id, o.status);
+          this.#funcs.set(id, { ...o, spec: o.spec, unschedulable });
+          const agent = this.#agents.get(id);
+          agent?.setVersion(o.version, this.policyOf(id)!);
+          agent?.setUnschedulable(unschedulable);
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
@@ -98,6 +105,7 @@ export class FuncCache {
     const f = this.#funcs.get(id);
     if (!f) return undefined;
     a = new FuncAgent(f, this.policyOf(id)!, this.#deps);
+    if (f.unschedulable) a.setUnschedulable(f.unschedulable);
     this.#agents.set(id, a);
     return a;
   }
@@ -149,4 +157,13 @@ export class FuncCache {
       else log.warn("Function {id} has no policy in force", { id: a.id });
     }
   }
+}
+
+/** The error calls get while a function's `Schedulable` condition is `False`. */
+function unschedulableError(id: string, status?: FunctionStatus): InferxError | undefined {
+  const c = findCondition(status, SCHEDULABLE);
+  if (c?.status !== "False") return undefined;
+  return new InferxError("unschedulable", `Cannot call ${id}: ${c.message}`, {
+    details: { reason: c.reason },
+  });
 }

@@ -33,6 +33,7 @@ import {
   type PodPlacement,
   step,
 } from "./core/mod.ts";
+import { ConditionWriter } from "./conditions.ts";
 
 const log = logger("scheduler");
 
@@ -72,12 +73,14 @@ export class SchedulerService implements SchedulerClient {
   #clock: Clock;
   #ticker: Ticker;
   #stopTicking?: () => void;
+  #conditions: ConditionWriter;
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
     this.#options = options;
     this.#clock = options.clock ?? systemClock;
     this.#ticker = options.ticker ?? systemTicker;
+    this.#conditions = new ConditionWriter(meta, this.#clock);
     this.#core = newCoreState({
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
@@ -216,6 +219,10 @@ export class SchedulerService implements SchedulerClient {
           const id = funcId(o.tenant, o.namespace, o.name);
           this.#funcs.set(id, { ...o, spec: o.spec });
           this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
+          const decided = this.#core.funcs.get(id)?.schedulable;
+          if (decided) {
+            this.#conditions.reconcile(id, { version: o.version, condition: decided }, o.status);
+          }
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
@@ -233,6 +240,11 @@ export class SchedulerService implements SchedulerClient {
       funcs: this.#core.funcs.size,
       pods: this.#core.pods.size,
     });
+  }
+
+  /** Resolves once the conditions asked for so far are written (for tests). */
+  conditionsWritten(): Promise<void> {
+    return this.#conditions.settled();
   }
 
   /** Stops timers and watches; waiting leases are refused. */
@@ -401,6 +413,14 @@ export class SchedulerService implements SchedulerClient {
       case "resumePod":
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
         this.#setDesired(a.podId, "Running");
+        break;
+      case "funcCondition":
+        log.info("Function {func} Schedulable={status}: {message}", {
+          func: a.func,
+          status: a.condition.status,
+          message: a.condition.message,
+        });
+        this.#conditions.write(a.func, { version: a.version, condition: a.condition });
         break;
     }
   }

@@ -127,6 +127,32 @@ export async function request(
   return { status: res.status, headers: res.headers, body };
 }
 
+/** What a `ctl` run printed, and its exit status. */
+export interface CtlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `main.ts ctl --gateway URL ...args` as a user types it; `stdin` is typed into it. */
+export async function ctl(gateway: string, args: string[], stdin = ""): Promise<CtlResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "ctl", "--gateway", gateway, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode(stdin)).catch(() => {});
+  await w.close().catch(() => {});
+  const out = await child.output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
 /** Creates an object through the gateway at `url` (`PUT /object/`), with `headers` (credentials). */
 export function putObject(
   url: string,

@@ -1,6 +1,8 @@
 /**
- * Objects and the cluster's state: `PUT|POST /object/` (create, update at a
- * revision), `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
+ * Objects and the cluster's state: `PUT|POST /object/[?dryRun=1]` (create,
+ * update at a revision; an update that changes nothing answers
+ * `"unchanged": true`; a dry run writes nothing),
+ * `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
  * `GET /objects/{type}[/{tenant}/{namespace}]`, `GET /nodes`,
  * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`,
  * `DELETE /pods/{tenant}/{namespace}/{function}/{pod}` (terminate, through the
@@ -13,7 +15,7 @@ import { InferxError, NotFoundError, ValidationError } from "../../common/errors
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
-import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
+import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
@@ -23,10 +25,11 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const limit = deps.bodyLimit;
   app.put("/object/", async (c) => {
+    const dryRun = dryRunParam(c.req.query("dryRun"));
     const input = objectInput(await readJson(c.req.raw, limit));
     authorizeObject(c.var.principal, "write", input);
-    const rec = await deps.meta.create(input);
-    return c.json(recordJson(rec), 201);
+    const rec = await deps.meta.create(input, { dryRun });
+    return c.json(writeJson(rec), dryRun ? 200 : 201);
   });
   app.post("/object/", async (c) => {
     const input = objectInput(await readJson(c.req.raw, limit));
@@ -37,7 +40,8 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     authorizeObject(c.var.principal, "write", input);
-    return c.json(recordJson(await deps.meta.update(input)));
+    const dryRun = dryRunParam(c.req.query("dryRun"));
+    return c.json(writeJson(await deps.meta.update(input, { dryRun })));
   });
   app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
     const { tenant, namespace, name } = c.req.param();
@@ -180,6 +184,30 @@ function recordJson(rec: MetaRecord): Record<string, unknown> {
   return userObjectToJson(decodeStoredUserObject(rec.value, rec.revision));
 }
 
+/** The answer of a write: the object, whether it was unchanged, and whether it was a dry run. */
+function writeJson(rec: WriteResult): Record<string, unknown> {
+  const out = recordJson(rec);
+  out.unchanged = rec.unchanged ?? false;
+  if (rec.dryRun) out.dryRun = true;
+  return out;
+}
+
+/** `?dryRun=1|true` (or absent, `0`, `false`). */
+function dryRunParam(q: string | undefined): boolean {
+  if (q === undefined || q === "0" || q === "false") return false;
+  if (q === "1" || q === "true" || q === "") return true;
+  throw new ValidationError(`Invalid dryRun "${q}": 1, true, 0 or false`, "dryRun");
+}
+
+/** `object` without `status`: the platform writes status, users do not. */
+function withoutStatus(object: unknown): unknown {
+  if (!object || typeof object !== "object" || Array.isArray(object) || !("spec" in object)) {
+    return object;
+  }
+  const { status: _, ...rest } = object as Record<string, unknown>;
+  return rest;
+}
+
 /** The `{type, tenant, namespace, name, object, revision?}` envelope of a change. */
 function objectInput(body: unknown) {
   if (!body || typeof body !== "object" || Array.isArray(body)) {
@@ -203,7 +231,7 @@ function objectInput(body: unknown) {
     tenant: b.tenant as string,
     namespace: b.namespace as string,
     name: b.name as string,
-    object: b.object,
+    object: withoutStatus(b.object),
     revision: b.revision as number | undefined,
   };
 }

@@ -25,6 +25,7 @@ import type { CoreFunc } from "./types.ts";
  */
 export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   const { state } = ctx;
+  if (f.schedulable?.status === "False") return; // no node could ever hold it: evict nothing
   let live = liveCurrent(state, f);
   let need = Math.max(
     f.waiters.length - creatingCurrent(state, f),

@@ -6,7 +6,8 @@
  */
 import { type Ctx, terminate } from "./_accounting.ts";
 import { ensureCapacity } from "./capacity.ts";
-import type { FuncReport } from "./types.ts";
+import { updateSchedulable } from "./schedulable.ts";
+import type { FuncReport, PodDemand } from "./types.ts";
 
 /** A function was created or changed. */
 export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
@@ -23,9 +24,11 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     }
   }
   const changed = f.version !== r.version;
+  const decide = !f.schedulable || !sameDemand(f.demand, r.demand);
   f.version = r.version;
   f.demand = r.demand;
   f.policy = r.policy;
+  if (decide) updateSchedulable(ctx, f);
   if (changed) {
     for (const id of [...f.pods]) {
       const p = state.pods.get(id)!;
@@ -50,4 +53,9 @@ export function onFuncRemove(ctx: Ctx, id: string) {
   }
   ctx.state.funcs.delete(id);
   ctx.state.starved.delete(id);
+}
+
+function sameDemand(a: PodDemand, b: PodDemand): boolean {
+  return a.cpu === b.cpu && a.memMB === b.memMB && a.gpuType === b.gpuType &&
+    a.gpuCount === b.gpuCount && a.vramMB === b.vramMB;
 }

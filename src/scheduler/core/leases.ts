@@ -14,6 +14,7 @@ import {
   terminate,
 } from "./_accounting.ts";
 import { ensureCapacity } from "./capacity.ts";
+import { refuseUnschedulable } from "./schedulable.ts";
 import { retire } from "./standby.ts";
 import type { CoreFunc, CorePod, Waiter } from "./types.ts";
 
@@ -33,6 +34,7 @@ export function onLease(
     });
     return;
   }
+  if (refuseUnschedulable(ctx, f, e.reqId)) return;
   const waiter: Waiter = { reqId: e.reqId, gateway: e.gateway, deadline: e.deadline };
   for (const podId of f.idle) {
     grant(ctx, f, ctx.state.pods.get(podId)!, waiter, false);

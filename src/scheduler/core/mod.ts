@@ -8,6 +8,12 @@
 export * from "./types.ts";
 export * from "./placement.ts";
 export * from "./eviction.ts";
+export {
+  capacityView,
+  REASONS,
+  schedulability,
+  type SchedulabilityOptions,
+} from "./schedulable.ts";
 export { chooseTier, expectedRestoreMs, resumeIsFaster, TIER_HOLDS } from "./standby.ts";
 export { heartbeatFresh } from "./nodes.ts";
 export { recoveredState } from "./pods.ts";

@@ -12,12 +12,13 @@
  * | `leases.ts`   | who gets which worker, who waits, what a returned worker does  |
  * | `capacity.ts` | how many pods a function needs and where they come from        |
  * | `placement.ts`| which node fits a new pod (filter and score plugins)           |
+ * | `schedulable.ts`| whether any node could ever hold a pod (its capacity)        |
  * | `eviction.ts` | which pods to give up when no node fits                        |
  * | `standby.ts`  | which tier a retired pod parks in; restore or start fresh      |
  * | `quota.ts`    | whether a tenant may run one more replica                      |
  * | `pods.ts`     | what agents report, and rebuilding from pod records            |
  * | `nodes.ts`    | node readiness (reports and heartbeats), lost nodes            |
- * | `funcs.ts`    | function versions and removal                                  |
+ * | `funcs.ts`    | function versions (old ones drain) and policies, and removal   |
  *
  * @module
  */

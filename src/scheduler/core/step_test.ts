@@ -173,10 +173,15 @@ Deno.test("step() drains old-version pods: idle at once, leased on return", () =
 
 Deno.test("step() times out a waiter at its deadline, saying why nothing was placed", () => {
   const d = new CoreDriver();
-  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
-    type: "funcUpdate",
-    func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }),
-  });
+  // The only GPU is held by another function's min_replica pod: nothing to evict.
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 1, vramMB: 2000 }) },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/big", { gpuCount: 1, vramMB: 1500 }, { minReplica: 1 }),
+    },
+    { type: "funcUpdate", func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }) },
+  );
   assert.deepEqual(d.run(lease("r1", "t/n/f", "g1", 500)), []);
   d.now = 499;
   assert.deepEqual(d.run({ type: "tick" }), []);
@@ -185,7 +190,7 @@ Deno.test("step() times out a waiter at its deadline, saying why nothing was pla
   assert.equal(acts.length, 1);
   const a = acts[0];
   assert.ok(a.type === "leaseFailed" && a.code === "timeout");
-  assert.match(a.message, /gpu_type_unavailable/);
+  assert.match(a.message, /insufficient_vram/);
 });
 
 Deno.test("step() reclaims the leases of a silent gateway", () => {

@@ -80,6 +80,15 @@ export interface Waiter {
   deadline: number;
 }
 
+/** Whether some node could ever hold a pod, as a Kubernetes condition's fields. */
+export interface Schedulability {
+  status: "True" | "False" | "Unknown";
+  /** CamelCase code: `Fits`, `NoNodes`, `InsufficientCPU`, `GPUTypeUnavailable`, ... */
+  reason: string;
+  /** What a person reads. */
+  message: string;
+}
+
 /** One function as the core knows it. */
 export interface CoreFunc {
   id: string;
@@ -94,6 +103,8 @@ export interface CoreFunc {
   waiters: Waiter[];
   /** Why the last placement failed, for the timeout message. */
   lastUnschedulable?: string;
+  /** Whether some node could ever hold a pod (`schedulable.ts`); unknown before the first decision. */
+  schedulable?: Schedulability;
   /** Observed start-up time (ms, moving average); unknown until a pod started. */
   coldStartMs?: number;
   /** Observed restore time per tier (ms, moving average). */
@@ -272,7 +283,15 @@ export type CoreAction =
     resumed: boolean;
     version: number;
   }
-  | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string };
+  | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string }
+  | {
+    /** Record whether some node could ever hold a pod of `func` (its `Schedulable` condition). */
+    type: "funcCondition";
+    func: string;
+    /** The function version the decision was made for. */
+    version: number;
+    condition: Schedulability;
+  };
 
 /** Why a lease was refused. */
 export type LeaseFailure =
