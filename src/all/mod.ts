@@ -35,6 +35,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     node: nodeInfo,
     workDir: REPO_ROOT,
     snapshotDir: `${env.dataDir}/snapshots`,
+    snapshotSettings: env.snapshots,
     // The store created the data directory: its real path tells this
     // platform's workers from another's on the same host.
     scope: `${nodeInfo.name}@${await Deno.realPath(env.dataDir)}`,

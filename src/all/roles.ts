@@ -187,6 +187,7 @@ export async function startNodeAgent(env: EnvConfig): Promise<RoleHandle> {
     node,
     workDir: REPO_ROOT,
     snapshotDir: `${env.dataDir}/snapshots`,
+    snapshotSettings: env.snapshots,
     scope: `${node.name}@${await Deno.realPath(env.dataDir)}`,
   });
   const server = await serveNodeAgent(agent.agent, `${env.bindHost}:${env.nodeagentPort}`);

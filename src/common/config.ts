@@ -59,6 +59,20 @@ export interface EnvConfig {
   auditDbAddr?: string;
   /** `AUDIT_BUFFER_ROWS`: audit rows held while the database is down, default 100000. */
   auditBufferRows: number;
+  /** Snapshot cold starts on the process runtime. */
+  snapshots: SnapshotSettings;
+}
+
+/** Where and whether a node snapshots workers (CRIU itself: `INFERX_CRIU`). */
+export interface SnapshotSettings {
+  /** `INFERX_SNAPSHOTS`: `on` (default) or `off`. */
+  enabled: boolean;
+  /** `INFERX_SNAPSHOT_DISK_MB`: disk all snapshot images of a node may take, default 10240. */
+  diskMB: number;
+  /** `INFERX_POD_NETNS`: `auto` (default: a network and PID namespace per pod when CRIU works) or `off`. */
+  podNamespaces: boolean;
+  /** `INFERX_POD_CIDR`: the private range pod namespaces get addresses from, default 10.213.0.0/16. */
+  podCidr: string;
 }
 
 function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
@@ -127,7 +141,23 @@ export function readEnv(
       : undefined,
     auditDbAddr: auditAddr(env("AUDITDB_ADDR"), env("AUDITDB_PASSWORD")),
     auditBufferRows: intEnv(env, "AUDIT_BUFFER_ROWS", 100_000),
+    snapshots: {
+      enabled: onOff(env, "INFERX_SNAPSHOTS", ["on", "off"]) === "on",
+      diskMB: intEnv(env, "INFERX_SNAPSHOT_DISK_MB", 10_240),
+      podNamespaces: onOff(env, "INFERX_POD_NETNS", ["auto", "off"]) === "auto",
+      podCidr: env("INFERX_POD_CIDR") || "10.213.0.0/16",
+    },
   };
+}
+
+/** One of `choices` (the first is the default). */
+function onOff(env: (k: string) => string | undefined, name: string, choices: string[]): string {
+  const raw = env(name);
+  if (raw === undefined || raw === "") return choices[0];
+  if (!choices.includes(raw)) {
+    throw new ValidationError(`Invalid ${name}: "${raw}" is not ${choices.join(" or ")}`, name);
+  }
+  return raw;
 }
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */

@@ -38,3 +38,35 @@ export function hasCode(code: string): (err: unknown) => true {
     return true;
   };
 }
+
+/** Creates tenant `tenant` and its namespace `namespace` through `meta`. */
+export async function seedNamespace(
+  meta: {
+    create(
+      input: {
+        type: "tenant" | "namespace";
+        tenant: string;
+        namespace: string;
+        name: string;
+        object: unknown;
+      },
+    ): Promise<unknown>;
+  },
+  tenant: string,
+  namespace: string,
+): Promise<void> {
+  await meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: tenant,
+    object: {},
+  });
+  await meta.create({
+    type: "namespace",
+    tenant,
+    namespace: "system",
+    name: namespace,
+    object: {},
+  });
+}

@@ -12,7 +12,9 @@ import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
-import type { PodRuntime } from "./runtime.ts";
+import { httpCall } from "./probe.ts";
+import type { PodRuntime, RunningPod } from "./runtime.ts";
+import type { SnapshotManager } from "./snapshots.ts";
 
 const log = logger("nodeagent");
 
@@ -22,6 +24,16 @@ export interface NodeAgentOptions {
   heartbeatMs?: number;
   /** Grace before SIGKILL when stopping a pod (ms). @default 5000 */
   stopGraceMs?: number;
+  /** This node's snapshots, when its runtime takes and restores them. */
+  snapshots?: SnapshotManager;
+}
+
+/** How a pod came up. */
+interface BroughtUp {
+  running: RunningPod;
+  startedFrom: "fresh" | "snapshot";
+  /** What happened to snapshots on the way, when anything did. */
+  note?: string;
 }
 
 interface LocalPod {
@@ -67,6 +79,14 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(true);
   }
 
+  /** Writes the node record now (after its snapshots changed). */
+  refreshNode(): void {
+    if (this.#stopped) return;
+    this.#writeNode(true).catch((err) =>
+      log.warn("Cannot update node {node}: {error}", { node: this.name, error: String(err) })
+    );
+  }
+
   /** Registers the node, starts heartbeats and follows pods. */
   async start(): Promise<void> {
     const { adopted, removed } = await this.#runtime.recover();
@@ -86,6 +106,7 @@ export class NodeAgent implements NodeAgentClient {
         endpoint: a.endpoint,
       });
     }
+    await this.#options.snapshots?.start();
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).catch((err) =>
@@ -122,6 +143,7 @@ export class NodeAgent implements NodeAgentClient {
     this.#stopped = true;
     clearInterval(this.#heartbeat);
     this.#informer?.stop();
+    this.#options.snapshots?.stop();
     await Promise.all([...this.#local.keys()].map((id) => this.#stopPod(id, true)));
     await this.#writeNode(false).catch(() => {});
   }
@@ -173,7 +195,15 @@ export class NodeAgent implements NodeAgentClient {
 
   async #writeNode(ready: boolean): Promise<void> {
     const ref = { type: "node" as const, tenant: SYSTEM, namespace: SYSTEM, name: this.name };
-    const object: NodeInfo = { ...this.#node, ready, heartbeat: Date.now() };
+    const snaps = this.#node.snapshots;
+    const object: NodeInfo = {
+      ...this.#node,
+      ready,
+      heartbeat: Date.now(),
+      snapshots: snaps && this.#options.snapshots
+        ? { ...snaps, ...this.#options.snapshots.summary() }
+        : snaps,
+    };
     for (let attempt = 0; attempt < 5; attempt++) {
       const cur = await this.#meta.get(ref);
       try {
@@ -261,28 +291,23 @@ export class NodeAgent implements NodeAgentClient {
     const entry: LocalPod = { id: pod.id, phase: "starting" };
     this.#local.set(pod.id, entry);
     const t0 = performance.now();
-    entry.done = this.#runtime.start({
-      podId: pod.id,
-      func: `${pod.tenant}/${pod.namespace}/${pod.func}`,
-      funcVersion: pod.funcVersion,
-      template: pod.template,
-      cpuMillis: pod.cpuMillis,
-      memMB: pod.memMB,
-      gpus: pod.gpus,
-    }).then(async (running) => {
+    entry.done = this.#bringUp(pod, entry).then(async ({ running, startedFrom, note }) => {
       if (entry.phase === "stopping") return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
-      log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms", {
+      log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms ({from})", {
         pod: pod.id,
         func: pod.func,
         endpoint: running.endpoint,
         ms: Math.round(performance.now() - t0),
+        from: startedFrom === "snapshot" ? "restored from its snapshot" : "fresh start",
       });
       await this.#setStatus(pod.id, {
         state: "Ready",
         endpoint: running.endpoint,
         readyAt: Date.now(),
+        startedFrom,
+        note,
       });
     }, async (err: Error) => {
       if (entry.phase === "stopping") return;
@@ -294,6 +319,74 @@ export class NodeAgent implements NodeAgentClient {
       });
       await this.#setStatus(pod.id, { state: "Failed", error: err.message });
     });
+  }
+
+  /**
+   * Restores the pod from this node's snapshot when the scheduler asked for
+   * it and one is here, else starts it fresh; a fresh pod of a version
+   * without a snapshot here answers its sample query and is snapshotted
+   * before it is reported ready. A snapshot that fails never fails the pod:
+   * it starts fresh, with a note saying why.
+   */
+  async #bringUp(pod: PodInfo, entry: LocalPod): Promise<BroughtUp> {
+    const spec = {
+      podId: pod.id,
+      func: `${pod.tenant}/${pod.namespace}/${pod.func}`,
+      funcVersion: pod.funcVersion,
+      template: pod.template,
+      cpuMillis: pod.cpuMillis,
+      memMB: pod.memMB,
+      gpus: pod.gpus,
+    };
+    const snaps = this.#options.snapshots;
+    const notes: string[] = [];
+    if (snaps && this.#runtime.restore && pod.fromSnapshot) {
+      const snap = snaps.usable(pod);
+      if (snap) {
+        try {
+          const running = await this.#runtime.restore(spec, snap.dir);
+          snaps.used(snap);
+          return { running, startedFrom: "snapshot" };
+        } catch (err) {
+          const why = (err as Error).message;
+          log.warn("Pod {pod}: snapshot {snapshot} failed, starting fresh: {error}", {
+            pod: pod.id,
+            snapshot: snap.ref.name,
+            error: why,
+          });
+          notes.push(`Snapshot ${snap.ref.name} could not be restored, started fresh: ${why}`);
+          await snaps.discard(snap, why);
+        }
+      } else {
+        notes.push(`No snapshot of v${pod.funcVersion} on node ${this.name}; started fresh`);
+      }
+    }
+    const running = await this.#runtime.start(spec);
+    if (snaps && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting") {
+      const warm = await this.#sampleQuery(pod, running.endpoint);
+      const note = warm ??
+        await snaps.take(pod, { alive: () => entry.phase === "starting" });
+      if (note) notes.push(note);
+    }
+    return { running, startedFrom: "fresh", note: notes.join("; ") || undefined };
+  }
+
+  /** Sends the function's sample query once (warming the worker); a note when it failed. */
+  async #sampleQuery(pod: PodInfo, endpoint: string): Promise<string | undefined> {
+    const q = pod.template.sampleQuery;
+    if (!q) return undefined;
+    const i = endpoint.lastIndexOf(":");
+    try {
+      const res = await httpCall(endpoint.slice(0, i), Number(endpoint.slice(i + 1)), q.path, {
+        method: q.body === undefined ? "GET" : "POST",
+        json: q.body,
+        timeoutMs: pod.template.startupTimeoutS * 1000,
+      });
+      if (res.status >= 200 && res.status < 300) return undefined;
+      return `No snapshot taken: the sample query ${q.path} answered ${res.status}`;
+    } catch (err) {
+      return `No snapshot taken: the sample query ${q.path} failed (${(err as Error).message})`;
+    }
   }
 
   /** Called by the runtime when a pod's process ends on its own. */

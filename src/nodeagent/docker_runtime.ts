@@ -12,7 +12,7 @@
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
 import type { StandbyTier } from "../model/cluster.ts";
-import { waitForProbe } from "./process_runtime.ts";
+import { waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
   platformEnv,
@@ -141,7 +141,7 @@ export class DockerRuntime implements PodRuntime {
       await container.start();
       const endpoint = await this.#endpoint(container, port);
       entry.endpoint = endpoint;
-      await waitForProbe(`http://${endpoint}${t.probe}`, entry.exited, {
+      await waitForProbe(this.#host, Number(endpoint.split(":").pop()), t.probe, entry.exited, {
         timeoutMs: t.startupTimeoutS * 1000,
         intervalMs: this.#options.probeIntervalMs,
       });

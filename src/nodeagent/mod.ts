@@ -8,8 +8,11 @@ import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import { criuCapability, openLibCriu } from "../ffi/criu.ts";
+import type { SnapshotSettings } from "../common/config.ts";
+import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
+import { PodNetworks } from "./pod_net.ts";
+import { SnapshotManager } from "./snapshots.ts";
 import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodRuntime } from "./runtime.ts";
@@ -17,6 +20,7 @@ import type { PodRuntime } from "./runtime.ts";
 export { NodeAgent } from "./agent.ts";
 export { ProcessRuntime } from "./process_runtime.ts";
 export { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+export { SnapshotManager } from "./snapshots.ts";
 
 /** Configuration of the node agent role. */
 export interface NodeAgentConfig extends NodeAgentOptions {
@@ -26,20 +30,25 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   workDir?: string;
   /** Identifies this agent's workers across restarts (node name and data directory). */
   scope?: string;
-  /** Where the CRIU capability check writes its log. @default a temporary directory */
-  criuDir?: string;
-  /** Where file-tier images go (process runtime with CRIU). @default `{workDir}/snapshots` */
+  /** Where file-tier images, snapshots and worker output go. @default `{workDir}/snapshots` */
   snapshotDir?: string;
+  /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
+  snapshotSettings?: SnapshotSettings;
 }
 
-/** Runs the CRIU capability check, logging into `criuDir` or a temporary directory. */
-async function checkCriu(criuDir?: string): Promise<NonNullable<NodeInfo["criu"]>> {
-  const dir = criuDir ?? await Deno.makeTempDir({ prefix: "inferx-criu-" });
-  try {
-    return await criuCapability(dir);
-  } finally {
-    if (!criuDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+/** The defaults of {@linkcode SnapshotSettings}. */
+export const DEFAULT_SNAPSHOT_SETTINGS: SnapshotSettings = {
+  enabled: true,
+  diskMB: 10_240,
+  podNamespaces: true,
+  podCidr: "10.213.0.0/16",
+};
+
+/** A short tag of `scope` for names on the host (network namespaces). */
+export function scopeTag(scope: string): string {
+  let h = 2166136261;
+  for (let i = 0; i < scope.length; i++) h = Math.imul(h ^ scope.charCodeAt(i), 16777619);
+  return `ix${(h >>> 0).toString(36).padStart(7, "0").slice(-7)}`;
 }
 
 /** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
@@ -55,8 +64,7 @@ export function gpuType(name: string): string {
  */
 export async function discover(
   node: NodeInfo,
-  criuDir?: string,
-  criu?: NodeInfo["criu"],
+  criu?: CriuCapability,
 ): Promise<NodeInfo> {
   const out: NodeInfo = { ...node };
   const { cuda, reason } = openLibCuda();
@@ -82,7 +90,7 @@ export async function discover(
       cuda.close();
     }
   } else out.gpuDriver = { available: false, reason };
-  out.criu = criu ?? await checkCriu(criuDir);
+  out.criu = criu ?? await criuCapability();
   logger("nodeagent").info(
     "Node {node}: {gpus} GPU(s) ({source}); CUDA driver: {driver}; CRIU: {criu}",
     {
@@ -92,10 +100,40 @@ export async function discover(
       driver: out.gpuDriver.available
         ? `version ${out.gpuDriver.driverVersion}`
         : out.gpuDriver.reason,
-      criu: out.criu.available ? "available" : out.criu.reason,
+      criu: out.criu.available
+        ? `${out.criu.version} (${out.criu.source}, ${out.criu.path})`
+        : out.criu.reason,
     },
   );
   return out;
+}
+
+/**
+ * Whether this node can start pods from snapshots, and the pod namespaces
+ * that needs: the process runtime, CRIU that passes its check, and network
+ * and PID namespaces per pod (root, iproute2, util-linux).
+ */
+async function snapshotSupport(
+  docker: boolean,
+  criu: CriuCapability,
+  settings: SnapshotSettings,
+  scope: string,
+): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
+  const off = (reason: string) => ({ snapshots: { available: false, reason } });
+  if (docker) {
+    return off(
+      "The Docker runtime does not snapshot: Docker's checkpoint needs an experimental daemon and cannot restore a checkpoint into another container (docs/standby.md)",
+    );
+  }
+  if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
+  if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");
+  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
+  const net = await podNetworks.capability();
+  if (!net.available) return off(`No pod namespaces: ${net.reason}`);
+  if (!settings.enabled) {
+    return { podNetworks, snapshots: { available: false, reason: "INFERX_SNAPSHOTS=off" } };
+  }
+  return { podNetworks, snapshots: { available: true } };
 }
 
 /** A running node agent. */
@@ -127,9 +165,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
-  // The file tier (CRIU) is offered by the process runtime when CRIU passes its check.
-  const criuCap = await checkCriu(config.criuDir);
-  const criu = !docker && criuCap.available ? openLibCriu().criu : undefined;
+  // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
+  const criuCap = await criuCapability();
+  const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
+  const criu = criuBin && new Criu(criuBin);
+  const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
+  const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
+  const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
   const runtime: PodRuntime = docker
     ? new DockerRuntime({ host: config.node.address, scope, onExit })
     : new ProcessRuntime({
@@ -139,13 +181,33 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       onExit,
       cuda,
       criu,
-      snapshotDir: config.snapshotDir,
+      podNetworks,
+      snapshotDir,
     });
-  const node = {
-    ...(await discover(config.node, config.criuDir, criuCap)),
+  const node: NodeInfo = {
+    ...(await discover(config.node, criuCap)),
     runtime: runtime.name,
+    snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },
   };
-  const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
+  const manager = snapshots.available
+    ? new SnapshotManager({
+      meta: config.meta,
+      node: config.node.name,
+      dir: `${snapshotDir}/images`,
+      diskBudgetMB: settings.diskMB,
+      runtime: runtime as ProcessRuntime,
+      onChange: () => exits.agent?.refreshNode(),
+    })
+    : undefined;
+  logger("nodeagent").info("Snapshots: {state}", {
+    state: snapshots.available
+      ? `on (pod namespaces in ${podNetworks!.cidr}, ${settings.diskMB} MB of disk)`
+      : `off: ${snapshots.reason}`,
+  });
+  const agent = exits.agent = new NodeAgent(config.meta, runtime, node, {
+    ...config,
+    snapshots: manager,
+  });
   await agent.start();
   return {
     agent,
@@ -153,7 +215,6 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     async stop() {
       await agent.stop();
       cuda?.close();
-      criu?.close();
     },
   };
 }
