@@ -82,6 +82,8 @@ export const NodeInfoSchema = z.object({
       state: z.string(),
       sizeMB: z.number().optional(),
       lastUsedAt: z.number().optional(),
+      /** Why it failed (CRIU's reason). */
+      error: z.string().optional(),
     })).default([]),
   }).optional(),
   ready: z.boolean().default(true),
@@ -141,6 +143,8 @@ export const PodInfoSchema = z.object({
   startedFrom: z.enum(["fresh", "snapshot"]).optional(),
   /** What the node noticed while starting it: a snapshot that failed, one not taken, and why. */
   note: z.string().optional(),
+  /** Observed: time (ms) its node spent warming and snapshotting it before reporting it Ready. */
+  snapshotMs: z.number().min(0).optional(),
 });
 /** A pod: desired state from the scheduler, status from the node agent. */
 export type PodInfo = z.infer<typeof PodInfoSchema>;

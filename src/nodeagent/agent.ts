@@ -34,6 +34,8 @@ interface BroughtUp {
   startedFrom: "fresh" | "snapshot";
   /** What happened to snapshots on the way, when anything did. */
   note?: string;
+  /** Time spent warming and snapshotting it (ms). */
+  snapshotMs?: number;
 }
 
 interface LocalPod {
@@ -291,7 +293,8 @@ export class NodeAgent implements NodeAgentClient {
     const entry: LocalPod = { id: pod.id, phase: "starting" };
     this.#local.set(pod.id, entry);
     const t0 = performance.now();
-    entry.done = this.#bringUp(pod, entry).then(async ({ running, startedFrom, note }) => {
+    entry.done = this.#bringUp(pod, entry).then(async (up) => {
+      const { running, startedFrom } = up;
       if (entry.phase === "stopping") return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
@@ -307,7 +310,8 @@ export class NodeAgent implements NodeAgentClient {
         endpoint: running.endpoint,
         readyAt: Date.now(),
         startedFrom,
-        note,
+        note: up.note,
+        snapshotMs: up.snapshotMs,
       });
     }, async (err: Error) => {
       if (entry.phase === "stopping") return;
@@ -362,13 +366,16 @@ export class NodeAgent implements NodeAgentClient {
       }
     }
     const running = await this.#runtime.start(spec);
+    let snapshotMs: number | undefined;
     if (snaps && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting") {
+      const t0 = performance.now();
       const warm = await this.#sampleQuery(pod, running.endpoint);
       const note = warm ??
         await snaps.take(pod, { alive: () => entry.phase === "starting" });
       if (note) notes.push(note);
+      snapshotMs = Math.round(performance.now() - t0);
     }
-    return { running, startedFrom: "fresh", note: notes.join("; ") || undefined };
+    return { running, startedFrom: "fresh", note: notes.join("; ") || undefined, snapshotMs };
   }
 
   /** Sends the function's sample query once (warming the worker); a note when it failed. */

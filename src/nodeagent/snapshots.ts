@@ -397,6 +397,7 @@ export class SnapshotManager {
         state: s.info.state,
         sizeMB: mb(s.info.bytes),
         lastUsedAt: s.info.lastUsedAt,
+        error: s.info.error,
       })),
     };
   }
@@ -409,6 +410,7 @@ export interface NodeSnapshotItem {
   state: string;
   sizeMB: number;
   lastUsedAt?: number;
+  error?: string;
 }
 
 const funcOf = (s: SnapshotInfo) => funcId(s.tenant, s.namespace, s.func);

@@ -6,6 +6,9 @@ import { openEmbeddedStore } from "../store/embedded.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
 import { seedNamespace } from "../common/testing.ts";
+import { Criu, criuCapability, locateCriu } from "./criu.ts";
+import { PodNetworks } from "./pod_net.ts";
+import { ProcessRuntime } from "./process_runtime.ts";
 
 const MB = 1024 * 1024;
 
@@ -244,3 +247,65 @@ t(
     assert.equal(mgr.wants(pod("a")), true, "the next fresh start takes a new one");
   },
 );
+
+const criuCap = await criuCapability();
+const netCap = criuCap.available
+  ? await new PodNetworks({ prefix: "ixsnaptest" }).capability()
+  : { available: false, reason: criuCap.reason };
+if (!netCap.available) console.log(`skipping the real disk-full test: ${netCap.reason}`);
+
+Deno.test({
+  name: "SnapshotManager: a real dump onto a full disk keeps nothing and the worker serves on",
+  ignore: !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const f = await fixture();
+    const tiny = await Deno.makeTempDir();
+    const work = await Deno.makeTempDir();
+    const mount = (args: string[]) =>
+      new Deno.Command(args[0], { args: args.slice(1) }).outputSync();
+    assert.ok(mount(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", tiny]).success);
+    const rt = new ProcessRuntime({
+      criu: new Criu(locateCriu()!),
+      podNetworks: new PodNetworks({ prefix: "ixsnaptest" }),
+      snapshotDir: work,
+    });
+    const mgr = new SnapshotManager({
+      meta: f.meta,
+      node: "n1",
+      dir: tiny,
+      diskBudgetMB: 100,
+      runtime: rt,
+    });
+    await mgr.start();
+    const p = pod("a");
+    p.template.commands = [
+      "deno",
+      "eval",
+      `Deno.serve({ port: 80, hostname: Deno.env.get("HOST"), onListen() {} }, () => new Response("ok"))`,
+    ];
+    p.template.startupTimeoutS = 20;
+    try {
+      const running = await rt.start({
+        ...p,
+        podId: p.id,
+        func: "t/n/a",
+        template: p.template,
+        gpus: [],
+      });
+      assert.match((await mgr.take(p))!, /disk filled up.*No space left on device/);
+      assert.deepEqual(await records(f.meta), []);
+      assert.deepEqual([...Deno.readDirSync(`${tiny}/t/n`)], [], "no half-written image");
+      const res = await fetch(`http://${running.endpoint}/`);
+      assert.equal(await res.text(), "ok");
+    } finally {
+      mgr.stop();
+      await rt.stop(p.id);
+      mount(["umount", tiny]);
+      await Deno.remove(tiny, { recursive: true });
+      await Deno.remove(work, { recursive: true });
+      await f.dispose();
+    }
+  },
+});

@@ -8,7 +8,14 @@
 import { ConflictError, InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import { decodeNode, decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
+import {
+  decodeNode,
+  decodePod,
+  type NodeInfo,
+  type PodInfo,
+  sampleRequest,
+} from "../model/cluster.ts";
+import { decodeSnapshot } from "../model/snapshot.ts";
 import { funcId } from "../model/keys.ts";
 import {
   decodeStoredUserObject,
@@ -62,6 +69,8 @@ export class SchedulerService implements SchedulerClient {
   /** Pod records as last seen, for writes. */
   #podRefs = new Map<string, ObjectRef>();
   #informers: Informer[] = [];
+  /** Snapshot records by store key, to know what a deleted one was. */
+  #snapshots = new Map<string, { func: string; version: number; node: string }>();
   #timer?: ReturnType<typeof setInterval>;
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
@@ -207,6 +216,25 @@ export class SchedulerService implements SchedulerClient {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
           this.#apply({ type: "funcRemove", id });
+        },
+      }),
+      // After functions: a snapshot counts for its function's current version.
+      await startInformer(this.#meta, "snapshot", {
+        upsert: (rec) => {
+          const s = decodeSnapshot(rec.value);
+          const ev = {
+            func: funcId(s.tenant, s.namespace, s.func),
+            version: s.funcVersion,
+            node: s.node,
+          };
+          this.#snapshots.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, ev);
+          this.#apply({ type: "snapshot", ...ev, ready: s.state === "Ready" });
+        },
+        remove: (ref) => {
+          const key = `${ref.tenant}/${ref.namespace}/${ref.name}`;
+          const ev = this.#snapshots.get(key);
+          this.#snapshots.delete(key);
+          if (ev) this.#apply({ type: "snapshot", ...ev, ready: false });
         },
       }),
     );
@@ -381,7 +409,14 @@ export class SchedulerService implements SchedulerClient {
     } else if (
       pod.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")
     ) {
-      this.#apply({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: pod.endpoint });
+      this.#apply({
+        type: "podStatus",
+        podId: pod.id,
+        state: "Ready",
+        endpoint: pod.endpoint,
+        startedFrom: pod.startedFrom,
+        snapshotMs: pod.snapshotMs,
+      });
     } else if (pod.state === "Failed") {
       this.#apply({ type: "podStatus", podId: pod.id, state: "Failed", error: pod.error });
     }
@@ -466,10 +501,12 @@ export class SchedulerService implements SchedulerClient {
         port: s.endpoint.port,
         probe: s.endpoint.probe,
         startupTimeoutS: s.startup_timeout,
+        sampleQuery: sampleRequest(s.sample_query),
       },
       desired: "Running",
       state: "Creating",
       createdAt: Date.now(),
+      ...(p.fromSnapshot ? { fromSnapshot: true } : {}),
     };
     const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
     this.#podRefs.set(p.id, ref);

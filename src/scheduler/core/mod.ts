@@ -6,4 +6,5 @@
  */
 export * from "./types.ts";
 export * from "./placement.ts";
+export * from "./snapshot.ts";
 export { newCoreState, step, type StepResult } from "./step.ts";

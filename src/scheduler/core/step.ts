@@ -7,14 +7,9 @@
  *
  * @module
  */
-import {
-  describeReasons,
-  place,
-  planEviction,
-  refreshGpuSummary,
-  vramCharge,
-} from "./placement.ts";
+import { describeReasons, planEviction, refreshGpuSummary, vramCharge } from "./placement.ts";
 import type { StandbyTier } from "../../model/cluster.ts";
+import { applySnapshot, planStart } from "./snapshot.ts";
 import type {
   CoreAction,
   CoreConfig,
@@ -86,7 +81,7 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       onReturn(ctx, event.podId, event.gateway, event.failed ?? false);
       break;
     case "podStatus":
-      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error);
+      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error, event);
       break;
     case "podSync":
       onPodSync(ctx, event.pod);
@@ -118,6 +113,9 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       if (pod) terminate(ctx, pod, "killed by request");
       break;
     }
+    case "snapshot":
+      applySnapshot(state, event);
+      break;
     case "tick":
       onTick(ctx);
       break;
@@ -390,12 +388,13 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       return;
     }
     if (parked) {
-      const fresh = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
+      const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
         ? undefined
-        : place(state.nodeList, f.demand);
+        : planStart(state.nodeList, f);
+      const fresh = plan?.result;
       if (fresh?.ok) {
         // Starting anew is faster than this tier's restore: leave the parked pod be.
-        createPod(ctx, f, fresh.node, fresh.gpus);
+        createPod(ctx, f, fresh.node, fresh.gpus, plan!.fromSnapshot);
         live++;
         need--;
         continue;
@@ -410,9 +409,10 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       live--;
     }
     if (live >= f.policy.maxReplica) break;
-    const r = place(state.nodeList, f.demand);
+    const start = planStart(state.nodeList, f);
+    const r = start.result;
     if (r.ok) {
-      createPod(ctx, f, r.node, r.gpus);
+      createPod(ctx, f, r.node, r.gpus, start.fromSnapshot);
       live++;
       need--;
       continue;
@@ -492,7 +492,13 @@ function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
   return true;
 }
 
-function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {
+function createPod(
+  ctx: Ctx,
+  f: CoreFunc,
+  node: CoreNode,
+  gpus: PodPlacement["gpus"],
+  fromSnapshot = false,
+) {
   const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
   const placement: PodPlacement = {
     id,
@@ -502,6 +508,7 @@ function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gp
     cpu: f.demand.cpu,
     memMB: f.demand.memMB,
     gpus,
+    ...(fromSnapshot ? { fromSnapshot } : {}),
   };
   addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now).since = ctx.now;
   ctx.actions.push({ type: "createPod", pod: placement });
@@ -587,6 +594,7 @@ function onPodStatus(
   status: "Ready" | "Standby" | "Failed" | "Terminated",
   endpoint?: string,
   error?: string,
+  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number } = {},
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);
@@ -596,8 +604,11 @@ function onPodStatus(
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
     const resumed = pod.state === "Resuming";
     if (f && pod.since !== undefined) {
-      if (resumed) f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], ctx.now - pod.since);
-      else f.coldStartMs = ewma(f.coldStartMs, ctx.now - pod.since);
+      const took = ctx.now - pod.since;
+      if (resumed) f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], took);
+      else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
+      // A fresh start that also took the snapshot is learned without the dump.
+      else f.coldStartMs = ewma(f.coldStartMs, Math.max(0, took - (start.snapshotMs ?? 0)));
     }
     pod.state = "Ready";
     pod.tier = undefined;
@@ -717,7 +728,14 @@ function onFuncUpdate(ctx: Ctx, r: FuncReport) {
   const { state } = ctx;
   let f = state.funcs.get(r.id);
   if (!f) {
-    f = { ...r, pods: new Set(), idle: new Set(), waiters: [], restoreMs: {} };
+    f = {
+      ...r,
+      pods: new Set(),
+      idle: new Set(),
+      waiters: [],
+      restoreMs: {},
+      snapshotNodes: new Set(),
+    };
     state.funcs.set(r.id, f);
     // Pods synced before their function (restart order) now belong to it.
     for (const p of state.pods.values()) {
@@ -727,6 +745,7 @@ function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     }
   }
   const changed = f.version !== r.version;
+  if (changed) f.snapshotNodes.clear(); // they were of the old version
   f.version = r.version;
   f.demand = r.demand;
   f.policy = r.policy;

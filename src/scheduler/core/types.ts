@@ -95,6 +95,10 @@ export interface CoreFunc {
   coldStartMs?: number;
   /** Observed restore time per tier (ms, moving average). */
   restoreMs: Partial<Record<StandbyTier, number>>;
+  /** Nodes holding a snapshot of the current version. */
+  snapshotNodes: Set<string>;
+  /** Observed start time from a snapshot (ms, moving average). */
+  snapshotStartMs?: number;
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -203,6 +207,10 @@ export type CoreEvent =
     state: "Ready" | "Standby" | "Failed" | "Terminated";
     endpoint?: string;
     error?: string;
+    /** How a Ready pod started: restored from its node's snapshot, or fresh. */
+    startedFrom?: "fresh" | "snapshot";
+    /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
+    snapshotMs?: number;
   }
   | { type: "podSync"; pod: PodReport }
   | { type: "nodeUpdate"; node: NodeReport }
@@ -217,6 +225,14 @@ export type CoreEvent =
     leases?: string[];
   }
   | { type: "killPod"; podId: string }
+  | {
+    type: "snapshot";
+    func: string;
+    version: number;
+    node: string;
+    /** Whether the node holds a restorable snapshot (false: it is gone). */
+    ready: boolean;
+  }
   | { type: "tick" };
 
 /** A pod the shell must create. */
@@ -228,6 +244,8 @@ export interface PodPlacement {
   cpu: number;
   memMB: number;
   gpus: GpuSlice[];
+  /** Start by restoring the node's snapshot of this version. */
+  fromSnapshot?: boolean;
 }
 
 /** Outputs of the core, carried out by the shell. */
