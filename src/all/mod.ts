@@ -48,6 +48,7 @@ export async function start(env: EnvConfig): Promise<AllHandle> {
     meta,
     gatewayTimeoutMs: env.gatewayTimeoutMs,
     nodeTimeoutMs: env.nodeTimeoutMs,
+    snapshotStart: env.snapshots.start,
   });
   const schedulerMetrics = new Registry();
   sched.service.registerMetrics(schedulerMetrics);

@@ -77,6 +77,7 @@ export async function startScheduler(env: EnvConfig): Promise<RoleHandle> {
     const service = new SchedulerService(meta, {
       gatewayTimeoutMs: env.gatewayTimeoutMs,
       nodeTimeoutMs: env.nodeTimeoutMs,
+      snapshotStart: env.snapshots.start,
     });
     await service.start();
     service.registerMetrics(registry);

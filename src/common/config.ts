@@ -73,6 +73,12 @@ export interface SnapshotSettings {
   podNamespaces: boolean;
   /** `INFERX_POD_CIDR`: the private range pod namespaces get addresses from, default 10.213.0.0/16. */
   podCidr: string;
+  /**
+   * `INFERX_SNAPSHOT_START`: `auto` (default: the scheduler restores from a
+   * snapshot when that is expected to be faster than a fresh start) or
+   * `always` (whenever the node holds one).
+   */
+  start: "auto" | "always";
 }
 
 function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
@@ -146,6 +152,7 @@ export function readEnv(
       diskMB: intEnv(env, "INFERX_SNAPSHOT_DISK_MB", 10_240),
       podNamespaces: onOff(env, "INFERX_POD_NETNS", ["auto", "off"]) === "auto",
       podCidr: env("INFERX_POD_CIDR") || "10.213.0.0/16",
+      start: onOff(env, "INFERX_SNAPSHOT_START", ["auto", "always"]) as "auto" | "always",
     },
   };
 }

@@ -13,7 +13,7 @@ import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
-import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+import { dockerAvailable, DockerRuntime, dockerSnapshotReason } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodRuntime } from "./runtime.ts";
 
@@ -42,6 +42,7 @@ export const DEFAULT_SNAPSHOT_SETTINGS: SnapshotSettings = {
   diskMB: 10_240,
   podNamespaces: true,
   podCidr: "10.213.0.0/16",
+  start: "auto",
 };
 
 /** A short tag of `scope` for names on the host (network namespaces). */
@@ -120,11 +121,7 @@ async function snapshotSupport(
   scope: string,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
-  if (docker) {
-    return off(
-      "The Docker runtime does not snapshot: Docker's checkpoint needs an experimental daemon and cannot restore a checkpoint into another container (docs/standby.md)",
-    );
-  }
+  if (docker) return off(await dockerSnapshotReason());
   if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
   if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");
   const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });

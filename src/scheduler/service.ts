@@ -47,6 +47,8 @@ export interface SchedulerOptions {
   nodeTimeoutMs?: number;
   /** A gateway silent this long (ms) loses its leases. @default 10000 */
   gatewayTimeoutMs?: number;
+  /** When a node's snapshot serves a new pod (`INFERX_SNAPSHOT_START`). @default "auto" */
+  snapshotStart?: "auto" | "always";
 }
 
 interface FuncEntry {
@@ -79,6 +81,7 @@ export class SchedulerService implements SchedulerClient {
     this.#core = newCoreState({
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
+      snapshotStart: options.snapshotStart,
     });
   }
 

@@ -44,11 +44,16 @@ const SNAPSHOT_WEIGHT = 10;
 
 /**
  * Places a new pod of `f`: with the snapshot-locality score when a restore
- * is expected to be faster (a node holding a snapshot of the current
- * version wins among the nodes that fit), by the default scores otherwise.
+ * is expected to be faster, or `always` (a node holding a snapshot of the
+ * current version wins among the nodes that fit), by the default scores
+ * otherwise.
  */
-export function planStart(nodes: readonly CoreNode[], f: CoreFunc): StartPlan {
-  if (f.snapshotNodes.size === 0 || !snapshotIsFaster(f)) {
+export function planStart(
+  nodes: readonly CoreNode[],
+  f: CoreFunc,
+  mode: "auto" | "always" = "auto",
+): StartPlan {
+  if (f.snapshotNodes.size === 0 || (mode === "auto" && !snapshotIsFaster(f))) {
     return { result: place(nodes, f.demand), fromSnapshot: false };
   }
   const result = place(nodes, f.demand, {

@@ -52,6 +52,10 @@ Deno.test("planStart() puts the pod on a node holding a snapshot, and restores i
     assert.equal(plan.result.node.name, node, what);
     assert.equal(plan.fromSnapshot, fromSnapshot, what);
   }
+  // `always`: the snapshot serves even when a fresh start was faster.
+  const always = planStart(nodes, func(cases[2][1]), "always");
+  assert.equal(always.result.ok && always.result.node.name, "b");
+  assert.equal(always.fromSnapshot, true);
   // A snapshot on a node the pod does not fit: placed elsewhere, started fresh.
   const full = [coreNode({ name: "a" }), coreNode({ name: "b", memUsedMB: 32_768 })];
   const plan = planStart(full, func({ snapshotNodes: new Set(["b"]) }));

@@ -38,6 +38,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       gatewayTimeoutMs: config.gatewayTimeoutMs ?? 10_000,
       leaseSettleMs: config.leaseSettleMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
+      snapshotStart: config.snapshotStart ?? "auto",
     },
     nodes: new Map(),
     nodeList: [],
@@ -390,7 +391,7 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     if (parked) {
       const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
         ? undefined
-        : planStart(state.nodeList, f);
+        : planStart(state.nodeList, f, state.config.snapshotStart);
       const fresh = plan?.result;
       if (fresh?.ok) {
         // Starting anew is faster than this tier's restore: leave the parked pod be.
@@ -409,7 +410,7 @@ function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       live--;
     }
     if (live >= f.policy.maxReplica) break;
-    const start = planStart(state.nodeList, f);
+    const start = planStart(state.nodeList, f, state.config.snapshotStart);
     const r = start.result;
     if (r.ok) {
       createPod(ctx, f, r.node, r.gpus, start.fromSnapshot);

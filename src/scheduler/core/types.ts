@@ -142,6 +142,12 @@ export interface CoreConfig {
   leaseSettleMs: number;
   /** Prefix of pod ids this scheduler instance mints. */
   podIdPrefix: string;
+  /**
+   * When a node's snapshot serves a new pod: `auto`, when a restore is
+   * expected to be faster than a fresh start; `always`, whenever there is one.
+   * @default "auto"
+   */
+  snapshotStart: "auto" | "always";
 }
 
 /** The whole state of the core. The core owns it: `step` updates it in place. */
