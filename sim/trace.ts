@@ -107,10 +107,10 @@ export function drawFunction(id: string, rand: () => number): SimFunction {
  * Snapshot restore and dump times from what `bench/cold_start.ts` measured
  * with CRIU 4.2 on the process runtime (2 vCPUs, kernel 6.18): about 100 ms
  * fixed (namespaces, process tree, probe) plus 0.8 ms per MB of image for a
- * restore (4 KiB page faults bound it near 1.2 GB/s), 50 ms plus 1.6 ms per
- * MB for a dump. A GPU worker's image also holds its GPU memory (checkpointed
- * into host memory first), which a restore then copies back over PCIe at
- * ~20 GB/s.
+ * restore (4 KiB page faults bound it near 1.2 GB/s), about 150 ms plus
+ * 1 ms per MB for a dump. A GPU worker's image also holds its GPU memory
+ * (checkpointed into host memory first), which a restore then copies back
+ * over PCIe at ~20 GB/s.
  */
 export function snapshotCosts(
   memMB: number,
@@ -119,7 +119,7 @@ export function snapshotCosts(
   const imageMB = memMB + vramMB;
   return {
     restoreMs: Math.round(100 + 0.8 * imageMB + vramMB / 20),
-    dumpMs: Math.round(50 + 1.6 * imageMB),
+    dumpMs: Math.round(150 + imageMB),
   };
 }
 

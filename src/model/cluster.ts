@@ -81,6 +81,8 @@ export const NodeInfoSchema = z.object({
       version: z.int(),
       state: z.string(),
       sizeMB: z.number().optional(),
+      /** How long its dump took (ms). */
+      dumpMs: z.number().optional(),
       lastUsedAt: z.number().optional(),
       /** Why it failed (CRIU's reason). */
       error: z.string().optional(),

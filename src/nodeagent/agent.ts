@@ -359,7 +359,10 @@ export class NodeAgent implements NodeAgentClient {
             error: why,
           });
           notes.push(`Snapshot ${snap.ref.name} could not be restored, started fresh: ${why}`);
-          await snaps.discard(snap, why);
+          // An image that fails to restore goes; one that does not fit this pod stays.
+          if (!(err instanceof InferxError && err.code === "unsupported")) {
+            await snaps.discard(snap, why);
+          }
         }
       } else {
         notes.push(`No snapshot of v${pod.funcVersion} on node ${this.name}; started fresh`);

@@ -183,6 +183,15 @@ export async function dirBytes(dir: string): Promise<number> {
 
 const META = "inferx.json";
 
+/** What a dump directory says about its process, or undefined when it holds no image. */
+async function readMeta(dir: string): Promise<ImageMeta | undefined> {
+  try {
+    return JSON.parse(await Deno.readTextFile(`${dir}/${META}`));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Runs pods as processes of this host. */
 export class ProcessRuntime implements PodRuntime {
   readonly name = "process";
@@ -543,10 +552,8 @@ export class ProcessRuntime implements PodRuntime {
     net: PodNet | undefined,
     logFile: string | undefined,
   ): Promise<{ pid: number; meta: ImageMeta }> {
-    let meta: ImageMeta;
-    try {
-      meta = JSON.parse(await Deno.readTextFile(`${dir}/${META}`));
-    } catch {
+    const meta = await readMeta(dir);
+    if (!meta) {
       throw new InferxError("worker_failed", `Cannot restore pod ${podId}: no image in ${dir}`);
     }
     if (logFile) await Deno.writeFile(logFile, new Uint8Array(), { append: true });
@@ -650,6 +657,13 @@ export class ProcessRuntime implements PodRuntime {
       );
     }
     const wanted = spec.gpus.map((g) => g.index).join(",");
+    const dumped = await readMeta(dir);
+    if (dumped && dumped.gpus.join(",") !== wanted) {
+      throw new InferxError(
+        "unsupported",
+        `Cannot restore pod ${spec.podId}: its snapshot uses GPU(s) [${dumped.gpus}], the pod got [${wanted}]`,
+      );
+    }
     const net = await this.#options.podNetworks!.create(spec.podId);
     const logFile = `${this.#snapshots}/${spec.podId}.log`;
     let pid: number;
@@ -677,9 +691,6 @@ export class ProcessRuntime implements PodRuntime {
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {
-      if (meta.gpus.join(",") !== wanted) {
-        throw new Error(`the snapshot uses GPU(s) [${meta.gpus}], the pod got [${wanted}]`);
-      }
       await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;

@@ -396,6 +396,7 @@ export class SnapshotManager {
         version: s.info.funcVersion,
         state: s.info.state,
         sizeMB: mb(s.info.bytes),
+        dumpMs: s.info.dumpMs,
         lastUsedAt: s.info.lastUsedAt,
         error: s.info.error,
       })),
@@ -409,6 +410,7 @@ export interface NodeSnapshotItem {
   version: number;
   state: string;
   sizeMB: number;
+  dumpMs: number;
   lastUsedAt?: number;
   error?: string;
 }

@@ -10,6 +10,7 @@ import {
   createNamespace,
   eventually,
   type Json,
+  ngramFunction,
   putObject,
   request,
   startPlatform,
@@ -199,6 +200,59 @@ Deno.test({
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });
       await Deno.remove(unixDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "File tier: an idle n-gram worker is dumped to disk (its process gone) and resumed with its socket and its own request count",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_RUNTIME: "process" });
+    try {
+      await createNamespace(p.url, "t", "n");
+      const r = await putObject(p.url, {
+        ...ngramFunction("t", "n", "lm", {
+          standby: { gpu: "File" },
+          endpoint: { port: 8000, probe: "/health" },
+          policy: { Obj: { scalein_timeout: 0.3, standby_per_node: 1 } },
+        }),
+      });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      const complete = () =>
+        request(`${p.url}/funccall/t/n/lm/v1/completions`, {
+          body: { prompt: "The GPU", max_tokens: 4 },
+        });
+      const first = await complete();
+      assert.equal(first.status, 200);
+      const served = Number(first.headers.get("x-worker-requests"));
+      const [pod]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+      await eventually("the pod parked in the file tier", async () => {
+        const [q]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+        return q?.state === "Standby" && q.standbyTier === "file";
+      });
+      // Its process is gone (memory freed): nothing runs in its network namespace.
+      const netns = new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
+      ).split("\n").map((l) => l.split(" ")[0]).find((n) => n.endsWith(`-${pod.id}`))!;
+      const pids = new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["netns", "pids", netns], stdout: "piped" }).outputSync()
+          .stdout,
+      ).trim();
+      assert.equal(pids, "", "no process while parked in a file");
+      const again = await complete();
+      assert.equal(again.status, 200);
+      assert.equal(again.headers.get("x-inferx-resumed"), "1");
+      assert.equal(again.headers.get("x-inferx-pod"), pod.id);
+      assert.equal(Number(again.headers.get("x-worker-requests")), served + 1);
+      const [back]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+      assert.equal(back.endpoint, pod.endpoint, "the same listening socket, at the same address");
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
     }
   },
 });
