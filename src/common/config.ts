@@ -160,6 +160,42 @@ export interface NodeSettings {
   port: number;
 }
 
+const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
+  z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return dflt;
+    if (!(values as readonly string[]).includes(raw)) {
+      ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${values.join(", ")}` });
+      return z.NEVER;
+    }
+    return raw as T;
+  });
+
+const SnapshotEnv = z.object({
+  INFERX_SNAPSHOTS: oneOf(["on", "off"] as const, "on"),
+  INFERX_SNAPSHOT_DISK_MB: count(10_240),
+  INFERX_POD_NETNS: oneOf(["auto", "off"] as const, "auto"),
+  INFERX_POD_CIDR: text("10.213.0.0/16"),
+  INFERX_SNAPSHOT_START: oneOf(["auto", "always"] as const, "auto"),
+});
+
+/** Where and whether a node snapshots workers (CRIU itself: `INFERX_CRIU`). */
+export interface SnapshotSettings {
+  /** `INFERX_SNAPSHOTS`: `on` (default) or `off`. */
+  enabled: boolean;
+  /** `INFERX_SNAPSHOT_DISK_MB`: disk all snapshot images of a node may take, default 10240. */
+  diskMB: number;
+  /** `INFERX_POD_NETNS`: `auto` (default: a network and PID namespace per pod when CRIU works) or `off`. */
+  podNamespaces: boolean;
+  /** `INFERX_POD_CIDR`: the private range pod namespaces get addresses from, default 10.213.0.0/16. */
+  podCidr: string;
+  /**
+   * `INFERX_SNAPSHOT_START`: `auto` (default: the scheduler restores from a
+   * snapshot when that is expected to be faster than a fresh start) or
+   * `always` (whenever the node holds one).
+   */
+  start: "auto" | "always";
+}
+
 const AuditEnv = z.object({
   AUDITDB_ADDR: z.string().optional(),
   AUDITDB_PASSWORD: z.string().optional(),
@@ -190,6 +226,8 @@ export interface Config {
   gateway: GatewaySettings;
   node: NodeSettings;
   audit: AuditSettings;
+  /** Snapshot cold starts (node agents take them, the scheduler chooses them). */
+  snapshots: SnapshotSettings;
 }
 
 /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
@@ -214,6 +252,7 @@ const SECTIONS = [
   GatewayEnv,
   NodeEnv,
   AuditEnv,
+  SnapshotEnv,
 ];
 
 /** Every environment variable the configuration reads. */
@@ -239,6 +278,7 @@ export function readConfig(
   const g = section(GatewayEnv, vars);
   const n = section(NodeEnv, vars);
   const a = section(AuditEnv, vars);
+  const snap = section(SnapshotEnv, vars);
   return {
     role: p.RUN_SERVICE,
     logLevel: p.LOG_LEVEL,
@@ -282,6 +322,13 @@ export function readConfig(
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),
       bufferRows: a.AUDIT_BUFFER_ROWS,
+    },
+    snapshots: {
+      enabled: snap.INFERX_SNAPSHOTS === "on",
+      diskMB: snap.INFERX_SNAPSHOT_DISK_MB,
+      podNamespaces: snap.INFERX_POD_NETNS === "auto",
+      podCidr: snap.INFERX_POD_CIDR,
+      start: snap.INFERX_SNAPSHOT_START,
     },
   };
 }

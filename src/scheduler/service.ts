@@ -11,7 +11,14 @@ import { InferxError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import { decodeNode, decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
+import {
+  decodeNode,
+  decodePod,
+  type NodeInfo,
+  type PodInfo,
+  sampleRequest,
+} from "../model/cluster.ts";
+import { decodeSnapshot } from "../model/snapshot.ts";
 import { funcId } from "../model/keys.ts";
 import {
   decodeStoredUserObject,
@@ -49,6 +56,8 @@ export interface SchedulerOptions {
   clock?: Clock;
   /** Runs the tick and the lease deadlines. @default systemTicker */
   ticker?: Ticker;
+  /** When a node's snapshot serves a new pod (`INFERX_SNAPSHOT_START`). @default "auto" */
+  snapshotStart?: "auto" | "always";
 }
 
 interface FuncEntry {
@@ -74,6 +83,8 @@ export class SchedulerService implements SchedulerClient {
   #ticker: Ticker;
   #stopTicking?: () => void;
   #conditions: ConditionWriter;
+  /** Snapshot records by store key, to know what a deleted one was. */
+  #snapshots = new Map<string, { func: string; version: number; node: string }>();
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
@@ -85,6 +96,7 @@ export class SchedulerService implements SchedulerClient {
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
       nodeTimeoutMs: options.nodeTimeoutMs ?? 10_000,
+      snapshotStart: options.snapshotStart,
     });
   }
 
@@ -230,6 +242,25 @@ export class SchedulerService implements SchedulerClient {
           this.#apply({ type: "funcRemove", id });
         },
       }),
+      // After functions: a snapshot counts for its function's current version.
+      await startInformer(this.#meta, "snapshot", {
+        upsert: (rec) => {
+          const s = decodeSnapshot(rec.value);
+          const ev = {
+            func: funcId(s.tenant, s.namespace, s.func),
+            version: s.funcVersion,
+            node: s.node,
+          };
+          this.#snapshots.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, ev);
+          this.#apply({ type: "snapshot", ...ev, ready: s.state === "Ready" });
+        },
+        remove: (ref) => {
+          const key = `${ref.tenant}/${ref.namespace}/${ref.name}`;
+          const ev = this.#snapshots.get(key);
+          this.#snapshots.delete(key);
+          if (ev) this.#apply({ type: "snapshot", ...ev, ready: false });
+        },
+      }),
     );
     this.#stopTicking = this.#ticker.every(
       this.#options.tickMs ?? 250,
@@ -362,6 +393,8 @@ export class SchedulerService implements SchedulerClient {
         tier: pod.standbyTier,
         endpoint: pod.endpoint,
         error: pod.error,
+        startedFrom: pod.startedFrom,
+        snapshotMs: pod.snapshotMs,
       },
     });
   }
@@ -448,10 +481,12 @@ export class SchedulerService implements SchedulerClient {
         port: s.endpoint.port,
         probe: s.endpoint.probe,
         startupTimeoutS: s.startup_timeout,
+        sampleQuery: sampleRequest(s.sample_query),
       },
       desired: "Running",
       state: "Creating",
       createdAt: this.#clock.now(),
+      ...(p.fromSnapshot ? { fromSnapshot: true } : {}),
     };
     const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
     this.#podRefs.set(p.id, ref);

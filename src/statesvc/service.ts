@@ -20,6 +20,7 @@ import {
 } from "../common/errors.ts";
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
+import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
 import {
   isUserType,
   objectKey,
@@ -228,6 +229,21 @@ export class StateService implements MetaClient {
         throw new ValidationError(
           `Invalid ${refText(input)}: an API key lives at system/system/{its id}`,
           "id",
+        );
+      }
+      return JSON.stringify(r.data);
+    }
+    if (input.type === "snapshot") {
+      const r = SnapshotInfoSchema.safeParse(input.object);
+      if (!r.success) throw invalidInput(refText(input), r.error);
+      const want = snapshotName(r.data.func, r.data.funcVersion, r.data.node);
+      if (
+        input.name !== want || input.tenant !== r.data.tenant ||
+        input.namespace !== r.data.namespace
+      ) {
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a snapshot lives at {tenant}/{namespace}/${want}`,
+          "name",
         );
       }
       return JSON.stringify(r.data);

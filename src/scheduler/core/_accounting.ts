@@ -88,7 +88,13 @@ export function clearLessees(pod: CorePod): void {
 }
 
 /** Starts a pod of `f` on `node`: mints its id, charges the node, asks the shell to create it. */
-export function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {
+export function createPod(
+  ctx: Ctx,
+  f: CoreFunc,
+  node: CoreNode,
+  gpus: PodPlacement["gpus"],
+  fromSnapshot = false,
+) {
   const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
   const placement: PodPlacement = {
     id,
@@ -98,6 +104,7 @@ export function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacem
     cpu: f.demand.cpu,
     memMB: f.demand.memMB,
     gpus,
+    ...(fromSnapshot ? { fromSnapshot } : {}),
   };
   addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now).since = ctx.now;
   ctx.actions.push({ type: "createPod", pod: placement });

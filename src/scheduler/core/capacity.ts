@@ -14,7 +14,8 @@ import {
   terminate,
 } from "./_accounting.ts";
 import { planEviction } from "./eviction.ts";
-import { describeReasons, place } from "./placement.ts";
+import { describeReasons } from "./placement.ts";
+import { planStart } from "./snapshot.ts";
 import { freeTenantPod, quotaBlock } from "./quota.ts";
 import { parkedPod, restoreOrStart, retire } from "./standby.ts";
 import type { CoreFunc } from "./types.ts";
@@ -62,9 +63,10 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       live--;
     }
     if (live >= f.policy.maxReplica) break;
-    const r = place(state.nodeList, f.demand);
+    const start = planStart(state.nodeList, f, state.config.snapshotStart);
+    const r = start.result;
     if (r.ok) {
-      createPod(ctx, f, r.node, r.gpus);
+      createPod(ctx, f, r.node, r.gpus, start.fromSnapshot);
       live++;
       need--;
       continue;

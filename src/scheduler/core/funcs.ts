@@ -14,7 +14,14 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
   const { state } = ctx;
   let f = state.funcs.get(r.id);
   if (!f) {
-    f = { ...r, pods: new Set(), idle: new Set(), waiters: [], restoreMs: {} };
+    f = {
+      ...r,
+      pods: new Set(),
+      idle: new Set(),
+      waiters: [],
+      restoreMs: {},
+      snapshotNodes: new Set(),
+    };
     state.funcs.set(r.id, f);
     // Pods synced before their function (restart order) now belong to it.
     for (const p of state.pods.values()) {
@@ -24,6 +31,7 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     }
   }
   const changed = f.version !== r.version;
+  if (changed) f.snapshotNodes.clear(); // they were of the old version
   const decide = !f.schedulable || !sameDemand(f.demand, r.demand);
   f.version = r.version;
   f.demand = r.demand;

@@ -17,4 +17,5 @@ export {
 export { chooseTier, expectedRestoreMs, resumeIsFaster, TIER_HOLDS } from "./standby.ts";
 export { heartbeatFresh } from "./nodes.ts";
 export { recoveredState } from "./pods.ts";
+export * from "./snapshot.ts";
 export { newCoreState, step, type StepResult } from "./step.ts";

@@ -36,6 +36,7 @@ import {
 import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
 import { collectOrphans, onKillPod, onPodRecord, onPodStatus } from "./pods.ts";
 import { setTenantLimits } from "./quota.ts";
+import { applySnapshot } from "./snapshot.ts";
 import type { CoreAction, CoreConfig, CoreEvent, CoreState } from "./types.ts";
 
 /** What one step produced. */
@@ -52,6 +53,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       nodeTimeoutMs: config.nodeTimeoutMs ?? 10_000,
       leaseSettleMs: config.leaseSettleMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
+      snapshotStart: config.snapshotStart ?? "auto",
     },
     nodes: new Map(),
     nodeList: [],
@@ -92,7 +94,7 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     // Node agents and the store: pods, nodes.
     case "podStatus":
-      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error);
+      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error, event);
       break;
     case "podRecord":
       onPodRecord(ctx, event.pod);
@@ -118,6 +120,9 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       retryStarved(ctx);
       break;
     // Time.
+    case "snapshot":
+      applySnapshot(state, event);
+      break;
     case "tick":
       onTick(ctx);
       break;

@@ -109,6 +109,10 @@ export interface CoreFunc {
   coldStartMs?: number;
   /** Observed restore time per tier (ms, moving average). */
   restoreMs: Partial<Record<StandbyTier, number>>;
+  /** Nodes holding a snapshot of the current version. */
+  snapshotNodes: Set<string>;
+  /** Observed start time from a snapshot (ms, moving average). */
+  snapshotStartMs?: number;
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -159,6 +163,12 @@ export interface CoreConfig {
   leaseSettleMs: number;
   /** Prefix of pod ids this scheduler instance mints. */
   podIdPrefix: string;
+  /**
+   * When a node's snapshot serves a new pod: `auto`, when a restore is
+   * expected to be faster than a fresh start; `always`, whenever there is one.
+   * @default "auto"
+   */
+  snapshotStart: "auto" | "always";
 }
 
 /** The whole state of the core. The core owns it: `step` updates it in place. */
@@ -224,6 +234,10 @@ export interface PodRecord extends PodPlacement {
   endpoint?: string;
   /** Why it failed, when it did. */
   error?: string;
+  /** How a Ready pod started: restored from its node's snapshot, or fresh. */
+  startedFrom?: "fresh" | "snapshot";
+  /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
+  snapshotMs?: number;
 }
 
 /** Inputs of the core. */
@@ -238,6 +252,10 @@ export type CoreEvent =
     state: "Ready" | "Standby" | "Failed" | "Terminated";
     endpoint?: string;
     error?: string;
+    /** How a Ready pod started: restored from its node's snapshot, or fresh. */
+    startedFrom?: "fresh" | "snapshot";
+    /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
+    snapshotMs?: number;
   }
   | { type: "podRecord"; pod: PodRecord }
   | { type: "nodeUpdate"; node: NodeReport }
@@ -252,6 +270,14 @@ export type CoreEvent =
     leases?: string[];
   }
   | { type: "killPod"; podId: string }
+  | {
+    type: "snapshot";
+    func: string;
+    version: number;
+    node: string;
+    /** Whether the node holds a restorable snapshot (false: it is gone). */
+    ready: boolean;
+  }
   | { type: "tick" };
 
 /** A pod the shell must create. */
@@ -263,6 +289,8 @@ export interface PodPlacement {
   cpu: number;
   memMB: number;
   gpus: GpuSlice[];
+  /** Start by restoring the node's snapshot of this version. */
+  fromSnapshot?: boolean;
 }
 
 /** Outputs of the core, carried out by the shell. */
