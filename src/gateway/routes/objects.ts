@@ -15,6 +15,7 @@ import { InferxError, NotFoundError, ValidationError } from "../../common/errors
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
+import { decodeSnapshot } from "../../model/snapshot.ts";
 import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
@@ -88,6 +89,26 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     authorize(c.var.principal, "read");
     const { items } = await deps.meta.list("node");
     return c.json(items.map((r) => decodeNode(r.value)));
+  });
+  app.get("/snapshots", async (c) => {
+    const p = c.var.principal;
+    if (p.anonymous) authorize(p, "read");
+    const { tenant, namespace, func, node } = c.req.query();
+    const { items } = await deps.meta.list("snapshot", tenant, tenant && namespace);
+    return c.json({
+      items: items.map((r) => decodeSnapshot(r.value)).filter((s) =>
+        allows(p, "read", s.tenant, s.namespace) && (!func || s.func === func) &&
+        (!node || s.node === node)
+      ),
+    });
+  });
+  app.get("/nodes/:node/snapshots", async (c) => {
+    authorize(c.var.principal, "read");
+    const node = c.req.param("node");
+    const { items } = await deps.meta.list("snapshot");
+    return c.json({
+      items: items.map((r) => decodeSnapshot(r.value)).filter((s) => s.node === node),
+    });
   });
   app.get("/pods/:tenant/:namespace/:func", async (c) => {
     const { tenant, namespace, func } = c.req.param();

@@ -191,3 +191,39 @@ t("users cannot write a function's status: the API drops it", async () => {
   assert.equal((await put.json()).object.status, undefined);
   await f.close();
 });
+
+t("snapshots are listed for those who may read their namespace, and per node", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const snap = (node: string) => ({
+    tenant: "t",
+    namespace: "n",
+    func: "f",
+    funcVersion: 1,
+    node,
+    state: "Ready",
+    sourcePod: "p-1",
+    bytes: 1000,
+    dumpMs: 5,
+    createdAt: 1,
+  });
+  for (const node of ["n1", "n2"]) {
+    await f.meta.create({
+      type: "snapshot",
+      tenant: "t",
+      namespace: "n",
+      name: `f.v1.${node}`,
+      object: snap(node),
+    });
+  }
+  const admin = { authorization: "Bearer admin-key-0123456789" };
+  const all = await (await f.app.request("/snapshots", { headers: admin })).json();
+  assert.deepEqual(all.items.map((s: { node: string }) => s.node).sort(), ["n1", "n2"]);
+  const one = await (await f.app.request("/snapshots?func=f&node=n2", { headers: admin })).json();
+  assert.deepEqual(one.items.map((s: { node: string }) => s.node), ["n2"]);
+  const byNode = await (await f.app.request("/nodes/n1/snapshots", { headers: admin })).json();
+  assert.deepEqual(byNode.items.map((s: { node: string }) => s.node), ["n1"]);
+  const anon = await f.app.request("/snapshots");
+  assert.equal(anon.status, 401);
+  await anon.body?.cancel();
+  await f.close();
+});
