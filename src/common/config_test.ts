@@ -34,6 +34,13 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       port: 1233,
     },
     audit: { dbAddr: undefined, bufferRows: 100_000 },
+    snapshots: {
+      enabled: true,
+      diskMB: 10_240,
+      podNamespaces: true,
+      podCidr: "10.213.0.0/16",
+      start: "auto",
+    },
   });
 });
 
