@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp } from "./app.ts";
@@ -54,7 +54,7 @@ interface Fixture {
 }
 
 async function fixture(policy: Record<string, unknown> = {}, bodyLimit = 1024): Promise<Fixture> {
-  const store = await openEmbeddedStore();
+  const store = await openSqliteStore();
   const meta = new StateService(store);
   await meta.create({
     type: "tenant",

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { SchedulerService } from "./service.ts";
 
@@ -24,7 +24,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const meta = new StateService(store);
     const nodeRef = (name: string) => ({
       type: "node" as const,
