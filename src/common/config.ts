@@ -59,6 +59,10 @@ export interface EnvConfig {
   auditDbAddr?: string;
   /** `AUDIT_BUFFER_ROWS`: audit rows held while the database is down, default 100000. */
   auditBufferRows: number;
+  /** `AUDIT_RETAIN_DAYS`: the embedded audit deletes rows older than this, default 30; 0 keeps them. */
+  auditRetainDays: number;
+  /** `AUDIT_RETAIN_MB`: the embedded audit's rows take at most this many MiB, default 1024; 0: no limit. */
+  auditRetainMB: number;
 }
 
 function intEnv(env: (k: string) => string | undefined, name: string, dflt: number): number {
@@ -127,6 +131,8 @@ export function readEnv(
       : undefined,
     auditDbAddr: auditAddr(env("AUDITDB_ADDR"), env("AUDITDB_PASSWORD")),
     auditBufferRows: intEnv(env, "AUDIT_BUFFER_ROWS", 100_000),
+    auditRetainDays: intEnv(env, "AUDIT_RETAIN_DAYS", 30),
+    auditRetainMB: intEnv(env, "AUDIT_RETAIN_MB", 1024),
   };
 }
 

@@ -28,3 +28,11 @@ Deno.test("readEnv puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth se
     /Invalid AUDITDB_ADDR/,
   );
 });
+
+Deno.test("readEnv() reads the embedded audit's retention, 30 days and 1024 MiB by default", () => {
+  const bare = readEnv(envOf({}));
+  assert.deepEqual([bare.auditRetainDays, bare.auditRetainMB], [30, 1024]);
+  const set = readEnv(envOf({ AUDIT_RETAIN_DAYS: "7", AUDIT_RETAIN_MB: "0" }));
+  assert.deepEqual([set.auditRetainDays, set.auditRetainMB], [7, 0]);
+  assert.throws(() => readEnv(envOf({ AUDIT_RETAIN_MB: "-1" })), /Invalid AUDIT_RETAIN_MB/);
+});

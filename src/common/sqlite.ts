@@ -17,6 +17,11 @@ export interface OpenDatabaseOptions {
    * @default "FULL"
    */
   synchronous?: "FULL" | "NORMAL";
+  /**
+   * Lets `pragma incremental_vacuum` give free pages back to the file system;
+   * takes effect only when the file is created. @default false
+   */
+  incrementalVacuum?: boolean;
   /** What the database holds, for error messages ("the store"). @default "the database" */
   what?: string;
 }
@@ -32,6 +37,8 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
   try {
     db = new DatabaseSync(path);
     db.exec("pragma busy_timeout = 0");
+    // Before anything writes the file's first page, or it has no effect.
+    if (options.incrementalVacuum) db.exec("pragma auto_vacuum = incremental");
     if (path !== ":memory:") {
       db.exec("pragma locking_mode = exclusive");
       const mode = db.prepare("pragma journal_mode = wal").get() as { journal_mode: string };

@@ -38,3 +38,16 @@ export function hasCode(code: string): (err: unknown) => true {
     return true;
   };
 }
+
+/** Runs `fn` with a new temporary directory, removed afterwards whatever happens. */
+export async function withTempDir(
+  prefix: string,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { withTempDir } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
 import { openSqliteStore } from "./sqlite.ts";
@@ -53,14 +54,7 @@ function watchFor(
 
 const describe = (e: WatchEvent) => e.type === "put" ? `${e.kv.key}=${e.kv.value}` : `-${e.key}`;
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "ixstore-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>) => withTempDir("ixstore-", fn);
 
 Deno.test("sqlite store reports compaction to a watch that starts too early", async () => {
   const store = await openSqliteStore(":memory:", { historyLimit: 2 });
