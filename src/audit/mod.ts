@@ -12,13 +12,14 @@ import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import type { EnvConfig } from "../common/config.ts";
-import { openSqliteAudit } from "./sqlite.ts";
+import { openWorkerAudit } from "./sqlite_worker.ts";
 import { PostgresAuditBackend } from "./postgres.ts";
 import type { AuditLog } from "./types.ts";
 
 export type { AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
 export { BatchingAuditLog } from "./batching.ts";
 export { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
+export { openWorkerAudit, WorkerAuditBackend } from "./sqlite_worker.ts";
 export { MIGRATIONS, PostgresAuditBackend } from "./postgres.ts";
 
 /**
@@ -53,7 +54,7 @@ export function openAudit(env: AuditConfig): AuditLog {
     "Audit to {path}, kept {days} day(s) and {mb} MiB at most (set AUDITDB_ADDR for PostgreSQL)",
     { path, days: env.auditRetainDays, mb: env.auditRetainMB },
   );
-  const backend = openSqliteAudit(path, {
+  const backend = openWorkerAudit(path, {
     retainDays: env.auditRetainDays,
     retainMB: env.auditRetainMB,
   });

@@ -46,13 +46,18 @@ export interface SqliteAuditOptions {
 
 const DAY_MS = 86_400_000;
 
+/**
+ * Where a row belongs, as small integer ids into table `scopes`: its tenant,
+ * its namespace, its function, and its function's name within the tenant
+ * (for a filter on tenant and function without namespace). Each filter then
+ * reads one index of two integers, and an insert updates small indexes.
+ */
+const SCOPE_COLUMNS = ["tid", "nsid", "fid", "gid"] as const;
 const REQUEST_COLUMNS = [
   "time",
+  ...SCOPE_COLUMNS,
   "gateway",
   "principal",
-  "tenant",
-  "namespace",
-  "func",
   "method",
   "path",
   "status",
@@ -65,10 +70,8 @@ const REQUEST_COLUMNS = [
 ] as const;
 const POD_COLUMNS = [
   "time",
+  ...SCOPE_COLUMNS,
   "pod",
-  "tenant",
-  "namespace",
-  "func",
   "node",
   "state",
   "prev_state",
@@ -77,25 +80,31 @@ const POD_COLUMNS = [
 
 /** The indexes of one table: one per filter the queries take, each ending in time. */
 function indexes(table: string): string {
-  return [
-    ["time", "time"],
-    ["tenant", "tenant, time"],
-    ["namespace", "tenant, namespace, time"],
-    ["func", "tenant, namespace, func, time"],
-    ["tenant_func", "tenant, func, time"],
-  ].map(([name, cols]) => `create index if not exists ${table}_by_${name} on ${table} (${cols});`)
-    .join("\n");
+  return ["time", ...SCOPE_COLUMNS].map((col) =>
+    `create index if not exists ${table}_by_${col} on ${table} (${
+      col === "time" ? "time" : `${col}, time`
+    });`
+  ).join("\n");
 }
 
+const SCOPE_TYPES = `tid integer not null, nsid integer not null, fid integer not null,
+    gid integer not null`;
+
 const SCHEMA = `
-  create table if not exists requests (
+  create table if not exists scopes (
     id integer primary key,
-    time integer not null,
-    gateway text not null,
-    principal text not null,
+    kind text not null,
     tenant text not null,
     namespace text not null,
     func text not null,
+    unique (kind, tenant, namespace, func)
+  );
+  create table if not exists requests (
+    id integer primary key,
+    time integer not null,
+    ${SCOPE_TYPES},
+    gateway text not null,
+    principal text not null,
     method text not null,
     path text not null,
     status integer not null,
@@ -109,10 +118,8 @@ const SCHEMA = `
   create table if not exists pods (
     id integer primary key,
     time integer not null,
+    ${SCOPE_TYPES},
     pod text not null,
-    tenant text not null,
-    namespace text not null,
-    func text not null,
     node text not null,
     state text not null,
     prev_state text,
@@ -121,18 +128,21 @@ const SCHEMA = `
   create table if not exists meta (name text primary key, value integer not null) without rowid;
   ${indexes("requests")}
   ${indexes("pods")}
+  create view if not exists requests_view as
+    select r.*, s.tenant, s.namespace, s.func from requests r join scopes s on s.id = r.fid;
+  create view if not exists pods_view as
+    select p.*, s.tenant, s.namespace, s.func from pods p join scopes s on s.id = p.fid;
 `;
 
 type Row = Record<string, string | number | null>;
+type Scopes = [tid: number, nsid: number, fid: number, gid: number];
 
-function requestValues(r: RequestRow): (string | number | null)[] {
+function requestValues(r: RequestRow, s: Scopes): (string | number | null)[] {
   return [
     r.time,
+    ...s,
     r.gateway,
     r.principal,
-    r.tenant,
-    r.namespace,
-    r.func,
     r.method,
     r.path,
     r.status,
@@ -145,18 +155,8 @@ function requestValues(r: RequestRow): (string | number | null)[] {
   ];
 }
 
-function podValues(p: PodRow): (string | number | null)[] {
-  return [
-    p.time,
-    p.pod,
-    p.tenant,
-    p.namespace,
-    p.func,
-    p.node,
-    p.state,
-    p.prevState ?? null,
-    p.reason ?? null,
-  ];
+function podValues(p: PodRow, s: Scopes): (string | number | null)[] {
+  return [p.time, ...s, p.pod, p.node, p.state, p.prevState ?? null, p.reason ?? null];
 }
 
 /** `{ [name]: value }` when the column holds a value, `{}` for NULL: absent fields stay absent. */
@@ -208,24 +208,110 @@ function insertStatements(db: DatabaseSync): Record<AuditKind, StatementSync> {
 
 const TABLES = { requests: "requests", pods: "pods" } as const satisfies Record<AuditKind, string>;
 
-/** The statement and arguments that answer `q`: newest first, filtered, limited. */
-function querySql(kind: AuditKind, q: AuditQuery): { sql: string; args: (string | number)[] } {
+/** One kind of scope: which of tenant, namespace and function name it. */
+type ScopeKind = "t" | "n" | "f" | "g";
+
+/**
+ * The ids of scopes, created on first use and cached (the cache is bounded:
+ * rows of functions that never existed must not grow memory).
+ */
+class ScopeIds {
+  #db: DatabaseSync;
+  #find: StatementSync;
+  #add: StatementSync;
+  #cache = new Map<string, number>();
+  #max: number;
+
+  constructor(db: DatabaseSync, max = 10_000) {
+    this.#db = db;
+    this.#max = max;
+    this.#find = db.prepare(
+      "select id from scopes where kind = ? and tenant = ? and namespace = ? and func = ?",
+    );
+    this.#add = db.prepare(
+      "insert into scopes (kind, tenant, namespace, func) values (?, ?, ?, ?)",
+    );
+  }
+
+  /** The id of a scope, or undefined when it was never written (with `create`, made). */
+  id(
+    kind: ScopeKind,
+    tenant: string,
+    namespace = "",
+    func = "",
+    create = false,
+  ): number | undefined {
+    const key = `${kind}\0${tenant}\0${namespace}\0${func}`;
+    let id = this.#cache.get(key);
+    if (id !== undefined) return id;
+    const row = this.#find.get(kind, tenant, namespace, func) as Row | undefined;
+    if (row) id = Number(row.id);
+    else if (create) id = Number(this.#add.run(kind, tenant, namespace, func).lastInsertRowid);
+    else return undefined;
+    if (this.#cache.size >= this.#max) this.#cache.clear();
+    this.#cache.set(key, id);
+    return id;
+  }
+
+  /** The four ids of a row (made when new). */
+  of(r: { tenant: string; namespace: string; func: string }): Scopes {
+    return [
+      this.id("t", r.tenant, "", "", true)!,
+      this.id("n", r.tenant, r.namespace, "", true)!,
+      this.id("f", r.tenant, r.namespace, r.func, true)!,
+      this.id("g", r.tenant, "", r.func, true)!,
+    ];
+  }
+
+  /** Empties the cache (after a rollback, which takes new ids away). */
+  forget(): void {
+    this.#cache.clear();
+  }
+
+  /** Deletes scopes no row refers to any more (after retention). */
+  prune(): void {
+    const unused = SCOPE_COLUMNS.map((col) =>
+      `not exists (select 1 from requests where ${col} = scopes.id) and
+       not exists (select 1 from pods where ${col} = scopes.id)`
+    ).join(" and ");
+    if (Number(this.#db.prepare(`delete from scopes where ${unused}`).run().changes) > 0) {
+      this.#cache.clear();
+    }
+  }
+}
+
+/**
+ * The statement and arguments that answer `q`: newest first, filtered,
+ * limited; undefined when a filter names a scope no row was ever written for.
+ */
+function querySql(
+  kind: AuditKind,
+  q: AuditQuery,
+  scopes: ScopeIds,
+): { sql: string; args: (string | number)[] } | undefined {
   const where: string[] = [];
   const args: (string | number)[] = [];
-  for (const f of ["tenant", "namespace", "func"] as const) {
-    const v = q[f];
-    if (v === undefined) continue;
-    where.push(`${f} = ?`);
-    args.push(v);
+  if (q.tenant !== undefined) {
+    const [col, id] = q.namespace !== undefined && q.func !== undefined
+      ? ["fid", scopes.id("f", q.tenant, q.namespace, q.func)]
+      : q.namespace !== undefined
+      ? ["nsid", scopes.id("n", q.tenant, q.namespace)]
+      : q.func !== undefined
+      ? ["gid", scopes.id("g", q.tenant, "", q.func)]
+      : ["tid", scopes.id("t", q.tenant)];
+    if (id === undefined) return undefined;
+    where.push(`r.${col} = ?`);
+    args.push(id);
   }
   if (q.since !== undefined) {
-    where.push("time >= ?");
+    where.push("r.time >= ?");
     args.push(q.since);
   }
   args.push(q.limit ?? 100);
   const filter = where.length ? ` where ${where.join(" and ")}` : "";
   return {
-    sql: `select * from ${TABLES[kind]}${filter} order by time desc, id desc limit ?`,
+    sql: `select r.*, s.tenant, s.namespace, s.func from ${TABLES[kind]} r
+      join scopes s on s.id = r.fid${filter} order by r.time desc, r.id desc limit ?`,
     args,
   };
 }
@@ -234,7 +320,8 @@ function querySql(kind: AuditKind, q: AuditQuery): { sql: string; args: (string 
 export class SqliteAuditBackend implements AuditBackend {
   readonly name = "embedded";
   #db: DatabaseSync;
-  #insert: ReturnType<typeof insertStatements>;
+  #insert: Record<AuditKind, StatementSync>;
+  #scopes: ScopeIds;
   #queries = new Map<string, StatementSync>();
   #retainMs: number;
   #retainBytes: number;
@@ -242,6 +329,7 @@ export class SqliteAuditBackend implements AuditBackend {
   #every: number;
   #now: () => number;
   #nextRetention = 0;
+  #nextPrune = 0;
 
   /**
    * Opens (or creates) the audit database at `path` (`:memory:` for one in
@@ -256,6 +344,7 @@ export class SqliteAuditBackend implements AuditBackend {
     this.#db.exec("pragma journal_size_limit = 16777216");
     this.#db.exec(SCHEMA);
     this.#insert = insertStatements(this.#db);
+    this.#scopes = new ScopeIds(this.#db);
     this.#retainMs = (options.retainDays ?? 30) * DAY_MS;
     this.#retainBytes = (options.retainMB ?? 1024) * 1024 * 1024;
     this.#chunk = options.retentionChunk ?? 20_000;
@@ -266,19 +355,30 @@ export class SqliteAuditBackend implements AuditBackend {
   write(batch: AuditBatch): Promise<void> {
     try {
       transaction(this.#db, () => {
-        for (const r of batch.requests) this.#insert.requests.run(...requestValues(r));
-        for (const p of batch.pods) this.#insert.pods.run(...podValues(p));
+        this.insert(batch.requests, batch.pods);
       });
       if (this.#now() >= this.#nextRetention) this.retain();
       return Promise.resolve();
     } catch (err) {
+      this.#scopes.forget(); // ids made in the rolled-back transaction are gone
       return Promise.reject(err);
     }
   }
 
+  /**
+   * Inserts rows without a transaction of its own (the caller's); a row that
+   * cannot be stored throws.
+   */
+  insert(requests: RequestRow[], pods: PodRow[]): void {
+    for (const r of requests) this.#insert.requests.run(...requestValues(r, this.#scopes.of(r)));
+    for (const p of pods) this.#insert.pods.run(...podValues(p, this.#scopes.of(p)));
+  }
+
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {
     try {
-      const { sql, args } = querySql(kind, q);
+      const found = querySql(kind, q, this.#scopes);
+      if (!found) return Promise.resolve([]);
+      const { sql, args } = found;
       let st = this.#queries.get(sql);
       if (!st) this.#queries.set(sql, st = this.#db.prepare(sql));
       const rows = st.all(...args) as Row[];
@@ -293,7 +393,9 @@ export class SqliteAuditBackend implements AuditBackend {
 
   /** How SQLite answers a query (`explain query plan`), to check that an index serves it. */
   plan(kind: AuditKind, q: AuditQuery): string[] {
-    const { sql, args } = querySql(kind, q);
+    const found = querySql(kind, q, this.#scopes);
+    if (!found) return [];
+    const { sql, args } = found;
     return (this.#db.prepare(`explain query plan ${sql}`).all(...args) as Row[])
       .map((r) => String(r.detail));
   }
@@ -344,8 +446,15 @@ export class SqliteAuditBackend implements AuditBackend {
       used = this.usedBytes();
     }
     const deleted = this.#chunk - budget;
-    // Each step of the pragma frees one page: step it to the end.
-    if (deleted > 0) this.#db.prepare("pragma incremental_vacuum").all();
+    if (deleted > 0 && now >= this.#nextPrune) {
+      // Reads an index per name: worth it only now and then.
+      this.#scopes.prune();
+      this.#nextPrune = now + 60 * this.#every;
+    }
+    if (deleted > 0) {
+      // Each step of the pragma frees one page: step it to the end.
+      this.#db.prepare("pragma incremental_vacuum").all();
+    }
     // A pass that used its whole chunk has more to do: run again with the next write.
     this.#nextRetention = budget <= 0 ? 0 : now + this.#every;
     return deleted;
@@ -381,7 +490,7 @@ export function openSqliteAudit(
   const dir = options.legacyDir ?? (path === ":memory:" ? undefined : dirname(path));
   if (dir) {
     try {
-      importJsonLines(backend.db, dir);
+      importJsonLines(backend, dir);
     } catch (err) {
       backend.close();
       throw err;
@@ -412,13 +521,13 @@ function jsonLinesFiles(dir: string): [AuditKind, string][] {
  * mark that says it is done, then renames the files (also when a crash
  * came between the two). Lines that are cut short or lack fields are skipped.
  */
-function importJsonLines(db: DatabaseSync, dir: string): void {
+function importJsonLines(backend: SqliteAuditBackend, dir: string): void {
+  const db = backend.db;
   const files = jsonLinesFiles(dir);
   if (!files.length) return;
   const done = db.prepare("select value from meta where name = 'jsonl_imported_at'").get();
   if (!done) {
     const texts = files.map(([, name]) => Deno.readTextFileSync(`${dir}/${name}`));
-    const insert = insertStatements(db);
     let count = 0;
     let skipped = 0;
     transaction(db, () => {
@@ -427,8 +536,8 @@ function importJsonLines(db: DatabaseSync, dir: string): void {
           if (!line) continue;
           try {
             const row = JSON.parse(line);
-            if (kind === "requests") insert.requests.run(...requestValues(row));
-            else insert.pods.run(...podValues(row));
+            if (kind === "requests") backend.insert([row], []);
+            else backend.insert([], [row]);
             count++;
           } catch {
             skipped++; // cut short by a crash, or not a row

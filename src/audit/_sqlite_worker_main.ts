@@ -1,0 +1,50 @@
+/**
+ * The worker side of {@linkcode WorkerAuditBackend}: holds one
+ * {@linkcode SqliteAuditBackend} and answers each message in turn.
+ *
+ * @module
+ */
+/// <reference lib="deno.worker" />
+import { SqliteAuditBackend } from "./sqlite.ts";
+import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
+
+let backend: SqliteAuditBackend | undefined;
+/** Why the database could not be opened: the answer to every later request. */
+let failure: Error | undefined;
+
+function open(): SqliteAuditBackend {
+  if (!backend) throw failure ?? new Error("The audit database is not open");
+  return backend;
+}
+
+async function handle(req: WorkerRequest): Promise<unknown> {
+  switch (req.op) {
+    case "open":
+      try {
+        backend = new SqliteAuditBackend(req.path, req.options);
+      } catch (err) {
+        failure = err as Error;
+        throw err;
+      }
+      return;
+    case "write":
+      return await open().write(req.batch);
+    case "query":
+      return await open().query(req.kind, req.q);
+    case "close":
+      await backend?.close();
+      backend = undefined;
+      return;
+  }
+}
+
+// Messages are handled one at a time, in order: each SQLite call is synchronous.
+self.onmessage = async (e: MessageEvent<WorkerRequest>) => {
+  let reply: WorkerReply;
+  try {
+    reply = { id: e.data.id, ok: true, result: await handle(e.data) };
+  } catch (err) {
+    reply = { id: e.data.id, ok: false, error: (err as Error).message ?? String(err) };
+  }
+  self.postMessage(reply);
+};
