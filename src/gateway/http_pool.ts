@@ -4,8 +4,9 @@
  * the request head and a known-length body in one write, streamed bodies
  * sent chunked, response bodies streamed back (content-length, chunked, or
  * until close). A reused connection that turns out closed before any answer
- * is retried once on a fresh one. Measured against `fetch()` in
- * `bench/gateway.ts`.
+ * is retried once on a fresh one. Idle connections are closed after an idle
+ * timeout, so a worker that went away (scale to zero) leaves nothing open.
+ * Measured against `fetch()` in `bench/gateway.ts`.
  *
  * @module
  */
@@ -32,6 +33,8 @@ class Conn {
   #start = 0;
   #end = 0;
   closed = false;
+  /** When it went back to the pool (`performance.now()`). */
+  idleSince = 0;
 
   constructor(socket: Deno.TcpConn) {
     this.socket = socket;
@@ -140,15 +143,62 @@ export interface PoolRequest {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
 }
 
+/** Options for {@linkcode HttpPool}. */
+export interface HttpPoolOptions {
+  /**
+   * A connection idle for longer is closed rather than reused; below the
+   * 5 s keep-alive timeout common servers use. @default 4000
+   */
+  idleTimeoutMs?: number;
+}
+
 /** Keep-alive connection pools, one per `host:port`. */
 export class HttpPool {
   #idle = new Map<string, Conn[]>();
+  #idleMs: number;
+  #sweptAt = 0;
+
+  constructor(options: HttpPoolOptions = {}) {
+    this.#idleMs = options.idleTimeoutMs ?? 4000;
+  }
+
+  /** Idle connections held, all workers together. */
+  get idleConnections(): number {
+    let n = 0;
+    for (const conns of this.#idle.values()) n += conns.length;
+    return n;
+  }
+
+  /**
+   * Closes connections idle past the timeout and forgets workers left with
+   * none; runs with the requests (at most twice per timeout), no timer.
+   */
+  #sweep(now: number): void {
+    if (now - this.#sweptAt < this.#idleMs / 2) return;
+    this.#sweptAt = now;
+    for (const [endpoint, conns] of this.#idle) {
+      const live = conns.filter((c) => !c.closed && now - c.idleSince <= this.#idleMs);
+      for (const c of conns) if (!live.includes(c)) c.close();
+      if (live.length) this.#idle.set(endpoint, live);
+      else this.#idle.delete(endpoint);
+    }
+  }
+
+  /** The most recently used idle connection to `endpoint` still within the timeout. */
+  #pooled(endpoint: string, now: number): Conn | undefined {
+    const conns = this.#idle.get(endpoint);
+    let c: Conn | undefined;
+    while ((c = conns?.pop()) && now - c.idleSince > this.#idleMs) c.close();
+    return c;
+  }
 
   /** Sends one request to `endpoint` (`host:port`) and answers with a streaming Response. */
   async request(endpoint: string, req: PoolRequest): Promise<Response> {
     const replayable = !(req.body instanceof ReadableStream);
+    const now = performance.now();
+    this.#sweep(now);
     for (let attempt = 0;; attempt++) {
-      const pooled = this.#idle.get(endpoint)?.pop();
+      const pooled = this.#pooled(endpoint, now);
       const conn = pooled ?? await this.#connect(endpoint);
       try {
         await this.#send(conn, endpoint, req);
@@ -216,6 +266,7 @@ export class HttpPool {
       if (!keepAlive || conn.closed) return conn.close();
       const idle = this.#idle.get(endpoint) ?? [];
       if (idle.length >= IDLE_PER_ENDPOINT) return conn.close();
+      conn.idleSince = performance.now();
       idle.push(conn);
       this.#idle.set(endpoint, idle);
     };

@@ -160,3 +160,26 @@ t("HttpPool drops a connection whose body was cancelled half-read", async () => 
     await s.shutdown();
   }
 });
+
+t(
+  "HttpPool closes connections idle past its timeout, so a worker gone leaves none open",
+  async () => {
+    const gone = server();
+    const stays = server();
+    const pool = new HttpPool({ idleTimeoutMs: 50 });
+    try {
+      const get = (s: typeof gone) =>
+        pool.request(`127.0.0.1:${s.addr.port}`, post(null, "/", "GET")).then((r) => r.text());
+      await get(gone);
+      await get(stays);
+      assert.equal(pool.idleConnections, 2);
+      await gone.shutdown(); // the worker goes away (scale to zero): its socket is half closed
+      await new Promise((r) => setTimeout(r, 120));
+      await get(stays);
+      assert.equal(pool.idleConnections, 1, "only the connection just used is left");
+    } finally {
+      pool.close();
+      await stays.shutdown();
+    }
+  },
+);
