@@ -66,20 +66,6 @@ Deno.test("sqlite store reports compaction to a watch that starts too early", as
   await store.close();
 });
 
-Deno.test("sqlite store delivers watch events asynchronously, never inside the write", async () => {
-  const store = await openSqliteStore();
-  const seen: string[] = [];
-  const w = store.watch("/a/", { onEvent: (e) => seen.push(describe(e)) });
-  const first = store.create("/a/x", "1");
-  const second = store.create("/a/y", "2");
-  assert.deepEqual(seen, [], "nothing is delivered while the writer runs");
-  await Promise.all([first, second]);
-  await new Promise((r) => setTimeout(r, 0));
-  assert.deepEqual(seen, ["/a/x=1", "/a/y=2"]);
-  w.cancel();
-  await store.close();
-});
-
 Deno.test("sqlite store ends a watch whose handler throws, through onError", async () => {
   const store = await openSqliteStore();
   let calls = 0;
