@@ -9,23 +9,20 @@ import { SqliteAuditBackend } from "./sqlite.ts";
 import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
 
 let backend: SqliteAuditBackend | undefined;
-/** Why the database could not be opened: the answer to every later request. */
-let failure: Error | undefined;
+/** What to open; a database that could not be opened is tried again with each request. */
+let target: Extract<WorkerRequest, { op: "open" }> | undefined;
 
 function open(): SqliteAuditBackend {
-  if (!backend) throw failure ?? new Error("The audit database is not open");
-  return backend;
+  if (backend) return backend;
+  if (!target) throw new Error("The audit database is not open");
+  return backend = new SqliteAuditBackend(target.path, target.options);
 }
 
 async function handle(req: WorkerRequest): Promise<unknown> {
   switch (req.op) {
     case "open":
-      try {
-        backend = new SqliteAuditBackend(req.path, req.options);
-      } catch (err) {
-        failure = err as Error;
-        throw err;
-      }
+      target = req;
+      open();
       return;
     case "write":
       return await open().write(req.batch);
@@ -33,7 +30,7 @@ async function handle(req: WorkerRequest): Promise<unknown> {
       return await open().query(req.kind, req.q);
     case "close":
       await backend?.close();
-      backend = undefined;
+      backend = target = undefined;
       return;
   }
 }

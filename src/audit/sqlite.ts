@@ -45,6 +45,7 @@ export interface SqliteAuditOptions {
 }
 
 const DAY_MS = 86_400_000;
+const log = logger("audit");
 
 /**
  * Where a row belongs, as small integer ids into table `scopes`: its tenant,
@@ -126,6 +127,7 @@ const SCHEMA = `
     reason text
   );
   create table if not exists meta (name text primary key, value integer not null) without rowid;
+  create table if not exists batches (id text primary key, written_at integer not null) without rowid;
   ${indexes("requests")}
   ${indexes("pods")}
   create view if not exists requests_view as
@@ -322,6 +324,7 @@ export class SqliteAuditBackend implements AuditBackend {
   #db: DatabaseSync;
   #insert: Record<AuditKind, StatementSync>;
   #scopes: ScopeIds;
+  #claim: StatementSync;
   #queries = new Map<string, StatementSync>();
   #retainMs: number;
   #retainBytes: number;
@@ -345,6 +348,9 @@ export class SqliteAuditBackend implements AuditBackend {
     this.#db.exec(SCHEMA);
     this.#insert = insertStatements(this.#db);
     this.#scopes = new ScopeIds(this.#db);
+    this.#claim = this.#db.prepare(
+      "insert or ignore into batches (id, written_at) values (?, ?)",
+    );
     this.#retainMs = (options.retainDays ?? 30) * DAY_MS;
     this.#retainBytes = (options.retainMB ?? 1024) * 1024 * 1024;
     this.#chunk = options.retentionChunk ?? 20_000;
@@ -355,14 +361,26 @@ export class SqliteAuditBackend implements AuditBackend {
   write(batch: AuditBatch): Promise<void> {
     try {
       transaction(this.#db, () => {
+        // A batch retried after its commit (the answer lost with a worker) is written once.
+        if (this.#claim.run(batch.id, this.#now()).changes === 0) return;
         this.insert(batch.requests, batch.pods);
       });
-      if (this.#now() >= this.#nextRetention) this.retain();
-      return Promise.resolve();
     } catch (err) {
       this.#scopes.forget(); // ids made in the rolled-back transaction are gone
       return Promise.reject(err);
     }
+    if (this.#now() >= this.#nextRetention) {
+      try {
+        this.retain();
+      } catch (err) {
+        // The batch is written: a failed pass must not make the caller write it again.
+        log.warn("Audit retention failed, trying again later: {error}", {
+          error: (err as Error).message,
+        });
+        this.#nextRetention = this.#now() + this.#every;
+      }
+    }
+    return Promise.resolve();
   }
 
   /**
@@ -413,6 +431,7 @@ export class SqliteAuditBackend implements AuditBackend {
    */
   retain(): number {
     const now = this.#now();
+    this.#db.prepare("delete from batches where written_at < ?").run(now - DAY_MS);
     let budget = this.#chunk;
     if (this.#retainMs > 0) {
       for (const table of Object.values(TABLES)) {
@@ -546,7 +565,7 @@ function importJsonLines(backend: SqliteAuditBackend, dir: string): void {
       });
       db.prepare("insert into meta (name, value) values ('jsonl_imported_at', ?)").run(Date.now());
     });
-    logger("audit").info(
+    log.info(
       "Imported {count} audit row(s) from JSON lines in {dir} ({skipped} unreadable); the old files are kept as *.migrated",
       { count, skipped, dir },
     );

@@ -48,6 +48,15 @@ Deno.test("SqliteAuditBackend answers newest first, filtered, with every field a
   await b.close();
 });
 
+Deno.test("SqliteAuditBackend writes a batch id once, as PostgreSQL does", async () => {
+  const b = new SqliteAuditBackend(":memory:", keepAll);
+  const once = batch([sampleRequest(1, 1000)]);
+  await b.write(once);
+  await b.write(once); // a retry after the answer was lost
+  assert.equal((await b.query("requests", {})).length, 1);
+  await b.close();
+});
+
 Deno.test("SqliteAuditBackend answers every /audit filter from an index, without sorting", async () => {
   const b = new SqliteAuditBackend(":memory:", keepAll);
   await b.write(batch([sampleRequest(1)], [pod(1)]));

@@ -66,7 +66,7 @@ export class WorkerAuditBackend implements AuditBackend {
       e.preventDefault();
       this.#stop(new Error(`The audit worker stopped: ${e.message}`));
     };
-    // A failed open fails every later request with its reason: nothing to do with it here.
+    // The worker tries a failed open again with each request, which then fails with the reason.
     this.#send(w, { id: ++this.#seq, op: "open", path: this.#path, options: this.#options })
       .catch(() => {});
     return w;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { withTempDir } from "../common/testing.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import { SqliteAuditBackend } from "./sqlite.ts";
-import { openWorkerAudit } from "./sqlite_worker.ts";
+import { openWorkerAudit, WorkerAuditBackend } from "./sqlite_worker.ts";
 import { sampleRequest } from "./testing.ts";
 
 Deno.test("WorkerAuditBackend writes and answers queries from its worker", async () => {
@@ -29,5 +29,18 @@ Deno.test("openWorkerAudit fails at start when the file is held by another", asy
       /Cannot open the audit at .*audit\.db: another process has it open/,
     );
     await holder.close();
+  });
+});
+
+Deno.test("WorkerAuditBackend opens its database once it can, when it could not at first", async () => {
+  await withTempDir("ixaudit-", async (dir) => {
+    const holder = new SqliteAuditBackend(`${dir}/audit.db`);
+    const b = new WorkerAuditBackend(`${dir}/audit.db`);
+    const batch = { id: "b1", requests: [sampleRequest(1, Date.now())], pods: [] };
+    await assert.rejects(b.write(batch), /another process has it open/);
+    await holder.close();
+    await b.write(batch);
+    assert.equal((await b.query("requests", {})).length, 1);
+    await b.close();
   });
 });
