@@ -324,12 +324,23 @@ try {
   );
   log(`answers by status: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}`);
 
-  const growth = (last.rssMB - warmed.rssMB) / warmed.rssMB;
+  const from = warmed.t;
+  const third = (last.t - from) / 3;
+  const floor = (a: number, b: number) =>
+    Math.min(...rss.filter((r) => r.t >= a && r.t <= b).map((r) => r.mb));
+  const early = floor(from, from + third);
+  const late = floor(last.t - third, last.t);
+  const growth = (late - early) / early;
+  log(
+    `RSS every 5 s after warm-up (MB): ${
+      rss.filter((r) => r.t >= from).map((r) => Math.round(r.mb)).join(" ")
+    }`,
+  );
   const checks: [string, boolean][] = [
     [
       `RSS growth after warm-up ${
         (growth * 100).toFixed(1)
-      }% (${warmed.rssMB} -> ${last.rssMB} MB) <= 5%`,
+      }% (floor ${early} MB over its first third, ${late} MB over its last) <= 5%`,
       growth <= 0.05,
     ],
     [`descriptors flat: ${warmed.fds} -> ${last.fds} (at most +5)`, last.fds <= warmed.fds + 5],
