@@ -348,6 +348,8 @@ export class SqliteAuditBackend implements AuditBackend {
       synchronous: "NORMAL",
       incrementalVacuum: true,
       what: "the audit",
+      // Gateways of one group (GATEWAY_WORKERS), or roles sharing a data directory, write it together.
+      shared: true,
     });
     this.#db.exec("pragma journal_size_limit = 16777216");
     this.#db.exec(SCHEMA);
@@ -549,12 +551,15 @@ function importJsonLines(backend: SqliteAuditBackend, dir: string): void {
   const db = backend.db;
   const files = jsonLinesFiles(dir);
   if (!files.length) return;
-  const done = db.prepare("select value from meta where name = 'jsonl_imported_at'").get();
-  if (!done) {
+  const imported = () =>
+    db.prepare("select value from meta where name = 'jsonl_imported_at'").get() !== undefined;
+  if (!imported()) {
     const texts = files.map(([, name]) => Deno.readTextFileSync(`${dir}/${name}`));
     let count = 0;
     let skipped = 0;
     transaction(db, () => {
+      // Checked again inside the transaction: another process sharing the file may have done it.
+      if (imported()) return;
       files.forEach(([kind], i) => {
         for (const line of texts[i].split("\n")) {
           if (!line) continue;

@@ -24,23 +24,32 @@ export interface OpenDatabaseOptions {
   incrementalVacuum?: boolean;
   /** What the database holds, for error messages ("the store"). @default "the database" */
   what?: string;
+  /**
+   * Let other processes open it too (WAL mode: readers alongside one
+   * writer at a time, a writer waiting up to `busyTimeoutMs` for another);
+   * otherwise a second process is refused. @default false
+   */
+  shared?: boolean;
+  /** How long a shared database waits for another process's write (ms). @default 5000 */
+  busyTimeoutMs?: number;
 }
 
 /**
  * Opens (or creates) the database file at `path` (`:memory:` for one in
- * memory) in WAL mode with exclusive locking: a second process that opens
- * the same file gets a clear error instead of a share of it.
+ * memory) in WAL mode, with exclusive locking unless `shared`: a second
+ * process that opens an exclusive file gets a clear error instead of a
+ * share of it.
  */
 export function openDatabase(path: string, options: OpenDatabaseOptions = {}): DatabaseSync {
   const what = options.what ?? "the database";
   let db: DatabaseSync | undefined;
   try {
     db = new DatabaseSync(path);
-    db.exec("pragma busy_timeout = 0");
+    db.exec(`pragma busy_timeout = ${options.shared ? options.busyTimeoutMs ?? 5000 : 0}`);
     // Before anything writes the file's first page, or it has no effect.
     if (options.incrementalVacuum) db.exec("pragma auto_vacuum = incremental");
     if (path !== ":memory:") {
-      db.exec("pragma locking_mode = exclusive");
+      if (!options.shared) db.exec("pragma locking_mode = exclusive");
       const mode = db.prepare("pragma journal_mode = wal").get() as { journal_mode: string };
       if (mode.journal_mode !== "wal") {
         throw new Error(`journal mode is ${mode.journal_mode}, not wal`);
@@ -48,7 +57,7 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     }
     db.exec(`pragma synchronous = ${options.synchronous ?? "FULL"}`);
     // Takes the exclusive lock now, so that a second process fails here.
-    db.exec("begin immediate; commit");
+    if (!options.shared) db.exec("begin immediate; commit");
     return db;
   } catch (err) {
     db?.close();
