@@ -61,6 +61,13 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       create index inferx_pod_audit_by_func on inferx_pod_audit (tenant, namespace, func, time desc);
       create index inferx_pod_audit_by_pod on inferx_pod_audit (pod, time)`,
   },
+  {
+    version: 4,
+    name: "asynchronous calls",
+    sql: `alter table inferx_request_audit add column call_id text, add column attempt integer;
+      create index inferx_request_audit_by_call on inferx_request_audit (call_id)
+        where call_id is not null`,
+  },
 ];
 
 /** An arbitrary constant naming the migration lock. */
@@ -138,6 +145,8 @@ export class PostgresAuditBackend implements AuditBackend {
           resumed: r.resumed,
           pod: r.pod ?? null,
           error: r.error ?? null,
+          call_id: r.call ?? null,
+          attempt: r.attempt ?? null,
         }));
         await tx`insert into inferx_request_audit ${sql(rows)}`;
       }
@@ -205,6 +214,8 @@ function requestFromDb(r: Record<string, unknown>): RequestRow {
     resumed: r.resumed as boolean,
     pod: opt(r.pod),
     error: opt(r.error),
+    call: opt(r.call_id),
+    attempt: opt(r.attempt),
   };
 }
 

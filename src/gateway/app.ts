@@ -29,6 +29,11 @@ import { metricsRoutes } from "./routes/metrics.ts";
 import { objectRoutes } from "./routes/objects.ts";
 import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
+import type { Cidr } from "../common/cidr.ts";
+import { callPaths } from "./calls/accept.ts";
+import { CallbackSender } from "./calls/callback.ts";
+import { CallQueue, type CallQueueOptions } from "./calls/queue.ts";
+import { callRoutes } from "./routes/calls.ts";
 
 const log = logger("gateway");
 
@@ -52,22 +57,40 @@ export interface GatewayDeps {
   audit?: AuditLog;
   /** This gateway's id, for audit rows. @default "gateway" */
   gatewayId?: string;
+  /** Asynchronous calls: the queue's settings and the ranges callbacks may reach anyway. */
+  calls?: Partial<Omit<CallQueueOptions, "gatewayId" | "callbacks">> & {
+    callbackAllow?: readonly Cidr[];
+  };
 }
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
 export function resolveDeps(deps: GatewayDeps): RouteDeps {
   const metrics = deps.metrics ?? new GatewayMetrics(deps.cache, deps.audit);
+  const pool = deps.upstream ?? new HttpPool();
+  const gatewayId = deps.gatewayId ?? "gateway";
+  const { callbackAllow, ...queueOptions } = deps.calls ?? {};
+  const calls = new CallQueue({
+    meta: deps.meta,
+    cache: deps.cache,
+    pool,
+    observe: { metrics, audit: deps.audit, gatewayId },
+  }, {
+    ...queueOptions,
+    gatewayId,
+    callbacks: new CallbackSender({ allow: callbackAllow }),
+  });
   return {
     meta: deps.meta,
     cache: deps.cache,
-    pool: deps.upstream ?? new HttpPool(),
+    pool,
     auth: deps.auth ?? new Authenticator({}),
     metrics,
     registry: Registry.merge([metrics.registry, ...(deps.extraRegistries ?? [])]),
     audit: deps.audit,
-    gatewayId: deps.gatewayId ?? "gateway",
+    gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
+    calls,
   };
 }
 
@@ -91,12 +114,16 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.use("/funccall/*", record);
   for (const path of OPENAI_CALL_PATHS) app.use(path, record);
   app.use("*", authenticate(d.auth));
+  const branch = callPaths(d);
+  app.use("/funccall/*", branch);
+  for (const path of OPENAI_CALL_PATHS) app.use(path, branch);
 
   app.route("/funccall", funccallRoutes(d));
   app.route("/v1", openaiRoutes(d));
   app.route("/", objectRoutes(d));
   app.route("/apikeys", apikeyRoutes(d));
   app.route("/audit", auditRoutes(d));
+  app.route("/calls", callRoutes(d));
   app.route("/", metricsRoutes(d));
   return app;
 }

@@ -16,6 +16,7 @@ import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
 import { type OidcOptions, OidcVerifier } from "./oidc.ts";
 import type { AuditLog } from "../audit/types.ts";
+import type { CallSettings } from "../common/config.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
 import type { GatewayDeps } from "./app.ts";
@@ -45,6 +46,8 @@ export interface GatewayConfig {
   audit?: AuditLog;
   /** Share the port with other gateway processes (SO_REUSEPORT). @default false */
   reusePort?: boolean;
+  /** Asynchronous calls and their callbacks. @default the configuration's defaults */
+  calls?: CallSettings;
 }
 
 /** A running gateway. */
@@ -75,8 +78,16 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     auth,
     audit: config.audit,
     gatewayId,
+    calls: config.calls && {
+      ttlMs: config.calls.ttlS * 1000,
+      maxBytes: config.calls.maxBytes,
+      maxAttempts: config.calls.attempts,
+      leaseMs: config.calls.leaseS * 1000,
+      callbackAllow: config.calls.callbackAllow,
+    },
   });
   const app = createGatewayApp(deps);
+  await deps.calls.start();
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);
@@ -102,9 +113,9 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     async stop() {
       clearInterval(sweep);
       clearInterval(heartbeat);
+      await Promise.all([server.shutdown(2_000), deps.calls.stop(2_000)]);
       cache.stop();
       auth.stop();
-      await server.shutdown(2_000);
       upstream.close();
     },
   };

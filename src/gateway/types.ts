@@ -8,6 +8,7 @@ import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
 import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
 import type { Authenticator } from "./auth.ts";
+import type { CallQueue } from "./calls/queue.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -28,6 +29,8 @@ export interface RouteDeps {
   bodyLimit: number;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
+  /** The durable queue of asynchronous calls. */
+  calls: CallQueue;
 }
 
 /** The gateway's Hono environment. */

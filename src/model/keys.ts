@@ -16,6 +16,8 @@ export const OBJECT_TYPES = [
   "node",
   "pod",
   "apikey",
+  "call",
+  "callsecret",
 ] as const;
 /** One of {@linkcode OBJECT_TYPES}. */
 export type ObjectType = typeof OBJECT_TYPES[number];

@@ -17,6 +17,7 @@ import {
 } from "../common/errors.ts";
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
+import { admitCallRecord, admitCallSecret } from "../model/call.ts";
 import {
   isUserType,
   objectKey,
@@ -189,6 +190,16 @@ export class StateService implements MetaClient {
         );
       }
       return JSON.stringify(r.data);
+    }
+    if (input.type === "call") return admitCallRecord(input, input.object);
+    if (input.type === "callsecret") {
+      if (input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a callback secret lives at system/system/{its tenant}`,
+          "tenant",
+        );
+      }
+      return admitCallSecret(input.name, input.object);
     }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
   }

@@ -32,14 +32,16 @@ Deno.test({
     try {
       const [ra, rb] = await Promise.all([a.migrate(), b.migrate()]);
       assert.deepEqual([...ra, ...rb].sort(), MIGRATIONS.map((m) => m.version));
-      assert.deepEqual(await a.versions(), [1, 2, 3]);
+      assert.deepEqual(await a.versions(), [1, 2, 3, 4]);
       const c = new PostgresAuditBackend(pg.url);
       assert.deepEqual(await c.migrate(), [], "nothing left to apply");
       await c.close();
-      await a.write([row(1)], []);
+      await a.write([row(1), { ...row(2), time: 0, call: "t:n:c1", attempt: 2 }], []);
       const got = await b.query("requests", { tenant: "t", func: "f" });
-      assert.equal(got.length, 1);
+      assert.equal(got.length, 2);
       assert.equal((got[0] as { path: string }).path, "/r1");
+      const attempt = got[1] as { call?: string; attempt?: number };
+      assert.deepEqual([attempt.call, attempt.attempt], ["t:n:c1", 2], "an attempt's call, number");
     } finally {
       await a.close();
       await b.close();
