@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import { fixtureTests, hasCode } from "../common/testing.ts";
 import type { MetaClient, MetaEvent } from "./types.ts";
+import { callId, newCallKey } from "../model/call.ts";
 
 /** A fresh client over an empty store and how to dispose of it. */
 export interface MetaFixture {
@@ -72,6 +73,47 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
       code("not_found"),
     );
   });
+
+  t(
+    "call records are validated and kept as written, compare-and-swap included",
+    async ({ meta }) => {
+      const key = newCallKey();
+      const ref = { type: "call" as const, tenant: "acme", namespace: "prod", name: key };
+      const object = {
+        id: callId("acme", "prod", key),
+        tenant: "acme",
+        namespace: "prod",
+        func: "llm",
+        principal: "admin",
+        route: "/funccall/acme/prod/llm/x",
+        method: "POST",
+        path: "/x",
+        headers: [],
+        status: "queued",
+        maxAttempts: 3,
+        attempts: [],
+        acceptedAt: 1,
+        expiresAt: 2,
+      };
+      const created = await meta.create({ ...ref, object });
+      assert.deepEqual(JSON.parse(created.value), object);
+      const claimed = await meta.update({
+        ...ref,
+        object: { ...object, owner: "gw-1", leaseUntil: 3 },
+        revision: created.revision,
+      });
+      await assert.rejects(
+        meta.update({ ...ref, object: { ...object, owner: "gw-2" }, revision: created.revision }),
+        code("conflict"),
+      );
+      assert.equal(JSON.parse((await meta.get(ref))!.value).owner, "gw-1");
+      assert.equal((await meta.list("call", "acme")).items[0].revision, claimed.revision);
+      await assert.rejects(
+        meta.create({ ...ref, name: newCallKey(), object: { ...object, status: "done" } }),
+        code("invalid"),
+      );
+    },
+  );
 
   t("watch() delivers puts and deletes after a revision", async ({ meta }) => {
     const { revision } = await meta.list("tenant");

@@ -125,7 +125,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
       };
       await deps.calls.accept(record);
       rec.accepted(id);
-      return c.json({ id, status: "queued" }, 202, {
+      return c.json({ id, status: record.status }, 202, {
         location: `/calls/${id}`,
         "preference-applied": "respond-async",
       });

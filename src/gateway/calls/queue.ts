@@ -219,18 +219,15 @@ export class CallQueue {
   }
 
   /**
-   * Stores `rec` (status `queued`) and, when this gateway has room for
-   * another call of the function, claims and starts it at once. Resolves
-   * once the record is stored: then the call survives this gateway.
+   * Stores `rec` and, when this gateway has room for another call of the
+   * function, claims it and starts its first attempt at once (`running`);
+   * else it waits `queued` for any gateway to claim. Resolves once the
+   * record is stored: then the call survives this gateway.
    */
   async accept(rec: CallRecord): Promise<void> {
-    const func = funcOf(rec);
-    const now = this.#now();
-    const room = !this.#stopped && this.#hasRoom(func);
-    if (room) {
-      rec.owner = this.#self;
-      rec.leaseUntil = now + this.leaseMs;
-    }
+    const room = !this.#stopped && this.#hasRoom(funcOf(rec));
+    // With room, the record is stored with its first attempt begun: one write fewer.
+    if (room) this.#startAttempt(rec);
     const ref = refOf(rec);
     const created = await this.#deps.meta.create({ ...ref, object: rec });
     if (room) this.#begin(new Claim(rec, created.revision));
@@ -455,18 +452,16 @@ export class CallQueue {
   async #work(c: Claim): Promise<void> {
     while (!FINAL_STATUSES.has(c.rec.status)) {
       if (c.abort.signal.aborted && this.#stopped) return await this.#handBack(c);
-      const started = await this.#save(c, (r) => {
-        if (FINAL_STATUSES.has(r.status)) return false;
-        const now = this.#now();
-        r.status = "running";
-        r.startedAt ??= now;
-        r.attempts.push({ n: r.attempts.length + 1, gateway: this.#self, startedAt: now });
-        r.owner = this.#self;
-        r.leaseUntil = now + this.leaseMs;
-        delete r.notBefore;
-        return true;
-      });
-      if (!started) break;
+      const last = c.rec.attempts.at(-1);
+      const begun = c.rec.status === "running" && last?.gateway === this.#self &&
+        last.endedAt === undefined;
+      if (!begun) {
+        const started = await this.#save(c, (r) => {
+          if (FINAL_STATUSES.has(r.status)) return false;
+          return (this.#startAttempt(r), true);
+        });
+        if (!started) break;
+      }
       const n = c.rec.attempts.length;
       const outcome = await this.#attempt(c, n);
       await this.#save(c, (r) => this.#settle(r, n, outcome));
@@ -478,6 +473,17 @@ export class CallQueue {
       }
     }
     if (c.rec.delivery?.state === "pending") await this.#deliver(c);
+  }
+
+  /** Marks the next attempt of `r` begun by this gateway, which holds the claim. */
+  #startAttempt(r: CallRecord): void {
+    const now = this.#now();
+    r.status = "running";
+    r.startedAt ??= now;
+    r.attempts.push({ n: r.attempts.length + 1, gateway: this.#self, startedAt: now });
+    r.owner = this.#self;
+    r.leaseUntil = now + this.leaseMs;
+    delete r.notBefore;
   }
 
   /** An attempt aborted because this gateway stops: the call goes back to the queue. */

@@ -78,7 +78,7 @@ t(
     assert.equal(r.status, 202);
     const accepted = await r.json();
     assert.match(accepted.id, /^t:n:c[0-9a-f]{24}$/);
-    assert.equal(accepted.status, "queued");
+    assert.equal(accepted.status, "running", "with room, its first attempt began at once");
     assert.equal(r.headers.get("location"), `/calls/${accepted.id}`);
     assert.equal(r.headers.get("preference-applied"), "respond-async");
     const call = await ended(f, accepted.id);
@@ -235,6 +235,7 @@ t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async (
   await until("the first call to reach the worker", () => Promise.resolve(w.count === 1));
   const second = await accept(f);
   assert.equal((await get(f, second)).body.status, "queued", "no room for it yet");
+  assert.equal((await get(f, second)).body.attempts.length, 0);
   const r = await f.app.request(`/calls/${second}`, { method: "DELETE" });
   assert.equal(r.status, 200);
   const cancelled = await r.json();
