@@ -1,19 +1,26 @@
 /**
- * Calls that outlive their connection, end to end on `RUN_SERVICE=All`: a
+ * Calls that outlive their connection, end to end. On `RUN_SERVICE=All`: a
  * gateway killed (SIGKILL) holding 20 accepted calls loses none of them and
  * runs each exactly once after its restart; a callback reaches a receiver
  * on 127.0.0.1 (allowed explicitly) signed with the tenant's secret; a
- * streaming call's cold start shows its real stages.
+ * streaming call's cold start shows its real stages. In distributed mode
+ * (etcd, roles over gRPC): another gateway takes over the calls of a killed
+ * one, and cold-start stages come over the scheduler's gRPC stream.
  */
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { freePort } from "../../src/common/net.ts";
+import { etcdUnavailable, startEtcd } from "../../src/store/etcd_server.ts";
 import {
   createNamespace,
   eventually,
   type Json,
+  listening,
   ngramFunction,
   putObject,
   request,
+  type RoleProcess,
+  spawnRole,
   startPlatform,
 } from "./helpers.ts";
 
@@ -39,6 +46,55 @@ async function lines(path: string): Promise<string[]> {
   }
 }
 
+/** The counting worker as function `q/ns/counter`, writing to `counts`. */
+function counterFunction(counts: string, startDelayMs: number) {
+  return {
+    type: "function",
+    tenant: "q",
+    namespace: "ns",
+    name: "counter",
+    object: {
+      spec: {
+        image: "counter",
+        commands: ["deno", "eval", COUNTING_WORKER],
+        envs: [["COUNT_FILE", counts], ["START_DELAY_MS", String(startDelayMs)]],
+        resources: { CPU: 100, Mem: 64 },
+        policy: { Obj: { max_replica: 1, queue_timeout: 60, standby_per_node: 0 } },
+      },
+    },
+  };
+}
+
+/** Accepts `n` asynchronous calls of q/ns/counter at `url`, bodies `{n: 0..}`; their ids. */
+async function acceptCounted(url: string, n: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await request(`${url}/funccall/q/ns/counter/count`, {
+      body: { n: i },
+      headers: ASYNC,
+    });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    ids.push(r.body.id);
+  }
+  return ids;
+}
+
+/** Waits until every call in `ids` succeeded at `url`; fails at once on a failed one. */
+async function allSucceeded(url: string, ids: string[]): Promise<Map<string, Json>> {
+  const calls = new Map<string, Json>();
+  await eventually("every call to end", async () => {
+    for (const id of ids) {
+      if (calls.get(id)?.status === "succeeded") continue;
+      const r = await request(`${url}/calls/${id}`);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.ok(r.body.status !== "failed", JSON.stringify(r.body));
+      calls.set(id, r.body);
+    }
+    return ids.every((id) => calls.get(id).status === "succeeded");
+  }, 90_000);
+  return calls;
+}
+
 Deno.test({
   name:
     "All: a gateway killed with 20 accepted calls runs every one of them exactly once after a restart",
@@ -51,48 +107,16 @@ Deno.test({
     const counts = `${dir}/counts.txt`;
     try {
       await createNamespace(p.url, "q", "ns");
-      const fn = await putObject(p.url, {
-        type: "function",
-        tenant: "q",
-        namespace: "ns",
-        name: "counter",
-        object: {
-          spec: {
-            image: "counter",
-            commands: ["deno", "eval", COUNTING_WORKER],
-            envs: [["COUNT_FILE", counts], ["START_DELAY_MS", "3000"]],
-            resources: { CPU: 100, Mem: 64 },
-            policy: { Obj: { max_replica: 1, queue_timeout: 60, standby_per_node: 0 } },
-          },
-        },
-      });
+      const fn = await putObject(p.url, counterFunction(counts, 3000));
       assert.equal(fn.status, 201, JSON.stringify(fn.body));
-      const ids: string[] = [];
-      for (let n = 0; n < 20; n++) {
-        const r = await request(`${p.url}/funccall/q/ns/counter/count`, {
-          body: { n },
-          headers: ASYNC,
-        });
-        assert.equal(r.status, 202, JSON.stringify(r.body));
-        ids.push(r.body.id);
-      }
+      const ids = await acceptCounted(p.url, 20);
       // Killed while its worker is still starting: no call has reached it.
       p.proc.kill("SIGKILL");
       await p.proc.status;
       assert.deepEqual(await lines(counts), [], "no call ran before the kill");
 
       p = await startPlatform(env, dir);
-      const calls = new Map<string, Json>();
-      await eventually("every call to end", async () => {
-        for (const id of ids) {
-          if (calls.get(id)?.status === "succeeded") continue;
-          const r = await request(`${p.url}/calls/${id}`);
-          assert.equal(r.status, 200, JSON.stringify(r.body));
-          assert.ok(r.body.status !== "failed", JSON.stringify(r.body));
-          calls.set(id, r.body);
-        }
-        return ids.every((id) => calls.get(id).status === "succeeded");
-      }, 90_000);
+      const calls = await allSucceeded(p.url, ids);
       const seen = await lines(counts);
       assert.deepEqual(
         seen.map(Number).sort((a, b) => a - b),
@@ -183,6 +207,100 @@ Deno.test({
       await p.stop();
       await receiver.shutdown();
       await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});
+
+const noEtcd = etcdUnavailable();
+if (noEtcd) console.log(`skipping the distributed asynchronous calls test: ${noEtcd}`);
+
+Deno.test({
+  name:
+    "distributed: another gateway runs the accepted calls of a killed one exactly once; stages come over gRPC",
+  ignore: noEtcd !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const dir = await Deno.makeTempDir({ prefix: "inferx-calls-dist-" });
+    const counts = `${dir}/counts.txt`;
+    const port = {
+      statesvc: freePort(),
+      sched: freePort(),
+      http: freePort(),
+      a: freePort(),
+      b: freePort(),
+    };
+    const common = {
+      ETCD_ADDRS: etcd.url,
+      STATESVC_ADDR: `127.0.0.1:${port.statesvc}`,
+      SCHEDULER_ADDR: `127.0.0.1:${port.sched}`,
+      INFERX_CALL_LEASE_S: "2",
+      LOG_LEVEL: "warning",
+    };
+    const gateway = (p: number) =>
+      spawnRole(
+        { ...common, RUN_SERVICE: "Gateway", GATEWAY_PORT: String(p) },
+        async () => (await fetch(`http://127.0.0.1:${p}/health`)).ok,
+      );
+    const procs: RoleProcess[] = [];
+    const a = `http://127.0.0.1:${port.a}`;
+    const b = `http://127.0.0.1:${port.b}`;
+    try {
+      procs.push(
+        await spawnRole({
+          ...common,
+          RUN_SERVICE: "StateSvc",
+          STATESVC_PORT: String(port.statesvc),
+          INFERX_DATA_DIR: `${dir}/s`,
+        }, () => listening(port.statesvc)),
+        await spawnRole(
+          {
+            ...common,
+            RUN_SERVICE: "Scheduler",
+            SCHEDULER_PORT: String(port.sched),
+            SCHEDULER_HTTP_PORT: String(port.http),
+          },
+          async () => (await fetch(`http://127.0.0.1:${port.http}/health`)).ok,
+        ),
+      );
+      const gwA = await gateway(port.a);
+      procs.push(await gateway(port.b));
+      procs.push(
+        await spawnRole({
+          ...common,
+          RUN_SERVICE: "NodeAgent",
+          INFERX_DATA_DIR: `${dir}/n`,
+          NODEAGENT_PORT: "0",
+        }, async () => (await request(`${a}/nodes`)).body?.some?.((n: Json) => n.ready)),
+      );
+      await createNamespace(a, "q", "ns");
+      assert.equal((await putObject(a, counterFunction(counts, 3000))).status, 201);
+      const ids = await acceptCounted(a, 10);
+      await gwA.kill();
+      assert.deepEqual(await lines(counts), [], "no call ran before the kill");
+      const calls = await allSucceeded(b, ids);
+      const seen = (await lines(counts)).map(Number).sort((x, y) => x - y);
+      assert.deepEqual(seen, Array.from({ length: 10 }, (_, i) => i), "each ran exactly once");
+      for (const id of ids) {
+        const c = calls.get(id);
+        assert.notEqual(c.attempts.at(-1).gateway, c.attempts[0].gateway, "another gateway ran it");
+      }
+
+      // A cold streaming call through the surviving gateway hears the scheduler's stages.
+      assert.equal((await putObject(b, ngramFunction("q", "ns", "lm"))).status, 201);
+      const res = await fetch(`${b}/funccall/q/ns/lm/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-inferx-progress": "1" },
+        body: JSON.stringify({ prompt: "The GPU", max_tokens: 3, stream: true }),
+      });
+      const text = await res.text();
+      const stages = [...text.matchAll(/^: (\w+)$/gm)].map((m) => m[1]);
+      assert.deepEqual(stages, ["queued", "placing", "starting", "ready"], text);
+    } finally {
+      for (const p of procs.reverse()) await p.stop().catch(() => {});
+      await etcd.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
 });
