@@ -1,25 +1,10 @@
 import assert from "node:assert/strict";
-import { admitCallRecord, admitCallSecret, callId, newCallKey, parseCallId } from "./call.ts";
+import { testCall } from "../common/testing.ts";
+import { admitCallRecord, admitCallSecret, newCallKey, parseCallId } from "./call.ts";
 
-const key = newCallKey();
-const call = (fields: Record<string, unknown> = {}) => ({
-  id: callId("t", "n", key),
-  tenant: "t",
-  namespace: "n",
-  func: "f",
-  principal: "admin",
-  route: "/funccall/t/n/f/x",
-  method: "POST",
-  path: "/x",
-  headers: [["content-type", "application/json"]],
-  body: "e30=",
-  status: "queued",
-  maxAttempts: 3,
-  attempts: [],
-  acceptedAt: 1,
-  expiresAt: 2,
-  ...fields,
-});
+const base = testCall();
+const key = parseCallId(base.id).key;
+const call = (fields: Record<string, unknown> = {}) => ({ ...base, ...fields });
 const at = { tenant: "t", namespace: "n", name: key };
 
 Deno.test("a call id names its tenant, namespace and key, and a malformed one is refused", () => {

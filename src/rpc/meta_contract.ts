@@ -7,9 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { fixtureTests, hasCode } from "../common/testing.ts";
+import { fixtureTests, hasCode, testCall } from "../common/testing.ts";
 import type { MetaClient, MetaEvent } from "./types.ts";
-import { callId, newCallKey } from "../model/call.ts";
+import { newCallKey, parseCallId } from "../model/call.ts";
 
 /** A fresh client over an empty store and how to dispose of it. */
 export interface MetaFixture {
@@ -77,23 +77,12 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
   t(
     "call records are validated and kept as written, compare-and-swap included",
     async ({ meta }) => {
-      const key = newCallKey();
-      const ref = { type: "call" as const, tenant: "acme", namespace: "prod", name: key };
-      const object = {
-        id: callId("acme", "prod", key),
+      const object = testCall("acme", "prod");
+      const ref = {
+        type: "call" as const,
         tenant: "acme",
         namespace: "prod",
-        func: "llm",
-        principal: "admin",
-        route: "/funccall/acme/prod/llm/x",
-        method: "POST",
-        path: "/x",
-        headers: [],
-        status: "queued",
-        maxAttempts: 3,
-        attempts: [],
-        acceptedAt: 1,
-        expiresAt: 2,
+        name: parseCallId(object.id).key,
       };
       const created = await meta.create({ ...ref, object });
       assert.deepEqual(JSON.parse(created.value), object);

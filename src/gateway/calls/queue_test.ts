@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { until } from "../../common/testing.ts";
-import { callId, type CallRecord, decodeCall, newCallKey } from "../../model/call.ts";
+import { testCall, until } from "../../common/testing.ts";
+import { type CallRecord, decodeCall } from "../../model/call.ts";
 import { FuncCache } from "../func_cache.ts";
 import { HttpPool } from "../http_pool.ts";
 import { GatewayMetrics } from "../metrics.ts";
@@ -23,27 +23,10 @@ function countingWorker() {
   return { endpoint: `127.0.0.1:${server.addr.port}`, seen, close: () => server.shutdown() };
 }
 
-/** A call of t/n/f as a gateway stores it, with `fields` changed. */
+/** A call of t/n/f whose body is `{n}`, with `fields` changed. */
 function record(n: string, fields: Partial<CallRecord> = {}): CallRecord {
-  const now = Date.now();
-  return {
-    id: callId("t", "n", newCallKey()),
-    tenant: "t",
-    namespace: "n",
-    func: "f",
-    principal: "admin",
-    route: "/funccall/t/n/f/x",
-    method: "POST",
-    path: "/x",
-    headers: [["content-type", "application/json"]],
-    body: Buffer.from(JSON.stringify({ n })).toString("base64"),
-    status: "queued",
-    maxAttempts: 3,
-    attempts: [],
-    acceptedAt: now,
-    expiresAt: now + 60_000,
-    ...fields,
-  };
+  const body = Buffer.from(JSON.stringify({ n })).toString("base64");
+  return testCall("t", "n", { body, ...fields });
 }
 
 async function store(f: GatewayFixture, rec: CallRecord) {
