@@ -374,7 +374,10 @@ export class SchedulerService implements SchedulerClient {
    */
   #reportProgress(): void {
     for (const [reqId, p] of this.#progress) {
-      if (!this.#pending.has(reqId)) continue;
+      if (!this.#pending.has(reqId)) {
+        this.#progress.delete(reqId); // answered or withdrawn
+        continue;
+      }
       const stage = leaseStage(this.#core, p.func);
       if (stage === p.stage) continue;
       p.stage = stage;
