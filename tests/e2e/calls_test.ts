@@ -288,7 +288,8 @@ Deno.test({
       }
 
       // A cold streaming call through the surviving gateway hears the scheduler's stages.
-      assert.equal((await putObject(b, ngramFunction("q", "ns", "lm"))).status, 201);
+      const lm = ngramFunction("q", "ns", "lm", { policy: { Obj: { queue_timeout: 120 } } });
+      assert.equal((await putObject(b, lm)).status, 201);
       const res = await fetch(`${b}/funccall/q/ns/lm/v1/completions`, {
         method: "POST",
         headers: { "content-type": "application/json", "x-inferx-progress": "1" },
