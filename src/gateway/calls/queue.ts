@@ -266,6 +266,7 @@ export class CallQueue {
       rec.finishedAt = now;
       rec.expiresAt = now + this.ttlMs;
       rec.error = { code: "cancelled", message: "The call was cancelled" };
+      if (!wasRunning) delete rec.body; // it will not run: its body is not needed
       if (rec.callback) rec.delivery = { state: "pending", attempts: 0 };
       // Its runner (if any) keeps the claim to close the attempt; else anyone may deliver.
       if (!wasRunning) (delete rec.owner, delete rec.leaseUntil);
@@ -562,6 +563,7 @@ export class CallQueue {
     if (o.kind === "answer" || o.kind === "too_large") a.status = o.status;
     if (r.status === "cancelled") {
       a.error = { code: "cancelled", message: "The call was cancelled during this attempt" };
+      delete r.body;
       if (r.delivery?.state !== "pending") (delete r.owner, delete r.leaseUntil);
       return true;
     }
@@ -613,13 +615,18 @@ export class CallQueue {
     delete r.leaseUntil;
   }
 
-  /** Ends the call; its claim stays only to deliver a callback. */
+  /**
+   * Ends the call; its claim stays only to deliver a callback. The request
+   * body goes: no attempt needs it any more, and the record holds at most
+   * one body (the request's, then the result's).
+   */
   #end(r: CallRecord, status: CallStatus, now: number, error?: { code: string; message: string }) {
     r.status = status;
     r.finishedAt = now;
     r.expiresAt = now + this.ttlMs;
     if (error) r.error = error;
     delete r.notBefore;
+    delete r.body;
     if (r.callback) r.delivery = { state: "pending", attempts: 0 };
     else (delete r.owner, delete r.leaseUntil);
   }

@@ -103,6 +103,8 @@ t(
     const rows = f.audit.requests.filter((x) => x.call === accepted.id);
     assert.deepEqual(rows.map((x) => [x.status, x.attempt]), [[202, undefined], [200, 1]]);
     assert.equal(rows[1].path, "/funccall/t/n/f/v1/completions");
+    const stored = JSON.parse((await f.meta.list("call")).items[0].value);
+    assert.equal(stored.body, undefined, "an ended call keeps its result, not its request body");
     await f.close();
     await w.close();
   },
@@ -281,6 +283,7 @@ t(
     });
     const row = f.audit.requests.find((x) => x.call === id && x.attempt === 1);
     assert.deepEqual([row?.status, row?.error], [499, "cancelled"]);
+    assert.equal(JSON.parse((await f.meta.list("call")).items[0].value).body, undefined);
     await f.close();
     await w.close();
   },
