@@ -69,6 +69,13 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       written_at timestamptz not null default now()
     )`,
   },
+  {
+    version: 5,
+    name: "asynchronous calls",
+    sql: `alter table inferx_request_audit add column call_id text, add column attempt integer;
+      create index inferx_request_audit_by_call on inferx_request_audit (call_id)
+        where call_id is not null`,
+  },
 ];
 
 /** How long a written batch's id is remembered, against retries of it. */
@@ -160,6 +167,8 @@ export class PostgresAuditBackend implements AuditBackend {
           resumed: r.resumed,
           pod: r.pod ?? null,
           error: r.error ?? null,
+          call_id: r.call ?? null,
+          attempt: r.attempt ?? null,
         }));
         await tx`insert into inferx_request_audit ${sql(rows)}`;
       }
@@ -228,6 +237,8 @@ function requestFromDb(r: Record<string, unknown>): RequestRow {
     resumed: r.resumed as boolean,
     pod: opt(r.pod),
     error: opt(r.error),
+    call: opt(r.call_id),
+    attempt: opt(r.attempt),
   };
 }
 

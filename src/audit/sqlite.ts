@@ -68,7 +68,19 @@ const REQUEST_COLUMNS = [
   "resumed",
   "pod",
   "error",
+  "call_id",
+  "attempt",
 ] as const;
+
+/**
+ * Columns request rows gained after the first release, with their SQL
+ * types: added to an older file when it is opened.
+ */
+const ADDED_REQUEST_COLUMNS: readonly [string, string][] = [
+  ["call_id", "text"],
+  ["attempt", "integer"],
+];
+
 const POD_COLUMNS = [
   "time",
   ...SCOPE_COLUMNS,
@@ -114,7 +126,9 @@ const SCHEMA = `
     cold_start integer not null,
     resumed integer not null,
     pod text,
-    error text
+    error text,
+    call_id text,
+    attempt integer
   );
   create table if not exists pods (
     id integer primary key,
@@ -154,6 +168,8 @@ function requestValues(r: RequestRow, s: Scopes): (string | number | null)[] {
     r.resumed ? 1 : 0,
     r.pod ?? null,
     r.error ?? null,
+    r.call ?? null,
+    r.attempt ?? null,
   ];
 }
 
@@ -182,6 +198,8 @@ function requestFromRow(r: Row): RequestRow {
     ...opt("ttfbMs", r.ttfb_ms, Number),
     ...opt("pod", r.pod, String),
     ...opt("error", r.error, String),
+    ...opt("call", r.call_id, String),
+    ...opt("attempt", r.attempt, Number),
   };
 }
 
@@ -200,6 +218,22 @@ function podFromRow(r: Row): PodRow {
 }
 
 /** The statements that add one row to each table. */
+/** Adds the `columns` `table` lacks (a file written by an older release). */
+function addColumns(db: DatabaseSync, table: string, columns: readonly [string, string][]) {
+  const have = new Set(
+    (db.prepare(`pragma table_info(${table})`).all() as Row[]).map((c) => String(c.name)),
+  );
+  for (const [name, type] of columns) {
+    if (have.has(name)) continue;
+    try {
+      db.exec(`alter table ${table} add column ${name} ${type}`);
+    } catch (err) {
+      // Another process sharing the file added it first.
+      if (!/duplicate column/i.test((err as Error).message)) throw err;
+    }
+  }
+}
+
 function insertStatements(db: DatabaseSync): Record<AuditKind, StatementSync> {
   const insert = (table: string, cols: readonly string[]) =>
     db.prepare(
@@ -353,6 +387,7 @@ export class SqliteAuditBackend implements AuditBackend {
     });
     this.#db.exec("pragma journal_size_limit = 16777216");
     this.#db.exec(SCHEMA);
+    addColumns(this.#db, "requests", ADDED_REQUEST_COLUMNS);
     this.#insert = insertStatements(this.#db);
     this.#scopes = new ScopeIds(this.#db);
     this.#claim = this.#db.prepare(

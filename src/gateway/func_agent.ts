@@ -12,7 +12,7 @@
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncPolicy } from "../model/schemas.ts";
-import type { SchedulerClient } from "../rpc/types.ts";
+import type { LeaseStage, SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
 
@@ -50,7 +50,15 @@ export interface Slot {
   queuedMs: number;
 }
 
+/**
+ * Where a waiting request stands: in the queue, the scheduler placing a
+ * worker, a worker starting or being restored, and a slot taken.
+ */
+export type CallStage = "queued" | LeaseStage | "ready";
+
 interface Waiter {
+  /** Hears the stages of this request's wait, when it asked to. */
+  onProgress?: (stage: CallStage) => void;
   resolve(slot: Slot): void;
   reject(err: Error): void;
   timer: ReturnType<typeof setTimeout>;
@@ -81,6 +89,8 @@ export class FuncAgent {
   #workers: Worker[] = [];
   #queue: Waiter[] = [];
   #pendingLeases = 0;
+  /** What the pending lease waits for, while one is pending. */
+  #leaseStage?: LeaseStage;
   #leaseAbort = new AbortController();
   #closed = false;
   #unschedulable?: InferxError;
@@ -121,9 +131,15 @@ export class FuncAgent {
   /**
    * Takes a slot for one request, waiting up to `timeoutMs` (capped by the
    * policy's `queue_timeout`). Rejects 503 `queue_full` when `queue_len`
-   * requests already wait, 504 `timeout` when the wait runs out.
+   * requests already wait, 504 `timeout` when the wait runs out. A request
+   * that has to wait tells `onProgress` each stage of its wait, `ready` last,
+   * and leaves the queue when `caller` goes away (rejecting `unavailable`).
    */
-  acquire(timeoutMs?: number): Promise<Slot> {
+  acquire(
+    timeoutMs?: number,
+    onProgress?: (stage: CallStage) => void,
+    caller?: { onAbort(fn: () => void): void },
+  ): Promise<Slot> {
     if (this.#closed) {
       return Promise.reject(
         new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
@@ -150,6 +166,7 @@ export class FuncAgent {
     return new Promise<Slot>((resolve, reject) => {
       const since = performance.now();
       const waiter: Waiter = {
+        onProgress,
         resolve,
         reject,
         since,
@@ -169,6 +186,17 @@ export class FuncAgent {
         }, wait),
       };
       this.#queue.push(waiter);
+      caller?.onAbort(() => {
+        const i = this.#queue.indexOf(waiter);
+        if (i < 0) return; // served already
+        this.#queue.splice(i, 1);
+        clearTimeout(waiter.timer);
+        reject(new InferxError("unavailable", `The caller of ${this.id} left the queue`));
+      });
+      if (onProgress) {
+        onProgress("queued");
+        if (this.#leaseStage) onProgress(this.#leaseStage);
+      }
       this.#scaleOut();
     });
   }
@@ -280,6 +308,7 @@ export class FuncAgent {
       if (!w) break;
       const q = this.#queue.shift()!;
       clearTimeout(q.timer);
+      q.onProgress?.("ready");
       q.resolve(this.#take(w, performance.now() - q.since));
     }
     if (this.#queue.length) this.#scaleOut();
@@ -295,6 +324,13 @@ export class FuncAgent {
       );
   }
 
+  /** The pending lease reached `stage`: the waiters that follow their wait hear it. */
+  #stage = (stage: LeaseStage): void => {
+    if (stage === this.#leaseStage) return;
+    this.#leaseStage = stage;
+    for (const q of this.#queue) q.onProgress?.(stage);
+  };
+
   /** Leases another worker when the queue calls for it. */
   #scaleOut(): void {
     if (this.#closed || this.#queue.length === 0) return;
@@ -305,18 +341,25 @@ export class FuncAgent {
       this.#queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
     if (!pressure || this.#pendingLeases > 0) return;
     this.#pendingLeases++;
+    this.#stage("placing");
     // Ask the scheduler to give up a little before the queue does, so its
     // reason (e.g. no node has the vRAM) reaches the caller's 504.
     const left = Math.max(...this.#queue.map((q) => q.deadline)) - Date.now();
     const waitMs = Math.max(1, left > 200 ? left - 100 : left);
-    this.#deps.scheduler.leaseWorker({
-      tenant: this.tenant,
-      namespace: this.namespace,
-      func: this.name,
-      gatewayId: this.#deps.gatewayId,
-      timeoutMs: waitMs,
-    }, this.#leaseAbort.signal).then((lease) => {
+    const progress = this.#queue.some((q) => q.onProgress) ? this.#stage : undefined;
+    this.#deps.scheduler.leaseWorker(
+      {
+        tenant: this.tenant,
+        namespace: this.namespace,
+        func: this.name,
+        gatewayId: this.#deps.gatewayId,
+        timeoutMs: waitMs,
+      },
+      this.#leaseAbort.signal,
+      progress,
+    ).then((lease) => {
       this.#pendingLeases--;
+      this.#leaseStage = undefined;
       this.#lastError = undefined;
       const w: Worker = {
         podId: lease.podId,
@@ -333,6 +376,7 @@ export class FuncAgent {
       this.#drain();
     }, (err: Error) => {
       this.#pendingLeases--;
+      this.#leaseStage = undefined;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
       if (e.code === "unschedulable") {

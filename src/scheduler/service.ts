@@ -29,7 +29,14 @@ import {
 } from "../model/schemas.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Gauge, type Registry } from "prom-client";
-import type { Lease, LeaseRequest, MetaClient, ObjectRef, SchedulerClient } from "../rpc/types.ts";
+import type {
+  Lease,
+  LeaseRequest,
+  LeaseStage,
+  MetaClient,
+  ObjectRef,
+  SchedulerClient,
+} from "../rpc/types.ts";
 import {
   type CoreAction,
   type CoreEvent,
@@ -75,6 +82,8 @@ export class SchedulerService implements SchedulerClient {
   #core: CoreState;
   #options: SchedulerOptions;
   #pending = new Map<string, { resolve(l: Lease): void; reject(e: Error): void }>();
+  /** Waiting leases whose requester follows their progress. */
+  #progress = new Map<string, { func: string; stage?: LeaseStage; report(s: LeaseStage): void }>();
   #funcs = new Map<string, FuncEntry>();
   #policies = new Map<string, FuncPolicy>();
   /** Pod records as last seen, for writes. */
@@ -306,9 +315,14 @@ export class SchedulerService implements SchedulerClient {
     }
   }
 
-  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+  leaseWorker(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease> {
     const reqId = newId("l", 6);
     const func = funcId(req.tenant, req.namespace, req.func);
+    if (onProgress) this.#progress.set(reqId, { func, report: onProgress });
     return new Promise<Lease>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       const onAbort = () => {
@@ -322,7 +336,9 @@ export class SchedulerService implements SchedulerClient {
         req.timeoutMs + 1,
         () => this.#apply({ type: "tick" }),
       );
-      const done = () => (cancelExpiry(), signal?.removeEventListener("abort", onAbort));
+      const done = () => (
+        cancelExpiry(), signal?.removeEventListener("abort", onAbort), this.#progress.delete(reqId)
+      );
       this.#pending.set(reqId, {
         resolve: (l) => (done(), resolve(l)),
         reject: (e) => (done(), reject(e)),
@@ -420,6 +436,24 @@ export class SchedulerService implements SchedulerClient {
   #apply(event: CoreEvent): void {
     const { actions } = step(this.#core, event, this.#clock.now());
     for (const a of actions) this.#carryOut(a);
+    if (this.#progress.size) this.#reportProgress();
+  }
+
+  /**
+   * Tells each followed lease what its function's pods are doing while it
+   * waits: one being restored from standby, one starting, or none yet.
+   */
+  #reportProgress(): void {
+    for (const [reqId, p] of this.#progress) {
+      if (!this.#pending.has(reqId)) {
+        this.#progress.delete(reqId); // answered or withdrawn
+        continue;
+      }
+      const stage = leaseStage(this.#core, p.func);
+      if (stage === p.stage) continue;
+      p.stage = stage;
+      p.report(stage);
+    }
   }
 
   #carryOut(a: CoreAction): void {
@@ -545,4 +579,16 @@ function nodeReport(n: NodeInfo): NodeReport {
     contextOverheadMB: n.contextOverheadMB,
     standbyTiers: n.standbyTiers,
   };
+}
+
+/** The stage of a lease of `func` waiting now. */
+export function leaseStage(core: Readonly<CoreState>, func: string): LeaseStage {
+  const f = core.funcs.get(func);
+  let starting = false;
+  for (const id of f?.pods ?? []) {
+    const state = core.pods.get(id)?.state;
+    if (state === "Resuming") return "restoring";
+    if (state === "Creating") starting = true;
+  }
+  return starting ? "starting" : "placing";
 }

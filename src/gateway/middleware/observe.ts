@@ -38,6 +38,10 @@ export class CallRecord {
   target?: FuncTarget;
   #metrics?: FunctionMetrics;
   status = 0;
+  /** The asynchronous call this request accepted, or this run is an attempt of. */
+  callId?: string;
+  /** Which attempt of `callId` this run is. */
+  attempt?: number;
   #slot?: Slot;
   #ttfbMs?: number;
   #done = false;
@@ -88,13 +92,26 @@ export class CallRecord {
     this.#audit(performance.now() - this.t0, err.code);
   }
 
-  /** The caller went away before an answer: recorded as 499, as nginx logs it. */
-  callerGone(): void {
+  /**
+   * The caller went away before an answer (or cancelled the call: `reason`
+   * `cancelled`): recorded as 499, as nginx logs it.
+   */
+  callerGone(reason = "caller_gone"): void {
     if (this.#done) return;
     this.#done = true;
     this.status = 499;
     this.#series().request(499);
-    this.#audit(performance.now() - this.t0, "caller_gone");
+    this.#audit(performance.now() - this.t0, reason);
+  }
+
+  /** The call was stored to run later as `id`: answered 202. */
+  accepted(id: string): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.callId = id;
+    this.status = 202;
+    this.#series().request(202);
+    this.#audit(performance.now() - this.t0);
   }
 
   #series(): FunctionMetrics {
@@ -122,6 +139,8 @@ export class CallRecord {
       resumed: slot?.resumed ?? false,
       pod: slot?.worker.podId,
       error,
+      call: this.callId,
+      attempt: this.attempt,
     });
   }
 }
