@@ -1,7 +1,9 @@
 /**
  * A watched cache of one object type, built on {@linkcode MetaClient}: list,
  * then watch from the list's revision; when the store has compacted that
- * history, list again and report what disappeared meanwhile.
+ * history, list again and report what disappeared meanwhile. With
+ * `resyncMs`, it also lists again every so often (anti-entropy): a change a
+ * handler could not act on, when the store was away, is delivered again.
  *
  * @module
  */
@@ -28,6 +30,11 @@ export interface InformerOptions {
   namespace?: string;
   /** Delay before listing again after a watch error (ms). @default 500 */
   retryMs?: number;
+  /**
+   * Lists again this often (ms), delivering every object anew and reporting
+   * those gone; the watch restarts from the new list. Off when unset.
+   */
+  resyncMs?: number;
 }
 
 /**
@@ -44,9 +51,13 @@ export async function startInformer(
   let watch: { cancel(): void } | undefined;
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let resyncTimer: ReturnType<typeof setTimeout> | undefined;
+  // The watch of the latest list; an error of an earlier one is old news.
+  let generation = 0;
   const keyOf = (r: ObjectRef) => `${r.tenant}/${r.namespace}/${r.name}`;
 
   const sync = async () => {
+    const gen = ++generation;
     const { items, revision } = await meta.list(type, options.tenant, options.namespace);
     if (stopped) return;
     const seen = new Set<string>();
@@ -75,11 +86,24 @@ export async function startInformer(
         }
       },
       onError(err) {
-        if (stopped) return;
+        if (stopped || gen !== generation) return;
         log.warn("Watch on {type} ended ({error}); listing again", { type, error: err.message });
         resync();
       },
     });
+    if (options.resyncMs !== undefined) {
+      if (resyncTimer !== undefined) clearTimeout(resyncTimer);
+      resyncTimer = setTimeout(() => {
+        resyncTimer = undefined;
+        if (stopped || gen !== generation) return;
+        watch?.cancel();
+        watch = undefined;
+        sync().catch((e) => {
+          log.warn("Cannot list {type} yet: {error}", { type, error: (e as Error).message });
+          if (!stopped) resync();
+        });
+      }, options.resyncMs);
+    }
   };
   // Lists again until it works (the state service may be restarting).
   const resync = () => {
@@ -97,6 +121,7 @@ export async function startInformer(
       stopped = true;
       watch?.cancel();
       if (timer !== undefined) clearTimeout(timer);
+      if (resyncTimer !== undefined) clearTimeout(resyncTimer);
     },
   };
 }

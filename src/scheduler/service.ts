@@ -66,6 +66,12 @@ export interface SchedulerOptions {
   ticker?: Ticker;
   /** When a node's snapshot serves a new pod (`INFERX_SNAPSHOT_START`). @default "auto" */
   snapshotStart?: "auto" | "always";
+  /**
+   * Pod records are listed again this often (ms): a pod write lost while the
+   * store was away (a termination, a record the core dropped) is acted on
+   * again. @default 10000
+   */
+  podResyncMs?: number;
 }
 
 interface FuncEntry {
@@ -226,7 +232,7 @@ export class SchedulerService implements SchedulerClient {
           this.#podRefs.delete(ref.name);
           this.#apply({ type: "podStatus", podId: ref.name, state: "Terminated" });
         },
-      }),
+      }, { resyncMs: this.#options.podResyncMs ?? 10_000 }),
       await startInformer(this.#meta, "funcpolicy", {
         upsert: (rec) => {
           const o = decodeStoredUserObject(rec.value, rec.revision);

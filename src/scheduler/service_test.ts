@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { InferxError } from "../common/errors.ts";
+import { type InferxError, InferxError as InferxErrorClass } from "../common/errors.ts";
 import { createTestFunction, ManualClock, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
@@ -231,4 +231,49 @@ Deno.test("leaseStage() says what a waiting lease waits for: placing, a pod star
   d.run({ type: "return", podId: pod, gateway: "g1" }); // parked
   d.run(lease("r2")); // resumes it
   assert.equal(leaseStage(d.state, "t/n/f"), "restoring");
+});
+
+Deno.test({
+  name:
+    "SchedulerService asks again for a pod termination whose write was lost (pod records listed again)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    // A state service whose updates fail while `away` is set, as when the store is away.
+    let away = false;
+    class Flaky extends StateService {
+      override update(...args: Parameters<StateService["update"]>) {
+        if (away) return Promise.reject(new InferxErrorClass("unavailable", "store away"));
+        return super.update(...args);
+      }
+    }
+    const meta = new Flaky(store);
+    await meta.create({ ...nodeRef("n1"), object: node("n1") });
+    await createTestFunction(meta, { policy: { Obj: { min_replica: 1 } } });
+    const sched = new SchedulerService(meta, { tickMs: 50, podResyncMs: 200 });
+    await sched.start();
+    const record = async (id: string) =>
+      (await meta.list("pod")).items.map((r) => decodePod(r.value)).find((p) => p.id === id);
+    try {
+      let podId = "";
+      await until("the min_replica pod", async () => {
+        podId = (await meta.list("pod")).items.map((r) => decodePod(r.value))[0]?.id ?? "";
+        return podId !== "";
+      });
+      away = true;
+      await sched.killPod(podId);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await record(podId))?.desired, "Running", "the termination's write was lost");
+      assert.equal(sched.snapshot().pods.find((p) => p.id === podId)?.state, "Terminating");
+      away = false;
+      await until(
+        "the termination asked again",
+        async () => (await record(podId))?.desired === "Terminated",
+      );
+    } finally {
+      sched.stop();
+      await store.close();
+    }
+  },
 });
