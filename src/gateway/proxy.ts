@@ -168,6 +168,7 @@ export async function forward(
     ["x-inferx-ttfb-ms", ttfbMs.toFixed(2)],
     ["x-inferx-queue-ms", held.queuedMs.toFixed(2)],
     ["x-inferx-pod", held.worker.podId],
+    ["x-inferx-version", String(held.worker.version)],
   );
   let finished = false;
   const finish = (delivered: boolean) => {

@@ -9,6 +9,7 @@ import { openEmbeddedStore } from "../store/embedded.ts";
 import { StateService } from "../statesvc/service.ts";
 import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
 import type { AuditLog, AuditQuery, PodRow, RequestRow } from "../audit/types.ts";
+import { summarizeUsage } from "../audit/usage.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
 import { Authenticator } from "./auth.ts";
 import { FuncCache } from "./func_cache.ts";
@@ -164,6 +165,7 @@ export function memoryAudit(): MemoryAudit {
       dropped: 0,
       healthy: true,
     }),
+    usage: (q) => Promise.resolve(summarizeUsage(requests, q)),
     flush: () => Promise.resolve(),
     close: () => Promise.resolve(),
   };
