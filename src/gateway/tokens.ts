@@ -46,70 +46,125 @@ export function tokenFormat(
   return undefined;
 }
 
-const latin1 = new TextDecoder("latin1");
-const USAGE = '"usage"';
+const USAGE = bytesOf('"usage"');
+const PROMPT = bytesOf('"prompt_tokens"');
+const COMPLETION = bytesOf('"completion_tokens"');
+
+function bytesOf(s: string): Uint8Array {
+  return new TextEncoder().encode(s);
+}
+
+/** Whether `b` holds `word` at `at`. */
+function holds(b: Uint8Array, at: number, word: Uint8Array): boolean {
+  if (at + word.length > b.length) return false;
+  for (let i = 0; i < word.length; i++) if (b[at + i] !== word[i]) return false;
+  return true;
+}
+
+const isSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13;
+
+/** The index after `:` and the whitespace around it, from `at`; -1 when there is no colon. */
+function afterColon(b: Uint8Array, at: number): number {
+  while (at < b.length && isSpace(b[at])) at++;
+  if (b[at] !== 58 /* : */) return -1;
+  at++;
+  while (at < b.length && isSpace(b[at])) at++;
+  return at;
+}
+
+/** The non-negative integer at `at`, or undefined. */
+function integerAt(b: Uint8Array, at: number): number | undefined {
+  let n = 0;
+  let digits = 0;
+  for (; at < b.length && b[at] >= 48 && b[at] <= 57; at++, digits++) n = n * 10 + b[at] - 48;
+  const next = b[at];
+  // A fraction or an exponent is not a count of tokens.
+  return digits && next !== 46 && next !== 101 && next !== 69 ? n : undefined;
+}
 
 /**
- * Prompt and completion tokens from the `usage` object of a JSON answer. Only
- * the `usage` object is parsed (found from the end, where servers put it), so
- * the cost does not grow with the completion's text.
+ * Prompt and completion tokens from the `usage` object of a JSON answer.
+ * Read from the bytes, without decoding or parsing the body: `usage` is
+ * found from the end (where servers put it), then its two top-level counts,
+ * so the cost is a few hundred byte comparisons whatever the completion's
+ * length.
  */
 export function usageOf(body: Uint8Array): { prompt?: number; completion?: number } {
-  // Field names and numbers are ASCII: latin1 keeps byte offsets and never fails.
-  const text = latin1.decode(body);
-  let at = text.lastIndexOf(USAGE);
-  while (at > 0 && text.charCodeAt(at - 1) === 92 /* \ */) {
-    at = text.lastIndexOf(USAGE, at - 1); // inside a string, escaped
+  let at = body.length - USAGE.length;
+  for (; at >= 0; at--) {
+    // Outside strings a key is not preceded by a backslash.
+    if (body[at] === 34 && holds(body, at, USAGE) && body[at - 1] !== 92) break;
   }
   if (at < 0) return {};
-  const open = text.indexOf("{", at + USAGE.length);
-  if (open < 0 || text.slice(at + USAGE.length, open).trim() !== ":") return {};
+  const open = afterColon(body, at + USAGE.length);
+  if (open < 0 || body[open] !== 123 /* { */) return {};
+  const out: { prompt?: number; completion?: number } = {};
   let depth = 0;
-  for (let i = open; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 123 /* { */) depth++;
-    else if (c === 125 /* } */ && --depth === 0) {
-      return counts(parse(text.slice(open, i + 1)));
+  for (let i = open; i < body.length; i++) {
+    const c = body[i];
+    if (c === 123 /* { */ || c === 91 /* [ */) depth++;
+    else if (c === 125 /* } */ || c === 93 /* ] */) {
+      if (--depth === 0) return out;
+    } else if (c === 34 /* " */) {
+      if (depth === 1 && (holds(body, i, PROMPT) || holds(body, i, COMPLETION))) {
+        const key = body[i + 1] === 112 /* p */ ? PROMPT : COMPLETION;
+        const v = afterColon(body, i + key.length);
+        const n = v < 0 ? undefined : integerAt(body, v);
+        if (n !== undefined) out[key === PROMPT ? "prompt" : "completion"] = n;
+      }
+      // Skip the string, escapes included.
+      for (i++; i < body.length && body[i] !== 34; i++) if (body[i] === 92) i++;
     }
   }
-  return {};
+  return {}; // cut short
 }
 
-function parse(s: string): unknown {
-  try {
-    return JSON.parse(s);
-  } catch {
-    return undefined;
+const DATA = bytesOf("data:");
+const DONE = bytesOf("[DONE]");
+/** Keys whose non-empty string value is generated text. */
+const TEXT_KEYS = ['"text"', '"content"', '"reasoning_content"', '"reasoning"'].map(bytesOf);
+const TOOL_CALLS = bytesOf('"tool_calls"');
+
+/** Whether the string from `from` to the quote at `to` is `word` (quotes included). */
+const isKey = (b: Uint8Array, from: number, to: number, word: Uint8Array) =>
+  to - from + 1 === word.length && holds(b, from, word);
+
+/**
+ * What one stream event says, read from its bytes: whether it carries a
+ * token (a non-empty `text`, `content` or reasoning string, or tool calls),
+ * and whether it has a `usage` object. Keys are matched at any depth, so
+ * completions (`choices[].text`) and chat (`choices[].delta.content`) read
+ * alike; `logprobs.content`, an array, is not text.
+ */
+function scanEvent(b: Uint8Array): { token: boolean; usage: boolean } {
+  let token = false;
+  let usage = false;
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] !== 34) continue;
+    let j = i + 1;
+    for (; j < b.length && b[j] !== 34; j++) if (b[j] === 92) j++;
+    const v = afterColon(b, j + 1);
+    if (v >= 0) {
+      if (!token && b[v] === 34 && b[v + 1] !== 34) {
+        for (const k of TEXT_KEYS) if (isKey(b, i, j, k)) token = true;
+      } else if (!token && b[v] === 91 && isKey(b, i, j, TOOL_CALLS)) {
+        let k = v + 1;
+        while (k < b.length && isSpace(b[k])) k++;
+        token = b[k] !== 93;
+      } else if (b[v] === 123 && isKey(b, i, j, USAGE)) usage = true;
+    }
+    i = j;
   }
+  return { token, usage };
 }
 
-function counts(usage: unknown): { prompt?: number; completion?: number } {
-  if (!usage || typeof usage !== "object") return {};
-  const u = usage as { prompt_tokens?: unknown; completion_tokens?: unknown };
-  const out: { prompt?: number; completion?: number } = {};
-  const prompt = count(u.prompt_tokens);
-  const completion = count(u.completion_tokens);
-  if (prompt !== undefined) out.prompt = prompt;
-  if (completion !== undefined) out.completion = completion;
+function concat(a: Uint8Array, b: Uint8Array, sep?: number): Uint8Array {
+  const extra = sep === undefined ? 0 : 1;
+  const out = new Uint8Array(a.length + extra + b.length);
+  out.set(a);
+  if (extra) out[a.length] = sep!;
+  out.set(b, a.length + extra);
   return out;
-}
-
-const count = (v: unknown) => (Number.isInteger(v) && (v as number) >= 0 ? v as number : undefined);
-
-/** Whether a stream event's choices carry generated content (text, a delta, a tool call). */
-function carriesToken(event: { choices?: unknown }): boolean {
-  const choices = event.choices;
-  if (!Array.isArray(choices)) return false;
-  for (const c of choices) {
-    if (!c || typeof c !== "object") continue;
-    const { text, delta } = c as { text?: unknown; delta?: Record<string, unknown> };
-    if (typeof text === "string" && text.length > 0) return true;
-    if (!delta || typeof delta !== "object") continue;
-    const content = delta.content ?? delta.reasoning_content ?? delta.reasoning;
-    if (typeof content === "string" && content.length > 0) return true;
-    if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
-  }
-  return false;
 }
 
 /** The value at quantile `q` of ascending `sorted` (nearest rank). */
@@ -142,11 +197,10 @@ export class TokenMeter {
   #gaps: number[] = [];
   #prompt?: number;
   #completion?: number;
-  #decoder?: TextDecoder;
-  /** The unfinished last line of the stream so far. */
-  #line = "";
-  /** `data:` lines of the event being read. */
-  #data: string[] = [];
+  /** The unfinished last line of the stream so far (a copy). */
+  #line?: Uint8Array;
+  /** Payloads of the `data:` lines of the event being read. */
+  #data: Uint8Array[] = [];
 
   constructor(format: TokenFormat, t0: number) {
     this.format = format;
@@ -167,45 +221,59 @@ export class TokenMeter {
     this.#completion = u.completion;
   }
 
-  /** A piece of a stream, already forwarded, at `now`. */
+  /**
+   * A piece of a stream, already forwarded, at `now`. Read as bytes: lines
+   * split at newlines, events at blank lines; what must outlive the call is
+   * copied (the caller may reuse its buffer).
+   */
   chunk(bytes: Uint8Array, now: number): void {
-    this.#decoder ??= new TextDecoder();
-    const text = this.#decoder.decode(bytes, { stream: true });
     let start = 0;
-    for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n", start)) {
-      let line = start === 0 && this.#line ? this.#line + text.slice(0, nl) : text.slice(start, nl);
-      if (start === 0) this.#line = "";
-      start = nl + 1;
-      if (line.endsWith("\r")) line = line.slice(0, -1);
+    let nl = bytes.indexOf(10);
+    if (this.#line) {
+      if (nl < 0) {
+        this.#line = concat(this.#line, bytes);
+        return;
+      }
+      const line = concat(this.#line, bytes.subarray(0, nl));
+      this.#line = undefined;
       this.#onLine(line, now);
+      start = nl + 1;
+      nl = bytes.indexOf(10, start);
     }
-    this.#line = start === 0 ? this.#line + text : text.slice(start);
+    for (; nl >= 0; nl = bytes.indexOf(10, start)) {
+      this.#onLine(bytes.subarray(start, nl), now);
+      start = nl + 1;
+    }
+    if (start < bytes.length) this.#line = bytes.slice(start);
+    // An event cut by the end of this piece keeps copies of its lines.
+    for (let i = 0; i < this.#data.length; i++) {
+      if (this.#data[i].buffer === bytes.buffer) this.#data[i] = this.#data[i].slice();
+    }
   }
 
-  #onLine(line: string, now: number): void {
-    if (line === "") {
+  #onLine(line: Uint8Array, now: number): void {
+    const end = line.length && line[line.length - 1] === 13 ? line.length - 1 : line.length;
+    if (end === 0) {
       // A blank line ends an event.
-      if (this.#data.length) {
-        const data = this.#data.length === 1 ? this.#data[0] : this.#data.join("\n");
-        this.#data = [];
-        this.#onEvent(data, now);
-      }
+      const data = this.#data;
+      if (!data.length) return;
+      this.#data = [];
+      this.#onEvent(data.length === 1 ? data[0] : data.reduce((a, b) => concat(a, b, 10)), now);
       return;
     }
-    if (!line.startsWith("data:")) return; // comments, event names, ids
-    this.#data.push(line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5));
+    if (!holds(line, 0, DATA)) return; // comments, event names, ids
+    this.#data.push(line.subarray(line[5] === 32 ? 6 : 5, end));
   }
 
-  #onEvent(data: string, now: number): void {
-    if (data === "[DONE]") return;
-    const event = parse(data) as { choices?: unknown; usage?: unknown } | undefined;
-    if (!event || typeof event !== "object") return;
-    if (event.usage) {
-      const u = counts(event.usage);
+  #onEvent(data: Uint8Array, now: number): void {
+    if (data.length === DONE.length && holds(data, 0, DONE)) return;
+    const { token, usage } = scanEvent(data);
+    if (usage) {
+      const u = usageOf(data);
       this.#prompt = u.prompt ?? this.#prompt;
       this.#completion = u.completion ?? this.#completion;
     }
-    if (!carriesToken(event)) return;
+    if (!token) return;
     this.#tokens++;
     if (this.#first === undefined) this.#first = now;
     else this.#gaps.push(now - this.#last);
@@ -218,11 +286,9 @@ export class TokenMeter {
    */
   result(end: number, queuedMs = 0): TokenStats {
     // A stream that ended without its final newline or blank line.
-    if (this.#line) {
-      this.#onLine(this.#line.endsWith("\r") ? this.#line.slice(0, -1) : this.#line, end);
-    }
-    this.#line = "";
-    this.#onLine("", end);
+    if (this.#line) this.#onLine(this.#line, end);
+    this.#line = undefined;
+    this.#onLine(new Uint8Array(0), end);
     const completion = this.#completion ?? (this.format === "sse" ? this.#tokens : undefined);
     const gaps = this.#gaps;
     const sorted = gaps.length > 1 ? [...gaps].sort((a, b) => a - b) : gaps;
