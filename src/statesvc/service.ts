@@ -28,11 +28,15 @@ import {
 import {
   decodeStoredUserObject,
   decodeUserObject,
+  DEFAULT_POLICY,
   encodeUserObject,
+  type FuncPolicy,
   type FunctionSpec,
-  storedVersion,
+  functionSpecToJson,
   tenantQuota,
+  type UserObject,
 } from "../model/schemas.ts";
+import { type FunctionObject, nextVersions, rolloutVersions } from "../model/versions.ts";
 import type { MetaStore } from "../store/types.ts";
 import type {
   MetaClient,
@@ -159,7 +163,13 @@ export class StateService implements MetaClient {
           await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
         }
         await this.#checkQuota(obj.tenant, obj.spec, current === undefined);
-        obj.version = current ? storedVersion(current.value) + 1 : 1;
+        return encodeUserObject(await this.#versioned(obj, current));
+      }
+      if (obj.type === "funcpolicy" && obj.spec.traffic) {
+        throw new ValidationError(
+          `Invalid funcpolicy ${obj.tenant}/${obj.namespace}/${obj.name}: traffic names versions of one function: set it in that function's inline policy`,
+          "traffic",
+        );
       }
       return encodeUserObject(obj);
     }
@@ -191,6 +201,38 @@ export class StateService implements MetaClient {
       return JSON.stringify(r.data);
     }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
+  }
+
+  /**
+   * A function write with its versions (src/model/versions.ts): a new version
+   * for its spec, the older versions its traffic split names kept; or a
+   * rollout (promote, roll back), which must carry the current spec unchanged.
+   */
+  async #versioned(obj: FunctionObject, current: MetaRecord | undefined): Promise<UserObject> {
+    const prev = current &&
+      decodeStoredUserObject(current.value, current.revision) as FunctionObject;
+    const policy = await this.#policyOf(obj);
+    if (!obj.rollout) return nextVersions(prev, obj, policy);
+    const what = `function ${obj.tenant}/${obj.namespace}/${obj.name}`;
+    if (!prev) throw new NotFoundError(`Cannot roll out ${what}: it does not exist`);
+    const same = (s: FunctionSpec) => JSON.stringify(functionSpecToJson(s));
+    if (same(obj.spec) !== same(prev.spec)) {
+      throw new ValidationError(
+        `Cannot roll out ${what}: a rollout changes nothing else (send the current spec with it)`,
+        "rollout",
+      );
+    }
+    return rolloutVersions(prev, obj.rollout, policy);
+  }
+
+  /** The policy a function's spec puts in force (a linked one read from the store). */
+  async #policyOf(obj: FunctionObject): Promise<FuncPolicy> {
+    const ref = obj.spec.policy;
+    if (!ref) return DEFAULT_POLICY;
+    if (ref.kind === "inline") return ref.policy;
+    const kv = await this.#store.get(objectKey("funcpolicy", obj.tenant, obj.namespace, ref.name));
+    const p = kv && decodeStoredUserObject(kv.value, kv.revision);
+    return p?.type === "funcpolicy" ? p.spec : DEFAULT_POLICY;
   }
 
   /** A tenant's `max_functions` (on create) and `max_gpu` (a replica that could never fit). */
