@@ -13,11 +13,20 @@ import {
   liveCurrent,
   terminate,
 } from "./_accounting.ts";
-import { planEviction } from "./eviction.ts";
+import { type EvictionOptions, planEviction } from "./eviction.ts";
+import {
+  demandShare,
+  fairOrder,
+  type FairView,
+  fairView,
+  mayEvict,
+  mayReclaim,
+  reclaim,
+} from "./fairness.ts";
 import { describeReasons, place } from "./placement.ts";
-import { freeTenantPod, quotaBlock } from "./quota.ts";
+import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
 import { parkedPod, restoreOrStart, retire } from "./standby.ts";
-import type { CoreFunc } from "./types.ts";
+import type { CoreFunc, CoreState } from "./types.ts";
 
 /**
  * Finds pods for waiting leases and `minReplica`: resumes parked pods first,
@@ -68,11 +77,16 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       need--;
       continue;
     }
-    const plan = planEviction(state, f.id, f.demand);
+    const plan = planEviction(state, f.id, f.demand, fairRules(state, f));
     if (plan) {
-      for (const v of plan.victims) terminate(ctx, v, `evicted for ${f.id}`);
+      let reclaimed = 0;
+      for (const v of plan.victims) {
+        if (v.leasedBy) (reclaim(ctx, v, f.id), reclaimed++);
+        else terminate(ctx, v, `evicted for ${f.id}`);
+      }
       f.lastUnschedulable =
-        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}`;
+        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
+        (reclaimed ? ` (${reclaimed} reclaimed from their gateways for fair share)` : "");
     } else {
       f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
     }
@@ -82,12 +96,46 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   state.starved.delete(f.id);
 }
 
-/** Retries functions whose waiters could not be placed, after resources were freed. */
+/**
+ * Retries function versions whose waiters could not be placed, after
+ * resources were freed: with fairness, the tenant holding least per weight
+ * first, then by priority, then the oldest waiter (fairness.ts).
+ */
 export function retryStarved(ctx: Ctx) {
-  for (const id of [...ctx.state.starved]) {
-    const f = ctx.state.funcs.get(id);
-    if (f) ensureCapacity(ctx, f);
-    else ctx.state.starved.delete(id);
+  const { state } = ctx;
+  if (state.starved.size === 0) return;
+  const units: CoreFunc[] = [];
+  for (const id of state.starved) {
+    const f = state.funcs.get(id);
+    if (f) units.push(f);
+    else state.starved.delete(id);
+  }
+  const fair = state.config.fairShare && units.length > 1;
+  for (const f of fair ? fairOrder(fairView(state), units) : units) ensureCapacity(ctx, f);
+}
+
+/**
+ * What `f` may take from others when nothing fits: any idle or parked pod
+ * without fairness; with it, those of tenants holding more per weight, and
+ * leases of tenants above their fair share while `f`'s tenant stays within
+ * its own.
+ */
+function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
+  if (!state.config.fairShare) return {};
+  // Computed once, when the first candidate is weighed.
+  let view: FairView | undefined;
+  return {
+    evict(p) {
+      const v = lazyView();
+      return mayEvict(v, tenantOf(f.func), tenantOf(p.func), demandShare(f.demand, v.totals));
+    },
+    reclaim(p) {
+      const v = lazyView();
+      return mayReclaim(v, tenantOf(f.func), tenantOf(p.func), demandShare(f.demand, v.totals));
+    },
+  };
+  function lazyView() {
+    return view ??= fairView(state);
   }
 }
 

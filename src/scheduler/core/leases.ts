@@ -4,18 +4,23 @@
  *
  * @module
  */
-import { activeCurrent, type Ctx, terminate } from "./_accounting.ts";
+import { activeCurrent, type Ctx, terminate, unitOf } from "./_accounting.ts";
+import { scaleOutAdvice } from "./autoscale.ts";
 import { ensureCapacity } from "./capacity.ts";
+import { leaseTarget } from "./funcs.ts";
 import { retire } from "./standby.ts";
-import type { CoreFunc, CorePod, Waiter } from "./types.ts";
+import type { CoreFunc, CorePod, GatewayLoad, Waiter } from "./types.ts";
 
-/** A gateway asks for a worker: an idle one at once, else it waits while capacity is found. */
+/**
+ * A gateway asks for a worker of a function version: an idle one at once,
+ * else it waits while capacity is found.
+ */
 export function onLease(
   ctx: Ctx,
-  e: { reqId: string; func: string; gateway: string; deadline: number },
+  e: { reqId: string; func: string; gateway: string; deadline: number; version?: number },
 ) {
   ctx.state.gateways.set(e.gateway, ctx.now);
-  const f = ctx.state.funcs.get(e.func);
+  const f = leaseTarget(ctx.state.units.get(e.func), e.version);
   if (!f) {
     ctx.actions.push({
       type: "leaseFailed",
@@ -25,7 +30,12 @@ export function onLease(
     });
     return;
   }
-  const waiter: Waiter = { reqId: e.reqId, gateway: e.gateway, deadline: e.deadline };
+  const waiter: Waiter = {
+    reqId: e.reqId,
+    gateway: e.gateway,
+    deadline: e.deadline,
+    since: ctx.now,
+  };
   for (const podId of f.idle) {
     grant(ctx, f, ctx.state.pods.get(podId)!, waiter, false);
     return;
@@ -36,8 +46,9 @@ export function onLease(
 
 /** The requester gave up: it waits no more. */
 export function onCancelLease(ctx: Ctx, funcId: string, reqId: string) {
-  const f = ctx.state.funcs.get(funcId);
-  if (f) f.waiters = f.waiters.filter((w) => w.reqId !== reqId);
+  for (const f of ctx.state.units.get(funcId) ?? []) {
+    f.waiters = f.waiters.filter((w) => w.reqId !== reqId);
+  }
 }
 
 function grant(
@@ -62,25 +73,51 @@ function grant(
   });
 }
 
-/** A gateway gives a worker back: to the next waiter, idle, parked, or terminated. */
+/**
+ * A gateway gives a worker back: to the next waiter, idle, parked, or
+ * terminated (failed, its version drained, or reclaimed for another tenant).
+ */
 export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
   const pod = ctx.state.pods.get(podId);
   if (!pod || pod.leasedBy !== gateway) return; // stale or foreign: ignore
   pod.leasedBy = undefined;
   pod.lastUsed = ctx.now;
-  const f = ctx.state.funcs.get(pod.func);
+  const f = unitOf(ctx.state, pod);
   if (failed) return terminate(ctx, pod, "returned as failed");
-  if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+  if (!f) return terminate(ctx, pod, "old version drained");
+  if (pod.reclaiming) {
+    pod.reclaiming = false;
+    return terminate(ctx, pod, "reclaimed for a tenant below its fair share");
+  }
   settleUnleased(ctx, f, pod, false);
 }
 
 /**
  * A gateway's heartbeat keeps its leases. When it lists the pods it holds,
  * claims those nobody else holds (after a scheduler restart the core knows
- * no leases), and takes back settled leases it no longer lists.
+ * no leases), and takes back settled leases it no longer lists. When it
+ * reports its load, the core may advise it to lease more (autoscale.ts).
+ * Leases being reclaimed from it are asked for again (level-triggered: a
+ * lost answer loses nothing).
  */
-export function onGatewayHeartbeat(ctx: Ctx, gateway: string, leases?: string[]) {
+export function onGatewayHeartbeat(
+  ctx: Ctx,
+  gateway: string,
+  leases?: string[],
+  load?: GatewayLoad[],
+) {
   ctx.state.gateways.set(gateway, ctx.now);
+  if (load) scaleOutAdvice(ctx, gateway, load);
+  for (const pod of ctx.state.pods.values()) {
+    if (pod.reclaiming && pod.leasedBy === gateway) {
+      ctx.actions.push({
+        type: "reclaimLease",
+        gateway,
+        podId: pod.id,
+        reason: "reclaimed for a tenant below its fair share",
+      });
+    }
+  }
   if (!leases) return;
   const held = new Set(leases);
   for (const id of held) {
@@ -89,7 +126,7 @@ export function onGatewayHeartbeat(ctx: Ctx, gateway: string, leases?: string[])
     if (pod.leasedBy === gateway) continue;
     pod.leasedBy = gateway;
     pod.leasedAt = ctx.now;
-    ctx.state.funcs.get(pod.func)?.idle.delete(id);
+    unitOf(ctx.state, pod)?.idle.delete(id);
   }
   for (const pod of [...ctx.state.pods.values()]) {
     if (pod.leasedBy !== gateway || held.has(pod.id)) continue;

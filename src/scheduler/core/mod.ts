@@ -8,6 +8,9 @@
 export * from "./types.ts";
 export * from "./placement.ts";
 export * from "./eviction.ts";
+export * from "./fairness.ts";
+export { extraWorkers } from "./autoscale.ts";
+export { leaseTarget, unitId } from "./funcs.ts";
 export { chooseTier, expectedRestoreMs, resumeIsFaster, TIER_HOLDS } from "./standby.ts";
 export { heartbeatFresh } from "./nodes.ts";
 export { recoveredState } from "./pods.ts";
