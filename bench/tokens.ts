@@ -54,6 +54,7 @@ const worker: Worker = {
   endpoint: "127.0.0.1:1",
   version: 1,
   inflight: 0,
+  tokens: 0,
   idleSince: 0,
   draining: false,
   coldRequests: 0,
@@ -69,7 +70,7 @@ function answer(contentType: string, bytes?: Uint8Array): CallAnswer {
     length: bytes?.byteLength,
     bytes,
     read: () => Promise.resolve(null),
-    slot: { worker, coldStart: false, resumed: false, queuedMs: 0 },
+    slot: { worker, coldStart: false, resumed: false, queuedMs: 0, tokens: 0 },
     ttfbMs: 1,
     finish: () => {},
   };

@@ -40,6 +40,8 @@ export interface CallInput {
   replayable: boolean;
   /** The caller's own wait limit (ms), capped by the policy's `queue_timeout`. */
   timeoutMs?: number;
+  /** Tokens the call asks for (`max_tokens` of a JSON body), counted in flight while it runs. */
+  tokens?: number;
   /** When the gateway received the call (`performance.now()`). */
   t0: number;
 }
@@ -111,7 +113,7 @@ export async function forward(
     gone = true;
     onGone?.();
   });
-  let slot = await agent.acquire(call.timeoutMs);
+  let slot = await agent.acquire(call.timeoutMs, call.tokens);
   let upstream: UpstreamAnswer | undefined;
   for (let attempt = 1;; attempt++) {
     if (gone) {
@@ -144,11 +146,11 @@ export async function forward(
       if (!call.replayable || attempt >= MAX_ATTEMPTS) {
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
-      slot = await agent.acquire(call.timeoutMs);
+      slot = await agent.acquire(call.timeoutMs, call.tokens);
       continue;
     }
     if (RETRY_STATUSES.has(upstream.status) && call.replayable && attempt < MAX_ATTEMPTS) {
-      const other = agent.tryAcquireOther(slot.worker.podId);
+      const other = agent.tryAcquireOther(slot.worker.podId, call.tokens);
       if (other) {
         upstream.cancel();
         agent.release(slot);

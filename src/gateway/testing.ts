@@ -7,7 +7,13 @@
 import type { InferxError } from "../common/errors.ts";
 import { openEmbeddedStore } from "../store/embedded.ts";
 import { StateService } from "../statesvc/service.ts";
-import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
+import type {
+  FuncLoad,
+  GatewayAdvice,
+  Lease,
+  LeaseRequest,
+  SchedulerClient,
+} from "../rpc/types.ts";
 import type { AuditLog, AuditQuery, PodRow, RequestRow } from "../audit/types.ts";
 import { summarizeUsage } from "../audit/usage.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
@@ -42,15 +48,20 @@ export class FakeScheduler implements SchedulerClient {
       endpoint,
       coldStart: this.coldStart,
       resumed: false,
-      version: this.version,
+      version: req.version ?? this.version,
     });
   }
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
     this.returns.push({ podId: req.podId, failed: req.failed });
     return Promise.resolve();
   }
-  refreshGateway(): Promise<void> {
-    return Promise.resolve();
+  /** What the next heartbeats are answered with. */
+  advice: GatewayAdvice = { reclaim: [], scaleOut: [] };
+  /** The load each heartbeat reported. */
+  loads: FuncLoad[][] = [];
+  refreshGateway(_gw: string, _pods?: string[], load?: FuncLoad[]): Promise<GatewayAdvice> {
+    this.loads.push(load ?? []);
+    return Promise.resolve(this.advice);
   }
   killPod(): Promise<void> {
     return Promise.resolve();

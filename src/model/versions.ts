@@ -171,6 +171,21 @@ export function rolloutVersions(
   };
 }
 
+/** The load of one function version in one gateway, as the gateway reports it in heartbeats. */
+export interface VersionLoad {
+  version: number;
+  /** Calls waiting for a worker slot. */
+  queued: number;
+  /** How long the oldest of them has waited (ms). */
+  waitMs: number;
+  /** Calls being answered. */
+  inflight: number;
+  /** Tokens the calls being answered asked for (`max_tokens`). */
+  inflightTokens: number;
+  /** Workers of this version the gateway holds (not draining). */
+  workers: number;
+}
+
 /** The spec of version `v` of `f`, when kept. */
 export function specOfVersion(f: FunctionObject, v: number): FunctionSpec | undefined {
   if (v === f.version) return f.spec;

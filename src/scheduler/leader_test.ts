@@ -21,7 +21,7 @@ Deno.test("leaderOnly() refuses calls while the replica does not lead, and passe
   now.leader = {
     leaseWorker: () => (calls.push("lease"), Promise.resolve({} as never)),
     returnWorker: () => (calls.push("return"), Promise.resolve()),
-    refreshGateway: () => (calls.push("refresh"), Promise.resolve()),
+    refreshGateway: () => (calls.push("refresh"), Promise.resolve({ reclaim: [], scaleOut: [] })),
     killPod: () => (calls.push("kill"), Promise.resolve()),
   };
   await gate.leaseWorker(req);

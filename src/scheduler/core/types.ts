@@ -5,6 +5,7 @@
  * @module
  */
 import type { GpuSlice, PodState, StandbyTier } from "../../model/cluster.ts";
+import type { VersionLoad } from "../../model/versions.ts";
 
 /** One GPU as the core accounts it. */
 export interface CoreGpu {
@@ -92,20 +93,9 @@ export interface Waiter {
 }
 
 /** What a gateway reports of one function version's calls (in its heartbeat). */
-export interface GatewayLoad {
+export interface GatewayLoad extends VersionLoad {
   /** The function (`tenant/namespace/name`). */
   func: string;
-  version: number;
-  /** Calls waiting for a worker slot. */
-  queued: number;
-  /** How long the oldest of them has waited (ms). */
-  waitMs: number;
-  /** Calls being answered. */
-  inflight: number;
-  /** Tokens the calls being answered asked for (`max_tokens`). */
-  inflightTokens: number;
-  /** Workers of this version the gateway holds. */
-  workers: number;
 }
 
 /**
