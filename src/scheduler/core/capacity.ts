@@ -127,7 +127,8 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
   return {
     evict(p) {
       const v = lazyView();
-      return mayEvict(v, tenantOf(f.func), tenantOf(p.func), demandShare(f.demand, v.totals));
+      const cost = demandShare(f.demand, v.totals);
+      return mayEvict(v, tenantOf(f.func), tenantOf(p.func), cost, p.state === "Standby");
     },
     reclaim(p) {
       const v = lazyView();

@@ -2,14 +2,20 @@
  * Fair sharing of a full pool between tenants, by weight (`tenant.spec.weight`,
  * default 1): weighted max-min fairness on each tenant's dominant share (the
  * largest of its share of the cluster's CPU, memory and GPU memory, as in
- * DRF). While there is room nothing here applies: any tenant may use it.
- * Once calls wait because the pool is full:
+ * DRF). The pool is shared among the tenants *in the running*: those with a
+ * pod that serves (not parked) or a lease waiting. While there is room
+ * nothing here applies: any tenant may use it. Once calls wait because the
+ * pool is full:
  *
  * - waiting leases are served tenant by tenant, the tenant holding least per
  *   unit of weight first; within a tenant by the function's `priority`
  *   (`high`, `normal`, `batch`), then oldest first;
  * - an idle or parked pod of another tenant is evicted only when that tenant
  *   holds more per weight than the requesting tenant will with its new pod;
+ *   a parked pod also when the requesting tenant stays within its fair share
+ *   (parked pods are a cache: a tenant that only has parked pods is not in
+ *   the running, and keeps them only while nobody within its share needs
+ *   the room);
  * - a tenant that stays within its fair share even with its new pod may
  *   reclaim a *leased* worker from a tenant above its share: the gateway
  *   holding it takes no new calls on it and gives it back when its calls are
@@ -39,7 +45,7 @@ export interface FairView {
   totals: Totals;
   /** Dominant share of the pool held by each tenant's pods (0..1 each). */
   usage: Map<string, number>;
-  /** The tenants in the running: holding or waiting for something. */
+  /** The tenants in the running: with a pod that serves (not parked) or a lease waiting. */
   active: ReadonlySet<string>;
   weights: ReadonlyMap<string, number>;
 }
@@ -91,12 +97,13 @@ export function setTenantWeight(state: CoreState, tenant: string, weight: number
 export function fairView(state: CoreState): FairView {
   const totals = clusterTotals(state);
   const usage = new Map<string, number>();
+  const active = new Set<string>();
   for (const p of state.pods.values()) {
     if (p.state === "Terminating") continue;
     const t = tenantOf(p.func);
     usage.set(t, (usage.get(t) ?? 0) + podShare(p, totals));
+    if (p.state !== "Standby") active.add(t);
   }
-  const active = new Set(usage.keys());
   for (const id of state.starved) active.add(tenantOf(id));
   return { totals, usage, active, weights: state.weights };
 }
@@ -120,13 +127,28 @@ function perWeight(v: FairView, tenant: string, extra = 0): number {
 }
 
 /**
- * Whether an idle or parked pod of tenant `victim` may be evicted to make
+ * Whether an idle or `parked` pod of tenant `victim` may be evicted to make
  * room for a pod costing `cost` (dominant share) of tenant `requester`:
- * always within a tenant; across tenants only when the victim's tenant holds
- * more per weight than the requester will with its new pod.
+ * always within a tenant; across tenants when the victim's tenant holds more
+ * per weight than the requester will with its new pod, or, for a parked
+ * pod, when the requester stays within its fair share with it.
  */
-export function mayEvict(v: FairView, requester: string, victim: string, cost: number): boolean {
-  return requester === victim || perWeight(v, victim) > perWeight(v, requester, cost);
+export function mayEvict(
+  v: FairView,
+  requester: string,
+  victim: string,
+  cost: number,
+  parked = false,
+): boolean {
+  if (requester === victim || perWeight(v, victim) > perWeight(v, requester, cost)) return true;
+  return parked && withinShare(v, requester, cost);
+}
+
+const EPS = 1e-9;
+
+/** Whether `tenant` stays within its fair share with `cost` more. */
+function withinShare(v: FairView, tenant: string, cost: number): boolean {
+  return (v.usage.get(tenant) ?? 0) + cost <= fairShare(v, tenant) + EPS;
 }
 
 /**
@@ -136,9 +158,8 @@ export function mayEvict(v: FairView, requester: string, victim: string, cost: n
  */
 export function mayReclaim(v: FairView, requester: string, victim: string, cost: number): boolean {
   if (requester === victim) return false;
-  const eps = 1e-9;
-  return (v.usage.get(requester) ?? 0) + cost <= fairShare(v, requester) + eps &&
-    (v.usage.get(victim) ?? 0) > fairShare(v, victim, requester) + eps;
+  return withinShare(v, requester, cost) &&
+    (v.usage.get(victim) ?? 0) > fairShare(v, victim, requester) + EPS;
 }
 
 /**

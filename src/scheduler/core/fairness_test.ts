@@ -123,21 +123,24 @@ Deno.test("fairOrder() serves the tenant holding least per weight, then priority
 // A node with one 80 GB GPU fits two 40 GB pods: the pool of the scenarios below.
 const GPU = { gpuCount: 1, vramMB: 40_000 };
 
-/** Tenants `a` and `b` with functions `a/n/f1`, `a/n/f2`, `b/n/g1`, `b/n/g2` on one GPU. */
+/** Tenants `a` and `b` with functions `a/n/f1`..`f4`, `b/n/g1`..`g3` on one GPU (or `gpus`). */
 function pool(
-  options: { weights?: Record<string, number>; fairShare?: boolean; tiers?: StandbyTier[] } = {},
+  options: {
+    weights?: Record<string, number>;
+    fairShare?: boolean;
+    tiers?: StandbyTier[];
+    gpus?: number;
+  } = {},
 ) {
   const d = new CoreDriver();
   if (options.fairShare === false) d.state.config.fairShare = false;
   const standbyTiers = options.tiers ?? [];
-  d.run({
-    type: "nodeUpdate",
-    node: nodeReport("n1", { gpuCount: 1, vramMB: 80_000, standbyTiers }),
-  });
+  const gpuCount = options.gpus ?? 1;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { gpuCount, vramMB: 80_000, standbyTiers }) });
   for (const [tenant, weight] of Object.entries(options.weights ?? {})) {
     d.run({ type: "tenantWeight", tenant, weight });
   }
-  for (const id of ["a/n/f1", "a/n/f2", "b/n/g1", "b/n/g2"]) {
+  for (const id of ["a/n/f1", "a/n/f2", "a/n/f3", "a/n/f4", "b/n/g1", "b/n/g2", "b/n/g3"]) {
     const policy = { maxReplica: 2, standbyPerNode: standbyTiers.length ? 1 : 0 };
     d.run({ type: "funcUpdate", func: funcReport(id, GPU, policy) });
   }
@@ -190,47 +193,26 @@ Deno.test("without fair sharing a burst keeps the pool and the other tenant wait
   assert.deepEqual(kinds(asked), []);
 });
 
-Deno.test("parked pods are evicted only from the tenant holding more per weight", () => {
-  // a parks two pods on the GPU; b asks for one. [case, weights, b evicts one of a's]
-  const cases: [string, Record<string, number>, boolean][] = [
-    ["equal weights: a holds all, b may take half", {}, true],
-    ["weight 3 for a: a's 100% is 33% per weight, b's half would be 50%", { a: 3 }, false],
+Deno.test("parked pods are a cache: taken by a tenant within its share, kept from one above it", () => {
+  // Two GPUs, four 40 GB slots. [case, a's leased functions, b's leased, b's parked, a evicts]
+  const cases: [string, string[], string[], string[], boolean][] = [
+    ["b has only parked pods: it is not in the running", ["f1"], [], ["g1", "g2", "g3"], true],
+    ["b serves: a, above its share with one more, keeps off", ["f1", "f2"], ["g1"], ["g2"], false],
+    ["b serves, but a stays within its share", ["f1"], ["g1"], ["g2", "g3"], true],
   ];
-  for (const [name, weights, evicts] of cases) {
-    const { d, hold } = pool({ weights, tiers: ["paused"] });
-    for (const a of [...hold("a1", "a/n/f1", "gw"), ...hold("a2", "a/n/f2", "gw")]) {
-      if (a.type === "leaseGranted") d.run({ type: "return", podId: a.podId, gateway: "gw" });
-    }
-    assert.deepEqual([...d.state.pods.values()].map((p) => p.state), ["Standby", "Standby"]);
-    const b1 = hold("b1", "b/n/g1", "gw");
-    assert.equal(kinds(b1).includes("terminatePod"), evicts, name);
-  }
-});
-
-Deno.test("a tenant cannot evict the parked pod of one holding less per weight", () => {
-  const { d, hold } = pool({ tiers: ["paused"] });
-  const gone = (acts: CoreAction[]) => {
-    for (const a of acts) {
-      if (a.type === "terminatePod") {
-        d.run({ type: "podStatus", podId: a.podId, state: "Terminated" });
+  for (const [name, aLeased, bLeased, bParked, evicts] of cases) {
+    const { d, hold } = pool({ tiers: ["paused"], gpus: 2 });
+    for (const g of bParked) {
+      for (const a of hold(`p-${g}`, `b/n/${g}`, "gw")) {
+        if (a.type === "leaseGranted") d.run({ type: "return", podId: a.podId, gateway: "gw" });
       }
     }
-    return acts;
-  };
-  for (const a of [...hold("a1", "a/n/f1", "gw"), ...hold("a2", "a/n/f2", "gw")]) {
-    if (a.type === "leaseGranted") d.run({ type: "return", podId: a.podId, gateway: "gw" });
+    for (const g of bLeased) hold(`l-${g}`, `b/n/${g}`);
+    for (const f of aLeased) hold(`l-${f}`, `a/n/${f}`);
+    const acts = hold("ask", "a/n/f4");
+    const took = acts.some((x) => x.type === "terminatePod");
+    assert.equal(took, evicts, `${name}: ${JSON.stringify(acts)}`);
   }
-  gone(hold("b1", "b/n/g1", "gw")); // evicts a's least recently used parked pod
-  const bPod = [...d.state.pods.values()].find((p) => p.func === "b/n/g1")!;
-  d.run({ type: "podStatus", podId: bPod.id, state: "Ready", endpoint: "e" });
-  d.run({ type: "return", podId: bPod.id, gateway: "gw" });
-  assert.equal(bPod.state, "Standby", "b's pod parks, holding half the GPU");
-  const parkedOfA = [...d.state.pods.values()].find((p) => p.func.startsWith("a/"))!;
-  hold("a3", parkedOfA.func, "gw"); // a resumes its own: busy on the other half
-  const other = parkedOfA.func === "a/n/f1" ? "a/n/f2" : "a/n/f1";
-  const a4 = hold("a4", other, "gw");
-  assert.ok(!a4.some((a) => a.type === "terminatePod" && a.podId === bPod.id), JSON.stringify(a4));
-  assert.ok(d.state.starved.has(other), "a waits instead");
 });
 
 Deno.test("when both tenants wait, freed room goes by weight, then by priority within a tenant", () => {
