@@ -26,6 +26,8 @@ export interface SimFunction {
   restoreMs: { paused: number; host_memory: number; file: number };
   /** The mean invocation rate the trace was drawn with (per minute), when known. */
   ratePerMin?: number;
+  /** The tenant it belongs to. @default "sim" */
+  tenant?: string;
 }
 
 /** A trace: functions and invocation times, sorted by time. */
