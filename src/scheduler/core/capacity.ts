@@ -21,6 +21,7 @@ import {
   fairView,
   mayEvict,
   mayReclaim,
+  needsOrder,
   reclaim,
 } from "./fairness.ts";
 import { describeReasons, place } from "./placement.ts";
@@ -98,8 +99,8 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
 
 /**
  * Retries function versions whose waiters could not be placed, after
- * resources were freed: with fairness, the tenant holding least per weight
- * first, then by priority, then the oldest waiter (fairness.ts).
+ * resources were freed, in the order they began to wait; with fairness, the
+ * tenant holding least per weight first, then by priority (fairness.ts).
  */
 export function retryStarved(ctx: Ctx) {
   const { state } = ctx;
@@ -110,8 +111,8 @@ export function retryStarved(ctx: Ctx) {
     if (f) units.push(f);
     else state.starved.delete(id);
   }
-  const fair = state.config.fairShare && units.length > 1;
-  for (const f of fair ? fairOrder(fairView(state), units) : units) ensureCapacity(ctx, f);
+  if (state.config.fairShare && needsOrder(units)) fairOrder(fairView(state), units);
+  for (const f of units) ensureCapacity(ctx, f);
 }
 
 /**

@@ -164,14 +164,27 @@ export function mayReclaim(v: FairView, requester: string, victim: string, cost:
 
 /**
  * The order in which waiting function versions are served: the tenant
- * holding least per weight first, then the function's priority, then the
- * oldest waiting lease.
+ * holding least per weight first, then the function's priority; otherwise
+ * as given (the order they began to wait in). Sorts `units` in place.
  */
 export function fairOrder(v: FairView, units: CoreFunc[]): CoreFunc[] {
   const key = (f: CoreFunc) => perWeight(v, tenantOf(f.func));
-  const rank = (f: CoreFunc) => PRIORITY_RANK[f.policy.priority ?? "normal"];
-  const oldest = (f: CoreFunc) => f.waiters[0]?.since ?? Infinity;
-  return units.sort((a, b) => key(a) - key(b) || rank(a) - rank(b) || oldest(a) - oldest(b));
+  return units.sort((a, b) => key(a) - key(b) || priorityRank(a) - priorityRank(b));
+}
+
+/** A function version's priority as a rank (lower first). */
+export const priorityRank = (f: CoreFunc): number => PRIORITY_RANK[f.policy.priority ?? "normal"];
+
+/** Whether waiting `units` span tenants or priorities, so that their order matters. */
+export function needsOrder(units: readonly CoreFunc[]): boolean {
+  for (const f of units) {
+    if (
+      tenantOf(f.func) !== tenantOf(units[0].func) || priorityRank(f) !== priorityRank(units[0])
+    ) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** Asks the gateway holding `pod` to give it back; it serves no new lease meanwhile. */
