@@ -62,6 +62,9 @@ export class Buckets {
   }
 }
 
+/** Versions of one function that keep metric series (the newest). */
+export const MAX_VERSION_SERIES = 8;
+
 /** The series of one version of a function: calls its workers answered, and their tokens. */
 export class VersionMetrics {
   readonly codes = new Map<number, number>();
@@ -92,10 +95,19 @@ export class FunctionMetrics {
     this.codes.set(code, (this.codes.get(code) ?? 0) + 1);
   }
 
-  /** The series of version `v` (made on first use). */
+  /**
+   * The series of version `v` (made on first use). Only the newest
+   * {@linkcode MAX_VERSION_SERIES} versions keep series, so that versions
+   * over a function's life do not grow the label set without end.
+   */
   version(v: number): VersionMetrics {
     let m = this.versions.get(v);
-    if (!m) this.versions.set(v, m = new VersionMetrics());
+    if (!m) {
+      this.versions.set(v, m = new VersionMetrics());
+      if (this.versions.size > MAX_VERSION_SERIES) {
+        this.versions.delete(Math.min(...this.versions.keys()));
+      }
+    }
     return m;
   }
 }

@@ -457,6 +457,7 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "reclaimLease":
         // Asked of the gateway in the answer to its heartbeat, again until it gives the pod back.
+        if (a.repeat) break;
         log.info("Reclaiming pod {pod} from gateway {gateway}: {reason}", {
           pod: a.podId,
           gateway: a.gateway,

@@ -174,7 +174,10 @@ Deno.test("a burst that holds the whole pool gives a lease back to a tenant with
   assert.deepEqual(grants(hold("a3", "a/n/f1", r.gateway)), []);
   // The gateway's next heartbeat is asked again (a lost answer loses nothing).
   const beat = d.run({ type: "gatewayHeartbeat", gateway: r.gateway });
-  assert.deepEqual(beat.map((a) => a.type === "reclaimLease" && a.podId), [podId]);
+  assert.deepEqual(beat.map((a) => a.type === "reclaimLease" && [a.podId, a.repeat]), [[
+    podId,
+    true,
+  ]]);
   // Given back: terminated, not handed to a's waiter; once gone, b's pod starts.
   assert.deepEqual(kinds(d.run({ type: "return", podId, gateway: r.gateway })), ["terminatePod"]);
   const gone = d.run({ type: "podStatus", podId, state: "Terminated" });

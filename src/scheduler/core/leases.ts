@@ -115,6 +115,7 @@ export function onGatewayHeartbeat(
         gateway,
         podId: pod.id,
         reason: "reclaimed for a tenant below its fair share",
+        repeat: true,
       });
     }
   }

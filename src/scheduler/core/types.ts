@@ -321,8 +321,11 @@ export type CoreAction =
     version: number;
   }
   | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string }
-  /** Ask `gateway` to give `podId` back once its calls are done (fair share). */
-  | { type: "reclaimLease"; gateway: string; podId: string; reason: string }
+  /**
+   * Ask `gateway` to give `podId` back once its calls are done (fair share);
+   * `repeat`: asked again in the answer to a heartbeat, not newly decided.
+   */
+  | { type: "reclaimLease"; gateway: string; podId: string; reason: string; repeat?: boolean }
   /** Advise `gateway` to lease `workers` more workers of a function version. */
   | { type: "scaleOut"; gateway: string; func: string; version: number; workers: number };
 
