@@ -2,8 +2,9 @@
  * Model-aware serving on a running platform (`RUN_SERVICE=All`, the n-gram
  * sample worker): token figures of real completions in headers, metrics and
  * `/audit/stats`; a canary split between two versions, rolled back and
- * promoted with `ctl rollout`; and a tenant within its share served while
- * another tenant's burst holds the whole GPU pool.
+ * promoted with `ctl rollout`; a function scaled out on queue time by the
+ * scheduler's advice; and a tenant within its share served while another
+ * tenant's burst holds the whole GPU pool.
  */
 import assert from "node:assert/strict";
 import {
@@ -219,6 +220,51 @@ Deno.test({
       // The burst lost a worker for a while and got the room back once the steady tenant
       // was done: its calls waited, none failed.
       assert.ok(codes.length > 0 && codes.every((c) => c === 200), JSON.stringify(codes.slice(-5)));
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "calls waiting past queue_ms make the scheduler advise another worker, which wait_ratio never would",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform();
+    try {
+      await createNamespace(p.url, "qs", "ns");
+      // wait_ratio 100: the gateway alone leases one worker for a queue of up to 100 calls.
+      const policy = {
+        Obj: {
+          parallel: 1,
+          max_replica: 3,
+          scalein_timeout: 30,
+          scaleout_policy: { wait_ratio: 100, queue_ms: 200 },
+        },
+      };
+      const r = await putObject(p.url, ngramFunction("qs", "ns", "lm", { policy }));
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      let running = true;
+      const calls = Array.from({ length: 4 }, async () => {
+        let n = 0;
+        while (running) {
+          const c = await request(`${p.url}/funccall/qs/ns/lm/v1/completions`, {
+            body: { prompt: "The GPU", max_tokens: 4096, stream: true },
+          });
+          assert.equal(c.status, 200);
+          n++;
+        }
+        return n;
+      });
+      await eventually("the scheduler's advice to lease more workers", async () => {
+        const m = await (await fetch(`${p.url}/metrics`)).text();
+        return series(m, 'inferx_leased_workers{function="qs/ns/lm"}') >= 2;
+      }, 20_000);
+      running = false;
+      assert.ok((await Promise.all(calls)).every((n) => n > 0));
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
     }
   },
 });
