@@ -231,6 +231,8 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const p = await startPlatform();
+    let running = true;
+    let calls: Promise<number>[] = [];
     try {
       await createNamespace(p.url, "qs", "ns");
       // wait_ratio 100: the gateway alone leases one worker for a queue of up to 100 calls.
@@ -244,8 +246,7 @@ Deno.test({
       };
       const r = await putObject(p.url, ngramFunction("qs", "ns", "lm", { policy }));
       assert.equal(r.status, 201, JSON.stringify(r.body));
-      let running = true;
-      const calls = Array.from({ length: 4 }, async () => {
+      calls = Array.from({ length: 4 }, async () => {
         let n = 0;
         while (running) {
           const c = await request(`${p.url}/funccall/qs/ns/lm/v1/completions`, {
@@ -263,6 +264,8 @@ Deno.test({
       running = false;
       assert.ok((await Promise.all(calls)).every((n) => n > 0));
     } finally {
+      running = false;
+      await Promise.allSettled(calls);
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });
     }
