@@ -11,18 +11,22 @@
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
  * throughput, added p50 ≤ 0.4 ms.
  *
- * Run: `deno run -A bench/gateway.ts [seconds] [connections] [gateway workers]` (5, 16, 1).
+ * Run: `deno run -A bench/gateway.ts [seconds] [connections] [gateway workers] [rounds]`
+ * (5, 16, 1, 3). Each path reports the median of its rounds, run interleaved.
  * Needs `wrk` (Debian's `wrk`); nginx (Debian's `nginx-light`) is skipped with
  * a reason when absent.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { request, startPlatform } from "../tests/e2e/helpers.ts";
+import { request, type RoleProcess, spawnRole } from "../tests/e2e/helpers.ts";
 import { startNginx } from "./nginx.ts";
+import { freePort } from "../src/common/net.ts";
+import { listening } from "../tests/e2e/helpers.ts";
 import { childPids, hasCommand, withCpu, wrk, type WrkResult } from "./wrk.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
 const connections = Number(Deno.args[1] ?? 16);
 const gatewayWorkers = Number(Deno.args[2] ?? 1);
+const rounds = Number(Deno.args[3] ?? 3);
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -31,13 +35,10 @@ if (!await hasCommand("wrk")) {
   Deno.exit(2);
 }
 
-const p = await startPlatform({
-  LOG_LEVEL: "warning",
-  INFERX_ADMIN_APIKEY: ADMIN,
-  GATEWAY_WORKERS: String(gatewayWorkers),
-});
+const p = await startRoles();
 const nginxPath = await hasCommand("nginx");
 let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
+let raw: Deno.ChildProcess | undefined;
 try {
   const admin = { authorization: `Bearer ${ADMIN}` };
   const put = (o: unknown) =>
@@ -74,30 +75,71 @@ try {
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
   const [pod] = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
   const direct = `http://${pod.endpoint}/v1/completions`;
-  const gatewayPids = async () => [p.proc.pid, ...await gatewayChildren(p.proc.pid)];
+  const gatewayPids =
+    async () => [p.gateway.proc.pid, ...await gatewayChildren(p.gateway.proc.pid)];
 
   const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
-  await run(direct); // warm every path once
-  await run(viaGateway);
-  const rows: [string, WrkResult & { cpuUsPerRequest?: number }][] = [];
-  rows.push(["direct", await run(direct)]);
-  if (nginxPath) {
-    nginx = await startNginx(pod.endpoint);
-    const viaNginx = `${nginx.url}/v1/completions`;
-    await run(viaNginx);
-    rows.push(["nginx", await withCpu(await nginx.pids(), () => run(viaNginx))]);
-  } else {
-    console.log("nginx: skipped (not installed: apt-get install nginx-light)");
+  // The floor: a forty-line proxy on raw sockets in the same runtime.
+  const rawPort = freePort();
+  raw = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./raw_proxy.ts", import.meta.url).pathname,
+      String(rawPort),
+      pod.endpoint,
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  while (!(await listening(rawPort))) await new Promise((r) => setTimeout(r, 50));
+  if (nginxPath) nginx = await startNginx(pod.endpoint);
+  else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
+  const rawPid = raw.pid;
+  const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
+    { name: "direct", url: direct },
+    ...(nginx ? [{ name: "nginx", url: `${nginx.url}/v1/completions`, pids: nginx.pids }] : []),
+    {
+      name: "raw-socket JS proxy (floor)",
+      url: `http://127.0.0.1:${rawPort}/v1/completions`,
+      pids: () => Promise.resolve([rawPid]),
+    },
+    {
+      name: `gateway (${gatewayWorkers} worker${gatewayWorkers > 1 ? "s" : ""})`,
+      url: viaGateway,
+      pids: gatewayPids,
+    },
+  ];
+  for (const path of paths) await run(path.url); // warm every path once
+  // Rounds interleave the paths, so a burst of other load on the machine
+  // touches them alike; each path reports its median round.
+  const results = paths.map(() => [] as (WrkResult & { cpuUsPerRequest?: number })[]);
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, path] of paths.entries()) {
+      results[i].push(
+        path.pids ? await withCpu(await path.pids(), () => run(path.url)) : await run(path.url),
+      );
+    }
   }
-  rows.push([
-    `gateway (${gatewayWorkers} worker${gatewayWorkers > 1 ? "s" : ""})`,
-    await withCpu(await gatewayPids(), () => run(viaGateway)),
+  const median = (rs: (WrkResult & { cpuUsPerRequest?: number })[]) =>
+    [...rs].sort((x, y) => x.rps - y.rps)[rs.length >> 1];
+  const rows: [string, WrkResult & { cpuUsPerRequest?: number }][] = paths.map((p, i) => [
+    p.name,
+    {
+      ...median(results[i]),
+      cpuUsPerRequest: results[i][0].cpuUsPerRequest === undefined
+        ? undefined
+        : [...results[i].map((r) => r.cpuUsPerRequest!)].sort((x, y) =>
+          x - y
+        )[results[i].length >> 1],
+    },
   ]);
 
   const d = rows[0][1];
   const f = (x: number, n = 3) => x.toFixed(n);
   console.log(
     `gateway warm-path benchmark: wrk, ${seconds} s per path, ${connections} connections, ` +
+      `median of ${rounds} interleaved rounds, ` +
       `4-token completion, auth+audit+metrics on; deno ${Deno.version.deno}, ` +
       `${navigator.hardwareConcurrency} cores`,
   );
@@ -158,9 +200,65 @@ try {
       } ms (+${f(sg.first - sd.first)}), total ${f(sg.total)} ms, ${f(sg.chunks, 1)} reads/answer`,
   );
 } finally {
+  raw?.kill("SIGTERM");
+  await raw?.status;
   await nginx?.stop();
   await p.stop();
-  await Deno.remove(p.dataDir, { recursive: true });
+}
+
+/**
+ * The platform as separate role processes, as it runs in production: the
+ * gateway's process does nothing but the gateway, so its CPU is the
+ * gateway's alone. The state service keeps an embedded store (no etcd).
+ */
+async function startRoles() {
+  const dir = await Deno.makeTempDir({ prefix: "inferx-bench-" });
+  const port = { statesvc: freePort(), sched: freePort(), schedHttp: freePort(), gw: freePort() };
+  const common = {
+    LOG_LEVEL: "warning",
+    INFERX_DATA_DIR: dir,
+    STATESVC_ADDR: `127.0.0.1:${port.statesvc}`,
+    SCHEDULER_ADDR: `127.0.0.1:${port.sched}`,
+  };
+  const roles: RoleProcess[] = [];
+  roles.push(
+    await spawnRole(
+      { ...common, RUN_SERVICE: "StateSvc", STATESVC_PORT: String(port.statesvc) },
+      () => listening(port.statesvc),
+    ),
+  );
+  roles.push(
+    await spawnRole({
+      ...common,
+      RUN_SERVICE: "Scheduler",
+      SCHEDULER_PORT: String(port.sched),
+      SCHEDULER_HTTP_PORT: String(port.schedHttp),
+    }, () => listening(port.sched)),
+  );
+  roles.push(
+    await spawnRole(
+      { ...common, RUN_SERVICE: "NodeAgent", NODEAGENT_PORT: "0" },
+      async () =>
+        (await fetch(`http://127.0.0.1:${port.schedHttp}/state`).then((r) => r.json()))
+          .nodes?.length > 0,
+    ),
+  );
+  const gateway = await spawnRole({
+    ...common,
+    RUN_SERVICE: "Gateway",
+    GATEWAY_PORT: String(port.gw),
+    GATEWAY_WORKERS: String(gatewayWorkers),
+    INFERX_ADMIN_APIKEY: ADMIN,
+  }, () => listening(port.gw));
+  roles.push(gateway);
+  return {
+    url: `http://127.0.0.1:${port.gw}`,
+    gateway,
+    async stop() {
+      for (const r of roles.reverse()) await r.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
 }
 
 /** Gateway worker processes the platform started (GATEWAY_WORKERS > 1), not function workers. */

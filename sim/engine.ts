@@ -26,6 +26,8 @@ export interface SimPolicy {
   /** The tier functions ask for. */
   standbyTier: StandbyTier;
   standbyPerNode: number;
+  /** Whether nodes snapshot a function's first pod and restore later cold starts from it. */
+  snapshots?: boolean;
   /** Seconds a worker idles before it is given back. */
   keepAliveS: number;
   /** Requests one worker serves at once. */
@@ -107,6 +109,8 @@ export interface SimResult {
   coldStarts: number;
   /** Served requests that waited for a worker resumed from standby. */
   restores: number;
+  /** Pods started by restoring their node's snapshot. */
+  snapshotStarts: number;
   coldFraction: number;
   latencyP50Ms: number;
   latencyP99Ms: number;
@@ -275,7 +279,11 @@ export function simulate(
   const latency = new Histogram();
   const ttfb = new Histogram();
   let served = 0, rejected = 0, coldStarts = 0, restores = 0;
-  let evictions = 0, parks = 0, podStarts = 0;
+  let evictions = 0, parks = 0, podStarts = 0, snapshotStarts = 0;
+  /** Nodes holding a snapshot, per function. */
+  const snapshotAt = funcs.map(() => new Set<string>());
+  /** How each starting pod comes up: its node, whether restored, the dump it waits for. */
+  const starting = new Map<string, { node: string; fromSnapshot: boolean; dumpMs: number }>();
   let vramIntegral = 0;
   let modelIntegral = 0;
   const totalVram = cluster.nodes * cluster.gpusPerNode * cluster.gpuVramMB;
@@ -287,7 +295,14 @@ export function simulate(
           const f = funcOf.get(a.pod.func)!;
           podFunc.set(a.pod.id, f);
           podStarts++;
-          heap.push(now + funcs[f].coldStartMs, POD_READY, podIndex(a.pod.id));
+          const snap = policy.snapshots ? funcs[f].snapshot : undefined;
+          const fromSnapshot = snap !== undefined && a.pod.fromSnapshot === true;
+          // A node's first fresh start of the function also takes its snapshot.
+          const dumpMs = snap && !fromSnapshot && !snapshotAt[f].has(a.pod.node) ? snap.dumpMs : 0;
+          if (fromSnapshot) snapshotStarts++;
+          starting.set(a.pod.id, { node: a.pod.node, fromSnapshot, dumpMs });
+          const took = fromSnapshot ? snap!.restoreMs : funcs[f].coldStartMs + dumpMs;
+          heap.push(now + took, POD_READY, podIndex(a.pod.id));
           break;
         }
         case "resumePod": {
@@ -516,15 +531,34 @@ export function simulate(
         if (w.busy === 0) idle(w);
         break;
       }
-      case POD_READY:
+      case POD_READY: {
+        const id = podId(ev[2]);
+        const how = starting.get(id);
+        starting.delete(id);
         apply(
-          step(
-            core,
-            { type: "podStatus", podId: podId(ev[2]), state: "Ready", endpoint: "sim" },
-            now,
-          ).actions,
+          step(core, {
+            type: "podStatus",
+            podId: id,
+            state: "Ready",
+            endpoint: "sim",
+            startedFrom: how?.fromSnapshot ? "snapshot" : "fresh",
+            snapshotMs: how?.dumpMs,
+          }, now).actions,
         );
+        const f = podFunc.get(id);
+        if (how && how.dumpMs > 0 && f !== undefined && !snapshotAt[f].has(how.node)) {
+          snapshotAt[f].add(how.node);
+          apply(
+            step(
+              core,
+              { type: "snapshot", func: fid(f), version: 1, node: how.node, ready: true },
+              now,
+            )
+              .actions,
+          );
+        }
         break;
+      }
       case POD_GONE:
         apply(
           step(core, { type: "podStatus", podId: podId(ev[2]), state: "Terminated" }, now).actions,
@@ -564,6 +598,7 @@ export function simulate(
     rejected,
     coldStarts,
     restores,
+    snapshotStarts,
     coldFraction: served ? coldStarts / served : 0,
     latencyP50Ms: latency.quantile(0.5),
     latencyP99Ms: latency.quantile(0.99),
@@ -589,8 +624,8 @@ export function simulate(
   };
 }
 
-/** The three designs compared. */
-export const POLICIES: Record<"dedicated" | "packed" | "full", SimPolicy> = {
+/** The designs compared. */
+export const POLICIES: Record<"dedicated" | "packed" | "full" | "snapshot", SimPolicy> = {
   dedicated: {
     name: "dedicated",
     description:
@@ -622,6 +657,19 @@ export const POLICIES: Record<"dedicated" | "packed" | "full", SimPolicy> = {
     tiers: ["paused", "host_memory"],
     standbyTier: "host_memory",
     standbyPerNode: 1,
+    keepAliveS: 30,
+    parallel: 8,
+    maxReplica: 4,
+  },
+  snapshot: {
+    name: "snapshot",
+    description:
+      "full, and each node snapshots a function's first pod (CRIU); later cold starts there restore it when that is faster than starting anew",
+    wholeGpu: false,
+    tiers: ["paused", "host_memory"],
+    standbyTier: "host_memory",
+    standbyPerNode: 1,
+    snapshots: true,
     keepAliveS: 30,
     parallel: 8,
     maxReplica: 4,

@@ -98,3 +98,18 @@ Deno.test("gpusNeeded() finds the smallest cluster that meets the objective", ()
   assert.equal(found.result.gpus, 3, "three 70 GB models need three GPUs");
   assert.equal(found.result.rejected, 0);
 });
+
+Deno.test("simulate(): a node's first start pays for its snapshot, a later cold start there restores it while that is faster", () => {
+  const policy: SimPolicy = { ...POLICIES.snapshot, tiers: [], standbyPerNode: 0 };
+  const fast = { ...fn("a", 10_000), snapshot: { restoreMs: 400, dumpMs: 300 } };
+  const r = simulate(trace([fast], [[0, 0], [600_000, 0]]), oneGpu, policy);
+  assert.equal(r.podStarts, 2);
+  assert.equal(r.snapshotStarts, 1);
+  near(r.ttfbP99Ms, 5000 + 300 + 20); // fresh, then the dump, then the first byte
+  near(r.ttfbP50Ms, 400 + 20); // restored
+  // A restore that turns out slower than a fresh start is tried once, then not again.
+  const slow = { ...fn("b", 10_000), snapshot: { restoreMs: 6000, dumpMs: 300 } };
+  const s = simulate(trace([slow], [[0, 0], [600_000, 0], [1_200_000, 0]]), oneGpu, policy);
+  assert.equal(s.snapshotStarts, 1);
+  assert.equal(s.podStarts, 3);
+});

@@ -39,7 +39,7 @@ const source = values.csv
 const stats = traceStats(trace);
 console.log(`${source}: ${stats.functions} functions, ${stats.invocations} invocations`);
 
-const policies = [POLICIES.dedicated, POLICIES.packed, POLICIES.full];
+const policies = [POLICIES.dedicated, POLICIES.packed, POLICIES.full, POLICIES.snapshot];
 const rows = policies.map((p) => {
   const found = gpusNeeded(trace, p, h100Nodes, {
     maxNodes: Number(values["max-nodes"]),

@@ -68,8 +68,8 @@ const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${Math.ro
 /** The comparison as a markdown table. */
 export function table(rows: { result: SimResult; met: boolean }[]): string {
   const head =
-    "| policy | GPUs needed | p99 TTFB | p50 / p99 latency | cold starts | restores | vRAM held | vRAM models need | evictions | pod starts |\n" +
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+    "| policy | GPUs needed | p99 TTFB | p50 / p99 latency | cold starts | restores | vRAM held | vRAM models need | evictions | pod starts | from snapshots |\n" +
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
   const lines = rows.map(({ result: r, met }) =>
     `| ${r.policy} | ${met ? r.gpus : `> ${r.gpus}`} | ${ms(r.ttfbP99Ms)} | ${
       ms(r.latencyP50Ms)
@@ -77,7 +77,7 @@ export function table(rows: { result: SimResult; met: boolean }[]): string {
       pct(r.restores / Math.max(1, r.served), 2)
     } | ${pct(r.vramUtilization)} | ${
       pct(r.modelVramUtilization)
-    } | ${r.evictions} | ${r.podStarts} |`
+    } | ${r.evictions} | ${r.podStarts} | ${r.snapshotStarts} |`
   );
   return [head, ...lines].join("\n");
 }

@@ -24,6 +24,12 @@ export interface SimFunction {
   firstByteMs: number;
   /** Restore time from each standby tier (ms). */
   restoreMs: { paused: number; host_memory: number; file: number };
+  /**
+   * Snapshot cold starts: a start restored from the node's snapshot (ms),
+   * and the one-time cost of taking the snapshot after a node's first
+   * fresh start of the function (ms). None: the function is not snapshotted.
+   */
+  snapshot?: { restoreMs: number; dumpMs: number };
   /** The mean invocation rate the trace was drawn with (per minute), when known. */
   ratePerMin?: number;
   /** The tenant it belongs to. @default "sim" */
@@ -95,6 +101,27 @@ export function drawFunction(id: string, rand: () => number): SimFunction {
       host_memory: Math.round(150 + vramMB / 20),
       file: Math.round(600 + vramMB / 2 + vramMB / 20),
     },
+    snapshot: snapshotCosts(2_000 + Math.round(vramMB / 4), vramMB),
+  };
+}
+
+/**
+ * Snapshot restore and dump times from what `bench/cold_start.ts` measured
+ * with CRIU 4.2 on the process runtime (2 vCPUs, kernel 6.18): about 100 ms
+ * fixed (namespaces, process tree, probe) plus 0.8 ms per MB of image for a
+ * restore (4 KiB page faults bound it near 1.2 GB/s), about 150 ms plus
+ * 1 ms per MB for a dump. A GPU worker's image also holds its GPU memory
+ * (checkpointed into host memory first), which a restore then copies back
+ * over PCIe at ~20 GB/s.
+ */
+export function snapshotCosts(
+  memMB: number,
+  vramMB: number,
+): { restoreMs: number; dumpMs: number } {
+  const imageMB = memMB + vramMB;
+  return {
+    restoreMs: Math.round(100 + 0.8 * imageMB + vramMB / 20),
+    dumpMs: Math.round(150 + imageMB),
   };
 }
 

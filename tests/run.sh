@@ -19,9 +19,14 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v criu >/dev/null 2>&1 || [ -x /usr/sbin/criu ] || missing+=(criu)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+# The dashboard's browser test drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 # The container images test brings its stack up with Compose (Debian 12 ships 1.29).
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
   missing+=(docker-compose)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The slow-starting sample worker: PyTorch (CPU) from Debian.
+/usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing+=(python3-torch)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing ${missing[*]} from Debian"
@@ -52,6 +57,15 @@ if command -v dockerd >/dev/null 2>&1 && ! docker version >/dev/null 2>&1; then
 fi
 
 "${DENO[@]}" install --quiet
+
+# CRIU for the file tier and snapshots: Debian 12's fails its check on newer
+# kernels, so one that works is provisioned into .criu/ (Debian unstable's
+# packages unpacked into a private prefix; the system is left alone).
+if [ -z "${INFERX_CRIU:-}" ] && ! criu check >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &&
+  command -v apt-get >/dev/null 2>&1; then
+  "${DENO[@]}" run -A src/nodeagent/criu_provision.ts ||
+    echo "Cannot provision CRIU: the file-tier and snapshot tests will be skipped"
+fi
 if docker version >/dev/null 2>&1; then
   "${DENO[@]}" run -A src/samples/ngram/image.ts
 else

@@ -63,6 +63,8 @@ export class EmbeddedAuditBackend implements AuditBackend {
         if (q.namespace !== undefined && row.namespace !== q.namespace) continue;
         if (q.func !== undefined && row.func !== q.func) continue;
         if (q.since !== undefined && row.time < q.since) continue;
+        const status = (row as Partial<RequestRow>).status ?? 0;
+        if (q.status && (status < q.status.min || status > q.status.max)) continue;
         out.push(row);
       }
       if (out.length >= limit) break;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { EmbeddedAuditBackend } from "./embedded.ts";
-import type { PodRow } from "./types.ts";
+import type { PodRow, RequestRow } from "./types.ts";
 
 const pod = (i: number, func = "f"): PodRow => ({
   time: 1000 + i,
@@ -42,6 +42,34 @@ Deno.test("EmbeddedAuditBackend rotates a full file and still reads the previous
     assert.equal((rows[0] as PodRow).pod, "p5");
     await Deno.writeTextFile(`${dir}/pods.jsonl`, '{"cut short', { append: true });
     assert.equal((await b.query("pods", { limit: 1 }))[0].time, 1005, "a torn line is skipped");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("EmbeddedAuditBackend filters request rows by a status range", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const b = new EmbeddedAuditBackend(dir);
+    const req = (i: number, status: number): RequestRow => ({
+      time: 1000 + i,
+      gateway: "g",
+      principal: "admin",
+      tenant: "t",
+      namespace: "n",
+      func: "f",
+      method: "GET",
+      path: "/",
+      status,
+      latencyMs: 1,
+      coldStart: false,
+      resumed: false,
+    });
+    await b.write([req(1, 200), req(2, 503), req(3, 504), req(4, 404)], []);
+    const statuses = async (min: number, max: number) =>
+      (await b.query("requests", { status: { min, max } })).map((r) => (r as RequestRow).status);
+    assert.deepEqual(await statuses(500, 599), [504, 503]);
+    assert.deepEqual(await statuses(404, 404), [404]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

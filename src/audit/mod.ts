@@ -91,7 +91,8 @@ export async function startPodAudit(meta: MetaClient, audit: AuditLog): Promise<
         node: p.node,
         state: p.state,
         prevState: prev?.state,
-        reason: p.state === "Failed" ? p.error?.slice(0, 2000) : undefined,
+        // A failure's error; for a start, what happened to snapshots on the way.
+        reason: (p.state === "Failed" ? p.error : p.note)?.slice(0, 2000),
       });
     },
     remove(ref) {

@@ -189,6 +189,7 @@ export class PostgresAuditBackend implements AuditBackend {
         ${q.namespace !== undefined ? sql`and namespace = ${q.namespace}` : sql``}
         ${q.func !== undefined ? sql`and func = ${q.func}` : sql``}
         ${q.since !== undefined ? sql`and time >= ${new Date(q.since)}` : sql``}
+        ${q.status ? sql`and status between ${q.status.min} and ${q.status.max}` : sql``}
       order by time desc, id desc
       limit ${q.limit ?? 100}`;
     return rows.map((r) => kind === "requests" ? requestFromDb(r) : podFromDb(r));

@@ -70,6 +70,8 @@ export interface AuditQuery {
   tenant?: string;
   namespace?: string;
   func?: string;
+  /** Request rows whose status is in this range, both ends included. */
+  status?: { min: number; max: number };
   /** Rows at or after this time (ms). */
   since?: number;
   /** Newest first, at most this many. @default 100 */

@@ -2,7 +2,9 @@
  * `inferx ctl`: the command line for a running gateway, in the same
  * executable (`deno run -A main.ts ctl ...`).
  *
- *   ctl apply -f FILE             create or update the objects in FILE (JSON or YAML, one or many)
+ *   ctl apply -f FILE|DIR [--dry-run] [-l SELECTOR [--prune [--yes]]]
+ *                                 create or update the objects in FILE or DIR (JSON or YAML)
+ *   ctl diff -f FILE|DIR [-l SELECTOR [--prune]]   what apply would change, field by field
  *   ctl get TYPE T/NS/NAME        print one object
  *   ctl list TYPE T/NS            list the objects of a namespace
  *   ctl delete TYPE T/NS/NAME     delete one object
@@ -13,15 +15,24 @@
  *
  * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000);
  * `--key KEY` (env `INFERX_APIKEY`): the API key or token sent as a bearer.
- * Exits 1 with the gateway's message on any error.
+ * Exits 1 with the gateway's message on any error (`diff`: 0 without
+ * differences, 1 with, 2 on an error).
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseAllDocuments } from "yaml";
+import { type Answer, answerOf, CliError, ensureOk, type Io, readLine } from "./_shared.ts";
+import { applyObjects, diffObjects } from "./apply.ts";
 
 const USAGE = `usage: inferx ctl [--gateway URL] <command>
-  apply -f FILE                 create or update the objects in FILE (JSON or YAML)
+  apply -f FILE|DIR             create or update the objects in FILE or DIR (JSON or YAML);
+                                an object equal to the stored one is left unchanged
+    --dry-run                   validate on the server, write nothing
+    -l SELECTOR                 only objects whose labels match (key=value,key!=value,key)
+    --prune [--yes]             with -l: delete applied objects of the same namespaces that
+                                FILE or DIR no longer has (asks first unless --yes)
+  diff -f FILE|DIR [-l SELECTOR [--prune]]
+                                what apply would change, field by field (exit 1 if anything)
   get TYPE TENANT/NS/NAME       print one object
   list TYPE TENANT/NS           list the objects of a namespace
   delete TYPE TENANT/NS/NAME    delete one object
@@ -40,15 +51,13 @@ let bearer: string | undefined;
 const authHeaders = (): Record<string, string> =>
   bearer ? { authorization: `Bearer ${bearer}` } : {};
 
-/** A failure to report: message, exit status 1. */
-class CliError extends Error {}
-
-interface Io {
-  out(s: string): void;
-  err(s: string): void;
-}
-
-async function http(gateway: string, method: string, path: string, body?: unknown) {
+/** Sends one request; answers its status and body, whatever the status. */
+async function send(
+  gateway: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<Answer> {
   let res: Response;
   try {
     res = await fetch(`${gateway}${path}`, {
@@ -61,18 +70,12 @@ async function http(gateway: string, method: string, path: string, body?: unknow
   } catch (err) {
     throw new CliError(`Cannot reach the gateway at ${gateway}: ${(err as Error).message}`);
   }
-  const text = await res.text();
-  let json: unknown = text;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  if (!res.ok) {
-    const message = (json as { error?: { message?: string } })?.error?.message ?? text;
-    throw new CliError(`${method} ${path}: ${res.status} ${message}`);
-  }
-  return json as Record<string, unknown>;
+  return answerOf(res.status, await res.text());
+}
+
+async function http(gateway: string, method: string, path: string, body?: unknown) {
+  const a = ensureOk(method, path, await send(gateway, method, path, body));
+  return a.json as Record<string, unknown>;
 }
 
 function ref(what: string, parts: number): string[] {
@@ -83,70 +86,6 @@ function ref(what: string, parts: number): string[] {
     );
   }
   return p;
-}
-
-async function readObjects(file: string): Promise<Record<string, unknown>[]> {
-  let text: string;
-  try {
-    text = file === "-"
-      ? await new Response(Deno.stdin.readable).text()
-      : await Deno.readTextFile(file);
-  } catch (err) {
-    throw new CliError(`Cannot read ${file}: ${(err as Error).message}`);
-  }
-  const docs = parseAllDocuments(text);
-  const objs: Record<string, unknown>[] = [];
-  for (const d of docs) {
-    if (d.errors.length) throw new CliError(`Cannot parse ${file}: ${d.errors[0].message}`);
-    const v = d.toJS();
-    if (v === null || v === undefined) continue;
-    for (const o of Array.isArray(v) ? v : [v]) {
-      if (!o || typeof o !== "object") {
-        throw new CliError(`Cannot apply ${file}: every object must be a mapping`);
-      }
-      objs.push(o as Record<string, unknown>);
-    }
-  }
-  if (objs.length === 0) throw new CliError(`Cannot apply ${file}: it holds no objects`);
-  return objs;
-}
-
-const ORDER = ["tenant", "namespace", "funcpolicy", "function"];
-
-async function apply(gateway: string, file: string, io: Io) {
-  const objs = await readObjects(file);
-  objs.sort((a, b) => ORDER.indexOf(String(a.type)) - ORDER.indexOf(String(b.type)));
-  for (const o of objs) {
-    const id = `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
-    const path = `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
-    const exists = await fetch(`${gateway}${path}`, { headers: authHeaders() }).then(
-      async (r) => {
-        if (r.ok) return (await r.json()) as { revision: number };
-        if (r.status !== 404) {
-          const text = await r.text();
-          let message = text;
-          try {
-            message = JSON.parse(text).error?.message ?? text;
-          } catch {
-            // not JSON
-          }
-          throw new CliError(`GET ${path}: ${r.status} ${message}`);
-        }
-        await r.body?.cancel();
-        return undefined;
-      },
-      (err) => {
-        throw new CliError(`Cannot reach the gateway at ${gateway}: ${err.message}`);
-      },
-    );
-    if (exists) {
-      await http(gateway, "POST", "/object/", { ...o, revision: exists.revision });
-      io.out(`updated ${id}`);
-    } else {
-      await http(gateway, "PUT", "/object/", o);
-      io.out(`created ${id}`);
-    }
-  }
 }
 
 async function call(
@@ -271,8 +210,13 @@ async function rollout(gw: string, action: string | undefined, target: string | 
 /** Runs `ctl` with `args`; returns the exit status. */
 export async function runCtl(
   args: string[],
-  io: Io = { out: (s) => console.log(s), err: (s) => console.error(s) },
+  io: Io = {
+    out: (s) => console.log(s),
+    err: (s) => console.error(s),
+    ask: (q) => (Deno.stderr.writeSync(new TextEncoder().encode(q)), readLine()),
+  },
 ): Promise<number> {
+  let failure = 1;
   try {
     const { values, positionals } = parseArgs({
       args,
@@ -287,6 +231,10 @@ export async function runCtl(
         expires: { type: "string" },
         file: { type: "string", short: "f" },
         data: { type: "string", short: "d" },
+        "dry-run": { type: "boolean" },
+        selector: { type: "string", short: "l" },
+        prune: { type: "boolean" },
+        yes: { type: "boolean", short: "y" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -299,9 +247,25 @@ export async function runCtl(
     }
     switch (cmd) {
       case "apply":
-        if (!values.file) throw new CliError("apply needs -f FILE");
-        await apply(gw, values.file, io);
-        return 0;
+      case "diff": {
+        if (!values.file) throw new CliError(`${cmd} needs -f FILE or -f DIR`);
+        const ctl = {
+          send: (method: string, path: string, body?: unknown) => send(gw, method, path, body),
+          io,
+        };
+        const options = {
+          dryRun: values["dry-run"],
+          selector: values.selector,
+          prune: values.prune,
+          yes: values.yes,
+        };
+        if (cmd === "apply") {
+          await applyObjects(ctl, values.file, options);
+          return 0;
+        }
+        failure = 2;
+        return await diffObjects(ctl, values.file, options) ? 1 : 0;
+      }
       case "get": {
         if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");
         const [t, ns, n] = ref(b, 3);
@@ -339,6 +303,6 @@ export async function runCtl(
     }
   } catch (err) {
     io.err(err instanceof CliError ? err.message : `error: ${(err as Error).message}`);
-    return 1;
+    return failure;
   }
 }

@@ -96,6 +96,16 @@ export interface SchedulerSettings {
 
 const GatewayEnv = z.object({
   GATEWAY_PORT: count(4000),
+  GATEWAY_WORKERS: z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return undefined;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 1 || n > 256) {
+      ctx.addIssue({ code: "custom", message: `"${raw}" is not an integer from 1 to 256` });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  INFERX_GATEWAY_GROUP: optional(),
   GATEWAY_HOST: text("127.0.0.1"),
   INFERX_BODY_LIMIT: count(16 * 1024 * 1024),
   INFERX_ADMIN_APIKEY: optional(),
@@ -108,6 +118,16 @@ const GatewayEnv = z.object({
 export interface GatewaySettings {
   /** `GATEWAY_PORT`. */
   port: number;
+  /**
+   * `GATEWAY_WORKERS`: gateway processes serving the port together
+   * (SO_REUSEPORT). Unset: 1 in `All`, the core count for `Gateway`.
+   */
+  workers?: number;
+  /**
+   * `INFERX_GATEWAY_GROUP` (set by the platform on the processes it starts):
+   * this process's index and every member's private metrics port, `i:p0,p1,...`.
+   */
+  group?: { index: number; ports: number[] };
   /** `GATEWAY_HOST`: the address it binds. */
   host: string;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
@@ -140,6 +160,42 @@ export interface NodeSettings {
   port: number;
 }
 
+const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
+  z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return dflt;
+    if (!(values as readonly string[]).includes(raw)) {
+      ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${values.join(", ")}` });
+      return z.NEVER;
+    }
+    return raw as T;
+  });
+
+const SnapshotEnv = z.object({
+  INFERX_SNAPSHOTS: oneOf(["on", "off"] as const, "on"),
+  INFERX_SNAPSHOT_DISK_MB: count(10_240),
+  INFERX_POD_NETNS: oneOf(["auto", "off"] as const, "auto"),
+  INFERX_POD_CIDR: text("10.213.0.0/16"),
+  INFERX_SNAPSHOT_START: oneOf(["auto", "always"] as const, "auto"),
+});
+
+/** Where and whether a node snapshots workers (CRIU itself: `INFERX_CRIU`). */
+export interface SnapshotSettings {
+  /** `INFERX_SNAPSHOTS`: `on` (default) or `off`. */
+  enabled: boolean;
+  /** `INFERX_SNAPSHOT_DISK_MB`: disk all snapshot images of a node may take, default 10240. */
+  diskMB: number;
+  /** `INFERX_POD_NETNS`: `auto` (default: a network and PID namespace per pod when CRIU works) or `off`. */
+  podNamespaces: boolean;
+  /** `INFERX_POD_CIDR`: the private range pod namespaces get addresses from, default 10.213.0.0/16. */
+  podCidr: string;
+  /**
+   * `INFERX_SNAPSHOT_START`: `auto` (default: the scheduler restores from a
+   * snapshot when that is expected to be faster than a fresh start) or
+   * `always` (whenever the node holds one).
+   */
+  start: "auto" | "always";
+}
+
 const AuditEnv = z.object({
   AUDITDB_ADDR: z.string().optional(),
   AUDITDB_PASSWORD: z.string().optional(),
@@ -170,6 +226,8 @@ export interface Config {
   gateway: GatewaySettings;
   node: NodeSettings;
   audit: AuditSettings;
+  /** Snapshot cold starts (node agents take them, the scheduler chooses them). */
+  snapshots: SnapshotSettings;
 }
 
 /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
@@ -194,6 +252,7 @@ const SECTIONS = [
   GatewayEnv,
   NodeEnv,
   AuditEnv,
+  SnapshotEnv,
 ];
 
 /** Every environment variable the configuration reads. */
@@ -219,6 +278,7 @@ export function readConfig(
   const g = section(GatewayEnv, vars);
   const n = section(NodeEnv, vars);
   const a = section(AuditEnv, vars);
+  const snap = section(SnapshotEnv, vars);
   return {
     role: p.RUN_SERVICE,
     logLevel: p.LOG_LEVEL,
@@ -239,6 +299,8 @@ export function readConfig(
     },
     gateway: {
       port: g.GATEWAY_PORT,
+      workers: g.GATEWAY_WORKERS,
+      group: parseGroup(g.INFERX_GATEWAY_GROUP),
       host: g.GATEWAY_HOST,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
@@ -261,7 +323,29 @@ export function readConfig(
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),
       bufferRows: a.AUDIT_BUFFER_ROWS,
     },
+    snapshots: {
+      enabled: snap.INFERX_SNAPSHOTS === "on",
+      diskMB: snap.INFERX_SNAPSHOT_DISK_MB,
+      podNamespaces: snap.INFERX_POD_NETNS === "auto",
+      podCidr: snap.INFERX_POD_CIDR,
+      start: snap.INFERX_SNAPSHOT_START,
+    },
   };
+}
+
+/** `i:p0,p1,...` into a group membership; malformed: a clear error. */
+function parseGroup(raw?: string): GatewaySettings["group"] {
+  if (!raw) return undefined;
+  const m = /^(\d+):(\d+(?:,\d+)*)$/.exec(raw);
+  const ports = m ? m[2].split(",").map(Number) : [];
+  const index = m ? Number(m[1]) : -1;
+  if (!m || index >= ports.length || ports.some((p) => p < 1 || p > 65535)) {
+    throw new ValidationError(
+      `Invalid configuration: INFERX_GATEWAY_GROUP: "${raw}" is not index:port,port,...`,
+      "INFERX_GATEWAY_GROUP",
+    );
+  }
+  return { index, ports };
 }
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */

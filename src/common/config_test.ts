@@ -19,6 +19,8 @@ Deno.test("readConfig() gives every setting its default when the environment is 
     scheduler: { port: 1238, httpPort: 1239, gatewayTimeoutMs: 10_000, nodeTimeoutMs: 10_000 },
     gateway: {
       port: 4000,
+      workers: undefined,
+      group: undefined,
       host: "127.0.0.1",
       bodyLimit: 16 * 1024 * 1024,
       adminApiKey: undefined,
@@ -132,5 +134,21 @@ Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME o
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readConfig() reads the gateway group and refuses bad sizes and memberships", () => {
+  const c = readConfig(envOf({ GATEWAY_WORKERS: "4", INFERX_GATEWAY_GROUP: "1:4101,4102" }));
+  assert.equal(c.gateway.workers, 4);
+  assert.deepEqual(c.gateway.group, { index: 1, ports: [4101, 4102] });
+  for (
+    const [env, re] of [
+      [{ GATEWAY_WORKERS: "0" }, /GATEWAY_WORKERS: "0" is not an integer from 1 to 256/],
+      [{ GATEWAY_WORKERS: "many" }, /GATEWAY_WORKERS/],
+      [{ INFERX_GATEWAY_GROUP: "2:4101,4102" }, /INFERX_GATEWAY_GROUP/],
+      [{ INFERX_GATEWAY_GROUP: "0:" }, /INFERX_GATEWAY_GROUP/],
+    ] as [Record<string, string>, RegExp][]
+  ) {
+    assert.throws(() => readConfig(envOf(env)), re);
   }
 });

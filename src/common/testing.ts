@@ -147,3 +147,35 @@ export function testPod(id: string, node: string, commands = ["x"]): PodInfo {
     createdAt: Date.now(),
   };
 }
+
+/** Creates tenant `tenant` and its namespace `namespace` through `meta`. */
+export async function seedNamespace(
+  meta: {
+    create(
+      input: {
+        type: "tenant" | "namespace";
+        tenant: string;
+        namespace: string;
+        name: string;
+        object: unknown;
+      },
+    ): Promise<unknown>;
+  },
+  tenant: string,
+  namespace: string,
+): Promise<void> {
+  await meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: tenant,
+    object: {},
+  });
+  await meta.create({
+    type: "namespace",
+    tenant,
+    namespace: "system",
+    name: namespace,
+    object: {},
+  });
+}

@@ -14,7 +14,7 @@ import { NotFoundError, toInferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.ts";
 import { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
@@ -29,7 +29,9 @@ import { metricsRoutes } from "./routes/metrics.ts";
 import { objectRoutes } from "./routes/objects.ts";
 import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
 import { rolloutRoutes } from "./routes/rollout.ts";
+import { uiRoutes } from "./routes/ui.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
+import type { GatewayGroup } from "./group.ts";
 
 const log = logger("gateway");
 
@@ -53,6 +55,10 @@ export interface GatewayDeps {
   audit?: AuditLog;
   /** This gateway's id, for audit rows. @default "gateway" */
   gatewayId?: string;
+  /** The gateways sharing this one's port (`GATEWAY_WORKERS`). */
+  group?: GatewayGroup;
+  /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
+  scheduler?: SchedulerClient;
 }
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
@@ -69,6 +75,8 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     gatewayId: deps.gatewayId ?? "gateway",
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
+    group: deps.group,
+    scheduler: deps.scheduler,
   };
 }
 
@@ -85,7 +93,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.notFound((c) => {
     throw new NotFoundError(`No route for ${c.req.method} ${c.req.path}`);
   });
-  app.get("/health", (c) => c.json({ status: "ok" }));
+  app.get("/health", (c) => c.json({ status: "ok", gateway: d.gatewayId }));
 
   // Calls are recorded whatever happens to them, authentication failures included.
   const record = observe({ metrics: d.metrics, audit: d.audit, gatewayId: d.gatewayId });
@@ -100,5 +108,6 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.route("/audit", auditRoutes(d));
   app.route("/rollout", rolloutRoutes(d));
   app.route("/", metricsRoutes(d));
+  app.route("/ui", uiRoutes(d));
   return app;
 }

@@ -25,6 +25,8 @@ export interface IncomingCall {
   readonly contentLength: number | undefined;
   /** The whole body; 413 past `limit`. */
   readAll(limit: number): Promise<Uint8Array>;
+  /** The whole body if it is already in, without waiting (the warm path's usual case). */
+  bodyNow?(limit: number): Uint8Array | undefined;
   /** The body as it comes; 413 past `limit`. */
   chunks(limit: number): AsyncIterable<Uint8Array>;
 }
@@ -71,14 +73,14 @@ export function parseFunccallPath(url: string): { target: FuncTarget; path: stri
 }
 
 /** A `/funccall` call: authorized, its function known, its body read or streaming. */
-export async function funccallInput(
+export function funccallInput(
   ctx: CallContext,
   principal: Principal,
   req: IncomingCall,
   target: FuncTarget,
   path: string,
   t0: number,
-): Promise<CallInput> {
+): CallInput | Promise<CallInput> {
   authorize(principal, "inference", target.tenant, target.namespace);
   if (!ctx.cache.agent(target.tenant, target.namespace, target.func)) {
     throw new NotFoundError(
@@ -86,8 +88,7 @@ export async function funccallInput(
     );
   }
   const timeoutMs = timeoutHeader(req);
-  const body = await readBody(ctx, req);
-  return {
+  const make = (body: BodyRead): CallInput => ({
     target,
     method: req.method,
     path,
@@ -97,7 +98,9 @@ export async function funccallInput(
     timeoutMs,
     tokens: maxTokens(body.json),
     t0,
-  };
+  });
+  const body = readBody(ctx, req);
+  return body instanceof Promise ? body.then(make) : make(body);
 }
 
 /**
@@ -106,18 +109,33 @@ export async function funccallInput(
  * only one function the caller may call has. `named` learns the target as
  * soon as it is known (for the record of a call refused later).
  */
-export async function openaiInput(
+export function openaiInput(
   ctx: CallContext,
   principal: Principal,
   req: IncomingCall,
   path: string,
   t0: number,
   named?: (target: FuncTarget, known: boolean) => void,
-): Promise<CallInput> {
+): CallInput | Promise<CallInput> {
   if (!(req.get("content-type") ?? "").includes("json")) {
     throw new ValidationError(`${path} takes a JSON body`, "content-type");
   }
-  const body = await readBody(ctx, req);
+  const body = readBody(ctx, req);
+  if (body instanceof Promise) {
+    return body.then((b) => openaiTarget(ctx, principal, req, path, t0, b, named));
+  }
+  return openaiTarget(ctx, principal, req, path, t0, body, named);
+}
+
+function openaiTarget(
+  ctx: CallContext,
+  principal: Principal,
+  req: IncomingCall,
+  path: string,
+  t0: number,
+  body: BodyRead,
+  named?: (target: FuncTarget, known: boolean) => void,
+): CallInput {
   const model = (body.json as { model?: unknown } | undefined)?.model;
   if (typeof model !== "string" || !model) {
     throw new ValidationError(
@@ -161,17 +179,25 @@ function maxTokens(json: unknown): number {
   return typeof n === "number" && n > 0 && n < 1e9 ? Math.floor(n) : 0;
 }
 
-/** A call's body: JSON read whole and parsed; anything else streamed. */
-async function readBody(
-  ctx: CallContext,
-  req: IncomingCall,
-): Promise<{ bytes?: Uint8Array; stream?: AsyncIterable<Uint8Array>; json?: unknown }> {
+/** A call's body as read: bytes (JSON, parsed) or a stream. */
+interface BodyRead {
+  bytes?: Uint8Array;
+  stream?: AsyncIterable<Uint8Array>;
+  json?: unknown;
+}
+
+/** A call's body: JSON read whole and parsed (at once when it came with the head); anything else streamed. */
+function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyRead> {
   if (!req.hasBody || req.method === "GET" || req.method === "HEAD") return {};
   if ((req.contentLength ?? 0) > ctx.bodyLimit) throw new BodyTooLarge(ctx.bodyLimit);
   if (!(req.get("content-type") ?? "").includes("json")) {
     return { stream: req.chunks(ctx.bodyLimit) };
   }
-  const bytes = await req.readAll(ctx.bodyLimit);
+  const now = req.bodyNow?.(ctx.bodyLimit);
+  return now ? parsed(now) : req.readAll(ctx.bodyLimit).then(parsed);
+}
+
+function parsed(bytes: Uint8Array): BodyRead {
   let json: unknown;
   if (bytes.byteLength) {
     try {

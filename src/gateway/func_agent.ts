@@ -3,7 +3,9 @@
  * has leased. A request takes a free slot of a leased worker (`parallel` per
  * worker) without any remote call; only when none is free and the queue is
  * over `wait_ratio` does the agent ask the scheduler for another worker. A
- * worker idle for `scalein_timeout` goes back.
+ * worker idle for `scalein_timeout` goes back. While no node could ever hold
+ * a worker (the function's `Schedulable` condition, or a lease refused as
+ * `unschedulable`), calls that find no free slot are refused at once.
  *
  * When a traffic split keeps several versions serving (docs/traffic.md),
  * each call is routed to a version by smooth weighted round-robin over the
@@ -22,6 +24,13 @@ import type { VersionLoad, VersionShare } from "../model/versions.ts";
 import type { SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
+
+/**
+ * How long (ms) a lease refused as `unschedulable` refuses calls without
+ * asking the scheduler again; the function's condition, when recorded,
+ * holds until it clears.
+ */
+export const UNSCHEDULABLE_RECHECK_MS = 2000;
 
 /** A leased worker. */
 export interface Worker {
@@ -79,6 +88,11 @@ interface Lane {
 export interface FuncAgentDeps {
   scheduler: SchedulerClient;
   gatewayId: string;
+  /**
+   * How long (ms) a lease refused as `unschedulable` refuses calls without
+   * asking the scheduler again. @default UNSCHEDULABLE_RECHECK_MS
+   */
+  unschedulableRecheckMs?: number;
 }
 
 /** One function's queues and leased workers in one gateway. */
@@ -95,6 +109,9 @@ export class FuncAgent {
   #lanes: Lane[] = [];
   #leaseAbort = new AbortController();
   #closed = false;
+  #unschedulable?: InferxError;
+  /** Until when (performance.now() ms) `#unschedulable` holds. */
+  #unschedulableUntil = 0;
 
   constructor(
     ref: { tenant: string; namespace: string; name: string; version: number },
@@ -130,6 +147,18 @@ export class FuncAgent {
   }
 
   /**
+   * Takes a free slot now (the warm path), or undefined when the call must
+   * wait, or when a split between versions routes it (then `acquire`).
+   */
+  tryAcquire(tokens = 0): Slot | undefined {
+    if (this.#closed || this.#lanes.length !== 1) return undefined;
+    const lane = this.#lanes[0];
+    if (lane.queue.length) return undefined;
+    const w = this.#freeWorker(lane.version);
+    return w && this.#take(w, 0, tokens);
+  }
+
+  /**
    * Takes a slot for one request, on a worker of the version the split
    * routes it to, waiting up to `timeoutMs` (capped by the policy's
    * `queue_timeout`). `tokens`: what the call asked for (`max_tokens`).
@@ -146,6 +175,9 @@ export class FuncAgent {
     if (lane.queue.length === 0) {
       const w = this.#freeWorker(lane.version);
       if (w) return Promise.resolve(this.#take(w, 0, tokens));
+    }
+    if (this.#unschedulable && performance.now() < this.#unschedulableUntil) {
+      return Promise.reject(this.#unschedulable);
     }
     const queued = this.queued;
     if (queued >= this.policy.queue_len) {
@@ -290,6 +322,17 @@ export class FuncAgent {
     });
   }
 
+  /**
+   * No node could ever hold a worker of this function (`err`, code
+   * `unschedulable`): queued calls and calls that find no free slot are
+   * refused at once until it is cleared (`undefined`).
+   */
+  setUnschedulable(err: InferxError | undefined): void {
+    this.#unschedulable = err;
+    this.#unschedulableUntil = err ? Infinity : 0;
+    if (err) this.#rejectQueue(err);
+  }
+
   /** The function is gone: refuse waiters, return workers when idle. */
   close(): void {
     this.#closed = true;
@@ -306,6 +349,15 @@ export class FuncAgent {
   }
 
   #lastError?: InferxError;
+
+  #rejectQueue(err: InferxError): void {
+    for (const l of this.#lanes) {
+      for (const q of l.queue.splice(0)) {
+        clearTimeout(q.timer);
+        q.reject(err);
+      }
+    }
+  }
 
   #lastErrorText(): string {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
@@ -426,7 +478,17 @@ export class FuncAgent {
       lane.pendingLeases--;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
-      if (e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded") {
+      if (e.code === "unschedulable") {
+        this.#unschedulable = e;
+        this.#unschedulableUntil = Math.max(
+          this.#unschedulableUntil,
+          performance.now() + (this.#deps.unschedulableRecheckMs ?? UNSCHEDULABLE_RECHECK_MS),
+        );
+      }
+      if (
+        e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded" ||
+        e.code === "unschedulable"
+      ) {
         for (const q of lane.queue.splice(0)) {
           clearTimeout(q.timer);
           q.reject(e);

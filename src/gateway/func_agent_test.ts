@@ -217,3 +217,57 @@ Deno.test("advise() leases more workers of a version within max_replica; load() 
   a.release(s);
   assert.equal(a.load()[0].inflightTokens, 0);
 });
+
+Deno.test("a lease refused as unschedulable fails queued calls at once, and new ones without asking again for a while", async () => {
+  const sched = new FakeScheduler();
+  const a = new FuncAgent(
+    { tenant: "t", namespace: "n", name: "f", version: 1 },
+    FuncPolicySchema.parse({ queue_timeout: 30 }),
+    { scheduler: sched, gatewayId: "gw", unschedulableRecheckMs: 50 },
+  );
+  sched.failWith = new InferxError("unschedulable", "No node could ever hold a pod: no A100");
+  const calls = [a.acquire(), a.acquire()];
+  for (const c of calls) await assert.rejects(c, (e: InferxError) => e.code === "unschedulable");
+  assert.equal(sched.leases.length, 1, "one lease answered for both");
+  await assert.rejects(a.acquire(), (e: InferxError) => /no A100/.test(e.message));
+  assert.equal(sched.leases.length, 1, "refused without asking the scheduler");
+  await new Promise((r) => setTimeout(r, 60));
+  sched.failWith = undefined;
+  sched.endpoints.push("127.0.0.1:9000");
+  const s = await a.acquire();
+  assert.equal(sched.leases.length, 2, "asked again once the recheck time passed");
+  a.release(s);
+});
+
+Deno.test("setUnschedulable() refuses queued and new calls until cleared, and leaves free workers serving", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 });
+  const held = await a.acquire();
+  const queued = a.acquire();
+  const err = new InferxError("unschedulable", "Cannot call t/n/f: no node fits");
+  a.setUnschedulable(err);
+  await assert.rejects(queued, (e: InferxError) => e === err);
+  await assert.rejects(a.acquire(), (e: InferxError) => e === err);
+  a.release(held);
+  const warm = await a.acquire();
+  assert.equal(warm.worker, held.worker, "a free worker still serves");
+  a.release(warm);
+  a.setUnschedulable(undefined);
+  const busy = await a.acquire();
+  const waits = a.acquire();
+  a.release(busy);
+  a.release(await waits);
+  assert.equal(sched.leases.length, 1);
+});
+
+Deno.test("a policy change on the same version keeps the workers and takes the new numbers", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 });
+  const s1 = await a.acquire();
+  a.setVersion(1, FuncPolicySchema.parse({ parallel: 2, max_replica: 1 }));
+  assert.equal(s1.worker.draining, false, "not drained");
+  const s2 = await a.acquire();
+  assert.equal(s2.worker, s1.worker, "the second slot parallel 2 allows, on the same worker");
+  assert.equal(sched.leases.length, 1);
+  assert.deepEqual(sched.returns, []);
+  a.release(s1);
+  a.release(s2);
+});

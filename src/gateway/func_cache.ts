@@ -5,8 +5,10 @@
  *
  * @module
  */
+import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { funcId } from "../model/keys.ts";
+import { findCondition, type FunctionStatus, SCHEDULABLE } from "../model/metadata.ts";
 import {
   decodeStoredUserObject,
   type FuncPolicy,
@@ -20,7 +22,10 @@ import { FuncAgent, type FuncAgentDeps } from "./func_agent.ts";
 
 const log = logger("gateway", "cache");
 
-type Entry = FunctionObject;
+type Entry = FunctionObject & {
+  /** Set while the function's `Schedulable` condition is `False`. */
+  unschedulable?: InferxError;
+};
 
 /** Functions, policies and agents of one gateway. */
 export class FuncCache {
@@ -54,9 +59,12 @@ export class FuncCache {
           const o = decodeStoredUserObject(rec.value, rec.revision);
           if (o.type !== "function") return;
           const id = funcId(o.tenant, o.namespace, o.name);
-          this.#funcs.set(id, o);
+          const unschedulable = unschedulableError(id, o.status);
+          this.#funcs.set(id, { ...o, unschedulable });
           const policy = this.policyOf(id)!;
-          this.#agents.get(id)?.setVersion(o.version, policy, trafficSplit(o, policy));
+          const agent = this.#agents.get(id);
+          agent?.setVersion(o.version, policy, trafficSplit(o, policy));
+          agent?.setUnschedulable(unschedulable);
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
@@ -95,6 +103,7 @@ export class FuncCache {
     if (!f) return undefined;
     const policy = this.policyOf(id)!;
     a = new FuncAgent(f, policy, this.#deps, trafficSplit(f, policy));
+    if (f.unschedulable) a.setUnschedulable(f.unschedulable);
     this.#agents.set(id, a);
     return a;
   }
@@ -176,4 +185,13 @@ export class FuncCache {
       else log.warn("Function {id} has no policy in force", { id: a.id });
     }
   }
+}
+
+/** The error calls get while a function's `Schedulable` condition is `False`. */
+function unschedulableError(id: string, status?: FunctionStatus): InferxError | undefined {
+  const c = findCondition(status, SCHEDULABLE);
+  if (c?.status !== "False") return undefined;
+  return new InferxError("unschedulable", `Cannot call ${id}: ${c.message}`, {
+    details: { reason: c.reason },
+  });
 }

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { HPE, Http1Parser, type ParserHandler } from "./http1/llhttp.ts";
+import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
 const IDLE_PER_ENDPOINT = 64;
@@ -54,9 +54,17 @@ export interface UpstreamAnswer {
   cancel(): void;
 }
 
+/** An answer's head as read. */
+interface Head {
+  status: number;
+  statusText: string;
+  headers: [string, string][];
+  length?: number;
+}
+
 const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
 
-class Conn implements ParserHandler {
+class Conn {
   readonly socket: Deno.TcpConn;
   readonly #parser: Http1Parser;
   #buf = new Uint8Array(16 * 1024);
@@ -77,10 +85,10 @@ class Conn implements ParserHandler {
 
   constructor(socket: Deno.TcpConn) {
     this.socket = socket;
-    this.#parser = new Http1Parser("response", this);
+    this.#parser = new Http1Parser("response");
   }
 
-  onMessageBegin(): void {
+  #messageBegin(): void {
     this.#headersDone = this.#bodyDone = false;
     this.#statusStart = this.#statusEnd = -1;
     this.#ranges.length = 0;
@@ -88,67 +96,108 @@ class Conn implements ParserHandler {
     this.#body = [];
   }
 
-  onUrl(): void {}
-
-  onStatus(_b: Uint8Array, start: number, end: number): void {
-    if (this.#statusStart < 0) this.#statusStart = start;
-    this.#statusEnd = end;
-  }
-
-  onHeaderField(_b: Uint8Array, start: number, end: number): void {
+  /** Applies what the parser found: the head's spans, body pieces, the answer's end. */
+  #apply(): void {
+    const p = this.#parser;
+    const ev = p.events;
     const r = this.#ranges;
-    if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
-    else r.push(start, end, -1, -1);
-    this.#lastWasValue = false;
+    for (let i = 0, n = p.eventCount; i < n; i += 3) {
+      const at = ev[i + 1];
+      const end = at + ev[i + 2];
+      switch (ev[i]) {
+        case EV.MESSAGE_BEGIN:
+          this.#messageBegin();
+          break;
+        case EV.STATUS:
+          if (this.#statusStart < 0) this.#statusStart = at;
+          this.#statusEnd = end;
+          break;
+        case EV.HEADER_FIELD:
+          if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
+          else r.push(at, end, -1, -1);
+          this.#lastWasValue = false;
+          break;
+        case EV.HEADER_VALUE:
+          if (r[r.length - 2] < 0) r[r.length - 2] = at;
+          r[r.length - 1] = end;
+          this.#lastWasValue = true;
+          break;
+        case EV.HEADERS_COMPLETE:
+          this.#headersDone = true;
+          break;
+        case EV.BODY:
+          this.#body.push(this.#buf.slice(at, end));
+          break;
+        case EV.MESSAGE_COMPLETE:
+          this.#bodyDone = true;
+          break;
+      }
+    }
   }
 
-  onHeaderValue(_b: Uint8Array, start: number, end: number): void {
-    const r = this.#ranges;
-    if (r[r.length - 2] < 0) r[r.length - 2] = start;
-    r[r.length - 1] = end;
-    this.#lastWasValue = true;
-  }
-
-  onHeadersComplete(): number {
-    this.#headersDone = true;
-    return this.#noBody ? 1 : 0;
-  }
-
-  onBody(buf: Uint8Array, start: number, end: number): void {
-    this.#body.push(buf.slice(start, end));
-  }
-
-  onMessageComplete(): number {
-    this.#bodyDone = true;
-    return HPE.PAUSED;
-  }
-
-  /** Sends a request; bodies of unknown length go chunked. */
-  async send(endpoint: string, req: PoolRequest): Promise<void> {
+  /**
+   * Sends a request and reads its answer's head (skipping 1xx answers);
+   * undefined when the peer closed before sending anything. Bodies of
+   * unknown length go chunked.
+   */
+  async exchange(endpoint: string, req: PoolRequest): Promise<Head | undefined> {
     this.#noBody = req.method === "HEAD";
     let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
     for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
     const body = req.body;
     if (body && !(body instanceof Uint8Array)) {
-      head += "transfer-encoding: chunked\r\n\r\n";
-      await this.#write(this.#encode(head), head.length);
-      for await (const chunk of body) {
-        if (chunk.byteLength === 0) continue;
-        const size = `${chunk.byteLength.toString(16)}\r\n`;
-        await this.#write(this.#encode(size), size.length);
-        await this.#write(chunk, chunk.byteLength);
-        await this.#write(CRLF, 2);
-      }
-      await this.#write(LAST_CHUNK, LAST_CHUNK.byteLength);
-      return;
+      await this.#sendChunked(`${head}transfer-encoding: chunked\r\n\r\n`, body);
+    } else {
+      const n = body?.byteLength ?? 0;
+      if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
+      head += "\r\n";
+      const total = head.length + n;
+      if (total > this.#out.length) this.#out = new Uint8Array(total);
+      const out = this.#encode(head);
+      if (n) out.set(body!, head.length);
+      for (let o = 0; o < total;) o += await this.socket.write(out.subarray(o, total));
     }
-    const n = body?.byteLength ?? 0;
-    if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
-    head += "\r\n";
-    if (head.length + n > this.#out.length) this.#out = new Uint8Array(head.length + n);
-    const out = this.#encode(head);
-    if (n) out.set(body!, head.length);
-    await this.#write(out, head.length + n);
+    // The answer's head.
+    this.#start = this.#end = 0;
+    this.#headersDone = this.#bodyDone = false;
+    while (true) {
+      this.#parse();
+      if (this.#headersDone) {
+        const status = this.#parser.statusCode;
+        if (status >= 100 && status < 200 && status !== 101) {
+          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+          this.#messageBegin();
+          continue;
+        }
+        return this.#head(status);
+      }
+      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
+      if (this.#end === this.#buf.length) this.#grow();
+      const n = await this.socket.read(this.#buf.subarray(this.#end));
+      if (n === null) {
+        if (this.#end === 0) return undefined;
+        throw new Error("upstream closed the connection in the middle of an answer head");
+      }
+      this.#end += n;
+    }
+  }
+
+  async #sendChunked(head: string, body: AsyncIterable<Uint8Array>): Promise<void> {
+    await this.#write(this.#encode(head), head.length);
+    for await (const chunk of body) {
+      if (chunk.byteLength === 0) continue;
+      const size = `${chunk.byteLength.toString(16)}\r\n`;
+      await this.#write(this.#encode(size), size.length);
+      await this.#write(chunk, chunk.byteLength);
+      await this.#write(CRLF, 2);
+    }
+    await this.#write(LAST_CHUNK, LAST_CHUNK.byteLength);
+  }
+
+  #grow(): void {
+    const next = new Uint8Array(this.#buf.length * 2);
+    next.set(this.#buf.subarray(0, this.#end));
+    this.#buf = next;
   }
 
   #encode(s: string): Uint8Array {
@@ -168,12 +217,9 @@ class Conn implements ParserHandler {
 
   /** Reads more; false at end of stream. */
   async #fill(): Promise<boolean> {
-    if (this.#start === this.#end) this.#start = this.#end = 0;
-    if (this.#end === this.#buf.length) {
-      const next = new Uint8Array(this.#buf.length * 2);
-      next.set(this.#buf.subarray(0, this.#end));
-      this.#buf = next;
-    }
+    // Positions of a head being read stay put; a body's bytes are copied out as they come.
+    if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
+    if (this.#end === this.#buf.length) this.#grow();
     const n = await this.socket.read(this.#buf.subarray(this.#end));
     if (n === null) return false;
     this.#end += n;
@@ -181,48 +227,26 @@ class Conn implements ParserHandler {
   }
 
   #parse(): void {
-    if (this.#start === this.#end) return;
-    if (this.#paused) {
-      this.#parser.resume();
-      this.#paused = false;
-    }
-    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
-    this.#start += r.consumed;
-    if (r.error === HPE.PAUSED) this.#paused = true;
-    else if (r.error !== 0) {
-      throw new Error(`upstream sent a malformed answer: ${this.#parser.errorReason}`);
-    }
-  }
-
-  /**
-   * Reads the answer's head (skipping 1xx answers); undefined when the
-   * peer closed before sending anything.
-   */
-  async readHead(): Promise<
-    { status: number; statusText: string; headers: [string, string][]; length?: number } | undefined
-  > {
-    this.#start = this.#end = 0;
-    this.#headersDone = this.#bodyDone = false;
-    while (true) {
-      this.#parse();
-      if (this.#headersDone) {
-        const status = this.#parser.statusCode;
-        if (status >= 100 && status < 200 && status !== 101) {
-          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
-          this.onMessageBegin();
-          continue;
-        }
-        return this.#head(status);
+    while (this.#start < this.#end) {
+      if (this.#paused) {
+        this.#parser.resume();
+        this.#paused = false;
       }
-      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
-      if (!(await this.#fill())) {
-        if (this.#end === 0) return undefined;
-        throw new Error("upstream closed the connection in the middle of an answer head");
+      this.#parser.noBody = this.#noBody;
+      const error = this.#parser.execute(this.#buf, this.#start, this.#end);
+      this.#apply();
+      this.#start += this.#parser.consumed;
+      if (error === HPE.PAUSED) {
+        this.#paused = true;
+        return;
+      }
+      if (error !== 0) {
+        throw new Error(`upstream sent a malformed answer: ${this.#parser.errorReason}`);
       }
     }
   }
 
-  #head(status: number) {
+  #head(status: number): Head {
     const r = this.#ranges;
     const base = this.#statusStart >= 0 ? this.#statusStart : r.length ? r[0] : 0;
     const last = r.length
@@ -261,6 +285,7 @@ class Conn implements ParserHandler {
       if (!(await this.#fill())) {
         if (this.#parser.needsEof) {
           this.#parser.finish();
+          this.#apply();
           this.#bodyDone = true;
           this.closed = true;
           continue;
@@ -268,6 +293,14 @@ class Conn implements ParserHandler {
         throw new Error("upstream closed the connection before the body ended");
       }
     }
+  }
+
+  /** The body pieces already parsed, when the whole body is in (no read needed). */
+  takeWholeBody(): Uint8Array[] | undefined {
+    if (!this.#bodyDone) return undefined;
+    const b = this.#body;
+    this.#body = [];
+    return b;
   }
 
   /** Whether the whole answer was read and nothing else arrived. */
@@ -314,10 +347,10 @@ export class HttpPool {
       let inFlight = true;
       cancelable?.(() => inFlight && conn.close());
       try {
-        await conn.send(endpoint, req);
-        const head = await conn.readHead();
+        const head = await conn.exchange(endpoint, req);
         if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
-        return await this.#answer(endpoint, conn, head);
+        const answer = this.#answer(endpoint, conn, head);
+        return answer instanceof Promise ? await answer : answer;
       } catch (err) {
         const cancelled = conn.closed;
         this.#discard(conn);
@@ -361,11 +394,8 @@ export class HttpPool {
     idle.push(conn);
   }
 
-  async #answer(
-    endpoint: string,
-    conn: Conn,
-    head: { status: number; statusText: string; headers: [string, string][]; length?: number },
-  ): Promise<UpstreamAnswer> {
+  /** The answer to hand out: whole at once when its body came with the head. */
+  #answer(endpoint: string, conn: Conn, head: Head): UpstreamAnswer | Promise<UpstreamAnswer> {
     let done = false;
     const finish = (clean: boolean) => {
       if (done) return;
@@ -391,12 +421,20 @@ export class HttpPool {
       },
       cancel: () => finish(false),
     };
-    if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
+    const whole = conn.takeWholeBody();
+    if (whole) {
+      // The usual case: the body came with the head.
+      finish(true);
+      answer.bytes = whole.length === 1 ? whole[0] : concat(whole, sum(whole));
+    } else if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
       // Read a sized answer whole: the connection goes back at once.
-      const parts: Uint8Array[] = [];
-      let size = 0;
-      for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
-      answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+      return (async () => {
+        const parts: Uint8Array[] = [];
+        let size = 0;
+        for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
+        answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+        return answer;
+      })();
     }
     return answer;
   }
@@ -406,6 +444,12 @@ export class HttpPool {
     for (const conns of this.#idle.values()) for (const c of conns) this.#discard(c);
     this.#idle.clear();
   }
+}
+
+function sum(parts: Uint8Array[]): number {
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  return n;
 }
 
 function concat(parts: Uint8Array[], size: number): Uint8Array {

@@ -278,11 +278,13 @@ export class GatewayMetrics {
         name: string,
         help: string,
         pick: (s: ReturnType<AuditLog["stats"]>) => number,
+        aggregator: "sum" | "min" = "sum",
       ) =>
         new Gauge({
           name,
           help,
           registers: [this.registry],
+          aggregator,
           collect() {
             this.set(pick(audit.stats()));
           },
@@ -294,7 +296,12 @@ export class GatewayMetrics {
         "Audit rows dropped because the buffer was full",
         (s) => s.dropped,
       );
-      gauge("inferx_audit_healthy", "1 when the last audit write succeeded", (s) => +s.healthy);
+      gauge(
+        "inferx_audit_healthy",
+        "1 when the last audit write succeeded (in every gateway of a group)",
+        (s) => +s.healthy,
+        "min",
+      );
     }
     new Gauge({
       name: "inferx_queue_depth",

@@ -11,6 +11,7 @@ import { logger } from "../common/log.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
 import { serveGateway } from "./server.ts";
+import { type GatewayGroup, serveMemberMetrics } from "./group.ts";
 import { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
@@ -43,8 +44,11 @@ export interface GatewayConfig {
   oidc?: OidcOptions;
   /** Where request rows go (the caller closes it). */
   audit?: AuditLog;
-  /** Share the port with other gateway processes (SO_REUSEPORT). @default false */
-  reusePort?: boolean;
+  /**
+   * This gateway is one of a group sharing the port (SO_REUSEPORT): it
+   * serves its metrics to the others and answers `/metrics` for all.
+   */
+  group?: GatewayGroup;
 }
 
 /** A running gateway. */
@@ -75,8 +79,12 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     auth,
     audit: config.audit,
     gatewayId,
+    group: config.group,
+    scheduler: config.scheduler,
   });
   const app = createGatewayApp(deps);
+  const memberMetrics = config.group &&
+    serveMemberMetrics(deps.registry, config.group.ports[config.group.index]);
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);
@@ -92,7 +100,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const server = serveGateway(app, deps, {
     port: config.port ?? 4000,
     hostname: config.hostname ?? "127.0.0.1",
-    reusePort: config.reusePort,
+    reusePort: config.group !== undefined,
   });
   logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
     id: gatewayId,
@@ -107,6 +115,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       cache.stop();
       auth.stop();
       await server.shutdown(2_000);
+      await memberMetrics?.close();
       upstream.close();
     },
   };

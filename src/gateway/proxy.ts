@@ -113,7 +113,7 @@ export async function forward(
     gone = true;
     onGone?.();
   });
-  let slot = await agent.acquire(call.timeoutMs, call.tokens);
+  let slot = agent.tryAcquire(call.tokens) ?? await agent.acquire(call.timeoutMs, call.tokens);
   let upstream: UpstreamAnswer | undefined;
   for (let attempt = 1;; attempt++) {
     if (gone) {

@@ -69,14 +69,15 @@ export function serveGateway(
       const p = deps.auth.authenticate(req);
       const principal = p instanceof Promise ? await p : p;
       rec.principal = principal.id;
-      let input: CallInput;
+      let input: CallInput | Promise<CallInput>;
       if (parsed) {
         const { tenant, namespace, func } = parsed.target;
         rec.setTarget(parsed.target, deps.cache.agent(tenant, namespace, func) !== undefined);
-        input = await funccallInput(ctx, principal, req, parsed.target, parsed.path, t0);
+        input = funccallInput(ctx, principal, req, parsed.target, parsed.path, t0);
       } else {
-        input = await openaiInput(ctx, principal, req, path, t0, (t, k) => rec.setTarget(t, k));
+        input = openaiInput(ctx, principal, req, path, t0, (t, k) => rec.setTarget(t, k));
       }
+      if (input instanceof Promise) input = await input;
       answer = await forward(deps, input, req);
       rec.answered(answer);
     } catch (err) {

@@ -63,7 +63,10 @@ export class FakeScheduler implements SchedulerClient {
     this.loads.push(load ?? []);
     return Promise.resolve(this.advice);
   }
-  killPod(): Promise<void> {
+  /** Pods terminated through {@linkcode killPod}. */
+  kills: string[] = [];
+  killPod(podId: string): Promise<void> {
+    this.kills.push(podId);
     return Promise.resolve();
   }
 }
@@ -121,6 +124,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     audit,
     bodyLimit: opts.bodyLimit ?? 1024,
     gatewayId: "gw-test",
+    scheduler: sched,
   });
   const app = createGatewayApp(deps);
   return {
@@ -157,7 +161,8 @@ export function memoryAudit(): MemoryAudit {
       (q.tenant === undefined || r.tenant === q.tenant) &&
       (q.namespace === undefined || r.namespace === q.namespace) &&
       (q.func === undefined || r.func === q.func) &&
-      (q.since === undefined || r.time >= q.since)
+      (q.since === undefined || r.time >= q.since) &&
+      (!q.status || statusIn((r as Partial<RequestRow>).status, q.status))
     ).reverse().slice(0, q.limit ?? 100);
   return {
     requests,
@@ -180,6 +185,10 @@ export function memoryAudit(): MemoryAudit {
     flush: () => Promise.resolve(),
     close: () => Promise.resolve(),
   };
+}
+
+function statusIn(status: number | undefined, range: { min: number; max: number }): boolean {
+  return status !== undefined && status >= range.min && status <= range.max;
 }
 
 /** A worker on a free port that answers with its name, after `delayMs`. */

@@ -6,12 +6,13 @@
 import type { Registry } from "prom-client";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.ts";
 import type { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { GatewayVars } from "./middleware/observe.ts";
+import type { GatewayGroup } from "./group.ts";
 
 /** The dependencies every route module gets, defaults filled in. */
 export interface RouteDeps {
@@ -28,6 +29,10 @@ export interface RouteDeps {
   bodyLimit: number;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
+  /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */
+  group?: GatewayGroup;
+  /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
+  scheduler?: SchedulerClient;
 }
 
 /** The gateway's Hono environment. */

@@ -56,8 +56,38 @@ export const NodeInfoSchema = z.object({
     driverVersion: z.int().optional(),
     checkpointApi: z.boolean().optional(),
   }).optional(),
-  /** Whether CRIU can checkpoint processes here, or why not. */
-  criu: z.object({ available: z.boolean(), reason: z.string().optional() }).optional(),
+  /** Whether CRIU can checkpoint processes here, which one, or why not. */
+  criu: z.object({
+    available: z.boolean(),
+    reason: z.string().optional(),
+    version: z.string().optional(),
+    /** The criu executable. */
+    path: z.string().optional(),
+    /** Where it was found: `INFERX_CRIU`, `provisioned` (`deno task criu`), `system`. */
+    source: z.string().optional(),
+  }).optional(),
+  /**
+   * Whether pods start from snapshots here, or why not; the snapshots this
+   * node holds and the disk they take.
+   */
+  snapshots: z.object({
+    available: z.boolean(),
+    reason: z.string().optional(),
+    /** `INFERX_SNAPSHOT_DISK_MB`. */
+    diskBudgetMB: z.number().optional(),
+    diskUsedMB: z.number().optional(),
+    items: z.array(z.object({
+      func: z.string(),
+      version: z.int(),
+      state: z.string(),
+      sizeMB: z.number().optional(),
+      /** How long its dump took (ms). */
+      dumpMs: z.number().optional(),
+      lastUsedAt: z.number().optional(),
+      /** Why it failed (CRIU's reason). */
+      error: z.string().optional(),
+    })).default([]),
+  }).optional(),
   ready: z.boolean().default(true),
   /** Milliseconds since the epoch of the last heartbeat. */
   heartbeat: z.number().default(0),
@@ -79,6 +109,8 @@ export const PodTemplateSchema = z.object({
   port: z.int().min(1).max(65535),
   probe: z.string(),
   startupTimeoutS: z.number().positive(),
+  /** The function's `sample_query` as a request: sent once before a snapshot is taken. */
+  sampleQuery: z.object({ path: z.string(), body: z.unknown().optional() }).optional(),
 });
 /** What a node agent needs to start a pod. */
 export type PodTemplate = z.infer<typeof PodTemplateSchema>;
@@ -107,9 +139,31 @@ export const PodInfoSchema = z.object({
   error: z.string().optional(),
   createdAt: z.number(),
   readyAt: z.number().optional(),
+  /** Desired: start by restoring its node's snapshot of this function version. */
+  fromSnapshot: z.boolean().optional(),
+  /** Observed: how it started (`snapshot` only when a restore served). */
+  startedFrom: z.enum(["fresh", "snapshot"]).optional(),
+  /** What the node noticed while starting it: a snapshot that failed, one not taken, and why. */
+  note: z.string().optional(),
+  /** Observed: time (ms) its node spent warming and snapshotting it before reporting it Ready. */
+  snapshotMs: z.number().min(0).optional(),
 });
 /** A pod: desired state from the scheduler, status from the node agent. */
 export type PodInfo = z.infer<typeof PodInfoSchema>;
+
+/**
+ * A function's `sample_query` as the request a node sends a fresh worker
+ * before snapshotting it: `path` (with or without a leading slash) and a
+ * JSON `body` (POST), or `prompt` alone (an OpenAI completion).
+ */
+export function sampleRequest(
+  q: Record<string, unknown> | undefined,
+): PodTemplate["sampleQuery"] {
+  if (!q) return undefined;
+  const path = typeof q.path === "string" ? q.path : "v1/completions";
+  const body = q.body ?? (q.prompt !== undefined ? { prompt: q.prompt, max_tokens: 8 } : undefined);
+  return { path: path.startsWith("/") ? path : `/${path}`, body };
+}
 
 /** Encodes a node for the store. */
 export function encodeNode(n: NodeInfo): string {

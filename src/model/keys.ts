@@ -16,6 +16,7 @@ export const OBJECT_TYPES = [
   "node",
   "pod",
   "apikey",
+  "snapshot",
 ] as const;
 /** One of {@linkcode OBJECT_TYPES}. */
 export type ObjectType = typeof OBJECT_TYPES[number];

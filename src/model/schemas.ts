@@ -6,8 +6,16 @@
  * @module
  */
 import { z } from "zod";
-import { invalidInput, ValidationError } from "../common/errors.ts";
+import { invalidInput, ValidationError, type ValidationIssues } from "../common/errors.ts";
+import { jsonEqual } from "../common/json.ts";
 import { isUserType, isValidName, SYSTEM } from "./keys.ts";
+import {
+  type FunctionStatus,
+  FunctionStatusSchema,
+  metadataEmpty,
+  type ObjectMetadata,
+  ObjectMetadataSchema,
+} from "./metadata.ts";
 
 // ---------------------------------------------------------------- FuncPolicy
 
@@ -138,6 +146,29 @@ export const FunctionSpecSchema = z.object({
 /** A function's spec, all defaults filled in. */
 export type FunctionSpec = z.infer<typeof FunctionSpecSchema>;
 
+/**
+ * The fields of a function spec that are not part of its workers: the
+ * scaling `policy` (inline, or a link to a `funcpolicy`) and `sample_query`.
+ * Changing them applies to the running version; changing any other field
+ * (image, commands, envs, mounts, endpoint, resources, standby,
+ * startup_timeout) defines different workers and gives a new version.
+ */
+export const NON_WORKER_FIELDS = ["policy", "sample_query"] as const;
+
+/** What defines a function's workers: its spec without {@linkcode NON_WORKER_FIELDS}. */
+export type WorkerSpec = Omit<FunctionSpec, typeof NON_WORKER_FIELDS[number]>;
+
+/** The part of `spec` that defines the workers. */
+export function workerSpec(spec: FunctionSpec): WorkerSpec {
+  const { policy: _p, sample_query: _q, ...worker } = spec;
+  return worker;
+}
+
+/** Whether two specs define the same workers (a new version is needed when not). */
+export function sameWorker(a: FunctionSpec, b: FunctionSpec): boolean {
+  return jsonEqual(workerSpec(a), workerSpec(b));
+}
+
 /** Namespace specs: free-form, kept as given. */
 const LooseSpecSchema = z.looseObject({});
 
@@ -176,7 +207,10 @@ export function tenantWeight(spec: Record<string, unknown>): number {
 
 // ------------------------------------------------------------------ Envelope
 
-/** The envelope every object travels in, over HTTP and in the store. */
+/**
+ * The envelope every object travels in, over HTTP and in the store.
+ * `object` is the spec, or `{metadata?, spec, status?}`.
+ */
 export const EnvelopeSchema = z.object({
   type: z.string(),
   tenant: z.string(),
@@ -190,7 +224,13 @@ export const EnvelopeSchema = z.object({
 export type UserObject =
   | ObjectMeta & { type: "tenant"; spec: Record<string, unknown> }
   | ObjectMeta & { type: "namespace"; spec: Record<string, unknown> }
-  | ObjectMeta & { type: "function"; spec: FunctionSpec; version: number } & FunctionVersions
+  | ObjectMeta & {
+    type: "function";
+    spec: FunctionSpec;
+    version: number;
+    /** Conditions the scheduler observed. */
+    status?: FunctionStatus;
+  } & FunctionVersions
   | ObjectMeta & { type: "funcpolicy"; spec: FuncPolicy };
 
 /** A version of a function that still serves calls, though no longer the newest. */
@@ -222,13 +262,31 @@ export interface ObjectMeta {
   name: string;
   /** Store revision of the last write; 0 before the first. */
   revision: number;
+  /** Labels and annotations; absent when there are none. */
+  metadata?: ObjectMetadata;
 }
 
-function unwrapSpec(object: unknown): unknown {
-  if (object && typeof object === "object" && "spec" in object) {
-    return (object as { spec: unknown }).spec;
+/** Validation issues of a part of the object, their paths starting at that part. */
+function under(part: string, error: ValidationIssues): ValidationIssues {
+  return { issues: error.issues.map((i) => ({ ...i, path: [part, ...i.path] })) };
+}
+
+/** The parts of `object`: `{metadata?, spec, status?}`, or a bare spec. */
+function unwrapObject(
+  object: unknown,
+  what: string,
+): { spec: unknown; metadata?: unknown; status?: unknown } {
+  if (object && typeof object === "object" && !Array.isArray(object)) {
+    const o = object as Record<string, unknown>;
+    if ("spec" in o) return { spec: o.spec, metadata: o.metadata, status: o.status };
+    if ("metadata" in o) {
+      throw new ValidationError(
+        `Invalid ${what}: object.metadata needs the spec beside it: {"metadata": ..., "spec": ...}`,
+        "metadata",
+      );
+    }
   }
-  return object ?? {};
+  return { spec: object ?? {} };
 }
 
 /**
@@ -274,9 +332,15 @@ export function decodeUserObject(input: unknown): UserObject {
       "namespace",
     );
   }
-  const meta: ObjectMeta = { tenant, namespace, name, revision: env.data.revision ?? 0 };
-  const raw = unwrapSpec(env.data.object);
   const what = `${type} ${tenant}/${namespace}/${name}`;
+  const parts = unwrapObject(env.data.object, what);
+  const raw = parts.spec;
+  const meta: ObjectMeta = { tenant, namespace, name, revision: env.data.revision ?? 0 };
+  if (parts.metadata !== undefined) {
+    const m = ObjectMetadataSchema.safeParse(parts.metadata);
+    if (!m.success) throw invalidInput(what, under("metadata", m.error));
+    if (!metadataEmpty(m.data)) meta.metadata = m.data;
+  }
   switch (type) {
     case "tenant":
     case "namespace": {
@@ -287,6 +351,12 @@ export function decodeUserObject(input: unknown): UserObject {
     case "function": {
       const r = FunctionSpecSchema.safeParse(raw);
       if (!r.success) throw invalidInput(what, r.error);
+      const fn: UserObject = { ...meta, type, spec: r.data, version: 0 };
+      if (parts.status !== undefined) {
+        const st = FunctionStatusSchema.safeParse(parts.status);
+        if (!st.success) throw invalidInput(what, under("status", st.error));
+        if (st.data.conditions.length) fn.status = st.data;
+      }
       const rollout = (env.data.object as { rollout?: unknown } | undefined)?.rollout;
       if (rollout !== undefined && rollout !== "promote" && rollout !== "rollback") {
         throw new ValidationError(
@@ -294,7 +364,8 @@ export function decodeUserObject(input: unknown): UserObject {
           "rollout",
         );
       }
-      return { ...meta, type, spec: r.data, version: 0, ...(rollout ? { rollout } : {}) };
+      if (rollout) fn.rollout = rollout;
+      return fn;
     }
     case "funcpolicy": {
       const r = FuncPolicySchema.safeParse(raw);
@@ -358,13 +429,17 @@ export function storedVersion(value: string): number {
 
 /** The JSON shape of a user object in API answers (InferX-style envelope). */
 export function userObjectToJson(obj: UserObject): Record<string, unknown> {
+  const object: Record<string, unknown> = {};
+  if (obj.metadata) object.metadata = obj.metadata;
+  object.spec = specToJson(obj);
+  if (obj.type === "function" && obj.status) object.status = obj.status;
   const out: Record<string, unknown> = {
     type: obj.type,
     tenant: obj.tenant,
     namespace: obj.namespace,
     name: obj.name,
     revision: obj.revision,
-    object: { spec: specToJson(obj) },
+    object,
   };
   if (obj.type === "function") {
     out.version = obj.version;

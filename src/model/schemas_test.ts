@@ -5,7 +5,10 @@ import {
   decodeUserObject,
   DEFAULT_POLICY,
   encodeUserObject,
+  type FunctionSpec,
   resolvePolicy,
+  sameWorker,
+  userObjectToJson,
 } from "./schemas.ts";
 import { objectKey, parseKey } from "./keys.ts";
 
@@ -90,6 +93,23 @@ const invalid: [string, unknown, string][] = [
     "min_replica",
   ],
   [
+    "a bad label key",
+    fn({ metadata: { labels: { "a b": "x" } }, spec: { image: "x" } }),
+    "metadata.labels.a b",
+  ],
+  [
+    "a bad label value",
+    fn({ metadata: { labels: { app: "-x" } }, spec: { image: "x" } }),
+    "metadata.labels.app",
+  ],
+  ["metadata without spec", fn({ metadata: {}, image: "x" }), "metadata"],
+  ["an unknown metadata field", fn({ metadata: { label: {} }, spec: { image: "x" } }), "metadata"],
+  [
+    "a bad condition status",
+    fn({ spec: { image: "x" }, status: { conditions: [{ type: "S", status: "Maybe" }] } }),
+    "status.conditions.0.status",
+  ],
+  [
     "tenant outside system",
     { type: "tenant", tenant: "public", namespace: "system", name: "t" },
     "tenant",
@@ -133,4 +153,46 @@ Deno.test("a linked policy survives storage as a Link", () => {
   const obj = decodeUserObject(fn({ image: "x", policy: { Link: { name: "fast" } } }));
   const back = decodeStoredUserObject(encodeUserObject(obj), 2);
   assert.equal(back.type === "function" && back.spec.policy?.kind, "link");
+});
+
+Deno.test("metadata and status sit beside the spec, survive storage, and are left out when empty", () => {
+  const obj = decodeUserObject(fn({
+    metadata: { labels: { app: "demo", "inferx.io/team": "nlp" }, annotations: { note: "a b" } },
+    spec: { image: "x" },
+    status: { conditions: [{ type: "Schedulable", status: "False", reason: "R", message: "m" }] },
+  }));
+  const back = decodeStoredUserObject(encodeUserObject(obj), 3);
+  assert.deepEqual(back.metadata, obj.metadata);
+  assert.equal(back.type === "function" && back.status?.conditions[0].reason, "R");
+  const json = userObjectToJson(back) as { object: Record<string, unknown> };
+  assert.deepEqual(Object.keys(json.object), ["metadata", "spec", "status"]);
+  const bare = decodeUserObject(fn({ metadata: { labels: {} }, spec: { image: "x" } }));
+  assert.deepEqual(Object.keys(JSON.parse(encodeUserObject(bare)).object), ["spec"]);
+});
+
+Deno.test("sameWorker() tells worker changes (new version) from policy and sample_query changes", () => {
+  const spec = (o: Record<string, unknown>): FunctionSpec => {
+    const d = decodeUserObject(fn({ image: "x", ...o }));
+    if (d.type !== "function") throw new Error("not a function");
+    return d.spec;
+  };
+  const base = spec({ policy: { Obj: { max_replica: 1 } }, envs: { A: "1" } });
+  const cases: [string, Record<string, unknown>, boolean][] = [
+    ["the same spec with defaults spelt out", {
+      policy: { Obj: { max_replica: 1 } },
+      envs: [["A", "1"]],
+      resources: { CPU: 1000, Mem: 1024 },
+    }, true],
+    ["an inline policy change", {
+      policy: { Obj: { max_replica: 5, parallel: 2 } },
+      envs: { A: "1" },
+    }, true],
+    ["a linked policy instead", { policy: { Link: { name: "p" } }, envs: { A: "1" } }, true],
+    ["a sample_query", { sample_query: { path: "x" }, envs: { A: "1" } }, true],
+    ["an env change", { envs: { A: "2" } }, false],
+    ["a resources change", { envs: { A: "1" }, resources: { CPU: 500 } }, false],
+    ["a startup_timeout change", { envs: { A: "1" }, startup_timeout: 5 }, false],
+    ["a standby change", { envs: { A: "1" }, standby: { gpu: "File" } }, false],
+  ];
+  for (const [what, o, same] of cases) assert.equal(sameWorker(base, spec(o)), same, what);
 });

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { NotFoundError } from "../common/errors.ts";
+import { InferxError, NotFoundError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
@@ -14,7 +14,9 @@ import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
 import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
-import type { PodRuntime } from "./runtime.ts";
+import { httpCall } from "./probe.ts";
+import type { PodRuntime, RunningPod } from "./runtime.ts";
+import type { SnapshotManager } from "./snapshots.ts";
 
 const log = logger("nodeagent");
 
@@ -24,6 +26,18 @@ export interface NodeAgentOptions {
   heartbeatMs?: number;
   /** Grace before SIGKILL when stopping a pod (ms). @default 5000 */
   stopGraceMs?: number;
+  /** This node's snapshots, when its runtime takes and restores them. */
+  snapshots?: SnapshotManager;
+}
+
+/** How a pod came up. */
+interface BroughtUp {
+  running: RunningPod;
+  startedFrom: "fresh" | "snapshot";
+  /** What happened to snapshots on the way, when anything did. */
+  note?: string;
+  /** Time spent warming and snapshotting it (ms). */
+  snapshotMs?: number;
 }
 
 interface LocalPod extends LocalPhase {
@@ -67,6 +81,14 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(true);
   }
 
+  /** Writes the node record now (after its snapshots changed). */
+  refreshNode(): void {
+    if (this.#stopped) return;
+    this.#writeNode(true).catch((err) =>
+      log.warn("Cannot update node {node}: {error}", { node: this.name, error: String(err) })
+    );
+  }
+
   /** Registers the node, starts heartbeats and follows pods. */
   async start(): Promise<void> {
     const { adopted, removed } = await this.#runtime.recover();
@@ -86,6 +108,7 @@ export class NodeAgent implements NodeAgentClient {
         endpoint: a.endpoint,
       });
     }
+    await this.#options.snapshots?.start();
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).catch((err) =>
@@ -122,6 +145,7 @@ export class NodeAgent implements NodeAgentClient {
     this.#stopped = true;
     clearInterval(this.#heartbeat);
     this.#informer?.stop();
+    this.#options.snapshots?.stop();
     await Promise.all([...this.#local.keys()].map((id) => this.#stopPod(id, true)));
     await this.#writeNode(false).catch(() => {});
   }
@@ -136,7 +160,15 @@ export class NodeAgent implements NodeAgentClient {
   /** Registers or heartbeats the node; rejects when the write did not happen. */
   async #writeNode(ready: boolean): Promise<void> {
     const ref = { type: "node" as const, tenant: SYSTEM, namespace: SYSTEM, name: this.name };
-    await updateWithRetry(this.#meta, ref, () => ({ ...this.#node, ready, heartbeat: Date.now() }));
+    const snaps = this.#node.snapshots;
+    await updateWithRetry(this.#meta, ref, () => ({
+      ...this.#node,
+      ready,
+      heartbeat: Date.now(),
+      snapshots: snaps && this.#options.snapshots
+        ? { ...snaps, ...this.#options.snapshots.summary() }
+        : snaps,
+    }));
   }
 
   #reconcile(pod: PodInfo): void {
@@ -210,28 +242,25 @@ export class NodeAgent implements NodeAgentClient {
     const entry: LocalPod = { id: pod.id, phase: "starting" };
     this.#local.set(pod.id, entry);
     const t0 = performance.now();
-    entry.done = this.#runtime.start({
-      podId: pod.id,
-      func: `${pod.tenant}/${pod.namespace}/${pod.func}`,
-      funcVersion: pod.funcVersion,
-      template: pod.template,
-      cpuMillis: pod.cpuMillis,
-      memMB: pod.memMB,
-      gpus: pod.gpus,
-    }).then(async (running) => {
+    entry.done = this.#bringUp(pod, entry).then(async (up) => {
+      const { running, startedFrom } = up;
       if (entry.phase === "stopping") return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
-      log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms", {
+      log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms ({from})", {
         pod: pod.id,
         func: pod.func,
         endpoint: running.endpoint,
         ms: Math.round(performance.now() - t0),
+        from: startedFrom === "snapshot" ? "restored from its snapshot" : "fresh start",
       });
       await this.#setStatus(pod.id, {
         state: "Ready",
         endpoint: running.endpoint,
         readyAt: Date.now(),
+        startedFrom,
+        note: up.note,
+        snapshotMs: up.snapshotMs,
       });
     }, async (err: Error) => {
       if (entry.phase === "stopping") return;
@@ -243,6 +272,80 @@ export class NodeAgent implements NodeAgentClient {
       });
       await this.#setStatus(pod.id, { state: "Failed", error: err.message });
     });
+  }
+
+  /**
+   * Restores the pod from this node's snapshot when the scheduler asked for
+   * it and one is here, else starts it fresh; a fresh pod of a version
+   * without a snapshot here answers its sample query and is snapshotted
+   * before it is reported ready. A snapshot that fails never fails the pod:
+   * it starts fresh, with a note saying why.
+   */
+  async #bringUp(pod: PodInfo, entry: LocalPod): Promise<BroughtUp> {
+    const spec = {
+      podId: pod.id,
+      func: `${pod.tenant}/${pod.namespace}/${pod.func}`,
+      funcVersion: pod.funcVersion,
+      template: pod.template,
+      cpuMillis: pod.cpuMillis,
+      memMB: pod.memMB,
+      gpus: pod.gpus,
+    };
+    const snaps = this.#options.snapshots;
+    const notes: string[] = [];
+    if (snaps && this.#runtime.restore && pod.fromSnapshot) {
+      const snap = snaps.usable(pod);
+      if (snap) {
+        try {
+          const running = await this.#runtime.restore(spec, snap.dir);
+          snaps.used(snap);
+          return { running, startedFrom: "snapshot" };
+        } catch (err) {
+          const why = (err as Error).message;
+          log.warn("Pod {pod}: snapshot {snapshot} failed, starting fresh: {error}", {
+            pod: pod.id,
+            snapshot: snap.ref.name,
+            error: why,
+          });
+          notes.push(`Snapshot ${snap.ref.name} could not be restored, started fresh: ${why}`);
+          // An image that fails to restore goes; one that does not fit this pod stays.
+          if (!(err instanceof InferxError && err.code === "unsupported")) {
+            await snaps.discard(snap, why);
+          }
+        }
+      } else {
+        notes.push(`No snapshot of v${pod.funcVersion} on node ${this.name}; started fresh`);
+      }
+    }
+    const running = await this.#runtime.start(spec);
+    let snapshotMs: number | undefined;
+    if (snaps && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting") {
+      const t0 = performance.now();
+      const warm = await this.#sampleQuery(pod, running.endpoint);
+      const note = warm ??
+        await snaps.take(pod, { alive: () => entry.phase === "starting" });
+      if (note) notes.push(note);
+      snapshotMs = Math.round(performance.now() - t0);
+    }
+    return { running, startedFrom: "fresh", note: notes.join("; ") || undefined, snapshotMs };
+  }
+
+  /** Sends the function's sample query once (warming the worker); a note when it failed. */
+  async #sampleQuery(pod: PodInfo, endpoint: string): Promise<string | undefined> {
+    const q = pod.template.sampleQuery;
+    if (!q) return undefined;
+    const i = endpoint.lastIndexOf(":");
+    try {
+      const res = await httpCall(endpoint.slice(0, i), Number(endpoint.slice(i + 1)), q.path, {
+        method: q.body === undefined ? "GET" : "POST",
+        json: q.body,
+        timeoutMs: pod.template.startupTimeoutS * 1000,
+      });
+      if (res.status >= 200 && res.status < 300) return undefined;
+      return `No snapshot taken: the sample query ${q.path} answered ${res.status}`;
+    } catch (err) {
+      return `No snapshot taken: the sample query ${q.path} failed (${(err as Error).message})`;
+    }
   }
 
   /** Called by the runtime when a pod's process ends on its own. */

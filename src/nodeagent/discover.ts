@@ -6,19 +6,9 @@
  * @module
  */
 import { logger } from "../common/log.ts";
-import { criuCapability } from "../ffi/criu.ts";
+import { type CriuCapability, criuCapability } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-
-/** Runs the CRIU capability check, logging into `criuDir` or a temporary directory. */
-export async function checkCriu(criuDir?: string): Promise<NonNullable<NodeInfo["criu"]>> {
-  const dir = criuDir ?? await Deno.makeTempDir({ prefix: "inferx-criu-" });
-  try {
-    return await criuCapability(dir);
-  } finally {
-    if (!criuDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
 
 /** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
 export function gpuType(name: string): string {
@@ -33,8 +23,7 @@ export function gpuType(name: string): string {
  */
 export async function discover(
   node: NodeInfo,
-  criuDir?: string,
-  criu?: NodeInfo["criu"],
+  criu?: CriuCapability,
 ): Promise<NodeInfo> {
   const out: NodeInfo = { ...node };
   const { cuda, reason } = openLibCuda();
@@ -60,7 +49,7 @@ export async function discover(
       cuda.close();
     }
   } else out.gpuDriver = { available: false, reason };
-  out.criu = criu ?? await checkCriu(criuDir);
+  out.criu = criu ?? await criuCapability();
   logger("nodeagent").info(
     "Node {node}: {gpus} GPU(s) ({source}); CUDA driver: {driver}; CRIU: {criu}",
     {
@@ -70,7 +59,9 @@ export async function discover(
       driver: out.gpuDriver.available
         ? `version ${out.gpuDriver.driverVersion}`
         : out.gpuDriver.reason,
-      criu: out.criu.available ? "available" : out.criu.reason,
+      criu: out.criu.available
+        ? `${out.criu.version} (${out.criu.source}, ${out.criu.path})`
+        : out.criu.reason,
     },
   );
   return out;

@@ -11,8 +11,8 @@
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
-import { waitForProbe } from "../common/net.ts";
 import type { StandbyTier } from "../model/cluster.ts";
+import { waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
   platformEnv,
@@ -52,6 +52,32 @@ export async function dockerAvailable(socketPath = "/var/run/docker.sock"): Prom
   } catch {
     return false;
   }
+}
+
+/**
+ * Why the Docker runtime takes no snapshots. `docker checkpoint` needs an
+ * experimental daemon, and even there Docker restores a checkpoint only into
+ * the container it came from: `docker start --checkpoint-dir` is refused
+ * ("custom checkpointdir is not supported") and a checkpoint holds none of
+ * the container's filesystem changes. Copies of one snapshot then take a
+ * `docker commit` and writes into the daemon's private data root, and were
+ * measured 10x slower than the process runtime's (docs/standby.md).
+ */
+export async function dockerSnapshotReason(
+  socketPath = "/var/run/docker.sock",
+): Promise<string> {
+  let experimental: boolean | undefined;
+  try {
+    experimental = (await new Docker({ socketPath }).info()).ExperimentalBuild === true;
+  } catch {
+    // reported below as unknown
+  }
+  const daemon = experimental === undefined
+    ? "the Docker daemon did not say whether it is experimental"
+    : experimental
+    ? "the Docker daemon is experimental"
+    : "the Docker daemon runs without --experimental, which docker checkpoint needs";
+  return `No snapshots on the Docker runtime: ${daemon}; Docker restores a checkpoint only into the container it was taken from (start --checkpoint-dir is refused, a checkpoint holds no filesystem changes), so copies would need docker commit and writes into the daemon's data root; use the process runtime`;
 }
 
 /** Splits Docker's multiplexed log stream (8-byte frame headers) into text. */
@@ -141,7 +167,7 @@ export class DockerRuntime implements PodRuntime {
       await container.start();
       const endpoint = await this.#endpoint(container, port);
       entry.endpoint = endpoint;
-      await waitForProbe(`http://${endpoint}${t.probe}`, entry.exited, {
+      await waitForProbe(this.#host, Number(endpoint.split(":").pop()), t.probe, entry.exited, {
         timeoutMs: t.startupTimeoutS * 1000,
         intervalMs: this.#options.probeIntervalMs,
       });

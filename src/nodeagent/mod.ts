@@ -7,10 +7,14 @@ import type { NodeInfo } from "../model/cluster.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
-import { openLibCriu } from "../ffi/criu.ts";
+import { logger } from "../common/log.ts";
+import type { SnapshotSettings } from "../common/config.ts";
+import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
-import { checkCriu, discover } from "./discover.ts";
-import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+import { discover } from "./discover.ts";
+import { PodNetworks } from "./pod_net.ts";
+import { SnapshotManager } from "./snapshots.ts";
+import { dockerAvailable, DockerRuntime, dockerSnapshotReason } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodRuntime } from "./runtime.ts";
 
@@ -18,6 +22,7 @@ export { NodeAgent } from "./agent.ts";
 export { discover, gpuType } from "./discover.ts";
 export { ProcessRuntime } from "./process_runtime.ts";
 export { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+export { SnapshotManager } from "./snapshots.ts";
 
 /** Configuration of the node agent role. */
 export interface NodeAgentConfig extends NodeAgentOptions {
@@ -27,10 +32,50 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   workDir?: string;
   /** Identifies this agent's workers across restarts (node name and data directory). */
   scope?: string;
-  /** Where the CRIU capability check writes its log. @default a temporary directory */
-  criuDir?: string;
-  /** Where file-tier images go (process runtime with CRIU). @default `{workDir}/snapshots` */
+  /** Where file-tier images, snapshots and worker output go. @default `{workDir}/snapshots` */
   snapshotDir?: string;
+  /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
+  snapshotSettings?: SnapshotSettings;
+}
+
+/** The defaults of {@linkcode SnapshotSettings}. */
+export const DEFAULT_SNAPSHOT_SETTINGS: SnapshotSettings = {
+  enabled: true,
+  diskMB: 10_240,
+  podNamespaces: true,
+  podCidr: "10.213.0.0/16",
+  start: "auto",
+};
+
+/** A short tag of `scope` for names on the host (network namespaces). */
+export function scopeTag(scope: string): string {
+  let h = 2166136261;
+  for (let i = 0; i < scope.length; i++) h = Math.imul(h ^ scope.charCodeAt(i), 16777619);
+  return `ix${(h >>> 0).toString(36).padStart(7, "0").slice(-7)}`;
+}
+
+/**
+ * Whether this node can start pods from snapshots, and the pod namespaces
+ * that needs: the process runtime, CRIU that passes its check, and network
+ * and PID namespaces per pod (root, iproute2, util-linux).
+ */
+async function snapshotSupport(
+  docker: boolean,
+  criu: CriuCapability,
+  settings: SnapshotSettings,
+  scope: string,
+): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
+  const off = (reason: string) => ({ snapshots: { available: false, reason } });
+  if (docker) return off(await dockerSnapshotReason());
+  if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
+  if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");
+  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
+  const net = await podNetworks.capability();
+  if (!net.available) return off(`No pod namespaces: ${net.reason}`);
+  if (!settings.enabled) {
+    return { podNetworks, snapshots: { available: false, reason: "INFERX_SNAPSHOTS=off" } };
+  }
+  return { podNetworks, snapshots: { available: true } };
 }
 
 /** A running node agent. */
@@ -62,9 +107,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
-  // The file tier (CRIU) is offered by the process runtime when CRIU passes its check.
-  const criuCap = await checkCriu(config.criuDir);
-  const criu = !docker && criuCap.available ? openLibCriu().criu : undefined;
+  // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
+  const criuCap = await criuCapability();
+  const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
+  const criu = criuBin && new Criu(criuBin);
+  const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
+  const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
+  const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
   const runtime: PodRuntime = docker
     ? new DockerRuntime({ host: config.node.address, scope, onExit })
     : new ProcessRuntime({
@@ -74,13 +123,33 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       onExit,
       cuda,
       criu,
-      snapshotDir: config.snapshotDir,
+      podNetworks,
+      snapshotDir,
     });
-  const node = {
-    ...(await discover(config.node, config.criuDir, criuCap)),
+  const node: NodeInfo = {
+    ...(await discover(config.node, criuCap)),
     runtime: runtime.name,
+    snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },
   };
-  const agent = exits.agent = new NodeAgent(config.meta, runtime, node, config);
+  const manager = snapshots.available
+    ? new SnapshotManager({
+      meta: config.meta,
+      node: config.node.name,
+      dir: `${snapshotDir}/images`,
+      diskBudgetMB: settings.diskMB,
+      runtime: runtime as ProcessRuntime,
+      onChange: () => exits.agent?.refreshNode(),
+    })
+    : undefined;
+  logger("nodeagent").info("Snapshots: {state}", {
+    state: snapshots.available
+      ? `on (pod namespaces in ${podNetworks!.cidr}, ${settings.diskMB} MB of disk)`
+      : `off: ${snapshots.reason}`,
+  });
+  const agent = exits.agent = new NodeAgent(config.meta, runtime, node, {
+    ...config,
+    snapshots: manager,
+  });
   await agent.start();
   return {
     agent,
@@ -88,7 +157,6 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     async stop() {
       await agent.stop();
       cuda?.close();
-      criu?.close();
     },
   };
 }

@@ -1,29 +1,41 @@
 /**
- * Process runtime: runs a pod's `commands` as a child process on this host,
- * on a free port of the host address, with the platform's env. `deno` as the
- * first command means the Deno binary running the agent.
+ * Process runtime: runs a pod's `commands` as a child process on this host
+ * with the platform's env. `deno` as the first command means the Deno binary
+ * running the agent.
+ *
+ * With pod networks (root, `ip`, `nsenter`, `unshare`), each worker runs in
+ * a network namespace of its own, reached through a veth pair, and in a PID
+ * namespace of its own (it is that namespace's init): it listens on its
+ * spec's port on every address of its namespace. Such a worker can be
+ * snapshotted with CRIU while it runs, and any number of copies restored
+ * from the snapshot side by side, each into a fresh pair of namespaces.
+ * Without them, workers share the host's network on a free port of the host
+ * address.
  *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
-import { freePort, waitForProbe } from "../common/net.ts";
+import { freePort } from "../common/net.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
-import type { LibCriu } from "../ffi/criu.ts";
 import type { StandbyTier } from "../model/cluster.ts";
+import { Criu, type InheritedFile, type OpenFile, openFiles, processTree } from "./criu.ts";
+import type { PodNet, PodNetworks } from "./pod_net.ts";
+import { waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
   platformEnv,
   type PodRuntime,
   type PodSpec,
   type RunningPod,
+  type SnapshotTaken,
 } from "./runtime.ts";
 
 /** Options for {@linkcode ProcessRuntime}. */
 export interface ProcessRuntimeOptions {
   /** Working directory of workers. @default the current directory */
   workDir?: string;
-  /** Address workers listen on and are reached at. @default "127.0.0.1" */
+  /** Address workers listen on and are reached at (without pod networks). @default "127.0.0.1" */
   host?: string;
   /** Probe interval (ms). @default 25 */
   probeIntervalMs?: number;
@@ -39,20 +51,44 @@ export interface ProcessRuntimeOptions {
   /** How long to wait for a worker's CUDA calls to drain before a checkpoint (ms). @default 10000 */
   cudaLockTimeoutMs?: number;
   /**
-   * CRIU, when it passed its check: the file tier is offered, and workers
-   * write their output to a file (a pipe to the agent could not be dumped).
+   * CRIU, when it passed its check: the file tier is offered (and snapshots,
+   * with pod networks), and workers write their output to a file (a pipe to
+   * the agent could not be dumped).
    */
-  criu?: LibCriu;
-  /** Where file-tier images and worker output files go. @default `{workDir}/snapshots` */
+  criu?: Criu;
+  /** A network and PID namespace per pod; needed for snapshots. */
+  podNetworks?: PodNetworks;
+  /** Where file-tier images, worker output files and restore logs go. @default `{workDir}/snapshots` */
   snapshotDir?: string;
   /** Worker output to `{snapshotDir}/{pod}.log` instead of pipes. @default whether `criu` is set */
   outputToFile?: boolean;
+  /** CPU niceness of CRIU while it snapshots a worker, so serving pods keep the CPU. @default 10 */
+  snapshotNice?: number;
+}
+
+/** What a dump directory says about the process in it (`inferx.json`). */
+export interface ImageMeta {
+  /** Files it held open, reattached on restore. */
+  files: OpenFile[];
+  /** Its output file at the dump; a restored copy writes to its own instead. */
+  logFile?: string;
+  port: number;
+  /** Dumped from its own namespaces (restorable any number of times). */
+  namespaced: boolean;
+  /** Its GPU memory was checkpointed into host memory before the dump. */
+  gpu: boolean;
+  /** The GPUs it used, by index. */
+  gpus: number[];
 }
 
 interface Child {
   /** The process as spawned; undefined once dumped to a file or restored by CRIU. */
   proc?: Deno.ChildProcess;
+  /** The worker itself (inside its namespaces: their init). */
   pid: number;
+  port: number;
+  net?: PodNet;
+  logFile?: string;
   logs: LogRing;
   stopping: boolean;
   paused: boolean;
@@ -62,6 +98,7 @@ interface Child {
   gpu?: boolean;
   /** Set while CRIU dumps it: its end is the dump's doing, not a crash. */
   dumping?: boolean;
+  gpus: number[];
   exited: Promise<string>;
   /** Stops following its output file. */
   unfollow?: () => void;
@@ -85,7 +122,19 @@ async function pidExited(pid: number): Promise<string> {
     } catch {
       return "exited";
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
+async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const kids = await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`).catch(() => "");
+    const first = kids.trim().split(/\s+/).filter(Boolean)[0];
+    if (first) return Number(first);
+    if (Date.now() > deadline) throw new Error(`process ${pid} started no worker`);
+    await new Promise((r) => setTimeout(r, 2));
   }
 }
 
@@ -114,6 +163,28 @@ function followFile(path: string, ring: LogRing): () => void {
   return () => stopped = true;
 }
 
+/** Bytes under `dir`. */
+export async function dirBytes(dir: string): Promise<number> {
+  let n = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const p = `${dir}/${e.name}`;
+    if (e.isDirectory) n += await dirBytes(p);
+    else if (e.isFile) n += (await Deno.stat(p)).size;
+  }
+  return n;
+}
+
+const META = "inferx.json";
+
+/** What a dump directory says about its process, or undefined when it holds no image. */
+async function readMeta(dir: string): Promise<ImageMeta | undefined> {
+  try {
+    return JSON.parse(await Deno.readTextFile(`${dir}/${META}`));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Runs pods as processes of this host. */
 export class ProcessRuntime implements PodRuntime {
   readonly name = "process";
@@ -121,9 +192,12 @@ export class ProcessRuntime implements PodRuntime {
    * Paused: SIGSTOP keeps the process, its memory and any GPU memory; SIGCONT
    * resumes it. Host memory (when the driver has the checkpoint API): the
    * driver locks the worker's CUDA calls and moves its GPU memory into its
-   * host memory, freeing the GPU; restore and unlock bring it back.
+   * host memory, freeing the GPU; restore and unlock bring it back. File
+   * (with CRIU): the process is dumped to disk and ends; restore rebuilds it.
    */
   readonly standbyTiers: readonly StandbyTier[];
+  /** Whether running pods can be snapshotted and started from snapshots. */
+  readonly snapshots: boolean;
   #children = new Map<string, Child>();
   #options: ProcessRuntimeOptions;
 
@@ -133,6 +207,7 @@ export class ProcessRuntime implements PodRuntime {
     if (options.cuda?.hasCheckpointApi) tiers.push("host_memory");
     if (options.criu) tiers.push("file");
     this.standbyTiers = tiers;
+    this.snapshots = options.criu !== undefined && options.podNetworks !== undefined;
   }
 
   get #snapshots(): string {
@@ -151,7 +226,8 @@ export class ProcessRuntime implements PodRuntime {
 
   /**
    * Worker processes cannot be re-attached (their output pipes died with the
-   * old agent), so every process of this scope left behind is killed.
+   * old agent), so every process of this scope left behind is killed, and
+   * this agent's pod namespaces removed.
    */
   async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
     let removed = 0;
@@ -163,7 +239,22 @@ export class ProcessRuntime implements PodRuntime {
         // exited meanwhile
       }
     }
+    await this.#options.podNetworks?.sweep();
     return { adopted: [], removed };
+  }
+
+  /** The environment of a worker. */
+  #env(spec: PodSpec, host: string, port: number, logFile?: string): Record<string, string> {
+    return {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: Deno.env.get("HOME") ?? "/tmp",
+      ...Object.fromEntries(spec.template.envs),
+      ...platformEnv(spec),
+      PORT: String(port),
+      HOST: host,
+      INFERX_SCOPE: this.#scope,
+      ...(logFile ? { INFERX_LOG_FILE: logFile } : {}),
+    };
   }
 
   async start(spec: PodSpec): Promise<RunningPod> {
@@ -174,29 +265,34 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot start pod ${spec.podId}: function ${spec.func} has no commands (the process runtime runs commands; image ${t.image} needs the Docker runtime)`,
       );
     }
-    const host = this.#options.host ?? "127.0.0.1";
-    const port = freePort(host);
+    const nets = this.#options.podNetworks;
+    const net = nets ? await nets.create(spec.podId) : undefined;
+    // In a namespace of its own the worker takes its spec's port on every address there.
+    const port = net ? t.port : freePort(this.#options.host ?? "127.0.0.1");
+    const listenHost = net ? "0.0.0.0" : this.#options.host ?? "127.0.0.1";
     const [cmd, ...args] = t.commands;
-    const env: Record<string, string> = {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/tmp",
-      ...Object.fromEntries(t.envs),
-      ...platformEnv(spec),
-      PORT: String(port),
-      HOST: host,
-      INFERX_SCOPE: this.#scope,
-    };
     const logs = new LogRing();
     const bin = cmd === "deno" ? Deno.execPath() : cmd;
     // With the file tier, output goes to a file CRIU can dump and restore.
-    const toFile = this.#options.outputToFile ?? this.#options.criu !== undefined;
+    const toFile = net !== undefined ||
+      (this.#options.outputToFile ?? this.#options.criu !== undefined);
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
     if (logFile) await Deno.mkdir(this.#snapshots, { recursive: true });
+    const env = this.#env(spec, listenHost, port, logFile);
+    const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
+    // nsenter joins the pod's network namespace; unshare makes the worker
+    // the init of a new PID namespace; setsid its own session (CRIU dumps
+    // whole sessions).
+    const argv = net
+      ? ["nsenter", `--net=${net.nsPath}`, "--", "unshare", "--pid", "--fork", "setsid", ...shell]
+      : logFile
+      ? shell
+      : [bin, ...args];
     let proc: Deno.ChildProcess;
     try {
-      proc = new Deno.Command(logFile ? "/bin/sh" : bin, {
-        args: logFile ? ["-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args] : args,
-        env: logFile ? { ...env, INFERX_LOG_FILE: logFile } : env,
+      proc = new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        env,
         clearEnv: true,
         cwd: this.#options.workDir,
         stdin: "null",
@@ -204,6 +300,7 @@ export class ProcessRuntime implements PodRuntime {
         stderr: logFile ? "null" : "piped",
       }).spawn();
     } catch (err) {
+      if (net) await nets!.remove(net);
       throw new InferxError(
         "worker_failed",
         `Cannot start pod ${spec.podId}: ${cmd}: ${(err as Error).message}`,
@@ -213,17 +310,20 @@ export class ProcessRuntime implements PodRuntime {
     const pump = async (s: ReadableStream<Uint8Array>) => {
       for await (const text of s.pipeThrough(new TextDecoderStream())) logs.push(text);
     };
-    const unfollow = logFile ? followFile(logFile, logs) : undefined;
     const pumps = logFile
       ? Promise.resolve()
       : Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {});
     const child: Child = {
       proc,
       pid: proc.pid,
+      port,
+      net,
+      logFile,
       logs,
       stopping: false,
       paused: false,
-      unfollow,
+      gpus: spec.gpus.map((g) => g.index),
+      unfollow: logFile ? followFile(logFile, logs) : undefined,
       exited: proc.status.then(async (s) => {
         await pumps;
         return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
@@ -232,31 +332,62 @@ export class ProcessRuntime implements PodRuntime {
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {
-      await waitForProbe(`http://${host}:${port}${t.probe}`, child.exited, {
-        timeoutMs: t.startupTimeoutS * 1000,
-        intervalMs: this.#options.probeIntervalMs,
-      });
+      if (net) child.pid = await childOf(proc.pid);
+      await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;
-      await this.stop(spec.podId, 1000);
+      signal(child.pid, "SIGKILL");
       await child.exited;
-      throw new InferxError(
-        "worker_failed",
-        `${(err as Error).message}; last output:\n${logs.tail()}`,
-      );
+      const tail = await this.#tail(child);
+      await this.stop(spec.podId, 1000);
+      throw new InferxError("worker_failed", `${(err as Error).message}; last output:\n${tail}`);
     }
-    return { podId: spec.podId, endpoint: `${host}:${port}`, exited: child.exited };
+    return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
+  }
+
+  /** The last lines a worker printed: read from its output file, which the ring may lag. */
+  async #tail(child: Child, lines = 20): Promise<string> {
+    if (!child.logFile) return child.logs.tail(lines);
+    try {
+      using f = await Deno.open(child.logFile, { read: true });
+      const size = (await f.stat()).size;
+      const from = Math.max(0, size - 64 * 1024);
+      await f.seek(from, Deno.SeekMode.Start);
+      const buf = new Uint8Array(size - from);
+      let o = 0;
+      while (o < buf.length) {
+        const n = await f.read(buf.subarray(o));
+        if (n === null) break;
+        o += n;
+      }
+      return new TextDecoder().decode(buf.subarray(0, o)).replace(/\n$/, "").split("\n")
+        .slice(-lines).join("\n");
+    } catch {
+      return child.logs.tail(lines);
+    }
+  }
+
+  #endpoint(child: Child): string {
+    return `${child.net?.podAddr ?? this.#options.host ?? "127.0.0.1"}:${child.port}`;
+  }
+
+  #probe(child: Child, spec: PodSpec): Promise<void> {
+    const host = child.net?.podAddr ?? this.#options.host ?? "127.0.0.1";
+    return waitForProbe(host, child.port, spec.template.probe, child.exited, {
+      timeoutMs: spec.template.startupTimeoutS * 1000,
+      intervalMs: this.#options.probeIntervalMs,
+    });
   }
 
   /** Reports an exit nobody asked for; forgets the child either way. */
   #watchExit(podId: string, child: Child): void {
-    child.exited.then((why) => {
-      if (this.#children.get(podId) !== child || child.dumping) return;
+    child.exited.then(async (why) => {
+      if (this.#children.get(podId) !== child || child.dumping || child.tier === "file") return;
+      if (child.stopping) return; // stop() cleans up
       child.unfollow?.();
       this.#children.delete(podId);
-      if (!child.stopping) {
-        this.#options.onExit?.(podId, `${why}; last output:\n${child.logs.tail()}`);
-      }
+      if (child.net) this.#options.podNetworks?.remove(child.net);
+      this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
     });
   }
 
@@ -274,9 +405,11 @@ export class ProcessRuntime implements PodRuntime {
     }
     child.unfollow?.();
     this.#children.delete(podId);
-    if (this.#options.criu || this.#options.outputToFile) {
+    if (child.net) await this.#options.podNetworks!.remove(child.net);
+    if (child.logFile || this.#options.criu) {
       await Deno.remove(`${this.#snapshots}/${podId}`, { recursive: true }).catch(() => {});
       await Deno.remove(`${this.#snapshots}/${podId}.log`).catch(() => {});
+      await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});
     }
   }
 
@@ -339,18 +472,47 @@ export class ProcessRuntime implements PodRuntime {
     cuda.unlock(pid);
   }
 
+  /**
+   * Dumps `child` into `dir` with what a restore needs to know; its GPU
+   * memory goes to host memory first (and comes back when it keeps running).
+   */
+  async #dump(child: Child, dir: string, leaveRunning: boolean): Promise<ImageMeta> {
+    const gpu = this.#usesGpu(child.pid);
+    const files = await openFiles(await processTree(child.pid));
+    if (gpu) this.#checkpointGpu(child.pid);
+    try {
+      await this.#options.criu!.dump(child.pid, dir, {
+        leaveRunning,
+        netns: child.net?.nsPath,
+        shellJob: !child.net,
+        nice: leaveRunning ? this.#options.snapshotNice ?? 10 : 0,
+      });
+    } finally {
+      if (gpu && leaveRunning) this.#restoreGpu(child.pid);
+    }
+    const meta: ImageMeta = {
+      files,
+      logFile: child.logFile,
+      port: child.port,
+      namespaced: child.net !== undefined,
+      gpu,
+      gpus: child.gpus,
+    };
+    await Deno.writeTextFile(`${dir}/${META}`, JSON.stringify(meta));
+    return meta;
+  }
+
   /** Tier 3: tier 2 when the worker uses the GPU, then CRIU dumps the process to disk. */
   async #parkToFile(podId: string, child: Child): Promise<void> {
-    const gpu = this.#usesGpu(child.pid);
-    if (gpu) this.#checkpointGpu(child.pid);
     child.dumping = true;
+    const dir = `${this.#snapshots}/${podId}`;
     try {
-      await this.#options.criu!.dump(child.pid, `${this.#snapshots}/${podId}`, {
-        tcpEstablished: true,
-      });
+      const meta = await this.#dump(child, dir, false);
+      child.gpu = meta.gpu;
     } catch (err) {
       child.dumping = false;
-      if (gpu) this.#restoreGpu(child.pid);
+      if (this.#usesGpuCheckpointed(child.pid)) this.#restoreGpu(child.pid);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new InferxError(
         "unavailable",
         `Cannot park pod ${podId} in file: ${(err as Error).message}`,
@@ -361,7 +523,53 @@ export class ProcessRuntime implements PodRuntime {
     child.tier = "file";
     child.paused = false;
     child.dumping = false;
-    child.gpu = gpu;
+  }
+
+  /** Whether the driver holds `pid` checkpointed (a dump that failed after tier 2). */
+  #usesGpuCheckpointed(pid: number): boolean {
+    try {
+      return this.#options.cuda?.processState(pid) === "checkpointed";
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Restores the image in `dir` for pod `podId` into `net` (the host
+   * network when none); files it had open are reattached to their current
+   * versions, its output to `logFile`.
+   */
+  async #restore(
+    podId: string,
+    dir: string,
+    net: PodNet | undefined,
+    logFile: string | undefined,
+  ): Promise<{ pid: number; meta: ImageMeta }> {
+    const meta = await readMeta(dir);
+    if (!meta) {
+      throw new InferxError("worker_failed", `Cannot restore pod ${podId}: no image in ${dir}`);
+    }
+    if (logFile) await Deno.writeFile(logFile, new Uint8Array(), { append: true });
+    const inherit: InheritedFile[] = meta.files.map((f) => ({
+      key: f.path,
+      path: f.path === meta.logFile && logFile ? logFile : f.path,
+      flags: f.flags,
+    }));
+    const pid = await this.#options.criu!.restore(dir, {
+      workDir: `${this.#snapshots}/${podId}.restore`,
+      netns: net?.nsPath,
+      inherit,
+      shellJob: !meta.namespaced,
+    });
+    if (meta.gpu) {
+      try {
+        this.#restoreGpu(pid);
+      } catch (err) {
+        signal(pid, "SIGKILL");
+        throw err;
+      }
+    }
+    return { pid, meta };
   }
 
   /** Restores a pod parked in a file: CRIU rebuilds the process, then tier 2 in reverse. */
@@ -369,14 +577,13 @@ export class ProcessRuntime implements PodRuntime {
     const dir = `${this.#snapshots}/${podId}`;
     let pid: number;
     try {
-      pid = await this.#options.criu!.restore(dir, { tcpClose: true });
+      ({ pid } = await this.#restore(podId, dir, child.net, child.logFile));
     } catch (err) {
       throw new InferxError(
         "worker_failed",
         `Cannot resume pod ${podId} from file: ${(err as Error).message}`,
       );
     }
-    if (child.gpu) this.#restoreGpu(pid);
     child.pid = pid;
     child.tier = undefined;
     child.exited = pidExited(pid);
@@ -404,6 +611,101 @@ export class ProcessRuntime implements PodRuntime {
     }
     child.tier = undefined;
     return Promise.resolve();
+  }
+
+  /**
+   * Snapshots a running pod into `dir`, leaving it running: CRIU dumps it
+   * (at a low CPU priority) from inside its namespaces.
+   */
+  async snapshot(podId: string, dir: string): Promise<SnapshotTaken> {
+    const child = this.#children.get(podId);
+    if (!child || child.tier !== undefined) {
+      throw new InferxError("not_found", `Cannot snapshot pod ${podId}: it is not running`);
+    }
+    if (!this.snapshots || !child.net) {
+      throw new InferxError(
+        "unsupported",
+        `Cannot snapshot pod ${podId}: snapshots need CRIU and pod namespaces`,
+      );
+    }
+    const t0 = performance.now();
+    try {
+      await this.#dump(child, dir, true);
+    } catch (err) {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw err;
+    }
+    return { bytes: await dirBytes(dir), dumpMs: performance.now() - t0 };
+  }
+
+  /**
+   * Starts a pod by restoring the snapshot in `dir` into fresh namespaces;
+   * resolves once it answers its probe.
+   */
+  async restore(spec: PodSpec, dir: string): Promise<RunningPod> {
+    if (!this.snapshots) {
+      throw new InferxError(
+        "unsupported",
+        `Cannot restore pod ${spec.podId}: snapshots need CRIU and pod namespaces`,
+      );
+    }
+    const wanted = spec.gpus.map((g) => g.index).join(",");
+    const dumped = await readMeta(dir);
+    if (dumped && dumped.gpus.join(",") !== wanted) {
+      throw new InferxError(
+        "unsupported",
+        `Cannot restore pod ${spec.podId}: its snapshot uses GPU(s) [${dumped.gpus}], the pod got [${wanted}]`,
+      );
+    }
+    const net = await this.#options.podNetworks!.create(spec.podId);
+    const logFile = `${this.#snapshots}/${spec.podId}.log`;
+    let pid: number;
+    let meta: ImageMeta;
+    try {
+      ({ pid, meta } = await this.#restore(spec.podId, dir, net, logFile));
+    } catch (err) {
+      await this.#options.podNetworks!.remove(net);
+      await Deno.remove(logFile).catch(() => {});
+      throw err;
+    }
+    const logs = new LogRing();
+    const child: Child = {
+      pid,
+      port: meta.port,
+      net,
+      logFile,
+      logs,
+      stopping: false,
+      paused: false,
+      gpus: meta.gpus,
+      unfollow: followFile(logFile, logs),
+      exited: pidExited(pid),
+    };
+    this.#children.set(spec.podId, child);
+    this.#watchExit(spec.podId, child);
+    try {
+      await this.#probe(child, spec);
+    } catch (err) {
+      child.stopping = true;
+      await this.stop(spec.podId, 1000);
+      throw new InferxError(
+        "worker_failed",
+        `Restored pod ${spec.podId} does not serve: ${(err as Error).message}`,
+      );
+    }
+    return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
+  }
+
+  /** Resident memory of the pod's process tree (bytes). */
+  async footprintBytes(podId: string): Promise<number> {
+    const child = this.#children.get(podId);
+    if (!child || child.tier === "file") return 0;
+    let kb = 0;
+    for (const pid of await processTree(child.pid)) {
+      const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(() => "");
+      kb += Number(status.match(/^VmRSS:\s+(\d+)/m)?.[1] ?? 0);
+    }
+    return kb * 1024;
   }
 
   logs(podId: string, lines = 50): Promise<string> {

@@ -3,7 +3,8 @@ import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
-import { criuCapability, openLibCriu } from "../ffi/criu.ts";
+import { Criu, criuCapability, locateCriu } from "./criu.ts";
+import { PodNetworks } from "./pod_net.ts";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 
 const ENV_SERVER = `
@@ -158,37 +159,131 @@ t(
   },
 );
 
-const probeDir = await Deno.makeTempDir({ prefix: "criu-probe-" });
-const criuCap = await criuCapability(probeDir);
-await Deno.remove(probeDir, { recursive: true });
-if (!criuCap.available) console.log(`skipping the file-tier round trip: ${criuCap.reason}`);
+const criuCap = await criuCapability();
+if (!criuCap.available) console.log(`skipping the file-tier and snapshot tests: ${criuCap.reason}`);
+const netCap = criuCap.available
+  ? await new PodNetworks({ prefix: "ixtest" }).capability()
+  : { available: false, reason: "no CRIU" };
+if (criuCap.available && !netCap.available) {
+  console.log(`skipping the snapshot tests: ${netCap.reason}`);
+}
+
+const COUNTER = `let n = 0; ${
+  ENV_SERVER.replace(
+    "() => Response.json(Deno.env.toObject())",
+    '(req) => req.url.endsWith("/n") ? (console.log("served", ++n), Response.json({ n })) : new Response("ok")',
+  )
+    .replace('hostname: "127.0.0.1"', 'hostname: Deno.env.get("HOST")')
+}`;
+
+/** GETs `endpoint` on a connection of its own and returns the counter it answers. */
+async function count(endpoint: string): Promise<number> {
+  const res = await fetch(`http://${endpoint}/n`, { headers: { connection: "close" } });
+  return (await res.json()).n;
+}
+
+async function eventually(check: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!await check()) {
+    assert.ok(Date.now() < deadline, "timed out");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Memory (kB) `pid` holds, or undefined when it is gone. */
+function rssKb(pid: number): number | undefined {
+  try {
+    return Number(Deno.readTextFileSync(`/proc/${pid}/status`).match(/^VmRSS:\s+(\d+)/m)?.[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A runtime with CRIU (and pod namespaces when `namespaced`) over a temporary directory. */
+async function criuRuntime(namespaced: boolean) {
+  const dir = await Deno.makeTempDir();
+  const rt = new ProcessRuntime({
+    criu: new Criu(locateCriu()!),
+    podNetworks: namespaced ? new PodNetworks({ prefix: "ixtest" }) : undefined,
+    snapshotDir: dir,
+  });
+  return { dir, rt };
+}
+
+for (const namespaced of [false, true]) {
+  Deno.test({
+    name: `ProcessRuntime parks a worker in a file (CRIU dump) and restores it with its state${
+      namespaced ? ", in its own namespaces" : ", on the host network"
+    }`,
+    ignore: !criuCap.available || (namespaced && !netCap.available),
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const { dir, rt } = await criuRuntime(namespaced);
+      assert.ok(rt.standbyTiers.includes("file"));
+      const pod = await rt.start(spec(["deno", "eval", COUNTER]));
+      try {
+        assert.equal(await count(pod.endpoint), 1);
+        const pid = rt.pidOf("pod-test")!;
+        assert.ok(rssKb(pid)! > 0);
+        await rt.park("pod-test", "file");
+        assert.equal(rt.pidOf("pod-test"), undefined, "no process while parked in a file");
+        assert.equal(rssKb(pid), undefined, "its memory is freed");
+        assert.ok([...Deno.readDirSync(`${dir}/pod-test`)].some((e) => e.name.endsWith(".img")));
+        await rt.resume("pod-test");
+        // The listening socket is back at the same endpoint, and the worker's own count goes on.
+        assert.equal(await count(pod.endpoint), 2);
+        assert.equal(await count(pod.endpoint), 3);
+      } finally {
+        await rt.stop("pod-test");
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
 
 Deno.test({
-  name: "ProcessRuntime parks a worker in a file (CRIU dump) and restores it with its state",
-  ignore: !criuCap.available,
+  name:
+    "ProcessRuntime snapshots a running worker and restores several copies that serve side by side",
+  ignore: !criuCap.available || !netCap.available,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const { criu } = openLibCriu();
-    const dir = await Deno.makeTempDir();
-    const rt = new ProcessRuntime({ criu, snapshotDir: dir });
-    assert.ok(rt.standbyTiers.includes("file"));
-    const counter = `let n = 0; ${
-      ENV_SERVER.replace("Response.json(Deno.env.toObject())", "Response.json({ n: ++n })")
-    }`;
-    const pod = await rt.start(spec(["deno", "eval", counter]));
+    const { dir, rt } = await criuRuntime(true);
+    assert.equal(rt.snapshots, true);
+    const ids: string[] = [];
     try {
-      assert.deepEqual(await (await fetch(`http://${pod.endpoint}/`)).json(), { n: 1 });
-      const pid = rt.pidOf("pod-test")!;
-      await rt.park("pod-test", "file");
-      assert.equal(rt.pidOf("pod-test"), undefined, "no process while parked in a file");
-      assert.throws(() => Deno.kill(pid, "SIGCONT"));
-      assert.ok([...Deno.readDirSync(`${dir}/pod-test`)].some((e) => e.name.endsWith(".img")));
-      await rt.resume("pod-test");
-      assert.deepEqual(await (await fetch(`http://${pod.endpoint}/`)).json(), { n: 2 });
+      const a = await rt.start(spec(["deno", "eval", `console.log("loaded"); ${COUNTER}`]));
+      ids.push("pod-test");
+      assert.equal(await count(a.endpoint), 1);
+      const taken = await rt.snapshot("pod-test", `${dir}/image`);
+      assert.ok(taken.bytes > 1_000_000, `an image of ${taken.bytes} bytes`);
+      assert.equal(await count(a.endpoint), 2, "the snapshotted worker keeps running");
+      const copies = [];
+      for (const id of ["copy-1", "copy-2"]) {
+        copies.push(await rt.restore({ ...spec([]), podId: id }, `${dir}/image`));
+        ids.push(id);
+      }
+      assert.equal(new Set([a.endpoint, ...copies.map((c) => c.endpoint)]).size, 3);
+      // Each copy goes on from the count at the snapshot, on its own.
+      assert.equal(await count(copies[0].endpoint), 2);
+      assert.equal(await count(copies[0].endpoint), 3);
+      assert.equal(await count(copies[1].endpoint), 2);
+      assert.equal(await count(a.endpoint), 3);
+      // Each copy's output goes to a log of its own, from the restore on.
+      await eventually(async () => (await rt.logs("copy-1")).includes("served 3"));
+      assert.doesNotMatch(await rt.logs("copy-2"), /served 3|loaded/);
+      assert.match(await rt.logs("pod-test"), /loaded/);
+      const pids = ["copy-1", "copy-2"].map((id) => rt.pidOf(id)!);
+      assert.notEqual(pids[0], pids[1]);
+      await rt.stop("copy-1");
+      assert.equal(await count(copies[1].endpoint), 3, "stopping one copy leaves the other");
+      await assert.rejects(rt.restore({ ...spec([]), podId: "copy-3" }, `${dir}/nothing`), {
+        name: "InferxError",
+        message: /no image/,
+      });
     } finally {
-      await rt.stop("pod-test");
-      criu?.close();
+      for (const id of ids) await rt.stop(id);
       await Deno.remove(dir, { recursive: true });
     }
   },

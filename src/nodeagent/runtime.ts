@@ -28,6 +28,14 @@ export interface RunningPod {
   exited: Promise<string>;
 }
 
+/** A snapshot a runtime took. */
+export interface SnapshotTaken {
+  /** Size of the image on disk. */
+  bytes: number;
+  /** How long the dump took (ms). */
+  dumpMs: number;
+}
+
 /** Starts, stops and reads pods on one node. */
 export interface PodRuntime {
   readonly name: string;
@@ -41,6 +49,14 @@ export interface PodRuntime {
   start(spec: PodSpec): Promise<RunningPod>;
   /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */
   stop(podId: string, graceMs?: number): Promise<void>;
+  /** Whether this runtime can snapshot running pods and start pods from snapshots. */
+  readonly snapshots?: boolean;
+  /** Dumps a running pod into `dir`, leaving it running. */
+  snapshot?(podId: string, dir: string): Promise<SnapshotTaken>;
+  /** Memory a running pod's processes take (bytes): what a dump of it writes, roughly. */
+  footprintBytes?(podId: string): Promise<number>;
+  /** Starts a pod by restoring the snapshot in `dir`; resolves once it answers its probe. */
+  restore?(spec: PodSpec, dir: string): Promise<RunningPod>;
   /** The last `lines` lines of the pod's output. */
   logs(podId: string, lines?: number): Promise<string>;
   /**

@@ -30,6 +30,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     node,
     workDir: REPO_ROOT,
     snapshotDir: `${config.dataDir}/snapshots`,
+    snapshotSettings: config.snapshots,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
   };
 }
@@ -39,6 +40,7 @@ export function schedulerOptions(config: Config): SchedulerOptions {
   return {
     gatewayTimeoutMs: config.scheduler.gatewayTimeoutMs,
     nodeTimeoutMs: config.scheduler.nodeTimeoutMs,
+    snapshotStart: config.snapshots.start,
   };
 }
 

@@ -1,7 +1,10 @@
 /**
  * `RUN_SERVICE=All`: every role in one process on the embedded store, wired
  * through their in-process client implementations. This is the composition
- * root; the roles themselves never import each other.
+ * root; the roles themselves never import each other. With
+ * `GATEWAY_WORKERS` over 1, the other gateways of the group are processes
+ * that reach this one's state service, scheduler and node agent over gRPC
+ * on the loopback.
  *
  * @module
  */
@@ -16,6 +19,11 @@ import { Registry } from "prom-client";
 import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import { openAudit, startPodAudit } from "../audit/mod.ts";
 import { gatewayOptions, nodeAgentConfig, type RoleHandle, schedulerOptions } from "./_shared.ts";
+import { type Members, planGroup, startMembers } from "./_gateway_group.ts";
+import { serveMeta } from "../rpc/meta_grpc.ts";
+import { serveScheduler } from "../rpc/scheduler_grpc.ts";
+import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
+import type { GrpcServerHandle } from "../rpc/meta_grpc.ts";
 
 /** The running all-in-one platform. */
 export interface AllHandle extends RoleHandle {
@@ -37,6 +45,15 @@ export async function start(config: Config): Promise<AllHandle> {
   const sched = await scheduler.start({ meta, ...schedulerOptions(config) });
   const schedulerMetrics = new Registry();
   sched.service.registerMetrics(schedulerMetrics);
+  const group = planGroup(config.gateway.workers ?? 1);
+  const inner: GrpcServerHandle[] = [];
+  let members: Members | undefined;
+  if (group) {
+    inner.push(await serveMeta(meta, "127.0.0.1:0"));
+    inner.push(await serveScheduler(sched.service, "127.0.0.1:0", "all"));
+    inner.push(await serveNodeAgent(node.agent, "127.0.0.1:0"));
+    await node.agent.setAgentAddr(`127.0.0.1:${inner[2].port}`);
+  }
   const gw = await gateway.start({
     meta,
     scheduler: sched.service,
@@ -44,12 +61,21 @@ export async function start(config: Config): Promise<AllHandle> {
     nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
     ...gatewayOptions(config),
     audit,
+    group,
   });
+  if (group) {
+    members = startMembers(group, {
+      STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
+      SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
+    });
+  }
   return {
     port: gw.port,
     async stop() {
       logger().info("Stopping");
+      await members?.stop();
       await gw.stop();
+      for (const s of inner) await s.stop();
       await sched.stop();
       await node.stop();
       podAudit.stop();

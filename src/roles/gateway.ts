@@ -1,7 +1,8 @@
 /**
  * `RUN_SERVICE=Gateway`: the HTTP API on `GATEWAY_PORT`, reaching the state
  * service and the scheduler replicas over gRPC, and node agents for pod
- * logs at the address each node records.
+ * logs at the address each node records. `GATEWAY_WORKERS` processes (the
+ * core count by default) serve the port together.
  *
  * @module
  */
@@ -12,9 +13,12 @@ import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { GrpcNodeAgentClient } from "../rpc/nodeagent_grpc.ts";
 import { GrpcSchedulerClient } from "../rpc/scheduler_grpc.ts";
 import { gatewayOptions, type RoleHandle } from "./_shared.ts";
+import { planGroup, startMembers, stopWithLeader } from "./_gateway_group.ts";
 
-/** Starts a gateway. */
+/** Starts a gateway (and, with `GATEWAY_WORKERS` over 1, the others of its group). */
 export async function start(config: Config): Promise<RoleHandle> {
+  const member = config.gateway.group;
+  const group = member ?? planGroup(config.gateway.workers ?? navigator.hardwareConcurrency);
   const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
   const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs);
   const agents = new Map<string, GrpcNodeAgentClient>();
@@ -31,9 +35,12 @@ export async function start(config: Config): Promise<RoleHandle> {
     },
     ...gatewayOptions(config),
     audit,
+    group,
   });
-  return {
+  const members = !member && group ? startMembers(group, {}) : undefined;
+  const handle: RoleHandle = {
     async stop() {
+      await members?.stop();
       await gw.stop();
       await audit.close();
       for (const c of agents.values()) c.close();
@@ -41,4 +48,6 @@ export async function start(config: Config): Promise<RoleHandle> {
       meta.close();
     },
   };
+  if (member) stopWithLeader(() => handle.stop());
+  return handle;
 }

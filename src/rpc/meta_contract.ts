@@ -118,6 +118,84 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
     );
   });
 
+  t("an update equal to the stored object writes nothing and says unchanged", async ({ meta }) => {
+    await meta.create({ ...tenant, object: {} });
+    await meta.create({ ...ns, object: {} });
+    const created = await meta.create({ ...fn, object: { image: "x", resources: { CPU: 500 } } });
+    // The same spec, with the defaults spelt out and keys in another order.
+    const same = await meta.update({
+      ...fn,
+      object: { spec: { resources: { Mem: 1024, CPU: 500 }, commands: [], image: "x" } },
+      revision: created.revision,
+    });
+    assert.equal(same.unchanged, true);
+    assert.equal(same.revision, created.revision);
+    assert.equal(same.value, created.value);
+    assert.deepEqual(await meta.get(fn), created, "nothing was written");
+  });
+
+  t(
+    "a policy, label or status change keeps the version; a worker change gives a new one",
+    async ({ meta }) => {
+      await meta.create({ ...tenant, object: {} });
+      await meta.create({ ...ns, object: {} });
+      const spec = { image: "x", policy: { Obj: { max_replica: 1 } } };
+      let rec = await meta.create({ ...fn, object: spec });
+      const version = () => JSON.parse(rec.value).version;
+      const write = async (object: unknown) => {
+        rec = await meta.update({ ...fn, object, revision: rec.revision });
+        assert.notEqual(rec.unchanged, true);
+        return version();
+      };
+      assert.equal(await write({ ...spec, policy: { Obj: { max_replica: 3 } } }), 1);
+      const conditions = [{ type: "Schedulable", status: "False", reason: "R", message: "m" }];
+      assert.equal(await write({ spec, status: { conditions } }), 1);
+      assert.equal(await write({ metadata: { labels: { app: "demo" } }, spec }), 1);
+      assert.deepEqual(
+        JSON.parse(rec.value).object.status.conditions[0].reason,
+        "R",
+        "status kept",
+      );
+      assert.equal(await write({ ...spec, image: "y" }), 2);
+    },
+  );
+
+  t("a dry run validates and answers what would be stored, writing nothing", async ({ meta }) => {
+    await meta.create({ ...tenant, object: {} });
+    await meta.create({ ...ns, object: {} });
+    const dry = await meta.create({ ...fn, object: { image: "x" } }, { dryRun: true });
+    assert.equal(dry.dryRun, true);
+    assert.equal(dry.revision, 0);
+    assert.equal(JSON.parse(dry.value).version, 1);
+    assert.equal(await meta.get(fn), undefined);
+    await assert.rejects(
+      meta.create({ ...fn, object: { image: "" } }, { dryRun: true }),
+      code("invalid"),
+    );
+    const created = await meta.create({ ...fn, object: { image: "x" } });
+    await assert.rejects(meta.create({ ...fn, object: {} }, { dryRun: true }), code("invalid"));
+    await assert.rejects(
+      meta.create({ ...fn, object: { image: "x" } }, { dryRun: true }),
+      code("already_exists"),
+    );
+    const upd = await meta.update({ ...fn, object: { image: "y" }, revision: created.revision }, {
+      dryRun: true,
+    });
+    assert.equal(upd.dryRun, true);
+    assert.equal(upd.revision, created.revision);
+    assert.equal(JSON.parse(upd.value).version, 2);
+    assert.deepEqual(await meta.get(fn), created, "nothing was written");
+    const same = await meta.update(
+      { ...fn, object: { image: "x" }, revision: created.revision },
+      { dryRun: true },
+    );
+    assert.equal(same.unchanged, true);
+    await assert.rejects(
+      meta.update({ ...fn, object: { image: "y" }, revision: 1 }, { dryRun: true }),
+      code("conflict"),
+    );
+  });
+
   t("errors keep their codes: invalid, not_found, already_exists", async ({ meta }) => {
     await assert.rejects(meta.create({ ...ns, object: {} }), code("not_found"));
     await meta.create({ ...tenant, object: {} });

@@ -17,7 +17,15 @@ import {
   toGrpcError,
   unary,
 } from "./grpc.ts";
-import type { MetaClient, MetaRecord, MetaWatchOptions, ObjectInput, ObjectRef } from "./types.ts";
+import type {
+  MetaClient,
+  MetaRecord,
+  MetaWatchOptions,
+  ObjectInput,
+  ObjectRef,
+  WriteOptions,
+  WriteResult,
+} from "./types.ts";
 
 const Service = loadService("ixmeta.proto", "ixmeta", "IxMetaService");
 
@@ -31,6 +39,8 @@ interface WireRecord {
   ref: WireRef;
   revision: number;
   value: string;
+  unchanged?: boolean;
+  dry_run?: boolean;
 }
 
 function toRef(r: WireRef | null | undefined): ObjectRef {
@@ -53,6 +63,18 @@ function wireRecord(r: MetaRecord): WireRecord {
 
 function fromRecord(r: WireRecord): MetaRecord {
   return { ...toRef(r.ref), revision: r.revision, value: r.value };
+}
+
+/** The answer of a Create or Update, with what it did. */
+function wireWrite(r: WriteResult): WireRecord {
+  return { ...wireRecord(r), unchanged: r.unchanged ?? false, dry_run: r.dryRun ?? false };
+}
+
+function fromWrite(r: WireRecord): WriteResult {
+  const out: WriteResult = fromRecord(r);
+  if (r.unchanged) out.unchanged = true;
+  if (r.dry_run) out.dryRun = true;
+  return out;
 }
 
 function objectType(t: string): ObjectType {
@@ -82,18 +104,28 @@ export async function serveMeta(meta: MetaClient, address: string): Promise<Grpc
       );
       return { items: items.map(wireRecord), revision };
     }),
-    Create: unary(async (req: { ref: WireRef; object_json: string }) =>
-      wireRecord(await meta.create({ ...toRef(req.ref), object: parseObject(req.object_json) }))
+    Create: unary(async (req: { ref: WireRef; object_json: string; dry_run: boolean }) =>
+      wireWrite(
+        await meta.create({ ...toRef(req.ref), object: parseObject(req.object_json) }, {
+          dryRun: req.dry_run,
+        }),
+      )
     ),
     Update: unary(async (
-      req: { ref: WireRef; object_json: string; has_revision: boolean; revision: number },
+      req: {
+        ref: WireRef;
+        object_json: string;
+        has_revision: boolean;
+        revision: number;
+        dry_run: boolean;
+      },
     ) =>
-      wireRecord(
+      wireWrite(
         await meta.update({
           ...toRef(req.ref),
           object: parseObject(req.object_json),
           revision: req.has_revision ? req.revision : undefined,
-        }),
+        }, { dryRun: req.dry_run }),
       )
     ),
     Delete: unary(async (req: { ref: WireRef; has_revision: boolean; revision: number }) => ({
@@ -188,22 +220,24 @@ export class GrpcMetaClient implements MetaClient {
     return { items: res.items.map(fromRecord), revision: res.revision };
   }
 
-  async create(input: ObjectInput): Promise<MetaRecord> {
-    return fromRecord(
+  async create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    return fromWrite(
       await this.#call<WireRecord>("Create", {
         ref: wireRef(input),
         object_json: JSON.stringify(input.object ?? {}),
+        dry_run: options.dryRun ?? false,
       }),
     );
   }
 
-  async update(input: ObjectInput): Promise<MetaRecord> {
-    return fromRecord(
+  async update(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    return fromWrite(
       await this.#call<WireRecord>("Update", {
         ref: wireRef(input),
         object_json: JSON.stringify(input.object ?? {}),
         has_revision: input.revision !== undefined,
         revision: input.revision ?? 0,
+        dry_run: options.dryRun ?? false,
       }),
     );
   }

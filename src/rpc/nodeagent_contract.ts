@@ -18,7 +18,7 @@ export interface NodeAgentFixture {
 
 const WORKER = `console.log("weights loaded");
 Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
-Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, () => new Response("ok"));`;
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, () => new Response("ok"));`;
 
 const pod = (id: string, node = "n1") => testPod(id, node, ["deno", "eval", WORKER]);
 

@@ -31,6 +31,24 @@ export interface ObjectInput extends ObjectRef {
   revision?: number;
 }
 
+/** Options of {@linkcode MetaClient.create} and {@linkcode MetaClient.update}. */
+export interface WriteOptions {
+  /** Validate and admit the object, answer what would be stored, write nothing. @default false */
+  dryRun?: boolean;
+}
+
+/** What a create or update did: the record stored (or that would be). */
+export interface WriteResult extends MetaRecord {
+  /**
+   * The update changed nothing (the object equals the stored one once
+   * defaults are applied): no write, the revision and version are the
+   * stored ones.
+   */
+  unchanged?: boolean;
+  /** Nothing was written: a dry run. `revision` is the stored one (0 when it would be created). */
+  dryRun?: boolean;
+}
+
 /** A change seen through {@linkcode MetaClient.watch}. */
 export type MetaEvent =
   | { type: "put"; record: MetaRecord }
@@ -58,9 +76,13 @@ export interface MetaClient {
     namespace?: string,
   ): Promise<{ items: MetaRecord[]; revision: number }>;
   /** Validates and creates; throws `ValidationError`, `AlreadyExistsError`, `NotFoundError`. */
-  create(input: ObjectInput): Promise<MetaRecord>;
-  /** Validates and replaces at `input.revision`; throws `ConflictError` when it moved. */
-  update(input: ObjectInput): Promise<MetaRecord>;
+  create(input: ObjectInput, options?: WriteOptions): Promise<WriteResult>;
+  /**
+   * Validates and replaces at `input.revision`; throws `ConflictError` when it
+   * moved. An update equal to the stored object writes nothing and answers
+   * `unchanged`.
+   */
+  update(input: ObjectInput, options?: WriteOptions): Promise<WriteResult>;
   /** Deletes (at `revision` when given); returns the store revision of the delete. */
   delete(ref: ObjectRef, revision?: number): Promise<number>;
   watch(type: ObjectType, options: MetaWatchOptions): { cancel(): void };

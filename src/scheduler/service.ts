@@ -11,7 +11,14 @@ import { InferxError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import { decodeNode, decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
+import {
+  decodeNode,
+  decodePod,
+  type NodeInfo,
+  type PodInfo,
+  sampleRequest,
+} from "../model/cluster.ts";
+import { decodeSnapshot } from "../model/snapshot.ts";
 import { funcId } from "../model/keys.ts";
 import {
   decodeStoredUserObject,
@@ -46,6 +53,7 @@ import {
   type PodPlacement,
   step,
 } from "./core/mod.ts";
+import { ConditionWriter } from "./conditions.ts";
 
 const log = logger("scheduler");
 
@@ -61,6 +69,8 @@ export interface SchedulerOptions {
   clock?: Clock;
   /** Runs the tick and the lease deadlines. @default systemTicker */
   ticker?: Ticker;
+  /** When a node's snapshot serves a new pod (`INFERX_SNAPSHOT_START`). @default "auto" */
+  snapshotStart?: "auto" | "always";
 }
 
 /** Scheduler shell: owns the core state and carries out its actions. */
@@ -77,16 +87,21 @@ export class SchedulerService implements SchedulerClient {
   #clock: Clock;
   #ticker: Ticker;
   #stopTicking?: () => void;
+  #conditions: ConditionWriter;
+  /** Snapshot records by store key, to know what a deleted one was. */
+  #snapshots = new Map<string, { func: string; version: number; node: string }>();
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
     this.#options = options;
     this.#clock = options.clock ?? systemClock;
     this.#ticker = options.ticker ?? systemTicker;
+    this.#conditions = new ConditionWriter(meta, this.#clock);
     this.#core = newCoreState({
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
       nodeTimeoutMs: options.nodeTimeoutMs ?? 10_000,
+      snapshotStart: options.snapshotStart,
     });
   }
 
@@ -107,7 +122,14 @@ export class SchedulerService implements SchedulerClient {
       memUsedMB: number;
       vramUsedMB: number[];
     }[];
-    pods: { id: string; func: string; node: string; state: string; leasedBy?: string }[];
+    pods: {
+      id: string;
+      func: string;
+      node: string;
+      state: string;
+      leasedBy?: string;
+      sharedWith?: string[];
+    }[];
   } {
     return {
       nodes: this.#core.nodeList.map((n) => ({
@@ -123,6 +145,7 @@ export class SchedulerService implements SchedulerClient {
         node: p.node,
         state: p.state,
         leasedBy: p.leasedBy,
+        sharedWith: p.sharedWith,
       })),
     };
   }
@@ -244,11 +267,34 @@ export class SchedulerService implements SchedulerClient {
           const id = funcId(o.tenant, o.namespace, o.name);
           this.#funcs.set(id, o);
           this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
+          const decided = this.#core.funcs.get(id)?.schedulable;
+          if (decided) {
+            this.#conditions.reconcile(id, { version: o.version, condition: decided }, o.status);
+          }
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
           this.#apply({ type: "funcRemove", id });
+        },
+      }),
+      // After functions: a snapshot counts for its function's current version.
+      await startInformer(this.#meta, "snapshot", {
+        upsert: (rec) => {
+          const s = decodeSnapshot(rec.value);
+          const ev = {
+            func: funcId(s.tenant, s.namespace, s.func),
+            version: s.funcVersion,
+            node: s.node,
+          };
+          this.#snapshots.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, ev);
+          this.#apply({ type: "snapshot", ...ev, ready: s.state === "Ready" });
+        },
+        remove: (ref) => {
+          const key = `${ref.tenant}/${ref.namespace}/${ref.name}`;
+          const ev = this.#snapshots.get(key);
+          this.#snapshots.delete(key);
+          if (ev) this.#apply({ type: "snapshot", ...ev, ready: false });
         },
       }),
     );
@@ -261,6 +307,11 @@ export class SchedulerService implements SchedulerClient {
       funcs: this.#core.funcs.size,
       pods: this.#core.pods.size,
     });
+  }
+
+  /** Resolves once the conditions asked for so far are written (for tests). */
+  conditionsWritten(): Promise<void> {
+    return this.#conditions.settled();
   }
 
   /** Stops timers and watches; waiting leases are refused. */
@@ -397,6 +448,8 @@ export class SchedulerService implements SchedulerClient {
         tier: pod.standbyTier,
         endpoint: pod.endpoint,
         error: pod.error,
+        startedFrom: pod.startedFrom,
+        snapshotMs: pod.snapshotMs,
       },
     });
   }
@@ -422,12 +475,7 @@ export class SchedulerService implements SchedulerClient {
           });
         } else {
           // The requester gave up after the grant was decided: give it back.
-          const pod = this.#core.pods.get(a.podId);
-          if (pod?.leasedBy) {
-            queueMicrotask(() =>
-              this.#apply({ type: "return", podId: a.podId, gateway: pod.leasedBy! })
-            );
-          }
+          queueMicrotask(() => this.#apply({ type: "return", podId: a.podId, gateway: a.gateway }));
         }
         break;
       }
@@ -466,6 +514,14 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "scaleOut":
         break; // the answer to the heartbeat that reported the load
+      case "funcCondition":
+        log.info("Function {func} Schedulable={status}: {message}", {
+          func: a.func,
+          status: a.condition.status,
+          message: a.condition.message,
+        });
+        this.#conditions.write(a.func, { version: a.version, condition: a.condition });
+        break;
     }
   }
 
@@ -493,10 +549,12 @@ export class SchedulerService implements SchedulerClient {
         port: s.endpoint.port,
         probe: s.endpoint.probe,
         startupTimeoutS: s.startup_timeout,
+        sampleQuery: sampleRequest(s.sample_query),
       },
       desired: "Running",
       state: "Creating",
       createdAt: this.#clock.now(),
+      ...(p.fromSnapshot ? { fromSnapshot: true } : {}),
     };
     const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
     this.#podRefs.set(p.id, ref);

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { createTestFunction, ManualClock } from "../common/testing.ts";
+import type { InferxError } from "../common/errors.ts";
+import { createTestFunction, ManualClock, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openEmbeddedStore } from "../store/embedded.ts";
@@ -19,6 +20,13 @@ const node = (name: string): NodeInfo => ({
   heartbeat: Date.now(),
 });
 
+const nodeRef = (name: string) => ({
+  type: "node" as const,
+  tenant: "system",
+  namespace: "system",
+  name,
+});
+
 Deno.test({
   name:
     "SchedulerService marks a node without heartbeats not ready and replaces its pods elsewhere",
@@ -27,12 +35,6 @@ Deno.test({
   async fn() {
     const store = await openEmbeddedStore();
     const meta = new StateService(store);
-    const nodeRef = (name: string) => ({
-      type: "node" as const,
-      tenant: "system",
-      namespace: "system",
-      name,
-    });
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
     await createTestFunction(meta, { policy: { Obj: { min_replica: 1 } } });
     // Plays both node agents: pods become Ready.
@@ -104,8 +106,15 @@ Deno.test({
       name: "n1",
       object: { ...node("n1"), heartbeat: clock.now() },
     });
-    // Wants a GPU the node lacks: a lease can only wait.
-    await createTestFunction(meta, { resources: { GPU: { Type: "Any", Count: 1, vRam: 1 } } });
+    // Another function's min_replica pod holds most of the node's CPU: a lease can only wait.
+    await createTestFunction(meta, { resources: { CPU: 600 } });
+    await meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "hog",
+      object: { image: "x", resources: { CPU: 600 }, policy: { Obj: { min_replica: 1 } } },
+    });
     const sched = new SchedulerService(meta, {
       clock,
       ticker: clock,
@@ -127,6 +136,79 @@ Deno.test({
       assert.equal(sched.snapshot().nodes[0].ready, true);
       clock.advance(5000);
       assert.equal(sched.snapshot().nodes[0].ready, false, "the node missed its heartbeats");
+    } finally {
+      sched.stop();
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "SchedulerService refuses leases of a function no node could hold at once, records why in the function, and clears it when a node that fits joins",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openEmbeddedStore();
+    const meta = new StateService(store);
+    await meta.create({ ...nodeRef("n1"), object: node("n1") });
+    await createTestFunction(meta, { resources: { GPU: { Type: "A100", Count: 1, vRam: 1000 } } });
+    const fnRef = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const before = JSON.parse((await meta.get(fnRef))!.value);
+    const sched = new SchedulerService(meta, { tickMs: 50 });
+    await sched.start();
+    const stored = async () => JSON.parse((await meta.get(fnRef))!.value);
+    try {
+      await assert.rejects(
+        sched.leaseWorker({
+          tenant: "t",
+          namespace: "n",
+          func: "f",
+          gatewayId: "g",
+          timeoutMs: 60_000,
+        }),
+        (err: InferxError) => {
+          assert.equal(err.code, "unschedulable");
+          assert.match(err.message, /1 GPU of type A100 wanted, no node has one/);
+          return true;
+        },
+      );
+      await sched.conditionsWritten();
+      const after = await stored();
+      const [cond] = after.object.status.conditions;
+      assert.deepEqual([cond.type, cond.status, cond.reason], [
+        "Schedulable",
+        "False",
+        "GPUTypeUnavailable",
+      ]);
+      assert.ok(Date.parse(cond.lastTransitionTime) > 0);
+      assert.equal(after.version, before.version, "a status write is not a new version");
+      // A restarted scheduler decides the same and writes nothing more.
+      const rev = (await meta.get(fnRef))!.revision;
+      const again = new SchedulerService(meta, { tickMs: 50 });
+      await again.start();
+      await again.conditionsWritten();
+      again.stop();
+      assert.equal((await meta.get(fnRef))!.revision, rev);
+      // A node with an A100 joins: the condition clears by itself.
+      await meta.create({
+        ...nodeRef("n2"),
+        object: { ...node("n2"), gpus: [{ index: 0, type: "A100", vramMB: 40_000 }] },
+      });
+      await until("the condition cleared", async () => {
+        await sched.conditionsWritten();
+        return (await stored()).object.status.conditions[0].status === "True";
+      });
+      assert.equal((await stored()).object.status.conditions[0].reason, "Fits");
+      let placed = "";
+      sched.leaseWorker({ tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 100 })
+        .catch(() => {});
+      await until("a pod placed on n2", async () => {
+        const pods = (await meta.list("pod")).items.map((r) => decodePod(r.value));
+        placed = pods[0]?.node ?? "";
+        return placed !== "";
+      });
+      assert.equal(placed, "n2");
     } finally {
       sched.stop();
       await store.close();

@@ -2,8 +2,11 @@
  * The state service: the only writer of the metadata store. It validates
  * every object at the edge (zod schemas), admits it (its tenant and namespace
  * exist, a linked policy exists, nothing still depends on what is deleted),
- * gives functions a new version on every update, and exposes the store's
- * revisioned reads and watches. Implements {@linkcode MetaClient} in-process.
+ * gives a function a new version when an update changes what defines its
+ * workers (not for its policy, metadata or status), writes nothing for an
+ * update equal to the stored object, answers dry runs without writing, and
+ * exposes the store's revisioned reads and watches. Implements
+ * {@linkcode MetaClient} in-process.
  *
  * @module
  */
@@ -17,6 +20,7 @@ import {
 } from "../common/errors.ts";
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
+import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
 import {
   isUserType,
   objectKey,
@@ -25,6 +29,7 @@ import {
   SYSTEM,
   typePrefix,
 } from "../model/keys.ts";
+import { jsonEqual } from "../common/json.ts";
 import {
   decodeStoredUserObject,
   decodeUserObject,
@@ -33,6 +38,7 @@ import {
   type FuncPolicy,
   type FunctionSpec,
   functionSpecToJson,
+  sameWorker,
   tenantQuota,
   type UserObject,
 } from "../model/schemas.ts";
@@ -44,6 +50,8 @@ import type {
   MetaWatchOptions,
   ObjectInput,
   ObjectRef,
+  WriteOptions,
+  WriteResult,
 } from "../rpc/types.ts";
 
 /** The version string the service reports. */
@@ -83,19 +91,23 @@ export class StateService implements MetaClient {
     };
   }
 
-  async create(input: ObjectInput): Promise<MetaRecord> {
-    const value = await this.#admit(input, undefined);
+  async create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    const { value } = await this.#admit(input, undefined);
+    const ref = refOf(input);
+    const exists = () =>
+      new AlreadyExistsError(`Cannot create ${refText(input)}: it already exists`);
+    if (options.dryRun) {
+      if (await this.get(ref)) throw exists();
+      return { ...ref, revision: 0, value, dryRun: true };
+    }
     const key = objectKey(input.type, input.tenant, input.namespace, input.name);
     const revision = await this.#store.create(key, value).catch((err) => {
-      if (err instanceof AlreadyExistsError) {
-        throw new AlreadyExistsError(`Cannot create ${refText(input)}: it already exists`);
-      }
-      throw err;
+      throw err instanceof AlreadyExistsError ? exists() : err;
     });
-    return { ...refOf(input), revision, value };
+    return { ...ref, revision, value };
   }
 
-  async update(input: ObjectInput): Promise<MetaRecord> {
+  async update(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
     const ref = refOf(input);
     const current = await this.get(ref);
     if (!current) throw new NotFoundError(`Cannot update ${refText(ref)}: it does not exist`);
@@ -113,7 +125,10 @@ export class StateService implements MetaClient {
         { revision: current.revision },
       );
     }
-    const value = await this.#admit(input, current);
+    const { value, unchanged } = await this.#admit(input, current);
+    const dry = options.dryRun ? { dryRun: true } : {};
+    if (unchanged) return { ...current, unchanged: true, ...dry };
+    if (options.dryRun) return { ...ref, revision: current.revision, value, dryRun: true };
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     const revision = await this.#store.update(key, value, input.revision);
     return { ...ref, revision, value };
@@ -150,29 +165,57 @@ export class StateService implements MetaClient {
     });
   }
 
-  /** Validates `input` and checks what it refers to; returns the value to store. */
-  async #admit(input: ObjectInput, current: MetaRecord | undefined): Promise<string> {
-    if (isUserType(input.type)) {
-      const obj = decodeUserObject(input);
-      if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
-      if (obj.type === "function" || obj.type === "funcpolicy") {
-        await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
-      }
-      if (obj.type === "function") {
-        if (obj.spec.policy?.kind === "link") {
-          await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
-        }
-        await this.#checkQuota(obj.tenant, obj.spec, current === undefined);
-        return encodeUserObject(await this.#versioned(obj, current));
-      }
-      if (obj.type === "funcpolicy" && obj.spec.traffic) {
-        throw new ValidationError(
-          `Invalid funcpolicy ${obj.tenant}/${obj.namespace}/${obj.name}: traffic names versions of one function: set it in that function's inline policy`,
-          "traffic",
-        );
-      }
-      return encodeUserObject(obj);
+  /**
+   * Validates `input` and checks what it refers to; returns the value to
+   * store and whether it equals the stored one.
+   */
+  async #admit(
+    input: ObjectInput,
+    current: MetaRecord | undefined,
+  ): Promise<{ value: string; unchanged: boolean }> {
+    if (isUserType(input.type)) return await this.#admitUser(input, current);
+    return { value: this.#admitCluster(input), unchanged: false };
+  }
+
+  /**
+   * A user object: its parents and linked policy exist; a function keeps its
+   * version unless what defines its workers changed (then quotas are checked
+   * again), and keeps the status the scheduler wrote unless the writer sends
+   * one (users cannot: the gateway drops it).
+   */
+  async #admitUser(input: ObjectInput, current: MetaRecord | undefined) {
+    const obj = decodeUserObject(input);
+    if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
+    if (obj.type === "function" || obj.type === "funcpolicy") {
+      await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
     }
+    const prev = current && storedUserObject(current);
+    let stored: UserObject = obj;
+    if (obj.type === "function") {
+      if (obj.spec.policy?.kind === "link") {
+        await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
+      }
+      const old = prev?.type === "function" ? prev : undefined;
+      const newWorker = !old || !sameWorker(old.spec, obj.spec);
+      if (newWorker) await this.#checkQuota(obj.tenant, obj.spec, current === undefined);
+      const versioned = await this.#versioned(obj, old, newWorker);
+      if (!hasStatus(input.object) && old?.status) versioned.status = old.status;
+      stored = versioned;
+    }
+    if (obj.type === "funcpolicy" && obj.spec.traffic) {
+      throw new ValidationError(
+        `Invalid funcpolicy ${obj.tenant}/${obj.namespace}/${obj.name}: traffic names versions of one function: set it in that function's inline policy`,
+        "traffic",
+      );
+    }
+    const value = encodeUserObject(stored);
+    const unchanged = prev !== undefined &&
+      jsonEqual(JSON.parse(value), JSON.parse(encodeUserObject(prev)));
+    return { value, unchanged };
+  }
+
+  /** Nodes, pods and API keys: validated, stored as given. */
+  #admitCluster(input: ObjectInput): string {
     if (input.type === "node") {
       const r = NodeInfoSchema.safeParse(input.object);
       if (!r.success) throw invalidInput(refText(input), r.error);
@@ -200,19 +243,37 @@ export class StateService implements MetaClient {
       }
       return JSON.stringify(r.data);
     }
+    if (input.type === "snapshot") {
+      const r = SnapshotInfoSchema.safeParse(input.object);
+      if (!r.success) throw invalidInput(refText(input), r.error);
+      const want = snapshotName(r.data.func, r.data.funcVersion, r.data.node);
+      if (
+        input.name !== want || input.tenant !== r.data.tenant ||
+        input.namespace !== r.data.namespace
+      ) {
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a snapshot lives at {tenant}/{namespace}/${want}`,
+          "name",
+        );
+      }
+      return JSON.stringify(r.data);
+    }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
   }
 
   /**
    * A function write with its versions (src/model/versions.ts): a new version
-   * for its spec, the older versions its traffic split names kept; or a
-   * rollout (promote, roll back), which must carry the current spec unchanged.
+   * when what defines its workers changed, the older versions its traffic
+   * split names kept; or a rollout (promote, roll back), which must carry the
+   * current spec unchanged.
    */
-  async #versioned(obj: FunctionObject, current: MetaRecord | undefined): Promise<UserObject> {
-    const prev = current &&
-      decodeStoredUserObject(current.value, current.revision) as FunctionObject;
+  async #versioned(
+    obj: FunctionObject,
+    prev: FunctionObject | undefined,
+    newWorker: boolean,
+  ): Promise<FunctionObject> {
     const policy = await this.#policyOf(obj);
-    if (!obj.rollout) return nextVersions(prev, obj, policy);
+    if (!obj.rollout) return nextVersions(prev, obj, policy, newWorker);
     const what = `function ${obj.tenant}/${obj.namespace}/${obj.name}`;
     if (!prev) throw new NotFoundError(`Cannot roll out ${what}: it does not exist`);
     const same = (s: FunctionSpec) => JSON.stringify(functionSpecToJson(s));
@@ -297,6 +358,21 @@ export class StateService implements MetaClient {
       }
     }
   }
+}
+
+/** A stored user object decoded, or undefined when it no longer passes today's schema. */
+function storedUserObject(rec: MetaRecord): UserObject | undefined {
+  try {
+    return decodeStoredUserObject(rec.value, rec.revision);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether an object as written carries a `status` beside its spec. */
+function hasStatus(object: unknown): boolean {
+  return !!object && typeof object === "object" && "spec" in object && "status" in object &&
+    (object as { status: unknown }).status !== undefined;
 }
 
 function refOf(r: ObjectRef): ObjectRef {

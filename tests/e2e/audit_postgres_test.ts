@@ -41,6 +41,9 @@ Deno.test({
       const got = await b.query("requests", { tenant: "t", func: "f" });
       assert.equal(got.length, 1);
       assert.equal((got[0] as { path: string }).path, "/r1");
+      await a.write([{ ...row(2), status: 503 }], []);
+      const failed = await b.query("requests", { status: { min: 500, max: 599 } });
+      assert.deepEqual(failed.map((r) => (r as { path: string }).path), ["/r2"]);
     } finally {
       await a.close();
       await b.close();

@@ -1,22 +1,9 @@
 /** `main.ts ctl` against a running platform, as a user types it. */
 import assert from "node:assert/strict";
 import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
-import { startPlatform } from "./helpers.ts";
+import { ctl as run, startPlatform } from "./helpers.ts";
 
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-
-async function ctl(gateway: string, ...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "ctl", "--gateway", gateway, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
+const ctl = (gateway: string, ...args: string[]) => run(gateway, args);
 
 Deno.test({
   name: "ctl applies YAML, gets, lists, calls with a cold-start report, deletes, and fails clearly",
@@ -56,12 +43,12 @@ object: {}
         "created function cli/ns/lm",
       ]);
       const again = await ctl(p.url, "apply", "-f", `${dir}/objs.yaml`);
-      assert.match(again.stdout, /updated function cli\/ns\/lm/);
+      assert.match(again.stdout, /unchanged function cli\/ns\/lm/);
 
       const got = await ctl(p.url, "get", "function", "cli/ns/lm");
-      assert.equal(JSON.parse(got.stdout).version, 2, "the second apply updated it");
+      assert.equal(JSON.parse(got.stdout).version, 1, "the second apply changed nothing");
       const list = await ctl(p.url, "list", "function", "cli/ns");
-      assert.match(list.stdout, /^lm\trevision \d+\tversion 2$/m);
+      assert.match(list.stdout, /^lm\trevision \d+\tversion 1$/m);
 
       const called = await ctl(
         p.url,

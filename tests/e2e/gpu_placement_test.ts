@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createNamespace, type Json, putObject, request, startPlatform } from "./helpers.ts";
 
 const ENV_WORKER =
-  `Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} },
+  `Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
   () => Response.json(Deno.env.toObject()));`;
 
 Deno.test({

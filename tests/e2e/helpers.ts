@@ -127,9 +127,39 @@ export async function request(
   return { status: res.status, headers: res.headers, body };
 }
 
-/** Creates an object through the gateway at `url` (`PUT /object/`). */
-export function putObject(url: string, object: unknown): ReturnType<typeof request> {
-  return request(`${url}/object/`, { method: "PUT", body: object });
+/** What a `ctl` run printed, and its exit status. */
+export interface CtlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `main.ts ctl --gateway URL ...args` as a user types it; `stdin` is typed into it. */
+export async function ctl(gateway: string, args: string[], stdin = ""): Promise<CtlResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "ctl", "--gateway", gateway, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode(stdin)).catch(() => {});
+  await w.close().catch(() => {});
+  const out = await child.output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** Creates an object through the gateway at `url` (`PUT /object/`), with `headers` (credentials). */
+export function putObject(
+  url: string,
+  object: unknown,
+  headers?: Record<string, string>,
+): ReturnType<typeof request> {
+  return request(`${url}/object/`, { method: "PUT", body: object, headers });
 }
 
 /** Creates tenant `tenant` and its namespace `namespace` through the gateway at `url`. */
@@ -137,6 +167,7 @@ export async function createNamespace(
   url: string,
   tenant: string,
   namespace: string,
+  headers?: Record<string, string>,
 ): Promise<void> {
   for (
     const o of [
@@ -144,7 +175,7 @@ export async function createNamespace(
       { type: "namespace", tenant, namespace: "system", name: namespace, object: {} },
     ]
   ) {
-    const r = await putObject(url, o);
+    const r = await putObject(url, o, headers);
     if (r.status !== 201) {
       throw new Error(`Cannot create ${o.type} ${o.name}: ${JSON.stringify(r.body)}`);
     }

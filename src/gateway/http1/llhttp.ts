@@ -1,11 +1,13 @@
 /**
  * HTTP/1.x parsing with llhttp — Node.js's own parser — in its WebAssembly
  * build (the one undici ships). One module instance per isolate holds every
- * parser; a parser reports what it finds to a {@linkcode ParserHandler} as
- * offsets into the caller's buffer, so the caller decides what to copy or
- * decode. Strict mode: no lenient flags, so conflicting `Content-Length` and
- * `Transfer-Encoding`, duplicate lengths, bare LF and bad chunk framing are
- * errors (the request-smuggling defences of Node's HTTP server).
+ * parser. A parser does not call back into JavaScript objects while it runs:
+ * it records what it finds (a message beginning, spans of the target,
+ * reason phrase, header names and values and body, the head's and the
+ * message's end) as offsets into the caller's buffer in an event list the
+ * caller reads afterwards. Strict mode: no lenient flags, so conflicting
+ * `Content-Length` and `Transfer-Encoding`, duplicate lengths, bare LF and bad
+ * chunk framing are errors (the request-smuggling defences of Node's server).
  *
  * @module
  */
@@ -15,21 +17,17 @@ import plainWasm from "undici/lib/llhttp/llhttp-wasm.js";
 /** llhttp's error numbers that callers look at. */
 export const HPE = { OK: 0, PAUSED: 21, PAUSED_UPGRADE: 22 } as const;
 
-/** What a parser reports. Offsets are into the `buf` given to {@linkcode Http1Parser.execute}. */
-export interface ParserHandler {
-  onMessageBegin(): void;
-  /** A piece of the request target (may come in several pieces). */
-  onUrl(buf: Uint8Array, start: number, end: number): void;
-  /** A piece of the response's reason phrase. */
-  onStatus(buf: Uint8Array, start: number, end: number): void;
-  onHeaderField(buf: Uint8Array, start: number, end: number): void;
-  onHeaderValue(buf: Uint8Array, start: number, end: number): void;
-  /** 0: go on; 1: the message has no body (a response to HEAD); {@linkcode HPE}.PAUSED: stop here. */
-  onHeadersComplete(): number;
-  onBody(buf: Uint8Array, start: number, end: number): void;
-  /** 0: go on; {@linkcode HPE}.PAUSED: stop after this message. */
-  onMessageComplete(): number;
-}
+/** The kinds of events in {@linkcode Http1Parser.events}. */
+export const EV = {
+  MESSAGE_BEGIN: 1,
+  URL: 2,
+  STATUS: 3,
+  HEADER_FIELD: 4,
+  HEADER_VALUE: 5,
+  HEADERS_COMPLETE: 6,
+  BODY: 7,
+  MESSAGE_COMPLETE: 8,
+} as const;
 
 interface Exports {
   memory: WebAssembly.Memory;
@@ -41,6 +39,7 @@ interface Exports {
   llhttp_execute(p: number, data: number, len: number): number;
   llhttp_finish(p: number): number;
   llhttp_resume(p: number): void;
+  llhttp_resume_after_upgrade(p: number): void;
   llhttp_get_method(p: number): number;
   llhttp_get_http_major(p: number): number;
   llhttp_get_http_minor(p: number): number;
@@ -54,8 +53,22 @@ interface Exports {
 }
 
 let wasm: Exports | undefined;
-/** The parser whose `execute` is running (callbacks are synchronous). */
-let current: Http1Parser | undefined;
+
+// The parser whose execute() is running: its event list, how wasm pointers
+// map to the caller's buffer, and what its head's end answers.
+let ev: Int32Array = new Int32Array(0);
+let evLen = 0;
+let shift = 0;
+let headersAnswer = 0;
+
+function record(type: number, at: number, len: number): number {
+  if (evLen >= ev.length) return 24; // HPE_USER: cannot happen within MAX_EXECUTE; refuse if it does
+  ev[evLen] = type;
+  ev[evLen + 1] = at + shift;
+  ev[evLen + 2] = len;
+  evLen += 3;
+  return 0;
+}
 
 function instance(): Exports {
   if (wasm) return wasm;
@@ -65,27 +78,19 @@ function instance(): Exports {
   } catch {
     mod = new WebAssembly.Module(plainWasm);
   }
-  const span = (f: (p: Http1Parser, s: number, e: number) => void) =>
-  (
-    _p: number,
-    at: number,
-    len: number,
-  ) => {
-    const p = current!;
-    const s = at - p.dataPtr + p.dataOffset;
-    f(p, s, s + len);
-    return 0;
-  };
   const inst = new WebAssembly.Instance(mod, {
     env: {
-      wasm_on_message_begin: () => (current!.handler.onMessageBegin(), 0),
-      wasm_on_url: span((p, s, e) => p.handler.onUrl(p.data!, s, e)),
-      wasm_on_status: span((p, s, e) => p.handler.onStatus(p.data!, s, e)),
-      wasm_on_header_field: span((p, s, e) => p.handler.onHeaderField(p.data!, s, e)),
-      wasm_on_header_value: span((p, s, e) => p.handler.onHeaderValue(p.data!, s, e)),
-      wasm_on_headers_complete: () => current!.handler.onHeadersComplete(),
-      wasm_on_body: span((p, s, e) => p.handler.onBody(p.data!, s, e)),
-      wasm_on_message_complete: () => current!.handler.onMessageComplete(),
+      wasm_on_message_begin: () => record(EV.MESSAGE_BEGIN, 0, 0),
+      wasm_on_url: (_p: number, at: number, len: number) => record(EV.URL, at, len),
+      wasm_on_status: (_p: number, at: number, len: number) => record(EV.STATUS, at, len),
+      wasm_on_header_field: (_p: number, at: number, len: number) =>
+        record(EV.HEADER_FIELD, at, len),
+      wasm_on_header_value: (_p: number, at: number, len: number) =>
+        record(EV.HEADER_VALUE, at, len),
+      wasm_on_headers_complete: () => (record(EV.HEADERS_COMPLETE, 0, 0), headersAnswer),
+      wasm_on_body: (_p: number, at: number, len: number) => record(EV.BODY, at, len),
+      // Stop after each message: the caller decides when to read the next.
+      wasm_on_message_complete: () => (record(EV.MESSAGE_COMPLETE, 0, 0), HPE.PAUSED),
     },
   });
   wasm = inst.exports as unknown as Exports;
@@ -93,75 +98,74 @@ function instance(): Exports {
   return wasm;
 }
 
-/** Where input is copied for the parser: one growing region of WebAssembly memory. */
+/** Where input is copied for the parser: one region of WebAssembly memory. */
 let inPtr = 0;
-let inSize = 0;
+/** The most input one execute() takes: it bounds the events one call can record. */
+export const MAX_EXECUTE = 16 * 1024;
 
 const methodNames = new Map<number, string>();
 const dec = new TextDecoder();
 
-/** The outcome of one {@linkcode Http1Parser.execute}. */
-export interface ExecResult {
-  /** Bytes consumed from the given range. */
-  consumed: number;
-  /** 0, or an llhttp error number ({@linkcode HPE}.PAUSED when a callback paused). */
-  error: number;
-}
-
 /** One llhttp parser: requests (a server's) or responses (a client's). */
 export class Http1Parser {
-  readonly handler: ParserHandler;
   readonly #ptr: number;
-  /** For the callbacks: the buffer being parsed and where its bytes sit in wasm memory. */
-  data?: Uint8Array;
-  dataOffset = 0;
-  dataPtr = 0;
+  /**
+   * What the last {@linkcode execute} found: triples of (kind from
+   * {@linkcode EV}, offset in the caller's buffer, length), `eventCount`
+   * numbers of them.
+   */
+  events = new Int32Array(3 * 64);
+  eventCount = 0;
+  /** A response to HEAD: tell llhttp the message has no body. */
+  noBody = false;
 
-  constructor(kind: "request" | "response", handler: ParserHandler) {
-    this.handler = handler;
+  constructor(kind: "request" | "response") {
     this.#ptr = instance().llhttp_alloc(kind === "request" ? 1 : 2);
   }
 
-  /** Parses `buf[start, end)`; stops early at a pause or an error. */
-  execute(buf: Uint8Array, start: number, end: number): ExecResult {
+  /**
+   * Parses `buf[start, end)`, at most {@linkcode MAX_EXECUTE} bytes of it;
+   * stops after a message's end (error {@linkcode HPE}.PAUSED), at an error,
+   * or when the input is used up. Returns llhttp's error number (0 when all
+   * it took was consumed) and sets {@linkcode consumed}.
+   */
+  execute(buf: Uint8Array, start: number, end: number): number {
     const w = wasm!;
-    const len = end - start;
-    if (len > inSize) {
-      if (inPtr) w.free(inPtr);
-      inSize = Math.max(len, 64 * 1024);
-      inPtr = w.malloc(inSize);
-    }
-    new Uint8Array(w.memory.buffer, inPtr, len).set(buf.subarray(start, end));
-    this.data = buf;
-    this.dataOffset = start;
-    this.dataPtr = inPtr;
-    const prev = current;
-    current = this;
-    let error: number;
-    try {
-      error = w.llhttp_execute(this.#ptr, inPtr, len);
-    } finally {
-      current = prev;
-      this.data = undefined;
-    }
-    if (error === 0) return { consumed: len, error };
-    return { consumed: w.llhttp_get_error_pos(this.#ptr) - inPtr, error };
+    const len = Math.min(end - start, MAX_EXECUTE);
+    if (!inPtr) inPtr = w.malloc(MAX_EXECUTE);
+    // Every event but three per message covers at least one byte: room for all.
+    if (this.events.length < 3 * (len + 4)) this.events = new Int32Array(3 * (len + 4));
+    new Uint8Array(w.memory.buffer, inPtr, len).set(buf.subarray(start, start + len));
+    ev = this.events;
+    evLen = 0;
+    shift = start - inPtr;
+    headersAnswer = this.noBody ? 1 : 0;
+    const error = w.llhttp_execute(this.#ptr, inPtr, len);
+    this.eventCount = evLen;
+    this.consumed = error === 0 ? len : w.llhttp_get_error_pos(this.#ptr) - inPtr;
+    return error;
   }
+
+  /** Bytes the last {@linkcode execute} consumed. */
+  consumed = 0;
 
   /** Continues after a pause. */
   resume(): void {
     wasm!.llhttp_resume(this.#ptr);
   }
 
+  /** Continues as HTTP after a message asked for an upgrade that was not made. */
+  resumeAfterUpgrade(): void {
+    wasm!.llhttp_resume_after_upgrade(this.#ptr);
+  }
+
   /** The peer closed: completes a message whose body runs to the end of the stream. */
   finish(): number {
-    const prev = current;
-    current = this;
-    try {
-      return wasm!.llhttp_finish(this.#ptr);
-    } finally {
-      current = prev;
-    }
+    ev = this.events;
+    evLen = 0;
+    const r = wasm!.llhttp_finish(this.#ptr);
+    this.eventCount = evLen;
+    return r;
   }
 
   /** The request method, upper case. */
@@ -182,10 +186,6 @@ export class Http1Parser {
 
   get statusCode(): number {
     return wasm!.llhttp_get_status_code(this.#ptr);
-  }
-
-  get upgrade(): boolean {
-    return wasm!.llhttp_get_upgrade(this.#ptr) === 1;
   }
 
   /** Whether the connection may carry another message after this one. */

@@ -18,7 +18,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
-import { HPE, Http1Parser, type ParserHandler } from "./llhttp.ts";
+import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
 export interface Http1Limits {
@@ -228,6 +228,14 @@ export class Http1Request {
     return this.#conn.readBody(this, limit);
   }
 
+  /**
+   * The whole body when it has already arrived with the head (the usual
+   * case), without waiting; undefined when more must be read.
+   */
+  bodyNow(limit: number): Uint8Array | undefined {
+    return this.#conn.bodyNow(this, limit);
+  }
+
   /** The body as it arrives; errors with {@linkcode BodyTooLarge} past `limit`. */
   async *chunks(limit: number): AsyncGenerator<Uint8Array> {
     let size = 0;
@@ -267,20 +275,24 @@ export class Http1Response {
   }
 
   /** Answers with a whole body: the head and the body in one write. */
-  async send(
+  send(
     status: number,
     headers: Iterable<readonly [string, string]>,
     body?: Uint8Array | string | null,
     statusText?: string,
   ): Promise<void> {
-    this.#begin();
-    const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    try {
+      this.#begin();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const bytes = typeof body === "string" ? ENCODER.encode(body) : body;
     const noBody = status < 200 || status === 204 || status === 304;
     const length = noBody ? -1 : bytes?.byteLength ?? 0;
-    const out = this.#conn.head(status, statusText, headers, length, false);
+    const headLen = this.#conn.head(status, statusText, headers, length, false);
     this.#state = "done";
-    if (this.#head || noBody || !bytes?.byteLength) await this.#conn.write(out.bytes, out.length);
-    else await this.#conn.writeWithBody(out.bytes, out.length, bytes);
+    if (this.#head || noBody || !bytes?.byteLength) return this.#conn.writeOut(headLen);
+    return this.#conn.writeWithBody(headLen, bytes);
   }
 
   /**
@@ -299,7 +311,7 @@ export class Http1Response {
     if (!noBody && length === undefined && !this.#chunked) this.#conn.keepAlive = false;
     const out = this.#conn.head(status, statusText, headers, length ?? -1, this.#chunked);
     this.#state = noBody ? "done" : "streaming";
-    await this.#conn.write(out.bytes, out.length);
+    await this.#conn.writeOut(out);
   }
 
   /** Writes a piece of a streamed body. */
@@ -376,7 +388,8 @@ function nextTick(): Promise<typeof TICK> {
   return new Promise((resolve) => setTimeout(resolve, 0, TICK));
 }
 
-const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
+const ENCODER = new TextEncoder();
+const LAST_CHUNK = ENCODER.encode("0\r\n\r\n");
 
 /** Hop-by-hop and framing fields: never copied from one message to another. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -436,7 +449,7 @@ function concat(parts: Uint8Array[], size: number): Uint8Array {
 }
 
 /** One client connection: reads ahead, parses, answers requests in order. */
-class ServerConnection implements ParserHandler {
+class ServerConnection {
   readonly remoteAddr: Deno.NetAddr;
   readonly #sock: Deno.TcpConn;
   readonly #limits: Http1Limits;
@@ -454,6 +467,7 @@ class ServerConnection implements ParserHandler {
   #phase: Phase = "idle";
   #since = performance.now();
   #paused = false;
+  #pausedUpgrade = false;
   #error?: { status: number; message: string };
 
   // The message being parsed.
@@ -477,12 +491,12 @@ class ServerConnection implements ParserHandler {
     this.remoteAddr = sock.remoteAddr as Deno.NetAddr;
     this.#limits = limits;
     this.#opts = opts;
-    this.#parser = new Http1Parser("request", this);
+    this.#parser = new Http1Parser("request");
   }
 
-  // ---------------------------------------------------------------- parser callbacks
+  // ---------------------------------------------------------------- parsing
 
-  onMessageBegin(): void {
+  #messageBegin(): void {
     this.#phase = "head";
     this.#since = performance.now();
     this.#urlStart = this.#urlEnd = -1;
@@ -494,68 +508,76 @@ class ServerConnection implements ParserHandler {
     this.#continueSent = this.#expectContinue = false;
   }
 
-  onUrl(_buf: Uint8Array, start: number, end: number): void {
-    if (this.#urlStart < 0) this.#urlStart = start;
-    this.#urlEnd = end;
-  }
-
-  onStatus(): void {}
-
-  onHeaderField(_buf: Uint8Array, start: number, end: number): void {
+  /** Applies what the parser found: the head's spans, body pieces, the message's end. */
+  #apply(): void {
+    const p = this.#parser;
+    const ev = p.events;
     const r = this.#ranges;
-    if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
-    else r.push(start, end, -1, -1);
-    this.#lastWasValue = false;
-  }
-
-  onHeaderValue(_buf: Uint8Array, start: number, end: number): void {
-    const r = this.#ranges;
-    if (r[r.length - 2] < 0) r[r.length - 2] = start;
-    r[r.length - 1] = end;
-    this.#lastWasValue = true;
-  }
-
-  onHeadersComplete(): number {
-    this.#headersDone = true;
-    return 0;
-  }
-
-  onBody(buf: Uint8Array, start: number, end: number): void {
-    this.#body.push(buf.slice(start, end));
-    this.#bodyBytes += end - start;
-  }
-
-  onMessageComplete(): number {
-    this.#bodyDone = true;
-    return HPE.PAUSED;
-  }
-
-  // ---------------------------------------------------------------- reading
-
-  /** Parses what is buffered; false when the request is malformed (#error set). */
-  #parse(): boolean {
-    if (this.#start === this.#end) return true;
-    if (this.#paused) {
-      this.#parser.resume();
-      this.#paused = false;
+    for (let i = 0, n = p.eventCount; i < n; i += 3) {
+      const at = ev[i + 1];
+      const end = at + ev[i + 2];
+      switch (ev[i]) {
+        case EV.MESSAGE_BEGIN:
+          this.#messageBegin();
+          break;
+        case EV.URL:
+          if (this.#urlStart < 0) this.#urlStart = at;
+          this.#urlEnd = end;
+          break;
+        case EV.HEADER_FIELD:
+          if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
+          else r.push(at, end, -1, -1);
+          this.#lastWasValue = false;
+          break;
+        case EV.HEADER_VALUE:
+          if (r[r.length - 2] < 0) r[r.length - 2] = at;
+          r[r.length - 1] = end;
+          this.#lastWasValue = true;
+          break;
+        case EV.HEADERS_COMPLETE:
+          this.#headersDone = true;
+          break;
+        case EV.BODY:
+          this.#body.push(this.#buf.slice(at, end));
+          this.#bodyBytes += end - at;
+          break;
+        case EV.MESSAGE_COMPLETE:
+          this.#bodyDone = true;
+          break;
+      }
     }
-    const r = this.#parser.execute(this.#buf, this.#start, this.#end);
-    this.#start += r.consumed;
-    if (r.error === HPE.PAUSED || r.error === HPE.PAUSED_UPGRADE) {
-      // Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
-      this.#paused = true;
-      if (r.error === HPE.PAUSED_UPGRADE) {
-        this.#error = { status: 501, message: "Protocol upgrades are not supported" };
+  }
+
+  /** Parses what is buffered (up to a message's end); false when it is malformed (#error set). */
+  #parse(): boolean {
+    while (this.#start < this.#end) {
+      if (this.#paused) {
+        if (this.#pausedUpgrade) this.#parser.resumeAfterUpgrade();
+        else this.#parser.resume();
+        this.#paused = this.#pausedUpgrade = false;
+      }
+      const error = this.#parser.execute(this.#buf, this.#start, this.#end);
+      this.#apply();
+      this.#start += this.#parser.consumed;
+      if (error === HPE.PAUSED || error === HPE.PAUSED_UPGRADE) {
+        // A message ended. Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
+        this.#paused = true;
+        this.#pausedUpgrade = error === HPE.PAUSED_UPGRADE;
+        if (this.#pausedUpgrade && !this.#headersDone) continue; // the upgrade stop itself
+        break;
+      }
+      if (error !== 0) {
+        this.#error = {
+          status: 400,
+          message: `Malformed HTTP request: ${this.#parser.errorReason}`,
+        };
         return false;
       }
-    } else if (r.error !== 0) {
-      this.#error = { status: 400, message: `Malformed HTTP request: ${this.#parser.errorReason}` };
-      return false;
-    }
-    if (this.#phase === "head" && !this.#headersDone) {
-      if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
-        this.#error = { status: 431, message: "Request head is too large" };
-        return false;
+      if (this.#phase === "head" && !this.#headersDone) {
+        if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
+          this.#error = { status: 431, message: "Request head is too large" };
+          return false;
+        }
       }
     }
     this.#wakeRoom();
@@ -629,20 +651,22 @@ class ServerConnection implements ParserHandler {
   }
 
   /** The next request's head, or undefined when the connection is done. */
-  async #readHead(): Promise<Http1Request | undefined> {
-    this.#phase = "idle";
-    this.#headersDone = this.#bodyDone = false;
-    this.#since = performance.now();
-    this.#headStart = this.#start;
-    while (true) {
-      if (this.#phase === "idle") this.#headStart = this.#start;
-      if (!this.#parse()) return undefined;
-      if (this.#headersDone) return this.#request();
-      if (!(await this.#fill())) {
-        if ((this.#phase as Phase) === "head") this.keepAlive = false; // a head cut short
-        return undefined;
-      }
+  /** Parses toward the next request: it, null when more bytes are needed, undefined when done. */
+  #nextHead(): Http1Request | null | undefined {
+    if (this.#phase === "idle") this.#headStart = this.#start;
+    if (!this.#parse()) return undefined;
+    if (this.#headersDone) return this.#request();
+    if (this.eof) {
+      if (this.#phase === "head") this.keepAlive = false; // a head cut short: nothing to answer
+      return undefined;
     }
+    return null;
+  }
+
+  /** Resolves when the pump has read more (or the peer closed). */
+  #moreData(): Promise<void> {
+    this.#wakeRoom();
+    return new Promise<void>((resolve) => this.#dataWaiter = resolve);
   }
 
   #request(): Http1Request | undefined {
@@ -725,6 +749,21 @@ class ServerConnection implements ParserHandler {
     }
   }
 
+  /** `req`'s whole body if it is all in, else undefined. */
+  bodyNow(req: Http1Request, limit: number): Uint8Array | undefined {
+    if (req !== this.#current || !this.#bodyDone || this.#expectContinue) return undefined;
+    if (this.#bodyBytes > limit) {
+      this.keepAlive = false;
+      throw new BodyTooLarge(limit);
+    }
+    const parts = this.#body;
+    this.#body = [];
+    this.#bodyBytes = 0;
+    return parts.length === 1
+      ? parts[0]
+      : concat(parts, parts.reduce((n, p) => n + p.byteLength, 0));
+  }
+
   /** The whole body of `req`. */
   async readBody(req: Http1Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
     if (req !== this.#current) throw new ConnectionClosed("The request is over");
@@ -774,14 +813,17 @@ class ServerConnection implements ParserHandler {
 
   // ---------------------------------------------------------------- writing
 
-  /** Serializes an answer's head into the output buffer; `length` -1: no Content-Length. */
+  /**
+   * Serializes an answer's head into the output buffer and returns its
+   * length; `length` -1: no Content-Length.
+   */
   head(
     status: number,
     statusText: string | undefined,
     headers: Iterable<readonly [string, string]>,
     length: number,
     chunked: boolean,
-  ): { bytes: Uint8Array; length: number } {
+  ): number {
     let s = `HTTP/1.1 ${status} ${statusText || STATUS_CODES[status] || "Unknown"}\r\n`;
     let hasDate = false;
     for (const [k, v] of headers) {
@@ -794,7 +836,8 @@ class ServerConnection implements ParserHandler {
     if (!this.keepAlive || this.#closing) s += "connection: close\r\n";
     else if (this.httpMinor === 0) s += "connection: keep-alive\r\n";
     s += "\r\n";
-    return { bytes: this.#encode(s, 0), length: s.length };
+    this.#encode(s, 0);
+    return s.length;
   }
 
   #closing = false;
@@ -814,18 +857,24 @@ class ServerConnection implements ParserHandler {
     return out;
   }
 
-  async writeWithBody(head: Uint8Array, headLen: number, body: Uint8Array): Promise<void> {
-    if (headLen + body.byteLength <= 64 * 1024) {
-      if (headLen + body.byteLength > this.#out.length) {
-        const next = new Uint8Array(headLen + body.byteLength);
-        next.set(head.subarray(0, headLen));
-        this.#out = head = next;
-      }
-      head.set(body, headLen);
-      return await this.write(head, headLen + body.byteLength);
+  /** Writes the head in the output buffer (`headLen` bytes). */
+  writeOut(headLen: number): Promise<void> {
+    return this.write(this.#out, headLen);
+  }
+
+  /** Writes the head in the output buffer and `body` after it, in one write when small. */
+  writeWithBody(headLen: number, body: Uint8Array): Promise<void> {
+    const total = headLen + body.byteLength;
+    if (total > 64 * 1024) {
+      return this.write(this.#out, headLen).then(() => this.write(body, body.byteLength));
     }
-    await this.write(head, headLen);
-    await this.write(body, body.byteLength);
+    if (total > this.#out.length) {
+      const next = new Uint8Array(total);
+      next.set(this.#out.subarray(0, headLen));
+      this.#out = next;
+    }
+    this.#out.set(body, headLen);
+    return this.write(this.#out, total);
   }
 
   async writeChunk(chunk: Uint8Array): Promise<void> {
@@ -842,15 +891,27 @@ class ServerConnection implements ParserHandler {
     await this.write(CRLF, 2);
   }
 
-  async write(bytes: Uint8Array, length: number): Promise<void> {
-    if (this.#closed) throw new ConnectionClosed();
+  /** Writes `bytes[0, length)`; rejects with ConnectionClosed when the peer is gone. */
+  write(bytes: Uint8Array, length: number): Promise<void> {
+    if (this.#closed) return Promise.reject(new ConnectionClosed());
+    const view = length === bytes.byteLength ? bytes : bytes.subarray(0, length);
+    return this.#sock.write(view).then(
+      (n) => n < length ? this.#writeRest(view, n) : undefined,
+      () => this.#writeFailed(),
+    );
+  }
+
+  async #writeRest(view: Uint8Array, from: number): Promise<void> {
     try {
-      let o = 0;
-      while (o < length) o += await this.#sock.write(bytes.subarray(o, length));
+      for (let o = from; o < view.byteLength;) o += await this.#sock.write(view.subarray(o));
     } catch {
-      this.close();
-      throw new ConnectionClosed();
+      this.#writeFailed();
     }
+  }
+
+  #writeFailed(): never {
+    this.close();
+    throw new ConnectionClosed();
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -859,14 +920,22 @@ class ServerConnection implements ParserHandler {
     const pump = this.#pump();
     try {
       while (!this.#closed) {
-        const req = await this.#readHead();
+        this.#phase = "idle";
+        this.#headersDone = this.#bodyDone = false;
+        this.#since = performance.now();
+        let req = this.#nextHead();
+        while (req === null) {
+          await this.#moreData();
+          req = this.#nextHead();
+        }
         if (!req) {
           if (this.#error) await this.#answerError();
           break;
         }
         const res = new Http1Response(this, req.method === "HEAD");
         try {
-          await this.#opts.handler(req, res);
+          const handled = this.#opts.handler(req, res);
+          if (handled) await handled;
           if (!res.finished) throw new Error("The handler returned before answering");
         } catch (err) {
           if (err instanceof ConnectionClosed || this.#closed) break;
@@ -884,7 +953,7 @@ class ServerConnection implements ParserHandler {
           this.#current = undefined;
         }
         if (!this.keepAlive || this.#closing || this.eof) break;
-        if (!(await this.#skipBody())) break;
+        if (!this.#bodyDone && !(await this.#skipBody())) break;
       }
     } catch {
       // a broken connection: nothing more to do on it

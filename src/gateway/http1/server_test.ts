@@ -330,3 +330,18 @@ t(
     await s.shutdown();
   },
 );
+
+t("http1 ignores a protocol upgrade it was asked for and goes on speaking HTTP/1.1", async () => {
+  const s = echo();
+  const got = answers(
+    await exchange(
+      s.addr.port,
+      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ),
+  );
+  assert.deepEqual(got.map((a) => [a.status, JSON.parse(a.body).url]), [[200, "/ws"], [
+    200,
+    "/after",
+  ]]);
+  await s.shutdown();
+});

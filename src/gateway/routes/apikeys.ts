@@ -76,19 +76,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     log.info("API key {id} ({scope}) created by {by}", { id, scope, by: p.id });
     return c.json({ ...keyJson(rec), key }, 201);
   });
-  app.get("/", async (c) => {
-    const p = c.var.principal;
-    if (p.anonymous) authorize(p, "write");
-    if (!p.grants.some((g) => g.scope === "full")) {
-      throw new InferxError("forbidden", `${p.id} may not manage API keys`);
-    }
-    const { items } = await deps.meta.list("apikey");
-    const keys = items.flatMap((r) => {
-      const k = ApiKeyRecordSchema.safeParse(JSON.parse(r.value));
-      return k.success && mayManageKey(p, k.data) ? [keyJson(k.data)] : [];
-    });
-    return c.json({ items: keys });
-  });
+  app.get("/", async (c) => c.json({ items: await listKeys(c.var.principal, deps.meta) }));
   app.get(
     "/:id",
     async (c) => c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta))),
@@ -103,7 +91,22 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   return app;
 }
 
+/** The keys `p` may manage, as `GET /apikeys` lists them; 401/403 for who may manage none. */
+export async function listKeys(p: Principal, meta: MetaClient): Promise<KeyJson[]> {
+  if (p.anonymous) authorize(p, "write");
+  if (!p.grants.some((g) => g.scope === "full")) {
+    throw new InferxError("forbidden", `${p.id} may not manage API keys`);
+  }
+  const { items } = await meta.list("apikey");
+  return items.flatMap((r) => {
+    const k = ApiKeyRecordSchema.safeParse(JSON.parse(r.value));
+    return k.success && mayManageKey(p, k.data) ? [keyJson(k.data)] : [];
+  });
+}
+
 /** The public view of a key: everything but its hash. */
+export type KeyJson = ReturnType<typeof keyJson>;
+
 function keyJson(k: ApiKeyRecord) {
   return {
     id: k.id,

@@ -1,14 +1,16 @@
 /**
  * The audit: `GET /audit/requests` and `GET /audit/pods`, newest first,
- * filtered by `tenant`, `namespace`, `func`, `since` (ms) and `limit`;
- * `GET /audit/stats` for the log's health and the token usage of
- * OpenAI-style calls by function version and by tenant (`since`, default the
- * last hour; `tenant` to see one tenant's, with a grant on that tenant).
+ * filtered by `tenant`, `namespace`, `func`, `since` (ms) and `limit`, and
+ * request rows by `status` (`503`, or a class: `5xx`); `GET /audit/stats`
+ * for the log's health and the token usage of OpenAI-style calls by
+ * function version and by tenant (`since`, default the last hour; `tenant`
+ * to see one tenant's, with a grant on that tenant).
  *
  * @module
  */
 import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
+import type { AuditQuery } from "../../audit/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 
@@ -34,6 +36,9 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     const q = auditQuery(c.req.query());
+    if (kind === "pods" && q.status) {
+      throw new ValidationError("Invalid audit query: status filters request rows only", "status");
+    }
     authorize(c.var.principal, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
     const rows = kind === "requests"
@@ -44,8 +49,9 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   return app;
 }
 
-function auditQuery(query: Record<string, string>) {
-  const { tenant, namespace, func, since, limit } = query;
+/** An audit query from a request's query parameters; a clear 400 for bad ones. */
+export function auditQuery(query: Record<string, string | undefined>): AuditQuery {
+  const { tenant, namespace, func, since, limit, status } = query;
   const num = (raw: string | undefined, field: string, max: number) => {
     if (raw === undefined) return undefined;
     const n = Number(raw);
@@ -61,7 +67,22 @@ function auditQuery(query: Record<string, string>) {
     tenant,
     namespace,
     func,
+    status: statusRange(status),
     since: num(since, "since", Number.MAX_SAFE_INTEGER),
     limit: num(limit, "limit", 10_000) ?? 100,
   };
+}
+
+/** `503` or a class such as `5xx`, as an inclusive range. */
+function statusRange(raw: string | undefined): AuditQuery["status"] {
+  if (raw === undefined || raw === "") return undefined;
+  const m = /^([1-5])(xx|\d\d)$/i.exec(raw);
+  if (!m) {
+    throw new ValidationError(
+      `Invalid status "${raw}": a status code (503) or a class (5xx)`,
+      "status",
+    );
+  }
+  if (m[2].toLowerCase() === "xx") return { min: Number(m[1]) * 100, max: Number(m[1]) * 100 + 99 };
+  return { min: Number(raw), max: Number(raw) };
 }

@@ -36,3 +36,32 @@ t("the audit needs a read grant: anonymous callers get 401", async () => {
   await r.body?.cancel();
   await f.close();
 });
+
+t("/audit/requests filters by status code or class; pod rows take no status", async () => {
+  const f = await gatewayFixture();
+  await (await f.app.request("/funccall/t/n/nope/x")).body?.cancel();
+  const late = await f.app.request("/funccall/t/n/f/x", {
+    headers: { "x-inferx-timeout": "0.05" },
+  });
+  assert.equal(late.status, 504);
+  await late.body?.cancel();
+  const statuses = async (q: string) =>
+    (await (await f.app.request(`/audit/requests?tenant=t&${q}`)).json()).items.map(
+      (r: { status: number }) => r.status,
+    );
+  assert.deepEqual(await statuses("status=404"), [404]);
+  assert.deepEqual(await statuses("status=5xx"), [504]);
+  assert.deepEqual(await statuses("status=2xx"), []);
+  for (
+    const [path, re] of [
+      ["/audit/requests?status=600", /Invalid status "600"/],
+      ["/audit/requests?status=5x", /Invalid status "5x"/],
+      ["/audit/pods?status=404", /status filters request rows only/],
+    ] as const
+  ) {
+    const r = await f.app.request(path);
+    assert.equal(r.status, 400, path);
+    assert.match((await r.json()).error.message, re);
+  }
+  await f.close();
+});

@@ -224,3 +224,40 @@ t("the platform's credentials are not forwarded to the worker when auth is on", 
   await f.close();
   await server.shutdown();
 });
+
+t(
+  "a function whose Schedulable condition is False answers 503 unschedulable at once, until it clears",
+  async () => {
+    const f = await gatewayFixture();
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const setStatus = async (status: string, reason: string, message: string) => {
+      const cur = (await f.meta.get(ref))!;
+      const object = JSON.parse(cur.value).object;
+      await f.meta.update({
+        ...ref,
+        revision: cur.revision,
+        object: {
+          ...object,
+          status: { conditions: [{ type: "Schedulable", status, reason, message }] },
+        },
+      });
+      await new Promise((r) => setTimeout(r, 20)); // the informer delivers it
+    };
+    await setStatus("False", "GPUTypeUnavailable", "No node could ever hold a pod: no A100");
+    const r = await call(f.app);
+    assert.equal(r.status, 503);
+    const body = await r.json();
+    assert.equal(body.error.code, "unschedulable");
+    assert.equal(body.error.message, "Cannot call t/n/f: No node could ever hold a pod: no A100");
+    assert.equal(body.error.details.reason, "GPUTypeUnavailable");
+    assert.equal(f.sched.leases.length, 0, "refused without asking the scheduler");
+    await setStatus("True", "Fits", "At least one node can hold a pod");
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    const ok = await call(f.app);
+    assert.equal(ok.status, 200);
+    await ok.body?.cancel();
+    await f.close();
+    await w.close();
+  },
+);

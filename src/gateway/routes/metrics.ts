@@ -1,11 +1,12 @@
 /**
- * Operations: `GET /health` (open, for probes) and `GET /metrics`
- * (Prometheus text; needs a cluster-wide read grant when auth is on).
+ * `GET /metrics`: Prometheus text (needs a cluster-wide read grant when auth
+ * is on); the whole group's when gateways share the port.
  *
  * @module
  */
 import { Hono } from "hono";
 import { authorize } from "../auth.ts";
+import { groupMetrics } from "../group.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 
 /** `/metrics`, mounted at `/`. (`/health` is answered before authentication, in app.ts.) */
@@ -13,9 +14,8 @@ export function metricsRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   app.get("/metrics", async (c) => {
     authorize(c.var.principal, "read");
-    return c.body(await deps.registry.metrics(), 200, {
-      "content-type": deps.registry.contentType,
-    });
+    const registry = deps.group ? await groupMetrics(deps.registry, deps.group) : deps.registry;
+    return c.body(await registry.metrics(), 200, { "content-type": registry.contentType });
   });
   return app;
 }

@@ -1,18 +1,22 @@
 /**
- * Objects and the cluster's state: `PUT|POST /object/` (create, update at a
- * revision), `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
+ * Objects and the cluster's state: `PUT|POST /object/[?dryRun=1]` (create,
+ * update at a revision; an update that changes nothing answers
+ * `"unchanged": true`; a dry run writes nothing),
+ * `GET|DELETE /object/{type}/{tenant}/{namespace}/{name}`,
  * `GET /objects/{type}[/{tenant}/{namespace}]`, `GET /nodes`,
- * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`. Every change goes
- * through the state service, which validates it.
+ * `GET /pods/{tenant}/{namespace}/{function}[/{pod}/log]`,
+ * `DELETE /pods/{tenant}/{namespace}/{function}/{pod}` (terminate, through the
+ * scheduler). Every change goes through the state service, which validates it.
  *
  * @module
  */
 import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
-import { decodeNode, decodePod } from "../../model/cluster.ts";
-import { isUserType, type UserType } from "../../model/keys.ts";
+import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
+import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
-import type { MetaRecord } from "../../rpc/types.ts";
+import { decodeSnapshot } from "../../model/snapshot.ts";
+import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
@@ -22,10 +26,11 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const limit = deps.bodyLimit;
   app.put("/object/", async (c) => {
+    const dryRun = dryRunParam(c.req.query("dryRun"));
     const input = objectInput(await readJson(c.req.raw, limit));
     authorizeObject(c.var.principal, "write", input);
-    const rec = await deps.meta.create(input);
-    return c.json(recordJson(rec), 201);
+    const rec = await deps.meta.create(input, { dryRun });
+    return c.json(writeJson(rec), dryRun ? 200 : 201);
   });
   app.post("/object/", async (c) => {
     const input = objectInput(await readJson(c.req.raw, limit));
@@ -36,7 +41,8 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     authorizeObject(c.var.principal, "write", input);
-    return c.json(recordJson(await deps.meta.update(input)));
+    const dryRun = dryRunParam(c.req.query("dryRun"));
+    return c.json(writeJson(await deps.meta.update(input, { dryRun })));
   });
   app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
     const { tenant, namespace, name } = c.req.param();
@@ -84,20 +90,46 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { items } = await deps.meta.list("node");
     return c.json(items.map((r) => decodeNode(r.value)));
   });
+  app.get("/snapshots", async (c) => {
+    const p = c.var.principal;
+    if (p.anonymous) authorize(p, "read");
+    const { tenant, namespace, func, node } = c.req.query();
+    const { items } = await deps.meta.list("snapshot", tenant, tenant && namespace);
+    return c.json({
+      items: items.map((r) => decodeSnapshot(r.value)).filter((s) =>
+        allows(p, "read", s.tenant, s.namespace) && (!func || s.func === func) &&
+        (!node || s.node === node)
+      ),
+    });
+  });
+  app.get("/nodes/:node/snapshots", async (c) => {
+    authorize(c.var.principal, "read");
+    const node = c.req.param("node");
+    const { items } = await deps.meta.list("snapshot");
+    return c.json({
+      items: items.map((r) => decodeSnapshot(r.value)).filter((s) => s.node === node),
+    });
+  });
   app.get("/pods/:tenant/:namespace/:func", async (c) => {
     const { tenant, namespace, func } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
     const { items } = await deps.meta.list("pod", tenant, namespace);
     return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
   });
+  app.delete("/pods/:tenant/:namespace/:func/:pod", async (c) => {
+    const { tenant, namespace, func, pod: podId } = c.req.param();
+    authorize(c.var.principal, "write", tenant, namespace);
+    const pod = await podOf(deps.meta, tenant, namespace, func, podId);
+    if (!deps.scheduler) {
+      throw new InferxError("unsupported", "This gateway cannot reach the scheduler");
+    }
+    await deps.scheduler.killPod(pod.id);
+    return c.json({ terminated: pod.id, state: pod.state });
+  });
   app.get("/pods/:tenant/:namespace/:func/:pod/log", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
-    const rec = await deps.meta.get({ type: "pod", tenant, namespace, name: podId });
-    const pod = rec && decodePod(rec.value);
-    if (!pod || pod.func !== func) {
-      throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
-    }
+    const pod = await podOf(deps.meta, tenant, namespace, func, podId);
     const nodeRec = await deps.meta.get({
       type: "node",
       tenant: "system",
@@ -114,6 +146,24 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.text(await agent.readPodLog(podId, lines));
   });
   return app;
+}
+
+/** Pod `podId` of function `tenant/namespace/func`; `not_found` when there is none. */
+async function podOf(
+  meta: MetaClient,
+  tenant: string,
+  namespace: string,
+  func: string,
+  podId: string,
+): Promise<PodInfo> {
+  const rec = isValidName(podId)
+    ? await meta.get({ type: "pod", tenant, namespace, name: podId })
+    : undefined;
+  const pod = rec && decodePod(rec.value);
+  if (!pod || pod.func !== func) {
+    throw new NotFoundError(`Pod ${podId} of ${tenant}/${namespace}/${func} does not exist`);
+  }
+  return pod;
 }
 
 /** Where an object lives for authorization: a tenant is its own scope; a namespace too. */
@@ -155,6 +205,30 @@ function recordJson(rec: MetaRecord): Record<string, unknown> {
   return userObjectToJson(decodeStoredUserObject(rec.value, rec.revision));
 }
 
+/** The answer of a write: the object, whether it was unchanged, and whether it was a dry run. */
+function writeJson(rec: WriteResult): Record<string, unknown> {
+  const out = recordJson(rec);
+  out.unchanged = rec.unchanged ?? false;
+  if (rec.dryRun) out.dryRun = true;
+  return out;
+}
+
+/** `?dryRun=1|true` (or absent, `0`, `false`). */
+function dryRunParam(q: string | undefined): boolean {
+  if (q === undefined || q === "0" || q === "false") return false;
+  if (q === "1" || q === "true" || q === "") return true;
+  throw new ValidationError(`Invalid dryRun "${q}": 1, true, 0 or false`, "dryRun");
+}
+
+/** `object` without `status`: the platform writes status, users do not. */
+function withoutStatus(object: unknown): unknown {
+  if (!object || typeof object !== "object" || Array.isArray(object) || !("spec" in object)) {
+    return object;
+  }
+  const { status: _, ...rest } = object as Record<string, unknown>;
+  return rest;
+}
+
 /** The `{type, tenant, namespace, name, object, revision?}` envelope of a change. */
 function objectInput(body: unknown) {
   if (!body || typeof body !== "object" || Array.isArray(body)) {
@@ -178,7 +252,7 @@ function objectInput(body: unknown) {
     tenant: b.tenant as string,
     namespace: b.namespace as string,
     name: b.name as string,
-    object: b.object,
+    object: withoutStatus(b.object),
     revision: b.revision as number | undefined,
   };
 }

@@ -111,3 +111,119 @@ t(
     await f.close();
   },
 );
+
+t(
+  "an update equal to the stored object answers 200 unchanged with the same revision and version",
+  async () => {
+    const f = await gatewayFixture();
+    const cur = await (await f.app.request("/object/function/t/n/f")).json();
+    const send = (object: unknown) =>
+      f.app.request("/object/", {
+        method: "POST",
+        body: JSON.stringify({ ...cur, object }),
+      });
+    const same = await send(cur.object);
+    assert.equal(same.status, 200);
+    const body = await same.json();
+    assert.equal(body.unchanged, true);
+    assert.equal(body.revision, cur.revision);
+    assert.equal(body.version, cur.version);
+    // A policy change writes, and keeps the version: no new workers.
+    const policy = await send({ spec: { image: "x", policy: { Obj: { max_replica: 5 } } } });
+    const changed = await policy.json();
+    assert.equal(changed.unchanged, false);
+    assert.ok(changed.revision > cur.revision);
+    assert.equal(changed.version, cur.version);
+    await f.close();
+  },
+);
+
+t("?dryRun=1 validates and answers the object as it would be, writing nothing", async () => {
+  const f = await gatewayFixture();
+  const fn = { type: "function", tenant: "t", namespace: "n", name: "g", object: { image: "x" } };
+  const dry = await f.app.request("/object/?dryRun=1", { method: "PUT", body: JSON.stringify(fn) });
+  assert.equal(dry.status, 200);
+  const body = await dry.json();
+  assert.equal(body.dryRun, true);
+  assert.equal(body.version, 1);
+  assert.equal(body.object.spec.endpoint.probe, "/health", "defaults filled in");
+  assert.equal((await f.app.request("/object/function/t/n/g")).status, 404);
+  const bad = await f.app.request("/object/?dryRun=1", {
+    method: "PUT",
+    body: JSON.stringify({ ...fn, object: { image: "x", resources: { CPU: 0 } } }),
+  });
+  assert.equal(bad.status, 400);
+  assert.match((await bad.json()).error.message, /resources\.CPU/);
+  const cur = await (await f.app.request("/object/function/t/n/f")).json();
+  const upd = await f.app.request("/object/?dryRun=true", {
+    method: "POST",
+    body: JSON.stringify({ ...cur, object: { spec: { image: "y" } } }),
+  });
+  const u = await upd.json();
+  assert.deepEqual([u.dryRun, u.unchanged, u.version, u.revision], [
+    true,
+    false,
+    cur.version + 1,
+    cur.revision,
+  ]);
+  const still = await (await f.app.request("/object/function/t/n/f")).json();
+  assert.deepEqual(still, cur);
+  const wrong = await f.app.request("/object/?dryRun=maybe", { method: "PUT", body: "{}" });
+  assert.equal(wrong.status, 400);
+  assert.match((await wrong.json()).error.message, /Invalid dryRun "maybe"/);
+  await f.close();
+});
+
+t("users cannot write a function's status: the API drops it", async () => {
+  const f = await gatewayFixture();
+  const conditions = [{ type: "Schedulable", status: "False", reason: "Forged", message: "" }];
+  const put = await f.app.request("/object/", {
+    method: "PUT",
+    body: JSON.stringify({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "g",
+      object: { spec: { image: "x" }, status: { conditions } },
+    }),
+  });
+  assert.equal(put.status, 201);
+  assert.equal((await put.json()).object.status, undefined);
+  await f.close();
+});
+
+t("snapshots are listed for those who may read their namespace, and per node", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const snap = (node: string) => ({
+    tenant: "t",
+    namespace: "n",
+    func: "f",
+    funcVersion: 1,
+    node,
+    state: "Ready",
+    sourcePod: "p-1",
+    bytes: 1000,
+    dumpMs: 5,
+    createdAt: 1,
+  });
+  for (const node of ["n1", "n2"]) {
+    await f.meta.create({
+      type: "snapshot",
+      tenant: "t",
+      namespace: "n",
+      name: `f.v1.${node}`,
+      object: snap(node),
+    });
+  }
+  const admin = { authorization: "Bearer admin-key-0123456789" };
+  const all = await (await f.app.request("/snapshots", { headers: admin })).json();
+  assert.deepEqual(all.items.map((s: { node: string }) => s.node).sort(), ["n1", "n2"]);
+  const one = await (await f.app.request("/snapshots?func=f&node=n2", { headers: admin })).json();
+  assert.deepEqual(one.items.map((s: { node: string }) => s.node), ["n2"]);
+  const byNode = await (await f.app.request("/nodes/n1/snapshots", { headers: admin })).json();
+  assert.deepEqual(byNode.items.map((s: { node: string }) => s.node), ["n1"]);
+  const anon = await f.app.request("/snapshots");
+  assert.equal(anon.status, 401);
+  await anon.body?.cancel();
+  await f.close();
+});

@@ -70,8 +70,45 @@ export function creatingCurrent(state: CoreState, f: CoreFunc): number {
   return n;
 }
 
+/** Whether `gateway` holds a lease on `pod`, alone or shared. */
+export function holds(pod: CorePod, gateway: string): boolean {
+  return pod.leasedBy === gateway || (pod.sharedWith?.includes(gateway) ?? false);
+}
+
+/** Makes `gateway` a lessee of `pod` (the first one holds `leasedBy`, others share). */
+export function addLessee(pod: CorePod, gateway: string, now: number): void {
+  if (!pod.leasedBy) pod.leasedBy = gateway;
+  else if (!holds(pod, gateway)) (pod.sharedWith ??= []).push(gateway);
+  pod.leasedAt = now;
+}
+
+/** Takes `gateway`'s lease off `pod`; true when no lessee is left. */
+export function removeLessee(pod: CorePod, gateway: string): boolean {
+  if (pod.leasedBy === gateway) pod.leasedBy = pod.sharedWith?.shift();
+  else if (pod.sharedWith) pod.sharedWith = pod.sharedWith.filter((g) => g !== gateway);
+  if (!pod.sharedWith?.length) pod.sharedWith = undefined;
+  return pod.leasedBy === undefined;
+}
+
+/** Every gateway holding a lease on `pod`. */
+export function lessees(pod: CorePod): string[] {
+  return pod.leasedBy ? [pod.leasedBy, ...(pod.sharedWith ?? [])] : [];
+}
+
+/** Drops every lease on `pod` (it is parked or ends). */
+export function clearLessees(pod: CorePod): void {
+  pod.leasedBy = undefined;
+  pod.sharedWith = undefined;
+}
+
 /** Starts a pod of `f` on `node`: mints its id, charges the node, asks the shell to create it. */
-export function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacement["gpus"]) {
+export function createPod(
+  ctx: Ctx,
+  f: CoreFunc,
+  node: CoreNode,
+  gpus: PodPlacement["gpus"],
+  fromSnapshot = false,
+) {
   const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
   const placement: PodPlacement = {
     id,
@@ -81,6 +118,7 @@ export function createPod(ctx: Ctx, f: CoreFunc, node: CoreNode, gpus: PodPlacem
     cpu: f.demand.cpu,
     memMB: f.demand.memMB,
     gpus,
+    ...(fromSnapshot ? { fromSnapshot } : {}),
   };
   addPod(ctx.state, placement, "Creating", vramCharge(node, f.demand), ctx.now).since = ctx.now;
   ctx.actions.push({ type: "createPod", pod: placement });
@@ -144,7 +182,7 @@ export function releasePod(state: CoreState, pod: CorePod) {
 export function terminate(ctx: Ctx, pod: CorePod, reason: string) {
   if (pod.state === "Terminating") return;
   pod.state = "Terminating";
-  pod.leasedBy = undefined;
+  clearLessees(pod);
   unitOf(ctx.state, pod)?.idle.delete(pod.id);
   ctx.actions.push({ type: "terminatePod", podId: pod.id, reason });
 }

@@ -24,7 +24,8 @@ import {
   needsOrder,
   reclaim,
 } from "./fairness.ts";
-import { describeReasons, place } from "./placement.ts";
+import { describeReasons } from "./placement.ts";
+import { planStart } from "./snapshot.ts";
 import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
 import { parkedPod, restoreOrStart, retire } from "./standby.ts";
 import type { CoreFunc, CoreState } from "./types.ts";
@@ -35,6 +36,7 @@ import type { CoreFunc, CoreState } from "./types.ts";
  */
 export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   const { state } = ctx;
+  if (f.schedulable?.status === "False") return; // no node could ever hold it: evict nothing
   let live = liveCurrent(state, f);
   let need = Math.max(
     f.waiters.length - creatingCurrent(state, f),
@@ -71,9 +73,10 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       live--;
     }
     if (live >= f.policy.maxReplica) break;
-    const r = place(state.nodeList, f.demand);
+    const start = planStart(state.nodeList, f, state.config.snapshotStart);
+    const r = start.result;
     if (r.ok) {
-      createPod(ctx, f, r.node, r.gpus);
+      createPod(ctx, f, r.node, r.gpus, start.fromSnapshot);
       live++;
       need--;
       continue;

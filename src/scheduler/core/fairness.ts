@@ -26,7 +26,7 @@
  *
  * @module
  */
-import type { Ctx } from "./_accounting.ts";
+import { type Ctx, lessees } from "./_accounting.ts";
 import { tenantOf } from "./quota.ts";
 import type { CoreFunc, CorePod, CoreState, PodDemand, Priority } from "./types.ts";
 
@@ -187,14 +187,19 @@ export function needsOrder(units: readonly CoreFunc[]): boolean {
   return false;
 }
 
-/** Asks the gateway holding `pod` to give it back; it serves no new lease meanwhile. */
+/**
+ * Asks the gateways holding `pod` (one, or several sharing it) to give it
+ * back; it serves no new lease meanwhile.
+ */
 export function reclaim(ctx: Ctx, pod: CorePod, forId: string) {
   if (pod.reclaiming || !pod.leasedBy) return;
   pod.reclaiming = true;
-  ctx.actions.push({
-    type: "reclaimLease",
-    gateway: pod.leasedBy,
-    podId: pod.id,
-    reason: `reclaimed for ${forId}, whose tenant is below its fair share`,
-  });
+  for (const gateway of lessees(pod)) {
+    ctx.actions.push({
+      type: "reclaimLease",
+      gateway,
+      podId: pod.id,
+      reason: `reclaimed for ${forId}, whose tenant is below its fair share`,
+    });
+  }
 }

@@ -9,6 +9,7 @@
  */
 import { type Ctx, terminate, unitOf } from "./_accounting.ts";
 import { ensureCapacity } from "./capacity.ts";
+import { updateSchedulable } from "./schedulable.ts";
 import type { CoreFunc, FuncReport, PodDemand } from "./types.ts";
 
 /** The id of version `version` of function `func`: its own id when it is the newest. */
@@ -36,6 +37,11 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     const id = unitId(r.id, w.version, i === 0);
     let u = had.get(w.version);
     had.delete(w.version);
+    // What this version needed when last decided: its own, or (a new newest version) the
+    // function's, whose Schedulable condition it carries on.
+    const head = i === 0 ? before?.[0] : undefined;
+    const decided = u ?? head;
+    const prevDemand = decided?.demand;
     if (!u) {
       u = {
         id,
@@ -47,6 +53,8 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
         idle: new Set(),
         waiters: [],
         restoreMs: {},
+        snapshotNodes: new Set(),
+        schedulable: head?.schedulable,
       };
       // Pods synced before their function (restart order) now belong to it.
       for (const p of state.pods.values()) {
@@ -55,11 +63,14 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
         if (p.state === "Ready" && !p.leasedBy) u.idle.add(p.id);
       }
     }
+    // A version keeps its snapshots; it is decided again when what it needs changed.
+    const decide = !u.schedulable || !prevDemand || !sameDemand(prevDemand, w.demand);
     u.id = id;
     u.demand = w.demand;
     u.policy = r.policy;
     state.funcs.set(id, u);
     units.push(u);
+    if (decide) updateSchedulable(ctx, u);
   }
   state.units.set(r.id, units);
   if (!before) {
@@ -112,4 +123,9 @@ export function leaseTarget(
   if (!units?.length) return undefined;
   if (version === undefined) return units[0];
   return units.find((u) => u.version === version) ?? units[0];
+}
+
+function sameDemand(a: PodDemand, b: PodDemand): boolean {
+  return a.cpu === b.cpu && a.memMB === b.memMB && a.gpuType === b.gpuType &&
+    a.gpuCount === b.gpuCount && a.vramMB === b.vramMB;
 }

@@ -4,10 +4,20 @@
  *
  * @module
  */
-import { activeCurrent, type Ctx, terminate, unitOf } from "./_accounting.ts";
+import {
+  activeCurrent,
+  addLessee,
+  type Ctx,
+  holds,
+  liveCurrent,
+  removeLessee,
+  terminate,
+  unitOf,
+} from "./_accounting.ts";
 import { scaleOutAdvice } from "./autoscale.ts";
 import { ensureCapacity } from "./capacity.ts";
 import { leaseTarget } from "./funcs.ts";
+import { refuseUnschedulable } from "./schedulable.ts";
 import { retire } from "./standby.ts";
 import type { CoreFunc, CorePod, GatewayLoad, Waiter } from "./types.ts";
 
@@ -30,6 +40,7 @@ export function onLease(
     });
     return;
   }
+  if (refuseUnschedulable(ctx, f, e.reqId)) return;
   const waiter: Waiter = {
     reqId: e.reqId,
     gateway: e.gateway,
@@ -40,8 +51,29 @@ export function onLease(
     grant(ctx, f, ctx.state.pods.get(podId)!, waiter, false);
     return;
   }
+  const shared = atLimit(ctx, f) && sharable(ctx, f, e.gateway);
+  if (shared) return grant(ctx, f, shared, waiter, false);
   f.waiters.push(waiter);
   ensureCapacity(ctx, f);
+}
+
+/** Whether `f` may get no more replicas: then gateways share its workers. */
+function atLimit(ctx: Ctx, f: CoreFunc): boolean {
+  return liveCurrent(ctx.state, f) >= f.policy.maxReplica;
+}
+
+/** A Ready worker of `f`'s version leased by others than `gateway`, the least shared first. */
+function sharable(ctx: Ctx, f: CoreFunc, gateway: string): CorePod | undefined {
+  let best: CorePod | undefined;
+  for (const id of f.pods) {
+    const p = ctx.state.pods.get(id)!;
+    if (
+      p.state !== "Ready" || p.version !== f.version || !p.leasedBy || p.reclaiming ||
+      holds(p, gateway)
+    ) continue;
+    if (!best || (p.sharedWith?.length ?? 0) < (best.sharedWith?.length ?? 0)) best = p;
+  }
+  return best;
 }
 
 /** The requester gave up: it waits no more. */
@@ -60,11 +92,11 @@ function grant(
   resumed = false,
 ) {
   f.idle.delete(pod.id);
-  pod.leasedBy = w.gateway;
-  pod.leasedAt = ctx.now;
+  addLessee(pod, w.gateway, ctx.now);
   ctx.actions.push({
     type: "leaseGranted",
     reqId: w.reqId,
+    gateway: w.gateway,
     podId: pod.id,
     endpoint: pod.endpoint!,
     coldStart,
@@ -75,15 +107,16 @@ function grant(
 
 /**
  * A gateway gives a worker back: to the next waiter, idle, parked, or
- * terminated (failed, its version drained, or reclaimed for another tenant).
+ * terminated (failed, its version drained, or reclaimed for another tenant) —
+ * once no other gateway shares it.
  */
 export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
   const pod = ctx.state.pods.get(podId);
-  if (!pod || pod.leasedBy !== gateway) return; // stale or foreign: ignore
-  pod.leasedBy = undefined;
+  if (!pod || !holds(pod, gateway)) return; // stale or foreign: ignore
+  if (failed) return terminate(ctx, pod, "returned as failed");
+  if (!removeLessee(pod, gateway)) return; // others still use it
   pod.lastUsed = ctx.now;
   const f = unitOf(ctx.state, pod);
-  if (failed) return terminate(ctx, pod, "returned as failed");
   if (!f) return terminate(ctx, pod, "old version drained");
   if (pod.reclaiming) {
     pod.reclaiming = false;
@@ -109,7 +142,7 @@ export function onGatewayHeartbeat(
   ctx.state.gateways.set(gateway, ctx.now);
   if (load) scaleOutAdvice(ctx, gateway, load);
   for (const pod of ctx.state.pods.values()) {
-    if (pod.reclaiming && pod.leasedBy === gateway) {
+    if (pod.reclaiming && holds(pod, gateway)) {
       ctx.actions.push({
         type: "reclaimLease",
         gateway,
@@ -123,21 +156,22 @@ export function onGatewayHeartbeat(
   const held = new Set(leases);
   for (const id of held) {
     const pod = ctx.state.pods.get(id);
-    if (!pod || pod.state !== "Ready" || (pod.leasedBy && pod.leasedBy !== gateway)) continue;
-    if (pod.leasedBy === gateway) continue;
-    pod.leasedBy = gateway;
-    pod.leasedAt = ctx.now;
+    if (!pod || pod.state !== "Ready" || holds(pod, gateway)) continue;
+    addLessee(pod, gateway, ctx.now); // shared, when another gateway lists it too
     unitOf(ctx.state, pod)?.idle.delete(id);
   }
   for (const pod of [...ctx.state.pods.values()]) {
-    if (pod.leasedBy !== gateway || held.has(pod.id)) continue;
+    if (!holds(pod, gateway) || held.has(pod.id)) continue;
     if (ctx.now - (pod.leasedAt ?? 0) >= ctx.state.config.leaseSettleMs) {
       onReturn(ctx, pod.id, gateway, false);
     }
   }
 }
 
-/** A Ready pod without a lease: hand it to a waiter, scale it in, or keep it idle. */
+/**
+ * A Ready pod without a lease: hand it to a waiter (and, when `f` may grow no
+ * more, to the waiters of other gateways too), scale it in, or keep it idle.
+ */
 export function settleUnleased(
   ctx: Ctx,
   f: CoreFunc,
@@ -146,7 +180,15 @@ export function settleUnleased(
   resumed = false,
 ) {
   const w = f.waiters.shift();
-  if (w) return grant(ctx, f, pod, w, coldStart, resumed);
+  if (w) {
+    grant(ctx, f, pod, w, coldStart, resumed);
+    if (atLimit(ctx, f)) {
+      f.waiters = f.waiters.filter((o) =>
+        holds(pod, o.gateway) || (grant(ctx, f, pod, o, coldStart, resumed), false)
+      );
+    }
+    return;
+  }
   if (!coldStart && !resumed && activeCurrent(ctx.state, f) > f.policy.minReplica) {
     return retire(ctx, f, pod, "scaled in");
   }
@@ -183,7 +225,7 @@ export function reclaimSilentGateways(ctx: Ctx) {
     if (now - seen < state.config.gatewayTimeoutMs) continue;
     state.gateways.delete(gw);
     for (const pod of state.pods.values()) {
-      if (pod.leasedBy === gw) onReturn(ctx, pod.id, gw, false);
+      if (holds(pod, gw)) onReturn(ctx, pod.id, gw, false);
     }
   }
 }

@@ -11,7 +11,14 @@ export * from "./eviction.ts";
 export * from "./fairness.ts";
 export { extraWorkers } from "./autoscale.ts";
 export { leaseTarget, unitId } from "./funcs.ts";
+export {
+  capacityView,
+  REASONS,
+  schedulability,
+  type SchedulabilityOptions,
+} from "./schedulable.ts";
 export { chooseTier, expectedRestoreMs, resumeIsFaster, TIER_HOLDS } from "./standby.ts";
 export { heartbeatFresh } from "./nodes.ts";
 export { recoveredState } from "./pods.ts";
+export * from "./snapshot.ts";
 export { newCoreState, step, type StepResult } from "./step.ts";

@@ -8,6 +8,7 @@
 import { type Ctx, releasePod } from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { refreshGpuSummary } from "./placement.ts";
+import { capacityChanged, updateAllSchedulable } from "./schedulable.ts";
 import type { CoreNode, CoreState, NodeReport } from "./types.ts";
 
 /**
@@ -22,6 +23,8 @@ export function heartbeatFresh(state: CoreState, heartbeat: number | undefined, 
 export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
   const { state } = ctx;
   let node = state.nodes.get(r.name);
+  const joined = !node;
+  const resized = joined || capacityChanged(node!, r);
   if (!node) {
     node = {
       name: r.name,
@@ -60,6 +63,7 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
     const why = r.ready ? "missed its heartbeats" : "is not ready";
     loseNodePods(ctx, node, `node ${node.name} ${why}`);
   }
+  if (resized) updateAllSchedulable(ctx, joined);
   retryStarved(ctx);
 }
 
@@ -70,6 +74,7 @@ export function onNodeRemove(ctx: Ctx, name: string) {
   loseNodePods(ctx, node, `node ${name} was removed`);
   ctx.state.nodes.delete(name);
   ctx.state.nodeList = ctx.state.nodeList.filter((n) => n !== node);
+  updateAllSchedulable(ctx);
   retryStarved(ctx);
 }
 

@@ -9,7 +9,7 @@ import {
   place,
   vramFit,
 } from "./placement.ts";
-import { coreNode } from "./testing.ts";
+import { coreNode, podDemand } from "./testing.ts";
 import type { CoreGpu, PodDemand } from "./types.ts";
 
 const gpu = (index: number, usedMB = 0, type = "H100", totalMB = 80_000): CoreGpu => ({
@@ -19,14 +19,7 @@ const gpu = (index: number, usedMB = 0, type = "H100", totalMB = 80_000): CoreGp
   vramUsedMB: usedMB,
   contexts: usedMB ? 1 : 0,
 });
-const demand = (d: Partial<PodDemand> = {}): PodDemand => ({
-  cpu: 1000,
-  memMB: 1024,
-  gpuType: "Any",
-  gpuCount: 0,
-  vramMB: 0,
-  ...d,
-});
+const demand = podDemand;
 
 Deno.test("nodeReady() refuses nodes that are not ready", () => {
   assert.equal(nodeReady(coreNode()), null);

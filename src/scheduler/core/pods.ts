@@ -18,6 +18,7 @@ export function onPodStatus(
   status: "Ready" | "Standby" | "Failed" | "Terminated",
   endpoint?: string,
   error?: string,
+  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number } = {},
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);
@@ -26,7 +27,7 @@ export function onPodStatus(
   if (status === "Ready") {
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
     const resumed = pod.state === "Resuming";
-    if (f) learnReadyTime(f, pod, ctx.now);
+    if (f) learnReadyTime(f, pod, ctx.now, start);
     pod.state = "Ready";
     pod.tier = undefined;
     pod.endpoint = endpoint ?? pod.endpoint;
@@ -74,7 +75,7 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
   } else if (known.state === "Resuming" && r.desired === "Standby") {
     ctx.actions.push({ type: "resumePod", podId: r.id, tier: known.tier! });
   } else if (r.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")) {
-    onPodStatus(ctx, r.id, "Ready", r.endpoint);
+    onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
     onPodStatus(ctx, r.id, "Failed", undefined, r.error);
   }

@@ -6,8 +6,8 @@
  * @module
  */
 import type { StandbyTier } from "../../model/cluster.ts";
-import { ALL_HELD, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
-import { place } from "./placement.ts";
+import { ALL_HELD, clearLessees, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
+import { planStart } from "./snapshot.ts";
 import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
 
 /** What a pod parked in each tier still holds on its node. */
@@ -44,7 +44,7 @@ export function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
     }
     if (parked < f.policy.standbyPerNode) {
       f.idle.delete(pod.id);
-      pod.leasedBy = undefined;
+      clearLessees(pod);
       pod.state = "Standby";
       pod.tier = tier;
       pod.lastUsed = ctx.now;
@@ -109,11 +109,18 @@ const ewma = (old: number | undefined, sample: number) =>
   old === undefined ? sample : 0.7 * old + 0.3 * sample;
 
 /** A pod of `f` became ready: learns how long its start-up or restore took. */
-export function learnReadyTime(f: CoreFunc, pod: CorePod, now: number) {
+export function learnReadyTime(
+  f: CoreFunc,
+  pod: CorePod,
+  now: number,
+  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number } = {},
+) {
   if (pod.since === undefined) return;
-  if (pod.state === "Resuming") {
-    f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], now - pod.since);
-  } else f.coldStartMs = ewma(f.coldStartMs, now - pod.since);
+  const took = now - pod.since;
+  if (pod.state === "Resuming") f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], took);
+  else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
+  // A fresh start that also took the snapshot is learned without the dump.
+  else f.coldStartMs = ewma(f.coldStartMs, Math.max(0, took - (start.snapshotMs ?? 0)));
 }
 
 /** What {@linkcode restoreOrStart} did for one more replica. */
@@ -126,12 +133,13 @@ export type Revival = "started" | "resumed" | "dropped";
  * take it back, drops it (the caller then starts one elsewhere).
  */
 export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: number): Revival {
-  const fresh = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
+  const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
     ? undefined
-    : place(ctx.state.nodeList, f.demand);
+    : planStart(ctx.state.nodeList, f, ctx.state.config.snapshotStart);
+  const fresh = plan?.result;
   if (fresh?.ok) {
-    // Starting anew is faster than this tier's restore: leave the parked pod be.
-    createPod(ctx, f, fresh.node, fresh.gpus);
+    // Starting anew (or from a snapshot) is faster than this tier's restore: leave the parked pod be.
+    createPod(ctx, f, fresh.node, fresh.gpus, plan!.fromSnapshot);
     return "started";
   }
   if (canResume(ctx.state, parked)) {

@@ -37,6 +37,7 @@ Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and res
   assert.deepEqual(granted, [{
     type: "leaseGranted",
     reqId: "r2",
+    gateway: "g1",
     podId: pod,
     endpoint: "e",
     coldStart: false,

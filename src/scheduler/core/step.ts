@@ -12,6 +12,7 @@
  * | `leases.ts`   | who gets which worker, who waits, what a returned worker does  |
  * | `capacity.ts` | how many pods a function needs and where they come from        |
  * | `placement.ts`| which node fits a new pod (filter and score plugins)           |
+ * | `schedulable.ts`| whether any node could ever hold a pod (its capacity)        |
  * | `eviction.ts` | which pods to give up when no node fits                        |
  * | `standby.ts`  | which tier a retired pod parks in; restore or start fresh      |
  * | `quota.ts`    | whether a tenant may run one more replica                      |
@@ -19,7 +20,7 @@
  * | `autoscale.ts`| when a gateway's queue time or in-flight tokens call for more  |
  * | `pods.ts`     | what agents report, and rebuilding from pod records            |
  * | `nodes.ts`    | node readiness (reports and heartbeats), lost nodes            |
- * | `funcs.ts`    | function versions (traffic split) and removal                  |
+ * | `funcs.ts`    | function versions (a traffic split; old ones drain), policies, removal |
  *
  * @module
  */
@@ -38,6 +39,7 @@ import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
 import { collectOrphans, onKillPod, onPodRecord, onPodStatus } from "./pods.ts";
 import { setTenantWeight } from "./fairness.ts";
 import { setTenantLimits } from "./quota.ts";
+import { applySnapshot } from "./snapshot.ts";
 import type { CoreAction, CoreConfig, CoreEvent, CoreState } from "./types.ts";
 
 /** What one step produced. */
@@ -55,6 +57,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       leaseSettleMs: config.leaseSettleMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
       fairShare: config.fairShare ?? true,
+      snapshotStart: config.snapshotStart ?? "auto",
     },
     nodes: new Map(),
     nodeList: [],
@@ -97,7 +100,7 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     // Node agents and the store: pods, nodes.
     case "podStatus":
-      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error);
+      onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error, event);
       break;
     case "podRecord":
       onPodRecord(ctx, event.pod);
@@ -127,6 +130,9 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       retryStarved(ctx);
       break;
     // Time.
+    case "snapshot":
+      applySnapshot(state, event);
+      break;
     case "tick":
       onTick(ctx);
       break;

@@ -16,6 +16,7 @@ Deno.test("step() cold-starts a pod for the first lease and grants it when ready
   assert.deepEqual(a2, [{
     type: "leaseGranted",
     reqId: "r1",
+    gateway: "g1",
     podId: pod.id,
     endpoint: "127.0.0.1:9",
     coldStart: true,
@@ -61,19 +62,66 @@ Deno.test("step() never exceeds max_replica and hands a returned pod to the next
     func: funcReport("t/n/f", {}, { maxReplica: 1 }),
   });
   const pod = created(d.run(lease("r1")))[0];
-  assert.deepEqual(d.run(lease("r2", "t/n/f", "g2")), []);
+  assert.deepEqual(d.run(lease("r2")), [], "the same gateway waits for the one replica");
   const ready = d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
   assert.deepEqual(ready.map((a) => a.type === "leaseGranted" && a.reqId), ["r1"]);
   const back = d.run({ type: "return", podId: pod.id, gateway: "g1" });
   assert.deepEqual(back, [{
     type: "leaseGranted",
     reqId: "r2",
+    gateway: "g1",
     podId: pod.id,
     endpoint: "e",
     coldStart: false,
     resumed: false,
     version: 1,
   }]);
+});
+
+Deno.test("step() shares a function's workers between gateways once it is at max_replica", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 1 }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/f", "g1")))[0];
+  assert.deepEqual(d.run(lease("r2", "t/n/f", "g2")), [], "nothing Ready yet: g2 waits");
+  const ready = d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  assert.deepEqual(
+    ready.map((a) => a.type === "leaseGranted" && [a.reqId, a.gateway, a.coldStart]),
+    [["r1", "g1", true], ["r2", "g2", true]],
+    "both gateways get the one worker rather than one waiting on the other",
+  );
+  const third = d.run(lease("r3", "t/n/f", "g3"));
+  assert.deepEqual(
+    third.map((a) => a.type === "leaseGranted" && [a.gateway, a.coldStart]),
+    [["g3", false]],
+  );
+  assert.deepEqual(d.state.pods.get(pod.id)!.sharedWith, ["g2", "g3"]);
+  assert.deepEqual(d.run({ type: "return", podId: pod.id, gateway: "g1" }), [], "g2, g3 keep it");
+  assert.equal(d.state.pods.get(pod.id)!.leasedBy, "g2");
+  d.run({ type: "return", podId: pod.id, gateway: "g2" });
+  const last = d.run({ type: "return", podId: pod.id, gateway: "g3" });
+  assert.deepEqual(kinds(last), ["terminatePod"], "the last return scales it in");
+});
+
+Deno.test("step() gives a silent gateway's share back and leaves the others theirs", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 1 }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/f", "g1")))[0];
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  d.run(lease("r2", "t/n/f", "g2"));
+  d.now = 6_000;
+  d.run({ type: "gatewayHeartbeat", gateway: "g2", leases: [pod.id] });
+  d.now = 10_000; // g1 silent for the default 10 s
+  d.run({ type: "tick" });
+  const p = d.state.pods.get(pod.id)!;
+  assert.equal(p.leasedBy, "g2", "g1 went silent: its share is gone, g2 keeps the worker");
+  assert.equal(p.sharedWith, undefined);
+  assert.equal(p.state, "Ready");
 });
 
 Deno.test("step() places a multi-GPU function on GPUs with room and charges each", () => {
@@ -125,10 +173,15 @@ Deno.test("step() drains old-version pods: idle at once, leased on return", () =
 
 Deno.test("step() times out a waiter at its deadline, saying why nothing was placed", () => {
   const d = new CoreDriver();
-  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
-    type: "funcUpdate",
-    func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }),
-  });
+  // The only GPU is held by another function's min_replica pod: nothing to evict.
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 1, vramMB: 2000 }) },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/big", { gpuCount: 1, vramMB: 1500 }, { minReplica: 1 }),
+    },
+    { type: "funcUpdate", func: funcReport("t/n/f", { gpuCount: 1, vramMB: 1000 }) },
+  );
   assert.deepEqual(d.run(lease("r1", "t/n/f", "g1", 500)), []);
   d.now = 499;
   assert.deepEqual(d.run({ type: "tick" }), []);
@@ -137,7 +190,7 @@ Deno.test("step() times out a waiter at its deadline, saying why nothing was pla
   assert.equal(acts.length, 1);
   const a = acts[0];
   assert.ok(a.type === "leaseFailed" && a.code === "timeout");
-  assert.match(a.message, /gpu_type_unavailable/);
+  assert.match(a.message, /insufficient_vram/);
 });
 
 Deno.test("step() reclaims the leases of a silent gateway", () => {

@@ -42,6 +42,11 @@ export function nodeReport(
   };
 }
 
+/** A pod demand: one core, 1 GB, no GPU, unless `d` says otherwise. */
+export function podDemand(d: Partial<PodDemand> = {}): PodDemand {
+  return { cpu: 1000, memMB: 1024, gpuType: "Any", gpuCount: 0, vramMB: 0, ...d };
+}
+
 /** A function report with sensible test defaults. */
 export function funcReport(
   id: string,
@@ -52,7 +57,7 @@ export function funcReport(
   return {
     id,
     version,
-    demand: { cpu: 1000, memMB: 1024, gpuType: "Any", gpuCount: 0, vramMB: 0, ...demand },
+    demand: podDemand(demand),
     policy: { minReplica: 0, maxReplica: 1, standbyPerNode: 1, scaleinTimeoutS: 1, ...policy },
   };
 }

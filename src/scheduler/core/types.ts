@@ -98,6 +98,15 @@ export interface GatewayLoad extends VersionLoad {
   func: string;
 }
 
+/** Whether some node could ever hold a pod, as a Kubernetes condition's fields. */
+export interface Schedulability {
+  status: "True" | "False" | "Unknown";
+  /** CamelCase code: `Fits`, `NoNodes`, `InsufficientCPU`, `GPUTypeUnavailable`, ... */
+  reason: string;
+  /** What a person reads. */
+  message: string;
+}
+
 /**
  * One version of a function that serves calls, as the core schedules it: the
  * newest version has the function's id; an older one a traffic split keeps
@@ -119,10 +128,16 @@ export interface CoreFunc {
   waiters: Waiter[];
   /** Why the last placement failed, for the timeout message. */
   lastUnschedulable?: string;
+  /** Whether some node could ever hold a pod (`schedulable.ts`); unknown before the first decision. */
+  schedulable?: Schedulability;
   /** Observed start-up time (ms, moving average); unknown until a pod started. */
   coldStartMs?: number;
   /** Observed restore time per tier (ms, moving average). */
   restoreMs: Partial<Record<StandbyTier, number>>;
+  /** Nodes holding a snapshot of the current version. */
+  snapshotNodes: Set<string>;
+  /** Observed start time from a snapshot (ms, moving average). */
+  snapshotStartMs?: number;
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -145,9 +160,14 @@ export interface CorePod extends PodPlacement {
   /** The standby tier while Standby or Resuming. */
   tier?: StandbyTier;
   endpoint?: string;
-  /** Gateway holding the lease, when leased. */
+  /** Gateway holding the lease, when leased (the first of its lessees). */
   leasedBy?: string;
-  /** When the lease was granted (ms). */
+  /**
+   * Other gateways sharing the lease: a function at `max_replica` shares its
+   * workers between gateways rather than leave one waiting on another.
+   */
+  sharedWith?: string[];
+  /** When the lease was last granted (ms). */
   leasedAt?: number;
   /** Last time (ms) the pod was returned or became ready. */
   lastUsed: number;
@@ -176,6 +196,12 @@ export interface CoreConfig {
    * above theirs. @default true
    */
   fairShare: boolean;
+  /**
+   * When a node's snapshot serves a new pod: `auto`, when a restore is
+   * expected to be faster than a fresh start; `always`, whenever there is one.
+   * @default "auto"
+   */
+  snapshotStart: "auto" | "always";
 }
 
 /** The whole state of the core. The core owns it: `step` updates it in place. */
@@ -252,6 +278,10 @@ export interface PodRecord extends PodPlacement {
   endpoint?: string;
   /** Why it failed, when it did. */
   error?: string;
+  /** How a Ready pod started: restored from its node's snapshot, or fresh. */
+  startedFrom?: "fresh" | "snapshot";
+  /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
+  snapshotMs?: number;
 }
 
 /** Inputs of the core. */
@@ -274,6 +304,10 @@ export type CoreEvent =
     state: "Ready" | "Standby" | "Failed" | "Terminated";
     endpoint?: string;
     error?: string;
+    /** How a Ready pod started: restored from its node's snapshot, or fresh. */
+    startedFrom?: "fresh" | "snapshot";
+    /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
+    snapshotMs?: number;
   }
   | { type: "podRecord"; pod: PodRecord }
   | { type: "nodeUpdate"; node: NodeReport }
@@ -291,6 +325,14 @@ export type CoreEvent =
     load?: GatewayLoad[];
   }
   | { type: "killPod"; podId: string }
+  | {
+    type: "snapshot";
+    func: string;
+    version: number;
+    node: string;
+    /** Whether the node holds a restorable snapshot (false: it is gone). */
+    ready: boolean;
+  }
   | { type: "tick" };
 
 /** A pod the shell must create. */
@@ -302,6 +344,8 @@ export interface PodPlacement {
   cpu: number;
   memMB: number;
   gpus: GpuSlice[];
+  /** Start by restoring the node's snapshot of this version. */
+  fromSnapshot?: boolean;
 }
 
 /** Outputs of the core, carried out by the shell. */
@@ -313,6 +357,8 @@ export type CoreAction =
   | {
     type: "leaseGranted";
     reqId: string;
+    /** The gateway that asked. */
+    gateway: string;
     podId: string;
     endpoint: string;
     coldStart: boolean;
@@ -327,7 +373,15 @@ export type CoreAction =
    */
   | { type: "reclaimLease"; gateway: string; podId: string; reason: string; repeat?: boolean }
   /** Advise `gateway` to lease `workers` more workers of a function version. */
-  | { type: "scaleOut"; gateway: string; func: string; version: number; workers: number };
+  | { type: "scaleOut"; gateway: string; func: string; version: number; workers: number }
+  | {
+    /** Record whether some node could ever hold a pod of `func` (its `Schedulable` condition). */
+    type: "funcCondition";
+    func: string;
+    /** The function version the decision was made for. */
+    version: number;
+    condition: Schedulability;
+  };
 
 /** Why a lease was refused. */
 export type LeaseFailure =

@@ -1,0 +1,322 @@
+/**
+ * `ctl apply` and `ctl diff`: make the platform hold the objects of a file or
+ * a directory, as `kubectl apply` does for Kubernetes, so that a repository
+ * of objects can drive the platform (GitOps).
+ *
+ * - apply creates what is missing and updates what differs; an object equal
+ *   to the stored one is left alone (`unchanged`: same revision, same
+ *   version, its workers keep running). Every object it writes carries the
+ *   annotation `inferx.io/applied-by: ctl`.
+ * - `--dry-run` sends every write with `?dryRun=1`: the state service
+ *   validates and admits it, nothing is written.
+ * - `-l SELECTOR` applies only the objects whose labels match.
+ * - `--prune` (with `-l`) also deletes the functions and policies of the
+ *   same namespaces that carry the annotation and match the selector but are
+ *   no longer in the files. Unless `--yes`, it asks first, before writing
+ *   anything: no answer, nothing applied.
+ * - diff prints, field by field, what apply would change (from the server's
+ *   dry run, so defaults and versions are the server's), and what it would
+ *   prune.
+ *
+ * @module
+ */
+import { parseAllDocuments } from "yaml";
+import { APPLIED_BY_ANNOTATION, selectorMatches } from "../model/metadata.ts";
+import { CliError, type Ctl, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
+import { fieldDiff, formatChange } from "./diff.ts";
+
+/** Options of {@linkcode applyObjects} and {@linkcode diffObjects}. */
+export interface ApplyOptions {
+  /** Validate every write on the server, write nothing. @default false */
+  dryRun?: boolean;
+  /** Label selector (`key=value,key!=value,key`): only matching objects are applied and pruned. */
+  selector?: string;
+  /** Delete applied objects of the same namespaces that the files no longer have. @default false */
+  prune?: boolean;
+  /** Prune without asking. @default false */
+  yes?: boolean;
+}
+
+/** An object as the files hold it and the gateway answers it. */
+// deno-lint-ignore no-explicit-any
+type Obj = Record<string, any>;
+
+/** Creation order: parents first. */
+const ORDER = ["tenant", "namespace", "funcpolicy", "function"];
+/** Types `--prune` deletes: those that live in a namespace. */
+const PRUNED = ["function", "funcpolicy"] as const;
+/** The value of the annotation apply writes. */
+const APPLIED_BY = "ctl";
+
+const idOf = (o: Obj) => `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
+const pathOf = (o: Obj) => `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
+const isMap = (v: unknown): v is Obj => !!v && typeof v === "object" && !Array.isArray(v);
+
+/**
+ * The objects of `source`: a JSON or YAML file (one object, a list, or
+ * several YAML documents), every `.json`, `.yaml` and `.yml` file of a
+ * directory (not its subdirectories), or `-` for stdin.
+ */
+export async function readObjects(source: string): Promise<Obj[]> {
+  const files: string[] = [];
+  try {
+    if (source !== "-" && (await Deno.stat(source)).isDirectory) {
+      for await (const e of Deno.readDir(source)) {
+        if (e.isFile && /\.(json|ya?ml)$/.test(e.name)) files.push(`${source}/${e.name}`);
+      }
+      files.sort();
+    } else files.push(source);
+  } catch (err) {
+    throw new CliError(`Cannot read ${source}: ${(err as Error).message}`);
+  }
+  const objs: Obj[] = [];
+  const seen = new Set<string>();
+  for (const file of files) {
+    for (const o of await readFile(file)) {
+      for (const f of ["type", "tenant", "namespace", "name"]) {
+        if (typeof o[f] !== "string" || !o[f]) {
+          throw new CliError(`Cannot apply ${file}: an object has no ${f}`);
+        }
+      }
+      if (seen.has(idOf(o))) throw new CliError(`Cannot apply ${source}: ${idOf(o)} appears twice`);
+      seen.add(idOf(o));
+      objs.push(o);
+    }
+  }
+  if (objs.length === 0) throw new CliError(`Cannot apply ${source}: it holds no objects`);
+  return objs.sort((a, b) => ORDER.indexOf(a.type) - ORDER.indexOf(b.type));
+}
+
+async function readFile(file: string): Promise<Obj[]> {
+  let text: string;
+  try {
+    text = file === "-"
+      ? await new Response(Deno.stdin.readable).text()
+      : await Deno.readTextFile(file);
+  } catch (err) {
+    throw new CliError(`Cannot read ${file}: ${(err as Error).message}`);
+  }
+  const objs: Obj[] = [];
+  for (const d of parseAllDocuments(text)) {
+    if (d.errors.length) throw new CliError(`Cannot parse ${file}: ${d.errors[0].message}`);
+    const v = d.toJS();
+    if (v === null || v === undefined) continue;
+    for (const o of Array.isArray(v) ? v : [v]) {
+      if (!isMap(o)) throw new CliError(`Cannot apply ${file}: every object must be a mapping`);
+      objs.push(o);
+    }
+  }
+  return objs;
+}
+
+/**
+ * An object as apply sends it: `object` in its `{metadata, spec}` form with
+ * the applied-by annotation, without `status` or a revision.
+ */
+export function prepared(o: Obj): Obj {
+  const { type, tenant, namespace, name } = o;
+  const given = o.object ?? {};
+  const parts: Obj = isMap(given) && ("spec" in given || "metadata" in given)
+    ? { ...given }
+    : { spec: given };
+  delete parts.status;
+  const meta = parts.metadata ?? {};
+  if (isMap(meta)) {
+    parts.metadata = {
+      ...meta,
+      annotations: { ...(meta.annotations ?? {}), [APPLIED_BY_ANNOTATION]: APPLIED_BY },
+    };
+  }
+  return { type, tenant, namespace, name, object: parts };
+}
+
+const labelsOf = (o: Obj): Record<string, string> => o.object?.metadata?.labels ?? {};
+
+/** The objects of `source` that the selector selects, prepared, in creation order. */
+async function selected(source: string, io: Io, selector?: string): Promise<Obj[]> {
+  const out: Obj[] = [];
+  for (const o of await readObjects(source)) {
+    if (selector !== undefined && !selects(selector, labelsOf(o))) {
+      io.err(`skipped ${idOf(o)}: its labels do not match -l ${selector}`);
+      continue;
+    }
+    out.push(prepared(o));
+  }
+  return out;
+}
+
+function selects(selector: string, labels: Record<string, string>): boolean {
+  try {
+    return selectorMatches(selector, labels);
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+}
+
+/** The stored object, or undefined when there is none. */
+async function live(send: Send, o: Obj): Promise<Obj | undefined> {
+  const r = await send("GET", pathOf(o));
+  if (r.status === 404) return undefined;
+  return ensureOk("GET", pathOf(o), r).json;
+}
+
+/** What an update does to a function's version (nothing for other types). */
+function versionNote(before: Obj, after: Obj, long = false): string {
+  if (typeof before.version !== "number") return "";
+  if (before.version === after.version) {
+    return ` (version ${before.version} kept${long ? ": its workers keep running" : ""})`;
+  }
+  return ` (version ${before.version} -> ${after.version}${
+    long ? ": its workers are replaced" : ""
+  })`;
+}
+
+/** Applies one prepared object; returns the line to print. */
+async function applyOne(send: Send, o: Obj, dryRun: boolean): Promise<string> {
+  const q = dryRun ? "?dryRun=1" : "";
+  const dry = dryRun ? " (dry run)" : "";
+  for (let attempt = 1;; attempt++) {
+    const cur = await live(send, o);
+    // A 409 means someone else wrote it meanwhile: read again and apply over it.
+    const again = (status: number) => status === 409 && attempt < 3;
+    if (!cur) {
+      const r = await send("PUT", `/object/${q}`, o);
+      if (again(r.status)) continue;
+      ensureOk("PUT", "/object/", r);
+      return `created ${idOf(o)}${dry}`;
+    }
+    const r = await send("POST", `/object/${q}`, { ...o, revision: cur.revision });
+    if (again(r.status)) continue;
+    ensureOk("POST", "/object/", r);
+    if (r.json.unchanged) return `unchanged ${idOf(o)}${dry}`;
+    return `updated ${idOf(o)}${versionNote(cur, r.json)}${dry}`;
+  }
+}
+
+/**
+ * The objects of `source` to apply (those the selector selects, prepared)
+ * and, with `prune`, the stored ones to delete.
+ */
+async function desired(send: Send, source: string, io: Io, options: ApplyOptions) {
+  if (options.prune && options.selector === undefined) {
+    throw new CliError("--prune needs -l SELECTOR: the labels of the objects these files own");
+  }
+  const objs = await selected(source, io, options.selector);
+  const doomed = options.prune ? await pruneCandidates(send, objs, options.selector!) : [];
+  return { objs, doomed };
+}
+
+/** Runs `ctl apply -f source`. */
+export async function applyObjects(
+  { send, io }: Ctl,
+  source: string,
+  options: ApplyOptions = {},
+): Promise<void> {
+  const { objs, doomed } = await desired(send, source, io, options);
+  if (doomed.length && !options.dryRun && !options.yes) {
+    await confirmPrune(source, doomed, io, options);
+  }
+  for (const o of objs) io.out(await applyOne(send, o, options.dryRun ?? false));
+  for (const d of doomed) {
+    if (options.dryRun) {
+      io.out(`deleted ${idOf(d)} (dry run)`);
+      continue;
+    }
+    const path = `${pathOf(d)}?revision=${d.revision}`;
+    ensureOk("DELETE", path, await send("DELETE", path));
+    io.out(`deleted ${idOf(d)}`);
+  }
+}
+
+/**
+ * Applied objects (they carry the annotation) that `selector` selects, in
+ * the namespaces `objs` fill, that `objs` no longer has: functions first.
+ */
+async function pruneCandidates(send: Send, objs: Obj[], selector: string): Promise<Obj[]> {
+  const scopes = new Set<string>();
+  for (const o of objs) {
+    if ((PRUNED as readonly string[]).includes(o.type)) scopes.add(`${o.tenant}/${o.namespace}`);
+    if (o.type === "namespace") scopes.add(`${o.tenant}/${o.name}`);
+  }
+  const keep = new Set(objs.map(idOf));
+  const out: Obj[] = [];
+  for (const type of PRUNED) {
+    for (const scope of [...scopes].sort()) {
+      const path = `/objects/${type}/${scope}`;
+      const r = ensureOk("GET", path, await send("GET", path));
+      for (const item of r.json.items as Obj[]) {
+        const meta = item.object?.metadata ?? {};
+        if (keep.has(idOf(item)) || meta.annotations?.[APPLIED_BY_ANNOTATION] === undefined) {
+          continue;
+        }
+        if (selects(selector, meta.labels ?? {})) out.push(item);
+      }
+    }
+  }
+  return out;
+}
+
+/** Asks before pruning `doomed`; throws unless the answer is yes. */
+async function confirmPrune(source: string, doomed: Obj[], io: Io, options: ApplyOptions) {
+  const n = doomed.length;
+  if (source === "-") {
+    throw new CliError(
+      `Cannot ask before pruning ${n} object(s): the objects came from stdin; pass --yes`,
+    );
+  }
+  const which = n === 1 ? "this object" : `these ${n} objects`;
+  io.err(`${source} no longer has ${which} (-l ${options.selector}):`);
+  for (const d of doomed) io.err(`  ${idOf(d)}`);
+  const ask = io.ask ?? ((q: string) => (io.err(q), readLine()));
+  const answer = await ask(`Delete ${n === 1 ? "it" : "them"}? [y/N] `);
+  if (!/^y(es)?$/i.test(answer.trim())) {
+    throw new CliError(
+      `Nothing applied: deleting ${n} object(s) was not confirmed (answer y, or pass --yes)`,
+    );
+  }
+}
+
+/**
+ * Runs `ctl diff -f source`: prints what apply would change, field by field,
+ * and a summary; resolves whether anything would change.
+ */
+export async function diffObjects(
+  { send, io }: Ctl,
+  source: string,
+  options: ApplyOptions = {},
+): Promise<boolean> {
+  const { objs, doomed } = await desired(send, source, io, options);
+  const n = { create: 0, update: 0, unchanged: 0, delete: 0 };
+  const compared = (e: Obj) => ({
+    object: { metadata: e.object?.metadata, spec: e.object?.spec },
+  });
+  for (const o of objs) {
+    const cur = await live(send, o);
+    if (!cur) {
+      ensureOk("PUT", "/object/", await send("PUT", "/object/?dryRun=1", o));
+      io.out(`${idOf(o)}: would be created`);
+      n.create++;
+      continue;
+    }
+    const r = ensureOk(
+      "POST",
+      "/object/",
+      await send("POST", "/object/?dryRun=1", { ...o, revision: cur.revision }),
+    );
+    if (r.json.unchanged) {
+      n.unchanged++;
+      continue;
+    }
+    n.update++;
+    io.out(`${idOf(o)}: would be updated${versionNote(cur, r.json, true)}`);
+    for (const c of fieldDiff(compared(cur), compared(r.json))) io.out(`  ${formatChange(c)}`);
+  }
+  for (const d of doomed) {
+    io.out(`${idOf(d)}: would be deleted (no longer in ${source})`);
+    n.delete++;
+  }
+  const parts = [`${n.create} to create`, `${n.update} to update`, `${n.unchanged} unchanged`];
+  if (options.prune) parts.push(`${n.delete} to delete`);
+  io.out(parts.join(", "));
+  return n.create + n.update + n.delete > 0;
+}

@@ -1,0 +1,206 @@
+import assert from "node:assert/strict";
+import { fixtureTests } from "../common/testing.ts";
+import { gatewayFixture } from "../gateway/testing.ts";
+import { answerOf, type Io, type Send } from "./_shared.ts";
+import { applyObjects, type ApplyOptions, diffObjects } from "./apply.ts";
+
+type App = Awaited<ReturnType<typeof gatewayFixture>>["app"];
+
+/** `Send` over the gateway app, without sockets. */
+const sendTo = (app: App): Send => async (method, path, body) => {
+  const r = await app.request(path, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return answerOf(r.status, await r.text());
+};
+
+/** An `Io` that records lines and answers questions with `answer`. */
+function recorder(answer = "") {
+  const out: string[] = [];
+  const err: string[] = [];
+  const asked: string[] = [];
+  const io: Io = {
+    out: (s) => out.push(s),
+    err: (s) => err.push(s),
+    ask: (q) => (asked.push(q), Promise.resolve(answer)),
+  };
+  return { io, out, err, asked };
+}
+
+const fn = (name: string, spec: Record<string, unknown>, labels?: Record<string, string>) => ({
+  type: "function",
+  tenant: "t",
+  namespace: "n",
+  name,
+  object: { ...(labels ? { metadata: { labels } } : {}), spec: { image: "x", ...spec } },
+});
+
+/** A gateway fixture, a temporary directory, and `apply`/`diff` against them. */
+async function setup() {
+  const f = await gatewayFixture();
+  const dir = await Deno.makeTempDir({ prefix: "inferx-apply-" });
+  const send = sendTo(f.app);
+  const write = (file: string, objs: unknown[]) =>
+    Deno.writeTextFile(`${dir}/${file}`, JSON.stringify(objs));
+  const apply = async (options: ApplyOptions = {}, answer = "", source = dir) => {
+    const r = recorder(answer);
+    await applyObjects({ send, io: r.io }, source, options);
+    return r;
+  };
+  const diff = async (options: ApplyOptions = {}) => {
+    const r = recorder();
+    const changes = await diffObjects({ send, io: r.io }, dir, options);
+    return { ...r, changes };
+  };
+  const get = async (name: string) => (await send("GET", `/object/function/t/n/${name}`)).json;
+  return {
+    f,
+    dir,
+    write,
+    apply,
+    diff,
+    get,
+    async dispose() {
+      await f.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+const t = fixtureTests("ctl", setup);
+
+t("apply twice: the second says unchanged and keeps the revision and the version", async (s) => {
+  await s.write("a.json", [fn("g", { policy: { Obj: { max_replica: 1 } } })]);
+  assert.deepEqual((await s.apply()).out, ["created function t/n/g"]);
+  const first = await s.get("g");
+  assert.equal(first.object.metadata.annotations["inferx.io/applied-by"], "ctl");
+  assert.deepEqual((await s.apply()).out, ["unchanged function t/n/g"]);
+  const second = await s.get("g");
+  assert.deepEqual([second.revision, second.version], [first.revision, first.version]);
+});
+
+t(
+  "apply says whether an update kept the version (policy) or gave a new one (worker)",
+  async (s) => {
+    await s.write("a.json", [fn("g", { policy: { Obj: { max_replica: 1 } } })]);
+    await s.apply();
+    await s.write("a.json", [fn("g", { policy: { Obj: { max_replica: 4, parallel: 2 } } })]);
+    assert.deepEqual((await s.apply()).out, ["updated function t/n/g (version 1 kept)"]);
+    await s.write("a.json", [fn("g", { image: "y", policy: { Obj: { max_replica: 4 } } })]);
+    assert.deepEqual((await s.apply()).out, ["updated function t/n/g (version 1 -> 2)"]);
+  },
+);
+
+t("apply --dry-run validates on the server and writes nothing", async (s) => {
+  await s.write("a.json", [fn("g", {})]);
+  assert.deepEqual((await s.apply({ dryRun: true })).out, ["created function t/n/g (dry run)"]);
+  assert.equal((await s.get("g")).error.code, "not_found");
+  await s.apply();
+  const before = await s.get("g");
+  await s.write("a.json", [fn("g", { image: "y" })]);
+  assert.deepEqual((await s.apply({ dryRun: true })).out, [
+    "updated function t/n/g (version 1 -> 2) (dry run)",
+  ]);
+  assert.deepEqual(await s.get("g"), before);
+  await s.write("a.json", [fn("g", { resources: { CPU: 0 } })]);
+  await assert.rejects(
+    s.apply({ dryRun: true }),
+    /POST \/object\/: 400 Invalid function t\/n\/g: resources\.CPU/,
+  );
+});
+
+t("diff shows what apply would change, field by field, and whether anything would", async (s) => {
+  await s.write("a.json", [fn("g", { policy: { Obj: { max_replica: 1 } } })]);
+  const fresh = await s.diff();
+  assert.deepEqual(fresh.out, [
+    "function t/n/g: would be created",
+    "1 to create, 0 to update, 0 unchanged",
+  ]);
+  assert.equal(fresh.changes, true);
+  await s.apply();
+  const none = await s.diff();
+  assert.deepEqual([none.out, none.changes], [["0 to create, 0 to update, 1 unchanged"], false]);
+  await s.write("a.json", [
+    fn("g", { policy: { Obj: { max_replica: 3 } } }, { app: "demo" }),
+  ]);
+  const changed = await s.diff();
+  assert.deepEqual(changed.out, [
+    "function t/n/g: would be updated (version 1 kept: its workers keep running)",
+    '  + object.metadata.labels.app: "demo"',
+    "  ~ object.spec.policy.Obj.max_replica: 1 -> 3",
+    "0 to create, 1 to update, 0 unchanged",
+  ]);
+  assert.equal(changed.changes, true);
+  assert.equal((await s.get("g")).object.spec.policy.Obj.max_replica, 1, "diff wrote nothing");
+});
+
+t("apply --prune deletes applied objects the directory no longer has, after asking", async (s) => {
+  const demo = { app: "demo" };
+  await s.write("a.json", [fn("keep", {}, demo)]);
+  await s.write("b.json", [
+    fn("gone", { policy: { Link: { name: "p" } } }, demo),
+    { type: "funcpolicy", tenant: "t", namespace: "n", name: "p", object: {} },
+    fn("other", {}, { app: "else" }),
+  ]);
+  await s.apply();
+  // Made by hand, not by apply: never pruned, even with matching labels.
+  const manual = await s.f.app.request("/object/", {
+    method: "PUT",
+    body: JSON.stringify(fn("manual", {}, demo)),
+  });
+  assert.equal(manual.status, 201);
+  await Deno.remove(`${s.dir}/b.json`);
+  await assert.rejects(s.apply({ prune: true }), /--prune needs -l SELECTOR/);
+  const dry = await s.apply({ prune: true, selector: "app=demo", dryRun: true });
+  assert.deepEqual(dry.out, [
+    "unchanged function t/n/keep (dry run)",
+    "deleted function t/n/gone (dry run)",
+  ]);
+  assert.equal(dry.asked.length, 0, "a dry run asks nothing");
+  const planned = await s.diff({ prune: true, selector: "app=demo" });
+  assert.deepEqual(planned.out, [
+    `function t/n/gone: would be deleted (no longer in ${s.dir})`,
+    "0 to create, 0 to update, 1 unchanged, 1 to delete",
+  ]);
+  await s.write("a.json", [fn("keep", { image: "y" }, demo)]);
+  const no = s.apply({ prune: true, selector: "app=demo" }, "n");
+  await assert.rejects(no, /Nothing applied: deleting 1 object\(s\) was not confirmed/);
+  assert.equal((await s.get("gone")).name, "gone", "kept after no");
+  assert.equal((await s.get("keep")).object.spec.image, "x", "nothing applied after no");
+  const yes = await s.apply({ prune: true, selector: "app=demo" }, "y");
+  assert.deepEqual(yes.asked, ["Delete it? [y/N] "]);
+  assert.deepEqual(yes.err, [
+    `${s.dir} no longer has this object (-l app=demo):`,
+    "  function t/n/gone",
+  ]);
+  assert.deepEqual(yes.out, [
+    "updated function t/n/keep (version 1 -> 2)",
+    "deleted function t/n/gone",
+  ]);
+  assert.equal((await s.get("gone")).error.code, "not_found");
+  for (const name of ["keep", "other", "manual"]) assert.equal((await s.get(name)).name, name);
+  // The policy has no label: a selector on app=demo leaves it; one on nothing else takes it.
+  const policy = await s.apply({ prune: true, selector: "app!=else", yes: true });
+  assert.deepEqual(policy.out, ["unchanged function t/n/keep", "deleted funcpolicy t/n/p"]);
+  assert.equal(policy.asked.length, 0, "--yes asks nothing");
+});
+
+t("-l applies only the objects whose labels match, saying which it skipped", async (s) => {
+  await s.write("a.yaml", [fn("a", {}, { app: "demo" }), fn("b", {})]);
+  const r = await s.apply({ selector: "app=demo" });
+  assert.deepEqual(r.out, ["created function t/n/a"]);
+  assert.deepEqual(r.err, ["skipped function t/n/b: its labels do not match -l app=demo"]);
+  await assert.rejects(s.apply({ selector: "app=" + "-bad" }), /Invalid label selector/);
+});
+
+t("apply refuses files it cannot use, naming the problem", async (s) => {
+  await s.write("a.json", [fn("g", {}), fn("g", {})]);
+  await assert.rejects(s.apply(), /function t\/n\/g appears twice/);
+  await s.write("a.json", [{ type: "function", tenant: "t", namespace: "n" }]);
+  await assert.rejects(s.apply(), /an object has no name/);
+  await Deno.writeTextFile(`${s.dir}/a.json`, "- [unclosed");
+  await assert.rejects(s.apply(), /Cannot parse .*a\.json/);
+  await assert.rejects(s.apply({}, "", `${s.dir}/missing.json`), /Cannot read .*missing\.json/);
+});

@@ -1,0 +1,29 @@
+/**
+ * JSON helpers shared by the roles.
+ *
+ * @module
+ */
+
+/**
+ * JSON text with the keys of every object sorted, so that two values equal
+ * as data give the same text whatever order their keys were written in.
+ * Array order is kept: it is part of the value.
+ *
+ * @example
+ * ```ts
+ * stableJson({ b: 1, a: { d: 2, c: 3 } }); // '{"a":{"c":3,"d":2},"b":1}'
+ * ```
+ */
+export function stableJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v) => {
+    if (!v || typeof v !== "object" || Array.isArray(v)) return v;
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(v).sort()) out[k] = (v as Record<string, unknown>)[k];
+    return out;
+  });
+}
+
+/** Whether `a` and `b` are equal as JSON data (key order aside). */
+export function jsonEqual(a: unknown, b: unknown): boolean {
+  return stableJson(a) === stableJson(b);
+}

@@ -1,0 +1,262 @@
+/**
+ * The dashboard, mounted at `/ui` on the gateway's port. Pages
+ * (`/ui/functions`, `/ui/functions/{tenant}/{namespace}/{name}`, `/ui/pods`,
+ * `/ui/nodes`, `/ui/keys`, `/ui/audit`) are shells without data; their
+ * browser module fetches the matching part (`/ui/part/...`) with the tab's
+ * credential, so each part is rendered for its caller and authorized as the
+ * JSON API authorizes the same data. `/ui/me` says who the caller is,
+ * `/ui/events` streams pod and node changes as server-sent events, and
+ * `/ui/static/*` serves the browser modules. Actions (playground calls,
+ * terminate, keys) are calls of the JSON API from the browser.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import type { Context } from "hono";
+import { InferxError, NotFoundError } from "../../common/errors.ts";
+import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
+import { funcId } from "../../model/keys.ts";
+import { decodeStoredUserObject, resolvePolicy } from "../../model/schemas.ts";
+import { asset } from "../../ui/assets.ts";
+import { type AuditFilter, AuditPage } from "../../ui/audit.tsx";
+import { nodeViews } from "../../ui/cluster_view.ts";
+import { type ClusterEvent, ClusterEvents, eventStream } from "../../ui/events.ts";
+import { type FuncRow, FunctionPage, FunctionsPage, FunctionsTable } from "../../ui/functions.tsx";
+import { KeysPage, KeysTable } from "../../ui/keys.tsx";
+import { type PageId, PAGES, Shell } from "../../ui/layout.tsx";
+import { NodesBody, NodesPage } from "../../ui/nodes.tsx";
+import { PodsPage, PodsTable } from "../../ui/pods.tsx";
+import { allows, authorize, type Principal } from "../auth.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { listKeys } from "./apikeys.ts";
+import { auditQuery } from "./audit.ts";
+
+/** Scripts only from the gateway, no framing, no outside connections. */
+const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; " +
+  "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; " +
+  "form-action 'self'";
+
+/** Event streams one gateway serves at once. */
+const MAX_STREAMS = 1000;
+
+/** Options of {@linkcode uiRoutes}. */
+export interface UiOptions {
+  /** Time between keep-alive comments on `/ui/events` (ms). @default 15000 */
+  pingMs?: number;
+  /** Where `/ui/events` gets changes. @default watches of `deps.meta` */
+  events?: ClusterEvents;
+}
+
+/** The dashboard's routes, mounted at `/ui`. */
+export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  const events = opts.events ?? new ClusterEvents(deps.meta);
+  app.use("*", async function uiHeaders(c, next) {
+    await next();
+    c.header("content-security-policy", CSP);
+    c.header("x-content-type-options", "nosniff");
+    c.header("referrer-policy", "no-referrer");
+    if (!c.res.headers.has("cache-control")) c.header("cache-control", "no-store");
+  });
+
+  // Pages: shells that load their part.
+  const shell = (c: Context<GatewayEnv>, page: PageId, title: string, part: string) => {
+    const q = new URL(c.req.url).search;
+    return c.html(Shell({ title, page, part: `/ui/part/${part}${q}` }));
+  };
+  app.get("/", (c) => shell(c, "functions", "Functions", "functions"));
+  for (const p of PAGES) app.get(`/${p.id}`, (c) => shell(c, p.id, p.title, p.id));
+  app.get("/functions/:tenant/:namespace/:name", (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const id = funcId(tenant, namespace, name);
+    return shell(c, "functions", id, `functions/${id}`);
+  });
+
+  // Parts: rendered for the caller.
+  app.get("/part/functions", async (c) => {
+    return c.html(FunctionsPage({ funcs: await visibleFunctions(deps, c.var.principal) }));
+  });
+  app.get("/part/functions/table", async (c) => {
+    return c.html(FunctionsTable({ funcs: await visibleFunctions(deps, c.var.principal) }));
+  });
+  app.get("/part/functions/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    authorize(c.var.principal, "read", tenant, namespace);
+    const rec = await deps.meta.get({ type: "function", tenant, namespace, name });
+    if (!rec) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+    const o = decodeStoredUserObject(rec.value, rec.revision);
+    if (o.type !== "function") throw new NotFoundError(`${name} is not a function`);
+    const pods = (await deps.meta.list("pod", tenant, namespace)).items.map((r) =>
+      decodePod(r.value)
+    )
+      .filter((p) => p.func === name);
+    const id = funcId(tenant, namespace, name);
+    const calls = deps.audit &&
+      await deps.audit.query("requests", { tenant, namespace, func: name, limit: 20 });
+    return c.html(FunctionPage({
+      func: { ...o, pods },
+      policy: deps.cache.policyOf(id) ?? resolvePolicy(o.spec, () => undefined),
+      calls,
+      origin: new URL(c.req.url).origin,
+      authEnabled: deps.auth.enabled,
+      now: Date.now(),
+    }));
+  });
+  app.get("/part/pods", async (c) => {
+    return c.html(PodsPage({ pods: await visiblePods(deps, c.var.principal), now: Date.now() }));
+  });
+  app.get("/part/pods/table", async (c) => {
+    const f = c.req.query("func");
+    const pods = f === undefined
+      ? await visiblePods(deps, c.var.principal)
+      : await podsOf(deps, c.var.principal, f);
+    return c.html(PodsTable({ pods, now: Date.now() }));
+  });
+  const nodes = async (p: Principal) => {
+    authorize(p, "read"); // as GET /nodes
+    const [n, pods] = await Promise.all([deps.meta.list("node"), deps.meta.list("pod")]);
+    return nodeViews(
+      n.items.map((r) => decodeNode(r.value)),
+      pods.items.map((r) => decodePod(r.value)),
+    );
+  };
+  app.get("/part/nodes", async (c) => {
+    return c.html(NodesPage({ views: await nodes(c.var.principal), now: Date.now() }));
+  });
+  app.get("/part/nodes/body", async (c) => {
+    return c.html(NodesBody({ views: await nodes(c.var.principal), now: Date.now() }));
+  });
+  app.get("/part/keys", async (c) => {
+    return c.html(KeysPage({ keys: await listKeys(c.var.principal, deps.meta) }));
+  });
+  app.get("/part/keys/table", async (c) => {
+    return c.html(KeysTable({ keys: await listKeys(c.var.principal, deps.meta) }));
+  });
+  app.get("/part/audit", async (c) => {
+    const p = c.var.principal;
+    const given: Record<string, string> = {};
+    for (const [k, v] of Object.entries(c.req.query())) if (v !== "") given[k] = v;
+    if (given.tenant === undefined && !allows(p, "read")) {
+      // A tenant's key sees its own tenant's audit without naming it.
+      const g = p.grants.find((g) => g.scope !== "inference" && g.tenant !== undefined);
+      if (g) Object.assign(given, { tenant: g.tenant, namespace: g.namespace ?? given.namespace });
+    }
+    const kind = given.kind === "pods" ? "pods" : "requests";
+    const filter: AuditFilter = {
+      kind,
+      tenant: given.tenant,
+      namespace: given.namespace,
+      func: given.func,
+      status: given.status,
+      limit: 100,
+    };
+    const q = auditQuery({ ...given, limit: given.limit ?? "100" });
+    filter.limit = q.limit ?? 100;
+    if (kind === "pods") q.status = undefined;
+    authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
+    if (!deps.audit) return c.html(AuditPage({ filter, kept: false }));
+    return c.html(
+      kind === "pods"
+        ? AuditPage({ filter, kept: true, pods: await deps.audit.query("pods", q) })
+        : AuditPage({ filter, kept: true, requests: await deps.audit.query("requests", q) }),
+    );
+  });
+
+  app.get("/me", (c) => {
+    const p = c.var.principal;
+    return c.json({
+      id: p.id,
+      anonymous: p.anonymous === true,
+      auth_enabled: deps.auth.enabled,
+      grants: p.grants,
+      may: {
+        read_cluster: allows(p, "read"),
+        manage_keys: p.grants.some((g) => g.scope === "full"),
+      },
+    });
+  });
+
+  app.get("/events", async (c) => {
+    const p = c.var.principal;
+    if (!p.grants.some((g) => g.scope !== "inference")) authorize(p, "read");
+    if (events.listeners >= MAX_STREAMS) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot watch: ${MAX_STREAMS} dashboards watch this gateway already`,
+        { retryable: true },
+      );
+    }
+    const headers = c.req.raw.headers;
+    const body = await eventStream(events, {
+      visible: (ev: ClusterEvent) =>
+        ev.kind === "pod" ? allows(p, "read", ev.tenant, ev.namespace) : allows(p, "read"),
+      stillAllowed: async () => (await deps.auth.authenticate(headers)).id === p.id,
+      signal: c.req.raw.signal,
+      pingMs: opts.pingMs,
+    });
+    return c.body(body, 200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      "x-accel-buffering": "no",
+    });
+  });
+
+  app.get("/static/:file", async (c) => {
+    const a = await asset(c.req.param("file"));
+    if (!a) throw new NotFoundError(`No dashboard file ${c.req.param("file")}`);
+    const headers = { etag: a.etag, "cache-control": "no-cache" };
+    if (c.req.header("if-none-match") === a.etag) return c.body(null, 304, headers);
+    return c.body(a.body, 200, { ...headers, "content-type": a.type });
+  });
+  app.get("*", (c) => {
+    // `/ui/` and `/ui/nodes/` as typed: the page without the slash.
+    const url = new URL(c.req.url);
+    if (url.pathname.endsWith("/")) {
+      return c.redirect(url.pathname.replace(/\/+$/, "") + url.search, 308);
+    }
+    throw new NotFoundError(`No dashboard page ${url.pathname}`);
+  });
+  return app;
+}
+
+/** Functions `p` may read, with their pods; 401 for a caller who may read nothing. */
+async function visibleFunctions(deps: RouteDeps, p: Principal): Promise<FuncRow[]> {
+  if (p.anonymous) authorize(p, "read");
+  const [funcs, pods] = await Promise.all([deps.meta.list("function"), deps.meta.list("pod")]);
+  const byFunc = new Map<string, PodInfo[]>();
+  for (const r of pods.items) {
+    const pod = decodePod(r.value);
+    const id = funcId(pod.tenant, pod.namespace, pod.func);
+    byFunc.set(id, [...(byFunc.get(id) ?? []), pod]);
+  }
+  const rows: FuncRow[] = [];
+  for (const r of funcs.items) {
+    if (!allows(p, "read", r.tenant, r.namespace)) continue;
+    const o = decodeStoredUserObject(r.value, r.revision);
+    if (o.type !== "function") continue;
+    rows.push({ ...o, pods: byFunc.get(funcId(o.tenant, o.namespace, o.name)) ?? [] });
+  }
+  return rows.sort((a, b) =>
+    funcId(a.tenant, a.namespace, a.name).localeCompare(funcId(b.tenant, b.namespace, b.name))
+  );
+}
+
+/** Pods `p` may read; 401 for a caller who may read nothing. */
+async function visiblePods(deps: RouteDeps, p: Principal): Promise<PodInfo[]> {
+  if (p.anonymous) authorize(p, "read");
+  const { items } = await deps.meta.list("pod");
+  return items.filter((r) => allows(p, "read", r.tenant, r.namespace)).map((r) =>
+    decodePod(r.value)
+  );
+}
+
+/** Pods of function `id` (`tenant/namespace/name`), as `GET /pods/...` authorizes them. */
+async function podsOf(deps: RouteDeps, p: Principal, id: string): Promise<PodInfo[]> {
+  const [tenant, namespace, name] = id.split("/");
+  if (!tenant || !namespace || !name) {
+    throw new NotFoundError(`No function "${id}": expected tenant/namespace/name`);
+  }
+  authorize(p, "read", tenant, namespace);
+  const { items } = await deps.meta.list("pod", tenant, namespace);
+  return items.map((r) => decodePod(r.value)).filter((pod) => pod.func === name);
+}

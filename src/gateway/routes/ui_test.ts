@@ -1,0 +1,435 @@
+import assert from "node:assert/strict";
+import { Hono } from "hono";
+import { testPod, until } from "../../common/testing.ts";
+import type { NodeInfo, PodInfo } from "../../model/cluster.ts";
+import { ClusterEvents } from "../../ui/events.ts";
+import { toInferxError } from "../../common/errors.ts";
+import { authenticate } from "../middleware/authenticate.ts";
+import { errorAnswer } from "../middleware/errors.ts";
+import { serveGateway } from "../server.ts";
+import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import type { GatewayEnv } from "../types.ts";
+import { uiRoutes } from "./ui.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+const ADMIN_KEY = "admin-key-0123456789";
+const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
+const HOSTILE = `<script>alert("x")</script><img src=x onerror=alert(1)>`;
+
+async function text(f: GatewayFixture, path: string, headers: Record<string, string> = {}) {
+  const r = await f.app.request(path, { headers });
+  return { status: r.status, headers: r.headers, body: await r.text() };
+}
+
+async function addPod(f: GatewayFixture, fields: Partial<PodInfo> & { id: string }) {
+  const p = { ...testPod(fields.id, "n1"), ...fields };
+  await f.meta.create({
+    type: "pod",
+    tenant: p.tenant,
+    namespace: p.namespace,
+    name: p.id,
+    object: p,
+  });
+  return p;
+}
+
+async function addNode(f: GatewayFixture) {
+  const node: NodeInfo = {
+    name: "n1",
+    address: "127.0.0.1",
+    cpuMillis: 4000,
+    memMB: 8192,
+    gpus: [{ index: 0, type: "H100", vramMB: 81920 }],
+    contextOverheadMB: 512,
+    standbyTiers: ["paused"],
+    runtime: "process",
+    ready: true,
+    heartbeat: Date.now(),
+  };
+  await f.meta.create({
+    type: "node",
+    tenant: "system",
+    namespace: "system",
+    name: "n1",
+    object: node,
+  });
+}
+
+async function createKey(f: GatewayFixture, body: Record<string, unknown>): Promise<string> {
+  const r = await f.app.request("/apikeys", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...ADMIN },
+    body: JSON.stringify(body),
+  });
+  assert.equal(r.status, 201);
+  return (await r.json()).key;
+}
+
+/** The dashboard's routes over `f` with events of their own, pinging every `pingMs`. */
+function eventsApp(f: GatewayFixture, pingMs: number) {
+  const events = new ClusterEvents(f.meta);
+  const app = new Hono<GatewayEnv>();
+  app.onError((err, c) => {
+    const a = errorAnswer(toInferxError(err));
+    return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
+  });
+  app.use("*", authenticate(f.deps.auth));
+  app.route("/ui", uiRoutes(f.deps, { events, pingMs }));
+  return { app, events };
+}
+
+t("a dashboard page is a shell without data that loads its part from the gateway", async () => {
+  const f = await gatewayFixture();
+  try {
+    const page = await text(f, "/ui/functions/t/n/f");
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-type")!, /text\/html/);
+    assert.match(page.body, /^<!doctype html>/);
+    assert.match(page.body, /data-part="\/ui\/part\/functions\/t\/n\/f"/);
+    assert.match(page.body, /<script type="module" src="\/ui\/static\/app.js">/);
+    assert.doesNotMatch(page.body, /https?:\/\//, "no outside assets");
+    assert.match(page.headers.get("content-security-policy")!, /script-src 'self'/);
+    const audit = await text(f, "/ui/audit?tenant=t&status=5xx");
+    assert.match(audit.body, /data-part="\/ui\/part\/audit\?tenant=t&amp;status=5xx"/);
+    for (const file of ["app.js", "api.js", "live.js", "actions.js", "playground.js"]) {
+      const js = await f.app.request(`/ui/static/${file}`);
+      assert.equal(js.status, 200, file);
+      assert.match(js.headers.get("content-type")!, /javascript/);
+      assert.doesNotMatch(
+        await js.text(),
+        /https?:\/\/[a-z]/,
+        `${file} loads nothing from outside`,
+      );
+      const again = await f.app.request(`/ui/static/${file}`, {
+        headers: { "if-none-match": js.headers.get("etag")! },
+      });
+      assert.equal(again.status, 304);
+    }
+    for (const [typed, page] of [["/ui/", "/ui"], ["/ui/nodes/?x=1", "/ui/nodes?x=1"]]) {
+      const r = await f.app.request(typed);
+      assert.equal(r.status, 308, typed);
+      assert.equal(r.headers.get("location"), page);
+    }
+    const nopage = await text(f, "/ui/nowhere");
+    assert.equal(nopage.status, 404);
+    assert.match(nopage.body, /No dashboard page \/ui\/nowhere/);
+    const missing = await f.app.request("/ui/static/..%2Fevents.ts");
+    assert.equal(missing.status, 404);
+    await missing.body?.cancel();
+  } finally {
+    await f.close();
+  }
+});
+
+t("the parts escape names, specs, errors and states they show", async () => {
+  const f = await gatewayFixture();
+  try {
+    await f.meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "x.y_z-9",
+      object: { spec: { image: HOSTILE, envs: [["A", HOSTILE]], sample_query: { body: HOSTILE } } },
+    });
+    await addPod(f, { id: "p-1", func: "x.y_z-9", state: "Failed", error: HOSTILE });
+    for (const path of ["/ui/part/functions", "/ui/part/functions/t/n/x.y_z-9", "/ui/part/pods"]) {
+      const r = await text(f, path);
+      assert.equal(r.status, 200, path);
+      assert.doesNotMatch(r.body, /<script>|<img /, `${path} shows markup as text`);
+      assert.match(r.body, /&lt;script&gt;alert/, path);
+      assert.match(r.body, /x\.y_z-9/, path);
+    }
+  } finally {
+    await f.close();
+  }
+});
+
+t("the function part shows spec, policy, versions, pods, examples and recent calls", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY, policy: { parallel: 7 } });
+  try {
+    await addPod(f, { id: "p-old", funcVersion: 0, state: "Ready" });
+    await addPod(f, { id: "p-new", state: "Standby", standbyTier: "paused" });
+    const worker = fakeWorker("w1");
+    f.sched.endpoints.push(worker.endpoint);
+    await (await f.app.request("/funccall/t/n/f/v1/completions", { headers: ADMIN })).text();
+    await worker.close();
+    const r = await text(f, "/ui/part/functions/t/n/f", ADMIN);
+    assert.equal(r.status, 200);
+    assert.match(r.body, /Parallel per pod<\/dt><dd>7</);
+    assert.match(r.body, /v1 \(current\): 1 Standby/);
+    assert.match(r.body, /v0 \(draining\): 1 Ready/);
+    assert.match(r.body, /data-pod="p-old"/);
+    assert.match(r.body, /curl -sN http:\/\/localhost\/funccall\/t\/n\/f\/v1\/completions/);
+    assert.match(r.body, /data-key/, "the key is left for the browser to mask");
+    assert.doesNotMatch(r.body, new RegExp(ADMIN_KEY), "the caller's key is never rendered");
+    assert.match(r.body, /data-live="\/ui\/part\/pods\/table\?func=t%2Fn%2Ff"/);
+    assert.match(r.body, /<td>GET<\/td><td class="mono">\/funccall\/t\/n\/f\/v1\/completions/);
+    const missing = await text(f, "/ui/part/functions/t/n/nope", ADMIN);
+    assert.equal(missing.status, 404);
+    assert.match(missing.body, /Function t\/n\/nope does not exist/);
+  } finally {
+    await f.close();
+  }
+});
+
+t("the nodes part draws a GPU bar with one slice per pod, colored by function", async () => {
+  const f = await gatewayFixture();
+  try {
+    await addNode(f);
+    const gpu = [{ index: 0, vramMB: 30000 }];
+    await f.meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "g",
+      object: { spec: { image: "x" } },
+    });
+    await addPod(f, { id: "p-a", gpus: gpu, state: "Ready" });
+    await addPod(f, { id: "p-b", func: "g", gpus: gpu, state: "Ready" });
+    await addPod(f, { id: "p-c", func: "g", gpus: gpu, state: "Standby", standbyTier: "file" });
+    const r = await text(f, "/ui/part/nodes");
+    assert.equal(r.status, 200);
+    const bar = /<div class="bar gpu-bar">(.*?)<\/div><\/div><\/div>/.exec(r.body)?.[1] ?? "";
+    assert.deepEqual([...bar.matchAll(/data-func="([^"]+)"/g)].map((m) => m[1]), [
+      "t/n/f",
+      "t/n/g",
+    ]);
+    assert.match(bar, /width:37\.246%;background:hsl\(/, "30000 MB + 512 MB of 81920 MB");
+    assert.match(r.body, /class="chip parked-pod" data-func="t\/n\/g" data-pod="p-c"/);
+    assert.match(r.body, /GPU 0 · H100 · 59.6 GB of 80 GB held/);
+  } finally {
+    await f.close();
+  }
+});
+
+t("each part shows only what the credential may see, and refuses as the API does", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  try {
+    await f.meta.create({
+      type: "tenant",
+      tenant: "system",
+      namespace: "system",
+      name: "u",
+      object: {},
+    });
+    await f.meta.create({
+      type: "namespace",
+      tenant: "u",
+      namespace: "system",
+      name: "m",
+      object: {},
+    });
+    await f.meta.create({
+      type: "function",
+      tenant: "u",
+      namespace: "m",
+      name: "other",
+      object: { spec: { image: "x" } },
+    });
+    await addPod(f, { id: "p-t" });
+    await addPod(f, { id: "p-u", tenant: "u", namespace: "m", func: "other" });
+    const reader = {
+      authorization: `Bearer ${await createKey(f, { scope: "read", tenant: "t" })}`,
+    };
+
+    const anon = await text(f, "/ui/part/functions");
+    assert.equal(anon.status, 401);
+    assert.match(anon.body, /Credentials required/);
+    assert.equal(anon.headers.get("www-authenticate"), 'Bearer realm="inferx"');
+
+    const funcs = await text(f, "/ui/part/functions", reader);
+    assert.match(funcs.body, /data-func="t\/n\/f"/);
+    assert.doesNotMatch(funcs.body, /other/);
+    const pods = await text(f, "/ui/part/pods/table", reader);
+    assert.match(pods.body, /p-t/);
+    assert.doesNotMatch(pods.body, /p-u/);
+    const theirs = await text(f, "/ui/part/pods/table?func=u/m/other", reader);
+    assert.equal(theirs.status, 403);
+    assert.match(theirs.body, /may not read in u\/m/);
+    const nodes = await text(f, "/ui/part/nodes", reader);
+    assert.equal(nodes.status, 403);
+    assert.match(nodes.body, /may not read cluster-wide/);
+    const keys = await text(f, "/ui/part/keys", reader);
+    assert.equal(keys.status, 403);
+    assert.match(keys.body, /may not manage API keys/);
+    const audit = await text(f, "/ui/part/audit", reader);
+    assert.equal(audit.status, 200, "a tenant's key reads its own tenant's audit");
+    assert.match(audit.body, /name="tenant" value="t"/);
+
+    const me = await (await f.app.request("/ui/me", { headers: reader })).json();
+    assert.equal(me.auth_enabled, true);
+    assert.deepEqual(me.may, { read_cluster: false, manage_keys: false });
+    const bad = await text(f, "/ui/me", { authorization: "Bearer ixk_nope" });
+    assert.equal(bad.status, 401);
+    assert.match(bad.body, /Invalid API key/);
+  } finally {
+    await f.close();
+  }
+});
+
+t("the keys part lists the keys, and the audit part filters calls by status", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  try {
+    await createKey(f, { scope: "read", tenant: "t", name: `<b>${HOSTILE}</b>` });
+    const keys = await text(f, "/ui/part/keys", ADMIN);
+    assert.equal(keys.status, 200);
+    assert.match(keys.body, /data-action="revoke"/);
+    assert.match(keys.body, /&lt;b&gt;&lt;script&gt;/);
+    await (await f.app.request("/funccall/t/n/nope/x", { headers: ADMIN })).text();
+    const late = await f.app.request("/funccall/t/n/f/x", {
+      headers: { ...ADMIN, "x-inferx-timeout": "0.05" },
+    });
+    assert.equal(late.status, 504);
+    await late.body?.cancel();
+    const only404 = await text(f, "/ui/part/audit?tenant=t&status=404&func=", ADMIN);
+    assert.equal(only404.status, 200);
+    assert.match(only404.body, /<td>404<\/td>/);
+    assert.doesNotMatch(only404.body, /<td>504<\/td>/);
+    const fives = await text(f, "/ui/part/audit?tenant=t&status=5xx", ADMIN);
+    assert.match(fives.body, /<td>504<\/td>/);
+    assert.doesNotMatch(fives.body, /<td>404<\/td>/);
+    const bad = await text(f, "/ui/part/audit?tenant=t&status=teapot", ADMIN);
+    assert.equal(bad.status, 400);
+    assert.match(JSON.parse(bad.body).error.message, /Invalid status "teapot"/);
+  } finally {
+    await f.close();
+  }
+});
+
+t("DELETE /pods terminates a pod through the scheduler, as a write", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  try {
+    await addPod(f, { id: "p-1", state: "Ready" });
+    const reader = {
+      authorization: `Bearer ${await createKey(f, { scope: "read", tenant: "t" })}`,
+    };
+    const refused = await f.app.request("/pods/t/n/f/p-1", { method: "DELETE", headers: reader });
+    assert.equal(refused.status, 403);
+    assert.match((await refused.json()).error.message, /may not write in t\/n/);
+    const anon = await f.app.request("/pods/t/n/f/p-1", { method: "DELETE" });
+    assert.equal(anon.status, 401);
+    await anon.body?.cancel();
+    assert.deepEqual(f.sched.kills, []);
+    const ok = await f.app.request("/pods/t/n/f/p-1", { method: "DELETE", headers: ADMIN });
+    assert.equal(ok.status, 200);
+    assert.deepEqual(await ok.json(), { terminated: "p-1", state: "Ready" });
+    assert.deepEqual(f.sched.kills, ["p-1"]);
+    for (const path of ["/pods/t/n/f/p-2", "/pods/t/n/g/p-1", "/pods/t/n/f/NOT_A_POD"]) {
+      const r = await f.app.request(path, { method: "DELETE", headers: ADMIN });
+      assert.equal(r.status, 404, path);
+      assert.match((await r.json()).error.message, /does not exist/);
+    }
+  } finally {
+    await f.close();
+  }
+});
+
+t(
+  "/ui/events streams the pod changes the caller may see and frees the watch when it leaves",
+  async () => {
+    const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+    const { app, events } = eventsApp(f, 50);
+    try {
+      await f.meta.create({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "u",
+        object: {},
+      });
+      const key = await createKey(f, { scope: "read", tenant: "t" });
+      const anon = await app.request("/ui/events");
+      assert.equal(anon.status, 401);
+      await anon.body?.cancel();
+      assert.equal(events.watching, false);
+
+      const abort = new AbortController();
+      const res = await app.request("/ui/events", {
+        headers: { authorization: `Bearer ${key}` },
+        signal: abort.signal,
+      });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get("content-type")!, /text\/event-stream/);
+      assert.equal(events.listeners, 1);
+      const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let seen = "";
+      const readUntil = async (re: RegExp) => {
+        while (!re.test(seen)) {
+          const { value, done } = await reader.read();
+          assert.ok(!done, `stream ended before ${re}:\n${seen}`);
+          seen += value;
+        }
+      };
+      await readUntil(/: watching pods and nodes/);
+      await addPod(f, { id: "p-hidden", tenant: "u", namespace: "m", func: "other" });
+      await addPod(f, { id: "p-seen" });
+      await readUntil(/"id":"p-seen"/);
+      assert.match(seen, /event: pod\ndata: \{"kind":"pod","op":"put","id":"p-seen"/);
+      assert.doesNotMatch(seen, /p-hidden/, "another tenant's pod is not streamed");
+      await readUntil(/: ping/);
+
+      abort.abort();
+      await reader.cancel().catch(() => {});
+      assert.equal(events.listeners, 0);
+      assert.equal(events.watching, false, "the last listener gone stops the watches");
+    } finally {
+      await f.close();
+    }
+  },
+);
+
+t("/ui/events says bye and ends when the credential is revoked", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  const { app, events } = eventsApp(f, 30);
+  try {
+    const created = await (await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...ADMIN },
+      body: JSON.stringify({ scope: "read", tenant: "t" }),
+    })).json();
+    const res = await app.request("/ui/events", {
+      headers: { authorization: `Bearer ${created.key}` },
+    });
+    assert.equal(res.status, 200);
+    const revoke = await f.app.request(`/apikeys/${created.id}`, {
+      method: "DELETE",
+      headers: ADMIN,
+    });
+    assert.equal(revoke.status, 200);
+    await revoke.body?.cancel();
+    const all = await res.text(); // ends by itself
+    assert.match(all, /event: bye\ndata: \{"reason":"The credential no longer holds"\}/);
+    assert.equal(events.watching, false);
+  } finally {
+    await f.close();
+  }
+});
+
+t("a dashboard that goes away from the gateway's listener ends its event stream", async () => {
+  const f = await gatewayFixture();
+  const { app, events } = eventsApp(f, 60_000);
+  const server = serveGateway(app, f.deps, { port: 0 });
+  try {
+    const abort = new AbortController();
+    const res = await fetch(`http://127.0.0.1:${server.addr.port}/ui/events`, {
+      signal: abort.signal,
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("transfer-encoding"), "chunked", "streamed as it is produced");
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    assert.match((await reader.read()).value ?? "", /: watching pods and nodes/);
+    assert.equal(events.listeners, 1);
+    await addPod(f, { id: "p-live" });
+    let seen = "";
+    while (!seen.includes('"id":"p-live"')) seen += (await reader.read()).value ?? "";
+    abort.abort();
+    await reader.cancel().catch(() => {});
+    await until("the stream to end", () => events.listeners === 0);
+    assert.equal(events.watching, false);
+  } finally {
+    await server.shutdown(100);
+    await f.close();
+  }
+});

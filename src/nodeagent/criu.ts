@@ -1,0 +1,390 @@
+/**
+ * CRIU, driven through its command line: find a `criu` that works on this
+ * kernel, check it, dump a process tree to a directory (optionally leaving it
+ * running) and restore it, optionally inside a pod's network namespace and
+ * with the files it had open reattached to fresh descriptors.
+ *
+ * The binary is run as a child process rather than through `libcriu`: a dump
+ * then never blocks the agent's event loop (nothing shared stalls while a
+ * worker is frozen and written out), each call gets its own options, log and
+ * namespace, and any CRIU release can be used, including one provisioned
+ * into a private prefix and started through its own loader.
+ *
+ * @module
+ */
+import { REPO_ROOT } from "../common/config.ts";
+import { InferxError } from "../common/errors.ts";
+
+/** How to run one `criu`. */
+export interface CriuBinary {
+  /** The command line that runs it (a loader line for a provisioned prefix). */
+  argv: string[];
+  /** The criu executable itself. */
+  path: string;
+  /** Where it was found: `INFERX_CRIU`, the provisioned prefix, or the system. */
+  source: "INFERX_CRIU" | "provisioned" | "system";
+}
+
+const LIBDIR = "usr/lib/x86_64-linux-gnu";
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A CRIU unpacked into `prefix` (`{prefix}/usr/sbin/criu` with the libc of
+ * the same release): run through that release's loader and libraries.
+ */
+export function provisionedBinary(
+  prefix: string,
+  source: CriuBinary["source"] = "provisioned",
+): CriuBinary | undefined {
+  const criu = `${prefix}/usr/sbin/criu`;
+  const loader = `${prefix}/${LIBDIR}/ld-linux-x86-64.so.2`;
+  if (!isFile(criu) || !isFile(loader)) return undefined;
+  return { argv: [loader, "--library-path", `${prefix}/${LIBDIR}`, criu], path: criu, source };
+}
+
+/** Options for {@linkcode locateCriu}. */
+export interface LocateOptions {
+  /** `INFERX_CRIU`: a criu binary, or a prefix CRIU was unpacked into. @default the env var */
+  env?: string;
+  /** The provisioned prefix. @default `{repo}/.criu` */
+  prefix?: string;
+  /** System binaries tried last. @default /usr/sbin/criu, /usr/local/sbin/criu */
+  system?: string[];
+}
+
+/**
+ * Finds CRIU: `INFERX_CRIU` (a binary, or a prefix), else the prefix
+ * `deno task criu` provisions, else the system's. Undefined when none exists.
+ */
+export function locateCriu(options: LocateOptions = {}): CriuBinary | undefined {
+  const env = options.env ?? Deno.env.get("INFERX_CRIU");
+  if (env) {
+    const inPrefix = provisionedBinary(env, "INFERX_CRIU") ??
+      provisionedBinary(env.replace(/\/usr\/sbin\/criu$/, ""), "INFERX_CRIU");
+    if (inPrefix) return inPrefix;
+    return { argv: [env], path: env, source: "INFERX_CRIU" };
+  }
+  const provisioned = provisionedBinary(options.prefix ?? `${REPO_ROOT}/.criu`);
+  if (provisioned) return provisioned;
+  for (const p of options.system ?? ["/usr/sbin/criu", "/usr/local/sbin/criu"]) {
+    if (isFile(p)) return { argv: [p], path: p, source: "system" };
+  }
+  return undefined;
+}
+
+/**
+ * The error lines of a CRIU log (without the ones CRIU survives), or its
+ * last lines when none says Error.
+ */
+export function logReason(log: string): string {
+  const lines = log.split("\n").map((l) => l.trim()).filter(Boolean);
+  const errors = lines.filter((l) => /\bError\b/.test(l)).map((l) =>
+    l.replace(/^\(\s*\d+\.\d+\)\s*(\d+:\s*)?/, "")
+  );
+  // CRIU logs a failed attempt to raise its own fd limit as an error and goes on.
+  const fatal = errors.filter((l) => !/RLIMIT_NOFILE for self/.test(l));
+  const picked = fatal.length ? fatal : errors;
+  return (picked.length ? picked : lines.slice(-3)).join("; ") || "no log";
+}
+
+/** A file a process held open when it was dumped. */
+export interface OpenFile {
+  /** The path as the kernel shows it (absolute). */
+  path: string;
+  /** Its `open()` flags, from `/proc/{pid}/fdinfo`. */
+  flags: number;
+}
+
+/**
+ * A descriptor handed to a restore in place of a dumped file: CRIU uses it
+ * instead of reopening (and size-checking) `key`, the path as dumped.
+ */
+export interface InheritedFile {
+  key: string;
+  /** What to open for it. */
+  path: string;
+  flags: number;
+}
+
+const O_ACCMODE = 0o3;
+const O_WRONLY = 0o1;
+const O_APPEND = 0o2000;
+
+/** The bash redirection that opens a file the way `flags` did, without truncating it. */
+export function redirection(flags: number): "<" | ">>" | "<>" {
+  const mode = flags & O_ACCMODE;
+  if (mode === 0) return "<";
+  if (mode === O_WRONLY && flags & O_APPEND) return ">>";
+  return "<>";
+}
+
+/** Options for {@linkcode Criu.dump}. */
+export interface DumpOptions {
+  /** Leave the process running after the dump (a snapshot) instead of ending it. */
+  leaveRunning?: boolean;
+  /** Run CRIU inside this network namespace (`/run/netns/...`): the worker's own. */
+  netns?: string;
+  /** The process is not a session leader (started without a namespace of its own). */
+  shellJob?: boolean;
+  /** CPU niceness of CRIU itself. @default 0 */
+  nice?: number;
+  /** Give up (and kill CRIU) after this long (ms). @default 120000 */
+  timeoutMs?: number;
+}
+
+/** Options for {@linkcode Criu.restore}. */
+export interface RestoreOptions {
+  /** Where the restore's log and pid file go (the image directory stays untouched). */
+  workDir: string;
+  /** Restore into this network namespace (`/run/netns/...`). */
+  netns?: string;
+  /** Descriptors to hand over in place of dumped files. */
+  inherit?: InheritedFile[];
+  /** The process was dumped with `shellJob`. */
+  shellJob?: boolean;
+  /** Give up (and kill CRIU) after this long (ms). @default 60000 */
+  timeoutMs?: number;
+}
+
+/** What a `criu check` said. */
+export type CheckResult = { ok: true } | { ok: false; reason: string };
+
+/** One CRIU binary. */
+export class Criu {
+  readonly binary: CriuBinary;
+
+  constructor(binary: CriuBinary) {
+    this.binary = binary;
+  }
+
+  /** Runs `criu args...` (wrapped by `prefix`), returning its exit status and output. */
+  async #run(
+    args: string[],
+    options: { prefix?: string[]; timeoutMs?: number } = {},
+  ): Promise<{ ok: boolean; out: string }> {
+    const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
+    try {
+      const out = await new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: options.timeoutMs ? AbortSignal.timeout(options.timeoutMs) : undefined,
+      }).output();
+      const dec = new TextDecoder();
+      return { ok: out.success, out: dec.decode(out.stdout) + dec.decode(out.stderr) };
+    } catch (err) {
+      return { ok: false, out: `Error: cannot run ${argv[0]}: ${(err as Error).message}` };
+    }
+  }
+
+  /** The version CRIU reports, e.g. "4.2.1". */
+  async version(): Promise<string> {
+    const { out } = await this.#run(["--version"], { timeoutMs: 10_000 });
+    const m = out.match(/Version:\s*(\S+)/);
+    if (!m) throw new InferxError("unavailable", `Cannot read the version of ${this.binary.path}`);
+    return m[1];
+  }
+
+  /** Whether this kernel supports checkpoint and restore with this CRIU; when not, why. */
+  async check(): Promise<CheckResult> {
+    const { ok, out } = await this.#run(["check"], { timeoutMs: 30_000 });
+    if (ok) return { ok: true };
+    return { ok: false, reason: logReason(out) };
+  }
+
+  /**
+   * Dumps the process tree rooted at `pid` into `dir`. A worker started in
+   * its own PID namespace is that namespace's init; CRIU then dumps the
+   * namespace, and a restore gets a fresh one.
+   */
+  async dump(pid: number, dir: string, options: DumpOptions = {}): Promise<void> {
+    await Deno.mkdir(dir, { recursive: true });
+    const args = [
+      "dump",
+      "--tree",
+      String(pid),
+      "--images-dir",
+      dir,
+      "--log-file",
+      "dump.log",
+      // Deno and Python hold file locks; connections are recorded, restored closed.
+      "--file-locks",
+      "--tcp-close",
+    ];
+    if (options.leaveRunning) args.push("--leave-running");
+    if (options.shellJob) args.push("--shell-job");
+    const prefix = [
+      ...(options.nice ? ["nice", "-n", String(options.nice)] : []),
+      ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
+    ];
+    const { ok, out } = await this.#run(args, {
+      prefix,
+      timeoutMs: options.timeoutMs ?? 120_000,
+    });
+    if (ok) return;
+    const log = await Deno.readTextFile(`${dir}/dump.log`).catch(() => out);
+    throw new InferxError("internal", `Cannot dump process ${pid}: ${logReason(log || out)}`);
+  }
+
+  /**
+   * Restores the tree dumped in `dir` (detached: it outlives CRIU) and
+   * returns the host pid of its root.
+   */
+  async restore(dir: string, options: RestoreOptions): Promise<number> {
+    await Deno.mkdir(options.workDir, { recursive: true });
+    const pidfile = `${options.workDir}/restore.pid`;
+    const logFile = `${options.workDir}/restore.log`;
+    await Deno.remove(pidfile).catch(() => {});
+    const args = [
+      "restore",
+      "--images-dir",
+      dir,
+      "--work-dir",
+      options.workDir,
+      "--log-file",
+      logFile,
+      "--pidfile",
+      pidfile,
+      "--restore-detached",
+      "--file-locks",
+      "--tcp-close",
+    ];
+    if (options.shellJob) args.push("--shell-job");
+    const inherit = options.inherit ?? [];
+    // bash opens each handed-over file on a descriptor of its own, then execs CRIU.
+    const opens = inherit.map((f, i) => `exec ${100 + i}${redirection(f.flags)}"\${${i + 1}}"`);
+    for (const [i, f] of inherit.entries()) {
+      args.push("--inherit-fd", `fd[${100 + i}]:${f.key.replace(/^\//, "")}`);
+    }
+    const prefix = [
+      ...(inherit.length
+        ? [
+          "bash",
+          "-c",
+          `${opens.join("; ")}; shift ${inherit.length}; exec "$@"`,
+          "bash",
+          ...inherit.map((f) => f.path),
+        ]
+        : []),
+      ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
+    ];
+    const { ok, out } = await this.#run(args, {
+      prefix,
+      timeoutMs: options.timeoutMs ?? 60_000,
+    });
+    const pid = Number((await Deno.readTextFile(pidfile).catch(() => "")).trim());
+    if (ok && pid > 0) return pid;
+    if (pid > 0) {
+      try {
+        Deno.kill(pid, "SIGKILL"); // half restored: nobody may use it
+      } catch {
+        // gone already
+      }
+    }
+    const log = await Deno.readTextFile(logFile).catch(() => out);
+    throw new InferxError("worker_failed", `Cannot restore from ${dir}: ${logReason(log || out)}`);
+  }
+}
+
+/** Whether CRIU can checkpoint processes on this node, which one, and if not, why. */
+export interface CriuCapability {
+  available: boolean;
+  reason?: string;
+  version?: string;
+  /** The criu executable used. */
+  path?: string;
+  source?: CriuBinary["source"];
+}
+
+/** Runs the check of `binary` (by default the one {@linkcode locateCriu} finds; null: none). */
+export async function criuCapability(
+  binary: CriuBinary | null = locateCriu() ?? null,
+): Promise<CriuCapability> {
+  if (!binary) {
+    return {
+      available: false,
+      reason: "No criu found (set INFERX_CRIU, or run `deno task criu` to provision one)",
+    };
+  }
+  const criu = new Criu(binary);
+  const where = { path: binary.path, source: binary.source };
+  let version: string;
+  try {
+    version = await criu.version();
+  } catch (err) {
+    return { available: false, reason: (err as Error).message, ...where };
+  }
+  if (Deno.uid?.() !== 0) {
+    return { available: false, reason: "CRIU needs root", version, ...where };
+  }
+  const check = await criu.check();
+  if (check.ok) return { available: true, version, ...where };
+  return {
+    available: false,
+    reason: `criu check failed: ${check.reason}${
+      binary.source === "system" ? " (run `deno task criu` for a newer CRIU)" : ""
+    }`,
+    version,
+    ...where,
+  };
+}
+
+/** The pids of the process tree rooted at `pid` (threads excluded), root first. */
+export async function processTree(pid: number): Promise<number[]> {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    const p = out[i];
+    let tasks: string[] = [];
+    try {
+      tasks = [...Deno.readDirSync(`/proc/${p}/task`)].map((e) => e.name);
+    } catch {
+      continue; // gone
+    }
+    for (const t of tasks) {
+      const children = await Deno.readTextFile(`/proc/${p}/task/${t}/children`).catch(() => "");
+      for (const c of children.trim().split(/\s+/).filter(Boolean)) out.push(Number(c));
+    }
+  }
+  return out;
+}
+
+/** Regular files (and directories) the processes `pids` hold open, once each. */
+export async function openFiles(pids: number[]): Promise<OpenFile[]> {
+  const seen = new Map<string, OpenFile>();
+  for (const pid of pids) {
+    let fds: string[] = [];
+    try {
+      fds = [...Deno.readDirSync(`/proc/${pid}/fd`)].map((e) => e.name);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let path: string;
+      try {
+        path = await Deno.readLink(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      // Devices, pseudo-files and deleted files are CRIU's to handle.
+      if (
+        !path.startsWith("/") || /^\/(dev|proc|sys)\//.test(path) || path.endsWith(" (deleted)")
+      ) {
+        continue;
+      }
+      if (seen.has(path)) continue;
+      const info = await Deno.readTextFile(`/proc/${pid}/fdinfo/${fd}`).catch(() => "");
+      const m = info.match(/^flags:\s*([0-7]+)/m);
+      if (!m) continue;
+      seen.set(path, { path, flags: parseInt(m[1], 8) });
+    }
+  }
+  return [...seen.values()];
+}

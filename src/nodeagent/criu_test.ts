@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import { criuCapability, locateCriu, logReason, redirection } from "./criu.ts";
+
+/** Lays out a fake provisioned prefix (criu and its loader) under `dir`. */
+async function fakePrefix(dir: string): Promise<string> {
+  await Deno.mkdir(`${dir}/usr/sbin`, { recursive: true });
+  await Deno.mkdir(`${dir}/usr/lib/x86_64-linux-gnu`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/usr/sbin/criu`, "");
+  await Deno.writeTextFile(`${dir}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2`, "");
+  return dir;
+}
+
+Deno.test("locateCriu() takes INFERX_CRIU first, then the provisioned prefix, then the system's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const prefix = await fakePrefix(`${dir}/prefix`);
+    const system = `${dir}/system-criu`;
+    await Deno.writeTextFile(system, "");
+    const fromEnv = locateCriu({ env: "/opt/criu/bin/criu", prefix, system: [system] });
+    assert.deepEqual(fromEnv, {
+      argv: ["/opt/criu/bin/criu"],
+      path: "/opt/criu/bin/criu",
+      source: "INFERX_CRIU",
+    });
+    // INFERX_CRIU naming a prefix (or the criu inside one) runs it through the prefix's loader.
+    for (const env of [prefix, `${prefix}/usr/sbin/criu`]) {
+      const b = locateCriu({ env, system: [system] })!;
+      assert.equal(b.source, "INFERX_CRIU");
+      assert.deepEqual(b.argv, [
+        `${prefix}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2`,
+        "--library-path",
+        `${prefix}/usr/lib/x86_64-linux-gnu`,
+        `${prefix}/usr/sbin/criu`,
+      ]);
+    }
+    assert.equal(locateCriu({ env: "", prefix, system: [system] })?.source, "provisioned");
+    assert.deepEqual(locateCriu({ env: "", prefix: `${dir}/none`, system: [system] }), {
+      argv: [system],
+      path: system,
+      source: "system",
+    });
+    assert.equal(locateCriu({ env: "", prefix: `${dir}/none`, system: [] }), undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("criuCapability() says how to get CRIU when there is none", async () => {
+  const cap = await criuCapability(null);
+  assert.equal(cap.available, false);
+  assert.match(cap.reason!, /deno task criu/);
+});
+
+const systemCriu = "/usr/sbin/criu";
+const systemFails = (() => {
+  try {
+    Deno.statSync(systemCriu);
+  } catch {
+    return false;
+  }
+  return !new Deno.Command(systemCriu, { args: ["check"], stdout: "null", stderr: "null" })
+    .outputSync().success;
+})();
+
+Deno.test({
+  name: "criuCapability() reports a system CRIU that fails its check, with CRIU's first error",
+  ignore: !systemFails || Deno.uid?.() !== 0,
+  async fn() {
+    const cap = await criuCapability({ argv: [systemCriu], path: systemCriu, source: "system" });
+    assert.equal(cap.available, false);
+    assert.match(cap.version!, /^\d+\.\d+/);
+    const out = new Deno.Command(systemCriu, { args: ["check"], stderr: "piped" }).outputSync();
+    const first = new TextDecoder().decode(out.stderr).split("\n").find((l) => l.includes("Error"))!
+      .replace(/^.*?Error \([^)]*\):\s*/, "");
+    assert.ok(cap.reason!.includes(first), `${cap.reason} lacks "${first}"`);
+    assert.match(cap.reason!, /deno task criu/);
+  },
+});
+
+const provisioned = locateCriu({ env: "" });
+Deno.test({
+  name: "criuCapability() finds the provisioned CRIU, its version, and that it passes its check",
+  ignore: provisioned?.source !== "provisioned" || Deno.uid?.() !== 0,
+  async fn() {
+    const cap = await criuCapability(provisioned!);
+    assert.equal(cap.available, true, cap.reason);
+    assert.equal(cap.source, "provisioned");
+    assert.match(cap.version!, /^\d+\.\d+/);
+    assert.match(cap.path!, /\.criu\/usr\/sbin\/criu$/);
+  },
+});
+
+Deno.test("logReason() keeps CRIU's fatal error lines and drops the ones it survives", () => {
+  const log = `(00.001) Running check
+(00.044) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
+(00.047)      1: Error (criu/files-reg.c:2175): File tmp/x has bad size 10 (expect 4)
+(00.048) Error (criu/cr-restore.c:2331): Restoring FAILED.`;
+  assert.equal(
+    logReason(log),
+    "Error (criu/files-reg.c:2175): File tmp/x has bad size 10 (expect 4); Error (criu/cr-restore.c:2331): Restoring FAILED.",
+  );
+  assert.equal(logReason("a\nb\nc\nd"), "b; c; d");
+  assert.equal(logReason(""), "no log");
+});
+
+Deno.test("redirection() reopens a file as it was opened, never truncating it", () => {
+  const cases: [number, string][] = [
+    [0o100000, "<"], // O_RDONLY | O_LARGEFILE
+    [0o102001, ">>"], // O_WRONLY | O_APPEND
+    [0o100001, "<>"], // O_WRONLY without append: read-write, not ">"
+    [0o100002, "<>"], // O_RDWR
+  ];
+  for (const [flags, want] of cases) assert.equal(redirection(flags), want, flags.toString(8));
+});

@@ -1,0 +1,281 @@
+/**
+ * A network namespace per pod, reached from the host through a veth pair:
+ * the host end gets `.1` of a /30 block of a small private range (default
+ * `10.213.0.0/16`), the pod end (`eth0` inside) gets `.2`. The namespace has
+ * no default route, so a worker reaches nothing but its host end; the host
+ * reaches the worker at its `.2` address. Blocks are claimed with exclusive
+ * files under `/run/inferx/podnet`, so agents of several platforms on one
+ * host never hand out the same block. The whole range is an `unreachable`
+ * route on the host: a call to a pod that is gone fails at once instead of
+ * leaving the host by its default route.
+ *
+ * Why: a worker restored from a snapshot keeps the sockets it had, among them
+ * a listener on its port. In a namespace of its own, every copy restored from
+ * one snapshot binds that port again without meeting the others.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+
+/** Options for {@linkcode PodNetworks}. */
+export interface PodNetworkOptions {
+  /** Prefix of this agent's namespace names (unique per agent on a host). */
+  prefix: string;
+  /** The private range pods get addresses from (IPv4, /16 to /28). @default "10.213.0.0/16" */
+  cidr?: string;
+  /** Where block claims are kept. @default "/run/inferx/podnet" */
+  stateDir?: string;
+}
+
+/** One pod's namespace. */
+export interface PodNet {
+  /** The namespace's name (`ip netns`). */
+  name: string;
+  /** `/run/netns/{name}`, for `nsenter --net=`. */
+  nsPath: string;
+  /** The host end of the veth pair. */
+  hostIf: string;
+  hostAddr: string;
+  /** The address the worker is reached at. */
+  podAddr: string;
+  /** Its /30 block in the range. */
+  block: number;
+}
+
+/** Parses `a.b.c.d/n` into its base address (as a number) and prefix length. */
+export function parseCidr(cidr: string): { base: number; bits: number } {
+  const m = cidr.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/);
+  const octets = m ? m.slice(1, 5).map(Number) : [];
+  const bits = m ? Number(m[5]) : NaN;
+  if (!m || octets.some((o) => o > 255) || bits < 16 || bits > 28) {
+    throw new InferxError("invalid", `Invalid pod network "${cidr}": an IPv4 range /16 to /28`);
+  }
+  const base = ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
+  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+  return { base: (base & mask) >>> 0, bits };
+}
+
+/** Dotted form of an IPv4 address held as a number. */
+export function ipString(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+}
+
+/** The host and pod addresses of /30 block `i` of the range. */
+export function blockAddrs(base: number, i: number): { host: string; pod: string } {
+  return { host: ipString(base + 4 * i + 1), pod: ipString(base + 4 * i + 2) };
+}
+
+/** Whether two IPv4 ranges overlap. */
+export function rangesOverlap(a: string, b: string): boolean {
+  const x = parseCidrLoose(a);
+  const y = parseCidrLoose(b);
+  if (!x || !y) return false;
+  const bits = Math.min(x.bits, y.bits);
+  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+  return ((x.base & mask) >>> 0) === ((y.base & mask) >>> 0);
+}
+
+function parseCidrLoose(s: string): { base: number; bits: number } | undefined {
+  const m = s.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)(?:\/(\d+))?$/);
+  if (!m) return undefined;
+  const o = m.slice(1, 5).map(Number);
+  return {
+    base: (((o[0] << 24) >>> 0) + (o[1] << 16) + (o[2] << 8) + o[3]) >>> 0,
+    bits: m[5] === undefined ? 32 : Number(m[5]),
+  };
+}
+
+async function run(cmd: string, args: string[], stdin?: string): Promise<string> {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, {
+      args,
+      stdin: stdin === undefined ? "null" : "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (err) {
+    throw new InferxError("unavailable", `Cannot run ${cmd}: ${(err as Error).message}`);
+  }
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  if (!out.success) {
+    throw new InferxError(
+      "unavailable",
+      `${cmd} ${args.join(" ")} failed: ${dec.decode(out.stderr).trim()}`,
+    );
+  }
+  return dec.decode(out.stdout);
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Creates and removes pod network namespaces for one agent. */
+export class PodNetworks {
+  readonly cidr: string;
+  #prefix: string;
+  #base: number;
+  #blocks: number;
+  #claims: string;
+  /** The range's `unreachable` route, once added. */
+  #fence?: Promise<void>;
+  /** Marks the host ends of this range's pairs: `ixh{tag}{block}`. */
+  #tag: string;
+
+  constructor(options: PodNetworkOptions) {
+    this.cidr = options.cidr ?? "10.213.0.0/16";
+    const { base, bits } = parseCidr(this.cidr);
+    this.#base = base;
+    this.#blocks = 2 ** (32 - bits) / 4;
+    this.#prefix = options.prefix;
+    this.#claims = `${options.stateDir ?? "/run/inferx/podnet"}/${this.cidr.replace("/", "_")}`;
+    this.#tag = ((base >>> 8) % 1296).toString(36).padStart(2, "0");
+  }
+
+  /**
+   * Whether pod namespaces can be made here: root, `ip`, `nsenter` and
+   * `unshare`, and a range no route of the host already covers.
+   */
+  async capability(): Promise<{ available: boolean; reason?: string }> {
+    if (Deno.build.os !== "linux") return { available: false, reason: "Not Linux" };
+    if (Deno.uid?.() !== 0) return { available: false, reason: "Network namespaces need root" };
+    for (const tool of ["ip", "nsenter", "unshare", "setsid"]) {
+      try {
+        await run(tool, ["-V"]);
+      } catch {
+        return { available: false, reason: `${tool} is missing (iproute2, util-linux)` };
+      }
+    }
+    const routes = await run("ip", ["-4", "route", "show", "table", "all"]).catch(() => "");
+    for (const line of routes.split("\n")) {
+      const [dst, , dev] = line.trim().split(/\s+/);
+      if (!dst || dst === "default" || dst === "local" || dst === "broadcast") continue;
+      if (dev?.startsWith("ixh")) continue; // our own pods
+      if (rangesOverlap(dst, this.cidr)) {
+        return {
+          available: false,
+          reason: `The pod range ${this.cidr} overlaps the host route ${dst} (set INFERX_POD_CIDR)`,
+        };
+      }
+    }
+    return { available: true };
+  }
+
+  /** Claims a free /30 block, creates the namespace and its veth pair. */
+  async create(podId: string): Promise<PodNet> {
+    await Deno.mkdir(this.#claims, { recursive: true });
+    this.#fence ??= run("ip", ["route", "replace", "unreachable", this.cidr]).then(() => {});
+    await this.#fence;
+    const name = `${this.#prefix}-${podId}`;
+    for (let i = 1; i < this.#blocks; i++) {
+      const claim = `${this.#claims}/${i}`;
+      if (!await this.#claim(claim, name)) continue;
+      const { host, pod } = blockAddrs(this.#base, i);
+      const hostIf = `ixh${this.#tag}${i.toString(36)}`;
+      try {
+        await run(
+          "ip",
+          ["-batch", "-"],
+          [
+            `netns add ${name}`,
+            `link add ${hostIf} type veth peer name eth0 netns ${name}`,
+            `addr add ${host}/30 dev ${hostIf}`,
+            `link set ${hostIf} up`,
+          ].join("\n") + "\n",
+        );
+        await run(
+          "ip",
+          ["-n", name, "-batch", "-"],
+          [`addr add ${pod}/30 dev eth0`, "link set eth0 up", "link set lo up"].join("\n") + "\n",
+        );
+      } catch (err) {
+        await this.#teardown(name, hostIf);
+        await Deno.remove(claim).catch(() => {});
+        throw new InferxError(
+          "unavailable",
+          `Cannot create the network namespace of pod ${podId}: ${(err as Error).message}`,
+        );
+      }
+      return { name, nsPath: `/run/netns/${name}`, hostIf, hostAddr: host, podAddr: pod, block: i };
+    }
+    throw new InferxError("unavailable", `Cannot create a pod network: ${this.cidr} is full`);
+  }
+
+  /** Takes `claim` for `name`; a claim whose namespace is gone (and is not new) is taken over. */
+  async #claim(claim: string, name: string): Promise<boolean> {
+    try {
+      await Deno.writeTextFile(claim, name, { createNew: true });
+      return true;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+    }
+    try {
+      const [owner, stat] = await Promise.all([Deno.readTextFile(claim), Deno.stat(claim)]);
+      const age = Date.now() - (stat.mtime?.getTime() ?? Date.now());
+      if (exists(`/run/netns/${owner}`) || age < 30_000) return false;
+      await Deno.remove(claim);
+      await Deno.writeTextFile(claim, name, { createNew: true });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Kills what still runs in the namespace, deletes it (its veth pair goes with it), frees its block. */
+  async remove(net: Pick<PodNet, "name" | "hostIf" | "block">): Promise<void> {
+    await this.#teardown(net.name, net.hostIf);
+    const claim = `${this.#claims}/${net.block}`;
+    if ((await Deno.readTextFile(claim).catch(() => "")) === net.name) {
+      await Deno.remove(claim).catch(() => {});
+    }
+  }
+
+  async #teardown(name: string, hostIf: string): Promise<void> {
+    const pids = await run("ip", ["netns", "pids", name]).catch(() => "");
+    for (const p of pids.split(/\s+/).filter(Boolean)) {
+      try {
+        Deno.kill(Number(p), "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    await run("ip", ["netns", "delete", name]).catch(() => {});
+    // Normally gone with the namespace.
+    if (hostIf) await run("ip", ["link", "delete", hostIf]).catch(() => {});
+  }
+
+  /** Removes this agent's namespaces left behind by an earlier run; returns how many. */
+  async sweep(): Promise<number> {
+    let n = 0;
+    const listed = await run("ip", ["netns", "list"]).catch(() => "");
+    for (const line of listed.split("\n")) {
+      const name = line.trim().split(/\s+/)[0];
+      if (!name?.startsWith(`${this.#prefix}-`)) continue;
+      await this.#teardown(name, "");
+      n++;
+    }
+    let claims: string[] = [];
+    try {
+      claims = [...Deno.readDirSync(this.#claims)].map((e) => `${this.#claims}/${e.name}`);
+    } catch {
+      // none yet
+    }
+    for (const claim of claims) {
+      const owner = await Deno.readTextFile(claim).catch(() => "");
+      if (owner.startsWith(`${this.#prefix}-`)) await Deno.remove(claim).catch(() => {});
+    }
+    return n;
+  }
+}

@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import { blockAddrs, ipString, parseCidr, PodNetworks, rangesOverlap } from "./pod_net.ts";
+
+Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
+  assert.deepEqual(parseCidr("10.213.0.0/16"), {
+    base: parseCidr("10.213.255.255/16").base,
+    bits: 16,
+  });
+  assert.equal(ipString(parseCidr("10.213.7.9/24").base), "10.213.7.0");
+  for (const bad of ["10.213.0.0", "10.213.0.0/8", "10.213.0.0/30", "300.1.1.1/16", "::1/64"]) {
+    assert.throws(() => parseCidr(bad), /Invalid pod network/, bad);
+  }
+});
+
+Deno.test("blockAddrs() gives block i the host end .4i+1 and the pod end .4i+2", () => {
+  const { base } = parseCidr("10.213.0.0/16");
+  assert.deepEqual(blockAddrs(base, 1), { host: "10.213.0.5", pod: "10.213.0.6" });
+  assert.deepEqual(blockAddrs(base, 64), { host: "10.213.1.1", pod: "10.213.1.2" });
+});
+
+Deno.test("rangesOverlap() tells a host route that covers the pod range", () => {
+  const cases: [string, string, boolean][] = [
+    ["10.213.0.0/16", "10.213.0.0/16", true],
+    ["10.0.0.0/8", "10.213.0.0/16", true],
+    ["10.213.4.0/24", "10.213.0.0/16", true],
+    ["10.214.0.0/16", "10.213.0.0/16", false],
+    ["172.17.0.0/16", "10.213.0.0/16", false],
+    ["10.213.0.9", "10.213.0.0/16", true],
+  ];
+  for (const [a, b, want] of cases) assert.equal(rangesOverlap(a, b), want, `${a} ${b}`);
+});
+
+const nets = new PodNetworks({ prefix: "ixnettest" });
+const cap = await nets.capability();
+if (!cap.available) console.log(`skipping the pod network test: ${cap.reason}`);
+
+Deno.test({
+  name:
+    "PodNetworks gives each pod a namespace of its own, reachable from the host only at its address",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const a = await nets.create("a");
+    const b = await nets.create("b");
+    try {
+      assert.notEqual(a.podAddr, b.podAddr);
+      assert.notEqual(a.hostIf, b.hostIf);
+      // The same port in both namespaces, each answering at its own address.
+      const servers = [a, b].map((n) =>
+        new Deno.Command("nsenter", {
+          args: [
+            `--net=${n.nsPath}`,
+            "--",
+            Deno.execPath(),
+            "eval",
+            `Deno.serve({ port: 8000, hostname: "0.0.0.0", onListen() {} }, () => new Response("${n.name}"))`,
+          ],
+          stdout: "null",
+          stderr: "null",
+        }).spawn()
+      );
+      try {
+        for (const n of [a, b]) {
+          let body = "";
+          for (let i = 0; i < 100 && !body; i++) {
+            body = await fetch(`http://${n.podAddr}:8000/`).then((r) => r.text()).catch(() => "");
+            if (!body) await new Promise((r) => setTimeout(r, 50));
+          }
+          assert.equal(body, n.name);
+        }
+        // No default route: a pod reaches nothing beyond its host end.
+        const routes = new TextDecoder().decode(
+          new Deno.Command("ip", { args: ["-n", a.name, "route"], stdout: "piped" }).outputSync()
+            .stdout,
+        );
+        assert.doesNotMatch(routes, /default/);
+      } finally {
+        for (const s of servers) (s.kill("SIGKILL"), await s.status);
+      }
+    } finally {
+      await nets.remove(a);
+      await nets.remove(b);
+    }
+    const listed = new TextDecoder().decode(
+      new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
+    );
+    assert.doesNotMatch(listed, /ixnettest-/);
+    // A freed block is handed out again.
+    const c = await nets.create("c");
+    assert.equal(c.podAddr, a.podAddr);
+    await nets.remove(c);
+  },
+});

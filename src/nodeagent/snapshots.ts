@@ -1,0 +1,444 @@
+/**
+ * A node's snapshots: after a function version's first fresh pod on this
+ * node is ready and has answered its sample query, the runtime dumps it
+ * (leaving it running) into `{dir}/{tenant}/{namespace}/{name}`; later cold
+ * starts of that version here restore the image instead of running the
+ * start command.
+ *
+ * Each snapshot is recorded in the store (`snapshot` objects) so the
+ * scheduler knows where restores are possible and users can list them. A
+ * snapshot belongs to one function version: a new version or a delete of
+ * the function removes it. Images share a disk budget; the least recently
+ * used go first. A dump CRIU refuses is recorded once (`Failed`, with CRIU's
+ * reason) and that version keeps starting fresh here; a dump that ran out of
+ * disk leaves nothing behind and is tried again at the next fresh start.
+ *
+ * @module
+ */
+import { ConflictError, NotFoundError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+import type { PodInfo } from "../model/cluster.ts";
+import { funcId } from "../model/keys.ts";
+import { decodeStoredUserObject } from "../model/schemas.ts";
+import { decodeSnapshot, type SnapshotInfo, snapshotName } from "../model/snapshot.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { MetaClient, ObjectRef } from "../rpc/types.ts";
+import type { PodRuntime } from "./runtime.ts";
+
+const log = logger("snapshots");
+
+/** What a snapshot manager needs of its runtime. */
+export type SnapshotRuntime = Required<Pick<PodRuntime, "snapshot" | "footprintBytes">>;
+
+/** Options for {@linkcode SnapshotManager}. */
+export interface SnapshotManagerOptions {
+  meta: MetaClient;
+  /** This node's name. */
+  node: string;
+  /** Where images go. */
+  dir: string;
+  /** Disk all images may take together (MB). */
+  diskBudgetMB: number;
+  runtime: SnapshotRuntime;
+  /** Called after the set of snapshots changed (to refresh the node record). */
+  onChange?(): void;
+}
+
+/** A snapshot this node holds. */
+export interface LocalSnapshot {
+  ref: ObjectRef;
+  info: SnapshotInfo;
+  /** Its image directory. */
+  dir: string;
+}
+
+/** The pod fields that name a function version. */
+type VersionOf = Pick<PodInfo, "tenant" | "namespace" | "func" | "funcVersion">;
+
+const MB = 1024 * 1024;
+
+/** Whether an error says the disk filled up. */
+export function isDiskFull(err: unknown): boolean {
+  return /No space left on device|ENOSPC|Disk quota exceeded/i.test(String(err));
+}
+
+/** Options for {@linkcode SnapshotManager.take}. */
+export interface TakeOptions {
+  /** Whether the pod should still be running (a dump of a pod being stopped fails for that alone). */
+  alive?: () => boolean;
+}
+
+/** One node's snapshots. */
+export class SnapshotManager {
+  #o: SnapshotManagerOptions;
+  /** By store key `tenant/namespace/name`. */
+  #local = new Map<string, LocalSnapshot>();
+  /** Current version of each function (`tenant/namespace/name`). */
+  #versions = new Map<string, number>();
+  /** Function versions being dumped now. */
+  #taking = new Set<string>();
+  /** Dumps run one at a time. */
+  #queue: Promise<unknown> = Promise.resolve();
+  #informer?: Informer;
+
+  constructor(options: SnapshotManagerOptions) {
+    this.#o = options;
+  }
+
+  #key(v: VersionOf): string {
+    return `${v.tenant}/${v.namespace}/${snapshotName(v.func, v.funcVersion, this.#o.node)}`;
+  }
+
+  #ref(v: VersionOf): ObjectRef {
+    return {
+      type: "snapshot",
+      tenant: v.tenant,
+      namespace: v.namespace,
+      name: snapshotName(v.func, v.funcVersion, this.#o.node),
+    };
+  }
+
+  #dirOf(ref: ObjectRef): string {
+    return `${this.#o.dir}/${ref.tenant}/${ref.namespace}/${ref.name}`;
+  }
+
+  /**
+   * Loads this node's snapshot records and reconciles them with the disk
+   * (records without an image go, images without a record go, half-written
+   * dumps go), then follows functions to drop snapshots of old versions.
+   */
+  async start(): Promise<void> {
+    await Deno.mkdir(this.#o.dir, { recursive: true });
+    const { items } = await this.#o.meta.list("snapshot");
+    const keep = new Set<string>();
+    for (const rec of items) {
+      const info = decodeSnapshot(rec.value);
+      if (info.node !== this.#o.node) continue;
+      const ref: ObjectRef = {
+        type: "snapshot",
+        tenant: rec.tenant,
+        namespace: rec.namespace,
+        name: rec.name,
+      };
+      const dir = this.#dirOf(ref);
+      if (info.state === "Ready" && !await exists(`${dir}/inferx.json`)) {
+        log.warn("Snapshot {name}: its image is gone; removing the record", { name: rec.name });
+        await this.#deleteRecord(ref);
+        continue;
+      }
+      keep.add(dir);
+      this.#local.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, { ref, info, dir });
+    }
+    for (const dir of imageDirs(this.#o.dir)) {
+      if (!keep.has(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+    this.#informer = await startInformer(this.#o.meta, "function", {
+      upsert: (rec) => {
+        const o = decodeStoredUserObject(rec.value, rec.revision);
+        if (o.type !== "function") return;
+        const id = funcId(o.tenant, o.namespace, o.name);
+        this.#versions.set(id, o.version);
+        this.#dropWhere(
+          (s) => funcOf(s.info) === id && s.info.funcVersion !== o.version,
+          "a new version",
+        );
+      },
+      remove: (ref) => {
+        const id = funcId(ref.tenant, ref.namespace, ref.name);
+        this.#versions.delete(id);
+        this.#dropWhere((s) => funcOf(s.info) === id, "the function was deleted");
+      },
+    });
+  }
+
+  /** Stops following functions. */
+  stop(): void {
+    this.#informer?.stop();
+  }
+
+  /** The restorable snapshot of the pod's function version on this node, if any. */
+  usable(pod: VersionOf): LocalSnapshot | undefined {
+    const s = this.#local.get(this.#key(pod));
+    return s?.info.state === "Ready" ? s : undefined;
+  }
+
+  /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
+  wants(pod: VersionOf): boolean {
+    const key = this.#key(pod);
+    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
+    return !this.#local.has(key) && !this.#taking.has(key) &&
+      (current === undefined || current === pod.funcVersion);
+  }
+
+  /** Records a restore from `s` (for least-recently-used removal). */
+  async used(s: LocalSnapshot): Promise<void> {
+    s.info = { ...s.info, lastUsedAt: Date.now(), restores: s.info.restores + 1 };
+    await this.#write(s.ref, s.info).catch((err) =>
+      log.warn("Cannot record the use of snapshot {name}: {error}", {
+        name: s.ref.name,
+        error: String(err),
+      })
+    );
+  }
+
+  /** Removes a snapshot whose image could not be restored. */
+  async discard(s: LocalSnapshot, why: string): Promise<void> {
+    log.warn("Removing snapshot {name}: {why}", { name: s.ref.name, why });
+    await this.#remove(s);
+  }
+
+  /**
+   * Snapshots `pod` (running, fresh, answered its sample query) unless this
+   * version already has one here. Never throws: returns a note saying why
+   * no snapshot was taken, or undefined when one was.
+   */
+  take(pod: PodInfo, options: TakeOptions = {}): Promise<string | undefined> {
+    const key = this.#key(pod);
+    if (!this.wants(pod)) return Promise.resolve(undefined);
+    this.#taking.add(key);
+    const run = this.#queue.then(() => this.#take(pod, key, options.alive ?? (() => true)));
+    this.#queue = run.catch(() => {});
+    return run.finally(() => this.#taking.delete(key));
+  }
+
+  async #take(pod: PodInfo, key: string, alive: () => boolean): Promise<string | undefined> {
+    if (!alive()) return "No snapshot taken: the pod was stopped";
+    const ref = this.#ref(pod);
+    const dir = this.#dirOf(ref);
+    const budget = this.#o.diskBudgetMB * MB;
+    const estimate = await this.#o.runtime.footprintBytes(pod.id).catch(() => 0);
+    if (estimate > budget) {
+      return await this.#fail(
+        pod,
+        ref,
+        `its memory (${
+          mb(estimate)
+        } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`,
+      );
+    }
+    this.#evictFor(estimate, key);
+    const partial = `${dir}.partial-${pod.id}`;
+    await Deno.mkdir(partial.slice(0, partial.lastIndexOf("/")), { recursive: true });
+    let taken;
+    try {
+      taken = await this.#o.runtime.snapshot(pod.id, partial);
+    } catch (err) {
+      await Deno.remove(partial, { recursive: true }).catch(() => {});
+      const reason = (err as Error).message;
+      if (!alive()) return "No snapshot taken: the pod was stopped while it was dumped";
+      if (isDiskFull(err)) {
+        log.warn("Snapshot of pod {pod} ran out of disk; nothing kept: {error}", {
+          pod: pod.id,
+          error: reason,
+        });
+        return `No snapshot taken: the disk filled up while dumping (${reason})`;
+      }
+      return await this.#fail(pod, ref, reason);
+    }
+    if (taken.bytes > budget) {
+      await Deno.remove(partial, { recursive: true }).catch(() => {});
+      return await this.#fail(
+        pod,
+        ref,
+        `its image (${
+          mb(taken.bytes)
+        } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`,
+      );
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(partial, dir);
+    const now = Date.now();
+    const info = this.#info(pod, {
+      state: "Ready",
+      bytes: taken.bytes,
+      dumpMs: Math.round(taken.dumpMs),
+      createdAt: now,
+      lastUsedAt: now,
+    });
+    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
+    if (current !== undefined && current !== pod.funcVersion) {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      return "No snapshot kept: the function changed while it was taken";
+    }
+    this.#local.set(key, { ref, info, dir });
+    this.#evictFor(0, key);
+    try {
+      await this.#write(ref, info);
+    } catch (err) {
+      this.#local.delete(key);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      return `No snapshot kept: cannot record it (${(err as Error).message})`;
+    }
+    log.info("Snapshot of {func} v{version} taken from pod {pod}: {mb} MB in {ms} ms", {
+      func: pod.func,
+      version: pod.funcVersion,
+      pod: pod.id,
+      mb: mb(taken.bytes),
+      ms: Math.round(taken.dumpMs),
+    });
+    this.#o.onChange?.();
+    return undefined;
+  }
+
+  /** Records that this version cannot be snapshotted here, once; returns the note. */
+  async #fail(pod: PodInfo, ref: ObjectRef, reason: string): Promise<string> {
+    log.warn("Cannot snapshot {func} v{version} (pod {pod}); it keeps starting fresh: {error}", {
+      func: pod.func,
+      version: pod.funcVersion,
+      pod: pod.id,
+      error: reason,
+    });
+    const info = this.#info(pod, {
+      state: "Failed",
+      createdAt: Date.now(),
+      error: reason.slice(0, 2000),
+    });
+    this.#local.set(this.#key(pod), { ref, info, dir: this.#dirOf(ref) });
+    await this.#write(ref, info).catch(() => {});
+    this.#o.onChange?.();
+    return `No snapshot taken: ${reason}`;
+  }
+
+  /** The record of the pod's function version on this node. */
+  #info(
+    pod: PodInfo,
+    fields: Pick<SnapshotInfo, "state" | "createdAt"> & Partial<SnapshotInfo>,
+  ): SnapshotInfo {
+    return {
+      tenant: pod.tenant,
+      namespace: pod.namespace,
+      func: pod.func,
+      funcVersion: pod.funcVersion,
+      node: this.#o.node,
+      sourcePod: pod.id,
+      bytes: 0,
+      dumpMs: 0,
+      restores: 0,
+      ...fields,
+    };
+  }
+
+  /** Disk the images take (bytes). */
+  usedBytes(): number {
+    let n = 0;
+    for (const s of this.#local.values()) n += s.info.bytes;
+    return n;
+  }
+
+  /** Removes least recently used images (never `keep`) until `more` bytes fit the budget. */
+  #evictFor(more: number, keep: string): void {
+    const budget = this.#o.diskBudgetMB * MB;
+    const ready = [...this.#local.entries()]
+      .filter(([k, s]) => k !== keep && s.info.state === "Ready")
+      .sort((a, b) => (a[1].info.lastUsedAt ?? 0) - (b[1].info.lastUsedAt ?? 0));
+    let used = this.usedBytes();
+    for (const [, s] of ready) {
+      if (used + more <= budget) break;
+      used -= s.info.bytes;
+      log.info("Removing snapshot {name} (least recently used) to stay within {budget} MB", {
+        name: s.ref.name,
+        budget: this.#o.diskBudgetMB,
+      });
+      this.#remove(s);
+    }
+  }
+
+  #dropWhere(pred: (s: LocalSnapshot) => boolean, why: string): void {
+    for (const s of [...this.#local.values()]) {
+      if (!pred(s)) continue;
+      log.info("Removing snapshot {name}: {why}", { name: s.ref.name, why });
+      this.#remove(s);
+    }
+  }
+
+  /** Forgets a snapshot at once; its image and record go in the background. */
+  #remove(s: LocalSnapshot): Promise<void> {
+    const key = `${s.ref.tenant}/${s.ref.namespace}/${s.ref.name}`;
+    if (this.#local.get(key) === s) this.#local.delete(key);
+    this.#o.onChange?.();
+    return Promise.all([
+      Deno.remove(s.dir, { recursive: true }).catch(() => {}),
+      this.#deleteRecord(s.ref),
+    ]).then(() => {});
+  }
+
+  async #deleteRecord(ref: ObjectRef): Promise<void> {
+    await this.#o.meta.delete(ref).catch((err) => {
+      if (!(err instanceof NotFoundError)) {
+        log.warn("Cannot remove snapshot record {name}: {error}", {
+          name: ref.name,
+          error: String(err),
+        });
+      }
+    });
+  }
+
+  /** Creates or replaces a record (compare-and-swap, retried on conflicts). */
+  async #write(ref: ObjectRef, info: SnapshotInfo): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const cur = await this.#o.meta.get(ref);
+      try {
+        if (!cur) await this.#o.meta.create({ ...ref, object: info });
+        else await this.#o.meta.update({ ...ref, object: info, revision: cur.revision });
+        return;
+      } catch (err) {
+        if (!(err instanceof ConflictError) || attempt === 4) throw err;
+      }
+    }
+  }
+
+  /** This node's snapshots for its node record. */
+  summary(): { diskUsedMB: number; items: NodeSnapshotItem[] } {
+    return {
+      diskUsedMB: mb(this.usedBytes()),
+      items: [...this.#local.values()].map((s) => ({
+        func: funcOf(s.info),
+        version: s.info.funcVersion,
+        state: s.info.state,
+        sizeMB: mb(s.info.bytes),
+        dumpMs: s.info.dumpMs,
+        lastUsedAt: s.info.lastUsedAt,
+        error: s.info.error,
+      })),
+    };
+  }
+}
+
+/** One snapshot as a node record lists it. */
+export interface NodeSnapshotItem {
+  func: string;
+  version: number;
+  state: string;
+  sizeMB: number;
+  dumpMs: number;
+  lastUsedAt?: number;
+  error?: string;
+}
+
+const funcOf = (s: SnapshotInfo) => funcId(s.tenant, s.namespace, s.func);
+const mb = (bytes: number) => Math.round((bytes / MB) * 10) / 10;
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Image directories under `root` (`{tenant}/{namespace}/{name}`), half-written ones included. */
+function imageDirs(root: string): string[] {
+  const out: string[] = [];
+  const sub = (d: string) => {
+    try {
+      return [...Deno.readDirSync(d)].filter((e) => e.isDirectory).map((e) => `${d}/${e.name}`);
+    } catch {
+      return [];
+    }
+  };
+  for (const t of sub(root)) {
+    for (const n of sub(t)) out.push(...sub(n));
+  }
+  return out;
+}

@@ -1,0 +1,311 @@
+import assert from "node:assert/strict";
+import { decodeSnapshot, type SnapshotInfo } from "../model/snapshot.ts";
+import type { PodInfo } from "../model/cluster.ts";
+import { StateService } from "../statesvc/service.ts";
+import { openEmbeddedStore } from "../store/embedded.ts";
+import type { MetaClient } from "../rpc/types.ts";
+import { SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
+import { seedNamespace } from "../common/testing.ts";
+import { Criu, criuCapability, locateCriu } from "./criu.ts";
+import { PodNetworks } from "./pod_net.ts";
+import { ProcessRuntime } from "./process_runtime.ts";
+
+const MB = 1024 * 1024;
+
+/** A runtime that "dumps" by writing `sizeMB` of zeros, or fails as told. */
+class FakeRuntime implements SnapshotRuntime {
+  sizeMB = 10;
+  fail?: Error;
+  dumps = 0;
+  async snapshot(_podId: string, dir: string) {
+    this.dumps++;
+    await Deno.mkdir(dir, { recursive: true });
+    if (this.fail) {
+      await Deno.writeFile(`${dir}/pages-1.img`, new Uint8Array(MB)); // half written
+      throw this.fail;
+    }
+    await Deno.writeFile(`${dir}/pages-1.img`, new Uint8Array(this.sizeMB * MB));
+    await Deno.writeTextFile(`${dir}/inferx.json`, "{}");
+    return { bytes: this.sizeMB * MB, dumpMs: 5 };
+  }
+  footprintBytes() {
+    return Promise.resolve(this.sizeMB * MB);
+  }
+}
+
+async function fixture(budgetMB = 25) {
+  const store = await openEmbeddedStore();
+  const meta = new StateService(store);
+  await seedNamespace(meta, "t", "n");
+  for (const f of ["a", "b", "c"]) await putFunction(meta, f);
+  const dir = await Deno.makeTempDir();
+  const runtime = new FakeRuntime();
+  const open = () =>
+    new SnapshotManager({ meta, node: "n1", dir, diskBudgetMB: budgetMB, runtime });
+  const mgr = open();
+  await mgr.start();
+  return {
+    meta,
+    dir,
+    runtime,
+    mgr,
+    open,
+    async dispose() {
+      mgr.stop();
+      await store.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+async function putFunction(meta: MetaClient, name: string, image = "x") {
+  const ref = { type: "function" as const, tenant: "t", namespace: "n", name };
+  const cur = await meta.get(ref);
+  const object = { spec: { image, commands: ["w"], resources: { CPU: 100, Mem: 64 } } };
+  return cur
+    ? await meta.update({ ...ref, object, revision: cur.revision })
+    : await meta.create({ ...ref, object });
+}
+
+function pod(func: string, version = 1, id = `${func}-pod`): PodInfo {
+  return {
+    id,
+    tenant: "t",
+    namespace: "n",
+    func,
+    funcVersion: version,
+    node: "n1",
+    cpuMillis: 100,
+    memMB: 64,
+    gpus: [],
+    template: {
+      image: "x",
+      commands: ["w"],
+      envs: [],
+      mounts: [],
+      port: 80,
+      probe: "/",
+      startupTimeoutS: 5,
+    },
+    desired: "Running",
+    state: "Creating",
+    createdAt: 0,
+  };
+}
+
+async function records(meta: MetaClient): Promise<SnapshotInfo[]> {
+  return (await meta.list("snapshot")).items.map((r) => decodeSnapshot(r.value));
+}
+
+async function eventually(check: () => Promise<boolean>) {
+  for (let i = 0; i < 100 && !await check(); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(await check(), "timed out");
+}
+
+const t = (name: string, fn: (f: Awaited<ReturnType<typeof fixture>>) => Promise<void>) =>
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const f = await fixture();
+      try {
+        await fn(f);
+      } finally {
+        await f.dispose();
+      }
+    },
+  });
+
+t(
+  "take() snapshots a version once, records it Ready and makes it usable",
+  async ({ meta, mgr, runtime }) => {
+    assert.equal(mgr.wants(pod("a")), true);
+    assert.equal(await mgr.take(pod("a")), undefined);
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal(runtime.dumps, 1, "one snapshot per version and node");
+    const [rec] = await records(meta);
+    assert.equal(rec.state, "Ready");
+    assert.equal(rec.bytes, 10 * MB);
+    assert.equal(rec.sourcePod, "a-pod");
+    assert.ok(mgr.usable(pod("a")));
+    assert.equal(mgr.usable(pod("a", 2)), undefined);
+    assert.deepEqual(mgr.summary().items.map((i) => [i.func, i.version, i.state]), [[
+      "t/n/a",
+      1,
+      "Ready",
+    ]]);
+  },
+);
+
+t(
+  "a dump CRIU refuses is recorded once with its reason, and the version is not tried again",
+  async ({ meta, mgr, runtime, dir }) => {
+    runtime.fail = new Error(
+      "Cannot dump process 7: Error (criu/sk-unix.c:180): sk unix: Can't dump half of stream unix connection",
+    );
+    const note = await mgr.take(pod("a"));
+    assert.match(note!, /No snapshot taken: .*half of stream unix connection/);
+    const [rec] = await records(meta);
+    assert.equal(rec.state, "Failed");
+    assert.match(rec.error!, /half of stream unix connection/);
+    assert.equal(mgr.usable(pod("a")), undefined);
+    assert.equal(mgr.wants(pod("a")), false);
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal(runtime.dumps, 1);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/t/n`)], [], "the half-written dump is gone");
+  },
+);
+
+t(
+  "a dump that fills the disk leaves nothing listed and is tried again later",
+  async ({ meta, mgr, runtime, dir }) => {
+    runtime.fail = new Error(
+      "Cannot dump process 7: Error (criu/image.c:40): Can't write: No space left on device",
+    );
+    assert.match((await mgr.take(pod("a")))!, /disk filled up/);
+    assert.deepEqual(await records(meta), []);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/t/n`)], []);
+    assert.equal(mgr.wants(pod("a")), true);
+    runtime.fail = undefined;
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal((await records(meta))[0].state, "Ready");
+  },
+);
+
+t(
+  "images stay within the disk budget: the least recently used goes first",
+  async ({ meta, mgr }) => {
+    await mgr.take(pod("a"));
+    await new Promise((r) => setTimeout(r, 5));
+    await mgr.take(pod("b"));
+    await new Promise((r) => setTimeout(r, 5));
+    await mgr.used(mgr.usable(pod("a"))!); // a is now the more recently used
+    await mgr.take(pod("c")); // 30 MB would not fit 25: b goes
+    assert.ok(mgr.usable(pod("a")));
+    assert.equal(mgr.usable(pod("b")), undefined);
+    assert.ok(mgr.usable(pod("c")));
+    assert.ok(mgr.usedBytes() <= 25 * MB);
+    await eventually(async () => (await records(meta)).map((r) => r.func).sort().join() === "a,c");
+    assert.equal((await records(meta)).find((r) => r.func === "a")!.restores, 1);
+  },
+);
+
+t(
+  "SnapshotManager: a worker larger than the budget is not dumped at all",
+  async ({ meta, mgr, runtime }) => {
+    runtime.sizeMB = 30;
+    assert.match((await mgr.take(pod("a")))!, /exceeds the snapshot disk budget/);
+    assert.equal(runtime.dumps, 0);
+    assert.equal((await records(meta))[0].state, "Failed");
+  },
+);
+
+t(
+  "SnapshotManager: a new version or a delete of the function removes its snapshots",
+  async ({ meta, mgr }) => {
+    await mgr.take(pod("a"));
+    await mgr.take(pod("b"));
+    await putFunction(meta, "a", "y"); // version 2
+    await eventually(() => Promise.resolve(mgr.usable(pod("a")) === undefined));
+    assert.equal(mgr.wants(pod("a", 1)), false, "an old version's pod is not snapshotted");
+    assert.equal(mgr.wants(pod("a", 2)), true);
+    await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "b" });
+    await eventually(() => Promise.resolve(mgr.usable(pod("b")) === undefined));
+    await eventually(async () => (await records(meta)).length === 0);
+  },
+);
+
+t(
+  "a restart keeps images with records and drops records without images and images without records",
+  async ({ meta, mgr, open, dir }) => {
+    await mgr.take(pod("a"));
+    await mgr.take(pod("b"));
+    mgr.stop();
+    await Deno.remove(`${dir}/t/n/b.v1.n1`, { recursive: true }); // image lost
+    await Deno.mkdir(`${dir}/t/n/c.v1.n1.partial-c-pod`, { recursive: true }); // a crash mid-dump
+    const again = open();
+    await again.start();
+    try {
+      assert.ok(again.usable(pod("a")));
+      assert.equal(again.usable(pod("b")), undefined);
+      assert.deepEqual((await records(meta)).map((r) => r.func), ["a"]);
+      assert.deepEqual([...Deno.readDirSync(`${dir}/t/n`)].map((e) => e.name), ["a.v1.n1"]);
+    } finally {
+      again.stop();
+    }
+  },
+);
+
+t(
+  "SnapshotManager.discard() removes a snapshot whose image failed to restore",
+  async ({ meta, mgr }) => {
+    await mgr.take(pod("a"));
+    await mgr.discard(mgr.usable(pod("a"))!, "corrupt image");
+    assert.equal(mgr.usable(pod("a")), undefined);
+    assert.deepEqual(await records(meta), []);
+    assert.equal(mgr.wants(pod("a")), true, "the next fresh start takes a new one");
+  },
+);
+
+const criuCap = await criuCapability();
+const netCap = criuCap.available
+  ? await new PodNetworks({ prefix: "ixsnaptest" }).capability()
+  : { available: false, reason: criuCap.reason };
+if (!netCap.available) console.log(`skipping the real disk-full test: ${netCap.reason}`);
+
+Deno.test({
+  name: "SnapshotManager: a real dump onto a full disk keeps nothing and the worker serves on",
+  ignore: !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const f = await fixture();
+    const tiny = await Deno.makeTempDir();
+    const work = await Deno.makeTempDir();
+    const mount = (args: string[]) =>
+      new Deno.Command(args[0], { args: args.slice(1) }).outputSync();
+    assert.ok(mount(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", tiny]).success);
+    const rt = new ProcessRuntime({
+      criu: new Criu(locateCriu()!),
+      podNetworks: new PodNetworks({ prefix: "ixsnaptest" }),
+      snapshotDir: work,
+    });
+    const mgr = new SnapshotManager({
+      meta: f.meta,
+      node: "n1",
+      dir: tiny,
+      diskBudgetMB: 100,
+      runtime: rt,
+    });
+    await mgr.start();
+    const p = pod("a");
+    p.template.commands = [
+      "deno",
+      "eval",
+      `Deno.serve({ port: 80, hostname: Deno.env.get("HOST"), onListen() {} }, () => new Response("ok"))`,
+    ];
+    p.template.startupTimeoutS = 20;
+    try {
+      const running = await rt.start({
+        ...p,
+        podId: p.id,
+        func: "t/n/a",
+        template: p.template,
+        gpus: [],
+      });
+      assert.match((await mgr.take(p))!, /disk filled up.*No space left on device/);
+      assert.deepEqual(await records(f.meta), []);
+      assert.deepEqual([...Deno.readDirSync(`${tiny}/t/n`)], [], "no half-written image");
+      const res = await fetch(`http://${running.endpoint}/`);
+      assert.equal(await res.text(), "ok");
+    } finally {
+      mgr.stop();
+      await rt.stop(p.id);
+      mount(["umount", tiny]);
+      await Deno.remove(tiny, { recursive: true });
+      await Deno.remove(work, { recursive: true });
+      await f.dispose();
+    }
+  },
+});

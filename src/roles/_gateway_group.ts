@@ -1,0 +1,110 @@
+/**
+ * `GATEWAY_WORKERS=N`: N gateway processes serve one port. This process is
+ * the first; it starts the others as `RUN_SERVICE=Gateway` with the same
+ * command line, gives each its place in the group (`INFERX_GATEWAY_GROUP`),
+ * restarts one that exits, and stops them with itself. Each member is a
+ * whole gateway with leases of its own (a function at `max_replica` shares
+ * its workers between gateways); a member whose first process dies — even
+ * by SIGKILL — sees its standard input close and stops.
+ *
+ * @module
+ */
+import { freePort } from "../common/net.ts";
+import { logger } from "../common/log.ts";
+import { REPO_ROOT } from "../common/config.ts";
+import type { GatewayGroup } from "../gateway/group.ts";
+
+const log = logger("gateway", "group");
+
+/** The group of `workers` gateways this process leads, or undefined for one. */
+export function planGroup(workers: number): GatewayGroup | undefined {
+  if (workers <= 1) return undefined;
+  return { index: 0, ports: Array.from({ length: workers }, () => freePort()) };
+}
+
+/** The other members, running. */
+export interface Members {
+  stop(): Promise<void>;
+}
+
+/** This process's own command line, so members run exactly as it does. */
+function commandLine(): string[] {
+  try {
+    const args = Deno.readTextFileSync("/proc/self/cmdline").split("\0").filter(Boolean);
+    if (args.length) return args;
+  } catch {
+    // not Linux: fall back to running main.ts with this runtime
+  }
+  return [Deno.execPath(), "run", "-A", `${REPO_ROOT}/main.ts`];
+}
+
+/** Starts members 1..N-1 of `group` with `env` (on top of this process's environment). */
+export function startMembers(group: GatewayGroup, env: Record<string, string>): Members {
+  const [cmd, ...args] = commandLine();
+  const ports = group.ports.join(",");
+  let stopping = false;
+  const running = new Map<number, Deno.ChildProcess>();
+  const spawn = (index: number) => {
+    const child = new Deno.Command(cmd, {
+      args,
+      env: {
+        ...env,
+        RUN_SERVICE: "Gateway",
+        GATEWAY_WORKERS: "1",
+        INFERX_GATEWAY_GROUP: `${index}:${ports}`,
+      },
+      stdin: "piped", // closed when this process ends: the member stops then
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+    running.set(index, child);
+    child.status.then((s) => {
+      running.delete(index);
+      if (stopping) return;
+      log.warn("Gateway member {index} exited ({code}); starting it again", {
+        index,
+        code: s.code,
+      });
+      setTimeout(() => !stopping && spawn(index), 1000);
+    });
+  };
+  for (let i = 1; i < group.ports.length; i++) spawn(i);
+  log.info("Gateway group of {n} processes on one port", { n: group.ports.length });
+  return {
+    async stop() {
+      stopping = true;
+      const children = [...running.values()];
+      for (const c of children) {
+        try {
+          c.kill("SIGTERM");
+        } catch {
+          // already gone
+        }
+      }
+      const timer = setTimeout(() => {
+        for (const c of children) {
+          try {
+            c.kill("SIGKILL");
+          } catch { /* gone */ }
+        }
+      }, 5000);
+      await Promise.all(children.map((c) => c.status));
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** For a member: runs `stop` when the first process goes away (its standard input closes). */
+export function stopWithLeader(stop: () => Promise<void>): void {
+  (async () => {
+    const buf = new Uint8Array(64);
+    try {
+      while ((await Deno.stdin.read(buf)) !== null) { /* nothing is sent */ }
+    } catch {
+      // closed
+    }
+    log.warn("The first gateway of the group is gone: stopping");
+    await stop().catch(() => {});
+    Deno.exit(0);
+  })();
+}

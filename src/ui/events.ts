@@ -1,0 +1,196 @@
+/**
+ * Live updates for the dashboard: {@linkcode ClusterEvents} follows pods and
+ * nodes through the state service's watch while at least one browser
+ * listens (the first listener starts the watches, the last one gone stops
+ * them), and {@linkcode eventStream} turns those changes into a
+ * server-sent-events body for one caller, holding only what the caller may
+ * read. A caller that goes away (the request's signal, or a failed write)
+ * ends its stream and unsubscribes.
+ *
+ * @module
+ */
+import { logger } from "../common/log.ts";
+import { decodeNode, decodePod } from "../model/cluster.ts";
+import { type Informer, startInformer } from "../rpc/informer.ts";
+import type { MetaClient, MetaRecord, ObjectRef } from "../rpc/types.ts";
+
+const log = logger("gateway", "ui");
+
+/** One change of a pod or a node. */
+export type ClusterEvent =
+  | {
+    kind: "pod";
+    op: "put" | "delete";
+    id: string;
+    tenant: string;
+    namespace: string;
+    func?: string;
+    state?: string;
+    standbyTier?: string;
+    node?: string;
+  }
+  | { kind: "node"; op: "put" | "delete"; name: string; ready?: boolean };
+
+type Listener = (ev: ClusterEvent) => void;
+
+/** Pod and node changes, watched only while someone listens. */
+export class ClusterEvents {
+  readonly #meta: MetaClient;
+  readonly #listeners = new Set<Listener>();
+  #informers?: Promise<Informer[]>;
+  /** While the first list is delivered: those are not changes. */
+  #priming = false;
+
+  constructor(meta: MetaClient) {
+    this.#meta = meta;
+  }
+
+  /** How many listen now. */
+  get listeners(): number {
+    return this.#listeners.size;
+  }
+
+  /** Whether the watches run. */
+  get watching(): boolean {
+    return this.#informers !== undefined;
+  }
+
+  /** Calls `fn` on every change from now on; resolves (to unsubscribe) once watching. */
+  async subscribe(fn: Listener): Promise<() => void> {
+    this.#listeners.add(fn);
+    try {
+      await (this.#informers ??= this.#start());
+    } catch (err) {
+      this.#unsubscribe(fn);
+      throw err;
+    }
+    return () => this.#unsubscribe(fn);
+  }
+
+  #unsubscribe(fn: Listener): void {
+    if (!this.#listeners.delete(fn) || this.#listeners.size) return;
+    const running = this.#informers;
+    this.#informers = undefined;
+    running?.then((list) => list.forEach((i) => i.stop()), () => {});
+  }
+
+  async #start(): Promise<Informer[]> {
+    this.#priming = true;
+    const started: Informer[] = [];
+    try {
+      started.push(
+        await startInformer(this.#meta, "pod", {
+          upsert: (r) => this.#emit(() => podEvent("put", r)),
+          remove: (ref) => this.#emit(() => podEvent("delete", ref)),
+        }),
+        await startInformer(this.#meta, "node", {
+          upsert: (r) => this.#emit(() => ({ kind: "node", op: "put", ...nodeFields(r) })),
+          remove: (ref) => this.#emit(() => ({ kind: "node", op: "delete", name: ref.name })),
+        }),
+      );
+    } catch (err) {
+      for (const i of started) i.stop();
+      this.#informers = undefined;
+      throw err;
+    } finally {
+      this.#priming = false;
+    }
+    return started;
+  }
+
+  #emit(make: () => ClusterEvent | undefined): void {
+    if (this.#priming || !this.#listeners.size) return;
+    let ev: ClusterEvent | undefined;
+    try {
+      ev = make();
+    } catch (err) {
+      log.warn("Ignoring a malformed object: {error}", { error: String(err) });
+    }
+    if (!ev) return;
+    for (const fn of this.#listeners) fn(ev);
+  }
+}
+
+function podEvent(op: "put" | "delete", r: MetaRecord | ObjectRef): ClusterEvent {
+  const base = { kind: "pod" as const, op, id: r.name, tenant: r.tenant, namespace: r.namespace };
+  if (!("value" in r)) return base;
+  const p = decodePod(r.value);
+  return { ...base, func: p.func, state: p.state, standbyTier: p.standbyTier, node: p.node };
+}
+
+function nodeFields(r: MetaRecord): { name: string; ready: boolean } {
+  const n = decodeNode(r.value);
+  return { name: n.name, ready: n.ready };
+}
+
+/** Options of {@linkcode eventStream}. */
+export interface EventStreamOptions {
+  /** Whether the caller may see this change. */
+  visible(ev: ClusterEvent): boolean;
+  /** Whether the caller's credential still holds (checked at every ping). */
+  stillAllowed(): boolean | Promise<boolean>;
+  /** Ends the stream when aborted (the client went away). */
+  signal?: AbortSignal;
+  /** Time between keep-alive comments (ms). @default 15000 */
+  pingMs?: number;
+}
+
+const enc = new TextEncoder();
+
+/** One server-sent event. */
+function sse(event: string, data: unknown): Uint8Array {
+  return enc.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+}
+
+/**
+ * A server-sent-events body of the changes `events` sees that the caller may
+ * see: `event: pod` and `event: node`, each with a JSON `data` line, a
+ * comment every `pingMs`, and `event: bye` when the credential stops
+ * holding. Resolves once the watches run.
+ */
+export async function eventStream(
+  events: ClusterEvents,
+  opts: EventStreamOptions,
+): Promise<ReadableStream<Uint8Array>> {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  let done = false;
+  const queued: Uint8Array[] = [];
+  const push = (chunk: Uint8Array) => {
+    if (done) return;
+    if (controller) controller.enqueue(chunk);
+    else queued.push(chunk);
+  };
+  const unsubscribe = await events.subscribe((ev) => {
+    if (opts.visible(ev)) push(sse(ev.kind, ev));
+  });
+  const ping = setInterval(async () => {
+    if (!(await Promise.resolve(opts.stillAllowed()).catch(() => false))) {
+      push(sse("bye", { reason: "The credential no longer holds" }));
+      return end();
+    }
+    push(enc.encode(": ping\n\n"));
+  }, opts.pingMs ?? 15_000);
+  function end() {
+    if (done) return;
+    done = true;
+    clearInterval(ping);
+    opts.signal?.removeEventListener("abort", end);
+    unsubscribe();
+    try {
+      controller?.close();
+    } catch {
+      // already closed or cancelled
+    }
+  }
+  if (opts.signal?.aborted) end();
+  opts.signal?.addEventListener("abort", end);
+  return new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+      c.enqueue(enc.encode("retry: 2000\n: watching pods and nodes\n\n"));
+      for (const q of queued.splice(0)) c.enqueue(q);
+      if (done) c.close();
+    },
+    cancel: end,
+  });
+}

@@ -1,0 +1,69 @@
+// The dashboard's link to the gateway: the tab's credential (session storage
+// only), JSON API calls that carry it, and the messages the API answers with.
+
+const KEY = "inferx.credential";
+
+/** The credential kept for this tab, or "". */
+export function credential() {
+  return sessionStorage.getItem(KEY) ?? "";
+}
+
+/** Keeps `value` as the tab's credential ("" forgets it). */
+export function setCredential(value) {
+  if (value) sessionStorage.setItem(KEY, value);
+  else sessionStorage.removeItem(KEY);
+}
+
+/** A credential as examples show it: its first characters, then dots. */
+export function masked(value) {
+  if (!value) return "$INFERX_API_KEY";
+  return `${value.slice(0, Math.min(8, Math.floor(value.length / 3)))}••••••••`;
+}
+
+/** `fetch` with the tab's credential. */
+export function api(path, init = {}) {
+  const headers = new Headers(init.headers);
+  const cred = credential();
+  if (cred) headers.set("authorization", `Bearer ${cred}`);
+  return fetch(path, { ...init, headers });
+}
+
+/** An answer that is not 2xx, with the API's own message. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** The message of a failed answer: the API's `error.message`, else its text. */
+export async function messageOf(res) {
+  const text = await res.text().catch(() => "");
+  try {
+    const body = JSON.parse(text);
+    const m = body?.error?.message ?? body?.error ?? body?.message;
+    if (typeof m === "string" && m) return m;
+  } catch {
+    // not JSON
+  }
+  return text.trim() || `${res.status} ${res.statusText}`;
+}
+
+/** Calls the JSON API; resolves to the parsed body, or throws {@link ApiError}. */
+export async function apiJson(path, init = {}) {
+  const res = await api(path, init);
+  if (!res.ok) throw new ApiError(res.status, await messageOf(res));
+  return res.status === 204 ? null : await res.json();
+}
+
+let flashTimer;
+
+/** Shows `message` in the banner under the header (`kind`: error or info). */
+export function flash(message, kind = "error") {
+  const el = document.getElementById("flash");
+  el.textContent = message;
+  el.className = `flash flash-${kind}`;
+  el.hidden = false;
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(() => el.hidden = true, kind === "error" ? 12_000 : 4_000);
+}

@@ -1,0 +1,119 @@
+// The dashboard's page script: asks for a credential when the API wants one,
+// loads the page's part rendered for that credential, keeps live regions
+// current from the gateway's event stream, and wires the page's actions.
+import { api, apiJson, credential, flash, masked, messageOf, setCredential } from "./api.js";
+import { follow } from "./live.js";
+import { wireActions } from "./actions.js";
+import { wirePlayground } from "./playground.js";
+
+const main = document.getElementById("main");
+
+/** Shows the sign-in form with the API's reason. */
+function showLogin(reason) {
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-reason").textContent = reason;
+  main.hidden = true;
+  document.querySelector("#login input")?.focus();
+}
+
+/** Loads `url` into `el`; false (and says why) when the API refuses. */
+export async function loadInto(el, url, { quiet = false } = {}) {
+  let res;
+  try {
+    res = await api(url);
+  } catch (err) {
+    if (!quiet) flash(`Cannot reach the gateway: ${err.message}`);
+    return false;
+  }
+  if (res.status === 401) {
+    showLogin(await messageOf(res));
+    return false;
+  }
+  if (!res.ok) {
+    const message = await messageOf(res);
+    if (quiet) return false;
+    const p = document.createElement("p");
+    p.className = "error refused";
+    p.textContent = message;
+    el.replaceChildren(p);
+    return false;
+  }
+  el.innerHTML = await res.text();
+  fillKeys(el);
+  return true;
+}
+
+/** Writes the masked credential wherever an example shows a key. */
+function fillKeys(root) {
+  for (const el of root.querySelectorAll("[data-key]")) el.textContent = masked(credential());
+}
+
+let refreshTimer;
+let refreshing = false;
+
+/** Reloads every live region soon (changes come in bursts: one reload per burst). */
+export function refreshLive() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(async () => {
+    if (refreshing) return refreshLive();
+    refreshing = true;
+    try {
+      await Promise.all(
+        [...document.querySelectorAll("[data-live]")].map((el) =>
+          loadInto(el, el.dataset.live, { quiet: true })
+        ),
+      );
+    } finally {
+      refreshing = false;
+    }
+  }, 150);
+}
+
+async function showWho() {
+  const who = document.getElementById("who");
+  const signout = document.getElementById("signout");
+  signout.hidden = !credential();
+  let me;
+  try {
+    me = await apiJson("/ui/me");
+  } catch {
+    return;
+  }
+  who.textContent = me.auth_enabled ? me.id : "auth off · admin";
+  for (const [page, ok] of [["nodes", me.may.read_cluster], ["keys", me.may.manage_keys]]) {
+    const link = document.querySelector(`nav [data-nav="${page}"]`);
+    if (link) link.hidden = !ok;
+  }
+}
+
+function wireLogin() {
+  document.getElementById("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const value = new FormData(ev.target).get("credential").trim();
+    setCredential(value);
+    const res = await api("/ui/me").catch((err) => ({ ok: false, status: 0, err }));
+    if (!res.ok) {
+      setCredential("");
+      const reason = res.err ? res.err.message : await messageOf(res);
+      document.getElementById("login-reason").textContent = reason;
+      return;
+    }
+    location.reload();
+  });
+  document.getElementById("signout").addEventListener("click", () => {
+    setCredential("");
+    location.reload();
+  });
+}
+
+async function start() {
+  wireLogin();
+  wireActions({ refreshLive, loadInto });
+  wirePlayground();
+  showWho();
+  if (!(await loadInto(main, main.dataset.part))) return;
+  document.dispatchEvent(new CustomEvent("inferx:loaded"));
+  if (document.querySelector("[data-live]")) follow(refreshLive);
+}
+
+start();

@@ -1,0 +1,249 @@
+/**
+ * The dashboard in a real browser against a running platform with auth on
+ * and two declared 80 GB GPUs (`config/node.gpus.json`): the sign-in prompt,
+ * the sample function listed, GPU bars that follow two functions' pods
+ * without a reload, a log line with markup shown as text, the playground
+ * streaming a cold start and cancelling a warm call, an API key created and
+ * revoked, and a refused terminate showing the API's message. Screenshots
+ * go to a temporary directory (or `INFERX_SCREENSHOTS`) and must not be
+ * blank.
+ */
+import assert from "node:assert/strict";
+import type { Page } from "puppeteer-core";
+import { chromiumUnavailable, launchChromium, pixelStats } from "./browser.ts";
+import { createNamespace, eventually, putObject, request, startPlatform } from "./helpers.ts";
+
+/** The page's document, as the functions run in the browser see it. */
+declare const document: {
+  querySelector(selector: string): { textContent: string | null } | null;
+};
+
+const skip = chromiumUnavailable();
+if (skip) console.log(`Skipping the dashboard browser test: ${skip}`);
+
+const ADMIN_KEY = "dashboard-admin-key-0123456789";
+const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
+const CONFIG = new URL("../../config/", import.meta.url).pathname;
+/** Function names as odd as names may be. */
+const LLAMA = "llama-7b";
+const MISTRAL = "mistral.v2-instruct_q4";
+
+/** A worker that prints markup at start, answers `/` at once and streams `/slow` for 10 s. */
+const WORKER = `console.log('<script>alert("pwned")</script> weights loaded');
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, (req) => {
+  if (!new URL(req.url).pathname.startsWith("/slow")) return new Response("ok");
+  let n = 0, timer;
+  return new Response(new ReadableStream({
+    start(c) { timer = setInterval(() => n++ < 100 ? c.enqueue(new TextEncoder().encode("tick " + n + "\\n")) : c.close(), 100); },
+    cancel() { clearInterval(timer); },
+  }));
+});`;
+
+const gpuFunction = (name: string) => ({
+  type: "function",
+  tenant: "gpu",
+  namespace: "lab",
+  name,
+  object: {
+    spec: {
+      image: "lab/worker",
+      commands: ["deno", "eval", WORKER],
+      resources: { CPU: 100, Mem: 64, GPU: { Type: "H100", Count: 1, vRam: 30000 } },
+      policy: { Obj: { scalein_timeout: 300, standby_per_node: 0 } },
+    },
+  },
+});
+
+const text = (page: Page, selector: string) =>
+  page.$eval(selector, (e) => e.textContent ?? "").catch(() => "");
+
+Deno.test({
+  name:
+    "the dashboard signs in, lists functions, draws live GPU slices, streams the playground and manages keys in Chromium",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const shots = Deno.env.get("INFERX_SCREENSHOTS") ??
+      await Deno.makeTempDir({ prefix: "inferx-dashboard-" });
+    await Deno.mkdir(shots, { recursive: true });
+    const p = await startPlatform({
+      NODE_CONFIG: `${CONFIG}node.gpus.json`,
+      INFERX_SAMPLES: `${CONFIG}functions`,
+      INFERX_ADMIN_APIKEY: ADMIN_KEY,
+    });
+    const chromium = await launchChromium();
+    try {
+      const page = await chromium.browser.newPage();
+      await page.setViewport({ width: 1280, height: 860 });
+      const dialogs: string[] = [];
+      page.on("dialog", (d) => {
+        dialogs.push(d.message());
+        d.dismiss().catch(() => {});
+      });
+      const pageErrors: string[] = [];
+      page.on("pageerror", (e) => pageErrors.push(String(e)));
+      const shot = async (name: string) => {
+        const png = await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+        const s = pixelStats(png);
+        assert.ok(s.stddev > 8 && s.colors > 40, `${name}.png looks blank: ${JSON.stringify(s)}`);
+      };
+
+      // With auth on, a page asks for a key, with the API's 401 message.
+      await page.goto(`${p.url}/ui`);
+      await page.waitForSelector("#login:not([hidden])");
+      assert.match(await text(page, "#login-reason"), /Credentials required/);
+      await shot("login");
+      await page.type("#login input[name=credential]", ADMIN_KEY);
+      await Promise.all([page.waitForNavigation(), page.click("#login button[type=submit]")]);
+      await page.waitForSelector('tr[data-func="public/demo/ngram"]');
+      assert.equal(await text(page, "#who"), "admin");
+      await shot("functions");
+
+      // Two functions' pods share GPU 0; the open nodes page follows without a reload.
+      await createNamespace(p.url, "gpu", "lab", ADMIN);
+      for (const name of [LLAMA, MISTRAL]) {
+        const r = await putObject(p.url, gpuFunction(name), ADMIN);
+        assert.equal(r.status, 201, JSON.stringify(r.body));
+      }
+      await page.goto(`${p.url}/ui/nodes`);
+      await page.waitForSelector('#live[data-state="on"]');
+      await page.evaluate(() => (globalThis as { stayed?: boolean }).stayed = true);
+      const pods: Record<string, string> = {};
+      for (const name of [LLAMA, MISTRAL]) {
+        const r = await request(`${p.url}/funccall/gpu/lab/${name}/`, { headers: ADMIN });
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+        pods[name] = r.headers.get("x-inferx-pod")!;
+      }
+      for (const name of [LLAMA, MISTRAL]) {
+        await page.waitForSelector(`.gpu[data-gpu="0"] .slice[data-func="gpu/lab/${name}"]`);
+      }
+      assert.equal(
+        await page.evaluate(() => (globalThis as { stayed?: boolean }).stayed),
+        true,
+        "the page was updated in place",
+      );
+      assert.match(await text(page, '.gpu[data-gpu="0"] .gpu-label'), /59\.6 GB of 80 GB held/);
+      await shot("nodes");
+
+      // A log line with markup is text, not markup.
+      await page.goto(`${p.url}/ui/pods`);
+      const logButton = `button[data-action="log"][data-pod="${pods[LLAMA]}"]`;
+      await page.waitForSelector(logButton);
+      await page.click(logButton);
+      await page.waitForFunction(
+        () => document.querySelector("#log-panel pre")?.textContent?.includes("weights loaded"),
+      );
+      assert.match(await text(page, "#log-panel pre"), /<script>alert\("pwned"\)<\/script>/);
+      assert.equal((await page.$$("#main script")).length, 0);
+      await shot("pods");
+
+      // The playground streams the sample function's answer from a cold start.
+      await page.goto(`${p.url}/ui/functions/public/demo/ngram`);
+      await page.waitForSelector("#playground");
+      await page.$eval(
+        "#playground textarea[name=prompt]",
+        (e) => (e as unknown as { value: string }).value = "",
+      );
+      await page.type("#playground textarea[name=prompt]", "The GPU");
+      await page.click("#playground button[name=send]");
+      await page.waitForSelector('#playground[data-state="done"]', { timeout: 60_000 });
+      const stat = (s: string) => text(page, `#playground [data-stat="${s}"]`);
+      assert.equal(await stat("start"), "cold start");
+      assert.match(await stat("status"), /^200/);
+      assert.match(await stat("pod"), /^p-/);
+      assert.match(await stat("ttft"), /ms$/);
+      assert.match(await stat("queue"), /ms$/);
+      assert.ok((await text(page, "#playground .pg-output")).trim().length > 0, "streamed text");
+      // The function's pods follow too: the pod that answered appears without a reload.
+      await page.waitForSelector(`.live-region tr[data-pod="${await stat("pod")}"]`);
+      const example = await text(page, ".examples pre");
+      assert.match(example, /authorization: Bearer \S*••••/);
+      assert.ok(!example.includes(ADMIN_KEY), "the key is masked");
+      await shot("playground");
+
+      // A warm streaming call can be cancelled.
+      await page.goto(`${p.url}/ui/functions/gpu/lab/${LLAMA}`);
+      await page.waitForSelector("#playground");
+      await page.click('#playground input[name=mode][value="raw"]');
+      await page.$eval(
+        "#playground input[name=path]",
+        (e) => (e as unknown as { value: string }).value = "",
+      );
+      await page.type("#playground input[name=path]", "slow");
+      await page.click("#playground button[name=send]");
+      await page.waitForFunction(
+        () => document.querySelector("#playground .pg-output")?.textContent?.includes("tick 2"),
+      );
+      assert.equal(await stat("start"), "warm");
+      await page.click("#playground button[name=cancel]");
+      await page.waitForSelector('#playground[data-state="cancelled"]');
+      assert.match(await stat("total"), /^cancelled after/);
+
+      // An API key is created (shown once) and revoked.
+      await page.goto(`${p.url}/ui/keys`);
+      await page.waitForSelector("#key-form");
+      await page.type("#key-form input[name=name]", "ci-dashboard");
+      await page.select("#key-form select[name=scope]", "read");
+      await page.type("#key-form input[name=tenant]", "public");
+      await page.click("#key-form button[type=submit]");
+      await page.waitForSelector("#new-key:not([hidden])");
+      assert.match(await text(page, "#new-key .new-key-secret"), /^ixk_/);
+      const keyId = await text(page, "#new-key .new-key-id");
+      await page.waitForSelector(`tr[data-key-id="${keyId}"]`);
+      await shot("keys");
+      const revoke = `button[data-action="revoke"][data-key-id="${keyId}"]`;
+      await page.click(revoke);
+      await page.click(revoke);
+      await page.waitForFunction(
+        (id) => !document.querySelector(`tr[data-key-id="${id}"]`),
+        {},
+        keyId,
+      );
+      assert.equal((await request(`${p.url}/apikeys/${keyId}`, { headers: ADMIN })).status, 404);
+
+      // A key that may only read sees the API's refusal when it tries to terminate.
+      const reader = await request(`${p.url}/apikeys`, {
+        headers: ADMIN,
+        body: { scope: "read", tenant: "gpu", name: "reader" },
+      });
+      assert.equal(reader.status, 201);
+      await page.evaluate((k) => sessionStorage.setItem("inferx.credential", k), reader.body.key);
+      await page.goto(`${p.url}/ui/pods`);
+      const terminate = `button[data-action="terminate"][data-pod="${pods[MISTRAL]}"]`;
+      await page.waitForSelector(terminate);
+      assert.equal(await page.$('tr[data-func="public/demo/ngram"]'), null, "only tenant gpu");
+      await page.click(terminate);
+      await page.click(terminate);
+      await page.waitForSelector(".flash-error:not([hidden])");
+      assert.match(await text(page, "#flash"), /may not write in gpu\/lab/);
+
+      // The administrator terminates it; the table follows.
+      await page.evaluate((k) => sessionStorage.setItem("inferx.credential", k), ADMIN_KEY);
+      await page.goto(`${p.url}/ui/pods`);
+      await page.waitForSelector(terminate);
+      await page.click(terminate);
+      await page.click(terminate);
+      await page.waitForFunction(
+        (id) => {
+          const row = document.querySelector(`tr[data-pod="${id}"]`);
+          return !row || /Terminat/.test(row.textContent ?? "");
+        },
+        { timeout: 20_000 },
+        pods[MISTRAL],
+      );
+      await eventually("the pod to go", async () => {
+        const r = await request(`${p.url}/pods/gpu/lab/${MISTRAL}`, { headers: ADMIN });
+        return r.body.every((x: { state: string }) => x.state.startsWith("Terminat"));
+      });
+
+      assert.deepEqual(dialogs, [], "no script ran from shown data");
+      assert.deepEqual(pageErrors, []);
+      console.log(`Screenshots in ${shots}`);
+    } finally {
+      await chromium.close();
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true }).catch(() => {});
+    }
+  },
+});

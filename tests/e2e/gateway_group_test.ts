@@ -1,0 +1,107 @@
+/**
+ * `GATEWAY_WORKERS=2`: two gateway processes serve one port. Connections
+ * reach both; calls work through both on one shared worker; `/metrics`
+ * counts the whole group; a member killed is started again; stopping the
+ * platform stops every member.
+ */
+import assert from "node:assert/strict";
+import {
+  createNamespace,
+  eventually,
+  ngramFunction,
+  putObject,
+  request,
+  startPlatform,
+} from "./helpers.ts";
+import { childPids } from "../../bench/wrk.ts";
+
+/** The gateway ids that answer `/health` over `n` fresh connections. */
+async function gatewayIds(url: string, n = 40): Promise<Set<string>> {
+  const ids = new Set<string>();
+  for (let i = 0; i < n; i++) {
+    const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+    const r = await fetch(`${url}/health`, { client });
+    ids.add((await r.json()).gateway);
+    client.close();
+  }
+  return ids;
+}
+
+/** The member processes of the group `pid` leads. */
+async function members(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const c of await childPids(pid)) {
+    const env = await Deno.readTextFile(`/proc/${c}/environ`).catch(() => "");
+    if (env.includes("INFERX_GATEWAY_GROUP=")) out.push(c);
+  }
+  return out;
+}
+
+Deno.test({
+  name: "GATEWAY_WORKERS=2: two gateways share the port, a worker and their metrics",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ GATEWAY_WORKERS: "2" });
+    try {
+      await eventually("both gateways answering", async () => (await gatewayIds(p.url)).size === 2);
+      await createNamespace(p.url, "g", "n");
+      const r = await putObject(
+        p.url,
+        ngramFunction("g", "n", "one", {
+          policy: { Obj: { max_replica: 1, scalein_timeout: 60 } },
+        }),
+      );
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      // Calls over fresh connections land on both gateways; with max_replica 1
+      // they share the one worker instead of one waiting on the other.
+      const pods = new Set<string>();
+      for (let i = 0; i < 20; i++) {
+        const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+        const res = await fetch(`${p.url}/funccall/g/n/one/v1/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: "The GPU", max_tokens: 2 }),
+          client,
+        });
+        assert.equal(res.status, 200, await res.clone().text());
+        pods.add(res.headers.get("x-inferx-pod")!);
+        await res.body?.cancel();
+        client.close();
+      }
+      assert.equal(pods.size, 1, "one worker served both gateways");
+      const metrics = await (await fetch(`${p.url}/metrics`)).text();
+      const line = metrics.split("\n").find((l) =>
+        l.startsWith('inferx_requests_total{function="g/n/one",code="200"}')
+      );
+      assert.equal(line?.split(" ")[1], "20", "the group's count, whichever member answered");
+      await eventually("audit rows from both gateways", async () => {
+        const audit = await request(`${p.url}/audit/requests?tenant=g&func=one&limit=100`);
+        return new Set(audit.body.items.map((x: { gateway: string }) => x.gateway)).size === 2;
+      });
+
+      // A member killed is started again.
+      const [member] = await members(p.proc.pid);
+      Deno.kill(member, "SIGKILL");
+      await eventually(
+        "the member started again",
+        async () => (await members(p.proc.pid)).some((m) => m !== member),
+        15_000,
+      );
+      await eventually("both gateways answering", async () => (await gatewayIds(p.url)).size === 2);
+    } finally {
+      const before = await members(p.proc.pid);
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+      for (const m of before) {
+        await eventually(`member ${m} stopped`, async () => {
+          try {
+            return (await Deno.readTextFile(`/proc/${m}/stat`)).includes(") Z");
+          } catch {
+            return true;
+          }
+        });
+      }
+    }
+  },
+});

@@ -1,0 +1,258 @@
+/**
+ * Snapshot cold starts end to end on the process runtime: the first pod of a
+ * version starts fresh, answers its sample query and is snapshotted; later
+ * cold starts restore it (several side by side); a corrupt or missing image,
+ * or a worker CRIU cannot dump, falls back to fresh starts with the reason
+ * noted and audited; a new version or a delete removes the snapshot.
+ */
+import assert from "node:assert/strict";
+import {
+  createNamespace,
+  eventually,
+  type Json,
+  ngramFunction,
+  putObject,
+  request,
+  startPlatform,
+} from "./helpers.ts";
+import { criuCapability } from "../../src/nodeagent/criu.ts";
+import { PodNetworks } from "../../src/nodeagent/pod_net.ts";
+
+const criu = await criuCapability();
+const nets = criu.available
+  ? await new PodNetworks({ prefix: "ixe2e" }).capability()
+  : { available: false, reason: criu.reason };
+const skip = !criu.available ? criu.reason : !nets.available ? nets.reason : undefined;
+if (skip) console.log(`skipping the snapshot end-to-end test: ${skip}`);
+
+/**
+ * A worker that takes a while to load (and to answer `/slow`), counts the calls it serves and says
+ * who it was born as (a restored copy was born as the snapshotted pod).
+ * With HOLD_UNIX it keeps a connection to a Unix socket outside its pod,
+ * which CRIU cannot dump.
+ */
+const WORKER = `
+const born = crypto.randomUUID();
+let n = 0;
+const hold = Deno.env.get("HOLD_UNIX");
+if (hold) globalThis.held = await Deno.connect({ transport: "unix", path: hold });
+await new Promise((r) => setTimeout(r, 1500)); // loading weights
+console.log("worker loaded");
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, async (req) => {
+  const path = new URL(req.url).pathname;
+  if (path === "/health") return new Response("ok");
+  if (path === "/slow") await new Promise((r) => setTimeout(r, 1000));
+  n++;
+  console.log("served", n);
+  return Response.json({ n, born });
+});`;
+
+function fn(name: string, envs: [string, string][] = []) {
+  return {
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name,
+    object: {
+      spec: {
+        image: "x",
+        commands: ["deno", "eval", WORKER],
+        envs,
+        endpoint: { port: 8000, probe: "/health" },
+        resources: { CPU: 100, Mem: 64 },
+        sample_query: { path: "/warm", body: { prompt: "The GPU" } },
+        policy: { Obj: { max_replica: 2, parallel: 1, scalein_timeout: 0.3, standby_per_node: 0 } },
+      },
+    },
+  };
+}
+
+Deno.test({
+  name:
+    "Snapshots: a version's first pod is snapshotted, later cold starts restore it side by side, failures fall back to fresh starts",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_RUNTIME: "process" });
+    const unixDir = await Deno.makeTempDir();
+    const holder = Deno.listen({ transport: "unix", path: `${unixDir}/held.sock` });
+    const accepted: Deno.Conn[] = [];
+    (async () => {
+      for await (const c of holder) accepted.push(c);
+    })().catch(() => {});
+    const call = async (func: string, path = "work") => {
+      const r = await request(`${p.url}/funccall/t/n/${func}/${path}`, { body: {} });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const pods: Json[] = (await request(`${p.url}/pods/t/n/${func}`)).body;
+      const pod = pods.find((q) => q.id === r.headers.get("x-inferx-pod"));
+      return { ...r.body, cold: r.headers.get("x-inferx-cold-start") === "1", pod };
+    };
+    const snapshots = async () => {
+      const [node]: Json[] = (await request(`${p.url}/nodes`)).body;
+      return node.snapshots.items as Json[];
+    };
+    const idle = (func: string) =>
+      eventually(`${func} scaled to zero`, async () => {
+        return (await request(`${p.url}/pods/t/n/${func}`)).body.length === 0;
+      });
+    const image = `${p.dataDir}/snapshots/images/t/n/snap.v1.node1`;
+    try {
+      const [node]: Json[] = (await request(`${p.url}/nodes`)).body;
+      assert.equal(node.criu.available, true);
+      assert.match(node.criu.version, /^4\./);
+      assert.equal(node.snapshots.available, true, node.snapshots.reason);
+      await createNamespace(p.url, "t", "n");
+      assert.equal((await putObject(p.url, fn("snap"))).status, 201);
+
+      // 1. A fresh start: the sample query was its first call, then it was snapshotted.
+      const first = await call("snap");
+      assert.equal(first.cold, true);
+      assert.equal(first.n, 2);
+      assert.equal(first.pod.startedFrom, "fresh");
+      assert.equal(first.pod.note, undefined);
+      assert.deepEqual(
+        (await snapshots()).map((s) => [s.func, s.version, s.state]),
+        [["t/n/snap", 1, "Ready"]],
+      );
+      assert.ok((await snapshots())[0].sizeMB > 1);
+      await idle("snap");
+
+      // 2. The next cold start is a restore: same birth, its count goes on from the snapshot.
+      const restored = await call("snap");
+      assert.equal(restored.cold, true);
+      assert.equal(restored.pod.startedFrom, "snapshot");
+      assert.deepEqual([restored.born, restored.n], [first.born, 2]);
+      await idle("snap");
+
+      // 3. Two at once (parallel 1): two copies of one snapshot serve side by side.
+      const both = await Promise.all([call("snap", "slow"), call("snap", "slow")]);
+      assert.notEqual(both[0].pod.id, both[1].pod.id);
+      assert.notEqual(both[0].pod.endpoint, both[1].pod.endpoint);
+      for (const b of both) {
+        assert.equal(b.pod.startedFrom, "snapshot");
+        assert.deepEqual([b.born, b.n], [first.born, 2]);
+      }
+      await idle("snap");
+
+      // 4. A corrupt image: a fresh start, noted and audited; a new snapshot is taken.
+      await Deno.truncate(`${image}/inventory.img`, 0);
+      const afterCorrupt = await call("snap");
+      assert.equal(afterCorrupt.pod.startedFrom, "fresh");
+      assert.notEqual(afterCorrupt.born, first.born);
+      assert.match(afterCorrupt.pod.note, /could not be restored, started fresh/);
+      await eventually("the pod audit row with the note", async () => {
+        const rows: Json[] = (await request(`${p.url}/audit/pods?tenant=t&namespace=n&func=snap`))
+          .body.items;
+        return rows.some((r) =>
+          r.pod === afterCorrupt.pod.id && /could not be restored/.test(r.reason)
+        );
+      });
+      assert.equal((await snapshots())[0].state, "Ready");
+      await idle("snap");
+      assert.equal((await call("snap")).born, afterCorrupt.born, "restored from the new snapshot");
+      await idle("snap");
+
+      // 5. A missing image: likewise.
+      await Deno.remove(image, { recursive: true });
+      const afterMissing = await call("snap");
+      assert.equal(afterMissing.pod.startedFrom, "fresh");
+      assert.match(afterMissing.pod.note, /could not be restored/);
+      await idle("snap");
+
+      // 6. A worker CRIU cannot dump: the reason is recorded once; it keeps starting fresh.
+      assert.equal(
+        (await putObject(p.url, fn("held", [["HOLD_UNIX", `${unixDir}/held.sock`]]))).status,
+        201,
+      );
+      const h1 = await call("held");
+      assert.equal(h1.pod.startedFrom, "fresh");
+      assert.match(h1.pod.note, /^No snapshot taken: Cannot dump/);
+      const failed = (await snapshots()).find((s) => s.func === "t/n/held");
+      assert.equal(failed.state, "Failed");
+      assert.match(failed.error, /unix/i, "CRIU's own reason");
+      console.log(`CRIU's reason: ${failed.error}`);
+      await idle("held");
+      const h2 = await call("held");
+      assert.equal(h2.pod.startedFrom, "fresh");
+      assert.notEqual(h2.born, h1.born);
+      assert.equal(h2.pod.note, undefined, "not tried again");
+
+      // 7. A new version, then a delete, remove the function's snapshots.
+      const cur = await request(`${p.url}/object/function/t/n/snap`);
+      const update = fn("snap", [["V", "2"]]);
+      const r = await request(`${p.url}/object/`, {
+        method: "POST",
+        body: { ...update, revision: cur.body.revision },
+      });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      await eventually("the v1 snapshot gone", async () => {
+        return !(await snapshots()).some((s) => s.func === "t/n/snap" && s.version === 1);
+      });
+      await request(`${p.url}/object/function/t/n/held`, { method: "DELETE" });
+      await eventually("the held snapshot record gone", async () => {
+        return !(await snapshots()).some((s) => s.func === "t/n/held");
+      });
+    } finally {
+      holder.close();
+      for (const c of accepted) c.close();
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+      await Deno.remove(unixDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "File tier: an idle n-gram worker is dumped to disk (its process gone) and resumed with its socket and its own request count",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_RUNTIME: "process" });
+    try {
+      await createNamespace(p.url, "t", "n");
+      const r = await putObject(p.url, {
+        ...ngramFunction("t", "n", "lm", {
+          standby: { gpu: "File" },
+          endpoint: { port: 8000, probe: "/health" },
+          policy: { Obj: { scalein_timeout: 0.3, standby_per_node: 1 } },
+        }),
+      });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      const complete = () =>
+        request(`${p.url}/funccall/t/n/lm/v1/completions`, {
+          body: { prompt: "The GPU", max_tokens: 4 },
+        });
+      const first = await complete();
+      assert.equal(first.status, 200);
+      const served = Number(first.headers.get("x-worker-requests"));
+      const [pod]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+      await eventually("the pod parked in the file tier", async () => {
+        const [q]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+        return q?.state === "Standby" && q.standbyTier === "file";
+      });
+      // Its process is gone (memory freed): nothing runs in its network namespace.
+      const netns = new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
+      ).split("\n").map((l) => l.split(" ")[0]).find((n) => n.endsWith(`-${pod.id}`))!;
+      const pids = new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["netns", "pids", netns], stdout: "piped" }).outputSync()
+          .stdout,
+      ).trim();
+      assert.equal(pids, "", "no process while parked in a file");
+      const again = await complete();
+      assert.equal(again.status, 200);
+      assert.equal(again.headers.get("x-inferx-resumed"), "1");
+      assert.equal(again.headers.get("x-inferx-pod"), pod.id);
+      assert.equal(Number(again.headers.get("x-worker-requests")), served + 1);
+      const [back]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
+      assert.equal(back.endpoint, pod.endpoint, "the same listening socket, at the same address");
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});
