@@ -3,20 +3,32 @@
  * memory and written in batches on a timer, so a request never waits for the
  * database. When the backend fails, rows stay (up to a bound) and the writer
  * retries with backoff; rows past the bound are dropped, counted and logged.
+ * A batch keeps its id and its rows until it is written, so a backend can
+ * tell a retry of a batch it already committed (its answer lost with the
+ * connection) and write it only once.
  *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
+import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
 import { summarizeUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 
 const log = logger("audit");
 
+/** Rows written together; a retry of a batch has the same id and rows. */
+export interface AuditBatch {
+  id: string;
+  requests: RequestRow[];
+  pods: PodRow[];
+}
+
 /** Storage behind a {@linkcode BatchingAuditLog}. */
 export interface AuditBackend {
   readonly name: AuditStats["backend"];
-  write(requests: RequestRow[], pods: PodRow[]): Promise<void>;
+  /** Writes the batch in one transaction; a batch id already written is not written again. */
+  write(batch: AuditBatch): Promise<void>;
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]>;
   /** Aggregates token usage itself; without it the log reads rows and aggregates them. */
   summarize?(q: UsageQuery): Promise<UsageSummary>;
@@ -43,6 +55,8 @@ export class BatchingAuditLog implements AuditLog {
   #backend: AuditBackend;
   #requests: RequestRow[] = [];
   #pods: PodRow[] = [];
+  /** The batch being written, kept as it is until it is. */
+  #batchNow?: AuditBatch;
   #max: number;
   #batch: number;
   #maxBackoff: number;
@@ -76,7 +90,7 @@ export class BatchingAuditLog implements AuditLog {
 
   #admit(): boolean {
     if (this.#closed) return false;
-    if (this.#requests.length + this.#pods.length < this.#max) return true;
+    if (this.#buffered() < this.#max) return true;
     this.#dropped++;
     if (this.#dropped - this.#droppedLogged >= 1000 || this.#droppedLogged === 0) {
       log.error("Audit buffer full ({max} rows): {dropped} row(s) dropped so far", {
@@ -123,11 +137,16 @@ export class BatchingAuditLog implements AuditLog {
   stats(): AuditStats {
     return {
       backend: this.#backend.name,
-      buffered: this.#requests.length + this.#pods.length,
+      buffered: this.#buffered(),
       written: this.#written,
       dropped: this.#dropped,
       healthy: this.#healthy,
     };
+  }
+
+  #buffered(): number {
+    const b = this.#batchNow;
+    return this.#requests.length + this.#pods.length + (b ? b.requests.length + b.pods.length : 0);
   }
 
   flush(): Promise<void> {
@@ -137,17 +156,19 @@ export class BatchingAuditLog implements AuditLog {
   /** Writes batches until the buffer is empty; one writer at a time. */
   #drain(): Promise<void> {
     if (this.#writing) return this.#writing.then(() => this.#drain());
-    if (!this.#requests.length && !this.#pods.length) return Promise.resolve();
+    if (!this.#buffered()) return Promise.resolve();
     this.#writing = (async () => {
       try {
-        while (this.#requests.length || this.#pods.length) {
-          const reqs = this.#requests.slice(0, this.#batch);
-          const pods = this.#pods.slice(0, this.#batch);
-          await this.#backend.write(reqs, pods);
-          // Only now are they gone from the buffer: a failed write loses nothing.
-          this.#requests.splice(0, reqs.length);
-          this.#pods.splice(0, pods.length);
-          this.#written += reqs.length + pods.length;
+        while (this.#buffered()) {
+          // A failed batch is retried as it was: same id, same rows.
+          const b = this.#batchNow ??= {
+            id: newId("audit", 8),
+            requests: this.#requests.splice(0, this.#batch),
+            pods: this.#pods.splice(0, this.#batch),
+          };
+          await this.#backend.write(b);
+          this.#batchNow = undefined;
+          this.#written += b.requests.length + b.pods.length;
         }
         if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
         this.#healthy = true;
@@ -176,7 +197,7 @@ export class BatchingAuditLog implements AuditLog {
     clearInterval(this.#timer);
     this.#closed = true;
     await this.#drain().catch((err) => {
-      const left = this.#requests.length + this.#pods.length;
+      const left = this.#buffered();
       log.error("Closing the audit log with {left} row(s) unwritten: {error}", {
         left,
         error: String((err as Error).message ?? err),

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type AuditBackend, BatchingAuditLog } from "./batching.ts";
+import { type AuditBackend, type AuditBatch, BatchingAuditLog } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 import { sampleRequest } from "./testing.ts";
 
@@ -10,11 +10,15 @@ class MemoryBackend implements AuditBackend {
   writes = 0;
   requests: RequestRow[] = [];
   pods: PodRow[] = [];
-  write(requests: RequestRow[], pods: PodRow[]): Promise<void> {
+  batches: AuditBatch[] = [];
+  attempts: string[] = [];
+  write(batch: AuditBatch): Promise<void> {
+    this.attempts.push(batch.id);
     if (!this.up) return Promise.reject(new Error("connection refused"));
     this.writes++;
-    this.requests.push(...requests);
-    this.pods.push(...pods);
+    this.batches.push(structuredClone(batch));
+    this.requests.push(...batch.requests);
+    this.pods.push(...batch.pods);
     return Promise.resolve();
   }
   query(kind: AuditKind, _q: AuditQuery) {
@@ -91,4 +95,25 @@ Deno.test("BatchingAuditLog writes what is left on close and takes no rows after
   assert.equal(b.pods.length, 1);
   log.request(row(3));
   assert.equal(log.stats().buffered, 0);
+});
+
+Deno.test("BatchingAuditLog retries a failed batch with the same id and rows, also when more rows came", async () => {
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 10_000, batchSize: 3 });
+  for (let i = 0; i < 2; i++) log.request(row(i));
+  b.up = false;
+  await assert.rejects(log.flush());
+  for (let i = 2; i < 5; i++) log.request(row(i));
+  assert.equal(log.stats().buffered, 5);
+  b.up = true;
+  await log.flush();
+  assert.deepEqual(b.batches.map((x) => x.requests.map((r) => r.time)), [[0, 1], [2, 3, 4]]);
+  const [first, second] = b.batches.map((x) => x.id);
+  assert.deepEqual(
+    b.attempts,
+    [first, first, second],
+    "the failed batch was tried again as it was",
+  );
+  assert.notEqual(first, second);
+  await log.close();
 });

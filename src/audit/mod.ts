@@ -1,7 +1,7 @@
 /**
- * Request and pod audit: PostgreSQL when `AUDITDB_ADDR` is set, JSON-lines
- * files under the data directory otherwise, both behind the same batching
- * buffer. {@linkcode startPodAudit} turns pod records in the store into one
+ * Request and pod audit: PostgreSQL when `AUDITDB_ADDR` is set, SQLite in
+ * `{INFERX_DATA_DIR}/audit/audit.db` otherwise, both behind the same
+ * batching buffer. {@linkcode startPodAudit} turns pod records in the store into one
  * row per state change.
  *
  * @module
@@ -12,17 +12,21 @@ import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import type { Config } from "../common/config.ts";
-import { EmbeddedAuditBackend } from "./embedded.ts";
+import { openWorkerAudit } from "./sqlite_worker.ts";
 import { PostgresAuditBackend } from "./postgres.ts";
 import type { AuditLog } from "./types.ts";
 
 export type { AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
 export { summarizeUsage, type TokenUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 export { BatchingAuditLog } from "./batching.ts";
-export { EmbeddedAuditBackend } from "./embedded.ts";
+export { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
+export { openWorkerAudit, WorkerAuditBackend } from "./sqlite_worker.ts";
 export { MIGRATIONS, PostgresAuditBackend } from "./postgres.ts";
 
-/** Where the audit goes: the data directory and the audit section (`AUDITDB_ADDR`, `AUDIT_BUFFER_ROWS`). */
+/**
+ * Where the audit goes: the data directory and the audit section
+ * (`AUDITDB_ADDR`, `AUDIT_BUFFER_ROWS`, `AUDIT_RETAIN_DAYS`, `AUDIT_RETAIN_MB`).
+ */
 export type AuditConfig = Pick<Config, "dataDir" | "audit">;
 
 /** Opens the audit log the configuration names. */
@@ -43,9 +47,16 @@ export function openAudit(env: AuditConfig): AuditLog {
     );
     return new BatchingAuditLog(backend, config.batching);
   }
-  const dir = `${config.dataDir}/audit`;
-  logger("audit").info("Audit to {dir} (set AUDITDB_ADDR for PostgreSQL)", { dir });
-  return new BatchingAuditLog(new EmbeddedAuditBackend(dir), config.batching);
+  const path = `${config.dataDir}/audit/audit.db`;
+  logger("audit").info(
+    "Audit to {path}, kept {days} day(s) and {mb} MiB at most (set AUDITDB_ADDR for PostgreSQL)",
+    { path, days: env.audit.retainDays, mb: env.audit.retainMB },
+  );
+  const backend = openWorkerAudit(path, {
+    retainDays: env.audit.retainDays,
+    retainMB: env.audit.retainMB,
+  });
+  return new BatchingAuditLog(backend, config.batching);
 }
 
 /** A URL without its password, for logs. */

@@ -9,7 +9,7 @@
  * @module
  */
 import postgres from "postgres";
-import type { AuditBackend } from "./batching.ts";
+import type { AuditBackend, AuditBatch } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 import type { TokenUsage, UsageQuery, UsageSummary } from "./usage.ts";
 
@@ -64,6 +64,14 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   },
   {
     version: 4,
+    name: "written batches",
+    sql: `create table inferx_audit_batches (
+      id text primary key,
+      written_at timestamptz not null default now()
+    )`,
+  },
+  {
+    version: 5,
     name: "function version and token figures",
     sql: `alter table inferx_request_audit
       add column version integer,
@@ -76,6 +84,9 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   },
 ];
 
+/** How long a written batch's id is remembered, against retries of it. */
+const BATCH_MEMORY = "1 day";
+
 /** An arbitrary constant naming the migration lock. */
 const MIGRATION_LOCK = 0x1f3a_7e01;
 
@@ -86,6 +97,7 @@ export class PostgresAuditBackend implements AuditBackend {
   readonly name = "postgres";
   #sql: Sql;
   #migrated?: Promise<number[]>;
+  #nextPrune = 0;
 
   /** `url`: `postgres://user:password@host:port/database`. */
   constructor(url: string) {
@@ -130,10 +142,20 @@ export class PostgresAuditBackend implements AuditBackend {
     });
   }
 
-  async write(requests: RequestRow[], pods: PodRow[]): Promise<void> {
+  async write(batch: AuditBatch): Promise<void> {
     await this.migrate();
     const sql = this.#sql;
+    const { requests, pods } = batch;
     await sql.begin(async (tx) => {
+      // A retry of a batch whose commit went through (its answer lost) writes nothing.
+      const fresh = await tx`insert into inferx_audit_batches (id) values (${batch.id})
+        on conflict do nothing`;
+      if (fresh.count === 0) return;
+      if (Date.now() >= this.#nextPrune) {
+        await tx`delete from inferx_audit_batches
+          where written_at < now() - ${BATCH_MEMORY}::interval`;
+        this.#nextPrune = Date.now() + 3_600_000;
+      }
       if (requests.length) {
         const rows = requests.map((r) => ({
           time: new Date(r.time),

@@ -200,6 +200,8 @@ const AuditEnv = z.object({
   AUDITDB_ADDR: z.string().optional(),
   AUDITDB_PASSWORD: z.string().optional(),
   AUDIT_BUFFER_ROWS: count(100_000),
+  AUDIT_RETAIN_DAYS: count(30),
+  AUDIT_RETAIN_MB: count(1024),
 });
 
 /** The audit, written by gateways (requests) and the state service (pods). */
@@ -208,6 +210,10 @@ export interface AuditSettings {
   dbAddr?: string;
   /** `AUDIT_BUFFER_ROWS`: rows held while the database is down. */
   bufferRows: number;
+  /** `AUDIT_RETAIN_DAYS`: the embedded audit drops rows older than this; 0 keeps them. */
+  retainDays: number;
+  /** `AUDIT_RETAIN_MB`: the embedded audit keeps at most this many MiB; 0 for no limit. */
+  retainMB: number;
 }
 
 /** The whole configuration. */
@@ -322,6 +328,8 @@ export function readConfig(
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),
       bufferRows: a.AUDIT_BUFFER_ROWS,
+      retainDays: a.AUDIT_RETAIN_DAYS,
+      retainMB: a.AUDIT_RETAIN_MB,
     },
     snapshots: {
       enabled: snap.INFERX_SNAPSHOTS === "on",

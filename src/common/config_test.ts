@@ -33,7 +33,14 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       runtime: undefined,
       port: 1233,
     },
-    audit: { dbAddr: undefined, bufferRows: 100_000 },
+    audit: { dbAddr: undefined, bufferRows: 100_000, retainDays: 30, retainMB: 1024 },
+    snapshots: {
+      enabled: true,
+      diskMB: 10_240,
+      podNamespaces: true,
+      podCidr: "10.213.0.0/16",
+      start: "auto",
+    },
   });
 });
 
@@ -151,4 +158,10 @@ Deno.test("readConfig() reads the gateway group and refuses bad sizes and member
   ) {
     assert.throws(() => readConfig(envOf(env)), re);
   }
+});
+
+Deno.test("readConfig() reads the embedded audit's retention, 0 meaning no limit", () => {
+  const set = readConfig(envOf({ AUDIT_RETAIN_DAYS: "7", AUDIT_RETAIN_MB: "0" }));
+  assert.deepEqual([set.audit.retainDays, set.audit.retainMB], [7, 0]);
+  assert.throws(() => readConfig(envOf({ AUDIT_RETAIN_MB: "-1" })), /AUDIT_RETAIN_MB/);
 });

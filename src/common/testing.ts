@@ -179,3 +179,16 @@ export async function seedNamespace(
     object: {},
   });
 }
+
+/** Runs `fn` with a new temporary directory, removed afterwards whatever happens. */
+export async function withTempDir(
+  prefix: string,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

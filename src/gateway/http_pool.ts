@@ -6,7 +6,9 @@
  * close). Sized answers up to 1 MiB are read whole so the connection goes
  * back at once; larger or unsized ones are read as they come. A reused
  * connection that turns out closed before any answer is retried once on a
- * fresh one. No `Response` objects: the warm path writes what it reads.
+ * fresh one. Idle connections are closed after an idle timeout, so a worker
+ * that went away (scale to zero) leaves nothing open. No `Response` objects:
+ * the warm path writes what it reads.
  *
  * @module
  */
@@ -72,6 +74,8 @@ class Conn {
   #end = 0;
   #out = new Uint8Array(4 * 1024);
   closed = false;
+  /** When it went back to the pool (`performance.now()`). */
+  idleSince = 0;
   #paused = false;
   // The answer being read.
   #noBody = false;
@@ -326,9 +330,55 @@ const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
 const NO_BODY_METHODS = new Set(["GET", "HEAD", "DELETE", "OPTIONS"]);
 
+/** Options for {@linkcode HttpPool}. */
+export interface HttpPoolOptions {
+  /**
+   * A connection idle for longer is closed rather than reused; below the
+   * 5 s keep-alive timeout common servers use. @default 4000
+   */
+  idleTimeoutMs?: number;
+}
+
 /** Keep-alive connection pools, one per `host:port`. */
 export class HttpPool {
   #idle = new Map<string, Conn[]>();
+  #idleMs: number;
+  #sweptAt = 0;
+
+  constructor(options: HttpPoolOptions = {}) {
+    this.#idleMs = options.idleTimeoutMs ?? 4000;
+  }
+
+  /** Idle connections held, all workers together. */
+  get idleConnections(): number {
+    let n = 0;
+    for (const conns of this.#idle.values()) n += conns.length;
+    return n;
+  }
+
+  /**
+   * Closes connections idle past the timeout and forgets workers left with
+   * none; runs with the requests and the gateway's sweep, at most twice per
+   * timeout.
+   */
+  sweep(now = performance.now()): void {
+    if (now - this.#sweptAt < this.#idleMs / 2) return;
+    this.#sweptAt = now;
+    for (const [endpoint, conns] of this.#idle) {
+      const live = conns.filter((c) => !c.closed && now - c.idleSince <= this.#idleMs);
+      for (const c of conns) if (!live.includes(c)) this.#discard(c);
+      if (live.length) this.#idle.set(endpoint, live);
+      else this.#idle.delete(endpoint);
+    }
+  }
+
+  /** The most recently used idle connection to `endpoint` still within the timeout. */
+  #pooled(endpoint: string, now: number): Conn | undefined {
+    const conns = this.#idle.get(endpoint);
+    let c: Conn | undefined;
+    while ((c = conns?.pop()) && now - c.idleSince > this.#idleMs) this.#discard(c);
+    return c;
+  }
 
   /**
    * Sends one request to `endpoint` (`host:port`) and reads the answer's
@@ -341,8 +391,10 @@ export class HttpPool {
     cancelable?: (cancel: () => void) => void,
   ): Promise<UpstreamAnswer> {
     const replayable = !req.body || req.body instanceof Uint8Array;
+    const now = performance.now();
+    this.sweep(now);
     for (let attempt = 0;; attempt++) {
-      const pooled = this.#idle.get(endpoint)?.pop();
+      const pooled = this.#pooled(endpoint, now);
       const conn = pooled ?? await this.#connect(endpoint);
       let inFlight = true;
       cancelable?.(() => inFlight && conn.close());
@@ -391,6 +443,7 @@ export class HttpPool {
     let idle = this.#idle.get(endpoint);
     if (!idle) this.#idle.set(endpoint, idle = []);
     if (idle.length >= IDLE_PER_ENDPOINT) return this.#discard(conn);
+    conn.idleSince = performance.now();
     idle.push(conn);
   }
 

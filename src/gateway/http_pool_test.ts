@@ -233,3 +233,33 @@ t("HttpPool breaks an exchange off when asked while it waits for the answer", as
     await s.shutdown();
   }
 });
+
+t(
+  "HttpPool closes connections idle past its timeout, so a worker gone leaves none open",
+  async () => {
+    const gone = server();
+    const stays = server();
+    const pool = new HttpPool({ idleTimeoutMs: 50 });
+    try {
+      const get = async (s: typeof gone) =>
+        await text(await pool.send(`127.0.0.1:${s.addr.port}`, post(null, "/", "GET")));
+      await get(gone);
+      await get(stays);
+      assert.equal(pool.idleConnections, 2);
+      await gone.shutdown(); // the worker goes away (scale to zero): its socket is half closed
+      await new Promise((r) => setTimeout(r, 120));
+      await get(stays);
+      assert.equal(pool.idleConnections, 1, "only the connection just used is left");
+      await new Promise((r) => setTimeout(r, 120));
+      pool.sweep();
+      assert.equal(
+        pool.idleConnections,
+        0,
+        "the gateway's sweep closes the rest without a request",
+      );
+    } finally {
+      pool.close();
+      await stays.shutdown();
+    }
+  },
+);

@@ -88,6 +88,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);
+    upstream.sweep(now);
   }, 100);
   const beat = () =>
     config.scheduler.refreshGateway(gatewayId, cache.leasedPods(), cache.load()).then(

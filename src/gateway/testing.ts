@@ -5,7 +5,7 @@
  * @module
  */
 import type { InferxError } from "../common/errors.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import type {
   FuncLoad,
@@ -94,7 +94,7 @@ export interface FixtureOptions {
 
 /** Builds a {@linkcode GatewayFixture}. */
 export async function gatewayFixture(opts: FixtureOptions = {}): Promise<GatewayFixture> {
-  const store = await openEmbeddedStore();
+  const store = await openSqliteStore();
   const meta = new StateService(store);
   await meta.create({
     type: "tenant",

@@ -3,7 +3,7 @@ import { ConflictError, InferxError } from "../common/errors.ts";
 import { testPod, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import type { MetaClient, MetaRecord, ObjectInput } from "../rpc/types.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
 import type { PodRuntime } from "./runtime.ts";
@@ -101,7 +101,7 @@ Deno.test({
       resume: (id) => (calls.push(`resume ${id}`), Promise.resolve()),
       stop: (id) => (calls.push(`stop ${id}`), Promise.resolve()),
     };
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const meta = new StateService(store);
     const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
     await agent.start();

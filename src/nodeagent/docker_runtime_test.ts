@@ -14,7 +14,7 @@ import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
 import { StateService } from "../statesvc/service.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"
@@ -182,7 +182,7 @@ t(
     const scope = `test-${crypto.randomUUID()}`;
     const leftover = new DockerRuntime({ scope });
     await leftover.start(spec("pod-orphan"));
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const handle = await nodeagent.start({
       meta: new StateService(store),
       node: {

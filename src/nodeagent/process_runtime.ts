@@ -709,7 +709,9 @@ export class ProcessRuntime implements PodRuntime {
   }
 
   logs(podId: string, lines = 50): Promise<string> {
-    return Promise.resolve(this.#children.get(podId)?.logs.tail(lines) ?? "");
+    const child = this.#children.get(podId);
+    // From the output file when there is one: the ring follows it with a lag.
+    return child ? this.#tail(child, lines) : Promise.resolve("");
   }
 
   /** Pod ids with a live process. */

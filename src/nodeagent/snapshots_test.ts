@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { decodeSnapshot, type SnapshotInfo } from "../model/snapshot.ts";
 import type { PodInfo } from "../model/cluster.ts";
 import { StateService } from "../statesvc/service.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
 import { seedNamespace } from "../common/testing.ts";
@@ -34,7 +34,7 @@ class FakeRuntime implements SnapshotRuntime {
 }
 
 async function fixture(budgetMB = 25) {
-  const store = await openEmbeddedStore();
+  const store = await openSqliteStore();
   const meta = new StateService(store);
   await seedNamespace(meta, "t", "n");
   for (const f of ["a", "b", "c"]) await putFunction(meta, f);

@@ -1,11 +1,11 @@
 import * as nodeagent from "../nodeagent/mod.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { nodeAgentContract } from "./nodeagent_contract.ts";
 import { GrpcNodeAgentClient, serveNodeAgent } from "./nodeagent_grpc.ts";
 
 async function agentFixture() {
-  const store = await openEmbeddedStore();
+  const store = await openSqliteStore();
   const meta = new StateService(store);
   const handle = await nodeagent.start({
     meta,

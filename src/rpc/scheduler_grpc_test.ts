@@ -1,12 +1,12 @@
 import { equal as assertEquals } from "node:assert/strict";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { SchedulerService } from "../scheduler/service.ts";
 import { schedulerContract } from "./scheduler_contract.ts";
 import { GrpcSchedulerClient, serveScheduler } from "./scheduler_grpc.ts";
 
 async function inProcess() {
-  const store = await openEmbeddedStore();
+  const store = await openSqliteStore();
   const meta = new StateService(store);
   const sched = new SchedulerService(meta, { tickMs: 50 });
   await sched.start();

@@ -43,6 +43,7 @@ import type {
 import {
   type CoreAction,
   type CoreEvent,
+  type CorePolicy,
   type CoreState,
   fairShare,
   fairView,
@@ -112,7 +113,8 @@ export class SchedulerService implements SchedulerClient {
 
   /**
    * The accounting as JSON: per node the CPU, memory and vRAM the core
-   * charges, and the live pods. For `/state` and the restart invariants.
+   * charges, the live pods, and the functions (version, policy) as the
+   * scheduler knows them. For `/state` and the restart invariants.
    */
   snapshot(): {
     nodes: {
@@ -130,6 +132,7 @@ export class SchedulerService implements SchedulerClient {
       leasedBy?: string;
       sharedWith?: string[];
     }[];
+    funcs: { id: string; version: number; policy: CorePolicy }[];
   } {
     return {
       nodes: this.#core.nodeList.map((n) => ({
@@ -147,6 +150,11 @@ export class SchedulerService implements SchedulerClient {
         leasedBy: p.leasedBy,
         sharedWith: p.sharedWith,
       })),
+      funcs: [...this.#core.funcs.values()].map((f) => ({
+        id: f.id,
+        version: f.version,
+        policy: f.policy,
+      })),
     };
   }
 
@@ -163,6 +171,16 @@ export class SchedulerService implements SchedulerClient {
         const counts = new Map<string, number>();
         for (const p of core().pods.values()) counts.set(p.state, (counts.get(p.state) ?? 0) + 1);
         for (const [state, n] of counts) this.set({ state }, n);
+      },
+    });
+    new Gauge({
+      name: "inferx_leases_granted",
+      help: "Workers leased to gateways and not returned yet, as the scheduler counts them",
+      registers: [registry],
+      collect() {
+        let n = 0;
+        for (const p of core().pods.values()) if (p.leasedBy) n++;
+        this.set(n);
       },
     });
     const perGpu = (

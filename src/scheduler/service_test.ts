@@ -3,7 +3,7 @@ import type { InferxError } from "../common/errors.ts";
 import { createTestFunction, ManualClock, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { SchedulerService } from "./service.ts";
 
@@ -33,7 +33,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const meta = new StateService(store);
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
     await createTestFunction(meta, { policy: { Obj: { min_replica: 1 } } });
@@ -97,7 +97,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const clock = new ManualClock();
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const meta = new StateService(store);
     const sys = { tenant: "system", namespace: "system" };
     await meta.create({
@@ -149,7 +149,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const store = await openEmbeddedStore();
+    const store = await openSqliteStore();
     const meta = new StateService(store);
     await meta.create({ ...nodeRef("n1"), object: node("n1") });
     await createTestFunction(meta, { resources: { GPU: { Type: "A100", Count: 1, vRam: 1000 } } });

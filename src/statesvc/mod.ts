@@ -1,11 +1,11 @@
 /**
- * The `StateSvc` role: owns the metadata store. In `All` mode it runs on the
- * embedded store under the data directory.
+ * The `StateSvc` role: owns the metadata store. Without etcd it runs on the
+ * embedded SQLite store in `{dataDir}/store/meta.db`.
  *
  * @module
  */
 import { logger } from "../common/log.ts";
-import { openEmbeddedStore } from "../store/embedded.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaStore } from "../store/types.ts";
 import { StateService } from "./service.ts";
 
@@ -27,10 +27,10 @@ export interface StateSvcHandle {
 
 /** Starts the state service. */
 export async function start(config: StateSvcConfig): Promise<StateSvcHandle> {
-  const store = config.store ??
-    await openEmbeddedStore({ dir: config.dataDir ? `${config.dataDir}/store` : undefined });
+  const path = config.dataDir ? `${config.dataDir}/store/meta.db` : ":memory:";
+  const store = config.store ?? await openSqliteStore(path);
   logger("statesvc").info("State service on {where}", {
-    where: config.store ? "the given store" : config.dataDir ? `${config.dataDir}/store` : "memory",
+    where: config.store ? "the given store" : path,
   });
   return { service: new StateService(store), stop: () => store.close() };
 }

@@ -125,6 +125,32 @@ export function storeContract(
     assert.deepEqual([...revs].sort((a, b) => a - b), revs);
   });
 
+  t(
+    "watch() calls back asynchronously, never inside the write that caused it",
+    async ({ store }) => {
+      const start = await store.revision();
+      let writing = false;
+      let calledInside = false;
+      const seen = new Promise<void>((resolve, reject) => {
+        const w = store.watch("/s/", {
+          afterRevision: start,
+          onEvent() {
+            calledInside ||= writing;
+            w.cancel();
+            resolve();
+          },
+          onError: reject,
+        });
+      });
+      writing = true;
+      const write = store.create("/s/a", "1");
+      writing = false;
+      await write;
+      await seen;
+      assert.equal(calledInside, false);
+    },
+  );
+
   t("watch() from a past revision replays what happened after it", async ({ store }) => {
     const r1 = await store.create("/h/a", "1");
     await store.create("/h/b", "2");

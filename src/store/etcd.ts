@@ -51,6 +51,24 @@ function casFailure(
   });
 }
 
+/**
+ * Runs one etcd call; a failure of etcd itself (down, unreachable, the
+ * client's circuit breaker open) becomes a retryable `unavailable` error,
+ * so that callers answer 503 rather than an internal error.
+ */
+async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof InferxError) throw err;
+    throw new InferxError(
+      "unavailable",
+      `Cannot ${what}: etcd did not answer (${(err as Error).message})`,
+      { cause: err, retryable: true },
+    );
+  }
+}
+
 /** Connects to etcd at `hosts` (comma-separated `http://host:port`, env `ETCD_ADDRS`). */
 export async function openEtcdStore(
   hosts: string,
@@ -79,31 +97,43 @@ export class EtcdStore implements MetaStore {
   }
 
   async revision(): Promise<number> {
-    const res = await this.client.getAll().prefix("/registry/").limit(1).exec();
+    const res = await call(
+      "read the revision",
+      () => this.client.getAll().prefix("/registry/").limit(1).exec(),
+    );
     return Number(res.header.revision);
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
-    const res = await this.client.get(key).exec();
+    const res = await call(`read ${key}`, () => this.client.get(key).exec());
     return res.kvs.length ? toKv(res.kvs[0]) : undefined;
   }
 
   async list(prefix: string): Promise<ListResult> {
-    const res = await this.client.getAll().prefix(prefix).sort("Key", "Ascend").exec();
+    const res = await call(
+      `list ${prefix}`,
+      () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").exec(),
+    );
     return { items: res.kvs.map(toKv), revision: Number(res.header.revision) };
   }
 
   async create(key: string, value: string): Promise<number> {
-    const res = await this.client.if(key, "Create", "==", 0)
-      .then(this.client.put(key).value(value)).commit();
+    const res = await call(
+      `create ${key}`,
+      () => this.client.if(key, "Create", "==", 0).then(this.client.put(key).value(value)).commit(),
+    );
     if (!res.succeeded) throw new AlreadyExistsError(`Cannot create ${key}: it already exists`);
     return Number(res.header.revision);
   }
 
   async update(key: string, value: string, expectedRevision: number): Promise<number> {
-    const res = await this.client.if(key, "Mod", "==", expectedRevision)
-      .then(this.client.put(key).value(value))
-      .else(this.client.get(key)).commit();
+    const res = await call(
+      `update ${key}`,
+      () =>
+        this.client.if(key, "Mod", "==", expectedRevision)
+          .then(this.client.put(key).value(value))
+          .else(this.client.get(key)).commit(),
+    );
     if (res.succeeded) return Number(res.header.revision);
     throw casFailure("update", key, expectedRevision, res);
   }
@@ -112,7 +142,10 @@ export class EtcdStore implements MetaStore {
     const guard = expectedRevision === undefined
       ? this.client.if(key, "Create", ">", 0)
       : this.client.if(key, "Mod", "==", expectedRevision);
-    const res = await guard.then(this.client.delete().key(key)).else(this.client.get(key)).commit();
+    const res = await call(
+      `delete ${key}`,
+      () => guard.then(this.client.delete().key(key)).else(this.client.get(key)).commit(),
+    );
     if (res.succeeded) return Number(res.header.revision);
     throw casFailure("delete", key, expectedRevision, res);
   }

@@ -7,10 +7,15 @@
 
 import { freePort } from "../common/net.ts";
 
-/** A running etcd. */
+/** A running (or stopped, with its data kept) etcd. */
 export interface EtcdServer {
   /** `http://127.0.0.1:port` for clients. */
   url: string;
+  /** Stops etcd (SIGTERM) and keeps its data, for outage tests. */
+  down(): Promise<void>;
+  /** Starts it again on the same ports and data; resolves once it answers. */
+  up(): Promise<void>;
+  /** Stops it and removes its data. */
   stop(): Promise<void>;
 }
 
@@ -30,56 +35,71 @@ export async function startEtcd(): Promise<EtcdServer> {
   const client = freePort();
   const peer = freePort();
   const url = `http://127.0.0.1:${client}`;
-  const proc = new Deno.Command("etcd", {
-    args: [
-      "--name",
-      "test",
-      "--data-dir",
-      dir,
-      "--listen-client-urls",
-      url,
-      "--advertise-client-urls",
-      url,
-      "--listen-peer-urls",
-      `http://127.0.0.1:${peer}`,
-      "--initial-advertise-peer-urls",
-      `http://127.0.0.1:${peer}`,
-      "--initial-cluster",
-      `test=http://127.0.0.1:${peer}`,
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let log = "";
-  (async () => {
-    for await (const t of proc.stderr.pipeThrough(new TextDecoderStream())) {
-      log = (log + t).slice(-4000);
+  let proc: Deno.ChildProcess | undefined;
+
+  const up = async () => {
+    const p = proc = new Deno.Command("etcd", {
+      args: [
+        "--name",
+        "test",
+        "--data-dir",
+        dir,
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        `http://127.0.0.1:${peer}`,
+        "--initial-advertise-peer-urls",
+        `http://127.0.0.1:${peer}`,
+        "--initial-cluster",
+        `test=http://127.0.0.1:${peer}`,
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let log = "";
+    (async () => {
+      for await (const t of p.stderr.pipeThrough(new TextDecoderStream())) {
+        log = (log + t).slice(-4000);
+      }
+    })().catch(() => {});
+    const deadline = Date.now() + 15_000;
+    while (true) {
+      try {
+        const r = await fetch(`${url}/health`);
+        const body = await r.text();
+        if (r.ok && body.includes("true")) break;
+      } catch {
+        // not yet
+      }
+      if (Date.now() > deadline) {
+        p.kill("SIGKILL");
+        throw new Error(`etcd did not start in 15 s:\n${log}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
     }
-  })().catch(() => {});
-  const deadline = Date.now() + 15_000;
-  while (true) {
+  };
+
+  const down = async () => {
+    const p = proc;
+    proc = undefined;
+    if (!p) return;
     try {
-      const r = await fetch(`${url}/health`);
-      const body = await r.text();
-      if (r.ok && body.includes("true")) break;
+      p.kill("SIGTERM");
     } catch {
-      // not yet
+      // gone
     }
-    if (Date.now() > deadline) {
-      proc.kill("SIGKILL");
-      throw new Error(`etcd did not start in 15 s:\n${log}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+    await p.status;
+  };
+
+  await up();
   return {
     url,
+    up,
+    down,
     async stop() {
-      try {
-        proc.kill("SIGTERM");
-      } catch {
-        // gone
-      }
-      await proc.status;
+      await down();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
   };

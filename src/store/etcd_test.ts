@@ -3,6 +3,7 @@ import { storeContract } from "./contract.ts";
 import { openEtcdStore } from "./etcd.ts";
 import { etcdUnavailable, startEtcd } from "./etcd_server.ts";
 import { CompactedError } from "./types.ts";
+import { InferxError } from "../common/errors.ts";
 
 const missing = etcdUnavailable();
 
@@ -58,5 +59,42 @@ Deno.test({
       openEtcdStore("http://127.0.0.1:1", { timeoutMs: 500 }),
       /Cannot reach etcd at http:\/\/127\.0\.0\.1:1/,
     );
+  },
+});
+
+Deno.test({
+  name: "etcd store answers unavailable while etcd is down, and works again once it is back",
+  ignore: missing !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const store = await openEtcdStore(etcd.url, { timeoutMs: 1000 });
+    try {
+      const r1 = await store.create("/registry/o/t/n/a", "1");
+      await etcd.down();
+      for (
+        const op of [
+          () => store.get("/registry/o/t/n/a"),
+          () => store.update("/registry/o/t/n/a", "2", r1),
+        ]
+      ) {
+        await assert.rejects(op(), (err: unknown) => {
+          assert.ok(err instanceof InferxError && err.code === "unavailable", String(err));
+          assert.match(err.message, /etcd did not answer/);
+          return err.retryable;
+        });
+      }
+      await etcd.up();
+      let value: string | undefined;
+      for (let i = 0; i < 100 && value === undefined; i++) {
+        value = await store.get("/registry/o/t/n/a").then((kv) => kv?.value, () => undefined);
+        if (value === undefined) await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.equal(value, "1", "the data survived and the store answers again");
+    } finally {
+      await store.close();
+      await etcd.stop();
+    }
   },
 });

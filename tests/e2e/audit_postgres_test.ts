@@ -24,7 +24,8 @@ if (skip) console.log(`Skipping PostgreSQL audit tests: ${skip}`);
 const row = (i: number) => sampleRequest(i, Date.now());
 
 Deno.test({
-  name: "PostgreSQL audit: migrations apply once, also when two gateways start together",
+  name:
+    "PostgreSQL audit: migrations apply once, also when two gateways start together, and a batch is written once",
   ignore: skip !== undefined,
   async fn() {
     const pg = await startPostgres();
@@ -37,11 +38,13 @@ Deno.test({
       const c = new PostgresAuditBackend(pg.url);
       assert.deepEqual(await c.migrate(), [], "nothing left to apply");
       await c.close();
-      await a.write([row(1)], []);
+      const batch = { id: "audit-1", requests: [row(1)], pods: [] };
+      await a.write(batch);
+      await b.write(batch); // a retry after an answer lost with the connection
       const got = await b.query("requests", { tenant: "t", func: "f" });
-      assert.equal(got.length, 1);
+      assert.equal(got.length, 1, "a batch id is written once");
       assert.equal((got[0] as { path: string }).path, "/r1");
-      await a.write([{ ...row(2), status: 503 }], []);
+      await a.write({ id: "audit-2", requests: [{ ...row(2), status: 503 }], pods: [] });
       const failed = await b.query("requests", { status: { min: 500, max: 599 } });
       assert.deepEqual(failed.map((r) => (r as { path: string }).path), ["/r2"]);
     } finally {
@@ -61,7 +64,7 @@ Deno.test({
     const backend = new PostgresAuditBackend(pg.url);
     try {
       const rows = tokenRows();
-      await backend.write(rows, []);
+      await backend.write({ id: "tokens", requests: rows, pods: [] });
       const back = await backend.query("requests", { tenant: "t", func: "f", since: 1000 });
       const r3 = back.find((r) => (r as { path: string }).path === "/r3");
       const undef = { ttfbMs: undefined, pod: undefined, error: undefined };

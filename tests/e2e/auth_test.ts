@@ -352,7 +352,16 @@ Deno.test({
     for (const secret of [ADMIN_KEY, ...created]) {
       assert.ok(!out.includes(secret), "no key appears in the logs");
     }
-    const audit = await Deno.readTextFile(`${p.dataDir}/audit/requests.jsonl`);
+    // The audit database's bytes, its write-ahead log too if one is left.
+    let audit = "";
+    for (const f of ["audit.db", "audit.db-wal"]) {
+      audit += await Deno.readFile(`${p.dataDir}/audit/${f}`)
+        .then((b) => new TextDecoder().decode(b), () => "");
+    }
+    assert.ok(
+      audit.includes("/funccall/public/demo/lm-public"),
+      "the rows are in the audit database",
+    );
     for (const secret of [ADMIN_KEY, ...created]) assert.ok(!audit.includes(secret));
   },
 });

@@ -30,7 +30,7 @@ const MISTRAL = "mistral.v2-instruct_q4";
 
 /** A worker that prints markup at start, answers `/` at once and streams `/slow` for 10 s. */
 const WORKER = `console.log('<script>alert("pwned")</script> weights loaded');
-Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, (req) => {
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, (req) => {
   if (!new URL(req.url).pathname.startsWith("/slow")) return new Response("ok");
   let n = 0, timer;
   return new Response(new ReadableStream({

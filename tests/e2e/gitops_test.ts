@@ -197,7 +197,7 @@ platformTest(
 );
 
 const ENV_WORKER =
-  `Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} },
+  `Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
   () => Response.json({ gpus: Deno.env.get("CUDA_VISIBLE_DEVICES") }));`;
 
 Deno.test({

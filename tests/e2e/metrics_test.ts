@@ -50,6 +50,7 @@ Deno.test({
       assert.equal(value(text, 'inferx_time_to_first_byte_seconds_count{function="m/n/lm"}'), 2);
       assert.equal(value(text, 'inferx_request_duration_seconds_count{function="m/n/lm"}'), 2);
       assert.equal(value(text, 'inferx_leased_workers{function="m/n/lm"}'), 1);
+      assert.equal(value(text, "inferx_leases_granted"), 1, "the scheduler's count agrees");
       assert.equal(value(text, 'inferx_queue_depth{function="m/n/lm"}'), 0);
       assert.equal(value(text, 'inferx_pods{state="Ready"}'), 1);
       assert.equal(

@@ -1,0 +1,374 @@
+/**
+ * Soak: `RUN_SERVICE=All` (a subprocess, auth on) under a steady mixed load
+ * for a bounded time, sampled at a fixed period:
+ * - warm calls (4 callers, one call each per 50 ms at most) to a function
+ *   whose one pod (min_replica 1) and a second one stay leased;
+ * - cold starts through scale-to-zero: a call every 15 s to a function with
+ *   min_replica 0, no standby and a 1 s scale-in timeout;
+ * - object updates: a FuncPolicy updated every 5 s (compare-and-swap), the
+ *   cold function's spec every 60 s (a new version, the old one drained);
+ * - API key churn every 3 s: a key made, used, revoked, refused.
+ * Each sample: the platform's resident memory and open file descriptors
+ * (`/proc/PID`), leases held by the gateway and granted by the scheduler,
+ * pods by state and queue depths (`/metrics`), audit rows buffered.
+ *
+ * Pass: resident memory after warm-up grows at most 5%: its floor (the
+ * lowest of the readings taken every 5 s; garbage collection makes the
+ * readings a saw-tooth, and a leak lifts the floor) over the last third of
+ * the time after warm-up against the first third; descriptors flat (at the
+ * end at most 5 above the end of warm-up); after the load, leases and pods
+ * back to what they were before it; no 5xx.
+ * Exits 1 when a criterion fails.
+ *
+ * Run: `deno run -A bench/soak.ts [--minutes 10] [--sample-s 60] [--warmup-min 2]`
+ * (shorter or longer runs: `--minutes 1`, `--minutes 60`).
+ */
+import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
+import { eventually, type Json, request, startPlatform } from "../tests/e2e/helpers.ts";
+
+function flag(name: string, dflt: number): number {
+  const i = Deno.args.indexOf(`--${name}`);
+  if (i < 0) return dflt;
+  const v = Number(Deno.args[i + 1]);
+  if (!(v > 0)) throw new Error(`Invalid --${name} "${Deno.args[i + 1]}": a positive number`);
+  return v;
+}
+
+const minutes = flag("minutes", 10);
+const sampleS = flag("sample-s", Math.min(60, minutes * 6));
+const warmupMin = flag("warmup-min", Math.min(2, minutes / 5));
+const ADMIN = `soak-admin-${crypto.randomUUID()}`;
+const T = "soak";
+const NS = "ns";
+
+const p = await startPlatform({ INFERX_ADMIN_APIKEY: ADMIN, LOG_LEVEL: "warning" });
+const pid = p.proc.pid;
+const admin = { authorization: `Bearer ${ADMIN}` };
+
+/** Every answer by status, and the 5xx ones with what they said. */
+const statuses = new Map<number, number>();
+const serverErrors: string[] = [];
+function count(what: string, status: number, body: unknown) {
+  statuses.set(status, (statuses.get(status) ?? 0) + 1);
+  if (status >= 500) serverErrors.push(`${what}: ${status} ${JSON.stringify(body).slice(0, 200)}`);
+}
+
+async function api(
+  what: string,
+  path: string,
+  init: Parameters<typeof request>[1] = {},
+  expect?: number,
+): Promise<Json> {
+  const r = await request(`${p.url}${path}`, { ...init, headers: { ...admin, ...init.headers } });
+  count(what, r.status, r.body);
+  if (expect !== undefined && r.status !== expect) {
+    throw new Error(`${what}: HTTP ${r.status}, expected ${expect}: ${JSON.stringify(r.body)}`);
+  }
+  return r;
+}
+
+const put = (what: string, body: unknown) => api(what, "/object/", { method: "PUT", body }, 201);
+
+function fn(name: string, policy: Record<string, unknown>, envs: [string, string][] = []) {
+  return {
+    type: "function",
+    tenant: T,
+    namespace: NS,
+    name,
+    object: {
+      spec: {
+        image: "inferx/ngram",
+        commands: NGRAM_COMMANDS,
+        envs,
+        resources: { CPU: 300, Mem: 256 },
+        policy: { Obj: policy },
+      },
+    },
+  };
+}
+
+const call = (f: string, headers: Record<string, string> = admin) =>
+  request(`${p.url}/funccall/${T}/${NS}/${f}/v1/completions`, {
+    body: { prompt: "The GPU", max_tokens: 8 },
+    headers,
+  });
+
+// ---------------------------------------------------------------- sampling
+
+interface Sample {
+  t: number;
+  rssMB: number;
+  fds: number;
+  gatewayLeases: number;
+  schedulerLeases: number;
+  pods: Record<string, number>;
+  queued: number;
+  auditBuffered: number;
+}
+
+function series(text: string, name: string): { labels: string; value: number }[] {
+  const out = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name)) continue;
+    const m = line.match(/^(\w+)(\{[^}]*\})? (\S+)$/);
+    if (m && m[1] === name) out.push({ labels: m[2] ?? "", value: Number(m[3]) });
+  }
+  return out;
+}
+
+const t0 = performance.now();
+async function rssMB(): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  return Math.round(Number(status.match(/VmRSS:\s+(\d+)/)![1]) / 102.4) / 10;
+}
+
+async function sample(): Promise<Sample> {
+  let fds = 0;
+  for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) fds++;
+  const res = await fetch(`${p.url}/metrics`, { headers: admin });
+  const text = await res.text();
+  const sum = (name: string) => series(text, name).reduce((n, s) => n + s.value, 0);
+  const pods: Record<string, number> = {};
+  for (const s of series(text, "inferx_pods")) {
+    if (s.value) pods[s.labels.match(/state="(\w+)"/)![1]] = s.value;
+  }
+  return {
+    t: Math.round((performance.now() - t0) / 1000),
+    rssMB: await rssMB(),
+    fds,
+    gatewayLeases: sum("inferx_leased_workers"),
+    schedulerLeases: sum("inferx_leases_granted"),
+    pods,
+    queued: sum("inferx_queue_depth"),
+    auditBuffered: sum("inferx_audit_buffered_rows"),
+  };
+}
+
+const podText = (pods: Record<string, number>) =>
+  Object.entries(pods).map(([s, n]) => `${s} ${n}`).join(", ") || "none";
+
+function row(s: Sample, note = ""): string {
+  return `| ${s.t} | ${s.rssMB} | ${s.fds} | ${s.gatewayLeases} | ${s.schedulerLeases} | ${
+    podText(s.pods)
+  } | ${s.queued} | ${s.auditBuffered} | ${note} |`;
+}
+
+// ---------------------------------------------------------------- load
+
+let on = true;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Sleeps up to `ms`, waking early when the load stops. */
+async function pause(ms: number) {
+  const end = Date.now() + ms;
+  while (on && Date.now() < end) await sleep(Math.min(250, end - Date.now()));
+}
+const done = { warm: 0, cold: 0, coldStarts: 0, updates: 0, versions: 0, keys: 0 };
+
+async function warmCaller() {
+  while (on) {
+    const r = await call("warm");
+    count("warm call", r.status, r.body);
+    if (r.status === 200) done.warm++;
+    await sleep(50);
+  }
+}
+
+async function coldCaller() {
+  while (on) {
+    const r = await call("cold");
+    count("cold call", r.status, r.body);
+    if (r.status === 200) done.cold++;
+    if (r.headers.get("x-inferx-cold-start") === "1") done.coldStarts++;
+    await pause(15_000);
+  }
+}
+
+async function updater() {
+  let version = 0;
+  let last = Date.now();
+  while (on) {
+    const cur = await api("get knob", `/object/funcpolicy/${T}/${NS}/knob`, {}, 200);
+    const q = (cur.body.object.spec.queue_len % 1000) + 1;
+    await api("update knob", "/object/", {
+      body: { ...cur.body, object: { spec: { ...cur.body.object.spec, queue_len: q } } },
+    }, 200);
+    done.updates++;
+    if (Date.now() - last >= 60_000) {
+      last = Date.now();
+      const f = await api("get cold", `/object/function/${T}/${NS}/cold`, {}, 200);
+      const next = fn("cold", f.body.object.spec.policy.Obj, [["SOAK_VERSION", String(++version)]]);
+      await api("update cold", "/object/", {
+        body: { ...next, revision: f.body.revision },
+      }, 200);
+      done.versions++;
+    }
+    await pause(5_000);
+  }
+}
+
+async function keyChurn() {
+  while (on) {
+    const k = await api("make key", "/apikeys", {
+      body: { name: "soak", scope: "inference", tenant: T, expires_in_s: 600 },
+    }, 201);
+    const bearer = { authorization: `Bearer ${k.body.key}` };
+    const used = await call("warm", bearer);
+    count("call with new key", used.status, used.body);
+    if (used.status !== 200) throw new Error(`A new key was refused: ${used.status}`);
+    await api("revoke key", `/apikeys/${k.body.id}`, { method: "DELETE" }, 200);
+    const refused = await call("warm", bearer);
+    if (refused.status !== 401) throw new Error(`A revoked key got ${refused.status}`);
+    done.keys++;
+    await pause(3_000);
+  }
+}
+
+// ---------------------------------------------------------------- run
+
+const log = (l: string) => console.log(l);
+const failures: string[] = [];
+let exitCode = 0;
+try {
+  await api("tenant", "/object/", {
+    method: "PUT",
+    body: { type: "tenant", tenant: "system", namespace: "system", name: T, object: {} },
+  }, 201);
+  await put("namespace", {
+    type: "namespace",
+    tenant: T,
+    namespace: "system",
+    name: NS,
+    object: {},
+  });
+  await put("knob", {
+    type: "funcpolicy",
+    tenant: T,
+    namespace: NS,
+    name: "knob",
+    object: { spec: { queue_len: 1 } },
+  });
+  await put(
+    "warm",
+    fn("warm", {
+      min_replica: 1,
+      max_replica: 2,
+      parallel: 8,
+      scalein_timeout: 20,
+      standby_per_node: 0,
+    }),
+  );
+  await put(
+    "cold",
+    fn("cold", { min_replica: 0, max_replica: 1, scalein_timeout: 1, standby_per_node: 0 }),
+  );
+  const settled = async (want?: Sample) => {
+    let s: Sample | undefined;
+    await eventually("the platform to settle", async () => {
+      s = await sample();
+      const pods = podText(s.pods);
+      return s.gatewayLeases === 0 && s.schedulerLeases === 0 && s.queued === 0 &&
+        (want ? pods === podText(want.pods) : pods === "Ready 1");
+    }, 90_000).catch(() => {});
+    return s!;
+  };
+  const baseline = await settled();
+  log(
+    `# deno run -A bench/soak.ts --minutes ${minutes} --sample-s ${sampleS} --warmup-min ${warmupMin}`,
+  );
+  log(`# ${new Date().toISOString()}, Deno ${Deno.version.deno}, platform pid ${pid}`);
+  log("");
+  log(
+    "| t (s) | RSS (MB) | fds | leases (gateway) | leases (scheduler) | pods | queued | audit buffered | |",
+  );
+  log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  log(row(baseline, "baseline, before the load"));
+
+  const load = Promise.all([
+    warmCaller(),
+    warmCaller(),
+    warmCaller(),
+    warmCaller(),
+    coldCaller(),
+    updater(),
+    keyChurn(),
+  ]).catch((err) => {
+    failures.push(`the load stopped: ${(err as Error).message}`);
+    on = false;
+  });
+  const samples: Sample[] = [];
+  const rss: { t: number; mb: number }[] = [];
+  const probe = setInterval(async () => {
+    rss.push({ t: (performance.now() - t0) / 1000, mb: await rssMB() });
+  }, 5000);
+  const end = Date.now() + minutes * 60_000;
+  let warmed: Sample | undefined;
+  while (on && Date.now() < end) {
+    await sleep(Math.min(sampleS * 1000, end - Date.now()));
+    const s = await sample();
+    samples.push(s);
+    const first = !warmed && s.t >= warmupMin * 60;
+    if (first) warmed = s;
+    log(row(s, first ? "end of warm-up" : ""));
+  }
+  on = false;
+  clearInterval(probe);
+  await load;
+  const last = samples.at(-1)!;
+  warmed ??= samples[0];
+  const after = await settled(baseline);
+  log(row(after, "after the load, settled"));
+  log("");
+  log(
+    `load: ${done.warm} warm calls, ${done.cold} cold-function calls (${done.coldStarts} cold starts), ` +
+      `${done.updates} policy updates, ${done.versions} function versions, ${done.keys} API keys made, used, revoked`,
+  );
+  log(`answers by status: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}`);
+
+  const from = warmed.t;
+  const third = (last.t - from) / 3;
+  const floor = (a: number, b: number) =>
+    Math.min(...rss.filter((r) => r.t >= a && r.t <= b).map((r) => r.mb));
+  const early = floor(from, from + third);
+  const late = floor(last.t - third, last.t);
+  const growth = (late - early) / early;
+  log(
+    `RSS every 5 s after warm-up (MB): ${
+      rss.filter((r) => r.t >= from).map((r) => Math.round(r.mb)).join(" ")
+    }`,
+  );
+  const checks: [string, boolean][] = [
+    [
+      `RSS growth after warm-up ${
+        (growth * 100).toFixed(1)
+      }% (floor ${early} MB over its first third, ${late} MB over its last) <= 5%`,
+      growth <= 0.05,
+    ],
+    [`descriptors flat: ${warmed.fds} -> ${last.fds} (at most +5)`, last.fds <= warmed.fds + 5],
+    [
+      `leases back to baseline: gateway ${after.gatewayLeases}, scheduler ${after.schedulerLeases}`,
+      after.gatewayLeases === baseline.gatewayLeases &&
+      after.schedulerLeases === baseline.schedulerLeases,
+    ],
+    [
+      `pods back to baseline: ${podText(after.pods)} (baseline ${podText(baseline.pods)})`,
+      podText(after.pods) === podText(baseline.pods),
+    ],
+    [`no 5xx: ${serverErrors.length}`, serverErrors.length === 0],
+  ];
+  for (const [what, ok] of checks) {
+    log(`${ok ? "PASS" : "FAIL"} ${what}`);
+    if (!ok) failures.push(what);
+  }
+  for (const e of serverErrors.slice(0, 20)) log(`  5xx: ${e}`);
+} catch (err) {
+  failures.push(String((err as Error).stack ?? err));
+} finally {
+  on = false;
+  await p.stop();
+  await Deno.remove(p.dataDir, { recursive: true }).catch(() => {});
+}
+if (failures.length) {
+  console.log(`soak FAILED:\n${failures.join("\n")}`);
+  exitCode = 1;
+} else console.log("soak passed");
+Deno.exit(exitCode);

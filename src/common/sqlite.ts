@@ -1,0 +1,89 @@
+/**
+ * SQLite through `node:sqlite` (built into Deno): opening a database with the
+ * settings the embedded store and audit share, and one transaction helper.
+ *
+ * @module
+ */
+import { DatabaseSync } from "node:sqlite";
+import { InferxError } from "./errors.ts";
+
+export type { DatabaseSync, StatementSync } from "node:sqlite";
+
+/** Options for {@linkcode openDatabase}. */
+export interface OpenDatabaseOptions {
+  /**
+   * `FULL`: a commit survives power loss (fsync on every commit). `NORMAL`:
+   * in WAL mode a commit survives a crash of the process, not of the machine.
+   * @default "FULL"
+   */
+  synchronous?: "FULL" | "NORMAL";
+  /**
+   * Lets `pragma incremental_vacuum` give free pages back to the file system;
+   * takes effect only when the file is created. @default false
+   */
+  incrementalVacuum?: boolean;
+  /** What the database holds, for error messages ("the store"). @default "the database" */
+  what?: string;
+  /**
+   * Let other processes open it too (WAL mode: readers alongside one
+   * writer at a time, a writer waiting up to `busyTimeoutMs` for another);
+   * otherwise a second process is refused. @default false
+   */
+  shared?: boolean;
+  /** How long a shared database waits for another process's write (ms). @default 5000 */
+  busyTimeoutMs?: number;
+}
+
+/**
+ * Opens (or creates) the database file at `path` (`:memory:` for one in
+ * memory) in WAL mode, with exclusive locking unless `shared`: a second
+ * process that opens an exclusive file gets a clear error instead of a
+ * share of it.
+ */
+export function openDatabase(path: string, options: OpenDatabaseOptions = {}): DatabaseSync {
+  const what = options.what ?? "the database";
+  let db: DatabaseSync | undefined;
+  try {
+    db = new DatabaseSync(path);
+    db.exec(`pragma busy_timeout = ${options.shared ? options.busyTimeoutMs ?? 5000 : 0}`);
+    // Before anything writes the file's first page, or it has no effect.
+    if (options.incrementalVacuum) db.exec("pragma auto_vacuum = incremental");
+    if (path !== ":memory:") {
+      if (!options.shared) db.exec("pragma locking_mode = exclusive");
+      const mode = db.prepare("pragma journal_mode = wal").get() as { journal_mode: string };
+      if (mode.journal_mode !== "wal") {
+        throw new Error(`journal mode is ${mode.journal_mode}, not wal`);
+      }
+    }
+    db.exec(`pragma synchronous = ${options.synchronous ?? "FULL"}`);
+    // Takes the exclusive lock now, so that a second process fails here.
+    if (!options.shared) db.exec("begin immediate; commit");
+    return db;
+  } catch (err) {
+    db?.close();
+    const busy = /locked|busy/i.test((err as Error).message);
+    throw new InferxError(
+      "unavailable",
+      busy
+        ? `Cannot open ${what} at ${path}: another process has it open`
+        : `Cannot open ${what} at ${path}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Runs `fn` in one `begin immediate` transaction: committed when it returns,
+ * rolled back when it throws (and the error rethrown).
+ */
+export function transaction<T>(db: DatabaseSync, fn: () => T): T {
+  db.exec("begin immediate");
+  try {
+    const out = fn();
+    db.exec("commit");
+    return out;
+  } catch (err) {
+    if (db.isTransaction) db.exec("rollback");
+    throw err;
+  }
+}

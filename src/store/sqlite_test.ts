@@ -1,0 +1,218 @@
+import assert from "node:assert/strict";
+import { withTempDir } from "../common/testing.ts";
+import { DatabaseSync } from "node:sqlite";
+import { storeContract } from "./contract.ts";
+import { openSqliteStore } from "./sqlite.ts";
+import { CompactedError, type MetaStore, type WatchEvent } from "./types.ts";
+
+storeContract("sqlite in memory", async () => {
+  const store = await openSqliteStore(":memory:");
+  return { store, dispose: () => store.close() };
+});
+
+storeContract("sqlite on disk", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ixstore-" });
+  let store = await openSqliteStore(`${dir}/meta.db`, { historyLimit: 3 });
+  return {
+    get store() {
+      return store;
+    },
+    async reopen() {
+      await store.close();
+      store = await openSqliteStore(`${dir}/meta.db`, { historyLimit: 3 });
+      return store;
+    },
+    async dispose() {
+      await store.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+});
+
+/** The next `count` events of a watch on `prefix` after `after`, or its error. */
+function watchFor(
+  store: MetaStore,
+  prefix: string,
+  after: number,
+  count: number,
+): Promise<WatchEvent[]> {
+  return new Promise((resolve, reject) => {
+    const got: WatchEvent[] = [];
+    const w = store.watch(prefix, {
+      afterRevision: after,
+      onEvent(ev) {
+        got.push(ev);
+        if (got.length === count) {
+          w.cancel();
+          resolve(got);
+        }
+      },
+      onError: reject,
+    });
+  });
+}
+
+const describe = (e: WatchEvent) => e.type === "put" ? `${e.kv.key}=${e.kv.value}` : `-${e.key}`;
+
+const withDir = (fn: (dir: string) => Promise<void>) => withTempDir("ixstore-", fn);
+
+Deno.test("sqlite store reports compaction to a watch that starts too early", async () => {
+  const store = await openSqliteStore(":memory:", { historyLimit: 2 });
+  for (let i = 0; i < 5; i++) await store.create(`/c/${i}`, "x");
+  const err = await watchFor(store, "/c/", 1, 1).catch((e) => e);
+  assert.ok(err instanceof CompactedError);
+  assert.equal(err.compactedRevision, 3);
+  assert.deepEqual((await watchFor(store, "/c/", 3, 2)).map(describe), ["/c/3=x", "/c/4=x"]);
+  await store.close();
+});
+
+Deno.test("sqlite store ends a watch whose handler throws, through onError", async () => {
+  const store = await openSqliteStore();
+  let calls = 0;
+  const err = await new Promise<Error>((resolve) => {
+    store.watch("/a/", {
+      onEvent() {
+        calls++;
+        throw new Error("handler broke");
+      },
+      onError: resolve,
+    });
+    store.create("/a/x", "1");
+    store.create("/a/y", "1");
+  });
+  assert.equal(err.message, "handler broke");
+  await store.create("/a/z", "1");
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(calls, 1, "the watch is over");
+  await store.close();
+});
+
+Deno.test("sqlite store keeps its change history across a restart for watches from before it", async () => {
+  await withDir(async (dir) => {
+    let store = await openSqliteStore(`${dir}/meta.db`);
+    const r1 = await store.create("/h/a", "1");
+    await store.update("/h/a", "2", r1);
+    await store.delete("/h/a");
+    await store.close();
+    store = await openSqliteStore(`${dir}/meta.db`);
+    assert.deepEqual((await watchFor(store, "/h/", r1 - 1, 3)).map(describe), [
+      "/h/a=1",
+      "/h/a=2",
+      "-/h/a",
+    ]);
+    await store.close();
+  });
+});
+
+Deno.test("sqlite store keeps only the newest historyLimit changes on disk", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore(`${dir}/meta.db`, { historyLimit: 10 });
+    for (let i = 0; i < 50; i++) await store.create(`/k/${i}`, "v");
+    await store.close();
+    const db = new DatabaseSync(`${dir}/meta.db`);
+    const row = db.prepare("select count(*) as n, min(revision) as lo from history").get();
+    db.close();
+    assert.deepEqual({ ...row }, { n: 10, lo: 41 });
+  });
+});
+
+Deno.test("sqlite store refuses a second process's open of the same file with a clear error", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore(`${dir}/meta.db`);
+    const child = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { openSqliteStore } from "${new URL("./sqlite.ts", import.meta.url)}";
+         await openSqliteStore("${dir}/meta.db").then(() => console.log("opened"), (e) => console.log(e.message));`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(child.stdout);
+    assert.match(out, /Cannot open the store at .*meta\.db: another process has it open/);
+    await store.create("/still/mine", "1");
+    await store.close();
+  });
+});
+
+/** Writes a legacy data directory as the JSON snapshot + log store left it. */
+async function writeLegacy(dir: string, tornTail = false): Promise<void> {
+  await Deno.writeTextFile(
+    `${dir}/snapshot.json`,
+    JSON.stringify({
+      revision: 3,
+      items: [
+        { key: "/registry/tenant/system/system/a", value: "A", revision: 2, createRevision: 1 },
+        { key: "/registry/tenant/system/system/b", value: "B", revision: 3, createRevision: 3 },
+      ],
+    }),
+  );
+  const lines = [
+    { op: "put", key: "/registry/tenant/system/system/c", value: "C", rev: 4, crev: 4 },
+    { op: "del", key: "/registry/tenant/system/system/b", rev: 5 },
+    { op: "put", key: "/registry/tenant/system/system/a", value: "A2", rev: 6, crev: 1 },
+  ].map((l) => JSON.stringify(l) + "\n").join("");
+  await Deno.writeTextFile(`${dir}/wal.log`, lines + (tornTail ? '{"op":"put","key":"/x' : ""));
+}
+
+Deno.test("sqlite store migrates a legacy snapshot and log once, keeping the old files", async () => {
+  await withDir(async (dir) => {
+    await writeLegacy(dir, true);
+    let store = await openSqliteStore(`${dir}/meta.db`);
+    const { items, revision } = await store.list("/registry/");
+    assert.equal(revision, 6);
+    assert.deepEqual(items, [
+      { key: "/registry/tenant/system/system/a", value: "A2", revision: 6, createRevision: 1 },
+      { key: "/registry/tenant/system/system/c", value: "C", revision: 4, createRevision: 4 },
+    ]);
+    assert.equal(await store.create("/registry/tenant/system/system/d", "D"), 7);
+    // History before the migration is not known: watching from before it lists again.
+    assert.ok(
+      (await watchFor(store, "/registry/", 5, 1).catch((e) => e)) instanceof CompactedError,
+    );
+    await store.close();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) =>
+      !n.startsWith("meta")
+    );
+    assert.deepEqual(names.sort(), ["snapshot.json.migrated", "wal.log.migrated"]);
+
+    // The old files put back do not get imported twice.
+    await Deno.rename(`${dir}/snapshot.json.migrated`, `${dir}/snapshot.json`);
+    store = await openSqliteStore(`${dir}/meta.db`);
+    assert.equal((await store.get("/registry/tenant/system/system/d"))?.value, "D");
+    assert.equal(await store.revision(), 7);
+    await store.close();
+  });
+});
+
+Deno.test("sqlite store finishes a migration that stopped before renaming the old files", async () => {
+  await withDir(async (dir) => {
+    await writeLegacy(dir);
+    const store = await openSqliteStore(`${dir}/meta.db`);
+    await store.update("/registry/tenant/system/system/c", "C2", 4);
+    await store.close();
+    // As if the process had died between the commit and the renames.
+    for (const f of ["snapshot.json", "wal.log"]) {
+      await Deno.rename(`${dir}/${f}.migrated`, `${dir}/${f}`);
+    }
+    const again = await openSqliteStore(`${dir}/meta.db`);
+    assert.equal((await again.get("/registry/tenant/system/system/c"))?.value, "C2");
+    await again.close();
+    assert.ok((await Deno.stat(`${dir}/wal.log.migrated`)).isFile);
+    await assert.rejects(Deno.stat(`${dir}/wal.log`), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("sqlite store refuses to migrate a legacy log line that is not a store entry, saying which", async () => {
+  await withDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/wal.log`,
+      '{"op":"put","key":"/a","value":"1","rev":1,"crev":1}\n{"op":"put","key":"/b"}\n',
+    );
+    await assert.rejects(
+      openSqliteStore(`${dir}/meta.db`),
+      /Cannot migrate the old store file .*wal\.log: line 2/,
+    );
+    assert.ok((await Deno.stat(`${dir}/wal.log`)).isFile, "the old file stays where it was");
+  });
+});
