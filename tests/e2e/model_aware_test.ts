@@ -91,7 +91,9 @@ Deno.test({
       }
       assert.deepEqual(seen.filter((m) => m === "v2").length, 3, seen.join(" "));
       const streamed = await chat(true);
-      assert.equal(streamed.headers.get("x-inferx-ttft-ms"), null);
+      // A short stream can arrive whole before its head goes out: then its TTFT is known.
+      const streamedTtft = streamed.headers.get("x-inferx-ttft-ms");
+      assert.ok(streamedTtft === null || Number(streamedTtft) > 0, String(streamedTtft));
       assert.match(streamed.body, /data: \[DONE\]/);
 
       const metrics = await (await fetch(`${p.url}/metrics`)).text();
