@@ -72,6 +72,13 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   },
   {
     version: 5,
+    name: "asynchronous calls",
+    sql: `alter table inferx_request_audit add column call_id text, add column attempt integer;
+      create index inferx_request_audit_by_call on inferx_request_audit (call_id)
+        where call_id is not null`,
+  },
+  {
+    version: 6,
     name: "function version and token figures",
     sql: `alter table inferx_request_audit
       add column version integer,
@@ -180,6 +187,8 @@ export class PostgresAuditBackend implements AuditBackend {
           tokens_per_s: r.tokensPerS ?? null,
           prompt_tokens: r.promptTokens ?? null,
           completion_tokens: r.completionTokens ?? null,
+          call_id: r.call ?? null,
+          attempt: r.attempt ?? null,
         }));
         await tx`insert into inferx_request_audit ${sql(rows)}`;
       }
@@ -284,6 +293,8 @@ function requestFromDb(r: Record<string, unknown>): RequestRow {
     tokensPerS: opt(r.tokens_per_s),
     promptTokens: opt(r.prompt_tokens),
     completionTokens: opt(r.completion_tokens),
+    call: opt(r.call_id),
+    attempt: opt(r.attempt),
   };
 }
 

@@ -82,8 +82,21 @@ const REQUEST_COLUMNS = [
   "resumed",
   "pod",
   "error",
+  "call_id",
+  "attempt",
   ...TOKEN_COLUMNS.map((c) => c[0]),
 ] as const;
+
+/**
+ * Columns request rows gained after the first release, with their SQL
+ * types: added to an older file when it is opened.
+ */
+const ADDED_REQUEST_COLUMNS: readonly [string, string][] = [
+  ["call_id", "text"],
+  ["attempt", "integer"],
+  ...TOKEN_COLUMNS.map(([c, t]): [string, string] => [c, t]),
+];
+
 const POD_COLUMNS = [
   "time",
   ...SCOPE_COLUMNS,
@@ -130,6 +143,8 @@ const SCHEMA = `
     resumed integer not null,
     pod text,
     error text,
+    call_id text,
+    attempt integer,
     ${TOKEN_COLUMNS.map(([c, t]) => `${c} ${t}`).join(",\n    ")}
   );
   create table if not exists pods (
@@ -170,6 +185,8 @@ function requestValues(r: RequestRow, s: Scopes): (string | number | null)[] {
     r.resumed ? 1 : 0,
     r.pod ?? null,
     r.error ?? null,
+    r.call ?? null,
+    r.attempt ?? null,
     r.version ?? null,
     r.ttftMs ?? null,
     r.itlP50Ms ?? null,
@@ -212,6 +229,8 @@ function requestFromRow(r: Row): RequestRow {
     ...opt("tokensPerS", r.tokens_per_s, Number),
     ...opt("promptTokens", r.prompt_tokens, Number),
     ...opt("completionTokens", r.completion_tokens, Number),
+    ...opt("call", r.call_id, String),
+    ...opt("attempt", r.attempt, Number),
   };
 }
 
@@ -229,17 +248,23 @@ function podFromRow(r: Row): PodRow {
   };
 }
 
-/** Adds the token columns to a `requests` table made before them. */
-function addTokenColumns(db: DatabaseSync): void {
+/** The statements that add one row to each table. */
+/** Adds the `columns` `table` lacks (a file written by an older release). */
+function addColumns(db: DatabaseSync, table: string, columns: readonly [string, string][]) {
   const have = new Set(
-    (db.prepare("pragma table_info(requests)").all() as { name: string }[]).map((c) => c.name),
+    (db.prepare(`pragma table_info(${table})`).all() as Row[]).map((c) => String(c.name)),
   );
-  for (const [col, type] of TOKEN_COLUMNS) {
-    if (!have.has(col)) db.exec(`alter table requests add column ${col} ${type}`);
+  for (const [name, type] of columns) {
+    if (have.has(name)) continue;
+    try {
+      db.exec(`alter table ${table} add column ${name} ${type}`);
+    } catch (err) {
+      // Another process sharing the file added it first.
+      if (!/duplicate column/i.test((err as Error).message)) throw err;
+    }
   }
 }
 
-/** The statements that add one row to each table. */
 function insertStatements(db: DatabaseSync): Record<AuditKind, StatementSync> {
   const insert = (table: string, cols: readonly string[]) =>
     db.prepare(
@@ -393,7 +418,7 @@ export class SqliteAuditBackend implements AuditBackend {
     });
     this.#db.exec("pragma journal_size_limit = 16777216");
     this.#db.exec(SCHEMA);
-    addTokenColumns(this.#db);
+    addColumns(this.#db, "requests", ADDED_REQUEST_COLUMNS);
     this.#insert = insertStatements(this.#db);
     this.#scopes = new ScopeIds(this.#db);
     this.#claim = this.#db.prepare(

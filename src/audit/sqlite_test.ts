@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
 import { withTempDir } from "../common/testing.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
 import { sampleRequest, tokenRows } from "./testing.ts";
 import { summarizeUsage } from "./usage.ts";
-import { DatabaseSync } from "node:sqlite";
 import type { AuditQuery, PodRow, RequestRow } from "./types.ts";
 
 const pod = (i: number, func = "f", time = 1000 + i): PodRow => ({
@@ -209,6 +209,25 @@ Deno.test("SqliteAuditBackend adds the token columns to a database made before t
     await b.write(batch([tokenRows()[0]]));
     const [r] = await b.query("requests", {}) as RequestRow[];
     assert.deepEqual([r.version, r.ttftMs, r.completionTokens], [1, 100, 20]);
+    await b.close();
+  });
+});
+
+Deno.test("SqliteAuditBackend keeps an asynchronous call's id and attempt, and adds their columns to an older file", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/audit.db`;
+    // A file from before the call columns existed.
+    const old = new DatabaseSync(path);
+    old.exec(`create table requests (id integer primary key, time integer not null,
+      tid integer, nsid integer, fid integer, gid integer, gateway text not null,
+      principal text not null, method text not null, path text not null, status integer not null,
+      latency_ms real not null, ttfb_ms real, cold_start integer not null,
+      resumed integer not null, pod text, error text)`);
+    old.close();
+    const b = new SqliteAuditBackend(path, keepAll);
+    await b.write(batch([{ ...sampleRequest(1, 1000), call: "t:n:c1", attempt: 2 }]));
+    const [row] = await b.query("requests", {}) as RequestRow[];
+    assert.deepEqual([row.call, row.attempt], ["t:n:c1", 2]);
     await b.close();
   });
 });

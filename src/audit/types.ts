@@ -46,6 +46,10 @@ export interface RequestRow extends TokenFigures {
   version?: number;
   /** The error code when the gateway answered an error itself. */
   error?: string;
+  /** The asynchronous call the request accepted, or the run is an attempt of. */
+  call?: string;
+  /** Which attempt of `call` a run is. */
+  attempt?: number;
 }
 
 /** One pod state change. */

@@ -8,7 +8,9 @@
  *   ctl get TYPE T/NS/NAME        print one object
  *   ctl list TYPE T/NS            list the objects of a namespace
  *   ctl delete TYPE T/NS/NAME     delete one object
- *   ctl call T/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)
+ *   ctl call T/NS/FUNC [PATH] [-d JSON] [--async [--callback URL]]   call a function
+ *                                 (PATH defaults to /v1/completions); --async prints the call's id
+ *   ctl calls get ID | cancel ID | list [--func T/NS/FUNC] [--status S] | secret TENANT [--rotate]
  *   ctl apikey create SCOPE [T[/NS]] [--name N] [--expires S]   create an API key (printed once)
  *   ctl apikey list | revoke ID
  *   ctl rollout status|promote|rollback T/NS/FUNC   a function's versions and traffic split
@@ -36,7 +38,13 @@ const USAGE = `usage: inferx ctl [--gateway URL] <command>
   get TYPE TENANT/NS/NAME       print one object
   list TYPE TENANT/NS           list the objects of a namespace
   delete TYPE TENANT/NS/NAME    delete one object
-  call TENANT/NS/FUNC [PATH] [-d JSON]   call a function (PATH defaults to /v1/completions)
+  call TENANT/NS/FUNC [PATH] [-d JSON] [--async [--callback URL]]
+                                call a function (PATH defaults to /v1/completions);
+                                --async queues it and prints its id
+  calls get ID                  an asynchronous call: status, attempts, result
+  calls cancel ID               cancel a queued or running call
+  calls list [--func TENANT/NS/FUNC] [--status STATUS]   your calls, newest first
+  calls secret TENANT [--rotate]   the secret that signs the tenant's callbacks
   apikey create SCOPE [TENANT[/NS]] [--name NAME] [--expires SECONDS]
                                 create an API key (full, read or inference); printed once
   apikey list                   list the keys you may manage
@@ -57,14 +65,15 @@ async function send(
   method: string,
   path: string,
   body?: unknown,
+  extra: Record<string, string> = {},
 ): Promise<Answer> {
   let res: Response;
   try {
     res = await fetch(`${gateway}${path}`, {
       method,
       headers: body === undefined
-        ? authHeaders()
-        : { "content-type": "application/json", ...authHeaders() },
+        ? { ...extra, ...authHeaders() }
+        : { "content-type": "application/json", ...extra, ...authHeaders() },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
@@ -73,8 +82,14 @@ async function send(
   return answerOf(res.status, await res.text());
 }
 
-async function http(gateway: string, method: string, path: string, body?: unknown) {
-  const a = ensureOk(method, path, await send(gateway, method, path, body));
+async function http(
+  gateway: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  extra: Record<string, string> = {},
+) {
+  const a = ensureOk(method, path, await send(gateway, method, path, body, extra));
   return a.json as Record<string, unknown>;
 }
 
@@ -94,6 +109,7 @@ async function call(
   path: string,
   data: string | undefined,
   io: Io,
+  queued?: { callback?: string },
 ) {
   const [t, ns, f] = ref(target, 3);
   let body: string | undefined;
@@ -104,6 +120,7 @@ async function call(
       throw new CliError(`-d is not valid JSON: ${(err as Error).message}`);
     }
   }
+  if (queued) return await callAsync(gateway, [t, ns, f], path, body, queued.callback, io);
   const t0 = performance.now();
   // A progress line while the call waits (a cold start can take a while).
   const progress = setInterval(
@@ -142,6 +159,68 @@ async function call(
   }
   io.err(`${cold ? "cold start" : resumed ? "resumed" : "warm"}, first byte after ${ttfb} ms`);
   io.out(text);
+}
+
+/** Queues a call (`Prefer: respond-async`) and prints its id. */
+async function callAsync(
+  gateway: string,
+  [t, ns, f]: string[],
+  path: string,
+  body: string | undefined,
+  callback: string | undefined,
+  io: Io,
+) {
+  const res = await http(
+    gateway,
+    body === undefined ? "GET" : "POST",
+    `/funccall/${t}/${ns}/${f}${path.startsWith("/") ? path : `/${path}`}`,
+    body === undefined ? undefined : JSON.parse(body),
+    { prefer: "respond-async", ...(callback ? { "x-inferx-callback-url": callback } : {}) },
+  );
+  io.err(`accepted; see: inferx ctl calls get ${res.id}`);
+  io.out(String(res.id));
+}
+
+async function calls(
+  gw: string,
+  sub: string | undefined,
+  arg: string | undefined,
+  opts: { func?: string; status?: string; rotate?: boolean },
+  io: Io,
+) {
+  switch (sub) {
+    case "get":
+      if (!arg) throw new CliError("usage: calls get ID");
+      io.out(JSON.stringify(await http(gw, "GET", `/calls/${encodeURIComponent(arg)}`), null, 2));
+      return;
+    case "cancel": {
+      if (!arg) throw new CliError("usage: calls cancel ID");
+      const c = await http(gw, "DELETE", `/calls/${encodeURIComponent(arg)}`);
+      io.out(`${c.status} ${arg}`);
+      return;
+    }
+    case "list": {
+      const q = new URLSearchParams();
+      if (opts.func) q.set("func", opts.func);
+      if (opts.status) q.set("status", opts.status);
+      const res = await http(gw, "GET", `/calls${q.size ? `?${q}` : ""}`);
+      for (const c of res.items as Record<string, unknown>[]) {
+        io.out(
+          `${c.id}\t${c.status}\t${c.function}\t${c.accepted_at}\tattempts ${c.attempts}` +
+            (c.status_code === undefined ? "" : `\tstatus ${c.status_code}`),
+        );
+      }
+      return;
+    }
+    case "secret": {
+      if (!arg) throw new CliError("usage: calls secret TENANT [--rotate]");
+      const path = `/calls/callback-secret/${encodeURIComponent(arg)}`;
+      io.out(String((await http(gw, opts.rotate ? "POST" : "GET", path)).secret));
+      return;
+    }
+    default:
+      throw new CliError("usage: calls get|cancel|list|secret ...");
+  }
 }
 
 async function apikey(
@@ -235,6 +314,11 @@ export async function runCtl(
         selector: { type: "string", short: "l" },
         prune: { type: "boolean" },
         yes: { type: "boolean", short: "y" },
+        async: { type: "boolean" },
+        callback: { type: "string" },
+        func: { type: "string" },
+        status: { type: "string" },
+        rotate: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -289,8 +373,19 @@ export async function runCtl(
         return 0;
       }
       case "call":
-        if (!a) throw new CliError("usage: call TENANT/NS/FUNC [PATH] [-d JSON]");
-        await call(gw, a, b ?? "/v1/completions", values.data, io);
+        if (!a) throw new CliError("usage: call TENANT/NS/FUNC [PATH] [-d JSON] [--async]");
+        if (values.callback && !values.async) throw new CliError("--callback needs --async");
+        await call(
+          gw,
+          a,
+          b ?? "/v1/completions",
+          values.data,
+          io,
+          values.async ? { callback: values.callback } : undefined,
+        );
+        return 0;
+      case "calls":
+        await calls(gw, a, b, values, io);
         return 0;
       case "apikey":
         await apikey(gw, a, b, c, values, io);

@@ -8,6 +8,7 @@
  */
 import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
+import { type Cidr, parseCidrList } from "./cidr.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -138,6 +139,38 @@ export interface GatewaySettings {
   oidc?: { jwksUrl: string; issuer?: string; audience?: string };
 }
 
+/** A positive integer; unset or empty gives `dflt`. */
+const positive = (dflt: number) => count(dflt).refine((n) => n > 0, { message: "must be above 0" });
+
+const CallsEnv = z.object({
+  INFERX_CALL_TTL_S: positive(86_400),
+  INFERX_CALL_MAX_BYTES: positive(1024 * 1024),
+  INFERX_CALL_ATTEMPTS: positive(3),
+  INFERX_CALL_LEASE_S: positive(15),
+  INFERX_CALLBACK_ALLOW: z.string().optional().transform((raw, ctx) => {
+    try {
+      return parseCidrList(raw ?? "", "INFERX_CALLBACK_ALLOW");
+    } catch (err) {
+      ctx.addIssue({ code: "custom", message: (err as Error).message });
+      return z.NEVER;
+    }
+  }),
+});
+
+/** Asynchronous calls (`Prefer: respond-async`) and their callbacks. */
+export interface CallSettings {
+  /** `INFERX_CALL_TTL_S`: how long a call's record and result are kept (s). */
+  ttlS: number;
+  /** `INFERX_CALL_MAX_BYTES`: the largest request body and result of one call. */
+  maxBytes: number;
+  /** `INFERX_CALL_ATTEMPTS`: tries per call, the first included. */
+  attempts: number;
+  /** `INFERX_CALL_LEASE_S`: a gateway's claim on a call it runs, renewed while it runs (s). */
+  leaseS: number;
+  /** `INFERX_CALLBACK_ALLOW`: non-public ranges callbacks may still reach. */
+  callbackAllow: Cidr[];
+}
+
 const NodeEnv = z.object({
   NODE_CONFIG: text(`${REPO_ROOT}/config/node.json`),
   NODE_NAME: z.string().optional(),
@@ -234,6 +267,7 @@ export interface Config {
   audit: AuditSettings;
   /** Snapshot cold starts (node agents take them, the scheduler chooses them). */
   snapshots: SnapshotSettings;
+  calls: CallSettings;
 }
 
 /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
@@ -259,6 +293,7 @@ const SECTIONS = [
   NodeEnv,
   AuditEnv,
   SnapshotEnv,
+  CallsEnv,
 ];
 
 /** Every environment variable the configuration reads. */
@@ -285,6 +320,7 @@ export function readConfig(
   const n = section(NodeEnv, vars);
   const a = section(AuditEnv, vars);
   const snap = section(SnapshotEnv, vars);
+  const k = section(CallsEnv, vars);
   return {
     role: p.RUN_SERVICE,
     logLevel: p.LOG_LEVEL,
@@ -337,6 +373,13 @@ export function readConfig(
       podNamespaces: snap.INFERX_POD_NETNS === "auto",
       podCidr: snap.INFERX_POD_CIDR,
       start: snap.INFERX_SNAPSHOT_START,
+    },
+    calls: {
+      ttlS: k.INFERX_CALL_TTL_S,
+      maxBytes: k.INFERX_CALL_MAX_BYTES,
+      attempts: k.INFERX_CALL_ATTEMPTS,
+      leaseS: k.INFERX_CALL_LEASE_S,
+      callbackAllow: k.INFERX_CALLBACK_ALLOW,
     },
   };
 }

@@ -41,6 +41,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       podCidr: "10.213.0.0/16",
       start: "auto",
     },
+    calls: { ttlS: 86_400, maxBytes: 1_048_576, attempts: 3, leaseS: 15, callbackAllow: [] },
   });
 });
 
@@ -94,6 +95,8 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ RUN_SERVICE: "Everything" }, /RUN_SERVICE: "Everything" is not one of All, StateSvc/],
     [{ GATEWAY_PORT: "http" }, /GATEWAY_PORT: "http" is not a non-negative integer/],
     [{ NODE_TIMEOUT_MS: "-5" }, /NODE_TIMEOUT_MS: "-5" is not a non-negative integer/],
+    [{ INFERX_CALL_ATTEMPTS: "0" }, /INFERX_CALL_ATTEMPTS: must be above 0/],
+    [{ INFERX_CALLBACK_ALLOW: "10.0.0.0/8, localhost" }, /INFERX_CALLBACK_ALLOW: "localhost"/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
@@ -102,6 +105,26 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
       return true;
     });
   }
+});
+
+Deno.test("readConfig() reads the asynchronous calls' settings", () => {
+  const c = readConfig(envOf({
+    INFERX_CALL_TTL_S: "60",
+    INFERX_CALL_MAX_BYTES: "4096",
+    INFERX_CALL_ATTEMPTS: "5",
+    INFERX_CALL_LEASE_S: "2",
+    INFERX_CALLBACK_ALLOW: "127.0.0.1,::1",
+  }));
+  assert.deepEqual(c.calls, {
+    ttlS: 60,
+    maxBytes: 4096,
+    attempts: 5,
+    leaseS: 2,
+    callbackAllow: [
+      { address: "127.0.0.1", prefix: 32, family: "ipv4" },
+      { address: "::1", prefix: 128, family: "ipv6" },
+    ],
+  });
 });
 
 Deno.test("CONFIG_ENV lists every variable the configuration reads, and only those", () => {

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import type { Clock, Ticker } from "./clock.ts";
 import { InferxError } from "./errors.ts";
 import type { PodInfo } from "../model/cluster.ts";
+import { callId, type CallRecord, newCallKey } from "../model/call.ts";
 import type { MetaClient } from "../rpc/types.ts";
 
 /** Registers cases named `${prefix}: ${title}`, each with a fresh fixture. */
@@ -191,4 +192,34 @@ export async function withTempDir(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/**
+ * A call of `tenant/namespace/f` as a gateway stores it (queued, body `{}`
+ * in base64), with `fields` changed.
+ */
+export function testCall(
+  tenant = "t",
+  namespace = "n",
+  fields: Partial<CallRecord> = {},
+): CallRecord {
+  const now = Date.now();
+  return {
+    id: callId(tenant, namespace, newCallKey()),
+    tenant,
+    namespace,
+    func: "f",
+    principal: "admin",
+    route: `/funccall/${tenant}/${namespace}/f/x`,
+    method: "POST",
+    path: "/x",
+    headers: [["content-type", "application/json"]],
+    body: "e30=",
+    status: "queued",
+    maxAttempts: 3,
+    attempts: [],
+    acceptedAt: now,
+    expiresAt: now + 60_000,
+    ...fields,
+  };
 }

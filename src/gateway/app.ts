@@ -32,6 +32,11 @@ import { rolloutRoutes } from "./routes/rollout.ts";
 import { uiRoutes } from "./routes/ui.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
 import type { GatewayGroup } from "./group.ts";
+import type { Cidr } from "../common/cidr.ts";
+import { callPaths } from "./calls/accept.ts";
+import { CallbackSender } from "./calls/callback.ts";
+import { CallQueue, type CallQueueOptions } from "./calls/queue.ts";
+import { callRoutes } from "./routes/calls.ts";
 
 const log = logger("gateway");
 
@@ -59,24 +64,42 @@ export interface GatewayDeps {
   group?: GatewayGroup;
   /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
   scheduler?: SchedulerClient;
+  /** Asynchronous calls: the queue's settings and the ranges callbacks may reach anyway. */
+  calls?: Partial<Omit<CallQueueOptions, "gatewayId" | "callbacks">> & {
+    callbackAllow?: readonly Cidr[];
+  };
 }
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
 export function resolveDeps(deps: GatewayDeps): RouteDeps {
   const metrics = deps.metrics ?? new GatewayMetrics(deps.cache, deps.audit);
+  const pool = deps.upstream ?? new HttpPool();
+  const gatewayId = deps.gatewayId ?? "gateway";
+  const { callbackAllow, ...queueOptions } = deps.calls ?? {};
+  const calls = new CallQueue({
+    meta: deps.meta,
+    cache: deps.cache,
+    pool,
+    observe: { metrics, audit: deps.audit, gatewayId },
+  }, {
+    ...queueOptions,
+    gatewayId,
+    callbacks: new CallbackSender({ allow: callbackAllow }),
+  });
   return {
     meta: deps.meta,
     cache: deps.cache,
-    pool: deps.upstream ?? new HttpPool(),
+    pool,
     auth: deps.auth ?? new Authenticator({}),
     metrics,
     registry: Registry.merge([metrics.registry, ...(deps.extraRegistries ?? [])]),
     audit: deps.audit,
-    gatewayId: deps.gatewayId ?? "gateway",
+    gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
     group: deps.group,
     scheduler: deps.scheduler,
+    calls,
   };
 }
 
@@ -100,6 +123,9 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.use("/funccall/*", record);
   for (const path of OPENAI_CALL_PATHS) app.use(path, record);
   app.use("*", authenticate(d.auth));
+  const branch = callPaths(d);
+  app.use("/funccall/*", branch);
+  for (const path of OPENAI_CALL_PATHS) app.use(path, branch);
 
   app.route("/funccall", funccallRoutes(d));
   app.route("/v1", openaiRoutes(d));
@@ -107,6 +133,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.route("/apikeys", apikeyRoutes(d));
   app.route("/audit", auditRoutes(d));
   app.route("/rollout", rolloutRoutes(d));
+  app.route("/calls", callRoutes(d));
   app.route("/", metricsRoutes(d));
   app.route("/ui", uiRoutes(d));
   return app;

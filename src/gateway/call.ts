@@ -225,7 +225,7 @@ function timeoutHeader(req: IncomingCall): number | undefined {
 
 /** Reads a stream whole, up to `limit` bytes; 413 past it. */
 export async function readLimited(
-  body: ReadableStream<Uint8Array> | null,
+  body: AsyncIterable<Uint8Array> | null,
   limit: number,
 ): Promise<Uint8Array<ArrayBuffer>> {
   if (!body) return new Uint8Array(0);

@@ -21,7 +21,7 @@ import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncPolicy } from "../model/schemas.ts";
 import type { VersionLoad, VersionShare } from "../model/versions.ts";
-import type { SchedulerClient } from "../rpc/types.ts";
+import type { LeaseStage, SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
 
@@ -65,7 +65,15 @@ export interface Slot {
   tokens: number;
 }
 
+/**
+ * Where a waiting request stands: in the queue, the scheduler placing a
+ * worker, a worker starting or being restored, and a slot taken.
+ */
+export type CallStage = "queued" | LeaseStage | "ready";
+
 interface Waiter {
+  /** Hears the stages of this request's wait, when it asked to. */
+  onProgress?: (stage: CallStage) => void;
   resolve(slot: Slot): void;
   reject(err: Error): void;
   timer: ReturnType<typeof setTimeout>;
@@ -80,6 +88,8 @@ interface Lane {
   percent: number;
   queue: Waiter[];
   pendingLeases: number;
+  /** What its pending lease waits for, while one is pending. */
+  leaseStage?: LeaseStage;
   /** Smooth weighted round-robin credit. */
   credit: number;
 }
@@ -161,11 +171,18 @@ export class FuncAgent {
   /**
    * Takes a slot for one request, on a worker of the version the split
    * routes it to, waiting up to `timeoutMs` (capped by the policy's
-   * `queue_timeout`). `tokens`: what the call asked for (`max_tokens`).
-   * Rejects 503 `queue_full` when `queue_len` requests already wait, 504
-   * `timeout` when the wait runs out.
+   * `queue_timeout`). Rejects 503 `queue_full` when `queue_len` requests
+   * already wait, 504 `timeout` when the wait runs out. A request that has to
+   * wait tells `onProgress` each stage of its wait, `ready` last, and leaves
+   * the queue when `caller` goes away (rejecting `unavailable`). `tokens`:
+   * what the call asked for (`max_tokens`), in flight while it holds the slot.
    */
-  acquire(timeoutMs?: number, tokens = 0): Promise<Slot> {
+  acquire(
+    timeoutMs?: number,
+    onProgress?: (stage: CallStage) => void,
+    caller?: { onAbort(fn: () => void): void },
+    tokens = 0,
+  ): Promise<Slot> {
     if (this.#closed) {
       return Promise.reject(
         new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
@@ -194,6 +211,7 @@ export class FuncAgent {
     return new Promise<Slot>((resolve, reject) => {
       const since = performance.now();
       const waiter: Waiter = {
+        onProgress,
         resolve,
         reject,
         since,
@@ -216,6 +234,18 @@ export class FuncAgent {
         }, wait),
       };
       lane.queue.push(waiter);
+      caller?.onAbort(() => {
+        // Its version's queue, or another's it moved to when the split changed.
+        const l = this.#lanes.find((l) => l.queue.includes(waiter));
+        if (!l) return; // served already
+        l.queue.splice(l.queue.indexOf(waiter), 1);
+        clearTimeout(waiter.timer);
+        reject(new InferxError("unavailable", `The caller of ${this.id} left the queue`));
+      });
+      if (onProgress) {
+        onProgress("queued");
+        if (lane.leaseStage) onProgress(lane.leaseStage);
+      }
       this.#scaleOut(lane);
     });
   }
@@ -406,6 +436,7 @@ export class FuncAgent {
         if (!w) break;
         const q = l.queue.shift()!;
         clearTimeout(q.timer);
+        q.onProgress?.("ready");
         q.resolve(this.#take(w, performance.now() - q.since, q.tokens));
       }
       if (l.queue.length) this.#scaleOut(l);
@@ -429,6 +460,13 @@ export class FuncAgent {
     return n;
   }
 
+  /** `lane`'s pending lease reached `stage`: its waiters that follow their wait hear it. */
+  #stage(lane: Lane, stage: LeaseStage): void {
+    if (stage === lane.leaseStage) return;
+    lane.leaseStage = stage;
+    for (const q of lane.queue) q.onProgress?.(stage);
+  }
+
   /** Leases another worker when the queue calls for it. */
   #scaleOut(lane: Lane): void {
     if (this.#closed || lane.queue.length === 0 || lane.pendingLeases > 0) return;
@@ -443,21 +481,30 @@ export class FuncAgent {
   /** Asks the scheduler for a worker of `lane`'s version. */
   #lease(lane: Lane): void {
     lane.pendingLeases++;
+    this.#stage(lane, "placing");
     // Ask the scheduler to give up a little before the queue does, so its
     // reason (e.g. no node has the vRAM) reaches the caller's 504.
     const left = lane.queue.length
       ? Math.max(...lane.queue.map((q) => q.deadline)) - Date.now()
       : this.policy.queue_timeout * 1000;
     const waitMs = Math.max(1, left > 200 ? left - 100 : left);
-    this.#deps.scheduler.leaseWorker({
-      tenant: this.tenant,
-      namespace: this.namespace,
-      func: this.name,
-      gatewayId: this.#deps.gatewayId,
-      timeoutMs: waitMs,
-      version: lane.version,
-    }, this.#leaseAbort.signal).then((lease) => {
+    const progress = lane.queue.some((q) => q.onProgress)
+      ? (stage: LeaseStage) => this.#stage(lane, stage)
+      : undefined;
+    this.#deps.scheduler.leaseWorker(
+      {
+        tenant: this.tenant,
+        namespace: this.namespace,
+        func: this.name,
+        gatewayId: this.#deps.gatewayId,
+        timeoutMs: waitMs,
+        version: lane.version,
+      },
+      this.#leaseAbort.signal,
+      progress,
+    ).then((lease) => {
       lane.pendingLeases--;
+      lane.leaseStage = undefined;
       this.#lastError = undefined;
       const waiting = this.#lane(lease.version)?.queue.length ?? 0;
       const w: Worker = {
@@ -476,6 +523,7 @@ export class FuncAgent {
       this.#drain();
     }, (err: Error) => {
       lane.pendingLeases--;
+      lane.leaseStage = undefined;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
       if (e.code === "unschedulable") {

@@ -200,7 +200,7 @@ Deno.test("a reclaimed worker takes no new call and goes back when its calls end
 
 Deno.test("advise() leases more workers of a version within max_replica; load() reports each version", async () => {
   const { a, sched } = agent({ parallel: 2, max_replica: 3 });
-  const s = await a.acquire(undefined, 300);
+  const s = await a.acquire(undefined, undefined, undefined, 300);
   a.advise(1, 5);
   await settle();
   assert.equal(sched.leases.length, 3, "one held, two more up to max_replica");
@@ -270,4 +270,42 @@ Deno.test("a policy change on the same version keeps the workers and takes the n
   assert.deepEqual(sched.returns, []);
   a.release(s1);
   a.release(s2);
+});
+
+Deno.test("acquire() tells a waiting request each stage of its wait: queued, placing, the lease's, ready", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 });
+  sched.stages = ["starting"];
+  const heard: string[] = [];
+  const slot = await a.acquire(undefined, (s) => heard.push(s));
+  assert.deepEqual(heard, ["queued", "placing", "starting", "ready"]);
+  // A request that finds a free slot hears nothing.
+  a.release(slot);
+  const warm: string[] = [];
+  a.release(await a.acquire(undefined, (s) => warm.push(s)));
+  assert.deepEqual(warm, []);
+});
+
+Deno.test("a request joining a lease already under way hears where it stands", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 }, 0);
+  const first = a.acquire(); // no one follows this lease's stages
+  const heard: string[] = [];
+  const second = a.acquire(undefined, (s) => heard.push(s));
+  assert.deepEqual(heard, ["queued", "placing"]);
+  assert.equal(sched.leases.length, 1, "one lease serves both");
+  a.close();
+  await assert.rejects(first);
+  await assert.rejects(second);
+});
+
+Deno.test("acquire() leaves the queue when its caller goes away, without taking a slot", async () => {
+  const { a } = agent({ parallel: 1, max_replica: 1 });
+  const held = await a.acquire();
+  let gone: (() => void) | undefined;
+  const waiting = a.acquire(undefined, undefined, { onAbort: (fn) => gone = fn });
+  assert.equal(a.queued, 1);
+  gone!();
+  await assert.rejects(waiting, (e: InferxError) => e.code === "unavailable");
+  assert.equal(a.queued, 0);
+  a.release(held);
+  assert.equal(held.worker.inflight, 0, "the freed slot went to no one");
 });

@@ -17,6 +17,7 @@ import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
 import { type OidcOptions, OidcVerifier } from "./oidc.ts";
 import type { AuditLog } from "../audit/types.ts";
+import type { CallSettings } from "../common/config.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
 import type { GatewayDeps } from "./app.ts";
@@ -49,6 +50,8 @@ export interface GatewayConfig {
    * serves its metrics to the others and answers `/metrics` for all.
    */
   group?: GatewayGroup;
+  /** Asynchronous calls and their callbacks. @default the configuration's defaults */
+  calls?: CallSettings;
 }
 
 /** A running gateway. */
@@ -81,8 +84,16 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     gatewayId,
     group: config.group,
     scheduler: config.scheduler,
+    calls: config.calls && {
+      ttlMs: config.calls.ttlS * 1000,
+      maxBytes: config.calls.maxBytes,
+      maxAttempts: config.calls.attempts,
+      leaseMs: config.calls.leaseS * 1000,
+      callbackAllow: config.calls.callbackAllow,
+    },
   });
   const app = createGatewayApp(deps);
+  await deps.calls.start();
   const memberMetrics = config.group &&
     serveMemberMetrics(deps.registry, config.group.ports[config.group.index]);
   const sweep = setInterval(() => {
@@ -113,9 +124,9 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     async stop() {
       clearInterval(sweep);
       clearInterval(heartbeat);
+      await Promise.all([server.shutdown(2_000), deps.calls.stop(2_000)]);
       cache.stop();
       auth.stop();
-      await server.shutdown(2_000);
       await memberMetrics?.close();
       upstream.close();
     },

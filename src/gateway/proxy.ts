@@ -10,7 +10,7 @@
 import { InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncCache } from "./func_cache.ts";
-import type { Slot } from "./func_agent.ts";
+import type { CallStage, Slot } from "./func_agent.ts";
 import { ConnectError, type HttpPool, type UpstreamAnswer } from "./http_pool.ts";
 
 const log = logger("gateway");
@@ -44,6 +44,8 @@ export interface CallInput {
   tokens?: number;
   /** When the gateway received the call (`performance.now()`). */
   t0: number;
+  /** Hears the stages of the wait for a worker, for callers that show them. */
+  onProgress?: (stage: CallStage) => void;
 }
 
 /** A worker's answer to a call, with the `x-inferx-*` fields added. */
@@ -113,7 +115,16 @@ export async function forward(
     gone = true;
     onGone?.();
   });
-  let slot = agent.tryAcquire(call.tokens) ?? await agent.acquire(call.timeoutMs, call.tokens);
+  let slot: Slot;
+  const free = agent.tryAcquire(call.tokens);
+  if (free) slot = free;
+  else {
+    try {
+      slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
+    } catch (err) {
+      throw gone ? new CallerGone(agent.id) : err;
+    }
+  }
   let upstream: UpstreamAnswer | undefined;
   for (let attempt = 1;; attempt++) {
     if (gone) {
@@ -126,7 +137,7 @@ export async function forward(
         path: call.path,
         headers: call.headers,
         body: call.body,
-      }, caller && ((cancel) => onGone = cancel));
+      }, caller && ((cancel) => gone ? cancel() : onGone = cancel));
     } catch (err) {
       onGone = undefined;
       if (gone) {
@@ -146,7 +157,11 @@ export async function forward(
       if (!call.replayable || attempt >= MAX_ATTEMPTS) {
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
-      slot = await agent.acquire(call.timeoutMs, call.tokens);
+      try {
+        slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
+      } catch (err) {
+        throw gone ? new CallerGone(agent.id) : err;
+      }
       continue;
     }
     if (RETRY_STATUSES.has(upstream.status) && call.replayable && attempt < MAX_ATTEMPTS) {

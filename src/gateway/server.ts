@@ -3,7 +3,8 @@
  * calls of functions (`/funccall/...`, `POST /v1/completions`,
  * `POST /v1/chat/completions`) take the warm path — authenticate from the
  * key cache, take a slot, forward, write the worker's answer, release,
- * count — without `Request`/`Response` objects; every other route is built
+ * count — without `Request`/`Response` objects; every other route (and a
+ * call with `Prefer` or `x-inferx-progress`: `calls/accept.ts`) is built
  * into a `Request` and answered by the Hono app. Both paths prepare calls
  * (`call.ts`), forward them (`proxy.ts`) and record them
  * (`middleware/observe.ts`) with the same code.
@@ -26,6 +27,7 @@ import { errorAnswer } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
 import { type CallAnswer, CallerGone, type CallInput, forward, type FuncTarget } from "./proxy.ts";
 import { OPENAI_CALL_PATHS } from "./routes/openai.ts";
+import { wantsCallPath } from "./calls/accept.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
 
 const log = logger("gateway");
@@ -137,10 +139,14 @@ export function serveGateway(
       const path = q < 0 ? url : url.slice(0, q);
       if (url.startsWith("/funccall/")) {
         const parsed = parseFunccallPath(url);
-        if (parsed) return call(req, res, path, parsed);
-      } else if (req.method === "POST" && OPENAI_CALL_PATHS.has(path)) {
+        if (parsed && !wantsCallPath(req.headers)) return call(req, res, path, parsed);
+      } else if (
+        req.method === "POST" && OPENAI_CALL_PATHS.has(path) && !wantsCallPath(req.headers)
+      ) {
         return call(req, res, path);
       }
+      // Everything else, and calls that asked to go async or to see their
+      // wait (`Prefer`, `x-inferx-progress`), through the app.
       return viaApp(req, res);
     },
   });

@@ -162,3 +162,49 @@ t("a caller that goes away aborts the worker's request and frees the slot at onc
   await g.close();
   await worker.shutdown();
 });
+
+t(
+  "the listener hands calls with Prefer: respond-async to the app; other Prefer values stay ordinary calls",
+  async () => {
+    const g = await listening({ calls: { backoffMs: 20 } });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint);
+    const r = await post(`${g.url}/funccall/t/n/f/v1/completions`, { prompt: "x" }, {
+      prefer: "respond-async",
+    });
+    assert.equal(r.status, 202);
+    const { id } = await r.json();
+    assert.equal(r.headers.get("location"), `/calls/${id}`);
+    const openai = await post(`${g.url}/v1/completions`, { model: "t/n/f" }, {
+      prefer: "wait=5, respond-async",
+    });
+    assert.equal(openai.status, 202);
+    await openai.body?.cancel();
+    // A Prefer without respond-async is an ordinary call.
+    const plain = await post(`${g.url}/funccall/t/n/f/x`, {}, { prefer: "return=minimal" });
+    assert.equal(plain.status, 200);
+    assert.equal((await plain.json()).worker, "w");
+    let status = "";
+    for (let i = 0; i < 200 && status !== "succeeded"; i++) {
+      status = (await (await fetch(`${g.url}/calls/${id}`)).json()).status;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(status, "succeeded");
+    await g.close();
+    await w.close();
+  },
+);
+
+t("a caller that disconnects while queued leaves the queue at once", async () => {
+  const g = await listening();
+  g.f.sched.hang = true;
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+  await c.write(new TextEncoder().encode("GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\n\r\n"));
+  const agent = () => g.f.cache.agent("t", "n", "f")!;
+  while (agent()?.queued !== 1) await new Promise((r) => setTimeout(r, 10));
+  c.close();
+  while (agent().queued !== 0) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+  await g.close();
+});

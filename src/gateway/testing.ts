@@ -12,11 +12,12 @@ import type {
   GatewayAdvice,
   Lease,
   LeaseRequest,
+  LeaseStage,
   SchedulerClient,
 } from "../rpc/types.ts";
 import type { AuditLog, AuditQuery, PodRow, RequestRow } from "../audit/types.ts";
 import { summarizeUsage } from "../audit/usage.ts";
-import { createGatewayApp, resolveDeps } from "./app.ts";
+import { createGatewayApp, type GatewayDeps, resolveDeps } from "./app.ts";
 import { Authenticator } from "./auth.ts";
 import { FuncCache } from "./func_cache.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
@@ -33,9 +34,16 @@ export class FakeScheduler implements SchedulerClient {
   /** When set, leases never resolve on their own (until aborted). */
   hang = false;
   failWith?: InferxError;
+  /** Stages a lease followed with `onProgress` reports before it is answered. */
+  stages: LeaseStage[] = [];
   #seq = 0;
-  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+  leaseWorker(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease> {
     this.leases.push(req);
+    for (const s of this.stages) onProgress?.(s);
     if (this.failWith) return Promise.reject(this.failWith);
     if (this.hang || this.endpoints.length === 0) {
       return new Promise((_, reject) =>
@@ -90,6 +98,8 @@ export interface FixtureOptions {
   bodyLimit?: number;
   /** Turns auth on with this administrator key. */
   adminKey?: string;
+  /** Settings of the asynchronous calls' queue. */
+  calls?: GatewayDeps["calls"];
 }
 
 /** Builds a {@linkcode GatewayFixture}. */
@@ -125,8 +135,10 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     bodyLimit: opts.bodyLimit ?? 1024,
     gatewayId: "gw-test",
     scheduler: sched,
+    calls: opts.calls,
   });
   const app = createGatewayApp(deps);
+  await deps.calls.start();
   return {
     app,
     deps,
@@ -135,6 +147,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     meta,
     audit,
     close: async () => {
+      await deps.calls.stop(0);
       cache.stop();
       auth.stop();
       deps.pool.close();

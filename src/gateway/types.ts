@@ -8,6 +8,7 @@ import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
 import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.ts";
 import type { Authenticator } from "./auth.ts";
+import type { CallQueue } from "./calls/queue.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -33,6 +34,8 @@ export interface RouteDeps {
   group?: GatewayGroup;
   /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
   scheduler?: SchedulerClient;
+  /** The durable queue of asynchronous calls. */
+  calls: CallQueue;
 }
 
 /** The gateway's Hono environment. */

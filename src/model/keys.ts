@@ -17,6 +17,8 @@ export const OBJECT_TYPES = [
   "pod",
   "apikey",
   "snapshot",
+  "call",
+  "callsecret",
 ] as const;
 /** One of {@linkcode OBJECT_TYPES}. */
 export type ObjectType = typeof OBJECT_TYPES[number];

@@ -111,8 +111,13 @@ export class NodeAgent implements NodeAgentClient {
     await this.#options.snapshots?.start();
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
-      this.#writeNode(true).catch((err) =>
-        log.warn("Cannot heartbeat node {node}: {error}", { node: this.name, error: String(err) })
+      this.#writeNode(true).then(
+        () => this.#resyncPods(),
+        (err) =>
+          log.warn("Cannot heartbeat node {node}: {error}", {
+            node: this.name,
+            error: String(err),
+          }),
       );
     }, this.#options.heartbeatMs ?? 2000);
     const listed = new Set<string>();
@@ -372,13 +377,40 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   async #deletePod(podId: string): Promise<void> {
-    const rec = await this.#findPod(podId);
-    if (!rec) return;
-    await this.#meta.delete(rec).catch((err) => {
-      if (!(err instanceof NotFoundError)) {
-        log.warn("Cannot delete pod {pod}: {error}", { pod: podId, error: String(err) });
+    try {
+      const rec = await this.#findPod(podId);
+      if (rec) await this.#meta.delete(rec);
+    } catch (err) {
+      if (err instanceof NotFoundError) return;
+      log.warn("Cannot delete pod {pod}, will try again: {error}", {
+        pod: podId,
+        error: String(err),
+      });
+      this.#resync.add(podId);
+    }
+  }
+
+  /**
+   * Pods whose record could not be written (the store away for a moment):
+   * reconciled again from their record at the next heartbeat that gets
+   * through. Nothing else would bring them back: their records did not
+   * change, so the watch has nothing to say.
+   */
+  #resync = new Set<string>();
+
+  async #resyncPods(): Promise<void> {
+    for (const podId of [...this.#resync]) {
+      if (this.#stopped) return;
+      this.#resync.delete(podId);
+      try {
+        const ref = await this.#findPod(podId);
+        const rec = ref && await this.#meta.get(ref);
+        if (rec) this.#reconcile(decodePod(rec.value));
+      } catch {
+        this.#resync.add(podId);
+        return; // still away: the next heartbeat tries again
       }
-    });
+    }
   }
 
   async #findPod(podId: string) {
@@ -399,9 +431,9 @@ export class NodeAgent implements NodeAgentClient {
 
   /**
    * Writes observed fields of a pod with compare-and-swap, retrying on
-   * conflicts. A write that fails otherwise is logged and given up: the
-   * informer's relist after the state service returns makes the reconcile
-   * report it again.
+   * conflicts. A write that fails otherwise is logged, and the pod is
+   * reconciled again (so reported again) at the next heartbeat that gets
+   * through.
    */
   async #setStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
     try {
@@ -413,7 +445,11 @@ export class NodeAgent implements NodeAgentClient {
         (cur) => cur && { ...decodePod(cur.value), ...status },
       );
     } catch (err) {
-      log.warn("Cannot report pod {pod}: {error}", { pod: podId, error: String(err) });
+      log.warn("Cannot report pod {pod}, will try again: {error}", {
+        pod: podId,
+        error: String(err),
+      });
+      this.#resync.add(podId);
     }
   }
 }

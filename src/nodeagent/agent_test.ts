@@ -142,3 +142,57 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NodeAgent deletes a pod record again once the store is back, after the first delete failed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const state = new StateService(store);
+    let failDeletes = 1;
+    // The state service away for a moment: its first delete fails as an unavailable store does.
+    const meta = {} as Record<string, unknown>;
+    for (const k of Object.getOwnPropertyNames(StateService.prototype)) {
+      const v = (state as unknown as Record<string, unknown>)[k];
+      if (typeof v === "function" && k !== "constructor") meta[k] = v.bind(state);
+    }
+    meta.delete = (ref: Parameters<MetaClient["delete"]>[0], revision?: number) => {
+      if (failDeletes-- > 0) {
+        return Promise.reject(new InferxError("unavailable", "etcd did not answer"));
+      }
+      return state.delete(ref, revision);
+    };
+    const fake: PodRuntime = {
+      ...runtime,
+      start: (spec) =>
+        Promise.resolve({
+          podId: spec.podId,
+          endpoint: "127.0.0.1:9",
+          exited: new Promise<string>(() => {}),
+        }),
+    };
+    const agent = new NodeAgent(meta as unknown as MetaClient, fake, node, { heartbeatMs: 50 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await state.create({ ...ref, object: testPod("p1", "n1") });
+      await until("p1 ready", async () => {
+        const rec = await state.get(ref);
+        return rec !== undefined && decodePod(rec.value).state === "Ready";
+      });
+      const rec = (await state.get(ref))!;
+      await state.update({
+        ...ref,
+        object: { ...decodePod(rec.value), desired: "Terminated" },
+        revision: rec.revision,
+      });
+      await until("the record gone on a later heartbeat", async () => !(await state.get(ref)));
+      assert.equal(failDeletes, -1, "the first delete failed, the second went through");
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});

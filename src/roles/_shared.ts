@@ -47,12 +47,13 @@ export function schedulerOptions(config: Config): SchedulerOptions {
 /** The gateway's listener, body limit and authentication. */
 export function gatewayOptions(
   config: Config,
-): Pick<GatewayConfig, "port" | "hostname" | "bodyLimit" | "adminApiKey" | "oidc"> {
+): Pick<GatewayConfig, "port" | "hostname" | "bodyLimit" | "adminApiKey" | "oidc" | "calls"> {
   return {
     port: config.gateway.port,
     hostname: config.gateway.host,
     bodyLimit: config.gateway.bodyLimit,
     adminApiKey: config.gateway.adminApiKey,
     oidc: config.gateway.oidc,
+    calls: config.calls,
   };
 }

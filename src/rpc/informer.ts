@@ -52,7 +52,7 @@ export async function startInformer(
     const seen = new Set<string>();
     for (const rec of items) {
       seen.add(keyOf(rec));
-      known.set(keyOf(rec), rec);
+      known.set(keyOf(rec), refOf(rec));
       handlers.upsert(rec);
     }
     for (const [k, ref] of known) {
@@ -67,7 +67,7 @@ export async function startInformer(
       afterRevision: revision,
       onEvent(ev) {
         if (ev.type === "put") {
-          known.set(keyOf(ev.record), ev.record);
+          known.set(keyOf(ev.record), refOf(ev.record));
           handlers.upsert(ev.record);
         } else {
           known.delete(keyOf(ev.ref));
@@ -99,4 +99,9 @@ export async function startInformer(
       if (timer !== undefined) clearTimeout(timer);
     },
   };
+}
+
+/** The name of a record without its value, so an informer keeps no values. */
+function refOf(r: ObjectRef): ObjectRef {
+  return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
 }

@@ -7,8 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { fixtureTests, hasCode } from "../common/testing.ts";
+import { fixtureTests, hasCode, testCall } from "../common/testing.ts";
 import type { MetaClient, MetaEvent } from "./types.ts";
+import { newCallKey, parseCallId } from "../model/call.ts";
 
 /** A fresh client over an empty store and how to dispose of it. */
 export interface MetaFixture {
@@ -214,6 +215,36 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
       code("not_found"),
     );
   });
+
+  t(
+    "call records are validated and kept as written, compare-and-swap included",
+    async ({ meta }) => {
+      const object = testCall("acme", "prod");
+      const ref = {
+        type: "call" as const,
+        tenant: "acme",
+        namespace: "prod",
+        name: parseCallId(object.id).key,
+      };
+      const created = await meta.create({ ...ref, object });
+      assert.deepEqual(JSON.parse(created.value), object);
+      const claimed = await meta.update({
+        ...ref,
+        object: { ...object, owner: "gw-1", leaseUntil: 3 },
+        revision: created.revision,
+      });
+      await assert.rejects(
+        meta.update({ ...ref, object: { ...object, owner: "gw-2" }, revision: created.revision }),
+        code("conflict"),
+      );
+      assert.equal(JSON.parse((await meta.get(ref))!.value).owner, "gw-1");
+      assert.equal((await meta.list("call", "acme")).items[0].revision, claimed.revision);
+      await assert.rejects(
+        meta.create({ ...ref, name: newCallKey(), object: { ...object, status: "done" } }),
+        code("invalid"),
+      );
+    },
+  );
 
   t("watch() delivers puts and deletes after a revision", async ({ meta }) => {
     const { revision } = await meta.list("tenant");

@@ -141,6 +141,26 @@ export function schedulerContract(name: string, open: () => Promise<SchedulerFix
     },
   );
 
+  t(
+    "leaseWorker() with onProgress reports the pod starting, then answers the lease",
+    async ({ scheduler, meta }) => {
+      await seed(meta);
+      const stages: string[] = [];
+      const p = scheduler.leaseWorker(req(), undefined, (s) => stages.push(s));
+      // The pod is created but no node agent marks it ready yet.
+      const deadline = Date.now() + 5000;
+      while (!stages.includes("starting")) {
+        assert.ok(Date.now() < deadline, `no "starting" stage (got ${stages.join(", ")})`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const agent = await fakeAgent(meta);
+      const lease = await p;
+      assert.equal(lease.coldStart, true);
+      assert.deepEqual(stages, ["starting"]);
+      agent.stop();
+    },
+  );
+
   t("leaseWorker() refuses an unknown function with not_found", async ({ scheduler, meta }) => {
     await seed(meta);
     await assert.rejects(scheduler.leaseWorker(req("nope")), (err: unknown) => {

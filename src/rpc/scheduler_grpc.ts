@@ -18,7 +18,14 @@ import {
   unary,
 } from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
-import type { FuncLoad, GatewayAdvice, Lease, LeaseRequest, SchedulerClient } from "./types.ts";
+import type {
+  FuncLoad,
+  GatewayAdvice,
+  Lease,
+  LeaseRequest,
+  LeaseStage,
+  SchedulerClient,
+} from "./types.ts";
 
 const Service = loadService("scheduler.proto", "scheduler", "SchedulerService");
 
@@ -53,6 +60,61 @@ interface WireLease {
   resumed: boolean;
 }
 
+interface WireLeaseRequest {
+  tenant: string;
+  namespace: string;
+  func: string;
+  gateway_id: string;
+  timeout_ms: number;
+  /** The function version the call routes to; 0: the newest. */
+  version: number;
+}
+
+interface WireProgress {
+  stage: string;
+  lease?: WireLease | null;
+}
+
+function leaseRequest(r: WireLeaseRequest): LeaseRequest {
+  return {
+    tenant: r.tenant,
+    namespace: r.namespace,
+    func: r.func,
+    gatewayId: r.gateway_id,
+    timeoutMs: r.timeout_ms,
+    version: r.version || undefined,
+  };
+}
+
+function wireLease(l: Lease): WireLease {
+  return {
+    pod_id: l.podId,
+    endpoint: l.endpoint,
+    cold_start: l.coldStart,
+    resumed: l.resumed,
+    version: l.version,
+  };
+}
+
+function fromWireLease(w: WireLease): Lease {
+  return {
+    podId: w.pod_id,
+    endpoint: w.endpoint,
+    coldStart: w.cold_start,
+    resumed: w.resumed,
+    version: w.version,
+  };
+}
+
+const STAGES: ReadonlySet<string> = new Set<LeaseStage>(["placing", "starting", "restoring"]);
+
+/** A signal aborted when the caller of `c` cancels it. */
+function cancelled(c: { on(event: "cancelled", fn: () => void): unknown }): AbortSignal {
+  const abort = new AbortController();
+  c.on("cancelled", () => abort.abort(new InferxError("unavailable", "Lease request cancelled")));
+  return abort.signal;
+}
+
 /** Serves `sched` as `SchedulerService` on `address`; `id` names this instance. */
 export async function serveScheduler(
   sched: SchedulerClient,
@@ -65,43 +127,23 @@ export async function serveScheduler(
       return { scheduler_id: id };
     }),
     LeaseWorker: (
-      c: grpc.ServerUnaryCall<
-        {
-          tenant: string;
-          namespace: string;
-          func: string;
-          gateway_id: string;
-          timeout_ms: number;
-          version: number;
-        },
-        WireLease
-      >,
+      c: grpc.ServerUnaryCall<WireLeaseRequest, WireLease>,
       cb: grpc.sendUnaryData<WireLease>,
     ) => {
-      const abort = new AbortController();
-      c.on(
-        "cancelled",
-        () => abort.abort(new InferxError("unavailable", "Lease request cancelled")),
-      );
-      const r = c.request;
-      sched.leaseWorker({
-        tenant: r.tenant,
-        namespace: r.namespace,
-        func: r.func,
-        gatewayId: r.gateway_id,
-        timeoutMs: r.timeout_ms,
-        version: r.version || undefined,
-      }, abort.signal).then(
-        (l) =>
-          cb(null, {
-            pod_id: l.podId,
-            endpoint: l.endpoint,
-            cold_start: l.coldStart,
-            resumed: l.resumed,
-            version: l.version,
-          }),
+      sched.leaseWorker(leaseRequest(c.request), cancelled(c)).then(
+        (l) => cb(null, wireLease(l)),
         (err) => cb(toGrpcError(err)),
       );
+    },
+    LeaseWorkerProgress: (c: grpc.ServerWritableStream<WireLeaseRequest, WireProgress>) => {
+      sched.leaseWorker(leaseRequest(c.request), cancelled(c), (stage) => c.write({ stage }))
+        .then(
+          (l) => {
+            c.write({ stage: "", lease: wireLease(l) });
+            c.end();
+          },
+          (err) => c.destroy(toGrpcError(err)),
+        );
     },
     ReturnWorker: unary(async (req: { pod_id: string; gateway_id: string; failed: boolean }) => {
       await sched.returnWorker({
@@ -193,9 +235,13 @@ export class GrpcSchedulerClient implements SchedulerClient {
     return res.scheduler_id;
   }
 
-  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+  leaseWorker(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const wire = {
+    const wire: WireLeaseRequest = {
       tenant: req.tenant,
       namespace: req.namespace,
       func: req.func,
@@ -203,38 +249,58 @@ export class GrpcSchedulerClient implements SchedulerClient {
       timeout_ms: req.timeoutMs,
       version: req.version ?? 0,
     };
+    const options = { deadline: new Date(Date.now() + req.timeoutMs + 2000) };
     return new Promise<Lease>((resolve, reject) => {
       const attempt = (i: number, last?: InferxError) => {
         if (i >= this.#clients.length) return reject(last);
         const k = (this.#current + i) % this.#clients.length;
         const { address, client } = this.#clients[k];
-        const c = (client as unknown as {
-          LeaseWorker(
-            r: unknown,
-            o: grpc.CallOptions,
-            cb: (e: grpc.ServiceError | null, res: WireLease) => void,
-          ): grpc.ClientUnaryCall;
-        }).LeaseWorker(
-          wire,
-          { deadline: new Date(Date.now() + req.timeoutMs + 2000) },
-          (err, res) => {
-            signal?.removeEventListener("abort", onAbort);
-            if (!err) {
-              this.#current = k;
-              return resolve({
-                podId: res.pod_id,
-                endpoint: res.endpoint,
-                coldStart: res.cold_start,
-                resumed: res.resumed,
-                version: res.version,
-              });
-            }
-            if (signal?.aborted) return reject(signal.reason);
-            const e = fromGrpcError(err, `the scheduler at ${address}`);
-            if (e.code === "unavailable") attempt(i + 1, e);
-            else reject(e);
-          },
-        );
+        let settled = false;
+        const done = (err: unknown, lease?: Lease) => {
+          if (settled) return;
+          settled = true;
+          signal?.removeEventListener("abort", onAbort);
+          if (lease) {
+            this.#current = k;
+            return resolve(lease);
+          }
+          if (signal?.aborted) return reject(signal.reason);
+          const e = fromGrpcError(err, `the scheduler at ${address}`);
+          if (e.code === "unavailable") attempt(i + 1, e);
+          else reject(e);
+        };
+        let c: { cancel(): void };
+        if (onProgress) {
+          const stream = (client as unknown as {
+            LeaseWorkerProgress(r: unknown, o: grpc.CallOptions): grpc.ClientReadableStream<
+              WireProgress
+            >;
+          }).LeaseWorkerProgress(wire, options);
+          let lease: Lease | undefined;
+          stream.on("data", (m: WireProgress) => {
+            if (m.lease) lease = fromWireLease(m.lease);
+            else if (STAGES.has(m.stage)) onProgress(m.stage as LeaseStage);
+          });
+          stream.on("error", (err) => done(err));
+          stream.on("end", () =>
+            lease ? done(null, lease) : done({
+              code: grpc.status.UNAVAILABLE,
+              details: "the lease stream ended without a lease",
+            }));
+          c = stream;
+        } else {
+          c = (client as unknown as {
+            LeaseWorker(
+              r: unknown,
+              o: grpc.CallOptions,
+              cb: (e: grpc.ServiceError | null, res: WireLease) => void,
+            ): grpc.ClientUnaryCall;
+          }).LeaseWorker(
+            wire,
+            options,
+            (err, res) => done(err, err ? undefined : fromWireLease(res)),
+          );
+        }
         const onAbort = () => c.cancel();
         signal?.addEventListener("abort", onAbort, { once: true });
       };

@@ -128,14 +128,25 @@ export interface Lease {
   version: number;
 }
 
+/**
+ * What a waiting lease is waiting for: a pod to be placed, a pod of the
+ * function starting, or one being restored from standby.
+ */
+export type LeaseStage = "placing" | "starting" | "restoring";
+
 /** The scheduler's API (`SchedulerService`). */
 export interface SchedulerClient {
   /**
    * Leases a worker; rejects with an `InferxError` whose code says why
    * (`timeout`, `worker_failed`, `not_found`, `unschedulable`). Aborting
-   * `signal` withdraws the request.
+   * `signal` withdraws the request. `onProgress` hears each stage of the
+   * wait as it changes (for callers that show cold-start progress).
    */
-  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease>;
+  leaseWorker(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease>;
   /** Gives a worker back; `failed` asks for it to be replaced. */
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void>;
   /**

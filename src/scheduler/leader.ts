@@ -8,7 +8,7 @@
  */
 import { Etcd3 } from "etcd3";
 import { InferxError } from "../common/errors.ts";
-import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
+import type { Lease, SchedulerClient } from "../rpc/types.ts";
 
 /** Options for {@linkcode campaign}. */
 export interface CampaignOptions {
@@ -56,8 +56,8 @@ export function leaderOnly(
       new InferxError("unavailable", `Scheduler ${id} is not the leader`, { retryable: true }),
     );
   return {
-    leaseWorker: (req: LeaseRequest, signal?: AbortSignal): Promise<Lease> =>
-      leader()?.leaseWorker(req, signal) ?? notLeader(),
+    leaseWorker: (req, signal, onProgress): Promise<Lease> =>
+      leader()?.leaseWorker(req, signal, onProgress) ?? notLeader(),
     returnWorker: (req) => leader()?.returnWorker(req) ?? notLeader(),
     refreshGateway: (gw, pods, load) => leader()?.refreshGateway(gw, pods, load) ?? notLeader(),
     killPod: (podId) => leader()?.killPod(podId) ?? notLeader(),

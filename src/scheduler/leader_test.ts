@@ -19,12 +19,16 @@ Deno.test("leaderOnly() refuses calls while the replica does not lead, and passe
   await assert.rejects(gate.refreshGateway("g"), hasCode("unavailable"));
   await assert.rejects(gate.killPod("p"), hasCode("unavailable"));
   now.leader = {
-    leaseWorker: () => (calls.push("lease"), Promise.resolve({} as never)),
+    leaseWorker: (_r, _s, onProgress) => (
+      calls.push("lease"), onProgress?.("starting"), Promise.resolve({} as never)
+    ),
     returnWorker: () => (calls.push("return"), Promise.resolve()),
     refreshGateway: () => (calls.push("refresh"), Promise.resolve({ reclaim: [], scaleOut: [] })),
     killPod: () => (calls.push("kill"), Promise.resolve()),
   };
-  await gate.leaseWorker(req);
+  const stages: string[] = [];
+  await gate.leaseWorker(req, undefined, (s) => stages.push(s));
+  assert.deepEqual(stages, ["starting"], "the lease's progress reaches the caller");
   await gate.returnWorker({ podId: "p", gatewayId: "g" });
   await gate.refreshGateway("g");
   await gate.killPod("p");

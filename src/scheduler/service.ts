@@ -36,6 +36,7 @@ import type {
   GatewayAdvice,
   Lease,
   LeaseRequest,
+  LeaseStage,
   MetaClient,
   ObjectRef,
   SchedulerClient,
@@ -48,6 +49,7 @@ import {
   fairShare,
   fairView,
   type FuncReport,
+  leaseTarget,
   newCoreState,
   type NodeReport,
   type PodDemand,
@@ -80,6 +82,11 @@ export class SchedulerService implements SchedulerClient {
   #core: CoreState;
   #options: SchedulerOptions;
   #pending = new Map<string, { resolve(l: Lease): void; reject(e: Error): void }>();
+  /** Waiting leases whose requester follows their progress. */
+  #progress = new Map<
+    string,
+    { func: string; version?: number; stage?: LeaseStage; report(s: LeaseStage): void }
+  >();
   #funcs = new Map<string, FunctionObject>();
   #policies = new Map<string, FuncPolicy>();
   /** Pod records as last seen, for writes. */
@@ -342,9 +349,16 @@ export class SchedulerService implements SchedulerClient {
     }
   }
 
-  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+  leaseWorker(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease> {
     const reqId = newId("l", 6);
     const func = funcId(req.tenant, req.namespace, req.func);
+    if (onProgress) {
+      this.#progress.set(reqId, { func, version: req.version, report: onProgress });
+    }
     return new Promise<Lease>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       const onAbort = () => {
@@ -358,7 +372,9 @@ export class SchedulerService implements SchedulerClient {
         req.timeoutMs + 1,
         () => this.#apply({ type: "tick" }),
       );
-      const done = () => (cancelExpiry(), signal?.removeEventListener("abort", onAbort));
+      const done = () => (
+        cancelExpiry(), signal?.removeEventListener("abort", onAbort), this.#progress.delete(reqId)
+      );
       this.#pending.set(reqId, {
         resolve: (l) => (done(), resolve(l)),
         reject: (e) => (done(), reject(e)),
@@ -475,7 +491,25 @@ export class SchedulerService implements SchedulerClient {
   #apply(event: CoreEvent): CoreAction[] {
     const { actions } = step(this.#core, event, this.#clock.now());
     for (const a of actions) this.#carryOut(a);
+    if (this.#progress.size) this.#reportProgress();
     return actions;
+  }
+
+  /**
+   * Tells each followed lease what its function version's pods are doing
+   * while it waits: one being restored from standby, one starting, or none yet.
+   */
+  #reportProgress(): void {
+    for (const [reqId, p] of this.#progress) {
+      if (!this.#pending.has(reqId)) {
+        this.#progress.delete(reqId); // answered or withdrawn
+        continue;
+      }
+      const stage = leaseStage(this.#core, p.func, p.version);
+      if (stage === p.stage) continue;
+      p.stage = stage;
+      p.report(stage);
+    }
   }
 
   #carryOut(a: CoreAction): void {
@@ -625,4 +659,20 @@ function nodeReport(n: NodeInfo): NodeReport {
     contextOverheadMB: n.contextOverheadMB,
     standbyTiers: n.standbyTiers,
   };
+}
+
+/** The stage of a lease of `func` waiting now. */
+export function leaseStage(
+  core: Readonly<CoreState>,
+  func: string,
+  version?: number,
+): LeaseStage {
+  const f = leaseTarget(core.units.get(func), version);
+  let starting = false;
+  for (const id of f?.pods ?? []) {
+    const state = core.pods.get(id)?.state;
+    if (state === "Resuming") return "restoring";
+    if (state === "Creating") starting = true;
+  }
+  return starting ? "starting" : "placing";
 }

@@ -5,7 +5,8 @@ import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
-import { SchedulerService } from "./service.ts";
+import { leaseStage, SchedulerService } from "./service.ts";
+import { CoreDriver, created, gpuFunc, gpuNode, lease } from "./core/testing.ts";
 
 const node = (name: string): NodeInfo => ({
   name,
@@ -214,4 +215,20 @@ Deno.test({
       await store.close();
     }
   },
+});
+
+Deno.test("leaseStage() says what a waiting lease waits for: placing, a pod starting, a pod restoring", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "host_memory"]) }, {
+    type: "funcUpdate",
+    func: gpuFunc("t/n/f", "host_memory"),
+  });
+  assert.equal(leaseStage(d.state, "t/n/f"), "placing", "no pod yet");
+  assert.equal(leaseStage(d.state, "t/n/nope"), "placing");
+  const pod = created(d.run(lease("r1")))[0].id;
+  assert.equal(leaseStage(d.state, "t/n/f"), "starting");
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: pod, gateway: "g1" }); // parked
+  d.run(lease("r2")); // resumes it
+  assert.equal(leaseStage(d.state, "t/n/f"), "restoring");
 });

@@ -21,6 +21,7 @@ import {
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
 import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
+import { admitCallRecord, admitCallSecret } from "../model/call.ts";
 import {
   isUserType,
   objectKey,
@@ -257,6 +258,16 @@ export class StateService implements MetaClient {
         );
       }
       return JSON.stringify(r.data);
+    }
+    if (input.type === "call") return admitCallRecord(input, input.object);
+    if (input.type === "callsecret") {
+      if (input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a callback secret lives at system/system/{its tenant}`,
+          "tenant",
+        );
+      }
+      return admitCallSecret(input.name, input.object);
     }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
   }

@@ -47,6 +47,17 @@ Deno.test({
       await a.write({ id: "audit-2", requests: [{ ...row(2), status: 503 }], pods: [] });
       const failed = await b.query("requests", { status: { min: 500, max: 599 } });
       assert.deepEqual(failed.map((r) => (r as { path: string }).path), ["/r2"]);
+      await a.write({
+        id: "audit-3",
+        requests: [{ ...row(3), time: 0, call: "t:n:c1", attempt: 2 }],
+        pods: [],
+      });
+      const calls = await b.query("requests", { tenant: "t", func: "f", limit: 10 });
+      const attempt = calls.find((r) => (r as { path: string }).path === "/r3") as {
+        call?: string;
+        attempt?: number;
+      };
+      assert.deepEqual([attempt.call, attempt.attempt], ["t:n:c1", 2], "an attempt's call, number");
     } finally {
       await a.close();
       await b.close();

@@ -44,6 +44,10 @@ export class CallRecord {
    * Feed it each streamed piece after writing it to the caller.
    */
   tokens?: TokenMeter;
+  /** The asynchronous call this request accepted, or this run is an attempt of. */
+  callId?: string;
+  /** Which attempt of `callId` this run is. */
+  attempt?: number;
   #slot?: Slot;
   #ttfbMs?: number;
   #version?: VersionMetrics;
@@ -119,13 +123,26 @@ export class CallRecord {
     this.#audit(performance.now() - this.t0, err.code);
   }
 
-  /** The caller went away before an answer: recorded as 499, as nginx logs it. */
-  callerGone(): void {
+  /**
+   * The caller went away before an answer (or cancelled the call: `reason`
+   * `cancelled`): recorded as 499, as nginx logs it.
+   */
+  callerGone(reason = "caller_gone"): void {
     if (this.#done) return;
     this.#done = true;
     this.status = 499;
     this.#series().request(499);
-    this.#audit(performance.now() - this.t0, "caller_gone");
+    this.#audit(performance.now() - this.t0, reason);
+  }
+
+  /** The call was stored to run later as `id`: answered 202. */
+  accepted(id: string): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.callId = id;
+    this.status = 202;
+    this.#series().request(202);
+    this.#audit(performance.now() - this.t0);
   }
 
   #series(): FunctionMetrics {
@@ -160,6 +177,8 @@ export class CallRecord {
       tokensPerS: tokens?.tokensPerS,
       promptTokens: tokens?.promptTokens,
       completionTokens: tokens?.completionTokens,
+      call: this.callId,
+      attempt: this.attempt,
     });
   }
 }

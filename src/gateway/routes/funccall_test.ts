@@ -261,3 +261,72 @@ t(
     await w.close();
   },
 );
+
+t(
+  "the Hono route aborts the worker's request when its caller goes away, and frees the slot",
+  async () => {
+    const f = await gatewayFixture();
+    const aborted = Promise.withResolvers<void>();
+    let reached = false;
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req) => {
+      reached = true;
+      return new Promise<Response>((resolve) =>
+        req.signal.addEventListener("abort", () => {
+          aborted.resolve();
+          resolve(new Response("too late"));
+        })
+      );
+    });
+    f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+    const caller = new AbortController();
+    const answer = f.app.request("/funccall/t/n/f/slow", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+      signal: caller.signal,
+    });
+    while (!reached) await new Promise((r) => setTimeout(r, 10));
+    caller.abort();
+    await aborted.promise;
+    const agent = f.cache.agent("t", "n", "f")!;
+    while (agent.workers[0].inflight !== 0) await new Promise((r) => setTimeout(r, 10));
+    assert.equal((await answer).status, 503);
+    assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+    await f.close();
+    await server.shutdown();
+  },
+);
+
+t("a caller that goes away while queued leaves the function's queue at once", async () => {
+  const f = await gatewayFixture();
+  f.sched.hang = true;
+  const caller = new AbortController();
+  const answer = f.app.request("/funccall/t/n/f/x", { signal: caller.signal });
+  const agent = () => f.cache.agent("t", "n", "f")!;
+  while (agent().queued !== 1) await new Promise((r) => setTimeout(r, 5));
+  caller.abort();
+  await (await answer).body?.cancel();
+  assert.equal(agent().queued, 0);
+  assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+  await f.close();
+});
+
+t("503 and 429 answers say when to try again (Retry-After)", async () => {
+  const f = await gatewayFixture({ policy: { queue_len: 0, max_replica: 1 } });
+  f.sched.hang = true;
+  const full = await call(f.app);
+  assert.equal(full.status, 503);
+  assert.equal(full.headers.get("retry-after"), "1");
+  assert.equal((await full.json()).error.code, "queue_full");
+  await f.close();
+  const q = await gatewayFixture();
+  q.sched.failWith = new InferxError("quota_exceeded", "Tenant t quota max_replica is 0");
+  const quota = await call(q.app);
+  assert.equal(quota.status, 429);
+  assert.equal(quota.headers.get("retry-after"), "30");
+  await quota.body?.cancel();
+  const missing = await q.app.request("/funccall/t/n/nope/x");
+  assert.equal(missing.headers.get("retry-after"), null, "only 429 and 503 carry it");
+  await missing.body?.cancel();
+  await q.close();
+});

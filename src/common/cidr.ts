@@ -1,0 +1,99 @@
+/**
+ * Address ranges: CIDR lists as operators write them (`127.0.0.1/32,
+ * 10.1.0.0/16, fd00::/8`), and the ranges that are not on the public
+ * internet (loopback, private, link-local, ...), over `node:net`'s
+ * `BlockList`, which also matches IPv4 addresses written as IPv6
+ * (`::ffff:127.0.0.1`).
+ *
+ * @module
+ */
+import { BlockList, isIP } from "node:net";
+import { ValidationError } from "./errors.ts";
+
+/** One range: an address and a prefix length. */
+export interface Cidr {
+  address: string;
+  prefix: number;
+  family: "ipv4" | "ipv6";
+}
+
+/**
+ * Parses a comma- or space-separated CIDR list; a bare address is a single
+ * host (`/32`, `/128`). Throws {@linkcode ValidationError} naming `what` and
+ * the bad entry.
+ *
+ * @example
+ * ```ts
+ * parseCidrList("127.0.0.1, 10.0.0.0/8", "INFERX_CALLBACK_ALLOW");
+ * // [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }, { address: "10.0.0.0", prefix: 8, ... }]
+ * ```
+ */
+export function parseCidrList(text: string, what: string): Cidr[] {
+  const out: Cidr[] = [];
+  for (const entry of text.split(/[\s,]+/)) {
+    if (!entry) continue;
+    const [address, bits, ...rest] = entry.split("/");
+    const v = isIP(address);
+    const max = v === 4 ? 32 : 128;
+    const prefix = bits === undefined ? max : Number(bits);
+    if (
+      v === 0 || rest.length || !Number.isInteger(prefix) || prefix < 0 || prefix > max ||
+      (bits !== undefined && !/^\d+$/.test(bits))
+    ) {
+      throw new ValidationError(
+        `Invalid ${what}: "${entry}" is not an address or address/prefix (e.g. 10.0.0.0/8)`,
+        what,
+      );
+    }
+    out.push({ address, prefix, family: v === 4 ? "ipv4" : "ipv6" });
+  }
+  return out;
+}
+
+/** Ranges that are not public internet addresses, IPv4 then IPv6. */
+export const NON_PUBLIC: readonly Cidr[] = parseCidrList(
+  [
+    "0.0.0.0/8", // this network
+    "10.0.0.0/8", // private
+    "100.64.0.0/10", // carrier-grade NAT
+    "127.0.0.0/8", // loopback
+    "169.254.0.0/16", // link-local (cloud metadata services live here)
+    "172.16.0.0/12", // private
+    "192.0.0.0/24", // IETF protocol assignments
+    "192.0.2.0/24", // documentation
+    "192.88.99.0/24", // 6to4 relay
+    "192.168.0.0/16", // private
+    "198.18.0.0/15", // benchmarking
+    "198.51.100.0/24", // documentation
+    "203.0.113.0/24", // documentation
+    "224.0.0.0/4", // multicast
+    "240.0.0.0/4", // reserved, broadcast
+    "::/96", // unspecified, and IPv4-compatible (deprecated)
+    "::1/128", // loopback
+    "64:ff9b::/96", // IPv4/IPv6 translation
+    "100::/64", // discard
+    "2001:db8::/32", // documentation
+    "fc00::/7", // unique local (private)
+    "fe80::/10", // link-local
+    "ff00::/8", // multicast
+  ].join(","),
+  "NON_PUBLIC",
+);
+
+/** A set of ranges to test addresses against. */
+export class AddressSet {
+  readonly #list = new BlockList();
+  readonly size: number;
+
+  constructor(ranges: readonly Cidr[]) {
+    for (const r of ranges) this.#list.addSubnet(r.address, r.prefix, r.family);
+    this.size = ranges.length;
+  }
+
+  /** Whether `address` (IPv4 or IPv6 text) is in one of the ranges. */
+  has(address: string): boolean {
+    const v = isIP(address);
+    if (v === 0) return false;
+    return this.#list.check(address, v === 4 ? "ipv4" : "ipv6");
+  }
+}

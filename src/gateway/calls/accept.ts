@@ -1,0 +1,152 @@
+/**
+ * The call routes' branch for calls that outlive their connection or report
+ * their wait: `Prefer: respond-async` (RFC 7240) stores the call in the
+ * durable queue and answers `202 Accepted` with `Location: /calls/{id}`;
+ * `x-inferx-progress: 1` on a streaming call sends the stages of its wait
+ * before the worker's stream. Calls with neither header pass through to
+ * the ordinary call routes untouched; the raw listener sends only calls with
+ * one of them here ({@linkcode wantsCallPath}).
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import type { MiddlewareHandler } from "hono";
+import { InferxError } from "../../common/errors.ts";
+import { callId, type CallRecord, newCallKey } from "../../model/call.ts";
+import {
+  type CallContext,
+  funccallInput,
+  openaiInput,
+  parseFunccallPath,
+  readLimited,
+  requestCall,
+} from "../call.ts";
+import { BodyTooLarge } from "../http1/server.ts";
+import type { CallInput } from "../proxy.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { isStreaming, progressResponse } from "./progress.ts";
+import { forward } from "../proxy.ts";
+import { callResponse, signalSource } from "../routes/_call.ts";
+
+/** Fields that steer the gateway, not the worker: never forwarded on an asynchronous call. */
+const GATEWAY_FIELDS: ReadonlySet<string> = new Set(["prefer", "x-inferx-callback-url"]);
+
+/**
+ * Whether a request (its header list, names in lower case) takes this
+ * branch: it carries `Prefer` or `x-inferx-progress`. One pass, no
+ * allocation, for the warm path's routing.
+ */
+export function wantsCallPath(headers: readonly (readonly [string, string])[]): boolean {
+  for (let i = 0; i < headers.length; i++) {
+    const k = headers[i][0];
+    if (k === "prefer" || k === "x-inferx-progress") return true;
+  }
+  return false;
+}
+
+/** Whether a `Prefer` field value asks for `respond-async` (RFC 7240: tokens, any case). */
+export function prefersAsync(prefer: string | null | undefined): boolean {
+  if (!prefer) return false;
+  for (const pref of prefer.split(",")) {
+    const token = pref.split(/[;=]/, 1)[0].trim().toLowerCase();
+    if (token === "respond-async") return true;
+  }
+  return false;
+}
+
+/** The branch, as middleware in front of the call routes (`/funccall/*`, `/v1/...`). */
+export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
+  const maxBytes = deps.calls.maxBytes;
+  const ctx: CallContext = {
+    cache: deps.cache,
+    bodyLimit: deps.bodyLimit,
+    authEnabled: deps.auth.enabled,
+  };
+  const asyncCtx: CallContext = { ...ctx, bodyLimit: Math.min(deps.bodyLimit, maxBytes) };
+  return async function callPaths(c, next) {
+    const req = c.req.raw;
+    const respondAsync = prefersAsync(req.headers.get("prefer"));
+    if (!respondAsync && req.headers.get("x-inferx-progress") !== "1") return await next();
+    const rec = c.var.call;
+    const url = new URL(req.url);
+    const incoming = requestCall(req);
+    let input: CallInput;
+    const use = respondAsync ? asyncCtx : ctx;
+    try {
+      if (url.pathname.startsWith("/funccall/")) {
+        const call = parseFunccallPath(url.pathname + url.search);
+        if (!call) return await next(); // the route explains the path it wants
+        const { tenant, namespace, func } = call.target;
+        rec.setTarget(call.target, deps.cache.agent(tenant, namespace, func) !== undefined);
+        input = await funccallInput(use, c.var.principal, incoming, call.target, call.path, rec.t0);
+      } else {
+        input = await openaiInput(
+          use,
+          c.var.principal,
+          incoming,
+          url.pathname,
+          rec.t0,
+          (t, k) => rec.setTarget(t, k),
+        );
+      }
+      if (!respondAsync) {
+        if (isStreaming(input, req.headers.get("accept"))) {
+          return await progressResponse(deps, input, rec, req.signal);
+        }
+        const answer = await forward(deps, input, signalSource(req.signal));
+        rec.answered(answer);
+        return callResponse(answer, rec);
+      }
+      const body = await wholeBody(input.body, use.bodyLimit);
+      const callback = req.headers.get("x-inferx-callback-url") ?? undefined;
+      if (callback !== undefined) await deps.calls.callbacks.check(callback);
+      const { tenant, namespace, func } = input.target;
+      const key = newCallKey();
+      const id = callId(tenant, namespace, key);
+      const now = Date.now();
+      const record: CallRecord = {
+        id,
+        tenant,
+        namespace,
+        func,
+        principal: c.var.principal.id,
+        route: url.pathname,
+        method: input.method,
+        path: input.path,
+        headers: input.headers.filter(([k]) => !GATEWAY_FIELDS.has(k)),
+        body: body && Buffer.from(body).toString("base64"),
+        timeoutMs: input.timeoutMs,
+        callback,
+        status: "queued",
+        maxAttempts: deps.calls.maxAttempts,
+        attempts: [],
+        acceptedAt: now,
+        expiresAt: now + deps.calls.ttlMs,
+      };
+      await deps.calls.accept(record);
+      rec.accepted(id);
+      return c.json({ id, status: record.status }, 202, {
+        location: `/calls/${id}`,
+        "preference-applied": "respond-async",
+      });
+    } catch (err) {
+      if (respondAsync && err instanceof BodyTooLarge && use.bodyLimit === maxBytes) {
+        throw new InferxError(
+          "too_large",
+          `Request body is larger than ${maxBytes} bytes, the most an asynchronous call keeps (INFERX_CALL_MAX_BYTES)`,
+          { details: { limit: maxBytes } },
+        );
+      }
+      throw err;
+    }
+  };
+}
+
+/** A call's body read whole (a streamed one included), at most `limit` bytes. */
+async function wholeBody(
+  body: CallInput["body"],
+  limit: number,
+): Promise<Uint8Array | undefined> {
+  const bytes = body instanceof Uint8Array ? body : await readLimited(body, limit);
+  return bytes.byteLength ? bytes : undefined;
+}

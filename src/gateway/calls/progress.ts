@@ -1,0 +1,184 @@
+/**
+ * Cold-start progress for streaming calls (`x-inferx-progress: 1`): while
+ * the call waits for a worker, the answer is already a server-sent event
+ * stream whose comment lines name each stage of the wait as it happens —
+ * `: queued` (in the function's queue), `: placing` (the scheduler looks for
+ * room), `: starting` (a worker is starting), `: restoring` (a parked worker
+ * is being restored), `: ready` (a worker took the call) — and then the
+ * worker's own stream follows. The stages come from the function agent's
+ * queue and the scheduler's lease answer. A call that finds a free worker at
+ * once gets the worker's answer unchanged, and so does a non-streaming call.
+ *
+ * Once the stream has begun its status is 200; a worker that then answers
+ * with an error, or a call that fails while waiting, ends the stream with an
+ * `event: error` whose data is `{"status", "error"}`.
+ *
+ * @module
+ */
+import { errorBody, type InferxError, toInferxError } from "../../common/errors.ts";
+import type { CallStage } from "../func_agent.ts";
+import type { CallRecord } from "../middleware/observe.ts";
+import { type CallAnswer, CallerGone, type CallInput, forward, type ProxyDeps } from "../proxy.ts";
+import { callResponse, signalSource } from "../routes/_call.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+/** The most of a worker's error answer put into the `error` event. */
+const ERROR_BODY_MAX = 64 * 1024;
+
+/** Whether `input` asks for a streamed answer: `Accept: text/event-stream` or `"stream": true`. */
+export function isStreaming(input: CallInput, accept: string | null): boolean {
+  if (accept?.includes("text/event-stream")) return true;
+  if (!(input.body instanceof Uint8Array) || input.body.byteLength === 0) return false;
+  try {
+    return (JSON.parse(dec.decode(input.body)) as { stream?: unknown })?.stream === true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Forwards `input`, answering with progress comments while it waits for a
+ * worker (see the module's description).
+ */
+export async function progressResponse(
+  deps: ProxyDeps,
+  input: CallInput,
+  rec: CallRecord,
+  signal: AbortSignal,
+): Promise<Response> {
+  const stages: CallStage[] = [];
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  input.onProgress = (stage) => {
+    stages.push(stage);
+    poke();
+  };
+  let outcome: { answer: CallAnswer } | { error: unknown } | undefined;
+  const forwarded = forward(deps, input, signalSource(signal)).then(
+    (answer) => outcome = { answer },
+    (error) => outcome = { error },
+  ).finally(poke);
+  if (!stages.length) {
+    await Promise.race([forwarded, new Promise<void>((r) => wake = r)]);
+    wake = undefined;
+  }
+  if (!stages.length && outcome) {
+    // A free worker took it at once: its answer as it is.
+    if ("error" in outcome) throw outcome.error;
+    rec.answered(outcome.answer);
+    return callResponse(outcome.answer, rec);
+  }
+
+  /** The worker's stream, once it answered: the same as a call without progress. */
+  let worker: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  let done = false;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      while (!worker) {
+        if (stages.length) {
+          controller.enqueue(enc.encode(stages.splice(0).map((s) => `: ${s}\n\n`).join("")));
+          return;
+        }
+        if (!outcome) {
+          await new Promise<void>((r) => wake = r);
+          continue;
+        }
+        done = true;
+        if ("error" in outcome) return failed(controller, rec, outcome.error);
+        const answer = outcome.answer;
+        rec.answered(answer);
+        if (answer.status >= 400) {
+          let [text, whole] = ["", false];
+          try {
+            [text, whole] = await readSome(answer, ERROR_BODY_MAX);
+          } catch {
+            // The worker's error answer broke off: say what came.
+          }
+          answer.finish(whole);
+          rec.finished();
+          controller.enqueue(errorEvent(answer.status, parseMaybe(text)));
+          return controller.close();
+        }
+        const res = callResponse(answer, rec);
+        if (!res.body) return controller.close(); // 204 and the like
+        worker = res.body.getReader();
+      }
+      try {
+        const r = await worker.read();
+        if (r.done) controller.close();
+        else controller.enqueue(r.value);
+      } catch (err) {
+        controller.error(err);
+      }
+    },
+    async cancel(reason) {
+      if (worker) return await worker.cancel(reason);
+      if (done) return;
+      done = true;
+      // The caller left while waiting: forward() sees the request's signal
+      // and leaves the queue; a worker that answered meanwhile is let go.
+      rec.callerGone();
+      forwarded.then(() => {
+        if (outcome && "answer" in outcome) outcome.answer.finish(false);
+      });
+    },
+  });
+  return new Response(body, {
+    status: 200,
+    headers: {
+      "content-type": "text/event-stream",
+      "cache-control": "no-cache",
+      "x-inferx-progress": "1",
+    },
+  });
+}
+
+function failed(
+  controller: ReadableStreamDefaultController<Uint8Array>,
+  rec: CallRecord,
+  err: unknown,
+) {
+  if (err instanceof CallerGone) {
+    rec.callerGone();
+    controller.close();
+    return;
+  }
+  const e: InferxError = toInferxError(err);
+  rec.failed(e);
+  controller.enqueue(errorEvent(rec.status, errorBody(e).error));
+  controller.close();
+}
+
+function errorEvent(status: number, error: unknown): Uint8Array {
+  return enc.encode(`event: error\ndata: ${JSON.stringify({ status, error })}\n\n`);
+}
+
+function parseMaybe(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * Up to `max` bytes of an answer's body as text, and whether that was all
+ * of it (the rest is left unread).
+ */
+async function readSome(answer: CallAnswer, max: number): Promise<[string, boolean]> {
+  if (answer.bytes) return [dec.decode(answer.bytes.subarray(0, max)), true];
+  let text = "";
+  let size = 0;
+  while (size < max) {
+    const c = await answer.read();
+    if (c === null) return [text, true];
+    size += c.byteLength;
+    text += dec.decode(c, { stream: true });
+  }
+  return [text.slice(0, max), false];
+}

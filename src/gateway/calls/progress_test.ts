@@ -1,0 +1,121 @@
+import assert from "node:assert/strict";
+import { InferxError } from "../../common/errors.ts";
+import { type GatewayFixture, gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+/** A worker that streams three events, or answers `status` with a JSON error. */
+function sseWorker(status = 200) {
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+    if (status !== 200) return Response.json({ error: "model not loaded" }, { status });
+    return new Response("data: 1\n\ndata: 2\n\ndata: [DONE]\n\n", {
+      headers: { "content-type": "text/event-stream" },
+    });
+  });
+  return { endpoint: `127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+const stream = (f: GatewayFixture, body: unknown = { prompt: "x", stream: true }) =>
+  f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-progress": "1" },
+    body: JSON.stringify(body),
+  });
+
+t(
+  "a streaming call that waits for a worker hears each stage before the worker's stream",
+  async () => {
+    const f = await gatewayFixture();
+    const w = sseWorker();
+    f.sched.stages = ["starting"];
+    f.sched.endpoints.push(w.endpoint);
+    const r = await stream(f);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "text/event-stream");
+    assert.equal(r.headers.get("x-inferx-progress"), "1");
+    assert.equal(
+      await r.text(),
+      ": queued\n\n: placing\n\n: starting\n\n: ready\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n",
+    );
+    assert.deepEqual(f.audit.requests.map((x) => [x.status, x.coldStart]), [[200, true]]);
+    // Warm now: a free worker answers at once, unchanged, with no progress lines.
+    const warm = await stream(f);
+    assert.equal(warm.headers.get("x-inferx-cold-start"), "0");
+    assert.equal(warm.headers.get("x-inferx-progress"), null);
+    assert.equal(await warm.text(), "data: 1\n\ndata: 2\n\ndata: [DONE]\n\n");
+    await f.close();
+    await w.close();
+  },
+);
+
+t("a worker restored from standby shows as restoring", async () => {
+  const f = await gatewayFixture();
+  const w = sseWorker();
+  f.sched.stages = ["placing", "restoring"];
+  f.sched.endpoints.push(w.endpoint);
+  const text = await (await stream(f)).text();
+  assert.ok(text.startsWith(": queued\n\n: placing\n\n: restoring\n\n: ready\n\ndata: 1"), text);
+  await f.close();
+  await w.close();
+});
+
+t("a call that fails while it waits ends its progress stream with an error event", async () => {
+  const f = await gatewayFixture();
+  f.sched.failWith = new InferxError("worker_failed", "Worker of t/n/f exited with status 4");
+  const r = await stream(f);
+  assert.equal(r.status, 200);
+  const text = await r.text();
+  assert.match(text, /^: queued\n\n: placing\n\nevent: error\ndata: /);
+  const data = JSON.parse(text.split("data: ")[1]);
+  assert.equal(data.status, 503);
+  assert.equal(data.error.code, "worker_failed");
+  assert.match(data.error.message, /exited with status 4/);
+  assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[503, "worker_failed"]]);
+  await f.close();
+});
+
+t("a worker's error answer after the stages is sent as an error event", async () => {
+  const f = await gatewayFixture();
+  const w = sseWorker(500);
+  f.sched.endpoints.push(w.endpoint);
+  const text = await (await stream(f)).text();
+  assert.ok(text.startsWith(": queued\n\n: placing\n\n: ready\n\nevent: error\n"), text);
+  const data = JSON.parse(text.split("data: ")[1]);
+  assert.deepEqual(data, { status: 500, error: { error: "model not loaded" } });
+  assert.equal(f.cache.agent("t", "n", "f")!.workers[0].inflight, 0, "the slot is back");
+  await f.close();
+  await w.close();
+});
+
+t("x-inferx-progress on a call that does not stream changes nothing", async () => {
+  const f = await gatewayFixture();
+  const w = sseWorker();
+  f.sched.endpoints.push(w.endpoint);
+  const r = await stream(f, { prompt: "x" });
+  assert.equal(r.headers.get("x-inferx-progress"), null);
+  assert.equal(r.headers.get("x-inferx-cold-start"), "1");
+  assert.equal(await r.text(), "data: 1\n\ndata: 2\n\ndata: [DONE]\n\n");
+  await f.close();
+  await w.close();
+});
+
+t("a caller that leaves while its call waits is recorded as gone and takes no slot", async () => {
+  const f = await gatewayFixture();
+  f.sched.hang = true;
+  const abort = new AbortController();
+  const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-progress": "1" },
+    body: JSON.stringify({ prompt: "x", stream: true }),
+    signal: abort.signal,
+  });
+  const reader = r.body!.getReader();
+  const first = new TextDecoder().decode((await reader.read()).value);
+  assert.match(first, /^: queued/);
+  abort.abort();
+  await reader.cancel();
+  assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+  assert.equal(f.cache.agent("t", "n", "f")!.queued, 0, "it left the function's queue");
+  await f.close();
+});

@@ -1,0 +1,780 @@
+/**
+ * The durable queue of asynchronous calls, shared by every gateway through
+ * the state service. A call is stored before its `202` goes out; from then
+ * on any gateway may run it, and exactly one does at a time:
+ *
+ * - **Claim.** A gateway runs a call only while it holds the claim: its id
+ *   in the record's `owner` and a `leaseUntil` deadline, written by a
+ *   compare-and-swap on the record's revision, so of two gateways claiming
+ *   at once one wins. The owner renews the lease (every third of it) while
+ *   it runs the call or delivers its callback. A claim whose deadline has
+ *   passed (its gateway was killed, or lost the store) is taken over: the
+ *   attempt it was running is recorded as lost and the call runs again.
+ * - **Attempts.** Every attempt is written to the record (`running`, its
+ *   number, this gateway) before the worker sees the request, so each
+ *   attempt runs at most once. A worker failure (no worker, an unreachable
+ *   or failing worker, 502/503/504) is tried again after a doubling backoff,
+ *   up to `maxAttempts` tries; the claim is let go meanwhile, so the next
+ *   attempt may run on any gateway. Each attempt is also a row in the
+ *   request audit (with the call's id and attempt number).
+ * - **Runs** go through the same `forward()` as synchronous calls and are
+ *   recorded by the same `CallRecord`. A gateway runs at most
+ *   `parallel × max_replica` calls of a function at once (what its workers
+ *   can take); the rest wait in the store, where any gateway may claim them.
+ * - **Results** are kept until `expiresAt` (`INFERX_CALL_TTL_S` after the
+ *   call ended), then deleted by whichever gateway sees it first. A result
+ *   over `maxBytes` is not kept: the call fails and says so.
+ * - **Cancellation** marks the record `cancelled`; the gateway running it
+ *   hears it (at once when the cancel came through it, else through its
+ *   watch or its next lease renewal) and aborts the upstream request.
+ *
+ * Each gateway follows the records through a watch and keeps in memory only
+ * what it needs to schedule (no bodies).
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
+import { isConflict } from "../../common/retry.ts";
+import { logger } from "../../common/log.ts";
+import {
+  type CallRecord,
+  type CallStatus,
+  decodeCall,
+  FINAL_STATUSES,
+  parseCallId,
+} from "../../model/call.ts";
+import { type Informer, startInformer } from "../../rpc/informer.ts";
+import type { MetaClient, MetaRecord, ObjectRef } from "../../rpc/types.ts";
+import { HOP_BY_HOP } from "../http1/server.ts";
+import { CallRecord as Observed, type ObserveOptions } from "../middleware/observe.ts";
+import { type CallAnswer, CallerGone, type CallInput, forward, type ProxyDeps } from "../proxy.ts";
+import { signalSource } from "../routes/_call.ts";
+import { type CallbackSender, tenantSecret } from "./callback.ts";
+import { callView } from "./view.ts";
+
+const log = logger("gateway", "calls");
+
+/** Settings of a {@linkcode CallQueue}. */
+export interface CallQueueOptions {
+  /** This gateway's id: the owner of the calls it claims. */
+  gatewayId: string;
+  /** How long a call's record and result are kept after it ends (ms). @default 24 h */
+  ttlMs?: number;
+  /** How long a claim holds without renewal (ms). @default 15000 */
+  leaseMs?: number;
+  /** Tries per call, the first included. @default 3 */
+  maxAttempts?: number;
+  /** The largest request body and result of a call (bytes). @default 1 MiB */
+  maxBytes?: number;
+  /** Pause before the second try (ms); it doubles with each try. @default 1000 */
+  backoffMs?: number;
+  /** Tries to deliver a callback. @default 5 */
+  deliveryTries?: number;
+  /** Sends callbacks. @default a sender that allows public addresses only */
+  callbacks: CallbackSender;
+  /** Epoch milliseconds. @default Date.now */
+  now?: () => number;
+}
+
+/** What a {@linkcode CallQueue} needs from the gateway. */
+export interface CallQueueDeps extends ProxyDeps {
+  meta: MetaClient;
+  observe: ObserveOptions;
+}
+
+/** What the queue keeps of a call that still needs work (no bodies). */
+interface Open {
+  ref: ObjectRef;
+  revision: number;
+  func: string;
+  status: CallStatus;
+  owner?: string;
+  leaseUntil?: number;
+  notBefore?: number;
+  expiresAt: number;
+}
+
+/** A call this gateway holds the claim of. */
+class Claim {
+  rec: CallRecord;
+  revision: number;
+  readonly ref: ObjectRef;
+  readonly abort = new AbortController();
+  /** Counts against the function's limit (it runs, or may run, an attempt). */
+  counted = false;
+  /** Writes to the record, one at a time. */
+  lock: Promise<unknown> = Promise.resolve();
+  /** Set when another gateway took the claim: no more writes. */
+  lost = false;
+
+  constructor(rec: CallRecord, revision: number) {
+    this.rec = rec;
+    this.revision = revision;
+    this.ref = refOf(rec);
+  }
+}
+
+/** The claim went to another gateway (or the record went away). */
+class LostClaim extends Error {}
+
+/** Why a call is tried again: no worker, or a worker that failed. */
+const RETRY_CODES: ReadonlySet<string> = new Set([
+  "unavailable",
+  "worker_failed",
+  "timeout",
+  "queue_full",
+  "unschedulable",
+]);
+const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
+/** Result headers not kept: framing, and what no longer describes the stored body. */
+const NOT_KEPT: ReadonlySet<string> = new Set([...HOP_BY_HOP, "content-length"]);
+
+/** The store reference of a call. */
+export function refOf(c: { tenant: string; namespace: string; id: string }): ObjectRef {
+  return { type: "call", tenant: c.tenant, namespace: c.namespace, name: parseCallId(c.id).key };
+}
+
+/** The durable queue and runner of asynchronous calls in one gateway. */
+export class CallQueue {
+  readonly #deps: CallQueueDeps;
+  readonly #self: string;
+  readonly ttlMs: number;
+  readonly leaseMs: number;
+  readonly maxAttempts: number;
+  readonly maxBytes: number;
+  readonly #backoffMs: number;
+  readonly #deliveryTries: number;
+  readonly callbacks: CallbackSender;
+  readonly #now: () => number;
+  /** Calls that need work (queued, running, or a callback to deliver), by id. */
+  #open = new Map<string, Open>();
+  /** Ended calls, by id: when each record goes. */
+  #done = new Map<string, { ref: ObjectRef; revision: number; expiresAt: number }>();
+  /** Calls this gateway holds the claim of, by id. */
+  #claims = new Map<string, Claim>();
+  /** Calls this gateway is claiming now. */
+  #claiming = new Set<string>();
+  /** Claims counted against each function's limit. */
+  #active = new Map<string, number>();
+  #runs = new Set<Promise<void>>();
+  #informer?: Informer;
+  #timer?: ReturnType<typeof setInterval>;
+  #kicked = false;
+  #stopped = false;
+  /** The earliest `expiresAt` in `#done`. */
+  #nextExpiry = Infinity;
+
+  constructor(deps: CallQueueDeps, options: CallQueueOptions) {
+    this.#deps = deps;
+    this.#self = options.gatewayId;
+    this.ttlMs = options.ttlMs ?? 86_400_000;
+    this.leaseMs = options.leaseMs ?? 15_000;
+    this.maxAttempts = options.maxAttempts ?? 3;
+    this.maxBytes = options.maxBytes ?? 1024 * 1024;
+    this.#backoffMs = options.backoffMs ?? 1000;
+    this.#deliveryTries = options.deliveryTries ?? 5;
+    this.callbacks = options.callbacks;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Follows the stored calls and starts taking the ones that need a gateway. */
+  async start(): Promise<void> {
+    this.#informer = await startInformer(this.#deps.meta, "call", {
+      upsert: (r) => this.#seen(r),
+      remove: (ref) => {
+        const id = `${ref.tenant}:${ref.namespace}:${ref.name}`;
+        this.#open.delete(id);
+        this.#done.delete(id);
+      },
+    });
+    const every = Math.max(50, Math.min(1000, this.leaseMs / 4));
+    this.#timer = setInterval(() => this.#tick(), every);
+    this.#kick();
+  }
+
+  /**
+   * Stops taking calls and lets the running ones finish for `graceMs`; the
+   * rest are aborted and handed back (their attempt recorded as stopped).
+   */
+  async stop(graceMs = 2000): Promise<void> {
+    this.#stopped = true;
+    this.#informer?.stop();
+    clearInterval(this.#timer);
+    if (this.#runs.size) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.all(this.#runs),
+        new Promise((r) => timer = setTimeout(r, graceMs)),
+      ]);
+      clearTimeout(timer);
+    }
+    for (const c of this.#claims.values()) c.abort.abort();
+    await Promise.all(this.#runs);
+  }
+
+  /** Calls this gateway is working on now. */
+  get claimed(): number {
+    return this.#claims.size;
+  }
+
+  /**
+   * Stores `rec` and, when this gateway has room for another call of the
+   * function, claims it and starts its first attempt at once (`running`);
+   * else it waits `queued` for any gateway to claim. Resolves once the
+   * record is stored: then the call survives this gateway.
+   */
+  async accept(rec: CallRecord): Promise<void> {
+    const room = !this.#stopped && this.#hasRoom(funcOf(rec));
+    // With room, the record is stored with its first attempt begun: one write fewer.
+    if (room) this.#startAttempt(rec);
+    const ref = refOf(rec);
+    const created = await this.#deps.meta.create({ ...ref, object: rec });
+    if (room) this.#begin(new Claim(rec, created.revision));
+  }
+
+  /** The call `id`, or undefined. */
+  async get(id: string): Promise<CallRecord | undefined> {
+    const { tenant, namespace, key } = parseCallId(id);
+    const r = await this.#deps.meta.get({ type: "call", tenant, namespace, name: key });
+    return r && decodeCall(r.value);
+  }
+
+  /**
+   * Cancels call `id`: a queued call will not run, a running one is aborted
+   * (its worker's request too). Throws 409 when it has already ended.
+   */
+  async cancel(id: string): Promise<CallRecord> {
+    const { tenant, namespace, key } = parseCallId(id);
+    const ref: ObjectRef = { type: "call", tenant, namespace, name: key };
+    for (let i = 0;; i++) {
+      const cur = await this.#deps.meta.get(ref);
+      if (!cur) throw new NotFoundError(`Call ${id} does not exist (or its result has expired)`);
+      const rec = decodeCall(cur.value);
+      if (FINAL_STATUSES.has(rec.status)) {
+        throw new InferxError(
+          "conflict",
+          `Cannot cancel call ${id}: it has already ${rec.status}`,
+          {
+            details: { status: rec.status },
+          },
+        );
+      }
+      const now = this.#now();
+      const wasRunning = rec.status === "running";
+      rec.status = "cancelled";
+      rec.finishedAt = now;
+      rec.expiresAt = now + this.ttlMs;
+      rec.error = { code: "cancelled", message: "The call was cancelled" };
+      if (!wasRunning) delete rec.body; // it will not run: its body is not needed
+      if (rec.callback) rec.delivery = { state: "pending", attempts: 0 };
+      // Its runner (if any) keeps the claim to close the attempt; else anyone may deliver.
+      if (!wasRunning) (delete rec.owner, delete rec.leaseUntil);
+      try {
+        await this.#deps.meta.update({ ...ref, object: rec, revision: cur.revision });
+      } catch (err) {
+        if (isConflict(err) && i < 10) continue;
+        throw err;
+      }
+      this.#claims.get(id)?.abort.abort();
+      return rec;
+    }
+  }
+
+  // ---------------------------------------------------------------- watch
+
+  #seen(r: MetaRecord): void {
+    let c: CallRecord;
+    try {
+      c = JSON.parse(r.value) as CallRecord;
+    } catch {
+      return log.warn("Ignoring a malformed call record {name}", { name: r.name });
+    }
+    const id = c.id;
+    if (FINAL_STATUSES.has(c.status) && c.delivery?.state !== "pending") {
+      this.#open.delete(id);
+      this.#done.set(id, { ref: refOf(c), revision: r.revision, expiresAt: c.expiresAt });
+      this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
+    } else {
+      this.#open.set(id, {
+        ref: refOf(c),
+        revision: r.revision,
+        func: funcOf(c),
+        status: c.status,
+        owner: c.owner,
+        leaseUntil: c.leaseUntil,
+        notBefore: c.notBefore,
+        expiresAt: c.expiresAt,
+      });
+    }
+    const mine = this.#claims.get(id);
+    if (mine && c.status === "cancelled" && !mine.abort.signal.aborted) mine.abort.abort();
+    this.#kick();
+  }
+
+  #kick(): void {
+    if (this.#kicked || this.#stopped) return;
+    this.#kicked = true;
+    setTimeout(() => {
+      this.#kicked = false;
+      this.#pump();
+    }, 0);
+  }
+
+  #tick(): void {
+    this.#pump();
+    const now = this.#now();
+    if (now < this.#nextExpiry) return;
+    this.#nextExpiry = Infinity;
+    for (const [id, d] of this.#done) {
+      if (d.expiresAt > now) {
+        this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt);
+        continue;
+      }
+      this.#done.delete(id);
+      this.#deps.meta.delete(d.ref, d.revision).catch(() => {
+        // Changed or gone meanwhile: its next version is looked at again.
+      });
+    }
+  }
+
+  /** Claims the calls this gateway may take now, oldest first. */
+  #pump(): void {
+    if (this.#stopped) return;
+    const now = this.#now();
+    for (const [id, e] of this.#open) {
+      if (this.#claims.has(id) || this.#claiming.has(id)) continue;
+      if (e.owner && (e.leaseUntil ?? 0) > now) continue;
+      const final = FINAL_STATUSES.has(e.status);
+      if (!final && (e.notBefore ?? 0) > now && e.expiresAt > now) continue;
+      if (!final && e.expiresAt > now && !this.#hasRoom(e.func)) continue;
+      this.#takeOver(id, e);
+    }
+  }
+
+  #hasRoom(func: string): boolean {
+    const [t, ns, f] = func.split("/");
+    const agent = this.#deps.cache.agent(t, ns, f);
+    const limit = agent ? agent.policy.parallel * agent.policy.max_replica : 1;
+    return (this.#active.get(func) ?? 0) < limit;
+  }
+
+  /** Claims `id`, closing what a lost claim left open; then runs it. */
+  #takeOver(id: string, e: Open): void {
+    this.#claiming.add(id);
+    this.#track(
+      this.#claim(e).catch((err) => {
+        log.warn("Cannot claim call {id}: {error}", { id, error: String(err) });
+      }).finally(() => this.#claiming.delete(id)),
+    );
+  }
+
+  async #claim(e: Open): Promise<void> {
+    const now = this.#now();
+    const cur = await this.#deps.meta.get(e.ref);
+    if (!cur) return;
+    const rec = decodeCall(cur.value);
+    const final = FINAL_STATUSES.has(rec.status);
+    const pendingDelivery = final && rec.delivery?.state === "pending";
+    if (
+      (final && !pendingDelivery) || (rec.owner && (rec.leaseUntil ?? 0) > now) ||
+      (!final && (rec.notBefore ?? 0) > now && rec.expiresAt > now)
+    ) return;
+    const last = rec.attempts.at(-1);
+    if (last && last.endedAt === undefined) {
+      // Its gateway stopped renewing while running it: that attempt is lost.
+      last.endedAt = now;
+      last.error = {
+        code: "gateway_lost",
+        message: `Gateway ${last.gateway} stopped renewing its claim during this attempt`,
+      };
+      if (rec.status === "running") this.#afterFailure(rec, now);
+    }
+    if (!FINAL_STATUSES.has(rec.status) && rec.expiresAt <= now) {
+      this.#end(rec, "expired", now, {
+        code: "expired",
+        message: `The call did not run within ${Math.round(this.ttlMs / 1000)} s of its acceptance`,
+      });
+    }
+    const work = !FINAL_STATUSES.has(rec.status) || rec.delivery?.state === "pending";
+    if (work) {
+      rec.owner = this.#self;
+      rec.leaseUntil = now + this.leaseMs;
+      delete rec.notBefore;
+    }
+    let revision: number;
+    try {
+      revision = (await this.#deps.meta.update({ ...e.ref, object: rec, revision: cur.revision }))
+        .revision;
+    } catch (err) {
+      if (isConflict(err)) return; // another gateway claimed it first
+      throw err;
+    }
+    if (work && !this.#stopped) this.#begin(new Claim(rec, revision));
+  }
+
+  #track(p: Promise<unknown>): void {
+    const run = p.then(() => {}, () => {});
+    this.#runs.add(run);
+    run.finally(() => this.#runs.delete(run));
+  }
+
+  // ---------------------------------------------------------------- running
+
+  /** Works on a claimed call until it ends (and its callback is delivered) or is handed back. */
+  #begin(c: Claim): void {
+    const id = c.rec.id;
+    this.#claims.set(id, c);
+    const func = funcOf(c.rec);
+    if (!FINAL_STATUSES.has(c.rec.status)) {
+      c.counted = true;
+      this.#active.set(func, (this.#active.get(func) ?? 0) + 1);
+    }
+    const renew = setInterval(() => {
+      this.#save(c, (r) => {
+        r.leaseUntil = this.#now() + this.leaseMs;
+        return true;
+      }).catch(() => {});
+    }, Math.max(20, this.leaseMs / 3));
+    this.#track(
+      this.#work(c).catch((err) => {
+        if (!(err instanceof LostClaim)) {
+          log.error("Call {id} failed in the gateway: {error}", { id, error: String(err) });
+        }
+      }).finally(() => {
+        clearInterval(renew);
+        this.#claims.delete(id);
+        if (c.counted) this.#active.set(func, (this.#active.get(func) ?? 1) - 1);
+        this.#kick();
+      }),
+    );
+  }
+
+  async #work(c: Claim): Promise<void> {
+    while (!FINAL_STATUSES.has(c.rec.status)) {
+      if (c.abort.signal.aborted && this.#stopped) return await this.#handBack(c);
+      const last = c.rec.attempts.at(-1);
+      const begun = c.rec.status === "running" && last?.gateway === this.#self &&
+        last.endedAt === undefined;
+      if (!begun) {
+        const started = await this.#save(c, (r) => {
+          if (FINAL_STATUSES.has(r.status)) return false;
+          return (this.#startAttempt(r), true);
+        });
+        if (!started) break;
+      }
+      const n = c.rec.attempts.length;
+      const outcome = await this.#attempt(c, n);
+      await this.#save(c, (r) => this.#settle(r, n, outcome));
+      if (c.rec.status === "queued") {
+        // Handed back to wait for its next try: look again when it is due.
+        const wait = (c.rec.notBefore ?? 0) - this.#now();
+        setTimeout(() => this.#kick(), Math.max(0, wait) + 1);
+        return;
+      }
+    }
+    if (c.rec.delivery?.state === "pending") await this.#deliver(c);
+  }
+
+  /** Marks the next attempt of `r` begun by this gateway, which holds the claim. */
+  #startAttempt(r: CallRecord): void {
+    const now = this.#now();
+    r.status = "running";
+    r.startedAt ??= now;
+    r.attempts.push({ n: r.attempts.length + 1, gateway: this.#self, startedAt: now });
+    r.owner = this.#self;
+    r.leaseUntil = now + this.leaseMs;
+    delete r.notBefore;
+  }
+
+  /** An attempt aborted because this gateway stops: the call goes back to the queue. */
+  async #handBack(c: Claim): Promise<void> {
+    await this.#save(c, (r) => {
+      if (FINAL_STATUSES.has(r.status)) return false;
+      r.status = "queued";
+      delete r.owner;
+      delete r.leaseUntil;
+      return true;
+    });
+  }
+
+  /** Runs attempt `n` of `c` through `forward()`, recorded like a synchronous call. */
+  async #attempt(c: Claim, n: number): Promise<Outcome> {
+    const r = c.rec;
+    const target = { tenant: r.tenant, namespace: r.namespace, func: r.func };
+    const t0 = performance.now();
+    const rec = new Observed(this.#deps.observe, r.method, r.route, t0);
+    rec.principal = r.principal;
+    rec.callId = r.id;
+    rec.attempt = n;
+    rec.setTarget(target, this.#deps.cache.agent(r.tenant, r.namespace, r.func) !== undefined);
+    const input: CallInput = {
+      target,
+      method: r.method,
+      path: r.path,
+      headers: r.headers.map(([k, v]) => [k, v]),
+      body: r.body === undefined ? null : Buffer.from(r.body, "base64"),
+      replayable: true,
+      timeoutMs: r.timeoutMs,
+      t0,
+    };
+    const signal = c.abort.signal;
+    let answer: CallAnswer;
+    try {
+      answer = await forward(this.#deps, input, signalSource(signal));
+    } catch (err) {
+      if (err instanceof CallerGone || signal.aborted) {
+        rec.callerGone("cancelled");
+        return { kind: "aborted" };
+      }
+      const e = toInferxError(err);
+      rec.failed(e);
+      return { kind: "error", error: e };
+    }
+    rec.answered(answer);
+    const pod = answer.slot.worker.podId;
+    const head = { status: answer.status, pod, headers: keptHeaders(answer.headers) };
+    try {
+      const body = await readBounded(answer, this.maxBytes);
+      if (body === undefined) return { kind: "too_large", ...head };
+      return { kind: "answer", ...head, body };
+    } catch (err) {
+      if (signal.aborted) return { kind: "aborted" };
+      return {
+        kind: "error",
+        pod,
+        error: new InferxError(
+          "worker_failed",
+          `The answer of worker ${pod} broke off: ${(err as Error).message}`,
+        ),
+      };
+    } finally {
+      rec.finished();
+    }
+  }
+
+  /** Closes attempt `n` with `o` and moves the call on. Returns whether to write. */
+  #settle(r: CallRecord, n: number, o: Outcome): boolean {
+    const now = this.#now();
+    const a = r.attempts[n - 1];
+    if (!a || a.gateway !== this.#self || a.endedAt !== undefined) return false;
+    a.endedAt = now;
+    if (o.kind !== "aborted" && o.pod) a.pod = o.pod;
+    if (o.kind === "answer" || o.kind === "too_large") a.status = o.status;
+    if (r.status === "cancelled") {
+      a.error = { code: "cancelled", message: "The call was cancelled during this attempt" };
+      delete r.body;
+      if (r.delivery?.state !== "pending") (delete r.owner, delete r.leaseUntil);
+      return true;
+    }
+    switch (o.kind) {
+      case "aborted":
+        a.error = { code: "gateway_stopped", message: `Gateway ${this.#self} stopped` };
+        return (this.#afterFailure(r, now), true);
+      case "error":
+        a.error = { code: o.error.code, message: o.error.message };
+        if (RETRY_CODES.has(o.error.code) || o.error.retryable) this.#afterFailure(r, now);
+        else this.#end(r, "failed", now, a.error);
+        return true;
+      case "too_large":
+        a.error = {
+          code: "too_large",
+          message: `The worker's answer is larger than ${this.maxBytes} bytes ` +
+            `(INFERX_CALL_MAX_BYTES): it was not kept`,
+        };
+        this.#end(r, "failed", now, a.error);
+        return true;
+      case "answer":
+        if (RETRY_STATUSES.has(o.status) && n < r.maxAttempts) {
+          a.error = { code: "worker_failed", message: `The worker answered ${o.status}` };
+          return (this.#afterFailure(r, now), true);
+        }
+        r.result = {
+          status: o.status,
+          headers: o.headers,
+          body: Buffer.from(o.body).toString("base64"),
+        };
+        this.#end(r, o.status < 400 ? "succeeded" : "failed", now);
+        return true;
+    }
+  }
+
+  /** A failed attempt: try again after a backoff, or fail when the tries are spent. */
+  #afterFailure(r: CallRecord, now: number): void {
+    const n = r.attempts.length;
+    if (n >= r.maxAttempts) {
+      const last = r.attempts[n - 1]?.error;
+      return this.#end(r, "failed", now, {
+        code: last?.code ?? "worker_failed",
+        message: `All ${n} attempt(s) failed; the last: ${last?.message ?? "unknown"}`,
+      });
+    }
+    r.status = "queued";
+    r.notBefore = now + this.#backoffMs * 2 ** (n - 1);
+    delete r.owner;
+    delete r.leaseUntil;
+  }
+
+  /**
+   * Ends the call; its claim stays only to deliver a callback. The request
+   * body goes: no attempt needs it any more, and the record holds at most
+   * one body (the request's, then the result's).
+   */
+  #end(r: CallRecord, status: CallStatus, now: number, error?: { code: string; message: string }) {
+    r.status = status;
+    r.finishedAt = now;
+    r.expiresAt = now + this.ttlMs;
+    if (error) r.error = error;
+    delete r.notBefore;
+    delete r.body;
+    if (r.callback) r.delivery = { state: "pending", attempts: 0 };
+    else (delete r.owner, delete r.leaseUntil);
+  }
+
+  /** Delivers the callback of an ended call, with backoff between tries. */
+  async #deliver(c: Claim): Promise<void> {
+    const url = c.rec.callback!;
+    let secret: string;
+    try {
+      secret = await tenantSecret(this.#deps.meta, c.rec.tenant);
+    } catch (err) {
+      log.warn("Cannot read the callback secret of {tenant}: {error}", {
+        tenant: c.rec.tenant,
+        error: String(err),
+      });
+      return; // the claim runs out; a gateway tries again later
+    }
+    while (c.rec.delivery?.state === "pending") {
+      if (this.#stopped) return;
+      const body = JSON.stringify(callView(c.rec));
+      let status: number | undefined;
+      let error: string | undefined;
+      let refused = false;
+      try {
+        status = await this.callbacks.post(url, body, secret, { "x-inferx-call": c.rec.id });
+        if (status < 200 || status > 299) error = `the receiver answered ${status}`;
+      } catch (err) {
+        error = (err as Error).message;
+        refused = err instanceof InferxError && err.code === "invalid";
+      }
+      const tries = (c.rec.delivery?.attempts ?? 0) + 1;
+      await this.#save(c, (r) => {
+        const d = r.delivery;
+        if (!d || d.state !== "pending") return false;
+        d.attempts = tries;
+        d.status = status;
+        d.at = this.#now();
+        if (error === undefined) {
+          d.state = "delivered";
+          delete d.lastError;
+        } else {
+          d.lastError = error;
+          if (refused || tries >= this.#deliveryTries) d.state = "failed";
+        }
+        if (d.state !== "pending") (delete r.owner, delete r.leaseUntil);
+        return true;
+      });
+      if (c.rec.delivery?.state !== "pending") return;
+      await sleep(this.#backoffMs * 2 ** (tries - 1), c.abort.signal);
+    }
+  }
+
+  /**
+   * Changes the claimed record with `change` (false: no write needed) and
+   * writes it at the revision held; after a conflict, reads it again and
+   * applies `change` to that. Throws {@linkcode LostClaim} once another
+   * gateway holds the claim.
+   */
+  #save(c: Claim, change: (r: CallRecord) => boolean): Promise<boolean> {
+    const next = c.lock.then(async () => {
+      for (let i = 0; i < 20; i++) {
+        if (c.lost) throw new LostClaim();
+        const draft = structuredClone(c.rec);
+        if (!change(draft)) return false;
+        try {
+          const w = await this.#deps.meta.update({ ...c.ref, object: draft, revision: c.revision });
+          c.rec = draft;
+          c.revision = w.revision;
+          return true;
+        } catch (err) {
+          if (!isConflict(err) && !(err instanceof NotFoundError)) throw err;
+        }
+        const cur = await this.#deps.meta.get(c.ref);
+        const fresh = cur && decodeCall(cur.value);
+        if (!cur || !fresh || fresh.owner !== this.#self) {
+          c.lost = true;
+          c.abort.abort();
+          throw new LostClaim();
+        }
+        c.rec = fresh;
+        c.revision = cur.revision;
+        if (fresh.status === "cancelled" && !c.abort.signal.aborted) c.abort.abort();
+      }
+      throw new InferxError("conflict", `Cannot update call ${c.rec.id}: it kept changing`);
+    });
+    c.lock = next.catch(() => {});
+    return next;
+  }
+}
+
+/** How an attempt ended. */
+type Outcome =
+  | { kind: "answer"; status: number; pod: string; headers: [string, string][]; body: Uint8Array }
+  | { kind: "too_large"; status: number; pod: string; headers: [string, string][] }
+  | { kind: "error"; error: InferxError; pod?: string }
+  | { kind: "aborted" };
+
+function funcOf(c: { tenant: string; namespace: string; func: string }): string {
+  return `${c.tenant}/${c.namespace}/${c.func}`;
+}
+
+function keptHeaders(headers: [string, string][]): [string, string][] {
+  return headers.filter(([k]) => !NOT_KEPT.has(k));
+}
+
+/**
+ * The whole body of `answer`, or undefined when it is longer than `max`
+ * (the worker's request is then cut off). Frees the slot either way.
+ */
+async function readBounded(answer: CallAnswer, max: number): Promise<Uint8Array | undefined> {
+  if (answer.bytes) {
+    answer.finish(true);
+    return answer.bytes.byteLength > max ? undefined : answer.bytes;
+  }
+  if (answer.length !== undefined && answer.length > max) {
+    answer.finish(false);
+    return undefined;
+  }
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  try {
+    for (let chunk; (chunk = await answer.read()) !== null;) {
+      size += chunk.byteLength;
+      if (size > max) {
+        answer.finish(false);
+        return undefined;
+      }
+      parts.push(chunk);
+    }
+  } catch (err) {
+    answer.finish(false);
+    throw err;
+  }
+  answer.finish(true);
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (const p of parts) (out.set(p, o), o += p.byteLength);
+  return out;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}

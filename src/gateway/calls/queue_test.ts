@@ -1,0 +1,184 @@
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { testCall, until } from "../../common/testing.ts";
+import { type CallRecord, decodeCall } from "../../model/call.ts";
+import { FuncCache } from "../func_cache.ts";
+import { HttpPool } from "../http_pool.ts";
+import { GatewayMetrics } from "../metrics.ts";
+import { FakeScheduler, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { CallbackSender } from "./callback.ts";
+import { CallQueue, refOf } from "./queue.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+/** A worker that counts the calls it sees by the `n` of their JSON body. */
+function countingWorker() {
+  const seen = new Map<string, number>();
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    const { n } = await req.json();
+    seen.set(n, (seen.get(n) ?? 0) + 1);
+    return Response.json({ n });
+  });
+  return { endpoint: `127.0.0.1:${server.addr.port}`, seen, close: () => server.shutdown() };
+}
+
+/** A call of t/n/f whose body is `{n}`, with `fields` changed. */
+function record(n: string, fields: Partial<CallRecord> = {}): CallRecord {
+  const body = Buffer.from(JSON.stringify({ n })).toString("base64");
+  return testCall("t", "n", { body, ...fields });
+}
+
+async function store(f: GatewayFixture, rec: CallRecord) {
+  await f.meta.create({ ...refOf(rec), object: rec });
+  return rec.id;
+}
+
+async function read(f: GatewayFixture, id: string): Promise<CallRecord> {
+  const r = await f.meta.get(refOf({ tenant: "t", namespace: "n", id }));
+  return decodeCall(r!.value);
+}
+
+/** A second gateway's queue over the fixture's store, with its own workers. */
+async function secondGateway(f: GatewayFixture, endpoint: string) {
+  const sched = new FakeScheduler();
+  sched.endpoints.push(endpoint);
+  const cache = new FuncCache({ scheduler: sched, gatewayId: "gw-2" });
+  await cache.start(f.meta);
+  const pool = new HttpPool();
+  const queue = new CallQueue({
+    meta: f.meta,
+    cache,
+    pool,
+    observe: { metrics: new GatewayMetrics(cache), gatewayId: "gw-2" },
+  }, { gatewayId: "gw-2", leaseMs: 500, backoffMs: 20, callbacks: new CallbackSender() });
+  await queue.start();
+  return {
+    queue,
+    async close() {
+      await queue.stop(0);
+      cache.stop();
+      pool.close();
+    },
+  };
+}
+
+t(
+  "a call whose claim ran out is taken over: the lost attempt is recorded and the call runs again, once",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    const w = countingWorker();
+    f.sched.endpoints.push(w.endpoint);
+    const id = await store(
+      f,
+      record("a", {
+        status: "running",
+        owner: "gw-dead",
+        leaseUntil: Date.now() - 1,
+        startedAt: Date.now() - 100,
+        attempts: [{ n: 1, gateway: "gw-dead", startedAt: Date.now() - 100 }],
+      }),
+    );
+    await until("the call to end", async () => (await read(f, id)).status === "succeeded");
+    const c = await read(f, id);
+    assert.deepEqual(c.attempts.map((a) => [a.n, a.gateway, a.error?.code]), [
+      [1, "gw-dead", "gateway_lost"],
+      [2, "gw-test", undefined],
+    ]);
+    assert.match(c.attempts[0].error!.message, /gw-dead stopped renewing its claim/);
+    assert.equal(c.owner, undefined, "the claim is let go once the call ended");
+    assert.deepEqual([...w.seen], [["a", 1]]);
+    await f.close();
+    await w.close();
+  },
+);
+
+t("a claim within its lease is left to its gateway", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 500 } });
+  const w = countingWorker();
+  f.sched.endpoints.push(w.endpoint);
+  const id = await store(
+    f,
+    record("b", { status: "running", owner: "gw-alive", leaseUntil: Date.now() + 60_000 }),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal((await read(f, id)).owner, "gw-alive");
+  assert.equal(w.seen.size, 0);
+  await f.close();
+  await w.close();
+});
+
+t("two gateways taking calls from one store run each call exactly once", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+  const w = countingWorker();
+  f.sched.endpoints.push(w.endpoint);
+  const other = await secondGateway(f, w.endpoint);
+  const ids: string[] = [];
+  for (let i = 0; i < 20; i++) ids.push(await store(f, record(`c${i}`)));
+  await until("every call to end", async () => {
+    for (const id of ids) if ((await read(f, id)).status !== "succeeded") return false;
+    return true;
+  });
+  assert.equal(w.seen.size, 20);
+  assert.ok([...w.seen.values()].every((n) => n === 1), JSON.stringify([...w.seen]));
+  const by = new Set<string>();
+  for (const id of ids) {
+    const c = await read(f, id);
+    assert.equal(c.attempts.length, 1);
+    by.add(c.attempts[0].gateway);
+  }
+  assert.ok(by.size >= 1);
+  await other.close();
+  await f.close();
+  await w.close();
+});
+
+t(
+  "an unfinished call past its expiry is marked expired; an ended one past it is deleted",
+  async () => {
+    let now = Date.now();
+    const f = await gatewayFixture({ calls: { leaseMs: 500, ttlMs: 1000, now: () => now } });
+    const stale = await store(f, record("d", { expiresAt: now - 1 }));
+    await until("the call to expire", async () => (await read(f, stale)).status === "expired");
+    const c = await read(f, stale);
+    assert.equal(c.error?.code, "expired");
+    assert.equal(c.attempts.length, 0, "it never ran");
+    assert.ok(c.expiresAt > now, "its record is kept a while longer");
+    now += 2000;
+    await until(
+      "the record to go",
+      async () => !(await f.meta.get(refOf({ tenant: "t", namespace: "n", id: stale }))),
+    );
+    await f.close();
+  },
+);
+
+t("a stopping gateway hands back the calls it runs, for another gateway to finish", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+  let release: (() => void) | undefined;
+  const hold = new Promise<void>((r) => release = r);
+  const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    await Promise.race([hold, new Promise((r) => req.signal.addEventListener("abort", r))]);
+    return Response.json({ slow: true });
+  });
+  f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
+  const id = await store(f, record("e"));
+  await until("the call to run", async () => (await read(f, id)).status === "running");
+  await f.deps.calls.stop(0);
+  const handed = await read(f, id);
+  assert.equal(handed.status, "queued");
+  assert.equal(handed.owner, undefined);
+  assert.equal(handed.attempts[0].error?.code, "gateway_stopped");
+  const w = countingWorker();
+  const other = await secondGateway(f, w.endpoint);
+  await until(
+    "another gateway to finish it",
+    async () => (await read(f, id)).status === "succeeded",
+  );
+  assert.equal((await read(f, id)).attempts[1].gateway, "gw-2");
+  release!();
+  await other.close();
+  await f.close();
+  await slow.shutdown();
+  await w.close();
+});

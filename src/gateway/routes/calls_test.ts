@@ -1,0 +1,445 @@
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { until } from "../../common/testing.ts";
+import { signature } from "../calls/callback.ts";
+import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+const ASYNC = { prefer: "respond-async", "content-type": "application/json" };
+const QUICK = { backoffMs: 20, leaseMs: 2000 };
+
+/** Accepts an asynchronous call of t/n/f and returns the 202 answer's id. */
+async function accept(
+  f: GatewayFixture,
+  body: unknown = { prompt: "x" },
+  headers: Record<string, string> = {},
+): Promise<string> {
+  const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { ...ASYNC, ...headers },
+    body: JSON.stringify(body),
+  });
+  const json = await r.json();
+  assert.equal(r.status, 202, JSON.stringify(json));
+  return json.id;
+}
+
+// deno-lint-ignore no-explicit-any
+type Json = any;
+
+async function get(f: GatewayFixture, id: string, headers: Record<string, string> = {}) {
+  const r = await f.app.request(`/calls/${id}`, { headers });
+  return { status: r.status, body: (await r.json()) as Json };
+}
+
+/** Polls GET /calls/{id} until the call has ended. */
+async function ended(
+  f: GatewayFixture,
+  id: string,
+  headers: Record<string, string> = {},
+): Promise<Json> {
+  let last: Json;
+  await until(`call ${id} to end`, async () => {
+    last = (await get(f, id, headers)).body;
+    return ["succeeded", "failed", "cancelled", "expired"].includes(last.status);
+  }, 10_000);
+  return last;
+}
+
+/** A worker on a free port whose answers `answer(n)` scripts (n counts from 1). */
+function scriptedWorker(answer: (n: number, req: Request) => Response | Promise<Response>) {
+  let n = 0;
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    (req) => answer(++n, req),
+  );
+  return {
+    endpoint: `127.0.0.1:${server.addr.port}`,
+    get count() {
+      return n;
+    },
+    close: () => server.shutdown(),
+  };
+}
+
+t(
+  "Prefer: respond-async answers 202 at once; GET /calls/{id} then shows the worker's JSON answer",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+      method: "POST",
+      headers: ASYNC,
+      body: JSON.stringify({ prompt: "x" }),
+    });
+    assert.equal(r.status, 202);
+    const accepted = await r.json();
+    assert.match(accepted.id, /^t:n:c[0-9a-f]{24}$/);
+    assert.equal(accepted.status, "running", "with room, its first attempt began at once");
+    assert.equal(r.headers.get("location"), `/calls/${accepted.id}`);
+    assert.equal(r.headers.get("preference-applied"), "respond-async");
+    const call = await ended(f, accepted.id);
+    assert.equal(call.status, "succeeded");
+    assert.equal(call.function, "t/n/f");
+    assert.equal(call.result.status, 200);
+    assert.equal(call.result.headers["content-type"], "application/json");
+    assert.equal(call.result.headers["x-inferx-cold-start"], "1");
+    assert.deepEqual(call.result.body, {
+      worker: "w1",
+      path: "/v1/completions",
+      body: '{"prompt":"x"}',
+    });
+    assert.equal(call.attempts.length, 1);
+    assert.equal(call.attempts[0].gateway, "gw-test");
+    assert.equal(call.attempts[0].status, 200);
+    for (const k of ["accepted_at", "started_at", "finished_at", "expires_at"]) {
+      assert.ok(!Number.isNaN(Date.parse(call[k])), `${k} is a time`);
+    }
+    assert.ok(call.queue_ms >= 0 && call.run_ms >= 0);
+    // The accept and the attempt are both in the request audit.
+    const rows = f.audit.requests.filter((x) => x.call === accepted.id);
+    assert.deepEqual(rows.map((x) => [x.status, x.attempt]), [[202, undefined], [200, 1]]);
+    assert.equal(rows[1].path, "/funccall/t/n/f/v1/completions");
+    const stored = JSON.parse((await f.meta.list("call")).items[0].value);
+    assert.equal(stored.body, undefined, "an ended call keeps its result, not its request body");
+    await f.close();
+    await w.close();
+  },
+);
+
+t(
+  "the OpenAI-style route accepts asynchronous calls too; other bodies come back as base64",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK, bodyLimit: 4096 });
+    const w = scriptedWorker(() =>
+      new Response("plain words", { headers: { "content-type": "text/plain" } })
+    );
+    f.sched.endpoints.push(w.endpoint);
+    const r = await f.app.request("/v1/completions", {
+      method: "POST",
+      headers: ASYNC,
+      body: JSON.stringify({ model: "t/n/f", prompt: "x" }),
+    });
+    assert.equal(r.status, 202);
+    const call = await ended(f, (await r.json()).id);
+    assert.equal(call.status, "succeeded");
+    assert.equal(call.result.body, undefined);
+    assert.equal(Buffer.from(call.result.body_base64, "base64").toString(), "plain words");
+    await f.close();
+    await w.close();
+  },
+);
+
+t(
+  "an asynchronous call's body over INFERX_CALL_MAX_BYTES is refused at once with 413",
+  async () => {
+    const f = await gatewayFixture({ calls: { ...QUICK, maxBytes: 64 }, bodyLimit: 1024 });
+    const r = await f.app.request("/funccall/t/n/f/x", {
+      method: "POST",
+      headers: ASYNC,
+      body: JSON.stringify({ prompt: "x".repeat(100) }),
+    });
+    assert.equal(r.status, 413);
+    assert.match((await r.json()).error.message, /larger than 64 bytes.*INFERX_CALL_MAX_BYTES/);
+    const stream = await f.app.request("/funccall/t/n/f/x", {
+      method: "POST",
+      headers: { prefer: "respond-async", "content-type": "application/octet-stream" },
+      body: new Uint8Array(100),
+    });
+    assert.equal(stream.status, 413);
+    await stream.body?.cancel();
+    assert.equal((await f.meta.list("call")).items.length, 0, "nothing was stored");
+    await f.close();
+  },
+);
+
+t("a result over the bound fails the call and says why; it is never cut short", async () => {
+  const f = await gatewayFixture({ calls: { ...QUICK, maxBytes: 100 } });
+  const w = scriptedWorker(() => new Response("y".repeat(500)));
+  f.sched.endpoints.push(w.endpoint);
+  const call = await ended(f, await accept(f));
+  assert.equal(call.status, "failed");
+  assert.equal(call.result, undefined);
+  assert.equal(call.error.code, "too_large");
+  assert.match(call.error.message, /larger than 100 bytes \(INFERX_CALL_MAX_BYTES\)/);
+  assert.equal(call.attempts.length, 1, "a too-large answer is not tried again");
+  assert.equal(call.attempts[0].status, 200);
+  const agent = f.cache.agent("t", "n", "f")!;
+  await until("the slot to be free", () => Promise.resolve(agent.workers[0].inflight === 0));
+  await f.close();
+  await w.close();
+});
+
+t(
+  "a worker failure is tried again after a backoff; every attempt is in the record and the audit",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const w = scriptedWorker((n) =>
+      n < 3 ? new Response("busy", { status: 503 }) : Response.json({ ok: n })
+    );
+    f.sched.endpoints.push(w.endpoint);
+    const id = await accept(f);
+    const call = await ended(f, id);
+    assert.equal(call.status, "succeeded", JSON.stringify(call));
+    assert.deepEqual(call.result.body, { ok: 3 });
+    assert.deepEqual(
+      call.attempts.map((a: Json) => [a.n, a.status, a.error?.code]),
+      [[1, 503, "worker_failed"], [2, 503, "worker_failed"], [3, 200, undefined]],
+    );
+    const gap = Date.parse(call.attempts[2].started_at) - Date.parse(call.attempts[1].ended_at);
+    assert.ok(gap >= 30, `the third try waited its backoff (${gap} ms)`);
+    assert.deepEqual(
+      f.audit.requests.filter((r) => r.call === id && r.attempt).map((r) => [r.attempt, r.status]),
+      [[1, 503], [2, 503], [3, 200]],
+    );
+    assert.equal(w.count, 3, "each attempt reached the worker once");
+    await f.close();
+    await w.close();
+  },
+);
+
+t("when every attempt fails the call fails with the worker's last answer", async () => {
+  const f = await gatewayFixture({ calls: { ...QUICK, maxAttempts: 2 } });
+  const w = scriptedWorker(() => Response.json({ error: "no" }, { status: 503 }));
+  f.sched.endpoints.push(w.endpoint);
+  const call = await ended(f, await accept(f));
+  assert.equal(call.status, "failed");
+  assert.equal(call.attempts.length, 2);
+  assert.equal(call.result.status, 503);
+  assert.deepEqual(call.result.body, { error: "no" });
+  await f.close();
+  await w.close();
+});
+
+t("a worker's 4xx or 500 answer ends the call as failed at once, with that answer", async () => {
+  const f = await gatewayFixture({ calls: QUICK });
+  const w = scriptedWorker(() => Response.json({ error: "bad prompt" }, { status: 422 }));
+  f.sched.endpoints.push(w.endpoint);
+  const call = await ended(f, await accept(f));
+  assert.equal(call.status, "failed");
+  assert.equal(call.attempts.length, 1);
+  assert.deepEqual(call.result.body, { error: "bad prompt" });
+  await f.close();
+  await w.close();
+});
+
+t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async () => {
+  const f = await gatewayFixture({ calls: QUICK, policy: { parallel: 1, max_replica: 1 } });
+  // Holds the first call until the gateway gives up on it.
+  const w = scriptedWorker((_n, req) =>
+    new Promise((resolve) => req.signal.addEventListener("abort", () => resolve(new Response())))
+  );
+  f.sched.endpoints.push(w.endpoint);
+  const first = await accept(f);
+  await until("the first call to reach the worker", () => Promise.resolve(w.count === 1));
+  const second = await accept(f);
+  assert.equal((await get(f, second)).body.status, "queued", "no room for it yet");
+  assert.equal((await get(f, second)).body.attempts.length, 0);
+  const r = await f.app.request(`/calls/${second}`, { method: "DELETE" });
+  assert.equal(r.status, 200);
+  const cancelled = await r.json();
+  assert.equal(cancelled.status, "cancelled");
+  assert.equal(cancelled.error.code, "cancelled");
+  const again = await f.app.request(`/calls/${second}`, { method: "DELETE" });
+  assert.equal(again.status, 409);
+  assert.match((await again.json()).error.message, /already cancelled/);
+  await (await f.app.request(`/calls/${first}`, { method: "DELETE" })).body?.cancel();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(w.count, 1, "the cancelled queued call never ran");
+  assert.equal((await get(f, second)).body.attempts.length, 0);
+  await f.close();
+  await w.close();
+});
+
+t(
+  "DELETE /calls/{id} aborts a running call: the worker sees the abort and the slot is freed",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const aborted = Promise.withResolvers<void>();
+    const w = scriptedWorker((_n, req) =>
+      new Promise<Response>((resolve) =>
+        req.signal.addEventListener("abort", () => {
+          aborted.resolve();
+          resolve(new Response("too late"));
+        })
+      )
+    );
+    f.sched.endpoints.push(w.endpoint);
+    const id = await accept(f);
+    const agent = () => f.cache.agent("t", "n", "f")!;
+    await until("the call to reach the worker", () => w.count === 1);
+    assert.equal(agent().workers[0].inflight, 1);
+    assert.equal((await get(f, id)).body.status, "running");
+    const r = await f.app.request(`/calls/${id}`, { method: "DELETE" });
+    assert.equal((await r.json()).status, "cancelled");
+    await aborted.promise;
+    await until("the slot to be free", () => Promise.resolve(agent().workers[0].inflight === 0));
+    await until("the attempt to be closed", async () => {
+      const a = (await get(f, id)).body.attempts[0];
+      return a.ended_at !== undefined && a.error?.code === "cancelled";
+    });
+    const row = f.audit.requests.find((x) => x.call === id && x.attempt === 1);
+    assert.deepEqual([row?.status, row?.error], [499, "cancelled"]);
+    assert.equal(JSON.parse((await f.meta.list("call")).items[0].value).body, undefined);
+    await f.close();
+    await w.close();
+  },
+);
+
+t("call ids are checked: malformed 400, unknown 404", async () => {
+  const f = await gatewayFixture({ calls: QUICK });
+  const bad = await get(f, "nope");
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.error.message, /TENANT:NAMESPACE:KEY/);
+  const missing = await get(f, "t:n:c000000000000000000000000");
+  assert.equal(missing.status, 404);
+  const del = await f.app.request("/calls/t:n:c000000000000000000000000", { method: "DELETE" });
+  assert.equal(del.status, 404);
+  await del.body?.cancel();
+  await f.close();
+});
+
+const ADMIN = { authorization: "Bearer admin-key-0123456789" };
+
+async function newKey(f: GatewayFixture, scope: string, tenant: string, namespace?: string) {
+  const r = await f.app.request("/apikeys", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...ADMIN },
+    body: JSON.stringify({ scope, tenant, namespace }),
+  });
+  assert.equal(r.status, 201);
+  return { authorization: `Bearer ${(await r.json()).key}` };
+}
+
+t(
+  "calls are visible to credentials that reach their namespace; a caller lists its own",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK, adminKey: "admin-key-0123456789" });
+    await f.meta.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "m",
+      object: {},
+    });
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    const alice = await newKey(f, "inference", "t", "n");
+    const bob = await newKey(f, "inference", "t", "n");
+    const reader = await newKey(f, "read", "t");
+    const stranger = await newKey(f, "inference", "t", "m");
+    const id = await accept(f, { prompt: "a" }, alice);
+    await ended(f, id, ADMIN);
+    assert.equal((await get(f, id, bob)).status, 200, "same namespace: may read it by id");
+    assert.equal((await get(f, id, stranger)).status, 403);
+    assert.equal((await get(f, id)).status, 401, "anonymous");
+    const list = async (h: Record<string, string>, q = "") => {
+      const r = await f.app.request(`/calls${q}`, { headers: h });
+      return { status: r.status, body: (await r.json()) as Json };
+    };
+    assert.deepEqual((await list(alice)).body.items.map((c: Json) => c.id), [id]);
+    assert.deepEqual((await list(bob)).body.items, [], "another caller's call is not listed");
+    assert.deepEqual((await list(reader)).body.items.map((c: Json) => c.id), [id]);
+    assert.deepEqual((await list(ADMIN, "?func=t/n/f&status=succeeded")).body.count, 1);
+    assert.deepEqual((await list(ADMIN, "?status=queued")).body.count, 0);
+    assert.equal((await list(stranger, "?func=t/n/f")).status, 403);
+    assert.equal((await list({})).status, 401);
+    assert.equal((await list(ADMIN, "?status=done")).status, 400);
+    assert.equal((await list(ADMIN, "?limit=0")).status, 400);
+    const del = await f.app.request(`/calls/${id}`, { method: "DELETE", headers: stranger });
+    assert.equal(del.status, 403);
+    await del.body?.cancel();
+    await f.close();
+    await w.close();
+  },
+);
+
+t(
+  "a callback POSTs the ended call to an allowed receiver, signed with the tenant's secret",
+  async () => {
+    const f = await gatewayFixture({
+      calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
+      adminKey: "admin-key-0123456789",
+    });
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    const secret = (await (await f.app.request("/calls/callback-secret/t", { headers: ADMIN }))
+      .json()).secret;
+    assert.match(secret, /^[0-9a-f]{64}$/);
+    const got = Promise.withResolvers<{ body: string; headers: Headers }>();
+    let hits = 0;
+    const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      const body = await req.text();
+      // The first delivery is turned away: the gateway tries again.
+      if (++hits === 1) return new Response("later", { status: 500 });
+      got.resolve({ body, headers: req.headers });
+      return new Response("ok");
+    });
+    const url = `http://127.0.0.1:${receiver.addr.port}/hook?x=1`;
+    const id = await accept(f, { prompt: "x" }, { ...ADMIN, "x-inferx-callback-url": url });
+    const { body, headers } = await got.promise;
+    assert.equal(headers.get("x-inferx-signature"), signature(secret, body));
+    assert.equal(headers.get("x-inferx-call"), id);
+    const sent = JSON.parse(body);
+    assert.equal(sent.id, id);
+    assert.equal(sent.status, "succeeded");
+    assert.equal(sent.result.body.worker, "w1");
+    await until("the delivery to be recorded", async () => {
+      const c = (await get(f, id, ADMIN)).body;
+      return c.callback.state === "delivered" && c.callback.attempts === 2;
+    });
+    // The gateway's own fields are not kept for the worker.
+    const stored = (await f.meta.list("call")).items.map((r) => JSON.parse(r.value));
+    const fields = stored[0].headers.map(([k]: [string, string]) => k);
+    assert.ok(!fields.includes("prefer") && !fields.includes("x-inferx-callback-url"), fields);
+    assert.ok(!fields.includes("authorization"), "nor the caller's credentials");
+    // A rotated secret signs the next callbacks; only a tenant administrator reads it.
+    const rotated = await f.app.request("/calls/callback-secret/t", {
+      method: "POST",
+      headers: ADMIN,
+    });
+    assert.notEqual((await rotated.json()).secret, secret);
+    const user = await newKey(f, "inference", "t", "n");
+    const denied = await f.app.request("/calls/callback-secret/t", { headers: user });
+    assert.equal(denied.status, 403);
+    await denied.body?.cancel();
+    await f.close();
+    await w.close();
+    await receiver.shutdown();
+  },
+);
+
+t(
+  "callback URLs are checked at accept: only http(s), and no loopback or private address unless allowed",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const cases: [string, RegExp][] = [
+      ["ftp://example.com/x", /only http and https/],
+      ["not a url", /not an absolute URL/],
+      [
+        "http://127.0.0.1:9/x",
+        /127\.0\.0\.1, which is not a public address.*INFERX_CALLBACK_ALLOW/,
+      ],
+      ["http://[::1]:9/x", /::1/],
+      ["http://169.254.169.254/latest", /169\.254\.169\.254/],
+      ["http://10.1.2.3/x", /10\.1\.2\.3/],
+      ["http://localhost:9/x", /not a public address/],
+      ["http://user:pw@example.com/x", /credentials in the URL/],
+    ];
+    for (const [url, want] of cases) {
+      const r = await f.app.request("/funccall/t/n/f/x", {
+        method: "POST",
+        headers: { ...ASYNC, "x-inferx-callback-url": url },
+        body: "{}",
+      });
+      const body = await r.json();
+      assert.equal(r.status, 400, url);
+      assert.match(body.error.message, want, url);
+    }
+    assert.equal((await f.meta.list("call")).items.length, 0, "nothing was accepted");
+    await f.close();
+  },
+);
