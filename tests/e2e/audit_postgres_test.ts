@@ -78,7 +78,13 @@ Deno.test({
       await backend.write({ id: "tokens", requests: rows, pods: [] });
       const back = await backend.query("requests", { tenant: "t", func: "f", since: 1000 });
       const r3 = back.find((r) => (r as { path: string }).path === "/r3");
-      const undef = { ttfbMs: undefined, pod: undefined, error: undefined };
+      const undef = {
+        ttfbMs: undefined,
+        pod: undefined,
+        error: undefined,
+        call: undefined,
+        attempt: undefined,
+      };
       assert.deepEqual(r3, { ...undef, itlP50Ms: undefined, itlP99Ms: undefined, ...rows[2] });
       for (const q of [{ since: 1000 }, { since: 1000, tenant: "u" }, { since: 1003 }]) {
         const want = summarizeUsage(rows, q);
