@@ -103,7 +103,8 @@ export async function waitForProbe(
     }
     if (Date.now() > deadline) {
       throw new Error(
-        `worker did not answer http://${host}:${port}${path} within ${options.timeoutMs} ms`,
+        `worker did not answer http://${host}:${port}${path} within ${options.timeoutMs} ms` +
+          " (a worker must listen on $HOST:$PORT; one bound to 127.0.0.1 is unreachable in its pod's network)",
       );
     }
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));

@@ -28,7 +28,7 @@ import {
 const COUNTING_WORKER = `
 const file = Deno.env.get("COUNT_FILE");
 await new Promise((r) => setTimeout(r, Number(Deno.env.get("START_DELAY_MS"))));
-Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, async (req) => {
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, async (req) => {
   if (new URL(req.url).pathname === "/health") return new Response("ok");
   const { n } = await req.json();
   await Deno.writeTextFile(file, n + "\\n", { append: true });
