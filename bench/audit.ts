@@ -57,7 +57,7 @@ function row(i: number, total: number): RequestRow {
 const noScheduler: SchedulerClient = {
   leaseWorker: () => Promise.reject(new Error("not in this benchmark")),
   returnWorker: () => Promise.resolve(),
-  refreshGateway: () => Promise.resolve(),
+  refreshGateway: () => Promise.resolve({ reclaim: [], scaleOut: [] }),
   killPod: () => Promise.resolve(),
 };
 

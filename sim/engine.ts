@@ -2,8 +2,10 @@
  * The discrete-event simulator: replays a trace through the real scheduler
  * core (`step()` on a virtual clock, no timers), with a gateway model per
  * function (queue, leased workers with `parallel` slots, scale-out on
- * queueing, return after the keep-alive) and a node model (start-up,
- * restore per standby tier, termination).
+ * queueing, return after the keep-alive, a reclaimed worker given back once
+ * its calls end) and a node model (start-up, restore per standby tier,
+ * termination). Functions may belong to tenants, with weights; figures are
+ * also kept per tenant.
  *
  * @module
  */
@@ -51,6 +53,20 @@ export interface SimOptions {
   tickMs?: number;
   /** Seed of service-time draws. @default 1 */
   seed?: number;
+  /** Share a full pool between tenants by weight (the core's fairness). @default true */
+  fairShare?: boolean;
+  /** Tenant weights (default 1 each). */
+  weights?: Record<string, number>;
+}
+
+/** What one tenant's calls saw. */
+export interface TenantResult {
+  requests: number;
+  served: number;
+  rejected: number;
+  ttfbP50Ms: number;
+  ttfbP99Ms: number;
+  coldStarts: number;
 }
 
 /** Latency quantiles from a log-bucketed histogram (1% resolution). */
@@ -109,6 +125,10 @@ export interface SimResult {
   podStarts: number;
   /** Wall-clock time of the run (ms). */
   wallMs: number;
+  /** Leases the core took back from a tenant above its share for one within it. */
+  reclaims: number;
+  /** Figures per tenant. */
+  tenants: Record<string, TenantResult>;
 }
 
 const COMPLETE = 1;
@@ -191,6 +211,8 @@ interface Worker {
   coldLeft: number;
   restoredLeft: number;
   gone: boolean;
+  /** The core asked for it back: no new requests, returned once idle. */
+  reclaimed: boolean;
 }
 
 interface Agent {
@@ -215,9 +237,34 @@ export function simulate(
   const core: CoreState = newCoreState({
     podIdPrefix: "sim",
     gatewayTimeoutMs: Number.MAX_SAFE_INTEGER,
+    fairShare: options.fairShare ?? true,
   });
   const funcs = trace.functions;
-  const fid = (i: number) => `sim/ns/${funcs[i].id}`;
+  const tenantOf = (i: number) => funcs[i].tenant ?? "sim";
+  const fid = (i: number) => `${tenantOf(i)}/ns/${funcs[i].id}`;
+  for (const [tenant, weight] of Object.entries(options.weights ?? {})) {
+    step(core, { type: "tenantWeight", tenant, weight }, 0);
+  }
+  interface TenantAcc {
+    requests: number;
+    served: number;
+    rejected: number;
+    coldStarts: number;
+    ttfb: Histogram;
+  }
+  const byTenant = new Map<string, TenantAcc>();
+  const tenantAcc = funcs.map((_, i) => {
+    const t = tenantOf(i);
+    let acc = byTenant.get(t);
+    if (!acc) {
+      byTenant.set(
+        t,
+        acc = { requests: 0, served: 0, rejected: 0, coldStarts: 0, ttfb: new Histogram() },
+      );
+    }
+    return acc;
+  });
+  let reclaims = 0;
   const funcOf = new Map<string, number>();
   let now = 0;
 
@@ -225,6 +272,7 @@ export function simulate(
   const agents: Agent[] = funcs.map(() => ({ workers: [], queue: [], head: 0, leasing: false }));
   const workers: Worker[] = [];
   const podFunc = new Map<string, number>();
+  const podWorker = new Map<string, Worker>();
   const leaseFunc = new Map<string, number>();
   let leaseSeq = 0;
 
@@ -283,9 +331,11 @@ export function simulate(
             coldLeft: a.coldStart ? queued(agent) : 0,
             restoredLeft: a.resumed ? queued(agent) : 0,
             gone: false,
+            reclaimed: false,
           };
           workers.push(w);
           agent.workers.push(w);
+          podWorker.set(a.podId, w);
           drain(f);
           if (w.busy === 0) idle(w);
           scaleOut(f);
@@ -296,13 +346,36 @@ export function simulate(
           leaseFunc.delete(a.reqId);
           const agent = agents[f];
           agent.leasing = false;
-          rejected += queued(agent);
+          for (let q = agent.head; q < agent.queue.length; q++) reject(agent.queue[q]);
           agent.queue = [];
           agent.head = 0;
           break;
         }
+        case "reclaimLease": {
+          // The gateway takes no new request on it and gives it back once idle.
+          const w = podWorker.get(a.podId);
+          if (!w || w.gone || w.reclaimed) break;
+          reclaims++;
+          w.reclaimed = true;
+          if (w.busy === 0) giveBack(w);
+          break;
+        }
       }
     }
+  };
+
+  const reject = (i: number) => {
+    rejected++;
+    tenantAcc[trace.func[i]].rejected++;
+  };
+
+  const giveBack = (w: Worker) => {
+    w.gone = true;
+    podWorker.delete(w.podId);
+    const a = agents[w.func];
+    a.workers.splice(a.workers.indexOf(w), 1);
+    apply(step(core, { type: "return", podId: w.podId, gateway: "sim" }, now).actions);
+    if (queued(a) > 0) scaleOut(w.func);
   };
 
   // Pod ids are "sim-<base36 seq>"; the heap carries numbers.
@@ -313,7 +386,7 @@ export function simulate(
   const freeWorker = (a: Agent): Worker | undefined => {
     let best: Worker | undefined;
     for (const w of a.workers) {
-      if (w.busy < policy.parallel && (!best || w.busy < best.busy)) best = w;
+      if (!w.reclaimed && w.busy < policy.parallel && (!best || w.busy < best.busy)) best = w;
     }
     return best;
   };
@@ -321,9 +394,12 @@ export function simulate(
   const start = (i: number, w: Worker) => {
     w.busy++;
     const f = funcs[w.func];
-    if (w.coldLeft > 0) (w.coldLeft--, coldStarts++);
+    const acc = tenantAcc[w.func];
+    if (w.coldLeft > 0) (w.coldLeft--, coldStarts++, acc.coldStarts++);
     else if (w.restoredLeft > 0) (w.restoredLeft--, restores++);
-    ttfb.add(now - trace.times[i] + f.firstByteMs);
+    const firstByte = now - trace.times[i] + f.firstByteMs;
+    ttfb.add(firstByte);
+    acc.ttfb.add(firstByte);
     const service = -Math.log(Math.max(rand(), 1e-12)) * f.serviceMs;
     heap.push(now + service, COMPLETE, i, w.id);
   };
@@ -334,7 +410,7 @@ export function simulate(
       const i = a.queue[a.head];
       if (now - trace.times[i] > queueTimeoutMs) {
         a.head++;
-        rejected++;
+        reject(i);
         continue;
       }
       const w = freeWorker(a);
@@ -350,7 +426,10 @@ export function simulate(
 
   const scaleOut = (f: number) => {
     const a = agents[f];
-    if (a.leasing || queued(a) === 0 || a.workers.length >= policy.maxReplica) return;
+    if (a.leasing || queued(a) === 0) return;
+    let serving = 0;
+    for (const w of a.workers) if (!w.reclaimed) serving++;
+    if (serving >= policy.maxReplica) return;
     a.leasing = true;
     const reqId = `l${leaseSeq++}`;
     leaseFunc.set(reqId, f);
@@ -424,6 +503,7 @@ export function simulate(
       now = trace.times[next];
       const i = next++;
       const f = trace.func[i];
+      tenantAcc[f].requests++;
       const a = agents[f];
       const w = queued(a) === 0 ? freeWorker(a) : undefined;
       if (w) start(i, w);
@@ -440,8 +520,13 @@ export function simulate(
         const i = ev[2];
         const w = workers[ev[3]];
         served++;
+        tenantAcc[w.func].served++;
         latency.add(now - trace.times[i]);
         w.busy--;
+        if (w.reclaimed) {
+          if (w.busy === 0) giveBack(w);
+          break;
+        }
         drain(w.func);
         if (w.busy === 0) idle(w);
         break;
@@ -482,10 +567,7 @@ export function simulate(
       case IDLE_CHECK: {
         const w = workers[ev[2]];
         if (w.gone || w.busy > 0 || w.idleSince !== ev[3]) break;
-        w.gone = true;
-        const a = agents[w.func];
-        a.workers.splice(a.workers.indexOf(w), 1);
-        apply(step(core, { type: "return", podId: w.podId, gateway: "sim" }, now).actions);
+        giveBack(w);
         break;
       }
       case TICK: {
@@ -505,7 +587,7 @@ export function simulate(
     }
     if (now > trace.durationMs + 3_600_000 && next >= arrivals) break;
   }
-  for (const a of agents) rejected += queued(a);
+  for (const a of agents) for (let q = a.head; q < a.queue.length; q++) reject(a.queue[q]);
 
   const requests = arrivals;
   return {
@@ -528,6 +610,17 @@ export function simulate(
     parks,
     podStarts,
     wallMs: performance.now() - wall0,
+    reclaims,
+    tenants: Object.fromEntries(
+      [...byTenant].map(([t, a]) => [t, {
+        requests: a.requests,
+        served: a.served,
+        rejected: a.rejected,
+        ttfbP50Ms: a.ttfb.quantile(0.5),
+        ttfbP99Ms: a.ttfb.quantile(0.99),
+        coldStarts: a.coldStarts,
+      }]),
+    ),
   };
 }
 

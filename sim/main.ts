@@ -3,12 +3,14 @@
  *
  * Flags: `--functions N` (1000), `--hours H` (24), `--seed S` (7),
  * `--csv FILE` (an Azure per-minute invocation-count CSV instead of the
- * generator), `--max-nodes N` (128), `--out DIR` (sim/results).
+ * generator), `--max-nodes N` (128), `--out DIR` (sim/results). The report
+ * ends with the fair-sharing case (`sim/fairness.ts`, a few seconds).
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { h100Nodes, POLICIES, type SimResult } from "./engine.ts";
+import { fairnessMarkdown, runFairness } from "./fairness.ts";
 import { chart, DEFAULT_OBJECTIVE, gpusNeeded, markdown, table } from "./report.ts";
 import { generateTrace, loadAzureCsv, traceStats } from "./trace.ts";
 
@@ -51,6 +53,10 @@ const rows = policies.map((p) => {
   return found;
 });
 console.log("\n" + table(rows));
+const fairness = runFairness({ seed });
+const command = `deno task sim ${Deno.args.join(" ")}`.trim();
+const fairnessText = fairnessMarkdown(fairness, command);
+console.log("\n" + fairnessText);
 const wallS = (performance.now() - t0) / 1000;
 console.log(`\nsimulated in ${wallS.toFixed(0)} s`);
 
@@ -65,7 +71,7 @@ await Deno.writeTextFile(
     source,
     objective: DEFAULT_OBJECTIVE,
     wallS,
-    command: `deno task sim ${Deno.args.join(" ")}`.trim(),
-  }),
+    command,
+  }) + "\n" + fairnessText,
 );
 console.log(`wrote ${values.out}/report.md and chart.svg`);

@@ -32,6 +32,8 @@ export interface SimFunction {
   snapshot?: { restoreMs: number; dumpMs: number };
   /** The mean invocation rate the trace was drawn with (per minute), when known. */
   ratePerMin?: number;
+  /** The tenant it belongs to. @default "sim" */
+  tenant?: string;
 }
 
 /** A trace: functions and invocation times, sorted by time. */

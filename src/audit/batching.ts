@@ -13,6 +13,7 @@ import { InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
+import { summarizeUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 
 const log = logger("audit");
 
@@ -29,8 +30,13 @@ export interface AuditBackend {
   /** Writes the batch in one transaction; a batch id already written is not written again. */
   write(batch: AuditBatch): Promise<void>;
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]>;
+  /** Aggregates token usage itself; without it the log reads rows and aggregates them. */
+  summarize?(q: UsageQuery): Promise<UsageSummary>;
   close(): Promise<void>;
 }
+
+/** Most request rows read to aggregate usage for a backend that cannot aggregate. */
+export const USAGE_READ_LIMIT = 100_000;
 
 /** Settings of {@linkcode BatchingAuditLog}. */
 export interface BatchingOptions {
@@ -101,6 +107,24 @@ export class BatchingAuditLog implements AuditLog {
   async query(kind: AuditKind, q: AuditQuery = {}): Promise<(RequestRow | PodRow)[]> {
     try {
       return await this.#backend.query(kind, q);
+    } catch (err) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot read the audit (${this.#backend.name}): ${(err as Error).message}`,
+        { cause: err, retryable: true },
+      );
+    }
+  }
+
+  async usage(q: UsageQuery): Promise<UsageSummary> {
+    try {
+      if (this.#backend.summarize) return await this.#backend.summarize(q);
+      const rows = await this.#backend.query("requests", {
+        tenant: q.tenant,
+        since: q.since,
+        limit: USAGE_READ_LIMIT,
+      }) as RequestRow[];
+      return summarizeUsage(rows, q);
     } catch (err) {
       throw new InferxError(
         "unavailable",

@@ -17,6 +17,7 @@ import { PostgresAuditBackend } from "./postgres.ts";
 import type { AuditLog } from "./types.ts";
 
 export type { AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
+export { summarizeUsage, type TokenUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 export { BatchingAuditLog } from "./batching.ts";
 export { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
 export { openWorkerAudit, WorkerAuditBackend } from "./sqlite_worker.ts";

@@ -11,6 +11,7 @@
 import postgres from "postgres";
 import type { AuditBackend, AuditBatch } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
+import type { TokenUsage, UsageQuery, UsageSummary } from "./usage.ts";
 
 /** The schema, one step per version; never edit a released step, add one. */
 export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
@@ -75,6 +76,18 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
     sql: `alter table inferx_request_audit add column call_id text, add column attempt integer;
       create index inferx_request_audit_by_call on inferx_request_audit (call_id)
         where call_id is not null`,
+  },
+  {
+    version: 6,
+    name: "function version and token figures",
+    sql: `alter table inferx_request_audit
+      add column version integer,
+      add column ttft_ms double precision,
+      add column itl_p50_ms double precision,
+      add column itl_p99_ms double precision,
+      add column tokens_per_s double precision,
+      add column prompt_tokens integer,
+      add column completion_tokens integer`,
   },
 ];
 
@@ -167,6 +180,13 @@ export class PostgresAuditBackend implements AuditBackend {
           resumed: r.resumed,
           pod: r.pod ?? null,
           error: r.error ?? null,
+          version: r.version ?? null,
+          ttft_ms: r.ttftMs ?? null,
+          itl_p50_ms: r.itlP50Ms ?? null,
+          itl_p99_ms: r.itlP99Ms ?? null,
+          tokens_per_s: r.tokensPerS ?? null,
+          prompt_tokens: r.promptTokens ?? null,
+          completion_tokens: r.completionTokens ?? null,
           call_id: r.call ?? null,
           attempt: r.attempt ?? null,
         }));
@@ -206,6 +226,35 @@ export class PostgresAuditBackend implements AuditBackend {
     return rows.map((r) => kind === "requests" ? requestFromDb(r) : podFromDb(r));
   }
 
+  /** Token usage aggregated in the database, as {@linkcode summarizeUsage} defines it. */
+  async summarize(q: UsageQuery): Promise<UsageSummary> {
+    await this.migrate();
+    const sql = this.#sql;
+    const figures = sql`count(*) as calls,
+        coalesce(sum(prompt_tokens), 0) as prompt_tokens,
+        coalesce(sum(completion_tokens), 0) as completion_tokens,
+        percentile_disc(0.5) within group (order by ttft_ms) as ttft_p50,
+        percentile_disc(0.99) within group (order by ttft_ms) as ttft_p99,
+        percentile_disc(0.5) within group (order by itl_p50_ms) as itl_p50,
+        percentile_disc(0.99) within group (order by itl_p99_ms) as itl_p99,
+        avg(tokens_per_s) as tokens_per_s`;
+    const where = sql`where time >= ${new Date(q.since)}
+        and (ttft_ms is not null or completion_tokens is not null)
+        ${q.tenant !== undefined ? sql`and tenant = ${q.tenant}` : sql``}`;
+    const functions = await sql<Record<string, unknown>[]>`
+      select tenant, namespace, func, version, ${figures} from inferx_request_audit ${where}
+      group by tenant, namespace, func, version
+      order by tenant, namespace, func, version nulls first`;
+    const tenants = await sql<Record<string, unknown>[]>`
+      select tenant, ${figures} from inferx_request_audit ${where}
+      group by tenant order by tenant`;
+    return {
+      since: q.since,
+      functions: functions.map((r) => usageFromDb(r, true)),
+      tenants: tenants.map((r) => usageFromDb(r, false)),
+    };
+  }
+
   /** The applied migration versions, ascending. */
   async versions(): Promise<number[]> {
     const rows = await this.#sql<{ version: number }[]>`
@@ -236,10 +285,40 @@ function requestFromDb(r: Record<string, unknown>): RequestRow {
     coldStart: r.cold_start as boolean,
     resumed: r.resumed as boolean,
     pod: opt(r.pod),
+    version: opt(r.version),
     error: opt(r.error),
+    ttftMs: opt(r.ttft_ms),
+    itlP50Ms: opt(r.itl_p50_ms),
+    itlP99Ms: opt(r.itl_p99_ms),
+    tokensPerS: opt(r.tokens_per_s),
+    promptTokens: opt(r.prompt_tokens),
+    completionTokens: opt(r.completion_tokens),
     call: opt(r.call_id),
     attempt: opt(r.attempt),
   };
+}
+
+/** A `summarize` result row as {@linkcode TokenUsage}, absent figures left out. */
+function usageFromDb(r: Record<string, unknown>, withFunction: boolean): TokenUsage {
+  const num = (v: unknown) => (v === null || v === undefined ? undefined : Number(v));
+  const out: Record<string, unknown> = { tenant: r.tenant };
+  if (withFunction) {
+    out.namespace = r.namespace;
+    out.func = r.func;
+    out.version = num(r.version);
+  }
+  Object.assign(out, {
+    calls: Number(r.calls),
+    promptTokens: Number(r.prompt_tokens),
+    completionTokens: Number(r.completion_tokens),
+    ttftP50Ms: num(r.ttft_p50),
+    ttftP99Ms: num(r.ttft_p99),
+    itlP50Ms: num(r.itl_p50),
+    itlP99Ms: num(r.itl_p99),
+    tokensPerS: num(r.tokens_per_s),
+  });
+  for (const k of Object.keys(out)) if (out[k] === undefined) delete out[k];
+  return out as unknown as TokenUsage;
 }
 
 function podFromDb(r: Record<string, unknown>): PodRow {

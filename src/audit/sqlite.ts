@@ -48,6 +48,20 @@ const DAY_MS = 86_400_000;
 const log = logger("audit");
 
 /**
+ * The request row's function version and token figures (src/gateway/tokens.ts),
+ * with their SQL types: added to a database made before them when opened.
+ */
+const TOKEN_COLUMNS = [
+  ["version", "integer"],
+  ["ttft_ms", "real"],
+  ["itl_p50_ms", "real"],
+  ["itl_p99_ms", "real"],
+  ["tokens_per_s", "real"],
+  ["prompt_tokens", "integer"],
+  ["completion_tokens", "integer"],
+] as const;
+
+/**
  * Where a row belongs, as small integer ids into table `scopes`: its tenant,
  * its namespace, its function, and its function's name within the tenant
  * (for a filter on tenant and function without namespace). Each filter then
@@ -70,6 +84,7 @@ const REQUEST_COLUMNS = [
   "error",
   "call_id",
   "attempt",
+  ...TOKEN_COLUMNS.map((c) => c[0]),
 ] as const;
 
 /**
@@ -79,6 +94,7 @@ const REQUEST_COLUMNS = [
 const ADDED_REQUEST_COLUMNS: readonly [string, string][] = [
   ["call_id", "text"],
   ["attempt", "integer"],
+  ...TOKEN_COLUMNS.map(([c, t]): [string, string] => [c, t]),
 ];
 
 const POD_COLUMNS = [
@@ -128,7 +144,8 @@ const SCHEMA = `
     pod text,
     error text,
     call_id text,
-    attempt integer
+    attempt integer,
+    ${TOKEN_COLUMNS.map(([c, t]) => `${c} ${t}`).join(",\n    ")}
   );
   create table if not exists pods (
     id integer primary key,
@@ -170,6 +187,13 @@ function requestValues(r: RequestRow, s: Scopes): (string | number | null)[] {
     r.error ?? null,
     r.call ?? null,
     r.attempt ?? null,
+    r.version ?? null,
+    r.ttftMs ?? null,
+    r.itlP50Ms ?? null,
+    r.itlP99Ms ?? null,
+    r.tokensPerS ?? null,
+    r.promptTokens ?? null,
+    r.completionTokens ?? null,
   ];
 }
 
@@ -197,7 +221,14 @@ function requestFromRow(r: Row): RequestRow {
     resumed: r.resumed === 1,
     ...opt("ttfbMs", r.ttfb_ms, Number),
     ...opt("pod", r.pod, String),
+    ...opt("version", r.version, Number),
     ...opt("error", r.error, String),
+    ...opt("ttftMs", r.ttft_ms, Number),
+    ...opt("itlP50Ms", r.itl_p50_ms, Number),
+    ...opt("itlP99Ms", r.itl_p99_ms, Number),
+    ...opt("tokensPerS", r.tokens_per_s, Number),
+    ...opt("promptTokens", r.prompt_tokens, Number),
+    ...opt("completionTokens", r.completion_tokens, Number),
     ...opt("call", r.call_id, String),
     ...opt("attempt", r.attempt, Number),
   };

@@ -3,7 +3,8 @@ import { DatabaseSync } from "node:sqlite";
 import { withTempDir } from "../common/testing.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
-import { sampleRequest } from "./testing.ts";
+import { sampleRequest, tokenRows } from "./testing.ts";
+import { summarizeUsage } from "./usage.ts";
 import type { AuditQuery, PodRow, RequestRow } from "./types.ts";
 
 const pod = (i: number, func = "f", time = 1000 + i): PodRow => ({
@@ -178,6 +179,38 @@ Deno.test("SqliteAuditBackend filters request rows by a status range", async () 
     2,
   );
   await b.close();
+});
+
+Deno.test("SqliteAuditBackend keeps function versions and token figures, and the log sums their usage", async () => {
+  const b = new SqliteAuditBackend(":memory:", keepAll);
+  const rows = tokenRows();
+  await b.write(batch(rows));
+  const back = await b.query("requests", { tenant: "t", func: "f", since: 1000 }) as RequestRow[];
+  assert.deepEqual(back.find((r) => r.path === "/r1"), rows[0]);
+  const log = new BatchingAuditLog(b, { flushMs: 60_000 });
+  const { rowsRead: _, ...want } = summarizeUsage(rows, { since: 1000 });
+  const { rowsRead, ...got } = await log.usage({ since: 1000 });
+  assert.deepEqual(got, want);
+  assert.equal(rowsRead, 5, "only the rows since, read from the index");
+  await log.close();
+});
+
+Deno.test("SqliteAuditBackend adds the token columns to a database made before them", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/audit.db`;
+    const old = new DatabaseSync(path);
+    old.exec(`create table requests (id integer primary key, time integer not null,
+      tid integer not null, nsid integer not null, fid integer not null, gid integer not null,
+      gateway text not null, principal text not null, method text not null, path text not null,
+      status integer not null, latency_ms real not null, ttfb_ms real, cold_start integer not null,
+      resumed integer not null, pod text, error text)`);
+    old.close();
+    const b = new SqliteAuditBackend(path, keepAll);
+    await b.write(batch([tokenRows()[0]]));
+    const [r] = await b.query("requests", {}) as RequestRow[];
+    assert.deepEqual([r.version, r.ttftMs, r.completionTokens], [1, 100, 20]);
+    await b.close();
+  });
 });
 
 Deno.test("SqliteAuditBackend keeps an asynchronous call's id and attempt, and adds their columns to an older file", async () => {

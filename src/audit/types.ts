@@ -5,9 +5,26 @@
  *
  * @module
  */
+import type { UsageQuery, UsageSummary } from "./usage.ts";
+
+export type { TokenUsage, UsageQuery, UsageSummary } from "./usage.ts";
+
+/** Token figures of an OpenAI-style answer (see `src/gateway/tokens.ts`); absent for others. */
+export interface TokenFigures {
+  /** From receiving the call to its first token (ms); a whole answer: to the answer. */
+  ttftMs?: number;
+  /** Median gap between streamed tokens (ms). */
+  itlP50Ms?: number;
+  /** 99th percentile gap between streamed tokens (ms). */
+  itlP99Ms?: number;
+  /** Completion tokens per second of the call's time on its worker. */
+  tokensPerS?: number;
+  promptTokens?: number;
+  completionTokens?: number;
+}
 
 /** One request through the gateway. */
-export interface RequestRow {
+export interface RequestRow extends TokenFigures {
   /** When it arrived (ms since the epoch). */
   time: number;
   gateway: string;
@@ -25,6 +42,8 @@ export interface RequestRow {
   coldStart: boolean;
   resumed: boolean;
   pod?: string;
+  /** The function version whose worker answered. */
+  version?: number;
   /** The error code when the gateway answered an error itself. */
   error?: string;
   /** The asynchronous call the request accepted, or the run is an attempt of. */
@@ -83,6 +102,8 @@ export interface AuditLog {
   query(kind: "requests", q?: AuditQuery): Promise<RequestRow[]>;
   query(kind: "pods", q?: AuditQuery): Promise<PodRow[]>;
   stats(): AuditStats;
+  /** Token usage by function version and by tenant, from the request rows. */
+  usage(q: UsageQuery): Promise<UsageSummary>;
   /** Writes what is buffered now (fails when the backend is down). */
   flush(): Promise<void>;
   /** Writes what it can and closes the backend. */

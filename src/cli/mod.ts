@@ -13,6 +13,7 @@
  *   ctl calls get ID | cancel ID | list [--func T/NS/FUNC] [--status S] | secret TENANT [--rotate]
  *   ctl apikey create SCOPE [T[/NS]] [--name N] [--expires S]   create an API key (printed once)
  *   ctl apikey list | revoke ID
+ *   ctl rollout status|promote|rollback T/NS/FUNC   a function's versions and traffic split
  *
  * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000);
  * `--key KEY` (env `INFERX_APIKEY`): the API key or token sent as a bearer.
@@ -48,6 +49,9 @@ const USAGE = `usage: inferx ctl [--gateway URL] <command>
                                 create an API key (full, read or inference); printed once
   apikey list                   list the keys you may manage
   apikey revoke ID              revoke a key
+  rollout status TENANT/NS/FUNC   the versions kept and the share of calls each takes
+  rollout promote TENANT/NS/FUNC  the newest version takes every call
+  rollout rollback TENANT/NS/FUNC the stable version takes every call again
 options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY)`;
 
 /** The bearer credential for every request, when one is given. */
@@ -266,6 +270,22 @@ async function apikey(
   }
 }
 
+async function rollout(gw: string, action: string | undefined, target: string | undefined, io: Io) {
+  if (!action || !["status", "promote", "rollback"].includes(action) || !target) {
+    throw new CliError("usage: rollout status|promote|rollback TENANT/NS/FUNC");
+  }
+  const [t, ns, f] = ref(target, 3);
+  const path = `/rollout/${t}/${ns}/${f}`;
+  const r = action === "status"
+    ? await http(gw, "GET", path)
+    : await http(gw, "POST", `${path}/${action}`);
+  const traffic = (r.traffic as { version: number; percent: number }[])
+    .map((s) => `v${s.version} ${s.percent}%`).join(", ");
+  io.out(
+    `${r.function}: version ${r.version}, stable ${r.stable_version}, traffic ${traffic}`,
+  );
+}
+
 /** Runs `ctl` with `args`; returns the exit status. */
 export async function runCtl(
   args: string[],
@@ -369,6 +389,9 @@ export async function runCtl(
         return 0;
       case "apikey":
         await apikey(gw, a, b, c, values, io);
+        return 0;
+      case "rollout":
+        await rollout(gw, a, b, io);
         return 0;
       default:
         throw new CliError(`Unknown command "${cmd}"\n${USAGE}`);

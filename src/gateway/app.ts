@@ -28,6 +28,7 @@ import { funccallRoutes } from "./routes/funccall.ts";
 import { metricsRoutes } from "./routes/metrics.ts";
 import { objectRoutes } from "./routes/objects.ts";
 import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
+import { rolloutRoutes } from "./routes/rollout.ts";
 import { uiRoutes } from "./routes/ui.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
 import type { GatewayGroup } from "./group.ts";
@@ -131,6 +132,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.route("/", objectRoutes(d));
   app.route("/apikeys", apikeyRoutes(d));
   app.route("/audit", auditRoutes(d));
+  app.route("/rollout", rolloutRoutes(d));
   app.route("/calls", callRoutes(d));
   app.route("/", metricsRoutes(d));
   app.route("/ui", uiRoutes(d));

@@ -96,6 +96,7 @@ export function funccallInput(
     body: body.bytes ?? body.stream ?? null,
     replayable: body.stream === undefined,
     timeoutMs,
+    tokens: maxTokens(body.json),
     t0,
   });
   const body = readBody(ctx, req);
@@ -165,8 +166,17 @@ function openaiTarget(
     body: body.bytes!,
     replayable: true,
     timeoutMs,
+    tokens: maxTokens(body.json),
     t0,
   };
+}
+
+/** The tokens a JSON body asks for (`max_tokens`, `max_completion_tokens`), or 0. */
+function maxTokens(json: unknown): number {
+  if (!json || typeof json !== "object") return 0;
+  const b = json as { max_tokens?: unknown; max_completion_tokens?: unknown };
+  const n = b.max_tokens ?? b.max_completion_tokens;
+  return typeof n === "number" && n > 0 && n < 1e9 ? Math.floor(n) : 0;
 }
 
 /** A call's body as read: bytes (JSON, parsed) or a stream. */

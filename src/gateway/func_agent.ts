@@ -1,17 +1,26 @@
 /**
- * A function's agent in the gateway: its request queue and the workers it has
- * leased. A request takes a free slot of a leased worker (`parallel` per
+ * A function's agent in the gateway: its request queues and the workers it
+ * has leased. A request takes a free slot of a leased worker (`parallel` per
  * worker) without any remote call; only when none is free and the queue is
  * over `wait_ratio` does the agent ask the scheduler for another worker. A
  * worker idle for `scalein_timeout` goes back. While no node could ever hold
  * a worker (the function's `Schedulable` condition, or a lease refused as
  * `unschedulable`), calls that find no free slot are refused at once.
  *
+ * When a traffic split keeps several versions serving (docs/traffic.md),
+ * each call is routed to a version by smooth weighted round-robin over the
+ * split's percents (exact shares, no randomness), and each version has its
+ * own queue and workers. Workers of versions that leave the split drain. The
+ * scheduler may advise leasing more (queue time, in-flight tokens) or ask a
+ * worker back (fair share between tenants): it then takes no new call and is
+ * returned when idle.
+ *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncPolicy } from "../model/schemas.ts";
+import type { VersionLoad, VersionShare } from "../model/versions.ts";
 import type { LeaseStage, SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
@@ -29,10 +38,14 @@ export interface Worker {
   endpoint: string;
   version: number;
   inflight: number;
+  /** Tokens the calls it is answering asked for (`max_tokens`). */
+  tokens: number;
   /** When it last became idle (ms). */
   idleSince: number;
-  /** Set for workers of an old version: no new requests, returned when idle. */
+  /** No new requests: its version left the split, or the scheduler asked it back; returned when idle. */
   draining: boolean;
+  /** The scheduler asked for it back (fair share). */
+  reclaimed?: boolean;
   /** Requests not yet served by this worker since it was cold-started for them. */
   coldRequests: number;
   /** Likewise for a worker resumed from standby for them. */
@@ -48,6 +61,8 @@ export interface Slot {
   resumed: boolean;
   /** Time spent waiting in the queue (ms). */
   queuedMs: number;
+  /** Tokens the call asked for (`max_tokens`), counted as in flight while it holds the slot. */
+  tokens: number;
 }
 
 /**
@@ -64,6 +79,19 @@ interface Waiter {
   timer: ReturnType<typeof setTimeout>;
   since: number;
   deadline: number;
+  tokens: number;
+}
+
+/** One serving version: its share of calls, its queue and its leases under way. */
+interface Lane {
+  version: number;
+  percent: number;
+  queue: Waiter[];
+  pendingLeases: number;
+  /** What its pending lease waits for, while one is pending. */
+  leaseStage?: LeaseStage;
+  /** Smooth weighted round-robin credit. */
+  credit: number;
 }
 
 /** Dependencies of a {@linkcode FuncAgent}. */
@@ -77,20 +105,18 @@ export interface FuncAgentDeps {
   unschedulableRecheckMs?: number;
 }
 
-/** One function's queue and leased workers in one gateway. */
+/** One function's queues and leased workers in one gateway. */
 export class FuncAgent {
   readonly tenant: string;
   readonly namespace: string;
   readonly name: string;
   readonly id: string;
   policy: FuncPolicy;
+  /** The newest version. */
   version: number;
   #deps: FuncAgentDeps;
   #workers: Worker[] = [];
-  #queue: Waiter[] = [];
-  #pendingLeases = 0;
-  /** What the pending lease waits for, while one is pending. */
-  #leaseStage?: LeaseStage;
+  #lanes: Lane[] = [];
   #leaseAbort = new AbortController();
   #closed = false;
   #unschedulable?: InferxError;
@@ -101,6 +127,7 @@ export class FuncAgent {
     ref: { tenant: string; namespace: string; name: string; version: number },
     policy: FuncPolicy,
     deps: FuncAgentDeps,
+    split?: readonly VersionShare[],
   ) {
     this.tenant = ref.tenant;
     this.namespace = ref.namespace;
@@ -109,6 +136,7 @@ export class FuncAgent {
     this.version = ref.version;
     this.policy = policy;
     this.#deps = deps;
+    this.#lanes = lanesOf(split ?? [{ version: ref.version, percent: 100 }]);
   }
 
   /** Leased workers (read-only view). */
@@ -118,45 +146,62 @@ export class FuncAgent {
 
   /** Requests waiting for a slot. */
   get queued(): number {
-    return this.#queue.length;
+    let n = 0;
+    for (const l of this.#lanes) n += l.queue.length;
+    return n;
   }
 
-  /** Takes a free slot now (the warm path), or undefined when the call must wait. */
-  tryAcquire(): Slot | undefined {
-    if (this.#closed || this.#queue.length) return undefined;
-    const w = this.#freeWorker();
-    return w && this.#take(w, 0);
+  /** The versions taking calls and their shares. */
+  get split(): VersionShare[] {
+    return this.#lanes.map((l) => ({ version: l.version, percent: l.percent }));
   }
 
   /**
-   * Takes a slot for one request, waiting up to `timeoutMs` (capped by the
-   * policy's `queue_timeout`). Rejects 503 `queue_full` when `queue_len`
-   * requests already wait, 504 `timeout` when the wait runs out. A request
-   * that has to wait tells `onProgress` each stage of its wait, `ready` last,
-   * and leaves the queue when `caller` goes away (rejecting `unavailable`).
+   * Takes a free slot now (the warm path), or undefined when the call must
+   * wait, or when a split between versions routes it (then `acquire`).
+   */
+  tryAcquire(tokens = 0): Slot | undefined {
+    if (this.#closed || this.#lanes.length !== 1) return undefined;
+    const lane = this.#lanes[0];
+    if (lane.queue.length) return undefined;
+    const w = this.#freeWorker(lane.version);
+    return w && this.#take(w, 0, tokens);
+  }
+
+  /**
+   * Takes a slot for one request, on a worker of the version the split
+   * routes it to, waiting up to `timeoutMs` (capped by the policy's
+   * `queue_timeout`). Rejects 503 `queue_full` when `queue_len` requests
+   * already wait, 504 `timeout` when the wait runs out. A request that has to
+   * wait tells `onProgress` each stage of its wait, `ready` last, and leaves
+   * the queue when `caller` goes away (rejecting `unavailable`). `tokens`:
+   * what the call asked for (`max_tokens`), in flight while it holds the slot.
    */
   acquire(
     timeoutMs?: number,
     onProgress?: (stage: CallStage) => void,
     caller?: { onAbort(fn: () => void): void },
+    tokens = 0,
   ): Promise<Slot> {
     if (this.#closed) {
       return Promise.reject(
         new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
       );
     }
-    if (this.#queue.length === 0) {
-      const w = this.#freeWorker();
-      if (w) return Promise.resolve(this.#take(w, 0));
+    const lane = this.#lanes.length === 1 ? this.#lanes[0] : this.#pick();
+    if (lane.queue.length === 0) {
+      const w = this.#freeWorker(lane.version);
+      if (w) return Promise.resolve(this.#take(w, 0, tokens));
     }
     if (this.#unschedulable && performance.now() < this.#unschedulableUntil) {
       return Promise.reject(this.#unschedulable);
     }
-    if (this.#queue.length >= this.policy.queue_len) {
+    const queued = this.queued;
+    if (queued >= this.policy.queue_len) {
       return Promise.reject(
         new InferxError(
           "queue_full",
-          `Cannot call ${this.id}: queue is full (${this.#queue.length} waiting)`,
+          `Cannot call ${this.id}: queue is full (${queued} waiting)`,
           { retryable: true, details: { queue_len: this.policy.queue_len } },
         ),
       );
@@ -170,10 +215,13 @@ export class FuncAgent {
         resolve,
         reject,
         since,
+        tokens,
         deadline: Date.now() + wait,
         timer: setTimeout(() => {
-          const i = this.#queue.indexOf(waiter);
-          if (i >= 0) this.#queue.splice(i, 1);
+          for (const l of this.#lanes) {
+            const i = l.queue.indexOf(waiter);
+            if (i >= 0) l.queue.splice(i, 1);
+          }
           reject(
             new InferxError(
               "timeout",
@@ -185,37 +233,41 @@ export class FuncAgent {
           );
         }, wait),
       };
-      this.#queue.push(waiter);
+      lane.queue.push(waiter);
       caller?.onAbort(() => {
-        const i = this.#queue.indexOf(waiter);
-        if (i < 0) return; // served already
-        this.#queue.splice(i, 1);
+        // Its version's queue, or another's it moved to when the split changed.
+        const l = this.#lanes.find((l) => l.queue.includes(waiter));
+        if (!l) return; // served already
+        l.queue.splice(l.queue.indexOf(waiter), 1);
         clearTimeout(waiter.timer);
         reject(new InferxError("unavailable", `The caller of ${this.id} left the queue`));
       });
       if (onProgress) {
         onProgress("queued");
-        if (this.#leaseStage) onProgress(this.#leaseStage);
+        if (lane.leaseStage) onProgress(lane.leaseStage);
       }
-      this.#scaleOut();
+      this.#scaleOut(lane);
     });
   }
 
   /**
-   * Takes a free slot on a worker other than `podId` now, or undefined; for
-   * retrying a request elsewhere without queueing.
+   * Takes a free slot on another worker of the same version as `podId` now,
+   * or undefined; for retrying a request elsewhere without queueing.
    */
-  tryAcquireOther(podId: string): Slot | undefined {
+  tryAcquireOther(podId: string, tokens = 0): Slot | undefined {
+    const version = this.#workers.find((w) => w.podId === podId)?.version ?? this.version;
     const w = this.#workers.find((w) =>
-      w.podId !== podId && !w.draining && w.inflight < this.policy.parallel
+      w.podId !== podId && w.version === version && !w.draining &&
+      w.inflight < this.policy.parallel
     );
-    return w && this.#take(w, 0);
+    return w && this.#take(w, 0, tokens);
   }
 
   /** Gives a slot back; `failed` drops the worker (it refused the connection). */
   release(slot: Slot, failed = false): void {
     const w = slot.worker;
     w.inflight--;
+    w.tokens -= slot.tokens;
     if (failed) {
       this.#drop(w, true);
     } else if (w.inflight === 0) {
@@ -233,18 +285,71 @@ export class FuncAgent {
     }
   }
 
-  /** A new spec version: workers of older versions drain. */
-  setVersion(version: number, policy: FuncPolicy): void {
+  /**
+   * The function's newest version, its policy and which versions take calls
+   * (default: the newest alone). Queued calls of versions leaving the split
+   * go to the others; their workers drain.
+   */
+  setVersion(version: number, policy: FuncPolicy, split?: readonly VersionShare[]): void {
     this.policy = policy;
-    if (version === this.version) return this.#drain();
     this.version = version;
+    const next = lanesOf(split ?? [{ version, percent: 100 }]);
+    const kept = new Map(this.#lanes.map((l) => [l.version, l]));
+    this.#lanes = next.map((n) => {
+      const l = kept.get(n.version);
+      kept.delete(n.version);
+      return l ? Object.assign(l, { percent: n.percent }) : n;
+    });
+    for (const gone of kept.values()) {
+      for (const q of gone.queue) this.#pick().queue.push(q);
+    }
     for (const w of [...this.#workers]) {
-      if (w.version < version) {
-        w.draining = true;
-        if (w.inflight === 0) this.#drop(w, false);
-      }
+      w.draining = w.reclaimed === true || !this.#lane(w.version);
+      if (w.draining && w.inflight === 0) this.#drop(w, false);
     }
     this.#drain();
+  }
+
+  /** The scheduler asks for a worker back (fair share): no new calls on it, returned when idle. */
+  reclaim(podId: string): boolean {
+    const w = this.#workers.find((w) => w.podId === podId);
+    if (!w) return false;
+    w.reclaimed = true;
+    w.draining = true;
+    if (w.inflight === 0) this.#drop(w, false);
+    this.#drain();
+    return true;
+  }
+
+  /** The scheduler advises leasing `workers` more of `version` (within `max_replica`). */
+  advise(version: number, workers: number): void {
+    const lane = this.#lane(version);
+    if (!lane || this.#closed) return;
+    for (let i = 0; i < workers && this.#active(lane) < this.policy.max_replica; i++) {
+      this.#lease(lane);
+    }
+  }
+
+  /** The load of each version taking calls, for heartbeats. */
+  load(now = performance.now()): VersionLoad[] {
+    return this.#lanes.map((l) => {
+      let inflight = 0, inflightTokens = 0, workers = 0;
+      for (const w of this.#workers) {
+        if (w.version !== l.version) continue;
+        inflight += w.inflight;
+        inflightTokens += w.tokens;
+        if (!w.draining) workers++;
+      }
+      const waitMs = l.queue.length ? now - l.queue[0].since : 0;
+      return {
+        version: l.version,
+        queued: l.queue.length,
+        waitMs,
+        inflight,
+        inflightTokens,
+        workers,
+      };
+    });
   }
 
   /**
@@ -264,9 +369,11 @@ export class FuncAgent {
     this.#leaseAbort.abort(
       new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
     );
-    for (const q of this.#queue.splice(0)) {
-      clearTimeout(q.timer);
-      q.reject(new InferxError("not_found", `Cannot call ${this.id}: function was removed`));
+    for (const l of this.#lanes) {
+      for (const q of l.queue.splice(0)) {
+        clearTimeout(q.timer);
+        q.reject(new InferxError("not_found", `Cannot call ${this.id}: function was removed`));
+      }
     }
     for (const w of [...this.#workers]) if (w.inflight === 0) this.#drop(w, false);
   }
@@ -274,9 +381,11 @@ export class FuncAgent {
   #lastError?: InferxError;
 
   #rejectQueue(err: InferxError): void {
-    for (const q of this.#queue.splice(0)) {
-      clearTimeout(q.timer);
-      q.reject(err);
+    for (const l of this.#lanes) {
+      for (const q of l.queue.splice(0)) {
+        clearTimeout(q.timer);
+        q.reject(err);
+      }
     }
   }
 
@@ -284,34 +393,54 @@ export class FuncAgent {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
   }
 
-  #freeWorker(): Worker | undefined {
+  #lane(version: number): Lane | undefined {
+    return this.#lanes.find((l) => l.version === version);
+  }
+
+  /** The version the next call goes to: smooth weighted round-robin over the percents. */
+  #pick(): Lane {
+    let best = this.#lanes[0];
+    let total = 0;
+    for (const l of this.#lanes) {
+      l.credit += l.percent;
+      total += l.percent;
+      if (l.credit > best.credit) best = l;
+    }
+    best.credit -= total;
+    return best;
+  }
+
+  #freeWorker(version: number): Worker | undefined {
     let best: Worker | undefined;
     for (const w of this.#workers) {
-      if (w.draining || w.inflight >= this.policy.parallel) continue;
+      if (w.draining || w.version !== version || w.inflight >= this.policy.parallel) continue;
       if (!best || w.inflight < best.inflight) best = w;
     }
     return best;
   }
 
-  #take(w: Worker, queuedMs: number): Slot {
+  #take(w: Worker, queuedMs: number, tokens: number): Slot {
     w.inflight++;
+    w.tokens += tokens;
     const coldStart = w.coldRequests > 0;
     if (coldStart) w.coldRequests--;
     const resumed = !coldStart && w.resumedRequests > 0;
     if (resumed) w.resumedRequests--;
-    return { worker: w, coldStart, resumed, queuedMs };
+    return { worker: w, coldStart, resumed, queuedMs, tokens };
   }
 
   #drain(): void {
-    while (this.#queue.length) {
-      const w = this.#freeWorker();
-      if (!w) break;
-      const q = this.#queue.shift()!;
-      clearTimeout(q.timer);
-      q.onProgress?.("ready");
-      q.resolve(this.#take(w, performance.now() - q.since));
+    for (const l of this.#lanes) {
+      while (l.queue.length) {
+        const w = this.#freeWorker(l.version);
+        if (!w) break;
+        const q = l.queue.shift()!;
+        clearTimeout(q.timer);
+        q.onProgress?.("ready");
+        q.resolve(this.#take(w, performance.now() - q.since, q.tokens));
+      }
+      if (l.queue.length) this.#scaleOut(l);
     }
-    if (this.#queue.length) this.#scaleOut();
   }
 
   #drop(w: Worker, failed: boolean): void {
@@ -324,29 +453,44 @@ export class FuncAgent {
       );
   }
 
-  /** The pending lease reached `stage`: the waiters that follow their wait hear it. */
-  #stage = (stage: LeaseStage): void => {
-    if (stage === this.#leaseStage) return;
-    this.#leaseStage = stage;
-    for (const q of this.#queue) q.onProgress?.(stage);
-  };
+  /** Workers of `lane`'s version that take calls, and leases for it under way. */
+  #active(lane: Lane): number {
+    let n = lane.pendingLeases;
+    for (const w of this.#workers) if (w.version === lane.version && !w.draining) n++;
+    return n;
+  }
+
+  /** `lane`'s pending lease reached `stage`: its waiters that follow their wait hear it. */
+  #stage(lane: Lane, stage: LeaseStage): void {
+    if (stage === lane.leaseStage) return;
+    lane.leaseStage = stage;
+    for (const q of lane.queue) q.onProgress?.(stage);
+  }
 
   /** Leases another worker when the queue calls for it. */
-  #scaleOut(): void {
-    if (this.#closed || this.#queue.length === 0) return;
-    const active = this.#workers.filter((w) => !w.draining).length;
-    if (active + this.#pendingLeases >= this.policy.max_replica) return;
+  #scaleOut(lane: Lane): void {
+    if (this.#closed || lane.queue.length === 0 || lane.pendingLeases > 0) return;
+    const active = this.#active(lane);
+    if (active >= this.policy.max_replica) return;
     const capacity = active * this.policy.parallel;
     const pressure = active === 0 ||
-      this.#queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
-    if (!pressure || this.#pendingLeases > 0) return;
-    this.#pendingLeases++;
-    this.#stage("placing");
+      lane.queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
+    if (pressure) this.#lease(lane);
+  }
+
+  /** Asks the scheduler for a worker of `lane`'s version. */
+  #lease(lane: Lane): void {
+    lane.pendingLeases++;
+    this.#stage(lane, "placing");
     // Ask the scheduler to give up a little before the queue does, so its
     // reason (e.g. no node has the vRAM) reaches the caller's 504.
-    const left = Math.max(...this.#queue.map((q) => q.deadline)) - Date.now();
+    const left = lane.queue.length
+      ? Math.max(...lane.queue.map((q) => q.deadline)) - Date.now()
+      : this.policy.queue_timeout * 1000;
     const waitMs = Math.max(1, left > 200 ? left - 100 : left);
-    const progress = this.#queue.some((q) => q.onProgress) ? this.#stage : undefined;
+    const progress = lane.queue.some((q) => q.onProgress)
+      ? (stage: LeaseStage) => this.#stage(lane, stage)
+      : undefined;
     this.#deps.scheduler.leaseWorker(
       {
         tenant: this.tenant,
@@ -354,29 +498,32 @@ export class FuncAgent {
         func: this.name,
         gatewayId: this.#deps.gatewayId,
         timeoutMs: waitMs,
+        version: lane.version,
       },
       this.#leaseAbort.signal,
       progress,
     ).then((lease) => {
-      this.#pendingLeases--;
-      this.#leaseStage = undefined;
+      lane.pendingLeases--;
+      lane.leaseStage = undefined;
       this.#lastError = undefined;
+      const waiting = this.#lane(lease.version)?.queue.length ?? 0;
       const w: Worker = {
         podId: lease.podId,
         endpoint: lease.endpoint,
         version: lease.version,
         inflight: 0,
+        tokens: 0,
         idleSince: performance.now(),
-        draining: lease.version < this.version,
-        coldRequests: lease.coldStart ? Math.min(this.#queue.length, this.policy.parallel) : 0,
-        resumedRequests: lease.resumed ? Math.min(this.#queue.length, this.policy.parallel) : 0,
+        draining: !this.#lane(lease.version),
+        coldRequests: lease.coldStart ? Math.min(waiting, this.policy.parallel) : 0,
+        resumedRequests: lease.resumed ? Math.min(waiting, this.policy.parallel) : 0,
       };
       this.#workers.push(w);
       if (this.#closed || w.draining) return this.#drop(w, false);
       this.#drain();
     }, (err: Error) => {
-      this.#pendingLeases--;
-      this.#leaseStage = undefined;
+      lane.pendingLeases--;
+      lane.leaseStage = undefined;
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
       if (e.code === "unschedulable") {
@@ -390,10 +537,23 @@ export class FuncAgent {
         e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded" ||
         e.code === "unschedulable"
       ) {
-        this.#rejectQueue(e);
+        for (const q of lane.queue.splice(0)) {
+          clearTimeout(q.timer);
+          q.reject(e);
+        }
         return;
       }
-      if (!this.#closed) setTimeout(() => this.#scaleOut(), 100);
+      if (!this.#closed) setTimeout(() => this.#scaleOut(lane), 100);
     });
   }
+}
+
+function lanesOf(split: readonly VersionShare[]): Lane[] {
+  return split.map((s) => ({
+    version: s.version,
+    percent: s.percent,
+    queue: [],
+    pendingLeases: 0,
+    credit: 0,
+  }));
 }

@@ -156,6 +156,68 @@ Deno.test("a slot of a resumed worker says so, once per waiting call", async () 
   assert.deepEqual([x, y, z].map((s: Slot) => s.resumed), [true, true, false]);
 });
 
+Deno.test("a traffic split routes calls to versions in exact shares, each on its own workers", async () => {
+  const { a, sched } = agent({ parallel: 100, max_replica: 1 });
+  a.setVersion(2, a.policy, [{ version: 2, percent: 70 }, { version: 1, percent: 30 }]);
+  const slots: Slot[] = [];
+  for (let i = 0; i < 20; i++) slots.push(await a.acquire());
+  const count = (v: number) => slots.filter((s) => s.worker.version === v).length;
+  assert.deepEqual([count(2), count(1)], [14, 6]);
+  assert.deepEqual(sched.leases.map((l) => l.version).sort(), [1, 2], "one lease per version");
+  for (const s of slots) a.release(s);
+});
+
+Deno.test("a version leaving the split drains its workers and its queued calls go to the others", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 });
+  a.setVersion(2, a.policy, [{ version: 2, percent: 50 }, { version: 1, percent: 50 }]);
+  const s2 = await a.acquire(); // round-robin: version 2 first, then 1
+  const s1 = await a.acquire();
+  assert.deepEqual([s2.worker.version, s1.worker.version], [2, 1]);
+  const queued = a.acquire(); // version 2's turn, its only worker is busy
+  await settle();
+  a.setVersion(2, a.policy, [{ version: 1, percent: 100 }]); // e.g. a rollback pinned by traffic
+  assert.equal(s2.worker.draining, true);
+  a.release(s1); // version 1's worker frees: the queued call takes it
+  const moved = await queued;
+  assert.equal(moved.worker.version, 1);
+  a.release(s2);
+  assert.ok(sched.returns.some((r) => r.podId === s2.worker.podId), "the drained worker went back");
+  a.release(moved);
+});
+
+Deno.test("a reclaimed worker takes no new call and goes back when its calls end", async () => {
+  const { a, sched } = agent({ parallel: 4, max_replica: 2 });
+  const s = await a.acquire();
+  assert.equal(a.reclaim(s.worker.podId), true);
+  assert.equal(a.reclaim("pod-other"), false);
+  const next = a.acquire(); // cannot use the reclaimed worker: a new lease
+  await settle();
+  assert.equal(sched.leases.length, 2);
+  a.release(s);
+  assert.deepEqual(sched.returns, [{ podId: s.worker.podId, failed: false }]);
+  a.release(await next);
+});
+
+Deno.test("advise() leases more workers of a version within max_replica; load() reports each version", async () => {
+  const { a, sched } = agent({ parallel: 2, max_replica: 3 });
+  const s = await a.acquire(undefined, undefined, undefined, 300);
+  a.advise(1, 5);
+  await settle();
+  assert.equal(sched.leases.length, 3, "one held, two more up to max_replica");
+  a.advise(9, 1); // a version that does not serve: nothing
+  assert.equal(sched.leases.length, 3);
+  assert.deepEqual(a.load(), [{
+    version: 1,
+    queued: 0,
+    waitMs: 0,
+    inflight: 1,
+    inflightTokens: 300,
+    workers: 3,
+  }]);
+  a.release(s);
+  assert.equal(a.load()[0].inflightTokens, 0);
+});
+
 Deno.test("a lease refused as unschedulable fails queued calls at once, and new ones without asking again for a while", async () => {
   const sched = new FakeScheduler();
   const a = new FuncAgent(

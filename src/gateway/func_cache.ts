@@ -15,21 +15,17 @@ import {
   type FunctionSpec,
   resolvePolicy,
 } from "../model/schemas.ts";
+import { type FunctionObject, trafficSplit, type VersionShare } from "../model/versions.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
-import type { MetaClient } from "../rpc/types.ts";
+import type { FuncLoad, GatewayAdvice, MetaClient } from "../rpc/types.ts";
 import { FuncAgent, type FuncAgentDeps } from "./func_agent.ts";
 
 const log = logger("gateway", "cache");
 
-interface Entry {
-  tenant: string;
-  namespace: string;
-  name: string;
-  version: number;
-  spec: FunctionSpec;
+type Entry = FunctionObject & {
   /** Set while the function's `Schedulable` condition is `False`. */
   unschedulable?: InferxError;
-}
+};
 
 /** Functions, policies and agents of one gateway. */
 export class FuncCache {
@@ -64,9 +60,10 @@ export class FuncCache {
           if (o.type !== "function") return;
           const id = funcId(o.tenant, o.namespace, o.name);
           const unschedulable = unschedulableError(id, o.status);
-          this.#funcs.set(id, { ...o, spec: o.spec, unschedulable });
+          this.#funcs.set(id, { ...o, unschedulable });
+          const policy = this.policyOf(id)!;
           const agent = this.#agents.get(id);
-          agent?.setVersion(o.version, this.policyOf(id)!);
+          agent?.setVersion(o.version, policy, trafficSplit(o, policy));
           agent?.setUnschedulable(unschedulable);
         },
         remove: (ref) => {
@@ -104,10 +101,17 @@ export class FuncCache {
     if (a) return a;
     const f = this.#funcs.get(id);
     if (!f) return undefined;
-    a = new FuncAgent(f, this.policyOf(id)!, this.#deps);
+    const policy = this.policyOf(id)!;
+    a = new FuncAgent(f, policy, this.#deps, trafficSplit(f, policy));
     if (f.unschedulable) a.setUnschedulable(f.unschedulable);
     this.#agents.set(id, a);
     return a;
+  }
+
+  /** Which versions of a function take calls and their shares, or undefined when it does not exist. */
+  split(id: string): VersionShare[] | undefined {
+    const f = this.#funcs.get(id);
+    return f && trafficSplit(f, this.policyOf(id)!);
   }
 
   /** `tenant/namespace/name` of every function, sorted. */
@@ -149,11 +153,35 @@ export class FuncCache {
     return this.#agents.values();
   }
 
+  /** The load of every function version with calls or workers here, for heartbeats. */
+  load(): FuncLoad[] {
+    const out: FuncLoad[] = [];
+    const now = performance.now();
+    for (const a of this.#agents.values()) {
+      for (const l of a.load(now)) {
+        if (!l.queued && !l.inflight && !l.workers) continue;
+        out.push({ tenant: a.tenant, namespace: a.namespace, func: a.name, ...l });
+      }
+    }
+    return out;
+  }
+
+  /** Acts on the scheduler's answer to a heartbeat: workers to give back, versions to scale out. */
+  advise(advice: GatewayAdvice): void {
+    for (const podId of advice.reclaim) {
+      for (const a of this.#agents.values()) if (a.reclaim(podId)) break;
+    }
+    for (const s of advice.scaleOut) {
+      this.#agents.get(funcId(s.tenant, s.namespace, s.func))?.advise(s.version, s.workers);
+    }
+  }
+
   #refreshAgents(tenant: string, namespace: string): void {
     for (const a of this.#agents.values()) {
       if (a.tenant !== tenant || a.namespace !== namespace) continue;
+      const f = this.#funcs.get(a.id);
       const policy = this.policyOf(a.id);
-      if (policy) a.setVersion(a.version, policy);
+      if (f && policy) a.setVersion(a.version, policy, trafficSplit(f, policy));
       else log.warn("Function {id} has no policy in force", { id: a.id });
     }
   }

@@ -1,10 +1,14 @@
 /**
  * The gateway's Prometheus metrics on a registry of their own: calls by
  * function and status, cold starts and resumes, time to first byte and call
- * duration histograms; queue depth and leased workers are read from the
- * function agents when scraped. The per-call series are plain counters in
- * one object per function, turned into exposition text at scrape time, so
- * counting a call costs no label hashing on the warm path.
+ * duration histograms; per function version, the calls workers answered and
+ * the token figures of OpenAI-style answers (time to first token, gaps
+ * between tokens, output tokens per second, prompt and completion tokens);
+ * queue depth and leased workers are read from the function agents when
+ * scraped. The per-call series are plain counters in one object per function
+ * (and one per version inside it, found by number), turned into exposition
+ * text at scrape time, so counting a call costs no label hashing on the warm
+ * path.
  *
  * @module
  */
@@ -15,18 +19,64 @@ import type { AuditLog } from "../audit/types.ts";
 /** Histogram buckets (seconds) of the latency series. */
 export const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
+/** Histogram buckets (seconds) of the gaps between streamed tokens. */
+export const TOKEN_GAP_BUCKETS = [
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.02,
+  0.035,
+  0.05,
+  0.075,
+  0.1,
+  0.15,
+  0.25,
+  0.5,
+  1,
+  2.5,
+];
+
+/** Histogram buckets of output tokens per second of a call. */
+export const TOKEN_RATE_BUCKETS = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000];
+
 /** A histogram's counts: one per bucket plus one above the last, a sum and a count. */
 export class Buckets {
-  readonly counts = new Float64Array(BUCKETS.length + 1);
+  readonly bounds: readonly number[];
+  readonly counts: Float64Array;
   sum = 0;
   count = 0;
 
+  constructor(bounds: readonly number[] = BUCKETS) {
+    this.bounds = bounds;
+    this.counts = new Float64Array(bounds.length + 1);
+  }
+
   observe(v: number): void {
+    const bounds = this.bounds;
     let i = 0;
-    while (i < BUCKETS.length && v > BUCKETS[i]) i++;
+    while (i < bounds.length && v > bounds[i]) i++;
     this.counts[i]++;
     this.sum += v;
     this.count++;
+  }
+}
+
+/** Versions of one function that keep metric series (the newest). */
+export const MAX_VERSION_SERIES = 8;
+
+/** The series of one version of a function: calls its workers answered, and their tokens. */
+export class VersionMetrics {
+  readonly codes = new Map<number, number>();
+  readonly ttft = new Buckets();
+  readonly tokenGap = new Buckets(TOKEN_GAP_BUCKETS);
+  readonly tokenRate = new Buckets(TOKEN_RATE_BUCKETS);
+  promptTokens = 0;
+  completionTokens = 0;
+
+  /** Counts a call answered with `code`. */
+  request(code: number): void {
+    this.codes.set(code, (this.codes.get(code) ?? 0) + 1);
   }
 }
 
@@ -37,10 +87,28 @@ export class FunctionMetrics {
   resumes = 0;
   readonly ttfb = new Buckets();
   readonly duration = new Buckets();
+  /** Per version of the function, by number. */
+  readonly versions = new Map<number, VersionMetrics>();
 
   /** Counts a call answered with `code`. */
   request(code: number): void {
     this.codes.set(code, (this.codes.get(code) ?? 0) + 1);
+  }
+
+  /**
+   * The series of version `v` (made on first use). Only the newest
+   * {@linkcode MAX_VERSION_SERIES} versions keep series, so that versions
+   * over a function's life do not grow the label set without end.
+   */
+  version(v: number): VersionMetrics {
+    let m = this.versions.get(v);
+    if (!m) {
+      this.versions.set(v, m = new VersionMetrics());
+      if (this.versions.size > MAX_VERSION_SERIES) {
+        this.versions.delete(Math.min(...this.versions.keys()));
+      }
+    }
+    return m;
   }
 }
 
@@ -67,30 +135,45 @@ class LiveMetric {
   }
 }
 
+type Labels = Record<string, string | number>;
+
+function pushHistogram(out: MetricValue<string>[], name: string, labels: Labels, b: Buckets) {
+  let acc = 0;
+  for (let i = 0; i < b.bounds.length; i++) {
+    acc += b.counts[i];
+    out.push({
+      metricName: `${name}_bucket`,
+      labels: { ...labels, le: b.bounds[i] },
+      value: acc,
+    } as MetricValue<string>);
+  }
+  out.push({
+    metricName: `${name}_bucket`,
+    labels: { ...labels, le: "+Inf" },
+    value: b.count,
+  } as MetricValue<string>);
+  out.push({ metricName: `${name}_sum`, labels, value: b.sum } as never);
+  out.push({ metricName: `${name}_count`, labels, value: b.count } as never);
+}
+
 function histogramValues(
   name: string,
   series: Map<string, FunctionMetrics>,
   pick: (m: FunctionMetrics) => Buckets,
 ): MetricValue<string>[] {
   const out: MetricValue<string>[] = [];
+  for (const [func, m] of series) pushHistogram(out, name, { function: func }, pick(m));
+  return out;
+}
+
+/** One value per function version, labelled `function` and `version`. */
+function perVersion(
+  series: Map<string, FunctionMetrics>,
+  each: (labels: Labels, v: VersionMetrics, out: MetricValue<string>[]) => void,
+): MetricValue<string>[] {
+  const out: MetricValue<string>[] = [];
   for (const [func, m] of series) {
-    const b = pick(m);
-    let acc = 0;
-    for (let i = 0; i < BUCKETS.length; i++) {
-      acc += b.counts[i];
-      out.push({
-        metricName: `${name}_bucket`,
-        labels: { function: func, le: BUCKETS[i] },
-        value: acc,
-      } as MetricValue<string>);
-    }
-    out.push({
-      metricName: `${name}_bucket`,
-      labels: { function: func, le: "+Inf" },
-      value: b.count,
-    } as MetricValue<string>);
-    out.push({ metricName: `${name}_sum`, labels: { function: func }, value: b.sum } as never);
-    out.push({ metricName: `${name}_count`, labels: { function: func }, value: b.count } as never);
+    for (const [version, v] of m.versions) each({ function: func, version }, v, out);
   }
   return out;
 }
@@ -146,6 +229,49 @@ export class GatewayMetrics {
       "From receiving a call to the end of its answer",
       "histogram",
       () => histogramValues("inferx_request_duration_seconds", s, (m) => m.duration),
+    );
+    metric(
+      "inferx_version_requests_total",
+      "Calls answered by a worker, by function version and HTTP status",
+      "counter",
+      () =>
+        perVersion(s, (labels, v, out) => {
+          for (const [code, n] of v.codes) out.push({ labels: { ...labels, code }, value: n });
+        }),
+    );
+    const versionHistogram = (name: string, help: string, pick: (v: VersionMetrics) => Buckets) =>
+      metric(
+        name,
+        help,
+        "histogram",
+        () => perVersion(s, (labels, v, out) => pushHistogram(out, name, labels, pick(v))),
+      );
+    versionHistogram(
+      "inferx_time_to_first_token_seconds",
+      "From receiving an OpenAI-style call to its first token (a whole answer: to the answer)",
+      (v) => v.ttft,
+    );
+    versionHistogram(
+      "inferx_inter_token_seconds",
+      "Gaps between successive tokens of streamed OpenAI-style answers",
+      (v) => v.tokenGap,
+    );
+    versionHistogram(
+      "inferx_output_tokens_per_second",
+      "Completion tokens per second of a call's time on its worker",
+      (v) => v.tokenRate,
+    );
+    metric(
+      "inferx_prompt_tokens_total",
+      "Prompt tokens of OpenAI-style calls, from their usage",
+      "counter",
+      () => perVersion(s, (labels, v, out) => out.push({ labels, value: v.promptTokens })),
+    );
+    metric(
+      "inferx_completion_tokens_total",
+      "Completion tokens of OpenAI-style calls, from their usage or counted from the stream",
+      "counter",
+      () => perVersion(s, (labels, v, out) => out.push({ labels, value: v.completionTokens })),
     );
     if (audit) {
       const gauge = (

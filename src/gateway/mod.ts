@@ -102,8 +102,10 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     upstream.sweep(now);
   }, 100);
   const beat = () =>
-    config.scheduler.refreshGateway(gatewayId, cache.leasedPods()).catch((err) =>
-      logger("gateway").warn("Cannot reach the scheduler: {error}", { error: String(err) })
+    config.scheduler.refreshGateway(gatewayId, cache.leasedPods(), cache.load()).then(
+      (advice) => cache.advise(advice),
+      (err) =>
+        logger("gateway").warn("Cannot reach the scheduler: {error}", { error: String(err) }),
     );
   await beat();
   const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);

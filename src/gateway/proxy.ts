@@ -40,6 +40,8 @@ export interface CallInput {
   replayable: boolean;
   /** The caller's own wait limit (ms), capped by the policy's `queue_timeout`. */
   timeoutMs?: number;
+  /** Tokens the call asks for (`max_tokens` of a JSON body), counted in flight while it runs. */
+  tokens?: number;
   /** When the gateway received the call (`performance.now()`). */
   t0: number;
   /** Hears the stages of the wait for a worker, for callers that show them. */
@@ -114,11 +116,11 @@ export async function forward(
     onGone?.();
   });
   let slot: Slot;
-  const free = agent.tryAcquire();
+  const free = agent.tryAcquire(call.tokens);
   if (free) slot = free;
   else {
     try {
-      slot = await agent.acquire(call.timeoutMs, call.onProgress, caller);
+      slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
     } catch (err) {
       throw gone ? new CallerGone(agent.id) : err;
     }
@@ -156,14 +158,14 @@ export async function forward(
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
       try {
-        slot = await agent.acquire(call.timeoutMs, call.onProgress, caller);
+        slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
       } catch (err) {
         throw gone ? new CallerGone(agent.id) : err;
       }
       continue;
     }
     if (RETRY_STATUSES.has(upstream.status) && call.replayable && attempt < MAX_ATTEMPTS) {
-      const other = agent.tryAcquireOther(slot.worker.podId);
+      const other = agent.tryAcquireOther(slot.worker.podId, call.tokens);
       if (other) {
         upstream.cancel();
         agent.release(slot);
@@ -183,6 +185,7 @@ export async function forward(
     ["x-inferx-ttfb-ms", ttfbMs.toFixed(2)],
     ["x-inferx-queue-ms", held.queuedMs.toFixed(2)],
     ["x-inferx-pod", held.worker.podId],
+    ["x-inferx-version", String(held.worker.version)],
   );
   let finished = false;
   const finish = (delivered: boolean) => {

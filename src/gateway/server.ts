@@ -101,7 +101,10 @@ export function serveGateway(
     }
     try {
       await res.start(answer.status, answer.headers, answer.length, answer.statusText);
-      for (let c; (c = await answer.read()) !== null;) await res.write(c);
+      for (let c; (c = await answer.read()) !== null;) {
+        await res.write(c);
+        rec.tokens?.chunk(c, performance.now()); // a copy of what went out, read after it did
+      }
       await res.end();
       answer.finish(true);
     } catch (err) {

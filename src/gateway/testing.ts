@@ -7,8 +7,16 @@
 import type { InferxError } from "../common/errors.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
-import type { Lease, LeaseRequest, LeaseStage, SchedulerClient } from "../rpc/types.ts";
+import type {
+  FuncLoad,
+  GatewayAdvice,
+  Lease,
+  LeaseRequest,
+  LeaseStage,
+  SchedulerClient,
+} from "../rpc/types.ts";
 import type { AuditLog, AuditQuery, PodRow, RequestRow } from "../audit/types.ts";
+import { summarizeUsage } from "../audit/usage.ts";
 import { createGatewayApp, type GatewayDeps, resolveDeps } from "./app.ts";
 import { Authenticator } from "./auth.ts";
 import { FuncCache } from "./func_cache.ts";
@@ -48,15 +56,20 @@ export class FakeScheduler implements SchedulerClient {
       endpoint,
       coldStart: this.coldStart,
       resumed: false,
-      version: this.version,
+      version: req.version ?? this.version,
     });
   }
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
     this.returns.push({ podId: req.podId, failed: req.failed });
     return Promise.resolve();
   }
-  refreshGateway(): Promise<void> {
-    return Promise.resolve();
+  /** What the next heartbeats are answered with. */
+  advice: GatewayAdvice = { reclaim: [], scaleOut: [] };
+  /** The load each heartbeat reported. */
+  loads: FuncLoad[][] = [];
+  refreshGateway(_gw: string, _pods?: string[], load?: FuncLoad[]): Promise<GatewayAdvice> {
+    this.loads.push(load ?? []);
+    return Promise.resolve(this.advice);
   }
   /** Pods terminated through {@linkcode killPod}. */
   kills: string[] = [];
@@ -181,6 +194,7 @@ export function memoryAudit(): MemoryAudit {
       dropped: 0,
       healthy: true,
     }),
+    usage: (q) => Promise.resolve(summarizeUsage(requests, q)),
     flush: () => Promise.resolve(),
     close: () => Promise.resolve(),
   };

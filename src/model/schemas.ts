@@ -19,6 +19,11 @@ import {
 
 // ---------------------------------------------------------------- FuncPolicy
 
+/** Priorities of functions within their tenant, first served first. */
+export const PRIORITIES = ["high", "normal", "batch"] as const;
+/** One of {@linkcode PRIORITIES}. */
+export type Priority = typeof PRIORITIES[number];
+
 /** Scaling policy schema with InferX's defaults. */
 export const FuncPolicySchema = z.object({
   min_replica: z.int().min(0).default(0),
@@ -28,13 +33,42 @@ export const FuncPolicySchema = z.object({
   queue_len: z.int().min(0).max(1_000_000).default(100),
   /** Seconds a request may wait in the queue. */
   queue_timeout: z.number().positive().max(3600).default(30),
-  scaleout_policy: z.object({ wait_ratio: z.number().min(0).max(100).default(0.1) })
-    .prefault({}),
+  scaleout_policy: z.object({
+    wait_ratio: z.number().min(0).max(100).default(0.1),
+    /** Scale out when a call has waited this long (ms) in a gateway's queue. */
+    queue_ms: z.number().positive().max(3_600_000).optional(),
+    /** Scale out when the tokens in-flight calls asked for (`max_tokens`) exceed this per worker. */
+    inflight_tokens: z.int().min(1).max(100_000_000).optional(),
+  }).prefault({}),
   /** Seconds a leased worker may stay idle before the gateway returns it. */
   scalein_timeout: z.number().min(0).max(86_400).default(1),
+  /**
+   * Order of this function's waiting calls among its tenant's when the GPU
+   * pool is full; absent: `normal`.
+   */
+  priority: z.enum(PRIORITIES).optional(),
+  /**
+   * Share of calls per version (percent, summing to 100). Names versions of
+   * one function, so only in a function's inline policy.
+   */
+  traffic: z.array(z.object({
+    version: z.int().min(1),
+    percent: z.int().min(0).max(100),
+  })).min(1).max(16).optional(),
+  /** Percent of calls the newest version takes while the stable version keeps the rest. */
+  canary_percent: z.int().min(0).max(100).optional(),
 }).refine((p) => p.min_replica <= p.max_replica, {
   message: "min_replica must not exceed max_replica",
   path: ["min_replica"],
+}).refine((p) => !p.traffic || p.traffic.reduce((n, t) => n + t.percent, 0) === 100, {
+  message: "traffic percents must add up to 100",
+  path: ["traffic"],
+}).refine((p) => !p.traffic || new Set(p.traffic.map((t) => t.version)).size === p.traffic.length, {
+  message: "traffic names a version twice",
+  path: ["traffic"],
+}).refine((p) => !(p.traffic && p.canary_percent !== undefined), {
+  message: "set traffic or canary_percent, not both",
+  path: ["canary_percent"],
 });
 
 /** A function's scaling policy, all defaults filled in. */
@@ -150,13 +184,25 @@ export const TenantQuotaSchema = z.object({
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;
 
-/** Tenant specs: free-form, except `quota`, which is checked. */
-const TenantSpecSchema = z.looseObject({ quota: TenantQuotaSchema.optional() });
+/** A tenant's share of a full GPU pool, relative to the other tenants' weights. */
+const WeightSchema = z.number().positive().max(1_000_000);
+
+/** Tenant specs: free-form, except `quota` and `weight`, which are checked. */
+const TenantSpecSchema = z.looseObject({
+  quota: TenantQuotaSchema.optional(),
+  weight: WeightSchema.optional(),
+});
 
 /** The quota in a stored tenant's value (none: unlimited). */
 export function tenantQuota(spec: Record<string, unknown>): TenantQuota {
   const r = TenantQuotaSchema.safeParse(spec.quota ?? {});
   return r.success ? r.data : {};
+}
+
+/** The weight in a stored tenant's value (default 1). */
+export function tenantWeight(spec: Record<string, unknown>): number {
+  const r = WeightSchema.safeParse(spec.weight);
+  return r.success ? r.data : 1;
 }
 
 // ------------------------------------------------------------------ Envelope
@@ -184,8 +230,30 @@ export type UserObject =
     version: number;
     /** Conditions the scheduler observed. */
     status?: FunctionStatus;
-  }
+  } & FunctionVersions
   | ObjectMeta & { type: "funcpolicy"; spec: FuncPolicy };
+
+/** A version of a function that still serves calls, though no longer the newest. */
+export interface OlderVersion {
+  version: number;
+  spec: FunctionSpec;
+}
+
+/**
+ * The versions of a function the state service keeps (docs/traffic.md): the
+ * newest is `version` (its spec is the function's); `stableVersion` is the
+ * one a canary leaves the rest of the calls to; `olderVersions` are the older
+ * versions still named by the traffic split, with their specs.
+ */
+export interface FunctionVersions {
+  /** Set by the state service; the same as `version` when no canary runs. */
+  stableVersion?: number;
+  olderVersions?: OlderVersion[];
+  /** The highest version ever given (a rollback goes below it; new versions go above). */
+  lastVersion?: number;
+  /** Asked for in a write: promote the newest version, or roll back to the stable one. */
+  rollout?: "promote" | "rollback";
+}
 
 /** Fields every stored user object has. */
 export interface ObjectMeta {
@@ -289,6 +357,14 @@ export function decodeUserObject(input: unknown): UserObject {
         if (!st.success) throw invalidInput(what, under("status", st.error));
         if (st.data.conditions.length) fn.status = st.data;
       }
+      const rollout = (env.data.object as { rollout?: unknown } | undefined)?.rollout;
+      if (rollout !== undefined && rollout !== "promote" && rollout !== "rollback") {
+        throw new ValidationError(
+          `Invalid ${what}: rollout: must be "promote" or "rollback"`,
+          "rollout",
+        );
+      }
+      if (rollout) fn.rollout = rollout;
       return fn;
     }
     case "funcpolicy": {
@@ -323,9 +399,25 @@ export function encodeUserObject(obj: UserObject): string {
 
 /** Decodes a store value (written by {@linkcode encodeUserObject}) at `revision`. */
 export function decodeStoredUserObject(value: string, revision: number): UserObject {
-  const parsed = JSON.parse(value) as Record<string, unknown> & { version?: number };
+  const parsed = JSON.parse(value) as Record<string, unknown> & {
+    version?: number;
+    stable_version?: number;
+    last_version?: number;
+    older_versions?: { version: number; spec: unknown }[];
+  };
   const obj = decodeUserObject({ ...parsed, revision });
-  if (obj.type === "function") obj.version = parsed.version ?? revision;
+  if (obj.type === "function") {
+    obj.version = parsed.version ?? revision;
+    if (parsed.stable_version !== undefined) obj.stableVersion = parsed.stable_version;
+    if (parsed.last_version !== undefined) obj.lastVersion = parsed.last_version;
+    if (parsed.older_versions?.length) {
+      obj.olderVersions = parsed.older_versions.map((o) => {
+        const r = FunctionSpecSchema.safeParse(o.spec);
+        if (!r.success) throw invalidInput(`version ${o.version} of ${obj.name}`, r.error);
+        return { version: o.version, spec: r.data };
+      });
+    }
+  }
   return obj;
 }
 
@@ -349,7 +441,17 @@ export function userObjectToJson(obj: UserObject): Record<string, unknown> {
     revision: obj.revision,
     object,
   };
-  if (obj.type === "function") out.version = obj.version;
+  if (obj.type === "function") {
+    out.version = obj.version;
+    if (obj.stableVersion !== undefined) out.stable_version = obj.stableVersion;
+    if (obj.lastVersion !== undefined) out.last_version = obj.lastVersion;
+    if (obj.olderVersions?.length) {
+      out.older_versions = obj.olderVersions.map((o) => ({
+        version: o.version,
+        spec: functionSpecToJson(o.spec),
+      }));
+    }
+  }
   return out;
 }
 

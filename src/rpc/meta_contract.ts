@@ -55,6 +55,70 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
     assert.equal(await meta.get(fn), undefined);
   });
 
+  t("a canary keeps the stable version; promote and rollback mint no version", async ({ meta }) => {
+    await meta.create({ ...tenant, object: {} });
+    await meta.create({ ...ns, object: {} });
+    const canary = { Obj: { canary_percent: 25 } };
+    const v1 = await meta.create({ ...fn, object: { image: "a", policy: canary } });
+    const v2 = await meta.update({
+      ...fn,
+      object: { image: "b", policy: canary },
+      revision: v1.revision,
+    });
+    const stored = JSON.parse(v2.value);
+    assert.deepEqual([stored.version, stored.stable_version], [2, 1]);
+    assert.equal(stored.older_versions[0].spec.image, "a");
+    const spec = stored.object.spec;
+    const back = await meta.update({
+      ...fn,
+      object: { spec, rollout: "rollback" },
+      revision: v2.revision,
+    });
+    const rolled = JSON.parse(back.value);
+    assert.deepEqual(
+      [rolled.version, rolled.stable_version, rolled.last_version, rolled.object.spec.image],
+      [1, 1, 2, "a"],
+    );
+    await assert.rejects(
+      meta.update({
+        ...fn,
+        object: { spec: rolled.object.spec, rollout: "rollback" },
+        revision: back.revision,
+      }),
+      code("conflict"),
+    );
+    await assert.rejects(
+      meta.update({
+        ...fn,
+        object: { spec: { ...spec, image: "c" }, rollout: "promote" },
+        revision: back.revision,
+      }),
+      code("invalid"),
+    );
+    const v3 = await meta.update({
+      ...fn,
+      object: { image: "c", policy: canary },
+      revision: back.revision,
+    });
+    const promoted = await meta.update({
+      ...fn,
+      object: { spec: JSON.parse(v3.value).object.spec, rollout: "promote" },
+      revision: v3.revision,
+    });
+    const p = JSON.parse(promoted.value);
+    assert.deepEqual([p.version, p.stable_version, p.older_versions], [3, 3, undefined]);
+    await assert.rejects(
+      meta.create({
+        type: "funcpolicy",
+        tenant: "acme",
+        namespace: "prod",
+        name: "pinned",
+        object: { traffic: [{ version: 1, percent: 100 }] },
+      }),
+      code("invalid"),
+    );
+  });
+
   t("an update equal to the stored object writes nothing and says unchanged", async ({ meta }) => {
     await meta.create({ ...tenant, object: {} });
     await meta.create({ ...ns, object: {} });

@@ -32,7 +32,7 @@ const NODE: NodeInfo = {
   heartbeat: 0,
 };
 
-async function seed(meta: MetaClient) {
+async function seed(meta: MetaClient, spec?: Record<string, unknown>) {
   await meta.create({
     type: "node",
     tenant: "system",
@@ -40,7 +40,7 @@ async function seed(meta: MetaClient) {
     name: "n1",
     object: { ...NODE, heartbeat: Date.now() },
   });
-  await createTestFunction(meta);
+  await createTestFunction(meta, spec);
 }
 
 /** Marks every new pod Ready at a fake endpoint, as a node agent would. */
@@ -90,6 +90,56 @@ export function schedulerContract(name: string, open: () => Promise<SchedulerFix
     }
     agent.stop();
   });
+
+  t(
+    "a canary's leases go to the version asked for; heartbeats carry load and are answered with advice",
+    async ({ scheduler, meta }) => {
+      const policy = {
+        Obj: { canary_percent: 50, max_replica: 2, scaleout_policy: { queue_ms: 100 } },
+      };
+      await seed(meta, { policy });
+      const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+      const v1 = (await meta.get(ref))!;
+      await meta.update({
+        ...ref,
+        object: { image: "y", commands: ["y"], policy },
+        revision: v1.revision,
+      });
+      const agent = await fakeAgent(meta);
+      // The scheduler learns of version 2 through its watch: until then a lease gets version 1.
+      const leaseOf = async (version: number) => {
+        for (const deadline = Date.now() + 5000;;) {
+          const lease = await scheduler.leaseWorker({ ...req("f", 3000), version });
+          if (lease.version === version) return lease;
+          await scheduler.returnWorker({ podId: lease.podId, gatewayId: "gw1" });
+          assert.ok(Date.now() < deadline, `no lease of version ${version}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      assert.equal((await leaseOf(2)).version, 2);
+      assert.equal((await leaseOf(1)).version, 1, "the stable version serves its share");
+      const load = (waitMs: number) => [{
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        version: 2,
+        queued: 3,
+        waitMs,
+        inflight: 1,
+        inflightTokens: 0,
+        workers: 1,
+      }];
+      assert.deepEqual(await scheduler.refreshGateway("gw1", undefined, load(10)), {
+        reclaim: [],
+        scaleOut: [],
+      });
+      assert.deepEqual(await scheduler.refreshGateway("gw1", undefined, load(500)), {
+        reclaim: [],
+        scaleOut: [{ tenant: "t", namespace: "n", func: "f", version: 2, workers: 1 }],
+      });
+      agent.stop();
+    },
+  );
 
   t(
     "leaseWorker() with onProgress reports the pod starting, then answers the lease",

@@ -18,9 +18,39 @@ import {
   unary,
 } from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
-import type { Lease, LeaseRequest, LeaseStage, SchedulerClient } from "./types.ts";
+import type {
+  FuncLoad,
+  GatewayAdvice,
+  Lease,
+  LeaseRequest,
+  LeaseStage,
+  SchedulerClient,
+} from "./types.ts";
 
 const Service = loadService("scheduler.proto", "scheduler", "SchedulerService");
+
+interface WireLoad {
+  tenant: string;
+  namespace: string;
+  func: string;
+  version: number;
+  queued: number;
+  wait_ms: number;
+  inflight: number;
+  inflight_tokens: number;
+  workers: number;
+}
+
+interface WireAdvice {
+  reclaim: string[];
+  scale_out: {
+    tenant: string;
+    namespace: string;
+    func: string;
+    version: number;
+    workers: number;
+  }[];
+}
 
 interface WireLease {
   pod_id: string;
@@ -36,6 +66,8 @@ interface WireLeaseRequest {
   func: string;
   gateway_id: string;
   timeout_ms: number;
+  /** The function version the call routes to; 0: the newest. */
+  version: number;
 }
 
 interface WireProgress {
@@ -50,6 +82,7 @@ function leaseRequest(r: WireLeaseRequest): LeaseRequest {
     func: r.func,
     gatewayId: r.gateway_id,
     timeoutMs: r.timeout_ms,
+    version: r.version || undefined,
   };
 }
 
@@ -120,10 +153,26 @@ export async function serveScheduler(
       });
       return {};
     }),
-    RefreshGateway: unary(async (req: { gateway_id: string; leased_pods: string[] }) => {
-      await sched.refreshGateway(req.gateway_id, req.leased_pods);
-      return {};
-    }),
+    RefreshGateway: unary(
+      async (req: { gateway_id: string; leased_pods: string[]; load: WireLoad[] }) => {
+        const advice = await sched.refreshGateway(
+          req.gateway_id,
+          req.leased_pods,
+          req.load.map((l) => ({
+            tenant: l.tenant,
+            namespace: l.namespace,
+            func: l.func,
+            version: l.version,
+            queued: l.queued,
+            waitMs: l.wait_ms,
+            inflight: l.inflight,
+            inflightTokens: l.inflight_tokens,
+            workers: l.workers,
+          })),
+        );
+        return { reclaim: advice.reclaim, scale_out: advice.scaleOut } satisfies WireAdvice;
+      },
+    ),
     KillPod: unary(async (req: { pod_id: string }) => {
       await sched.killPod(req.pod_id);
       return {};
@@ -198,6 +247,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
       func: req.func,
       gateway_id: req.gatewayId,
       timeout_ms: req.timeoutMs,
+      version: req.version ?? 0,
     };
     const options = { deadline: new Date(Date.now() + req.timeoutMs + 2000) };
     return new Promise<Lease>((resolve, reject) => {
@@ -266,12 +316,31 @@ export class GrpcSchedulerClient implements SchedulerClient {
     }, this.#timeout);
   }
 
-  async refreshGateway(gatewayId: string, leasedPods: string[] = []): Promise<void> {
-    await this.#call(
+  async refreshGateway(
+    gatewayId: string,
+    leasedPods: string[] = [],
+    load: FuncLoad[] = [],
+  ): Promise<GatewayAdvice> {
+    const res = await this.#call<WireAdvice>(
       "RefreshGateway",
-      { gateway_id: gatewayId, leased_pods: leasedPods },
+      {
+        gateway_id: gatewayId,
+        leased_pods: leasedPods,
+        load: load.map((l) => ({
+          tenant: l.tenant,
+          namespace: l.namespace,
+          func: l.func,
+          version: l.version,
+          queued: l.queued,
+          wait_ms: l.waitMs,
+          inflight: l.inflight,
+          inflight_tokens: l.inflightTokens,
+          workers: l.workers,
+        })),
+      },
       this.#timeout,
     );
+    return { reclaim: res.reclaim ?? [], scaleOut: res.scale_out ?? [] };
   }
 
   async killPod(podId: string): Promise<void> {

@@ -7,6 +7,7 @@
  * @module
  */
 import type { ObjectType } from "../model/keys.ts";
+import type { VersionLoad } from "../model/versions.ts";
 
 /** Names one stored object. */
 export interface ObjectRef {
@@ -95,6 +96,23 @@ export interface LeaseRequest {
   gatewayId: string;
   /** How long the gateway can wait for a worker (ms). */
   timeoutMs: number;
+  /** The function version the gateway routes the call to (a traffic split); absent: the newest. */
+  version?: number;
+}
+
+/** What a gateway reports in its heartbeat of the calls of one function version. */
+export interface FuncLoad extends VersionLoad {
+  tenant: string;
+  namespace: string;
+  func: string;
+}
+
+/** The scheduler's answer to a gateway's heartbeat. */
+export interface GatewayAdvice {
+  /** Leased workers to give back once their calls are done (fair share between tenants). */
+  reclaim: string[];
+  /** Function versions to lease more workers of (`scaleout_policy.queue_ms`, `inflight_tokens`). */
+  scaleOut: { tenant: string; namespace: string; func: string; version: number; workers: number }[];
 }
 
 /** A worker leased to a gateway. */
@@ -132,10 +150,16 @@ export interface SchedulerClient {
   /** Gives a worker back; `failed` asks for it to be replaced. */
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void>;
   /**
-   * Heartbeat of a gateway with the pods it holds: keeps its leases, and
-   * tells a restarted scheduler who holds what.
+   * Heartbeat of a gateway with the pods it holds and, when it says, the load
+   * of its functions: keeps its leases, tells a restarted scheduler who
+   * holds what, and is answered with leases to give back and functions to
+   * lease more workers of.
    */
-  refreshGateway(gatewayId: string, leasedPods?: string[]): Promise<void>;
+  refreshGateway(
+    gatewayId: string,
+    leasedPods?: string[],
+    load?: FuncLoad[],
+  ): Promise<GatewayAdvice>;
   /** Terminates a pod now. */
   killPod(podId: string): Promise<void>;
 }

@@ -59,7 +59,7 @@ export function leaderOnly(
     leaseWorker: (req, signal, onProgress): Promise<Lease> =>
       leader()?.leaseWorker(req, signal, onProgress) ?? notLeader(),
     returnWorker: (req) => leader()?.returnWorker(req) ?? notLeader(),
-    refreshGateway: (gw, pods) => leader()?.refreshGateway(gw, pods) ?? notLeader(),
+    refreshGateway: (gw, pods, load) => leader()?.refreshGateway(gw, pods, load) ?? notLeader(),
     killPod: (podId) => leader()?.killPod(podId) ?? notLeader(),
   };
 }

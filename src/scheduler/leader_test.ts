@@ -23,7 +23,7 @@ Deno.test("leaderOnly() refuses calls while the replica does not lead, and passe
       calls.push("lease"), onProgress?.("starting"), Promise.resolve({} as never)
     ),
     returnWorker: () => (calls.push("return"), Promise.resolve()),
-    refreshGateway: () => (calls.push("refresh"), Promise.resolve()),
+    refreshGateway: () => (calls.push("refresh"), Promise.resolve({ reclaim: [], scaleOut: [] })),
     killPod: () => (calls.push("kill"), Promise.resolve()),
   };
   const stages: string[] = [];

@@ -26,10 +26,14 @@ import {
   type FunctionSpec,
   resolvePolicy,
   tenantQuota,
+  tenantWeight,
 } from "../model/schemas.ts";
+import { type FunctionObject, specOfVersion, trafficSplit } from "../model/versions.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Gauge, type Registry } from "prom-client";
 import type {
+  FuncLoad,
+  GatewayAdvice,
   Lease,
   LeaseRequest,
   LeaseStage,
@@ -42,9 +46,13 @@ import {
   type CoreEvent,
   type CorePolicy,
   type CoreState,
+  fairShare,
+  fairView,
   type FuncReport,
+  leaseTarget,
   newCoreState,
   type NodeReport,
+  type PodDemand,
   type PodPlacement,
   step,
 } from "./core/mod.ts";
@@ -74,14 +82,6 @@ export interface SchedulerOptions {
   podResyncMs?: number;
 }
 
-interface FuncEntry {
-  tenant: string;
-  namespace: string;
-  name: string;
-  version: number;
-  spec: FunctionSpec;
-}
-
 /** Scheduler shell: owns the core state and carries out its actions. */
 export class SchedulerService implements SchedulerClient {
   #meta: MetaClient;
@@ -89,8 +89,11 @@ export class SchedulerService implements SchedulerClient {
   #options: SchedulerOptions;
   #pending = new Map<string, { resolve(l: Lease): void; reject(e: Error): void }>();
   /** Waiting leases whose requester follows their progress. */
-  #progress = new Map<string, { func: string; stage?: LeaseStage; report(s: LeaseStage): void }>();
-  #funcs = new Map<string, FuncEntry>();
+  #progress = new Map<
+    string,
+    { func: string; version?: number; stage?: LeaseStage; report(s: LeaseStage): void }
+  >();
+  #funcs = new Map<string, FunctionObject>();
   #policies = new Map<string, FuncPolicy>();
   /** Pod records as last seen, for writes. */
   #podRefs = new Map<string, ObjectRef>();
@@ -216,6 +219,32 @@ export class SchedulerService implements SchedulerClient {
       (g) => g.vramUsedMB,
     );
     perGpu("inferx_gpu_vram_total_mb", "GPU memory (MB)", (g) => g.vramTotalMB);
+    const perTenant = (
+      name: string,
+      help: string,
+      pick: (tenant: string, v: ReturnType<typeof fairView>) => number,
+    ) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["tenant"] as const,
+        registers: [registry],
+        collect() {
+          this.reset();
+          const v = fairView(core());
+          for (const tenant of v.active) this.set({ tenant }, pick(tenant, v));
+        },
+      });
+    perTenant(
+      "inferx_tenant_pool_share",
+      "Dominant share of the pool (CPU, memory or GPU memory) a tenant's pods hold",
+      (t, v) => v.usage.get(t) ?? 0,
+    );
+    perTenant(
+      "inferx_tenant_fair_share",
+      "The share of a full pool a tenant is due, by weight, among the tenants holding or waiting",
+      (t, v) => fairShare(v, t),
+    );
   }
 
   /** Loads the cluster from the store (nodes, pods, then functions) and starts ticking. */
@@ -254,15 +283,20 @@ export class SchedulerService implements SchedulerClient {
             tenant: o.name,
             limits: { maxGpu: q.max_gpu, maxReplica: q.max_replica },
           });
+          const weight = tenantWeight(o.spec as Record<string, unknown>);
+          this.#apply({ type: "tenantWeight", tenant: o.name, weight });
         },
-        remove: (ref) => this.#apply({ type: "tenantQuota", tenant: ref.name, limits: {} }),
+        remove: (ref) => {
+          this.#apply({ type: "tenantQuota", tenant: ref.name, limits: {} });
+          this.#apply({ type: "tenantWeight", tenant: ref.name, weight: 1 });
+        },
       }),
       await startInformer(this.#meta, "function", {
         upsert: (rec) => {
           const o = decodeStoredUserObject(rec.value, rec.revision);
           if (o.type !== "function") return;
           const id = funcId(o.tenant, o.namespace, o.name);
-          this.#funcs.set(id, { ...o, spec: o.spec });
+          this.#funcs.set(id, o);
           this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
           const decided = this.#core.funcs.get(id)?.schedulable;
           if (decided) {
@@ -328,7 +362,9 @@ export class SchedulerService implements SchedulerClient {
   ): Promise<Lease> {
     const reqId = newId("l", 6);
     const func = funcId(req.tenant, req.namespace, req.func);
-    if (onProgress) this.#progress.set(reqId, { func, report: onProgress });
+    if (onProgress) {
+      this.#progress.set(reqId, { func, version: req.version, report: onProgress });
+    }
     return new Promise<Lease>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       const onAbort = () => {
@@ -355,6 +391,7 @@ export class SchedulerService implements SchedulerClient {
         func,
         gateway: req.gatewayId,
         deadline: this.#clock.now() + req.timeoutMs,
+        version: req.version,
       });
     });
   }
@@ -364,9 +401,26 @@ export class SchedulerService implements SchedulerClient {
     return Promise.resolve();
   }
 
-  refreshGateway(gatewayId: string, leasedPods?: string[]): Promise<void> {
-    this.#apply({ type: "gatewayHeartbeat", gateway: gatewayId, leases: leasedPods });
-    return Promise.resolve();
+  refreshGateway(
+    gatewayId: string,
+    leasedPods?: string[],
+    load?: FuncLoad[],
+  ): Promise<GatewayAdvice> {
+    const actions = this.#apply({
+      type: "gatewayHeartbeat",
+      gateway: gatewayId,
+      leases: leasedPods,
+      load: load?.map((l) => ({ ...l, func: funcId(l.tenant, l.namespace, l.func) })),
+    });
+    const advice: GatewayAdvice = { reclaim: [], scaleOut: [] };
+    for (const a of actions) {
+      if (a.type === "reclaimLease" && a.gateway === gatewayId) advice.reclaim.push(a.podId);
+      if (a.type === "scaleOut" && a.gateway === gatewayId) {
+        const [tenant, namespace, func] = a.func.split("/");
+        advice.scaleOut.push({ tenant, namespace, func, version: a.version, workers: a.workers });
+      }
+    }
+    return Promise.resolve(advice);
   }
 
   killPod(podId: string): Promise<void> {
@@ -380,17 +434,15 @@ export class SchedulerService implements SchedulerClient {
       f.spec,
       (name) => this.#policies.get(funcId(f.tenant, f.namespace, name)),
     );
-    const r = f.spec.resources;
+    const older = trafficSplit(f, policy).flatMap((s) => {
+      const spec = s.version === f.version ? undefined : specOfVersion(f, s.version);
+      return spec ? [{ version: s.version, demand: demandOf(spec) }] : [];
+    });
     return {
       id,
       version: f.version,
-      demand: {
-        cpu: r.CPU,
-        memMB: r.Mem,
-        gpuType: r.GPU.Type,
-        gpuCount: r.GPU.Count,
-        vramMB: r.GPU.vRam,
-      },
+      demand: demandOf(f.spec),
+      older,
       policy: {
         minReplica: policy.min_replica,
         maxReplica: policy.max_replica,
@@ -398,6 +450,9 @@ export class SchedulerService implements SchedulerClient {
         scaleinTimeoutS: policy.scalein_timeout,
         // Where the function wants its GPU memory kept while parked.
         standbyTier: f.spec.standby.gpu === "File" ? "file" : "host_memory",
+        priority: policy.priority,
+        queueMs: policy.scaleout_policy.queue_ms,
+        inflightTokens: policy.scaleout_policy.inflight_tokens,
       },
     };
   }
@@ -439,15 +494,16 @@ export class SchedulerService implements SchedulerClient {
     });
   }
 
-  #apply(event: CoreEvent): void {
+  #apply(event: CoreEvent): CoreAction[] {
     const { actions } = step(this.#core, event, this.#clock.now());
     for (const a of actions) this.#carryOut(a);
     if (this.#progress.size) this.#reportProgress();
+    return actions;
   }
 
   /**
-   * Tells each followed lease what its function's pods are doing while it
-   * waits: one being restored from standby, one starting, or none yet.
+   * Tells each followed lease what its function version's pods are doing
+   * while it waits: one being restored from standby, one starting, or none yet.
    */
   #reportProgress(): void {
     for (const [reqId, p] of this.#progress) {
@@ -455,7 +511,7 @@ export class SchedulerService implements SchedulerClient {
         this.#progress.delete(reqId); // answered or withdrawn
         continue;
       }
-      const stage = leaseStage(this.#core, p.func);
+      const stage = leaseStage(this.#core, p.func, p.version);
       if (stage === p.stage) continue;
       p.stage = stage;
       p.report(stage);
@@ -505,6 +561,17 @@ export class SchedulerService implements SchedulerClient {
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
         this.#setDesired(a.podId, "Running");
         break;
+      case "reclaimLease":
+        // Asked of the gateway in the answer to its heartbeat, again until it gives the pod back.
+        if (a.repeat) break;
+        log.info("Reclaiming pod {pod} from gateway {gateway}: {reason}", {
+          pod: a.podId,
+          gateway: a.gateway,
+          reason: a.reason,
+        });
+        break;
+      case "scaleOut":
+        break; // the answer to the heartbeat that reported the load
       case "funcCondition":
         log.info("Function {func} Schedulable={status}: {message}", {
           func: a.func,
@@ -520,7 +587,8 @@ export class SchedulerService implements SchedulerClient {
     const [tenant, namespace, name] = p.func.split("/");
     const f = this.#funcs.get(p.func);
     if (!f) throw new Error(`function ${p.func} is gone`);
-    const s = f.spec;
+    const s = specOfVersion(f, p.version);
+    if (!s) throw new Error(`version ${p.version} of ${p.func} is no longer kept`);
     const pod: PodInfo = {
       id: p.id,
       tenant,
@@ -573,6 +641,18 @@ export class SchedulerService implements SchedulerClient {
   }
 }
 
+/** What one pod of a function spec needs. */
+function demandOf(spec: FunctionSpec): PodDemand {
+  const r = spec.resources;
+  return {
+    cpu: r.CPU,
+    memMB: r.Mem,
+    gpuType: r.GPU.Type,
+    gpuCount: r.GPU.Count,
+    vramMB: r.GPU.vRam,
+  };
+}
+
 /** A stored node as the core reads it. */
 function nodeReport(n: NodeInfo): NodeReport {
   return {
@@ -588,8 +668,12 @@ function nodeReport(n: NodeInfo): NodeReport {
 }
 
 /** The stage of a lease of `func` waiting now. */
-export function leaseStage(core: Readonly<CoreState>, func: string): LeaseStage {
-  const f = core.funcs.get(func);
+export function leaseStage(
+  core: Readonly<CoreState>,
+  func: string,
+  version?: number,
+): LeaseStage {
+  const f = leaseTarget(core.units.get(func), version);
   let starting = false;
   for (const id of f?.pods ?? []) {
     const state = core.pods.get(id)?.state;

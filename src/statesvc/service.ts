@@ -34,13 +34,16 @@ import { jsonEqual } from "../common/json.ts";
 import {
   decodeStoredUserObject,
   decodeUserObject,
+  DEFAULT_POLICY,
   encodeUserObject,
+  type FuncPolicy,
   type FunctionSpec,
+  functionSpecToJson,
   sameWorker,
-  storedVersion,
   tenantQuota,
   type UserObject,
 } from "../model/schemas.ts";
+import { type FunctionObject, nextVersions, rolloutVersions } from "../model/versions.ts";
 import type { MetaStore } from "../store/types.ts";
 import type {
   MetaClient,
@@ -188,6 +191,7 @@ export class StateService implements MetaClient {
       await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
     }
     const prev = current && storedUserObject(current);
+    let stored: UserObject = obj;
     if (obj.type === "function") {
       if (obj.spec.policy?.kind === "link") {
         await this.#mustExist("funcpolicy", obj.tenant, obj.namespace, obj.spec.policy.name);
@@ -195,11 +199,17 @@ export class StateService implements MetaClient {
       const old = prev?.type === "function" ? prev : undefined;
       const newWorker = !old || !sameWorker(old.spec, obj.spec);
       if (newWorker) await this.#checkQuota(obj.tenant, obj.spec, current === undefined);
-      const version = old?.version ?? (current ? storedVersion(current.value) : 0);
-      obj.version = !current ? 1 : newWorker ? version + 1 : version;
-      if (!hasStatus(input.object) && old?.status) obj.status = old.status;
+      const versioned = await this.#versioned(obj, old, newWorker);
+      if (!hasStatus(input.object) && old?.status) versioned.status = old.status;
+      stored = versioned;
     }
-    const value = encodeUserObject(obj);
+    if (obj.type === "funcpolicy" && obj.spec.traffic) {
+      throw new ValidationError(
+        `Invalid funcpolicy ${obj.tenant}/${obj.namespace}/${obj.name}: traffic names versions of one function: set it in that function's inline policy`,
+        "traffic",
+      );
+    }
+    const value = encodeUserObject(stored);
     const unchanged = prev !== undefined &&
       jsonEqual(JSON.parse(value), JSON.parse(encodeUserObject(prev)));
     return { value, unchanged };
@@ -260,6 +270,41 @@ export class StateService implements MetaClient {
       return admitCallSecret(input.name, input.object);
     }
     throw new ValidationError(`Invalid object: unknown type "${input.type}"`, "type");
+  }
+
+  /**
+   * A function write with its versions (src/model/versions.ts): a new version
+   * when what defines its workers changed, the older versions its traffic
+   * split names kept; or a rollout (promote, roll back), which must carry the
+   * current spec unchanged.
+   */
+  async #versioned(
+    obj: FunctionObject,
+    prev: FunctionObject | undefined,
+    newWorker: boolean,
+  ): Promise<FunctionObject> {
+    const policy = await this.#policyOf(obj);
+    if (!obj.rollout) return nextVersions(prev, obj, policy, newWorker);
+    const what = `function ${obj.tenant}/${obj.namespace}/${obj.name}`;
+    if (!prev) throw new NotFoundError(`Cannot roll out ${what}: it does not exist`);
+    const same = (s: FunctionSpec) => JSON.stringify(functionSpecToJson(s));
+    if (same(obj.spec) !== same(prev.spec)) {
+      throw new ValidationError(
+        `Cannot roll out ${what}: a rollout changes nothing else (send the current spec with it)`,
+        "rollout",
+      );
+    }
+    return rolloutVersions(prev, obj.rollout, policy);
+  }
+
+  /** The policy a function's spec puts in force (a linked one read from the store). */
+  async #policyOf(obj: FunctionObject): Promise<FuncPolicy> {
+    const ref = obj.spec.policy;
+    if (!ref) return DEFAULT_POLICY;
+    if (ref.kind === "inline") return ref.policy;
+    const kv = await this.#store.get(objectKey("funcpolicy", obj.tenant, obj.namespace, ref.name));
+    const p = kv && decodeStoredUserObject(kv.value, kv.revision);
+    return p?.type === "funcpolicy" ? p.spec : DEFAULT_POLICY;
   }
 
   /** A tenant's `max_functions` (on create) and `max_gpu` (a replica that could never fit). */

@@ -10,10 +10,11 @@
 import type { MiddlewareHandler } from "hono";
 import { httpStatus, type InferxError, toInferxError } from "../../common/errors.ts";
 import type { AuditLog } from "../../audit/types.ts";
-import type { FunctionMetrics, GatewayMetrics } from "../metrics.ts";
+import type { FunctionMetrics, GatewayMetrics, VersionMetrics } from "../metrics.ts";
 import type { Principal } from "../auth.ts";
 import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
 import type { Slot } from "../func_agent.ts";
+import { tokenFormat, TokenMeter, type TokenStats } from "../tokens.ts";
 
 /** Where call outcomes go. */
 export interface ObserveOptions {
@@ -38,12 +39,20 @@ export class CallRecord {
   target?: FuncTarget;
   #metrics?: FunctionMetrics;
   status = 0;
+  /**
+   * Reads the tokens of an OpenAI-style answer; undefined for any other.
+   * Feed it each streamed piece after writing it to the caller.
+   */
+  tokens?: TokenMeter;
   /** The asynchronous call this request accepted, or this run is an attempt of. */
   callId?: string;
   /** Which attempt of `callId` this run is. */
   attempt?: number;
   #slot?: Slot;
   #ttfbMs?: number;
+  #version?: VersionMetrics;
+  /** A whole OpenAI-style answer's body, read for its usage once it has been sent. */
+  #whole?: Uint8Array;
   #done = false;
 
   constructor(o: ObserveOptions, method: string, path: string, t0: number) {
@@ -61,7 +70,11 @@ export class CallRecord {
     }
   }
 
-  /** A worker answered (its head). */
+  /**
+   * A worker answered (its head). An OpenAI-style answer gets a token meter;
+   * a whole one also its time to first token as `x-inferx-ttft-ms` (`a`'s
+   * headers have not gone out yet).
+   */
   answered(a: CallAnswer): void {
     this.status = a.status;
     this.#slot = a.slot;
@@ -71,15 +84,33 @@ export class CallRecord {
     m.ttfb.observe(a.ttfbMs / 1000);
     if (a.slot.coldStart) m.coldStarts++;
     if (a.slot.resumed) m.resumes++;
+    if (this.#metrics) (this.#version = m.version(a.slot.worker.version)).request(a.status);
+    const format = tokenFormat(this.path, a.status, a.headers);
+    if (!format) return;
+    this.tokens = new TokenMeter(format, this.t0);
+    if (a.bytes) {
+      this.#whole = a.bytes;
+      a.headers.push(["x-inferx-ttft-ms", a.ttfbMs.toFixed(2)]);
+    }
   }
 
-  /** The answer has been delivered (or broke off after its head): duration and audit row. */
+  /**
+   * The answer has been delivered (or broke off after its head): duration,
+   * token figures and audit row.
+   */
   finished(): void {
     if (this.#done) return;
     this.#done = true;
-    const ms = performance.now() - this.t0;
+    const now = performance.now();
+    const ms = now - this.t0;
     this.#series().duration.observe(ms / 1000);
-    this.#audit(ms);
+    let tokens: TokenStats | undefined;
+    if (this.tokens) {
+      if (this.#whole) this.tokens.whole(this.#whole, this.t0 + this.#ttfbMs!);
+      tokens = this.tokens.result(now, this.#slot?.queuedMs);
+      if (this.#version) countTokens(this.#version, tokens);
+    }
+    this.#audit(ms, undefined, tokens);
   }
 
   /** The gateway answered an error itself. */
@@ -118,7 +149,7 @@ export class CallRecord {
     return this.#metrics ?? this.#o.metrics.of(UNKNOWN_FUNCTION);
   }
 
-  #audit(latencyMs: number, error?: string): void {
+  #audit(latencyMs: number, error?: string, tokens?: TokenStats): void {
     const audit = this.#o.audit;
     if (!audit) return;
     const t = this.target;
@@ -138,11 +169,27 @@ export class CallRecord {
       coldStart: slot?.coldStart ?? false,
       resumed: slot?.resumed ?? false,
       pod: slot?.worker.podId,
+      version: slot?.worker.version,
       error,
+      ttftMs: tokens?.ttftMs,
+      itlP50Ms: tokens?.itlP50Ms,
+      itlP99Ms: tokens?.itlP99Ms,
+      tokensPerS: tokens?.tokensPerS,
+      promptTokens: tokens?.promptTokens,
+      completionTokens: tokens?.completionTokens,
       call: this.callId,
       attempt: this.attempt,
     });
   }
+}
+
+/** Adds one call's token figures to its version's series. */
+function countTokens(m: VersionMetrics, t: TokenStats): void {
+  if (t.ttftMs !== undefined) m.ttft.observe(t.ttftMs / 1000);
+  for (const g of t.gapsMs) m.tokenGap.observe(g / 1000);
+  if (t.tokensPerS !== undefined) m.tokenRate.observe(t.tokensPerS);
+  m.promptTokens += t.promptTokens ?? 0;
+  m.completionTokens += t.completionTokens ?? 0;
 }
 
 /** Hono variables the gateway's middleware set. */

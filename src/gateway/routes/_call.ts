@@ -33,7 +33,10 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
         if (chunk === null) {
           controller.close();
           end(true);
-        } else controller.enqueue(chunk);
+        } else {
+          controller.enqueue(chunk);
+          rec.tokens?.chunk(chunk, performance.now()); // read after it was passed on
+        }
       } catch (err) {
         end(false);
         controller.error(err);

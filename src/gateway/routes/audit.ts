@@ -2,7 +2,9 @@
  * The audit: `GET /audit/requests` and `GET /audit/pods`, newest first,
  * filtered by `tenant`, `namespace`, `func`, `since` (ms) and `limit`, and
  * request rows by `status` (`503`, or a class: `5xx`); `GET /audit/stats`
- * for the log's health.
+ * for the log's health and the token usage of OpenAI-style calls by
+ * function version and by tenant (`since`, default the last hour; `tenant`
+ * to see one tenant's, with a grant on that tenant).
  *
  * @module
  */
@@ -12,15 +14,21 @@ import type { AuditQuery } from "../../audit/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 
+const HOUR_MS = 3_600_000;
+
 /** The audit routes, mounted at `/audit`. */
 export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   app.get("/:kind", async (c) => {
     const kind = c.req.param("kind");
     if (kind === "stats") {
-      authorize(c.var.principal, "read");
+      const { tenant, since } = auditQuery(c.req.query());
+      authorize(c.var.principal, "read", tenant);
       if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
-      return c.json(deps.audit.stats());
+      // The log's health must show while its backend is down: usage then says why it is missing.
+      const usage = await deps.audit.usage({ tenant, since: since ?? Date.now() - HOUR_MS })
+        .catch((err: Error) => ({ error: err.message }));
+      return c.json({ ...deps.audit.stats(), usage });
     }
     if (kind !== "requests" && kind !== "pods") {
       throw new NotFoundError(

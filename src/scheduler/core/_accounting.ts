@@ -26,6 +26,20 @@ export interface Ctx {
 export const ALL_HELD: Held = { cpu: true, mem: true, vram: true };
 const NONE_HELD: Held = { cpu: false, mem: false, vram: false };
 
+/**
+ * The serving version (see {@linkcode CoreFunc}) a pod belongs to, or
+ * undefined when its version no longer serves (it drains) or its function is
+ * gone.
+ */
+export function unitOf(
+  state: CoreState,
+  pod: { func: string; version: number },
+): CoreFunc | undefined {
+  const f = state.funcs.get(pod.func);
+  if (!f || f.version === pod.version) return f;
+  return state.funcs.get(`${pod.func}@${pod.version}`);
+}
+
 /** Pods of the current version that serve or are about to: for `minReplica` and scale-in. */
 export function activeCurrent(state: CoreState, f: CoreFunc): number {
   let n = 0;
@@ -98,7 +112,7 @@ export function createPod(
   const id = `${ctx.state.config.podIdPrefix}-${(++ctx.state.podSeq).toString(36)}`;
   const placement: PodPlacement = {
     id,
-    func: f.id,
+    func: f.func,
     version: f.version,
     node: node.name,
     cpu: f.demand.cpu,
@@ -130,7 +144,7 @@ export function addPod(
   state.pods.set(p.id, pod);
   node.pods.add(p.id);
   setHeld(state, pod, held);
-  state.funcs.get(p.func)?.pods.add(p.id);
+  unitOf(state, p)?.pods.add(p.id);
   return pod;
 }
 
@@ -159,7 +173,7 @@ export function releasePod(state: CoreState, pod: CorePod) {
   state.pods.delete(pod.id);
   const node = state.nodes.get(pod.node);
   node?.pods.delete(pod.id);
-  const f = state.funcs.get(pod.func);
+  const f = unitOf(state, pod);
   f?.pods.delete(pod.id);
   f?.idle.delete(pod.id);
 }
@@ -169,6 +183,6 @@ export function terminate(ctx: Ctx, pod: CorePod, reason: string) {
   if (pod.state === "Terminating") return;
   pod.state = "Terminating";
   clearLessees(pod);
-  ctx.state.funcs.get(pod.func)?.idle.delete(pod.id);
+  unitOf(ctx.state, pod)?.idle.delete(pod.id);
   ctx.actions.push({ type: "terminatePod", podId: pod.id, reason });
 }

@@ -13,12 +13,22 @@ import {
   liveCurrent,
   terminate,
 } from "./_accounting.ts";
-import { planEviction } from "./eviction.ts";
+import { type EvictionOptions, planEviction } from "./eviction.ts";
+import {
+  demandShare,
+  fairOrder,
+  type FairView,
+  fairView,
+  mayEvict,
+  mayReclaim,
+  needsOrder,
+  reclaim,
+} from "./fairness.ts";
 import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
-import { freeTenantPod, quotaBlock } from "./quota.ts";
+import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
 import { parkedPod, restoreOrStart, retire } from "./standby.ts";
-import type { CoreFunc } from "./types.ts";
+import type { CoreFunc, CoreState } from "./types.ts";
 
 /**
  * Finds pods for waiting leases and `minReplica`: resumes parked pods first,
@@ -71,11 +81,16 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       need--;
       continue;
     }
-    const plan = planEviction(state, f.id, f.demand);
+    const plan = planEviction(state, f.id, f.demand, fairRules(state, f));
     if (plan) {
-      for (const v of plan.victims) terminate(ctx, v, `evicted for ${f.id}`);
+      let reclaimed = 0;
+      for (const v of plan.victims) {
+        if (v.leasedBy) (reclaim(ctx, v, f.id), reclaimed++);
+        else terminate(ctx, v, `evicted for ${f.id}`);
+      }
       f.lastUnschedulable =
-        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}`;
+        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
+        (reclaimed ? ` (${reclaimed} reclaimed from their gateways for fair share)` : "");
     } else {
       f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
     }
@@ -85,12 +100,47 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   state.starved.delete(f.id);
 }
 
-/** Retries functions whose waiters could not be placed, after resources were freed. */
+/**
+ * Retries function versions whose waiters could not be placed, after
+ * resources were freed, in the order they began to wait; with fairness, the
+ * tenant holding least per weight first, then by priority (fairness.ts).
+ */
 export function retryStarved(ctx: Ctx) {
-  for (const id of [...ctx.state.starved]) {
-    const f = ctx.state.funcs.get(id);
-    if (f) ensureCapacity(ctx, f);
-    else ctx.state.starved.delete(id);
+  const { state } = ctx;
+  if (state.starved.size === 0) return;
+  const units: CoreFunc[] = [];
+  for (const id of state.starved) {
+    const f = state.funcs.get(id);
+    if (f) units.push(f);
+    else state.starved.delete(id);
+  }
+  if (state.config.fairShare && needsOrder(units)) fairOrder(fairView(state), units);
+  for (const f of units) ensureCapacity(ctx, f);
+}
+
+/**
+ * What `f` may take from others when nothing fits: any idle or parked pod
+ * without fairness; with it, those of tenants holding more per weight, and
+ * leases of tenants above their fair share while `f`'s tenant stays within
+ * its own.
+ */
+function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
+  if (!state.config.fairShare) return {};
+  // Computed once, when the first candidate is weighed.
+  let view: FairView | undefined;
+  return {
+    evict(p) {
+      const v = lazyView();
+      const cost = demandShare(f.demand, v.totals);
+      return mayEvict(v, tenantOf(f.func), tenantOf(p.func), cost, p.state === "Standby");
+    },
+    reclaim(p) {
+      const v = lazyView();
+      return mayReclaim(v, tenantOf(f.func), tenantOf(p.func), demandShare(f.demand, v.totals));
+    },
+  };
+  function lazyView() {
+    return view ??= fairView(state);
   }
 }
 

@@ -1,30 +1,49 @@
 /**
  * Eviction, apart from placement as kube-scheduler keeps preemption apart
  * from its filter and score plugins: when no node fits a pod, which parked
- * and idle pods to give up, on which node, so that it does.
+ * and idle pods to give up (and which leases to reclaim, when fairness
+ * allows), on which node, so that it does.
  *
  * @module
  */
+import { unitOf } from "./_accounting.ts";
+import { PRIORITY_RANK } from "./fairness.ts";
 import { gpuTypeFit, gpuTypeMatches, nodeReady, vramCharge } from "./placement.ts";
 import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
 
-/** Idle pods to evict on one node so that a pod fits, or nothing needed. */
+/** Pods to give up on one node so that a pod fits, or nothing needed. */
 export interface EvictionPlan {
   node: CoreNode;
+  /** Idle and parked pods to terminate, and leased ones to reclaim (`leasedBy` set). */
   victims: CorePod[];
 }
 
+/** Which pods {@linkcode planEviction} may take. */
+export interface EvictionOptions {
+  /** Whether an idle or parked pod may be evicted (fairness). @default every one */
+  evict?: (pod: CorePod) => boolean;
+  /** Whether a leased pod may be reclaimed from its gateway (fairness). @default none */
+  reclaim?: (pod: CorePod) => boolean;
+}
+
+/** Parked pods go first (they serve nobody), then idle ones, then leased ones. */
+const stateRank = (p: CorePod) => (p.state === "Standby" ? 0 : p.leasedBy ? 2 : 1);
+
 /**
- * Finds the node where evicting the fewest idle pods makes `demand` fit.
- * Victims are idle (Ready, unleased) pods of other functions, or of old
- * versions, least recently used first, never taking a function below its
- * `minReplica`. Pods already terminating count as freed, so a plan with no
- * victims means: wait for them. Undefined when no eviction can help.
+ * Finds the node where giving up the fewest pods makes `demand` fit.
+ * Victims are parked and idle (Ready, unleased) pods of other function
+ * versions (`funcId` is the requesting one), and leased ones `options`
+ * allows reclaiming, cheapest first: parked, idle, leased; lower priority
+ * first; least recently used first; never taking a function below its
+ * `minReplica`. Pods already terminating or being reclaimed count as freed,
+ * so a plan with no victims means: wait for them. Undefined when no
+ * eviction can help.
  */
 export function planEviction(
   state: CoreState,
   funcId: string,
   demand: PodDemand,
+  options: EvictionOptions = {},
 ): EvictionPlan | undefined {
   let best: EvictionPlan | undefined;
   // Active pods per function, counted only for functions that own candidates.
@@ -34,8 +53,8 @@ export function planEviction(
     if (n === undefined) {
       n = 0;
       for (const podId of state.funcs.get(id)?.pods ?? []) {
-        const st = state.pods.get(podId)?.state;
-        if (st !== "Terminating" && st !== "Standby") n++;
+        const p = state.pods.get(podId);
+        if (p && p.state !== "Terminating" && p.state !== "Standby" && !p.reclaiming) n++;
       }
       live.set(id, n);
     }
@@ -47,16 +66,18 @@ export function planEviction(
     const freed: CorePod[] = [];
     for (const id of node.pods) {
       const p = state.pods.get(id)!;
-      if (p.state === "Terminating") freed.push(p);
-      else if (p.state === "Standby") candidates.push(p);
-      else if (p.state === "Ready" && !p.leasedBy) {
-        const f = state.funcs.get(p.func);
-        if (p.func !== funcId || (f && p.version !== f.version)) candidates.push(p);
+      if (p.state === "Terminating" || p.reclaiming) freed.push(p);
+      else if (p.state === "Standby") {
+        if (!options.evict || options.evict(p)) candidates.push(p);
+      } else if (p.state === "Ready" && unitOf(state, p)?.id !== funcId) {
+        if (p.leasedBy ? options.reclaim?.(p) : !options.evict || options.evict(p)) {
+          candidates.push(p);
+        }
       }
     }
-    // Parked pods go first (they serve nobody), then idle ones, least recently used first.
+    const rank = (p: CorePod) => PRIORITY_RANK[unitOf(state, p)?.policy.priority ?? "normal"];
     candidates.sort((a, b) =>
-      Number(b.state === "Standby") - Number(a.state === "Standby") || a.lastUsed - b.lastUsed
+      stateRank(a) - stateRank(b) || rank(b) - rank(a) || a.lastUsed - b.lastUsed
     );
     const budget = new Map<string, number>();
     const victims: CorePod[] = [];
@@ -64,11 +85,11 @@ export function planEviction(
     for (const p of candidates) {
       if (fits) break;
       if (best && victims.length >= best.victims.length) break;
-      const f = state.funcs.get(p.func);
-      const left = budget.get(p.func) ?? liveOf(p.func);
-      if (p.state !== "Standby") {
-        if (f && p.version === f.version && left <= f.policy.minReplica) continue;
-        budget.set(p.func, left - 1);
+      const f = unitOf(state, p);
+      if (p.state !== "Standby" && f) {
+        const left = budget.get(f.id) ?? liveOf(f.id);
+        if (left <= f.policy.minReplica) continue;
+        budget.set(f.id, left - 1);
       }
       victims.push(p);
       fits = fitsAfterFreeing(node, demand, [...freed, ...victims]);

@@ -12,19 +12,25 @@ import {
   liveCurrent,
   removeLessee,
   terminate,
+  unitOf,
 } from "./_accounting.ts";
+import { scaleOutAdvice } from "./autoscale.ts";
 import { ensureCapacity } from "./capacity.ts";
+import { leaseTarget } from "./funcs.ts";
 import { refuseUnschedulable } from "./schedulable.ts";
 import { retire } from "./standby.ts";
-import type { CoreFunc, CorePod, Waiter } from "./types.ts";
+import type { CoreFunc, CorePod, GatewayLoad, Waiter } from "./types.ts";
 
-/** A gateway asks for a worker: an idle one at once, else it waits while capacity is found. */
+/**
+ * A gateway asks for a worker of a function version: an idle one at once,
+ * else it waits while capacity is found.
+ */
 export function onLease(
   ctx: Ctx,
-  e: { reqId: string; func: string; gateway: string; deadline: number },
+  e: { reqId: string; func: string; gateway: string; deadline: number; version?: number },
 ) {
   ctx.state.gateways.set(e.gateway, ctx.now);
-  const f = ctx.state.funcs.get(e.func);
+  const f = leaseTarget(ctx.state.units.get(e.func), e.version);
   if (!f) {
     ctx.actions.push({
       type: "leaseFailed",
@@ -35,7 +41,12 @@ export function onLease(
     return;
   }
   if (refuseUnschedulable(ctx, f, e.reqId)) return;
-  const waiter: Waiter = { reqId: e.reqId, gateway: e.gateway, deadline: e.deadline };
+  const waiter: Waiter = {
+    reqId: e.reqId,
+    gateway: e.gateway,
+    deadline: e.deadline,
+    since: ctx.now,
+  };
   for (const podId of f.idle) {
     grant(ctx, f, ctx.state.pods.get(podId)!, waiter, false);
     return;
@@ -56,9 +67,10 @@ function sharable(ctx: Ctx, f: CoreFunc, gateway: string): CorePod | undefined {
   let best: CorePod | undefined;
   for (const id of f.pods) {
     const p = ctx.state.pods.get(id)!;
-    if (p.state !== "Ready" || p.version !== f.version || !p.leasedBy || holds(p, gateway)) {
-      continue;
-    }
+    if (
+      p.state !== "Ready" || p.version !== f.version || !p.leasedBy || p.reclaiming ||
+      holds(p, gateway)
+    ) continue;
     if (!best || (p.sharedWith?.length ?? 0) < (best.sharedWith?.length ?? 0)) best = p;
   }
   return best;
@@ -66,8 +78,9 @@ function sharable(ctx: Ctx, f: CoreFunc, gateway: string): CorePod | undefined {
 
 /** The requester gave up: it waits no more. */
 export function onCancelLease(ctx: Ctx, funcId: string, reqId: string) {
-  const f = ctx.state.funcs.get(funcId);
-  if (f) f.waiters = f.waiters.filter((w) => w.reqId !== reqId);
+  for (const f of ctx.state.units.get(funcId) ?? []) {
+    f.waiters = f.waiters.filter((w) => w.reqId !== reqId);
+  }
 }
 
 function grant(
@@ -94,7 +107,8 @@ function grant(
 
 /**
  * A gateway gives a worker back: to the next waiter, idle, parked, or
- * terminated — once no other gateway shares it.
+ * terminated (failed, its version drained, or reclaimed for another tenant) —
+ * once no other gateway shares it.
  */
 export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
   const pod = ctx.state.pods.get(podId);
@@ -102,25 +116,49 @@ export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boole
   if (failed) return terminate(ctx, pod, "returned as failed");
   if (!removeLessee(pod, gateway)) return; // others still use it
   pod.lastUsed = ctx.now;
-  const f = ctx.state.funcs.get(pod.func);
-  if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+  const f = unitOf(ctx.state, pod);
+  if (!f) return terminate(ctx, pod, "old version drained");
+  if (pod.reclaiming) {
+    pod.reclaiming = false;
+    return terminate(ctx, pod, "reclaimed for a tenant below its fair share");
+  }
   settleUnleased(ctx, f, pod, false);
 }
 
 /**
  * A gateway's heartbeat keeps its leases. When it lists the pods it holds,
  * claims those nobody else holds (after a scheduler restart the core knows
- * no leases), and takes back settled leases it no longer lists.
+ * no leases), and takes back settled leases it no longer lists. When it
+ * reports its load, the core may advise it to lease more (autoscale.ts).
+ * Leases being reclaimed from it are asked for again (level-triggered: a
+ * lost answer loses nothing).
  */
-export function onGatewayHeartbeat(ctx: Ctx, gateway: string, leases?: string[]) {
+export function onGatewayHeartbeat(
+  ctx: Ctx,
+  gateway: string,
+  leases?: string[],
+  load?: GatewayLoad[],
+) {
   ctx.state.gateways.set(gateway, ctx.now);
+  if (load) scaleOutAdvice(ctx, gateway, load);
+  for (const pod of ctx.state.pods.values()) {
+    if (pod.reclaiming && holds(pod, gateway)) {
+      ctx.actions.push({
+        type: "reclaimLease",
+        gateway,
+        podId: pod.id,
+        reason: "reclaimed for a tenant below its fair share",
+        repeat: true,
+      });
+    }
+  }
   if (!leases) return;
   const held = new Set(leases);
   for (const id of held) {
     const pod = ctx.state.pods.get(id);
     if (!pod || pod.state !== "Ready" || holds(pod, gateway)) continue;
     addLessee(pod, gateway, ctx.now); // shared, when another gateway lists it too
-    ctx.state.funcs.get(pod.func)?.idle.delete(id);
+    unitOf(ctx.state, pod)?.idle.delete(id);
   }
   for (const pod of [...ctx.state.pods.values()]) {
     if (!holds(pod, gateway) || held.has(pod.id)) continue;

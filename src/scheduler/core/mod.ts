@@ -8,6 +8,9 @@
 export * from "./types.ts";
 export * from "./placement.ts";
 export * from "./eviction.ts";
+export * from "./fairness.ts";
+export { extraWorkers } from "./autoscale.ts";
+export { leaseTarget, unitId } from "./funcs.ts";
 export {
   capacityView,
   REASONS,

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { addPod, ALL_HELD, type Ctx, releasePod, terminate } from "./_accounting.ts";
+import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
 import { learnReadyTime, TIER_HOLDS } from "./standby.ts";
@@ -23,7 +23,7 @@ export function onPodStatus(
   const { state } = ctx;
   const pod = state.pods.get(podId);
   if (!pod || status === "Standby") return;
-  const f = state.funcs.get(pod.func);
+  const f = unitOf(state, pod);
   if (status === "Ready") {
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
     const resumed = pod.state === "Resuming";
@@ -32,7 +32,7 @@ export function onPodStatus(
     pod.tier = undefined;
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
-    if (!f || pod.version !== f.version) return terminate(ctx, pod, "old version drained");
+    if (!f) return terminate(ctx, pod, "old version drained");
     return settleUnleased(ctx, f, pod, !resumed, resumed);
   }
   const wasCreating = pod.state === "Creating";
@@ -126,10 +126,10 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   );
   pod.endpoint = r.endpoint;
   if (parked) pod.tier = r.tier;
-  const f = state.funcs.get(r.func);
+  const f = unitOf(state, r);
   if (podState === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
-  } else if (f && f.version !== r.version) {
+  } else if (!f && state.funcs.has(r.func)) {
     terminate(ctx, pod, "old version drained");
   } else if (f && podState === "Ready") settleUnleased(ctx, f, pod, true);
   // A pod whose function is not known yet waits for it (restart order is

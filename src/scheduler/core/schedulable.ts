@@ -145,8 +145,9 @@ export function updateSchedulable(ctx: Ctx, f: CoreFunc): void {
   if (sameSchedulability(f.schedulable, s)) return;
   const was = f.schedulable?.status;
   f.schedulable = s;
-  if (was !== undefined || s.status === "False") {
-    ctx.actions.push({ type: "funcCondition", func: f.id, version: f.version, condition: s });
+  // The function's condition speaks of its newest version (an older one a split keeps has none).
+  if ((was !== undefined || s.status === "False") && f.id === f.func) {
+    ctx.actions.push({ type: "funcCondition", func: f.func, version: f.version, condition: s });
   }
   if (s.status === "False") {
     for (const w of f.waiters.splice(0)) refuse(ctx, f, w.reqId);

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { unitOf } from "./_accounting.ts";
 import { DEFAULT_SCORES, place, type PlaceResult } from "./placement.ts";
 import type { CoreFunc, CoreNode, CoreState } from "./types.ts";
 
@@ -71,14 +72,14 @@ export function planStart(
 
 /**
  * A node's snapshot of a function version appeared (`ready`) or went.
- * Only snapshots of the function's current version count.
+ * Only snapshots of the versions that serve count.
  */
 export function applySnapshot(
   state: CoreState,
   ev: { func: string; version: number; node: string; ready: boolean },
 ): void {
-  const f = state.funcs.get(ev.func);
-  if (!f || ev.version !== f.version) return;
+  const f = unitOf(state, ev);
+  if (!f) return;
   if (ev.ready) f.snapshotNodes.add(ev.node);
   else f.snapshotNodes.delete(ev.node);
 }

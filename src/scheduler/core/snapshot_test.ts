@@ -12,6 +12,7 @@ import type { CoreAction, CoreFunc } from "./types.ts";
 function func(over: Partial<CoreFunc> = {}): CoreFunc {
   return {
     ...funcReport("t/n/f", { memMB: 512 }),
+    func: "t/n/f",
     pods: new Set(),
     idle: new Set(),
     waiters: [],

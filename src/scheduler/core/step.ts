@@ -16,9 +16,11 @@
  * | `eviction.ts` | which pods to give up when no node fits                        |
  * | `standby.ts`  | which tier a retired pod parks in; restore or start fresh      |
  * | `quota.ts`    | whether a tenant may run one more replica                      |
+ * | `fairness.ts` | how a full pool is shared between tenants by weight            |
+ * | `autoscale.ts`| when a gateway's queue time or in-flight tokens call for more  |
  * | `pods.ts`     | what agents report, and rebuilding from pod records            |
  * | `nodes.ts`    | node readiness (reports and heartbeats), lost nodes            |
- * | `funcs.ts`    | function versions (old ones drain) and policies, and removal   |
+ * | `funcs.ts`    | function versions (a traffic split; old ones drain), policies, removal |
  *
  * @module
  */
@@ -35,6 +37,7 @@ import {
 } from "./leases.ts";
 import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
 import { collectOrphans, onKillPod, onPodRecord, onPodStatus } from "./pods.ts";
+import { setTenantWeight } from "./fairness.ts";
 import { setTenantLimits } from "./quota.ts";
 import { applySnapshot } from "./snapshot.ts";
 import type { CoreAction, CoreConfig, CoreEvent, CoreState } from "./types.ts";
@@ -53,15 +56,18 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       nodeTimeoutMs: config.nodeTimeoutMs ?? 10_000,
       leaseSettleMs: config.leaseSettleMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
+      fairShare: config.fairShare ?? true,
       snapshotStart: config.snapshotStart ?? "auto",
     },
     nodes: new Map(),
     nodeList: [],
     funcs: new Map(),
+    units: new Map(),
     pods: new Map(),
     gateways: new Map(),
     starved: new Set(),
     quotas: new Map(),
+    weights: new Map(),
     podSeq: 0,
   };
 }
@@ -90,7 +96,7 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       onReturn(ctx, event.podId, event.gateway, event.failed ?? false);
       break;
     case "gatewayHeartbeat":
-      onGatewayHeartbeat(ctx, event.gateway, event.leases);
+      onGatewayHeartbeat(ctx, event.gateway, event.leases, event.load);
       break;
     // Node agents and the store: pods, nodes.
     case "podStatus":
@@ -117,6 +123,10 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     case "tenantQuota":
       setTenantLimits(state, event.tenant, event.limits);
+      retryStarved(ctx);
+      break;
+    case "tenantWeight":
+      setTenantWeight(state, event.tenant, event.weight);
       retryStarved(ctx);
       break;
     // Time.

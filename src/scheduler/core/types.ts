@@ -5,6 +5,7 @@
  * @module
  */
 import type { GpuSlice, PodState, StandbyTier } from "../../model/cluster.ts";
+import type { VersionLoad } from "../../model/versions.ts";
 
 /** One GPU as the core accounts it. */
 export interface CoreGpu {
@@ -70,7 +71,16 @@ export interface CorePolicy {
    * next cheaper one it has. @default "paused"
    */
   standbyTier?: StandbyTier;
+  /** Order of this function's waiting leases among its tenant's (fairness.ts). @default "normal" */
+  priority?: Priority;
+  /** Scale out when a call has waited this long (ms) in a gateway's queue (autoscale.ts). */
+  queueMs?: number;
+  /** Scale out when the tokens a gateway's in-flight calls asked for exceed this per worker. */
+  inflightTokens?: number;
 }
+
+/** Priorities of functions within their tenant, first served first. */
+export type Priority = "high" | "normal" | "batch";
 
 /** A lease request waiting for a pod. */
 export interface Waiter {
@@ -78,6 +88,14 @@ export interface Waiter {
   gateway: string;
   /** Time (ms) after which the request is answered with a timeout. */
   deadline: number;
+  /** When it began to wait (ms), to serve a tenant's oldest first. */
+  since: number;
+}
+
+/** What a gateway reports of one function version's calls (in its heartbeat). */
+export interface GatewayLoad extends VersionLoad {
+  /** The function (`tenant/namespace/name`). */
+  func: string;
 }
 
 /** Whether some node could ever hold a pod, as a Kubernetes condition's fields. */
@@ -89,9 +107,16 @@ export interface Schedulability {
   message: string;
 }
 
-/** One function as the core knows it. */
+/**
+ * One version of a function that serves calls, as the core schedules it: the
+ * newest version has the function's id; an older one a traffic split keeps
+ * serving has `id@version`. Each has its own pods, idle pods and waiters.
+ */
 export interface CoreFunc {
+  /** The function's id for its newest version, `{func}@{version}` for an older one. */
   id: string;
+  /** The function (`tenant/namespace/name`). */
+  func: string;
   version: number;
   demand: PodDemand;
   policy: CorePolicy;
@@ -148,6 +173,8 @@ export interface CorePod extends PodPlacement {
   lastUsed: number;
   /** When its start or resume began (ms), to learn how long those take. */
   since?: number;
+  /** Its gateway was asked to give it back (fair share): it serves no new lease. */
+  reclaiming?: boolean;
 }
 
 /** Tunables of the core. */
@@ -164,6 +191,12 @@ export interface CoreConfig {
   /** Prefix of pod ids this scheduler instance mints. */
   podIdPrefix: string;
   /**
+   * Share a full pool between tenants by weight (fairness.ts): waiting leases
+   * served lowest share first, evictions and lease reclaims only from tenants
+   * above theirs. @default true
+   */
+  fairShare: boolean;
+  /**
    * When a node's snapshot serves a new pod: `auto`, when a restore is
    * expected to be faster than a fresh start; `always`, whenever there is one.
    * @default "auto"
@@ -177,7 +210,10 @@ export interface CoreState {
   nodes: Map<string, CoreNode>;
   /** Nodes in a stable order, for placement scans. */
   nodeList: CoreNode[];
+  /** Serving versions by id (see {@linkcode CoreFunc}). */
   funcs: Map<string, CoreFunc>;
+  /** The serving versions of each function, newest first. */
+  units: Map<string, CoreFunc[]>;
   pods: Map<string, CorePod>;
   /** Gateway id to its last heartbeat (ms). */
   gateways: Map<string, number>;
@@ -185,6 +221,8 @@ export interface CoreState {
   starved: Set<string>;
   /** Limits of tenants that have any. */
   quotas: Map<string, TenantLimits>;
+  /** Weights of tenants whose weight is not 1. */
+  weights: Map<string, number>;
   podSeq: number;
 }
 
@@ -215,9 +253,15 @@ export interface NodeReport {
 /** A function definition as the core needs it. */
 export interface FuncReport {
   id: string;
+  /** The newest version. */
   version: number;
   demand: PodDemand;
   policy: CorePolicy;
+  /**
+   * Older versions that keep serving a share of calls (a traffic split),
+   * with what their pods need; pods of versions not named drain.
+   */
+  older?: { version: number; demand: PodDemand }[];
 }
 
 /**
@@ -242,7 +286,15 @@ export interface PodRecord extends PodPlacement {
 
 /** Inputs of the core. */
 export type CoreEvent =
-  | { type: "lease"; reqId: string; func: string; gateway: string; deadline: number }
+  | {
+    type: "lease";
+    reqId: string;
+    func: string;
+    gateway: string;
+    deadline: number;
+    /** The version the gateway routes this call to; absent or not serving: the newest. */
+    version?: number;
+  }
   | { type: "cancelLease"; reqId: string; func: string }
   | { type: "return"; podId: string; gateway: string; failed?: boolean }
   | {
@@ -263,11 +315,14 @@ export type CoreEvent =
   | { type: "funcUpdate"; func: FuncReport }
   | { type: "funcRemove"; id: string }
   | { type: "tenantQuota"; tenant: string; limits: TenantLimits }
+  | { type: "tenantWeight"; tenant: string; weight: number }
   | {
     type: "gatewayHeartbeat";
     gateway: string;
     /** The pods the gateway holds, when it says (level-triggered lease sync). */
     leases?: string[];
+    /** The load of each function version it serves, when it says. */
+    load?: GatewayLoad[];
   }
   | { type: "killPod"; podId: string }
   | {
@@ -312,6 +367,13 @@ export type CoreAction =
     version: number;
   }
   | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string }
+  /**
+   * Ask `gateway` to give `podId` back once its calls are done (fair share);
+   * `repeat`: asked again in the answer to a heartbeat, not newly decided.
+   */
+  | { type: "reclaimLease"; gateway: string; podId: string; reason: string; repeat?: boolean }
+  /** Advise `gateway` to lease `workers` more workers of a function version. */
+  | { type: "scaleOut"; gateway: string; func: string; version: number; workers: number }
   | {
     /** Record whether some node could ever hold a pod of `func` (its `Schedulable` condition). */
     type: "funcCondition";

@@ -1,0 +1,89 @@
+/**
+ * Rollouts of function versions (docs/traffic.md):
+ * `GET /rollout/{tenant}/{namespace}/{function}` shows the versions kept and
+ * the share of calls each takes; `POST .../promote` makes the newest version
+ * take every call (and the stable one); `POST .../rollback` makes the stable
+ * version the function's again, its warm pods serving at once. Both are
+ * updates through the state service, retried when the function changed
+ * meanwhile.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { NotFoundError, ValidationError } from "../../common/errors.ts";
+import { updateWithRetry } from "../../common/retry.ts";
+import { funcId } from "../../model/keys.ts";
+import {
+  decodeStoredUserObject,
+  type FuncPolicy,
+  functionSpecToJson,
+  resolvePolicy,
+} from "../../model/schemas.ts";
+import { type FunctionObject, trafficSplit } from "../../model/versions.ts";
+import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
+import { authorize } from "../auth.ts";
+import type { GatewayEnv, RouteDeps } from "../types.ts";
+
+const ACTIONS = new Set(["promote", "rollback"]);
+
+/** The rollout routes, mounted at `/rollout`. */
+export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  app.get("/:tenant/:namespace/:name", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    authorize(c.var.principal, "read", tenant, namespace);
+    const rec = await deps.meta.get({ type: "function", tenant, namespace, name });
+    if (!rec) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+    return c.json(await rolloutJson(deps.meta, rec));
+  });
+  app.post("/:tenant/:namespace/:name/:action", async (c) => {
+    const { tenant, namespace, name, action } = c.req.param();
+    if (!ACTIONS.has(action)) {
+      throw new ValidationError(
+        `Invalid rollout action "${action}": use promote or rollback`,
+        "action",
+      );
+    }
+    authorize(c.var.principal, "write", tenant, namespace);
+    const ref = { type: "function" as const, tenant, namespace, name };
+    const rec = await updateWithRetry(deps.meta, ref, (cur) => {
+      if (!cur) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+      const f = decodeStoredUserObject(cur.value, cur.revision) as FunctionObject;
+      // The current spec, unchanged: the state service does the rollout.
+      return { spec: functionSpecToJson(f.spec), rollout: action };
+    });
+    return c.json(await rolloutJson(deps.meta, rec!));
+  });
+  return app;
+}
+
+/** A function's versions and traffic split, as the API shows them. */
+async function rolloutJson(meta: MetaClient, rec: MetaRecord) {
+  const f = decodeStoredUserObject(rec.value, rec.revision) as FunctionObject;
+  const policy = await policyOf(meta, f);
+  return {
+    function: funcId(f.tenant, f.namespace, f.name),
+    revision: f.revision,
+    version: f.version,
+    stable_version: f.stableVersion ?? f.version,
+    last_version: Math.max(f.version, f.lastVersion ?? 0),
+    kept_versions: [f.version, ...(f.olderVersions ?? []).map((o) => o.version)],
+    traffic: trafficSplit(f, policy),
+  };
+}
+
+async function policyOf(meta: MetaClient, f: FunctionObject): Promise<FuncPolicy> {
+  const ref = f.spec.policy;
+  let linked: FuncPolicy | undefined;
+  if (ref?.kind === "link") {
+    const rec = await meta.get({
+      type: "funcpolicy",
+      tenant: f.tenant,
+      namespace: f.namespace,
+      name: ref.name,
+    });
+    const o = rec && decodeStoredUserObject(rec.value, rec.revision);
+    if (o?.type === "funcpolicy") linked = o.spec;
+  }
+  return resolvePolicy(f.spec, () => linked);
+}

@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { fakeWorker, gatewayFixture } from "../testing.ts";
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+const until = async (what: string, check: () => boolean) => {
+  for (const deadline = Date.now() + 5000; !check();) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+t(
+  "a canary splits calls between versions, says which answered, and is promoted or rolled back",
+  async () => {
+    const f = await gatewayFixture({ policy: { canary_percent: 25, parallel: 100 } });
+    const workers = [fakeWorker("a"), fakeWorker("b")];
+    f.sched.endpoints.push(...workers.map((w) => w.endpoint));
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const cur = (await f.meta.get(ref))!;
+    const spec = JSON.parse(cur.value).object.spec;
+    await f.meta.update({ ...ref, object: { ...spec, image: "y" }, revision: cur.revision });
+    await until("the gateway to see version 2", () => f.cache.split("t/n/f")?.length === 2);
+
+    const shown = await (await f.app.request("/rollout/t/n/f")).json();
+    assert.deepEqual(
+      [shown.version, shown.stable_version, shown.kept_versions, shown.traffic],
+      [2, 1, [2, 1], [{ version: 2, percent: 25 }, { version: 1, percent: 75 }]],
+    );
+    const versions: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await f.app.request("/funccall/t/n/f/x", { method: "POST" });
+      versions.push(r.headers.get("x-inferx-version")!);
+      await r.body?.cancel();
+    }
+    assert.deepEqual(versions.filter((v) => v === "2").length, 2, versions.join(","));
+    assert.deepEqual(f.sched.leases.map((l) => l.version).sort(), [1, 2]);
+    assert.deepEqual(
+      f.audit.requests.map((r) => r.version).filter((v) => v === 2).length,
+      2,
+      "the audit says which version answered",
+    );
+
+    const promoted = await f.app.request("/rollout/t/n/f/promote", { method: "POST" });
+    assert.equal(promoted.status, 200);
+    assert.deepEqual((await promoted.json()).traffic, [{ version: 2, percent: 100 }]);
+    const again = await f.app.request("/rollout/t/n/f/promote", { method: "POST" });
+    assert.equal(again.status, 409);
+    assert.match((await again.json()).error.message, /already takes every call/);
+    const nothing = await f.app.request("/rollout/t/n/f/rollback", { method: "POST" });
+    assert.equal(nothing.status, 409);
+    assert.match((await nothing.json()).error.message, /no older version serves/);
+    await until("version 1 to drain", () => f.cache.split("t/n/f")?.length === 1);
+    assert.ok(
+      f.sched.returns.length >= 1,
+      "the version 1 worker went back once the split left it out",
+    );
+    for (const w of workers) await w.close();
+    await f.close();
+  },
+);
+
+t("rollback returns to the stable version's spec under the same number", async () => {
+  const f = await gatewayFixture({ policy: { canary_percent: 10 } });
+  const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+  const cur = (await f.meta.get(ref))!;
+  const spec = JSON.parse(cur.value).object.spec;
+  await f.meta.update({ ...ref, object: { ...spec, image: "broken" }, revision: cur.revision });
+  const r = await f.app.request("/rollout/t/n/f/rollback", { method: "POST" });
+  assert.equal(r.status, 200);
+  const body = await r.json();
+  assert.deepEqual([body.version, body.last_version, body.traffic], [1, 2, [{
+    version: 1,
+    percent: 100,
+  }]]);
+  const stored = JSON.parse((await f.meta.get(ref))!.value);
+  assert.equal(stored.object.spec.image, "x");
+  await f.close();
+});
+
+t("rollout routes refuse bad actions, unknown functions and callers without a grant", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const admin = { authorization: "Bearer admin-key-0123456789" };
+  const cases: [string, string, Record<string, string>, number, RegExp][] = [
+    ["POST", "/rollout/t/n/f/undo", admin, 400, /use promote or rollback/],
+    ["POST", "/rollout/t/n/nope/promote", admin, 404, /does not exist/],
+    ["GET", "/rollout/t/n/nope", admin, 404, /does not exist/],
+    ["POST", "/rollout/t/n/f/promote", {}, 401, /./],
+  ];
+  for (const [method, path, headers, status, re] of cases) {
+    const r = await f.app.request(path, { method, headers });
+    assert.equal(r.status, status, `${method} ${path}`);
+    assert.match((await r.json()).error.message, re);
+  }
+  await f.close();
+});

@@ -1,0 +1,306 @@
+/**
+ * Token figures of OpenAI-style answers, read from a copy of what the
+ * gateway already forwarded: time to first token, the gaps between tokens,
+ * output tokens per second, and prompt and completion tokens (from `usage`,
+ * or counted from a stream's chunks when it has none).
+ *
+ * Which answers are read is decided once per call, from what is already at
+ * hand: a 2xx answer to a call whose path ends in `/completions`
+ * (`/v1/completions`, `/v1/chat/completions`, through `/v1` or `/funccall`)
+ * with `content-type: application/json` (a whole answer: only its `usage` is
+ * read) or `text/event-stream` (a stream: every event is read). Anything else
+ * is never looked at. Nothing here can fail a call: a body that does not
+ * parse only yields fewer figures.
+ *
+ * @module
+ */
+import type { TokenFigures } from "../audit/types.ts";
+
+/** How an answer carries its tokens. */
+export type TokenFormat = "json" | "sse";
+
+/** What one call's answer said about its tokens. */
+export interface TokenStats extends TokenFigures {
+  /** Every gap between successive tokens (ms), for the histogram. */
+  gapsMs: readonly number[];
+}
+
+const SUFFIX = "/completions";
+
+/**
+ * The format to read an answer's tokens in, or undefined for an answer that
+ * is not read (not 2xx, not a completion, neither JSON nor an event stream).
+ * `path` is the call's path without its query.
+ */
+export function tokenFormat(
+  path: string,
+  status: number,
+  headers: readonly (readonly [string, string])[],
+): TokenFormat | undefined {
+  if (status < 200 || status > 299 || !path.endsWith(SUFFIX)) return undefined;
+  for (const [k, v] of headers) {
+    if (k !== "content-type") continue;
+    if (v.startsWith("text/event-stream")) return "sse";
+    return v.includes("json") ? "json" : undefined;
+  }
+  return undefined;
+}
+
+const USAGE = bytesOf('"usage"');
+const PROMPT = bytesOf('"prompt_tokens"');
+const COMPLETION = bytesOf('"completion_tokens"');
+
+function bytesOf(s: string): Uint8Array {
+  return new TextEncoder().encode(s);
+}
+
+/** Whether `b` holds `word` at `at`. */
+function holds(b: Uint8Array, at: number, word: Uint8Array): boolean {
+  if (at + word.length > b.length) return false;
+  for (let i = 0; i < word.length; i++) if (b[at + i] !== word[i]) return false;
+  return true;
+}
+
+const isSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13;
+
+/** The index after `:` and the whitespace around it, from `at`; -1 when there is no colon. */
+function afterColon(b: Uint8Array, at: number): number {
+  while (at < b.length && isSpace(b[at])) at++;
+  if (b[at] !== 58 /* : */) return -1;
+  at++;
+  while (at < b.length && isSpace(b[at])) at++;
+  return at;
+}
+
+/** The non-negative integer at `at`, or undefined. */
+function integerAt(b: Uint8Array, at: number): number | undefined {
+  let n = 0;
+  let digits = 0;
+  for (; at < b.length && b[at] >= 48 && b[at] <= 57; at++, digits++) n = n * 10 + b[at] - 48;
+  const next = b[at];
+  // A fraction or an exponent is not a count of tokens.
+  return digits && next !== 46 && next !== 101 && next !== 69 ? n : undefined;
+}
+
+/**
+ * Prompt and completion tokens from the `usage` object of a JSON answer.
+ * Read from the bytes, without decoding or parsing the body: `usage` is
+ * found from the end (where servers put it), then its two top-level counts,
+ * so the cost is a few hundred byte comparisons whatever the completion's
+ * length.
+ */
+export function usageOf(body: Uint8Array): { prompt?: number; completion?: number } {
+  let at = body.length - USAGE.length;
+  for (; at >= 0; at--) {
+    // Outside strings a key is not preceded by a backslash.
+    if (body[at] === 34 && holds(body, at, USAGE) && body[at - 1] !== 92) break;
+  }
+  if (at < 0) return {};
+  const open = afterColon(body, at + USAGE.length);
+  if (open < 0 || body[open] !== 123 /* { */) return {};
+  const out: { prompt?: number; completion?: number } = {};
+  let depth = 0;
+  for (let i = open; i < body.length; i++) {
+    const c = body[i];
+    if (c === 123 /* { */ || c === 91 /* [ */) depth++;
+    else if (c === 125 /* } */ || c === 93 /* ] */) {
+      if (--depth === 0) return out;
+    } else if (c === 34 /* " */) {
+      if (depth === 1 && (holds(body, i, PROMPT) || holds(body, i, COMPLETION))) {
+        const key = body[i + 1] === 112 /* p */ ? PROMPT : COMPLETION;
+        const v = afterColon(body, i + key.length);
+        const n = v < 0 ? undefined : integerAt(body, v);
+        if (n !== undefined) out[key === PROMPT ? "prompt" : "completion"] = n;
+      }
+      // Skip the string, escapes included.
+      for (i++; i < body.length && body[i] !== 34; i++) if (body[i] === 92) i++;
+    }
+  }
+  return {}; // cut short
+}
+
+const DATA = bytesOf("data:");
+const DONE = bytesOf("[DONE]");
+/** Keys whose non-empty string value is generated text. */
+const TEXT_KEYS = ['"text"', '"content"', '"reasoning_content"', '"reasoning"'].map(bytesOf);
+const TOOL_CALLS = bytesOf('"tool_calls"');
+
+/** Whether the string from `from` to the quote at `to` is `word` (quotes included). */
+const isKey = (b: Uint8Array, from: number, to: number, word: Uint8Array) =>
+  to - from + 1 === word.length && holds(b, from, word);
+
+/**
+ * What one stream event says, read from its bytes: whether it carries a
+ * token (a non-empty `text`, `content` or reasoning string, or tool calls),
+ * and whether it has a `usage` object. Keys are matched at any depth, so
+ * completions (`choices[].text`) and chat (`choices[].delta.content`) read
+ * alike; `logprobs.content`, an array, is not text.
+ */
+function scanEvent(b: Uint8Array): { token: boolean; usage: boolean } {
+  let token = false;
+  let usage = false;
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] !== 34) continue;
+    let j = i + 1;
+    for (; j < b.length && b[j] !== 34; j++) if (b[j] === 92) j++;
+    const v = afterColon(b, j + 1);
+    if (v >= 0) {
+      if (!token && b[v] === 34 && b[v + 1] !== 34) {
+        for (const k of TEXT_KEYS) if (isKey(b, i, j, k)) token = true;
+      } else if (!token && b[v] === 91 && isKey(b, i, j, TOOL_CALLS)) {
+        let k = v + 1;
+        while (k < b.length && isSpace(b[k])) k++;
+        token = b[k] !== 93;
+      } else if (b[v] === 123 && isKey(b, i, j, USAGE)) usage = true;
+    }
+    i = j;
+  }
+  return { token, usage };
+}
+
+function concat(a: Uint8Array, b: Uint8Array, sep?: number): Uint8Array {
+  const extra = sep === undefined ? 0 : 1;
+  const out = new Uint8Array(a.length + extra + b.length);
+  out.set(a);
+  if (extra) out[a.length] = sep!;
+  out.set(b, a.length + extra);
+  return out;
+}
+
+/** The value at quantile `q` of ascending `sorted` (nearest rank). */
+function quantile(sorted: readonly number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+/**
+ * Reads one answer's tokens. Feed it what was forwarded, after it was
+ * written ({@linkcode chunk} for a stream, {@linkcode whole} for a body that
+ * came at once), then ask for the {@linkcode result}.
+ *
+ * @example
+ * ```ts
+ * const meter = new TokenMeter("sse", t0);
+ * for (let c; (c = await answer.read()) !== null;) {
+ *   await res.write(c);
+ *   meter.chunk(c, performance.now());
+ * }
+ * const stats = meter.result(performance.now(), queuedMs);
+ * ```
+ */
+export class TokenMeter {
+  readonly format: TokenFormat;
+  /** When the call was received (`performance.now()` scale). */
+  readonly t0: number;
+  #first?: number;
+  #last = 0;
+  #tokens = 0;
+  #gaps: number[] = [];
+  #prompt?: number;
+  #completion?: number;
+  /** The unfinished last line of the stream so far (a copy). */
+  #line?: Uint8Array;
+  /** Payloads of the `data:` lines of the event being read. */
+  #data: Uint8Array[] = [];
+
+  constructor(format: TokenFormat, t0: number) {
+    this.format = format;
+    this.t0 = t0;
+  }
+
+  /** Tokens seen so far in a stream. */
+  get tokens(): number {
+    return this.#tokens;
+  }
+
+  /** A whole answer's body, which arrived at `now`. */
+  whole(body: Uint8Array, now: number): void {
+    if (this.format === "sse") return this.chunk(body, now);
+    this.#first = now;
+    const u = usageOf(body);
+    this.#prompt = u.prompt;
+    this.#completion = u.completion;
+  }
+
+  /**
+   * A piece of a stream, already forwarded, at `now`. Read as bytes: lines
+   * split at newlines, events at blank lines; what must outlive the call is
+   * copied (the caller may reuse its buffer).
+   */
+  chunk(bytes: Uint8Array, now: number): void {
+    let start = 0;
+    let nl = bytes.indexOf(10);
+    if (this.#line) {
+      if (nl < 0) {
+        this.#line = concat(this.#line, bytes);
+        return;
+      }
+      const line = concat(this.#line, bytes.subarray(0, nl));
+      this.#line = undefined;
+      this.#onLine(line, now);
+      start = nl + 1;
+      nl = bytes.indexOf(10, start);
+    }
+    for (; nl >= 0; nl = bytes.indexOf(10, start)) {
+      this.#onLine(bytes.subarray(start, nl), now);
+      start = nl + 1;
+    }
+    if (start < bytes.length) this.#line = bytes.slice(start);
+    // An event cut by the end of this piece keeps copies of its lines.
+    for (let i = 0; i < this.#data.length; i++) {
+      if (this.#data[i].buffer === bytes.buffer) this.#data[i] = this.#data[i].slice();
+    }
+  }
+
+  #onLine(line: Uint8Array, now: number): void {
+    const end = line.length && line[line.length - 1] === 13 ? line.length - 1 : line.length;
+    if (end === 0) {
+      // A blank line ends an event.
+      const data = this.#data;
+      if (!data.length) return;
+      this.#data = [];
+      this.#onEvent(data.length === 1 ? data[0] : data.reduce((a, b) => concat(a, b, 10)), now);
+      return;
+    }
+    if (!holds(line, 0, DATA)) return; // comments, event names, ids
+    this.#data.push(line.subarray(line[5] === 32 ? 6 : 5, end));
+  }
+
+  #onEvent(data: Uint8Array, now: number): void {
+    if (data.length === DONE.length && holds(data, 0, DONE)) return;
+    const { token, usage } = scanEvent(data);
+    if (usage) {
+      const u = usageOf(data);
+      this.#prompt = u.prompt ?? this.#prompt;
+      this.#completion = u.completion ?? this.#completion;
+    }
+    if (!token) return;
+    this.#tokens++;
+    if (this.#first === undefined) this.#first = now;
+    else this.#gaps.push(now - this.#last);
+    this.#last = now;
+  }
+
+  /**
+   * The figures of an answer that ended at `end`, after `queuedMs` in the
+   * function's queue.
+   */
+  result(end: number, queuedMs = 0): TokenStats {
+    // A stream that ended without its final newline or blank line.
+    if (this.#line) this.#onLine(this.#line, end);
+    this.#line = undefined;
+    this.#onLine(new Uint8Array(0), end);
+    const completion = this.#completion ?? (this.format === "sse" ? this.#tokens : undefined);
+    const gaps = this.#gaps;
+    const sorted = gaps.length > 1 ? [...gaps].sort((a, b) => a - b) : gaps;
+    const onWorkerS = (end - this.t0 - queuedMs) / 1000;
+    return {
+      ttftMs: this.#first === undefined ? undefined : this.#first - this.t0,
+      itlP50Ms: sorted.length ? quantile(sorted, 0.5) : undefined,
+      itlP99Ms: sorted.length ? quantile(sorted, 0.99) : undefined,
+      tokensPerS: completion && onWorkerS > 0 ? completion / onWorkerS : undefined,
+      promptTokens: this.#prompt,
+      completionTokens: completion,
+      gapsMs: gaps,
+    };
+  }
+}

@@ -1,0 +1,138 @@
+import assert from "node:assert/strict";
+import { type TokenFormat, tokenFormat, TokenMeter, usageOf } from "./tokens.ts";
+
+const data = (name: string) => Deno.readFile(new URL(`./testdata/${name}`, import.meta.url));
+const enc = new TextEncoder();
+
+/** Feeds `bytes` in pieces of `size` bytes, one ms apart from t0 + 100. */
+function feed(meter: TokenMeter, bytes: Uint8Array, size: number): number {
+  let now = meter.t0 + 100;
+  for (let o = 0; o < bytes.length; o += size) meter.chunk(bytes.subarray(o, o + size), now++);
+  return now;
+}
+
+Deno.test("tokenFormat() reads only 2xx completions answered as JSON or as an event stream", () => {
+  const json: [string, string][] = [["content-type", "application/json; charset=utf-8"]];
+  const sse: [string, string][] = [["x-a", "1"], ["content-type", "text/event-stream"]];
+  const cases: [string, number, [string, string][], TokenFormat | undefined][] = [
+    ["/v1/completions", 200, json, "json"],
+    ["/v1/chat/completions", 200, sse, "sse"],
+    ["/funccall/t/n/f/v1/chat/completions", 200, sse, "sse"],
+    ["/funccall/t/n/f/generate", 200, json, undefined], // not a completion route
+    ["/v1/completions", 400, json, undefined], // an error body has no tokens
+    ["/v1/completions", 200, [["content-type", "text/plain"]], undefined],
+    ["/v1/completions", 200, [], undefined],
+  ];
+  for (const [path, status, headers, want] of cases) {
+    assert.equal(tokenFormat(path, status, headers), want, `${path} ${status}`);
+  }
+});
+
+Deno.test("usageOf() finds usage at the end of a completion, nested details included", async () => {
+  assert.deepEqual(usageOf(await data("ngram_completion.json")), { prompt: 7, completion: 8 });
+  const cases: [string, { prompt?: number; completion?: number }][] = [
+    [
+      '{"choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}}}',
+      { prompt: 5, completion: 2 },
+    ],
+    ['{"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "choices": []}', {
+      prompt: 3,
+      completion: 4,
+    }],
+    // "usage" only inside the generated text: no figures, no error.
+    ['{"choices":[{"text":"say \\"usage\\": {1}"}]}', {}],
+    ['{"usage":null}', {}],
+    ['{"usage":{"prompt_tokens":-1,"completion_tokens":"x"}}', {}],
+    ['{"usage":{"prompt_tokens":1', {}], // cut short
+    ["not json at all", {}],
+  ];
+  for (const [body, want] of cases) assert.deepEqual(usageOf(enc.encode(body)), want, body);
+});
+
+Deno.test("a recorded chat stream: usage from its last event, tokens and gaps from the rest, in any chunking", async () => {
+  const bytes = await data("openai_chat_usage.sse");
+  for (const size of [1, 7, 64, bytes.length]) {
+    const meter = new TokenMeter("sse", 1000);
+    const end = feed(meter, bytes, size);
+    const r = meter.result(end);
+    assert.equal(
+      meter.tokens,
+      3,
+      `pieces of ${size}: the role-only and finish events carry no token`,
+    );
+    assert.equal(r.promptTokens, 9);
+    assert.equal(r.completionTokens, 3);
+    assert.ok(r.ttftMs! >= 100, `ttft ${r.ttftMs}`);
+    assert.equal(r.gapsMs.length, 2);
+  }
+});
+
+Deno.test("a stream without usage counts one completion token per content chunk", async () => {
+  const cases: [string, number][] = [["ngram_completions.sse", 8], ["ngram_chat.sse", 6]];
+  for (const [file, tokens] of cases) {
+    const meter = new TokenMeter("sse", 0);
+    const bytes = await data(file);
+    feed(meter, bytes, 50);
+    const r = meter.result(10_000, 1000);
+    assert.equal(r.completionTokens, tokens, file);
+    assert.equal(r.promptTokens, undefined, `${file}: a stream without usage has no prompt count`);
+    assert.equal(r.tokensPerS, tokens / 9, `${file}: per second of time on the worker`);
+  }
+});
+
+Deno.test("inter-token gaps give the call's p50 and p99; time to first token is from the call's start", () => {
+  const meter = new TokenMeter("sse", 500);
+  const event = (text: string) =>
+    enc.encode(`data: {"choices":[{"index":0,"text":${JSON.stringify(text)}}]}\n\n`);
+  const times = [520, 530, 540, 550, 600]; // gaps 10, 10, 10, 50
+  times.forEach((t, i) => meter.chunk(event(`t${i}`), t));
+  meter.chunk(enc.encode("data: [DONE]\n\n"), 601);
+  const r = meter.result(601);
+  assert.equal(r.ttftMs, 20);
+  assert.deepEqual(r.gapsMs, [10, 10, 10, 50]);
+  assert.equal(r.itlP50Ms, 10);
+  assert.equal(r.itlP99Ms, 50);
+  assert.equal(r.completionTokens, 5);
+});
+
+Deno.test("a whole JSON answer has its tokens when it arrives, and its usage", async () => {
+  const meter = new TokenMeter("json", 100);
+  meter.whole(await data("ngram_completion.json"), 140);
+  const r = meter.result(150, 10);
+  assert.deepEqual(
+    { ...r, gapsMs: [...r.gapsMs] },
+    {
+      ttftMs: 40,
+      itlP50Ms: undefined,
+      itlP99Ms: undefined,
+      tokensPerS: 8 / 0.04,
+      promptTokens: 7,
+      completionTokens: 8,
+      gapsMs: [],
+    },
+  );
+});
+
+Deno.test("comments, other fields, multi-line data and bad JSON in a stream are passed over", () => {
+  const meter = new TokenMeter("sse", 0);
+  const text = [
+    ": keep-alive",
+    "event: message",
+    "id: 1",
+    'data: {"choices":[{"delta":{"content":"a"}}]}',
+    "",
+    "data: {not json",
+    "",
+    'data: {"choices":',
+    'data: [{"delta":{"tool_calls":[{"index":0}]}}]}',
+    "",
+    'data: {"choices":[{"delta":{"content":"b"}}]}',
+  ].join("\n");
+  meter.chunk(enc.encode(text), 5);
+  const r = meter.result(6);
+  assert.equal(
+    r.completionTokens,
+    3,
+    "a, the tool call, and b (its event ended by the stream's end)",
+  );
+});

@@ -1,0 +1,48 @@
+/**
+ * Scaling on the signals that matter for model servers, beside the gateway's
+ * own `wait_ratio`: how long calls wait in a gateway's queue
+ * (`scaleout_policy.queue_ms`) and how many tokens its in-flight calls asked
+ * for per worker (`scaleout_policy.inflight_tokens`). Gateways report these
+ * in their heartbeats; the core answers a gateway under pressure with advice
+ * to lease more workers of that function version.
+ *
+ * @module
+ */
+import { type Ctx, liveCurrent } from "./_accounting.ts";
+import { leaseTarget } from "./funcs.ts";
+import type { CorePolicy, GatewayLoad } from "./types.ts";
+
+/**
+ * How many more workers one gateway's load calls for: one when a queued call
+ * has waited `queueMs`; enough for `inflightTokens` per worker.
+ */
+export function extraWorkers(
+  policy: Pick<CorePolicy, "queueMs" | "inflightTokens">,
+  load: Pick<GatewayLoad, "queued" | "waitMs" | "inflightTokens" | "workers">,
+): number {
+  let n = 0;
+  if (policy.queueMs !== undefined && load.queued > 0 && load.waitMs >= policy.queueMs) n = 1;
+  if (policy.inflightTokens !== undefined && load.inflightTokens > 0) {
+    n = Math.max(n, Math.ceil(load.inflightTokens / policy.inflightTokens) - load.workers);
+  }
+  return n;
+}
+
+/**
+ * A gateway reported `load`: advises it to lease the workers its load calls
+ * for, within `maxReplica` (idle pods count: they are leased at once). No
+ * advice while a lease of that version already waits for a pod.
+ */
+export function scaleOutAdvice(ctx: Ctx, gateway: string, load: readonly GatewayLoad[]) {
+  for (const l of load) {
+    const f = leaseTarget(ctx.state.units.get(l.func), l.version);
+    if (!f || f.version !== l.version || f.waiters.length > 0) continue;
+    const want = extraWorkers(f.policy, l);
+    if (want <= 0) continue;
+    const room = f.idle.size + Math.max(0, f.policy.maxReplica - liveCurrent(ctx.state, f));
+    const workers = Math.min(want, room);
+    if (workers > 0) {
+      ctx.actions.push({ type: "scaleOut", gateway, func: f.func, version: f.version, workers });
+    }
+  }
+}

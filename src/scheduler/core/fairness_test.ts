@@ -1,0 +1,267 @@
+import assert from "node:assert/strict";
+import {
+  demandShare,
+  fairOrder,
+  fairShare,
+  type FairView,
+  fairView,
+  mayEvict,
+  mayReclaim,
+} from "./fairness.ts";
+import { CoreDriver, created, funcReport, kinds, lease, nodeReport } from "./testing.ts";
+import type { StandbyTier } from "../../model/cluster.ts";
+import type { CoreAction, CoreFunc, Priority } from "./types.ts";
+
+/** A view of tenants holding `usage` (dominant shares) with `weights`. */
+function view(usage: Record<string, number>, weights: Record<string, number> = {}): FairView {
+  return {
+    totals: { cpu: 1, memMB: 1, vramMB: 1 },
+    usage: new Map(Object.entries(usage)),
+    active: new Set(Object.keys(usage)),
+    weights: new Map(Object.entries(weights)),
+  };
+}
+
+Deno.test("fairShare() divides the pool by weight among the tenants in the running", () => {
+  const cases: [string, Record<string, number>, Record<string, number>, string, number][] = [
+    ["two equal tenants", { a: 0.9, b: 0.1 }, {}, "b", 0.5],
+    ["weights 3:1", { a: 0.5, b: 0.5 }, { a: 3 }, "a", 0.75],
+    ["a newcomer counts itself in", { a: 1 }, {}, "b", 0.5],
+    ["alone", { a: 0.2 }, {}, "a", 1],
+  ];
+  for (const [name, usage, weights, tenant, want] of cases) {
+    assert.equal(fairShare(view(usage, weights), tenant), want, name);
+  }
+});
+
+Deno.test("mayEvict() and mayReclaim() take only from tenants holding more than their due", () => {
+  // [case, usage, weights, requester, victim, cost, may evict, may reclaim]
+  const cases: [
+    string,
+    Record<string, number>,
+    Record<string, number>,
+    string,
+    string,
+    number,
+    boolean,
+    boolean,
+  ][] = [
+    ["a tenant with nothing from one holding all", { a: 1 }, {}, "b", "a", 0.25, true, true],
+    ["within a tenant: always evict, never reclaim", { a: 1 }, {}, "a", "a", 0.25, true, false],
+    [
+      "the larger holder cannot take from the smaller",
+      { a: 0.75, b: 0.25 },
+      {},
+      "a",
+      "b",
+      0.25,
+      false,
+      false,
+    ],
+    ["equal after the move: no", { a: 0.5, b: 0.25 }, {}, "b", "a", 0.25, false, false],
+    [
+      "evict, but the requester would pass its share: no reclaim",
+      { a: 0.7, b: 0.3 },
+      {},
+      "b",
+      "a",
+      0.25,
+      true,
+      false,
+    ],
+    [
+      "weight 3 makes 0.6 less than its due",
+      { a: 0.6, b: 0.4 },
+      { a: 3 },
+      "a",
+      "b",
+      0.1,
+      true,
+      true,
+    ],
+    [
+      "the victim within its share keeps its leases",
+      { a: 0.3, b: 0.3 },
+      {},
+      "c",
+      "a",
+      0.2,
+      true,
+      false,
+    ],
+  ];
+  for (const [name, usage, weights, req, victim, cost, evict, reclaim] of cases) {
+    const v = view(usage, weights);
+    assert.equal(mayEvict(v, req, victim, cost), evict, `${name}: evict`);
+    assert.equal(mayReclaim(v, req, victim, cost), reclaim, `${name}: reclaim`);
+  }
+});
+
+Deno.test("fairOrder() serves the tenant holding least per weight, then priority, then the oldest", () => {
+  const unit = (id: string, priority: Priority, since: number) =>
+    ({ id, func: id, policy: { priority }, waiters: [{ since }] }) as unknown as CoreFunc;
+  const units = [
+    unit("a/n/batch", "batch", 1),
+    unit("a/n/high", "high", 5),
+    unit("b/n/old", "normal", 2),
+    unit("b/n/new", "normal", 3),
+  ];
+  const order = (v: FairView) => fairOrder(v, [...units]).map((u) => u.id);
+  assert.deepEqual(order(view({ a: 0.3, b: 0.6 })), [
+    "a/n/high",
+    "a/n/batch",
+    "b/n/old",
+    "b/n/new",
+  ]);
+  assert.deepEqual(
+    order(view({ a: 0.3, b: 0.6 }, { b: 4 })),
+    ["b/n/old", "b/n/new", "a/n/high", "a/n/batch"],
+    "b's weight makes its 0.6 less per weight than a's 0.3",
+  );
+});
+
+// A node with one 80 GB GPU fits two 40 GB pods: the pool of the scenarios below.
+const GPU = { gpuCount: 1, vramMB: 40_000 };
+
+/** Tenants `a` and `b` with functions `a/n/f1`..`f4`, `b/n/g1`..`g3` on one GPU (or `gpus`). */
+function pool(
+  options: {
+    weights?: Record<string, number>;
+    fairShare?: boolean;
+    tiers?: StandbyTier[];
+    gpus?: number;
+  } = {},
+) {
+  const d = new CoreDriver();
+  if (options.fairShare === false) d.state.config.fairShare = false;
+  const standbyTiers = options.tiers ?? [];
+  const gpuCount = options.gpus ?? 1;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { gpuCount, vramMB: 80_000, standbyTiers }) });
+  for (const [tenant, weight] of Object.entries(options.weights ?? {})) {
+    d.run({ type: "tenantWeight", tenant, weight });
+  }
+  for (const id of ["a/n/f1", "a/n/f2", "a/n/f3", "a/n/f4", "b/n/g1", "b/n/g2", "b/n/g3"]) {
+    const policy = { maxReplica: 2, standbyPerNode: standbyTiers.length ? 1 : 0 };
+    d.run({ type: "funcUpdate", func: funcReport(id, GPU, policy) });
+  }
+  /** Leases a worker of `func` for gateway `gw`, making its pod ready when one is created. */
+  const hold = (reqId: string, func: string, gw = `gw-${reqId}`) => {
+    const acts = d.run(lease(reqId, func, gw));
+    const out = [...acts];
+    for (const p of created(acts)) {
+      out.push(...d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: p.id }));
+    }
+    return out;
+  };
+  return { d, hold };
+}
+
+const grants = (acts: CoreAction[]) =>
+  acts.flatMap((a) => (a.type === "leaseGranted" ? [a.reqId] : []));
+
+Deno.test("a burst that holds the whole pool gives a lease back to a tenant within its share", () => {
+  const { d, hold } = pool();
+  assert.deepEqual(grants(hold("a1", "a/n/f1")), ["a1"]);
+  assert.deepEqual(grants(hold("a2", "a/n/f2")), ["a2"]);
+  // Tenant a holds the GPU, both workers leased and busy; b asks for one.
+  const asked = hold("b1", "b/n/g1");
+  const reclaims = asked.filter((a) => a.type === "reclaimLease");
+  assert.equal(reclaims.length, 1, JSON.stringify(asked));
+  const r = reclaims[0];
+  assert.ok(r.type === "reclaimLease" && r.gateway.startsWith("gw-a"));
+  const podId = r.type === "reclaimLease" ? r.podId : "";
+  // a's next lease cannot have the reclaimed pod, nor take from b.
+  assert.deepEqual(grants(hold("a3", "a/n/f1", r.gateway)), []);
+  // The gateway's next heartbeat is asked again (a lost answer loses nothing).
+  const beat = d.run({ type: "gatewayHeartbeat", gateway: r.gateway });
+  assert.deepEqual(beat.map((a) => a.type === "reclaimLease" && [a.podId, a.repeat]), [[
+    podId,
+    true,
+  ]]);
+  // Given back: terminated, not handed to a's waiter; once gone, b's pod starts.
+  assert.deepEqual(kinds(d.run({ type: "return", podId, gateway: r.gateway })), ["terminatePod"]);
+  const gone = d.run({ type: "podStatus", podId, state: "Terminated" });
+  const pod = created(gone);
+  assert.equal(pod.length, 1);
+  assert.equal(pod[0].func, "b/n/g1", "freed room goes to the tenant holding less");
+  const ready = d.run({ type: "podStatus", podId: pod[0].id, state: "Ready", endpoint: "e" });
+  assert.deepEqual(grants(ready), ["b1"]);
+});
+
+Deno.test("without fair sharing a burst keeps the pool and the other tenant waits", () => {
+  const { hold } = pool({ fairShare: false });
+  hold("a1", "a/n/f1");
+  hold("a2", "a/n/f2");
+  const asked = hold("b1", "b/n/g1");
+  assert.deepEqual(kinds(asked), []);
+});
+
+Deno.test("parked pods are a cache: taken by a tenant within its share, kept from one above it", () => {
+  // Two GPUs, four 40 GB slots. [case, a's leased functions, b's leased, b's parked, a evicts]
+  const cases: [string, string[], string[], string[], boolean][] = [
+    ["b has only parked pods: it is not in the running", ["f1"], [], ["g1", "g2", "g3"], true],
+    ["b serves: a, above its share with one more, keeps off", ["f1", "f2"], ["g1"], ["g2"], false],
+    ["b serves, but a stays within its share", ["f1"], ["g1"], ["g2", "g3"], true],
+  ];
+  for (const [name, aLeased, bLeased, bParked, evicts] of cases) {
+    const { d, hold } = pool({ tiers: ["paused"], gpus: 2 });
+    for (const g of bParked) {
+      for (const a of hold(`p-${g}`, `b/n/${g}`, "gw")) {
+        if (a.type === "leaseGranted") d.run({ type: "return", podId: a.podId, gateway: "gw" });
+      }
+    }
+    for (const g of bLeased) hold(`l-${g}`, `b/n/${g}`);
+    for (const f of aLeased) hold(`l-${f}`, `a/n/${f}`);
+    const acts = hold("ask", "a/n/f4");
+    const took = acts.some((x) => x.type === "terminatePod");
+    assert.equal(took, evicts, `${name}: ${JSON.stringify(acts)}`);
+  }
+});
+
+Deno.test("when both tenants wait, freed room goes by weight, then by priority within a tenant", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 1, vramMB: 80_000 }) });
+  const fn = (id: string, priority: Priority) =>
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(id, GPU, { maxReplica: 2, standbyPerNode: 0, priority }),
+    });
+  fn("a/n/hog", "normal");
+  fn("b/n/batch", "batch");
+  fn("b/n/high", "high");
+  fn("c/n/x", "normal");
+  const hog = [
+    ...created(d.run(lease("h1", "a/n/hog"))),
+    ...created(d.run(lease("h2", "a/n/hog"))),
+  ];
+  for (const p of hog) d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  // The pool is full; b's batch function, then b's high one, then c wait.
+  d.now = 1;
+  d.run(lease("b1", "b/n/batch", "gb"));
+  d.now = 2;
+  d.run(lease("b2", "b/n/high", "gb"));
+  d.run(lease("c1", "c/n/x", "gc"));
+  assert.deepEqual([...d.state.starved].sort(), ["b/n/batch", "b/n/high", "c/n/x"]);
+  // a's first worker goes (reclaimed or returned): b's high-priority function comes first of b's.
+  const order: string[] = [];
+  for (const p of hog) {
+    d.run({ type: "return", podId: p.id, gateway: "g1" });
+    for (const a of d.run({ type: "podStatus", podId: p.id, state: "Terminated" })) {
+      if (a.type === "createPod") order.push(a.pod.func);
+    }
+  }
+  assert.equal(order[0], "b/n/high", order.join(", "));
+  assert.ok(order.includes("c/n/x") || order.length === 1, order.join(", "));
+});
+
+Deno.test("fairView() counts what each tenant's pods hold, parked ones by what they keep", () => {
+  const { d, hold } = pool();
+  hold("a1", "a/n/f1");
+  const v = fairView(d.state);
+  assert.equal(v.usage.get("a"), 0.5, "one 40 GB pod of an 80 GB pool (vRAM is dominant)");
+  assert.equal(
+    demandShare({ cpu: 0, memMB: 0, gpuType: "Any", gpuCount: 1, vramMB: 40_000 }, v.totals),
+    0.5,
+  );
+  assert.deepEqual([...v.active], ["a"]);
+});
