@@ -3,7 +3,7 @@
  * sample worker): token figures of real completions in headers, metrics and
  * `/audit/stats`; a canary split between two versions, rolled back and
  * promoted with `ctl rollout`; a function scaled out on queue time by the
- * scheduler's advice; and a tenant within its share served while another
+ * scheduler's advice (a worker that answers in 300 ms); and a tenant within its share served while another
  * tenant's burst holds the whole GPU pool.
  */
 import assert from "node:assert/strict";
@@ -28,6 +28,15 @@ async function ctl(gateway: string, ...args: string[]) {
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
+
+/** A worker whose every answer takes 300 ms. */
+const SLOW_WORKER = `
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, async (req) => {
+  if (new URL(req.url).pathname === "/health") return new Response("ok");
+  await req.arrayBuffer();
+  await new Promise((r) => setTimeout(r, 300));
+  return Response.json({ choices: [{ text: "slow" }] });
+});`;
 
 function series(text: string, name: string): number {
   const line = text.split("\n").find((l) => l.startsWith(name + " "));
@@ -246,13 +255,18 @@ Deno.test({
           scaleout_policy: { wait_ratio: 100, queue_ms: 200 },
         },
       };
-      const r = await putObject(p.url, ngramFunction("qs", "ns", "lm", { policy }));
+      // Each call takes 300 ms, so with four callers on one worker a queued
+      // call has always waited past queue_ms, however fast the machine.
+      const r = await putObject(
+        p.url,
+        ngramFunction("qs", "ns", "lm", { policy, commands: ["deno", "eval", SLOW_WORKER] }),
+      );
       assert.equal(r.status, 201, JSON.stringify(r.body));
       calls = Array.from({ length: 4 }, async () => {
         let n = 0;
         while (running) {
           const c = await request(`${p.url}/funccall/qs/ns/lm/v1/completions`, {
-            body: { prompt: "The GPU", max_tokens: 4096, stream: true },
+            body: { prompt: "The GPU", max_tokens: 16 },
           });
           assert.equal(c.status, 200);
           n++;
