@@ -3,8 +3,9 @@
  * sample worker): token figures of real completions in headers, metrics and
  * `/audit/stats`; a canary split between two versions, rolled back and
  * promoted with `ctl rollout`; a function scaled out on queue time by the
- * scheduler's advice (a worker that answers in 300 ms); and a tenant within its share served while another
- * tenant's burst holds the whole GPU pool.
+ * scheduler's advice (a worker that answers in 300 ms); and a tenant
+ * within its share served while another tenant's burst holds the whole GPU
+ * pool.
  */
 import assert from "node:assert/strict";
 import {
