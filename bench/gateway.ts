@@ -165,8 +165,9 @@ try {
       (ng ? `, ${f(gw.cpuUsPerRequest! / ng.cpuUsPerRequest!, 2)}x nginx's CPU` : ""),
   );
 
-  // Streaming: time to the first chunk of a 64-token streamed completion.
-  const STREAM = JSON.stringify({ prompt: "A cold start", max_tokens: 64, stream: true });
+  // Streaming: time to the first chunk of a 1024-token streamed completion (long enough that
+  // the worker sends it in many pieces).
+  const STREAM = JSON.stringify({ prompt: "A cold start", max_tokens: 1024, stream: true });
   const firstChunk = async (url: string) => {
     const times: number[] = [];
     const totals: number[] = [];
@@ -194,7 +195,9 @@ try {
   const sd = await firstChunk(direct);
   const sg = await firstChunk(viaGateway);
   console.log(
-    `streaming (64 tokens, 40 sequential calls, medians): direct first chunk ${f(sd.first)} ms, ` +
+    `streaming (1024 tokens, 40 sequential calls, medians): direct first chunk ${
+      f(sd.first)
+    } ms, ` +
       `total ${f(sd.total)} ms, ${f(sd.chunks, 1)} reads/answer; gateway first chunk ${
         f(sg.first)
       } ms (+${f(sg.first - sd.first)}), total ${f(sg.total)} ms, ${f(sg.chunks, 1)} reads/answer`,
