@@ -279,10 +279,19 @@ class Conn {
     return this.#parser.keepAlive;
   }
 
-  /** The next body piece; null at the end of the body. */
+  /**
+   * The body that has arrived since the last call, as one piece (pieces
+   * parsed from one read go on together: one write for the caller, not one
+   * each); null at the end of the body.
+   */
   async nextChunk(): Promise<Uint8Array | null> {
     while (true) {
-      if (this.#body.length) return this.#body.shift()!;
+      if (this.#body.length) {
+        const b = this.#body;
+        if (b.length === 1) return b.pop()!;
+        this.#body = [];
+        return concat(b, sum(b));
+      }
       if (this.#bodyDone) return null;
       this.#parse();
       if (this.#body.length || this.#bodyDone) continue;

@@ -75,6 +75,8 @@ export interface ImageMeta {
   port: number;
   /** Dumped from its own namespaces (restorable any number of times). */
   namespaced: boolean;
+  /** It led its own session, so CRIU dumped it without `--shell-job`. */
+  ownSession?: boolean;
   /** Its GPU memory was checkpointed into host memory before the dump. */
   gpu: boolean;
   /** The GPUs it used, by index. */
@@ -88,6 +90,8 @@ interface Child {
   pid: number;
   port: number;
   net?: PodNet;
+  /** Started under setsid: it leads its own session. */
+  ownSession?: boolean;
   logFile?: string;
   logs: LogRing;
   stopping: boolean;
@@ -281,10 +285,13 @@ export class ProcessRuntime implements PodRuntime {
     const env = this.#env(spec, listenHost, port, logFile);
     const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
     // nsenter joins the pod's network namespace; unshare makes the worker
-    // the init of a new PID namespace; setsid its own session (CRIU dumps
-    // whole sessions).
+    // the init of a new PID namespace; setsid its own session: CRIU dumps
+    // whole sessions, and cannot dump one whose leader it cannot see (a
+    // node agent in a container whose session began outside it).
     const argv = net
       ? ["nsenter", `--net=${net.nsPath}`, "--", "unshare", "--pid", "--fork", "setsid", ...shell]
+      : logFile && this.#options.criu
+      ? ["setsid", ...shell]
       : logFile
       ? shell
       : [bin, ...args];
@@ -318,6 +325,7 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
+      ownSession: argv[0] === "setsid",
       logFile,
       logs,
       stopping: false,
@@ -484,7 +492,7 @@ export class ProcessRuntime implements PodRuntime {
       await this.#options.criu!.dump(child.pid, dir, {
         leaveRunning,
         netns: child.net?.nsPath,
-        shellJob: !child.net,
+        shellJob: !child.net && !child.ownSession,
         nice: leaveRunning ? this.#options.snapshotNice ?? 10 : 0,
       });
     } finally {
@@ -495,6 +503,7 @@ export class ProcessRuntime implements PodRuntime {
       logFile: child.logFile,
       port: child.port,
       namespaced: child.net !== undefined,
+      ownSession: child.ownSession,
       gpu,
       gpus: child.gpus,
     };
@@ -559,7 +568,7 @@ export class ProcessRuntime implements PodRuntime {
       workDir: `${this.#snapshots}/${podId}.restore`,
       netns: net?.nsPath,
       inherit,
-      shellJob: !meta.namespaced,
+      shellJob: !meta.namespaced && !meta.ownSession,
     });
     if (meta.gpu) {
       try {

@@ -199,6 +199,12 @@ function rssKb(pid: number): number | undefined {
   }
 }
 
+/** The session a process belongs to (field 6 of /proc/PID/stat). */
+function sessionOf(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[3]);
+}
+
 /** A runtime with CRIU (and pod namespaces when `namespaced`) over a temporary directory. */
 async function criuRuntime(namespaced: boolean) {
   const dir = await Deno.makeTempDir();
@@ -226,6 +232,9 @@ for (const namespaced of [false, true]) {
         assert.equal(await count(pod.endpoint), 1);
         const pid = rt.pidOf("pod-test")!;
         assert.ok(rssKb(pid)! > 0);
+        // It leads its own session: CRIU cannot dump a session whose leader
+        // it cannot see, as in a container whose session began outside it.
+        if (!namespaced) assert.equal(sessionOf(pid), pid);
         await rt.park("pod-test", "file");
         assert.equal(rt.pidOf("pod-test"), undefined, "no process while parked in a file");
         assert.equal(rssKb(pid), undefined, "its memory is freed");
