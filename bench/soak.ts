@@ -9,7 +9,8 @@
  *   cold function's spec every 60 s (a new version, the old one drained);
  * - API key churn every 3 s: a key made, used, revoked, refused.
  * Each sample: the platform's resident memory and open file descriptors
- * (`/proc/PID`), leases held by the gateway and granted by the scheduler,
+ * (`/proc/PID`), its JavaScript heap in use and the buffers its objects
+ * hold outside it, leases held by the gateway and granted by the scheduler,
  * pods by state and queue depths (`/metrics`), audit rows buffered.
  *
  * Pass: resident memory after warm-up grows at most 5%: its floor (the
@@ -98,6 +99,8 @@ const call = (f: string, headers: Record<string, string> = admin) =>
 interface Sample {
   t: number;
   rssMB: number;
+  heapMB: number;
+  externalMB: number;
   fds: number;
   gatewayLeases: number;
   schedulerLeases: number;
@@ -135,6 +138,8 @@ async function sample(): Promise<Sample> {
   return {
     t: Math.round((performance.now() - t0) / 1000),
     rssMB: await rssMB(),
+    heapMB: Math.round(sum("inferx_process_heap_used_bytes") / 104857.6) / 10,
+    externalMB: Math.round(sum("inferx_process_external_memory_bytes") / 104857.6) / 10,
     fds,
     gatewayLeases: sum("inferx_leased_workers"),
     schedulerLeases: sum("inferx_leases_granted"),
@@ -148,7 +153,7 @@ const podText = (pods: Record<string, number>) =>
   Object.entries(pods).map(([s, n]) => `${s} ${n}`).join(", ") || "none";
 
 function row(s: Sample, note = ""): string {
-  return `| ${s.t} | ${s.rssMB} | ${s.fds} | ${s.gatewayLeases} | ${s.schedulerLeases} | ${
+  return `| ${s.t} | ${s.rssMB} | ${s.heapMB} | ${s.externalMB} | ${s.fds} | ${s.gatewayLeases} | ${s.schedulerLeases} | ${
     podText(s.pods)
   } | ${s.queued} | ${s.auditBuffered} | ${note} |`;
 }
@@ -278,9 +283,9 @@ try {
   log(`# ${new Date().toISOString()}, Deno ${Deno.version.deno}, platform pid ${pid}`);
   log("");
   log(
-    "| t (s) | RSS (MB) | fds | leases (gateway) | leases (scheduler) | pods | queued | audit buffered | |",
+    "| t (s) | RSS (MB) | heap (MB) | external (MB) | fds | leases (gateway) | leases (scheduler) | pods | queued | audit buffered | |",
   );
-  log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   log(row(baseline, "baseline, before the load"));
 
   const load = Promise.all([
@@ -335,6 +340,12 @@ try {
     `RSS every 5 s after warm-up (MB): ${
       rss.filter((r) => r.t >= from).map((r) => Math.round(r.mb)).join(" ")
     }`,
+  );
+  const heaps = samples.filter((s) => s.t >= from).map((s) => s.heapMB);
+  log(
+    `JavaScript heap in use after warm-up (MB): ${heaps.join(" ")}; lowest over its first third ${
+      Math.min(...heaps.slice(0, Math.max(1, Math.ceil(heaps.length / 3))))
+    }, over its last ${Math.min(...heaps.slice(-Math.max(1, Math.ceil(heaps.length / 3))))}`,
   );
   const checks: [string, boolean][] = [
     [

@@ -23,6 +23,7 @@ import {
 } from "./images.ts";
 import { renderKustomization } from "../k8s/render.ts";
 import { CONFIG_ENV } from "../src/common/config.ts";
+import { TORCH_WEIGHTS } from "../src/samples/torch/mod.ts";
 
 /** One stage of a Dockerfile: where it starts and what it sets. */
 interface Stage {
@@ -175,6 +176,20 @@ Deno.test(".dockerignore leaves tests and caches out of the images, never the so
   ) {
     assert.ok(!ignored(p), p);
   }
+});
+
+Deno.test("what git ignores among the sources (generated files) stays out of the images", async () => {
+  const ignored = await dockerIgnored();
+  // The PyTorch sample's weights (43 MB) are made on first use, beside its worker.
+  assert.ok(ignored(TORCH_WEIGHTS.slice(REPO.length + 1)), TORCH_WEIGHTS);
+  const out = await new Deno.Command("git", {
+    args: ["ls-files", "--others", "--ignored", "--exclude-standard", "--", ...APP_SOURCES],
+    cwd: REPO,
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const generated = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l !== "");
+  for (const p of generated) assert.ok(ignored(p), `${p} would go into the images`);
 });
 
 Deno.test("dockerChanges() writes every setting once and refuses values that need quoting", () => {

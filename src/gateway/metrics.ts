@@ -273,34 +273,54 @@ export class GatewayMetrics {
       "counter",
       () => perVersion(s, (labels, v, out) => out.push({ labels, value: v.completionTokens })),
     );
+    /** A gauge of one value, read when scraped. */
+    const gauge = (
+      name: string,
+      help: string,
+      read: () => number,
+      aggregator: "sum" | "min" = "sum",
+    ) =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        aggregator,
+        collect() {
+          this.set(read());
+        },
+      });
     if (audit) {
-      const gauge = (
-        name: string,
-        help: string,
-        pick: (s: ReturnType<AuditLog["stats"]>) => number,
-        aggregator: "sum" | "min" = "sum",
-      ) =>
-        new Gauge({
-          name,
-          help,
-          registers: [this.registry],
-          aggregator,
-          collect() {
-            this.set(pick(audit.stats()));
-          },
-        });
-      gauge("inferx_audit_buffered_rows", "Audit rows waiting to be written", (s) => s.buffered);
-      gauge("inferx_audit_written_rows", "Audit rows written since start", (s) => s.written);
+      const stats = () => audit.stats();
+      gauge(
+        "inferx_audit_buffered_rows",
+        "Audit rows waiting to be written",
+        () => stats().buffered,
+      );
+      gauge("inferx_audit_written_rows", "Audit rows written since start", () => stats().written);
       gauge(
         "inferx_audit_dropped_rows",
         "Audit rows dropped because the buffer was full",
-        (s) => s.dropped,
+        () => stats().dropped,
       );
       gauge(
         "inferx_audit_healthy",
         "1 when the last audit write succeeded (in every gateway of a group)",
-        (s) => +s.healthy,
+        () => +stats().healthy,
         "min",
+      );
+    }
+    // The process's memory (every role it runs), for soaks and leak hunts.
+    for (
+      const [name, help, pick] of [
+        ["resident_memory", "Resident memory", (m) => m.rss],
+        ["heap_used", "JavaScript heap in use, after the last collection,", (m) => m.heapUsed],
+        ["external_memory", "Buffers held outside the JavaScript heap", (m) => m.external],
+      ] as [string, string, (m: Deno.MemoryUsage) => number][]
+    ) {
+      gauge(
+        `inferx_process_${name}_bytes`,
+        `${help} in the gateway's process`,
+        () => pick(Deno.memoryUsage()),
       );
     }
     new Gauge({

@@ -24,6 +24,9 @@ Deno.test({
     assert.equal(buckets.at(-1), 3);
     assert.match(text, /inferx_request_duration_seconds_count\{function="t\/n\/f"\} 3/);
     assert.match(text, /inferx_leased_workers\{function="t\/n\/f"\} 1/);
+    const heap = Number(text.match(/^inferx_process_heap_used_bytes (\d+)$/m)?.[1]);
+    const rss = Number(text.match(/^inferx_process_resident_memory_bytes (\d+)$/m)?.[1]);
+    assert.ok(heap > 1e6 && rss > heap, `heap ${heap}, resident ${rss}`);
     await f.close();
     await w.close();
   },
