@@ -37,8 +37,7 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \
     INFERX_DATA_DIR=/data \
     INFERX_BIND=0.0.0.0 \
     GATEWAY_HOST=0.0.0.0 \
-    INFERX_SAMPLES=none \
-    MALLOC_ARENA_MAX=2
+    INFERX_SAMPLES=none
 WORKDIR /app
 USER 65532:65532
 LABEL org.opencontainers.image.version=$VERSION \

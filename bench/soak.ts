@@ -42,12 +42,7 @@ const ADMIN = `soak-admin-${crypto.randomUUID()}`;
 const T = "soak";
 const NS = "ns";
 
-// glibc's malloc arenas limited as `deno task start` and the role images run the platform.
-const p = await startPlatform({
-  INFERX_ADMIN_APIKEY: ADMIN,
-  LOG_LEVEL: "warning",
-  MALLOC_ARENA_MAX: Deno.env.get("MALLOC_ARENA_MAX") ?? "2",
-});
+const p = await startPlatform({ INFERX_ADMIN_APIKEY: ADMIN, LOG_LEVEL: "warning" });
 const pid = p.proc.pid;
 const admin = { authorization: `Bearer ${ADMIN}` };
 

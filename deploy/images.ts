@@ -128,8 +128,6 @@ export function roleImages(o: ImageNameOptions = {}): Record<ImageRole, ImageCon
       INFERX_BIND: "0.0.0.0",
       GATEWAY_HOST: "0.0.0.0",
       INFERX_SAMPLES: "none",
-      // Fewer glibc malloc arenas: resident memory levels off instead of creeping (bench/soak.ts).
-      MALLOC_ARENA_MAX: "2",
       RUN_SERVICE: ROLES[role].runService,
     },
     entrypoint: [
