@@ -1,8 +1,10 @@
 /**
  * Warm-path benchmark: one warm worker (kept up by `min_replica: 1`) called
- * directly, through nginx (one worker, keep-alive upstream) and through the
- * gateway, in one run, by the same load generator (`wrk`, keep-alive, POST of
- * a 4-token completion). The gateway runs with auth (an API key on every
+ * directly, through nginx (one worker, keep-alive upstream), through a
+ * raw-socket proxy in the same runtime (`raw_proxy.ts`: the floor for
+ * JavaScript), through the gateway's HTTP server and pool alone
+ * (`framing_proxy.ts`) and through the gateway, in one run, by the same load
+ * generator (`wrk`, keep-alive, POST of a 4-token completion). The gateway runs with auth (an API key on every
  * call), audit and metrics on. Prints for each path its throughput, p50/p99,
  * and for each proxy the CPU microseconds it spent per request (utime+stime
  * from /proc over the run); then the ratios against direct and nginx, and the
@@ -15,6 +17,14 @@
  * (5, 16, 1, 3). Each path reports the median of its rounds, run interleaved.
  * Needs `wrk` (Debian's `wrk`); nginx (Debian's `nginx-light`) is skipped with
  * a reason when absent.
+ *
+ * `GATEWAY_BASELINE=DIR` also runs the gateway of another checkout (say
+ * `git worktree add DIR HEAD~1`, with its `node_modules`) on the same
+ * platform and prints the median of the per-round CPU ratios: a change's
+ * effect, measured in the same minutes as its baseline, when the host's
+ * speed drifts between runs. `GATEWAY_PROFILE=DIR` writes the gateway's V8
+ * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
+ * runs the gateway under test (not the baseline) with those V8 flags.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, spawnRole } from "../tests/e2e/helpers.ts";
@@ -27,6 +37,12 @@ const seconds = Number(Deno.args[0] ?? 5);
 const connections = Number(Deno.args[1] ?? 16);
 const gatewayWorkers = Number(Deno.args[2] ?? 1);
 const rounds = Number(Deno.args[3] ?? 3);
+/** A directory to write the gateway's V8 profile to (`--prof`), for `node --prof-process`. */
+const profile = Deno.env.get("GATEWAY_PROFILE");
+/** Another checkout (a worktree of an earlier commit) whose gateway is measured alongside. */
+const baseline = Deno.env.get("GATEWAY_BASELINE");
+/** V8 flags for the gateway under test (not the baseline's), comma-separated. */
+const v8Flags = Deno.env.get("GATEWAY_V8_FLAGS");
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -39,6 +55,7 @@ const p = await startRoles();
 const nginxPath = await hasCommand("nginx");
 let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
 let raw: Deno.ChildProcess | undefined;
+let framing: Deno.ChildProcess | undefined;
 try {
   const admin = { authorization: `Bearer ${ADMIN}` };
   const put = (o: unknown) =>
@@ -81,21 +98,17 @@ try {
   const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
   // The floor: a forty-line proxy on raw sockets in the same runtime.
   const rawPort = freePort();
-  raw = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("./raw_proxy.ts", import.meta.url).pathname,
-      String(rawPort),
-      pod.endpoint,
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  while (!(await listening(rawPort))) await new Promise((r) => setTimeout(r, 50));
+  raw = startProxy("raw_proxy.ts", rawPort, pod.endpoint);
+  // The gateway's HTTP server and upstream pool with nothing else: its framing's share.
+  const framingPort = freePort();
+  framing = startProxy("framing_proxy.ts", framingPort, pod.endpoint);
+  while (!(await listening(rawPort)) || !(await listening(framingPort))) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
   if (nginxPath) nginx = await startNginx(pod.endpoint);
   else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
   const rawPid = raw.pid;
+  const framingPid = framing.pid;
   const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
     { name: "direct", url: direct },
     ...(nginx ? [{ name: "nginx", url: `${nginx.url}/v1/completions`, pids: nginx.pids }] : []),
@@ -104,6 +117,21 @@ try {
       url: `http://127.0.0.1:${rawPort}/v1/completions`,
       pids: () => Promise.resolve([rawPid]),
     },
+    {
+      name: "gateway's HTTP server + pool alone",
+      url: `http://127.0.0.1:${framingPort}/v1/completions`,
+      pids: () => Promise.resolve([framingPid]),
+    },
+    ...(p.baselineGateway
+      ? [{
+        name: `baseline gateway (${baseline})`,
+        url: viaGateway.replace(p.url, p.baselineGateway.url),
+        pids: async () => {
+          const pid = p.baselineGateway!.role.proc.pid;
+          return [pid, ...await gatewayChildren(pid)];
+        },
+      }]
+      : []),
     {
       name: `gateway (${gatewayWorkers} worker${gatewayWorkers > 1 ? "s" : ""})`,
       url: viaGateway,
@@ -164,6 +192,19 @@ try {
     } ms (budget <= 0.4), ${f(gw.cpuUsPerRequest!, 1)} µs CPU per request (budget <= 60)` +
       (ng ? `, ${f(gw.cpuUsPerRequest! / ng.cpuUsPerRequest!, 2)}x nginx's CPU` : ""),
   );
+  if (p.baselineGateway) {
+    // Each round's pair ran back to back: the median of their ratios, less shaken by the host.
+    const bi = rows.length - 2;
+    const ratios = results[bi].map((b, i) =>
+      results[rows.length - 1][i].cpuUsPerRequest! / b.cpuUsPerRequest!
+    )
+      .sort((x, y) => x - y);
+    console.log(
+      `gateway vs baseline: CPU per request ${f(ratios[ratios.length >> 1])}x (rounds: ${
+        ratios.map((r) => f(r, 2)).join(", ")
+      }), throughput ${f(gw.rps / rows[bi][1].rps)}x`,
+    );
+  }
 
   // Streaming: time to the first chunk of a 1024-token streamed completion (long enough that
   // the worker sends it in many pieces).
@@ -203,8 +244,10 @@ try {
       } ms (+${f(sg.first - sd.first)}), total ${f(sg.total)} ms, ${f(sg.chunks, 1)} reads/answer`,
   );
 } finally {
-  raw?.kill("SIGTERM");
-  await raw?.status;
+  for (const child of [raw, framing]) {
+    child?.kill("SIGTERM");
+    await child?.status;
+  }
   await nginx?.stop();
   await p.stop();
 }
@@ -246,22 +289,64 @@ async function startRoles() {
           .nodes?.length > 0,
     ),
   );
-  const gateway = await spawnRole({
-    ...common,
-    RUN_SERVICE: "Gateway",
-    GATEWAY_PORT: String(port.gw),
-    GATEWAY_WORKERS: String(gatewayWorkers),
-    INFERX_ADMIN_APIKEY: ADMIN,
-  }, () => listening(port.gw));
+  const gateway = await spawnRole(
+    {
+      ...common,
+      RUN_SERVICE: "Gateway",
+      GATEWAY_PORT: String(port.gw),
+      GATEWAY_WORKERS: String(gatewayWorkers),
+      INFERX_ADMIN_APIKEY: ADMIN,
+    },
+    () => listening(port.gw),
+    {
+      runtimeArgs: profile || v8Flags
+        ? [
+          `--v8-flags=${
+            [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`].filter(Boolean)
+              .join(",")
+          }`,
+        ]
+        : [],
+    },
+  );
   roles.push(gateway);
+  // Another checkout's gateway on the same platform (its own audit file), measured alongside.
+  let baselineGateway: { url: string; role: RoleProcess } | undefined;
+  if (baseline) {
+    const bport = freePort();
+    const role = await spawnRole(
+      {
+        ...common,
+        INFERX_DATA_DIR: `${dir}/baseline`,
+        RUN_SERVICE: "Gateway",
+        GATEWAY_PORT: String(bport),
+        GATEWAY_WORKERS: String(gatewayWorkers),
+        INFERX_ADMIN_APIKEY: ADMIN,
+      },
+      () => listening(bport),
+      { main: `${baseline}/main.ts` },
+    );
+    roles.push(role);
+    baselineGateway = { url: `http://127.0.0.1:${bport}`, role };
+  }
   return {
     url: `http://127.0.0.1:${port.gw}`,
     gateway,
+    baselineGateway,
     async stop() {
       for (const r of roles.reverse()) await r.stop();
       await Deno.remove(dir, { recursive: true });
     },
   };
+}
+
+/** Runs one of the benchmark's own proxies (`bench/{script}`) on `port`, forwarding to `upstream`. */
+function startProxy(script: string, port: number, upstream: string): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`./${script}`, import.meta.url).pathname, String(port), upstream],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
 }
 
 /** Gateway worker processes the platform started (GATEWAY_WORKERS > 1), not function workers. */

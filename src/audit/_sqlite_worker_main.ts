@@ -25,7 +25,7 @@ async function handle(req: WorkerRequest): Promise<unknown> {
       open();
       return;
     case "write":
-      return await open().write(req.batch);
+      return await open().writePacked(req.batch, req.requests, req.pods);
     case "query":
       return await open().query(req.kind, req.q);
     case "close":

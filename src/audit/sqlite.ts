@@ -28,6 +28,7 @@ import {
   transaction,
 } from "../common/sqlite.ts";
 import type { AuditBackend, AuditBatch } from "./batching.ts";
+import { encodeRequests, type PackedRequests, SLOT, SLOTS } from "./row_codec.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 
 /** Options for {@linkcode SqliteAuditBackend}. */
@@ -170,31 +171,55 @@ const SCHEMA = `
 type Row = Record<string, string | number | null>;
 type Scopes = [tid: number, nsid: number, fid: number, gid: number];
 
-function requestValues(r: RequestRow, s: Scopes): (string | number | null)[] {
-  return [
-    r.time,
-    ...s,
-    r.gateway,
-    r.principal,
-    r.method,
-    r.path,
-    r.status,
-    r.latencyMs,
-    r.ttfbMs ?? null,
-    r.coldStart ? 1 : 0,
-    r.resumed ? 1 : 0,
-    r.pod ?? null,
-    r.error ?? null,
-    r.call ?? null,
-    r.attempt ?? null,
-    r.version ?? null,
-    r.ttftMs ?? null,
-    r.itlP50Ms ?? null,
-    r.itlP99Ms ?? null,
-    r.tokensPerS ?? null,
-    r.promptTokens ?? null,
-    r.completionTokens ?? null,
-  ];
+/** The string in packed slot `at`, or null when absent. */
+function stringAt(p: PackedRequests, at: number): string | null {
+  const k = p.nums[at];
+  return k < 0 ? null : p.strings[k];
+}
+
+/** The number in packed slot `at`, or null when absent (NaN). */
+function numberAt(p: PackedRequests, at: number): number | null {
+  const v = p.nums[at];
+  return v !== v ? null : v;
+}
+
+/** Adds packed row `i`'s columns (`REQUEST_COLUMNS`) to `out`; `scopes` gives its scope ids. */
+function requestValues(
+  p: PackedRequests,
+  i: number,
+  scopes: Scopes,
+  out: (string | number | null)[],
+): void {
+  const o = i * SLOTS;
+  const str = (slot: number) => stringAt(p, o + slot);
+  const num = (slot: number) => numberAt(p, o + slot);
+  out.push(
+    num(SLOT.time),
+    scopes[0],
+    scopes[1],
+    scopes[2],
+    scopes[3],
+    str(SLOT.gateway),
+    str(SLOT.principal),
+    str(SLOT.method),
+    str(SLOT.path),
+    num(SLOT.status),
+    num(SLOT.latencyMs),
+    num(SLOT.ttfbMs),
+    num(SLOT.coldStart),
+    num(SLOT.resumed),
+    str(SLOT.pod),
+    str(SLOT.error),
+    str(SLOT.call),
+    num(SLOT.attempt),
+    num(SLOT.version),
+    num(SLOT.ttftMs),
+    num(SLOT.itlP50Ms),
+    num(SLOT.itlP99Ms),
+    num(SLOT.tokensPerS),
+    num(SLOT.promptTokens),
+    num(SLOT.completionTokens),
+  );
 }
 
 function podValues(p: PodRow, s: Scopes): (string | number | null)[] {
@@ -276,22 +301,29 @@ class RowInserter {
 
   constructor(db: DatabaseSync, table: string, cols: readonly string[]) {
     const row = `(${cols.map(() => "?").join(", ")})`;
+    // `or fail`: a failing row needs no statement journal (the caller's
+    // transaction is rolled back whole). With one, each batch also wrote
+    // a temporary file: five times the writes of the batch itself.
     const sql = (n: number) =>
-      `insert into ${table} (${cols.join(", ")}) values ${Array(n).fill(row).join(", ")}`;
+      `insert or fail into ${table} (${cols.join(", ")}) values ${Array(n).fill(row).join(", ")}`;
     this.#one = db.prepare(sql(1));
     this.#many = db.prepare(sql(ROWS_PER_INSERT));
   }
 
-  /** Inserts `rows` as `values` gives each one's columns, in order. */
-  run<T>(rows: readonly T[], values: (row: T) => (string | number | null)[]): void {
+  /** Inserts `count` rows, `values` adding row `i`'s columns, in order, to `out`. */
+  run(count: number, values: (i: number, out: (string | number | null)[]) => void): void {
     let i = 0;
     const v = this.#values;
-    for (; i + ROWS_PER_INSERT <= rows.length; i += ROWS_PER_INSERT) {
+    for (; i + ROWS_PER_INSERT <= count; i += ROWS_PER_INSERT) {
       v.length = 0;
-      for (let j = i; j < i + ROWS_PER_INSERT; j++) v.push(...values(rows[j]));
+      for (let j = i; j < i + ROWS_PER_INSERT; j++) values(j, v);
       this.#many.run(...v);
     }
-    for (; i < rows.length; i++) this.#one.run(...values(rows[i]));
+    for (; i < count; i++) {
+      v.length = 0;
+      values(i, v);
+      this.#one.run(...v);
+    }
   }
 }
 
@@ -461,11 +493,16 @@ export class SqliteAuditBackend implements AuditBackend {
   }
 
   write(batch: AuditBatch): Promise<void> {
+    return this.writePacked(batch.id, batch.requests, batch.pods);
+  }
+
+  /** {@linkcode write} for a batch whose request rows may come packed (from the main thread). */
+  writePacked(id: string, requests: RequestRow[] | PackedRequests, pods: PodRow[]): Promise<void> {
     try {
       transaction(this.#db, () => {
         // A batch retried after its commit (the answer lost with a worker) is written once.
-        if (this.#claim.run(batch.id, this.#now()).changes === 0) return;
-        this.insert(batch.requests, batch.pods);
+        if (this.#claim.run(id, this.#now()).changes === 0) return;
+        this.insert(requests, pods);
       });
     } catch (err) {
       this.#scopes.forget(); // ids made in the rolled-back transaction are gone
@@ -489,9 +526,32 @@ export class SqliteAuditBackend implements AuditBackend {
    * Inserts rows without a transaction of its own (the caller's); a row that
    * cannot be stored throws.
    */
-  insert(requests: RequestRow[], pods: PodRow[]): void {
-    this.#insert.requests.run(requests, (r) => requestValues(r, this.#scopes.of(r)));
-    this.#insert.pods.run(pods, (p) => podValues(p, this.#scopes.of(p)));
+  insert(requests: RequestRow[] | PackedRequests, pods: PodRow[]): void {
+    const packed = Array.isArray(requests) ? encodeRequests(requests) : requests;
+    const { nums, strings } = packed;
+    // Scope ids by the row's tenant, namespace and function (string indexes in the batch).
+    const seen = new Map<number, Scopes>();
+    const count = nums.length / SLOTS;
+    this.#insert.requests.run(count, (i, out) => {
+      const o = i * SLOTS;
+      const t = nums[o + SLOT.tenant], ns = nums[o + SLOT.namespace], f = nums[o + SLOT.func];
+      const key = (t * 1048576 + ns) * 1048576 + f;
+      let scopes = seen.get(key);
+      if (!scopes) {
+        seen.set(
+          key,
+          scopes = this.#scopes.of({
+            tenant: strings[t],
+            namespace: strings[ns],
+            func: strings[f],
+          }),
+        );
+      }
+      requestValues(packed, i, scopes, out);
+    });
+    this.#insert.pods.run(pods.length, (i, out) => {
+      out.push(...podValues(pods[i], this.#scopes.of(pods[i])));
+    });
   }
 
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {

@@ -8,6 +8,7 @@
  * @module
  */
 import type { AuditBackend, AuditBatch } from "./batching.ts";
+import { encodeRequests, type PackedRequests } from "./row_codec.ts";
 import { openSqliteAudit, type OpenSqliteAuditOptions, type SqliteAuditOptions } from "./sqlite.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 
@@ -16,7 +17,7 @@ export type WorkerAuditOptions = Omit<SqliteAuditOptions, "now">;
 
 /** A call a {@linkcode WorkerAuditBackend} makes of its worker. */
 export type WorkerCall =
-  | { op: "write"; batch: AuditBatch }
+  | { op: "write"; batch: string; requests: PackedRequests; pods: PodRow[] }
   | { op: "query"; kind: AuditKind; q: AuditQuery }
   | { op: "close" };
 
@@ -80,21 +81,26 @@ export class WorkerAuditBackend implements AuditBackend {
     this.#pending.clear();
   }
 
-  #send(w: Worker, req: WorkerRequest): Promise<unknown> {
+  #send(w: Worker, req: WorkerRequest, transfer: Transferable[] = []): Promise<unknown> {
     return new Promise((resolve, reject) => {
       this.#pending.set(req.id, { resolve, reject });
-      w.postMessage(req);
+      w.postMessage(req, transfer);
     });
   }
 
-  #call(req: WorkerCall): Promise<unknown> {
+  #call(req: WorkerCall, transfer?: Transferable[]): Promise<unknown> {
     if (this.#closed) return Promise.reject(new Error("The audit is closed"));
     const w = this.#worker ??= this.#start();
-    return this.#send(w, { ...req, id: ++this.#seq });
+    return this.#send(w, { ...req, id: ++this.#seq }, transfer);
   }
 
   write(batch: AuditBatch): Promise<void> {
-    return this.#call({ op: "write", batch }) as Promise<void>;
+    // Packed afresh for each try: the numbers' buffer goes to the worker.
+    const requests = encodeRequests(batch.requests);
+    return this.#call(
+      { op: "write", batch: batch.id, requests, pods: batch.pods },
+      [requests.nums.buffer],
+    ) as Promise<void>;
   }
 
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {

@@ -4,6 +4,7 @@ import { BatchingAuditLog } from "./batching.ts";
 import { SqliteAuditBackend } from "./sqlite.ts";
 import { openWorkerAudit, WorkerAuditBackend } from "./sqlite_worker.ts";
 import { sampleRequest } from "./testing.ts";
+import type { RequestRow } from "./types.ts";
 
 Deno.test("WorkerAuditBackend writes and answers queries from its worker", async () => {
   await withTempDir("ixaudit-", async (dir) => {
@@ -37,5 +38,46 @@ Deno.test("two processes' audits share one file: each writes, each reads the oth
     }
     await a.close();
     await b.close();
+  });
+});
+
+Deno.test("rows packed for the worker come back whole, absent fields absent", async () => {
+  await withTempDir("ixaudit-", async (dir) => {
+    const w = new WorkerAuditBackend(`${dir}/audit.db`);
+    const now = Date.now();
+    const full: RequestRow = {
+      ...sampleRequest(1, now),
+      ttfbMs: 1.5,
+      pod: "t/ns/f/1/abc",
+      version: 3,
+      error: "timeout",
+      call: "call-1",
+      attempt: 2,
+      ttftMs: 1.75,
+      itlP50Ms: 0.5,
+      itlP99Ms: 0.875,
+      tokensPerS: 812.5,
+      promptTokens: 11,
+      completionTokens: 4,
+      coldStart: true,
+      resumed: true,
+    };
+    const bare: RequestRow = {
+      time: now + 1,
+      gateway: "gw-2",
+      principal: "anonymous",
+      tenant: "t",
+      namespace: "ns",
+      func: "g",
+      method: "GET",
+      path: "/",
+      status: 404,
+      latencyMs: 0.25,
+      coldStart: false,
+      resumed: false,
+    };
+    await w.write({ id: "x", requests: [full, bare], pods: [] });
+    assert.deepEqual(await w.query("requests", {}), [bare, full]);
+    await w.close();
   });
 });

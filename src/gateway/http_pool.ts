@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { copyBytes } from "./http1/bytes.ts";
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
@@ -130,7 +131,7 @@ class Conn {
           this.#headersDone = true;
           break;
         case EV.BODY:
-          this.#body.push(this.#buf.slice(at, end));
+          this.#body.push(copyBytes(this.#buf, at, end));
           break;
         case EV.MESSAGE_COMPLETE:
           this.#bodyDone = true;

@@ -30,13 +30,22 @@ export interface RoleProcess {
   stop(): Promise<Deno.CommandStatus>;
 }
 
+/** How {@linkcode spawnRole} runs `main.ts`. */
+export interface SpawnOptions {
+  /** Flags for the runtime (`--v8-flags=...`). */
+  runtimeArgs?: string[];
+  /** Another checkout's `main.ts` (a benchmark's baseline). @default this checkout's */
+  main?: string;
+}
+
 /** Starts `main.ts` with `env`, then waits until `ready()` says so (30 s at most). */
 export async function spawnRole(
   env: Record<string, string>,
   ready: () => Promise<boolean>,
+  options: SpawnOptions = {},
 ): Promise<RoleProcess> {
   const proc = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN],
+    args: ["run", "-A", ...options.runtimeArgs ?? [], options.main ?? MAIN],
     env: { INFERX_SAMPLES: "none", INFERX_RUNTIME: "process", ...env },
     stdout: "piped",
     stderr: "piped",

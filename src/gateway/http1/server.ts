@@ -18,6 +18,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
+import { copyBytes } from "./bytes.ts";
 import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -538,7 +539,7 @@ class ServerConnection {
           this.#headersDone = true;
           break;
         case EV.BODY:
-          this.#body.push(this.#buf.slice(at, end));
+          this.#body.push(copyBytes(this.#buf, at, end));
           this.#bodyBytes += end - at;
           break;
         case EV.MESSAGE_COMPLETE:

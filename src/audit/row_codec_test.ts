@@ -1,0 +1,67 @@
+import assert from "node:assert/strict";
+import { encodeRequests, SLOT, SLOTS } from "./row_codec.ts";
+import type { RequestRow } from "./types.ts";
+
+const full: RequestRow = {
+  time: 1_700_000_000_123,
+  gateway: "gw-1",
+  principal: "key:k1",
+  tenant: "t1",
+  namespace: "ns1",
+  func: "f1",
+  method: "POST",
+  path: "/v1/completions",
+  status: 200,
+  latencyMs: 3.25,
+  ttfbMs: 1.5,
+  coldStart: true,
+  resumed: false,
+  pod: "t1/ns1/f1/1/abc",
+  version: 7,
+  error: "timeout",
+  call: "call-1",
+  attempt: 2,
+  ttftMs: 1.75,
+  itlP50Ms: 0.5,
+  itlP99Ms: 0.9,
+  tokensPerS: 812.5,
+  promptTokens: 11,
+  completionTokens: 4,
+};
+
+Deno.test("encodeRequests() puts every field in its slot, strings once per batch", () => {
+  const bare: RequestRow = {
+    time: 5,
+    gateway: "gw-1",
+    principal: "anonymous",
+    tenant: "t1",
+    namespace: "ns1",
+    func: "f1",
+    method: "GET",
+    path: "/",
+    status: 404,
+    latencyMs: 0.25,
+    coldStart: false,
+    resumed: true,
+  };
+  const { nums, strings } = encodeRequests([full, bare]);
+  assert.equal(nums.length, 2 * SLOTS);
+  // Each string field's slot names its value; each number field's slot holds it.
+  for (const [field, slot] of Object.entries(SLOT)) {
+    const v = full[field as keyof RequestRow];
+    const got = nums[slot];
+    if (typeof v === "string") assert.equal(strings[got], v, field);
+    else if (typeof v === "boolean") assert.equal(got, v ? 1 : 0, field);
+    else assert.equal(got, v, field);
+  }
+  assert.equal(new Set(strings).size, strings.length);
+  assert.equal(strings.filter((s) => s === "gw-1").length, 1);
+  // Absent fields: -1 for strings, NaN for numbers.
+  const o = SLOTS;
+  for (const f of ["pod", "error", "call"] as const) assert.equal(nums[o + SLOT[f]], -1, f);
+  for (const f of ["ttfbMs", "version", "attempt", "ttftMs", "completionTokens"] as const) {
+    assert.ok(Number.isNaN(nums[o + SLOT[f]]), f);
+  }
+  assert.equal(nums[o + SLOT.resumed], 1);
+  assert.equal(strings[nums[o + SLOT.principal]], "anonymous");
+});
