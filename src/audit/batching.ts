@@ -13,6 +13,7 @@ import { InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
+import { type PackedRequests, RequestPacker, SLOTS } from "./row_codec.ts";
 import { summarizeUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 
 const log = logger("audit");
@@ -20,13 +21,18 @@ const log = logger("audit");
 /** Rows written together; a retry of a batch has the same id and rows. */
 export interface AuditBatch {
   id: string;
+  /** Request rows as objects (empty when they came packed). */
   requests: RequestRow[];
+  /** Request rows packed as they were made, for a backend that takes them so. */
+  packed?: PackedRequests;
   pods: PodRow[];
 }
 
 /** Storage behind a {@linkcode BatchingAuditLog}. */
 export interface AuditBackend {
   readonly name: AuditStats["backend"];
+  /** Takes request rows packed (`AuditBatch.packed`): the buffer then holds them packed too. */
+  readonly takesPacked?: boolean;
   /** Writes the batch in one transaction; a batch id already written is not written again. */
   write(batch: AuditBatch): Promise<void>;
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]>;
@@ -54,6 +60,8 @@ export interface BatchingOptions {
 export class BatchingAuditLog implements AuditLog {
   #backend: AuditBackend;
   #requests: RequestRow[] = [];
+  /** Request rows packed as they come, for a backend that takes them so. */
+  #packer?: RequestPacker;
   #pods: PodRow[] = [];
   /** The batch being written, kept as it is until it is. */
   #batchNow?: AuditBatch;
@@ -72,6 +80,7 @@ export class BatchingAuditLog implements AuditLog {
 
   constructor(backend: AuditBackend, opts: BatchingOptions = {}) {
     this.#backend = backend;
+    if (backend.takesPacked) this.#packer = new RequestPacker();
     this.#max = opts.maxBuffered ?? 100_000;
     this.#batch = opts.batchSize ?? 1000;
     this.#maxBackoff = opts.maxBackoffMs ?? 5000;
@@ -81,7 +90,9 @@ export class BatchingAuditLog implements AuditLog {
   }
 
   request(row: RequestRow): void {
-    if (this.#admit()) this.#requests.push(row);
+    if (!this.#admit()) return;
+    if (this.#packer) this.#packer.push(row);
+    else this.#requests.push(row);
   }
 
   pod(row: PodRow): void {
@@ -146,7 +157,8 @@ export class BatchingAuditLog implements AuditLog {
 
   #buffered(): number {
     const b = this.#batchNow;
-    return this.#requests.length + this.#pods.length + (b ? b.requests.length + b.pods.length : 0);
+    return this.#requests.length + (this.#packer?.length ?? 0) + this.#pods.length +
+      (b ? rowsOf(b) : 0);
   }
 
   flush(): Promise<void> {
@@ -164,11 +176,12 @@ export class BatchingAuditLog implements AuditLog {
           const b = this.#batchNow ??= {
             id: newId("audit", 8),
             requests: this.#requests.splice(0, this.#batch),
+            packed: this.#packer?.length ? this.#packer.take(this.#batch) : undefined,
             pods: this.#pods.splice(0, this.#batch),
           };
           await this.#backend.write(b);
           this.#batchNow = undefined;
-          this.#written += b.requests.length + b.pods.length;
+          this.#written += rowsOf(b);
         }
         if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
         this.#healthy = true;
@@ -205,4 +218,9 @@ export class BatchingAuditLog implements AuditLog {
     });
     await this.#backend.close();
   }
+}
+
+/** Rows in a batch, packed or not. */
+function rowsOf(b: AuditBatch): number {
+  return b.requests.length + (b.packed ? b.packed.nums.length / SLOTS : 0) + b.pods.length;
 }

@@ -63,30 +63,62 @@ export const SLOT: Readonly<Record<Field, number>> = Object.fromEntries(
 
 /** Packs `rows`; the batch's strings are kept once each. */
 export function encodeRequests(rows: readonly RequestRow[]): PackedRequests {
-  const nums = new Float64Array(rows.length * SLOTS);
-  const strings: string[] = [];
-  const index = new Map<string, number>();
-  const str = (s: string | undefined): number => {
+  const p = new RequestPacker(rows.length);
+  for (const r of rows) p.push(r);
+  return p.take(rows.length);
+}
+
+/**
+ * Request rows packed as they are made, held until a batch takes them: a
+ * buffer of numbers that grows by doubling, and the distinct strings of the
+ * rows it holds. Rows kept this way are not objects for the collector to
+ * copy and promote while they wait for their batch (up to the flush
+ * interval).
+ */
+export class RequestPacker {
+  #nums: Float64Array<ArrayBuffer>;
+  #rows = 0;
+  #strings: string[] = [];
+  #index = new Map<string, number>();
+
+  constructor(capacity = 256) {
+    this.#nums = new Float64Array(Math.max(1, capacity) * SLOTS);
+  }
+
+  /** Rows held. */
+  get length(): number {
+    return this.#rows;
+  }
+
+  #str(s: string | undefined): number {
     if (s === undefined) return -1;
-    let i = index.get(s);
-    if (i === undefined) index.set(s, i = strings.push(s) - 1);
+    let i = this.#index.get(s);
+    if (i === undefined) this.#index.set(s, i = this.#strings.push(s) - 1);
     return i;
-  };
-  const num = (v: number | boolean | undefined) => v === undefined ? NaN : +v;
-  let o = 0;
-  // Written out field by field (in SLOT order): a loop over field names costs twice as much.
-  for (const r of rows) {
+  }
+
+  /** Adds a row. */
+  push(r: RequestRow): void {
+    let nums = this.#nums;
+    const o = this.#rows * SLOTS;
+    if (o + SLOTS > nums.length) {
+      const next = new Float64Array(nums.length * 2);
+      next.set(nums);
+      this.#nums = nums = next;
+    }
+    const num = (v: number | boolean | undefined) => v === undefined ? NaN : +v;
+    // Written out field by field (in SLOT order): a loop over field names costs twice as much.
     nums[o] = r.time;
-    nums[o + 1] = str(r.tenant);
-    nums[o + 2] = str(r.namespace);
-    nums[o + 3] = str(r.func);
-    nums[o + 4] = str(r.gateway);
-    nums[o + 5] = str(r.principal);
-    nums[o + 6] = str(r.method);
-    nums[o + 7] = str(r.path);
-    nums[o + 8] = str(r.pod);
-    nums[o + 9] = str(r.error);
-    nums[o + 10] = str(r.call);
+    nums[o + 1] = this.#str(r.tenant);
+    nums[o + 2] = this.#str(r.namespace);
+    nums[o + 3] = this.#str(r.func);
+    nums[o + 4] = this.#str(r.gateway);
+    nums[o + 5] = this.#str(r.principal);
+    nums[o + 6] = this.#str(r.method);
+    nums[o + 7] = this.#str(r.path);
+    nums[o + 8] = this.#str(r.pod);
+    nums[o + 9] = this.#str(r.error);
+    nums[o + 10] = this.#str(r.call);
     nums[o + 11] = r.status;
     nums[o + 12] = r.latencyMs;
     nums[o + 13] = r.coldStart ? 1 : 0;
@@ -100,7 +132,36 @@ export function encodeRequests(rows: readonly RequestRow[]): PackedRequests {
     nums[o + 21] = num(r.tokensPerS);
     nums[o + 22] = num(r.promptTokens);
     nums[o + 23] = num(r.completionTokens);
-    o += SLOTS;
+    this.#rows++;
   }
-  return { nums, strings };
+
+  /** The first `max` rows (all, when fewer), packed on their own; the rest stay. */
+  take(max: number): PackedRequests {
+    const n = Math.min(max, this.#rows);
+    const nums = this.#nums.slice(0, n * SLOTS);
+    const strings = this.#strings.slice();
+    this.#rows -= n;
+    if (this.#rows === 0) {
+      this.#strings = [];
+      this.#index.clear();
+    } else {
+      this.#nums.copyWithin(0, n * SLOTS, (n + this.#rows) * SLOTS);
+      this.#repack();
+    }
+    return { nums, strings };
+  }
+
+  /** Keeps only the strings the rows still held use (the table must not grow without end). */
+  #repack(): void {
+    const old = this.#strings;
+    this.#strings = [];
+    this.#index.clear();
+    const nums = this.#nums;
+    for (let r = 0; r < this.#rows; r++) {
+      for (let f = 1; f <= STRING_FIELDS.length; f++) {
+        const at = r * SLOTS + f;
+        if (nums[at] >= 0) nums[at] = this.#str(old[nums[at]]);
+      }
+    }
+  }
 }

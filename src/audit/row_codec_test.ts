@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { encodeRequests, SLOT, SLOTS } from "./row_codec.ts";
+import { encodeRequests, RequestPacker, SLOT, SLOTS } from "./row_codec.ts";
 import type { RequestRow } from "./types.ts";
 
 const full: RequestRow = {
@@ -64,4 +64,36 @@ Deno.test("encodeRequests() puts every field in its slot, strings once per batch
   }
   assert.equal(nums[o + SLOT.resumed], 1);
   assert.equal(strings[nums[o + SLOT.principal]], "anonymous");
+});
+
+Deno.test("RequestPacker hands out batches in order and keeps only the strings it still needs", () => {
+  const rows = Array.from({ length: 700 }, (_, i): RequestRow => ({
+    ...full,
+    time: i,
+    path: `/p${i}`,
+    pod: i % 2 ? undefined : `pod-${i % 7}`,
+  }));
+  const packer = new RequestPacker(4); // grows as rows come
+  for (const r of rows) packer.push(r);
+  assert.equal(packer.length, 700);
+  // Each batch reads as the same rows packed on their own would.
+  const view = (p: { nums: Float64Array; strings: string[] }) =>
+    Array.from({ length: p.nums.length / SLOTS }, (_, i) =>
+      Object.entries(SLOT).map(([, slot]) => {
+        const v = p.nums[i * SLOTS + slot];
+        return slot >= 1 && slot <= 10 ? (v < 0 ? null : p.strings[v]) : v;
+      }));
+  const first = packer.take(500);
+  assert.equal(packer.length, 200);
+  assert.deepEqual(view(first), view(encodeRequests(rows.slice(0, 500))));
+  packer.push({ ...full, time: 700, path: "/late" });
+  const rest = packer.take(1000);
+  assert.equal(packer.length, 0);
+  assert.deepEqual(
+    view(rest),
+    view(encodeRequests([...rows.slice(500), { ...full, time: 700, path: "/late" }])),
+  );
+  // The rest's table holds its own strings, not the first batch's paths.
+  assert.ok(!rest.strings.includes("/p0"));
+  assert.equal(packer.take(10).nums.length, 0);
 });

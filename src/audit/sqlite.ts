@@ -452,6 +452,7 @@ function querySql(
 /** Audit rows in SQLite. */
 export class SqliteAuditBackend implements AuditBackend {
   readonly name = "embedded";
+  readonly takesPacked = true;
   #db: DatabaseSync;
   #insert: Record<AuditKind, RowInserter>;
   #scopes: ScopeIds;
@@ -493,7 +494,10 @@ export class SqliteAuditBackend implements AuditBackend {
   }
 
   write(batch: AuditBatch): Promise<void> {
-    return this.writePacked(batch.id, batch.requests, batch.pods);
+    if (batch.packed && batch.requests.length) {
+      return Promise.reject(new Error("A batch holds its request rows packed or not, not both"));
+    }
+    return this.writePacked(batch.id, batch.packed ?? batch.requests, batch.pods);
   }
 
   /** {@linkcode write} for a batch whose request rows may come packed (from the main thread). */

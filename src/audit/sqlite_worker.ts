@@ -39,6 +39,7 @@ interface Pending {
 /** An {@linkcode AuditBackend} whose SQLite database lives in a worker. */
 export class WorkerAuditBackend implements AuditBackend {
   readonly name = "embedded";
+  readonly takesPacked = true;
   #path: string;
   #options: WorkerAuditOptions;
   #worker?: Worker;
@@ -95,8 +96,8 @@ export class WorkerAuditBackend implements AuditBackend {
   }
 
   write(batch: AuditBatch): Promise<void> {
-    // Packed afresh for each try: the numbers' buffer goes to the worker.
-    const requests = encodeRequests(batch.requests);
+    // The numbers' buffer goes to the worker: a batch that may be tried again sends a copy.
+    const requests = packedRows(batch);
     return this.#call(
       { op: "write", batch: batch.id, requests, pods: batch.pods },
       [requests.nums.buffer],
@@ -126,4 +127,13 @@ export function openWorkerAudit(
 ): WorkerAuditBackend {
   openSqliteAudit(path, options).close();
   return new WorkerAuditBackend(path, options);
+}
+
+/** A batch's request rows packed in a buffer of their own (it is transferred to the worker). */
+function packedRows(batch: AuditBatch): PackedRequests {
+  if (!batch.packed) return encodeRequests(batch.requests);
+  if (batch.requests.length) {
+    throw new Error("A batch holds its request rows packed or not, not both");
+  }
+  return { nums: batch.packed.nums.slice(), strings: batch.packed.strings };
 }
