@@ -68,6 +68,12 @@ export function encodeRequests(rows: readonly RequestRow[]): PackedRequests {
   return p.take(rows.length);
 }
 
+/** Rows' room a packer keeps once empty (more, grown during an outage, is given back). */
+const KEEP_ROWS = 16_384;
+
+/** Strings a packer's table may hold, while rows stay after a batch, before it is rebuilt. */
+const REPACK_STRINGS = 1024;
+
 /**
  * Request rows packed as they are made, held until a batch takes them: a
  * buffer of numbers that grows by doubling, and the distinct strings of the
@@ -81,8 +87,11 @@ export class RequestPacker {
   #strings: string[] = [];
   #index = new Map<string, number>();
 
-  constructor(capacity = 256) {
-    this.#nums = new Float64Array(Math.max(1, capacity) * SLOTS);
+  readonly #initial: number;
+
+  constructor(capacity = 2048) {
+    this.#initial = Math.max(1, capacity) * SLOTS;
+    this.#nums = new Float64Array(this.#initial);
   }
 
   /** Rows held. */
@@ -144,9 +153,11 @@ export class RequestPacker {
     if (this.#rows === 0) {
       this.#strings = [];
       this.#index.clear();
+      // Grown past a few batches while the backend was away: give the room back.
+      if (this.#nums.length > KEEP_ROWS * SLOTS) this.#nums = new Float64Array(this.#initial);
     } else {
       this.#nums.copyWithin(0, n * SLOTS, (n + this.#rows) * SLOTS);
-      this.#repack();
+      if (this.#strings.length > REPACK_STRINGS) this.#repack();
     }
     return { nums, strings };
   }

@@ -67,7 +67,7 @@ Deno.test("encodeRequests() puts every field in its slot, strings once per batch
 });
 
 Deno.test("RequestPacker hands out batches in order and keeps only the strings it still needs", () => {
-  const rows = Array.from({ length: 700 }, (_, i): RequestRow => ({
+  const rows = Array.from({ length: 2000 }, (_, i): RequestRow => ({
     ...full,
     time: i,
     path: `/p${i}`,
@@ -75,7 +75,7 @@ Deno.test("RequestPacker hands out batches in order and keeps only the strings i
   }));
   const packer = new RequestPacker(4); // grows as rows come
   for (const r of rows) packer.push(r);
-  assert.equal(packer.length, 700);
+  assert.equal(packer.length, 2000);
   // Each batch reads as the same rows packed on their own would.
   const view = (p: { nums: Float64Array; strings: string[] }) =>
     Array.from({ length: p.nums.length / SLOTS }, (_, i) =>
@@ -84,16 +84,17 @@ Deno.test("RequestPacker hands out batches in order and keeps only the strings i
         return slot >= 1 && slot <= 10 ? (v < 0 ? null : p.strings[v]) : v;
       }));
   const first = packer.take(500);
-  assert.equal(packer.length, 200);
+  assert.equal(packer.length, 1500);
   assert.deepEqual(view(first), view(encodeRequests(rows.slice(0, 500))));
-  packer.push({ ...full, time: 700, path: "/late" });
-  const rest = packer.take(1000);
+  packer.push({ ...full, time: 2000, path: "/late" });
+  const rest = packer.take(2000);
   assert.equal(packer.length, 0);
   assert.deepEqual(
     view(rest),
-    view(encodeRequests([...rows.slice(500), { ...full, time: 700, path: "/late" }])),
+    view(encodeRequests([...rows.slice(500), { ...full, time: 2000, path: "/late" }])),
   );
-  // The rest's table holds its own strings, not the first batch's paths.
+  // Past 1,024 strings the rest's table was rebuilt: it holds its own strings, not the
+  // first batch's paths.
   assert.ok(!rest.strings.includes("/p0"));
   assert.equal(packer.take(10).nums.length, 0);
 });
