@@ -4,11 +4,12 @@
  * raw-socket proxy in the same runtime (`raw_proxy.ts`: the floor for
  * JavaScript), through the gateway's HTTP server and pool alone
  * (`framing_proxy.ts`) and through the gateway, in one run, by the same load
- * generator (`wrk`, keep-alive, POST of a 4-token completion). The gateway runs with auth (an API key on every
- * call), audit and metrics on. Prints for each path its throughput, p50/p99,
- * and for each proxy the CPU microseconds it spent per request (utime+stime
- * from /proc over the run); then the ratios against direct and nginx, and the
- * time to the first chunk of a streamed answer, direct vs through the gateway.
+ * generator (`wrk`, keep-alive, POST of a 4-token completion). The gateway
+ * runs with auth (an API key on every call), audit and metrics on. Prints
+ * for each path its throughput, p50/p99, and for each proxy the CPU
+ * microseconds it spent per request (utime+stime from /proc over the run);
+ * then the ratios against direct and nginx, and the time to the first chunk
+ * of a streamed answer, direct vs through the gateway.
  *
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
  * throughput, added p50 ≤ 0.4 ms.
@@ -27,7 +28,7 @@
  * runs the gateway under test (not the baseline) with those V8 flags.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { request, type RoleProcess, spawnRole } from "../tests/e2e/helpers.ts";
+import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
 import { startNginx } from "./nginx.ts";
 import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
@@ -92,8 +93,11 @@ try {
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
   const [pod] = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
   const direct = `http://${pod.endpoint}/v1/completions`;
-  const gatewayPids =
-    async () => [p.gateway.proc.pid, ...await gatewayChildren(p.gateway.proc.pid)];
+  /** A gateway role's process and the gateway processes it started (GATEWAY_WORKERS > 1). */
+  const gatewayPids = (role: RoleProcess) => async () => [
+    role.proc.pid,
+    ...await gatewayChildren(role.proc.pid),
+  ];
 
   const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
   // The floor: a forty-line proxy on raw sockets in the same runtime.
@@ -126,16 +130,13 @@ try {
       ? [{
         name: `baseline gateway (${baseline})`,
         url: viaGateway.replace(p.url, p.baselineGateway.url),
-        pids: async () => {
-          const pid = p.baselineGateway!.role.proc.pid;
-          return [pid, ...await gatewayChildren(pid)];
-        },
+        pids: gatewayPids(p.baselineGateway.role),
       }]
       : []),
     {
       name: `gateway (${gatewayWorkers} worker${gatewayWorkers > 1 ? "s" : ""})`,
       url: viaGateway,
-      pids: gatewayPids,
+      pids: gatewayPids(p.gateway),
     },
   ];
   for (const path of paths) await run(path.url); // warm every path once
@@ -289,43 +290,31 @@ async function startRoles() {
           .nodes?.length > 0,
     ),
   );
-  const gateway = await spawnRole(
-    {
-      ...common,
-      RUN_SERVICE: "Gateway",
-      GATEWAY_PORT: String(port.gw),
-      GATEWAY_WORKERS: String(gatewayWorkers),
-      INFERX_ADMIN_APIKEY: ADMIN,
-    },
-    () => listening(port.gw),
-    {
-      runtimeArgs: profile || v8Flags
-        ? [
-          `--v8-flags=${
-            [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`].filter(Boolean)
-              .join(",")
-          }`,
-        ]
-        : [],
-    },
-  );
+  const v8 = [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`].filter(Boolean);
+  const startGateway = (gwPort: number, options: SpawnOptions, env: Record<string, string> = {}) =>
+    spawnRole(
+      {
+        ...common,
+        ...env,
+        RUN_SERVICE: "Gateway",
+        GATEWAY_PORT: String(gwPort),
+        GATEWAY_WORKERS: String(gatewayWorkers),
+        INFERX_ADMIN_APIKEY: ADMIN,
+      },
+      () => listening(gwPort),
+      options,
+    );
+  const gateway = await startGateway(port.gw, {
+    runtimeArgs: v8.length ? [`--v8-flags=${v8.join(",")}`] : [],
+  });
   roles.push(gateway);
   // Another checkout's gateway on the same platform (its own audit file), measured alongside.
   let baselineGateway: { url: string; role: RoleProcess } | undefined;
   if (baseline) {
     const bport = freePort();
-    const role = await spawnRole(
-      {
-        ...common,
-        INFERX_DATA_DIR: `${dir}/baseline`,
-        RUN_SERVICE: "Gateway",
-        GATEWAY_PORT: String(bport),
-        GATEWAY_WORKERS: String(gatewayWorkers),
-        INFERX_ADMIN_APIKEY: ADMIN,
-      },
-      () => listening(bport),
-      { main: `${baseline}/main.ts` },
-    );
+    const role = await startGateway(bport, { main: `${baseline}/main.ts` }, {
+      INFERX_DATA_DIR: `${dir}/baseline`,
+    });
     roles.push(role);
     baselineGateway = { url: `http://127.0.0.1:${bport}`, role };
   }

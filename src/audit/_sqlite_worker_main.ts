@@ -25,7 +25,7 @@ async function handle(req: WorkerRequest): Promise<unknown> {
       open();
       return;
     case "write":
-      return await open().writePacked(req.batch, req.requests, req.pods);
+      return await open().write(req.batch);
     case "query":
       return await open().query(req.kind, req.q);
     case "close":

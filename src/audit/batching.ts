@@ -21,9 +21,9 @@ const log = logger("audit");
 /** Rows written together; a retry of a batch has the same id and rows. */
 export interface AuditBatch {
   id: string;
-  /** Request rows as objects (empty when they came packed). */
+  /** Request rows as objects; empty when `packed` holds them. */
   requests: RequestRow[];
-  /** Request rows packed as they were made, for a backend that takes them so. */
+  /** Every request row, packed as it was made, for a backend that takes them so. */
   packed?: PackedRequests;
   pods: PodRow[];
 }

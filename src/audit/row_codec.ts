@@ -1,10 +1,10 @@
 /**
- * Request rows packed for the trip to the audit worker: one `Float64Array`
- * (transferred, not copied) with a fixed number of slots per row, and the
- * batch's distinct strings once each. Posting the rows as objects made the
- * structured clone and the worker's copies of them the largest single cost
- * of a call on the gateway's warm path; packed, a row costs a few
- * array stores on each side.
+ * Request rows packed for the embedded audit: one `Float64Array` with a
+ * fixed number of slots per row, and the batch's distinct strings once
+ * each. Rows wait in the batching buffer and cross to the audit's worker
+ * this way rather than as objects: nothing per row for the collector to
+ * promote while it waits, and one array for the structured clone to copy
+ * instead of an object per row.
  *
  * A string slot holds an index into `strings`, or -1 when the field is
  * absent; a number slot holds NaN when it is absent.

@@ -494,19 +494,11 @@ export class SqliteAuditBackend implements AuditBackend {
   }
 
   write(batch: AuditBatch): Promise<void> {
-    if (batch.packed && batch.requests.length) {
-      return Promise.reject(new Error("A batch holds its request rows packed or not, not both"));
-    }
-    return this.writePacked(batch.id, batch.packed ?? batch.requests, batch.pods);
-  }
-
-  /** {@linkcode write} for a batch whose request rows may come packed (from the main thread). */
-  writePacked(id: string, requests: RequestRow[] | PackedRequests, pods: PodRow[]): Promise<void> {
     try {
       transaction(this.#db, () => {
         // A batch retried after its commit (the answer lost with a worker) is written once.
-        if (this.#claim.run(id, this.#now()).changes === 0) return;
-        this.insert(requests, pods);
+        if (this.#claim.run(batch.id, this.#now()).changes === 0) return;
+        this.insert(batch.packed ?? batch.requests, batch.pods);
       });
     } catch (err) {
       this.#scopes.forget(); // ids made in the rolled-back transaction are gone

@@ -8,7 +8,7 @@
  * @module
  */
 import type { AuditBackend, AuditBatch } from "./batching.ts";
-import { encodeRequests, type PackedRequests } from "./row_codec.ts";
+import { encodeRequests } from "./row_codec.ts";
 import { openSqliteAudit, type OpenSqliteAuditOptions, type SqliteAuditOptions } from "./sqlite.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 
@@ -17,7 +17,7 @@ export type WorkerAuditOptions = Omit<SqliteAuditOptions, "now">;
 
 /** A call a {@linkcode WorkerAuditBackend} makes of its worker. */
 export type WorkerCall =
-  | { op: "write"; batch: string; requests: PackedRequests; pods: PodRow[] }
+  | { op: "write"; batch: AuditBatch }
   | { op: "query"; kind: AuditKind; q: AuditQuery }
   | { op: "close" };
 
@@ -82,26 +82,23 @@ export class WorkerAuditBackend implements AuditBackend {
     this.#pending.clear();
   }
 
-  #send(w: Worker, req: WorkerRequest, transfer: Transferable[] = []): Promise<unknown> {
+  #send(w: Worker, req: WorkerRequest): Promise<unknown> {
     return new Promise((resolve, reject) => {
       this.#pending.set(req.id, { resolve, reject });
-      w.postMessage(req, transfer);
+      w.postMessage(req);
     });
   }
 
-  #call(req: WorkerCall, transfer?: Transferable[]): Promise<unknown> {
+  #call(req: WorkerCall): Promise<unknown> {
     if (this.#closed) return Promise.reject(new Error("The audit is closed"));
     const w = this.#worker ??= this.#start();
-    return this.#send(w, { ...req, id: ++this.#seq }, transfer);
+    return this.#send(w, { ...req, id: ++this.#seq });
   }
 
   write(batch: AuditBatch): Promise<void> {
-    // The numbers' buffer goes to the worker: a batch that may be tried again sends a copy.
-    const requests = packedRows(batch);
-    return this.#call(
-      { op: "write", batch: batch.id, requests, pods: batch.pods },
-      [requests.nums.buffer],
-    ) as Promise<void>;
+    // Rows go packed: the structured clone copies one array of numbers, not an object per row.
+    const packed = batch.packed ?? encodeRequests(batch.requests);
+    return this.#call({ op: "write", batch: { ...batch, requests: [], packed } }) as Promise<void>;
   }
 
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {
@@ -127,13 +124,4 @@ export function openWorkerAudit(
 ): WorkerAuditBackend {
   openSqliteAudit(path, options).close();
   return new WorkerAuditBackend(path, options);
-}
-
-/** A batch's request rows packed in a buffer of their own (it is transferred to the worker). */
-function packedRows(batch: AuditBatch): PackedRequests {
-  if (!batch.packed) return encodeRequests(batch.requests);
-  if (batch.requests.length) {
-    throw new Error("A batch holds its request rows packed or not, not both");
-  }
-  return { nums: batch.packed.nums.slice(), strings: batch.packed.strings };
 }
