@@ -25,7 +25,8 @@
  * effect, measured in the same minutes as its baseline, when the host's
  * speed drifts between runs. `GATEWAY_PROFILE=DIR` writes the gateway's V8
  * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
- * runs the gateway under test (not the baseline) with those V8 flags.
+ * runs the gateway under test (not the baseline) with those V8 flags, and
+ * `GATEWAY_LOG=FILE` keeps its output (say, of `--trace-deopt`) there.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
@@ -44,6 +45,8 @@ const profile = Deno.env.get("GATEWAY_PROFILE");
 const baseline = Deno.env.get("GATEWAY_BASELINE");
 /** V8 flags for the gateway under test (not the baseline's), comma-separated. */
 const v8Flags = Deno.env.get("GATEWAY_V8_FLAGS");
+/** A file for the output of the gateway under test (say, of `--trace-deopt`), written at the end. */
+const gatewayLog = Deno.env.get("GATEWAY_LOG");
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -251,6 +254,7 @@ try {
   }
   await nginx?.stop();
   await p.stop();
+  if (gatewayLog) await Deno.writeTextFile(gatewayLog, p.gateway.output());
 }
 
 /**

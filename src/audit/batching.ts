@@ -85,7 +85,8 @@ export class BatchingAuditLog implements AuditLog {
     this.#batch = opts.batchSize ?? 1000;
     this.#maxBackoff = opts.maxBackoffMs ?? 5000;
     this.#timer = setInterval(() => {
-      if (performance.now() >= this.#retryAt) this.#drain().catch(() => {});
+      // A write in progress: what comes meanwhile waits for the next tick.
+      if (!this.#writing && performance.now() >= this.#retryAt) this.#drain().catch(() => {});
     }, opts.flushMs ?? 200);
   }
 
@@ -161,17 +162,27 @@ export class BatchingAuditLog implements AuditLog {
       (b ? rowsOf(b) : 0);
   }
 
+  /** Writes every buffered row now. */
   flush(): Promise<void> {
-    return this.#drain();
+    return this.#drain(true);
   }
 
-  /** Writes batches until the buffer is empty; one writer at a time. */
-  #drain(): Promise<void> {
-    if (this.#writing) return this.#writing.then(() => this.#drain());
+  /**
+   * Writes batches, one writer at a time: the rows buffered when it starts,
+   * then more only while a whole batch is waiting (`all`: until the buffer
+   * is empty). Rows that come while a batch is written wait for the next
+   * tick: written at once, each write would carry the few rows that came
+   * during the one before, and a transaction of a few rows costs nearly
+   * what one of a thousand does (every index's last page written again,
+   * a commit, a round trip to the worker).
+   */
+  #drain(all = false): Promise<void> {
+    if (this.#writing) return this.#writing.then(() => this.#drain(all));
     if (!this.#buffered()) return Promise.resolve();
     this.#writing = (async () => {
       try {
-        while (this.#buffered()) {
+        let owed = all ? Infinity : this.#buffered();
+        while (this.#buffered() && (owed > 0 || this.#buffered() >= this.#batch)) {
           // A failed batch is retried as it was: same id, same rows.
           const b = this.#batchNow ??= {
             id: newId("audit", 8),
@@ -182,6 +193,7 @@ export class BatchingAuditLog implements AuditLog {
           await this.#backend.write(b);
           this.#batchNow = undefined;
           this.#written += rowsOf(b);
+          owed -= rowsOf(b);
         }
         if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
         this.#healthy = true;
@@ -209,7 +221,7 @@ export class BatchingAuditLog implements AuditLog {
   async close(): Promise<void> {
     clearInterval(this.#timer);
     this.#closed = true;
-    await this.#drain().catch((err) => {
+    await this.#drain(true).catch((err) => {
       const left = this.#buffered();
       log.error("Closing the audit log with {left} row(s) unwritten: {error}", {
         left,

@@ -117,3 +117,46 @@ Deno.test("BatchingAuditLog retries a failed batch with the same id and rows, al
   assert.notEqual(first, second);
   await log.close();
 });
+
+Deno.test("BatchingAuditLog leaves rows that come during a write to the next tick, unless a whole batch waits", async () => {
+  /** A backend whose writes end when the test says. */
+  class SlowBackend extends MemoryBackend {
+    pending: (() => void)[] = [];
+    sizes: number[] = [];
+    override write(batch: AuditBatch): Promise<void> {
+      this.sizes.push(batch.requests.length);
+      return new Promise((resolve) => this.pending.push(() => resolve(super.write(batch))));
+    }
+  }
+  const b = new SlowBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 20, batchSize: 10 });
+  const until = async (ok: () => boolean) => {
+    for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(ok());
+  };
+  const settle = async () => {
+    for (let i = 0; i < 10; i++) await Promise.resolve();
+  };
+  for (let i = 0; i < 5; i++) log.request(row(i));
+  await until(() => b.sizes.length === 1);
+  for (let i = 5; i < 8; i++) log.request(row(i));
+  b.pending.shift()!();
+  await settle();
+  assert.deepEqual(b.sizes, [5], "the three rows that came during the write wait for a tick");
+  await until(() => b.sizes.length === 2);
+  assert.deepEqual(b.sizes, [5, 3]);
+  // A whole batch that came during a write is written right after it.
+  for (let i = 8; i < 30; i++) log.request(row(i));
+  b.pending.shift()!();
+  await settle();
+  assert.deepEqual(b.sizes, [5, 3, 10]);
+  b.pending.shift()!();
+  await settle();
+  assert.deepEqual(b.sizes, [5, 3, 10, 10], "then the next whole one; the last two wait");
+  b.pending.shift()!();
+  await until(() => b.sizes.length === 5);
+  b.pending.shift()!();
+  await until(() => b.requests.length === 30);
+  assert.deepEqual(b.requests.map((r) => r.time), Array.from({ length: 30 }, (_, i) => i));
+  await log.close();
+});
