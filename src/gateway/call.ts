@@ -72,7 +72,11 @@ export function parseFunccallPath(url: string): { target: FuncTarget; path: stri
   };
 }
 
-/** A `/funccall` call: authorized, its function known, its body read or streaming. */
+/**
+ * A `/funccall` call: authorized, its function known, its body read or
+ * streaming. A function this gateway has not seen yet is looked up in the
+ * store (`FuncCache.lookup`); `found` hears when that finds it.
+ */
 export function funccallInput(
   ctx: CallContext,
   principal: Principal,
@@ -80,13 +84,33 @@ export function funccallInput(
   target: FuncTarget,
   path: string,
   t0: number,
+  found?: (target: FuncTarget, known: boolean) => void,
 ): CallInput | Promise<CallInput> {
   authorize(principal, "inference", target.tenant, target.namespace);
-  if (!ctx.cache.agent(target.tenant, target.namespace, target.func)) {
-    throw new NotFoundError(
-      `Function ${target.tenant}/${target.namespace}/${target.func} does not exist`,
-    );
+  const agent = ctx.cache.lookup(target.tenant, target.namespace, target.func);
+  if (agent instanceof Promise) {
+    return agent.then((a) => {
+      if (!a) throw notFound(target);
+      found?.(target, true);
+      return knownInput(ctx, req, target, path, t0);
+    });
   }
+  if (!agent) throw notFound(target);
+  return knownInput(ctx, req, target, path, t0);
+}
+
+function notFound(t: FuncTarget): NotFoundError {
+  return new NotFoundError(`Function ${t.tenant}/${t.namespace}/${t.func} does not exist`);
+}
+
+/** A `/funccall` call of a function the cache has. */
+function knownInput(
+  ctx: CallContext,
+  req: IncomingCall,
+  target: FuncTarget,
+  path: string,
+  t0: number,
+): CallInput | Promise<CallInput> {
   const timeoutMs = timeoutHeader(req);
   const make = (body: BodyRead): CallInput => ({
     target,
@@ -135,7 +159,7 @@ function openaiTarget(
   t0: number,
   body: BodyRead,
   named?: (target: FuncTarget, known: boolean) => void,
-): CallInput {
+): CallInput | Promise<CallInput> {
   const model = (body.json as { model?: unknown } | undefined)?.model;
   if (typeof model !== "string" || !model) {
     throw new ValidationError(
@@ -149,15 +173,33 @@ function openaiTarget(
     : ctx.cache.resolveModel(model, (t, ns) => allows(principal, "inference", t, ns));
   if (!target) {
     const parts = model.split("/");
-    if (parts.length === 3) {
-      named?.({ tenant: parts[0], namespace: parts[1], func: parts[2] }, false);
-      authorize(principal, "inference", parts[0], parts[1]);
-    }
-    throw new NotFoundError(`The model ${model} does not exist`);
+    if (parts.length !== 3) throw new NotFoundError(`The model ${model} does not exist`);
+    const named3 = { tenant: parts[0], namespace: parts[1], func: parts[2] };
+    named?.(named3, false);
+    authorize(principal, "inference", parts[0], parts[1]);
+    // A function this gateway has not seen yet, by its full name: looked up in the store.
+    const found = ctx.cache.lookup(parts[0], parts[1], parts[2]);
+    if (!(found instanceof Promise)) throw new NotFoundError(`The model ${model} does not exist`);
+    return found.then((a) => {
+      if (!a) throw new NotFoundError(`The model ${model} does not exist`);
+      named?.(named3, true);
+      return modelInput(req, path, t0, body, named3, ctx);
+    });
   }
   named?.(target, true);
   authorize(principal, "inference", target.tenant, target.namespace);
-  const timeoutMs = timeoutHeader(req);
+  return modelInput(req, path, t0, body, target, ctx);
+}
+
+/** An OpenAI-style call of `target`, a function the cache has. */
+function modelInput(
+  req: IncomingCall,
+  path: string,
+  t0: number,
+  body: BodyRead,
+  target: FuncTarget,
+  ctx: CallContext,
+): CallInput {
   return {
     target,
     method: req.method,
@@ -165,7 +207,7 @@ function openaiTarget(
     headers: forwardHeaders(req.headers, ctx.authEnabled ? CREDENTIALS : undefined),
     body: body.bytes!,
     replayable: true,
-    timeoutMs,
+    timeoutMs: timeoutHeader(req),
     tokens: maxTokens(body.json),
     t0,
   };

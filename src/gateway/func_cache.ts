@@ -22,6 +22,11 @@ import { FuncAgent, type FuncAgentDeps } from "./func_agent.ts";
 
 const log = logger("gateway", "cache");
 
+/** How long a call of a function this gateway has not seen yet waits for its watch (ms). */
+const CATCH_UP_MS = 2000;
+/** Functions looked up in the store at once at most; past it, a miss is a miss. */
+const MAX_LOOKUPS = 64;
+
 type Entry = FunctionObject & {
   /** Set while the function's `Schedulable` condition is `False`. */
   unschedulable?: InferxError;
@@ -34,6 +39,11 @@ export class FuncCache {
   #agents = new Map<string, FuncAgent>();
   #deps: FuncAgentDeps;
   #informers: Informer[] = [];
+  #meta?: MetaClient;
+  /** Store lookups after a miss, by function id: callers of one function share one. */
+  #lookups = new Map<string, Promise<FuncAgent | undefined>>();
+  /** Calls waiting for the watch to bring a function at a revision, by function id. */
+  #waiting = new Map<string, { revision: number; done: () => void }[]>();
 
   constructor(deps: FuncAgentDeps) {
     this.#deps = deps;
@@ -41,6 +51,7 @@ export class FuncCache {
 
   /** Follows functions and policies through `meta`. */
   async start(meta: MetaClient): Promise<void> {
+    this.#meta = meta;
     this.#informers.push(
       await startInformer(meta, "funcpolicy", {
         upsert: (rec) => {
@@ -65,12 +76,14 @@ export class FuncCache {
           const agent = this.#agents.get(id);
           agent?.setVersion(o.version, policy, trafficSplit(o, policy));
           agent?.setUnschedulable(unschedulable);
+          this.#wake(id, o.revision);
         },
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
           this.#agents.get(id)?.close();
           this.#agents.delete(id);
+          this.#wake(id, Infinity);
         },
       }),
     );
@@ -106,6 +119,93 @@ export class FuncCache {
     if (f.unschedulable) a.setUnschedulable(f.unschedulable);
     this.#agents.set(id, a);
     return a;
+  }
+
+  /**
+   * The agent of a function, looked up in the store when this gateway has
+   * not seen it: a function created a moment ago is called before the watch
+   * brings it here. The store says whether it exists and at which revision;
+   * the call then waits for the watch to bring that revision (at most
+   * `waitMs`), so the cache stays the watch's alone and a function deleted
+   * meanwhile is not brought back. Resolves undefined when the function does
+   * not exist; rejects `unavailable` when the store cannot be read or the
+   * watch does not catch up in time.
+   */
+  lookup(
+    tenant: string,
+    namespace: string,
+    name: string,
+    waitMs = CATCH_UP_MS,
+  ): FuncAgent | undefined | Promise<FuncAgent | undefined> {
+    const known = this.agent(tenant, namespace, name);
+    if (known || !this.#meta) return known;
+    const id = funcId(tenant, namespace, name);
+    let p = this.#lookups.get(id);
+    if (p) return p;
+    if (this.#lookups.size >= MAX_LOOKUPS) return undefined;
+    p = this.#lookup(this.#meta, tenant, namespace, name, waitMs)
+      .finally(() => this.#lookups.delete(id));
+    this.#lookups.set(id, p);
+    return p;
+  }
+
+  async #lookup(
+    meta: MetaClient,
+    tenant: string,
+    namespace: string,
+    name: string,
+    waitMs: number,
+  ): Promise<FuncAgent | undefined> {
+    const id = funcId(tenant, namespace, name);
+    let rec;
+    try {
+      rec = await meta.get({ type: "function", tenant, namespace, name });
+    } catch (err) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot look up function ${id}: ${(err as Error).message}`,
+        { cause: err, retryable: true },
+      );
+    }
+    if (!rec) return undefined;
+    if ((this.#funcs.get(id)?.revision ?? -1) < rec.revision) {
+      const caughtUp = await new Promise<boolean>((resolve) => {
+        const list = this.#waiting.get(id) ?? [];
+        const w = {
+          revision: rec.revision,
+          done: () => {
+            clearTimeout(timer);
+            resolve(true);
+          },
+        };
+        const timer = setTimeout(() => {
+          const left = (this.#waiting.get(id) ?? []).filter((x) => x !== w);
+          if (left.length) this.#waiting.set(id, left);
+          else this.#waiting.delete(id);
+          resolve(false);
+        }, waitMs);
+        list.push(w);
+        this.#waiting.set(id, list);
+      });
+      if (!caughtUp) {
+        throw new InferxError(
+          "unavailable",
+          `Function ${id} exists, but this gateway has not received it yet: try again`,
+          { retryable: true },
+        );
+      }
+    }
+    return this.agent(tenant, namespace, name);
+  }
+
+  /** The watch brought function `id` at `revision` (Infinity: its removal). */
+  #wake(id: string, revision: number): void {
+    const list = this.#waiting.get(id);
+    if (!list) return;
+    const left = list.filter((w) => w.revision > revision);
+    for (const w of list) if (w.revision <= revision) w.done();
+    if (left.length) this.#waiting.set(id, left);
+    else this.#waiting.delete(id);
   }
 
   /** Which versions of a function take calls and their shares, or undefined when it does not exist. */

@@ -75,7 +75,15 @@ export function serveGateway(
       if (parsed) {
         const { tenant, namespace, func } = parsed.target;
         rec.setTarget(parsed.target, deps.cache.agent(tenant, namespace, func) !== undefined);
-        input = funccallInput(ctx, principal, req, parsed.target, parsed.path, t0);
+        input = funccallInput(
+          ctx,
+          principal,
+          req,
+          parsed.target,
+          parsed.path,
+          t0,
+          (t, k) => rec.setTarget(t, k),
+        );
       } else {
         input = openaiInput(ctx, principal, req, path, t0, (t, k) => rec.setTarget(t, k));
       }

@@ -78,7 +78,15 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
         if (!call) return await next(); // the route explains the path it wants
         const { tenant, namespace, func } = call.target;
         rec.setTarget(call.target, deps.cache.agent(tenant, namespace, func) !== undefined);
-        input = await funccallInput(use, c.var.principal, incoming, call.target, call.path, rec.t0);
+        input = await funccallInput(
+          use,
+          c.var.principal,
+          incoming,
+          call.target,
+          call.path,
+          rec.t0,
+          (t, k) => rec.setTarget(t, k),
+        );
       } else {
         input = await openaiInput(
           use,

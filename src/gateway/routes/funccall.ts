@@ -36,6 +36,7 @@ export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       call.target,
       call.path,
       rec.t0,
+      (t, k) => rec.setTarget(t, k),
     );
     const answer = await forward(deps, input, signalSource(req.signal));
     rec.answered(answer);

@@ -1,0 +1,154 @@
+import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
+import { StateService } from "../statesvc/service.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
+import type { MetaClient, MetaEvent, MetaWatchOptions, ObjectRef } from "../rpc/types.ts";
+import { FuncCache } from "./func_cache.ts";
+import { FakeScheduler } from "./testing.ts";
+import type { ObjectType } from "../model/keys.ts";
+
+/**
+ * The state service, with the function watch's events held until the test
+ * lets them through (a watch that lags behind the store), and its reads
+ * counted.
+ */
+class LaggingMeta {
+  held: (() => void)[] = [];
+  holding = true;
+  gets = 0;
+  failGets = false;
+  readonly meta: MetaClient;
+
+  constructor(svc: StateService) {
+    // deno-lint-ignore no-this-alias
+    const self = this;
+    this.meta = {
+      version: () => svc.version(),
+      list: (type, tenant, namespace) => svc.list(type, tenant, namespace),
+      create: (input, options) => svc.create(input, options),
+      update: (input, options) => svc.update(input, options),
+      delete: (ref, revision) => svc.delete(ref, revision),
+      get(ref: ObjectRef) {
+        self.gets++;
+        if (self.failGets) return Promise.reject(new Error("connection refused"));
+        return svc.get(ref);
+      },
+      watch(type: ObjectType, o: MetaWatchOptions) {
+        if (type !== "function") return svc.watch(type, o);
+        return svc.watch(type, {
+          ...o,
+          onEvent(ev: MetaEvent) {
+            if (self.holding) self.held.push(() => o.onEvent(ev));
+            else o.onEvent(ev);
+          },
+        });
+      },
+    };
+  }
+
+  /** Delivers what was held, and from now on everything at once. */
+  release(): void {
+    this.holding = false;
+    for (const deliver of this.held.splice(0)) deliver();
+  }
+}
+
+async function setup() {
+  const svc = new StateService(await openSqliteStore());
+  await svc.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: "t",
+    object: {},
+  });
+  await svc.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
+  const lag = new LaggingMeta(svc);
+  const cache = new FuncCache({ scheduler: new FakeScheduler(), gatewayId: "gw-test" });
+  await cache.start(lag.meta);
+  const create = (name: string) =>
+    svc.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name,
+      object: { spec: { image: "x", policy: { Obj: { max_replica: 1 } } } },
+    });
+  return { svc, lag, cache, create };
+}
+
+/** Lets the state service's watch deliver what it has (into the lagging meta's hold). */
+const settle = () => new Promise((r) => setTimeout(r, 20));
+
+Deno.test("a function created a moment ago is found before the watch brings it: the call waits for the watch", async () => {
+  const { lag, cache, create } = await setup();
+  try {
+    await create("g");
+    await settle();
+    assert.equal(cache.agent("t", "n", "g"), undefined, "the watch has not brought it yet");
+    const a = cache.lookup("t", "n", "g");
+    const b = cache.lookup("t", "n", "g");
+    assert.ok(a instanceof Promise);
+    assert.equal(a, b, "callers of one function share one lookup");
+    await settle();
+    lag.release();
+    const agent = await a;
+    assert.equal(agent?.id, "t/n/g");
+    assert.equal(lag.gets, 1);
+    assert.equal(cache.lookup("t", "n", "g"), agent, "known now: no lookup");
+    assert.equal(lag.gets, 1);
+  } finally {
+    cache.stop();
+  }
+});
+
+Deno.test("a lookup of a function that does not exist finds nothing; a store that cannot be read is unavailable", async () => {
+  const { lag, cache } = await setup();
+  try {
+    assert.equal(await cache.lookup("t", "n", "nope"), undefined);
+    lag.failGets = true;
+    await assert.rejects(
+      Promise.resolve(cache.lookup("t", "n", "nope")),
+      (e) =>
+        e instanceof InferxError && e.code === "unavailable" &&
+        /Cannot look up function t\/n\/nope: connection refused/.test(e.message),
+    );
+  } finally {
+    cache.stop();
+  }
+});
+
+Deno.test("a watch that does not catch up in time answers unavailable, and the function comes with it later", async () => {
+  const { lag, cache, create } = await setup();
+  try {
+    await create("g");
+    await settle();
+    await assert.rejects(
+      Promise.resolve(cache.lookup("t", "n", "g", 30)),
+      (e) =>
+        e instanceof InferxError && e.code === "unavailable" && e.retryable === true &&
+        /t\/n\/g exists, but this gateway has not received it yet/.test(e.message),
+    );
+    lag.release();
+    assert.equal(cache.agent("t", "n", "g")?.id, "t/n/g");
+  } finally {
+    cache.stop();
+  }
+});
+
+Deno.test("a function deleted before the watch brought it is not brought back by a lookup", async () => {
+  const { svc, lag, cache, create } = await setup();
+  try {
+    await create("g");
+    await settle();
+    const found = cache.lookup("t", "n", "g");
+    await settle(); // the lookup has read the store: the function was there
+    await svc.delete({ type: "function", tenant: "t", namespace: "n", name: "g" });
+    await settle();
+    lag.release(); // its creation, then its deletion
+    assert.equal(await found, undefined);
+    assert.equal(cache.agent("t", "n", "g"), undefined);
+  } finally {
+    cache.stop();
+  }
+});
