@@ -26,6 +26,11 @@ const log = logger("gateway", "cache");
 const CATCH_UP_MS = 2000;
 /** Functions looked up in the store at once at most; past it, a miss is a miss. */
 const MAX_LOOKUPS = 64;
+/**
+ * Store lookups a gateway starts per second at most (and in a burst): calls
+ * of names that exist nowhere must not become a load on the store.
+ */
+const LOOKUPS_PER_S = 50;
 
 type Entry = FunctionObject & {
   /** Set while the function's `Schedulable` condition is `False`. */
@@ -44,6 +49,9 @@ export class FuncCache {
   #lookups = new Map<string, Promise<FuncAgent | undefined>>();
   /** Calls waiting for the watch to bring a function at a revision, by function id. */
   #waiting = new Map<string, { revision: number; done: () => void }[]>();
+  /** Lookups that may start now (a token bucket, `LOOKUPS_PER_S`). */
+  #budget = LOOKUPS_PER_S;
+  #budgetAt = 0;
 
   constructor(deps: FuncAgentDeps) {
     this.#deps = deps;
@@ -128,8 +136,10 @@ export class FuncCache {
    * the call then waits for the watch to bring that revision (at most
    * `waitMs`), so the cache stays the watch's alone and a function deleted
    * meanwhile is not brought back. Resolves undefined when the function does
-   * not exist; rejects `unavailable` when the store cannot be read or the
-   * watch does not catch up in time.
+   * not exist, and when the cache's answer must do: the store cannot be read,
+   * or lookups are over their rate (`LOOKUPS_PER_S`, so that calls of names
+   * that exist nowhere do not load the store); rejects `unavailable` when
+   * the watch does not bring an existing function in time.
    */
   lookup(
     tenant: string,
@@ -142,7 +152,7 @@ export class FuncCache {
     const id = funcId(tenant, namespace, name);
     let p = this.#lookups.get(id);
     if (p) return p;
-    if (this.#lookups.size >= MAX_LOOKUPS) return undefined;
+    if (this.#lookups.size >= MAX_LOOKUPS || !this.#spend()) return undefined;
     p = this.#lookup(this.#meta, tenant, namespace, name, waitMs)
       .finally(() => this.#lookups.delete(id));
     this.#lookups.set(id, p);
@@ -161,11 +171,12 @@ export class FuncCache {
     try {
       rec = await meta.get({ type: "function", tenant, namespace, name });
     } catch (err) {
-      throw new InferxError(
-        "unavailable",
-        `Cannot look up function ${id}: ${(err as Error).message}`,
-        { cause: err, retryable: true },
-      );
+      // The cache's answer stands, as it did before there were lookups.
+      log.debug("Cannot look up function {id}: {error}", {
+        id,
+        error: (err as Error).message,
+      });
+      return undefined;
     }
     if (!rec) return undefined;
     if ((this.#funcs.get(id)?.revision ?? -1) < rec.revision) {
@@ -196,6 +207,18 @@ export class FuncCache {
       }
     }
     return this.agent(tenant, namespace, name);
+  }
+
+  /** Takes one lookup from the budget; false when it is spent. */
+  #spend(now = performance.now()): boolean {
+    this.#budget = Math.min(
+      LOOKUPS_PER_S,
+      this.#budget + (now - this.#budgetAt) * LOOKUPS_PER_S / 1000,
+    );
+    this.#budgetAt = now;
+    if (this.#budget < 1) return false;
+    this.#budget--;
+    return true;
   }
 
   /** The watch brought function `id` at `revision` (Infinity: its removal). */

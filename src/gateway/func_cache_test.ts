@@ -102,17 +102,23 @@ Deno.test("a function created a moment ago is found before the watch brings it: 
   }
 });
 
-Deno.test("a lookup of a function that does not exist finds nothing; a store that cannot be read is unavailable", async () => {
-  const { lag, cache } = await setup();
+Deno.test("a lookup finds nothing for a function that does not exist, nor when the store cannot be read or lookups are over their rate", async () => {
+  const { lag, cache, create } = await setup();
   try {
     assert.equal(await cache.lookup("t", "n", "nope"), undefined);
+    assert.equal(lag.gets, 1);
     lag.failGets = true;
-    await assert.rejects(
-      Promise.resolve(cache.lookup("t", "n", "nope")),
-      (e) =>
-        e instanceof InferxError && e.code === "unavailable" &&
-        /Cannot look up function t\/n\/nope: connection refused/.test(e.message),
-    );
+    assert.equal(await cache.lookup("t", "n", "nope"), undefined, "the cache's answer stands");
+    lag.failGets = false;
+    await create("g");
+    await settle();
+    // Names that exist nowhere, a hundred at once: the store reads stop at the rate's burst.
+    const ghosts = Array.from({ length: 100 }, (_, i) => cache.lookup("t", "n", `ghost-${i}`));
+    assert.equal(cache.lookup("t", "n", "g"), undefined, "over the rate: the cache's answer");
+    assert.deepEqual(new Set(await Promise.all(ghosts)), new Set([undefined]));
+    assert.ok(lag.gets <= 52, `${lag.gets} store reads`);
+    lag.release();
+    assert.equal(cache.agent("t", "n", "g")?.id, "t/n/g", "the watch still brings it");
   } finally {
     cache.stop();
   }
