@@ -30,6 +30,10 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     Deno.exit(2);
   }
   await setupLogging(config.logLevel);
+  const profiled = config.cpuProfile;
+  const stopProfile = profiled
+    ? await (await import("./src/common/cpu_profile.ts")).startCpuProfile(profiled)
+    : undefined;
   let handle: { stop(): Promise<void> };
   try {
     handle = await (await ROLES[config.role]()).start(config);
@@ -47,6 +51,12 @@ if (import.meta.main && Deno.args[0] === "ctl") {
       stopping = true;
       await handle.stop().catch((err) =>
         logger().error("Stop failed: {error}", { error: String(err) })
+      );
+      await stopProfile?.().catch((err) =>
+        logger().error("Cannot write the CPU profile to {file}: {error}", {
+          file: profiled,
+          error: String(err),
+        })
       );
       Deno.exit(0);
     });

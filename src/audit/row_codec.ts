@@ -99,10 +99,24 @@ export class RequestPacker {
     return this.#rows;
   }
 
+  /** The string each string slot had in the last row, and its index: most rows repeat it. */
+  #lastString: (string | undefined)[] = new Array(STRING_FIELDS.length + 1).fill(undefined);
+  #lastIndex: number[] = new Array(STRING_FIELDS.length + 1).fill(-1);
+
   #str(s: string | undefined): number {
     if (s === undefined) return -1;
     let i = this.#index.get(s);
     if (i === undefined) this.#index.set(s, i = this.#strings.push(s) - 1);
+    return i;
+  }
+
+  /** `#str` for string slot `slot`, comparing with that slot's last string before hashing. */
+  #slot(slot: number, s: string | undefined): number {
+    if (s === undefined) return -1;
+    if (s === this.#lastString[slot]) return this.#lastIndex[slot];
+    const i = this.#str(s);
+    this.#lastString[slot] = s;
+    this.#lastIndex[slot] = i;
     return i;
   }
 
@@ -118,16 +132,16 @@ export class RequestPacker {
     const num = (v: number | boolean | undefined) => v === undefined ? NaN : +v;
     // Written out field by field (in SLOT order): a loop over field names costs twice as much.
     nums[o] = r.time;
-    nums[o + 1] = this.#str(r.tenant);
-    nums[o + 2] = this.#str(r.namespace);
-    nums[o + 3] = this.#str(r.func);
-    nums[o + 4] = this.#str(r.gateway);
-    nums[o + 5] = this.#str(r.principal);
-    nums[o + 6] = this.#str(r.method);
-    nums[o + 7] = this.#str(r.path);
-    nums[o + 8] = this.#str(r.pod);
-    nums[o + 9] = this.#str(r.error);
-    nums[o + 10] = this.#str(r.call);
+    nums[o + 1] = this.#slot(1, r.tenant);
+    nums[o + 2] = this.#slot(2, r.namespace);
+    nums[o + 3] = this.#slot(3, r.func);
+    nums[o + 4] = this.#slot(4, r.gateway);
+    nums[o + 5] = this.#slot(5, r.principal);
+    nums[o + 6] = this.#slot(6, r.method);
+    nums[o + 7] = this.#slot(7, r.path);
+    nums[o + 8] = this.#slot(8, r.pod);
+    nums[o + 9] = this.#slot(9, r.error);
+    nums[o + 10] = this.#slot(10, r.call);
     nums[o + 11] = r.status;
     nums[o + 12] = r.latencyMs;
     nums[o + 13] = r.coldStart ? 1 : 0;
@@ -153,6 +167,7 @@ export class RequestPacker {
     if (this.#rows === 0) {
       this.#strings = [];
       this.#index.clear();
+      this.#lastString.fill(undefined);
       // Grown past a few batches while the backend was away: give the room back.
       if (this.#nums.length > KEEP_ROWS * SLOTS) this.#nums = new Float64Array(this.#initial);
     } else {
@@ -167,6 +182,7 @@ export class RequestPacker {
     const old = this.#strings;
     this.#strings = [];
     this.#index.clear();
+    this.#lastString.fill(undefined);
     const nums = this.#nums;
     for (let r = 0; r < this.#rows; r++) {
       for (let f = 1; f <= STRING_FIELDS.length; f++) {

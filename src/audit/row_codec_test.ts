@@ -97,4 +97,10 @@ Deno.test("RequestPacker hands out batches in order and keeps only the strings i
   // first batch's paths.
   assert.ok(!rest.strings.includes("/p0"));
   assert.equal(packer.take(10).nums.length, 0);
+  // The strings of the last row again, after the table was emptied: written anew.
+  packer.push({ ...full, time: 2001, path: "/late" });
+  assert.deepEqual(
+    view(packer.take(10)),
+    view(encodeRequests([{ ...full, time: 2001, path: "/late" }])),
+  );
 });

@@ -47,6 +47,7 @@ const PlatformEnv = z.object({
   LOG_LEVEL: text("info"),
   INFERX_DATA_DIR: text("./data"),
   INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
+  INFERX_CPU_PROFILE: optional(),
 });
 
 const ClusterEnv = z.object({
@@ -259,6 +260,11 @@ export interface Config {
   dataDir: string;
   /** `INFERX_SAMPLES`: objects applied at start; `none` (undefined here) for none. */
   samplesDir?: string;
+  /**
+   * `INFERX_CPU_PROFILE`: a file for a V8 CPU profile of the process, taken
+   * from start to stop (`{pid}` in it: the process id).
+   */
+  cpuProfile?: string;
   cluster: ClusterSettings;
   statesvc: StateSvcSettings;
   scheduler: SchedulerSettings;
@@ -326,6 +332,7 @@ export function readConfig(
     logLevel: p.LOG_LEVEL,
     dataDir: p.INFERX_DATA_DIR,
     samplesDir: p.INFERX_SAMPLES === "none" ? undefined : p.INFERX_SAMPLES,
+    cpuProfile: p.INFERX_CPU_PROFILE?.replaceAll("{pid}", String(Deno.pid)),
     cluster: {
       bindHost: c.INFERX_BIND,
       etcdAddrs: c.ETCD_ADDRS,

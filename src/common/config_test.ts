@@ -9,6 +9,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
     logLevel: "info",
     dataDir: "./data",
     samplesDir: `${REPO_ROOT}/config/functions`,
+    cpuProfile: undefined,
     cluster: {
       bindHost: "127.0.0.1",
       etcdAddrs: undefined,
@@ -56,9 +57,11 @@ Deno.test("readConfig() reads each section from its variables", () => {
     GATEWAY_PORT: "0",
     NODE_NAME: "gpu-7",
     INFERX_RUNTIME: "process",
+    INFERX_CPU_PROFILE: "/tmp/role-{pid}.cpuprofile",
   }));
   assert.equal(c.role, "Scheduler");
   assert.equal(c.samplesDir, undefined);
+  assert.equal(c.cpuProfile, `/tmp/role-${Deno.pid}.cpuprofile`);
   assert.equal(c.cluster.etcdAddrs, "http://127.0.0.1:2379");
   assert.deepEqual(c.cluster.schedulerAddrs, ["127.0.0.1:1238", "127.0.0.1:1248"]);
   assert.equal(c.scheduler.httpPort, 1249);

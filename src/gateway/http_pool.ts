@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { copyBytes } from "./http1/bytes.ts";
+import { copyBytes, latin1Into } from "./http1/bytes.ts";
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
@@ -207,12 +207,8 @@ class Conn {
 
   #encode(s: string): Uint8Array {
     if (s.length > this.#out.length) this.#out = new Uint8Array(s.length * 2);
-    const out = this.#out;
-    for (let i = 0; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      out[i] = c < 256 ? c : 63;
-    }
-    return out;
+    latin1Into(s, this.#out, 0);
+    return this.#out;
   }
 
   async #write(bytes: Uint8Array, length: number): Promise<void> {

@@ -158,6 +158,9 @@ function scanEvent(b: Uint8Array): { token: boolean; usage: boolean } {
   return { token, usage };
 }
 
+/** A blank line, to end the last event (a new `Uint8Array` costs an `ArrayBuffer` each time). */
+const NO_BYTES = new Uint8Array(0);
+
 function concat(a: Uint8Array, b: Uint8Array, sep?: number): Uint8Array {
   const extra = sep === undefined ? 0 : 1;
   const out = new Uint8Array(a.length + extra + b.length);
@@ -288,7 +291,7 @@ export class TokenMeter {
     // A stream that ended without its final newline or blank line.
     if (this.#line) this.#onLine(this.#line, end);
     this.#line = undefined;
-    this.#onLine(new Uint8Array(0), end);
+    this.#onLine(NO_BYTES, end);
     const completion = this.#completion ?? (this.format === "sse" ? this.#tokens : undefined);
     const gaps = this.#gaps;
     const sorted = gaps.length > 1 ? [...gaps].sort((a, b) => a - b) : gaps;

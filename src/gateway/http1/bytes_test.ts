@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { copyBytes, SLAB_BYTES } from "./bytes.ts";
+import { copyBytes, latin1Into, SLAB_BYTES } from "./bytes.ts";
 
 Deno.test("copyBytes() copies survive changes to their source and to each other", () => {
   const src = new Uint8Array(100).map((_, i) => i);
@@ -23,4 +23,16 @@ Deno.test("copyBytes() starts a new slab when one is full, and copies large rang
   const big = copyBytes(new Uint8Array(10_000).fill(2), 0, 10_000);
   assert.deepEqual(big.byteLength, 10_000);
   assert.deepEqual(big.buffer.byteLength, 10_000);
+});
+
+Deno.test("latin1Into() writes one byte a character, `?` past U+00FF, and nothing outside its range", () => {
+  const out = new Uint8Array(16).fill(0xee);
+  latin1Into("ab:1", out, 2);
+  assert.deepEqual([...out.subarray(0, 8)], [0xee, 0xee, 97, 98, 58, 49, 0xee, 0xee]);
+  out.fill(0xee);
+  latin1Into("é\u00ff€x", out, 3); // U+00E9 and U+00FF are Latin-1; the euro sign is not
+  assert.deepEqual([...out.subarray(0, 9)], [0xee, 0xee, 0xee, 0xe9, 0xff, 63, 120, 0xee, 0xee]);
+  out.fill(0xee);
+  latin1Into("a\ud83d\ude00", out, 0); // a character outside the BMP: two `?`
+  assert.deepEqual([...out.subarray(0, 4)], [97, 63, 63, 0xee]);
 });

@@ -18,7 +18,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
-import { copyBytes } from "./bytes.ts";
+import { copyBytes, latin1Into } from "./bytes.ts";
 import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -850,12 +850,8 @@ class ServerConnection {
       next.set(this.#out.subarray(0, at));
       this.#out = next;
     }
-    const out = this.#out;
-    for (let i = 0; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      out[at + i] = c < 256 ? c : 63; // '?': header bytes are Latin-1
-    }
-    return out;
+    latin1Into(s, this.#out, at);
+    return this.#out;
   }
 
   /** Writes the head in the output buffer (`headLen` bytes). */
