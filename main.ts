@@ -32,7 +32,15 @@ if (import.meta.main && Deno.args[0] === "ctl") {
   await setupLogging(config.logLevel);
   const profiled = config.cpuProfile;
   const stopProfile = profiled
-    ? await (await import("./src/common/cpu_profile.ts")).startCpuProfile(profiled)
+    ? await (await import("./src/common/cpu_profile.ts")).startCpuProfile(profiled).catch(
+      (err) => {
+        logger().error("Cannot start the CPU profile ({file}): {error}; running without", {
+          file: profiled,
+          error: String(err),
+        });
+        return undefined;
+      },
+    )
     : undefined;
   let handle: { stop(): Promise<void> };
   try {

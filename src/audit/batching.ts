@@ -177,7 +177,8 @@ export class BatchingAuditLog implements AuditLog {
    * a commit, a round trip to the worker).
    */
   #drain(all = false): Promise<void> {
-    if (this.#writing) return this.#writing.then(() => this.#drain(all));
+    // After the write in progress, failed or not: a flush or close tries once itself.
+    if (this.#writing) return this.#writing.catch(() => {}).then(() => this.#drain(all));
     if (!this.#buffered()) return Promise.resolve();
     this.#writing = (async () => {
       try {

@@ -48,7 +48,9 @@ export class FuncCache {
   /** Store lookups after a miss, by function id: callers of one function share one. */
   #lookups = new Map<string, Promise<FuncAgent | undefined>>();
   /** Calls waiting for the watch to bring a function at a revision, by function id. */
-  #waiting = new Map<string, { revision: number; done: () => void }[]>();
+  #waiting = new Map<string, { revision: number; done: (caughtUp: boolean) => void }[]>();
+  /** The revision of the watch's removal of a function with a lookup in flight, by id. */
+  #removed = new Map<string, number>();
   /** Lookups that may start now (a token bucket, `LOOKUPS_PER_S`). */
   #budget = LOOKUPS_PER_S;
   #budgetAt = 0;
@@ -86,12 +88,14 @@ export class FuncCache {
           agent?.setUnschedulable(unschedulable);
           this.#wake(id, o.revision);
         },
-        remove: (ref) => {
+        remove: (ref, revision) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
           this.#agents.get(id)?.close();
           this.#agents.delete(id);
-          this.#wake(id, Infinity);
+          // A lookup in flight must know the watch went past its revision: the function is gone.
+          if (this.#lookups.has(id)) this.#removed.set(id, revision);
+          this.#wake(id, revision);
         },
       }),
     );
@@ -101,6 +105,9 @@ export class FuncCache {
   stop(): void {
     for (const i of this.#informers) i.stop();
     for (const a of this.#agents.values()) a.close();
+    // Calls still waiting for the watch get their answer now: it will not come.
+    for (const list of [...this.#waiting.values()]) for (const w of list) w.done(false);
+    this.#waiting.clear();
   }
 
   /** The spec of a function, or undefined. */
@@ -154,7 +161,10 @@ export class FuncCache {
     if (p) return p;
     if (this.#lookups.size >= MAX_LOOKUPS || !this.#spend()) return undefined;
     p = this.#lookup(this.#meta, tenant, namespace, name, waitMs)
-      .finally(() => this.#lookups.delete(id));
+      .finally(() => {
+        this.#lookups.delete(id);
+        this.#removed.delete(id);
+      });
     this.#lookups.set(id, p);
     return p;
   }
@@ -179,14 +189,15 @@ export class FuncCache {
       return undefined;
     }
     if (!rec) return undefined;
-    if ((this.#funcs.get(id)?.revision ?? -1) < rec.revision) {
+    // How far the watch has come for this function: its entry, or its removal since the lookup began.
+    const seen = Math.max(this.#funcs.get(id)?.revision ?? -1, this.#removed.get(id) ?? -1);
+    if (seen < rec.revision) {
       const caughtUp = await new Promise<boolean>((resolve) => {
-        const list = this.#waiting.get(id) ?? [];
         const w = {
           revision: rec.revision,
-          done: () => {
+          done: (caughtUp: boolean) => {
             clearTimeout(timer);
-            resolve(true);
+            resolve(caughtUp);
           },
         };
         const timer = setTimeout(() => {
@@ -195,6 +206,7 @@ export class FuncCache {
           else this.#waiting.delete(id);
           resolve(false);
         }, waitMs);
+        const list = this.#waiting.get(id) ?? [];
         list.push(w);
         this.#waiting.set(id, list);
       });
@@ -221,12 +233,12 @@ export class FuncCache {
     return true;
   }
 
-  /** The watch brought function `id` at `revision` (Infinity: its removal). */
+  /** The watch brought function `id` (or its removal) at `revision`. */
   #wake(id: string, revision: number): void {
     const list = this.#waiting.get(id);
     if (!list) return;
     const left = list.filter((w) => w.revision > revision);
-    for (const w of list) if (w.revision <= revision) w.done();
+    for (const w of list) if (w.revision <= revision) w.done(true);
     if (left.length) this.#waiting.set(id, left);
     else this.#waiting.delete(id);
   }

@@ -17,6 +17,8 @@ class LaggingMeta {
   holding = true;
   gets = 0;
   failGets = false;
+  /** While set, a read's answer (taken at once) is handed over only when it settles. */
+  getGate?: Promise<void>;
   readonly meta: MetaClient;
 
   constructor(svc: StateService) {
@@ -31,7 +33,9 @@ class LaggingMeta {
       get(ref: ObjectRef) {
         self.gets++;
         if (self.failGets) return Promise.reject(new Error("connection refused"));
-        return svc.get(ref);
+        const answer = svc.get(ref);
+        const gate = self.getGate;
+        return gate ? answer.then((r) => gate.then(() => r)) : answer;
       },
       watch(type: ObjectType, o: MetaWatchOptions) {
         if (type !== "function") return svc.watch(type, o);
@@ -44,6 +48,11 @@ class LaggingMeta {
         });
       },
     };
+  }
+
+  /** Delivers the oldest event held. */
+  releaseOne(): void {
+    this.held.shift()!();
   }
 
   /** Delivers what was held, and from now on everything at once. */
@@ -142,19 +151,72 @@ Deno.test("a watch that does not catch up in time answers unavailable, and the f
   }
 });
 
-Deno.test("a function deleted before the watch brought it is not brought back by a lookup", async () => {
+Deno.test("a lookup waits for the revision it read, not for an older removal of the same name", async () => {
   const { svc, lag, cache, create } = await setup();
   try {
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "g" };
     await create("g");
+    await svc.delete(ref);
+    await create("g"); // the same name again, at a newer revision
     await settle();
-    const found = cache.lookup("t", "n", "g");
-    await settle(); // the lookup has read the store: the function was there
-    await svc.delete({ type: "function", tenant: "t", namespace: "n", name: "g" });
+    assert.equal(lag.held.length, 3);
+    let answered = false;
+    const found = Promise.resolve(cache.lookup("t", "n", "g")).finally(() => answered = true);
     await settle();
-    lag.release(); // its creation, then its deletion
-    assert.equal(await found, undefined);
-    assert.equal(cache.agent("t", "n", "g"), undefined);
+    lag.releaseOne(); // the first creation
+    lag.releaseOne(); // its deletion
+    await settle();
+    assert.equal(answered, false, "still waiting for the second creation");
+    lag.releaseOne();
+    assert.equal((await found)?.id, "t/n/g");
   } finally {
     cache.stop();
   }
+});
+
+Deno.test("a function removed around its lookup is not brought back, and not waited for past its removal", async () => {
+  const { svc, lag, cache, create } = await setup();
+  try {
+    const remove = (name: string) =>
+      svc.delete({ type: "function", tenant: "t", namespace: "n", name });
+    // Removed after the lookup read it: the watch brings its creation, then its removal.
+    await create("g");
+    await settle();
+    const g = cache.lookup("t", "n", "g");
+    await settle();
+    await remove("g");
+    await settle();
+    lag.release();
+    assert.equal(await g, undefined);
+    assert.equal(cache.agent("t", "n", "g"), undefined);
+    // Created and removed by the watch before the read's answer came back: no wait at all.
+    lag.holding = true;
+    await create("h");
+    await settle();
+    let open = () => {};
+    lag.getGate = new Promise((r) => open = r);
+    const t0 = performance.now();
+    const h = cache.lookup("t", "n", "h", 5_000);
+    await settle();
+    await remove("h");
+    await settle();
+    lag.release();
+    open();
+    assert.equal(await h, undefined);
+    assert.ok(performance.now() - t0 < 2_000, "no wait for a revision the watch went past");
+  } finally {
+    cache.stop();
+  }
+});
+
+Deno.test("stopping the cache answers the calls still waiting for the watch", async () => {
+  const { cache, create } = await setup();
+  await create("g");
+  await settle();
+  const found = Promise.resolve(cache.lookup("t", "n", "g", 60_000));
+  await settle();
+  const t0 = performance.now();
+  cache.stop();
+  await assert.rejects(found, (e) => e instanceof InferxError && e.code === "unavailable");
+  assert.ok(performance.now() - t0 < 1_000, "answered when stopped, not when its wait ran out");
 });

@@ -16,7 +16,11 @@ const log = logger("informer");
 /** Callbacks of an informer. */
 export interface InformerHandlers {
   upsert(record: MetaRecord): void;
-  remove(ref: ObjectRef): void;
+  /**
+   * `ref` is gone as of store revision `revision` (a delete's, or for one
+   * found gone by a new list, the list's).
+   */
+  remove(ref: ObjectRef, revision: number): void;
 }
 
 /** A running informer. */
@@ -69,7 +73,7 @@ export async function startInformer(
     for (const [k, ref] of known) {
       if (!seen.has(k)) {
         known.delete(k);
-        handlers.remove(ref);
+        handlers.remove(ref, revision);
       }
     }
     watch = meta.watch(type, {
@@ -82,7 +86,7 @@ export async function startInformer(
           handlers.upsert(ev.record);
         } else {
           known.delete(keyOf(ev.ref));
-          handlers.remove(ev.ref);
+          handlers.remove(ev.ref, ev.revision);
         }
       },
       onError(err) {
