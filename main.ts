@@ -30,18 +30,7 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     Deno.exit(2);
   }
   await setupLogging(config.logLevel);
-  const profiled = config.cpuProfile;
-  const stopProfile = profiled
-    ? await (await import("./src/common/cpu_profile.ts")).startCpuProfile(profiled).catch(
-      (err) => {
-        logger().error("Cannot start the CPU profile ({file}): {error}; running without", {
-          file: profiled,
-          error: String(err),
-        });
-        return undefined;
-      },
-    )
-    : undefined;
+  const profiles = await startProfiles(config.cpuProfile, config.heapProfile);
   let handle: { stop(): Promise<void> };
   try {
     handle = await (await ROLES[config.role]()).start(config);
@@ -60,13 +49,37 @@ if (import.meta.main && Deno.args[0] === "ctl") {
       await handle.stop().catch((err) =>
         logger().error("Stop failed: {error}", { error: String(err) })
       );
-      await stopProfile?.().catch((err) =>
-        logger().error("Cannot write the CPU profile to {file}: {error}", {
-          file: profiled,
-          error: String(err),
-        })
-      );
+      await profiles();
       Deno.exit(0);
     });
   }
+}
+
+/**
+ * Starts the profiles asked for (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`);
+ * what it returns writes them. One that cannot start is logged and skipped.
+ */
+async function startProfiles(cpu?: string, heap?: string): Promise<() => Promise<void>> {
+  const stops: [string, () => Promise<void>][] = [];
+  if (cpu || heap) {
+    const { startCpuProfile, startHeapProfile } = await import("./src/common/profile.ts");
+    for (const [file, start] of [[cpu, startCpuProfile], [heap, startHeapProfile]] as const) {
+      if (!file) continue;
+      try {
+        stops.push([file, await start(file)]);
+      } catch (err) {
+        logger().error("Cannot start the profile {file}: {error}; running without", {
+          file,
+          error: String(err),
+        });
+      }
+    }
+  }
+  return async () => {
+    for (const [file, stop] of stops) {
+      await stop().catch((err) =>
+        logger().error("Cannot write the profile {file}: {error}", { file, error: String(err) })
+      );
+    }
+  };
 }

@@ -27,8 +27,9 @@
  * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
  * runs the gateway under test (not the baseline) with those V8 flags,
  * `GATEWAY_LOG=FILE` keeps its output (say, of `--trace-deopt`) there, and
- * `GATEWAY_CPU_PROFILE=FILE` its CPU profile (`INFERX_CPU_PROFILE`; sum it
- * with `deno run -A bench/profile_summary.ts FILE`).
+ * `GATEWAY_CPU_PROFILE=FILE` / `GATEWAY_HEAP_PROFILE=FILE` its CPU and
+ * heap profiles (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`; sum one with
+ * `deno run -A bench/profile_summary.ts FILE`).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
@@ -49,8 +50,9 @@ const baseline = Deno.env.get("GATEWAY_BASELINE");
 const v8Flags = Deno.env.get("GATEWAY_V8_FLAGS");
 /** A file for the output of the gateway under test (say, of `--trace-deopt`), written at the end. */
 const gatewayLog = Deno.env.get("GATEWAY_LOG");
-/** A file for the gateway's CPU profile (`INFERX_CPU_PROFILE`), for `bench/profile_summary.ts`. */
+/** Files for the gateway's CPU and heap profiles (`INFERX_*_PROFILE`), for `bench/profile_summary.ts`. */
 const cpuProfile = Deno.env.get("GATEWAY_CPU_PROFILE");
+const heapProfile = Deno.env.get("GATEWAY_HEAP_PROFILE");
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -314,7 +316,10 @@ async function startRoles() {
     );
   const gateway = await startGateway(port.gw, {
     runtimeArgs: v8.length ? [`--v8-flags=${v8.join(",")}`] : [],
-  }, cpuProfile ? { INFERX_CPU_PROFILE: cpuProfile } : {});
+  }, {
+    ...(cpuProfile ? { INFERX_CPU_PROFILE: cpuProfile } : {}),
+    ...(heapProfile ? { INFERX_HEAP_PROFILE: heapProfile } : {}),
+  });
   roles.push(gateway);
   // Another checkout's gateway on the same platform (its own audit file), measured alongside.
   let baselineGateway: { url: string; role: RoleProcess } | undefined;

@@ -1,8 +1,10 @@
 /**
- * Sums a `.cpuprofile` (as `INFERX_CPU_PROFILE` writes it) by function and
- * by file: self time (the function itself, runtime builtins it called
+ * Sums a profile as `INFERX_CPU_PROFILE` or `INFERX_HEAP_PROFILE` writes it.
+ * A CPU profile: self time (the function itself, runtime builtins it called
  * included when V8 attributes them to it) and total time (with what it
- * called), in ms and as a share of the busy time (all samples but idle).
+ * called), in ms and as a share of the busy time (all samples but idle),
+ * by function and by file. A heap profile: bytes allocated (sampled) by
+ * function and by file.
  *
  * Run: `deno run -A bench/profile_summary.ts FILE [rows]` (30).
  */
@@ -28,10 +30,7 @@ if (!file) {
   Deno.exit(2);
 }
 const rows = Number(rowsArg ?? 30);
-const profile = JSON.parse(await Deno.readTextFile(file)) as Profile;
-const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-const parent = new Map<number, number>();
-for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const parsed = JSON.parse(await Deno.readTextFile(file));
 
 const root = new URL("..", import.meta.url).href;
 const where = (f: CallFrame) =>
@@ -40,6 +39,15 @@ const where = (f: CallFrame) =>
     : "";
 const label = (f: CallFrame) => `${f.functionName || "(anonymous)"} ${where(f)}`.trim();
 const fileOf = (f: CallFrame) => where(f).replace(/:\d+$/, "") || f.functionName;
+
+if (parsed.head) {
+  heapSummary(parsed.head as HeapNode);
+  Deno.exit(0);
+}
+const profile = parsed as Profile;
+const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+const parent = new Map<number, number>();
+for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
 
 const self = new Map<string, number>();
 const total = new Map<string, number>();
@@ -83,3 +91,36 @@ console.log(
 show("self time by function", self);
 show("self time by file", files);
 show("total time by function (with what it called)", total);
+
+interface HeapNode {
+  callFrame: CallFrame;
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/** Bytes allocated by function and by file, from a sampling heap profile's tree. */
+function heapSummary(head: HeapNode): void {
+  const byFunction = new Map<string, number>();
+  const byFile = new Map<string, number>();
+  let all = 0;
+  const walk = (n: HeapNode) => {
+    if (n.selfSize) {
+      const l = label(n.callFrame);
+      byFunction.set(l, (byFunction.get(l) ?? 0) + n.selfSize);
+      const f = fileOf(n.callFrame);
+      byFile.set(f, (byFile.get(f) ?? 0) + n.selfSize);
+      all += n.selfSize;
+    }
+    for (const c of n.children) walk(c);
+  };
+  walk(head);
+  console.log(`${file}: ${(all / 1e6).toFixed(1)} MB allocated (sampled)`);
+  for (const [title, m] of [["by function", byFunction], ["by file", byFile]] as const) {
+    console.log(`\nallocated ${title}`);
+    console.log("| MB | share | where |");
+    console.log("| ---: | ---: | --- |");
+    for (const [k, v] of [...m].sort((a, b) => b[1] - a[1]).slice(0, rows)) {
+      console.log(`| ${(v / 1e6).toFixed(2)} | ${(100 * v / all).toFixed(1)}% | ${k} |`);
+    }
+  }
+}

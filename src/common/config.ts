@@ -48,6 +48,7 @@ const PlatformEnv = z.object({
   INFERX_DATA_DIR: text("./data"),
   INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
   INFERX_CPU_PROFILE: optional(),
+  INFERX_HEAP_PROFILE: optional(),
 });
 
 const ClusterEnv = z.object({
@@ -265,6 +266,8 @@ export interface Config {
    * from start to stop (`{pid}` in it: the process id).
    */
   cpuProfile?: string;
+  /** `INFERX_HEAP_PROFILE`: the same for V8's sampling heap profile (allocations). */
+  heapProfile?: string;
   cluster: ClusterSettings;
   statesvc: StateSvcSettings;
   scheduler: SchedulerSettings;
@@ -333,6 +336,7 @@ export function readConfig(
     dataDir: p.INFERX_DATA_DIR,
     samplesDir: p.INFERX_SAMPLES === "none" ? undefined : p.INFERX_SAMPLES,
     cpuProfile: p.INFERX_CPU_PROFILE?.replaceAll("{pid}", String(Deno.pid)),
+    heapProfile: p.INFERX_HEAP_PROFILE?.replaceAll("{pid}", String(Deno.pid)),
     cluster: {
       bindHost: c.INFERX_BIND,
       etcdAddrs: c.ETCD_ADDRS,

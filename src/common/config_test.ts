@@ -10,6 +10,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
     dataDir: "./data",
     samplesDir: `${REPO_ROOT}/config/functions`,
     cpuProfile: undefined,
+    heapProfile: undefined,
     cluster: {
       bindHost: "127.0.0.1",
       etcdAddrs: undefined,

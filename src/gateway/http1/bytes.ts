@@ -33,18 +33,22 @@ export function copyBytes(src: Uint8Array, start: number, end: number): Uint8Arr
 }
 
 const UTF8 = new TextEncoder();
+/** Shorter strings (a chunk's size line) go by the loop: the native call costs more than they do. */
+const NATIVE_FROM = 64;
 
 /**
  * Writes `s` into `out` at `at` as Latin-1, the bytes of HTTP heads: one
  * byte a character, `?` for any past U+00FF. `out` must have room for
- * `s.length` bytes there. The native UTF-8 encoder writes the same bytes
- * when every character is ASCII, several times faster than a loop over
- * the characters; any other character makes it stop short, and the loop
- * writes the string again.
+ * `s.length` bytes there. For a head, the native UTF-8 encoder writes the
+ * same bytes when every character is ASCII, several times faster than a
+ * loop over the characters; any other character makes it stop short, and
+ * the loop writes the string again.
  */
 export function latin1Into(s: string, out: Uint8Array, at: number): void {
-  const r = UTF8.encodeInto(s, out.subarray(at, at + s.length));
-  if (r.read === s.length && r.written === s.length) return;
+  if (s.length >= NATIVE_FROM) {
+    const r = UTF8.encodeInto(s, out.subarray(at, at + s.length));
+    if (r.read === s.length && r.written === s.length) return;
+  }
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     out[at + i] = c < 256 ? c : 63;

@@ -36,3 +36,13 @@ Deno.test("latin1Into() writes one byte a character, `?` past U+00FF, and nothin
   latin1Into("a\ud83d\ude00", out, 0); // a character outside the BMP: two `?`
   assert.deepEqual([...out.subarray(0, 4)], [97, 63, 63, 0xee]);
 });
+
+Deno.test("latin1Into() writes long heads natively and falls back for other characters", () => {
+  const out = new Uint8Array(128).fill(0xee);
+  const long = "x-field: " + "a".repeat(91);
+  latin1Into(long, out, 10);
+  assert.equal(new TextDecoder().decode(out.subarray(10, 110)), long);
+  assert.deepEqual([out[9], out[110]], [0xee, 0xee]);
+  latin1Into("é".repeat(70), out, 0);
+  assert.deepEqual([...out.subarray(0, 70)], Array(70).fill(0xe9));
+});
