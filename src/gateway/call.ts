@@ -74,8 +74,10 @@ export function parseFunccallPath(url: string): { target: FuncTarget; path: stri
 
 /**
  * A `/funccall` call: authorized, its function known, its body read or
- * streaming. A function this gateway has not seen yet is looked up in the
- * store (`FuncCache.lookup`); `found` hears when that finds it.
+ * streaming. `named` learns the target at once, and whether this gateway
+ * knows its function (for the record of a call refused later), then again
+ * when a function it had not seen yet is found in the store
+ * (`FuncCache.lookup`).
  */
 export function funccallInput(
   ctx: CallContext,
@@ -84,19 +86,22 @@ export function funccallInput(
   target: FuncTarget,
   path: string,
   t0: number,
-  found?: (target: FuncTarget, known: boolean) => void,
+  named?: (target: FuncTarget, known: boolean) => void,
 ): CallInput | Promise<CallInput> {
+  const known = ctx.cache.agent(target.tenant, target.namespace, target.func);
+  named?.(target, known !== undefined);
   authorize(principal, "inference", target.tenant, target.namespace);
-  const agent = ctx.cache.lookup(target.tenant, target.namespace, target.func);
-  if (agent instanceof Promise) {
-    return agent.then((a) => {
-      if (!a) throw notFound(target);
-      found?.(target, true);
-      return knownInput(ctx, req, target, path, t0);
-    });
+  if (known) return knownInput(ctx, req, target, path, t0);
+  const found = ctx.cache.lookup(target.tenant, target.namespace, target.func);
+  if (!(found instanceof Promise)) {
+    if (!found) throw notFound(target);
+    return knownInput(ctx, req, target, path, t0);
   }
-  if (!agent) throw notFound(target);
-  return knownInput(ctx, req, target, path, t0);
+  return found.then((a) => {
+    if (!a) throw notFound(target);
+    named?.(target, true);
+    return knownInput(ctx, req, target, path, t0);
+  });
 }
 
 function notFound(t: FuncTarget): NotFoundError {
@@ -179,12 +184,12 @@ function openaiTarget(
     authorize(principal, "inference", parts[0], parts[1]);
     // A function this gateway has not seen yet, by its full name: looked up in the store.
     const found = ctx.cache.lookup(parts[0], parts[1], parts[2]);
-    if (!(found instanceof Promise)) throw new NotFoundError(`The model ${model} does not exist`);
-    return found.then((a) => {
+    const input = (a: unknown) => {
       if (!a) throw new NotFoundError(`The model ${model} does not exist`);
       named?.(named3, true);
       return modelInput(req, path, t0, body, named3, ctx);
-    });
+    };
+    return found instanceof Promise ? found.then(input) : input(found);
   }
   named?.(target, true);
   authorize(principal, "inference", target.tenant, target.namespace);

@@ -48,7 +48,7 @@ export class FuncCache {
   /** Store lookups after a miss, by function id: callers of one function share one. */
   #lookups = new Map<string, Promise<FuncAgent | undefined>>();
   /** Calls waiting for the watch to bring a function at a revision, by function id. */
-  #waiting = new Map<string, { revision: number; done: (caughtUp: boolean) => void }[]>();
+  #waiting = new Map<string, Set<{ revision: number; done: (caughtUp: boolean) => void }>>();
   /** The revision of the watch's removal of a function with a lookup in flight, by id. */
   #removed = new Map<string, number>();
   /** Lookups that may start now (a token bucket, `LOOKUPS_PER_S`). */
@@ -106,8 +106,7 @@ export class FuncCache {
     for (const i of this.#informers) i.stop();
     for (const a of this.#agents.values()) a.close();
     // Calls still waiting for the watch get their answer now: it will not come.
-    for (const list of [...this.#waiting.values()]) for (const w of list) w.done(false);
-    this.#waiting.clear();
+    for (const waiters of [...this.#waiting.values()]) for (const w of waiters) w.done(false);
   }
 
   /** The spec of a function, or undefined. */
@@ -193,22 +192,19 @@ export class FuncCache {
     const seen = Math.max(this.#funcs.get(id)?.revision ?? -1, this.#removed.get(id) ?? -1);
     if (seen < rec.revision) {
       const caughtUp = await new Promise<boolean>((resolve) => {
+        const waiters = this.#waiting.get(id) ?? new Set();
+        this.#waiting.set(id, waiters);
         const w = {
           revision: rec.revision,
           done: (caughtUp: boolean) => {
             clearTimeout(timer);
+            waiters.delete(w);
+            if (!waiters.size && this.#waiting.get(id) === waiters) this.#waiting.delete(id);
             resolve(caughtUp);
           },
         };
-        const timer = setTimeout(() => {
-          const left = (this.#waiting.get(id) ?? []).filter((x) => x !== w);
-          if (left.length) this.#waiting.set(id, left);
-          else this.#waiting.delete(id);
-          resolve(false);
-        }, waitMs);
-        const list = this.#waiting.get(id) ?? [];
-        list.push(w);
-        this.#waiting.set(id, list);
+        const timer = setTimeout(() => w.done(false), waitMs);
+        waiters.add(w);
       });
       if (!caughtUp) {
         throw new InferxError(
@@ -235,12 +231,7 @@ export class FuncCache {
 
   /** The watch brought function `id` (or its removal) at `revision`. */
   #wake(id: string, revision: number): void {
-    const list = this.#waiting.get(id);
-    if (!list) return;
-    const left = list.filter((w) => w.revision > revision);
-    for (const w of list) if (w.revision <= revision) w.done(true);
-    if (left.length) this.#waiting.set(id, left);
-    else this.#waiting.delete(id);
+    for (const w of [...this.#waiting.get(id) ?? []]) if (w.revision <= revision) w.done(true);
   }
 
   /** Which versions of a function take calls and their shares, or undefined when it does not exist. */

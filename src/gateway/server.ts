@@ -73,8 +73,6 @@ export function serveGateway(
       rec.principal = principal.id;
       let input: CallInput | Promise<CallInput>;
       if (parsed) {
-        const { tenant, namespace, func } = parsed.target;
-        rec.setTarget(parsed.target, deps.cache.agent(tenant, namespace, func) !== undefined);
         input = funccallInput(
           ctx,
           principal,

@@ -76,8 +76,6 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
       if (url.pathname.startsWith("/funccall/")) {
         const call = parseFunccallPath(url.pathname + url.search);
         if (!call) return await next(); // the route explains the path it wants
-        const { tenant, namespace, func } = call.target;
-        rec.setTarget(call.target, deps.cache.agent(tenant, namespace, func) !== undefined);
         input = await funccallInput(
           use,
           c.var.principal,

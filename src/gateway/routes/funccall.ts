@@ -26,8 +26,6 @@ export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     const rec = c.var.call;
-    const { tenant, namespace, func } = call.target;
-    rec.setTarget(call.target, deps.cache.agent(tenant, namespace, func) !== undefined);
     const req = c.req.raw;
     const input = await funccallInput(
       ctx,
