@@ -11,8 +11,8 @@
  * add DIR HEAD~1`) in the same process, interleaved round by round, and
  * prints the median of the per-round CPU ratios.
  *
- * Run: `deno run -A bench/audit_stream.ts [rows per second] [seconds] [rounds]`
- * (10000, 5, 3).
+ * Run: `deno run -A bench/audit_stream.ts [rows per second] [seconds] [rounds] [functions]`
+ * (10000, 5, 3, 1): rows go to `functions` functions in turn.
  */
 import process from "node:process";
 import type { RequestRow } from "../src/audit/types.ts";
@@ -20,6 +20,7 @@ import type { RequestRow } from "../src/audit/types.ts";
 const rate = Number(Deno.args[0] ?? 10_000);
 const seconds = Number(Deno.args[1] ?? 5);
 const rounds = Number(Deno.args[2] ?? 3);
+const functions = Number(Deno.args[3] ?? 1);
 const baseline = Deno.env.get("AUDIT_BASELINE");
 
 interface AuditModules {
@@ -46,7 +47,7 @@ function row(i: number): RequestRow {
     principal: "key:k1b2c3d4",
     tenant: "bench",
     namespace: "gw",
-    func: "lm",
+    func: functions > 1 ? `lm${i % functions}` : "lm",
     method: "POST",
     path: "/funccall/bench/gw/lm/v1/completions",
     status: 200,
@@ -119,7 +120,7 @@ for (let r = 0; r < rounds; r++) {
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 console.log(
-  `audit stream: ${rate} rows/s for ${seconds} s, median of ${rounds} rounds; ` +
+  `audit stream: ${rate} rows/s to ${functions} function(s) for ${seconds} s, median of ${rounds} rounds; ` +
     `deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} cores`,
 );
 console.log("| audit | rows | CPU µs/row | bytes written/row | write calls/row |");

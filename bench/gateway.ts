@@ -29,7 +29,9 @@
  * `GATEWAY_LOG=FILE` keeps its output (say, of `--trace-deopt`) there, and
  * `GATEWAY_CPU_PROFILE=FILE` / `GATEWAY_HEAP_PROFILE=FILE` its CPU and
  * heap profiles (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`; sum one with
- * `deno run -A bench/profile_summary.ts FILE`).
+ * `deno run -A bench/profile_summary.ts FILE`). `GATEWAY_ONLY=1` leaves out
+ * nginx and the two bench proxies (direct and the gateways only: an A/B run
+ * in half the time).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
@@ -53,6 +55,8 @@ const gatewayLog = Deno.env.get("GATEWAY_LOG");
 /** Files for the gateway's CPU and heap profiles (`INFERX_*_PROFILE`), for `bench/profile_summary.ts`. */
 const cpuProfile = Deno.env.get("GATEWAY_CPU_PROFILE");
 const heapProfile = Deno.env.get("GATEWAY_HEAP_PROFILE");
+/** `GATEWAY_ONLY=1`: measure direct and the gateway(s) only (an A/B run in half the time). */
+const gatewayOnly = Deno.env.get("GATEWAY_ONLY") === "1";
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -124,17 +128,19 @@ try {
   const framingPid = framing.pid;
   const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
     { name: "direct", url: direct },
-    ...(nginx ? [{ name: "nginx", url: `${nginx.url}/v1/completions`, pids: nginx.pids }] : []),
-    {
-      name: "raw-socket JS proxy (floor)",
-      url: `http://127.0.0.1:${rawPort}/v1/completions`,
-      pids: () => Promise.resolve([rawPid]),
-    },
-    {
-      name: "gateway's HTTP server + pool alone",
-      url: `http://127.0.0.1:${framingPort}/v1/completions`,
-      pids: () => Promise.resolve([framingPid]),
-    },
+    ...(gatewayOnly ? [] : [
+      ...(nginx ? [{ name: "nginx", url: `${nginx.url}/v1/completions`, pids: nginx.pids }] : []),
+      {
+        name: "raw-socket JS proxy (floor)",
+        url: `http://127.0.0.1:${rawPort}/v1/completions`,
+        pids: () => Promise.resolve([rawPid]),
+      },
+      {
+        name: "gateway's HTTP server + pool alone",
+        url: `http://127.0.0.1:${framingPort}/v1/completions`,
+        pids: () => Promise.resolve([framingPid]),
+      },
+    ]),
     ...(p.baselineGateway
       ? [{
         name: `baseline gateway (${baseline})`,
@@ -195,7 +201,7 @@ try {
     );
   }
   const gw = rows[rows.length - 1][1];
-  const ng = nginxPath ? rows[1][1] : undefined;
+  const ng = nginxPath && !gatewayOnly ? rows[1][1] : undefined;
   console.log(
     `gateway: ${f(gw.rps / d.rps)} of direct (budget >= 0.6), added p50 ${
       f(gw.p50 - d.p50)

@@ -128,7 +128,8 @@ Deno.test("openSqliteAudit imports the JSON-lines audit files once and keeps the
     await Deno.writeTextFile(`${dir}/requests.jsonl.1`, line(sampleRequest(1, 1)));
     await Deno.writeTextFile(
       `${dir}/requests.jsonl`,
-      line(sampleRequest(2, 2)) + line({ time: 3 }) + '{"cut sh',
+      // A function not seen before, then a row the table cannot take, in one chunk.
+      line({ ...sampleRequest(2, 2), tenant: "w" }) + line({ time: 3 }) + '{"cut sh',
     );
     await Deno.writeTextFile(`${dir}/pods.jsonl`, line(pod(1)));
     const b = openSqliteAudit(`${dir}/audit.db`, keepAll);
@@ -137,6 +138,7 @@ Deno.test("openSqliteAudit imports the JSON-lines audit files once and keeps the
       "/r1",
     ]);
     assert.deepEqual(await b.query("pods", {}), [pod(1)]);
+    assert.equal(b.db.prepare("select count(*) as n from requests_view").get()?.n, 2);
     await b.close();
     const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes("json"));
     assert.deepEqual(names.sort(), [
@@ -230,4 +232,268 @@ Deno.test("SqliteAuditBackend keeps an asynchronous call's id and attempt, and a
     assert.deepEqual([row.call, row.attempt], ["t:n:c1", 2]);
     await b.close();
   });
+});
+
+Deno.test("SqliteAuditBackend reads request rows span by span: newest first across functions and batches", async () => {
+  const b = new SqliteAuditBackend(":memory:", keepAll);
+  const funcs = ["f", "g", "h"];
+  const all: RequestRow[] = [];
+  // Five batches; each function's rows within a batch come out of time order, and
+  // batches overlap in time (as calls that finish late do).
+  let seq = 0;
+  for (let n = 0; n < 5; n++) {
+    const rows: RequestRow[] = [];
+    for (let i = 0; i < 40; i++) {
+      const func = funcs[(i * 7 + n) % 3];
+      const time = 1000 + n * 30 + ((i * 37) % 60) * 2 + (seq++ % 2) * 0; // distinct enough, overlapping
+      rows.push({ ...sampleRequest(seq, time * 1000 + seq), func, namespace: i % 4 ? "n" : "m" });
+    }
+    all.push(...rows);
+    await b.write(batch(rows));
+  }
+  const expect = (q: AuditQuery) =>
+    all.filter((r) =>
+      (q.tenant === undefined || r.tenant === q.tenant) &&
+      (q.namespace === undefined || r.namespace === q.namespace) &&
+      (q.func === undefined || r.func === q.func) &&
+      (q.since === undefined || r.time >= q.since)
+    ).sort((x, y) => y.time - x.time).slice(0, q.limit ?? 100).map((r) => r.path);
+  const queries: AuditQuery[] = [
+    {},
+    { limit: 7 },
+    { limit: 1000 },
+    { tenant: "t", func: "g", limit: 5 },
+    { tenant: "t", namespace: "m" },
+    { tenant: "t", namespace: "n", func: "h", limit: 3 },
+    { since: 1_100_000, limit: 15 },
+    { tenant: "t", func: "f", since: 1_050_000 },
+  ];
+  for (const q of queries) {
+    const got = (await b.query("requests", q) as RequestRow[]).map((r) => r.path);
+    assert.deepEqual(got, expect(q), JSON.stringify(q));
+  }
+  await b.close();
+});
+
+Deno.test("SqliteAuditBackend pages through spans of the same time without losing or repeating one", async () => {
+  const b = new SqliteAuditBackend(":memory:", keepAll);
+  // 600 functions in one batch, one row each, all at the same time: 600 spans, more than a page.
+  const rows = Array.from(
+    { length: 600 },
+    (_, i) => ({ ...sampleRequest(i, 5000), func: `f${i}` }),
+  );
+  await b.write(batch(rows));
+  const every = await b.query("requests", { limit: 1000 }) as RequestRow[];
+  assert.equal(new Set(every.map((r) => r.path)).size, 600);
+  const some = await b.query("requests", { tenant: "t", limit: 300 }) as RequestRow[];
+  assert.equal(new Set(some.map((r) => r.path)).size, 300);
+  await b.close();
+});
+
+Deno.test("SqliteAuditBackend keeps reading request rows of a file from before spans, and lets them age out", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/audit.db`;
+    // A file as the release before spans wrote it: rows indexed one by one.
+    const old = new DatabaseSync(path);
+    old.exec(`
+      create table scopes (id integer primary key, kind text not null, tenant text not null,
+        namespace text not null, func text not null, unique (kind, tenant, namespace, func));
+      insert into scopes values (1, 't', 't', '', ''), (2, 'n', 't', 'n', ''), (3, 'f', 't', 'n', 'f'),
+        (4, 'g', 't', '', 'f');
+      create table requests (id integer primary key, time integer not null, tid integer not null,
+        nsid integer not null, fid integer not null, gid integer not null, gateway text not null,
+        principal text not null, method text not null, path text not null, status integer not null,
+        latency_ms real not null, ttfb_ms real, cold_start integer not null,
+        resumed integer not null, pod text, error text, call_id text, attempt integer);
+      create index requests_by_time on requests (time);
+      create index requests_by_fid on requests (fid, time);
+      create view requests_view as
+        select r.*, s.tenant, s.namespace, s.func from requests r join scopes s on s.id = r.fid;
+      insert into requests (time, tid, nsid, fid, gid, gateway, principal, method, path, status,
+        latency_ms, cold_start, resumed) values
+        (1000, 1, 2, 3, 4, 'g', 'anonymous', 'POST', '/old1', 200, 1, 0, 0),
+        (3000, 1, 2, 3, 4, 'g', 'anonymous', 'POST', '/old3', 200, 1, 0, 0);`);
+    old.close();
+    let now = 10 * 86_400_000;
+    const b = new SqliteAuditBackend(path, { retainDays: 0, now: () => now });
+    await b.write(batch([sampleRequest(2, 2000), sampleRequest(4, 4000)]));
+    const paths = async (q: AuditQuery = {}) =>
+      (await b.query("requests", q) as RequestRow[]).map((r) => r.path);
+    assert.deepEqual(await paths(), ["/r4", "/old3", "/r2", "/old1"]);
+    assert.deepEqual(await paths({ tenant: "t", namespace: "n", func: "f", limit: 3 }), [
+      "/r4",
+      "/old3",
+      "/r2",
+    ]);
+    assert.deepEqual(await paths({ since: 2500 }), ["/r4", "/old3"]);
+    const view = b.db.prepare("select path from requests_view order by time").all()
+      .map((r) => r.path);
+    assert.deepEqual(view, ["/old1", "/r2", "/old3", "/r4"]);
+    await b.close();
+    // Opened again with an age limit: the old rows (and their table) go, the new ones stay.
+    now = 2500 + 86_400_000; // a day after 2.5 s
+    // Two processes share the file: one ages the rows out, the other keeps reading and retaining.
+    const again = new SqliteAuditBackend(path, { retainDays: 1, now: () => now });
+    const other = new SqliteAuditBackend(path, { retainDays: 1, now: () => now });
+    again.retain();
+    for (const reader of [again, other]) {
+      assert.deepEqual(
+        (await reader.query("requests", {}) as RequestRow[]).map((r) => r.path),
+        ["/r4", "/old3"],
+      );
+    }
+    now = 5000 + 86_400_000;
+    again.retain();
+    for (const reader of [again, other]) {
+      assert.deepEqual(await reader.query("requests", { tenant: "t" }), []);
+      reader.retain();
+    }
+    await other.write(batch([sampleRequest(5, now)]));
+    assert.deepEqual(
+      (await again.query("requests", {}) as RequestRow[]).map((r) => r.path),
+      ["/r5"],
+    );
+    assert.deepEqual(again.db.prepare("select count(*) as n from requests_view").get()?.n, 1);
+    await other.close();
+    await again.close();
+  });
+});
+
+Deno.test("SqliteAuditBackend reads a busy function's span from its newest rows down, a window at a time", async () => {
+  let now = 0;
+  const b = new SqliteAuditBackend(":memory:", { retainDays: 1, now: () => now });
+  const all: RequestRow[] = [];
+  for (let n = 0; n < 2; n++) {
+    const rows = Array.from({ length: 1000 }, (_, i) => {
+      const t = n * 1000 + i + 1;
+      return { ...sampleRequest(t, t), status: t % 97 === 0 ? 503 : 200 };
+    });
+    all.push(...rows);
+    await b.write(batch(rows.toReversed())); // written newest first: stored oldest first all the same
+  }
+  const check = async (q: AuditQuery) => {
+    const want = all.filter((r) =>
+      (q.since === undefined || r.time >= q.since) &&
+      (q.status === undefined || (r.status >= q.status.min && r.status <= q.status.max))
+    ).sort((x, y) => y.time - x.time).slice(0, q.limit ?? 100).map((r) => r.path);
+    const got = (await b.query("requests", q) as RequestRow[]).map((r) => r.path);
+    assert.deepEqual(got, want, JSON.stringify(q));
+  };
+  for (
+    const q of [
+      { limit: 10 },
+      { limit: 1500 },
+      { limit: 5000 },
+      { since: 1995, limit: 50 },
+      { since: 900, limit: 2000 },
+      { status: { min: 500, max: 599 }, limit: 5 },
+      { status: { min: 500, max: 599 }, limit: 100 },
+      { status: { min: 500, max: 599 }, since: 500, limit: 100 },
+    ] satisfies AuditQuery[]
+  ) await check(q);
+  // Retention takes each span's oldest rows: what is left reads the same way.
+  now = 86_400_000 + 1500;
+  b.retain();
+  all.splice(0, 1499);
+  for (const q of [{ limit: 10 }, { limit: 5000 }, { since: 1000, limit: 20 }]) await check(q);
+  await b.close();
+});
+
+Deno.test("SqliteAuditBackend never gives a request id twice, even after the newest rows went", async () => {
+  let now = 10 * 86_400_000;
+  const b = new SqliteAuditBackend(":memory:", { retainDays: 1, now: () => now });
+  await b.write(batch([sampleRequest(1, now)]));
+  // A batch written late, its rows old: it takes the highest ids, then retention takes it.
+  await b.write(batch([sampleRequest(2, now - 2 * 86_400_000), sampleRequest(3, 5)]));
+  const before = Number(b.db.prepare("select max(last_id) as m from request_spans").get()?.m);
+  b.retain();
+  assert.equal(b.db.prepare("select count(*) as n from request_spans").get()?.n, 1);
+  await b.write(batch([sampleRequest(4, now)]));
+  const ids = b.db.prepare("select id from requests order by id").all().map((r) => Number(r.id));
+  assert.ok(ids.at(-1)! > before, `new id ${ids.at(-1)} above ${before}`);
+  now += 1;
+  assert.deepEqual((await b.query("requests", {}) as RequestRow[]).map((r) => r.path), [
+    "/r4",
+    "/r1",
+  ]);
+  await b.close();
+});
+
+Deno.test("SqliteAuditBackend answers as a plain sort of its rows would, through writes and retention", async () => {
+  const seed = Number(Deno.env.get("AUDIT_FUZZ_SEED") ?? 1130);
+  let x = seed;
+  const r = () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 4294967296;
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
+  for (let trial = 0; trial < 12; trial++) {
+    let now = 10_000_000;
+    const b = new SqliteAuditBackend(":memory:", {
+      retainDays: 1,
+      retainMB: 0,
+      retentionChunk: 1 + Math.floor(r() * 300),
+      now: () => now,
+    });
+    let n = 0;
+    for (let step = 0; step < 25; step++) {
+      const rows = Array.from({ length: Math.floor(r() * 60) }, () => ({
+        ...sampleRequest(++n, now - Math.floor(r() * 3000 / 7) * 7), // overlapping batches, ties
+        tenant: pick(["t", "u"]),
+        namespace: pick(["n", "m"]),
+        func: pick(["f", "g", "h"]),
+        status: r() < 0.2 ? 503 : 200,
+      }));
+      await b.write(batch(rows));
+      now += Math.floor(r() * 2000);
+      if (r() < 0.2) b.retain();
+      if (r() < 0.05) {
+        now += 86_400_000;
+        b.retain();
+        now -= 86_400_000 - 1;
+      }
+      for (let k = 0; k < 4; k++) {
+        const q: AuditQuery = { limit: pick([1, 2, 3, 5, 10, 50, 1000]) };
+        if (r() < 0.6) {
+          q.tenant = pick(["t", "u"]);
+          if (r() < 0.5) q.namespace = pick(["n", "m"]);
+          if (r() < 0.5) q.func = pick(["f", "g", "h"]);
+        }
+        if (r() < 0.4) q.since = now - Math.floor(r() * 4000);
+        if (r() < 0.3) q.status = { min: 500, max: 599 };
+        const where: string[] = [];
+        const args: (string | number)[] = [];
+        for (const f of ["tenant", "namespace", "func"] as const) {
+          if (q[f] !== undefined) (where.push(`${f} = ?`), args.push(q[f]!));
+        }
+        if (q.since !== undefined) (where.push("time >= ?"), args.push(q.since));
+        if (q.status) where.push("status between 500 and 599");
+        const want = b.db.prepare(
+          `select path from requests_view ${
+            where.length ? `where ${where.join(" and ")}` : ""
+          } order by time desc, id desc limit ?`,
+        ).all(...args, q.limit!).map((row) => row.path);
+        const got = (await b.query("requests", q) as RequestRow[]).map((row) => row.path);
+        assert.deepEqual(
+          got,
+          want,
+          `seed ${seed}, trial ${trial}, step ${step}: ${JSON.stringify(q)}`,
+        );
+      }
+      // Every row in exactly one span of its function, each span's times those of its rows.
+      const spans = b.db.prepare("select * from request_spans order by first_id").all();
+      for (let i = 1; i < spans.length; i++) {
+        assert.ok(Number(spans[i].first_id) > Number(spans[i - 1].last_id), "spans overlap");
+      }
+      const stray = b.db.prepare(
+        `select count(*) as n from requests r where not exists (select 1 from request_spans s
+          where r.id between s.first_id and s.last_id and s.fid = r.fid)`,
+      ).get();
+      assert.equal(stray?.n, 0, "rows outside a span of their function");
+      const off = b.db.prepare(
+        `select count(*) as n from request_spans s where time_min != (select min(time) from requests r
+          where r.id between s.first_id and s.last_id) or time_max < (select max(time) from requests r
+          where r.id between s.first_id and s.last_id)`,
+      ).get();
+      assert.equal(off?.n, 0, "spans whose times are not their rows'");
+    }
+    await b.close();
+  }
 });
