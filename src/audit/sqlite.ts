@@ -8,12 +8,12 @@
  * grouped by function, newest last, and table `request_spans` gets one entry
  * per function in the batch (its scopes, its rows' first and last id, their
  * earliest and latest time). A query walks the spans of its filter newest
- * first and reads each one's rows by id range, newest first, until no older
- * span can hold a row newer than the ones it has. A row then costs its own
- * insert and no index entries (against five per row: 0.80x the audit's CPU
- * per row with one busy function, 0.69x with fifty, a third to a half of
- * the bytes written; `bench/audit_stream.ts`), and a query still reads only
- * rows of its filter.
+ * first and reads each one's rows from the top of its id range down, a
+ * window at a time, until no older span can hold a row newer than the ones
+ * it has. A row then costs its own insert and no index entries (against five
+ * per row: about 0.8x the audit's CPU per row, a third to a half of the
+ * bytes written; `bench/audit_stream.ts`), and a query still reads about
+ * only the rows it returns.
  *
  * A file from before spans keeps its request rows in `requests_v1` (renamed
  * at open, indexes and all): they are read alongside, and retention deletes
@@ -559,7 +559,8 @@ function querySql(
 
 /**
  * The statements of a request query over spans: the spans of its filter,
- * newest first from a cursor, and one span's rows, newest first.
+ * newest first from a cursor, and the rows of a window of one span's ids,
+ * oldest first.
  */
 function spanSql(
   q: AuditQuery,
