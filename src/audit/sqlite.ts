@@ -497,10 +497,6 @@ class ScopeIds {
 }
 
 /**
- * The statement and arguments that answer `q`: newest first, filtered,
- * limited; undefined when a filter names a scope no row was ever written for.
- */
-/**
  * The scope column and id a query filters on: null for no filter, undefined
  * when it names a scope no row was ever written for.
  */
@@ -642,13 +638,12 @@ export class SqliteAuditBackend implements AuditBackend {
       throw err;
     }
     this.#insert = insertStatements(this.#db);
-    // Request ids are never given twice, even after the newest rows were deleted: a span
-    // read by a query, or chosen by retention, can never come to hold another function's rows.
+    // Request ids are never given twice, even after the newest rows were deleted (hence a
+    // counter, not the largest id): a span read by a query, or chosen by retention, can never
+    // come to hold another function's rows.
     this.#maxId = this.#db.prepare(
       `select max(coalesce((select value from meta where name = 'request_ids'), 0),
-        coalesce((select max(id) from requests), 0),
-        coalesce((select max(last_id) from request_spans
-          where id = (select max(id) from request_spans)), 0)) as m`,
+        coalesce((select max(id) from requests), 0)) as m`,
     );
     this.#timeOf = this.#db.prepare("select time from requests where id = ?");
     this.#setMaxId = this.#db.prepare(
@@ -700,9 +695,7 @@ export class SqliteAuditBackend implements AuditBackend {
    */
   insert(requests: RequestRow[] | PackedRequests, pods: PodRow[]): void {
     const packed = Array.isArray(requests) ? encodeRequests(requests) : requests;
-    const { nums, strings } = packed;
-    const count = nums.length / SLOTS;
-    if (count > 0) this.#insertRequests(packed, count, nums, strings);
+    if (packed.nums.length > 0) this.#insertRequests(packed);
     this.#insert.pods.run(pods.length, (i, out) => {
       out.push(...podValues(pods[i], this.#scopes.of(pods[i])));
     });
@@ -710,15 +703,12 @@ export class SqliteAuditBackend implements AuditBackend {
 
   /**
    * Request rows in one range of ids per function of the batch, each
-   * function's rows oldest first (so a span's rows read newest first by id),
-   * and a span for each range.
+   * function's rows oldest first (so a span is read from the top of its
+   * range down), and a span for each range.
    */
-  #insertRequests(
-    packed: PackedRequests,
-    count: number,
-    nums: Float64Array,
-    strings: string[],
-  ): void {
+  #insertRequests(packed: PackedRequests): void {
+    const { nums, strings } = packed;
+    const count = nums.length / SLOTS;
     // Scope ids by the row's tenant, namespace and function (string indexes in the batch).
     const seen = new Map<number, Scopes>();
     const scopes: Scopes[] = new Array(count);
