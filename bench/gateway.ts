@@ -1,6 +1,6 @@
 /**
  * Warm-path benchmark: one warm worker (kept up by `min_replica: 1`) called
- * directly, through nginx (one worker, keep-alive upstream), through a
+ * directly, through nginx (as many worker processes as the gateway has, keep-alive upstream), through a
  * raw-socket proxy in the same runtime (`raw_proxy.ts`: the floor for
  * JavaScript), through the gateway's HTTP server and pool alone
  * (`framing_proxy.ts`) and through the gateway, in one run, by the same load
@@ -107,10 +107,18 @@ try {
   const [pod] = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
   const direct = `http://${pod.endpoint}/v1/completions`;
   /** A gateway role's process and the gateway processes it started (GATEWAY_WORKERS > 1). */
-  const gatewayPids = (role: RoleProcess) => async () => [
-    role.proc.pid,
-    ...await gatewayChildren(role.proc.pid),
-  ];
+  const gatewayPids = (role: RoleProcess) => async () => {
+    const members = await gatewayChildren(role.proc.pid);
+    // Every member's CPU counts: a member missed would make the gateway look cheaper than it is.
+    if (members.length !== gatewayWorkers - 1) {
+      throw new Error(
+        `found ${members.length} gateway member processes of ${
+          gatewayWorkers - 1
+        } (GATEWAY_WORKERS=${gatewayWorkers})`,
+      );
+    }
+    return [role.proc.pid, ...members];
+  };
 
   const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
   // The floor: a forty-line proxy on raw sockets in the same runtime.
@@ -122,7 +130,7 @@ try {
   while (!(await listening(rawPort)) || !(await listening(framingPort))) {
     await new Promise((r) => setTimeout(r, 50));
   }
-  if (nginxPath) nginx = await startNginx(pod.endpoint);
+  if (nginxPath) nginx = await startNginx(pod.endpoint, gatewayWorkers);
   else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
   const rawPid = raw.pid;
   const framingPid = framing.pid;
@@ -357,12 +365,15 @@ function startProxy(script: string, port: number, upstream: string): Deno.ChildP
   }).spawn();
 }
 
-/** Gateway worker processes the platform started (GATEWAY_WORKERS > 1), not function workers. */
+/**
+ * Gateway member processes the platform started (GATEWAY_WORKERS > 1; each
+ * has its place in `INFERX_GATEWAY_GROUP`), not function workers.
+ */
 async function gatewayChildren(pid: number): Promise<number[]> {
   const out: number[] = [];
   for (const c of await childPids(pid)) {
     const env = await Deno.readTextFile(`/proc/${c}/environ`).catch(() => "");
-    if (env.split("\0").includes("INFERX_GATEWAY_WORKER=1")) out.push(c);
+    if (env.split("\0").some((kv) => kv.startsWith("INFERX_GATEWAY_GROUP="))) out.push(c);
   }
   return out;
 }

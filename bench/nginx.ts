@@ -1,6 +1,7 @@
 /**
  * nginx (Debian's `nginx-light`) as a reverse proxy baseline for the
- * benchmarks: one worker process, keep-alive upstream connections, no
+ * benchmarks: one worker process (or as many as asked, to stand beside a
+ * gateway with several workers), keep-alive upstream connections, no
  * buffering of answers (server-sent events pass as they come), no access log.
  *
  * @module
@@ -12,20 +13,20 @@ import { childPids } from "./wrk.ts";
 /** A running nginx in front of one upstream. */
 export interface Nginx {
   url: string;
-  /** The master and its worker. */
+  /** The master and its workers. */
   pids(): Promise<number[]>;
   stop(): Promise<void>;
 }
 
-/** Starts nginx on a free 127.0.0.1 port proxying to `upstream` (`host:port`). */
-export async function startNginx(upstream: string): Promise<Nginx> {
+/** Starts nginx with `workers` processes on a free 127.0.0.1 port proxying to `upstream` (`host:port`). */
+export async function startNginx(upstream: string, workers = 1): Promise<Nginx> {
   const dir = await Deno.makeTempDir({ prefix: "inferx-nginx-" });
   const port = freePort();
   const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
     .map((k) => `${k}_temp_path ${dir}/${k};`).join("\n  ");
   await Deno.writeTextFile(
     `${dir}/nginx.conf`,
-    `worker_processes 1;
+    `worker_processes ${workers};
 daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;

@@ -2,6 +2,8 @@
  * Load and CPU measurement for the proxy benchmarks: `wrk` (Debian's) POSTing
  * one JSON body over keep-alive connections, and the CPU a process spent over
  * the run, from `/proc/PID/stat` (utime + stime, it and its threads).
+ * wrk runs one thread, or `WRK_THREADS` (on a machine with cores to spare,
+ * so that the load generator is not what limits several gateway workers).
  *
  * @module
  */
@@ -16,6 +18,8 @@ export interface WrkResult {
   /** Non-2xx answers and socket errors. */
   errors: number;
 }
+
+const WRK_THREADS = Math.max(1, Number(Deno.env.get("WRK_THREADS") ?? 1));
 
 /** Whether a command is on PATH. */
 export async function hasCommand(name: string): Promise<boolean> {
@@ -46,7 +50,7 @@ export async function wrk(url: string, opts: WrkOptions): Promise<WrkResult> {
   try {
     const out = await new Deno.Command("wrk", {
       args: [
-        "-t1",
+        `-t${WRK_THREADS}`,
         `-c${opts.connections}`,
         `-d${opts.seconds}s`,
         "--latency",

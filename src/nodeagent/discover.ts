@@ -10,6 +10,14 @@ import { type CriuCapability, criuCapability } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import type { NodeInfo } from "../model/cluster.ts";
 
+/**
+ * The least vRAM (MB) a pod's CUDA context is charged on GPUs the driver
+ * reports, whatever node.json says: a context always costs memory beyond the
+ * pod's slice (the PyTorch sample worker held 708 MB beyond its tensors on
+ * an H200, driver 580), and a slice of a whole GPU must not fit.
+ */
+export const DRIVER_CONTEXT_MIN_MB = 1024;
+
 /** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
 export function gpuType(name: string): string {
   const m = name.match(/\b(B200|H200|H100|A100|A10G|A10|L40S|L40|L4|T4|V100|RTX ?\w+)\b/i);
@@ -18,8 +26,9 @@ export function gpuType(name: string): string {
 
 /**
  * Fills in what the node really has: GPUs from the CUDA driver (else those
- * node.json declares), and whether the driver's checkpoint API and CRIU
- * work here, with the reason when not.
+ * node.json declares; a context on the driver's GPUs is charged at least
+ * {@linkcode DRIVER_CONTEXT_MIN_MB}), and whether the driver's checkpoint API
+ * and CRIU work here, with the reason when not.
  */
 export async function discover(
   node: NodeInfo,
@@ -36,6 +45,7 @@ export async function discover(
         checkpointApi: cuda.hasCheckpointApi,
       };
       if (devices.length) {
+        out.contextOverheadMB = Math.max(node.contextOverheadMB, DRIVER_CONTEXT_MIN_MB);
         out.gpus = devices.map((d) => ({
           index: d.ordinal,
           type: gpuType(d.name),

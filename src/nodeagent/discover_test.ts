@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import { discover, gpuType } from "./discover.ts";
+import { discover, DRIVER_CONTEXT_MIN_MB, gpuType } from "./discover.ts";
 
 const node: NodeInfo = {
   name: "n1",
@@ -46,6 +46,10 @@ Deno.test({
         checkpointApi: true,
       });
       assert.equal(typeof found.criu?.available, "boolean");
+      // A CUDA context costs vRAM on a real GPU: a slice of the whole GPU must not fit.
+      assert.equal(found.contextOverheadMB, DRIVER_CONTEXT_MIN_MB);
+      const more = await discover({ ...node, contextOverheadMB: 3000 });
+      assert.equal(more.contextOverheadMB, 3000, "a larger charge from node.json stays");
     } finally {
       Deno.env.delete("INFERX_LIBCUDA");
     }
@@ -57,6 +61,7 @@ Deno.test("discover() keeps the GPUs node.json declares when there is no driver,
   try {
     const found = await discover(node);
     assert.deepEqual(found.gpus, node.gpus);
+    assert.equal(found.contextOverheadMB, 0, "declared GPUs are charged what node.json says");
     assert.equal(found.gpuDriver?.available, false);
     assert.match(found.gpuDriver!.reason!, /Cannot load \/nonexistent\/libcuda\.so\.1/);
   } finally {

@@ -12,6 +12,14 @@
  * Without them, workers share the host's network on a free port of the host
  * address.
  *
+ * A worker with GPUs gets the network namespace but shares the node's PID
+ * namespace: the CUDA driver finds its process in `/proc` by the PID it has,
+ * and in a PID namespace of its own that PID (1) names another process in
+ * the node's `/proc` (`cuInit` fails with 304, seen on an H200; a `/proc` of
+ * its own needs a mount namespace, which CRIU cannot dump here). Its image
+ * restores only while its PIDs are free: once, after it was parked in a file,
+ * not beside a running original.
+ *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
@@ -73,8 +81,16 @@ export interface ImageMeta {
   /** Its output file at the dump; a restored copy writes to its own instead. */
   logFile?: string;
   port: number;
-  /** Dumped from its own namespaces (restorable any number of times). */
+  /** Dumped from its own namespaces (network, and PID unless `ownPids` is false). */
   namespaced: boolean;
+  /**
+   * Dumped as the init of a PID namespace of its own: restorable any number
+   * of times, side by side. False for GPU workers: theirs restores only
+   * while PID `pid` is free. Absent in older images: as `namespaced`.
+   */
+  ownPids?: boolean;
+  /** The dumped process's PID, as the node saw it. */
+  pid?: number;
   /** It led its own session, so CRIU dumped it without `--shell-job`. */
   ownSession?: boolean;
   /** Its GPU memory was checkpointed into host memory before the dump. */
@@ -92,6 +108,8 @@ interface Child {
   net?: PodNet;
   /** Started under setsid: it leads its own session. */
   ownSession?: boolean;
+  /** The init of a PID namespace of its own (pod networks, no GPU). */
+  ownPids?: boolean;
   logFile?: string;
   logs: LogRing;
   stopping: boolean;
@@ -117,17 +135,20 @@ function signal(pid: number, sig: Deno.Signal): void {
   }
 }
 
+/** Whether `pid` is a live process (not gone, not a zombie). */
+async function pidAlive(pid: number): Promise<boolean> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return false;
+  }
+}
+
 /** Resolves when `pid` is gone (or a zombie): for processes that are not our children. */
 async function pidExited(pid: number): Promise<string> {
-  while (true) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) return "exited";
-    } catch {
-      return "exited";
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  while (await pidAlive(pid)) await new Promise((r) => setTimeout(r, 100));
+  return "exited";
 }
 
 /** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
@@ -285,11 +306,15 @@ export class ProcessRuntime implements PodRuntime {
     const env = this.#env(spec, listenHost, port, logFile);
     const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
     // nsenter joins the pod's network namespace; unshare makes the worker
-    // the init of a new PID namespace; setsid its own session: CRIU dumps
-    // whole sessions, and cannot dump one whose leader it cannot see (a
-    // node agent in a container whose session began outside it).
-    const argv = net
+    // the init of a new PID namespace (not a GPU worker: see the module's
+    // doc); setsid its own session: CRIU dumps whole sessions, and cannot
+    // dump one whose leader it cannot see (a node agent in a container whose
+    // session began outside it).
+    const ownPids = net !== undefined && spec.gpus.length === 0;
+    const argv = ownPids
       ? ["nsenter", `--net=${net.nsPath}`, "--", "unshare", "--pid", "--fork", "setsid", ...shell]
+      : net
+      ? ["nsenter", `--net=${net.nsPath}`, "--", "setsid", ...shell]
       : logFile && this.#options.criu
       ? ["setsid", ...shell]
       : logFile
@@ -325,7 +350,8 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
-      ownSession: argv[0] === "setsid",
+      ownSession: argv[0] === "setsid" || net !== undefined,
+      ownPids,
       logFile,
       logs,
       stopping: false,
@@ -340,7 +366,7 @@ export class ProcessRuntime implements PodRuntime {
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {
-      if (net) child.pid = await childOf(proc.pid);
+      if (ownPids) child.pid = await childOf(proc.pid);
       await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;
@@ -421,44 +447,32 @@ export class ProcessRuntime implements PodRuntime {
     }
   }
 
-  park(podId: string, tier: StandbyTier): Promise<void> {
+  async park(podId: string, tier: StandbyTier): Promise<void> {
     const child = this.#children.get(podId);
-    if (!child) {
-      return Promise.reject(
-        new InferxError("not_found", `Cannot park pod ${podId}: it is not running`),
-      );
-    }
+    if (!child) throw new InferxError("not_found", `Cannot park pod ${podId}: it is not running`);
     if (!this.standbyTiers.includes(tier)) {
-      return Promise.reject(
-        new InferxError(
-          "unsupported",
-          `Cannot park pod ${podId} in ${tier}: this node offers ${this.standbyTiers.join(", ")}`,
-        ),
+      throw new InferxError(
+        "unsupported",
+        `Cannot park pod ${podId} in ${tier}: this node offers ${this.standbyTiers.join(", ")}`,
       );
     }
-    if (tier === "file") return this.#parkToFile(podId, child);
-    if (tier === "host_memory") {
-      try {
-        this.#checkpointGpu(child.pid);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-    } else {
+    if (tier === "file") return await this.#parkToFile(podId, child);
+    if (tier === "host_memory") await this.#checkpointGpu(child.pid);
+    else {
       signal(child.pid, "SIGSTOP");
       child.paused = true;
     }
     child.tier = tier;
-    return Promise.resolve();
   }
 
   /** Tier 2: the driver moves the worker's GPU memory into its host memory. */
-  #checkpointGpu(pid: number): void {
+  async #checkpointGpu(pid: number): Promise<void> {
     const cuda = this.#options.cuda!;
-    cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
+    await cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
     try {
-      cuda.checkpoint(pid);
+      await cuda.checkpoint(pid);
     } catch (err) {
-      cuda.unlock(pid);
+      await cuda.unlock(pid);
       throw err;
     }
   }
@@ -474,10 +488,10 @@ export class ProcessRuntime implements PodRuntime {
     }
   }
 
-  #restoreGpu(pid: number): void {
+  async #restoreGpu(pid: number): Promise<void> {
     const cuda = this.#options.cuda!;
-    cuda.restore(pid);
-    cuda.unlock(pid);
+    await cuda.restore(pid);
+    await cuda.unlock(pid);
   }
 
   /**
@@ -487,7 +501,7 @@ export class ProcessRuntime implements PodRuntime {
   async #dump(child: Child, dir: string, leaveRunning: boolean): Promise<ImageMeta> {
     const gpu = this.#usesGpu(child.pid);
     const files = await openFiles(await processTree(child.pid));
-    if (gpu) this.#checkpointGpu(child.pid);
+    if (gpu) await this.#checkpointGpu(child.pid);
     try {
       await this.#options.criu!.dump(child.pid, dir, {
         leaveRunning,
@@ -496,13 +510,15 @@ export class ProcessRuntime implements PodRuntime {
         nice: leaveRunning ? this.#options.snapshotNice ?? 10 : 0,
       });
     } finally {
-      if (gpu && leaveRunning) this.#restoreGpu(child.pid);
+      if (gpu && leaveRunning) await this.#restoreGpu(child.pid);
     }
     const meta: ImageMeta = {
       files,
       logFile: child.logFile,
       port: child.port,
       namespaced: child.net !== undefined,
+      ownPids: child.ownPids === true,
+      pid: child.pid,
       ownSession: child.ownSession,
       gpu,
       gpus: child.gpus,
@@ -520,7 +536,7 @@ export class ProcessRuntime implements PodRuntime {
       child.gpu = meta.gpu;
     } catch (err) {
       child.dumping = false;
-      if (this.#usesGpuCheckpointed(child.pid)) this.#restoreGpu(child.pid);
+      if (this.#usesGpuCheckpointed(child.pid)) await this.#restoreGpu(child.pid);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new InferxError(
         "unavailable",
@@ -572,7 +588,7 @@ export class ProcessRuntime implements PodRuntime {
     });
     if (meta.gpu) {
       try {
-        this.#restoreGpu(pid);
+        await this.#restoreGpu(pid);
       } catch (err) {
         signal(pid, "SIGKILL");
         throw err;
@@ -600,26 +616,16 @@ export class ProcessRuntime implements PodRuntime {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
-  resume(podId: string): Promise<void> {
+  async resume(podId: string): Promise<void> {
     const child = this.#children.get(podId);
-    if (!child) {
-      return Promise.reject(
-        new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`),
-      );
-    }
-    if (child.tier === "file") return this.#resumeFromFile(podId, child);
-    if (child.tier === "host_memory") {
-      try {
-        this.#restoreGpu(child.pid);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-    } else {
+    if (!child) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
+    if (child.tier === "file") return await this.#resumeFromFile(podId, child);
+    if (child.tier === "host_memory") await this.#restoreGpu(child.pid);
+    else {
       signal(child.pid, "SIGCONT");
       child.paused = false;
     }
     child.tier = undefined;
-    return Promise.resolve();
   }
 
   /**
@@ -666,6 +672,12 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot restore pod ${spec.podId}: its snapshot uses GPU(s) [${dumped.gpus}], the pod got [${wanted}]`,
       );
     }
+    if (dumped && dumped.ownPids === false && dumped.pid && await pidAlive(dumped.pid)) {
+      throw new InferxError(
+        "unsupported", // the image is sound: kept for when its PIDs are free
+        `Cannot restore pod ${spec.podId}: its snapshot's PID ${dumped.pid} is in use (a GPU worker shares the node's PID namespace, so its snapshot restores only while the original is gone)`,
+      );
+    }
     const net = await this.#options.podNetworks!.create(spec.podId);
     const logFile = `${this.#snapshots}/${spec.podId}.log`;
     let pid: number;
@@ -687,6 +699,8 @@ export class ProcessRuntime implements PodRuntime {
       stopping: false,
       paused: false,
       gpus: meta.gpus,
+      ownPids: meta.ownPids ?? meta.namespaced,
+      ownSession: true,
       unfollow: followFile(logFile, logs),
       exited: pidExited(pid),
     };

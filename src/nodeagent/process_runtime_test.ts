@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
-import { openLibCuda } from "../ffi/libcuda.ts";
+import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
@@ -205,10 +205,11 @@ function sessionOf(pid: number): number {
   return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[3]);
 }
 
-/** A runtime with CRIU (and pod namespaces when `namespaced`) over a temporary directory. */
-async function criuRuntime(namespaced: boolean) {
+/** A runtime with CRIU (pod namespaces when `namespaced`, a driver when given) over a temporary directory. */
+async function criuRuntime(namespaced: boolean, cuda?: LibCuda) {
   const dir = await Deno.makeTempDir();
   const rt = new ProcessRuntime({
+    cuda,
     criu: new Criu(locateCriu()!),
     podNetworks: namespaced ? new PodNetworks({ prefix: "ixtest" }) : undefined,
     snapshotDir: dir,
@@ -250,6 +251,57 @@ for (const namespaced of [false, true]) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "ProcessRuntime runs a GPU worker in its own network namespace and the node's PID namespace, where the driver initialises; it parks in a file and resumes",
+  ignore: !criuCap.available || !netCap.available || fakeLibCudaUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // The fake driver's cuInit fails, as the real one did on an H200, where
+    // the caller's PID does not name it in /proc (a PID namespace of its own).
+    const lib = await buildFakeLibCuda();
+    const { cuda } = openLibCuda(lib);
+    const { dir, rt } = await criuRuntime(true, cuda);
+    const worker = `const r = Deno.dlopen(Deno.env.get("LIBCUDA"),
+      { cuInit: { parameters: ["u32"], result: "i32" } }).symbols.cuInit(0);
+      if (r !== 0) { console.error("cuInit: " + r); Deno.exit(3); }
+      ${COUNTER}`;
+    const gpuSpec = spec(["deno", "eval", worker], { gpus: [{ index: 0, vramMB: 1000 }] });
+    gpuSpec.template.envs.push(["LIBCUDA", lib]);
+    try {
+      const pod = await rt.start(gpuSpec);
+      assert.match(pod.endpoint, /^10\./, "in a pod network namespace");
+      assert.equal(await count(pod.endpoint), 1);
+      const pid = rt.pidOf("pod-test")!;
+      const nsOf = (p: number | string, ns: string) => Deno.readLinkSync(`/proc/${p}/ns/${ns}`);
+      assert.equal(nsOf(pid, "pid"), nsOf("self", "pid"), "the node's PID namespace");
+      assert.notEqual(nsOf(pid, "net"), nsOf("self", "net"), "a network namespace of its own");
+      await rt.park("pod-test", "file");
+      assert.equal(rt.pidOf("pod-test"), undefined);
+      await rt.resume("pod-test");
+      assert.equal(rt.pidOf("pod-test"), pid, "CRIU gives it back its PID");
+      assert.equal(await count(pod.endpoint), 2);
+      // Its snapshot cannot restore beside it: the node says why and keeps the image.
+      await rt.snapshot("pod-test", `${dir}/image`);
+      assert.equal(await count(pod.endpoint), 3, "it runs on after its snapshot");
+      await assert.rejects(
+        rt.restore({ ...gpuSpec, podId: "copy-1" }, `${dir}/image`),
+        (err: InferxError) => {
+          assert.equal(err.code, "unsupported");
+          assert.match(err.message, new RegExp(`PID ${pid} is in use`));
+          return true;
+        },
+      );
+    } finally {
+      await rt.stop("pod-test");
+      cuda!.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(lib.replace(/\/[^/]+$/, ""), { recursive: true });
+    }
+  },
+});
 
 Deno.test({
   name:

@@ -76,7 +76,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "GPU: discovery, two workers on one GPU by vRAM slice, host-memory park and restore keep the answers",
+    "GPU: discovery, two workers on one GPU by vRAM slice, host-memory park and restore keep the answers, a third that does not fit runs once an idle one parks, a slice too big is refused",
   ignore: noGpu !== undefined,
   sanitizeOps: false,
   sanitizeResources: false,
@@ -87,7 +87,15 @@ Deno.test({
       assert.ok(node.gpus.length > 0 && node.gpuDriver.available, JSON.stringify(node));
       const put = (body: unknown) => putObject(p.url, body);
       await createNamespace(p.url, "g", "n");
-      for (const name of ["a", "b"]) {
+      const vram = node.gpus[0].vramMB as number;
+      // Each parks in host memory (freeing its vRAM) a second after its last call.
+      const fns: [string, number][] = [
+        ["a", Math.floor(vram / 3)],
+        ["b", Math.floor(vram / 3)],
+        ["c", Math.floor(vram * 0.7)],
+        ["whole", vram],
+      ];
+      for (const [name, vRam] of fns) {
         const r = await put({
           type: "function",
           tenant: "g",
@@ -97,11 +105,7 @@ Deno.test({
             image: "x",
             commands: WORKER,
             envs: [["MODEL_MB", "2000"]],
-            resources: {
-              CPU: 500,
-              Mem: 4000,
-              GPU: { Count: 1, vRam: Math.floor(node.gpus[0].vramMB / 3) },
-            },
+            resources: { CPU: 500, Mem: 4000, GPU: { Count: 1, vRam } },
             startup_timeout: 300,
             policy: { Obj: { scalein_timeout: 1, standby_per_node: 1 } },
           },
@@ -126,6 +130,24 @@ Deno.test({
       assert.equal(a2.headers.get("x-inferx-resumed"), "1");
       assert.deepEqual(a2.body.choices, a1.body.choices, "the restored model answers as before");
       assert.equal(b1.status, 200);
+      // vRAM runs out: c's slice does not fit beside the resumed a's; c runs once a,
+      // idle, parks in host memory and gives its vRAM back.
+      const c1 = await call("c");
+      assert.equal(c1.status, 200, JSON.stringify(c1.body));
+      const holding = async (f: string) =>
+        ((await request(`${p.url}/pods/g/n/${f}`)).body as Json[]).filter((pod) =>
+          !["Terminated", "Failed"].includes(pod.state) &&
+          !(pod.state === "Standby" && ["host_memory", "file"].includes(pod.standbyTier))
+        );
+      const slices = (pods: Json[]) => pods.reduce((sum, pod) => sum + pod.gpus[0].vramMB, 0);
+      const held = slices(await holding("b")) + slices(await holding("c"));
+      assert.ok(held <= vram, `slices holding vRAM: ${held} MB of ${vram} MB`);
+      assert.deepEqual(await holding("a"), [], "a gave its vRAM up for c");
+      // A slice of the whole GPU never fits beside the driver's context: refused at once.
+      const whole = await call("whole");
+      assert.equal(whole.status, 503, JSON.stringify(whole.body));
+      assert.equal(whole.body.error.code, "unschedulable");
+      assert.match(whole.body.error.message, /vRAM/);
     } finally {
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });

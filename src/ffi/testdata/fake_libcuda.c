@@ -4,14 +4,21 @@
  * (RUNNING -> lock -> LOCKED -> checkpoint -> CHECKPOINTED -> restore ->
  * LOCKED -> unlock -> RUNNING; anything else is CUDA_ERROR_ILLEGAL_STATE).
  * Build with -DNO_CHECKPOINT for a driver without the checkpoint API.
+ * Like the real driver (seen on an H200, driver 580), cuInit fails with
+ * CUDA_ERROR_OPERATING_SYSTEM where the process's PID does not name it in
+ * /proc: in a PID namespace of its own that shares the node's /proc.
+ * Checkpoint and restore take FAKE_CUDA_COPY_MS milliseconds (env, read at
+ * each call), as the real driver's copies take seconds.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum {
   SUCCESS = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
-  ILLEGAL_STATE = 401, NOT_FOUND = 500
+  OPERATING_SYSTEM = 304, ILLEGAL_STATE = 401, NOT_FOUND = 500
 };
 enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2 };
 
@@ -22,6 +29,9 @@ static unsigned int last_lock_timeout = 0;
 
 int cuInit(unsigned int flags) {
   if (flags != 0) return INVALID_VALUE;
+  char self[32] = {0};
+  ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+  if (n <= 0 || atoi(self) != getpid()) return OPERATING_SYSTEM;
   initialized = 1;
   return SUCCESS;
 }
@@ -58,6 +68,11 @@ int cuDeviceGetUuid(unsigned char *uuid, int dev) {
 }
 
 #ifndef NO_CHECKPOINT
+static void copy_delay(void) {
+  const char *ms = getenv("FAKE_CUDA_COPY_MS");
+  if (ms) usleep((useconds_t)atoi(ms) * 1000);
+}
+
 /* Processes are known once they appear; pid 0 and below are invalid, pid 424242 is unknown. */
 static int *state_of(int pid) {
   if (pid == 424242) return NULL;
@@ -87,6 +102,7 @@ int cuCheckpointProcessCheckpoint(int pid, void *args) {
   (void)args;
   PROLOGUE
   if (*s != LOCKED) return ILLEGAL_STATE;
+  copy_delay();
   *s = CHECKPOINTED;
   return SUCCESS;
 }
@@ -94,6 +110,7 @@ int cuCheckpointProcessRestore(int pid, void *args) {
   (void)args;
   PROLOGUE
   if (*s != CHECKPOINTED) return ILLEGAL_STATE;
+  copy_delay();
   *s = LOCKED;
   return SUCCESS;
 }

@@ -1,10 +1,13 @@
 """GPU sample worker: a model of configurable size with random weights on the GPU.
 
-Serves /health, /v1/completions and /v1/bandwidth (host-to-device copy
-bandwidth, for bench/gpu_restore.ts). Honours the platform's environment:
+Serves /health (model size, slice, load time, memory the allocator holds),
+/v1/completions and /v1/bandwidth?mb=N (copy bandwidths host to device,
+pinned and pageable, and device to host, for bench/gpu_restore.ts). Honours the platform's environment:
 PORT, HOST, CUDA_VISIBLE_DEVICES (set by the node agent) and INFERX_VRAM_MB
 (its vRAM slice: the process may not allocate beyond it). Model size:
-MODEL_MB (default: 60% of the slice). Needs PyTorch with CUDA.
+MODEL_MB (default: 60% of the slice). WEIGHTS_FILE: load the weights from
+this file (raw fp16) when it exists, else make them and write it. Needs
+PyTorch with CUDA.
 """
 
 import json
@@ -12,6 +15,7 @@ import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 try:
     import torch
@@ -35,9 +39,23 @@ VOCAB = 32000
 layer_mb = HIDDEN * HIDDEN * 2 // (1024 * 1024)
 layers = max(1, MODEL_MB // layer_mb)
 torch.manual_seed(int(os.environ.get("MODEL_SEED", "7")))
+WEIGHTS_FILE = os.environ.get("WEIGHTS_FILE")
 t0 = time.perf_counter()
-WEIGHTS = [torch.randn(HIDDEN, HIDDEN, dtype=torch.float16, device=DEVICE) / HIDDEN**0.5 for _ in range(layers)]
-EMBED = torch.randn(VOCAB, HIDDEN, dtype=torch.float16, device=DEVICE) / HIDDEN**0.5
+if WEIGHTS_FILE and os.path.exists(WEIGHTS_FILE):
+    # Load the weights as a model server does: from a file (mapped, read through the page cache) to the GPU.
+    n = HIDDEN * HIDDEN
+    flat = torch.from_file(WEIGHTS_FILE, shared=False, size=layers * n + VOCAB * HIDDEN, dtype=torch.float16)
+    WEIGHTS = [flat[i * n:(i + 1) * n].view(HIDDEN, HIDDEN).to(DEVICE) for i in range(layers)]
+    EMBED = flat[layers * n:].view(VOCAB, HIDDEN).to(DEVICE)
+    del flat
+else:
+    WEIGHTS = [torch.randn(HIDDEN, HIDDEN, dtype=torch.float16, device=DEVICE) / HIDDEN**0.5 for _ in range(layers)]
+    EMBED = torch.randn(VOCAB, HIDDEN, dtype=torch.float16, device=DEVICE) / HIDDEN**0.5
+    if WEIGHTS_FILE:  # made here, kept for the next start
+        with open(WEIGHTS_FILE + ".tmp", "wb") as out:
+            for w in WEIGHTS + [EMBED]:
+                out.write(w.cpu().numpy().tobytes())
+        os.replace(WEIGHTS_FILE + ".tmp", WEIGHTS_FILE)
 torch.cuda.synchronize()
 LOAD_S = time.perf_counter() - t0
 print("gpu worker: %d layers, %d MB on %s in %.2f s" % (layers, layers * layer_mb, torch.cuda.get_device_name(DEVICE), LOAD_S), flush=True)
@@ -58,16 +76,34 @@ def generate(prompt: str, max_tokens: int) -> list:
     return out
 
 
-def bandwidth(mb: int) -> float:
-    """Host-to-device copy bandwidth (GB/s) of a pinned buffer of `mb` megabytes."""
-    host = torch.empty(mb * 1024 * 1024, dtype=torch.uint8).pin_memory()
-    dev = torch.empty_like(host, device=DEVICE)
-    dev.copy_(host, non_blocking=True)  # warm-up
+def _copy_gbps(dst, src, mb: int) -> float:
+    """GB/s of copying `src` into `dst` (`mb` megabytes), the best of three after a warm-up."""
+    dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize()
-    t = time.perf_counter()
-    dev.copy_(host, non_blocking=True)
-    torch.cuda.synchronize()
-    return mb / 1024 / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return mb / 1024 / best
+
+
+def bandwidth(mb: int) -> dict:
+    """Copy bandwidths (GB/s) of a buffer of `mb` megabytes: host to device from pinned and
+    from pageable memory, and device to pinned host memory."""
+    pageable = torch.empty(mb * 1024 * 1024, dtype=torch.uint8)
+    pinned = pageable.pin_memory()
+    dev = torch.empty_like(pinned, device=DEVICE)
+    out = {
+        "mb": mb,
+        "h2d_gbps": _copy_gbps(dev, pinned, mb),
+        "h2d_pageable_gbps": _copy_gbps(dev, pageable, mb),
+        "d2h_gbps": _copy_gbps(pinned, dev, mb),
+    }
+    del pageable, pinned, dev
+    torch.cuda.empty_cache()
+    return out
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -81,9 +117,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            return self._send(200, {"status": "ok", "model_mb": layers * layer_mb, "slice_mb": SLICE_MB})
+            return self._send(200, {
+                "status": "ok",
+                "model_mb": layers * layer_mb,
+                "slice_mb": SLICE_MB,
+                "load_s": LOAD_S,
+                "reserved_mb": torch.cuda.memory_reserved(DEVICE) // (1024 * 1024),
+            })
         if self.path.startswith("/v1/bandwidth"):
-            return self._send(200, {"h2d_gbps": bandwidth(1024)})
+            query = parse_qs(urlparse(self.path).query)
+            try:
+                mb = int(query.get("mb", ["1024"])[0])
+                if not 1 <= mb <= 65536:
+                    raise ValueError
+            except ValueError:
+                return self._send(400, {"error": {"message": "mb must be an integer in 1..65536"}})
+            return self._send(200, bandwidth(mb))
         self._send(404, {"error": {"message": "No route for " + self.path}})
 
     def do_POST(self) -> None:
