@@ -124,6 +124,8 @@ interface Child {
   exited: Promise<string>;
   /** Stops following its output file. */
   unfollow?: () => void;
+  /** The last of its park, resume and snapshot operations, which run one after another. */
+  ops?: Promise<void>;
 }
 
 /** Sends `sig` to `pid`, ignoring a process already gone. */
@@ -456,13 +458,26 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot park pod ${podId} in ${tier}: this node offers ${this.standbyTiers.join(", ")}`,
       );
     }
-    if (tier === "file") return await this.#parkToFile(podId, child);
-    if (tier === "host_memory") await this.#checkpointGpu(child.pid);
-    else {
-      signal(child.pid, "SIGSTOP");
-      child.paused = true;
-    }
-    child.tier = tier;
+    return await this.#serial(child, async () => {
+      if (tier === "file") return await this.#parkToFile(podId, child);
+      if (tier === "host_memory") await this.#checkpointGpu(child.pid);
+      else {
+        signal(child.pid, "SIGSTOP");
+        child.paused = true;
+      }
+      child.tier = tier;
+    });
+  }
+
+  /**
+   * Runs `op` once the pod's earlier park, resume or snapshot has ended: a
+   * checkpoint takes seconds on a real GPU (28 s for 60 GB on an H200), and a
+   * resume asked for meanwhile must find the pod parked, not half way.
+   */
+  #serial<T>(child: Child, op: () => Promise<T>): Promise<T> {
+    const run = (child.ops ?? Promise.resolve()).then(op);
+    child.ops = run.then(() => {}, () => {});
+    return run;
   }
 
   /** Tier 2: the driver moves the worker's GPU memory into its host memory. */
@@ -619,13 +634,15 @@ export class ProcessRuntime implements PodRuntime {
   async resume(podId: string): Promise<void> {
     const child = this.#children.get(podId);
     if (!child) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
-    if (child.tier === "file") return await this.#resumeFromFile(podId, child);
-    if (child.tier === "host_memory") await this.#restoreGpu(child.pid);
-    else {
-      signal(child.pid, "SIGCONT");
-      child.paused = false;
-    }
-    child.tier = undefined;
+    return await this.#serial(child, async () => {
+      if (child.tier === "file") return await this.#resumeFromFile(podId, child);
+      if (child.tier === "host_memory") await this.#restoreGpu(child.pid);
+      else {
+        signal(child.pid, "SIGCONT");
+        child.paused = false;
+      }
+      child.tier = undefined;
+    });
   }
 
   /**
@@ -634,7 +651,14 @@ export class ProcessRuntime implements PodRuntime {
    */
   async snapshot(podId: string, dir: string): Promise<SnapshotTaken> {
     const child = this.#children.get(podId);
-    if (!child || child.tier !== undefined) {
+    if (!child) {
+      throw new InferxError("not_found", `Cannot snapshot pod ${podId}: it is not running`);
+    }
+    return await this.#serial(child, () => this.#snapshot(podId, child, dir));
+  }
+
+  async #snapshot(podId: string, child: Child, dir: string): Promise<SnapshotTaken> {
+    if (child.tier !== undefined) {
       throw new InferxError("not_found", `Cannot snapshot pod ${podId}: it is not running`);
     }
     if (!this.snapshots || !child.net) {

@@ -127,6 +127,40 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "ProcessRuntime: a resume asked for while the driver still checkpoints waits for it, and brings the pod back",
+  ignore: fakeLibCudaUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // A checkpoint takes seconds on a real GPU; the fake takes 300 ms a copy.
+    Deno.env.set("FAKE_CUDA_COPY_MS", "300");
+    const { cuda } = openLibCuda(await buildFakeLibCuda());
+    assert.ok(cuda);
+    const rt = new ProcessRuntime({ cuda });
+    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+    try {
+      const pid = rt.pidOf("pod-test")!;
+      const order: string[] = [];
+      const parked = rt.park("pod-test", "host_memory").then(() => order.push("parked"));
+      const resumed = rt.resume("pod-test").then(() => order.push("resumed"));
+      await Promise.all([parked, resumed]);
+      assert.deepEqual(order, ["parked", "resumed"]);
+      assert.equal(cuda.processState(pid), "running", "its GPU memory is back");
+      assert.equal((await fetch(`http://${pod.endpoint}/`)).status, 200);
+      // And it parks again as usual.
+      await rt.park("pod-test", "host_memory");
+      assert.equal(cuda.processState(pid), "checkpointed");
+      await rt.resume("pod-test");
+    } finally {
+      Deno.env.delete("FAKE_CUDA_COPY_MS");
+      await rt.stop("pod-test");
+      cuda.close();
+    }
+  },
+});
+
 Deno.test("ProcessRuntime offers only the paused tier without a checkpoint-capable driver", () => {
   assert.deepEqual(new ProcessRuntime().standbyTiers, ["paused"]);
 });
