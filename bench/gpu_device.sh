@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything GPU-shaped, in one run on a machine with a GPU and no package
 # registry: discovery through FFI, the GPU end-to-end test (two workers by
-# vRAM slice, host-memory park and restore, eviction and refusal when vRAM
-# runs out), bench/gpu_restore.ts (host-memory tier at two model sizes, then
-# the file tier after a GPU checkpoint; first, as its figures matter most)
-# and bench/gateway.ts with 1, 2, 4
-# and 8 gateway workers. Each step has its own time limit and its own output
-# file; a failing step does not stop the others.
+# vRAM slice, host-memory park and restore, a third that waits for vRAM, a
+# slice too big refused), a probe of cuInit in each kind of namespace,
+# bench/gpu_restore.ts (host-memory tier at two model sizes, then the file
+# tier after a GPU checkpoint; before the test, as its figures matter most)
+# and bench/gateway.ts with 1, 2, 4 and 8 gateway workers. Each step has its
+# own time limit and its own output file; a failing step does not stop the
+# others.
 #
 #   here:  bash bench/gpu_device.sh pack    # Deno, node_modules, CRIU, wrk, nginx, ip into .device/
 #   there: bash bench/gpu_device.sh run OUT_DIR [model MB,MB] [gateway seconds]
@@ -74,7 +75,8 @@ step() {
 
 # Whether CUDA initialises in each kind of namespace a pod may get (cuInit's
 # CUresult and the device count, through ctypes): host, network only, PID
-# only, PID with its own /proc, and both as the process runtime starts pods.
+# only, PID with its own /proc, network + PID as the process runtime starts
+# pods without GPUs, and network + own session as it starts GPU pods.
 namespaces() {
   local probe='import ctypes, os
 l = ctypes.CDLL("libcuda.so.1"); n = ctypes.c_int(-1); r = l.cuInit(0)
@@ -85,7 +87,8 @@ print("getpid", os.getpid(), "cuInit", r, "devices", n.value)'
   local ns=/run/netns/ixgpuprobe
   for v in "host:" "net:nsenter --net=$ns --" "pid:unshare --pid --fork" \
     "pid+proc:unshare --pid --fork --mount-proc" \
-    "net+pid+setsid:nsenter --net=$ns -- unshare --pid --fork setsid"; do
+    "net+pid+setsid:nsenter --net=$ns -- unshare --pid --fork setsid" \
+    "net+setsid:nsenter --net=$ns -- setsid"; do
     echo "${v%%:*}: $(timeout 60 ${v#*:} python3 -c "$probe" 2>&1 | tail -1)"
   done
   ip netns del ixgpuprobe

@@ -133,6 +133,9 @@ export function openLibCuda(path = Deno.env.get("INFERX_LIBCUDA") ?? "libcuda.so
 /** An opened, initialised CUDA driver. */
 export class LibCuda {
   #lib: Lib;
+  /** Nonblocking calls running on other threads, with the argument buffers they read. */
+  #inFlight = new Set<Uint8Array | null>();
+  #closed = false;
 
   constructor(lib: Lib) {
     this.#lib = lib;
@@ -190,6 +193,7 @@ export class LibCuda {
   #checkpointCall<K extends keyof typeof CHECKPOINT>(
     name: K,
   ): NonNullable<Lib["symbols"][K]> {
+    if (this.#closed) throw new InferxError("unavailable", `${name}: the CUDA driver was closed`);
     const fn = this.#lib.symbols[name];
     if (!fn || !this.hasCheckpointApi) {
       throw new InferxError(
@@ -211,7 +215,17 @@ export class LibCuda {
     args: Uint8Array | null = null,
   ): Promise<void> {
     const call = this.#checkpointCall(name);
-    this.#check(name, await call(pid, args));
+    // The set holds `args` (the other thread reads it) and tells close() to wait.
+    const entry = args ?? new Uint8Array(0);
+    this.#inFlight.add(entry);
+    let result: number;
+    try {
+      result = await call(pid, args);
+    } finally {
+      this.#inFlight.delete(entry);
+      if (this.#closed && this.#inFlight.size === 0) this.#lib.close();
+    }
+    this.#check(name, result);
   }
 
   /** The checkpoint state of process `pid`. */
@@ -257,9 +271,14 @@ export class LibCuda {
     return tid[0];
   }
 
-  /** Unloads the library. */
+  /**
+   * Unloads the library; once the nonblocking calls in flight have returned,
+   * when there are any (unloading it under them would crash the process).
+   */
   close(): void {
-    this.#lib.close();
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#inFlight.size === 0) this.#lib.close();
   }
 }
 

@@ -111,6 +111,23 @@ t(
   },
 );
 
+t("closing the driver while a checkpoint runs waits for it; later calls are refused", async () => {
+  Deno.env.set("FAKE_CUDA_COPY_MS", "300");
+  const { cuda } = openLibCuda(await buildFake());
+  assert.ok(cuda);
+  try {
+    await cuda.lock(556);
+    const copying = cuda.checkpoint(556);
+    cuda.close(); // the library stays loaded under the call (unloading it would crash)
+    await copying;
+    await assert.rejects(cuda.unlock(556), /the CUDA driver was closed/);
+    assert.throws(() => cuda.processState(556), /the CUDA driver was closed/);
+  } finally {
+    Deno.env.delete("FAKE_CUDA_COPY_MS");
+    cuda.close();
+  }
+});
+
 t("a driver without the checkpoint API is a missing capability, not a crash", async () => {
   const { cuda } = openLibCuda(await buildFake(["-DNO_CHECKPOINT"]));
   assert.ok(cuda);

@@ -216,6 +216,7 @@ export class NodeAgent implements NodeAgentClient {
     this.#runtime.park(pod.id, tier).then(
       () => this.#setStatus(pod.id, { state: "Standby", standbyTier: tier }),
       (err: Error) => {
+        if (local.phase !== "parked") return; // stopped meanwhile
         local.phase = "running";
         log.warn("Cannot park pod {pod}: {error}", { pod: pod.id, error: err.message });
         this.#setStatus(pod.id, { state: "Failed", error: `Cannot park: ${err.message}` });
@@ -324,7 +325,12 @@ export class NodeAgent implements NodeAgentClient {
     }
     const running = await this.#runtime.start(spec);
     let snapshotMs: number | undefined;
-    if (snaps && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting") {
+    // GPU workers share the node's PID namespace: no copy of one could be restored beside it.
+    const gpu = pod.gpus.length > 0;
+    if (snaps && gpu) notes.push("No snapshot taken: GPU workers are not snapshotted");
+    if (
+      snaps && !gpu && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting"
+    ) {
       const t0 = performance.now();
       const warm = await this.#sampleQuery(pod, running.endpoint);
       const note = warm ??

@@ -16,9 +16,9 @@
  * namespace: the CUDA driver finds its process in `/proc` by the PID it has,
  * and in a PID namespace of its own that PID (1) names another process in
  * the node's `/proc` (`cuInit` fails with 304, seen on an H200; a `/proc` of
- * its own needs a mount namespace, which CRIU cannot dump here). Its image
- * restores only while its PIDs are free: once, after it was parked in a file,
- * not beside a running original.
+ * its own needs a mount namespace, which CRIU cannot dump here). So it is
+ * not snapshotted (a copy could not be restored beside it); parked in a
+ * file, its own pod resumes from the image with the PIDs it had.
  *
  * @module
  */
@@ -85,12 +85,11 @@ export interface ImageMeta {
   namespaced: boolean;
   /**
    * Dumped as the init of a PID namespace of its own: restorable any number
-   * of times, side by side. False for GPU workers: theirs restores only
-   * while PID `pid` is free. Absent in older images: as `namespaced`.
+   * of times, side by side. False for GPU workers (parked in a file: their
+   * own pod resumes from it, with the PIDs it had). Absent in older images:
+   * as `namespaced`.
    */
   ownPids?: boolean;
-  /** The dumped process's PID, as the node saw it. */
-  pid?: number;
   /** It led its own session, so CRIU dumped it without `--shell-job`. */
   ownSession?: boolean;
   /** Its GPU memory was checkpointed into host memory before the dump. */
@@ -144,6 +143,15 @@ async function pidAlive(pid: number): Promise<boolean> {
     return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
   } catch {
     return false;
+  }
+}
+
+/** Resolves when no process, not even a zombie, holds `pid`; throws after `timeoutMs`. */
+async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (await Deno.stat(`/proc/${pid}`).then(() => true, () => false)) {
+    if (Date.now() > deadline) throw new Error(`PID ${pid} is still taken (an unreaped process)`);
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 
@@ -431,6 +439,10 @@ export class ProcessRuntime implements PodRuntime {
     const child = this.#children.get(podId);
     if (!child) return;
     child.stopping = true;
+    // A park, resume or snapshot under way ends first (a checkpoint or a
+    // restore cut off half way leaves a process nobody owns); those queued
+    // behind it see `stopping` and give up.
+    await child.ops;
     if (child.tier !== "file") {
       signal(child.pid, "SIGTERM");
       // A stopped process only sees SIGTERM once continued.
@@ -475,7 +487,10 @@ export class ProcessRuntime implements PodRuntime {
    * resume asked for meanwhile must find the pod parked, not half way.
    */
   #serial<T>(child: Child, op: () => Promise<T>): Promise<T> {
-    const run = (child.ops ?? Promise.resolve()).then(op);
+    const run = (child.ops ?? Promise.resolve()).then(() => {
+      if (child.stopping) throw new InferxError("not_found", "The pod is being stopped");
+      return op();
+    });
     child.ops = run.then(() => {}, () => {});
     return run;
   }
@@ -533,7 +548,6 @@ export class ProcessRuntime implements PodRuntime {
       port: child.port,
       namespaced: child.net !== undefined,
       ownPids: child.ownPids === true,
-      pid: child.pid,
       ownSession: child.ownSession,
       gpu,
       gpus: child.gpus,
@@ -617,6 +631,10 @@ export class ProcessRuntime implements PodRuntime {
     const dir = `${this.#snapshots}/${podId}`;
     let pid: number;
     try {
+      // Outside a PID namespace of its own it comes back with the PID it had,
+      // which its dumped process holds until its parent reaps it (a restored
+      // one's parent is not this process).
+      if (!child.ownPids) await pidFreed(child.pid, 10_000);
       ({ pid } = await this.#restore(podId, dir, child.net, child.logFile));
     } catch (err) {
       throw new InferxError(
@@ -667,6 +685,12 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot snapshot pod ${podId}: snapshots need CRIU and pod namespaces`,
       );
     }
+    if (!child.ownPids) {
+      throw new InferxError(
+        "unsupported",
+        `Cannot snapshot pod ${podId}: a GPU worker shares the node's PID namespace, so no copy could be restored beside it`,
+      );
+    }
     const t0 = performance.now();
     try {
       await this.#dump(child, dir, true);
@@ -696,10 +720,10 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot restore pod ${spec.podId}: its snapshot uses GPU(s) [${dumped.gpus}], the pod got [${wanted}]`,
       );
     }
-    if (dumped && dumped.ownPids === false && dumped.pid && await pidAlive(dumped.pid)) {
+    if (dumped?.ownPids === false) {
       throw new InferxError(
-        "unsupported", // the image is sound: kept for when its PIDs are free
-        `Cannot restore pod ${spec.podId}: its snapshot's PID ${dumped.pid} is in use (a GPU worker shares the node's PID namespace, so its snapshot restores only while the original is gone)`,
+        "unsupported",
+        `Cannot restore pod ${spec.podId}: its image was dumped from the node's PID namespace (a GPU worker), so a copy would need PIDs that may be taken`,
       );
     }
     const net = await this.#options.podNetworks!.create(spec.podId);

@@ -317,17 +317,22 @@ Deno.test({
       await rt.resume("pod-test");
       assert.equal(rt.pidOf("pod-test"), pid, "CRIU gives it back its PID");
       assert.equal(await count(pod.endpoint), 2);
-      // Its snapshot cannot restore beside it: the node says why and keeps the image.
-      await rt.snapshot("pod-test", `${dir}/image`);
-      assert.equal(await count(pod.endpoint), 3, "it runs on after its snapshot");
+      // No copy of it could be restored beside it: it is not snapshotted, saying why.
+      await assert.rejects(rt.snapshot("pod-test", `${dir}/image`), (err: InferxError) => {
+        assert.equal(err.code, "unsupported");
+        assert.match(err.message, /shares the node's PID namespace/);
+        return true;
+      });
+      assert.equal(await count(pod.endpoint), 3, "it runs on");
+      // Nor is its file image restored as a copy.
+      await rt.park("pod-test", "file");
       await assert.rejects(
-        rt.restore({ ...gpuSpec, podId: "copy-1" }, `${dir}/image`),
-        (err: InferxError) => {
-          assert.equal(err.code, "unsupported");
-          assert.match(err.message, new RegExp(`PID ${pid} is in use`));
-          return true;
-        },
+        rt.restore({ ...gpuSpec, podId: "copy-1" }, `${dir}/pod-test`),
+        (err: InferxError) =>
+          err.code === "unsupported" && /node's PID namespace/.test(err.message),
       );
+      await rt.resume("pod-test");
+      assert.equal(await count(pod.endpoint), 4);
     } finally {
       await rt.stop("pod-test");
       cuda!.close();

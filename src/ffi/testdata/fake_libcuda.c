@@ -8,8 +8,11 @@
  * CUDA_ERROR_OPERATING_SYSTEM where the process's PID does not name it in
  * /proc: in a PID namespace of its own that shares the node's /proc.
  * Checkpoint and restore take FAKE_CUDA_COPY_MS milliseconds (env, read at
- * each call), as the real driver's copies take seconds.
+ * each call), as the real driver's copies take seconds. Calls may come from
+ * several threads (the platform makes the checkpoint calls nonblocking): the
+ * state table is behind a mutex, the copy delay outside it.
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -80,52 +83,65 @@ static int *state_of(int pid) {
   for (int i = 0; i < 64; i++) if (pids[i] == 0) { pids[i] = pid; states[i] = RUNNING; return &states[i]; }
   return NULL;
 }
+static pthread_mutex_t table = PTHREAD_MUTEX_INITIALIZER;
+/* The state of `pid` under the table's lock, or the error code (the lock not held). */
+static int locked_state_of(int pid, int **s) {
+  if (!initialized) return NOT_INITIALIZED;
+  if (pid <= 0) return INVALID_VALUE;
+  pthread_mutex_lock(&table);
+  *s = state_of(pid);
+  if (*s) return SUCCESS;
+  pthread_mutex_unlock(&table);
+  return NOT_FOUND;
+}
 #define PROLOGUE \
-  if (!initialized) return NOT_INITIALIZED; \
-  if (pid <= 0) return INVALID_VALUE; \
-  int *s = state_of(pid); \
-  if (!s) return NOT_FOUND;
+  int *s; \
+  int found = locked_state_of(pid, &s); \
+  if (found != SUCCESS) return found;
+#define RETURN(code) do { pthread_mutex_unlock(&table); return (code); } while (0)
 
 int cuCheckpointProcessGetState(int pid, int *state) {
   PROLOGUE
   *state = *s;
-  return SUCCESS;
+  RETURN(SUCCESS);
 }
 int cuCheckpointProcessLock(int pid, void *args) {
   PROLOGUE
-  if (*s != RUNNING) return ILLEGAL_STATE;
+  if (*s != RUNNING) RETURN(ILLEGAL_STATE);
   if (args) memcpy(&last_lock_timeout, args, sizeof last_lock_timeout);
   *s = LOCKED;
-  return SUCCESS;
+  RETURN(SUCCESS);
+}
+/* Moves `pid` from `from` to `to`, taking the copy's time between the two. */
+static int copy_step(int pid, int from, int to) {
+  PROLOGUE
+  if (*s != from) RETURN(ILLEGAL_STATE);
+  pthread_mutex_unlock(&table);
+  copy_delay();
+  pthread_mutex_lock(&table);
+  *s = to;
+  RETURN(SUCCESS);
 }
 int cuCheckpointProcessCheckpoint(int pid, void *args) {
   (void)args;
-  PROLOGUE
-  if (*s != LOCKED) return ILLEGAL_STATE;
-  copy_delay();
-  *s = CHECKPOINTED;
-  return SUCCESS;
+  return copy_step(pid, LOCKED, CHECKPOINTED);
 }
 int cuCheckpointProcessRestore(int pid, void *args) {
   (void)args;
-  PROLOGUE
-  if (*s != CHECKPOINTED) return ILLEGAL_STATE;
-  copy_delay();
-  *s = LOCKED;
-  return SUCCESS;
+  return copy_step(pid, CHECKPOINTED, LOCKED);
 }
 int cuCheckpointProcessUnlock(int pid, void *args) {
   (void)args;
   PROLOGUE
-  if (*s != LOCKED) return ILLEGAL_STATE;
+  if (*s != LOCKED) RETURN(ILLEGAL_STATE);
   *s = RUNNING;
-  return SUCCESS;
+  RETURN(SUCCESS);
 }
 int cuCheckpointProcessGetRestoreThreadId(int pid, int *tid) {
   PROLOGUE
   /* The fake's restore thread id echoes the last lock timeout, so the test
      can see that the lock arguments crossed the FFI boundary intact. */
   *tid = pid + (int)last_lock_timeout;
-  return SUCCESS;
+  RETURN(SUCCESS);
 }
 #endif
