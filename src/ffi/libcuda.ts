@@ -145,8 +145,14 @@ export class LibCuda {
   get hasCheckpointApi(): boolean {
     // A missing nonblocking symbol is a function that throws when called, not
     // null: the blocking ones tell (the API came whole, with driver 550).
-    return this.#lib.symbols.cuCheckpointProcessGetState !== null &&
+    return !this.#closed && this.#lib.symbols.cuCheckpointProcessGetState !== null &&
       this.#lib.symbols.cuCheckpointProcessGetRestoreThreadId !== null;
+  }
+
+  /** The library, unless it was closed (a call into an unloaded library would crash). */
+  #live(call: string): Lib["symbols"] {
+    if (this.#closed) throw new InferxError("unavailable", `${call}: the CUDA driver was closed`);
+    return this.#lib.symbols;
   }
 
   #check(call: string, result: number): void {
@@ -155,30 +161,31 @@ export class LibCuda {
 
   /** `cuInit(0)`. */
   init(): void {
-    this.#check("cuInit", this.#lib.symbols.cuInit(0));
+    this.#check("cuInit", this.#live("cuInit").cuInit(0));
   }
 
   /** The driver's CUDA version, e.g. 12080 for 12.8. */
   driverVersion(): number {
     const v = new Int32Array(1);
-    this.#check("cuDriverGetVersion", this.#lib.symbols.cuDriverGetVersion(v));
+    this.#check("cuDriverGetVersion", this.#live("cuDriverGetVersion").cuDriverGetVersion(v));
     return v[0];
   }
 
   /** Every GPU: name, memory and UUID. */
   devices(): CudaDevice[] {
     const count = new Int32Array(1);
-    this.#check("cuDeviceGetCount", this.#lib.symbols.cuDeviceGetCount(count));
+    const lib = this.#live("cuDeviceGetCount");
+    this.#check("cuDeviceGetCount", lib.cuDeviceGetCount(count));
     const out: CudaDevice[] = [];
     for (let ordinal = 0; ordinal < count[0]; ordinal++) {
       const dev = new Int32Array(1);
-      this.#check("cuDeviceGet", this.#lib.symbols.cuDeviceGet(dev, ordinal));
+      this.#check("cuDeviceGet", lib.cuDeviceGet(dev, ordinal));
       const name = new Uint8Array(256);
-      this.#check("cuDeviceGetName", this.#lib.symbols.cuDeviceGetName(name, name.length, dev[0]));
+      this.#check("cuDeviceGetName", lib.cuDeviceGetName(name, name.length, dev[0]));
       const mem = new BigUint64Array(1);
-      this.#check("cuDeviceTotalMem_v2", this.#lib.symbols.cuDeviceTotalMem_v2(mem, dev[0]));
+      this.#check("cuDeviceTotalMem_v2", lib.cuDeviceTotalMem_v2(mem, dev[0]));
       const uuid = new Uint8Array(16);
-      this.#check("cuDeviceGetUuid", this.#lib.symbols.cuDeviceGetUuid(uuid, dev[0]));
+      this.#check("cuDeviceGetUuid", lib.cuDeviceGetUuid(uuid, dev[0]));
       const end = name.indexOf(0);
       out.push({
         ordinal,
@@ -193,8 +200,7 @@ export class LibCuda {
   #checkpointCall<K extends keyof typeof CHECKPOINT>(
     name: K,
   ): NonNullable<Lib["symbols"][K]> {
-    if (this.#closed) throw new InferxError("unavailable", `${name}: the CUDA driver was closed`);
-    const fn = this.#lib.symbols[name];
+    const fn = this.#live(name)[name];
     if (!fn || !this.hasCheckpointApi) {
       throw new InferxError(
         "unsupported",

@@ -122,6 +122,8 @@ t("closing the driver while a checkpoint runs waits for it; later calls are refu
     await copying;
     await assert.rejects(cuda.unlock(556), /the CUDA driver was closed/);
     assert.throws(() => cuda.processState(556), /the CUDA driver was closed/);
+    assert.throws(() => cuda.devices(), /the CUDA driver was closed/);
+    assert.equal(cuda.hasCheckpointApi, false);
   } finally {
     Deno.env.delete("FAKE_CUDA_COPY_MS");
     cuda.close();

@@ -216,9 +216,10 @@ export class NodeAgent implements NodeAgentClient {
     this.#runtime.park(pod.id, tier).then(
       () => this.#setStatus(pod.id, { state: "Standby", standbyTier: tier }),
       (err: Error) => {
-        if (local.phase !== "parked") return; // stopped meanwhile
-        local.phase = "running";
         log.warn("Cannot park pod {pod}: {error}", { pod: pod.id, error: err.message });
+        // Stopped meanwhile, or resumed (its resume ran after the park and says how it went).
+        if (local.phase !== "parked") return;
+        local.phase = "running";
         this.#setStatus(pod.id, { state: "Failed", error: `Cannot park: ${err.message}` });
       },
     );
@@ -327,7 +328,9 @@ export class NodeAgent implements NodeAgentClient {
     let snapshotMs: number | undefined;
     // GPU workers share the node's PID namespace: no copy of one could be restored beside it.
     const gpu = pod.gpus.length > 0;
-    if (snaps && gpu) notes.push("No snapshot taken: GPU workers are not snapshotted");
+    if (snaps && gpu && snaps.wants(pod)) {
+      notes.push("No snapshot taken: GPU workers are not snapshotted");
+    }
     if (
       snaps && !gpu && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting"
     ) {

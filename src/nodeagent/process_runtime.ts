@@ -26,6 +26,7 @@ import { InferxError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
+import { procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { Criu, type InheritedFile, type OpenFile, openFiles, processTree } from "./criu.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
@@ -138,26 +139,30 @@ function signal(pid: number, sig: Deno.Signal): void {
 
 /** Whether `pid` is a live process (not gone, not a zombie). */
 async function pidAlive(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return false;
-  }
+  const s = await procState(pid);
+  return s !== undefined && s.state !== "Z";
 }
 
-/** Resolves when no process, not even a zombie, holds `pid`; throws after `timeoutMs`. */
+/**
+ * Resolves when no process, not even a zombie, holds `pid` (reaping it when
+ * it was handed to this process); throws after `timeoutMs`.
+ */
 async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (await Deno.stat(`/proc/${pid}`).then(() => true, () => false)) {
+  while (await procState(pid)) {
+    if (await reapIfOrphanedToUs(pid)) continue;
     if (Date.now() > deadline) throw new Error(`PID ${pid} is still taken (an unreaped process)`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
-/** Resolves when `pid` is gone (or a zombie): for processes that are not our children. */
+/**
+ * Resolves when `pid` is gone (or a zombie, reaped when it was handed to
+ * this process): for restored workers, which are not children Deno spawned.
+ */
 async function pidExited(pid: number): Promise<string> {
   while (await pidAlive(pid)) await new Promise((r) => setTimeout(r, 100));
+  await reapIfOrphanedToUs(pid);
   return "exited";
 }
 

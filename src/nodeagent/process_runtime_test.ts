@@ -344,6 +344,38 @@ Deno.test({
 
 Deno.test({
   name:
+    "ProcessRuntime as a subreaper (PID 1 of a container) reaps restored GPU workers: a file-parked one resumes again and again",
+  ignore: !criuCap.available || !netCap.available || fakeLibCudaUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const lib = await buildFakeLibCuda();
+    const dir = await Deno.makeTempDir();
+    try {
+      // In a process of its own: being a subreaper is for the whole process.
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("./testdata/resume_as_subreaper.ts", import.meta.url).pathname,
+          lib,
+          dir,
+        ],
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      assert.ok(out.success, `${text}${new TextDecoder().decode(out.stderr)}`);
+      const { resumeMs } = JSON.parse(text.trim().split("\n").at(-1)!);
+      // Without reaping, the second resume finds its PID taken by the first copy's zombie.
+      assert.equal(resumeMs.length, 3);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(lib.replace(/\/[^/]+$/, ""), { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "ProcessRuntime snapshots a running worker and restores several copies that serve side by side",
   ignore: !criuCap.available || !netCap.available,
   sanitizeOps: false,

@@ -23,7 +23,8 @@ enum {
   SUCCESS = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
   OPERATING_SYSTEM = 304, ILLEGAL_STATE = 401, NOT_FOUND = 500
 };
-enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2 };
+/* COPYING: a checkpoint or restore under way; any other call on the process is refused. */
+enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2, COPYING = 3 };
 
 static int initialized = 0;
 static int pids[64];
@@ -116,6 +117,7 @@ int cuCheckpointProcessLock(int pid, void *args) {
 static int copy_step(int pid, int from, int to) {
   PROLOGUE
   if (*s != from) RETURN(ILLEGAL_STATE);
+  *s = COPYING;
   pthread_mutex_unlock(&table);
   copy_delay();
   pthread_mutex_lock(&table);

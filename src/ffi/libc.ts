@@ -1,0 +1,63 @@
+/**
+ * The two calls of the C library the node agent needs through FFI: reaping
+ * a process that became its child without being spawned by it, and making
+ * it a child subreaper (for tests).
+ *
+ * A worker CRIU restores with `--restore-detached` is handed to the nearest
+ * subreaper or to init once CRIU exits. Where the agent is init (PID 1 of a
+ * container) or a subreaper, such workers become its children, and Deno
+ * reaps only the processes it spawned: each would stay a zombie, and a
+ * worker restored outside a PID namespace of its own (a GPU worker) needs
+ * its old PID back.
+ *
+ * @module
+ */
+
+const SYMBOLS = {
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+} as const;
+
+const WNOHANG = 1;
+const PR_SET_CHILD_SUBREAPER = 36;
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
+
+function libc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
+  if (lib === undefined) {
+    try {
+      lib = Deno.dlopen("libc.so.6", SYMBOLS);
+    } catch {
+      lib = null; // not glibc Linux: nothing to reap through
+    }
+  }
+  return lib;
+}
+
+/** State and parent of `pid` from `/proc/PID/stat`, or undefined when there is no such process. */
+export async function procState(pid: number): Promise<{ state: string; ppid: number } | undefined> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { state: f[0], ppid: Number(f[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Reaps `pid` if it is a zombie child of this process (one Deno did not
+ * spawn: spawned ones Deno reaps itself). Returns whether it did.
+ */
+export async function reapIfOrphanedToUs(pid: number): Promise<boolean> {
+  const s = await procState(pid);
+  if (!s || s.state !== "Z" || s.ppid !== Deno.pid) return false;
+  const c = libc();
+  return c !== null && c.symbols.waitpid(pid, null, WNOHANG) === pid;
+}
+
+/** Makes this process a child subreaper (`prctl`); false where it cannot. */
+export function becomeSubreaper(): boolean {
+  const c = libc();
+  return c !== null && c.symbols.prctl(PR_SET_CHILD_SUBREAPER, 1n, 0n, 0n, 0n) === 0;
+}
