@@ -286,6 +286,17 @@ for (const namespaced of [false, true]) {
   });
 }
 
+/** A worker that initialises the (fake) driver at `lib` first, as a CUDA program does, then counts. */
+function gpuWorkerSpec(lib: string): PodSpec {
+  const worker = `const r = Deno.dlopen(Deno.env.get("LIBCUDA"),
+    { cuInit: { parameters: ["u32"], result: "i32" } }).symbols.cuInit(0);
+    if (r !== 0) { console.error("cuInit: " + r); Deno.exit(3); }
+    ${COUNTER}`;
+  const s = spec(["deno", "eval", worker], { gpus: [{ index: 0, vramMB: 1000 }] });
+  s.template.envs.push(["LIBCUDA", lib]);
+  return s;
+}
+
 Deno.test({
   name:
     "ProcessRuntime runs a GPU worker in its own network namespace and the node's PID namespace, where the driver initialises; it parks in a file and resumes",
@@ -298,12 +309,7 @@ Deno.test({
     const lib = await buildFakeLibCuda();
     const { cuda } = openLibCuda(lib);
     const { dir, rt } = await criuRuntime(true, cuda);
-    const worker = `const r = Deno.dlopen(Deno.env.get("LIBCUDA"),
-      { cuInit: { parameters: ["u32"], result: "i32" } }).symbols.cuInit(0);
-      if (r !== 0) { console.error("cuInit: " + r); Deno.exit(3); }
-      ${COUNTER}`;
-    const gpuSpec = spec(["deno", "eval", worker], { gpus: [{ index: 0, vramMB: 1000 }] });
-    gpuSpec.template.envs.push(["LIBCUDA", lib]);
+    const gpuSpec = gpuWorkerSpec(lib);
     try {
       const pod = await rt.start(gpuSpec);
       assert.match(pod.endpoint, /^10\./, "in a pod network namespace");
@@ -360,6 +366,7 @@ Deno.test({
           new URL("./testdata/resume_as_subreaper.ts", import.meta.url).pathname,
           lib,
           dir,
+          JSON.stringify(gpuWorkerSpec(lib)),
         ],
       }).output();
       const text = new TextDecoder().decode(out.stdout);
