@@ -16,17 +16,30 @@
 # gateway); ROUNDS, FILE_NETNS (on, off, both) and WEIGHTS_DIR go to
 # bench/gpu_restore.ts.
 #
-# `pack` runs the packer of Deno and node_modules given as $DEVICE_PACK (or
-# expects .device/setup.sh to exist already), then adds the CRIU prefix
-# (.criu/, from `deno task criu`) and wrk, nginx and ip with the libraries
-# they need beyond libc.
+# `pack` writes into .device/ (git-ignored; take it along): the Deno binary
+# and node_modules, xz-compressed, with setup.sh that puts them in place
+# there (`run` sources it); the CRIU prefix (.criu/, from `deno task criu`);
+# and wrk, nginx, ip and nsenter with the libraries they need beyond libc.
+# About 48 MB.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 pack() {
   set -e
-  if [ -n "${DEVICE_PACK:-}" ]; then bash "$DEVICE_PACK"; fi
-  [ -f .device/setup.sh ] || { echo "no .device/setup.sh: set DEVICE_PACK" >&2; exit 2; }
+  grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+  deno install --quiet
+  rm -rf .device && mkdir -p .device
+  xz -T0 -6 -c "$(readlink -f "$(command -v deno)")" > .device/deno.xz
+  tar cf - node_modules | xz -T0 -6 > .device/node_modules.tar.xz
+  cat > .device/setup.sh <<'SETUP'
+# Sourced from the project root where no registry answers: Deno on PATH,
+# node_modules in place, npm packages from node_modules only.
+mkdir -p /tmp/deno-bin
+[ -x /tmp/deno-bin/deno ] || { xz -dc .device/deno.xz > /tmp/deno-bin/deno && chmod +x /tmp/deno-bin/deno; }
+[ -d node_modules ] || xz -dc .device/node_modules.tar.xz | tar xf -
+export PATH=/tmp/deno-bin:$PATH DENO_NO_UPDATE_CHECK=1 DENO_DIR=/tmp/deno-dir
+echo "deno $(deno --version | head -1 | cut -d' ' -f2) ready; run with --cached-only"
+SETUP
   [ -x .criu/usr/sbin/criu ] || deno task criu
   tar cf - --exclude='.criu/usr/share' .criu | xz -T0 -6 > .device/criu.tar.xz
   local t
