@@ -30,7 +30,7 @@
 import { openLibCuda } from "../src/ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
 import { PodNetworks } from "../src/nodeagent/pod_net.ts";
-import { ProcessRuntime } from "../src/nodeagent/process_runtime.ts";
+import { dirBytes, ProcessRuntime } from "../src/nodeagent/process_runtime.ts";
 import type { PodSpec } from "../src/nodeagent/runtime.ts";
 
 const arg = (name: string, fallback: string) =>
@@ -168,7 +168,7 @@ async function hostTier(modelMB: number): Promise<void> {
     const restoreGbps = heldMB / 1024 / (restoreMs / 1000);
     const parkGbps = heldMB / 1024 / (median(parks) / 1000);
     say(
-      `model ${health.model_mb} MB (made in ${
+      `model ${health.model_mb} MB (${weightsDir ? "loaded from a file" : "made"} in ${
         f(health.load_s, 2)
       } s); GPU memory held ${heldMB} MB (${
         smiMB !== undefined ? "nvidia-smi" : "allocator reserve"
@@ -235,8 +235,7 @@ async function fileTier(modelMB: number, namespaced: boolean): Promise<void> {
     const t1 = performance.now();
     await rt.park(podId, "file");
     const parkMs = performance.now() - t1;
-    const du = await new Deno.Command("du", { args: ["-sm", snapshotDir] }).output();
-    const imageMB = new TextDecoder().decode(du.stdout).split("\t")[0];
+    const imageMB = Math.round((await dirBytes(`${snapshotDir}/${podId}`)) / 1048576);
     const t2 = performance.now();
     await rt.resume(podId);
     const resumeMs = performance.now() - t2;

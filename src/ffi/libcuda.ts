@@ -134,7 +134,7 @@ export function openLibCuda(path = Deno.env.get("INFERX_LIBCUDA") ?? "libcuda.so
 export class LibCuda {
   #lib: Lib;
   /** Nonblocking calls running on other threads, with the argument buffers they read. */
-  #inFlight = new Set<Uint8Array | null>();
+  #inFlight = new Set<Uint8Array>();
   #closed = false;
 
   constructor(lib: Lib) {

@@ -326,13 +326,10 @@ export class NodeAgent implements NodeAgentClient {
     }
     const running = await this.#runtime.start(spec);
     let snapshotMs: number | undefined;
-    // GPU workers share the node's PID namespace: no copy of one could be restored beside it.
-    const gpu = pod.gpus.length > 0;
-    if (snaps && gpu && snaps.wants(pod)) {
-      notes.push("No snapshot taken: GPU workers are not snapshotted");
-    }
+    const refusal = this.#runtime.snapshotRefusal?.(pod);
+    if (snaps && refusal && snaps.wants(pod)) notes.push(`No snapshot taken: ${refusal}`);
     if (
-      snaps && !gpu && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting"
+      snaps && !refusal && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting"
     ) {
       const t0 = performance.now();
       const warm = await this.#sampleQuery(pod, running.endpoint);

@@ -680,6 +680,12 @@ export class ProcessRuntime implements PodRuntime {
     return await this.#serial(child, () => this.#snapshot(podId, child, dir));
   }
 
+  /** GPU workers: they share the node's PID namespace (see the module's doc). */
+  snapshotRefusal(spec: { gpus: readonly unknown[] }): string | undefined {
+    if (spec.gpus.length === 0) return undefined;
+    return "a GPU worker shares the node's PID namespace, so no copy could be restored beside it";
+  }
+
   async #snapshot(podId: string, child: Child, dir: string): Promise<SnapshotTaken> {
     if (child.tier !== undefined) {
       throw new InferxError("not_found", `Cannot snapshot pod ${podId}: it is not running`);
@@ -690,12 +696,8 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot snapshot pod ${podId}: snapshots need CRIU and pod namespaces`,
       );
     }
-    if (!child.ownPids) {
-      throw new InferxError(
-        "unsupported",
-        `Cannot snapshot pod ${podId}: a GPU worker shares the node's PID namespace, so no copy could be restored beside it`,
-      );
-    }
+    const refusal = this.snapshotRefusal({ gpus: child.gpus });
+    if (refusal) throw new InferxError("unsupported", `Cannot snapshot pod ${podId}: ${refusal}`);
     const t0 = performance.now();
     try {
       await this.#dump(child, dir, true);

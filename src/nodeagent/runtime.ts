@@ -53,6 +53,8 @@ export interface PodRuntime {
   readonly snapshots?: boolean;
   /** Dumps a running pod into `dir`, leaving it running. */
   snapshot?(podId: string, dir: string): Promise<SnapshotTaken>;
+  /** Why a pod of this spec cannot be snapshotted, or undefined when it can. */
+  snapshotRefusal?(spec: { gpus: readonly unknown[] }): string | undefined;
   /** Memory a running pod's processes take (bytes): what a dump of it writes, roughly. */
   footprintBytes?(podId: string): Promise<number>;
   /** Starts a pod by restoring the snapshot in `dir`; resolves once it answers its probe. */

@@ -2,10 +2,10 @@
 
 Serves /health (model size, slice, load time, memory the allocator holds),
 /v1/completions and /v1/bandwidth?mb=N (copy bandwidths host to device,
-pinned and pageable, and device to host, for bench/gpu_restore.ts). Honours the platform's environment:
-PORT, HOST, CUDA_VISIBLE_DEVICES (set by the node agent) and INFERX_VRAM_MB
-(its vRAM slice: the process may not allocate beyond it). Model size:
-MODEL_MB (default: 60% of the slice). WEIGHTS_FILE: load the weights from
+pinned and pageable, and device to host, for bench/gpu_restore.ts).
+Honours the platform's environment: PORT, HOST, CUDA_VISIBLE_DEVICES (set
+by the node agent) and INFERX_VRAM_MB (its vRAM slice: the process may not
+allocate beyond it). Model size: MODEL_MB (default: 60% of the slice). WEIGHTS_FILE: load the weights from
 this file (raw fp16) when it exists, else make them and write it. Needs
 PyTorch with CUDA.
 """
@@ -42,7 +42,8 @@ torch.manual_seed(int(os.environ.get("MODEL_SEED", "7")))
 WEIGHTS_FILE = os.environ.get("WEIGHTS_FILE")
 t0 = time.perf_counter()
 if WEIGHTS_FILE and os.path.exists(WEIGHTS_FILE):
-    # Load the weights as a model server does: from a file (mapped, read through the page cache) to the GPU.
+    # As a model server loads its weights: from a file (mapped, read through
+    # the page cache) to the GPU.
     n = HIDDEN * HIDDEN
     flat = torch.from_file(WEIGHTS_FILE, shared=False, size=layers * n + VOCAB * HIDDEN, dtype=torch.float16)
     WEIGHTS = [flat[i * n:(i + 1) * n].view(HIDDEN, HIDDEN).to(DEVICE) for i in range(layers)]
