@@ -9,8 +9,10 @@
  * runs with auth (an API key on every call), audit and metrics on. Prints
  * for each path its throughput, p50/p99, and for each proxy the CPU
  * microseconds it spent per request (utime+stime from /proc over the run);
- * then the ratios against direct and nginx, and the time to the first chunk
- * of a streamed answer, direct vs through the gateway.
+ * then the ratios against direct and nginx, the gateway's CPU per request
+ * by thread (its main thread, the audit's web worker, V8's platform threads,
+ * the runtime's other threads), and the time to the first chunk of a
+ * streamed answer, direct vs through the gateway.
  *
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
  * throughput, added p50 ≤ 0.4 ms.
@@ -39,7 +41,15 @@ import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../test
 import { startNginx } from "./nginx.ts";
 import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
-import { childPids, hasCommand, withCpu, wrk, type WrkResult } from "./wrk.ts";
+import {
+  childPids,
+  hasCommand,
+  threadCpu,
+  type ThreadKind,
+  withCpu,
+  wrk,
+  type WrkResult,
+} from "./wrk.ts";
 
 const seconds = Number(Deno.args[0] ?? 5);
 const connections = Number(Deno.args[1] ?? 16);
@@ -166,11 +176,28 @@ try {
   // Rounds interleave the paths, so a burst of other load on the machine
   // touches them alike; each path reports its median round.
   const results = paths.map(() => [] as (WrkResult & { cpuUsPerRequest?: number })[]);
+  // The gateway under test's CPU per request by thread kind, each round.
+  const byThread: Record<ThreadKind, number>[] = [];
   for (let round = 0; round < rounds; round++) {
     for (const [i, path] of paths.entries()) {
-      results[i].push(
-        path.pids ? await withCpu(await path.pids(), () => run(path.url)) : await run(path.url),
-      );
+      if (i < paths.length - 1) {
+        results[i].push(
+          path.pids ? await withCpu(await path.pids(), () => run(path.url)) : await run(path.url),
+        );
+        continue;
+      }
+      const pids = await path.pids!();
+      const before = await threadCpu(pids);
+      const r = await withCpu(pids, () => run(path.url));
+      const after = await threadCpu(pids);
+      results[i].push(r);
+      const per = (k: ThreadKind) => ((after[k] - before[k]) * 1e6) / Math.max(1, r.requests);
+      byThread.push({
+        main: per("main"),
+        workers: per("workers"),
+        v8: per("v8"),
+        other: per("other"),
+      });
     }
   }
   const median = (rs: (WrkResult & { cpuUsPerRequest?: number })[]) =>
@@ -215,6 +242,13 @@ try {
       f(gw.p50 - d.p50)
     } ms (budget <= 0.4), ${f(gw.cpuUsPerRequest!, 1)} µs CPU per request (budget <= 60)` +
       (ng ? `, ${f(gw.cpuUsPerRequest! / ng.cpuUsPerRequest!, 2)}x nginx's CPU` : ""),
+  );
+  const mid = (k: ThreadKind) => f(byThread.map((t) => t[k]).sort((x, y) => x - y)[rounds >> 1], 1);
+  console.log(
+    `gateway CPU µs per request by thread (medians of rounds${
+      gatewayWorkers > 1 ? ", all its processes" : ""
+    }): main ${mid("main")}, web workers (audit) ${mid("workers")}, ` +
+      `V8 platform (GC, compilers) ${mid("v8")}, runtime's other threads ${mid("other")}`,
   );
   if (p.baselineGateway) {
     // Each round's pair ran back to back: the median of their ratios, less shaken by the host.

@@ -106,6 +106,45 @@ export async function cpuSeconds(pid: number): Promise<number> {
   }
 }
 
+/**
+ * CPU seconds the threads of `pids` have used so far, by kind: the main
+ * thread, web workers (`worker-N`: the audit's SQLite), V8's platform threads
+ * (`V8 DefaultWorker`: GC helpers, compilers) and the rest (the runtime's I/O and
+ * blocking threads). Threads that ended in between are not counted.
+ */
+export async function threadCpu(pids: number[]): Promise<Record<ThreadKind, number>> {
+  const out: Record<ThreadKind, number> = { main: 0, workers: 0, v8: 0, other: 0 };
+  for (const pid of pids) {
+    let tids: string[] = [];
+    try {
+      tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        const stat = await Deno.readTextFile(`/proc/${pid}/task/${tid}/stat`);
+        const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        const kind: ThreadKind = tid === String(pid)
+          ? "main"
+          : comm.startsWith("worker-")
+          ? "workers"
+          : comm.startsWith("V8 ")
+          ? "v8"
+          : "other";
+        out[kind] += (Number(f[11]) + Number(f[12])) * TICK_S;
+      } catch {
+        // the thread ended
+      }
+    }
+  }
+  return out;
+}
+
+/** What {@linkcode threadCpu} groups threads by. */
+export type ThreadKind = "main" | "workers" | "v8" | "other";
+
 /** The pids of `pid`'s children (direct). */
 export async function childPids(pid: number): Promise<number[]> {
   try {
