@@ -27,3 +27,25 @@ export function stableJson(value: unknown): string {
 export function jsonEqual(a: unknown, b: unknown): boolean {
   return stableJson(a) === stableJson(b);
 }
+
+/**
+ * Whether `value` nests arrays and objects more than `max` levels deep
+ * (walked without recursion, so any depth can be asked about).
+ *
+ * @example
+ * ```ts
+ * nestsDeeperThan({ a: [[1]] }, 2); // true: object, array, array
+ * ```
+ */
+export function nestsDeeperThan(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (!v || typeof v !== "object") continue;
+    if (depth + 1 > max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (child && typeof child === "object") stack.push([child, depth + 1]);
+    }
+  }
+  return false;
+}

@@ -124,7 +124,14 @@ export function serveGateway(
   async function viaApp(req: Http1Request, res: Http1Response) {
     const abort = new AbortController();
     req.onAbort(() => abort.abort());
-    const response = await app.fetch(toRequest(req, deps.bodyLimit, abort.signal));
+    let request: Request;
+    try {
+      request = toRequest(req, deps.bodyLimit, abort.signal);
+    } catch (err) {
+      const a = errorAnswer(toInferxError(err));
+      return await res.send(a.status, a.headers, a.body);
+    }
+    const response = await app.fetch(request);
     await res.sendResponse(response);
   }
 

@@ -208,3 +208,39 @@ t("a caller that disconnects while queued leaves the queue at once", async () =>
   assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
   await g.close();
 });
+
+t(
+  "routes on the request target alone: a bad Host is 400, an absolute target keeps its query",
+  async () => {
+    const g = await listening();
+    const port = Number(new URL(g.url).port);
+    const raw = async (head: string) => {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      await c.write(new TextEncoder().encode(head));
+      let text = "";
+      const buf = new Uint8Array(65536);
+      for (let n; (n = await c.read(buf).catch(() => null)) !== null;) {
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      c.close();
+      return { status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) };
+    };
+    for (const host of ["x:abc", "a b", "[::1", "x:99999", "x/objects/function/t/n?", "x#"]) {
+      const r = await raw(`GET /health HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+      assert.equal(r.status, 400, host);
+      assert.equal(JSON.parse(r.body).error.code, "invalid", host);
+    }
+    const two = await raw(
+      "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    );
+    assert.equal(two.status, 400, "two Host fields");
+    const ok = await raw("GET /health HTTP/1.1\r\nHost: [::1]:4000\r\nConnection: close\r\n\r\n");
+    assert.equal(ok.status, 200);
+    const abs = await raw(
+      `GET http://gw:1/objects/function/t/n?limit=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+    );
+    assert.equal(abs.status, 200);
+    assert.deepEqual(JSON.parse(abs.body).items.map((o: { name: string }) => o.name), ["f"]);
+    await g.close();
+  },
+);

@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { invalidInput, ValidationError, type ValidationIssues } from "../common/errors.ts";
-import { jsonEqual } from "../common/json.ts";
+import { jsonEqual, nestsDeeperThan } from "../common/json.ts";
 import { isUserType, isValidName, SYSTEM } from "./keys.ts";
 import {
   type FunctionStatus,
@@ -25,7 +25,7 @@ export const PRIORITIES = ["high", "normal", "batch"] as const;
 export type Priority = typeof PRIORITIES[number];
 
 /** Scaling policy schema with InferX's defaults. */
-export const FuncPolicySchema = z.object({
+export const FuncPolicySchema = z.strictObject({
   min_replica: z.int().min(0).default(0),
   max_replica: z.int().min(1).max(10_000).default(1),
   standby_per_node: z.int().min(0).default(1),
@@ -33,7 +33,7 @@ export const FuncPolicySchema = z.object({
   queue_len: z.int().min(0).max(1_000_000).default(100),
   /** Seconds a request may wait in the queue. */
   queue_timeout: z.number().positive().max(3600).default(30),
-  scaleout_policy: z.object({
+  scaleout_policy: z.strictObject({
     wait_ratio: z.number().min(0).max(100).default(0.1),
     /** Scale out when a call has waited this long (ms) in a gateway's queue. */
     queue_ms: z.number().positive().max(3_600_000).optional(),
@@ -51,7 +51,7 @@ export const FuncPolicySchema = z.object({
    * Share of calls per version (percent, summing to 100). Names versions of
    * one function, so only in a function's inline policy.
    */
-  traffic: z.array(z.object({
+  traffic: z.array(z.strictObject({
     version: z.int().min(1),
     percent: z.int().min(0).max(100),
   })).min(1).max(16).optional(),
@@ -86,50 +86,73 @@ const EnvsSchema = z.union([
   z.record(z.string().min(1), z.string()).transform((r) => Object.entries(r)),
 ]).default([]);
 
-const PolicyRefSchema = z.union([
-  z.object({
-    Link: z.object({
-      objType: z.literal("funcpolicy").optional(),
-      tenant: z.string().optional(),
-      namespace: z.string().optional(),
-      name: z.string().min(1),
-    }),
-  }).transform((v) => ({ kind: "link" as const, name: v.Link.name })),
-  z.object({ Obj: FuncPolicySchema }).transform((v) => ({
-    kind: "inline" as const,
-    policy: v.Obj,
-  })),
-  FuncPolicySchema.transform((p) => ({ kind: "inline" as const, policy: p })),
-]);
+/** A link to a `funcpolicy`; its tenant and namespace, when given, must be the function's own. */
+const PolicyLinkSchema = z.strictObject({
+  Link: z.strictObject({
+    objType: z.literal("funcpolicy").optional(),
+    tenant: z.string().optional(),
+    namespace: z.string().optional(),
+    name: z.string().min(1),
+  }),
+}).transform((v) => ({ kind: "link" as const, name: v.Link.name }));
+const PolicyObjSchema = z.strictObject({ Obj: FuncPolicySchema }).transform((v) => ({
+  kind: "inline" as const,
+  policy: v.Obj,
+}));
+const PolicyBareSchema = FuncPolicySchema.transform((p) => ({
+  kind: "inline" as const,
+  policy: p,
+}));
+type PolicyRef = z.output<typeof PolicyLinkSchema> | z.output<typeof PolicyObjSchema>;
+
+/**
+ * A function's policy: `{"Link": {...}}`, `{"Obj": {...}}` or the policy's
+ * fields bare. The form is chosen by its key, so that a mistake inside one
+ * form is reported as such instead of the input passing as another form.
+ */
+const PolicyRefSchema = z.unknown().transform((v, ctx): PolicyRef => {
+  const o = v && typeof v === "object" && !Array.isArray(v) ? v : undefined;
+  const schema = o && "Link" in o
+    ? PolicyLinkSchema
+    : o && "Obj" in o
+    ? PolicyObjSchema
+    : PolicyBareSchema;
+  const r = schema.safeParse(v);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) {
+    ctx.issues.push({ code: "custom", message: issue.message, path: issue.path, input: v });
+  }
+  return z.NEVER;
+});
 
 /** Function spec schema (InferX field names). */
-export const FunctionSpecSchema = z.object({
+export const FunctionSpecSchema = z.strictObject({
   image: z.string().min(1),
   commands: z.array(z.string()).default([]),
   envs: EnvsSchema,
-  mounts: z.array(z.object({
-    hostpath: z.string().min(1),
-    mountpath: z.string().min(1),
+  mounts: z.array(z.strictObject({
+    hostpath: z.string().startsWith("/", "must be an absolute path"),
+    mountpath: z.string().startsWith("/", "must be an absolute path"),
     readonly: z.boolean().default(false),
   })).default([]),
-  endpoint: z.object({
+  endpoint: z.strictObject({
     port: z.int().min(1).max(65535).default(80),
     schema: z.enum(["Http", "Https"]).default("Http"),
     probe: z.string().startsWith("/").default("/health"),
   }).prefault({}),
-  resources: z.object({
+  resources: z.strictObject({
     /** Millicores. */
     CPU: z.int().min(1).max(1_024_000).default(1000),
     /** Megabytes of host memory. */
     Mem: z.int().min(1).max(16_777_216).default(1024),
-    GPU: z.object({
+    GPU: z.strictObject({
       Type: z.string().min(1).default("Any"),
       Count: z.int().min(0).max(64).default(0),
       /** Megabytes of GPU memory per GPU. */
       vRam: z.int().min(0).max(1_048_576).default(0),
     }).prefault({}),
   }).prefault({}),
-  standby: z.object({
+  standby: z.strictObject({
     gpu: StandbyTier.default("Mem"),
     pageable: StandbyTier.default("Mem"),
     pinned: StandbyTier.default("Mem"),
@@ -141,6 +164,9 @@ export const FunctionSpecSchema = z.object({
 }).refine((s) => s.resources.GPU.Count === 0 || s.resources.GPU.vRam > 0, {
   message: "vRam must be set (MB per GPU) when Count is above 0",
   path: ["resources", "GPU", "vRam"],
+}).refine((s) => s.resources.GPU.vRam === 0 || s.resources.GPU.Count > 0, {
+  message: "Count must be set (GPUs per worker) when vRam is",
+  path: ["resources", "GPU", "Count"],
 });
 
 /** A function's spec, all defaults filled in. */
@@ -173,7 +199,7 @@ export function sameWorker(a: FunctionSpec, b: FunctionSpec): boolean {
 const LooseSpecSchema = z.looseObject({});
 
 /** A tenant's limits; an absent field is unlimited. */
-export const TenantQuotaSchema = z.object({
+export const TenantQuotaSchema = z.strictObject({
   /** GPUs the tenant's running pods may hold at once. */
   max_gpu: z.int().min(0).optional(),
   /** Pods the tenant may run at once (parked ones not counted). */
@@ -303,6 +329,12 @@ function unwrapObject(
  * ```
  */
 export function decodeUserObject(input: unknown): UserObject {
+  if (nestsDeeperThan(input, MAX_OBJECT_DEPTH)) {
+    throw new ValidationError(
+      `Invalid object: nests arrays and objects more than ${MAX_OBJECT_DEPTH} levels deep`,
+      "object",
+    );
+  }
   const env = EnvelopeSchema.safeParse(input);
   if (!env.success) throw invalidInput("object envelope", env.error);
   const { type, tenant, namespace, name } = env.data;
@@ -351,6 +383,16 @@ export function decodeUserObject(input: unknown): UserObject {
     case "function": {
       const r = FunctionSpecSchema.safeParse(raw);
       if (!r.success) throw invalidInput(what, r.error);
+      const link = (raw as { policy?: { Link?: { tenant?: unknown; namespace?: unknown } } })
+        .policy?.Link;
+      if (
+        link && ((link.tenant ?? tenant) !== tenant || (link.namespace ?? namespace) !== namespace)
+      ) {
+        throw new ValidationError(
+          `Invalid ${what}: policy: Link: a function links to a funcpolicy of its own namespace (${tenant}/${namespace})`,
+          "policy",
+        );
+      }
       const fn: UserObject = { ...meta, type, spec: r.data, version: 0 };
       if (parts.status !== undefined) {
         const st = FunctionStatusSchema.safeParse(parts.status);
@@ -396,6 +438,9 @@ export function encodeUserObject(obj: UserObject): string {
   const { revision: _, ...stored } = userObjectToJson(obj);
   return JSON.stringify(stored);
 }
+
+/** How deep an object's JSON may nest (envelope included): far beyond any spec's needs. */
+export const MAX_OBJECT_DEPTH = 64;
 
 /** Decodes a store value (written by {@linkcode encodeUserObject}) at `revision`. */
 export function decodeStoredUserObject(value: string, revision: number): UserObject {

@@ -196,3 +196,97 @@ Deno.test("sameWorker() tells worker changes (new version) from policy and sampl
   ];
   for (const [what, o, same] of cases) assert.equal(sameWorker(base, spec(o)), same, what);
 });
+
+Deno.test("a mistake inside a policy is refused by name, never read as the default policy", () => {
+  const refused: [unknown, RegExp][] = [
+    [{ Obj: { min_replica: 2, max_replica: 1 } }, /policy\.Obj\.min_replica: min_replica must not/],
+    [{ Obj: { max_replica: "6" } }, /policy\.Obj\.max_replica: .*expected number/],
+    [{ Obj: { max_replicas: 9 } }, /policy\.Obj: Unrecognized key: "max_replicas"/],
+    [{ Obj: { scaleout_policy: { wait_ratios: 1 } } }, /Unrecognized key: "wait_ratios"/],
+    [{ Obj: { traffic: [{ version: 1, percent: 100, weight: 1 }] } }, /Unrecognized key/],
+    [{ max_replica: 0 }, /policy\.max_replica: Too small/],
+    [{ Link: "name" }, /policy\.Link: .*expected object/],
+    [{ Link: { name: "p" }, Obj: {} }, /policy: Unrecognized key: "Obj"/],
+    [{ Link: { name: "p", tenant: "other" } }, /links to a funcpolicy of its own namespace/],
+    [{ Link: { name: "p", namespace: "other" } }, /links to a funcpolicy of its own namespace/],
+  ];
+  for (const [policy, message] of refused) {
+    assert.throws(
+      () => decodeUserObject(fn({ spec: { image: "x", policy } })),
+      (e: unknown) => e instanceof ValidationError && message.test(e.message),
+      JSON.stringify(policy),
+    );
+  }
+  const ok = (policy: unknown) =>
+    (decodeUserObject(fn({ spec: { image: "x", policy } })) as { spec: FunctionSpec }).spec.policy;
+  assert.deepEqual(ok({ Obj: { max_replica: 3 } }), ok({ max_replica: 3 }));
+  assert.equal(
+    (ok({ max_replica: 3 }) as { policy: { max_replica: number } }).policy.max_replica,
+    3,
+  );
+  assert.deepEqual(
+    ok({ Link: { objType: "funcpolicy", tenant: "public", namespace: "demo", name: "p" } }),
+    { kind: "link", name: "p" },
+  );
+});
+
+Deno.test("a tenant quota with an unknown field is refused, not stored as unlimited", () => {
+  const tenant = (quota: unknown) => ({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: "acme",
+    object: { spec: { quota } },
+  });
+  assert.throws(
+    () => decodeUserObject(tenant({ max_gpus: 4, max_replicas: 8 })),
+    /quota: Unrecognized keys: "max_gpus", "max_replicas"/,
+  );
+  const o = decodeUserObject(tenant({ max_gpu: 4 }));
+  assert.deepEqual(o.type === "tenant" && o.spec.quota, { max_gpu: 4 });
+});
+
+Deno.test("an object nested deeper than MAX_OBJECT_DEPTH is refused before it is read", () => {
+  const deep = JSON.parse("[".repeat(5000) + "]".repeat(5000));
+  for (const spec of [{ a: deep }, { image: "x", sample_query: { q: deep } }]) {
+    assert.throws(
+      () =>
+        decodeUserObject({
+          type: "namespace",
+          tenant: "public",
+          namespace: "system",
+          name: "d",
+          object: { spec },
+        }),
+      (e: unknown) => e instanceof ValidationError && /more than 64 levels deep/.test(e.message),
+    );
+  }
+  const nested = (n: number): unknown => n === 0 ? 1 : { a: nested(n - 1) };
+  // The envelope, `object` and `spec` take three levels.
+  decodeUserObject({
+    type: "namespace",
+    tenant: "public",
+    namespace: "system",
+    name: "d",
+    object: { spec: { x: nested(60) } },
+  });
+});
+
+Deno.test("a function spec with an unknown field, a relative mount or vRam without GPUs is refused", () => {
+  const refused: [unknown, RegExp][] = [
+    [{ image: "x", env: [["A", "1"]] }, /Unrecognized key: "env"/],
+    [{ image: "x", resources: { cpu: 250 } }, /resources: Unrecognized key: "cpu"/],
+    [{ image: "x", endpoint: { port: 80, path: "/" } }, /endpoint: Unrecognized key: "path"/],
+    [{ image: "x", mounts: [{ hostpath: "/d", mountpath: "rel" }] }, /mountpath: must be an abs/],
+    [{ image: "x", mounts: [{ hostpath: "d", mountpath: "/d" }] }, /hostpath: must be an abs/],
+    [{ image: "x", resources: { GPU: { vRam: 1024 } } }, /GPU\.Count: Count must be set/],
+  ];
+  for (const [spec, message] of refused) {
+    assert.throws(
+      () => decodeUserObject(fn({ spec })),
+      (e: unknown) => e instanceof ValidationError && message.test(e.message),
+      JSON.stringify(spec),
+    );
+  }
+  decodeUserObject(fn({ spec: { image: "x", mounts: [{ hostpath: "/d", mountpath: "/m" }] } }));
+});

@@ -17,7 +17,7 @@
  * @module
  */
 import { STATUS_CODES } from "node:http";
-import { errorBody, httpStatus, InferxError } from "../../common/errors.ts";
+import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { copyBytes, latin1Into } from "./bytes.ts";
 import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
@@ -403,14 +403,51 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "upgrade",
 ]);
 
-/** Builds a `Request` for handlers that want one (a Hono app). */
+/** Whether `target` is an absolute-form request target (`http://host/path`) a URL can hold. */
+function absoluteTarget(target: string): boolean {
+  if (!/^https?:\/\/[^/?#]/i.test(target)) return false;
+  try {
+    new URL(target);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A Host field (RFC 9110 §7.2): a name, an IPv4 address or a bracketed IPv6
+ * one, and an optional port. What `toRequest` puts in a URL's authority.
+ */
+const HOST = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
+
+/**
+ * Builds a `Request` for handlers that want one (a Hono app). Routing sees the
+ * request target's path only: the Host field (or an absolute target's
+ * authority) becomes the URL's authority once checked. Throws a
+ * {@linkcode ValidationError} (400) for a Host field that is not one, or
+ * several.
+ */
 export function toRequest(
   req: Http1Request,
   bodyLimit: number,
   signal?: AbortSignal,
 ): Request {
-  const host = req.header("host") ?? `${req.remoteAddr.hostname}`;
-  const target = req.url.startsWith("/") ? req.url : new URL(req.url).pathname;
+  let host: string | undefined;
+  let target = req.url;
+  if (!target.startsWith("/")) {
+    const u = new URL(target); // the parser let only absolute http(s) targets through
+    host = u.host;
+    target = `${u.pathname}${u.search}`;
+  } else {
+    const hosts = req.headers.filter((h) => h[0] === "host");
+    if (hosts.length > 1) throw new ValidationError("Malformed HTTP request: more than one Host");
+    const own = req.remoteAddr.hostname; // HTTP/1.0 may leave Host out
+    host = hosts.length ? hosts[0][1].trim() : own.includes(":") ? `[${own}]` : own;
+    const m = HOST.exec(host);
+    if (!m || (m[1] !== undefined && Number(m[1]) > 65535)) {
+      throw new ValidationError("Malformed HTTP request: invalid Host header", "host");
+    }
+  }
   const headers = new Headers();
   for (const [k, v] of req.headers) headers.append(k, v);
   let body: ReadableStream<Uint8Array> | null = null;
@@ -431,7 +468,11 @@ export function toRequest(
       },
     });
   }
-  return new Request(`http://${host}${target}`, {
+  const url = `http://${host}${target}`;
+  if (!URL.canParse(url)) {
+    throw new ValidationError("Malformed HTTP request: invalid Host header", "host");
+  }
+  return new Request(url, {
     method: req.method,
     headers,
     body,
@@ -706,8 +747,17 @@ class ServerConnection {
       }
     }
     const method = p.method;
-    if (method === "CONNECT") {
-      this.#error = { status: 405, message: "CONNECT is not supported" };
+    if (method === "CONNECT" || method === "TRACE" || method === "TRACK") {
+      this.#error = { status: 405, message: `${method} is not supported` };
+      return undefined;
+    }
+    // Origin form (`/path?query`) or absolute form (`http://host/path`); `*` and the rest are refused.
+    const first = text.charCodeAt(0);
+    if (first !== 47 /* / */ && !absoluteTarget(text.substring(0, this.#urlEnd - base))) {
+      this.#error = {
+        status: 400,
+        message: "Malformed HTTP request: the request target must be a path or an http(s) URL",
+      };
       return undefined;
     }
     if (this.httpMinor === 1 && p.httpMajor === 1 && !headers.some((h) => h[0] === "host")) {

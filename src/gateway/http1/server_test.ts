@@ -216,6 +216,30 @@ t("http1 refuses request smuggling and malformed framing with 400 and closes", a
   await s.shutdown();
 });
 
+t(
+  "http1 refuses TRACE and CONNECT (405) and targets that are not paths or http URLs (400)",
+  async () => {
+    const s = echo();
+    const first = async (raw: string) => answers(await exchange(s.addr.port, raw))[0];
+    for (const m of ["TRACE", "CONNECT"]) {
+      const target = m === "CONNECT" ? "h:443" : "/";
+      const a = await first(`${m} ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
+      assert.equal(a.status, 405, m);
+      assert.equal(JSON.parse(a.body).error.code, "unsupported");
+    }
+    for (const target of ["*", "x", "http:///", "ftp://h/x"]) {
+      const a = await first(`OPTIONS ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
+      assert.equal(a.status, 400, target);
+      assert.equal(JSON.parse(a.body).error.code, "invalid");
+    }
+    const abs = await first(
+      "GET http://h:1/a?b=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert.equal(JSON.parse(abs.body).url, "http://h:1/a?b=1", "an absolute target is served");
+    await s.shutdown();
+  },
+);
+
 t("http1 limits heads (431), header counts (431), targets (414) and bodies (413)", async () => {
   const s = echo({ maxHeadBytes: 2048, maxHeaders: 10, maxUrlBytes: 100 });
   const status = async (raw: string) => answers(await exchange(s.addr.port, raw))[0]?.status;

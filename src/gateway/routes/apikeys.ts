@@ -25,7 +25,7 @@ const KeyRequestSchema = z.strictObject({
   tenant: z.string().refine(isValidName, "not a valid tenant name").optional(),
   namespace: z.string().refine(isValidName, "not a valid namespace name").optional(),
   /** Lifetime in seconds; absent: the key does not expire. */
-  expires_in_s: z.number().positive().max(10 * 365 * 86400).optional(),
+  expires_in_s: z.number().min(0.001).max(10 * 365 * 86400).optional(),
 }).refine((k) => k.namespace === undefined || k.tenant !== undefined, {
   message: "a namespace restriction needs a tenant",
   path: ["namespace"],

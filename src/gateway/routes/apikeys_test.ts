@@ -49,6 +49,8 @@ t(
       [{ scope: "root" }, ADMIN, 400, /scope/],
       [{ scope: "read", namespace: "n" }, ADMIN, 400, /namespace restriction needs a tenant/],
       [{ scope: "read", tenant: "zz" }, ADMIN, 404, /tenant zz does not exist/],
+      [{ scope: "read", expires_in_s: 1e-9 }, ADMIN, 400, /expires_in_s/],
+      [{ scope: "read", expires_in_s: 0 }, ADMIN, 400, /expires_in_s/],
       [{ scope: "read" }, {}, 401, /Credentials required/],
     ];
     for (const [body, headers, status, re] of cases) {

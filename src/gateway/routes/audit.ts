@@ -13,6 +13,7 @@ import { InferxError, NotFoundError, ValidationError } from "../../common/errors
 import type { AuditQuery } from "../../audit/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { intParam } from "./_query.ts";
 
 const HOUR_MS = 3_600_000;
 
@@ -52,14 +53,6 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 /** An audit query from a request's query parameters; a clear 400 for bad ones. */
 export function auditQuery(query: Record<string, string | undefined>): AuditQuery {
   const { tenant, namespace, func, since, limit, status } = query;
-  const num = (raw: string | undefined, field: string, max: number) => {
-    if (raw === undefined) return undefined;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < 0 || n > max) {
-      throw new ValidationError(`Invalid ${field} "${raw}": an integer from 0 to ${max}`, field);
-    }
-    return n;
-  };
   if ((namespace || func) && !tenant) {
     throw new ValidationError("Invalid audit query: namespace and func need tenant", "tenant");
   }
@@ -68,8 +61,8 @@ export function auditQuery(query: Record<string, string | undefined>): AuditQuer
     namespace,
     func,
     status: statusRange(status),
-    since: num(since, "since", Number.MAX_SAFE_INTEGER),
-    limit: num(limit, "limit", 10_000) ?? 100,
+    since: intParam(since, "since", 0, Number.MAX_SAFE_INTEGER),
+    limit: intParam(limit, "limit", 0, 10_000) ?? 100,
   };
 }
 

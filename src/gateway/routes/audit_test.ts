@@ -19,6 +19,10 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
     ["/audit/requests?func=f", 400, /need tenant/],
     ["/audit/requests?tenant=t&limit=-1", 400, /limit/],
     ["/audit/requests?tenant=t&since=soon", 400, /since/],
+    ["/audit/requests?tenant=t&limit=", 400, /Invalid limit "": an integer from 0 to 10000/],
+    ["/audit/requests?tenant=t&since=", 400, /since/],
+    ["/audit/requests?tenant=t&limit=1e2", 400, /limit/],
+    ["/audit/requests?tenant=t&limit=0x10", 400, /limit/],
     ["/audit/things", 404, /No audit of "things"/],
   ];
   for (const [path, status, re] of cases) {

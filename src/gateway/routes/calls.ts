@@ -11,15 +11,16 @@
  *
  * @module
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { NotFoundError, ValidationError } from "../../common/errors.ts";
 import { CALL_STATUSES, type CallRecord, decodeCall, parseCallId } from "../../model/call.ts";
-import { funcId } from "../../model/keys.ts";
+import { funcId, isValidName, SYSTEM } from "../../model/keys.ts";
 import type { MetaRecord } from "../../rpc/types.ts";
 import { allows, authorize, type Principal } from "../auth.ts";
 import { tenantSecret } from "../calls/callback.ts";
 import { callSummary, callView } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { intParam } from "./_query.ts";
 
 const MAX_LIST = 1000;
 
@@ -33,11 +34,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     if (p.anonymous) authorize(p, "read");
     const func = c.req.query("func");
     const status = c.req.query("status");
-    const limitText = c.req.query("limit") ?? "100";
-    const limit = Number(limitText);
-    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIST) {
-      throw new ValidationError(`Invalid limit "${limitText}": 1 to ${MAX_LIST}`, "limit");
-    }
+    const limit = intParam(c.req.query("limit"), "limit", 1, MAX_LIST) ?? 100;
     if (status !== undefined && !(CALL_STATUSES as readonly string[]).includes(status)) {
       throw new ValidationError(
         `Invalid status "${status}": one of ${CALL_STATUSES.join(", ")}`,
@@ -65,14 +62,22 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json({ items: calls.slice(0, limit).map(callSummary), count: calls.length });
   });
 
-  app.get("/callback-secret/:tenant", async (c) => {
-    const tenant = c.req.param("tenant");
+  /** The tenant a secret route names, once the caller may manage it and it exists. */
+  const secretTenant = async (c: Context<GatewayEnv>) => {
+    const tenant = c.req.param("tenant")!;
     authorize(c.var.principal, "write", tenant);
+    const ref = { type: "tenant" as const, tenant: SYSTEM, namespace: SYSTEM, name: tenant };
+    if (!isValidName(tenant) || !await deps.meta.get(ref)) {
+      throw new NotFoundError(`Tenant ${tenant} does not exist`);
+    }
+    return tenant;
+  };
+  app.get("/callback-secret/:tenant", async (c) => {
+    const tenant = await secretTenant(c);
     return c.json({ tenant, secret: await tenantSecret(deps.meta, tenant) });
   });
   app.post("/callback-secret/:tenant", async (c) => {
-    const tenant = c.req.param("tenant");
-    authorize(c.var.principal, "write", tenant);
+    const tenant = await secretTenant(c);
     return c.json({ tenant, secret: await tenantSecret(deps.meta, tenant, { rotate: true }) });
   });
 

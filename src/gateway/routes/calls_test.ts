@@ -406,6 +406,22 @@ t(
     const denied = await f.app.request("/calls/callback-secret/t", { headers: user });
     assert.equal(denied.status, 403);
     await denied.body?.cancel();
+    // No secret is made for a tenant that does not exist.
+    for (const method of ["GET", "POST"]) {
+      for (const name of ["ghost", "Not_A-Name"]) {
+        const ghost = await f.app.request(`/calls/callback-secret/${name}`, {
+          method,
+          headers: ADMIN,
+        });
+        assert.equal(ghost.status, 404, `${method} ${name}`);
+        assert.equal((await ghost.json()).error.code, "not_found");
+      }
+    }
+    assert.deepEqual(
+      (await f.meta.list("callsecret")).items.map((r) => r.name),
+      ["t"],
+      "the secret of t only",
+    );
     await f.close();
     await w.close();
     await receiver.shutdown();

@@ -20,6 +20,7 @@ import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
+import { intParam } from "./_query.ts";
 
 /** The object, node and pod routes, mounted at `/`. */
 export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
@@ -56,11 +57,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "write", { type, tenant, namespace, name });
-    const q = c.req.query("revision");
-    const revision = q === undefined ? undefined : Number(q);
-    if (revision !== undefined && !Number.isInteger(revision)) {
-      throw new ValidationError(`Invalid revision "${q}": not an integer`, "revision");
-    }
+    const revision = intParam(c.req.query("revision"), "revision", 1, Number.MAX_SAFE_INTEGER);
     const at = await deps.meta.delete({ type, tenant, namespace, name }, revision);
     return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
   });
@@ -138,11 +135,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     });
     const agent = nodeRec && deps.nodeAgent?.(decodeNode(nodeRec.value));
     if (!agent) throw new InferxError("unavailable", `Cannot reach the agent of node ${pod.node}`);
-    const q = c.req.query("lines");
-    const lines = q === undefined ? 50 : Number(q);
-    if (!Number.isInteger(lines) || lines < 1 || lines > 10_000) {
-      throw new ValidationError(`Invalid lines "${q}": an integer from 1 to 10000`, "lines");
-    }
+    const lines = intParam(c.req.query("lines"), "lines", 1, 10_000) ?? 50;
     return c.text(await agent.readPodLog(podId, lines));
   });
   return app;

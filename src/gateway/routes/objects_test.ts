@@ -53,6 +53,15 @@ t("object API creates, reads, updates with compare-and-swap, lists and deletes",
   assert.equal(got.object.spec.max_replica, 4);
   const list = await (await f.app.request("/objects/funcpolicy/t/n")).json();
   assert.deepEqual(list.items.map((o: { name: string }) => o.name), ["p"]);
+  for (const rev of ["", "-1", "0", "0x3", "1e1", " 2"]) {
+    const bad = await f.app.request(
+      `/object/funcpolicy/t/n/p?revision=${encodeURIComponent(rev)}`,
+      { method: "DELETE" },
+    );
+    assert.equal(bad.status, 400, `revision=${rev}`);
+    assert.match((await bad.json()).error.message, /Invalid revision .*an integer from 1/);
+  }
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 200, "still there");
   assert.equal((await f.app.request("/object/funcpolicy/t/n/p", { method: "DELETE" })).status, 200);
   assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 404);
   await (await f.app.request("/object/funcpolicy/t/n/p")).body?.cancel();
