@@ -335,6 +335,14 @@ export function decodeUserObject(input: unknown): UserObject {
       "object",
     );
   }
+  return decodeObject(input);
+}
+
+/**
+ * {@linkcode decodeUserObject} without the depth limit: a stored object
+ * admitted before the limit existed stays readable.
+ */
+function decodeObject(input: unknown): UserObject {
   const env = EnvelopeSchema.safeParse(input);
   if (!env.success) throw invalidInput("object envelope", env.error);
   const { type, tenant, namespace, name } = env.data;
@@ -450,7 +458,7 @@ export function decodeStoredUserObject(value: string, revision: number): UserObj
     last_version?: number;
     older_versions?: { version: number; spec: unknown }[];
   };
-  const obj = decodeUserObject({ ...parsed, revision });
+  const obj = decodeObject({ ...parsed, revision });
   if (obj.type === "function") {
     obj.version = parsed.version ?? revision;
     if (parsed.stable_version !== undefined) obj.stableVersion = parsed.stable_version;

@@ -290,3 +290,17 @@ Deno.test("a function spec with an unknown field, a relative mount or vRam witho
   }
   decodeUserObject(fn({ spec: { image: "x", mounts: [{ hostpath: "/d", mountpath: "/m" }] } }));
 });
+
+Deno.test("a stored object nested deeper than the input limit stays readable", () => {
+  const nested = (n: number): unknown => n === 0 ? 1 : [nested(n - 1)];
+  const value = JSON.stringify({
+    type: "namespace",
+    tenant: "public",
+    namespace: "system",
+    name: "old",
+    object: { spec: { a: nested(100) } },
+  });
+  const o = decodeStoredUserObject(value, 3);
+  assert.equal(o.name, "old");
+  assert.equal(o.revision, 3);
+});

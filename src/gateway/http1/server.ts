@@ -432,7 +432,7 @@ export function toRequest(
   bodyLimit: number,
   signal?: AbortSignal,
 ): Request {
-  let host: string | undefined;
+  let host: string;
   let target = req.url;
   if (!target.startsWith("/")) {
     const u = new URL(target); // the parser let only absolute http(s) targets through
