@@ -1,9 +1,16 @@
 /**
  * etcd `MetaStore` on `npm:etcd3`: compare-and-swap through transactions on
- * the mod revision, prefix watches that the client resumes after a
- * disconnect from the last revision it saw, and a `CompactedError` when
- * etcd cancels a watch (it does so when the start revision was compacted):
- * the caller lists again.
+ * the mod revision, prefix watches that resume after a disconnect from one
+ * past the last event they delivered, and a `CompactedError` when etcd
+ * cancels a watch (it does so when the start revision was compacted): the
+ * caller lists again.
+ *
+ * The client library resumes a watch from the revision in the header of the
+ * last response it saw, and a watch's creation (or a catch-up batch) carries
+ * the store's current revision before the events up to it have been sent: a
+ * reconnect in between skipped them for good. So the resume revision is
+ * kept here and written into each (re)create request. Watch streams carry
+ * no deadline (a deadline on them ended every stream after `timeoutMs`).
  *
  * @module
  */
@@ -92,7 +99,11 @@ export class EtcdStore implements MetaStore {
   constructor(hosts: string, options: EtcdStoreOptions = {}) {
     this.client = new Etcd3({
       hosts: hosts.split(",").map((h) => h.trim()).filter(Boolean),
-      defaultCallOptions: () => ({ deadline: Date.now() + (options.timeoutMs ?? 5000) }),
+      defaultCallOptions: (ctx) =>
+        ctx.isStream ? {} : { deadline: Date.now() + (options.timeoutMs ?? 5000) },
+      // A watch tries again 0.1 s after its stream ends, then up to every 2 s (the
+      // library's default grows to 30 s, so a watch could lag that long after etcd returned).
+      faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
     });
   }
 
@@ -152,43 +163,55 @@ export class EtcdStore implements MetaStore {
 
   watch(prefix: string, options: WatchOptions): Watch {
     let cancelled = false;
-    let watcher: Awaited<ReturnType<ReturnType<Etcd3["watch"]>["create"]>> | undefined;
+    // One past the last revision delivered: where a (re)created watch starts.
+    let next = options.afterRevision === undefined ? undefined : options.afterRevision + 1;
     const builder = this.client.watch().prefix(prefix);
-    if (options.afterRevision !== undefined) {
-      builder.startRevision(String(options.afterRevision + 1));
-    }
+    if (next !== undefined) builder.startRevision(String(next));
+    // Not create(): its promise settles a turn after "connected", and events arriving
+    // in that turn would find no listener.
+    const w = builder.watcher();
     const fail = (err: Error) => {
       if (cancelled) return;
       cancelled = true;
-      watcher?.cancel().catch(() => {});
+      w.cancel().catch(() => {});
       options.onError?.(err);
     };
-    builder.create().then(
-      (w) => {
-        watcher = w;
-        if (cancelled) return void w.cancel().catch(() => {});
-        w.on("put", (kv) => !cancelled && options.onEvent({ type: "put", kv: toKv(kv) }));
-        w.on("delete", (kv) =>
-          !cancelled &&
-          options.onEvent({
-            type: "delete",
-            key: kv.key.toString(),
-            revision: Number(kv.mod_revision),
-          }));
-        // etcd cancels a watch whose start revision was compacted: list again.
-        w.on("error", (err: Error) =>
-          fail(
-            /canceled|compact/i.test(err.message)
-              ? new CompactedError(options.afterRevision ?? 0, 0)
-              : err,
-          ));
-      },
-      (err: Error) => fail(err),
-    );
+    // Emitted just before each create request is written, the first and every resume.
+    w.on("connecting", () => {
+      if (next !== undefined) w.request.start_revision = String(next);
+    });
+    w.on("connected", (res) => {
+      // A watch from "now": it starts after the revision etcd created it at.
+      if (next === undefined) next = Number(res.header?.revision ?? 0) + 1;
+    });
+    w.on("data", (res) => {
+      if (cancelled) return;
+      // All events of one revision come in one response, so a response's events
+      // below `next` were delivered before (none should be; this keeps it so).
+      let last = 0;
+      for (const ev of res.events ?? []) {
+        const kv = ev.kv!;
+        const revision = Number(kv.mod_revision);
+        if (next !== undefined && revision < next) continue;
+        last = revision;
+        if (ev.type === "Delete") {
+          options.onEvent({ type: "delete", key: kv.key!.toString(), revision });
+        } else options.onEvent({ type: "put", kv: toKv(kv as IKeyValue) });
+        if (cancelled) return;
+      }
+      if (last > 0) next = last + 1;
+    });
+    // etcd cancels a watch whose start revision was compacted: list again.
+    w.on("error", (err: Error) =>
+      fail(
+        /canceled|compact/i.test(err.message)
+          ? new CompactedError(next === undefined ? 0 : next - 1, 0)
+          : err,
+      ));
     return {
       cancel: () => {
         cancelled = true;
-        watcher?.cancel().catch(() => {});
+        w.cancel().catch(() => {});
       },
     };
   }
@@ -197,4 +220,19 @@ export class EtcdStore implements MetaStore {
     this.client.close();
     return Promise.resolve();
   }
+}
+
+/** A backoff as the client library takes it: this wait, and the one after. */
+interface Backoff {
+  readonly duration: number;
+  next(): Backoff;
+}
+
+/** An exponential backoff from `firstMs`, doubling up to `maxMs`, with ±20% jitter. */
+function cappedBackoff(firstMs: number, maxMs: number): Backoff {
+  const at = (ms: number): Backoff => ({
+    duration: ms * (0.8 + Math.random() * 0.4),
+    next: () => at(Math.min(ms * 2, maxMs)),
+  });
+  return at(firstMs);
 }

@@ -98,3 +98,129 @@ Deno.test({
     }
   },
 });
+
+/** etcd's count of watch streams opened on it (its gRPC server metrics). */
+async function watchStreamsOpened(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) =>
+    l.startsWith("grpc_server_started_total{") && l.includes('grpc_method="Watch"') &&
+    l.includes('grpc_service="etcdserverpb.Watch"')
+  );
+  assert.ok(line, "etcd reports its watch streams");
+  return Number(line.slice(line.lastIndexOf(" ") + 1));
+}
+
+Deno.test({
+  name: "etcd watches keep one stream open past the call deadline",
+  ignore: missing !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const store = await openEtcdStore(etcd.url, { timeoutMs: 300 });
+    try {
+      const seen: string[] = [];
+      const watch = store.watch("/registry/d/", {
+        onEvent: (ev) => seen.push(ev.type === "put" ? ev.kv.value : "-"),
+      });
+      await new Promise((r) => setTimeout(r, 1500));
+      await store.create("/registry/d/t/n/a", "after");
+      for (let i = 0; i < 50 && seen.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(seen, ["after"]);
+      // With the call deadline on it, the stream ended every 0.3 s and was opened again.
+      assert.equal(await watchStreamsOpened(etcd.url), 1);
+      watch.cancel();
+    } finally {
+      await store.close();
+      await etcd.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "etcd watches lose no event, deliver none twice and keep revision order while etcd restarts under writes",
+  ignore: missing !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const etcd = await startEtcd();
+    const store = await openEtcdStore(etcd.url, { timeoutMs: 1000 });
+    const watches: { cancel(): void }[] = [];
+    try {
+      const start = await store.revision();
+      const views: Map<string, number>[] = [];
+      const problems: string[] = [];
+      // Each write is one revision, so a watch's revisions must strictly increase.
+      const watchFrom = (after: number) => {
+        const view = new Map<string, number>();
+        const k = views.push(view);
+        let last = after;
+        watches.push(store.watch("/registry/w/", {
+          afterRevision: after,
+          onEvent(ev) {
+            const rev = ev.type === "put" ? ev.kv.revision : ev.revision;
+            if (rev <= last) problems.push(`watch ${k}: revision ${rev} after ${last}`);
+            last = rev;
+            if (ev.type === "put") view.set(ev.kv.key, ev.kv.revision);
+            else view.delete(ev.key);
+          },
+          onError: (err) => problems.push(`watch ${k}: ${err.message}`),
+        }));
+      };
+      watchFrom(start);
+      watchFrom(start);
+      let on = true;
+      let writes = 0;
+      const writer = async (w: number) => {
+        for (let i = 0; on; i++) {
+          const key = `/registry/w/t/n/${w}-${i % 5}`;
+          try {
+            if (i % 3 === 2) await store.delete(key);
+            else {
+              const cur = await store.get(key);
+              if (cur) await store.update(key, String(i), cur.revision);
+              else await store.create(key, String(i));
+            }
+            writes++;
+          } catch {
+            await sleep(20); // etcd is away
+          }
+          await sleep(2);
+        }
+      };
+      const load = Promise.all([0, 1, 2].map(writer));
+      for (let round = 0; round < 3; round++) {
+        await sleep(400 + Math.random() * 400);
+        // A watch that starts with history to catch up on, while writes go on.
+        watchFrom(start);
+        await etcd.down();
+        await sleep(200 + Math.random() * 600);
+        await etcd.up();
+      }
+      await sleep(1000);
+      on = false;
+      await load;
+      assert.ok(writes > 30, `the writes ran (${writes})`);
+      let items;
+      for (let i = 0; !items; i++) {
+        items = await store.list("/registry/w/").then((r) => r.items, (err) => {
+          if (i > 100) throw err;
+          return sleep(100).then(() => undefined);
+        });
+      }
+      const text = (m: Map<string, number>) => JSON.stringify([...m].sort());
+      const truth = text(new Map(items.map((kv) => [kv.key, kv.revision])));
+      for (let i = 0; i < 150 && views.some((v) => text(v) !== truth); i++) await sleep(100);
+      assert.deepEqual(problems, []);
+      for (const [k, view] of views.entries()) assert.equal(text(view), truth, `watch ${k + 1}`);
+    } finally {
+      for (const w of watches) w.cancel();
+      await store.close();
+      await etcd.stop();
+    }
+  },
+});
