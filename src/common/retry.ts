@@ -95,3 +95,18 @@ export function updateWithRetry(
     return await meta.update({ ...target, object, revision: current.revision });
   }, options);
 }
+
+/** A backoff as `npm:etcd3` takes one for its watches: this wait, and the one after. */
+export interface Backoff {
+  readonly duration: number;
+  next(): Backoff;
+}
+
+/** An exponential backoff from `firstMs`, doubling up to `maxMs`, with ±20% jitter. */
+export function cappedBackoff(firstMs: number, maxMs: number): Backoff {
+  const at = (ms: number): Backoff => ({
+    duration: ms * (0.8 + Math.random() * 0.4),
+    next: () => at(Math.min(ms * 2, maxMs)),
+  });
+  return at(firstMs);
+}

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ConflictError, InferxError } from "./errors.ts";
-import { retryOnConflict, updateWithRetry } from "./retry.ts";
+import { cappedBackoff, retryOnConflict, updateWithRetry } from "./retry.ts";
 import type { MetaClient, MetaRecord, ObjectInput, ObjectRef } from "../rpc/types.ts";
 
 const ref: ObjectRef = { type: "node", tenant: "system", namespace: "system", name: "n1" };
@@ -85,4 +85,13 @@ Deno.test("retryOnConflict() retries a conflict that crossed gRPC, with doubling
   assert.equal(pauses.length, 5);
   const base = [10, 20, 40, 40, 40];
   pauses.forEach((ms, i) => assert.ok(ms >= base[i] && ms <= base[i] * 1.1, `pause ${i}: ${ms}`));
+});
+
+Deno.test("cappedBackoff() doubles from the first wait up to the cap, each within 20% of its step", () => {
+  let b = cappedBackoff(100, 1000);
+  const steps = [100, 200, 400, 800, 1000, 1000];
+  for (const step of steps) {
+    assert.ok(b.duration >= step * 0.8 && b.duration <= step * 1.2, `${b.duration} near ${step}`);
+    b = b.next();
+  }
 });

@@ -8,6 +8,7 @@
  */
 import { Etcd3 } from "etcd3";
 import { InferxError } from "../common/errors.ts";
+import { cappedBackoff } from "../common/retry.ts";
 import type { Lease, SchedulerClient } from "../rpc/types.ts";
 
 /** Options for {@linkcode campaign}. */
@@ -30,7 +31,12 @@ export interface Campaign {
 
 /** Campaigns for leadership as `id` on the etcd cluster at `etcdAddrs` (comma-separated). */
 export function campaign(etcdAddrs: string, id: string, options: CampaignOptions): Campaign {
-  const etcd = new Etcd3({ hosts: etcdAddrs.split(",") });
+  // A follower waits on a watch for the leader's key to go; the library's default backoff
+  // (up to 30 s) after etcd restarts would delay the takeover that long.
+  const etcd = new Etcd3({
+    hosts: etcdAddrs.split(","),
+    faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
+  });
   const c = etcd.election(options.election ?? "inferx-scheduler", options.ttlS ?? 3).campaign(id);
   c.on("elected", () => options.onElected());
   c.on("error", (err: Error) => options.onLost(err));

@@ -16,6 +16,7 @@
  */
 import { Etcd3, type IKeyValue } from "etcd3";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
+import { cappedBackoff } from "../common/retry.ts";
 import {
   CompactedError,
   type KeyValue,
@@ -220,19 +221,4 @@ export class EtcdStore implements MetaStore {
     this.client.close();
     return Promise.resolve();
   }
-}
-
-/** A backoff as the client library takes it: this wait, and the one after. */
-interface Backoff {
-  readonly duration: number;
-  next(): Backoff;
-}
-
-/** An exponential backoff from `firstMs`, doubling up to `maxMs`, with ±20% jitter. */
-function cappedBackoff(firstMs: number, maxMs: number): Backoff {
-  const at = (ms: number): Backoff => ({
-    duration: ms * (0.8 + Math.random() * 0.4),
-    next: () => at(Math.min(ms * 2, maxMs)),
-  });
-  return at(firstMs);
 }
