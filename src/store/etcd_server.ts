@@ -11,8 +11,11 @@ import { freePort } from "../common/net.ts";
 export interface EtcdServer {
   /** `http://127.0.0.1:port` for clients. */
   url: string;
-  /** Stops etcd (SIGTERM) and keeps its data, for outage tests. */
-  down(): Promise<void>;
+  /**
+   * Stops etcd and keeps its data, for outage tests: by SIGTERM (graceful: it
+   * tells its clients, with a GOAWAY) unless told otherwise.
+   */
+  down(signal?: Deno.Signal): Promise<void>;
   /** Starts it again on the same ports and data; resolves once it answers. */
   up(): Promise<void>;
   /** Stops it and removes its data. */
@@ -81,12 +84,12 @@ export async function startEtcd(): Promise<EtcdServer> {
     }
   };
 
-  const down = async () => {
+  const down = async (signal: Deno.Signal = "SIGTERM") => {
     const p = proc;
     proc = undefined;
     if (!p) return;
     try {
-      p.kill("SIGTERM");
+      p.kill(signal);
     } catch {
       // gone
     }

@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { pgUnavailable, startPostgres } from "../../src/audit/pg_server.ts";
 import { freePort } from "../../src/common/net.ts";
-import { openEtcdStore } from "../../src/store/etcd.ts";
+import { type EtcdStore, openEtcdStore } from "../../src/store/etcd.ts";
 import { etcdUnavailable, startEtcd } from "../../src/store/etcd_server.ts";
 import {
   createNamespace,
@@ -61,7 +61,10 @@ Deno.test({
     };
     const gw = `http://127.0.0.1:${port.gateway}`;
     const procs: RoleProcess[] = [];
-    const store = await openEtcdStore(etcd.url);
+    // Opened after the outage: Deno 2.9.6 can abort a process whose idle HTTP/2 client session
+    // receives a GOAWAY (denoland/deno#36788), which etcd sends as it stops, and this client
+    // would sit idle through it (docs/status.md).
+    let store: EtcdStore | undefined;
     const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
     let on = true;
     let load: Promise<unknown> | undefined;
@@ -189,25 +192,28 @@ Deno.test({
       };
       const writer = async () => {
         for (let i = 0; on; i++) {
-          const r = i % 3 === 2
-            ? await request(`${gw}/object/function/t/ns/u-${i - 2}`, { method: "DELETE" })
-            : i % 3 === 1
-            ? await (async () => {
-              const cur = await request(`${gw}/object/function/t/ns/u-${i - 1}`);
-              if (cur.status !== 200) return cur;
-              return await request(`${gw}/object/`, {
-                body: {
-                  ...fn(`u-${i - 1}`, { min_replica: 0 }, [["N", String(i)]]),
-                  revision: cur.body.revision,
-                },
-              });
-            })()
-            : await putObject(gw, fn(`u-${i}`, { min_replica: 0 }));
+          const r = await write(i).catch((e) => ({ status: 0, body: String(e) }));
+          if (r.status === 0) note("write", r);
           if (r.status >= 200 && r.status < 300) writes.ok++;
           else (writes.failed++, writes.statuses.add(r.status));
           await sleep(50);
         }
       };
+      const write = async (i: number) =>
+        i % 3 === 2
+          ? await request(`${gw}/object/function/t/ns/u-${i - 2}`, { method: "DELETE" })
+          : i % 3 === 1
+          ? await (async () => {
+            const cur = await request(`${gw}/object/function/t/ns/u-${i - 1}`);
+            if (cur.status !== 200) return cur;
+            return await request(`${gw}/object/`, {
+              body: {
+                ...fn(`u-${i - 1}`, { min_replica: 0 }, [["N", String(i)]]),
+                revision: cur.body.revision,
+              },
+            });
+          })()
+          : await putObject(gw, fn(`u-${i}`, { min_replica: 0 }));
       load = Promise.all([warmCaller(), coldCaller(), ghostCaller(), writer()]);
 
       // 1. etcd goes away and comes back.
@@ -246,8 +252,9 @@ Deno.test({
       }
 
       // Views after the faults: each role's, as the store holds them.
+      const etcdStore = store = await openEtcdStore(etcd.url);
       const storeFuncs = async () => {
-        const { items } = await store.list("/registry/function/");
+        const { items } = await etcdStore.list("/registry/function/");
         return new Map(items.map((kv) => {
           const [, , , t, ns, name] = kv.key.split("/");
           return [`${t}/${ns}/${name}`, JSON.parse(kv.value).version as number];
@@ -261,7 +268,9 @@ Deno.test({
         const schedFuncs = new Map(
           (state.funcs as Json[]).map((f) => [f.id as string, f.version as number]),
         );
-        const pods = (await store.list("/registry/pod/")).items.map((kv) => JSON.parse(kv.value))
+        const pods = (await etcdStore.list("/registry/pod/")).items.map((kv) =>
+          JSON.parse(kv.value)
+        )
           .filter((p) => p.state !== "Terminated" && p.state !== "Failed");
         const schedPods = (state.pods as Json[]).filter((p) => p.state !== "Terminated");
         const views = {
@@ -312,7 +321,7 @@ Deno.test({
       await load?.catch(() => {});
       for (const p of procs.reverse()) await p.stop().catch(() => {});
       await sql.end({ timeout: 1 });
-      await store.close();
+      await store?.close();
       await etcd.stop();
       await pg.stop();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
