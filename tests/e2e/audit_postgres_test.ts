@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { BatchingAuditLog, MIGRATIONS, PostgresAuditBackend } from "../../src/audit/mod.ts";
+import type { AuditBatch } from "../../src/audit/batching.ts";
 import { pgUnavailable, startPostgres } from "../../src/audit/pg_server.ts";
 import { sampleRequest, tokenRows } from "../../src/audit/testing.ts";
 import { summarizeUsage } from "../../src/audit/usage.ts";
@@ -61,6 +62,65 @@ Deno.test({
     } finally {
       await a.close();
       await b.close();
+      await pg.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "PostgreSQL audit: batches written while PostgreSQL restarts land once each, and the process lives on",
+  ignore: skip !== undefined,
+  async fn() {
+    // A batch's rows went in a client-side transaction; when PostgreSQL's fast shutdown cut a
+    // connection inside one, the library's rollback wrote to a socket already gone and threw
+    // where nothing could catch it: this process (a gateway, in production) ended.
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const pg = await startPostgres();
+    const backend = new PostgresAuditBackend(pg.url);
+    let on = true;
+    let batches = 0;
+    let failures = 0;
+    try {
+      await backend.migrate();
+      // Eight writers; a batch that fails is sent again later with its id, as the batching log does.
+      const failed: AuditBatch[] = [];
+      const writer = async (w: number) => {
+        for (let n = 0; on; n++) {
+          const batch = {
+            id: `restart-${w}-${n}`,
+            requests: Array.from({ length: 20 }, (_, i) => row(i)),
+            pods: [],
+          };
+          batches++;
+          await backend.write(batch).catch(() => (failures++, failed.push(batch)));
+          await sleep(5);
+        }
+      };
+      const load = Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(writer));
+      for (let round = 0; round < 4; round++) {
+        await sleep(800);
+        await pg.down();
+        await sleep(500);
+        await pg.up();
+      }
+      on = false;
+      await load;
+      for (const batch of failed) {
+        await eventually(
+          `batch ${batch.id}`,
+          () => backend.write(batch).then(() => true, () => false),
+        );
+      }
+      assert.ok(failures > 0, "some writes met the restarts");
+      const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+      const [{ n }] = await sql<{ n: number }[]>`
+        select count(*)::int as n from inferx_request_audit where path like '/r%'`;
+      await sql.end();
+      assert.equal(n, batches * 20, `${batches} batches, ${failures} failed tries`);
+    } finally {
+      on = false;
+      await backend.close();
       await pg.stop();
     }
   },
