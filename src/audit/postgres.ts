@@ -180,6 +180,9 @@ export class PostgresAuditBackend implements AuditBackend {
       max: 4,
       connect_timeout: 3,
       idle_timeout: 30,
+      // Reconnect after 0.03, 0.09, 0.27, 0.81 s, then every 1–2 s (the library's own waits grow
+      // to 10–20 s, so rows waited that long after PostgreSQL was back).
+      backoff: (retries: number) => (0.5 + Math.random() / 2) * Math.min(3 ** retries / 100, 2),
       onnotice: () => {},
       connection: { application_name: "inferx-audit" },
     });
