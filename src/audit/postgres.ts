@@ -94,73 +94,86 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
 /** How long a written batch's id is remembered, against retries of it. */
 const BATCH_MEMORY = "1 day";
 
-/** The request audit's columns as a batch writes them, with their types. */
-const REQUEST_FIELDS: readonly [string, string][] = [
-  ["time", "timestamptz"],
-  ["gateway", "text"],
-  ["principal", "text"],
-  ["tenant", "text"],
-  ["namespace", "text"],
-  ["func", "text"],
-  ["method", "text"],
-  ["path", "text"],
-  ["status", "integer"],
-  ["latency_ms", "double precision"],
-  ["ttfb_ms", "double precision"],
-  ["cold_start", "boolean"],
-  ["resumed", "boolean"],
-  ["pod", "text"],
-  ["error", "text"],
-  ["version", "integer"],
-  ["ttft_ms", "double precision"],
-  ["itl_p50_ms", "double precision"],
-  ["itl_p99_ms", "double precision"],
-  ["tokens_per_s", "double precision"],
-  ["prompt_tokens", "integer"],
-  ["completion_tokens", "integer"],
-  ["call_id", "text"],
-  ["attempt", "integer"],
+/** A column a batch writes: its name, its type, and its value in a row. */
+type Column<Row> = readonly [name: string, type: string, value: (row: Row) => unknown];
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+const REQUEST_COLUMNS: readonly Column<RequestRow>[] = [
+  ["time", "timestamptz", (r) => iso(r.time)],
+  ["gateway", "text", (r) => r.gateway],
+  ["principal", "text", (r) => r.principal],
+  ["tenant", "text", (r) => r.tenant],
+  ["namespace", "text", (r) => r.namespace],
+  ["func", "text", (r) => r.func],
+  ["method", "text", (r) => r.method],
+  ["path", "text", (r) => r.path],
+  ["status", "integer", (r) => r.status],
+  ["latency_ms", "double precision", (r) => r.latencyMs],
+  ["ttfb_ms", "double precision", (r) => r.ttfbMs],
+  ["cold_start", "boolean", (r) => r.coldStart],
+  ["resumed", "boolean", (r) => r.resumed],
+  ["pod", "text", (r) => r.pod],
+  ["error", "text", (r) => r.error],
+  ["version", "integer", (r) => r.version],
+  ["ttft_ms", "double precision", (r) => r.ttftMs],
+  ["itl_p50_ms", "double precision", (r) => r.itlP50Ms],
+  ["itl_p99_ms", "double precision", (r) => r.itlP99Ms],
+  ["tokens_per_s", "double precision", (r) => r.tokensPerS],
+  ["prompt_tokens", "integer", (r) => r.promptTokens],
+  ["completion_tokens", "integer", (r) => r.completionTokens],
+  ["call_id", "text", (r) => r.call],
+  ["attempt", "integer", (r) => r.attempt],
 ];
 
-/** The pod audit's columns as a batch writes them, with their types. */
-const POD_FIELDS: readonly [string, string][] = [
-  ["time", "timestamptz"],
-  ["pod", "text"],
-  ["tenant", "text"],
-  ["namespace", "text"],
-  ["func", "text"],
-  ["node", "text"],
-  ["state", "text"],
-  ["prev_state", "text"],
-  ["reason", "text"],
+const POD_COLUMNS: readonly Column<PodRow>[] = [
+  ["time", "timestamptz", (p) => iso(p.time)],
+  ["pod", "text", (p) => p.pod],
+  ["tenant", "text", (p) => p.tenant],
+  ["namespace", "text", (p) => p.namespace],
+  ["func", "text", (p) => p.func],
+  ["node", "text", (p) => p.node],
+  ["state", "text", (p) => p.state],
+  ["prev_state", "text", (p) => p.prevState],
+  ["reason", "text", (p) => p.reason],
 ];
 
-const names = (fields: readonly [string, string][]) => fields.map(([c]) => c).join(", ");
-const typed = (fields: readonly [string, string][]) => fields.map((f) => f.join(" ")).join(", ");
+/** `rows` as the JSON array `jsonb_to_recordset` reads (a missing value is null). */
+function asJson<Row>(columns: readonly Column<Row>[], rows: Row[]): string {
+  return JSON.stringify(
+    rows.map((row) => Object.fromEntries(columns.map(([name, , value]) => [name, value(row)]))),
+  );
+}
+
+/** `insert … select` of the rows in JSON parameter `param`, if the batch is fresh. */
+function insertFresh<Row>(table: string, columns: readonly Column<Row>[], param: string): string {
+  const names = columns.map(([name]) => name).join(", ");
+  const typed = columns.map(([name, type]) => `${name} ${type}`).join(", ");
+  return `insert into ${table} (${names})
+    select ${names} from jsonb_to_recordset(${param}::text::jsonb) as r(${typed})
+    where exists (select 1 from fresh)`;
+}
 
 /**
  * A batch in one statement ($1 its id, $2 and $3 its request and pod rows as
- * JSON arrays), so in one implicit transaction on the server: the id (a retry
- * of a batch whose commit went through, its answer lost, writes nothing) and
- * the rows go in together or not at all.
+ * JSON arrays; with `prune`, $4 how long ids are kept), so in one implicit
+ * transaction on the server: the id (a retry of a batch whose commit went
+ * through, its answer lost, writes nothing) and the rows go in together or
+ * not at all.
  */
-const WRITE = `with fresh as (
+function writeStatement(prune: boolean): string {
+  return `with fresh as (
     insert into inferx_audit_batches (id) values ($1) on conflict do nothing returning id
-  ), requests as (
-    insert into inferx_request_audit (${names(REQUEST_FIELDS)})
-    select ${names(REQUEST_FIELDS)} from jsonb_to_recordset($2::text::jsonb) as r(${
-  typed(REQUEST_FIELDS)
-})
-    where exists (select 1 from fresh)
-  ), pods as (
-    insert into inferx_pod_audit (${names(POD_FIELDS)})
-    select ${names(POD_FIELDS)} from jsonb_to_recordset($3::text::jsonb) as p(${typed(POD_FIELDS)})
-    where exists (select 1 from fresh)
-  )`;
-const WRITE_ONLY = `${WRITE} select count(*) from fresh`;
-const WRITE_AND_PRUNE = `${WRITE}, pruned as (
-    delete from inferx_audit_batches where written_at < now() - $4::interval
-  ) select count(*) from fresh`;
+  ), ${
+    prune
+      ? `pruned as (delete from inferx_audit_batches where written_at < now() - $4::interval), `
+      : ""
+  }requests as (${insertFresh("inferx_request_audit", REQUEST_COLUMNS, "$2")})
+  ${insertFresh("inferx_pod_audit", POD_COLUMNS, "$3")}`;
+}
+
+const WRITE = writeStatement(false);
+const WRITE_AND_PRUNE = writeStatement(true);
 
 /** An arbitrary constant naming the migration lock. */
 const MIGRATION_LOCK = 0x1f3a_7e01;
@@ -222,52 +235,14 @@ export class PostgresAuditBackend implements AuditBackend {
 
   async write(batch: AuditBatch): Promise<void> {
     await this.migrate();
-    const sql = this.#sql;
-    const requests = batch.requests.map((r) => ({
-      time: new Date(r.time).toISOString(),
-      gateway: r.gateway,
-      principal: r.principal,
-      tenant: r.tenant,
-      namespace: r.namespace,
-      func: r.func,
-      method: r.method,
-      path: r.path,
-      status: r.status,
-      latency_ms: r.latencyMs,
-      ttfb_ms: r.ttfbMs ?? null,
-      cold_start: r.coldStart,
-      resumed: r.resumed,
-      pod: r.pod ?? null,
-      error: r.error ?? null,
-      version: r.version ?? null,
-      ttft_ms: r.ttftMs ?? null,
-      itl_p50_ms: r.itlP50Ms ?? null,
-      itl_p99_ms: r.itlP99Ms ?? null,
-      tokens_per_s: r.tokensPerS ?? null,
-      prompt_tokens: r.promptTokens ?? null,
-      completion_tokens: r.completionTokens ?? null,
-      call_id: r.call ?? null,
-      attempt: r.attempt ?? null,
-    }));
-    const pods = batch.pods.map((p) => ({
-      time: new Date(p.time).toISOString(),
-      pod: p.pod,
-      tenant: p.tenant,
-      namespace: p.namespace,
-      func: p.func,
-      node: p.node,
-      state: p.state,
-      prev_state: p.prevState ?? null,
-      reason: p.reason ?? null,
-    }));
     const prune = Date.now() >= this.#nextPrune;
-    // One statement (WRITE), not sql.begin(): when the connection dropped inside a client-side
-    // transaction (PostgreSQL restarting), the library's rollback wrote to a socket already gone
-    // and threw where nothing could catch it, which ended the gateway.
-    await sql.unsafe(prune ? WRITE_AND_PRUNE : WRITE_ONLY, [
+    // One statement (writeStatement), not sql.begin(): when the connection dropped inside a
+    // client-side transaction (PostgreSQL restarting), the library's rollback wrote to a socket
+    // already gone and threw where nothing could catch it, which ended the gateway.
+    await this.#sql.unsafe(prune ? WRITE_AND_PRUNE : WRITE, [
       batch.id,
-      JSON.stringify(requests),
-      JSON.stringify(pods),
+      asJson(REQUEST_COLUMNS, batch.requests),
+      asJson(POD_COLUMNS, batch.pods),
       ...(prune ? [BATCH_MEMORY] : []),
     ]);
     if (prune) this.#nextPrune = Date.now() + 3_600_000;

@@ -1,7 +1,8 @@
 /**
  * Compare-and-swap retries, as client-go's `util/retry.RetryOnConflict`: run
  * a read-modify-write again, after a short growing pause, while it fails
- * because the object moved; rethrow anything else at once.
+ * because the object moved; rethrow anything else at once. Also the capped
+ * backoff the etcd clients' watches reconnect with.
  *
  * @module
  */
