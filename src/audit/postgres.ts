@@ -176,7 +176,40 @@ const WRITE = writeStatement(false);
 const WRITE_AND_PRUNE = writeStatement(true);
 
 /** An arbitrary constant naming the migration lock. */
-const MIGRATION_LOCK = 0x1f3a_7e01;
+export const MIGRATION_LOCK = 0x1f3a_7e01;
+
+/**
+ * The migrations as one script: under the advisory lock (held to the end of
+ * the script's transaction), each step not yet recorded runs and is recorded;
+ * the last statement lists the versions this transaction recorded.
+ */
+function migrationScript(): string {
+  const steps = MIGRATIONS.map((m) => {
+    const tag = `$step${m.version}$`;
+    if (m.sql.includes(tag)) throw new Error(`migration ${m.version} contains ${tag}`);
+    return `  if not exists (select 1 from inferx_schema_migrations where version = ${m.version}) then
+    execute ${tag}${m.sql}${tag};
+    insert into inferx_schema_migrations (version, name) values (${m.version}, ${pgString(m.name)});
+  end if;`;
+  });
+  return `select pg_advisory_xact_lock(${MIGRATION_LOCK});
+create table if not exists inferx_schema_migrations (
+  version integer primary key,
+  name text not null,
+  applied_at timestamptz not null default now()
+);
+do $migrate$ begin
+${steps.join("\n")}
+end $migrate$;
+select version from inferx_schema_migrations where xmin = pg_current_xact_id()::xid order by version`;
+}
+
+/** `s` as an SQL string literal. */
+function pgString(s: string): string {
+  return `'${s.replaceAll("'", "''")}'`;
+}
+
+const MIGRATE = migrationScript();
 
 type Sql = ReturnType<typeof postgres>;
 
@@ -211,26 +244,12 @@ export class PostgresAuditBackend implements AuditBackend {
   }
 
   async #migrate(): Promise<number[]> {
-    return await this.#sql.begin(async (tx) => {
-      await tx`select pg_advisory_xact_lock(${MIGRATION_LOCK})`;
-      await tx`create table if not exists inferx_schema_migrations (
-        version integer primary key,
-        name text not null,
-        applied_at timestamptz not null default now()
-      )`;
-      const done = new Set(
-        (await tx<{ version: number }[]>`select version from inferx_schema_migrations`)
-          .map((r) => r.version),
-      );
-      const applied: number[] = [];
-      for (const m of MIGRATIONS) {
-        if (done.has(m.version)) continue;
-        await tx.unsafe(m.sql);
-        await tx`insert into inferx_schema_migrations (version, name) values (${m.version}, ${m.name})`;
-        applied.push(m.version);
-      }
-      return applied;
-    });
+    // One message of several statements, so one implicit transaction on the server (not
+    // sql.begin(): a connection cut inside a client-side transaction, PostgreSQL restarting or
+    // an administrator ending the session, made the library's rollback throw where nothing could
+    // catch it, which ended the gateway).
+    const results = await this.#sql.unsafe(MIGRATE) as unknown as { version: number }[][];
+    return results[results.length - 1].map((r) => r.version);
   }
 
   async write(batch: AuditBatch): Promise<void> {

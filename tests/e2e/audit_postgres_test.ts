@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { BatchingAuditLog, MIGRATIONS, PostgresAuditBackend } from "../../src/audit/mod.ts";
+import { MIGRATION_LOCK } from "../../src/audit/postgres.ts";
 import type { AuditBatch } from "../../src/audit/batching.ts";
 import { pgUnavailable, startPostgres } from "../../src/audit/pg_server.ts";
 import { sampleRequest, tokenRows } from "../../src/audit/testing.ts";
@@ -62,6 +63,43 @@ Deno.test({
     } finally {
       await a.close();
       await b.close();
+      await pg.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "PostgreSQL audit: a migration whose connection is cut fails, the process lives on, and the next try applies it",
+  ignore: skip !== undefined,
+  async fn() {
+    // The migrations ran in a client-side transaction: a connection cut inside it (PostgreSQL
+    // restarting, an administrator ending the session) made npm:postgres's rollback throw where
+    // nothing could catch it, which ended this process.
+    const pg = await startPostgres();
+    const admin = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const b = new PostgresAuditBackend(pg.url);
+    try {
+      // Hold the migration lock, so the backend's migration waits inside its transaction.
+      await admin`select pg_advisory_lock(${MIGRATION_LOCK})`;
+      const migrating = b.migrate().then(() => undefined, (err: Error) => err); // caught at once
+      let waiting: { pid: number }[] = [];
+      await eventually("the migration to wait for the lock", async () => {
+        waiting = await admin<{ pid: number }[]>`select pid from pg_stat_activity
+          where application_name = 'inferx-audit' and wait_event_type = 'Lock'`;
+        return waiting.length === 1;
+      });
+      await admin`select pg_terminate_backend(${waiting[0].pid})`;
+      await admin`select pg_advisory_unlock(${MIGRATION_LOCK})`;
+      assert.match(String(await migrating), /CONNECTION_CLOSED|terminat/);
+      const [t] = await admin`select to_regclass('inferx_request_audit') as t`;
+      assert.equal(t.t, null, "nothing of the cut migration stayed");
+      assert.deepEqual(await b.migrate(), MIGRATIONS.map((m) => m.version));
+      await b.write({ id: "after-cut", requests: [row(1)], pods: [] });
+      assert.equal((await b.query("requests", {})).length, 1);
+    } finally {
+      await b.close();
+      await admin.end();
       await pg.stop();
     }
   },
