@@ -2,9 +2,9 @@
  * The PostgreSQL audit backend (`AUDITDB_ADDR`, a `postgres://` URL) through
  * `npm:postgres`. The schema is created by numbered migrations, applied once
  * each under an advisory lock so that gateways starting together do not
- * race; the applied versions are kept in `inferx_schema_migrations`.
- * Migrations run before the first write, so a database that is down at start
- * only delays them.
+ * race, all in one script (one transaction on the server); the applied
+ * versions are kept in `inferx_schema_migrations`. Migrations run before the
+ * first write or read, so a database that is down at start only delays them.
  *
  * @module
  */
