@@ -8,11 +8,13 @@
  * generator (`wrk`, keep-alive, POST of a 4-token completion). The gateway
  * runs with auth (an API key on every call), audit and metrics on. Prints
  * for each path its throughput, p50/p99, and for each proxy the CPU
- * microseconds it spent per request (utime+stime from /proc over the run);
- * then the ratios against direct and nginx, the gateway's CPU per request
- * by thread (its main thread, the audit's web worker, V8's platform threads,
- * the runtime's other threads), and the time to the first chunk of a
- * streamed answer, direct vs through the gateway.
+ * microseconds it spent per request (utime+stime from /proc over the run)
+ * and how many of them in the kernel (stime: the socket sends and receives,
+ * loopback TCP's delivery to the peer included); then the ratios against
+ * direct and nginx, the gateway's CPU per request by thread (its main
+ * thread, the audit's web worker, V8's platform threads, the runtime's
+ * other threads), and the time to the first chunk of a streamed answer,
+ * direct vs through the gateway.
  *
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
  * throughput, added p50 ≤ 0.4 ms.
@@ -175,7 +177,8 @@ try {
   for (const path of paths) await run(path.url); // warm every path once
   // Rounds interleave the paths, so a burst of other load on the machine
   // touches them alike; each path reports its median round.
-  const results = paths.map(() => [] as (WrkResult & { cpuUsPerRequest?: number })[]);
+  type Row = WrkResult & { cpuUsPerRequest?: number; sysUsPerRequest?: number };
+  const results = paths.map(() => [] as Row[]);
   // The gateway under test's CPU per request by thread kind, each round.
   const byThread: Record<ThreadKind, number>[] = [];
   for (let round = 0; round < rounds; round++) {
@@ -200,17 +203,15 @@ try {
       });
     }
   }
-  const median = (rs: (WrkResult & { cpuUsPerRequest?: number })[]) =>
-    [...rs].sort((x, y) => x.rps - y.rps)[rs.length >> 1];
-  const rows: [string, WrkResult & { cpuUsPerRequest?: number }][] = paths.map((p, i) => [
+  const median = (rs: Row[]) => [...rs].sort((x, y) => x.rps - y.rps)[rs.length >> 1];
+  const midOf = (rs: Row[], k: "cpuUsPerRequest" | "sysUsPerRequest") =>
+    rs[0][k] === undefined ? undefined : rs.map((r) => r[k]!).sort((x, y) => x - y)[rs.length >> 1];
+  const rows: [string, Row][] = paths.map((p, i) => [
     p.name,
     {
       ...median(results[i]),
-      cpuUsPerRequest: results[i][0].cpuUsPerRequest === undefined
-        ? undefined
-        : [...results[i].map((r) => r.cpuUsPerRequest!)].sort((x, y) =>
-          x - y
-        )[results[i].length >> 1],
+      cpuUsPerRequest: midOf(results[i], "cpuUsPerRequest"),
+      sysUsPerRequest: midOf(results[i], "sysUsPerRequest"),
     },
   ]);
 
@@ -223,15 +224,15 @@ try {
       `${navigator.hardwareConcurrency} cores`,
   );
   console.log(
-    "| path | req/s | of direct | p50 ms | added p50 ms | p99 ms | CPU µs/req | errors |",
+    "| path | req/s | of direct | p50 ms | added p50 ms | p99 ms | CPU µs/req | of it kernel | errors |",
   );
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const [name, r] of rows) {
     console.log(
       `| ${name} | ${r.rps.toFixed(0)} | ${f(r.rps / d.rps)} | ${f(r.p50)} | ${
         name === "direct" ? "—" : f(r.p50 - d.p50)
-      } | ${f(r.p99)} | ${
-        r.cpuUsPerRequest === undefined ? "—" : f(r.cpuUsPerRequest, 1)
+      } | ${f(r.p99)} | ${r.cpuUsPerRequest === undefined ? "—" : f(r.cpuUsPerRequest, 1)} | ${
+        r.sysUsPerRequest === undefined ? "—" : f(r.sysUsPerRequest, 1)
       } | ${r.errors} |`,
     );
   }

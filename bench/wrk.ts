@@ -95,14 +95,14 @@ export function parseWrk(text: string): WrkResult {
 
 const TICK_S = 0.01; // USER_HZ is 100 on Linux
 
-/** CPU seconds `pid` has used so far (user + system), or NaN when it is gone. */
-export async function cpuSeconds(pid: number): Promise<number> {
+/** CPU seconds `pid` has used so far, in user space and in the kernel; NaN when it is gone. */
+export async function cpuTimes(pid: number): Promise<{ user: number; sys: number }> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) * TICK_S; // fields 14 and 15 of the whole line
+    return { user: Number(f[11]) * TICK_S, sys: Number(f[12]) * TICK_S }; // fields 14 and 15
   } catch {
-    return NaN;
+    return { user: NaN, sys: NaN };
   }
 }
 
@@ -155,14 +155,29 @@ export async function childPids(pid: number): Promise<number[]> {
   }
 }
 
-/** Runs `load` and reports, with it, the CPU microseconds per request `pids` spent together. */
+/**
+ * Runs `load` and reports, with it, the CPU microseconds per request `pids`
+ * spent together, and how many of them in the kernel (system time: the
+ * sockets' sends and receives, loopback TCP included).
+ */
 export async function withCpu<T extends { requests: number }>(
   pids: number[],
   load: () => Promise<T>,
-): Promise<T & { cpuUsPerRequest: number }> {
-  const sum = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
+): Promise<T & { cpuUsPerRequest: number; sysUsPerRequest: number }> {
+  const sum = async () => {
+    const all = await Promise.all(pids.map(cpuTimes));
+    return all.reduce((a, b) => ({ user: a.user + b.user, sys: a.sys + b.sys }), {
+      user: 0,
+      sys: 0,
+    });
+  };
   const before = await sum();
   const r = await load();
   const after = await sum();
-  return { ...r, cpuUsPerRequest: ((after - before) * 1e6) / Math.max(1, r.requests) };
+  const per = (s: number) => (s * 1e6) / Math.max(1, r.requests);
+  return {
+    ...r,
+    cpuUsPerRequest: per(after.user + after.sys - before.user - before.sys),
+    sysUsPerRequest: per(after.sys - before.sys),
+  };
 }
