@@ -5,8 +5,8 @@
  * baseline of `bench/gateway.ts` (`GATEWAY_ONLY=1`, `GATEWAY_BASELINE`), so
  * the whole gateway and the ablated one are measured in the same rounds.
  * Prints, per ablation, both gateways' CPU per call, the median of the
- * per-round ratios whole/ablated (the part's share) and both throughputs
- * as fractions of direct. The edits exist only in the temporary worktrees;
+ * per-round ratios whole/ablated (what the part costs) and both
+ * throughputs as fractions of direct. The edits exist only in the temporary worktrees;
  * they measure, they are not options of the product.
  *
  * Run: `deno run -A bench/gateway_ablations.ts [seconds] [rounds] [names...]`
@@ -111,9 +111,8 @@ async function git(...args: string[]): Promise<void> {
   }
 }
 
-/** A worktree of HEAD with `edits` made in it. */
-async function worktree(edits: Edit[]): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "inferx-ablation-" });
+/** Makes `dir` a worktree of HEAD with `edits` made in it. */
+async function worktree(dir: string, edits: Edit[]): Promise<void> {
   await git("worktree", "add", "--detach", "--force", dir, "HEAD");
   await Deno.symlink(`${root}/node_modules`, `${dir}/node_modules`);
   for (const e of edits) {
@@ -125,14 +124,14 @@ async function worktree(edits: Edit[]): Promise<string> {
     }
     await Deno.writeTextFile(path, text.slice(0, at) + e.replace + text.slice(at + e.find.length));
   }
-  return dir;
 }
 
 const table: string[] = [];
 for (const name of names) {
   const a = ABLATIONS[name];
-  const dir = await worktree(a.edits);
+  const dir = await Deno.makeTempDir({ prefix: "inferx-ablation-" });
   try {
+    await worktree(dir, a.edits);
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", `${root}/bench/gateway.ts`, String(seconds), "16", "1", String(rounds)],
       env: { GATEWAY_ONLY: "1", GATEWAY_BASELINE: dir },
@@ -161,7 +160,7 @@ console.log(
   `gateway ablations: ${seconds} s rounds, ${rounds} rounds each, 16 connections; deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} cores`,
 );
 console.log(
-  "| taken out | its CPU µs/call | whole gateway's | whole / ablated | rounds | its share of direct | whole's |",
+  "| taken out | its CPU µs/call | whole gateway's | whole / ablated | rounds | it, of direct | whole, of direct |",
 );
 console.log("| --- | ---: | ---: | ---: | --- | ---: | ---: |");
 for (const line of table) console.log(line);
