@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { run } from "../src/common/rootfs.ts";
 import { hasCommand } from "./wrk.ts";
 
 /** One text replacement in one file of the worktree. */
@@ -94,21 +95,13 @@ if (!await hasCommand("wrk")) {
 }
 
 const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const git = (...args: string[]) => run("git", args, { cwd: root });
 // The ablated gateways are of HEAD: the one under test (this checkout) must be HEAD too.
-const dirty = await new Deno.Command("git", {
-  args: ["diff", "--quiet", "HEAD", "--", "src", "main.ts"],
-  cwd: root,
-}).output();
-if (!dirty.success) {
+try {
+  await git("diff", "--quiet", "HEAD", "--", "src", "main.ts");
+} catch {
   console.error("src/ has uncommitted changes: commit or stash them (the ablations are of HEAD)");
   Deno.exit(2);
-}
-
-async function git(...args: string[]): Promise<void> {
-  const out = await new Deno.Command("git", { args, cwd: root, stdout: "null" }).output();
-  if (!out.success) {
-    throw new Error(`git ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  }
 }
 
 /** Makes `dir` a worktree of HEAD with `edits` made in it. */

@@ -95,12 +95,16 @@ export function parseWrk(text: string): WrkResult {
 
 const TICK_S = 0.01; // USER_HZ is 100 on Linux
 
+/** The user and system CPU seconds in a `/proc/.../stat` line (its fields 14 and 15). */
+function statTimes(stat: string): { user: number; sys: number } {
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return { user: Number(f[11]) * TICK_S, sys: Number(f[12]) * TICK_S };
+}
+
 /** CPU seconds `pid` has used so far, in user space and in the kernel; NaN when it is gone. */
 export async function cpuTimes(pid: number): Promise<{ user: number; sys: number }> {
   try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { user: Number(f[11]) * TICK_S, sys: Number(f[12]) * TICK_S }; // fields 14 and 15
+    return statTimes(await Deno.readTextFile(`/proc/${pid}/stat`));
   } catch {
     return { user: NaN, sys: NaN };
   }
@@ -125,7 +129,6 @@ export async function threadCpu(pids: number[]): Promise<Record<ThreadKind, numb
       try {
         const stat = await Deno.readTextFile(`/proc/${pid}/task/${tid}/stat`);
         const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
         const kind: ThreadKind = tid === String(pid)
           ? "main"
           : comm.startsWith("worker-")
@@ -133,7 +136,8 @@ export async function threadCpu(pids: number[]): Promise<Record<ThreadKind, numb
           : comm.startsWith("V8 ")
           ? "v8"
           : "other";
-        out[kind] += (Number(f[11]) + Number(f[12])) * TICK_S;
+        const t = statTimes(stat);
+        out[kind] += t.user + t.sys;
       } catch {
         // the thread ended
       }
