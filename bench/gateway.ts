@@ -13,7 +13,10 @@
  * loopback TCP's delivery to the peer included); then the ratios against
  * direct and nginx, the gateway's CPU per request by thread (its main
  * thread, the audit's web worker, V8's platform threads, the runtime's
- * other threads), and the time to the first chunk of a streamed answer,
+ * other threads), what bounds the two rates (how busy the worker's process,
+ * the gateway's main thread and the machine were: a rate is one core's
+ * worth of its busiest single thread's work per request when that thread is
+ * near one core), and the time to the first chunk of a streamed answer,
  * direct vs through the gateway.
  *
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
@@ -28,7 +31,9 @@
  * `git worktree add DIR HEAD~1`, with its `node_modules`) on the same
  * platform and prints the median of the per-round CPU ratios: a change's
  * effect, measured in the same minutes as its baseline, when the host's
- * speed drifts between runs. `GATEWAY_PROFILE=DIR` writes the gateway's V8
+ * speed drifts between runs (the two take turns going first). Two runs of
+ * the same checkout this way put rounds 0.85-1.06 apart: a change of under
+ * about 3% is not told from the noise. `GATEWAY_PROFILE=DIR` writes the gateway's V8
  * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
  * runs the gateway under test (not the baseline) with those V8 flags,
  * `GATEWAY_LOG=FILE` keeps its output (say, of `--trace-deopt`) there, and
@@ -45,7 +50,10 @@ import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
 import {
   childPids,
+  cpuTimes,
   hasCommand,
+  listenerPid,
+  machineIdle,
   threadCpu,
   type ThreadKind,
   withCpu,
@@ -178,12 +186,41 @@ try {
   // Rounds interleave the paths, so a burst of other load on the machine
   // touches them alike; each path reports its median round.
   type Row = WrkResult & { cpuUsPerRequest?: number; sysUsPerRequest?: number };
+  /** Shares of one core: the worker's process, the gateway's main thread; the machine's idle cores. */
+  type Busy = { worker: number; main: number; idle: number; wall: number };
   const results = paths.map(() => [] as Row[]);
   // The gateway under test's CPU per request by thread kind, each round.
   const byThread: Record<ThreadKind, number>[] = [];
+  // What bounds each path's rate: how busy the worker's process, the gateway's main thread
+  // and the machine were over the run (direct's and the gateway under test's).
+  const [podHost, podPort] = pod.endpoint.split(":");
+  const workerPid = await listenerPid(podHost, Number(podPort));
+  const busy: Busy[][] = [[], []];
+  const measured = async <T>(load: () => Promise<T>): Promise<[T, Busy]> => {
+    const w0 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
+    const [i0, t0] = [await machineIdle(), performance.now()];
+    const r = await load();
+    const wall = (performance.now() - t0) / 1000;
+    const i1 = await machineIdle();
+    const w1 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
+    const worker = w0 && w1 ? (w1.user + w1.sys - w0.user - w0.sys) / wall : NaN;
+    return [r, { worker, idle: (i1 - i0) / wall, wall, main: NaN }];
+  };
+  const last = paths.length - 1;
   for (let round = 0; round < rounds; round++) {
-    for (const [i, path] of paths.entries()) {
-      if (i < paths.length - 1) {
+    // The baseline gateway and the gateway under test take turns going first, so that
+    // neither always runs on a machine the other has just left busy.
+    const order = [...paths.keys()];
+    if (p.baselineGateway && round % 2 === 1) [order[last - 1], order[last]] = [last, last - 1];
+    for (const i of order) {
+      const path = paths[i];
+      if (i === 0) {
+        const [r, b] = await measured(() => run(path.url));
+        results[i].push(r);
+        busy[0].push(b);
+        continue;
+      }
+      if (i < last) {
         results[i].push(
           path.pids ? await withCpu(await path.pids(), () => run(path.url)) : await run(path.url),
         );
@@ -191,9 +228,10 @@ try {
       }
       const pids = await path.pids!();
       const before = await threadCpu(pids);
-      const r = await withCpu(pids, () => run(path.url));
+      const [r, b] = await measured(() => withCpu(pids, () => run(path.url)));
       const after = await threadCpu(pids);
       results[i].push(r);
+      busy[1].push({ ...b, main: (after.main - before.main) / b.wall });
       const per = (k: ThreadKind) => ((after[k] - before[k]) * 1e6) / Math.max(1, r.requests);
       byThread.push({
         main: per("main"),
@@ -251,6 +289,28 @@ try {
     }): main ${mid("main")}, web workers (audit) ${mid("workers")}, ` +
       `V8 platform (GC, compilers) ${mid("v8")}, runtime's other threads ${mid("other")}`,
   );
+  if (workerPid === undefined) {
+    console.log("what bounds throughput: skipped (the worker's process was not found in /proc)");
+  } else {
+    // A path whose busiest single thread is near one core is bound by that thread, not by the
+    // machine: its rate is one core's worth of that thread's work per request.
+    const med = (xs: number[]) => xs.sort((x, y) => x - y)[xs.length >> 1];
+    const bd = (k: keyof Busy) => med(busy[0].map((b) => b[k]));
+    const bg = (k: keyof Busy) => med(busy[1].map((b) => b[k]));
+    const workerUs = (bd("worker") * 1e6) / d.rps;
+    const mainUs = (bg("main") * 1e6) / gw.rps;
+    console.log(
+      `what bounds throughput (share of one core busy over a run, medians): direct: worker ${
+        f(bd("worker"), 2)
+      }, machine idle ${f(bd("idle"), 2)} of ${navigator.hardwareConcurrency} cores; ` +
+        `gateway: its main thread ${f(bg("main"), 2)}, worker ${f(bg("worker"), 2)}, machine idle ${
+          f(bg("idle"), 2)
+        }. Worker ${f(workerUs, 1)} µs a request, gateway main thread ${f(mainUs, 1)}: ` +
+        `a single-threaded gateway with a core to itself reaches at most ${
+          f(workerUs / mainUs, 2)
+        } of direct against a single-threaded worker with one`,
+    );
+  }
   if (p.baselineGateway) {
     // Each round's pair ran back to back: the median of their ratios, less shaken by the host.
     const bi = rows.length - 2;
@@ -300,7 +360,9 @@ try {
     } ms, ` +
       `total ${f(sd.total)} ms, ${f(sd.chunks, 1)} reads/answer; gateway first chunk ${
         f(sg.first)
-      } ms (+${f(sg.first - sd.first)}), total ${f(sg.total)} ms, ${f(sg.chunks, 1)} reads/answer`,
+      } ms (${sg.first >= sd.first ? "+" : ""}${f(sg.first - sd.first)}), total ${
+        f(sg.total)
+      } ms, ${f(sg.chunks, 1)} reads/answer`,
   );
 } finally {
   for (const child of [raw, framing]) {

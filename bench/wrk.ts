@@ -185,3 +185,53 @@ export async function withCpu<T extends { requests: number }>(
     sysUsPerRequest: per(after.sys - before.sys),
   };
 }
+
+/**
+ * The process listening on TCP `host:port` in whatever network namespace it
+ * is (a pod's, say), found through `/proc`: the socket's inode in a
+ * namespace that holds `host` as a local address, then the process with that
+ * socket open. Undefined when none is found (not root, or gone).
+ */
+export async function listenerPid(host: string, port: number): Promise<number | undefined> {
+  const ip = host.split(".").map(Number);
+  if (ip.length !== 4 || ip.some((b) => !(b >= 0 && b <= 255))) return undefined;
+  // /proc/net/tcp writes an IPv4 address as a little-endian word, the port big-endian.
+  const hex = (n: number, w: number) => n.toString(16).toUpperCase().padStart(w, "0");
+  const addr = ip.toReversed().map((b) => hex(b, 2)).join("");
+  const locals = new Set([`${addr}:${hex(port, 4)}`, `00000000:${hex(port, 4)}`]);
+  const pids = [...Deno.readDirSync("/proc")].map((e) => e.name).filter((n) => /^\d+$/.test(n));
+  const inodes = new Set<string>();
+  const seenNs = new Set<string>();
+  for (const pid of pids) {
+    try {
+      const ns = Deno.readLinkSync(`/proc/${pid}/ns/net`);
+      if (seenNs.has(ns)) continue;
+      seenNs.add(ns);
+      if (!(await Deno.readTextFile(`/proc/${pid}/net/fib_trie`)).includes(` ${host}\n`)) continue;
+      for (const line of (await Deno.readTextFile(`/proc/${pid}/net/tcp`)).split("\n").slice(1)) {
+        const f = line.trim().split(/\s+/);
+        if (f.length > 9 && locals.has(f[1]) && f[3] === "0A" /* LISTEN */) inodes.add(f[9]);
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  if (!inodes.size) return undefined;
+  for (const pid of pids) {
+    try {
+      for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+        const target = Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`);
+        if (target.startsWith("socket:[") && inodes.has(target.slice(8, -1))) return Number(pid);
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return undefined;
+}
+
+/** CPU seconds the whole machine has spent idle so far (`/proc/stat`: idle and iowait), over all cores. */
+export async function machineIdle(): Promise<number> {
+  const f = (await Deno.readTextFile("/proc/stat")).split("\n", 1)[0].trim().split(/\s+/);
+  return (Number(f[4]) + Number(f[5])) * TICK_S;
+}
