@@ -299,15 +299,21 @@ try {
     const bg = (k: keyof Busy) => med(busy[1].map((b) => b[k]));
     const workerUs = (bd("worker") * 1e6) / d.rps;
     const mainUs = (bg("main") * 1e6) / gw.rps;
+    const n = gatewayWorkers;
+    const mains = n === 1 ? "its main thread" : `its ${n} processes' main threads together`;
     console.log(
       `what bounds throughput (share of one core busy over a run, medians): direct: worker ${
         f(bd("worker"), 2)
       }, machine idle ${f(bd("idle"), 2)} of ${navigator.hardwareConcurrency} cores; ` +
-        `gateway: its main thread ${f(bg("main"), 2)}, worker ${f(bg("worker"), 2)}, machine idle ${
+        `gateway: ${mains} ${f(bg("main"), 2)}, worker ${f(bg("worker"), 2)}, machine idle ${
           f(bg("idle"), 2)
         }. Worker ${f(workerUs, 1)} µs a request, gateway main thread ${f(mainUs, 1)}: ` +
-        `a single-threaded gateway with a core to itself reaches at most ${
-          f(workerUs / mainUs, 2)
+        `${
+          n === 1
+            ? "a single-threaded gateway with a core to itself reaches"
+            : `${n} gateway processes with a core each reach`
+        } at most ${
+          f(Math.min(1, (n * workerUs) / mainUs), 2)
         } of direct against a single-threaded worker with one`,
     );
   }
