@@ -32,7 +32,7 @@
  * platform and prints the median of the per-round CPU ratios: a change's
  * effect, measured in the same minutes as its baseline, when the host's
  * speed drifts between runs (the two take turns going first). Two runs of
- * the same checkout this way put rounds 0.85-1.06 apart: a change of under
+ * the same checkout this way put rounds 0.82-1.07 apart: a change of under
  * about 3% is not told from the noise. `GATEWAY_PROFILE=DIR` writes the gateway's V8
  * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
  * runs the gateway under test (not the baseline) with those V8 flags,

@@ -190,7 +190,8 @@ export async function withCpu<T extends { requests: number }>(
  * The process listening on TCP `host:port` in whatever network namespace it
  * is (a pod's, say), found through `/proc`: the socket's inode in a
  * namespace that holds `host` as a local address, then the process with that
- * socket open. Undefined when none is found (not root, or gone).
+ * socket open (the busiest, when several share it). Undefined when none is
+ * found (not root, or gone).
  */
 export async function listenerPid(host: string, port: number): Promise<number | undefined> {
   const ip = host.split(".").map(Number);
@@ -217,17 +218,22 @@ export async function listenerPid(host: string, port: number): Promise<number | 
     }
   }
   if (!inodes.size) return undefined;
+  // A process that shares the socket with children (a wrapper): the busiest of them serves.
+  let best: { pid: number; cpu: number } | undefined;
   for (const pid of pids) {
     try {
       for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
         const target = Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`);
-        if (target.startsWith("socket:[") && inodes.has(target.slice(8, -1))) return Number(pid);
+        if (!target.startsWith("socket:[") || !inodes.has(target.slice(8, -1))) continue;
+        const t = await cpuTimes(Number(pid));
+        if (!best || t.user + t.sys > best.cpu) best = { pid: Number(pid), cpu: t.user + t.sys };
+        break;
       }
     } catch {
       // gone, or not ours to read
     }
   }
-  return undefined;
+  return best?.pid;
 }
 
 /** CPU seconds the whole machine has spent idle so far (`/proc/stat`: idle and iowait), over all cores. */
