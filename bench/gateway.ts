@@ -14,10 +14,11 @@
  * direct and nginx, the gateway's CPU per request by thread (its main
  * thread, the audit's web worker, V8's platform threads, the runtime's
  * other threads), what bounds the two rates (how busy the worker's process,
- * the gateway's main thread and the machine were: a rate is one core's
- * worth of its busiest single thread's work per request when that thread is
- * near one core), and the time to the first chunk of a streamed answer,
- * direct vs through the gateway.
+ * the gateway's main thread and the machine were, and how long the two
+ * main threads waited for a core while runnable: a rate is one core's worth
+ * of its busiest single thread's work per request when that thread is near
+ * one core, running or waiting to), and the time to the first chunk of a
+ * streamed answer, direct vs through the gateway.
  *
  * Budget (DESIGN.md): gateway CPU ≤ 60 µs per request, ≥ 0.6 of direct
  * throughput, added p50 ≤ 0.4 ms.
@@ -54,6 +55,7 @@ import {
   hasCommand,
   listenerPid,
   machineIdle,
+  mainThreadSched,
   threadCpu,
   type ThreadKind,
   withCpu,
@@ -186,8 +188,20 @@ try {
   // Rounds interleave the paths, so a burst of other load on the machine
   // touches them alike; each path reports its median round.
   type Row = WrkResult & { cpuUsPerRequest?: number; sysUsPerRequest?: number };
-  /** Shares of one core: the worker's process, the gateway's main thread; the machine's idle cores. */
-  type Busy = { worker: number; main: number; idle: number; wall: number };
+  /**
+   * Shares of one core: the worker's process, the gateway's main thread; the machine's idle
+   * cores; the time the worker's and the gateway's main threads spent runnable but waiting for
+   * a core, and how often the gateway's main thread was preempted (per call).
+   */
+  type Busy = {
+    worker: number;
+    main: number;
+    idle: number;
+    wall: number;
+    workerWait: number;
+    mainWait: number;
+    preemptions: number;
+  };
   const results = paths.map(() => [] as Row[]);
   // The gateway under test's CPU per request by thread kind, each round.
   const byThread: Record<ThreadKind, number>[] = [];
@@ -196,15 +210,31 @@ try {
   const [podHost, podPort] = pod.endpoint.split(":");
   const workerPid = await listenerPid(podHost, Number(podPort));
   const busy: Busy[][] = [[], []];
-  const measured = async <T>(load: () => Promise<T>): Promise<[T, Busy]> => {
+  const measured = async <T>(
+    load: () => Promise<T>,
+    mains: number[] = [],
+  ): Promise<[T, Busy]> => {
     const w0 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
+    const ws0 = await mainThreadSched(workerPid === undefined ? [] : [workerPid]);
+    const g0 = await mainThreadSched(mains);
     const [i0, t0] = [await machineIdle(), performance.now()];
     const r = await load();
     const wall = (performance.now() - t0) / 1000;
     const i1 = await machineIdle();
+    const g1 = await mainThreadSched(mains);
+    const ws1 = await mainThreadSched(workerPid === undefined ? [] : [workerPid]);
     const w1 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
     const worker = w0 && w1 ? (w1.user + w1.sys - w0.user - w0.sys) / wall : NaN;
-    return [r, { worker, idle: (i1 - i0) / wall, wall, main: NaN }];
+    const b = {
+      worker,
+      idle: (i1 - i0) / wall,
+      wall,
+      main: NaN,
+      workerWait: (ws1.wait - ws0.wait) / wall,
+      mainWait: (g1.wait - g0.wait) / wall,
+      preemptions: g1.preempted - g0.preempted,
+    };
+    return [r, b];
   };
   const last = paths.length - 1;
   for (let round = 0; round < rounds; round++) {
@@ -228,10 +258,14 @@ try {
       }
       const pids = await path.pids!();
       const before = await threadCpu(pids);
-      const [r, b] = await measured(() => withCpu(pids, () => run(path.url)));
+      const [r, b] = await measured(() => withCpu(pids, () => run(path.url)), pids);
       const after = await threadCpu(pids);
       results[i].push(r);
-      busy[1].push({ ...b, main: (after.main - before.main) / b.wall });
+      busy[1].push({
+        ...b,
+        main: (after.main - before.main) / b.wall,
+        preemptions: b.preemptions / Math.max(1, r.requests),
+      });
       const per = (k: ThreadKind) => ((after[k] - before[k]) * 1e6) / Math.max(1, r.requests);
       byThread.push({
         main: per("main"),
@@ -302,11 +336,18 @@ try {
     const n = gatewayWorkers;
     const mains = n === 1 ? "its main thread" : `its ${n} processes' main threads together`;
     console.log(
-      `what bounds throughput (share of one core busy over a run, medians): direct: worker ${
-        f(bd("worker"), 2)
-      }, machine idle ${f(bd("idle"), 2)} of ${navigator.hardwareConcurrency} cores; ` +
-        `gateway: ${mains} ${f(bg("main"), 2)}, worker ${f(bg("worker"), 2)}, machine idle ${
-          f(bg("idle"), 2)
+      `what bounds throughput (share of one core busy over a run, medians; "waiting": ` +
+        `runnable but waiting for a core): direct: worker ${f(bd("worker"), 2)} (waiting ${
+          f(bd("workerWait"), 2)
+        }), machine idle ${f(bd("idle"), 2)} of ${navigator.hardwareConcurrency} cores; ` +
+        `gateway: ${mains} ${f(bg("main"), 2)} (waiting ${f(bg("mainWait"), 2)}, preempted ${
+          f(bg("preemptions"), 2)
+        } times a call), worker ${f(bg("worker"), 2)} (waiting ${
+          f(bg("workerWait"), 2)
+        }), machine idle ${f(bg("idle"), 2)}; ${
+          n === 1 ? "the gateway's main thread" : "its main threads"
+        } running or waiting ${f(bg("main") + bg("mainWait"), 2)} of ${
+          n === 1 ? "a core" : `${n} cores`
         }. Worker ${f(workerUs, 1)} µs a request, gateway main thread ${f(mainUs, 1)}: ` +
         `${
           n === 1

@@ -146,6 +146,38 @@ export async function threadCpu(pids: number[]): Promise<Record<ThreadKind, numb
   return out;
 }
 
+/**
+ * How the main threads of `pids` were scheduled so far, summed: seconds on a
+ * core and seconds runnable but waiting for one (`/proc/.../schedstat`), and
+ * how often they were preempted (`nonvoluntary_ctxt_switches`). A thread that
+ * waits for a core is as unavailable to its work as one that runs: the two
+ * together say how occupied it was. Processes that are gone count nothing.
+ */
+export async function mainThreadSched(pids: number[]): Promise<Sched> {
+  const out: Sched = { run: 0, wait: 0, preempted: 0 };
+  for (const pid of pids) {
+    try {
+      const [run, wait] = (await Deno.readTextFile(`/proc/${pid}/task/${pid}/schedstat`))
+        .split(" ").map(Number);
+      const status = await Deno.readTextFile(`/proc/${pid}/task/${pid}/status`);
+      const m = /nonvoluntary_ctxt_switches:\s*(\d+)/.exec(status);
+      out.run += run / 1e9;
+      out.wait += wait / 1e9;
+      out.preempted += m ? Number(m[1]) : 0;
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** What {@linkcode mainThreadSched} reads. */
+export interface Sched {
+  run: number;
+  wait: number;
+  preempted: number;
+}
+
 /** What {@linkcode threadCpu} groups threads by. */
 export type ThreadKind = "main" | "workers" | "v8" | "other";
 
