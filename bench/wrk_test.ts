@@ -7,15 +7,23 @@ Deno.test({
   name: "mainThreadSched reads a main thread's time on a core, its waits and preemptions",
   ignore: !linux,
   async fn() {
-    const before = await mainThreadSched([Deno.pid]);
-    const end = performance.now() + 20;
-    while (performance.now() < end) {
-      // on a core for a while
+    // A process on a core all the time; the kernel adds a running thread's time at its ticks
+    // and switches, so it is read until the reading moves (a thread reading its own is stale).
+    const busy = new Deno.Command("sh", { args: ["-c", "while :; do :; done"] }).spawn();
+    try {
+      const before = await mainThreadSched([busy.pid]);
+      let after = before;
+      for (const end = Date.now() + 10_000; after.run <= before.run && Date.now() < end;) {
+        await new Promise((r) => setTimeout(r, 20));
+        after = await mainThreadSched([busy.pid]);
+      }
+      assert.ok(after.run > before.run, `${after.run} > ${before.run}`);
+      assert.ok(before.wait >= 0 && after.wait >= before.wait);
+      assert.ok(Number.isInteger(after.preempted) && after.preempted >= before.preempted);
+    } finally {
+      busy.kill("SIGKILL");
+      await busy.status;
     }
-    const after = await mainThreadSched([Deno.pid]);
-    assert.ok(after.run > before.run, `${after.run} > ${before.run}`);
-    assert.ok(before.wait >= 0 && after.wait >= before.wait);
-    assert.ok(Number.isInteger(after.preempted) && after.preempted >= before.preempted);
   },
 });
 
