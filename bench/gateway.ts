@@ -443,12 +443,21 @@ async function startRoles() {
     ),
   );
   roles.push(
-    await spawnRole({
-      ...common,
-      RUN_SERVICE: "Scheduler",
-      SCHEDULER_PORT: String(port.sched),
-      SCHEDULER_HTTP_PORT: String(port.schedHttp),
-    }, () => listening(port.sched)),
+    await spawnRole(
+      {
+        ...common,
+        RUN_SERVICE: "Scheduler",
+        SCHEDULER_PORT: String(port.sched),
+        SCHEDULER_HTTP_PORT: String(port.schedHttp),
+      },
+      // Ready when both its ports answer: the node agent's readiness is read from the HTTP one.
+      async () => {
+        if (!await listening(port.sched)) return false;
+        const r = await fetch(`http://127.0.0.1:${port.schedHttp}/health`);
+        await r.body?.cancel();
+        return r.ok;
+      },
+    ),
   );
   roles.push(
     await spawnRole(
