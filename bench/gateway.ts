@@ -210,19 +210,20 @@ try {
   const [podHost, podPort] = pod.endpoint.split(":");
   const workerPid = await listenerPid(podHost, Number(podPort));
   const busy: Busy[][] = [[], []];
-  const measured = async <T>(
+  const workerPids = workerPid === undefined ? [] : [workerPid];
+  const measured = async <T extends { requests: number }>(
     load: () => Promise<T>,
     mains: number[] = [],
   ): Promise<[T, Busy]> => {
     const w0 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
-    const ws0 = await mainThreadSched(workerPid === undefined ? [] : [workerPid]);
+    const ws0 = await mainThreadSched(workerPids);
     const g0 = await mainThreadSched(mains);
     const [i0, t0] = [await machineIdle(), performance.now()];
     const r = await load();
     const wall = (performance.now() - t0) / 1000;
     const i1 = await machineIdle();
     const g1 = await mainThreadSched(mains);
-    const ws1 = await mainThreadSched(workerPid === undefined ? [] : [workerPid]);
+    const ws1 = await mainThreadSched(workerPids);
     const w1 = workerPid === undefined ? undefined : await cpuTimes(workerPid);
     const worker = w0 && w1 ? (w1.user + w1.sys - w0.user - w0.sys) / wall : NaN;
     const b = {
@@ -232,7 +233,7 @@ try {
       main: NaN,
       workerWait: (ws1.wait - ws0.wait) / wall,
       mainWait: (g1.wait - g0.wait) / wall,
-      preemptions: g1.preempted - g0.preempted,
+      preemptions: (g1.preempted - g0.preempted) / Math.max(1, r.requests),
     };
     return [r, b];
   };
@@ -261,11 +262,7 @@ try {
       const [r, b] = await measured(() => withCpu(pids, () => run(path.url)), pids);
       const after = await threadCpu(pids);
       results[i].push(r);
-      busy[1].push({
-        ...b,
-        main: (after.main - before.main) / b.wall,
-        preemptions: b.preemptions / Math.max(1, r.requests),
-      });
+      busy[1].push({ ...b, main: (after.main - before.main) / b.wall });
       const per = (k: ThreadKind) => ((after[k] - before[k]) * 1e6) / Math.max(1, r.requests);
       byThread.push({
         main: per("main"),
