@@ -42,11 +42,17 @@
  * heap profiles (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`; sum one with
  * `deno run -A bench/profile_summary.ts FILE`). `GATEWAY_ONLY=1` leaves out
  * nginx and the two bench proxies (direct and the gateways only: an A/B run
- * in half the time).
+ * in half the time). `GATEWAY_PERF=1` (needs `perf`) runs every proxy once
+ * more after the rounds, not counted in them, with `perf record -g` on its
+ * main thread, and splits that thread's µs a request into the kernel, the
+ * runtime's native code and generated code (JavaScript, WebAssembly), with
+ * the JavaScript functions whose calls into the runtime cost the most
+ * (`native_split.ts`; the Deno proxies run with `--perf-basic-prof` then).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
 import { startNginx } from "./nginx.ts";
+import { recordThread, splitLine, topCallers } from "./native_split.ts";
 import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
 import {
@@ -78,6 +84,15 @@ const gatewayLog = Deno.env.get("GATEWAY_LOG");
 /** Files for the gateway's CPU and heap profiles (`INFERX_*_PROFILE`), for `bench/profile_summary.ts`. */
 const cpuProfile = Deno.env.get("GATEWAY_CPU_PROFILE");
 const heapProfile = Deno.env.get("GATEWAY_HEAP_PROFILE");
+/** Split each proxy's main thread by the kind of code it ran (`native_split.ts`). */
+const perfSplit = Deno.env.get("GATEWAY_PERF") === "1" && await hasCommand("perf");
+if (Deno.env.get("GATEWAY_PERF") === "1" && !perfSplit) {
+  console.log("GATEWAY_PERF: skipped (no perf: apt-get install linux-perf)");
+}
+/** V8 flags the Deno proxies under test run with: names for JIT code in perf's samples. */
+const perfV8 = perfSplit ? ["--perf-basic-prof"] : [];
+/** The processes whose JIT code maps (`/tmp/perf-PID.map`, left by V8) go when they stop. */
+const perfMaps: number[] = [];
 /** `GATEWAY_ONLY=1`: measure direct and the gateway(s) only (an A/B run in half the time). */
 const gatewayOnly = Deno.env.get("GATEWAY_ONLY") === "1";
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
@@ -369,6 +384,32 @@ try {
     );
   }
 
+  if (perfSplit) {
+    // One more run of each proxy with its main thread sampled (999 Hz), not counted above.
+    console.log(
+      "where each proxy's main thread spends a request (one more run each, under perf; " +
+        "µs of the main thread a request in that run; the functions below are shares of all its " +
+        "samples spent in the runtime's native code on their behalf):",
+    );
+    const secs = Math.max(1, seconds - 1);
+    for (const path of paths.slice(1)) {
+      const pids = await path.pids!();
+      const isNginx = path.name === "nginx";
+      if (!isNginx) perfMaps.push(...pids);
+      const [r, split] = await Promise.all([
+        run(path.url),
+        new Promise((res) => setTimeout(res, 500)).then(() =>
+          recordThread(pids[isNginx ? 1 : 0], secs)
+        ),
+      ]);
+      const us = (split.samples / 999 / (r.rps * secs)) * 1e6;
+      console.log(
+        `- ${path.name}${isNginx ? " (its worker process)" : ""}: ${splitLine(split, us)}`,
+      );
+      if (!isNginx) { for (const line of topCallers(split, 10)) console.log(`    ${line}`); }
+    }
+  }
+
   // Streaming: time to the first chunk of a 1024-token streamed completion (long enough that
   // the worker sends it in many pieces).
   const STREAM = JSON.stringify({ prompt: "A cold start", max_tokens: 1024, stream: true });
@@ -415,6 +456,7 @@ try {
   }
   await nginx?.stop();
   await p.stop();
+  for (const pid of perfMaps) await Deno.remove(`/tmp/perf-${pid}.map`).catch(() => {});
   if (gatewayLog) await Deno.writeTextFile(gatewayLog, p.gateway.output());
 }
 
@@ -464,7 +506,8 @@ async function startRoles() {
           .nodes?.length > 0,
     ),
   );
-  const v8 = [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`].filter(Boolean);
+  const v8 = [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`, ...perfV8]
+    .filter(Boolean);
   const startGateway = (gwPort: number, options: SpawnOptions, env: Record<string, string> = {}) =>
     spawnRole(
       {
@@ -508,8 +551,10 @@ async function startRoles() {
 
 /** Runs one of the benchmark's own proxies (`bench/{script}`) on `port`, forwarding to `upstream`. */
 function startProxy(script: string, port: number, upstream: string): Deno.ChildProcess {
+  const v8 = perfV8.length ? [`--v8-flags=${perfV8.join(",")}`] : [];
+  const path = new URL(`./${script}`, import.meta.url).pathname;
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(`./${script}`, import.meta.url).pathname, String(port), upstream],
+    args: ["run", "-A", ...v8, path, String(port), upstream],
     stdout: "null",
     stderr: "null",
   }).spawn();
