@@ -178,7 +178,7 @@ class Conn {
       }
       if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
       if (this.#end === this.#buf.length) this.#grow();
-      const n = await this.socket.read(this.#buf.subarray(this.#end));
+      const n = await this.socket.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
       if (n === null) {
         if (this.#end === 0) return undefined;
         throw new Error("upstream closed the connection in the middle of an answer head");
@@ -221,7 +221,7 @@ class Conn {
     // Positions of a head being read stay put; a body's bytes are copied out as they come.
     if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) this.#grow();
-    const n = await this.socket.read(this.#buf.subarray(this.#end));
+    const n = await this.socket.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
     if (n === null) return false;
     this.#end += n;
     return true;

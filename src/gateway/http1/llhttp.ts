@@ -98,6 +98,8 @@ function instance(): Exports {
   return wasm;
 }
 
+/** WebAssembly memory as bytes (made again when the memory grows). */
+let memView: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
 /** Where input is copied for the parser: one region of WebAssembly memory. */
 let inPtr = 0;
 /** The most input one execute() takes: it bounds the events one call can record. */
@@ -135,7 +137,8 @@ export class Http1Parser {
     if (!inPtr) inPtr = w.malloc(MAX_EXECUTE);
     // Every event but three per message covers at least one byte: room for all.
     if (this.events.length < 3 * (len + 4)) this.events = new Int32Array(3 * (len + 4));
-    new Uint8Array(w.memory.buffer, inPtr, len).set(buf.subarray(start, start + len));
+    if (memView.buffer !== w.memory.buffer) memView = new Uint8Array(w.memory.buffer);
+    memView.set(start === 0 && len === buf.length ? buf : buf.subarray(start, start + len), inPtr);
     ev = this.events;
     evLen = 0;
     shift = start - inPtr;

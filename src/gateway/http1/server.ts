@@ -652,7 +652,7 @@ class ServerConnection {
       this.#makeRoom();
       let n: number | null;
       try {
-        n = await this.#sock.read(this.#buf.subarray(this.#end));
+        n = await this.#sock.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
       } catch {
         n = null;
       }
