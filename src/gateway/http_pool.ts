@@ -12,16 +12,13 @@
  *
  * @module
  */
-import { copyBytes, latin1Into } from "./http1/bytes.ts";
+import { copyBytes, headText, latin1Into } from "./http1/bytes.ts";
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
 const IDLE_PER_ENDPOINT = 64;
 /** Sized answers up to this are read whole rather than streamed. */
 export const BUFFER_LIMIT = 1024 * 1024;
-
-const utf8 = new TextDecoder();
-const latin1 = new TextDecoder("latin1");
 
 /** The connection was refused or broke before an answer arrived. */
 export class ConnectError extends Error {
@@ -253,8 +250,7 @@ class Conn {
     const last = r.length
       ? Math.max(r[r.length - 1], r[r.length - 3])
       : Math.max(this.#statusEnd, base);
-    let text = utf8.decode(this.#buf.subarray(base, last));
-    if (text.includes("\uFFFD")) text = latin1.decode(this.#buf.subarray(base, last));
+    const text = headText(this.#buf, base, last);
     const headers: [string, string][] = [];
     let length: number | undefined;
     let chunked = false;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { serveGateway } from "./server.ts";
-import { fakeWorker, gatewayFixture } from "./testing.ts";
+import { fakeWorker, gatewayFixture, rawWorker } from "./testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -17,6 +17,29 @@ async function listening(opts: Parameters<typeof gatewayFixture>[0] = {}) {
       await f.close();
     },
   };
+}
+
+/** Writes `head` (and what follows it) on a fresh connection; what came back until the gateway closed it. */
+async function rawCall(url: string, head: string | Uint8Array): Promise<string> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
+  await c.write(typeof head === "string" ? new TextEncoder().encode(head) : head);
+  let out = "";
+  const buf = new Uint8Array(64 * 1024);
+  const timer = setTimeout(() => c.close(), 5000);
+  try {
+    for (let n; (n = await c.read(buf)) !== null;) {
+      out += String.fromCharCode(...buf.subarray(0, n));
+    }
+  } catch {
+    // closed by the timer
+  }
+  clearTimeout(timer);
+  try {
+    c.close();
+  } catch {
+    // closed
+  }
+  return out;
 }
 
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
@@ -244,3 +267,23 @@ t(
     await g.close();
   },
 );
+
+t("fields go to the worker and back byte for byte, non-ASCII bytes included", async () => {
+  const g = await listening();
+  const w = rawWorker({
+    answer: "HTTP/1.1 200 OK\r\nx-file: Caf\u00e9\r\nx-next: 1\r\ncontent-length: 2\r\n\r\nok",
+  });
+  g.f.sched.endpoints.push(w.endpoint);
+  // UTF-8 in one request field: two bytes a character, and the fields after it must not shift.
+  const head = new TextEncoder().encode(
+    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nX-A: \u00e9\u00e9\r\nX-Next: yes\r\nConnection: close\r\n\r\n",
+  );
+  const out = await rawCall(g.url, head);
+  assert.match(out, /^HTTP\/1.1 200 /);
+  const sent = w.received();
+  assert.ok(sent.includes("x-a: \xc3\xa9\xc3\xa9\r\nx-next: yes\r\n"), JSON.stringify(sent));
+  // The worker's answer field as the worker wrote it (U+00E9 in UTF-8, two bytes).
+  assert.ok(out.includes("x-file: Caf\xc3\xa9\r\nx-next: 1\r\n"), JSON.stringify(out));
+  await g.close();
+  w.close();
+});

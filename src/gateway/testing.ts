@@ -215,3 +215,84 @@ export function fakeWorker(name: string, options: { status?: number; delayMs?: n
   });
   return { endpoint: `127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
 }
+
+/** Options of {@linkcode rawWorker}. */
+export interface RawWorkerOptions {
+  /** The answer written, byte for byte, for each request head received. */
+  answer?: string | Uint8Array;
+  /** A connection idle this long is closed by the worker (a server's keep-alive timeout). */
+  idleCloseMs?: number;
+}
+
+/**
+ * A worker on raw TCP: records the bytes it receives (each connection's,
+ * in order) and writes `answer` whenever a request head is complete (a
+ * body, if any, arrives with it or is left unread). For what a proxy
+ * writes byte for byte, and for keep-alive behaviour a real server has.
+ */
+export function rawWorker(options: RawWorkerOptions = {}) {
+  const answer = typeof options.answer === "string" || options.answer === undefined
+    ? new TextEncoder().encode(options.answer ?? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    : options.answer;
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const received: Uint8Array[] = [];
+  const conns = new Set<Deno.Conn>();
+  let connections = 0;
+  (async () => {
+    for await (const c of listener) {
+      connections++;
+      conns.add(c);
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        let pending = "";
+        let idle: ReturnType<typeof setTimeout> | undefined;
+        const arm = () => {
+          clearTimeout(idle);
+          if (options.idleCloseMs !== undefined) {
+            idle = setTimeout(() => c.close(), options.idleCloseMs);
+          }
+        };
+        arm();
+        try {
+          for (let n; (n = await c.read(buf)) !== null;) {
+            received.push(buf.slice(0, n));
+            pending += String.fromCharCode(...buf.subarray(0, n));
+            let end;
+            while ((end = pending.indexOf("\r\n\r\n")) >= 0) {
+              pending = pending.slice(end + 4);
+              await c.write(answer);
+            }
+            arm();
+          }
+        } catch {
+          // closed
+        } finally {
+          clearTimeout(idle);
+          conns.delete(c);
+          try {
+            c.close();
+          } catch {
+            // closed
+          }
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    endpoint: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    /** Everything received, all connections together, as one string of one character a byte. */
+    received: () => received.map((b) => String.fromCharCode(...b)).join(""),
+    /** Connections accepted so far. */
+    connections: () => connections,
+    close() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch {
+          // closed
+        }
+      }
+    },
+  };
+}

@@ -54,3 +54,27 @@ export function latin1Into(s: string, out: Uint8Array, at: number): void {
     out[at + i] = c < 256 ? c : 63;
   }
 }
+
+const UTF8_DECODER = new TextDecoder();
+const REPLACEMENT = "\uFFFD";
+
+/**
+ * `bytes[start, end)` as a string of one character per byte (ISO-8859-1),
+ * the way HTTP heads are read: a field's offsets in the bytes are its
+ * offsets in the string, and {@linkcode latin1Into} writes the same bytes
+ * back. The native UTF-8 decoder reads an all-ASCII head (nearly every one)
+ * several times faster than a loop; it yields exactly one character a byte
+ * and no replacement character only when every byte is ASCII (a valid
+ * multi-byte sequence gives fewer characters, an invalid byte U+FFFD), and
+ * anything else is read again byte by byte. (`TextDecoder("latin1")` is
+ * windows-1252: it maps 0x80–0x9F elsewhere.)
+ */
+export function headText(bytes: Uint8Array, start: number, end: number): string {
+  const text = UTF8_DECODER.decode(bytes.subarray(start, end));
+  if (text.length === end - start && !text.includes(REPLACEMENT)) return text;
+  let out = "";
+  for (let i = start; i < end; i += 4096) {
+    out += String.fromCharCode(...bytes.subarray(i, Math.min(end, i + 4096)));
+  }
+  return out;
+}

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { copyBytes, latin1Into, SLAB_BYTES } from "./bytes.ts";
+import { copyBytes, headText, latin1Into, SLAB_BYTES } from "./bytes.ts";
 
 Deno.test("copyBytes() copies survive changes to their source and to each other", () => {
   const src = new Uint8Array(100).map((_, i) => i);
@@ -45,4 +45,30 @@ Deno.test("latin1Into() writes long heads natively and falls back for other char
   assert.deepEqual([out[9], out[110]], [0xee, 0xee]);
   latin1Into("é".repeat(70), out, 0);
   assert.deepEqual([...out.subarray(0, 70)], Array(70).fill(0xe9));
+});
+
+Deno.test("headText() reads one character a byte, so offsets in the bytes are offsets in the text", () => {
+  const ascii = new TextEncoder().encode("xxGET / HTTP/1.1\r\nHost: h\r\n");
+  assert.equal(headText(ascii, 2, ascii.length), "GET / HTTP/1.1\r\nHost: h\r\n");
+  // Valid UTF-8 (two bytes a character), an invalid byte, windows-1252's range, U+FFFD's bytes.
+  for (
+    const bytes of [
+      new TextEncoder().encode("X-A: \u00e9\u00e9\r\nX-B: hello"),
+      Uint8Array.of(0x41, 0xff, 0x42),
+      Uint8Array.of(0x80, 0x81, 0x9f, 0xa0),
+      Uint8Array.of(0xef, 0xbf, 0xbd, 0x20),
+    ]
+  ) {
+    const text = headText(bytes, 0, bytes.length);
+    assert.equal(text.length, bytes.length);
+    assert.deepEqual([...text].map((c) => c.charCodeAt(0)), [...bytes]);
+    const back = new Uint8Array(bytes.length);
+    latin1Into(text, back, 0);
+    assert.deepEqual(back, bytes);
+  }
+  // Longer than one pass of the byte loop.
+  const long = new Uint8Array(10_000).map((_, i) => 0x80 + (i % 128));
+  assert.deepEqual([...headText(long, 1, long.length)].map((c) => c.charCodeAt(0)), [
+    ...long.subarray(1),
+  ]);
 });

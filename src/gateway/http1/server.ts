@@ -18,7 +18,7 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
-import { copyBytes, latin1Into } from "./bytes.ts";
+import { copyBytes, headText, latin1Into } from "./bytes.ts";
 import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -83,9 +83,6 @@ const DEFAULTS: Http1Limits = {
 const READ_AHEAD = 256 * 1024;
 /** Unread body bytes drained after an answer to keep the connection; beyond, it closes. */
 const DRAIN_LIMIT = 64 * 1024;
-
-const utf8 = new TextDecoder();
-const latin1 = new TextDecoder("latin1");
 
 let dateHeader = new Date().toUTCString();
 
@@ -731,8 +728,7 @@ class ServerConnection {
     }
     // One decode of the head; names and values are substrings of it.
     const base = this.#urlStart;
-    let text = utf8.decode(this.#buf.subarray(base, last));
-    if (text.includes("\uFFFD")) text = latin1.decode(this.#buf.subarray(base, last));
+    const text = headText(this.#buf, base, last);
     const headers: [string, string][] = new Array(r.length / 4);
     let contentLength: number | undefined;
     let chunked = false;

@@ -129,6 +129,29 @@ t("http1 reads chunked request bodies and streams answers chunked", async () => 
   await s.shutdown();
 });
 
+t("http1 reads a head byte for byte: a field after non-ASCII bytes stays whole", async () => {
+  const s = serveHttp1({
+    port: 0,
+    handler: (req, res) =>
+      res.send(200, [["content-type", "application/json"]], JSON.stringify(req.headers)),
+  });
+  // UTF-8 (two bytes a character) in one value; the fields after it must not shift.
+  const [a] = answers(
+    await exchange(
+      s.addr.port,
+      "GET / HTTP/1.1\r\nHost: h\r\nX-A: \u00e9\u00e9\r\nX-B: hello\r\nConnection: close\r\n\r\n",
+    ),
+  );
+  const latin1 = String.fromCharCode(0xc3, 0xa9, 0xc3, 0xa9); // the value's bytes, one character each
+  assert.deepEqual(JSON.parse(a.body), [
+    ["host", "h"],
+    ["x-a", latin1],
+    ["x-b", "hello"],
+    ["connection", "close"],
+  ]);
+  await s.shutdown();
+});
+
 t("http1 answers pipelined requests in order", async () => {
   const s = echo();
   const got = answers(
