@@ -6,7 +6,9 @@
  * close). Sized answers up to 1 MiB are read whole so the connection goes
  * back at once; larger or unsized ones are read as they come. A reused
  * connection that turns out closed before any answer is retried once on a
- * fresh one. Idle connections are closed after an idle timeout, so a worker
+ * fresh one; a streamed request body, which cannot be sent twice, always
+ * goes on a fresh one. When reading the caller's streamed body fails, the
+ * body's own error is thrown (the caller's fault, not the worker's). Idle connections are closed after an idle timeout, so a worker
  * that went away (scale to zero) leaves nothing open. No `Response` objects:
  * the warm path writes what it reads.
  *
@@ -25,6 +27,17 @@ export class ConnectError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "ConnectError";
+  }
+}
+
+/**
+ * Reading the caller's streamed body failed (too large, malformed, the
+ * caller gone): the caller's fault, not the worker's. {@linkcode HttpPool.send}
+ * throws the body's own error (`cause`), never a {@linkcode ConnectError}.
+ */
+class RequestBodyError extends Error {
+  constructor(cause: unknown) {
+    super("reading the request body failed", { cause });
   }
 }
 
@@ -186,7 +199,16 @@ class Conn {
 
   async #sendChunked(head: string, body: AsyncIterable<Uint8Array>): Promise<void> {
     await this.#write(this.#encode(head), head.length);
-    for await (const chunk of body) {
+    const chunks = body[Symbol.asyncIterator]();
+    while (true) {
+      let next: IteratorResult<Uint8Array>;
+      try {
+        next = await chunks.next();
+      } catch (err) {
+        throw new RequestBodyError(err);
+      }
+      if (next.done) break;
+      const chunk = next.value;
       if (chunk.byteLength === 0) continue;
       const size = `${chunk.byteLength.toString(16)}\r\n`;
       await this.#write(this.#encode(size), size.length);
@@ -396,7 +418,10 @@ export class HttpPool {
     const now = performance.now();
     this.sweep(now);
     for (let attempt = 0;; attempt++) {
-      const pooled = this.#pooled(endpoint, now);
+      // A kept-alive connection may turn out closed by the worker (its own idle timeout) only
+      // once the request is on it: a body that cannot be sent again goes on a fresh one, and so
+      // does a retry (another idle connection may be as stale as the first).
+      const pooled = attempt === 0 && replayable ? this.#pooled(endpoint, now) : undefined;
       const conn = pooled ?? await this.#connect(endpoint);
       let inFlight = true;
       cancelable?.(() => inFlight && conn.close());
@@ -408,9 +433,10 @@ export class HttpPool {
       } catch (err) {
         const cancelled = conn.closed;
         this.#discard(conn);
+        if (err instanceof RequestBodyError) throw err.cause;
         if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
         // A kept-alive connection the worker had already closed: try a fresh one once.
-        if (pooled && attempt === 0 && replayable) continue;
+        if (pooled) continue;
         if (err instanceof ConnectError) throw err;
         throw new ConnectError(`${endpoint}: ${(err as Error).message}`, { cause: err });
       } finally {

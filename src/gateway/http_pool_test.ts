@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
+import { rawWorker } from "./testing.ts";
+import { BodyTooLarge } from "./http1/server.ts";
 
 function server(port = 0) {
   return Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, async (req, info) => {
@@ -197,6 +199,56 @@ t("HttpPool retries once when a pooled connection was closed by the worker", asy
     await s.shutdown();
   }
 });
+
+t(
+  "HttpPool retries on a fresh connection when every idle one was closed by the worker",
+  async () => {
+    // A worker whose keep-alive timeout is shorter than the pool's idle timeout.
+    const w = rawWorker({ idleCloseMs: 150 });
+    const pool = new HttpPool();
+    try {
+      const three = await Promise.all(
+        [1, 2, 3].map(() => pool.send(w.endpoint, post(enc.encode("{}")))),
+      );
+      for (const a of three) assert.equal(await text(a), "ok");
+      assert.equal(pool.idleConnections, 3);
+      await new Promise((r) => setTimeout(r, 400)); // the worker closed all three
+      const r = await pool.send(w.endpoint, post(enc.encode("{}")));
+      assert.equal(await text(r), "ok");
+      assert.equal(w.connections(), 4, "the retry went on a new connection");
+      // A body that cannot be sent twice goes on a fresh connection from the start.
+      await new Promise((r) => setTimeout(r, 400));
+      const streamed = await pool.send(w.endpoint, post(ReadableStream.from([enc.encode("ab")])));
+      assert.equal(await text(streamed), "ok");
+    } finally {
+      pool.close();
+      w.close();
+    }
+  },
+);
+
+t(
+  "HttpPool throws the caller's own error when its streamed body fails, not ConnectError",
+  async () => {
+    const s = server();
+    const pool = new HttpPool();
+    try {
+      async function* tooLarge() {
+        yield enc.encode("ab");
+        throw new BodyTooLarge(1);
+      }
+      await assert.rejects(
+        pool.send(`127.0.0.1:${s.addr.port}`, post(tooLarge())),
+        (err) => err instanceof BodyTooLarge,
+      );
+      const r = await pool.send(`127.0.0.1:${s.addr.port}`, post(enc.encode("z")));
+      assert.equal(JSON.parse(await text(r)).body, "z", "the pool still works");
+    } finally {
+      pool.close();
+      await s.shutdown();
+    }
+  },
+);
 
 t("HttpPool drops a connection whose body was given up half-read", async () => {
   const s = server();

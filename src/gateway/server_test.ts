@@ -19,10 +19,13 @@ async function listening(opts: Parameters<typeof gatewayFixture>[0] = {}) {
   };
 }
 
-/** Writes `head` (and what follows it) on a fresh connection; what came back until the gateway closed it. */
-async function rawCall(url: string, head: string | Uint8Array): Promise<string> {
+/** Writes `parts` on a fresh connection, 50 ms apart; what came back until the gateway closed it. */
+async function rawCall(url: string, ...parts: (string | Uint8Array)[]): Promise<string> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
-  await c.write(typeof head === "string" ? new TextEncoder().encode(head) : head);
+  for (const [i, p] of parts.entries()) {
+    if (i) await new Promise((r) => setTimeout(r, 50)); // the gateway has the call by then
+    await c.write(typeof p === "string" ? new TextEncoder().encode(p) : p);
+  }
   let out = "";
   const buf = new Uint8Array(64 * 1024);
   const timer = setTimeout(() => c.close(), 5000);
@@ -284,6 +287,28 @@ t("fields go to the worker and back byte for byte, non-ASCII bytes included", as
   assert.ok(sent.includes("x-a: \xc3\xa9\xc3\xa9\r\nx-next: yes\r\n"), JSON.stringify(sent));
   // The worker's answer field as the worker wrote it (U+00E9 in UTF-8, two bytes).
   assert.ok(out.includes("x-file: Caf\xc3\xa9\r\nx-next: 1\r\n"), JSON.stringify(out));
+  await g.close();
+  w.close();
+});
+
+t("a caller's bad streamed body is answered 413 or 400 and the worker is not dropped", async () => {
+  const g = await listening({ bodyLimit: 1024 });
+  const w = rawWorker();
+  g.f.sched.endpoints.push(w.endpoint);
+  const head =
+    "POST /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+  const big = "x".repeat(2000);
+  const tooLarge = await rawCall(g.url, `${head}${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`);
+  assert.match(tooLarge, /^HTTP\/1.1 413 /);
+  assert.match(tooLarge, /"too_large"/);
+  const malformed = await rawCall(g.url, `${head}2\r\nab\r\n`, "zz\r\n");
+  assert.match(malformed, /^HTTP\/1.1 400 /);
+  assert.match(malformed, /"invalid"/);
+  assert.deepEqual(g.f.sched.returns.filter((r) => r.failed), [], "no worker was reported failed");
+  assert.deepEqual(
+    g.f.audit.requests.map((x) => x.status),
+    [413, 400],
+  );
   await g.close();
   w.close();
 });

@@ -226,9 +226,9 @@ export interface RawWorkerOptions {
 
 /**
  * A worker on raw TCP: records the bytes it receives (each connection's,
- * in order) and writes `answer` whenever a request head is complete (a
- * body, if any, arrives with it or is left unread). For what a proxy
- * writes byte for byte, and for keep-alive behaviour a real server has.
+ * in order) and writes `answer` at every blank line (a request head's end,
+ * and a chunked body's), whatever else came: for what a proxy writes byte
+ * for byte, and for keep-alive behaviour a real server has.
  */
 export function rawWorker(options: RawWorkerOptions = {}) {
   const answer = typeof options.answer === "string" || options.answer === undefined

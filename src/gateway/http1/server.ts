@@ -58,6 +58,17 @@ export class ConnectionClosed extends Error {
   }
 }
 
+/**
+ * A request body that breaks HTTP's framing (a bad chunk size, say): 400
+ * `invalid`. The connection closes after the answer.
+ */
+export class MalformedBody extends InferxError {
+  constructor(message: string) {
+    super("invalid", message);
+    this.name = "MalformedBody";
+  }
+}
+
 /** A request body over its limit (413 `too_large`). */
 export class BodyTooLarge extends InferxError {
   readonly limit: number;
@@ -786,7 +797,7 @@ class ServerConnection {
       if (this.#bodyDone) return null;
       if (!this.#parse()) {
         this.keepAlive = false;
-        throw new ConnectionClosed(this.#error!.message);
+        throw new MalformedBody(this.#error!.message);
       }
       if (this.#body.length || this.#bodyDone) continue;
       if (this.eof || !(await this.#fillBody())) {
@@ -821,6 +832,10 @@ class ServerConnection {
     }
     // The usual case: the whole body came with the head.
     if (this.#bodyDone && this.#body.length === 1) {
+      if (this.#bodyBytes > limit) {
+        this.keepAlive = false;
+        throw new BodyTooLarge(limit);
+      }
       const only = this.#body[0] as Uint8Array<ArrayBuffer>;
       this.#body = [];
       this.#bodyBytes = 0;

@@ -152,6 +152,27 @@ t("http1 reads a head byte for byte: a field after non-ASCII bytes stays whole",
   await s.shutdown();
 });
 
+t("http1 holds a chunked body to its limit when it came whole with the head", async () => {
+  const s = serveHttp1({
+    port: 0,
+    handler: async (req, res) => {
+      const body = await req.readAll(1024).catch((err) => err as Error);
+      await res.send(200, [], body instanceof Error ? body.name : `read ${body.byteLength}`);
+    },
+  });
+  const big = "x".repeat(5000);
+  const [a] = answers(
+    await exchange(
+      s.addr.port,
+      `POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${
+        big.length.toString(16)
+      }\r\n${big}\r\n0\r\n\r\n`,
+    ),
+  );
+  assert.equal(a.body, "BodyTooLarge");
+  await s.shutdown();
+});
+
 t("http1 answers pipelined requests in order", async () => {
   const s = echo();
   const got = answers(
