@@ -233,10 +233,10 @@ t(
     const s = server();
     const pool = new HttpPool();
     try {
-      async function* tooLarge() {
+      const tooLarge = async function* () {
         yield enc.encode("ab");
         throw new BodyTooLarge(1);
-      }
+      };
       await assert.rejects(
         pool.send(`127.0.0.1:${s.addr.port}`, post(tooLarge())),
         (err) => err instanceof BodyTooLarge,
