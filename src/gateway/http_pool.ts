@@ -57,7 +57,7 @@ export interface UpstreamAnswer {
   statusText: string;
   /** Lower-case names; framing fields (connection, keep-alive, transfer-encoding, content-length) removed. */
   headers: [string, string][];
-  /** The declared body length, when sized. */
+  /** The declared body length, when sized (for HEAD, the length a GET would have). */
   length: number | undefined;
   /** The whole body, when it was read at once (sized, up to 1 MiB, or none). */
   bytes?: Uint8Array;
@@ -284,7 +284,8 @@ class Conn {
       if (!FRAMING.has(name)) headers.push([name, value]);
     }
     if (chunked) length = undefined;
-    if (this.#noBody || status === 204 || status === 304) length = 0;
+    // An answer to HEAD keeps the length it declares (a GET's); it has no body all the same.
+    if (status === 204 || status === 304) length = 0;
     const statusText = this.#statusStart < 0 ? "" : text.substring(0, this.#statusEnd - base);
     return { status, statusText, headers, length };
   }

@@ -99,7 +99,10 @@ export function serveGateway(
     if (answer.bytes !== undefined) {
       answer.finish(true);
       try {
-        await res.send(answer.status, answer.headers, answer.bytes, answer.statusText);
+        // HEAD: the head alone, with the length the worker declared.
+        if (req.method === "HEAD") {
+          await res.start(answer.status, answer.headers, answer.length, answer.statusText);
+        } else await res.send(answer.status, answer.headers, answer.bytes, answer.statusText);
       } finally {
         rec.finished();
       }

@@ -312,3 +312,18 @@ t("a caller's bad streamed body is answered 413 or 400 and the worker is not dro
   await g.close();
   w.close();
 });
+
+t("HEAD on the warm path answers the length the worker declared, without a body", async () => {
+  const g = await listening();
+  const w = rawWorker({ answer: "HTTP/1.1 200 OK\r\ncontent-length: 12345\r\n\r\n" });
+  g.f.sched.endpoints.push(w.endpoint);
+  const out = await rawCall(
+    g.url,
+    "HEAD /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(out, /^HTTP\/1.1 200 /);
+  assert.match(out, /\r\ncontent-length: 12345\r\n/);
+  assert.ok(out.endsWith("\r\n\r\n"), "no body");
+  await g.close();
+  w.close();
+});
