@@ -16,6 +16,7 @@ import { toInferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
 import {
+  ConnectionClosed,
   type Http1Limits,
   type Http1Request,
   type Http1Response,
@@ -108,16 +109,25 @@ export function serveGateway(
       }
       return;
     }
+    // A caller that goes away mid-stream cuts the answer short (the worker's request is
+    // broken off): recorded as 499, as nginx logs it, and not ended as if it were whole.
+    let gone = false;
+    req.onAbort(() => gone = true);
     try {
       await res.start(answer.status, answer.headers, answer.length, answer.statusText);
       for (let c; (c = await answer.read()) !== null;) {
         await res.write(c);
         rec.tokens?.chunk(c, performance.now()); // a copy of what went out, read after it did
       }
+      if (gone) {
+        answer.finish(false);
+        return rec.callerGone();
+      }
       await res.end();
       answer.finish(true);
     } catch (err) {
       answer.finish(false);
+      if (gone || err instanceof ConnectionClosed) return rec.callerGone();
       throw err;
     } finally {
       rec.finished();

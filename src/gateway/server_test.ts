@@ -327,3 +327,69 @@ t("HEAD on the warm path answers the length the worker declared, without a body"
   await g.close();
   w.close();
 });
+
+/**
+ * Sends a call of `/funccall/t/n/f/s` and half-closes at once, or once `seen`
+ * has come back; everything that came back.
+ */
+async function halfClosedCall(url: string, seen?: string): Promise<string> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
+  await c.write(new TextEncoder().encode("GET /funccall/t/n/f/s HTTP/1.1\r\nHost: h\r\n\r\n"));
+  let out = "";
+  const buf = new Uint8Array(65536);
+  const read = () => c.read(buf).catch(() => null);
+  if (seen !== undefined) {
+    for (let n; !out.includes(seen) && (n = await read()) !== null;) {
+      out += new TextDecoder().decode(buf.subarray(0, n));
+    }
+  }
+  await c.closeWrite();
+  for (let n; (n = await read()) !== null;) out += new TextDecoder().decode(buf.subarray(0, n));
+  c.close();
+  return out;
+}
+
+t(
+  "a caller that half-closes after its request is a caller gone: 499 recorded, no 500",
+  async () => {
+    const g = await listening();
+    const w = fakeWorker("slow", { delayMs: 500 }); // no answer before the half-close is seen
+    g.f.sched.endpoints.push(w.endpoint);
+    try {
+      assert.equal(await halfClosedCall(g.url), "");
+      assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);
+
+t("a caller that half-closes in the middle of a streamed answer: cut, and 499", async () => {
+  const g = await listening();
+  const worker = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+    let i = 0;
+    return new Response(
+      new ReadableStream({
+        async pull(c) {
+          await new Promise((r) => setTimeout(r, 50));
+          if (i++ < 6) c.enqueue(new TextEncoder().encode(`data: ${i}\n\n`));
+          else c.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  });
+  g.f.sched.endpoints.push(`127.0.0.1:${worker.addr.port}`);
+  try {
+    const cut = await halfClosedCall(g.url, "data: 1");
+    assert.match(cut, /^HTTP\/1.1 200 /);
+    assert.match(cut, /data: 1/);
+    assert.ok(!cut.endsWith("0\r\n\r\n"), `not ended as if whole: ${JSON.stringify(cut)}`);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+  } finally {
+    await g.close();
+    await worker.shutdown();
+  }
+});

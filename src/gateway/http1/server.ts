@@ -994,7 +994,11 @@ class ServerConnection {
         try {
           const handled = this.#opts.handler(req, res);
           if (handled) await handled;
-          if (!res.finished) throw new Error("The handler returned before answering");
+          if (!res.finished) {
+            // The caller went away (end of its input, or a failed write): nothing to answer.
+            if (this.eof || this.#closed) break;
+            throw new Error("The handler returned before answering");
+          }
         } catch (err) {
           if (err instanceof ConnectionClosed || this.#closed) break;
           this.#opts.onError?.(err);
