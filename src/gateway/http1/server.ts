@@ -106,6 +106,42 @@ export interface Http1Server {
   shutdown(graceMs?: number): Promise<void>;
 }
 
+/** The first and the longest pause after a failed accept. */
+export const ACCEPT_RETRY = { firstMs: 5, maxMs: 1000 } as const;
+
+/**
+ * Accepts connections until `closing()` says so once an accept fails. A
+ * failed accept (EMFILE, ENFILE: out of descriptors) is retried after a
+ * pause that doubles from {@linkcode ACCEPT_RETRY}.firstMs up to .maxMs and
+ * starts over after an accept succeeds, as Go's server does: the
+ * connections already open keep being served, and the loop does not spin
+ * on an error that only time can clear. The first failure of a run is
+ * reported to `onError`.
+ */
+export async function acceptLoop(
+  listener: { accept(): Promise<Deno.TcpConn> },
+  closing: () => boolean,
+  onConn: (sock: Deno.TcpConn) => void,
+  opts: { onError?: (err: unknown) => void; sleep?: (ms: number) => Promise<void> } = {},
+): Promise<void> {
+  const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  let pause = 0;
+  while (true) {
+    let sock: Deno.TcpConn;
+    try {
+      sock = await listener.accept();
+    } catch (err) {
+      if (closing()) return;
+      if (pause === 0) opts.onError?.(err);
+      pause = pause === 0 ? ACCEPT_RETRY.firstMs : Math.min(pause * 2, ACCEPT_RETRY.maxMs);
+      await sleep(pause);
+      continue;
+    }
+    pause = 0;
+    onConn(sock);
+  }
+}
+
 /** Starts an HTTP/1.1 server. */
 export function serveHttp1(options: Http1ServerOptions): Http1Server {
   const limits: Http1Limits = { ...DEFAULTS };
@@ -125,21 +161,12 @@ export function serveHttp1(options: Http1ServerOptions): Http1Server {
     for (const c of conns) c.checkTimeouts(now);
   }, 1000);
   Deno.unrefTimer(sweep);
-  const accepting = (async () => {
-    while (true) {
-      let sock: Deno.TcpConn;
-      try {
-        sock = await listener.accept();
-      } catch {
-        if (closing) return;
-        continue; // e.g. EMFILE: keep serving the connections we have
-      }
-      sock.setNoDelay(true);
-      const c = new ServerConnection(sock, limits, options);
-      conns.add(c);
-      c.serve().finally(() => conns.delete(c));
-    }
-  })();
+  const accepting = acceptLoop(listener, () => closing, (sock) => {
+    sock.setNoDelay(true);
+    const c = new ServerConnection(sock, limits, options);
+    conns.add(c);
+    c.serve().finally(() => conns.delete(c));
+  }, { onError: options.onError });
   return {
     addr: listener.addr as Deno.NetAddr,
     get connections() {

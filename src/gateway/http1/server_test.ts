@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type Http1ServerOptions, serveHttp1 } from "./server.ts";
+import { acceptLoop, type Http1ServerOptions, serveHttp1 } from "./server.ts";
 import { rng } from "../../common/random.ts";
 
 const enc = new TextEncoder();
@@ -412,4 +412,28 @@ t("http1 ignores a protocol upgrade it was asked for and goes on speaking HTTP/1
     "/after",
   ]]);
   await s.shutdown();
+});
+
+Deno.test("acceptLoop pauses after a failed accept, doubling to a cap, and starts over after one succeeds", async () => {
+  // Out of descriptors ten times, a connection, twice more, then the listener is closed.
+  const script = [...Array(10).fill("EMFILE"), "ok", "EMFILE", "EMFILE", "closed"];
+  let closing = false;
+  const listener = {
+    accept(): Promise<Deno.TcpConn> {
+      const step = script.shift()!;
+      if (step === "ok") return Promise.resolve({} as Deno.TcpConn);
+      if (step === "closed") closing = true;
+      return Promise.reject(new Error(step));
+    },
+  };
+  const sleeps: number[] = [];
+  const errors: string[] = [];
+  let accepted = 0;
+  await acceptLoop(listener, () => closing, () => accepted++, {
+    onError: (err) => errors.push((err as Error).message),
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+  });
+  assert.deepEqual(sleeps, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 5, 10]);
+  assert.equal(accepted, 1);
+  assert.deepEqual(errors, ["EMFILE", "EMFILE"], "the first failure of each run is reported");
 });
