@@ -158,6 +158,7 @@ export function serveGateway(
     headersTimeoutMs: options.headersTimeoutMs,
     keepAliveTimeoutMs: options.keepAliveTimeoutMs,
     bodyTimeoutMs: options.bodyTimeoutMs,
+    sendTimeoutMs: options.sendTimeoutMs,
     onError: (err) => log.error("Request failed: {error}", { error: String(err) }),
     handler(req, res) {
       const url = req.url;

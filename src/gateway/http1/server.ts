@@ -35,6 +35,12 @@ export interface Http1Limits {
   keepAliveTimeoutMs: number;
   /** Time a request body may stall between bytes (ms). @default 60000 */
   bodyTimeoutMs: number;
+  /**
+   * Time a write to the client may wait for the client to take any of it
+   * (ms), as nginx's `send_timeout`: a client that stops reading is cut off
+   * rather than holding its answer (and the worker behind it). @default 60000
+   */
+  sendTimeoutMs: number;
 }
 
 /** Options of {@linkcode serveHttp1}. */
@@ -88,6 +94,7 @@ const DEFAULTS: Http1Limits = {
   headersTimeoutMs: 30_000,
   keepAliveTimeoutMs: 60_000,
   bodyTimeoutMs: 60_000,
+  sendTimeoutMs: 60_000,
 };
 
 /** Unparsed bytes a connection reads ahead of its handler. */
@@ -976,19 +983,40 @@ class ServerConnection {
     await this.write(CRLF, 2);
   }
 
+  // Socket writes begun and ended, and since when the one in progress has been stalled (as
+  // seen by checkTimeouts: no clock read a write).
+  #writesBegun = 0;
+  #writesEnded = 0;
+  #stalledAt = -1;
+  #stalledSince = 0;
+
   /** Writes `bytes[0, length)`; rejects with ConnectionClosed when the peer is gone. */
   write(bytes: Uint8Array, length: number): Promise<void> {
     if (this.#closed) return Promise.reject(new ConnectionClosed());
     const view = length === bytes.byteLength ? bytes : bytes.subarray(0, length);
+    this.#writesBegun++;
     return this.#sock.write(view).then(
-      (n) => n < length ? this.#writeRest(view, n) : undefined,
-      () => this.#writeFailed(),
+      (n) => {
+        this.#writesEnded++;
+        return n < length ? this.#writeRest(view, n) : undefined;
+      },
+      () => {
+        this.#writesEnded++;
+        this.#writeFailed();
+      },
     );
   }
 
   async #writeRest(view: Uint8Array, from: number): Promise<void> {
     try {
-      for (let o = from; o < view.byteLength;) o += await this.#sock.write(view.subarray(o));
+      for (let o = from; o < view.byteLength;) {
+        this.#writesBegun++;
+        try {
+          o += await this.#sock.write(view.subarray(o));
+        } finally {
+          this.#writesEnded++;
+        }
+      }
     } catch {
       this.#writeFailed();
     }
@@ -1086,9 +1114,21 @@ class ServerConnection {
     await res.send(e.status, JSON_TYPE, body).catch(() => {});
   }
 
-  /** Closes on timeouts: a head taking too long (408), a keep-alive connection idle too long. */
+  /**
+   * Closes on timeouts: a head taking too long (408), a keep-alive connection
+   * idle too long, a request body stalled, a write the client takes nothing
+   * of.
+   */
   checkTimeouts(now: number): void {
     if (this.#closed) return;
+    if (this.#writesBegun === this.#writesEnded) this.#stalledAt = -1;
+    else if (this.#stalledAt !== this.#writesEnded) {
+      // A write is pending and none has ended since the last look: it stalls from now.
+      this.#stalledAt = this.#writesEnded;
+      this.#stalledSince = now;
+    } else if (now - this.#stalledSince > this.#limits.sendTimeoutMs) {
+      return this.close(); // the pending write fails with ConnectionClosed
+    }
     if (this.#phase === "idle" && this.#start === this.#end) {
       if (now - this.#since > this.#limits.keepAliveTimeoutMs) this.close();
     } else if (this.#phase === "head" || this.#phase === "idle") {

@@ -437,3 +437,32 @@ Deno.test("acceptLoop pauses after a failed accept, doubling to a cap, and start
   assert.equal(accepted, 1);
   assert.deepEqual(errors, ["EMFILE", "EMFILE"], "the first failure of each run is reported");
 });
+
+t("http1 cuts off a client that takes nothing of its answer for sendTimeoutMs", async () => {
+  let outcome = "";
+  const s = serveHttp1({
+    port: 0,
+    sendTimeoutMs: 1000,
+    handler: async (_req, res) => {
+      const chunk = new Uint8Array(1024 * 1024);
+      await res.start(200, [["content-type", "application/octet-stream"]]);
+      try {
+        for (let i = 0; i < 200; i++) await res.write(chunk);
+        outcome = "written";
+      } catch (err) {
+        outcome = (err as Error).name;
+        throw err;
+      }
+    },
+  });
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+  await c.write(enc.encode("GET / HTTP/1.1\r\nHost: h\r\n\r\n")); // and never reads
+  // The server looks once a second: cut off within the timeout and two looks.
+  for (let i = 0; i < 40 && (outcome === "" || s.connections); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(outcome, "ConnectionClosed");
+  assert.equal(s.connections, 0);
+  c.close();
+  await s.shutdown();
+});
