@@ -425,19 +425,25 @@ export class HttpPool {
       const pooled = attempt === 0 && replayable ? this.#pooled(endpoint, now) : undefined;
       const conn = pooled ?? await this.#connect(endpoint);
       let inFlight = true;
-      cancelable?.(() => inFlight && conn.close());
+      let cancelled = false;
+      cancelable?.(() => {
+        if (!inFlight) return;
+        cancelled = true;
+        conn.close();
+      });
       try {
         const head = await conn.exchange(endpoint, req);
         if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
         const answer = this.#answer(endpoint, conn, head);
         return answer instanceof Promise ? await answer : answer;
       } catch (err) {
-        const cancelled = conn.closed;
+        // Closed already: the answer's head had come and reading its body failed.
+        const answered = conn.closed;
         this.#discard(conn);
         if (err instanceof RequestBodyError) throw err.cause;
         if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
         // A kept-alive connection the worker had already closed: try a fresh one once.
-        if (pooled) continue;
+        if (pooled && !answered) continue;
         if (err instanceof ConnectError) throw err;
         throw new ConnectError(`${endpoint}: ${(err as Error).message}`, { cause: err });
       } finally {

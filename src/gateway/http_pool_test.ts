@@ -250,6 +250,27 @@ t(
   },
 );
 
+t("HttpPool names a worker that closed in the middle of its answer's body", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const c of l) {
+      await c.read(new Uint8Array(4096));
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part"));
+      c.close();
+    }
+  })().catch(() => {});
+  const pool = new HttpPool();
+  try {
+    await assert.rejects(
+      pool.send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(enc.encode("{}"))),
+      (err) => err instanceof ConnectError && /before the body ended/.test(err.message),
+    );
+  } finally {
+    pool.close();
+    l.close();
+  }
+});
+
 t("HttpPool drops a connection whose body was given up half-read", async () => {
   const s = server();
   const ep = `127.0.0.1:${s.addr.port}`;
