@@ -92,6 +92,10 @@ interface Lane {
   leaseStage?: LeaseStage;
   /** Smooth weighted round-robin credit. */
   credit: number;
+  /** Its version's last lease was refused `unschedulable`: calls routed to it are refused until then. */
+  unschedulable?: InferxError;
+  /** Until when (performance.now() ms) `unschedulable` holds. */
+  unschedulableUntil: number;
 }
 
 /** Dependencies of a {@linkcode FuncAgent}. */
@@ -119,9 +123,8 @@ export class FuncAgent {
   #lanes: Lane[] = [];
   #leaseAbort = new AbortController();
   #closed = false;
+  /** The function's status says no node could ever hold a worker of it (all its versions). */
   #unschedulable?: InferxError;
-  /** Until when (performance.now() ms) `#unschedulable` holds. */
-  #unschedulableUntil = 0;
 
   constructor(
     ref: { tenant: string; namespace: string; name: string; version: number },
@@ -193,8 +196,9 @@ export class FuncAgent {
       const w = this.#freeWorker(lane.version);
       if (w) return Promise.resolve(this.#take(w, 0, tokens));
     }
-    if (this.#unschedulable && performance.now() < this.#unschedulableUntil) {
-      return Promise.reject(this.#unschedulable);
+    if (this.#unschedulable) return Promise.reject(this.#unschedulable);
+    if (lane.unschedulable && performance.now() < lane.unschedulableUntil) {
+      return Promise.reject(lane.unschedulable);
     }
     const queued = this.queued;
     if (queued >= this.policy.queue_len) {
@@ -300,8 +304,9 @@ export class FuncAgent {
       kept.delete(n.version);
       return l ? Object.assign(l, { percent: n.percent }) : n;
     });
+    // Out of the leaving lane (whose pending lease may still settle, and must find no one).
     for (const gone of kept.values()) {
-      for (const q of gone.queue) this.#pick().queue.push(q);
+      for (const q of gone.queue.splice(0)) this.#pick().queue.push(q);
     }
     for (const w of [...this.#workers]) {
       w.draining = w.reclaimed === true || !this.#lane(w.version);
@@ -359,8 +364,8 @@ export class FuncAgent {
    */
   setUnschedulable(err: InferxError | undefined): void {
     this.#unschedulable = err;
-    this.#unschedulableUntil = err ? Infinity : 0;
     if (err) this.#rejectQueue(err);
+    else for (const l of this.#lanes) l.unschedulable = undefined;
   }
 
   /** The function is gone: refuse waiters, return workers when idle. */
@@ -470,6 +475,7 @@ export class FuncAgent {
   /** Leases another worker when the queue calls for it. */
   #scaleOut(lane: Lane): void {
     if (this.#closed || lane.queue.length === 0 || lane.pendingLeases > 0) return;
+    if (!this.#lanes.includes(lane)) return; // its version left the split
     const active = this.#active(lane);
     if (active >= this.policy.max_replica) return;
     const capacity = active * this.policy.parallel;
@@ -527,9 +533,10 @@ export class FuncAgent {
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
       if (e.code === "unschedulable") {
-        this.#unschedulable = e;
-        this.#unschedulableUntil = Math.max(
-          this.#unschedulableUntil,
+        // This version's: another version of a split may well fit.
+        lane.unschedulable = e;
+        lane.unschedulableUntil = Math.max(
+          lane.unschedulableUntil,
           performance.now() + (this.#deps.unschedulableRecheckMs ?? UNSCHEDULABLE_RECHECK_MS),
         );
       }
@@ -555,5 +562,6 @@ function lanesOf(split: readonly VersionShare[]): Lane[] {
     queue: [],
     pendingLeases: 0,
     credit: 0,
+    unschedulableUntil: 0,
   }));
 }

@@ -3,6 +3,7 @@ import { InferxError } from "../common/errors.ts";
 import { FuncPolicySchema } from "../model/schemas.ts";
 import { FuncAgent, type Slot } from "./func_agent.ts";
 import { FakeScheduler } from "./testing.ts";
+import type { Lease, LeaseRequest, SchedulerClient } from "../rpc/types.ts";
 
 function agent(policy: Record<string, unknown> = {}, endpoints = 4) {
   const sched = new FakeScheduler();
@@ -308,4 +309,91 @@ Deno.test("acquire() leaves the queue when its caller goes away, without taking 
   assert.equal(a.queued, 0);
   a.release(held);
   assert.equal(held.worker.inflight, 0, "the freed slot went to no one");
+});
+
+/** A scheduler whose leases stay pending until the test grants or refuses them. */
+class HeldScheduler {
+  leases: { version: number; resolve: (l: Lease) => void; reject: (e: Error) => void }[] = [];
+  returns: { podId: string; failed?: boolean }[] = [];
+  #pods = 0;
+  leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
+    return new Promise((resolve, reject) => {
+      this.leases.push({ version: req.version ?? 1, resolve, reject });
+      signal?.addEventListener("abort", () => reject(signal.reason));
+    });
+  }
+  grant(i: number): void {
+    const pod = ++this.#pods;
+    this.leases[i].resolve({
+      podId: `pod-${pod}`,
+      endpoint: `127.0.0.1:${9000 + pod}`,
+      coldStart: false,
+      resumed: false,
+      version: this.leases[i].version,
+    });
+  }
+  returnWorker(req: { podId: string; failed?: boolean }): Promise<void> {
+    this.returns.push(req);
+    return Promise.resolve();
+  }
+}
+
+function heldAgent(policy: Record<string, unknown>) {
+  const sched = new HeldScheduler();
+  const p = FuncPolicySchema.parse(policy);
+  const a = new FuncAgent({ tenant: "t", namespace: "n", name: "f", version: 1 }, p, {
+    scheduler: sched as unknown as SchedulerClient,
+    gatewayId: "gw",
+  });
+  return { a, sched, p };
+}
+
+Deno.test("a call moved off a version leaving the split is not failed by that version's lease", async () => {
+  const { a, sched, p } = heldAgent({ parallel: 1, max_replica: 1, queue_timeout: 30 });
+  const call = a.acquire().then((s) => s, (e: InferxError) => e.code);
+  await settle();
+  a.setVersion(2, p); // version 1's lease is pending; the call now waits for version 2
+  await settle();
+  assert.deepEqual(sched.leases.map((l) => l.version), [1, 2]);
+  sched.leases[0].reject(new InferxError("worker_failed", "the old version's pod crashed"));
+  await settle();
+  assert.equal(a.queued, 1, "still waiting, for version 2");
+  sched.grant(1);
+  const slot = await call;
+  assert.equal(typeof slot, "object", `served: ${slot}`);
+  a.release(slot as Slot);
+  assert.equal(a.workers[0].inflight, 0, "no slot held by no one");
+});
+
+Deno.test("a version that left the split is not leased again after its lease fails", async () => {
+  const { a, sched, p } = heldAgent({ parallel: 1, max_replica: 1, queue_timeout: 1 });
+  const call = a.acquire();
+  await settle();
+  a.setVersion(2, p);
+  await settle();
+  sched.grant(1);
+  a.release(await call);
+  sched.leases[0].reject(new InferxError("unavailable", "scheduler busy"));
+  await new Promise((r) => setTimeout(r, 350)); // a retry would come after 100 ms
+  assert.deepEqual(sched.leases.map((l) => l.version), [1, 2]);
+  a.close();
+});
+
+Deno.test("a version refused as unschedulable refuses its own calls, not another version's", async () => {
+  const { a, sched, p } = heldAgent({ parallel: 2, max_replica: 2, queue_timeout: 30 });
+  a.setVersion(2, p, [{ version: 1, percent: 50 }, { version: 2, percent: 50 }]);
+  const calls = [a.acquire().catch((e) => e.code), a.acquire().catch((e) => e.code)];
+  await settle();
+  const v2 = sched.leases.findIndex((l) => l.version === 2);
+  sched.leases[v2].reject(new InferxError("unschedulable", "version 2 needs 200 GiB"));
+  await settle();
+  // The next two calls go one to each version: version 1's waits (its lease is under way).
+  const next = [a.acquire().catch((e) => e.code), a.acquire().catch((e) => e.code)];
+  await settle();
+  sched.grant(sched.leases.findIndex((l) => l.version === 1));
+  const codes = (await Promise.all([...calls, ...next])).map((r) =>
+    typeof r === "string" ? r : `slot v${r.worker.version}`
+  );
+  assert.deepEqual(codes.sort(), ["slot v1", "slot v1", "unschedulable", "unschedulable"].sort());
+  a.close();
 });
