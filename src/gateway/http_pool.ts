@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { InferxError } from "../common/errors.ts";
 import { copyBytes, headText, latin1Into } from "./http1/bytes.ts";
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
@@ -462,6 +463,15 @@ export class HttpPool {
       socket.setNoDelay(true);
       return new Conn(socket);
     } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === "EMFILE" || code === "ENFILE") {
+        // This process (or host) is out of descriptors: nothing is wrong with the worker.
+        throw new InferxError(
+          "unavailable",
+          `The gateway cannot open a connection to ${endpoint}: ${(err as Error).message}`,
+          { cause: err, retryable: true },
+        );
+      }
       throw new ConnectError(`cannot connect to ${endpoint}: ${(err as Error).message}`, {
         cause: err,
       });

@@ -336,3 +336,48 @@ t(
     }
   },
 );
+
+t(
+  "HttpPool out of descriptors says the gateway cannot connect, not that the worker failed",
+  async () => {
+    // In a child process under a low descriptor limit, with every descriptor taken.
+    const script = await Deno.makeTempFile({ suffix: ".ts" });
+    await Deno.writeTextFile(
+      script,
+      `import { ConnectError, HttpPool } from ${
+        JSON.stringify(new URL("./http_pool.ts", import.meta.url).href)
+      };
+const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+const held = [];
+try { for (;;) held.push(Deno.openSync("/dev/null")); } catch { /* none left */ }
+const pool = new HttpPool();
+const req = { method: "GET", path: "/", headers: [], body: null };
+const err = await pool.send(\`127.0.0.1:\${l.addr.port}\`, req).then(() => undefined, (e) => e);
+console.log(JSON.stringify({ connectError: err instanceof ConnectError, code: err?.code, retryable: err?.retryable }));
+`,
+    );
+    try {
+      const config = new URL("../../deno.json", import.meta.url).pathname;
+      const out = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          'ulimit -n 64 && exec "$0" run -A --config "$1" "$2"',
+          Deno.execPath(),
+          config,
+          script,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout).trim();
+      assert.ok(out.success, new TextDecoder().decode(out.stderr));
+      assert.deepEqual(JSON.parse(text), {
+        connectError: false,
+        code: "unavailable",
+        retryable: true,
+      });
+    } finally {
+      await Deno.remove(script);
+    }
+  },
+);
