@@ -48,6 +48,18 @@ export interface CheckedUrl {
 
 const MAX_URL = 2048;
 
+/**
+ * A callback URL whose host name did not resolve: refused (400) when a call
+ * is accepted, but only one failed try when a callback is delivered (the
+ * resolver may fail for a while, or the name come into being).
+ */
+export class UnresolvedHost extends ValidationError {
+  constructor(message: string, field?: string) {
+    super(message, field);
+    this.name = "UnresolvedHost";
+  }
+}
+
 async function systemResolve(host: string): Promise<string[]> {
   const found = await lookup(host, { all: true, verbatim: true });
   return found.map((a) => a.address);
@@ -105,7 +117,7 @@ export class CallbackSender {
       try {
         addresses = await this.#resolve(host);
       } catch (err) {
-        throw new ValidationError(
+        throw new UnresolvedHost(
           `Invalid callback URL "${raw}": cannot resolve ${host} (${(err as Error).message})`,
           field,
         );

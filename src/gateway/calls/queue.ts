@@ -50,7 +50,7 @@ import { HOP_BY_HOP } from "../http1/server.ts";
 import { CallRecord as Observed, type ObserveOptions } from "../middleware/observe.ts";
 import { type CallAnswer, CallerGone, type CallInput, forward, type ProxyDeps } from "../proxy.ts";
 import { signalSource } from "../routes/_call.ts";
-import { type CallbackSender, tenantSecret } from "./callback.ts";
+import { type CallbackSender, tenantSecret, UnresolvedHost } from "./callback.ts";
 import { callView } from "./view.ts";
 
 const log = logger("gateway", "calls");
@@ -127,6 +127,15 @@ const RETRY_CODES: ReadonlySet<string> = new Set([
   "unschedulable",
 ]);
 const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
+/** An attempt this gateway broke off because it was stopping: it does not count against `maxAttempts`. */
+const STOPPED = "gateway_stopped";
+
+/** Attempts that count against `maxAttempts`: all but those a stopping gateway broke off. */
+function countedAttempts(r: CallRecord): number {
+  let n = 0;
+  for (const a of r.attempts) if (a.error?.code !== STOPPED) n++;
+  return n;
+}
 /** Result headers not kept: framing, and what no longer describes the stored body. */
 const NOT_KEPT: ReadonlySet<string> = new Set([...HOP_BY_HOP, "content-length"]);
 
@@ -157,6 +166,8 @@ export class CallQueue {
   #claiming = new Set<string>();
   /** Claims counted against each function's limit. */
   #active = new Map<string, number>();
+  /** Per function: room taken for calls being claimed or accepted, not running yet. */
+  #reserved = new Map<string, number>();
   #runs = new Set<Promise<void>>();
   #informer?: Informer;
   #timer?: ReturnType<typeof setInterval>;
@@ -226,11 +237,16 @@ export class CallQueue {
    */
   async accept(rec: CallRecord): Promise<void> {
     const room = !this.#stopped && this.#hasRoom(funcOf(rec));
-    // With room, the record is stored with its first attempt begun: one write fewer.
-    if (room) this.#startAttempt(rec);
-    const ref = refOf(rec);
-    const created = await this.#deps.meta.create({ ...ref, object: rec });
-    if (room) this.#begin(new Claim(rec, created.revision));
+    const unreserve = room ? this.#reserve(funcOf(rec)) : undefined;
+    try {
+      // With room, the record is stored with its first attempt begun: one write fewer.
+      if (room) this.#startAttempt(rec);
+      const ref = refOf(rec);
+      const created = await this.#deps.meta.create({ ...ref, object: rec });
+      if (room) this.#begin(new Claim(rec, created.revision));
+    } finally {
+      unreserve?.();
+    }
   }
 
   /** The call `id`, or undefined. */
@@ -347,8 +363,9 @@ export class CallQueue {
       if (e.owner && (e.leaseUntil ?? 0) > now) continue;
       const final = FINAL_STATUSES.has(e.status);
       if (!final && (e.notBefore ?? 0) > now && e.expiresAt > now) continue;
-      if (!final && e.expiresAt > now && !this.#hasRoom(e.func)) continue;
-      this.#takeOver(id, e);
+      const runs = !final && e.expiresAt > now;
+      if (runs && !this.#hasRoom(e.func)) continue;
+      this.#takeOver(id, e, runs ? this.#reserve(e.func) : undefined);
     }
   }
 
@@ -356,16 +373,37 @@ export class CallQueue {
     const [t, ns, f] = func.split("/");
     const agent = this.#deps.cache.agent(t, ns, f);
     const limit = agent ? agent.policy.parallel * agent.policy.max_replica : 1;
-    return (this.#active.get(func) ?? 0) < limit;
+    return (this.#active.get(func) ?? 0) + (this.#reserved.get(func) ?? 0) < limit;
   }
 
-  /** Claims `id`, closing what a lost claim left open; then runs it. */
-  #takeOver(id: string, e: Open): void {
+  /**
+   * Takes room for one call of `func` until the returned function is called
+   * (by then it runs and counts in `#active`, or it will not run here): one
+   * pass over the queue, or accepts in quick succession, must not take more
+   * calls than there is room for while their store writes are under way.
+   */
+  #reserve(func: string): () => void {
+    this.#reserved.set(func, (this.#reserved.get(func) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.#reserved.get(func) ?? 1) - 1;
+      if (n > 0) this.#reserved.set(func, n);
+      else this.#reserved.delete(func);
+    };
+  }
+
+  /** Claims `id`, closing what a lost claim left open; then runs it. `unreserve` once begun. */
+  #takeOver(id: string, e: Open, unreserve?: () => void): void {
     this.#claiming.add(id);
     this.#track(
       this.#claim(e).catch((err) => {
         log.warn("Cannot claim call {id}: {error}", { id, error: String(err) });
-      }).finally(() => this.#claiming.delete(id)),
+      }).finally(() => {
+        this.#claiming.delete(id);
+        unreserve?.();
+      }),
     );
   }
 
@@ -569,8 +607,12 @@ export class CallQueue {
     }
     switch (o.kind) {
       case "aborted":
-        a.error = { code: "gateway_stopped", message: `Gateway ${this.#self} stopped` };
-        return (this.#afterFailure(r, now), true);
+        // Not the call's failure: handed back for any gateway at once, the try not counted.
+        a.error = { code: STOPPED, message: `Gateway ${this.#self} stopped` };
+        r.status = "queued";
+        delete r.owner;
+        delete r.leaseUntil;
+        return true;
       case "error":
         a.error = { code: o.error.code, message: o.error.message };
         if (RETRY_CODES.has(o.error.code) || o.error.retryable) this.#afterFailure(r, now);
@@ -585,7 +627,7 @@ export class CallQueue {
         this.#end(r, "failed", now, a.error);
         return true;
       case "answer":
-        if (RETRY_STATUSES.has(o.status) && n < r.maxAttempts) {
+        if (RETRY_STATUSES.has(o.status) && countedAttempts(r) < r.maxAttempts) {
           a.error = { code: "worker_failed", message: `The worker answered ${o.status}` };
           return (this.#afterFailure(r, now), true);
         }
@@ -601,7 +643,7 @@ export class CallQueue {
 
   /** A failed attempt: try again after a backoff, or fail when the tries are spent. */
   #afterFailure(r: CallRecord, now: number): void {
-    const n = r.attempts.length;
+    const n = countedAttempts(r);
     if (n >= r.maxAttempts) {
       const last = r.attempts[n - 1]?.error;
       return this.#end(r, "failed", now, {
@@ -655,7 +697,9 @@ export class CallQueue {
         if (status < 200 || status > 299) error = `the receiver answered ${status}`;
       } catch (err) {
         error = (err as Error).message;
-        refused = err instanceof InferxError && err.code === "invalid";
+        // Refused for good: a URL no longer allowed. A name that did not resolve is one try.
+        refused = err instanceof InferxError && err.code === "invalid" &&
+          !(err instanceof UnresolvedHost);
       }
       const tries = (c.rec.delivery?.attempts ?? 0) + 1;
       await this.#save(c, (r) => {

@@ -153,32 +153,130 @@ t(
   },
 );
 
-t("a stopping gateway hands back the calls it runs, for another gateway to finish", async () => {
-  const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
-  let release: (() => void) | undefined;
-  const hold = new Promise<void>((r) => release = r);
+t(
+  "a stopping gateway hands back the calls it runs, its try not counted, for another gateway to finish",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    let release: (() => void) | undefined;
+    const hold = new Promise<void>((r) => release = r);
+    const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      await Promise.race([hold, new Promise((r) => req.signal.addEventListener("abort", r))]);
+      return Response.json({ slow: true });
+    });
+    f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
+    // One attempt allowed: the one the stop broke off must not use it up.
+    const id = await store(f, record("e", { maxAttempts: 1 }));
+    await until("the call to run", async () => (await read(f, id)).status === "running");
+    await f.deps.calls.stop(0);
+    const handed = await read(f, id);
+    assert.equal(handed.status, "queued");
+    assert.equal(handed.owner, undefined);
+    assert.equal(handed.attempts[0].error?.code, "gateway_stopped");
+    const w = countingWorker();
+    const other = await secondGateway(f, w.endpoint);
+    await until(
+      "another gateway to finish it",
+      async () => (await read(f, id)).status === "succeeded",
+    );
+    assert.equal((await read(f, id)).attempts[1].gateway, "gw-2");
+    release!();
+    await other.close();
+    await f.close();
+    await slow.shutdown();
+    await w.close();
+  },
+);
+
+t("a gateway claims no more calls of a function than it has room for", async () => {
+  const f = await gatewayFixture({
+    policy: { parallel: 1, max_replica: 1, queue_len: 1 },
+    calls: { leaseMs: 3000, backoffMs: 20 },
+  });
+  let running = 0;
+  let most = 0;
   const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
-    await Promise.race([hold, new Promise((r) => req.signal.addEventListener("abort", r))]);
-    return Response.json({ slow: true });
+    most = Math.max(most, ++running);
+    const { n } = await req.json();
+    await new Promise((r) => setTimeout(r, 100));
+    running--;
+    return Response.json({ n });
   });
   f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
-  const id = await store(f, record("e"));
-  await until("the call to run", async () => (await read(f, id)).status === "running");
-  await f.deps.calls.stop(0);
-  const handed = await read(f, id);
-  assert.equal(handed.status, "queued");
-  assert.equal(handed.owner, undefined);
-  assert.equal(handed.attempts[0].error?.code, "gateway_stopped");
-  const w = countingWorker();
-  const other = await secondGateway(f, w.endpoint);
-  await until(
-    "another gateway to finish it",
-    async () => (await read(f, id)).status === "succeeded",
+  f.cache.agent("t", "n", "f"); // its policy known: room for one call at a time
+  let claimed = 0;
+  const watch = setInterval(() => claimed = Math.max(claimed, f.deps.calls.claimed), 2);
+  const ids = await Promise.all(Array.from({ length: 6 }, (_, i) => store(f, record(`c${i}`))));
+  await until("every call to end", async () => {
+    for (const id of ids) {
+      if (!["succeeded", "failed"].includes((await read(f, id)).status)) return false;
+    }
+    return true;
+  }, 20_000);
+  clearInterval(watch);
+  const calls = await Promise.all(ids.map((id) => read(f, id)));
+  assert.deepEqual(
+    calls.map((c) => [c.status, c.attempts.length]),
+    ids.map(() => ["succeeded", 1]),
   );
-  assert.equal((await read(f, id)).attempts[1].gateway, "gw-2");
-  release!();
-  await other.close();
+  assert.equal(claimed, 1);
+  assert.equal(most, 1);
   await f.close();
   await slow.shutdown();
-  await w.close();
 });
+
+t(
+  "a callback whose host name does not resolve for a while is tried again, not given up",
+  async () => {
+    const f = await gatewayFixture();
+    await f.deps.calls.stop(0); // this test's own queue delivers
+    let hits = 0;
+    const receiver = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      () => (hits++, new Response("ok")),
+    );
+    let lookups = 0;
+    const resolve = () =>
+      ++lookups === 1
+        ? Promise.reject(new Error("getaddrinfo EAI_AGAIN hook.test"))
+        : Promise.resolve(["127.0.0.1"]);
+    const cache = new FuncCache({ scheduler: new FakeScheduler(), gatewayId: "gw-2" });
+    await cache.start(f.meta);
+    const pool = new HttpPool();
+    const queue = new CallQueue({
+      meta: f.meta,
+      cache,
+      pool,
+      observe: { metrics: new GatewayMetrics(cache), gatewayId: "gw-2" },
+    }, {
+      gatewayId: "gw-2",
+      leaseMs: 500,
+      backoffMs: 20,
+      callbacks: new CallbackSender({
+        resolve,
+        allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
+      }),
+    });
+    await queue.start();
+    const rec = record("cb", {
+      status: "succeeded",
+      finishedAt: Date.now(),
+      callback: `http://hook.test:${receiver.addr.port}/cb`,
+      delivery: { state: "pending", attempts: 0 },
+    });
+    delete rec.body;
+    const id = await store(f, rec);
+    await until(
+      "the delivery to settle",
+      async () => (await read(f, id)).delivery?.state !== "pending",
+    );
+    const d = (await read(f, id)).delivery;
+    assert.equal(d?.state, "delivered");
+    assert.equal(d?.attempts, 2);
+    assert.equal(hits, 1);
+    await queue.stop(0);
+    cache.stop();
+    pool.close();
+    await f.close();
+    await receiver.shutdown();
+  },
+);
