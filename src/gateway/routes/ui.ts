@@ -15,7 +15,7 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { InferxError, NotFoundError } from "../../common/errors.ts";
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
-import { funcId } from "../../model/keys.ts";
+import { funcId, isValidName } from "../../model/keys.ts";
 import { decodeStoredUserObject, resolvePolicy } from "../../model/schemas.ts";
 import { asset } from "../../ui/assets.ts";
 import { type AuditFilter, AuditPage } from "../../ui/audit.tsx";
@@ -31,10 +31,10 @@ import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { listKeys } from "./apikeys.ts";
 import { auditQuery } from "./audit.ts";
 
-/** Scripts only from the gateway, no framing, no outside connections. */
+/** Scripts only from the gateway; no frames either way, no plugins, no outside connections. */
 const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; " +
-  "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; " +
-  "form-action 'self'";
+  "img-src 'self' data:; connect-src 'self'; frame-src 'none'; object-src 'none'; " +
+  "frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /** Event streams one gateway serves at once. */
 const MAX_STREAMS = 1000;
@@ -68,6 +68,10 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
   for (const p of PAGES) app.get(`/${p.id}`, (c) => shell(c, p.id, p.title, p.id));
   app.get("/functions/:tenant/:namespace/:name", (c) => {
     const { tenant, namespace, name } = c.req.param();
+    // The names go into the URL of the part the page loads: names only, never a path.
+    if (![tenant, namespace, name].every(isValidName)) {
+      throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+    }
     const id = funcId(tenant, namespace, name);
     return shell(c, "functions", id, `functions/${id}`);
   });

@@ -10,6 +10,7 @@ import { serveGateway } from "../server.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { uiRoutes } from "./ui.ts";
+import { partUrl } from "../../ui/static/api.js";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -118,6 +119,13 @@ t("a dashboard page is a shell without data that loads its part from the gateway
     const missing = await f.app.request("/ui/static/..%2Fevents.ts");
     assert.equal(missing.status, 404);
     await missing.body?.cancel();
+    // A name that is a path would make the page load something else as its part.
+    for (const bad of ["..%2F..%2F..%2Ffunccall%2Fpublic/n/f", "t/..%5Cx/f", "t/n/a%2Fb"]) {
+      const r = await text(f, `/ui/functions/${bad}`);
+      assert.equal(r.status, 404, bad);
+      assert.doesNotMatch(r.body, /data-part/, bad);
+    }
+    assert.match(page.headers.get("content-security-policy")!, /frame-src 'none'/);
   } finally {
     await f.close();
   }
@@ -432,4 +440,20 @@ t("a dashboard that goes away from the gateway's listener ends its event stream"
     await server.shutdown(100);
     await f.close();
   }
+});
+
+Deno.test("the page script loads only parts of this dashboard as HTML", () => {
+  const origin = "http://127.0.0.1:4000";
+  const cases: [string, string | undefined][] = [
+    ["/ui/part/functions/t/n/f", "/ui/part/functions/t/n/f"],
+    ["/ui/part/audit?tenant=t&status=5xx", "/ui/part/audit?tenant=t&status=5xx"],
+    ["/ui/part/functions/../../../funccall/public/n/f", undefined],
+    ["/ui/part/functions/..%2F..%2Ffunccall/x", undefined],
+    ["/ui/part/functions/%2e%2e/x", "/ui/part/x"], // resolved as a browser would: still a part
+    ["/funccall/public/n/f", undefined],
+    ["http://elsewhere.example/ui/part/functions", undefined],
+    ["//elsewhere.example/ui/part/functions", undefined],
+    ["javascript:alert(1)", undefined],
+  ];
+  for (const [url, want] of cases) assert.equal(partUrl(url, origin), want, url);
 });

@@ -20,6 +20,24 @@ export function masked(value) {
   return `${value.slice(0, Math.min(8, Math.floor(value.length / 3)))}••••••••`;
 }
 
+/**
+ * `url` when it names a part of this dashboard (`/ui/part/...` on this
+ * origin, after resolving `..` and escapes), else undefined: what is loaded
+ * into a page as HTML is never anything else, whatever a link carried.
+ */
+export function partUrl(url, origin) {
+  let u;
+  try {
+    u = new URL(url, origin);
+  } catch {
+    return undefined;
+  }
+  if (u.origin !== origin || !u.pathname.startsWith("/ui/part/")) return undefined;
+  // An escaped slash or dot would be read as one by the server's router.
+  if (/%2f|%2e|%5c/i.test(u.pathname)) return undefined;
+  return u.pathname + u.search;
+}
+
 /** `fetch` with the tab's credential. */
 export function api(path, init = {}) {
   const headers = new Headers(init.headers);

@@ -1,7 +1,16 @@
 // The dashboard's page script: asks for a credential when the API wants one,
 // loads the page's part rendered for that credential, keeps live regions
 // current from the gateway's event stream, and wires the page's actions.
-import { api, apiJson, credential, flash, masked, messageOf, setCredential } from "./api.js";
+import {
+  api,
+  apiJson,
+  credential,
+  flash,
+  masked,
+  messageOf,
+  partUrl,
+  setCredential,
+} from "./api.js";
 import { follow } from "./live.js";
 import { wireActions } from "./actions.js";
 import { wirePlayground } from "./playground.js";
@@ -18,9 +27,14 @@ function showLogin(reason) {
 
 /** Loads `url` into `el`; false (and says why) when the API refuses. */
 export async function loadInto(el, url, { quiet = false } = {}) {
+  const part = partUrl(url, location.origin);
+  if (!part) {
+    if (!quiet) flash(`Not a part of this dashboard: ${url}`);
+    return false;
+  }
   let res;
   try {
-    res = await api(url);
+    res = await api(part);
   } catch (err) {
     if (!quiet) flash(`Cannot reach the gateway: ${err.message}`);
     return false;
