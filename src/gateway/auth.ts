@@ -40,6 +40,8 @@ export interface Principal {
   id: string;
   grants: Grant[];
   anonymous?: boolean;
+  /** An API key's expiry (epoch ms): keys it creates expire no later. */
+  expiresAt?: number;
 }
 
 const ACTIONS: Record<Scope, readonly Action[]> = {
@@ -173,6 +175,13 @@ export class Authenticator {
     if (opts.adminKey !== undefined && opts.adminKey.length < 16) {
       throw new InferxError("invalid", "INFERX_ADMIN_APIKEY must be at least 16 characters");
     }
+    if (opts.adminKey?.startsWith(KEY_PREFIX)) {
+      // Such a credential is looked up as a stored API key and could never be the admin's.
+      throw new InferxError(
+        "invalid",
+        `INFERX_ADMIN_APIKEY must not begin with ${KEY_PREFIX} (the prefix of stored API keys)`,
+      );
+    }
     this.#adminHash = opts.adminKey ? Buffer.from(hashKey(opts.adminKey), "hex") : undefined;
     this.#oidc = opts.oidc;
     this.#now = opts.now ?? Date.now;
@@ -205,6 +214,7 @@ export class Authenticator {
     const principal: Principal = {
       id: `key:${rec.id}`,
       grants: [{ scope: rec.scope, tenant: rec.tenant, namespace: rec.namespace }],
+      ...(rec.expiresAt === undefined ? {} : { expiresAt: rec.expiresAt }),
     };
     this.#byHash.set(rec.hash, { rec, principal });
     this.#idToHash.set(rec.id, rec.hash);

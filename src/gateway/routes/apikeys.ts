@@ -54,6 +54,9 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     const { id, key } = newApiKey();
     const now = Date.now();
+    // A key made with an expiring key expires no later than it: it cannot outlive its maker.
+    let expiresAt = expires_in_s === undefined ? undefined : now + Math.round(expires_in_s * 1000);
+    if (p.expiresAt !== undefined) expiresAt = Math.min(expiresAt ?? Infinity, p.expiresAt);
     const rec: ApiKeyRecord = ApiKeyRecordSchema.parse({
       id,
       name,
@@ -61,7 +64,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       scope,
       tenant,
       namespace,
-      expiresAt: expires_in_s === undefined ? undefined : now + Math.round(expires_in_s * 1000),
+      expiresAt,
       createdAt: now,
       createdBy: p.id,
     });

@@ -68,3 +68,29 @@ t(
     await f.close();
   },
 );
+
+t("a key made with an expiring key expires no later than its maker", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const post = (body: unknown, headers: Record<string, string>) =>
+    f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: JSON.stringify(body),
+    });
+  const maker = await (await post({ scope: "full", tenant: "t", expires_in_s: 3600 }, ADMIN))
+    .json();
+  const as = { authorization: `Bearer ${maker.key}` };
+  const forever = await (await post({ scope: "inference", tenant: "t" }, as)).json();
+  const longer = await (await post({ scope: "read", tenant: "t", expires_in_s: 7200 }, as)).json();
+  const shorter = await (await post({ scope: "read", tenant: "t", expires_in_s: 60 }, as)).json();
+  assert.equal(forever.expires_at, maker.expires_at);
+  assert.equal(longer.expires_at, maker.expires_at);
+  assert.ok(
+    Date.parse(shorter.expires_at) < Date.parse(maker.expires_at),
+    "a shorter life is kept",
+  );
+  // The administrator's keys have no expiry of their own to pass on.
+  const admins = await (await post({ scope: "read", tenant: "t" }, ADMIN)).json();
+  assert.equal(admins.expires_at, null);
+  await f.close();
+});
