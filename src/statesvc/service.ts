@@ -344,6 +344,18 @@ export class StateService implements MetaClient {
     throw new NotFoundError(`Cannot admit object: ${type} ${where} does not exist`);
   }
 
+  /** API keys restricted to `tenant` (and to `namespace`, when given). */
+  async #keysOf(tenant: string, namespace?: string): Promise<number> {
+    const { items } = await this.#store.list(typePrefix("apikey", SYSTEM, SYSTEM));
+    let n = 0;
+    for (const kv of items) {
+      const k = ApiKeyRecordSchema.safeParse(JSON.parse(kv.value));
+      if (!k.success || k.data.tenant !== tenant) continue;
+      if (namespace === undefined || k.data.namespace === namespace) n++;
+    }
+    return n;
+  }
+
   async #checkNoDependents(ref: ObjectRef) {
     const blocked = (what: string) => {
       throw new ConflictError(`Cannot delete ${refText(ref)}: ${what}`);
@@ -351,11 +363,16 @@ export class StateService implements MetaClient {
     if (ref.type === "tenant") {
       const { items } = await this.#store.list(typePrefix("namespace", ref.name));
       if (items.length) blocked(`it still has ${items.length} namespace(s)`);
+      // Its keys would reach a tenant made again under the same name.
+      const keys = await this.#keysOf(ref.name);
+      if (keys) blocked(`it still has ${keys} API key(s); revoke them first`);
     } else if (ref.type === "namespace") {
       for (const t of ["function", "funcpolicy"] as const) {
         const { items } = await this.#store.list(typePrefix(t, ref.tenant, ref.name));
         if (items.length) blocked(`it still has ${items.length} ${t} object(s)`);
       }
+      const keys = await this.#keysOf(ref.tenant, ref.name);
+      if (keys) blocked(`it still has ${keys} API key(s); revoke them first`);
     } else if (ref.type === "funcpolicy") {
       const { items } = await this.#store.list(typePrefix("function", ref.tenant, ref.namespace));
       for (const kv of items) {

@@ -236,3 +236,58 @@ t("snapshots are listed for those who may read their namespace, and per node", a
   await anon.body?.cancel();
   await f.close();
 });
+
+t(
+  "a tenant or namespace with API keys restricted to it is not deleted until they are revoked",
+  async () => {
+    const f = await gatewayFixture();
+    const json = (method: string, path: string, body?: unknown) =>
+      f.app.request(path, {
+        method,
+        headers: { "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    const put = (o: unknown) => json("PUT", "/object/", o);
+    assert.equal(
+      (await put({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "acme",
+        object: {},
+      }))
+        .status,
+      201,
+    );
+    assert.equal(
+      (await put({
+        type: "namespace",
+        tenant: "acme",
+        namespace: "system",
+        name: "prod",
+        object: {},
+      }))
+        .status,
+      201,
+    );
+    const nsKey = await (await json("POST", "/apikeys", {
+      scope: "full",
+      tenant: "acme",
+      namespace: "prod",
+    })).json();
+    const tenantKey = await (await json("POST", "/apikeys", { scope: "full", tenant: "acme" }))
+      .json();
+    // A key would reach whatever is made again under the same name.
+    const ns = await json("DELETE", "/object/namespace/acme/system/prod");
+    assert.equal(ns.status, 409);
+    assert.match((await ns.json()).error.message, /still has 1 API key\(s\); revoke them first/);
+    assert.equal((await json("DELETE", `/apikeys/${nsKey.id}`)).status, 200);
+    assert.equal((await json("DELETE", "/object/namespace/acme/system/prod")).status, 200);
+    const tenant = await json("DELETE", "/object/tenant/system/system/acme");
+    assert.equal(tenant.status, 409);
+    assert.match((await tenant.json()).error.message, /still has 1 API key\(s\)/);
+    assert.equal((await json("DELETE", `/apikeys/${tenantKey.id}`)).status, 200);
+    assert.equal((await json("DELETE", "/object/tenant/system/system/acme")).status, 200);
+    await f.close();
+  },
+);
