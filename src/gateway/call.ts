@@ -261,7 +261,7 @@ function timeoutHeader(req: IncomingCall): number | undefined {
   const raw = req.get("x-inferx-timeout");
   if (raw === null || raw === undefined) return undefined;
   const s = Number(raw);
-  if (!Number.isFinite(s) || s <= 0) {
+  if (!Number.isFinite(s) || s <= 0 || !Number.isFinite(s * 1000)) {
     throw new ValidationError(
       `Invalid X-Inferx-Timeout "${raw}": must be a positive number of seconds`,
       "X-Inferx-Timeout",

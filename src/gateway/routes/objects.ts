@@ -237,8 +237,14 @@ function objectInput(body: unknown) {
       throw new ValidationError(`Invalid object envelope: ${f}: must be a string`, f);
     }
   }
-  if (b.revision !== undefined && !Number.isInteger(b.revision)) {
-    throw new ValidationError("Invalid object envelope: revision: must be an integer", "revision");
+  if (
+    b.revision !== undefined &&
+    !(Number.isSafeInteger(b.revision) && (b.revision as number) > 0)
+  ) {
+    throw new ValidationError(
+      "Invalid object envelope: revision: must be a positive integer (the revision you read)",
+      "revision",
+    );
   }
   return {
     type,

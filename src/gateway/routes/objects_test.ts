@@ -44,6 +44,11 @@ t("object API creates, reads, updates with compare-and-swap, lists and deletes",
         object: { max_replica: 4 },
       }),
     });
+  for (const rev of [-1, 0, 1e300, 1.5]) {
+    const bad = await upd(rev);
+    assert.equal(bad.status, 400, `revision ${rev}`);
+    assert.match((await bad.json()).error.message, /revision: must be a positive integer/);
+  }
   const ok = await upd(created.revision);
   assert.equal(ok.status, 200);
   const stale = await upd(created.revision);
