@@ -70,7 +70,12 @@ export const NON_PUBLIC: readonly Cidr[] = parseCidrList(
     "240.0.0.0/4", // reserved, broadcast
     "::/96", // unspecified, and IPv4-compatible (deprecated)
     "::1/128", // loopback
+    "::ffff:0:0:0/96", // IPv4-translated (SIIT): an IPv4 address inside
     "64:ff9b::/96", // IPv4/IPv6 translation
+    "64:ff9b:1::/48", // IPv4/IPv6 translation, local use
+    "2001::/32", // Teredo: an IPv4 address inside
+    "2002::/16", // 6to4: an IPv4 address inside
+    "fec0::/10", // site-local (deprecated, private)
     "100::/64", // discard
     "2001:db8::/32", // documentation
     "fc00::/7", // unique local (private)

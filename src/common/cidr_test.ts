@@ -37,6 +37,12 @@ Deno.test("NON_PUBLIC holds loopback, private, link-local and the like, not publ
     ["fd12:3456::1", true],
     ["::ffff:127.0.0.1", true],
     ["::ffff:10.0.0.1", true],
+    ["::ffff:0:7f00:1", true], // SIIT form of 127.0.0.1
+    ["64:ff9b::a00:1", true], // NAT64 of 10.0.0.1
+    ["64:ff9b:1::7f00:1", true], // local-use NAT64
+    ["2002:7f00:1::", true], // 6to4 of 127.0.0.1
+    ["2001:0:4136:e378::1", true], // Teredo
+    ["fec0::1", true], // site-local
     ["8.8.8.8", false],
     ["1.1.1.1", false],
     ["2606:4700:4700::1111", false],
