@@ -60,6 +60,9 @@ export const SERVICE_VERSION = "inferx-deno/0.1.0";
 
 const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name}`;
 
+/** The largest user object stored (its JSON, characters): well under etcd's default request limit. */
+export const MAX_USER_OBJECT = 1024 * 1024;
+
 /** In-process state service over a {@linkcode MetaStore}. */
 export class StateService implements MetaClient {
   #store: MetaStore;
@@ -210,6 +213,15 @@ export class StateService implements MetaClient {
       );
     }
     const value = encodeUserObject(stored);
+    if (value.length > MAX_USER_OBJECT) {
+      // Any store would take it here, but etcd refuses requests past 1.5 MiB by default, and
+      // that refusal would read as the store being unavailable (503, to retry) — refused here.
+      throw new InferxError(
+        "too_large",
+        `${refText(input)} is ${value.length} bytes stored; the most is ${MAX_USER_OBJECT}`,
+        { details: { limit: MAX_USER_OBJECT } },
+      );
+    }
     const unchanged = prev !== undefined &&
       jsonEqual(JSON.parse(value), JSON.parse(encodeUserObject(prev)));
     return { value, unchanged };

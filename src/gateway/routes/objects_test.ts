@@ -296,3 +296,24 @@ t(
     await f.close();
   },
 );
+
+t("an object larger than the store takes is refused 413, not left to the store", async () => {
+  const f = await gatewayFixture({ bodyLimit: 4 << 20 });
+  const r = await f.app.request("/object/", {
+    method: "PUT",
+    body: JSON.stringify({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "big",
+      object: { image: "x", commands: ["a".repeat(1_200_000)] },
+    }),
+  });
+  assert.equal(r.status, 413);
+  assert.match(
+    (await r.json()).error.message,
+    /function t\/n\/big is \d+ bytes stored; the most is 1048576/,
+  );
+  assert.equal((await f.app.request("/object/function/t/n/big")).status, 404);
+  await f.close();
+});
