@@ -10,6 +10,7 @@
 export type ErrorCode =
   | "invalid"
   | "not_found"
+  | "method_not_allowed"
   | "conflict"
   | "already_exists"
   | "queue_full"
@@ -110,6 +111,7 @@ export class AlreadyExistsError extends InferxError {
 const STATUS: Record<ErrorCode, number> = {
   invalid: 400,
   not_found: 404,
+  method_not_allowed: 405,
   conflict: 409,
   already_exists: 409,
   too_large: 413,

@@ -10,7 +10,7 @@
  */
 import { Hono } from "hono";
 import { Registry } from "prom-client";
-import { NotFoundError, toInferxError } from "../common/errors.ts";
+import { InferxError, NotFoundError, toInferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
@@ -103,6 +103,37 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
   };
 }
 
+/**
+ * The methods routes take at a path (`:param` one segment, `*` the rest),
+ * for a 405 with `Allow` rather than a 404 when only the method is wrong;
+ * middleware and catch-alls (method `ALL`) do not count. `HEAD` comes with
+ * `GET`.
+ */
+export function routeMethods(
+  routes: readonly { method: string; path: string }[],
+): (path: string) => string[] {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const compiled = routes.filter((r) => r.method !== "ALL").map((r) => ({
+    method: r.method,
+    re: new RegExp(
+      `^${
+        r.path.split("/").map((seg) =>
+          seg === "*" ? ".*" : seg.startsWith(":") ? "[^/]+" : escape(seg)
+        ).join("/")
+      }/?$`,
+    ),
+  }));
+  return (path) => {
+    const out = new Set<string>();
+    for (const r of compiled) {
+      if (!r.re.test(path)) continue;
+      out.add(r.method);
+      if (r.method === "GET") out.add("HEAD");
+    }
+    return [...out];
+  };
+}
+
 /** Builds the gateway's Hono app. */
 export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv> {
   const d = "pool" in deps ? deps : resolveDeps(deps);
@@ -113,7 +144,18 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
     const a = errorAnswer(e);
     return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
   });
+  // The methods the routes take at a path, from the routes as mounted (known once all are).
+  let allowedAt: ((path: string) => string[]) | undefined;
   app.notFound((c) => {
+    allowedAt ??= routeMethods(app.routes);
+    const allow = allowedAt(c.req.path);
+    if (allow.length) {
+      throw new InferxError(
+        "method_not_allowed",
+        `${c.req.method} is not allowed on ${c.req.path}: it takes ${allow.join(", ")}`,
+        { details: { allow } },
+      );
+    }
     throw new NotFoundError(`No route for ${c.req.method} ${c.req.path}`);
   });
   app.get("/health", (c) => c.json({ status: "ok", gateway: d.gatewayId }));

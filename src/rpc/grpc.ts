@@ -36,6 +36,7 @@ export function loadService(
 const TO_GRPC: Record<ErrorCode, grpc.status> = {
   invalid: grpc.status.INVALID_ARGUMENT,
   not_found: grpc.status.NOT_FOUND,
+  method_not_allowed: grpc.status.UNIMPLEMENTED,
   already_exists: grpc.status.ALREADY_EXISTS,
   conflict: grpc.status.ABORTED,
   queue_full: grpc.status.RESOURCE_EXHAUSTED,

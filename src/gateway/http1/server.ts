@@ -1107,7 +1107,7 @@ class ServerConnection {
     const code = e.status === 400 ? "invalid" : e.status === 408 ? "timeout" : "too_large";
     const body = JSON.stringify({
       error: {
-        code: e.status === 501 || e.status === 405 ? "unsupported" : code,
+        code: e.status === 405 ? "method_not_allowed" : e.status === 501 ? "unsupported" : code,
         message: e.message,
       },
     });

@@ -269,7 +269,7 @@ t(
       const target = m === "CONNECT" ? "h:443" : "/";
       const a = await first(`${m} ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
       assert.equal(a.status, 405, m);
-      assert.equal(JSON.parse(a.body).error.code, "unsupported");
+      assert.equal(JSON.parse(a.body).error.code, "method_not_allowed");
     }
     for (const target of ["*", "x", "http:///", "ftp://h/x"]) {
       const a = await first(`OPTIONS ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);

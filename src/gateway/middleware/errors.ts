@@ -1,7 +1,8 @@
 /**
  * Errors as the gateway answers them, in one place for the Hono app and the
  * raw warm path: the status from `httpStatus()`, a JSON body, and the fields
- * a client acts on (`WWW-Authenticate` on 401, `Retry-After` on 429 and 503).
+ * a client acts on (`WWW-Authenticate` on 401, `Allow` on 405, `Retry-After`
+ * on 429 and 503).
  *
  * @module
  */
@@ -32,6 +33,8 @@ export function errorAnswer(err: InferxError): ErrorAnswer {
   const status = httpStatus(err.code);
   const headers: [string, string][] = [["content-type", "application/json"]];
   if (status === 401) headers.push(["www-authenticate", 'Bearer realm="inferx"']);
+  const allow = err.details?.allow;
+  if (status === 405 && Array.isArray(allow)) headers.push(["allow", allow.join(", ")]);
   if (status === 429 || status === 503) headers.push(["retry-after", String(retryAfter(err))]);
   return { status, headers, body: JSON.stringify(errorBody(err)) };
 }

@@ -317,3 +317,22 @@ t("an object larger than the store takes is refused 413, not left to the store",
   assert.equal((await f.app.request("/object/function/t/n/big")).status, 404);
   await f.close();
 });
+
+t("a known path with the wrong method is answered 405 with Allow, an unknown one 404", async () => {
+  const f = await gatewayFixture();
+  const cases: [string, string, number, string | null][] = [
+    ["PATCH", "/object/", 405, "PUT, POST"],
+    ["PUT", "/calls/t:n:abc", 405, "GET, HEAD, DELETE"],
+    ["GET", "/v1/completions", 405, "POST"],
+    ["POST", "/objects/function/t/n", 405, "GET, HEAD"],
+    ["GET", "/nowhere", 404, null],
+  ];
+  for (const [method, path, status, allow] of cases) {
+    const r = await f.app.request(path, { method });
+    assert.equal(r.status, status, `${method} ${path}`);
+    assert.equal(r.headers.get("allow"), allow, `${method} ${path}`);
+    const e = (await r.json()).error;
+    assert.equal(e.code, status === 405 ? "method_not_allowed" : "not_found");
+  }
+  await f.close();
+});
