@@ -62,8 +62,12 @@ export async function startInformer(
 
   const sync = async () => {
     const gen = ++generation;
+    // One watch at a time: the one before goes, and a sync overtaken by a later one (a retry
+    // and the periodic resync can both start one) stops after its list.
+    watch?.cancel();
+    watch = undefined;
     const { items, revision } = await meta.list(type, options.tenant, options.namespace);
-    if (stopped) return;
+    if (stopped || gen !== generation) return;
     const seen = new Set<string>();
     for (const rec of items) {
       seen.add(keyOf(rec));
@@ -111,6 +115,7 @@ export async function startInformer(
   };
   // Lists again until it works (the state service may be restarting).
   const resync = () => {
+    if (timer !== undefined) return; // one retry pending at a time
     timer = setTimeout(() => {
       timer = undefined;
       sync().catch((e) => {

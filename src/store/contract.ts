@@ -151,6 +151,30 @@ export function storeContract(
     },
   );
 
+  t(
+    "a watch whose handler throws ends with onError, and the store goes on",
+    async ({ store }) => {
+      const start = await store.revision();
+      let calls = 0;
+      const ended = new Promise<Error>((resolve) => {
+        store.watch("/x/", {
+          afterRevision: start,
+          onEvent() {
+            calls++;
+            throw new Error("the handler broke");
+          },
+          onError: resolve,
+        });
+      });
+      await store.create("/x/a", "1");
+      assert.equal((await ended).message, "the handler broke");
+      await store.create("/x/b", "2");
+      assert.equal((await store.get("/x/b"))?.value, "2");
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(calls, 1, "an ended watch hears nothing more");
+    },
+  );
+
   t("watch() from a past revision replays what happened after it", async ({ store }) => {
     const r1 = await store.create("/h/a", "1");
     await store.create("/h/b", "2");

@@ -195,9 +195,15 @@ export class EtcdStore implements MetaStore {
         const revision = Number(kv.mod_revision);
         if (next !== undefined && revision < next) continue;
         last = revision;
-        if (ev.type === "Delete") {
-          options.onEvent({ type: "delete", key: kv.key!.toString(), revision });
-        } else options.onEvent({ type: "put", kv: toKv(kv as IKeyValue) });
+        try {
+          if (ev.type === "Delete") {
+            options.onEvent({ type: "delete", key: kv.key!.toString(), revision });
+          } else options.onEvent({ type: "put", kv: toKv(kv as IKeyValue) });
+        } catch (err) {
+          // A watcher that cannot take an event ends (as the embedded store's do); its owner
+          // lists again. Thrown on, it would surface from the client's emitter and end the process.
+          return fail(err instanceof Error ? err : new Error(String(err)));
+        }
         if (cancelled) return;
       }
       if (last > 0) next = last + 1;

@@ -1,0 +1,66 @@
+import assert from "node:assert/strict";
+import { StateService } from "../statesvc/service.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
+import type { ObjectType } from "../model/keys.ts";
+import { startInformer } from "./informer.ts";
+import type { MetaClient, MetaWatchOptions } from "./types.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const tenant = (name: string) => ({
+  type: "tenant" as const,
+  tenant: "system",
+  namespace: "system",
+  name,
+});
+
+Deno.test("an informer keeps one watch when a watch error and its periodic resync come together", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  // The state service's client, with watches a test can end as a broken stream would.
+  const live = new Set<{ options: MetaWatchOptions; cancel(): void }>();
+  const meta = {
+    list: (t: ObjectType, a?: string, b?: string) => svc.list(t, a, b),
+    watch(type: ObjectType, options: MetaWatchOptions) {
+      let dead = false;
+      const w = svc.watch(type, { ...options, onEvent: (e) => dead || options.onEvent(e) });
+      const entry = {
+        options,
+        cancel() {
+          dead = true;
+          w.cancel();
+          live.delete(entry);
+        },
+      };
+      live.add(entry);
+      return entry;
+    },
+  } as unknown as MetaClient;
+  const upserts: string[] = [];
+  const removes: string[] = [];
+  const informer = await startInformer(meta, "tenant", {
+    upsert: (r) => upserts.push(r.name),
+    remove: (r) => removes.push(r.name),
+  }, { resyncMs: 300, retryMs: 200 });
+  try {
+    await sleep(150);
+    // The stream breaks 150 ms before the periodic resync: both list again.
+    for (const e of [...live]) (e.cancel(), e.options.onError?.(new Error("watch ended")));
+    await sleep(400);
+    assert.equal(live.size, 1, "one watch");
+    upserts.length = 0;
+    await svc.create({ ...tenant("t1"), object: {} });
+    await sleep(50);
+    assert.deepEqual(upserts, ["t1"], "each change once");
+    await svc.delete(tenant("t1"));
+    await sleep(50);
+    assert.deepEqual(removes, ["t1"]);
+  } finally {
+    informer.stop();
+  }
+  assert.equal(live.size, 0, "no watch after stop()");
+  upserts.length = 0;
+  await svc.create({ ...tenant("t2"), object: {} });
+  await sleep(50);
+  assert.deepEqual(upserts, []);
+  await store.close();
+});
