@@ -7,7 +7,7 @@
  * @module
  */
 import { type Clock, systemClock, systemTicker, type Ticker } from "../common/clock.ts";
-import { InferxError } from "../common/errors.ts";
+import { InferxError, ValidationError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
@@ -360,6 +360,21 @@ export class SchedulerService implements SchedulerClient {
     signal?: AbortSignal,
     onProgress?: (stage: LeaseStage) => void,
   ): Promise<Lease> {
+    // A lease to no one (an empty gateway id) would look like none and be evicted in use.
+    const missing = (["gatewayId", "tenant", "namespace", "func"] as const).find((k) => !req[k]);
+    if (missing) {
+      return Promise.reject(
+        new ValidationError(`Invalid lease request: ${missing} is required`, missing),
+      );
+    }
+    if (!(req.timeoutMs > 0) || !Number.isFinite(req.timeoutMs)) {
+      return Promise.reject(
+        new ValidationError(
+          "Invalid lease request: timeoutMs must be a positive number",
+          "timeoutMs",
+        ),
+      );
+    }
     const reqId = newId("l", 6);
     const func = funcId(req.tenant, req.namespace, req.func);
     if (onProgress) {
@@ -397,6 +412,10 @@ export class SchedulerService implements SchedulerClient {
   }
 
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void> {
+    if (!req.gatewayId || !req.podId) {
+      const field = req.gatewayId ? "podId" : "gatewayId";
+      return Promise.reject(new ValidationError(`Invalid return: ${field} is required`, field));
+    }
     this.#apply({ type: "return", podId: req.podId, gateway: req.gatewayId, failed: req.failed });
     return Promise.resolve();
   }
@@ -406,6 +425,11 @@ export class SchedulerService implements SchedulerClient {
     leasedPods?: string[],
     load?: FuncLoad[],
   ): Promise<GatewayAdvice> {
+    if (!gatewayId) {
+      return Promise.reject(
+        new ValidationError("Invalid heartbeat: gatewayId is required", "gatewayId"),
+      );
+    }
     const actions = this.#apply({
       type: "gatewayHeartbeat",
       gateway: gatewayId,

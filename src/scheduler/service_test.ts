@@ -277,3 +277,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids it needs", async () => {
+  const store = await openSqliteStore();
+  const sched = new SchedulerService(new StateService(store));
+  const req = { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 1000 };
+  const cases: [string, () => Promise<unknown>, RegExp][] = [
+    ["no gateway", () => sched.leaseWorker({ ...req, gatewayId: "" }), /gatewayId is required/],
+    ["no function", () => sched.leaseWorker({ ...req, func: "" }), /func is required/],
+    ["no time", () => sched.leaseWorker({ ...req, timeoutMs: 0 }), /timeoutMs must be/],
+    ["return", () => sched.returnWorker({ podId: "p", gatewayId: "" }), /gatewayId is required/],
+    ["heartbeat", () => sched.refreshGateway(""), /gatewayId is required/],
+  ];
+  for (const [what, call, re] of cases) {
+    await assert.rejects(
+      call(),
+      (e: InferxError) => e.code === "invalid" && re.test(e.message),
+      what,
+    );
+  }
+  sched.stop();
+  await store.close();
+});

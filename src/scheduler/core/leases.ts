@@ -199,7 +199,8 @@ export function settleUnleased(
 export function expireWaiters(ctx: Ctx) {
   const { state, now } = ctx;
   for (const f of state.funcs.values()) {
-    if (!f.waiters.length || f.waiters[0].deadline > now) continue;
+    // Waiters queue in arrival order, not by deadline: look at each.
+    if (!f.waiters.some((w) => w.deadline <= now)) continue;
     const keep: Waiter[] = [];
     for (const w of f.waiters) {
       if (w.deadline > now) {
@@ -218,12 +219,29 @@ export function expireWaiters(ctx: Ctx) {
   }
 }
 
-/** A gateway silent for `gatewayTimeoutMs` loses its leases. */
+/**
+ * A gateway silent for `gatewayTimeoutMs` loses its leases, and its waiting
+ * requests are answered: a worker granted to it later would be leased to no
+ * one that heartbeats, and never taken back.
+ */
 export function reclaimSilentGateways(ctx: Ctx) {
   const { state, now } = ctx;
   for (const [gw, seen] of state.gateways) {
     if (now - seen < state.config.gatewayTimeoutMs) continue;
     state.gateways.delete(gw);
+    for (const f of state.funcs.values()) {
+      if (!f.waiters.some((w) => w.gateway === gw)) continue;
+      f.waiters = f.waiters.filter((w) => {
+        if (w.gateway !== gw) return true;
+        ctx.actions.push({
+          type: "leaseFailed",
+          reqId: w.reqId,
+          code: "timeout",
+          message: `Cannot lease worker for ${f.id}: gateway ${gw} stopped sending heartbeats`,
+        });
+        return false;
+      });
+    }
     for (const pod of state.pods.values()) {
       if (holds(pod, gw)) onReturn(ctx, pod.id, gw, false);
     }

@@ -267,3 +267,40 @@ Deno.test("step() kills a pod on request", () => {
     { type: "terminatePod", podId: p1, reason: "killed by request" },
   ]);
 });
+
+Deno.test("step() answers the waiting requests of a silent gateway: nothing is granted to it later", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f"),
+  });
+  // g1 asks with a long deadline (a big model's cold start), then goes silent.
+  const pod = created(d.run(lease("r1", "t/n/f", "g1", 60_000)))[0];
+  d.now = 11_000;
+  const gone = d.run({ type: "tick" });
+  assert.deepEqual(
+    gone.filter((a) => a.type === "leaseFailed").map((a) => a.type === "leaseFailed" && a.reqId),
+    ["r1"],
+  );
+  d.now = 20_000;
+  const ready = d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  assert.ok(!ready.some((a) => a.type === "leaseGranted"), "not granted to a gateway gone silent");
+  assert.equal(d.state.pods.get(pod.id)?.leasedBy, undefined);
+});
+
+Deno.test("step() expires each waiter at its own deadline, whatever the order they came in", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f"),
+  });
+  // Both wait for the one pod max_replica allows, which never gets ready.
+  assert.deepEqual(kinds(d.run(lease("r1", "t/n/f", "g1", 100_000))), ["createPod"]);
+  assert.deepEqual(kinds(d.run(lease("r2", "t/n/f", "g1", 1_000))), []);
+  d.now = 5_000;
+  const acts = d.run({ type: "gatewayHeartbeat", gateway: "g1" }, { type: "tick" });
+  assert.deepEqual(
+    acts.filter((a) => a.type === "leaseFailed").map((a) => a.type === "leaseFailed" && a.reqId),
+    ["r2"],
+  );
+});
