@@ -31,6 +31,7 @@ import {
   typePrefix,
 } from "../model/keys.ts";
 import { jsonEqual } from "../common/json.ts";
+import { KeyedLock } from "../common/keyed_lock.ts";
 import {
   decodeStoredUserObject,
   decodeUserObject,
@@ -66,6 +67,14 @@ export const MAX_USER_OBJECT = 1024 * 1024;
 /** In-process state service over a {@linkcode MetaStore}. */
 export class StateService implements MetaClient {
   #store: MetaStore;
+  /**
+   * A write whose admission reads other objects (a parent that must exist,
+   * dependents that must not, a quota) runs alone among those of its tenant:
+   * otherwise two could each pass their checks on what the other had not
+   * yet written (a function created into a namespace being deleted, three
+   * functions under a quota of one).
+   */
+  #admission = new KeyedLock();
 
   constructor(store: MetaStore) {
     this.#store = store;
@@ -95,7 +104,31 @@ export class StateService implements MetaClient {
     };
   }
 
-  async create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+  create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    return this.#serialized(input, () => this.#create(input, options));
+  }
+
+  update(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    return this.#serialized(input, () => this.#update(input, options));
+  }
+
+  delete(ref: ObjectRef, revision?: number): Promise<number> {
+    return this.#serialized(ref, () => this.#delete(ref, revision));
+  }
+
+  /** Runs `write` alone among the admitted writes of `ref`'s tenant, if its admission reads others. */
+  #serialized<T>(ref: ObjectRef & { object?: unknown }, write: () => Promise<T>): Promise<T> {
+    let tenant: string | undefined;
+    if (ref.type === "tenant") tenant = ref.name;
+    else if (isUserType(ref.type)) tenant = ref.tenant;
+    else if (ref.type === "apikey") {
+      const t = (ref.object as { tenant?: unknown } | undefined)?.tenant;
+      if (typeof t === "string") tenant = t;
+    }
+    return tenant === undefined ? write() : this.#admission.run(tenant, write);
+  }
+
+  async #create(input: ObjectInput, options: WriteOptions): Promise<WriteResult> {
     const { value } = await this.#admit(input, undefined);
     const ref = refOf(input);
     const exists = () =>
@@ -111,7 +144,7 @@ export class StateService implements MetaClient {
     return { ...ref, revision, value };
   }
 
-  async update(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+  async #update(input: ObjectInput, options: WriteOptions): Promise<WriteResult> {
     const ref = refOf(input);
     const current = await this.get(ref);
     if (!current) throw new NotFoundError(`Cannot update ${refText(ref)}: it does not exist`);
@@ -138,7 +171,7 @@ export class StateService implements MetaClient {
     return { ...ref, revision, value };
   }
 
-  async delete(ref: ObjectRef, revision?: number): Promise<number> {
+  async #delete(ref: ObjectRef, revision?: number): Promise<number> {
     await this.#checkNoDependents(ref);
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     try {

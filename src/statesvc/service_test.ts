@@ -1,0 +1,47 @@
+import assert from "node:assert/strict";
+import { openSqliteStore } from "../store/sqlite.ts";
+import { StateService } from "./service.ts";
+
+const fn = (name: string) => ({
+  type: "function" as const,
+  tenant: "t",
+  namespace: "n",
+  name,
+  object: { spec: { image: "x", policy: { Obj: { max_replica: 1 } } } },
+});
+const sys = { tenant: "system", namespace: "system" };
+
+async function service(tenantSpec: unknown = {}) {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  await svc.create({ type: "tenant", ...sys, name: "t", object: tenantSpec });
+  await svc.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
+  return { svc, close: () => store.close() };
+}
+
+const outcomes = (rs: PromiseSettledResult<unknown>[]) =>
+  rs.map((r) => r.status === "fulfilled" ? "ok" : (r.reason as { code: string }).code);
+
+Deno.test("writes whose checks read other objects do not pass them together: a namespace deleted while a function is made in it", async () => {
+  const { svc, close } = await service();
+  const ns = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };
+  const rs = await Promise.allSettled([svc.create(fn("f")), svc.delete(ns)]);
+  // Whichever went first, the other sees it: never a function without its namespace.
+  const fnThere = !!(await svc.get({ type: "function", tenant: "t", namespace: "n", name: "f" }));
+  const nsThere = !!(await svc.get(ns));
+  assert.deepEqual(outcomes(rs), ["ok", "conflict"]);
+  assert.deepEqual([fnThere, nsThere], [true, true]);
+  await close();
+});
+
+Deno.test("writes whose checks read other objects do not pass them together: a quota of one function", async () => {
+  const { svc, close } = await service({ spec: { quota: { max_functions: 1 } } });
+  const rs = await Promise.allSettled([
+    svc.create(fn("a")),
+    svc.create(fn("b")),
+    svc.create(fn("c")),
+  ]);
+  assert.deepEqual(outcomes(rs), ["ok", "quota_exceeded", "quota_exceeded"]);
+  assert.equal((await svc.list("function", "t")).items.length, 1);
+  await close();
+});
