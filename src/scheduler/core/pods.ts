@@ -105,6 +105,15 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `node ${r.node} is unknown` });
     return;
   }
+  if (!node.ready) {
+    // Lost with its node (as when a node goes silent): not handed out, not counted, replaced.
+    ctx.actions.push({
+      type: "terminatePod",
+      podId: r.id,
+      reason: `node ${r.node} missed its heartbeats`,
+    });
+    return;
+  }
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
   const parked = podState === "Standby";
   const placement = {

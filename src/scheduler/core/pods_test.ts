@@ -168,3 +168,37 @@ Deno.test("step() takes a known pod's record: reports from its agent, and asks a
     if (park) assert.equal("tier" in park && park.tier, "paused", `${what}: the tier`);
   }
 });
+
+Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost with it, not handed out", () => {
+  const d = new CoreDriver();
+  d.now = 100_000;
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("dead", { heartbeat: 1_000 }) },
+    { type: "nodeUpdate", node: nodeReport("n2", { heartbeat: 100_000 }) },
+  );
+  assert.equal(d.state.nodes.get("dead")!.ready, false);
+  const recovered = d.run({
+    type: "podRecord",
+    pod: {
+      id: "x-1",
+      func: "t/n/f",
+      version: 1,
+      node: "dead",
+      cpu: 1000,
+      memMB: 1024,
+      gpus: [],
+      desired: "Running",
+      state: "Ready",
+      endpoint: "10.0.0.9:80",
+    },
+  });
+  assert.deepEqual(
+    recovered.map((a) => a.type === "terminatePod" && a.podId),
+    ["x-1"],
+  );
+  assert.equal(d.state.pods.has("x-1"), false);
+  // min_replica is met by a new pod on the live node, and a lease waits for it.
+  const made = d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
+  assert.deepEqual(created(made).map((p) => p.node), ["n2"]);
+  assert.ok(!d.run(lease("r1")).some((a) => a.type === "leaseGranted"));
+});
