@@ -429,14 +429,22 @@ type ScopeKind = "t" | "n" | "f" | "g";
 
 /**
  * The ids of scopes, created on first use and cached (the cache is bounded:
- * rows of functions that never existed must not grow memory).
+ * rows of functions that never existed must not grow memory). Several
+ * processes may write one file (gateway members, roles sharing a data
+ * directory): a prune in any of them bumps `scope_prunes` in `meta`, and a
+ * cache filled before it is dropped ({@linkcode sync}) — the ids it holds
+ * may be gone, or taken by other scopes.
  */
 class ScopeIds {
   #db: DatabaseSync;
   #find: StatementSync;
   #add: StatementSync;
+  #readPrunes: StatementSync;
+  #bumpPrunes: StatementSync;
   #cache = new Map<string, number>();
   #max: number;
+  /** `scope_prunes` when the cache was last known good. */
+  #prunes = -1;
 
   constructor(db: DatabaseSync, max = 10_000) {
     this.#db = db;
@@ -447,6 +455,22 @@ class ScopeIds {
     this.#add = db.prepare(
       "insert into scopes (kind, tenant, namespace, func) values (?, ?, ?, ?)",
     );
+    this.#readPrunes = db.prepare("select value from meta where name = 'scope_prunes'");
+    this.#bumpPrunes = db.prepare(
+      "insert into meta (name, value) values ('scope_prunes', 1) on conflict (name) do update set value = value + 1",
+    );
+  }
+
+  /**
+   * Drops the cache when scopes were pruned since it was filled, by this
+   * process or another; called at the start of each write transaction (where
+   * no prune can come in between) and before each query.
+   */
+  sync(): void {
+    const n = Number((this.#readPrunes.get() as Row | undefined)?.value ?? 0);
+    if (n === this.#prunes) return;
+    this.#cache.clear();
+    this.#prunes = n;
   }
 
   /** The id of a scope, or undefined when it was never written (with `create`, made). */
@@ -490,9 +514,13 @@ class ScopeIds {
     const unused = SCOPE_COLUMNS.flatMap((col) =>
       tables.map((t) => `not exists (select 1 from ${t} where ${col} = scopes.id)`)
     ).join(" and ");
-    if (Number(this.#db.prepare(`delete from scopes where ${unused}`).run().changes) > 0) {
-      this.#cache.clear();
-    }
+    const remove = this.#db.prepare(`delete from scopes where ${unused}`);
+    const pruned = transaction(this.#db, () => {
+      const n = Number(remove.run().changes);
+      if (n > 0) this.#bumpPrunes.run();
+      return n;
+    });
+    if (pruned > 0) this.#cache.clear();
   }
 }
 
@@ -669,6 +697,7 @@ export class SqliteAuditBackend implements AuditBackend {
       transaction(this.#db, () => {
         // A batch retried after its commit (the answer lost with a worker) is written once.
         if (this.#claim.run(batch.id, this.#now()).changes === 0) return;
+        this.#scopes.sync();
         this.insert(batch.packed ?? batch.requests, batch.pods);
       });
     } catch (err) {
@@ -758,6 +787,7 @@ export class SqliteAuditBackend implements AuditBackend {
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]> {
     try {
       if (kind === "requests") return Promise.resolve(this.#requests(q).map(requestFromRow));
+      this.#scopes.sync();
       const found = querySql(kind, q, this.#scopes);
       if (!found) return Promise.resolve([]);
       const rows = this.#statement(found.sql).all(...found.args) as Row[];
@@ -786,6 +816,7 @@ export class SqliteAuditBackend implements AuditBackend {
   }
 
   #readRequests(q: AuditQuery): Row[] {
+    this.#scopes.sync();
     const limit = q.limit ?? 100;
     const scope = scopeFilter(q, this.#scopes);
     if (scope === undefined || limit <= 0) return [];

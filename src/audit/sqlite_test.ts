@@ -497,3 +497,34 @@ Deno.test("SqliteAuditBackend answers as a plain sort of its rows would, through
     await b.close();
   }
 });
+
+Deno.test("SqliteAuditBackend: scopes pruned by one process are not used by another sharing the file", async () => {
+  await withTempDir("inferx-audit-", async (dir) => {
+    const DAY = 86_400_000;
+    let now = 100 * DAY;
+    const options = { retainDays: 1, now: () => now, retentionEveryMs: 1e12 };
+    const a = new SqliteAuditBackend(`${dir}/audit.db`, options);
+    const b = new SqliteAuditBackend(`${dir}/audit.db`, options);
+    const row = (i: number, tenant: string, func: string) => ({
+      ...sampleRequest(i, now),
+      tenant,
+      func,
+    });
+    await a.write({ id: "a0", requests: [row(0, "u", "other")], pods: [] });
+    await b.write({ id: "b1", requests: [row(1, "t", "f")], pods: [] }); // b caches t/f's ids
+    now += 3 * DAY;
+    await a.write({ id: "a1", requests: [row(2, "u", "other")], pods: [] });
+    a.retain(); // t/f's row expires and its scopes are pruned: their ids are free again
+    await a.write({ id: "a2", requests: [row(3, "v", "g")], pods: [] }); // may take those ids
+    await b.write({ id: "b2", requests: [row(4, "t", "f")], pods: [] });
+    const paths = async (q: AuditQuery) =>
+      ((await a.query("requests", q)) as RequestRow[]).map((r) =>
+        `${r.path}:${r.tenant}/${r.func}`
+      );
+    assert.deepEqual(await paths({ tenant: "t", func: "f" }), ["/r4:t/f"]);
+    assert.deepEqual(await paths({ tenant: "v" }), ["/r3:v/g"]);
+    assert.deepEqual((await paths({})).sort(), ["/r2:u/other", "/r3:v/g", "/r4:t/f"]);
+    await a.close();
+    await b.close();
+  });
+});
