@@ -223,3 +223,13 @@ export function testCall(
     ...fields,
   };
 }
+
+/** Whether `python3` runs here (tests that need it skip, saying so, where it does not). */
+export function hasPython(): boolean {
+  try {
+    return new Deno.Command("python3", { args: ["-c", ""], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}

@@ -31,7 +31,15 @@ export async function httpCall(
   options: HttpCallOptions = {},
 ): Promise<ProbeAnswer> {
   const timeout = AbortSignal.timeout(options.timeoutMs ?? 5000);
-  const conn = await Deno.connect({ hostname: host, port });
+  let conn: Deno.TcpConn;
+  try {
+    // The time limit holds from the start: an address that never answers a connect
+    // (a pod's namespace being torn down, a dropped SYN) must not hold the probe.
+    conn = await Deno.connect({ hostname: host, port, signal: timeout });
+  } catch (err) {
+    if (!timeout.aborted) throw err;
+    throw new Error(`No answer from ${host}:${port}${path} within ${options.timeoutMs ?? 5000} ms`);
+  }
   const onAbort = () => conn.close();
   timeout.addEventListener("abort", onAbort, { once: true });
   try {

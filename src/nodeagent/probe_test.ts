@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { hasPython } from "../common/testing.ts";
+import { httpCall } from "./probe.ts";
+
+const python = hasPython();
+if (!python) console.log("skipping the unanswered-connect probe test: no python3 here");
+
+Deno.test("httpCall() answers status and body of one call on its own connection", async () => {
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    async (req) => new Response(`${req.method} ${await req.text()}`, { status: 201 }),
+  );
+  const a = await httpCall("127.0.0.1", server.addr.port, "/x", { method: "POST", json: { a: 1 } });
+  assert.deepEqual(a, { status: 201, body: 'POST {"a":1}' });
+  await server.shutdown();
+});
+
+Deno.test({
+  name: "httpCall() gives up within its time limit on a connect that is never answered",
+  ignore: !python,
+  async fn() {
+    // A listener whose accept queue is full: the kernel drops further connects unanswered.
+    const py = new Deno.Command("python3", {
+      args: [
+        "-c",
+        "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(0)\n" +
+        "print(s.getsockname()[1],flush=True)\nsys.stdin.read()",
+      ],
+      stdin: "piped",
+      stdout: "piped",
+    }).spawn();
+    const reader = py.stdout.getReader();
+    const port = Number(new TextDecoder().decode((await reader.read()).value).trim());
+    const held = await Deno.connect({ hostname: "127.0.0.1", port }); // fills the queue
+    try {
+      await assert.rejects(
+        httpCall("127.0.0.1", port, "/ready", { timeoutMs: 300 }),
+        /No answer from 127\.0\.0\.1:\d+\/ready within 300 ms/,
+      );
+    } finally {
+      held.close();
+      await py.stdin.close();
+      reader.releaseLock();
+      await py.stdout.cancel();
+      await py.status;
+    }
+  },
+});
