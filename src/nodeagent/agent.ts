@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { InferxError, NotFoundError } from "../common/errors.ts";
+import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
@@ -19,6 +19,9 @@ import type { PodRuntime, RunningPod } from "./runtime.ts";
 import type { SnapshotManager } from "./snapshots.ts";
 
 const log = logger("nodeagent");
+
+/** The most log lines one read returns (the gateway's `lines` allows as many). */
+const MAX_LOG_LINES = 10_000;
 
 /** Options for {@linkcode NodeAgent}. */
 export interface NodeAgentOptions {
@@ -156,6 +159,14 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   readPodLog(podId: string, lines = 50): Promise<string> {
+    if (!Number.isSafeInteger(lines) || lines < 1 || lines > MAX_LOG_LINES) {
+      return Promise.reject(
+        new ValidationError(
+          `Invalid lines ${lines}: a whole number from 1 to ${MAX_LOG_LINES}`,
+          "lines",
+        ),
+      );
+    }
     if (!this.#local.has(podId)) {
       return Promise.reject(new NotFoundError(`Pod ${podId} does not run on node ${this.name}`));
     }

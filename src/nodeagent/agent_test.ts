@@ -196,3 +196,16 @@ Deno.test({
     }
   },
 });
+
+Deno.test("NodeAgent refuses to read a number of log lines that is not one", async () => {
+  const { meta } = nodeStore([]);
+  const agent = new NodeAgent(meta, runtime, node);
+  for (const lines of [0, -5, 1.5, 1e9, NaN]) {
+    await assert.rejects(
+      agent.readPodLog("p", lines),
+      (e: InferxError) => e.code === "invalid" && /Invalid lines/.test(e.message),
+      String(lines),
+    );
+  }
+  await assert.rejects(agent.readPodLog("p", 5), (e: InferxError) => e.code === "not_found");
+});
