@@ -105,11 +105,17 @@ export async function openSqliteStore(
     db.exec(SCHEMA);
     const legacyDir = options.legacyDir ?? (path === ":memory:" ? undefined : dirname(path));
     if (legacyDir) await migrateLegacy(db, legacyDir);
+    return new SqliteStore(db, options.historyLimit ?? 10_000);
   } catch (err) {
     db.close();
-    throw err;
+    if (err instanceof InferxError) throw err;
+    // SQLite's own words ("database disk image is malformed") name no file: this one does.
+    throw new InferxError(
+      "unavailable",
+      `Cannot open the store at ${path}: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
-  return new SqliteStore(db, options.historyLimit ?? 10_000);
 }
 
 function metaValue(db: DatabaseSync, name: string): number | undefined {

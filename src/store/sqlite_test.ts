@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { InferxError } from "../common/errors.ts";
 import { withTempDir } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
@@ -214,5 +215,23 @@ Deno.test("sqlite store refuses to migrate a legacy log line that is not a store
       /Cannot migrate the old store file .*wal\.log: line 2/,
     );
     assert.ok((await Deno.stat(`${dir}/wal.log`)).isFile, "the old file stays where it was");
+  });
+});
+
+Deno.test("a store file whose pages are damaged is refused at open with an error that names it", async () => {
+  await withTempDir("inferx-store-", async (dir) => {
+    const path = `${dir}/meta.db`;
+    const s = await openSqliteStore(path);
+    for (let i = 0; i < 300; i++) await s.create(`/k/${i}`, "x".repeat(200));
+    await s.close();
+    const f = await Deno.open(path, { write: true });
+    await f.seek(4096, Deno.SeekMode.Start); // the second page: the schema's tables
+    await f.write(new Uint8Array(4096).fill(0x55));
+    f.close();
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" && e.message.startsWith(`Cannot open the store at ${path}: `),
+    );
   });
 });
