@@ -69,6 +69,11 @@ export class ManualClock implements Clock, Ticker {
     return this.#add({ at: this.#now + ms, fn });
   }
 
+  /** Calls scheduled and not yet run or cancelled (repeating ones included). */
+  get pending(): number {
+    return this.#timers.size;
+  }
+
   /** Moves time on by `ms`, running what falls due. */
   advance(ms: number): void {
     const end = this.#now + ms;

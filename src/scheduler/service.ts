@@ -381,9 +381,13 @@ export class SchedulerService implements SchedulerClient {
       this.#progress.set(reqId, { func, version: req.version, report: onProgress });
     }
     return new Promise<Lease>((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
+      if (signal?.aborted) {
+        this.#progress.delete(reqId);
+        return reject(signal.reason);
+      }
       const onAbort = () => {
         if (!this.#pending.delete(reqId)) return;
+        done();
         this.#apply({ type: "cancelLease", reqId, func });
         reject(signal!.reason);
       };

@@ -299,3 +299,27 @@ Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids
   sched.stop();
   await store.close();
 });
+
+Deno.test("SchedulerService forgets a lease whose caller gave up: its deadline call is cancelled", async () => {
+  const clock = new ManualClock();
+  const store = await openSqliteStore();
+  const meta = new StateService(store);
+  await createTestFunction(meta);
+  const sched = new SchedulerService(meta, { clock, ticker: clock, tickMs: 100 });
+  await sched.start();
+  try {
+    const before = clock.pending;
+    const abort = new AbortController();
+    const leasing = sched.leaseWorker(
+      { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 60_000 },
+      abort.signal,
+    );
+    assert.equal(clock.pending, before + 1, "a call at the lease's deadline");
+    abort.abort(new Error("gone"));
+    await assert.rejects(leasing, /gone/);
+    assert.equal(clock.pending, before, "cancelled with the lease");
+  } finally {
+    sched.stop();
+    await store.close();
+  }
+});
