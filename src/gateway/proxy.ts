@@ -68,6 +68,12 @@ export interface CallAnswer {
   finish(delivered: boolean): void;
 }
 
+/** What is left of the caller's own wait limit (at least 1 ms), if it set one. */
+function timeLeft(call: CallInput): number | undefined {
+  if (call.timeoutMs === undefined) return undefined;
+  return Math.max(1, call.timeoutMs - (performance.now() - call.t0));
+}
+
 /** What {@linkcode forward} needs. */
 export interface ProxyDeps {
   cache: FuncCache;
@@ -158,7 +164,7 @@ export async function forward(
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
       try {
-        slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
+        slot = await agent.acquire(timeLeft(call), call.onProgress, caller, call.tokens);
       } catch (err) {
         throw gone ? new CallerGone(agent.id) : err;
       }

@@ -393,3 +393,27 @@ t("a caller that half-closes in the middle of a streamed answer: cut, and 499", 
     await worker.shutdown();
   }
 });
+
+t(
+  "a retry after a worker dropped the call waits only for what is left of the caller's limit",
+  async () => {
+    const g = await listening();
+    // A worker that takes the request, says nothing for 600 ms, then closes the connection.
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    (async () => {
+      for await (const c of l) {
+        setTimeout(() => c.close(), 600);
+      }
+    })().catch(() => {});
+    g.f.sched.endpoints.push(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`); // no second worker
+    const t0 = performance.now();
+    const r = await fetch(`${g.url}/funccall/t/n/f/x`, { headers: { "x-inferx-timeout": "1" } });
+    const ms = performance.now() - t0;
+    assert.equal(r.status, 504);
+    await r.body?.cancel();
+    // 600 ms on the first worker, then the 400 ms left: not another whole second.
+    assert.ok(ms < 1400, `answered after ${Math.round(ms)} ms`);
+    await g.close();
+    l.close();
+  },
+);
