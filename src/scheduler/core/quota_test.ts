@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { CoreDriver, funcReport, nodeReport } from "./testing.ts";
+import { CoreDriver, funcReport, gpuNode, nodeReport } from "./testing.ts";
 import type { CoreAction } from "./types.ts";
 
 const created = (acts: CoreAction[]) =>
@@ -77,4 +77,34 @@ Deno.test("quota: max_gpu counts GPUs held, and raising the quota lets waiters t
   assert.equal(created(d.run(lease("r3", "a/n/gpu"))).length, 1);
   d.run({ type: "tenantQuota", tenant: "a", limits: {} });
   assert.equal(d.state.quotas.has("a"), false, "an empty quota is no quota");
+});
+
+Deno.test("quota: a paused pod holding its GPU is resumed, not passed over for a fresh one past max_gpu", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["paused"]) },
+    { type: "nodeUpdate", node: gpuNode("n2", ["paused"]) },
+    { type: "tenantQuota", tenant: "t", limits: { maxGpu: 1 } },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/f", { gpuCount: 1, vramMB: 30_000 }, {
+        standbyTier: "paused",
+        maxReplica: 3,
+      }),
+    },
+  );
+  const [p1] = created(d.run(lease("r1", "t/n/f")));
+  d.run({ type: "podStatus", podId: p1.id, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: p1.id, gateway: "g1" });
+  assert.equal(d.state.pods.get(p1.id)?.state, "Standby", "parked, its GPU memory kept");
+  // Learned: a fresh start is faster than this tier's resume, but a fresh pod needs a second GPU.
+  const f = d.state.funcs.get("t/n/f")!;
+  f.coldStartMs = 10;
+  f.restoreMs.paused = 5_000;
+  const acts = d.run(lease("r2", "t/n/f"));
+  assert.deepEqual(created(acts), []);
+  assert.ok(acts.some((a) => a.type === "resumePod" && a.podId === p1.id));
+  let gpus = 0;
+  for (const p of d.state.pods.values()) if (p.held.vram) gpus += p.gpus.length;
+  assert.equal(gpus, 1);
 });

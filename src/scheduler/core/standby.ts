@@ -7,6 +7,7 @@
  */
 import type { StandbyTier } from "../../model/cluster.ts";
 import { ALL_HELD, clearLessees, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
+import { quotaBlock } from "./quota.ts";
 import { planStart } from "./snapshot.ts";
 import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
 
@@ -133,7 +134,9 @@ export type Revival = "started" | "resumed" | "dropped";
  * take it back, drops it (the caller then starts one elsewhere).
  */
 export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: number): Revival {
-  const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica
+  // A fresh pod needs what the parked one may still hold (its GPUs): only within the quota.
+  const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica ||
+      quotaBlock(ctx.state, f) !== undefined
     ? undefined
     : planStart(ctx.state.nodeList, f, ctx.state.config.snapshotStart);
   const fresh = plan?.result;
