@@ -16,6 +16,7 @@ export type ErrorCode =
   | "queue_full"
   | "timeout"
   | "too_large"
+  | "unsupported_media_type"
   | "unavailable"
   | "worker_failed"
   | "unschedulable"
@@ -115,6 +116,7 @@ const STATUS: Record<ErrorCode, number> = {
   conflict: 409,
   already_exists: 409,
   too_large: 413,
+  unsupported_media_type: 415,
   queue_full: 503,
   unavailable: 503,
   worker_failed: 503,

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { NotFoundError, ValidationError } from "../common/errors.ts";
+import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 import { allows, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
@@ -147,7 +147,11 @@ export function openaiInput(
   named?: (target: FuncTarget, known: boolean) => void,
 ): CallInput | Promise<CallInput> {
   if (!(req.get("content-type") ?? "").includes("json")) {
-    throw new ValidationError(`${path} takes a JSON body`, "content-type");
+    throw new InferxError(
+      "unsupported_media_type",
+      `${path} takes a JSON body (Content-Type: application/json)`,
+      { details: { field: "content-type" } },
+    );
   }
   const body = readBody(ctx, req);
   if (body instanceof Promise) {

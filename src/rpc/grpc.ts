@@ -41,6 +41,7 @@ const TO_GRPC: Record<ErrorCode, grpc.status> = {
   conflict: grpc.status.ABORTED,
   queue_full: grpc.status.RESOURCE_EXHAUSTED,
   too_large: grpc.status.RESOURCE_EXHAUSTED,
+  unsupported_media_type: grpc.status.INVALID_ARGUMENT,
   timeout: grpc.status.DEADLINE_EXCEEDED,
   unavailable: grpc.status.UNAVAILABLE,
   worker_failed: grpc.status.UNAVAILABLE,

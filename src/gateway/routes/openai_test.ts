@@ -53,7 +53,7 @@ t("/v1 refuses bad calls with clear errors", async () => {
     [{ model: "t/n/nope" }, {}, 404, /model t\/n\/nope does not exist/],
     [{ model: "nope" }, {}, 404, /model nope does not exist/],
     ["{oops", {}, 400, /not valid JSON/],
-    [{ model: "f" }, { "content-type": "text/plain" }, 400, /takes a JSON body/],
+    [{ model: "f" }, { "content-type": "text/plain" }, 415, /takes a JSON body/],
   ];
   for (const [body, headers, status, re] of cases) {
     const r = await complete(f, body, headers);
