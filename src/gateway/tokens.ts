@@ -161,14 +161,26 @@ function scanEvent(b: Uint8Array): { token: boolean; usage: boolean } {
 /** A blank line, to end the last event (a new `Uint8Array` costs an `ArrayBuffer` each time). */
 const NO_BYTES = new Uint8Array(0);
 
-function concat(a: Uint8Array, b: Uint8Array, sep?: number): Uint8Array {
-  const extra = sep === undefined ? 0 : 1;
-  const out = new Uint8Array(a.length + extra + b.length);
-  out.set(a);
-  if (extra) out[a.length] = sep!;
-  out.set(b, a.length + extra);
+/** `parts` in one new array, `sep` between them when given: one pass, whatever their number. */
+function join(parts: readonly Uint8Array[], sep?: number): Uint8Array {
+  let size = sep === undefined ? 0 : parts.length - 1;
+  for (const p of parts) size += p.length;
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (let i = 0; i < parts.length; i++) {
+    if (i && sep !== undefined) out[o++] = sep;
+    out.set(parts[i], o);
+    o += parts[i].length;
+  }
   return out;
 }
+
+/**
+ * The most bytes of one line or one event read: a worker's stream is its
+ * function's, and a line that never ends must neither grow the gateway's
+ * memory nor its time a piece (what is past it yields no figures).
+ */
+export const MAX_EVENT_BYTES = 1024 * 1024;
 
 /** The value at quantile `q` of ascending `sorted` (nearest rank). */
 function quantile(sorted: readonly number[], q: number): number {
@@ -200,10 +212,17 @@ export class TokenMeter {
   #gaps: number[] = [];
   #prompt?: number;
   #completion?: number;
-  /** The unfinished last line of the stream so far (a copy). */
-  #line?: Uint8Array;
+  /** The unfinished last line of the stream so far: copies of its pieces. */
+  #line: Uint8Array[] = [];
+  #lineBytes = 0;
   /** Payloads of the `data:` lines of the event being read. */
   #data: Uint8Array[] = [];
+  #dataBytes = 0;
+  /** `#data` from this index on may still point into the piece being read (copied at its end). */
+  #fresh = 0;
+  /** The line, or the event, being read went past {@linkcode MAX_EVENT_BYTES}: skipped to its end. */
+  #skipLine = false;
+  #skipEvent = false;
 
   constructor(format: TokenFormat, t0: number) {
     this.format = format;
@@ -232,14 +251,15 @@ export class TokenMeter {
   chunk(bytes: Uint8Array, now: number): void {
     let start = 0;
     let nl = bytes.indexOf(10);
-    if (this.#line) {
-      if (nl < 0) {
-        this.#line = concat(this.#line, bytes);
-        return;
-      }
-      const line = concat(this.#line, bytes.subarray(0, nl));
-      this.#line = undefined;
-      this.#onLine(line, now);
+    if (this.#lineBytes || this.#skipLine) {
+      if (nl < 0) return this.#keepLine(bytes);
+      this.#keepLine(bytes.subarray(0, nl));
+      const skipped = this.#skipLine;
+      const line = this.#line.length === 1 ? this.#line[0] : join(this.#line);
+      this.#line = [];
+      this.#lineBytes = 0;
+      this.#skipLine = false;
+      if (!skipped) this.#onLine(line, now);
       start = nl + 1;
       nl = bytes.indexOf(10, start);
     }
@@ -247,11 +267,23 @@ export class TokenMeter {
       this.#onLine(bytes.subarray(start, nl), now);
       start = nl + 1;
     }
-    if (start < bytes.length) this.#line = bytes.slice(start);
-    // An event cut by the end of this piece keeps copies of its lines.
-    for (let i = 0; i < this.#data.length; i++) {
-      if (this.#data[i].buffer === bytes.buffer) this.#data[i] = this.#data[i].slice();
+    if (start < bytes.length) this.#keepLine(bytes.subarray(start));
+    // An event cut by the end of this piece keeps copies of the lines it got from it.
+    for (let i = this.#fresh; i < this.#data.length; i++) this.#data[i] = this.#data[i].slice();
+    this.#fresh = this.#data.length;
+  }
+
+  /** Keeps a copy of a piece of the unfinished line, up to the limit. */
+  #keepLine(piece: Uint8Array): void {
+    if (this.#skipLine || !piece.length) return;
+    if (this.#lineBytes + piece.length > MAX_EVENT_BYTES) {
+      this.#skipLine = true;
+      this.#line = [];
+      this.#lineBytes = 0;
+      return;
     }
+    this.#line.push(piece.slice());
+    this.#lineBytes += piece.length;
   }
 
   #onLine(line: Uint8Array, now: number): void {
@@ -259,13 +291,26 @@ export class TokenMeter {
     if (end === 0) {
       // A blank line ends an event.
       const data = this.#data;
-      if (!data.length) return;
+      const skipped = this.#skipEvent;
       this.#data = [];
-      this.#onEvent(data.length === 1 ? data[0] : data.reduce((a, b) => concat(a, b, 10)), now);
+      this.#dataBytes = 0;
+      this.#fresh = 0;
+      this.#skipEvent = false;
+      if (!data.length || skipped) return;
+      this.#onEvent(data.length === 1 ? data[0] : join(data, 10), now);
       return;
     }
-    if (!holds(line, 0, DATA)) return; // comments, event names, ids
-    this.#data.push(line.subarray(line[5] === 32 ? 6 : 5, end));
+    if (!holds(line, 0, DATA) || this.#skipEvent) return; // comments, event names, ids
+    const payload = line.subarray(line[5] === 32 ? 6 : 5, end);
+    if (this.#dataBytes + payload.length > MAX_EVENT_BYTES) {
+      this.#skipEvent = true;
+      this.#data = [];
+      this.#dataBytes = 0;
+      this.#fresh = 0;
+      return;
+    }
+    this.#data.push(payload);
+    this.#dataBytes += payload.length;
   }
 
   #onEvent(data: Uint8Array, now: number): void {
@@ -289,8 +334,9 @@ export class TokenMeter {
    */
   result(end: number, queuedMs = 0): TokenStats {
     // A stream that ended without its final newline or blank line.
-    if (this.#line) this.#onLine(this.#line, end);
-    this.#line = undefined;
+    if (this.#lineBytes && !this.#skipLine) this.#onLine(join(this.#line), end);
+    this.#line = [];
+    this.#lineBytes = 0;
     this.#onLine(NO_BYTES, end);
     const completion = this.#completion ?? (this.format === "sse" ? this.#tokens : undefined);
     const gaps = this.#gaps;

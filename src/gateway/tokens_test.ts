@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type TokenFormat, tokenFormat, TokenMeter, usageOf } from "./tokens.ts";
+import { MAX_EVENT_BYTES, type TokenFormat, tokenFormat, TokenMeter, usageOf } from "./tokens.ts";
 
 const data = (name: string) => Deno.readFile(new URL(`./testdata/${name}`, import.meta.url));
 const enc = new TextEncoder();
@@ -135,4 +135,29 @@ Deno.test("comments, other fields, multi-line data and bad JSON in a stream are 
     3,
     "a, the tool call, and b (its event ended by the stream's end)",
   );
+});
+
+Deno.test("a line or an event past MAX_EVENT_BYTES is passed over, and what follows is read", () => {
+  const meter = new TokenMeter("sse", 0);
+  const token = (c: string) => `data: {"choices":[{"delta":{"content":"${c}"}}]}\n\n`;
+  meter.chunk(enc.encode(token("a")), 1);
+  // A line that never ends, in pieces, past the limit; then its newline and a token.
+  const piece = enc.encode("x".repeat(64 * 1024));
+  for (let i = 0; i < (MAX_EVENT_BYTES >> 16) + 4; i++) meter.chunk(piece, 2);
+  meter.chunk(enc.encode(`\n\n${token("b")}`), 3);
+  // One event of data lines past the limit (no blank line between them), then a token.
+  const line = enc.encode(`data: ${"y".repeat(1000)}\n`);
+  for (let i = 0; i < (MAX_EVENT_BYTES / 1000) + 10; i++) meter.chunk(line, 4);
+  meter.chunk(enc.encode(`\n${token("c")}`), 5);
+  assert.equal(meter.result(6).completionTokens, 3, "a, b and c; the oversized line and event not");
+});
+
+Deno.test("an event of many data lines in many pieces is read whole", () => {
+  const meter = new TokenMeter("sse", 0);
+  // {"choices":[{"delta":{"content":"z"}}]} split over 20,000 data lines of a few bytes.
+  const json = `{"choices":[{"delta":{"content":"z"}}]}`;
+  const lines = [json.slice(0, 10), ...Array(19_998).fill(" "), json.slice(10)];
+  for (const l of lines) meter.chunk(enc.encode(`data: ${l}\n`), 1);
+  meter.chunk(enc.encode("\n"), 2);
+  assert.equal(meter.result(3).completionTokens, 1);
 });
