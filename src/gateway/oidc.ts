@@ -95,6 +95,8 @@ export class OidcVerifier {
   >();
   #lastFetch = -Infinity;
   #fetching?: Promise<void>;
+  /** The last fetch of the keys failed with this: answered until the next fetch. */
+  #fetchError?: InferxError;
 
   constructor(opts: OidcOptions) {
     this.#opts = opts;
@@ -177,7 +179,11 @@ export class OidcVerifier {
   #refresh(): Promise<void> {
     const now = performance.now();
     if (this.#fetching) return this.#fetching;
-    if (now - this.#lastFetch < 10_000) return Promise.resolve();
+    // Between fetches: the last failure stands (503, to retry), not "no such key" (401); and
+    // after a failure the keys are asked for again sooner.
+    if (now - this.#lastFetch < (this.#fetchError ? 1_000 : 10_000)) {
+      return this.#fetchError ? Promise.reject(this.#fetchError) : Promise.resolve();
+    }
     this.#lastFetch = now;
     this.#fetching = (async () => {
       try {
@@ -197,8 +203,9 @@ export class OidcVerifier {
           keys.set(k.kid ?? "", { jwk: k, imported: new Map() });
         }
         this.#keys = keys;
+        this.#fetchError = undefined;
       } catch (err) {
-        throw new InferxError(
+        throw this.#fetchError = new InferxError(
           "unavailable",
           `Cannot read the OIDC keys at ${this.#opts.jwksUrl}: ${(err as Error).message}`,
           { retryable: true },
