@@ -22,6 +22,20 @@ export function planGroup(workers: number): GatewayGroup | undefined {
   return { index: 0, ports: Array.from({ length: workers }, () => freePort()) };
 }
 
+/** The first and the longest pause before a member that exited is started again. */
+export const RESTART = { firstMs: 1000, maxMs: 60_000 } as const;
+
+/**
+ * The pause before starting again a member that ran `ranMs` and exited,
+ * when the pause before was `lastMs` (0: none yet): a member that ran a
+ * minute or more is started again after the first pause; one that keeps
+ * failing at start waits twice as long each time, up to the longest.
+ */
+export function restartDelay(lastMs: number, ranMs: number): number {
+  if (lastMs === 0 || ranMs >= RESTART.maxMs) return RESTART.firstMs;
+  return Math.min(lastMs * 2, RESTART.maxMs);
+}
+
 /** The other members, running. */
 export interface Members {
   stop(): Promise<void>;
@@ -44,7 +58,9 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
   const ports = group.ports.join(",");
   let stopping = false;
   const running = new Map<number, Deno.ChildProcess>();
+  const delays = new Map<number, number>();
   const spawn = (index: number) => {
+    const started = performance.now();
     const child = new Deno.Command(cmd, {
       args,
       env: {
@@ -61,11 +77,14 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
     child.status.then((s) => {
       running.delete(index);
       if (stopping) return;
-      log.warn("Gateway member {index} exited ({code}); starting it again", {
+      const delay = restartDelay(delays.get(index) ?? 0, performance.now() - started);
+      delays.set(index, delay);
+      log.warn("Gateway member {index} exited ({code}); starting it again in {s} s", {
         index,
         code: s.code,
+        s: delay / 1000,
       });
-      setTimeout(() => !stopping && spawn(index), 1000);
+      setTimeout(() => !stopping && spawn(index), delay);
     });
   };
   for (let i = 1; i < group.ports.length; i++) spawn(i);
