@@ -35,6 +35,30 @@ const count = (dflt: number) =>
     return z.NEVER;
   });
 
+/** A positive integer; unset or empty gives `dflt`. */
+const positive = (dflt: number) => count(dflt).refine((n) => n > 0, { message: "must be above 0" });
+/** A variable with a default that must not be set empty (a path, say). */
+const nonEmpty = (dflt: string) =>
+  z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined) return dflt;
+    if (raw !== "") return raw;
+    ctx.addIssue({ code: "custom", message: "must not be empty (unset it for the default)" });
+    return z.NEVER;
+  });
+/** A TCP port, 0 to 65535 (0: one the system picks, where a role allows it). */
+const port = (dflt: number) =>
+  count(dflt).refine((n) => n <= 65535, { message: "is not a port (0 to 65535)" });
+/** An http(s) URL; off when unset or empty. */
+const httpUrl = () =>
+  optional().refine((raw) => {
+    if (raw === undefined) return true;
+    try {
+      return ["http:", "https:"].includes(new URL(raw).protocol);
+    } catch {
+      return false;
+    }
+  }, { message: "is not an http(s) URL" });
+
 // ------------------------------------------------------------- sections
 
 const PlatformEnv = z.object({
@@ -44,8 +68,14 @@ const PlatformEnv = z.object({
     ctx.addIssue({ code: "custom", message: `"${role}" is not one of ${ROLES.join(", ")}` });
     return z.NEVER;
   }),
-  LOG_LEVEL: text("info"),
-  INFERX_DATA_DIR: text("./data"),
+  LOG_LEVEL: z.string().optional().transform((raw, ctx) => {
+    const levels = ["trace", "debug", "info", "warning", "error", "fatal"];
+    if (raw === undefined || raw === "") return "info";
+    if (levels.includes(raw)) return raw;
+    ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${levels.join(", ")}` });
+    return z.NEVER;
+  }),
+  INFERX_DATA_DIR: nonEmpty("./data"),
   INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
   INFERX_CPU_PROFILE: optional(),
   INFERX_HEAP_PROFILE: optional(),
@@ -70,7 +100,7 @@ export interface ClusterSettings {
   schedulerAddrs: string[];
 }
 
-const StateSvcEnv = z.object({ STATESVC_PORT: count(1237) });
+const StateSvcEnv = z.object({ STATESVC_PORT: port(1237) });
 
 /** The `StateSvc` role. */
 export interface StateSvcSettings {
@@ -79,10 +109,10 @@ export interface StateSvcSettings {
 }
 
 const SchedulerEnv = z.object({
-  SCHEDULER_PORT: count(1238),
-  SCHEDULER_HTTP_PORT: count(1239),
-  GATEWAY_TIMEOUT_MS: count(10_000),
-  NODE_TIMEOUT_MS: count(10_000),
+  SCHEDULER_PORT: port(1238),
+  SCHEDULER_HTTP_PORT: port(1239),
+  GATEWAY_TIMEOUT_MS: positive(10_000),
+  NODE_TIMEOUT_MS: positive(10_000),
 });
 
 /** The `Scheduler` role. */
@@ -98,7 +128,7 @@ export interface SchedulerSettings {
 }
 
 const GatewayEnv = z.object({
-  GATEWAY_PORT: count(4000),
+  GATEWAY_PORT: port(4000),
   GATEWAY_WORKERS: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw === "") return undefined;
     const n = Number(raw);
@@ -110,9 +140,9 @@ const GatewayEnv = z.object({
   }),
   INFERX_GATEWAY_GROUP: optional(),
   GATEWAY_HOST: text("127.0.0.1"),
-  INFERX_BODY_LIMIT: count(16 * 1024 * 1024),
+  INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   INFERX_ADMIN_APIKEY: optional(),
-  INFERX_OIDC_JWKS_URL: optional(),
+  INFERX_OIDC_JWKS_URL: httpUrl(),
   INFERX_OIDC_ISSUER: optional(),
   INFERX_OIDC_AUDIENCE: optional(),
 });
@@ -140,9 +170,6 @@ export interface GatewaySettings {
   /** `INFERX_OIDC_JWKS_URL`, `INFERX_OIDC_ISSUER`, `INFERX_OIDC_AUDIENCE`: bearer tokens. */
   oidc?: { jwksUrl: string; issuer?: string; audience?: string };
 }
-
-/** A positive integer; unset or empty gives `dflt`. */
-const positive = (dflt: number) => count(dflt).refine((n) => n > 0, { message: "must be above 0" });
 
 const CallsEnv = z.object({
   INFERX_CALL_TTL_S: positive(86_400),
@@ -178,7 +205,7 @@ const NodeEnv = z.object({
   NODE_NAME: z.string().optional(),
   NODE_ADDRESS: z.string().optional(),
   INFERX_RUNTIME: z.string().optional(),
-  NODEAGENT_PORT: count(1233),
+  NODEAGENT_PORT: port(1233),
 });
 
 /** The `NodeAgent` role: where node.json is, and what overrides it. */
@@ -282,13 +309,19 @@ export interface Config {
 /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
 function auditAddr(addr?: string, password?: string): string | undefined {
   if (!addr) return undefined;
-  if (!password) return addr;
-  let url: URL;
+  let url: URL | undefined;
   try {
     url = new URL(addr);
   } catch {
-    throw new ValidationError(`Invalid AUDITDB_ADDR: not a postgres:// URL`, "AUDITDB_ADDR");
+    // below
   }
+  if (!url || !["postgres:", "postgresql:"].includes(url.protocol)) {
+    throw new ValidationError(
+      `Invalid configuration: AUDITDB_ADDR: "${addr}" is not a postgres:// URL`,
+      "AUDITDB_ADDR",
+    );
+  }
+  if (!password) return addr;
   url.password = encodeURIComponent(password);
   return url.toString();
 }
@@ -330,6 +363,20 @@ export function readConfig(
   const a = section(AuditEnv, vars);
   const snap = section(SnapshotEnv, vars);
   const k = section(CallsEnv, vars);
+  if (!g.INFERX_OIDC_JWKS_URL && (g.INFERX_OIDC_ISSUER || g.INFERX_OIDC_AUDIENCE)) {
+    const name = g.INFERX_OIDC_ISSUER ? "INFERX_OIDC_ISSUER" : "INFERX_OIDC_AUDIENCE";
+    throw new ValidationError(
+      `Invalid configuration: ${name} is set without INFERX_OIDC_JWKS_URL, where the keys are`,
+      name,
+    );
+  }
+  if (g.GATEWAY_PORT === 0 && (g.GATEWAY_WORKERS ?? 1) > 1) {
+    throw new ValidationError(
+      "Invalid configuration: GATEWAY_PORT: 0 (a port the system picks) cannot be shared by " +
+        "GATEWAY_WORKERS processes: name the port",
+      "GATEWAY_PORT",
+    );
+  }
   return {
     role: p.RUN_SERVICE,
     logLevel: p.LOG_LEVEL,

@@ -90,7 +90,7 @@ Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the au
   assert.equal(c.audit.bufferRows, 100_000);
   assert.throws(
     () => readConfig(envOf({ AUDITDB_ADDR: "not a url", AUDITDB_PASSWORD: "x" })),
-    /Invalid AUDITDB_ADDR/,
+    /AUDITDB_ADDR: "not a url" is not a postgres:\/\/ URL/,
   );
 });
 
@@ -101,6 +101,20 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ NODE_TIMEOUT_MS: "-5" }, /NODE_TIMEOUT_MS: "-5" is not a non-negative integer/],
     [{ INFERX_CALL_ATTEMPTS: "0" }, /INFERX_CALL_ATTEMPTS: must be above 0/],
     [{ INFERX_CALLBACK_ALLOW: "10.0.0.0/8, localhost" }, /INFERX_CALLBACK_ALLOW: "localhost"/],
+    [{ INFERX_DATA_DIR: "" }, /INFERX_DATA_DIR: must not be empty/],
+    [{ NODE_TIMEOUT_MS: "0" }, /NODE_TIMEOUT_MS: must be above 0/],
+    [{ GATEWAY_TIMEOUT_MS: "0" }, /GATEWAY_TIMEOUT_MS: must be above 0/],
+    [{ INFERX_BODY_LIMIT: "0" }, /INFERX_BODY_LIMIT: must be above 0/],
+    [{ GATEWAY_PORT: "70000" }, /GATEWAY_PORT: is not a port/],
+    [{ SCHEDULER_HTTP_PORT: "65536" }, /SCHEDULER_HTTP_PORT: is not a port/],
+    [{ GATEWAY_PORT: "0", GATEWAY_WORKERS: "2" }, /GATEWAY_PORT: 0 .* cannot be shared/],
+    [{ LOG_LEVEL: "warn" }, /LOG_LEVEL: "warn" is not one of trace, debug, info, warning/],
+    [{ INFERX_OIDC_JWKS_URL: "not a url" }, /INFERX_OIDC_JWKS_URL: is not an http\(s\) URL/],
+    [
+      { INFERX_OIDC_AUDIENCE: "inferx" },
+      /INFERX_OIDC_AUDIENCE is set without INFERX_OIDC_JWKS_URL/,
+    ],
+    [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: "http:\/\/db:5432\/x" is not a postgres/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
