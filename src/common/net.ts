@@ -4,6 +4,24 @@
  *
  * @module
  */
+import { InferxError } from "./errors.ts";
+
+/**
+ * Runs `listen` (a listener's start on `host:port`, for `what`), turning its
+ * failure into one that says where: the runtime's own ("Address already in
+ * use") names neither the address nor the setting.
+ */
+export function listening<T>(what: string, host: string, port: number, listen: () => T): T {
+  try {
+    return listen();
+  } catch (err) {
+    throw new InferxError(
+      "unavailable",
+      `Cannot listen on ${host}:${port} (${what}): ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
 
 /** Finds a free TCP port on `host`. */
 export function freePort(host = "127.0.0.1"): number {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freePort, waitForProbe } from "./net.ts";
+import { freePort, listening, waitForProbe } from "./net.ts";
 
 Deno.test("freePort() returns a port nothing listens on, that can be listened on", () => {
   const port = freePort();
@@ -35,4 +35,25 @@ Deno.test("waitForProbe() rejects with the reason when the worker dies first, or
     waitForProbe(url, new Promise(() => {}), { timeoutMs: 50, intervalMs: 5 }),
     /did not answer .* within 50 ms/,
   );
+});
+
+Deno.test("listening() names the address and the setting when a port is taken", () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    assert.throws(
+      () =>
+        listening(
+          "GATEWAY_PORT",
+          "127.0.0.1",
+          port,
+          () => Deno.listen({ hostname: "127.0.0.1", port }),
+        ),
+      (e: Error & { code?: string }) =>
+        e.code === "unavailable" &&
+        e.message.startsWith(`Cannot listen on 127.0.0.1:${port} (GATEWAY_PORT): `),
+    );
+  } finally {
+    taken.close();
+  }
 });

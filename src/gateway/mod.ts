@@ -8,6 +8,7 @@
  */
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
+import { listening } from "../common/net.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
 import { serveGateway } from "./server.ts";
@@ -109,11 +110,14 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     );
   await beat();
   const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);
-  const server = serveGateway(app, deps, {
-    port: config.port ?? 4000,
-    hostname: config.hostname ?? "127.0.0.1",
-    reusePort: config.group !== undefined,
-  });
+  const port = config.port ?? 4000;
+  const hostname = config.hostname ?? "127.0.0.1";
+  const server = listening(
+    "GATEWAY_PORT",
+    hostname,
+    port,
+    () => serveGateway(app, deps, { port, hostname, reusePort: config.group !== undefined }),
+  );
   logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
     id: gatewayId,
     hostname: server.addr.hostname,

@@ -10,6 +10,7 @@ import { Registry } from "prom-client";
 import type { Config } from "../common/config.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
+import { listening } from "../common/net.ts";
 import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { createSchedulerApp } from "../scheduler/http.ts";
@@ -42,9 +43,12 @@ export async function start(config: Config): Promise<RoleHandle> {
     });
   };
   const app = createSchedulerApp({ id, leader: () => leader, registry });
-  const http = Deno.serve(
-    { port: config.scheduler.httpPort, hostname: bindHost, onListen() {} },
-    app.fetch,
+  const http = listening(
+    "SCHEDULER_HTTP_PORT",
+    bindHost,
+    config.scheduler.httpPort,
+    () =>
+      Deno.serve({ port: config.scheduler.httpPort, hostname: bindHost, onListen() {} }, app.fetch),
   );
   let election: Campaign | undefined;
   if (etcdAddrs) {
