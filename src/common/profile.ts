@@ -30,8 +30,14 @@ function session(): {
   };
 }
 
+/** Throws now when `path` cannot be written, rather than at the stop, with the run's profile. */
+async function writable(path: string): Promise<void> {
+  await Deno.writeTextFile(path, "");
+}
+
 /** Starts the CPU profiler; what it returns stops it and writes the profile to `path`. */
 export async function startCpuProfile(path: string, intervalUs = 100): Promise<StopProfile> {
+  await writable(path);
   const s = session();
   await s.post("Profiler.enable");
   await s.post("Profiler.setSamplingInterval", { interval: intervalUs });
@@ -48,6 +54,7 @@ export async function startCpuProfile(path: string, intervalUs = 100): Promise<S
  * average; what it returns stops it and writes the profile to `path`.
  */
 export async function startHeapProfile(path: string, intervalBytes = 1024): Promise<StopProfile> {
+  await writable(path);
   const s = session();
   await s.post("HeapProfiler.enable");
   await s.post("HeapProfiler.startSampling", {

@@ -51,3 +51,8 @@ Deno.test("startHeapProfile() writes a profile that names the functions that all
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a profile whose file cannot be written fails at its start, not at its stop", async () => {
+  await assert.rejects(startCpuProfile("/nonexistent-dir/cpu.cpuprofile"), Deno.errors.NotFound);
+  await assert.rejects(startHeapProfile("/nonexistent-dir/heap.heapprofile"), Deno.errors.NotFound);
+});
