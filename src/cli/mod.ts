@@ -234,7 +234,11 @@ async function apikey(
   switch (sub) {
     case "create": {
       if (!arg) throw new CliError("usage: apikey create SCOPE [TENANT[/NS]]");
-      const [tenant, namespace] = where ? where.split("/") : [];
+      const parts = where ? where.split("/") : [];
+      if (parts.length > 2 || parts.some((p) => !p)) {
+        throw new CliError(`Expected TENANT or TENANT/NAMESPACE, got "${where}"`);
+      }
+      const [tenant, namespace] = parts;
       const expires = opts.expires === undefined ? undefined : Number(opts.expires);
       if (expires !== undefined && !(expires > 0)) {
         throw new CliError(`--expires "${opts.expires}": a positive number of seconds`);
@@ -297,31 +301,34 @@ export async function runCtl(
 ): Promise<number> {
   let failure = 1;
   try {
-    const { values, positionals } = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        gateway: {
-          type: "string",
-          default: Deno.env.get("INFERX_GATEWAY") ?? "http://127.0.0.1:4000",
-        },
-        key: { type: "string", default: Deno.env.get("INFERX_APIKEY") },
-        name: { type: "string" },
-        expires: { type: "string" },
-        file: { type: "string", short: "f" },
-        data: { type: "string", short: "d" },
-        "dry-run": { type: "boolean" },
-        selector: { type: "string", short: "l" },
-        prune: { type: "boolean" },
-        yes: { type: "boolean", short: "y" },
-        async: { type: "boolean" },
-        callback: { type: "string" },
-        func: { type: "string" },
-        status: { type: "string" },
-        rotate: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
+    const options = {
+      gateway: {
+        type: "string",
+        default: Deno.env.get("INFERX_GATEWAY") ?? "http://127.0.0.1:4000",
       },
-    });
+      key: { type: "string", default: Deno.env.get("INFERX_APIKEY") },
+      name: { type: "string" },
+      expires: { type: "string" },
+      file: { type: "string", short: "f" },
+      data: { type: "string", short: "d" },
+      "dry-run": { type: "boolean" },
+      selector: { type: "string", short: "l" },
+      prune: { type: "boolean" },
+      yes: { type: "boolean", short: "y" },
+      async: { type: "boolean" },
+      callback: { type: "string" },
+      func: { type: "string" },
+      status: { type: "string" },
+      rotate: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    } as const;
+    // `diff` exits 1 for differences: its usage errors must say 2, found before the strict parse.
+    if (
+      parseArgs({ args, options, allowPositionals: true, strict: false }).positionals[0] === "diff"
+    ) {
+      failure = 2;
+    }
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options });
     const gw = values.gateway!.replace(/\/$/, "");
     bearer = values.key || undefined;
     const [cmd, a, b, c] = positionals;
@@ -337,18 +344,17 @@ export async function runCtl(
           send: (method: string, path: string, body?: unknown) => send(gw, method, path, body),
           io,
         };
-        const options = {
+        const apply = {
           dryRun: values["dry-run"],
           selector: values.selector,
           prune: values.prune,
           yes: values.yes,
         };
         if (cmd === "apply") {
-          await applyObjects(ctl, values.file, options);
+          await applyObjects(ctl, values.file, apply);
           return 0;
         }
-        failure = 2;
-        return await diffObjects(ctl, values.file, options) ? 1 : 0;
+        return await diffObjects(ctl, values.file, apply) ? 1 : 0;
       }
       case "get": {
         if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");

@@ -64,3 +64,23 @@ t("ctl call --async prints the id; ctl calls get, list and cancel follow it", as
   await f.close();
   await w.close();
 });
+
+t(
+  "ctl diff's usage errors exit 2 (1 says there are differences); other commands' exit 1",
+  async () => {
+    for (const args of [["diff"], ["diff", "-f"], ["diff", "-f", "x.yaml", "--bogus"]]) {
+      assert.equal((await ctl(...args)).code, 2, args.join(" "));
+    }
+    for (const args of [["apply"], ["get", "function"], ["apply", "-f", "x", "--bogus"]]) {
+      assert.equal((await ctl(...args)).code, 1, args.join(" "));
+    }
+  },
+);
+
+t("ctl apikey create refuses a reach that is not TENANT or TENANT/NAMESPACE", async () => {
+  for (const where of ["a/b/c", "a/", "/b"]) {
+    const r = await ctl("--gateway", "http://127.0.0.1:1", "apikey", "create", "full", where);
+    assert.equal(r.code, 1, where);
+    assert.match(r.err, /Expected TENANT or TENANT\/NAMESPACE/, where);
+  }
+});
