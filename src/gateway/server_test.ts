@@ -45,6 +45,23 @@ async function rawCall(url: string, ...parts: (string | Uint8Array)[]): Promise<
   return out;
 }
 
+/** A worker answering every call with `events` events (`data: 1` ...), one every `everyMs`. */
+function sseWorker(events: number, everyMs: number) {
+  return Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+    let i = 0;
+    return new Response(
+      new ReadableStream({
+        async pull(c) {
+          await new Promise((r) => setTimeout(r, everyMs));
+          if (i++ < events) c.enqueue(new TextEncoder().encode(`data: ${i}\n\n`));
+          else c.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  });
+}
+
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
   fetch(url, {
     method: "POST",
@@ -127,19 +144,7 @@ t("the listener answers call errors as JSON and records them like the app does",
 
 t("the listener forwards streamed answers chunk by chunk as they come", async () => {
   const g = await listening();
-  const worker = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
-    let i = 0;
-    return new Response(
-      new ReadableStream({
-        async pull(c) {
-          await new Promise((r) => setTimeout(r, 100));
-          if (i++ < 3) c.enqueue(new TextEncoder().encode(`data: ${i}\n\n`));
-          else c.close();
-        },
-      }),
-      { headers: { "content-type": "text/event-stream" } },
-    );
-  });
+  const worker = sseWorker(3, 100);
   g.f.sched.endpoints.push(`127.0.0.1:${worker.addr.port}`);
   const t0 = performance.now();
   const r = await post(`${g.url}/funccall/t/n/f/stream`, {});
@@ -367,19 +372,7 @@ t(
 
 t("a caller that half-closes in the middle of a streamed answer: cut, and 499", async () => {
   const g = await listening();
-  const worker = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
-    let i = 0;
-    return new Response(
-      new ReadableStream({
-        async pull(c) {
-          await new Promise((r) => setTimeout(r, 50));
-          if (i++ < 6) c.enqueue(new TextEncoder().encode(`data: ${i}\n\n`));
-          else c.close();
-        },
-      }),
-      { headers: { "content-type": "text/event-stream" } },
-    );
-  });
+  const worker = sseWorker(6, 50);
   g.f.sched.endpoints.push(`127.0.0.1:${worker.addr.port}`);
   try {
     const cut = await halfClosedCall(g.url, "data: 1");

@@ -39,10 +39,14 @@ async function read(f: GatewayFixture, id: string): Promise<CallRecord> {
   return decodeCall(r!.value);
 }
 
-/** A second gateway's queue over the fixture's store, with its own workers. */
-async function secondGateway(f: GatewayFixture, endpoint: string) {
+/** A second gateway's queue over the fixture's store, with its own workers (none: no worker). */
+async function secondGateway(
+  f: GatewayFixture,
+  endpoint?: string,
+  callbacks = new CallbackSender(),
+) {
   const sched = new FakeScheduler();
-  sched.endpoints.push(endpoint);
+  if (endpoint) sched.endpoints.push(endpoint);
   const cache = new FuncCache({ scheduler: sched, gatewayId: "gw-2" });
   await cache.start(f.meta);
   const pool = new HttpPool();
@@ -51,7 +55,7 @@ async function secondGateway(f: GatewayFixture, endpoint: string) {
     cache,
     pool,
     observe: { metrics: new GatewayMetrics(cache), gatewayId: "gw-2" },
-  }, { gatewayId: "gw-2", leaseMs: 500, backoffMs: 20, callbacks: new CallbackSender() });
+  }, { gatewayId: "gw-2", leaseMs: 500, backoffMs: 20, callbacks });
   await queue.start();
   return {
     queue,
@@ -228,7 +232,7 @@ t(
   "a callback whose host name does not resolve for a while is tried again, not given up",
   async () => {
     const f = await gatewayFixture();
-    await f.deps.calls.stop(0); // this test's own queue delivers
+    await f.deps.calls.stop(0); // the second gateway's queue delivers
     let hits = 0;
     const receiver = Deno.serve(
       { port: 0, hostname: "127.0.0.1", onListen() {} },
@@ -239,24 +243,11 @@ t(
       ++lookups === 1
         ? Promise.reject(new Error("getaddrinfo EAI_AGAIN hook.test"))
         : Promise.resolve(["127.0.0.1"]);
-    const cache = new FuncCache({ scheduler: new FakeScheduler(), gatewayId: "gw-2" });
-    await cache.start(f.meta);
-    const pool = new HttpPool();
-    const queue = new CallQueue({
-      meta: f.meta,
-      cache,
-      pool,
-      observe: { metrics: new GatewayMetrics(cache), gatewayId: "gw-2" },
-    }, {
-      gatewayId: "gw-2",
-      leaseMs: 500,
-      backoffMs: 20,
-      callbacks: new CallbackSender({
-        resolve,
-        allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
-      }),
-    });
-    await queue.start();
+    const other = await secondGateway(
+      f,
+      undefined,
+      new CallbackSender({ resolve, allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }] }),
+    );
     const rec = record("cb", {
       status: "succeeded",
       finishedAt: Date.now(),
@@ -273,9 +264,7 @@ t(
     assert.equal(d?.state, "delivered");
     assert.equal(d?.attempts, 2);
     assert.equal(hits, 1);
-    await queue.stop(0);
-    cache.stop();
-    pool.close();
+    await other.close();
     await f.close();
     await receiver.shutdown();
   },

@@ -253,28 +253,12 @@ t(
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     const put = (o: unknown) => json("PUT", "/object/", o);
-    assert.equal(
-      (await put({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "acme",
-        object: {},
-      }))
-        .status,
-      201,
-    );
-    assert.equal(
-      (await put({
-        type: "namespace",
-        tenant: "acme",
-        namespace: "system",
-        name: "prod",
-        object: {},
-      }))
-        .status,
-      201,
-    );
+    for (
+      const [type, tenant, name] of [["tenant", "system", "acme"], ["namespace", "acme", "prod"]]
+    ) {
+      const r = await put({ type, tenant, namespace: "system", name, object: {} });
+      assert.equal(r.status, 201, `${type} ${name}`);
+    }
     const nsKey = await (await json("POST", "/apikeys", {
       scope: "full",
       tenant: "acme",
