@@ -137,6 +137,29 @@ function signal(pid: number, sig: Deno.Signal): void {
   }
 }
 
+/**
+ * Ends a worker and whatever it started: the whole process group of one that
+ * leads its own session (helpers, `--workers` children), else the process.
+ */
+function signalWorker(child: { pid: number; ownSession?: boolean }, sig: Deno.Signal): void {
+  signal(child.ownSession ? -child.pid : child.pid, sig);
+}
+
+/** Whether `setsid` (util-linux) is here, to start a worker in its own session and group. */
+let setsidHere: boolean | undefined;
+function hasSetsid(): boolean {
+  if (setsidHere === undefined) {
+    try {
+      setsidHere =
+        new Deno.Command("setsid", { args: ["--version"], stdout: "null", stderr: "null" })
+          .outputSync().success;
+    } catch {
+      setsidHere = false;
+    }
+  }
+  return setsidHere;
+}
+
 /** Whether `pid` is a live process (not gone, not a zombie). */
 async function pidAlive(pid: number): Promise<boolean> {
   const s = await procState(pid);
@@ -334,6 +357,8 @@ export class ProcessRuntime implements PodRuntime {
       ? ["setsid", ...shell]
       : logFile
       ? shell
+      : hasSetsid()
+      ? ["setsid", bin, ...args] // its own group: stopped with what it starts
       : [bin, ...args];
     let proc: Deno.ChildProcess;
     try {
@@ -374,7 +399,11 @@ export class ProcessRuntime implements PodRuntime {
       gpus: spec.gpus.map((g) => g.index),
       unfollow: logFile ? followFile(logFile, logs) : undefined,
       exited: proc.status.then(async (s) => {
-        await pumps;
+        // Its last output, when the pipes end soon: a process it started may hold them open
+        // for as long as it lives, and the worker's exit must be told all the same.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([pumps, new Promise((r) => timer = setTimeout(r, 500))]);
+        clearTimeout(timer);
         return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
       }),
     };
@@ -385,7 +414,7 @@ export class ProcessRuntime implements PodRuntime {
       await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;
-      signal(child.pid, "SIGKILL");
+      signalWorker(child, "SIGKILL");
       await child.exited;
       const tail = await this.#tail(child);
       await this.stop(spec.podId, 1000);
@@ -449,10 +478,10 @@ export class ProcessRuntime implements PodRuntime {
     // behind it see `stopping` and give up.
     await child.ops;
     if (child.tier !== "file") {
-      signal(child.pid, "SIGTERM");
+      signalWorker(child, "SIGTERM");
       // A stopped process only sees SIGTERM once continued.
-      if (child.paused) signal(child.pid, "SIGCONT");
-      const timer = setTimeout(() => signal(child.pid, "SIGKILL"), graceMs);
+      if (child.paused) signalWorker(child, "SIGCONT");
+      const timer = setTimeout(() => signalWorker(child, "SIGKILL"), graceMs);
       await child.exited;
       clearTimeout(timer);
     }

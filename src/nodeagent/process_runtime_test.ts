@@ -427,3 +427,35 @@ Deno.test({
     }
   },
 });
+
+t(
+  "ProcessRuntime stops a worker with the processes it started, and hears it die while they live",
+  async () => {
+    // A helper found by its odd sleep time.
+    const helperAlive = async (secs: string) =>
+      (await new Deno.Command("pgrep", { args: ["-f", `sleep ${secs}`], stdout: "null" }).output())
+        .success;
+    // A shell that starts a helper holding its output pipes, then becomes the worker.
+    const worker = (secs: string, code: string) => [
+      "sh",
+      "-c",
+      `sleep ${secs} &\nexec "$0" "$@"`,
+      "deno",
+      "eval",
+      code,
+    ];
+    const rt = new ProcessRuntime();
+    await rt.start(spec(worker("601.123", ENV_SERVER)));
+    assert.ok(await helperAlive("601.123"), "the helper runs");
+    await rt.stop("pod-test", 1000); // returns: it used to wait for the helper's pipes to close
+    assert.equal(await helperAlive("601.123"), false, "stopped with its worker");
+    // A worker that dies while its helper lives is reported dead.
+    const died = Promise.withResolvers<string>();
+    const rt2 = new ProcessRuntime({ onExit: (_id, why) => died.resolve(why) });
+    const dies = `${ENV_SERVER}\nsetTimeout(() => Deno.exit(9), 300);`;
+    await rt2.start(spec(worker("602.123", dies)));
+    assert.match(await died.promise, /exit code 9/);
+    assert.ok(await helperAlive("602.123"), "its helper lives on (its worker died alone)");
+    await new Deno.Command("pkill", { args: ["-f", "sleep 602.123"] }).output();
+  },
+);
