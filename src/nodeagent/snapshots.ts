@@ -196,7 +196,9 @@ export class SnapshotManager {
     const key = this.#key(pod);
     if (!this.wants(pod)) return Promise.resolve(undefined);
     this.#taking.add(key);
-    const run = this.#queue.then(() => this.#take(pod, key, options.alive ?? (() => true)));
+    const run = this.#queue.then(() => this.#take(pod, key, options.alive ?? (() => true)))
+      // Whatever else fails (a write of its record, say), the pod it was taken from runs on.
+      .catch((err) => `No snapshot taken: ${(err as Error).message}`);
     this.#queue = run.catch(() => {});
     return run.finally(() => this.#taking.delete(key));
   }
@@ -218,9 +220,9 @@ export class SnapshotManager {
     }
     this.#evictFor(estimate, key);
     const partial = `${dir}.partial-${pod.id}`;
-    await Deno.mkdir(partial.slice(0, partial.lastIndexOf("/")), { recursive: true });
     let taken;
     try {
+      await Deno.mkdir(partial.slice(0, partial.lastIndexOf("/")), { recursive: true });
       taken = await this.#o.runtime.snapshot(pod.id, partial);
     } catch (err) {
       await Deno.remove(partial, { recursive: true }).catch(() => {});
@@ -246,7 +248,12 @@ export class SnapshotManager {
       );
     }
     await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await Deno.rename(partial, dir);
+    try {
+      await Deno.rename(partial, dir);
+    } catch (err) {
+      await Deno.remove(partial, { recursive: true }).catch(() => {});
+      return `No snapshot taken: cannot keep its image (${(err as Error).message})`;
+    }
     const now = Date.now();
     const info = this.#info(pod, {
       state: "Ready",

@@ -309,3 +309,15 @@ Deno.test({
     }
   },
 });
+
+t(
+  "take() never throws: a directory it cannot make leaves a note, and the pod runs on",
+  async ({ dir, mgr, runtime }) => {
+    // The tenant's directory is a file: making the image's directory fails (as a full or
+    // read-only disk would).
+    await Deno.writeTextFile(`${dir}/t`, "in the way");
+    const note = await mgr.take(pod("a"));
+    assert.match(note ?? "", /^No snapshot taken: /);
+    assert.equal(runtime.dumps, 0);
+  },
+);
