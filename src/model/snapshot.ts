@@ -19,6 +19,12 @@ export const SnapshotInfoSchema = z.object({
   state: z.enum(["Ready", "Failed"]),
   /** The pod it was taken from. */
   sourcePod: z.string(),
+  /**
+   * SHA-256 of the worker template (image, commands, envs, ...) it was taken
+   * with: a function deleted and made again starts at version 1 too, and its
+   * pods must not be restored from the old one's image.
+   */
+  template: z.string().optional(),
   /** Image size on disk. */
   bytes: z.int().min(0).default(0),
   /** How long the dump took (ms). */

@@ -15,7 +15,9 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { ConflictError, NotFoundError } from "../common/errors.ts";
+import { stableJson } from "../common/json.ts";
 import { logger } from "../common/log.ts";
 import type { PodInfo } from "../model/cluster.ts";
 import { funcId } from "../model/keys.ts";
@@ -54,6 +56,11 @@ export interface LocalSnapshot {
 
 /** The pod fields that name a function version. */
 type VersionOf = Pick<PodInfo, "tenant" | "namespace" | "func" | "funcVersion">;
+
+/** What identifies a worker definition: its template, as stable JSON, hashed. */
+export function templateDigest(template: PodInfo["template"]): string {
+  return createHash("sha256").update(stableJson(template)).digest("hex");
+}
 
 const MB = 1024 * 1024;
 
@@ -149,6 +156,8 @@ export class SnapshotManager {
         this.#dropWhere((s) => funcOf(s.info) === id, "the function was deleted");
       },
     });
+    // Functions deleted while this agent was away: no event will tell.
+    this.#dropWhere((s) => !this.#versions.has(funcOf(s.info)), "the function was deleted");
   }
 
   /** Stops following functions. */
@@ -157,9 +166,15 @@ export class SnapshotManager {
   }
 
   /** The restorable snapshot of the pod's function version on this node, if any. */
-  usable(pod: VersionOf): LocalSnapshot | undefined {
+  usable(pod: VersionOf & Pick<PodInfo, "template">): LocalSnapshot | undefined {
     const s = this.#local.get(this.#key(pod));
-    return s?.info.state === "Ready" ? s : undefined;
+    if (s?.info.state !== "Ready") return undefined;
+    if (s.info.template !== templateDigest(pod.template)) {
+      // Another worker under the same name and version (a function made again): not this.
+      this.discard(s, "it was taken from another worker template").catch(() => {});
+      return undefined;
+    }
+    return s;
   }
 
   /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
@@ -318,6 +333,7 @@ export class SnapshotManager {
       funcVersion: pod.funcVersion,
       node: this.#o.node,
       sourcePod: pod.id,
+      template: templateDigest(pod.template),
       bytes: 0,
       dumpMs: 0,
       restores: 0,

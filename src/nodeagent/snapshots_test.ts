@@ -321,3 +321,34 @@ t(
     assert.equal(runtime.dumps, 0);
   },
 );
+
+t(
+  "a snapshot is restored only into pods of the worker it was taken from",
+  async ({ mgr }) => {
+    assert.equal(await mgr.take(pod("a")), undefined);
+    assert.ok(mgr.usable(pod("a")), "the same template");
+    // The function deleted and made again: version 1 again, another image.
+    const again = { ...pod("a"), template: { ...pod("a").template, image: "y" } };
+    assert.equal(mgr.usable(again), undefined);
+    assert.equal(mgr.usable(pod("a")), undefined, "and the old image is gone");
+  },
+);
+
+t(
+  "snapshots of functions deleted while the agent was away go when it starts",
+  async ({ meta, mgr, open }) => {
+    assert.equal(await mgr.take(pod("b")), undefined);
+    mgr.stop();
+    await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "b" });
+    const next = open();
+    await next.start();
+    try {
+      assert.equal(next.usable(pod("b")), undefined);
+      await eventually(async () =>
+        !(await records(meta)).some((r) => r.func === "b" && r.state === "Ready")
+      );
+    } finally {
+      next.stop();
+    }
+  },
+);
