@@ -206,6 +206,13 @@ const NodeEnv = z.object({
   NODE_ADDRESS: z.string().optional(),
   INFERX_RUNTIME: z.string().optional(),
   NODEAGENT_PORT: port(1233),
+  INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
+    const dirs = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
+    const bad = dirs.find((d) => !d.startsWith("/") || d.split("/").includes(".."));
+    if (bad === undefined) return dirs.map((d) => d.replace(/\/+$/, "") || "/");
+    ctx.addIssue({ code: "custom", message: `"${bad}" is not an absolute directory` });
+    return z.NEVER;
+  }),
 });
 
 /** The `NodeAgent` role: where node.json is, and what overrides it. */
@@ -220,6 +227,11 @@ export interface NodeSettings {
   runtime?: string;
   /** `NODEAGENT_PORT`: `NodeAgentService`; 0 picks a free port. */
   port: number;
+  /**
+   * `INFERX_MOUNT_ALLOW`: host directories a function's `mounts` may bind
+   * into its container (and what is under them); none by default.
+   */
+  mountAllow?: string[];
 }
 
 const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
@@ -418,6 +430,7 @@ export function readConfig(
       address: n.NODE_ADDRESS,
       runtime: n.INFERX_RUNTIME,
       port: n.NODEAGENT_PORT,
+      mountAllow: n.INFERX_MOUNT_ALLOW,
     },
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),

@@ -30,6 +30,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
     },
     node: {
       configPath: `${REPO_ROOT}/config/node.json`,
+      mountAllow: [],
       name: undefined,
       address: undefined,
       runtime: undefined,
@@ -205,4 +206,18 @@ Deno.test("readConfig() reads the embedded audit's retention, 0 meaning no limit
   const set = readConfig(envOf({ AUDIT_RETAIN_DAYS: "7", AUDIT_RETAIN_MB: "0" }));
   assert.deepEqual([set.audit.retainDays, set.audit.retainMB], [7, 0]);
   assert.throws(() => readConfig(envOf({ AUDIT_RETAIN_MB: "-1" })), /AUDIT_RETAIN_MB/);
+});
+
+Deno.test("readConfig() reads the host directories containers may mount, and refuses others", () => {
+  assert.deepEqual(readConfig(envOf({})).node.mountAllow, []);
+  assert.deepEqual(
+    readConfig(envOf({ INFERX_MOUNT_ALLOW: "/models/, /data/weights" })).node.mountAllow,
+    ["/models", "/data/weights"],
+  );
+  for (const bad of ["models", "/a/../etc"]) {
+    assert.throws(
+      () => readConfig(envOf({ INFERX_MOUNT_ALLOW: bad })),
+      /INFERX_MOUNT_ALLOW: .* is not an absolute directory/,
+    );
+  }
 });

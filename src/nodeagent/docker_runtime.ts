@@ -10,6 +10,7 @@
  */
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
+import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { waitForProbe } from "./probe.ts";
@@ -33,6 +34,12 @@ export interface DockerRuntimeOptions {
   onExit?(podId: string, why: string): void;
   /** Probe interval (ms). @default 25 */
   probeIntervalMs?: number;
+  /**
+   * Host directories a function's `mounts` may bind (each, or under it);
+   * any other mount is refused. @default none: a container reaches nothing
+   * of the host it was not given by the operator.
+   */
+  mountAllow?: string[];
 }
 
 interface Entry {
@@ -94,6 +101,11 @@ export function demuxLogs(buf: Uint8Array): string {
   return out.map((b) => new TextDecoder().decode(b)).join("");
 }
 
+/** Whether `host` (absolute, normalized) is one of `allowed` or under one. */
+export function mountAllowed(host: string, allowed: readonly string[]): boolean {
+  return allowed.some((dir) => dir === "/" || host === dir || host.startsWith(`${dir}/`));
+}
+
 /** Runs pods as Docker containers. */
 export class DockerRuntime implements PodRuntime {
   readonly name = "docker";
@@ -116,8 +128,22 @@ export class DockerRuntime implements PodRuntime {
     return this.#options.host ?? "127.0.0.1";
   }
 
+  get #mountAllow(): string[] {
+    return this.#options.mountAllow ?? [];
+  }
+
   async start(spec: PodSpec): Promise<RunningPod> {
     const t = spec.template;
+    for (const m of t.mounts) {
+      const host = posix.normalize(m.hostpath);
+      if (!mountAllowed(host, this.#mountAllow)) {
+        throw new InferxError(
+          "forbidden",
+          `Cannot start pod ${spec.podId}: mounting ${m.hostpath} is not allowed on this node ` +
+            `(INFERX_MOUNT_ALLOW: ${this.#mountAllow.join(",") || "none"})`,
+        );
+      }
+    }
     const port = `${t.port}/tcp`;
     const env = {
       ...Object.fromEntries(t.envs),

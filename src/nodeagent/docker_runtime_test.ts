@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
-import { dockerAvailable, DockerRuntime } from "./docker_runtime.ts";
+import { dockerAvailable, DockerRuntime, mountAllowed } from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
@@ -217,3 +217,21 @@ t(
     }
   },
 );
+
+Deno.test("DockerRuntime binds only host directories the operator allows (INFERX_MOUNT_ALLOW)", async () => {
+  assert.equal(mountAllowed("/models/llama", ["/models"]), true);
+  assert.equal(mountAllowed("/models", ["/models"]), true);
+  assert.equal(mountAllowed("/modelsx", ["/models"]), false);
+  assert.equal(mountAllowed("/var/run/docker.sock", []), false);
+  // Refused before any container is made: no engine needed.
+  const rt = new DockerRuntime({ mountAllow: ["/models"], socketPath: "/nonexistent.sock" });
+  for (const hostpath of ["/", "/var/run/docker.sock", "/models/../etc"]) {
+    const s = spec("pod-mount");
+    s.template = { ...s.template, mounts: [{ hostpath, mountpath: "/m", readonly: true }] };
+    await assert.rejects(
+      rt.start(s),
+      (e: InferxError) => e.code === "forbidden" && /is not allowed on this node/.test(e.message),
+      hostpath,
+    );
+  }
+});

@@ -36,6 +36,8 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   snapshotDir?: string;
   /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
   snapshotSettings?: SnapshotSettings;
+  /** Host directories containers may mount (`INFERX_MOUNT_ALLOW`). @default none */
+  mountAllow?: string[];
 }
 
 /** The defaults of {@linkcode SnapshotSettings}. */
@@ -115,7 +117,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
   const runtime: PodRuntime = docker
-    ? new DockerRuntime({ host: config.node.address, scope, onExit })
+    ? new DockerRuntime({ host: config.node.address, scope, onExit, mountAllow: config.mountAllow })
     : new ProcessRuntime({
       workDir: config.workDir,
       host: config.node.address,

@@ -31,6 +31,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     workDir: REPO_ROOT,
     snapshotDir: `${config.dataDir}/snapshots`,
     snapshotSettings: config.snapshots,
+    mountAllow: config.node.mountAllow,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
   };
 }
