@@ -303,6 +303,16 @@ export class ProcessRuntime implements PodRuntime {
       }
     }
     await this.#options.podNetworks?.sweep();
+    // Output files of the workers just ended (every worker of this runtime is: none is adopted).
+    try {
+      for await (const e of Deno.readDir(this.#snapshots)) {
+        if (e.isFile && e.name.endsWith(".log")) {
+          await Deno.remove(`${this.#snapshots}/${e.name}`).catch(() => {});
+        }
+      }
+    } catch {
+      // no such directory yet
+    }
     return { adopted: [], removed };
   }
 
@@ -466,6 +476,9 @@ export class ProcessRuntime implements PodRuntime {
       this.#children.delete(podId);
       if (child.net) this.#options.podNetworks?.remove(child.net);
       this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
+      // Its output was told with its exit: its files here go (the agent only forgets it).
+      if (child.logFile) await Deno.remove(child.logFile).catch(() => {});
+      await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});
     });
   }
 

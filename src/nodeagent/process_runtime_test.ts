@@ -459,3 +459,35 @@ t(
     await new Deno.Command("pkill", { args: ["-f", "sleep 602.123"] }).output();
   },
 );
+
+t(
+  "ProcessRuntime removes a crashed worker's output file once told, and old ones at recover()",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const died = Promise.withResolvers<string>();
+      const rt = new ProcessRuntime({
+        outputToFile: true,
+        snapshotDir: dir,
+        scope: `test-${crypto.randomUUID()}`,
+        onExit: (_id, why) => died.resolve(why),
+      });
+      const code =
+        `${ENV_SERVER}\nsetTimeout(() => { console.error("boom"); Deno.exit(3); }, 300);`;
+      await rt.start(spec(["deno", "eval", code]));
+      assert.match(await died.promise, /exit code 3[\s\S]*boom/, "told with its output");
+      const left = () =>
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".log"));
+      for (let i = 0; i < 50 && left().length; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(left(), []);
+      // An agent that restarts after a crash of its own: the files of the workers it ended go.
+      await Deno.writeTextFile(`${dir}/pod-old.log`, "from before");
+      await rt.recover();
+      assert.deepEqual(left(), []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
