@@ -17,6 +17,9 @@
  */
 import { InferxError } from "../common/errors.ts";
 
+/** A claim (or a takeover's lock) older than this, whose namespace is gone, may be taken over. */
+const STALE_MS = 30_000;
+
 /** Options for {@linkcode PodNetworks}. */
 export interface PodNetworkOptions {
   /** Prefix of this agent's namespace names (unique per agent on a host). */
@@ -184,16 +187,28 @@ export class PodNetworks {
       if (!await this.#claim(claim, name)) continue;
       const { host, pod } = blockAddrs(this.#base, i);
       const hostIf = `ixh${this.#tag}${i.toString(36)}`;
+      // Only what this call made is undone when a step fails: a link of the same name that is
+      // there already (another agent's, on an overlapping range) is not ours to delete.
+      let ownLink = false;
       try {
+        await run("ip", ["netns", "add", name]);
+        await run("ip", [
+          "link",
+          "add",
+          hostIf,
+          "type",
+          "veth",
+          "peer",
+          "name",
+          "eth0",
+          "netns",
+          name,
+        ]);
+        ownLink = true;
         await run(
           "ip",
           ["-batch", "-"],
-          [
-            `netns add ${name}`,
-            `link add ${hostIf} type veth peer name eth0 netns ${name}`,
-            `addr add ${host}/30 dev ${hostIf}`,
-            `link set ${hostIf} up`,
-          ].join("\n") + "\n",
+          [`addr add ${host}/30 dev ${hostIf}`, `link set ${hostIf} up`].join("\n") + "\n",
         );
         await run(
           "ip",
@@ -201,7 +216,7 @@ export class PodNetworks {
           [`addr add ${pod}/30 dev eth0`, "link set eth0 up", "link set lo up"].join("\n") + "\n",
         );
       } catch (err) {
-        await this.#teardown(name, hostIf);
+        await this.#teardown(name, ownLink ? hostIf : "");
         await Deno.remove(claim).catch(() => {});
         throw new InferxError(
           "unavailable",
@@ -213,7 +228,13 @@ export class PodNetworks {
     throw new InferxError("unavailable", `Cannot create a pod network: ${this.cidr} is full`);
   }
 
-  /** Takes `claim` for `name`; a claim whose namespace is gone (and is not new) is taken over. */
+  /**
+   * Takes `claim` for `name`; a claim whose namespace is gone (and is not
+   * new) is taken over, by one taker only: under a lock file made with
+   * O_EXCL, whose holder looks at the claim again and writes over it (a
+   * remove and a create would let a slower taker remove the claim a faster
+   * one had just made, and both would take the block).
+   */
   async #claim(claim: string, name: string): Promise<boolean> {
     try {
       await Deno.writeTextFile(claim, name, { createNew: true });
@@ -221,13 +242,35 @@ export class PodNetworks {
     } catch (err) {
       if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
     }
+    if (!await this.#stale(claim)) return false;
+    const lock = `${claim}.lock`;
+    try {
+      await Deno.writeTextFile(lock, name, { createNew: true });
+    } catch {
+      // Another taker holds it; a lock left by a taker that died goes after a while.
+      const st = await Deno.stat(lock).catch(() => undefined);
+      if (st && Date.now() - (st.mtime?.getTime() ?? Date.now()) > STALE_MS) {
+        await Deno.remove(lock).catch(() => {});
+      }
+      return false;
+    }
+    try {
+      if (!await this.#stale(claim)) return false;
+      await Deno.writeTextFile(claim, name);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      await Deno.remove(lock).catch(() => {});
+    }
+  }
+
+  /** Whether `claim` names a namespace that is gone, and is not new. */
+  async #stale(claim: string): Promise<boolean> {
     try {
       const [owner, stat] = await Promise.all([Deno.readTextFile(claim), Deno.stat(claim)]);
       const age = Date.now() - (stat.mtime?.getTime() ?? Date.now());
-      if (exists(`/run/netns/${owner}`) || age < 30_000) return false;
-      await Deno.remove(claim);
-      await Deno.writeTextFile(claim, name, { createNew: true });
-      return true;
+      return !exists(`/run/netns/${owner}`) && age >= STALE_MS;
     } catch {
       return false;
     }

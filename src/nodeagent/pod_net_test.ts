@@ -92,3 +92,58 @@ Deno.test({
     await nets.remove(c);
   },
 });
+
+Deno.test({
+  name: "PodNetworks: two agents taking over one stale claim together get different blocks",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // `ip` stubbed (nothing made on the host): what is tested is the claims.
+    const dir = await Deno.makeTempDir();
+    const bin = `${dir}/bin`;
+    await Deno.mkdir(bin);
+    await Deno.writeTextFile(`${bin}/ip`, "#!/bin/sh\ncat >/dev/null 2>&1\nexit 0\n");
+    await Deno.chmod(`${bin}/ip`, 0o755);
+    const path = Deno.env.get("PATH") ?? "";
+    Deno.env.set("PATH", `${bin}:${path}`);
+    const cidr = "10.213.0.0/24";
+    const claims = `${dir}/${cidr.replace("/", "_")}`;
+    await Deno.mkdir(claims, { recursive: true });
+    // A claim left by an agent that died two minutes ago.
+    await Deno.writeTextFile(`${claims}/1`, "ixdead-p-gone");
+    const old = new Date(Date.now() - 120_000);
+    await Deno.utime(`${claims}/1`, old, old);
+    // The first removal of a claim file of a round is slow (a busy disk, a descheduled
+    // thread): where taking over meant removing the old claim and making a new one, the
+    // slower taker then removed the claim the faster one had just made.
+    const remove = Deno.remove;
+    let slowed = false;
+    const slowRemove = async (p: string | URL, o?: Deno.RemoveOptions) => {
+      if (!slowed && String(p).startsWith(`${claims}/`)) {
+        slowed = true;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return await remove(p, o);
+    };
+    Object.assign(Deno, { remove: slowRemove });
+    try {
+      for (let round = 0; round < 20; round++) {
+        slowed = false;
+        const a = new PodNetworks({ prefix: "ixaaaa", cidr, stateDir: dir });
+        const b = new PodNetworks({ prefix: "ixbbbb", cidr, stateDir: dir });
+        const [na, nb] = await Promise.all([a.create(`p${round}`), b.create(`q${round}`)]);
+        assert.notEqual(na.podAddr, nb.podAddr, `round ${round}`);
+        assert.notEqual(na.hostIf, nb.hostIf, `round ${round}`);
+        // Stale again for the next round.
+        for (const n of [na, nb]) {
+          await Deno.writeTextFile(`${claims}/${n.block}`, "ixdead-p-gone");
+          await Deno.utime(`${claims}/${n.block}`, old, old);
+        }
+      }
+    } finally {
+      Object.assign(Deno, { remove });
+      Deno.env.set("PATH", path);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
