@@ -286,16 +286,20 @@ function Playground(props: { id: string; path: string; body: unknown; prompt?: s
 }
 
 /** Marks where the caller's (masked) key goes in an example. */
-const KEY: unique symbol = Symbol("key");
+export const KEY: unique symbol = Symbol("key");
 
 /** The curl and OpenAI-client examples of a call, as text with {@linkcode KEY} marks. */
 export function callExamples(
   o: { id: string; origin: string; path: string; body: unknown; authEnabled: boolean },
 ): { curl: (string | typeof KEY)[]; openai: (string | typeof KEY)[] } {
-  const quoted = `'${JSON.stringify(o.body).replaceAll("'", "'\\''")}'`;
+  // Single-quoted for a shell: the path and body come from the function's spec.
+  const shell = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
+  const quoted = shell(JSON.stringify(o.body));
   const b = (o.body ?? {}) as Record<string, unknown>;
   const curl: (string | typeof KEY)[] = [
-    `curl -sN ${o.origin}/funccall/${o.id}/${o.path} \\\n  -H 'content-type: application/json' \\\n`,
+    `curl -sN ${
+      shell(`${o.origin}/funccall/${o.id}/${o.path}`)
+    } \\\n  -H 'content-type: application/json' \\\n`,
   ];
   if (o.authEnabled) curl.push("  -H 'authorization: Bearer ", KEY, "' \\\n");
   curl.push(`  -d ${quoted}`);

@@ -10,7 +10,8 @@ import { serveGateway } from "../server.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { uiRoutes } from "./ui.ts";
-import { partUrl } from "../../ui/static/api.js";
+import { callUrl, partUrl } from "../../ui/static/api.js";
+import { callExamples, KEY } from "../../ui/functions.tsx";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -169,7 +170,10 @@ t("the function part shows spec, policy, versions, pods, examples and recent cal
     assert.match(r.body, /v1 \(current\): 1 Standby/);
     assert.match(r.body, /v0 \(draining\): 1 Ready/);
     assert.match(r.body, /data-pod="p-old"/);
-    assert.match(r.body, /curl -sN http:\/\/localhost\/funccall\/t\/n\/f\/v1\/completions/);
+    assert.match(
+      r.body,
+      /curl -sN &#39;http:\/\/localhost\/funccall\/t\/n\/f\/v1\/completions&#39;/,
+    );
     assert.match(r.body, /data-key/, "the key is left for the browser to mask");
     assert.doesNotMatch(r.body, new RegExp(ADMIN_KEY), "the caller's key is never rendered");
     assert.match(r.body, /data-live="\/ui\/part\/pods\/table\?func=t%2Fn%2Ff"/);
@@ -456,4 +460,32 @@ Deno.test("the page script loads only parts of this dashboard as HTML", () => {
     ["javascript:alert(1)", undefined],
   ];
   for (const [url, want] of cases) assert.equal(partUrl(url, origin), want, url);
+});
+
+Deno.test("the playground calls only paths of its own function, whatever the spec's sample path says", () => {
+  const origin = "http://127.0.0.1:4000";
+  const cases: [string, string | undefined][] = [
+    ["v1/completions", "/funccall/t/n/f/v1/completions"],
+    ["v1/completions?x=1", "/funccall/t/n/f/v1/completions?x=1"],
+    ["", "/funccall/t/n/f/"],
+    ["v1/../../../../calls/callback-secret/t", undefined],
+    ["v1/completions/%2e%2e/../../../../../apikeys", undefined],
+    ["a%2F..%2F..%2Fx", undefined],
+  ];
+  for (const [path, want] of cases) assert.equal(callUrl("t/n/f", path, origin), want, path);
+});
+
+Deno.test("the copied curl example quotes the spec's path and body for a shell", () => {
+  const { curl } = callExamples({
+    id: "t/n/f",
+    origin: "http://localhost",
+    path: "v1/completions https://evil.example/steal $(id>/tmp/pwned) '",
+    body: { x: "it's" },
+    authEnabled: true,
+  });
+  const text = curl.map((p) => p === KEY ? "KEY" : p).join("");
+  const url = "http://localhost/funccall/t/n/f/v1/completions https://evil.example/steal " +
+    "$(id>/tmp/pwned) '";
+  assert.ok(text.startsWith(`curl -sN '${url.replaceAll("'", "'\\''")}' \\\n`), text);
+  assert.ok(text.includes(`-d '{"x":"it'\\''s"}'`), text);
 });

@@ -38,6 +38,25 @@ export function partUrl(url, origin) {
   return u.pathname + u.search;
 }
 
+/**
+ * The URL of a call of function `func` (`tenant/namespace/name`) at `path`,
+ * or undefined when `path` would take it anywhere else (`..`, escaped dots
+ * or slashes): the playground's path comes from the function's spec, which
+ * its tenant writes, and the call carries the viewer's credential.
+ */
+export function callUrl(func, path, origin) {
+  const base = `/funccall/${func}/`;
+  let u;
+  try {
+    u = new URL(`${base}${path}`, origin);
+  } catch {
+    return undefined;
+  }
+  if (u.origin !== origin || !u.pathname.startsWith(base)) return undefined;
+  if (/%2f|%2e|%5c/i.test(u.pathname)) return undefined;
+  return u.pathname + u.search;
+}
+
 /** `fetch` with the tab's credential. */
 export function api(path, init = {}) {
   const headers = new Headers(init.headers);

@@ -3,7 +3,7 @@
 // as it comes, can cancel it, and shows what the gateway says about the
 // call: cold start, resumed or warm, queue time, first byte, first token,
 // total time, and the pod that answered.
-import { api, messageOf } from "./api.js";
+import { api, callUrl, messageOf } from "./api.js";
 import { parseEvents } from "./live.js";
 
 const fmt = (ms) =>
@@ -61,7 +61,9 @@ async function send(section, form) {
   const t0 = performance.now();
   let firstToken;
   try {
-    const res = await api(`/funccall/${section.dataset.func}/${req.path}`, {
+    const url = callUrl(section.dataset.func, req.path, location.origin);
+    if (!url) throw new Error(`Not a path of this function: ${req.path}`);
+    const res = await api(url, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: req.body,
