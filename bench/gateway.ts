@@ -171,6 +171,7 @@ try {
   else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
   const rawPid = raw.pid;
   const framingPid = framing.pid;
+  if (perfSplit) perfMaps.push(rawPid, framingPid); // run with --perf-basic-prof even when not measured
   const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
     { name: "direct", url: direct },
     ...(gatewayOnly ? [] : [
@@ -457,6 +458,16 @@ try {
   await nginx?.stop();
   await p.stop();
   for (const pid of perfMaps) await Deno.remove(`/tmp/perf-${pid}.map`).catch(() => {});
+  // V8 also logs to isolate-*-PID-v8.log in the working directory under --perf-basic-prof.
+  if (perfMaps.length) {
+    for (const e of Deno.readDirSync(".")) {
+      if (
+        perfMaps.some((pid) => e.name.startsWith("isolate-") && e.name.endsWith(`-${pid}-v8.log`))
+      ) {
+        await Deno.remove(e.name).catch(() => {});
+      }
+    }
+  }
   if (gatewayLog) await Deno.writeTextFile(gatewayLog, p.gateway.output());
 }
 
