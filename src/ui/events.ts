@@ -133,6 +133,8 @@ export interface EventStreamOptions {
   signal?: AbortSignal;
   /** Time between keep-alive comments (ms). @default 15000 */
   pingMs?: number;
+  /** Called once when the stream ends, whatever ended it. */
+  onEnd?: () => void;
 }
 
 const enc = new TextEncoder();
@@ -173,6 +175,7 @@ export async function eventStream(
   function end() {
     if (done) return;
     done = true;
+    opts.onEnd?.();
     clearInterval(ping);
     opts.signal?.removeEventListener("abort", end);
     unsubscribe();

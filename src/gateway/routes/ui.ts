@@ -38,6 +38,8 @@ const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
 
 /** Event streams one gateway serves at once. */
 const MAX_STREAMS = 1000;
+/** Event streams one credential holds at once (a dashboard keeps one per tab). */
+const MAX_STREAMS_PER_CALLER = 20;
 
 /** Options of {@linkcode uiRoutes}. */
 export interface UiOptions {
@@ -45,12 +47,17 @@ export interface UiOptions {
   pingMs?: number;
   /** Where `/ui/events` gets changes. @default watches of `deps.meta` */
   events?: ClusterEvents;
+  /** Event streams one credential may hold at once. @default MAX_STREAMS_PER_CALLER */
+  maxStreamsPerCaller?: number;
 }
 
 /** The dashboard's routes, mounted at `/ui`. */
 export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const events = opts.events ?? new ClusterEvents(deps.meta);
+  const perCaller = opts.maxStreamsPerCaller ?? MAX_STREAMS_PER_CALLER;
+  /** Event streams open, by credential. */
+  const streamsOf = new Map<string, number>();
   app.use("*", async function uiHeaders(c, next) {
     await next();
     c.header("content-security-policy", CSP);
@@ -190,6 +197,21 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
         { retryable: true },
       );
     }
+    // One credential cannot take every stream from the others.
+    const held = streamsOf.get(p.id) ?? 0;
+    if (held >= perCaller) {
+      throw new InferxError(
+        "quota_exceeded",
+        `Cannot watch: ${p.id} holds ${held} event streams of this gateway already (the most)`,
+        { retryable: true },
+      );
+    }
+    streamsOf.set(p.id, held + 1);
+    const ended = () => {
+      const n = (streamsOf.get(p.id) ?? 1) - 1;
+      if (n > 0) streamsOf.set(p.id, n);
+      else streamsOf.delete(p.id);
+    };
     const headers = c.req.raw.headers;
     const body = await eventStream(events, {
       visible: (ev: ClusterEvent) =>
@@ -197,6 +219,10 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
       stillAllowed: async () => (await deps.auth.authenticate(headers)).id === p.id,
       signal: c.req.raw.signal,
       pingMs: opts.pingMs,
+      onEnd: ended,
+    }).catch((err) => {
+      ended();
+      throw err;
     });
     return c.body(body, 200, {
       "content-type": "text/event-stream; charset=utf-8",

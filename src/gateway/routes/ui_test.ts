@@ -70,7 +70,7 @@ async function createKey(f: GatewayFixture, body: Record<string, unknown>): Prom
 }
 
 /** The dashboard's routes over `f` with events of their own, pinging every `pingMs`. */
-function eventsApp(f: GatewayFixture, pingMs: number) {
+function eventsApp(f: GatewayFixture, pingMs: number, maxStreamsPerCaller?: number) {
   const events = new ClusterEvents(f.meta);
   const app = new Hono<GatewayEnv>();
   app.onError((err, c) => {
@@ -78,7 +78,7 @@ function eventsApp(f: GatewayFixture, pingMs: number) {
     return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
   });
   app.use("*", authenticate(f.deps.auth));
-  app.route("/ui", uiRoutes(f.deps, { events, pingMs }));
+  app.route("/ui", uiRoutes(f.deps, { events, pingMs, maxStreamsPerCaller }));
   return { app, events };
 }
 
@@ -488,4 +488,34 @@ Deno.test("the copied curl example quotes the spec's path and body for a shell",
     "$(id>/tmp/pwned) '";
   assert.ok(text.startsWith(`curl -sN '${url.replaceAll("'", "'\\''")}' \\\n`), text);
   assert.ok(text.includes(`-d '{"x":"it'\\''s"}'`), text);
+});
+
+t("/ui/events holds a few streams per credential, so one cannot take them all", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  const { app, events } = eventsApp(f, 60_000, 2);
+  try {
+    const key = await createKey(f, { scope: "read", tenant: "t" });
+    const open = async (auth: string) => {
+      const abort = new AbortController();
+      const res = await app.request("/ui/events", {
+        headers: { authorization: `Bearer ${auth}` },
+        signal: abort.signal,
+      });
+      return { res, close: async () => (abort.abort(), await res.body?.cancel().catch(() => {})) };
+    };
+    const a = await open(key);
+    const b = await open(key);
+    const c = await open(key);
+    assert.deepEqual([a.res.status, b.res.status, c.res.status], [200, 200, 429]);
+    assert.match((await c.res.json()).error.message, /holds 2 event streams/);
+    const admin = await open(ADMIN_KEY); // another credential is not held back
+    assert.equal(admin.res.status, 200);
+    await a.close();
+    const d = await open(key); // one freed: one more
+    assert.equal(d.res.status, 200);
+    for (const s of [b, d, admin]) await s.close();
+    assert.equal(events.listeners, 0);
+  } finally {
+    await f.close();
+  }
 });
