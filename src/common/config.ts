@@ -9,6 +9,7 @@
 import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList } from "./cidr.ts";
+import { LOG_LEVELS } from "./log.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -33,6 +34,17 @@ const count = (dflt: number) =>
     if (Number.isInteger(n) && n >= 0) return n;
     ctx.addIssue({ code: "custom", message: `"${raw}" is not a non-negative integer` });
     return z.NEVER;
+  });
+
+/** One of `values`; unset or empty gives `dflt`. */
+const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
+  z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return dflt;
+    if (!(values as readonly string[]).includes(raw)) {
+      ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${values.join(", ")}` });
+      return z.NEVER;
+    }
+    return raw as T;
   });
 
 /** A positive integer; unset or empty gives `dflt`. */
@@ -68,13 +80,7 @@ const PlatformEnv = z.object({
     ctx.addIssue({ code: "custom", message: `"${role}" is not one of ${ROLES.join(", ")}` });
     return z.NEVER;
   }),
-  LOG_LEVEL: z.string().optional().transform((raw, ctx) => {
-    const levels = ["trace", "debug", "info", "warning", "error", "fatal"];
-    if (raw === undefined || raw === "") return "info";
-    if (levels.includes(raw)) return raw;
-    ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${levels.join(", ")}` });
-    return z.NEVER;
-  }),
+  LOG_LEVEL: oneOf(LOG_LEVELS, "info"),
   INFERX_DATA_DIR: nonEmpty("./data"),
   INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
   INFERX_CPU_PROFILE: optional(),
@@ -233,16 +239,6 @@ export interface NodeSettings {
    */
   mountAllow?: string[];
 }
-
-const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
-  z.string().optional().transform((raw, ctx) => {
-    if (raw === undefined || raw === "") return dflt;
-    if (!(values as readonly string[]).includes(raw)) {
-      ctx.addIssue({ code: "custom", message: `"${raw}" is not one of ${values.join(", ")}` });
-      return z.NEVER;
-    }
-    return raw as T;
-  });
 
 const SnapshotEnv = z.object({
   INFERX_SNAPSHOTS: oneOf(["on", "off"] as const, "on"),

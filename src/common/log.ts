@@ -18,11 +18,19 @@ export function logger(...category: string[]): Logger {
   return getLogger(["inferx", ...category]);
 }
 
-const LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warning", "error", "fatal"];
+/** The levels `LOG_LEVEL` takes, lowest first. */
+export const LOG_LEVELS: readonly LogLevel[] = [
+  "trace",
+  "debug",
+  "info",
+  "warning",
+  "error",
+  "fatal",
+];
 
 /** Configures the console sink at `level` (env `LOG_LEVEL`, default `info`). */
 export async function setupLogging(level: string = "info"): Promise<void> {
-  const lowest = (LEVELS as readonly string[]).includes(level) ? level as LogLevel : "info";
+  const lowest = (LOG_LEVELS as readonly string[]).includes(level) ? level as LogLevel : "info";
   await configure({
     reset: true,
     sinks: { console: getConsoleSink({ formatter: getTextFormatter({ value: "bare" }) }) },

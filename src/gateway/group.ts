@@ -44,7 +44,7 @@ export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
 const CUMULATIVE = new Set(["counter", "histogram"]);
 
 /** One other member's series as last seen, its counters carried over its restarts. */
-export class MemberSeries {
+class MemberSeries {
   /** Its last answer, corrected: what counts for it while it does not answer. */
   last?: MetricsJson;
   #raw = new Map<string, number>();

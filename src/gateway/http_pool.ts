@@ -8,14 +8,15 @@
  * connection that turns out closed before any answer is retried once on a
  * fresh one; a streamed request body, which cannot be sent twice, always
  * goes on a fresh one. When reading the caller's streamed body fails, the
- * body's own error is thrown (the caller's fault, not the worker's). Idle connections are closed after an idle timeout, so a worker
- * that went away (scale to zero) leaves nothing open. No `Response` objects:
- * the warm path writes what it reads.
+ * body's own error is thrown (the caller's fault, not the worker's). Idle
+ * connections are closed after an idle timeout, so a worker that went away
+ * (scale to zero) leaves nothing open. No `Response` objects: the warm path
+ * writes what it reads.
  *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
-import { copyBytes, headText, latin1Into } from "./http1/bytes.ts";
+import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/bytes.ts";
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
@@ -189,7 +190,7 @@ class Conn {
       }
       if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
       if (this.#end === this.#buf.length) this.#grow();
-      const n = await this.socket.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
+      const n = await this.socket.read(restOf(this.#buf, this.#end));
       if (n === null) {
         if (this.#end === 0) return undefined;
         throw new Error("upstream closed the connection in the middle of an answer head");
@@ -241,7 +242,7 @@ class Conn {
     // Positions of a head being read stay put; a body's bytes are copied out as they come.
     if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) this.#grow();
-    const n = await this.socket.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
+    const n = await this.socket.read(restOf(this.#buf, this.#end));
     if (n === null) return false;
     this.#end += n;
     return true;
@@ -307,7 +308,7 @@ class Conn {
         const b = this.#body;
         if (b.length === 1) return b.pop()!;
         this.#body = [];
-        return concat(b, sum(b));
+        return concatBytes(b);
       }
       if (this.#bodyDone) return null;
       this.#parse();
@@ -523,14 +524,13 @@ export class HttpPool {
     if (whole) {
       // The usual case: the body came with the head.
       finish(true);
-      answer.bytes = whole.length === 1 ? whole[0] : concat(whole, sum(whole));
+      answer.bytes = concatBytes(whole);
     } else if (head.length !== undefined && head.length <= BUFFER_LIMIT) {
       // Read a sized answer whole: the connection goes back at once.
       return (async () => {
         const parts: Uint8Array[] = [];
-        let size = 0;
-        for (let c; (c = await answer.read()) !== null;) (parts.push(c), size += c.byteLength);
-        answer.bytes = parts.length === 1 ? parts[0] : concat(parts, size);
+        for (let c; (c = await answer.read()) !== null;) parts.push(c);
+        answer.bytes = concatBytes(parts);
         return answer;
       })();
     }
@@ -542,17 +542,4 @@ export class HttpPool {
     for (const conns of this.#idle.values()) for (const c of conns) this.#discard(c);
     this.#idle.clear();
   }
-}
-
-function sum(parts: Uint8Array[]): number {
-  let n = 0;
-  for (const p of parts) n += p.byteLength;
-  return n;
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const p of parts) (out.set(p, o), o += p.byteLength);
-  return out;
 }

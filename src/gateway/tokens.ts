@@ -15,6 +15,7 @@
  * @module
  */
 import type { TokenFigures } from "../audit/types.ts";
+import { concatBytes } from "./http1/bytes.ts";
 
 /** How an answer carries its tokens. */
 export type TokenFormat = "json" | "sse";
@@ -161,20 +162,6 @@ function scanEvent(b: Uint8Array): { token: boolean; usage: boolean } {
 /** A blank line, to end the last event (a new `Uint8Array` costs an `ArrayBuffer` each time). */
 const NO_BYTES = new Uint8Array(0);
 
-/** `parts` in one new array, `sep` between them when given: one pass, whatever their number. */
-function join(parts: readonly Uint8Array[], sep?: number): Uint8Array {
-  let size = sep === undefined ? 0 : parts.length - 1;
-  for (const p of parts) size += p.length;
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (let i = 0; i < parts.length; i++) {
-    if (i && sep !== undefined) out[o++] = sep;
-    out.set(parts[i], o);
-    o += parts[i].length;
-  }
-  return out;
-}
-
 /**
  * The most bytes of one line or one event read: a worker's stream is its
  * function's, and a line that never ends must neither grow the gateway's
@@ -255,7 +242,7 @@ export class TokenMeter {
       if (nl < 0) return this.#keepLine(bytes);
       this.#keepLine(bytes.subarray(0, nl));
       const skipped = this.#skipLine;
-      const line = this.#line.length === 1 ? this.#line[0] : join(this.#line);
+      const line = concatBytes(this.#line);
       this.#line = [];
       this.#lineBytes = 0;
       this.#skipLine = false;
@@ -297,7 +284,7 @@ export class TokenMeter {
       this.#fresh = 0;
       this.#skipEvent = false;
       if (!data.length || skipped) return;
-      this.#onEvent(data.length === 1 ? data[0] : join(data, 10), now);
+      this.#onEvent(concatBytes(data, 10), now);
       return;
     }
     if (!holds(line, 0, DATA) || this.#skipEvent) return; // comments, event names, ids
@@ -334,7 +321,7 @@ export class TokenMeter {
    */
   result(end: number, queuedMs = 0): TokenStats {
     // A stream that ended without its final newline or blank line.
-    if (this.#lineBytes && !this.#skipLine) this.#onLine(join(this.#line), end);
+    if (this.#lineBytes && !this.#skipLine) this.#onLine(concatBytes(this.#line), end);
     this.#line = [];
     this.#lineBytes = 0;
     this.#onLine(NO_BYTES, end);

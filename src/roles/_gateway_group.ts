@@ -10,6 +10,7 @@
  * @module
  */
 import { freePort } from "../common/net.ts";
+import { type Backoff, cappedBackoff } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { REPO_ROOT } from "../common/config.ts";
 import type { GatewayGroup } from "../gateway/group.ts";
@@ -27,13 +28,13 @@ export const RESTART = { firstMs: 1000, maxMs: 60_000 } as const;
 
 /**
  * The pause before starting again a member that ran `ranMs` and exited,
- * when the pause before was `lastMs` (0: none yet): a member that ran a
- * minute or more is started again after the first pause; one that keeps
- * failing at start waits twice as long each time, up to the longest.
+ * after `last` (none yet: undefined): a member that ran a minute or more is
+ * started again after the first pause; one that keeps failing at start
+ * waits twice as long each time, up to the longest.
  */
-export function restartDelay(lastMs: number, ranMs: number): number {
-  if (lastMs === 0 || ranMs >= RESTART.maxMs) return RESTART.firstMs;
-  return Math.min(lastMs * 2, RESTART.maxMs);
+export function restartDelay(last: Backoff | undefined, ranMs: number): Backoff {
+  if (!last || ranMs >= RESTART.maxMs) return cappedBackoff(RESTART.firstMs, RESTART.maxMs);
+  return last.next();
 }
 
 /** The other members, running. */
@@ -58,7 +59,7 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
   const ports = group.ports.join(",");
   let stopping = false;
   const running = new Map<number, Deno.ChildProcess>();
-  const delays = new Map<number, number>();
+  const delays = new Map<number, Backoff>();
   const spawn = (index: number) => {
     const started = performance.now();
     const child = new Deno.Command(cmd, {
@@ -77,14 +78,14 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
     child.status.then((s) => {
       running.delete(index);
       if (stopping) return;
-      const delay = restartDelay(delays.get(index) ?? 0, performance.now() - started);
+      const delay = restartDelay(delays.get(index), performance.now() - started);
       delays.set(index, delay);
       log.warn("Gateway member {index} exited ({code}); starting it again in {s} s", {
         index,
         code: s.code,
-        s: delay / 1000,
+        s: (delay.duration / 1000).toFixed(1),
       });
-      setTimeout(() => !stopping && spawn(index), delay);
+      setTimeout(() => !stopping && spawn(index), delay.duration);
     });
   };
   for (let i = 1; i < group.ports.length; i++) spawn(i);

@@ -78,3 +78,26 @@ export function headText(bytes: Uint8Array, start: number, end: number): string 
   }
   return out;
 }
+
+/** `buf` from `at` on, for a read into it: the buffer itself at 0 (a view costs ~0.1 µs). */
+export function restOf(buf: Uint8Array, at: number): Uint8Array {
+  return at ? buf.subarray(at) : buf;
+}
+
+/**
+ * `parts` in one array, `sep` between them when given: one pass, whatever
+ * their number (the one part itself when there is one).
+ */
+export function concatBytes(parts: readonly Uint8Array[], sep?: number): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  let size = sep === undefined ? 0 : Math.max(0, parts.length - 1);
+  for (const p of parts) size += p.byteLength;
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (let i = 0; i < parts.length; i++) {
+    if (i && sep !== undefined) out[o++] = sep;
+    out.set(parts[i], o);
+    o += parts[i].byteLength;
+  }
+  return out;
+}

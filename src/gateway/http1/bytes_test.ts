@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { copyBytes, headText, latin1Into, SLAB_BYTES } from "./bytes.ts";
+import { concatBytes, copyBytes, headText, latin1Into, restOf, SLAB_BYTES } from "./bytes.ts";
 
 Deno.test("copyBytes() copies survive changes to their source and to each other", () => {
   const src = new Uint8Array(100).map((_, i) => i);
@@ -71,4 +71,19 @@ Deno.test("headText() reads one character a byte, so offsets in the bytes are of
   assert.deepEqual([...headText(long, 1, long.length)].map((c) => c.charCodeAt(0)), [
     ...long.subarray(1),
   ]);
+});
+
+Deno.test("restOf() is the buffer itself at 0, a view of the rest past it", () => {
+  const buf = new Uint8Array(8).map((_, i) => i);
+  assert.equal(restOf(buf, 0), buf);
+  assert.deepEqual([...restOf(buf, 6)], [6, 7]);
+  assert.equal(restOf(buf, 6).buffer, buf.buffer);
+});
+
+Deno.test("concatBytes() joins parts in one array, with a separator between them when given", () => {
+  const a = Uint8Array.of(1, 2);
+  assert.equal(concatBytes([a]), a, "one part is itself");
+  assert.deepEqual([...concatBytes([a, Uint8Array.of(3), new Uint8Array(0)])], [1, 2, 3]);
+  assert.deepEqual([...concatBytes([a, Uint8Array.of(3)], 10)], [1, 2, 10, 3]);
+  assert.equal(concatBytes([]).byteLength, 0);
 });

@@ -18,7 +18,8 @@
  */
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
-import { copyBytes, headText, latin1Into } from "./bytes.ts";
+import { type Backoff, cappedBackoff } from "../../common/retry.ts";
+import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./bytes.ts";
 import { EV, HPE, Http1Parser } from "./llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -119,11 +120,11 @@ export const ACCEPT_RETRY = { firstMs: 5, maxMs: 1000 } as const;
 /**
  * Accepts connections until `closing()` says so once an accept fails. A
  * failed accept (EMFILE, ENFILE: out of descriptors) is retried after a
- * pause that doubles from {@linkcode ACCEPT_RETRY}.firstMs up to .maxMs and
- * starts over after an accept succeeds, as Go's server does: the
- * connections already open keep being served, and the loop does not spin
- * on an error that only time can clear. The first failure of a run is
- * reported to `onError`.
+ * pause that doubles from {@linkcode ACCEPT_RETRY}.firstMs up to .maxMs
+ * (`cappedBackoff`) and starts over after an accept succeeds, as Go's
+ * server does: the connections already open keep being served, and the
+ * loop does not spin on an error that only time can clear. The first
+ * failure of a run is reported to `onError`.
  */
 export async function acceptLoop(
   listener: { accept(): Promise<Deno.TcpConn> },
@@ -132,19 +133,19 @@ export async function acceptLoop(
   opts: { onError?: (err: unknown) => void; sleep?: (ms: number) => Promise<void> } = {},
 ): Promise<void> {
   const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
-  let pause = 0;
+  let pause: Backoff | undefined;
   while (true) {
     let sock: Deno.TcpConn;
     try {
       sock = await listener.accept();
     } catch (err) {
       if (closing()) return;
-      if (pause === 0) opts.onError?.(err);
-      pause = pause === 0 ? ACCEPT_RETRY.firstMs : Math.min(pause * 2, ACCEPT_RETRY.maxMs);
-      await sleep(pause);
+      if (!pause) opts.onError?.(err);
+      pause = pause ? pause.next() : cappedBackoff(ACCEPT_RETRY.firstMs, ACCEPT_RETRY.maxMs);
+      await sleep(pause.duration);
       continue;
     }
-    pause = 0;
+    pause = undefined;
     onConn(sock);
   }
 }
@@ -399,7 +400,7 @@ export class Http1Response {
         if (r === TICK) break;
         pending = undefined;
         if (r.done) {
-          return await this.send(res.status, headers, concat(parts, size), res.statusText);
+          return await this.send(res.status, headers, concatBytes(parts), res.statusText);
         }
         parts.push(r.value);
         size += r.value.byteLength;
@@ -522,14 +523,6 @@ export function toRequest(
     // @ts-ignore: a streamed request body needs half duplex (not in every lib's types)
     duplex: "half",
   });
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const p of parts) (out.set(p, o), o += p.byteLength);
-  return out;
 }
 
 /** One client connection: reads ahead, parses, answers requests in order. */
@@ -694,7 +687,7 @@ class ServerConnection {
       this.#makeRoom();
       let n: number | null;
       try {
-        n = await this.#sock.read(this.#end ? this.#buf.subarray(this.#end) : this.#buf);
+        n = await this.#sock.read(restOf(this.#buf, this.#end));
       } catch {
         n = null;
       }
@@ -851,9 +844,7 @@ class ServerConnection {
     const parts = this.#body;
     this.#body = [];
     this.#bodyBytes = 0;
-    return parts.length === 1
-      ? parts[0]
-      : concat(parts, parts.reduce((n, p) => n + p.byteLength, 0));
+    return parts.length === 1 ? parts[0] : concatBytes(parts);
   }
 
   /** The whole body of `req`. */
@@ -887,7 +878,7 @@ class ServerConnection {
       }
       parts.push(c);
     }
-    return concat(parts, size) as Uint8Array<ArrayBuffer>;
+    return concatBytes(parts) as Uint8Array<ArrayBuffer>;
   }
 
   #bodyWaitSince = 0;
