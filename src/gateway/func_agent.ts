@@ -124,7 +124,8 @@ export class FuncAgent {
   #leaseAbort = new AbortController();
   #closed = false;
   /** The function's status says no node could ever hold a worker of it (all its versions). */
-  #unschedulable?: InferxError;
+  /** The function's `Schedulable=False` condition and the version it speaks of (the newest). */
+  #unschedulable?: { err: InferxError; version: number };
 
   constructor(
     ref: { tenant: string; namespace: string; name: string; version: number },
@@ -196,7 +197,9 @@ export class FuncAgent {
       const w = this.#freeWorker(lane.version);
       if (w) return Promise.resolve(this.#take(w, 0, tokens));
     }
-    if (this.#unschedulable) return Promise.reject(this.#unschedulable);
+    if (this.#unschedulable?.version === lane.version) {
+      return Promise.reject(this.#unschedulable.err);
+    }
     if (lane.unschedulable && performance.now() < lane.unschedulableUntil) {
       return Promise.reject(lane.unschedulable);
     }
@@ -358,14 +361,20 @@ export class FuncAgent {
   }
 
   /**
-   * No node could ever hold a worker of this function (`err`, code
-   * `unschedulable`): queued calls and calls that find no free slot are
-   * refused at once until it is cleared (`undefined`).
+   * No node could ever hold a worker of `version` of this function (`err`,
+   * code `unschedulable`; the function's `Schedulable` condition, which
+   * speaks of its newest version): that version's queued calls and its
+   * calls that find no free slot are refused at once until it is cleared
+   * (`undefined`). Calls a traffic split routes to another version go on.
    */
-  setUnschedulable(err: InferxError | undefined): void {
-    this.#unschedulable = err;
-    if (err) this.#rejectQueue(err);
-    else for (const l of this.#lanes) l.unschedulable = undefined;
+  setUnschedulable(err: InferxError | undefined, version = this.version): void {
+    this.#unschedulable = err && { err, version };
+    if (err) {
+      this.#lane(version)?.queue.splice(0).forEach((q) => {
+        clearTimeout(q.timer);
+        q.reject(err);
+      });
+    } else for (const l of this.#lanes) l.unschedulable = undefined;
   }
 
   /** The function is gone: refuse waiters, return workers when idle. */
@@ -384,15 +393,6 @@ export class FuncAgent {
   }
 
   #lastError?: InferxError;
-
-  #rejectQueue(err: InferxError): void {
-    for (const l of this.#lanes) {
-      for (const q of l.queue.splice(0)) {
-        clearTimeout(q.timer);
-        q.reject(err);
-      }
-    }
-  }
 
   #lastErrorText(): string {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";

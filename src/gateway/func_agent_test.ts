@@ -260,6 +260,33 @@ Deno.test("setUnschedulable() refuses queued and new calls until cleared, and le
   assert.equal(sched.leases.length, 1);
 });
 
+Deno.test("an unschedulable canary refuses its own calls only: the split's other version goes on", async () => {
+  const { a, sched } = agent({ parallel: 1, max_replica: 1 });
+  a.setVersion(2, a.policy, [{ version: 2, percent: 50 }, { version: 1, percent: 50 }]);
+  const s2 = await a.acquire(); // version 2 (a worker was free for it then), then version 1
+  const s1 = await a.acquire();
+  const queued2 = a.acquire(); // version 2's turn: its worker is busy
+  const queued1 = a.acquire(); // version 1's turn
+  await settle();
+  // The function's condition speaks of its newest version: no node can hold version 2 now.
+  const err = new InferxError("unschedulable", "Cannot call t/n/f: no node has a B300");
+  a.setUnschedulable(err, 2);
+  await assert.rejects(queued2, (e: InferxError) => e === err);
+  a.release(s1);
+  const q1 = await queued1;
+  assert.equal(q1.worker.version, 1, "version 1's queued call is served");
+  a.release(s2);
+  // The round-robin goes on 2, 1, 2: a free worker of version 2 still serves; with it busy,
+  // version 2's call is refused at once while version 1's waits for its worker.
+  const a2 = await a.acquire();
+  assert.equal(a2.worker.version, 2);
+  const waits1 = a.acquire();
+  await assert.rejects(a.acquire(), (e: InferxError) => e === err);
+  a.release(q1);
+  assert.equal((await waits1).worker.version, 1);
+  assert.deepEqual(sched.leases.map((l) => l.version).sort(), [1, 2]);
+});
+
 Deno.test("a policy change on the same version keeps the workers and takes the new numbers", async () => {
   const { a, sched } = agent({ parallel: 1, max_replica: 1 });
   const s1 = await a.acquire();

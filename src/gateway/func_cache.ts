@@ -85,7 +85,7 @@ export class FuncCache {
           const policy = this.policyOf(id)!;
           const agent = this.#agents.get(id);
           agent?.setVersion(o.version, policy, trafficSplit(o, policy));
-          agent?.setUnschedulable(unschedulable);
+          agent?.setUnschedulable(unschedulable, o.version);
           this.#wake(id, o.revision);
         },
         remove: (ref, revision) => {
@@ -130,7 +130,7 @@ export class FuncCache {
     if (!f) return undefined;
     const policy = this.policyOf(id)!;
     a = new FuncAgent(f, policy, this.#deps, trafficSplit(f, policy));
-    if (f.unschedulable) a.setUnschedulable(f.unschedulable);
+    if (f.unschedulable) a.setUnschedulable(f.unschedulable, f.version);
     this.#agents.set(id, a);
     return a;
   }

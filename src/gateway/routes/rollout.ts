@@ -19,7 +19,7 @@ import {
   functionSpecToJson,
   resolvePolicy,
 } from "../../model/schemas.ts";
-import { type FunctionObject, trafficSplit } from "../../model/versions.ts";
+import { type FunctionObject, rolloutVersions, trafficSplit } from "../../model/versions.ts";
 import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
@@ -46,6 +46,12 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     authorize(c.var.principal, "write", tenant, namespace);
     const ref = { type: "function" as const, tenant, namespace, name };
+    // Nothing to roll out is answered 409 at once: the update below would take it for a lost
+    // compare-and-swap (the same code) and try again for a second.
+    const before = await deps.meta.get(ref);
+    if (!before) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+    const f = decodeStoredUserObject(before.value, before.revision) as FunctionObject;
+    rolloutVersions(f, action as "promote" | "rollback", await policyOf(deps.meta, f));
     const rec = await updateWithRetry(deps.meta, ref, (cur) => {
       if (!cur) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
       const f = decodeStoredUserObject(cur.value, cur.revision) as FunctionObject;

@@ -95,3 +95,54 @@ t("rollout routes refuse bad actions, unknown functions and callers without a gr
   }
   await f.close();
 });
+
+t("a promote or rollback with nothing to do answers 409 without trying to write", async () => {
+  const f = await gatewayFixture();
+  let updates = 0;
+  const update = f.meta.update.bind(f.meta);
+  f.meta.update = ((o: Parameters<typeof update>[0]) => (updates++, update(o))) as typeof update;
+  for (const action of ["promote", "rollback"]) {
+    const r = await f.app.request(`/rollout/t/n/f/${action}`, { method: "POST" });
+    assert.equal(r.status, 409);
+    assert.equal((await r.json()).error.code, "conflict");
+  }
+  // Before, each went to the state service ten times (taken for a lost compare-and-swap).
+  assert.equal(updates, 0);
+  await f.close();
+});
+
+t("a canary no node can hold refuses its own calls only: the stable version's go on", async () => {
+  const f = await gatewayFixture({ policy: { canary_percent: 10 } });
+  const w = fakeWorker("stable");
+  f.sched.endpoints.push(w.endpoint);
+  const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+  let cur = (await f.meta.get(ref))!;
+  const spec = JSON.parse(cur.value).object.spec;
+  await f.meta.update({ ...ref, object: { ...spec, image: "y" }, revision: cur.revision });
+  await until("the gateway to see version 2", () => f.cache.split("t/n/f")?.length === 2);
+  // The scheduler's condition for version 2, the newest (scheduler/conditions.ts).
+  cur = (await f.meta.get(ref))!;
+  const object = JSON.parse(cur.value).object;
+  const conditions = [{
+    type: "Schedulable",
+    status: "False",
+    reason: "NoFit",
+    message: "no B300",
+  }];
+  await f.meta.update({
+    ...ref,
+    revision: cur.revision,
+    object: { ...object, status: { conditions } },
+  });
+  await new Promise((r) => setTimeout(r, 20)); // the informer delivers it
+  const statuses: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const r = await f.app.request("/funccall/t/n/f/x", { method: "POST" });
+    statuses.push(r.status);
+    await r.body?.cancel();
+  }
+  assert.deepEqual(statuses.filter((s) => s === 503).length, 1, statuses.join(","));
+  assert.deepEqual(f.sched.leases.map((l) => l.version), [1], "version 2 was not asked for");
+  await w.close();
+  await f.close();
+});
