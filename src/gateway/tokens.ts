@@ -169,6 +169,12 @@ const NO_BYTES = new Uint8Array(0);
  */
 export const MAX_EVENT_BYTES = 1024 * 1024;
 
+/**
+ * How much of the end of a JSON answer that comes in pieces (chunked, or too
+ * large to be read whole) is kept for its `usage`, which servers put last.
+ */
+export const JSON_TAIL_BYTES = 64 * 1024;
+
 /** The value at quantile `q` of ascending `sorted` (nearest rank). */
 function quantile(sorted: readonly number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
@@ -210,6 +216,9 @@ export class TokenMeter {
   /** The line, or the event, being read went past {@linkcode MAX_EVENT_BYTES}: skipped to its end. */
   #skipLine = false;
   #skipEvent = false;
+  /** A JSON answer in pieces: copies of its last pieces, {@linkcode JSON_TAIL_BYTES} and less than one more. */
+  #tail: Uint8Array[] = [];
+  #tailBytes = 0;
 
   constructor(format: TokenFormat, t0: number) {
     this.format = format;
@@ -233,9 +242,11 @@ export class TokenMeter {
   /**
    * A piece of a stream, already forwarded, at `now`. Read as bytes: lines
    * split at newlines, events at blank lines; what must outlive the call is
-   * copied (the caller may reuse its buffer).
+   * copied (the caller may reuse its buffer). A JSON answer that comes in
+   * pieces (chunked, or too large to come whole) keeps its end for `usage`.
    */
   chunk(bytes: Uint8Array, now: number): void {
+    if (this.format === "json") return this.#keepTail(bytes, now);
     let start = 0;
     let nl = bytes.indexOf(10);
     if (this.#lineBytes || this.#skipLine) {
@@ -258,6 +269,18 @@ export class TokenMeter {
     // An event cut by the end of this piece keeps copies of the lines it got from it.
     for (let i = this.#fresh; i < this.#data.length; i++) this.#data[i] = this.#data[i].slice();
     this.#fresh = this.#data.length;
+  }
+
+  /** A piece of a JSON answer: its time to first token is the first piece's; its end is kept. */
+  #keepTail(bytes: Uint8Array, now: number): void {
+    this.#first ??= now;
+    if (!bytes.length) return;
+    const piece = bytes.length > JSON_TAIL_BYTES ? bytes.subarray(-JSON_TAIL_BYTES) : bytes;
+    this.#tail.push(piece.slice());
+    this.#tailBytes += piece.length;
+    while (this.#tailBytes - this.#tail[0].length >= JSON_TAIL_BYTES) {
+      this.#tailBytes -= this.#tail.shift()!.length;
+    }
   }
 
   /** Keeps a copy of a piece of the unfinished line, up to the limit. */
@@ -320,6 +343,13 @@ export class TokenMeter {
    * function's queue.
    */
   result(end: number, queuedMs = 0): TokenStats {
+    if (this.#tail.length) {
+      const u = usageOf(concatBytes(this.#tail));
+      this.#prompt = u.prompt;
+      this.#completion = u.completion;
+      this.#tail = [];
+      this.#tailBytes = 0;
+    }
     // A stream that ended without its final newline or blank line.
     if (this.#lineBytes && !this.#skipLine) this.#onLine(concatBytes(this.#line), end);
     this.#line = [];

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { MAX_EVENT_BYTES, type TokenFormat, tokenFormat, TokenMeter, usageOf } from "./tokens.ts";
+import {
+  JSON_TAIL_BYTES,
+  MAX_EVENT_BYTES,
+  type TokenFormat,
+  tokenFormat,
+  TokenMeter,
+  usageOf,
+} from "./tokens.ts";
 
 const data = (name: string) => Deno.readFile(new URL(`./testdata/${name}`, import.meta.url));
 const enc = new TextEncoder();
@@ -111,6 +118,33 @@ Deno.test("a whole JSON answer has its tokens when it arrives, and its usage", a
       gapsMs: [],
     },
   );
+});
+
+Deno.test("a JSON answer in pieces (chunked, or too large to come whole) has its usage from its end", async () => {
+  const body = await data("ngram_completion.json");
+  for (const size of [1, 7, 64, body.length]) {
+    const meter = new TokenMeter("json", 100);
+    feed(meter, body, size); // the first piece at 200
+    const r = meter.result(300);
+    assert.deepEqual(
+      [r.ttftMs, r.promptTokens, r.completionTokens],
+      [100, 7, 8],
+      `pieces of ${size}`,
+    );
+  }
+  // Past JSON_TAIL_BYTES: the completion's text fills megabytes, usage is still found at the end.
+  const text = "x".repeat(3 * JSON_TAIL_BYTES);
+  const big = enc.encode(
+    JSON.stringify({ choices: [{ text }], usage: { prompt_tokens: 3, completion_tokens: 9000 } }),
+  );
+  const meter = new TokenMeter("json", 0);
+  feed(meter, big, 10_000);
+  const r = meter.result(500);
+  assert.deepEqual([r.promptTokens, r.completionTokens], [3, 9000]);
+  // A body with no usage, or cut before its end, yields none.
+  const cut = new TokenMeter("json", 0);
+  feed(cut, body.subarray(0, body.length - 20), 50);
+  assert.equal(cut.result(10).completionTokens, undefined);
 });
 
 Deno.test("comments, other fields, multi-line data and bad JSON in a stream are passed over", () => {

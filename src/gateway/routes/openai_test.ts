@@ -86,3 +86,31 @@ t("a failing /v1 call is counted in the metrics and the audit like a /funccall o
   );
   await f.close();
 });
+
+t("a JSON answer the worker sends in pieces still has its usage in the audit", async () => {
+  const enc = new TextEncoder();
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    await req.arrayBuffer();
+    // Chunked: the body does not come with the head.
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(enc.encode('{"id":"x","choices":[{"text":"hello"}],'));
+        await new Promise((r) => setTimeout(r, 30));
+        c.enqueue(
+          enc.encode('"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}'),
+        );
+        c.close();
+      },
+    });
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  });
+  const f = await gatewayFixture();
+  f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+  const r = await complete(f, { model: "t/n/f", prompt: "x" });
+  assert.equal((await r.json()).usage.completion_tokens, 7);
+  const row = f.audit.requests.at(-1)!;
+  assert.deepEqual([row.promptTokens, row.completionTokens], [3, 7]);
+  assert.ok(row.ttftMs! >= 0);
+  await f.close();
+  await server.shutdown();
+});
