@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { InferxError } from "../common/errors.ts";
+import { InferxError, ValidationError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { funcId } from "../model/keys.ts";
 import { findCondition, type FunctionStatus, SCHEDULABLE } from "../model/metadata.ts";
@@ -247,7 +247,8 @@ export class FuncCache {
 
   /**
    * The function an OpenAI-style `model` names: `tenant/namespace/name`, or a
-   * bare name that only one function has.
+   * bare name that only one function `visible` to the caller has (400
+   * `invalid`, naming them, when several have it).
    */
   resolveModel(
     model: string,
@@ -262,7 +263,16 @@ export class FuncCache {
     const matches = [...this.#funcs.values()].filter((f) =>
       f.name === model && visible(f.tenant, f.namespace)
     );
-    if (matches.length !== 1) return undefined;
+    if (matches.length > 1) {
+      const ids = matches.map((f) => funcId(f.tenant, f.namespace, f.name)).sort();
+      throw new ValidationError(
+        `Invalid request: model: ${model} names ${ids.length} functions (${
+          ids.slice(0, 5).join(", ")
+        }${ids.length > 5 ? ", ..." : ""}): use tenant/namespace/name`,
+        "model",
+      );
+    }
+    if (!matches.length) return undefined;
     const f = matches[0];
     return { tenant: f.tenant, namespace: f.namespace, func: f.name };
   }

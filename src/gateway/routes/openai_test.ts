@@ -114,3 +114,51 @@ t("a JSON answer the worker sends in pieces still has its usage in the audit", a
   await f.close();
   await server.shutdown();
 });
+
+t(
+  "a bare model name two visible functions share is refused naming both; a key that sees one calls it",
+  async () => {
+    const admin = "admin-key-0123456789";
+    const f = await gatewayFixture({ adminKey: admin });
+    const w = fakeWorker("w");
+    f.sched.endpoints.push(w.endpoint);
+    const ns = {
+      type: "namespace" as const,
+      tenant: "t",
+      namespace: "system",
+      name: "m",
+      object: {},
+    };
+    await f.meta.create(ns);
+    await f.meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "m",
+      name: "f",
+      object: { spec: { image: "x" } },
+    });
+    for (const d = Date.now() + 5000; f.cache.functionIds().length < 2;) {
+      assert.ok(Date.now() < d, "the gateway sees t/m/f");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const r = await complete(f, { model: "f", prompt: "x" }, { authorization: `Bearer ${admin}` });
+    assert.equal(r.status, 400);
+    const { error } = await r.json();
+    assert.equal(error.code, "invalid");
+    assert.match(
+      error.message,
+      /model: f names 2 functions \(t\/m\/f, t\/n\/f\): use tenant\/namespace\/name/,
+    );
+    const made = await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+      body: JSON.stringify({ scope: "inference", tenant: "t", namespace: "n", name: "ci" }),
+    });
+    const key = (await made.json()).key;
+    const ok = await complete(f, { model: "f", prompt: "x" }, { authorization: `Bearer ${key}` });
+    assert.equal(ok.status, 200, "the key sees t/n/f only");
+    await ok.body?.cancel();
+    await f.close();
+    await w.close();
+  },
+);
