@@ -10,6 +10,7 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
+import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { CompactedError } from "../store/types.ts";
 
 export { grpc };
@@ -58,7 +59,8 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.NOT_FOUND]: "not_found",
   [grpc.status.ALREADY_EXISTS]: "already_exists",
   [grpc.status.ABORTED]: "conflict",
-  [grpc.status.RESOURCE_EXHAUSTED]: "queue_full",
+  // Without an `ix-code`, raised by the library itself: a message over the size limit.
+  [grpc.status.RESOURCE_EXHAUSTED]: "too_large",
   [grpc.status.DEADLINE_EXCEEDED]: "timeout",
   [grpc.status.UNAVAILABLE]: "unavailable",
   [grpc.status.CANCELLED]: "unavailable",
@@ -105,7 +107,10 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
   const message = mapped === "unavailable"
     ? `Cannot reach ${what}: ${e.details || e.message}`
     : e.details || e.message;
-  return new InferxError(mapped, message, { cause: err, retryable: mapped !== "internal" });
+  return new InferxError(mapped, message, {
+    cause: err,
+    retryable: mapped !== "internal" && mapped !== "too_large",
+  });
 }
 
 /** Adapts an async handler to a unary gRPC handler with error mapping. */
@@ -123,7 +128,7 @@ export function serve(
   impl: grpc.UntypedServiceImplementation,
   address: string,
 ): Promise<{ server: grpc.Server; port: number }> {
-  const server = new grpc.Server();
+  const server = new grpc.Server(grpcChannelOptions());
   server.addService(service.service, impl);
   return new Promise((resolve, reject) => {
     server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {

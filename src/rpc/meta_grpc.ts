@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { isObjectType, type ObjectType } from "../model/keys.ts";
 import { ValidationError } from "../common/errors.ts";
 import {
@@ -179,7 +180,7 @@ function parseObject(json: string): unknown {
 }
 
 /** Options for {@linkcode GrpcMetaClient}. */
-export interface GrpcMetaClientOptions {
+export interface GrpcMetaClientOptions extends GrpcChannelTuning {
   /** Deadline of unary calls (ms). @default 5000 */
   timeoutMs?: number;
 }
@@ -191,7 +192,11 @@ export class GrpcMetaClient implements MetaClient {
   #what: string;
 
   constructor(address: string, options: GrpcMetaClientOptions = {}) {
-    this.#client = new Service(address, grpc.credentials.createInsecure());
+    this.#client = new Service(
+      address,
+      grpc.credentials.createInsecure(),
+      grpcChannelOptions(options),
+    );
     this.#timeout = options.timeoutMs ?? 5000;
     this.#what = `the state service at ${address}`;
   }

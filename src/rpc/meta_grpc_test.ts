@@ -1,3 +1,7 @@
+import assert from "node:assert/strict";
+import { testCall } from "../common/testing.ts";
+import { parseCallId } from "../model/call.ts";
+import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { metaContract } from "./meta_contract.ts";
@@ -21,3 +25,104 @@ metaContract("MetaClient over gRPC", async () => {
     },
   };
 });
+
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
+t("a list larger than gRPC's default 4 MiB limit is read over the wire as in-process", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  const server = await serveMeta(svc, "127.0.0.1:0");
+  const meta = new GrpcMetaClient(`127.0.0.1:${server.port}`);
+  try {
+    // Four queued calls with bodies of about 1 MiB each.
+    const body = btoa("x".repeat(1024 * 1024 - 10));
+    for (let i = 0; i < 4; i++) {
+      const object = testCall("acme", "prod", { body });
+      const name = parseCallId(object.id).key;
+      await meta.create({ type: "call", tenant: "acme", namespace: "prod", name, object });
+    }
+    assert.equal((await meta.list("call")).items.length, 4);
+  } finally {
+    meta.close();
+    await server.stop();
+    await store.close();
+  }
+});
+
+/**
+ * A proxy to `port` whose `cut()` silently drops the traffic of the
+ * connections open then (a peer host gone without a FIN or a RST), while new
+ * connections pass.
+ */
+function cuttableProxy(port: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open: { cut: boolean; conns: Deno.Conn[] }[] = [];
+  const pump = async (link: { cut: boolean }, from: Deno.Conn, to: Deno.Conn) => {
+    const buf = new Uint8Array(65536);
+    try {
+      for (let n; (n = await from.read(buf)) !== null;) {
+        if (!link.cut) await to.write(buf.subarray(0, n));
+      }
+    } catch { /* closed */ }
+  };
+  (async () => {
+    for await (const c of listener) {
+      const up = await Deno.connect({ hostname: "127.0.0.1", port });
+      const link = { cut: false, conns: [c, up] };
+      open.push(link);
+      pump(link, c, up);
+      pump(link, up, c);
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    cut: () => open.forEach((l) => l.cut = true),
+    close() {
+      listener.close();
+      for (const l of open) for (const c of l.conns) c.close();
+    },
+  };
+}
+
+t(
+  "a connection whose peer went silent is found by keepalive: calls and watches come back",
+  async () => {
+    const store = await openSqliteStore();
+    const svc = new StateService(store);
+    const server = await serveMeta(svc, "127.0.0.1:0");
+    const proxy = cuttableProxy(server.port);
+    const meta = new GrpcMetaClient(`127.0.0.1:${proxy.port}`, {
+      timeoutMs: 1000,
+      keepaliveMs: 300,
+      keepaliveTimeoutMs: 300,
+    });
+    const seen: string[] = [];
+    const informer = await startInformer(meta, "tenant", {
+      upsert: (r) => seen.push(r.name),
+      remove() {},
+    }, { retryMs: 100 });
+    try {
+      proxy.cut();
+      await svc.create({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "acme",
+        object: {},
+      });
+      // Before, every call timed out on the dead connection and the watch never saw acme.
+      for (const deadline = Date.now() + 15_000; !seen.includes("acme");) {
+        assert.ok(Date.now() < deadline, "the informer never saw the tenant made after the cut");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(typeof await meta.version(), "string");
+    } finally {
+      informer.stop();
+      meta.close();
+      proxy.close();
+      await server.stop();
+      await store.close();
+    }
+  },
+);

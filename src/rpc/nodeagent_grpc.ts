@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { call, grpc, loadService, serve, shutdown, unary } from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
 import type { NodeAgentClient } from "./types.ts";
@@ -30,8 +31,12 @@ export class GrpcNodeAgentClient implements NodeAgentClient {
   #what: string;
   #timeout: number;
 
-  constructor(address: string, options: { timeoutMs?: number } = {}) {
-    this.#client = new Service(address, grpc.credentials.createInsecure());
+  constructor(address: string, options: { timeoutMs?: number } & GrpcChannelTuning = {}) {
+    this.#client = new Service(
+      address,
+      grpc.credentials.createInsecure(),
+      grpcChannelOptions(options),
+    );
     this.#what = `the node agent at ${address}`;
     this.#timeout = options.timeoutMs ?? 5000;
   }

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { InferxError } from "../common/errors.ts";
 import {
   call,
@@ -182,7 +183,7 @@ export async function serveScheduler(
 }
 
 /** Options for {@linkcode GrpcSchedulerClient}. */
-export interface GrpcSchedulerClientOptions {
+export interface GrpcSchedulerClientOptions extends GrpcChannelTuning {
   /** Deadline of calls other than leases (ms). @default 5000 */
   timeoutMs?: number;
 }
@@ -197,7 +198,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
     if (addresses.length === 0) throw new InferxError("invalid", "No scheduler address given");
     this.#clients = addresses.map((address) => ({
       address,
-      client: new Service(address, grpc.credentials.createInsecure()),
+      client: new Service(address, grpc.credentials.createInsecure(), grpcChannelOptions(options)),
     }));
     this.#timeout = options.timeoutMs ?? 5000;
   }

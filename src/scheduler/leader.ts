@@ -8,6 +8,7 @@
  */
 import { Etcd3 } from "etcd3";
 import { InferxError } from "../common/errors.ts";
+import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { cappedBackoff } from "../common/retry.ts";
 import type { Lease, SchedulerClient } from "../rpc/types.ts";
 
@@ -35,6 +36,7 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   // (up to 30 s) after etcd restarts would delay the takeover that long.
   const etcd = new Etcd3({
     hosts: etcdAddrs.split(","),
+    grpcOptions: grpcChannelOptions({ pingIdle: false }),
     faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
   });
   const c = etcd.election(options.election ?? "inferx-scheduler", options.ttlS ?? 3).campaign(id);

@@ -16,6 +16,7 @@
  */
 import { Etcd3, type IKeyValue } from "etcd3";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
+import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { cappedBackoff } from "../common/retry.ts";
 import {
   CompactedError,
@@ -104,6 +105,7 @@ export class EtcdStore implements MetaStore {
         ctx.isStream ? {} : { deadline: Date.now() + (options.timeoutMs ?? 5000) },
       // A watch tries again 0.1 s after its stream ends, then up to every 2 s (the
       // library's default grows to 30 s, so a watch could lag that long after etcd returned).
+      grpcOptions: grpcChannelOptions({ pingIdle: false }),
       faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
     });
   }
