@@ -120,6 +120,8 @@ interface Child {
   gpu?: boolean;
   /** Set while CRIU dumps it: its end is the dump's doing, not a crash. */
   dumping?: boolean;
+  /** How it ended while being dumped, if it did. */
+  endedDumping?: string;
   gpus: number[];
   exited: Promise<string>;
   /** Stops following its output file. */
@@ -469,17 +471,23 @@ export class ProcessRuntime implements PodRuntime {
 
   /** Reports an exit nobody asked for; forgets the child either way. */
   #watchExit(podId: string, child: Child): void {
-    child.exited.then(async (why) => {
-      if (this.#children.get(podId) !== child || child.dumping || child.tier === "file") return;
-      if (child.stopping) return; // stop() cleans up
-      child.unfollow?.();
-      this.#children.delete(podId);
-      if (child.net) this.#options.podNetworks?.remove(child.net);
-      this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
-      // Its output was told with its exit: its files here go (the agent only forgets it).
-      if (child.logFile) await Deno.remove(child.logFile).catch(() => {});
-      await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});
+    child.exited.then((why) => {
+      if (child.dumping) child.endedDumping = why; // told by the park if its dump failed
+      else return this.#reportExit(podId, child, why);
     });
+  }
+
+  /** Tells the agent of an exit nobody asked for and forgets the child. */
+  async #reportExit(podId: string, child: Child, why: string): Promise<void> {
+    if (this.#children.get(podId) !== child || child.tier === "file") return;
+    if (child.stopping) return; // stop() cleans up
+    child.unfollow?.();
+    this.#children.delete(podId);
+    if (child.net) this.#options.podNetworks?.remove(child.net);
+    this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
+    // Its output was told with its exit: its files here go (the agent only forgets it).
+    if (child.logFile) await Deno.remove(child.logFile).catch(() => {});
+    await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});
   }
 
   async stop(podId: string, graceMs = 5000): Promise<void> {
@@ -578,6 +586,20 @@ export class ProcessRuntime implements PodRuntime {
   async #dump(child: Child, dir: string, leaveRunning: boolean): Promise<ImageMeta> {
     const gpu = this.#usesGpu(child.pid);
     const files = await openFiles(await processTree(child.pid));
+    const meta: ImageMeta = {
+      files,
+      logFile: child.logFile,
+      port: child.port,
+      namespaced: child.net !== undefined,
+      ownPids: child.ownPids === true,
+      ownSession: child.ownSession,
+      gpu,
+      gpus: child.gpus,
+    };
+    // Written before CRIU runs: a dump without --leave-running ends the worker, and a write
+    // failing after it (a full disk) would lose the worker with its image.
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(`${dir}/${META}`, JSON.stringify(meta));
     if (gpu) await this.#checkpointGpu(child.pid);
     try {
       await this.#options.criu!.dump(child.pid, dir, {
@@ -589,17 +611,6 @@ export class ProcessRuntime implements PodRuntime {
     } finally {
       if (gpu && leaveRunning) await this.#restoreGpu(child.pid);
     }
-    const meta: ImageMeta = {
-      files,
-      logFile: child.logFile,
-      port: child.port,
-      namespaced: child.net !== undefined,
-      ownPids: child.ownPids === true,
-      ownSession: child.ownSession,
-      gpu,
-      gpus: child.gpus,
-    };
-    await Deno.writeTextFile(`${dir}/${META}`, JSON.stringify(meta));
     return meta;
   }
 
@@ -612,7 +623,10 @@ export class ProcessRuntime implements PodRuntime {
       child.gpu = meta.gpu;
     } catch (err) {
       child.dumping = false;
-      if (this.#usesGpuCheckpointed(child.pid)) await this.#restoreGpu(child.pid);
+      // A dump that failed after ending the worker: its exit was not told (it came while dumping).
+      if (child.endedDumping !== undefined) {
+        await this.#reportExit(podId, child, `${child.endedDumping} during a failed dump`);
+      } else if (this.#usesGpuCheckpointed(child.pid)) await this.#restoreGpu(child.pid);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new InferxError(
         "unavailable",

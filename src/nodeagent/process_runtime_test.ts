@@ -286,6 +286,58 @@ for (const namespaced of [false, true]) {
   });
 }
 
+Deno.test({
+  name:
+    "ProcessRuntime: a park to file that runs out of disk keeps the worker serving, or says it ended",
+  ignore: !criuCap.available || !netCap.available || Deno.uid() !== 0,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const sh = (...args: string[]) =>
+      new Deno.Command(args[0], { args: args.slice(1) }).outputSync();
+    // Disks that run out of room (files) at each step of a park: before CRIU's images, among
+    // them, and after them (where the image's description used to be written, the worker ended).
+    for (const inodes of [4, 12, 20, 22, 24]) {
+      const dir = await Deno.makeTempDir();
+      assert.ok(
+        sh("mount", "-t", "tmpfs", "-o", `size=512m,nr_inodes=${inodes}`, "tmpfs", dir).success,
+      );
+      const exits: string[] = [];
+      const rt = new ProcessRuntime({
+        criu: new Criu(locateCriu()!),
+        podNetworks: new PodNetworks({ prefix: "ixtest" }),
+        snapshotDir: dir,
+        onExit: (id) => exits.push(id),
+      });
+      try {
+        const pod = await rt.start(spec(["deno", "eval", COUNTER]));
+        assert.equal(await count(pod.endpoint), 1);
+        const parked = await rt.park("pod-test", "file").then(() => true, () => false);
+        if (parked) {
+          // A disk with room for the image but not for the restore's own files: the resume
+          // fails (the agent then starts the pod afresh), and no worker runs meanwhile.
+          const resumed = await rt.resume("pod-test").then(() => true, (e) => String(e));
+          if (resumed !== true) {
+            assert.match(String(resumed), /No space left on device/);
+            assert.deepEqual(exits, []);
+            continue;
+          }
+        }
+        assert.equal(
+          await count(pod.endpoint),
+          2,
+          `${inodes} files: parked ${parked}, exits ${exits}`,
+        );
+        assert.deepEqual(exits, []);
+      } finally {
+        await rt.stop("pod-test");
+        sh("umount", dir);
+        await Deno.remove(dir, { recursive: true });
+      }
+    }
+  },
+});
+
 /** A worker that initialises the (fake) driver at `lib` first, as a CUDA program does, then counts. */
 function gpuWorkerSpec(lib: string): PodSpec {
   const worker = `const r = Deno.dlopen(Deno.env.get("LIBCUDA"),
