@@ -305,11 +305,19 @@ export class ProcessRuntime implements PodRuntime {
       }
     }
     await this.#options.podNetworks?.sweep();
-    // Output files of the workers just ended (every worker of this runtime is: none is adopted).
+    // What the workers just ended left (every worker of this runtime is: none is adopted):
+    // output files, restore directories, and the images of pods parked in a file, which no
+    // pod could resume (pod ids are never used again). Snapshots (`images/`) stay.
     try {
       for await (const e of Deno.readDir(this.#snapshots)) {
-        if (e.isFile && e.name.endsWith(".log")) {
-          await Deno.remove(`${this.#snapshots}/${e.name}`).catch(() => {});
+        const path = `${this.#snapshots}/${e.name}`;
+        const parked = e.isDirectory &&
+          await Deno.stat(`${path}/${META}`).then(() => true, () => false);
+        if (
+          (e.isFile && e.name.endsWith(".log")) || (e.isDirectory && e.name.endsWith(".restore")) ||
+          parked
+        ) {
+          await Deno.remove(path, { recursive: true }).catch(() => {});
         }
       }
     } catch {
