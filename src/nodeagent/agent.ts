@@ -312,7 +312,7 @@ export class NodeAgent implements NodeAgentClient {
     const snaps = this.#options.snapshots;
     const notes: string[] = [];
     if (snaps && this.#runtime.restore && pod.fromSnapshot) {
-      const snap = snaps.usable(pod);
+      const snap = snaps.hold(pod);
       if (snap) {
         try {
           const running = await this.#runtime.restore(spec, snap.dir);
@@ -330,6 +330,8 @@ export class NodeAgent implements NodeAgentClient {
           if (!(err instanceof InferxError && err.code === "unsupported")) {
             await snaps.discard(snap, why);
           }
+        } finally {
+          snaps.release(snap);
         }
       } else {
         notes.push(`No snapshot of v${pod.funcVersion} on node ${this.name}; started fresh`);

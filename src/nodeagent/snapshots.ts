@@ -84,6 +84,10 @@ export class SnapshotManager {
   #versions = new Map<string, number>();
   /** Function versions being dumped now. */
   #taking = new Set<string>();
+  /** Snapshots being restored from, with how many restores each: never removed under them. */
+  #held = new Map<LocalSnapshot, number>();
+  /** Held snapshots already forgotten, whose images go when their last restore ends. */
+  #doomed = new Set<LocalSnapshot>();
   /** Dumps run one at a time. */
   #queue: Promise<unknown> = Promise.resolve();
   #informer?: Informer;
@@ -175,6 +179,28 @@ export class SnapshotManager {
       return undefined;
     }
     return s;
+  }
+
+  /**
+   * {@linkcode usable}, held for a restore: until {@linkcode release}, its
+   * image is not removed (an eviction for another image, a new version or
+   * a delete of the function forget it at once and remove it after).
+   */
+  hold(pod: VersionOf & Pick<PodInfo, "template">): LocalSnapshot | undefined {
+    const s = this.usable(pod);
+    if (!s) return undefined;
+    this.#held.set(s, (this.#held.get(s) ?? 0) + 1);
+    // The most recently used from now, for the images evicted meanwhile.
+    s.info = { ...s.info, lastUsedAt: Date.now() };
+    return s;
+  }
+
+  /** A restore from `s` ({@linkcode hold}) ended. */
+  release(s: LocalSnapshot): void {
+    const n = (this.#held.get(s) ?? 1) - 1;
+    if (n > 0) return void this.#held.set(s, n);
+    this.#held.delete(s);
+    if (this.#doomed.delete(s)) Deno.remove(s.dir, { recursive: true }).catch(() => {});
   }
 
   /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
@@ -352,7 +378,7 @@ export class SnapshotManager {
   #evictFor(more: number, keep: string): void {
     const budget = this.#o.diskBudgetMB * MB;
     const ready = [...this.#local.entries()]
-      .filter(([k, s]) => k !== keep && s.info.state === "Ready")
+      .filter(([k, s]) => k !== keep && s.info.state === "Ready" && !this.#held.has(s))
       .sort((a, b) => (a[1].info.lastUsedAt ?? 0) - (b[1].info.lastUsedAt ?? 0));
     let used = this.usedBytes();
     for (const [, s] of ready) {
@@ -374,13 +400,18 @@ export class SnapshotManager {
     }
   }
 
-  /** Forgets a snapshot at once; its image and record go in the background. */
+  /**
+   * Forgets a snapshot at once; its image and record go in the background
+   * (its image once the restores holding it have ended).
+   */
   #remove(s: LocalSnapshot): Promise<void> {
     const key = `${s.ref.tenant}/${s.ref.namespace}/${s.ref.name}`;
     if (this.#local.get(key) === s) this.#local.delete(key);
     this.#o.onChange?.();
+    const held = this.#held.has(s);
+    if (held) this.#doomed.add(s);
     return Promise.all([
-      Deno.remove(s.dir, { recursive: true }).catch(() => {}),
+      held ? undefined : Deno.remove(s.dir, { recursive: true }).catch(() => {}),
       this.#deleteRecord(s.ref),
     ]).then(() => {});
   }

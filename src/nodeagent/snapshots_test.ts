@@ -192,6 +192,29 @@ t(
 );
 
 t(
+  "an image held for a restore is not removed under it: eviction passes it over, a new version waits",
+  async ({ meta, mgr }) => {
+    await mgr.take(pod("a"));
+    await new Promise((r) => setTimeout(r, 5));
+    await mgr.take(pod("b"));
+    const restoring = mgr.hold(pod("a"))!; // a restore from a is under way
+    await new Promise((r) => setTimeout(r, 5));
+    await mgr.used(mgr.usable(pod("b"))!); // b is now the more recently used
+    const exists = (d: string) => Deno.stat(d).then(() => true, () => false);
+    await mgr.take(pod("c")); // 30 MB would not fit 25: not a (least recently used, held), but b
+    assert.ok(await exists(restoring.dir), "the image being restored stays");
+    assert.ok(mgr.usable(pod("a")));
+    assert.equal(mgr.usable(pod("b")), undefined);
+    // A new version forgets a at once, but its image goes only when the restore ends.
+    await putFunction(meta, "a", "y");
+    await eventually(() => Promise.resolve(mgr.usable(pod("a")) === undefined));
+    assert.ok(await exists(restoring.dir));
+    mgr.release(restoring);
+    await eventually(async () => !await exists(restoring.dir));
+  },
+);
+
+t(
   "SnapshotManager: a worker larger than the budget is not dumped at all",
   async ({ meta, mgr, runtime }) => {
     runtime.sizeMB = 30;
