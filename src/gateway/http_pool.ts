@@ -57,7 +57,10 @@ export interface PoolRequest {
 export interface UpstreamAnswer {
   status: number;
   statusText: string;
-  /** Lower-case names; framing fields (connection, keep-alive, transfer-encoding, content-length) removed. */
+  /**
+   * Lower-case names; framing fields (connection, keep-alive,
+   * transfer-encoding, content-length), `set-cookie` and `x-inferx-*` removed.
+   */
   headers: [string, string][];
   /** The declared body length, when sized (for HEAD, the length a GET would have). */
   length: number | undefined;
@@ -78,6 +81,16 @@ interface Head {
 }
 
 const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
+
+/**
+ * Whether a worker's answer field is passed to the caller: not the framing,
+ * not the gateway's own (`x-inferx-*`: callers and `ctl` trust them), and not
+ * `set-cookie` (every function answers on the gateway's one origin, the
+ * dashboard's too: a cookie one function sets would reach the others).
+ */
+function passed(name: string): boolean {
+  return !FRAMING.has(name) && name !== "set-cookie" && !name.startsWith("x-inferx-");
+}
 
 class Conn {
   readonly socket: Deno.TcpConn;
@@ -283,7 +296,7 @@ class Conn {
       const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
       if (name === "content-length") length = Number(value);
       else if (name === "transfer-encoding") chunked = true;
-      if (!FRAMING.has(name)) headers.push([name, value]);
+      if (passed(name)) headers.push([name, value]);
     }
     if (chunked) length = undefined;
     // An answer to HEAD keeps the length it declares (a GET's); it has no body all the same.

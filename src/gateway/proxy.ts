@@ -192,6 +192,10 @@ export async function forward(
     ["x-inferx-queue-ms", held.queuedMs.toFixed(2)],
     ["x-inferx-pod", held.worker.podId],
     ["x-inferx-version", String(held.worker.version)],
+    // Every function answers on the dashboard's origin: a document it serves runs in an
+    // origin of its own (no access to the dashboard's stored credential), never sniffed.
+    ["content-security-policy", WORKER_CSP],
+    ["x-content-type-options", "nosniff"],
   );
   let finished = false;
   const finish = (delivered: boolean) => {
@@ -216,6 +220,13 @@ export async function forward(
     finish,
   };
 }
+
+/**
+ * The policy every worker answer carries: its documents are sandboxed in an
+ * opaque origin (scripts and forms run, but cannot read the gateway
+ * origin's storage or cookies).
+ */
+export const WORKER_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
 
 /** Hop-by-hop fields, and those the gateway sets itself. */
 const NOT_FORWARDED = new Set([

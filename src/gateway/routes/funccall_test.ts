@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
-import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { fakeWorker, type GatewayFixture, gatewayFixture, rawWorker } from "../testing.ts";
 
 const call = (
   app: GatewayFixture["app"],
@@ -332,3 +332,29 @@ t("503 and 429 answers say when to try again (Retry-After)", async () => {
   await missing.body?.cancel();
   await q.close();
 });
+
+t(
+  "a worker cannot set cookies or the gateway's own fields, and what it serves is sandboxed",
+  async () => {
+    const f = await gatewayFixture();
+    const html = "<script>fetch('/x?k=' + sessionStorage.getItem('inferx.credential'))</script>";
+    const w = rawWorker({
+      answer: "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n" +
+        "set-cookie: sid=planted; Path=/; HttpOnly\r\n" +
+        "x-inferx-pod: spoofed\r\nx-inferx-cold-start: 0\r\nx-app: kept\r\n" +
+        `content-length: ${html.length}\r\n\r\n${html}`,
+    });
+    f.sched.endpoints.push(w.endpoint);
+    const r = await f.app.request("/funccall/t/n/f/", { method: "GET" });
+    assert.equal(await r.text(), html, "the body is passed on unchanged");
+    assert.equal(r.headers.get("set-cookie"), null);
+    assert.equal(r.headers.get("x-inferx-pod"), f.sched.leases[0] && "pod-1");
+    assert.equal(r.headers.get("x-inferx-cold-start"), "1");
+    assert.equal(r.headers.get("x-app"), "kept");
+    assert.match(r.headers.get("content-security-policy")!, /^sandbox /);
+    assert.doesNotMatch(r.headers.get("content-security-policy")!, /allow-same-origin/);
+    assert.equal(r.headers.get("x-content-type-options"), "nosniff");
+    await f.close();
+    await w.close();
+  },
+);
