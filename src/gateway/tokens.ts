@@ -22,7 +22,10 @@ export type TokenFormat = "json" | "sse";
 
 /** What one call's answer said about its tokens. */
 export interface TokenStats extends TokenFigures {
-  /** Every gap between successive tokens (ms), for the histogram. */
+  /**
+   * The gaps between successive tokens (ms) the p50 and p99 come from: all
+   * of them up to {@linkcode MAX_GAPS_KEPT}, a uniform sample of them past it.
+   */
   gapsMs: readonly number[];
 }
 
@@ -175,6 +178,13 @@ export const MAX_EVENT_BYTES = 1024 * 1024;
  */
 export const JSON_TAIL_BYTES = 64 * 1024;
 
+/**
+ * The most gaps between tokens one answer keeps for its quantiles: a stream
+ * of millions of tiny events must not grow the gateway's memory with it.
+ * Past it, a uniform sample (reservoir) of this size is kept.
+ */
+export const MAX_GAPS_KEPT = 10_000;
+
 /** The value at quantile `q` of ascending `sorted` (nearest rank). */
 function quantile(sorted: readonly number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
@@ -203,6 +213,8 @@ export class TokenMeter {
   #last = 0;
   #tokens = 0;
   #gaps: number[] = [];
+  #gapCount = 0;
+  readonly #onGap?: (ms: number) => void;
   #prompt?: number;
   #completion?: number;
   /** The unfinished last line of the stream so far: copies of its pieces. */
@@ -220,7 +232,9 @@ export class TokenMeter {
   #tail: Uint8Array[] = [];
   #tailBytes = 0;
 
-  constructor(format: TokenFormat, t0: number) {
+  /** `onGap` hears every gap between tokens as it is read (for a histogram). */
+  constructor(format: TokenFormat, t0: number, onGap?: (ms: number) => void) {
+    this.#onGap = onGap;
     this.format = format;
     this.t0 = t0;
   }
@@ -334,8 +348,18 @@ export class TokenMeter {
     if (!token) return;
     this.#tokens++;
     if (this.#first === undefined) this.#first = now;
-    else this.#gaps.push(now - this.#last);
+    else this.#gap(now - this.#last);
     this.#last = now;
+  }
+
+  #gap(ms: number): void {
+    this.#onGap?.(ms);
+    const n = ++this.#gapCount;
+    if (n <= MAX_GAPS_KEPT) this.#gaps.push(ms);
+    else {
+      const i = Math.floor(Math.random() * n);
+      if (i < MAX_GAPS_KEPT) this.#gaps[i] = ms;
+    }
   }
 
   /**

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   JSON_TAIL_BYTES,
   MAX_EVENT_BYTES,
+  MAX_GAPS_KEPT,
   type TokenFormat,
   tokenFormat,
   TokenMeter,
@@ -145,6 +146,21 @@ Deno.test("a JSON answer in pieces (chunked, or too large to come whole) has its
   const cut = new TokenMeter("json", 0);
   feed(cut, body.subarray(0, body.length - 20), 50);
   assert.equal(cut.result(10).completionTokens, undefined);
+});
+
+Deno.test("a stream of very many tokens keeps a bounded sample of its gaps, and tells each one", () => {
+  const heard: number[] = [];
+  const meter = new TokenMeter("sse", 0, (ms) => heard.push(ms));
+  const event = enc.encode('data: {"choices":[{"text":"x"}]}\n\n');
+  const events = 3 * MAX_GAPS_KEPT;
+  // Gaps of 1 ms, then 2, 3, ... 10 ms, again and again.
+  for (let i = 0, now = 0; i < events; i++) meter.chunk(event, now += 1 + (i % 10));
+  const r = meter.result(1e9);
+  assert.equal(r.completionTokens, events);
+  assert.equal(heard.length, events - 1, "every gap was told");
+  assert.equal(r.gapsMs.length, MAX_GAPS_KEPT, "a bounded sample was kept");
+  assert.ok(r.itlP50Ms! >= 4 && r.itlP50Ms! <= 7, `p50 ${r.itlP50Ms}`);
+  assert.equal(r.itlP99Ms, 10);
 });
 
 Deno.test("comments, other fields, multi-line data and bad JSON in a stream are passed over", () => {

@@ -87,7 +87,8 @@ export class CallRecord {
     if (this.#metrics) (this.#version = m.version(a.slot.worker.version)).request(a.status);
     const format = tokenFormat(this.path, a.status, a.headers);
     if (!format) return;
-    this.tokens = new TokenMeter(format, this.t0);
+    const gaps = this.#version?.tokenGap;
+    this.tokens = new TokenMeter(format, this.t0, gaps && ((ms) => gaps.observe(ms / 1000)));
     if (a.bytes) {
       this.#whole = a.bytes;
       a.headers.push(["x-inferx-ttft-ms", a.ttfbMs.toFixed(2)]);
@@ -186,7 +187,6 @@ export class CallRecord {
 /** Adds one call's token figures to its version's series. */
 function countTokens(m: VersionMetrics, t: TokenStats): void {
   if (t.ttftMs !== undefined) m.ttft.observe(t.ttftMs / 1000);
-  for (const g of t.gapsMs) m.tokenGap.observe(g / 1000);
   if (t.tokensPerS !== undefined) m.tokenRate.observe(t.tokensPerS);
   m.promptTokens += t.promptTokens ?? 0;
   m.completionTokens += t.completionTokens ?? 0;
