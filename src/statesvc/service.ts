@@ -64,6 +64,8 @@ const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name
 /** The largest user object stored (its JSON, characters): well under etcd's default request limit. */
 export const MAX_USER_OBJECT = 1024 * 1024;
 
+const utf8 = new TextEncoder();
+
 /** In-process state service over a {@linkcode MetaStore}. */
 export class StateService implements MetaClient {
   #store: MetaStore;
@@ -246,12 +248,16 @@ export class StateService implements MetaClient {
       );
     }
     const value = encodeUserObject(stored);
-    if (value.length > MAX_USER_OBJECT) {
+    // UTF-8 bytes, what a store takes: up to 3 a character of JSON text.
+    const bytes = value.length * 3 <= MAX_USER_OBJECT
+      ? value.length
+      : utf8.encode(value).byteLength;
+    if (bytes > MAX_USER_OBJECT) {
       // Any store would take it here, but etcd refuses requests past 1.5 MiB by default, and
       // that refusal would read as the store being unavailable (503, to retry) — refused here.
       throw new InferxError(
         "too_large",
-        `${refText(input)} is ${value.length} bytes stored; the most is ${MAX_USER_OBJECT}`,
+        `${refText(input)} is ${bytes} bytes stored; the most is ${MAX_USER_OBJECT}`,
         { details: { limit: MAX_USER_OBJECT } },
       );
     }

@@ -45,3 +45,32 @@ Deno.test("writes whose checks read other objects do not pass them together: a q
   assert.equal((await svc.list("function", "t")).items.length, 1);
   await close();
 });
+
+Deno.test("an object's size limit counts the bytes it takes stored, not its characters", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  try {
+    await svc.create({ type: "tenant", ...sys, name: "t", object: {} });
+    await svc.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "n",
+      object: {},
+    });
+    // 540,000 characters (annotations of 45,000 each), 1.62 MB as UTF-8.
+    const annotations: Record<string, string> = {};
+    for (let i = 0; i < 12; i++) annotations[`note${i}`] = "€".repeat(45_000);
+    const err = await svc.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "f",
+      object: { metadata: { annotations }, spec: { image: "x" } },
+    }).then(() => undefined, (e) => e);
+    assert.equal(err?.code, "too_large", String(err));
+    assert.ok(Number(/(\d+) bytes stored/.exec(err.message)![1]) > 1_600_000, err.message);
+  } finally {
+    await store.close();
+  }
+});

@@ -70,6 +70,13 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     return await fn();
   } catch (err) {
     if (err instanceof InferxError) throw err;
+    const message = (err as Error).message;
+    if (/request is too large|larger than max/i.test(message)) {
+      // Past etcd's request size (or a reply past the client's): no retry would take it.
+      throw new InferxError("too_large", `Cannot ${what}: etcd refused it: ${message}`, {
+        cause: err,
+      });
+    }
     throw new InferxError(
       "unavailable",
       `Cannot ${what}: etcd did not answer (${(err as Error).message})`,

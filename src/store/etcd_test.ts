@@ -224,3 +224,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a value past etcd's request size is refused as too_large, not as etcd unavailable",
+  ignore: missing !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const store = await openEtcdStore(etcd.url);
+    try {
+      const err = await store.create("/registry/c/t/n/big", "€".repeat(800_000)).then(
+        () => undefined,
+        (e) => e,
+      );
+      assert.equal(err?.code, "too_large", String(err));
+      assert.equal(err.retryable, false);
+    } finally {
+      await store.close();
+      await etcd.stop();
+    }
+  },
+});
