@@ -83,8 +83,14 @@ const StandbyTier = z.enum(["Mem", "File"]);
 
 const EnvsSchema = z.union([
   z.array(z.tuple([z.string().min(1), z.string()])),
-  z.record(z.string().min(1), z.string()).transform((r) => Object.entries(r)),
+  // A mapping has no order: its entries by name, so that reordering it changes nothing.
+  z.record(z.string().min(1), z.string()).transform((r) => byName(Object.entries(r))),
 ]).default([]);
+
+/** Name-value pairs ordered by name; pairs of one name keep their order (the last one wins). */
+function byName(envs: [string, string][]): [string, string][] {
+  return [...envs].sort((a, b) => a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+}
 
 /** A link to a `funcpolicy`; its tenant and namespace, when given, must be the function's own. */
 const PolicyLinkSchema = z.strictObject({
@@ -192,7 +198,9 @@ export function workerSpec(spec: FunctionSpec): WorkerSpec {
 
 /** Whether two specs define the same workers (a new version is needed when not). */
 export function sameWorker(a: FunctionSpec, b: FunctionSpec): boolean {
-  return jsonEqual(workerSpec(a), workerSpec(b));
+  // Environments in another order are the same (ones stored before mappings were ordered too).
+  const ordered = (s: FunctionSpec) => ({ ...workerSpec(s), envs: byName(s.envs) });
+  return jsonEqual(ordered(a), ordered(b));
 }
 
 /** Namespace specs: free-form, kept as given. */

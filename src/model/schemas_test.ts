@@ -195,6 +195,14 @@ Deno.test("sameWorker() tells worker changes (new version) from policy and sampl
     ["a standby change", { envs: { A: "1" }, standby: { gpu: "File" } }, false],
   ];
   for (const [what, o, same] of cases) assert.equal(sameWorker(base, spec(o)), same, what);
+  // Environments in another order: the same workers, whichever form they are written in.
+  const two = spec({ envs: { A: "1", B: "2" } });
+  assert.equal(sameWorker(two, spec({ envs: { B: "2", A: "1" } })), true, "a mapping reordered");
+  assert.deepEqual(spec({ envs: { B: "2", A: "1" } }).envs, [["A", "1"], ["B", "2"]]);
+  assert.equal(sameWorker(two, spec({ envs: [["B", "2"], ["A", "1"]] })), true, "pairs reordered");
+  // Pairs of one name keep their order: the last one wins.
+  const dup = spec({ envs: [["A", "1"], ["A", "2"]] });
+  assert.equal(sameWorker(dup, spec({ envs: [["A", "2"], ["A", "1"]] })), false, "A=2 vs A=1");
 });
 
 Deno.test("a mistake inside a policy is refused by name, never read as the default policy", () => {
