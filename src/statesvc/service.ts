@@ -121,7 +121,7 @@ export class StateService implements MetaClient {
   /** Runs `write` alone among the admitted writes of `ref`'s tenant, if its admission reads others. */
   #serialized<T>(ref: ObjectRef & { object?: unknown }, write: () => Promise<T>): Promise<T> {
     let tenant: string | undefined;
-    if (ref.type === "tenant") tenant = ref.name;
+    if (ref.type === "tenant" || ref.type === "callsecret") tenant = ref.name;
     else if (isUserType(ref.type)) tenant = ref.tenant;
     else if (ref.type === "apikey") {
       const t = (ref.object as { tenant?: unknown } | undefined)?.tenant;
@@ -177,7 +177,15 @@ export class StateService implements MetaClient {
     await this.#checkNoDependents(ref);
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     try {
-      return await this.#store.delete(key, revision);
+      const deleted = await this.#store.delete(key, revision);
+      if (ref.type === "tenant") {
+        // Its callback signing secret goes with it: a tenant made again under the same name
+        // must not sign with the one before's.
+        await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch((e) => {
+          if (!(e instanceof NotFoundError)) throw e;
+        });
+      }
+      return deleted;
     } catch (err) {
       if (err instanceof NotFoundError) {
         throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
@@ -213,7 +221,18 @@ export class StateService implements MetaClient {
     current: MetaRecord | undefined,
   ): Promise<{ value: string; unchanged: boolean }> {
     if (isUserType(input.type)) return await this.#admitUser(input, current);
-    return { value: this.#admitCluster(input), unchanged: false };
+    const value = this.#admitCluster(input);
+    if (input.type === "apikey") {
+      // Under the tenant's admission lock, as its delete's check for keys left: a key must
+      // not outlive (and then reach a namesake of) the tenant or namespace it is kept to.
+      const k = JSON.parse(value) as { tenant?: string; namespace?: string };
+      if (k.namespace !== undefined) {
+        await this.#mustExist("namespace", k.tenant!, SYSTEM, k.namespace);
+      } else if (k.tenant !== undefined) await this.#mustExist("tenant", SYSTEM, SYSTEM, k.tenant);
+    } else if (input.type === "callsecret") {
+      await this.#mustExist("tenant", SYSTEM, SYSTEM, input.name);
+    }
+    return { value, unchanged: false };
   }
 
   /**

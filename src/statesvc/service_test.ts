@@ -74,3 +74,49 @@ Deno.test("an object's size limit counts the bytes it takes stored, not its char
     await store.close();
   }
 });
+
+Deno.test("an API key or a callback secret is admitted only for a tenant and namespace that exist", async () => {
+  const { svc, close } = await service();
+  try {
+    const key = (id: string, namespace?: string) => ({
+      type: "apikey" as const,
+      ...sys,
+      name: id,
+      object: {
+        id,
+        hash: "0".repeat(64),
+        scope: "full",
+        tenant: "t",
+        namespace,
+        createdAt: 1,
+        createdBy: "x",
+      },
+    });
+    // Written past the gateway's own check (a namespace deleted meanwhile): refused all the same.
+    await assert.rejects(svc.create(key("abcdefgh", "gone")), { code: "not_found" });
+    await svc.create(key("abcdefgi", "n"));
+    const secret = (tenant: string) => ({
+      type: "callsecret" as const,
+      ...sys,
+      name: tenant,
+      object: { tenant, secret: "a".repeat(64), createdAt: 1 },
+    });
+    await assert.rejects(svc.create(secret("nobody")), { code: "not_found" });
+    await svc.create(secret("t"));
+  } finally {
+    await close();
+  }
+});
+
+Deno.test("deleting a tenant deletes its callback secret: a namesake made later signs with its own", async () => {
+  const { svc, close } = await service();
+  try {
+    const ref = { type: "callsecret" as const, ...sys, name: "t" };
+    await svc.create({ ...ref, object: { tenant: "t", secret: "a".repeat(64), createdAt: 1 } });
+    await svc.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
+    await svc.delete({ type: "tenant", ...sys, name: "t" });
+    assert.equal(await svc.get(ref), undefined);
+  } finally {
+    await close();
+  }
+});
