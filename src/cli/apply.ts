@@ -171,8 +171,36 @@ function versionNote(before: Obj, after: Obj, long = false): string {
   })`;
 }
 
+/** The objects `o` needs stored before it (as `idOf` names them): its parents, its policy. */
+function needs(o: Obj): string[] {
+  if (o.type === "namespace") return [`tenant system/system/${o.tenant}`];
+  if (o.type !== "function" && o.type !== "funcpolicy") return [];
+  const out = [`namespace ${o.tenant}/system/${o.namespace}`];
+  const link = o.object?.spec?.policy?.Link?.name;
+  if (o.type === "function" && typeof link === "string") {
+    out.push(`funcpolicy ${o.tenant}/${o.namespace}/${link}`);
+  }
+  return out;
+}
+
+/**
+ * What a dry run (`apply --dry-run`, `diff`) would create: the server
+ * cannot admit an object whose parent only this run would create (its
+ * dry run writes nothing), so such an object is reported without asking.
+ */
+class DryCreates {
+  #ids = new Set<string>();
+  /** The object `o` waits for, if this run would create it first. */
+  after(o: Obj): string | undefined {
+    return needs(o).find((id) => this.#ids.has(id));
+  }
+  add(o: Obj): void {
+    this.#ids.add(idOf(o));
+  }
+}
+
 /** Applies one prepared object; returns the line to print. */
-async function applyOne(send: Send, o: Obj, dryRun: boolean): Promise<string> {
+async function applyOne(send: Send, o: Obj, dryRun: boolean, creates: DryCreates): Promise<string> {
   const q = dryRun ? "?dryRun=1" : "";
   const dry = dryRun ? " (dry run)" : "";
   for (let attempt = 1;; attempt++) {
@@ -180,6 +208,9 @@ async function applyOne(send: Send, o: Obj, dryRun: boolean): Promise<string> {
     // A 409 means someone else wrote it meanwhile: read again and apply over it.
     const again = (status: number) => status === 409 && attempt < 3;
     if (!cur) {
+      const parent = dryRun ? creates.after(o) : undefined;
+      creates.add(o);
+      if (parent) return `created ${idOf(o)} (dry run, after ${parent})`;
       const r = await send("PUT", `/object/${q}`, o);
       if (again(r.status)) continue;
       ensureOk("PUT", "/object/", r);
@@ -216,7 +247,8 @@ export async function applyObjects(
   if (doomed.length && !options.dryRun && !options.yes) {
     await confirmPrune(source, doomed, io, options);
   }
-  for (const o of objs) io.out(await applyOne(send, o, options.dryRun ?? false));
+  const creates = new DryCreates();
+  for (const o of objs) io.out(await applyOne(send, o, options.dryRun ?? false, creates));
   for (const d of doomed) {
     if (options.dryRun) {
       io.out(`deleted ${idOf(d)} (dry run)`);
@@ -290,11 +322,14 @@ export async function diffObjects(
   const compared = (e: Obj) => ({
     object: { metadata: e.object?.metadata, spec: e.object?.spec },
   });
+  const creates = new DryCreates();
   for (const o of objs) {
     const cur = await live(send, o);
     if (!cur) {
-      ensureOk("PUT", "/object/", await send("PUT", "/object/?dryRun=1", o));
-      io.out(`${idOf(o)}: would be created`);
+      const parent = creates.after(o);
+      creates.add(o);
+      if (!parent) ensureOk("PUT", "/object/", await send("PUT", "/object/?dryRun=1", o));
+      io.out(`${idOf(o)}: would be created${parent ? ` (after ${parent})` : ""}`);
       n.create++;
       continue;
     }

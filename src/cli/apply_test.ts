@@ -204,3 +204,34 @@ t("apply refuses files it cannot use, naming the problem", async (s) => {
   await assert.rejects(s.apply(), /Cannot parse .*a\.json/);
   await assert.rejects(s.apply({}, "", `${s.dir}/missing.json`), /Cannot read .*missing\.json/);
 });
+
+t(
+  "a dry run or a diff of files that make a namespace and its functions plans them in order",
+  async (s) => {
+    const ns = { type: "namespace", tenant: "t", namespace: "system", name: "n2", object: {} };
+    const policy = {
+      type: "funcpolicy",
+      tenant: "t",
+      namespace: "n2",
+      name: "p",
+      object: { spec: { max_replica: 2 } },
+    };
+    const g = { ...fn("g", { policy: { Link: { name: "p" } } }), namespace: "n2" };
+    await s.write("a.json", [g, policy, ns]);
+    // The namespace's dry run writes nothing: its function's alone would find no namespace (404).
+    assert.deepEqual((await s.apply({ dryRun: true })).out, [
+      "created namespace t/system/n2 (dry run)",
+      "created funcpolicy t/n2/p (dry run, after namespace t/system/n2)",
+      "created function t/n2/g (dry run, after namespace t/system/n2)",
+    ]);
+    assert.deepEqual((await s.diff()).out, [
+      "namespace t/system/n2: would be created",
+      "funcpolicy t/n2/p: would be created (after namespace t/system/n2)",
+      "function t/n2/g: would be created (after namespace t/system/n2)",
+      "3 to create, 0 to update, 0 unchanged",
+    ]);
+    await s.apply();
+    const made = await s.f.app.request("/object/function/t/n2/g");
+    assert.equal(made.status, 200);
+  },
+);
