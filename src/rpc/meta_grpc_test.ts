@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { testCall } from "../common/testing.ts";
+import { cuttableProxy, testCall } from "../common/testing.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
@@ -49,41 +49,6 @@ t("a list larger than gRPC's default 4 MiB limit is read over the wire as in-pro
     await store.close();
   }
 });
-
-/**
- * A proxy to `port` whose `cut()` silently drops the traffic of the
- * connections open then (a peer host gone without a FIN or a RST), while new
- * connections pass.
- */
-function cuttableProxy(port: number) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const open: { cut: boolean; conns: Deno.Conn[] }[] = [];
-  const pump = async (link: { cut: boolean }, from: Deno.Conn, to: Deno.Conn) => {
-    const buf = new Uint8Array(65536);
-    try {
-      for (let n; (n = await from.read(buf)) !== null;) {
-        if (!link.cut) await to.write(buf.subarray(0, n));
-      }
-    } catch { /* closed */ }
-  };
-  (async () => {
-    for await (const c of listener) {
-      const up = await Deno.connect({ hostname: "127.0.0.1", port });
-      const link = { cut: false, conns: [c, up] };
-      open.push(link);
-      pump(link, c, up);
-      pump(link, up, c);
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    cut: () => open.forEach((l) => l.cut = true),
-    close() {
-      listener.close();
-      for (const l of open) for (const c of l.conns) c.close();
-    },
-  };
-}
 
 t(
   "a connection whose peer went silent is found by keepalive: calls and watches come back",

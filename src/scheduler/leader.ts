@@ -39,11 +39,37 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     grpcOptions: grpcChannelOptions({ pingIdle: false }),
     faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
   });
-  const c = etcd.election(options.election ?? "inferx-scheduler", options.ttlS ?? 3).campaign(id);
-  c.on("elected", () => options.onElected());
-  c.on("error", (err: Error) => options.onLost(err));
+  const ttlS = options.ttlS ?? 3;
+  const c = etcd.election(options.election ?? "inferx-scheduler", ttlS).campaign(id);
+  // Fencing: etcd may give the lease to another replica TTL after its last renewal, while the
+  // library only reports a lost lease after twice the TTL without one (two leaders meanwhile).
+  // A leader whose renewals stop getting through steps down itself at 2/3 of the TTL.
+  const lease = (c as unknown as { lease: { on(e: string, f: () => void): void } }).lease;
+  let renewed = Date.now();
+  lease.on("keepaliveSucceeded", () => renewed = Date.now());
+  let fence: ReturnType<typeof setInterval> | undefined;
+  let lost = false;
+  const lose = (err: Error) => {
+    if (lost) return;
+    lost = true;
+    clearInterval(fence);
+    options.onLost(err);
+  };
+  c.on("elected", () => {
+    renewed = Date.now(); // granted just before
+    fence = setInterval(() => {
+      const since = Date.now() - renewed;
+      if (since > (ttlS * 1000 * 2) / 3) {
+        lose(new Error(`No renewal of the leader's etcd lease for ${since} ms (TTL ${ttlS} s)`));
+      }
+    }, Math.max(50, (ttlS * 1000) / 12));
+    options.onElected();
+  });
+  c.on("error", (err: Error) => lose(err));
   return {
     async stop() {
+      lost = true;
+      clearInterval(fence);
       await c.resign().catch(() => {});
       etcd.close();
     },

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { hasCode, until } from "../common/testing.ts";
+import { cuttableProxy, hasCode, until } from "../common/testing.ts";
 import type { SchedulerClient } from "../rpc/types.ts";
 import { etcdUnavailable, startEtcd } from "../store/etcd_server.ts";
 import { campaign, leaderOnly } from "./leader.ts";
@@ -69,6 +69,40 @@ Deno.test({
       }
     } finally {
       await a.stop();
+      await etcd.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a leader cut off from etcd steps down before etcd can elect another (no two leaders)",
+  ignore: etcdUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const proxy = cuttableProxy(Number(new URL(etcd.url).port));
+    const leads = { a: false, b: false };
+    let overlap = false;
+    const lost: Error[] = [];
+    const a = campaign(`http://127.0.0.1:${proxy.port}`, "a", {
+      onElected: () => leads.a = true,
+      onLost: (e) => (leads.a = false, lost.push(e)),
+    });
+    await until("a elected", () => leads.a);
+    const b = campaign(etcd.url, "b", {
+      onElected: () => (overlap = leads.a, leads.b = true),
+      onLost() {},
+    });
+    try {
+      proxy.cut(); // a partition: no FIN, no RST, the renewals just stop getting through
+      await until("b elected", () => leads.b);
+      assert.equal(overlap, false, "a still led when b was elected");
+      assert.match(lost[0].message, /No renewal of the leader's etcd lease/);
+    } finally {
+      await b.stop();
+      proxy.close();
+      a.stop().catch(() => {});
       await etcd.stop();
     }
   },
