@@ -46,6 +46,8 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     Deno.addSignalListener(sig, async () => {
       if (stopping) return;
       stopping = true;
+      // No GOAWAY from this process's gRPC servers: it can crash their clients' processes.
+      (await import("./src/rpc/grpc.ts")).exitingProcess();
       await handle.stop().catch((err) =>
         logger().error("Stop failed: {error}", { error: String(err) })
       );

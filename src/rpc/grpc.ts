@@ -139,8 +139,26 @@ export function serve(
   });
 }
 
-/** Stops a server: lets calls finish for `graceMs`, then cancels the rest. */
+let exiting = false;
+
+/**
+ * This process is about to exit: its gRPC servers' stops leave their
+ * connections to the exit to close, and send no GOAWAY. The runtime's
+ * `node:http2` can crash a client process that receives one
+ * (denoland/deno#36788: a restarted state service took gateways and node
+ * agents down with it, 3 times in 8); a closed connection its clients
+ * already handle (UNAVAILABLE, retried).
+ */
+export function exitingProcess(): void {
+  exiting = true;
+}
+
+/**
+ * Stops a server: lets calls finish for `graceMs`, then cancels the rest;
+ * nothing once the process is exiting ({@linkcode exitingProcess}).
+ */
 export function shutdown(server: grpc.Server, graceMs = 1000): Promise<void> {
+  if (exiting) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       server.forceShutdown();

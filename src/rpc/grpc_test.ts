@@ -21,3 +21,26 @@ Deno.test("the platform's own RESOURCE_EXHAUSTED errors keep their codes across 
     assert.equal(fromGrpcError(wire, "peer").code, code);
   }
 });
+
+Deno.test("a server stopped while its process exits sends no GOAWAY: its connections stay to the exit", async () => {
+  // In a process of its own: exitingProcess() holds for the whole process.
+  const script = `
+    import { openSqliteStore } from "${new URL("../store/sqlite.ts", import.meta.url)}";
+    import { StateService } from "${new URL("../statesvc/service.ts", import.meta.url)}";
+    import { GrpcMetaClient, serveMeta } from "${new URL("./meta_grpc.ts", import.meta.url)}";
+    import { exitingProcess } from "${new URL("./grpc.ts", import.meta.url)}";
+    const store = await openSqliteStore();
+    const server = await serveMeta(new StateService(store), "127.0.0.1:0");
+    const meta = new GrpcMetaClient("127.0.0.1:" + server.port, { timeoutMs: 2000 });
+    await meta.version();
+    exitingProcess();
+    await server.stop();
+    console.log(await meta.version().then(() => "still connected", (e) => e.code));
+    Deno.exit(0);
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=ts", script],
+    stderr: "inherit",
+  }).output();
+  assert.equal(new TextDecoder().decode(out.stdout).trim(), "still connected");
+});
