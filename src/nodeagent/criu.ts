@@ -168,21 +168,31 @@ export class Criu {
   async #run(
     args: string[],
     options: { prefix?: string[]; timeoutMs?: number } = {},
-  ): Promise<{ ok: boolean; out: string }> {
+  ): Promise<{ ok: boolean; out: string; timedOut?: boolean }> {
     const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
+    const signal = options.timeoutMs ? AbortSignal.timeout(options.timeoutMs) : undefined;
     try {
       const out = await new Deno.Command(argv[0], {
         args: argv.slice(1),
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
-        signal: options.timeoutMs ? AbortSignal.timeout(options.timeoutMs) : undefined,
+        signal,
       }).output();
       const dec = new TextDecoder();
-      return { ok: out.success, out: dec.decode(out.stdout) + dec.decode(out.stderr) };
+      const text = dec.decode(out.stdout) + dec.decode(out.stderr);
+      return { ok: out.success, out: text, timedOut: !out.success && signal?.aborted };
     } catch (err) {
-      return { ok: false, out: `Error: cannot run ${argv[0]}: ${(err as Error).message}` };
+      const out = `Error: cannot run ${argv[0]}: ${(err as Error).message}`;
+      return { ok: false, out, timedOut: signal?.aborted };
     }
+  }
+
+  /** The error of a CRIU run cut off by its time limit: nothing said against trying again. */
+  #timedOut(what: string, ms: number): InferxError {
+    return new InferxError("timeout", `${what}: CRIU did not finish within ${ms} ms`, {
+      retryable: true,
+    });
   }
 
   /** The version CRIU reports, e.g. "4.2.1". */
@@ -225,11 +235,10 @@ export class Criu {
       ...(options.nice ? ["nice", "-n", String(options.nice)] : []),
       ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
     ];
-    const { ok, out } = await this.#run(args, {
-      prefix,
-      timeoutMs: options.timeoutMs ?? 120_000,
-    });
+    const timeoutMs = options.timeoutMs ?? 120_000;
+    const { ok, out, timedOut } = await this.#run(args, { prefix, timeoutMs });
     if (ok) return;
+    if (timedOut) throw this.#timedOut(`Cannot dump process ${pid}`, timeoutMs);
     const log = await Deno.readTextFile(`${dir}/dump.log`).catch(() => out);
     throw new InferxError("internal", `Cannot dump process ${pid}: ${logReason(log || out)}`);
   }
@@ -276,10 +285,8 @@ export class Criu {
         : []),
       ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
     ];
-    const { ok, out } = await this.#run(args, {
-      prefix,
-      timeoutMs: options.timeoutMs ?? 60_000,
-    });
+    const timeoutMs = options.timeoutMs ?? 60_000;
+    const { ok, out, timedOut } = await this.#run(args, { prefix, timeoutMs });
     const pid = Number((await Deno.readTextFile(pidfile).catch(() => "")).trim());
     if (ok && pid > 0) return pid;
     if (pid > 0) {
@@ -289,6 +296,7 @@ export class Criu {
         // gone already
       }
     }
+    if (timedOut) throw this.#timedOut(`Cannot restore from ${dir}`, timeoutMs);
     const log = await Deno.readTextFile(logFile).catch(() => out);
     throw new InferxError("worker_failed", `Cannot restore from ${dir}: ${logReason(log || out)}`);
   }

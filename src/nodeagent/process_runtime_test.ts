@@ -287,6 +287,31 @@ for (const namespaced of [false, true]) {
 }
 
 Deno.test({
+  name: "Criu: a dump cut off by its time limit says so (retryable), and the worker runs on",
+  ignore: !criuCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { dir, rt } = await criuRuntime(false);
+    try {
+      const pod = await rt.start(spec(["deno", "eval", COUNTER]));
+      assert.equal(await count(pod.endpoint), 1);
+      const err = await new Criu(locateCriu()!).dump(rt.pidOf("pod-test")!, `${dir}/img`, {
+        leaveRunning: true,
+        timeoutMs: 20,
+      }).then(() => undefined, (e) => e);
+      assert.equal(err?.code, "timeout", String(err));
+      assert.equal(err.retryable, true);
+      assert.match(err.message, /CRIU did not finish within 20 ms/);
+      await eventually(() => count(pod.endpoint).then((n) => n === 2, () => false));
+    } finally {
+      await rt.stop("pod-test");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name:
     "ProcessRuntime: recover() removes the images of pods parked in a file, and keeps snapshots",
   ignore: !criuCap.available || !netCap.available,

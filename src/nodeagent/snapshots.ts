@@ -11,12 +11,12 @@
  * the function removes it. Images share a disk budget; the least recently
  * used go first. A dump CRIU refuses is recorded once (`Failed`, with CRIU's
  * reason) and that version keeps starting fresh here; a dump that ran out of
- * disk leaves nothing behind and is tried again at the next fresh start.
+ * disk or time leaves nothing behind and is tried again at the next fresh start.
  *
  * @module
  */
 import { createHash } from "node:crypto";
-import { ConflictError, NotFoundError } from "../common/errors.ts";
+import { ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { stableJson } from "../common/json.ts";
 import { logger } from "../common/log.ts";
 import type { PodInfo } from "../model/cluster.ts";
@@ -275,6 +275,14 @@ export class SnapshotManager {
           error: reason,
         });
         return `No snapshot taken: the disk filled up while dumping (${reason})`;
+      }
+      if (err instanceof InferxError && err.code === "timeout") {
+        // A slow dump (a large worker at a low priority) may finish another time: not recorded.
+        log.warn("Snapshot of pod {pod} timed out; tried again later: {error}", {
+          pod: pod.id,
+          error: reason,
+        });
+        return `No snapshot taken: the dump timed out (${reason})`;
       }
       return await this.#fail(pod, ref, reason);
     }

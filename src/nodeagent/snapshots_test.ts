@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { InferxError } from "../common/errors.ts";
 import { decodeSnapshot, type SnapshotInfo } from "../model/snapshot.ts";
 import type { PodInfo } from "../model/cluster.ts";
 import { StateService } from "../statesvc/service.ts";
@@ -166,6 +167,22 @@ t(
     assert.match((await mgr.take(pod("a")))!, /disk filled up/);
     assert.deepEqual(await records(meta), []);
     assert.deepEqual([...Deno.readDirSync(`${dir}/t/n`)], []);
+    assert.equal(mgr.wants(pod("a")), true);
+    runtime.fail = undefined;
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal((await records(meta))[0].state, "Ready");
+  },
+);
+
+t(
+  "a dump that runs out of time leaves nothing listed and is tried again later",
+  async ({ meta, mgr, runtime }) => {
+    runtime.fail = new InferxError(
+      "timeout",
+      "Cannot dump process 7: CRIU did not finish within 120000 ms",
+    );
+    assert.match((await mgr.take(pod("a")))!, /the dump timed out/);
+    assert.deepEqual(await records(meta), [], "not recorded Failed");
     assert.equal(mgr.wants(pod("a")), true);
     runtime.fail = undefined;
     assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
