@@ -70,6 +70,20 @@ export function encodeWeights(w: NgramWeights): Uint8Array {
 }
 
 /** A loaded model, ready to sample. */
+/** The length of the longest end of `out` that begins one of `stops` (and is not all of it). */
+function stopPrefixAtEnd(out: string, stops: readonly string[]): number {
+  let best = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, out.length); k > best; k--) {
+      if (out.endsWith(s.slice(0, k))) {
+        best = k;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
 export class NgramModel {
   readonly order: number;
   readonly vocabSize: number;
@@ -125,20 +139,36 @@ export class NgramModel {
   /**
    * Generates up to `maxTokens` characters after `prompt`, one at a time.
    * Uses the longest context seen in training (backoff); temperature 0 is
-   * greedy. Stops early when the output ends with one of `stop`.
+   * greedy. Stops early when the output ends with one of `stop`, which is
+   * not part of the output (as OpenAI's API does it): characters that may
+   * begin one are held back until they turn out not to.
    */
   *generate(prompt: string, options: GenerateOptions): Generator<string> {
     const rand = rng(options.seed ?? (Math.random() * 2 ** 32) >>> 0);
+    const stops = options.stop?.filter((s) => s) ?? [];
     let history = [...prompt.normalize("NFC")].slice(-(this.order - 1));
     let out = "";
+    let held: string[] = [];
     for (let i = 0; i < options.maxTokens; i++) {
       const ch = this.#next(history, options.temperature, rand);
-      out += ch;
-      yield ch;
-      if (options.stop?.some((s) => s && out.endsWith(s))) return;
       history.push(ch);
       if (history.length > this.order - 1) history = history.slice(1);
+      if (!stops.length) {
+        yield ch;
+        continue;
+      }
+      out += ch;
+      held.push(ch);
+      if (stops.some((s) => out.endsWith(s))) return;
+      // What the output's end may still begin of a stop string stays held.
+      const keep = stopPrefixAtEnd(out, stops);
+      let n = held.join("").length - keep;
+      while (held.length && n >= held[0].length) {
+        n -= held[0].length;
+        yield held.shift()!;
+      }
     }
+    yield* held;
   }
 
   #next(history: string[], temperature: number, rand: () => number): string {

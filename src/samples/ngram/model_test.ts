@@ -23,8 +23,14 @@ Deno.test("NgramModel sampling is reproducible with a seed and honours stop", ()
   assert.equal(a, b);
   const stopped = [...m.generate("the ", { maxTokens: 100, temperature: 0, stop: ["on"] })]
     .join("");
-  assert.equal(stopped, "cat on");
-  assert.ok(stopped.length < 100);
+  // The stop string ends the output and is not part of it, as in OpenAI's API.
+  assert.equal(stopped, "cat ");
+  const text = (stop: string[]) =>
+    [...m.generate("the ", { maxTokens: 100, temperature: 0, stop })].join("");
+  // Characters that begin a stop string but do not finish it are passed on.
+  assert.equal(text(["cab"]), [...m.generate("the ", { maxTokens: 100, temperature: 0 })].join(""));
+  assert.equal(text(["xyz", "t on"]), "ca");
+  assert.equal(text([""]), text([]), "an empty stop string stops nothing");
 });
 
 Deno.test("NgramModel refuses files that are not weights, or truncated", () => {
