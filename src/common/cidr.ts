@@ -102,3 +102,19 @@ export class AddressSet {
     return this.#list.check(address, v === 4 ? "ipv4" : "ipv6");
   }
 }
+
+/**
+ * Parses the pod network's range `a.b.c.d/n` (IPv4, /16 to /28: it is cut
+ * into /30 blocks) into its base address (as a number) and prefix length.
+ */
+export function parsePodCidr(cidr: string): { base: number; bits: number } {
+  const m = cidr.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/);
+  const octets = m ? m.slice(1, 5).map(Number) : [];
+  const bits = m ? Number(m[5]) : NaN;
+  if (!m || octets.some((o) => o > 255) || bits < 16 || bits > 28) {
+    throw new ValidationError(`Invalid pod network "${cidr}": an IPv4 range /16 to /28`, "cidr");
+  }
+  const base = ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
+  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+  return { base: (base & mask) >>> 0, bits };
+}

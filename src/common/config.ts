@@ -8,7 +8,7 @@
  */
 import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
-import { type Cidr, parseCidrList } from "./cidr.ts";
+import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
@@ -19,6 +19,9 @@ export type Role = typeof ROLES[number];
 
 /** Root of the repository (where `main.ts` is). */
 export const REPO_ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** The worker runtimes a node may use (`auto`: Docker when its engine answers, else processes). */
+const RUNTIMES = ["auto", "process", "docker"] as const;
 
 // ------------------------------------------------------- variable kinds
 
@@ -90,8 +93,8 @@ const PlatformEnv = z.object({
 const ClusterEnv = z.object({
   INFERX_BIND: text("127.0.0.1"),
   ETCD_ADDRS: optional(),
-  STATESVC_ADDR: text("127.0.0.1:1237"),
-  SCHEDULER_ADDR: text("127.0.0.1:1238"),
+  STATESVC_ADDR: nonEmpty("127.0.0.1:1237"),
+  SCHEDULER_ADDR: nonEmpty("127.0.0.1:1238"),
 });
 
 /** Where the roles find each other (distributed mode). */
@@ -145,7 +148,7 @@ const GatewayEnv = z.object({
     return n;
   }),
   INFERX_GATEWAY_GROUP: optional(),
-  GATEWAY_HOST: text("127.0.0.1"),
+  GATEWAY_HOST: nonEmpty("127.0.0.1"),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   INFERX_ADMIN_APIKEY: optional(),
   INFERX_OIDC_JWKS_URL: httpUrl(),
@@ -210,7 +213,10 @@ const NodeEnv = z.object({
   NODE_CONFIG: text(`${REPO_ROOT}/config/node.json`),
   NODE_NAME: z.string().optional(),
   NODE_ADDRESS: z.string().optional(),
-  INFERX_RUNTIME: z.string().optional(),
+  INFERX_RUNTIME: optional().refine(
+    (v) => v === undefined || (RUNTIMES as readonly string[]).includes(v),
+    { message: `is not one of ${RUNTIMES.join(", ")}` },
+  ),
   NODEAGENT_PORT: port(1233),
   INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
     const dirs = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
@@ -244,7 +250,13 @@ const SnapshotEnv = z.object({
   INFERX_SNAPSHOTS: oneOf(["on", "off"] as const, "on"),
   INFERX_SNAPSHOT_DISK_MB: count(10_240),
   INFERX_POD_NETNS: oneOf(["auto", "off"] as const, "auto"),
-  INFERX_POD_CIDR: text("10.213.0.0/16"),
+  INFERX_POD_CIDR: nonEmpty("10.213.0.0/16").refine((v) => {
+    try {
+      return parsePodCidr(v) !== undefined;
+    } catch {
+      return false;
+    }
+  }, { message: "is not an IPv4 range /16 to /28 (a.b.c.d/n)" }),
   INFERX_SNAPSHOT_START: oneOf(["auto", "always"] as const, "auto"),
 });
 
@@ -477,7 +489,7 @@ export const NodeConfigSchema = z.object({
   gpus: z.array(GpuSchema).default([]),
   contextOverheadMB: z.int().min(0).default(0),
   /** `auto`: Docker when its socket answers, else processes. Env `INFERX_RUNTIME` overrides. */
-  runtime: z.enum(["auto", "process", "docker"]).default("auto"),
+  runtime: z.enum(RUNTIMES).default("auto"),
 });
 
 /**

@@ -116,6 +116,12 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
       /INFERX_OIDC_AUDIENCE is set without INFERX_OIDC_JWKS_URL/,
     ],
     [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: "http:\/\/db:5432\/x" is not a postgres/],
+    [{ INFERX_RUNTIME: "foo" }, /INFERX_RUNTIME: is not one of auto, process, docker/],
+    [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
+    [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
+    [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],
+    [{ STATESVC_ADDR: "" }, /STATESVC_ADDR: must not be empty/],
+    [{ SCHEDULER_ADDR: "" }, /SCHEDULER_ADDR: must not be empty/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {

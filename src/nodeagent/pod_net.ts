@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { parsePodCidr } from "../common/cidr.ts";
 import { InferxError } from "../common/errors.ts";
 
 /** A claim (or a takeover's lock) older than this, whose namespace is gone, may be taken over. */
@@ -43,19 +44,6 @@ export interface PodNet {
   podAddr: string;
   /** Its /30 block in the range. */
   block: number;
-}
-
-/** Parses `a.b.c.d/n` into its base address (as a number) and prefix length. */
-export function parseCidr(cidr: string): { base: number; bits: number } {
-  const m = cidr.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/);
-  const octets = m ? m.slice(1, 5).map(Number) : [];
-  const bits = m ? Number(m[5]) : NaN;
-  if (!m || octets.some((o) => o > 255) || bits < 16 || bits > 28) {
-    throw new InferxError("invalid", `Invalid pod network "${cidr}": an IPv4 range /16 to /28`);
-  }
-  const base = ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
-  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
-  return { base: (base & mask) >>> 0, bits };
 }
 
 /** Dotted form of an IPv4 address held as a number. */
@@ -139,7 +127,7 @@ export class PodNetworks {
 
   constructor(options: PodNetworkOptions) {
     this.cidr = options.cidr ?? "10.213.0.0/16";
-    const { base, bits } = parseCidr(this.cidr);
+    const { base, bits } = parsePodCidr(this.cidr);
     this.#base = base;
     this.#blocks = 2 ** (32 - bits) / 4;
     this.#prefix = options.prefix;

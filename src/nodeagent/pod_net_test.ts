@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { blockAddrs, ipString, parseCidr, PodNetworks, rangesOverlap } from "./pod_net.ts";
+import { parsePodCidr as parseCidr } from "../common/cidr.ts";
+import { blockAddrs, ipString, PodNetworks, rangesOverlap } from "./pod_net.ts";
 
 Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
   assert.deepEqual(parseCidr("10.213.0.0/16"), {
