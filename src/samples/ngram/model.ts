@@ -148,7 +148,7 @@ export class NgramModel {
     const stops = options.stop?.filter((s) => s) ?? [];
     let history = [...prompt.normalize("NFC")].slice(-(this.order - 1));
     let out = "";
-    let held: string[] = [];
+    const held: string[] = [];
     for (let i = 0; i < options.maxTokens; i++) {
       const ch = this.#next(history, options.temperature, rand);
       history.push(ch);
