@@ -79,14 +79,24 @@ Deno.test({
         async () =>
           (await (await fetch(`http://127.0.0.1:${port.schedHttp}/health`)).json()).leader,
       );
-    // A scheduler whose leader lease cannot be renewed (etcd away longer than its 3 s TTL)
-    // exits, by design; like a supervisor, the test starts it again.
+    // A scheduler whose leader lease cannot be renewed (etcd away longer than 2/3 of its 3 s
+    // TTL) exits, by design, and so does one started while etcd is still away; like a
+    // supervisor, the test starts it again until one leads.
     const schedulerExits: string[] = [];
     const supervise = () =>
       procs[1].proc.status.then(async (st) => {
         if (!on) return;
         schedulerExits.push(`exit ${st.code}: ${procs[1].output().slice(-400)}`);
-        procs[1] = await startScheduler();
+        for (;;) {
+          try {
+            procs[1] = await startScheduler();
+            break;
+          } catch (err) {
+            if (!on) return;
+            schedulerExits.push(`start failed: ${(err as Error).message.slice(-300)}`);
+            await sleep(500);
+          }
+        }
         supervise();
       });
     try {
