@@ -410,3 +410,76 @@ t(
     l.close();
   },
 );
+
+t(
+  "callers who leave a queue they watch (x-inferx-progress) leave no waiter behind to take a slot",
+  async () => {
+    const g = await listening({ policy: { parallel: 1, max_replica: 1, queue_len: 100_000 } });
+    // A worker that answers /fast at once and nothing else: the slot a waiter took stays taken.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    (async () => {
+      for await (const c of listener) {
+        (async () => {
+          const buf = new Uint8Array(64 * 1024);
+          let got = "";
+          for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
+            got += String.fromCharCode(...buf.subarray(0, n));
+          }
+          if (got.includes("/fast")) {
+            await c.write(
+              new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            );
+          }
+          while ((await c.read(buf).catch(() => null)) !== null); // holds the rest
+          c.close();
+        })().catch(() => {});
+      }
+    })().catch(() => {});
+    g.f.sched.endpoints.push(`127.0.0.1:${(listener.addr as Deno.NetAddr).port}`);
+    const port = Number(new URL(g.url).port);
+    const post = (path: string, extra = "") =>
+      `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 7\r\n${extra}\r\n{"a":1}`;
+    /** A call on a connection of its own, closed after `ms` (or when its answer is in). */
+    const call = async (req: string, ms: number) => {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      await c.write(new TextEncoder().encode(req));
+      const timer = setTimeout(() => c.close(), ms);
+      let out = "";
+      const buf = new Uint8Array(4096);
+      try {
+        for (let n; !/\r\n\r\nok$/.test(out) && (n = await c.read(buf)) !== null;) {
+          out += String.fromCharCode(...buf.subarray(0, n));
+        }
+      } catch { /* closed by the timer */ }
+      clearTimeout(timer);
+      try {
+        c.close();
+      } catch { /* closed */ }
+      return out;
+    };
+    try {
+      assert.match(await call(post("/funccall/t/n/f/fast"), 5000), /^HTTP\/1.1 200/);
+      const blocker = await Deno.connect({ hostname: "127.0.0.1", port });
+      await blocker.write(new TextEncoder().encode(post("/funccall/t/n/f/hold"))); // the one slot
+      await new Promise((r) => setTimeout(r, 100));
+      // Callers watching their wait leave after 30 ms; now and then the gateway's write of
+      // their progress failed first, and their waiter stayed queued (1-2 in 100).
+      const watch = "x-inferx-progress: 1\r\naccept: text/event-stream\r\n";
+      for (let i = 0; i < 480; i += 8) {
+        await Promise.all(
+          Array.from({ length: 8 }, () => call(post("/funccall/t/n/f/x", watch), 30)),
+        );
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(g.f.cache.agent("t", "n", "f")!.queued, 0, "waiters of callers gone");
+      blocker.close();
+      await new Promise((r) => setTimeout(r, 300));
+      // The slot is free for the next caller, not taken by a waiter whose caller left.
+      const next = await call(post("/funccall/t/n/f/fast", "x-inferx-timeout: 2\r\n"), 5000);
+      assert.match(next, /^HTTP\/1.1 200/);
+    } finally {
+      listener.close();
+      await g.close();
+    }
+  },
+);

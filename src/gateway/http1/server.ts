@@ -1142,6 +1142,10 @@ class ServerConnection {
     if (this.#closed) return;
     this.#closed = true;
     this.eof = true;
+    // The caller is gone for the request being handled too (a failed write, a send or body
+    // timeout): it hears so now, as when its end of the connection closes. Its read loop
+    // would say it too late, after `serve()` has let go of the request.
+    if (this.#current && this.#phase === "handling") this.#current.fireAbort();
     try {
       this.#sock.close();
     } catch {

@@ -471,3 +471,35 @@ t("http1 cuts off a client that takes nothing of its answer for sendTimeoutMs", 
   c.close();
   await s.shutdown();
 });
+
+t(
+  "http1 tells a request its caller is gone when the server cuts the connection (a stalled send)",
+  async () => {
+    // What listens to it (a queued call, a worker's request) must hear it even when the
+    // handler lets go at once: the read loop sees the end only after the request is over.
+    let aborted = false;
+    let outcome = "";
+    const s = serveHttp1({
+      port: 0,
+      sendTimeoutMs: 500,
+      handler: async (req, res) => {
+        req.onAbort(() => aborted = true);
+        const chunk = new Uint8Array(1024 * 1024);
+        await res.start(200, [["content-type", "application/octet-stream"]]);
+        try {
+          for (let i = 0; i < 200; i++) await res.write(chunk);
+        } catch (err) {
+          outcome = (err as Error).name; // and the handler returns
+        }
+      },
+    });
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+    await c.write(enc.encode("GET / HTTP/1.1\r\nHost: h\r\n\r\n")); // and never reads
+    for (let i = 0; i < 40 && outcome === ""; i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(outcome, "ConnectionClosed");
+    assert.equal(aborted, true);
+    c.close();
+    await s.shutdown();
+  },
+);
