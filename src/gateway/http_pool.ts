@@ -33,6 +33,19 @@ export class ConnectError extends Error {
 }
 
 /**
+ * The worker answered (some of its head, or its head and part of its body)
+ * and then broke off, or answered what is not HTTP: it had the request, so
+ * the call is not sent to another worker (it may have run), and the worker
+ * is not reported unreachable.
+ */
+export class AnswerBroken extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "AnswerBroken";
+  }
+}
+
+/**
  * Reading the caller's streamed body failed (too large, malformed, the
  * caller gone): the caller's fault, not the worker's. {@linkcode HttpPool.send}
  * throws the body's own error (`cause`), never a {@linkcode ConnectError}.
@@ -100,6 +113,8 @@ class Conn {
   #end = 0;
   #out = new Uint8Array(4 * 1024);
   closed = false;
+  /** Some of the answer to the request being exchanged has come. */
+  heard = false;
   /** When it went back to the pool (`performance.now()`). */
   idleSince = 0;
   #paused = false;
@@ -189,6 +204,7 @@ class Conn {
     }
     // The answer's head.
     this.#start = this.#end = 0;
+    this.heard = false;
     this.#headersDone = this.#bodyDone = false;
     while (true) {
       this.#parse();
@@ -209,6 +225,7 @@ class Conn {
         throw new Error("upstream closed the connection in the middle of an answer head");
       }
       this.#end += n;
+      this.heard = true;
     }
   }
 
@@ -453,12 +470,17 @@ export class HttpPool {
         return answer instanceof Promise ? await answer : answer;
       } catch (err) {
         // Closed already: the answer's head had come and reading its body failed.
-        const answered = conn.closed;
+        const answered = conn.closed || conn.heard;
         this.#discard(conn);
         if (err instanceof RequestBodyError) throw err.cause;
         if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
         // A kept-alive connection the worker had already closed: try a fresh one once.
         if (pooled && !answered) continue;
+        if (answered) {
+          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
         if (err instanceof ConnectError) throw err;
         throw new ConnectError(`${endpoint}: ${(err as Error).message}`, { cause: err });
       } finally {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
+import { AnswerBroken, ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
 import { rawWorker } from "./testing.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 
@@ -159,30 +159,34 @@ t("HttpPool skips interim answers and reads the final one", async () => {
   pool.close();
 });
 
-t("HttpPool reports a refused connection and a malformed answer as ConnectError", async () => {
-  const s = server();
-  const port = s.addr.port;
-  await s.shutdown();
-  await assert.rejects(
-    new HttpPool().send(`127.0.0.1:${port}`, post(null, "/", "GET")),
-    ConnectError,
-  );
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    const c = await l.accept();
-    await c.read(new Uint8Array(4096));
-    await c.write(
-      enc.encode("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+t(
+  "HttpPool reports a refused connection as ConnectError, a malformed answer as AnswerBroken",
+  async () => {
+    const s = server();
+    const port = s.addr.port;
+    await s.shutdown();
+    await assert.rejects(
+      new HttpPool().send(`127.0.0.1:${port}`, post(null, "/", "GET")),
+      ConnectError,
     );
-    c.close();
-  })();
-  await assert.rejects(
-    new HttpPool().send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(null, "/", "GET")),
-    (err: Error) => err instanceof ConnectError && /malformed answer/.test(err.message),
-  );
-  await serving;
-  l.close();
-});
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const serving = (async () => {
+      const c = await l.accept();
+      await c.read(new Uint8Array(4096));
+      await c.write(
+        enc.encode("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+      );
+      c.close();
+    })();
+    await assert.rejects(
+      new HttpPool().send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(null, "/", "GET")),
+      // The worker had the request: it is not reported unreachable (nor the call sent elsewhere).
+      (err: Error) => err instanceof AnswerBroken && /malformed answer/.test(err.message),
+    );
+    await serving;
+    l.close();
+  },
+);
 
 t("HttpPool retries once when a pooled connection was closed by the worker", async () => {
   let s = server();
@@ -263,7 +267,7 @@ t("HttpPool names a worker that closed in the middle of its answer's body", asyn
   try {
     await assert.rejects(
       pool.send(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, post(enc.encode("{}"))),
-      (err) => err instanceof ConnectError && /before the body ended/.test(err.message),
+      (err) => err instanceof AnswerBroken && /before the body ended/.test(err.message),
     );
   } finally {
     pool.close();

@@ -11,7 +11,7 @@ import { InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { CallStage, Slot } from "./func_agent.ts";
-import { ConnectError, type HttpPool, type UpstreamAnswer } from "./http_pool.ts";
+import { AnswerBroken, ConnectError, type HttpPool, type UpstreamAnswer } from "./http_pool.ts";
 
 const log = logger("gateway");
 
@@ -149,6 +149,17 @@ export async function forward(
       if (gone) {
         agent.release(slot);
         throw new CallerGone(agent.id);
+      }
+      if (err instanceof AnswerBroken) {
+        // It had the request (it may have run it): not sent again, the worker not dropped.
+        agent.release(slot);
+        throw new InferxError(
+          "worker_failed",
+          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
+          {
+            cause: err,
+          },
+        );
       }
       if (!(err instanceof ConnectError)) {
         agent.release(slot);

@@ -110,7 +110,7 @@ const dec = new TextDecoder();
 
 /** One llhttp parser: requests (a server's) or responses (a client's). */
 export class Http1Parser {
-  readonly #ptr: number;
+  #ptr: number;
   /**
    * What the last {@linkcode execute} found: triples of (kind from
    * {@linkcode EV}, offset in the caller's buffer, length), `eventCount`
@@ -206,8 +206,11 @@ export class Http1Parser {
     return cString(wasm!.llhttp_get_error_reason(this.#ptr));
   }
 
+  /** Gives the parser's memory back; once (a second call does nothing). */
   free(): void {
+    if (!this.#ptr) return;
     wasm!.llhttp_free(this.#ptr);
+    this.#ptr = 0;
   }
 }
 

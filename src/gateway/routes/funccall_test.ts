@@ -358,3 +358,40 @@ t(
     await w.close();
   },
 );
+
+t(
+  "a worker that breaks off its answer fails the call once: it is not sent to another worker",
+  async () => {
+    const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 2 } });
+    // Both workers answer a head and part of a sized body, then close the connection.
+    const got = [0, 0];
+    const listeners = [0, 1].map((i) => {
+      const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      (async () => {
+        for await (const c of l) {
+          got[i]++;
+          await c.read(new Uint8Array(4096));
+          await c.write(
+            new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart"),
+          );
+          c.close();
+        }
+      })().catch(() => {});
+      return l;
+    });
+    f.sched.endpoints.push(...listeners.map((l) => `127.0.0.1:${(l.addr as Deno.NetAddr).port}`));
+    const r = await call(f.app, { prompt: "x" });
+    assert.equal(r.status, 503);
+    const { error } = await r.json();
+    assert.equal(error.code, "worker_failed");
+    assert.match(error.message, /broke off its answer/);
+    assert.equal(got[0] + got[1], 1, "the POST went to one worker only (it may have run)");
+    assert.deepEqual(
+      f.sched.returns.filter((x) => x.failed),
+      [],
+      "the worker is not reported failed",
+    );
+    await f.close();
+    for (const l of listeners) l.close();
+  },
+);
