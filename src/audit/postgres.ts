@@ -230,6 +230,10 @@ export class PostgresAuditBackend implements AuditBackend {
       // to 10–20 s, so rows waited that long after PostgreSQL was back).
       backoff: (retries: number) => (0.5 + Math.random() / 2) * Math.min(3 ** retries / 100, 2),
       onnotice: () => {},
+      // No array-type lookup on each new connection: the audit sends and reads no arrays, and
+      // the library starts that query without handling its failure, so a connection cut
+      // during it (PostgreSQL restarting, a session ended) ended the gateway.
+      fetch_types: false,
       connection: { application_name: "inferx-audit" },
     });
   }

@@ -4,6 +4,7 @@
  * platform, and an outage during which calls still succeed and rows wait.
  */
 import assert from "node:assert/strict";
+import * as net from "node:net";
 import postgres from "postgres";
 import { BatchingAuditLog, MIGRATIONS, PostgresAuditBackend } from "../../src/audit/mod.ts";
 import { MIGRATION_LOCK } from "../../src/audit/postgres.ts";
@@ -292,6 +293,53 @@ Deno.test({
     } finally {
       await sql.end({ timeout: 1 });
       await p.stop();
+      await pg.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "PostgreSQL audit: a connection reset as a new connection starts fails that write, and the process lives on",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const pg = await startPostgres();
+    // A proxy that resets the first connection on its first query after the startup: the
+    // library's own array-type lookup, when it makes one (it did on every new connection,
+    // and nothing handled its failure: an unhandled rejection ended the gateway).
+    let armed = true;
+    const server = net.createServer((client) => {
+      const up = net.connect(pg.port, "127.0.0.1");
+      client.on("error", () => {});
+      up.on("error", () => {});
+      client.on("data", (d: Uint8Array) => {
+        if (armed && (d[0] === 0x51 /* Q */ || d[0] === 0x50) /* P */) {
+          armed = false;
+          client.resetAndDestroy();
+          up.destroy();
+          return;
+        }
+        up.write(d);
+      });
+      up.on("data", (d: Uint8Array) => client.write(d));
+      up.on("close", () => client.destroy());
+      client.on("close", () => up.destroy());
+    });
+    const port = await new Promise<number>((r) =>
+      server.listen(0, "127.0.0.1", () => r((server.address() as net.AddressInfo).port))
+    );
+    const backend = new PostgresAuditBackend(`postgres://inferx@127.0.0.1:${port}/postgres`);
+    try {
+      const batch = { id: "b1", requests: [sampleRequest(1)], pods: [] };
+      await assert.rejects(backend.write(batch), /ECONNRESET|closed|terminated/i);
+      await new Promise((r) => setTimeout(r, 300));
+      await backend.write(batch); // and the process is still here to write it
+      assert.equal(armed, false);
+    } finally {
+      await backend.close();
+      server.close();
       await pg.stop();
     }
   },
