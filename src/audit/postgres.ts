@@ -303,17 +303,18 @@ export class PostgresAuditBackend implements AuditBackend {
     const where = sql`where time >= ${new Date(q.since)}
         and (ttft_ms is not null or completion_tokens is not null)
         ${q.tenant !== undefined ? sql`and tenant = ${q.tenant}` : sql``}`;
-    const functions = await sql<Record<string, unknown>[]>`
-      select tenant, namespace, func, version, ${figures} from inferx_request_audit ${where}
-      group by tenant, namespace, func, version
+    // One statement, so one snapshot: a tenant's totals are the sum of its functions' even
+    // while rows are written (two statements saw different rows), and the rows are read once.
+    const rows = await sql<Record<string, unknown>[]>`
+      select tenant, namespace, func, version, grouping(namespace, func, version) as of_tenant,
+        ${figures}
+      from inferx_request_audit ${where}
+      group by grouping sets ((tenant, namespace, func, version), (tenant))
       order by tenant, namespace, func, version nulls first`;
-    const tenants = await sql<Record<string, unknown>[]>`
-      select tenant, ${figures} from inferx_request_audit ${where}
-      group by tenant order by tenant`;
     return {
       since: q.since,
-      functions: functions.map((r) => usageFromDb(r, true)),
-      tenants: tenants.map((r) => usageFromDb(r, false)),
+      functions: rows.filter((r) => !r.of_tenant).map((r) => usageFromDb(r, true)),
+      tenants: rows.filter((r) => r.of_tenant).map((r) => usageFromDb(r, false)),
     };
   }
 
