@@ -75,6 +75,8 @@ export class BatchingAuditLog implements AuditLog {
   #written = 0;
   #dropped = 0;
   #droppedLogged = 0;
+  /** Rows dropped before the present spell of a full buffer began; undefined: none now. */
+  #spellStart?: number;
   #healthy = true;
   #closed = false;
 
@@ -104,7 +106,9 @@ export class BatchingAuditLog implements AuditLog {
     if (this.#closed) return false;
     if (this.#buffered() < this.#max) return true;
     this.#dropped++;
-    if (this.#dropped - this.#droppedLogged >= 1000 || this.#droppedLogged === 0) {
+    // The first drop of each spell of a full buffer is told at once, then every 1,000th.
+    this.#spellStart ??= this.#dropped - 1;
+    if (this.#dropped - this.#droppedLogged >= 1000 || this.#spellStart === this.#dropped - 1) {
       log.error("Audit buffer full ({max} rows): {dropped} row(s) dropped so far", {
         max: this.#max,
         dropped: this.#dropped,
@@ -197,6 +201,12 @@ export class BatchingAuditLog implements AuditLog {
           owed -= rowsOf(b);
         }
         if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
+        if (this.#spellStart !== undefined) {
+          log.warn("Audit rows dropped while the buffer was full: {rows}", {
+            rows: this.#dropped - this.#spellStart,
+          });
+          this.#spellStart = undefined;
+        }
         this.#healthy = true;
         this.#failures = 0;
         this.#retryAt = 0;

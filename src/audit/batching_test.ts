@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { type AuditBackend, type AuditBatch, BatchingAuditLog } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 import { sampleRequest } from "./testing.ts";
@@ -159,4 +160,37 @@ Deno.test("BatchingAuditLog leaves rows that come during a write to the next tic
   await until(() => b.requests.length === 30);
   assert.deepEqual(b.requests.map((r) => r.time), Array.from({ length: 30 }, (_, i) => i));
   await log.close();
+});
+
+Deno.test("BatchingAuditLog says when each spell of a full buffer begins, and how many rows it cost", async () => {
+  const lines: string[] = [];
+  await configure({
+    reset: true,
+    sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
+    loggers: [{ category: ["inferx"], lowestLevel: "info", sinks: ["mem"] }],
+  });
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 60_000, maxBuffered: 100 });
+  try {
+    const outage = async (rows: number) => {
+      b.up = false;
+      for (let i = 0; i < rows; i++) log.request(row(i));
+      await log.flush().catch(() => {});
+      b.up = true;
+      await log.flush();
+    };
+    await outage(100 + 1500);
+    const full = () => lines.filter((l) => l.startsWith("Audit buffer full"));
+    const cost = () => lines.filter((l) => l.startsWith("Audit rows dropped"));
+    assert.equal(full().length, 2, "the first drop, and the 1,000th after it");
+    assert.deepEqual(cost(), ["Audit rows dropped while the buffer was full: 1500"]);
+    // A second, shorter spell: before, it logged nothing (the count went on from the first).
+    await outage(100 + 400);
+    assert.equal(full().length, 3);
+    assert.deepEqual(cost().at(-1), "Audit rows dropped while the buffer was full: 400");
+    assert.equal(log.stats().dropped, 1900);
+  } finally {
+    await log.close();
+    await reset();
+  }
 });
