@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { storeContract } from "./contract.ts";
-import { openEtcdStore } from "./etcd.ts";
+import { type EtcdStore, openEtcdStore } from "./etcd.ts";
 import { etcdUnavailable, startEtcd } from "./etcd_server.ts";
 import { CompactedError } from "./types.ts";
 import { InferxError } from "../common/errors.ts";
@@ -26,29 +26,39 @@ storeContract("etcd", async () => {
   };
 }, { ignoreReason: missing });
 
-Deno.test({
-  name: "etcd store reports a watch from a compacted revision so the caller lists again",
-  ignore: missing !== undefined,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const etcd = await startEtcd();
-    const store = await openEtcdStore(etcd.url);
-    try {
-      const r1 = await store.create("/registry/c/t/n/a", "1");
-      for (let i = 0; i < 5; i++) await store.update("/registry/c/t/n/a", String(i), r1 + i);
-      const last = await store.revision();
-      await store.client.kv.compact({ revision: last });
-      const err = await new Promise<Error>((resolve) =>
-        store.watch("/registry/c/", { afterRevision: r1, onEvent() {}, onError: resolve })
-      );
-      assert.ok(err instanceof CompactedError, err.message);
-    } finally {
-      await store.close();
-      await etcd.stop();
-    }
+/** A test against a fresh etcd and a store on it, both stopped after it. */
+function etcdTest(name: string, fn: (store: EtcdStore) => Promise<void>) {
+  Deno.test({
+    name,
+    ignore: missing !== undefined,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const etcd = await startEtcd();
+      const store = await openEtcdStore(etcd.url);
+      try {
+        await fn(store);
+      } finally {
+        await store.close();
+        await etcd.stop();
+      }
+    },
+  });
+}
+
+etcdTest(
+  "etcd store reports a watch from a compacted revision so the caller lists again",
+  async (store) => {
+    const r1 = await store.create("/registry/c/t/n/a", "1");
+    for (let i = 0; i < 5; i++) await store.update("/registry/c/t/n/a", String(i), r1 + i);
+    const last = await store.revision();
+    await store.client.kv.compact({ revision: last });
+    const err = await new Promise<Error>((resolve) =>
+      store.watch("/registry/c/", { afterRevision: r1, onEvent() {}, onError: resolve })
+    );
+    assert.ok(err instanceof CompactedError, err.message);
   },
-});
+);
 
 Deno.test({
   name: "openEtcdStore() says clearly when etcd cannot be reached",
@@ -225,24 +235,14 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "a value past etcd's request size is refused as too_large, not as etcd unavailable",
-  ignore: missing !== undefined,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const etcd = await startEtcd();
-    const store = await openEtcdStore(etcd.url);
-    try {
-      const err = await store.create("/registry/c/t/n/big", "€".repeat(800_000)).then(
-        () => undefined,
-        (e) => e,
-      );
-      assert.equal(err?.code, "too_large", String(err));
-      assert.equal(err.retryable, false);
-    } finally {
-      await store.close();
-      await etcd.stop();
-    }
+etcdTest(
+  "a value past etcd's request size is refused as too_large, not as etcd unavailable",
+  async (store) => {
+    const err = await store.create("/registry/c/t/n/big", "€".repeat(800_000)).then(
+      () => undefined,
+      (e) => e,
+    );
+    assert.equal(err?.code, "too_large", String(err));
+    assert.equal(err.retryable, false);
   },
-});
+);
