@@ -44,9 +44,11 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   // Fencing: etcd may give the lease to another replica TTL after its last renewal, while the
   // library only reports a lost lease after twice the TTL without one (two leaders meanwhile).
   // A leader whose renewals stop getting through steps down itself at 2/3 of the TTL.
+  // The library records when the lease was granted or last renewed (`lastKeepAlive`).
   const lease = (c as unknown as { lease: { on(e: string, f: () => void): void } }).lease;
   let renewed = Date.now();
   lease.on("keepaliveSucceeded", () => renewed = Date.now());
+  const lastRenewal = () => (lease as { lastKeepAlive?: number }).lastKeepAlive ?? renewed;
   let fence: ReturnType<typeof setInterval> | undefined;
   let lost = false;
   const lose = (err: Error) => {
@@ -56,9 +58,8 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     options.onLost(err);
   };
   c.on("elected", () => {
-    renewed = Date.now(); // granted just before
     fence = setInterval(() => {
-      const since = Date.now() - renewed;
+      const since = Date.now() - lastRenewal();
       if (since > (ttlS * 1000 * 2) / 3) {
         lose(new Error(`No renewal of the leader's etcd lease for ${since} ms (TTL ${ttlS} s)`));
       }
