@@ -200,7 +200,9 @@ export class SnapshotManager {
     const n = (this.#held.get(s) ?? 1) - 1;
     if (n > 0) return void this.#held.set(s, n);
     this.#held.delete(s);
-    if (this.#doomed.delete(s)) Deno.remove(s.dir, { recursive: true }).catch(() => {});
+    if (this.#doomed.delete(s) && ![...this.#local.values()].some((x) => x.dir === s.dir)) {
+      Deno.remove(s.dir, { recursive: true }).catch(() => {});
+    }
   }
 
   /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
@@ -248,6 +250,11 @@ export class SnapshotManager {
     if (!alive()) return "No snapshot taken: the pod was stopped";
     const ref = this.#ref(pod);
     const dir = this.#dirOf(ref);
+    // A function made again under its old name and version while a restore reads the old one's
+    // image from this directory: not replaced under it (tried again at the next fresh start).
+    if ([...this.#doomed].some((s) => s.dir === dir)) {
+      return "No snapshot taken: an image of the same name is being restored";
+    }
     const budget = this.#o.diskBudgetMB * MB;
     const estimate = await this.#o.runtime.footprintBytes(pod.id).catch(() => 0);
     if (estimate > budget) {

@@ -232,6 +232,25 @@ t(
 );
 
 t(
+  "a function made again under its name while its old image is restored is not dumped over it",
+  async ({ meta, mgr }) => {
+    const exists = (d: string) => Deno.stat(d).then(() => true, () => false);
+    await mgr.take(pod("a"));
+    const restoring = mgr.hold(pod("a"))!;
+    await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "a" });
+    await eventually(() => Promise.resolve(mgr.usable(pod("a")) === undefined));
+    await putFunction(meta, "a"); // version 1 again, its image under the same name
+    await eventually(() => Promise.resolve(mgr.wants(pod("a"))));
+    assert.match((await mgr.take(pod("a", 1, "a-pod-2")))!, /being restored/);
+    assert.ok(await exists(restoring.dir), "the image read by the restore stays as it was");
+    mgr.release(restoring);
+    await eventually(async () => !await exists(restoring.dir));
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-3")), undefined);
+    assert.ok(await exists(restoring.dir), "the new function's own image");
+  },
+);
+
+t(
   "SnapshotManager: a worker larger than the budget is not dumped at all",
   async ({ meta, mgr, runtime }) => {
     runtime.sizeMB = 30;

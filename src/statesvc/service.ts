@@ -61,7 +61,7 @@ export const SERVICE_VERSION = "inferx-deno/0.1.0";
 
 const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name}`;
 
-/** The largest user object stored (its JSON, characters): well under etcd's default request limit. */
+/** The largest user object stored (its JSON, UTF-8 bytes): well under etcd's default request limit. */
 export const MAX_USER_OBJECT = 1024 * 1024;
 
 const utf8 = new TextEncoder();
