@@ -132,18 +132,39 @@ export class DockerRuntime implements PodRuntime {
     return this.#options.mountAllow ?? [];
   }
 
+  /**
+   * Where each of `mounts` really is on the host: the path with every
+   * symbolic link followed (Docker follows them when it binds, so a link
+   * inside an allowed directory could bind any other), refused unless it is
+   * in an allowed directory (also followed) and exists.
+   */
+  async #binds(podId: string, mounts: PodSpec["template"]["mounts"]): Promise<string[]> {
+    const refuse = (path: string, why: string) =>
+      new InferxError(
+        "forbidden",
+        `Cannot start pod ${podId}: mounting ${path} is not allowed on this node (${why}; ` +
+          `INFERX_MOUNT_ALLOW: ${this.#mountAllow.join(",") || "none"})`,
+      );
+    if (!mounts.length) return [];
+    const allowed = await Promise.all(
+      this.#mountAllow.map((d) => Deno.realPath(d).catch(() => posix.normalize(d))),
+    );
+    const binds: string[] = [];
+    for (const m of mounts) {
+      if (!mountAllowed(posix.normalize(m.hostpath), this.#mountAllow)) {
+        throw refuse(m.hostpath, "not in an allowed directory");
+      }
+      const real = await Deno.realPath(m.hostpath).catch(() => undefined);
+      if (real === undefined) throw refuse(m.hostpath, "it does not exist");
+      if (!mountAllowed(real, allowed)) throw refuse(m.hostpath, `it leads to ${real}`);
+      binds.push(`${real}:${m.mountpath}${m.readonly ? ":ro" : ""}`);
+    }
+    return binds;
+  }
+
   async start(spec: PodSpec): Promise<RunningPod> {
     const t = spec.template;
-    for (const m of t.mounts) {
-      const host = posix.normalize(m.hostpath);
-      if (!mountAllowed(host, this.#mountAllow)) {
-        throw new InferxError(
-          "forbidden",
-          `Cannot start pod ${spec.podId}: mounting ${m.hostpath} is not allowed on this node ` +
-            `(INFERX_MOUNT_ALLOW: ${this.#mountAllow.join(",") || "none"})`,
-        );
-      }
-    }
+    const binds = await this.#binds(spec.podId, t.mounts);
     const port = `${t.port}/tcp`;
     const env = {
       ...Object.fromEntries(t.envs),
@@ -169,7 +190,7 @@ export class DockerRuntime implements PodRuntime {
           NanoCpus: spec.cpuMillis * 1_000_000,
           Memory: spec.memMB * 1024 * 1024,
           PortBindings: { [port]: [{ HostIp: this.#host, HostPort: "" }] },
-          Binds: t.mounts.map((m) => `${m.hostpath}:${m.mountpath}${m.readonly ? ":ro" : ""}`),
+          Binds: binds,
           DeviceRequests: spec.gpus.length
             ? [{
               Driver: "nvidia",

@@ -235,3 +235,31 @@ Deno.test("DockerRuntime binds only host directories the operator allows (INFERX
     );
   }
 });
+
+Deno.test("DockerRuntime follows symbolic links in a mount before it allows it", async () => {
+  const allowed = await Deno.makeTempDir({ prefix: "inferx-allowed-" });
+  try {
+    await Deno.symlink("/etc", `${allowed}/escape`);
+    await Deno.mkdir(`${allowed}/models`);
+    // Refused before any container is made: no engine needed.
+    const rt = new DockerRuntime({ mountAllow: [allowed], socketPath: "/nonexistent.sock" });
+    const start = (hostpath: string) => {
+      const s = spec("pod-mount");
+      s.template = { ...s.template, mounts: [{ hostpath, mountpath: "/m", readonly: false }] };
+      return rt.start(s);
+    };
+    // Before, the link passed the check and the container had the host's /etc.
+    await assert.rejects(
+      start(`${allowed}/escape`),
+      (e: InferxError) => e.code === "forbidden" && /it leads to \/etc/.test(e.message),
+    );
+    await assert.rejects(
+      start(`${allowed}/missing`),
+      (e: InferxError) => e.code === "forbidden" && /it does not exist/.test(e.message),
+    );
+    // A real directory in it passes the check (and fails at the missing engine).
+    await assert.rejects(start(`${allowed}/models`), (e: InferxError) => e.code !== "forbidden");
+  } finally {
+    await Deno.remove(allowed, { recursive: true });
+  }
+});
