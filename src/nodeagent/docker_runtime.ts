@@ -89,16 +89,18 @@ export async function dockerSnapshotReason(
 
 /** Splits Docker's multiplexed log stream (8-byte frame headers) into text. */
 export function demuxLogs(buf: Uint8Array): string {
-  const out: Uint8Array[] = [];
+  let out = "";
   let o = 0;
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  // One decoder a stream: Docker cuts long lines into 16 KiB frames, through a character too.
+  const decoders = [new TextDecoder(), new TextDecoder()];
   while (o + 8 <= buf.length && (buf[o] === 1 || buf[o] === 2) && buf[o + 1] === 0) {
     const size = dv.getUint32(o + 4);
-    out.push(buf.subarray(o + 8, o + 8 + size));
+    out += decoders[buf[o] - 1].decode(buf.subarray(o + 8, o + 8 + size), { stream: true });
     o += 8 + size;
   }
   if (o === 0) return new TextDecoder().decode(buf); // a TTY stream has no frames
-  return out.map((b) => new TextDecoder().decode(b)).join("");
+  return out + decoders[0].decode() + decoders[1].decode();
 }
 
 /** Whether `host` (absolute, normalized) is one of `allowed` or under one. */

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
-import { dockerAvailable, DockerRuntime, mountAllowed } from "./docker_runtime.ts";
+import { demuxLogs, dockerAvailable, DockerRuntime, mountAllowed } from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
@@ -262,4 +262,22 @@ Deno.test("DockerRuntime follows symbolic links in a mount before it allows it",
   } finally {
     await Deno.remove(allowed, { recursive: true });
   }
+});
+
+Deno.test("demuxLogs() keeps a character that Docker's 16 KiB frames cut in two", () => {
+  const frame = (stream: number, bytes: Uint8Array) => {
+    const head = new Uint8Array(8);
+    head[0] = stream;
+    new DataView(head.buffer).setUint32(4, bytes.length);
+    return [...head, ...bytes];
+  };
+  const line = new TextEncoder().encode(`${"a".repeat(16383)}é b\n`); // é: 2 bytes at 16383
+  const err = new TextEncoder().encode("warn\n");
+  const logs = new Uint8Array([
+    ...frame(1, line.subarray(0, 16384)),
+    ...frame(2, err),
+    ...frame(1, line.subarray(16384)),
+  ]);
+  // Before, each frame was decoded alone: two replacement characters instead of é.
+  assert.equal(demuxLogs(logs), `${"a".repeat(16383)}warn\né b\n`);
 });
