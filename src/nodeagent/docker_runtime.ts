@@ -13,7 +13,7 @@ import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
 import type { StandbyTier } from "../model/cluster.ts";
-import { waitForProbe } from "./probe.ts";
+import { httpCall, waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
   platformEnv,
@@ -186,6 +186,8 @@ export class DockerRuntime implements PodRuntime {
           "inferx.pod": spec.podId,
           "inferx.func": spec.func,
           "inferx.version": String(spec.funcVersion),
+          // What a restarted agent asks before it takes the container for a ready worker.
+          "inferx.probe": t.probe,
         },
         ExposedPorts: { [port]: {} },
         HostConfig: {
@@ -323,10 +325,18 @@ export class DockerRuntime implements PodRuntime {
     for (const c of list) {
       const podId = c.Labels["inferx.pod"];
       const container = this.#docker.getContainer(c.Id);
-      if (c.State === "running" || c.State === "paused") {
+      const port = c.Ports.find((p) => p.PublicPort && p.IP === this.#host) ??
+        c.Ports.find((p) => p.PublicPort);
+      // A running worker that does not answer its probe was still starting when the agent
+      // went (or hangs): not taken for ready, it is removed and its pod started again.
+      const probe = c.Labels["inferx.probe"];
+      const answers = c.State !== "running" || probe === undefined || (port !== undefined &&
+        await httpCall(this.#host, port.PublicPort, probe, { timeoutMs: 2000 }).then(
+          (r) => r.status >= 200 && r.status < 300,
+          () => false,
+        ));
+      if ((c.State === "running" || c.State === "paused") && answers) {
         const entry = await this.#track(podId, container, false);
-        const port = c.Ports.find((p) => p.PublicPort && p.IP === this.#host) ??
-          c.Ports.find((p) => p.PublicPort);
         entry.endpoint = port ? `${this.#host}:${port.PublicPort}` : "";
         adopted.push({ podId, endpoint: entry.endpoint, paused: c.State === "paused" });
       } else {

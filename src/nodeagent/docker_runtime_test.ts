@@ -177,6 +177,32 @@ t(
 );
 
 t(
+  "a restarted DockerRuntime does not take a container that never answered its probe for ready",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const first = new DockerRuntime({ scope });
+    // A worker still starting (or hung) when its agent went: it never answers /health.
+    const hung = spec("pod-hung", ["deno", "eval", "setInterval(() => {}, 1000)"]);
+    const starting = first.start(hung).catch((e) => e);
+    for (let i = 0; i < 50; i++) {
+      const [c] = await docker.listContainers({ filters: { label: [`inferx.scope=${scope}`] } });
+      if (c?.State === "running") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const again = new DockerRuntime({ scope });
+    const { adopted, removed } = await again.recover();
+    // Before, it was adopted and its pod reported Ready at an endpoint that answered nothing.
+    assert.deepEqual([adopted, removed], [[], 1]);
+    const left = await docker.listContainers({
+      all: true,
+      filters: { label: [`inferx.scope=${scope}`] },
+    });
+    assert.deepEqual(left, []);
+    await starting;
+  },
+);
+
+t(
   "a node agent on Docker removes a running container of its scope that no pod record claims",
   async () => {
     const scope = `test-${crypto.randomUUID()}`;
