@@ -103,6 +103,22 @@ export function demuxLogs(buf: Uint8Array): string {
   return out + decoders[0].decode() + decoders[1].decode();
 }
 
+/**
+ * A container's environment: the function's, then the platform's. Inside
+ * the container the GPUs it was given are numbered from 0 (the engine
+ * exposes only those), so `CUDA_VISIBLE_DEVICES` names them so; the host's
+ * numbers stay in `NVIDIA_VISIBLE_DEVICES`, as the device request has them.
+ */
+export function containerEnv(spec: PodSpec): Record<string, string> {
+  return {
+    ...Object.fromEntries(spec.template.envs),
+    ...platformEnv(spec),
+    CUDA_VISIBLE_DEVICES: spec.gpus.map((_, i) => String(i)).join(","),
+    PORT: String(spec.template.port),
+    HOST: "0.0.0.0",
+  };
+}
+
 /** Whether `host` (absolute, normalized) is one of `allowed` or under one. */
 export function mountAllowed(host: string, allowed: readonly string[]): boolean {
   return allowed.some((dir) => dir === "/" || host === dir || host.startsWith(`${dir}/`));
@@ -168,12 +184,7 @@ export class DockerRuntime implements PodRuntime {
     const t = spec.template;
     const binds = await this.#binds(spec.podId, t.mounts);
     const port = `${t.port}/tcp`;
-    const env = {
-      ...Object.fromEntries(t.envs),
-      ...platformEnv(spec),
-      PORT: String(t.port),
-      HOST: "0.0.0.0",
-    };
+    const env = containerEnv(spec);
     let container: Docker.Container;
     try {
       container = await this.#docker.createContainer({

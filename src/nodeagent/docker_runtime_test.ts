@@ -9,7 +9,13 @@ import assert from "node:assert/strict";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
-import { demuxLogs, dockerAvailable, DockerRuntime, mountAllowed } from "./docker_runtime.ts";
+import {
+  containerEnv,
+  demuxLogs,
+  dockerAvailable,
+  DockerRuntime,
+  mountAllowed,
+} from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
@@ -306,4 +312,15 @@ Deno.test("demuxLogs() keeps a character that Docker's 16 KiB frames cut in two"
   ]);
   // Before, each frame was decoded alone: two replacement characters instead of é.
   assert.equal(demuxLogs(logs), `${"a".repeat(16383)}warn\né b\n`);
+});
+
+Deno.test("a container's CUDA devices are numbered as the container sees them, from 0", () => {
+  const s = spec("pod-gpu");
+  s.gpus = [{ index: 2, vramMB: 1000 }, { index: 5, vramMB: 1000 }];
+  const env = containerEnv(s);
+  // The engine exposes host GPUs 2 and 5 alone, as 0 and 1: "2,5" made CUDA find none.
+  assert.equal(env.CUDA_VISIBLE_DEVICES, "0,1");
+  assert.equal(env.NVIDIA_VISIBLE_DEVICES, "2,5");
+  assert.equal(env.MODEL_NAME, "lm-in-docker");
+  assert.equal(containerEnv(spec("pod-cpu")).NVIDIA_VISIBLE_DEVICES, "none");
 });
