@@ -178,9 +178,11 @@ export class CallbackSender {
           else cb(null, pinned[0].address, pinned[0].family);
         }) as never,
       }, (res) => {
-        res.resume();
-        res.on("end", () => resolve(res.statusCode ?? 0));
-        res.on("error", reject);
+        // The status is the receiver's answer: its body is not waited for (one that never
+        // ends made a 2xx count as a failure, and the callback was sent again).
+        resolve(res.statusCode ?? 0);
+        res.on("error", () => {});
+        res.destroy();
       });
       req.on("timeout", () => req.destroy(new Error(`no answer within ${this.#timeoutMs} ms`)));
       req.on("error", reject);

@@ -73,3 +73,20 @@ Deno.test("post() sends to the checked addresses only, whatever the name resolve
   }]);
   await receiver.shutdown();
 });
+
+Deno.test("post() takes the receiver's status as its answer, without waiting for a body that never ends", async () => {
+  const receiver = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => new Response(new ReadableStream({ start() {} }), { status: 200 }), // never closes
+  );
+  const s = new CallbackSender({
+    allow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }],
+    timeoutMs: 300,
+  });
+  try {
+    // Before: "no answer within 300 ms", and the delivery tried again.
+    assert.equal(await s.post(`http://127.0.0.1:${receiver.addr.port}/cb`, "{}", "k"), 200);
+  } finally {
+    await receiver.shutdown();
+  }
+});

@@ -253,7 +253,10 @@ export class CallQueue {
   async get(id: string): Promise<CallRecord | undefined> {
     const { tenant, namespace, key } = parseCallId(id);
     const r = await this.#deps.meta.get({ type: "call", tenant, namespace, name: key });
-    return r && decodeCall(r.value);
+    const c = r && decodeCall(r.value);
+    // Past its retention a call is gone, whether or not its record has been removed yet.
+    if (c && FINAL_STATUSES.has(c.status) && c.expiresAt <= this.#now()) return undefined;
+    return c;
   }
 
   /**
@@ -348,8 +351,12 @@ export class CallQueue {
         continue;
       }
       this.#done.delete(id);
-      this.#deps.meta.delete(d.ref, d.revision).catch(() => {
-        // Changed or gone meanwhile: its next version is looked at again.
+      this.#deps.meta.delete(d.ref, d.revision).catch((err) => {
+        // Changed or gone meanwhile: its next version is looked at again (the watch brings
+        // it). Anything else (the store away): tried again at the next tick.
+        if (isConflict(err) || err instanceof NotFoundError) return;
+        if (!this.#done.has(id)) this.#done.set(id, d);
+        this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt); // the next tick
       });
     }
   }
@@ -511,7 +518,17 @@ export class CallQueue {
         return;
       }
     }
-    if (c.rec.delivery?.state === "pending") await this.#deliver(c);
+    if (c.rec.delivery?.state === "pending") {
+      // The call has run: its run slot goes to the next call, not held through the callback's
+      // tries (up to a minute while a receiver is down).
+      if (c.counted) {
+        c.counted = false;
+        const func = funcOf(c.rec);
+        this.#active.set(func, (this.#active.get(func) ?? 1) - 1);
+        this.#kick();
+      }
+      await this.#deliver(c);
+    }
   }
 
   /** Marks the next attempt of `r` begun by this gateway, which holds the claim. */
@@ -676,18 +693,19 @@ export class CallQueue {
   /** Delivers the callback of an ended call, with backoff between tries. */
   async #deliver(c: Claim): Promise<void> {
     const url = c.rec.callback!;
-    let secret: string;
-    try {
-      secret = await tenantSecret(this.#deps.meta, c.rec.tenant);
-    } catch (err) {
-      log.warn("Cannot read the callback secret of {tenant}: {error}", {
-        tenant: c.rec.tenant,
-        error: String(err),
-      });
-      return; // the claim runs out; a gateway tries again later
-    }
     while (c.rec.delivery?.state === "pending") {
       if (this.#stopped) return;
+      // Read for each try: a secret replaced meanwhile signs the tries after it.
+      let secret: string;
+      try {
+        secret = await tenantSecret(this.#deps.meta, c.rec.tenant);
+      } catch (err) {
+        log.warn("Cannot read the callback secret of {tenant}: {error}", {
+          tenant: c.rec.tenant,
+          error: String(err),
+        });
+        return; // the claim runs out; a gateway tries again later
+      }
       const body = JSON.stringify(callView(c.rec));
       let status: number | undefined;
       let error: string | undefined;

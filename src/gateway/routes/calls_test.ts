@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { until } from "../../common/testing.ts";
+import { testCall, until } from "../../common/testing.ts";
+import { refOf } from "../calls/queue.ts";
 import { signature } from "../calls/callback.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 
@@ -457,5 +458,109 @@ t(
     }
     assert.equal((await f.meta.list("call")).items.length, 0, "nothing was accepted");
     await f.close();
+  },
+);
+
+t("a call's callback being retried does not hold the function's run slot", async () => {
+  const f = await gatewayFixture({
+    policy: { parallel: 1, max_replica: 1 },
+    calls: {
+      backoffMs: 10_000,
+      callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }],
+    },
+  });
+  const w = fakeWorker("w1");
+  f.sched.endpoints.push(w.endpoint);
+  const receiver = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => new Response("down", { status: 500 }),
+  );
+  try {
+    const post = async (headers: Record<string, string>) => {
+      const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+        method: "POST",
+        headers: { prefer: "respond-async", "content-type": "application/json", ...headers },
+        body: "{}",
+      });
+      return (await r.json()).id as string;
+    };
+    const get = async (id: string) => await (await f.app.request(`/calls/${id}`)).json();
+    const cb = `http://127.0.0.1:${receiver.addr.port}/cb`;
+    const first = await post({ "x-inferx-callback-url": cb });
+    await until("the first call ends", async () => (await get(first)).status === "succeeded");
+    // Its callback waits 10 s for its next try; before, the second call waited with it.
+    const second = await post({});
+    await until("the second call ends", async () => (await get(second)).status === "succeeded");
+    assert.equal((await get(first)).callback.state, "pending");
+  } finally {
+    await f.close();
+    await w.close();
+    await receiver.shutdown();
+  }
+});
+
+t(
+  "a callback tried again after its tenant's secret was replaced is signed with the new one",
+  async () => {
+    const f = await gatewayFixture({
+      calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
+      adminKey: "admin-key-0123456789",
+    });
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    const secretOf = async (method = "GET") =>
+      (await (await f.app.request("/calls/callback-secret/t", { method, headers: ADMIN })).json())
+        .secret as string;
+    let secret = await secretOf();
+    const signed: boolean[] = [];
+    const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      const body = await req.text();
+      signed.push(req.headers.get("x-inferx-signature") === signature(secret, body));
+      if (signed.length > 1) return new Response("ok");
+      secret = await secretOf("POST"); // replaced while the first try is turned away
+      return new Response("later", { status: 503 });
+    });
+    try {
+      const url = `http://127.0.0.1:${receiver.addr.port}/hook`;
+      await accept(f, { prompt: "x" }, { ...ADMIN, "x-inferx-callback-url": url });
+      await until("a second try", () => signed.length >= 2);
+      // Before, the secret was read once before the first try.
+      assert.deepEqual(signed, [true, true]);
+    } finally {
+      await f.close();
+      await w.close();
+      await receiver.shutdown();
+    }
+  },
+);
+
+t(
+  "an ended call past its retention is gone, also when removing its record failed once",
+  async () => {
+    let now = Date.now();
+    const f = await gatewayFixture({ calls: { leaseMs: 500, ttlMs: 1000, now: () => now } });
+    try {
+      const rec = testCall("t", "n", {
+        status: "succeeded",
+        finishedAt: now,
+        expiresAt: now + 1000,
+      });
+      delete rec.body;
+      await f.meta.create({ ...refOf(rec), object: rec });
+      const remove = f.meta.delete.bind(f.meta);
+      let fails = 1;
+      f.meta.delete = ((...a: Parameters<typeof remove>) =>
+        fails-- > 0
+          ? Promise.reject(new Error("store unavailable"))
+          : remove(...a)) as typeof remove;
+      now += 2000;
+      // Past its retention it is not answered, whether or not its record is still there.
+      assert.equal((await f.app.request(`/calls/${rec.id}`)).status, 404);
+      // Before, a removal that failed once was never tried again: kept until a restart.
+      await until("its record to be removed", async () =>
+        !(await f.meta.get(refOf(rec))));
+    } finally {
+      await f.close();
+    }
   },
 );
