@@ -148,7 +148,15 @@ Deno.test({
           headers: { "x-inferx-timeout": "10" },
         });
       for (const f of ["g1", "g2"]) assert.equal((await call(f)).status, 200);
-      const pods = async (f: string) => (await request(`${gw}/pods/t/ns/${f}`)).body as Json[];
+      // Right after a role's restart the gateway may answer 503 (the state service away a
+      // moment): such answers read as no pods yet; any other is an error at the end.
+      const notLists: string[] = [];
+      const pods = async (f: string) => {
+        const r = await request(`${gw}/pods/t/ns/${f}`);
+        if (Array.isArray(r.body)) return r.body as Json[];
+        notLists.push(`${r.status} ${JSON.stringify(r.body).slice(0, 200)}`);
+        return [];
+      };
       const [g1] = await pods("g1");
       const [g2] = await pods("g2");
       assert.notEqual(g1.node, g2.node, "50 GB slices cannot share one 80 GB GPU: one per node");
@@ -283,6 +291,8 @@ Deno.test({
       ]);
       assert.ok(stats.ok > 50, "the load ran");
       assert.ok(stats.failed <= stats.ok / 10, `too many failed calls: ${[...stats.errors]}`);
+      if (notLists.length) console.log(`pod lists refused during restarts: ${notLists}`);
+      assert.deepEqual(notLists.filter((a) => !a.startsWith("503 ")), [], "only 503 while away");
     } finally {
       loadOn = false;
       await load?.catch(() => {});
