@@ -280,7 +280,16 @@ export class CallQueue {
         );
       }
       const now = this.#now();
-      const wasRunning = rec.status === "running";
+      // Running on a gateway that still holds its claim; a claim run out is a gateway gone.
+      const wasRunning = rec.status === "running" && (rec.leaseUntil ?? 0) > now;
+      if (rec.status === "running" && !wasRunning) {
+        // Nobody will close its attempt: closed here.
+        const open = rec.attempts.at(-1);
+        if (open && open.endedAt === undefined) {
+          open.endedAt = now;
+          open.error = { code: "cancelled", message: "Cancelled after its gateway went away" };
+        }
+      }
       rec.status = "cancelled";
       rec.finishedAt = now;
       rec.expiresAt = now + this.ttlMs;

@@ -564,3 +564,31 @@ t(
     }
   },
 );
+
+t(
+  "cancelling a call whose gateway went away closes its attempt and drops the dead claim",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    try {
+      const now = Date.now();
+      const rec = testCall("t", "n", {
+        status: "running",
+        owner: "gw-gone",
+        leaseUntil: now - 1000, // its gateway stopped renewing
+        startedAt: now - 5000,
+        attempts: [{ n: 1, gateway: "gw-gone", startedAt: now - 5000 }],
+      });
+      await f.meta.create({ ...refOf(rec), object: rec });
+      const r = await f.app.request(`/calls/${rec.id}`, { method: "DELETE" });
+      assert.equal(r.status, 200);
+      const stored = JSON.parse((await f.meta.get(refOf(rec)))!.value);
+      // Before, it kept owner gw-gone and an attempt that never ended, until it expired.
+      assert.equal(stored.status, "cancelled");
+      assert.equal(stored.owner, undefined);
+      assert.equal(typeof stored.attempts[0].endedAt, "number");
+      assert.equal(stored.attempts[0].error.code, "cancelled");
+    } finally {
+      await f.close();
+    }
+  },
+);
