@@ -9,6 +9,7 @@
  * @module
  */
 // @ts-types="npm:@types/dockerode@^4"
+import { createHash } from "node:crypto";
 import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
@@ -119,6 +120,11 @@ export function containerEnv(spec: PodSpec): Record<string, string> {
   };
 }
 
+/** A short tag of a scope for container names (scopes are free text; names are not). */
+export function scopeTag(scope: string): string {
+  return createHash("sha256").update(scope).digest("hex").slice(0, 8);
+}
+
 /** Whether `host` (absolute, normalized) is one of `allowed` or under one. */
 export function mountAllowed(host: string, allowed: readonly string[]): boolean {
   return allowed.some((dir) => dir === "/" || host === dir || host.startsWith(`${dir}/`));
@@ -188,7 +194,8 @@ export class DockerRuntime implements PodRuntime {
     let container: Docker.Container;
     try {
       container = await this.#docker.createContainer({
-        name: `inferx-${spec.podId}`,
+        // Its agent's scope in the name too: agents of several scopes may share one engine.
+        name: `inferx-${scopeTag(this.#scope)}-${spec.podId}`,
         Image: t.image,
         Cmd: t.commands.length ? t.commands : undefined,
         Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),

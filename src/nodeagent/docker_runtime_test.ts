@@ -15,6 +15,7 @@ import {
   dockerAvailable,
   DockerRuntime,
   mountAllowed,
+  scopeTag,
 } from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
@@ -30,6 +31,8 @@ const reason = !(await dockerAvailable())
 if (reason) console.log(`skipping the Docker runtime tests: ${reason}`);
 
 const docker = new Docker({ socketPath: "/var/run/docker.sock" });
+/** The container of pod `pod` of an agent of `scope`. */
+const nameOf = (scope: string, pod: string) => `inferx-${scopeTag(scope)}-${pod}`;
 
 function spec(podId: string, commands = NGRAM_COMMANDS): PodSpec {
   return {
@@ -80,7 +83,7 @@ t(
       assert.match(pod.endpoint, /^127\.0\.0\.1:\d+$/);
       const { body } = await complete(pod.endpoint);
       assert.equal(body.model, "lm-in-docker");
-      const info = await docker.getContainer("inferx-pod-life").inspect();
+      const info = await docker.getContainer(nameOf(scope, "pod-life")).inspect();
       assert.equal(info.HostConfig.NanoCpus, 500_000_000);
       assert.equal(info.HostConfig.Memory, 256 * 1024 * 1024);
       const bindings = Object.values(info.HostConfig.PortBindings ?? {}).flat() as {
@@ -104,7 +107,7 @@ t(
       await rt.stop("pod-life");
     }
     await assert.rejects(
-      docker.getContainer("inferx-pod-life").inspect(),
+      docker.getContainer(nameOf(scope, "pod-life")).inspect(),
       "stop removes the container",
     );
   },
@@ -136,7 +139,8 @@ t(
 );
 
 t("DockerRuntime reports a worker that crashes at start with the tail of its output", async () => {
-  const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  const scope = `test-${crypto.randomUUID()}`;
+  const rt = new DockerRuntime({ scope });
   const crash = ["deno", "eval", "console.error('cannot open weights.bin'); Deno.exit(3)"];
   await assert.rejects(rt.start(spec("pod-crash", crash)), (err: unknown) => {
     assert.ok(err instanceof InferxError && err.code === "worker_failed");
@@ -145,7 +149,7 @@ t("DockerRuntime reports a worker that crashes at start with the tail of its out
     return true;
   });
   await assert.rejects(
-    docker.getContainer("inferx-pod-crash").inspect(),
+    docker.getContainer(nameOf(scope, "pod-crash")).inspect(),
     "the failed container is removed",
   );
   await assert.rejects(
@@ -235,7 +239,7 @@ t(
       assert.equal(handle.runtime, "docker");
       const deadline = Date.now() + 15_000;
       while (true) {
-        const gone = await docker.getContainer("inferx-pod-orphan").inspect().then(
+        const gone = await docker.getContainer(nameOf(scope, "pod-orphan")).inspect().then(
           () => false,
           () => true,
         );
@@ -323,4 +327,19 @@ Deno.test("a container's CUDA devices are numbered as the container sees them, f
   assert.equal(env.NVIDIA_VISIBLE_DEVICES, "2,5");
   assert.equal(env.MODEL_NAME, "lm-in-docker");
   assert.equal(containerEnv(spec("pod-cpu")).NVIDIA_VISIBLE_DEVICES, "none");
+});
+
+t("agents of two scopes on one engine run pods of the same id side by side", async () => {
+  const a = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  const b = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  const s = spec("pod-same-id");
+  const first = await a.start(s);
+  try {
+    // Before, the second start failed: the container name was taken.
+    const second = await b.start(s);
+    assert.notEqual(first.endpoint, second.endpoint);
+    await b.stop("pod-same-id");
+  } finally {
+    await a.stop("pod-same-id");
+  }
 });
