@@ -186,6 +186,8 @@ class Conn {
    * unknown length go chunked.
    */
   async exchange(endpoint: string, req: PoolRequest): Promise<Head | undefined> {
+    // Nothing of this exchange's answer yet (a pooled connection heard its last one).
+    this.heard = false;
     this.#noBody = req.method === "HEAD";
     let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
     for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
@@ -204,7 +206,6 @@ class Conn {
     }
     // The answer's head.
     this.#start = this.#end = 0;
-    this.heard = false;
     this.#headersDone = this.#bodyDone = false;
     while (true) {
       this.#parse();

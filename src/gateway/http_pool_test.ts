@@ -385,3 +385,38 @@ console.log(JSON.stringify({ connectError: err instanceof ConnectError, code: er
     }
   },
 );
+
+t("HttpPool sends again on a fresh connection when writing to a pooled one fails", async () => {
+  // A worker that closes each connection a moment after answering (no Connection: close said).
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        let got = "";
+        for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
+          got += String.fromCharCode(...buf.subarray(0, n));
+        }
+        const len = Number(/content-length: (\d+)/i.exec(got)?.[1] ?? 0);
+        let body = got.length - got.indexOf("\r\n\r\n") - 4;
+        for (let n; body < len && (n = await c.read(buf)) !== null;) body += n;
+        await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        c.close();
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  const ep = `127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  const pool = new HttpPool();
+  try {
+    assert.equal(await text(await pool.send(ep, post(enc.encode("{}")))), "ok");
+    await new Promise((r) => setTimeout(r, 100)); // the worker has closed the pooled one
+    // A body large enough to take several writes: a later one fails (EPIPE, ECONNRESET).
+    // Before, what the connection had heard of its previous answer made this one look
+    // answered and broken off: not sent again.
+    const big = enc.encode(JSON.stringify({ x: "y".repeat(4 * 1024 * 1024) }));
+    assert.equal(await text(await pool.send(ep, post(big))), "ok");
+  } finally {
+    pool.close();
+    l.close();
+  }
+});

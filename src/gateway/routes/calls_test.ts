@@ -358,15 +358,21 @@ t(
   },
 );
 
+/** A gateway with auth on that may call back receivers on loopback, and a worker. */
+async function callbackFixture() {
+  const f = await gatewayFixture({
+    calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
+    adminKey: "admin-key-0123456789",
+  });
+  const w = fakeWorker("w1");
+  f.sched.endpoints.push(w.endpoint);
+  return { f, w };
+}
+
 t(
   "a callback POSTs the ended call to an allowed receiver, signed with the tenant's secret",
   async () => {
-    const f = await gatewayFixture({
-      calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
-      adminKey: "admin-key-0123456789",
-    });
-    const w = fakeWorker("w1");
-    f.sched.endpoints.push(w.endpoint);
+    const { f, w } = await callbackFixture();
     const secret = (await (await f.app.request("/calls/callback-secret/t", { headers: ADMIN }))
       .json()).secret;
     assert.match(secret, /^[0-9a-f]{64}$/);
@@ -502,12 +508,7 @@ t("a call's callback being retried does not hold the function's run slot", async
 t(
   "a callback tried again after its tenant's secret was replaced is signed with the new one",
   async () => {
-    const f = await gatewayFixture({
-      calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
-      adminKey: "admin-key-0123456789",
-    });
-    const w = fakeWorker("w1");
-    f.sched.endpoints.push(w.endpoint);
+    const { f, w } = await callbackFixture();
     const secretOf = async (method = "GET") =>
       (await (await f.app.request("/calls/callback-secret/t", { method, headers: ADMIN })).json())
         .secret as string;
