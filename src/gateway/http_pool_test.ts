@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { AnswerBroken, ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
-import { rawWorker } from "./testing.ts";
+import { rawWorker, scriptedWorker } from "./testing.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 
 function server(port = 0) {
@@ -387,25 +387,15 @@ console.log(JSON.stringify({ connectError: err instanceof ConnectError, code: er
 );
 
 t("HttpPool sends again on a fresh connection when writing to a pooled one fails", async () => {
-  // A worker that closes each connection a moment after answering (no Connection: close said).
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const c of l) {
-      (async () => {
-        const buf = new Uint8Array(64 * 1024);
-        let got = "";
-        for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
-          got += String.fromCharCode(...buf.subarray(0, n));
-        }
-        const len = Number(/content-length: (\d+)/i.exec(got)?.[1] ?? 0);
-        let body = got.length - got.indexOf("\r\n\r\n") - 4;
-        for (let n; body < len && (n = await c.read(buf)) !== null;) body += n;
-        await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
-        c.close();
-      })().catch(() => {});
-    }
-  })().catch(() => {});
-  const ep = `127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  // A worker that closes each connection once it has answered (no Connection: close said).
+  const w = scriptedWorker(async (c, got) => {
+    const len = Number(/content-length: (\d+)/i.exec(got)?.[1] ?? 0);
+    let body = got.length - got.indexOf("\r\n\r\n") - 4;
+    const buf = new Uint8Array(64 * 1024);
+    for (let n; body < len && (n = await c.read(buf)) !== null;) body += n;
+    await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+  });
+  const ep = w.endpoint;
   const pool = new HttpPool();
   try {
     assert.equal(await text(await pool.send(ep, post(enc.encode("{}")))), "ok");
@@ -417,6 +407,6 @@ t("HttpPool sends again on a fresh connection when writing to a pooled one fails
     assert.equal(await text(await pool.send(ep, post(big))), "ok");
   } finally {
     pool.close();
-    l.close();
+    w.close();
   }
 });

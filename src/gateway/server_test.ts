@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { serveGateway } from "./server.ts";
-import { fakeWorker, gatewayFixture, rawWorker } from "./testing.ts";
+import { fakeWorker, gatewayFixture, rawWorker, scriptedWorker } from "./testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -416,26 +416,14 @@ t(
   async () => {
     const g = await listening({ policy: { parallel: 1, max_replica: 1, queue_len: 100_000 } });
     // A worker that answers /fast at once and nothing else: the slot a waiter took stays taken.
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    (async () => {
-      for await (const c of listener) {
-        (async () => {
-          const buf = new Uint8Array(64 * 1024);
-          let got = "";
-          for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
-            got += String.fromCharCode(...buf.subarray(0, n));
-          }
-          if (got.includes("/fast")) {
-            await c.write(
-              new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
-            );
-          }
-          while ((await c.read(buf).catch(() => null)) !== null); // holds the rest
-          c.close();
-        })().catch(() => {});
+    const w = scriptedWorker(async (c, got) => {
+      if (got.includes("/fast")) {
+        await c.write(new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
       }
-    })().catch(() => {});
-    g.f.sched.endpoints.push(`127.0.0.1:${(listener.addr as Deno.NetAddr).port}`);
+      const buf = new Uint8Array(64 * 1024);
+      while ((await c.read(buf).catch(() => null)) !== null); // holds the rest
+    });
+    g.f.sched.endpoints.push(w.endpoint);
     const port = Number(new URL(g.url).port);
     const post = (path: string, extra = "") =>
       `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 7\r\n${extra}\r\n{"a":1}`;
@@ -478,7 +466,7 @@ t(
       const next = await call(post("/funccall/t/n/f/fast", "x-inferx-timeout: 2\r\n"), 5000);
       assert.match(next, /^HTTP\/1.1 200/);
     } finally {
-      listener.close();
+      w.close();
       await g.close();
     }
   },

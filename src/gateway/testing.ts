@@ -216,6 +216,42 @@ export function fakeWorker(name: string, options: { status?: number; delayMs?: n
   return { endpoint: `127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
 }
 
+/**
+ * A worker on raw TCP that hands each connection to `serve` once a request
+ * head has come (`got`: what was read so far, the head and any body bytes
+ * after it, one character a byte), and closes it when `serve` returns: for
+ * workers that misbehave in one chosen way.
+ */
+export function scriptedWorker(serve: (c: Deno.Conn, got: string) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let connections = 0;
+  (async () => {
+    for await (const c of listener) {
+      connections++;
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        let got = "";
+        for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
+          got += String.fromCharCode(...buf.subarray(0, n));
+        }
+        await serve(c, got);
+      })().catch(() => {}).finally(() => {
+        try {
+          c.close();
+        } catch {
+          // closed
+        }
+      });
+    }
+  })().catch(() => {});
+  return {
+    endpoint: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    /** Connections accepted so far. */
+    connections: () => connections,
+    close: () => listener.close(),
+  };
+}
+
 /** Options of {@linkcode rawWorker}. */
 export interface RawWorkerOptions {
   /** The answer written, byte for byte, for each request head received. */

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
-import { fakeWorker, type GatewayFixture, gatewayFixture, rawWorker } from "../testing.ts";
+import {
+  fakeWorker,
+  type GatewayFixture,
+  gatewayFixture,
+  rawWorker,
+  scriptedWorker,
+} from "../testing.ts";
 
 const call = (
   app: GatewayFixture["app"],
@@ -364,34 +370,27 @@ t(
   async () => {
     const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 2 } });
     // Both workers answer a head and part of a sized body, then close the connection.
-    const got = [0, 0];
-    const listeners = [0, 1].map((i) => {
-      const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-      (async () => {
-        for await (const c of l) {
-          got[i]++;
-          await c.read(new Uint8Array(4096));
-          await c.write(
-            new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart"),
-          );
-          c.close();
-        }
-      })().catch(() => {});
-      return l;
-    });
-    f.sched.endpoints.push(...listeners.map((l) => `127.0.0.1:${(l.addr as Deno.NetAddr).port}`));
+    const workers = [0, 1].map(() =>
+      scriptedWorker(async (c) => {
+        await c.write(
+          new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart"),
+        );
+      })
+    );
+    f.sched.endpoints.push(...workers.map((w) => w.endpoint));
     const r = await call(f.app, { prompt: "x" });
     assert.equal(r.status, 503);
     const { error } = await r.json();
     assert.equal(error.code, "worker_failed");
     assert.match(error.message, /broke off its answer/);
-    assert.equal(got[0] + got[1], 1, "the POST went to one worker only (it may have run)");
+    const sent = workers[0].connections() + workers[1].connections();
+    assert.equal(sent, 1, "the POST went to one worker only (it may have run)");
     assert.deepEqual(
       f.sched.returns.filter((x) => x.failed),
       [],
       "the worker is not reported failed",
     );
     await f.close();
-    for (const l of listeners) l.close();
+    for (const w of workers) w.close();
   },
 );
