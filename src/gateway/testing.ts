@@ -217,39 +217,55 @@ export function fakeWorker(name: string, options: { status?: number; delayMs?: n
 }
 
 /**
- * A worker on raw TCP that hands each connection to `serve` once a request
- * head has come (`got`: what was read so far, the head and any body bytes
- * after it, one character a byte), and closes it when `serve` returns: for
- * workers that misbehave in one chosen way.
+ * A worker on raw TCP: each connection it accepts goes to `serve`, and is
+ * closed when `serve` ends (or when the worker closes). The base of
+ * {@linkcode scriptedWorker} and {@linkcode rawWorker}.
  */
-export function scriptedWorker(serve: (c: Deno.Conn, got: string) => Promise<void>) {
+function tcpWorker(serve: (c: Deno.Conn) => Promise<void>) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
   let connections = 0;
+  const closeConn = (c: Deno.Conn) => {
+    conns.delete(c);
+    try {
+      c.close();
+    } catch {
+      // closed
+    }
+  };
   (async () => {
     for await (const c of listener) {
       connections++;
-      (async () => {
-        const buf = new Uint8Array(64 * 1024);
-        let got = "";
-        for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
-          got += String.fromCharCode(...buf.subarray(0, n));
-        }
-        await serve(c, got);
-      })().catch(() => {}).finally(() => {
-        try {
-          c.close();
-        } catch {
-          // closed
-        }
-      });
+      conns.add(c);
+      serve(c).catch(() => {}).finally(() => closeConn(c));
     }
   })().catch(() => {});
   return {
     endpoint: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
     /** Connections accepted so far. */
     connections: () => connections,
-    close: () => listener.close(),
+    close() {
+      listener.close();
+      for (const c of [...conns]) closeConn(c);
+    },
   };
+}
+
+/**
+ * A worker on raw TCP that hands each connection to `serve` once a request
+ * head has come (`got`: what was read so far, the head and any body bytes
+ * after it, one character a byte), and closes it when `serve` returns: for
+ * workers that misbehave in one chosen way.
+ */
+export function scriptedWorker(serve: (c: Deno.Conn, got: string) => Promise<void>) {
+  return tcpWorker(async (c) => {
+    const buf = new Uint8Array(64 * 1024);
+    let got = "";
+    for (let n; !got.includes("\r\n\r\n") && (n = await c.read(buf)) !== null;) {
+      got += String.fromCharCode(...buf.subarray(0, n));
+    }
+    await serve(c, got);
+  });
 }
 
 /** Options of {@linkcode rawWorker}. */
@@ -270,65 +286,36 @@ export function rawWorker(options: RawWorkerOptions = {}) {
   const answer = typeof options.answer === "string" || options.answer === undefined
     ? new TextEncoder().encode(options.answer ?? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     : options.answer;
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const received: Uint8Array[] = [];
-  const conns = new Set<Deno.Conn>();
-  let connections = 0;
-  (async () => {
-    for await (const c of listener) {
-      connections++;
-      conns.add(c);
-      (async () => {
-        const buf = new Uint8Array(64 * 1024);
-        let pending = "";
-        let idle: ReturnType<typeof setTimeout> | undefined;
-        const arm = () => {
-          clearTimeout(idle);
-          if (options.idleCloseMs !== undefined) {
-            idle = setTimeout(() => c.close(), options.idleCloseMs);
-          }
-        };
-        arm();
-        try {
-          for (let n; (n = await c.read(buf)) !== null;) {
-            received.push(buf.slice(0, n));
-            pending += String.fromCharCode(...buf.subarray(0, n));
-            let end;
-            while ((end = pending.indexOf("\r\n\r\n")) >= 0) {
-              pending = pending.slice(end + 4);
-              await c.write(answer);
-            }
-            arm();
-          }
-        } catch {
-          // closed
-        } finally {
-          clearTimeout(idle);
-          conns.delete(c);
-          try {
-            c.close();
-          } catch {
-            // closed
-          }
+  const worker = tcpWorker(async (c) => {
+    const buf = new Uint8Array(64 * 1024);
+    let pending = "";
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(idle);
+      if (options.idleCloseMs !== undefined) {
+        idle = setTimeout(() => c.close(), options.idleCloseMs);
+      }
+    };
+    arm();
+    try {
+      for (let n; (n = await c.read(buf)) !== null;) {
+        received.push(buf.slice(0, n));
+        pending += String.fromCharCode(...buf.subarray(0, n));
+        let end;
+        while ((end = pending.indexOf("\r\n\r\n")) >= 0) {
+          pending = pending.slice(end + 4);
+          await c.write(answer);
         }
-      })();
+        arm();
+      }
+    } finally {
+      clearTimeout(idle);
     }
-  })().catch(() => {});
+  });
   return {
-    endpoint: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    ...worker,
     /** Everything received, all connections together, as one string of one character a byte. */
     received: () => received.map((b) => String.fromCharCode(...b)).join(""),
-    /** Connections accepted so far. */
-    connections: () => connections,
-    close() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch {
-          // closed
-        }
-      }
-    },
   };
 }
