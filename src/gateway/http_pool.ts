@@ -10,8 +10,11 @@
  * goes on a fresh one. When reading the caller's streamed body fails, the
  * body's own error is thrown (the caller's fault, not the worker's). Idle
  * connections are closed after an idle timeout, so a worker that went away
- * (scale to zero) leaves nothing open. No `Response` objects: the warm path
- * writes what it reads.
+ * (scale to zero) leaves nothing open; an exchange in which nothing moved
+ * either way for longer than its request's `answerTimeoutMs` is cut
+ * ({@linkcode AnswerTimeout}, as nginx's `proxy_read_timeout`), found by the
+ * same sweep rather than a timer a request. No `Response` objects: the warm
+ * path writes what it reads.
  *
  * @module
  */
@@ -20,6 +23,11 @@ import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/by
 import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
+/**
+ * How often at most {@linkcode HttpPool.sweep} looks for quiet exchanges (ms;
+ * the gateway sweeps every 100).
+ */
+export const QUIET_CHECK_MS = 50;
 const IDLE_PER_ENDPOINT = 64;
 /** Sized answers up to this are read whole rather than streamed. */
 export const BUFFER_LIMIT = 1024 * 1024;
@@ -46,6 +54,19 @@ export class AnswerBroken extends Error {
 }
 
 /**
+ * Nothing moved between the gateway and the worker (no byte read from it, none
+ * written to it) for longer than the request's `answerTimeoutMs`: the
+ * connection was closed. The worker had the request, so the call is not sent
+ * to another worker.
+ */
+export class AnswerTimeout extends Error {
+  constructor(endpoint: string, limitMs: number) {
+    super(`${endpoint} sent nothing for ${limitMs / 1000} s`);
+    this.name = "AnswerTimeout";
+  }
+}
+
+/**
  * Reading the caller's streamed body failed (too large, malformed, the
  * caller gone): the caller's fault, not the worker's. {@linkcode HttpPool.send}
  * throws the body's own error (`cause`), never a {@linkcode ConnectError}.
@@ -64,6 +85,12 @@ export interface PoolRequest {
   /** Lower-case names, without hop-by-hop fields, `host` or `content-length`. */
   headers: Iterable<readonly [string, string]>;
   body: Uint8Array | AsyncIterable<Uint8Array> | null;
+  /**
+   * The longest the exchange may stay quiet, nothing read from the worker and
+   * nothing written to it, before it is cut with {@linkcode AnswerTimeout}
+   * (checked by {@linkcode HttpPool.sweep}); absent: no limit.
+   */
+  answerTimeoutMs?: number;
 }
 
 /** An upstream answer: its head, and its body whole or as it comes. */
@@ -79,7 +106,11 @@ export interface UpstreamAnswer {
   length: number | undefined;
   /** The whole body, when it was read at once (sized, up to 1 MiB, or none). */
   bytes?: Uint8Array;
-  /** The next piece of a streamed body; null at its end. */
+  /**
+   * The next piece of a streamed body; null at its end. Rejects with
+   * {@linkcode AnswerTimeout} or {@linkcode AnswerBroken} when the worker
+   * stops short.
+   */
   read(): Promise<Uint8Array | null>;
   /** Gives up on the rest of the body (the connection is closed). */
   cancel(): void;
@@ -117,6 +148,14 @@ class Conn {
   heard = false;
   /** When it went back to the pool (`performance.now()`). */
   idleSince = 0;
+  /** The current exchange's quiet limit (ms); 0 while idle or without one. */
+  quietLimitMs = 0;
+  /** Since when the sweep has seen nothing move (`performance.now()`). */
+  quietSince = 0;
+  /** Something was read or written since the sweep last looked. */
+  stirred = false;
+  /** The sweep cut the exchange: it was quiet past its limit. */
+  timedOut = false;
   #paused = false;
   // The answer being read.
   #noBody = false;
@@ -203,6 +242,7 @@ class Conn {
       const out = this.#encode(head);
       if (n) out.set(body!, head.length);
       for (let o = 0; o < total;) o += await this.socket.write(out.subarray(o, total));
+      this.stirred = true;
     }
     // The answer's head.
     this.#start = this.#end = 0;
@@ -226,7 +266,7 @@ class Conn {
         throw new Error("upstream closed the connection in the middle of an answer head");
       }
       this.#end += n;
-      this.heard = true;
+      this.heard = this.stirred = true;
     }
   }
 
@@ -266,6 +306,7 @@ class Conn {
   async #write(bytes: Uint8Array, length: number): Promise<void> {
     let o = 0;
     while (o < length) o += await this.socket.write(bytes.subarray(o, length));
+    this.stirred = true;
   }
 
   /** Reads more; false at end of stream. */
@@ -276,6 +317,7 @@ class Conn {
     const n = await this.socket.read(restOf(this.#buf, this.#end));
     if (n === null) return false;
     this.#end += n;
+    this.stirred = true;
     return true;
   }
 
@@ -400,8 +442,11 @@ export interface HttpPoolOptions {
 /** Keep-alive connection pools, one per `host:port`. */
 export class HttpPool {
   #idle = new Map<string, Conn[]>();
+  /** Every open connection, idle or exchanging. */
+  #open = new Set<Conn>();
   #idleMs: number;
   #sweptAt = 0;
+  #quietCheckedAt = 0;
 
   constructor(options: HttpPoolOptions = {}) {
     this.#idleMs = options.idleTimeoutMs ?? 4000;
@@ -415,11 +460,25 @@ export class HttpPool {
   }
 
   /**
-   * Closes connections idle past the timeout and forgets workers left with
-   * none; runs with the requests and the gateway's sweep, at most twice per
-   * timeout.
+   * Cuts exchanges quiet past their `answerTimeoutMs` (looked at every
+   * {@linkcode QUIET_CHECK_MS} at most), closes connections idle past the
+   * timeout and forgets workers left with none (at most twice per timeout);
+   * runs with the requests and the gateway's sweep.
    */
   sweep(now = performance.now()): void {
+    if (now - this.#quietCheckedAt >= QUIET_CHECK_MS) {
+      this.#quietCheckedAt = now;
+      for (const c of this.#open) {
+        if (c.quietLimitMs === 0) continue;
+        if (c.stirred) {
+          c.stirred = false;
+          c.quietSince = now;
+        } else if (now - c.quietSince > c.quietLimitMs) {
+          c.timedOut = true;
+          c.close();
+        }
+      }
+    }
     if (now - this.#sweptAt < this.#idleMs / 2) return;
     this.#sweptAt = now;
     for (const [endpoint, conns] of this.#idle) {
@@ -457,6 +516,8 @@ export class HttpPool {
       // does a retry (another idle connection may be as stale as the first).
       const pooled = attempt === 0 && replayable ? this.#pooled(endpoint, now) : undefined;
       const conn = pooled ?? await this.#connect(endpoint);
+      conn.quietLimitMs = req.answerTimeoutMs ?? 0;
+      conn.quietSince = now;
       let inFlight = true;
       let cancelled = false;
       cancelable?.(() => {
@@ -475,6 +536,7 @@ export class HttpPool {
         this.#discard(conn);
         if (err instanceof RequestBodyError) throw err.cause;
         if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
+        if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
         // A kept-alive connection the worker had already closed: try a fresh one once.
         if (pooled && !answered) continue;
         if (answered) {
@@ -498,7 +560,9 @@ export class HttpPool {
         port: Number(endpoint.slice(colon + 1)),
       });
       socket.setNoDelay(true);
-      return new Conn(socket);
+      const conn = new Conn(socket);
+      this.#open.add(conn);
+      return conn;
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code === "EMFILE" || code === "ENFILE") {
@@ -516,6 +580,7 @@ export class HttpPool {
   }
 
   #discard(conn: Conn): void {
+    this.#open.delete(conn);
     conn.close();
     conn.free();
   }
@@ -525,6 +590,7 @@ export class HttpPool {
     let idle = this.#idle.get(endpoint);
     if (!idle) this.#idle.set(endpoint, idle = []);
     if (idle.length >= IDLE_PER_ENDPOINT) return this.#discard(conn);
+    conn.quietLimitMs = 0;
     conn.idleSince = performance.now();
     idle.push(conn);
   }
@@ -551,7 +617,10 @@ export class HttpPool {
           return c;
         } catch (err) {
           finish(false);
-          throw err;
+          if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
+          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
+            cause: err,
+          });
         }
       },
       cancel: () => finish(false),

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { AnswerBroken, ConnectError, HttpPool, type UpstreamAnswer } from "./http_pool.ts";
+import {
+  AnswerBroken,
+  AnswerTimeout,
+  ConnectError,
+  HttpPool,
+  type UpstreamAnswer,
+} from "./http_pool.ts";
 import { rawWorker, scriptedWorker } from "./testing.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 
@@ -410,3 +416,64 @@ t("HttpPool sends again on a fresh connection when writing to a pooled one fails
     w.close();
   }
 });
+
+t(
+  "HttpPool cuts an exchange quiet past its answerTimeoutMs, before or within the body",
+  async () => {
+    const quiet = (c: Deno.Conn) => c.read(new Uint8Array(1)).then(() => {}); // until cut
+    const noHead = scriptedWorker(quiet);
+    const stalled = scriptedWorker(async (c) => {
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nsome"));
+      await quiet(c);
+    });
+    const stalledStream = scriptedWorker(async (c) => {
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n"));
+      await quiet(c);
+    });
+    // A chunk every 60 ms: slower than the limit in all, never quiet as long as it.
+    const steady = scriptedWorker(async (c) => {
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"));
+      for (let i = 0; i < 8; i++) {
+        await new Promise((r) => setTimeout(r, 60));
+        await c.write(enc.encode("1\r\nx\r\n"));
+      }
+      await c.write(enc.encode("0\r\n\r\n"));
+    });
+    const pool = new HttpPool();
+    const sweep = setInterval(() => pool.sweep(), 20);
+    const limited = (req: ReturnType<typeof post>) => ({ ...req, answerTimeoutMs: 200 });
+    try {
+      const t0 = performance.now();
+      await assert.rejects(
+        pool.send(noHead.endpoint, limited(post(enc.encode("{}")))),
+        (err) => err instanceof AnswerTimeout && /sent nothing for 0.2 s/.test(err.message),
+      );
+      const waited = performance.now() - t0;
+      assert.ok(waited >= 200 && waited < 2000, `cut after ${waited} ms`);
+
+      // A sized answer is read whole before send() resolves; a streamed one as it comes.
+      await assert.rejects(
+        pool.send(stalled.endpoint, limited(post(enc.encode("{}")))),
+        AnswerTimeout,
+      );
+      const half = await pool.send(stalledStream.endpoint, limited(post(enc.encode("{}"))));
+      assert.equal(half.status, 200);
+      assert.equal(new TextDecoder().decode((await half.read())!), "x");
+      await assert.rejects(half.read(), AnswerTimeout);
+
+      const slow = await pool.send(steady.endpoint, limited(post(enc.encode("{}"))));
+      assert.equal(await text(slow), "x".repeat(8));
+      assert.equal(pool.idleConnections, 1, "the steady worker's connection went back");
+      // Idle in the pool, it is never cut, however long it waits.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(pool.idleConnections, 1);
+    } finally {
+      clearInterval(sweep);
+      pool.close();
+      noHead.close();
+      stalled.close();
+      stalledStream.close();
+      steady.close();
+    }
+  },
+);

@@ -7,11 +7,18 @@
  *
  * @module
  */
-import { InferxError, NotFoundError } from "../common/errors.ts";
+import { type ErrorCode, InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
+import { DEFAULT_ANSWER_TIMEOUT_S } from "../model/schemas.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { CallStage, Slot } from "./func_agent.ts";
-import { AnswerBroken, ConnectError, type HttpPool, type UpstreamAnswer } from "./http_pool.ts";
+import {
+  AnswerBroken,
+  AnswerTimeout,
+  ConnectError,
+  type HttpPool,
+  type UpstreamAnswer,
+} from "./http_pool.ts";
 
 const log = logger("gateway");
 
@@ -143,12 +150,22 @@ export async function forward(
         path: call.path,
         headers: call.headers,
         body: call.body,
+        answerTimeoutMs: (agent.policy.answer_timeout ?? DEFAULT_ANSWER_TIMEOUT_S) * 1000,
       }, caller && ((cancel) => gone ? cancel() : onGone = cancel));
     } catch (err) {
       onGone = undefined;
       if (gone) {
         agent.release(slot);
         throw new CallerGone(agent.id);
+      }
+      if (err instanceof AnswerTimeout) {
+        // Hung, or slower than its policy allows: it had the request, so it is not sent again.
+        agent.release(slot);
+        throw new InferxError(
+          "timeout",
+          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message} (the policy's answer_timeout)`,
+          { cause: err },
+        );
       }
       if (err instanceof AnswerBroken) {
         // It had the request (it may have run it): not sent again, the worker not dropped.
@@ -230,6 +247,17 @@ export async function forward(
     ttfbMs,
     finish,
   };
+}
+
+/**
+ * Why a worker's streamed answer stopped short, when reading it failed
+ * ({@linkcode CallAnswer.read}): `timeout` (quiet past `answer_timeout`) or
+ * `worker_failed`; undefined for an error of anything else.
+ */
+export function cutShortCode(err: unknown): ErrorCode | undefined {
+  if (err instanceof AnswerTimeout) return "timeout";
+  if (err instanceof AnswerBroken) return "worker_failed";
+  return undefined;
 }
 
 /**

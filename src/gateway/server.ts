@@ -26,7 +26,14 @@ import {
 } from "./http1/server.ts";
 import { errorAnswer } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
-import { type CallAnswer, CallerGone, type CallInput, forward, type FuncTarget } from "./proxy.ts";
+import {
+  type CallAnswer,
+  CallerGone,
+  type CallInput,
+  cutShortCode,
+  forward,
+  type FuncTarget,
+} from "./proxy.ts";
 import { OPENAI_CALL_PATHS } from "./routes/openai.ts";
 import { wantsCallPath } from "./calls/accept.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
@@ -128,6 +135,7 @@ export function serveGateway(
     } catch (err) {
       answer.finish(false);
       if (gone || err instanceof ConnectionClosed) return rec.callerGone();
+      rec.finished(cutShortCode(err));
       throw err;
     } finally {
       rec.finished();

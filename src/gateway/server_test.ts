@@ -471,3 +471,41 @@ t(
     }
   },
 );
+
+t("a streamed answer quiet past answer_timeout is cut and recorded as such", async () => {
+  const g = await listening({ policy: { parallel: 1, max_replica: 1, answer_timeout: 0.3 } });
+  let first = true;
+  const w = scriptedWorker(async (c) => {
+    const enc = new TextEncoder();
+    if (!first) {
+      return void await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    }
+    first = false;
+    await c.write(enc.encode(
+      "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "9\r\ndata: 1\n\n\r\n",
+    ));
+    await c.read(new Uint8Array(1)); // then nothing, until the gateway cuts the connection
+  });
+  g.f.sched.endpoints.push(w.endpoint);
+  const sweep = setInterval(() => g.f.deps.pool.sweep(), 100); // as the gateway's own sweep
+  try {
+    const cut = await rawCall(
+      g.url,
+      "POST /funccall/t/n/f/v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+    );
+    assert.match(cut, /^HTTP\/1.1 200 /);
+    assert.match(cut, /data: 1/);
+    assert.ok(!cut.endsWith("0\r\n\r\n"), `not ended as if whole: ${JSON.stringify(cut)}`);
+    const next = await post(`${g.url}/funccall/t/n/f/v1/completions`, {});
+    assert.equal(await next.text(), "ok", "the slot was freed");
+    assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error ?? null]), [
+      [200, "timeout"],
+      [200, null],
+    ]);
+  } finally {
+    clearInterval(sweep);
+    w.close();
+    await g.close();
+  }
+});

@@ -33,6 +33,12 @@ export const FuncPolicySchema = z.strictObject({
   queue_len: z.int().min(0).max(1_000_000).default(100),
   /** Seconds a request may wait in the queue. */
   queue_timeout: z.number().positive().max(3600).default(30),
+  /**
+   * Seconds a worker may send nothing while answering a call (before its
+   * answer's head, or between two pieces of it) before the gateway cuts it;
+   * absent: {@linkcode DEFAULT_ANSWER_TIMEOUT_S}.
+   */
+  answer_timeout: z.number().positive().max(86_400).optional(),
   scaleout_policy: z.strictObject({
     wait_ratio: z.number().min(0).max(100).default(0.1),
     /** Scale out when a call has waited this long (ms) in a gateway's queue. */
@@ -70,6 +76,12 @@ export const FuncPolicySchema = z.strictObject({
   message: "set traffic or canary_percent, not both",
   path: ["canary_percent"],
 });
+
+/**
+ * A policy's `answer_timeout` when it sets none: ten minutes, room for a long
+ * answer that is not streamed (it comes whole when generation ends).
+ */
+export const DEFAULT_ANSWER_TIMEOUT_S = 600;
 
 /** A function's scaling policy, all defaults filled in. */
 export type FuncPolicy = z.infer<typeof FuncPolicySchema>;

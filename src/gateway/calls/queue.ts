@@ -34,7 +34,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
+import { type ErrorCode, InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
 import { isConflict } from "../../common/retry.ts";
 import { logger } from "../../common/log.ts";
 import {
@@ -48,7 +48,14 @@ import { type Informer, startInformer } from "../../rpc/informer.ts";
 import type { MetaClient, MetaRecord, ObjectRef } from "../../rpc/types.ts";
 import { HOP_BY_HOP } from "../http1/server.ts";
 import { CallRecord as Observed, type ObserveOptions } from "../middleware/observe.ts";
-import { type CallAnswer, CallerGone, type CallInput, forward, type ProxyDeps } from "../proxy.ts";
+import {
+  type CallAnswer,
+  CallerGone,
+  type CallInput,
+  cutShortCode,
+  forward,
+  type ProxyDeps,
+} from "../proxy.ts";
 import { signalSource } from "../routes/_call.ts";
 import { type CallbackSender, tenantSecret, UnresolvedHost } from "./callback.ts";
 import { callView } from "./view.ts";
@@ -598,22 +605,24 @@ export class CallQueue {
     rec.answered(answer);
     const pod = answer.slot.worker.podId;
     const head = { status: answer.status, pod, headers: keptHeaders(answer.headers) };
+    let cut: ErrorCode | undefined;
     try {
       const body = await readBounded(answer, this.maxBytes);
       if (body === undefined) return { kind: "too_large", ...head };
       return { kind: "answer", ...head, body };
     } catch (err) {
       if (signal.aborted) return { kind: "aborted" };
+      cut = cutShortCode(err) ?? "worker_failed";
       return {
         kind: "error",
         pod,
         error: new InferxError(
-          "worker_failed",
+          cut,
           `The answer of worker ${pod} broke off: ${(err as Error).message}`,
         ),
       };
     } finally {
-      rec.finished();
+      rec.finished(cut);
     }
   }
 

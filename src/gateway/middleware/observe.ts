@@ -8,7 +8,12 @@
  * @module
  */
 import type { MiddlewareHandler } from "hono";
-import { httpStatus, type InferxError, toInferxError } from "../../common/errors.ts";
+import {
+  type ErrorCode,
+  httpStatus,
+  type InferxError,
+  toInferxError,
+} from "../../common/errors.ts";
 import type { AuditLog } from "../../audit/types.ts";
 import type { FunctionMetrics, GatewayMetrics, VersionMetrics } from "../metrics.ts";
 import type { Principal } from "../auth.ts";
@@ -96,10 +101,11 @@ export class CallRecord {
   }
 
   /**
-   * The answer has been delivered (or broke off after its head): duration,
-   * token figures and audit row.
+   * The answer has been delivered, or broke off after its head (`cutShort`:
+   * why, for the audit row; the status stays the one the worker answered):
+   * duration, token figures and audit row.
    */
-  finished(): void {
+  finished(cutShort?: ErrorCode): void {
     if (this.#done) return;
     this.#done = true;
     const now = performance.now();
@@ -111,7 +117,7 @@ export class CallRecord {
       tokens = this.tokens.result(now, this.#slot?.queuedMs);
       if (this.#version) countTokens(this.#version, tokens);
     }
-    this.#audit(ms, undefined, tokens);
+    this.#audit(ms, cutShort, tokens);
   }
 
   /** The gateway answered an error itself. */

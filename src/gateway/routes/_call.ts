@@ -6,7 +6,7 @@
  * @module
  */
 import type { CallRecord } from "../middleware/observe.ts";
-import type { AbortSource, CallAnswer } from "../proxy.ts";
+import { type AbortSource, type CallAnswer, cutShortCode } from "../proxy.ts";
 
 const NULL_BODY = new Set([101, 204, 205, 304]);
 
@@ -20,11 +20,11 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
   }
   if (answer.length !== undefined) answer.headers.push(["content-length", String(answer.length)]);
   let done = false;
-  const end = (delivered: boolean) => {
+  const end = (delivered: boolean, err?: unknown) => {
     if (done) return;
     done = true;
     answer.finish(delivered);
-    rec.finished();
+    rec.finished(cutShortCode(err));
   };
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -38,7 +38,7 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
           rec.tokens?.chunk(chunk, performance.now()); // read after it was passed on
         }
       } catch (err) {
-        end(false);
+        end(false, err);
         controller.error(err);
       }
     },

@@ -394,3 +394,73 @@ t(
     for (const w of workers) w.close();
   },
 );
+
+t(
+  "gateway answers 504 when a worker stays silent past answer_timeout, and frees its slot",
+  async () => {
+    const f = await gatewayFixture({
+      policy: { parallel: 1, max_replica: 1, answer_timeout: 0.3 },
+    });
+    let first = true;
+    const w = scriptedWorker(async (c) => {
+      if (first) {
+        first = false;
+        await c.read(new Uint8Array(1)); // hung: nothing until the gateway cuts the connection
+        return;
+      }
+      await c.write(new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    });
+    f.sched.endpoints.push(w.endpoint);
+    const sweep = setInterval(() => f.deps.pool.sweep(), 100); // as the gateway's own sweep
+    try {
+      const hung = await call(f.app);
+      assert.equal(hung.status, 504);
+      assert.match(
+        (await hung.json()).error.message,
+        /sent nothing for 0\.3 s \(the policy's answer_timeout\)/,
+      );
+      // The one slot is free again and the worker kept: the next call is answered.
+      const next = await call(f.app);
+      assert.equal(next.status, 200);
+      assert.equal(await next.text(), "ok");
+      assert.equal(f.sched.leases.length, 1, "the worker was not given up");
+      assert.deepEqual(f.audit.requests.map((r) => [r.status, r.error ?? null]), [
+        [504, "timeout"],
+        [200, null],
+      ]);
+    } finally {
+      clearInterval(sweep);
+      await f.close();
+      w.close();
+    }
+  },
+);
+
+t(
+  "a streamed answer quiet past answer_timeout errors the body and is audited as timeout",
+  async () => {
+    const f = await gatewayFixture({ policy: { answer_timeout: 0.3 } });
+    const w = scriptedWorker(async (c) => {
+      await c.write(new TextEncoder().encode(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" +
+          "9\r\ndata: 1\n\n\r\n",
+      ));
+      await c.read(new Uint8Array(1)); // then nothing, until the gateway cuts the connection
+    });
+    f.sched.endpoints.push(w.endpoint);
+    const sweep = setInterval(() => f.deps.pool.sweep(), 100);
+    try {
+      const r = await call(f.app);
+      assert.equal(r.status, 200);
+      await assert.rejects(r.text());
+      assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error ?? null]), [[
+        200,
+        "timeout",
+      ]]);
+    } finally {
+      clearInterval(sweep);
+      await f.close();
+      w.close();
+    }
+  },
+);
