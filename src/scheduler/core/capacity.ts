@@ -46,8 +46,8 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     const parked = parkedPod(state, f);
     const quota = quotaBlock(state, f, parked);
     if (quota) {
-      if (freeTenantPod(ctx, f)) continue;
-      f.lastUnschedulable = quota;
+      if (freeTenantPod(ctx, f, quota)) continue;
+      f.lastUnschedulable = quota.message;
       state.starved.add(f.id);
       // Nothing of this function runs, nothing can be freed: waiting would only time out.
       if (activeCurrent(state, f) === 0) {
@@ -56,7 +56,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
             type: "leaseFailed",
             reqId: w.reqId,
             code: "quota_exceeded",
-            message: `Cannot lease worker for ${f.id}: ${quota}`,
+            message: `Cannot lease worker for ${f.id}: ${quota.message}`,
           });
         }
       }

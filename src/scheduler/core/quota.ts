@@ -18,11 +18,21 @@ export function setTenantLimits(state: CoreState, tenant: string, limits: Tenant
   else state.quotas.set(tenant, { ...limits });
 }
 
+/** Which of a tenant's limits one more replica would break, and a message saying so. */
+export interface QuotaBlock {
+  limit: "max_replica" | "max_gpu";
+  message: string;
+}
+
 /**
  * Why one more replica of `f` (resuming `parked`, when there is one) would
  * break its tenant's quota, or undefined when it would not.
  */
-export function quotaBlock(state: CoreState, f: CoreFunc, parked?: CorePod): string | undefined {
+export function quotaBlock(
+  state: CoreState,
+  f: CoreFunc,
+  parked?: CorePod,
+): QuotaBlock | undefined {
   const tenant = tenantOf(f.id);
   const q = state.quotas.get(tenant);
   if (!q) return undefined;
@@ -35,21 +45,32 @@ export function quotaBlock(state: CoreState, f: CoreFunc, parked?: CorePod): str
   }
   const moreGpus = parked ? (parked.held.vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
   if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
-    return `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`;
+    return {
+      limit: "max_replica",
+      message: `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`,
+    };
   }
   if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
-    return `tenant ${tenant} would exceed its max_gpu quota (${gpus} of ${q.maxGpu} GPU(s) held, ${moreGpus} more needed)`;
+    return {
+      limit: "max_gpu",
+      message:
+        `tenant ${tenant} would exceed its max_gpu quota (${gpus} of ${q.maxGpu} GPU(s) held, ${moreGpus} more needed)`,
+    };
   }
   return undefined;
 }
 
 /**
- * Makes room within a tenant's quota: retires the least recently used idle
- * pod of another function of the same tenant that is above its `minReplica`,
- * else terminates a parked pod that kept its GPU memory.
+ * Makes room within a tenant's quota where `block` says it is short: retires
+ * the least recently used idle pod of another function of the same tenant
+ * that is above its `minReplica` (for `max_gpu`, one holding GPUs), else,
+ * for `max_gpu` only, terminates a parked pod that kept its GPU memory (a
+ * parked pod is no replica: ending one frees nothing for `max_replica`).
+ * Whether it freed something.
  */
-export function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
+export function freeTenantPod(ctx: Ctx, f: CoreFunc, block: QuotaBlock): boolean {
   const tenant = tenantOf(f.id);
+  const gpu = block.limit === "max_gpu";
   let victim: CorePod | undefined;
   let owner: CoreFunc | undefined;
   for (const g of ctx.state.funcs.values()) {
@@ -57,6 +78,7 @@ export function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
     if (activeCurrent(ctx.state, g) <= g.policy.minReplica) continue;
     for (const id of g.idle) {
       const p = ctx.state.pods.get(id)!;
+      if (gpu && !(p.held.vram && p.gpus.length)) continue;
       if (!victim || p.lastUsed < victim.lastUsed) (victim = p, owner = g);
     }
   }
@@ -64,6 +86,7 @@ export function freeTenantPod(ctx: Ctx, f: CoreFunc): boolean {
     retire(ctx, owner, victim, `freed for ${f.id} within the tenant's quota`);
     return true;
   }
+  if (!gpu) return false;
   // A parked pod that kept its GPU memory still counts against max_gpu.
   for (const p of ctx.state.pods.values()) {
     if (p.state !== "Standby" || !p.held.vram || !p.gpus.length || tenantOf(p.func) !== tenant) {

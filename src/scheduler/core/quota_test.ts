@@ -108,3 +108,49 @@ Deno.test("quota: a paused pod holding its GPU is resumed, not passed over for a
   for (const p of d.state.pods.values()) if (p.held.vram) gpus += p.gpus.length;
   assert.equal(gpus, 1);
 });
+
+Deno.test("quota: at max_replica, parked pods (no replicas) are kept, not ended for nothing", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) });
+  for (const n of ["a", "b", "c", "e"]) {
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(`t/n/${n}`, { gpuCount: 1, vramMB: 10_000 }, { standbyTier: "paused" }),
+    });
+  }
+  const pods: Record<string, string> = {};
+  for (const n of ["b", "c", "a"]) {
+    const [p] = created(d.run(lease(`r${n}`, `t/n/${n}`)));
+    pods[n] = p.id;
+    d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+    if (n !== "a") d.run({ type: "return", podId: p.id, gateway: "g1" }); // parked; a stays leased
+  }
+  d.run({ type: "tenantQuota", tenant: "t", limits: { maxReplica: 1 } });
+  for (const f of ["e", "b"]) {
+    const acts = d.run(lease(`r${f}2`, `t/n/${f}`));
+    assert.deepEqual(acts.map((a) => a.type), ["leaseFailed"], f);
+    assert.equal((acts[0] as { code: string }).code, "quota_exceeded");
+  }
+  assert.deepEqual(
+    ["a", "b", "c"].map((n) => d.state.pods.get(pods[n])?.state),
+    ["Ready", "Standby", "Standby"],
+  );
+});
+
+Deno.test("quota: at max_gpu, a parked pod still holding its GPU is ended to make room", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) });
+  for (const n of ["b", "e"]) {
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(`t/n/${n}`, { gpuCount: 1, vramMB: 10_000 }, { standbyTier: "paused" }),
+    });
+  }
+  const [b] = created(d.run(lease("rb", "t/n/b")));
+  d.run({ type: "podStatus", podId: b.id, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: b.id, gateway: "g1" });
+  d.run({ type: "tenantQuota", tenant: "t", limits: { maxGpu: 1 } });
+  const acts = d.run(lease("re", "t/n/e"));
+  assert.deepEqual(acts.map((a) => a.type), ["terminatePod", "createPod"]);
+  assert.equal((acts[0] as { podId: string }).podId, b.id);
+});
