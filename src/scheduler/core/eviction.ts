@@ -35,7 +35,8 @@ const stateRank = (p: CorePod) => (p.state === "Standby" ? 0 : p.leasedBy ? 2 : 
  * versions (`funcId` is the requesting one), and leased ones `options`
  * allows reclaiming, cheapest first: parked, idle, leased; lower priority
  * first; least recently used first; never taking a function below its
- * `minReplica`. Pods already terminating or being reclaimed count as freed,
+ * `minReplica`; then those the pod fits without are spared (one that holds
+ * nothing it needs). Pods already terminating or being reclaimed count as freed,
  * so a plan with no victims means: wait for them. Undefined when no
  * eviction can help.
  */
@@ -93,6 +94,15 @@ export function planEviction(
       }
       victims.push(p);
       fits = fitsAfterFreeing(node, demand, [...freed, ...victims]);
+    }
+    // Taken in order of cost, some may free nothing the pod needs (a parked pod that holds no
+    // GPU memory, when GPU memory is short): those are spared, cheapest first.
+    if (fits) {
+      for (let i = 0; i < victims.length && victims.length > 1;) {
+        const without = victims.filter((_, j) => j !== i);
+        if (fitsAfterFreeing(node, demand, [...freed, ...without])) victims.splice(i, 1);
+        else i++;
+      }
     }
     if (fits && (!best || victims.length < best.victims.length)) {
       best = { node, victims };

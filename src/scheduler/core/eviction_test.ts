@@ -104,3 +104,47 @@ Deno.test("step() evicts parked pods before idle ones", () => {
     { type: "terminatePod", podId: p, reason: "evicted for t/n/new" },
   ]);
 });
+
+Deno.test("eviction spares parked pods that hold nothing the new pod needs", () => {
+  for (const tier of ["file", "host_memory"] as const) {
+    const d = new CoreDriver();
+    d.run(
+      {
+        type: "nodeUpdate",
+        node: nodeReport("n1", {
+          gpuCount: 1,
+          vramMB: 80_000,
+          standbyTiers: ["paused", "host_memory", "file"],
+        }),
+      },
+      {
+        type: "funcUpdate",
+        func: funcReport("t/n/a", { gpuCount: 1, vramMB: 30_000 }, { standbyTier: tier }),
+      },
+      {
+        type: "funcUpdate",
+        func: funcReport("t/n/b", { gpuCount: 1, vramMB: 60_000 }, {
+          standbyTier: "file",
+          standbyPerNode: 0,
+          scaleinTimeoutS: 3600,
+        }),
+      },
+      { type: "funcUpdate", func: funcReport("t/n/c", { gpuCount: 1, vramMB: 40_000 }) },
+    );
+    const a = created(d.run(lease("ra", "t/n/a")))[0].id;
+    d.run({ type: "podStatus", podId: a, state: "Ready", endpoint: "a" });
+    d.run({ type: "return", podId: a, gateway: "g1" });
+    assert.equal(d.state.pods.get(a)!.state, "Standby", tier);
+    assert.equal(d.state.pods.get(a)!.held.vram, false, "parked without its GPU memory");
+    const b = created(d.run(lease("rb", "t/n/b")))[0].id;
+    d.run({ type: "cancelLease", func: "t/n/b", reqId: "rb" }); // comes up idle
+    d.run({ type: "podStatus", podId: b, state: "Ready", endpoint: "b" });
+    const acts = d.run(lease("rc", "t/n/c"));
+    assert.deepEqual(
+      acts.flatMap((x) => x.type === "terminatePod" ? [x.podId] : []),
+      [b],
+      `${tier}: only the idle pod whose GPU memory is needed`,
+    );
+    assert.equal(d.state.pods.get(a)!.state, "Standby", tier);
+  }
+});
