@@ -81,12 +81,23 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
   }
 }
 
-/** The core state a pod record stands for, or undefined for a pod that is over. */
+/**
+ * The core state a pod record stands for, or undefined for a pod that is
+ * over. The core counts a park or a resume from its decision, the agent's
+ * record only once done: a Ready pod asked to park is parked (never handed
+ * out while its agent freezes it), a parked pod asked to run is resuming
+ * (it holds what its restore fills).
+ */
 export function recoveredState(r: PodRecord): CorePodState | undefined {
   if (r.state === "Failed" || r.state === "Terminated") return undefined;
   if (r.desired === "Terminated") return "Terminating";
+  if (r.tier && r.desired === "Standby" && (r.state === "Ready" || r.state === "Standby")) {
+    return "Standby";
+  }
+  if (r.tier && r.desired === "Running" && (r.state === "Standby" || r.state === "Resuming")) {
+    return "Resuming";
+  }
   if (r.state === "Ready") return "Ready";
-  if (r.state === "Standby" && r.tier) return "Standby";
   return "Creating";
 }
 
@@ -134,7 +145,7 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     parked ? TIER_HOLDS[r.tier!] : ALL_HELD,
   );
   pod.endpoint = r.endpoint;
-  if (parked) pod.tier = r.tier;
+  if (parked || podState === "Resuming") pod.tier = r.tier;
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });

@@ -68,6 +68,10 @@ Deno.test("recoveredState() reads what a pod record stands for after a restart",
     ["Standby", "Standby", "paused", "Standby"],
     ["Standby", "Standby", undefined, "Creating"],
     ["Standby", "Ready", undefined, "Ready"],
+    // A park or a resume under way when the scheduler stopped: counted as decided.
+    ["Standby", "Ready", "host_memory", "Standby"],
+    ["Running", "Standby", "host_memory", "Resuming"],
+    ["Running", "Standby", "file", "Resuming"],
     ["Terminated", "Ready", undefined, "Terminating"],
     ["Running", "Failed", undefined, undefined],
     ["Terminated", "Terminated", undefined, undefined],
@@ -201,4 +205,62 @@ Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost wi
   const made = d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
   assert.deepEqual(created(made).map((p) => p.node), ["n2"]);
   assert.ok(!d.run(lease("r1")).some((a) => a.type === "leaseGranted"));
+});
+
+Deno.test("a park or a resume under way at a restart: the parking pod is not handed out, the resuming one keeps its GPU memory", () => {
+  const d = new CoreDriver("s2");
+  d.run({
+    type: "nodeUpdate",
+    node: nodeReport("n1", {
+      gpuCount: 1,
+      vramMB: 80_000,
+      standbyTiers: ["paused", "host_memory"],
+    }),
+  });
+  const base = { node: "n1", cpu: 1000, memMB: 1024, version: 1 };
+  const parking: PodRecord = {
+    ...base,
+    id: "old-1",
+    func: "t/n/a",
+    gpus: [{ index: 0, vramMB: 30_000 }],
+    desired: "Standby",
+    state: "Ready",
+    tier: "host_memory",
+    endpoint: "e1",
+  };
+  const resuming: PodRecord = {
+    ...base,
+    id: "old-2",
+    func: "t/n/b",
+    gpus: [{ index: 0, vramMB: 40_000 }],
+    desired: "Running",
+    state: "Standby",
+    tier: "host_memory",
+    endpoint: "e2",
+  };
+  d.run(
+    { type: "podRecord", pod: parking },
+    { type: "podRecord", pod: resuming },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/a", { gpuCount: 1, vramMB: 30_000 }, { standbyTier: "host_memory" }),
+    },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/b", { gpuCount: 1, vramMB: 40_000 }, { standbyTier: "host_memory" }),
+    },
+    { type: "funcUpdate", func: funcReport("t/n/c", { gpuCount: 1, vramMB: 50_000 }) },
+  );
+  assert.equal(d.state.pods.get("old-1")!.state, "Standby");
+  assert.equal(d.state.pods.get("old-2")!.state, "Resuming");
+  // A lease for a is not granted the pod being frozen (it resumes it once parked).
+  const a = d.run(lease("r1", "t/n/a"));
+  assert.ok(!a.some((x) => x.type === "leaseGranted" && x.podId === "old-1"), JSON.stringify(a));
+  // c (50 GB) does not fit beside b's 40 GB being restored on the 80 GB GPU.
+  const c = d.run(lease("r2", "t/n/c"));
+  assert.deepEqual(created(c), [], "no pod placed into the memory a restore fills");
+  // The resume done: b is up, not parked again.
+  const done = d.run({ type: "podRecord", pod: { ...resuming, state: "Ready" } });
+  assert.ok(!done.some((x) => x.type === "parkPod"), JSON.stringify(done));
+  assert.equal(d.state.pods.get("old-2")!.state, "Ready");
 });
