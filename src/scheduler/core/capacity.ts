@@ -15,7 +15,7 @@ import {
 } from "./_accounting.ts";
 import { type EvictionOptions, planEviction } from "./eviction.ts";
 import {
-  demandShare,
+  demandAmounts,
   fairOrder,
   type FairView,
   fairView,
@@ -131,12 +131,12 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
   return {
     evict(p) {
       const v = lazyView();
-      const cost = demandShare(f.demand, v.totals);
+      const cost = demandAmounts(f.demand);
       return mayEvict(v, tenantOf(f.func), tenantOf(p.func), cost, p.state === "Standby");
     },
     reclaim(p) {
       const v = lazyView();
-      return mayReclaim(v, tenantOf(f.func), tenantOf(p.func), demandShare(f.demand, v.totals));
+      return mayReclaim(v, tenantOf(f.func), tenantOf(p.func), demandAmounts(f.demand));
     },
   };
   function lazyView() {

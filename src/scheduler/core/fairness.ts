@@ -43,7 +43,12 @@ export interface Totals {
 /** What fairness decides by: each tenant's dominant share of the pool, and the weights. */
 export interface FairView {
   totals: Totals;
-  /** Dominant share of the pool held by each tenant's pods (0..1 each). */
+  /** What each tenant's pods hold, each resource summed over them. */
+  held: Map<string, Totals>;
+  /**
+   * Each tenant's dominant share of the pool (0..1): the largest of its
+   * shares of the CPU, the memory and the GPU memory.
+   */
   usage: Map<string, number>;
   /** The tenants in the running: with a pod that serves (not parked) or a lease waiting. */
   active: ReadonlySet<string>;
@@ -64,22 +69,23 @@ export function clusterTotals(state: CoreState): Totals {
 
 const part = (used: number, total: number) => (total > 0 ? used / total : 0);
 
-/** The dominant share of the pool a pod holds (what its node still spends on it). */
-export function podShare(p: CorePod, t: Totals): number {
+/** The dominant share of pool `t` that `held` and `extra` together are. */
+function dominant(t: Totals, held?: Totals, extra?: Totals): number {
   return Math.max(
-    p.held.cpu ? part(p.cpu, t.cpu) : 0,
-    p.held.mem ? part(p.memMB, t.memMB) : 0,
-    p.held.vram ? part(p.gpus.length * p.vramChargeMB, t.vramMB) : 0,
+    part((held?.cpu ?? 0) + (extra?.cpu ?? 0), t.cpu),
+    part((held?.memMB ?? 0) + (extra?.memMB ?? 0), t.memMB),
+    part((held?.vramMB ?? 0) + (extra?.vramMB ?? 0), t.vramMB),
   );
+}
+
+/** What a new pod with `d` would hold. */
+export function demandAmounts(d: PodDemand): Totals {
+  return { cpu: d.cpu, memMB: d.memMB, vramMB: d.gpuCount * d.vramMB };
 }
 
 /** The dominant share of the pool a new pod with `d` would hold. */
 export function demandShare(d: PodDemand, t: Totals): number {
-  return Math.max(
-    part(d.cpu, t.cpu),
-    part(d.memMB, t.memMB),
-    part(d.gpuCount * d.vramMB, t.vramMB),
-  );
+  return dominant(t, demandAmounts(d));
 }
 
 /** A tenant's weight. */
@@ -96,16 +102,23 @@ export function setTenantWeight(state: CoreState, tenant: string, weight: number
 /** Each tenant's dominant share now, and the weight of the tenants in the running. */
 export function fairView(state: CoreState): FairView {
   const totals = clusterTotals(state);
-  const usage = new Map<string, number>();
+  const held = new Map<string, Totals>();
   const active = new Set<string>();
   for (const p of state.pods.values()) {
     if (p.state === "Terminating") continue;
     const t = tenantOf(p.func);
-    usage.set(t, (usage.get(t) ?? 0) + podShare(p, totals));
+    let h = held.get(t);
+    if (!h) held.set(t, h = { cpu: 0, memMB: 0, vramMB: 0 });
+    // What its node still spends on it (a parked pod: what its tier keeps).
+    if (p.held.cpu) h.cpu += p.cpu;
+    if (p.held.mem) h.memMB += p.memMB;
+    if (p.held.vram) h.vramMB += p.gpus.length * p.vramChargeMB;
     if (p.state !== "Standby") active.add(t);
   }
   for (const id of state.starved) active.add(tenantOf(id));
-  return { totals, usage, active, weights: state.weights };
+  const usage = new Map<string, number>();
+  for (const [t, h] of held) usage.set(t, dominant(totals, h));
+  return { totals, held, usage, active, weights: state.weights };
 }
 
 /**
@@ -121,14 +134,19 @@ export function fairShare(v: FairView, tenant: string, requester?: string): numb
   return weightOf(v.weights, tenant) / total;
 }
 
+/** `tenant`'s dominant share with `extra` more (a new pod's amounts). */
+function shareWith(v: FairView, tenant: string, extra?: Totals): number {
+  return extra ? dominant(v.totals, v.held.get(tenant), extra) : v.usage.get(tenant) ?? 0;
+}
+
 /** What `tenant` holds per unit of weight, with `extra` more. */
-function perWeight(v: FairView, tenant: string, extra = 0): number {
-  return ((v.usage.get(tenant) ?? 0) + extra) / weightOf(v.weights, tenant);
+function perWeight(v: FairView, tenant: string, extra?: Totals): number {
+  return shareWith(v, tenant, extra) / weightOf(v.weights, tenant);
 }
 
 /**
  * Whether an idle or `parked` pod of tenant `victim` may be evicted to make
- * room for a pod costing `cost` (dominant share) of tenant `requester`:
+ * room for a pod holding `cost` (its amounts) of tenant `requester`:
  * always within a tenant; across tenants when the victim's tenant holds more
  * per weight than the requester will with its new pod, or, for a parked
  * pod, when the requester stays within its fair share with it.
@@ -137,7 +155,7 @@ export function mayEvict(
   v: FairView,
   requester: string,
   victim: string,
-  cost: number,
+  cost: Totals,
   parked = false,
 ): boolean {
   if (requester === victim || perWeight(v, victim) > perWeight(v, requester, cost)) return true;
@@ -147,16 +165,16 @@ export function mayEvict(
 const EPS = 1e-9;
 
 /** Whether `tenant` stays within its fair share with `cost` more. */
-function withinShare(v: FairView, tenant: string, cost: number): boolean {
-  return (v.usage.get(tenant) ?? 0) + cost <= fairShare(v, tenant) + EPS;
+function withinShare(v: FairView, tenant: string, cost: Totals): boolean {
+  return shareWith(v, tenant, cost) <= fairShare(v, tenant) + EPS;
 }
 
 /**
  * Whether `requester`, still within its fair share with a new pod costing
- * `cost`, may reclaim a leased worker of tenant `victim`, which holds more
+ * `cost` (its amounts), may reclaim a leased worker of tenant `victim`, which holds more
  * than its own fair share.
  */
-export function mayReclaim(v: FairView, requester: string, victim: string, cost: number): boolean {
+export function mayReclaim(v: FairView, requester: string, victim: string, cost: Totals): boolean {
   if (requester === victim) return false;
   return withinShare(v, requester, cost) &&
     (v.usage.get(victim) ?? 0) > fairShare(v, victim, requester) + EPS;

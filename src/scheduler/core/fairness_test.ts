@@ -12,10 +12,11 @@ import { CoreDriver, created, funcReport, kinds, lease, nodeReport } from "./tes
 import type { StandbyTier } from "../../model/cluster.ts";
 import type { CoreAction, CoreFunc, Priority } from "./types.ts";
 
-/** A view of tenants holding `usage` (dominant shares) with `weights`. */
+/** A view of tenants holding `usage` (shares of one resource) with `weights`. */
 function view(usage: Record<string, number>, weights: Record<string, number> = {}): FairView {
   return {
     totals: { cpu: 1, memMB: 1, vramMB: 1 },
+    held: new Map(Object.entries(usage).map(([t, u]) => [t, { cpu: u, memMB: 0, vramMB: 0 }])),
     usage: new Map(Object.entries(usage)),
     active: new Set(Object.keys(usage)),
     weights: new Map(Object.entries(weights)),
@@ -92,8 +93,9 @@ Deno.test("mayEvict() and mayReclaim() take only from tenants holding more than 
   ];
   for (const [name, usage, weights, req, victim, cost, evict, reclaim] of cases) {
     const v = view(usage, weights);
-    assert.equal(mayEvict(v, req, victim, cost), evict, `${name}: evict`);
-    assert.equal(mayReclaim(v, req, victim, cost), reclaim, `${name}: reclaim`);
+    const amounts = { cpu: cost, memMB: 0, vramMB: 0 };
+    assert.equal(mayEvict(v, req, victim, amounts), evict, `${name}: evict`);
+    assert.equal(mayReclaim(v, req, victim, amounts), reclaim, `${name}: reclaim`);
   }
 });
 
@@ -264,4 +266,36 @@ Deno.test("fairView() counts what each tenant's pods hold, parked ones by what t
     0.5,
   );
   assert.deepEqual([...v.active], ["a"]);
+});
+
+Deno.test("a tenant's share is the largest of its CPU, memory and GPU-memory shares (DRF), not a sum over pods", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("cpu1", { cpuMillis: 16_000, memMB: 65_536 }) },
+    {
+      type: "nodeUpdate",
+      node: nodeReport("gpu1", { cpuMillis: 16_000, memMB: 65_536, gpuCount: 1, vramMB: 80_000 }),
+    },
+    { type: "funcUpdate", func: funcReport("x/n/a", { cpu: 14_400, memMB: 1024 }) },
+    {
+      type: "funcUpdate",
+      func: funcReport("x/n/b", { cpu: 1000, memMB: 1024, gpuCount: 1, vramMB: 40_000 }),
+    },
+    {
+      type: "funcUpdate",
+      func: funcReport("y/n/c", { cpu: 1000, memMB: 1024, gpuCount: 1, vramMB: 60_000 }),
+    },
+  );
+  const a = created(d.run(lease("ra", "x/n/a")))[0].id;
+  d.run({ type: "podStatus", podId: a, state: "Ready", endpoint: "a" });
+  const b = created(d.run(lease("rb", "x/n/b")))[0].id;
+  d.run({ type: "cancelLease", func: "x/n/b", reqId: "rb" });
+  d.run({ type: "podStatus", podId: b, state: "Ready", endpoint: "b" }); // idle
+  const v = fairView(d.state);
+  // x: 15.4 of 32 cores (0.48), 2 of 128 GiB, 40 of 80 GB: GPU memory dominates at 0.5.
+  assert.ok(Math.abs(v.usage.get("x")! - 0.5) < 1e-9, String(v.usage.get("x")));
+  // y's pod would be 0.75: x holds less, so its idle pod is not evicted for y; y waits.
+  const acts = d.run(lease("rc", "y/n/c", "g2"));
+  assert.deepEqual(kinds(acts), []);
+  assert.equal(d.state.pods.get(b)!.state, "Ready");
 });
