@@ -144,11 +144,20 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
   }
 }
 
-/** Every function with `minReplica` or waiting leases gets what it needs. */
+/**
+ * Every function with `minReplica` or waiting leases gets what it needs; with
+ * fairness in the same order as {@linkcode retryStarved} (room freed since the
+ * last tick goes to the tenant holding least per weight, not to whichever
+ * function was registered first).
+ */
 export function ensureAll(ctx: Ctx) {
-  for (const f of ctx.state.funcs.values()) {
-    if (f.policy.minReplica > 0 || f.waiters.length > 0) ensureCapacity(ctx, f);
+  const { state } = ctx;
+  const units: CoreFunc[] = [];
+  for (const f of state.funcs.values()) {
+    if (f.policy.minReplica > 0 || f.waiters.length > 0) units.push(f);
   }
+  if (state.config.fairShare && needsOrder(units)) fairOrder(fairView(state), units);
+  for (const f of units) ensureCapacity(ctx, f);
 }
 
 /** Retires idle pods above `minReplica` once unused for `scaleinTimeoutS`. */

@@ -299,3 +299,33 @@ Deno.test("a tenant's share is the largest of its CPU, memory and GPU-memory sha
   assert.deepEqual(kinds(acts), []);
   assert.equal(d.state.pods.get(b)!.state, "Ready");
 });
+
+Deno.test("room freed between ticks goes to the tenant holding least, whatever the functions' order", () => {
+  for (const xFirst of [true, false]) {
+    const d = new CoreDriver();
+    d.run({
+      type: "nodeUpdate",
+      node: nodeReport("n1", {
+        gpuCount: 1,
+        vramMB: 80_000,
+        standbyTiers: ["paused", "host_memory"],
+      }),
+    });
+    const a = funcReport("x/n/a", { gpuCount: 1, vramMB: 40_000 }, { standbyTier: "host_memory" });
+    const b = funcReport("x/n/b", { gpuCount: 1, vramMB: 60_000 });
+    const c = funcReport("y/n/c", { gpuCount: 1, vramMB: 60_000 });
+    for (const f of xFirst ? [a, b, c] : [a, c, b]) d.run({ type: "funcUpdate", func: f });
+    const pod = created(d.run(lease("ra", "x/n/a")))[0].id;
+    d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+    d.now = 100;
+    d.run(lease("rb", "x/n/b", "g1", 60_000));
+    d.now = 200;
+    d.run(lease("rc", "y/n/c", "g2", 60_000));
+    d.now = 1000;
+    d.run({ type: "gatewayHeartbeat", gateway: "g2" });
+    d.run({ type: "return", podId: pod, gateway: "g1" }); // parked in host memory: its GPU freed
+    const placed = created(d.run({ type: "tick" })).map((p) => p.func);
+    // x still holds the parked pod's memory; y holds nothing: y first.
+    assert.deepEqual(placed, ["y/n/c"], `functions registered ${xFirst ? "x" : "y"} first`);
+  }
+});
