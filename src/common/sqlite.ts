@@ -5,6 +5,7 @@
  * @module
  */
 import { DatabaseSync } from "node:sqlite";
+import { dirname } from "node:path";
 import { InferxError } from "./errors.ts";
 
 export type { DatabaseSync, StatementSync } from "node:sqlite";
@@ -32,6 +33,11 @@ export interface OpenDatabaseOptions {
   shared?: boolean;
   /** How long a shared database waits for another process's write (ms). @default 5000 */
   busyTimeoutMs?: number;
+  /**
+   * Looks at the file before anything is written to it (the settings above
+   * write to it): throws to refuse it, left as it was.
+   */
+  check?: (db: DatabaseSync) => void;
 }
 
 /**
@@ -46,6 +52,7 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
   try {
     db = new DatabaseSync(path);
     db.exec(`pragma busy_timeout = ${options.shared ? options.busyTimeoutMs ?? 5000 : 0}`);
+    options.check?.(db);
     // Before anything writes the file's first page, or it has no effect.
     if (options.incrementalVacuum) db.exec("pragma auto_vacuum = incremental");
     if (path !== ":memory:") {
@@ -61,14 +68,42 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     return db;
   } catch (err) {
     db?.close();
-    const busy = /locked|busy/i.test((err as Error).message);
+    const message = (err as Error).message;
+    const busy = /locked|busy/i.test(message);
     throw new InferxError(
       "unavailable",
       busy
         ? `Cannot open ${what} at ${path}: another process has it open`
-        : `Cannot open ${what} at ${path}: ${(err as Error).message}`,
+        : readOnly(path)
+        ? `Cannot open ${what} at ${path}: its directory or file is read-only (${message})`
+        : `Cannot open ${what} at ${path}: ${message}`,
       { cause: err },
     );
+  }
+}
+
+/**
+ * Whether the database at `path` cannot be written for want of permission or
+ * a read-only file system: SQLite says "disk I/O error" or "readonly
+ * database" then, which reads like failing hardware.
+ */
+function readOnly(path: string): boolean {
+  if (path === ":memory:") return false;
+  const probe = `${dirname(path)}/.inferx-write-probe-${Deno.pid}`;
+  try {
+    Deno.writeFileSync(probe, new Uint8Array());
+    Deno.removeSync(probe);
+  } catch (err) {
+    if (err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err))) {
+      return true;
+    }
+    return false;
+  }
+  try {
+    Deno.openSync(path, { read: true, write: true }).close();
+    return false;
+  } catch (err) {
+    return err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err));
   }
 }
 

@@ -5,7 +5,12 @@
  * change made at it) for watches that start in the past, and table `meta`
  * the global revision. Every write is one transaction, committed with
  * `synchronous=FULL` in WAL mode before the call returns; the newest
- * `historyLimit` changes are kept, older ones are compacted away.
+ * `historyLimit` changes are kept, and no more of them than
+ * `historyMaxBytes` of values (each change holds the whole value it wrote, as
+ * in etcd): older ones are compacted away, and the pages they held given back
+ * to the file system. A file that is not this store's (another program's
+ * database, another schema) is refused before anything is written to it.
+ * Keys and values cannot hold U+0000 (SQLite's text ends there): refused.
  *
  * A data directory written by the store that came before (`snapshot.json` +
  * `wal.log`) is migrated into the database on first open, in the same
@@ -33,6 +38,11 @@ import {
 export interface SqliteStoreOptions {
   /** Changes kept for watches that start in the past. @default 10000 */
   historyLimit?: number;
+  /**
+   * The most the kept changes' values may add up to (characters, about
+   * bytes): the oldest go first past it. @default 64 MiB
+   */
+  historyMaxBytes?: number;
   /**
    * Directory of a legacy store (`snapshot.json` + `wal.log`) to migrate on
    * first open. @default the database file's directory
@@ -100,12 +110,20 @@ export async function openSqliteStore(
   options: SqliteStoreOptions = {},
 ): Promise<MetaStore> {
   if (path !== ":memory:") await Deno.mkdir(dirname(path), { recursive: true });
-  const db = openDatabase(path, { what: "the store" });
+  const db = openDatabase(path, { what: "the store", incrementalVacuum: true, check: checkOurs });
   try {
     db.exec(SCHEMA);
+    // A store made before pages were given back: converted once (the file is rewritten).
+    if ((db.prepare("pragma auto_vacuum").get() as Row).auto_vacuum !== 2) {
+      db.exec("pragma auto_vacuum = incremental; vacuum");
+    }
     const legacyDir = options.legacyDir ?? (path === ":memory:" ? undefined : dirname(path));
     if (legacyDir) await migrateLegacy(db, legacyDir);
-    return new SqliteStore(db, options.historyLimit ?? 10_000);
+    return new SqliteStore(
+      db,
+      options.historyLimit ?? 10_000,
+      options.historyMaxBytes ?? 64 * 1024 * 1024,
+    );
   } catch (err) {
     db.close();
     if (err instanceof InferxError) throw err;
@@ -114,6 +132,27 @@ export async function openSqliteStore(
       "unavailable",
       `Cannot open the store at ${path}: ${(err as Error).message}`,
       { cause: err },
+    );
+  }
+}
+
+const TABLES = ["history", "kv", "meta"];
+
+/**
+ * Refuses a database that is not an empty one or this store's (its tables and
+ * schema version), before anything is written to it.
+ */
+function checkOurs(db: DatabaseSync): void {
+  const tables = (db.prepare(
+    "select name from sqlite_schema where type = 'table' order by name",
+  ).all() as Row[]).map((r) => String(r.name));
+  if (tables.length === 0) return;
+  const version = Number((db.prepare("pragma user_version").get() as Row).user_version);
+  if (version !== SCHEMA_VERSION || tables.join() !== TABLES.join()) {
+    throw new InferxError(
+      "unavailable",
+      `it is not this platform's store (tables: ${tables.join(", ")}; schema version ${version}, ` +
+        `not ${SCHEMA_VERSION}); it was left as it is: move it away, or name another data directory`,
     );
   }
 }
@@ -178,6 +217,11 @@ function statements(db: DatabaseSync) {
     ),
     setRevision: db.prepare("insert or replace into meta (name, value) values ('revision', ?)"),
     compact: db.prepare("delete from history where revision <= ?"),
+    historySizes: db.prepare(
+      "select revision, coalesce(length(value), 0) as n from history where revision > ? order by revision",
+    ),
+    freePages: db.prepare("pragma freelist_count"),
+    vacuum: db.prepare("pragma incremental_vacuum"),
     replayRange: db.prepare(
       "select revision, key, value, create_revision from history where revision > ? and key >= ? and key < ? order by revision",
     ),
@@ -193,13 +237,21 @@ class SqliteStore implements MetaStore {
   /** Changes at or below this revision are no longer in `history`. */
   #compacted: number;
   #historyLimit: number;
+  #historyMaxBytes: number;
+  /** What the kept changes' values add up to (characters). */
+  #historyBytes: number;
+  #writesSinceVacuum = 0;
   #watchers = new Set<Watcher>();
   #closed = false;
   #q: ReturnType<typeof statements>;
 
-  constructor(db: DatabaseSync, historyLimit: number) {
+  constructor(db: DatabaseSync, historyLimit: number, historyMaxBytes: number) {
     this.#db = db;
     this.#historyLimit = historyLimit;
+    this.#historyMaxBytes = historyMaxBytes;
+    this.#historyBytes = Number(
+      (db.prepare("select coalesce(sum(length(value)), 0) as n from history").get() as Row).n,
+    );
     this.#rev = metaValue(db, "revision") ?? 0;
     const oldest = db.prepare("select min(revision) as r from history").get() as Row;
     this.#compacted = oldest.r === null ? this.#rev : Number(oldest.r) - 1;
@@ -302,18 +354,38 @@ class SqliteStore implements MetaStore {
     try {
       this.#checkOpen();
       const rev = this.#rev + 1;
-      const compactTo = rev - this.#historyLimit;
+      let compactTo = rev - this.#historyLimit;
+      let bytes = this.#historyBytes;
       ev = transaction(this.#db, () => {
         const e = change();
+        checkText(eventKey(e), e.type === "put" ? e.kv.value : "");
         if (e.type === "put") {
           this.#q.record.run(rev, e.kv.key, e.kv.value, e.kv.createRevision);
+          bytes += e.kv.value.length;
         } else this.#q.record.run(rev, e.key, null, null);
         this.#q.setRevision.run(rev);
+        if (compactTo > this.#compacted) {
+          for (const r of this.#q.historySizes.iterate(this.#compacted) as Iterable<Row>) {
+            if (Number(r.revision) > compactTo) break;
+            bytes -= Number(r.n);
+          }
+        }
+        if (bytes > this.#historyMaxBytes) {
+          // Past the byte budget: the oldest go until a quarter of it is free (not every write
+          // then compacts); the change just made stays.
+          for (const r of this.#q.historySizes.iterate(this.#compacted) as Iterable<Row>) {
+            const at = Number(r.revision);
+            if (at >= rev || bytes <= this.#historyMaxBytes * 0.75) break;
+            if (at > compactTo) (bytes -= Number(r.n), compactTo = at);
+          }
+        }
         if (compactTo > this.#compacted) this.#q.compact.run(compactTo);
         return e;
       });
       this.#rev = rev;
+      this.#historyBytes = bytes;
       if (compactTo > this.#compacted) this.#compacted = compactTo;
+      this.#giveBackPages();
     } catch (err) {
       if (err instanceof InferxError) return Promise.reject(err);
       return Promise.reject(
@@ -330,6 +402,13 @@ class SqliteStore implements MetaStore {
     const key = eventKey(ev);
     for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
     return Promise.resolve(this.#rev);
+  }
+
+  /** Every 256 writes, gives the file's free pages back when there are more than 256 of them. */
+  #giveBackPages(): void {
+    if (++this.#writesSinceVacuum < 256) return;
+    this.#writesSinceVacuum = 0;
+    if (Number((this.#q.freePages.get() as Row).freelist_count) > 256) this.#q.vacuum.all();
   }
 
   /** Queues `ev` for `w`; a microtask hands the queue over in revision order. */
@@ -407,6 +486,18 @@ class SqliteStore implements MetaStore {
     this.#watchers.clear();
     this.#db.close();
     return Promise.resolve();
+  }
+}
+
+/** Refuses U+0000 in a key or value: SQLite's text ends there, so it would come back cut. */
+function checkText(key: string, value: string): void {
+  if (key.includes("\0") || value.includes("\0")) {
+    throw new InferxError(
+      "invalid",
+      `Cannot store ${
+        JSON.stringify(key)
+      }: the embedded store cannot hold U+0000 in a key or value`,
+    );
   }
 }
 

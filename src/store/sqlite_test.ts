@@ -225,13 +225,139 @@ Deno.test("a store file whose pages are damaged is refused at open with an error
     for (let i = 0; i < 300; i++) await s.create(`/k/${i}`, "x".repeat(200));
     await s.close();
     const f = await Deno.open(path, { write: true });
-    await f.seek(4096, Deno.SeekMode.Start); // the second page: the schema's tables
-    await f.write(new Uint8Array(4096).fill(0x55));
+    await f.seek(4096, Deno.SeekMode.Start); // pages 2-5: the tables' roots
+    await f.write(new Uint8Array(4 * 4096).fill(0x55));
     f.close();
     await assert.rejects(
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" && e.message.startsWith(`Cannot open the store at ${path}: `),
     );
+  });
+});
+
+Deno.test("sqlite store keeps its history within historyMaxBytes, and the file gives the space back", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path, { historyMaxBytes: 4 * 1024 * 1024 });
+    const big = "x".repeat(256 * 1024);
+    // One large record rewritten again and again (an asynchronous call's lease renewals).
+    let rev = await store.create("/calls/1", big);
+    for (let i = 0; i < 100; i++) rev = await store.update("/calls/1", big + i, rev);
+    await store.delete("/calls/1");
+    for (let i = 0; i < 600; i++) await store.create(`/small/${i}`, "v");
+    // Past the cap, the oldest changes went: a watch from the start is told so.
+    await assert.rejects(watchFor(store, "/calls/", 0, 1), CompactedError);
+    await store.close();
+    const db = new DatabaseSync(path, { readOnly: true });
+    const kept = db.prepare("select sum(length(value)) as n from history").get() as { n: number };
+    db.close();
+    assert.ok(kept.n <= 4 * 1024 * 1024, `history holds ${kept.n} characters`);
+    // 25 MiB were written; what stays is the capped history, the pages of the rest given back.
+    const size = (await Deno.stat(path)).size;
+    assert.ok(size < 8 * 1024 * 1024, `the file is ${size} bytes`);
+  });
+});
+
+Deno.test("sqlite store refuses U+0000 in a key or value, rather than cut it on reading", async () => {
+  const store = await openSqliteStore();
+  for (const [key, value] of [["/a\0b", "v"], ["/a", "x\0y"]]) {
+    await assert.rejects(
+      store.create(key, value),
+      (e: InferxError) => e.code === "invalid" && /cannot hold U\+0000/.test(e.message),
+    );
+  }
+  assert.deepEqual((await store.list("/")).items, []);
+  assert.equal(await store.revision(), 0, "nothing was written");
+  await store.close();
+});
+
+Deno.test("sqlite store refuses another program's database, and leaves it as it was", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const other = new DatabaseSync(path);
+    other.exec(
+      "create table requests (id integer primary key, body text); pragma user_version = 7",
+    );
+    other.close();
+    const before = await Deno.readFile(path);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7/.test(
+          e.message,
+        ),
+    );
+    assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
+    // This store's own file opens as before.
+    await Deno.remove(path);
+    const mine = await openSqliteStore(path);
+    await mine.create("/k", "v");
+    await mine.close();
+    const again = await openSqliteStore(path);
+    assert.equal((await again.get("/k"))?.value, "v");
+    await again.close();
+  });
+});
+
+Deno.test("sqlite store on a read-only directory says so, not 'disk I/O error'", async () => {
+  if (Deno.uid() === 0) {
+    // root writes anywhere: a read-only mount is the only way, which needs a tmpfs.
+    const probe = await new Deno.Command("mount", { args: ["--version"] }).output().catch(() =>
+      undefined
+    );
+    if (!probe?.success) return console.log("skipped: no mount(8) to make a read-only directory");
+  }
+  await withDir(async (dir) => {
+    const data = `${dir}/ro`;
+    await Deno.mkdir(data);
+    const mount = (...args: string[]) => new Deno.Command("mount", { args }).output();
+    if (Deno.uid() === 0) {
+      const m = await mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", data);
+      if (!m.success) return console.log("skipped: cannot mount a tmpfs here");
+    }
+    try {
+      const s = await openSqliteStore(`${data}/meta.db`);
+      await s.create("/k", "v");
+      await s.close();
+      if (Deno.uid() === 0) await mount("-o", "remount,ro", data);
+      else await Deno.chmod(data, 0o500);
+      await assert.rejects(
+        openSqliteStore(`${data}/meta.db`),
+        (e: InferxError) => /meta\.db: its directory or file is read-only/.test(e.message),
+      );
+    } finally {
+      if (Deno.uid() === 0) await new Deno.Command("umount", { args: [data] }).output();
+      else await Deno.chmod(data, 0o700);
+    }
+  });
+});
+
+Deno.test("a store made before pages were given back is converted once at open, its data kept", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const old = new DatabaseSync(path);
+    old.exec(`
+      create table meta (name text primary key, value integer not null) without rowid;
+      create table kv (key text primary key, value text not null, revision integer not null,
+        create_revision integer not null) without rowid;
+      create table history (revision integer primary key, key text not null, value text,
+        create_revision integer);
+      insert into kv values ('/k', 'v', 1, 1);
+      insert into history values (1, '/k', 'v', 1);
+      insert into meta values ('revision', 1);
+      pragma user_version = 1;`);
+    old.close();
+    const store = await openSqliteStore(path);
+    assert.equal((await store.get("/k"))?.value, "v");
+    assert.equal(await store.create("/k2", "w"), 2);
+    await store.close();
+    const db = new DatabaseSync(path, { readOnly: true });
+    assert.equal(
+      (db.prepare("pragma auto_vacuum").get() as { auto_vacuum: number }).auto_vacuum,
+      2,
+    );
+    db.close();
   });
 });
