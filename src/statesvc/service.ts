@@ -61,6 +61,9 @@ export const SERVICE_VERSION = "inferx-deno/0.1.0";
 
 const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name}`;
 
+/** Where the ids of the sample objects created once are kept (outside the registry). */
+const SAMPLES_KEY = "/inferx/samples-created";
+
 /** The largest user object stored (its JSON, UTF-8 bytes): well under etcd's default request limit. */
 export const MAX_USER_OBJECT = 1024 * 1024;
 
@@ -84,6 +87,22 @@ export class StateService implements MetaClient {
 
   version(): Promise<string> {
     return Promise.resolve(SERVICE_VERSION);
+  }
+
+  /**
+   * The sample objects created once already (`type/tenant/namespace/name`),
+   * and the revision of that record (absent: none created yet).
+   */
+  async samplesCreated(): Promise<{ ids: string[]; revision?: number }> {
+    const kv = await this.#store.get(SAMPLES_KEY);
+    return kv ? { ids: JSON.parse(kv.value), revision: kv.revision } : { ids: [] };
+  }
+
+  /** Records `ids` as the samples created once (compare-and-swap on `revision`). */
+  async recordSamples(ids: string[], revision?: number): Promise<void> {
+    const value = JSON.stringify([...new Set(ids)].sort());
+    if (revision === undefined) await this.#store.create(SAMPLES_KEY, value);
+    else await this.#store.update(SAMPLES_KEY, value, revision);
   }
 
   async get(ref: ObjectRef): Promise<MetaRecord | undefined> {

@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import { withTempDir } from "../common/testing.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
+import { applySamples } from "./samples.ts";
+import { StateService } from "./service.ts";
+
+const SAMPLES = new URL("../../config/functions", import.meta.url).pathname;
+
+Deno.test("samples are created once: kept when changed, gone for good when deleted, across restarts", async () => {
+  await withTempDir("ixsamples-", async (dir) => {
+    const path = `${dir}/meta.db`;
+    let store = await openSqliteStore(path);
+    let meta = new StateService(store);
+    const created = await applySamples(meta, SAMPLES);
+    assert.ok(created > 0);
+    const fns = (await meta.list("function")).items.map((f) =>
+      `${f.tenant}/${f.namespace}/${f.name}`
+    );
+    assert.ok(fns.includes("public/demo/ngram"), fns.join());
+    await meta.delete({ type: "function", tenant: "public", namespace: "demo", name: "ngram" });
+    await store.close();
+
+    store = await openSqliteStore(path);
+    meta = new StateService(store);
+    assert.equal(await applySamples(meta, SAMPLES), 0, "nothing created again");
+    const after = (await meta.list("function")).items.map((f) => f.name);
+    assert.ok(!after.includes("ngram"), "the deleted sample stays deleted");
+    assert.equal(after.length, fns.length - 1);
+    await store.close();
+  });
+});
+
+Deno.test("a new sample file adds its objects to a store that has the others", async () => {
+  await withTempDir("ixsamples-", async (dir) => {
+    const meta = new StateService(await openSqliteStore());
+    await Deno.writeTextFile(
+      `${dir}/a.json`,
+      JSON.stringify({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "acme",
+        object: {},
+      }),
+    );
+    assert.equal(await applySamples(meta, dir), 1);
+    await Deno.writeTextFile(
+      `${dir}/b.json`,
+      JSON.stringify({
+        type: "namespace",
+        tenant: "acme",
+        namespace: "system",
+        name: "prod",
+        object: {},
+      }),
+    );
+    assert.equal(await applySamples(meta, dir), 1, "only the new one");
+    assert.deepEqual((await meta.samplesCreated()).ids, [
+      "namespace/acme/system/prod",
+      "tenant/system/system/acme",
+    ]);
+  });
+});
