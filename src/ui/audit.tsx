@@ -54,7 +54,14 @@ function PodsAudit(props: { rows: PodRow[] }) {
 
 /** The audit page's part. */
 export function AuditPage(
-  props: { filter: AuditFilter; requests?: RequestRow[]; pods?: PodRow[]; kept: boolean },
+  props: {
+    filter: AuditFilter;
+    requests?: RequestRow[];
+    pods?: PodRow[];
+    kept: boolean;
+    /** Why the filter was refused: said under the form, which stays to be corrected. */
+    error?: string;
+  },
 ) {
   const f = props.filter;
   return (
@@ -92,7 +99,9 @@ export function AuditPage(
         </label>
         <button type="submit" class="primary">Filter</button>
       </form>
-      {!props.kept
+      {props.error !== undefined
+        ? <p class="error refused">{props.error}</p>
+        : !props.kept
         ? <Empty>This gateway keeps no audit log.</Empty>
         : f.kind === "pods"
         ? <PodsAudit rows={props.pods ?? []} />

@@ -40,6 +40,11 @@ export class ClusterEvents {
   #informers?: Promise<Informer[]>;
   /** While the first list is delivered: those are not changes. */
   #priming = false;
+  /**
+   * Each node's record as last seen, its heartbeat left out: a heartbeat
+   * alone (every 2 s of every node) is no change a page shows.
+   */
+  readonly #nodes = new Map<string, string>();
 
   constructor(meta: MetaClient) {
     this.#meta = meta;
@@ -71,6 +76,7 @@ export class ClusterEvents {
     if (!this.#listeners.delete(fn) || this.#listeners.size) return;
     const running = this.#informers;
     this.#informers = undefined;
+    this.#nodes.clear();
     running?.then((list) => list.forEach((i) => i.stop()), () => {});
   }
 
@@ -84,8 +90,12 @@ export class ClusterEvents {
           remove: (ref) => this.#emit(() => podEvent("delete", ref)),
         }),
         await startInformer(this.#meta, "node", {
-          upsert: (r) => this.#emit(() => ({ kind: "node", op: "put", ...nodeFields(r) })),
-          remove: (ref) => this.#emit(() => ({ kind: "node", op: "delete", name: ref.name })),
+          upsert: (r) => this.#emit(() => this.#nodeChange(r)),
+          remove: (ref) =>
+            this.#emit(() => {
+              this.#nodes.delete(ref.name);
+              return { kind: "node", op: "delete", name: ref.name };
+            }),
         }),
       );
     } catch (err) {
@@ -98,15 +108,24 @@ export class ClusterEvents {
     return started;
   }
 
+  /** A node's event, or undefined when only its heartbeat moved. */
+  #nodeChange(r: MetaRecord): ClusterEvent | undefined {
+    const n = decodeNode(r.value);
+    const seen = JSON.stringify({ ...n, heartbeat: 0 });
+    if (this.#nodes.get(n.name) === seen) return undefined;
+    this.#nodes.set(n.name, seen);
+    return { kind: "node", op: "put", name: n.name, ready: n.ready };
+  }
+
   #emit(make: () => ClusterEvent | undefined): void {
-    if (this.#priming || !this.#listeners.size) return;
+    if (!this.#priming && !this.#listeners.size) return;
     let ev: ClusterEvent | undefined;
     try {
-      ev = make();
+      ev = make(); // while priming too: what nodes look like is learned then
     } catch (err) {
       log.warn("Ignoring a malformed object: {error}", { error: String(err) });
     }
-    if (!ev) return;
+    if (!ev || this.#priming) return;
     for (const fn of this.#listeners) fn(ev);
   }
 }
@@ -116,11 +135,6 @@ function podEvent(op: "put" | "delete", r: MetaRecord | ObjectRef): ClusterEvent
   if (!("value" in r)) return base;
   const p = decodePod(r.value);
   return { ...base, func: p.func, state: p.state, standbyTier: p.standbyTier, node: p.node };
-}
-
-function nodeFields(r: MetaRecord): { name: string; ready: boolean } {
-  const n = decodeNode(r.value);
-  return { name: n.name, ready: n.ready };
 }
 
 /** Options of {@linkcode eventStream}. */

@@ -16,6 +16,7 @@ import { createNamespace, eventually, putObject, request, startPlatform } from "
 /** The page's document, as the functions run in the browser see it. */
 declare const document: {
   querySelector(selector: string): { textContent: string | null } | null;
+  dispatchEvent(event: Event): boolean;
 };
 
 const skip = chromiumUnavailable();
@@ -94,6 +95,17 @@ Deno.test({
       await page.waitForSelector("#login:not([hidden])");
       assert.match(await text(page, "#login-reason"), /Credentials required/);
       await shot("login");
+      // A masked key (as the examples show it) is refused by the form, and not kept.
+      await page.type("#login input[name=credential]", "ixk_Md_H••••••••");
+      await page.click("#login button[type=submit]");
+      await page.waitForFunction(
+        () => /not a credential/.test(document.querySelector("#login-reason")?.textContent ?? ""),
+      );
+      assert.equal(await page.evaluate(() => sessionStorage.getItem("inferx.credential")), null);
+      await page.$eval(
+        "#login input[name=credential]",
+        (e) => (e as unknown as { value: string }).value = "",
+      );
       await page.type("#login input[name=credential]", ADMIN_KEY);
       await Promise.all([page.waitForNavigation(), page.click("#login button[type=submit]")]);
       await page.waitForSelector('tr[data-func="public/demo/ngram"]');
@@ -125,6 +137,18 @@ Deno.test({
       );
       assert.match(await text(page, '.gpu[data-gpu="0"] .gpu-label'), /59\.6 GB of 80 GB held/);
       await shot("nodes");
+      // A hidden tab lets its event stream go (six would take every connection a browser
+      // opens to the gateway) and follows again when shown.
+      const setHidden = (hidden: boolean) =>
+        page.evaluate((h) => {
+          Object.defineProperty(document, "hidden", { value: h, configurable: true });
+          document.dispatchEvent(new Event("visibilitychange"));
+        }, hidden);
+      await setHidden(true);
+      await page.waitForSelector('#live[data-state="off"]');
+      assert.match(await text(page, "#live"), /paused while hidden/);
+      await setHidden(false);
+      await page.waitForSelector('#live[data-state="on"]');
 
       // A log line with markup is text, not markup.
       await page.goto(`${p.url}/ui/pods`);
@@ -218,11 +242,14 @@ Deno.test({
       await page.waitForSelector(".flash-error:not([hidden])");
       assert.match(await text(page, "#flash"), /may not write in gpu\/lab/);
 
-      // The administrator terminates it; the table follows.
+      // The administrator terminates it, the second click 2.5 s after the first (live updates
+      // do not draw the armed button anew meanwhile); the table follows.
       await page.evaluate((k) => sessionStorage.setItem("inferx.credential", k), ADMIN_KEY);
       await page.goto(`${p.url}/ui/pods`);
       await page.waitForSelector(terminate);
+      await page.waitForSelector('#live[data-state="on"]');
       await page.click(terminate);
+      await new Promise((r) => setTimeout(r, 2500));
       await page.click(terminate);
       await page.waitForFunction(
         (id) => {
@@ -236,6 +263,15 @@ Deno.test({
         const r = await request(`${p.url}/pods/gpu/lab/${MISTRAL}`, { headers: ADMIN });
         return r.body.every((x: { state: string }) => x.state.startsWith("Terminat"));
       });
+
+      // A filter the audit refuses is said under the form, which stays to be corrected.
+      await page.goto(`${p.url}/ui/audit`);
+      await page.waitForSelector("#audit-form");
+      await page.type("#audit-form input[name=status]", "500s");
+      await Promise.all([page.waitForNavigation(), page.click("#audit-form button[type=submit]")]);
+      await page.waitForSelector("#main .refused");
+      assert.match(await text(page, "#main .refused"), /Invalid status "500s"/);
+      assert.ok(await page.$("#audit-form"), "the form stays");
 
       assert.deepEqual(dialogs, [], "no script ran from shown data");
       assert.deepEqual(pageErrors, []);

@@ -13,7 +13,7 @@
  */
 import { Hono } from "hono";
 import type { Context } from "hono";
-import { InferxError, NotFoundError } from "../../common/errors.ts";
+import { InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { funcId, isValidName } from "../../model/keys.ts";
 import { decodeStoredUserObject, resolvePolicy } from "../../model/schemas.ts";
@@ -161,7 +161,15 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
       status: given.status,
       limit: 100,
     };
-    const q = auditQuery({ ...given, limit: given.limit ?? "100" });
+    let q: ReturnType<typeof auditQuery>;
+    try {
+      q = auditQuery({ ...given, limit: given.limit ?? "100" });
+    } catch (err) {
+      const e = toInferxError(err);
+      if (e.code !== "invalid") throw err;
+      // The page with the form as given, and why: corrected where it was typed.
+      return c.html(AuditPage({ filter, kept: deps.audit !== undefined, error: e.message }), 400);
+    }
     filter.limit = q.limit ?? 100;
     if (kind === "pods") q.status = undefined;
     authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
@@ -197,9 +205,10 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
         { retryable: true },
       );
     }
-    // One credential cannot take every stream from the others.
+    // One credential cannot take every stream from the others. With auth off there is no
+    // credential: every browser is the same admin, held only by the gateway's own limit.
     const held = streamsOf.get(p.id) ?? 0;
-    if (held >= perCaller) {
+    if (held >= perCaller && deps.auth.enabled) {
       throw new InferxError(
         "quota_exceeded",
         `Cannot watch: ${p.id} holds ${held} event streams of this gateway already (the most)`,

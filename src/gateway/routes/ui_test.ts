@@ -302,9 +302,13 @@ t("the keys part lists the keys, and the audit part filters calls by status", as
     const fives = await text(f, "/ui/part/audit?tenant=t&status=5xx", ADMIN);
     assert.match(fives.body, /<td>504<\/td>/);
     assert.doesNotMatch(fives.body, /<td>404<\/td>/);
+    // A bad filter: 400 with the page, its form as typed and the reason under it.
     const bad = await text(f, "/ui/part/audit?tenant=t&status=teapot", ADMIN);
     assert.equal(bad.status, 400);
-    assert.match(JSON.parse(bad.body).error.message, /Invalid status "teapot"/);
+    assert.match(bad.body, /<form id="audit-form"/);
+    assert.match(bad.body, /name="status" value="teapot"/);
+    assert.match(bad.body, /class="error refused">Invalid status &quot;teapot&quot;/);
+    assert.doesNotMatch(bad.body, /<table/);
   } finally {
     await f.close();
   }
@@ -515,6 +519,51 @@ t("/ui/events holds a few streams per credential, so one cannot take them all", 
     assert.equal(d.res.status, 200);
     for (const s of [b, d, admin]) await s.close();
     assert.equal(events.listeners, 0);
+  } finally {
+    await f.close();
+  }
+});
+
+t("a node's heartbeat alone is no event: pages are not redrawn every 2 s", async () => {
+  const f = await gatewayFixture();
+  const events = new ClusterEvents(f.meta);
+  try {
+    await addNode(f);
+    const seen: string[] = [];
+    const stop = await events.subscribe((ev) => seen.push(`${ev.kind} ${JSON.stringify(ev)}`));
+    const ref = { type: "node" as const, tenant: "system", namespace: "system", name: "n1" };
+    const bump = async (change: (n: NodeInfo) => void) => {
+      const cur = (await f.meta.get(ref))!;
+      const n = JSON.parse(cur.value) as NodeInfo;
+      change(n);
+      await f.meta.update({ ...ref, object: n, revision: cur.revision });
+    };
+    for (let i = 0; i < 3; i++) await bump((n) => n.heartbeat += 2000);
+    await bump((n) => n.ready = false);
+    await until("the ready change is seen", () => seen.length > 0);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(seen, ['node {"kind":"node","op":"put","name":"n1","ready":false}']);
+    stop();
+  } finally {
+    await f.close();
+  }
+});
+
+t("/ui/events with auth off holds no browser to a shared per-credential limit", async () => {
+  const f = await gatewayFixture(); // auth off: every caller is the same admin
+  const { app, events } = eventsApp(f, 60_000, 2);
+  try {
+    const aborts: AbortController[] = [];
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const abort = new AbortController();
+      aborts.push(abort);
+      const res = await app.request("/ui/events", { signal: abort.signal });
+      statuses.push(res.status);
+    }
+    assert.deepEqual(statuses, [200, 200, 200, 200]);
+    for (const a of aborts) a.abort();
+    await until("the streams end", () => events.listeners === 0);
   } finally {
     await f.close();
   }

@@ -57,12 +57,28 @@ export function callUrl(func, path, origin) {
   return u.pathname + u.search;
 }
 
-/** `fetch` with the tab's credential. */
+/**
+ * Why `value` cannot be a credential, or undefined when it can: a header
+ * carries Latin-1 only (the dashboard's own masked display has `•`).
+ */
+export function credentialProblem(value) {
+  if (!value) return "Enter an API key or token";
+  if (/[^\x20-\x7e]/.test(value)) {
+    return "That is not a credential: it holds characters a key never has (a masked key's dots?)";
+  }
+  return undefined;
+}
+
+/** `fetch` with the tab's credential (a promise, also when the request cannot be made). */
 export function api(path, init = {}) {
-  const headers = new Headers(init.headers);
-  const cred = credential();
-  if (cred) headers.set("authorization", `Bearer ${cred}`);
-  return fetch(path, { ...init, headers });
+  try {
+    const headers = new Headers(init.headers);
+    const cred = credential();
+    if (cred) headers.set("authorization", `Bearer ${cred}`);
+    return fetch(path, { ...init, headers });
+  } catch (err) {
+    return Promise.reject(err);
+  }
 }
 
 /** An answer that is not 2xx, with the API's own message. */

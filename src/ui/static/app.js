@@ -5,6 +5,7 @@ import {
   api,
   apiJson,
   credential,
+  credentialProblem,
   flash,
   masked,
   messageOf,
@@ -43,6 +44,11 @@ export async function loadInto(el, url, { quiet = false } = {}) {
     showLogin(await messageOf(res));
     return false;
   }
+  if (!res.ok && (res.headers.get("content-type") ?? "").startsWith("text/html")) {
+    // A part that says itself what was wrong (the audit's filter): shown as it comes.
+    el.innerHTML = await res.text();
+    return false;
+  }
   if (!res.ok) {
     const message = await messageOf(res);
     if (quiet) return false;
@@ -69,7 +75,8 @@ let refreshing = false;
 export function refreshLive() {
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(async () => {
-    if (refreshing) return refreshLive();
+    // A button armed for its second click (terminate) would be drawn anew, unarmed: later.
+    if (refreshing || document.querySelector("[data-live] [data-armed]")) return refreshLive();
     refreshing = true;
     try {
       await Promise.all(
@@ -104,6 +111,11 @@ function wireLogin() {
   document.getElementById("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const value = new FormData(ev.target).get("credential").trim();
+    const problem = credentialProblem(value);
+    if (problem) {
+      document.getElementById("login-reason").textContent = problem;
+      return;
+    }
     setCredential(value);
     const res = await api("/ui/me").catch((err) => ({ ok: false, status: 0, err }));
     if (!res.ok) {
@@ -122,6 +134,9 @@ function wireLogin() {
 
 async function start() {
   wireLogin();
+  // Kept by a dashboard before it checked (a masked key pasted in): not sent, asked again.
+  const kept = credential();
+  if (kept && credentialProblem(kept)) setCredential("");
   wireActions({ refreshLive, loadInto });
   wirePlayground();
   showWho();

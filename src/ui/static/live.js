@@ -1,6 +1,9 @@
 // Live updates: reads the gateway's server-sent events (`/ui/events`) with
 // the tab's credential (EventSource cannot send one) and calls back on every
-// pod or node change; reconnects after a break and catches up.
+// pod or node change; reconnects after a break and catches up. A hidden tab
+// lets its stream go (a browser opens 6 connections to a host at most: six
+// tabs each holding a stream would stall every other request of the
+// dashboard) and follows again, caught up, when shown.
 import { api, messageOf } from "./api.js";
 
 const indicator = () => document.getElementById("live");
@@ -29,14 +32,34 @@ export function parseEvents(buffer) {
   return { events, rest: buffer };
 }
 
+/** Resolves when the tab is shown. */
+function shown() {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (document.hidden) return;
+      document.removeEventListener("visibilitychange", check);
+      resolve();
+    };
+    document.addEventListener("visibilitychange", check);
+    check();
+  });
+}
+
 /** Follows the cluster: `onChange()` after each change, and after each reconnection. */
 export async function follow(onChange) {
   let delay = 1000;
   let first = true;
   while (true) {
+    if (document.hidden) {
+      show("○ paused while hidden", "off");
+      await shown();
+    }
+    const stop = new AbortController();
+    const onHide = () => document.hidden && stop.abort();
+    document.addEventListener("visibilitychange", onHide);
     let res;
     try {
-      res = await api("/ui/events");
+      res = await api("/ui/events", { signal: stop.signal });
     } catch {
       res = undefined;
     }
@@ -66,8 +89,13 @@ export async function follow(onChange) {
           }
         }
       } catch {
-        // the stream broke off: reconnect
+        // the stream broke off (or the tab was hidden): reconnect
       }
+    }
+    document.removeEventListener("visibilitychange", onHide);
+    if (stop.signal.aborted) {
+      first = false; // caught up once shown again
+      continue;
     }
     show("○ reconnecting", "off");
     await new Promise((r) => setTimeout(r, delay));
