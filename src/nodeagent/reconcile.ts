@@ -40,9 +40,13 @@ export function reconcileAction(
   local: LocalPod | undefined,
 ): ReconcileAction {
   if (pod.desired === "Terminated") return local ? "stop" : "delete";
+  // Running, parking or parked, by its record, with nothing here (an agent restart ends its
+  // workers and their parked images): lost, or the scheduler would wait for it forever.
+  const lost = !local && pod.state !== "Creating" && pod.state !== "Failed" &&
+    pod.state !== "Terminated";
   if (pod.desired === "Standby") {
     if (local?.phase === "running") return "park";
-    return !local && pod.state !== "Standby" ? "reportLost" : "none";
+    return lost ? "reportLost" : "none";
   }
   if (local?.phase === "parked") return "resume";
   if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
@@ -50,5 +54,5 @@ export function reconcileAction(
   }
   if (local) return "none";
   if (pod.state === "Creating") return "start";
-  return pod.state === "Ready" || pod.state === "Resuming" ? "reportLost" : "none";
+  return lost ? "reportLost" : "none";
 }
