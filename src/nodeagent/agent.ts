@@ -263,6 +263,9 @@ export class NodeAgent implements NodeAgentClient {
     entry.done = this.#bringUp(pod, entry).then(async (up) => {
       const { running, startedFrom } = up;
       if (entry.phase === "stopping") return;
+      // It exited while it was being brought up (during its sample query): reported Failed,
+      // with its last output, by podExited; not Ready.
+      if (this.#local.get(pod.id) !== entry) return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
       log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms ({from})", {

@@ -7,6 +7,7 @@ import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
 import type { PodRuntime } from "./runtime.ts";
+import type { SnapshotManager } from "./snapshots.ts";
 
 const node: NodeInfo = {
   name: "n1",
@@ -208,4 +209,62 @@ Deno.test("NodeAgent refuses to read a number of log lines that is not one", asy
     );
   }
   await assert.rejects(agent.readPodLog("p", 5), (e: InferxError) => e.code === "not_found");
+});
+
+Deno.test({
+  name: "NodeAgent reports a worker that exits during its sample query Failed, with why, not Ready",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // The worker: answers its probe (the fake runtime's start), then dies on the sample query.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    let agent: NodeAgent | undefined;
+    (async () => {
+      for await (const c of listener) {
+        await c.read(new Uint8Array(4096));
+        agent!.podExited("p1", "exit code 1; last output:\nfirst inference: CUDA out of memory");
+        c.close();
+      }
+    })().catch(() => {});
+    const fake: PodRuntime = {
+      ...runtime,
+      start: (spec) =>
+        Promise.resolve({
+          podId: spec.podId,
+          endpoint: `127.0.0.1:${port}`,
+          exited: new Promise<string>(() => {}),
+        }),
+      snapshot: () => Promise.resolve({ bytes: 1, dumpMs: 1 }),
+    };
+    const snapshots = {
+      start: () => Promise.resolve(),
+      stop: () => {},
+      summary: () => ({}),
+      wants: () => true,
+      take: () => Promise.resolve(undefined),
+    } as unknown as SnapshotManager;
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000, snapshots });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    const pod = testPod("p1", "n1");
+    pod.template = { ...pod.template, sampleQuery: { path: "/v1/completions", body: {} } };
+    try {
+      await meta.create({ ...ref, object: pod });
+      await until(
+        "p1 failed",
+        async () => decodePod((await meta.get(ref))!.value).state === "Failed",
+      );
+      await new Promise((r) => setTimeout(r, 200)); // a late Ready would have come by now
+      const now = decodePod((await meta.get(ref))!.value);
+      assert.equal(now.state, "Failed");
+      assert.match(now.error ?? "", /Worker exited: exit code 1.*\n.*CUDA out of memory/);
+    } finally {
+      await agent.stop();
+      await store.close();
+      listener.close();
+    }
+  },
 });
