@@ -35,14 +35,26 @@ function libc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
 }
 
 /** State and parent of `pid` from `/proc/PID/stat`, or undefined when there is no such process. */
-export async function procState(pid: number): Promise<{ state: string; ppid: number } | undefined> {
+export async function procState(
+  pid: number,
+): Promise<{ state: string; ppid: number; pgrp: number } | undefined> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { state: f[0], ppid: Number(f[1]) };
+    return { state: f[0], ppid: Number(f[1]), pgrp: Number(f[2]) };
   } catch {
     return undefined;
   }
+}
+
+/** Whether a live process (not a zombie) is in process group `pgid`: a scan of `/proc`. */
+export async function groupAlive(pgid: number): Promise<boolean> {
+  for await (const e of Deno.readDir("/proc")) {
+    if (!e.isDirectory || !/^\d+$/.test(e.name)) continue;
+    const s = await procState(Number(e.name));
+    if (s && s.pgrp === pgid && s.state !== "Z") return true;
+  }
+  return false;
 }
 
 /**

@@ -26,7 +26,7 @@ import { InferxError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
-import { procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
+import { groupAlive, procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { Criu, type InheritedFile, type OpenFile, openFiles, processTree } from "./criu.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
@@ -489,6 +489,8 @@ export class ProcessRuntime implements PodRuntime {
   async #reportExit(podId: string, child: Child, why: string): Promise<void> {
     if (this.#children.get(podId) !== child || child.tier === "file") return;
     if (child.stopping) return; // stop() cleans up
+    // What it started goes with it: nothing answers for the pod any more.
+    if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     child.unfollow?.();
     this.#children.delete(podId);
     if (child.net) this.#options.podNetworks?.remove(child.net);
@@ -510,9 +512,16 @@ export class ProcessRuntime implements PodRuntime {
       signalWorker(child, "SIGTERM");
       // A stopped process only sees SIGTERM once continued.
       if (child.paused) signalWorker(child, "SIGCONT");
+      const deadline = Date.now() + graceMs;
       const timer = setTimeout(() => signalWorker(child, "SIGKILL"), graceMs);
       await child.exited;
+      // What it started may outlive it (a helper that ignores SIGTERM): the rest of the
+      // grace period for its group, then SIGKILL.
+      while (child.ownSession && await groupAlive(child.pid) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
       clearTimeout(timer);
+      if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     }
     child.unfollow?.();
     this.#children.delete(podId);

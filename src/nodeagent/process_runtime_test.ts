@@ -100,6 +100,37 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen
   assert.match(await pod.exited, /SIGKILL/);
 });
 
+/** Processes whose command line holds `mark`. */
+async function withMark(mark: string): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", { args: ["-f", mark] }).output();
+  return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number)
+    .filter((pid) => pid !== Deno.pid);
+}
+
+t("ProcessRuntime ends what a worker started, on stop and when it crashes", async () => {
+  const helper = (mark: string) => `(trap '' TERM; exec sleep ${mark}) &`;
+  const serve = `exec ${Deno.execPath()} eval '${ENV_SERVER}'`;
+  // A helper that ignores SIGTERM outlives its worker unless its group is ended.
+  const rt = new ProcessRuntime();
+  await rt.start(spec(["/bin/sh", "-c", `${helper("7171")} ${serve}`]));
+  assert.equal((await withMark("sleep 7171")).length, 1);
+  await rt.stop("pod-test", 1500); // the worker itself ends at once on SIGTERM
+  assert.deepEqual(await withMark("sleep 7171"), [], "the helper went with the stopped worker");
+  // A worker that crashes leaves its helpers behind unless they are ended with it.
+  const died = Promise.withResolvers<string>();
+  const crashing = new ProcessRuntime({ onExit: (_id, why) => died.resolve(why) });
+  await crashing.start(spec([
+    "/bin/sh",
+    "-c",
+    `${helper("7272")} ${Deno.execPath()} eval '${ENV_SERVER}' & sleep 1; echo fatal >&2; exit 1`,
+  ]));
+  assert.match(await died.promise, /exit code 1/);
+  for (let i = 0; i < 40 && (await withMark("sleep 7272")).length; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.deepEqual(await withMark("sleep 7272"), [], "the helper went with the crashed worker");
+});
+
 Deno.test({
   name:
     "ProcessRuntime parks a worker in host memory through the driver's checkpoint API and brings it back",
@@ -558,7 +589,7 @@ t(
     const dies = `${ENV_SERVER}\nsetTimeout(() => Deno.exit(9), 300);`;
     await rt2.start(spec(worker("602.123", dies)));
     assert.match(await died.promise, /exit code 9/);
-    assert.ok(await helperAlive("602.123"), "its helper lives on (its worker died alone)");
+    assert.equal(await helperAlive("602.123"), false, "its helper went with it");
     await new Deno.Command("pkill", { args: ["-f", "sleep 602.123"] }).output();
   },
 );
