@@ -71,6 +71,8 @@ export interface ProcessRuntimeOptions {
   snapshotDir?: string;
   /** Worker output to `{snapshotDir}/{pod}.log` instead of pipes. @default whether `criu` is set */
   outputToFile?: boolean;
+  /** A worker's output file is emptied past this, once read into its log ring. @default LOG_FILE_MAX */
+  outputFileMaxBytes?: number;
   /** CPU niceness of CRIU while it snapshots a worker, so serving pods keep the CPU. @default 10 */
   snapshotNice?: number;
 }
@@ -203,21 +205,44 @@ async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
   }
 }
 
-/** Appends what is written to `path` to `ring` until the returned function is called. */
-function followFile(path: string, ring: LogRing): () => void {
+/**
+ * A worker's output file is emptied once this much of it has been read into
+ * its ring (the worker appends, so it writes on at the new end): a chatty
+ * worker fills no disk.
+ */
+export const LOG_FILE_MAX = 8 * 1024 * 1024;
+
+/**
+ * Appends what is written to `path` to `ring` until the returned function is
+ * called; empties the file past `maxBytes` once all of it was read, while
+ * `mayTrim()` (not while the worker's image is being written or kept).
+ */
+function followFile(
+  path: string,
+  ring: LogRing,
+  mayTrim: () => boolean = () => true,
+  maxBytes = LOG_FILE_MAX,
+): () => void {
   let stopped = false;
   let offset = 0;
   (async () => {
     const dec = new TextDecoder();
     while (!stopped) {
       try {
-        using f = await Deno.open(path, { read: true });
+        using f = await Deno.open(path, { read: true, write: true });
+        const size = (await f.stat()).size;
+        if (size < offset) offset = 0; // emptied
         await f.seek(offset, Deno.SeekMode.Start);
         const buf = new Uint8Array(64 * 1024);
         let n: number | null;
         while ((n = await f.read(buf)) !== null && n > 0) {
           offset += n;
           ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
+        }
+        // All read (what came in between the last read and now is the only loss): emptied.
+        if (offset > maxBytes && mayTrim() && (await f.stat()).size === offset) {
+          await f.truncate(0);
+          offset = 0;
         }
       } catch {
         // not there yet
@@ -227,6 +252,10 @@ function followFile(path: string, ring: LogRing): () => void {
   })();
   return () => stopped = true;
 }
+
+/** Whether a worker's output file may be emptied: not while its image is written or kept. */
+const mayTrimLog = (child: { dumping?: boolean; tier?: StandbyTier }) =>
+  !child.dumping && child.tier !== "file";
 
 /** Bytes under `dir`. */
 export async function dirBytes(dir: string): Promise<number> {
@@ -417,7 +446,7 @@ export class ProcessRuntime implements PodRuntime {
       stopping: false,
       paused: false,
       gpus: spec.gpus.map((g) => g.index),
-      unfollow: logFile ? followFile(logFile, logs) : undefined,
+
       exited: proc.status.then(async (s) => {
         // Its last output, when the pipes end soon: a process it started may hold them open
         // for as long as it lives, and the worker's exit must be told all the same.
@@ -427,6 +456,14 @@ export class ProcessRuntime implements PodRuntime {
         return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
       }),
     };
+    if (logFile) {
+      child.unfollow = followFile(
+        logFile,
+        logs,
+        () => mayTrimLog(child),
+        this.#options.outputFileMaxBytes,
+      );
+    }
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {
@@ -829,9 +866,14 @@ export class ProcessRuntime implements PodRuntime {
       gpus: meta.gpus,
       ownPids: meta.ownPids ?? meta.namespaced,
       ownSession: true,
-      unfollow: followFile(logFile, logs),
       exited: pidExited(pid),
     };
+    child.unfollow = followFile(
+      logFile,
+      logs,
+      () => mayTrimLog(child),
+      this.#options.outputFileMaxBytes,
+    );
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {

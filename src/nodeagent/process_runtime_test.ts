@@ -224,6 +224,42 @@ t(
   },
 );
 
+t(
+  "ProcessRuntime keeps a chatty worker's output file bounded, its latest lines in the log",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({
+      outputToFile: true,
+      snapshotDir: dir,
+      outputFileMaxBytes: 256 * 1024,
+    });
+    try {
+      // About 4 MiB of output in its first second or two, then a last line.
+      const chatty = `${ENV_SERVER}
+const line = "x".repeat(199);
+let n = 0;
+const t = setInterval(() => {
+  for (let i = 0; i < 400; i++) console.log(line);
+  if (++n === 50) { clearInterval(t); console.log("last line"); }
+}, 20);`;
+      await rt.start(spec(["deno", "eval", chatty]));
+      let biggest = 0;
+      for (let i = 0; i < 150 && !(await rt.logs("pod-test")).includes("last line"); i++) {
+        biggest = Math.max(biggest, (await Deno.stat(`${dir}/pod-test.log`)).size);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.match(await rt.logs("pod-test"), /last line/);
+      assert.ok(
+        biggest < 2 * 1024 * 1024,
+        `the file reached ${biggest} bytes of about 4 MiB written`,
+      );
+      await rt.stop("pod-test");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 const criuCap = await criuCapability();
 if (!criuCap.available) console.log(`skipping the file-tier and snapshot tests: ${criuCap.reason}`);
 const netCap = criuCap.available
