@@ -149,6 +149,33 @@ function signalWorker(child: { pid: number; ownSession?: boolean }, sig: Deno.Si
   signal(child.ownSession ? -child.pid : child.pid, sig);
 }
 
+const toolPaths = new Map<string, string>();
+
+/**
+ * Where the agent's own `PATH` finds `name` (`nsenter`, `setsid`...): the
+ * helpers that start a worker run with the worker's environment, whose `PATH`
+ * is the function's (a virtualenv's `bin`) and may not hold them. `name`
+ * itself when not found (the spawn then says so).
+ */
+export function toolPath(name: string): string {
+  let found = toolPaths.get(name);
+  if (found) return found;
+  found = name;
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
+    try {
+      const info = Deno.statSync(`${dir}/${name}`);
+      if (info.isFile && (info.mode ?? 0o111) & 0o111) {
+        found = `${dir}/${name}`;
+        break;
+      }
+    } catch {
+      // not here
+    }
+  }
+  toolPaths.set(name, found);
+  return found;
+}
+
 /** Whether `setsid` (util-linux) is here, to start a worker in its own session and group. */
 let setsidHere: boolean | undefined;
 function hasSetsid(): boolean {
@@ -398,16 +425,18 @@ export class ProcessRuntime implements PodRuntime {
     // dump one whose leader it cannot see (a node agent in a container whose
     // session began outside it).
     const ownPids = net !== undefined && spec.gpus.length === 0;
+    // The helpers by the agent's PATH (they run with the worker's); the worker by its own.
+    const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     const argv = ownPids
-      ? ["nsenter", `--net=${net.nsPath}`, "--", "unshare", "--pid", "--fork", "setsid", ...shell]
+      ? [nsenter, `--net=${net.nsPath}`, "--", unshare, "--pid", "--fork", setsid, ...shell]
       : net
-      ? ["nsenter", `--net=${net.nsPath}`, "--", "setsid", ...shell]
+      ? [nsenter, `--net=${net.nsPath}`, "--", setsid, ...shell]
       : logFile && this.#options.criu
-      ? ["setsid", ...shell]
+      ? [setsid, ...shell]
       : logFile
       ? shell
       : hasSetsid()
-      ? ["setsid", bin, ...args] // its own group: stopped with what it starts
+      ? [setsid, bin, ...args] // its own group: stopped with what it starts
       : [bin, ...args];
     let proc: Deno.ChildProcess;
     try {
@@ -439,7 +468,7 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
-      ownSession: argv[0] === "setsid" || net !== undefined,
+      ownSession: argv[0] === setsid || net !== undefined,
       ownPids,
       logFile,
       logs,

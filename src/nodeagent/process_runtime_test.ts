@@ -56,6 +56,17 @@ t(
   },
 );
 
+t("ProcessRuntime starts a worker whose envs set a PATH without the agent's helpers", async () => {
+  const rt = new ProcessRuntime();
+  const s = spec(["deno", "eval", ENV_SERVER]);
+  s.template = { ...s.template, envs: [["PATH", "/opt/venv/bin"]] };
+  const pod = await rt.start(s);
+  const env = await (await fetch(`http://${pod.endpoint}/`)).json();
+  // The function's own PATH (Deno puts a directory of its own in front).
+  assert.match(env.PATH, /(^|:)\/opt\/venv\/bin$/);
+  await rt.stop("pod-test");
+});
+
 t("ProcessRuntime reports a worker that crashes at start with the tail of its output", async () => {
   const rt = new ProcessRuntime();
   const crash =
