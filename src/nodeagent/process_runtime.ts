@@ -447,7 +447,9 @@ export class ProcessRuntime implements PodRuntime {
         cwd: this.#options.workDir,
         stdin: "null",
         stdout: logFile ? "null" : "piped",
-        stderr: logFile ? "null" : "piped",
+        // As a PID namespace's init the worker is unshare's child: what unshare says of its
+        // end is heard (the worker's own output goes to its file).
+        stderr: logFile && !ownPids ? "null" : "piped",
       }).spawn();
     } catch (err) {
       if (net) await nets!.remove(net);
@@ -460,9 +462,16 @@ export class ProcessRuntime implements PodRuntime {
     const pump = async (s: ReadableStream<Uint8Array>) => {
       for await (const text of s.pipeThrough(new TextDecoderStream())) logs.push(text);
     };
-    const pumps = logFile
-      ? Promise.resolve()
-      : Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {});
+    let helperSaid = "";
+    const pumps = !logFile
+      ? Promise.all([pump(proc.stdout), pump(proc.stderr)]).catch(() => {})
+      : ownPids
+      ? (async () => {
+        for await (const text of proc.stderr.pipeThrough(new TextDecoderStream())) {
+          if (helperSaid.length < 4096) helperSaid += text;
+        }
+      })().catch(() => {})
+      : Promise.resolve();
     const child: Child = {
       proc,
       pid: proc.pid,
@@ -482,7 +491,12 @@ export class ProcessRuntime implements PodRuntime {
         let timer: ReturnType<typeof setTimeout> | undefined;
         await Promise.race([pumps, new Promise((r) => timer = setTimeout(r, 500))]);
         clearTimeout(timer);
-        return s.signal ? `killed by ${s.signal}` : `exit code ${s.code}`;
+        if (s.signal) return `killed by ${s.signal}`;
+        // util-linux 2.38's unshare cannot pass SIGKILL on (the OOM killer's): it exits 1.
+        if (s.code === 1 && /sigprocmask unblock failed/.test(helperSaid)) {
+          return "killed by SIGKILL";
+        }
+        return `exit code ${s.code}`;
       }),
     };
     if (logFile) {

@@ -672,3 +672,29 @@ t(
     }
   },
 );
+
+Deno.test({
+  name:
+    "ProcessRuntime in a pod's namespaces tells a worker killed by SIGKILL (the OOM killer's) as such",
+  ignore: !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const died = Promise.withResolvers<string>();
+    const rt = new ProcessRuntime({
+      criu: new Criu(locateCriu()!),
+      podNetworks: new PodNetworks({ prefix: "ixtest" }),
+      snapshotDir: dir,
+      onExit: (_id, why) => died.resolve(why),
+    });
+    try {
+      await rt.start(spec(["deno", "eval", COUNTER]));
+      Deno.kill(rt.pidOf("pod-test")!, "SIGKILL");
+      assert.match(await died.promise, /^killed by SIGKILL/);
+    } finally {
+      await rt.stop("pod-test");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
