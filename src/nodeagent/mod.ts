@@ -158,6 +158,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     runtime: runtime.name,
     async stop() {
       await agent.stop();
+      await podNetworks?.close();
       cuda?.close();
     },
   };

@@ -287,6 +287,26 @@ export class PodNetworks {
     if (hostIf) await run("ip", ["link", "delete", hostIf]).catch(() => {});
   }
 
+  /**
+   * Once this agent's pods are gone (it stops): removes the range's
+   * `unreachable` route and its claims directory, when no agent on this host
+   * holds a block of the range any more.
+   */
+  async close(): Promise<void> {
+    if (!this.#fence) return;
+    await this.#fence.catch(() => {});
+    this.#fence = undefined;
+    let held = 0;
+    try {
+      for (const _ of Deno.readDirSync(this.#claims)) held++;
+    } catch {
+      // none
+    }
+    if (held) return;
+    await run("ip", ["route", "del", "unreachable", this.cidr]).catch(() => {});
+    await Deno.remove(this.#claims).catch(() => {});
+  }
+
   /** Removes this agent's namespaces left behind by an earlier run; returns how many. */
   async sweep(): Promise<number> {
     let n = 0;

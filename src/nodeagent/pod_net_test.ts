@@ -95,6 +95,39 @@ Deno.test({
 });
 
 Deno.test({
+  name: "PodNetworks leaves no route or claims directory behind once its last pod is gone",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const cidr = "10.219.7.0/24";
+    const routes = () =>
+      new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
+          .outputSync().stdout,
+      );
+    const mine = new PodNetworks({ prefix: "ixclose", cidr, stateDir: dir });
+    const other = new PodNetworks({ prefix: "ixother", cidr, stateDir: dir });
+    try {
+      const a = await mine.create("a");
+      const b = await other.create("b");
+      assert.match(routes(), /unreachable 10\.219\.7\.0\/24/);
+      await mine.remove(a);
+      await mine.close();
+      assert.match(routes(), /10\.219\.7\.0\/24/, "kept while another agent holds a block");
+      await other.remove(b);
+      await other.close();
+      assert.doesNotMatch(routes(), /10\.219\.7\.0\/24/);
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "the claims directory went too");
+    } finally {
+      await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "PodNetworks: two agents taking over one stale claim together get different blocks",
   sanitizeOps: false,
   sanitizeResources: false,
