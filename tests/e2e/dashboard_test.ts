@@ -204,9 +204,22 @@ Deno.test({
       await page.waitForSelector('#playground[data-state="cancelled"]');
       assert.match(await stat("total"), /^cancelled after/);
 
-      // An API key is created (shown once) and revoked.
+      // An API key is created (shown once) and revoked. An expiry of 0 days is refused by the
+      // form itself (the API wants more than 0).
       await page.goto(`${p.url}/ui/keys`);
       await page.waitForSelector("#key-form");
+      await page.type("#key-form input[name=expires_days]", "0");
+      assert.equal(
+        await page.$eval(
+          "#key-form input[name=expires_days]",
+          (e) => (e as unknown as { checkValidity(): boolean }).checkValidity(),
+        ),
+        false,
+      );
+      await page.$eval(
+        "#key-form input[name=expires_days]",
+        (e) => (e as unknown as { value: string }).value = "",
+      );
       await page.type("#key-form input[name=name]", "ci-dashboard");
       await page.select("#key-form select[name=scope]", "read");
       await page.type("#key-form input[name=tenant]", "public");
