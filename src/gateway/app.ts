@@ -31,7 +31,7 @@ import { OPENAI_CALL_PATHS, openaiRoutes } from "./routes/openai.ts";
 import { rolloutRoutes } from "./routes/rollout.ts";
 import { uiRoutes } from "./routes/ui.ts";
 import type { GatewayEnv, RouteDeps } from "./types.ts";
-import type { GatewayGroup } from "./group.ts";
+import { type GatewayGroup, GroupMetrics } from "./group.ts";
 import type { Cidr } from "../common/cidr.ts";
 import { callPaths } from "./calls/accept.ts";
 import { CallbackSender } from "./calls/callback.ts";
@@ -86,18 +86,20 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     gatewayId,
     callbacks: new CallbackSender({ allow: callbackAllow }),
   });
+  const registry = Registry.merge([metrics.registry, ...(deps.extraRegistries ?? [])]);
   return {
     meta: deps.meta,
     cache: deps.cache,
     pool,
     auth: deps.auth ?? new Authenticator({}),
     metrics,
-    registry: Registry.merge([metrics.registry, ...(deps.extraRegistries ?? [])]),
+    registry,
     audit: deps.audit,
     gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
     group: deps.group,
+    groupMetrics: deps.group && new GroupMetrics(deps.group, registry),
     scheduler: deps.scheduler,
     calls,
   };

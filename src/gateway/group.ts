@@ -3,12 +3,15 @@
  * gateway of its own — listener, function agents, leases — and the kernel
  * spreads connections over them (SO_REUSEPORT). So that `/metrics` counts the
  * group and not whichever member a scrape reached, every member serves its
- * own series as JSON on a private loopback port, and the member that answers
- * `/metrics` adds them up (prom-client's aggregation: sums, and the lowest
- * value for health gauges). A sum of counters must never go down, or
- * Prometheus takes it for a reset and counts everything again: a member that
- * does not answer in time counts with its last answer, and one that
- * restarted (its counters back at 0) with what it had counted before.
+ * own series as JSON on a private loopback port, with the id of its process's
+ * life, and the member that answers `/metrics` adds them up (prom-client's
+ * aggregation: sums, and the lowest value for health gauges). A sum of
+ * counters must never go down, or Prometheus takes it for a reset and counts
+ * everything again: a member that does not answer in time counts with its
+ * last answer; one whose life changed (a restart: its counters back at 0)
+ * with everything it had shown before carried, series it has not counted
+ * again included; and a member that restarted asks the others what they last
+ * saw of it, and carries that in its own answers to scrapes.
  *
  * @module
  */
@@ -25,49 +28,77 @@ export interface GatewayGroup {
 
 const log = logger("gateway", "group");
 
-/** Serves `registry` as JSON at `http://127.0.0.1:{port}/metrics.json` for the other members. */
-export function serveMemberMetrics(registry: Registry, port: number): { close(): Promise<void> } {
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port, onListen() {} },
-    async (req) =>
-      new URL(req.url).pathname === "/metrics.json"
-        ? Response.json(await registry.getMetricsAsJSON())
-        : new Response(null, { status: 404 }),
-  );
-  return { close: () => server.shutdown() };
-}
-
 /** A registry's series as prom-client gives them in JSON. */
 export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
+
+/** What a member answers on its private port. */
+export interface MemberAnswer {
+  /** The id of this life of its process: a new one after a restart. */
+  life: string;
+  metrics: MetricsJson;
+}
 
 /** Series whose values only grow while their process lives. */
 const CUMULATIVE = new Set(["counter", "histogram"]);
 
-/** One other member's series as last seen, its counters carried over its restarts. */
+type Metric = MetricsJson[number];
+type Value = Metric["values"][number];
+
+/** Cumulative series, one entry each (a histogram's buckets, sum and count apart). */
+type Flat = Map<string, { metric: Metric; value: Value }>;
+
+const keyOf = (m: Metric, v: Value) =>
+  `${m.name}\0${(v as { metricName?: string }).metricName ?? m.name}\0${JSON.stringify(v.labels)}`;
+
+/** The cumulative series of `metrics`, by key. */
+function flatten(metrics: MetricsJson): Flat {
+  const out: Flat = new Map();
+  for (const m of metrics) {
+    if (!CUMULATIVE.has(String(m.type))) continue;
+    for (const v of m.values) out.set(keyOf(m, v), { metric: m, value: v });
+  }
+  return out;
+}
+
+/** `metrics` with `carried` added to its cumulative series, those it lacks included. */
+function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
+  if (carried.size === 0) return metrics;
+  const seen = new Set<string>();
+  const out = metrics.map((m) => {
+    if (!CUMULATIVE.has(String(m.type))) return m;
+    return {
+      ...m,
+      values: m.values.map((v) => {
+        const key = keyOf(m, v);
+        seen.add(key);
+        const c = carried.get(key);
+        return c ? { ...v, value: v.value + c.value.value } : v;
+      }),
+    };
+  }) as Metric[];
+  for (const [key, c] of carried) {
+    if (seen.has(key)) continue;
+    let m = out.find((x) => x.name === c.metric.name);
+    if (!m) out.push(m = { ...c.metric, values: [] } as Metric);
+    m.values = [...m.values, c.value] as Metric["values"];
+  }
+  return out as MetricsJson;
+}
+
+/** One other member's series as last seen, what it counted in earlier lives carried. */
 class MemberSeries {
+  life?: string;
   /** Its last answer, corrected: what counts for it while it does not answer. */
   last?: MetricsJson;
-  #raw = new Map<string, number>();
-  #carried = new Map<string, number>();
+  #carried: Flat = new Map();
 
-  /** Takes a new answer; returns it with what the member counted before its restarts added. */
-  take(metrics: MetricsJson): MetricsJson {
-    this.last = metrics.map((m) => {
-      if (!CUMULATIVE.has(String(m.type))) return m;
-      return {
-        ...m,
-        values: m.values.map((v) => {
-          // A histogram's values carry their series' name (`_bucket`, `_sum`, `_count`).
-          const name = (v as { metricName?: string }).metricName ?? m.name;
-          const key = `${name}\0${JSON.stringify(v.labels)}`;
-          const before = this.#raw.get(key);
-          let carried = this.#carried.get(key) ?? 0;
-          if (before !== undefined && v.value < before) this.#carried.set(key, carried += before);
-          this.#raw.set(key, v.value);
-          return carried ? { ...v, value: v.value + carried } : v;
-        }),
-      };
-    }) as MetricsJson;
+  /** Takes a new answer; returns it with what the member counted in its earlier lives added. */
+  take(answer: MemberAnswer): MetricsJson {
+    if (this.life !== undefined && answer.life !== this.life && this.last) {
+      this.#carried = flatten(this.last); // everything it had shown, earlier carries included
+    }
+    this.life = answer.life;
+    this.last = withCarried(answer.metrics, this.#carried);
     return this.last;
   }
 }
@@ -75,13 +106,22 @@ class MemberSeries {
 /** The group's metrics as one member sees them, scrape after scrape. */
 export class GroupMetrics {
   readonly #group: GatewayGroup;
+  readonly #local: Registry;
+  readonly #life = crypto.randomUUID();
   readonly #members = new Map<number, MemberSeries>();
-  readonly #fetch: (port: number) => Promise<MetricsJson>;
+  /** What this member counted in its earlier lives, as the others last saw it. */
+  #self: Flat = new Map();
+  readonly #fetch: (port: number, path: string) => Promise<unknown>;
 
-  constructor(group: GatewayGroup, fetchMember?: (port: number) => Promise<MetricsJson>) {
+  constructor(
+    group: GatewayGroup,
+    local: Registry,
+    fetchMember?: (port: number, path: string) => Promise<unknown>,
+  ) {
     this.#group = group;
-    this.#fetch = fetchMember ?? (async (port) => {
-      const res = await fetch(`http://127.0.0.1:${port}/metrics.json`, {
+    this.#local = local;
+    this.#fetch = fetchMember ?? (async (port, path) => {
+      const res = await fetch(`http://127.0.0.1:${port}${path}`, {
         signal: AbortSignal.timeout(1000),
       });
       if (!res.ok) throw new Error(`status ${res.status}`);
@@ -89,19 +129,74 @@ export class GroupMetrics {
     });
   }
 
+  get #port(): number {
+    return this.#group.ports[this.#group.index];
+  }
+
+  /** This member's own answer: its series as counted in this life, and the life's id. */
+  async answer(): Promise<MemberAnswer> {
+    return { life: this.#life, metrics: await this.#local.getMetricsAsJSON() };
+  }
+
+  /** What this member last saw of the member on `port` (corrected), for that member's restart. */
+  seen(port: number): MetricsJson {
+    return this.#members.get(port)?.last ?? [];
+  }
+
   /**
-   * This member's series and every other member's: as they answer within a
-   * second, else as they last answered (none before its first answer).
+   * At start: what the others last saw of this member (the most any of them
+   * saw, series by series) is carried into its answers to scrapes, so that
+   * the group's sums do not go down whichever member a scrape reaches.
    */
-  async registry(local: Registry): Promise<Registry> {
-    const all = [await local.getMetricsAsJSON()];
+  async recall(): Promise<void> {
     const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
-    const answers = await Promise.allSettled(others.map((port) => this.#fetch(port)));
+    const seen = await Promise.allSettled(
+      others.map((port) => this.#fetch(port, `/seen.json?port=${this.#port}`)),
+    );
+    for (const s of seen) {
+      if (s.status !== "fulfilled") continue;
+      for (const [key, e] of flatten(s.value as MetricsJson)) {
+        const had = this.#self.get(key);
+        if (!had || had.value.value < e.value.value) this.#self.set(key, e);
+      }
+    }
+  }
+
+  /**
+   * Serves this member's answer at `/metrics.json` and what it saw of
+   * another at `/seen.json?port=`, on 127.0.0.1 (`port`: its private one).
+   */
+  serve(port = this.#port): { close(): Promise<void> } {
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port, onListen() {} },
+      async (req) => {
+        const url = new URL(req.url);
+        if (url.pathname === "/metrics.json") return Response.json(await this.answer());
+        if (url.pathname === "/seen.json") {
+          return Response.json(this.seen(Number(url.searchParams.get("port"))));
+        }
+        return new Response(null, { status: 404 });
+      },
+    );
+    return { close: () => server.shutdown() };
+  }
+
+  /**
+   * This member's series (with what it counted in earlier lives) and every
+   * other member's: as they answer within a second, else as they last
+   * answered (none before its first answer).
+   */
+  async registry(): Promise<Registry> {
+    const all = [withCarried(await this.#local.getMetricsAsJSON(), this.#self)];
+    const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
+    const answers = await Promise.allSettled(
+      others.map((port) => this.#fetch(port, "/metrics.json")),
+    );
     for (const [i, a] of answers.entries()) {
       const port = others[i];
       let member = this.#members.get(port);
       if (!member) this.#members.set(port, member = new MemberSeries());
-      if (a.status === "fulfilled") all.push(member.take(a.value));
+      if (a.status === "fulfilled") all.push(member.take(a.value as MemberAnswer));
       else {
         log.warn("Gateway member on port {port} did not give its metrics: {error}", {
           port,

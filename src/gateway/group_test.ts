@@ -1,60 +1,145 @@
 import assert from "node:assert/strict";
 import { Counter, Histogram, Registry } from "prom-client";
-import { GroupMetrics, type MetricsJson } from "./group.ts";
+import { GroupMetrics, type MemberAnswer } from "./group.ts";
 
-/** A member's registry: a counter and a histogram it can add to or lose (a restart). */
+/** A member's registry: a counter and a histogram by label, which it can lose (a restart). */
 function member() {
   let registry = new Registry();
-  let calls: Counter;
-  let seconds: Histogram;
+  let calls: Counter<"code">;
+  let seconds: Histogram<"code">;
+  let life = crypto.randomUUID();
   const make = () => {
     registry = new Registry();
-    calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+    life = crypto.randomUUID();
+    calls = new Counter({
+      name: "calls_total",
+      help: "c",
+      labelNames: ["code"],
+      registers: [registry],
+    });
     seconds = new Histogram({
       name: "call_seconds",
       help: "s",
-      buckets: [1],
+      labelNames: ["code"],
+      buckets: [0.1, 1],
       registers: [registry],
     });
   };
   make();
   return {
-    add(n: number) {
-      calls.inc(n);
-      for (let i = 0; i < n; i++) seconds.observe(0.5);
+    add(n: number, code = "200", secs = 0.5) {
+      calls.inc({ code }, n);
+      for (let i = 0; i < n; i++) seconds.observe({ code }, secs);
     },
     restart: make,
-    json: () => registry.getMetricsAsJSON() as Promise<MetricsJson>,
+    answer: async (): Promise<MemberAnswer> => ({
+      life,
+      metrics: await registry.getMetricsAsJSON(),
+    }),
     get registry() {
       return registry;
     },
   };
 }
 
-async function total(group: GroupMetrics, local: Registry) {
-  const text = await (await group.registry(local)).metrics();
-  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
-  return [value("calls_total"), value("call_seconds_count")];
+/** The group's totals as `group` answers a scrape: calls and histogram counts by code. */
+async function total(group: GroupMetrics) {
+  const text = await (await group.registry()).metrics();
+  const value = (series: string) =>
+    Number(new RegExp(`^${series.replace(/[{}"+]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1] ?? 0);
+  // Buckets never decrease along `le`.
+  for (const code of ["200", "404"]) {
+    const b = ["0.1", "1", "+Inf"].map((le) =>
+      value(`call_seconds_bucket{le="${le}",code="${code}"}`)
+    );
+    assert.ok(b[0] <= b[1] && b[1] <= b[2], `buckets of ${code}: ${b}`);
+  }
+  return {
+    ok: value('calls_total{code="200"}'),
+    missing: value('calls_total{code="404"}'),
+    count: value('call_seconds_count{code="200"}') + value('call_seconds_count{code="404"}'),
+  };
+}
+
+/** Two members each answering scrapes; `down` members do not answer the other. */
+function pair() {
+  const a = member();
+  const b = member();
+  const down = new Set<string>();
+  const peer =
+    (which: () => ReturnType<typeof member>, mine: () => GroupMetrics, name: string) =>
+    (_port: number, path: string) => {
+      if (down.has(name)) return Promise.reject(new Error("slow"));
+      if (path.startsWith("/seen.json")) {
+        return Promise.resolve(mine().seen(Number(path.split("=")[1])));
+      }
+      return which().answer();
+    };
+  let ga: GroupMetrics;
+  let gb: GroupMetrics;
+  const makeA = () =>
+    ga = new GroupMetrics({ index: 0, ports: [1, 2] }, a.registry, peer(() => b, () => gb, "b"));
+  const makeB = () =>
+    gb = new GroupMetrics({ index: 1, ports: [1, 2] }, b.registry, peer(() => a, () => ga, "a"));
+  makeA();
+  makeB();
+  return {
+    a,
+    b,
+    down,
+    get ga() {
+      return ga;
+    },
+    get gb() {
+      return gb;
+    },
+    /** `b`'s process restarts: its registry and its group view are new; it recalls its past. */
+    async restartB() {
+      b.restart();
+      makeB();
+      await gb.recall();
+    },
+  };
 }
 
 Deno.test("the group's counters never go down: a member slow to answer, or restarted, counts what it had", async () => {
-  const here = member();
-  const other = member();
-  let down = false;
-  const group = new GroupMetrics(
-    { index: 0, ports: [1, 2] },
-    () => down ? Promise.reject(new Error("slow")) : other.json(),
-  );
-  here.add(100);
-  other.add(100);
-  assert.deepEqual(await total(group, here.registry), [200, 200]);
-  down = true; // the other member misses a scrape: its last answer counts
-  here.add(1);
-  assert.deepEqual(await total(group, here.registry), [201, 201]);
-  down = false;
-  other.add(1);
-  assert.deepEqual(await total(group, here.registry), [202, 202]);
-  other.restart(); // back at 0: what it had counted is carried
-  other.add(3);
-  assert.deepEqual(await total(group, here.registry), [205, 205]);
+  const p = pair();
+  p.a.add(100);
+  p.b.add(100);
+  assert.equal((await total(p.ga)).ok, 200);
+  p.down.add("b"); // b misses a scrape: its last answer counts
+  p.a.add(1);
+  assert.equal((await total(p.ga)).ok, 201);
+  p.down.delete("b");
+  p.b.add(1);
+  assert.equal((await total(p.ga)).ok, 202);
+  await p.restartB(); // back at 0: what it had counted is carried
+  p.b.add(3);
+  assert.equal((await total(p.ga)).ok, 205);
+});
+
+Deno.test("after a member's restart, every member answers the same sums, series it has not counted again included", async () => {
+  const p = pair();
+  p.a.add(12, "404", 0.05);
+  p.b.add(12, "200");
+  p.b.add(5, "404", 0.05);
+  // Both members have seen each other before the restart.
+  assert.deepEqual(await total(p.ga), await total(p.gb));
+  const before = await total(p.ga);
+  assert.deepEqual(before, { ok: 12, missing: 17, count: 29 });
+  await p.restartB();
+  // b has counted nothing since: the 404s and 200s it had still count, whoever answers.
+  assert.deepEqual(await total(p.ga), before);
+  assert.deepEqual(await total(p.gb), before);
+  p.b.add(6, "200", 0.05); // counted again after the restart, with a (restarted) count of 6 < 12
+  p.a.add(6, "404", 0.05);
+  const after = { ok: 18, missing: 23, count: 41 };
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(await total(p.ga), after, `scrape ${i} through a`);
+    assert.deepEqual(await total(p.gb), after, `scrape ${i} through b`);
+  }
+  // A second restart carries the first's carry too.
+  await p.restartB();
+  assert.deepEqual(await total(p.ga), after);
+  assert.deepEqual(await total(p.gb), after);
 });

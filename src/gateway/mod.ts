@@ -12,7 +12,7 @@ import { listening } from "../common/net.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
 import { serveGateway } from "./server.ts";
-import { type GatewayGroup, serveMemberMetrics } from "./group.ts";
+import type { GatewayGroup } from "./group.ts";
 import { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
@@ -95,8 +95,8 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   });
   const app = createGatewayApp(deps);
   await deps.calls.start();
-  const memberMetrics = config.group &&
-    serveMemberMetrics(deps.registry, config.group.ports[config.group.index]);
+  const memberMetrics = deps.groupMetrics?.serve();
+  await deps.groupMetrics?.recall();
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);

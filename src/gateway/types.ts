@@ -13,7 +13,7 @@ import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { GatewayVars } from "./middleware/observe.ts";
-import type { GatewayGroup } from "./group.ts";
+import type { GatewayGroup, GroupMetrics } from "./group.ts";
 
 /** The dependencies every route module gets, defaults filled in. */
 export interface RouteDeps {
@@ -32,6 +32,8 @@ export interface RouteDeps {
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */
   group?: GatewayGroup;
+  /** The group's metrics, summed over its members (with `group`). */
+  groupMetrics?: GroupMetrics;
   /** The scheduler, for terminating pods; none: pods cannot be terminated here. */
   scheduler?: SchedulerClient;
   /** The durable queue of asynchronous calls. */

@@ -6,16 +6,14 @@
  */
 import { Hono } from "hono";
 import { authorize } from "../auth.ts";
-import { GroupMetrics } from "../group.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 
 /** `/metrics`, mounted at `/`. (`/health` is answered before authentication, in app.ts.) */
 export function metricsRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
-  const group = deps.group && new GroupMetrics(deps.group);
   app.get("/metrics", async (c) => {
     authorize(c.var.principal, "read");
-    const registry = group ? await group.registry(deps.registry) : deps.registry;
+    const registry = deps.groupMetrics ? await deps.groupMetrics.registry() : deps.registry;
     return c.body(await registry.metrics(), 200, { "content-type": registry.contentType });
   });
   return app;
