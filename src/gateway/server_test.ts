@@ -381,6 +381,11 @@ t("a caller that half-closes in the middle of a streamed answer: cut, and 499", 
     assert.ok(!cut.endsWith("0\r\n\r\n"), `not ended as if whole: ${JSON.stringify(cut)}`);
     await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
+    // Counted once, as 499 (not also as the 200 its head said), with its duration.
+    const text = await g.f.deps.registry.metrics();
+    assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="499"\} 1/);
+    assert.doesNotMatch(text, /inferx_requests_total\{function="t\/n\/f",code="200"\}/);
+    assert.match(text, /inferx_request_duration_seconds_count\{function="t\/n\/f"\} 1/);
   } finally {
     await g.close();
     await worker.shutdown();

@@ -85,11 +85,10 @@ export class CallRecord {
     this.#slot = a.slot;
     this.#ttfbMs = a.ttfbMs;
     const m = this.#series();
-    m.request(a.status);
     m.ttfb.observe(a.ttfbMs / 1000);
     if (a.slot.coldStart) m.coldStarts++;
     if (a.slot.resumed) m.resumes++;
-    if (this.#metrics) (this.#version = m.version(a.slot.worker.version)).request(a.status);
+    if (this.#metrics) this.#version = m.version(a.slot.worker.version);
     const format = tokenFormat(this.path, a.status, a.headers);
     if (!format) return;
     const gaps = this.#version?.tokenGap;
@@ -103,21 +102,31 @@ export class CallRecord {
   /**
    * The answer has been delivered, or broke off after its head (`cutShort`:
    * why, for the audit row; the status stays the one the worker answered):
-   * duration, token figures and audit row.
+   * the call counted once, its duration, token figures and audit row.
    */
   finished(cutShort?: ErrorCode): void {
     if (this.#done) return;
     this.#done = true;
+    this.#end(cutShort);
+  }
+
+  /** Counts a call a worker answered (its status now), with what its answer brought. */
+  #end(error?: string): void {
     const now = performance.now();
     const ms = now - this.t0;
-    this.#series().duration.observe(ms / 1000);
+    const m = this.#series();
+    m.request(this.status);
+    this.#version?.request(this.status);
     let tokens: TokenStats | undefined;
-    if (this.tokens) {
-      if (this.#whole) this.tokens.whole(this.#whole, this.t0 + this.#ttfbMs!);
-      tokens = this.tokens.result(now, this.#slot?.queuedMs);
-      if (this.#version) countTokens(this.#version, tokens);
+    if (this.#slot) {
+      m.duration.observe(ms / 1000);
+      if (this.tokens) {
+        if (this.#whole) this.tokens.whole(this.#whole, this.t0 + this.#ttfbMs!);
+        tokens = this.tokens.result(now, this.#slot.queuedMs);
+        if (this.#version) countTokens(this.#version, tokens);
+      }
     }
-    this.#audit(ms, cutShort, tokens);
+    this.#audit(ms, error, tokens);
   }
 
   /** The gateway answered an error itself. */
@@ -131,15 +140,15 @@ export class CallRecord {
   }
 
   /**
-   * The caller went away before an answer (or cancelled the call: `reason`
-   * `cancelled`): recorded as 499, as nginx logs it.
+   * The caller went away before the answer was whole (or cancelled the call:
+   * `reason` `cancelled`): counted once, as 499 as nginx logs it, with what
+   * the answer brought until then when a worker had answered.
    */
   callerGone(reason = "caller_gone"): void {
     if (this.#done) return;
     this.#done = true;
     this.status = 499;
-    this.#series().request(499);
-    this.#audit(performance.now() - this.t0, reason);
+    this.#end(reason);
   }
 
   /** The call was stored to run later as `id`: answered 202. */

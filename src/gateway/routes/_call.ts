@@ -20,11 +20,12 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
   }
   if (answer.length !== undefined) answer.headers.push(["content-length", String(answer.length)]);
   let done = false;
-  const end = (delivered: boolean, err?: unknown) => {
+  const end = (delivered: boolean, err?: unknown, gone = false) => {
     if (done) return;
     done = true;
     answer.finish(delivered);
-    rec.finished(cutShortCode(err));
+    if (gone) rec.callerGone();
+    else rec.finished(cutShortCode(err));
   };
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -43,7 +44,7 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
       }
     },
     cancel() {
-      end(false);
+      end(false, undefined, true); // the caller stopped reading: gone, as on the raw path
     },
   });
   return new Response(body, init);
