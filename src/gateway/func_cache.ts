@@ -277,6 +277,11 @@ export class FuncCache {
     return { tenant: f.tenant, namespace: f.namespace, func: f.name };
   }
 
+  /** Whether function `id` (`tenant/namespace/name`) exists, as far as this gateway has heard. */
+  has(id: string): boolean {
+    return this.#funcs.has(id);
+  }
+
   /** Pod ids of every worker leased by this gateway, for heartbeats. */
   leasedPods(): string[] {
     const ids: string[] = [];

@@ -16,6 +16,9 @@ import { Gauge, type MetricObjectWithValues, type MetricValue, Registry } from "
 import type { FuncCache } from "./func_cache.ts";
 import type { AuditLog } from "../audit/types.ts";
 
+/** The metrics label of calls whose function is not known. */
+export const UNKNOWN_FUNCTION = "(none)";
+
 /** Histogram buckets (seconds) of the latency series. */
 export const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -192,8 +195,21 @@ export class GatewayMetrics {
 
   constructor(cache: FuncCache, audit?: AuditLog) {
     const s = this.#series;
+    // A deleted function's series go at the next scrape: a caller who may create and delete
+    // functions cannot grow the series for ever (a function made again starts at 0).
+    let prunedAt = -Infinity;
+    const prune = () => {
+      const now = performance.now();
+      if (now - prunedAt < 1000) return;
+      prunedAt = now;
+      for (const func of s.keys()) {
+        if (func !== UNKNOWN_FUNCTION && !cache.has(func)) s.delete(func);
+      }
+    };
     const metric = (name: string, help: string, type: Kind, values: () => MetricValue<string>[]) =>
-      this.registry.registerMetric(new LiveMetric(name, help, type, values) as never);
+      this.registry.registerMetric(
+        new LiveMetric(name, help, type, () => (prune(), values())) as never,
+      );
     metric(
       "inferx_requests_total",
       "Calls of functions, by function and HTTP status",

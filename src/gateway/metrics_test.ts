@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { FuncCache } from "./func_cache.ts";
 import { GatewayMetrics, MAX_VERSION_SERIES } from "./metrics.ts";
 
-const noAgents = { agents: () => [][Symbol.iterator]() } as unknown as FuncCache;
+const noAgents = { agents: () => [][Symbol.iterator](), has: () => true } as unknown as FuncCache;
 
 Deno.test("per-version series are labelled by function and version, histograms with their own buckets", async () => {
   const m = new GatewayMetrics(noAgents);
@@ -26,4 +26,18 @@ Deno.test("only the newest versions of a function keep series", () => {
   for (let v = 1; v <= MAX_VERSION_SERIES + 3; v++) f.version(v).request(200);
   assert.equal(f.versions.size, MAX_VERSION_SERIES);
   assert.equal(Math.min(...f.versions.keys()), 4);
+});
+
+Deno.test("a deleted function's series go at the next scrape; the series of unknown names stays", async () => {
+  const live = new Set(["t/n/kept", "t/n/gone"]);
+  const cache = { agents: () => [][Symbol.iterator](), has: (id: string) => live.has(id) };
+  const m = new GatewayMetrics(cache as unknown as FuncCache);
+  for (const f of ["t/n/kept", "t/n/gone", "(none)"]) m.of(f).request(200);
+  assert.match(await m.registry.metrics(), /function="t\/n\/gone"/);
+  live.delete("t/n/gone");
+  await new Promise((r) => setTimeout(r, 1100)); // pruned at most once a second
+  const text = await m.registry.metrics();
+  assert.doesNotMatch(text, /t\/n\/gone/);
+  assert.match(text, /inferx_requests_total\{function="t\/n\/kept",code="200"\} 1/);
+  assert.match(text, /inferx_requests_total\{function="\(none\)",code="200"\} 1/);
 });

@@ -15,7 +15,12 @@ import {
   toInferxError,
 } from "../../common/errors.ts";
 import type { AuditLog } from "../../audit/types.ts";
-import type { FunctionMetrics, GatewayMetrics, VersionMetrics } from "../metrics.ts";
+import {
+  type FunctionMetrics,
+  type GatewayMetrics,
+  UNKNOWN_FUNCTION,
+  type VersionMetrics,
+} from "../metrics.ts";
 import type { Principal } from "../auth.ts";
 import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
 import type { Slot } from "../func_agent.ts";
@@ -29,9 +34,6 @@ export interface ObserveOptions {
   /** This gateway's id, for audit rows. */
   gatewayId: string;
 }
-
-/** The metrics label of calls whose function is not known. */
-export const UNKNOWN_FUNCTION = "(none)";
 
 /** The outcome of one call, recorded once. */
 export class CallRecord {
