@@ -122,7 +122,7 @@ export function routeMethods(
         r.path.split("/").map((seg) =>
           seg === "*" ? ".*" : seg.startsWith(":") ? "[^/]+" : escape(seg)
         ).join("/")
-      }/?$`,
+      }$`,
     ),
   }));
   return (path) => {

@@ -133,6 +133,16 @@ function knownInput(
 }
 
 /**
+ * Whether a `Content-Type` is JSON: `application/json` or an `application/*+json`
+ * type, parameters aside (`application/x-ndjson` is lines of JSON, not JSON).
+ */
+export function isJsonType(type: string | null | undefined): boolean {
+  const media = (type ?? "").split(";")[0].trim().toLowerCase();
+  return media === "application/json" ||
+    (media.startsWith("application/") && media.endsWith("+json"));
+}
+
+/**
  * An OpenAI-style call (`/v1/completions`, `/v1/chat/completions`): the JSON
  * body's `model` names the function, as `tenant/namespace/name` or a name
  * only one function the caller may call has. `named` learns the target as
@@ -146,7 +156,7 @@ export function openaiInput(
   t0: number,
   named?: (target: FuncTarget, known: boolean) => void,
 ): CallInput | Promise<CallInput> {
-  if (!(req.get("content-type") ?? "").includes("json")) {
+  if (!isJsonType(req.get("content-type"))) {
     throw new InferxError(
       "unsupported_media_type",
       `${path} takes a JSON body (Content-Type: application/json)`,
@@ -241,7 +251,7 @@ interface BodyRead {
 function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyRead> {
   if (!req.hasBody || req.method === "GET" || req.method === "HEAD") return {};
   if ((req.contentLength ?? 0) > ctx.bodyLimit) throw new BodyTooLarge(ctx.bodyLimit);
-  if (!(req.get("content-type") ?? "").includes("json")) {
+  if (!isJsonType(req.get("content-type"))) {
     return { stream: req.chunks(ctx.bodyLimit) };
   }
   const now = req.bodyNow?.(ctx.bodyLimit);

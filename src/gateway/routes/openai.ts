@@ -7,6 +7,7 @@
  * @module
  */
 import { Hono } from "hono";
+import { NotFoundError } from "../../common/errors.ts";
 import { allows } from "../auth.ts";
 import { openaiInput, requestCall } from "../call.ts";
 import { forward } from "../proxy.ts";
@@ -23,6 +24,7 @@ export const OPENAI_CALL_PATHS: ReadonlySet<string> = new Set([
 export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const ctx = { cache: deps.cache, bodyLimit: deps.bodyLimit, authEnabled: deps.auth.enabled };
+  const model = (id: string) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] });
   app.get("/models", (c) => {
     const p = c.var.principal;
     return c.json({
@@ -30,8 +32,26 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       data: deps.cache.functionIds().filter((id) => {
         const [t, ns] = id.split("/");
         return allows(p, "inference", t, ns);
-      }).map((id) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] })),
+      }).map(model),
     });
+  });
+  // One model (`models.retrieve`): its id whole (`public/demo/ngram`, slashes escaped or
+  // not), or a bare name as calls take it; only a function the caller may call.
+  app.get("/models/*", (c) => {
+    const p = c.var.principal;
+    const path = c.req.path;
+    let name: string;
+    try {
+      name = decodeURIComponent(path.slice(path.indexOf("/models/") + "/models/".length));
+    } catch {
+      name = "";
+    }
+    const visible = (t: string, ns: string) => allows(p, "inference", t, ns);
+    const found = name ? deps.cache.resolveModel(name, visible) : undefined;
+    if (!found || !visible(found.tenant, found.namespace)) {
+      throw new NotFoundError(`The model ${name} does not exist`);
+    }
+    return c.json(model(`${found.tenant}/${found.namespace}/${found.func}`));
   });
   for (const path of OPENAI_CALL_PATHS) {
     app.post(path.slice("/v1".length), async (c) => {

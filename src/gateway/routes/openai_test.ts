@@ -8,8 +8,9 @@ const complete = (
   f: Awaited<ReturnType<typeof gatewayFixture>>,
   body: unknown,
   headers: Record<string, string> = {},
+  path = "/v1/completions",
 ) =>
-  f.app.request("/v1/completions", {
+  f.app.request(path, {
     method: "POST",
     headers: { "content-type": "application/json", ...headers },
     body: typeof body === "string" ? body : JSON.stringify(body),
@@ -22,6 +23,21 @@ t("/v1/models lists the functions as models named tenant/namespace/name", async 
     object: "list",
     data: [{ id: "t/n/f", object: "model", created: 0, owned_by: "t" }],
   });
+  // One model, as `models.retrieve` asks: by full id (slashes escaped or not) or bare name.
+  for (const path of ["/v1/models/t%2Fn%2Ff", "/v1/models/t/n/f", "/v1/models/f"]) {
+    const one = await f.app.request(path);
+    assert.equal(one.status, 200, path);
+    assert.deepEqual(await one.json(), { id: "t/n/f", object: "model", created: 0, owned_by: "t" });
+  }
+  for (const path of ["/v1/models/t/n/nope", "/v1/models/nope", "/v1/models/"]) {
+    const none = await f.app.request(path);
+    assert.equal(none.status, 404, path);
+    await none.body?.cancel();
+  }
+  // A trailing slash is another path, not a known one with the wrong method.
+  const slash = await complete(f, { model: "f", prompt: "x" }, {}, "/v1/completions/");
+  assert.equal(slash.status, 404);
+  await slash.body?.cancel();
   await f.close();
 });
 
@@ -54,6 +70,7 @@ t("/v1 refuses bad calls with clear errors", async () => {
     [{ model: "nope" }, {}, 404, /model nope does not exist/],
     ["{oops", {}, 400, /not valid JSON/],
     [{ model: "f" }, { "content-type": "text/plain" }, 415, /takes a JSON body/],
+    [{ model: "f" }, { "content-type": "application/x-ndjson" }, 415, /takes a JSON body/],
   ];
   for (const [body, headers, status, re] of cases) {
     const r = await complete(f, body, headers);
