@@ -12,6 +12,8 @@
 import { NgramModel } from "./model.ts";
 
 const MAX_TOKENS_LIMIT = 4096;
+/** The most completions one request may ask for (`n`). */
+const MAX_CHOICES = 16;
 
 /** A bad request: answered 400 with an OpenAI-style error body. */
 class BadRequest extends Error {}
@@ -22,6 +24,10 @@ interface Sampling {
   seed?: number;
   stop?: string[];
   stream: boolean;
+  /** Completions to make (`n`). */
+  n: number;
+  /** `stream_options.include_usage`: a last event with the usage, before `[DONE]`. */
+  includeUsage: boolean;
 }
 
 function parseSampling(body: Record<string, unknown>): Sampling {
@@ -48,12 +54,22 @@ function parseSampling(body: Record<string, unknown>): Sampling {
   ) {
     throw new BadRequest("stop must be a string or an array of strings");
   }
+  const n = body.n ?? 1;
+  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > MAX_CHOICES) {
+    throw new BadRequest(`n must be an integer from 1 to ${MAX_CHOICES}`);
+  }
+  const options = body.stream_options;
+  if (options !== undefined && options !== null && typeof options !== "object") {
+    throw new BadRequest("stream_options must be an object");
+  }
   return {
     maxTokens: maxTokens as number,
     temperature,
     seed: seed as number | undefined,
     stop: (stop ?? undefined) as string[] | undefined,
     stream: body.stream === true,
+    n: n as number,
+    includeUsage: (options as { include_usage?: unknown } | null)?.include_usage === true,
   };
 }
 
@@ -118,16 +134,22 @@ export function createModelHandler(
     const id = `${chat ? "chatcmpl" : "cmpl"}-${Date.now().toString(36)}${(++seq).toString(36)}`;
     const created = Math.floor(Date.now() / 1000);
     const promptTokens = [...prompt].length;
-    const gen = model.generate(prompt, sampling);
+    // One generator a choice; with a seed, choice i samples with seed + i (so they differ).
+    const gens = Array.from({ length: sampling.n }, (_, i) =>
+      model.generate(prompt, {
+        ...sampling,
+        seed: sampling.seed === undefined ? undefined : sampling.seed + i,
+      }));
+    const finishOf = (n: number) => n < sampling.maxTokens ? "stop" : "length";
+    const usageOf = (completion: number) => ({
+      prompt_tokens: promptTokens,
+      completion_tokens: completion,
+      total_tokens: promptTokens + completion,
+    });
     if (!sampling.stream) {
-      const text = [...gen].join("");
-      const n = [...text].length;
-      const finish = n < sampling.maxTokens ? "stop" : "length";
-      const usage = {
-        prompt_tokens: promptTokens,
-        completion_tokens: n,
-        total_tokens: promptTokens + n,
-      };
+      const texts = gens.map((gen) => [...gen].join(""));
+      const lengths = texts.map((t) => [...t].length);
+      const usage = usageOf(lengths.reduce((a, b) => a + b, 0));
       return json(
         200,
         chat
@@ -136,11 +158,11 @@ export function createModelHandler(
             object: "chat.completion",
             created,
             model: name,
-            choices: [{
-              index: 0,
+            choices: texts.map((text, index) => ({
+              index,
               message: { role: "assistant", content: text },
-              finish_reason: finish,
-            }],
+              finish_reason: finishOf(lengths[index]),
+            })),
             usage,
           }
           : {
@@ -148,7 +170,12 @@ export function createModelHandler(
             object: "text_completion",
             created,
             model: name,
-            choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
+            choices: texts.map((text, index) => ({
+              index,
+              text,
+              logprobs: null,
+              finish_reason: finishOf(lengths[index]),
+            })),
             usage,
           },
         // Completions this process has served: shows a resumed worker kept its state.
@@ -158,7 +185,7 @@ export function createModelHandler(
     const enc = new TextEncoder();
     const event = (data: unknown) => enc.encode(`data: ${JSON.stringify(data)}\n\n`);
     const object = chat ? "chat.completion.chunk" : "text_completion";
-    const chunk = (piece: string | null, finish: string | null, first = false) =>
+    const chunk = (index: number, piece: string | null, finish: string | null, first = false) =>
       event({
         id,
         object,
@@ -167,7 +194,7 @@ export function createModelHandler(
         choices: [
           chat
             ? {
-              index: 0,
+              index,
               delta: first
                 ? { role: "assistant", content: "" }
                 : piece === null
@@ -175,22 +202,38 @@ export function createModelHandler(
                 : { content: piece },
               finish_reason: finish,
             }
-            : { index: 0, text: piece ?? "", logprobs: null, finish_reason: finish },
+            : { index, text: piece ?? "", logprobs: null, finish_reason: finish },
         ],
+        // With include_usage every event carries `usage: null`, the last one the figures.
+        ...(sampling.includeUsage ? { usage: null } : {}),
       });
+    // Choices one after the other, each event naming its choice's index.
+    let choice = 0;
     let n = 0;
+    let total = 0;
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
-        if (chat) controller.enqueue(chunk(null, null, true));
+        if (chat) controller.enqueue(chunk(0, null, null, true));
       },
       pull(controller) {
-        const r = gen.next();
+        const r = gens[choice].next();
         if (!r.done) {
           n++;
-          controller.enqueue(chunk(r.value, null));
+          controller.enqueue(chunk(choice, r.value, null));
           return;
         }
-        controller.enqueue(chunk(null, n < sampling.maxTokens ? "stop" : "length"));
+        controller.enqueue(chunk(choice, null, finishOf(n)));
+        total += n;
+        n = 0;
+        if (++choice < gens.length) {
+          if (chat) controller.enqueue(chunk(choice, null, null, true));
+          return;
+        }
+        if (sampling.includeUsage) {
+          controller.enqueue(
+            event({ id, object, created, model: name, choices: [], usage: usageOf(total) }),
+          );
+        }
         controller.enqueue(enc.encode("data: [DONE]\n\n"));
         controller.close();
       },
@@ -215,12 +258,29 @@ function chatPrompt(messages: unknown): string {
   if (!Array.isArray(messages) || messages.length === 0) {
     throw new BadRequest("messages must be a non-empty array");
   }
-  for (const m of messages) {
-    if (!m || typeof m !== "object" || typeof (m as { content?: unknown }).content !== "string") {
-      throw new BadRequest("every message needs a string content");
-    }
+  return messages.map((m) => messageText(m)).join("\n") + "\n";
+}
+
+/**
+ * A chat message's text: its `content` as a string, as text parts
+ * (`[{type: "text", text}]`, as current clients send), or none (`null`: an
+ * assistant message that only called tools).
+ */
+function messageText(m: unknown): string {
+  if (!m || typeof m !== "object") throw new BadRequest("every message must be an object");
+  const content = (m as { content?: unknown }).content;
+  if (typeof content === "string") return content;
+  if (content === null) return "";
+  if (Array.isArray(content)) {
+    return content.map((part) => {
+      const p = part as { type?: unknown; text?: unknown } | null;
+      if (p?.type === "text" && typeof p.text === "string") return p.text;
+      throw new BadRequest(
+        `a content part of type ${JSON.stringify(p?.type)} is not supported: only text parts`,
+      );
+    }).join("");
   }
-  return (messages as { content: string }[]).map((m) => m.content).join("\n") + "\n";
+  throw new BadRequest("a message's content must be a string, text parts or null");
 }
 
 if (import.meta.main) {

@@ -68,6 +68,13 @@ const bad: [string, string, unknown, RegExp][] = [
   ["max_tokens out of range", "/v1/completions", { prompt: "a", max_tokens: 0 }, /max_tokens/],
   ["a bad temperature", "/v1/completions", { prompt: "a", temperature: 5 }, /temperature/],
   ["empty messages", "/v1/chat/completions", { messages: [] }, /messages/],
+  ["n out of range", "/v1/completions", { prompt: "a", n: 0 }, /n must be an integer/],
+  [
+    "an image content part",
+    "/v1/chat/completions",
+    { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] },
+    /only text parts/,
+  ],
 ];
 for (const [title, path, body, re] of bad) {
   Deno.test(`model server refuses ${title} with 400`, async () => {
@@ -82,4 +89,59 @@ Deno.test("model server answers /health and 404 for unknown routes", async () =>
   const res = await handle(new Request("http://w/nope"));
   assert.equal(res.status, 404);
   await res.body?.cancel();
+});
+
+Deno.test("model server makes n completions, each its own choice, usage over all", async () => {
+  const res = await post("/v1/completions", { prompt: "the", max_tokens: 3, n: 3, seed: 7 });
+  const body = await res.json();
+  assert.deepEqual(body.choices.map((c: { index: number }) => c.index), [0, 1, 2]);
+  for (const c of body.choices) assert.equal([...c.text].length, 3);
+  assert.deepEqual(body.usage, { prompt_tokens: 3, completion_tokens: 9, total_tokens: 12 });
+  // Streamed: each choice's events name its index, and each ends with its finish reason.
+  const streamed = await post("/v1/chat/completions", {
+    messages: [{ role: "user", content: "gpu" }],
+    max_tokens: 2,
+    n: 2,
+    stream: true,
+  });
+  const chunks = (await streamed.text()).split("\n\n").filter((e) => e && e !== "data: [DONE]")
+    .map((e) => JSON.parse(e.slice(6)));
+  const text = (i: number) =>
+    chunks.filter((c) => c.choices[0].index === i).map((c) => c.choices[0].delta.content ?? "")
+      .join("");
+  assert.equal([...text(0)].length, 2);
+  assert.equal([...text(1)].length, 2);
+  assert.equal(chunks.filter((c) => c.choices[0].finish_reason === "length").length, 2);
+});
+
+Deno.test("model server ends a stream with its usage when stream_options.include_usage asks", async () => {
+  const res = await post("/v1/chat/completions", {
+    messages: [{ role: "user", content: "gpu" }],
+    max_tokens: 3,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  const events = (await res.text()).split("\n\n").filter(Boolean).map((e) => e.slice(6));
+  assert.equal(events.at(-1), "[DONE]");
+  const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
+  const last = chunks.at(-1);
+  assert.deepEqual(last.choices, []);
+  assert.deepEqual(last.usage, { prompt_tokens: 4, completion_tokens: 3, total_tokens: 7 });
+  assert.ok(chunks.slice(0, -1).every((c) => c.usage === null), "the others carry usage: null");
+  // Without it, no usage event.
+  const plain = await post("/v1/completions", { prompt: "the", max_tokens: 2, stream: true });
+  assert.doesNotMatch(await plain.text(), /usage/);
+});
+
+Deno.test("model server takes chat content as text parts or null, as current clients send it", async () => {
+  const res = await post("/v1/chat/completions", {
+    messages: [
+      { role: "user", content: [{ type: "text", text: "the " }, { type: "text", text: "gpu" }] },
+      { role: "assistant", content: null, tool_calls: [] },
+    ],
+    max_tokens: 2,
+  });
+  assert.equal(res.status, 200);
+  // "the gpu" and an empty assistant message, each ending in a newline: 9 characters.
+  assert.equal((await res.json()).usage.prompt_tokens, 9);
 });
