@@ -112,12 +112,12 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);
   const port = config.port ?? 4000;
   const hostname = config.hostname ?? "127.0.0.1";
-  const server = listening(
-    "GATEWAY_PORT",
-    hostname,
-    port,
-    () => serveGateway(app, deps, { port, hostname, reusePort: config.group !== undefined }),
-  );
+  const server = listening("GATEWAY_PORT", hostname, port, () => {
+    // The group's first member binds before the others: a port another process holds (another
+    // platform's group, which shares it too) is refused, as a single gateway's would be.
+    if (config.group?.index === 0) Deno.listen({ hostname, port }).close();
+    return serveGateway(app, deps, { port, hostname, reusePort: config.group !== undefined });
+  });
   logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
     id: gatewayId,
     hostname: server.addr.hostname,

@@ -11,6 +11,7 @@ import {
   ngramFunction,
   putObject,
   request,
+  spawnRole,
   startPlatform,
 } from "./helpers.ts";
 import { childPids } from "../../bench/wrk.ts";
@@ -89,6 +90,30 @@ Deno.test({
         15_000,
       );
       await eventually("both gateways answering", async () => (await gatewayIds(p.url)).size === 2);
+      // The group's count does not go down with the restart, whichever member a scrape reaches.
+      for (let i = 0; i < 6; i++) {
+        const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+        const text = await (await fetch(`${p.url}/metrics`, { client })).text();
+        client.close();
+        const n = text.split("\n").find((l) =>
+          l.startsWith('inferx_requests_total{function="g/n/one",code="200"}')
+        )?.split(" ")[1];
+        assert.equal(n, "20", `scrape ${i} after the restart`);
+      }
+      // Another platform's group cannot take a share of the port.
+      const port = new URL(p.url).port;
+      const dir = await Deno.makeTempDir({ prefix: "inferx-e2e-" });
+      try {
+        await assert.rejects(
+          spawnRole(
+            { GATEWAY_PORT: port, GATEWAY_WORKERS: "2", INFERX_DATA_DIR: dir },
+            () => Promise.resolve(false),
+          ),
+          new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port} \\(GATEWAY_PORT\\)`),
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
     } finally {
       const before = await members(p.proc.pid);
       await p.stop();
