@@ -933,6 +933,9 @@ export class SqliteAuditBackend implements AuditBackend {
       const share = Math.min(1, (used - 0.9 * this.#retainBytes) / used);
       let deleted = 0;
       for (const table of ["requests", ...rowTables]) {
+        // Spans go whole, so the budget may be spent past 0: nothing more this pass (a
+        // negative LIMIT is no limit in SQLite: the whole table would go).
+        if (budget <= 0) break;
         const count = Number(
           (this.#db.prepare(`select count(*) as n from ${table}`).get() as Row).n,
         );

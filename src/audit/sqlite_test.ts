@@ -122,6 +122,28 @@ Deno.test("SqliteAuditBackend keeps its rows under AUDIT_RETAIN_MB, oldest out f
   });
 });
 
+Deno.test("a size pass whose spans overrun its chunk keeps the pod rows: newest stay", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/audit.db`;
+    const all = openSqliteAudit(path, { ...keepAll, retainMB: 0 });
+    const big = (i: number): RequestRow => ({ ...sampleRequest(i, i), error: "x".repeat(300) });
+    // Spans of 700 rows (one a batch and function): a chunk of 1000 takes two of them.
+    for (let i = 0; i < 12; i++) {
+      await all.write(
+        batch(Array.from({ length: 700 }, (_, j) => big(i * 700 + j)), [pod(i, "f", i * 700)]),
+      );
+    }
+    await all.close();
+    const b = openSqliteAudit(path, { ...keepAll, retainMB: 1, retentionChunk: 1000 });
+    await b.write(batch([], [pod(99, "f", 99_999)]));
+    b.retain();
+    const pods = await b.query("pods", { limit: 100 });
+    assert.ok(pods.length >= 10, `${pods.length} pod rows left of 13`);
+    assert.equal(pods[0].pod, "p99", "the newest pod row stays");
+    await b.close();
+  });
+});
+
 Deno.test("openSqliteAudit imports the JSON-lines audit files once and keeps them renamed", async () => {
   await withDir(async (dir) => {
     const line = (r: unknown) => JSON.stringify(r) + "\n";
