@@ -140,7 +140,12 @@ export class BatchingAuditLog implements AuditLog {
         since: q.since,
         limit: USAGE_READ_LIMIT,
       }) as RequestRow[];
-      return summarizeUsage(rows, q);
+      const summary = summarizeUsage(rows, q);
+      // Newest first: past the limit, the figures start at the oldest row read, and say so.
+      if (rows.length >= USAGE_READ_LIMIT) {
+        return { ...summary, since: rows[rows.length - 1].time, truncated: true };
+      }
+      return summary;
     } catch (err) {
       throw new InferxError(
         "unavailable",

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
-import { type AuditBackend, type AuditBatch, BatchingAuditLog } from "./batching.ts";
+import {
+  type AuditBackend,
+  type AuditBatch,
+  BatchingAuditLog,
+  USAGE_READ_LIMIT,
+} from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 import { sampleRequest } from "./testing.ts";
 
@@ -193,4 +198,25 @@ Deno.test("BatchingAuditLog says when each spell of a full buffer begins, and ho
     await log.close();
     await reset();
   }
+});
+
+Deno.test("BatchingAuditLog's usage read past its limit says so, and from when its figures are", async () => {
+  const b = new MemoryBackend();
+  // Newest first, as backends answer: one row a millisecond, more than the limit since 0.
+  const n = USAGE_READ_LIMIT + 10;
+  b.requests = Array.from({ length: n }, (_, i) => ({
+    ...sampleRequest(i, n - i),
+    completionTokens: 1,
+  }));
+  b.query = (_kind: AuditKind, q: AuditQuery) =>
+    Promise.resolve(b.requests.filter((r) => r.time >= (q.since ?? 0)).slice(0, q.limit));
+  const log = new BatchingAuditLog(b, { flushMs: 10_000 });
+  const cut = await log.usage({ since: 0 });
+  assert.equal(cut.truncated, true);
+  assert.equal(cut.since, n - USAGE_READ_LIMIT + 1, "the oldest row read");
+  assert.equal(cut.tenants[0].completionTokens, USAGE_READ_LIMIT);
+  const whole = await log.usage({ since: n - 100 });
+  assert.equal(whole.truncated, undefined);
+  assert.equal(whole.since, n - 100);
+  await log.close();
 });

@@ -47,6 +47,11 @@ export interface UsageSummary {
   tenants: TokenUsage[];
   /** When aggregated in memory: the audit rows read (at most the read limit). */
   rowsRead?: number;
+  /**
+   * The read limit cut the rows: the figures cover from `since` (then the
+   * oldest row read) on, not the whole period asked for.
+   */
+  truncated?: boolean;
 }
 
 /** Whether a row carries token figures (an OpenAI-style answer that was read). */
