@@ -29,7 +29,8 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       // The log's health must show while its backend is down: usage then says why it is missing.
       const usage = await deps.audit.usage({ tenant, since: since ?? Date.now() - HOUR_MS })
         .catch((err: Error) => ({ error: err.message }));
-      return c.json({ ...deps.audit.stats(), usage });
+      // The buffer's figures are this gateway's (one member's, in a group): named.
+      return c.json({ gateway: deps.gatewayId, ...deps.audit.stats(), usage });
     }
     if (kind !== "requests" && kind !== "pods") {
       throw new NotFoundError(
@@ -45,13 +46,32 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const rows = kind === "requests"
       ? await deps.audit.query("requests", q)
       : await deps.audit.query("pods", q);
-    return c.json({ items: rows, stats: deps.audit.stats() });
+    return c.json({ items: rows, stats: { gateway: deps.gatewayId, ...deps.audit.stats() } });
   });
   return app;
 }
 
-/** An audit query from a request's query parameters; a clear 400 for bad ones. */
-export function auditQuery(query: Record<string, string | undefined>): AuditQuery {
+const AUDIT_PARAMS = new Set(["tenant", "namespace", "func", "since", "limit", "status"]);
+
+/** Filters that an empty value leaves out, as a form sends it (an empty number is refused). */
+const TEXT_FILTERS = new Set(["tenant", "namespace", "func", "status"]);
+
+/**
+ * An audit query from a request's query parameters; a clear 400 for bad ones
+ * and for a name it does not take (a typo would answer rows unfiltered). An
+ * empty filter is no filter (it matched nothing).
+ */
+export function auditQuery(raw: Record<string, string | undefined>): AuditQuery {
+  const query: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (!AUDIT_PARAMS.has(k)) {
+      throw new ValidationError(
+        `Invalid audit query: unknown parameter "${k}" (it takes ${[...AUDIT_PARAMS].join(", ")})`,
+        k,
+      );
+    }
+    if (v !== "" || !TEXT_FILTERS.has(k)) query[k] = v;
+  }
   const { tenant, namespace, func, since, limit, status } = query;
   if ((namespace || func) && !tenant) {
     throw new ValidationError("Invalid audit query: namespace and func need tenant", "tenant");

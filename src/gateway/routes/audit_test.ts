@@ -15,6 +15,10 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
   assert.equal(one.stats.backend, "embedded");
   const stats = await (await f.app.request("/audit/stats")).json();
   assert.equal(stats.healthy, true);
+  assert.equal(stats.gateway, "gw-test", "whose buffer the figures are");
+  // An empty filter is none (as a form sends it), not a filter that matches nothing.
+  const empty = await (await f.app.request("/audit/requests?tenant=t&namespace=&func=")).json();
+  assert.deepEqual(empty.items.map((r: { func: string }) => r.func), ["other", "nope"]);
   const cases: [string, number, RegExp][] = [
     ["/audit/requests?func=f", 400, /need tenant/],
     ["/audit/requests?tenant=t&limit=-1", 400, /limit/],
@@ -24,6 +28,8 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
     ["/audit/requests?tenant=t&limit=1e2", 400, /limit/],
     ["/audit/requests?tenant=t&limit=0x10", 400, /limit/],
     ["/audit/things", 404, /No audit of "things"/],
+    ["/audit/requests?tenant=t&until=5", 400, /unknown parameter "until"/],
+    ["/audit/requests?tenant=t&funcx=nope", 400, /unknown parameter "funcx"/],
   ];
   for (const [path, status, re] of cases) {
     const r = await f.app.request(path);

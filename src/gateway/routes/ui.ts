@@ -163,7 +163,8 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     };
     let q: ReturnType<typeof auditQuery>;
     try {
-      q = auditQuery({ ...given, limit: given.limit ?? "100" });
+      const { kind: _kind, ...filters } = given; // the page's own parameter
+      q = auditQuery({ ...filters, limit: given.limit ?? "100" });
     } catch (err) {
       const e = toInferxError(err);
       if (e.code !== "invalid") throw err;
