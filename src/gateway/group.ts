@@ -17,6 +17,7 @@
  */
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { logger } from "../common/log.ts";
+import { listening } from "../common/net.ts";
 
 /** This process's place in its group. */
 export interface GatewayGroup {
@@ -167,17 +168,20 @@ export class GroupMetrics {
    * another at `/seen.json?port=`, on 127.0.0.1 (`port`: its private one).
    */
   serve(port = this.#port): { close(): Promise<void> } {
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port, onListen() {} },
-      async (req) => {
-        const url = new URL(req.url);
-        if (url.pathname === "/metrics.json") return Response.json(await this.answer());
-        if (url.pathname === "/seen.json") {
-          return Response.json(this.seen(Number(url.searchParams.get("port"))));
-        }
-        return new Response(null, { status: 404 });
-      },
-    );
+    // Named when taken: the group's private port, not GATEWAY_PORT.
+    const what = `the private metrics port of gateway member ${this.#group.index}`;
+    const server = listening(what, "127.0.0.1", port, () =>
+      Deno.serve(
+        { hostname: "127.0.0.1", port, onListen() {} },
+        async (req) => {
+          const url = new URL(req.url);
+          if (url.pathname === "/metrics.json") return Response.json(await this.answer());
+          if (url.pathname === "/seen.json") {
+            return Response.json(this.seen(Number(url.searchParams.get("port"))));
+          }
+          return new Response(null, { status: 404 });
+        },
+      ));
     return { close: () => server.shutdown() };
   }
 

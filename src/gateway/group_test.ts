@@ -143,3 +143,17 @@ Deno.test("after a member's restart, every member answers the same sums, series 
   assert.deepEqual(await total(p.ga), after);
   assert.deepEqual(await total(p.gb), after);
 });
+
+Deno.test("a member whose private metrics port is taken says which port it is", () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    const group = new GroupMetrics({ index: 1, ports: [1, port] }, new Registry());
+    assert.throws(
+      () => group.serve(),
+      new RegExp(`127\\.0\\.0\\.1:${port} \\(the private metrics port of gateway member 1\\)`),
+    );
+  } finally {
+    taken.close();
+  }
+});
