@@ -52,38 +52,67 @@ const idOf = (o: Obj) => `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
 const pathOf = (o: Obj) => `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
 const isMap = (v: unknown): v is Obj => !!v && typeof v === "object" && !Array.isArray(v);
 
-/**
- * The objects of `source`: a JSON or YAML file (one object, a list, or
- * several YAML documents), every `.json`, `.yaml` and `.yml` file of a
- * directory (not its subdirectories), or `-` for stdin.
- */
-export async function readObjects(source: string): Promise<Obj[]> {
+/** The files `-f` names say, as messages name them. */
+export const sourcesText = (sources: readonly string[]) => sources.join(", ");
+
+/** The files of directory `dir` apply reads: `.json`, `.yaml`, `.yml` (any case), links followed. */
+async function dirFiles(dir: string): Promise<string[]> {
   const files: string[] = [];
-  try {
-    if (source !== "-" && (await Deno.stat(source)).isDirectory) {
-      for await (const e of Deno.readDir(source)) {
-        if (e.isFile && /\.(json|ya?ml)$/.test(e.name)) files.push(`${source}/${e.name}`);
-      }
-      files.sort();
-    } else files.push(source);
-  } catch (err) {
-    throw new CliError(`Cannot read ${source}: ${(err as Error).message}`);
+  for await (const e of Deno.readDir(dir)) {
+    if (!/\.(json|ya?ml)$/i.test(e.name)) continue;
+    const path = `${dir}/${e.name}`;
+    // A link (a Kubernetes ConfigMap's files are) counts as what it leads to.
+    if (e.isFile || (e.isSymlink && (await Deno.stat(path)).isFile)) files.push(path);
+  }
+  return files.sort();
+}
+
+/**
+ * The objects of `sources`: JSON or YAML files (one object, a list, or
+ * several YAML documents), every `.json`, `.yaml` and `.yml` file of a
+ * directory (not its subdirectories; links to files followed), or `-` for
+ * stdin.
+ */
+export async function readObjects(sources: readonly string[]): Promise<Obj[]> {
+  const files: string[] = [];
+  for (const source of sources) {
+    try {
+      if (source !== "-" && (await Deno.stat(source)).isDirectory) {
+        files.push(...await dirFiles(source));
+      } else files.push(source);
+    } catch (err) {
+      throw new CliError(`Cannot read ${source}: ${(err as Error).message}`);
+    }
   }
   const objs: Obj[] = [];
-  const seen = new Set<string>();
+  const seen = new Map<string, string>();
   for (const file of files) {
-    for (const o of await readFile(file)) {
+    for (const [i, o] of (await readFile(file)).entries()) {
       for (const f of ["type", "tenant", "namespace", "name"]) {
-        if (typeof o[f] !== "string" || !o[f]) {
-          throw new CliError(`Cannot apply ${file}: an object has no ${f}`);
+        if (o[f] === undefined || o[f] === "") {
+          throw new CliError(`Cannot apply ${file}: object ${i + 1} has no ${f}`);
+        }
+        if (typeof o[f] !== "string") {
+          throw new CliError(
+            `Cannot apply ${file}: the ${f} of object ${i + 1} is ${
+              JSON.stringify(o[f])
+            }, not a string (quote it in YAML)`,
+          );
         }
       }
-      if (seen.has(idOf(o))) throw new CliError(`Cannot apply ${source}: ${idOf(o)} appears twice`);
-      seen.add(idOf(o));
+      const first = seen.get(idOf(o));
+      if (first !== undefined) {
+        throw new CliError(
+          `Cannot apply ${sourcesText(sources)}: ${idOf(o)} appears twice (${first}, ${file})`,
+        );
+      }
+      seen.set(idOf(o), file);
       objs.push(o);
     }
   }
-  if (objs.length === 0) throw new CliError(`Cannot apply ${source}: it holds no objects`);
+  if (objs.length === 0) {
+    throw new CliError(`Cannot apply ${sourcesText(sources)}: it holds no objects`);
+  }
   return objs.sort((a, b) => ORDER.indexOf(a.type) - ORDER.indexOf(b.type));
 }
 
@@ -132,11 +161,22 @@ export function prepared(o: Obj): Obj {
 
 const labelsOf = (o: Obj): Record<string, string> => o.object?.metadata?.labels ?? {};
 
-/** The objects of `source` that the selector selects, prepared, in creation order. */
-async function selected(source: string, io: Io, selector?: string): Promise<Obj[]> {
+/** The objects of `sources` that the selector selects, prepared, in creation order. */
+async function selected(sources: readonly string[], io: Io, selector?: string): Promise<Obj[]> {
   const out: Obj[] = [];
-  for (const o of await readObjects(source)) {
-    if (selector !== undefined && !selects(selector, labelsOf(o))) {
+  for (const o of await readObjects(sources)) {
+    const labels = labelsOf(o);
+    for (const [k, v] of isMap(labels) ? Object.entries(labels) : []) {
+      // Else a selector would skip it unseen, where the server refuses it.
+      if (typeof v !== "string") {
+        throw new CliError(
+          `Cannot apply ${idOf(o)}: label ${k} is ${
+            JSON.stringify(v)
+          }, not a string (quote it in YAML)`,
+        );
+      }
+    }
+    if (selector !== undefined && !selects(selector, labels)) {
       io.err(`skipped ${idOf(o)}: its labels do not match -l ${selector}`);
       continue;
     }
@@ -225,27 +265,27 @@ async function applyOne(send: Send, o: Obj, dryRun: boolean, creates: DryCreates
 }
 
 /**
- * The objects of `source` to apply (those the selector selects, prepared)
+ * The objects of `sources` to apply (those the selector selects, prepared)
  * and, with `prune`, the stored ones to delete.
  */
-async function desired(send: Send, source: string, io: Io, options: ApplyOptions) {
+async function desired(send: Send, sources: readonly string[], io: Io, options: ApplyOptions) {
   if (options.prune && options.selector === undefined) {
     throw new CliError("--prune needs -l SELECTOR: the labels of the objects these files own");
   }
-  const objs = await selected(source, io, options.selector);
+  const objs = await selected(sources, io, options.selector);
   const doomed = options.prune ? await pruneCandidates(send, objs, options.selector!) : [];
   return { objs, doomed };
 }
 
-/** Runs `ctl apply -f source`. */
+/** Runs `ctl apply -f source...`. */
 export async function applyObjects(
   { send, io }: Ctl,
-  source: string,
+  sources: readonly string[],
   options: ApplyOptions = {},
 ): Promise<void> {
-  const { objs, doomed } = await desired(send, source, io, options);
+  const { objs, doomed } = await desired(send, sources, io, options);
   if (doomed.length && !options.dryRun && !options.yes) {
-    await confirmPrune(source, doomed, io, options);
+    await confirmPrune(sources, doomed, io, options);
   }
   const creates = new DryCreates();
   for (const o of objs) io.out(await applyOne(send, o, options.dryRun ?? false, creates));
@@ -289,15 +329,20 @@ async function pruneCandidates(send: Send, objs: Obj[], selector: string): Promi
 }
 
 /** Asks before pruning `doomed`; throws unless the answer is yes. */
-async function confirmPrune(source: string, doomed: Obj[], io: Io, options: ApplyOptions) {
+async function confirmPrune(
+  sources: readonly string[],
+  doomed: Obj[],
+  io: Io,
+  options: ApplyOptions,
+) {
   const n = doomed.length;
-  if (source === "-") {
+  if (sources.includes("-")) {
     throw new CliError(
       `Cannot ask before pruning ${n} object(s): the objects came from stdin; pass --yes`,
     );
   }
   const which = n === 1 ? "this object" : `these ${n} objects`;
-  io.err(`${source} no longer has ${which} (-l ${options.selector}):`);
+  io.err(`${sourcesText(sources)} no longer has ${which} (-l ${options.selector}):`);
   for (const d of doomed) io.err(`  ${idOf(d)}`);
   const ask = io.ask ?? ((q: string) => (io.err(q), readLine()));
   const answer = await ask(`Delete ${n === 1 ? "it" : "them"}? [y/N] `);
@@ -309,15 +354,15 @@ async function confirmPrune(source: string, doomed: Obj[], io: Io, options: Appl
 }
 
 /**
- * Runs `ctl diff -f source`: prints what apply would change, field by field,
- * and a summary; resolves whether anything would change.
+ * Runs `ctl diff -f source...`: prints what apply would change, field by
+ * field, and a summary; resolves whether anything would change.
  */
 export async function diffObjects(
   { send, io }: Ctl,
-  source: string,
+  sources: readonly string[],
   options: ApplyOptions = {},
 ): Promise<boolean> {
-  const { objs, doomed } = await desired(send, source, io, options);
+  const { objs, doomed } = await desired(send, sources, io, options);
   const n = { create: 0, update: 0, unchanged: 0, delete: 0 };
   const compared = (e: Obj) => ({
     object: { metadata: e.object?.metadata, spec: e.object?.spec },
@@ -347,7 +392,7 @@ export async function diffObjects(
     for (const c of fieldDiff(compared(cur), compared(r.json))) io.out(`  ${formatChange(c)}`);
   }
   for (const d of doomed) {
-    io.out(`${idOf(d)}: would be deleted (no longer in ${source})`);
+    io.out(`${idOf(d)}: would be deleted (no longer in ${sourcesText(sources)})`);
     n.delete++;
   }
   const parts = [`${n.create} to create`, `${n.update} to update`, `${n.unchanged} unchanged`];

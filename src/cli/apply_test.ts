@@ -44,14 +44,18 @@ async function setup() {
   const send = sendTo(f.app);
   const write = (file: string, objs: unknown[]) =>
     Deno.writeTextFile(`${dir}/${file}`, JSON.stringify(objs));
-  const apply = async (options: ApplyOptions = {}, answer = "", source = dir) => {
+  const apply = async (
+    options: ApplyOptions = {},
+    answer = "",
+    source: string | string[] = dir,
+  ) => {
     const r = recorder(answer);
-    await applyObjects({ send, io: r.io }, source, options);
+    await applyObjects({ send, io: r.io }, Array.isArray(source) ? source : [source], options);
     return r;
   };
   const diff = async (options: ApplyOptions = {}) => {
     const r = recorder();
-    const changes = await diffObjects({ send, io: r.io }, dir, options);
+    const changes = await diffObjects({ send, io: r.io }, [dir], options);
     return { ...r, changes };
   };
   const get = async (name: string) => (await send("GET", `/object/function/t/n/${name}`)).json;
@@ -199,7 +203,7 @@ t("apply refuses files it cannot use, naming the problem", async (s) => {
   await s.write("a.json", [fn("g", {}), fn("g", {})]);
   await assert.rejects(s.apply(), /function t\/n\/g appears twice/);
   await s.write("a.json", [{ type: "function", tenant: "t", namespace: "n" }]);
-  await assert.rejects(s.apply(), /an object has no name/);
+  await assert.rejects(s.apply(), /object 1 has no name/);
   await Deno.writeTextFile(`${s.dir}/a.json`, "- [unclosed");
   await assert.rejects(s.apply(), /Cannot parse .*a\.json/);
   await assert.rejects(s.apply({}, "", `${s.dir}/missing.json`), /Cannot read .*missing\.json/);
@@ -235,3 +239,47 @@ t(
     assert.equal(made.status, 200);
   },
 );
+
+t("apply reads linked and upper-case files of a directory, and every -f given", async (s) => {
+  // A ConfigMap-style directory: its files are links; one has an upper-case extension.
+  const real = await Deno.makeTempDir({ prefix: "inferx-apply-real-" });
+  try {
+    await Deno.writeTextFile(`${real}/g.json`, JSON.stringify([fn("g", {}, { app: "x" })]));
+    await Deno.symlink(`${real}/g.json`, `${s.dir}/g.json`);
+    await s.write("H.YAML", [fn("h", {}, { app: "x" })]);
+    await s.write("notes.txt", []);
+    assert.deepEqual((await s.apply({ selector: "app=x" })).out, [
+      "created function t/n/h", // H.YAML sorts first
+      "created function t/n/g",
+    ]);
+    // Pruning does not take a linked file's objects for gone.
+    const pruned = await s.apply({ selector: "app=x", prune: true, yes: true });
+    assert.deepEqual(pruned.out, ["unchanged function t/n/h", "unchanged function t/n/g"]);
+    // Several -f: all read (the last alone would have pruned g).
+    const r = await s.apply(
+      { selector: "app=x", prune: true, yes: true },
+      "",
+      [`${real}/g.json`, `${s.dir}/H.YAML`],
+    );
+    assert.deepEqual(r.out, ["unchanged function t/n/g", "unchanged function t/n/h"]);
+  } finally {
+    await Deno.remove(real, { recursive: true });
+  }
+});
+
+t("apply says which field is not a string, where YAML made it a number", async (s) => {
+  await Deno.writeTextFile(
+    `${s.dir}/a.yaml`,
+    "type: function\ntenant: t\nnamespace: n\nname: 0123\nobject: {spec: {image: x}}\n",
+  );
+  await assert.rejects(s.apply(), /the name of object 1 is 123, not a string \(quote it in YAML\)/);
+  await Deno.writeTextFile(
+    `${s.dir}/a.yaml`,
+    "type: function\ntenant: t\nnamespace: n\nname: g\nobject:\n  metadata: {labels: {app: x, tier: 1}}\n  spec: {image: x}\n",
+  );
+  // Refused, not skipped by the selector unseen.
+  await assert.rejects(
+    s.apply({ selector: "tier=1" }),
+    /function t\/n\/g: label tier is 1, not a string/,
+  );
+});

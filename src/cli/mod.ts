@@ -16,7 +16,10 @@
  *   ctl rollout status|promote|rollback T/NS/FUNC   a function's versions and traffic split
  *
  * `--gateway URL` (env `INFERX_GATEWAY`, default http://127.0.0.1:4000);
- * `--key KEY` (env `INFERX_APIKEY`): the API key or token sent as a bearer.
+ * `--key KEY` (env `INFERX_APIKEY`): the API key or token sent as a bearer;
+ * `--timeout SECONDS`: the longest wait for an answer (60 s for the API,
+ * 15 minutes for a call). An option or argument a command does not take is
+ * refused.
  * Exits 1 with the gateway's message on any error (`diff`: 0 without
  * differences, 1 with, 2 on an error).
  *
@@ -52,7 +55,54 @@ const USAGE = `usage: inferx ctl [--gateway URL] <command>
   rollout status TENANT/NS/FUNC   the versions kept and the share of calls each takes
   rollout promote TENANT/NS/FUNC  the newest version takes every call
   rollout rollback TENANT/NS/FUNC the stable version takes every call again
-options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY)`;
+options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY),
+  --timeout SECONDS (the longest wait for an answer: 60 for the API, 900 for a call);
+  -f may be given more than once`;
+
+/** Options every command takes. */
+const GLOBAL_OPTIONS = new Set(["gateway", "key", "timeout", "help"]);
+
+/** The options each command takes besides the global ones, and its most arguments. */
+const TAKES: Record<string, { options: string[]; args: number }> = {
+  apply: { options: ["file", "dry-run", "selector", "prune", "yes"], args: 0 },
+  diff: { options: ["file", "selector", "prune"], args: 0 },
+  get: { options: [], args: 2 },
+  list: { options: [], args: 2 },
+  delete: { options: [], args: 2 },
+  call: { options: ["data", "async", "callback"], args: 2 },
+  calls: { options: ["func", "status", "rotate"], args: 2 },
+  apikey: { options: ["name", "expires"], args: 3 },
+  rollout: { options: [], args: 2 },
+};
+
+/** The longest waits for an answer (ms) unless `--timeout` says: of the API, and of a call. */
+const WAITS = { api: 60_000, call: 15 * 60_000 } as const;
+/** The waits of the command running. */
+const waits: { api: number; call: number } = { ...WAITS };
+
+/** `url` without credentials, for messages. */
+function shown(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.username && !u.password) return url;
+    u.username = u.password = "";
+    return u.toString().replace(/\/$/, "");
+  } catch {
+    return url;
+  }
+}
+
+/** The error of a request that got no answer: why, as the runtime tells it. */
+function unreachable(gateway: string, err: unknown, waitMs: number): CliError {
+  const e = err as Error & { cause?: { message?: string } };
+  if (e?.name === "TimeoutError") {
+    return new CliError(
+      `The gateway at ${shown(gateway)} did not answer within ${waitMs / 1000} s (--timeout)`,
+    );
+  }
+  const cause = e?.cause?.message ? `: ${e.cause.message}` : "";
+  return new CliError(`Cannot reach the gateway at ${shown(gateway)}: ${e?.message}${cause}`);
+}
 
 /** The bearer credential for every request, when one is given. */
 let bearer: string | undefined;
@@ -68,6 +118,7 @@ async function send(
   extra: Record<string, string> = {},
 ): Promise<Answer> {
   let res: Response;
+  let text: string;
   try {
     res = await fetch(`${gateway}${path}`, {
       method,
@@ -75,11 +126,22 @@ async function send(
         ? { ...extra, ...authHeaders() }
         : { "content-type": "application/json", ...extra, ...authHeaders() },
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(waits.api),
     });
+    text = await res.text();
   } catch (err) {
-    throw new CliError(`Cannot reach the gateway at ${gateway}: ${(err as Error).message}`);
+    throw unreachable(gateway, err, waits.api);
   }
-  return answerOf(res.status, await res.text());
+  // The gateway answers its API in JSON: anything else is another server (a proxy's page).
+  const type = res.headers.get("content-type") ?? "";
+  if (text && !/^application\/(.+\+)?json\b/i.test(type)) {
+    throw new CliError(
+      `Unexpected answer from ${shown(gateway)}${path}: ${res.status} ${
+        type || "without a content type"
+      }, not JSON: is ${shown(gateway)} an InferX gateway?`,
+    );
+  }
+  return answerOf(res.status, text);
 }
 
 async function http(
@@ -93,6 +155,7 @@ async function http(
   return a.json as Record<string, unknown>;
 }
 
+/** `what`'s parts, each escaped for a path (a `#` or `?` in a name is part of it). */
 function ref(what: string, parts: number): string[] {
   const p = what.split("/");
   if (p.length !== parts || p.some((x) => !x)) {
@@ -100,7 +163,7 @@ function ref(what: string, parts: number): string[] {
       `Expected ${parts === 3 ? "TENANT/NAMESPACE/NAME" : "TENANT/NAMESPACE"}, got "${what}"`,
     );
   }
-  return p;
+  return p.map(encodeURIComponent);
 }
 
 async function call(
@@ -137,10 +200,11 @@ async function call(
           ? authHeaders()
           : { "content-type": "application/json", ...authHeaders() },
         body,
+        signal: AbortSignal.timeout(waits.call),
       },
     );
   } catch (err) {
-    throw new CliError(`Cannot reach the gateway at ${gateway}: ${(err as Error).message}`);
+    throw unreachable(gateway, err, waits.call);
   } finally {
     clearInterval(progress);
   }
@@ -309,7 +373,8 @@ export async function runCtl(
       key: { type: "string", default: Deno.env.get("INFERX_APIKEY") },
       name: { type: "string" },
       expires: { type: "string" },
-      file: { type: "string", short: "f" },
+      file: { type: "string", short: "f", multiple: true },
+      timeout: { type: "string" },
       data: { type: "string", short: "d" },
       "dry-run": { type: "boolean" },
       selector: { type: "string", short: "l" },
@@ -336,6 +401,25 @@ export async function runCtl(
       io.out(USAGE);
       return values.help ? 0 : 1;
     }
+    const takes = TAKES[cmd];
+    if (takes) {
+      for (const [k, v] of Object.entries(values)) {
+        if (v !== undefined && !GLOBAL_OPTIONS.has(k) && !takes.options.includes(k)) {
+          throw new CliError(`${cmd} does not take --${k}`);
+        }
+      }
+      if (positionals.length > takes.args + 1) {
+        throw new CliError(`${cmd}: unexpected argument "${positionals[takes.args + 1]}"`);
+      }
+    }
+    Object.assign(waits, WAITS);
+    if (values.timeout !== undefined) {
+      const s = Number(values.timeout);
+      if (!(s > 0)) {
+        throw new CliError(`--timeout "${values.timeout}": a positive number of seconds`);
+      }
+      waits.api = waits.call = s * 1000;
+    }
     switch (cmd) {
       case "apply":
       case "diff": {
@@ -359,13 +443,14 @@ export async function runCtl(
       case "get": {
         if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");
         const [t, ns, n] = ref(b, 3);
-        io.out(JSON.stringify(await http(gw, "GET", `/object/${a}/${t}/${ns}/${n}`), null, 2));
+        const type = encodeURIComponent(a);
+        io.out(JSON.stringify(await http(gw, "GET", `/object/${type}/${t}/${ns}/${n}`), null, 2));
         return 0;
       }
       case "list": {
         if (!a || !b) throw new CliError("usage: list TYPE TENANT/NS");
         const [t, ns] = ref(b, 2);
-        const res = await http(gw, "GET", `/objects/${a}/${t}/${ns}`);
+        const res = await http(gw, "GET", `/objects/${encodeURIComponent(a)}/${t}/${ns}`);
         for (const o of res.items as { name: string; revision: number; version?: number }[]) {
           io.out(`${o.name}\trevision ${o.revision}${o.version ? `\tversion ${o.version}` : ""}`);
         }
@@ -374,7 +459,7 @@ export async function runCtl(
       case "delete": {
         if (!a || !b) throw new CliError("usage: delete TYPE TENANT/NS/NAME");
         const [t, ns, n] = ref(b, 3);
-        await http(gw, "DELETE", `/object/${a}/${t}/${ns}/${n}`);
+        await http(gw, "DELETE", `/object/${encodeURIComponent(a)}/${t}/${ns}/${n}`);
         io.out(`deleted ${a} ${b}`);
         return 0;
       }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { serveGateway } from "../gateway/server.ts";
 import { fakeWorker, gatewayFixture } from "../gateway/testing.ts";
 import { runCtl } from "./mod.ts";
+import { freePort } from "../common/net.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -82,5 +83,90 @@ t("ctl apikey create refuses a reach that is not TENANT or TENANT/NAMESPACE", as
     const r = await ctl("--gateway", "http://127.0.0.1:1", "apikey", "create", "full", where);
     assert.equal(r.code, 1, where);
     assert.match(r.err, /Expected TENANT or TENANT\/NAMESPACE/, where);
+  }
+});
+
+t("ctl refuses what a command does not take, and answers that are not the gateway's", async () => {
+  // Options and arguments a command does not take: refused, nothing sent.
+  const dry = await ctl(
+    "--gateway",
+    "http://127.0.0.1:9",
+    "delete",
+    "function",
+    "t/n/f",
+    "--dry-run",
+  );
+  assert.equal(dry.code, 1);
+  assert.match(dry.err, /delete does not take --dry-run/);
+  const extra = await ctl(
+    "--gateway",
+    "http://127.0.0.1:9",
+    "delete",
+    "function",
+    "t/n/f",
+    "t/n/g",
+  );
+  assert.match(extra.err, /delete: unexpected argument "t\/n\/g"/);
+  // A server that answers every request with a page (a proxy's default): not success.
+  const page = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () =>
+      new Response("<html>Welcome to nginx!</html>", { headers: { "content-type": "text/html" } }),
+  );
+  // One that accepts and never answers.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  (async () => {
+    for await (const c of silent) held.push(c);
+  })().catch(() => {});
+  try {
+    const other = `http://127.0.0.1:${page.addr.port}`;
+    for (const args of [["delete", "function", "t/n/f"], ["apikey", "create", "full"]]) {
+      const r = await ctl("--gateway", other, ...args);
+      assert.equal(r.code, 1, args.join(" "));
+      assert.match(
+        r.err,
+        /Unexpected answer from .*: 200 text\/html, not JSON: is .* an InferX gateway\?/,
+      );
+    }
+    const hung = await ctl(
+      "--gateway",
+      `http://user:secret@127.0.0.1:${(silent.addr as Deno.NetAddr).port}`,
+      "--timeout",
+      "0.3",
+      "list",
+      "function",
+      "t/n",
+    );
+    assert.equal(hung.code, 1);
+    assert.match(hung.err, /did not answer within 0.3 s \(--timeout\)/);
+    assert.doesNotMatch(hung.err, /secret/, "credentials in the URL are not printed");
+    const closed = freePort();
+    const refused = await ctl("--gateway", `http://127.0.0.1:${closed}`, "list", "function", "t/n");
+    // The runtime's reason is told, not only "fetch failed".
+    assert.match(refused.err, new RegExp(`gateway at http://127.0.0.1:${closed}: .*refused`, "i"));
+  } finally {
+    await page.shutdown();
+    silent.close();
+    for (const c of held) c.close();
+  }
+});
+
+t("ctl escapes a name's characters in the path: a # or ? is part of the name", async () => {
+  const f = await gatewayFixture();
+  const server = serveGateway(f.app, f.deps, { port: 0 });
+  const gw = `http://127.0.0.1:${server.addr.port}`;
+  try {
+    const typo = await ctl("--gateway", gw, "delete", "function", "t/n/f#typo");
+    assert.equal(typo.code, 1);
+    assert.match(typo.err, /DELETE \/object\/function\/t\/n\/f%23typo: 40[04]/);
+    assert.equal(
+      (await ctl("--gateway", gw, "get", "function", "t/n/f")).code,
+      0,
+      "f is still there",
+    );
+  } finally {
+    await server.shutdown();
+    await f.close();
   }
 });
