@@ -219,11 +219,14 @@ Deno.test({
     // The worker: answers its probe (the fake runtime's start), then dies on the sample query.
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = (listener.addr as Deno.NetAddr).port;
-    let agent: NodeAgent | undefined;
+    const hold: { agent?: NodeAgent } = {};
     (async () => {
       for await (const c of listener) {
         await c.read(new Uint8Array(4096));
-        agent!.podExited("p1", "exit code 1; last output:\nfirst inference: CUDA out of memory");
+        hold.agent!.podExited(
+          "p1",
+          "exit code 1; last output:\nfirst inference: CUDA out of memory",
+        );
         c.close();
       }
     })().catch(() => {});
@@ -246,7 +249,7 @@ Deno.test({
     } as unknown as SnapshotManager;
     const store = await openSqliteStore();
     const meta = new StateService(store);
-    agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000, snapshots });
+    const agent = hold.agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000, snapshots });
     await agent.start();
     const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
     const pod = testPod("p1", "n1");
