@@ -17,6 +17,8 @@ import type { RoleHandle } from "./_shared.ts";
 export async function start(config: Config): Promise<RoleHandle> {
   const { bindHost, etcdAddrs } = config.cluster;
   const store = etcdAddrs ? await openEtcdStore(etcdAddrs) : undefined;
+  // The one writer of the metadata keeps etcd's history bounded (nothing else compacts it).
+  store?.startCompaction();
   const state = await statesvc.start({ store, dataDir: config.dataDir });
   if (config.samplesDir) await applySamples(state.service, config.samplesDir);
   // The one state service sees every pod change: it writes the pod audit.

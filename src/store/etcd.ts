@@ -9,12 +9,25 @@
  * last response it saw, and a watch's creation (or a catch-up batch) carries
  * the store's current revision before the events up to it have been sent: a
  * reconnect in between skipped them for good. So the resume revision is
- * kept here and written into each (re)create request. Watch streams carry
- * no deadline (a deadline on them ended every stream after `timeoutMs`).
+ * kept here and written into each (re)create request; a progress
+ * notification (etcd sends them to a synced watch) moves it up, so that a
+ * watch of a quiet prefix does not resume from a revision compacted since.
+ * Watch streams carry no deadline (a deadline on them ended every stream
+ * after `timeoutMs`). A watch etcd cancelled is not cancelled again: the
+ * library has forgotten it, and its answer to a second cancel ended the
+ * process.
+ *
+ * etcd keeps every revision until it is compacted: the state service compacts
+ * it ({@linkcode EtcdStore.startCompaction}), keeping the newest ones. A
+ * refusal that no retry can change (etcd out of space, a request past its
+ * size) is neither retried nor counted by the client's circuit breaker,
+ * which would otherwise refuse every other call for a while.
  *
  * @module
  */
-import { Etcd3, type IKeyValue } from "etcd3";
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
+import { Etcd3, GRPCResourceExhastedError, type IKeyValue, isRecoverableError } from "etcd3";
+import { logger } from "../common/log.ts";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { cappedBackoff } from "../common/retry.ts";
@@ -71,6 +84,14 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     if (err instanceof InferxError) throw err;
     const message = (err as Error).message;
+    if (/database space exceeded/i.test(message)) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot ${what}: etcd is out of space (its --quota-backend-bytes): compact and ` +
+          `defragment it, then disarm its NOSPACE alarm (${message})`,
+        { cause: err },
+      );
+    }
     if (/request is too large|larger than max/i.test(message)) {
       // Past etcd's request size (or a reply past the client's): no retry would take it.
       throw new InferxError("too_large", `Cannot ${what}: etcd refused it: ${message}`, {
@@ -83,6 +104,18 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
       { cause: err, retryable: true },
     );
   }
+}
+
+/** Failures worth another try: etcd away, not etcd refusing (out of space, too large). */
+const transient = (err: Error) =>
+  isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError);
+
+/** Options of {@linkcode EtcdStore.startCompaction}. */
+export interface CompactionOptions {
+  /** Revisions kept for watches that start in the past. @default 10000 */
+  keepRevisions?: number;
+  /** How often it compacts (ms). @default 300000 */
+  everyMs?: number;
 }
 
 /** Connects to etcd at `hosts` (comma-separated `http://host:port`, env `ETCD_ADDRS`). */
@@ -113,8 +146,45 @@ export class EtcdStore implements MetaStore {
       // A watch tries again 0.1 s after its stream ends, then up to every 2 s (the
       // library's default grows to 30 s, so a watch could lag that long after etcd returned).
       grpcOptions: grpcChannelOptions({ pingIdle: false }),
-      faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
+      faultHandling: {
+        watchBackoff: cappedBackoff(100, 2000),
+        // The library's defaults, less the refusals no retry changes.
+        host: () =>
+          circuitBreaker(handleWhen(transient), {
+            halfOpenAfter: 5000,
+            breaker: new ConsecutiveBreaker(3),
+          }),
+        global: retry(handleWhen(transient), { maxAttempts: 3 }),
+      },
     });
+  }
+
+  #compaction?: ReturnType<typeof setInterval>;
+
+  /**
+   * Compacts etcd's history now and then, keeping the newest
+   * `keepRevisions` (as the embedded store keeps its history): without it
+   * etcd grows until its space quota, and then refuses every write. A watch
+   * from before the kept revisions is told to list again.
+   */
+  startCompaction(options: CompactionOptions = {}): void {
+    const keep = options.keepRevisions ?? 10_000;
+    let done = 0;
+    const compact = async () => {
+      try {
+        const target = (await this.revision()) - keep;
+        if (target <= done) return;
+        await this.client.kv.compact({ revision: String(target) });
+        done = target;
+      } catch (err) {
+        // Already compacted that far (another state service did): nothing to do.
+        if (/compacted/i.test((err as Error).message)) return;
+        logger("store").warn("Cannot compact etcd: {error}", { error: String(err) });
+      }
+    };
+    this.#compaction = setInterval(compact, options.everyMs ?? 300_000);
+    Deno.unrefTimer(this.#compaction);
+    compact();
   }
 
   async revision(): Promise<number> {
@@ -180,10 +250,11 @@ export class EtcdStore implements MetaStore {
     // Not create(): its promise settles a turn after "connected", and events arriving
     // in that turn would find no listener.
     const w = builder.watcher();
-    const fail = (err: Error) => {
+    /** Ends the watch with `err`; `byEtcd`: etcd ended it (the library forgot it already). */
+    const fail = (err: Error, byEtcd = false) => {
       if (cancelled) return;
       cancelled = true;
-      w.cancel().catch(() => {});
+      if (!byEtcd) w.cancel().catch(() => {});
       options.onError?.(err);
     };
     // Emitted just before each create request is written, the first and every resume.
@@ -196,6 +267,12 @@ export class EtcdStore implements MetaStore {
     });
     w.on("data", (res) => {
       if (cancelled) return;
+      if (!res.events?.length) {
+        // A progress notification: every event of this watch up to its revision came.
+        const at = Number(res.header?.revision ?? 0);
+        if (at > 0 && (next === undefined || at + 1 > next)) next = at + 1;
+        return;
+      }
       // All events of one revision come in one response, so a response's events
       // below `next` were delivered before (none should be; this keeps it so).
       let last = 0;
@@ -218,14 +295,17 @@ export class EtcdStore implements MetaStore {
       if (last > 0) next = last + 1;
     });
     // etcd cancels a watch whose start revision was compacted: list again.
+    // (The library's error does not carry the revision etcd compacted to.)
     w.on("error", (err: Error) =>
       fail(
         /canceled|compact/i.test(err.message)
           ? new CompactedError(next === undefined ? 0 : next - 1, 0)
           : err,
+        true,
       ));
     return {
       cancel: () => {
+        if (cancelled) return;
         cancelled = true;
         w.cancel().catch(() => {});
       },
@@ -233,6 +313,7 @@ export class EtcdStore implements MetaStore {
   }
 
   close(): Promise<void> {
+    clearInterval(this.#compaction);
     this.client.close();
     return Promise.resolve();
   }

@@ -246,3 +246,92 @@ etcdTest(
     assert.equal(err.retryable, false);
   },
 );
+
+Deno.test({
+  name:
+    "etcd watches over compactions and restarts: a quiet one resumes where progress said, a cancelled one ends without a crash",
+  ignore: missing !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const store = await openEtcdStore(etcd.url, { timeoutMs: 1000 });
+    try {
+      const start = await store.create("/registry/q/t/n/seed", "0");
+      const quiet: string[] = [];
+      const errors: Error[] = [];
+      const quietWatch = store.watch("/registry/q/", {
+        afterRevision: start,
+        onEvent: (ev) => quiet.push(ev.type === "put" ? ev.kv.value : "-"),
+        onError: (e) => errors.push(e),
+      });
+      const busy = store.watch("/registry/b/", { afterRevision: start, onEvent() {} });
+      let rev = await store.create("/registry/b/t/n/x", "0");
+      for (let i = 1; i < 20; i++) rev = await store.update("/registry/b/t/n/x", String(i), rev);
+      await new Promise((r) => setTimeout(r, 600)); // progress notifications come
+      await store.client.kv.compact({ revision: rev });
+      await etcd.down();
+      await etcd.up();
+      // The quiet watch resumed past the compaction (progress moved it), and still hears.
+      await store.create("/registry/q/t/n/later", "1");
+      for (let i = 0; i < 100 && !quiet.includes("1"); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(errors, []);
+      assert.deepEqual(quiet, ["1"]);
+      // A watch from a compacted revision, while others share its stream: told, not a crash.
+      const err = await new Promise<Error>((resolve) =>
+        store.watch("/registry/b/", { afterRevision: start, onEvent() {}, onError: resolve })
+      );
+      assert.ok(err instanceof CompactedError, err.message);
+      await new Promise((r) => setTimeout(r, 500)); // a crash would come from the stream now
+      quietWatch.cancel();
+      busy.cancel();
+    } finally {
+      await store.close();
+      await etcd.stop();
+    }
+  },
+});
+
+etcdTest("a request etcd refuses for its size does not stop the next ones", async (store) => {
+  await assert.rejects(
+    store.create("/registry/big/t/n/a", "a".repeat(3_000_000)),
+    (e: InferxError) => e.code === "too_large",
+  );
+  // Not counted by the client's circuit breaker: the next calls go through at once.
+  for (let i = 0; i < 3; i++) {
+    await store.create(`/registry/big/t/n/ok${i}`, "1");
+  }
+  assert.equal((await store.get("/registry/big/t/n/ok2"))?.value, "1");
+});
+
+etcdTest("startCompaction() keeps etcd's newest revisions and compacts the rest", async (store) => {
+  let rev = await store.create("/registry/k/t/n/a", "0");
+  const first = rev;
+  for (let i = 1; i < 30; i++) rev = await store.update("/registry/k/t/n/a", String(i), rev);
+  store.startCompaction({ keepRevisions: 5, everyMs: 100 });
+  await new Promise((r) => setTimeout(r, 300));
+  const old = await new Promise<Error | undefined>((resolve) => {
+    const w = store.watch("/registry/k/", {
+      afterRevision: first,
+      onEvent() {
+        w.cancel();
+        resolve(undefined);
+      },
+      onError: resolve,
+    });
+  });
+  assert.ok(old instanceof CompactedError, "history before the kept revisions went");
+  const events: string[] = [];
+  await new Promise<void>((resolve) => {
+    const w = store.watch("/registry/k/", {
+      afterRevision: rev - 3,
+      onEvent(ev) {
+        events.push(ev.type === "put" ? ev.kv.value : "-");
+        if (events.length === 3) (w.cancel(), resolve());
+      },
+    });
+  });
+  assert.deepEqual(events, ["27", "28", "29"], "the newest revisions are kept");
+});

@@ -72,10 +72,13 @@ export interface MetaStore {
 /** The requested watch revision has been compacted away. */
 export class CompactedError extends InferxError {
   readonly compactedRevision: number;
+  /** `compactedRevision`: how far history was compacted, 0 when the store does not say. */
   constructor(requested: number, compactedRevision: number) {
     super(
       "conflict",
-      `Cannot watch from revision ${requested}: history up to ${compactedRevision} was compacted`,
+      compactedRevision > 0
+        ? `Cannot watch from revision ${requested}: history up to ${compactedRevision} was compacted`
+        : `Cannot watch from revision ${requested}: that history was compacted`,
       { retryable: true, details: { compactedRevision } },
     );
     this.name = "CompactedError";
