@@ -67,6 +67,7 @@ export function planEviction(
     const freed: CorePod[] = [];
     for (const id of node.pods) {
       const p = state.pods.get(id)!;
+      if (p.unclaimedUntil !== undefined) continue; // a gateway may be using it
       if (p.state === "Terminating" || p.reclaiming) freed.push(p);
       else if (p.state === "Standby") {
         if (!options.evict || options.evict(p)) candidates.push(p);

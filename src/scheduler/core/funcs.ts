@@ -60,7 +60,7 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
       for (const p of state.pods.values()) {
         if (p.func !== r.id || p.version !== w.version) continue;
         u.pods.add(p.id);
-        if (p.state === "Ready" && !p.leasedBy) u.idle.add(p.id);
+        if (p.state === "Ready" && !p.leasedBy && p.unclaimedUntil === undefined) u.idle.add(p.id);
       }
     }
     // A version keeps its snapshots; it is decided again when what it needs changed.

@@ -135,8 +135,8 @@ Deno.test("after a restart, pod records of every serving version find their vers
   d.run(rec("a", 1), rec("b", 2), rec("c", 3));
   const acts = d.run({ type: "funcUpdate", func: versions(3, [1]) });
   assert.deepEqual(acts, [{ type: "terminatePod", podId: "b", reason: "old version drained" }]);
-  assert.deepEqual([...d.state.funcs.get("t/n/f@1")!.idle], ["a"]);
-  assert.deepEqual([...d.state.funcs.get("t/n/f")!.idle], ["c"]);
+  assert.deepEqual([...d.state.funcs.get("t/n/f@1")!.pods], ["a"]);
+  assert.deepEqual([...d.state.funcs.get("t/n/f")!.pods], ["c"]);
 });
 
 Deno.test("removing a function ends every version: pods terminated, waiters refused", () => {

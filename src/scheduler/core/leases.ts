@@ -157,6 +157,7 @@ export function onGatewayHeartbeat(
   for (const id of held) {
     const pod = ctx.state.pods.get(id);
     if (!pod || pod.state !== "Ready" || holds(pod, gateway)) continue;
+    delete pod.unclaimedUntil; // claimed: its gateway kept it through the restart
     addLessee(pod, gateway, ctx.now); // shared, when another gateway lists it too
     unitOf(ctx.state, pod)?.idle.delete(id);
   }

@@ -151,9 +151,25 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
   } else if (!f && state.funcs.has(r.func)) {
     terminate(ctx, pod, "old version drained");
-  } else if (f && podState === "Ready") settleUnleased(ctx, f, pod, true);
+  } else if (podState === "Ready") {
+    // A gateway may be using it: it waits for the gateways' heartbeats (settleUnclaimed).
+    pod.unclaimedUntil = ctx.now + state.config.recoveryGraceMs;
+  }
   // A pod whose function is not known yet waits for it (restart order is
   // nodes, pods, functions); the tick collects it if the function never comes.
+}
+
+/**
+ * Ready pods rebuilt after a restart that no gateway claimed within the
+ * grace: unleased now (handed to a waiter, or idle).
+ */
+export function settleUnclaimed(ctx: Ctx) {
+  for (const pod of ctx.state.pods.values()) {
+    if (pod.unclaimedUntil === undefined || pod.unclaimedUntil > ctx.now) continue;
+    delete pod.unclaimedUntil;
+    const f = unitOf(ctx.state, pod);
+    if (pod.state === "Ready" && !pod.leasedBy && f) settleUnleased(ctx, f, pod, true);
+  }
 }
 
 /** Pods whose function no longer exists are terminated. */

@@ -264,3 +264,48 @@ Deno.test("a park or a resume under way at a restart: the parking pod is not han
   assert.ok(!done.some((x) => x.type === "parkPod"), JSON.stringify(done));
   assert.equal(d.state.pods.get("old-2")!.state, "Ready");
 });
+
+Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats before it is handed out or parked", () => {
+  const setup = () => {
+    const d = new CoreDriver("s2");
+    d.run(
+      { type: "nodeUpdate", node: nodeReport("n1") },
+      {
+        type: "podRecord",
+        pod: {
+          id: "old-1",
+          func: "t/n/f",
+          version: 1,
+          node: "n1",
+          cpu: 500,
+          memMB: 1024,
+          gpus: [],
+          desired: "Running",
+          state: "Ready",
+          endpoint: "e1",
+        },
+      },
+      { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica: 1 }) },
+    );
+    return d;
+  };
+  // A gateway still serving a call on it claims it with its next heartbeat.
+  const d = setup();
+  d.now = 1000;
+  const other = d.run(lease("r1", "t/n/f", "g2"));
+  assert.ok(!other.some((a) => a.type === "leaseGranted"), "not handed to another gateway");
+  assert.ok(
+    !d.run({ type: "tick" }).some((a) => a.type === "parkPod" || a.type === "terminatePod"),
+  );
+  d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: ["old-1"] });
+  assert.equal(d.state.pods.get("old-1")!.leasedBy, "g1");
+  // Nobody claims it: after the grace it is unleased, here handed to the waiting call.
+  const e = setup();
+  e.run(lease("r1", "t/n/f", "g2"));
+  e.now = 6000;
+  const granted = e.run({ type: "tick" });
+  assert.ok(
+    granted.some((a) => a.type === "leaseGranted" && a.podId === "old-1" && a.gateway === "g2"),
+    JSON.stringify(granted),
+  );
+});

@@ -36,7 +36,7 @@ import {
   reclaimSilentGateways,
 } from "./leases.ts";
 import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
-import { collectOrphans, onKillPod, onPodRecord, onPodStatus } from "./pods.ts";
+import { collectOrphans, onKillPod, onPodRecord, onPodStatus, settleUnclaimed } from "./pods.ts";
 import { setTenantWeight } from "./fairness.ts";
 import { setTenantLimits } from "./quota.ts";
 import { applySnapshot } from "./snapshot.ts";
@@ -55,6 +55,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       gatewayTimeoutMs: config.gatewayTimeoutMs ?? 10_000,
       nodeTimeoutMs: config.nodeTimeoutMs ?? 10_000,
       leaseSettleMs: config.leaseSettleMs ?? 5_000,
+      recoveryGraceMs: config.recoveryGraceMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
       fairShare: config.fairShare ?? true,
       snapshotStart: config.snapshotStart ?? "auto",
@@ -145,6 +146,7 @@ function onTick(ctx: Ctx) {
   expireSilentNodes(ctx);
   expireWaiters(ctx);
   reclaimSilentGateways(ctx);
+  settleUnclaimed(ctx);
   scaleIn(ctx);
   collectOrphans(ctx);
   ensureAll(ctx);

@@ -175,6 +175,12 @@ export interface CorePod extends PodPlacement {
   since?: number;
   /** Its gateway was asked to give it back (fair share): it serves no new lease. */
   reclaiming?: boolean;
+  /**
+   * Rebuilt Ready from its record after a restart: a gateway may hold it
+   * unknown to this scheduler, so until a gateway's heartbeat claims it or
+   * this time (ms) passes it is neither handed out, parked nor evicted.
+   */
+  unclaimedUntil?: number;
 }
 
 /** Tunables of the core. */
@@ -188,6 +194,12 @@ export interface CoreConfig {
    * is taken as returned (younger ones may still be on their way). @default 5000
    */
   leaseSettleMs: number;
+  /**
+   * How long (ms) a Ready pod rebuilt after a restart waits for a gateway to
+   * claim it before it counts as unleased (gateways list their leases every
+   * 2 s). @default 5000
+   */
+  recoveryGraceMs: number;
   /** Prefix of pod ids this scheduler instance mints. */
   podIdPrefix: string;
   /**
