@@ -150,7 +150,16 @@ const GatewayEnv = z.object({
   INFERX_GATEWAY_GROUP: optional(),
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
-  INFERX_ADMIN_APIKEY: optional(),
+  // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
+  // could never be sent as a bearer: refused.
+  INFERX_ADMIN_APIKEY: z.string().optional().transform((raw, ctx) => {
+    const v = raw?.trim() || undefined;
+    if (v !== undefined && /\s/.test(v)) {
+      ctx.addIssue({ code: "custom", message: "must not contain whitespace" });
+      return z.NEVER;
+    }
+    return v;
+  }),
   INFERX_OIDC_JWKS_URL: httpUrl(),
   INFERX_OIDC_ISSUER: optional(),
   INFERX_OIDC_AUDIENCE: optional(),

@@ -83,6 +83,9 @@ Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the au
   }));
   assert.equal(c.audit.dbAddr, "postgres://inferx:p%40ss%2Fword@db:5432/inferx");
   assert.equal(c.gateway.adminApiKey, "k".repeat(20));
+  // A key from a Secret or a file ends in a newline: trimmed, as a bearer carries it.
+  const trimmed = readConfig(envOf({ INFERX_ADMIN_APIKEY: `${"k".repeat(20)}\n` }));
+  assert.equal(trimmed.gateway.adminApiKey, "k".repeat(20));
   assert.deepEqual(c.gateway.oidc, {
     jwksUrl: "http://127.0.0.1:8080/certs",
     issuer: undefined,
@@ -122,6 +125,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],
     [{ STATESVC_ADDR: "" }, /STATESVC_ADDR: must not be empty/],
     [{ SCHEDULER_ADDR: "" }, /SCHEDULER_ADDR: must not be empty/],
+    [{ INFERX_ADMIN_APIKEY: "admin key change me 0123" }, /INFERX_ADMIN_APIKEY: must not contain/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {

@@ -168,7 +168,7 @@ export class Authenticator {
   /** Keys seen on requests, so the warm path hashes a key once; checked against #byHash. */
   #seen = new Map<string, KeyEntry>();
   #idToHash = new Map<string, string>();
-  #tokens = new Map<string, { principal: Principal; expMs: number }>();
+  #tokens = new Map<string, { principal: Principal; expMs: number; keys: number }>();
   #informer?: Informer;
 
   constructor(opts: AuthOptions) {
@@ -262,12 +262,17 @@ export class Authenticator {
   }
 
   async #byToken(token: string): Promise<Principal> {
+    const oidc = this.#oidc!;
+    oidc.freshen().catch(() => {}); // old keys read again in the background
     const cached = this.#tokens.get(token);
-    if (cached && cached.expMs > this.#now()) return cached.principal;
-    const claims = await this.#oidc!.verify(token);
+    // Verified against the keys as they are: once they change (a key withdrawn), again.
+    if (cached && cached.expMs > this.#now() && cached.keys === oidc.keysVersion) {
+      return cached.principal;
+    }
+    const claims = await oidc.verify(token);
     const principal: Principal = { id: `oidc:${claims.sub}`, grants: rolesToGrants(claims.roles) };
     if (this.#tokens.size >= TOKEN_CACHE_MAX) this.#tokens.clear();
-    this.#tokens.set(token, { principal, expMs: claims.exp * 1000 });
+    this.#tokens.set(token, { principal, expMs: claims.exp * 1000, keys: oidc.keysVersion });
     return principal;
   }
 }

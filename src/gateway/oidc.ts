@@ -1,12 +1,20 @@
 /**
  * OIDC bearer tokens (Keycloak or any issuer with a JWKS endpoint): the
  * signature is checked with WebCrypto against the issuer's published keys,
- * then expiry, not-before, issuer and audience. Keys are fetched once and
- * again when a token names a key id not seen yet (at most every 10 s).
+ * then expiry, not-before, issuer and audience. Keys are fetched at first
+ * use, again when a token names a key id not seen yet (at most every 10 s:
+ * meanwhile such a token is answered 503, to try again, not 401), and again
+ * every `refreshMs` in the background, so that a key the issuer withdrew
+ * stops verifying; {@linkcode OidcVerifier.keysVersion} changes with the
+ * key set, for caches of verified tokens. Why the keys cannot be read is
+ * logged, not told to callers (it names the issuer's internal address).
  *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
+
+const log = logger("gateway", "oidc");
 
 /** What a verified token says. */
 export interface TokenClaims {
@@ -28,6 +36,10 @@ export interface OidcOptions {
   audience?: string;
   /** Clock skew allowed on `exp` and `nbf` (s). @default 30 */
   leewayS?: number;
+  /** How old the keys may get before they are read again (ms). @default 300000 */
+  refreshMs?: number;
+  /** The least time between two reads for an unknown key id (ms). @default 10000 */
+  refetchMs?: number;
   /** Current time (ms); for tests. */
   now?: () => number;
 }
@@ -94,12 +106,32 @@ export class OidcVerifier {
     { jwk: JsonWebKey & { kid?: string; alg?: string }; imported: Map<string, CryptoKey> }
   >();
   #lastFetch = -Infinity;
+  /** When the keys were last read successfully (`performance.now()`). */
+  #fetchedAt = -Infinity;
   #fetching?: Promise<void>;
+  #version = 0;
   /** The last fetch of the keys failed with this: answered until the next fetch. */
   #fetchError?: InferxError;
 
   constructor(opts: OidcOptions) {
     this.#opts = opts;
+  }
+
+  /** Changes whenever the set of keys changes: a token verified before may verify no more. */
+  get keysVersion(): number {
+    return this.#version;
+  }
+
+  /**
+   * Reads the keys again in the background when they are older than
+   * `refreshMs` (callers that answer from a cache of verified tokens call it
+   * on every use); a first read is awaited.
+   */
+  async freshen(): Promise<void> {
+    if (performance.now() - this.#fetchedAt <= (this.#opts.refreshMs ?? 300_000)) return;
+    const again = this.#refresh(true);
+    if (this.#fetchedAt === -Infinity) await again;
+    else again.catch(() => {}); // until then (or while the issuer is away) the held keys serve
   }
 
   /** Checks a token and returns its claims; throws `unauthenticated` saying why not. */
@@ -145,10 +177,19 @@ export class OidcVerifier {
   }
 
   async #key(kid: string, alg: string): Promise<CryptoKey> {
+    await this.freshen();
     let entry = this.#find(kid);
     if (!entry) {
-      await this.#refresh();
+      const fetched = await this.#refresh();
       entry = this.#find(kid);
+      if (!entry && !fetched) {
+        // Read moments ago: a key the issuer published since is not known yet.
+        throw new InferxError(
+          "unavailable",
+          `Key ${kid || "(no kid)"} is not among the issuer's keys read moments ago: try again`,
+          { retryable: true },
+        );
+      }
     }
     if (!entry) throw unauthenticated(`no key ${kid || "(no kid)"} at the issuer's JWKS`);
     if (entry.jwk.alg && entry.jwk.alg !== alg) {
@@ -176,13 +217,19 @@ export class OidcVerifier {
     return this.#keys.size === 1 ? [...this.#keys.values()][0] : undefined;
   }
 
-  #refresh(): Promise<void> {
+  /**
+   * Reads the keys, unless read moments ago (`aged`: they are old, only a
+   * failure moments ago holds it back); resolves whether it read them.
+   */
+  #refresh(aged = false): Promise<boolean> {
     const now = performance.now();
-    if (this.#fetching) return this.#fetching;
+    if (this.#fetching) return this.#fetching.then(() => true);
     // Between fetches: the last failure stands (503, to retry), not "no such key" (401); and
     // after a failure the keys are asked for again sooner.
-    if (now - this.#lastFetch < (this.#fetchError ? 1_000 : 10_000)) {
-      return this.#fetchError ? Promise.reject(this.#fetchError) : Promise.resolve();
+    const least = this.#opts.refetchMs ?? 10_000;
+    const wait = this.#fetchError ? Math.min(1_000, least) : aged ? 0 : least;
+    if (now - this.#lastFetch < wait) {
+      return this.#fetchError ? Promise.reject(this.#fetchError) : Promise.resolve(false);
     }
     this.#lastFetch = now;
     this.#fetching = (async () => {
@@ -202,19 +249,29 @@ export class OidcVerifier {
           if (k.use && k.use !== "sig") continue;
           keys.set(k.kid ?? "", { jwk: k, imported: new Map() });
         }
+        const same = keys.size === this.#keys.size &&
+          [...keys].every(([kid, k]) =>
+            JSON.stringify(this.#keys.get(kid)?.jwk) === JSON.stringify(k.jwk)
+          );
+        if (!same) this.#version++;
         this.#keys = keys;
+        this.#fetchedAt = performance.now();
         this.#fetchError = undefined;
       } catch (err) {
+        log.warn("Cannot read the OIDC keys at {url}: {error}", {
+          url: this.#opts.jwksUrl,
+          error: (err as Error).message,
+        });
         throw this.#fetchError = new InferxError(
           "unavailable",
-          `Cannot read the OIDC keys at ${this.#opts.jwksUrl}: ${(err as Error).message}`,
+          "The identity provider's keys cannot be read now: try again",
           { retryable: true },
         );
       } finally {
         this.#fetching = undefined;
       }
     })();
-    return this.#fetching;
+    return this.#fetching.then(() => true);
   }
 }
 

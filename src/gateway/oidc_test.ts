@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import { OidcVerifier } from "./oidc.ts";
+import { Authenticator } from "./auth.ts";
 import { startTestIssuer } from "./oidc_testing.ts";
 
 async function rejects(p: Promise<unknown>, re: RegExp) {
@@ -41,7 +42,12 @@ Deno.test("OidcVerifier refuses bad tokens with the reason", async () => {
   const iss = await startTestIssuer();
   try {
     const now = Math.floor(Date.now() / 1000);
-    const v = new OidcVerifier({ jwksUrl: iss.jwksUrl, issuer: iss.issuer, audience: "inferx" });
+    const v = new OidcVerifier({
+      jwksUrl: iss.jwksUrl,
+      issuer: iss.issuer,
+      audience: "inferx",
+      refetchMs: 0,
+    });
     const good = await iss.sign({ sub: "a", aud: "inferx" });
     const [h, p, s] = good.split(".");
     await rejects(v.verify("abc"), /not a JWT/);
@@ -79,10 +85,49 @@ Deno.test("OidcVerifier reports an unreachable JWKS as unavailable, not as a bad
   const unavailable = (err: unknown) => {
     assert.ok(err instanceof InferxError);
     assert.equal(err.code, "unavailable");
-    assert.match(err.message, /Cannot read the OIDC keys/);
+    // Generic: the issuer's internal address goes to the log, not to any caller.
+    assert.match(err.message, /The identity provider's keys cannot be read now/);
+    assert.doesNotMatch(err.message, /127\.0\.0\.1/);
     return true;
   };
   await assert.rejects(v.verify(token), unavailable);
   // Asked again at once, before the keys may be fetched again: still unavailable, not 401.
   await assert.rejects(v.verify(token), unavailable);
+});
+
+Deno.test("OidcVerifier: a key the issuer withdraws stops verifying, cached tokens too; a new one is 503 until read", async () => {
+  const iss = await startTestIssuer();
+  try {
+    const v = new OidcVerifier({ jwksUrl: iss.jwksUrl, refreshMs: 100 });
+    const auth = new Authenticator({ oidc: v });
+    const headers = (t: string) => new Headers({ authorization: `Bearer ${t}` });
+    // A token that lives for ten years, signed with the EC key.
+    const long = await iss.sign(
+      { sub: "u", exp: Math.floor(Date.now() / 1000) + 10 * 365 * 86400 },
+      {
+        alg: "ES256",
+      },
+    );
+    assert.equal((await auth.authenticate(headers(long))).id, "oidc:u");
+    iss.publish(["rsa1"]); // the EC key withdrawn (leaked)
+    await new Promise((r) => setTimeout(r, 150));
+    // The keys are read again (in the background of the first call after they got old).
+    await Promise.resolve(auth.authenticate(headers(long))).catch(() => {});
+    await new Promise((r) => setTimeout(r, 200));
+    await assert.rejects(
+      Promise.resolve(auth.authenticate(headers(long))),
+      /no key ec1/,
+      "the cached token is checked again against the keys as they are now",
+    );
+    // A key published a moment after the last read: 503 to try again, not 401.
+    const fresh = new OidcVerifier({ jwksUrl: iss.jwksUrl });
+    await fresh.verify(await iss.sign({ sub: "a" })); // read now: rsa1 only
+    iss.publish(["rsa1", "ec1"]);
+    await assert.rejects(
+      fresh.verify(await iss.sign({ sub: "b" }, { alg: "ES256" })),
+      (e: InferxError) => e.code === "unavailable" && e.retryable && /try again/.test(e.message),
+    );
+  } finally {
+    await iss.stop();
+  }
 });

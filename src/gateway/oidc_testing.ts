@@ -16,6 +16,8 @@ export interface TestIssuer {
   ): Promise<string>;
   /** How many times the JWKS was fetched. */
   fetches(): number;
+  /** Serves only the keys `kids` from now on (a key withdrawn, or none). */
+  publish(kids: string[]): void;
   stop(): Promise<void>;
 }
 
@@ -49,9 +51,10 @@ export async function startTestIssuer(): Promise<TestIssuer> {
     { ...await crypto.subtle.exportKey("jwk", ec.publicKey), kid: "ec1", alg: "ES256", use: "sig" },
   ];
   let fetches = 0;
+  let served = keys;
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
     fetches++;
-    return Response.json({ keys });
+    return Response.json({ keys: served });
   });
   const issuer = "http://127.0.0.1/realms/inferx";
   return {
@@ -76,6 +79,9 @@ export async function startTestIssuer(): Promise<TestIssuer> {
       return `${input}.${b64url(new Uint8Array(sig))}`;
     },
     fetches: () => fetches,
+    publish(kids) {
+      served = keys.filter((k) => kids.includes(k.kid));
+    },
     stop: () => server.shutdown(),
   };
 }

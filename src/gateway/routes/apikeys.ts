@@ -141,7 +141,12 @@ async function managedKey(id: string, p: Principal, meta: MetaClient): Promise<A
     ? await meta.get({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: id })
     : undefined;
   const k = rec && ApiKeyRecordSchema.safeParse(JSON.parse(rec.value));
-  if (!k?.success) throw new NotFoundError(`API key ${id} does not exist`);
+  // A key of a tenant the caller has no grant in answers as one that does not exist: its
+  // scope and reach are not told to another tenant (within its tenant: 403, saying why).
+  const reaches = (t?: string) => p.grants.some((g) => g.tenant === undefined || g.tenant === t);
+  if (!k?.success || (!mayManageKey(p, k.data) && !reaches(k.data.tenant))) {
+    throw new NotFoundError(`API key ${id} does not exist`);
+  }
   if (!mayManageKey(p, k.data)) checkKeyManager(p, k.data);
   return k.data;
 }
