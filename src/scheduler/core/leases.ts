@@ -156,10 +156,28 @@ export function onGatewayHeartbeat(
   const held = new Set(leases);
   for (const id of held) {
     const pod = ctx.state.pods.get(id);
-    if (!pod || pod.state !== "Ready" || holds(pod, gateway)) continue;
-    delete pod.unclaimedUntil; // claimed: its gateway kept it through the restart
-    addLessee(pod, gateway, ctx.now); // shared, when another gateway lists it too
-    unitOf(ctx.state, pod)?.idle.delete(id);
+    if (pod && holds(pod, gateway)) continue;
+    const f = pod && unitOf(ctx.state, pod);
+    // Its function not known yet (a restart loads functions last): decided at a later beat.
+    if (pod && !f && !ctx.state.funcs.has(pod.func)) continue;
+    if (
+      pod && f && pod.state === "Ready" && !pod.reclaiming &&
+      (!pod.leasedBy || atLimit(ctx, f))
+    ) {
+      delete pod.unclaimedUntil; // claimed: its gateway kept it through the restart
+      addLessee(pod, gateway, ctx.now); // shared, when another gateway holds it at max_replica
+      f.idle.delete(id);
+      continue;
+    }
+    // No longer this gateway's (taken back while it was silent, then parked, given to another
+    // or ended): it takes no new call on it, and gives it back when its calls are done.
+    ctx.actions.push({
+      type: "reclaimLease",
+      gateway,
+      podId: id,
+      reason: "no longer leased to this gateway",
+      repeat: true,
+    });
   }
   for (const pod of [...ctx.state.pods.values()]) {
     if (!holds(pod, gateway) || held.has(pod.id)) continue;

@@ -304,3 +304,32 @@ Deno.test("step() expires each waiter at its own deadline, whatever the order th
     ["r2"],
   );
 });
+
+Deno.test("a gateway whose lease was taken back while it was silent is told so by its next heartbeat", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { minReplica: 1, maxReplica: 2, scaleinTimeoutS: 60 }),
+  });
+  const pod = [...d.state.pods.keys()][0];
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" }, lease("r1"));
+  assert.equal(d.state.pods.get(pod)!.leasedBy, "g1");
+  // g1 is silent past the timeout: its lease is taken back, and g2 gets the worker.
+  d.now = 10_000;
+  d.run({ type: "tick" });
+  const g2 = d.run(lease("r2", "t/n/f", "g2"));
+  assert.ok(g2.some((a) => a.type === "leaseGranted" && a.podId === pod));
+  // g1 comes back listing it: not shared (max_replica is not reached), told to give it up.
+  const back = d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: [pod] });
+  assert.deepEqual(
+    back.filter((a) => a.type === "reclaimLease").map((a) =>
+      a.type === "reclaimLease" && a.gateway
+    ),
+    ["g1"],
+  );
+  assert.equal(d.state.pods.get(pod)!.leasedBy, "g2");
+  assert.equal(d.state.pods.get(pod)!.sharedWith, undefined);
+  // A listed worker that is gone altogether: the same.
+  const gone = d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: ["p-none"] });
+  assert.ok(gone.some((a) => a.type === "reclaimLease" && a.podId === "p-none"));
+});
