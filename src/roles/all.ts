@@ -42,7 +42,8 @@ export async function start(config: Config): Promise<AllHandle> {
     logger().info("Building the sample image {tag} (no registry needed)", { tag: NGRAM_IMAGE });
     await buildNgramImage();
   }
-  const sched = await scheduler.start({ meta, ...schedulerOptions(config) });
+  // Its gateways restart with it: no lease outlives it, so rebuilt pods wait for no one.
+  const sched = await scheduler.start({ meta, ...schedulerOptions(config), recoveryGraceMs: 0 });
   const schedulerMetrics = new Registry();
   sched.service.registerMetrics(schedulerMetrics);
   const group = planGroup(config.gateway.workers ?? 1);

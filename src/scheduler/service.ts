@@ -80,6 +80,12 @@ export interface SchedulerOptions {
    * again. @default 10000
    */
   podResyncMs?: number;
+  /**
+   * How long a Ready pod rebuilt at start waits for a gateway to claim it
+   * (ms); 0 where no gateway outlives this scheduler (`All`: they restart
+   * together). @default 5000
+   */
+  recoveryGraceMs?: number;
 }
 
 /** Scheduler shell: owns the core state and carries out its actions. */
@@ -116,6 +122,7 @@ export class SchedulerService implements SchedulerClient {
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
       nodeTimeoutMs: options.nodeTimeoutMs ?? 10_000,
       snapshotStart: options.snapshotStart,
+      recoveryGraceMs: options.recoveryGraceMs,
     });
   }
 

@@ -151,10 +151,10 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
   } else if (!f && state.funcs.has(r.func)) {
     terminate(ctx, pod, "old version drained");
-  } else if (podState === "Ready") {
+  } else if (podState === "Ready" && state.config.recoveryGraceMs > 0) {
     // A gateway may be using it: it waits for the gateways' heartbeats (settleUnclaimed).
     pod.unclaimedUntil = ctx.now + state.config.recoveryGraceMs;
-  }
+  } else if (f && podState === "Ready") settleUnleased(ctx, f, pod, true);
   // A pod whose function is not known yet waits for it (restart order is
   // nodes, pods, functions); the tick collects it if the function never comes.
 }
@@ -168,7 +168,11 @@ export function settleUnclaimed(ctx: Ctx) {
     if (pod.unclaimedUntil === undefined || pod.unclaimedUntil > ctx.now) continue;
     delete pod.unclaimedUntil;
     const f = unitOf(ctx.state, pod);
-    if (pod.state === "Ready" && !pod.leasedBy && f) settleUnleased(ctx, f, pod, true);
+    if (pod.state !== "Ready" || pod.leasedBy || !f) continue;
+    pod.lastUsed = ctx.now;
+    // A warm worker for a waiting call; else idle until scale-in's timeout, as one returned.
+    if (f.waiters.length) settleUnleased(ctx, f, pod, false);
+    else f.idle.add(pod.id);
   }
 }
 
