@@ -26,8 +26,12 @@ storeContract("etcd", async () => {
   };
 }, { ignoreReason: missing });
 
-/** A test against a fresh etcd and a store on it, both stopped after it. */
-function etcdTest(name: string, fn: (store: EtcdStore) => Promise<void>) {
+/** A test against a fresh etcd and a store on it (calls timing out after `timeoutMs`), both stopped after it. */
+function etcdTest(
+  name: string,
+  fn: (store: EtcdStore, etcd: Awaited<ReturnType<typeof startEtcd>>) => Promise<void>,
+  timeoutMs?: number,
+) {
   Deno.test({
     name,
     ignore: missing !== undefined,
@@ -35,9 +39,9 @@ function etcdTest(name: string, fn: (store: EtcdStore) => Promise<void>) {
     sanitizeResources: false,
     async fn() {
       const etcd = await startEtcd();
-      const store = await openEtcdStore(etcd.url);
+      const store = await openEtcdStore(etcd.url, { timeoutMs });
       try {
-        await fn(store);
+        await fn(store, etcd);
       } finally {
         await store.close();
         await etcd.stop();
@@ -247,52 +251,42 @@ etcdTest(
   },
 );
 
-Deno.test({
-  name:
-    "etcd watches over compactions and restarts: a quiet one resumes where progress said, a cancelled one ends without a crash",
-  ignore: missing !== undefined,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const etcd = await startEtcd();
-    const store = await openEtcdStore(etcd.url, { timeoutMs: 1000 });
-    try {
-      const start = await store.create("/registry/q/t/n/seed", "0");
-      const quiet: string[] = [];
-      const errors: Error[] = [];
-      const quietWatch = store.watch("/registry/q/", {
-        afterRevision: start,
-        onEvent: (ev) => quiet.push(ev.type === "put" ? ev.kv.value : "-"),
-        onError: (e) => errors.push(e),
-      });
-      const busy = store.watch("/registry/b/", { afterRevision: start, onEvent() {} });
-      let rev = await store.create("/registry/b/t/n/x", "0");
-      for (let i = 1; i < 20; i++) rev = await store.update("/registry/b/t/n/x", String(i), rev);
-      await new Promise((r) => setTimeout(r, 600)); // progress notifications come
-      await store.client.kv.compact({ revision: rev });
-      await etcd.down();
-      await etcd.up();
-      // The quiet watch resumed past the compaction (progress moved it), and still hears.
-      await store.create("/registry/q/t/n/later", "1");
-      for (let i = 0; i < 100 && !quiet.includes("1"); i++) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.deepEqual(errors, []);
-      assert.deepEqual(quiet, ["1"]);
-      // A watch from a compacted revision, while others share its stream: told, not a crash.
-      const err = await new Promise<Error>((resolve) =>
-        store.watch("/registry/b/", { afterRevision: start, onEvent() {}, onError: resolve })
-      );
-      assert.ok(err instanceof CompactedError, err.message);
-      await new Promise((r) => setTimeout(r, 500)); // a crash would come from the stream now
-      quietWatch.cancel();
-      busy.cancel();
-    } finally {
-      await store.close();
-      await etcd.stop();
+etcdTest(
+  "etcd watches over compactions and restarts: a quiet one resumes where progress said, a cancelled one ends without a crash",
+  async (store, etcd) => {
+    const start = await store.create("/registry/q/t/n/seed", "0");
+    const quiet: string[] = [];
+    const errors: Error[] = [];
+    const quietWatch = store.watch("/registry/q/", {
+      afterRevision: start,
+      onEvent: (ev) => quiet.push(ev.type === "put" ? ev.kv.value : "-"),
+      onError: (e) => errors.push(e),
+    });
+    const busy = store.watch("/registry/b/", { afterRevision: start, onEvent() {} });
+    let rev = await store.create("/registry/b/t/n/x", "0");
+    for (let i = 1; i < 20; i++) rev = await store.update("/registry/b/t/n/x", String(i), rev);
+    await new Promise((r) => setTimeout(r, 600)); // progress notifications come
+    await store.client.kv.compact({ revision: rev });
+    await etcd.down();
+    await etcd.up();
+    // The quiet watch resumed past the compaction (progress moved it), and still hears.
+    await store.create("/registry/q/t/n/later", "1");
+    for (let i = 0; i < 100 && !quiet.includes("1"); i++) {
+      await new Promise((r) => setTimeout(r, 100));
     }
+    assert.deepEqual(errors, []);
+    assert.deepEqual(quiet, ["1"]);
+    // A watch from a compacted revision, while others share its stream: told, not a crash.
+    const err = await new Promise<Error>((resolve) =>
+      store.watch("/registry/b/", { afterRevision: start, onEvent() {}, onError: resolve })
+    );
+    assert.ok(err instanceof CompactedError, err.message);
+    await new Promise((r) => setTimeout(r, 500)); // a crash would come from the stream now
+    quietWatch.cancel();
+    busy.cancel();
   },
-});
+  1000,
+);
 
 etcdTest("a request etcd refuses for its size does not stop the next ones", async (store) => {
   await assert.rejects(

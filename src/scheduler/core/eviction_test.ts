@@ -111,11 +111,7 @@ Deno.test("eviction spares parked pods that hold nothing the new pod needs", () 
     d.run(
       {
         type: "nodeUpdate",
-        node: nodeReport("n1", {
-          gpuCount: 1,
-          vramMB: 80_000,
-          standbyTiers: ["paused", "host_memory", "file"],
-        }),
+        node: gpuNode("n1", ["paused", "host_memory", "file"]),
       },
       {
         type: "funcUpdate",

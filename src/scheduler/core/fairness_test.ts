@@ -8,7 +8,7 @@ import {
   mayEvict,
   mayReclaim,
 } from "./fairness.ts";
-import { CoreDriver, created, funcReport, kinds, lease, nodeReport } from "./testing.ts";
+import { CoreDriver, created, funcReport, gpuNode, kinds, lease, nodeReport } from "./testing.ts";
 import type { StandbyTier } from "../../model/cluster.ts";
 import type { CoreAction, CoreFunc, Priority } from "./types.ts";
 
@@ -305,11 +305,7 @@ Deno.test("room freed between ticks goes to the tenant holding least, whatever t
     const d = new CoreDriver();
     d.run({
       type: "nodeUpdate",
-      node: nodeReport("n1", {
-        gpuCount: 1,
-        vramMB: 80_000,
-        standbyTiers: ["paused", "host_memory"],
-      }),
+      node: gpuNode("n1", ["paused", "host_memory"]),
     });
     const a = funcReport("x/n/a", { gpuCount: 1, vramMB: 40_000 }, { standbyTier: "host_memory" });
     const b = funcReport("x/n/b", { gpuCount: 1, vramMB: 60_000 });

@@ -211,11 +211,7 @@ Deno.test("a park or a resume under way at a restart: the parking pod is not han
   const d = new CoreDriver("s2");
   d.run({
     type: "nodeUpdate",
-    node: nodeReport("n1", {
-      gpuCount: 1,
-      vramMB: 80_000,
-      standbyTiers: ["paused", "host_memory"],
-    }),
+    node: gpuNode("n1", ["paused", "host_memory"]),
   });
   const base = { node: "n1", cpu: 1000, memMB: 1024, version: 1 };
   const parking: PodRecord = {
