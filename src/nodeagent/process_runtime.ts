@@ -573,7 +573,8 @@ export class ProcessRuntime implements PodRuntime {
     if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     child.unfollow?.();
     this.#children.delete(podId);
-    if (child.net) this.#options.podNetworks?.remove(child.net);
+    // Removed before the exit is told: a pod started again under its id finds its name free.
+    if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
     this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
     // Its output was told with its exit: its files here go (the agent only forgets it).
     if (child.logFile) await Deno.remove(child.logFile).catch(() => {});

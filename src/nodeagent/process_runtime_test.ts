@@ -692,6 +692,12 @@ Deno.test({
       await rt.start(spec(["deno", "eval", COUNTER]));
       Deno.kill(rt.pidOf("pod-test")!, "SIGKILL");
       assert.match(await died.promise, /^killed by SIGKILL/);
+      // Its namespace went before its end was told: the same pod id may start again at once.
+      const listed = new TextDecoder().decode(
+        (await new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).output())
+          .stdout,
+      );
+      assert.doesNotMatch(listed, /ixtest-pod-test/);
     } finally {
       await rt.stop("pod-test");
       await Deno.remove(dir, { recursive: true });
