@@ -16,6 +16,8 @@ export const CU_RESULT_NAMES: Readonly<Record<number, string>> = {
   2: "CUDA_ERROR_OUT_OF_MEMORY",
   3: "CUDA_ERROR_NOT_INITIALIZED",
   4: "CUDA_ERROR_DEINITIALIZED",
+  34: "CUDA_ERROR_STUB_LIBRARY",
+  46: "CUDA_ERROR_DEVICES_UNAVAILABLE",
   100: "CUDA_ERROR_NO_DEVICE",
   101: "CUDA_ERROR_INVALID_DEVICE",
   304: "CUDA_ERROR_OPERATING_SYSTEM",
@@ -50,9 +52,19 @@ export type CudaProcessState =
   | "locked"
   | "checkpointed"
   | "failed"
+  | "checkpointing"
+  | "restoring"
   | `unknown(${number})`;
 
-const STATES: readonly CudaProcessState[] = ["running", "locked", "checkpointed", "failed"];
+/** `CU_PROCESS_STATE_*` by value (4 and 5 come with newer drivers). */
+const STATES: readonly CudaProcessState[] = [
+  "running",
+  "locked",
+  "checkpointed",
+  "failed",
+  "checkpointing",
+  "restoring",
+];
 
 /** One GPU as the driver reports it. */
 export interface CudaDevice {
@@ -71,6 +83,8 @@ const CORE = {
   cuDeviceGetName: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   cuDeviceTotalMem_v2: { parameters: ["buffer", "i32"], result: "i32" },
   cuDeviceGetUuid: { parameters: ["buffer", "i32"], result: "i32" },
+  // What cuda.h maps cuDeviceGetUuid to: under MIG, the instance's own UUID.
+  cuDeviceGetUuid_v2: { parameters: ["buffer", "i32"], result: "i32", optional: true },
 } as const;
 
 /**
@@ -114,6 +128,10 @@ export type OpenResult = { cuda: LibCuda; reason?: undefined } | {
  * Never throws: a missing library, symbol or device is a `reason`.
  */
 export function openLibCuda(path = Deno.env.get("INFERX_LIBCUDA") ?? "libcuda.so.1"): OpenResult {
+  // GPUs numbered as nvidia-smi, NVML and the container toolkit number them (by PCI bus), not
+  // fastest first (CUDA's default): the numbers go into workers' CUDA_VISIBLE_DEVICES and
+  // Docker's device requests. Read by cuInit: set before it, unless the operator chose.
+  if (!Deno.env.get("CUDA_DEVICE_ORDER")) Deno.env.set("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
   let lib: Lib;
   try {
     lib = Deno.dlopen(path, SYMBOLS);
@@ -141,10 +159,11 @@ export class LibCuda {
     this.#lib = lib;
   }
 
-  /** Whether the driver has the process checkpoint API (driver 550+). */
+  /** Whether the driver has the process checkpoint API (driver 570+). */
   get hasCheckpointApi(): boolean {
     // A missing nonblocking symbol is a function that throws when called, not
-    // null: the blocking ones tell (the API came whole, with driver 550).
+    // null: the blocking ones tell (the API came whole, with driver 570: 550 had
+    // only the cuda-checkpoint tool's private interface).
     return !this.#closed && this.#lib.symbols.cuCheckpointProcessGetState !== null &&
       this.#lib.symbols.cuCheckpointProcessGetRestoreThreadId !== null;
   }
@@ -185,7 +204,9 @@ export class LibCuda {
       const mem = new BigUint64Array(1);
       this.#check("cuDeviceTotalMem_v2", lib.cuDeviceTotalMem_v2(mem, dev[0]));
       const uuid = new Uint8Array(16);
-      this.#check("cuDeviceGetUuid", lib.cuDeviceGetUuid(uuid, dev[0]));
+      if (lib.cuDeviceGetUuid_v2) {
+        this.#check("cuDeviceGetUuid_v2", lib.cuDeviceGetUuid_v2(uuid, dev[0]));
+      } else this.#check("cuDeviceGetUuid", lib.cuDeviceGetUuid(uuid, dev[0]));
       const end = name.indexOf(0);
       out.push({
         ordinal,

@@ -625,8 +625,11 @@ export class ProcessRuntime implements PodRuntime {
     }
     return await this.#serial(child, async () => {
       if (tier === "file") return await this.#parkToFile(podId, child);
-      if (tier === "host_memory") await this.#checkpointGpu(child.pid);
-      else {
+      // A worker without GPU memory (CPU only, or one that never called CUDA) has nothing
+      // for the driver to move: host memory is where it is, stopped as the paused tier is.
+      if (tier === "host_memory" && child.gpus.length > 0 && this.#usesGpu(child.pid)) {
+        await this.#checkpointGpu(child.pid);
+      } else {
         signal(child.pid, "SIGSTOP");
         child.paused = true;
       }
@@ -655,7 +658,9 @@ export class ProcessRuntime implements PodRuntime {
     try {
       await cuda.checkpoint(pid);
     } catch (err) {
-      await cuda.unlock(pid);
+      // The driver does not keep a failed checkpoint's process in a good state: its unlock
+      // may fail too, and must not hide why the checkpoint did (UVM or IPC memory, say).
+      await cuda.unlock(pid).catch(() => {});
       throw err;
     }
   }
@@ -813,7 +818,7 @@ export class ProcessRuntime implements PodRuntime {
     if (!child) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
     return await this.#serial(child, async () => {
       if (child.tier === "file") return await this.#resumeFromFile(podId, child);
-      if (child.tier === "host_memory") await this.#restoreGpu(child.pid);
+      if (child.tier === "host_memory" && !child.paused) await this.#restoreGpu(child.pid);
       else {
         signal(child.pid, "SIGCONT");
         child.paused = false;

@@ -5,6 +5,7 @@ import { ProcessRuntime } from "./process_runtime.ts";
 import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
+import { procState } from "../ffi/libc.ts";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 
 const ENV_SERVER = `
@@ -36,6 +37,9 @@ function spec(commands: string[], extra: Partial<PodSpec> = {}): PodSpec {
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
 
+/** One GPU slice, for the workers parked in host memory. */
+const GPU0 = [{ index: 0, vramMB: 1000 }];
+
 t(
   "ProcessRuntime starts a worker on a loopback port with the function's and platform's env",
   async () => {
@@ -48,6 +52,7 @@ t(
     assert.equal(env.GREETING, "hello");
     assert.equal(env.PORT, pod.endpoint.split(":")[1]);
     assert.equal(env.CUDA_VISIBLE_DEVICES, "1,3");
+    assert.equal(env.CUDA_DEVICE_ORDER, "PCI_BUS_ID", "numbered as nvidia-smi numbers them");
     assert.equal(env.NVIDIA_VISIBLE_DEVICES, "1,3");
     assert.equal(env.INFERX_VRAM_MB, "8000");
     assert.equal(env.INFERX_FUNCTION_VERSION, "3");
@@ -153,7 +158,7 @@ Deno.test({
     assert.ok(cuda);
     const rt = new ProcessRuntime({ cuda });
     assert.deepEqual(rt.standbyTiers, ["paused", "host_memory"]);
-    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER], { gpus: GPU0 }));
     try {
       const pid = rt.pidOf("pod-test")!;
       await rt.park("pod-test", "host_memory");
@@ -162,6 +167,17 @@ Deno.test({
       assert.equal(cuda.processState(pid), "running");
       assert.equal((await fetch(`http://${pod.endpoint}/`)).status, 200);
       await assert.rejects(rt.park("pod-test", "file"), /offers paused, host_memory/);
+    } finally {
+      await rt.stop("pod-test");
+    }
+    // A worker without GPUs has no GPU memory to move: parked in host memory, it is stopped.
+    const cpu = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+    try {
+      const pid = rt.pidOf("pod-test")!;
+      await rt.park("pod-test", "host_memory");
+      assert.equal((await procState(pid))?.state, "T", "stopped, not asked of the driver");
+      await rt.resume("pod-test");
+      assert.equal((await fetch(`http://${cpu.endpoint}/`)).status, 200);
     } finally {
       await rt.stop("pod-test");
       cuda.close();
@@ -181,7 +197,7 @@ Deno.test({
     const { cuda } = openLibCuda(await buildFakeLibCuda());
     assert.ok(cuda);
     const rt = new ProcessRuntime({ cuda });
-    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+    const pod = await rt.start(spec(["deno", "eval", ENV_SERVER], { gpus: GPU0 }));
     try {
       const pid = rt.pidOf("pod-test")!;
       const order: string[] = [];

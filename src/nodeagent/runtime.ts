@@ -86,6 +86,8 @@ export function platformEnv(spec: PodSpec): Record<string, string> {
     INFERX_CPU_MILLIS: String(spec.cpuMillis),
     INFERX_MEM_MB: String(spec.memMB),
     INFERX_VRAM_MB: String(spec.gpus[0]?.vramMB ?? 0),
+    // Numbers as the node's discovery read them (libcuda.ts sets the order there).
+    CUDA_DEVICE_ORDER: Deno.env.get("CUDA_DEVICE_ORDER") ?? "PCI_BUS_ID",
     CUDA_VISIBLE_DEVICES: devices,
     NVIDIA_VISIBLE_DEVICES: devices || "none",
   };

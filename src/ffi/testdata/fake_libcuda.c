@@ -23,8 +23,9 @@ enum {
   SUCCESS = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
   OPERATING_SYSTEM = 304, ILLEGAL_STATE = 401, NOT_FOUND = 500
 };
-/* COPYING: a checkpoint or restore under way; any other call on the process is refused. */
-enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2, COPYING = 3 };
+/* COPYING: a checkpoint or restore under way (the real driver's CHECKPOINTING, 4; 3 is
+ * FAILED); any other call on the process is refused. */
+enum { RUNNING = 0, LOCKED = 1, CHECKPOINTED = 2, COPYING = 4 };
 
 static int initialized = 0;
 static int pids[64];
