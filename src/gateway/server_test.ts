@@ -514,3 +514,27 @@ t("a streamed answer quiet past answer_timeout is cut and recorded as such", asy
     await g.close();
   }
 });
+
+t(
+  "app routes: HEAD answers GET's length, and no 100 Continue goes out before the route reads",
+  async () => {
+    const g = await listening();
+    try {
+      const get = await fetch(`${g.url}/health`);
+      const length = (await get.text()).length;
+      const head = await rawCall(
+        g.url,
+        "HEAD /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+      );
+      assert.match(head, new RegExp(`content-length: ${length}\\r\\n`));
+      // A route that answers without reading the body: its answer, not 100 Continue first.
+      const refused = await rawCall(
+        g.url,
+        "POST /nope HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n",
+      );
+      assert.match(refused, /^HTTP\/1.1 404 /);
+    } finally {
+      await g.close();
+    }
+  },
+);

@@ -509,14 +509,16 @@ export function toRequest(
       async cancel() {
         await it.return(undefined);
       },
-    });
+    }, { highWaterMark: 0 }); // nothing read (no 100 Continue sent) until the route reads it
   }
   const url = `http://${host}${target}`;
   if (!URL.canParse(url)) {
     throw new ValidationError("Malformed HTTP request: invalid Host header", "host");
   }
   return new Request(url, {
-    method: req.method,
+    // HEAD answered as GET is, its body left out by the response (with its length kept: the
+    // app's own HEAD answers say none); a call's HEAD goes to its worker as HEAD.
+    method: req.method === "HEAD" && !target.startsWith("/funccall/") ? "GET" : req.method,
     headers,
     body,
     signal,
@@ -557,6 +559,11 @@ class ServerConnection {
   #bodyDone = false;
   #body: Uint8Array[] = [];
   #bodyBytes = 0;
+  /** Body bytes of this message, and the bytes its body phase took on the wire (framing too). */
+  #bodyTotal = 0;
+  #bodyWire = 0;
+  /** Bytes of the trailer fields after a chunked body: never headers, and bounded. */
+  #trailerBytes = 0;
   #current?: Http1Request;
   #continueSent = false;
   #expectContinue = false;
@@ -581,7 +588,11 @@ class ServerConnection {
     this.#lastWasValue = false;
     this.#headersDone = this.#bodyDone = false;
     this.#body = [];
-    this.#bodyBytes = 0;
+    this.#bodyBytes =
+      this.#bodyTotal =
+      this.#bodyWire =
+      this.#trailerBytes =
+        0;
     this.#continueSent = this.#expectContinue = false;
   }
 
@@ -602,11 +613,20 @@ class ServerConnection {
           this.#urlEnd = end;
           break;
         case EV.HEADER_FIELD:
+          // After the head: trailer fields of a chunked body. Counted, never taken as headers.
+          if (this.#headersDone) {
+            this.#trailerBytes += end - at;
+            break;
+          }
           if (r.length && !this.#lastWasValue) r[r.length - 3] = end; // a continued name
           else r.push(at, end, -1, -1);
           this.#lastWasValue = false;
           break;
         case EV.HEADER_VALUE:
+          if (this.#headersDone) {
+            this.#trailerBytes += end - at;
+            break;
+          }
           if (r[r.length - 2] < 0) r[r.length - 2] = at;
           r[r.length - 1] = end;
           this.#lastWasValue = true;
@@ -617,6 +637,7 @@ class ServerConnection {
         case EV.BODY:
           this.#body.push(copyBytes(this.#buf, at, end));
           this.#bodyBytes += end - at;
+          this.#bodyTotal += end - at;
           break;
         case EV.MESSAGE_COMPLETE:
           this.#bodyDone = true;
@@ -633,9 +654,24 @@ class ServerConnection {
         else this.#parser.resume();
         this.#paused = this.#pausedUpgrade = false;
       }
+      const inBody = this.#headersDone && !this.#bodyDone;
       const error = this.#parser.execute(this.#buf, this.#start, this.#end);
       this.#apply();
       this.#start += this.#parser.consumed;
+      if (inBody) this.#bodyWire += this.#parser.consumed;
+      if (this.#trailerBytes > this.#limits.maxHeadBytes) {
+        this.#error = { status: 431, message: "Request trailer fields are too large" };
+        return false;
+      }
+      // Chunk framing past its own size (tiny chunks make at most a few bytes of it a body
+      // byte): chunk extensions, which are no body, counted by no limit or timeout.
+      if (this.#bodyWire > 16 * this.#bodyTotal + 65_536) {
+        this.#error = {
+          status: 400,
+          message: "Malformed HTTP request: chunk extensions too large",
+        };
+        return false;
+      }
       if (error === HPE.PAUSED || error === HPE.PAUSED_UPGRADE) {
         // A message ended. Upgrades are ignored (RFC 9110 §7.8): the connection stays HTTP/1.1.
         this.#paused = true;
@@ -777,7 +813,8 @@ class ServerConnection {
       if (name === "content-length") contentLength = Number(value);
       else if (name === "transfer-encoding") chunked = true;
       else if (name === "expect" && value.toLowerCase() === "100-continue") {
-        this.#expectContinue = true;
+        // An HTTP/1.0 client knows no interim answers (RFC 9110 §10.1.1): ignored.
+        this.#expectContinue = p.httpMinor >= 1;
       }
     }
     const method = p.method;

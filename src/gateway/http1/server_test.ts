@@ -503,3 +503,61 @@ t(
     await s.shutdown();
   },
 );
+
+t("http1 takes trailer fields for no headers, and bounds them and chunk extensions", async () => {
+  // A handler that shows the headers it was given.
+  const s = serveHttp1({
+    port: 0,
+    handler: async (req, res) => {
+      const body = await req.readAll(1000);
+      await res.send(
+        200,
+        [["content-type", "application/json"]],
+        JSON.stringify({
+          headers: req.headers.map((h) => h[0]),
+          body: dec.decode(body),
+        }),
+      );
+    },
+  });
+  try {
+    // Trailers in the same packet as the head: not headers.
+    const one = answers(
+      await exchange(
+        s.addr.port,
+        "POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+          "2\r\n{}\r\n0\r\nauthorization: Bearer smuggled\r\nprefer: respond-async\r\n\r\n",
+      ),
+    );
+    assert.equal(one[0].status, 200);
+    const seen = JSON.parse(one[0].body);
+    assert.equal(seen.body, "{}");
+    assert.ok(!seen.headers.includes("authorization") && !seen.headers.includes("prefer"));
+    // Endless trailers: refused once past the head's limit, not held.
+    const flood = "x-t: " + "a".repeat(1000) + "\r\n";
+    const cut = await exchange(s.addr.port, [
+      "POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n",
+      ...Array.from({ length: 100 }, () => flood),
+    ]);
+    assert.match(cut, /^HTTP\/1.1 4\d\d [\s\S]*trailer fields are too large/);
+    // Endless chunk extensions (no body bytes): refused, not read for ever.
+    const ext = await exchange(s.addr.port, [
+      "POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=",
+      ...Array.from({ length: 100 }, () => "b".repeat(1000)),
+    ]);
+    assert.match(ext, /^HTTP\/1.1 400 .*\r\n[\s\S]*chunk extensions too large/);
+  } finally {
+    await s.shutdown();
+  }
+});
+
+t("http1 sends no 100 Continue to an HTTP/1.0 client", async () => {
+  const s = echo();
+  const text = await exchange(
+    s.addr.port,
+    ["POST /e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "abc"],
+  );
+  assert.doesNotMatch(text, /100 Continue/);
+  assert.match(text, /^HTTP\/1.1 200 /);
+  await s.shutdown();
+});
