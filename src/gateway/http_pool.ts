@@ -146,6 +146,10 @@ class Conn {
   closed = false;
   /** Some of the answer to the request being exchanged has come. */
   heard = false;
+  /** Some of the request being exchanged went out (the worker took the connection). */
+  wroteSome = false;
+  /** Then writing the rest failed: the worker closed the connection while it was sent. */
+  writeFailed = false;
   /** When it went back to the pool (`performance.now()`). */
   idleSince = 0;
   /** The current exchange's quiet limit (ms); 0 while idle or without one. */
@@ -166,6 +170,9 @@ class Conn {
   #ranges: number[] = [];
   #lastWasValue = false;
   #body: Uint8Array[] = [];
+  /** Bytes of the answer's head so far, and of its trailer fields (never taken as fields). */
+  #headBytes = 0;
+  #trailerBytes = 0;
 
   constructor(socket: Deno.TcpConn) {
     this.socket = socket;
@@ -173,6 +180,7 @@ class Conn {
   }
 
   #messageBegin(): void {
+    this.#headBytes = this.#trailerBytes = 0;
     this.#headersDone = this.#bodyDone = false;
     this.#statusStart = this.#statusEnd = -1;
     this.#ranges.length = 0;
@@ -195,13 +203,24 @@ class Conn {
         case EV.STATUS:
           if (this.#statusStart < 0) this.#statusStart = at;
           this.#statusEnd = end;
+          this.#headBytes += end - at;
           break;
         case EV.HEADER_FIELD:
+          if (this.#headersDone) {
+            this.#trailerBytes += end - at;
+            break;
+          }
+          this.#headBytes += end - at;
           if (r.length && !this.#lastWasValue) r[r.length - 3] = end;
           else r.push(at, end, -1, -1);
           this.#lastWasValue = false;
           break;
         case EV.HEADER_VALUE:
+          if (this.#headersDone) {
+            this.#trailerBytes += end - at;
+            break;
+          }
+          this.#headBytes += end - at;
           if (r[r.length - 2] < 0) r[r.length - 2] = at;
           r[r.length - 1] = end;
           this.#lastWasValue = true;
@@ -226,23 +245,34 @@ class Conn {
    */
   async exchange(endpoint: string, req: PoolRequest): Promise<Head | undefined> {
     // Nothing of this exchange's answer yet (a pooled connection heard its last one).
-    this.heard = false;
+    this.heard = this.wroteSome = this.writeFailed = false;
     this.#noBody = req.method === "HEAD";
     let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${endpoint}\r\n`;
     for (const [k, v] of req.headers) head += `${k}: ${v}\r\n`;
     const body = req.body;
-    if (body && !(body instanceof Uint8Array)) {
-      await this.#sendChunked(`${head}transfer-encoding: chunked\r\n\r\n`, body);
-    } else {
-      const n = body?.byteLength ?? 0;
-      if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
-      head += "\r\n";
-      const total = head.length + n;
-      if (total > this.#out.length) this.#out = new Uint8Array(total);
-      const out = this.#encode(head);
-      if (n) out.set(body!, head.length);
-      for (let o = 0; o < total;) o += await this.socket.write(out.subarray(o, total));
-      this.stirred = true;
+    /** A write that failed: the worker may have answered without reading it all (413) and closed. */
+    let unsent: unknown;
+    try {
+      if (body && !(body instanceof Uint8Array)) {
+        await this.#sendChunked(`${head}transfer-encoding: chunked\r\n\r\n`, body);
+      } else {
+        const n = body?.byteLength ?? 0;
+        if (n || !NO_BODY_METHODS.has(req.method)) head += `content-length: ${n}\r\n`;
+        head += "\r\n";
+        const total = head.length + n;
+        if (total > this.#out.length) this.#out = new Uint8Array(total);
+        const out = this.#encode(head);
+        if (n) out.set(body!, head.length);
+        for (let o = 0; o < total;) {
+          o += await this.socket.write(out.subarray(o, total));
+          this.wroteSome = true;
+        }
+        this.stirred = true;
+      }
+    } catch (err) {
+      if (err instanceof RequestBodyError || !this.wroteSome) throw err;
+      unsent = err;
+      this.writeFailed = true;
     }
     // The answer's head.
     this.#start = this.#end = 0;
@@ -260,9 +290,17 @@ class Conn {
       }
       if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
       if (this.#end === this.#buf.length) this.#grow();
-      const n = await this.socket.read(restOf(this.#buf, this.#end));
+      let n: number | null;
+      try {
+        n = await this.socket.read(restOf(this.#buf, this.#end));
+      } catch (err) {
+        throw unsent ?? err;
+      }
       if (n === null) {
-        if (this.#end === 0) return undefined;
+        if (this.#end === 0) {
+          if (unsent) throw unsent;
+          return undefined;
+        }
         throw new Error("upstream closed the connection in the middle of an answer head");
       }
       this.#end += n;
@@ -305,7 +343,10 @@ class Conn {
 
   async #write(bytes: Uint8Array, length: number): Promise<void> {
     let o = 0;
-    while (o < length) o += await this.socket.write(bytes.subarray(o, length));
+    while (o < length) {
+      o += await this.socket.write(bytes.subarray(o, length));
+      this.wroteSome = true;
+    }
     this.stirred = true;
   }
 
@@ -331,6 +372,9 @@ class Conn {
       const error = this.#parser.execute(this.#buf, this.#start, this.#end);
       this.#apply();
       this.#start += this.#parser.consumed;
+      // The head is consumed as it comes (its bytes stay in the buffer): counted, not measured.
+      if (this.#headBytes > MAX_HEAD) throw new Error("upstream answer head is too large");
+      if (this.#trailerBytes > MAX_HEAD) throw new Error("upstream trailer fields are too large");
       if (error === HPE.PAUSED) {
         this.#paused = true;
         return;
@@ -539,6 +583,14 @@ export class HttpPool {
         if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
         // A kept-alive connection the worker had already closed: try a fresh one once.
         if (pooled && !answered) continue;
+        // A fresh connection it took, then closed while the request went out, answering
+        // nothing: it is there (not unreachable), and may have begun the request.
+        if (!answered && conn.writeFailed) {
+          throw new AnswerBroken(
+            `${endpoint} closed the connection while the request was sent: ${(err as Error).message}`,
+            { cause: err },
+          );
+        }
         if (answered) {
           throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
             cause: err,

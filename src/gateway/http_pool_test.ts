@@ -477,3 +477,57 @@ t(
     }
   },
 );
+
+t("HttpPool bounds a worker's answer head and takes its trailers for no fields", async () => {
+  // A head that never ends: refused past the limit, not buffered for ever.
+  const endless = scriptedWorker(async (c) => {
+    await c.write(enc.encode("HTTP/1.1 200 OK\r\n"));
+    const line = enc.encode(`x-filler: ${"a".repeat(1000)}\r\n`);
+    for (let i = 0; i < 2000; i++) if (!(await c.write(line).catch(() => 0))) return;
+  });
+  // Trailers in the same packet as the head.
+  const trailers = scriptedWorker(async (c) => {
+    await c.write(enc.encode(
+      "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n" +
+        "2\r\nok\r\n0\r\ncontent-type: text/evil\r\nx-trailer: t\r\n\r\n",
+    ));
+  });
+  const pool = new HttpPool();
+  try {
+    await assert.rejects(
+      pool.send(endless.endpoint, post(enc.encode("{}"))),
+      (err) => err instanceof AnswerBroken && /head is too large/.test(err.message),
+    );
+    const a = await pool.send(trailers.endpoint, post(enc.encode("{}")));
+    assert.equal(await text(a), "ok");
+    assert.deepEqual(a.headers, [["content-type", "text/plain"]]);
+  } finally {
+    pool.close();
+    endless.close();
+    trailers.close();
+  }
+});
+
+t("HttpPool: a worker that answers before it read a large body, and closes, is heard", async () => {
+  // It refuses the upload at its head (413) and closes without reading the rest.
+  const early = scriptedWorker(async (c) => {
+    await c.write(
+      enc.encode(
+        "HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbig",
+      ),
+    );
+  });
+  const pool = new HttpPool();
+  try {
+    const big = new Uint8Array(8 * 1024 * 1024).fill(120);
+    const r = await pool.send(early.endpoint, post(big)).then(
+      (a) => `answer ${a.status}`,
+      (err) => `${err.name}`,
+    );
+    // Its answer, or at worst a broken-off exchange: never "unreachable" (which drops the worker).
+    assert.ok(r === "answer 413" || r === "AnswerBroken", r);
+  } finally {
+    pool.close();
+    early.close();
+  }
+});
