@@ -538,3 +538,38 @@ t(
     }
   },
 );
+
+t(
+  "a client that sends its whole large body before reading gets the answer, not a reset",
+  async () => {
+    const g = await listening();
+    try {
+      const port = Number(new URL(g.url).port);
+      for (const path of ["/funccall/t/n/nope/x", "/object/"]) {
+        const c = await Deno.connect({ hostname: "127.0.0.1", port });
+        const body = new Uint8Array(5 * 1024 * 1024).fill(120);
+        const head = `PUT ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n` +
+          `content-length: ${body.byteLength}\r\n\r\n`;
+        // As Python's http.client does: the whole request first, then the answer.
+        let sent = true;
+        try {
+          await c.write(new TextEncoder().encode(head));
+          for (let o = 0; o < body.byteLength;) o += await c.write(body.subarray(o));
+        } catch {
+          sent = false;
+        }
+        let out = "";
+        const buf = new Uint8Array(65536);
+        for (let n; (n = await c.read(buf).catch(() => null)) !== null;) {
+          out += new TextDecoder().decode(buf.subarray(0, n));
+        }
+        c.close();
+        assert.ok(sent, `${path}: the body went out`);
+        assert.match(out, /^HTTP\/1.1 4\d\d /, path);
+        assert.match(out, /connection: close\r\n/, path);
+      }
+    } finally {
+      await g.close();
+    }
+  },
+);

@@ -102,6 +102,9 @@ const DEFAULTS: Http1Limits = {
 const READ_AHEAD = 256 * 1024;
 /** Unread body bytes drained after an answer to keep the connection; beyond, it closes. */
 const DRAIN_LIMIT = 64 * 1024;
+/** How long a body answered before it was read is read and dropped at most, and idle. */
+const LINGER_MS = 5_000;
+const LINGER_IDLE_MS = 1_000;
 
 let dateHeader = new Date().toUTCString();
 
@@ -957,6 +960,12 @@ class ServerConnection {
     if (!hasDate) s += `date: ${dateHeader}\r\n`;
     if (length >= 0) s += `content-length: ${length}\r\n`;
     if (chunked) s += "transfer-encoding: chunked\r\n";
+    // Answered with more of the request's body to come than is drained: the connection
+    // closes after it (said here, not only done).
+    const left = this.#current?.contentLength === undefined
+      ? Infinity
+      : this.#current.contentLength - this.#bodyTotal;
+    if (this.#headersDone && !this.#bodyDone && left > DRAIN_LIMIT) this.keepAlive = false;
     if (!this.keepAlive || this.#closing) s += "connection: close\r\n";
     else if (this.httpMinor === 0) s += "connection: keep-alive\r\n";
     s += "\r\n";
@@ -1103,9 +1112,35 @@ class ServerConnection {
     } catch {
       // a broken connection: nothing more to do on it
     } finally {
+      if (!this.#closed && !this.eof && this.#headersDone && !this.#bodyDone) await this.#linger();
       this.close();
       await pump;
       this.#parser.free();
+    }
+  }
+
+  /**
+   * Answered before the request's body was read: the client may still be
+   * sending it. Its bytes are read and dropped for a while (as nginx's
+   * lingering close), so that it reads the answer rather than a reset.
+   */
+  async #linger(): Promise<void> {
+    try {
+      await this.#sock.closeWrite();
+    } catch {
+      return;
+    }
+    const until = performance.now() + LINGER_MS;
+    while (!this.eof && !this.#closed && performance.now() < until) {
+      this.#start = this.#end; // dropped
+      this.#wakeRoom();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const more = await Promise.race([
+        new Promise<boolean>((r) => this.#dataWaiter = () => r(true)),
+        new Promise<boolean>((r) => timer = setTimeout(r, LINGER_IDLE_MS, false)),
+      ]);
+      clearTimeout(timer);
+      if (!more) break;
     }
   }
 
