@@ -587,7 +587,9 @@ export class HttpPool {
         // nothing: it is there (not unreachable), and may have begun the request.
         if (!answered && conn.writeFailed) {
           throw new AnswerBroken(
-            `${endpoint} closed the connection while the request was sent: ${(err as Error).message}`,
+            `${endpoint} closed the connection while the request was sent: ${
+              (err as Error).message
+            }`,
             { cause: err },
           );
         }
