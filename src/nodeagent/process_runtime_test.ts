@@ -175,6 +175,10 @@ Deno.test({
     try {
       const pid = rt.pidOf("pod-test")!;
       await rt.park("pod-test", "host_memory");
+      // SIGSTOP takes effect a moment after it is sent.
+      for (let i = 0; i < 50 && (await procState(pid))?.state !== "T"; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
       assert.equal((await procState(pid))?.state, "T", "stopped, not asked of the driver");
       await rt.resume("pod-test");
       assert.equal((await fetch(`http://${cpu.endpoint}/`)).status, 200);
