@@ -23,7 +23,16 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/:kind", async (c) => {
     const kind = c.req.param("kind");
     if (kind === "stats") {
-      const { tenant, since } = auditQuery(c.req.query());
+      const given = c.req.query();
+      for (const k of Object.keys(given)) {
+        if (k !== "tenant" && k !== "since") {
+          throw new ValidationError(
+            `Invalid audit query: /audit/stats takes tenant and since, not "${k}"`,
+            k,
+          );
+        }
+      }
+      const { tenant, since } = auditQuery(given);
       authorize(c.var.principal, "read", tenant);
       if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
       // The log's health must show while its backend is down: usage then says why it is missing.

@@ -30,6 +30,7 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
     ["/audit/things", 404, /No audit of "things"/],
     ["/audit/requests?tenant=t&until=5", 400, /unknown parameter "until"/],
     ["/audit/requests?tenant=t&funcx=nope", 400, /unknown parameter "funcx"/],
+    ["/audit/stats?status=5xx", 400, /takes tenant and since, not "status"/],
   ];
   for (const [path, status, re] of cases) {
     const r = await f.app.request(path);
