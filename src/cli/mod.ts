@@ -211,7 +211,12 @@ async function call(
   const cold = res.headers.get("x-inferx-cold-start") === "1";
   const resumed = res.headers.get("x-inferx-resumed") === "1";
   const ttfb = res.headers.get("x-inferx-ttfb-ms");
-  const text = await res.text();
+  let text: string;
+  try {
+    text = await res.text(); // under the same --timeout as the head
+  } catch (err) {
+    throw unreachable(gateway, err, waits.call);
+  }
   if (!res.ok) {
     let message = text;
     try {

@@ -275,6 +275,7 @@ class Conn {
       this.writeFailed = true;
     }
     // The answer's head.
+    let interims = 0;
     this.#start = this.#end = 0;
     this.#headersDone = this.#bodyDone = false;
     while (true) {
@@ -282,8 +283,13 @@ class Conn {
       if (this.#headersDone) {
         const status = this.#parser.statusCode;
         if (status >= 100 && status < 200 && status !== 101) {
-          // An interim answer (100 Continue, 103 Early Hints): the real one follows.
+          // An interim answer (100 Continue, 103 Early Hints): the real one follows. A worker
+          // sending them without end is cut off (each is small; all of them are counted).
+          if ((interims += this.#headBytes) > MAX_HEAD) {
+            throw new Error("upstream sent too many interim answers");
+          }
           this.#messageBegin();
+          if (this.#start === this.#end) this.#start = this.#end = 0; // their bytes are spent
           continue;
         }
         return this.#head(status);

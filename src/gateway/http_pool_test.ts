@@ -531,3 +531,20 @@ t("HttpPool: a worker that answers before it read a large body, and closes, is h
     early.close();
   }
 });
+
+t("HttpPool cuts off a worker that sends interim answers without end", async () => {
+  const chatty = scriptedWorker(async (c) => {
+    const interim = enc.encode("HTTP/1.1 100 Continue\r\n\r\n".repeat(100));
+    for (let i = 0; i < 10_000; i++) if (!(await c.write(interim).catch(() => 0))) return;
+  });
+  const pool = new HttpPool();
+  try {
+    await assert.rejects(
+      pool.send(chatty.endpoint, post(enc.encode("{}"))),
+      (err) => err instanceof AnswerBroken && /too many interim answers/.test(err.message),
+    );
+  } finally {
+    pool.close();
+    chatty.close();
+  }
+});

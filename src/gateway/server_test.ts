@@ -573,3 +573,24 @@ t(
     }
   },
 );
+
+t("HEAD on a streaming app route answers its head and lets the stream go", async () => {
+  const g = await listening();
+  try {
+    const out = await rawCall(
+      g.url,
+      "HEAD /ui/events HTTP/1.1\r\nhost: x\r\n\r\n",
+      "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    const heads = out.split("HTTP/1.1 ").filter(Boolean);
+    assert.equal(heads.length, 2, out);
+    assert.match(heads[0], /^200 [\s\S]*text\/event-stream/);
+    assert.match(
+      heads[1],
+      /^200 [\s\S]*"status"/,
+      "the next request on the connection is answered",
+    );
+  } finally {
+    await g.close();
+  }
+});

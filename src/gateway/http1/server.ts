@@ -411,6 +411,11 @@ export class Http1Response {
       }
       const sized = length !== undefined && Number.isSafeInteger(length) ? length : undefined;
       await this.start(res.status, headers, sized, res.statusText);
+      if (this.#head) {
+        // HEAD: the head is all there is; a stream still being produced (events) is let go.
+        await reader.cancel().catch(() => {});
+        return;
+      }
       for (const p of parts) await this.write(p);
       while (true) {
         const r = await (pending ?? reader.read());
