@@ -294,7 +294,6 @@ class Conn {
         }
         return this.#head(status);
       }
-      if (this.#end - this.#start > MAX_HEAD) throw new Error("upstream answer head is too large");
       if (this.#end === this.#buf.length) this.#grow();
       let n: number | null;
       try {

@@ -8,6 +8,7 @@
  */
 import { Buffer } from "node:buffer";
 import type { CallAttempt, CallRecord } from "../../model/call.ts";
+import { isJsonType } from "../call.ts";
 
 const iso = (ms: number | undefined) => ms === undefined ? undefined : new Date(ms).toISOString();
 
@@ -33,7 +34,7 @@ function attemptView(a: CallAttempt) {
 /** The body of a result: parsed when it is JSON, else base64. */
 function bodyView(headers: [string, string][], b64: string): Record<string, unknown> {
   const type = headers.find(([k]) => k === "content-type")?.[1] ?? "";
-  if (type.includes("json") && b64) {
+  if (isJsonType(type) && b64) {
     try {
       return { body: JSON.parse(Buffer.from(b64, "base64").toString("utf8")) };
     } catch {
