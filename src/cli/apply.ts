@@ -53,7 +53,7 @@ const pathOf = (o: Obj) => `/object/${o.type}/${o.tenant}/${o.namespace}/${o.nam
 const isMap = (v: unknown): v is Obj => !!v && typeof v === "object" && !Array.isArray(v);
 
 /** The files `-f` names say, as messages name them. */
-export const sourcesText = (sources: readonly string[]) => sources.join(", ");
+const sourcesText = (sources: readonly string[]) => sources.join(", ");
 
 /** The files of directory `dir` apply reads: `.json`, `.yaml`, `.yml` (any case), links followed. */
 async function dirFiles(dir: string): Promise<string[]> {

@@ -27,7 +27,7 @@ const MAX_HEAD = 64 * 1024;
  * How often at most {@linkcode HttpPool.sweep} looks for quiet exchanges (ms;
  * the gateway sweeps every 100).
  */
-export const QUIET_CHECK_MS = 50;
+const QUIET_CHECK_MS = 50;
 const IDLE_PER_ENDPOINT = 64;
 /** Sized answers up to this are read whole rather than streamed. */
 export const BUFFER_LIMIT = 1024 * 1024;

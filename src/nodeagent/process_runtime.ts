@@ -157,7 +157,7 @@ const toolPaths = new Map<string, string>();
  * is the function's (a virtualenv's `bin`) and may not hold them. `name`
  * itself when not found (the spawn then says so).
  */
-export function toolPath(name: string): string {
+function toolPath(name: string): string {
   let found = toolPaths.get(name);
   if (found) return found;
   found = name;
@@ -237,7 +237,7 @@ async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
  * its ring (the worker appends, so it writes on at the new end): a chatty
  * worker fills no disk.
  */
-export const LOG_FILE_MAX = 8 * 1024 * 1024;
+const LOG_FILE_MAX = 8 * 1024 * 1024;
 
 /**
  * Appends what is written to `path` to `ring` until the returned function is
