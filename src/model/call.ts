@@ -2,9 +2,16 @@
  * Asynchronous calls as the store keeps them: one record per call under
  * `/registry/call/{tenant}/{namespace}/{key}`, holding the request, its
  * state, the attempts, the claim of the gateway running it and, when done,
- * the worker's answer. A tenant's callback secret lives under
- * `/registry/callsecret/system/system/{tenant}`. Neither is a user object
- * type: gateways write them, the state service validates them here.
+ * the worker's status and headers. Bodies over {@linkcode CALL_INLINE_MAX}
+ * bytes live apart, each written once: the request's at
+ * `/registry/callbody/{tenant}/{namespace}/{key}` (until the call ends) and
+ * the answer's at `.../{key}.result` — the record is rewritten at every claim
+ * renewal (every few seconds while a call runs) and is followed by every
+ * gateway's watch, so it stays small; a small body rides in the record,
+ * which saves a call two to three store writes. A tenant's
+ * callback secret lives under `/registry/callsecret/system/system/{tenant}`.
+ * None is a user object type: gateways write them, the state service
+ * validates them here.
  *
  * A call's public id is `{tenant}:{namespace}:{key}`, so the gateway can
  * authorize a caller for the call's namespace before reading the store.
@@ -69,7 +76,10 @@ export const CallRecordSchema = z.object({
   /** Path and query on the worker. */
   path: z.string().startsWith("/"),
   headers: z.array(Header),
+  /** The request body, when it is small enough to ride in the record. */
   body: z.base64().optional(),
+  /** The request body's size, when it is kept apart ({@linkcode callBodyRef}). */
+  bodyBytes: z.int().min(0).optional(),
   /** The caller's wait limit for a worker (ms), per attempt. */
   timeoutMs: z.number().positive().optional(),
   /** Where the result is POSTed when the call ends. */
@@ -90,7 +100,13 @@ export const CallRecordSchema = z.object({
   result: z.object({
     status: z.int().min(100).max(999),
     headers: z.array(Header),
-    body: z.base64(),
+    /** The answer's body, when it is small enough to ride in the record. */
+    body: z.base64().optional(),
+    /** The answer body's size, when it is kept apart ({@linkcode callBodyRef}). */
+    bytes: z.int().min(0).optional(),
+  }).refine((r) => r.body !== undefined || r.bytes !== undefined, {
+    message: "a result has its body or the size of the body kept apart",
+    path: ["bytes"],
   }).optional(),
   error: ErrorSchema.optional(),
   delivery: z.object({
@@ -104,6 +120,26 @@ export const CallRecordSchema = z.object({
 });
 /** A stored call. */
 export type CallRecord = z.infer<typeof CallRecordSchema>;
+
+/** The largest body kept in a call's record; a larger one is kept apart ({@linkcode callBodyRef}). */
+export const CALL_INLINE_MAX = 4096;
+
+/** A request or answer body of a call, kept apart from its record. */
+export const CallBodySchema = z.object({ body: z.base64() });
+/** A request or answer body of a call, kept apart from its record. */
+export type CallBody = z.infer<typeof CallBodySchema>;
+
+/** Which body of a call: the request's (kept while it may run) or the answer's. */
+export type CallBodyPart = "request" | "result";
+
+/** The store reference of one body of the call stored at `ref` (type `call`, name its key). */
+export function callBodyRef(
+  ref: { tenant: string; namespace: string; name: string },
+  part: CallBodyPart,
+): { type: "callbody"; tenant: string; namespace: string; name: string } {
+  const name = part === "request" ? ref.name : `${ref.name}.result`;
+  return { type: "callbody", tenant: ref.tenant, namespace: ref.namespace, name };
+}
 
 /** A tenant's callback signing secret. */
 export const CallSecretSchema = z.object({
@@ -162,6 +198,26 @@ export function admitCallRecord(
   return JSON.stringify(c);
 }
 
+/** Validates a call body written at `tenant/namespace/name`; returns the value to store. */
+export function admitCallBody(
+  ref: { tenant: string; namespace: string; name: string },
+  object: unknown,
+): string {
+  const what = `callbody ${ref.tenant}/${ref.namespace}/${ref.name}`;
+  const r = CallBodySchema.safeParse(object);
+  if (!r.success) throw invalidInput(what, r.error);
+  if (
+    !isValidName(ref.tenant) || !isValidName(ref.namespace) ||
+    !KEY_RE.test(ref.name.replace(/\.result$/, ""))
+  ) {
+    throw new ValidationError(
+      `Invalid ${what}: the name is a call's key, or it and .result`,
+      "name",
+    );
+  }
+  return JSON.stringify(r.data);
+}
+
 /** Validates a tenant's callback secret written at `system/system/{tenant}`. */
 export function admitCallSecret(name: string, object: unknown): string {
   const r = CallSecretSchema.safeParse(object);
@@ -170,6 +226,13 @@ export function admitCallSecret(name: string, object: unknown): string {
     throw new ValidationError(`Invalid callsecret ${name}: tenant must match the name`, "tenant");
   }
   return JSON.stringify(r.data);
+}
+
+/** The base64 body of a stored call body (validated when written). */
+export function decodeCallBody(value: string): string {
+  const r = CallBodySchema.safeParse(JSON.parse(value));
+  if (!r.success) throw invalidInput("stored call body", r.error);
+  return r.data.body;
 }
 
 /** Decodes a stored call record (validated when written). */

@@ -19,6 +19,7 @@ export const OBJECT_TYPES = [
   "snapshot",
   "call",
   "callsecret",
+  "callbody",
 ] as const;
 /** One of {@linkcode OBJECT_TYPES}. */
 export type ObjectType = typeof OBJECT_TYPES[number];

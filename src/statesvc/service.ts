@@ -21,7 +21,7 @@ import {
 import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
 import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
-import { admitCallRecord, admitCallSecret } from "../model/call.ts";
+import { admitCallBody, admitCallRecord, admitCallSecret, callBodyRef } from "../model/call.ts";
 import {
   isUserType,
   objectKey,
@@ -197,12 +197,19 @@ export class StateService implements MetaClient {
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     try {
       const deleted = await this.#store.delete(key, revision);
+      const gone = (e: unknown) => {
+        if (!(e instanceof NotFoundError)) throw e;
+      };
       if (ref.type === "tenant") {
         // Its callback signing secret goes with it: a tenant made again under the same name
         // must not sign with the one before's.
-        await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch((e) => {
-          if (!(e instanceof NotFoundError)) throw e;
-        });
+        await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch(gone);
+      } else if (ref.type === "call") {
+        // Its bodies go with it, whoever deletes it (src/model/call.ts).
+        for (const part of ["request", "result"] as const) {
+          const b = callBodyRef(ref, part);
+          await this.#store.delete(objectKey(b.type, b.tenant, b.namespace, b.name)).catch(gone);
+        }
       }
       return deleted;
     } catch (err) {
@@ -349,6 +356,7 @@ export class StateService implements MetaClient {
       return JSON.stringify(r.data);
     }
     if (input.type === "call") return admitCallRecord(input, input.object);
+    if (input.type === "callbody") return admitCallBody(input, input.object);
     if (input.type === "callsecret") {
       if (input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
         throw new ValidationError(

@@ -9,7 +9,6 @@
  *
  * @module
  */
-import { Buffer } from "node:buffer";
 import type { MiddlewareHandler } from "hono";
 import { InferxError } from "../../common/errors.ts";
 import { callId, type CallRecord, newCallKey } from "../../model/call.ts";
@@ -120,7 +119,6 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
         method: input.method,
         path: input.path,
         headers: input.headers.filter(([k]) => !GATEWAY_FIELDS.has(k)),
-        body: body && Buffer.from(body).toString("base64"),
         timeoutMs: input.timeoutMs,
         callback,
         status: "queued",
@@ -129,7 +127,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
         acceptedAt: now,
         expiresAt: now + deps.calls.ttlMs,
       };
-      await deps.calls.accept(record);
+      await deps.calls.accept(record, body);
       rec.accepted(id);
       return c.json({ id, status: record.status }, 202, {
         location: `/calls/${id}`,

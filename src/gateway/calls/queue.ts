@@ -24,6 +24,13 @@
  * - **Results** are kept until `expiresAt` (`INFERX_CALL_TTL_S` after the
  *   call ended), then deleted by whichever gateway sees it first. A result
  *   over `maxBytes` is not kept: the call fails and says so.
+ * - **Bodies** over {@linkcode CALL_INLINE_MAX} are kept apart from the
+ *   record, each written once ({@linkcode callBodyRef}): the request's before
+ *   the record (it goes when the call ends), the answer's before the record
+ *   says the call ended. The record, rewritten at each renewal and sent to
+ *   every gateway's watch, then holds only their sizes; the state service
+ *   deletes a call's bodies with its record. Smaller bodies ride in the
+ *   record.
  * - **Cancellation** marks the record `cancelled`; the gateway running it
  *   hears it (at once when the cancel came through it, else through its
  *   watch or its next lease renewal) and aborts the upstream request.
@@ -34,13 +41,23 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { type ErrorCode, InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
+import {
+  AlreadyExistsError,
+  type ErrorCode,
+  InferxError,
+  NotFoundError,
+  toInferxError,
+} from "../../common/errors.ts";
 import { isConflict } from "../../common/retry.ts";
 import { logger } from "../../common/log.ts";
 import {
+  CALL_INLINE_MAX,
+  type CallBodyPart,
+  callBodyRef,
   type CallRecord,
   type CallStatus,
   decodeCall,
+  decodeCallBody,
   FINAL_STATUSES,
   parseCallId,
 } from "../../model/call.ts";
@@ -114,11 +131,18 @@ class Claim {
   lock: Promise<unknown> = Promise.resolve();
   /** Set when another gateway took the claim: no more writes. */
   lost = false;
+  /** The request body, once read from the store (null: the call has none). */
+  body?: Uint8Array | null;
+  /** The answer's body, once stored or read. */
+  result?: Uint8Array;
+  /** The record has ended (its request body dropped by whoever ended it). */
+  ended: boolean;
 
   constructor(rec: CallRecord, revision: number) {
     this.rec = rec;
     this.revision = revision;
     this.ref = refOf(rec);
+    this.ended = FINAL_STATUSES.has(rec.status);
   }
 }
 
@@ -242,15 +266,28 @@ export class CallQueue {
    * else it waits `queued` for any gateway to claim. Resolves once the
    * record is stored: then the call survives this gateway.
    */
-  async accept(rec: CallRecord): Promise<void> {
+  async accept(rec: CallRecord, body?: Uint8Array): Promise<void> {
     const room = !this.#stopped && this.#hasRoom(funcOf(rec));
     const unreserve = room ? this.#reserve(funcOf(rec)) : undefined;
     try {
       // With room, the record is stored with its first attempt begun: one write fewer.
       if (room) this.#startAttempt(rec);
       const ref = refOf(rec);
-      const created = await this.#deps.meta.create({ ...ref, object: rec });
-      if (room) this.#begin(new Claim(rec, created.revision));
+      const apart = body !== undefined && body.byteLength > CALL_INLINE_MAX;
+      if (apart) {
+        rec.bodyBytes = body.byteLength;
+        await this.#putBody(ref, "request", body);
+      } else if (body?.byteLength) rec.body = Buffer.from(body).toString("base64");
+      let created;
+      try {
+        created = await this.#deps.meta.create({ ...ref, object: rec });
+      } catch (err) {
+        if (apart) await this.#dropBody(ref, "request");
+        throw err;
+      }
+      const claim = new Claim(rec, created.revision);
+      claim.body = body ?? null;
+      if (room) this.#begin(claim);
     } finally {
       unreserve?.();
     }
@@ -264,6 +301,59 @@ export class CallQueue {
     // Past its retention a call is gone, whether or not its record has been removed yet.
     if (c && FINAL_STATUSES.has(c.status) && c.expiresAt <= this.#now()) return undefined;
     return c;
+  }
+
+  /**
+   * The call `id` with its answer's body, or undefined (also when that body
+   * has gone: its record is being deleted).
+   */
+  async view(id: string): Promise<{ rec: CallRecord; result?: Uint8Array } | undefined> {
+    const rec = await this.get(id);
+    if (!rec?.result) return rec && { rec };
+    const result = await this.#resultOf(rec);
+    return result && { rec, result };
+  }
+
+  /** The answer's body of an ended call; undefined when it has gone from the store. */
+  async #resultOf(rec: CallRecord): Promise<Uint8Array | undefined> {
+    const r = rec.result!;
+    if (r.body !== undefined) return Buffer.from(r.body, "base64");
+    if (!r.bytes) return new Uint8Array();
+    const kv = await this.#deps.meta.get(callBodyRef(refOf(rec), "result"));
+    return kv && Buffer.from(decodeCallBody(kv.value), "base64");
+  }
+
+  /** Stores one body of the call at `ref`, replacing one an earlier attempt left. */
+  async #putBody(ref: ObjectRef, part: CallBodyPart, bytes: Uint8Array): Promise<void> {
+    const b = callBodyRef(ref, part);
+    const object = { body: Buffer.from(bytes).toString("base64") };
+    try {
+      await this.#deps.meta.create({ ...b, object });
+    } catch (err) {
+      if (!(err instanceof AlreadyExistsError)) throw err;
+      const cur = await this.#deps.meta.get(b);
+      if (!cur) return await this.#putBody(ref, part, bytes);
+      await this.#deps.meta.update({ ...b, object, revision: cur.revision });
+    }
+  }
+
+  /** Deletes one body of the call at `ref` (gone already: fine; else logged, its record's delete takes it). */
+  async #dropBody(ref: ObjectRef, part: CallBodyPart): Promise<void> {
+    await this.#deps.meta.delete(callBodyRef(ref, part)).catch((err) => {
+      if (err instanceof NotFoundError) return;
+      log.warn("Cannot delete the {part} body of call {name}: {error}", {
+        part,
+        name: ref.name,
+        error: String(err),
+      });
+    });
+  }
+
+  /** After a write that ended `rec`: its request body is no longer needed. */
+  #ended(ref: ObjectRef, rec: CallRecord): void {
+    if (rec.bodyBytes && FINAL_STATUSES.has(rec.status)) {
+      this.#track(this.#dropBody(ref, "request"));
+    }
   }
 
   /**
@@ -311,6 +401,7 @@ export class CallQueue {
         if (isConflict(err) && i < 10) continue;
         throw err;
       }
+      if (!wasRunning) this.#ended(ref, rec); // else its runner drops the body when it stops
       this.#claims.get(id)?.abort.abort();
       return rec;
     }
@@ -471,6 +562,7 @@ export class CallQueue {
       if (isConflict(err)) return; // another gateway claimed it first
       throw err;
     }
+    this.#ended(e.ref, rec);
     if (work && !this.#stopped) this.#begin(new Claim(rec, revision));
   }
 
@@ -526,6 +618,15 @@ export class CallQueue {
       }
       const n = c.rec.attempts.length;
       const outcome = await this.#attempt(c, n);
+      if (outcome.kind === "answer") {
+        outcome.retry = RETRY_STATUSES.has(outcome.status) &&
+          countedAttempts(c.rec) < c.rec.maxAttempts;
+        // Stored before the record says the call ended, so whoever reads that finds it.
+        if (!outcome.retry && outcome.body.byteLength > CALL_INLINE_MAX) {
+          await this.#putBody(c.ref, "result", outcome.body);
+          c.result = outcome.body;
+        }
+      }
       await this.#save(c, (r) => this.#settle(r, n, outcome));
       if (c.rec.status === "queued") {
         // Handed back to wait for its next try: look again when it is due.
@@ -579,12 +680,20 @@ export class CallQueue {
     rec.callId = r.id;
     rec.attempt = n;
     rec.setTarget(target, this.#deps.cache.agent(r.tenant, r.namespace, r.func) !== undefined);
+    let body: Uint8Array | null;
+    try {
+      body = await this.#requestOf(c);
+    } catch (err) {
+      const e = toInferxError(err);
+      rec.failed(e);
+      return { kind: "error", error: e };
+    }
     const input: CallInput = {
       target,
       method: r.method,
       path: r.path,
       headers: r.headers.map(([k, v]) => [k, v]),
-      body: r.body === undefined ? null : Buffer.from(r.body, "base64"),
+      body,
       replayable: true,
       timeoutMs: r.timeoutMs,
       t0,
@@ -626,6 +735,18 @@ export class CallQueue {
     }
   }
 
+  /** The request body of the claimed call `c` (null: none), read from the store once. */
+  async #requestOf(c: Claim): Promise<Uint8Array | null> {
+    if (c.rec.body !== undefined) return Buffer.from(c.rec.body, "base64");
+    if (!c.rec.bodyBytes) return null;
+    if (c.body) return c.body;
+    const kv = await this.#deps.meta.get(callBodyRef(c.ref, "request"));
+    if (!kv) {
+      throw new InferxError("internal", `The request body of call ${c.rec.id} is not in the store`);
+    }
+    return c.body = Buffer.from(decodeCallBody(kv.value), "base64");
+  }
+
   /** Closes attempt `n` with `o` and moves the call on. Returns whether to write. */
   #settle(r: CallRecord, n: number, o: Outcome): boolean {
     const now = this.#now();
@@ -662,15 +783,13 @@ export class CallQueue {
         this.#end(r, "failed", now, a.error);
         return true;
       case "answer":
-        if (RETRY_STATUSES.has(o.status) && countedAttempts(r) < r.maxAttempts) {
+        if (o.retry) {
           a.error = { code: "worker_failed", message: `The worker answered ${o.status}` };
           return (this.#afterFailure(r, now), true);
         }
-        r.result = {
-          status: o.status,
-          headers: o.headers,
-          body: Buffer.from(o.body).toString("base64"),
-        };
+        r.result = o.body.byteLength > CALL_INLINE_MAX
+          ? { status: o.status, headers: o.headers, bytes: o.body.byteLength }
+          : { status: o.status, headers: o.headers, body: Buffer.from(o.body).toString("base64") };
         this.#end(r, o.status < 400 ? "succeeded" : "failed", now);
         return true;
     }
@@ -724,7 +843,8 @@ export class CallQueue {
         });
         return; // the claim runs out; a gateway tries again later
       }
-      const body = JSON.stringify(callView(c.rec));
+      if (c.rec.result) c.result ??= await this.#resultOf(c.rec);
+      const body = JSON.stringify(callView(c.rec, c.result));
       let status: number | undefined;
       let error: string | undefined;
       let refused = false;
@@ -773,6 +893,9 @@ export class CallQueue {
         if (!change(draft)) return false;
         try {
           const w = await this.#deps.meta.update({ ...c.ref, object: draft, revision: c.revision });
+          if (!c.ended && FINAL_STATUSES.has(draft.status)) {
+            (c.ended = true, this.#ended(c.ref, draft));
+          }
           c.rec = draft;
           c.revision = w.revision;
           return true;
@@ -799,7 +922,15 @@ export class CallQueue {
 
 /** How an attempt ended. */
 type Outcome =
-  | { kind: "answer"; status: number; pod: string; headers: [string, string][]; body: Uint8Array }
+  | {
+    kind: "answer";
+    status: number;
+    pod: string;
+    headers: [string, string][];
+    body: Uint8Array;
+    /** Decided before the record is written: the answer is a failure to try again. */
+    retry?: boolean;
+  }
   | { kind: "too_large"; status: number; pod: string; headers: [string, string][] }
   | { kind: "error"; error: InferxError; pod?: string }
   | { kind: "aborted" };

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { testCall, until } from "../../common/testing.ts";
-import { type CallRecord, decodeCall } from "../../model/call.ts";
+import { callBodyRef, type CallRecord, decodeCall } from "../../model/call.ts";
 import { FuncCache } from "../func_cache.ts";
 import { HttpPool } from "../http_pool.ts";
 import { GatewayMetrics } from "../metrics.ts";
@@ -267,5 +267,47 @@ t(
     await other.close();
     await f.close();
     await receiver.shutdown();
+  },
+);
+
+t(
+  "a call taken over reads its request body from the store; one whose body is missing fails saying so",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    const w = countingWorker();
+    f.sched.endpoints.push(w.endpoint);
+    const lost = (n: string) =>
+      record(n, {
+        body: undefined,
+        bodyBytes: JSON.stringify({ n }).length,
+        status: "running",
+        owner: "gw-dead",
+        leaseUntil: Date.now() - 1,
+        startedAt: Date.now() - 100,
+        attempts: [{ n: 1, gateway: "gw-dead", startedAt: Date.now() - 100 }],
+      });
+    const kept = lost("apart");
+    const ref = refOf(kept);
+    await f.meta.create({
+      ...callBodyRef(ref, "request"),
+      object: { body: Buffer.from(JSON.stringify({ n: "apart" })).toString("base64") },
+    });
+    const id = await store(f, kept);
+    const gone = await store(f, lost("gone"));
+    await until(
+      "both calls to end",
+      async () =>
+        (await read(f, id)).status === "succeeded" && (await read(f, gone)).status === "failed",
+    );
+    assert.deepEqual([...w.seen], [["apart", 1]]);
+    const failed = await read(f, gone);
+    assert.equal(failed.error?.code, "internal");
+    assert.match(failed.error!.message, /request body of call .* is not in the store/);
+    await until(
+      "the request body to go",
+      async () => !await f.meta.get(callBodyRef(ref, "request")),
+    );
+    await f.close();
+    await w.close();
   },
 );

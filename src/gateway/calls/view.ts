@@ -32,16 +32,16 @@ function attemptView(a: CallAttempt) {
 }
 
 /** The body of a result: parsed when it is JSON, else base64. */
-function bodyView(headers: [string, string][], b64: string): Record<string, unknown> {
+function bodyView(headers: [string, string][], bytes: Uint8Array): Record<string, unknown> {
   const type = headers.find(([k]) => k === "content-type")?.[1] ?? "";
-  if (isJsonType(type) && b64) {
+  if (isJsonType(type) && bytes.byteLength) {
     try {
-      return { body: JSON.parse(Buffer.from(b64, "base64").toString("utf8")) };
+      return { body: JSON.parse(new TextDecoder().decode(bytes)) };
     } catch {
       // Declared JSON but is not: show the bytes.
     }
   }
-  return { body_base64: b64 };
+  return { body_base64: Buffer.from(bytes).toString("base64") };
 }
 
 /** A call without its result: what `GET /calls` lists. */
@@ -67,8 +67,11 @@ export function callSummary(c: CallRecord): Record<string, unknown> {
   };
 }
 
-/** The whole call: what `GET /calls/{id}` answers and its callback sends. */
-export function callView(c: CallRecord): Record<string, unknown> {
+/**
+ * The whole call: what `GET /calls/{id}` answers and its callback sends.
+ * `result` is the answer's body, kept apart from the record (src/model/call.ts).
+ */
+export function callView(c: CallRecord, result?: Uint8Array): Record<string, unknown> {
   return {
     ...callSummary(c),
     attempts: c.attempts.map(attemptView),
@@ -76,7 +79,12 @@ export function callView(c: CallRecord): Record<string, unknown> {
     result: c.result && {
       status: c.result.status,
       headers: headerObject(c.result.headers),
-      ...bodyView(c.result.headers, c.result.body),
+      ...bodyView(
+        c.result.headers,
+        c.result.body === undefined
+          ? result ?? new Uint8Array()
+          : Buffer.from(c.result.body, "base64"),
+      ),
     },
     error: c.error,
     callback: c.callback && {

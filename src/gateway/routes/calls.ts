@@ -85,9 +85,9 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const id = c.req.param("id");
     const { tenant, namespace } = parseCallId(id);
     authorize(c.var.principal, "inference", tenant, namespace);
-    const call = await queue.get(id);
+    const call = await queue.view(id);
     if (!call) throw new NotFoundError(`Call ${id} does not exist (or its result has expired)`);
-    return c.json(callView(call));
+    return c.json(callView(call.rec, call.result));
   });
   app.delete("/:id", async (c) => {
     const id = c.req.param("id");

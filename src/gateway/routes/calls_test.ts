@@ -593,3 +593,64 @@ t(
     }
   },
 );
+
+t(
+  "a running call's renewals rewrite a small record: its large bodies are written once, apart, and go with it",
+  async () => {
+    const MiB = 1024 * 1024;
+    const f = await gatewayFixture({
+      calls: { backoffMs: 20, leaseMs: 300, maxBytes: MiB },
+      bodyLimit: MiB,
+    });
+    const answer = JSON.stringify({ text: "y".repeat(200_000) });
+    let seen = 0;
+    const w = scriptedWorker(async (_n, req) => {
+      seen = (await req.text()).length;
+      await new Promise((r) => setTimeout(r, 1500)); // several renewals
+      return new Response(answer, { headers: { "content-type": "application/json" } });
+    });
+    f.sched.endpoints.push(w.endpoint);
+    const writes = { call: [] as number[], callbody: [] as string[] };
+    const watches = (["call", "callbody"] as const).map((type) =>
+      f.meta.watch(type, {
+        onEvent(ev) {
+          if (ev.type !== "put") return;
+          if (type === "call") writes.call.push(ev.record.value.length);
+          else writes.callbody.push(ev.record.name);
+        },
+      })
+    );
+    const prompt = "x".repeat(300_000);
+    const id = await accept(f, { prompt });
+    const call = await ended(f, id);
+    assert.equal(call.status, "succeeded");
+    assert.equal(seen, JSON.stringify({ prompt }).length, "the worker got the whole body");
+    assert.equal(call.result.body.text.length, 200_000, "the answer is shown whole");
+    assert.ok(writes.call.length >= 4, `renewed while it ran: ${writes.call.length} writes`);
+    assert.ok(
+      Math.max(...writes.call) < 8192,
+      `each record write is small: ${writes.call.join(", ")} bytes`,
+    );
+    const key = id.split(":")[2];
+    assert.deepEqual(writes.callbody, [key, `${key}.result`], "each body written once");
+    const ref = refOf({ tenant: "t", namespace: "n", id });
+    const body = (part: string) => f.meta.get({ ...ref, type: "callbody", name: part });
+    await until("the request body to go once the call ended", async () => !await body(key));
+    assert.ok(await body(`${key}.result`), "the answer's body stays with its record");
+    await f.meta.delete(ref);
+    assert.equal(await body(`${key}.result`), undefined, "deleted with its record");
+    // A small call's bodies ride in its record: no more writes than that.
+    writes.callbody.length = 0;
+    const small = await ended(f, await accept(f, { prompt: "x" }));
+    assert.equal(small.status, "succeeded");
+    assert.equal(small.result.body.text.length, 200_000);
+    assert.deepEqual(
+      writes.callbody,
+      [`${small.id.split(":")[2]}.result`],
+      "only the large answer",
+    );
+    for (const x of watches) x.cancel();
+    await f.close();
+    await w.close();
+  },
+);
