@@ -192,7 +192,8 @@ export interface GatewaySettings {
 const CallsEnv = z.object({
   INFERX_CALL_TTL_S: positive(86_400),
   INFERX_CALL_MAX_BYTES: positive(1024 * 1024),
-  INFERX_CALL_ATTEMPTS: positive(3),
+  // A call record holds at most 100 (src/model/call.ts).
+  INFERX_CALL_ATTEMPTS: positive(3).refine((n) => n <= 100, { message: "must be 100 at most" }),
   INFERX_CALL_LEASE_S: positive(15),
   INFERX_CALLBACK_ALLOW: z.string().optional().transform((raw, ctx) => {
     try {

@@ -104,6 +104,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ GATEWAY_PORT: "http" }, /GATEWAY_PORT: "http" is not a non-negative integer/],
     [{ NODE_TIMEOUT_MS: "-5" }, /NODE_TIMEOUT_MS: "-5" is not a non-negative integer/],
     [{ INFERX_CALL_ATTEMPTS: "0" }, /INFERX_CALL_ATTEMPTS: must be above 0/],
+    [{ INFERX_CALL_ATTEMPTS: "150" }, /INFERX_CALL_ATTEMPTS: must be 100 at most/],
     [{ INFERX_CALLBACK_ALLOW: "10.0.0.0/8, localhost" }, /INFERX_CALLBACK_ALLOW: "localhost"/],
     [{ INFERX_DATA_DIR: "" }, /INFERX_DATA_DIR: must not be empty/],
     [{ NODE_TIMEOUT_MS: "0" }, /NODE_TIMEOUT_MS: must be above 0/],

@@ -9,7 +9,10 @@
  *   at once one wins. The owner renews the lease (every third of it) while
  *   it runs the call or delivers its callback. A claim whose deadline has
  *   passed (its gateway was killed, or lost the store) is taken over: the
- *   attempt it was running is recorded as lost and the call runs again.
+ *   attempt it was running is recorded as lost and the call runs again. A
+ *   gateway that cannot renew lets the call go (its worker request aborted)
+ *   a sixth of the lease before its claim runs out, so no call runs on two
+ *   gateways at once; until then its writes are tried again.
  * - **Attempts.** Every attempt is written to the record (`running`, its
  *   number, this gateway) before the worker sees the request, so each
  *   attempt runs at most once. A worker failure (no worker, an unreachable
@@ -116,6 +119,7 @@ interface Open {
   owner?: string;
   leaseUntil?: number;
   notBefore?: number;
+  acceptedAt: number;
   expiresAt: number;
 }
 
@@ -137,6 +141,8 @@ class Claim {
   result?: Uint8Array;
   /** The record has ended (its request body dropped by whoever ended it). */
   ended: boolean;
+  /** Fires when the claim the store confirmed runs out (`#hold`). */
+  deadline?: ReturnType<typeof setTimeout>;
 
   constructor(rec: CallRecord, revision: number) {
     this.rec = rec;
@@ -146,8 +152,14 @@ class Claim {
   }
 }
 
-/** The claim went to another gateway (or the record went away). */
+/** The claim went to another gateway (or the record went away, or ran out unrenewed). */
 class LostClaim extends Error {}
+
+/** A store failure that may pass: anything but a refusal of what was written. */
+function transient(err: unknown): boolean {
+  return !(err instanceof InferxError) || err.code === "unavailable" || err.code === "timeout" ||
+    err.code === "internal";
+}
 
 /** Why a call is tried again: no worker, or a worker that failed. */
 const RETRY_CODES: ReadonlySet<string> = new Set([
@@ -230,6 +242,9 @@ export class CallQueue {
         this.#done.delete(id);
       },
     });
+    // The store lists them by key, which is random: oldest first from here on (new calls come
+    // in order, and a call keeps its place while it waits again).
+    this.#open = new Map([...this.#open].sort(([, a], [, b]) => a.acceptedAt - b.acceptedAt));
     const every = Math.max(50, Math.min(1000, this.leaseMs / 4));
     this.#timer = setInterval(() => this.#tick(), every);
     this.#kick();
@@ -430,6 +445,7 @@ export class CallQueue {
         owner: c.owner,
         leaseUntil: c.leaseUntil,
         notBefore: c.notBefore,
+        acceptedAt: c.acceptedAt,
         expiresAt: c.expiresAt,
       });
     }
@@ -583,6 +599,7 @@ export class CallQueue {
       c.counted = true;
       this.#active.set(func, (this.#active.get(func) ?? 0) + 1);
     }
+    this.#hold(c);
     const renew = setInterval(() => {
       this.#save(c, (r) => {
         r.leaseUntil = this.#now() + this.leaseMs;
@@ -596,11 +613,30 @@ export class CallQueue {
         }
       }).finally(() => {
         clearInterval(renew);
+        clearTimeout(c.deadline);
         this.#claims.delete(id);
         if (c.counted) this.#active.set(func, (this.#active.get(func) ?? 1) - 1);
         this.#kick();
       }),
     );
+  }
+
+  /**
+   * Arms `c`'s deadline: a sixth of the lease before the claim the store last
+   * confirmed runs out, this gateway lets the call go (its worker request
+   * aborted), since from then on another gateway may take it over and run
+   * it again — a gateway cut off from the store must not run it twice.
+   */
+  #hold(c: Claim): void {
+    clearTimeout(c.deadline);
+    const until = c.rec.owner === this.#self ? c.rec.leaseUntil : undefined;
+    if (until === undefined) return;
+    c.deadline = setTimeout(() => {
+      if (c.lost) return;
+      log.warn("Letting call {id} go: its claim could not be renewed in time", { id: c.rec.id });
+      c.lost = true;
+      c.abort.abort();
+    }, Math.max(0, until - this.#now() - this.leaseMs / 6));
   }
 
   async #work(c: Claim): Promise<void> {
@@ -837,18 +873,27 @@ export class CallQueue {
       try {
         secret = await tenantSecret(this.#deps.meta, c.rec.tenant);
       } catch (err) {
-        log.warn("Cannot read the callback secret of {tenant}: {error}", {
-          tenant: c.rec.tenant,
-          error: String(err),
-        });
-        return; // the claim runs out; a gateway tries again later
+        if (!(err instanceof NotFoundError)) {
+          log.warn("Cannot read the callback secret of {tenant}: {error}", {
+            tenant: c.rec.tenant,
+            error: String(err),
+          });
+          return; // the claim runs out; a gateway tries again later
+        }
+        secret = ""; // its tenant is gone: nothing may be signed for it
       }
       if (c.rec.result) c.result ??= await this.#resultOf(c.rec);
-      const body = JSON.stringify(callView(c.rec, c.result));
       let status: number | undefined;
       let error: string | undefined;
       let refused = false;
       try {
+        if (!secret) {
+          throw new InferxError("invalid", `Tenant ${c.rec.tenant} no longer exists`);
+        }
+        if (c.rec.expiresAt <= this.#now()) {
+          throw new InferxError("invalid", "Not delivered before the call's retention ran out");
+        }
+        const body = JSON.stringify(callView(c.rec, c.result));
         status = await this.callbacks.post(url, body, secret, { "x-inferx-call": c.rec.id });
         if (status < 200 || status > 299) error = `the receiver answered ${status}`;
       } catch (err) {
@@ -887,10 +932,13 @@ export class CallQueue {
    */
   #save(c: Claim, change: (r: CallRecord) => boolean): Promise<boolean> {
     const next = c.lock.then(async () => {
-      for (let i = 0; i < 20; i++) {
+      let pause = 50;
+      for (let i = 0; i < 20;) {
         if (c.lost) throw new LostClaim();
         const draft = structuredClone(c.rec);
         if (!change(draft)) return false;
+        // Every write that keeps the claim renews it.
+        if (draft.owner === this.#self) draft.leaseUntil = this.#now() + this.leaseMs;
         try {
           const w = await this.#deps.meta.update({ ...c.ref, object: draft, revision: c.revision });
           if (!c.ended && FINAL_STATUSES.has(draft.status)) {
@@ -898,10 +946,18 @@ export class CallQueue {
           }
           c.rec = draft;
           c.revision = w.revision;
+          this.#hold(c);
           return true;
         } catch (err) {
-          if (!isConflict(err) && !(err instanceof NotFoundError)) throw err;
+          if (!isConflict(err) && !(err instanceof NotFoundError)) {
+            if (!transient(err)) throw err;
+            // The store away for a moment: tried again while the claim holds (#hold gives up).
+            await new Promise((r) => setTimeout(r, pause));
+            pause = Math.min(pause * 2, 1000);
+            continue;
+          }
         }
+        i++;
         const cur = await this.#deps.meta.get(c.ref);
         const fresh = cur && decodeCall(cur.value);
         if (!cur || !fresh || fresh.owner !== this.#self) {

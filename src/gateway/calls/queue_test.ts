@@ -8,6 +8,7 @@ import { GatewayMetrics } from "../metrics.ts";
 import { FakeScheduler, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import { CallbackSender } from "./callback.ts";
 import { CallQueue, refOf } from "./queue.ts";
+import type { MetaClient } from "../../rpc/types.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -44,18 +45,19 @@ async function secondGateway(
   f: GatewayFixture,
   endpoint?: string,
   callbacks = new CallbackSender(),
+  { meta = f.meta, id = "gw-2" }: { meta?: MetaClient; id?: string } = {},
 ) {
   const sched = new FakeScheduler();
   if (endpoint) sched.endpoints.push(endpoint);
-  const cache = new FuncCache({ scheduler: sched, gatewayId: "gw-2" });
+  const cache = new FuncCache({ scheduler: sched, gatewayId: id });
   await cache.start(f.meta);
   const pool = new HttpPool();
   const queue = new CallQueue({
-    meta: f.meta,
+    meta,
     cache,
     pool,
-    observe: { metrics: new GatewayMetrics(cache), gatewayId: "gw-2" },
-  }, { gatewayId: "gw-2", leaseMs: 500, backoffMs: 20, callbacks });
+    observe: { metrics: new GatewayMetrics(cache), gatewayId: id },
+  }, { gatewayId: id, leaseMs: 500, backoffMs: 20, callbacks });
   await queue.start();
   return {
     queue,
@@ -311,3 +313,127 @@ t(
     await w.close();
   },
 );
+
+/** `meta` whose methods named in `fail` reject while `when()` says so. */
+function flaky(meta: MetaClient, fail: string[], when: (input: unknown) => boolean): MetaClient {
+  return new Proxy(meta, {
+    get(target, k, r) {
+      const v = Reflect.get(target, k, r);
+      if (typeof v !== "function") return v;
+      return (...a: unknown[]) =>
+        fail.includes(String(k)) && when(a[0])
+          ? Promise.reject(new Error("store unreachable"))
+          : v.apply(target, a);
+    },
+  });
+}
+
+t(
+  "a gateway cut off from the store lets its call go before another may take it over: never two runs at once",
+  async () => {
+    const f = await gatewayFixture();
+    await f.deps.calls.stop(0);
+    let running = 0, most = 0, runs = 0;
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      runs++, running++, most = Math.max(most, running);
+      await new Promise((r) => {
+        const t = setTimeout(r, 1500);
+        req.signal.addEventListener("abort", () => (clearTimeout(t), r(null))); // its caller left
+      });
+      running--;
+      return Response.json({ ok: true });
+    });
+    const endpoint = `127.0.0.1:${server.addr.port}`;
+    let cut = false;
+    const a = await secondGateway(f, endpoint, undefined, {
+      id: "gw-a",
+      meta: flaky(f.meta, ["get", "update", "create"], () => cut),
+    });
+    const id = await store(f, record("p"));
+    await until("gw-a to run it", () => Promise.resolve(runs === 1));
+    cut = true;
+    const b = await secondGateway(f, endpoint, undefined, { id: "gw-b" });
+    await until("the call to end", async () => (await read(f, id)).status === "succeeded", 10_000);
+    assert.equal(most, 1, "the worker never ran the call twice at once");
+    assert.deepEqual((await read(f, id)).attempts.map((x) => [x.gateway, x.error?.code]), [
+      ["gw-a", "gateway_lost"],
+      ["gw-b", undefined],
+    ]);
+    await a.close();
+    await b.close();
+    await f.close();
+    await server.shutdown();
+  },
+);
+
+t(
+  "an answer whose record write fails for a moment is written when the store is back, not run again",
+  async () => {
+    const f = await gatewayFixture();
+    await f.deps.calls.stop(0);
+    const w = countingWorker();
+    let failures = 0;
+    const g = await secondGateway(f, w.endpoint, undefined, {
+      meta: flaky(f.meta, ["update"], (input) => {
+        const o = (input as { object?: { result?: unknown } }).object;
+        return o?.result !== undefined && failures++ < 2;
+      }),
+    });
+    const id = await store(f, record("s", { maxAttempts: 1 }));
+    await until("the call to end", async () =>
+      (await read(f, id)).status !== "queued" &&
+      (await read(f, id)).status !== "running");
+    const c = await read(f, id);
+    assert.equal(c.status, "succeeded", JSON.stringify(c.error));
+    assert.equal(failures, 3, "written on its third try");
+    assert.deepEqual([...w.seen], [["s", 1]], "run once");
+    await g.close();
+    await f.close();
+    await w.close();
+  },
+);
+
+t("a callback of a tenant that is gone is given up, not claimed again for ever", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 300, ttlMs: 500 } });
+  const rec = testCall("gone", "n", {
+    status: "succeeded",
+    finishedAt: Date.now(),
+    callback: "http://hook.test/cb",
+    delivery: { state: "pending", attempts: 0 },
+    result: { status: 200, headers: [], body: "" },
+    expiresAt: Date.now() + 1000,
+  });
+  await f.meta.create({ ...refOf(rec), object: rec });
+  const ref = refOf(rec);
+  await until("the delivery to be given up", async () => {
+    const cur = await f.meta.get(ref);
+    return cur !== undefined && decodeCall(cur.value).delivery?.state === "failed";
+  });
+  const d = decodeCall((await f.meta.get(ref))!.value).delivery;
+  assert.match(d?.lastError ?? "", /Tenant gone no longer exists/);
+  await until("its record to go at the end of its retention", async () => !await f.meta.get(ref));
+  await f.close();
+});
+
+t("a gateway starting with a backlog runs it oldest first", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 1 } });
+  await f.deps.calls.stop(0);
+  const order: number[] = [];
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    order.push((await req.json()).n);
+    return Response.json({});
+  });
+  const t0 = Date.now() - 60_000;
+  // Keys in the reverse order of acceptance: the store lists the newest first.
+  for (let n = 0; n < 6; n++) {
+    const key = `c${(15 - n).toString(16).repeat(24)}`;
+    const body = Buffer.from(JSON.stringify({ n })).toString("base64");
+    await store(f, testCall("t", "n", { id: `t:n:${key}`, body, acceptedAt: t0 + n * 1000 }));
+  }
+  const g = await secondGateway(f, `127.0.0.1:${server.addr.port}`);
+  await until("all to run", () => Promise.resolve(order.length === 6));
+  assert.deepEqual(order, [0, 1, 2, 3, 4, 5]);
+  await g.close();
+  await f.close();
+  await server.shutdown();
+});
