@@ -49,3 +49,23 @@ export function nestsDeeperThan(value: unknown, max: number): boolean {
   }
   return false;
 }
+
+/**
+ * The path (`a.b.0.c`) of the first key named `__proto__` in parsed JSON, or
+ * undefined. `JSON.parse` keeps such a key as an own property, but any copy
+ * of the object by assignment (a schema's parse, a spread) drops it: input
+ * that has one must be refused rather than lose it silently.
+ */
+export function protoKeyPath(value: unknown): string | undefined {
+  const stack: [unknown, string][] = [[value, ""]];
+  while (stack.length) {
+    const [v, path] = stack.pop()!;
+    if (!v || typeof v !== "object") continue;
+    for (const key of Object.keys(v)) {
+      const at = path ? `${path}.${key}` : key;
+      if (key === "__proto__") return at;
+      stack.push([(v as Record<string, unknown>)[key], at]);
+    }
+  }
+  return undefined;
+}

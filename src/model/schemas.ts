@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { invalidInput, ValidationError, type ValidationIssues } from "../common/errors.ts";
-import { jsonEqual, nestsDeeperThan } from "../common/json.ts";
+import { jsonEqual, nestsDeeperThan, protoKeyPath } from "../common/json.ts";
 import { isUserType, isValidName, SYSTEM } from "./keys.ts";
 import {
   type FunctionStatus,
@@ -30,7 +30,8 @@ export const FuncPolicySchema = z.strictObject({
   max_replica: z.int().min(1).max(10_000).default(1),
   standby_per_node: z.int().min(0).default(1),
   parallel: z.int().min(1).max(100_000).default(50),
-  queue_len: z.int().min(0).max(1_000_000).default(100),
+  // At least 1: a call that finds no free worker waits for one (its wait is what leases it).
+  queue_len: z.int().min(1).max(1_000_000).default(100),
   /** Seconds a request may wait in the queue. */
   queue_timeout: z.number().positive().max(3600).default(30),
   /**
@@ -93,11 +94,23 @@ export const DEFAULT_POLICY: FuncPolicy = FuncPolicySchema.parse({});
 
 const StandbyTier = z.enum(["Mem", "File"]);
 
-const EnvsSchema = z.union([
-  z.array(z.tuple([z.string().min(1), z.string()])),
-  // A mapping has no order: its entries by name, so that reordering it changes nothing.
-  z.record(z.string().min(1), z.string()).transform((r) => byName(Object.entries(r))),
-]).default([]);
+/** Text handed to the operating system (a command line, an environment): no NUL byte. */
+const OsText = z.string().refine((s) => !s.includes("\0"), "must not contain a NUL byte");
+/** An environment variable's name: no `=` (it would end the name) and no NUL. */
+const EnvName = z.string().regex(/^[^=\0]+$/, "must be non-empty, without '=' or a NUL byte");
+
+const EnvPairs = z.array(z.tuple([EnvName, OsText]));
+// A mapping has no order: its entries by name, so that reordering it changes nothing.
+const EnvMap = z.record(EnvName, OsText).transform((r) => byName(Object.entries(r)));
+/** `[[name, value], ...]` or `{name: value}`: the form read by its shape, so errors name the field. */
+const EnvsSchema = z.unknown().transform((v, ctx): [string, string][] => {
+  const r = (Array.isArray(v) ? EnvPairs : EnvMap).safeParse(v);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) {
+    ctx.issues.push({ code: "custom", message: issue.message, path: issue.path, input: v });
+  }
+  return z.NEVER;
+}).default([]);
 
 /** Name-value pairs ordered by name; pairs of one name keep their order (the last one wins). */
 function byName(envs: [string, string][]): [string, string][] {
@@ -145,18 +158,22 @@ const PolicyRefSchema = z.unknown().transform((v, ctx): PolicyRef => {
 
 /** Function spec schema (InferX field names). */
 export const FunctionSpecSchema = z.strictObject({
-  image: z.string().min(1),
-  commands: z.array(z.string()).default([]),
+  image: OsText.min(1),
+  commands: z.array(OsText).default([]),
   envs: EnvsSchema,
   mounts: z.array(z.strictObject({
-    hostpath: z.string().startsWith("/", "must be an absolute path"),
-    mountpath: z.string().startsWith("/", "must be an absolute path"),
+    hostpath: OsText.startsWith("/", "must be an absolute path"),
+    mountpath: OsText.startsWith("/", "must be an absolute path"),
     readonly: z.boolean().default(false),
   })).default([]),
   endpoint: z.strictObject({
     port: z.int().min(1).max(65535).default(80),
     schema: z.enum(["Http", "Https"]).default("Http"),
-    probe: z.string().startsWith("/").default("/health"),
+    // Sent as the target of a request line: a path on the worker, printable and without spaces.
+    probe: z.string().regex(
+      /^\/(?!\/)[!-~]*$/,
+      "must be a path on the worker: '/' then printable ASCII, no spaces",
+    ).default("/health"),
   }).prefault({}),
   resources: z.strictObject({
     /** Millicores. */
@@ -317,6 +334,9 @@ function under(part: string, error: ValidationIssues): ValidationIssues {
   return { issues: error.issues.map((i) => ({ ...i, path: [part, ...i.path] })) };
 }
 
+/** What `object` may hold beside its spec (`rollout` only in a write). */
+const OBJECT_PARTS: ReadonlySet<string> = new Set(["spec", "metadata", "status", "rollout"]);
+
 /** The parts of `object`: `{metadata?, spec, status?}`, or a bare spec. */
 function unwrapObject(
   object: unknown,
@@ -324,7 +344,18 @@ function unwrapObject(
 ): { spec: unknown; metadata?: unknown; status?: unknown } {
   if (object && typeof object === "object" && !Array.isArray(object)) {
     const o = object as Record<string, unknown>;
-    if ("spec" in o) return { spec: o.spec, metadata: o.metadata, status: o.status };
+    if ("spec" in o) {
+      const other = Object.keys(o).find((k) => !OBJECT_PARTS.has(k));
+      if (other !== undefined) {
+        throw new ValidationError(
+          `Invalid ${what}: object.${other}: unknown beside spec (one of ${
+            [...OBJECT_PARTS].join(", ")
+          })`,
+          other,
+        );
+      }
+      return { spec: o.spec, metadata: o.metadata, status: o.status };
+    }
     if ("metadata" in o) {
       throw new ValidationError(
         `Invalid ${what}: object.metadata needs the spec beside it: {"metadata": ..., "spec": ...}`,
@@ -353,6 +384,13 @@ export function decodeUserObject(input: unknown): UserObject {
     throw new ValidationError(
       `Invalid object: nests arrays and objects more than ${MAX_OBJECT_DEPTH} levels deep`,
       "object",
+    );
+  }
+  const proto = protoKeyPath(input);
+  if (proto !== undefined) {
+    throw new ValidationError(
+      `Invalid object: ${proto}: "__proto__" is not allowed as a key`,
+      proto,
     );
   }
   return decodeObject(input);

@@ -114,6 +114,34 @@ const invalid: [string, unknown, string][] = [
     { type: "tenant", tenant: "public", namespace: "system", name: "t" },
     "tenant",
   ],
+  // A call could never reach a worker: its wait for one is what leases it.
+  ["queue_len 0", fn({ image: "x", policy: { queue_len: 0 } }), "policy.queue_len"],
+  ["a NUL in a command", fn({ image: "x", commands: ["sleep", "1\0"] }), "commands.1"],
+  ["a NUL in an env value", fn({ image: "x", envs: [["A", "b\0"]] }), "envs.0.1"],
+  ["'=' in an env name", fn({ image: "x", envs: { "A=B": "c" } }), "envs.A=B"],
+  ["a probe with a space", fn({ image: "x", endpoint: { probe: "/a b" } }), "endpoint.probe"],
+  ["a probe naming a host", fn({ image: "x", endpoint: { probe: "//h/x" } }), "endpoint.probe"],
+  [
+    "an unknown key beside spec",
+    fn({ spec: { image: "x" }, metdata: { labels: { a: "b" } } }),
+    "metdata",
+  ],
+  [
+    "a __proto__ label",
+    JSON.parse(
+      '{"type":"function","tenant":"p","namespace":"d","name":"f","object":' +
+        '{"metadata":{"labels":{"__proto__":"x"}},"spec":{"image":"x"}}}',
+    ),
+    "object.metadata.labels.__proto__",
+  ],
+  [
+    "a __proto__ key in a sample query",
+    JSON.parse(
+      '{"type":"function","tenant":"p","namespace":"d","name":"f","object":' +
+        '{"spec":{"image":"x","sample_query":{"__proto__":{"a":1},"b":2}}}}',
+    ),
+    "object.spec.sample_query.__proto__",
+  ],
 ];
 
 for (const [title, input, field] of invalid) {

@@ -12,11 +12,13 @@ const call = (
   app: GatewayFixture["app"],
   body: unknown = { prompt: "x" },
   headers: Record<string, string> = {},
+  signal?: AbortSignal,
 ) =>
   app.request("/funccall/t/n/f/v1/completions", {
     method: "POST",
     headers: { "content-type": "application/json", ...headers },
     body: typeof body === "string" ? body : JSON.stringify(body),
+    signal,
   });
 
 const t = (name: string, fn: () => Promise<void>) =>
@@ -320,12 +322,17 @@ t("a caller that goes away while queued leaves the function's queue at once", as
 });
 
 t("503 and 429 answers say when to try again (Retry-After)", async () => {
-  const f = await gatewayFixture({ policy: { queue_len: 0, max_replica: 1 } });
+  const f = await gatewayFixture({ policy: { queue_len: 1, max_replica: 1 } });
   f.sched.hang = true;
+  const waiting = new AbortController();
+  const first = call(f.app, { prompt: "x" }, {}, waiting.signal);
+  while (f.cache.agent("t", "n", "f")?.queued !== 1) await new Promise((r) => setTimeout(r, 5));
   const full = await call(f.app);
   assert.equal(full.status, 503);
   assert.equal(full.headers.get("retry-after"), "1");
   assert.equal((await full.json()).error.code, "queue_full");
+  waiting.abort();
+  await (await first).body?.cancel();
   await f.close();
   const q = await gatewayFixture();
   q.sched.failWith = new InferxError("quota_exceeded", "Tenant t quota max_replica is 0");
