@@ -204,6 +204,11 @@ export class StateService implements MetaClient {
         // Its callback signing secret goes with it: a tenant made again under the same name
         // must not sign with the one before's.
         await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch(gone);
+        await this.#deleteCalls(ref.name);
+      } else if (ref.type === "namespace") {
+        // Its calls too (their functions are gone): a namespace made again under the same name
+        // must not show the one before's calls and answers.
+        await this.#deleteCalls(ref.tenant, ref.name);
       } else if (ref.type === "call") {
         // Its bodies go with it, whoever deletes it (src/model/call.ts).
         for (const part of ["request", "result"] as const) {
@@ -217,6 +222,18 @@ export class StateService implements MetaClient {
         throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
       }
       throw err;
+    }
+  }
+
+  /** Deletes the asynchronous calls of a tenant or one of its namespaces, with their bodies. */
+  async #deleteCalls(tenant: string, namespace?: string): Promise<void> {
+    for (const type of ["call", "callbody"] as const) {
+      const { items } = await this.#store.list(typePrefix(type, tenant, namespace));
+      for (const kv of items) {
+        await this.#store.delete(kv.key).catch((e) => {
+          if (!(e instanceof NotFoundError)) throw e;
+        });
+      }
     }
   }
 

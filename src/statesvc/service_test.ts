@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "./service.ts";
+import { testCall } from "../common/testing.ts";
+import { callBodyRef } from "../model/call.ts";
 
 const fn = (name: string) => ({
   type: "function" as const,
@@ -116,6 +118,39 @@ Deno.test("deleting a tenant deletes its callback secret: a namesake made later 
     await svc.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
     await svc.delete({ type: "tenant", ...sys, name: "t" });
     assert.equal(await svc.get(ref), undefined);
+  } finally {
+    await close();
+  }
+});
+
+Deno.test("deleting a namespace deletes its calls and their bodies: a namesake made later does not show them", async () => {
+  const { svc, close } = await service();
+  try {
+    await svc.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "m",
+      object: {},
+    });
+    const calls = ["n", "m"].map((namespace) => testCall("t", namespace));
+    for (const c of calls) {
+      const ref = {
+        type: "call" as const,
+        tenant: "t",
+        namespace: c.namespace,
+        name: c.id.split(":")[2],
+      };
+      await svc.create({ ...ref, object: c });
+      await svc.create({ ...callBodyRef(ref, "result"), object: { body: "eA==" } });
+    }
+    await svc.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
+    assert.deepEqual((await svc.list("call", "t")).items.map((r) => r.namespace), ["m"]);
+    assert.deepEqual((await svc.list("callbody", "t")).items.map((r) => r.namespace), ["m"]);
+    await svc.delete({ type: "namespace", tenant: "t", namespace: "system", name: "m" });
+    await svc.delete({ type: "tenant", ...sys, name: "t" });
+    assert.equal((await svc.list("call")).items.length, 0);
+    assert.equal((await svc.list("callbody")).items.length, 0);
   } finally {
     await close();
   }
