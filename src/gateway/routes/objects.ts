@@ -95,7 +95,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json({
       items: items.map((r) => decodeSnapshot(r.value)).filter((s) =>
         allows(p, "read", s.tenant, s.namespace) && (!func || s.func === func) &&
-        (!node || s.node === node)
+        (!node || s.node === node) && (!namespace || s.namespace === namespace)
       ),
     });
   });

@@ -236,6 +236,12 @@ t("snapshots are listed for those who may read their namespace, and per node", a
   assert.deepEqual(one.items.map((s: { node: string }) => s.node), ["n2"]);
   const byNode = await (await f.app.request("/nodes/n1/snapshots", { headers: admin })).json();
   assert.deepEqual(byNode.items.map((s: { node: string }) => s.node), ["n1"]);
+  // A namespace filter without its tenant still filters.
+  for (const namespace of ["n", "other"]) {
+    const r = await f.app.request(`/snapshots?namespace=${namespace}`, { headers: admin });
+    const items = (await r.json()).items as { namespace: string }[];
+    assert.equal(items.length, namespace === "n" ? 2 : 0, namespace);
+  }
   const anon = await f.app.request("/snapshots");
   assert.equal(anon.status, 401);
   await anon.body?.cancel();
