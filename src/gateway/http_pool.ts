@@ -32,19 +32,27 @@ const IDLE_PER_ENDPOINT = 64;
 /** Sized answers up to this are read whole rather than streamed. */
 export const BUFFER_LIMIT = 1024 * 1024;
 
-/** The connection was refused or broke before an answer arrived. */
+/**
+ * The worker cannot be reached: the connection was refused, or broke before
+ * any of the request went out (`sent` false: the worker cannot have seen it,
+ * and none of a streamed body was read), or — for a request that may be sent
+ * twice (an idempotent method, an idempotency key) — closed with no answer after it went out.
+ */
 export class ConnectError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** Some of the request went out. */
+  readonly sent: boolean;
+  constructor(message: string, options?: { cause?: unknown; sent?: boolean }) {
     super(message, options);
     this.name = "ConnectError";
+    this.sent = options?.sent ?? false;
   }
 }
 
 /**
- * The worker answered (some of its head, or its head and part of its body)
- * and then broke off, or answered what is not HTTP: it had the request, so
- * the call is not sent to another worker (it may have run), and the worker
- * is not reported unreachable.
+ * The worker had the request (some of it went out) and then closed the
+ * connection without answering, broke off its answer, or answered what is
+ * not HTTP: the call is not sent to another worker (it may have run), and
+ * the worker is not reported unreachable.
  */
 export class AnswerBroken extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -161,6 +169,14 @@ class Conn {
   /** The sweep cut the exchange: it was quiet past its limit. */
   timedOut = false;
   #paused = false;
+  /**
+   * The read begun when the connection went back to the pool: the next
+   * exchange's first, and how a worker closing it meanwhile (its own idle
+   * timeout, its end) is heard at once, so it is not used for a request.
+   */
+  #idleRead?: Promise<number | null>;
+  /** The worker closed it, or sent something unasked, while it was idle. */
+  stale = false;
   // The answer being read.
   #noBody = false;
   #headersDone = false;
@@ -244,6 +260,9 @@ class Conn {
    * unknown length go chunked.
    */
   async exchange(endpoint: string, req: PoolRequest): Promise<Head | undefined> {
+    // Taken before anything is sent: whatever it brings from here on is this exchange's.
+    let idleRead = this.#idleRead;
+    this.#idleRead = undefined;
     // Nothing of this exchange's answer yet (a pooled connection heard its last one).
     this.heard = this.wroteSome = this.writeFailed = false;
     this.#noBody = req.method === "HEAD";
@@ -297,7 +316,11 @@ class Conn {
       if (this.#end === this.#buf.length) this.#grow();
       let n: number | null;
       try {
-        n = await this.socket.read(restOf(this.#buf, this.#end));
+        if (idleRead) {
+          // Begun into the buffer's start, where this answer goes (#idle).
+          n = await idleRead;
+          idleRead = undefined;
+        } else n = await this.socket.read(restOf(this.#buf, this.#end));
       } catch (err) {
         throw unsent ?? err;
       }
@@ -456,6 +479,20 @@ class Conn {
     return b;
   }
 
+  /** Back in the pool: reads (`#idleRead`), to hear at once if the worker closes it. */
+  idle(): void {
+    this.#start = this.#end = 0;
+    const read = this.socket.read(this.#buf);
+    this.#idleRead = read;
+    const heard = () => {
+      if (this.#idleRead !== read) return; // an exchange took it
+      this.#idleRead = undefined;
+      this.stale = true;
+      this.close();
+    };
+    read.then(heard, heard);
+  }
+
   /** Whether the whole answer was read and nothing else arrived. */
   get clean(): boolean {
     return this.#bodyDone && this.#start === this.#end;
@@ -473,6 +510,18 @@ class Conn {
   free(): void {
     this.#parser.free();
   }
+}
+
+/** Methods whose request may be sent twice to the same effect (RFC 9110, 9.2.2). */
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/** Whether `req` may be sent again after a worker may have seen it. */
+function mayRepeat(req: PoolRequest): boolean {
+  if (IDEMPOTENT.has(req.method)) return true;
+  for (const [k] of req.headers) {
+    if (k === "idempotency-key" || k === "x-idempotency-key") return true;
+  }
+  return false;
 }
 
 const CRLF = new Uint8Array([13, 10]);
@@ -501,10 +550,10 @@ export class HttpPool {
     this.#idleMs = options.idleTimeoutMs ?? 4000;
   }
 
-  /** Idle connections held, all workers together. */
+  /** Idle connections held open, all workers together (those the worker closed are let go). */
   get idleConnections(): number {
     let n = 0;
-    for (const conns of this.#idle.values()) n += conns.length;
+    for (const conns of this.#idle.values()) for (const c of conns) if (!c.closed) n++;
     return n;
   }
 
@@ -542,7 +591,7 @@ export class HttpPool {
   #pooled(endpoint: string, now: number): Conn | undefined {
     const conns = this.#idle.get(endpoint);
     let c: Conn | undefined;
-    while ((c = conns?.pop()) && now - c.idleSince > this.#idleMs) this.#discard(c);
+    while ((c = conns?.pop()) && (c.closed || now - c.idleSince > this.#idleMs)) this.#discard(c);
     return c;
   }
 
@@ -586,11 +635,18 @@ export class HttpPool {
         if (err instanceof RequestBodyError) throw err.cause;
         if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
         if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
-        // A kept-alive connection the worker had already closed: try a fresh one once.
-        if (pooled && !answered) continue;
-        // A fresh connection it took, then closed while the request went out, answering
-        // nothing: it is there (not unreachable), and may have begun the request.
-        if (!answered && conn.writeFailed) {
+        // A kept-alive connection the worker closed just as it was taken (a close heard while
+        // idle puts it out of use): a fresh one, once — when nothing went out, or sending it
+        // again does no harm (an idempotent method, an idempotency key), as Go's client does.
+        if (pooled && !answered && (!conn.wroteSome || mayRepeat(req))) continue;
+        if (answered) {
+          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
+        // It closed while the request went out, answering nothing: it is there (not
+        // unreachable), and may have begun the request.
+        if (conn.writeFailed) {
           throw new AnswerBroken(
             `${endpoint} closed the connection while the request was sent: ${
               (err as Error).message
@@ -598,13 +654,18 @@ export class HttpPool {
             { cause: err },
           );
         }
-        if (answered) {
-          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
-            cause: err,
-          });
+        // It took the whole request and closed answering nothing: it may have run it, so only
+        // a request that may be sent twice goes to another worker.
+        if (conn.wroteSome && !mayRepeat(req)) {
+          throw new AnswerBroken(
+            `${endpoint} closed the connection without answering (the call is not sent again: it may have run)`,
+            { cause: err },
+          );
         }
-        if (err instanceof ConnectError) throw err;
-        throw new ConnectError(`${endpoint}: ${(err as Error).message}`, { cause: err });
+        const message = err instanceof ConnectError
+          ? err.message
+          : `${endpoint}: ${(err as Error).message}`;
+        throw new ConnectError(message, { cause: err, sent: conn.wroteSome });
       } finally {
         inFlight = false;
       }
@@ -652,6 +713,7 @@ export class HttpPool {
     conn.quietLimitMs = 0;
     conn.idleSince = performance.now();
     idle.push(conn);
+    conn.idle();
   }
 
   /** The answer to hand out: whole at once when its body came with the head. */

@@ -194,14 +194,19 @@ t(
   },
 );
 
-t("HttpPool retries once when a pooled connection was closed by the worker", async () => {
+t("HttpPool hears at once a worker close an idle connection, and does not send on it", async () => {
   let s = server();
   const port = s.addr.port;
   const pool = new HttpPool();
   try {
     await text(await pool.send(`127.0.0.1:${port}`, post(enc.encode("1"))));
+    assert.equal(pool.idleConnections, 1);
     await s.shutdown(); // closes the kept-alive connection
     s = server(port);
+    for (let i = 0; pool.idleConnections && i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(pool.idleConnections, 0, "the close was heard while it was idle");
     const r = await pool.send(`127.0.0.1:${port}`, post(enc.encode("2")));
     assert.equal(JSON.parse(await text(r)).body, "2");
   } finally {
@@ -209,6 +214,72 @@ t("HttpPool retries once when a pooled connection was closed by the worker", asy
     await s.shutdown();
   }
 });
+
+/**
+ * A worker that answers the first `answered` requests of each connection,
+ * then reads the next one whole and closes it answering nothing (a crash
+ * mid-call); it records each request's first line.
+ */
+function dropsAfter(answered: number) {
+  const seen: string[] = [];
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        let got = "";
+        for (let i = 0;; i++) {
+          while (!/\r\n\r\n[^]*\}/.test(got) && !/^GET[^]*\r\n\r\n/.test(got)) {
+            const n = await c.read(buf);
+            if (n === null) return;
+            got += new TextDecoder().decode(buf.subarray(0, n));
+          }
+          seen.push(got.slice(0, got.indexOf("\r\n")));
+          got = "";
+          if (i >= answered) return;
+          await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        }
+      })().catch(() => {}).finally(() => c.close());
+    }
+  })().catch(() => {});
+  return { endpoint: `127.0.0.1:${(l.addr as Deno.NetAddr).port}`, seen, close: () => l.close() };
+}
+
+t(
+  "a POST a worker took whole and closed without answering is not sent again; a GET may be",
+  async () => {
+    for (const answered of [0, 1]) {
+      // 0: on a fresh connection; 1: on one kept alive from an answered call.
+      const w = dropsAfter(answered);
+      const pool = new HttpPool();
+      try {
+        for (let i = 0; i < answered; i++) {
+          await text(
+            await pool.send(w.endpoint, post(enc.encode('{"n":0}'))),
+          );
+        }
+        const err = await pool.send(w.endpoint, post(enc.encode('{"charge":1}'))).catch((e) => e);
+        assert.ok(err instanceof AnswerBroken, String(err));
+        assert.match(err.message, /closed the connection without answering.*may have run/);
+        assert.equal(w.seen.length, answered + 1, `sent once: ${w.seen.join(" | ")}`);
+        for (let i = 0; i < answered; i++) {
+          await text(
+            await pool.send(w.endpoint, post(enc.encode('{"n":0}'))),
+          );
+        }
+        const get = await pool.send(w.endpoint, post(null, "/x", "GET")).catch((e) => e);
+        if (answered) {
+          // On a kept-alive connection: sent again on a fresh one, which answers it.
+          assert.equal(await text(get), "ok");
+          assert.deepEqual(w.seen.slice(-2), ["GET /x HTTP/1.1", "GET /x HTTP/1.1"]);
+        } else assert.ok(get instanceof ConnectError && get.sent, String(get)); // the gateway may go elsewhere
+      } finally {
+        pool.close();
+        w.close();
+      }
+    }
+  },
+);
 
 t(
   "HttpPool retries on a fresh connection when every idle one was closed by the worker",
@@ -438,6 +509,7 @@ t(
         await c.write(enc.encode("1\r\nx\r\n"));
       }
       await c.write(enc.encode("0\r\n\r\n"));
+      await quiet(c); // keeps the connection open
     });
     const pool = new HttpPool();
     const sweep = setInterval(() => pool.sweep(), 20);

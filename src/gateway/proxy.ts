@@ -188,7 +188,9 @@ export async function forward(
         error: err.message,
       });
       agent.release(slot, true);
-      if (!call.replayable || attempt >= MAX_ATTEMPTS) {
+      // Another worker may take it when nothing of it went out (a streamed body too: none of
+      // it was read), or when it can be sent again whole.
+      if ((err.sent && !call.replayable) || attempt >= MAX_ATTEMPTS) {
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
       try {

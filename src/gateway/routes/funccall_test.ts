@@ -122,6 +122,52 @@ t("gateway retries on another worker when one refuses the connection", async () 
   await live.close();
 });
 
+t(
+  "a streamed body goes to another worker when the first refuses the connection (none of it was read)",
+  async () => {
+    const f = await gatewayFixture();
+    const dead = fakeWorker("dead");
+    await dead.close();
+    const live = fakeWorker("live");
+    f.sched.endpoints.push(dead.endpoint, live.endpoint);
+    const r = await f.app.request("/funccall/t/n/f/upload", {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: ReadableStream.from([new TextEncoder().encode("hello")]),
+    });
+    assert.equal(r.status, 200);
+    assert.equal((await r.json()).worker, "live");
+    await f.close();
+    await live.close();
+  },
+);
+
+t("a POST a worker took and closed without answering is not sent to another worker", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 2 } });
+  const seen: string[] = [];
+  const drop = () =>
+    scriptedWorker((_c, got) => {
+      seen.push(got.slice(0, got.indexOf("\r\n")));
+      return Promise.resolve(); // and closes, answering nothing
+    });
+  const [a, b] = [drop(), drop()];
+  f.sched.endpoints.push(a.endpoint, b.endpoint);
+  const r = await f.app.request("/funccall/t/n/f/v1/pay", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: '{"charge":100}',
+  });
+  assert.equal(r.status, 503);
+  const e = (await r.json()).error;
+  assert.equal(e.code, "worker_failed");
+  assert.match(e.message, /closed the connection without answering/);
+  assert.deepEqual(seen, ["POST /v1/pay HTTP/1.1"], "one worker had it, once");
+  assert.deepEqual(f.sched.returns, [], "the worker is not reported unreachable");
+  await f.close();
+  await a.close();
+  await b.close();
+});
+
 t("gateway retries a 503 answer on another free worker", async () => {
   const f = await gatewayFixture({ policy: { parallel: 1, scaleout_policy: { wait_ratio: 0 } } });
   const busy = fakeWorker("busy", { status: 503, delayMs: 100 });
