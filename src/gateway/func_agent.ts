@@ -512,7 +512,8 @@ export class FuncAgent {
       lane.pendingLeases--;
       lane.leaseStage = undefined;
       this.#lastError = undefined;
-      const waiting = this.#lane(lease.version)?.queue.length ?? 0;
+      const waiting = (this.#lane(lease.version)?.queue.length ?? 0) +
+        (lease.version === lane.version ? 0 : lane.queue.length);
       const w: Worker = {
         podId: lease.podId,
         endpoint: lease.endpoint,
@@ -525,7 +526,18 @@ export class FuncAgent {
         resumedRequests: lease.resumed ? Math.min(waiting, this.policy.parallel) : 0,
       };
       this.#workers.push(w);
-      if (this.#closed || w.draining) return this.#drop(w, false);
+      if (this.#closed) return this.#drop(w, false);
+      if (lease.version !== lane.version) {
+        // The scheduler gave its newest version: the lane's no longer serves there (this gateway
+        // has not heard yet). Its waiters take this worker rather than lease again and again.
+        while (lane.queue.length && w.inflight < this.policy.parallel) {
+          const q = lane.queue.shift()!;
+          clearTimeout(q.timer);
+          q.onProgress?.("ready");
+          q.resolve(this.#take(w, performance.now() - q.since, q.tokens));
+        }
+      }
+      if (w.draining && w.inflight === 0) return this.#drop(w, false);
       this.#drain();
     }, (err: Error) => {
       lane.pendingLeases--;
