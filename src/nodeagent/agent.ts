@@ -322,6 +322,9 @@ export class NodeAgent implements NodeAgentClient {
           snaps.used(snap);
           return { running, startedFrom: "snapshot" };
         } catch (err) {
+          // Stopped meanwhile: the restore broke off for that, not for its image (kept), and
+          // nothing is started in its place.
+          if (entry.phase !== "starting") throw err;
           const why = (err as Error).message;
           log.warn("Pod {pod}: snapshot {snapshot} failed, starting fresh: {error}", {
             pod: pod.id,

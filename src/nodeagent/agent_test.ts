@@ -271,3 +271,57 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NodeAgent: a pod stopped while it is restored keeps its snapshot and starts nothing in its place",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const calls: string[] = [];
+    const stopped = Promise.withResolvers<void>();
+    const fake: PodRuntime = {
+      ...runtime,
+      start: (spec) => (calls.push(`start ${spec.podId}`), Promise.reject(new Error("not used"))),
+      // The restored worker is probed until the stop ends it.
+      restore: async (spec) => {
+        calls.push(`restore ${spec.podId}`);
+        await stopped.promise;
+        throw new InferxError("worker_failed", "worker exited before it was ready");
+      },
+      stop: (id) => (calls.push(`stop ${id}`), stopped.resolve(), Promise.resolve()),
+    };
+    const snap = { ref: { name: "f.v1.n1" }, dir: "/nowhere" };
+    const snaps = {
+      start: () => Promise.resolve(),
+      stop: () => {},
+      summary: () => ({ diskUsedMB: 0, items: [] }),
+      hold: () => snap,
+      used: () => (calls.push("used"), Promise.resolve()),
+      release: () => calls.push("release"),
+      discard: () => (calls.push("discard"), Promise.resolve()),
+      wants: () => false,
+    } as unknown as SnapshotManager;
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000, snapshots: snaps });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await meta.create({ ...ref, object: { ...testPod("p1", "n1"), fromSnapshot: true } });
+      await until("the restore to begin", () => Promise.resolve(calls.includes("restore p1")));
+      const rec = (await meta.get(ref))!;
+      await meta.update({
+        ...ref,
+        object: { ...decodePod(rec.value), desired: "Terminated" },
+        revision: rec.revision,
+      });
+      await until("p1's record gone", async () => !(await meta.get(ref)));
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(calls.filter((c) => c !== "stop p1"), ["restore p1", "release"]);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});

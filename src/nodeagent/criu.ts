@@ -164,27 +164,48 @@ export class Criu {
     this.binary = binary;
   }
 
-  /** Runs `criu args...` (wrapped by `prefix`), returning its exit status and output. */
+  /**
+   * Runs `criu args...` (wrapped by `prefix`), returning its exit status and
+   * output. It runs in a process group of its own (`setsid`), which a time
+   * limit kills whole: CRIU forks helpers (and the processes it restores
+   * start as its children), and one left behind — stopped halfway through a
+   * restore, say — must not outlive the limit. Its output goes to a file, not
+   * a pipe, so that nothing left holding it keeps the run from ending.
+   */
   async #run(
     args: string[],
     options: { prefix?: string[]; timeoutMs?: number } = {},
   ): Promise<{ ok: boolean; out: string; timedOut?: boolean }> {
     const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
-    const signal = options.timeoutMs ? AbortSignal.timeout(options.timeoutMs) : undefined;
+    const outFile = await Deno.makeTempFile({ prefix: "inferx-criu-" });
+    let timedOut = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const out = await new Deno.Command(argv[0], {
-        args: argv.slice(1),
+      const child = new Deno.Command("setsid", {
+        args: ["sh", "-c", 'exec "$@" >"$0" 2>&1', outFile, ...argv],
         stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-        signal,
-      }).output();
-      const dec = new TextDecoder();
-      const text = dec.decode(out.stdout) + dec.decode(out.stderr);
-      return { ok: out.success, out: text, timedOut: !out.success && signal?.aborted };
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      if (options.timeoutMs) {
+        timer = setTimeout(() => {
+          timedOut = true;
+          try {
+            Deno.kill(-child.pid, "SIGKILL");
+          } catch {
+            // ended meanwhile
+          }
+        }, options.timeoutMs);
+      }
+      const status = await child.status;
+      const out = await Deno.readTextFile(outFile).catch(() => "");
+      return { ok: status.success, out, timedOut: !status.success && timedOut };
     } catch (err) {
       const out = `Error: cannot run ${argv[0]}: ${(err as Error).message}`;
-      return { ok: false, out, timedOut: signal?.aborted };
+      return { ok: false, out, timedOut };
+    } finally {
+      clearTimeout(timer);
+      await Deno.remove(outFile).catch(() => {});
     }
   }
 
@@ -268,6 +289,16 @@ export class Criu {
     ];
     if (options.shellJob) args.push("--shell-job");
     const inherit = options.inherit ?? [];
+    // Reopened, a file gone since the dump would be made again, empty: the worker would come back
+    // with its data lost (CRIU itself refuses a missing file it reopens).
+    for (const f of inherit) {
+      if (!await Deno.lstat(f.path).then(() => true, () => false)) {
+        throw new InferxError(
+          "worker_failed",
+          `Cannot restore from ${dir}: ${f.path}, which the worker had open, is gone`,
+        );
+      }
+    }
     // bash opens each handed-over file on a descriptor of its own, then execs CRIU.
     const opens = inherit.map((f, i) => `exec ${100 + i}${redirection(f.flags)}"\${${i + 1}}"`);
     for (const [i, f] of inherit.entries()) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { criuCapability, locateCriu, logReason, redirection } from "./criu.ts";
+import { Criu, criuCapability, locateCriu, logReason, redirection } from "./criu.ts";
 
 /** Lays out a fake provisioned prefix (criu and its loader) under `dir`. */
 async function fakePrefix(dir: string): Promise<string> {
@@ -111,4 +111,27 @@ Deno.test("redirection() reopens a file as it was opened, never truncating it", 
     [0o100002, "<>"], // O_RDWR
   ];
   for (const [flags, want] of cases) assert.equal(redirection(flags), want, flags.toString(8));
+});
+
+Deno.test("a CRIU run cut off by its time limit ends, with every process it forked, even a stopped one", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A "criu" that forks a helper which stops itself holding the output, then waits for ever.
+    const script =
+      `echo $BASHPID > ${dir}/parent; (echo $BASHPID > ${dir}/helper; kill -STOP $BASHPID) & sleep 100`;
+    const criu = new Criu({ argv: ["bash", "-c", script, "criu"], path: "bash", source: "system" });
+    const t0 = performance.now();
+    const err = await criu.restore(`${dir}/image`, { workDir: `${dir}/work`, timeoutMs: 300 })
+      .catch((e) => e);
+    const ms = performance.now() - t0;
+    assert.equal(err.code, "timeout", String(err));
+    assert.ok(ms < 5000, `ended after ${Math.round(ms)} ms`);
+    for (const name of ["parent", "helper"]) {
+      const pid = Number(await Deno.readTextFile(`${dir}/${name}`));
+      const alive = await Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+      assert.equal(alive, false, `the ${name} is gone`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

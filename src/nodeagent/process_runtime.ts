@@ -720,6 +720,7 @@ export class ProcessRuntime implements PodRuntime {
   /** Tier 3: tier 2 when the worker uses the GPU, then CRIU dumps the process to disk. */
   async #parkToFile(podId: string, child: Child): Promise<void> {
     child.dumping = true;
+    child.endedDumping = undefined; // an earlier park's (which ended the worker it had)
     const dir = `${this.#snapshots}/${podId}`;
     try {
       const meta = await this.#dump(child, dir, false);
@@ -901,6 +902,8 @@ export class ProcessRuntime implements PodRuntime {
     } catch (err) {
       await this.#options.podNetworks!.remove(net);
       await Deno.remove(logFile).catch(() => {});
+      await Deno.remove(`${this.#snapshots}/${spec.podId}.restore`, { recursive: true })
+        .catch(() => {});
       throw err;
     }
     const logs = new LogRing();

@@ -410,6 +410,87 @@ Deno.test({
 });
 
 Deno.test({
+  name: "ProcessRuntime: a park CRIU refuses, after a park and a resume, leaves the worker serving",
+  ignore: !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const sock = `${dir}/outside.sock`;
+    const listener = Deno.listen({ transport: "unix", path: sock });
+    const held: Deno.Conn[] = [];
+    (async () => {
+      for await (const c of listener) held.push(c);
+    })().catch(() => {});
+    // Connected to a socket outside its pod once asked: CRIU refuses to dump it from then on.
+    const worker = `let c; ${
+      COUNTER.replace(
+        "(req) => req.url.endsWith",
+        `async (req) => req.url.endsWith("/connect") ? (c = await Deno.connect({ transport: "unix", path: ${
+          JSON.stringify(sock)
+        } }), new Response("connected")) : req.url.endsWith`,
+      )
+    }`;
+    const exits: string[] = [];
+    const runtime = new ProcessRuntime({
+      criu: new Criu(locateCriu()!),
+      podNetworks: new PodNetworks({ prefix: "ixtest" }),
+      snapshotDir: dir,
+      onExit: (id, why) => exits.push(`${id}: ${why}`),
+    });
+    try {
+      const pod = await runtime.start(spec(["deno", "eval", worker]));
+      await runtime.park("pod-test", "file");
+      await runtime.resume("pod-test");
+      assert.equal(await count(pod.endpoint), 1);
+      assert.equal(await (await fetch(`http://${pod.endpoint}/connect`)).text(), "connected");
+      await assert.rejects(runtime.park("pod-test", "file"), /Cannot park pod pod-test in file/);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await count(pod.endpoint), 2, "it serves on");
+      assert.deepEqual(exits, []);
+    } finally {
+      await runtime.stop("pod-test");
+      for (const c of held) c.close();
+      listener.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "ProcessRuntime: a restore whose worker's open file is gone fails naming it (not made again, empty), leaving nothing behind",
+  ignore: !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { dir, rt } = await criuRuntime(true);
+    const state = `${dir}/state.db`;
+    const worker = `const f = Deno.openSync(${
+      JSON.stringify(state)
+    }, { read: true, write: true, create: true }); f.writeSync(new TextEncoder().encode("kept")); ${COUNTER}`;
+    try {
+      await rt.start(spec(["deno", "eval", worker]));
+      await rt.snapshot("pod-test", `${dir}/image`);
+      await rt.stop("pod-test");
+      await Deno.remove(state);
+      const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+      assert.match(String(err), new RegExp(`${state}, which the worker had open, is gone`));
+      assert.equal(await Deno.stat(state).then(() => true, () => false), false, "not made again");
+      assert.deepEqual(rt.running(), []);
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("copy")),
+        [],
+        "no restore directory or log left",
+      );
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name:
     "ProcessRuntime: recover() removes the images of pods parked in a file, and keeps snapshots",
   ignore: !criuCap.available || !netCap.available,

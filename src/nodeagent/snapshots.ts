@@ -216,6 +216,8 @@ export class SnapshotManager {
   /** Records a restore from `s` (for least-recently-used removal). */
   async used(s: LocalSnapshot): Promise<void> {
     s.info = { ...s.info, lastUsedAt: Date.now(), restores: s.info.restores + 1 };
+    // Dropped while it was restored (a new version, a delete): its record is not made again.
+    if (this.#local.get(`${s.ref.tenant}/${s.ref.namespace}/${s.ref.name}`) !== s) return;
     await this.#write(s.ref, s.info).catch((err) =>
       log.warn("Cannot record the use of snapshot {name}: {error}", {
         name: s.ref.name,
@@ -248,6 +250,7 @@ export class SnapshotManager {
 
   async #take(pod: PodInfo, key: string, alive: () => boolean): Promise<string | undefined> {
     if (!alive()) return "No snapshot taken: the pod was stopped";
+    const known = this.#versions.has(funcId(pod.tenant, pod.namespace, pod.func));
     const ref = this.#ref(pod);
     const dir = this.#dirOf(ref);
     // A function made again under its old name and version while a restore reads the old one's
@@ -260,6 +263,7 @@ export class SnapshotManager {
     if (estimate > budget) {
       return await this.#fail(
         pod,
+        known,
         ref,
         `its memory (${
           mb(estimate)
@@ -291,12 +295,13 @@ export class SnapshotManager {
         });
         return `No snapshot taken: the dump timed out (${reason})`;
       }
-      return await this.#fail(pod, ref, reason);
+      return await this.#fail(pod, known, ref, reason);
     }
     if (taken.bytes > budget) {
       await Deno.remove(partial, { recursive: true }).catch(() => {});
       return await this.#fail(
         pod,
+        known,
         ref,
         `its image (${
           mb(taken.bytes)
@@ -318,10 +323,9 @@ export class SnapshotManager {
       createdAt: now,
       lastUsedAt: now,
     });
-    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
-    if (current !== undefined && current !== pod.funcVersion) {
+    if (this.#changed(pod, known)) {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
-      return "No snapshot kept: the function changed while it was taken";
+      return "No snapshot kept: the function changed or was deleted while it was taken";
     }
     this.#local.set(key, { ref, info, dir });
     this.#evictFor(0, key);
@@ -344,7 +348,14 @@ export class SnapshotManager {
   }
 
   /** Records that this version cannot be snapshotted here, once; returns the note. */
-  async #fail(pod: PodInfo, ref: ObjectRef, reason: string): Promise<string> {
+  /** The function changed (another version) or was deleted since a take that found it `known` began. */
+  #changed(pod: PodInfo, known: boolean): boolean {
+    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
+    return current === undefined ? known : current !== pod.funcVersion;
+  }
+
+  async #fail(pod: PodInfo, known: boolean, ref: ObjectRef, reason: string): Promise<string> {
+    if (this.#changed(pod, known)) return `No snapshot taken: ${reason}`; // nothing to record
     log.warn("Cannot snapshot {func} v{version} (pod {pod}); it keeps starting fresh: {error}", {
       func: pod.func,
       version: pod.funcVersion,

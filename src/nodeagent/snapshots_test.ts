@@ -411,3 +411,33 @@ t(
     }
   },
 );
+
+t(
+  "a function deleted while its snapshot is dumped keeps neither the image nor a record",
+  async ({ meta, mgr, runtime, dir }) => {
+    const gate = Promise.withResolvers<void>();
+    const dump = runtime.snapshot.bind(runtime);
+    runtime.snapshot = async (id: string, d: string) => (await gate.promise, await dump(id, d));
+    const taking = mgr.take(pod("a"));
+    await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "a" });
+    await new Promise((r) => setTimeout(r, 100)); // the informer hears it
+    gate.resolve();
+    assert.match((await taking)!, /changed or was deleted while it was taken/);
+    assert.deepEqual(await records(meta), []);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/t/n`)], []);
+    assert.deepEqual(mgr.summary().items, []);
+  },
+);
+
+t(
+  "a restore that ends after its snapshot was dropped does not record it again",
+  async ({ meta, mgr }) => {
+    assert.equal(await mgr.take(pod("a")), undefined);
+    const s = mgr.hold(pod("a"))!;
+    await putFunction(meta, "a", "y"); // version 2 while the restore runs
+    await eventually(async () => (await records(meta)).length === 0);
+    await mgr.used(s);
+    mgr.release(s);
+    assert.deepEqual(await records(meta), []);
+  },
+);
