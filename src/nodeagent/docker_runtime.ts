@@ -1,15 +1,19 @@
 /**
  * Docker runtime through `npm:dockerode`: a pod is a container with the
  * function's image, CPU and memory limits, env, mounts, labels that mark it
- * as this agent's (scope, pod, function, version), GPU device requests, and
- * its endpoint port published on the host address only. Paused tier: the
- * cgroup freezer (`docker pause`). After an agent restart, running
+ * as this agent's (scope, pod, function, version), GPU device requests, an
+ * init process (`--init`: a worker without a SIGTERM handler still stops at
+ * once), and its endpoint port published on the host address only, on a
+ * network where containers cannot reach each other ({@linkcode WORKER_NETWORK}:
+ * one tenant's worker cannot call another's past the gateway). Paused tier:
+ * the cgroup freezer (`docker pause`). After an agent restart, running
  * containers of its scope are adopted and stopped ones removed.
  *
  * @module
  */
 // @ts-types="npm:@types/dockerode@^4"
 import { createHash } from "node:crypto";
+import { isIP } from "node:net";
 import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
@@ -120,6 +124,14 @@ export function containerEnv(spec: PodSpec): Record<string, string> {
   };
 }
 
+/**
+ * The engine's network every worker container joins: a bridge with
+ * inter-container traffic off (`enable_icc=false`), so that containers reach
+ * the outside and are reached through their published ports, never each
+ * other. One for every agent of the engine (made by the first that needs it).
+ */
+export const WORKER_NETWORK = "inferx-workers";
+
 /** A short tag of a scope for container names (scopes are free text; names are not). */
 export function scopeTag(scope: string): string {
   return createHash("sha256").update(scope).digest("hex").slice(0, 8);
@@ -128,6 +140,14 @@ export function scopeTag(scope: string): string {
 /** Whether `host` (absolute, normalized) is one of `allowed` or under one. */
 export function mountAllowed(host: string, allowed: readonly string[]): boolean {
   return allowed.some((dir) => dir === "/" || host === dir || host.startsWith(`${dir}/`));
+}
+
+/** How a container ended: its exit code, and whether its memory limit killed it. */
+function ended(info: Docker.ContainerInspectInfo): string {
+  const code = `exit code ${info.State.ExitCode}`;
+  if (!info.State.OOMKilled) return code;
+  const mb = Math.round((info.HostConfig.Memory ?? 0) / 1024 / 1024);
+  return `killed by its memory limit (${mb} MB; resources.Mem), ${code}`;
 }
 
 /** Runs pods as Docker containers. */
@@ -139,9 +159,44 @@ export class DockerRuntime implements PodRuntime {
   #options: DockerRuntimeOptions;
   #pods = new Map<string, Entry>();
 
+  #network?: Promise<void>;
+
   constructor(options: DockerRuntimeOptions = {}) {
+    // The engine takes only an IP address to publish on, and drops anything else silently
+    // (a name such as "localhost" published ports on every interface).
+    if (options.host !== undefined && !isIP(options.host)) {
+      throw new InferxError(
+        "invalid",
+        `The Docker runtime publishes worker ports on the node's address, which must be an IP address (got "${options.host}")`,
+      );
+    }
     this.#options = options;
     this.#docker = new Docker({ socketPath: options.socketPath ?? "/var/run/docker.sock" });
+  }
+
+  /** Makes {@linkcode WORKER_NETWORK} when the engine has none (once; again after a failure). */
+  #workerNetwork(): Promise<void> {
+    this.#network ??= (async () => {
+      try {
+        await this.#docker.getNetwork(WORKER_NETWORK).inspect();
+        return;
+      } catch {
+        // not there yet
+      }
+      await this.#docker.createNetwork({
+        Name: WORKER_NETWORK,
+        Driver: "bridge",
+        CheckDuplicate: true,
+        Options: { "com.docker.network.bridge.enable_icc": "false" },
+        Labels: { "inferx.network": "workers" },
+      }).catch((err: { statusCode?: number }) => {
+        if (err.statusCode !== 409) throw err; // another agent made it meanwhile
+      });
+    })().catch((err) => {
+      this.#network = undefined;
+      throw err;
+    });
+    return this.#network;
   }
 
   get #scope(): string {
@@ -193,6 +248,7 @@ export class DockerRuntime implements PodRuntime {
     const env = containerEnv(spec);
     let container: Docker.Container;
     try {
+      await this.#workerNetwork();
       container = await this.#docker.createContainer({
         // Its agent's scope in the name too: agents of several scopes may share one engine.
         name: `inferx-${scopeTag(this.#scope)}-${spec.podId}`,
@@ -209,6 +265,8 @@ export class DockerRuntime implements PodRuntime {
         },
         ExposedPorts: { [port]: {} },
         HostConfig: {
+          NetworkMode: WORKER_NETWORK,
+          Init: true,
           NanoCpus: spec.cpuMillis * 1_000_000,
           Memory: spec.memMB * 1024 * 1024,
           PortBindings: { [port]: [{ HostIp: this.#host, HostPort: "" }] },
@@ -254,7 +312,16 @@ export class DockerRuntime implements PodRuntime {
   async #endpoint(container: Docker.Container, port: string): Promise<string> {
     const info = await container.inspect();
     const binding = info.NetworkSettings.Ports?.[port]?.[0];
-    if (!binding) throw new Error(`container publishes no ${port}`);
+    if (!binding) {
+      // An ended container has no bindings: say how it ended, not that it publishes nothing.
+      if (!info.State.Running) {
+        throw new Error(`worker exited before it was ready (${ended(info)})`);
+      }
+      throw new Error(`container publishes no ${port}`);
+    }
+    if (binding.HostIp !== this.#host) {
+      throw new Error(`the engine published ${port} on ${binding.HostIp}, not on ${this.#host}`);
+    }
     return `${this.#host}:${binding.HostPort}`;
   }
 
@@ -275,7 +342,9 @@ export class DockerRuntime implements PodRuntime {
         StatusCode: -1,
         Error: { Message: err.message },
       }));
-      return res.StatusCode === -1 ? `lost: ${res.Error?.Message}` : `exit code ${res.StatusCode}`;
+      if (res.StatusCode === -1) return `lost: ${res.Error?.Message}`;
+      const info = await container.inspect().catch(() => undefined);
+      return info ? ended(info) : `exit code ${res.StatusCode}`;
     })();
     this.#pods.set(podId, entry);
     entry.exited.then(async (why) => {

@@ -16,6 +16,7 @@ import {
   DockerRuntime,
   mountAllowed,
   scopeTag,
+  WORKER_NETWORK,
 } from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
@@ -342,4 +343,77 @@ t("agents of two scopes on one engine run pods of the same id side by side", asy
   } finally {
     await a.stop("pod-same-id");
   }
+});
+
+t(
+  "workers reach each other only through their published ports, and stop at once without a SIGTERM handler",
+  async () => {
+    const a = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    const b = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    // No SIGTERM handler: as the container's first process it would ignore the signal.
+    const bare = [
+      "deno",
+      "eval",
+      "Deno.serve({ port: 8000, hostname: '0.0.0.0', onListen() {} }, () => new Response('ok'))",
+    ];
+    await a.start({
+      ...spec("pod-a", bare),
+      template: { ...spec("x").template, commands: bare, probe: "/" },
+    });
+    const pb = await b.start({
+      ...spec("pod-b", bare),
+      template: { ...spec("x").template, commands: bare, probe: "/" },
+    });
+    try {
+      const ca = (await docker.listContainers({ filters: { label: ["inferx.pod=pod-a"] } }))[0];
+      const cb = await docker.getContainer(
+        (await docker.listContainers({ filters: { label: ["inferx.pod=pod-b"] } }))[0].Id,
+      ).inspect();
+      const ipB = cb.NetworkSettings.Networks[WORKER_NETWORK].IPAddress;
+      assert.ok(ipB, "on the workers' network");
+      const probe = await new Deno.Command("docker", {
+        args: [
+          "exec",
+          ca.Id,
+          "deno",
+          "eval",
+          `await fetch("http://${ipB}:8000/", { signal: AbortSignal.timeout(2000) }).then(() => console.log("reached"), () => console.log("refused"))`,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(new TextDecoder().decode(probe.stdout).trim(), "refused");
+      assert.equal(await (await fetch(`http://${pb.endpoint}/`)).text(), "ok", "its port answers");
+      const t0 = performance.now();
+      await a.stop("pod-a", 5000);
+      assert.ok(
+        performance.now() - t0 < 2500,
+        `stopped in ${Math.round(performance.now() - t0)} ms`,
+      );
+    } finally {
+      await a.stop("pod-a");
+      await b.stop("pod-b");
+    }
+  },
+);
+
+t("a worker that ends early, or past its memory limit, is told as such", async () => {
+  const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(rt.start(spec(`pod-quick-${i}`, ["deno", "--version"])), (err: Error) => {
+      assert.match(err.message, /worker exited before it was ready \(exit code 0\)/);
+      assert.doesNotMatch(err.message, /publishes no/);
+      return true;
+    });
+  }
+  const hog = ["deno", "eval", "const a = []; for (;;) a.push(new Uint8Array(1 << 20).fill(1));"];
+  await assert.rejects(
+    rt.start({ ...spec("pod-hog", hog), memMB: 64 }),
+    /killed by its memory limit \(64 MB; resources\.Mem\), exit code 137/,
+  );
+});
+
+Deno.test("the Docker runtime refuses a node address that is not an IP address", () => {
+  assert.throws(() => new DockerRuntime({ host: "localhost" }), /must be an IP address/);
+  new DockerRuntime({ host: "::1" });
 });

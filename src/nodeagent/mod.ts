@@ -32,6 +32,12 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   workDir?: string;
   /** Identifies this agent's workers across restarts (node name and data directory). */
   scope?: string;
+  /**
+   * The installation's id, added to the scope of Docker containers: the one
+   * engine may serve copies of a container stack whose node name and data
+   * directory are the same.
+   */
+  installId?: string;
   /** Where file-tier images, snapshots and worker output go. @default `{workDir}/snapshots` */
   snapshotDir?: string;
   /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
@@ -117,7 +123,12 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
   const runtime: PodRuntime = docker
-    ? new DockerRuntime({ host: config.node.address, scope, onExit, mountAllow: config.mountAllow })
+    ? new DockerRuntime({
+      host: config.node.address,
+      scope: config.installId ? `${scope}#${config.installId}` : scope,
+      onExit,
+      mountAllow: config.mountAllow,
+    })
     : new ProcessRuntime({
       workDir: config.workDir,
       host: config.node.address,

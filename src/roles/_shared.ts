@@ -19,8 +19,8 @@ export interface RoleHandle {
  * The node agent of this process: node.json with the environment's
  * overrides, process workers run from the repository root, file-tier
  * snapshots under the data directory, and a scope (node name and the data
- * directory's real path) that tells this platform's workers from another's
- * on the same host.
+ * directory's real path, and for containers the installation's id) that
+ * tells this platform's workers from another's on the same host.
  */
 export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise<NodeAgentConfig> {
   const node = await loadNodeConfig(config.node);
@@ -33,7 +33,32 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     snapshotSettings: config.snapshots,
     mountAllow: config.node.mountAllow,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
+    installId: await installId(config.dataDir),
   };
+}
+
+/**
+ * The id of the platform installation whose data lives in `dataDir`, made
+ * once: node name and path alone are the same in every copy of a container
+ * stack (`node1@/var/lib/inferx`), and the agents of two stacks on one Docker
+ * engine took each other's containers for their own.
+ */
+async function installId(dataDir: string): Promise<string> {
+  const file = `${dataDir}/install-id`;
+  const read = async () => (await Deno.readTextFile(file).catch(() => "")).trim();
+  const id = await read();
+  if (/^[0-9a-f]{16}$/.test(id)) return id;
+  const made = Array.from(
+    crypto.getRandomValues(new Uint8Array(8)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  try {
+    await Deno.writeTextFile(file, `${made}\n`, { createNew: !id });
+    return made;
+  } catch (err) {
+    if (err instanceof Deno.errors.AlreadyExists) return await read(); // another role made it
+    throw err;
+  }
 }
 
 /** The scheduler's timeouts. */
