@@ -33,8 +33,12 @@ export interface AuditBackend {
   readonly name: AuditStats["backend"];
   /** Takes request rows packed (`AuditBatch.packed`): the buffer then holds them packed too. */
   readonly takesPacked?: boolean;
-  /** Writes the batch in one transaction; a batch id already written is not written again. */
-  write(batch: AuditBatch): Promise<void>;
+  /**
+   * Writes the batch in one transaction; a batch id already written is not
+   * written again. Returns how many of its rows the store refused for good
+   * (a value it cannot hold) and were left out, when any were.
+   */
+  write(batch: AuditBatch): Promise<number | void>;
   query(kind: AuditKind, q: AuditQuery): Promise<(RequestRow | PodRow)[]>;
   /** Aggregates token usage itself; without it the log reads rows and aggregates them. */
   summarize?(q: UsageQuery): Promise<UsageSummary>;
@@ -54,7 +58,12 @@ export interface BatchingOptions {
   batchSize?: number;
   /** Longest wait between retries while the backend fails (ms). @default 5000 */
   maxBackoffMs?: number;
+  /** How long {@linkcode BatchingAuditLog.close} waits for the last rows (ms). @default 10000 */
+  closeMs?: number;
 }
+
+/** A write out this long (ms) makes the log report itself unhealthy. */
+const STUCK_MS = 10_000;
 
 /** An {@linkcode AuditLog} that buffers rows and writes them in batches. */
 export class BatchingAuditLog implements AuditLog {
@@ -68,6 +77,9 @@ export class BatchingAuditLog implements AuditLog {
   #max: number;
   #batch: number;
   #maxBackoff: number;
+  #closeMs: number;
+  /** When the write under way began (`performance.now()`). */
+  #writingSince?: number;
   #timer: ReturnType<typeof setInterval>;
   #writing?: Promise<void>;
   #failures = 0;
@@ -86,6 +98,7 @@ export class BatchingAuditLog implements AuditLog {
     this.#max = opts.maxBuffered ?? 100_000;
     this.#batch = opts.batchSize ?? 1000;
     this.#maxBackoff = opts.maxBackoffMs ?? 5000;
+    this.#closeMs = opts.closeMs ?? 10_000;
     this.#timer = setInterval(() => {
       // A write in progress: what comes meanwhile waits for the next tick.
       if (!this.#writing && performance.now() >= this.#retryAt) this.#drain().catch(() => {});
@@ -161,7 +174,10 @@ export class BatchingAuditLog implements AuditLog {
       buffered: this.#buffered(),
       written: this.#written,
       dropped: this.#dropped,
-      healthy: this.#healthy,
+      // A write that has not come back for a while (the table locked, the server hung) is as
+      // bad as one that failed: rows pile up behind it.
+      healthy: this.#healthy &&
+        !(this.#writingSince !== undefined && performance.now() - this.#writingSince > STUCK_MS),
     };
   }
 
@@ -200,9 +216,17 @@ export class BatchingAuditLog implements AuditLog {
             packed: this.#packer?.length ? this.#packer.take(this.#batch) : undefined,
             pods: this.#pods.splice(0, this.#batch),
           };
-          await this.#backend.write(b);
+          this.#writingSince = performance.now();
+          const refused = (await this.#backend.write(b)) ?? 0;
           this.#batchNow = undefined;
-          this.#written += rowsOf(b);
+          this.#written += rowsOf(b) - refused;
+          if (refused) {
+            this.#dropped += refused;
+            log.warn("Audit rows {name} cannot hold, left out: {rows}", {
+              name: this.#backend.name,
+              rows: refused,
+            });
+          }
           owed -= rowsOf(b);
         }
         if (!this.#healthy) log.info("Audit backend {name} is back", { name: this.#backend.name });
@@ -229,6 +253,7 @@ export class BatchingAuditLog implements AuditLog {
         throw err;
       } finally {
         this.#writing = undefined;
+        this.#writingSince = undefined;
       }
     })();
     return this.#writing;
@@ -237,13 +262,21 @@ export class BatchingAuditLog implements AuditLog {
   async close(): Promise<void> {
     clearInterval(this.#timer);
     this.#closed = true;
-    await this.#drain(true).catch((err) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    // A stop waits a while for the last rows, not for ever (a store that does not answer).
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`no answer within ${this.#closeMs} ms`)),
+        this.#closeMs,
+      );
+    });
+    await Promise.race([this.#drain(true), deadline]).catch((err) => {
       const left = this.#buffered();
       log.error("Closing the audit log with {left} row(s) unwritten: {error}", {
         left,
         error: String((err as Error).message ?? err),
       });
-    });
+    }).finally(() => clearTimeout(timer));
     await this.#backend.close();
   }
 }

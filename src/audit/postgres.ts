@@ -11,7 +11,7 @@
 import postgres from "postgres";
 import type { AuditBackend, AuditBatch } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
-import type { TokenUsage, UsageQuery, UsageSummary } from "./usage.ts";
+import { type TokenUsage, usageOrder, type UsageQuery, type UsageSummary } from "./usage.ts";
 
 /** The schema, one step per version; never edit a released step, add one. */
 export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
@@ -138,11 +138,38 @@ const POD_COLUMNS: readonly Column<PodRow>[] = [
   ["reason", "text", (p) => p.reason],
 ];
 
+/**
+ * `v` as a column of `type` holds it: text without NUL (which PostgreSQL's
+ * text and JSON refuse) and with any lone surrogate (a text cut inside a
+ * character) replaced; an integer out of `integer`'s range left out (null:
+ * a figure no call has). SQLite holds them all, so that the one row the
+ * store would refuse does not hold up every row behind it.
+ */
+function storable(type: string, v: unknown): unknown {
+  if (typeof v === "string") return v.replaceAll("\0", "").toWellFormed();
+  if (type === "integer" && typeof v === "number") {
+    return Number.isInteger(v) && v >= -2147483648 && v <= 2147483647 ? v : null;
+  }
+  return v;
+}
+
 /** `rows` as the JSON array `jsonb_to_recordset` reads (a missing value is null). */
 function asJson<Row>(columns: readonly Column<Row>[], rows: Row[]): string {
   return JSON.stringify(
-    rows.map((row) => Object.fromEntries(columns.map(([name, , value]) => [name, value(row)]))),
+    rows.map((row) =>
+      Object.fromEntries(columns.map(([name, type, value]) => [name, storable(type, value(row))]))
+    ),
   );
+}
+
+/**
+ * Whether PostgreSQL refused what was written rather than failed to write it
+ * (SQLSTATE classes 22, data exception, and 23, integrity): writing it again
+ * would fail again.
+ */
+function refusedData(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" && /^2[23][0-9A-Z]{3}$/.test(code);
 }
 
 /** `insert … select` of the rows in JSON parameter `param`, if the batch is fresh. */
@@ -234,7 +261,9 @@ export class PostgresAuditBackend implements AuditBackend {
       // the library starts that query without handling its failure, so a connection cut
       // during it (PostgreSQL restarting, a session ended) ended the gateway.
       fetch_types: false,
-      connection: { application_name: "inferx-audit" },
+      // A statement held up (a table locked by VACUUM FULL or an ALTER) fails after 30 s, and
+      // the batch is tried again, rather than holding every row behind it and the stop.
+      connection: { application_name: "inferx-audit", statement_timeout: 30_000 },
     });
   }
 
@@ -256,7 +285,27 @@ export class PostgresAuditBackend implements AuditBackend {
     return results[results.length - 1].map((r) => r.version);
   }
 
-  async write(batch: AuditBatch): Promise<void> {
+  async write(batch: AuditBatch): Promise<number | void> {
+    try {
+      await this.#write(batch);
+    } catch (err) {
+      if (!refusedData(err)) throw err;
+      // One row it cannot hold (no case known once rows are made storable): each is written on
+      // its own, under an id of its own, and those it refuses again are left out.
+      let refused = 0;
+      const one = async (id: string, requests: RequestRow[], pods: PodRow[]) => {
+        await this.#write({ id, requests, pods }).catch((e) => {
+          if (!refusedData(e)) throw e;
+          refused++;
+        });
+      };
+      for (const [i, r] of batch.requests.entries()) await one(`${batch.id}.r${i}`, [r], []);
+      for (const [i, p] of batch.pods.entries()) await one(`${batch.id}.p${i}`, [], [p]);
+      return refused;
+    }
+  }
+
+  async #write(batch: AuditBatch): Promise<void> {
     await this.migrate();
     const prune = Date.now() >= this.#nextPrune;
     // One statement (writeStatement), not sql.begin(): when the connection dropped inside a
@@ -313,8 +362,8 @@ export class PostgresAuditBackend implements AuditBackend {
       order by tenant, namespace, func, version nulls first`;
     return {
       since: q.since,
-      functions: rows.filter((r) => !r.of_tenant).map((r) => usageFromDb(r, true)),
-      tenants: rows.filter((r) => r.of_tenant).map((r) => usageFromDb(r, false)),
+      functions: rows.filter((r) => !r.of_tenant).map((r) => usageFromDb(r, true)).sort(usageOrder),
+      tenants: rows.filter((r) => r.of_tenant).map((r) => usageFromDb(r, false)).sort(usageOrder),
     };
   }
 

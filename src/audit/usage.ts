@@ -142,14 +142,21 @@ export function summarizeUsage(rows: Iterable<RequestRow>, q: UsageQuery): Usage
       r,
     );
   }
-  const order = (a: TokenUsage, b: TokenUsage) =>
-    `${a.tenant}/${a.namespace ?? ""}/${a.func ?? ""}`.localeCompare(
-      `${b.tenant}/${b.namespace ?? ""}/${b.func ?? ""}`,
-    ) || (a.version ?? 0) - (b.version ?? 0);
   return {
     since: q.since,
-    functions: [...funcs.values()].map(done).sort(order),
-    tenants: [...tenants.values()].map(done).sort(order),
+    functions: [...funcs.values()].map(done).sort(usageOrder),
+    tenants: [...tenants.values()].map(done).sort(usageOrder),
     rowsRead: read,
   };
+}
+
+/**
+ * The order of usage figures, whichever store summed them: by tenant,
+ * namespace, function (code-point order, not a locale's or a database's
+ * collation), then version (none first).
+ */
+export function usageOrder(a: TokenUsage, b: TokenUsage): number {
+  const cmp = (x = "", y = "") => x < y ? -1 : x > y ? 1 : 0;
+  return cmp(a.tenant, b.tenant) || cmp(a.namespace, b.namespace) || cmp(a.func, b.func) ||
+    (a.version ?? -1) - (b.version ?? -1);
 }

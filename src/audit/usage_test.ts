@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { tokenRows } from "./testing.ts";
-import { summarizeUsage } from "./usage.ts";
+import { summarizeUsage, usageOrder } from "./usage.ts";
 
 Deno.test("summarizeUsage() sums tokens and ranks latencies per function version and per tenant", () => {
   const s = summarizeUsage(tokenRows(), { since: 1000 });
@@ -54,4 +54,32 @@ Deno.test("summarizeUsage() keeps to one tenant when asked", () => {
   const s = summarizeUsage(tokenRows(), { since: 1000, tenant: "u" });
   assert.deepEqual(s.functions.map((u) => u.func), ["g"]);
   assert.deepEqual(s.tenants.map((u) => u.tenant), ["u"]);
+});
+
+Deno.test("usageOrder() orders by tenant, namespace, function and version, as tuples", () => {
+  const u = (tenant: string, namespace: string, func: string, version?: number) => ({
+    tenant,
+    namespace,
+    func,
+    version,
+    calls: 1,
+    promptTokens: 0,
+    completionTokens: 0,
+  });
+  const sorted = [
+    u("a-b", "n", "f", 3),
+    u("a", "n-x", "f", 3),
+    u("a", "n", "f.2", 3),
+    u("a", "n", "f", 12),
+    u("a", "n", "f-1", 3),
+    u("a", "n", "f", 3),
+  ].sort(usageOrder).map((x) => `${x.tenant}/${x.namespace}/${x.func}@${x.version}`);
+  assert.deepEqual(sorted, [
+    "a/n/f@3",
+    "a/n/f@12",
+    "a/n/f-1@3",
+    "a/n/f.2@3",
+    "a/n-x/f@3",
+    "a-b/n/f@3",
+  ]);
 });

@@ -384,3 +384,78 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "PostgreSQL audit: rows with what PostgreSQL cannot hold are written with it made storable, with every other row",
+  ignore: skip !== undefined,
+  async fn() {
+    const pg = await startPostgres();
+    const backend = new PostgresAuditBackend(pg.url);
+    const log = new BatchingAuditLog(backend, { flushMs: 20 });
+    try {
+      // A count past PostgreSQL's integer, a worker's output with a NUL byte, a reason cut
+      // inside a character (a lone surrogate): each made the whole batch fail, for ever.
+      log.request({ ...row(1), promptTokens: 3_000_000_000, completionTokens: 5 });
+      log.pod({
+        time: Date.now(),
+        pod: "p1",
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        node: "n1",
+        state: "Failed",
+        reason: "bad\u0000byte and a cut \ud83d",
+      });
+      for (let i = 2; i <= 20; i++) log.request(row(i));
+      await log.flush();
+      const requests = await backend.query("requests", { limit: 100 });
+      assert.equal(requests.length, 20);
+      const big = requests.find((r) => (r as { path: string }).path === "/r1") as {
+        promptTokens?: number;
+        completionTokens?: number;
+      };
+      assert.deepEqual([big.promptTokens, big.completionTokens], [undefined, 5]);
+      const [pod] = await backend.query("pods", {});
+      assert.equal((pod as { reason: string }).reason, "badbyte and a cut \ufffd");
+      const stats = log.stats();
+      assert.deepEqual([stats.written, stats.dropped, stats.healthy], [21, 0, true]);
+    } finally {
+      await log.close();
+      await pg.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "PostgreSQL audit: a write held up by a lock reports the log unhealthy, and a stop does not wait for it for ever",
+  ignore: skip !== undefined,
+  async fn() {
+    const pg = await startPostgres();
+    const backend = new PostgresAuditBackend(pg.url);
+    await backend.migrate();
+    const log = new BatchingAuditLog(backend, { flushMs: 20, closeMs: 1000 });
+    const admin = postgres(pg.url, { max: 1, onnotice: () => {} });
+    try {
+      const locked = admin.begin(async (tx) => {
+        await tx`lock table inferx_request_audit in access exclusive mode`;
+        await new Promise((r) => setTimeout(r, 12_000));
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      log.request(row(1));
+      await new Promise((r) => setTimeout(r, 11_000)); // past the 10 s a write may take
+      assert.equal(log.stats().healthy, false);
+      const t0 = performance.now();
+      await log.close();
+      assert.ok(
+        performance.now() - t0 < 3000,
+        `stopped in ${Math.round(performance.now() - t0)} ms`,
+      );
+      await locked;
+    } finally {
+      await admin.end();
+      await pg.stop();
+    }
+  },
+});

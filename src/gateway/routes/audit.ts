@@ -60,6 +60,8 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   return app;
 }
 
+/** 9999-12-31T23:59:59.999Z. */
+const LAST_MS = 253_402_300_799_999;
 const AUDIT_PARAMS = new Set(["tenant", "namespace", "func", "since", "limit", "status"]);
 
 /** Filters that an empty value leaves out, as a form sends it (an empty number is refused). */
@@ -90,7 +92,8 @@ export function auditQuery(raw: Record<string, string | undefined>): AuditQuery 
     namespace,
     func,
     status: statusRange(status),
-    since: intParam(since, "since", 0, Number.MAX_SAFE_INTEGER),
+    // To the end of year 9999: what a timestamp of either store holds (PostgreSQL refused later).
+    since: intParam(since, "since", 0, LAST_MS),
     limit: intParam(limit, "limit", 0, 10_000) ?? 100,
   };
 }

@@ -23,6 +23,7 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
     ["/audit/requests?func=f", 400, /need tenant/],
     ["/audit/requests?tenant=t&limit=-1", 400, /limit/],
     ["/audit/requests?tenant=t&since=soon", 400, /since/],
+    ["/audit/requests?since=253402300800000", 400, /an integer from 0 to 253402300799999/],
     ["/audit/requests?tenant=t&limit=", 400, /Invalid limit "": an integer from 0 to 10000/],
     ["/audit/requests?tenant=t&since=", 400, /since/],
     ["/audit/requests?tenant=t&limit=1e2", 400, /limit/],
