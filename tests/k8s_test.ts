@@ -83,8 +83,16 @@ function workloads(objs: K8sObject[]) {
   }));
 }
 
-/** Every variable the configuration reads (`src/common/config.ts`, read once at start). */
-const configEnv = new Set(CONFIG_ENV);
+/**
+ * Every variable the configuration reads (`src/common/config.ts`, read once at
+ * start), and those the NVIDIA container toolkit reads to hand the node
+ * agent the driver it discovers GPUs with.
+ */
+const configEnv = new Set([
+  ...CONFIG_ENV,
+  "NVIDIA_VISIBLE_DEVICES",
+  "NVIDIA_DRIVER_CAPABILITIES",
+]);
 
 for (const overlay of OVERLAYS) {
   Deno.test(`k8s overlay ${overlay}: every object is valid against the Kubernetes schemas`, async () => {

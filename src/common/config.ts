@@ -507,6 +507,17 @@ export const NodeConfigSchema = z.object({
  * the node the agent registers, with the environment's overrides applied.
  */
 export async function loadNodeConfig(settings: NodeSettings): Promise<NodeInfo> {
+  return (await readNodeConfig(settings)).node;
+}
+
+/**
+ * {@linkcode loadNodeConfig}, and which of CPU and memory were sized `auto`
+ * from what this process sees: in a container, its own CPU quota, which the
+ * Docker runtime's workers (the engine's, outside it) are not bound by.
+ */
+export async function readNodeConfig(
+  settings: NodeSettings,
+): Promise<{ node: NodeInfo; auto: { cpu: boolean; mem: boolean } }> {
   const path = settings.configPath;
   let raw: unknown = {};
   try {
@@ -519,7 +530,7 @@ export async function loadNodeConfig(settings: NodeSettings): Promise<NodeInfo> 
   const r = NodeConfigSchema.safeParse(raw);
   if (!r.success) throw invalidInput(`node config ${path}`, r.error);
   const c = r.data;
-  return {
+  const node: NodeInfo = {
     name: settings.name ?? c.name,
     address: settings.address ?? c.address,
     cpuMillis: c.cpuMillis === "auto" ? navigator.hardwareConcurrency * 1000 : c.cpuMillis,
@@ -532,4 +543,5 @@ export async function loadNodeConfig(settings: NodeSettings): Promise<NodeInfo> 
     ready: true,
     heartbeat: 0,
   };
+  return { node, auto: { cpu: c.cpuMillis === "auto", mem: c.memMB === "auto" } };
 }

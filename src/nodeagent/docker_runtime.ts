@@ -66,6 +66,18 @@ export async function dockerAvailable(socketPath = "/var/run/docker.sock"): Prom
   }
 }
 
+/** The CPUs and memory of the engine's host (undefined when it does not answer). */
+export async function dockerHostSize(
+  socketPath = "/var/run/docker.sock",
+): Promise<{ cpuMillis: number; memMB: number } | undefined> {
+  try {
+    const info = await new Docker({ socketPath }).info();
+    return { cpuMillis: info.NCPU * 1000, memMB: Math.floor(info.MemTotal / 1048576) };
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Why the Docker runtime takes no snapshots. `docker checkpoint` needs an
  * experimental daemon, and even there Docker restores a checkpoint only into

@@ -417,3 +417,43 @@ Deno.test("the Docker runtime refuses a node address that is not an IP address",
   assert.throws(() => new DockerRuntime({ host: "localhost" }), /must be an IP address/);
   new DockerRuntime({ host: "::1" });
 });
+
+t(
+  "a node agent on Docker sizes an auto node from the engine's host, not its own CPU quota",
+  async () => {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    const host = (await docker.info()) as { NCPU: number; MemTotal: number };
+    const handle = await nodeagent.start({
+      meta,
+      // Sized auto as an agent under a 1-CPU limit sees it.
+      node: {
+        name: "n-auto",
+        address: "127.0.0.1",
+        cpuMillis: 1000,
+        memMB: 512,
+        gpus: [],
+        contextOverheadMB: 0,
+        standbyTiers: [],
+        runtime: "docker",
+        ready: true,
+        heartbeat: 0,
+      },
+      scope: `test-${crypto.randomUUID()}`,
+      autoSized: { cpu: true, mem: false },
+    });
+    try {
+      const rec = await meta.get({
+        type: "node",
+        tenant: "system",
+        namespace: "system",
+        name: "n-auto",
+      });
+      const node = JSON.parse(rec!.value);
+      assert.deepEqual([node.cpuMillis, node.memMB], [host.NCPU * 1000, 512]);
+    } finally {
+      await handle.stop();
+      await store.close();
+    }
+  },
+);

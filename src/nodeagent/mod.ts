@@ -14,7 +14,12 @@ import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover } from "./discover.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
-import { dockerAvailable, DockerRuntime, dockerSnapshotReason } from "./docker_runtime.ts";
+import {
+  dockerAvailable,
+  dockerHostSize,
+  DockerRuntime,
+  dockerSnapshotReason,
+} from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodRuntime } from "./runtime.ts";
 
@@ -38,6 +43,12 @@ export interface NodeAgentConfig extends NodeAgentOptions {
    * directory are the same.
    */
   installId?: string;
+  /**
+   * Which of the node's CPU and memory were sized `auto` from this process's
+   * view: with the Docker runtime they are sized from the engine's host
+   * instead (an agent in a container sees its own CPU quota).
+   */
+  autoSized?: { cpu: boolean; mem: boolean };
   /** Where file-tier images, snapshots and worker output go. @default `{workDir}/snapshots` */
   snapshotDir?: string;
   /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
@@ -84,6 +95,23 @@ async function snapshotSupport(
     return { podNetworks, snapshots: { available: false, reason: "INFERX_SNAPSHOTS=off" } };
   }
   return { podNetworks, snapshots: { available: true } };
+}
+
+/**
+ * The node's CPU and memory sized `auto` from the Docker engine's host, where
+ * the containers run: an agent in a container of its own (a Kubernetes
+ * DaemonSet with a CPU limit) sees that container's quota, not the node.
+ */
+async function engineSize(
+  node: NodeInfo,
+  auto: { cpu: boolean; mem: boolean },
+): Promise<Pick<NodeInfo, "cpuMillis" | "memMB">> {
+  const host = await dockerHostSize();
+  if (!host) return { cpuMillis: node.cpuMillis, memMB: node.memMB };
+  return {
+    cpuMillis: auto.cpu ? host.cpuMillis : node.cpuMillis,
+    memMB: auto.mem ? host.memMB : node.memMB,
+  };
 }
 
 /** A running node agent. */
@@ -141,6 +169,9 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     });
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
+    ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)
+      ? await engineSize(config.node, config.autoSized)
+      : {}),
     runtime: runtime.name,
     snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },
   };

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type Config, loadNodeConfig, REPO_ROOT } from "../common/config.ts";
+import { type Config, readNodeConfig, REPO_ROOT } from "../common/config.ts";
 import type { GatewayConfig } from "../gateway/mod.ts";
 import type { NodeAgentConfig } from "../nodeagent/mod.ts";
 import type { MetaClient } from "../rpc/types.ts";
@@ -23,7 +23,7 @@ export interface RoleHandle {
  * tells this platform's workers from another's on the same host.
  */
 export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise<NodeAgentConfig> {
-  const node = await loadNodeConfig(config.node);
+  const { node, auto } = await readNodeConfig(config.node);
   await Deno.mkdir(config.dataDir, { recursive: true });
   return {
     meta,
@@ -34,6 +34,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     mountAllow: config.node.mountAllow,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
     installId: await installId(config.dataDir),
+    autoSized: auto,
   };
 }
 
