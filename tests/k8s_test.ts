@@ -146,7 +146,7 @@ for (const overlay of OVERLAYS) {
     }
   });
 
-  Deno.test(`k8s overlay ${overlay}: only the gateway is reachable from outside the namespace`, async () => {
+  Deno.test(`k8s overlay ${overlay}: only the gateway is reachable from outside the namespace, and the scheduler's metrics from the cluster`, async () => {
     const objs = await renderKustomization(`${K8S}/overlays/${overlay}`);
     const policies = objs.filter((o) => o.kind === "NetworkPolicy") as unknown as {
       spec: {
@@ -164,6 +164,13 @@ for (const overlay of OVERLAYS) {
     assert.equal(open.length, 1);
     assert.equal(open[0].spec.podSelector.matchLabels?.["app.kubernetes.io/name"], "gateway");
     assert.deepEqual(open[0].spec.ingress[0].ports?.map((p) => p.port), [4000]);
+    // Prometheus in a namespace of its own scrapes the scheduler's metrics port, only that.
+    const metrics = policies.find((p) =>
+      p.spec.podSelector.matchLabels?.["app.kubernetes.io/name"] === "scheduler"
+    );
+    assert.deepEqual(metrics?.spec.ingress.map((r) => [r.from, r.ports?.map((p) => p.port)]), [
+      [[{ namespaceSelector: {} }], [1239]],
+    ]);
   });
 
   const kubectl = (() => {
