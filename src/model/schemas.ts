@@ -30,8 +30,8 @@ export const FuncPolicySchema = z.strictObject({
   max_replica: z.int().min(1).max(10_000).default(1),
   standby_per_node: z.int().min(0).default(1),
   parallel: z.int().min(1).max(100_000).default(50),
-  // At least 1: a call that finds no free worker waits for one (its wait is what leases it).
-  queue_len: z.int().min(1).max(1_000_000).default(100),
+  // At least 1 in a write (writeChecks): a call that finds no free worker waits for one.
+  queue_len: z.int().min(0).max(1_000_000).default(100),
   /** Seconds a request may wait in the queue. */
   queue_timeout: z.number().positive().max(3600).default(30),
   /**
@@ -94,14 +94,10 @@ export const DEFAULT_POLICY: FuncPolicy = FuncPolicySchema.parse({});
 
 const StandbyTier = z.enum(["Mem", "File"]);
 
-/** Text handed to the operating system (a command line, an environment): no NUL byte. */
-const OsText = z.string().refine((s) => !s.includes("\0"), "must not contain a NUL byte");
-/** An environment variable's name: no `=` (it would end the name) and no NUL. */
-const EnvName = z.string().regex(/^[^=\0]+$/, "must be non-empty, without '=' or a NUL byte");
-
-const EnvPairs = z.array(z.tuple([EnvName, OsText]));
+const EnvName = z.string().min(1);
+const EnvPairs = z.array(z.tuple([EnvName, z.string()]));
 // A mapping has no order: its entries by name, so that reordering it changes nothing.
-const EnvMap = z.record(EnvName, OsText).transform((r) => byName(Object.entries(r)));
+const EnvMap = z.record(EnvName, z.string()).transform((r) => byName(Object.entries(r)));
 /** `[[name, value], ...]` or `{name: value}`: the form read by its shape, so errors name the field. */
 const EnvsSchema = z.unknown().transform((v, ctx): [string, string][] => {
   const r = (Array.isArray(v) ? EnvPairs : EnvMap).safeParse(v);
@@ -158,22 +154,18 @@ const PolicyRefSchema = z.unknown().transform((v, ctx): PolicyRef => {
 
 /** Function spec schema (InferX field names). */
 export const FunctionSpecSchema = z.strictObject({
-  image: OsText.min(1),
-  commands: z.array(OsText).default([]),
+  image: z.string().min(1),
+  commands: z.array(z.string()).default([]),
   envs: EnvsSchema,
   mounts: z.array(z.strictObject({
-    hostpath: OsText.startsWith("/", "must be an absolute path"),
-    mountpath: OsText.startsWith("/", "must be an absolute path"),
+    hostpath: z.string().startsWith("/", "must be an absolute path"),
+    mountpath: z.string().startsWith("/", "must be an absolute path"),
     readonly: z.boolean().default(false),
   })).default([]),
   endpoint: z.strictObject({
     port: z.int().min(1).max(65535).default(80),
     schema: z.enum(["Http", "Https"]).default("Http"),
-    // Sent as the target of a request line: a path on the worker, printable and without spaces.
-    probe: z.string().regex(
-      /^\/(?!\/)[!-~]*$/,
-      "must be a path on the worker: '/' then printable ASCII, no spaces",
-    ).default("/health"),
+    probe: z.string().startsWith("/").default("/health"),
   }).prefault({}),
   resources: z.strictObject({
     /** Millicores. */
@@ -393,7 +385,46 @@ export function decodeUserObject(input: unknown): UserObject {
       proto,
     );
   }
-  return decodeObject(input);
+  const obj = decodeObject(input);
+  writeChecks(obj);
+  return obj;
+}
+
+/**
+ * What a write must meet beyond what a stored object is read with: rules
+ * added after objects were stored, which a stored object breaking them must
+ * not keep a role from starting (it is read as before, and refused only when
+ * written again).
+ */
+function writeChecks(obj: UserObject): void {
+  const what = `${obj.type} ${obj.tenant}/${obj.namespace}/${obj.name}`;
+  const refuse = (field: string, why: string): never => {
+    throw new ValidationError(`Invalid ${what}: ${field}: ${why}`, field);
+  };
+  const policy = (p: FuncPolicy, at: string) => {
+    // A call that finds no free worker waits for one, and its wait is what leases one.
+    if (p.queue_len < 1) refuse(`${at}queue_len`, "must be at least 1");
+  };
+  if (obj.type === "funcpolicy") policy(obj.spec, "");
+  if (obj.type !== "function") return;
+  const spec = obj.spec;
+  if (spec.policy?.kind === "inline") policy(spec.policy.policy, "policy.");
+  // Handed to the operating system (a command line, an environment): no NUL byte, and no '='
+  // in a variable's name (it would end the name there).
+  const nul = (s: string) => s.includes("\0");
+  if (nul(spec.image)) refuse("image", "must not contain a NUL byte");
+  spec.commands.forEach((c, i) => nul(c) && refuse(`commands.${i}`, "must not contain a NUL byte"));
+  for (const [name, value] of spec.envs) {
+    if (/[=\0]/.test(name)) refuse("envs", `"${name}": a name must not contain '=' or a NUL byte`);
+    if (nul(value)) refuse("envs", `${name}: its value must not contain a NUL byte`);
+  }
+  spec.mounts.forEach((m, i) => {
+    if (nul(m.hostpath) || nul(m.mountpath)) refuse(`mounts.${i}`, "must not contain a NUL byte");
+  });
+  // The target of the probe's request line: a path on the worker, printable, without spaces.
+  if (!/^\/(?!\/)[!-~]*$/.test(spec.endpoint.probe)) {
+    refuse("endpoint.probe", "must be a path on the worker: '/' then printable ASCII, no spaces");
+  }
 }
 
 /**

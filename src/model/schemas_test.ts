@@ -117,8 +117,8 @@ const invalid: [string, unknown, string][] = [
   // A call could never reach a worker: its wait for one is what leases it.
   ["queue_len 0", fn({ image: "x", policy: { queue_len: 0 } }), "policy.queue_len"],
   ["a NUL in a command", fn({ image: "x", commands: ["sleep", "1\0"] }), "commands.1"],
-  ["a NUL in an env value", fn({ image: "x", envs: [["A", "b\0"]] }), "envs.0.1"],
-  ["'=' in an env name", fn({ image: "x", envs: { "A=B": "c" } }), "envs.A=B"],
+  ["a NUL in an env value", fn({ image: "x", envs: [["A", "b\0"]] }), "envs"],
+  ["'=' in an env name", fn({ image: "x", envs: { "A=B": "c" } }), "envs"],
   ["a probe with a space", fn({ image: "x", endpoint: { probe: "/a b" } }), "endpoint.probe"],
   ["a probe naming a host", fn({ image: "x", endpoint: { probe: "//h/x" } }), "endpoint.probe"],
   [
@@ -339,4 +339,25 @@ Deno.test("a stored object nested deeper than the input limit stays readable", (
   const o = decodeStoredUserObject(value, 3);
   assert.equal(o.name, "old");
   assert.equal(o.revision, 3);
+});
+
+Deno.test("a stored object a later rule refuses stays readable: only a write must meet it", () => {
+  const stored = JSON.stringify({
+    type: "function",
+    tenant: "p",
+    namespace: "d",
+    name: "f",
+    object: {
+      spec: {
+        image: "x",
+        commands: ["a\u0000b"],
+        endpoint: { probe: "//healthz" },
+        policy: { Obj: { queue_len: 0 } },
+      },
+    },
+    version: 3,
+  });
+  const fn = decodeStoredUserObject(stored, 7);
+  assert.equal(fn.type, "function");
+  assert.throws(() => decodeUserObject(JSON.parse(stored)), /queue_len: must be at least 1/);
 });

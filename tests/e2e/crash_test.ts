@@ -35,22 +35,22 @@ Deno.test({
   async fn() {
     let p = await startPlatform({ LOG_LEVEL: "warning" });
     const dir = p.dataDir;
-    /** Acknowledged creates: name -> queue_len. */
+    /** Acknowledged creates: name -> queue_len (at least 1). */
     const created = new Map<string, number>();
     /** The last acknowledged update of the counter policy. */
     let counter = { revision: 0, value: 0 };
     let audited = 0;
     try {
       await createNamespace(p.url, "t", "n");
-      const first = await putObject(p.url, policy("counter", 0));
+      const first = await putObject(p.url, policy("counter", 1));
       assert.equal(first.status, 201, JSON.stringify(first.body));
-      counter = { revision: first.body.revision, value: 0 };
+      counter = { revision: first.body.revision, value: 1 };
 
       for (let round = 0; round < 2; round++) {
         let on = true;
         const url = p.url;
         const creator = async (w: number) => {
-          for (let i = 0; on; i++) {
+          for (let i = 1; on; i++) {
             const name = `p${round}-${w}-${i}`;
             const r = await putObject(url, policy(name, i)).catch(() => undefined);
             if (r?.status === 201) created.set(name, i);

@@ -208,12 +208,15 @@ Deno.test({
       assert.equal(warm.headers.get("x-inferx-pod"), cold.headers.get("x-inferx-pod"));
 
       // The worker is a container of this node's agent, published on 127.0.0.1 only.
+      // Its scope: the node, the data directory and this installation's id.
       const workers = (await run("docker", [
         "ps",
-        "-q",
         "--filter",
-        `label=inferx.scope=${node}@/var/lib/inferx`,
-      ])).trim().split("\n").filter(Boolean);
+        "label=inferx.scope",
+        "--format",
+        '{{.ID}} {{.Label "inferx.scope"}}',
+      ])).trim().split("\n").filter((l) => l.includes(` ${node}@/var/lib/inferx#`))
+        .map((l) => l.split(" ")[0]);
       assert.equal(workers.length, 1);
       const bindings = JSON.parse(
         await run("docker", ["inspect", "--format", "{{json .NetworkSettings.Ports}}", workers[0]]),
