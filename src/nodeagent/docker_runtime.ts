@@ -35,6 +35,12 @@ export interface DockerRuntimeOptions {
   host?: string;
   /** Marks this agent's containers (label `inferx.scope`). @default "default" */
   scope?: string;
+  /**
+   * Scopes this agent's containers had before (a version that marked them
+   * without the installation's id): adopted or removed at a restart as its
+   * own, never left running unowned.
+   */
+  legacyScopes?: string[];
   /** Called when a started pod's container ends without being stopped. */
   onExit?(podId: string, why: string): void;
   /** Probe interval (ms). @default 25 */
@@ -415,10 +421,15 @@ export class DockerRuntime implements PodRuntime {
 
   /** Adopts running containers of this scope; removes the ones that stopped. */
   async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
-    const list = await this.#docker.listContainers({
-      all: true,
-      filters: { label: [`inferx.scope=${this.#scope}`] },
-    });
+    const list = [];
+    for (const scope of [this.#scope, ...this.#options.legacyScopes ?? []]) {
+      list.push(
+        ...await this.#docker.listContainers({
+          all: true,
+          filters: { label: [`inferx.scope=${scope}`] },
+        }),
+      );
+    }
     const adopted: AdoptedPod[] = [];
     let removed = 0;
     for (const c of list) {

@@ -457,3 +457,24 @@ t(
     }
   },
 );
+
+t(
+  "an agent whose scope gained the installation's id adopts the containers it started before",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const before = new DockerRuntime({ scope }); // the label was the scope alone
+    const pod = await before.start(spec("pod-upgrade"));
+    const after = new DockerRuntime({ scope: `${scope}#0123456789abcdef`, legacyScopes: [scope] });
+    try {
+      const { adopted } = await after.recover();
+      assert.deepEqual(adopted.map((a) => a.podId), ["pod-upgrade"]);
+      assert.equal((await complete(pod.endpoint)).requests, "1");
+    } finally {
+      await after.stop("pod-upgrade");
+    }
+    await assert.rejects(
+      docker.getContainer(nameOf(scope, "pod-upgrade")).inspect(),
+      "stopped as its own",
+    );
+  },
+);

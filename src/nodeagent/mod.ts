@@ -154,6 +154,8 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     ? new DockerRuntime({
       host: config.node.address,
       scope: config.installId ? `${scope}#${config.installId}` : scope,
+      // Containers of a version before install ids (the label was the scope alone).
+      legacyScopes: config.installId ? [scope] : [],
       onExit,
       mountAllow: config.mountAllow,
     })
