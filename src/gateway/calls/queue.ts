@@ -659,8 +659,9 @@ export class CallQueue {
           countedAttempts(c.rec) < c.rec.maxAttempts;
         // Stored before the record says the call ended, so whoever reads that finds it.
         if (!outcome.retry && outcome.body.byteLength > CALL_INLINE_MAX) {
-          await this.#putBody(c.ref, "result", outcome.body);
-          c.result = outcome.body;
+          const body = outcome.body;
+          await this.#whileHeld(c, () => this.#putBody(c.ref, "result", body));
+          c.result = body;
         }
       }
       await this.#save(c, (r) => this.#settle(r, n, outcome));
@@ -781,6 +782,23 @@ export class CallQueue {
       throw new InferxError("internal", `The request body of call ${c.rec.id} is not in the store`);
     }
     return c.body = Buffer.from(decodeCallBody(kv.value), "base64");
+  }
+
+  /**
+   * Runs the store write `write` for claimed call `c`, again after a failure
+   * that may pass (the store away for a moment) while the claim holds, as
+   * {@linkcode CallQueue.#save} does.
+   */
+  async #whileHeld(c: Claim, write: () => Promise<void>): Promise<void> {
+    for (let pause = 50;; pause = Math.min(pause * 2, 1000)) {
+      if (c.lost) throw new LostClaim();
+      try {
+        return await write();
+      } catch (err) {
+        if (!transient(err)) throw err;
+      }
+      await new Promise((r) => setTimeout(r, pause));
+    }
   }
 
   /** Closes attempt `n` with `o` and moves the call on. Returns whether to write. */

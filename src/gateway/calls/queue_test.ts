@@ -437,3 +437,36 @@ t("a gateway starting with a backlog runs it oldest first", async () => {
   await f.close();
   await server.shutdown();
 });
+
+t(
+  "a large answer whose body write fails for a moment is stored when the store is back, not run again",
+  async () => {
+    const f = await gatewayFixture();
+    await f.deps.calls.stop(0);
+    let runs = 0;
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      await req.text();
+      runs++;
+      return Response.json({ text: "y".repeat(8000) });
+    });
+    let failures = 0;
+    const g = await secondGateway(f, `127.0.0.1:${server.addr.port}`, undefined, {
+      meta: flaky(f.meta, ["create"], (input) => {
+        const i = input as { type?: string; name?: string };
+        return i.type === "callbody" && i.name!.endsWith(".result") && failures++ < 1;
+      }),
+    });
+    const id = await store(f, record("big", { maxAttempts: 1 }));
+    await until(
+      "the call to end",
+      async () => !["queued", "running"].includes((await read(f, id)).status),
+    );
+    const c = await read(f, id);
+    assert.equal(c.status, "succeeded", JSON.stringify(c.error));
+    assert.equal(runs, 1, "run once");
+    assert.equal(c.result?.bytes, JSON.stringify({ text: "y".repeat(8000) }).length);
+    await g.close();
+    await f.close();
+    await server.shutdown();
+  },
+);
