@@ -96,6 +96,12 @@ interface Lane {
   unschedulable?: InferxError;
   /** Until when (performance.now() ms) `unschedulable` holds. */
   unschedulableUntil: number;
+  /**
+   * The version the scheduler answered this lane's lease with, when another:
+   * the lane's own no longer serves there (the scheduler knew before this
+   * gateway). Its calls go to workers of that version until the split changes.
+   */
+  serves?: number;
 }
 
 /** Dependencies of a {@linkcode FuncAgent}. */
@@ -168,7 +174,7 @@ export class FuncAgent {
     if (this.#closed || this.#lanes.length !== 1) return undefined;
     const lane = this.#lanes[0];
     if (lane.queue.length) return undefined;
-    const w = this.#freeWorker(lane.version);
+    const w = this.#freeWorker(servedBy(lane));
     return w && this.#take(w, 0, tokens);
   }
 
@@ -194,7 +200,7 @@ export class FuncAgent {
     }
     const lane = this.#lanes.length === 1 ? this.#lanes[0] : this.#pick();
     if (lane.queue.length === 0) {
-      const w = this.#freeWorker(lane.version);
+      const w = this.#freeWorker(servedBy(lane));
       if (w) return Promise.resolve(this.#take(w, 0, tokens));
     }
     if (this.#unschedulable?.version === lane.version) {
@@ -305,14 +311,14 @@ export class FuncAgent {
     this.#lanes = next.map((n) => {
       const l = kept.get(n.version);
       kept.delete(n.version);
-      return l ? Object.assign(l, { percent: n.percent }) : n;
+      return l ? Object.assign(l, { percent: n.percent, serves: undefined }) : n;
     });
     // Out of the leaving lane (whose pending lease may still settle, and must find no one).
     for (const gone of kept.values()) {
       for (const q of gone.queue.splice(0)) this.#pick().queue.push(q);
     }
     for (const w of [...this.#workers]) {
-      w.draining = w.reclaimed === true || !this.#lane(w.version);
+      w.draining = w.reclaimed === true || !this.#serving(w.version);
       if (w.draining && w.inflight === 0) this.#drop(w, false);
     }
     this.#drain();
@@ -402,6 +408,11 @@ export class FuncAgent {
     return this.#lanes.find((l) => l.version === version);
   }
 
+  /** Whether some lane's calls go to workers of `version`. */
+  #serving(version: number): boolean {
+    return this.#lanes.some((l) => servedBy(l) === version);
+  }
+
   /** The version the next call goes to: smooth weighted round-robin over the percents. */
   #pick(): Lane {
     let best = this.#lanes[0];
@@ -437,7 +448,7 @@ export class FuncAgent {
   #drain(): void {
     for (const l of this.#lanes) {
       while (l.queue.length) {
-        const w = this.#freeWorker(l.version);
+        const w = this.#freeWorker(servedBy(l));
         if (!w) break;
         const q = l.queue.shift()!;
         clearTimeout(q.timer);
@@ -458,10 +469,11 @@ export class FuncAgent {
       );
   }
 
-  /** Workers of `lane`'s version that take calls, and leases for it under way. */
+  /** Workers that take `lane`'s calls, and leases for it under way. */
   #active(lane: Lane): number {
+    const version = servedBy(lane);
     let n = lane.pendingLeases;
-    for (const w of this.#workers) if (w.version === lane.version && !w.draining) n++;
+    for (const w of this.#workers) if (w.version === version && !w.draining) n++;
     return n;
   }
 
@@ -512,8 +524,12 @@ export class FuncAgent {
       lane.pendingLeases--;
       lane.leaseStage = undefined;
       this.#lastError = undefined;
-      const waiting = (this.#lane(lease.version)?.queue.length ?? 0) +
-        (lease.version === lane.version ? 0 : lane.queue.length);
+      // The scheduler gave its newest version: the lane's no longer serves there (this
+      // gateway has not heard yet). The lane's calls take such workers rather than lease
+      // again and again (each answered so), until the split changes.
+      if (lease.version !== lane.version && this.#lanes.includes(lane)) lane.serves = lease.version;
+      let waiting = 0;
+      for (const l of this.#lanes) if (servedBy(l) === lease.version) waiting += l.queue.length;
       const w: Worker = {
         podId: lease.podId,
         endpoint: lease.endpoint,
@@ -521,23 +537,13 @@ export class FuncAgent {
         inflight: 0,
         tokens: 0,
         idleSince: performance.now(),
-        draining: !this.#lane(lease.version),
+        draining: !this.#serving(lease.version),
         coldRequests: lease.coldStart ? Math.min(waiting, this.policy.parallel) : 0,
         resumedRequests: lease.resumed ? Math.min(waiting, this.policy.parallel) : 0,
       };
       this.#workers.push(w);
       if (this.#closed) return this.#drop(w, false);
-      if (lease.version !== lane.version) {
-        // The scheduler gave its newest version: the lane's no longer serves there (this gateway
-        // has not heard yet). Its waiters take this worker rather than lease again and again.
-        while (lane.queue.length && w.inflight < this.policy.parallel) {
-          const q = lane.queue.shift()!;
-          clearTimeout(q.timer);
-          q.onProgress?.("ready");
-          q.resolve(this.#take(w, performance.now() - q.since, q.tokens));
-        }
-      }
-      if (w.draining && w.inflight === 0) return this.#drop(w, false);
+      if (w.draining) return this.#drop(w, false);
       this.#drain();
     }, (err: Error) => {
       lane.pendingLeases--;
@@ -565,6 +571,11 @@ export class FuncAgent {
       if (!this.#closed) setTimeout(() => this.#scaleOut(lane), 100);
     });
   }
+}
+
+/** The version whose workers take `lane`'s calls. */
+function servedBy(lane: Lane): number {
+  return lane.serves ?? lane.version;
 }
 
 function lanesOf(split: readonly VersionShare[]): Lane[] {

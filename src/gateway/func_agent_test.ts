@@ -425,25 +425,38 @@ Deno.test("a version refused as unschedulable refuses its own calls, not another
   a.close();
 });
 
-Deno.test("a lease answered with another version (the scheduler ahead of a split) serves the waiters that asked, once", async () => {
+Deno.test("a lease answered with another version (the scheduler ahead of a split) serves the lane's calls, within max_replica", async () => {
   // The scheduler no longer serves version 1: every lease gets its newest, version 2.
   class Ahead extends FakeScheduler {
     override leaseWorker(req: LeaseRequest, signal?: AbortSignal): Promise<Lease> {
       return super.leaseWorker({ ...req, version: 2 }, signal);
     }
   }
-  const sched = new Ahead();
-  for (let i = 1; i <= 10; i++) sched.endpoints.push(`127.0.0.1:${9000 + i}`);
-  const a = new FuncAgent(
-    { tenant: "t", namespace: "n", name: "f", version: 2 },
-    FuncPolicySchema.parse({ parallel: 1, max_replica: 3, queue_timeout: 0.5 }),
-    { scheduler: sched, gatewayId: "gw" },
-    [{ version: 2, percent: 50 }, { version: 1, percent: 50 }],
-  );
-  const slots = await Promise.all([a.acquire(), a.acquire()]);
-  assert.deepEqual(slots.map((s) => s.worker.version), [2, 2]);
-  await settle();
-  assert.equal(sched.leases.length, 2, "one lease a waiting call, not a storm");
-  for (const s of slots) a.release(s);
-  a.close();
+  for (
+    const split of [[{ version: 1, percent: 100 }], [{ version: 2, percent: 50 }, {
+      version: 1,
+      percent: 50,
+    }]]
+  ) {
+    const sched = new Ahead();
+    for (let i = 1; i <= 50; i++) sched.endpoints.push(`127.0.0.1:${9000 + i}`);
+    const a = new FuncAgent(
+      { tenant: "t", namespace: "n", name: "f", version: 2 },
+      FuncPolicySchema.parse({ parallel: 1, max_replica: 2, queue_timeout: 5 }),
+      { scheduler: sched, gatewayId: "gw" },
+      split,
+    );
+    // Ten calls at once, each done a moment after it got its worker.
+    const served = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        a.acquire().then(async (s) => {
+          await tick();
+          a.release(s);
+          return s.worker.version;
+        })),
+    );
+    assert.deepEqual(served, Array(10).fill(2), JSON.stringify(split));
+    assert.ok(sched.leases.length <= 2 * split.length, `${sched.leases.length} leases`);
+    a.close();
+  }
 });
