@@ -12,7 +12,7 @@ import { logger } from "../common/log.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
-import type { MetaClient, NodeAgentClient } from "../rpc/types.ts";
+import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
 import { httpCall } from "./probe.ts";
 import type { PodRuntime, RunningPod } from "./runtime.ts";
@@ -127,7 +127,8 @@ export class NodeAgent implements NodeAgentClient {
     this.#informer = await startInformer(this.#meta, "pod", {
       upsert: (rec) => {
         listed.add(rec.name);
-        this.#reconcile(decodePod(rec.value));
+        const pod = this.#decode(rec);
+        if (pod) this.#reconcile(pod);
       },
       remove: (ref) => {
         this.#podRefs.delete(ref.name);
@@ -225,7 +226,12 @@ export class NodeAgent implements NodeAgentClient {
       : this.#node.standbyTiers[0];
     local.phase = "parked";
     this.#runtime.park(pod.id, tier).then(
-      () => this.#setStatus(pod.id, { state: "Standby", standbyTier: tier }),
+      () =>
+        this.#setStatus(
+          pod.id,
+          { state: "Standby", standbyTier: tier },
+          () => this.#local.get(pod.id) === local && local.phase === "parked",
+        ),
       (err: Error) => {
         log.warn("Cannot park pod {pod}: {error}", { pod: pod.id, error: err.message });
         // Stopped meanwhile, or resumed (its resume ran after the park and says how it went).
@@ -245,11 +251,11 @@ export class NodeAgent implements NodeAgentClient {
           pod: pod.id,
           ms: (performance.now() - t0).toFixed(1),
         });
-        return this.#setStatus(pod.id, {
-          state: "Ready",
-          standbyTier: undefined,
-          endpoint: local.endpoint,
-        });
+        return this.#setStatus(
+          pod.id,
+          { state: "Ready", standbyTier: undefined, endpoint: local.endpoint },
+          () => this.#local.get(pod.id) === local && local.phase === "running",
+        );
       },
       (err: Error) =>
         this.#setStatus(pod.id, { state: "Failed", error: `Cannot resume: ${err.message}` }),
@@ -282,7 +288,7 @@ export class NodeAgent implements NodeAgentClient {
         startedFrom,
         note: up.note,
         snapshotMs: up.snapshotMs,
-      });
+      }, () => this.#local.get(pod.id) === entry && entry.phase === "running");
     }, async (err: Error) => {
       if (entry.phase === "stopping") return;
       this.#local.delete(pod.id);
@@ -424,13 +430,20 @@ export class NodeAgent implements NodeAgentClient {
   #resync = new Set<string>();
 
   async #resyncPods(): Promise<void> {
+    for (const [podId, report] of [...this.#unsent]) {
+      if (this.#stopped) return;
+      if (this.#unsent.get(podId) !== report) continue; // a later report came
+      await this.#setStatus(podId, report.status, report.still);
+      if (this.#unsent.has(podId)) return; // the store is still away
+    }
     for (const podId of [...this.#resync]) {
       if (this.#stopped) return;
       this.#resync.delete(podId);
       try {
         const ref = await this.#findPod(podId);
         const rec = ref && await this.#meta.get(ref);
-        if (rec) this.#reconcile(decodePod(rec.value));
+        const pod = rec && this.#decode(rec);
+        if (pod) this.#reconcile(pod);
       } catch {
         this.#resync.add(podId);
         return; // still away: the next heartbeat tries again
@@ -456,25 +469,52 @@ export class NodeAgent implements NodeAgentClient {
 
   /**
    * Writes observed fields of a pod with compare-and-swap, retrying on
-   * conflicts. A write that fails otherwise is logged, and the pod is
-   * reconciled again (so reported again) at the next heartbeat that gets
-   * through.
+   * conflicts, while `still()` holds (checked again at each try: a worker
+   * that died while its Ready was written is not reported Ready over its
+   * failure). A write that fails otherwise is logged and tried again at the
+   * next heartbeat, unless a later report of the pod came meanwhile (the
+   * latest says what is true): a resume's or a park's report, lost, left the
+   * scheduler waiting for the pod for ever.
    */
-  async #setStatus(podId: string, status: Partial<PodInfo>): Promise<void> {
+  async #setStatus(
+    podId: string,
+    status: Partial<PodInfo>,
+    still: () => boolean = () => true,
+  ): Promise<void> {
+    const report = { status, still };
+    this.#unsent.set(podId, report); // until written; a later report takes its place
     try {
       const ref = await this.#findPod(podId);
-      if (!ref) return;
-      await updateWithRetry(
-        this.#meta,
-        ref,
-        (cur) => cur && { ...decodePod(cur.value), ...status },
-      );
+      if (ref) {
+        await updateWithRetry(
+          this.#meta,
+          ref,
+          (cur) => cur && still() ? { ...decodePod(cur.value), ...status } : undefined,
+        );
+      }
+      if (this.#unsent.get(podId) === report) this.#unsent.delete(podId);
     } catch (err) {
       log.warn("Cannot report pod {pod}, will try again: {error}", {
         pod: podId,
         error: String(err),
       });
       this.#resync.add(podId);
+    }
+  }
+
+  /** The latest report of each pod not written yet: tried again at each heartbeat. */
+  #unsent = new Map<string, { status: Partial<PodInfo>; still: () => boolean }>();
+
+  /** A pod record, or undefined (logged) when it cannot be read: one bad record blinds nothing else. */
+  #decode(rec: MetaRecord): PodInfo | undefined {
+    try {
+      return decodePod(rec.value);
+    } catch (err) {
+      log.warn("Ignoring pod record {pod} that cannot be read: {error}", {
+        pod: rec.name,
+        error: String(err),
+      });
+      return undefined;
     }
   }
 }

@@ -6,6 +6,7 @@ import type { MetaClient, MetaRecord, ObjectInput } from "../rpc/types.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
+import { objectKey } from "../model/keys.ts";
 import type { PodRuntime } from "./runtime.ts";
 import type { SnapshotManager } from "./snapshots.ts";
 
@@ -319,6 +320,138 @@ Deno.test({
       await until("p1's record gone", async () => !(await meta.get(ref)));
       await new Promise((r) => setTimeout(r, 100));
       assert.deepEqual(calls.filter((c) => c !== "stop p1"), ["restore p1", "release"]);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});
+
+/** The state service with `update` replaced: `update(input, real)` decides. */
+function withUpdate(
+  state: StateService,
+  update: (input: ObjectInput, real: (i: ObjectInput) => Promise<unknown>) => Promise<unknown>,
+): MetaClient {
+  const meta = {} as Record<string, unknown>;
+  for (const k of Object.getOwnPropertyNames(StateService.prototype)) {
+    const v = (state as unknown as Record<string, unknown>)[k];
+    if (typeof v === "function" && k !== "constructor") meta[k] = v.bind(state);
+  }
+  meta.update = (input: ObjectInput) => update(input, (i) => state.update(i));
+  return meta as unknown as MetaClient;
+}
+
+const quiet: PodRuntime = {
+  ...runtime,
+  standbyTiers: ["paused"],
+  start: (spec) =>
+    Promise.resolve({ podId: spec.podId, endpoint: "127.0.0.1:9", exited: new Promise(() => {}) }),
+};
+
+Deno.test({
+  name: "NodeAgent writes a park's or a resume's report again when the store lost it",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const state = new StateService(store);
+    let fail = 0;
+    const meta = withUpdate(state, (input, real) => {
+      if (input.type === "pod" && fail > 0) {
+        fail--;
+        return Promise.reject(new InferxError("unavailable", "etcd did not answer"));
+      }
+      return real(input);
+    });
+    const agent = new NodeAgent(meta, quiet, node, { heartbeatMs: 50 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    const cur = async () => decodePod((await state.get(ref))!.value);
+    const ask = async (change: Partial<PodInfo>) => {
+      const rec = (await state.get(ref))!;
+      await state.update({
+        ...ref,
+        object: { ...decodePod(rec.value), ...change },
+        revision: rec.revision,
+      });
+    };
+    try {
+      await state.create({ ...ref, object: testPod("p1", "n1") });
+      await until("ready", async () => (await cur()).state === "Ready");
+      fail = 1; // the park's Standby report is lost
+      await ask({ desired: "Standby", standbyTier: "paused" });
+      await until("Standby written again", async () => (await cur()).state === "Standby");
+      fail = 1; // the resume's Ready report is lost
+      await ask({ desired: "Running" });
+      await until("Ready written again", async () => (await cur()).state === "Ready");
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeAgent reads past a pod record it cannot decode: the others are followed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const state = new StateService(store);
+    // A record a newer writer left: a value this version does not know.
+    await store.create(
+      objectKey("pod", "t", "n", "pX"),
+      JSON.stringify({ ...testPod("pX", "n1"), desired: "Hibernate" }),
+    );
+    const agent = new NodeAgent(state, quiet, node, { heartbeatMs: 60_000 });
+    await agent.start(); // it refused to start
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await store.create(
+        objectKey("pod", "t", "n", "pY"),
+        JSON.stringify({ ...testPod("pY", "n1"), desired: "Hibernate" }),
+      );
+      await state.create({ ...ref, object: testPod("p1", "n1") });
+      await until(
+        "p1 ready",
+        async () => decodePod((await state.get(ref))!.value).state === "Ready",
+      );
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeAgent does not report Ready a worker that died while its Ready was written",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const state = new StateService(store);
+    const hold: { agent?: NodeAgent } = {};
+    let first = true;
+    const meta = withUpdate(state, async (input, real) => {
+      if (input.type === "pod" && (input.object as PodInfo).state === "Ready" && first) {
+        first = false;
+        // The state service is slow with this write; meanwhile the worker dies.
+        hold.agent!.podExited("p1", "exit code 1; last output:\nCUDA out of memory");
+        await new Promise((r) => setTimeout(r, 100));
+        // Its write lands first: the Ready one is now at a stale revision.
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return real(input);
+    });
+    const agent = hold.agent = new NodeAgent(meta, quiet, node, { heartbeatMs: 60_000 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await state.create({ ...ref, object: testPod("p1", "n1") });
+      await new Promise((r) => setTimeout(r, 800));
+      const c = decodePod((await state.get(ref))!.value);
+      assert.equal(c.state, "Failed");
+      assert.match(c.error ?? "", /CUDA out of memory/);
     } finally {
       await agent.stop();
       await store.close();
