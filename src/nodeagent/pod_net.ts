@@ -113,6 +113,14 @@ function exists(path: string): boolean {
   }
 }
 
+/** Route types that name their destination after the type, and send nothing on. */
+const REFUSING_ROUTES: ReadonlySet<string> = new Set([
+  "unreachable",
+  "blackhole",
+  "prohibit",
+  "throw",
+]);
+
 /** Creates and removes pod network namespaces for one agent. */
 export class PodNetworks {
   readonly cidr: string;
@@ -120,10 +128,8 @@ export class PodNetworks {
   #base: number;
   #blocks: number;
   #claims: string;
-  /** The range's `unreachable` route, once added. */
-  #fence?: Promise<void>;
-  /** Marks the host ends of this range's pairs: `ixh{tag}{block}`. */
-  #tag: string;
+  /** The range's `unreachable` route was added (by this agent, at least once). */
+  #fenced = false;
 
   constructor(options: PodNetworkOptions) {
     this.cidr = options.cidr ?? "10.213.0.0/16";
@@ -132,7 +138,6 @@ export class PodNetworks {
     this.#blocks = 2 ** (32 - bits) / 4;
     this.#prefix = options.prefix;
     this.#claims = `${options.stateDir ?? "/run/inferx/podnet"}/${this.cidr.replace("/", "_")}`;
-    this.#tag = ((base >>> 8) % 1296).toString(36).padStart(2, "0");
   }
 
   /**
@@ -151,9 +156,14 @@ export class PodNetworks {
     }
     const routes = await run("ip", ["-4", "route", "show", "table", "all"]).catch(() => "");
     for (const line of routes.split("\n")) {
-      const [dst, , dev] = line.trim().split(/\s+/);
-      if (!dst || dst === "default" || dst === "local" || dst === "broadcast") continue;
-      if (dev?.startsWith("ixh")) continue; // our own pods
+      const words = line.trim().split(/\s+/);
+      // A route of a type (`unreachable 10.213.0.0/16`: another agent's range) names its
+      // destination second; read as the destination, the type hid overlapping ranges.
+      const typed = REFUSING_ROUTES.has(words[0]);
+      const [dst, , dev] = typed ? [words[1], "", undefined] : words;
+      if (!dst || dst === "default" || !dst.includes(".")) continue; // local, broadcast...
+      if (typed && words[0] === "unreachable" && dst === this.cidr) continue; // this range's fence
+      if (dev?.startsWith("ixh")) continue; // pods (of this range: another's is fenced)
       if (rangesOverlap(dst, this.cidr)) {
         return {
           available: false,
@@ -167,14 +177,17 @@ export class PodNetworks {
   /** Claims a free /30 block, creates the namespace and its veth pair. */
   async create(podId: string): Promise<PodNet> {
     await Deno.mkdir(this.#claims, { recursive: true });
-    this.#fence ??= run("ip", ["route", "replace", "unreachable", this.cidr]).then(() => {});
-    await this.#fence;
+    // At every pod, not once: another agent of the range that stopped meanwhile, holding no
+    // block at that moment, removed it.
+    await run("ip", ["route", "replace", "unreachable", this.cidr]);
+    this.#fenced = true;
     const name = `${this.#prefix}-${podId}`;
     for (let i = 1; i < this.#blocks; i++) {
       const claim = `${this.#claims}/${i}`;
       if (!await this.#claim(claim, name)) continue;
       const { host, pod } = blockAddrs(this.#base, i);
-      const hostIf = `ixh${this.#tag}${i.toString(36)}`;
+      // Named by the block's place among all /30s of IPv4: unique whatever the range.
+      const hostIf = `ixh${((this.#base >>> 2) + i).toString(36)}`;
       // Only what this call made is undone when a step fails: a link of the same name that is
       // there already (another agent's, on an overlapping range) is not ours to delete.
       let ownLink = false;
@@ -293,9 +306,8 @@ export class PodNetworks {
    * holds a block of the range any more.
    */
   async close(): Promise<void> {
-    if (!this.#fence) return;
-    await this.#fence.catch(() => {});
-    this.#fence = undefined;
+    if (!this.#fenced) return;
+    this.#fenced = false;
     let held = 0;
     try {
       for (const _ of Deno.readDirSync(this.#claims)) held++;

@@ -181,3 +181,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "PodNetworks refuses a range overlapping another agent's, keeps the range's fence while one runs, and names pairs apart across ranges",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const routes = () =>
+      new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
+          .outputSync().stdout,
+      );
+    const a = new PodNetworks({ prefix: "ixova", cidr: "10.250.0.0/16", stateDir: dir });
+    const b = new PodNetworks({ prefix: "ixovb", cidr: "10.250.0.0/16", stateDir: dir });
+    const c = new PodNetworks({ prefix: "ixovc", cidr: "10.169.0.0/16", stateDir: dir });
+    const made: [PodNetworks, Awaited<ReturnType<PodNetworks["create"]>>][] = [];
+    try {
+      made.push([a, await a.create("a1")]);
+      // Inside A's range: its pods' addresses would be handed out twice.
+      const inside = new PodNetworks({ prefix: "ixovd", cidr: "10.250.0.16/28", stateDir: dir });
+      const refused = await inside.capability();
+      assert.equal(refused.available, false);
+      assert.match(refused.reason!, /overlaps the host route 10\.250\.0\.0\/16/);
+      assert.equal((await b.capability()).available, true, "the same range is shared");
+      // B is between pods when A stops: the fence goes, and B's next pod puts it back.
+      await b.create("b1").then((n) => b.remove(n));
+      await a.remove(made.pop()![1]);
+      await a.close();
+      made.push([b, await b.create("b2")]);
+      assert.match(routes(), /unreachable 10\.250\.0\.0\/16/);
+      // Block 1 of another /16 whose blocks count alike: its pair has a name of its own.
+      const other = await c.create("c1");
+      made.push([c, other]);
+      assert.notEqual(other.hostIf, made[0][1].hostIf);
+      assert.ok(other.hostIf.length <= 15);
+    } finally {
+      for (const [n, net] of made) await n.remove(net);
+      for (const n of [a, b, c]) await n.close();
+      for (const r of ["10.250.0.0/16", "10.169.0.0/16"]) {
+        await new Deno.Command("ip", { args: ["route", "del", "unreachable", r] }).output();
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
