@@ -263,7 +263,19 @@ export class SchedulerService implements SchedulerClient {
         remove: (ref) => this.#apply({ type: "nodeRemove", name: ref.name }),
       }),
       await startInformer(this.#meta, "pod", {
-        upsert: (rec) => this.#onPod(rec, decodePod(rec.value)),
+        upsert: (rec) => {
+          let pod: PodInfo;
+          try {
+            pod = decodePod(rec.value);
+          } catch (err) {
+            // One record this version cannot read must not stop it following every other.
+            return log.warn("Ignoring pod record {pod} that cannot be read: {error}", {
+              pod: rec.name,
+              error: String(err),
+            });
+          }
+          this.#onPod(rec, pod);
+        },
         remove: (ref) => {
           this.#podRefs.delete(ref.name);
           this.#apply({ type: "podStatus", podId: ref.name, state: "Terminated" });

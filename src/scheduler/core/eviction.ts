@@ -10,6 +10,7 @@ import { unitOf } from "./_accounting.ts";
 import { PRIORITY_RANK } from "./fairness.ts";
 import { gpuTypeFit, gpuTypeMatches, nodeReady, vramCharge } from "./placement.ts";
 import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
+import { releasing } from "./standby.ts";
 
 /** Pods to give up on one node so that a pod fits, or nothing needed. */
 export interface EvictionPlan {
@@ -69,6 +70,8 @@ export function planEviction(
       const p = state.pods.get(id)!;
       if (p.unclaimedUntil !== undefined) continue; // a gateway may be using it
       if (p.state === "Terminating" || p.reclaiming) freed.push(p);
+      // Being parked: what its tier releases comes free once its agent has parked it.
+      else if (p.parking) freed.push({ ...p, held: releasing(p) });
       else if (p.state === "Standby") {
         if (!options.evict || options.evict(p)) candidates.push(p);
       } else if (p.state === "Ready" && unitOf(state, p)?.id !== funcId) {

@@ -319,8 +319,11 @@ Deno.test("room freed between ticks goes to the tenant holding least, whatever t
     d.run(lease("rc", "y/n/c", "g2", 60_000));
     d.now = 1000;
     d.run({ type: "gatewayHeartbeat", gateway: "g2" });
-    d.run({ type: "return", podId: pod, gateway: "g1" }); // parked in host memory: its GPU freed
-    const placed = created(d.run({ type: "tick" })).map((p) => p.func);
+    // Parked in host memory: its GPU freed once its agent reports the park (at once here).
+    const placed = created([
+      ...d.run({ type: "return", podId: pod, gateway: "g1" }),
+      ...d.run({ type: "tick" }),
+    ]).map((p) => p.func);
     // x still holds the parked pod's memory; y holds nothing: y first.
     assert.deepEqual(placed, ["y/n/c"], `functions registered ${xFirst ? "x" : "y"} first`);
   }

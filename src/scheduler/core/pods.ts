@@ -8,7 +8,7 @@
 import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
-import { learnReadyTime, TIER_HOLDS } from "./standby.ts";
+import { learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
 
 /** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
@@ -22,7 +22,11 @@ export function onPodStatus(
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);
-  if (!pod || status === "Standby") return;
+  if (!pod) return;
+  if (status === "Standby") {
+    if (parkDone(ctx, pod)) retryStarved(ctx);
+    return;
+  }
   const f = unitOf(state, pod);
   if (status === "Ready") {
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
@@ -74,6 +78,8 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "parkPod", podId: r.id, tier: known.tier! });
   } else if (known.state === "Resuming" && r.desired === "Standby") {
     ctx.actions.push({ type: "resumePod", podId: r.id, tier: known.tier! });
+  } else if (known.parking && r.state === "Standby") {
+    onPodStatus(ctx, r.id, "Standby");
   } else if (r.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
@@ -126,7 +132,8 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     return;
   }
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
-  const parked = podState === "Standby";
+  // Parked by its record's report; asked to park and not yet reported: it holds all still.
+  const parked = podState === "Standby" && r.state === "Standby";
   const placement = {
     id: r.id,
     func: r.func,
@@ -145,7 +152,8 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     parked ? TIER_HOLDS[r.tier!] : ALL_HELD,
   );
   pod.endpoint = r.endpoint;
-  if (parked || podState === "Resuming") pod.tier = r.tier;
+  if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;
+  if (podState === "Standby" && !parked) pod.parking = true;
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });

@@ -49,12 +49,31 @@ export function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
       pod.state = "Standby";
       pod.tier = tier;
       pod.lastUsed = ctx.now;
-      setHeld(ctx.state, pod, TIER_HOLDS[tier]);
+      pod.parking = true; // it holds all until its agent reports it parked (parkDone)
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }
   }
   terminate(ctx, pod, reason);
+}
+
+/** Its agent reports `pod` parked: what its tier releases is free from now on. */
+export function parkDone(ctx: Ctx, pod: CorePod): boolean {
+  if (pod.state !== "Standby" || !pod.parking) return false;
+  pod.parking = false;
+  setHeld(ctx.state, pod, TIER_HOLDS[pod.tier!]);
+  return true;
+}
+
+/** What `pod`, asked to park, will release once parked (all it holds, unless it is parking). */
+export function releasing(pod: CorePod): CorePod["held"] {
+  if (!pod.parking) return pod.held;
+  const keeps = TIER_HOLDS[pod.tier!];
+  return {
+    cpu: pod.held.cpu && !keeps.cpu,
+    mem: pod.held.mem && !keeps.mem,
+    vram: pod.held.vram && !keeps.vram,
+  };
 }
 
 /** The parked pod of `f` to resume first: the cheapest tier, then the most recently parked. */
@@ -147,6 +166,7 @@ export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: num
   }
   if (canResume(ctx.state, parked)) {
     setHeld(ctx.state, parked, ALL_HELD);
+    parked.parking = false;
     parked.state = "Resuming";
     parked.since = ctx.now;
     ctx.actions.push({ type: "resumePod", podId: parked.id, tier: parked.tier! });

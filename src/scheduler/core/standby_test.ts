@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { StandbyTier } from "../../model/cluster.ts";
 import { chooseTier } from "./standby.ts";
-import { CoreDriver, created, gpuFunc, gpuNode, kinds, lease } from "./testing.ts";
+import { CoreDriver, created, funcReport, gpuFunc, gpuNode, kinds, lease } from "./testing.ts";
 
 Deno.test("chooseTier() takes the deepest tier the node has, up to the wanted one", () => {
   const cases: [StandbyTier, StandbyTier[], StandbyTier | undefined][] = [
@@ -112,4 +112,26 @@ Deno.test("step() resumes when the restore is faster, and learns how long restor
   d.now = 5012;
   d.run({ type: "podStatus", podId: pod, state: "Ready" });
   assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.paused, 12);
+});
+
+Deno.test("a pod asked to park keeps its GPU memory until its agent reports it parked: nothing is placed into it before", () => {
+  const d = new CoreDriver();
+  d.confirmParks = false; // the agent takes its time (a GPU checkpoint: seconds)
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["host_memory"]) },
+    { type: "funcUpdate", func: gpuFunc("t/n/a", "host_memory", {}) },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/b", { gpuCount: 1, vramMB: 60_000 }, { standbyTier: "host_memory" }),
+    },
+  );
+  const a = created(d.run(lease("ra", "t/n/a")))[0].id;
+  d.run({ type: "podStatus", podId: a, state: "Ready", endpoint: "e" });
+  assert.deepEqual(kinds(d.run({ type: "return", podId: a, gateway: "g1" })), ["parkPod"]);
+  const n = d.state.nodes.get("n1")!;
+  assert.equal(n.gpus[0].vramUsedMB, 30_000, "still held while it is parked");
+  assert.deepEqual(created(d.run(lease("rb", "t/n/b"))), [], "60 GB does not fit beside it yet");
+  const after = d.run({ type: "podStatus", podId: a, state: "Standby" });
+  assert.equal(created(after)[0]?.func, "t/n/b", "placed once the park is done");
+  assert.equal(n.gpus[0].vramUsedMB, 60_000);
 });

@@ -82,17 +82,30 @@ export function coreNode(options: Partial<CoreNode> = {}): CoreNode {
   return node;
 }
 
-/** Drives a core state: `run()` applies events at the current `now`. */
+/**
+ * Drives a core state: `run()` applies events at the current `now`. Its
+ * agents park pods at once (each `parkPod` is answered with the pod's
+ * Standby report, whose actions come after it) unless `confirmParks` is off.
+ */
 export class CoreDriver {
   state: CoreState;
   now = 0;
+  confirmParks = true;
   constructor(podIdPrefix = "p") {
     this.state = newCoreState({ podIdPrefix });
   }
   /** Applies events in order and returns every action they produced. */
   run(...events: CoreEvent[]): CoreAction[] {
     const out: CoreAction[] = [];
-    for (const e of events) out.push(...step(this.state, e, this.now).actions);
+    for (const e of events) {
+      const acts = step(this.state, e, this.now).actions;
+      out.push(...acts);
+      for (const a of acts) {
+        if (a.type === "parkPod" && this.confirmParks) {
+          out.push(...this.run({ type: "podStatus", podId: a.podId, state: "Standby" }));
+        }
+      }
+    }
     return out;
   }
 }

@@ -159,6 +159,12 @@ export interface CorePod extends PodPlacement {
   held: Held;
   /** The standby tier while Standby or Resuming. */
   tier?: StandbyTier;
+  /**
+   * Asked to park, not yet reported parked: it holds all it held until its
+   * agent says the park is done (a GPU checkpoint takes seconds, and may
+   * fail and keep the memory), so nothing is placed into what it still uses.
+   */
+  parking?: boolean;
   endpoint?: string;
   /** Gateway holding the lease, when leased (the first of its lessees). */
   leasedBy?: string;
