@@ -136,6 +136,7 @@ const POD_READY = 2;
 const POD_GONE = 3;
 const IDLE_CHECK = 4;
 const TICK = 5;
+const POD_PARKED = 6;
 
 /** A min-heap of events ordered by time, then insertion. */
 class EventHeap {
@@ -312,6 +313,8 @@ export function simulate(
         }
         case "parkPod":
           parks++;
+          // Its node reports it parked; what the tier gives back is free from then on.
+          heap.push(now, POD_PARKED, podIndex(a.podId));
           break;
         case "terminatePod":
           if (a.reason.startsWith("evicted")) evictions++;
@@ -562,6 +565,11 @@ export function simulate(
       case POD_GONE:
         apply(
           step(core, { type: "podStatus", podId: podId(ev[2]), state: "Terminated" }, now).actions,
+        );
+        break;
+      case POD_PARKED:
+        apply(
+          step(core, { type: "podStatus", podId: podId(ev[2]), state: "Standby" }, now).actions,
         );
         break;
       case IDLE_CHECK: {
