@@ -6,7 +6,7 @@
  * @module
  */
 import { activeCurrent, type Ctx, terminate } from "./_accounting.ts";
-import { retire } from "./standby.ts";
+import { retire, TIER_HOLDS } from "./standby.ts";
 import type { CoreFunc, CorePod, CoreState, TenantLimits } from "./types.ts";
 
 /** The tenant of a function or pod id `tenant/namespace/name`. */
@@ -41,7 +41,8 @@ export function quotaBlock(
   for (const pod of state.pods.values()) {
     if (pod.state === "Terminating" || tenantOf(pod.func) !== tenant) continue;
     if (pod.state !== "Standby") replicas++;
-    if (pod.held.vram) gpus += pod.gpus.length;
+    // A pod being parked counts as what its tier keeps: it leaves service for that.
+    if (pod.parking ? TIER_HOLDS[pod.tier!].vram : pod.held.vram) gpus += pod.gpus.length;
   }
   const moreGpus = parked ? (parked.held.vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
   if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
@@ -83,7 +84,15 @@ export function freeTenantPod(ctx: Ctx, f: CoreFunc, block: QuotaBlock): boolean
     }
   }
   if (victim && owner) {
-    retire(ctx, owner, victim, `freed for ${f.id} within the tenant's quota`);
+    // For max_gpu, not parked in a tier that keeps its GPU memory (that would free nothing, and
+    // the next idle pod would be parked too, and the next).
+    retire(
+      ctx,
+      owner,
+      victim,
+      `freed for ${f.id} within the tenant's quota`,
+      gpu ? "vram" : undefined,
+    );
     return true;
   }
   if (!gpu) return false;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { CoreDriver, funcReport, gpuNode, nodeReport } from "./testing.ts";
-import type { CoreAction } from "./types.ts";
+import type { StandbyTier } from "../../model/cluster.ts";
+import { CoreDriver, funcReport, gpuNode, kinds, nodeReport } from "./testing.ts";
+import type { CoreAction, PodRecord } from "./types.ts";
 
 const created = (acts: CoreAction[]) =>
   acts.flatMap((a) => (a.type === "createPod" ? [a.pod] : []));
@@ -153,4 +154,46 @@ Deno.test("quota: at max_gpu, a parked pod still holding its GPU is ended to mak
   const acts = d.run(lease("re", "t/n/e"));
   assert.deepEqual(acts.map((a) => a.type), ["terminatePod", "createPod"]);
   assert.equal((acts[0] as { podId: string }).podId, b.id);
+});
+
+Deno.test("room within max_gpu ends one idle pod, not parks every one in a tier that keeps its GPU", () => {
+  for (const tiers of [["paused"], ["host_memory"]] as StandbyTier[][]) {
+    const d = new CoreDriver();
+    d.confirmParks = false;
+    d.state.config.recoveryGraceMs = 0;
+    const rec = (id: string, func: string, index: number): PodRecord => ({
+      id,
+      func,
+      version: 1,
+      node: "n",
+      cpu: 1000,
+      memMB: 1024,
+      gpus: [{ index, vramMB: 10_000 }],
+      desired: "Running",
+      state: "Ready",
+      endpoint: id,
+    });
+    const f = (id: string) => ({
+      type: "funcUpdate" as const,
+      func: funcReport(id, { gpuCount: 1, vramMB: 10_000 }),
+    });
+    d.run(
+      {
+        type: "nodeUpdate",
+        node: nodeReport("n", { gpuCount: 4, vramMB: 80_000, standbyTiers: tiers }),
+      },
+      { type: "podRecord", pod: rec("a", "t/n/a", 0) },
+      { type: "podRecord", pod: rec("b", "t/n/b", 1) },
+      { type: "podRecord", pod: rec("c", "t/n/c", 2) },
+      f("t/n/a"),
+      f("t/n/b"),
+      f("t/n/c"),
+      f("t/n/new"),
+      { type: "tenantQuota", tenant: "t", limits: { maxGpu: 3 } },
+    );
+    const acts = kinds(d.run(lease("r1", "t/n/new")));
+    const gone = acts.filter((k) => k === "terminatePod" || k === "parkPod");
+    assert.equal(gone.length, 1, `${tiers}: ${acts.join(", ")}`);
+    assert.ok(acts.includes("createPod"), `${tiers}: ${acts.join(", ")}`);
+  }
 });

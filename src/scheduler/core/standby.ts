@@ -31,12 +31,23 @@ export function chooseTier(
   return undefined;
 }
 
-/** A pod leaves service: parked in a standby tier when policy and node allow, else terminated. */
-export function retire(ctx: Ctx, f: CoreFunc, pod: CorePod, reason: string) {
+/**
+ * A pod leaves service: parked in a standby tier when policy and node allow,
+ * else terminated. `freeing`: it leaves to give that back, so a tier that
+ * keeps it is no use (terminated instead).
+ */
+export function retire(
+  ctx: Ctx,
+  f: CoreFunc,
+  pod: CorePod,
+  reason: string,
+  freeing?: keyof Held,
+) {
   const node = ctx.state.nodes.get(pod.node);
-  const tier = node && f.policy.standbyPerNode > 0
+  let tier = node && f.policy.standbyPerNode > 0
     ? chooseTier(f.policy.standbyTier ?? "paused", node.standbyTiers)
     : undefined;
+  if (tier && freeing && TIER_HOLDS[tier][freeing]) tier = undefined;
   if (tier) {
     let parked = 0;
     for (const id of f.pods) {
