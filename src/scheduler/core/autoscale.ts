@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type Ctx, liveCurrent } from "./_accounting.ts";
+import { activeCurrent, type Ctx, liveCurrent } from "./_accounting.ts";
 import { leaseTarget } from "./funcs.ts";
 import type { CorePolicy, GatewayLoad } from "./types.ts";
 
@@ -39,7 +39,10 @@ export function scaleOutAdvice(ctx: Ctx, gateway: string, load: readonly Gateway
     if (!f || f.version !== l.version || f.waiters.length > 0) continue;
     const want = extraWorkers(f.policy, l);
     if (want <= 0) continue;
-    const room = f.idle.size + Math.max(0, f.policy.maxReplica - liveCurrent(ctx.state, f));
+    // Idle pods are leased at once, parked ones resumed: room as much as pods not yet made.
+    const live = liveCurrent(ctx.state, f);
+    const room = f.idle.size + (live - activeCurrent(ctx.state, f)) +
+      Math.max(0, f.policy.maxReplica - live);
     const workers = Math.min(want, room);
     if (workers > 0) {
       ctx.actions.push({ type: "scaleOut", gateway, func: f.func, version: f.version, workers });

@@ -82,3 +82,30 @@ Deno.test("advice never goes past max_replica, counting idle pods as room", () =
   });
   assert.deepEqual(advice(unknown), [], "functions or versions that do not serve get none");
 });
+
+Deno.test("a parked worker counts as room for advice: a lease would resume it", () => {
+  const d = new CoreDriver();
+  d.run(
+    {
+      type: "nodeUpdate",
+      node: nodeReport("n1", { gpuCount: 2, vramMB: 80_000, standbyTiers: ["paused"] }),
+    },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/f", { gpuCount: 1, vramMB: 30_000 }, { maxReplica: 2, queueMs: 100 }),
+    },
+  );
+  const [a, b] = created(d.run(lease("r1"), lease("r2"))).map((p) => p.id);
+  d.run(
+    { type: "podStatus", podId: a, state: "Ready", endpoint: "ea" },
+    { type: "podStatus", podId: b, state: "Ready", endpoint: "eb" },
+  );
+  d.run({ type: "return", podId: b, gateway: "g1" }); // parked
+  const acts = d.run({
+    type: "gatewayHeartbeat",
+    gateway: "g1",
+    leases: [a],
+    load: [load({ queued: 20, waitMs: 5000, workers: 1 })],
+  });
+  assert.deepEqual(advice(acts), [["g1", "t/n/f", 1, 1]]);
+});
