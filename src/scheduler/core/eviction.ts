@@ -73,6 +73,8 @@ export function planEviction(
       // Being parked: what its tier releases comes free once its agent has parked it.
       else if (p.parking) freed.push({ ...p, held: releasing(p) });
       else if (p.state === "Standby") {
+        // Parked holding nothing (in a file): ending it frees nothing here.
+        if (!p.held.cpu && !p.held.mem && !p.held.vram) continue;
         if (!options.evict || options.evict(p)) candidates.push(p);
       } else if (p.state === "Ready" && unitOf(state, p)?.id !== funcId) {
         if (p.leasedBy ? options.reclaim?.(p) : !options.evict || options.evict(p)) {

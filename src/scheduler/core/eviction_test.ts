@@ -9,6 +9,7 @@ import {
   lease,
   nodeReport,
 } from "./testing.ts";
+import type { PodRecord } from "./types.ts";
 
 Deno.test("step() evicts the least recently used idle pod of another function, never below min_replica", () => {
   const d = new CoreDriver();
@@ -143,4 +144,50 @@ Deno.test("eviction spares parked pods that hold nothing the new pod needs", () 
     );
     assert.equal(d.state.pods.get(a)!.state, "Standby", tier);
   }
+});
+
+Deno.test("eviction passes over parked pods that hold nothing, and ends one pod where one is enough", () => {
+  const d = new CoreDriver();
+  d.state.config.recoveryGraceMs = 0;
+  d.state.config.fairShare = false;
+  const rec = (id: string, node: string, vramMB: number, parked = false): PodRecord => ({
+    id,
+    func: `t/n/${id}`,
+    version: 1,
+    node,
+    cpu: 1000,
+    memMB: 1024,
+    gpus: [{ index: 0, vramMB }],
+    desired: parked ? "Standby" : "Running",
+    state: parked ? "Standby" : "Ready",
+    endpoint: id,
+    ...(parked ? { tier: "file" as const } : {}),
+  });
+  const f = (id: string, vramMB: number) => ({
+    type: "funcUpdate" as const,
+    func: funcReport(`t/n/${id}`, { gpuCount: 1, vramMB }, { standbyTier: "file", maxReplica: 1 }),
+  });
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("b", { gpuCount: 1, vramMB: 80_000 }) },
+    {
+      type: "nodeUpdate",
+      node: nodeReport("a", { gpuCount: 1, vramMB: 80_000, standbyTiers: ["file"] }),
+    },
+    // b: two idle 40 GB pods. a: one idle 80 GB pod and two parked in files (holding nothing).
+    { type: "podRecord", pod: rec("b1", "b", 40_000) },
+    { type: "podRecord", pod: rec("b2", "b", 40_000) },
+    { type: "podRecord", pod: rec("x", "a", 80_000) },
+    { type: "podRecord", pod: rec("p1", "a", 1_000, true) },
+    { type: "podRecord", pod: rec("p2", "a", 1_000, true) },
+    f("b1", 40_000),
+    f("b2", 40_000),
+    f("x", 80_000),
+    f("p1", 1_000),
+    f("p2", 1_000),
+    f("new", 60_000),
+  );
+  const ended = d.run(lease("r1", "t/n/new")).flatMap((a) =>
+    a.type === "terminatePod" ? [a.podId] : []
+  );
+  assert.deepEqual(ended, ["x"]);
 });
