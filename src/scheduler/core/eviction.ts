@@ -8,7 +8,7 @@
  */
 import { unitOf } from "./_accounting.ts";
 import { PRIORITY_RANK } from "./fairness.ts";
-import { gpuTypeFit, gpuTypeMatches, nodeReady, vramCharge } from "./placement.ts";
+import { gpuGroups, gpuTypeFit, nodeReady, vramCharge } from "./placement.ts";
 import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
 import { releasing } from "./standby.ts";
 
@@ -133,9 +133,7 @@ function fitsAfterFreeing(node: CoreNode, d: PodDemand, freed: readonly CorePod[
   if (cpu < d.cpu || mem < d.memMB) return false;
   if (d.gpuCount === 0) return true;
   const need = vramCharge(node, d);
-  let n = 0;
-  for (const g of node.gpus) {
-    if (gpuTypeMatches(g.type, d.gpuType) && vram.get(g.index)! >= need) n++;
-  }
-  return n >= d.gpuCount;
+  return gpuGroups(node, d).some((group) =>
+    group.filter((g) => vram.get(g.index)! >= need).length >= d.gpuCount
+  );
 }

@@ -8,7 +8,7 @@
  * @module
  */
 import type { GpuSlice } from "../../model/cluster.ts";
-import type { CoreNode, PodDemand } from "./types.ts";
+import type { CoreGpu, CoreNode, PodDemand } from "./types.ts";
 
 /** Says whether a pod with `demand` fits `node`: null, or a reason code. */
 export interface Filter {
@@ -55,6 +55,20 @@ function summaryApplies(node: CoreNode, d: PodDemand): boolean {
   return t !== null && gpuTypeMatches(t, d.gpuType);
 }
 
+/**
+ * The node's GPUs a pod may take together: those of the type it names, or,
+ * for a pod of several GPUs of any type, those of one type (a tensor-parallel
+ * worker on unlike GPUs runs at the slowest's pace, or not at all) — one
+ * group per type then.
+ */
+export function gpuGroups(node: CoreNode, d: PodDemand): CoreGpu[][] {
+  const matching = node.gpus.filter((g) => gpuTypeMatches(g.type, d.gpuType));
+  if (d.gpuCount <= 1 || (d.gpuType !== "Any" && d.gpuType !== "")) return [matching];
+  const byType = new Map<string, CoreGpu[]>();
+  for (const g of matching) byType.set(g.type, [...byType.get(g.type) ?? [], g]);
+  return [...byType.values()];
+}
+
 /** Filter: the node is ready. */
 export function nodeReady(node: CoreNode): string | null {
   return node.ready ? null : "node_not_ready";
@@ -73,9 +87,7 @@ export function gpuTypeFit(node: CoreNode, d: PodDemand): string | null {
   if (summaryApplies(node, d)) {
     return node.gpus.length >= d.gpuCount ? null : "gpu_type_unavailable";
   }
-  let n = 0;
-  for (const g of node.gpus) if (gpuTypeMatches(g.type, d.gpuType)) n++;
-  return n >= d.gpuCount ? null : "gpu_type_unavailable";
+  return gpuGroups(node, d).some((g) => g.length >= d.gpuCount) ? null : "gpu_type_unavailable";
 }
 
 /** Filter: enough GPUs of the wanted type have the slice plus overhead free. */
@@ -86,11 +98,9 @@ export function vramFit(node: CoreNode, d: PodDemand): string | null {
     const free = node.gpuSummary.freeDesc;
     return free.length >= d.gpuCount && free[d.gpuCount - 1] >= need ? null : "insufficient_vram";
   }
-  let n = 0;
-  for (const g of node.gpus) {
-    if (gpuTypeMatches(g.type, d.gpuType) && g.vramTotalMB - g.vramUsedMB >= need) n++;
-  }
-  return n >= d.gpuCount ? null : "insufficient_vram";
+  const fit = (group: CoreGpu[]) =>
+    group.filter((g) => g.vramTotalMB - g.vramUsedMB >= need).length >= d.gpuCount;
+  return gpuGroups(node, d).some(fit) ? null : "insufficient_vram";
 }
 
 /** Score: prefer the fullest node after placement (bin-packing). */
@@ -141,15 +151,18 @@ export const DEFAULT_SCORES: readonly Score[] = [
 export function pickGpus(node: CoreNode, d: PodDemand): GpuSlice[] | undefined {
   if (d.gpuCount === 0) return [];
   const need = vramCharge(node, d);
-  const fits = node.gpus.filter((g) =>
-    gpuTypeMatches(g.type, d.gpuType) && g.vramTotalMB - g.vramUsedMB >= need
-  );
-  if (fits.length < d.gpuCount) return undefined;
-  fits.sort((a, b) =>
-    (a.vramTotalMB - a.vramUsedMB) - (b.vramTotalMB - b.vramUsedMB) || a.index - b.index
-  );
-  return fits.slice(0, d.gpuCount).map((g) => ({ index: g.index, vramMB: d.vramMB }))
-    .sort((a, b) => a.index - b.index);
+  const free = (g: CoreGpu) => g.vramTotalMB - g.vramUsedMB;
+  let best: CoreGpu[] | undefined;
+  let bestFree = Infinity;
+  for (const group of gpuGroups(node, d)) {
+    const fits = group.filter((g) => free(g) >= need);
+    if (fits.length < d.gpuCount) continue;
+    fits.sort((a, b) => free(a) - free(b) || a.index - b.index);
+    const chosen = fits.slice(0, d.gpuCount);
+    const left = chosen.reduce((n, g) => n + free(g), 0);
+    if (left < bestFree) (best = chosen, bestFree = left);
+  }
+  return best?.map((g) => ({ index: g.index, vramMB: d.vramMB })).sort((a, b) => a.index - b.index);
 }
 
 /** Where a pod goes, or why it cannot go anywhere. */

@@ -9,7 +9,15 @@ import {
   place,
   vramFit,
 } from "./placement.ts";
-import { coreNode, podDemand } from "./testing.ts";
+import {
+  CoreDriver,
+  coreNode,
+  created,
+  funcReport,
+  lease,
+  nodeReport,
+  podDemand,
+} from "./testing.ts";
 import type { CoreGpu, PodDemand } from "./types.ts";
 
 const gpu = (index: number, usedMB = 0, type = "H100", totalMB = 80_000): CoreGpu => ({
@@ -69,10 +77,15 @@ for (const [title, gpus, overhead, d, want] of vramCases) {
   });
 }
 
-Deno.test("gpuTypeFit() wants enough GPUs of the type, Any matching all", () => {
+Deno.test("gpuTypeFit() wants enough GPUs of the type, Any matching all (several of one type)", () => {
   const n = coreNode({ gpus: [gpu(0, 0, "A100"), gpu(1, 0, "H100")] });
   assert.equal(gpuTypeFit(n, demand({ gpuCount: 1, gpuType: "H100", vramMB: 1 })), null);
-  assert.equal(gpuTypeFit(n, demand({ gpuCount: 2, gpuType: "Any", vramMB: 1 })), null);
+  assert.equal(gpuTypeFit(n, demand({ gpuCount: 1, gpuType: "Any", vramMB: 1 })), null);
+  assert.equal(
+    gpuTypeFit(n, demand({ gpuCount: 2, gpuType: "Any", vramMB: 1 })),
+    "gpu_type_unavailable",
+    "an A100 and an H100 are not two GPUs of one type",
+  );
   assert.equal(
     gpuTypeFit(n, demand({ gpuCount: 2, gpuType: "H100", vramMB: 1 })),
     "gpu_type_unavailable",
@@ -126,4 +139,25 @@ Deno.test("place() stops at enoughFeasible fitting nodes and feasibleTarget() sc
   assert.equal(feasibleTarget(500), 500);
   assert.equal(feasibleTarget(10_000), 1000);
   assert.equal(feasibleTarget(50_000), 5000);
+});
+
+Deno.test("a pod of several GPUs of any type gets GPUs of one type, never unlike ones", () => {
+  const d = new CoreDriver();
+  const gpus = (...types: [string, number][]) =>
+    types.map(([type, vramMB], index) => ({ index, type, vramMB }));
+  d.run(
+    {
+      type: "nodeUpdate",
+      node: nodeReport("mixed", { gpus: gpus(["H100", 80_000], ["A10", 24_000]) }),
+    },
+    { type: "funcUpdate", func: funcReport("t/n/tp", { gpuCount: 2, vramMB: 20_000 }) },
+  );
+  assert.deepEqual(created(d.run(lease("r1", "t/n/tp"))), [], "an H100 and an A10: no pod");
+  assert.match(d.state.funcs.get("t/n/tp")!.schedulable?.message ?? "", /2 GPUs of one type/);
+  d.run({
+    type: "nodeUpdate",
+    node: nodeReport("mixed", { gpus: gpus(["H100", 80_000], ["A10", 24_000], ["A10", 24_000]) }),
+  });
+  const [pod] = created(d.run(lease("r2", "t/n/tp")));
+  assert.deepEqual(pod?.gpus.map((g) => g.index), [1, 2], "the two A10s");
 });

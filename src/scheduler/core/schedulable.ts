@@ -113,7 +113,8 @@ function explain(reason: string, nodes: readonly CoreNode[], d: PodDemand): stri
       return `${d.memMB} MB of memory wanted, the largest node has ${max((n) => n.memTotalMB)}`;
     case "gpu_type_unavailable": {
       const types = [...new Set(nodes.flatMap((n) => n.gpus.map((g) => g.type)))].sort();
-      return `${gpus(d.gpuCount)} of type ${d.gpuType} wanted, no node has ${
+      const kind = d.gpuType === "Any" && d.gpuCount > 1 ? "one type" : `type ${d.gpuType}`;
+      return `${gpus(d.gpuCount)} of ${kind} wanted, no node has ${
         d.gpuCount === 1 ? "one" : "that many"
       } (GPU types in the cluster: ${types.join(", ") || "none"})`;
     }

@@ -87,7 +87,7 @@ Deno.test("schedulability() checks every node's capacity, not its free resources
       demand({ gpuCount: 4, vramMB: 1000 }),
       "False",
       "GPUTypeUnavailable",
-      /4 GPUs of type Any wanted, no node has that many/,
+      /4 GPUs of one type wanted, no node has that many/,
     ],
     [
       "vRAM beyond the largest GPU",
