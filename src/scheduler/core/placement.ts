@@ -125,6 +125,37 @@ export function binPack(node: CoreNode, d: PodDemand): number {
   return Math.min(100, 50 * (cpu + mem));
 }
 
+/**
+ * Score: prefer the node whose GPUs the pod would fill most (the GPUs
+ * {@linkcode pickGpus} would give it there), so that a partly used GPU that
+ * fits is used before an empty one is opened elsewhere: the whole node's fill
+ * alone (BinPack) opened empty GPUs a later whole-GPU pod needed.
+ */
+export function gpuFit(node: CoreNode, d: PodDemand): number {
+  if (d.gpuCount === 0) return 0;
+  const charge0 = vramCharge(node, d);
+  if (summaryApplies(node, d)) {
+    // One type: the free vRAM of each GPU, largest first, is all it takes (no allocation).
+    const free = node.gpuSummary.freeDesc;
+    let last = -1;
+    for (let i = 0; i < free.length && free[i] >= charge0; i++) last = i;
+    if (last + 1 < d.gpuCount) return 0;
+    const per = node.gpuSummary.totalMB / node.gpus.length;
+    let used = 0;
+    for (let i = last - d.gpuCount + 1; i <= last; i++) used += per - free[i] + charge0;
+    return Math.min(100, (100 * used) / (per * d.gpuCount));
+  }
+  const slices = pickGpus(node, d);
+  if (!slices?.length) return 0;
+  const charge = vramCharge(node, d);
+  let fill = 0;
+  for (const s of slices) {
+    const g = node.gpus.find((g) => g.index === s.index)!;
+    fill += (g.vramUsedMB + charge) / g.vramTotalMB;
+  }
+  return Math.min(100, (100 * fill) / slices.length);
+}
+
 /** Score: prefer nodes without GPUs for pods that need none, keeping GPU nodes free. */
 export function gpuAvoidance(node: CoreNode, d: PodDemand): number {
   return d.gpuCount === 0 && node.gpus.length > 0 ? 0 : 100;
@@ -141,6 +172,7 @@ export const DEFAULT_FILTERS: readonly Filter[] = [
 /** The default scores. */
 export const DEFAULT_SCORES: readonly Score[] = [
   { name: "BinPack", weight: 2, score: binPack },
+  { name: "GpuFit", weight: 2, score: gpuFit },
   { name: "GpuAvoidance", weight: 1, score: gpuAvoidance },
 ];
 

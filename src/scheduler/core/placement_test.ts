@@ -18,7 +18,7 @@ import {
   nodeReport,
   podDemand,
 } from "./testing.ts";
-import type { CoreGpu, PodDemand } from "./types.ts";
+import type { CoreGpu, PodDemand, PodRecord } from "./types.ts";
 
 const gpu = (index: number, usedMB = 0, type = "H100", totalMB = 80_000): CoreGpu => ({
   index,
@@ -160,4 +160,42 @@ Deno.test("a pod of several GPUs of any type gets GPUs of one type, never unlike
   });
   const [pod] = created(d.run(lease("r2", "t/n/tp")));
   assert.deepEqual(pod?.gpus.map((g) => g.index), [1, 2], "the two A10s");
+});
+
+Deno.test("a pod goes onto a partly used GPU that fits rather than open an empty one elsewhere", () => {
+  const d = new CoreDriver();
+  d.state.config.recoveryGraceMs = 0;
+  const two = (n: string) => nodeReport(n, { gpuCount: 2, vramMB: 80_000 });
+  const rec = (id: string, node: string, vramMB: number): PodRecord => ({
+    id,
+    func: `t/n/${id}`,
+    version: 1,
+    node,
+    cpu: 1000,
+    memMB: 1024,
+    gpus: [{ index: 0, vramMB }],
+    desired: "Running",
+    state: "Ready",
+    endpoint: id,
+  });
+  const fn = (id: string, vramMB: number, minReplica = 0) => ({
+    type: "funcUpdate" as const,
+    func: funcReport(`t/n/${id}`, { gpuCount: 1, vramMB }, { minReplica }),
+  });
+  d.run(
+    { type: "nodeUpdate", node: two("a") },
+    { type: "nodeUpdate", node: two("b") },
+    // a's first GPU has 2 GB left, b's 30 GB.
+    { type: "podRecord", pod: rec("big", "a", 78_000) },
+    { type: "podRecord", pod: rec("mid", "b", 50_000) },
+    fn("big", 78_000, 1),
+    fn("mid", 50_000, 1),
+    fn("small", 25_000),
+    fn("whole1", 80_000),
+    fn("whole2", 80_000),
+  );
+  const [small] = created(d.run(lease("r1", "t/n/small")));
+  assert.deepEqual([small.node, small.gpus[0].index], ["b", 0]);
+  // Both whole-GPU pods still find a GPU.
+  assert.equal(created(d.run(lease("r2", "t/n/whole1"), lease("r3", "t/n/whole2"))).length, 2);
 });
