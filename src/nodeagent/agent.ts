@@ -137,10 +137,18 @@ export class NodeAgent implements NodeAgentClient {
     });
     // Adopted workers the store no longer knows are orphans.
     for (const a of adopted) {
-      if (!listed.has(a.podId)) {
-        log.warn("Removing orphan worker {pod}", { pod: a.podId });
-        this.#stopPod(a.podId, false);
+      if (listed.has(a.podId)) continue;
+      if (a.legacy) {
+        // Marked as an earlier version marked them: another installation's it may be.
+        log.warn("Leaving worker {pod} alone: marked by an earlier version, unknown here", {
+          pod: a.podId,
+        });
+        this.#local.delete(a.podId);
+        this.#runtime.forget?.(a.podId);
+        continue;
       }
+      log.warn("Removing orphan worker {pod}", { pod: a.podId });
+      this.#stopPod(a.podId, false);
     }
     log.info("Node {node} ready with runtime {runtime}, {gpus} GPU(s)", {
       node: this.name,
@@ -212,6 +220,12 @@ export class NodeAgent implements NodeAgentClient {
         // Our Ready report was lost (state service restarting): say it again.
         this.#setStatus(pod.id, { state: "Ready", endpoint: local!.endpoint, readyAt: Date.now() });
         break;
+      case "reportStandby":
+        this.#setStatus(pod.id, {
+          state: "Standby",
+          standbyTier: pod.standbyTier ?? this.#node.standbyTiers[0],
+        }, () => this.#local.get(pod.id) === local && local!.phase === "parked");
+        break;
       case "reportLost":
         // The record says running but this agent has no such process: it was
         // lost (agent restart). Report it so the scheduler replaces it.
@@ -225,14 +239,18 @@ export class NodeAgent implements NodeAgentClient {
       ? pod.standbyTier
       : this.#node.standbyTiers[0];
     local.phase = "parked";
+    local.parking = true;
     this.#runtime.park(pod.id, tier).then(
-      () =>
-        this.#setStatus(
+      () => {
+        local.parking = false;
+        return this.#setStatus(
           pod.id,
           { state: "Standby", standbyTier: tier },
           () => this.#local.get(pod.id) === local && local.phase === "parked",
-        ),
+        );
+      },
       (err: Error) => {
+        local.parking = false;
         log.warn("Cannot park pod {pod}: {error}", { pod: pod.id, error: err.message });
         // Stopped meanwhile, or resumed (its resume ran after the park and says how it went).
         if (local.phase !== "parked") return;
@@ -486,11 +504,12 @@ export class NodeAgent implements NodeAgentClient {
     try {
       const ref = await this.#findPod(podId);
       if (ref) {
-        await updateWithRetry(
-          this.#meta,
-          ref,
-          (cur) => cur && still() ? { ...decodePod(cur.value), ...status } : undefined,
-        );
+        await updateWithRetry(this.#meta, ref, (cur) => {
+          if (!cur || !still()) return undefined;
+          // A record it cannot read (a newer writer's) is not written over: the report goes.
+          const pod = this.#decode(cur);
+          return pod && { ...pod, ...status };
+        });
       }
       if (this.#unsent.get(podId) === report) this.#unsent.delete(podId);
     } catch (err) {

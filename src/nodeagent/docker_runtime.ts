@@ -422,13 +422,14 @@ export class DockerRuntime implements PodRuntime {
   /** Adopts running containers of this scope; removes the ones that stopped. */
   async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
     const list = [];
+    const legacy = new Set<string>();
     for (const scope of [this.#scope, ...this.#options.legacyScopes ?? []]) {
-      list.push(
-        ...await this.#docker.listContainers({
-          all: true,
-          filters: { label: [`inferx.scope=${scope}`] },
-        }),
-      );
+      const found = await this.#docker.listContainers({
+        all: true,
+        filters: { label: [`inferx.scope=${scope}`] },
+      });
+      if (scope !== this.#scope) { for (const c of found) legacy.add(c.Id); }
+      list.push(...found);
     }
     const adopted: AdoptedPod[] = [];
     let removed = 0;
@@ -448,13 +449,24 @@ export class DockerRuntime implements PodRuntime {
       if ((c.State === "running" || c.State === "paused") && answers) {
         const entry = await this.#track(podId, container, false);
         entry.endpoint = port ? `${this.#host}:${port.PublicPort}` : "";
-        adopted.push({ podId, endpoint: entry.endpoint, paused: c.State === "paused" });
+        adopted.push({
+          podId,
+          endpoint: entry.endpoint,
+          paused: c.State === "paused",
+          ...(legacy.has(c.Id) ? { legacy: true } : {}),
+        });
+      } else if (legacy.has(c.Id)) {
+        // Maybe another installation's (one on an earlier version): not removed.
       } else {
         await container.remove({ force: true }).catch(() => {});
         removed++;
       }
     }
     return { adopted, removed };
+  }
+
+  forget(podId: string): void {
+    this.#pods.delete(podId);
   }
 
   /** Whether a pod's container is frozen (paused tier). */

@@ -478,3 +478,39 @@ t(
     );
   },
 );
+
+t(
+  "an agent leaves alone the containers an earlier version marked that its store does not know",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const other = new DockerRuntime({ scope }); // another installation, not yet upgraded
+    await other.start(spec("pod-theirs"));
+    const store = await openSqliteStore();
+    const handle = await nodeagent.start({
+      meta: new StateService(store),
+      node: {
+        name: "n1",
+        address: "127.0.0.1",
+        cpuMillis: 2000,
+        memMB: 2048,
+        gpus: [],
+        contextOverheadMB: 0,
+        standbyTiers: [],
+        runtime: "docker",
+        ready: true,
+        heartbeat: 0,
+      },
+      scope,
+      installId: "0123456789abcdef",
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      const info = await docker.getContainer(nameOf(scope, "pod-theirs")).inspect();
+      assert.equal(info.State.Running, true, "still running");
+    } finally {
+      await handle.stop();
+      await store.close();
+      await other.stop("pod-theirs");
+    }
+  },
+);

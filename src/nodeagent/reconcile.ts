@@ -11,6 +11,8 @@ import type { PodInfo } from "../model/cluster.ts";
 /** What the agent runs for one pod. */
 export interface LocalPod {
   phase: "starting" | "running" | "parked" | "stopping";
+  /** Its park is under way (phase `parked` from the decision on). */
+  parking?: boolean;
   /** Where the worker answers, once it does. */
   endpoint?: string;
 }
@@ -29,6 +31,8 @@ export type ReconcileAction =
   | "start"
   /** Report Ready again: the first report was lost. */
   | "reportReady"
+  /** Report Standby: the worker is parked, its record does not say so (a report lost). */
+  | "reportStandby"
   /** Report the pod Failed: the record says it runs, but no worker is here (agent restart). */
   | "reportLost"
   /** Nothing: the worker is where it should be, or on its way. */
@@ -46,6 +50,10 @@ export function reconcileAction(
     pod.state !== "Terminated";
   if (pod.desired === "Standby") {
     if (local?.phase === "running") return "park";
+    // Parked (an agent restart adopted it so, or its report went with the agent before).
+    if (local?.phase === "parked" && !local.parking && pod.state !== "Standby") {
+      return "reportStandby";
+    }
     return lost ? "reportLost" : "none";
   }
   if (local?.phase === "parked") return "resume";

@@ -82,3 +82,10 @@ Deno.test("reconcileAction() decides each pod's next step from its record and th
     assert.equal(reconcileAction({ desired, state }, local), want, what);
   }
 });
+
+Deno.test("reconcileAction() reports Standby again for a parked worker whose record missed it", () => {
+  const rec = { desired: "Standby", state: "Ready" } as const;
+  assert.equal(reconcileAction(rec, { phase: "parked" }), "reportStandby");
+  assert.equal(reconcileAction(rec, { phase: "parked", parking: true }), "none", "on its way");
+  assert.equal(reconcileAction({ ...rec, state: "Standby" }, { phase: "parked" }), "none");
+});

@@ -61,6 +61,8 @@ export interface PodRuntime {
   restore?(spec: PodSpec, dir: string): Promise<RunningPod>;
   /** The last `lines` lines of the pod's output. */
   logs(podId: string, lines?: number): Promise<string>;
+  /** Lets an adopted pod go without stopping it: not this agent's after all (`legacy`). */
+  forget?(podId: string): void;
   /**
    * After an agent restart: takes over the workers this runtime can still
    * manage and removes the rest. Returns the adopted pods' ids and how many
@@ -74,6 +76,11 @@ export interface AdoptedPod {
   podId: string;
   endpoint: string;
   paused: boolean;
+  /**
+   * Marked as an earlier version marked workers, which another installation
+   * on the same host may still do: the agent's own only if its store knows it.
+   */
+  legacy?: boolean;
 }
 
 /** The environment every worker gets from the platform, runtime-independent. */

@@ -43,6 +43,8 @@ import {
   sameWorker,
   tenantQuota,
   type UserObject,
+  userObjectToJson,
+  writeChecks,
 } from "../model/schemas.ts";
 import { type FunctionObject, nextVersions, rolloutVersions } from "../model/versions.ts";
 import type { MetaStore } from "../store/types.ts";
@@ -285,12 +287,16 @@ export class StateService implements MetaClient {
    * one (users cannot: the gateway drops it).
    */
   async #admitUser(input: ObjectInput, current: MetaRecord | undefined) {
-    const obj = decodeUserObject(input);
+    const obj = decodeUserObject(input, { writeChecks: false });
     if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
     if (obj.type === "function" || obj.type === "funcpolicy") {
       await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
     }
     const prev = current && storedUserObject(current);
+    // Rules newer than what is stored bind a changed spec only: a status write (the
+    // scheduler's) or a rollout of an object stored before them passes.
+    const specOf = (o: UserObject) => userObjectToJson(o).object as { spec: unknown };
+    if (!prev || !jsonEqual(specOf(prev).spec, specOf(obj).spec)) writeChecks(obj);
     let stored: UserObject = obj;
     if (obj.type === "function") {
       if (obj.spec.policy?.kind === "link") {

@@ -155,3 +155,52 @@ Deno.test("deleting a namespace deletes its calls and their bodies: a namesake m
     await close();
   }
 });
+
+Deno.test("a function stored before a rule it breaks takes status writes and rollouts; a changed spec must meet it", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  try {
+    await svc.create({ type: "tenant", ...sys, name: "t", object: {} });
+    await svc.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "n",
+      object: {},
+    });
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    // As an earlier version stored it: queue_len 0, refused in writes since.
+    await store.create(
+      "/registry/function/t/n/f",
+      JSON.stringify({
+        type: "function",
+        tenant: "t",
+        namespace: "n",
+        name: "f",
+        object: { spec: { image: "x", policy: { Obj: { queue_len: 0 } } } },
+        version: 1,
+      }),
+    );
+    const cur = (await svc.get(ref))!;
+    const stored = JSON.parse(cur.value);
+    const status = {
+      conditions: [{ type: "Schedulable", status: "True", reason: "R", message: "m" }],
+    };
+    const w = await svc.update({
+      ...ref,
+      revision: cur.revision,
+      object: { ...stored.object, status },
+    });
+    assert.ok(w.revision > cur.revision, "the scheduler's status write passes");
+    await assert.rejects(
+      svc.update({
+        ...ref,
+        revision: w.revision,
+        object: { spec: { image: "y", policy: { Obj: { queue_len: 0 } } } },
+      }),
+      /queue_len: must be at least 1/,
+    );
+  } finally {
+    await store.close();
+  }
+});

@@ -81,7 +81,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       need--;
       continue;
     }
-    const plan = planEviction(state, f.id, f.demand, fairRules(state, f));
+    const plan = planEviction(state, f.id, f.demand, { ...fairRules(state, f), now: ctx.now });
     if (plan) {
       let reclaimed = 0;
       for (const v of plan.victims) {

@@ -10,7 +10,7 @@ import { unitOf } from "./_accounting.ts";
 import { PRIORITY_RANK } from "./fairness.ts";
 import { gpuGroups, gpuTypeFit, nodeReady, vramCharge } from "./placement.ts";
 import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
-import { releasing } from "./standby.ts";
+import { parkComing, releasing } from "./standby.ts";
 
 /** Pods to give up on one node so that a pod fits, or nothing needed. */
 export interface EvictionPlan {
@@ -25,6 +25,8 @@ export interface EvictionOptions {
   evict?: (pod: CorePod) => boolean;
   /** Whether a leased pod may be reclaimed from its gateway (fairness). @default none */
   reclaim?: (pod: CorePod) => boolean;
+  /** The core's clock (ms), for parks whose report is overdue. @default 0 */
+  now?: number;
 }
 
 /** Parked pods go first (they serve nobody), then idle ones, then leased ones. */
@@ -48,6 +50,7 @@ export function planEviction(
   options: EvictionOptions = {},
 ): EvictionPlan | undefined {
   let best: EvictionPlan | undefined;
+  const now = options.now ?? 0;
   // Active pods per function, counted only for functions that own candidates.
   const live = new Map<string, number>();
   const liveOf = (id: string) => {
@@ -70,8 +73,9 @@ export function planEviction(
       const p = state.pods.get(id)!;
       if (p.unclaimedUntil !== undefined) continue; // a gateway may be using it
       if (p.state === "Terminating" || p.reclaiming) freed.push(p);
-      // Being parked: what its tier releases comes free once its agent has parked it.
-      else if (p.parking) freed.push({ ...p, held: releasing(p) });
+      // Being parked: what its tier releases comes free once its agent has parked it (a
+      // report overdue: taken as parked holding all, evicted like any parked pod).
+      else if (parkComing(p, now)) freed.push({ ...p, held: releasing(p) });
       else if (p.state === "Standby") {
         // Parked holding nothing (in a file): ending it frees nothing here.
         if (!p.held.cpu && !p.held.mem && !p.held.vram) continue;

@@ -134,13 +134,14 @@ export function binPack(node: CoreNode, d: PodDemand): number {
 export function gpuFit(node: CoreNode, d: PodDemand): number {
   if (d.gpuCount === 0) return 0;
   const charge0 = vramCharge(node, d);
-  if (summaryApplies(node, d)) {
-    // One type: the free vRAM of each GPU, largest first, is all it takes (no allocation).
+  const size = node.gpus[0]?.vramTotalMB;
+  if (summaryApplies(node, d) && node.gpus.every((g) => g.vramTotalMB === size)) {
+    // One type and size: the free vRAM of each GPU, largest first, is all it takes.
     const free = node.gpuSummary.freeDesc;
     let last = -1;
     for (let i = 0; i < free.length && free[i] >= charge0; i++) last = i;
     if (last + 1 < d.gpuCount) return 0;
-    const per = node.gpuSummary.totalMB / node.gpus.length;
+    const per = size;
     let used = 0;
     for (let i = last - d.gpuCount + 1; i <= last; i++) used += per - free[i] + charge0;
     return Math.min(100, (100 * used) / (per * d.gpuCount));

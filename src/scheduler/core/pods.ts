@@ -153,7 +153,7 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   );
   pod.endpoint = r.endpoint;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;
-  if (podState === "Standby" && !parked) pod.parking = true;
+  if (podState === "Standby" && !parked) (pod.parking = true, pod.parkingSince = ctx.now);
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });

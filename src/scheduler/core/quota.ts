@@ -44,7 +44,9 @@ export function quotaBlock(
     // A pod being parked counts as what its tier keeps: it leaves service for that.
     if (pod.parking ? TIER_HOLDS[pod.tier!].vram : pod.held.vram) gpus += pod.gpus.length;
   }
-  const moreGpus = parked ? (parked.held.vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
+  // Resuming a pod still being parked: counted above as what its tier keeps, so as that.
+  const keeps = parked && (parked.parking ? TIER_HOLDS[parked.tier!].vram : parked.held.vram);
+  const moreGpus = parked ? (keeps ? 0 : parked.gpus.length) : f.demand.gpuCount;
   if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
     return {
       limit: "max_replica",

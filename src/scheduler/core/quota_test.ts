@@ -197,3 +197,26 @@ Deno.test("room within max_gpu ends one idle pod, not parks every one in a tier 
     assert.ok(acts.includes("createPod"), `${tiers}: ${acts.join(", ")}`);
   }
 });
+
+Deno.test("resuming a pod still being parked counts its GPUs against max_gpu", () => {
+  const d = new CoreDriver();
+  d.confirmParks = false;
+  d.run(
+    {
+      type: "nodeUpdate",
+      node: nodeReport("n", { gpuCount: 2, vramMB: 80_000, standbyTiers: ["host_memory"] }),
+    },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/a", { gpuCount: 1, vramMB: 10_000 }, { standbyTier: "host_memory" }),
+    },
+    { type: "funcUpdate", func: funcReport("t/n/g", { gpuCount: 1, vramMB: 10_000 }) },
+    { type: "tenantQuota", tenant: "t", limits: { maxGpu: 1 } },
+  );
+  const [a] = created(d.run(lease("r1", "t/n/a")));
+  d.run({ type: "podStatus", podId: a.id, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: a.id, gateway: "g1" }); // parking in host memory: no GPU then
+  assert.equal(created(d.run(lease("r2", "t/n/g"))).length, 1, "its GPU counted as given back");
+  const again = kinds(d.run(lease("r3", "t/n/a")));
+  assert.ok(!again.includes("resumePod"), `over max_gpu: ${again.join(", ")}`);
+});

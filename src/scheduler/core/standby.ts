@@ -61,6 +61,7 @@ export function retire(
       pod.tier = tier;
       pod.lastUsed = ctx.now;
       pod.parking = true; // it holds all until its agent reports it parked (parkDone)
+      pod.parkingSince = ctx.now;
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }
@@ -74,6 +75,18 @@ export function parkDone(ctx: Ctx, pod: CorePod): boolean {
   pod.parking = false;
   setHeld(ctx.state, pod, TIER_HOLDS[pod.tier!]);
   return true;
+}
+
+/**
+ * How long a park may go unreported (ms) before the pod is taken for parked
+ * in a tier that keeps all it holds: longer than a file-tier dump may take
+ * (120 s), after which it is evicted like any parked pod rather than awaited.
+ */
+export const PARK_REPORT_WAIT_MS = 150_000;
+
+/** Whether `pod` was asked to park and its report is still to come (not overdue). */
+export function parkComing(pod: CorePod, now: number): boolean {
+  return pod.parking === true && now - (pod.parkingSince ?? now) < PARK_REPORT_WAIT_MS;
 }
 
 /** What `pod`, asked to park, will release once parked (all it holds, unless it is parking). */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { StandbyTier } from "../../model/cluster.ts";
-import { chooseTier } from "./standby.ts";
+import { chooseTier, PARK_REPORT_WAIT_MS } from "./standby.ts";
 import { CoreDriver, created, funcReport, gpuFunc, gpuNode, kinds, lease } from "./testing.ts";
 
 Deno.test("chooseTier() takes the deepest tier the node has, up to the wanted one", () => {
@@ -134,4 +134,27 @@ Deno.test("a pod asked to park keeps its GPU memory until its agent reports it p
   const after = d.run({ type: "podStatus", podId: a, state: "Standby" });
   assert.equal(created(after)[0]?.func, "t/n/b", "placed once the park is done");
   assert.equal(n.gpus[0].vramUsedMB, 60_000);
+});
+
+Deno.test("a park whose report never comes is taken for parked after a while, and evicted like one", () => {
+  const d = new CoreDriver();
+  d.confirmParks = false; // its agent restarted and lost the report
+  d.run(
+    { type: "nodeUpdate", node: gpuNode("n1", ["paused"]) },
+    { type: "funcUpdate", func: gpuFunc("t/n/a", "paused") },
+    {
+      type: "funcUpdate",
+      func: funcReport("t/n/b", { gpuCount: 1, vramMB: 60_000 }, { standbyTier: "paused" }),
+    },
+  );
+  const a = created(d.run(lease("ra", "t/n/a")))[0].id;
+  d.run({ type: "podStatus", podId: a, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: a, gateway: "g1" });
+  assert.deepEqual(kinds(d.run(lease("rb", "t/n/b", "g1", 600_000))), [], "waits for the report");
+  d.now = PARK_REPORT_WAIT_MS + 1000;
+  const acts = d.run({ type: "gatewayHeartbeat", gateway: "g1" }, { type: "tick" });
+  assert.ok(
+    acts.some((x) => x.type === "terminatePod" && x.podId === a),
+    JSON.stringify(acts),
+  );
 });

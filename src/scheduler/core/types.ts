@@ -165,6 +165,8 @@ export interface CorePod extends PodPlacement {
    * fail and keep the memory), so nothing is placed into what it still uses.
    */
   parking?: boolean;
+  /** When it was asked to park (ms). */
+  parkingSince?: number;
   endpoint?: string;
   /** Gateway holding the lease, when leased (the first of its lessees). */
   leasedBy?: string;
