@@ -35,8 +35,9 @@ export const BUFFER_LIMIT = 1024 * 1024;
 /**
  * The worker cannot be reached: the connection was refused, or broke before
  * any of the request went out (`sent` false: the worker cannot have seen it,
- * and none of a streamed body was read), or — for a request that may be sent
- * twice (an idempotent method, an idempotency key) — closed with no answer after it went out.
+ * and none of a streamed body was read), or — for a request that may be
+ * sent twice (an idempotent method, an idempotency key) — closed with no
+ * answer after it went out.
  */
 export class ConnectError extends Error {
   /** Some of the request went out. */
@@ -175,8 +176,6 @@ class Conn {
    * timeout, its end) is heard at once, so it is not used for a request.
    */
   #idleRead?: Promise<number | null>;
-  /** The worker closed it, or sent something unasked, while it was idle. */
-  stale = false;
   // The answer being read.
   #noBody = false;
   #headersDone = false;
@@ -487,8 +486,7 @@ class Conn {
     const heard = () => {
       if (this.#idleRead !== read) return; // an exchange took it
       this.#idleRead = undefined;
-      this.stale = true;
-      this.close();
+      this.close(); // the worker closed it, or sent something unasked: out of use
     };
     read.then(heard, heard);
   }

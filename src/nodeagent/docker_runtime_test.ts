@@ -19,6 +19,7 @@ import {
   WORKER_NETWORK,
 } from "./docker_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
+import type { NodeInfo } from "../model/cluster.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
 import { StateService } from "../statesvc/service.ts";
@@ -54,6 +55,20 @@ function spec(podId: string, commands = NGRAM_COMMANDS): PodSpec {
     gpus: [],
   };
 }
+
+/** A node of 2 CPUs and 2 GB on the Docker runtime, as an agent registers it. */
+const dockerNode = (name: string): NodeInfo => ({
+  name,
+  address: "127.0.0.1",
+  cpuMillis: 2000,
+  memMB: 2048,
+  gpus: [],
+  contextOverheadMB: 0,
+  standbyTiers: [],
+  runtime: "docker",
+  ready: true,
+  heartbeat: 0,
+});
 
 const complete = async (endpoint: string) => {
   const res = await fetch(`http://${endpoint}/v1/completions`, {
@@ -222,18 +237,7 @@ t(
     const store = await openSqliteStore();
     const handle = await nodeagent.start({
       meta: new StateService(store),
-      node: {
-        name: "n1",
-        address: "127.0.0.1",
-        cpuMillis: 2000,
-        memMB: 2048,
-        gpus: [],
-        contextOverheadMB: 0,
-        standbyTiers: [],
-        runtime: "docker",
-        ready: true,
-        heartbeat: 0,
-      },
+      node: dockerNode("n1"),
       scope,
     });
     try {
@@ -427,18 +431,7 @@ t(
     const handle = await nodeagent.start({
       meta,
       // Sized auto as an agent under a 1-CPU limit sees it.
-      node: {
-        name: "n-auto",
-        address: "127.0.0.1",
-        cpuMillis: 1000,
-        memMB: 512,
-        gpus: [],
-        contextOverheadMB: 0,
-        standbyTiers: [],
-        runtime: "docker",
-        ready: true,
-        heartbeat: 0,
-      },
+      node: { ...dockerNode("n-auto"), cpuMillis: 1000, memMB: 512 },
       scope: `test-${crypto.randomUUID()}`,
       autoSized: { cpu: true, mem: false },
     });
@@ -488,18 +481,7 @@ t(
     const store = await openSqliteStore();
     const handle = await nodeagent.start({
       meta: new StateService(store),
-      node: {
-        name: "n1",
-        address: "127.0.0.1",
-        cpuMillis: 2000,
-        memMB: 2048,
-        gpus: [],
-        contextOverheadMB: 0,
-        standbyTiers: [],
-        runtime: "docker",
-        ready: true,
-        heartbeat: 0,
-      },
+      node: dockerNode("n1"),
       scope,
       installId: "0123456789abcdef",
     });

@@ -18,7 +18,7 @@ async function service(tenantSpec: unknown = {}) {
   const svc = new StateService(store);
   await svc.create({ type: "tenant", ...sys, name: "t", object: tenantSpec });
   await svc.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
-  return { svc, close: () => store.close() };
+  return { svc, store, close: () => store.close() };
 }
 
 const outcomes = (rs: PromiseSettledResult<unknown>[]) =>
@@ -157,17 +157,8 @@ Deno.test("deleting a namespace deletes its calls and their bodies: a namesake m
 });
 
 Deno.test("a function stored before a rule it breaks takes status writes and rollouts; a changed spec must meet it", async () => {
-  const store = await openSqliteStore();
-  const svc = new StateService(store);
+  const { svc, store, close } = await service();
   try {
-    await svc.create({ type: "tenant", ...sys, name: "t", object: {} });
-    await svc.create({
-      type: "namespace",
-      tenant: "t",
-      namespace: "system",
-      name: "n",
-      object: {},
-    });
     const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
     // As an earlier version stored it: queue_len 0, refused in writes since.
     await store.create(
@@ -201,6 +192,6 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
       /queue_len: must be at least 1/,
     );
   } finally {
-    await store.close();
+    await close();
   }
 });

@@ -5,11 +5,11 @@ import {
   funcReport,
   gpuFunc,
   gpuNode,
+  gpuPodRecord,
   kinds,
   lease,
   nodeReport,
 } from "./testing.ts";
-import type { PodRecord } from "./types.ts";
 
 Deno.test("step() evicts the least recently used idle pod of another function, never below min_replica", () => {
   const d = new CoreDriver();
@@ -150,19 +150,8 @@ Deno.test("eviction passes over parked pods that hold nothing, and ends one pod 
   const d = new CoreDriver();
   d.state.config.recoveryGraceMs = 0;
   d.state.config.fairShare = false;
-  const rec = (id: string, node: string, vramMB: number, parked = false): PodRecord => ({
-    id,
-    func: `t/n/${id}`,
-    version: 1,
-    node,
-    cpu: 1000,
-    memMB: 1024,
-    gpus: [{ index: 0, vramMB }],
-    desired: parked ? "Standby" : "Running",
-    state: parked ? "Standby" : "Ready",
-    endpoint: id,
-    ...(parked ? { tier: "file" as const } : {}),
-  });
+  const rec = (id: string, node: string, vramMB: number, parked = false) =>
+    gpuPodRecord(id, node, vramMB, parked ? { tier: "file" } : {});
   const f = (id: string, vramMB: number) => ({
     type: "funcUpdate" as const,
     func: funcReport(`t/n/${id}`, { gpuCount: 1, vramMB }, { standbyTier: "file", maxReplica: 1 }),

@@ -14,11 +14,12 @@ import {
   coreNode,
   created,
   funcReport,
+  gpuPodRecord,
   lease,
   nodeReport,
   podDemand,
 } from "./testing.ts";
-import type { CoreGpu, PodDemand, PodRecord } from "./types.ts";
+import type { CoreGpu, PodDemand } from "./types.ts";
 
 const gpu = (index: number, usedMB = 0, type = "H100", totalMB = 80_000): CoreGpu => ({
   index,
@@ -166,18 +167,7 @@ Deno.test("a pod goes onto a partly used GPU that fits rather than open an empty
   const d = new CoreDriver();
   d.state.config.recoveryGraceMs = 0;
   const two = (n: string) => nodeReport(n, { gpuCount: 2, vramMB: 80_000 });
-  const rec = (id: string, node: string, vramMB: number): PodRecord => ({
-    id,
-    func: `t/n/${id}`,
-    version: 1,
-    node,
-    cpu: 1000,
-    memMB: 1024,
-    gpus: [{ index: 0, vramMB }],
-    desired: "Running",
-    state: "Ready",
-    endpoint: id,
-  });
+  const rec = (id: string, node: string, vramMB: number) => gpuPodRecord(id, node, vramMB);
   const fn = (id: string, vramMB: number, minReplica = 0) => ({
     type: "funcUpdate" as const,
     func: funcReport(`t/n/${id}`, { gpuCount: 1, vramMB }, { minReplica }),

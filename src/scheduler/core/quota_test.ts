@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { StandbyTier } from "../../model/cluster.ts";
-import { CoreDriver, funcReport, gpuNode, kinds, nodeReport } from "./testing.ts";
-import type { CoreAction, PodRecord } from "./types.ts";
+import { CoreDriver, funcReport, gpuNode, gpuPodRecord, kinds, nodeReport } from "./testing.ts";
+import type { CoreAction } from "./types.ts";
 
 const created = (acts: CoreAction[]) =>
   acts.flatMap((a) => (a.type === "createPod" ? [a.pod] : []));
@@ -161,18 +161,8 @@ Deno.test("room within max_gpu ends one idle pod, not parks every one in a tier 
     const d = new CoreDriver();
     d.confirmParks = false;
     d.state.config.recoveryGraceMs = 0;
-    const rec = (id: string, func: string, index: number): PodRecord => ({
-      id,
-      func,
-      version: 1,
-      node: "n",
-      cpu: 1000,
-      memMB: 1024,
-      gpus: [{ index, vramMB: 10_000 }],
-      desired: "Running",
-      state: "Ready",
-      endpoint: id,
-    });
+    const rec = (id: string, func: string, index: number) =>
+      gpuPodRecord(id, "n", 10_000, { func, index });
     const f = (id: string) => ({
       type: "funcUpdate" as const,
       func: funcReport(id, { gpuCount: 1, vramMB: 10_000 }),

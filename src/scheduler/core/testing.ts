@@ -17,6 +17,7 @@ import type {
   NodeReport,
   PodDemand,
   PodPlacement,
+  PodRecord,
 } from "./types.ts";
 
 /** A node report with `gpus` GPUs of `vramMB` each. */
@@ -136,3 +137,29 @@ export const gpuFunc = (
   tier: StandbyTier,
   policy: Record<string, number> = {},
 ): FuncReport => funcReport(id, { gpuCount: 1, vramMB: 30_000 }, { standbyTier: tier, ...policy });
+
+/**
+ * The record of pod `id` (of function `t/n/{id}` unless `func` says) on
+ * `node`, holding `vramMB` on GPU `index` (0): Ready, or parked in `tier`.
+ */
+export function gpuPodRecord(
+  id: string,
+  node: string,
+  vramMB: number,
+  options: { func?: string; index?: number; tier?: StandbyTier } = {},
+): PodRecord {
+  const parked = options.tier !== undefined;
+  return {
+    id,
+    func: options.func ?? `t/n/${id}`,
+    version: 1,
+    node,
+    cpu: 1000,
+    memMB: 1024,
+    gpus: [{ index: options.index ?? 0, vramMB }],
+    desired: parked ? "Standby" : "Running",
+    state: parked ? "Standby" : "Ready",
+    endpoint: id,
+    ...(parked ? { tier: options.tier } : {}),
+  };
+}
