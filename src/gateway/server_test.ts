@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { serveGateway } from "./server.ts";
 import { fakeWorker, gatewayFixture, rawWorker, scriptedWorker } from "./testing.ts";
+import { until } from "../common/testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -594,3 +595,38 @@ t("HEAD on a streaming app route answers its head and lets the stream go", async
     await g.close();
   }
 });
+
+t(
+  "a caller who leaves a stream it watches (x-inferx-progress) is recorded 499, not the worker's failure",
+  async () => {
+    const g = await listening();
+    const enc = new TextEncoder();
+    const w = scriptedWorker(async (c) => {
+      await c.write(
+        enc.encode(
+          "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        ),
+      );
+      const ev = 'data: {"choices":[{"text":"a"}]}\n\n';
+      await c.write(enc.encode(`${ev.length.toString(16)}\r\n${ev}\r\n`));
+      await c.read(new Uint8Array(16)).catch(() => null); // quiet until the gateway closes it
+    });
+    g.f.sched.endpoints.push(w.endpoint);
+    const body = JSON.stringify({ model: "t/n/f", prompt: "x", stream: true });
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+    await c.write(enc.encode(
+      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-inferx-progress: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+    ));
+    const buf = new Uint8Array(65536);
+    let got = "";
+    while (!got.includes('"text"')) {
+      got += new TextDecoder().decode(buf.subarray(0, (await c.read(buf))!));
+    }
+    c.close(); // the caller goes while the worker thinks
+    await until("the call to be recorded", () => Promise.resolve(g.f.audit.requests.length === 1));
+    const [row] = g.f.audit.requests;
+    assert.deepEqual([row.status, row.error], [499, "caller_gone"]);
+    await g.close();
+    w.close();
+  },
+);

@@ -42,13 +42,23 @@ export function tokenFormat(
   headers: readonly (readonly [string, string])[],
 ): TokenFormat | undefined {
   if (status < 200 || status > 299 || !path.endsWith(SUFFIX)) return undefined;
+  let format: TokenFormat | undefined;
   for (const [k, v] of headers) {
+    // An encoded body (gzip...) is not read: its figures would be wrong, not missing.
+    if (k === "content-encoding" && v.trim().toLowerCase() !== "identity") return undefined;
     if (k !== "content-type") continue;
-    if (v.startsWith("text/event-stream")) return "sse";
-    return v.includes("json") ? "json" : undefined;
+    const type = v.toLowerCase(); // media types are case-insensitive
+    format = type.startsWith("text/event-stream")
+      ? "sse"
+      : type.includes("json")
+      ? "json"
+      : undefined;
   }
-  return undefined;
+  return format;
 }
+
+/** What one kept line of an event counts for against MAX_EVENT_BYTES, beyond its bytes. */
+const LINE_COST = 32;
 
 const USAGE = bytesOf('"usage"');
 const PROMPT = bytesOf('"prompt_tokens"');
@@ -76,14 +86,18 @@ function afterColon(b: Uint8Array, at: number): number {
   return at;
 }
 
-/** The non-negative integer at `at`, or undefined. */
+/** The most tokens one call may count: more is a worker's mistake, not a figure. */
+const MAX_TOKENS = 2 ** 31 - 1;
+
+/** The non-negative integer at `at` (up to {@linkcode MAX_TOKENS}), or undefined. */
 function integerAt(b: Uint8Array, at: number): number | undefined {
   let n = 0;
   let digits = 0;
   for (; at < b.length && b[at] >= 48 && b[at] <= 57; at++, digits++) n = n * 10 + b[at] - 48;
   const next = b[at];
-  // A fraction or an exponent is not a count of tokens.
-  return digits && next !== 46 && next !== 101 && next !== 69 ? n : undefined;
+  // A fraction or an exponent is not a count of tokens; nor is a number no call could reach
+  // (summed into the metrics, one turned them to +Inf for good).
+  return digits && next !== 46 && next !== 101 && next !== 69 && n <= MAX_TOKENS ? n : undefined;
 }
 
 /**
@@ -212,6 +226,8 @@ export class TokenMeter {
   #first?: number;
   #last = 0;
   #tokens = 0;
+  /** A `data:` line was seen. */
+  #events = false;
   #gaps: number[] = [];
   #gapCount = 0;
   readonly #onGap?: (ms: number) => void;
@@ -326,7 +342,10 @@ export class TokenMeter {
     }
     if (!holds(line, 0, DATA) || this.#skipEvent) return; // comments, event names, ids
     const payload = line.subarray(line[5] === 32 ? 6 : 5, end);
-    if (this.#dataBytes + payload.length > MAX_EVENT_BYTES) {
+    // Each line costs what keeping it costs, not its bytes alone: an event of endless empty
+    // `data:` lines grew without bound (nothing of it counted) until the gateway ran out of
+    // memory. So an event holds at most MAX_EVENT_BYTES / LINE_COST lines.
+    if (this.#dataBytes + payload.length + LINE_COST > MAX_EVENT_BYTES) {
       this.#skipEvent = true;
       this.#data = [];
       this.#dataBytes = 0;
@@ -334,7 +353,8 @@ export class TokenMeter {
       return;
     }
     this.#data.push(payload);
-    this.#dataBytes += payload.length;
+    this.#dataBytes += payload.length + LINE_COST;
+    this.#events = true;
   }
 
   #onEvent(data: Uint8Array, now: number): void {
@@ -379,7 +399,10 @@ export class TokenMeter {
     this.#line = [];
     this.#lineBytes = 0;
     this.#onLine(NO_BYTES, end);
-    const completion = this.#completion ?? (this.format === "sse" ? this.#tokens : undefined);
+    // Counted from the events only when there were events to count (a stream not read as one
+    // has no figure, not zero).
+    const completion = this.#completion ??
+      (this.format === "sse" && this.#events ? this.#tokens : undefined);
     const gaps = this.#gaps;
     const sorted = gaps.length > 1 ? [...gaps].sort((a, b) => a - b) : gaps;
     const onWorkerS = (end - this.t0 - queuedMs) / 1000;

@@ -211,3 +211,37 @@ Deno.test("an event of many data lines in many pieces is read whole", () => {
   meter.chunk(enc.encode("\n"), 2);
   assert.equal(meter.result(3).completionTokens, 1);
 });
+
+Deno.test("the meter stays bounded by MAX_EVENT_BYTES on endless empty data lines, and drops counts no call has", () => {
+  // 8 MiB of `data:` lines without a blank one: each empty, none counted before.
+  const meter = new TokenMeter("sse", 0);
+  const line = enc.encode("data:\n".repeat(64 * 1024));
+  const before = Deno.memoryUsage().heapUsed;
+  for (let i = 0; i < 21; i++) meter.chunk(line, 1);
+  assert.ok(Deno.memoryUsage().heapUsed - before < 64 * 1024 * 1024, "a bounded event");
+  meter.result(2);
+  const huge = enc.encode(
+    `{"usage":{"prompt_tokens":${
+      "9".repeat(400)
+    },"completion_tokens":1000000000000000000000000000000}}`,
+  );
+  assert.deepEqual(usageOf(huge), {});
+  assert.deepEqual(usageOf(enc.encode('{"usage":{"prompt_tokens":2147483647}}')), {
+    prompt: 2147483647,
+  });
+});
+
+Deno.test("tokenFormat() reads media types in any case, and no encoded body", () => {
+  const path = "/v1/completions";
+  assert.equal(tokenFormat(path, 200, [["content-type", "Text/Event-Stream"]]), "sse");
+  assert.equal(tokenFormat(path, 200, [["content-type", "application/JSON"]]), "json");
+  const gzip: [string, string][] = [["content-encoding", "gzip"], [
+    "content-type",
+    "text/event-stream",
+  ]];
+  assert.equal(tokenFormat(path, 200, gzip), undefined);
+  // A stream with no event in it: no figure, not a count of zero.
+  const meter = new TokenMeter("sse", 0);
+  meter.chunk(enc.encode('{"usage":{"completion_tokens":9}}'), 1);
+  assert.equal(meter.result(2).completionTokens, undefined);
+});

@@ -100,7 +100,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
         }
         const answer = await forward(deps, input, signalSource(req.signal));
         rec.answered(answer);
-        return callResponse(answer, rec);
+        return callResponse(answer, rec, req.signal);
       }
       const body = await wholeBody(input.body, use.bodyLimit);
       const callback = req.headers.get("x-inferx-callback-url") ?? undefined;

@@ -71,7 +71,7 @@ export async function progressResponse(
     // A free worker took it at once: its answer as it is.
     if ("error" in outcome) throw outcome.error;
     rec.answered(outcome.answer);
-    return callResponse(outcome.answer, rec);
+    return callResponse(outcome.answer, rec, signal);
   }
 
   /** The worker's stream, once it answered: the same as a call without progress. */
@@ -104,7 +104,7 @@ export async function progressResponse(
           controller.enqueue(errorEvent(answer.status, parseMaybe(text)));
           return controller.close();
         }
-        const res = callResponse(answer, rec);
+        const res = callResponse(answer, rec, signal);
         if (!res.body) return controller.close(); // 204 and the like
         worker = res.body.getReader();
       }

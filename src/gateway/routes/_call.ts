@@ -10,8 +10,16 @@ import { type AbortSource, type CallAnswer, cutShortCode } from "../proxy.ts";
 
 const NULL_BODY = new Set([101, 204, 205, 304]);
 
-/** The `Response` for `answer`. */
-export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
+/**
+ * The `Response` for `answer`. `signal`: the caller's request's, which says
+ * whether a read that broke off did so because the caller left (its
+ * connection to the worker is closed then).
+ */
+export function callResponse(
+  answer: CallAnswer,
+  rec: CallRecord,
+  signal?: AbortSignal,
+): Response {
   const init = { status: answer.status, statusText: answer.statusText, headers: answer.headers };
   if (answer.bytes || NULL_BODY.has(answer.status)) {
     answer.finish(true);
@@ -39,7 +47,8 @@ export function callResponse(answer: CallAnswer, rec: CallRecord): Response {
           rec.tokens?.chunk(chunk, performance.now()); // read after it was passed on
         }
       } catch (err) {
-        end(false, err);
+        // The caller left (its going closed the worker's connection): not the worker's failure.
+        end(false, err, signal?.aborted === true);
         controller.error(err);
       }
     },

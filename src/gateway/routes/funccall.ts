@@ -38,7 +38,7 @@ export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     );
     const answer = await forward(deps, input, signalSource(req.signal));
     rec.answered(answer);
-    return callResponse(answer, rec);
+    return callResponse(answer, rec, req.signal);
   });
   return app;
 }

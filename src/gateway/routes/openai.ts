@@ -67,7 +67,7 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
       const answer = await forward(deps, input, signalSource(req.signal));
       rec.answered(answer);
-      return callResponse(answer, rec);
+      return callResponse(answer, rec, req.signal);
     });
   }
   return app;
