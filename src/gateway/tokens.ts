@@ -47,7 +47,8 @@ export function tokenFormat(
     // An encoded body (gzip...) is not read: its figures would be wrong, not missing.
     if (k === "content-encoding" && v.trim().toLowerCase() !== "identity") return undefined;
     if (k !== "content-type") continue;
-    const type = v.toLowerCase(); // media types are case-insensitive
+    // Media types are case-insensitive (lowered only when the usual spelling does not match).
+    const type = v.startsWith("text/event-stream") || v.includes("json") ? v : v.toLowerCase();
     format = type.startsWith("text/event-stream")
       ? "sse"
       : type.includes("json")
