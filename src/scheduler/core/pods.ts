@@ -78,7 +78,7 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "parkPod", podId: r.id, tier: known.tier! });
   } else if (known.state === "Resuming" && r.desired === "Standby") {
     ctx.actions.push({ type: "resumePod", podId: r.id, tier: known.tier! });
-  } else if (known.parking && r.state === "Standby") {
+  } else if (known.parkingSince !== undefined && r.state === "Standby") {
     onPodStatus(ctx, r.id, "Standby");
   } else if (r.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
@@ -153,7 +153,7 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   );
   pod.endpoint = r.endpoint;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;
-  if (podState === "Standby" && !parked) (pod.parking = true, pod.parkingSince = ctx.now);
+  if (podState === "Standby" && !parked) pod.parkingSince = ctx.now;
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });

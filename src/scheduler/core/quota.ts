@@ -6,7 +6,7 @@
  * @module
  */
 import { activeCurrent, type Ctx, terminate } from "./_accounting.ts";
-import { retire, TIER_HOLDS } from "./standby.ts";
+import { retire, willHold } from "./standby.ts";
 import type { CoreFunc, CorePod, CoreState, TenantLimits } from "./types.ts";
 
 /** The tenant of a function or pod id `tenant/namespace/name`. */
@@ -42,11 +42,10 @@ export function quotaBlock(
     if (pod.state === "Terminating" || tenantOf(pod.func) !== tenant) continue;
     if (pod.state !== "Standby") replicas++;
     // A pod being parked counts as what its tier keeps: it leaves service for that.
-    if (pod.parking ? TIER_HOLDS[pod.tier!].vram : pod.held.vram) gpus += pod.gpus.length;
+    if (willHold(pod).vram) gpus += pod.gpus.length;
   }
   // Resuming a pod still being parked: counted above as what its tier keeps, so as that.
-  const keeps = parked && (parked.parking ? TIER_HOLDS[parked.tier!].vram : parked.held.vram);
-  const moreGpus = parked ? (keeps ? 0 : parked.gpus.length) : f.demand.gpuCount;
+  const moreGpus = parked ? (willHold(parked).vram ? 0 : parked.gpus.length) : f.demand.gpuCount;
   if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
     return {
       limit: "max_replica",

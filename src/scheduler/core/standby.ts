@@ -60,8 +60,7 @@ export function retire(
       pod.state = "Standby";
       pod.tier = tier;
       pod.lastUsed = ctx.now;
-      pod.parking = true; // it holds all until its agent reports it parked (parkDone)
-      pod.parkingSince = ctx.now;
+      pod.parkingSince = ctx.now; // it holds all until its agent reports it parked (parkDone)
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }
@@ -71,8 +70,8 @@ export function retire(
 
 /** Its agent reports `pod` parked: what its tier releases is free from now on. */
 export function parkDone(ctx: Ctx, pod: CorePod): boolean {
-  if (pod.state !== "Standby" || !pod.parking) return false;
-  pod.parking = false;
+  if (pod.state !== "Standby" || pod.parkingSince === undefined) return false;
+  delete pod.parkingSince;
   setHeld(ctx.state, pod, TIER_HOLDS[pod.tier!]);
   return true;
 }
@@ -86,13 +85,17 @@ export const PARK_REPORT_WAIT_MS = 150_000;
 
 /** Whether `pod` was asked to park and its report is still to come (not overdue). */
 export function parkComing(pod: CorePod, now: number): boolean {
-  return pod.parking === true && now - (pod.parkingSince ?? now) < PARK_REPORT_WAIT_MS;
+  return pod.parkingSince !== undefined && now - pod.parkingSince < PARK_REPORT_WAIT_MS;
 }
 
-/** What `pod`, asked to park, will release once parked (all it holds, unless it is parking). */
-export function releasing(pod: CorePod): CorePod["held"] {
-  if (!pod.parking) return pod.held;
-  const keeps = TIER_HOLDS[pod.tier!];
+/** What `pod` will hold once its park is done (what it holds, when it is not parking). */
+export function willHold(pod: CorePod): Held {
+  return pod.parkingSince === undefined ? pod.held : TIER_HOLDS[pod.tier!];
+}
+
+/** What `pod`, being parked, gives back once its park is done. */
+export function releasing(pod: CorePod): Held {
+  const keeps = willHold(pod);
   return {
     cpu: pod.held.cpu && !keeps.cpu,
     mem: pod.held.mem && !keeps.mem,
@@ -190,7 +193,7 @@ export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: num
   }
   if (canResume(ctx.state, parked)) {
     setHeld(ctx.state, parked, ALL_HELD);
-    parked.parking = false;
+    delete parked.parkingSince;
     parked.state = "Resuming";
     parked.since = ctx.now;
     ctx.actions.push({ type: "resumePod", podId: parked.id, tier: parked.tier! });

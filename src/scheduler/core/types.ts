@@ -160,12 +160,11 @@ export interface CorePod extends PodPlacement {
   /** The standby tier while Standby or Resuming. */
   tier?: StandbyTier;
   /**
-   * Asked to park, not yet reported parked: it holds all it held until its
-   * agent says the park is done (a GPU checkpoint takes seconds, and may
-   * fail and keep the memory), so nothing is placed into what it still uses.
+   * When it was asked to park (ms), while not yet reported parked: it holds
+   * all it held until its agent says the park is done (a GPU checkpoint
+   * takes seconds, and may fail and keep the memory), so nothing is placed
+   * into what it still uses.
    */
-  parking?: boolean;
-  /** When it was asked to park (ms). */
   parkingSince?: number;
   endpoint?: string;
   /** Gateway holding the lease, when leased (the first of its lessees). */
