@@ -789,7 +789,7 @@ export class CallQueue {
    * that may pass (the store away for a moment) while the claim holds, as
    * {@linkcode CallQueue.#save} does.
    */
-  async #whileHeld(c: Claim, write: () => Promise<void>): Promise<void> {
+  async #whileHeld<T>(c: Claim, write: () => Promise<T>): Promise<T> {
     for (let pause = 50;; pause = Math.min(pause * 2, 1000)) {
       if (c.lost) throw new LostClaim();
       try {
@@ -950,15 +950,17 @@ export class CallQueue {
    */
   #save(c: Claim, change: (r: CallRecord) => boolean): Promise<boolean> {
     const next = c.lock.then(async () => {
-      let pause = 50;
-      for (let i = 0; i < 20;) {
+      for (let i = 0; i < 20; i++) {
         if (c.lost) throw new LostClaim();
         const draft = structuredClone(c.rec);
         if (!change(draft)) return false;
-        // Every write that keeps the claim renews it.
-        if (draft.owner === this.#self) draft.leaseUntil = this.#now() + this.leaseMs;
         try {
-          const w = await this.#deps.meta.update({ ...c.ref, object: draft, revision: c.revision });
+          // The store away for a moment: tried again while the claim holds (#hold gives up).
+          const w = await this.#whileHeld(c, () => {
+            // Every write that keeps the claim renews it (from when it is made).
+            if (draft.owner === this.#self) draft.leaseUntil = this.#now() + this.leaseMs;
+            return this.#deps.meta.update({ ...c.ref, object: draft, revision: c.revision });
+          });
           if (!c.ended && FINAL_STATUSES.has(draft.status)) {
             (c.ended = true, this.#ended(c.ref, draft));
           }
@@ -967,16 +969,9 @@ export class CallQueue {
           this.#hold(c);
           return true;
         } catch (err) {
-          if (!isConflict(err) && !(err instanceof NotFoundError)) {
-            if (!transient(err)) throw err;
-            // The store away for a moment: tried again while the claim holds (#hold gives up).
-            await new Promise((r) => setTimeout(r, pause));
-            pause = Math.min(pause * 2, 1000);
-            continue;
-          }
+          if (!isConflict(err) && !(err instanceof NotFoundError)) throw err;
         }
-        i++;
-        const cur = await this.#deps.meta.get(c.ref);
+        const cur = await this.#whileHeld(c, () => this.#deps.meta.get(c.ref));
         const fresh = cur && decodeCall(cur.value);
         if (!cur || !fresh || fresh.owner !== this.#self) {
           c.lost = true;
