@@ -224,7 +224,7 @@ export class NodeAgent implements NodeAgentClient {
         this.#setStatus(pod.id, {
           state: "Standby",
           standbyTier: pod.standbyTier ?? this.#node.standbyTiers[0],
-        }, () => this.#local.get(pod.id) === local && local!.phase === "parked");
+        }, this.#stillIn(pod.id, local!, "parked"));
         break;
       case "reportLost":
         // The record says running but this agent has no such process: it was
@@ -246,7 +246,7 @@ export class NodeAgent implements NodeAgentClient {
         return this.#setStatus(
           pod.id,
           { state: "Standby", standbyTier: tier },
-          () => this.#local.get(pod.id) === local && local.phase === "parked",
+          this.#stillIn(pod.id, local, "parked"),
         );
       },
       (err: Error) => {
@@ -272,7 +272,7 @@ export class NodeAgent implements NodeAgentClient {
         return this.#setStatus(
           pod.id,
           { state: "Ready", standbyTier: undefined, endpoint: local.endpoint },
-          () => this.#local.get(pod.id) === local && local.phase === "running",
+          this.#stillIn(pod.id, local, "running"),
         );
       },
       (err: Error) =>
@@ -306,7 +306,7 @@ export class NodeAgent implements NodeAgentClient {
         startedFrom,
         note: up.note,
         snapshotMs: up.snapshotMs,
-      }, () => this.#local.get(pod.id) === entry && entry.phase === "running");
+      }, this.#stillIn(pod.id, entry, "running"));
     }, async (err: Error) => {
       if (entry.phase === "stopping") return;
       this.#local.delete(pod.id);
@@ -440,10 +440,11 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   /**
-   * Pods whose record could not be written (the store away for a moment):
+   * Pods whose record could not be deleted (the store away for a moment):
    * reconciled again from their record at the next heartbeat that gets
    * through. Nothing else would bring them back: their records did not
-   * change, so the watch has nothing to say.
+   * change, so the watch has nothing to say. (A report that could not be
+   * written is retried itself: `#unsent`.)
    */
   #resync = new Set<string>();
 
@@ -517,8 +518,12 @@ export class NodeAgent implements NodeAgentClient {
         pod: podId,
         error: String(err),
       });
-      this.#resync.add(podId);
     }
+  }
+
+  /** Whether `local` is still what this agent runs for `podId`, in `phase`: a report's guard. */
+  #stillIn(podId: string, local: LocalPod, phase: LocalPod["phase"]): () => boolean {
+    return () => this.#local.get(podId) === local && local.phase === phase;
   }
 
   /** The latest report of each pod not written yet: tried again at each heartbeat. */
