@@ -5,8 +5,9 @@
  * `: queued` (in the function's queue), `: placing` (the scheduler looks for
  * room), `: starting` (a worker is starting), `: restoring` (a parked worker
  * is being restored), `: ready` (a worker took the call) — and then the
- * worker's own stream follows. The stages come from the function agent's
- * queue and the scheduler's lease answer. A call that finds a free worker at
+ * worker's own stream follows (an answer that is no event stream, a JSON
+ * answer to a streaming call, as one `data:` event). The stages come from
+ * the function agent's queue and the scheduler's lease answer. A call that finds a free worker at
  * once gets the worker's answer unchanged, and so does a non-streaming call.
  *
  * Once the stream has begun its status is 200; a worker that then answers
@@ -76,6 +77,8 @@ export async function progressResponse(
 
   /** The worker's stream, once it answered: the same as a call without progress. */
   let worker: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  /** Set when the worker's answer is no event stream: it is sent as one `data:` event. */
+  let asEvent: EventLines | undefined;
   let done = false;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -107,11 +110,18 @@ export async function progressResponse(
         const res = callResponse(answer, rec, signal);
         if (!res.body) return controller.close(); // 204 and the like
         worker = res.body.getReader();
+        // The stream already says it is one of events: an answer of
+        // another kind (a JSON answer to a streaming call) goes as one.
+        if (!res.headers.get("content-type")?.includes("text/event-stream")) {
+          asEvent = new EventLines();
+        }
       }
       try {
         const r = await worker.read();
-        if (r.done) controller.close();
-        else controller.enqueue(r.value);
+        if (r.done) {
+          if (asEvent) controller.enqueue(asEvent.end());
+          controller.close();
+        } else controller.enqueue(asEvent ? asEvent.push(r.value) : r.value);
       } catch (err) {
         controller.error(err);
       }
@@ -152,6 +162,55 @@ function failed(
   rec.failed(e);
   controller.enqueue(errorEvent(rec.status, errorBody(e).error));
   controller.close();
+}
+
+const CR = 0x0d;
+const LF = 0x0a;
+const DATA = enc.encode("data: ");
+const NEXT_LINE = enc.encode("\ndata: ");
+
+/**
+ * A body of any kind as the data of one server-sent event, as it comes:
+ * `data: ` before each of its lines. A line may end with CR, LF or CRLF (each
+ * is one end of line to an event stream's reader, which joins the lines with
+ * LF), so a CRLF split across two pieces is still one end of line.
+ */
+export class EventLines {
+  #started = false;
+  #afterCr = false;
+
+  /** `piece`, with `data: ` after each end of line (and first, before the body's first byte). */
+  push(piece: Uint8Array): Uint8Array {
+    const parts: Uint8Array[] = [];
+    if (!this.#started) {
+      this.#started = true;
+      parts.push(DATA);
+    }
+    let from = 0;
+    if (this.#afterCr && piece[0] === LF) from = 1; // the LF of a CRLF: its end of line is written
+    this.#afterCr = false;
+    for (let i = from; i < piece.length; i++) {
+      const b = piece[i];
+      if (b !== CR && b !== LF) continue;
+      parts.push(piece.subarray(from, i), NEXT_LINE);
+      if (b === CR && i === piece.length - 1) this.#afterCr = true;
+      else if (b === CR && piece[i + 1] === LF) i++;
+      from = i + 1;
+    }
+    parts.push(piece.subarray(from));
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  /** The event's end (and its `data: ` line if the body was empty). */
+  end(): Uint8Array {
+    return this.#started ? enc.encode("\n\n") : enc.encode("data: \n\n");
+  }
 }
 
 function errorEvent(status: number, error: unknown): Uint8Array {

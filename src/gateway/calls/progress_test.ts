@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
 import { type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { EventLines } from "./progress.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -118,4 +119,45 @@ t("a caller that leaves while its call waits is recorded as gone and takes no sl
   assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[499, "caller_gone"]]);
   assert.equal(f.cache.agent("t", "n", "f")!.queued, 0, "it left the function's queue");
   await f.close();
+});
+
+t(
+  "a worker's answer that is no event stream is sent as one data event after the stages",
+  async () => {
+    const f = await gatewayFixture();
+    const answer = { id: "cmpl-1", choices: [{ text: " a\nb" }] };
+    const server = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      () => new Response(JSON.stringify(answer, null, 2) + "\r\n"),
+    );
+    f.sched.stages = ["starting"];
+    f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+    const r = await stream(f);
+    assert.equal(r.headers.get("content-type"), "text/event-stream");
+    const text = await r.text();
+    assert.ok(text.startsWith(": queued\n\n: placing\n\n: starting\n\n: ready\n\ndata: {\n"), text);
+    const events = text.split("\n\n").filter((e) => e.startsWith("data: "));
+    assert.equal(events.length, 1, text);
+    // An event stream's reader joins the data lines with LF.
+    const data = events[0].split("\n").map((l) => l.replace(/^data: /, "")).join("\n");
+    assert.deepEqual(JSON.parse(data), answer);
+    assert.deepEqual(f.audit.requests.map((x) => x.status), [200]);
+    await f.close();
+    await server.shutdown();
+  },
+);
+
+Deno.test("EventLines puts data: before every line, whatever ends it and wherever a piece ends", () => {
+  const read = (pieces: string[]) => {
+    const lines = new EventLines();
+    const dec = new TextDecoder();
+    return pieces.map((p) => dec.decode(lines.push(new TextEncoder().encode(p)))).join("") +
+      dec.decode(lines.end());
+  };
+  assert.equal(read(['{"a":', "1}"]), 'data: {"a":1}\n\n');
+  assert.equal(read(["a\r", "\nb"]), "data: a\ndata: b\n\n");
+  assert.equal(read(["a\r\nb\rc\nd"]), "data: a\ndata: b\ndata: c\ndata: d\n\n");
+  assert.equal(read(["a\r", "b", "\n"]), "data: a\ndata: b\ndata: \n\n");
+  assert.equal(read(["a\r\n", "\nb"]), "data: a\ndata: \ndata: b\n\n");
+  assert.equal(read([]), "data: \n\n");
 });
