@@ -248,6 +248,10 @@ export class TokenMeter {
   /** A JSON answer in pieces: copies of its last pieces, {@linkcode JSON_TAIL_BYTES} and less than one more. */
   #tail: Uint8Array[] = [];
   #tailBytes = 0;
+  /** A stream's first line was read (its byte order mark, if any, dropped). */
+  #begun = false;
+  /** The last piece ended with a CR: an LF starting the next one ends no second line. */
+  #afterCr = false;
 
   /** `onGap` hears every gap between tokens as it is read (for a histogram). */
   constructor(format: TokenFormat, t0: number, onGap?: (ms: number) => void) {
@@ -272,12 +276,13 @@ export class TokenMeter {
 
   /**
    * A piece of a stream, already forwarded, at `now`. Read as bytes: lines
-   * split at newlines, events at blank lines; what must outlive the call is
+   * split at ends of line (LF, CRLF or CR), events at blank lines; what must outlive the call is
    * copied (the caller may reuse its buffer). A JSON answer that comes in
    * pieces (chunked, or too large to come whole) keeps its end for `usage`.
    */
   chunk(bytes: Uint8Array, now: number): void {
     if (this.format === "json") return this.#keepTail(bytes, now);
+    bytes = this.#lineEnds(bytes);
     let start = 0;
     let nl = bytes.indexOf(10);
     if (this.#lineBytes || this.#skipLine) {
@@ -300,6 +305,31 @@ export class TokenMeter {
     // An event cut by the end of this piece keeps copies of the lines it got from it.
     for (let i = this.#fresh; i < this.#data.length; i++) this.#data[i] = this.#data[i].slice();
     this.#fresh = this.#data.length;
+  }
+
+  /**
+   * `bytes` with every end of line an event stream allows (CRLF, LF, or CR
+   * alone) as LF: a copy only when it holds a CR. A CRLF split between two
+   * pieces is one end.
+   */
+  #lineEnds(bytes: Uint8Array): Uint8Array {
+    if (this.#afterCr && bytes[0] === 10) bytes = bytes.subarray(1);
+    this.#afterCr = false;
+    let cr = bytes.indexOf(13);
+    if (cr < 0) return bytes;
+    const out = new Uint8Array(bytes.length);
+    let n = 0;
+    let from = 0;
+    for (; cr >= 0; cr = bytes.indexOf(13, from)) {
+      out.set(bytes.subarray(from, cr), n);
+      n += cr - from;
+      out[n++] = 10;
+      from = cr + 1;
+      if (from === bytes.length) this.#afterCr = true;
+      else if (bytes[from] === 10) from++;
+    }
+    out.set(bytes.subarray(from), n);
+    return out.subarray(0, n + bytes.length - from);
   }
 
   /** A piece of a JSON answer: its time to first token is the first piece's; its end is kept. */
@@ -328,8 +358,11 @@ export class TokenMeter {
   }
 
   #onLine(line: Uint8Array, now: number): void {
-    const end = line.length && line[line.length - 1] === 13 ? line.length - 1 : line.length;
-    if (end === 0) {
+    if (!this.#begun) {
+      this.#begun = true;
+      if (line[0] === 0xef && line[1] === 0xbb && line[2] === 0xbf) line = line.subarray(3);
+    }
+    if (line.length === 0) {
       // A blank line ends an event.
       const data = this.#data;
       const skipped = this.#skipEvent;
@@ -342,7 +375,7 @@ export class TokenMeter {
       return;
     }
     if (!holds(line, 0, DATA) || this.#skipEvent) return; // comments, event names, ids
-    const payload = line.subarray(line[5] === 32 ? 6 : 5, end);
+    const payload = line.subarray(line[5] === 32 ? 6 : 5);
     // Each line costs what keeping it costs, not its bytes alone: an event of endless empty
     // `data:` lines grew without bound (nothing of it counted) until the gateway ran out of
     // memory. So an event holds at most MAX_EVENT_BYTES / LINE_COST lines.

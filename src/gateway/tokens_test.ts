@@ -245,3 +245,31 @@ Deno.test("tokenFormat() reads media types in any case, and no encoded body", ()
   meter.chunk(enc.encode('{"usage":{"completion_tokens":9}}'), 1);
   assert.equal(meter.result(2).completionTokens, undefined);
 });
+
+Deno.test("a stream whose lines end in CR or CRLF, or that starts with a byte order mark, reads the same", async () => {
+  const lf = await data("openai_chat_usage.sse");
+  const text = new TextDecoder().decode(lf);
+  const variants = {
+    crlf: enc.encode(text.replaceAll("\n", "\r\n")),
+    cr: enc.encode(text.replaceAll("\n", "\r")),
+    bom: enc.encode("\uFEFF" + text),
+    "bom+cr": enc.encode("\uFEFF" + text.replaceAll("\n", "\r")),
+  };
+  for (const [name, bytes] of Object.entries(variants)) {
+    // Every size, so that each CRLF is also split between two pieces.
+    for (const size of [1, 2, 3, 7, 64, bytes.length]) {
+      const meter = new TokenMeter("sse", 1000);
+      const r = meter.result(feed(meter, bytes, size));
+      const what = `${name}, pieces of ${size}`;
+      assert.equal(meter.tokens, 3, what);
+      assert.deepEqual([r.promptTokens, r.completionTokens, r.gapsMs.length], [9, 3, 2], what);
+    }
+  }
+  // Its first event carries a token: a byte order mark split between pieces is dropped too.
+  const bom = enc.encode("\uFEFF" + new TextDecoder().decode(await data("ngram_completions.sse")));
+  for (const size of [1, 2, 64]) {
+    const meter = new TokenMeter("sse", 1000);
+    meter.result(feed(meter, bom, size));
+    assert.equal(meter.tokens, 8, `pieces of ${size}`);
+  }
+});
