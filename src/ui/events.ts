@@ -141,7 +141,7 @@ function podEvent(op: "put" | "delete", r: MetaRecord | ObjectRef): ClusterEvent
 export interface EventStreamOptions {
   /** Whether the caller may see this change. */
   visible(ev: ClusterEvent): boolean;
-  /** Whether the caller's credential still holds (checked at every ping). */
+  /** Whether the caller's credential still holds (checked before each change and ping is sent). */
   stillAllowed(): boolean | Promise<boolean>;
   /** Ends the stream when aborted (the client went away). */
   signal?: AbortSignal;
@@ -152,6 +152,7 @@ export interface EventStreamOptions {
 }
 
 const enc = new TextEncoder();
+const PING = enc.encode(": ping\n\n");
 
 /** One server-sent event. */
 function sse(event: string, data: unknown): Uint8Array {
@@ -162,7 +163,7 @@ function sse(event: string, data: unknown): Uint8Array {
  * A server-sent-events body of the changes `events` sees that the caller may
  * see: `event: pod` and `event: node`, each with a JSON `data` line, a
  * comment every `pingMs`, and `event: bye` when the credential stops
- * holding. Resolves once the watches run.
+ * holding (checked before anything is sent). Resolves once the watches run.
  */
 export async function eventStream(
   events: ClusterEvents,
@@ -176,16 +177,32 @@ export async function eventStream(
     if (controller) controller.enqueue(chunk);
     else queued.push(chunk);
   };
-  const unsubscribe = await events.subscribe((ev) => {
-    if (opts.visible(ev)) push(sse(ev.kind, ev));
-  });
-  const ping = setInterval(async () => {
-    if (!(await Promise.resolve(opts.stillAllowed()).catch(() => false))) {
-      push(sse("bye", { reason: "The credential no longer holds" }));
-      return end();
+  // Nothing goes out before a check of the credential begun after it came:
+  // a key revoked or expired a moment ago gets no more changes (the pings
+  // alone would let it hear them until the next one).
+  let waiting: Uint8Array[] = [];
+  let checking = false;
+  const send = async (chunk: Uint8Array) => {
+    waiting.push(chunk);
+    if (checking) return;
+    checking = true;
+    while (waiting.length && !done) {
+      const batch = waiting;
+      waiting = [];
+      if (!(await Promise.resolve(opts.stillAllowed()).catch(() => false))) {
+        push(sse("bye", { reason: "The credential no longer holds" }));
+        end();
+        break;
+      }
+      for (const c of batch) push(c);
     }
-    push(enc.encode(": ping\n\n"));
-  }, opts.pingMs ?? 15_000);
+    waiting = [];
+    checking = false;
+  };
+  const unsubscribe = await events.subscribe((ev) => {
+    if (opts.visible(ev)) send(sse(ev.kind, ev));
+  });
+  const ping = setInterval(() => send(PING), opts.pingMs ?? 15_000);
   function end() {
     if (done) return;
     done = true;

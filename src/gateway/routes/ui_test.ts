@@ -423,6 +423,45 @@ t("/ui/events says bye and ends when the credential is revoked", async () => {
   }
 });
 
+t("/ui/events sends a revoked key no change, even before its next ping", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  const { app, events } = eventsApp(f, 60_000);
+  try {
+    const created = await (await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...ADMIN },
+      body: JSON.stringify({ scope: "read", tenant: "t" }),
+    })).json();
+    const res = await app.request("/ui/events", {
+      headers: { authorization: `Bearer ${created.key}` },
+    });
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    const readUntil = async (re: RegExp) => {
+      while (!re.test(seen)) {
+        const { value, done } = await reader.read();
+        assert.ok(!done, `stream ended before ${re}:\n${seen}`);
+        seen += value;
+      }
+    };
+    await addPod(f, { id: "p-before" });
+    await readUntil(/"id":"p-before"/);
+    const revoke = await f.app.request(`/apikeys/${created.id}`, {
+      method: "DELETE",
+      headers: ADMIN,
+    });
+    assert.equal(revoke.status, 200);
+    await revoke.body?.cancel();
+    await addPod(f, { id: "p-after" });
+    for (let r; !(r = await reader.read()).done;) seen += r.value; // ends by itself
+    assert.match(seen, /event: bye\n/);
+    assert.doesNotMatch(seen, /p-after/);
+    assert.equal(events.watching, false);
+  } finally {
+    await f.close();
+  }
+});
+
 t("a dashboard that goes away from the gateway's listener ends its event stream", async () => {
   const f = await gatewayFixture();
   const { app, events } = eventsApp(f, 60_000);
