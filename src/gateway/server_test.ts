@@ -630,3 +630,41 @@ t(
     w.close();
   },
 );
+
+t(
+  "two credentials on one request are refused on the warm path as on every other route",
+  async () => {
+    const admin = "admin-key-0123456789";
+    const g = await listening({ adminKey: admin });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint);
+    try {
+      const body = '{"prompt":"x"}';
+      const ask = (path: string, ...fields: string[]) =>
+        rawCall(
+          g.url,
+          `POST ${path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n` +
+            `content-length: ${body.length}\r\n${
+              fields.map((f) => `${f}\r\n`).join("")
+            }\r\n${body}`,
+        );
+      const one = await ask("/funccall/t/n/f/v1/completions", `authorization: Bearer ${admin}`);
+      assert.match(one, /^HTTP\/1.1 200 /);
+      for (const path of ["/funccall/t/n/f/v1/completions", "/object/"]) {
+        for (const fields of [["authorization", "authorization"], ["x-api-key", "x-api-key"]]) {
+          const both = await ask(
+            path,
+            ...fields.map((f, i) =>
+              f === "authorization" ? `${f}: Bearer ${i ? "other-key" : admin}` : `${f}: ${admin}`
+            ),
+          );
+          assert.match(both, /^HTTP\/1.1 401 /, `${path} ${fields}: ${both}`);
+          assert.match(both, /"code":"unauthenticated"/);
+        }
+      }
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);

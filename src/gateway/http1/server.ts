@@ -240,11 +240,19 @@ export class Http1Request {
     this.remoteAddr = conn.remoteAddr;
   }
 
-  /** The first value of header `name` (lower case). */
+  /**
+   * The value of header `name` (lower case); a repeated one's values joined
+   * with `, `, as `Headers.get` reads them, so that the warm path and the
+   * other routes read a request alike (two `Authorization` fields are one
+   * invalid credential on both, not the first one's on one of them).
+   */
   header(name: string): string | undefined {
     const h = this.headers;
-    for (let i = 0; i < h.length; i++) if (h[i][0] === name) return h[i][1];
-    return undefined;
+    let value: string | undefined;
+    for (let i = 0; i < h.length; i++) {
+      if (h[i][0] === name) value = value === undefined ? h[i][1] : `${value}, ${h[i][1]}`;
+    }
+    return value;
   }
 
   /** The same as {@linkcode header}, shaped like `Headers.get`. */
