@@ -11,7 +11,7 @@
 import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
 import type { AuditQuery } from "../../audit/types.ts";
-import { authorize } from "../auth.ts";
+import { allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam } from "./_query.ts";
 
@@ -38,8 +38,7 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       // The log's health must show while its backend is down: usage then says why it is missing.
       const usage = await deps.audit.usage({ tenant, since: since ?? Date.now() - HOUR_MS })
         .catch((err: Error) => ({ error: err.message }));
-      // The buffer's figures are this gateway's (one member's, in a group): named.
-      return c.json({ gateway: deps.gatewayId, ...deps.audit.stats(), usage });
+      return c.json({ ...bufferStats(deps, c.var.principal), usage });
     }
     if (kind !== "requests" && kind !== "pods") {
       throw new NotFoundError(
@@ -55,9 +54,20 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const rows = kind === "requests"
       ? await deps.audit.query("requests", q)
       : await deps.audit.query("pods", q);
-    return c.json({ items: rows, stats: { gateway: deps.gatewayId, ...deps.audit.stats() } });
+    return c.json({ items: rows, stats: bufferStats(deps, c.var.principal) });
   });
   return app;
+}
+
+/**
+ * The audit buffer's figures, which are this gateway's (one member's, in a
+ * group: named). Its counts are of every tenant's calls: only a caller that
+ * may read the whole cluster sees them, others the backend and its health.
+ */
+function bufferStats(deps: RouteDeps, p: Principal) {
+  const { backend, healthy, ...counts } = deps.audit!.stats();
+  const all = allows(p, "read");
+  return { gateway: deps.gatewayId, backend, healthy, ...(all ? counts : {}) };
 }
 
 /** 9999-12-31T23:59:59.999Z. */

@@ -77,3 +77,33 @@ t("/audit/requests filters by status code or class; pod rows take no status", as
   }
   await f.close();
 });
+
+t(
+  "a tenant's reader sees the audit buffer's health, not its counts of every tenant's calls",
+  async () => {
+    const admin = { authorization: "Bearer admin-key-0123456789" };
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    const r = await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...admin },
+      body: JSON.stringify({ scope: "read", tenant: "t" }),
+    });
+    assert.equal(r.status, 201);
+    const reader = { authorization: `Bearer ${(await r.json()).key}` };
+    await (await f.app.request("/funccall/u/n/f/x", { headers: admin })).body?.cancel();
+    for (const path of ["/audit/stats?tenant=t", "/audit/requests?tenant=t"]) {
+      const mine = await (await f.app.request(path, { headers: reader })).json();
+      const stats = path.startsWith("/audit/stats") ? mine : mine.stats;
+      assert.deepEqual(
+        Object.keys(stats).filter((k) => k !== "usage").sort(),
+        ["backend", "gateway", "healthy"],
+        path,
+      );
+      const all = await (await f.app.request(path, { headers: admin })).json();
+      const allStats = path.startsWith("/audit/stats") ? all : all.stats;
+      assert.equal(typeof allStats.written, "number", path);
+      assert.equal(typeof allStats.buffered, "number", path);
+    }
+    await f.close();
+  },
+);
