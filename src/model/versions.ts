@@ -93,7 +93,7 @@ export function nextVersions(
     if (!specs.has(t.version)) {
       throw new ValidationError(
         `Invalid function ${where(next)}: traffic names version ${t.version}, which is not kept (${
-          [...specs.keys(), version].sort((a, b) => a - b).join(", ")
+          [...new Set([...specs.keys(), version])].sort((a, b) => a - b).join(", ")
         } are)`,
         "traffic",
       );

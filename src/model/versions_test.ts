@@ -109,6 +109,12 @@ Deno.test("nextVersions() numbers versions upwards and keeps the older ones the 
     (e: ValidationError) =>
       e instanceof ValidationError && /version 7, which is not kept/.test(e.message),
   );
+  // The same spec again (no new version): each kept version named once.
+  assert.throws(
+    () =>
+      nextVersions(third, fn("c"), policy({ traffic: [{ version: 9, percent: 100 }] }), false),
+    (e: ValidationError) => /version 9, which is not kept \(1, 3 are\)/.test(e.message),
+  );
 });
 
 Deno.test("rolloutVersions(): promote ends the canary, rollback returns to the stable version", () => {
