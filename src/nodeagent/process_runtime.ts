@@ -24,6 +24,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
+import { logger } from "../common/log.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
 import { groupAlive, procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
@@ -39,6 +40,8 @@ import {
   type RunningPod,
   type SnapshotTaken,
 } from "./runtime.ts";
+
+const log = logger("nodeagent", "runtime");
 
 /** Options for {@linkcode ProcessRuntime}. */
 export interface ProcessRuntimeOptions {
@@ -99,6 +102,13 @@ export interface ImageMeta {
   gpu: boolean;
   /** The GPUs it used, by index. */
   gpus: number[];
+  /**
+   * The size of each file CRIU wrote (by its path in the directory), checked
+   * before a restore: a truncated or missing file is found at once rather
+   * than by CRIU reading it (which can spin until its time limit). Absent in
+   * older images, and when it could not be written.
+   */
+  images?: Record<string, number>;
 }
 
 interface Child {
@@ -287,12 +297,59 @@ const mayTrimLog = (child: { dumping?: boolean; tier?: StandbyTier }) =>
 /** Bytes under `dir`. */
 export async function dirBytes(dir: string): Promise<number> {
   let n = 0;
-  for await (const e of Deno.readDir(dir)) {
-    const p = `${dir}/${e.name}`;
-    if (e.isDirectory) n += await dirBytes(p);
-    else if (e.isFile) n += (await Deno.stat(p)).size;
-  }
+  for (const size of (await fileSizes(dir)).values()) n += size;
   return n;
+}
+
+/** The size of every file under `dir`, by its path below it. */
+async function fileSizes(dir: string, under = ""): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for await (const e of Deno.readDir(`${dir}${under}`)) {
+    const rel = `${under}/${e.name}`;
+    if (e.isDirectory) { for (const [p, n] of await fileSizes(dir, rel)) out.set(p, n); }
+    else if (e.isFile) out.set(rel.slice(1), (await Deno.stat(`${dir}${rel}`)).size);
+  }
+  return out;
+}
+
+/** Files of a dump directory that are not CRIU's image: their sizes are not recorded. */
+const NOT_IMAGE = new Set(["inferx.json", "inferx.json.tmp", "dump.log"]);
+
+/**
+ * Records the size of each image file in `meta` (`images`), written over
+ * `inferx.json` through a rename: a failed write leaves the one without sizes.
+ */
+async function recordImages(dir: string, meta: ImageMeta): Promise<void> {
+  const images: Record<string, number> = {};
+  for (const [p, n] of await fileSizes(dir)) if (!NOT_IMAGE.has(p)) images[p] = n;
+  try {
+    await Deno.writeTextFile(`${dir}/${META}.tmp`, JSON.stringify({ ...meta, images }));
+    await Deno.rename(`${dir}/${META}.tmp`, `${dir}/${META}`);
+    meta.images = images;
+  } catch (err) {
+    await Deno.remove(`${dir}/${META}.tmp`).catch(() => {});
+    log.warn("Cannot record the image sizes in {dir}; it is restored unchecked: {error}", {
+      dir,
+      error: String(err),
+    });
+  }
+}
+
+/**
+ * Throws `worker_failed` when a file of the image in `dir` is missing or of
+ * another size than when it was dumped.
+ */
+async function checkImages(dir: string, meta: ImageMeta, podId: string): Promise<void> {
+  for (const [p, size] of Object.entries(meta.images ?? {})) {
+    const now = await Deno.stat(`${dir}/${p}`).then((s) => s.size, () => undefined);
+    if (now === size) continue;
+    throw new InferxError(
+      "worker_failed",
+      `Cannot restore pod ${podId}: its image in ${dir} is damaged: ${p} ${
+        now === undefined ? "is gone" : `has ${now} bytes`
+      }, ${size} when it was dumped`,
+    );
+  }
 }
 
 const META = "inferx.json";
@@ -714,6 +771,7 @@ export class ProcessRuntime implements PodRuntime {
     } finally {
       if (gpu && leaveRunning) await this.#restoreGpu(child.pid);
     }
+    await recordImages(dir, meta);
     return meta;
   }
 
@@ -768,6 +826,7 @@ export class ProcessRuntime implements PodRuntime {
     if (!meta) {
       throw new InferxError("worker_failed", `Cannot restore pod ${podId}: no image in ${dir}`);
     }
+    await checkImages(dir, meta, podId);
     if (logFile) await Deno.writeFile(logFile, new Uint8Array(), { append: true });
     const inherit: InheritedFile[] = meta.files.map((f) => ({
       key: f.path,

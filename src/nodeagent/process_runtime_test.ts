@@ -492,6 +492,43 @@ Deno.test({
 
 Deno.test({
   name:
+    "ProcessRuntime: a restore from a truncated or incomplete image fails at once, naming the file, and leaves nothing behind",
+  ignore: !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { dir, rt } = await criuRuntime(true);
+    try {
+      await rt.start(spec(["deno", "eval", COUNTER]));
+      await rt.snapshot("pod-test", `${dir}/image`);
+      await rt.stop("pod-test");
+      const meta = JSON.parse(await Deno.readTextFile(`${dir}/image/inferx.json`));
+      const [pages, size] = Object.entries(meta.images as Record<string, number>)
+        .filter(([p]) => p.startsWith("pages-")).sort(([, a], [, b]) => b - a)[0];
+      assert.ok(size > 0);
+      // A copy stopped half way: what CRIU would read spins until its time limit (60 s).
+      await Deno.truncate(`${dir}/image/${pages}`, Math.floor(size / 2));
+      const t0 = performance.now();
+      const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+      assert.match(
+        String(err),
+        new RegExp(`${pages} has ${Math.floor(size / 2)} bytes, ${size} when it was dumped`),
+      );
+      assert.ok(performance.now() - t0 < 5000, `${performance.now() - t0} ms`);
+      await Deno.remove(`${dir}/image/${pages}`);
+      const gone = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+      assert.match(String(gone), new RegExp(`${pages} is gone`));
+      assert.equal((gone as InferxError).code, "worker_failed");
+      assert.deepEqual(rt.running(), []);
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "ProcessRuntime: recover() removes the images of pods parked in a file, and keeps snapshots",
   ignore: !criuCap.available || !netCap.available,
   sanitizeOps: false,
