@@ -236,6 +236,27 @@ Deno.test("a store file whose pages are damaged is refused at open with an error
   });
 });
 
+Deno.test("a store whose data pages are damaged, its tables' roots whole, is refused at open too", async () => {
+  await withTempDir("inferx-store-", async (dir) => {
+    const path = `${dir}/meta.db`;
+    const s = await openSqliteStore(path);
+    for (let i = 0; i < 300; i++) await s.create(`/k/${i}`, "x".repeat(200));
+    await s.close();
+    const pages = (await Deno.stat(path)).size / 4096;
+    const f = await Deno.open(path, { write: true });
+    // A page of rows half way through the file: nothing opening the store reads it.
+    await f.seek(Math.floor(pages / 2) * 4096 + 200, Deno.SeekMode.Start);
+    await f.write(new Uint8Array(600).fill(0xff));
+    f.close();
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        e.message.startsWith(`Cannot open the store at ${path}: it is damaged`),
+    );
+  });
+});
+
 Deno.test("sqlite store keeps its history within historyMaxBytes, and the file gives the space back", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;
