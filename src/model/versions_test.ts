@@ -111,8 +111,7 @@ Deno.test("nextVersions() numbers versions upwards and keeps the older ones the 
   );
   // The same spec again (no new version): each kept version named once.
   assert.throws(
-    () =>
-      nextVersions(third, fn("c"), policy({ traffic: [{ version: 9, percent: 100 }] }), false),
+    () => nextVersions(third, fn("c"), policy({ traffic: [{ version: 9, percent: 100 }] }), false),
     (e: ValidationError) => /version 9, which is not kept \(1, 3 are\)/.test(e.message),
   );
 });

@@ -28,7 +28,7 @@ import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
 import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
 import { parkedPod, restoreOrStart, retire } from "./standby.ts";
-import type { CoreFunc, CoreState } from "./types.ts";
+import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 
 /**
  * Finds pods for waiting leases and `minReplica`: resumes parked pods first,
@@ -85,8 +85,10 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     if (plan) {
       let reclaimed = 0;
       for (const v of plan.victims) {
-        if (v.leasedBy) (reclaim(ctx, v, f.id), reclaimed++);
-        else terminate(ctx, v, `evicted for ${f.id}`);
+        if (v.leasedBy) {
+          reclaim(ctx, v, `reclaimed for ${f.id}, whose tenant is below its fair share`);
+          reclaimed++;
+        } else terminate(ctx, v, `evicted for ${f.id}`);
       }
       f.lastUnschedulable =
         `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
@@ -160,10 +162,46 @@ export function ensureAll(ctx: Ctx) {
   for (const f of units) ensureCapacity(ctx, f);
 }
 
-/** Retires idle pods above `minReplica` once unused for `scaleinTimeoutS`. */
+/**
+ * Brings a version with more replicas than its `maxReplica` (lowered since
+ * they started) back to it, cheapest first: parked pods end, then idle ones,
+ * then leased ones are reclaimed from their gateways (no new calls on them;
+ * they end once given back, their calls done). Pods on their way up are left
+ * to come up, and trimmed at a later tick once they have settled.
+ */
+export function trimToMax(ctx: Ctx, f: CoreFunc) {
+  const { state } = ctx;
+  const max = f.policy.maxReplica;
+  let over = liveCurrent(state, f) - max;
+  if (over <= 0) return;
+  const current: CorePod[] = [];
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.version !== f.version || p.state === "Terminating") continue;
+    if (p.reclaiming) over--; // on its way out already
+    else current.push(p);
+  }
+  const why = `above max_replica ${max}`;
+  const rank = (p: CorePod) =>
+    p.state === "Standby" ? 0 : f.idle.has(p.id) ? 1 : p.leasedBy && p.state === "Ready" ? 2 : 3;
+  for (const p of current.sort((a, b) => rank(a) - rank(b))) {
+    if (over <= 0) return;
+    const r = rank(p);
+    if (r === 3) return; // creating or resuming: trimmed once settled
+    if (r === 2) reclaim(ctx, p, why);
+    else terminate(ctx, p, why);
+    over--;
+  }
+}
+
+/**
+ * Retires idle pods above `minReplica` once unused for `scaleinTimeoutS`,
+ * and trims versions above their `maxReplica`.
+ */
 export function scaleIn(ctx: Ctx) {
   const { state, now } = ctx;
   for (const f of state.funcs.values()) {
+    trimToMax(ctx, f);
     if (f.idle.size === 0) continue;
     let active = activeCurrent(state, f);
     for (const id of [...f.idle]) {

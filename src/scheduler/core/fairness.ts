@@ -207,17 +207,12 @@ export function needsOrder(units: readonly CoreFunc[]): boolean {
 
 /**
  * Asks the gateways holding `pod` (one, or several sharing it) to give it
- * back; it serves no new lease meanwhile.
+ * back, for `reason`; it serves no new lease meanwhile, and ends once back.
  */
-export function reclaim(ctx: Ctx, pod: CorePod, forId: string) {
+export function reclaim(ctx: Ctx, pod: CorePod, reason: string) {
   if (pod.reclaiming || !pod.leasedBy) return;
-  pod.reclaiming = true;
+  pod.reclaiming = reason;
   for (const gateway of lessees(pod)) {
-    ctx.actions.push({
-      type: "reclaimLease",
-      gateway,
-      podId: pod.id,
-      reason: `reclaimed for ${forId}, whose tenant is below its fair share`,
-    });
+    ctx.actions.push({ type: "reclaimLease", gateway, podId: pod.id, reason });
   }
 }

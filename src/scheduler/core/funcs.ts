@@ -8,7 +8,7 @@
  * @module
  */
 import { type Ctx, terminate, unitOf } from "./_accounting.ts";
-import { ensureCapacity } from "./capacity.ts";
+import { ensureCapacity, trimToMax } from "./capacity.ts";
 import { updateSchedulable } from "./schedulable.ts";
 import type { CoreFunc, FuncReport, PodDemand } from "./types.ts";
 
@@ -89,7 +89,10 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     // Its waiters are served by the newest version instead.
     units[0].waiters.push(...old.waiters);
   }
-  for (const u of units) ensureCapacity(ctx, u);
+  for (const u of units) {
+    trimToMax(ctx, u); // a lowered max_replica holds for the pods it has
+    ensureCapacity(ctx, u);
+  }
 }
 
 /** A function was removed: every version's pods go, their waiters are refused. */

@@ -148,3 +148,64 @@ Deno.test("removing a function ends every version: pods terminated, waiters refu
   assert.equal(d.state.funcs.size, 0);
   assert.equal(d.state.units.size, 0);
 });
+
+Deno.test("a lowered max_replica holds for the pods a version has: parked and idle end, leased are asked back", () => {
+  const policy = { minReplica: 0, maxReplica: 3, standbyPerNode: 1, scaleinTimeoutS: 1 };
+  const { d, ready } = setup(funcReport("t/n/f", {}, policy));
+  const acts = [
+    ...ready(d.run(lease("r1", "t/n/f", "g1"))),
+    ...ready(d.run(lease("r2", "t/n/f", "g1"))),
+    ...ready(d.run(lease("r3", "t/n/f", "g2"))),
+  ];
+  const leased = acts.flatMap((a) => (a.type === "leaseGranted" ? [a.podId] : []));
+  assert.equal(leased.length, 3);
+  const states = () =>
+    [...d.state.pods.values()].filter((p) => p.state !== "Terminating").map((p) => p.state);
+
+  // Under load: every pod leased, none idle. Two are asked back; no new lease goes to them.
+  const lowered = d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { ...policy, maxReplica: 1 }),
+  });
+  const asked = lowered.flatMap((a) => a.type === "reclaimLease" ? [[a.podId, a.reason]] : []);
+  assert.equal(asked.length, 2, JSON.stringify(lowered));
+  assert.ok(asked.every(([, why]) => why === "above max_replica 1"));
+  // Asked again at the gateway's heartbeat (a lost answer loses nothing).
+  const gw = (id: string) => d.state.pods.get(id)!.leasedBy!;
+  const beat = d.run({ type: "gatewayHeartbeat", gateway: gw(asked[0][0]) });
+  assert.ok(beat.some((a) => a.type === "reclaimLease" && a.podId === asked[0][0]));
+  // Given back, they end (not parked: a parked pod is still a replica); the third serves on.
+  for (const [podId] of asked) {
+    const back = d.run({ type: "return", podId, gateway: gw(podId) });
+    assert.deepEqual(
+      back.flatMap((a) => (a.type === "terminatePod" ? [[a.podId, a.reason]] : [])),
+      [[podId, "above max_replica 1"]],
+    );
+  }
+  assert.deepEqual(states(), ["Ready"]);
+  d.now += 500;
+  assert.deepEqual(created(d.run({ type: "tick" })), [], "nothing started again");
+  assert.deepEqual(states(), ["Ready"]);
+});
+
+Deno.test("a lowered max_replica with idle and parked pods keeps one replica in all, parked ones included", () => {
+  const policy = { minReplica: 3, maxReplica: 3, standbyPerNode: 1, scaleinTimeoutS: 1 };
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
+  for (const p of created(d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, policy) }))) {
+    d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: `e-${p.id}` });
+  }
+  const live = () =>
+    [...d.state.pods.values()].filter((p) => p.state !== "Terminating").map((p) => p.state);
+  assert.deepEqual(live(), ["Ready", "Ready", "Ready"]);
+  const acts = d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { ...policy, minReplica: 1, maxReplica: 1 }),
+  });
+  assert.deepEqual(kinds(acts).filter((k) => k === "terminatePod").length, 2);
+  assert.deepEqual(live(), ["Ready"]);
+  // Idle past its scale-in timeout, the one left may park: it is the one replica.
+  d.now += 5_000;
+  d.run({ type: "tick" });
+  assert.equal(live().length, 1);
+});

@@ -107,7 +107,8 @@ function grant(
 
 /**
  * A gateway gives a worker back: to the next waiter, idle, parked, or
- * terminated (failed, its version drained, or reclaimed for another tenant) —
+ * terminated (failed, its version drained, or reclaimed: for another tenant,
+ * or above a lowered `maxReplica`) —
  * once no other gateway shares it.
  */
 export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
@@ -119,8 +120,9 @@ export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boole
   const f = unitOf(ctx.state, pod);
   if (!f) return terminate(ctx, pod, "old version drained");
   if (pod.reclaiming) {
-    pod.reclaiming = false;
-    return terminate(ctx, pod, "reclaimed for a tenant below its fair share");
+    const why = pod.reclaiming;
+    delete pod.reclaiming;
+    return terminate(ctx, pod, why);
   }
   settleUnleased(ctx, f, pod, false);
 }
@@ -147,7 +149,7 @@ export function onGatewayHeartbeat(
         type: "reclaimLease",
         gateway,
         podId: pod.id,
-        reason: "reclaimed for a tenant below its fair share",
+        reason: pod.reclaiming,
         repeat: true,
       });
     }

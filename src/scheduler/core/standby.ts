@@ -6,7 +6,15 @@
  * @module
  */
 import type { StandbyTier } from "../../model/cluster.ts";
-import { ALL_HELD, clearLessees, createPod, type Ctx, setHeld, terminate } from "./_accounting.ts";
+import {
+  ALL_HELD,
+  clearLessees,
+  createPod,
+  type Ctx,
+  liveCurrent,
+  setHeld,
+  terminate,
+} from "./_accounting.ts";
 import { quotaBlock } from "./quota.ts";
 import { planStart } from "./snapshot.ts";
 import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
@@ -48,6 +56,8 @@ export function retire(
     ? chooseTier(f.policy.standbyTier ?? "paused", node.standbyTiers)
     : undefined;
   if (tier && freeing && TIER_HOLDS[tier][freeing]) tier = undefined;
+  // A parked pod is still a replica: none kept above a (lowered) maxReplica.
+  if (tier && liveCurrent(ctx.state, f) > f.policy.maxReplica) tier = undefined;
   if (tier) {
     let parked = 0;
     for (const id of f.pods) {

@@ -180,8 +180,11 @@ export interface CorePod extends PodPlacement {
   lastUsed: number;
   /** When its start or resume began (ms), to learn how long those take. */
   since?: number;
-  /** Its gateway was asked to give it back (fair share): it serves no new lease. */
-  reclaiming?: boolean;
+  /**
+   * Why its gateway was asked to give it back (fair share, or a lowered
+   * `maxReplica`): it serves no new lease, and ends once given back.
+   */
+  reclaiming?: string;
   /**
    * Rebuilt Ready from its record after a restart: a gateway may hold it
    * unknown to this scheduler, so until a gateway's heartbeat claims it or
