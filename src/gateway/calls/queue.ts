@@ -110,17 +110,26 @@ export interface CallQueueDeps extends ProxyDeps {
   observe: ObserveOptions;
 }
 
-/** What the queue keeps of a call that still needs work (no bodies). */
-interface Open {
+/**
+ * What the queue keeps of every stored call (no bodies): enough to list
+ * calls (`GET /calls`) without reading their records.
+ */
+export interface ListedCall {
   ref: ObjectRef;
   revision: number;
+  /** `tenant/namespace/name`. */
   func: string;
+  principal: string;
   status: CallStatus;
+  acceptedAt: number;
+  expiresAt: number;
+}
+
+/** What the queue keeps of a call that still needs work. */
+interface Open extends ListedCall {
   owner?: string;
   leaseUntil?: number;
   notBefore?: number;
-  acceptedAt: number;
-  expiresAt: number;
 }
 
 /** A call this gateway holds the claim of. */
@@ -201,8 +210,8 @@ export class CallQueue {
   readonly #now: () => number;
   /** Calls that need work (queued, running, or a callback to deliver), by id. */
   #open = new Map<string, Open>();
-  /** Ended calls, by id: when each record goes. */
-  #done = new Map<string, { ref: ObjectRef; revision: number; expiresAt: number }>();
+  /** Ended calls, by id (when each record goes). */
+  #done = new Map<string, ListedCall>();
   /** Calls this gateway holds the claim of, by id. */
   #claims = new Map<string, Claim>();
   /** Calls this gateway is claiming now. */
@@ -303,6 +312,8 @@ export class CallQueue {
       const claim = new Claim(rec, created.revision);
       claim.body = body ?? null;
       if (room) this.#begin(claim);
+      // Listed from now on, not only once the watch brings it.
+      this.#index(rec, created.revision);
     } finally {
       unreserve?.();
     }
@@ -432,26 +443,47 @@ export class CallQueue {
       return log.warn("Ignoring a malformed call record {name}", { name: r.name });
     }
     const id = c.id;
-    if (FINAL_STATUSES.has(c.status) && c.delivery?.state !== "pending") {
-      this.#open.delete(id);
-      this.#done.set(id, { ref: refOf(c), revision: r.revision, expiresAt: c.expiresAt });
-      this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
-    } else {
-      this.#open.set(id, {
-        ref: refOf(c),
-        revision: r.revision,
-        func: funcOf(c),
-        status: c.status,
-        owner: c.owner,
-        leaseUntil: c.leaseUntil,
-        notBefore: c.notBefore,
-        acceptedAt: c.acceptedAt,
-        expiresAt: c.expiresAt,
-      });
-    }
+    this.#index(c, r.revision);
     const mine = this.#claims.get(id);
     if (mine && c.status === "cancelled" && !mine.abort.signal.aborted) mine.abort.abort();
     this.#kick();
+  }
+
+  /** Keeps what the queue needs of call `c` at `revision` (not over a newer one). */
+  #index(c: CallRecord, revision: number): void {
+    const id = c.id;
+    const known = this.#open.get(id) ?? this.#done.get(id);
+    if (known && known.revision > revision) return;
+    const listed: ListedCall = {
+      ref: known?.ref ?? refOf(c),
+      revision,
+      func: known?.func ?? funcOf(c),
+      principal: c.principal,
+      status: c.status,
+      acceptedAt: c.acceptedAt,
+      expiresAt: c.expiresAt,
+    };
+    if (FINAL_STATUSES.has(c.status) && c.delivery?.state !== "pending") {
+      this.#open.delete(id);
+      this.#done.set(id, listed);
+      this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
+    } else {
+      this.#open.set(id, {
+        ...listed,
+        owner: c.owner,
+        leaseUntil: c.leaseUntil,
+        notBefore: c.notBefore,
+      });
+    }
+  }
+
+  /**
+   * Every stored call this gateway knows of (from its watch, and the ones it
+   * accepted), by id: open ones first, then ended ones.
+   */
+  *listed(): Generator<[string, ListedCall]> {
+    yield* this.#open;
+    yield* this.#done;
   }
 
   #kick(): void {

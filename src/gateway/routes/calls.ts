@@ -13,11 +13,11 @@
  */
 import { type Context, Hono } from "hono";
 import { NotFoundError, ValidationError } from "../../common/errors.ts";
-import { CALL_STATUSES, type CallRecord, decodeCall, parseCallId } from "../../model/call.ts";
-import { funcId, isValidName, SYSTEM } from "../../model/keys.ts";
-import type { MetaRecord } from "../../rpc/types.ts";
+import { CALL_STATUSES, FINAL_STATUSES, parseCallId } from "../../model/call.ts";
+import { isValidName, SYSTEM } from "../../model/keys.ts";
 import { allows, authorize, type Principal } from "../auth.ts";
 import { tenantSecret } from "../calls/callback.ts";
+import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam } from "./_query.ts";
@@ -41,25 +41,28 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
         "status",
       );
     }
-    let records: MetaRecord[];
     if (func !== undefined) {
       const [tenant, namespace, name, ...rest] = func.split("/");
       if (!tenant || !namespace || !name || rest.length) {
         throw new ValidationError(`Invalid func "${func}": TENANT/NAMESPACE/NAME`, "func");
       }
       authorize(p, "inference", tenant, namespace);
-      records = (await deps.meta.list("call", tenant, namespace)).items;
-    } else records = await reachable(deps, p);
-    const calls: CallRecord[] = [];
-    for (const r of records) {
-      const call = decodeCall(r.value);
-      if (func !== undefined && funcId(call.tenant, call.namespace, call.func) !== func) continue;
-      if (status !== undefined && call.status !== status) continue;
-      if (!mayList(p, call)) continue;
-      calls.push(call);
     }
-    calls.sort((a, b) => b.acceptedAt - a.acceptedAt);
-    return c.json({ items: calls.slice(0, limit).map(callSummary), count: calls.length });
+    // From what the queue keeps of every call, not from the records (a day of calls may be
+    // millions): only the page's records are read.
+    const now = Date.now();
+    const found: [string, ListedCall][] = [];
+    for (const [id, e] of queue.listed()) {
+      if (func !== undefined && e.func !== func) continue;
+      if (status !== undefined && e.status !== status) continue;
+      if (FINAL_STATUSES.has(e.status) && e.expiresAt <= now) continue; // past its retention
+      if (!mayList(p, e)) continue;
+      found.push([id, e]);
+    }
+    found.sort(([, a], [, b]) => b.acceptedAt - a.acceptedAt);
+    const page = await Promise.all(found.slice(0, limit).map(([id]) => queue.get(id)));
+    const items = page.filter((c) => c !== undefined).map(callSummary);
+    return c.json({ items, count: found.length });
   });
 
   /** The tenant a secret route names, once the caller may manage it and it exists. */
@@ -99,24 +102,8 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 }
 
 /** A caller's own calls; with read access to a namespace, every call in it. */
-function mayList(p: Principal, call: CallRecord): boolean {
-  if (!allows(p, "inference", call.tenant, call.namespace)) return false;
-  return call.principal === p.id || allows(p, "read", call.tenant, call.namespace);
-}
-
-/** The stored calls of every namespace `p` reaches (each grant's reach listed once). */
-async function reachable(deps: RouteDeps, p: Principal): Promise<MetaRecord[]> {
-  if (p.grants.some((g) => g.tenant === undefined)) return (await deps.meta.list("call")).items;
-  const scopes = new Map<string, [string, string | undefined]>();
-  for (const g of p.grants) {
-    if (g.tenant !== undefined) {
-      scopes.set(`${g.tenant}/${g.namespace ?? ""}`, [g.tenant, g.namespace]);
-    }
-  }
-  const out: MetaRecord[] = [];
-  for (const [tenant, namespace] of scopes.values()) {
-    if (namespace !== undefined && scopes.has(`${tenant}/`)) continue; // the tenant's list has it
-    out.push(...(await deps.meta.list("call", tenant, namespace)).items);
-  }
-  return out;
+function mayList(p: Principal, call: ListedCall): boolean {
+  const { tenant, namespace } = call.ref;
+  if (!allows(p, "inference", tenant, namespace)) return false;
+  return call.principal === p.id || allows(p, "read", tenant, namespace);
 }

@@ -654,3 +654,34 @@ t(
     await w.close();
   },
 );
+
+t("GET /calls lists from what the queue keeps, reading only the page's records", async () => {
+  const f = await gatewayFixture({ calls: QUICK });
+  const w = fakeWorker("w1");
+  f.sched.endpoints.push(w.endpoint);
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await accept(f, { prompt: `${i}` }));
+    // Each listed at once, before any watch brought it; newest first.
+    const first = await (await f.app.request("/calls?limit=2")).json();
+    assert.equal(first.count, 5);
+    assert.deepEqual(first.items.map((c: Json) => c.id), ids.slice(3).reverse());
+    for (const id of ids) await ended(f, id);
+    const meta = f.meta as { list: (...a: unknown[]) => Promise<unknown> };
+    const list = meta.list.bind(meta);
+    let listed = 0;
+    meta.list = (...a: unknown[]) => (a[0] === "call" && listed++, list(...a));
+    const r = await (await f.app.request("/calls?func=t/n/f&status=succeeded&limit=3")).json();
+    assert.equal(r.count, 5);
+    assert.deepEqual(r.items.map((c: Json) => [c.id, c.status]), [
+      [ids[4], "succeeded"],
+      [ids[3], "succeeded"],
+      [ids[2], "succeeded"],
+    ]);
+    assert.equal(listed, 0, "no record listed");
+    assert.equal((await (await f.app.request("/calls?status=queued")).json()).count, 0);
+  } finally {
+    await f.close();
+    await w.close();
+  }
+});
