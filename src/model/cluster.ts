@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from "zod";
+import { isValidName } from "./keys.ts";
 
 /** Pod states (DESIGN.md "Pod states"). */
 export const POD_STATES = [
@@ -117,7 +118,8 @@ export type PodTemplate = z.infer<typeof PodTemplateSchema>;
 
 /** A pod: desired state from the scheduler, status from the node agent. */
 export const PodInfoSchema = z.object({
-  id: z.string().min(1),
+  /** A name (lower case, digits, `.-_`): its node agent makes files and directories of it. */
+  id: z.string().refine(isValidName, "a pod id is a name: a-z, 0-9, '.', '-', '_'"),
   tenant: z.string(),
   namespace: z.string(),
   func: z.string(),

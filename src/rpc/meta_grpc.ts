@@ -7,7 +7,7 @@
  */
 import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { isObjectType, type ObjectType } from "../model/keys.ts";
-import { ValidationError } from "../common/errors.ts";
+import { InferxError, ValidationError } from "../common/errors.ts";
 import {
   call,
   fromGrpcError,
@@ -90,7 +90,24 @@ export interface GrpcServerHandle {
 }
 
 /** Serves `meta` as `IxMetaService` on `address` (`host:port`, port 0 for any). */
-export async function serveMeta(meta: MetaClient, address: string): Promise<GrpcServerHandle> {
+/** Options of {@linkcode serveMeta}. */
+export interface ServeMetaOptions {
+  /**
+   * The most bytes of events one watch may hold that its watcher has not
+   * taken (bytes of the records' values): past it the watch ends with
+   * `RESOURCE_EXHAUSTED`, and the watcher lists again. A watcher that stops
+   * reading (its flow-control window full) otherwise held every later event
+   * in the state service's memory. @default 64 MiB
+   */
+  watchUnsentMaxBytes?: number;
+}
+
+export async function serveMeta(
+  meta: MetaClient,
+  address: string,
+  options: ServeMetaOptions = {},
+): Promise<GrpcServerHandle> {
+  const unsentMax = options.watchUnsentMaxBytes ?? 64 * 1024 * 1024;
   const { server, port } = await serve(Service, {
     Version: unary(async () => ({ version: await meta.version() })),
     Get: unary(async (req: { ref: WireRef }) => {
@@ -146,14 +163,41 @@ export async function serveMeta(meta: MetaClient, address: string): Promise<Grpc
     ) => {
       const req = stream.request;
       let w: { cancel(): void } | undefined;
+      /** Bytes written that the stream has not sent on yet (its callbacks not called). */
+      let unsent = 0;
+      let cut = false;
+      const send = (msg: unknown, bytes: number) => {
+        if (cut) return;
+        unsent += bytes;
+        if (unsent > unsentMax) {
+          cut = true;
+          w?.cancel();
+          const err = toGrpcError(
+            new InferxError(
+              "too_large",
+              `Watch on ${req.type} ended: its watcher left ${unsent} bytes of events unread ` +
+                `(the most is ${unsentMax}); list and watch again`,
+            ),
+          );
+          // The status goes after what was handed to HTTP/2; the events queued behind it are
+          // dropped (destroy), so the watch holds no more than the bound. (Destroying with the
+          // error would send no status at all: grpc-js ends a destroyed stream without one.)
+          (stream as unknown as { call: { sendStatus(s: Partial<grpc.StatusObject>): void } })
+            .call.sendStatus(err);
+          stream.destroy();
+          return;
+        }
+        stream.write(msg, () => unsent -= bytes);
+      };
       try {
         w = meta.watch(objectType(req.type), {
           tenant: req.tenant || undefined,
           namespace: req.namespace || undefined,
           afterRevision: req.has_after_revision ? req.after_revision : undefined,
           onEvent(ev) {
-            if (ev.type === "put") stream.write({ kind: "put", record: wireRecord(ev.record) });
-            else stream.write({ kind: "delete", ref: wireRef(ev.ref), revision: ev.revision });
+            if (ev.type === "put") {
+              send({ kind: "put", record: wireRecord(ev.record) }, 128 + ev.record.value.length);
+            } else send({ kind: "delete", ref: wireRef(ev.ref), revision: ev.revision }, 128);
           },
           onError(err) {
             stream.destroy(toGrpcError(err));

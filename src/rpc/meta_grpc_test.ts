@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import { cuttableProxy, testCall } from "../common/testing.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
@@ -86,6 +87,70 @@ t(
       informer.stop();
       meta.close();
       proxy.close();
+      await server.stop();
+      await store.close();
+    }
+  },
+);
+
+t(
+  "a watch whose watcher stops reading ends once its unsent events pass the bound, not held for ever",
+  async () => {
+    const store = await openSqliteStore();
+    const svc = new StateService(store);
+    const server = await serveMeta(svc, "127.0.0.1:0", { watchUnsentMaxBytes: 4 * 1024 * 1024 });
+    const session = http2.connect(`http://127.0.0.1:${server.port}`);
+    try {
+      await svc.create({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "t",
+        object: {},
+      });
+      await svc.create({
+        type: "namespace",
+        tenant: "t",
+        namespace: "system",
+        name: "n",
+        object: {},
+      });
+      // A Watch of functions (field 1: "function"), its answer never read.
+      const msg = new Uint8Array([0x0a, 8, ...new TextEncoder().encode("function")]);
+      const frame = new Uint8Array([0, 0, 0, 0, msg.length, ...msg]);
+      const req = session.request({
+        ":method": "POST",
+        ":path": "/ixmeta.IxMetaService/Watch",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      req.end(frame);
+      req.pause();
+      let trailers: Record<string, unknown> | undefined;
+      req.on("trailers", (h) => trailers = h);
+      const closed = new Promise((r) => req.on("close", r));
+      await new Promise((r) => setTimeout(r, 100)); // watching
+      // About 180 KB each: 40 of them (7 MB) are well past the bound and the stream's windows.
+      const annotations = { a: "x".repeat(60_000), b: "x".repeat(60_000), c: "x".repeat(60_000) };
+      for (let i = 0; i < 40; i++) {
+        await svc.create({
+          type: "function",
+          tenant: "t",
+          namespace: "n",
+          name: `f${i}`,
+          object: { metadata: { annotations }, spec: { image: "x" } },
+        });
+      }
+      req.resume(); // now read what is there: the answer ends with the status
+      req.on("data", () => {});
+      await closed;
+      assert.equal(String(trailers?.["grpc-status"]), "8", JSON.stringify(trailers)); // RESOURCE_EXHAUSTED
+      assert.match(
+        decodeURIComponent(String(trailers?.["grpc-message"])),
+        /left \d+ bytes of events unread/,
+      );
+    } finally {
+      session.close();
       await server.stop();
       await store.close();
     }

@@ -339,16 +339,27 @@ export class StateService implements MetaClient {
     if (input.type === "node") {
       const r = NodeInfoSchema.safeParse(input.object);
       if (!r.success) throw invalidInput(refText(input), r.error);
-      if (r.data.name !== input.name) {
-        throw new ValidationError(`Invalid ${refText(input)}: name must match`, "name");
+      if (r.data.name !== input.name || input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
+        // Another record of the same name elsewhere would stand for the node to the scheduler.
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a node lives at system/system/{its name}`,
+          "name",
+        );
       }
       return JSON.stringify(r.data);
     }
     if (input.type === "pod") {
       const r = PodInfoSchema.safeParse(input.object);
       if (!r.success) throw invalidInput(refText(input), r.error);
-      if (r.data.id !== input.name) {
-        throw new ValidationError(`Invalid ${refText(input)}: id must match name`, "id");
+      if (
+        r.data.id !== input.name || r.data.tenant !== input.tenant ||
+        r.data.namespace !== input.namespace
+      ) {
+        // Its node agent finds it by what it says: one stored elsewhere could never be deleted.
+        throw new ValidationError(
+          `Invalid ${refText(input)}: a pod lives at {its tenant}/{its namespace}/{its id}`,
+          "id",
+        );
       }
       return JSON.stringify(r.data);
     }

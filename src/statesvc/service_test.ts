@@ -195,3 +195,77 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
     await close();
   }
 });
+
+Deno.test("cluster records are refused where they would stand for something else: a pod id no path may hold, a pod or node stored elsewhere", async () => {
+  const { svc, close } = await service();
+  const pod = (id: string, at = { tenant: "t", namespace: "n" }) => ({
+    id,
+    tenant: at.tenant,
+    namespace: at.namespace,
+    func: "f",
+    funcVersion: 1,
+    node: "n1",
+    cpuMillis: 100,
+    memMB: 64,
+    template: {
+      image: "",
+      commands: ["sleep", "1"],
+      envs: [],
+      mounts: [],
+      port: 8000,
+      probe: "/health",
+      startupTimeoutS: 5,
+    },
+    desired: "Running",
+    state: "Creating",
+    createdAt: 1,
+  });
+  const node = {
+    name: "n1",
+    address: "127.0.0.1",
+    cpuMillis: 1000,
+    memMB: 1024,
+    gpus: [],
+    heartbeat: 1,
+    ready: true,
+  };
+  const cases: [string, Parameters<StateService["create"]>[0], RegExp][] = [
+    [
+      "..",
+      { type: "pod", tenant: "t", namespace: "n", name: "..", object: pod("..") },
+      /a pod id is a name/,
+    ],
+    [
+      "a/b",
+      { type: "pod", tenant: "t", namespace: "n", name: "a/b", object: pod("a/b") },
+      /a pod id is a name/,
+    ],
+    [
+      "a pod saying another tenant",
+      {
+        type: "pod",
+        tenant: "t",
+        namespace: "n",
+        name: "p-1",
+        object: pod("p-1", { tenant: "u", namespace: "n" }),
+      },
+      /a pod lives at \{its tenant\}\/\{its namespace\}\/\{its id\}/,
+    ],
+    [
+      "a node outside system/system",
+      { type: "node", tenant: "x", namespace: "y", name: "n1", object: node },
+      /a node lives at system\/system\/\{its name\}/,
+    ],
+  ];
+  for (const [what, input, re] of cases) {
+    await assert.rejects(svc.create(input), (e: Error & { code?: string }) => {
+      assert.equal(e.code, "invalid", what);
+      assert.match(e.message, re, what);
+      return true;
+    });
+  }
+  // The same, where they belong, are taken.
+  await svc.create({ type: "pod", tenant: "t", namespace: "n", name: "p-1", object: pod("p-1") });
+  await svc.create({ type: "node", ...sys, name: "n1", object: node });
+  await close();
+});
