@@ -37,6 +37,7 @@ import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   const { state } = ctx;
   if (f.schedulable?.status === "False") return; // no node could ever hold it: evict nothing
+  if (f.startBackoff && ctx.now < f.startBackoff.until) return backingOff(ctx, f, f.startBackoff);
   let live = liveCurrent(state, f);
   let need = Math.max(
     f.waiters.length - creatingCurrent(state, f),
@@ -100,6 +101,21 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     return;
   }
   state.starved.delete(f.id);
+}
+
+/**
+ * A version whose pods keep failing to start gets none until its back-off
+ * ends (a crash loop would start one every few hundred ms): calls that no
+ * pod on its way up will serve fail at once, with the last failure.
+ */
+function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff"]>) {
+  if (!f.waiters.length || creatingCurrent(ctx.state, f) > 0) return;
+  const s = Math.ceil((b.until - ctx.now) / 1000);
+  const message = `${b.message} (${b.failures} failed start(s) in a row; the next in ${s} s)`;
+  for (const w of f.waiters.splice(0)) {
+    ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
+  }
+  ctx.state.starved.delete(f.id);
 }
 
 /**

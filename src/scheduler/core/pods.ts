@@ -37,6 +37,7 @@ export function onPodStatus(
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
     if (!f) return terminate(ctx, pod, "old version drained");
+    delete f.startBackoff; // it starts: no crash loop
     return settleUnleased(ctx, f, pod, !resumed, resumed);
   }
   const wasCreating = pod.state === "Creating";
@@ -44,6 +45,9 @@ export function onPodStatus(
   releasePod(state, pod);
   if (status === "Failed" && wasCreating && f) {
     const message = `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
+    const failures = (f.startBackoff?.failures ?? 0) + 1;
+    const waitMs = Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
+    f.startBackoff = { failures, until: ctx.now + waitMs, message };
     for (const w of f.waiters) {
       ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
     }
@@ -52,6 +56,13 @@ export function onPodStatus(
   }
   retryStarved(ctx);
 }
+
+/**
+ * The wait before starting a pod of a version again after its first failed
+ * start; doubled at each failure in a row, up to {@linkcode START_BACKOFF_MAX_MS}.
+ */
+export const START_BACKOFF_MS = 1000;
+export const START_BACKOFF_MAX_MS = 60_000;
 
 /** Terminates a pod on request. */
 export function onKillPod(ctx: Ctx, podId: string) {

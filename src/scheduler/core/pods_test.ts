@@ -305,3 +305,40 @@ Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats befor
     JSON.stringify(granted),
   );
 });
+
+Deno.test("a version whose pods keep failing to start backs off, doubling, and calls meanwhile fail at once", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  const startsIn = (acts: CoreAction[]) => created(acts).map((p) => p.id);
+  let [pod] = startsIn(
+    d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) }),
+  );
+  const fail = () => d.run({ type: "podStatus", podId: pod, state: "Failed", error: "exit 3" });
+  // Without it, every failure started the next pod at once: one every ~250 ms, for ever.
+  for (const waitMs of [1000, 2000, 4000, 8000]) {
+    assert.deepEqual(startsIn(fail()), [], "not at once");
+    d.now += waitMs - 1;
+    assert.deepEqual(startsIn(d.run({ type: "tick" })), [], `not before ${waitMs} ms`);
+    // A call meanwhile fails at once with why, not after its whole deadline.
+    const refused = d.run(lease(`r${waitMs}`));
+    const failed = refused.find((a) => a.type === "leaseFailed");
+    assert.ok(failed?.type === "leaseFailed", JSON.stringify(refused));
+    assert.equal(failed.code, "worker_failed");
+    assert.match(
+      failed.message,
+      /failed to start: exit 3 \(\d+ failed start\(s\) in a row; the next in 1 s\)/,
+    );
+    d.now += 1;
+    [pod] = startsIn(d.run({ type: "tick" }));
+    assert.ok(pod, `started again after ${waitMs} ms`);
+  }
+  // One that comes up ends the run: the next failure waits 1 s again.
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  assert.equal(d.state.funcs.get("t/n/f")!.startBackoff, undefined);
+  d.run({ type: "podStatus", podId: pod, state: "Failed", error: "crashed" });
+  assert.equal(
+    d.state.funcs.get("t/n/f")!.startBackoff,
+    undefined,
+    "a crash of a ready pod is none",
+  );
+});

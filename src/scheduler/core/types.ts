@@ -138,6 +138,12 @@ export interface CoreFunc {
   snapshotNodes: Set<string>;
   /** Observed start time from a snapshot (ms, moving average). */
   snapshotStartMs?: number;
+  /**
+   * Its pods failed to start this many times in a row (a pod that came up
+   * ends the run): no pod of it starts until `until` (ms), the wait doubling
+   * with each failure (a crash loop's back-off), and `message` says why.
+   */
+  startBackoff?: { failures: number; until: number; message: string };
 }
 
 /** Core pod states: a subset of the stored pod states. */
