@@ -136,8 +136,8 @@ interface Child {
   endedDumping?: string;
   gpus: number[];
   exited: Promise<string>;
-  /** Stops following its output file. */
-  unfollow?: () => void;
+  /** Follows its output file into `logs`. */
+  follow?: Follower;
   /** The last of its park, resume and snapshot operations, which run one after another. */
   ops?: Promise<void>;
 }
@@ -248,46 +248,91 @@ async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
  * worker fills no disk.
  */
 const LOG_FILE_MAX = 8 * 1024 * 1024;
+/**
+ * The most of the file read in one pass: its ring keeps the last 200 lines
+ * (of 4 KiB at most), so a worker writing faster than this is read has only
+ * its latest output read, the rest passed over (and said so in the ring).
+ */
+const LOG_READ_MAX = 1024 * 1024;
+
+/** Follows a worker's output file into its ring. */
+interface Follower {
+  /** Stops following (a {@linkcode catchUp} still reads). */
+  stop(): void;
+  /** Reads what the file holds now into the ring (the ring lags a pass otherwise). */
+  catchUp(): Promise<void>;
+}
 
 /**
- * Appends what is written to `path` to `ring` until the returned function is
- * called; empties the file past `maxBytes` once all of it was read, while
- * `mayTrim()` (not while the worker's image is being written or kept).
+ * Appends what is written to `path` to `ring`; empties the file past
+ * `maxBytes`, while `mayTrim()` (not while the worker's image is being
+ * written or kept). Each pass reads what the file held when it began (its
+ * last `readMax` bytes at most), every 200 ms, or every 10 ms while behind: a
+ * worker that never stops writing is neither chased nor lets the file grow
+ * past what it writes in a few passes.
  */
 function followFile(
   path: string,
   ring: LogRing,
   mayTrim: () => boolean = () => true,
   maxBytes = LOG_FILE_MAX,
-): () => void {
+  readMax = LOG_READ_MAX,
+): Follower {
   let stopped = false;
   let offset = 0;
-  (async () => {
-    const dec = new TextDecoder();
-    while (!stopped) {
-      try {
-        using f = await Deno.open(path, { read: true, write: true });
-        const size = (await f.stat()).size;
-        if (size < offset) offset = 0; // emptied
-        await f.seek(offset, Deno.SeekMode.Start);
-        const buf = new Uint8Array(64 * 1024);
-        let n: number | null;
-        while ((n = await f.read(buf)) !== null && n > 0) {
-          offset += n;
-          ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
-        }
-        // All read (what came in between the last read and now is the only loss): emptied.
-        if (offset > maxBytes && mayTrim() && (await f.stat()).size === offset) {
-          await f.truncate(0);
-          offset = 0;
-        }
-      } catch {
-        // not there yet
+  let dec = new TextDecoder();
+  const buf = new Uint8Array(64 * 1024);
+  const skip = (bytes: number) => {
+    ring.push(`\n[${bytes} bytes of output not read: written faster than they are followed]\n`);
+    dec = new TextDecoder();
+  };
+  /** One pass; whether it found the worker writing fast (the file filled, or read in part). */
+  const pass = async (): Promise<boolean> => {
+    let behind = false;
+    try {
+      using f = await Deno.open(path, { read: true, write: true });
+      const size = (await f.stat()).size;
+      if (size < offset) offset = 0; // emptied
+      if (size - offset > readMax) {
+        skip(size - readMax - offset);
+        offset = size - readMax;
+        behind = true;
       }
-      await new Promise((r) => setTimeout(r, 200));
+      await f.seek(offset, Deno.SeekMode.Start);
+      while (offset < size) {
+        const n = await f.read(buf.subarray(0, Math.min(buf.length, size - offset)));
+        if (n === null || n === 0) break;
+        offset += n;
+        ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
+      }
+      if (offset > maxBytes && mayTrim()) {
+        // What came after this pass's read goes with it (a worker that never pauses).
+        const unread = (await f.stat()).size - offset;
+        await f.truncate(0);
+        offset = 0;
+        if (unread > 0) skip(unread);
+        behind = true;
+      }
+    } catch {
+      // not there yet, or gone
+    }
+    return behind;
+  };
+  /** Passes run one at a time: the loop's and those asked for. */
+  let last = Promise.resolve(false);
+  const next = () => last = last.then(pass, pass);
+  (async () => {
+    while (!stopped) {
+      const behind = await next();
+      await new Promise((r) => setTimeout(r, behind ? 10 : 200));
     }
   })();
-  return () => stopped = true;
+  return {
+    stop: () => stopped = true,
+    catchUp: async () => {
+      await next();
+    },
+  };
 }
 
 /** Whether a worker's output file may be emptied: not while its image is written or kept. */
@@ -557,7 +602,7 @@ export class ProcessRuntime implements PodRuntime {
       }),
     };
     if (logFile) {
-      child.unfollow = followFile(
+      child.follow = followFile(
         logFile,
         logs,
         () => mayTrimLog(child),
@@ -580,9 +625,16 @@ export class ProcessRuntime implements PodRuntime {
     return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
   }
 
-  /** The last lines a worker printed: read from its output file, which the ring may lag. */
+  /**
+   * The last lines a worker printed. With an output file, the ring is caught
+   * up with it first: both then end at the same line, and the longer tail is
+   * given (the ring keeps 200 lines, the file's last 64 KiB may hold more,
+   * or none when it was just emptied).
+   */
   async #tail(child: Child, lines = 20): Promise<string> {
     if (!child.logFile) return child.logs.tail(lines);
+    await child.follow?.catchUp();
+    const ring = child.logs.tail(lines);
     try {
       using f = await Deno.open(child.logFile, { read: true });
       const size = (await f.stat()).size;
@@ -595,10 +647,11 @@ export class ProcessRuntime implements PodRuntime {
         if (n === null) break;
         o += n;
       }
-      return new TextDecoder().decode(buf.subarray(0, o)).replace(/\n$/, "").split("\n")
-        .slice(-lines).join("\n");
+      const file = new TextDecoder().decode(buf.subarray(0, o)).replace(/\n$/, "").split("\n")
+        .slice(-lines);
+      return file.length > ring.split("\n").length ? file.join("\n") : ring;
     } catch {
-      return child.logs.tail(lines);
+      return ring;
     }
   }
 
@@ -628,7 +681,7 @@ export class ProcessRuntime implements PodRuntime {
     if (child.stopping) return; // stop() cleans up
     // What it started goes with it: nothing answers for the pod any more.
     if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
-    child.unfollow?.();
+    child.follow?.stop();
     this.#children.delete(podId);
     // Removed before the exit is told: a pod started again under its id finds its name free.
     if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
@@ -661,7 +714,7 @@ export class ProcessRuntime implements PodRuntime {
       clearTimeout(timer);
       if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     }
-    child.unfollow?.();
+    child.follow?.stop();
     this.#children.delete(podId);
     if (child.net) await this.#options.podNetworks!.remove(child.net);
     if (child.logFile || this.#options.criu) {
@@ -979,7 +1032,7 @@ export class ProcessRuntime implements PodRuntime {
       ownSession: true,
       exited: pidExited(pid),
     };
-    child.unfollow = followFile(
+    child.follow = followFile(
       logFile,
       logs,
       () => mayTrimLog(child),
@@ -1014,7 +1067,6 @@ export class ProcessRuntime implements PodRuntime {
 
   logs(podId: string, lines = 50): Promise<string> {
     const child = this.#children.get(podId);
-    // From the output file when there is one: the ring follows it with a lag.
     return child ? this.#tail(child, lines) : Promise.resolve("");
   }
 

@@ -293,6 +293,41 @@ const t = setInterval(() => {
   },
 );
 
+t(
+  "ProcessRuntime keeps the output file bounded while its worker never stops writing",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({
+      outputToFile: true,
+      snapshotDir: dir,
+      outputFileMaxBytes: 256 * 1024,
+    });
+    try {
+      // A thread writing 64 KiB every millisecond or so (up to ~60 MB/s), without a pause for
+      // the follower to catch up, while the main thread answers the probe.
+      const writer =
+        `const line = "y".repeat(1023) + "\\n"; const chunk = new TextEncoder().encode(line.repeat(64));
+const end = Date.now() + 3000; const sab = new Int32Array(new SharedArrayBuffer(4));
+while (Date.now() < end) { Deno.stdout.writeSync(chunk); Atomics.wait(sab, 0, 0, 1); }
+console.log("writer done");`;
+      const chatty = `${ENV_SERVER}
+new Worker(URL.createObjectURL(new Blob([${JSON.stringify(writer)}])), { type: "module" });`;
+      await rt.start(spec(["deno", "eval", chatty]));
+      let biggest = 0;
+      const end = Date.now() + 30_000;
+      while (Date.now() < end && !(await rt.logs("pod-test")).includes("writer done")) {
+        biggest = Math.max(biggest, (await Deno.stat(`${dir}/pod-test.log`)).size);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.match(await rt.logs("pod-test"), /writer done/);
+      assert.ok(biggest < 4 * 1024 * 1024, `the file reached ${biggest} bytes`);
+      await rt.stop("pod-test");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 const criuCap = await criuCapability();
 if (!criuCap.available) console.log(`skipping the file-tier and snapshot tests: ${criuCap.reason}`);
 const netCap = criuCap.available
