@@ -287,9 +287,10 @@ export class NodeAgent implements NodeAgentClient {
     entry.done = this.#bringUp(pod, entry).then(async (up) => {
       const { running, startedFrom } = up;
       if (entry.phase === "stopping") return;
-      // It exited while it was being brought up (during its sample query): reported Failed,
-      // with its last output, by podExited; not Ready.
-      if (this.#local.get(pod.id) !== entry) return;
+      // It exited while it was being brought up (during its sample query or its dump):
+      // reported Failed, with its last output, by podExited (which may come a moment after
+      // its exit, once the runtime cleaned up); not Ready.
+      if (this.#local.get(pod.id) !== entry || await settled(running.exited)) return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
       log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms ({from})", {
@@ -541,4 +542,12 @@ export class NodeAgent implements NodeAgentClient {
       return undefined;
     }
   }
+}
+
+/** Whether `p` has settled already (looked at once the pending callbacks have run). */
+async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  p.then(() => done = true, () => done = true);
+  await new Promise((r) => setTimeout(r, 0));
+  return done;
 }

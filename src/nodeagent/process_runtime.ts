@@ -975,6 +975,15 @@ export class ProcessRuntime implements PodRuntime {
       await this.#dump(child, dir, true);
     } catch (err) {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
+      // The worker died meanwhile (killed, crashed): CRIU failed for that, not for what the
+      // worker holds, so nothing says a later dump of its version would fail too.
+      const s = await procState(child.pid);
+      if (!s || s.state === "Z") {
+        throw new InferxError(
+          "worker_failed",
+          `Cannot snapshot pod ${podId}: the worker exited while it was dumped`,
+        );
+      }
       throw err;
     }
     return { bytes: await dirBytes(dir), dumpMs: performance.now() - t0 };

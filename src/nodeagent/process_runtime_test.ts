@@ -529,6 +529,35 @@ Deno.test({
 
 Deno.test({
   name:
+    "ProcessRuntime: a snapshot of a worker that died under it fails as the worker's, not as what CRIU cannot dump",
+  ignore: !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { dir, rt } = await criuRuntime(true);
+    try {
+      // A worker that exits a moment after it is asked: while it is being dumped.
+      const dying = COUNTER.replace(
+        "(req) => ",
+        '(req) => req.url.endsWith("/die") ? (setTimeout(() => Deno.exit(3), 30), new Response("bye")) : ',
+      );
+      const pod = await rt.start(spec(["deno", "eval", dying]));
+      assert.equal(await (await fetch(`http://${pod.endpoint}/die`)).text(), "bye");
+      const err = await rt.snapshot("pod-test", `${dir}/image`).catch((e) => e);
+      assert.ok(err instanceof InferxError, String(err));
+      assert.ok(
+        err.code === "worker_failed" || err.code === "not_found",
+        `${err.code}: ${err.message}`,
+      );
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "ProcessRuntime: a restore from a truncated or incomplete image fails at once, naming the file, and leaves nothing behind",
   ignore: !criuCap.available || !netCap.available,
   sanitizeOps: false,

@@ -287,6 +287,10 @@ export class SnapshotManager {
         });
         return `No snapshot taken: the disk filled up while dumping (${reason})`;
       }
+      if (err instanceof InferxError && err.code === "worker_failed") {
+        // Its worker died while it was dumped: tried again at the next fresh start.
+        return `No snapshot taken: ${reason}`;
+      }
       if (err instanceof InferxError && err.code === "timeout") {
         // A slow dump (a large worker at a low priority) may finish another time: not recorded.
         log.warn("Snapshot of pod {pod} timed out; tried again later: {error}", {

@@ -191,6 +191,22 @@ t(
 );
 
 t(
+  "a dump whose worker died meanwhile leaves nothing listed and is tried again later",
+  async ({ meta, mgr, runtime }) => {
+    runtime.fail = new InferxError(
+      "worker_failed",
+      "Cannot snapshot pod a-pod: the worker exited while it was dumped",
+    );
+    assert.match((await mgr.take(pod("a")))!, /the worker exited while it was dumped/);
+    assert.deepEqual(await records(meta), [], "not recorded Failed");
+    assert.equal(mgr.wants(pod("a")), true);
+    runtime.fail = undefined;
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal((await records(meta))[0].state, "Ready");
+  },
+);
+
+t(
   "images stay within the disk budget: the least recently used goes first",
   async ({ meta, mgr }) => {
     await mgr.take(pod("a"));
