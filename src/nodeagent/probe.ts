@@ -2,7 +2,8 @@
  * The agent's own HTTP calls to its workers (readiness probes, the sample
  * query that warms a worker before its snapshot): one connection per call,
  * closed after the answer, so a worker holds no connection of the agent's
- * when it is dumped.
+ * when it is dumped. The answer ends by its framing (`content-length`,
+ * chunked) or the connection's close, whichever comes first.
  *
  * @module
  */
@@ -54,14 +55,18 @@ export async function httpCall(
     req.set(body, head.length);
     let written = 0;
     while (written < req.length) written += await conn.write(req.subarray(written));
-    const chunks: Uint8Array[] = [];
+    // Read until the answer is whole by its framing (a worker that keeps the connection open
+    // despite `connection: close` still answers), its close, or ANSWER_MAX bytes.
+    let got: Uint8Array = new Uint8Array(0);
     const buf = new Uint8Array(16 * 1024);
-    while (true) {
+    let answer: ProbeAnswer | undefined;
+    while (!(answer = whole(got)) && got.length < ANSWER_MAX) {
       const n = await conn.read(buf);
       if (n === null) break;
-      chunks.push(buf.slice(0, n));
+      got = concat([got, buf.subarray(0, n)]);
     }
-    const text = new TextDecoder().decode(concat(chunks));
+    if (answer) return answer;
+    const text = new TextDecoder().decode(got);
     const m = text.match(/^HTTP\/1\.[01] (\d{3})/);
     if (!m) throw new Error(`Not an HTTP answer from ${host}:${port}${path}`);
     const split = text.indexOf("\r\n\r\n");
@@ -80,6 +85,60 @@ export async function httpCall(
     } catch {
       // closed by the timeout
     }
+  }
+}
+
+/** The most of an answer read: a probe needs its status, the sample query its success. */
+const ANSWER_MAX = 1024 * 1024;
+
+/**
+ * The answer in `got` once it is whole by its framing: its head, and a body
+ * of its `content-length`, or chunked to its last chunk, or none (1xx, 204,
+ * 304); undefined while more must come (or only the close ends it).
+ */
+function whole(got: Uint8Array): ProbeAnswer | undefined {
+  const end = findHeadEnd(got);
+  if (end < 0) return undefined;
+  const head = new TextDecoder().decode(got.subarray(0, end));
+  const m = head.match(/^HTTP\/1\.[01] (\d{3})/);
+  if (!m) return undefined; // said when the connection ends
+  const status = Number(m[1]);
+  const rest = got.subarray(end + 4);
+  if (status < 200 || status === 204 || status === 304) return { status, body: "" };
+  const field = (name: string) =>
+    head.match(new RegExp(`\\r\\n${name}[ \\t]*:[ \\t]*([^\\r]*)`, "i"))?.[1].trim();
+  if (/chunked/i.test(field("transfer-encoding") ?? "")) {
+    const body = dechunk(rest);
+    return body === undefined ? undefined : { status, body: new TextDecoder().decode(body) };
+  }
+  const length = field("content-length");
+  if (length === undefined || !/^\d+$/.test(length)) return undefined; // to its close
+  if (rest.length < Number(length)) return undefined;
+  return { status, body: new TextDecoder().decode(rest.subarray(0, Number(length))) };
+}
+
+function findHeadEnd(b: Uint8Array): number {
+  for (let i = 0; i + 3 < b.length; i++) {
+    if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
+  }
+  return -1;
+}
+
+/** A chunked body's data once its last chunk came, else undefined. */
+function dechunk(b: Uint8Array): Uint8Array | undefined {
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  while (true) {
+    let eol = at;
+    while (eol + 1 < b.length && !(b[eol] === 13 && b[eol + 1] === 10)) eol++;
+    if (eol + 1 >= b.length) return undefined;
+    const size = parseInt(new TextDecoder().decode(b.subarray(at, eol)).split(";")[0], 16);
+    if (!Number.isFinite(size)) return undefined;
+    if (size === 0) return concat(parts); // trailers, if any, are not waited for
+    const from = eol + 2;
+    if (b.length < from + size + 2) return undefined;
+    parts.push(b.subarray(from, from + size));
+    at = from + size + 2;
   }
 }
 

@@ -46,3 +46,42 @@ Deno.test({
     }
   },
 });
+
+Deno.test("httpCall() ends an answer by its framing, not only by the close: a worker that keeps the connection", async () => {
+  const answers = [
+    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n",
+    "HTTP/1.1 204 No Content\r\n\r\n",
+  ];
+  const want = [{ status: 200, body: "ok" }, { status: 200, body: "ok!!!" }, {
+    status: 204,
+    body: "",
+  }];
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  (async () => {
+    let i = 0;
+    for await (const c of listener) {
+      held.push(c); // answered, never closed
+      const a = answers[i++];
+      const buf = new Uint8Array(4096);
+      await c.read(buf);
+      // In two pieces: the framing must be waited for, not taken from the first read.
+      const bytes = new TextEncoder().encode(a);
+      await c.write(bytes.subarray(0, a.length - 3));
+      await new Promise((r) => setTimeout(r, 30));
+      await c.write(bytes.subarray(a.length - 3));
+    }
+  })().catch(() => {});
+  try {
+    for (const w of want) {
+      assert.deepEqual(
+        await httpCall("127.0.0.1", listener.addr.port, "/health", { timeoutMs: 2000 }),
+        w,
+      );
+    }
+  } finally {
+    listener.close();
+    for (const c of held) c.close();
+  }
+});
