@@ -7,7 +7,7 @@
  * @module
  */
 import { type Clock, systemClock, systemTicker, type Ticker } from "../common/clock.ts";
-import { InferxError, ValidationError } from "../common/errors.ts";
+import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
@@ -598,7 +598,8 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "terminatePod":
         log.info("Terminating pod {pod}: {reason}", { pod: a.podId, reason: a.reason });
-        this.#terminate(a.podId);
+        if (a.orphan) this.#forget(a.podId);
+        else this.#terminate(a.podId);
         break;
       case "parkPod":
         log.info("Parking pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
@@ -668,6 +669,19 @@ export class SchedulerService implements SchedulerClient {
 
   #terminate(podId: string): void {
     this.#setDesired(podId, "Terminated");
+  }
+
+  /** Deletes the record of a pod no node agent will ever act on (its node is unknown). */
+  #forget(podId: string): void {
+    const ref = this.#podRefs.get(podId);
+    if (!ref) return;
+    this.#meta.delete(ref).catch((err) => {
+      if (err instanceof NotFoundError) return;
+      log.error("Cannot delete the record of pod {pod}: {error}", {
+        pod: podId,
+        error: String(err),
+      });
+    });
   }
 
   /** Writes a pod's desired state (compare-and-swap, retried on conflicts); the node agent acts. */

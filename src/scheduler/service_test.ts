@@ -323,3 +323,55 @@ Deno.test("SchedulerService forgets a lease whose caller gave up: its deadline c
     await store.close();
   }
 });
+
+Deno.test({
+  name: "SchedulerService deletes the record of a pod on a node nobody knows: no agent ever will",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    await meta.create({ ...nodeRef("n1"), object: node("n1") });
+    await createTestFunction(meta, {});
+    const ghost = {
+      type: "pod" as const,
+      tenant: "t",
+      namespace: "n",
+      name: "ghost-1",
+    };
+    await meta.create({
+      ...ghost,
+      object: {
+        id: "ghost-1",
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        funcVersion: 1,
+        node: "gone",
+        cpuMillis: 100,
+        memMB: 64,
+        template: {
+          image: "",
+          commands: ["w"],
+          envs: [],
+          mounts: [],
+          port: 80,
+          probe: "/",
+          startupTimeoutS: 5,
+        },
+        desired: "Running",
+        state: "Ready",
+        endpoint: "127.0.0.1:1",
+        createdAt: 1,
+      },
+    });
+    const sched = new SchedulerService(meta, { tickMs: 50 });
+    await sched.start();
+    try {
+      await until("the ghost's record deleted", async () => (await meta.get(ghost)) === undefined);
+    } finally {
+      sched.stop();
+      await store.close();
+    }
+  },
+});

@@ -130,7 +130,12 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   }
   const node = state.nodes.get(r.node);
   if (!node) {
-    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `node ${r.node} is unknown` });
+    ctx.actions.push({
+      type: "terminatePod",
+      podId: r.id,
+      reason: `node ${r.node} is unknown`,
+      orphan: true,
+    });
     return;
   }
   if (!node.ready) {

@@ -93,8 +93,9 @@ Deno.test("step() recovers an unknown pod from its record, or asks to end it", (
       { type: "terminatePod", podId: "x-1", reason: "its record says Failed" },
     ]],
     ["failed and already ended", "Terminated", "Failed", "n1", []],
+    // No agent will ever act on it: its record goes.
     ["on a node nobody knows", "Running", "Ready", "n9", [
-      { type: "terminatePod", podId: "x-1", reason: "node n9 is unknown" },
+      { type: "terminatePod", podId: "x-1", reason: "node n9 is unknown", orphan: true },
     ]],
     ["being terminated", "Terminated", "Ready", "n1", [
       { type: "terminatePod", podId: "x-1", reason: "terminating before restart" },

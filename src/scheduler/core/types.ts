@@ -379,7 +379,13 @@ export interface PodPlacement {
 /** Outputs of the core, carried out by the shell. */
 export type CoreAction =
   | { type: "createPod"; pod: PodPlacement }
-  | { type: "terminatePod"; podId: string; reason: string }
+  | {
+    type: "terminatePod";
+    podId: string;
+    reason: string;
+    /** No node agent will act on it (its node is unknown): its record is deleted instead. */
+    orphan?: boolean;
+  }
   | { type: "parkPod"; podId: string; tier: StandbyTier }
   | { type: "resumePod"; podId: string; tier: StandbyTier }
   | {
