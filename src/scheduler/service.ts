@@ -386,11 +386,20 @@ export class SchedulerService implements SchedulerClient {
         new ValidationError(`Invalid lease request: ${missing} is required`, missing),
       );
     }
-    if (!(req.timeoutMs > 0) || !Number.isFinite(req.timeoutMs)) {
+    if (!(req.timeoutMs > 0) || req.timeoutMs > MAX_LEASE_WAIT_MS) {
+      // Past it a timer fires at once (Node's limit), not at the deadline.
       return Promise.reject(
         new ValidationError(
-          "Invalid lease request: timeoutMs must be a positive number",
+          `Invalid lease request: timeoutMs must be a number from 1 to ${MAX_LEASE_WAIT_MS}`,
           "timeoutMs",
+        ),
+      );
+    }
+    if (req.version !== undefined && !(Number.isSafeInteger(req.version) && req.version >= 1)) {
+      return Promise.reject(
+        new ValidationError(
+          "Invalid lease request: version must be a whole number >= 1",
+          "version",
         ),
       );
     }
@@ -452,6 +461,18 @@ export class SchedulerService implements SchedulerClient {
       return Promise.reject(
         new ValidationError("Invalid heartbeat: gatewayId is required", "gatewayId"),
       );
+    }
+    // Figures a scale-out decision is made of: counts and times, whole and not negative.
+    for (const l of load ?? []) {
+      for (
+        const k of ["version", "queued", "waitMs", "inflight", "inflightTokens", "workers"] as const
+      ) {
+        if (!(Number.isFinite(l[k]) && l[k] >= 0)) {
+          return Promise.reject(
+            new ValidationError(`Invalid heartbeat: load ${k} must be a number >= 0`, k),
+          );
+        }
+      }
     }
     const actions = this.#apply({
       type: "gatewayHeartbeat",
@@ -701,6 +722,9 @@ export class SchedulerService implements SchedulerClient {
     );
   }
 }
+
+/** The longest a lease may wait for a worker (ms): a day, within a timer's reach. */
+const MAX_LEASE_WAIT_MS = 86_400_000;
 
 /** What one pod of a function spec needs. */
 function demandOf(spec: FunctionSpec): PodDemand {

@@ -278,7 +278,7 @@ Deno.test({
   },
 });
 
-Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids it needs", async () => {
+Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids it needs, or with figures out of range", async () => {
   const store = await openSqliteStore();
   const sched = new SchedulerService(new StateService(store));
   const req = { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 1000 };
@@ -286,6 +286,25 @@ Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids
     ["no gateway", () => sched.leaseWorker({ ...req, gatewayId: "" }), /gatewayId is required/],
     ["no function", () => sched.leaseWorker({ ...req, func: "" }), /func is required/],
     ["no time", () => sched.leaseWorker({ ...req, timeoutMs: 0 }), /timeoutMs must be/],
+    // Past a timer's reach it fired at once.
+    ["for ever", () => sched.leaseWorker({ ...req, timeoutMs: 2 ** 62 }), /from 1 to 86400000/],
+    ["a version below 1", () => sched.leaseWorker({ ...req, version: -3 }), /version must be/],
+    [
+      "a load that is no count",
+      () =>
+        sched.refreshGateway("g", [], [{
+          tenant: "t",
+          namespace: "n",
+          func: "f",
+          version: 1,
+          queued: -1,
+          waitMs: 0,
+          inflight: Number.NaN,
+          inflightTokens: 0,
+          workers: 0,
+        }]),
+      /load queued must be a number >= 0/,
+    ],
     ["return", () => sched.returnWorker({ podId: "p", gatewayId: "" }), /gatewayId is required/],
     ["heartbeat", () => sched.refreshGateway(""), /gatewayId is required/],
   ];
