@@ -59,14 +59,40 @@ export async function groupAlive(pgid: number): Promise<boolean> {
 
 /**
  * Reaps `pid` if it is a zombie child of this process (one Deno did not
- * spawn: spawned ones Deno reaps itself). Returns whether it did.
+ * spawn: spawned ones Deno reaps itself). Returns how it ended
+ * (`exit code N`, `killed by SIGKILL`) when it did, else undefined.
  */
-export async function reapIfOrphanedToUs(pid: number): Promise<boolean> {
+export async function reapIfOrphanedToUs(pid: number): Promise<string | undefined> {
   const s = await procState(pid);
-  if (!s || s.state !== "Z" || s.ppid !== Deno.pid) return false;
+  if (!s || s.state !== "Z" || s.ppid !== Deno.pid) return undefined;
   const c = libc();
-  return c !== null && c.symbols.waitpid(pid, null, WNOHANG) === pid;
+  const status = new Int32Array(1);
+  if (c === null || c.symbols.waitpid(pid, status, WNOHANG) !== pid) return undefined;
+  // The wait status: a signal in its low 7 bits, else the exit code above them.
+  const signal = status[0] & 0x7f;
+  if (signal === 0) return `exit code ${(status[0] >> 8) & 0xff}`;
+  const name = Object.entries(SIGNALS).find(([, n]) => n === signal)?.[0];
+  return `killed by ${name ?? `signal ${signal}`}`;
 }
+
+/** Signal numbers on Linux (x86-64 and arm64 share these). */
+const SIGNALS: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+};
 
 /** Makes this process a child subreaper (`prctl`); false where it cannot. */
 export function becomeSubreaper(): boolean {

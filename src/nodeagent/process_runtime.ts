@@ -214,7 +214,7 @@ async function pidAlive(pid: number): Promise<boolean> {
 async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (await procState(pid)) {
-    if (await reapIfOrphanedToUs(pid)) continue;
+    if (await reapIfOrphanedToUs(pid) !== undefined) continue;
     if (Date.now() > deadline) throw new Error(`PID ${pid} is still taken (an unreaped process)`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -226,8 +226,8 @@ async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
  */
 async function pidExited(pid: number): Promise<string> {
   while (await pidAlive(pid)) await new Promise((r) => setTimeout(r, 100));
-  await reapIfOrphanedToUs(pid);
-  return "exited";
+  // How it ended, when it was handed to this process (a subreaper); else none can tell.
+  return await reapIfOrphanedToUs(pid) ?? "exited (how, none can tell: not a child of the agent)";
 }
 
 /** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
