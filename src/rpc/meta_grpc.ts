@@ -118,7 +118,7 @@ export async function serveMeta(
       const { items, revision } = await meta.list(
         objectType(req.type),
         req.tenant || undefined,
-        req.tenant ? req.namespace || undefined : undefined,
+        req.namespace || undefined, // without a tenant: refused, not ignored
       );
       return { items: items.map(wireRecord), revision };
     }),

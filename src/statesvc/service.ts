@@ -117,6 +117,15 @@ export class StateService implements MetaClient {
     tenant?: string,
     namespace?: string,
   ): Promise<{ items: MetaRecord[]; revision: number }> {
+    // Each names one level of the key: "a/b" would list by a prefix of another tenant's keys.
+    for (const [k, v] of [["tenant", tenant], ["namespace", namespace]] as const) {
+      if (v !== undefined && (v === "" || v.includes("/"))) {
+        throw new ValidationError(`Invalid list: ${k} "${v}" is no name`, k);
+      }
+    }
+    if (namespace !== undefined && tenant === undefined) {
+      throw new ValidationError("Invalid list: a namespace needs its tenant", "namespace");
+    }
     const { items, revision } = await this.#store.list(typePrefix(type, tenant, namespace));
     return {
       revision,
@@ -132,10 +141,14 @@ export class StateService implements MetaClient {
   }
 
   update(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    const bad = revisionError(input.revision);
+    if (bad) return Promise.reject(bad);
     return this.#serialized(input, () => this.#update(input, options));
   }
 
   delete(ref: ObjectRef, revision?: number): Promise<number> {
+    const bad = revisionError(revision);
+    if (bad) return Promise.reject(bad);
     return this.#serialized(ref, () => this.#delete(ref, revision));
   }
 
@@ -536,4 +549,10 @@ function hasStatus(object: unknown): boolean {
 
 function refOf(r: ObjectRef): ObjectRef {
   return { type: r.type, tenant: r.tenant, namespace: r.namespace, name: r.name };
+}
+
+/** Why a revision sent with a write is none: a whole number from 0 (a negative one read as a conflict). */
+function revisionError(revision: number | undefined): ValidationError | undefined {
+  if (revision === undefined || (Number.isSafeInteger(revision) && revision >= 0)) return undefined;
+  return new ValidationError(`Invalid revision ${revision}: a whole number >= 0`, "revision");
 }

@@ -269,3 +269,32 @@ Deno.test("cluster records are refused where they would stand for something else
   await svc.create({ type: "node", ...sys, name: "n1", object: node });
   await close();
 });
+
+Deno.test("lists and writes name what they mean: a tenant or namespace is one name, a revision a whole number", async () => {
+  const { svc, close } = await service();
+  await svc.create(fn("f"));
+  const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+  const cases: [string, () => Promise<unknown>, RegExp][] = [
+    ["a tenant that is a prefix", () => svc.list("function", "t/n"), /tenant "t\/n" is no name/],
+    [
+      "a namespace without its tenant",
+      () => svc.list("function", undefined, "n"),
+      /needs its tenant/,
+    ],
+    ["a negative revision", () => svc.delete(ref, -3), /Invalid revision -3/],
+    [
+      "a revision past 2^53",
+      () => svc.update({ ...fn("f"), revision: 2 ** 62 }),
+      /Invalid revision/,
+    ],
+  ];
+  for (const [what, call, re] of cases) {
+    await assert.rejects(call(), (e: Error & { code?: string }) => {
+      assert.equal(e.code, "invalid", what);
+      assert.match(e.message, re, what);
+      return true;
+    });
+  }
+  assert.equal((await svc.list("function", "t", "n")).items.length, 1);
+  await close();
+});
