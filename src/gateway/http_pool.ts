@@ -11,9 +11,10 @@
  * body's own error is thrown (the caller's fault, not the worker's). Idle
  * connections are closed after an idle timeout, so a worker that went away
  * (scale to zero) leaves nothing open; an exchange in which nothing moved
- * either way for longer than its request's `answerTimeoutMs` is cut
- * ({@linkcode AnswerTimeout}, as nginx's `proxy_read_timeout`), found by the
- * same sweep rather than a timer a request. No `Response` objects: the warm
+ * either way for longer than its request's `answerTimeoutMs` while the
+ * gateway waited on the worker is cut ({@linkcode AnswerTimeout}, as nginx's
+ * `proxy_read_timeout`; time spent waiting on the caller does not count),
+ * found by the same sweep rather than a timer a request. No `Response` objects: the warm
  * path writes what it reads.
  *
  * @module
@@ -64,7 +65,8 @@ export class AnswerBroken extends Error {
 
 /**
  * Nothing moved between the gateway and the worker (no byte read from it, none
- * written to it) for longer than the request's `answerTimeoutMs`: the
+ * written to it) while the gateway waited on it for longer than the request's
+ * `answerTimeoutMs`: the
  * connection was closed. The worker had the request, so the call is not sent
  * to another worker.
  */
@@ -167,6 +169,13 @@ class Conn {
   quietSince = 0;
   /** Something was read or written since the sweep last looked. */
   stirred = false;
+  /**
+   * A read or write on the worker's socket is under way: the exchange waits
+   * on the worker. Only such time is quiet; while the gateway waits on the
+   * caller (a slow reader of the answer, a slow sender of a streamed body)
+   * the worker is not to blame.
+   */
+  waiting = false;
   /** The sweep cut the exchange: it was quiet past its limit. */
   timedOut = false;
   #paused = false;
@@ -281,10 +290,12 @@ class Conn {
         if (total > this.#out.length) this.#out = new Uint8Array(total);
         const out = this.#encode(head);
         if (n) out.set(body!, head.length);
+        this.waiting = true;
         for (let o = 0; o < total;) {
           o += await this.socket.write(out.subarray(o, total));
           this.wroteSome = true;
         }
+        this.waiting = false;
         this.stirred = true;
       }
     } catch (err) {
@@ -314,6 +325,7 @@ class Conn {
       }
       if (this.#end === this.#buf.length) this.#grow();
       let n: number | null;
+      this.waiting = true;
       try {
         if (idleRead) {
           // Begun into the buffer's start, where this answer goes (#idle).
@@ -332,6 +344,7 @@ class Conn {
       }
       this.#end += n;
       this.heard = this.stirred = true;
+      this.waiting = false;
     }
   }
 
@@ -370,10 +383,12 @@ class Conn {
 
   async #write(bytes: Uint8Array, length: number): Promise<void> {
     let o = 0;
+    this.waiting = true;
     while (o < length) {
       o += await this.socket.write(bytes.subarray(o, length));
       this.wroteSome = true;
     }
+    this.waiting = false;
     this.stirred = true;
   }
 
@@ -382,7 +397,9 @@ class Conn {
     // Positions of a head being read stay put; a body's bytes are copied out as they come.
     if (this.#start === this.#end && this.#headersDone) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) this.#grow();
+    this.waiting = true;
     const n = await this.socket.read(restOf(this.#buf, this.#end));
+    this.waiting = false;
     if (n === null) return false;
     this.#end += n;
     this.stirred = true;
@@ -566,7 +583,7 @@ export class HttpPool {
       this.#quietCheckedAt = now;
       for (const c of this.#open) {
         if (c.quietLimitMs === 0) continue;
-        if (c.stirred) {
+        if (c.stirred || !c.waiting) {
           c.stirred = false;
           c.quietSince = now;
         } else if (now - c.quietSince > c.quietLimitMs) {

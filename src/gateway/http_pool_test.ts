@@ -488,6 +488,31 @@ t("HttpPool sends again on a fresh connection when writing to a pooled one fails
   }
 });
 
+t("HttpPool does not count against answerTimeoutMs the time its caller takes to read", async () => {
+  const worker = scriptedWorker(async (c) => {
+    await c.write(enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"));
+    for (let i = 0; i < 4; i++) {
+      await c.write(enc.encode("1\r\nx\r\n"));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await c.write(enc.encode("0\r\n\r\n"));
+    await c.read(new Uint8Array(1)); // keeps the connection open
+  });
+  const pool = new HttpPool();
+  const sweep = setInterval(() => pool.sweep(), 20);
+  try {
+    const a = await pool.send(worker.endpoint, { ...post(enc.encode("{}")), answerTimeoutMs: 200 });
+    assert.equal(new TextDecoder().decode((await a.read())!), "x");
+    // A caller that takes its time (a slow reader of a stream): the worker answered meanwhile.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await text(a), "xxx");
+  } finally {
+    clearInterval(sweep);
+    pool.close();
+    worker.close();
+  }
+});
+
 t(
   "HttpPool cuts an exchange quiet past its answerTimeoutMs, before or within the body",
   async () => {
