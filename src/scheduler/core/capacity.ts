@@ -37,7 +37,8 @@ import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   const { state } = ctx;
   if (f.schedulable?.status === "False") return; // no node could ever hold it: evict nothing
-  if (f.startBackoff && ctx.now < f.startBackoff.until) return backingOff(ctx, f, f.startBackoff);
+  // Its pods keep failing to start: none starts until the back-off ends (a parked one may resume).
+  const backoff = f.startBackoff && ctx.now < f.startBackoff.until ? f.startBackoff : undefined;
   let live = liveCurrent(state, f);
   let need = Math.max(
     f.waiters.length - creatingCurrent(state, f),
@@ -64,7 +65,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       return;
     }
     if (parked) {
-      const revival = restoreOrStart(ctx, f, parked, live);
+      const revival = restoreOrStart(ctx, f, parked, live, !backoff);
       if (revival !== "dropped") {
         if (revival === "started") live++;
         need--;
@@ -73,6 +74,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       // Its node has no room to take it back: start fresh elsewhere instead.
       live--;
     }
+    if (backoff) return backingOff(ctx, f, backoff);
     if (live >= f.policy.maxReplica) break;
     const start = planStart(state.nodeList, f, state.config.snapshotStart);
     const r = start.result;
@@ -104,12 +106,14 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
 }
 
 /**
- * A version whose pods keep failing to start gets none until its back-off
- * ends (a crash loop would start one every few hundred ms): calls that no
- * pod on its way up will serve fail at once, with the last failure.
+ * A version whose pods keep failing to start gets no new one until its
+ * back-off ends (a crash loop would start one every few hundred ms). When it
+ * has no pod at all that serves or is on its way (a parked one resumed
+ * counts), the calls waiting fail at once, with the last failure; else they
+ * wait for one of its pods to come free.
  */
 function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff"]>) {
-  if (!f.waiters.length || creatingCurrent(ctx.state, f) > 0) return;
+  if (!f.waiters.length || activeCurrent(ctx.state, f) > 0) return;
   const s = Math.ceil((b.until - ctx.now) / 1000);
   const message = `${b.message} (${b.failures} failed start(s) in a row; the next in ${s} s)`;
   for (const w of f.waiters.splice(0)) {

@@ -343,3 +343,32 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
     "a crash of a ready pod is none",
   );
 });
+
+Deno.test("in a start back-off a parked pod is resumed for a call, and a call waits while a pod serves", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
+  d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 2, standbyTier: "paused", scaleinTimeoutS: 1 }),
+  });
+  const [p1] = created(d.run(lease("r1")));
+  d.run({ type: "podStatus", podId: p1.id, state: "Ready", endpoint: "e1" });
+  // A second pod, for another gateway, fails to start: a back-off of 1 s begins.
+  const [p2] = created(d.run(lease("r2", "t/n/f", "g2")));
+  d.run({ type: "podStatus", podId: p2.id, state: "Failed", error: "CUDA OOM on n1" });
+  assert.ok(d.state.funcs.get("t/n/f")!.startBackoff);
+  // p1 serves: a call meanwhile waits for it rather than failing.
+  const waits = d.run(lease("r3", "t/n/f", "g3"));
+  assert.deepEqual(kinds(waits).filter((k) => k === "leaseFailed" || k === "createPod"), []);
+  // p1 comes back, goes to the waiting call, then is parked once idle.
+  const back = d.run({ type: "return", podId: p1.id, gateway: "g1" });
+  assert.ok(back.some((a) => a.type === "leaseGranted" && a.reqId === "r3"));
+  d.run({ type: "return", podId: p1.id, gateway: "g3" });
+  d.now += 300;
+  d.state.pods.get(p1.id)!.lastUsed = -10_000;
+  d.run({ type: "tick" });
+  assert.equal(d.state.pods.get(p1.id)?.state, "Standby");
+  // Still backing off: a call resumes the parked pod, no new one is started, none fails.
+  const acts = d.run(lease("r4"));
+  assert.deepEqual(kinds(acts).filter((k) => k !== "leaseGranted"), ["resumePod"]);
+});

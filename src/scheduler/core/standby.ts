@@ -185,13 +185,19 @@ export type Revival = "started" | "resumed" | "dropped";
 
 /**
  * One more replica of `f` while `parked` waits in standby: starts a fresh pod
- * when that is faster than the tier's restore and `live` is below
- * `maxReplica`, else resumes the parked pod; when its node has no room to
+ * when that is faster than the tier's restore, `live` is below `maxReplica`
+ * and `freshAllowed` (not in a start back-off), else resumes the parked pod; when its node has no room to
  * take it back, drops it (the caller then starts one elsewhere).
  */
-export function restoreOrStart(ctx: Ctx, f: CoreFunc, parked: CorePod, live: number): Revival {
+export function restoreOrStart(
+  ctx: Ctx,
+  f: CoreFunc,
+  parked: CorePod,
+  live: number,
+  freshAllowed = true,
+): Revival {
   // A fresh pod needs what the parked one may still hold (its GPUs): only within the quota.
-  const plan = resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica ||
+  const plan = !freshAllowed || resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica ||
       quotaBlock(ctx.state, f) !== undefined
     ? undefined
     : planStart(ctx.state.nodeList, f, ctx.state.config.snapshotStart);
