@@ -313,6 +313,7 @@ export class TokenMeter {
    * pieces is one end.
    */
   #lineEnds(bytes: Uint8Array): Uint8Array {
+    if (!bytes.length) return bytes; // nothing, and a CR before it still pends
     if (this.#afterCr && bytes[0] === 10) bytes = bytes.subarray(1);
     this.#afterCr = false;
     let cr = bytes.indexOf(13);

@@ -256,8 +256,15 @@ Deno.test("a stream whose lines end in CR or CRLF, or that starts with a byte or
     "bom+cr": enc.encode("\uFEFF" + text.replaceAll("\n", "\r")),
   };
   for (const [name, bytes] of Object.entries(variants)) {
-    // Every size, so that each CRLF is also split between two pieces.
+    // Every size, so that each CRLF is also split between two pieces (and with an empty piece
+    // after each: a CR still pends across it).
     for (const size of [1, 2, 3, 7, 64, bytes.length]) {
+      const empty = new TokenMeter("sse", 1000);
+      for (let o = 0; o < bytes.length; o += size) {
+        empty.chunk(bytes.subarray(o, o + size), o);
+        empty.chunk(new Uint8Array(0), o);
+      }
+      assert.equal(empty.tokens, 3, `${name}, pieces of ${size} with empty ones between`);
       const meter = new TokenMeter("sse", 1000);
       const r = meter.result(feed(meter, bytes, size));
       const what = `${name}, pieces of ${size}`;

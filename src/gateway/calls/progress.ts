@@ -112,7 +112,7 @@ export async function progressResponse(
         worker = res.body.getReader();
         // The stream already says it is one of events: an answer of
         // another kind (a JSON answer to a streaming call) goes as one.
-        if (!res.headers.get("content-type")?.includes("text/event-stream")) {
+        if (!res.headers.get("content-type")?.toLowerCase().includes("text/event-stream")) {
           asEvent = new EventLines();
         }
       }
@@ -181,6 +181,7 @@ export class EventLines {
 
   /** `piece`, with `data: ` after each end of line (and first, before the body's first byte). */
   push(piece: Uint8Array): Uint8Array {
+    if (!piece.length && this.#started) return piece; // nothing, and a CR before it still pends
     const parts: Uint8Array[] = [];
     if (!this.#started) {
       this.#started = true;

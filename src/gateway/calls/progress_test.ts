@@ -122,6 +122,23 @@ t("a caller that leaves while its call waits is recorded as gone and takes no sl
 });
 
 t(
+  "a worker's event stream is one whatever the case of its media type: not wrapped again",
+  async () => {
+    const f = await gatewayFixture();
+    const server = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      () => new Response("data: 1\n\n", { headers: { "content-type": "Text/Event-Stream" } }),
+    );
+    f.sched.stages = ["starting"];
+    f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+    const text = await (await stream(f)).text();
+    assert.ok(text.endsWith(": ready\n\ndata: 1\n\n"), text);
+    await f.close();
+    await server.shutdown();
+  },
+);
+
+t(
   "a worker's answer that is no event stream is sent as one data event after the stages",
   async () => {
     const f = await gatewayFixture();
@@ -159,5 +176,6 @@ Deno.test("EventLines puts data: before every line, whatever ends it and whereve
   assert.equal(read(["a\r\nb\rc\nd"]), "data: a\ndata: b\ndata: c\ndata: d\n\n");
   assert.equal(read(["a\r", "b", "\n"]), "data: a\ndata: b\ndata: \n\n");
   assert.equal(read(["a\r\n", "\nb"]), "data: a\ndata: \ndata: b\n\n");
+  assert.equal(read(["a\r", "", "\nb"]), "data: a\ndata: b\n\n", "an empty piece between");
   assert.equal(read([]), "data: \n\n");
 });
