@@ -117,9 +117,12 @@ export class StateService implements MetaClient {
     tenant?: string,
     namespace?: string,
   ): Promise<{ items: MetaRecord[]; revision: number }> {
+    // Empty is none, as over gRPC (whose strings cannot be absent).
+    tenant ||= undefined;
+    namespace ||= undefined;
     // Each names one level of the key: "a/b" would list by a prefix of another tenant's keys.
     for (const [k, v] of [["tenant", tenant], ["namespace", namespace]] as const) {
-      if (v !== undefined && (v === "" || v.includes("/"))) {
+      if (v?.includes("/")) {
         throw new ValidationError(`Invalid list: ${k} "${v}" is no name`, k);
       }
     }

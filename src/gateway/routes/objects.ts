@@ -91,7 +91,12 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const p = c.var.principal;
     if (p.anonymous) authorize(p, "read");
     const { tenant, namespace, func, node } = c.req.query();
-    const { items } = await deps.meta.list("snapshot", tenant, tenant && namespace);
+    // An empty filter is none (as a form sends it); a namespace narrows the list only with its tenant.
+    const { items } = await deps.meta.list(
+      "snapshot",
+      tenant || undefined,
+      (tenant && namespace) || undefined,
+    );
     return c.json({
       items: items.map((r) => decodeSnapshot(r.value)).filter((s) =>
         allows(p, "read", s.tenant, s.namespace) && (!func || s.func === func) &&

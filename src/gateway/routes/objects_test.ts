@@ -242,6 +242,10 @@ t("snapshots are listed for those who may read their namespace, and per node", a
     const items = (await r.json()).items as { namespace: string }[];
     assert.equal(items.length, namespace === "n" ? 2 : 0, namespace);
   }
+  // Empty filters are none, as a form sends them.
+  const empty = await f.app.request("/snapshots?tenant=&namespace=", { headers: admin });
+  assert.equal(empty.status, 200);
+  assert.equal((await empty.json()).items.length, 2);
   const anon = await f.app.request("/snapshots");
   assert.equal(anon.status, 401);
   await anon.body?.cancel();
