@@ -142,6 +142,11 @@ export function containerEnv(spec: PodSpec): Record<string, string> {
   };
 }
 
+/** The most processes and threads one worker container may have (`--pids-limit`). */
+const WORKER_PIDS_LIMIT = 4096;
+/** The most of a worker's output its tail (an error's, the log route's) gives. */
+const TAIL_MAX_CHARS = 64 * 1024;
+
 /**
  * The engine's network every worker container joins: a bridge with
  * inter-container traffic off (`enable_icc=false`), so that containers reach
@@ -287,6 +292,11 @@ export class DockerRuntime implements PodRuntime {
           Init: true,
           NanoCpus: spec.cpuMillis * 1_000_000,
           Memory: spec.memMB * 1024 * 1024,
+          // Processes and threads of its own: a worker that forks without end cannot take the
+          // node's PIDs from the others and the agent (a worker's runtime has a few hundred).
+          PidsLimit: WORKER_PIDS_LIMIT,
+          // Its output, as the process runtime's: a chatty worker fills no disk.
+          LogConfig: { Type: "json-file", Config: { "max-size": "8m", "max-file": "2" } },
           PortBindings: { [port]: [{ HostIp: this.#host, HostPort: "" }] },
           Binds: binds,
           DeviceRequests: spec.gpus.length
@@ -413,7 +423,8 @@ export class DockerRuntime implements PodRuntime {
         tail: lines,
         follow: false,
       });
-      return demuxLogs(new Uint8Array(buf as unknown as ArrayBuffer));
+      // Its last 64 KiB at most, as the process runtime's tail: one endless line is not an error.
+      return demuxLogs(new Uint8Array(buf as unknown as ArrayBuffer)).slice(-TAIL_MAX_CHARS);
     } catch {
       return "";
     }

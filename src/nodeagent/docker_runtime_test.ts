@@ -90,7 +90,7 @@ const t = (name: string, fn: () => Promise<void>) =>
   });
 
 t(
-  "DockerRuntime runs a pod as a container with its limits, labels and a port on 127.0.0.1 only",
+  "DockerRuntime runs a pod as a container with its limits (CPU, memory, processes, output), labels and a port on 127.0.0.1 only",
   async () => {
     const scope = `test-${crypto.randomUUID()}`;
     const rt = new DockerRuntime({ scope });
@@ -102,6 +102,12 @@ t(
       const info = await docker.getContainer(nameOf(scope, "pod-life")).inspect();
       assert.equal(info.HostConfig.NanoCpus, 500_000_000);
       assert.equal(info.HostConfig.Memory, 256 * 1024 * 1024);
+      // Bounded processes and output: a fork bomb or a chatty worker takes nothing from others.
+      assert.equal(info.HostConfig.PidsLimit, 4096);
+      assert.deepEqual(info.HostConfig.LogConfig, {
+        Type: "json-file",
+        Config: { "max-size": "8m", "max-file": "2" },
+      });
       const bindings = Object.values(info.HostConfig.PortBindings ?? {}).flat() as {
         HostIp: string;
       }[];
@@ -157,11 +163,17 @@ t(
 t("DockerRuntime reports a worker that crashes at start with the tail of its output", async () => {
   const scope = `test-${crypto.randomUUID()}`;
   const rt = new DockerRuntime({ scope });
-  const crash = ["deno", "eval", "console.error('cannot open weights.bin'); Deno.exit(3)"];
+  // One line of 1 MB first: the tail given stays within 64 KiB, its end kept.
+  const crash = [
+    "deno",
+    "eval",
+    "console.error('x'.repeat(1e6)); console.error('cannot open weights.bin'); Deno.exit(3)",
+  ];
   await assert.rejects(rt.start(spec("pod-crash", crash)), (err: unknown) => {
     assert.ok(err instanceof InferxError && err.code === "worker_failed");
     assert.match(err.message, /exit code 3/);
     assert.match(err.message, /cannot open weights\.bin/);
+    assert.ok(err.message.length < 70_000, `${err.message.length} characters`);
     return true;
   });
   await assert.rejects(
