@@ -191,6 +191,15 @@ export async function forward(
       // Another worker may take it when nothing of it went out (a streamed body too: none of
       // it was read), or when it can be sent again whole.
       if ((err.sent && !call.replayable) || attempt >= MAX_ATTEMPTS) {
+        // A worker that had the request and closed without answering failed (crashed, killed):
+        // as for a request that cannot be sent again, whichever attempt it was.
+        if (err.sent) {
+          throw new InferxError(
+            "worker_failed",
+            `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
+            { cause: err },
+          );
+        }
         throw new UpstreamUnreachable(slot.worker.endpoint, err);
       }
       try {

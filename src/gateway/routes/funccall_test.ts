@@ -168,6 +168,29 @@ t("a POST a worker took and closed without answering is not sent to another work
   await b.close();
 });
 
+t(
+  "a GET every worker took and closed without answering fails as the workers' failure",
+  async () => {
+    const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 3 } });
+    const seen: string[] = [];
+    const drop = () =>
+      scriptedWorker((_c, got) => {
+        seen.push(got.slice(0, got.indexOf("\r\n")));
+        return Promise.resolve(); // and closes, answering nothing (killed mid-call, say)
+      });
+    const workers = [drop(), drop(), drop()];
+    f.sched.endpoints.push(...workers.map((w) => w.endpoint));
+    const r = await f.app.request("/funccall/t/n/f/v1/models");
+    assert.equal(r.status, 503);
+    const e = (await r.json()).error;
+    assert.equal(e.code, "worker_failed", "not 'unavailable': the workers had it");
+    assert.match(e.message, /closed the connection/);
+    assert.equal(seen.length, 3, "sent again, as a GET may be, up to three times");
+    await f.close();
+    for (const w of workers) await w.close();
+  },
+);
+
 t("gateway retries a 503 answer on another free worker", async () => {
   const f = await gatewayFixture({ policy: { parallel: 1, scaleout_policy: { wait_ratio: 0 } } });
   const busy = fakeWorker("busy", { status: 503, delayMs: 100 });
