@@ -123,6 +123,11 @@ export interface ListedCall {
   status: CallStatus;
   acceptedAt: number;
   expiresAt: number;
+  /**
+   * The order this gateway learned of it (its watch brings calls in the order
+   * they were stored): calls accepted in one millisecond still list in order.
+   */
+  seq: number;
 }
 
 /** What the queue keeps of a call that still needs work. */
@@ -227,6 +232,8 @@ export class CallQueue {
   #stopped = false;
   /** The earliest `expiresAt` in `#done`. */
   #nextExpiry = Infinity;
+  /** The last `ListedCall.seq` given. */
+  #seq = 0;
 
   constructor(deps: CallQueueDeps, options: CallQueueOptions) {
     this.#deps = deps;
@@ -462,6 +469,7 @@ export class CallQueue {
       status: c.status,
       acceptedAt: c.acceptedAt,
       expiresAt: c.expiresAt,
+      seq: known?.seq ?? ++this.#seq,
     };
     if (FINAL_STATUSES.has(c.status) && c.delivery?.state !== "pending") {
       this.#open.delete(id);

@@ -59,7 +59,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       if (!mayList(p, e)) continue;
       found.push([id, e]);
     }
-    found.sort(([, a], [, b]) => b.acceptedAt - a.acceptedAt);
+    found.sort(([, a], [, b]) => b.acceptedAt - a.acceptedAt || b.seq - a.seq);
     const page = await Promise.all(found.slice(0, limit).map(([id]) => queue.get(id)));
     const items = page.filter((c) => c !== undefined).map(callSummary);
     return c.json({ items, count: found.length });
