@@ -56,14 +56,17 @@ export async function httpCall(
     let written = 0;
     while (written < req.length) written += await conn.write(req.subarray(written));
     // Read until the answer is whole by its framing (a worker that keeps the connection open
-    // despite `connection: close` still answers), its close, or ANSWER_MAX bytes.
+    // despite `connection: close` still answers) or its close: a sample query's answer is read
+    // to its end (its worker done with it before a snapshot), its first ANSWER_MAX bytes kept.
     let got: Uint8Array = new Uint8Array(0);
+    let total = 0;
     const buf = new Uint8Array(16 * 1024);
     let answer: ProbeAnswer | undefined;
-    while (!(answer = whole(got)) && got.length < ANSWER_MAX) {
+    while (!(answer = whole(got, total))) {
       const n = await conn.read(buf);
       if (n === null) break;
-      got = concat([got, buf.subarray(0, n)]);
+      total += n;
+      if (got.length < ANSWER_MAX) got = concat([got, buf.subarray(0, n)]);
     }
     if (answer) return answer;
     const text = new TextDecoder().decode(got);
@@ -88,15 +91,16 @@ export async function httpCall(
   }
 }
 
-/** The most of an answer read: a probe needs its status, the sample query its success. */
+/** The most of an answer kept: a probe needs its status, the sample query its success. */
 const ANSWER_MAX = 1024 * 1024;
 
 /**
- * The answer in `got` once it is whole by its framing: its head, and a body
- * of its `content-length`, or chunked to its last chunk, or none (1xx, 204,
- * 304); undefined while more must come (or only the close ends it).
+ * The answer whose first bytes are `got` (of `total` read) once it is whole
+ * by its framing: its head, and a body of its `content-length`, or chunked to
+ * its last chunk, or none (1xx, 204, 304); undefined while more must come
+ * (or only the close ends it: a chunked body past what is kept).
  */
-function whole(got: Uint8Array): ProbeAnswer | undefined {
+function whole(got: Uint8Array, total: number): ProbeAnswer | undefined {
   const end = findHeadEnd(got);
   if (end < 0) return undefined;
   const head = new TextDecoder().decode(got.subarray(0, end));
@@ -108,12 +112,12 @@ function whole(got: Uint8Array): ProbeAnswer | undefined {
   const field = (name: string) =>
     head.match(new RegExp(`\\r\\n${name}[ \\t]*:[ \\t]*([^\\r]*)`, "i"))?.[1].trim();
   if (/chunked/i.test(field("transfer-encoding") ?? "")) {
-    const body = dechunk(rest);
+    const body = total > got.length ? undefined : dechunk(rest);
     return body === undefined ? undefined : { status, body: new TextDecoder().decode(body) };
   }
   const length = field("content-length");
   if (length === undefined || !/^\d+$/.test(length)) return undefined; // to its close
-  if (rest.length < Number(length)) return undefined;
+  if (total - (end + 4) < Number(length)) return undefined;
   return { status, body: new TextDecoder().decode(rest.subarray(0, Number(length))) };
 }
 

@@ -85,3 +85,28 @@ Deno.test("httpCall() ends an answer by its framing, not only by the close: a wo
     for (const c of held) c.close();
   }
 });
+
+Deno.test("httpCall() reads a large answer to its end (its worker done with it), keeping its start", async () => {
+  const size = 32 * 1024 * 1024; // past what the sockets buffer
+  let written = 0;
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  (async () => {
+    for await (const c of listener) {
+      held.push(c); // never closed by the worker
+      await c.read(new Uint8Array(4096));
+      await c.write(new TextEncoder().encode(`HTTP/1.1 200 OK\r\ncontent-length: ${size}\r\n\r\n`));
+      const piece = new Uint8Array(64 * 1024).fill(0x61);
+      while (written < size) written += await c.write(piece.subarray(0, size - written));
+    }
+  })().catch(() => {});
+  try {
+    const a = await httpCall("127.0.0.1", listener.addr.port, "/sample", { timeoutMs: 5000 });
+    assert.equal(a.status, 200);
+    assert.equal(written, size, "the whole answer was taken before the call ended");
+    assert.ok(a.body.length >= 1024 * 1024 && a.body.startsWith("aaa"));
+  } finally {
+    listener.close();
+    for (const c of held) c.close();
+  }
+});
