@@ -19,6 +19,7 @@ import {
   DEFAULT_FILTERS,
   describeReasons,
   type Filter,
+  gpuGroups,
   gpuTypeMatches,
   refreshGpuSummary,
 } from "./placement.ts";
@@ -119,10 +120,24 @@ function explain(reason: string, nodes: readonly CoreNode[], d: PodDemand): stri
       } (GPU types in the cluster: ${types.join(", ") || "none"})`;
     }
     case "insufficient_vram": {
-      const largest = max((n) => Math.max(0, ...matching(n).map((g) => g.vramTotalMB)));
-      return `${d.vramMB} MB of vRAM per GPU wanted on ${gpus(d.gpuCount)} (plus the node's ` +
-        `context overhead), the largest ${d.gpuType === "Any" ? "" : `${d.gpuType} `}GPU has ` +
-        `${largest} MB`;
+      const kind = d.gpuType === "Any" ? "" : `${d.gpuType} `;
+      const wanted = `${d.vramMB} MB of vRAM per GPU wanted on ${gpus(d.gpuCount)} (plus the ` +
+        `node's context overhead)`;
+      if (d.gpuCount <= 1) {
+        const largest = max((n) => Math.max(0, ...matching(n).map((g) => g.vramTotalMB)));
+        return `${wanted}, the largest ${kind}GPU has ${largest} MB`;
+      }
+      // Placed as placement places them: that many GPUs of one type on one node.
+      const best = max((n) =>
+        Math.max(
+          0,
+          ...gpuGroups(n, d).filter((g) => g.length >= d.gpuCount).map((g) =>
+            g.map((x) => x.vramTotalMB).sort((a, b) => b - a)[d.gpuCount - 1]
+          ),
+        )
+      );
+      return `${wanted}, the most any ${d.gpuCount} ${kind}GPUs of one type on a node have is ` +
+        `${best} MB each`;
     }
     default:
       return reason;

@@ -98,6 +98,25 @@ Deno.test("schedulability() checks every node's capacity, not its free resources
       /90000 MB of vRAM per GPU wanted on 1 GPU .*the largest GPU has 80000 MB/,
     ],
     [
+      // One H100 of 80 GB and two A100s of 40: no pair of one type has 50 GB each.
+      "vRAM beyond what any pair of one type has, on mixed GPUs",
+      [
+        node("n1", 0, {
+          gpus: [["H100", 80_000], ["A100", 40_000], ["A100", 40_000]].map(([type, mb], index) => ({
+            index,
+            type: type as string,
+            vramTotalMB: mb as number,
+            vramUsedMB: 0,
+            contexts: 0,
+          })),
+        }),
+      ],
+      demand({ gpuCount: 2, vramMB: 50_000 }),
+      "False",
+      "InsufficientVRAM",
+      /on 2 GPUs .*the most any 2 GPUs of one type on a node have is 40000 MB each/,
+    ],
+    [
       "a whole GPU plus the context overhead",
       [node("n1", 1, { contextOverheadMB: 500 })],
       demand({ gpuCount: 1, vramMB: 80_000 }),
