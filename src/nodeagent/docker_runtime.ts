@@ -375,19 +375,32 @@ export class DockerRuntime implements PodRuntime {
       return info ? ended(info) : `exit code ${res.StatusCode}`;
     })();
     this.#pods.set(podId, entry);
-    entry.exited.then(async (why) => {
-      if (this.#pods.get(podId) !== entry || entry.stopping || !entry.ready) return;
-      const tail = await this.logs(podId, 20);
-      this.#pods.delete(podId);
-      await container.remove({ force: true }).catch(() => {});
-      this.#options.onExit?.(podId, `${why}; last output:\n${tail}`);
+    entry.exited.then((why) => {
+      if (!entry.stopping) return this.#tellExit(podId, entry, why);
     });
     return Promise.resolve(entry);
+  }
+
+  /** Tells the agent of an exit nobody asked for, once, and removes the container. */
+  async #tellExit(podId: string, entry: Entry, why: string): Promise<void> {
+    if (this.#pods.get(podId) !== entry || !entry.ready) return;
+    const tail = await this.logs(podId, 20);
+    if (this.#pods.get(podId) !== entry) return;
+    this.#pods.delete(podId);
+    await entry.container.remove({ force: true }).catch(() => {});
+    this.#options.onExit?.(podId, `${why}; last output:\n${tail}`);
   }
 
   async stop(podId: string, graceMs = 5000): Promise<void> {
     const entry = this.#pods.get(podId);
     if (!entry) return;
+    // Ended on its own a moment before (killed by its memory limit while a call ran, its pod
+    // then given back as failed and stopped): its exit is told as its own, how included,
+    // not taken for this stop's. The engine tells of an exit later than the call saw it.
+    const info = entry.ready ? await entry.container.inspect().catch(() => undefined) : undefined;
+    if (info && !info.State.Running && !entry.stopping) {
+      return await this.#tellExit(podId, entry, ended(info));
+    }
     entry.stopping = true;
     await entry.container.unpause().catch(() => {}); // a frozen container cannot stop
     await entry.container.stop({ t: Math.ceil(graceMs / 1000) }).catch(() => {});

@@ -429,6 +429,25 @@ t("a worker that ends early, or past its memory limit, is told as such", async (
   );
 });
 
+t(
+  "a worker that ended on its own just before it is stopped is told as exited, how included, once",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const exits: string[] = [];
+    const rt = new DockerRuntime({ scope, onExit: (id, why) => exits.push(`${id}: ${why}`) });
+    await rt.start(spec("pod-gone"));
+    const c = docker.getContainer(nameOf(scope, "pod-gone"));
+    await c.kill(); // killed from outside (or by its memory limit) while a call ran
+    while ((await c.inspect()).State.Running) await new Promise((r) => setTimeout(r, 2));
+    // Its pod given back as failed and stopped at once, before the engine told of the exit.
+    await rt.stop("pod-gone");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(exits.length, 1, exits.join("\n"));
+    assert.match(exits[0], /^pod-gone: exit code 137; last output:/);
+    await assert.rejects(c.inspect(), "its container is removed");
+  },
+);
+
 Deno.test("the Docker runtime refuses a node address that is not an IP address", () => {
   assert.throws(() => new DockerRuntime({ host: "localhost" }), /must be an IP address/);
   new DockerRuntime({ host: "::1" });
