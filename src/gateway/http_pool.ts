@@ -584,7 +584,9 @@ export class HttpPool {
       for (const c of this.#open) {
         if (c.quietLimitMs === 0) continue;
         if (c.stirred || !c.waiting) {
-          c.stirred = false;
+          // Not waiting on the worker now: the clock starts again at the next sweep, which
+          // comes after any wait begun since (never before it: no cut comes early).
+          c.stirred = !c.waiting;
           c.quietSince = now;
         } else if (now - c.quietSince > c.quietLimitMs) {
           c.timedOut = true;

@@ -645,3 +645,63 @@ t("HttpPool cuts off a worker that sends interim answers without end", async () 
     chatty.close();
   }
 });
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test({
+  name:
+    "HttpPool cuts no exchange early: a wait begun just after a sweep gets its whole answerTimeoutMs",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    let go!: () => void;
+    const next = new Promise<void>((r) => go = r);
+    const worker = scriptedWorker(async (c) => {
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n"));
+      await next;
+      await c.write(enc.encode("1\r\ny\r\n0\r\n\r\n"));
+      await c.read(new Uint8Array(1));
+    });
+    const pool = new HttpPool();
+    try {
+      const a = await pool.send(worker.endpoint, {
+        method: "POST",
+        path: "/",
+        headers: [],
+        body: enc.encode("{}"),
+        answerTimeoutMs: 250,
+      });
+      assert.equal(new TextDecoder().decode((await a.read())!), "x");
+      // The gateway's sweep, every 100 ms; the caller (slow) asks for more 95 ms after one.
+      await sleep(60);
+      pool.sweep(performance.now()); // sees what the head's read stirred
+      await sleep(100);
+      const s0 = performance.now();
+      pool.sweep(s0); // the caller holds the answer: not waiting on the worker
+      await sleep(95);
+      const started = performance.now();
+      const reading = a.read();
+      // The worker answers 220 ms after the gateway began to wait on it (< 250 ms).
+      setTimeout(go, 220);
+      for (const at of [100, 200, 300]) {
+        await sleep(s0 + at - performance.now());
+        pool.sweep(performance.now());
+      }
+      let err: unknown;
+      const got = await reading.catch((e) => {
+        err = e;
+        return null;
+      });
+      const quiet = performance.now() - started;
+      assert.equal(
+        err,
+        undefined,
+        `cut after ${quiet.toFixed(0)} ms of waiting on the worker, limit 250`,
+      );
+      assert.equal(new TextDecoder().decode(got!), "y");
+    } finally {
+      pool.close();
+      worker.close();
+    }
+  },
+});

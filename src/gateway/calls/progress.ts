@@ -29,7 +29,7 @@ const ERROR_BODY_MAX = 64 * 1024;
 
 /** Whether `input` asks for a streamed answer: `Accept: text/event-stream` or `"stream": true`. */
 export function isStreaming(input: CallInput, accept: string | null): boolean {
-  if (accept?.includes("text/event-stream")) return true;
+  if (accept?.toLowerCase().includes("text/event-stream")) return true;
   if (!(input.body instanceof Uint8Array) || input.body.byteLength === 0) return false;
   try {
     return (JSON.parse(dec.decode(input.body)) as { stream?: unknown })?.stream === true;

@@ -125,7 +125,9 @@ export interface ListedCall {
   expiresAt: number;
   /**
    * The order this gateway learned of it (its watch brings calls in the order
-   * they were stored): calls accepted in one millisecond still list in order.
+   * they were stored): calls accepted in one millisecond still list in order
+   * (those stored before the gateway started come in key order, which is
+   * none).
    */
   seq: number;
 }

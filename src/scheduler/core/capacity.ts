@@ -46,6 +46,8 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   );
   while (need > 0) {
     const parked = parkedPod(state, f);
+    // Backing off with nothing parked: nothing to do (room freed for a start would go unused).
+    if (backoff && !parked) return backingOff(ctx, f, backoff);
     const quota = quotaBlock(state, f, parked);
     if (quota) {
       if (freeTenantPod(ctx, f, quota)) continue;
@@ -66,6 +68,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     }
     if (parked) {
       const revival = restoreOrStart(ctx, f, parked, live, !backoff);
+      if (revival === "kept") return backingOff(ctx, f, backoff!);
       if (revival !== "dropped") {
         if (revival === "started") live++;
         need--;

@@ -372,3 +372,62 @@ Deno.test("in a start back-off a parked pod is resumed for a call, and a call wa
   const acts = d.run(lease("r4"));
   assert.deepEqual(kinds(acts).filter((k) => k !== "leaseGranted"), ["resumePod"]);
 });
+
+Deno.test("in a start back-off a call retires no idle pod of another function for the quota: nothing would start", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 4 }) },
+    { type: "funcUpdate", func: funcReport("a/n/f", {}, { maxReplica: 4 }) },
+    { type: "funcUpdate", func: funcReport("a/n/g", {}, { maxReplica: 4 }) },
+  );
+  // f: one pod serving (leased by g1), a second fails to start: back-off.
+  const [p1] = created(d.run(lease("r1", "a/n/f", "g1")));
+  d.run({ type: "podStatus", podId: p1.id, state: "Ready", endpoint: "e1" });
+  const [p2] = created(d.run(lease("r2", "a/n/f", "g2")));
+  d.run({ type: "podStatus", podId: p2.id, state: "Failed", error: "CUDA OOM" });
+  assert.ok(d.state.funcs.get("a/n/f")!.startBackoff);
+  // g: one idle pod, kept (a replica).
+  const [q] = created(d.run(lease("rg", "a/n/g", "g1")));
+  d.run({ type: "podStatus", podId: q.id, state: "Ready", endpoint: "e2" });
+  d.state.funcs.get("a/n/g")!.policy.minReplica = 1;
+  d.run({ type: "return", podId: q.id, gateway: "g1" });
+  d.state.funcs.get("a/n/g")!.policy.minReplica = 0;
+  assert.ok(d.state.funcs.get("a/n/g")!.idle.has(q.id));
+  // Tenant a at its quota: f's p1 and g's q.
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 2 } });
+  // A call of f during the back-off: nothing may start, so nothing should be freed for it.
+  const acts = d.run(lease("r3", "a/n/f", "g3"));
+  assert.equal(created(acts).length, 0);
+  assert.deepEqual(
+    acts.filter((a) => a.type === "terminatePod" || a.type === "parkPod"),
+    [],
+    "g's idle pod retired for a start the back-off does not make",
+  );
+});
+
+Deno.test("in a start back-off a parked pod whose node has no room to resume it stays parked", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, standbyTiers: ["paused"] }) },
+    { type: "funcUpdate", func: funcReport("t/n/f", {}, { standbyTier: "paused" }) },
+    { type: "funcUpdate", func: funcReport("t/n/g", {}, {}) },
+  );
+  const [p] = created(d.run(lease("r1", "t/n/f")));
+  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e1" });
+  d.run({ type: "return", podId: p.id, gateway: "g1" });
+  d.now += 5_000;
+  d.run({ type: "tick" });
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  // g takes the CPU the parked pod gave back.
+  const [q] = created(d.run(lease("rg", "t/n/g")));
+  d.run({ type: "podStatus", podId: q.id, state: "Ready", endpoint: "e2" });
+  const f = d.state.funcs.get("t/n/f")!;
+  f.startBackoff = { failures: 1, until: d.now + 1000, message: "Worker of t/n/f failed to start" };
+  const acts = d.run(lease("r2", "t/n/f"));
+  assert.equal(
+    d.state.pods.get(p.id)?.state,
+    "Standby",
+    "not dropped for a start that may not come",
+  );
+  assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
+});

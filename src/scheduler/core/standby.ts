@@ -181,13 +181,14 @@ export function learnReadyTime(
 }
 
 /** What {@linkcode restoreOrStart} did for one more replica. */
-export type Revival = "started" | "resumed" | "dropped";
+export type Revival = "started" | "resumed" | "dropped" | "kept";
 
 /**
  * One more replica of `f` while `parked` waits in standby: starts a fresh pod
  * when that is faster than the tier's restore, `live` is below `maxReplica`
- * and `freshAllowed` (not in a start back-off), else resumes the parked pod; when its node has no room to
- * take it back, drops it (the caller then starts one elsewhere).
+ * and `freshAllowed` (not in a start back-off), else resumes the parked pod;
+ * when its node has no room to take it back, drops it (the caller then
+ * starts one elsewhere), or keeps it parked when no fresh start is allowed.
  */
 export function restoreOrStart(
   ctx: Ctx,
@@ -215,6 +216,8 @@ export function restoreOrStart(
     ctx.actions.push({ type: "resumePod", podId: parked.id, tier: parked.tier! });
     return "resumed";
   }
+  // No fresh start may replace it now (a start back-off): it stays parked, for when room frees.
+  if (!freshAllowed) return "kept";
   terminate(ctx, parked, "no room to resume");
   return "dropped";
 }
