@@ -58,22 +58,22 @@ export async function httpCall(
     // Read until the answer is whole by its framing (a worker that keeps the connection open
     // despite `connection: close` still answers) or its close: a sample query's answer is read
     // to its end (its worker done with it before a snapshot), its first ANSWER_MAX bytes kept.
-    let got: Uint8Array = new Uint8Array(0);
-    let total = 0;
+    const answer = new AnswerReader();
     const buf = new Uint8Array(16 * 1024);
-    let answer: ProbeAnswer | undefined;
-    while (!(answer = whole(got, total))) {
+    while (true) {
       const n = await conn.read(buf);
       if (n === null) break;
-      total += n;
-      if (got.length < ANSWER_MAX) got = concat([got, buf.subarray(0, n)]);
+      let whole;
+      try {
+        whole = answer.push(buf.subarray(0, n));
+      } catch (err) {
+        throw new Error(`${(err as Error).message} from ${host}:${port}${path}`);
+      }
+      if (whole) return whole;
     }
-    if (answer) return answer;
-    const text = new TextDecoder().decode(got);
-    const m = text.match(/^HTTP\/1\.[01] (\d{3})/);
-    if (!m) throw new Error(`Not an HTTP answer from ${host}:${port}${path}`);
-    const split = text.indexOf("\r\n\r\n");
-    return { status: Number(m[1]), body: split < 0 ? "" : text.slice(split + 4) };
+    const closed = answer.closed();
+    if (!closed) throw new Error(`Not an HTTP answer from ${host}:${port}${path}`);
+    return closed;
   } catch (err) {
     if (timeout.aborted) {
       throw new Error(
@@ -93,32 +93,110 @@ export async function httpCall(
 
 /** The most of an answer kept: a probe needs its status, the sample query its success. */
 const ANSWER_MAX = 1024 * 1024;
+/** The most of an answer's head read before it must have ended. */
+const HEAD_MAX = 64 * 1024;
 
 /**
- * The answer whose first bytes are `got` (of `total` read) once it is whole
- * by its framing: its head, and a body of its `content-length`, or chunked to
- * its last chunk, or none (1xx, 204, 304); undefined while more must come
- * (or only the close ends it: a chunked body past what is kept).
+ * An answer read as it comes: its head, then its body by its framing
+ * (`content-length`, chunked, none for 1xx/204/304, else to the close),
+ * followed to its end whatever its size, its first {@linkcode ANSWER_MAX}
+ * bytes kept.
  */
-function whole(got: Uint8Array, total: number): ProbeAnswer | undefined {
-  const end = findHeadEnd(got);
-  if (end < 0) return undefined;
-  const head = new TextDecoder().decode(got.subarray(0, end));
-  const m = head.match(/^HTTP\/1\.[01] (\d{3})/);
-  if (!m) return undefined; // said when the connection ends
-  const status = Number(m[1]);
-  const rest = got.subarray(end + 4);
-  if (status < 200 || status === 204 || status === 304) return { status, body: "" };
-  const field = (name: string) =>
-    head.match(new RegExp(`\\r\\n${name}[ \\t]*:[ \\t]*([^\\r]*)`, "i"))?.[1].trim();
-  if (/chunked/i.test(field("transfer-encoding") ?? "")) {
-    const body = total > got.length ? undefined : dechunk(rest);
-    return body === undefined ? undefined : { status, body: new TextDecoder().decode(body) };
+class AnswerReader {
+  #head: Uint8Array = new Uint8Array(0);
+  #status = 0;
+  /** How the body ends, once the head is read. */
+  #framing?: "length" | "chunked" | "close";
+  /** Body bytes still to come (`length`), or of the current chunk (`chunked`). */
+  #left = 0;
+  /** Chunked: reading a size line (its text so far), or the CRLF after a chunk's data. */
+  #sizeLine: string | undefined = "";
+  #crlf = 0;
+  #body: Uint8Array[] = [];
+  #kept = 0;
+
+  /** Takes the next bytes; the answer once it is whole. */
+  push(bytes: Uint8Array): ProbeAnswer | undefined {
+    if (!this.#framing) {
+      this.#head = concat([this.#head, bytes]);
+      const end = findHeadEnd(this.#head);
+      if (end < 0 && this.#head.length > HEAD_MAX) throw new Error("Not an HTTP answer");
+      if (end < 0) return undefined;
+      const head = new TextDecoder().decode(this.#head.subarray(0, end));
+      const m = head.match(/^HTTP\/1\.[01] (\d{3})/);
+      if (!m) throw new Error("Not an HTTP answer");
+      this.#status = Number(m[1]);
+      if (this.#status < 200 || this.#status === 204 || this.#status === 304) return this.#answer();
+      const field = (name: string) =>
+        head.match(new RegExp(`\\r\\n${name}[ \\t]*:[ \\t]*([^\\r]*)`, "i"))?.[1].trim();
+      const length = field("content-length");
+      if (/chunked/i.test(field("transfer-encoding") ?? "")) this.#framing = "chunked";
+      else if (length !== undefined && /^\d+$/.test(length)) {
+        this.#framing = "length";
+        this.#left = Number(length);
+      } else this.#framing = "close";
+      bytes = this.#head.subarray(end + 4);
+      this.#head = new Uint8Array(0);
+      if (this.#framing === "length" && this.#left === 0) return this.#answer();
+    }
+    if (this.#framing === "close") return void this.#keep(bytes);
+    if (this.#framing === "length") {
+      const take = bytes.subarray(0, this.#left);
+      this.#keep(take);
+      this.#left -= take.length;
+      return this.#left === 0 ? this.#answer() : undefined;
+    }
+    return this.#chunks(bytes) ? this.#answer() : undefined;
   }
-  const length = field("content-length");
-  if (length === undefined || !/^\d+$/.test(length)) return undefined; // to its close
-  if (total - (end + 4) < Number(length)) return undefined;
-  return { status, body: new TextDecoder().decode(rest.subarray(0, Number(length))) };
+
+  /** The answer when the connection closed: what came, or undefined when no head did. */
+  closed(): ProbeAnswer | undefined {
+    return this.#framing || this.#status ? this.#answer() : undefined;
+  }
+
+  /** Follows chunked framing through `b`; whether the last chunk came. */
+  #chunks(b: Uint8Array): boolean {
+    let at = 0;
+    while (at < b.length) {
+      if (this.#crlf > 0) {
+        const skip = Math.min(this.#crlf, b.length - at);
+        this.#crlf -= skip;
+        at += skip;
+        if (this.#crlf === 0) this.#sizeLine = "";
+      } else if (this.#sizeLine !== undefined) {
+        const nl = b.indexOf(10, at);
+        const upTo = nl < 0 ? b.length : nl;
+        this.#sizeLine += new TextDecoder().decode(b.subarray(at, upTo));
+        if (this.#sizeLine.length > 1024) throw new Error("Not an HTTP answer: a chunk size line");
+        at = upTo;
+        if (nl < 0) break;
+        at++;
+        const size = parseInt(this.#sizeLine.split(";")[0].trim(), 16);
+        if (!Number.isFinite(size)) throw new Error("Not an HTTP answer: a chunk size");
+        if (size === 0) return true; // trailers, if any, are not waited for
+        this.#left = size;
+        this.#sizeLine = undefined;
+      } else {
+        const take = b.subarray(at, at + this.#left);
+        this.#keep(take);
+        this.#left -= take.length;
+        at += take.length;
+        if (this.#left === 0) this.#crlf = 2;
+      }
+    }
+    return false;
+  }
+
+  #keep(b: Uint8Array): void {
+    if (this.#kept >= ANSWER_MAX || !b.length) return;
+    const take = b.subarray(0, ANSWER_MAX - this.#kept);
+    this.#body.push(take.slice());
+    this.#kept += take.length;
+  }
+
+  #answer(): ProbeAnswer {
+    return { status: this.#status, body: new TextDecoder().decode(concat(this.#body)) };
+  }
 }
 
 function findHeadEnd(b: Uint8Array): number {
@@ -126,24 +204,6 @@ function findHeadEnd(b: Uint8Array): number {
     if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
   }
   return -1;
-}
-
-/** A chunked body's data once its last chunk came, else undefined. */
-function dechunk(b: Uint8Array): Uint8Array | undefined {
-  const parts: Uint8Array[] = [];
-  let at = 0;
-  while (true) {
-    let eol = at;
-    while (eol + 1 < b.length && !(b[eol] === 13 && b[eol + 1] === 10)) eol++;
-    if (eol + 1 >= b.length) return undefined;
-    const size = parseInt(new TextDecoder().decode(b.subarray(at, eol)).split(";")[0], 16);
-    if (!Number.isFinite(size)) return undefined;
-    if (size === 0) return concat(parts); // trailers, if any, are not waited for
-    const from = eol + 2;
-    if (b.length < from + size + 2) return undefined;
-    parts.push(b.subarray(from, from + size));
-    at = from + size + 2;
-  }
 }
 
 function concat(chunks: Uint8Array[]): Uint8Array {

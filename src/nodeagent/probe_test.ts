@@ -110,3 +110,33 @@ Deno.test("httpCall() reads a large answer to its end (its worker done with it),
     for (const c of held) c.close();
   }
 });
+
+Deno.test("httpCall() follows a chunked answer past 1 MiB to its last chunk, the connection kept open", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const enc = new TextEncoder();
+  (async () => {
+    for await (const c of listener) {
+      held.push(c); // keeps it open despite connection: close
+      await c.read(new Uint8Array(4096));
+      await c.write(enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"));
+      const piece = "a".repeat(64 * 1024);
+      // 2 MiB in chunks, their size lines and CRLFs split across writes here and there.
+      for (let i = 0; i < 32; i++) {
+        const chunk = `${piece.length.toString(16)}\r\n${piece}\r\n`;
+        await c.write(enc.encode(chunk.slice(0, 3)));
+        await c.write(enc.encode(chunk.slice(3)));
+      }
+      await c.write(enc.encode("0\r\n\r\n"));
+    }
+  })().catch(() => {});
+  try {
+    const a = await httpCall("127.0.0.1", listener.addr.port, "/sample", { timeoutMs: 3000 });
+    assert.equal(a.status, 200);
+    assert.equal(a.body.length, 1024 * 1024, "its first MiB kept");
+    assert.ok(/^a+$/.test(a.body));
+  } finally {
+    listener.close();
+    for (const c of held) c.close();
+  }
+});
