@@ -27,9 +27,15 @@ export interface FuncRow {
 const idOf = (f: Pick<FuncRow, "tenant" | "namespace" | "name">) =>
   `${f.tenant}/${f.namespace}/${f.name}`;
 
-function gpuText(spec: FunctionSpec): string {
+/** A function's GPUs; the type (a tenant's text) isolated, so it turns no text after it around. */
+function gpuText(spec: FunctionSpec) {
   const g = spec.resources.GPU;
-  return g.Count === 0 ? "–" : `${g.Count} × ${g.Type}, ${mb(g.vRam)} each`;
+  if (g.Count === 0) return "–";
+  return (
+    <>
+      {g.Count} × <bdi>{g.Type}</bdi>, {mb(g.vRam)} each
+    </>
+  );
 }
 
 /** The table of functions (a live region of the functions page). */

@@ -54,7 +54,7 @@ function NodeCard(props: { view: NodeView; now: number }) {
         : gpus.map((g) => (
           <div class="gpu" data-gpu={g.index}>
             <div class="gpu-label">
-              GPU {g.index} · {g.type} · {mb(g.usedMB)} of {mb(g.totalMB)} held
+              GPU {g.index} · <bdi>{g.type}</bdi> · {mb(g.usedMB)} of {mb(g.totalMB)} held
             </div>
             <div class="bar gpu-bar">
               {g.slices.map((s) => (

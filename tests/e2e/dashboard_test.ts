@@ -286,6 +286,21 @@ Deno.test({
       assert.match(await text(page, "#main .refused"), /Invalid status "500s"/);
       assert.ok(await page.$("#audit-form"), "the form stays");
 
+      // Text a tenant writes stretches no table and turns no text after it around.
+      const odd = gpuFunction("odd");
+      odd.object.spec.image = `registry/${"A".repeat(3000)}`;
+      odd.object.spec.resources.GPU.Type = "\u202eH100";
+      assert.equal((await putObject(p.url, odd, ADMIN)).status, 201);
+      await page.evaluate((k) => sessionStorage.setItem("inferx.credential", k), ADMIN_KEY);
+      await page.goto(`${p.url}/ui`);
+      await page.waitForSelector('tr[data-func="gpu/lab/odd"]');
+      const width = await page.evaluate(() =>
+        (document as unknown as { documentElement: { scrollWidth: number } }).documentElement
+          .scrollWidth
+      );
+      assert.ok(width <= 1300, `the page is ${width} px wide in a 1280 px window`);
+      assert.equal(await text(page, 'tr[data-func="gpu/lab/odd"] bdi'), "\u202eH100");
+
       assert.deepEqual(dialogs, [], "no script ran from shown data");
       assert.deepEqual(pageErrors, []);
       console.log(`Screenshots in ${shots}`);

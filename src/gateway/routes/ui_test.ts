@@ -210,7 +210,7 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
     ]);
     assert.match(bar, /width:37\.246%;background:hsl\(/, "30000 MB + 512 MB of 81920 MB");
     assert.match(r.body, /class="chip parked-pod" data-func="t\/n\/g" data-pod="p-c"/);
-    assert.match(r.body, /GPU 0 · H100 · 59.6 GB of 80 GB held/);
+    assert.match(r.body, /GPU 0 · <bdi>H100<\/bdi> · 59.6 GB of 80 GB held/);
   } finally {
     await f.close();
   }
