@@ -110,7 +110,8 @@ export interface UpstreamAnswer {
   statusText: string;
   /**
    * Lower-case names; framing fields (connection, keep-alive,
-   * transfer-encoding, content-length), `set-cookie` and `x-inferx-*` removed.
+   * transfer-encoding, content-length), `set-cookie`, `x-content-type-options`
+   * and `x-inferx-*` removed.
    */
   headers: [string, string][];
   /** The declared body length, when sized (for HEAD, the length a GET would have). */
@@ -135,16 +136,29 @@ interface Head {
   length?: number;
 }
 
-const FRAMING = new Set(["connection", "keep-alive", "transfer-encoding", "content-length"]);
+/**
+ * Fields of a worker's answer never passed on: the framing; `set-cookie`
+ * (every function answers on the gateway's one origin, the dashboard's too: a
+ * cookie one function sets would reach the others); `x-content-type-options`
+ * (the gateway sends `nosniff` itself, and a browser reads the first of two:
+ * a worker's `sniff` before it would undo it).
+ */
+const NOT_PASSED = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "content-length",
+  "set-cookie",
+  "x-content-type-options",
+]);
 
 /**
- * Whether a worker's answer field is passed to the caller: not the framing,
- * not the gateway's own (`x-inferx-*`: callers and `ctl` trust them), and not
- * `set-cookie` (every function answers on the gateway's one origin, the
- * dashboard's too: a cookie one function sets would reach the others).
+ * Whether a worker's answer field is passed to the caller: not one of
+ * {@linkcode NOT_PASSED}, nor the gateway's own (`x-inferx-*`: callers and
+ * `ctl` trust them).
  */
 function passed(name: string): boolean {
-  return !FRAMING.has(name) && name !== "set-cookie" && !name.startsWith("x-inferx-");
+  return !NOT_PASSED.has(name) && !name.startsWith("x-inferx-");
 }
 
 class Conn {

@@ -423,6 +423,7 @@ t(
     const w = rawWorker({
       answer: "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n" +
         "set-cookie: sid=planted; Path=/; HttpOnly\r\n" +
+        "x-content-type-options: sniff\r\n" + // read first by a browser, it would undo nosniff
         "x-inferx-pod: spoofed\r\nx-inferx-cold-start: 0\r\nx-app: kept\r\n" +
         `content-length: ${html.length}\r\n\r\n${html}`,
     });
