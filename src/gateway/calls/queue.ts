@@ -293,6 +293,11 @@ export class CallQueue {
     return this.#claims.size;
   }
 
+  /** Functions this gateway counts calls running of (none kept once their calls ended). */
+  get functionsCounted(): number {
+    return this.#active.size;
+  }
+
   /**
    * Stores `rec` and, when this gateway has room for another call of the
    * function, claims it and starts its first attempt at once (`running`);
@@ -541,6 +546,13 @@ export class CallQueue {
     }
   }
 
+  /** One claim of `func` less in `#active`; none left, its entry goes (functions come and go). */
+  #uncount(func: string): void {
+    const n = (this.#active.get(func) ?? 1) - 1;
+    if (n > 0) this.#active.set(func, n);
+    else this.#active.delete(func);
+  }
+
   #hasRoom(func: string): boolean {
     const [t, ns, f] = func.split("/");
     const agent = this.#deps.cache.agent(t, ns, f);
@@ -657,7 +669,7 @@ export class CallQueue {
         clearInterval(renew);
         clearTimeout(c.deadline);
         this.#claims.delete(id);
-        if (c.counted) this.#active.set(func, (this.#active.get(func) ?? 1) - 1);
+        if (c.counted) this.#uncount(func);
         this.#kick();
       }),
     );
@@ -719,8 +731,7 @@ export class CallQueue {
       // tries (up to a minute while a receiver is down).
       if (c.counted) {
         c.counted = false;
-        const func = funcOf(c.rec);
-        this.#active.set(func, (this.#active.get(func) ?? 1) - 1);
+        this.#uncount(funcOf(c.rec));
         this.#kick();
       }
       await this.#deliver(c);

@@ -94,6 +94,8 @@ t(
     assert.match(c.attempts[0].error!.message, /gw-dead stopped renewing its claim/);
     assert.equal(c.owner, undefined, "the claim is let go once the call ended");
     assert.deepEqual([...w.seen], [["a", 1]]);
+    // Nothing of the function is kept once its calls ended (functions come and go).
+    await until("no function counted", () => Promise.resolve(f.deps.calls.functionsCounted === 0));
     await f.close();
     await w.close();
   },
