@@ -123,10 +123,11 @@ export class NodeAgent implements NodeAgentClient {
           }),
       );
     }, this.#options.heartbeatMs ?? 2000);
-    const listed = new Set<string>();
+    /** Pods the first list named, while it is read (the orphans are found from it). */
+    let listed: Set<string> | undefined = new Set<string>();
     this.#informer = await startInformer(this.#meta, "pod", {
       upsert: (rec) => {
-        listed.add(rec.name);
+        listed?.add(rec.name);
         const pod = this.#decode(rec);
         if (pod) this.#reconcile(pod);
       },
@@ -135,9 +136,12 @@ export class NodeAgent implements NodeAgentClient {
         if (this.#local.has(ref.name)) this.#stopPod(ref.name, false);
       },
     });
-    // Adopted workers the store no longer knows are orphans.
+    // Adopted workers the store no longer knows are orphans. What came in this first list is
+    // all that is needed of it: it would otherwise grow with every pod ever seen.
+    const known = listed;
+    listed = undefined;
     for (const a of adopted) {
-      if (listed.has(a.podId)) continue;
+      if (known.has(a.podId)) continue;
       if (a.legacy) {
         // Marked as an earlier version marked them: another installation's it may be.
         log.warn("Leaving worker {pod} alone: marked by an earlier version, unknown here", {
