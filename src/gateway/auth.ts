@@ -15,9 +15,10 @@
  */
 import { Buffer } from "node:buffer";
 import { createHash, timingSafeEqual } from "node:crypto";
-import { InferxError } from "../common/errors.ts";
+import { InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type ApiKeyRecord, ApiKeyRecordSchema, KEY_PREFIX, type Scope } from "../model/apikey.ts";
+import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import type { OidcVerifier } from "./oidc.ts";
@@ -152,6 +153,8 @@ export interface AuthOptions {
 }
 
 const TOKEN_CACHE_MAX = 10_000;
+/** How often expired keys' records are looked for and deleted (ms). */
+const EXPIRED_SWEEP_MS = 60_000;
 
 /** What {@linkcode Authenticator.authenticate} reads credentials from: `Headers`, or anything with `get`. */
 export interface HeaderSource {
@@ -170,6 +173,7 @@ export class Authenticator {
   #idToHash = new Map<string, string>();
   #tokens = new Map<string, { principal: Principal; expMs: number; keys: number }>();
   #informer?: Informer;
+  #sweep?: ReturnType<typeof setInterval>;
 
   constructor(opts: AuthOptions) {
     if (opts.adminKey !== undefined && opts.adminKey.length < 16) {
@@ -203,10 +207,31 @@ export class Authenticator {
       },
       remove: (ref) => this.removeKey(ref.name),
     });
+    this.#sweep = setInterval(() => this.dropExpired(meta), EXPIRED_SWEEP_MS);
+    Deno.unrefTimer(this.#sweep);
   }
 
   stop(): void {
     this.#informer?.stop();
+    clearInterval(this.#sweep);
+  }
+
+  /**
+   * Deletes the records of keys that have expired (any gateway may: one that
+   * finds a record gone already has nothing to do). Until then an expired
+   * key is refused and listed as expired; after, it is gone, and keeps no
+   * tenant or namespace from being deleted.
+   */
+  async dropExpired(meta: MetaClient): Promise<void> {
+    const now = this.#now();
+    for (const { rec } of [...this.#byHash.values()]) {
+      if (rec.expiresAt === undefined || rec.expiresAt > now) continue;
+      const ref = { type: "apikey" as const, tenant: SYSTEM, namespace: SYSTEM, name: rec.id };
+      await meta.delete(ref).catch((err) => {
+        if (err instanceof NotFoundError) return;
+        log.warn("Cannot delete expired API key {id}: {error}", { id: rec.id, error: String(err) });
+      });
+    }
   }
 
   upsertKey(rec: ApiKeyRecord): void {
@@ -223,8 +248,11 @@ export class Authenticator {
   removeKey(id: string): void {
     const h = this.#idToHash.get(id);
     if (h === undefined) return;
+    const gone = this.#byHash.get(h);
     this.#byHash.delete(h);
     this.#idToHash.delete(id);
+    // Its plaintext, cached from its last use, goes with it (a revocation is rare: one pass).
+    for (const [key, entry] of this.#seen) if (entry === gone) this.#seen.delete(key);
   }
 
   /** The caller of a request; throws `unauthenticated` for bad credentials. */

@@ -491,13 +491,19 @@ export class StateService implements MetaClient {
     throw new NotFoundError(`Cannot admit object: ${type} ${where} does not exist`);
   }
 
-  /** API keys restricted to `tenant` (and to `namespace`, when given). */
+  /**
+   * API keys restricted to `tenant` (and to `namespace`, when given) that
+   * still work: an expired one reaches nothing, a namesake made later
+   * included (the gateways delete its record soon after).
+   */
   async #keysOf(tenant: string, namespace?: string): Promise<number> {
     const { items } = await this.#store.list(typePrefix("apikey", SYSTEM, SYSTEM));
+    const now = Date.now();
     let n = 0;
     for (const kv of items) {
       const k = ApiKeyRecordSchema.safeParse(JSON.parse(kv.value));
       if (!k.success || k.data.tenant !== tenant) continue;
+      if (k.data.expiresAt !== undefined && k.data.expiresAt <= now) continue;
       if (namespace === undefined || k.data.namespace === namespace) n++;
     }
     return n;

@@ -94,3 +94,40 @@ t("a key made with an expiring key expires no later than its maker", async () =>
   assert.equal(admins.expires_at, null);
   await f.close();
 });
+
+t("an expired key keeps no namespace from being deleted, and its record goes", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const json = { "content-type": "application/json", ...ADMIN };
+  await (await f.app.request("/object/", {
+    method: "PUT",
+    headers: json,
+    body: JSON.stringify({ type: "namespace", tenant: "t", namespace: "system", name: "m" }),
+  })).body?.cancel();
+  const created = await (await f.app.request("/apikeys", {
+    method: "POST",
+    headers: json,
+    body: JSON.stringify({ scope: "read", tenant: "t", namespace: "m", expires_in_s: 1 }),
+  })).json();
+  assert.ok(created.id, JSON.stringify(created));
+  // Refused while it works: it would reach a namespace made again under the same name.
+  const early = await f.app.request("/object/namespace/t/system/m", {
+    method: "DELETE",
+    headers: ADMIN,
+  });
+  assert.equal(early.status, 409);
+  await early.body?.cancel();
+  await new Promise((r) => setTimeout(r, 1100));
+  // Expired, it reaches nothing: the namespace goes (no revocation by hand first).
+  const del = await f.app.request("/object/namespace/t/system/m", {
+    method: "DELETE",
+    headers: ADMIN,
+  });
+  assert.equal(del.status, 200, await del.text());
+  const listed = await (await f.app.request("/apikeys", { headers: ADMIN })).json();
+  assert.ok(listed.items.some((k: { id: string }) => k.id === created.id), "listed until swept");
+  await f.deps.auth.dropExpired(f.meta);
+  const gone = await f.app.request(`/apikeys/${created.id}`, { headers: ADMIN });
+  assert.equal(gone.status, 404);
+  await gone.body?.cancel();
+  await f.close();
+});
