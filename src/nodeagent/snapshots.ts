@@ -141,7 +141,12 @@ export class SnapshotManager {
       this.#local.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, { ref, info, dir });
     }
     for (const dir of imageDirs(this.#o.dir)) {
-      if (!keep.has(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      if (!keep.has(dir)) await removeImage(dir);
+    }
+    // Folders of tenants and namespaces left empty before this start.
+    for (const t of subDirs(this.#o.dir)) {
+      for (const n of subDirs(t)) await Deno.remove(n).catch(() => {});
+      await Deno.remove(t).catch(() => {});
     }
     this.#informer = await startInformer(this.#o.meta, "function", {
       upsert: (rec) => {
@@ -201,7 +206,7 @@ export class SnapshotManager {
     if (n > 0) return void this.#held.set(s, n);
     this.#held.delete(s);
     if (this.#doomed.delete(s) && ![...this.#local.values()].some((x) => x.dir === s.dir)) {
-      Deno.remove(s.dir, { recursive: true }).catch(() => {});
+      removeImage(s.dir);
     }
   }
 
@@ -441,7 +446,7 @@ export class SnapshotManager {
     const held = this.#held.has(s);
     if (held) this.#doomed.add(s);
     return Promise.all([
-      held ? undefined : Deno.remove(s.dir, { recursive: true }).catch(() => {}),
+      held ? undefined : removeImage(s.dir),
       this.#deleteRecord(s.ref),
     ]).then(() => {});
   }
@@ -514,15 +519,30 @@ async function exists(path: string): Promise<boolean> {
 /** Image directories under `root` (`{tenant}/{namespace}/{name}`), half-written ones included. */
 function imageDirs(root: string): string[] {
   const out: string[] = [];
-  const sub = (d: string) => {
-    try {
-      return [...Deno.readDirSync(d)].filter((e) => e.isDirectory).map((e) => `${d}/${e.name}`);
-    } catch {
-      return [];
-    }
-  };
-  for (const t of sub(root)) {
-    for (const n of sub(t)) out.push(...sub(n));
+  for (const t of subDirs(root)) {
+    for (const n of subDirs(t)) out.push(...subDirs(n));
   }
   return out;
+}
+
+/** The folders in `d` (none when it cannot be read). */
+function subDirs(d: string): string[] {
+  try {
+    return [...Deno.readDirSync(d)].filter((e) => e.isDirectory).map((e) => `${d}/${e.name}`);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Removes an image's folder, then its namespace's and tenant's folders if
+ * that left them empty (a function's deletion leaves nothing behind; one
+ * being written keeps them, as do other images).
+ */
+async function removeImage(dir: string): Promise<void> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  const ns = dir.slice(0, dir.lastIndexOf("/"));
+  if (await Deno.remove(ns).then(() => true, () => false)) {
+    await Deno.remove(ns.slice(0, ns.lastIndexOf("/"))).catch(() => {});
+  }
 }

@@ -278,7 +278,7 @@ t(
 
 t(
   "SnapshotManager: a new version or a delete of the function removes its snapshots",
-  async ({ meta, mgr }) => {
+  async ({ meta, mgr, dir }) => {
     await mgr.take(pod("a"));
     await mgr.take(pod("b"));
     await putFunction(meta, "a", "y"); // version 2
@@ -288,6 +288,8 @@ t(
     await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "b" });
     await eventually(() => Promise.resolve(mgr.usable(pod("b")) === undefined));
     await eventually(async () => (await records(meta)).length === 0);
+    // Nothing left behind: the folders of its tenant and namespace go with the last image.
+    await eventually(() => Promise.resolve(Deno.readDirSync(dir).toArray().length === 0));
   },
 );
 
