@@ -255,78 +255,66 @@ t(
   },
 );
 
+/**
+ * Runs `worker` with its output in a file of at most 256 KiB and returns
+ * the largest size the file reached until the worker printed `last`
+ * (looked at every 20 ms, up to 30 s: a loaded machine runs it far slower).
+ */
+async function biggestOutputFile(worker: string, last: string): Promise<number> {
+  const dir = await Deno.makeTempDir();
+  const rt = new ProcessRuntime({
+    outputToFile: true,
+    snapshotDir: dir,
+    outputFileMaxBytes: 256 * 1024,
+  });
+  try {
+    await rt.start(spec(["deno", "eval", worker]));
+    let biggest = 0;
+    const end = Date.now() + 30_000;
+    while (Date.now() < end && !(await rt.logs("pod-test")).includes(last)) {
+      biggest = Math.max(biggest, (await Deno.stat(`${dir}/pod-test.log`)).size);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok((await rt.logs("pod-test")).includes(last), `no "${last}" in the log`);
+    await rt.stop("pod-test");
+    return biggest;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 t(
   "ProcessRuntime keeps a chatty worker's output file bounded, its latest lines in the log",
   async () => {
-    const dir = await Deno.makeTempDir();
-    const rt = new ProcessRuntime({
-      outputToFile: true,
-      snapshotDir: dir,
-      outputFileMaxBytes: 256 * 1024,
-    });
-    try {
-      // About 4 MiB of output in its first second or two, then a last line.
-      const chatty = `${ENV_SERVER}
+    // About 4 MiB of output in its first second or two, then a last line.
+    const chatty = `${ENV_SERVER}
 const line = "x".repeat(199);
 let n = 0;
 const t = setInterval(() => {
   for (let i = 0; i < 400; i++) console.log(line);
   if (++n === 50) { clearInterval(t); console.log("last line"); }
 }, 20);`;
-      await rt.start(spec(["deno", "eval", chatty]));
-      let biggest = 0;
-      // Up to 30 s: on a loaded machine the worker takes far longer than its second or two.
-      const end = Date.now() + 30_000;
-      while (Date.now() < end && !(await rt.logs("pod-test")).includes("last line")) {
-        biggest = Math.max(biggest, (await Deno.stat(`${dir}/pod-test.log`)).size);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      assert.match(await rt.logs("pod-test"), /last line/);
-      assert.ok(
-        biggest < 2 * 1024 * 1024,
-        `the file reached ${biggest} bytes of about 4 MiB written`,
-      );
-      await rt.stop("pod-test");
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    const biggest = await biggestOutputFile(chatty, "last line");
+    assert.ok(
+      biggest < 2 * 1024 * 1024,
+      `the file reached ${biggest} bytes of about 4 MiB written`,
+    );
   },
 );
 
-t(
-  "ProcessRuntime keeps the output file bounded while its worker never stops writing",
-  async () => {
-    const dir = await Deno.makeTempDir();
-    const rt = new ProcessRuntime({
-      outputToFile: true,
-      snapshotDir: dir,
-      outputFileMaxBytes: 256 * 1024,
-    });
-    try {
-      // A thread writing 64 KiB every millisecond or so (up to ~60 MB/s), without a pause for
-      // the follower to catch up, while the main thread answers the probe.
-      const writer =
-        `const line = "y".repeat(1023) + "\\n"; const chunk = new TextEncoder().encode(line.repeat(64));
+t("ProcessRuntime keeps the output file bounded while its worker never stops writing", async () => {
+  // A thread writing 64 KiB every millisecond or so (up to ~60 MB/s), without a pause for the
+  // follower to catch up, while the main thread answers the probe.
+  const writer =
+    `const line = "y".repeat(1023) + "\\n"; const chunk = new TextEncoder().encode(line.repeat(64));
 const end = Date.now() + 3000; const sab = new Int32Array(new SharedArrayBuffer(4));
 while (Date.now() < end) { Deno.stdout.writeSync(chunk); Atomics.wait(sab, 0, 0, 1); }
 console.log("writer done");`;
-      const chatty = `${ENV_SERVER}
+  const chatty = `${ENV_SERVER}
 new Worker(URL.createObjectURL(new Blob([${JSON.stringify(writer)}])), { type: "module" });`;
-      await rt.start(spec(["deno", "eval", chatty]));
-      let biggest = 0;
-      const end = Date.now() + 30_000;
-      while (Date.now() < end && !(await rt.logs("pod-test")).includes("writer done")) {
-        biggest = Math.max(biggest, (await Deno.stat(`${dir}/pod-test.log`)).size);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      assert.match(await rt.logs("pod-test"), /writer done/);
-      assert.ok(biggest < 4 * 1024 * 1024, `the file reached ${biggest} bytes`);
-      await rt.stop("pod-test");
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-);
+  const biggest = await biggestOutputFile(chatty, "writer done");
+  assert.ok(biggest < 4 * 1024 * 1024, `the file reached ${biggest} bytes`);
+});
 
 const criuCap = await criuCapability();
 if (!criuCap.available) console.log(`skipping the file-tier and snapshot tests: ${criuCap.reason}`);
@@ -384,6 +372,31 @@ async function criuRuntime(namespaced: boolean, cuda?: LibCuda) {
     snapshotDir: dir,
   });
   return { dir, rt };
+}
+
+/**
+ * A test that needs CRIU and pod networks, given a runtime that makes pod
+ * namespaces; what it left running is stopped and its directory removed.
+ */
+function criuNetTest(
+  name: string,
+  fn: (x: { dir: string; rt: ProcessRuntime }) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore: !criuCap.available || !netCap.available,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const { dir, rt } = await criuRuntime(true);
+      try {
+        await fn({ dir, rt });
+      } finally {
+        for (const id of rt.running()) await rt.stop(id);
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
 }
 
 for (const namespaced of [false, true]) {
@@ -527,71 +540,51 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "ProcessRuntime: a snapshot of a worker that died under it fails as the worker's, not as what CRIU cannot dump",
-  ignore: !criuCap.available || !netCap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { dir, rt } = await criuRuntime(true);
-    try {
-      // A worker that exits a moment after it is asked: while it is being dumped.
-      const dying = COUNTER.replace(
-        "(req) => ",
-        '(req) => req.url.endsWith("/die") ? (setTimeout(() => Deno.exit(3), 30), new Response("bye")) : ',
-      );
-      const pod = await rt.start(spec(["deno", "eval", dying]));
-      assert.equal(await (await fetch(`http://${pod.endpoint}/die`)).text(), "bye");
-      const err = await rt.snapshot("pod-test", `${dir}/image`).catch((e) => e);
-      assert.ok(err instanceof InferxError, String(err));
-      assert.ok(
-        err.code === "worker_failed" || err.code === "not_found",
-        `${err.code}: ${err.message}`,
-      );
-    } finally {
-      for (const id of rt.running()) await rt.stop(id);
-      await Deno.remove(dir, { recursive: true });
-    }
+criuNetTest(
+  "ProcessRuntime: a snapshot of a worker that died under it fails as the worker's, not as what CRIU cannot dump",
+  async ({ dir, rt }) => {
+    // A worker that exits a moment after it is asked: while it is being dumped.
+    const dying = COUNTER.replace(
+      "(req) => ",
+      '(req) => req.url.endsWith("/die") ? (setTimeout(() => Deno.exit(3), 30), new Response("bye")) : ',
+    );
+    const pod = await rt.start(spec(["deno", "eval", dying]));
+    assert.equal(await (await fetch(`http://${pod.endpoint}/die`)).text(), "bye");
+    const err = await rt.snapshot("pod-test", `${dir}/image`).catch((e) => e);
+    assert.ok(err instanceof InferxError, String(err));
+    assert.ok(
+      err.code === "worker_failed" || err.code === "not_found",
+      `${err.code}: ${err.message}`,
+    );
   },
-});
+);
 
-Deno.test({
-  name:
-    "ProcessRuntime: a restore from a truncated or incomplete image fails at once, naming the file, and leaves nothing behind",
-  ignore: !criuCap.available || !netCap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { dir, rt } = await criuRuntime(true);
-    try {
-      await rt.start(spec(["deno", "eval", COUNTER]));
-      await rt.snapshot("pod-test", `${dir}/image`);
-      await rt.stop("pod-test");
-      const meta = JSON.parse(await Deno.readTextFile(`${dir}/image/inferx.json`));
-      const [pages, size] = Object.entries(meta.images as Record<string, number>)
-        .filter(([p]) => p.startsWith("pages-")).sort(([, a], [, b]) => b - a)[0];
-      assert.ok(size > 0);
-      // A copy stopped half way: what CRIU would read spins until its time limit (60 s).
-      await Deno.truncate(`${dir}/image/${pages}`, Math.floor(size / 2));
-      const t0 = performance.now();
-      const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
-      assert.match(
-        String(err),
-        new RegExp(`${pages} has ${Math.floor(size / 2)} bytes, ${size} when it was dumped`),
-      );
-      assert.ok(performance.now() - t0 < 5000, `${performance.now() - t0} ms`);
-      await Deno.remove(`${dir}/image/${pages}`);
-      const gone = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
-      assert.match(String(gone), new RegExp(`${pages} is gone`));
-      assert.equal((gone as InferxError).code, "worker_failed");
-      assert.deepEqual(rt.running(), []);
-    } finally {
-      for (const id of rt.running()) await rt.stop(id);
-      await Deno.remove(dir, { recursive: true });
-    }
+criuNetTest(
+  "ProcessRuntime: a restore from a truncated or incomplete image fails at once, naming the file, and leaves nothing behind",
+  async ({ dir, rt }) => {
+    await rt.start(spec(["deno", "eval", COUNTER]));
+    await rt.snapshot("pod-test", `${dir}/image`);
+    await rt.stop("pod-test");
+    const meta = JSON.parse(await Deno.readTextFile(`${dir}/image/inferx.json`));
+    const [pages, size] = Object.entries(meta.images as Record<string, number>)
+      .filter(([p]) => p.startsWith("pages-")).sort(([, a], [, b]) => b - a)[0];
+    assert.ok(size > 0);
+    // A copy stopped half way: what CRIU would read spins until its time limit (60 s).
+    await Deno.truncate(`${dir}/image/${pages}`, Math.floor(size / 2));
+    const t0 = performance.now();
+    const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+    assert.match(
+      String(err),
+      new RegExp(`${pages} has ${Math.floor(size / 2)} bytes, ${size} when it was dumped`),
+    );
+    assert.ok(performance.now() - t0 < 5000, `${performance.now() - t0} ms`);
+    await Deno.remove(`${dir}/image/${pages}`);
+    const gone = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+    assert.match(String(gone), new RegExp(`${pages} is gone`));
+    assert.equal((gone as InferxError).code, "worker_failed");
+    assert.deepEqual(rt.running(), []);
   },
-});
+);
 
 Deno.test({
   name:

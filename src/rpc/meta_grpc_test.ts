@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
-import { cuttableProxy, testCall } from "../common/testing.ts";
+import { cuttableProxy, seedNamespace, testCall } from "../common/testing.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
@@ -101,20 +101,7 @@ t(
     const server = await serveMeta(svc, "127.0.0.1:0", { watchUnsentMaxBytes: 4 * 1024 * 1024 });
     const session = http2.connect(`http://127.0.0.1:${server.port}`);
     try {
-      await svc.create({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "t",
-        object: {},
-      });
-      await svc.create({
-        type: "namespace",
-        tenant: "t",
-        namespace: "system",
-        name: "n",
-        object: {},
-      });
+      await seedNamespace(svc, "t", "n");
       // A Watch of functions (field 1: "function"), its answer never read.
       const msg = new Uint8Array([0x0a, 8, ...new TextEncoder().encode("function")]);
       const frame = new Uint8Array([0, 0, 0, 0, msg.length, ...msg]);
