@@ -60,13 +60,28 @@ async function addNode(f: GatewayFixture) {
 }
 
 async function createKey(f: GatewayFixture, body: Record<string, unknown>): Promise<string> {
+  return (await newKey(f, body)).key;
+}
+
+/** A new API key: its id and the key itself. */
+async function newKey(
+  f: GatewayFixture,
+  body: Record<string, unknown>,
+): Promise<{ id: string; key: string }> {
   const r = await f.app.request("/apikeys", {
     method: "POST",
     headers: { "content-type": "application/json", ...ADMIN },
     body: JSON.stringify(body),
   });
   assert.equal(r.status, 201);
-  return (await r.json()).key;
+  return await r.json();
+}
+
+/** Revokes the key `id`. */
+async function revoke(f: GatewayFixture, id: string): Promise<void> {
+  const r = await f.app.request(`/apikeys/${id}`, { method: "DELETE", headers: ADMIN });
+  assert.equal(r.status, 200);
+  await r.body?.cancel();
 }
 
 /** The dashboard's routes over `f` with events of their own, pinging every `pingMs`. */
@@ -400,21 +415,12 @@ t("/ui/events says bye and ends when the credential is revoked", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
   const { app, events } = eventsApp(f, 30);
   try {
-    const created = await (await f.app.request("/apikeys", {
-      method: "POST",
-      headers: { "content-type": "application/json", ...ADMIN },
-      body: JSON.stringify({ scope: "read", tenant: "t" }),
-    })).json();
+    const created = await newKey(f, { scope: "read", tenant: "t" });
     const res = await app.request("/ui/events", {
       headers: { authorization: `Bearer ${created.key}` },
     });
     assert.equal(res.status, 200);
-    const revoke = await f.app.request(`/apikeys/${created.id}`, {
-      method: "DELETE",
-      headers: ADMIN,
-    });
-    assert.equal(revoke.status, 200);
-    await revoke.body?.cancel();
+    await revoke(f, created.id);
     const all = await res.text(); // ends by itself
     assert.match(all, /event: bye\ndata: \{"reason":"The credential no longer holds"\}/);
     assert.equal(events.watching, false);
@@ -427,11 +433,7 @@ t("/ui/events sends a revoked key no change, even before its next ping", async (
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
   const { app, events } = eventsApp(f, 60_000);
   try {
-    const created = await (await f.app.request("/apikeys", {
-      method: "POST",
-      headers: { "content-type": "application/json", ...ADMIN },
-      body: JSON.stringify({ scope: "read", tenant: "t" }),
-    })).json();
+    const created = await newKey(f, { scope: "read", tenant: "t" });
     const res = await app.request("/ui/events", {
       headers: { authorization: `Bearer ${created.key}` },
     });
@@ -446,12 +448,7 @@ t("/ui/events sends a revoked key no change, even before its next ping", async (
     };
     await addPod(f, { id: "p-before" });
     await readUntil(/"id":"p-before"/);
-    const revoke = await f.app.request(`/apikeys/${created.id}`, {
-      method: "DELETE",
-      headers: ADMIN,
-    });
-    assert.equal(revoke.status, 200);
-    await revoke.body?.cancel();
+    await revoke(f, created.id);
     await addPod(f, { id: "p-after" });
     for (let r; !(r = await reader.read()).done;) seen += r.value; // ends by itself
     assert.match(seen, /event: bye\n/);
