@@ -205,7 +205,7 @@ export class Authenticator {
         if (parsed.success) this.upsertKey(parsed.data);
         else log.warn("Ignoring malformed API key {id}", { id: r.name });
       },
-      remove: (ref) => this.removeKey(ref.name),
+      remove: (ref) => this.revokeKey(ref.name),
     });
     this.#sweep = setInterval(() => this.dropExpired(meta), EXPIRED_SWEEP_MS);
     Deno.unrefTimer(this.#sweep);
@@ -248,11 +248,17 @@ export class Authenticator {
   removeKey(id: string): void {
     const h = this.#idToHash.get(id);
     if (h === undefined) return;
-    const gone = this.#byHash.get(h);
     this.#byHash.delete(h);
     this.#idToHash.delete(id);
-    // Its plaintext, cached from its last use, goes with it (a revocation is rare: one pass).
-    for (const [key, entry] of this.#seen) if (entry === gone) this.#seen.delete(key);
+  }
+
+  /** A key deleted (revoked, expired): its plaintext, cached from its last use, goes too. */
+  revokeKey(id: string): void {
+    const gone = this.#byHash.get(this.#idToHash.get(id) ?? "");
+    this.removeKey(id);
+    // One pass over the cache: a deletion is rare (an upsert, which all keys get again when
+    // the watch lists anew, only replaces the entry, which the cache then finds stale).
+    if (gone) { for (const [key, entry] of this.#seen) if (entry === gone) this.#seen.delete(key); }
   }
 
   /** The caller of a request; throws `unauthenticated` for bad credentials. */

@@ -171,8 +171,10 @@ class AnswerReader {
         at = upTo;
         if (nl < 0) break;
         at++;
-        const size = parseInt(this.#sizeLine.split(";")[0].trim(), 16);
-        if (!Number.isFinite(size)) throw new Error("Not an HTTP answer: a chunk size");
+        const hex = this.#sizeLine.split(";")[0].trim();
+        // Hex digits alone (a "-1" would leave the loop reading nothing for ever).
+        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new Error("Not an HTTP answer: a chunk size");
+        const size = parseInt(hex, 16);
         if (size === 0) return true; // trailers, if any, are not waited for
         this.#left = size;
         this.#sizeLine = undefined;

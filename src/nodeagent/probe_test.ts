@@ -140,3 +140,32 @@ Deno.test("httpCall() follows a chunked answer past 1 MiB to its last chunk, the
     for (const c of held) c.close();
   }
 });
+
+Deno.test("httpCall() refuses a chunk size that is no hex number at once (a -1 kept it reading nothing for ever)", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  (async () => {
+    for await (const c of listener) {
+      held.push(c);
+      await c.read(new Uint8Array(4096));
+      await c.write(
+        new TextEncoder().encode("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-1\r\nxyz"),
+      );
+    }
+  })().catch(() => {});
+  // In a process of its own: a loop that never yields would hang this one.
+  const code = `import { httpCall } from "${new URL("./probe.ts", import.meta.url).href}";
+await httpCall("127.0.0.1", ${listener.addr.port}, "/probe", { timeoutMs: 1000 })
+  .then((a) => console.log("answered", a.status), (e) => console.log("failed:", e.message));`;
+  const child = new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "piped" })
+    .spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  try {
+    const out = new TextDecoder().decode((await child.output()).stdout);
+    assert.match(out, /failed: Not an HTTP answer: a chunk size from 127\.0\.0\.1:\d+\/probe/);
+  } finally {
+    clearTimeout(timer);
+    listener.close();
+    for (const c of held) c.close();
+  }
+});

@@ -20,7 +20,7 @@ import { ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { stableJson } from "../common/json.ts";
 import { logger } from "../common/log.ts";
 import type { PodInfo } from "../model/cluster.ts";
-import { funcId } from "../model/keys.ts";
+import { funcId, isValidName } from "../model/keys.ts";
 import { decodeStoredUserObject } from "../model/schemas.ts";
 import { decodeSnapshot, type SnapshotInfo, snapshotName } from "../model/snapshot.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
@@ -143,9 +143,11 @@ export class SnapshotManager {
     for (const dir of imageDirs(this.#o.dir)) {
       if (!keep.has(dir)) await removeImage(dir);
     }
-    // Folders of tenants and namespaces left empty before this start.
-    for (const t of subDirs(this.#o.dir)) {
-      for (const n of subDirs(t)) await Deno.remove(n).catch(() => {});
+    // Folders of tenants and namespaces left empty before this start (names only: not, say,
+    // the lost+found of a file system mounted here).
+    const named = (d: string) => subDirs(d).filter((x) => isValidName(x.slice(d.length + 1)));
+    for (const t of named(this.#o.dir)) {
+      for (const n of named(t)) await Deno.remove(n).catch(() => {});
       await Deno.remove(t).catch(() => {});
     }
     this.#informer = await startInformer(this.#o.meta, "function", {

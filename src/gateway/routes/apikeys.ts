@@ -87,7 +87,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.delete("/:id", async (c) => {
     const rec = await managedKey(c.req.param("id"), c.var.principal, deps.meta);
     await deps.meta.delete({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: rec.id });
-    deps.auth.removeKey(rec.id);
+    deps.auth.revokeKey(rec.id);
     log.info("API key {id} revoked by {by}", { id: rec.id, by: c.var.principal.id });
     return c.json({ revoked: rec.id });
   });

@@ -27,7 +27,7 @@ import {
 import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
 import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
-import { parkedPod, restoreOrStart, retire } from "./standby.ts";
+import { canResume, parkedPod, restoreOrStart, retire } from "./standby.ts";
 import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 
 /**
@@ -46,8 +46,9 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   );
   while (need > 0) {
     const parked = parkedPod(state, f);
-    // Backing off with nothing parked: nothing to do (room freed for a start would go unused).
-    if (backoff && !parked) return backingOff(ctx, f, backoff);
+    // Backing off with nothing parked it can resume now: nothing to do (room freed for a start
+    // or a resume that will not come would go unused).
+    if (backoff && (!parked || !canResume(state, parked))) return backingOff(ctx, f, backoff);
     const quota = quotaBlock(state, f, parked);
     if (quota) {
       if (freeTenantPod(ctx, f, quota)) continue;
@@ -68,7 +69,6 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     }
     if (parked) {
       const revival = restoreOrStart(ctx, f, parked, live, !backoff);
-      if (revival === "kept") return backingOff(ctx, f, backoff!);
       if (revival !== "dropped") {
         if (revival === "started") live++;
         need--;

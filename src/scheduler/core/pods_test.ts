@@ -431,3 +431,41 @@ Deno.test("in a start back-off a parked pod whose node has no room to resume it 
   );
   assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
 });
+
+Deno.test("in a start back-off a call retires no idle pod of the tenant for a parked pod that cannot resume", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, standbyTiers: ["paused"] }) },
+    { type: "funcUpdate", func: funcReport("t/n/f", {}, { standbyTier: "paused" }) },
+    { type: "funcUpdate", func: funcReport("t/n/g", {}, {}) },
+    { type: "funcUpdate", func: funcReport("t/n/h", {}, {}) },
+  );
+  const [p] = created(d.run(lease("r1", "t/n/f")));
+  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e1" });
+  d.run({ type: "return", podId: p.id, gateway: "g1" });
+  d.now += 5_000;
+  d.run({ type: "tick" });
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  // g takes the CPU the parked pod gave back on n1 (busy: leased).
+  const [q] = created(d.run(lease("rg", "t/n/g")));
+  d.run({ type: "podStatus", podId: q.id, state: "Ready", endpoint: "e2" });
+  // h: one idle pod on another node.
+  d.run({ type: "nodeUpdate", node: nodeReport("n2", { cpuMillis: 4000 }) });
+  const [r] = created(d.run(lease("rh", "t/n/h")));
+  assert.equal(r.node, "n2");
+  d.run({ type: "podStatus", podId: r.id, state: "Ready", endpoint: "e3" });
+  d.state.funcs.get("t/n/h")!.policy.minReplica = 1;
+  d.run({ type: "return", podId: r.id, gateway: "g1" });
+  d.state.funcs.get("t/n/h")!.policy.minReplica = 0;
+  assert.ok(d.state.funcs.get("t/n/h")!.idle.has(r.id));
+  d.run({ type: "tenantQuota", tenant: "t", limits: { maxReplica: 2 } });
+  const f = d.state.funcs.get("t/n/f")!;
+  f.startBackoff = { failures: 1, until: d.now + 1000, message: "Worker of t/n/f failed to start" };
+  const acts = d.run(lease("r2", "t/n/f"));
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby", "kept parked");
+  assert.deepEqual(
+    acts.filter((a) => a.type === "terminatePod"),
+    [],
+    "h's idle pod retired for a resume that is not made",
+  );
+});

@@ -128,7 +128,7 @@ export function parkedPod(state: CoreState, f: CoreFunc): CorePod | undefined {
 }
 
 /** Whether the node can give a parked pod back what it released. */
-function canResume(state: CoreState, pod: CorePod): boolean {
+export function canResume(state: CoreState, pod: CorePod): boolean {
   const node = state.nodes.get(pod.node);
   if (!node?.ready) return false;
   if (!pod.held.cpu && node.cpuTotal - node.cpuUsed < pod.cpu) return false;
@@ -181,14 +181,14 @@ export function learnReadyTime(
 }
 
 /** What {@linkcode restoreOrStart} did for one more replica. */
-export type Revival = "started" | "resumed" | "dropped" | "kept";
+export type Revival = "started" | "resumed" | "dropped";
 
 /**
  * One more replica of `f` while `parked` waits in standby: starts a fresh pod
  * when that is faster than the tier's restore, `live` is below `maxReplica`
  * and `freshAllowed` (not in a start back-off), else resumes the parked pod;
  * when its node has no room to take it back, drops it (the caller then
- * starts one elsewhere), or keeps it parked when no fresh start is allowed.
+ * starts one elsewhere; in a start back-off it asks only when it can resume).
  */
 export function restoreOrStart(
   ctx: Ctx,
@@ -216,8 +216,6 @@ export function restoreOrStart(
     ctx.actions.push({ type: "resumePod", podId: parked.id, tier: parked.tier! });
     return "resumed";
   }
-  // No fresh start may replace it now (a start back-off): it stays parked, for when room frees.
-  if (!freshAllowed) return "kept";
   terminate(ctx, parked, "no room to resume");
   return "dropped";
 }
