@@ -494,11 +494,11 @@ export class CallQueue {
 
   /**
    * Every stored call this gateway knows of (from its watch, and the ones it
-   * accepted), by id: open ones first, then ended ones.
+   * accepted): open ones first, then ended ones.
    */
-  *listed(): Generator<[string, ListedCall]> {
-    yield* this.#open;
-    yield* this.#done;
+  *listed(): Generator<ListedCall> {
+    yield* this.#open.values();
+    yield* this.#done.values();
   }
 
   #kick(): void {

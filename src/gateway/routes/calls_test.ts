@@ -685,3 +685,31 @@ t("GET /calls lists from what the queue keeps, reading only the page's records",
     await w.close();
   }
 });
+
+t(
+  "GET /calls?status= shows no call that has moved on since the gateway's index heard of it",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    try {
+      // No worker: the call waits (queued, or running its first attempt).
+      const id = await accept(f, { prompt: "a" });
+      const now = (await get(f, id)).body.status;
+      assert.ok(now === "queued" || now === "running", now);
+      const listed = await (await f.app.request(`/calls?status=${now}`)).json();
+      assert.deepEqual(listed.items.map((c: Json) => c.id), [id]);
+      // The index no longer hears of changes (a watch behind a burst, say); the record moves on.
+      await f.deps.calls.stop(0);
+      const ref = refOf({ tenant: "t", namespace: "n", id });
+      const rec = (await f.meta.get(ref))!;
+      await f.meta.update({
+        ...ref,
+        object: { ...JSON.parse(rec.value), status: "cancelled", finishedAt: Date.now() },
+        revision: rec.revision,
+      });
+      const stale = await (await f.app.request(`/calls?status=${now}`)).json();
+      assert.deepEqual(stale.items, [], `the record as it is now is no longer ${now}`);
+    } finally {
+      await f.close();
+    }
+  },
+);
