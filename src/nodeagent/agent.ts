@@ -115,7 +115,7 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).then(
-        () => this.#resyncPods(),
+        () => this.#resyncPods().then(() => this.#thawPaused()),
         (err) =>
           log.warn("Cannot heartbeat node {node}: {error}", {
             node: this.name,
@@ -266,8 +266,9 @@ export class NodeAgent implements NodeAgentClient {
 
   #resume(pod: PodInfo, local: LocalPod): void {
     local.phase = "running";
+    local.resuming = true;
     const t0 = performance.now();
-    this.#runtime.resume(pod.id).then(
+    this.#runtime.resume(pod.id).finally(() => local.resuming = false).then(
       () => {
         log.info("Pod {pod} resumed in {ms} ms", {
           pod: pod.id,
@@ -404,6 +405,27 @@ export class NodeAgent implements NodeAgentClient {
       return `No snapshot taken: the sample query ${q.path} answered ${res.status}`;
     } catch (err) {
       return `No snapshot taken: the sample query ${q.path} failed (${(err as Error).message})`;
+    }
+  }
+
+  /**
+   * Resumes workers paused from outside (`docker pause` by an operator)
+   * while their pods should serve: each call to one would otherwise wait its
+   * `answer_timeout`, the pod Ready all along. Looked at each heartbeat.
+   */
+  async #thawPaused(): Promise<void> {
+    if (!this.#runtime.isPaused) return;
+    for (const [id, local] of [...this.#local]) {
+      if (this.#stopped) return;
+      if (local.phase !== "running" || local.resuming) continue;
+      const paused = await this.#runtime.isPaused(id).catch(() => false);
+      // Parked, resumed or gone meanwhile: this agent's own doing.
+      if (!paused || this.#local.get(id) !== local || local.phase !== "running") continue;
+      if (local.resuming) continue;
+      log.warn("Pod {pod} was paused from outside while it serves; resuming it", { pod: id });
+      await this.#runtime.resume(id).catch((err: Error) =>
+        log.warn("Cannot resume pod {pod}: {error}", { pod: id, error: err.message })
+      );
     }
   }
 

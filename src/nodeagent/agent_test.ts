@@ -458,3 +458,47 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "NodeAgent resumes a worker paused from outside while its pod should serve",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const calls: string[] = [];
+    let pausedOutside = false;
+    const fake: PodRuntime = {
+      ...runtime,
+      standbyTiers: ["paused"],
+      start: (spec) => (calls.push(`start ${spec.podId}`),
+        Promise.resolve({
+          podId: spec.podId,
+          endpoint: "127.0.0.1:9",
+          exited: new Promise<string>(() => {}),
+        })),
+      park: (id) => (calls.push(`park ${id}`), Promise.resolve()),
+      resume: (id) => (calls.push(`resume ${id}`), pausedOutside = false, Promise.resolve()),
+      isPaused: () => Promise.resolve(pausedOutside),
+    };
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 30 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await meta.create({ ...ref, object: testPod("p1", "n1") });
+      await until("p1 ready", async () => {
+        const rec = await meta.get(ref);
+        return rec !== undefined && decodePod(rec.value).state === "Ready";
+      });
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(calls, ["start p1"], "a worker that serves is left alone");
+      pausedOutside = true; // docker pause, by an operator
+      await until("p1 resumed", () => Promise.resolve(calls.includes("resume p1")));
+      assert.equal(pausedOutside, false);
+      assert.deepEqual(calls, ["start p1", "resume p1"]);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});

@@ -13,6 +13,8 @@ export interface LocalPod {
   phase: "starting" | "running" | "parked" | "stopping";
   /** Its park is under way (phase `parked` from the decision on). */
   parking?: boolean;
+  /** Its resume is under way (phase `running` from the decision on). */
+  resuming?: boolean;
   /** Where the worker answers, once it does. */
   endpoint?: string;
 }

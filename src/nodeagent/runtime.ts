@@ -45,6 +45,11 @@ export interface PodRuntime {
   park(podId: string, tier: StandbyTier): Promise<void>;
   /** Brings a parked pod back; resolves once it serves again. */
   resume(podId: string): Promise<void>;
+  /**
+   * Whether the pod's worker is paused now (by anyone: `docker pause` from
+   * outside too), where the runtime can tell.
+   */
+  isPaused?(podId: string): Promise<boolean>;
   /** Starts the pod and resolves once it answers its probe; rejects with the log tail. */
   start(spec: PodSpec): Promise<RunningPod>;
   /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */
