@@ -926,6 +926,13 @@ export class ProcessRuntime implements PodRuntime {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
+  /** Whether the worker is stopped (SIGSTOP) while it is not parked: stopped from outside. */
+  async isPaused(podId: string): Promise<boolean> {
+    const child = this.#children.get(podId);
+    if (!child || child.tier !== undefined || child.dumping) return false;
+    return (await procState(child.pid))?.state === "T";
+  }
+
   async resume(podId: string): Promise<void> {
     const child = this.#children.get(podId);
     if (!child) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);

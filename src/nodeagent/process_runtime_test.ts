@@ -374,6 +374,31 @@ async function criuRuntime(namespaced: boolean, cuda?: LibCuda) {
   return { dir, rt };
 }
 
+t(
+  "ProcessRuntime tells a worker stopped from outside (SIGSTOP) from a parked one, and resumes it",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({ snapshotDir: dir });
+    try {
+      const pod = await rt.start(spec(["deno", "eval", COUNTER]));
+      assert.equal(await count(pod.endpoint), 1);
+      assert.equal(await rt.isPaused("pod-test"), false);
+      Deno.kill(rt.pidOf("pod-test")!, "SIGSTOP"); // an operator, say
+      await eventually(() => rt.isPaused("pod-test"));
+      await rt.resume("pod-test");
+      assert.equal(await rt.isPaused("pod-test"), false);
+      assert.equal(await count(pod.endpoint), 2, "it serves again");
+      // Parked by the runtime itself: not taken for stopped from outside.
+      await rt.park("pod-test", "paused");
+      assert.equal(await rt.isPaused("pod-test"), false);
+      await rt.resume("pod-test");
+      await rt.stop("pod-test");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 /**
  * A test that needs CRIU and pod networks, given a runtime that makes pod
  * namespaces; what it left running is stopped and its directory removed.
