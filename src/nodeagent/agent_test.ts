@@ -34,6 +34,23 @@ const runtime: PodRuntime = {
   recover: () => Promise.resolve({ adopted: [], removed: 0 }),
 };
 
+/** A runtime whose pods start at once and never exit, each step told in `calls`. */
+function recordingRuntime(calls: string[]): PodRuntime {
+  return {
+    ...runtime,
+    standbyTiers: ["paused"],
+    start: (spec) => (calls.push(`start ${spec.podId}`),
+      Promise.resolve({
+        podId: spec.podId,
+        endpoint: "127.0.0.1:9",
+        exited: new Promise<string>(() => {}),
+      })),
+    park: (id, tier) => (calls.push(`park ${id} ${tier}`), Promise.resolve()),
+    resume: (id) => (calls.push(`resume ${id}`), Promise.resolve()),
+    stop: (id) => (calls.push(`stop ${id}`), Promise.resolve()),
+  };
+}
+
 /** A store holding the node's record, whose updates fail with `failures` in turn. */
 function nodeStore(failures: Error[]) {
   let record: MetaRecord = {
@@ -90,19 +107,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const calls: string[] = [];
-    const fake: PodRuntime = {
-      ...runtime,
-      standbyTiers: ["paused"],
-      start: (spec) => (calls.push(`start ${spec.podId}`),
-        Promise.resolve({
-          podId: spec.podId,
-          endpoint: "127.0.0.1:9",
-          exited: new Promise<string>(() => {}),
-        })),
-      park: (id, tier) => (calls.push(`park ${id} ${tier}`), Promise.resolve()),
-      resume: (id) => (calls.push(`resume ${id}`), Promise.resolve()),
-      stop: (id) => (calls.push(`stop ${id}`), Promise.resolve()),
-    };
+    const fake = recordingRuntime(calls);
     const store = await openSqliteStore();
     const meta = new StateService(store);
     const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
@@ -466,17 +471,10 @@ Deno.test({
   async fn() {
     const calls: string[] = [];
     let pausedOutside = false;
+    const recording = recordingRuntime(calls);
     const fake: PodRuntime = {
-      ...runtime,
-      standbyTiers: ["paused"],
-      start: (spec) => (calls.push(`start ${spec.podId}`),
-        Promise.resolve({
-          podId: spec.podId,
-          endpoint: "127.0.0.1:9",
-          exited: new Promise<string>(() => {}),
-        })),
-      park: (id) => (calls.push(`park ${id}`), Promise.resolve()),
-      resume: (id) => (calls.push(`resume ${id}`), pausedOutside = false, Promise.resolve()),
+      ...recording,
+      resume: (id) => (pausedOutside = false, recording.resume(id)),
       isPaused: () => Promise.resolve(pausedOutside),
     };
     const store = await openSqliteStore();

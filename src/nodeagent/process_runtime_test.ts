@@ -532,38 +532,28 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "ProcessRuntime: a restore whose worker's open file is gone fails naming it (not made again, empty), leaving nothing behind",
-  ignore: !criuCap.available || !netCap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { dir, rt } = await criuRuntime(true);
+criuNetTest(
+  "ProcessRuntime: a restore whose worker's open file is gone fails naming it (not made again, empty), leaving nothing behind",
+  async ({ dir, rt }) => {
     const state = `${dir}/state.db`;
     const worker = `const f = Deno.openSync(${
       JSON.stringify(state)
     }, { read: true, write: true, create: true }); f.writeSync(new TextEncoder().encode("kept")); ${COUNTER}`;
-    try {
-      await rt.start(spec(["deno", "eval", worker]));
-      await rt.snapshot("pod-test", `${dir}/image`);
-      await rt.stop("pod-test");
-      await Deno.remove(state);
-      const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
-      assert.match(String(err), new RegExp(`${state}, which the worker had open, is gone`));
-      assert.equal(await Deno.stat(state).then(() => true, () => false), false, "not made again");
-      assert.deepEqual(rt.running(), []);
-      assert.deepEqual(
-        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("copy")),
-        [],
-        "no restore directory or log left",
-      );
-    } finally {
-      for (const id of rt.running()) await rt.stop(id);
-      await Deno.remove(dir, { recursive: true });
-    }
+    await rt.start(spec(["deno", "eval", worker]));
+    await rt.snapshot("pod-test", `${dir}/image`);
+    await rt.stop("pod-test");
+    await Deno.remove(state);
+    const err = await rt.restore(spec([], { podId: "copy" }), `${dir}/image`).catch((e) => e);
+    assert.match(String(err), new RegExp(`${state}, which the worker had open, is gone`));
+    assert.equal(await Deno.stat(state).then(() => true, () => false), false, "not made again");
+    assert.deepEqual(rt.running(), []);
+    assert.deepEqual(
+      [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("copy")),
+      [],
+      "no restore directory or log left",
+    );
   },
-});
+);
 
 criuNetTest(
   "ProcessRuntime: a snapshot of a worker that died under it fails as the worker's, not as what CRIU cannot dump",

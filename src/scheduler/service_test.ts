@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type InferxError, InferxError as InferxErrorClass } from "../common/errors.ts";
-import { createTestFunction, ManualClock, until } from "../common/testing.ts";
+import { createTestFunction, ManualClock, testPod, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
@@ -360,29 +360,7 @@ Deno.test({
     };
     await meta.create({
       ...ghost,
-      object: {
-        id: "ghost-1",
-        tenant: "t",
-        namespace: "n",
-        func: "f",
-        funcVersion: 1,
-        node: "gone",
-        cpuMillis: 100,
-        memMB: 64,
-        template: {
-          image: "",
-          commands: ["w"],
-          envs: [],
-          mounts: [],
-          port: 80,
-          probe: "/",
-          startupTimeoutS: 5,
-        },
-        desired: "Running",
-        state: "Ready",
-        endpoint: "127.0.0.1:1",
-        createdAt: 1,
-      },
+      object: { ...testPod("ghost-1", "gone"), state: "Ready", endpoint: "127.0.0.1:1" },
     });
     const sched = new SchedulerService(meta, { tickMs: 50 });
     await sched.start();

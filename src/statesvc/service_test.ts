@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "./service.ts";
-import { testCall } from "../common/testing.ts";
+import { testCall, testPod } from "../common/testing.ts";
 import { callBodyRef } from "../model/call.ts";
 
 const fn = (name: string) => ({
@@ -199,26 +199,8 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
 Deno.test("cluster records are refused where they would stand for something else: a pod id no path may hold, a pod or node stored elsewhere", async () => {
   const { svc, close } = await service();
   const pod = (id: string, at = { tenant: "t", namespace: "n" }) => ({
-    id,
-    tenant: at.tenant,
-    namespace: at.namespace,
-    func: "f",
-    funcVersion: 1,
-    node: "n1",
-    cpuMillis: 100,
-    memMB: 64,
-    template: {
-      image: "",
-      commands: ["sleep", "1"],
-      envs: [],
-      mounts: [],
-      port: 8000,
-      probe: "/health",
-      startupTimeoutS: 5,
-    },
-    desired: "Running",
-    state: "Creating",
-    createdAt: 1,
+    ...testPod(id, "n1"),
+    ...at,
   });
   const node = {
     name: "n1",

@@ -405,34 +405,7 @@ Deno.test("in a start back-off a call retires no idle pod of another function fo
   );
 });
 
-Deno.test("in a start back-off a parked pod whose node has no room to resume it stays parked", () => {
-  const d = new CoreDriver();
-  d.run(
-    { type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, standbyTiers: ["paused"] }) },
-    { type: "funcUpdate", func: funcReport("t/n/f", {}, { standbyTier: "paused" }) },
-    { type: "funcUpdate", func: funcReport("t/n/g", {}, {}) },
-  );
-  const [p] = created(d.run(lease("r1", "t/n/f")));
-  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e1" });
-  d.run({ type: "return", podId: p.id, gateway: "g1" });
-  d.now += 5_000;
-  d.run({ type: "tick" });
-  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
-  // g takes the CPU the parked pod gave back.
-  const [q] = created(d.run(lease("rg", "t/n/g")));
-  d.run({ type: "podStatus", podId: q.id, state: "Ready", endpoint: "e2" });
-  const f = d.state.funcs.get("t/n/f")!;
-  f.startBackoff = { failures: 1, until: d.now + 1000, message: "Worker of t/n/f failed to start" };
-  const acts = d.run(lease("r2", "t/n/f"));
-  assert.equal(
-    d.state.pods.get(p.id)?.state,
-    "Standby",
-    "not dropped for a start that may not come",
-  );
-  assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
-});
-
-Deno.test("in a start back-off a call retires no idle pod of the tenant for a parked pod that cannot resume", () => {
+Deno.test("in a start back-off a parked pod that cannot resume stays parked, and no idle pod of the tenant is retired for it", () => {
   const d = new CoreDriver();
   d.run(
     { type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, standbyTiers: ["paused"] }) },
@@ -462,10 +435,15 @@ Deno.test("in a start back-off a call retires no idle pod of the tenant for a pa
   const f = d.state.funcs.get("t/n/f")!;
   f.startBackoff = { failures: 1, until: d.now + 1000, message: "Worker of t/n/f failed to start" };
   const acts = d.run(lease("r2", "t/n/f"));
-  assert.equal(d.state.pods.get(p.id)?.state, "Standby", "kept parked");
+  assert.equal(
+    d.state.pods.get(p.id)?.state,
+    "Standby",
+    "not dropped for a start that may not come",
+  );
   assert.deepEqual(
     acts.filter((a) => a.type === "terminatePod"),
     [],
     "h's idle pod retired for a resume that is not made",
   );
+  assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
 });
