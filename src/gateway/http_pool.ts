@@ -21,7 +21,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/bytes.ts";
-import { EV, HPE, Http1Parser } from "./http1/llhttp.ts";
+import { EV, HPE, Http1Parser } from "../common/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
 /**

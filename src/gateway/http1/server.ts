@@ -20,7 +20,7 @@ import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { type Backoff, cappedBackoff } from "../../common/retry.ts";
 import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./bytes.ts";
-import { EV, HPE, Http1Parser } from "./llhttp.ts";
+import { EV, HPE, Http1Parser } from "../../common/llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
 export interface Http1Limits {
