@@ -38,6 +38,7 @@ import type {
   LeaseRequest,
   LeaseStage,
   MetaClient,
+  MetaRecord,
   ObjectRef,
   SchedulerClient,
 } from "../rpc/types.ts";
@@ -311,17 +312,7 @@ export class SchedulerService implements SchedulerClient {
         },
       }),
       await startInformer(this.#meta, "function", {
-        upsert: (rec) => {
-          const o = decodeStoredUserObject(rec.value, rec.revision);
-          if (o.type !== "function") return;
-          const id = funcId(o.tenant, o.namespace, o.name);
-          this.#funcs.set(id, o);
-          this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
-          const decided = this.#core.funcs.get(id)?.schedulable;
-          if (decided) {
-            this.#conditions.reconcile(id, { version: o.version, condition: decided }, o.status);
-          }
-        },
+        upsert: (rec) => this.#onFunction(rec),
         remove: (ref) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
@@ -403,6 +394,42 @@ export class SchedulerService implements SchedulerClient {
         ),
       );
     }
+    // A function this scheduler has not heard of yet (made a moment ago, its watch behind the
+    // gateway's; a leader just elected): read from the store once, rather than refused 404.
+    if (!this.#funcs.has(funcId(req.tenant, req.namespace, req.func))) {
+      return this.#learnFunction(req).then(() => this.#lease(req, signal, onProgress));
+    }
+    return this.#lease(req, signal, onProgress);
+  }
+
+  /** A function's record as the watch brings it (or a lease finds it first). */
+  #onFunction(rec: MetaRecord): void {
+    const o = decodeStoredUserObject(rec.value, rec.revision);
+    if (o.type !== "function") return;
+    const id = funcId(o.tenant, o.namespace, o.name);
+    const known = this.#funcs.get(id);
+    if (known && known.revision > o.revision) return; // read ahead of the watch already
+    this.#funcs.set(id, o);
+    this.#apply({ type: "funcUpdate", func: this.#funcReport(id) });
+    const decided = this.#core.funcs.get(id)?.schedulable;
+    if (decided) {
+      this.#conditions.reconcile(id, { version: o.version, condition: decided }, o.status);
+    }
+  }
+
+  async #learnFunction(req: LeaseRequest): Promise<void> {
+    const ref = { type: "function" as const, tenant: req.tenant, namespace: req.namespace };
+    const rec = await this.#meta.get({ ...ref, name: req.func }).catch(() => undefined);
+    if (rec && !this.#funcs.has(funcId(req.tenant, req.namespace, req.func))) {
+      this.#onFunction(rec);
+    }
+  }
+
+  #lease(
+    req: LeaseRequest,
+    signal?: AbortSignal,
+    onProgress?: (stage: LeaseStage) => void,
+  ): Promise<Lease> {
     const reqId = newId("l", 6);
     const func = funcId(req.tenant, req.namespace, req.func);
     if (onProgress) {

@@ -372,3 +372,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "SchedulerService leases a function its watch has not brought yet, read from the store",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    // A watch that trails the store by 500 ms (a scheduler busy, or just elected).
+    const slow = new Proxy(meta, {
+      get(target, key) {
+        if (key !== "watch") return Reflect.get(target, key).bind(target);
+        return (
+          type: Parameters<StateService["watch"]>[0],
+          o: Parameters<StateService["watch"]>[1],
+        ) =>
+          target.watch(type, {
+            ...o,
+            onEvent: (ev) => setTimeout(() => o.onEvent(ev), 500),
+          });
+      },
+    });
+    const sched = new SchedulerService(slow, { tickMs: 50 });
+    await sched.start();
+    try {
+      await createTestFunction(meta, {}); // made a moment ago, through another role
+      const err = await sched.leaseWorker({
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        gatewayId: "g",
+        timeoutMs: 200,
+      }).then(() => undefined, (e) => e as InferxError);
+      // No node holds it, so it waits and times out: but it is no unknown function.
+      assert.notEqual(err?.code, "not_found", err?.message);
+    } finally {
+      sched.stop();
+      await store.close();
+    }
+  },
+});
