@@ -147,6 +147,11 @@ export interface RestoreOptions {
   netns?: string;
   /** Descriptors to hand over in place of dumped files. */
   inherit?: InheritedFile[];
+  /**
+   * A command prefix that puts CRIU in a control group (`PodCgroup.joinPrefix`):
+   * the processes it restores are its children, and start there.
+   */
+  cgroup?: string[];
   /** The process was dumped with `shellJob`. */
   shellJob?: boolean;
   /** Give up (and kill CRIU) after this long (ms). @default 60000 */
@@ -249,6 +254,8 @@ export class Criu {
       // Deno and Python hold file locks; connections are recorded, restored closed.
       "--file-locks",
       "--tcp-close",
+      // A restore puts it in the control group its pod has then, not the one it was dumped from.
+      "--manage-cgroups=ignore",
     ];
     if (options.leaveRunning) args.push("--leave-running");
     if (options.shellJob) args.push("--shell-job");
@@ -286,6 +293,8 @@ export class Criu {
       "--restore-detached",
       "--file-locks",
       "--tcp-close",
+      // Restored into CRIU's own control group (`cgroup`), which its pod's limits hold.
+      "--manage-cgroups=ignore",
     ];
     if (options.shellJob) args.push("--shell-job");
     const inherit = options.inherit ?? [];
@@ -305,6 +314,7 @@ export class Criu {
       args.push("--inherit-fd", `fd[${100 + i}]:${f.key.replace(/^\//, "")}`);
     }
     const prefix = [
+      ...(options.cgroup ?? []),
       ...(inherit.length
         ? [
           "bash",

@@ -12,6 +12,7 @@ import type { SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover } from "./discover.ts";
+import { PodCgroups } from "./cgroup.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
 import {
@@ -150,6 +151,14 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
+  const cgroups = docker ? undefined : await PodCgroups.open(scopeTag(scope));
+  if (cgroups) {
+    logger("nodeagent").info("Pod limits: {state}", {
+      state: cgroups.available
+        ? "on (a control group per pod: its memory limit and CPU weight)"
+        : `off, workers run without memory limits: ${cgroups.reason}`,
+    });
+  }
   const runtime: PodRuntime = docker
     ? new DockerRuntime({
       host: config.node.address,
@@ -168,6 +177,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       criu,
       podNetworks,
       snapshotDir,
+      cgroups: cgroups?.available ? cgroups.cgroups : undefined,
     });
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
@@ -203,6 +213,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     async stop() {
       await agent.stop();
       await podNetworks?.close();
+      if (cgroups?.available) cgroups.cgroups.close();
       cuda?.close();
     },
   };

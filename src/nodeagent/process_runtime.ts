@@ -30,6 +30,7 @@ import type { LibCuda } from "../ffi/libcuda.ts";
 import { groupAlive, procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { Criu, type InheritedFile, type OpenFile, openFiles, processTree } from "./criu.ts";
+import type { PodCgroup, PodCgroups } from "./cgroup.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
 import { waitForProbe } from "./probe.ts";
 import {
@@ -78,6 +79,8 @@ export interface ProcessRuntimeOptions {
   outputFileMaxBytes?: number;
   /** CPU niceness of CRIU while it snapshots a worker, so serving pods keep the CPU. @default 10 */
   snapshotNice?: number;
+  /** A control group per pod: its memory limit and CPU weight (`cgroup.ts`). */
+  cgroups?: PodCgroups;
 }
 
 /** What a dump directory says about the process in it (`inferx.json`). */
@@ -140,6 +143,10 @@ interface Child {
   follow?: Follower;
   /** The last of its park, resume and snapshot operations, which run one after another. */
   ops?: Promise<void>;
+  /** Its control group (made at its start, removed at its end; kept while parked in a file). */
+  cgroup?: PodCgroup;
+  /** Its memory limit (MB), as its exit says when the limit killed it. */
+  memMB: number;
 }
 
 /** Sends `sig` to `pid`, ignoring a process already gone. */
@@ -228,6 +235,21 @@ async function pidExited(pid: number): Promise<string> {
   while (await pidAlive(pid)) await new Promise((r) => setTimeout(r, 100));
   // How it ended, when it was handed to this process (a subreaper); else none can tell.
   return await reapIfOrphanedToUs(pid) ?? "exited (how, none can tell: not a child of the agent)";
+}
+
+/**
+ * How a worker ended, `why`, told as its memory limit's doing when the
+ * kernel killed a process of its group for it (an exit by SIGKILL, or one
+ * nobody could tell of).
+ */
+async function limitSaid(
+  why: Promise<string>,
+  cgroup: PodCgroup | undefined,
+  memMB: number,
+): Promise<string> {
+  const w = await why;
+  if (!cgroup || !/SIGKILL|none can tell/.test(w) || await cgroup.oomKills() === 0) return w;
+  return `killed by its memory limit (${memMB} MB; resources.Mem)`;
 }
 
 /** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
@@ -463,6 +485,7 @@ export class ProcessRuntime implements PodRuntime {
       }
     }
     await this.#options.podNetworks?.sweep();
+    await this.#options.cgroups?.sweep();
     // What the workers just ended left (every worker of this runtime is: none is adopted):
     // output files, restore directories, and the images of pods parked in a file, which no
     // pod could resume (pod ids are never used again). Snapshots (`images/`) stay.
@@ -506,8 +529,14 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot start pod ${spec.podId}: function ${spec.func} has no commands (the process runtime runs commands; image ${t.image} needs the Docker runtime)`,
       );
     }
+    const cgroup = await this.#makeCgroup(spec, "start");
     const nets = this.#options.podNetworks;
-    const net = nets ? await nets.create(spec.podId) : undefined;
+    const net = nets
+      ? await nets.create(spec.podId).catch(async (err) => {
+        await cgroup?.remove();
+        throw err;
+      })
+      : undefined;
     // In a namespace of its own the worker takes its spec's port on every address there.
     const port = net ? t.port : freePort(this.#options.host ?? "127.0.0.1");
     const listenHost = net ? "0.0.0.0" : this.#options.host ?? "127.0.0.1";
@@ -540,6 +569,9 @@ export class ProcessRuntime implements PodRuntime {
       : hasSetsid()
       ? [setsid, bin, ...args] // its own group: stopped with what it starts
       : [bin, ...args];
+    const ownSession = argv[0] === setsid || net !== undefined;
+    // The worker joins its control group before it runs: what it starts is counted there too.
+    if (cgroup) argv.unshift(...cgroup.joinPrefix);
     let proc: Deno.ChildProcess;
     try {
       proc = new Deno.Command(argv[0], {
@@ -555,6 +587,7 @@ export class ProcessRuntime implements PodRuntime {
       }).spawn();
     } catch (err) {
       if (net) await nets!.remove(net);
+      await cgroup?.remove();
       throw new InferxError(
         "worker_failed",
         `Cannot start pod ${spec.podId}: ${cmd}: ${(err as Error).message}`,
@@ -579,27 +612,33 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
-      ownSession: argv[0] === setsid || net !== undefined,
+      ownSession,
       ownPids,
       logFile,
       logs,
       stopping: false,
       paused: false,
       gpus: spec.gpus.map((g) => g.index),
-
-      exited: proc.status.then(async (s) => {
-        // Its last output, when the pipes end soon: a process it started may hold them open
-        // for as long as it lives, and the worker's exit must be told all the same.
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([pumps, new Promise((r) => timer = setTimeout(r, 500))]);
-        clearTimeout(timer);
-        if (s.signal) return `killed by ${s.signal}`;
-        // util-linux 2.38's unshare cannot pass SIGKILL on (the OOM killer's): it exits 1.
-        if (s.code === 1 && /sigprocmask unblock failed/.test(helperSaid)) {
-          return "killed by SIGKILL";
-        }
-        return `exit code ${s.code}`;
-      }),
+      cgroup,
+      memMB: spec.memMB,
+      exited: limitSaid(
+        proc.status.then(async (s) => {
+          // Its last output, when the pipes end soon: a process it started may hold them open
+          // for as long as it lives, and the worker's exit must be told all the same.
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          await Promise.race([pumps, new Promise((r) => timer = setTimeout(r, 500))]);
+          clearTimeout(timer);
+          if (s.signal) return `killed by ${s.signal}`;
+          // util-linux 2.38's unshare cannot pass SIGKILL on (the OOM killer's): it exits 1.
+          if (s.code === 1 && /sigprocmask unblock failed/.test(helperSaid)) {
+            return "killed by SIGKILL";
+          }
+          if (s.code === 125 && cgroup) return "exit code 125 (cannot join its control group?)";
+          return `exit code ${s.code}`;
+        }),
+        cgroup,
+        spec.memMB,
+      ),
     };
     if (logFile) {
       child.follow = followFile(
@@ -655,6 +694,23 @@ export class ProcessRuntime implements PodRuntime {
     }
   }
 
+  /** The control group of a pod about to start or be restored (none without cgroups). */
+  async #makeCgroup(spec: PodSpec, what: "start" | "restore"): Promise<PodCgroup | undefined> {
+    const cgroups = this.#options.cgroups;
+    if (!cgroups) return undefined;
+    try {
+      return await cgroups.create(spec.podId, spec);
+    } catch (err) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot ${what} pod ${spec.podId}: cannot make its control group: ${
+          (err as Error).message
+        }`,
+        { cause: err },
+      );
+    }
+  }
+
   #endpoint(child: Child): string {
     return `${child.net?.podAddr ?? this.#options.host ?? "127.0.0.1"}:${child.port}`;
   }
@@ -683,6 +739,7 @@ export class ProcessRuntime implements PodRuntime {
     if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     child.follow?.stop();
     this.#children.delete(podId);
+    await child.cgroup?.remove();
     // Removed before the exit is told: a pod started again under its id finds its name free.
     if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
     this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
@@ -716,6 +773,7 @@ export class ProcessRuntime implements PodRuntime {
     }
     child.follow?.stop();
     this.#children.delete(podId);
+    await child.cgroup?.remove();
     if (child.net) await this.#options.podNetworks!.remove(child.net);
     if (child.logFile || this.#options.criu) {
       await Deno.remove(`${this.#snapshots}/${podId}`, { recursive: true }).catch(() => {});
@@ -874,6 +932,7 @@ export class ProcessRuntime implements PodRuntime {
     dir: string,
     net: PodNet | undefined,
     logFile: string | undefined,
+    cgroup: PodCgroup | undefined,
   ): Promise<{ pid: number; meta: ImageMeta }> {
     const meta = await readMeta(dir);
     if (!meta) {
@@ -889,6 +948,7 @@ export class ProcessRuntime implements PodRuntime {
     const pid = await this.#options.criu!.restore(dir, {
       workDir: `${this.#snapshots}/${podId}.restore`,
       netns: net?.nsPath,
+      cgroup: cgroup?.joinPrefix,
       inherit,
       shellJob: !meta.namespaced && !meta.ownSession,
     });
@@ -912,7 +972,7 @@ export class ProcessRuntime implements PodRuntime {
       // which its dumped process holds until its parent reaps it (a restored
       // one's parent is not this process).
       if (!child.ownPids) await pidFreed(child.pid, 10_000);
-      ({ pid } = await this.#restore(podId, dir, child.net, child.logFile));
+      ({ pid } = await this.#restore(podId, dir, child.net, child.logFile, child.cgroup));
     } catch (err) {
       throw new InferxError(
         "worker_failed",
@@ -921,7 +981,7 @@ export class ProcessRuntime implements PodRuntime {
     }
     child.pid = pid;
     child.tier = undefined;
-    child.exited = pidExited(pid);
+    child.exited = limitSaid(pidExited(pid), child.cgroup, child.memMB);
     this.#watchExit(podId, child);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
@@ -1021,13 +1081,18 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot restore pod ${spec.podId}: its image was dumped from the node's PID namespace (a GPU worker), so a copy would need PIDs that may be taken`,
       );
     }
-    const net = await this.#options.podNetworks!.create(spec.podId);
+    const cgroup = await this.#makeCgroup(spec, "restore");
+    const net = await this.#options.podNetworks!.create(spec.podId).catch(async (err) => {
+      await cgroup?.remove();
+      throw err;
+    });
     const logFile = `${this.#snapshots}/${spec.podId}.log`;
     let pid: number;
     let meta: ImageMeta;
     try {
-      ({ pid, meta } = await this.#restore(spec.podId, dir, net, logFile));
+      ({ pid, meta } = await this.#restore(spec.podId, dir, net, logFile, cgroup));
     } catch (err) {
+      await cgroup?.remove();
       await this.#options.podNetworks!.remove(net);
       await Deno.remove(logFile).catch(() => {});
       await Deno.remove(`${this.#snapshots}/${spec.podId}.restore`, { recursive: true })
@@ -1046,7 +1111,9 @@ export class ProcessRuntime implements PodRuntime {
       gpus: meta.gpus,
       ownPids: meta.ownPids ?? meta.namespaced,
       ownSession: true,
-      exited: pidExited(pid),
+      cgroup,
+      memMB: spec.memMB,
+      exited: limitSaid(pidExited(pid), cgroup, spec.memMB),
     };
     child.follow = followFile(
       logFile,

@@ -1,0 +1,328 @@
+/**
+ * Memory limits and CPU weights for the process runtime's workers, through
+ * the kernel's control groups: each pod gets a group of its own under the
+ * node agent's (`inferx-{scope tag}/{pod}`), with `resources.Mem` as its
+ * memory limit and `resources.CPU` as its share of the node's CPU when
+ * workers contend for it (a weight, as Kubernetes gives a CPU request: a
+ * worker alone on an idle node is not slowed), and the worker joins it before
+ * it runs (a shell that writes its own PID into the group, then execs the
+ * worker), so everything it starts is counted there too. Both hierarchies are
+ * handled: cgroup v2 (one group, `memory.max` and `cpu.weight`) and v1 (a
+ * group in each controller's hierarchy, `memory.limit_in_bytes` and
+ * `cpu.shares`). The kernel's OOM kill in a group is counted there
+ * (`memory.events` or `memory.oom_control`), so an exit by SIGKILL is told as
+ * the memory limit's when it was.
+ *
+ * Available when the agent may make groups below its own (root, or a
+ * delegated group on v2 with the two controllers on for its children); else
+ * the runtime runs workers without limits and says why at start.
+ *
+ * @module
+ */
+
+/** A controller the runtime limits workers with. */
+type ControllerName = "memory" | "cpu";
+
+/** Where one controller's groups of this agent are made. */
+interface Controller {
+  names: ControllerName[];
+  version: 1 | 2;
+  /** The directory the pods' groups go in (`…/{own group}/inferx-{tag}`). */
+  base: string;
+}
+
+/** Whether pods can be limited on this node, and if not, why. */
+export type CgroupCapability =
+  | { available: true; cgroups: PodCgroups }
+  | { available: false; reason: string };
+
+/** One mount of a cgroup hierarchy (`/proc/self/mountinfo`). */
+interface CgroupMount {
+  version: 1 | 2;
+  /** The hierarchy's path mounted there (a container sees its own group as `/`). */
+  root: string;
+  point: string;
+  /** v1: the controllers of the hierarchy. */
+  controllers: string[];
+}
+
+/** The cgroup hierarchies mounted, from `/proc/self/mountinfo`'s text. */
+export function cgroupMounts(mountinfo: string): CgroupMount[] {
+  const out: CgroupMount[] = [];
+  for (const line of mountinfo.split("\n")) {
+    const [pre, post] = line.split(" - ");
+    if (!post) continue;
+    const f = pre.split(" ");
+    const [fstype, , superOpts = ""] = post.split(" ");
+    if (fstype !== "cgroup" && fstype !== "cgroup2") continue;
+    out.push({
+      version: fstype === "cgroup2" ? 2 : 1,
+      root: unescapeMount(f[3]),
+      point: unescapeMount(f[4]),
+      controllers: fstype === "cgroup" ? superOpts.split(",") : [],
+    });
+  }
+  return out;
+}
+
+/** mountinfo writes space, tab, newline and backslash as octal escapes. */
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/**
+ * This process's group in each hierarchy, from `/proc/self/cgroup`'s text:
+ * by controller name for v1 (`memory`, `cpu`...), `""` for v2.
+ */
+export function ownGroups(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const m = line.match(/^\d+:([^:]*):(.*)$/);
+    if (!m) continue;
+    if (m[1] === "") out.set("", m[2]);
+    else for (const c of m[1].split(",")) out.set(c, m[2]);
+  }
+  return out;
+}
+
+/** The directory of group `path` in a mount, when the mount shows it. */
+function dirOf(mount: CgroupMount, path: string): string | undefined {
+  const root = mount.root === "/" ? "" : mount.root;
+  if (root && path !== root && !path.startsWith(`${root}/`)) return undefined;
+  return `${mount.point}${path.slice(root.length)}`.replace(/\/+$/, "");
+}
+
+/**
+ * Where each controller's groups for this agent would go: v1's hierarchy of
+ * the controller when it has one, else v2's. Pure, for tests.
+ */
+export function planControllers(
+  mounts: CgroupMount[],
+  own: Map<string, string>,
+  tag: string,
+): { version: 1 | 2; name: ControllerName; parent: string; base: string }[] | string {
+  const out = [];
+  for (const name of ["memory", "cpu"] as const) {
+    const v1 = mounts.find((m) => m.version === 1 && m.controllers.includes(name));
+    const v2 = mounts.find((m) => m.version === 2);
+    const mount = v1 ?? v2;
+    if (!mount) return `no cgroup hierarchy has the ${name} controller mounted`;
+    const path = own.get(v1 ? name : "");
+    if (path === undefined) return `this process is in no group of the ${name} hierarchy`;
+    const parent = dirOf(mount, path);
+    if (!parent) return `this process's ${name} group ${path} is not under ${mount.point}`;
+    out.push({ version: mount.version, name, parent, base: `${parent}/inferx-${tag}` });
+  }
+  return out;
+}
+
+/** The groups of this agent's pods: made, limited, joined and removed here. */
+export class PodCgroups {
+  readonly #controllers: Controller[];
+
+  private constructor(controllers: Controller[]) {
+    this.#controllers = controllers;
+  }
+
+  /**
+   * Finds the hierarchies and makes this agent's base groups (`tag`: the
+   * agent's scope tag, so agents sharing a host keep apart). `proc` is where
+   * `/proc` is (tests).
+   */
+  static async open(tag: string, proc = "/proc"): Promise<CgroupCapability> {
+    let mountinfo: string, own: string;
+    try {
+      mountinfo = await Deno.readTextFile(`${proc}/self/mountinfo`);
+      own = await Deno.readTextFile(`${proc}/self/cgroup`);
+    } catch (err) {
+      return { available: false, reason: `cannot read ${proc}/self: ${(err as Error).message}` };
+    }
+    const plan = planControllers(cgroupMounts(mountinfo), ownGroups(own), tag);
+    if (typeof plan === "string") return { available: false, reason: plan };
+    const controllers: Controller[] = [];
+    for (const p of plan) {
+      const same = controllers.find((c) => c.base === p.base);
+      if (same) {
+        same.names.push(p.name);
+        continue;
+      }
+      controllers.push({ names: [p.name], version: p.version, base: p.base });
+    }
+    try {
+      for (const c of controllers) {
+        if (c.version === 2) {
+          // The controllers must be on for the children of the agent's group and of the base.
+          const want = c.names.map((n) => `+${n}`).join(" ");
+          const parent = c.base.slice(0, c.base.lastIndexOf("/"));
+          await enable(parent, c.names, want);
+          await Deno.mkdir(c.base, { recursive: true });
+          await enable(c.base, c.names, want);
+        } else {
+          await Deno.mkdir(c.base, { recursive: true });
+        }
+      }
+    } catch (err) {
+      return { available: false, reason: (err as Error).message };
+    }
+    return { available: true, cgroups: new PodCgroups(controllers) };
+  }
+
+  /** The group of pod `podId` (made or not). */
+  of(podId: string): PodCgroup {
+    return new PodCgroup(
+      this.#controllers.map((c) => ({ ...c, dir: `${c.base}/${podId}` })),
+    );
+  }
+
+  /** Makes the group of pod `podId` with its limits (0: none). */
+  async create(podId: string, limits: { cpuMillis: number; memMB: number }): Promise<PodCgroup> {
+    const g = this.of(podId);
+    await g.make(limits);
+    return g;
+  }
+
+  /**
+   * Removes the groups of pods that are no more, once their processes have
+   * gone (an agent's restart: it has just killed the workers it left).
+   */
+  async sweep(): Promise<void> {
+    const names = new Set<string>();
+    for (const c of this.#controllers) {
+      try {
+        for await (const e of Deno.readDir(c.base)) if (e.isDirectory) names.add(e.name);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    for (const name of names) await this.of(name).remove(1000);
+  }
+
+  /** Removes this agent's base groups when no pod's group is left in them (its stop). */
+  close(): void {
+    for (const c of this.#controllers) {
+      try {
+        Deno.removeSync(c.base);
+      } catch {
+        // a pod's group is left (workers outlive a stopped agent until its next start), or gone
+      }
+    }
+  }
+}
+
+/** Turns `names` on for the children of `dir` (v2), unless they are on already. */
+async function enable(dir: string, names: ControllerName[], want: string): Promise<void> {
+  const on = (await Deno.readTextFile(`${dir}/cgroup.subtree_control`)).split(/\s+/);
+  if (names.every((n) => on.includes(n))) return;
+  try {
+    await Deno.writeTextFile(`${dir}/cgroup.subtree_control`, want);
+  } catch (err) {
+    throw new Error(
+      `cannot turn on ${names.join(" and ")} for the groups below ${dir} (${
+        (err as Error).message
+      }): a group with processes in it has no controllers for its children; give the agent a delegated group of its own`,
+    );
+  }
+}
+
+/**
+ * CPU shares (v1's `cpu.shares`) for `cpuMillis`: 1,024 a core, as the
+ * kernel weighs a group with no setting, and as Kubernetes weighs a request.
+ */
+export function cpuShares(cpuMillis: number): number {
+  return Math.min(262_144, Math.max(2, Math.round(cpuMillis * 1024 / 1000)));
+}
+
+/** v2's `cpu.weight` for the same shares (Kubernetes' mapping: 2..262144 onto 1..10000). */
+export function cpuWeight(shares: number): number {
+  return 1 + Math.floor((shares - 2) * 9999 / 262_142);
+}
+
+/** A pod's group (one per hierarchy). */
+export class PodCgroup {
+  readonly #dirs: (Controller & { dir: string })[];
+
+  constructor(dirs: (Controller & { dir: string })[]) {
+    this.#dirs = dirs;
+  }
+
+  /** The files a process writes its PID to, to join the group. */
+  get procsFiles(): string[] {
+    return this.#dirs.map((d) => `${d.dir}/cgroup.procs`);
+  }
+
+  /**
+   * A command prefix that runs the rest of the command line in this group:
+   * a shell joins it and execs the rest (exit 125 when it cannot).
+   */
+  get joinPrefix(): string[] {
+    return [
+      "/bin/sh",
+      "-c",
+      'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"',
+      "sh",
+      ...this.procsFiles,
+      "--",
+    ];
+  }
+
+  /** Makes the groups and sets the memory limit and the CPU weight. */
+  async make(limits: { cpuMillis: number; memMB: number }): Promise<void> {
+    for (const d of this.#dirs) {
+      await Deno.mkdir(d.dir, { recursive: true });
+      const set = (file: string, value: string) => Deno.writeTextFile(`${d.dir}/${file}`, value);
+      if (d.names.includes("memory") && limits.memMB > 0) {
+        const bytes = String(limits.memMB * 1024 * 1024);
+        if (d.version === 2) {
+          await set("memory.max", bytes);
+          // No swap beyond the limit (a worker past it is killed, as a container is).
+          await set("memory.swap.max", "0").catch(() => {});
+        } else {
+          await set("memory.limit_in_bytes", bytes);
+          await set("memory.memsw.limit_in_bytes", bytes).catch(() => {});
+        }
+      }
+      if (d.names.includes("cpu") && limits.cpuMillis > 0) {
+        const shares = cpuShares(limits.cpuMillis);
+        if (d.version === 2) await set("cpu.weight", String(cpuWeight(shares)));
+        else await set("cpu.shares", String(shares));
+      }
+    }
+  }
+
+  /** The memory limit's kills in the group so far (0 when none, or none can tell). */
+  async oomKills(): Promise<number> {
+    const d = this.#dirs.find((x) => x.names.includes("memory"));
+    if (!d) return 0;
+    const file = d.version === 2 ? "memory.events" : "memory.oom_control";
+    const text = await Deno.readTextFile(`${d.dir}/${file}`).catch(() => "");
+    return Number(text.match(/^oom_kill (\d+)$/m)?.[1] ?? 0);
+  }
+
+  /** Memory in use by the group (bytes), or undefined. */
+  async memoryBytes(): Promise<number | undefined> {
+    const d = this.#dirs.find((x) => x.names.includes("memory"));
+    if (!d) return undefined;
+    const file = d.version === 2 ? "memory.current" : "memory.usage_in_bytes";
+    const n = Number((await Deno.readTextFile(`${d.dir}/${file}`).catch(() => "")).trim());
+    return Number.isFinite(n) && n > 0 ? n : undefined;
+  }
+
+  /**
+   * Removes the groups. A group goes only once no process is in it: tried
+   * for up to `waitMs` (the worker's last processes exiting).
+   */
+  async remove(waitMs = 2000): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    for (const d of this.#dirs) {
+      while (true) {
+        try {
+          await Deno.remove(d.dir);
+          break;
+        } catch (err) {
+          if (err instanceof Deno.errors.NotFound || Date.now() > deadline) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    }
+  }
+}

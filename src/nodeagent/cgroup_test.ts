@@ -1,0 +1,195 @@
+import assert from "node:assert/strict";
+import {
+  cgroupMounts,
+  cpuShares,
+  cpuWeight,
+  ownGroups,
+  planControllers,
+  PodCgroups,
+} from "./cgroup.ts";
+import { ProcessRuntime } from "./process_runtime.ts";
+import type { PodSpec } from "./runtime.ts";
+import { Criu, criuCapability, locateCriu } from "./criu.ts";
+import { PodNetworks } from "./pod_net.ts";
+import { until } from "../common/testing.ts";
+
+const V1_MOUNTS = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw`;
+const V1_OWN = `4:memory:/system.slice/agent.service
+2:cpu,cpuacct:/system.slice/agent.service
+0::/system.slice/agent.service`;
+
+Deno.test("cgroups: on v1 each controller's groups go below the agent's own in its hierarchy", () => {
+  const plan = planControllers(cgroupMounts(V1_MOUNTS), ownGroups(V1_OWN), "ixabc");
+  assert.deepEqual(plan, [
+    {
+      version: 1,
+      name: "memory",
+      parent: "/sys/fs/cgroup/memory/system.slice/agent.service",
+      base: "/sys/fs/cgroup/memory/system.slice/agent.service/inferx-ixabc",
+    },
+    {
+      version: 1,
+      name: "cpu",
+      parent: "/sys/fs/cgroup/cpu,cpuacct/system.slice/agent.service",
+      base: "/sys/fs/cgroup/cpu,cpuacct/system.slice/agent.service/inferx-ixabc",
+    },
+  ]);
+});
+
+Deno.test("cgroups: on v2 both controllers share one group; a container sees its own as the root", () => {
+  // A container's namespace: its group mounted as the root, /proc/self/cgroup saying "/".
+  const mounts = cgroupMounts(
+    `30 23 0:27 /kubepods/pod1/c1 /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate`,
+  );
+  const plan = planControllers(mounts, ownGroups("0::/kubepods/pod1/c1\n"), "ixabc");
+  assert.ok(typeof plan !== "string");
+  assert.deepEqual(plan.map((p) => [p.version, p.name, p.base]), [
+    [2, "memory", "/sys/fs/cgroup/inferx-ixabc"],
+    [2, "cpu", "/sys/fs/cgroup/inferx-ixabc"],
+  ]);
+  // A group outside what the mount shows: no place to make groups in, said so.
+  const outside = planControllers(mounts, ownGroups("0::/system.slice/x\n"), "ixabc");
+  assert.match(String(outside), /not under \/sys\/fs\/cgroup/);
+  assert.match(String(planControllers([], ownGroups(""), "t")), /no cgroup hierarchy/);
+  // Octal escapes in mount points (a space).
+  assert.equal(
+    cgroupMounts(`1 2 0:3 / /mnt/a\\040b rw - cgroup2 cgroup2 rw`)[0].point,
+    "/mnt/a b",
+  );
+});
+
+Deno.test("cgroups: CPU millicores become weights as a request does in Kubernetes", () => {
+  assert.equal(cpuShares(1000), 1024);
+  assert.equal(cpuShares(500), 512);
+  assert.equal(cpuShares(1), 2, "the kernel's least");
+  assert.equal(cpuWeight(cpuShares(1000)), 39);
+  assert.equal(cpuWeight(2), 1);
+  assert.equal(cpuWeight(262_144), 10_000);
+});
+
+const cap = await PodCgroups.open("ixcgtest");
+if (!cap.available) console.log(`skipping the cgroup runtime tests: ${cap.reason}`);
+else globalThis.addEventListener("unload", () => cap.cgroups.close());
+const criuCap = await criuCapability();
+const netCap = await new PodNetworks({ prefix: "ixcgtst" }).capability();
+
+function spec(podId: string, commands: string[], memMB: number): PodSpec {
+  return {
+    podId,
+    func: "t/n/f",
+    funcVersion: 1,
+    template: {
+      image: "img",
+      commands,
+      envs: [],
+      mounts: [],
+      port: 8000,
+      probe: "/",
+      startupTimeoutS: 20,
+    },
+    cpuMillis: 250,
+    memMB,
+    gpus: [],
+  };
+}
+
+/** Serves `/`; `/hog` makes it take 400 MB of memory. */
+const HOG = `
+const held = [];
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
+  (req) => {
+    if (new URL(req.url).pathname === "/hog") {
+      for (let i = 0; i < 400; i++) held.push(new Uint8Array(1 << 20).fill(1));
+    }
+    return new Response(String(held.length));
+  });`;
+
+/** The groups a process is in, from /proc. */
+function groupsOf(pid: number): string {
+  return Deno.readTextFileSync(`/proc/${pid}/cgroup`);
+}
+
+Deno.test({
+  name:
+    "ProcessRuntime runs each worker in a control group of its own with its memory limit, tells its kill by that limit, and removes the group",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!cap.available) return;
+    const exits: string[] = [];
+    const rt = new ProcessRuntime({
+      cgroups: cap.cgroups,
+      onExit: (_pod, why) => exits.push(why),
+    });
+    const pod = await rt.start(spec("pod-cg", ["deno", "eval", HOG], 160));
+    const pid = rt.pidOf("pod-cg")!;
+    assert.match(groupsOf(pid), /\/inferx-ixcgtest\/pod-cg$/m);
+    const g = cap.cgroups.of("pod-cg");
+    const memDir = g.procsFiles.find((f) => f.includes("memory"))!.replace(/\/cgroup\.procs$/, "");
+    const limit = await Deno.readTextFile(`${memDir}/memory.limit_in_bytes`)
+      .catch(() => Deno.readTextFile(`${memDir}/memory.max`));
+    assert.equal(limit.trim(), String(160 * 1024 * 1024));
+    assert.ok((await g.memoryBytes())! > 0, "its memory is counted in its group");
+    assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "0");
+    await fetch(`http://${pod.endpoint}/hog`).then((r) => r.body?.cancel(), () => {});
+    await until("the worker's exit", () => exits.length > 0, 20_000);
+    assert.match(exits[0], /^killed by its memory limit \(160 MB; resources\.Mem\)/);
+    await until(
+      "its group gone",
+      async () => !await Deno.stat(memDir).then(() => true, () => false),
+    );
+    assert.deepEqual(rt.running(), []);
+  },
+});
+
+Deno.test({
+  name:
+    "ProcessRuntime removes a stopped worker's control group, and leaves a worker under its limit be",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!cap.available) return;
+    const rt = new ProcessRuntime({ cgroups: cap.cgroups });
+    const pod = await rt.start(spec("pod-cg2", ["deno", "eval", HOG], 1024));
+    await fetch(`http://${pod.endpoint}/hog`).then((r) => r.text());
+    assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "400", "it runs on");
+    const dirs = cap.cgroups.of("pod-cg2").procsFiles.map((f) => f.replace(/\/cgroup\.procs$/, ""));
+    await rt.stop("pod-cg2");
+    for (const d of dirs) assert.equal(await Deno.stat(d).then(() => true, () => false), false, d);
+  },
+});
+
+Deno.test({
+  name: "ProcessRuntime restores a snapshot's copy into the copy's own control group",
+  ignore: !cap.available || !criuCap.available || !netCap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!cap.available) return;
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({
+      cgroups: cap.cgroups,
+      criu: new Criu(locateCriu()!),
+      podNetworks: new PodNetworks({ prefix: "ixcgtst" }),
+      snapshotDir: dir,
+    });
+    try {
+      await rt.start(spec("pod-src", ["deno", "eval", HOG], 256));
+      await rt.snapshot("pod-src", `${dir}/image`);
+      await rt.restore(spec("pod-copy", [], 256), `${dir}/image`);
+      const pid = rt.pidOf("pod-copy")!;
+      assert.match(groupsOf(pid), /\/inferx-ixcgtest\/pod-copy$/m);
+      await rt.park("pod-copy", "file");
+      await rt.resume("pod-copy");
+      assert.match(groupsOf(rt.pidOf("pod-copy")!), /\/inferx-ixcgtest\/pod-copy$/m);
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
