@@ -21,6 +21,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/bytes.ts";
+import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
 import { EV, HPE, Http1Parser } from "../common/llhttp.ts";
 
 const MAX_HEAD = 64 * 1024;
@@ -143,10 +144,8 @@ interface Head {
  * (the gateway sends `nosniff` itself, and a browser reads the first of two:
  * a worker's `sniff` before it would undo it).
  */
-const NOT_PASSED = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
+const NOT_PASSED: ReadonlySet<string> = new Set([
+  ...HOP_BY_HOP,
   "content-length",
   "set-cookie",
   "x-content-type-options",
@@ -325,7 +324,10 @@ class Conn {
       this.#parse();
       if (this.#headersDone) {
         const status = this.#parser.statusCode;
-        if (status >= 100 && status < 200 && status !== 101) {
+        // The gateway asks no worker to switch protocols (`upgrade` is not forwarded): a 101
+        // is a broken answer, not one to pass on and leave the caller's connection hanging.
+        if (status === 101) throw new Error("upstream answered 101 Switching Protocols unasked");
+        if (status >= 100 && status < 200) {
           // An interim answer (100 Continue, 103 Early Hints): the real one follows. A worker
           // sending them without end is cut off (each is small; all of them are counted).
           if ((interims += this.#headBytes) > MAX_HEAD) {
@@ -450,16 +452,21 @@ class Conn {
       ? Math.max(r[r.length - 1], r[r.length - 3])
       : Math.max(this.#statusEnd, base);
     const text = headText(this.#buf, base, last);
-    const headers: [string, string][] = [];
+    let headers: [string, string][] = [];
     let length: number | undefined;
     let chunked = false;
+    let connection: string | undefined;
     for (let i = 0; i < r.length; i += 4) {
       const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
       const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
       if (name === "content-length") length = Number(value);
       else if (name === "transfer-encoding") chunked = true;
+      else if (name === "connection") {
+        connection = connection === undefined ? value : `${connection},${value}`;
+      }
       if (passed(name)) headers.push([name, value]);
     }
+    headers = withoutConnectionNamed(headers, connection);
     if (chunked) length = undefined;
     // An answer to HEAD keeps the length it declares (a GET's); it has no body all the same.
     if (status === 204 || status === 304) length = 0;

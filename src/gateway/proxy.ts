@@ -19,6 +19,7 @@ import {
   type HttpPool,
   type UpstreamAnswer,
 } from "./http_pool.ts";
+import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
 
 const log = logger("gateway");
 
@@ -279,31 +280,29 @@ export function cutShortCode(err: unknown): ErrorCode | undefined {
 export const WORKER_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
 
 /** Hop-by-hop fields, and those the gateway sets itself. */
-const NOT_FORWARDED = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
+const NOT_FORWARDED: ReadonlySet<string> = new Set([
+  ...HOP_BY_HOP,
   "host",
   "content-length",
   "expect",
 ]);
 
 /**
- * The request headers to forward, minus hop-by-hop fields and `drop` (the
- * platform's credentials): one pass over the list.
+ * The request headers to forward, minus hop-by-hop fields, those its
+ * `Connection` names, and `drop` (the platform's credentials): one pass over
+ * the list (a second only where `Connection` names a field).
  */
 export function forwardHeaders(
   headers: Iterable<readonly [string, string]>,
   drop?: ReadonlySet<string>,
 ): [string, string][] {
   const out: [string, string][] = [];
+  let connection: string | undefined;
   for (const pair of headers) {
     const k = pair[0];
-    if (!NOT_FORWARDED.has(k) && !drop?.has(k)) out.push([k, pair[1]]);
+    if (k === "connection") {
+      connection = connection === undefined ? pair[1] : `${connection},${pair[1]}`;
+    } else if (!NOT_FORWARDED.has(k) && !drop?.has(k)) out.push([k, pair[1]]);
   }
-  return out;
+  return withoutConnectionNamed(out, connection);
 }

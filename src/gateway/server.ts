@@ -12,7 +12,7 @@
  * @module
  */
 import type { Hono } from "hono";
-import { toInferxError } from "../common/errors.ts";
+import { toInferxError, ValidationError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
 import {
@@ -172,6 +172,14 @@ export function serveGateway(
       const url = req.url;
       const q = url.indexOf("?");
       const path = q < 0 ? url : url.slice(0, q);
+      if (hasDotSegment(path)) {
+        // Resolved by a URL (the app's routes) but not by the warm path's split: one target
+        // would name two functions.
+        const a = errorAnswer(
+          new ValidationError(`Invalid request target: a path with a "." or ".." segment`, "path"),
+        );
+        return res.send(a.status, a.headers, a.body);
+      }
       if (url.startsWith("/funccall/")) {
         const parsed = parseFunccallPath(url);
         if (parsed && !wantsCallPath(req.headers)) return call(req, res, path, parsed);
@@ -185,4 +193,15 @@ export function serveGateway(
       return viaApp(req, res);
     },
   });
+}
+
+/** Whether a request target's path has a `.` or `..` segment, percent-encoded (`%2e`) or not. */
+export function hasDotSegment(path: string): boolean {
+  if (!path.includes("/.") && !path.includes("%")) return false;
+  for (const seg of path.split("/")) {
+    if (seg === "" || seg.length > 6) continue;
+    const s = seg.replace(/%2e/gi, ".");
+    if (s === "." || s === "..") return true;
+  }
+  return false;
 }

@@ -668,3 +668,102 @@ t(
     }
   },
 );
+
+t("a target with a dot segment is refused 400 on every path, and reaches no worker", async () => {
+  const g = await listening();
+  const w = rawWorker();
+  g.f.sched.endpoints.push(w.endpoint);
+  for (
+    const target of [
+      "/funccall/t/n/f/../../../x/y/z/whoami",
+      "/funccall/t/n/f/%2e%2E/%2e%2e/%2e%2e/x/y/z/whoami",
+      "/funccall/t/n/f/./x",
+      "/funccall/t/n/f/.%2e/x",
+    ]
+  ) {
+    for (const extra of ["", "x-inferx-progress: 1\r\n"]) {
+      const out = await rawCall(
+        g.url,
+        `GET ${target} HTTP/1.1\r\nHost: h\r\n${extra}Connection: close\r\n\r\n`,
+      );
+      assert.match(out, /^HTTP\/1.1 400 /, `${target} ${extra}: ${out}`);
+      assert.match(out, /"code":"invalid"/);
+    }
+  }
+  assert.equal(w.received(), "", "no worker saw any of them");
+  // Dots inside a segment are a name's: served.
+  const ok = await rawCall(
+    g.url,
+    "GET /funccall/t/n/f/v1.2/a..b/.x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(ok, /^HTTP\/1.1 200 /, ok);
+  assert.ok(w.received().startsWith("GET /v1.2/a..b/.x "), w.received());
+  await g.close();
+  w.close();
+});
+
+t(
+  "fields a message's Connection names, and every hop-by-hop field, stay on their hop both ways",
+  async () => {
+    const g = await listening();
+    const w = rawWorker({
+      answer: "HTTP/1.1 200 OK\r\nConnection: x-secret, keep-alive\r\nX-Secret: internal\r\n" +
+        "Upgrade: h2c\r\nProxy-Connection: keep-alive\r\nTrailer: x-sum\r\nTE: trailers\r\n" +
+        "x-kept: 1\r\ncontent-length: 2\r\n\r\nok",
+    });
+    g.f.sched.endpoints.push(w.endpoint);
+    const out = await rawCall(
+      g.url,
+      "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nConnection: X-Foo, HTTP2-Settings, close\r\n" +
+        "X-Foo: secret\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nUpgrade: h2c\r\nTE: trailers\r\n" +
+        "Proxy-Connection: keep-alive\r\nX-Bar: kept\r\n\r\n",
+    );
+    assert.match(out, /^HTTP\/1.1 200 /);
+    const sent = w.received().toLowerCase();
+    for (const gone of ["x-foo", "http2-settings", "upgrade", "te:", "proxy-connection"]) {
+      assert.ok(!sent.includes(gone), `${gone} reached the worker: ${sent}`);
+    }
+    assert.ok(sent.includes("x-bar: kept"), sent);
+    const answer = out.toLowerCase();
+    for (const gone of ["x-secret", "upgrade", "proxy-connection", "trailer", "\r\nte:"]) {
+      assert.ok(!answer.includes(gone), `${gone} reached the caller: ${answer}`);
+    }
+    assert.ok(answer.includes("x-kept: 1"), answer);
+    await g.close();
+    w.close();
+  },
+);
+
+t("a worker's 101 Switching Protocols, never asked for, is a broken answer: 503", async () => {
+  const g = await listening();
+  const w = rawWorker({
+    answer: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+  });
+  g.f.sched.endpoints.push(w.endpoint);
+  const out = await rawCall(
+    g.url,
+    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
+  );
+  assert.match(out, /^HTTP\/1.1 503 /, out);
+  assert.match(out, /"code":"worker_failed"/);
+  assert.ok(!/\r\nupgrade:/i.test(out), out);
+  await g.close();
+  w.close();
+});
+
+t(
+  "an answer given before a body its client holds back for 100 Continue closes the connection",
+  async () => {
+    const g = await listening();
+    // No such function: answered 404 at once, the body never asked for.
+    const out = await rawCall(
+      g.url,
+      "POST /funccall/t/n/nope/x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+      "{}GET /funccall/t/n/nope/x HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    const answers = out.match(/HTTP\/1.1 \d+/g) ?? [];
+    assert.equal(answers.length, 1, out);
+    assert.match(out, /^HTTP\/1.1 404 [^]*\r\nconnection: close\r\n/, out);
+    await g.close();
+  },
+);

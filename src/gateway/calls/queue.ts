@@ -66,7 +66,7 @@ import {
 } from "../../model/call.ts";
 import { type Informer, startInformer } from "../../rpc/informer.ts";
 import type { MetaClient, MetaRecord, ObjectRef } from "../../rpc/types.ts";
-import { HOP_BY_HOP } from "../http1/server.ts";
+import { HOP_BY_HOP } from "../http1/fields.ts";
 import { CallRecord as Observed, type ObserveOptions } from "../middleware/observe.ts";
 import {
   type CallAnswer,

@@ -20,6 +20,7 @@ import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { type Backoff, cappedBackoff } from "../../common/retry.ts";
 import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./bytes.ts";
+import { HOP_BY_HOP } from "./fields.ts";
 import { EV, HPE, Http1Parser } from "../../common/llhttp.ts";
 
 /** Limits and timeouts of a {@linkcode Http1Server}. */
@@ -450,17 +451,6 @@ function nextTick(): Promise<typeof TICK> {
 
 const ENCODER = new TextEncoder();
 const LAST_CHUNK = ENCODER.encode("0\r\n\r\n");
-
-/** Hop-by-hop and framing fields: never copied from one message to another. */
-export const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-]);
 
 /** Whether `target` is an absolute-form request target (`http://host/path`) a URL can hold. */
 function absoluteTarget(target: string): boolean {
@@ -978,7 +968,12 @@ class ServerConnection {
     const left = this.#current?.contentLength === undefined
       ? Infinity
       : this.#current.contentLength - this.#bodyTotal;
-    if (this.#headersDone && !this.#bodyDone && left > DRAIN_LIMIT) this.keepAlive = false;
+    if (
+      this.#headersDone && !this.#bodyDone &&
+      // A client that waits for `100 Continue` before its body, answered without one: its
+      // body may come now or never, so the connection closes after the answer (`#skipBody`).
+      (left > DRAIN_LIMIT || (this.#expectContinue && !this.#continueSent))
+    ) this.keepAlive = false;
     if (!this.keepAlive || this.#closing) s += "connection: close\r\n";
     else if (this.httpMinor === 0) s += "connection: keep-alive\r\n";
     s += "\r\n";
