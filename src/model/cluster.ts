@@ -112,6 +112,8 @@ export const PodTemplateSchema = z.object({
   startupTimeoutS: z.number().positive(),
   /** The function's `sample_query` as a request: sent once before a snapshot is taken. */
   sampleQuery: z.object({ path: z.string(), body: z.unknown().optional() }).optional(),
+  /** `endpoint.restore_hook`: POSTed to once a copy is restored from a snapshot. */
+  restoreHook: z.string().optional(),
 });
 /** What a node agent needs to start a pod. */
 export type PodTemplate = z.infer<typeof PodTemplateSchema>;

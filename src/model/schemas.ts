@@ -166,6 +166,12 @@ export const FunctionSpecSchema = z.strictObject({
     port: z.int().min(1).max(65535).default(80),
     schema: z.enum(["Http", "Https"]).default("Http"),
     probe: z.string().startsWith("/").default("/health"),
+    /**
+     * A path the node POSTs to once a worker is restored from its version's
+     * snapshot, before it serves: each copy comes back with the snapshotted
+     * process's memory, random generators' state included, and reseeds here.
+     */
+    restore_hook: z.string().startsWith("/").optional(),
   }).prefault({}),
   resources: z.strictObject({
     /** Millicores. */
@@ -427,6 +433,13 @@ export function writeChecks(obj: UserObject): void {
   // The target of the probe's request line: a path on the worker, printable, without spaces.
   if (!/^\/(?!\/)[!-~]*$/.test(spec.endpoint.probe)) {
     refuse("endpoint.probe", "must be a path on the worker: '/' then printable ASCII, no spaces");
+  }
+  const hook = spec.endpoint.restore_hook;
+  if (hook !== undefined && !/^\/(?!\/)[!-~]*$/.test(hook)) {
+    refuse(
+      "endpoint.restore_hook",
+      "must be a path on the worker: '/' then printable ASCII, no spaces",
+    );
   }
 }
 

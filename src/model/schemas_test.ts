@@ -120,6 +120,16 @@ const invalid: [string, unknown, string][] = [
   ["a NUL in an env value", fn({ image: "x", envs: [["A", "b\0"]] }), "envs"],
   ["'=' in an env name", fn({ image: "x", envs: { "A=B": "c" } }), "envs"],
   ["a probe with a space", fn({ image: "x", endpoint: { probe: "/a b" } }), "endpoint.probe"],
+  [
+    "a restore hook with a space",
+    fn({ image: "x", endpoint: { restore_hook: "/a b" } }),
+    "endpoint.restore_hook",
+  ],
+  [
+    "a restore hook not a path",
+    fn({ image: "x", endpoint: { restore_hook: "x" } }),
+    "endpoint.restore_hook",
+  ],
   ["a probe naming a host", fn({ image: "x", endpoint: { probe: "//h/x" } }), "endpoint.probe"],
   [
     "an unknown key beside spec",

@@ -14,7 +14,7 @@ import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
-import { httpCall } from "./probe.ts";
+import { httpCall, type HttpCallOptions } from "./probe.ts";
 import type { PodRuntime, RunningPod } from "./runtime.ts";
 import type { SnapshotManager } from "./snapshots.ts";
 
@@ -349,6 +349,7 @@ export class NodeAgent implements NodeAgentClient {
       if (snap) {
         try {
           const running = await this.#runtime.restore(spec, snap.dir);
+          await this.#restoreHook(pod, running);
           snaps.used(snap);
           return { running, startedFrom: "snapshot" };
         } catch (err) {
@@ -390,13 +391,37 @@ export class NodeAgent implements NodeAgentClient {
     return { running, startedFrom: "fresh", note: notes.join("; ") || undefined, snapshotMs };
   }
 
+  /**
+   * Tells a copy restored from a snapshot that it is one (`endpoint.restore_hook`), before it
+   * serves: it came back with the snapshotted process's memory, its random generators' state
+   * included. A copy whose hook does not answer 2xx is stopped, and its restore failed.
+   */
+  async #restoreHook(pod: PodInfo, running: RunningPod): Promise<void> {
+    const path = pod.template.restoreHook;
+    if (!path) return;
+    let why: string | undefined;
+    try {
+      const res = await callWorker(running.endpoint, path, {
+        method: "POST",
+        timeoutMs: pod.template.startupTimeoutS * 1000,
+      });
+      if (res.status < 200 || res.status >= 300) {
+        why = `its restore hook ${path} answered ${res.status}`;
+      }
+    } catch (err) {
+      why = `its restore hook ${path} failed (${(err as Error).message})`;
+    }
+    if (why === undefined) return;
+    await this.#runtime.stop(pod.id, 1000).catch(() => {});
+    throw new InferxError("worker_failed", `Restored pod ${pod.id}: ${why}`);
+  }
+
   /** Sends the function's sample query once (warming the worker); a note when it failed. */
   async #sampleQuery(pod: PodInfo, endpoint: string): Promise<string | undefined> {
     const q = pod.template.sampleQuery;
     if (!q) return undefined;
-    const i = endpoint.lastIndexOf(":");
     try {
-      const res = await httpCall(endpoint.slice(0, i), Number(endpoint.slice(i + 1)), q.path, {
+      const res = await callWorker(endpoint, q.path, {
         method: q.body === undefined ? "GET" : "POST",
         json: q.body,
         timeoutMs: pod.template.startupTimeoutS * 1000,
@@ -576,4 +601,10 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
   p.then(() => done = true, () => done = true);
   await new Promise((r) => setTimeout(r, 0));
   return done;
+}
+
+/** An HTTP call to the worker at `endpoint` (`host:port`). */
+function callWorker(endpoint: string, path: string, options: HttpCallOptions) {
+  const i = endpoint.lastIndexOf(":");
+  return httpCall(endpoint.slice(0, i), Number(endpoint.slice(i + 1)), path, options);
 }

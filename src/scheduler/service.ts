@@ -704,6 +704,7 @@ export class SchedulerService implements SchedulerClient {
         probe: s.endpoint.probe,
         startupTimeoutS: s.startup_timeout,
         sampleQuery: sampleRequest(s.sample_query),
+        ...(s.endpoint.restore_hook ? { restoreHook: s.endpoint.restore_hook } : {}),
       },
       desired: "Running",
       state: "Creating",

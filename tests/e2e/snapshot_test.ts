@@ -27,13 +27,24 @@ if (skip) console.log(`skipping the snapshot end-to-end test: ${skip}`);
 
 /**
  * A worker that takes a while to load (and to answer `/slow`), counts the calls it serves and says
- * who it was born as (a restored copy was born as the snapshotted pod).
+ * who it was born as (a restored copy was born as the snapshotted pod, unless its restore hook,
+ * `/restored`, made it anew: with FAIL_HOOK that hook fails).
  * With HOLD_UNIX it keeps a connection to a Unix socket outside its pod,
  * which CRIU cannot dump.
  */
 const WORKER = `
-const born = crypto.randomUUID();
+// From the operating system: Deno's own generator (crypto.*) is process memory, which a restored
+// copy shares with its snapshot.
+const fresh = () => {
+  const f = Deno.openSync("/dev/urandom");
+  const b = new Uint8Array(16);
+  f.readSync(b);
+  f.close();
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+};
+let born = fresh();
 let n = 0;
+let hooked = 0;
 const hold = Deno.env.get("HOLD_UNIX");
 if (hold) globalThis.held = await Deno.connect({ transport: "unix", path: hold });
 await new Promise((r) => setTimeout(r, 1500)); // loading weights
@@ -42,13 +53,19 @@ Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, async (req) => {
   const path = new URL(req.url).pathname;
   if (path === "/health") return new Response("ok");
+  if (path === "/restored" && req.method === "POST") {
+    if (Deno.env.get("FAIL_HOOK")) return new Response("cannot reseed", { status: 500 });
+    born = fresh();
+    hooked++;
+    return new Response(null, { status: 204 });
+  }
   if (path === "/slow") await new Promise((r) => setTimeout(r, 1000));
   n++;
   console.log("served", n);
-  return Response.json({ n, born });
+  return Response.json({ n, born, hooked });
 });`;
 
-function fn(name: string, envs: [string, string][] = []) {
+function fn(name: string, envs: [string, string][] = [], endpoint: Json = {}) {
   return {
     type: "function",
     tenant: "t",
@@ -59,13 +76,33 @@ function fn(name: string, envs: [string, string][] = []) {
         image: "x",
         commands: ["deno", "eval", WORKER],
         envs,
-        endpoint: { port: 8000, probe: "/health" },
+        endpoint: { port: 8000, probe: "/health", ...endpoint },
         resources: { CPU: 100, Mem: 64 },
         sample_query: { path: "/warm", body: { prompt: "The GPU" } },
         policy: { Obj: { max_replica: 2, parallel: 1, scalein_timeout: 0.3, standby_per_node: 0 } },
       },
     },
   };
+}
+
+/** Calls of a function of t/n on the platform at `url`, its node's snapshots, and a wait for zero pods. */
+function helpers(url: string) {
+  const call = async (func: string, path = "work") => {
+    const r = await request(`${url}/funccall/t/n/${func}/${path}`, { body: {} });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    const pods: Json[] = (await request(`${url}/pods/t/n/${func}`)).body;
+    const pod = pods.find((q) => q.id === r.headers.get("x-inferx-pod"));
+    return { ...r.body, cold: r.headers.get("x-inferx-cold-start") === "1", pod };
+  };
+  const snapshots = async () => {
+    const [node]: Json[] = (await request(`${url}/nodes`)).body;
+    return node.snapshots.items as Json[];
+  };
+  const idle = (func: string) =>
+    eventually(`${func} scaled to zero`, async () => {
+      return (await request(`${url}/pods/t/n/${func}`)).body.length === 0;
+    });
+  return { call, snapshots, idle };
 }
 
 Deno.test({
@@ -82,21 +119,7 @@ Deno.test({
     (async () => {
       for await (const c of holder) accepted.push(c);
     })().catch(() => {});
-    const call = async (func: string, path = "work") => {
-      const r = await request(`${p.url}/funccall/t/n/${func}/${path}`, { body: {} });
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      const pods: Json[] = (await request(`${p.url}/pods/t/n/${func}`)).body;
-      const pod = pods.find((q) => q.id === r.headers.get("x-inferx-pod"));
-      return { ...r.body, cold: r.headers.get("x-inferx-cold-start") === "1", pod };
-    };
-    const snapshots = async () => {
-      const [node]: Json[] = (await request(`${p.url}/nodes`)).body;
-      return node.snapshots.items as Json[];
-    };
-    const idle = (func: string) =>
-      eventually(`${func} scaled to zero`, async () => {
-        return (await request(`${p.url}/pods/t/n/${func}`)).body.length === 0;
-      });
+    const { call, snapshots, idle } = helpers(p.url);
     const image = `${p.dataDir}/snapshots/images/t/n/snap.v1.node1`;
     try {
       const [node]: Json[] = (await request(`${p.url}/nodes`)).body;
@@ -200,6 +223,52 @@ Deno.test({
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });
       await Deno.remove(unixDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "Snapshots: each restored copy is told by its restore hook before it serves (and makes itself anew); a copy whose hook fails is not served, the pod starts fresh",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_RUNTIME: "process" });
+    const { call, idle } = helpers(p.url);
+    const hook = { restore_hook: "/restored" };
+    try {
+      await createNamespace(p.url, "t", "n");
+      assert.equal((await putObject(p.url, fn("hook", [], hook))).status, 201);
+      const first = await call("hook");
+      assert.deepEqual([first.pod.startedFrom, first.hooked], ["fresh", 0]);
+      await idle("hook");
+      // Two copies side by side: each told once, each its own birth, the snapshot's count kept.
+      const both = await Promise.all([call("hook", "slow"), call("hook", "slow")]);
+      for (const b of both) {
+        assert.equal(b.pod.startedFrom, "snapshot");
+        assert.deepEqual([b.hooked, b.n], [1, 2]);
+        assert.notEqual(b.born, first.born);
+      }
+      assert.notEqual(both[0].born, both[1].born, "no two copies share what they made at birth");
+      await idle("hook");
+
+      // A hook that fails: that copy never serves; the pod starts fresh, the note says why.
+      const failing = fn("badhook", [["FAIL_HOOK", "1"]], hook);
+      assert.equal((await putObject(p.url, failing)).status, 201);
+      const b1 = await call("badhook");
+      assert.equal(b1.pod.startedFrom, "fresh");
+      await idle("badhook");
+      const b2 = await call("badhook");
+      assert.equal(b2.pod.startedFrom, "fresh");
+      assert.notEqual(b2.born, b1.born);
+      assert.match(
+        b2.pod.note,
+        /could not be restored, started fresh: .*restore hook \/restored answered 500/,
+      );
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
     }
   },
 });

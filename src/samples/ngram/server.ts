@@ -1,7 +1,11 @@
 /**
  * The sample function's model server: loads the n-gram weights at start-up,
  * then serves `/health`, `/v1/models`, `/v1/completions` and
- * `/v1/chat/completions` (both with `stream: true` as server-sent events).
+ * `/v1/chat/completions` (both with `stream: true` as server-sent events),
+ * and `POST /restored`, its restore hook (`endpoint.restore_hook`): a copy
+ * restored from a snapshot draws new seeds from the operating system there,
+ * since every copy comes back with its snapshot's generator state (Deno's
+ * own, `Math.random` and `crypto`, included).
  *
  * Env: `PORT` (default 8000), `NGRAM_WEIGHTS` (default the shipped weights),
  * `MODEL_NAME` (default `ngram`), `HOST` (default 127.0.0.1). A `--weights`
@@ -10,6 +14,7 @@
  * @module
  */
 import { NgramModel } from "./model.ts";
+import { rng } from "../../common/random.ts";
 
 const MAX_TOKENS_LIMIT = 4096;
 /** The most completions one request may ask for (`n`). */
@@ -97,10 +102,18 @@ export function createModelHandler(
 ): (req: Request) => Promise<Response> {
   const name = options.modelName ?? "ngram";
   let seq = 0;
+  // Seeds of unseeded requests, and a tag in answer ids: made anew by each restored copy.
+  let seeds = rng(osRandom());
+  let tag = osRandom().toString(36);
 
   return async (req: Request): Promise<Response> => {
     const { pathname } = new URL(req.url);
     if (pathname === "/health") return json(200, { status: "ok", model: name });
+    if (pathname === "/restored" && req.method === "POST") {
+      seeds = rng(osRandom());
+      tag = osRandom().toString(36);
+      return new Response(null, { status: 204 });
+    }
     if (pathname === "/v1/models" && req.method === "GET") {
       return json(200, {
         object: "list",
@@ -131,14 +144,16 @@ export function createModelHandler(
       if (err instanceof BadRequest) return error(400, err.message);
       throw err;
     }
-    const id = `${chat ? "chatcmpl" : "cmpl"}-${Date.now().toString(36)}${(++seq).toString(36)}`;
+    const id = `${chat ? "chatcmpl" : "cmpl"}-${tag}${Date.now().toString(36)}${
+      (++seq).toString(36)
+    }`;
     const created = Math.floor(Date.now() / 1000);
     const promptTokens = [...prompt].length;
     // One generator a choice; with a seed, choice i samples with seed + i (so they differ).
     const gens = Array.from({ length: sampling.n }, (_, i) =>
       model.generate(prompt, {
         ...sampling,
-        seed: sampling.seed === undefined ? undefined : sampling.seed + i,
+        seed: sampling.seed === undefined ? (seeds() * 2 ** 32) >>> 0 : sampling.seed + i,
       }));
     const finishOf = (n: number) => n < sampling.maxTokens ? "stop" : "length";
     const usageOf = (completion: number) => ({
@@ -304,4 +319,19 @@ if (import.meta.main) {
   for (const sig of ["SIGTERM", "SIGINT"] as const) {
     Deno.addSignalListener(sig, () => server.shutdown().then(() => Deno.exit(0)));
   }
+}
+
+/**
+ * 32 bits from the operating system (`/dev/urandom`), not from a generator in
+ * this process's memory, which a restored copy shares with its snapshot.
+ */
+function osRandom(): number {
+  const b = new Uint8Array(4);
+  try {
+    using f = Deno.openSync("/dev/urandom");
+    f.readSync(b);
+  } catch {
+    crypto.getRandomValues(b); // no such device: the best there is
+  }
+  return new DataView(b.buffer).getUint32(0);
 }

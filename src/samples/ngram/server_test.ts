@@ -84,6 +84,14 @@ for (const [title, path, body, re] of bad) {
   });
 }
 
+Deno.test("model server takes its restore hook (new seeds from the system) and samples on", async () => {
+  const hook = await handle(new Request("http://w/restored", { method: "POST" }));
+  assert.equal(hook.status, 204);
+  const res = await post("/v1/completions", { prompt: "the g", max_tokens: 8, temperature: 1 });
+  assert.equal(res.status, 200);
+  assert.equal([...(await res.json()).choices[0].text].length, 8);
+});
+
 Deno.test("model server answers /health and 404 for unknown routes", async () => {
   assert.equal((await handle(new Request("http://w/health"))).status, 200);
   const res = await handle(new Request("http://w/nope"));
