@@ -80,6 +80,15 @@ export function nextVersions(
   bump = true,
 ): FunctionObject {
   if (!prev) {
+    const other = policy.traffic?.find((t) => t.version !== 1);
+    if (other) {
+      throw new ValidationError(
+        `Invalid function ${
+          where(next)
+        }: traffic names version ${other.version}, which a new function does not have (its one version is 1)`,
+        "traffic",
+      );
+    }
     return { ...next, version: 1, stableVersion: 1, lastVersion: 1, olderVersions: undefined };
   }
   const last = Math.max(prev.version, prev.lastVersion ?? 0);
@@ -136,7 +145,10 @@ export function rolloutVersions(
   const last = Math.max(prev.version, prev.lastVersion ?? 0);
   const done = { ...prev, rollout: undefined, lastVersion: last, revision: prev.revision };
   if (action === "promote") {
-    if (split.length === 1 && split[0].version === prev.version && !policy.traffic) {
+    // Settled: the newest takes every call, is the stable one, and keeps no older version.
+    const settled = split.length === 1 && split[0].version === prev.version && !policy.traffic &&
+      (prev.stableVersion ?? prev.version) === prev.version && !prev.olderVersions?.length;
+    if (settled) {
       throw new ConflictError(
         `Cannot promote ${where(prev)}: version ${prev.version} already takes every call`,
       );

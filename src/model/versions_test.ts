@@ -142,6 +142,34 @@ Deno.test("rolloutVersions(): promote ends the canary, rollback returns to the s
   assert.equal(nextVersions(back, fn("c"), p).version, 3);
 });
 
+Deno.test("promote settles a function whose split ended without it: stable and older versions go", () => {
+  const p = policy({ canary_percent: 20 });
+  const canary = nextVersions(nextVersions(undefined, fn("a"), p), fn("b"), p);
+  // The canary taken off the policy (a linked funcpolicy): the newest takes every call, but
+  // the function still names version 1 stable and keeps its spec.
+  const none = policy({});
+  assert.deepEqual(trafficSplit(canary, none), [{ version: 2, percent: 100 }]);
+  const promoted = rolloutVersions(canary, "promote", none);
+  assert.deepEqual([promoted.stableVersion, promoted.olderVersions], [2, undefined]);
+  assert.throws(() => rolloutVersions(promoted, "promote", none), ConflictError);
+  // Set again, a canary then splits nothing until the next version.
+  assert.deepEqual(trafficSplit(promoted, p), [{ version: 2, percent: 100 }]);
+});
+
+Deno.test("a new function's traffic may name its one version only", () => {
+  const only = policy({ traffic: [{ version: 1, percent: 100 }] });
+  assert.equal(nextVersions(undefined, fn("a"), only).version, 1);
+  for (const v of [2, 7]) {
+    const p = policy({ traffic: [{ version: v, percent: 100 }] });
+    assert.throws(
+      () => nextVersions(undefined, fn("a"), p),
+      (e: unknown) =>
+        e instanceof ValidationError && e.details?.field === "traffic" &&
+        new RegExp(`names version ${v}, which a new function does not have`).test(e.message),
+    );
+  }
+});
+
 Deno.test("a rollout of an explicit split ends it: traffic leaves the inline policy", () => {
   const traffic = { traffic: [{ version: 1, percent: 75 }, { version: 2, percent: 25 }] };
   const v1 = nextVersions(undefined, fn("a"), policy({}));

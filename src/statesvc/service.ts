@@ -207,7 +207,32 @@ export class StateService implements MetaClient {
     if (options.dryRun) return { ...ref, revision: current.revision, value, dryRun: true };
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     const revision = await this.#store.update(key, value, input.revision);
+    if (ref.type === "funcpolicy") await this.#rebaseLinked(ref, value);
     return { ...ref, revision, value };
+  }
+
+  /**
+   * After a write of funcpolicy `ref` (its stored `value`): the functions
+   * linked to it take their versions under it, as a change of an inline
+   * policy does. One that no longer splits calls makes the newest version
+   * the stable one and lets the older go (a canary ended by the policy is
+   * over: set again, it applies to the next version, not to the one before).
+   */
+  async #rebaseLinked(ref: ObjectRef, value: string): Promise<void> {
+    const p = decodeStoredUserObject(value, 0);
+    if (p.type !== "funcpolicy") return;
+    const { items } = await this.#store.list(typePrefix("function", ref.tenant, ref.namespace));
+    for (const kv of items) {
+      const f = storedUserObject({ ...parseKey(kv.key)!, revision: kv.revision, value: kv.value });
+      if (f?.type !== "function" || f.spec.policy?.kind !== "link") continue;
+      if (f.spec.policy.name !== ref.name) continue;
+      const next = nextVersions(f, f, p.spec, false);
+      if (next.stableVersion === f.stableVersion && !!next.olderVersions === !!f.olderVersions) {
+        continue;
+      }
+      // Under the tenant's admission lock: nothing else writes the function meanwhile.
+      await this.#store.update(kv.key, encodeUserObject(next), kv.revision);
+    }
   }
 
   async #delete(ref: ObjectRef, revision?: number): Promise<number> {

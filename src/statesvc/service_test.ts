@@ -280,3 +280,41 @@ Deno.test("lists and writes name what they mean: a tenant or namespace is one na
   assert.equal((await svc.list("function", "t", "n")).items.length, 1);
   await close();
 });
+
+Deno.test("a linked funcpolicy whose canary ends settles its functions: set again, it does not bring the old version back", async () => {
+  const { svc, close } = await service();
+  const pol = (spec: unknown, revision?: number) => ({
+    type: "funcpolicy" as const,
+    tenant: "t",
+    namespace: "n",
+    name: "cp",
+    object: spec,
+    ...(revision ? { revision } : {}),
+  });
+  const linked = (image: string, revision?: number) => ({
+    type: "function" as const,
+    tenant: "t",
+    namespace: "n",
+    name: "l",
+    object: { spec: { image, policy: { Link: { name: "cp" } } } },
+    ...(revision ? { revision } : {}),
+  });
+  const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "l" };
+  const stored = async () => JSON.parse((await svc.get(ref))!.value);
+  const p1 = await svc.create(pol({ canary_percent: 20 }));
+  const f1 = await svc.create(linked("a"));
+  await svc.update(linked("b", f1.revision));
+  assert.deepEqual([(await stored()).version, (await stored()).stable_version], [2, 1]);
+  // The canary off: version 2 is the stable one, version 1's spec goes.
+  const p2 = await svc.update(pol({}, p1.revision));
+  const settled = await stored();
+  assert.deepEqual([settled.version, settled.stable_version, settled.older_versions], [
+    2,
+    2,
+    undefined,
+  ]);
+  // On again: no split until the next version.
+  await svc.update(pol({ canary_percent: 10 }, p2.revision));
+  assert.deepEqual([(await stored()).version, (await stored()).stable_version], [2, 2]);
+  await close();
+});
