@@ -180,11 +180,8 @@ export async function serveMeta(
             ),
           );
           // The status goes after what was handed to HTTP/2; the events queued behind it are
-          // dropped (destroy), so the watch holds no more than the bound. (Destroying with the
-          // error would send no status at all: grpc-js ends a destroyed stream without one.)
-          (stream as unknown as { call: { sendStatus(s: Partial<grpc.StatusObject>): void } })
-            .call.sendStatus(err);
-          stream.destroy();
+          // dropped, so the watch holds no more than the bound.
+          endWithStatus(stream, err);
           return;
         }
         stream.write(msg, () => unsent -= bytes);
@@ -200,11 +197,13 @@ export async function serveMeta(
             } else send({ kind: "delete", ref: wireRef(ev.ref), revision: ev.revision }, 128);
           },
           onError(err) {
-            stream.destroy(toGrpcError(err));
+            // A compacted revision among them: the client lists again when it hears so.
+            if (!cut) endWithStatus(stream, toGrpcError(err));
+            cut = true;
           },
         });
       } catch (err) {
-        stream.destroy(toGrpcError(err));
+        endWithStatus(stream, toGrpcError(err));
         return;
       }
       stream.on("cancelled", () => w?.cancel());
@@ -212,6 +211,21 @@ export async function serveMeta(
     },
   }, address);
   return { port, stop: () => shutdown(server) };
+}
+
+/**
+ * Ends a server stream with `err` as its status, then drops what is queued
+ * behind it. (Destroying the stream with the error sends no status at all:
+ * grpc-js ends a destroyed stream without one, and the client, hearing
+ * nothing, waits on a watch that is over.)
+ */
+function endWithStatus(
+  stream: grpc.ServerWritableStream<unknown, unknown>,
+  err: Partial<grpc.StatusObject>,
+): void {
+  (stream as unknown as { call: { sendStatus(s: Partial<grpc.StatusObject>): void } })
+    .call.sendStatus(err);
+  stream.destroy();
 }
 
 function parseObject(json: string): unknown {

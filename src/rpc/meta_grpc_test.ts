@@ -4,6 +4,7 @@ import { cuttableProxy, seedNamespace, testCall } from "../common/testing.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
+import { CompactedError } from "../store/types.ts";
 import { StateService } from "../statesvc/service.ts";
 import { metaContract } from "./meta_contract.ts";
 import { GrpcMetaClient, serveMeta } from "./meta_grpc.ts";
@@ -138,6 +139,44 @@ t(
       );
     } finally {
       session.close();
+      await server.stop();
+      await store.close();
+    }
+  },
+);
+
+t(
+  "a watch from a compacted revision ends over gRPC with that error, so its client lists again",
+  async () => {
+    const store = await openSqliteStore(":memory:", { historyLimit: 3 });
+    const svc = new StateService(store);
+    const server = await serveMeta(svc, "127.0.0.1:0");
+    const meta = new GrpcMetaClient(`127.0.0.1:${server.port}`);
+    try {
+      await seedNamespace(svc, "t", "n");
+      for (let i = 0; i < 6; i++) {
+        await svc.create({
+          type: "function",
+          tenant: "t",
+          namespace: "n",
+          name: `f${i}`,
+          object: { spec: { image: "x" } },
+        });
+      }
+      const ended = await new Promise<unknown>((resolve) => {
+        const timer = setTimeout(() => resolve("no end within 5 s"), 5000);
+        meta.watch("function", {
+          afterRevision: 1,
+          onEvent() {},
+          onError(err) {
+            clearTimeout(timer);
+            resolve(err);
+          },
+        });
+      });
+      assert.ok(ended instanceof CompactedError, String(ended));
+    } finally {
+      meta.close();
       await server.stop();
       await store.close();
     }
