@@ -2,7 +2,9 @@
  * Leader election of scheduler replicas: each campaigns on an etcd lease;
  * the one elected schedules, the others answer UNAVAILABLE (retryable) until
  * they win. A replica whose campaign fails exits rather than act on, since
- * it may have lost its lease (crash-only).
+ * it may have lost its lease (crash-only); so does a follower whose key has
+ * been the oldest for twice the TTL without it being told it leads (its
+ * wait broke on a compacted revision after an etcd restart).
  *
  * @module
  */
@@ -40,7 +42,8 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     faultHandling: { watchBackoff: cappedBackoff(100, 2000) },
   });
   const ttlS = options.ttlS ?? 3;
-  const c = etcd.election(options.election ?? "inferx-scheduler", ttlS).campaign(id);
+  const election = etcd.election(options.election ?? "inferx-scheduler", ttlS);
+  const c = election.campaign(id);
   // Fencing: etcd may give the lease to another replica TTL after its last renewal, while the
   // library only reports a lost lease after twice the TTL without one (two leaders meanwhile).
   // A leader whose renewals stop getting through steps down itself at 2/3 of the TTL.
@@ -55,9 +58,26 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     if (lost) return;
     lost = true;
     clearInterval(fence);
+    clearInterval(watchdog);
     options.onLost(err);
   };
+  // A follower waits on a watch of the key before its own. After an etcd restart that watch may
+  // come back at a compacted revision, and the library then neither elects nor fails: the
+  // replica would follow a leader that is gone for ever. Its key being the oldest (the
+  // election's leader, by etcd's order) for twice the TTL without its election is that.
+  let oldestSince = 0;
+  const watchdog = setInterval(async () => {
+    const first = await election.leader().catch(() => undefined);
+    if (lost || fence) return;
+    if (first !== id) return void (oldestSince = 0);
+    oldestSince ||= Date.now();
+    const waited = Date.now() - oldestSince;
+    if (waited > 2 * ttlS * 1000) {
+      lose(new Error(`Leads the election in etcd for ${waited} ms, but was never elected`));
+    }
+  }, ttlS * 1000);
   c.on("elected", () => {
+    clearInterval(watchdog);
     fence = setInterval(() => {
       const since = Date.now() - lastRenewal();
       if (since > (ttlS * 1000 * 2) / 3) {
@@ -71,6 +91,7 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     async stop() {
       lost = true;
       clearInterval(fence);
+      clearInterval(watchdog);
       await c.resign().catch(() => {});
       etcd.close();
     },

@@ -107,3 +107,53 @@ Deno.test({
     }
   },
 });
+
+/** etcd's JSON gateway: `body` posted to `/v3/{path}`. */
+async function etcdApi(url: string, path: string, body: unknown) {
+  const r = await fetch(`${url}/v3/${path}`, { method: "POST", body: JSON.stringify(body) });
+  return await r.json();
+}
+
+Deno.test({
+  name:
+    "a follower whose wait on the leader's key broke on a compacted revision (etcd restarted) does not wait for ever",
+  ignore: etcdUnavailable() !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const etcd = await startEtcd();
+    const elected: string[] = [];
+    const lost: string[] = [];
+    const run = (id: string) =>
+      campaign(etcd.url, id, {
+        ttlS: 1,
+        onElected: () => elected.push(id),
+        onLost: () => lost.push(id),
+      });
+    const a = run("a");
+    await until("a elected", () => elected.length === 1);
+    const b = run("b");
+    try {
+      await new Promise((r) => setTimeout(r, 300)); // b waits on a's key
+      // History past b's wait compacted, then etcd killed and started again: b's watch comes back
+      // at a revision etcd no longer has.
+      const key = btoa("x");
+      await etcdApi(etcd.url, "kv/put", { key, value: btoa("1") });
+      const { header } = await etcdApi(etcd.url, "kv/put", { key, value: btoa("2") });
+      await etcdApi(etcd.url, "kv/compaction", { revision: header.revision, physical: true });
+      await etcd.down("SIGKILL");
+      await etcd.up();
+      await new Promise((r) => setTimeout(r, 1500));
+      await a.stop(); // a resigns (its process would have exited): b's key is the only one
+      await until(
+        "b elected, or its campaign given up (crash-only)",
+        () => elected.includes("b") || lost.includes("b"),
+        15_000,
+      );
+    } finally {
+      await b.stop();
+      await a.stop().catch(() => {});
+      await etcd.stop();
+    }
+  },
+});
