@@ -40,6 +40,19 @@ export function unitOf(
   return state.funcs.get(`${pod.func}@${pod.version}`);
 }
 
+/**
+ * Pods of `f`'s function, any version, that serve or are about to: a
+ * replica its waiters may wait for (one of another version ends or is given
+ * back, and frees its room).
+ */
+export function activeAnyVersion(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const p of state.pods.values()) {
+    if (p.func === f.func && p.state !== "Terminating" && p.state !== "Standby") n++;
+  }
+  return n;
+}
+
 /** Pods of the current version that serve or are about to: for `minReplica` and scale-in. */
 export function activeCurrent(state: CoreState, f: CoreFunc): number {
   let n = 0;

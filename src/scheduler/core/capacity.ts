@@ -6,6 +6,7 @@
  * @module
  */
 import {
+  activeAnyVersion,
   activeCurrent,
   createPod,
   creatingCurrent,
@@ -54,8 +55,10 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       if (freeTenantPod(ctx, f, quota)) continue;
       f.lastUnschedulable = quota.message;
       state.starved.add(f.id);
-      // Nothing of this function runs, nothing can be freed: waiting would only time out.
-      if (activeCurrent(state, f) === 0) {
+      // Nothing of this function runs, of any version, nothing can be freed: waiting would
+      // only time out. (A pod of another version draining, or serving its share, ends or is
+      // given back, and its room goes to these.)
+      if (activeAnyVersion(state, f) === 0) {
         for (const w of f.waiters.splice(0)) {
           ctx.actions.push({
             type: "leaseFailed",

@@ -50,6 +50,21 @@ Deno.test("quota: a busy function's own waiters queue instead of failing", () =>
   assert.deepEqual(back.map((a) => a.type), ["leaseGranted"]);
 });
 
+Deno.test("quota: at the quota, a new version's waiters wait for the old version's busy pod", () => {
+  const d = cluster();
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } });
+  const p = created(d.run(lease("r1", "a/n/f")))[0];
+  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  d.run({ type: "funcUpdate", func: funcReport("a/n/f", {}, { maxReplica: 4 }, 2) });
+  // Version 2 has no replica yet, but version 1's one ends once given back.
+  assert.deepEqual(d.run(lease("r2", "a/n/f")), [], "r2 waits");
+  const back = d.run({ type: "return", podId: p.id, gateway: "g1" });
+  assert.deepEqual(back.map((a) => a.type), ["terminatePod"], "drained, its room not yet free");
+  const gone = d.run({ type: "podStatus", podId: p.id, state: "Terminated" });
+  assert.deepEqual(created(gone).map((q) => q.version), [2], "r2's pod, of version 2");
+  assert.deepEqual(failed(gone), []);
+});
+
 Deno.test("quota: an idle pod of the same tenant is retired to make room", () => {
   const d = cluster();
   d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } });
