@@ -10,6 +10,7 @@
 import { type Ctx, terminate, unitOf } from "./_accounting.ts";
 import { ensureCapacity, trimToMax } from "./capacity.ts";
 import { updateSchedulable } from "./schedulable.ts";
+import { trimParked } from "./standby.ts";
 import type { CoreFunc, FuncReport, PodDemand } from "./types.ts";
 
 /** The id of version `version` of function `func`: its own id when it is the newest. */
@@ -91,6 +92,7 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
   }
   for (const u of units) {
     trimToMax(ctx, u); // a lowered max_replica holds for the pods it has
+    trimParked(ctx, u); // and a lowered standby_per_node for those parked
     ensureCapacity(ctx, u);
   }
 }

@@ -78,6 +78,30 @@ export function retire(
   terminate(ctx, pod, reason);
 }
 
+/**
+ * A lowered `standbyPerNode` holds for the pods already parked: those of the
+ * current version above it on a node end, least recently used first (0: none
+ * stays parked).
+ */
+export function trimParked(ctx: Ctx, f: CoreFunc) {
+  const byNode = new Map<string, CorePod[]>();
+  for (const id of f.pods) {
+    const p = ctx.state.pods.get(id)!;
+    if (p.state !== "Standby" || p.version !== f.version) continue;
+    const list = byNode.get(p.node) ?? [];
+    list.push(p);
+    byNode.set(p.node, list);
+  }
+  const keep = f.policy.standbyPerNode;
+  for (const parked of byNode.values()) {
+    if (parked.length <= keep) continue;
+    parked.sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const p of parked.slice(0, parked.length - keep)) {
+      terminate(ctx, p, `above standby_per_node ${keep}`);
+    }
+  }
+}
+
 /** Its agent reports `pod` parked: what its tier releases is free from now on. */
 export function parkDone(ctx: Ctx, pod: CorePod): boolean {
   if (pod.state !== "Standby" || pod.parkingSince === undefined) return false;

@@ -1,7 +1,16 @@
 import assert from "node:assert/strict";
 import type { StandbyTier } from "../../model/cluster.ts";
 import { chooseTier, PARK_REPORT_WAIT_MS } from "./standby.ts";
-import { CoreDriver, created, funcReport, gpuFunc, gpuNode, kinds, lease } from "./testing.ts";
+import {
+  CoreDriver,
+  created,
+  funcReport,
+  gpuFunc,
+  gpuNode,
+  kinds,
+  lease,
+  nodeReport,
+} from "./testing.ts";
 
 Deno.test("chooseTier() takes the deepest tier the node has, up to the wanted one", () => {
   const cases: [StandbyTier, StandbyTier[], StandbyTier | undefined][] = [
@@ -157,4 +166,27 @@ Deno.test("a park whose report never comes is taken for parked after a while, an
     acts.some((x) => x.type === "terminatePod" && x.podId === a),
     JSON.stringify(acts),
   );
+});
+
+Deno.test("a lowered standby_per_node holds for the pods parked already: the least recently used go", () => {
+  const d = new CoreDriver();
+  const fn = (standbyPerNode: number) =>
+    funcReport("t/n/f", {}, { maxReplica: 3, standbyPerNode, standbyTier: "paused" });
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) }, {
+    type: "funcUpdate",
+    func: fn(3),
+  });
+  const pods = created(d.run(lease("r1"), lease("r2"), lease("r3"))).map((p) => p.id);
+  for (const id of pods) d.run({ type: "podStatus", podId: id, state: "Ready", endpoint: id });
+  for (const id of pods) {
+    d.now += 10;
+    assert.deepEqual(kinds(d.run({ type: "return", podId: id, gateway: "g1" })), ["parkPod"]);
+  }
+  const one = d.run({ type: "funcUpdate", func: fn(1) });
+  assert.deepEqual(
+    one.map((a) => a.type === "terminatePod" ? [a.podId, a.reason] : a.type),
+    [[pods[0], "above standby_per_node 1"], [pods[1], "above standby_per_node 1"]],
+  );
+  const none = d.run({ type: "funcUpdate", func: fn(0) });
+  assert.deepEqual(none.map((a) => a.type === "terminatePod" ? a.podId : a.type), [pods[2]]);
 });
