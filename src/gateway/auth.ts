@@ -13,8 +13,7 @@
  *
  * @module
  */
-import { Buffer } from "node:buffer";
-import { createHash, timingSafeEqual } from "node:crypto";
+import { AdminKey, credential, hashKey, type HeaderSource } from "../common/credential.ts";
 import { InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type ApiKeyRecord, ApiKeyRecordSchema, KEY_PREFIX, type Scope } from "../model/apikey.ts";
@@ -126,11 +125,6 @@ export function rolesToGrants(roles: readonly string[]): Grant[] {
   return grants;
 }
 
-/** SHA-256 of a key, lowercase hex: what the store keeps. */
-export function hashKey(key: string): string {
-  return createHash("sha256").update(key).digest("hex");
-}
-
 /** A new random key and its id. */
 export function newApiKey(): { id: string; key: string } {
   const bytes = crypto.getRandomValues(new Uint8Array(32));
@@ -156,15 +150,10 @@ const TOKEN_CACHE_MAX = 10_000;
 /** How often expired keys' records are looked for and deleted (ms). */
 const EXPIRED_SWEEP_MS = 60_000;
 
-/** What {@linkcode Authenticator.authenticate} reads credentials from: `Headers`, or anything with `get`. */
-export interface HeaderSource {
-  get(name: string): string | null | undefined;
-}
-
 /** Turns request headers into a principal. */
 export class Authenticator {
   readonly enabled: boolean;
-  #adminHash?: Buffer;
+  #admin?: AdminKey;
   #oidc?: OidcVerifier;
   #now: () => number;
   #byHash = new Map<string, KeyEntry>();
@@ -186,10 +175,10 @@ export class Authenticator {
         `INFERX_ADMIN_APIKEY must not begin with ${KEY_PREFIX} (the prefix of stored API keys)`,
       );
     }
-    this.#adminHash = opts.adminKey ? Buffer.from(hashKey(opts.adminKey), "hex") : undefined;
+    this.#admin = opts.adminKey ? new AdminKey(opts.adminKey) : undefined;
     this.#oidc = opts.oidc;
     this.#now = opts.now ?? Date.now;
-    this.enabled = this.#adminHash !== undefined || this.#oidc !== undefined;
+    this.enabled = this.#admin !== undefined || this.#oidc !== undefined;
   }
 
   /** Follows the stored API keys. */
@@ -267,10 +256,7 @@ export class Authenticator {
     const cred = credential(headers);
     if (cred === undefined) return ANONYMOUS;
     if (cred.startsWith(KEY_PREFIX)) return this.#byKey(cred);
-    if (this.#adminHash) {
-      const h = Buffer.from(hashKey(cred), "hex");
-      if (timingSafeEqual(h, this.#adminHash)) return ADMIN;
-    }
+    if (this.#admin?.matches(cred)) return ADMIN;
     if (this.#oidc && cred.split(".").length === 3) return this.#byToken(cred);
     throw new InferxError("unauthenticated", "Invalid credentials: unknown API key or token");
   }
@@ -314,20 +300,4 @@ export class Authenticator {
 interface KeyEntry {
   rec: ApiKeyRecord;
   principal: Principal;
-}
-
-/** The bearer credential of a request: `Authorization: Bearer X` or `X-Api-Key: X`. */
-function credential(headers: HeaderSource): string | undefined {
-  const auth = headers.get("authorization");
-  if (auth !== null && auth !== undefined) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-    if (!m) {
-      throw new InferxError(
-        "unauthenticated",
-        "Invalid Authorization header: expected Bearer <API key or token>",
-      );
-    }
-    return m[1];
-  }
-  return headers.get("x-api-key") ?? undefined;
 }

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
+import { hashKey } from "../common/credential.ts";
 import {
   ADMIN,
   allows,
   ANONYMOUS,
   Authenticator,
   authorize,
-  hashKey,
   mayManageKey,
   newApiKey,
   type Principal,

@@ -42,7 +42,12 @@ export async function start(config: Config): Promise<RoleHandle> {
       port: server.port,
     });
   };
-  const app = createSchedulerApp({ id, leader: () => leader, registry });
+  const app = createSchedulerApp({
+    id,
+    leader: () => leader,
+    registry,
+    adminApiKey: config.gateway.adminApiKey,
+  });
   const http = listening(
     "SCHEDULER_HTTP_PORT",
     bindHost,

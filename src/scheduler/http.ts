@@ -1,12 +1,15 @@
 /**
  * The scheduler's HTTP face, a small Hono app: `/health` (with whether this
  * replica leads), `/state` (the leader's accounting) and `/metrics`
- * (Prometheus text).
+ * (Prometheus text). With an administrator's key (`INFERX_ADMIN_APIKEY`),
+ * `/state` and `/metrics` need it (they name every tenant's functions,
+ * pods and leases); `/health` stays open for probes.
  *
  * @module
  */
 import { Hono } from "hono";
 import type { Registry } from "prom-client";
+import { AdminKey, credential } from "../common/credential.ts";
 import { errorBody, httpStatus, InferxError, NotFoundError } from "../common/errors.ts";
 import type { SchedulerService } from "./service.ts";
 
@@ -18,12 +21,31 @@ export interface SchedulerAppDeps {
   leader(): SchedulerService | undefined;
   /** The metrics to serve. */
   registry: Registry;
+  /** The administrator's key: `/state` and `/metrics` need it when set. */
+  adminApiKey?: string;
 }
 
 /** Builds the app; serve it with `Deno.serve(..., app.fetch)` or test it with `app.request()`. */
 export function createSchedulerApp(deps: SchedulerAppDeps): Hono {
   const app = new Hono();
   app.get("/health", (c) => c.json({ status: "ok", id: deps.id, leader: !!deps.leader() }));
+  const admin = deps.adminApiKey ? new AdminKey(deps.adminApiKey) : undefined;
+  if (admin) {
+    app.use(async (c, next) => {
+      if (c.req.path === "/health") return await next();
+      const cred = credential(c.req.raw.headers);
+      if (cred === undefined) {
+        throw new InferxError(
+          "unauthenticated",
+          `Credentials required for ${c.req.path}: send Authorization: Bearer <admin key>`,
+        );
+      }
+      if (!admin.matches(cred)) {
+        throw new InferxError("unauthenticated", "Invalid credentials: not the admin key");
+      }
+      await next();
+    });
+  }
   app.get("/state", (c) => {
     const leader = deps.leader();
     if (!leader) throw new InferxError("unavailable", `Scheduler ${deps.id} is not the leader`);

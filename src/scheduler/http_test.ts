@@ -5,11 +5,16 @@ import type { SchedulerService } from "./service.ts";
 
 const snapshot = { nodes: [], pods: [{ id: "p-1", func: "t/n/f", node: "n1", state: "Ready" }] };
 
-function app(leads: boolean) {
+function app(leads: boolean, adminApiKey?: string) {
   const registry = new Registry();
   registry.setDefaultLabels({});
   const leader = { snapshot: () => snapshot } as unknown as SchedulerService;
-  return createSchedulerApp({ id: "sched-1", leader: () => leads ? leader : undefined, registry });
+  return createSchedulerApp({
+    id: "sched-1",
+    leader: () => leads ? leader : undefined,
+    registry,
+    adminApiKey,
+  });
 }
 
 Deno.test("the scheduler's /health says whether the replica leads", async () => {
@@ -41,4 +46,25 @@ Deno.test("the scheduler serves /metrics as Prometheus text, and a JSON 404 else
   assert.deepEqual(await none.json(), {
     error: { code: "not_found", message: "No route for /nope" },
   });
+});
+
+Deno.test("with an admin key, the scheduler's /state and /metrics need it; /health stays open", async () => {
+  const a = app(true, "s3cret");
+  assert.equal((await a.request("/health")).status, 200);
+  for (const path of ["/state", "/metrics"]) {
+    const none = await a.request(path);
+    assert.equal(none.status, 401, path);
+    assert.match((await none.json()).error.message, /Credentials required/);
+    const wrong = await a.request(path, { headers: { authorization: "Bearer nope" } });
+    assert.equal(wrong.status, 401, path);
+    await wrong.body?.cancel();
+    const both: Record<string, string>[] = [{ authorization: "Bearer s3cret" }, {
+      "x-api-key": "s3cret",
+    }];
+    for (const headers of both) {
+      const ok = await a.request(path, { headers });
+      assert.equal(ok.status, 200, path);
+      await ok.body?.cancel();
+    }
+  }
 });

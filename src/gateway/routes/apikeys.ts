@@ -13,7 +13,8 @@ import { logger } from "../../common/log.ts";
 import { type ApiKeyRecord, ApiKeyRecordSchema, SCOPES } from "../../model/apikey.ts";
 import { isValidName, SYSTEM } from "../../model/keys.ts";
 import type { MetaClient } from "../../rpc/types.ts";
-import { authorize, hashKey, mayManageKey, newApiKey, type Principal } from "../auth.ts";
+import { authorize, mayManageKey, newApiKey, type Principal } from "../auth.ts";
+import { hashKey } from "../../common/credential.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
 

@@ -1,0 +1,50 @@
+/**
+ * Bearer credentials, as every HTTP face of the platform reads them:
+ * `Authorization: Bearer X` or `X-Api-Key: X`, and the administrator's key
+ * (`INFERX_ADMIN_APIKEY`) compared by its hash in constant time.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { InferxError } from "./errors.ts";
+
+/** What credentials are read from: `Headers`, or anything with `get`. */
+export interface HeaderSource {
+  get(name: string): string | null | undefined;
+}
+
+/** SHA-256 of a key, lowercase hex: what the store keeps. */
+export function hashKey(key: string): string {
+  return createHash("sha256").update(key).digest("hex");
+}
+
+/** The bearer credential of a request: `Authorization: Bearer X` or `X-Api-Key: X`. */
+export function credential(headers: HeaderSource): string | undefined {
+  const auth = headers.get("authorization");
+  if (auth !== null && auth !== undefined) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (!m) {
+      throw new InferxError(
+        "unauthenticated",
+        "Invalid Authorization header: expected Bearer <API key or token>",
+      );
+    }
+    return m[1];
+  }
+  return headers.get("x-api-key") ?? undefined;
+}
+
+/** The administrator's key, kept as its hash. */
+export class AdminKey {
+  readonly #hash: Buffer;
+
+  constructor(key: string) {
+    this.#hash = Buffer.from(hashKey(key), "hex");
+  }
+
+  /** Whether `cred` is the key (constant time). */
+  matches(cred: string): boolean {
+    return timingSafeEqual(Buffer.from(hashKey(cred), "hex"), this.#hash);
+  }
+}
