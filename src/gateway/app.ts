@@ -163,7 +163,12 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.get("/health", (c) => c.json({ status: "ok", gateway: d.gatewayId }));
 
   // Calls are recorded whatever happens to them, authentication failures included.
-  const record = observe({ metrics: d.metrics, audit: d.audit, gatewayId: d.gatewayId });
+  const record = observe({
+    metrics: d.metrics,
+    audit: d.audit,
+    gatewayId: d.gatewayId,
+    known: (t) => d.cache.agent(t.tenant, t.namespace, t.func) !== undefined,
+  });
   app.use("/funccall/*", record);
   for (const path of OPENAI_CALL_PATHS) app.use(path, record);
   app.use("*", authenticate(d.auth));

@@ -64,6 +64,7 @@ export function serveGateway(
     metrics: deps.metrics,
     audit: deps.audit,
     gatewayId: deps.gatewayId,
+    known: (t) => deps.cache.agent(t.tenant, t.namespace, t.func) !== undefined,
   };
 
   async function call(
@@ -74,6 +75,7 @@ export function serveGateway(
   ) {
     const t0 = performance.now();
     const rec = new CallRecord(observed, req.method, path, t0);
+    if (parsed) rec.named(parsed.target);
     let answer: CallAnswer;
     try {
       const p = deps.auth.authenticate(req);
@@ -174,10 +176,15 @@ export function serveGateway(
       const path = q < 0 ? url : url.slice(0, q);
       if (hasDotSegment(path)) {
         // Resolved by a URL (the app's routes) but not by the warm path's split: one target
-        // would name two functions.
-        const a = errorAnswer(
-          new ValidationError(`Invalid request target: a path with a "." or ".." segment`, "path"),
+        // would name two functions. A call's refusal is recorded as any call's is.
+        const e = new ValidationError(
+          `Invalid request target: a path with a "." or ".." segment`,
+          "path",
         );
+        if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
+          new CallRecord(observed, req.method, path, performance.now()).failed(e);
+        }
+        const a = errorAnswer(e);
         return res.send(a.status, a.headers, a.body);
       }
       if (url.startsWith("/funccall/")) {

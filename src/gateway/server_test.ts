@@ -102,6 +102,8 @@ t("the listener answers call errors as JSON and records them like the app does",
   const g = await listening({ adminKey: "admin-key-0123456789" });
   const cases: [string, unknown, Record<string, string>, number, string][] = [
     ["/funccall/t/n/f/x", {}, {}, 401, "unauthenticated"],
+    // The same through the app (a progress stream asked for): named alike.
+    ["/funccall/t/n/f/x", {}, { "x-inferx-progress": "1" }, 401, "unauthenticated"],
     [
       "/funccall/t/n/nope/x",
       {},
@@ -130,16 +132,27 @@ t("the listener answers call errors as JSON and records them like the app does",
     assert.equal((await r.json()).error.code, code);
     if (status === 401) assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
   }
-  assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error]), [
-    [401, "unauthenticated"],
-    [404, "not_found"],
-    [404, "not_found"],
-    [400, "invalid"],
+  // A target with a dot segment (sent raw: fetch() would resolve it).
+  const dot = await rawCall(
+    g.url,
+    "POST /funccall/t/n/f/../../../x/y/z HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(dot, /^HTTP\/1.1 400 /);
+  assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error, x.tenant, x.func]), [
+    // Refused for its credentials, the call is still its function's, in its tenant's audit.
+    [401, "unauthenticated", "t", "f"],
+    [401, "unauthenticated", "t", "f"],
+    [404, "not_found", "t", "nope"],
+    [404, "not_found", "t", "nope"],
+    [400, "invalid", "", ""],
+    [400, "invalid", "", ""],
   ]);
   const text = await (await fetch(`${g.url}/metrics`, {
     headers: { authorization: "Bearer admin-key-0123456789" },
   })).text();
   assert.match(text, /inferx_requests_total\{function="\(none\)",code="404"\} 2/);
+  assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="401"\} 2/);
+  assert.match(text, /inferx_requests_total\{function="\(none\)",code="400"\} 2/);
   await g.close();
 });
 

@@ -23,6 +23,7 @@ import {
 } from "../metrics.ts";
 import type { Principal } from "../auth.ts";
 import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
+import { parseFunccallPath } from "../call.ts";
 import type { Slot } from "../func_agent.ts";
 import { tokenFormat, TokenMeter, type TokenStats } from "../tokens.ts";
 
@@ -33,6 +34,8 @@ export interface ObserveOptions {
   audit?: AuditLog;
   /** This gateway's id, for audit rows. */
   gatewayId: string;
+  /** Whether a function exists (its metrics are its own; an unknown one's go to `(none)`). */
+  known?(target: FuncTarget): boolean;
 }
 
 /** The outcome of one call, recorded once. */
@@ -70,6 +73,15 @@ export class CallRecord {
   }
 
   /** The function the call names; `known`: it exists (so it gets its own metric series). */
+  /**
+   * The function the call's target names, before anything is checked: a
+   * call refused for its credentials is still its function's (and its
+   * tenant's, whose readers see it in the audit).
+   */
+  named(target: FuncTarget): void {
+    this.setTarget(target, this.#o.known?.(target) ?? false);
+  }
+
   setTarget(target: FuncTarget, known: boolean): void {
     this.target = target;
     if (known) {
@@ -224,6 +236,8 @@ export interface GatewayVars {
 export function observe(opts: ObserveOptions): MiddlewareHandler<{ Variables: GatewayVars }> {
   return async function observe(c, next) {
     const rec = new CallRecord(opts, c.req.method, c.req.path, c.var.t0 ?? performance.now());
+    const parsed = parseFunccallPath(c.req.path);
+    if (parsed) rec.named(parsed.target);
     c.set("call", rec);
     await next();
     if (c.error instanceof CallerGone) rec.callerGone();
