@@ -146,7 +146,8 @@ export function isJsonType(type: string | null | undefined): boolean {
  * An OpenAI-style call (`/v1/completions`, `/v1/chat/completions`): the JSON
  * body's `model` names the function, as `tenant/namespace/name` or a name
  * only one function the caller may call has. `named` learns the target as
- * soon as it is known (for the record of a call refused later).
+ * soon as it is known (for the record of a call refused later). The worker
+ * gets `path` with `query` (`?api-version=...`, as Azure-style clients send).
  */
 export function openaiInput(
   ctx: CallContext,
@@ -155,6 +156,7 @@ export function openaiInput(
   path: string,
   t0: number,
   named?: (target: FuncTarget, known: boolean) => void,
+  query = "",
 ): CallInput | Promise<CallInput> {
   if (!isJsonType(req.get("content-type"))) {
     throw new InferxError(
@@ -165,11 +167,12 @@ export function openaiInput(
   }
   const body = readBody(ctx, req);
   if (body instanceof Promise) {
-    return body.then((b) => openaiTarget(ctx, principal, req, path, t0, b, named));
+    return body.then((b) => openaiTarget(ctx, principal, req, path + query, t0, b, named));
   }
-  return openaiTarget(ctx, principal, req, path, t0, body, named);
+  return openaiTarget(ctx, principal, req, path + query, t0, body, named);
 }
 
+/** The function an OpenAI-style call names, and the call to `path` (on the worker) of it. */
 function openaiTarget(
   ctx: CallContext,
   principal: Principal,
@@ -210,7 +213,7 @@ function openaiTarget(
   return modelInput(req, path, t0, body, target, ctx);
 }
 
-/** An OpenAI-style call of `target`, a function the cache has. */
+/** An OpenAI-style call of `target`, a function the cache has, to `path` (its query kept). */
 function modelInput(
   req: IncomingCall,
   path: string,

@@ -72,6 +72,7 @@ export function serveGateway(
     res: Http1Response,
     path: string,
     parsed?: { target: FuncTarget; path: string },
+    query = "",
   ) {
     const t0 = performance.now();
     const rec = new CallRecord(observed, req.method, path, t0);
@@ -93,7 +94,15 @@ export function serveGateway(
           (t, k) => rec.setTarget(t, k),
         );
       } else {
-        input = openaiInput(ctx, principal, req, path, t0, (t, k) => rec.setTarget(t, k));
+        input = openaiInput(
+          ctx,
+          principal,
+          req,
+          path,
+          t0,
+          (t, k) => rec.setTarget(t, k),
+          query,
+        );
       }
       if (input instanceof Promise) input = await input;
       answer = await forward(deps, input, req);
@@ -193,7 +202,7 @@ export function serveGateway(
       } else if (
         req.method === "POST" && OPENAI_CALL_PATHS.has(path) && !wantsCallPath(req.headers)
       ) {
-        return call(req, res, path);
+        return call(req, res, path, undefined, q < 0 ? "" : url.slice(q));
       }
       // Everything else, and calls that asked to go async or to see their
       // wait (`Prefer`, `x-inferx-progress`), through the app.

@@ -81,6 +81,7 @@ t("the listener serves calls on the warm path and every other route through the 
   assert.deepEqual(await r.json(), {
     worker: "w",
     path: "/v1/completions",
+    query: "?x=1",
     body: '{"prompt":"x"}',
   });
   const v1 = await post(`${g.url}/v1/chat/completions`, { model: "t/n/f", messages: [] });
@@ -154,6 +155,18 @@ t("the listener answers call errors as JSON and records them like the app does",
   assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="401"\} 2/);
   assert.match(text, /inferx_requests_total\{function="\(none\)",code="400"\} 2/);
   await g.close();
+});
+
+t("an OpenAI-style call's query goes to the worker with its path on the warm path", async () => {
+  const g = await listening();
+  const w = fakeWorker("w");
+  g.f.sched.endpoints.push(w.endpoint);
+  const r = await post(`${g.url}/v1/completions?api-version=2024-06-01`, { model: "f" });
+  assert.equal(r.status, 200);
+  const got = await r.json();
+  assert.deepEqual([got.path, got.query], ["/v1/completions", "?api-version=2024-06-01"]);
+  await g.close();
+  await w.close();
 });
 
 t("the listener forwards streamed answers chunk by chunk as they come", async () => {

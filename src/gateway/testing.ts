@@ -204,12 +204,13 @@ function statusIn(status: number | undefined, range: { min: number; max: number 
   return status !== undefined && status >= range.min && status <= range.max;
 }
 
-/** A worker on a free port that answers with its name, after `delayMs`. */
+/** A worker on a free port that answers with its name, the path and query it got, after `delayMs`. */
 export function fakeWorker(name: string, options: { status?: number; delayMs?: number } = {}) {
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
     if (options.delayMs) await new Promise((r) => setTimeout(r, options.delayMs));
     const body = req.body ? await req.text() : "";
-    return Response.json({ worker: name, path: new URL(req.url).pathname, body }, {
+    const url = new URL(req.url);
+    return Response.json({ worker: name, path: url.pathname, query: url.search, body }, {
       status: options.status ?? 200,
     });
   });

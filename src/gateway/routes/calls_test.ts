@@ -91,6 +91,7 @@ t(
     assert.deepEqual(call.result.body, {
       worker: "w1",
       path: "/v1/completions",
+      query: "",
       body: '{"prompt":"x"}',
     });
     assert.equal(call.attempts.length, 1);

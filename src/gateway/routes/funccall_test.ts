@@ -35,6 +35,7 @@ t("gateway proxies to a leased worker, marks the cold start, then reuses it warm
   assert.deepEqual(await r1.json(), {
     worker: "w1",
     path: "/v1/completions",
+    query: "",
     body: '{"prompt":"x"}',
   });
   const r2 = await call(f.app);

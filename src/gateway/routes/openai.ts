@@ -64,6 +64,7 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
         path,
         rec.t0,
         (t, known) => rec.setTarget(t, known),
+        new URL(req.url).search,
       );
       const answer = await forward(deps, input, signalSource(req.signal));
       rec.answered(answer);

@@ -52,12 +52,14 @@ t("/v1/completions calls the function the model names, by full id or bare name",
     assert.equal(body.path, "/v1/completions");
     assert.equal(JSON.parse(body.body).model, model);
   }
-  const chat = await f.app.request("/v1/chat/completions", {
+  const chat = await f.app.request("/v1/chat/completions?api-version=2024-06-01", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ model: "f", messages: [] }),
   });
-  assert.equal((await chat.json()).path, "/v1/chat/completions");
+  const got = await chat.json();
+  assert.equal(got.path, "/v1/chat/completions");
+  assert.equal(got.query, "?api-version=2024-06-01", "the query goes to the worker too");
   await f.close();
   await w.close();
 });
