@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { isIP } from "node:net";
 import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
@@ -33,8 +34,9 @@ const optional = () => z.string().optional().transform((v) => v || undefined);
 const count = (dflt: number) =>
   z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw === "") return dflt;
-    const n = Number(raw);
-    if (Number.isInteger(n) && n >= 0) return n;
+    // Digits only: Number() would take " " for 0, "0x10" for 16 and "1e3" for 1000.
+    const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
+    if (Number.isSafeInteger(n)) return n;
     ctx.addIssue({ code: "custom", message: `"${raw}" is not a non-negative integer` });
     return z.NEVER;
   });
@@ -91,7 +93,7 @@ const PlatformEnv = z.object({
 });
 
 const ClusterEnv = z.object({
-  INFERX_BIND: text("127.0.0.1"),
+  INFERX_BIND: nonEmpty("127.0.0.1"),
   ETCD_ADDRS: optional(),
   STATESVC_ADDR: nonEmpty("127.0.0.1:1237"),
   SCHEDULER_ADDR: nonEmpty("127.0.0.1:1238"),
@@ -220,9 +222,11 @@ export interface CallSettings {
 }
 
 const NodeEnv = z.object({
-  NODE_CONFIG: text(`${REPO_ROOT}/config/node.json`),
+  NODE_CONFIG: optional(),
   NODE_NAME: z.string().optional(),
-  NODE_ADDRESS: z.string().optional(),
+  NODE_ADDRESS: optional().refine((v) => v === undefined || isIP(v) !== 0, {
+    message: "is not an IP address (workers listen on it and are reached at it)",
+  }),
   INFERX_RUNTIME: optional().refine(
     (v) => v === undefined || (RUNTIMES as readonly string[]).includes(v),
     { message: `is not one of ${RUNTIMES.join(", ")}` },
@@ -241,6 +245,8 @@ const NodeEnv = z.object({
 export interface NodeSettings {
   /** `NODE_CONFIG`: the path of node.json. */
   configPath: string;
+  /** `NODE_CONFIG` was set: the file must exist (else a missing one gives the defaults). */
+  configRequired?: boolean;
   /** `NODE_NAME`: overrides `name` in node.json. */
   name?: string;
   /** `NODE_ADDRESS`: overrides `address` in node.json. */
@@ -443,7 +449,8 @@ export function readConfig(
         : undefined,
     },
     node: {
-      configPath: n.NODE_CONFIG,
+      configPath: n.NODE_CONFIG ?? `${REPO_ROOT}/config/node.json`,
+      configRequired: n.NODE_CONFIG !== undefined,
       name: n.NODE_NAME,
       address: n.NODE_ADDRESS,
       runtime: n.INFERX_RUNTIME,
@@ -489,10 +496,10 @@ function parseGroup(raw?: string): GatewaySettings["group"] {
 }
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */
-export const NodeConfigSchema = z.object({
+export const NodeConfigSchema = z.strictObject({
   name: z.string().min(1).default("node1"),
-  /** Address workers listen on and are reached at. */
-  address: z.string().default("127.0.0.1"),
+  /** Address workers listen on and are reached at: an IP address. */
+  address: z.string().refine((a) => isIP(a) !== 0, "is not an IP address").default("127.0.0.1"),
   cpuMillis: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   memMB: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   /** GPUs declared for placement when the driver reports none. */
@@ -525,6 +532,12 @@ export async function readNodeConfig(
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) {
       throw new ValidationError(`Invalid node config ${path}: ${(err as Error).message}`);
+    }
+    if (settings.configRequired) {
+      throw new ValidationError(
+        `Invalid configuration: NODE_CONFIG: ${path} does not exist`,
+        "NODE_CONFIG",
+      );
     }
   }
   const r = NodeConfigSchema.safeParse(raw);

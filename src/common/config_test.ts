@@ -30,6 +30,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
     },
     node: {
       configPath: `${REPO_ROOT}/config/node.json`,
+      configRequired: false,
       mountAllow: [],
       name: undefined,
       address: undefined,
@@ -127,6 +128,12 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ STATESVC_ADDR: "" }, /STATESVC_ADDR: must not be empty/],
     [{ SCHEDULER_ADDR: "" }, /SCHEDULER_ADDR: must not be empty/],
     [{ INFERX_ADMIN_APIKEY: "admin key change me 0123" }, /INFERX_ADMIN_APIKEY: must not contain/],
+    // Digits only: Number() took " " for 0 (a port the system picks), "0x10" for 16.
+    [{ GATEWAY_PORT: " " }, /GATEWAY_PORT: " " is not a non-negative integer/],
+    [{ GATEWAY_PORT: "0x10" }, /GATEWAY_PORT: "0x10" is not a non-negative integer/],
+    [{ INFERX_BODY_LIMIT: "1e3" }, /INFERX_BODY_LIMIT: "1e3" is not a non-negative integer/],
+    [{ INFERX_BIND: "" }, /INFERX_BIND: must not be empty/],
+    [{ NODE_ADDRESS: "10.999.0.1" }, /NODE_ADDRESS: is not an IP address/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
@@ -187,6 +194,19 @@ Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME o
     assert.deepEqual([over.name, over.address, over.runtime], ["b", "10.0.0.7", "process"]);
     const missing = await loadNodeConfig({ configPath: `${dir}/none.json`, port: 0 });
     assert.equal(missing.name, "node1", "a missing node.json gives the defaults");
+    // Unless NODE_CONFIG named it: a typo of the path is said, not taken for no file.
+    await assert.rejects(
+      loadNodeConfig(readConfig(envOf({ NODE_CONFIG: `${dir}/node.gpu.json` })).node),
+      /NODE_CONFIG: .*node\.gpu\.json does not exist/,
+    );
+    // Keys it does not know (a misspelling) and an address that is no IP address are refused.
+    await Deno.writeTextFile(path, JSON.stringify({ cpumillis: 1000 }));
+    await assert.rejects(loadNodeConfig({ configPath: path, port: 0 }), /cpumillis/);
+    await Deno.writeTextFile(path, JSON.stringify({ address: "node-a.local" }));
+    await assert.rejects(
+      loadNodeConfig({ configPath: path, port: 0 }),
+      /address: is not an IP address/,
+    );
     await Deno.writeTextFile(path, JSON.stringify({ cpuMillis: 0 }));
     await assert.rejects(
       loadNodeConfig({ configPath: path, port: 0 }),
