@@ -162,9 +162,14 @@ export function prepared(o: Obj): Obj {
 const labelsOf = (o: Obj): Record<string, string> => o.object?.metadata?.labels ?? {};
 
 /** The objects of `sources` that the selector selects, prepared, in creation order. */
-async function selected(sources: readonly string[], io: Io, selector?: string): Promise<Obj[]> {
+async function selected(
+  sources: readonly string[],
+  io: Io,
+  selector?: string,
+): Promise<{ objs: Obj[]; all: Obj[] }> {
   const out: Obj[] = [];
-  for (const o of await readObjects(sources)) {
+  const all = await readObjects(sources);
+  for (const o of all) {
     const labels = labelsOf(o);
     for (const [k, v] of isMap(labels) ? Object.entries(labels) : []) {
       // Else a selector would skip it unseen, where the server refuses it.
@@ -182,7 +187,7 @@ async function selected(sources: readonly string[], io: Io, selector?: string): 
     }
     out.push(prepared(o));
   }
-  return out;
+  return { objs: out, all };
 }
 
 function selects(selector: string, labels: Record<string, string>): boolean {
@@ -272,8 +277,10 @@ async function desired(send: Send, sources: readonly string[], io: Io, options: 
   if (options.prune && options.selector === undefined) {
     throw new CliError("--prune needs -l SELECTOR: the labels of the objects these files own");
   }
-  const objs = await selected(sources, io, options.selector);
-  const doomed = options.prune ? await pruneCandidates(send, objs, options.selector!) : [];
+  const { objs, all } = await selected(sources, io, options.selector);
+  // What the files still have, and the namespaces they fill, from every object read: the
+  // selector picks what is applied and what may be deleted, not what the files hold.
+  const doomed = options.prune ? await pruneCandidates(send, all, options.selector!) : [];
   return { objs, doomed };
 }
 
@@ -302,7 +309,8 @@ export async function applyObjects(
 
 /**
  * Applied objects (they carry the annotation) that `selector` selects, in
- * the namespaces `objs` fill, that `objs` no longer has: functions first.
+ * the namespaces `objs` (every object the files hold) fill, that `objs` no
+ * longer has: functions first.
  */
 async function pruneCandidates(send: Send, objs: Obj[], selector: string): Promise<Obj[]> {
   const scopes = new Set<string>();

@@ -191,6 +191,31 @@ t("apply --prune deletes applied objects the directory no longer has, after aski
   assert.equal(policy.asked.length, 0, "--yes asks nothing");
 });
 
+t(
+  "--prune with -l reckons what the files still have from every object in them, not the selected ones",
+  async (s) => {
+    const ns = { type: "namespace", tenant: "t", namespace: "system", name: "p2", object: {} };
+    const inP2 = (name: string, labels: Record<string, string>) => ({
+      ...fn(name, {}, labels),
+      namespace: "p2",
+    });
+    await s.write("ns.json", [ns]);
+    await s.write("f.json", [inP2("f1", { app: "x" }), inP2("f2", { app: "x" })]);
+    await s.apply();
+    // f2 relabelled in the files: still there, so not deleted (and, not selected, not applied).
+    await s.write("f.json", [inP2("f1", { app: "x" }), inP2("f2", { app: "y" })]);
+    const relabelled = await s.diff({ prune: true, selector: "app=x" });
+    assert.equal(relabelled.changes, false, relabelled.out.join("\n"));
+    // Every app=x function gone from the files, the (unlabelled) namespace file kept: both go.
+    await s.write("f.json", []);
+    const planned = await s.diff({ prune: true, selector: "app=x" });
+    assert.deepEqual(planned.out.filter((l) => /would be deleted/.test(l)), [
+      `function t/p2/f1: would be deleted (no longer in ${s.dir})`,
+      `function t/p2/f2: would be deleted (no longer in ${s.dir})`,
+    ]);
+  },
+);
+
 t("-l applies only the objects whose labels match, saying which it skipped", async (s) => {
   await s.write("a.yaml", [fn("a", {}, { app: "demo" }), fn("b", {})]);
   const r = await s.apply({ selector: "app=demo" });
