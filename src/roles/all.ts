@@ -32,6 +32,11 @@ export interface AllHandle extends RoleHandle {
 
 /** Starts state service, node agent, scheduler and gateway, in that order. */
 export async function start(config: Config): Promise<AllHandle> {
+  if (config.cluster.etcdAddrs) {
+    logger().warning(
+      "ETCD_ADDRS is set but All runs on its embedded store: etcd is for the roles run apart",
+    );
+  }
   const state = await statesvc.start({ dataDir: config.dataDir });
   const meta = state.service;
   if (config.samplesDir) await applySamples(meta, config.samplesDir);

@@ -72,6 +72,11 @@ export async function start(config: Config): Promise<RoleHandle> {
       },
     });
   } else {
+    // No election without etcd: every replica started so leads, each placing pods on its own.
+    log.warning(
+      "Scheduler {id} leads without an election (ETCD_ADDRS is unset): run one replica only",
+      { id },
+    );
     await lead();
   }
   return {
