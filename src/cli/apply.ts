@@ -20,8 +20,8 @@
  *
  * @module
  */
-import { parseAllDocuments } from "yaml";
 import { APPLIED_BY_ANNOTATION, selectorMatches } from "../model/metadata.ts";
+import { ObjectFileError, readObjectFiles } from "../model/object_files.ts";
 import { CliError, type Ctl, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
 import { fieldDiff, formatChange } from "./diff.ts";
 
@@ -41,8 +41,6 @@ export interface ApplyOptions {
 // deno-lint-ignore no-explicit-any
 type Obj = Record<string, any>;
 
-/** Creation order: parents first. */
-const ORDER = ["tenant", "namespace", "funcpolicy", "function"];
 /** Types `--prune` deletes: those that live in a namespace. */
 const PRUNED = ["function", "funcpolicy"] as const;
 /** The value of the annotation apply writes. */
@@ -55,87 +53,13 @@ const isMap = (v: unknown): v is Obj => !!v && typeof v === "object" && !Array.i
 /** The files `-f` names say, as messages name them. */
 const sourcesText = (sources: readonly string[]) => sources.join(", ");
 
-/** The files of directory `dir` apply reads: `.json`, `.yaml`, `.yml` (any case), links followed. */
-async function dirFiles(dir: string): Promise<string[]> {
-  const files: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    if (!/\.(json|ya?ml)$/i.test(e.name)) continue;
-    const path = `${dir}/${e.name}`;
-    // A link (a Kubernetes ConfigMap's files are) counts as what it leads to.
-    if (e.isFile || (e.isSymlink && (await Deno.stat(path)).isFile)) files.push(path);
-  }
-  return files.sort();
-}
-
-/**
- * The objects of `sources`: JSON or YAML files (one object, a list, or
- * several YAML documents), every `.json`, `.yaml` and `.yml` file of a
- * directory (not its subdirectories; links to files followed), or `-` for
- * stdin.
- */
+/** The objects of `sources` (`model/object_files.ts`), its errors the command's. */
 export async function readObjects(sources: readonly string[]): Promise<Obj[]> {
-  const files: string[] = [];
-  for (const source of sources) {
-    try {
-      if (source !== "-" && (await Deno.stat(source)).isDirectory) {
-        files.push(...await dirFiles(source));
-      } else files.push(source);
-    } catch (err) {
-      throw new CliError(`Cannot read ${source}: ${(err as Error).message}`);
-    }
-  }
-  const objs: Obj[] = [];
-  const seen = new Map<string, string>();
-  for (const file of files) {
-    for (const [i, o] of (await readFile(file)).entries()) {
-      for (const f of ["type", "tenant", "namespace", "name"]) {
-        if (o[f] === undefined || o[f] === "") {
-          throw new CliError(`Cannot apply ${file}: object ${i + 1} has no ${f}`);
-        }
-        if (typeof o[f] !== "string") {
-          throw new CliError(
-            `Cannot apply ${file}: the ${f} of object ${i + 1} is ${
-              JSON.stringify(o[f])
-            }, not a string (quote it in YAML)`,
-          );
-        }
-      }
-      const first = seen.get(idOf(o));
-      if (first !== undefined) {
-        throw new CliError(
-          `Cannot apply ${sourcesText(sources)}: ${idOf(o)} appears twice (${first}, ${file})`,
-        );
-      }
-      seen.set(idOf(o), file);
-      objs.push(o);
-    }
-  }
-  if (objs.length === 0) {
-    throw new CliError(`Cannot apply ${sourcesText(sources)}: it holds no objects`);
-  }
-  return objs.sort((a, b) => ORDER.indexOf(a.type) - ORDER.indexOf(b.type));
-}
-
-async function readFile(file: string): Promise<Obj[]> {
-  let text: string;
   try {
-    text = file === "-"
-      ? await new Response(Deno.stdin.readable).text()
-      : await Deno.readTextFile(file);
+    return await readObjectFiles(sources);
   } catch (err) {
-    throw new CliError(`Cannot read ${file}: ${(err as Error).message}`);
+    throw err instanceof ObjectFileError ? new CliError(err.message) : err;
   }
-  const objs: Obj[] = [];
-  for (const d of parseAllDocuments(text)) {
-    if (d.errors.length) throw new CliError(`Cannot parse ${file}: ${d.errors[0].message}`);
-    const v = d.toJS();
-    if (v === null || v === undefined) continue;
-    for (const o of Array.isArray(v) ? v : [v]) {
-      if (!isMap(o)) throw new CliError(`Cannot apply ${file}: every object must be a mapping`);
-      objs.push(o);
-    }
-  }
-  return objs;
 }
 
 /**

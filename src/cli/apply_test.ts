@@ -232,6 +232,7 @@ t("apply refuses files it cannot use, naming the problem", async (s) => {
   await Deno.writeTextFile(`${s.dir}/a.json`, "- [unclosed");
   await assert.rejects(s.apply(), /Cannot parse .*a\.json/);
   await assert.rejects(s.apply({}, "", `${s.dir}/missing.json`), /Cannot read .*missing\.json/);
+  await assert.rejects(s.apply({}, "", ["-", "-"]), /stdin \(-\) can be read once/);
 });
 
 t(

@@ -1,19 +1,18 @@
 /**
- * Applies the sample objects in a directory (JSON files, each an object or an
- * array of objects) through the {@linkcode StateService}, each once: what is
+ * Applies the sample objects in a directory (JSON or YAML files, as `ctl
+ * apply` reads them: `model/object_files.ts`) through the
+ * {@linkcode StateService}, each once: what is
  * missing and was never created is created; what exists is left as it is, so
  * user changes survive restarts, and what was created once and then deleted
  * stays deleted (the ids created are recorded in the store).
  *
  * @module
  */
-import { AlreadyExistsError } from "../common/errors.ts";
+import { AlreadyExistsError, ValidationError } from "../common/errors.ts";
+import { ObjectFileError, readObjectFiles } from "../model/object_files.ts";
 import { logger } from "../common/log.ts";
 import type { ObjectInput } from "../rpc/types.ts";
-import type { UserType } from "../model/keys.ts";
 import type { StateService } from "./service.ts";
-
-const ORDER: UserType[] = ["tenant", "namespace", "funcpolicy", "function"];
 
 const idOf = (o: ObjectInput) => `${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
 
@@ -22,16 +21,14 @@ const idOf = (o: ObjectInput) => `${o.type}/${o.tenant}/${o.namespace}/${o.name}
  * before; returns how many it created.
  */
 export async function applySamples(meta: StateService, dir: string): Promise<number> {
-  const inputs: ObjectInput[] = [];
-  const files: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    if (e.isFile && e.name.endsWith(".json")) files.push(e.name);
+  let inputs: ObjectInput[];
+  try {
+    inputs = await readObjectFiles([dir], { allowNone: true }) as ObjectInput[];
+  } catch (err) {
+    // A file that names no object, or cannot be read: said with its name and the setting.
+    if (!(err instanceof ObjectFileError)) throw err;
+    throw new ValidationError(`Invalid samples (INFERX_SAMPLES): ${err.message}`, "INFERX_SAMPLES");
   }
-  for (const f of files.sort()) {
-    const parsed = JSON.parse(await Deno.readTextFile(`${dir}/${f}`));
-    inputs.push(...(Array.isArray(parsed) ? parsed : [parsed]));
-  }
-  inputs.sort((a, b) => ORDER.indexOf(a.type as UserType) - ORDER.indexOf(b.type as UserType));
   const record = await meta.samplesCreated();
   const done = new Set(record.ids);
   let created = 0;

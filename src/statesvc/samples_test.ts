@@ -61,3 +61,27 @@ Deno.test("a new sample file adds its objects to a store that has the others", a
     ]);
   });
 });
+
+Deno.test("samples are read as ctl apply reads files: YAML and links too; a bad file is named", async () => {
+  await withTempDir("ixsamples-", async (dir) => {
+    const meta = new StateService(await openSqliteStore());
+    await Deno.mkdir(`${dir}/data`);
+    await Deno.writeTextFile(
+      `${dir}/data/t.yaml`,
+      "type: tenant\ntenant: system\nnamespace: system\nname: ylab\nobject: {}\n",
+    );
+    // A Kubernetes ConfigMap mounts its files as links.
+    await Deno.mkdir(`${dir}/cm`);
+    await Deno.symlink(`${dir}/data/t.yaml`, `${dir}/cm/t.yaml`);
+    assert.equal(await applySamples(meta, `${dir}/cm`), 1);
+    assert.ok(
+      await meta.get({ type: "tenant", tenant: "system", namespace: "system", name: "ylab" }),
+    );
+    assert.equal(await applySamples(meta, `${dir}/data/..`), 0, "a directory with none: none");
+    await Deno.writeTextFile(`${dir}/cm/bad.json`, '{"type": "tenant",');
+    await assert.rejects(
+      applySamples(meta, `${dir}/cm`),
+      /Invalid samples \(INFERX_SAMPLES\): Cannot parse .*bad\.json/,
+    );
+  });
+});
