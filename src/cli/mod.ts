@@ -420,8 +420,11 @@ export async function runCtl(
     Object.assign(waits, WAITS);
     if (values.timeout !== undefined) {
       const s = Number(values.timeout);
-      if (!(s > 0)) {
-        throw new CliError(`--timeout "${values.timeout}": a positive number of seconds`);
+      // A timer's most (2^31 - 1 ms, about 24.8 days): past it, it fires at once.
+      if (!(s > 0) || s * 1000 > 2 ** 31 - 1) {
+        throw new CliError(
+          `--timeout "${values.timeout}": a positive number of seconds, 2147483 at most`,
+        );
       }
       waits.api = waits.call = s * 1000;
     }

@@ -141,6 +141,12 @@ t("ctl refuses what a command does not take, and answers that are not the gatewa
     assert.equal(hung.code, 1);
     assert.match(hung.err, /did not answer within 0.3 s \(--timeout\)/);
     assert.doesNotMatch(hung.err, /secret/, "credentials in the URL are not printed");
+    // Past a timer's reach (about 24.8 days) it would fire at once: refused.
+    for (const t of ["2147484", "Infinity", "0"]) {
+      const r = await ctl("--timeout", t, "list", "function", "t/n");
+      assert.equal(r.code, 1, t);
+      assert.match(r.err, /--timeout .*: a positive number of seconds, 2147483 at most/);
+    }
     const closed = freePort();
     const refused = await ctl("--gateway", `http://127.0.0.1:${closed}`, "list", "function", "t/n");
     // The runtime's reason is told, not only "fetch failed".
