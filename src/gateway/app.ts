@@ -20,7 +20,7 @@ import type { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { authenticate } from "./middleware/authenticate.ts";
-import { errorAnswer } from "./middleware/errors.ts";
+import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
 import { observe } from "./middleware/observe.ts";
 import { apikeyRoutes } from "./routes/apikeys.ts";
 import { auditRoutes } from "./routes/audit.ts";
@@ -143,7 +143,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
   app.onError((err, c) => {
     const e = toInferxError(err);
     if (e.code === "internal") log.error("Request failed: {error}", { error: String(err) });
-    const a = errorAnswer(e);
+    const a = errorAnswer(e, isOpenaiPath(c.req.path));
     return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
   });
   // The methods the routes take at a path, from the routes as mounted (known once all are).

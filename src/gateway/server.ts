@@ -24,7 +24,7 @@ import {
   serveHttp1,
   toRequest,
 } from "./http1/server.ts";
-import { errorAnswer } from "./middleware/errors.ts";
+import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
 import {
   type CallAnswer,
@@ -112,7 +112,7 @@ export function serveGateway(
       const e = toInferxError(err);
       if (e.code === "internal") log.error("Call failed: {error}", { error: String(err) });
       rec.failed(e);
-      const a = errorAnswer(e);
+      const a = errorAnswer(e, !parsed);
       return await res.send(a.status, a.headers, a.body);
     }
     if (answer.bytes !== undefined) {
@@ -160,7 +160,7 @@ export function serveGateway(
     try {
       request = toRequest(req, deps.bodyLimit, abort.signal);
     } catch (err) {
-      const a = errorAnswer(toInferxError(err));
+      const a = errorAnswer(toInferxError(err), isOpenaiPath(req.url));
       return await res.send(a.status, a.headers, a.body);
     }
     const response = await app.fetch(request);
@@ -193,7 +193,7 @@ export function serveGateway(
         if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
           new CallRecord(observed, req.method, path, performance.now()).failed(e);
         }
-        const a = errorAnswer(e);
+        const a = errorAnswer(e, isOpenaiPath(url));
         return res.send(a.status, a.headers, a.body);
       }
       if (url.startsWith("/funccall/")) {

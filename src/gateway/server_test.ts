@@ -130,7 +130,10 @@ t("the listener answers call errors as JSON and records them like the app does",
   for (const [path, body, headers, status, code] of cases) {
     const r = await post(`${g.url}${path}`, body, headers);
     assert.equal(r.status, status, path);
-    assert.equal((await r.json()).error.code, code);
+    const e = (await r.json()).error;
+    assert.equal(e.code, code);
+    // OpenAI's shape on its routes: `type` beside the code.
+    assert.equal(e.type, path.startsWith("/v1/") ? "invalid_request_error" : undefined, path);
     if (status === 401) assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
   }
   // A target with a dot segment (sent raw: fetch() would resolve it).

@@ -28,15 +28,44 @@ const RETRY_AFTER_S: Partial<Record<ErrorCode, number>> = {
   quota_exceeded: 30,
 };
 
-/** The answer to `err`. */
-export function errorAnswer(err: InferxError): ErrorAnswer {
+/**
+ * OpenAI's error `type` by status, which its client libraries expose
+ * (`APIError.type`) beside the status.
+ */
+function openaiType(status: number): string {
+  if (status === 401) return "authentication_error";
+  if (status === 403) return "permission_error";
+  if (status === 429) return "rate_limit_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
+/** Whether `path` is one of the OpenAI-style routes (`/v1/...`): their errors are in OpenAI's shape too. */
+export const isOpenaiPath = (path: string): boolean => path.startsWith("/v1/");
+
+/**
+ * The answer to `err`. `openai`: for an OpenAI-style route, the body also
+ * has OpenAI's `type` and `param` (the field at fault, else null), as its
+ * clients read them; `code` and `message` are the same.
+ */
+export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   const status = httpStatus(err.code);
   const headers: [string, string][] = [["content-type", "application/json"]];
   if (status === 401) headers.push(["www-authenticate", 'Bearer realm="inferx"']);
   const allow = err.details?.allow;
   if (status === 405 && Array.isArray(allow)) headers.push(["allow", allow.join(", ")]);
   if (status === 429 || status === 503) headers.push(["retry-after", String(retryAfter(err))]);
-  return { status, headers, body: JSON.stringify(errorBody(err)) };
+  const body = errorBody(err);
+  if (!openai) return { status, headers, body: JSON.stringify(body) };
+  const field = err.details?.field;
+  const shaped = {
+    error: {
+      ...body.error,
+      type: openaiType(status),
+      param: typeof field === "string" ? field : null,
+    },
+  };
+  return { status, headers, body: JSON.stringify(shaped) };
 }
 
 /** `Retry-After` for `err`: `details.retry_after_s` when the error says, else by its code. */

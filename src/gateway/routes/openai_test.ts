@@ -77,8 +77,29 @@ t("/v1 refuses bad calls with clear errors", async () => {
   for (const [body, headers, status, re] of cases) {
     const r = await complete(f, body, headers);
     assert.equal(r.status, status, JSON.stringify(body));
-    assert.match((await r.json()).error.message, re);
+    const e = (await r.json()).error;
+    assert.match(e.message, re);
+    // In OpenAI's shape as well: its clients read `type` and `param`.
+    assert.equal(e.type, "invalid_request_error");
+    assert.ok("param" in e);
   }
+  const noModel = await (await complete(f, { prompt: "x" })).json();
+  assert.deepEqual([noModel.error.code, noModel.error.param], ["invalid", "model"]);
+  // A /funccall error keeps the platform's own shape.
+  const fc = await f.app.request("/funccall/t/n/nope/x", { method: "POST" });
+  assert.deepEqual(Object.keys((await fc.json()).error).sort(), ["code", "message"]);
+  await f.close();
+});
+
+t("/v1 errors carry OpenAI's type by status (401: authentication_error)", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  const r = await f.app.request("/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: "Bearer wrong-key" },
+    body: JSON.stringify({ model: "f" }),
+  });
+  assert.equal(r.status, 401);
+  assert.deepEqual((await r.json()).error.type, "authentication_error");
   await f.close();
 });
 
