@@ -480,6 +480,10 @@ function decodeObject(input: unknown): UserObject {
   const what = `${type} ${tenant}/${namespace}/${name}`;
   const parts = unwrapObject(env.data.object, what);
   const raw = parts.spec;
+  if (type !== "function" && (env.data.object as { rollout?: unknown } | undefined)?.rollout) {
+    // Else dropped without a word, the writer taking it for done.
+    throw new ValidationError(`Invalid ${what}: rollout: only a function is rolled out`, "rollout");
+  }
   const meta: ObjectMeta = { tenant, namespace, name, revision: env.data.revision ?? 0 };
   if (parts.metadata !== undefined) {
     const m = ObjectMetadataSchema.safeParse(parts.metadata);

@@ -152,6 +152,28 @@ const invalid: [string, unknown, string][] = [
     ),
     "object.spec.sample_query.__proto__",
   ],
+  [
+    "a rollout of a funcpolicy (only functions are rolled out)",
+    {
+      type: "funcpolicy",
+      tenant: "p",
+      namespace: "d",
+      name: "cp",
+      object: { spec: {}, rollout: "promote" },
+    },
+    "rollout",
+  ],
+  [
+    "a rollout of a namespace",
+    {
+      type: "namespace",
+      tenant: "p",
+      namespace: "system",
+      name: "d",
+      object: { spec: {}, rollout: "rollback" },
+    },
+    "rollout",
+  ],
 ];
 
 for (const [title, input, field] of invalid) {
