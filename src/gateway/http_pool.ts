@@ -696,7 +696,7 @@ export class HttpPool {
         // a request that may be sent twice goes to another worker.
         if (conn.wroteSome && !mayRepeat(req)) {
           throw new AnswerBroken(
-            `${endpoint} closed the connection without answering (the call is not sent again: it may have run)`,
+            `${endpoint} closed the connection without answering, after taking the whole request (it may have run it, so it was not sent to another worker)`,
             { cause: err },
           );
         }
