@@ -276,16 +276,20 @@ export class CallQueue {
     this.#stopped = true;
     this.#informer?.stop();
     clearInterval(this.#timer);
-    if (this.#runs.size) {
+    const settled = async () => {
+      if (!this.#runs.size) return;
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
         Promise.all(this.#runs),
         new Promise((r) => timer = setTimeout(r, graceMs)),
       ]);
       clearTimeout(timer);
-    }
+    };
+    await settled();
     for (const c of this.#claims.values()) c.abort.abort();
-    await Promise.all(this.#runs);
+    // Handing back writes their attempts to the store; one that cannot be reached (its state
+    // service down) must not hold the gateway's stop for ever: the claims lapse by themselves.
+    await settled();
   }
 
   /** Calls this gateway is working on now. */

@@ -477,3 +477,44 @@ t(
     await server.shutdown();
   },
 );
+
+t(
+  "a stop whose hand-back cannot reach the store (its state service down) ends all the same",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    await f.deps.calls.stop(0); // the second gateway runs the call
+    const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async () => {
+      await new Promise((r) => setTimeout(r, 5000));
+      return Response.json({});
+    });
+    let down = false;
+    const meta = new Proxy(f.meta, {
+      get(target, key) {
+        const v = Reflect.get(target, key) as unknown;
+        if (typeof v !== "function") return v;
+        // Once down, every write waits for ever (no answer, no error).
+        if (key === "update" || key === "create") {
+          return (...a: unknown[]) => down ? new Promise(() => {}) : v.apply(target, a);
+        }
+        return v.bind(target);
+      },
+    });
+    const g = await secondGateway(f, `127.0.0.1:${slow.addr.port}`, undefined, { meta });
+    try {
+      const id = await store(f, record("a"));
+      await until("the call running on gw-2", async () => (await read(f, id)).owner === "gw-2");
+      down = true;
+      const t0 = Date.now();
+      const ended = await Promise.race([
+        g.queue.stop(100).then(() => "stopped"),
+        new Promise((r) => setTimeout(() => r("still stopping after 3 s"), 3000)),
+      ]);
+      assert.equal(ended, "stopped");
+      assert.ok(Date.now() - t0 < 2000, `${Date.now() - t0} ms`);
+    } finally {
+      down = false;
+      await slow.shutdown();
+      await f.close();
+    }
+  },
+);
