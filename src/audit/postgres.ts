@@ -331,6 +331,7 @@ export class PostgresAuditBackend implements AuditBackend {
         ${q.namespace !== undefined ? sql`and namespace = ${q.namespace}` : sql``}
         ${q.func !== undefined ? sql`and func = ${q.func}` : sql``}
         ${q.since !== undefined ? sql`and time >= ${new Date(q.since)}` : sql``}
+        ${q.until !== undefined ? sql`and time < ${new Date(q.until)}` : sql``}
         ${q.status ? sql`and status between ${q.status.min} and ${q.status.max}` : sql``}
       order by time desc, id desc
       limit ${q.limit ?? 100}`;

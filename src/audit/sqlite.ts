@@ -566,6 +566,10 @@ function querySql(
     where.push("r.time >= ?");
     args.push(q.since);
   }
+  if (q.until !== undefined) {
+    where.push("r.time < ?");
+    args.push(q.until);
+  }
   if (q.status !== undefined && kind === "requests") {
     // Read along the time index; the range only drops rows from what it walks.
     where.push("r.status between ? and ?");
@@ -600,6 +604,10 @@ function spanSql(
     where.push("time_max >= ?");
     spanArgs.push(q.since);
   }
+  if (q.until !== undefined) {
+    where.push("time_min < ?");
+    spanArgs.push(q.until);
+  }
   // The cursor: spans after the last one read, in (time_max, id) order descending.
   where.push("(time_max, id) < (?, ?)");
   const rowWhere = ["r.id between ? and ?"];
@@ -607,6 +615,10 @@ function spanSql(
   if (q.since !== undefined) {
     rowWhere.push("r.time >= ?");
     rowArgs.push(q.since);
+  }
+  if (q.until !== undefined) {
+    rowWhere.push("r.time < ?");
+    rowArgs.push(q.until);
   }
   if (q.status !== undefined) {
     rowWhere.push("r.status between ? and ?");
@@ -854,8 +866,14 @@ export class SqliteAuditBackend implements AuditBackend {
           taken += rows.length;
           if (taken >= limit || (rows.length && Number(rows[0].time) < bar)) break;
           // Fewer rows than ids, filtered by time alone: the rest are older than `since`
-          // (or deleted by retention, which takes the oldest first).
-          if (rows.length < hi - lo + 1 && !q.status) break;
+          // (or deleted by retention, which takes the oldest first) — unless the window's top
+          // was newer than `until`, the rows below it still to read.
+          if (rows.length < hi - lo + 1 && !q.status) {
+            const top = q.until === undefined
+              ? undefined
+              : (this.#timeOf.get(hi) as Row | undefined)?.time;
+            if (top === undefined || Number(top) < q.until!) break;
+          }
           // Filtered by status too: the window's first row says whether the rest are older.
           if (q.since !== undefined && q.status) {
             const t = (this.#timeOf.get(lo) as Row | undefined)?.time;

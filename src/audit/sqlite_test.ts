@@ -479,6 +479,8 @@ Deno.test("SqliteAuditBackend answers as a plain sort of its rows would, through
           if (r() < 0.5) q.func = pick(["f", "g", "h"]);
         }
         if (r() < 0.4) q.since = now - Math.floor(r() * 4000);
+        // A window's end, or the next page's: rows newer than it are read past, not stopped at.
+        if (r() < 0.4) q.until = now - Math.floor(r() * 3000);
         if (r() < 0.3) q.status = { min: 500, max: 599 };
         const where: string[] = [];
         const args: (string | number)[] = [];
@@ -486,6 +488,7 @@ Deno.test("SqliteAuditBackend answers as a plain sort of its rows would, through
           if (q[f] !== undefined) (where.push(`${f} = ?`), args.push(q[f]!));
         }
         if (q.since !== undefined) (where.push("time >= ?"), args.push(q.since));
+        if (q.until !== undefined) (where.push("time < ?"), args.push(q.until));
         if (q.status) where.push("status between 500 and 599");
         const want = b.db.prepare(
           `select path from requests_view ${

@@ -78,6 +78,8 @@ export interface AuditQuery {
   status?: { min: number; max: number };
   /** Rows at or after this time (ms). */
   since?: number;
+  /** Rows before this time (ms): with `since`, a window; the next page of a list. */
+  until?: number;
   /** Newest first, at most this many. @default 100 */
   limit?: number;
 }

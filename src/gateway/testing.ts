@@ -175,6 +175,7 @@ export function memoryAudit(): MemoryAudit {
       (q.namespace === undefined || r.namespace === q.namespace) &&
       (q.func === undefined || r.func === q.func) &&
       (q.since === undefined || r.time >= q.since) &&
+      (q.until === undefined || r.time < q.until) &&
       (!q.status || statusIn((r as Partial<RequestRow>).status, q.status))
     ).reverse().slice(0, q.limit ?? 100);
   return {

@@ -185,6 +185,13 @@ Deno.test({
         attempt: undefined,
       };
       assert.deepEqual(r3, { ...undef, itlP50Ms: undefined, itlP99Ms: undefined, ...rows[2] });
+      // `until` ends the window (the next page of a list): rows before it only.
+      const before = await backend.query("requests", { since: 1000, until: rows[2].time });
+      assert.deepEqual(
+        before.map((r) => r.time),
+        rows.filter((r) => r.time >= 1000 && r.time < rows[2].time).map((r) => r.time)
+          .sort((a, b) => b - a),
+      );
       for (const q of [{ since: 1000 }, { since: 1000, tenant: "u" }, { since: 1003 }]) {
         const want = summarizeUsage(rows, q);
         delete want.rowsRead;

@@ -1,7 +1,10 @@
 /**
  * The audit: `GET /audit/requests` and `GET /audit/pods`, newest first,
- * filtered by `tenant`, `namespace`, `func`, `since` (ms) and `limit`, and
- * request rows by `status` (`503`, or a class: `5xx`); `GET /audit/stats`
+ * filtered by `tenant`, `namespace`, `func`, `since` and `until` (ms) and
+ * `limit`, and request rows by `status` (`503`, or a class: `5xx`); a page
+ * that may have more after it says `next_until`, the `until` of the next
+ * (a page never splits a millisecond's rows, unless one millisecond holds
+ * more than `limit`); `GET /audit/stats`
  * for the log's health and the token usage of OpenAI-style calls by
  * function version and by tenant (`since`, default the last hour; `tenant`
  * to see one tenant's, with a grant on that tenant).
@@ -51,12 +54,39 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     authorize(c.var.principal, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
-    const rows = kind === "requests"
-      ? await deps.audit.query("requests", q)
-      : await deps.audit.query("pods", q);
-    return c.json({ items: rows, stats: bufferStats(deps, c.var.principal) });
+    // One row more than asked: whether another page follows, and where it begins.
+    const more = { ...q, limit: q.limit! + 1 };
+    const rows: { time: number }[] = kind === "requests"
+      ? await deps.audit.query("requests", more)
+      : await deps.audit.query("pods", more);
+    const { items, nextUntil } = pageOf(rows, q.limit!);
+    return c.json({
+      items,
+      ...(nextUntil === undefined ? {} : { next_until: nextUntil }),
+      stats: bufferStats(deps, c.var.principal),
+    });
   });
   return app;
+}
+
+/**
+ * The first `limit` of `rows` (newest first, one more than a page when more
+ * follow) and the `until` of the next page: the page ends at a millisecond's
+ * boundary, the rows of the millisecond it would split going to the next
+ * (unless they would be the whole page).
+ */
+export function pageOf<R extends { time: number }>(
+  rows: R[],
+  limit: number,
+): { items: R[]; nextUntil?: number } {
+  if (rows.length <= limit || limit === 0) return { items: rows.slice(0, limit) };
+  let items = rows.slice(0, limit);
+  const last = items[limit - 1].time;
+  if (rows[limit].time !== last) return { items, nextUntil: last };
+  const whole = items.filter((r) => r.time !== last);
+  if (whole.length === 0) return { items, nextUntil: last }; // one millisecond past the limit
+  items = whole;
+  return { items, nextUntil: last + 1 };
 }
 
 /**
@@ -72,7 +102,7 @@ function bufferStats(deps: RouteDeps, p: Principal) {
 
 /** 9999-12-31T23:59:59.999Z. */
 const LAST_MS = 253_402_300_799_999;
-const AUDIT_PARAMS = new Set(["tenant", "namespace", "func", "since", "limit", "status"]);
+const AUDIT_PARAMS = new Set(["tenant", "namespace", "func", "since", "until", "limit", "status"]);
 
 /** Filters that an empty value leaves out, as a form sends it (an empty number is refused). */
 const TEXT_FILTERS = new Set(["tenant", "namespace", "func", "status"]);
@@ -93,7 +123,7 @@ export function auditQuery(raw: Record<string, string | undefined>): AuditQuery 
     }
     if (v !== "" || !TEXT_FILTERS.has(k)) query[k] = v;
   }
-  const { tenant, namespace, func, since, limit, status } = query;
+  const { tenant, namespace, func, since, until, limit, status } = query;
   if ((namespace || func) && !tenant) {
     throw new ValidationError("Invalid audit query: namespace and func need tenant", "tenant");
   }
@@ -104,6 +134,7 @@ export function auditQuery(raw: Record<string, string | undefined>): AuditQuery 
     status: statusRange(status),
     // To the end of year 9999: what a timestamp of either store holds (PostgreSQL refused later).
     since: intParam(since, "since", 0, LAST_MS),
+    until: intParam(until, "until", 0, LAST_MS),
     limit: intParam(limit, "limit", 0, 10_000) ?? 100,
   };
 }

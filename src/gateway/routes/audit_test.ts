@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { gatewayFixture } from "../testing.ts";
+import { pageOf } from "./audit.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -29,7 +30,8 @@ t("the audit routes filter request rows and refuse bad queries", async () => {
     ["/audit/requests?tenant=t&limit=1e2", 400, /limit/],
     ["/audit/requests?tenant=t&limit=0x10", 400, /limit/],
     ["/audit/things", 404, /No audit of "things"/],
-    ["/audit/requests?tenant=t&until=5", 400, /unknown parameter "until"/],
+    ["/audit/requests?tenant=t&until=soon", 400, /until/],
+    ["/audit/requests?tenant=t&untill=5", 400, /unknown parameter "untill"/],
     ["/audit/requests?tenant=t&funcx=nope", 400, /unknown parameter "funcx"/],
     ["/audit/stats?status=5xx", 400, /takes tenant and since, not "status"/],
   ];
@@ -107,3 +109,31 @@ t(
     await f.close();
   },
 );
+
+t("the audit pages back with next_until, each row once, a millisecond never split", async () => {
+  const f = await gatewayFixture();
+  await (await f.app.request("/funccall/t/n/x/x")).body?.cancel();
+  const row = f.audit.requests.pop()!;
+  // Oldest first, as the log keeps them; two of one millisecond.
+  for (const [func, time] of [["a", 7], ["b", 8], ["c", 9], ["d", 9], ["e", 10]] as const) {
+    f.audit.requests.push({ ...row, func, time });
+  }
+  const seen: string[] = [];
+  const pages: string[][] = [];
+  let until: number | undefined;
+  for (let n = 0;; n++) {
+    assert.ok(n < 10, "pages end");
+    const q = `/audit/requests?tenant=t&limit=2${until === undefined ? "" : `&until=${until}`}`;
+    const page = await (await f.app.request(q)).json();
+    pages.push(page.items.map((r: { func: string }) => r.func));
+    seen.push(...pages.at(-1)!);
+    if (page.next_until === undefined) break;
+    until = page.next_until;
+  }
+  assert.deepEqual(pages, [["e"], ["d", "c"], ["b", "a"]], "9's two rows on one page");
+  assert.deepEqual(seen, ["e", "d", "c", "b", "a"]);
+  // One millisecond past the limit: given as it is (the rest of it skipped).
+  const tie = [{ time: 5 }, { time: 5 }, { time: 5 }];
+  assert.deepEqual(pageOf(tie, 2), { items: tie.slice(0, 2), nextUntil: 5 });
+  await f.close();
+});
