@@ -148,7 +148,9 @@ export class CallbackSender {
     body: string,
     secret: string,
     headers: Record<string, string> = {},
+    signal?: AbortSignal,
   ): Promise<number> {
+    signal?.throwIfAborted();
     const target = await this.check(rawUrl);
     const { url } = target;
     const bytes = new TextEncoder().encode(body);
@@ -186,6 +188,8 @@ export class CallbackSender {
       });
       req.on("timeout", () => req.destroy(new Error(`no answer within ${this.#timeoutMs} ms`)));
       req.on("error", reject);
+      // Broken off when its sender no longer holds the call (another gateway delivers).
+      signal?.addEventListener("abort", () => req.destroy(new Error("aborted")), { once: true });
       req.end(bytes);
     });
   }

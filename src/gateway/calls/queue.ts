@@ -482,7 +482,7 @@ export class CallQueue {
       expiresAt: c.expiresAt,
       seq: known?.seq ?? ++this.#seq,
     };
-    if (FINAL_STATUSES.has(c.status) && c.delivery?.state !== "pending") {
+    if (!needsWork(c)) {
       this.#open.delete(id);
       this.#done.set(id, listed);
       this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
@@ -601,19 +601,19 @@ export class CallQueue {
     if (!cur) return;
     const rec = decodeCall(cur.value);
     const final = FINAL_STATUSES.has(rec.status);
-    const pendingDelivery = final && rec.delivery?.state === "pending";
     if (
-      (final && !pendingDelivery) || (rec.owner && (rec.leaseUntil ?? 0) > now) ||
+      !needsWork(rec) || (rec.owner && (rec.leaseUntil ?? 0) > now) ||
       (!final && (rec.notBefore ?? 0) > now && rec.expiresAt > now)
     ) return;
     const last = rec.attempts.at(-1);
     if (last && last.endedAt === undefined) {
-      // Its gateway stopped renewing while running it: that attempt is lost.
+      // Its gateway stopped renewing while running it: that attempt is lost (or, cancelled
+      // meanwhile, ended by the cancel: its gateway was to close it, and went away first).
       last.endedAt = now;
-      last.error = {
-        code: "gateway_lost",
-        message: `Gateway ${last.gateway} stopped renewing its claim during this attempt`,
-      };
+      const lost = `Gateway ${last.gateway} stopped renewing its claim during this attempt`;
+      last.error = rec.status === "cancelled"
+        ? { code: "cancelled", message: `The call was cancelled; ${lost.toLowerCase()}` }
+        : { code: "gateway_lost", message: lost };
       if (rec.status === "running") this.#afterFailure(rec, now);
     }
     if (!FINAL_STATUSES.has(rec.status) && rec.expiresAt <= now) {
@@ -627,7 +627,7 @@ export class CallQueue {
       rec.owner = this.#self;
       rec.leaseUntil = now + this.leaseMs;
       delete rec.notBefore;
-    }
+    } else (delete rec.owner, delete rec.leaseUntil); // ended, its last attempt now closed
     let revision: number;
     try {
       revision = (await this.#deps.meta.update({ ...e.ref, object: rec, revision: cur.revision }))
@@ -938,11 +938,21 @@ export class CallQueue {
     else (delete r.owner, delete r.leaseUntil);
   }
 
+  /**
+   * Whether this gateway may still act for `c`: its claim neither lost nor
+   * let go, and not about to run out (a timer late after a pause, say: the
+   * store's lease is what another gateway goes by).
+   */
+  #holds(c: Claim): boolean {
+    return !c.lost && !c.abort.signal.aborted && c.rec.owner === this.#self &&
+      this.#now() < (c.rec.leaseUntil ?? 0) - this.leaseMs / 6;
+  }
+
   /** Delivers the callback of an ended call, with backoff between tries. */
   async #deliver(c: Claim): Promise<void> {
     const url = c.rec.callback!;
     while (c.rec.delivery?.state === "pending") {
-      if (this.#stopped) return;
+      if (this.#stopped || !this.#holds(c)) return;
       // Read for each try: a secret replaced meanwhile signs the tries after it.
       let secret: string;
       try {
@@ -969,7 +979,15 @@ export class CallQueue {
           throw new InferxError("invalid", "Not delivered before the call's retention ran out");
         }
         const body = JSON.stringify(callView(c.rec, c.result));
-        status = await this.callbacks.post(url, body, secret, { "x-inferx-call": c.rec.id });
+        // Its claim let go while the secret or the result was read: another gateway delivers.
+        if (!this.#holds(c)) return;
+        status = await this.callbacks.post(
+          url,
+          body,
+          secret,
+          { "x-inferx-call": c.rec.id },
+          c.abort.signal,
+        );
         if (status < 200 || status > 299) error = `the receiver answered ${status}`;
       } catch (err) {
         error = (err as Error).message;
@@ -1114,4 +1132,15 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       resolve();
     }
   });
+}
+
+/**
+ * Whether a call needs a gateway: to run, to deliver its callback, or to
+ * close an attempt its gateway left open (one cancelled while it ran, its
+ * gateway gone before it could).
+ */
+function needsWork(c: CallRecord): boolean {
+  if (!FINAL_STATUSES.has(c.status) || c.delivery?.state === "pending") return true;
+  const last = c.attempts.at(-1);
+  return last !== undefined && last.endedAt === undefined;
 }

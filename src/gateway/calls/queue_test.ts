@@ -9,6 +9,7 @@ import { FakeScheduler, type GatewayFixture, gatewayFixture } from "../testing.t
 import { CallbackSender } from "./callback.ts";
 import { CallQueue, refOf } from "./queue.ts";
 import type { MetaClient } from "../../rpc/types.ts";
+import { InferxError } from "../../common/errors.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -45,7 +46,11 @@ async function secondGateway(
   f: GatewayFixture,
   endpoint?: string,
   callbacks = new CallbackSender(),
-  { meta = f.meta, id = "gw-2" }: { meta?: MetaClient; id?: string } = {},
+  { meta = f.meta, id = "gw-2", backoffMs = 20 }: {
+    meta?: MetaClient;
+    id?: string;
+    backoffMs?: number;
+  } = {},
 ) {
   const sched = new FakeScheduler();
   if (endpoint) sched.endpoints.push(endpoint);
@@ -57,7 +62,7 @@ async function secondGateway(
     cache,
     pool,
     observe: { metrics: new GatewayMetrics(cache), gatewayId: id },
-  }, { gatewayId: id, leaseMs: 500, backoffMs: 20, callbacks });
+  }, { gatewayId: id, leaseMs: 500, backoffMs, callbacks });
   await queue.start();
   return {
     queue,
@@ -516,5 +521,92 @@ t(
       await slow.shutdown();
       await f.close();
     }
+  },
+);
+
+/** A store whose writes fail (`unavailable`) while `down.on`: a gateway cut off from it. */
+function flakyWrites(meta: MetaClient) {
+  const down = { on: false };
+  const proxy = new Proxy(meta, {
+    get(target, key) {
+      const v = Reflect.get(target, key) as unknown;
+      if (typeof v !== "function") return v;
+      if (key === "update" || key === "create") {
+        return (...a: unknown[]) =>
+          down.on
+            ? Promise.reject(new InferxError("unavailable", "the store is away"))
+            : v.apply(target, a);
+      }
+      return v.bind(target);
+    },
+  });
+  return { meta: proxy, down };
+}
+
+t(
+  "a gateway that let a call go posts no more of its callback (another gateway delivers)",
+  async () => {
+    const f = await gatewayFixture();
+    await f.deps.calls.stop(0);
+    let hits = 0;
+    const receiver = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      () => (hits++, new Response("not yet", { status: 500 })),
+    );
+    const { meta, down } = flakyWrites(f.meta);
+    const g = await secondGateway(
+      f,
+      undefined,
+      new CallbackSender({ allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }] }),
+      { meta, backoffMs: 3000 },
+    );
+    try {
+      const rec = record("cb", {
+        status: "succeeded",
+        finishedAt: Date.now(),
+        callback: `http://127.0.0.1:${receiver.addr.port}/cb`,
+        delivery: { state: "pending", attempts: 0 },
+      });
+      delete rec.body;
+      const id = await store(f, rec);
+      await until("the first try", async () => (await read(f, id)).delivery?.attempts === 1);
+      // Cut off from the store while it waits to try again: its claim runs out, it lets go.
+      down.on = true;
+      await new Promise((r) => setTimeout(r, 1200));
+      assert.equal(hits, 1, "no try after letting the call go");
+    } finally {
+      down.on = false;
+      await g.close();
+      await receiver.shutdown();
+      await f.close();
+    }
+  },
+);
+
+t(
+  "a call cancelled while it ran, its gateway gone, has its attempt closed by another",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    const rec = record("c", {
+      status: "cancelled",
+      startedAt: Date.now() - 1000,
+      finishedAt: Date.now() - 900,
+      error: { code: "cancelled", message: "The call was cancelled" },
+      owner: "gw-dead",
+      leaseUntil: Date.now() - 1,
+      attempts: [{ n: 1, gateway: "gw-dead", startedAt: Date.now() - 1000 }],
+    });
+    delete rec.body;
+    const id = await store(f, rec);
+    await until(
+      "its attempt closed",
+      async () => (await read(f, id)).attempts[0].endedAt !== undefined,
+    );
+    const c = await read(f, id);
+    assert.equal(c.status, "cancelled");
+    assert.equal(c.attempts[0].error?.code, "cancelled");
+    assert.match(c.attempts[0].error!.message, /gw-dead stopped renewing its claim/);
+    assert.equal(c.owner, undefined);
+    await f.close();
   },
 );
