@@ -167,7 +167,7 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
     metrics: d.metrics,
     audit: d.audit,
     gatewayId: d.gatewayId,
-    known: (t) => d.cache.agent(t.tenant, t.namespace, t.func) !== undefined,
+    cache: d.cache,
   });
   app.use("/funccall/*", record);
   for (const path of OPENAI_CALL_PATHS) app.use(path, record);

@@ -155,8 +155,8 @@ export function openaiInput(
   req: IncomingCall,
   path: string,
   t0: number,
-  named?: (target: FuncTarget, known: boolean) => void,
-  query = "",
+  named: ((target: FuncTarget, known: boolean) => void) | undefined,
+  query: string,
 ): CallInput | Promise<CallInput> {
   if (!isJsonType(req.get("content-type"))) {
     throw new InferxError(

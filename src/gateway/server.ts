@@ -64,7 +64,7 @@ export function serveGateway(
     metrics: deps.metrics,
     audit: deps.audit,
     gatewayId: deps.gatewayId,
-    known: (t) => deps.cache.agent(t.tenant, t.namespace, t.func) !== undefined,
+    cache: deps.cache,
   };
 
   async function call(
@@ -76,7 +76,6 @@ export function serveGateway(
   ) {
     const t0 = performance.now();
     const rec = new CallRecord(observed, req.method, path, t0);
-    if (parsed) rec.named(parsed.target);
     let answer: CallAnswer;
     try {
       const p = deps.auth.authenticate(req);
@@ -111,6 +110,8 @@ export function serveGateway(
       if (err instanceof CallerGone) return rec.callerGone();
       const e = toInferxError(err);
       if (e.code === "internal") log.error("Call failed: {error}", { error: String(err) });
+      // Refused before its target was looked at (its credentials): still its function's call.
+      if (parsed && !rec.target) rec.named(parsed.target);
       rec.failed(e);
       const a = errorAnswer(e, !parsed);
       return await res.send(a.status, a.headers, a.body);
@@ -183,11 +184,11 @@ export function serveGateway(
       const url = req.url;
       const q = url.indexOf("?");
       const path = q < 0 ? url : url.slice(0, q);
-      if (hasDotSegment(path)) {
+      if (ambiguousPath(path)) {
         // Resolved by a URL (the app's routes) but not by the warm path's split: one target
         // would name two functions. A call's refusal is recorded as any call's is.
         const e = new ValidationError(
-          `Invalid request target: a path with a "." or ".." segment`,
+          `Invalid request target: a path with a "." or ".." segment, a "\\" or a "#"`,
           "path",
         );
         if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
@@ -211,8 +212,13 @@ export function serveGateway(
   });
 }
 
-/** Whether a request target's path has a `.` or `..` segment, percent-encoded (`%2e`) or not. */
-export function hasDotSegment(path: string): boolean {
+/**
+ * Whether a request target's path reads otherwise to a URL parser than to a
+ * split on "/": a `.` or `..` segment, percent-encoded (`%2e`) or not, a
+ * backslash (a URL takes it for "/") or a `#` (a URL ends the path there).
+ */
+export function ambiguousPath(path: string): boolean {
+  if (path.includes("\\") || path.includes("#")) return true;
   if (!path.includes("/.") && !path.includes("%")) return false;
   for (const seg of path.split("/")) {
     if (seg === "" || seg.length > 6) continue;

@@ -708,6 +708,9 @@ t("a target with a dot segment is refused 400 on every path, and reaches no work
       "/funccall/t/n/f/%2e%2E/%2e%2e/%2e%2e/x/y/z/whoami",
       "/funccall/t/n/f/./x",
       "/funccall/t/n/f/.%2e/x",
+      // A URL takes a backslash for "/", and ends the path at "#".
+      "/funccall/t/n/f/..\\..\\..\\x/y/z/whoami",
+      "/funccall/t/n/f/g/..#",
     ]
   ) {
     for (const extra of ["", "x-inferx-progress: 1\r\n"]) {

@@ -92,6 +92,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
           url.pathname,
           rec.t0,
           (t, k) => rec.setTarget(t, k),
+          url.search,
         );
       }
       if (!respondAsync) {

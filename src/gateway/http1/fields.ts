@@ -23,6 +23,9 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * undefined when they name none: `close` and `keep-alive` alone, the usual.
  */
 export function connectionNamed(value: string): Set<string> | undefined {
+  // What clients send on nearly every request: nothing to look at.
+  const v = value.length <= 10 ? value.toLowerCase() : "";
+  if (v === "keep-alive" || v === "close") return undefined;
   let out: Set<string> | undefined;
   for (const t of value.split(",")) {
     const name = t.trim().toLowerCase();

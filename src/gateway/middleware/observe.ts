@@ -25,6 +25,7 @@ import type { Principal } from "../auth.ts";
 import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
 import { parseFunccallPath } from "../call.ts";
 import type { Slot } from "../func_agent.ts";
+import type { FuncCache } from "../func_cache.ts";
 import { tokenFormat, TokenMeter, type TokenStats } from "../tokens.ts";
 
 /** Where call outcomes go. */
@@ -34,8 +35,8 @@ export interface ObserveOptions {
   audit?: AuditLog;
   /** This gateway's id, for audit rows. */
   gatewayId: string;
-  /** Whether a function exists (its metrics are its own; an unknown one's go to `(none)`). */
-  known?(target: FuncTarget): boolean;
+  /** The functions that exist (their metrics are their own; an unknown one's go to `(none)`). */
+  cache?: Pick<FuncCache, "agent">;
 }
 
 /** The outcome of one call, recorded once. */
@@ -72,16 +73,17 @@ export class CallRecord {
     this.t0 = t0;
   }
 
-  /** The function the call names; `known`: it exists (so it gets its own metric series). */
   /**
    * The function the call's target names, before anything is checked: a
    * call refused for its credentials is still its function's (and its
    * tenant's, whose readers see it in the audit).
    */
   named(target: FuncTarget): void {
-    this.setTarget(target, this.#o.known?.(target) ?? false);
+    const known = this.#o.cache?.agent(target.tenant, target.namespace, target.func);
+    this.setTarget(target, known !== undefined);
   }
 
+  /** The function the call names; `known`: it exists (so it gets its own metric series). */
   setTarget(target: FuncTarget, known: boolean): void {
     this.target = target;
     if (known) {

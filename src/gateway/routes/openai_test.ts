@@ -60,6 +60,16 @@ t("/v1/completions calls the function the model names, by full id or bare name",
   const got = await chat.json();
   assert.equal(got.path, "/v1/chat/completions");
   assert.equal(got.query, "?api-version=2024-06-01", "the query goes to the worker too");
+  // So it does for a call that shows its progress (and one accepted to run later).
+  const progress = await f.app.request("/v1/chat/completions?api-version=2024-06-01", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-progress": "1" },
+    body: JSON.stringify({ model: "f", messages: [] }),
+  });
+  assert.match(
+    await progress.text(),
+    /\\"query\\":\\"\?api-version=2024-06-01\\"|"query":"\?api-version=2024-06-01"/,
+  );
   await f.close();
   await w.close();
 });
