@@ -47,6 +47,7 @@ export async function start(config: Config): Promise<RoleHandle> {
     leader: () => leader,
     registry,
     adminApiKey: config.gateway.adminApiKey,
+    authEnabled: config.gateway.adminApiKey !== undefined || config.gateway.oidc !== undefined,
   });
   const http = listening(
     "SCHEDULER_HTTP_PORT",

@@ -1,9 +1,10 @@
 /**
  * The scheduler's HTTP face, a small Hono app: `/health` (with whether this
  * replica leads), `/state` (the leader's accounting) and `/metrics`
- * (Prometheus text). With an administrator's key (`INFERX_ADMIN_APIKEY`),
- * `/state` and `/metrics` need it (they name every tenant's functions,
- * pods and leases); `/health` stays open for probes.
+ * (Prometheus text). With auth on, `/state` and `/metrics` need the
+ * administrator's key (`INFERX_ADMIN_APIKEY`: they name every tenant's
+ * functions, pods and leases), and are closed when auth is on by OIDC alone;
+ * `/health` stays open for probes.
  *
  * @module
  */
@@ -23,6 +24,8 @@ export interface SchedulerAppDeps {
   registry: Registry;
   /** The administrator's key: `/state` and `/metrics` need it when set. */
   adminApiKey?: string;
+  /** Auth is on (an admin key, or OIDC): without the key, `/state` and `/metrics` are closed. */
+  authEnabled?: boolean;
 }
 
 /** Builds the app; serve it with `Deno.serve(..., app.fetch)` or test it with `app.request()`. */
@@ -30,9 +33,15 @@ export function createSchedulerApp(deps: SchedulerAppDeps): Hono {
   const app = new Hono();
   app.get("/health", (c) => c.json({ status: "ok", id: deps.id, leader: !!deps.leader() }));
   const admin = deps.adminApiKey ? new AdminKey(deps.adminApiKey) : undefined;
-  if (admin) {
+  if (admin || deps.authEnabled) {
     app.use(async (c, next) => {
       if (c.req.path === "/health") return await next();
+      if (!admin) {
+        throw new InferxError(
+          "unauthenticated",
+          `${c.req.path} needs the admin key, and this scheduler has none (INFERX_ADMIN_APIKEY): auth is on by OIDC alone`,
+        );
+      }
       const cred = credential(c.req.raw.headers);
       if (cred === undefined) {
         throw new InferxError(
@@ -63,7 +72,9 @@ export function createSchedulerApp(deps: SchedulerAppDeps): Hono {
     const e = err instanceof InferxError
       ? err
       : new InferxError("internal", `Internal error: ${err.message}`);
-    return c.json(errorBody(e), httpStatus(e.code) as 500);
+    const status = httpStatus(e.code);
+    const challenge = status === 401 ? { "www-authenticate": 'Bearer realm="inferx"' } : undefined;
+    return c.json(errorBody(e), status as 500, challenge);
   });
   return app;
 }

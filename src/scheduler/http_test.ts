@@ -5,7 +5,7 @@ import type { SchedulerService } from "./service.ts";
 
 const snapshot = { nodes: [], pods: [{ id: "p-1", func: "t/n/f", node: "n1", state: "Ready" }] };
 
-function app(leads: boolean, adminApiKey?: string) {
+function app(leads: boolean, adminApiKey?: string, authEnabled?: boolean) {
   const registry = new Registry();
   registry.setDefaultLabels({});
   const leader = { snapshot: () => snapshot } as unknown as SchedulerService;
@@ -14,6 +14,7 @@ function app(leads: boolean, adminApiKey?: string) {
     leader: () => leads ? leader : undefined,
     registry,
     adminApiKey,
+    authEnabled,
   });
 }
 
@@ -66,5 +67,16 @@ Deno.test("with an admin key, the scheduler's /state and /metrics need it; /heal
       assert.equal(ok.status, 200, path);
       await ok.body?.cancel();
     }
+  }
+});
+
+Deno.test("with auth on by OIDC alone (no admin key), the scheduler's /state and /metrics are closed", async () => {
+  const a = app(true, undefined, true);
+  assert.equal((await a.request("/health")).status, 200);
+  for (const path of ["/state", "/metrics"]) {
+    const r = await a.request(path, { headers: { authorization: "Bearer some.oidc.token" } });
+    assert.equal(r.status, 401, path);
+    assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
+    assert.match((await r.json()).error.message, /needs the admin key.*INFERX_ADMIN_APIKEY/);
   }
 });
