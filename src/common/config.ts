@@ -224,8 +224,8 @@ export interface CallSettings {
 const NodeEnv = z.object({
   NODE_CONFIG: optional(),
   NODE_NAME: z.string().optional(),
-  NODE_ADDRESS: optional().refine((v) => v === undefined || isIP(v) !== 0, {
-    message: "is not an IP address (workers listen on it and are reached at it)",
+  NODE_ADDRESS: optional().refine((v) => v === undefined || isIP(v) === 4, {
+    message: "is not an IPv4 address (workers listen on it and are reached at it)",
   }),
   INFERX_RUNTIME: optional().refine(
     (v) => v === undefined || (RUNTIMES as readonly string[]).includes(v),
@@ -498,8 +498,8 @@ function parseGroup(raw?: string): GatewaySettings["group"] {
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */
 export const NodeConfigSchema = z.strictObject({
   name: z.string().min(1).default("node1"),
-  /** Address workers listen on and are reached at: an IP address. */
-  address: z.string().refine((a) => isIP(a) !== 0, "is not an IP address").default("127.0.0.1"),
+  /** Address workers listen on and are reached at: an IPv4 address (endpoints are `ip:port`). */
+  address: z.string().refine((a) => isIP(a) === 4, "is not an IPv4 address").default("127.0.0.1"),
   cpuMillis: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   memMB: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   /** GPUs declared for placement when the driver reports none. */

@@ -133,7 +133,9 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ GATEWAY_PORT: "0x10" }, /GATEWAY_PORT: "0x10" is not a non-negative integer/],
     [{ INFERX_BODY_LIMIT: "1e3" }, /INFERX_BODY_LIMIT: "1e3" is not a non-negative integer/],
     [{ INFERX_BIND: "" }, /INFERX_BIND: must not be empty/],
-    [{ NODE_ADDRESS: "10.999.0.1" }, /NODE_ADDRESS: is not an IP address/],
+    [{ NODE_ADDRESS: "10.999.0.1" }, /NODE_ADDRESS: is not an IPv4 address/],
+    // Endpoints are ip:port, unbracketed: an IPv6 address would read as one with no port.
+    [{ NODE_ADDRESS: "fd00::1" }, /NODE_ADDRESS: is not an IPv4 address/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
@@ -205,7 +207,7 @@ Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME o
     await Deno.writeTextFile(path, JSON.stringify({ address: "node-a.local" }));
     await assert.rejects(
       loadNodeConfig({ configPath: path, port: 0 }),
-      /address: is not an IP address/,
+      /address: is not an IPv4 address/,
     );
     await Deno.writeTextFile(path, JSON.stringify({ cpuMillis: 0 }));
     await assert.rejects(
