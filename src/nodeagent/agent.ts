@@ -363,8 +363,10 @@ export class NodeAgent implements NodeAgentClient {
             error: why,
           });
           notes.push(`Snapshot ${snap.ref.name} could not be restored, started fresh: ${why}`);
-          // An image that fails to restore goes; one that does not fit this pod stays.
-          if (!(err instanceof InferxError && err.code === "unsupported")) {
+          // An image that fails to restore goes; one that does not fit this pod stays; one
+          // whose copies fail their restore hook goes, and its version is not snapshotted again.
+          if (err instanceof RestoreHookFailed) await snaps.refuse(snap, pod, why);
+          else if (!(err instanceof InferxError && err.code === "unsupported")) {
             await snaps.discard(snap, why);
           }
         } finally {
@@ -413,7 +415,7 @@ export class NodeAgent implements NodeAgentClient {
     }
     if (why === undefined) return;
     await this.#runtime.stop(pod.id, 1000).catch(() => {});
-    throw new InferxError("worker_failed", `Restored pod ${pod.id}: ${why}`);
+    throw new RestoreHookFailed(`Restored pod ${pod.id}: ${why}`);
   }
 
   /** Sends the function's sample query once (warming the worker); a note when it failed. */
@@ -601,6 +603,13 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
   p.then(() => done = true, () => done = true);
   await new Promise((r) => setTimeout(r, 0));
   return done;
+}
+
+/** A copy restored from a snapshot whose restore hook failed: it never served. */
+class RestoreHookFailed extends InferxError {
+  constructor(message: string) {
+    super("worker_failed", message);
+  }
 }
 
 /** An HTTP call to the worker at `endpoint` (`host:port`). */

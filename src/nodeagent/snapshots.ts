@@ -240,6 +240,18 @@ export class SnapshotManager {
   }
 
   /**
+   * Gives up snapshots of `pod`'s version here: a copy restored from `s`
+   * would not serve (its restore hook failed), which another snapshot of the
+   * same worker would not change. Its image goes; the version is recorded
+   * `Failed` with `why`, and keeps starting fresh, with no dump taken again.
+   */
+  async refuse(s: LocalSnapshot, pod: PodInfo, why: string): Promise<void> {
+    await this.#remove(s);
+    const known = this.#versions.has(funcId(pod.tenant, pod.namespace, pod.func));
+    await this.#fail(pod, known, s.ref, why);
+  }
+
+  /**
    * Snapshots `pod` (running, fresh, answered its sample query) unless this
    * version already has one here. Never throws: returns a note saying why
    * no snapshot was taken, or undefined when one was.

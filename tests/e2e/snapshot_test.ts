@@ -235,7 +235,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const p = await startPlatform({ INFERX_RUNTIME: "process" });
-    const { call, idle } = helpers(p.url);
+    const { call, idle, snapshots } = helpers(p.url);
     const hook = { restore_hook: "/restored" };
     try {
       await createNamespace(p.url, "t", "n");
@@ -266,6 +266,13 @@ Deno.test({
         b2.pod.note,
         /could not be restored, started fresh: .*restore hook \/restored answered 500/,
       );
+      // Its version is not snapshotted again (another copy would fail the same): fresh starts.
+      const failed = (await snapshots()).find((x) => x.func === "t/n/badhook");
+      assert.equal(failed.state, "Failed");
+      assert.match(failed.error, /restore hook \/restored answered 500/);
+      await idle("badhook");
+      const b3 = await call("badhook");
+      assert.deepEqual([b3.pod.startedFrom, b3.pod.note], ["fresh", undefined]);
     } finally {
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });
