@@ -161,6 +161,16 @@ export class PodCgroups {
           await Deno.mkdir(c.base, { recursive: true });
         }
       }
+      // A group made, limited and removed: a base left by an earlier run (root's, say) proves
+      // nothing about what this one may do.
+      const probe = new PodCgroup(
+        controllers.map((c) => ({ ...c, dir: `${c.base}/probe-${Deno.pid}` })),
+      );
+      try {
+        await probe.make({ cpuMillis: 1000, memMB: 64 });
+      } finally {
+        await probe.remove(500);
+      }
     } catch (err) {
       return { available: false, reason: (err as Error).message };
     }
@@ -296,6 +306,37 @@ export class PodCgroup {
     const file = d.version === 2 ? "memory.events" : "memory.oom_control";
     const text = await Deno.readTextFile(`${d.dir}/${file}`).catch(() => "");
     return Number(text.match(/^oom_kill (\d+)$/m)?.[1] ?? 0);
+  }
+
+  /** The processes in the group now. */
+  async pids(): Promise<number[]> {
+    const out = new Set<number>();
+    for (const f of this.procsFiles) {
+      const text = await Deno.readTextFile(f).catch(() => "");
+      for (const line of text.split("\n")) if (line) out.add(Number(line));
+    }
+    return [...out];
+  }
+
+  /**
+   * Kills what is left in the group (SIGKILL), until nothing is, for up to
+   * `waitMs`: a process the worker started in a session of its own outlives
+   * the worker's group signal, and would keep the group (and its memory).
+   */
+  async killAll(waitMs = 2000): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    while (true) {
+      const pids = await this.pids();
+      if (pids.length === 0 || Date.now() > deadline) return;
+      for (const pid of pids) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch {
+          // gone meanwhile
+        }
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   /** Memory in use by the group (bytes), or undefined. */

@@ -193,3 +193,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "ProcessRuntime's stop ends what the worker started in a session of its own, and its group goes",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!cap.available) return;
+    const rt = new ProcessRuntime({ cgroups: cap.cgroups });
+    const spawner = `
+const helper = new Deno.Command("setsid", { args: ["sleep", "300"], stdout: "null", stderr: "null" }).spawn();
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
+  () => new Response(String(helper.pid)));`;
+    const pod = await rt.start(spec("pod-cg3", ["deno", "eval", spawner], 256));
+    const helper = Number(await (await fetch(`http://${pod.endpoint}/`)).text());
+    assert.ok(await cap.cgroups.of("pod-cg3").pids().then((p) => p.includes(helper)));
+    const dirs = cap.cgroups.of("pod-cg3").procsFiles.map((f) => f.replace(/\/cgroup\.procs$/, ""));
+    await rt.stop("pod-cg3");
+    // Gone, or a zombie its new parent has not reaped yet: not running.
+    const state = await Deno.readTextFile(`/proc/${helper}/stat`).then(
+      (t) => t.slice(t.lastIndexOf(")") + 2, t.lastIndexOf(")") + 3),
+      () => "gone",
+    );
+    assert.ok(state === "gone" || state === "Z", `the helper outlived its pod (state ${state})`);
+    for (const d of dirs) assert.equal(await Deno.stat(d).then(() => true, () => false), false, d);
+  },
+});

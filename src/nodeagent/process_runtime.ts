@@ -694,6 +694,29 @@ export class ProcessRuntime implements PodRuntime {
     }
   }
 
+  /**
+   * Ends `child`'s control group: what is left in it is killed (a process its
+   * worker started in a session of its own), then the group goes. `stopped`
+   * (its pod id): the worker was stopped, so a kill by its memory limit
+   * before that (while it answered a call, say) is said here, where nothing
+   * else tells it.
+   */
+  async #endCgroup(child: Child, stopped?: string): Promise<void> {
+    const g = child.cgroup;
+    if (!g) return;
+    if (stopped && await g.oomKills() > 0) {
+      log.warn(
+        "Pod {pod}: a process of its worker was killed by its memory limit ({mb} MB; resources.Mem)",
+        {
+          pod: stopped,
+          mb: child.memMB,
+        },
+      );
+    }
+    await g.killAll();
+    await g.remove();
+  }
+
   /** The control group of a pod about to start or be restored (none without cgroups). */
   async #makeCgroup(spec: PodSpec, what: "start" | "restore"): Promise<PodCgroup | undefined> {
     const cgroups = this.#options.cgroups;
@@ -739,7 +762,7 @@ export class ProcessRuntime implements PodRuntime {
     if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
     child.follow?.stop();
     this.#children.delete(podId);
-    await child.cgroup?.remove();
+    await this.#endCgroup(child);
     // Removed before the exit is told: a pod started again under its id finds its name free.
     if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
     this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
@@ -773,7 +796,7 @@ export class ProcessRuntime implements PodRuntime {
     }
     child.follow?.stop();
     this.#children.delete(podId);
-    await child.cgroup?.remove();
+    await this.#endCgroup(child, podId);
     if (child.net) await this.#options.podNetworks!.remove(child.net);
     if (child.logFile || this.#options.criu) {
       await Deno.remove(`${this.#snapshots}/${podId}`, { recursive: true }).catch(() => {});
