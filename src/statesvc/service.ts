@@ -48,6 +48,7 @@ import {
 } from "../model/schemas.ts";
 import { type FunctionObject, nextVersions, rolloutVersions } from "../model/versions.ts";
 import type { MetaStore } from "../store/types.ts";
+import { logger } from "../common/log.ts";
 import type {
   MetaClient,
   MetaRecord,
@@ -57,6 +58,8 @@ import type {
   WriteOptions,
   WriteResult,
 } from "../rpc/types.ts";
+
+const log = logger("statesvc");
 
 /** The version string the service reports. */
 export const SERVICE_VERSION = "inferx-deno/0.1.0";
@@ -203,8 +206,16 @@ export class StateService implements MetaClient {
     }
     const { value, unchanged } = await this.#admit(input, current);
     const dry = options.dryRun ? { dryRun: true } : {};
-    if (unchanged) return { ...current, unchanged: true, ...dry };
-    if (options.dryRun) return { ...ref, revision: current.revision, value, dryRun: true };
+    if (options.dryRun) {
+      if (unchanged) return { ...current, unchanged: true, ...dry };
+      return { ...ref, revision: current.revision, value, dryRun: true };
+    }
+    // A funcpolicy's functions are settled under it also when it is written again unchanged:
+    // a rebase that failed before (the store away) is made then.
+    if (unchanged) {
+      if (ref.type === "funcpolicy") await this.#rebaseLinked(ref, current.value);
+      return { ...current, unchanged: true };
+    }
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
     const revision = await this.#store.update(key, value, input.revision);
     if (ref.type === "funcpolicy") await this.#rebaseLinked(ref, value);
@@ -230,8 +241,16 @@ export class StateService implements MetaClient {
       if (next.stableVersion === f.stableVersion && !!next.olderVersions === !!f.olderVersions) {
         continue;
       }
-      // Under the tenant's admission lock: nothing else writes the function meanwhile.
-      await this.#store.update(kv.key, encodeUserObject(next), kv.revision);
+      // Under the tenant's admission lock: nothing else of this state service writes the
+      // function meanwhile. One that fails (the store away, another replica's write) is
+      // logged: the policy is written; the next write of it settles the function.
+      await this.#store.update(kv.key, encodeUserObject(next), kv.revision).catch((err) =>
+        log.warn("Cannot settle function {name} under funcpolicy {policy}: {error}", {
+          name: f.name,
+          policy: ref.name,
+          error: String(err),
+        })
+      );
     }
   }
 

@@ -3,6 +3,7 @@ import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "./service.ts";
 import { testCall, testPod } from "../common/testing.ts";
 import { callBodyRef } from "../model/call.ts";
+import { objectKey } from "../model/keys.ts";
 
 const fn = (name: string) => ({
   type: "function" as const,
@@ -282,7 +283,7 @@ Deno.test("lists and writes name what they mean: a tenant or namespace is one na
 });
 
 Deno.test("a linked funcpolicy whose canary ends settles its functions: set again, it does not bring the old version back", async () => {
-  const { svc, close } = await service();
+  const { svc, store, close } = await service();
   const pol = (spec: unknown, revision?: number) => ({
     type: "funcpolicy" as const,
     tenant: "t",
@@ -305,6 +306,7 @@ Deno.test("a linked funcpolicy whose canary ends settles its functions: set agai
   const f1 = await svc.create(linked("a"));
   await svc.update(linked("b", f1.revision));
   assert.deepEqual([(await stored()).version, (await stored()).stable_version], [2, 1]);
+  const unsettled = (await svc.get(ref))!.value;
   // The canary off: version 2 is the stable one, version 1's spec goes.
   const p2 = await svc.update(pol({}, p1.revision));
   const settled = await stored();
@@ -314,7 +316,16 @@ Deno.test("a linked funcpolicy whose canary ends settles its functions: set agai
     undefined,
   ]);
   // On again: no split until the next version.
-  await svc.update(pol({ canary_percent: 10 }, p2.revision));
+  const p3 = await svc.update(pol({ canary_percent: 10 }, p2.revision));
   assert.deepEqual([(await stored()).version, (await stored()).stable_version], [2, 2]);
+  // A settling that did not happen (the store away then) is made by the next write of the
+  // policy, an unchanged one included.
+  const p4 = await svc.update(pol({}, p3.revision));
+  const key = objectKey("function", "t", "n", "l");
+  await store.update(key, unsettled, (await store.get(key))!.revision);
+  assert.equal((await stored()).stable_version, 1);
+  const again = await svc.update(pol({}, p4.revision));
+  assert.equal(again.unchanged, true);
+  assert.equal((await stored()).stable_version, 2);
   await close();
 });
