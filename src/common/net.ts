@@ -66,3 +66,9 @@ export async function waitForProbe(
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
   }
 }
+
+/** The host and port of an endpoint `host:port` (as pods' endpoints are written). */
+export function splitEndpoint(endpoint: string): { hostname: string; port: number } {
+  const colon = endpoint.lastIndexOf(":");
+  return { hostname: endpoint.slice(0, colon), port: Number(endpoint.slice(colon + 1)) };
+}

@@ -20,6 +20,7 @@
  * @module
  */
 import { InferxError } from "../common/errors.ts";
+import { splitEndpoint } from "../common/net.ts";
 import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/bytes.ts";
 import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
 import { EV, HPE, Http1Parser } from "../common/llhttp.ts";
@@ -711,12 +712,8 @@ export class HttpPool {
   }
 
   async #connect(endpoint: string): Promise<Conn> {
-    const colon = endpoint.lastIndexOf(":");
     try {
-      const socket = await Deno.connect({
-        hostname: endpoint.slice(0, colon),
-        port: Number(endpoint.slice(colon + 1)),
-      });
+      const socket = await Deno.connect(splitEndpoint(endpoint));
       socket.setNoDelay(true);
       const conn = new Conn(socket);
       this.#open.add(conn);

@@ -9,6 +9,7 @@
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
+import { splitEndpoint } from "../common/net.ts";
 import { decodePod, type NodeInfo, type PodInfo } from "../model/cluster.ts";
 import { SYSTEM } from "../model/keys.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
@@ -614,6 +615,6 @@ class RestoreHookFailed extends InferxError {
 
 /** An HTTP call to the worker at `endpoint` (`host:port`). */
 function callWorker(endpoint: string, path: string, options: HttpCallOptions) {
-  const i = endpoint.lastIndexOf(":");
-  return httpCall(endpoint.slice(0, i), Number(endpoint.slice(i + 1)), path, options);
+  const { hostname, port } = splitEndpoint(endpoint);
+  return httpCall(hostname, port, path, options);
 }

@@ -531,12 +531,7 @@ export class ProcessRuntime implements PodRuntime {
     }
     const cgroup = await this.#makeCgroup(spec, "start");
     const nets = this.#options.podNetworks;
-    const net = nets
-      ? await nets.create(spec.podId).catch(async (err) => {
-        await cgroup?.remove();
-        throw err;
-      })
-      : undefined;
+    const net = nets ? await this.#podNet(nets, spec, cgroup) : undefined;
     // In a namespace of its own the worker takes its spec's port on every address there.
     const port = net ? t.port : freePort(this.#options.host ?? "127.0.0.1");
     const listenHost = net ? "0.0.0.0" : this.#options.host ?? "127.0.0.1";
@@ -715,6 +710,16 @@ export class ProcessRuntime implements PodRuntime {
     }
     await g.killAll();
     await g.remove();
+  }
+
+  /** The network namespace of a pod about to start; none made, its control group goes. */
+  async #podNet(nets: PodNetworks, spec: PodSpec, cgroup?: PodCgroup): Promise<PodNet> {
+    try {
+      return await nets.create(spec.podId);
+    } catch (err) {
+      await cgroup?.remove();
+      throw err;
+    }
   }
 
   /** The control group of a pod about to start or be restored (none without cgroups). */
@@ -1105,10 +1110,7 @@ export class ProcessRuntime implements PodRuntime {
       );
     }
     const cgroup = await this.#makeCgroup(spec, "restore");
-    const net = await this.#options.podNetworks!.create(spec.podId).catch(async (err) => {
-      await cgroup?.remove();
-      throw err;
-    });
+    const net = await this.#podNet(this.#options.podNetworks!, spec, cgroup);
     const logFile = `${this.#snapshots}/${spec.podId}.log`;
     let pid: number;
     let meta: ImageMeta;

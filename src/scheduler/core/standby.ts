@@ -59,11 +59,7 @@ export function retire(
   // A parked pod is still a replica: none kept above a (lowered) maxReplica.
   if (tier && liveCurrent(ctx.state, f) > f.policy.maxReplica) tier = undefined;
   if (tier) {
-    let parked = 0;
-    for (const id of f.pods) {
-      const p = ctx.state.pods.get(id)!;
-      if (p.state === "Standby" && p.node === pod.node && p.version === f.version) parked++;
-    }
+    const parked = parkedByNode(ctx.state, f).get(pod.node)?.length ?? 0;
     if (parked < f.policy.standbyPerNode) {
       f.idle.delete(pod.id);
       clearLessees(pod);
@@ -78,22 +74,27 @@ export function retire(
   terminate(ctx, pod, reason);
 }
 
+/** The parked pods of `f`'s version, by node. */
+function parkedByNode(state: CoreState, f: CoreFunc): Map<string, CorePod[]> {
+  const byNode = new Map<string, CorePod[]>();
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (p.state !== "Standby" || p.version !== f.version) continue;
+    const list = byNode.get(p.node) ?? [];
+    list.push(p);
+    byNode.set(p.node, list);
+  }
+  return byNode;
+}
+
 /**
  * A lowered `standbyPerNode` holds for the pods already parked: those of the
  * current version above it on a node end, least recently used first (0: none
  * stays parked).
  */
 export function trimParked(ctx: Ctx, f: CoreFunc) {
-  const byNode = new Map<string, CorePod[]>();
-  for (const id of f.pods) {
-    const p = ctx.state.pods.get(id)!;
-    if (p.state !== "Standby" || p.version !== f.version) continue;
-    const list = byNode.get(p.node) ?? [];
-    list.push(p);
-    byNode.set(p.node, list);
-  }
   const keep = f.policy.standbyPerNode;
-  for (const parked of byNode.values()) {
+  for (const parked of parkedByNode(ctx.state, f).values()) {
     if (parked.length <= keep) continue;
     parked.sort((a, b) => a.lastUsed - b.lastUsed);
     for (const p of parked.slice(0, parked.length - keep)) {
