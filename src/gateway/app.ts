@@ -99,7 +99,8 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     nodeAgent: deps.nodeAgent,
     group: deps.group,
-    groupMetrics: deps.group && new GroupMetrics(deps.group, registry),
+    groupMetrics: deps.group &&
+      new GroupMetrics(deps.group, registry, undefined, (f) => deps.cache.has(f)),
     scheduler: deps.scheduler,
     calls,
   };

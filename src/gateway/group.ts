@@ -11,13 +11,15 @@
  * last answer; one whose life changed (a restart: its counters back at 0)
  * with everything it had shown before carried, series it has not counted
  * again included; and a member that restarted asks the others what they last
- * saw of it, and carries that in its own answers to scrapes.
+ * saw of it, and carries that in its own answers to scrapes. A carried
+ * series of a function deleted since goes, as a member's own do.
  *
  * @module
  */
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { logger } from "../common/log.ts";
 import { listening } from "../common/net.ts";
+import { UNKNOWN_FUNCTION } from "./metrics.ts";
 
 /** This process's place in its group. */
 export interface GatewayGroup {
@@ -61,6 +63,15 @@ function flatten(metrics: MetricsJson): Flat {
   return out;
 }
 
+/** Drops the carried series of functions that no longer exist (`exists` says which do). */
+function forgetGone(carried: Flat, exists?: (func: string) => boolean): void {
+  if (!exists) return;
+  for (const [key, c] of carried) {
+    const func = (c.value.labels as Record<string, unknown> | undefined)?.function;
+    if (typeof func === "string" && func !== UNKNOWN_FUNCTION && !exists(func)) carried.delete(key);
+  }
+}
+
 /** `metrics` with `carried` added to its cumulative series, those it lacks included. */
 function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
   if (carried.size === 0) return metrics;
@@ -93,11 +104,15 @@ class MemberSeries {
   last?: MetricsJson;
   #carried: Flat = new Map();
 
-  /** Takes a new answer; returns it with what the member counted in its earlier lives added. */
-  take(answer: MemberAnswer): MetricsJson {
+  /**
+   * Takes a new answer; returns it with what the member counted in its
+   * earlier lives added (of functions that still exist).
+   */
+  take(answer: MemberAnswer, exists?: (func: string) => boolean): MetricsJson {
     if (this.life !== undefined && answer.life !== this.life && this.last) {
       this.#carried = flatten(this.last); // everything it had shown, earlier carries included
     }
+    forgetGone(this.#carried, exists);
     this.life = answer.life;
     this.last = withCarried(answer.metrics, this.#carried);
     return this.last;
@@ -113,14 +128,18 @@ export class GroupMetrics {
   /** What this member counted in its earlier lives, as the others last saw it. */
   #self: Flat = new Map();
   readonly #fetch: (port: number, path: string) => Promise<unknown>;
+  readonly #exists?: (func: string) => boolean;
 
+  /** `exists`: whether a function exists (the series carried of one deleted go). */
   constructor(
     group: GatewayGroup,
     local: Registry,
     fetchMember?: (port: number, path: string) => Promise<unknown>,
+    exists?: (func: string) => boolean,
   ) {
     this.#group = group;
     this.#local = local;
+    this.#exists = exists;
     this.#fetch = fetchMember ?? (async (port, path) => {
       const res = await fetch(`http://127.0.0.1:${port}${path}`, {
         signal: AbortSignal.timeout(1000),
@@ -191,6 +210,7 @@ export class GroupMetrics {
    * answered (none before its first answer).
    */
   async registry(): Promise<Registry> {
+    forgetGone(this.#self, this.#exists);
     const all = [withCarried(await this.#local.getMetricsAsJSON(), this.#self)];
     const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
     const answers = await Promise.allSettled(
@@ -200,7 +220,7 @@ export class GroupMetrics {
       const port = others[i];
       let member = this.#members.get(port);
       if (!member) this.#members.set(port, member = new MemberSeries());
-      if (a.status === "fulfilled") all.push(member.take(a.value as MemberAnswer));
+      if (a.status === "fulfilled") all.push(member.take(a.value as MemberAnswer, this.#exists));
       else {
         log.warn("Gateway member on port {port} did not give its metrics: {error}", {
           port,

@@ -157,3 +157,39 @@ Deno.test("a member whose private metrics port is taken says which port it is", 
     taken.close();
   }
 });
+
+Deno.test("a series carried over a member's restart goes once its function is deleted", async () => {
+  const alive = new Set(["t/n/f", "t/n/g"]);
+  const registries = [new Registry(), new Registry()];
+  const counter = (r: Registry) =>
+    new Counter({ name: "fn_total", help: "c", labelNames: ["function"], registers: [r] });
+  let calls = registries.map(counter);
+  const lives = [crypto.randomUUID(), crypto.randomUUID()];
+  const answer = (i: number) => async (): Promise<MemberAnswer> => ({
+    life: lives[i],
+    metrics: await registries[i].getMetricsAsJSON(),
+  });
+  const exists = (f: string) => alive.has(f);
+  const ga = new GroupMetrics(
+    { index: 0, ports: [1, 2] },
+    registries[0],
+    (_port, path) => path.startsWith("/seen") ? Promise.resolve([]) : answer(1)(),
+    exists,
+  );
+  calls[1].inc({ function: "t/n/f" }, 5);
+  calls[1].inc({ function: "t/n/g" }, 7);
+  calls[1].inc({ function: "(none)" }, 2);
+  const text = async () => await (await ga.registry()).metrics();
+  assert.match(await text(), /fn_total\{function="t\/n\/f"\} 5/);
+  // Member 1 restarts: what it had counted is carried...
+  registries[1] = new Registry();
+  lives[1] = crypto.randomUUID();
+  calls = [calls[0], counter(registries[1])];
+  assert.match(await text(), /fn_total\{function="t\/n\/g"\} 7/);
+  // ...until its function is deleted: then its carried series goes too ("(none)" stays).
+  alive.delete("t/n/g");
+  const after = await text();
+  assert.doesNotMatch(after, /function="t\/n\/g"/);
+  assert.match(after, /fn_total\{function="t\/n\/f"\} 5/);
+  assert.match(after, /fn_total\{function="\(none\)"\} 2/);
+});
