@@ -50,11 +50,15 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     // From what the queue keeps of every call, not from the records (a day of calls may be
     // millions): only the page's records are read. One pass over the index, a few ms for
-    // 10,000 calls; what the caller may see decided once per namespace.
+    // 10,000 calls, the page kept as it goes (the newest `limit`, not every match sorted), and
+    // the event loop let go between slices of it: calls go on being proxied meanwhile. What
+    // the caller may see is decided once per namespace.
     const now = Date.now();
     const reach = new Map<string, Reach>();
-    const found: ListedCall[] = [];
+    const matches: ListedCall[] = [];
+    let seen = 0;
     for (const e of queue.listed()) {
+      if (++seen % SLICE === 0) await nextTurn();
       if (func !== undefined && e.func !== func) continue;
       if (status !== undefined && e.status !== status) continue;
       if (FINAL_STATUSES.has(e.status) && e.expiresAt <= now) continue; // past its retention
@@ -62,17 +66,24 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       let r = reach.get(where);
       if (!r) reach.set(where, r = reachOf(p, e.ref.tenant, e.ref.namespace));
       if (r === "none" || (r === "own" && e.principal !== p.id)) continue;
-      found.push(e);
+      matches.push(e);
     }
-    found.sort((a, b) => b.acceptedAt - a.acceptedAt || b.seq - a.seq);
-    const page = await Promise.all(found.slice(0, limit).map((e) => queue.get(callIdOf(e))));
+    // Newest last, mostly (the index keeps them as they came): read from the end, all but the
+    // first `limit` are passed over at one comparison each.
+    const newest = new Newest(limit);
+    for (let i = matches.length - 1; i >= 0; i--) {
+      if (i % SLICE === 0) await nextTurn();
+      newest.add(matches[i]);
+    }
+    const count = matches.length;
+    const page = await Promise.all(newest.sorted().map((e) => queue.get(callIdOf(e))));
     // The records as they are now: one that moved on since this gateway's index heard of it
     // (its watch behind a burst) is left out of a page filtered by status.
     const items = page.filter((c) =>
       c !== undefined && (status === undefined || c.status === status)
     )
       .map((c) => callSummary(c!));
-    return c.json({ items, count: found.length });
+    return c.json({ items, count });
   });
 
   /** The tenant a secret route names, once the caller may manage it and it exists. */
@@ -109,6 +120,71 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json(callView(await queue.cancel(id)));
   });
   return app;
+}
+
+/** Entries of the index looked at between two turns of the event loop. */
+const SLICE = 5000;
+
+/** Lets the event loop turn (calls go on being proxied) before going on. */
+const nextTurn = () => new Promise((r) => setTimeout(r, 0));
+
+/** Whether `a` was accepted after `b` (newer first; in one millisecond, by acceptance). */
+const newer = (a: ListedCall, b: ListedCall) =>
+  a.acceptedAt > b.acceptedAt || (a.acceptedAt === b.acceptedAt && a.seq > b.seq);
+
+/**
+ * The newest `limit` of the calls added, kept in a heap whose root is the
+ * oldest of them: each call costs at most a comparison and a sift.
+ */
+export class Newest {
+  readonly #limit: number;
+  readonly #heap: ListedCall[] = [];
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  add(e: ListedCall): void {
+    const h = this.#heap;
+    if (h.length < this.#limit) {
+      // Up from the end to its place: its parents older than it come down.
+      let i = h.length;
+      h.push(e);
+      while (i > 0) {
+        const up = (i - 1) >> 1;
+        if (!newer(h[up], e)) break;
+        h[i] = h[up];
+        i = up;
+      }
+      h[i] = e;
+      return;
+    }
+    if (!this.#limit || !newer(e, h[0])) return;
+    // In place of the oldest kept: down to its place, newer children coming up.
+    const n = h.length;
+    let i = 0;
+    while (true) {
+      const l = 2 * i + 1;
+      if (l >= n) break;
+      const r = l + 1;
+      const c = r < n && newer(h[l], h[r]) ? r : l; // the older child
+      if (!newer(e, h[c])) break;
+      h[i] = h[c];
+      i = c;
+    }
+    h[i] = e;
+  }
+
+  /** The calls kept, newest first, each once (one seen twice, moved while the list ran). */
+  sorted(): ListedCall[] {
+    const out: ListedCall[] = [];
+    const ids = new Set<string>();
+    for (const e of [...this.#heap].sort((a, b) => newer(a, b) ? -1 : newer(b, a) ? 1 : 0)) {
+      const id = callIdOf(e);
+      if (!ids.has(id)) (ids.add(id), out.push(e));
+    }
+    return out;
+  }
 }
 
 /** Which calls of a namespace a caller lists: none, its own, or all (it may read the namespace). */

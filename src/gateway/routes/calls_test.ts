@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { testCall, until } from "../../common/testing.ts";
-import { refOf } from "../calls/queue.ts";
+import { type ListedCall, refOf } from "../calls/queue.ts";
+import { Newest } from "./calls.ts";
 import { signature } from "../calls/callback.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 
@@ -714,3 +715,33 @@ t(
     }
   },
 );
+
+Deno.test("Newest keeps the newest `limit` calls as a sort of them all would, ties by acceptance", () => {
+  let x = 7;
+  const r = () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 4294967296;
+  for (let trial = 0; trial < 50; trial++) {
+    const all = Array.from({ length: Math.floor(r() * 300) }, (_, i) =>
+      ({
+        ref: { type: "call" as const, tenant: "t", namespace: "n", name: `k${i}` },
+        acceptedAt: Math.floor(r() * 40), // many in one millisecond
+        seq: i + 1,
+      }) as unknown as ListedCall);
+    for (const limit of [0, 1, 3, 100, 1000]) {
+      const n = new Newest(limit);
+      for (const e of all) n.add(e);
+      const want = [...all].sort((a, b) => b.acceptedAt - a.acceptedAt || b.seq - a.seq)
+        .slice(0, limit);
+      assert.deepEqual(n.sorted().map((e) => e.seq), want.map((e) => e.seq), `${trial}/${limit}`);
+    }
+  }
+  // A call seen twice (moved from open to ended while the list ran): once in the page.
+  const e = {
+    ref: { type: "call", tenant: "t", namespace: "n", name: "k" },
+    acceptedAt: 5,
+    seq: 1,
+  } as unknown as ListedCall;
+  const n = new Newest(10);
+  n.add(e);
+  n.add({ ...e, status: "succeeded" } as ListedCall);
+  assert.equal(n.sorted().length, 1);
+});
