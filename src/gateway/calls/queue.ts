@@ -151,6 +151,12 @@ class Claim {
   lock: Promise<unknown> = Promise.resolve();
   /** Set when another gateway took the claim: no more writes. */
   lost = false;
+  /**
+   * Fires when this gateway lets the claim go (lost, run out, handed back):
+   * a callback try under way is broken off. (`abort` also fires for a cancel,
+   * which ends the worker's request, not the claim: its callback still goes.)
+   */
+  readonly release = new AbortController();
   /** The request body, once read from the store (null: the call has none). */
   body?: Uint8Array | null;
   /** The answer's body, once stored or read. */
@@ -286,7 +292,7 @@ export class CallQueue {
       clearTimeout(timer);
     };
     await settled();
-    for (const c of this.#claims.values()) c.abort.abort();
+    for (const c of this.#claims.values()) (c.abort.abort(), c.release.abort());
     // Handing back writes their attempts to the store; one that cannot be reached (its state
     // service down) must not hold the gateway's stop for ever: the claims lapse by themselves.
     await settled();
@@ -694,6 +700,7 @@ export class CallQueue {
       log.warn("Letting call {id} go: its claim could not be renewed in time", { id: c.rec.id });
       c.lost = true;
       c.abort.abort();
+      c.release.abort();
     }, Math.max(0, until - this.#now() - this.leaseMs / 6));
   }
 
@@ -944,7 +951,7 @@ export class CallQueue {
    * store's lease is what another gateway goes by).
    */
   #holds(c: Claim): boolean {
-    return !c.lost && !c.abort.signal.aborted && c.rec.owner === this.#self &&
+    return !c.lost && !c.release.signal.aborted && c.rec.owner === this.#self &&
       this.#now() < (c.rec.leaseUntil ?? 0) - this.leaseMs / 6;
   }
 
@@ -986,7 +993,7 @@ export class CallQueue {
           body,
           secret,
           { "x-inferx-call": c.rec.id },
-          c.abort.signal,
+          c.release.signal,
         );
         if (status < 200 || status > 299) error = `the receiver answered ${status}`;
       } catch (err) {
@@ -1013,7 +1020,7 @@ export class CallQueue {
         return true;
       });
       if (c.rec.delivery?.state !== "pending") return;
-      await sleep(this.#backoffMs * 2 ** (tries - 1), c.abort.signal);
+      await sleep(this.#backoffMs * 2 ** (tries - 1), c.release.signal);
     }
   }
 
@@ -1051,6 +1058,7 @@ export class CallQueue {
         if (!cur || !fresh || fresh.owner !== this.#self) {
           c.lost = true;
           c.abort.abort();
+          c.release.abort();
           throw new LostClaim();
         }
         c.rec = fresh;

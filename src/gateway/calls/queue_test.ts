@@ -610,3 +610,43 @@ t(
     await f.close();
   },
 );
+
+t(
+  "a running call cancelled has its callback sent at once, not after its claim's lease",
+  async () => {
+    const f = await gatewayFixture({
+      calls: {
+        leaseMs: 6000,
+        backoffMs: 20,
+        callbackAllow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
+      },
+    });
+    const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async () => {
+      await new Promise((r) => setTimeout(r, 3000));
+      return Response.json({});
+    });
+    f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
+    const got: number[] = [];
+    const receiver = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      () => (got.push(Date.now()), new Response("ok")),
+    );
+    try {
+      const id = await store(
+        f,
+        record("c", { callback: `http://127.0.0.1:${receiver.addr.port}/cb` }),
+      );
+      await until("the call running", async () => (await read(f, id)).status === "running");
+      const t0 = Date.now();
+      await f.deps.calls.cancel(id);
+      await until("the callback", () => got.length > 0, 4000);
+      assert.ok(got[0] - t0 < 2000, `${got[0] - t0} ms after the cancel`);
+      await until("delivered", async () => (await read(f, id)).delivery?.state === "delivered");
+      assert.equal(got.length, 1);
+    } finally {
+      await slow.shutdown();
+      await receiver.shutdown();
+      await f.close();
+    }
+  },
+);
