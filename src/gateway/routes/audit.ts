@@ -3,8 +3,8 @@
  * filtered by `tenant`, `namespace`, `func`, `since` and `until` (ms) and
  * `limit`, and request rows by `status` (`503`, or a class: `5xx`); a page
  * that may have more after it says `next_until`, the `until` of the next
- * (a page never splits a millisecond's rows, unless one millisecond holds
- * more than `limit`); `GET /audit/stats`
+ * (a page never splits a millisecond's rows, even where one millisecond holds
+ * more than `limit`: then it comes whole); `GET /audit/stats`
  * for the log's health and the token usage of OpenAI-style calls by
  * function version and by tenant (`since`, default the last hour; `tenant`
  * to see one tenant's, with a grant on that tenant).
@@ -54,12 +54,17 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     authorize(c.var.principal, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
+    const query = (q: AuditQuery): Promise<{ time: number }[]> =>
+      kind === "requests" ? deps.audit!.query("requests", q) : deps.audit!.query("pods", q);
     // One row more than asked: whether another page follows, and where it begins.
-    const more = { ...q, limit: q.limit! + 1 };
-    const rows: { time: number }[] = kind === "requests"
-      ? await deps.audit.query("requests", more)
-      : await deps.audit.query("pods", more);
-    const { items, nextUntil } = pageOf(rows, q.limit!);
+    const rows = await query({ ...q, limit: q.limit! + 1 });
+    let { items, nextUntil } = pageOf(rows, q.limit!);
+    const ms = items.at(-1)?.time;
+    if (nextUntil === ms && items.length && items[0].time === ms && ms !== undefined) {
+      // One millisecond holds more rows than a page: it comes whole (a page never splits one).
+      items = await query({ ...q, since: ms, until: ms + 1, limit: MAX_LIMIT });
+      nextUntil = ms;
+    }
     return c.json({
       items,
       ...(nextUntil === undefined ? {} : { next_until: nextUntil }),
@@ -73,7 +78,8 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
  * The first `limit` of `rows` (newest first, one more than a page when more
  * follow) and the `until` of the next page: the page ends at a millisecond's
  * boundary, the rows of the millisecond it would split going to the next
- * (unless they would be the whole page).
+ * (unless they would be the whole page: then `nextUntil` is that
+ * millisecond, whose rows the caller reads whole).
  */
 export function pageOf<R extends { time: number }>(
   rows: R[],
@@ -99,6 +105,9 @@ function bufferStats(deps: RouteDeps, p: Principal) {
   const all = allows(p, "read");
   return { gateway: deps.gatewayId, backend, healthy, ...(all ? counts : {}) };
 }
+
+/** The most rows a page holds (and one millisecond's rows, given whole). */
+const MAX_LIMIT = 10_000;
 
 /** 9999-12-31T23:59:59.999Z. */
 const LAST_MS = 253_402_300_799_999;
@@ -135,7 +144,7 @@ export function auditQuery(raw: Record<string, string | undefined>): AuditQuery 
     // To the end of year 9999: what a timestamp of either store holds (PostgreSQL refused later).
     since: intParam(since, "since", 0, LAST_MS),
     until: intParam(until, "until", 0, LAST_MS),
-    limit: intParam(limit, "limit", 0, 10_000) ?? 100,
+    limit: intParam(limit, "limit", 0, MAX_LIMIT) ?? 100,
   };
 }
 

@@ -132,8 +132,27 @@ t("the audit pages back with next_until, each row once, a millisecond never spli
   }
   assert.deepEqual(pages, [["e"], ["d", "c"], ["b", "a"]], "9's two rows on one page");
   assert.deepEqual(seen, ["e", "d", "c", "b", "a"]);
-  // One millisecond past the limit: given as it is (the rest of it skipped).
+  // One millisecond past the limit: pageOf says so (its rows up to the limit, next_until that
+  // millisecond) and the route gives the millisecond whole.
   const tie = [{ time: 5 }, { time: 5 }, { time: 5 }];
   assert.deepEqual(pageOf(tie, 2), { items: tie.slice(0, 2), nextUntil: 5 });
+  f.audit.requests.length = 0;
+  for (const [func, time] of [["a", 7], ["b", 9], ["c", 9], ["d", 9], ["e", 10]] as const) {
+    f.audit.requests.push({ ...row, func, time });
+  }
+  const paged: string[][] = [];
+  until = undefined;
+  for (let n = 0;; n++) {
+    assert.ok(n < 10, "pages end");
+    const q: string = `/audit/requests?tenant=t&limit=2${
+      until === undefined ? "" : `&until=${until}`
+    }`;
+    const page: { items: { func: string }[]; next_until?: number } = await (await f.app.request(q))
+      .json();
+    paged.push(page.items.map((r: { func: string }) => r.func));
+    if (page.next_until === undefined) break;
+    until = page.next_until;
+  }
+  assert.deepEqual(paged, [["e"], ["d", "c", "b"], ["a"]], "9's three rows whole, none lost");
   await f.close();
 });
