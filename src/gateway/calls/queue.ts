@@ -507,8 +507,14 @@ export class CallQueue {
    * accepted): open ones first, then ended ones.
    */
   *listed(): Generator<ListedCall> {
-    yield* this.#open.values();
-    yield* this.#done.values();
+    // A call that ends while the reader pauses between entries moves from the open ones to the
+    // ended ones, behind where the reader is: given once, not again among the ended.
+    const seen = new Set<ObjectRef>();
+    for (const e of this.#open.values()) {
+      seen.add(e.ref); // kept by every later entry of the call (#index)
+      yield e;
+    }
+    for (const e of this.#done.values()) if (!seen.has(e.ref)) yield e;
   }
 
   #kick(): void {
@@ -997,6 +1003,15 @@ export class CallQueue {
         );
         if (status < 200 || status > 299) error = `the receiver answered ${status}`;
       } catch (err) {
+        // Broken off by this gateway (stopping, or its claim let go), not a try the receiver
+        // failed: not counted. A stopping gateway hands the delivery back (another takes it at
+        // once); one whose claim went has nothing more to write.
+        if (c.release.signal.aborted) {
+          if (this.#stopped && !c.lost) {
+            await this.#save(c, (r) => (delete r.owner, delete r.leaseUntil, true)).catch(() => {});
+          }
+          return;
+        }
         error = (err as Error).message;
         // Refused for good: a URL no longer allowed. A name that did not resolve is one try.
         refused = err instanceof InferxError && err.code === "invalid" &&

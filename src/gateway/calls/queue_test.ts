@@ -650,3 +650,80 @@ t(
     }
   },
 );
+
+t(
+  "a callback try broken off by its gateway's stop is not counted, and the delivery is handed back",
+  async () => {
+    const f = await gatewayFixture({
+      calls: {
+        leaseMs: 6000,
+        callbackAllow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
+      },
+    });
+    let tries = 0;
+    const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async () => {
+      tries++;
+      await new Promise((r) => setTimeout(r, 3000)); // slow: the stop comes while it answers
+      return new Response("ok");
+    });
+    try {
+      const rec = record("cb", {
+        status: "succeeded",
+        finishedAt: Date.now(),
+        callback: `http://127.0.0.1:${receiver.addr.port}/cb`,
+        delivery: { state: "pending", attempts: 0 },
+      });
+      delete rec.body;
+      const id = await store(f, rec);
+      await until("the try under way", () => tries === 1);
+      await f.deps.calls.stop(100);
+      const c = await read(f, id);
+      assert.deepEqual([c.delivery?.state, c.delivery?.attempts], ["pending", 0]);
+      assert.equal(c.owner, undefined, "handed back: another gateway may take it at once");
+    } finally {
+      await receiver.shutdown();
+      await f.close();
+    }
+  },
+);
+
+t("a call that ends while its index is read is given once", async () => {
+  const f = await gatewayFixture();
+  await f.deps.calls.stop(0); // nothing runs the calls: they stay as written
+  const open = record("open", {
+    status: "running",
+    owner: "gw-x",
+    leaseUntil: Date.now() + 60_000,
+  });
+  await store(f, open);
+  for (let i = 0; i < 3; i++) await store(f, record(`done${i}`, { status: "succeeded" }));
+  const q = new CallQueue({
+    meta: f.meta,
+    cache: f.deps.cache,
+    pool: f.deps.pool,
+    observe: { metrics: f.deps.metrics, gatewayId: "gw-3" },
+  }, { gatewayId: "gw-3", callbacks: new CallbackSender() });
+  await q.start();
+  try {
+    const it = q.listed();
+    const first = it.next().value!;
+    assert.equal(first.status, "running");
+    // It ends meanwhile: its entry moves behind where the reader is.
+    const cur = await f.meta.get(refOf(open));
+    await f.meta.update({
+      ...refOf(open),
+      object: { ...decodeCall(cur!.value), status: "succeeded", owner: undefined },
+      revision: cur!.revision,
+    });
+    await until(
+      "the move heard",
+      () => [...q.listed()].some((e) => e.status === "succeeded" && e.ref.name === first.ref.name),
+    );
+    const rest = [...it].map((e) => e.ref.name);
+    assert.equal(rest.filter((n) => n === first.ref.name).length, 0, `given again: ${rest}`);
+    assert.equal(rest.length, 3);
+  } finally {
+    await q.stop(0);
+    await f.close();
+  }
+});
