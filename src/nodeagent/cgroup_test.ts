@@ -107,28 +107,45 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"),
     return new Response(String(held.length));
   });`;
 
+/** The directories of pod `podId`'s groups (one per hierarchy). */
+function dirsOf(cgroups: PodCgroups, podId: string): string[] {
+  return cgroups.of(podId).procsFiles.map((f) => f.replace(/\/cgroup\.procs$/, ""));
+}
+
+/** Whether a path exists. */
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+
+/**
+ * A test of pods in control groups (skipped, with the reason printed above,
+ * where groups cannot be made here).
+ */
+function cgTest(name: string, fn: (cgroups: PodCgroups) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: !cap.available,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => cap.available ? fn(cap.cgroups) : Promise.resolve(),
+  });
+}
+
 /** The groups a process is in, from /proc. */
 function groupsOf(pid: number): string {
   return Deno.readTextFileSync(`/proc/${pid}/cgroup`);
 }
 
-Deno.test({
-  name:
-    "ProcessRuntime runs each worker in a control group of its own with its memory limit, tells its kill by that limit, and removes the group",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    if (!cap.available) return;
+cgTest(
+  "ProcessRuntime runs each worker in a control group of its own with its memory limit, tells its kill by that limit, and removes the group",
+  async (cgroups) => {
     const exits: string[] = [];
     const rt = new ProcessRuntime({
-      cgroups: cap.cgroups,
+      cgroups: cgroups,
       onExit: (_pod, why) => exits.push(why),
     });
     const pod = await rt.start(spec("pod-cg", ["deno", "eval", HOG], 160));
     const pid = rt.pidOf("pod-cg")!;
     assert.match(groupsOf(pid), /\/inferx-ixcgtest\/pod-cg$/m);
-    const g = cap.cgroups.of("pod-cg");
+    const g = cgroups.of("pod-cg");
     const memDir = g.procsFiles.find((f) => f.includes("memory"))!.replace(/\/cgroup\.procs$/, "");
     const limit = await Deno.readTextFile(`${memDir}/memory.limit_in_bytes`)
       .catch(() => Deno.readTextFile(`${memDir}/memory.max`));
@@ -140,29 +157,24 @@ Deno.test({
     assert.match(exits[0], /^killed by its memory limit \(160 MB; resources\.Mem\)/);
     await until(
       "its group gone",
-      async () => !await Deno.stat(memDir).then(() => true, () => false),
+      async () => !await exists(memDir),
     );
     assert.deepEqual(rt.running(), []);
   },
-});
+);
 
-Deno.test({
-  name:
-    "ProcessRuntime removes a stopped worker's control group, and leaves a worker under its limit be",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    if (!cap.available) return;
-    const rt = new ProcessRuntime({ cgroups: cap.cgroups });
+cgTest(
+  "ProcessRuntime removes a stopped worker's control group, and leaves a worker under its limit be",
+  async (cgroups) => {
+    const rt = new ProcessRuntime({ cgroups: cgroups });
     const pod = await rt.start(spec("pod-cg2", ["deno", "eval", HOG], 1024));
     await fetch(`http://${pod.endpoint}/hog`).then((r) => r.text());
     assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "400", "it runs on");
-    const dirs = cap.cgroups.of("pod-cg2").procsFiles.map((f) => f.replace(/\/cgroup\.procs$/, ""));
+    const dirs = dirsOf(cgroups, "pod-cg2");
     await rt.stop("pod-cg2");
-    for (const d of dirs) assert.equal(await Deno.stat(d).then(() => true, () => false), false, d);
+    for (const d of dirs) assert.equal(await exists(d), false, d);
   },
-});
+);
 
 Deno.test({
   name: "ProcessRuntime restores a snapshot's copy into the copy's own control group",
@@ -194,23 +206,18 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "ProcessRuntime's stop ends what the worker started in a session of its own, and its group goes",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    if (!cap.available) return;
-    const rt = new ProcessRuntime({ cgroups: cap.cgroups });
+cgTest(
+  "ProcessRuntime's stop ends what the worker started in a session of its own, and its group goes",
+  async (cgroups) => {
+    const rt = new ProcessRuntime({ cgroups: cgroups });
     const spawner = `
 const helper = new Deno.Command("setsid", { args: ["sleep", "300"], stdout: "null", stderr: "null" }).spawn();
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
   () => new Response(String(helper.pid)));`;
     const pod = await rt.start(spec("pod-cg3", ["deno", "eval", spawner], 256));
     const helper = Number(await (await fetch(`http://${pod.endpoint}/`)).text());
-    assert.ok(await cap.cgroups.of("pod-cg3").pids().then((p) => p.includes(helper)));
-    const dirs = cap.cgroups.of("pod-cg3").procsFiles.map((f) => f.replace(/\/cgroup\.procs$/, ""));
+    assert.ok(await cgroups.of("pod-cg3").pids().then((p) => p.includes(helper)));
+    const dirs = dirsOf(cgroups, "pod-cg3");
     await rt.stop("pod-cg3");
     // Gone, or a zombie its new parent has not reaped yet: not running.
     const state = await Deno.readTextFile(`/proc/${helper}/stat`).then(
@@ -218,6 +225,6 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"),
       () => "gone",
     );
     assert.ok(state === "gone" || state === "Z", `the helper outlived its pod (state ${state})`);
-    for (const d of dirs) assert.equal(await Deno.stat(d).then(() => true, () => false), false, d);
+    for (const d of dirs) assert.equal(await exists(d), false, d);
   },
-});
+);

@@ -601,31 +601,21 @@ criuNetTest(
   },
 );
 
-Deno.test({
-  name:
-    "ProcessRuntime: recover() removes the images of pods parked in a file, and keeps snapshots",
-  ignore: !criuCap.available || !netCap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { dir, rt } = await criuRuntime(true);
-    try {
-      await rt.start(spec(["deno", "eval", COUNTER]));
-      await rt.park("pod-test", "file");
-      await Deno.mkdir(`${dir}/images/a-snapshot`, { recursive: true });
-      await Deno.writeTextFile(`${dir}/images/a-snapshot/inferx.json`, "{}");
-      await Deno.mkdir(`${dir}/pod-old.restore`);
-      assert.ok([...Deno.readDirSync(dir)].some((e) => e.name === "pod-test"));
-      // The agent restarted: nothing can resume the parked pod any more.
-      await new ProcessRuntime({ criu: new Criu(locateCriu()!), snapshotDir: dir }).recover();
-      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["images"]);
-      assert.ok(Deno.statSync(`${dir}/images/a-snapshot/inferx.json`).isFile);
-    } finally {
-      await rt.stop("pod-test");
-      await Deno.remove(dir, { recursive: true });
-    }
+criuNetTest(
+  "ProcessRuntime: recover() removes the images of pods parked in a file, and keeps snapshots",
+  async ({ dir, rt }) => {
+    await rt.start(spec(["deno", "eval", COUNTER]));
+    await rt.park("pod-test", "file");
+    await Deno.mkdir(`${dir}/images/a-snapshot`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/images/a-snapshot/inferx.json`, "{}");
+    await Deno.mkdir(`${dir}/pod-old.restore`);
+    assert.ok([...Deno.readDirSync(dir)].some((e) => e.name === "pod-test"));
+    // The agent restarted: nothing can resume the parked pod any more.
+    await new ProcessRuntime({ criu: new Criu(locateCriu()!), snapshotDir: dir }).recover();
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["images"]);
+    assert.ok(Deno.statSync(`${dir}/images/a-snapshot/inferx.json`).isFile);
   },
-});
+);
 
 Deno.test({
   name:

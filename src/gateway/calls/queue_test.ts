@@ -31,6 +31,21 @@ function record(n: string, fields: Partial<CallRecord> = {}): CallRecord {
   return testCall("t", "n", { body, ...fields });
 }
 
+/** Loopback, which callbacks may reach in these tests. */
+const LOOPBACK = [{ address: "127.0.0.0", prefix: 8, family: "ipv4" as const }];
+
+/** A call that ended, its callback to `url` still to deliver (its request body gone). */
+function ended(url: string): CallRecord {
+  const rec = record("cb", {
+    status: "succeeded",
+    finishedAt: Date.now(),
+    callback: url,
+    delivery: { state: "pending", attempts: 0 },
+  });
+  delete rec.body;
+  return rec;
+}
+
 async function store(f: GatewayFixture, rec: CallRecord) {
   await f.meta.create({ ...refOf(rec), object: rec });
   return rec.id;
@@ -255,16 +270,9 @@ t(
     const other = await secondGateway(
       f,
       undefined,
-      new CallbackSender({ resolve, allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }] }),
+      new CallbackSender({ resolve, allow: LOOPBACK }),
     );
-    const rec = record("cb", {
-      status: "succeeded",
-      finishedAt: Date.now(),
-      callback: `http://hook.test:${receiver.addr.port}/cb`,
-      delivery: { state: "pending", attempts: 0 },
-    });
-    delete rec.body;
-    const id = await store(f, rec);
+    const id = await store(f, ended(`http://hook.test:${receiver.addr.port}/cb`));
     await until(
       "the delivery to settle",
       async () => (await read(f, id)).delivery?.state !== "pending",
@@ -557,18 +565,11 @@ t(
     const g = await secondGateway(
       f,
       undefined,
-      new CallbackSender({ allow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }] }),
+      new CallbackSender({ allow: LOOPBACK }),
       { meta, backoffMs: 3000 },
     );
     try {
-      const rec = record("cb", {
-        status: "succeeded",
-        finishedAt: Date.now(),
-        callback: `http://127.0.0.1:${receiver.addr.port}/cb`,
-        delivery: { state: "pending", attempts: 0 },
-      });
-      delete rec.body;
-      const id = await store(f, rec);
+      const id = await store(f, ended(`http://127.0.0.1:${receiver.addr.port}/cb`));
       await until("the first try", async () => (await read(f, id)).delivery?.attempts === 1);
       // Cut off from the store while it waits to try again: its claim runs out, it lets go.
       down.on = true;
@@ -618,7 +619,7 @@ t(
       calls: {
         leaseMs: 6000,
         backoffMs: 20,
-        callbackAllow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
+        callbackAllow: LOOPBACK,
       },
     });
     const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async () => {
@@ -657,7 +658,7 @@ t(
     const f = await gatewayFixture({
       calls: {
         leaseMs: 6000,
-        callbackAllow: [{ address: "127.0.0.0", prefix: 8, family: "ipv4" }],
+        callbackAllow: LOOPBACK,
       },
     });
     let tries = 0;
@@ -667,14 +668,7 @@ t(
       return new Response("ok");
     });
     try {
-      const rec = record("cb", {
-        status: "succeeded",
-        finishedAt: Date.now(),
-        callback: `http://127.0.0.1:${receiver.addr.port}/cb`,
-        delivery: { state: "pending", attempts: 0 },
-      });
-      delete rec.body;
-      const id = await store(f, rec);
+      const id = await store(f, ended(`http://127.0.0.1:${receiver.addr.port}/cb`));
       await until("the try under way", () => tries === 1);
       await f.deps.calls.stop(100);
       const c = await read(f, id);

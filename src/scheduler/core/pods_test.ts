@@ -389,9 +389,7 @@ Deno.test("in a start back-off a call retires no idle pod of another function fo
   // g: one idle pod, kept (a replica).
   const [q] = created(d.run(lease("rg", "a/n/g", "g1")));
   d.run({ type: "podStatus", podId: q.id, state: "Ready", endpoint: "e2" });
-  d.state.funcs.get("a/n/g")!.policy.minReplica = 1;
-  d.run({ type: "return", podId: q.id, gateway: "g1" });
-  d.state.funcs.get("a/n/g")!.policy.minReplica = 0;
+  d.returnKeptIdle("a/n/g", q.id);
   assert.ok(d.state.funcs.get("a/n/g")!.idle.has(q.id));
   // Tenant a at its quota: f's p1 and g's q.
   d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 2 } });
@@ -427,9 +425,7 @@ Deno.test("in a start back-off a parked pod that cannot resume stays parked, and
   const [r] = created(d.run(lease("rh", "t/n/h")));
   assert.equal(r.node, "n2");
   d.run({ type: "podStatus", podId: r.id, state: "Ready", endpoint: "e3" });
-  d.state.funcs.get("t/n/h")!.policy.minReplica = 1;
-  d.run({ type: "return", podId: r.id, gateway: "g1" });
-  d.state.funcs.get("t/n/h")!.policy.minReplica = 0;
+  d.returnKeptIdle("t/n/h", r.id);
   assert.ok(d.state.funcs.get("t/n/h")!.idle.has(r.id));
   d.run({ type: "tenantQuota", tenant: "t", limits: { maxReplica: 2 } });
   const f = d.state.funcs.get("t/n/f")!;

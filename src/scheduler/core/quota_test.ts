@@ -72,9 +72,7 @@ Deno.test("quota: an idle pod of the same tenant is retired to make room", () =>
   const p = created(d.run(lease("r1", "a/n/f")))[0];
   d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
   // Returned but kept a moment (scale-in timeout): idle, yet a replica.
-  d.state.funcs.get("a/n/f")!.policy.minReplica = 1;
-  d.run({ type: "return", podId: p.id, gateway: "g1" });
-  d.state.funcs.get("a/n/f")!.policy.minReplica = 0;
+  d.returnKeptIdle("a/n/f", p.id);
   assert.ok(d.state.funcs.get("a/n/f")!.idle.has(p.id));
   const acts = d.run(lease("r2", "a/n/g"));
   assert.deepEqual(acts.map((a) => a.type), ["terminatePod", "createPod"]);

@@ -109,6 +109,19 @@ export class CoreDriver {
     }
     return out;
   }
+
+  /**
+   * Gives leased pod `podId` of `func` back and keeps it idle (a replica),
+   * as a scale-in timeout not yet run out would: `minReplica` held at 1 for
+   * the return only.
+   */
+  returnKeptIdle(func: string, podId: string, gateway = "g1"): void {
+    const policy = this.state.funcs.get(func)!.policy;
+    const min = policy.minReplica;
+    policy.minReplica = 1;
+    this.run({ type: "return", podId, gateway });
+    policy.minReplica = min;
+  }
 }
 
 /** The kinds of `acts`, in order. */
