@@ -339,15 +339,6 @@ export class PodCgroup {
     }
   }
 
-  /** Memory in use by the group (bytes), or undefined. */
-  async memoryBytes(): Promise<number | undefined> {
-    const d = this.#dirs.find((x) => x.names.includes("memory"));
-    if (!d) return undefined;
-    const file = d.version === 2 ? "memory.current" : "memory.usage_in_bytes";
-    const n = Number((await Deno.readTextFile(`${d.dir}/${file}`).catch(() => "")).trim());
-    return Number.isFinite(n) && n > 0 ? n : undefined;
-  }
-
   /**
    * Removes the groups. A group goes only once no process is in it: tried
    * for up to `waitMs` (the worker's last processes exiting).

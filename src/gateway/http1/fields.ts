@@ -22,7 +22,7 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * set (RFC 9110 §7.6.1: they are for this hop alone, and go with it), or
  * undefined when they name none: `close` and `keep-alive` alone, the usual.
  */
-export function connectionNamed(value: string): Set<string> | undefined {
+function connectionNamed(value: string): Set<string> | undefined {
   // What clients send on nearly every request: nothing to look at.
   const v = value.length <= 10 ? value.toLowerCase() : "";
   if (v === "keep-alive" || v === "close") return undefined;
