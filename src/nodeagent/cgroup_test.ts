@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { configure, type LogRecord, reset } from "@logtape/logtape";
 import {
   cgroupMounts,
   cpuShares,
@@ -175,6 +176,49 @@ cgTest(
     const dirs = dirsOf(cgroups, "pod-cg2");
     await rt.stop("pod-cg2");
     for (const d of dirs) assert.equal(await exists(d), false, d);
+  },
+);
+
+/** Serves `/`; `/spawn` starts a process that takes 400 MB and answers how that process ended. */
+const SPAWNER = `
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
+  async (req) => {
+    if (new URL(req.url).pathname !== "/spawn") return new Response("up");
+    const hog = "const h = []; for (let i = 0; i < 400; i++) h.push(new Uint8Array(1 << 20).fill(1));";
+    const st = await new Deno.Command(Deno.execPath(), { args: ["eval", hog] }).output();
+    return new Response(String(st.signal ?? st.code));
+  });`;
+
+cgTest(
+  "ProcessRuntime says, when a worker is stopped, that a process of it was killed by its memory limit while it ran",
+  async (cgroups) => {
+    const lines: string[] = [];
+    await configure({
+      reset: true,
+      sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
+      loggers: [
+        { category: ["inferx"], lowestLevel: "info", sinks: ["mem"] },
+        { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["mem"] },
+      ],
+    });
+    try {
+      const exits: string[] = [];
+      const rt = new ProcessRuntime({ cgroups: cgroups, onExit: (_pod, why) => exits.push(why) });
+      const pod = await rt.start(spec("pod-cg3", ["deno", "eval", SPAWNER], 160));
+      // The process it started is killed by the group's limit; the worker itself answers on.
+      assert.equal(await (await fetch(`http://${pod.endpoint}/spawn`)).text(), "SIGKILL");
+      assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "up");
+      assert.deepEqual(exits, [], "the worker did not exit");
+      await rt.stop("pod-cg3");
+      assert.ok(
+        lines.includes(
+          "Pod pod-cg3: a process of its worker was killed by its memory limit (160 MB; resources.Mem)",
+        ),
+        lines.join("\n"),
+      );
+    } finally {
+      await reset();
+    }
   },
 );
 
