@@ -149,6 +149,26 @@ Deno.test({
       assert.match(await text(page, "#live"), /paused while hidden/);
       await setHidden(false);
       await page.waitForSelector('#live[data-state="on"]');
+      // Changes that keep coming (a pod parked and resumed at every call) are drawn as they
+      // come, a few times a second, not put off until they stop.
+      const reloads: number[] = [];
+      const onRequest = (r: { url(): string }) =>
+        r.url().endsWith("/ui/part/nodes/body") && reloads.push(Date.now());
+      page.on("request", onRequest);
+      const burstStart = Date.now();
+      await page.evaluate(async () => {
+        const { refreshLive } = await import("/ui/static/app.js");
+        for (let i = 0; i < 40; i++) {
+          refreshLive();
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      });
+      const burstEnd = Date.now();
+      page.off("request", onRequest);
+      assert.ok(
+        reloads.filter((t) => t < burstEnd).length >= 4,
+        `reloads during 2 s of changes every 50 ms: ${reloads.map((t) => t - burstStart)}`,
+      );
 
       // A log line with markup is text, not markup.
       await page.goto(`${p.url}/ui/pods`);

@@ -36,10 +36,29 @@ const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
   "img-src 'self' data:; connect-src 'self'; frame-src 'none'; object-src 'none'; " +
   "frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/** Event streams one gateway serves at once. */
-const MAX_STREAMS = 1000;
-/** Event streams one credential holds at once (a dashboard keeps one per tab). */
-const MAX_STREAMS_PER_CALLER = 20;
+/**
+ * How many event streams (`/ui/events`) a gateway serves at once, and to
+ * whom. With auth off every browser is the same administrator, held by
+ * `total` alone.
+ */
+export interface StreamLimits {
+  /** In all. */
+  total: number;
+  /** Of one credential (a dashboard keeps one per tab shown). */
+  perCaller: number;
+  /** Of one tenant's credentials together: a tenant's full key makes more keys at will. */
+  perTenant: number;
+  /** Of all credentials confined to tenants, together: the rest stay for cluster-wide readers. */
+  tenants: number;
+}
+
+/** The limits {@linkcode uiRoutes} applies unless told others. */
+export const STREAM_LIMITS: Readonly<StreamLimits> = {
+  total: 1000,
+  perCaller: 20,
+  perTenant: 100,
+  tenants: 900,
+};
 
 /** Options of {@linkcode uiRoutes}. */
 export interface UiOptions {
@@ -47,17 +66,84 @@ export interface UiOptions {
   pingMs?: number;
   /** Where `/ui/events` gets changes. @default watches of `deps.meta` */
   events?: ClusterEvents;
-  /** Event streams one credential may hold at once. @default MAX_STREAMS_PER_CALLER */
-  maxStreamsPerCaller?: number;
+  /** Limits on event streams, each one unset taken from {@linkcode STREAM_LIMITS}. */
+  streamLimits?: Partial<StreamLimits>;
+}
+
+/** Event streams open, counted against {@linkcode StreamLimits}. */
+class StreamCounts {
+  #held = new Map<string, number>();
+  #limits: StreamLimits;
+
+  constructor(limits: StreamLimits) {
+    this.#limits = limits;
+  }
+
+  /**
+   * Counts a stream of `p`'s, or throws why it may not have one; returns
+   * what gives it back (once, however often called). `open`: streams open
+   * now. `auth`: whether credentials tell callers apart.
+   */
+  take(p: Principal, open: number, auth: boolean): () => void {
+    const l = this.#limits;
+    if (open >= l.total) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot watch: ${l.total} dashboards watch this gateway already`,
+        { retryable: true },
+      );
+    }
+    if (!auth) return () => {};
+    // A credential any of whose grants reaches the whole cluster counts for itself alone.
+    const tenants = p.grants.every((g) => g.tenant !== undefined)
+      ? [...new Set(p.grants.map((g) => g.tenant!))]
+      : [];
+    const full = (key: string, most: number) => (this.#held.get(key) ?? 0) >= most;
+    if (tenants.length && full("tenants", l.tenants)) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot watch: tenants' dashboards hold ${l.tenants} event streams of this gateway ` +
+          "already (the rest stay for cluster-wide readers)",
+        { retryable: true },
+      );
+    }
+    const tenant = tenants.find((t) => full(`tenant ${t}`, l.perTenant));
+    if (tenant !== undefined) {
+      throw new InferxError(
+        "quota_exceeded",
+        `Cannot watch: tenant ${tenant} holds ${l.perTenant} event streams of this gateway ` +
+          "already (the most)",
+        { retryable: true },
+      );
+    }
+    if (full(`caller ${p.id}`, l.perCaller)) {
+      throw new InferxError(
+        "quota_exceeded",
+        `Cannot watch: ${p.id} holds ${l.perCaller} event streams of this gateway already (the most)`,
+        { retryable: true },
+      );
+    }
+    const keys = [`caller ${p.id}`, ...tenants.map((t) => `tenant ${t}`)];
+    if (tenants.length) keys.push("tenants");
+    for (const k of keys) this.#held.set(k, (this.#held.get(k) ?? 0) + 1);
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      for (const k of keys) {
+        const n = this.#held.get(k)! - 1;
+        if (n > 0) this.#held.set(k, n);
+        else this.#held.delete(k);
+      }
+    };
+  }
 }
 
 /** The dashboard's routes, mounted at `/ui`. */
 export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const events = opts.events ?? new ClusterEvents(deps.meta);
-  const perCaller = opts.maxStreamsPerCaller ?? MAX_STREAMS_PER_CALLER;
-  /** Event streams open, by credential. */
-  const streamsOf = new Map<string, number>();
+  const streams = new StreamCounts({ ...STREAM_LIMITS, ...opts.streamLimits });
   app.use("*", async function uiHeaders(c, next) {
     await next();
     c.header("content-security-policy", CSP);
@@ -199,29 +285,7 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
   app.get("/events", async (c) => {
     const p = c.var.principal;
     if (!p.grants.some((g) => g.scope !== "inference")) authorize(p, "read");
-    if (events.listeners >= MAX_STREAMS) {
-      throw new InferxError(
-        "unavailable",
-        `Cannot watch: ${MAX_STREAMS} dashboards watch this gateway already`,
-        { retryable: true },
-      );
-    }
-    // One credential cannot take every stream from the others. With auth off there is no
-    // credential: every browser is the same admin, held only by the gateway's own limit.
-    const held = streamsOf.get(p.id) ?? 0;
-    if (held >= perCaller && deps.auth.enabled) {
-      throw new InferxError(
-        "quota_exceeded",
-        `Cannot watch: ${p.id} holds ${held} event streams of this gateway already (the most)`,
-        { retryable: true },
-      );
-    }
-    streamsOf.set(p.id, held + 1);
-    const ended = () => {
-      const n = (streamsOf.get(p.id) ?? 1) - 1;
-      if (n > 0) streamsOf.set(p.id, n);
-      else streamsOf.delete(p.id);
-    };
+    const ended = streams.take(p, events.listeners, deps.auth.enabled);
     const headers = c.req.raw.headers;
     const body = await eventStream(events, {
       visible: (ev: ClusterEvent) =>

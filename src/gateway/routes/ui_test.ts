@@ -9,7 +9,7 @@ import { errorAnswer } from "../middleware/errors.ts";
 import { serveGateway } from "../server.ts";
 import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
-import { uiRoutes } from "./ui.ts";
+import { type StreamLimits, uiRoutes } from "./ui.ts";
 import { callUrl, partUrl } from "../../ui/static/api.js";
 import { callExamples, KEY } from "../../ui/functions.tsx";
 
@@ -85,7 +85,7 @@ async function revoke(f: GatewayFixture, id: string): Promise<void> {
 }
 
 /** The dashboard's routes over `f` with events of their own, pinging every `pingMs`. */
-function eventsApp(f: GatewayFixture, pingMs: number, maxStreamsPerCaller?: number) {
+function eventsApp(f: GatewayFixture, pingMs: number, streamLimits?: Partial<StreamLimits>) {
   const events = new ClusterEvents(f.meta);
   const app = new Hono<GatewayEnv>();
   app.onError((err, c) => {
@@ -93,7 +93,7 @@ function eventsApp(f: GatewayFixture, pingMs: number, maxStreamsPerCaller?: numb
     return c.body(a.body, a.status as 400, Object.fromEntries(a.headers));
   });
   app.use("*", authenticate(f.deps.auth));
-  app.route("/ui", uiRoutes(f.deps, { events, pingMs, maxStreamsPerCaller }));
+  app.route("/ui", uiRoutes(f.deps, { events, pingMs, streamLimits }));
   return { app, events };
 }
 
@@ -532,7 +532,7 @@ Deno.test("the copied curl example quotes the spec's path and body for a shell",
 
 t("/ui/events holds a few streams per credential, so one cannot take them all", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
-  const { app, events } = eventsApp(f, 60_000, 2);
+  const { app, events } = eventsApp(f, 60_000, { perCaller: 2 });
   try {
     const key = await createKey(f, { scope: "read", tenant: "t" });
     const open = async (auth: string) => {
@@ -559,6 +559,57 @@ t("/ui/events holds a few streams per credential, so one cannot take them all", 
     await f.close();
   }
 });
+
+t(
+  "/ui/events holds a tenant's credentials together to a few streams, and keeps some for cluster-wide readers",
+  async () => {
+    const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+    const { app, events } = eventsApp(f, 60_000, { perCaller: 5, perTenant: 2, tenants: 3 });
+    try {
+      const open = async (auth: string) => {
+        const abort = new AbortController();
+        const res = await app.request("/ui/events", {
+          headers: { authorization: `Bearer ${auth}` },
+          signal: abort.signal,
+        });
+        return {
+          res,
+          close: async () => (abort.abort(), await res.body?.cancel().catch(() => {})),
+        };
+      };
+      // Keys a tenant made for itself, one stream each: its streams together are held.
+      const t = [];
+      for (let i = 0; i < 3; i++) t.push(await createKey(f, { scope: "read", tenant: "t" }));
+      const t1 = await open(t[0]);
+      const t2 = await open(t[1]);
+      const t3 = await open(t[2]);
+      assert.deepEqual([t1.res.status, t2.res.status, t3.res.status], [200, 200, 429]);
+      assert.match((await t3.res.json()).error.message, /tenant t holds 2 event streams/);
+      // Another tenant's key is not held back by t's, until tenants together hold their share.
+      await f.meta.create({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "u",
+        object: {},
+      });
+      const u1 = await open(await createKey(f, { scope: "read", tenant: "u" }));
+      assert.equal(u1.res.status, 200);
+      const u2 = await open(await createKey(f, { scope: "read", tenant: "u" }));
+      assert.equal(u2.res.status, 503);
+      assert.match((await u2.res.json()).error.message, /the rest stay for cluster-wide readers/);
+      const admin = await open(ADMIN_KEY);
+      assert.equal(admin.res.status, 200, "a cluster-wide reader watches still");
+      await t1.close();
+      const again = await open(t[2]); // one of t's freed: one more for t
+      assert.equal(again.res.status, 200);
+      for (const s of [t2, again, u1, admin]) await s.close();
+      assert.equal(events.listeners, 0);
+    } finally {
+      await f.close();
+    }
+  },
+);
 
 t("a node's heartbeat alone is no event: pages are not redrawn every 2 s", async () => {
   const f = await gatewayFixture();
@@ -587,7 +638,7 @@ t("a node's heartbeat alone is no event: pages are not redrawn every 2 s", async
 
 t("/ui/events with auth off holds no browser to a shared per-credential limit", async () => {
   const f = await gatewayFixture(); // auth off: every caller is the same admin
-  const { app, events } = eventsApp(f, 60_000, 2);
+  const { app, events } = eventsApp(f, 60_000, { perCaller: 2 });
   try {
     const aborts: AbortController[] = [];
     const statuses: number[] = [];

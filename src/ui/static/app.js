@@ -71,10 +71,16 @@ function fillKeys(root) {
 let refreshTimer;
 let refreshing = false;
 
-/** Reloads every live region soon (changes come in bursts: one reload per burst). */
+/**
+ * Reloads every live region soon: 150 ms after the first change not yet
+ * drawn, so a burst of changes costs one reload. Later changes do not push
+ * that reload back (a steady stream of them would put it off for good); one
+ * that comes while a reload runs gets another after it.
+ */
 export function refreshLive() {
-  clearTimeout(refreshTimer);
+  if (refreshTimer !== undefined) return;
   refreshTimer = setTimeout(async () => {
+    refreshTimer = undefined;
     // A button armed for its second click (terminate) would be drawn anew, unarmed: later.
     if (refreshing || document.querySelector("[data-live] [data-armed]")) return refreshLive();
     refreshing = true;
