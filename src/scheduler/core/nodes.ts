@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Ctx, releasePod } from "./_accounting.ts";
+import { type Ctx, releasePod, terminate } from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { refreshGpuSummary } from "./placement.ts";
 import { capacityChanged, updateAllSchedulable } from "./schedulable.ts";
@@ -71,7 +71,7 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
 export function onNodeRemove(ctx: Ctx, name: string) {
   const node = ctx.state.nodes.get(name);
   if (!node) return;
-  loseNodePods(ctx, node, `node ${name} was removed`);
+  loseNodePods(ctx, node, `node ${name} was removed`, true);
   ctx.state.nodes.delete(name);
   ctx.state.nodeList = ctx.state.nodeList.filter((n) => n !== node);
   updateAllSchedulable(ctx);
@@ -90,12 +90,18 @@ export function expireSilentNodes(ctx: Ctx) {
   if (lost) retryStarved(ctx);
 }
 
-/** Pods on a lost node are gone: free their accounting and replace them. */
-function loseNodePods(ctx: Ctx, node: CoreNode, reason: string) {
+/**
+ * Pods on a lost node are replaced. They keep their charge until the node
+ * says they are gone, as every terminated pod does: a node that was only
+ * silent (its agent stalled, its network cut off) still runs them, and must
+ * get nothing placed into what they hold if it comes back first. A node
+ * whose record is gone (`removed`) takes its pods' accounting with it.
+ */
+function loseNodePods(ctx: Ctx, node: CoreNode, reason: string, removed = false) {
   for (const id of [...node.pods]) {
     const pod = ctx.state.pods.get(id)!;
-    if (pod.state !== "Terminating") ctx.actions.push({ type: "terminatePod", podId: id, reason });
-    releasePod(ctx.state, pod);
+    terminate(ctx, pod, reason);
+    if (removed) releasePod(ctx.state, pod);
   }
   for (const f of ctx.state.funcs.values()) {
     if (f.waiters.length || f.policy.minReplica) ctx.state.starved.add(f.id);

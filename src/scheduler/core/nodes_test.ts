@@ -76,3 +76,36 @@ Deno.test("step() replaces the pods of a node whose heartbeats stop, and takes i
   d.run(beat("n1", 10_500));
   assert.equal(d.state.nodes.get("n1")!.ready, true, "its next heartbeat brings it back");
 });
+
+Deno.test("step() keeps a silent node's pods charged until it says they are gone, so nothing is placed into what they hold when it comes back", () => {
+  const d = new CoreDriver();
+  const gpuNode = (heartbeat: number) => ({
+    type: "nodeUpdate" as const,
+    node: nodeReport("n1", { gpuCount: 1, vramMB: 24_000, heartbeat }),
+  });
+  d.run(gpuNode(0));
+  const first = created(d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", { gpuCount: 1, vramMB: 20_000 }, { minReplica: 1 }),
+  }))[0];
+  d.run({ type: "podStatus", podId: first.id, state: "Ready", endpoint: "e1" });
+  // Its agent stalls (the worker runs on, holding 20 GB), then is heard before it has acted.
+  d.now = 11_000;
+  assert.deepEqual(kinds(d.run({ type: "tick" })), ["terminatePod"]);
+  d.now = 12_000;
+  assert.deepEqual(kinds(d.run(gpuNode(12_000))), [], "no second 20 GB pod on the 24 GB GPU");
+  // The informer's resync brings the old pod's record again: charged once, not twice.
+  d.run({
+    type: "podRecord",
+    pod: { ...first, desired: "Terminated", state: "Ready", endpoint: "e1" },
+  });
+  const gpu = () => d.state.nodes.get("n1")!.gpus[0];
+  assert.equal(gpu().vramUsedMB, 20_000);
+  // Once the node says it is gone, its replacement takes the GPU.
+  const acts = d.run({ type: "podStatus", podId: first.id, state: "Terminated" });
+  assert.deepEqual(kinds(acts), ["createPod"]);
+  assert.equal(gpu().vramUsedMB, 20_000);
+  // A node whose record is removed takes its pods' charges with it.
+  d.run({ type: "nodeRemove", name: "n1" });
+  assert.equal(d.state.pods.size, 0);
+});
