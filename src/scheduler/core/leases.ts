@@ -247,8 +247,12 @@ export function expireWaiters(ctx: Ctx) {
  */
 export function reclaimSilentGateways(ctx: Ctx) {
   const { state, now } = ctx;
-  for (const [gw, seen] of state.gateways) {
-    if (now - seen < state.config.gatewayTimeoutMs) continue;
+  const silent = [...state.gateways].filter(([, seen]) =>
+    now - seen >= state.config.gatewayTimeoutMs
+  ).map(([gw]) => gw);
+  // All their waiters are answered before any of their workers comes back: one silent
+  // gateway's worker must not go to another silent gateway's waiter, to be taken back at once.
+  for (const gw of silent) {
     state.gateways.delete(gw);
     for (const f of state.funcs.values()) {
       if (!f.waiters.some((w) => w.gateway === gw)) continue;
@@ -263,6 +267,8 @@ export function reclaimSilentGateways(ctx: Ctx) {
         return false;
       });
     }
+  }
+  for (const gw of silent) {
     for (const pod of state.pods.values()) {
       if (holds(pod, gw)) onReturn(ctx, pod.id, gw, false);
     }

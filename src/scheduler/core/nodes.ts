@@ -51,6 +51,7 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
   node.contextOverheadMB = r.contextOverheadMB;
   node.standbyTiers = r.standbyTiers;
   const used = new Map(node.gpus.map((g) => [g.index, g]));
+  const sameGpus = r.gpus.length === used.size && r.gpus.every((g) => used.has(g.index));
   node.gpus = r.gpus.map((g) => ({
     index: g.index,
     type: g.type,
@@ -58,6 +59,9 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
     vramUsedMB: used.get(g.index)?.vramUsedMB ?? 0,
     contexts: used.get(g.index)?.contexts ?? 0,
   }));
+  // A GPU that left the report (its discovery failed once) and came back still holds
+  // what its pods hold: counted again from them.
+  if (!sameGpus) recountGpus(state, node);
   refreshGpuSummary(node);
   if (wasReady && !node.ready) {
     const why = r.ready ? "missed its heartbeats" : "is not ready";
@@ -65,6 +69,24 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
   }
   if (resized) updateAllSchedulable(ctx, joined);
   retryStarved(ctx);
+}
+
+/** Each GPU's charge, counted from the pods on its node that hold GPU memory. */
+function recountGpus(state: CoreState, node: CoreNode) {
+  for (const g of node.gpus) {
+    g.vramUsedMB = 0;
+    g.contexts = 0;
+  }
+  for (const id of node.pods) {
+    const pod = state.pods.get(id);
+    if (!pod?.held.vram) continue;
+    for (const s of pod.gpus) {
+      const g = node.gpus.find((g) => g.index === s.index);
+      if (!g) continue;
+      g.vramUsedMB += pod.vramChargeMB;
+      g.contexts++;
+    }
+  }
 }
 
 /** A node's record is gone: so are its pods. */

@@ -109,3 +109,25 @@ Deno.test("step() keeps a silent node's pods charged until it says they are gone
   d.run({ type: "nodeRemove", name: "n1" });
   assert.equal(d.state.pods.size, 0);
 });
+
+Deno.test("step() counts a GPU that left a node's report and came back with what its pods still hold", () => {
+  const d = new CoreDriver();
+  const withGpu = {
+    type: "nodeUpdate" as const,
+    node: nodeReport("n1", { gpuCount: 1, vramMB: 24_000 }),
+  };
+  d.run(withGpu);
+  const first = created(d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", { gpuCount: 1, vramMB: 20_000 }, { minReplica: 1 }),
+  }))[0];
+  d.run({ type: "podStatus", podId: first.id, state: "Ready", endpoint: "e1" });
+  // Its agent restarts and finds no GPU once (discovery failed), then finds it again.
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { gpuCount: 0 }) });
+  const back = d.run(withGpu);
+  const gpu = () => d.state.nodes.get("n1")!.gpus[0];
+  assert.equal(gpu().vramUsedMB, 20_000, "the pod on it still holds its slice");
+  assert.deepEqual(created(back), []);
+  d.run({ type: "podStatus", podId: first.id, state: "Terminated" });
+  assert.equal(gpu().vramUsedMB, 0, "given back once, not twice");
+});

@@ -148,8 +148,10 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     return;
   }
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
-  // Parked by its record's report; asked to park and not yet reported: it holds all still.
-  const parked = podState === "Standby" && r.state === "Standby";
+  // Parked by its record's report (being terminated, too); asked to park and not yet
+  // reported: it holds all still.
+  const parked = r.state === "Standby" && r.tier !== undefined &&
+    (podState === "Standby" || podState === "Terminating");
   const placement = {
     id: r.id,
     func: r.func,

@@ -262,6 +262,31 @@ Deno.test("a park or a resume under way at a restart: the parking pod is not han
   assert.equal(d.state.pods.get("old-2")!.state, "Ready");
 });
 
+Deno.test("after a restart, a parked pod being terminated is charged what its tier holds, not all it had", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["host_memory"]) });
+  d.run({
+    type: "podRecord",
+    pod: {
+      id: "old-1",
+      func: "t/n/f",
+      version: 1,
+      node: "n1",
+      cpu: 3000,
+      memMB: 1024,
+      gpus: [{ index: 0, vramMB: 40_000 }],
+      desired: "Terminated",
+      state: "Standby",
+      tier: "host_memory",
+    },
+  });
+  const n = d.state.nodes.get("n1")!;
+  // Parked in host memory it holds memory only: its CPU and GPU memory are free.
+  assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 1024, 0]);
+  d.run({ type: "podStatus", podId: "old-1", state: "Terminated" });
+  assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 0, 0]);
+});
+
 Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats before it is handed out or parked", () => {
   const setup = () => {
     const d = new CoreDriver("s2");

@@ -288,6 +288,23 @@ Deno.test("step() answers the waiting requests of a silent gateway: nothing is g
   assert.equal(d.state.pods.get(pod.id)?.leasedBy, undefined);
 });
 
+Deno.test("step() gives no silent gateway's worker to another gateway found silent in the same tick", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 3 }),
+  });
+  const pod = created(d.run(lease("gA-1", "t/n/f", "gA", 60_000)))[0];
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  // gB waits for a second pod, still starting; then neither gateway is heard for 10 s.
+  assert.deepEqual(kinds(d.run(lease("gB-1", "t/n/f", "gB", 60_000))), ["createPod"]);
+  d.now = 10_000;
+  const acts = d.run({ type: "tick" });
+  assert.ok(!acts.some((a) => a.type === "leaseGranted"), JSON.stringify(acts));
+  assert.ok(acts.some((a) => a.type === "leaseFailed" && a.reqId === "gB-1"));
+  assert.equal(d.state.pods.get(pod.id)?.leasedBy, undefined);
+});
+
 Deno.test("step() expires each waiter at its own deadline, whatever the order they came in", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
