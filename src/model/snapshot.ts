@@ -36,6 +36,11 @@ export const SnapshotInfoSchema = z.object({
   restores: z.int().min(0).default(0),
   /** Why it failed (CRIU's reason). */
   error: z.string().optional(),
+  /**
+   * Failed for its size: the node's disk budget (MB) it did not fit. A node
+   * started with another budget tries the version again.
+   */
+  budgetMB: z.number().min(0).optional(),
 });
 /** One snapshot. */
 export type SnapshotInfo = z.infer<typeof SnapshotInfoSchema>;

@@ -1168,7 +1168,8 @@ export class ProcessRuntime implements PodRuntime {
     let kb = 0;
     for (const pid of await processTree(child.pid)) {
       const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(() => "");
-      kb += Number(status.match(/^VmRSS:\s+(\d+)/m)?.[1] ?? 0);
+      // Anonymous memory only: a file it maps (its weights, say) is not dumped.
+      kb += Number(status.match(/^RssAnon:\s+(\d+)/m)?.[1] ?? 0);
     }
     return kb * 1024;
   }

@@ -347,6 +347,40 @@ async function eventually(check: () => Promise<boolean>, ms = 5000): Promise<voi
   }
 }
 
+t(
+  "ProcessRuntime.footprintBytes() counts a worker's own memory, not the pages of a file it maps",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const weights = `${dir}/weights.bin`;
+    await Deno.writeFile(weights, new Uint8Array(96 * 1024 * 1024).fill(7));
+    // Maps its "weights" read-only and reads every page, as a model server loading them does.
+    const worker = `
+import http.server, mmap, os
+f = open(${JSON.stringify(weights)}, "rb")
+m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+total = sum(m[i] for i in range(0, len(m), 4096))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(str(total).encode())
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()`;
+    const rt = new ProcessRuntime();
+    try {
+      await rt.start(spec(["python3", "-c", worker]));
+      const pid = rt.pidOf("pod-test")!;
+      assert.ok(
+        rssKb(pid)! > 96 * 1024,
+        `its resident memory holds the file's pages: ${rssKb(pid)} kB`,
+      );
+      const bytes = await rt.footprintBytes("pod-test");
+      assert.ok(bytes > 0 && bytes < 48 * 1024 * 1024, `footprint ${bytes} bytes`);
+    } finally {
+      await rt.stop("pod-test");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 /** Memory (kB) `pid` holds, or undefined when it is gone. */
 function rssKb(pid: number): number | undefined {
   try {

@@ -60,7 +60,10 @@ export interface PodRuntime {
   snapshot?(podId: string, dir: string): Promise<SnapshotTaken>;
   /** Why a pod of this spec cannot be snapshotted, or undefined when it can. */
   snapshotRefusal?(spec: { gpus: readonly unknown[] }): string | undefined;
-  /** Memory a running pod's processes take (bytes): what a dump of it writes, roughly. */
+  /**
+   * Anonymous memory a running pod's processes take (bytes): what a dump of
+   * it writes, roughly (the pages of files it maps are not dumped).
+   */
   footprintBytes?(podId: string): Promise<number>;
   /** Starts a pod by restoring the snapshot in `dir`; resolves once it answers its probe. */
   restore?(spec: PodSpec, dir: string): Promise<RunningPod>;

@@ -137,7 +137,12 @@ export class SnapshotManager {
         await this.#deleteRecord(ref);
         continue;
       }
-      keep.add(dir);
+      if (info.budgetMB !== undefined && info.budgetMB !== this.#o.diskBudgetMB) {
+        log.info("Snapshot {name}: tried again under the new disk budget", { name: rec.name });
+        await this.#deleteRecord(ref);
+        continue;
+      }
+      if (info.state === "Ready") keep.add(dir); // a failed one has no image
       this.#local.set(`${rec.tenant}/${rec.namespace}/${rec.name}`, { ref, info, dir });
     }
     for (const dir of imageDirs(this.#o.dir)) {
@@ -169,6 +174,7 @@ export class SnapshotManager {
     });
     // Functions deleted while this agent was away: no event will tell.
     this.#dropWhere((s) => !this.#versions.has(funcOf(s.info)), "the function was deleted");
+    this.#evictFor(0); // a budget lowered since
   }
 
   /** Stops following functions. */
@@ -207,9 +213,10 @@ export class SnapshotManager {
     const n = (this.#held.get(s) ?? 1) - 1;
     if (n > 0) return void this.#held.set(s, n);
     this.#held.delete(s);
-    if (this.#doomed.delete(s) && ![...this.#local.values()].some((x) => x.dir === s.dir)) {
-      removeImage(s.dir);
-    }
+    // Unless a new image of the same name was taken into its folder meanwhile.
+    const replaced = () =>
+      [...this.#local.values()].some((x) => x.dir === s.dir && x.info.state === "Ready");
+    if (this.#doomed.delete(s) && !replaced()) removeImage(s.dir);
   }
 
   /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
@@ -278,16 +285,13 @@ export class SnapshotManager {
       return "No snapshot taken: an image of the same name is being restored";
     }
     const budget = this.#o.diskBudgetMB * MB;
+    // Only an estimate (what the image will hold, from its memory): the dump is not tried, and
+    // nothing is recorded, so its next fresh start tries again.
     const estimate = await this.#o.runtime.footprintBytes(pod.id).catch(() => 0);
     if (estimate > budget) {
-      return await this.#fail(
-        pod,
-        known,
-        ref,
-        `its memory (${
-          mb(estimate)
-        } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`,
-      );
+      return `No snapshot taken: its memory (${
+        mb(estimate)
+      } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`;
     }
     this.#evictFor(estimate, key);
     const partial = `${dir}.partial-${pod.id}`;
@@ -329,6 +333,7 @@ export class SnapshotManager {
         `its image (${
           mb(taken.bytes)
         } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`,
+        this.#o.diskBudgetMB,
       );
     }
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -370,14 +375,23 @@ export class SnapshotManager {
     return undefined;
   }
 
-  /** Records that this version cannot be snapshotted here, once; returns the note. */
   /** The function changed (another version) or was deleted since a take that found it `known` began. */
   #changed(pod: PodInfo, known: boolean): boolean {
     const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
     return current === undefined ? known : current !== pod.funcVersion;
   }
 
-  async #fail(pod: PodInfo, known: boolean, ref: ObjectRef, reason: string): Promise<string> {
+  /**
+   * Records that this version cannot be snapshotted here, once; returns the
+   * note. `budgetMB`: it failed for its size under this disk budget.
+   */
+  async #fail(
+    pod: PodInfo,
+    known: boolean,
+    ref: ObjectRef,
+    reason: string,
+    budgetMB?: number,
+  ): Promise<string> {
     if (this.#changed(pod, known)) return `No snapshot taken: ${reason}`; // nothing to record
     log.warn("Cannot snapshot {func} v{version} (pod {pod}); it keeps starting fresh: {error}", {
       func: pod.func,
@@ -389,6 +403,7 @@ export class SnapshotManager {
       state: "Failed",
       createdAt: Date.now(),
       error: reason.slice(0, 2000),
+      ...(budgetMB === undefined ? {} : { budgetMB }),
     });
     this.#local.set(this.#key(pod), { ref, info, dir: this.#dirOf(ref) });
     await this.#write(ref, info).catch(() => {});
@@ -424,7 +439,7 @@ export class SnapshotManager {
   }
 
   /** Removes least recently used images (never `keep`) until `more` bytes fit the budget. */
-  #evictFor(more: number, keep: string): void {
+  #evictFor(more: number, keep?: string): void {
     const budget = this.#o.diskBudgetMB * MB;
     const ready = [...this.#local.entries()]
       .filter(([k, s]) => k !== keep && s.info.state === "Ready" && !this.#held.has(s))

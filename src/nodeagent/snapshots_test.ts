@@ -16,6 +16,8 @@ const MB = 1024 * 1024;
 /** A runtime that "dumps" by writing `sizeMB` of zeros, or fails as told. */
 class FakeRuntime implements SnapshotRuntime {
   sizeMB = 10;
+  /** Its memory, when not its image's size. */
+  footprintMB?: number;
   fail?: Error;
   dumps = 0;
   async snapshot(_podId: string, dir: string) {
@@ -30,7 +32,7 @@ class FakeRuntime implements SnapshotRuntime {
     return { bytes: this.sizeMB * MB, dumpMs: 5 };
   }
   footprintBytes() {
-    return Promise.resolve(this.sizeMB * MB);
+    return Promise.resolve((this.footprintMB ?? this.sizeMB) * MB);
   }
 }
 
@@ -41,8 +43,8 @@ async function fixture(budgetMB = 25) {
   for (const f of ["a", "b", "c"]) await putFunction(meta, f);
   const dir = await Deno.makeTempDir();
   const runtime = new FakeRuntime();
-  const open = () =>
-    new SnapshotManager({ meta, node: "n1", dir, diskBudgetMB: budgetMB, runtime });
+  const open = (diskBudgetMB = budgetMB) =>
+    new SnapshotManager({ meta, node: "n1", dir, diskBudgetMB, runtime });
   const mgr = open();
   await mgr.start();
   return {
@@ -267,12 +269,93 @@ t(
 );
 
 t(
-  "SnapshotManager: a worker larger than the budget is not dumped at all",
+  "SnapshotManager: a worker whose memory exceeds the budget is not dumped, and tried again at its next fresh start",
   async ({ meta, mgr, runtime }) => {
-    runtime.sizeMB = 30;
-    assert.match((await mgr.take(pod("a")))!, /exceeds the snapshot disk budget/);
+    runtime.footprintMB = 30;
+    assert.match(
+      (await mgr.take(pod("a")))!,
+      /its memory \(30 MB\) exceeds the snapshot disk budget/,
+    );
     assert.equal(runtime.dumps, 0);
+    assert.deepEqual(await records(meta), [], "an estimate is not recorded");
+    assert.equal(mgr.wants(pod("a")), true);
+    // Its memory is mostly a file it maps (its weights): the image is what it holds apart.
+    runtime.footprintMB = 8;
+    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+    assert.equal((await records(meta))[0].state, "Ready");
+  },
+);
+
+t(
+  "SnapshotManager: an image larger than the budget is recorded Failed, and tried again under another budget",
+  async ({ meta, mgr, runtime, open }) => {
+    runtime.footprintMB = 1;
+    runtime.sizeMB = 30;
+    assert.match((await mgr.take(pod("a")))!, /its image \(30 MB\) exceeds/);
+    const [failed] = await records(meta);
+    assert.deepEqual([failed.state, failed.budgetMB], ["Failed", 25]);
+    assert.equal(mgr.wants(pod("a")), false, "not dumped again under this budget");
+    mgr.stop();
+    const same = open();
+    await same.start();
+    assert.equal(same.wants(pod("a")), false, "nor after a restart with the same one");
+    same.stop();
+    const raised = open(40);
+    await raised.start();
+    try {
+      assert.deepEqual(await records(meta), []);
+      assert.equal(raised.wants(pod("a")), true);
+      assert.equal(await raised.take(pod("a", 1, "a-pod-2")), undefined);
+    } finally {
+      raised.stop();
+    }
+  },
+);
+
+t(
+  "SnapshotManager: a budget lowered since the last start is kept at start, the least recently used going",
+  async ({ meta, mgr, open }) => {
+    await mgr.take(pod("a"));
+    await new Promise((r) => setTimeout(r, 5));
+    await mgr.take(pod("b"));
+    mgr.stop();
+    const lowered = open(15);
+    await lowered.start();
+    try {
+      assert.ok(lowered.usedBytes() <= 15 * MB);
+      assert.equal(lowered.usable(pod("a")), undefined);
+      assert.ok(lowered.usable(pod("b")));
+      await eventually(async () => (await records(meta)).map((r) => r.func).join() === "b");
+    } finally {
+      lowered.stop();
+    }
+  },
+);
+
+t(
+  "SnapshotManager.refuse() removes the image once its restore ends, and a restart keeps no folder for a failed record",
+  async ({ meta, mgr, dir, open }) => {
+    const exists = (d: string) => Deno.stat(d).then(() => true, () => false);
+    await mgr.take(pod("a"));
+    const restoring = mgr.hold(pod("a"))!;
+    await mgr.refuse(restoring, pod("a"), "its restore hook failed");
     assert.equal((await records(meta))[0].state, "Failed");
+    assert.ok(await exists(restoring.dir), "kept while its restore runs");
+    mgr.release(restoring);
+    await eventually(async () => !await exists(restoring.dir));
+    // A folder left behind by a crash before the removal goes at the next start.
+    mgr.stop();
+    await Deno.mkdir(restoring.dir, { recursive: true });
+    await Deno.writeTextFile(`${restoring.dir}/pages-1.img`, "x");
+    const again = open();
+    await again.start();
+    try {
+      assert.equal(await exists(restoring.dir), false);
+      assert.equal(again.wants(pod("a")), false, "the version stays Failed");
+      assert.deepEqual(Deno.readDirSync(dir).toArray(), []);
+    } finally {
+      again.stop();
+    }
   },
 );
 
