@@ -17,7 +17,7 @@ import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
 import { httpCall, type HttpCallOptions } from "./probe.ts";
 import type { PodRuntime, RunningPod } from "./runtime.ts";
-import type { SnapshotManager } from "./snapshots.ts";
+import { BUSY, type SnapshotManager } from "./snapshots.ts";
 
 const log = logger("nodeagent");
 
@@ -384,12 +384,15 @@ export class NodeAgent implements NodeAgentClient {
     if (
       snaps && !refusal && this.#runtime.snapshot && snaps.wants(pod) && entry.phase === "starting"
     ) {
-      const t0 = performance.now();
-      const warm = await this.#sampleQuery(pod, running.endpoint);
-      const note = warm ??
-        await snaps.take(pod, { alive: () => entry.phase === "starting" });
-      if (note) notes.push(note);
-      snapshotMs = Math.round(performance.now() - t0);
+      if (snaps.dumping()) notes.push(BUSY);
+      else {
+        const t0 = performance.now();
+        const warm = await this.#sampleQuery(pod, running.endpoint);
+        const note = warm ??
+          await snaps.take(pod, { alive: () => entry.phase === "starting" });
+        if (note) notes.push(note);
+        snapshotMs = Math.round(performance.now() - t0);
+      }
     }
     return { running, startedFrom: "fresh", note: notes.join("; ") || undefined, snapshotMs };
   }

@@ -251,6 +251,7 @@ Deno.test({
       stop: () => {},
       summary: () => ({}),
       wants: () => true,
+      dumping: () => false,
       take: () => Promise.resolve(undefined),
     } as unknown as SnapshotManager;
     const store = await openSqliteStore();

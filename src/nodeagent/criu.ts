@@ -161,6 +161,37 @@ export interface RestoreOptions {
 /** What a `criu check` said. */
 export type CheckResult = { ok: true } | { ok: false; reason: string };
 
+/**
+ * What CRIU's restore log says once it has given up. It may then wait on for
+ * what it restored to end — a page file damaged in place left it waiting on
+ * a process that never would until its time limit — so the run is killed
+ * {@linkcode GIVEN_UP_GRACE_MS} after.
+ */
+const RESTORE_FAILED = /Restoring FAILED|Killing processes because of failure on restore/;
+const GIVEN_UP_GRACE_MS = 2000;
+
+/** How the temporary files of CRIU's output begin (then the agent's PID and a dash). */
+const OUTPUT_PREFIX = "inferx-criu-";
+
+/**
+ * Removes the temporary files of CRIU's output that a process which has
+ * since ended left behind (killed while CRIU ran).
+ */
+export async function sweepCriuOutput(): Promise<void> {
+  const tmp = Deno.env.get("TMPDIR") || "/tmp";
+  try {
+    for await (const e of Deno.readDir(tmp)) {
+      const pid = e.name.startsWith(OUTPUT_PREFIX)
+        ? Number(e.name.slice(OUTPUT_PREFIX.length).split("-")[0])
+        : NaN;
+      if (!(pid > 0) || await Deno.stat(`/proc/${pid}`).then(() => true, () => false)) continue;
+      await Deno.remove(`${tmp}/${e.name}`).catch(() => {});
+    }
+  } catch {
+    // no temporary folder to read
+  }
+}
+
 /** One CRIU binary. */
 export class Criu {
   readonly binary: CriuBinary;
@@ -175,16 +206,23 @@ export class Criu {
    * limit kills whole: CRIU forks helpers (and the processes it restores
    * start as its children), and one left behind — stopped halfway through a
    * restore, say — must not outlive the limit. Its output goes to a file, not
-   * a pipe, so that nothing left holding it keeps the run from ending.
+   * a pipe, so that nothing left holding it keeps the run from ending: a
+   * temporary file (on another disk than the images, perhaps, where CRIU can
+   * still say that theirs is full) named after this process, which
+   * {@linkcode sweepCriuOutput} removes once it has gone.
+   * `options.failed`: CRIU's log and what it writes there once it has given
+   * up; the run is killed a moment after, as CRIU can stay waiting for what
+   * it was restoring to end.
    */
   async #run(
     args: string[],
-    options: { prefix?: string[]; timeoutMs?: number } = {},
+    options: { prefix?: string[]; timeoutMs?: number; failed?: { log: string; said: RegExp } } = {},
   ): Promise<{ ok: boolean; out: string; timedOut?: boolean }> {
     const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
-    const outFile = await Deno.makeTempFile({ prefix: "inferx-criu-" });
+    const outFile = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let watch: ReturnType<typeof setInterval> | undefined;
     try {
       const child = new Deno.Command("setsid", {
         args: ["sh", "-c", 'exec "$@" >"$0" 2>&1', outFile, ...argv],
@@ -192,15 +230,27 @@ export class Criu {
         stdout: "null",
         stderr: "null",
       }).spawn();
+      const killGroup = () => {
+        try {
+          Deno.kill(-child.pid, "SIGKILL");
+        } catch {
+          // ended meanwhile
+        }
+      };
       if (options.timeoutMs) {
         timer = setTimeout(() => {
           timedOut = true;
-          try {
-            Deno.kill(-child.pid, "SIGKILL");
-          } catch {
-            // ended meanwhile
-          }
+          killGroup();
         }, options.timeoutMs);
+      }
+      const failed = options.failed;
+      if (failed) {
+        watch = setInterval(async () => {
+          const log = await Deno.readTextFile(failed.log).catch(() => "");
+          if (!failed.said.test(log)) return;
+          clearInterval(watch);
+          setTimeout(killGroup, GIVEN_UP_GRACE_MS);
+        }, 250);
       }
       const status = await child.status;
       const out = await Deno.readTextFile(outFile).catch(() => "");
@@ -210,6 +260,7 @@ export class Criu {
       return { ok: false, out, timedOut };
     } finally {
       clearTimeout(timer);
+      clearInterval(watch);
       await Deno.remove(outFile).catch(() => {});
     }
   }
@@ -327,7 +378,11 @@ export class Criu {
       ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
     ];
     const timeoutMs = options.timeoutMs ?? 60_000;
-    const { ok, out, timedOut } = await this.#run(args, { prefix, timeoutMs });
+    const { ok, out, timedOut } = await this.#run(args, {
+      prefix,
+      timeoutMs,
+      failed: { log: logFile, said: RESTORE_FAILED },
+    });
     const pid = Number((await Deno.readTextFile(pidfile).catch(() => "")).trim());
     if (ok && pid > 0) return pid;
     if (pid > 0) {

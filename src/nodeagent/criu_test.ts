@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { Criu, criuCapability, locateCriu, logReason, redirection } from "./criu.ts";
+import {
+  Criu,
+  criuCapability,
+  locateCriu,
+  logReason,
+  redirection,
+  sweepCriuOutput,
+} from "./criu.ts";
 
 /** Lays out a fake provisioned prefix (criu and its loader) under `dir`. */
 async function fakePrefix(dir: string): Promise<string> {
@@ -138,5 +145,41 @@ Deno.test("a CRIU run cut off by its time limit ends, with every process it fork
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a restore CRIU has given up on is ended a moment after it says so, not at its time limit", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A "criu" that logs its failure, as CRIU does when a page file was damaged in place,
+    // then waits on (as CRIU did, on a restored process that never ends).
+    const script = `echo "Error (criu/cr-restore.c): Restoring FAILED." >> ${dir}/work/restore.log;
+      echo "(01.1) Error: Killing processes because of failure on restore." >> ${dir}/work/restore.log;
+      sleep 100`;
+    const criu = new Criu({ argv: ["bash", "-c", script, "criu"], path: "bash", source: "system" });
+    const t0 = performance.now();
+    const err = await criu.restore(`${dir}/image`, { workDir: `${dir}/work`, timeoutMs: 30_000 })
+      .catch((e) => e);
+    const ms = performance.now() - t0;
+    assert.equal(err.code, "worker_failed", String(err));
+    assert.match(err.message, /Restoring FAILED/);
+    assert.ok(ms < 6000, `ended after ${Math.round(ms)} ms`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("sweepCriuOutput() removes the output files of CRIU runs whose agent has ended, and only those", async () => {
+  const ended = new Deno.Command("true").spawn();
+  await ended.status;
+  const left = await Deno.makeTempFile({ prefix: `inferx-criu-${ended.pid}-` });
+  const ours = await Deno.makeTempFile({ prefix: `inferx-criu-${Deno.pid}-` });
+  const other = await Deno.makeTempFile({ prefix: "inferx-criux-" });
+  try {
+    await sweepCriuOutput();
+    const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+    assert.deepEqual(await Promise.all([left, ours, other].map(exists)), [false, true, true]);
+  } finally {
+    for (const p of [left, ours, other]) await Deno.remove(p).catch(() => {});
   }
 });

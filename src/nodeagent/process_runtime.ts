@@ -29,7 +29,14 @@ import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
 import { groupAlive, procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
-import { Criu, type InheritedFile, type OpenFile, openFiles, processTree } from "./criu.ts";
+import {
+  Criu,
+  type InheritedFile,
+  type OpenFile,
+  openFiles,
+  processTree,
+  sweepCriuOutput,
+} from "./criu.ts";
 import type { PodCgroup, PodCgroups } from "./cgroup.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
 import { waitForProbe } from "./probe.ts";
@@ -486,6 +493,7 @@ export class ProcessRuntime implements PodRuntime {
     }
     await this.#options.podNetworks?.sweep();
     await this.#options.cgroups?.sweep();
+    if (this.#options.criu) await sweepCriuOutput();
     // What the workers just ended left (every worker of this runtime is: none is adopted):
     // output files, restore directories, and the images of pods parked in a file, which no
     // pod could resume (pod ids are never used again). Snapshots (`images/`) stay.

@@ -88,8 +88,6 @@ export class SnapshotManager {
   #held = new Map<LocalSnapshot, number>();
   /** Held snapshots already forgotten, whose images go when their last restore ends. */
   #doomed = new Set<LocalSnapshot>();
-  /** Dumps run one at a time. */
-  #queue: Promise<unknown> = Promise.resolve();
   #informer?: Informer;
 
   constructor(options: SnapshotManagerOptions) {
@@ -266,12 +264,22 @@ export class SnapshotManager {
   take(pod: PodInfo, options: TakeOptions = {}): Promise<string | undefined> {
     const key = this.#key(pod);
     if (!this.wants(pod)) return Promise.resolve(undefined);
+    if (this.dumping()) return Promise.resolve(BUSY);
     this.#taking.add(key);
-    const run = this.#queue.then(() => this.#take(pod, key, options.alive ?? (() => true)))
+    return this.#take(pod, key, options.alive ?? (() => true))
       // Whatever else fails (a write of its record, say), the pod it was taken from runs on.
-      .catch((err) => `No snapshot taken: ${(err as Error).message}`);
-    this.#queue = run.catch(() => {});
-    return run.finally(() => this.#taking.delete(key));
+      .catch((err) => `No snapshot taken: ${(err as Error).message}`)
+      .finally(() => this.#taking.delete(key));
+  }
+
+  /**
+   * Whether a dump runs on this node now. Dumps run one at a time, and a
+   * pod is Ready only once its own is done: a pod that would wait for
+   * another's (a large model's, for minutes) takes none, and its version
+   * is snapshotted at a later fresh start.
+   */
+  dumping(): boolean {
+    return this.#taking.size > 0;
   }
 
   async #take(pod: PodInfo, key: string, alive: () => boolean): Promise<string | undefined> {
@@ -532,6 +540,10 @@ export interface NodeSnapshotItem {
   lastUsedAt?: number;
   error?: string;
 }
+
+/** The note of a pod not snapshotted because another pod's dump runs. */
+export const BUSY =
+  "No snapshot taken: another pod is being dumped on this node (tried at a later fresh start)";
 
 const funcOf = (s: SnapshotInfo) => funcId(s.tenant, s.namespace, s.func);
 const mb = (bytes: number) => Math.round((bytes / MB) * 10) / 10;

@@ -5,7 +5,7 @@ import type { PodInfo } from "../model/cluster.ts";
 import { StateService } from "../statesvc/service.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaClient } from "../rpc/types.ts";
-import { SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
+import { BUSY, SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
 import { seedNamespace } from "../common/testing.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
@@ -19,9 +19,12 @@ class FakeRuntime implements SnapshotRuntime {
   /** Its memory, when not its image's size. */
   footprintMB?: number;
   fail?: Error;
+  /** A dump waits for it. */
+  gate?: Promise<void>;
   dumps = 0;
   async snapshot(_podId: string, dir: string) {
     this.dumps++;
+    await this.gate;
     await Deno.mkdir(dir, { recursive: true });
     if (this.fail) {
       await Deno.writeFile(`${dir}/pages-1.img`, new Uint8Array(MB)); // half written
@@ -205,6 +208,27 @@ t(
     runtime.fail = undefined;
     assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
     assert.equal((await records(meta))[0].state, "Ready");
+  },
+);
+
+t(
+  "a pod that would wait for another pod's dump takes no snapshot, and its version is taken at a later fresh start",
+  async ({ meta, mgr, runtime }) => {
+    let open!: () => void;
+    runtime.gate = new Promise((r) => open = r);
+    const a = mgr.take(pod("a")); // a large model's dump, minutes long
+    assert.equal(mgr.dumping(), true);
+    assert.equal(await mgr.take(pod("b")), BUSY, "b's pod does not wait for a's dump");
+    assert.equal(mgr.wants(pod("b")), true);
+    open();
+    assert.equal(await a, undefined);
+    assert.equal(runtime.dumps, 1, "b was not dumped");
+    assert.equal(mgr.dumping(), false);
+    assert.equal(await mgr.take(pod("b", 1, "b-pod-2")), undefined);
+    assert.deepEqual((await records(meta)).map((r) => [r.func, r.state]).sort(), [
+      ["a", "Ready"],
+      ["b", "Ready"],
+    ]);
   },
 );
 
