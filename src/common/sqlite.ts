@@ -50,6 +50,14 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
   const what = options.what ?? "the database";
   let db: DatabaseSync | undefined;
   try {
+    // SQLite takes an empty file for a new database and writes one over it: an empty file
+    // where a database was is one a copy or a restore cut short, not a fresh start.
+    if (path !== ":memory:" && sizeOf(path) === 0) {
+      throw new EmptyFile(
+        "it is an empty file (a copy or a restore cut short?); it was left as it is: put the " +
+          "database back, or remove the file to start with none",
+      );
+    }
     db = new DatabaseSync(path);
     db.exec(`pragma busy_timeout = ${options.shared ? options.busyTimeoutMs ?? 5000 : 0}`);
     options.check?.(db);
@@ -70,40 +78,65 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     db?.close();
     const message = (err as Error).message;
     const busy = /locked|busy/i.test(message);
+    const trouble = busy || err instanceof EmptyFile ? undefined : writeTrouble(path);
     throw new InferxError(
       "unavailable",
       busy
         ? `Cannot open ${what} at ${path}: another process has it open`
-        : readOnly(path)
-        ? `Cannot open ${what} at ${path}: its directory or file is read-only (${message})`
+        : trouble
+        ? `Cannot open ${what} at ${path}: ${trouble} (${message})`
+        : /malformed|not a database/i.test(message)
+        ? `Cannot open ${what} at ${path}: it is damaged (SQLite: ${message})`
         : `Cannot open ${what} at ${path}: ${message}`,
       { cause: err },
     );
   }
 }
 
+/** An empty file where a database was looked for. */
+class EmptyFile extends Error {}
+
+/** The size of the file at `path`, or undefined when there is none. */
+function sizeOf(path: string): number | undefined {
+  try {
+    return Deno.statSync(path).size;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * Whether the database at `path` cannot be written for want of permission or
- * a read-only file system: SQLite says "disk I/O error" or "readonly
- * database" then, which reads like failing hardware.
+ * Why the database at `path` cannot be written, when that is why it would
+ * not open: permission, a read-only file system, or a full one. SQLite says
+ * "disk I/O error" or "readonly database" then, which reads like failing
+ * hardware.
  */
-function readOnly(path: string): boolean {
-  if (path === ":memory:") return false;
+function writeTrouble(path: string): string | undefined {
+  if (path === ":memory:") return undefined;
+  const readOnly = (err: unknown) =>
+    err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err));
   const probe = `${dirname(path)}/.inferx-write-probe-${Deno.pid}`;
   try {
-    Deno.writeFileSync(probe, new Uint8Array());
-    Deno.removeSync(probe);
+    // A few pages, as SQLite's first writes take: an empty file fits a full disk still.
+    Deno.writeFileSync(probe, new Uint8Array(64 * 1024));
   } catch (err) {
-    if (err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err))) {
-      return true;
+    if (readOnly(err)) return "its directory or file is read-only";
+    if (/No space left|ENOSPC|quota/i.test(String(err))) {
+      return "the file system holding it is full";
     }
-    return false;
+    return undefined;
+  } finally {
+    try {
+      Deno.removeSync(probe);
+    } catch {
+      // not made
+    }
   }
   try {
     Deno.openSync(path, { read: true, write: true }).close();
-    return false;
+    return undefined;
   } catch (err) {
-    return err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err));
+    return readOnly(err) ? "its directory or file is read-only" : undefined;
   }
 }
 

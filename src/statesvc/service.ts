@@ -257,34 +257,48 @@ export class StateService implements MetaClient {
   async #delete(ref: ObjectRef, revision?: number): Promise<number> {
     await this.#checkNoDependents(ref);
     const key = objectKey(ref.type, ref.tenant, ref.namespace, ref.name);
+    const gone = (e: unknown) => {
+      if (!(e instanceof NotFoundError)) throw e;
+    };
+    const current = await this.get(ref);
+    if (!current) throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
+    const stale = (now: number) =>
+      new ConflictError(
+        `Cannot delete ${refText(ref)}: it changed (revision ${now}, you sent ${revision})`,
+        { revision: now },
+      );
+    if (revision !== undefined && revision !== current.revision) throw stale(current.revision);
+    // What hangs off a tenant or a namespace goes before it, so that a crash half way leaves
+    // it standing, to be deleted again; never its calls without it, for one made again
+    // under the same name to take over (and run).
+    if (ref.type === "tenant") {
+      // Its callback signing secret too: a tenant made again must not sign with the one before's.
+      await this.#deleteCalls(ref.name);
+      await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch(gone);
+    } else if (ref.type === "namespace") {
+      // Its calls (their functions are gone): one made again must not show their answers.
+      await this.#deleteCalls(ref.tenant, ref.name);
+    }
+    let deleted: number;
     try {
-      const deleted = await this.#store.delete(key, revision);
-      const gone = (e: unknown) => {
-        if (!(e instanceof NotFoundError)) throw e;
-      };
-      if (ref.type === "tenant") {
-        // Its callback signing secret goes with it: a tenant made again under the same name
-        // must not sign with the one before's.
-        await this.#store.delete(objectKey("callsecret", SYSTEM, SYSTEM, ref.name)).catch(gone);
-        await this.#deleteCalls(ref.name);
-      } else if (ref.type === "namespace") {
-        // Its calls too (their functions are gone): a namespace made again under the same name
-        // must not show the one before's calls and answers.
-        await this.#deleteCalls(ref.tenant, ref.name);
-      } else if (ref.type === "call") {
-        // Its bodies go with it, whoever deletes it (src/model/call.ts).
-        for (const part of ["request", "result"] as const) {
-          const b = callBodyRef(ref, part);
-          await this.#store.delete(objectKey(b.type, b.tenant, b.namespace, b.name)).catch(gone);
-        }
-      }
-      return deleted;
+      deleted = await this.#store.delete(key, revision);
     } catch (err) {
       if (err instanceof NotFoundError) {
         throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
       }
+      if (err instanceof ConflictError) {
+        throw stale(Number(err.details?.revision ?? current.revision));
+      }
       throw err;
     }
+    if (ref.type === "call") {
+      // Its bodies go with it, whoever deletes it (src/model/call.ts).
+      for (const part of ["request", "result"] as const) {
+        const b = callBodyRef(ref, part);
+        await this.#store.delete(objectKey(b.type, b.tenant, b.namespace, b.name)).catch(gone);
+      }
+    }
+    return deleted;
   }
 
   /** Deletes the asynchronous calls of a tenant or one of its namespaces, with their bodies. */

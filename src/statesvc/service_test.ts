@@ -157,6 +157,73 @@ Deno.test("deleting a namespace deletes its calls and their bodies: a namesake m
   }
 });
 
+Deno.test("a namespace's delete cut off half way leaves it standing with what is left of its calls, to be deleted again", async () => {
+  const store = await openSqliteStore();
+  // The store as the state service sees it, cut off (a crash) at its `crashAt`th delete.
+  let deletes = 0;
+  let crashAt = Infinity;
+  const cut = new Proxy(store, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== "function") return v;
+      if (prop !== "delete") return v.bind(target);
+      return (...args: unknown[]) => {
+        if (++deletes === crashAt) return Promise.reject(new Error("the process was killed"));
+        return v.apply(target, args);
+      };
+    },
+  });
+  const svc = new StateService(cut);
+  try {
+    await svc.create({ type: "tenant", ...sys, name: "t", object: {} });
+    await svc.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "n",
+      object: {},
+    });
+    for (let i = 0; i < 3; i++) {
+      const c = testCall("t", "n");
+      const ref = { type: "call" as const, tenant: "t", namespace: "n", name: c.id.split(":")[2] };
+      await svc.create({ ...ref, object: c });
+    }
+    const ns = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };
+    for (crashAt = 1; crashAt <= 4; crashAt++) {
+      deletes = 0;
+      await svc.delete(ns).catch(() => {});
+      const standing = !!await svc.get(ns);
+      const calls = (await svc.list("call", "t")).items.length;
+      assert.ok(standing || calls === 0, `cut off at delete ${crashAt}: ${calls} calls outlive it`);
+    }
+    crashAt = Infinity;
+    if (await svc.get(ns)) await svc.delete(ns);
+    assert.equal(await svc.get(ns), undefined);
+    assert.equal((await svc.list("call", "t")).items.length, 0);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("a stale delete is refused as a stale update is, naming the object", async () => {
+  const { svc, close } = await service();
+  try {
+    const ns = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };
+    const cur = (await svc.get(ns))!;
+    await assert.rejects(
+      svc.delete(ns, cur.revision - 1),
+      (e: Error & { code: string }) =>
+        e.code === "conflict" &&
+        e.message ===
+          `Cannot delete namespace t/system/n: it changed (revision ${cur.revision}, you sent ${
+            cur.revision - 1
+          })`,
+    );
+  } finally {
+    await close();
+  }
+});
+
 Deno.test("a function stored before a rule it breaks takes status writes and rollouts; a changed spec must meet it", async () => {
   const { svc, store, close } = await service();
   try {

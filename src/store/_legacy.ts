@@ -74,7 +74,9 @@ export async function readLegacyStore(dir: string): Promise<LegacyState | undefi
     try {
       raw = JSON.parse(lines[i]);
     } catch {
-      break;
+      // A line torn by a crash while it was written can only be the last one.
+      if (lines.slice(i + 1).every((l) => !l)) break;
+      throw invalid(`${dir}/wal.log`, `line ${i + 1} is not JSON, and lines follow it`);
     }
     const r = LogEntrySchema.safeParse(raw);
     if (!r.success) throw invalid(`${dir}/wal.log`, `line ${i + 1}: ${r.error.issues[0].message}`);

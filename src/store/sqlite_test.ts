@@ -218,6 +218,70 @@ Deno.test("sqlite store refuses to migrate a legacy log line that is not a store
   });
 });
 
+Deno.test("sqlite store refuses to migrate a legacy log damaged before its last line, naming the line", async () => {
+  await withDir(async (dir) => {
+    await writeLegacy(dir);
+    const log = await Deno.readTextFile(`${dir}/wal.log`);
+    const lines = log.split("\n");
+    lines[1] = lines[1].slice(0, 12); // cut short in the middle, lines after it
+    await Deno.writeTextFile(`${dir}/wal.log`, lines.join("\n"));
+    await assert.rejects(
+      openSqliteStore(`${dir}/meta.db`),
+      /Cannot migrate the old store file .*wal\.log: line 2 is not JSON, and lines follow it/,
+    );
+    assert.ok((await Deno.stat(`${dir}/wal.log`)).isFile, "the old file stays where it was");
+  });
+});
+
+Deno.test("an empty store file where a store was is refused, not taken for a new store", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    await Deno.writeFile(path, new Uint8Array());
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        e.message.startsWith(`Cannot open the store at ${path}: it is an empty file`),
+    );
+    assert.equal((await Deno.stat(path)).size, 0, "left as it is");
+  });
+});
+
+Deno.test("a truncated store file is refused as damaged, and left as it is", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const s = await openSqliteStore(path);
+    for (let i = 0; i < 300; i++) await s.create(`/k/${i}`, "x".repeat(200));
+    await s.close();
+    await Deno.truncate(path, 3000);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) => e.message.startsWith(`Cannot open the store at ${path}: it is damaged`),
+    );
+    assert.equal((await Deno.stat(path)).size, 3000);
+  });
+});
+
+Deno.test("a store that cannot open on a full disk says the disk is full, not 'disk I/O error'", async () => {
+  if (Deno.uid() !== 0) return console.log("skipped: a full file system needs a tmpfs (root)");
+  await withDir(async (dir) => {
+    const data = `${dir}/small`;
+    await Deno.mkdir(data);
+    const mount = (...args: string[]) => new Deno.Command("mount", { args }).output();
+    const m = await mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", data).catch(() => undefined);
+    if (!m?.success) return console.log("skipped: cannot mount a tmpfs here");
+    try {
+      await Deno.writeFile(`${data}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
+      await assert.rejects(
+        openSqliteStore(`${data}/meta.db`),
+        (e: InferxError) => /meta\.db: the file system holding it is full/.test(e.message),
+      );
+    } finally {
+      await new Deno.Command("umount", { args: [data] }).output();
+    }
+  });
+});
+
 Deno.test("a store file whose pages are damaged is refused at open with an error that names it", async () => {
   await withTempDir("inferx-store-", async (dir) => {
     const path = `${dir}/meta.db`;
