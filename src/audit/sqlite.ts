@@ -23,7 +23,9 @@
  * Retention: rows older than `retainDays` are deleted, and when the rows
  * take more than `retainMB` the oldest go until they take 90% of it; freed
  * pages are given back to the file system. Retention runs with the writes,
- * a bounded number of rows at a time, so it never stalls the process.
+ * a bounded number of rows at a time, so it never stalls the process: every
+ * `retentionEveryMs`, and as soon as the rows pass the size limit (looked
+ * at once a second at most).
  *
  * Commits use `synchronous=NORMAL` in WAL mode: a committed batch survives a
  * crash of the process (not a power loss), as rows still in the batching
@@ -650,6 +652,8 @@ export class SqliteAuditBackend implements AuditBackend {
   #every: number;
   #now: () => number;
   #nextRetention = 0;
+  /** When the rows' size is looked at next between retention passes. */
+  #nextSizeCheck = 0;
   #nextPrune = 0;
   /** Whether request rows from before spans are still in `requests_v1`. */
   #v1: boolean;
@@ -716,7 +720,7 @@ export class SqliteAuditBackend implements AuditBackend {
       this.#scopes.forget(); // ids made in the rolled-back transaction are gone
       return Promise.reject(err);
     }
-    if (this.#now() >= this.#nextRetention) {
+    if (this.#now() >= this.#nextRetention || this.#overSize()) {
       try {
         this.retain();
       } catch (err) {
@@ -915,6 +919,17 @@ export class SqliteAuditBackend implements AuditBackend {
     }
     const found = querySql(kind, q, this.#scopes);
     return found ? explain(found.sql, found.args) : [];
+  }
+
+  /**
+   * Whether the rows have grown past the size limit since the last pass
+   * (looked at once a second at most): a burst of calls must not take a
+   * minute of rows past it before the next pass.
+   */
+  #overSize(): boolean {
+    if (this.#retainBytes <= 0 || this.#now() < this.#nextSizeCheck) return false;
+    this.#nextSizeCheck = this.#now() + 1000;
+    return this.usedBytes() > this.#retainBytes;
   }
 
   /** Bytes the rows and indexes take (the file less its free pages). */

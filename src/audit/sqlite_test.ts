@@ -122,6 +122,29 @@ Deno.test("SqliteAuditBackend keeps its rows under AUDIT_RETAIN_MB, oldest out f
   });
 });
 
+Deno.test("SqliteAuditBackend takes its rows back under AUDIT_RETAIN_MB as they pass it, not at its next timed pass", async () => {
+  await withDir(async (dir) => {
+    let now = 1_000_000;
+    const b = openSqliteAudit(`${dir}/audit.db`, {
+      ...keepAll,
+      retainMB: 1,
+      retentionChunk: 5000,
+      retentionEveryMs: 3_600_000, // the timed passes an hour apart
+      now: () => now,
+    });
+    const big = (i: number): RequestRow => ({ ...sampleRequest(i, now), error: "x".repeat(500) });
+    let most = 0;
+    for (let i = 0; i < 20; i++) {
+      now += 1100; // a burst: 500 calls a second
+      await b.write(batch(Array.from({ length: 500 }, (_, j) => big(i * 500 + j))));
+      most = Math.max(most, b.usedBytes());
+    }
+    // Past the limit by at most what a second brought (about 0.4 MB here).
+    assert.ok(most < 1.5 * 1024 * 1024, `the rows took ${most} bytes`);
+    await b.close();
+  });
+});
+
 Deno.test("a size pass whose spans overrun its chunk keeps the pod rows: newest stay", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/audit.db`;
