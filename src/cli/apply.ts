@@ -21,7 +21,7 @@
  * @module
  */
 import { APPLIED_BY_ANNOTATION, selectorMatches } from "../model/metadata.ts";
-import { ObjectFileError, readObjectFiles } from "../model/object_files.ts";
+import { appliedForm, ObjectFileError, readObjectFiles } from "../model/object_files.ts";
 import { CliError, type Ctl, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
 import { fieldDiff, formatChange } from "./diff.ts";
 
@@ -43,8 +43,6 @@ type Obj = Record<string, any>;
 
 /** Types `--prune` deletes: those that live in a namespace. */
 const PRUNED = ["function", "funcpolicy"] as const;
-/** The value of the annotation apply writes. */
-const APPLIED_BY = "ctl";
 
 const idOf = (o: Obj) => `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
 const pathOf = (o: Obj) => `/object/${o.type}/${o.tenant}/${o.namespace}/${o.name}`;
@@ -62,26 +60,6 @@ export async function readObjects(sources: readonly string[]): Promise<Obj[]> {
   }
 }
 
-/**
- * An object as apply sends it: `object` in its `{metadata, spec}` form with
- * the applied-by annotation, without `status` or a revision.
- */
-export function prepared(o: Obj): Obj {
-  const { type, tenant, namespace, name } = o;
-  const given = o.object ?? {};
-  const parts: Obj = isMap(given) && ("spec" in given || "metadata" in given)
-    ? { ...given }
-    : { spec: given };
-  delete parts.status;
-  const meta = parts.metadata ?? {};
-  if (isMap(meta)) {
-    parts.metadata = {
-      ...meta,
-      annotations: { ...(meta.annotations ?? {}), [APPLIED_BY_ANNOTATION]: APPLIED_BY },
-    };
-  }
-  return { type, tenant, namespace, name, object: parts };
-}
 
 const labelsOf = (o: Obj): Record<string, string> => o.object?.metadata?.labels ?? {};
 
@@ -109,7 +87,7 @@ async function selected(
       io.err(`skipped ${idOf(o)}: its labels do not match -l ${selector}`);
       continue;
     }
-    out.push(prepared(o));
+    out.push(appliedForm(o));
   }
   return { objs: out, all };
 }

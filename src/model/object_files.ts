@@ -8,6 +8,7 @@
  * @module
  */
 import { parseAllDocuments } from "yaml";
+import { APPLIED_BY_ANNOTATION } from "./metadata.ts";
 
 /** An object as a file holds it. */
 // deno-lint-ignore no-explicit-any
@@ -15,6 +16,32 @@ export type FileObject = Record<string, any>;
 
 /** A file that cannot be read, or holds something that is no object: the message names it. */
 export class ObjectFileError extends Error {}
+
+/** The value of the applied-by annotation that `ctl apply` and the samples write. */
+const APPLIED_BY = "ctl";
+
+/**
+ * An object as `ctl apply` sends it, and the samples are made: `object` in
+ * its `{metadata, spec}` form with the applied-by annotation (so that a
+ * later apply of the same file finds it unchanged), without `status` or a
+ * revision.
+ */
+export function appliedForm(o: FileObject): FileObject {
+  const { type, tenant, namespace, name } = o;
+  const given = o.object ?? {};
+  const parts: FileObject = isMap(given) && ("spec" in given || "metadata" in given)
+    ? { ...given }
+    : { spec: given };
+  delete parts.status;
+  const meta = parts.metadata ?? {};
+  if (isMap(meta)) {
+    parts.metadata = {
+      ...meta,
+      annotations: { ...(meta.annotations ?? {}), [APPLIED_BY_ANNOTATION]: APPLIED_BY },
+    };
+  }
+  return { type, tenant, namespace, name, object: parts };
+}
 
 /** Creation order: parents first. */
 const ORDER = ["tenant", "namespace", "funcpolicy", "function"];

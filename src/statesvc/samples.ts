@@ -9,7 +9,7 @@
  * @module
  */
 import { AlreadyExistsError, ValidationError } from "../common/errors.ts";
-import { ObjectFileError, readObjectFiles } from "../model/object_files.ts";
+import { appliedForm, ObjectFileError, readObjectFiles } from "../model/object_files.ts";
 import { logger } from "../common/log.ts";
 import type { ObjectInput } from "../rpc/types.ts";
 import type { StateService } from "./service.ts";
@@ -23,7 +23,8 @@ const idOf = (o: ObjectInput) => `${o.type}/${o.tenant}/${o.namespace}/${o.name}
 export async function applySamples(meta: StateService, dir: string): Promise<number> {
   let inputs: ObjectInput[];
   try {
-    inputs = await readObjectFiles([dir], { allowNone: true }) as ObjectInput[];
+    // Made as `ctl apply` makes them: applied again from the same files, they are unchanged.
+    inputs = (await readObjectFiles([dir], { allowNone: true })).map(appliedForm) as ObjectInput[];
   } catch (err) {
     // A file that names no object, or cannot be read: said with its name and the setting.
     if (!(err instanceof ObjectFileError)) throw err;

@@ -3,6 +3,8 @@ import { withTempDir } from "../common/testing.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { applySamples } from "./samples.ts";
 import { StateService } from "./service.ts";
+import { appliedForm, readObjectFiles } from "../model/object_files.ts";
+import type { ObjectInput, ObjectRef } from "../rpc/types.ts";
 
 const SAMPLES = new URL("../../config/functions", import.meta.url).pathname;
 
@@ -84,4 +86,16 @@ Deno.test("samples are read as ctl apply reads files: YAML and links too; a bad 
       /Invalid samples \(INFERX_SAMPLES\): Cannot parse .*bad\.json/,
     );
   });
+});
+
+Deno.test("samples are made as ctl apply makes them: applied again from the same files, each is unchanged", async () => {
+  const meta = new StateService(await openSqliteStore());
+  await applySamples(meta, SAMPLES);
+  const files = await readObjectFiles([SAMPLES]);
+  assert.ok(files.length > 0);
+  for (const o of files.map(appliedForm)) {
+    const cur = (await meta.get(o as ObjectRef))!;
+    const r = await meta.update({ ...o, revision: cur.revision } as ObjectInput);
+    assert.equal(r.unchanged, true, `${o.type} ${o.tenant}/${o.namespace}/${o.name}`);
+  }
 });
