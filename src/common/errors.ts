@@ -61,7 +61,13 @@ export class ValidationError extends InferxError {
 
 /** What {@linkcode invalidInput} reads of a failed validation (a `ZodError` has it). */
 export interface ValidationIssues {
-  issues: readonly { path: readonly PropertyKey[]; message: string }[];
+  issues: readonly {
+    path: readonly PropertyKey[];
+    message: string;
+    /** Zod's issue code; `unrecognized_keys` names its keys apart from its path. */
+    code?: string;
+    keys?: readonly string[];
+  }[];
 }
 
 /**
@@ -77,7 +83,11 @@ export interface ValidationIssues {
  */
 export function invalidInput(what: string, error: ValidationIssues): ValidationError {
   const [issue] = error.issues;
-  const field = issue ? issue.path.map(String).join(".") : "";
+  // An unknown key's issue has the object holding it as its path: the field is the key.
+  const path = issue?.code === "unrecognized_keys" && issue.keys?.length
+    ? [...issue.path, issue.keys[0]]
+    : issue?.path ?? [];
+  const field = path.map(String).join(".");
   const more = error.issues.length > 1 ? ` (and ${error.issues.length - 1} more)` : "";
   return new ValidationError(
     `Invalid ${what}: ${field || "object"}: ${issue?.message ?? "invalid"}${more}`,

@@ -20,3 +20,19 @@ Deno.test("invalidInput() says object when the whole value is wrong", () => {
   assert.match(err.message, /^Invalid node config x\.json: object: /);
   assert.equal(err.details, undefined);
 });
+
+Deno.test("invalidInput() names an unknown key as the field, at any depth", () => {
+  const schema = z.strictObject({ image: z.string(), policy: z.strictObject({ max: z.int() }) });
+  for (
+    const [value, field] of [
+      [{ image: "x", env: {}, policy: { max: 1 } }, "env"],
+      [{ image: "x", policy: { max: 1, max_replicas: 2 } }, "policy.max_replicas"],
+    ] as const
+  ) {
+    const r = schema.safeParse(value);
+    assert.ok(!r.success);
+    const err = invalidInput("function t/n/f", r.error);
+    assert.deepEqual(err.details, { field });
+    assert.match(err.message, new RegExp(`^Invalid function t/n/f: ${field}: Unrecognized key`));
+  }
+});

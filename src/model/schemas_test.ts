@@ -103,7 +103,11 @@ const invalid: [string, unknown, string][] = [
     "metadata.labels.app",
   ],
   ["metadata without spec", fn({ metadata: {}, image: "x" }), "metadata"],
-  ["an unknown metadata field", fn({ metadata: { label: {} }, spec: { image: "x" } }), "metadata"],
+  [
+    "an unknown metadata field",
+    fn({ metadata: { label: {} }, spec: { image: "x" } }),
+    "metadata.label",
+  ],
   [
     "a bad condition status",
     fn({ spec: { image: "x" }, status: { conditions: [{ type: "S", status: "Maybe" }] } }),
@@ -308,7 +312,7 @@ Deno.test("a tenant quota with an unknown field is refused, not stored as unlimi
   });
   assert.throws(
     () => decodeUserObject(tenant({ max_gpus: 4, max_replicas: 8 })),
-    /quota: Unrecognized keys: "max_gpus", "max_replicas"/,
+    /quota\.max_gpus: Unrecognized keys: "max_gpus", "max_replicas"/,
   );
   const o = decodeUserObject(tenant({ max_gpu: 4 }));
   assert.deepEqual(o.type === "tenant" && o.spec.quota, { max_gpu: 4 });
@@ -342,9 +346,9 @@ Deno.test("an object nested deeper than MAX_OBJECT_DEPTH is refused before it is
 
 Deno.test("a function spec with an unknown field, a relative mount or vRam without GPUs is refused", () => {
   const refused: [unknown, RegExp][] = [
-    [{ image: "x", env: [["A", "1"]] }, /Unrecognized key: "env"/],
-    [{ image: "x", resources: { cpu: 250 } }, /resources: Unrecognized key: "cpu"/],
-    [{ image: "x", endpoint: { port: 80, path: "/" } }, /endpoint: Unrecognized key: "path"/],
+    [{ image: "x", env: [["A", "1"]] }, /: env: Unrecognized key: "env"/],
+    [{ image: "x", resources: { cpu: 250 } }, /resources\.cpu: Unrecognized key: "cpu"/],
+    [{ image: "x", endpoint: { port: 80, path: "/" } }, /endpoint\.path: Unrecognized key: "path"/],
     [{ image: "x", mounts: [{ hostpath: "/d", mountpath: "rel" }] }, /mountpath: must be an abs/],
     [{ image: "x", mounts: [{ hostpath: "d", mountpath: "/d" }] }, /hostpath: must be an abs/],
     [{ image: "x", resources: { GPU: { vRam: 1024 } } }, /GPU\.Count: Count must be set/],
