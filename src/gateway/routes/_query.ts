@@ -24,3 +24,21 @@ export function intParam(
   }
   return n;
 }
+
+/**
+ * Refuses a query parameter `what` does not take (`takes`): a misspelt
+ * filter would answer everything, unfiltered.
+ */
+export function knownParams(
+  what: string,
+  query: Record<string, string | undefined>,
+  takes: readonly string[],
+): void {
+  for (const k of Object.keys(query)) {
+    if (takes.includes(k)) continue;
+    throw new ValidationError(
+      `Invalid ${what}: unknown parameter "${k}" (it takes ${takes.join(", ")})`,
+      k,
+    );
+  }
+}

@@ -16,7 +16,7 @@ import { InferxError, NotFoundError, ValidationError } from "../../common/errors
 import type { AuditQuery } from "../../audit/types.ts";
 import { allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam } from "./_query.ts";
+import { intParam, knownParams } from "./_query.ts";
 
 const HOUR_MS = 3_600_000;
 
@@ -111,7 +111,7 @@ const MAX_LIMIT = 10_000;
 
 /** 9999-12-31T23:59:59.999Z. */
 const LAST_MS = 253_402_300_799_999;
-const AUDIT_PARAMS = new Set(["tenant", "namespace", "func", "since", "until", "limit", "status"]);
+const AUDIT_PARAMS = ["tenant", "namespace", "func", "since", "until", "limit", "status"];
 
 /** Filters that an empty value leaves out, as a form sends it (an empty number is refused). */
 const TEXT_FILTERS = new Set(["tenant", "namespace", "func", "status"]);
@@ -122,14 +122,9 @@ const TEXT_FILTERS = new Set(["tenant", "namespace", "func", "status"]);
  * empty filter is no filter (it matched nothing).
  */
 export function auditQuery(raw: Record<string, string | undefined>): AuditQuery {
+  knownParams("audit query", raw, AUDIT_PARAMS);
   const query: Record<string, string | undefined> = {};
   for (const [k, v] of Object.entries(raw)) {
-    if (!AUDIT_PARAMS.has(k)) {
-      throw new ValidationError(
-        `Invalid audit query: unknown parameter "${k}" (it takes ${[...AUDIT_PARAMS].join(", ")})`,
-        k,
-      );
-    }
     if (v !== "" || !TEXT_FILTERS.has(k)) query[k] = v;
   }
   const { tenant, namespace, func, since, until, limit, status } = query;

@@ -20,7 +20,7 @@ import { tenantSecret } from "../calls/callback.ts";
 import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam } from "./_query.ts";
+import { intParam, knownParams } from "./_query.ts";
 
 const MAX_LIST = 1000;
 
@@ -32,6 +32,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/", async (c) => {
     const p = c.var.principal;
     if (p.anonymous) authorize(p, "read");
+    knownParams("call list", c.req.query(), ["func", "status", "limit"]);
     const func = c.req.query("func");
     const status = c.req.query("status");
     const limit = intParam(c.req.query("limit"), "limit", 1, MAX_LIST) ?? 100;

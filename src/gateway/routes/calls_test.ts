@@ -682,6 +682,10 @@ t("GET /calls lists from what the queue keeps, reading only the page's records",
     ]);
     assert.equal(listed, 0, "no record listed");
     assert.equal((await (await f.app.request("/calls?status=queued")).json()).count, 0);
+    // A misspelt filter is refused, not passed over to list every call.
+    const typo = await f.app.request("/calls?fnc=t/n/f");
+    assert.equal(typo.status, 400);
+    assert.match((await typo.json()).error.message, /unknown parameter "fnc" \(it takes func/);
   } finally {
     await f.close();
     await w.close();

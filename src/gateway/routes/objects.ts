@@ -20,7 +20,7 @@ import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
-import { intParam } from "./_query.ts";
+import { intParam, knownParams } from "./_query.ts";
 
 /** The object, node and pod routes, mounted at `/`. */
 export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
@@ -90,6 +90,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/snapshots", async (c) => {
     const p = c.var.principal;
     if (p.anonymous) authorize(p, "read");
+    knownParams("snapshot list", c.req.query(), ["tenant", "namespace", "func", "node"]);
     const { tenant, namespace, func, node } = c.req.query();
     // An empty filter is none (as a form sends it); a namespace narrows the list only with its tenant.
     const { items } = await deps.meta.list(
@@ -108,15 +109,23 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     authorize(c.var.principal, "read");
     const node = c.req.param("node");
     const { items } = await deps.meta.list("snapshot");
-    return c.json({
-      items: items.map((r) => decodeSnapshot(r.value)).filter((s) => s.node === node),
-    });
+    const snapshots = items.map((r) => decodeSnapshot(r.value)).filter((s) => s.node === node);
+    const ref = { type: "node" as const, tenant: "system", namespace: "system", name: node };
+    if (!snapshots.length && !await deps.meta.get(ref)) {
+      throw new NotFoundError(`Node ${node} does not exist`);
+    }
+    return c.json({ items: snapshots });
   });
   app.get("/pods/:tenant/:namespace/:func", async (c) => {
     const { tenant, namespace, func } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
     const { items } = await deps.meta.list("pod", tenant, namespace);
-    return c.json(items.map((r) => decodePod(r.value)).filter((p) => p.func === func));
+    const pods = items.map((r) => decodePod(r.value)).filter((p) => p.func === func);
+    // A misspelt name is not "no pods" (a deleted function's pods still ending are listed).
+    if (!pods.length && !await deps.meta.get({ type: "function", tenant, namespace, name: func })) {
+      throw new NotFoundError(`Function ${tenant}/${namespace}/${func} does not exist`);
+    }
+    return c.json(pods);
   });
   app.delete("/pods/:tenant/:namespace/:func/:pod", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();

@@ -249,8 +249,30 @@ t("snapshots are listed for those who may read their namespace, and per node", a
   const anon = await f.app.request("/snapshots");
   assert.equal(anon.status, 401);
   await anon.body?.cancel();
+  // A misspelt filter is refused, not passed over to answer every snapshot.
+  const typo = await f.app.request("/snapshots?fucn=f", { headers: admin });
+  assert.equal(typo.status, 400);
+  assert.match((await typo.json()).error.message, /unknown parameter "fucn" \(it takes tenant/);
+  // A node that does not exist has no list of its own.
+  const noNode = await f.app.request("/nodes/n9/snapshots", { headers: admin });
+  assert.equal(noNode.status, 404);
+  assert.match((await noNode.json()).error.message, /Node n9 does not exist/);
   await f.close();
 });
+
+t(
+  "a function's pods are listed; a function that does not exist is 404, not an empty list",
+  async () => {
+    const f = await gatewayFixture();
+    const pods = await f.app.request("/pods/t/n/f");
+    assert.equal(pods.status, 200);
+    assert.deepEqual(await pods.json(), []);
+    const typo = await f.app.request("/pods/t/n/ff");
+    assert.equal(typo.status, 404);
+    assert.match((await typo.json()).error.message, /Function t\/n\/ff does not exist/);
+    await f.close();
+  },
+);
 
 t(
   "a tenant or namespace with API keys restricted to it is not deleted until they are revoked",
