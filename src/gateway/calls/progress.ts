@@ -19,7 +19,14 @@
 import { errorBody, type InferxError, toInferxError } from "../../common/errors.ts";
 import type { CallStage } from "../func_agent.ts";
 import type { CallRecord } from "../middleware/observe.ts";
-import { type CallAnswer, CallerGone, type CallInput, forward, type ProxyDeps } from "../proxy.ts";
+import {
+  type CallAnswer,
+  CallerGone,
+  type CallInput,
+  forward,
+  type ProxyDeps,
+  WORKER_CSP,
+} from "../proxy.ts";
 import { callResponse, signalSource } from "../routes/_call.ts";
 
 const enc = new TextEncoder();
@@ -144,6 +151,9 @@ export async function progressResponse(
       "content-type": "text/event-stream",
       "cache-control": "no-cache",
       "x-inferx-progress": "1",
+      // What every answer on /funccall carries (proxy.ts), the worker's stream being in it.
+      "content-security-policy": WORKER_CSP,
+      "x-content-type-options": "nosniff",
     },
   });
 }

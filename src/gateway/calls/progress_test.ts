@@ -35,6 +35,8 @@ t(
     assert.equal(r.status, 200);
     assert.equal(r.headers.get("content-type"), "text/event-stream");
     assert.equal(r.headers.get("x-inferx-progress"), "1");
+    assert.match(r.headers.get("content-security-policy") ?? "", /^sandbox /);
+    assert.equal(r.headers.get("x-content-type-options"), "nosniff");
     assert.equal(
       await r.text(),
       ": queued\n\n: placing\n\n: starting\n\n: ready\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n",
