@@ -85,6 +85,18 @@ export function mayManageKey(
   );
 }
 
+/**
+ * Refuses an anonymous caller (401) of a route that answers what a
+ * caller's credentials reach, whatever they are: to `what` (`list calls`).
+ */
+export function requireCredentials(p: Principal, what: string): void {
+  if (!p.anonymous) return;
+  throw new InferxError(
+    "unauthenticated",
+    `Credentials required to ${what}: send Authorization: Bearer <API key or token>`,
+  );
+}
+
 /** Throws the right error when `p` may not do `action` there: 401 for anonymous, else 403. */
 export function authorize(p: Principal, action: Action, tenant?: string, namespace?: string) {
   if (allows(p, action, tenant, namespace)) return;

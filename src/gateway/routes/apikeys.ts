@@ -13,7 +13,7 @@ import { logger } from "../../common/log.ts";
 import { type ApiKeyRecord, ApiKeyRecordSchema, SCOPES } from "../../model/apikey.ts";
 import { isValidName, SYSTEM } from "../../model/keys.ts";
 import type { MetaClient } from "../../rpc/types.ts";
-import { authorize, mayManageKey, newApiKey, type Principal } from "../auth.ts";
+import { authorize, mayManageKey, newApiKey, type Principal, requireCredentials } from "../auth.ts";
 import { hashKey } from "../../common/credential.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
@@ -97,7 +97,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 
 /** The keys `p` may manage, as `GET /apikeys` lists them; 401/403 for who may manage none. */
 export async function listKeys(p: Principal, meta: MetaClient): Promise<KeyJson[]> {
-  if (p.anonymous) authorize(p, "write");
+  requireCredentials(p, "manage API keys");
   if (!p.grants.some((g) => g.scope === "full")) {
     throw new InferxError("forbidden", `${p.id} may not manage API keys`);
   }
@@ -137,7 +137,7 @@ function checkKeyManager(
 }
 
 async function managedKey(id: string, p: Principal, meta: MetaClient): Promise<ApiKeyRecord> {
-  if (p.anonymous) authorize(p, "write");
+  requireCredentials(p, "manage API keys");
   const rec = isValidName(id)
     ? await meta.get({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: id })
     : undefined;

@@ -15,7 +15,7 @@ import { type Context, Hono } from "hono";
 import { NotFoundError, ValidationError } from "../../common/errors.ts";
 import { CALL_STATUSES, callId, FINAL_STATUSES, parseCallId } from "../../model/call.ts";
 import { isValidName, SYSTEM } from "../../model/keys.ts";
-import { allows, authorize, type Principal } from "../auth.ts";
+import { allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import { tenantSecret } from "../calls/callback.ts";
 import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView } from "../calls/view.ts";
@@ -31,7 +31,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 
   app.get("/", async (c) => {
     const p = c.var.principal;
-    if (p.anonymous) authorize(p, "read");
+    requireCredentials(p, "list calls");
     knownParams("call list", c.req.query(), ["func", "status", "limit"]);
     const func = c.req.query("func");
     const status = c.req.query("status");

@@ -17,7 +17,7 @@ import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
 import { decodeStoredUserObject, userObjectToJson } from "../../model/schemas.ts";
 import { decodeSnapshot } from "../../model/snapshot.ts";
 import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
-import { type Action, allows, authorize, type Principal } from "../auth.ts";
+import { type Action, allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
 import { intParam, knownParams } from "./_query.ts";
@@ -78,7 +78,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/objects/:type", async (c) => {
     const type = userType(c.req.param("type"));
     const p = c.var.principal;
-    if (p.anonymous) authorize(p, "read");
+    requireCredentials(p, `list ${type} objects`);
     const { items, revision } = await deps.meta.list(type);
     return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
   });
@@ -89,7 +89,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   app.get("/snapshots", async (c) => {
     const p = c.var.principal;
-    if (p.anonymous) authorize(p, "read");
+    requireCredentials(p, "list snapshots");
     knownParams("snapshot list", c.req.query(), ["tenant", "namespace", "func", "node"]);
     const { tenant, namespace, func, node } = c.req.query();
     // An empty filter is none (as a form sends it); a namespace narrows the list only with its tenant.

@@ -26,7 +26,7 @@ import { KeysPage, KeysTable } from "../../ui/keys.tsx";
 import { type PageId, PAGES, Shell } from "../../ui/layout.tsx";
 import { NodesBody, NodesPage } from "../../ui/nodes.tsx";
 import { PodsPage, PodsTable } from "../../ui/pods.tsx";
-import { allows, authorize, type Principal } from "../auth.ts";
+import { allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { listKeys } from "./apikeys.ts";
 import { auditQuery } from "./audit.ts";
@@ -284,7 +284,10 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
 
   app.get("/events", async (c) => {
     const p = c.var.principal;
-    if (!p.grants.some((g) => g.scope !== "inference")) authorize(p, "read");
+    requireCredentials(p, "follow the cluster");
+    if (!p.grants.some((g) => g.scope !== "inference")) {
+      throw new InferxError("forbidden", `${p.id} may not follow the cluster: it reads nothing`);
+    }
     const ended = streams.take(p, events.listeners, deps.auth.enabled);
     const headers = c.req.raw.headers;
     const body = await eventStream(events, {
@@ -325,7 +328,7 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
 
 /** Functions `p` may read, with their pods; 401 for a caller who may read nothing. */
 async function visibleFunctions(deps: RouteDeps, p: Principal): Promise<FuncRow[]> {
-  if (p.anonymous) authorize(p, "read");
+  requireCredentials(p, "list functions");
   const [funcs, pods] = await Promise.all([deps.meta.list("function"), deps.meta.list("pod")]);
   const byFunc = new Map<string, PodInfo[]>();
   for (const r of pods.items) {
@@ -347,7 +350,7 @@ async function visibleFunctions(deps: RouteDeps, p: Principal): Promise<FuncRow[
 
 /** Pods `p` may read; 401 for a caller who may read nothing. */
 async function visiblePods(deps: RouteDeps, p: Principal): Promise<PodInfo[]> {
-  if (p.anonymous) authorize(p, "read");
+  requireCredentials(p, "list pods");
   const { items } = await deps.meta.list("pod");
   return items.filter((r) => allows(p, "read", r.tenant, r.namespace)).map((r) =>
     decodePod(r.value)

@@ -373,8 +373,17 @@ t(
       const key = await createKey(f, { scope: "read", tenant: "t" });
       const anon = await app.request("/ui/events");
       assert.equal(anon.status, 401);
-      await anon.body?.cancel();
+      assert.match(
+        (await anon.json()).error.message,
+        /^Credentials required to follow the cluster/,
+      );
       assert.equal(events.watching, false);
+      const caller = await createKey(f, { scope: "inference", tenant: "t" });
+      const callerOnly = await app.request("/ui/events", {
+        headers: { authorization: `Bearer ${caller}` },
+      });
+      assert.equal(callerOnly.status, 403);
+      assert.match((await callerOnly.json()).error.message, /may not follow the cluster: it reads/);
 
       const abort = new AbortController();
       const res = await app.request("/ui/events", {
