@@ -11,6 +11,7 @@ import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
+import { adminKeyProblem } from "./credential.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -156,8 +157,13 @@ const GatewayEnv = z.object({
   // could never be sent as a bearer: refused.
   INFERX_ADMIN_APIKEY: z.string().optional().transform((raw, ctx) => {
     const v = raw?.trim() || undefined;
-    if (v !== undefined && /\s/.test(v)) {
-      ctx.addIssue({ code: "custom", message: "must not contain whitespace" });
+    const problem = v === undefined
+      ? undefined
+      : /\s/.test(v)
+      ? "must not contain whitespace"
+      : adminKeyProblem(v);
+    if (problem) {
+      ctx.addIssue({ code: "custom", message: problem });
       return z.NEVER;
     }
     return v;

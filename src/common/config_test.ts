@@ -128,6 +128,11 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ STATESVC_ADDR: "" }, /STATESVC_ADDR: must not be empty/],
     [{ SCHEDULER_ADDR: "" }, /SCHEDULER_ADDR: must not be empty/],
     [{ INFERX_ADMIN_APIKEY: "admin key change me 0123" }, /INFERX_ADMIN_APIKEY: must not contain/],
+    [{ INFERX_ADMIN_APIKEY: "short" }, /INFERX_ADMIN_APIKEY: must be at least 16 characters/],
+    [
+      { INFERX_ADMIN_APIKEY: "ixk_0123456789abcdef" },
+      /INFERX_ADMIN_APIKEY: must not begin with ixk_/,
+    ],
     // Digits only: Number() took " " for 0 (a port the system picks), "0x10" for 16.
     [{ GATEWAY_PORT: " " }, /GATEWAY_PORT: " " is not a non-negative integer/],
     [{ GATEWAY_PORT: "0x10" }, /GATEWAY_PORT: "0x10" is not a non-negative integer/],

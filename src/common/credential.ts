@@ -8,6 +8,7 @@
 import { Buffer } from "node:buffer";
 import { createHash, timingSafeEqual } from "node:crypto";
 import { InferxError } from "./errors.ts";
+import { KEY_PREFIX } from "../model/apikey.ts";
 
 /** What credentials are read from: `Headers`, or anything with `get`. */
 export interface HeaderSource {
@@ -19,9 +20,19 @@ export function hashKey(key: string): string {
   return createHash("sha256").update(key).digest("hex");
 }
 
-/** The bearer credential of a request: `Authorization: Bearer X` or `X-Api-Key: X`. */
+/**
+ * The bearer credential of a request: `Authorization: Bearer X` or
+ * `X-Api-Key: X`. A field sent twice (`Headers` joins the two with ", ",
+ * which no key or token holds) is refused, saying so.
+ */
 export function credential(headers: HeaderSource): string | undefined {
   const auth = headers.get("authorization");
+  const key = headers.get("x-api-key");
+  for (const [name, value] of [["Authorization", auth], ["X-Api-Key", key]]) {
+    if (value?.includes(", ")) {
+      throw new InferxError("unauthenticated", `Invalid credentials: ${name} sent more than once`);
+    }
+  }
   if (auth !== null && auth !== undefined) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) {
@@ -32,7 +43,17 @@ export function credential(headers: HeaderSource): string | undefined {
     }
     return m[1];
   }
-  return headers.get("x-api-key") ?? undefined;
+  return key ?? undefined;
+}
+
+/** Why `key` cannot be the administrator's key (`INFERX_ADMIN_APIKEY`), or undefined. */
+export function adminKeyProblem(key: string): string | undefined {
+  if (key.length < 16) return "must be at least 16 characters";
+  // Such a credential is looked up as a stored API key and could never be the admin's.
+  if (key.startsWith(KEY_PREFIX)) {
+    return `must not begin with ${KEY_PREFIX} (the prefix of stored API keys)`;
+  }
+  return undefined;
 }
 
 /** The administrator's key, kept as its hash. */

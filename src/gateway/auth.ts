@@ -13,7 +13,13 @@
  *
  * @module
  */
-import { AdminKey, credential, hashKey, type HeaderSource } from "../common/credential.ts";
+import {
+  AdminKey,
+  adminKeyProblem,
+  credential,
+  hashKey,
+  type HeaderSource,
+} from "../common/credential.ts";
 import { InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type ApiKeyRecord, ApiKeyRecordSchema, KEY_PREFIX, type Scope } from "../model/apikey.ts";
@@ -177,16 +183,8 @@ export class Authenticator {
   #sweep?: ReturnType<typeof setInterval>;
 
   constructor(opts: AuthOptions) {
-    if (opts.adminKey !== undefined && opts.adminKey.length < 16) {
-      throw new InferxError("invalid", "INFERX_ADMIN_APIKEY must be at least 16 characters");
-    }
-    if (opts.adminKey?.startsWith(KEY_PREFIX)) {
-      // Such a credential is looked up as a stored API key and could never be the admin's.
-      throw new InferxError(
-        "invalid",
-        `INFERX_ADMIN_APIKEY must not begin with ${KEY_PREFIX} (the prefix of stored API keys)`,
-      );
-    }
+    const problem = opts.adminKey === undefined ? undefined : adminKeyProblem(opts.adminKey);
+    if (problem) throw new InferxError("invalid", `INFERX_ADMIN_APIKEY ${problem}`);
     this.#admin = opts.adminKey ? new AdminKey(opts.adminKey) : undefined;
     this.#oidc = opts.oidc;
     this.#now = opts.now ?? Date.now;

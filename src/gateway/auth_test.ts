@@ -113,6 +113,20 @@ Deno.test("Authenticator finds keys by hash, refuses unknown, expired and malfor
   await fails(h({ authorization: "Bearer ixk_nope" }), /Invalid API key/);
   await fails(h({ authorization: "Basic dXNlcjpwYXNz" }), /expected Bearer/);
   await fails(h({ authorization: "Bearer admin-key-0123456780" }), /Invalid credentials/);
+  // A field sent twice (Headers joins them) is refused as such, the valid one too.
+  const twice = (name: string, values: string[]) => {
+    const hs = new Headers();
+    for (const v of values) hs.append(name, v);
+    return hs;
+  };
+  await fails(
+    twice("authorization", [`Bearer ${key}`, "Bearer admin-key-0123456789"]),
+    /^Invalid credentials: Authorization sent more than once$/,
+  );
+  await fails(
+    twice("x-api-key", [key, key]),
+    /^Invalid credentials: X-Api-Key sent more than once$/,
+  );
   now += 1000;
   await fails(h({ authorization: `Bearer ${key}` }), /expired at/);
   auth.removeKey(id);

@@ -825,7 +825,8 @@ class ServerConnection {
     }
     const method = p.method;
     if (method === "CONNECT" || method === "TRACE" || method === "TRACK") {
-      this.#error = { status: 405, message: `${method} is not supported` };
+      // Not on any path (a 405 would owe an Allow of the path's methods): not implemented.
+      this.#error = { status: 501, message: `${method} is not supported` };
       return undefined;
     }
     // Origin form (`/path?query`) or absolute form (`http://host/path`); `*` and the rest are refused.

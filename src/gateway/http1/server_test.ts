@@ -261,15 +261,15 @@ t("http1 refuses request smuggling and malformed framing with 400 and closes", a
 });
 
 t(
-  "http1 refuses TRACE and CONNECT (405) and targets that are not paths or http URLs (400)",
+  "http1 refuses TRACE and CONNECT (501: on no path) and targets that are not paths or http URLs (400)",
   async () => {
     const s = echo();
     const first = async (raw: string) => answers(await exchange(s.addr.port, raw))[0];
     for (const m of ["TRACE", "CONNECT"]) {
       const target = m === "CONNECT" ? "h:443" : "/";
       const a = await first(`${m} ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
-      assert.equal(a.status, 405, m);
-      assert.equal(JSON.parse(a.body).error.code, "method_not_allowed");
+      assert.equal(a.status, 501, m);
+      assert.equal(JSON.parse(a.body).error.code, "unsupported");
     }
     for (const target of ["*", "x", "http:///", "ftp://h/x"]) {
       const a = await first(`OPTIONS ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
