@@ -64,6 +64,7 @@ export async function follow(onChange) {
       res = undefined;
     }
     if (res && (res.status === 401 || res.status === 403)) {
+      document.removeEventListener("visibilitychange", onHide);
       show(`○ not live: ${await messageOf(res)}`, "off");
       return;
     }
@@ -82,6 +83,7 @@ export async function follow(onChange) {
           buffer = parsed.rest;
           for (const ev of parsed.events) {
             if (ev.event === "bye") {
+              document.removeEventListener("visibilitychange", onHide);
               show("○ not live: signed out", "off");
               return;
             }
