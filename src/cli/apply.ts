@@ -60,7 +60,6 @@ export async function readObjects(sources: readonly string[]): Promise<Obj[]> {
   }
 }
 
-
 const labelsOf = (o: Obj): Record<string, string> => o.object?.metadata?.labels ?? {};
 
 /** The objects of `sources` that the selector selects, prepared, in creation order. */

@@ -223,6 +223,7 @@ export class Criu {
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let watch: ReturnType<typeof setInterval> | undefined;
+    let givenUp: ReturnType<typeof setTimeout> | undefined;
     try {
       const child = new Deno.Command("setsid", {
         args: ["sh", "-c", 'exec "$@" >"$0" 2>&1', outFile, ...argv],
@@ -249,7 +250,7 @@ export class Criu {
           const log = await Deno.readTextFile(failed.log).catch(() => "");
           if (!failed.said.test(log)) return;
           clearInterval(watch);
-          setTimeout(killGroup, GIVEN_UP_GRACE_MS);
+          givenUp = setTimeout(killGroup, GIVEN_UP_GRACE_MS);
         }, 250);
       }
       const status = await child.status;
@@ -261,6 +262,7 @@ export class Criu {
     } finally {
       clearTimeout(timer);
       clearInterval(watch);
+      clearTimeout(givenUp);
       await Deno.remove(outFile).catch(() => {});
     }
   }

@@ -293,13 +293,20 @@ export class SnapshotManager {
       return "No snapshot taken: an image of the same name is being restored";
     }
     const budget = this.#o.diskBudgetMB * MB;
-    // Only an estimate (what the image will hold, from its memory): the dump is not tried, and
-    // nothing is recorded, so its next fresh start tries again.
+    // What the image will hold, from its anonymous memory: over the budget, the dump is not
+    // tried, and the version is not tried again under this budget (each fresh start would send
+    // its sample query again first, for nothing).
     const estimate = await this.#o.runtime.footprintBytes(pod.id).catch(() => 0);
     if (estimate > budget) {
-      return `No snapshot taken: its memory (${
-        mb(estimate)
-      } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`;
+      return await this.#fail(
+        pod,
+        known,
+        ref,
+        `its memory (${
+          mb(estimate)
+        } MB) exceeds the snapshot disk budget (INFERX_SNAPSHOT_DISK_MB=${this.#o.diskBudgetMB})`,
+        this.#o.diskBudgetMB,
+      );
     }
     this.#evictFor(estimate, key);
     const partial = `${dir}.partial-${pod.id}`;

@@ -293,20 +293,27 @@ t(
 );
 
 t(
-  "SnapshotManager: a worker whose memory exceeds the budget is not dumped, and tried again at its next fresh start",
-  async ({ meta, mgr, runtime }) => {
+  "SnapshotManager: a worker whose memory exceeds the budget is not dumped, nor tried again under that budget",
+  async ({ meta, mgr, runtime, open }) => {
     runtime.footprintMB = 30;
     assert.match(
       (await mgr.take(pod("a")))!,
       /its memory \(30 MB\) exceeds the snapshot disk budget/,
     );
     assert.equal(runtime.dumps, 0);
-    assert.deepEqual(await records(meta), [], "an estimate is not recorded");
-    assert.equal(mgr.wants(pod("a")), true);
-    // Its memory is mostly a file it maps (its weights): the image is what it holds apart.
-    runtime.footprintMB = 8;
-    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
-    assert.equal((await records(meta))[0].state, "Ready");
+    const [failed] = await records(meta);
+    assert.deepEqual([failed.state, failed.budgetMB], ["Failed", 25]);
+    assert.equal(mgr.wants(pod("a")), false, "its next fresh start sends no sample query for it");
+    mgr.stop();
+    const raised = open(40);
+    await raised.start();
+    try {
+      assert.equal(raised.wants(pod("a")), true);
+      assert.equal(await raised.take(pod("a", 1, "a-pod-2")), undefined);
+      assert.equal((await records(meta))[0].state, "Ready");
+    } finally {
+      raised.stop();
+    }
   },
 );
 

@@ -120,8 +120,8 @@ export function recoveredState(r: PodRecord): CorePodState | undefined {
 
 function recoverPod(ctx: Ctx, r: PodRecord) {
   const { state } = ctx;
-  const podState = recoveredState(r);
-  if (!podState) {
+  const recovered = recoveredState(r);
+  if (!recovered) {
     // Over: make sure its record goes.
     if (r.desired !== "Terminated") {
       ctx.actions.push({ type: "terminatePod", podId: r.id, reason: `its record says ${r.state}` });
@@ -138,15 +138,10 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     });
     return;
   }
-  if (!node.ready) {
-    // Lost with its node (as when a node goes silent): not handed out, not counted, replaced.
-    ctx.actions.push({
-      type: "terminatePod",
-      podId: r.id,
-      reason: `node ${r.node} missed its heartbeats`,
-    });
-    return;
-  }
+  // Lost with its node (as when a node goes silent): not handed out, not counted, replaced;
+  // charged until its node says it is gone, as a pod lost while this scheduler ran (nodes.ts).
+  const lost = !node.ready;
+  const podState = lost ? "Terminating" : recovered;
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
   // Parked by its record's report (being terminated, too); asked to park and not yet
   // reported: it holds all still.
@@ -174,7 +169,8 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   if (podState === "Standby" && !parked) pod.parkingSince = ctx.now;
   const f = unitOf(state, r);
   if (podState === "Terminating") {
-    ctx.actions.push({ type: "terminatePod", podId: r.id, reason: "terminating before restart" });
+    const reason = lost ? `node ${r.node} missed its heartbeats` : "terminating before restart";
+    ctx.actions.push({ type: "terminatePod", podId: r.id, reason });
   } else if (!f && state.funcs.has(r.func)) {
     terminate(ctx, pod, "old version drained");
   } else if (podState === "Ready" && state.config.recoveryGraceMs > 0) {

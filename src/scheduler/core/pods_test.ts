@@ -174,7 +174,7 @@ Deno.test("step() takes a known pod's record: reports from its agent, and asks a
   }
 });
 
-Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost with it, not handed out", () => {
+Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost with it, not handed out, and keeps its charge", () => {
   const d = new CoreDriver();
   d.now = 100_000;
   d.run(
@@ -201,11 +201,15 @@ Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost wi
     recovered.map((a) => a.type === "terminatePod" && a.podId),
     ["x-1"],
   );
-  assert.equal(d.state.pods.has("x-1"), false);
+  // Ending, and charged to its node until the node says it is gone (it may run on there).
+  assert.equal(d.state.pods.get("x-1")!.state, "Terminating");
+  assert.equal(d.state.nodes.get("dead")!.cpuUsed, 1000);
   // min_replica is met by a new pod on the live node, and a lease waits for it.
   const made = d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
   assert.deepEqual(created(made).map((p) => p.node), ["n2"]);
   assert.ok(!d.run(lease("r1")).some((a) => a.type === "leaseGranted"));
+  d.run({ type: "podStatus", podId: "x-1", state: "Terminated" });
+  assert.equal(d.state.nodes.get("dead")!.cpuUsed, 0);
 });
 
 Deno.test("a park or a resume under way at a restart: the parking pod is not handed out, the resuming one keeps its GPU memory", () => {
