@@ -11,7 +11,7 @@ import { z } from "zod";
 import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
-import { adminKeyProblem } from "./credential.ts";
+import { adminKeyProblem, PLACEHOLDER } from "./credential.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -302,7 +302,11 @@ export interface SnapshotSettings {
 
 const AuditEnv = z.object({
   AUDITDB_ADDR: z.string().optional(),
-  AUDITDB_PASSWORD: z.string().optional(),
+  AUDITDB_USER: z.string().optional(),
+  AUDITDB_PASSWORD: z.string().optional().refine(
+    (v) => !v?.startsWith(PLACEHOLDER),
+    "is the manifests' placeholder (k8s/base/secrets.yaml): set a password of your own",
+  ),
   AUDIT_BUFFER_ROWS: count(100_000),
   AUDIT_RETAIN_DAYS: count(30),
   AUDIT_RETAIN_MB: count(1024),
@@ -310,7 +314,7 @@ const AuditEnv = z.object({
 
 /** The audit, written by gateways (requests) and the state service (pods). */
 export interface AuditSettings {
-  /** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in: PostgreSQL; unset: embedded. */
+  /** `AUDITDB_ADDR` with `AUDITDB_USER` and `AUDITDB_PASSWORD` put in: PostgreSQL; unset: embedded. */
   dbAddr?: string;
   /** `AUDIT_BUFFER_ROWS`: rows held while the database is down. */
   bufferRows: number;
@@ -348,8 +352,11 @@ export interface Config {
   calls: CallSettings;
 }
 
-/** `AUDITDB_ADDR` with `AUDITDB_PASSWORD` put in (so a manifest keeps the password in a secret). */
-function auditAddr(addr?: string, password?: string): string | undefined {
+/**
+ * `AUDITDB_ADDR` with `AUDITDB_USER` and `AUDITDB_PASSWORD` put in (so a
+ * manifest takes both from the secret the database is made with).
+ */
+function auditAddr(addr?: string, user?: string, password?: string): string | undefined {
   if (!addr) return undefined;
   let url: URL | undefined;
   try {
@@ -363,8 +370,9 @@ function auditAddr(addr?: string, password?: string): string | undefined {
       "AUDITDB_ADDR",
     );
   }
-  if (!password) return addr;
-  url.password = encodeURIComponent(password);
+  if (!user && !password) return addr;
+  if (user) url.username = encodeURIComponent(user);
+  if (password) url.password = encodeURIComponent(password);
   return url.toString();
 }
 
@@ -464,7 +472,7 @@ export function readConfig(
       mountAllow: n.INFERX_MOUNT_ALLOW,
     },
     audit: {
-      dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_PASSWORD),
+      dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_USER, a.AUDITDB_PASSWORD),
       bufferRows: a.AUDIT_BUFFER_ROWS,
       retainDays: a.AUDIT_RETAIN_DAYS,
       retainMB: a.AUDIT_RETAIN_MB,

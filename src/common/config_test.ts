@@ -97,6 +97,28 @@ Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the au
     () => readConfig(envOf({ AUDITDB_ADDR: "not a url", AUDITDB_PASSWORD: "x" })),
     /AUDITDB_ADDR: "not a url" is not a postgres:\/\/ URL/,
   );
+  // The user too, from the secret the database was made with.
+  const user = readConfig(envOf({
+    AUDITDB_ADDR: "postgres://db:5432/inferx",
+    AUDITDB_USER: "audit",
+    AUDITDB_PASSWORD: "pw",
+  }));
+  assert.equal(user.audit.dbAddr, "postgres://audit:pw@db:5432/inferx");
+});
+
+Deno.test("readConfig() refuses the shipped manifests' placeholder secrets", () => {
+  assert.throws(
+    () => readConfig(envOf({ INFERX_ADMIN_APIKEY: "change-me-admin-key" })),
+    /INFERX_ADMIN_APIKEY: is the manifests' placeholder/,
+  );
+  assert.throws(
+    () =>
+      readConfig(envOf({
+        AUDITDB_ADDR: "postgres://inferx@db/inferx",
+        AUDITDB_PASSWORD: "change-me-db-password",
+      })),
+    /AUDITDB_PASSWORD: is the manifests' placeholder/,
+  );
 });
 
 Deno.test("readConfig() refuses a bad value, naming the variable", () => {

@@ -46,9 +46,18 @@ export function credential(headers: HeaderSource): string | undefined {
   return key ?? undefined;
 }
 
+/**
+ * How the placeholders of the shipped manifests begin (`k8s/base/secrets.yaml`):
+ * a secret everyone who has read them knows is refused.
+ */
+export const PLACEHOLDER = "change-me";
+
 /** Why `key` cannot be the administrator's key (`INFERX_ADMIN_APIKEY`), or undefined. */
 export function adminKeyProblem(key: string): string | undefined {
   if (key.length < 16) return "must be at least 16 characters";
+  if (key.startsWith(PLACEHOLDER)) {
+    return "is the manifests' placeholder (k8s/base/secrets.yaml): set a key of your own";
+  }
   // Such a credential is looked up as a stored API key and could never be the admin's.
   if (key.startsWith(KEY_PREFIX)) {
     return `must not begin with ${KEY_PREFIX} (the prefix of stored API keys)`;
