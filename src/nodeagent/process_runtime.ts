@@ -545,7 +545,9 @@ export class ProcessRuntime implements PodRuntime {
     const listenHost = net ? "0.0.0.0" : this.#options.host ?? "127.0.0.1";
     const [cmd, ...args] = t.commands;
     const logs = new LogRing();
-    const bin = cmd === "deno" ? Deno.execPath() : cmd;
+    // `deno`: the runtime running the platform, unless it is a compiled binary (which runs
+    // nothing but itself): then the `deno` of the PATH.
+    const bin = cmd === "deno" && !Deno.build.standalone ? Deno.execPath() : cmd;
     // With the file tier, output goes to a file CRIU can dump and restore.
     const toFile = net !== undefined ||
       (this.#options.outputToFile ?? this.#options.criu !== undefined);
