@@ -34,3 +34,11 @@ export const systemTicker: Ticker = {
     return () => clearTimeout(id);
   },
 };
+
+/**
+ * Resolves after the event loop's next turn (timers, I/O): a long piece of
+ * synchronous work awaits it between slices, so that others go on meanwhile.
+ */
+export function nextTurn(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 0));
+}

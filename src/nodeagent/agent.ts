@@ -18,6 +18,7 @@ import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
 import { httpCall, type HttpCallOptions } from "./probe.ts";
 import type { PodRuntime, RunningPod } from "./runtime.ts";
 import { BUSY, type SnapshotManager } from "./snapshots.ts";
+import { nextTurn } from "../common/clock.ts";
 
 const log = logger("nodeagent");
 
@@ -605,7 +606,7 @@ export class NodeAgent implements NodeAgentClient {
 async function settled(p: Promise<unknown>): Promise<boolean> {
   let done = false;
   p.then(() => done = true, () => done = true);
-  await new Promise((r) => setTimeout(r, 0));
+  await nextTurn();
   return done;
 }
 

@@ -301,15 +301,15 @@ export class StateService implements MetaClient {
     return deleted;
   }
 
-  /** Deletes the asynchronous calls of a tenant or one of its namespaces, with their bodies. */
+  /**
+   * Deletes the asynchronous calls of a tenant or one of its namespaces,
+   * with their bodies (tens of thousands, perhaps: the store deletes them in
+   * chunks, letting other work go on between).
+   */
   async #deleteCalls(tenant: string, namespace?: string): Promise<void> {
     for (const type of ["call", "callbody"] as const) {
       const { items } = await this.#store.list(typePrefix(type, tenant, namespace));
-      for (const kv of items) {
-        await this.#store.delete(kv.key).catch((e) => {
-          if (!(e instanceof NotFoundError)) throw e;
-        });
-      }
+      await this.#store.deleteKeys(items.map((kv) => kv.key));
     }
   }
 

@@ -205,6 +205,25 @@ Deno.test("a namespace's delete cut off half way leaves it standing with what is
   }
 });
 
+Deno.test("deleting a namespace of many calls lets other work go on meanwhile", async () => {
+  const { svc, close } = await service();
+  try {
+    for (let i = 0; i < 1200; i++) {
+      const c = testCall("t", "n");
+      const ref = { type: "call" as const, tenant: "t", namespace: "n", name: c.id.split(":")[2] };
+      await svc.create({ ...ref, object: c });
+    }
+    let turns = 0;
+    const timer = setInterval(() => turns++, 0);
+    await svc.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
+    clearInterval(timer);
+    assert.ok(turns > 0, "the event loop turned while the calls were deleted");
+    assert.equal((await svc.list("call", "t")).items.length, 0);
+  } finally {
+    await close();
+  }
+});
+
 Deno.test("a stale delete is refused as a stale update is, naming the object", async () => {
   const { svc, close } = await service();
   try {

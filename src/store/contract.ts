@@ -100,6 +100,30 @@ export function storeContract(
     await assert.rejects(store.delete("/k/1"), NotFoundError);
   });
 
+  t(
+    "deleteKeys() deletes each key at a revision of its own, passing over those gone, and watches see each",
+    async ({ store }) => {
+      const keys = Array.from({ length: 1203 }, (_, i) => `/d/${String(i).padStart(4, "0")}`);
+      for (const k of keys.slice(0, 1200)) await store.create(k, "v");
+      await store.create("/e/kept", "v");
+      const start = await store.revision();
+      const pending = nextEvents(store, "/d/", 1200, start);
+      // Three keys never made: passed over, as are keys deleted twice.
+      const last = await store.deleteKeys([...keys, keys[0]]);
+      assert.equal(last, await store.revision());
+      assert.equal(last, start + 1200, "a revision each");
+      assert.deepEqual((await store.list("/d/")).items, []);
+      assert.ok(await store.get("/e/kept"));
+      const evs = await pending;
+      assert.deepEqual(evs.map((e) => e.type === "delete" && e.key), keys.slice(0, 1200));
+      assert.deepEqual(
+        evs.map((e) => e.type === "delete" && e.revision),
+        keys.slice(0, 1200).map((_, i) => start + 1 + i),
+      );
+      assert.equal(await store.deleteKeys([]), last);
+    },
+  );
+
   t("list() returns only the prefix, sorted, with the store revision", async ({ store }) => {
     await store.create("/p/b", "2");
     await store.create("/p/a", "1");

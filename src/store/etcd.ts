@@ -241,6 +241,18 @@ export class EtcdStore implements MetaStore {
     throw casFailure("delete", key, expectedRevision, res);
   }
 
+  async deleteKeys(keys: readonly string[]): Promise<number> {
+    // One request each, as `delete` (a transaction of many would share one revision).
+    let revision = 0;
+    for (const key of keys) {
+      revision = await this.delete(key).catch((err) => {
+        if (err instanceof NotFoundError) return revision;
+        throw err;
+      });
+    }
+    return revision || await this.revision();
+  }
+
   watch(prefix: string, options: WatchOptions): Watch {
     let cancelled = false;
     // One past the last revision delivered: where a (re)created watch starts.

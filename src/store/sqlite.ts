@@ -33,6 +33,7 @@ import {
   type WatchEvent,
   type WatchOptions,
 } from "./types.ts";
+import { nextTurn } from "../common/clock.ts";
 
 /** Options for {@linkcode openSqliteStore}. */
 export interface SqliteStoreOptions {
@@ -217,6 +218,9 @@ async function migrateLegacy(db: DatabaseSync, dir: string): Promise<void> {
   }
 }
 
+/** Keys {@linkcode SqliteStore.deleteKeys} deletes in one transaction. */
+const DELETE_CHUNK = 500;
+
 /** The statements the store runs, prepared once. */
 function statements(db: DatabaseSync) {
   return {
@@ -320,34 +324,51 @@ class SqliteStore implements MetaStore {
   }
 
   create(key: string, value: string): Promise<number> {
-    return this.#write(() => {
+    return this.#write((rev) => {
       if (this.#q.get.get(key)) {
         throw new AlreadyExistsError(`Cannot create ${key}: it already exists`);
       }
-      const rev = this.#rev + 1;
       this.#q.insert.run(key, value, rev, rev);
-      return { type: "put", kv: { key, value, revision: rev, createRevision: rev } };
+      return [{ type: "put", kv: { key, value, revision: rev, createRevision: rev } }];
     });
   }
 
   update(key: string, value: string, expectedRevision: number): Promise<number> {
-    return this.#write(() => {
+    return this.#write((rev) => {
       const cur = this.#current("update", key, expectedRevision);
-      const rev = this.#rev + 1;
       this.#q.update.run(value, rev, key);
-      return {
+      return [{
         type: "put",
         kv: { key, value, revision: rev, createRevision: cur.createRevision },
-      };
+      }];
     });
   }
 
   delete(key: string, expectedRevision?: number): Promise<number> {
-    return this.#write(() => {
+    return this.#write((rev) => {
       this.#current("delete", key, expectedRevision);
       this.#q.delete.run(key);
-      return { type: "delete", key, revision: this.#rev + 1 };
+      return [{ type: "delete", key, revision: rev }];
     });
+  }
+
+  async deleteKeys(keys: readonly string[]): Promise<number> {
+    // A transaction (one sync to disk) per chunk, and the event loop let go between chunks:
+    // a namespace's tens of thousands of calls go in a second or two, other work going on.
+    for (let i = 0; i < keys.length; i += DELETE_CHUNK) {
+      if (i > 0) await nextTurn();
+      const chunk = keys.slice(i, i + DELETE_CHUNK);
+      await this.#write((rev) => {
+        const events: WatchEvent[] = [];
+        for (const key of chunk) {
+          if (!this.#q.get.get(key)) continue;
+          this.#q.delete.run(key);
+          events.push({ type: "delete", key, revision: rev + events.length });
+        }
+        return events;
+      });
+    }
+    return this.#rev;
   }
 
   /** The current value of `key`, checked against `expected` when given. */
@@ -365,24 +386,30 @@ class SqliteStore implements MetaStore {
   }
 
   /**
-   * Runs one change at the next revision in one transaction (the change, its
-   * history row, the new revision, the compaction of the oldest history),
-   * then tells the watchers.
+   * Runs changes in one transaction (the changes, a revision and a history
+   * row each, the new revision, the compaction of the oldest history), then
+   * tells the watchers. `change` gets the revision of its first change, and
+   * numbers the others on from it.
    */
-  #write(change: () => WatchEvent): Promise<number> {
-    let ev: WatchEvent;
+  #write(change: (rev: number) => WatchEvent[]): Promise<number> {
+    let evs: WatchEvent[];
     try {
       this.#checkOpen();
-      const rev = this.#rev + 1;
-      let compactTo = rev - this.#historyLimit;
+      let rev = this.#rev;
+      let compactTo = 0;
       let bytes = this.#historyBytes;
-      ev = transaction(this.#db, () => {
-        const e = change();
-        checkText(eventKey(e), e.type === "put" ? e.kv.value : "");
-        if (e.type === "put") {
-          this.#q.record.run(rev, e.kv.key, e.kv.value, e.kv.createRevision);
-          bytes += e.kv.value.length;
-        } else this.#q.record.run(rev, e.key, null, null);
+      evs = transaction(this.#db, () => {
+        const es = change(this.#rev + 1);
+        for (const e of es) {
+          rev = eventRevision(e);
+          checkText(eventKey(e), e.type === "put" ? e.kv.value : "");
+          if (e.type === "put") {
+            this.#q.record.run(rev, e.kv.key, e.kv.value, e.kv.createRevision);
+            bytes += e.kv.value.length;
+          } else this.#q.record.run(rev, e.key, null, null);
+        }
+        if (!es.length) return es;
+        compactTo = rev - this.#historyLimit;
         this.#q.setRevision.run(rev);
         if (compactTo > this.#compacted) {
           for (const r of this.#q.historySizes.iterate(this.#compacted) as Iterable<Row>) {
@@ -400,7 +427,7 @@ class SqliteStore implements MetaStore {
           }
         }
         if (compactTo > this.#compacted) this.#q.compact.run(compactTo);
-        return e;
+        return es;
       });
       this.#rev = rev;
       this.#historyBytes = bytes;
@@ -419,8 +446,10 @@ class SqliteStore implements MetaStore {
         ),
       );
     }
-    const key = eventKey(ev);
-    for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
+    for (const ev of evs) {
+      const key = eventKey(ev);
+      for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
+    }
     return Promise.resolve(this.#rev);
   }
 

@@ -63,6 +63,13 @@ export interface MetaStore {
   update(key: string, value: string, expectedRevision: number): Promise<number>;
   /** Deletes `key` (only at `expectedRevision` when given). Returns the new revision. */
   delete(key: string, expectedRevision?: number): Promise<number>;
+  /**
+   * Deletes those of `keys` that exist, each at a revision of its own, as
+   * `delete` would one by one (a key gone already is passed over), without
+   * holding the process up for long however many there are. Returns the
+   * store's revision after.
+   */
+  deleteKeys(keys: readonly string[]): Promise<number>;
   /** Watches changes under `prefix`. */
   watch(prefix: string, options: WatchOptions): Watch;
   /** Releases resources. */

@@ -53,6 +53,7 @@ import {
 } from "../../common/errors.ts";
 import { isConflict } from "../../common/retry.ts";
 import { logger } from "../../common/log.ts";
+import { nextTurn } from "../../common/clock.ts";
 import {
   CALL_INLINE_MAX,
   type CallBodyPart,
@@ -194,6 +195,8 @@ const RETRY_CODES: ReadonlySet<string> = new Set([
 const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 /** An attempt this gateway broke off because it was stopping: it does not count against `maxAttempts`. */
 const STOPPED = "gateway_stopped";
+/** Expired calls deleted at once, between turns of the event loop. */
+const EXPIRY_BATCH = 100;
 
 /** Attempts that count against `maxAttempts`: all but those a stopping gateway broke off. */
 function countedAttempts(r: CallRecord): number {
@@ -240,6 +243,8 @@ export class CallQueue {
   #stopped = false;
   /** The earliest `expiresAt` in `#done`. */
   #nextExpiry = Infinity;
+  /** An expiry pass runs. */
+  #expiring = false;
   /** The last `ListedCall.seq` given. */
   #seq = 0;
 
@@ -529,21 +534,39 @@ export class CallQueue {
   #tick(): void {
     this.#pump();
     const now = this.#now();
-    if (now < this.#nextExpiry) return;
+    if (now < this.#nextExpiry || this.#expiring) return;
+    this.#expiring = true;
+    this.#expire(now).finally(() => this.#expiring = false);
+  }
+
+  /**
+   * Deletes the ended calls past their expiry, a batch at a time, letting
+   * other work go on between: a gateway started after a day away finds a
+   * day of them.
+   */
+  async #expire(now: number): Promise<void> {
     this.#nextExpiry = Infinity;
+    const due: string[] = [];
     for (const [id, d] of this.#done) {
-      if (d.expiresAt > now) {
-        this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt);
-        continue;
-      }
-      this.#done.delete(id);
-      this.#deps.meta.delete(d.ref, d.revision).catch((err) => {
-        // Changed or gone meanwhile: its next version is looked at again (the watch brings
-        // it). Anything else (the store away): tried again at the next tick.
-        if (isConflict(err) || err instanceof NotFoundError) return;
-        if (!this.#done.has(id)) this.#done.set(id, d);
-        this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt); // the next tick
-      });
+      if (d.expiresAt > now) this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt);
+      else due.push(id);
+    }
+    for (let i = 0; i < due.length && !this.#stopped; i += EXPIRY_BATCH) {
+      if (i > 0) await nextTurn();
+      await Promise.all(
+        due.slice(i, i + EXPIRY_BATCH).map((id) => {
+          const d = this.#done.get(id);
+          if (!d) return; // gone meanwhile
+          this.#done.delete(id);
+          return this.#deps.meta.delete(d.ref, d.revision).catch((err) => {
+            // Changed or gone meanwhile: its next version is looked at again (the watch brings
+            // it). Anything else (the store away): tried again at the next tick.
+            if (isConflict(err) || err instanceof NotFoundError) return;
+            if (!this.#done.has(id)) this.#done.set(id, d);
+            this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt); // the next tick
+          });
+        }),
+      );
     }
   }
 
@@ -551,13 +574,19 @@ export class CallQueue {
   #pump(): void {
     if (this.#stopped) return;
     const now = this.#now();
+    // Functions found without room: they stay so for the pass (it only takes room), and the
+    // calls queued behind one (thousands, perhaps) are passed over at the cost of a lookup.
+    const full = new Set<string>();
     for (const [id, e] of this.#open) {
       if (this.#claims.has(id) || this.#claiming.has(id)) continue;
       if (e.owner && (e.leaseUntil ?? 0) > now) continue;
       const final = FINAL_STATUSES.has(e.status);
       if (!final && (e.notBefore ?? 0) > now && e.expiresAt > now) continue;
       const runs = !final && e.expiresAt > now;
-      if (runs && !this.#hasRoom(e.func)) continue;
+      if (runs && (full.has(e.func) || !this.#hasRoom(e.func))) {
+        full.add(e.func);
+        continue;
+      }
       this.#takeOver(id, e, runs ? this.#reserve(e.func) : undefined);
     }
   }

@@ -182,6 +182,46 @@ t(
 );
 
 t(
+  "ended calls past their expiry are deleted a batch at a time, other work going on between",
+  async () => {
+    let now = Date.now();
+    const f = await gatewayFixture({ calls: { leaseMs: 500, ttlMs: 1000, now: () => now } });
+    const ids: string[] = [];
+    for (let i = 0; i < 250; i++) {
+      ids.push(
+        await store(
+          f,
+          record(`x${i}`, { status: "succeeded", finishedAt: now, expiresAt: now + 500 }),
+        ),
+      );
+    }
+    await until(
+      "the calls to be known",
+      async () => (await f.meta.list("call")).items.length === 250,
+    );
+    // When each delete was asked, counted in turns of the event loop.
+    let turns = 0;
+    const timer = setInterval(() => turns++, 0);
+    const askedAt: number[] = [];
+    const meta = f.meta as { delete: (...a: Parameters<typeof f.meta.delete>) => Promise<number> };
+    const del = meta.delete.bind(f.meta);
+    meta.delete = (ref, revision) => {
+      if (ref.type === "call") askedAt.push(turns);
+      return del(ref, revision);
+    };
+    try {
+      now += 2000;
+      await until("every call to go", async () => (await f.meta.list("call")).items.length === 0);
+      assert.equal(askedAt.length, 250);
+      assert.ok(askedAt.at(-1)! > askedAt[0], "the deletes were asked over several turns");
+    } finally {
+      clearInterval(timer);
+      await f.close();
+    }
+  },
+);
+
+t(
   "a stopping gateway hands back the calls it runs, its try not counted, for another gateway to finish",
   async () => {
     const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });

@@ -21,6 +21,7 @@ import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam, knownParams } from "./_query.ts";
+import { nextTurn } from "../../common/clock.ts";
 
 const MAX_LIST = 1000;
 
@@ -127,7 +128,6 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 const SLICE = 5000;
 
 /** Lets the event loop turn (calls go on being proxied) before going on. */
-const nextTurn = () => new Promise((r) => setTimeout(r, 0));
 
 /** Whether `a` was accepted after `b` (newer first; in one millisecond, by acceptance). */
 const newer = (a: ListedCall, b: ListedCall) =>
