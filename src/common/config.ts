@@ -238,14 +238,45 @@ const NodeEnv = z.object({
     { message: `is not one of ${RUNTIMES.join(", ")}` },
   ),
   NODEAGENT_PORT: port(1233),
-  INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
-    const dirs = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
-    const bad = dirs.find((d) => !d.startsWith("/") || d.split("/").includes(".."));
-    if (bad === undefined) return dirs.map((d) => d.replace(/\/+$/, "") || "/");
-    ctx.addIssue({ code: "custom", message: `"${bad}" is not an absolute directory` });
+  // As the docker command reads it (which builds the sample image): the engine's socket.
+  DOCKER_HOST: z.string().optional().transform((raw, ctx) => {
+    if (!raw) return undefined;
+    const m = /^unix:\/\/(\/.+)$/.exec(raw);
+    if (m) return m[1];
+    ctx.addIssue({ code: "custom", message: `"${raw}" is not a unix socket (unix:///path)` });
     return z.NEVER;
   }),
+  INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
+    const entries = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
+    const out: MountAllow[] = [];
+    for (const entry of entries) {
+      const m = /^(.*?)(?::(ro|rw))?$/.exec(entry)!;
+      const dir = m[1];
+      if (!dir.startsWith("/") || dir.split("/").includes("..") || dir.includes(":")) {
+        ctx.addIssue({
+          code: "custom",
+          message: `"${entry}" is not an absolute directory (with :rw, or :ro, after it)`,
+        });
+        return z.NEVER;
+      }
+      out.push({ dir: dir.replace(/\/+$/, "") || "/", rw: m[2] === "rw" });
+    }
+    return out;
+  }),
 });
+
+/**
+ * A host directory functions may bind (`INFERX_MOUNT_ALLOW`). Read-only: it
+ * and what is under it, read-only. `rw` (`DIR:rw`): it alone, read-write
+ * too, nothing under it. A worker that may write in a directory can put a
+ * symbolic link there, which Docker would follow when it binds a path under
+ * it for another worker, between the agent's check and the bind: so no path
+ * under one that workers may write is bound.
+ */
+export interface MountAllow {
+  dir: string;
+  rw: boolean;
+}
 
 /** The `NodeAgent` role: where node.json is, and what overrides it. */
 export interface NodeSettings {
@@ -263,9 +294,11 @@ export interface NodeSettings {
   port: number;
   /**
    * `INFERX_MOUNT_ALLOW`: host directories a function's `mounts` may bind
-   * into its container (and what is under them); none by default.
+   * into its container; none by default.
    */
-  mountAllow?: string[];
+  mountAllow?: MountAllow[];
+  /** `DOCKER_HOST` (`unix:///path`): the Docker engine's socket; unset, the default one. */
+  dockerSocket?: string;
 }
 
 const SnapshotEnv = z.object({
@@ -470,6 +503,7 @@ export function readConfig(
       runtime: n.INFERX_RUNTIME,
       port: n.NODEAGENT_PORT,
       mountAllow: n.INFERX_MOUNT_ALLOW,
+      dockerSocket: n.DOCKER_HOST,
     },
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_USER, a.AUDITDB_PASSWORD),

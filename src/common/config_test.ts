@@ -32,6 +32,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       configPath: `${REPO_ROOT}/config/node.json`,
       configRequired: false,
       mountAllow: [],
+      dockerSocket: undefined,
       name: undefined,
       address: undefined,
       runtime: undefined,
@@ -268,13 +269,29 @@ Deno.test("readConfig() reads the embedded audit's retention, 0 meaning no limit
   assert.throws(() => readConfig(envOf({ AUDIT_RETAIN_MB: "-1" })), /AUDIT_RETAIN_MB/);
 });
 
+Deno.test("readConfig() takes the Docker engine's socket from DOCKER_HOST, a unix socket only", () => {
+  assert.equal(
+    readConfig(envOf({ DOCKER_HOST: "unix:///run/user/1000/docker.sock" })).node.dockerSocket,
+    "/run/user/1000/docker.sock",
+  );
+  assert.throws(
+    () => readConfig(envOf({ DOCKER_HOST: "tcp://10.0.0.1:2375" })),
+    /DOCKER_HOST: "tcp:\/\/10\.0\.0\.1:2375" is not a unix socket/,
+  );
+});
+
 Deno.test("readConfig() reads the host directories containers may mount, and refuses others", () => {
   assert.deepEqual(readConfig(envOf({})).node.mountAllow, []);
   assert.deepEqual(
-    readConfig(envOf({ INFERX_MOUNT_ALLOW: "/models/, /data/weights" })).node.mountAllow,
-    ["/models", "/data/weights"],
+    readConfig(envOf({ INFERX_MOUNT_ALLOW: "/models/, /data/weights:ro, /scratch:rw" })).node
+      .mountAllow,
+    [
+      { dir: "/models", rw: false },
+      { dir: "/data/weights", rw: false },
+      { dir: "/scratch", rw: true },
+    ],
   );
-  for (const bad of ["models", "/a/../etc"]) {
+  for (const bad of ["models", "/a/../etc", "/a:rx", "/a:b:rw"]) {
     assert.throws(
       () => readConfig(envOf({ INFERX_MOUNT_ALLOW: bad })),
       /INFERX_MOUNT_ALLOW: .* is not an absolute directory/,

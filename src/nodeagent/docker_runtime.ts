@@ -17,6 +17,7 @@ import { isIP } from "node:net";
 import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
+import type { MountAllow } from "../common/config.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
 import {
@@ -50,7 +51,7 @@ export interface DockerRuntimeOptions {
    * any other mount is refused. @default none: a container reaches nothing
    * of the host it was not given by the operator.
    */
-  mountAllow?: string[];
+  mountAllow?: MountAllow[];
 }
 
 interface Entry {
@@ -62,8 +63,11 @@ interface Entry {
   exited: Promise<string>;
 }
 
+/** Where the Docker engine listens unless `DOCKER_HOST` says otherwise. */
+export const DOCKER_SOCKET = "/var/run/docker.sock";
+
 /** Whether a Docker engine answers on `socketPath`. */
-export async function dockerAvailable(socketPath = "/var/run/docker.sock"): Promise<boolean> {
+export async function dockerAvailable(socketPath = DOCKER_SOCKET): Promise<boolean> {
   try {
     await new Docker({ socketPath }).ping();
     return true;
@@ -74,7 +78,7 @@ export async function dockerAvailable(socketPath = "/var/run/docker.sock"): Prom
 
 /** The CPUs and memory of the engine's host (undefined when it does not answer). */
 export async function dockerHostSize(
-  socketPath = "/var/run/docker.sock",
+  socketPath = DOCKER_SOCKET,
 ): Promise<{ cpuMillis: number; memMB: number } | undefined> {
   try {
     const info = await new Docker({ socketPath }).info();
@@ -94,7 +98,7 @@ export async function dockerHostSize(
  * measured 10x slower than the process runtime's (docs/standby.md).
  */
 export async function dockerSnapshotReason(
-  socketPath = "/var/run/docker.sock",
+  socketPath = DOCKER_SOCKET,
 ): Promise<string> {
   let experimental: boolean | undefined;
   try {
@@ -160,9 +164,29 @@ export function scopeTag(scope: string): string {
   return createHash("sha256").update(scope).digest("hex").slice(0, 8);
 }
 
-/** Whether `host` (absolute, normalized) is one of `allowed` or under one. */
-export function mountAllowed(host: string, allowed: readonly string[]): boolean {
-  return allowed.some((dir) => dir === "/" || host === dir || host.startsWith(`${dir}/`));
+/** Whether `path` is `dir` or under it (both absolute, normalized). */
+const within = (path: string, dir: string) =>
+  dir === "/" || path === dir || path.startsWith(`${dir}/`);
+
+/**
+ * Why binding host directory `host` (absolute, normalized) is not allowed
+ * by `allowed`, or undefined when it is ({@linkcode MountAllow}): it must be
+ * a read-write entry itself, or in a read-only one, `readonly` then, and
+ * never under a read-write one (whose workers could swap a part of its path
+ * for a link).
+ */
+export function mountRefusal(
+  host: string,
+  readonly: boolean,
+  allowed: readonly MountAllow[],
+): string | undefined {
+  if (allowed.some((a) => a.rw && a.dir !== host && within(host, a.dir))) {
+    return "it is under a directory workers may write in, which only binds whole";
+  }
+  if (allowed.some((a) => a.rw && a.dir === host)) return undefined;
+  if (!allowed.some((a) => within(host, a.dir))) return "not in an allowed directory";
+  if (!readonly) return "its directory is allowed read-only (DIR:rw allows writes)";
+  return undefined;
 }
 
 /** How a container ended: its exit code, and whether its memory limit killed it. */
@@ -194,7 +218,7 @@ export class DockerRuntime implements PodRuntime {
       );
     }
     this.#options = options;
-    this.#docker = new Docker({ socketPath: options.socketPath ?? "/var/run/docker.sock" });
+    this.#docker = new Docker({ socketPath: options.socketPath ?? DOCKER_SOCKET });
   }
 
   /** Makes {@linkcode WORKER_NETWORK} when the engine has none (once; again after a failure). */
@@ -230,43 +254,50 @@ export class DockerRuntime implements PodRuntime {
     return this.#options.host ?? "127.0.0.1";
   }
 
-  get #mountAllow(): string[] {
+  get #mountAllow(): MountAllow[] {
     return this.#options.mountAllow ?? [];
   }
 
   /**
    * Where each of `mounts` really is on the host: the path with every
    * symbolic link followed (Docker follows them when it binds, so a link
-   * inside an allowed directory could bind any other), refused unless it is
-   * in an allowed directory (also followed) and exists.
+   * inside an allowed directory could bind any other), refused unless
+   * {@linkcode mountRefusal} allows it (the allowed directories followed
+   * too) and it exists. Given to Docker as mounts, not `host:container`
+   * text, whose options (`:z`, propagation) a path could add.
    */
-  async #binds(podId: string, mounts: PodSpec["template"]["mounts"]): Promise<string[]> {
+  async #mounts(podId: string, mounts: PodSpec["template"]["mounts"]): Promise<Docker.MountConfig> {
     const refuse = (path: string, why: string) =>
       new InferxError(
         "forbidden",
         `Cannot start pod ${podId}: mounting ${path} is not allowed on this node (${why}; ` +
-          `INFERX_MOUNT_ALLOW: ${this.#mountAllow.join(",") || "none"})`,
+          `INFERX_MOUNT_ALLOW: ${
+            this.#mountAllow.map((a) => a.rw ? `${a.dir}:rw` : a.dir).join(",") || "none"
+          })`,
       );
     if (!mounts.length) return [];
     const allowed = await Promise.all(
-      this.#mountAllow.map((d) => Deno.realPath(d).catch(() => posix.normalize(d))),
+      this.#mountAllow.map(async (a) => ({
+        ...a,
+        dir: await Deno.realPath(a.dir).catch(() => posix.normalize(a.dir)),
+      })),
     );
-    const binds: string[] = [];
+    const out: Docker.MountConfig = [];
     for (const m of mounts) {
-      if (!mountAllowed(posix.normalize(m.hostpath), this.#mountAllow)) {
-        throw refuse(m.hostpath, "not in an allowed directory");
-      }
+      const why = mountRefusal(posix.normalize(m.hostpath), m.readonly, this.#mountAllow);
+      if (why) throw refuse(m.hostpath, why);
       const real = await Deno.realPath(m.hostpath).catch(() => undefined);
       if (real === undefined) throw refuse(m.hostpath, "it does not exist");
-      if (!mountAllowed(real, allowed)) throw refuse(m.hostpath, `it leads to ${real}`);
-      binds.push(`${real}:${m.mountpath}${m.readonly ? ":ro" : ""}`);
+      const whyReal = mountRefusal(real, m.readonly, allowed);
+      if (whyReal) throw refuse(m.hostpath, `it leads to ${real}: ${whyReal}`);
+      out.push({ Type: "bind", Source: real, Target: m.mountpath, ReadOnly: m.readonly });
     }
-    return binds;
+    return out;
   }
 
   async start(spec: PodSpec): Promise<RunningPod> {
     const t = spec.template;
-    const binds = await this.#binds(spec.podId, t.mounts);
+    const mounts = await this.#mounts(spec.podId, t.mounts);
     const port = `${t.port}/tcp`;
     const env = containerEnv(spec);
     let container: Docker.Container;
@@ -298,7 +329,7 @@ export class DockerRuntime implements PodRuntime {
           // Its output, as the process runtime's: a chatty worker fills no disk.
           LogConfig: { Type: "json-file", Config: { "max-size": "8m", "max-file": "2" } },
           PortBindings: { [port]: [{ HostIp: this.#host, HostPort: "" }] },
-          Binds: binds,
+          Mounts: mounts,
           DeviceRequests: spec.gpus.length
             ? [{
               Driver: "nvidia",

@@ -14,7 +14,7 @@ import {
   demuxLogs,
   dockerAvailable,
   DockerRuntime,
-  mountAllowed,
+  mountRefusal,
   scopeTag,
   WORKER_NETWORK,
 } from "./docker_runtime.ts";
@@ -271,13 +271,62 @@ t(
   },
 );
 
+t(
+  "DockerRuntime binds an allowed directory read-only and one allowed :rw read-write, as mounts whose paths carry no options",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const models = await Deno.makeTempDir({ prefix: "inferx-models-" });
+    const scratch = await Deno.makeTempDir({ prefix: "inferx-scratch-" });
+    const rt = new DockerRuntime({
+      scope,
+      mountAllow: [{ dir: models, rw: false }, { dir: scratch, rw: true }],
+    });
+    const s = spec("pod-mounts");
+    s.template = {
+      ...s.template,
+      mounts: [
+        { hostpath: models, mountpath: "/models:z", readonly: true },
+        { hostpath: scratch, mountpath: "/scratch", readonly: false },
+      ],
+    };
+    try {
+      await rt.start(s);
+      const info = await docker.getContainer(nameOf(scope, "pod-mounts")).inspect();
+      const mounts = (info.Mounts as { Source: string; Destination: string; RW: boolean }[])
+        .map((m) => [m.Source, m.Destination, m.RW]);
+      assert.deepEqual(
+        mounts.sort(),
+        [
+          [await Deno.realPath(models), "/models:z", false],
+          [await Deno.realPath(scratch), "/scratch", true],
+        ].sort(),
+      );
+      assert.deepEqual(info.HostConfig.Binds ?? [], [], "no host:container text");
+    } finally {
+      await rt.stop("pod-mounts");
+      await Deno.remove(models, { recursive: true });
+      await Deno.remove(scratch, { recursive: true });
+    }
+  },
+);
+
 Deno.test("DockerRuntime binds only host directories the operator allows (INFERX_MOUNT_ALLOW)", async () => {
-  assert.equal(mountAllowed("/models/llama", ["/models"]), true);
-  assert.equal(mountAllowed("/models", ["/models"]), true);
-  assert.equal(mountAllowed("/modelsx", ["/models"]), false);
-  assert.equal(mountAllowed("/var/run/docker.sock", []), false);
+  const models = [{ dir: "/models", rw: false }];
+  assert.equal(mountRefusal("/models/llama", true, models), undefined);
+  assert.equal(mountRefusal("/models", true, models), undefined);
+  assert.match(mountRefusal("/models/llama", false, models)!, /allowed read-only/);
+  assert.match(mountRefusal("/modelsx", true, models)!, /not in an allowed directory/);
+  assert.match(mountRefusal("/var/run/docker.sock", true, [])!, /not in an allowed/);
+  // A directory workers may write in binds whole, never a path under it (a worker that
+  // writes there could swap a part of that path for a link between the check and the bind),
+  // also through a read-only directory above it.
+  const scratch = [{ dir: "/data", rw: false }, { dir: "/data/scratch", rw: true }];
+  assert.equal(mountRefusal("/data/scratch", false, scratch), undefined);
+  assert.equal(mountRefusal("/data/scratch", true, scratch), undefined);
+  assert.match(mountRefusal("/data/scratch/evil", true, scratch)!, /workers may write in/);
+  assert.equal(mountRefusal("/data/models", true, scratch), undefined);
   // Refused before any container is made: no engine needed.
-  const rt = new DockerRuntime({ mountAllow: ["/models"], socketPath: "/nonexistent.sock" });
+  const rt = new DockerRuntime({ mountAllow: models, socketPath: "/nonexistent.sock" });
   for (const hostpath of ["/", "/var/run/docker.sock", "/models/../etc"]) {
     const s = spec("pod-mount");
     s.template = { ...s.template, mounts: [{ hostpath, mountpath: "/m", readonly: true }] };
@@ -295,10 +344,13 @@ Deno.test("DockerRuntime follows symbolic links in a mount before it allows it",
     await Deno.symlink("/etc", `${allowed}/escape`);
     await Deno.mkdir(`${allowed}/models`);
     // Refused before any container is made: no engine needed.
-    const rt = new DockerRuntime({ mountAllow: [allowed], socketPath: "/nonexistent.sock" });
+    const rt = new DockerRuntime({
+      mountAllow: [{ dir: allowed, rw: false }],
+      socketPath: "/nonexistent.sock",
+    });
     const start = (hostpath: string) => {
       const s = spec("pod-mount");
-      s.template = { ...s.template, mounts: [{ hostpath, mountpath: "/m", readonly: false }] };
+      s.template = { ...s.template, mounts: [{ hostpath, mountpath: "/m", readonly: true }] };
       return rt.start(s);
     };
     // Before, the link passed the check and the container had the host's /etc.
@@ -447,6 +499,22 @@ t(
     await assert.rejects(c.inspect(), "its container is removed");
   },
 );
+
+Deno.test("a node agent asked for Docker names the socket it found no engine on (DOCKER_HOST)", async () => {
+  const store = await openSqliteStore();
+  try {
+    await assert.rejects(
+      nodeagent.start({
+        meta: new StateService(store),
+        node: dockerNode("n1"),
+        dockerSocket: "/nonexistent/docker.sock",
+      }),
+      /no Docker engine answers on \/nonexistent\/docker\.sock \(DOCKER_HOST\)/,
+    );
+  } finally {
+    await store.close();
+  }
+});
 
 Deno.test("the Docker runtime refuses a node address that is not an IP address", () => {
   assert.throws(() => new DockerRuntime({ host: "localhost" }), /must be an IP address/);

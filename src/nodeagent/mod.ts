@@ -8,7 +8,7 @@ import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import type { SnapshotSettings } from "../common/config.ts";
+import type { MountAllow, SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover } from "./discover.ts";
@@ -16,6 +16,7 @@ import { PodCgroups } from "./cgroup.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
 import {
+  DOCKER_SOCKET,
   dockerAvailable,
   dockerHostSize,
   DockerRuntime,
@@ -55,7 +56,9 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   /** Snapshot settings. @default on, 10240 MB, pod namespaces when CRIU works, 10.213.0.0/16 */
   snapshotSettings?: SnapshotSettings;
   /** Host directories containers may mount (`INFERX_MOUNT_ALLOW`). @default none */
-  mountAllow?: string[];
+  mountAllow?: MountAllow[];
+  /** The Docker engine's socket (`DOCKER_HOST`). @default "/var/run/docker.sock" */
+  dockerSocket?: string;
 }
 
 /** The defaults of {@linkcode SnapshotSettings}. */
@@ -106,8 +109,9 @@ async function snapshotSupport(
 async function engineSize(
   node: NodeInfo,
   auto: { cpu: boolean; mem: boolean },
+  socket: string,
 ): Promise<Pick<NodeInfo, "cpuMillis" | "memMB">> {
-  const host = await dockerHostSize();
+  const host = await dockerHostSize(socket);
   if (!host) return { cpuMillis: node.cpuMillis, memMB: node.memMB };
   return {
     cpuMillis: auto.cpu ? host.cpuMillis : node.cpuMillis,
@@ -135,12 +139,20 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   if (!["auto", "docker", "process"].includes(want)) {
     throw new InferxError("invalid", `Invalid runtime "${want}": auto, docker or process`);
   }
-  const docker = want === "docker" || (want === "auto" && await dockerAvailable());
-  if (want === "docker" && !await dockerAvailable()) {
+  const socket = config.dockerSocket ?? DOCKER_SOCKET;
+  const docker = want !== "process" && await dockerAvailable(socket);
+  if (want === "docker" && !docker) {
     throw new InferxError(
       "unavailable",
-      "Cannot use the Docker runtime: no Docker engine answers on /var/run/docker.sock",
+      `Cannot use the Docker runtime: no Docker engine answers on ${socket} (DOCKER_HOST)`,
     );
+  }
+  if (want === "auto") {
+    logger("nodeagent").info("Runtime auto: {choice}", {
+      choice: docker
+        ? `docker (the engine on ${socket})`
+        : `process (no Docker engine answers on ${socket}; DOCKER_HOST names another)`,
+    });
   }
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
@@ -167,6 +179,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       legacyScopes: config.installId ? [scope] : [],
       onExit,
       mountAllow: config.mountAllow,
+      socketPath: socket,
     })
     : new ProcessRuntime({
       workDir: config.workDir,
@@ -182,7 +195,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
     ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)
-      ? await engineSize(config.node, config.autoSized)
+      ? await engineSize(config.node, config.autoSized, socket)
       : {}),
     runtime: runtime.name,
     snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },
