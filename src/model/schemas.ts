@@ -152,9 +152,25 @@ const PolicyRefSchema = z.unknown().transform((v, ctx): PolicyRef => {
   return z.NEVER;
 });
 
+/**
+ * An image reference as Docker reads one: `[host[:port]/]path[:tag][@digest]`,
+ * the path in lowercase components (`distribution/reference`'s grammar).
+ * Anything else every Docker node would refuse at each start.
+ */
+const IMAGE_REF = new RegExp(
+  "^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" +
+    "|\\[[0-9a-fA-F:]+\\])(?::[0-9]+)?/)?" +
+    "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*" +
+    "(?::[\\w][\\w.-]{0,127})?" +
+    "(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+);
+
 /** Function spec schema (InferX field names). */
 export const FunctionSpecSchema = z.strictObject({
-  image: z.string().min(1),
+  image: z.string().max(512).regex(
+    IMAGE_REF,
+    "must be an image reference ([host[:port]/]path[:tag][@digest], the path in lowercase)",
+  ),
   commands: z.array(z.string()).default([]),
   envs: EnvsSchema,
   mounts: z.array(z.strictObject({
@@ -174,10 +190,10 @@ export const FunctionSpecSchema = z.strictObject({
     restore_hook: z.string().startsWith("/").optional(),
   }).prefault({}),
   resources: z.strictObject({
-    /** Millicores. */
-    CPU: z.int().min(1).max(1_024_000).default(1000),
-    /** Megabytes of host memory. */
-    Mem: z.int().min(1).max(16_777_216).default(1024),
+    /** Millicores: at least 10 (a smaller CPU quota is one the kernel refuses a container). */
+    CPU: z.int().min(10).max(1_024_000).default(1000),
+    /** Megabytes of host memory: at least 6 (Docker's least). */
+    Mem: z.int().min(6).max(16_777_216).default(1024),
     GPU: z.strictObject({
       Type: z.string().min(1).default("Any"),
       Count: z.int().min(0).max(64).default(0),

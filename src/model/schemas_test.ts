@@ -363,6 +363,34 @@ Deno.test("a function spec with an unknown field, a relative mount or vRam witho
   decodeUserObject(fn({ spec: { image: "x", mounts: [{ hostpath: "/d", mountpath: "/m" }] } }));
 });
 
+Deno.test("a function spec a Docker node would refuse at every start is refused at once", () => {
+  const refused: [unknown, RegExp][] = [
+    [{ image: "Not A/Valid:Ref!!" }, /image: must be an image reference/],
+    [{ image: "ghcr.io/Org/model" }, /image: must be an image reference/],
+    [{ image: "a:b:c" }, /image: must be an image reference/],
+    [{ image: "x", resources: { Mem: 4 } }, /resources\.Mem: Too small/],
+    [{ image: "x", resources: { CPU: 5 } }, /resources\.CPU: Too small/],
+  ];
+  for (const [spec, message] of refused) {
+    assert.throws(
+      () => decodeUserObject(fn({ spec })),
+      (e: unknown) => e instanceof ValidationError && message.test(e.message),
+      JSON.stringify(spec),
+    );
+  }
+  for (
+    const image of [
+      "x",
+      "inferx/ngram:latest",
+      "localhost:5000/team/model:1.0",
+      "nvcr.io/nvidia/pytorch:24.01-py3",
+      `registry.example.com/m@sha256:${"0a".repeat(32)}`,
+    ]
+  ) {
+    decodeUserObject(fn({ spec: { image, resources: { CPU: 10, Mem: 6 } } }));
+  }
+});
+
 Deno.test("a stored object nested deeper than the input limit stays readable", () => {
   const nested = (n: number): unknown => n === 0 ? 1 : [nested(n - 1)];
   const value = JSON.stringify({
