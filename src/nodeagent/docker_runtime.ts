@@ -17,6 +17,7 @@ import { isIP } from "node:net";
 import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
 import type { MountAllow } from "../common/config.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
@@ -62,6 +63,9 @@ interface Entry {
   stopping: boolean;
   exited: Promise<string>;
 }
+
+/** Workers a restarted agent probes at once. */
+const RECOVER_PROBES = 16;
 
 /** Where the Docker engine listens unless `DOCKER_HOST` says otherwise. */
 export const DOCKER_SOCKET = "/var/run/docker.sock";
@@ -435,6 +439,12 @@ export class DockerRuntime implements PodRuntime {
     entry.stopping = true;
     await entry.container.unpause().catch(() => {}); // a frozen container cannot stop
     await entry.container.stop({ t: Math.ceil(graceMs / 1000) }).catch(() => {});
+    // Killed by its memory limit a moment before the engine told of it (the call that saw it
+    // fail gave its pod back, which is stopped): said here, where nothing else tells it.
+    const after = await entry.container.inspect().catch(() => undefined);
+    if (after?.State.OOMKilled) {
+      logger("nodeagent").warn("Pod {pod}: {why}", { pod: podId, why: ended(after) });
+    }
     await entry.container.remove({ force: true }).catch(() => {});
     this.#pods.delete(podId);
   }
@@ -486,22 +496,41 @@ export class DockerRuntime implements PodRuntime {
       if (scope !== this.#scope) { for (const c of found) legacy.add(c.Id); }
       list.push(...found);
     }
+    const portOf = (c: Docker.ContainerInfo) =>
+      c.Ports.find((p) => p.PublicPort && p.IP === this.#host) ?? c.Ports.find((p) => p.PublicPort);
+    // A running worker that does not answer its probe was still starting when the agent went
+    // (or hangs): not taken for ready, it is removed and its pod started again. Probed
+    // RECOVER_PROBES at a time (one at a time, a hundred hung workers held the agent's start
+    // for minutes, its node taken for lost meanwhile), and a worker that did not answer is
+    // asked once more (busy a moment, perhaps).
+    const answers = new Map<string, boolean>();
+    const probeAll = async (cs: Docker.ContainerInfo[]) => {
+      for (let i = 0; i < cs.length; i += RECOVER_PROBES) {
+        await Promise.all(
+          cs.slice(i, i + RECOVER_PROBES).map(async (c) => {
+            const port = portOf(c);
+            const probe = c.Labels["inferx.probe"];
+            answers.set(
+              c.Id,
+              c.State !== "running" || probe === undefined || (port !== undefined &&
+                await httpCall(this.#host, port.PublicPort, probe, { timeoutMs: 2000 }).then(
+                  (r) => r.status >= 200 && r.status < 300,
+                  () => false,
+                )),
+            );
+          }),
+        );
+      }
+    };
+    await probeAll(list);
+    await probeAll(list.filter((c) => !answers.get(c.Id)));
     const adopted: AdoptedPod[] = [];
     let removed = 0;
     for (const c of list) {
       const podId = c.Labels["inferx.pod"];
       const container = this.#docker.getContainer(c.Id);
-      const port = c.Ports.find((p) => p.PublicPort && p.IP === this.#host) ??
-        c.Ports.find((p) => p.PublicPort);
-      // A running worker that does not answer its probe was still starting when the agent
-      // went (or hangs): not taken for ready, it is removed and its pod started again.
-      const probe = c.Labels["inferx.probe"];
-      const answers = c.State !== "running" || probe === undefined || (port !== undefined &&
-        await httpCall(this.#host, port.PublicPort, probe, { timeoutMs: 2000 }).then(
-          (r) => r.status >= 200 && r.status < 300,
-          () => false,
-        ));
-      if ((c.State === "running" || c.State === "paused") && answers) {
+      const port = portOf(c);
+      if ((c.State === "running" || c.State === "paused") && answers.get(c.Id)) {
         const entry = await this.#track(podId, container, false);
         entry.endpoint = port ? `${this.#host}:${port.PublicPort}` : "";
         adopted.push({

@@ -6,6 +6,7 @@
  * restart. Skipped, with the reason printed, where no engine answers.
  */
 import assert from "node:assert/strict";
+import { configure, type LogRecord, reset } from "@logtape/logtape";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
@@ -464,6 +465,39 @@ t(
     }
   },
 );
+
+t("a worker stopped after a process of it was killed by its memory limit says so", async () => {
+  const lines: string[] = [];
+  await configure({
+    reset: true,
+    sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
+    loggers: [
+      { category: ["inferx"], lowestLevel: "info", sinks: ["mem"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["mem"] },
+    ],
+  });
+  // Serves on 8000; /spawn starts a process that takes 300 MB and answers how it ended.
+  const spawner = `Deno.serve({ port: 8000, hostname: "0.0.0.0", onListen() {} }, async (req) => {
+    if (new URL(req.url).pathname !== "/spawn") return new Response("up");
+    const hog = "const h = []; for (let i = 0; i < 300; i++) h.push(new Uint8Array(1 << 20).fill(1));";
+    const st = await new Deno.Command(Deno.execPath(), { args: ["eval", hog] }).output();
+    return new Response(String(st.signal ?? st.code));
+  });`;
+  const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+  try {
+    const pod = await rt.start({ ...spec("pod-spawn", ["deno", "eval", spawner]), memMB: 128 });
+    assert.equal(await (await fetch(`http://${pod.endpoint}/spawn`)).text(), "SIGKILL");
+    await rt.stop("pod-spawn");
+    assert.ok(
+      lines.some((l) =>
+        /^Pod pod-spawn: killed by its memory limit \(128 MB; resources\.Mem\)/.test(l)
+      ),
+      lines.join("\n"),
+    );
+  } finally {
+    await reset();
+  }
+});
 
 t("a worker that ends early, or past its memory limit, is told as such", async () => {
   const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
