@@ -308,7 +308,7 @@ Deno.test({
 
       // Text a tenant writes stretches no table and turns no text after it around.
       const odd = gpuFunction("odd");
-      odd.object.spec.image = `registry/${"A".repeat(3000)}`;
+      odd.object.spec.image = `registry/${"a".repeat(500)}`;
       odd.object.spec.resources.GPU.Type = "\u202eH100";
       assert.equal((await putObject(p.url, odd, ADMIN)).status, 201);
       await page.evaluate((k) => sessionStorage.setItem("inferx.credential", k), ADMIN_KEY);
