@@ -27,13 +27,8 @@ export function hashKey(key: string): string {
  */
 export function credential(headers: HeaderSource): string | undefined {
   const auth = headers.get("authorization");
-  const key = headers.get("x-api-key");
-  for (const [name, value] of [["Authorization", auth], ["X-Api-Key", key]]) {
-    if (value?.includes(", ")) {
-      throw new InferxError("unauthenticated", `Invalid credentials: ${name} sent more than once`);
-    }
-  }
   if (auth !== null && auth !== undefined) {
+    if (auth.includes(", ")) throw sentTwice("Authorization");
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) {
       throw new InferxError(
@@ -43,8 +38,13 @@ export function credential(headers: HeaderSource): string | undefined {
     }
     return m[1];
   }
+  const key = headers.get("x-api-key");
+  if (key?.includes(", ")) throw sentTwice("X-Api-Key");
   return key ?? undefined;
 }
+
+const sentTwice = (name: string) =>
+  new InferxError("unauthenticated", `Invalid credentials: ${name} sent more than once`);
 
 /**
  * How the placeholders of the shipped manifests begin (`k8s/base/secrets.yaml`):
