@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { configure, type LogRecord, reset } from "@logtape/logtape";
+import { reset } from "@logtape/logtape";
 import {
   type AuditBackend,
   type AuditBatch,
@@ -8,6 +8,7 @@ import {
 } from "./batching.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
 import { sampleRequest } from "./testing.ts";
+import { logLines } from "../common/testing.ts";
 
 /** A backend in memory that can be switched off, to test the buffer around it. */
 class MemoryBackend implements AuditBackend {
@@ -168,12 +169,7 @@ Deno.test("BatchingAuditLog leaves rows that come during a write to the next tic
 });
 
 Deno.test("BatchingAuditLog says when each spell of a full buffer begins, and how many rows it cost", async () => {
-  const lines: string[] = [];
-  await configure({
-    reset: true,
-    sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
-    loggers: [{ category: ["inferx"], lowestLevel: "info", sinks: ["mem"] }],
-  });
+  const lines = await logLines();
   const b = new MemoryBackend();
   const log = new BatchingAuditLog(b, { flushMs: 60_000, maxBuffered: 100 });
   try {

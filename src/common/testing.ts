@@ -11,6 +11,7 @@ import { InferxError } from "./errors.ts";
 import type { PodInfo } from "../model/cluster.ts";
 import { callId, type CallRecord, newCallKey } from "../model/call.ts";
 import type { MetaClient } from "../rpc/types.ts";
+import { configure, type LogRecord } from "@logtape/logtape";
 
 /** Registers cases named `${prefix}: ${title}`, each with a fresh fixture. */
 export function fixtureTests<F extends { dispose(): Promise<void> }>(
@@ -272,4 +273,21 @@ export function cuttableProxy(port: number) {
       for (const l of open) for (const c of l.conns) c.close();
     },
   };
+}
+
+/**
+ * The messages the platform logs from now on (`inferx` categories, info and
+ * up), kept in memory for a test to read, until LogTape's `reset()`.
+ */
+export async function logLines(): Promise<string[]> {
+  const lines: string[] = [];
+  await configure({
+    reset: true,
+    sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
+    loggers: [
+      { category: ["inferx"], lowestLevel: "info", sinks: ["mem"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["mem"] },
+    ],
+  });
+  return lines;
 }

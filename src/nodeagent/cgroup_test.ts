@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { configure, type LogRecord, reset } from "@logtape/logtape";
+import { reset } from "@logtape/logtape";
 import {
   cgroupMounts,
   cpuShares,
@@ -12,7 +12,7 @@ import { ProcessRuntime } from "./process_runtime.ts";
 import type { PodSpec } from "./runtime.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
-import { until } from "../common/testing.ts";
+import { logLines, until } from "../common/testing.ts";
 
 const V1_MOUNTS = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
@@ -192,15 +192,7 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"),
 cgTest(
   "ProcessRuntime says, when a worker is stopped, that a process of it was killed by its memory limit while it ran",
   async (cgroups) => {
-    const lines: string[] = [];
-    await configure({
-      reset: true,
-      sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
-      loggers: [
-        { category: ["inferx"], lowestLevel: "info", sinks: ["mem"] },
-        { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["mem"] },
-      ],
-    });
+    const lines = await logLines();
     try {
       const exits: string[] = [];
       const rt = new ProcessRuntime({ cgroups: cgroups, onExit: (_pod, why) => exits.push(why) });

@@ -6,7 +6,7 @@
  * restart. Skipped, with the reason printed, where no engine answers.
  */
 import assert from "node:assert/strict";
-import { configure, type LogRecord, reset } from "@logtape/logtape";
+import { reset } from "@logtape/logtape";
 // @ts-types="npm:@types/dockerode@^4"
 import Docker from "dockerode";
 import { InferxError } from "../common/errors.ts";
@@ -25,6 +25,7 @@ import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image
 import * as nodeagent from "./mod.ts";
 import { StateService } from "../statesvc/service.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
+import { logLines } from "../common/testing.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"
@@ -467,15 +468,7 @@ t(
 );
 
 t("a worker stopped after a process of it was killed by its memory limit says so", async () => {
-  const lines: string[] = [];
-  await configure({
-    reset: true,
-    sinks: { mem: (r: LogRecord) => lines.push(r.message.join("")) },
-    loggers: [
-      { category: ["inferx"], lowestLevel: "info", sinks: ["mem"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["mem"] },
-    ],
-  });
+  const lines = await logLines();
   // Serves on 8000; /spawn starts a process that takes 300 MB and answers how it ended.
   const spawner = `Deno.serve({ port: 8000, hostname: "0.0.0.0", onListen() {} }, async (req) => {
     if (new URL(req.url).pathname !== "/spawn") return new Response("up");

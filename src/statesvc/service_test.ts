@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { openSqliteStore } from "../store/sqlite.ts";
+import type { MetaStore } from "../store/types.ts";
 import { StateService } from "./service.ts";
 import { testCall, testPod } from "../common/testing.ts";
 import { callBodyRef } from "../model/call.ts";
@@ -14,9 +15,10 @@ const fn = (name: string) => ({
 });
 const sys = { tenant: "system", namespace: "system" };
 
-async function service(tenantSpec: unknown = {}) {
+/** A state service with tenant `t` and namespace `t/n`, on `wrap` of its store when given. */
+async function service(tenantSpec: unknown = {}, wrap = (s: MetaStore) => s) {
   const store = await openSqliteStore();
-  const svc = new StateService(store);
+  const svc = new StateService(wrap(store));
   await svc.create({ type: "tenant", ...sys, name: "t", object: tenantSpec });
   await svc.create({ type: "namespace", tenant: "t", namespace: "system", name: "n", object: {} });
   return { svc, store, close: () => store.close() };
@@ -158,31 +160,22 @@ Deno.test("deleting a namespace deletes its calls and their bodies: a namesake m
 });
 
 Deno.test("a namespace's delete cut off half way leaves it standing with what is left of its calls, to be deleted again", async () => {
-  const store = await openSqliteStore();
   // The store as the state service sees it, cut off (a crash) at its `crashAt`th delete.
   let deletes = 0;
   let crashAt = Infinity;
-  const cut = new Proxy(store, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== "function") return v;
-      if (prop !== "delete") return v.bind(target);
-      return (...args: unknown[]) => {
-        if (++deletes === crashAt) return Promise.reject(new Error("the process was killed"));
-        return v.apply(target, args);
-      };
-    },
-  });
-  const svc = new StateService(cut);
+  const { svc, close } = await service({}, (store) =>
+    new Proxy(store, {
+      get(target, prop) {
+        const v = Reflect.get(target, prop, target);
+        if (typeof v !== "function") return v;
+        if (prop !== "delete") return v.bind(target);
+        return (...args: unknown[]) => {
+          if (++deletes === crashAt) return Promise.reject(new Error("the process was killed"));
+          return v.apply(target, args);
+        };
+      },
+    }));
   try {
-    await svc.create({ type: "tenant", ...sys, name: "t", object: {} });
-    await svc.create({
-      type: "namespace",
-      tenant: "t",
-      namespace: "system",
-      name: "n",
-      object: {},
-    });
     for (let i = 0; i < 3; i++) {
       const c = testCall("t", "n");
       const ref = { type: "call" as const, tenant: "t", namespace: "n", name: c.id.split(":")[2] };
@@ -201,7 +194,7 @@ Deno.test("a namespace's delete cut off half way leaves it standing with what is
     assert.equal(await svc.get(ns), undefined);
     assert.equal((await svc.list("call", "t")).items.length, 0);
   } finally {
-    await store.close();
+    await close();
   }
 });
 

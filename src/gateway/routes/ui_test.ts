@@ -77,6 +77,11 @@ async function newKey(
   return await r.json();
 }
 
+/** Makes tenant `name`. */
+async function addTenant(f: GatewayFixture, name: string): Promise<void> {
+  await f.meta.create({ type: "tenant", tenant: "system", namespace: "system", name, object: {} });
+}
+
 /** Revokes the key `id`. */
 async function revoke(f: GatewayFixture, id: string): Promise<void> {
   const r = await f.app.request(`/apikeys/${id}`, { method: "DELETE", headers: ADMIN });
@@ -244,13 +249,7 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
 t("each part shows only what the credential may see, and refuses as the API does", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
   try {
-    await f.meta.create({
-      type: "tenant",
-      tenant: "system",
-      namespace: "system",
-      name: "u",
-      object: {},
-    });
+    await addTenant(f, "u");
     await f.meta.create({
       type: "namespace",
       tenant: "u",
@@ -373,13 +372,7 @@ t(
     const f = await gatewayFixture({ adminKey: ADMIN_KEY });
     const { app, events } = eventsApp(f, 50);
     try {
-      await f.meta.create({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "u",
-        object: {},
-      });
+      await addTenant(f, "u");
       const key = await createKey(f, { scope: "read", tenant: "t" });
       const anon = await app.request("/ui/events");
       assert.equal(anon.status, 401);
@@ -605,13 +598,7 @@ t(
       assert.deepEqual([t1.res.status, t2.res.status, t3.res.status], [200, 200, 429]);
       assert.match((await t3.res.json()).error.message, /tenant t holds 2 event streams/);
       // Another tenant's key is not held back by t's, until tenants together hold their share.
-      await f.meta.create({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "u",
-        object: {},
-      });
+      await addTenant(f, "u");
       const u1 = await open(await createKey(f, { scope: "read", tenant: "u" }));
       assert.equal(u1.res.status, 200);
       const u2 = await open(await createKey(f, { scope: "read", tenant: "u" }));
