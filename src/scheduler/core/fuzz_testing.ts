@@ -23,6 +23,7 @@ import type {
   FuncReport,
   NodeReport,
   PodDemand,
+  PodPlacement,
   PodRecord,
 } from "./types.ts";
 import type { StandbyTier } from "../../model/cluster.ts";
@@ -72,14 +73,8 @@ export const DEFAULT_OPTS: Options = {
   resize: false,
 };
 
-interface WorldPod {
-  id: string;
-  func: string;
-  version: number;
-  node: string;
-  cpu: number;
-  memMB: number;
-  gpus: { index: number; vramMB: number }[];
+/** A pod as the modelled node agents run it. */
+interface WorldPod extends PodPlacement {
   desired: "Running" | "Standby" | "Terminated";
   state: "Creating" | "Ready" | "Standby" | "Resuming" | "Failed" | "Terminated";
   tier?: StandbyTier;
