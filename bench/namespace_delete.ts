@@ -1,0 +1,68 @@
+/**
+ * What deleting a namespace's asynchronous calls costs the embedded store
+ * (a file on disk, each commit synced): the keys deleted one `delete` at a
+ * time, as the state service did, against `deleteKeys` (a transaction per
+ * chunk, the event loop let go between chunks), in the same run. Prints the
+ * time each takes and the longest stretch it held the event loop, measured
+ * by a timer that should fire every millisecond.
+ *
+ * Run: `deno run -A bench/namespace_delete.ts [calls]` (20000).
+ */
+import { nextTurn } from "../src/common/clock.ts";
+import { openSqliteStore } from "../src/store/sqlite.ts";
+import type { MetaStore } from "../src/store/types.ts";
+
+const n = Number(Deno.args[0] ?? 20_000);
+const dir = await Deno.makeTempDir({ prefix: "inferx-bench-nsdel-" });
+const store = await openSqliteStore(`${dir}/meta.db`);
+
+/** Puts `n` call records under `prefix` (the value of a small one). */
+async function fill(s: MetaStore, prefix: string): Promise<string[]> {
+  const keys = Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(6, "0")}`);
+  const value = JSON.stringify({ status: "queued", body: "x".repeat(200) });
+  for (const [i, k] of keys.entries()) {
+    await s.create(k, value);
+    if (i % 500 === 0) await nextTurn();
+  }
+  return keys;
+}
+
+/** Runs `work`, timing it and the longest gap between the ticks of a 1 ms timer meanwhile. */
+async function measure(work: () => Promise<unknown>): Promise<{ ms: number; stallMs: number }> {
+  let last = performance.now();
+  let stall = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    stall = Math.max(stall, now - last);
+    last = now;
+  }, 1);
+  const t0 = performance.now();
+  await work();
+  const ms = performance.now() - t0;
+  stall = Math.max(stall, performance.now() - last);
+  clearInterval(timer);
+  return { ms, stallMs: stall };
+}
+
+try {
+  const oneByOne = await fill(store, "/registry/call/t/a/");
+  const before = await measure(async () => {
+    for (const k of oneByOne) await store.delete(k);
+  });
+  const chunked = await fill(store, "/registry/call/t/b/");
+  const after = await measure(() => store.deleteKeys(chunked));
+  const row = (what: string, r: { ms: number; stallMs: number }) =>
+    `| ${what} | ${Math.round(r.ms)} | ${Math.round(r.stallMs)} |`;
+  console.log(`deleting ${n} call records from the embedded store (a file, synced commits)`);
+  console.log("| how | ms in all | longest event-loop stall, ms |");
+  console.log("| --- | ---: | ---: |");
+  console.log(row("one delete() each (before)", before));
+  console.log(row("deleteKeys()", after));
+  console.log(
+    `deleteKeys against one by one: ${(after.ms / before.ms).toFixed(3)}x the time, ` +
+      `${(after.stallMs / before.stallMs).toFixed(4)}x the longest stall`,
+  );
+} finally {
+  await store.close();
+  await Deno.remove(dir, { recursive: true });
+}
