@@ -267,8 +267,8 @@ const NodeEnv = z.object({
 
 /**
  * A host directory functions may bind (`INFERX_MOUNT_ALLOW`). Read-only: it
- * and what is under it, read-only. `rw` (`DIR:rw`): it alone, read-write
- * too, nothing under it. A worker that may write in a directory can put a
+ * and what is under it, bound read-only. `rw` (`DIR:rw`): it alone,
+ * read-write too, nothing under it. A worker that may write in a directory can put a
  * symbolic link there, which Docker would follow when it binds a path under
  * it for another worker, between the agent's check and the bind: so no path
  * under one that workers may write is bound.

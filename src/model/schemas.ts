@@ -154,12 +154,13 @@ const PolicyRefSchema = z.unknown().transform((v, ctx): PolicyRef => {
 
 /**
  * An image reference as Docker reads one: `[host[:port]/]path[:tag][@digest]`,
- * the path in lowercase components (`distribution/reference`'s grammar).
+ * the path in lowercase components (`distribution/reference`'s grammar: a
+ * first component is a host only with a `.` or a `:` in it, or `localhost`).
  * Anything else every Docker node would refuse at each start.
  */
 const IMAGE_REF = new RegExp(
-  "^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" +
-    "|\\[[0-9a-fA-F:]+\\])(?::[0-9]+)?/)?" +
+  "^(?:(?:(?:[a-zA-Z0-9-]+(?:\\.[a-zA-Z0-9-]+)+|localhost)(?::[0-9]+)?" +
+    "|[a-zA-Z0-9-]+:[0-9]+|\\[[0-9a-fA-F:]+\\](?::[0-9]+)?)/)?" +
     "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*" +
     "(?::[\\w][\\w.-]{0,127})?" +
     "(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
@@ -167,10 +168,8 @@ const IMAGE_REF = new RegExp(
 
 /** Function spec schema (InferX field names). */
 export const FunctionSpecSchema = z.strictObject({
-  image: z.string().max(512).regex(
-    IMAGE_REF,
-    "must be an image reference ([host[:port]/]path[:tag][@digest], the path in lowercase)",
-  ),
+  // At most 512 characters, a reference Docker reads, in a write (writeChecks).
+  image: z.string().min(1),
   commands: z.array(z.string()).default([]),
   envs: EnvsSchema,
   mounts: z.array(z.strictObject({
@@ -190,10 +189,10 @@ export const FunctionSpecSchema = z.strictObject({
     restore_hook: z.string().startsWith("/").optional(),
   }).prefault({}),
   resources: z.strictObject({
-    /** Millicores: at least 10 (a smaller CPU quota is one the kernel refuses a container). */
-    CPU: z.int().min(10).max(1_024_000).default(1000),
-    /** Megabytes of host memory: at least 6 (Docker's least). */
-    Mem: z.int().min(6).max(16_777_216).default(1024),
+    /** Millicores; at least 10 in a write (writeChecks). */
+    CPU: z.int().min(1).max(1_024_000).default(1000),
+    /** Megabytes of host memory; at least 6 in a write (writeChecks). */
+    Mem: z.int().min(1).max(16_777_216).default(1024),
     GPU: z.strictObject({
       Type: z.string().min(1).default("Any"),
       Count: z.int().min(0).max(64).default(0),
@@ -438,6 +437,16 @@ export function writeChecks(obj: UserObject): void {
   // in a variable's name (it would end the name there).
   const nul = (s: string) => s.includes("\0");
   if (nul(spec.image)) refuse("image", "must not contain a NUL byte");
+  // What every Docker node would refuse at each start (each call a retryable 503).
+  if (spec.image.length > 512 || !IMAGE_REF.test(spec.image)) {
+    refuse(
+      "image",
+      "must be an image reference ([host[:port]/]path[:tag][@digest], the path in lowercase)",
+    );
+  }
+  // A smaller CPU quota is one the kernel refuses a container; 6 MB is Docker's least memory.
+  if (spec.resources.CPU < 10) refuse("resources.CPU", "must be at least 10 (millicores)");
+  if (spec.resources.Mem < 6) refuse("resources.Mem", "must be at least 6 (MB)");
   spec.commands.forEach((c, i) => nul(c) && refuse(`commands.${i}`, "must not contain a NUL byte"));
   for (const [name, value] of spec.envs) {
     if (/[=\0]/.test(name)) refuse("envs", `"${name}": a name must not contain '=' or a NUL byte`);

@@ -368,8 +368,10 @@ Deno.test("a function spec a Docker node would refuse at every start is refused 
     [{ image: "Not A/Valid:Ref!!" }, /image: must be an image reference/],
     [{ image: "ghcr.io/Org/model" }, /image: must be an image reference/],
     [{ image: "a:b:c" }, /image: must be an image reference/],
-    [{ image: "x", resources: { Mem: 4 } }, /resources\.Mem: Too small/],
-    [{ image: "x", resources: { CPU: 5 } }, /resources\.CPU: Too small/],
+    [{ image: "x", resources: { Mem: 4 } }, /resources\.Mem: must be at least 6/],
+    [{ image: "x", resources: { CPU: 5 } }, /resources\.CPU: must be at least 10/],
+    [{ image: "MyOrg/model:v1" }, /image: must be an image reference/],
+    [{ image: `r/${"a".repeat(511)}` }, /image: must be an image reference/],
   ];
   for (const [spec, message] of refused) {
     assert.throws(

@@ -173,24 +173,23 @@ const within = (path: string, dir: string) =>
   dir === "/" || path === dir || path.startsWith(`${dir}/`);
 
 /**
- * Why binding host directory `host` (absolute, normalized) is not allowed
- * by `allowed`, or undefined when it is ({@linkcode MountAllow}): it must be
- * a read-write entry itself, or in a read-only one, `readonly` then, and
- * never under a read-write one (whose workers could swap a part of its path
- * for a link).
+ * How `allowed` lets host directory `host` (absolute, normalized) be bound
+ * ({@linkcode MountAllow}): a read-write entry itself as asked, in a
+ * read-only one read-only whatever was asked (a mount's `readonly` is false
+ * unless set), never under a read-write one (whose workers could swap a part
+ * of its path for a link); else why not.
  */
-export function mountRefusal(
+export function mountAccess(
   host: string,
   readonly: boolean,
   allowed: readonly MountAllow[],
-): string | undefined {
+): { readonly: boolean } | { refusal: string } {
   if (allowed.some((a) => a.rw && a.dir !== host && within(host, a.dir))) {
-    return "it is under a directory workers may write in, which only binds whole";
+    return { refusal: "it is under a directory workers may write in, which only binds whole" };
   }
-  if (allowed.some((a) => a.rw && a.dir === host)) return undefined;
-  if (!allowed.some((a) => within(host, a.dir))) return "not in an allowed directory";
-  if (!readonly) return "its directory is allowed read-only (DIR:rw allows writes)";
-  return undefined;
+  if (allowed.some((a) => a.rw && a.dir === host)) return { readonly };
+  if (!allowed.some((a) => within(host, a.dir))) return { refusal: "not in an allowed directory" };
+  return { readonly: true };
 }
 
 /** How a container ended: its exit code, and whether its memory limit killed it. */
@@ -288,13 +287,13 @@ export class DockerRuntime implements PodRuntime {
     );
     const out: Docker.MountConfig = [];
     for (const m of mounts) {
-      const why = mountRefusal(posix.normalize(m.hostpath), m.readonly, this.#mountAllow);
-      if (why) throw refuse(m.hostpath, why);
+      const asked = mountAccess(posix.normalize(m.hostpath), m.readonly, this.#mountAllow);
+      if ("refusal" in asked) throw refuse(m.hostpath, asked.refusal);
       const real = await Deno.realPath(m.hostpath).catch(() => undefined);
       if (real === undefined) throw refuse(m.hostpath, "it does not exist");
-      const whyReal = mountRefusal(real, m.readonly, allowed);
-      if (whyReal) throw refuse(m.hostpath, `it leads to ${real}: ${whyReal}`);
-      out.push({ Type: "bind", Source: real, Target: m.mountpath, ReadOnly: m.readonly });
+      const access = mountAccess(real, m.readonly, allowed);
+      if ("refusal" in access) throw refuse(m.hostpath, `it leads to ${real}: ${access.refusal}`);
+      out.push({ Type: "bind", Source: real, Target: m.mountpath, ReadOnly: access.readonly });
     }
     return out;
   }

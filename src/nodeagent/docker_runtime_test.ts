@@ -15,7 +15,7 @@ import {
   demuxLogs,
   dockerAvailable,
   DockerRuntime,
-  mountRefusal,
+  mountAccess,
   scopeTag,
   WORKER_NETWORK,
 } from "./docker_runtime.ts";
@@ -288,9 +288,12 @@ t(
       ...s.template,
       mounts: [
         { hostpath: models, mountpath: "/models:z", readonly: true },
+        // Asked read-write (a mount's default) in a directory allowed read-only.
+        { hostpath: `${models}/llama`, mountpath: "/llama", readonly: false },
         { hostpath: scratch, mountpath: "/scratch", readonly: false },
       ],
     };
+    await Deno.mkdir(`${models}/llama`);
     try {
       await rt.start(s);
       const info = await docker.getContainer(nameOf(scope, "pod-mounts")).inspect();
@@ -300,6 +303,7 @@ t(
         mounts.sort(),
         [
           [await Deno.realPath(models), "/models:z", false],
+          [await Deno.realPath(`${models}/llama`), "/llama", false],
           [await Deno.realPath(scratch), "/scratch", true],
         ].sort(),
       );
@@ -314,19 +318,23 @@ t(
 
 Deno.test("DockerRuntime binds only host directories the operator allows (INFERX_MOUNT_ALLOW)", async () => {
   const models = [{ dir: "/models", rw: false }];
-  assert.equal(mountRefusal("/models/llama", true, models), undefined);
-  assert.equal(mountRefusal("/models", true, models), undefined);
-  assert.match(mountRefusal("/models/llama", false, models)!, /allowed read-only/);
-  assert.match(mountRefusal("/modelsx", true, models)!, /not in an allowed directory/);
-  assert.match(mountRefusal("/var/run/docker.sock", true, [])!, /not in an allowed/);
+  assert.deepEqual(mountAccess("/models/llama", true, models), { readonly: true });
+  assert.deepEqual(mountAccess("/models", true, models), { readonly: true });
+  // Asked read-write (a mount's default) in a read-only directory: bound read-only.
+  assert.deepEqual(mountAccess("/models/llama", false, models), { readonly: true });
+  assert.deepEqual(mountAccess("/modelsx", true, models), {
+    refusal: "not in an allowed directory",
+  });
+  assert.ok("refusal" in mountAccess("/var/run/docker.sock", true, []));
   // A directory workers may write in binds whole, never a path under it (a worker that
   // writes there could swap a part of that path for a link between the check and the bind),
   // also through a read-only directory above it.
   const scratch = [{ dir: "/data", rw: false }, { dir: "/data/scratch", rw: true }];
-  assert.equal(mountRefusal("/data/scratch", false, scratch), undefined);
-  assert.equal(mountRefusal("/data/scratch", true, scratch), undefined);
-  assert.match(mountRefusal("/data/scratch/evil", true, scratch)!, /workers may write in/);
-  assert.equal(mountRefusal("/data/models", true, scratch), undefined);
+  assert.deepEqual(mountAccess("/data/scratch", false, scratch), { readonly: false });
+  assert.deepEqual(mountAccess("/data/scratch", true, scratch), { readonly: true });
+  const evil = mountAccess("/data/scratch/evil", true, scratch);
+  assert.match("refusal" in evil ? evil.refusal : "", /workers may write in/);
+  assert.deepEqual(mountAccess("/data/models", false, scratch), { readonly: true });
   // Refused before any container is made: no engine needed.
   const rt = new DockerRuntime({ mountAllow: models, socketPath: "/nonexistent.sock" });
   for (const hostpath of ["/", "/var/run/docker.sock", "/models/../etc"]) {

@@ -59,6 +59,19 @@ export async function startInformer(
   // The watch of the latest list; an error of an earlier one is old news.
   let generation = 0;
   const keyOf = (r: ObjectRef) => `${r.tenant}/${r.namespace}/${r.name}`;
+  // A record its handler cannot take (stored by another version of the platform, say) is
+  // passed over, said each time it comes: it must not stop the role that follows them.
+  const upsert = (rec: MetaRecord) => {
+    try {
+      handlers.upsert(rec);
+    } catch (err) {
+      log.error("Cannot take {type} {name}, passed over until it is written again: {error}", {
+        type,
+        name: keyOf(rec),
+        error: (err as Error).message,
+      });
+    }
+  };
 
   const sync = async () => {
     const gen = ++generation;
@@ -72,7 +85,7 @@ export async function startInformer(
     for (const rec of items) {
       seen.add(keyOf(rec));
       known.set(keyOf(rec), refOf(rec));
-      handlers.upsert(rec);
+      upsert(rec);
     }
     for (const [k, ref] of known) {
       if (!seen.has(k)) {
@@ -87,7 +100,7 @@ export async function startInformer(
       onEvent(ev) {
         if (ev.type === "put") {
           known.set(keyOf(ev.record), refOf(ev.record));
-          handlers.upsert(ev.record);
+          upsert(ev.record);
         } else {
           known.delete(keyOf(ev.ref));
           handlers.remove(ev.ref, ev.revision);

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { reset } from "@logtape/logtape";
+import { logLines, until } from "../common/testing.ts";
 import { StateService } from "../statesvc/service.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import type { ObjectType } from "../model/keys.ts";
@@ -63,4 +65,39 @@ Deno.test("an informer keeps one watch when a watch error and its periodic resyn
   await sleep(50);
   assert.deepEqual(upserts, []);
   await store.close();
+});
+
+Deno.test("an informer passes over a record its handler cannot take, in its list and its watch, and goes on", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  const lines = await logLines();
+  try {
+    await svc.create({ ...tenant("bad1"), object: {} });
+    await svc.create({ ...tenant("good1"), object: {} });
+    const taken: string[] = [];
+    const informer = await startInformer(svc, "tenant", {
+      upsert(r) {
+        if (r.name.startsWith("bad")) throw new Error(`cannot read ${r.name}`);
+        taken.push(r.name);
+      },
+      remove: () => {},
+    });
+    try {
+      await svc.create({ ...tenant("bad2"), object: {} });
+      await svc.create({ ...tenant("good2"), object: {} });
+      await until("the watch to bring good2", () => taken.includes("good2"));
+      assert.deepEqual(taken.filter((n) => n !== "system"), ["good1", "good2"]);
+      const said = lines.filter((l) => l.startsWith("Cannot take tenant"));
+      assert.equal(said.length, 2, said.join("\n"));
+      assert.match(
+        said[0],
+        /system\/system\/bad1, passed over until it is written again: cannot read/,
+      );
+    } finally {
+      informer.stop();
+    }
+  } finally {
+    await reset();
+    await store.close();
+  }
 });

@@ -240,7 +240,8 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
   const { svc, store, close } = await service();
   try {
     const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
-    // As an earlier version stored it: queue_len 0, refused in writes since.
+    // As an earlier version stored it: queue_len 0, an image that is no reference, CPU and
+    // memory no container gets, all refused in writes since.
     await store.create(
       "/registry/function/t/n/f",
       JSON.stringify({
@@ -248,7 +249,13 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
         tenant: "t",
         namespace: "n",
         name: "f",
-        object: { spec: { image: "x", policy: { Obj: { queue_len: 0 } } } },
+        object: {
+          spec: {
+            image: "MyOrg/Model:v1",
+            resources: { CPU: 5, Mem: 4 },
+            policy: { Obj: { queue_len: 0 } },
+          },
+        },
         version: 1,
       }),
     );
