@@ -243,14 +243,12 @@ export class EtcdStore implements MetaStore {
 
   async deleteKeys(keys: readonly string[]): Promise<number> {
     // One request each, as `delete` (a transaction of many would share one revision).
-    let revision = 0;
     for (const key of keys) {
-      revision = await this.delete(key).catch((err) => {
-        if (err instanceof NotFoundError) return revision;
-        throw err;
+      await this.delete(key).catch((err) => {
+        if (!(err instanceof NotFoundError)) throw err;
       });
     }
-    return revision || await this.revision();
+    return await this.revision();
   }
 
   watch(prefix: string, options: WatchOptions): Watch {
