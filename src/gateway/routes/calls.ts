@@ -1,8 +1,8 @@
 /**
  * Asynchronous calls (accepted with `Prefer: respond-async`):
  * `GET /calls/{id}` (status, timings, attempts, and the result once done),
- * `DELETE /calls/{id}` (cancel), `GET /calls?func=&status=&limit=` (the
- * caller's calls, newest first), and `GET|POST
+ * `DELETE /calls/{id}` (cancel), `GET /calls?func=&status=&limit=&until=`
+ * (the caller's calls, newest first, a page at a time), and `GET|POST
  * /calls/callback-secret/{tenant}` (a tenant administrator reads or
  * rotates the secret that signs the tenant's callbacks). A call is visible
  * to the credentials that may call its function's namespace; listing also
@@ -33,10 +33,12 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/", async (c) => {
     const p = c.var.principal;
     requireCredentials(p, "list calls");
-    knownParams("call list", c.req.query(), ["func", "status", "limit"]);
+    knownParams("call list", c.req.query(), ["func", "status", "limit", "until"]);
     const func = c.req.query("func");
     const status = c.req.query("status");
     const limit = intParam(c.req.query("limit"), "limit", 1, MAX_LIST) ?? 100;
+    // Calls accepted before this (ms since the epoch, exclusive): the next page's `next_until`.
+    const until = intParam(c.req.query("until"), "until", 0, Number.MAX_SAFE_INTEGER);
     if (status !== undefined && !(CALL_STATUSES as readonly string[]).includes(status)) {
       throw new ValidationError(
         `Invalid status "${status}": one of ${CALL_STATUSES.join(", ")}`,
@@ -63,6 +65,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       if (++seen % SLICE === 0) await nextTurn();
       if (func !== undefined && e.func !== func) continue;
       if (status !== undefined && e.status !== status) continue;
+      if (until !== undefined && e.acceptedAt >= until) continue;
       if (FINAL_STATUSES.has(e.status) && e.expiresAt <= now) continue; // past its retention
       const where = `${e.ref.tenant}/${e.ref.namespace}`;
       let r = reach.get(where);
@@ -78,14 +81,27 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       newest.add(matches[i]);
     }
     const count = matches.length;
-    const page = await Promise.all(newest.sorted().map((e) => queue.get(callIdOf(e))));
+    const kept = newest.sorted();
+    // More are older: the page takes the whole of its oldest millisecond (a page never splits
+    // one, so `next_until` leaves none out), and says where the next page ends.
+    let nextUntil: number | undefined;
+    if (kept.length && count > kept.length) {
+      const oldest = kept[kept.length - 1].acceptedAt;
+      const ids = new Set(kept.map(callIdOf));
+      for (const e of matches) {
+        if (e.acceptedAt === oldest && !ids.has(callIdOf(e))) (ids.add(callIdOf(e)), kept.push(e));
+      }
+      kept.sort(newestFirst);
+      nextUntil = oldest;
+    }
+    const page = await Promise.all(kept.map((e) => queue.get(callIdOf(e))));
     // The records as they are now: one that moved on since this gateway's index heard of it
     // (its watch behind a burst) is left out of a page filtered by status.
     const items = page.filter((c) =>
       c !== undefined && (status === undefined || c.status === status)
     )
       .map((c) => callSummary(c!));
-    return c.json({ items, count });
+    return c.json({ items, count, ...(nextUntil === undefined ? {} : { next_until: nextUntil }) });
   });
 
   /** The tenant a secret route names, once the caller may manage it and it exists. */
@@ -127,11 +143,12 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
 /** Entries of the index looked at between two turns of the event loop. */
 const SLICE = 5000;
 
-/** Lets the event loop turn (calls go on being proxied) before going on. */
-
 /** Whether `a` was accepted after `b` (newer first; in one millisecond, by acceptance). */
 const newer = (a: ListedCall, b: ListedCall) =>
   a.acceptedAt > b.acceptedAt || (a.acceptedAt === b.acceptedAt && a.seq > b.seq);
+
+/** Sorts calls newest first. */
+const newestFirst = (a: ListedCall, b: ListedCall) => newer(a, b) ? -1 : newer(b, a) ? 1 : 0;
 
 /**
  * The newest `limit` of the calls added, kept in a heap whose root is the
@@ -180,7 +197,7 @@ export class Newest {
   sorted(): ListedCall[] {
     const out: ListedCall[] = [];
     const ids = new Set<string>();
-    for (const e of [...this.#heap].sort((a, b) => newer(a, b) ? -1 : newer(b, a) ? 1 : 0)) {
+    for (const e of [...this.#heap].sort(newestFirst)) {
       const id = callIdOf(e);
       if (!ids.has(id)) (ids.add(id), out.push(e));
     }
