@@ -542,9 +542,18 @@ Deno.test("a node agent asked for Docker names the socket it found no engine on 
       nodeagent.start({
         meta: new StateService(store),
         node: dockerNode("n1"),
-        dockerSocket: "/nonexistent/docker.sock",
+        dockerHost: "unix:///nonexistent/docker.sock",
       }),
-      /no Docker engine answers on \/nonexistent\/docker\.sock \(DOCKER_HOST\)/,
+      /no Docker engine answers on \/nonexistent\/docker\.sock \(DOCKER_HOST names another\)/,
+    );
+    // A DOCKER_HOST that is no unix socket (a TCP engine) is said so.
+    await assert.rejects(
+      nodeagent.start({
+        meta: new StateService(store),
+        node: dockerNode("n1"),
+        dockerHost: "tcp://127.0.0.1:2375",
+      }),
+      /DOCKER_HOST=tcp:\/\/127\.0\.0\.1:2375 is not a unix socket \(unix:\/\/\/path\)/,
     );
   } finally {
     await store.close();

@@ -57,8 +57,8 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   snapshotSettings?: SnapshotSettings;
   /** Host directories containers may mount (`INFERX_MOUNT_ALLOW`). @default none */
   mountAllow?: MountAllow[];
-  /** The Docker engine's socket (`DOCKER_HOST`). @default "/var/run/docker.sock" */
-  dockerSocket?: string;
+  /** Where the Docker engine is (`DOCKER_HOST`, a unix socket). @default the default socket */
+  dockerHost?: string;
 }
 
 /** The defaults of {@linkcode SnapshotSettings}. */
@@ -139,19 +139,18 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   if (!["auto", "docker", "process"].includes(want)) {
     throw new InferxError("invalid", `Invalid runtime "${want}": auto, docker or process`);
   }
-  const socket = config.dockerSocket ?? DOCKER_SOCKET;
-  const docker = want !== "process" && await dockerAvailable(socket);
+  const host = config.dockerHost;
+  const socket = host ? /^unix:\/\/(\/.+)$/.exec(host)?.[1] : DOCKER_SOCKET;
+  const docker = want !== "process" && socket !== undefined && await dockerAvailable(socket);
+  const why = socket === undefined
+    ? `DOCKER_HOST=${host} is not a unix socket (unix:///path), the only kind it takes`
+    : `no Docker engine answers on ${socket} (DOCKER_HOST names another)`;
   if (want === "docker" && !docker) {
-    throw new InferxError(
-      "unavailable",
-      `Cannot use the Docker runtime: no Docker engine answers on ${socket} (DOCKER_HOST)`,
-    );
+    throw new InferxError("unavailable", `Cannot use the Docker runtime: ${why}`);
   }
   if (want === "auto") {
     logger("nodeagent").info("Runtime auto: {choice}", {
-      choice: docker
-        ? `docker (the engine on ${socket})`
-        : `process (no Docker engine answers on ${socket}; DOCKER_HOST names another)`,
+      choice: docker ? `docker (the engine on ${socket})` : `process (${why})`,
     });
   }
   // The driver stays open while the agent runs: the host-memory tier calls it.
@@ -179,7 +178,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       legacyScopes: config.installId ? [scope] : [],
       onExit,
       mountAllow: config.mountAllow,
-      socketPath: socket,
+      socketPath: socket!,
     })
     : new ProcessRuntime({
       workDir: config.workDir,
@@ -195,7 +194,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
     ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)
-      ? await engineSize(config.node, config.autoSized, socket)
+      ? await engineSize(config.node, config.autoSized, socket!)
       : {}),
     runtime: runtime.name,
     snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },

@@ -32,7 +32,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     snapshotDir: `${config.dataDir}/snapshots`,
     snapshotSettings: config.snapshots,
     mountAllow: config.node.mountAllow,
-    dockerSocket: config.node.dockerSocket,
+    dockerHost: config.node.dockerHost,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
     installId: await installId(config.dataDir),
     autoSized: auto,
