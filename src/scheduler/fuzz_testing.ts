@@ -10,11 +10,14 @@
  * model's: what live workers really hold), leases only on Ready pods,
  * replicas within `max_replica`, every request answered once, nothing
  * leaked when everything settles; and a seed gives the same actions every
- * time. `fuzz_test.ts` runs it.
+ * time. `fuzz_test.ts` runs it. (Beside the core, not in it: it draws from the
+ * platform's seeded generator.)
  *
  * @module
  */
-import { newCoreState, step } from "./mod.ts";
+import { newCoreState, step } from "./core/mod.ts";
+import { funcReport, nodeReport } from "./core/testing.ts";
+import { rng } from "../common/random.ts";
 import type {
   CoreAction,
   CoreEvent,
@@ -22,21 +25,14 @@ import type {
   CoreState,
   FuncReport,
   NodeReport,
-  PodDemand,
   PodPlacement,
   PodRecord,
-} from "./types.ts";
-import type { StandbyTier } from "../../model/cluster.ts";
+} from "./core/types.ts";
+import type { StandbyTier } from "../model/cluster.ts";
 
-export function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** Seeded draws over the project's PRNG. */
+function draws(seed: number) {
+  const next = rng(seed);
   return {
     next,
     int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1)),
@@ -44,7 +40,7 @@ export function rng(seed: number) {
     chance: (p: number) => next() < p,
   };
 }
-type R = ReturnType<typeof rng>;
+type R = ReturnType<typeof draws>;
 
 export interface Options {
   steps: number;
@@ -139,7 +135,7 @@ export class Fuzz {
   events: { ev: CoreEvent; now: number; restart?: string }[] = [];
 
   constructor(public seed: number, public o: Options = DEFAULT_OPTS) {
-    this.r = rng(seed);
+    this.r = draws(seed);
     this.core = newCoreState({ podIdPrefix: "p", fairShare: o.fairShare });
     for (let i = 0; i < 3; i++) this.newGateway();
   }
@@ -497,9 +493,7 @@ export class Fuzz {
     const r = this.r;
     const gpuCount = r.pick([0, 1, 2, 2, 4]);
     const type = r.pick(["A", "B"]);
-    return {
-      name,
-      ready: true,
+    return nodeReport(name, {
       cpuMillis: r.pick([4000, 8000]),
       memMB: r.pick([8192, 16384]),
       gpus: Array.from(
@@ -508,13 +502,13 @@ export class Fuzz {
       ),
       contextOverheadMB: r.pick([0, 500]),
       standbyTiers: TIERS.filter(() => r.chance(0.6)),
-    };
+    });
   }
 
   genFunc(id: string, version: number): FuncReport {
     const r = this.r;
     const gpuCount = r.pick([0, 0, 1, 1, 2]);
-    const demand: PodDemand = {
+    const demand = {
       cpu: r.pick([500, 1000, 2000]),
       memMB: r.pick([512, 1024, 4096]),
       gpuType: r.pick(["Any", "A", "B"]),
@@ -531,7 +525,7 @@ export class Fuzz {
       priority: r.pick(["high", "normal", "batch"] as const),
     };
     policy.minReplica = Math.min(policy.minReplica, maxReplica);
-    return { id, version, demand, policy };
+    return funcReport(id, demand, policy, version);
   }
 
   randomEvent() {
