@@ -117,7 +117,7 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).then(
-        () => this.#resyncPods().then(() => this.#thawPaused()),
+        () => this.#resyncPods().then(() => this.#thawPaused()).then(() => this.#runtime.sweep?.()),
         (err) =>
           log.warn("Cannot heartbeat node {node}: {error}", {
             node: this.name,

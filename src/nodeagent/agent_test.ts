@@ -501,3 +501,22 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a node agent asks its runtime with each heartbeat to remove what a failed removal left",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let sweeps = 0;
+    const fake: PodRuntime = { ...runtime, sweep: () => (sweeps++, Promise.resolve()) };
+    const store = await openSqliteStore();
+    const agent = new NodeAgent(new StateService(store), fake, node, { heartbeatMs: 30 });
+    await agent.start();
+    try {
+      await until("swept twice", () => Promise.resolve(sweeps >= 2));
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});

@@ -18,6 +18,7 @@ import Docker from "dockerode";
 import { posix } from "node:path";
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
+import { forEachLimit } from "../common/limit.ts";
 import type { MountAllow } from "../common/config.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
@@ -208,6 +209,9 @@ export class DockerRuntime implements PodRuntime {
   #docker: Docker;
   #options: DockerRuntimeOptions;
   #pods = new Map<string, Entry>();
+  /** Containers whose removal failed, by pod: {@linkcode DockerRuntime.sweep} tries again. */
+  #leftovers = new Map<string, Docker.Container>();
+  #sweeping = false;
 
   #network?: Promise<void>;
 
@@ -365,7 +369,7 @@ export class DockerRuntime implements PodRuntime {
     } catch (err) {
       entry.stopping = true;
       const tail = await this.logs(spec.podId, 20);
-      await container.remove({ force: true }).catch(() => {});
+      await this.#remove(spec.podId, container);
       this.#pods.delete(spec.podId);
       throw new InferxError("worker_failed", `${(err as Error).message}; last output:\n${tail}`);
     }
@@ -421,7 +425,7 @@ export class DockerRuntime implements PodRuntime {
     const tail = await this.logs(podId, 20);
     if (this.#pods.get(podId) !== entry) return;
     this.#pods.delete(podId);
-    await entry.container.remove({ force: true }).catch(() => {});
+    await this.#remove(podId, entry.container);
     this.#options.onExit?.(podId, `${why}; last output:\n${tail}`);
   }
 
@@ -444,8 +448,52 @@ export class DockerRuntime implements PodRuntime {
     if (after?.State.OOMKilled) {
       logger("nodeagent").warn("Pod {pod}: {why}", { pod: podId, why: ended(after) });
     }
-    await entry.container.remove({ force: true }).catch(() => {});
+    await this.#remove(podId, entry.container);
     this.#pods.delete(podId);
+  }
+
+  /**
+   * Removes a pod's container (killed first if it still runs); when the
+   * engine does not answer, keeps it for {@linkcode DockerRuntime.sweep}.
+   * Returns whether it is gone.
+   */
+  async #remove(podId: string, container: Docker.Container): Promise<boolean> {
+    try {
+      await container.remove({ force: true });
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode !== 404) {
+        if (!this.#leftovers.has(podId)) {
+          logger("nodeagent").warn(
+            "Cannot remove the container of pod {pod} ({error}); trying again with each heartbeat",
+            { pod: podId, error: (err as Error).message },
+          );
+        }
+        this.#leftovers.set(podId, container);
+        return false;
+      }
+    }
+    if (this.#leftovers.delete(podId)) {
+      logger("nodeagent").info("Removed the container pod {pod} left", { pod: podId });
+    }
+    return true;
+  }
+
+  async sweep(): Promise<void> {
+    // One at a time: an engine that hangs holds one sweep, not one more every heartbeat.
+    if (this.#sweeping || !this.#leftovers.size) return;
+    this.#sweeping = true;
+    try {
+      for (const [podId, container] of [...this.#leftovers]) {
+        // Taken over again meanwhile (a restart's recovery): not a leftover any more.
+        if (this.#pods.get(podId)?.container.id === container.id) {
+          this.#leftovers.delete(podId);
+          continue;
+        }
+        await this.#remove(podId, container);
+      }
+    } finally {
+      this.#sweeping = false;
+    }
   }
 
   async park(podId: string, tier: StandbyTier): Promise<void> {
@@ -503,24 +551,19 @@ export class DockerRuntime implements PodRuntime {
     // for minutes, its node taken for lost meanwhile), and a worker that did not answer is
     // asked once more (busy a moment, perhaps).
     const answers = new Map<string, boolean>();
-    const probeAll = async (cs: Docker.ContainerInfo[]) => {
-      for (let i = 0; i < cs.length; i += RECOVER_PROBES) {
-        await Promise.all(
-          cs.slice(i, i + RECOVER_PROBES).map(async (c) => {
-            const port = portOf(c);
-            const probe = c.Labels["inferx.probe"];
-            answers.set(
-              c.Id,
-              c.State !== "running" || probe === undefined || (port !== undefined &&
-                await httpCall(this.#host, port.PublicPort, probe, { timeoutMs: 2000 }).then(
-                  (r) => r.status >= 200 && r.status < 300,
-                  () => false,
-                )),
-            );
-          }),
+    const probeAll = (cs: Docker.ContainerInfo[]) =>
+      forEachLimit(cs, RECOVER_PROBES, async (c) => {
+        const port = portOf(c);
+        const probe = c.Labels["inferx.probe"];
+        answers.set(
+          c.Id,
+          c.State !== "running" || probe === undefined || (port !== undefined &&
+            await httpCall(this.#host, port.PublicPort, probe, { timeoutMs: 2000 }).then(
+              (r) => r.status >= 200 && r.status < 300,
+              () => false,
+            )),
         );
-      }
-    };
+      });
     await probeAll(list);
     await probeAll(list.filter((c) => !answers.get(c.Id)));
     const adopted: AdoptedPod[] = [];
@@ -540,8 +583,7 @@ export class DockerRuntime implements PodRuntime {
         });
       } else if (legacy.has(c.Id)) {
         // Maybe another installation's (one on an earlier version): not removed.
-      } else {
-        await container.remove({ force: true }).catch(() => {});
+      } else if (await this.#remove(podId, container)) {
         removed++;
       }
     }

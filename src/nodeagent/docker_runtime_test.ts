@@ -216,6 +216,94 @@ t(
   },
 );
 
+/**
+ * A unix socket in front of the engine's that can stop answering (each
+ * connection closed at once, those open cut), as an engine restarting does.
+ */
+function engineProxy() {
+  const path = `${Deno.makeTempDirSync({ prefix: "inferx-engine-" })}/docker.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  const open = new Set<Deno.Conn>();
+  let answering = true;
+  const pipe = (from: Deno.Conn, to: Deno.Conn) =>
+    from.readable.pipeTo(to.writable).catch(() => {}).finally(() => {
+      for (const c of [from, to]) {
+        open.delete(c);
+        try {
+          c.close();
+        } catch {
+          // closed by the other direction
+        }
+      }
+    });
+  (async () => {
+    for await (const conn of listener) {
+      if (!answering) {
+        conn.close();
+        continue;
+      }
+      const engine = await Deno.connect({ transport: "unix", path: "/var/run/docker.sock" });
+      open.add(conn).add(engine);
+      pipe(conn, engine);
+      pipe(engine, conn);
+    }
+  })().catch(() => {});
+  return {
+    path,
+    set answering(on: boolean) {
+      answering = on;
+      if (!on) {
+        for (const c of open) {
+          try {
+            c.close();
+          } catch {
+            // closed already
+          }
+        }
+        open.clear();
+      }
+    },
+    close() {
+      listener.close();
+      Deno.removeSync(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+    },
+  };
+}
+
+t(
+  "a container the engine could not remove while it did not answer is removed by a later sweep",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const proxy = engineProxy();
+    const rt = new DockerRuntime({ scope, socketPath: proxy.path });
+    const lines = await logLines();
+    try {
+      await rt.start(spec("pod-left"));
+      proxy.answering = false;
+      await rt.stop("pod-left", 1000);
+      // Before, the container ran on unowned until the agent restarted.
+      const left = await docker.getContainer(nameOf(scope, "pod-left")).inspect();
+      assert.equal(left.State.Running, true);
+      assert.ok(
+        lines.some((l) => /Cannot remove the container of pod pod-left/.test(l)),
+        lines.join("\n"),
+      );
+      await rt.sweep(); // the engine still not answering: kept for the next sweep
+      proxy.answering = true;
+      await rt.sweep();
+      await assert.rejects(
+        docker.getContainer(nameOf(scope, "pod-left")).inspect(),
+        /404|no such/i,
+      );
+      assert.ok(lines.some((l) => /Removed the container pod pod-left left/.test(l)));
+    } finally {
+      await reset();
+      proxy.close();
+      await docker.getContainer(nameOf(scope, "pod-left")).remove({ force: true }).catch(() => {});
+    }
+  },
+);
+
 t(
   "a restarted DockerRuntime does not take a container that never answered its probe for ready",
   async () => {

@@ -77,6 +77,12 @@ export interface PodRuntime {
    * were removed.
    */
   recover(): Promise<{ adopted: AdoptedPod[]; removed: number }>;
+  /**
+   * Removes workers an earlier removal could not (the engine did not
+   * answer), so that none keeps running unowned until the agent restarts.
+   * The agent calls it with every heartbeat.
+   */
+  sweep?(): Promise<void>;
 }
 
 /** A worker a restarted agent took over. */
