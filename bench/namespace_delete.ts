@@ -1,20 +1,27 @@
 /**
- * What deleting a namespace's asynchronous calls costs the embedded store
- * (a file on disk, each commit synced): the keys deleted one `delete` at a
- * time, as the state service did, against `deleteKeys` (a transaction per
- * chunk, the event loop let go between chunks), in the same run. Prints the
- * time each takes and the longest stretch it held the event loop, measured
- * by a timer that should fire every millisecond.
+ * What deleting a namespace's asynchronous calls costs the store: the keys
+ * deleted one `delete` at a time, as the state service did, against
+ * `deleteKeys`, in the same run. On the embedded store (a file on disk, each
+ * commit synced) `deleteKeys` is a transaction per chunk, the event loop let
+ * go between chunks; on etcd (`--etcd`: a throwaway etcd is started) a
+ * delete request per key, several in flight. Prints the time each takes and
+ * the longest stretch it held the event loop, measured by a timer that should
+ * fire every millisecond.
  *
- * Run: `deno run -A bench/namespace_delete.ts [calls]` (20000).
+ * Run: `deno run -A bench/namespace_delete.ts [calls] [--etcd]` (20000).
  */
 import { nextTurn } from "../src/common/clock.ts";
+import { openEtcdStore } from "../src/store/etcd.ts";
+import { type EtcdServer, startEtcd } from "../src/store/etcd_server.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
 import type { MetaStore } from "../src/store/types.ts";
 
-const n = Number(Deno.args[0] ?? 20_000);
+const args = Deno.args.filter((a) => a !== "--etcd");
+const onEtcd = args.length < Deno.args.length;
+const n = Number(args[0] ?? 20_000);
 const dir = await Deno.makeTempDir({ prefix: "inferx-bench-nsdel-" });
-const store = await openSqliteStore(`${dir}/meta.db`);
+const etcd: EtcdServer | undefined = onEtcd ? await startEtcd() : undefined;
+const store = etcd ? await openEtcdStore(etcd.url) : await openSqliteStore(`${dir}/meta.db`);
 
 /** Puts `n` call records under `prefix` (the value of a small one). */
 async function fill(s: MetaStore, prefix: string): Promise<string[]> {
@@ -53,7 +60,11 @@ try {
   const after = await measure(() => store.deleteKeys(chunked));
   const row = (what: string, r: { ms: number; stallMs: number }) =>
     `| ${what} | ${Math.round(r.ms)} | ${Math.round(r.stallMs)} |`;
-  console.log(`deleting ${n} call records from the embedded store (a file, synced commits)`);
+  console.log(
+    `deleting ${n} call records from ${
+      etcd ? "etcd" : "the embedded store (a file, synced commits)"
+    }`,
+  );
   console.log("| how | ms in all | longest event-loop stall, ms |");
   console.log("| --- | ---: | ---: |");
   console.log(row("one delete() each (before)", before));
@@ -64,5 +75,6 @@ try {
   );
 } finally {
   await store.close();
+  await etcd?.stop();
   await Deno.remove(dir, { recursive: true });
 }

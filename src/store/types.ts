@@ -65,9 +65,9 @@ export interface MetaStore {
   delete(key: string, expectedRevision?: number): Promise<number>;
   /**
    * Deletes those of `keys` that exist, each at a revision of its own, as
-   * `delete` would one by one (a key gone already is passed over), without
-   * holding the process up for long however many there are. Returns the
-   * store's revision after.
+   * `delete` would (a key gone already is passed over; not necessarily in
+   * the order given), without holding the process up for long however many
+   * there are. Returns the store's revision after.
    */
   deleteKeys(keys: readonly string[]): Promise<number>;
   /** Watches changes under `prefix`. */
