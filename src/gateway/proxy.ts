@@ -90,6 +90,12 @@ export interface ProxyDeps {
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
 const MAX_ATTEMPTS = 3;
+/**
+ * The details of an error after the worker had the request: it may have run
+ * the call, so the caller is told not to send it again on its own
+ * (`x-should-retry: false`, which OpenAI's client libraries obey).
+ */
+const MAY_HAVE_RUN: Readonly<Record<string, unknown>> = Object.freeze({ may_have_run: true });
 
 /** The worker could not be reached: the connection was refused or reset before an answer. */
 export class UpstreamUnreachable extends InferxError {
@@ -165,7 +171,7 @@ export async function forward(
         throw new InferxError(
           "timeout",
           `Worker ${slot.worker.podId} of ${agent.id}: ${err.message} (the policy's answer_timeout)`,
-          { cause: err },
+          { cause: err, details: MAY_HAVE_RUN },
         );
       }
       if (err instanceof AnswerBroken) {
@@ -174,9 +180,7 @@ export async function forward(
         throw new InferxError(
           "worker_failed",
           `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
-          {
-            cause: err,
-          },
+          { cause: err, details: MAY_HAVE_RUN },
         );
       }
       if (!(err instanceof ConnectError)) {
@@ -198,7 +202,7 @@ export async function forward(
           throw new InferxError(
             "worker_failed",
             `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
-            { cause: err },
+            { cause: err, details: MAY_HAVE_RUN },
           );
         }
         throw new UpstreamUnreachable(slot.worker.endpoint, err);

@@ -2,7 +2,8 @@
  * Errors as the gateway answers them, in one place for the Hono app and the
  * raw warm path: the status from `httpStatus()`, a JSON body, and the fields
  * a client acts on (`WWW-Authenticate` on 401, `Allow` on 405, `Retry-After`
- * on 429 and 503).
+ * on 429 and 503, `x-should-retry: false` where sending it again would not
+ * help or could run it twice).
  *
  * @module
  */
@@ -27,6 +28,12 @@ const RETRY_AFTER_S: Partial<Record<ErrorCode, number>> = {
   unschedulable: 30,
   quota_exceeded: 30,
 };
+
+/**
+ * Codes a client should not simply send again: no node can hold the
+ * function, or a quota is reached; neither clears within a client's retries.
+ */
+const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set(["unschedulable", "quota_exceeded"]);
 
 /**
  * OpenAI's error `type` by status, which its client libraries expose
@@ -54,7 +61,14 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   if (status === 401) headers.push(["www-authenticate", 'Bearer realm="inferx"']);
   const allow = err.details?.allow;
   if (status === 405 && Array.isArray(allow)) headers.push(["allow", allow.join(", ")]);
-  if (status === 429 || status === 503) headers.push(["retry-after", String(retryAfter(err))]);
+  // The worker had the request (it may have run it): not to be sent again blindly, so no
+  // `Retry-After`, and `x-should-retry: false` (OpenAI's client libraries would otherwise send it
+  // twice more on their own, as they do any 5xx).
+  const mayHaveRun = err.details?.may_have_run === true;
+  if ((status === 429 || status === 503) && !mayHaveRun) {
+    headers.push(["retry-after", String(retryAfter(err))]);
+  }
+  if (mayHaveRun || NOT_RETRIED.has(err.code)) headers.push(["x-should-retry", "false"]);
   const body = errorBody(err);
   if (!openai) return { status, headers, body: JSON.stringify(body) };
   const field = err.details?.field;

@@ -159,9 +159,13 @@ t("a POST a worker took and closed without answering is not sent to another work
     body: '{"charge":100}',
   });
   assert.equal(r.status, 503);
+  // Nor is the caller told to send it again (OpenAI's clients send any 5xx twice more unless told).
+  assert.equal(r.headers.get("x-should-retry"), "false");
+  assert.equal(r.headers.get("retry-after"), null);
   const e = (await r.json()).error;
   assert.equal(e.code, "worker_failed");
   assert.match(e.message, /closed the connection without answering/);
+  assert.deepEqual(e.details, { may_have_run: true });
   assert.deepEqual(seen, ["POST /v1/pay HTTP/1.1"], "one worker had it, once");
   assert.deepEqual(f.sched.returns, [], "the worker is not reported unreachable");
   await f.close();
@@ -391,30 +395,41 @@ t("a caller that goes away while queued leaves the function's queue at once", as
   await f.close();
 });
 
-t("503 and 429 answers say when to try again (Retry-After)", async () => {
-  const f = await gatewayFixture({ policy: { queue_len: 1, max_replica: 1 } });
-  f.sched.hang = true;
-  const waiting = new AbortController();
-  const first = call(f.app, { prompt: "x" }, {}, waiting.signal);
-  while (f.cache.agent("t", "n", "f")?.queued !== 1) await new Promise((r) => setTimeout(r, 5));
-  const full = await call(f.app);
-  assert.equal(full.status, 503);
-  assert.equal(full.headers.get("retry-after"), "1");
-  assert.equal((await full.json()).error.code, "queue_full");
-  waiting.abort();
-  await (await first).body?.cancel();
-  await f.close();
-  const q = await gatewayFixture();
-  q.sched.failWith = new InferxError("quota_exceeded", "Tenant t quota max_replica is 0");
-  const quota = await call(q.app);
-  assert.equal(quota.status, 429);
-  assert.equal(quota.headers.get("retry-after"), "30");
-  await quota.body?.cancel();
-  const missing = await q.app.request("/funccall/t/n/nope/x");
-  assert.equal(missing.headers.get("retry-after"), null, "only 429 and 503 carry it");
-  await missing.body?.cancel();
-  await q.close();
-});
+t(
+  "503 and 429 answers say when to try again (Retry-After), or not to (x-should-retry: false)",
+  async () => {
+    const f = await gatewayFixture({ policy: { queue_len: 1, max_replica: 1 } });
+    f.sched.hang = true;
+    const waiting = new AbortController();
+    const first = call(f.app, { prompt: "x" }, {}, waiting.signal);
+    while (f.cache.agent("t", "n", "f")?.queued !== 1) await new Promise((r) => setTimeout(r, 5));
+    const full = await call(f.app);
+    assert.equal(full.status, 503);
+    assert.equal(full.headers.get("retry-after"), "1");
+    assert.equal(full.headers.get("x-should-retry"), null, "worth sending again");
+    assert.equal((await full.json()).error.code, "queue_full");
+    waiting.abort();
+    await (await first).body?.cancel();
+    await f.close();
+    const q = await gatewayFixture();
+    q.sched.failWith = new InferxError("quota_exceeded", "Tenant t quota max_replica is 0");
+    const quota = await call(q.app);
+    assert.equal(quota.status, 429);
+    assert.equal(quota.headers.get("retry-after"), "30");
+    // Not to be sent again at once (an OpenAI client would wait 30 s twice to see it fail).
+    assert.equal(quota.headers.get("x-should-retry"), "false");
+    await quota.body?.cancel();
+    q.sched.failWith = new InferxError("unschedulable", "No node could ever hold it");
+    const never = await call(q.app);
+    assert.equal(never.status, 503);
+    assert.equal(never.headers.get("x-should-retry"), "false");
+    await never.body?.cancel();
+    const missing = await q.app.request("/funccall/t/n/nope/x");
+    assert.equal(missing.headers.get("retry-after"), null, "only 429 and 503 carry it");
+    await missing.body?.cancel();
+    await q.close();
+  },
+);
 
 t(
   "a worker cannot set cookies or the gateway's own fields, and what it serves is sandboxed",
@@ -493,6 +508,7 @@ t(
     try {
       const hung = await call(f.app);
       assert.equal(hung.status, 504);
+      assert.equal(hung.headers.get("x-should-retry"), "false", "the worker had it");
       assert.match(
         (await hung.json()).error.message,
         /sent nothing for 0\.3 s \(the policy's answer_timeout\)/,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fakeWorker, gatewayFixture } from "../testing.ts";
+import { fakeWorker, gatewayFixture, scriptedWorker } from "../testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -212,3 +212,30 @@ t(
     await w.close();
   },
 );
+
+t("OpenAI's client does not send again a call its worker may have run", async () => {
+  const { default: OpenAI } = await import("openai");
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 1 } });
+  let seen = 0;
+  const w = scriptedWorker(() => (seen++, Promise.resolve())); // takes it, closes, answers nothing
+  f.sched.endpoints.push(w.endpoint);
+  // The client's own retries are on (2, its default): it retries any 5xx unless told not to.
+  const client = new OpenAI({
+    baseURL: "http://gateway.test/v1",
+    apiKey: "none",
+    fetch: async (url: string | URL | Request, init?: RequestInit) =>
+      await f.app.request(String(url).replace("http://gateway.test", ""), init),
+  });
+  try {
+    const err = await client.completions.create({ model: "f", prompt: "x", max_tokens: 4 }).then(
+      () => assert.fail("answered"),
+      (e) => e,
+    );
+    assert.equal(err.status, 503);
+    assert.equal(err.error?.code, "worker_failed");
+    assert.equal(seen, 1, "the worker had the call once (it had it 3 times: 5xx are retried)");
+  } finally {
+    await f.close();
+    await w.close();
+  }
+});
