@@ -3,7 +3,8 @@
  * OIDC token (`Authorization: Bearer ...`); it becomes a {@linkcode Principal}
  * holding grants, each a scope (`full` > `read` > `inference`) over every
  * tenant, one tenant, or one namespace. Without credentials a caller is
- * anonymous and may call the functions of tenant `public`.
+ * anonymous and may call the functions of tenant `public`, as every caller
+ * may.
  *
  * Keys are looked up by their SHA-256 in a map the gateway keeps from a watch
  * on the store, so the warm path does no I/O. Auth is on when an
@@ -75,9 +76,32 @@ export function covers(g: Grant, tenant?: string, namespace?: string): boolean {
   return g.namespace === undefined || namespace === g.namespace;
 }
 
-/** Whether `p` may do `action` in `tenant` (and `namespace`); no tenant: cluster-wide. */
+/** Whether one of `grants` lets its holder do `action` in `tenant` (and `namespace`). */
+function granted(grants: readonly Grant[], action: Action, tenant?: string, namespace?: string) {
+  return grants.some((g) => ACTIONS[g.scope].includes(action) && covers(g, tenant, namespace));
+}
+
+/**
+ * Whether `p` may do `action` in `tenant` (and `namespace`); no tenant:
+ * cluster-wide. What a caller without credentials may do (call `public`'s
+ * functions), every caller may: a key does not take a right away.
+ */
 export function allows(p: Principal, action: Action, tenant?: string, namespace?: string): boolean {
-  return p.grants.some((g) => ACTIONS[g.scope].includes(action) && covers(g, tenant, namespace));
+  return granted(p.grants, action, tenant, namespace) ||
+    (!p.anonymous && granted(ANONYMOUS.grants, action, tenant, namespace));
+}
+
+/**
+ * Whether `p`'s own grants let it do `action` there (not counting what every
+ * caller may): a bare model name is looked for there first.
+ */
+export function allowsOwn(
+  p: Principal,
+  action: Action,
+  tenant?: string,
+  namespace?: string,
+): boolean {
+  return granted(p.grants, action, tenant, namespace);
 }
 
 /** Whether `p` may create or revoke a key with `scope` over `tenant`/`namespace`. */

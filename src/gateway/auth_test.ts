@@ -4,6 +4,7 @@ import { hashKey } from "../common/credential.ts";
 import {
   ADMIN,
   allows,
+  allowsOwn,
   ANONYMOUS,
   Authenticator,
   authorize,
@@ -38,6 +39,10 @@ Deno.test("scopes nest full > read > inference, within a tenant or a namespace",
   assert.ok(!allows(inf, "read", "any", "ns"));
   assert.ok(allows(ANONYMOUS, "inference", "public", "demo"));
   assert.ok(!allows(ANONYMOUS, "inference", "acme", "demo"));
+  // What a caller without credentials may do, one with them may too; no more.
+  assert.ok(allows(tenantRead, "inference", "public", "demo"));
+  assert.ok(!allows(tenantRead, "read", "public", "demo"));
+  assert.ok(!allowsOwn(tenantRead, "inference", "public", "demo"), "not its own grant");
   assert.ok(allows(ADMIN, "write"));
 });
 

@@ -10,7 +10,7 @@
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { BodyTooLarge } from "./http1/server.ts";
-import { allows, authorize, type Principal } from "./auth.ts";
+import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { type CallInput, forwardHeaders, type FuncTarget } from "./proxy.ts";
 
@@ -108,6 +108,21 @@ function notFound(t: FuncTarget): NotFoundError {
   return new NotFoundError(`Function ${t.tenant}/${t.namespace}/${t.func} does not exist`);
 }
 
+/**
+ * The function a bare model name (`ngram`) names for `principal`: among
+ * those its own grants reach, else among those every caller may call
+ * (`public`'s), so that a tenant's `ngram` is not made ambiguous by
+ * `public/demo/ngram`. Throws when several match at the same level.
+ */
+export function resolveBareModel(
+  cache: FuncCache,
+  principal: Principal,
+  model: string,
+): FuncTarget | undefined {
+  return cache.resolveModel(model, (t, ns) => allowsOwn(principal, "inference", t, ns)) ??
+    cache.resolveModel(model, (t, ns) => allows(principal, "inference", t, ns));
+}
+
 /** A `/funccall` call of a function the cache has. */
 function knownInput(
   ctx: CallContext,
@@ -189,10 +204,9 @@ function openaiTarget(
       "model",
     );
   }
-  // A bare name resolves among the functions the caller may call.
   const target = model.includes("/")
     ? ctx.cache.resolveModel(model)
-    : ctx.cache.resolveModel(model, (t, ns) => allows(principal, "inference", t, ns));
+    : resolveBareModel(ctx.cache, principal, model);
   if (!target) {
     const parts = model.split("/");
     if (parts.length !== 3) throw new NotFoundError(`The model ${model} does not exist`);

@@ -9,7 +9,7 @@
 import { Hono } from "hono";
 import { NotFoundError } from "../../common/errors.ts";
 import { allows } from "../auth.ts";
-import { openaiInput, requestCall } from "../call.ts";
+import { openaiInput, requestCall, resolveBareModel } from "../call.ts";
 import { forward } from "../proxy.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { callResponse, signalSource } from "./_call.ts";
@@ -46,9 +46,12 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     } catch {
       name = "";
     }
-    const visible = (t: string, ns: string) => allows(p, "inference", t, ns);
-    const found = name ? deps.cache.resolveModel(name, visible) : undefined;
-    if (!found || !visible(found.tenant, found.namespace)) {
+    const found = !name
+      ? undefined
+      : name.includes("/")
+      ? deps.cache.resolveModel(name)
+      : resolveBareModel(deps.cache, p, name);
+    if (!found || !allows(p, "inference", found.tenant, found.namespace)) {
       throw new NotFoundError(`The model ${name} does not exist`);
     }
     return c.json(model(`${found.tenant}/${found.namespace}/${found.func}`));

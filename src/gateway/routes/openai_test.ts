@@ -239,3 +239,74 @@ t("OpenAI's client does not send again a call its worker may have run", async ()
     await w.close();
   }
 });
+
+t(
+  "a key may call public's functions as a caller without one may; a bare name finds the key's own first",
+  async () => {
+    const admin = "admin-key-0123456789";
+    const f = await gatewayFixture({ adminKey: admin });
+    const w = fakeWorker("w");
+    f.sched.endpoints.push(w.endpoint, w.endpoint, w.endpoint, w.endpoint);
+    const system = { tenant: "system", namespace: "system" };
+    await f.meta.create({ type: "tenant", ...system, name: "public", object: {} });
+    await f.meta.create({
+      type: "namespace",
+      tenant: "public",
+      namespace: "system",
+      name: "demo",
+      object: {},
+    });
+    for (const name of ["f", "g"]) {
+      await f.meta.create({
+        type: "function",
+        tenant: "public",
+        namespace: "demo",
+        name,
+        object: { spec: { image: "x" } },
+      });
+    }
+    for (const d = Date.now() + 5000; f.cache.functionIds().length < 3;) {
+      assert.ok(Date.now() < d, "the gateway sees public's functions");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const made = await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+      body: JSON.stringify({ scope: "inference", tenant: "t", name: "app" }),
+    });
+    const bearer = { authorization: `Bearer ${(await made.json()).key}` };
+    const called = async (body: unknown, headers: Record<string, string>) => {
+      const r = await complete(f, body, headers);
+      assert.equal(r.status, 200, JSON.stringify(body));
+      await r.body?.cancel();
+      const l = f.sched.leases.at(-1)!;
+      return `${l.tenant}/${l.namespace}/${l.func}`;
+    };
+    try {
+      // Before, the key got 403 where a caller without credentials was let in.
+      assert.equal(await called({ model: "public/demo/g", prompt: "x" }, bearer), "public/demo/g");
+      assert.equal(await called({ model: "g", prompt: "x" }, bearer), "public/demo/g");
+      // Its own f is not made ambiguous by public's.
+      assert.equal(await called({ model: "f", prompt: "x" }, bearer), "t/n/f");
+      assert.equal(await called({ model: "f", prompt: "x" }, {}), "public/demo/f");
+      const listed = await (await f.app.request("/v1/models", { headers: bearer })).json();
+      assert.deepEqual(listed.data.map((m: { id: string }) => m.id).sort(), [
+        "public/demo/f",
+        "public/demo/g",
+        "t/n/f",
+      ]);
+      const one = await (await f.app.request("/v1/models/f", { headers: bearer })).json();
+      assert.equal(one.id, "t/n/f");
+      const through = await f.app.request("/funccall/public/demo/g/x", { headers: bearer });
+      assert.equal(through.status, 200, "through /funccall too");
+      await through.body?.cancel();
+      // Nothing more than calling: public's objects stay unreadable to it.
+      const obj = await f.app.request("/object/function/public/demo/g", { headers: bearer });
+      assert.equal(obj.status, 403);
+      await obj.body?.cancel();
+    } finally {
+      await f.close();
+      await w.close();
+    }
+  },
+);
