@@ -203,6 +203,8 @@ const CallsEnv = z.object({
   // A call record holds at most 100 (src/model/call.ts).
   INFERX_CALL_ATTEMPTS: positive(3).refine((n) => n <= 100, { message: "must be 100 at most" }),
   INFERX_CALL_LEASE_S: positive(15),
+  INFERX_CALL_OPEN_MAX: count(10_000),
+  INFERX_CALL_OPEN_MAX_MB: count(256),
   INFERX_CALLBACK_ALLOW: z.string().optional().transform((raw, ctx) => {
     try {
       return parseCidrList(raw ?? "", "INFERX_CALLBACK_ALLOW");
@@ -223,6 +225,13 @@ export interface CallSettings {
   attempts: number;
   /** `INFERX_CALL_LEASE_S`: a gateway's claim on a call it runs, renewed while it runs (s). */
   leaseS: number;
+  /**
+   * `INFERX_CALL_OPEN_MAX`: calls of one tenant accepted and not ended, where
+   * its quota sets no `max_open_calls`.
+   */
+  openMax: number;
+  /** `INFERX_CALL_OPEN_MAX_MB`: their request bodies together (MB), where no `max_open_call_mb`. */
+  openMaxMB: number;
   /** `INFERX_CALLBACK_ALLOW`: non-public ranges callbacks may still reach. */
   callbackAllow: Cidr[];
 }
@@ -518,6 +527,8 @@ export function readConfig(
       maxBytes: k.INFERX_CALL_MAX_BYTES,
       attempts: k.INFERX_CALL_ATTEMPTS,
       leaseS: k.INFERX_CALL_LEASE_S,
+      openMax: k.INFERX_CALL_OPEN_MAX,
+      openMaxMB: k.INFERX_CALL_OPEN_MAX_MB,
       callbackAllow: k.INFERX_CALLBACK_ALLOW,
     },
   };

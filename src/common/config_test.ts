@@ -46,7 +46,15 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       podCidr: "10.213.0.0/16",
       start: "auto",
     },
-    calls: { ttlS: 86_400, maxBytes: 1_048_576, attempts: 3, leaseS: 15, callbackAllow: [] },
+    calls: {
+      ttlS: 86_400,
+      maxBytes: 1_048_576,
+      attempts: 3,
+      leaseS: 15,
+      openMax: 10_000,
+      openMaxMB: 256,
+      callbackAllow: [],
+    },
   });
 });
 
@@ -180,6 +188,8 @@ Deno.test("readConfig() reads the asynchronous calls' settings", () => {
     INFERX_CALL_MAX_BYTES: "4096",
     INFERX_CALL_ATTEMPTS: "5",
     INFERX_CALL_LEASE_S: "2",
+    INFERX_CALL_OPEN_MAX: "50",
+    INFERX_CALL_OPEN_MAX_MB: "0",
     INFERX_CALLBACK_ALLOW: "127.0.0.1,::1",
   }));
   assert.deepEqual(c.calls, {
@@ -187,6 +197,8 @@ Deno.test("readConfig() reads the asynchronous calls' settings", () => {
     maxBytes: 4096,
     attempts: 5,
     leaseS: 2,
+    openMax: 50,
+    openMaxMB: 0,
     callbackAllow: [
       { address: "127.0.0.1", prefix: 32, family: "ipv4" },
       { address: "::1", prefix: 128, family: "ipv6" },

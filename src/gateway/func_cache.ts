@@ -14,6 +14,8 @@ import {
   type FuncPolicy,
   type FunctionSpec,
   resolvePolicy,
+  type TenantQuota,
+  tenantQuota,
 } from "../model/schemas.ts";
 import { type FunctionObject, trafficSplit, type VersionShare } from "../model/versions.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
@@ -37,10 +39,12 @@ type Entry = FunctionObject & {
   unschedulable?: InferxError;
 };
 
-/** Functions, policies and agents of one gateway. */
+/** Functions, policies and agents of one gateway, and the tenants' quotas. */
 export class FuncCache {
   #funcs = new Map<string, Entry>();
   #policies = new Map<string, FuncPolicy>();
+  /** Each tenant's quota (those with none are absent). */
+  #quotas = new Map<string, TenantQuota>();
   #agents = new Map<string, FuncAgent>();
   #deps: FuncAgentDeps;
   #informers: Informer[] = [];
@@ -75,6 +79,14 @@ export class FuncCache {
           this.#refreshAgents(ref.tenant, ref.namespace);
         },
       }),
+      await startInformer(meta, "tenant", {
+        upsert: (rec) => {
+          const o = decodeStoredUserObject(rec.value, rec.revision);
+          if (o.type !== "tenant") return;
+          this.#quotas.set(o.name, tenantQuota(o.spec as Record<string, unknown>));
+        },
+        remove: (ref) => void this.#quotas.delete(ref.name),
+      }),
       await startInformer(meta, "function", {
         upsert: (rec) => {
           const o = decodeStoredUserObject(rec.value, rec.revision);
@@ -107,6 +119,11 @@ export class FuncCache {
     for (const a of this.#agents.values()) a.close();
     // Calls still waiting for the watch get their answer now: it will not come.
     for (const waiters of [...this.#waiting.values()]) for (const w of waiters) w.done(false);
+  }
+
+  /** Tenant `tenant`'s quota as stored (empty: none set, or no such tenant). */
+  tenantQuota(tenant: string): TenantQuota {
+    return this.#quotas.get(tenant) ?? {};
   }
 
   /** The spec of a function, or undefined. */

@@ -90,6 +90,8 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       maxBytes: config.calls.maxBytes,
       maxAttempts: config.calls.attempts,
       leaseMs: config.calls.leaseS * 1000,
+      openMax: config.calls.openMax,
+      openMaxBytes: config.calls.openMaxMB * 1024 * 1024,
       callbackAllow: config.calls.callbackAllow,
     },
   });

@@ -256,6 +256,13 @@ export const TenantQuotaSchema = z.strictObject({
   max_replica: z.int().min(0).optional(),
   /** Functions the tenant may define, across its namespaces. */
   max_functions: z.int().min(0).optional(),
+  /**
+   * Asynchronous calls of the tenant's functions that may wait or run at
+   * once (accepted, not ended); absent: `INFERX_CALL_OPEN_MAX`.
+   */
+  max_open_calls: z.int().min(0).optional(),
+  /** Megabytes their request bodies may take together; absent: `INFERX_CALL_OPEN_MAX_MB`. */
+  max_open_call_mb: z.number().min(0).optional(),
 });
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;

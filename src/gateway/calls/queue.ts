@@ -97,6 +97,13 @@ export interface CallQueueOptions {
   maxBytes?: number;
   /** Pause before the second try (ms); it doubles with each try. @default 1000 */
   backoffMs?: number;
+  /**
+   * Calls of one tenant accepted and not ended, where its quota sets no
+   * `max_open_calls`. @default 10000
+   */
+  openMax?: number;
+  /** Their request bodies together (bytes), where no `max_open_call_mb`. @default 256 MiB */
+  openMaxBytes?: number;
   /** Tries to deliver a callback. @default 5 */
   deliveryTries?: number;
   /** Sends callbacks. @default a sender that allows public addresses only */
@@ -138,6 +145,14 @@ interface Open extends ListedCall {
   owner?: string;
   leaseUntil?: number;
   notBefore?: number;
+  /** Its request body's size, counted against its tenant's open calls while it has not ended. */
+  bytes: number;
+}
+
+/** What a tenant's calls not ended hold: how many, and their request bodies' bytes. */
+interface Held {
+  calls: number;
+  bytes: number;
 }
 
 /** A call this gateway holds the claim of. */
@@ -224,8 +239,12 @@ export class CallQueue {
   readonly #deliveryTries: number;
   readonly callbacks: CallbackSender;
   readonly #now: () => number;
+  readonly #openMax: number;
+  readonly #openMaxBytes: number;
   /** Calls that need work (queued, running, or a callback to deliver), by id. */
   #open = new Map<string, Open>();
+  /** What each tenant's calls not ended hold (those in `#open`, and accepts under way). */
+  #held = new Map<string, Held>();
   /** Ended calls, by id (when each record goes). */
   #done = new Map<string, ListedCall>();
   /** Calls this gateway holds the claim of, by id. */
@@ -259,6 +278,8 @@ export class CallQueue {
     this.#deliveryTries = options.deliveryTries ?? 5;
     this.callbacks = options.callbacks;
     this.#now = options.now ?? Date.now;
+    this.#openMax = options.openMax ?? 10_000;
+    this.#openMaxBytes = options.openMaxBytes ?? 256 * 1024 * 1024;
   }
 
   /** Follows the stored calls and starts taking the ones that need a gateway. */
@@ -267,7 +288,7 @@ export class CallQueue {
       upsert: (r) => this.#seen(r),
       remove: (ref) => {
         const id = `${ref.tenant}:${ref.namespace}:${ref.name}`;
-        this.#open.delete(id);
+        this.#setOpen(id, undefined);
         this.#done.delete(id);
       },
     });
@@ -320,6 +341,10 @@ export class CallQueue {
    * record is stored: then the call survives this gateway.
    */
   async accept(rec: CallRecord, body?: Uint8Array): Promise<void> {
+    const bytes = body?.byteLength ?? 0;
+    this.#admit(rec.tenant, bytes);
+    // Held while it is stored, so that accepts at once cannot pass the quota together.
+    this.#count(rec.tenant, 1, bytes);
     const room = !this.#stopped && this.#hasRoom(funcOf(rec));
     const unreserve = room ? this.#reserve(funcOf(rec)) : undefined;
     try {
@@ -344,6 +369,7 @@ export class CallQueue {
       // Listed from now on, not only once the watch brings it.
       this.#index(rec, created.revision);
     } finally {
+      this.#count(rec.tenant, -1, -bytes);
       unreserve?.();
     }
   }
@@ -494,16 +520,76 @@ export class CallQueue {
       seq: known?.seq ?? ++this.#seq,
     };
     if (!needsWork(c)) {
-      this.#open.delete(id);
+      this.#setOpen(id, undefined);
       this.#done.set(id, listed);
       this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
     } else {
-      this.#open.set(id, {
+      this.#setOpen(id, {
         ...listed,
         owner: c.owner,
         leaseUntil: c.leaseUntil,
         notBefore: c.notBefore,
+        bytes: c.bodyBytes ?? (c.body ? Math.floor(c.body.length * 3 / 4) : 0),
       });
+    }
+  }
+
+  /**
+   * Puts `e` in `#open` as call `id` (undefined: takes it out), keeping its
+   * tenant's count of calls not ended (`#held`) in step.
+   */
+  #setOpen(id: string, e: Open | undefined): void {
+    const was = this.#open.get(id);
+    if (was && !FINAL_STATUSES.has(was.status)) this.#count(was.ref.tenant, -1, -was.bytes);
+    if (e) {
+      this.#open.set(id, e);
+      if (!FINAL_STATUSES.has(e.status)) this.#count(e.ref.tenant, 1, e.bytes);
+    } else this.#open.delete(id);
+  }
+
+  /** Adds `calls` and `bytes` (negative: takes them) to what `tenant`'s calls hold. */
+  #count(tenant: string, calls: number, bytes: number): void {
+    const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
+    h.calls += calls;
+    h.bytes += bytes;
+    if (h.calls <= 0) this.#held.delete(tenant);
+    else this.#held.set(tenant, h);
+  }
+
+  /**
+   * Refuses a call of `tenant` with a body of `bytes` when the tenant's
+   * calls not ended are at its quota (`max_open_calls`, `max_open_call_mb`,
+   * else the gateway's defaults): a caller may not fill the store with
+   * calls that wait.
+   */
+  #admit(tenant: string, bytes: number): void {
+    const q = this.#deps.cache.tenantQuota(tenant);
+    const maxCalls = q.max_open_calls ?? this.#openMax;
+    const maxBytes = q.max_open_call_mb === undefined
+      ? this.#openMaxBytes
+      : q.max_open_call_mb * 1024 * 1024;
+    const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
+    const refuse = (what: string, quota: string) =>
+      new InferxError(
+        "quota_exceeded",
+        `Tenant ${tenant} has ${what} (quota ${quota}): try again once some of its calls ended`,
+        { details: { quota } },
+      );
+    if (h.calls + 1 > maxCalls) {
+      throw refuse(
+        `${h.calls} asynchronous calls not ended, its limit ${maxCalls}`,
+        "max_open_calls",
+      );
+    }
+    if (h.bytes + bytes > maxBytes) {
+      const mb = (n: number) =>
+        n < 1024 * 1024 ? `${Math.ceil(n / 1024)} KB` : `${(n / 1024 / 1024).toFixed(1)} MB`;
+      throw refuse(
+        `asynchronous calls not ended holding ${mb(h.bytes)}, and this one ${
+          mb(bytes)
+        } more, its limit ${mb(maxBytes)}`,
+        "max_open_call_mb",
+      );
     }
   }
 

@@ -765,3 +765,62 @@ Deno.test("Newest keeps the newest `limit` calls as a sort of them all would, ti
   n.add({ ...e, status: "succeeded" } as ListedCall);
   assert.equal(n.sorted().length, 1);
 });
+
+t(
+  "a tenant's asynchronous calls not ended are bounded, by count and by their bodies' bytes",
+  async () => {
+    // No worker comes: every call accepted waits.
+    const f = await gatewayFixture({ calls: { ...QUICK, openMax: 2 }, bodyLimit: 1 << 20 });
+    f.sched.hang = true;
+    const refused = async (body: unknown, quota: string) => {
+      const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+        method: "POST",
+        headers: ASYNC,
+        body: JSON.stringify(body),
+      });
+      assert.equal(r.status, 429);
+      const { error } = await r.json();
+      assert.equal(error.code, "quota_exceeded");
+      assert.equal(error.details.quota, quota);
+      return error.message as string;
+    };
+    try {
+      const first = await accept(f);
+      await accept(f);
+      // Before, a caller could store calls without end (1 MB each, for a day).
+      assert.match(
+        await refused({ prompt: "x" }, "max_open_calls"),
+        /Tenant t has 2 asynchronous calls not ended, its limit 2 \(quota max_open_calls\)/,
+      );
+      // One ends: room for one more.
+      await (await f.app.request(`/calls/${first}`, { method: "DELETE" })).body?.cancel();
+      await accept(f);
+      // A tenant's own quota is read over the gateway's default, by count and by bytes.
+      const tenant = await f.meta.get({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "t",
+      });
+      await f.meta.update({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "t",
+        object: { spec: { quota: { max_open_calls: 10, max_open_call_mb: 0.05 } } },
+        revision: tenant!.revision,
+      });
+      await until(
+        "the gateway reads the quota",
+        () => Promise.resolve(f.cache.tenantQuota("t").max_open_calls === 10),
+      );
+      await accept(f, { prompt: "x".repeat(20_000) });
+      assert.match(
+        await refused({ prompt: "x".repeat(40_000) }, "max_open_call_mb"),
+        /Tenant t has asynchronous calls not ended holding 20 KB, and this one 40 KB more, its limit 52 KB \(quota max_open_call_mb\)/,
+      );
+    } finally {
+      await f.close();
+    }
+  },
+);
