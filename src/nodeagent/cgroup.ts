@@ -192,8 +192,10 @@ export class PodCgroups {
   }
 
   /**
-   * Removes the groups of pods that are no more, once their processes have
-   * gone (an agent's restart: it has just killed the workers it left).
+   * Removes the groups of pods that are no more, killing what is still in
+   * them (an agent's restart: it has just killed the workers it left, and
+   * what it finds in their groups besides is theirs: a daemon one started
+   * with an environment of its own, which the search by scope misses).
    */
   async sweep(): Promise<void> {
     const names = new Set<string>();
@@ -204,7 +206,11 @@ export class PodCgroups {
         // gone meanwhile
       }
     }
-    for (const name of names) await this.of(name).remove(1000);
+    for (const name of names) {
+      const g = this.of(name);
+      await g.killAll(1000);
+      await g.remove(1000);
+    }
   }
 
   /** Removes this agent's base groups when no pod's group is left in them (its stop). */

@@ -266,3 +266,72 @@ Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"),
     for (const d of dirs) assert.equal(await exists(d), false, d);
   },
 );
+
+/** The state letter of a process (`R`, `S`, `T`...), or undefined once it is gone. */
+function stateOf(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Serves `/`; `/spin` starts a busy loop in a session of its own and answers its pid. */
+const SPINNER = `
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
+  (req) => {
+    if (new URL(req.url).pathname !== "/spin") return new Response("up");
+    const p = new Deno.Command("setsid", { args: ["/bin/sh", "-c", "while :; do :; done"] }).spawn();
+    return new Response(String(p.pid));
+  });`;
+
+cgTest(
+  "a pod parked in the paused tier stops all of it, a process in a session of its own included, and resumes it all",
+  async (cgroups) => {
+    const rt = new ProcessRuntime({ cgroups });
+    const pod = await rt.start(spec("pod-cg4", ["deno", "eval", SPINNER], 256));
+    try {
+      const spinner = Number(await (await fetch(`http://${pod.endpoint}/spin`)).text());
+      assert.equal(stateOf(spinner), "R");
+      await rt.park("pod-cg4", "paused");
+      // Before, it spun on at a core's worth while its pod was counted as holding no CPU.
+      assert.equal(stateOf(spinner), "T");
+      assert.equal(stateOf(rt.pidOf("pod-cg4")!), "T");
+      await rt.resume("pod-cg4");
+      assert.notEqual(stateOf(spinner), "T");
+      assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "up");
+      await rt.park("pod-cg4", "paused");
+      await rt.stop("pod-cg4"); // stopped while parked: all of it ends
+      await until("the spinner gone", () => Promise.resolve(stateOf(spinner) === undefined));
+    } finally {
+      await rt.stop("pod-cg4");
+    }
+  },
+);
+
+cgTest(
+  "a restarted agent's sweep kills what is left in its pods' groups and removes them",
+  async (cgroups) => {
+    const g = await cgroups.create("pod-left", { cpuMillis: 100, memMB: 64 });
+    // A daemon a worker left: it carries no scope in its environment, so only its group finds it.
+    const [cmd, ...args] = [...g.joinPrefix, "sleep", "600"];
+    const p = new Deno.Command(cmd, { args, clearEnv: true, stdout: "null", stderr: "null" })
+      .spawn();
+    await until("it joined", async () => (await g.pids()).includes(p.pid));
+    try {
+      await cgroups.sweep();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        p.status,
+        new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 5000)),
+      ]);
+      clearTimeout(timer);
+      assert.equal(ended?.signal, "SIGKILL", "the daemon was killed");
+      for (const d of dirsOf(cgroups, "pod-left")) assert.equal(await exists(d), false, d);
+    } finally {
+      await g.killAll(1000);
+      await g.remove(1000);
+    }
+  },
+);

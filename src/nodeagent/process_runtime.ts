@@ -797,7 +797,7 @@ export class ProcessRuntime implements PodRuntime {
     if (child.tier !== "file") {
       signalWorker(child, "SIGTERM");
       // A stopped process only sees SIGTERM once continued.
-      if (child.paused) signalWorker(child, "SIGCONT");
+      if (child.paused) await this.#signalAll(child, "SIGCONT");
       const deadline = Date.now() + graceMs;
       const timer = setTimeout(() => signalWorker(child, "SIGKILL"), graceMs);
       await child.exited;
@@ -836,11 +836,29 @@ export class ProcessRuntime implements PodRuntime {
       if (tier === "host_memory" && child.gpus.length > 0 && this.#usesGpu(child.pid)) {
         await this.#checkpointGpu(child.pid);
       } else {
-        signal(child.pid, "SIGSTOP");
+        await this.#signalAll(child, "SIGSTOP");
         child.paused = true;
       }
       child.tier = tier;
     });
+  }
+
+  /**
+   * Stops (SIGSTOP) or continues (SIGCONT) all of a pod: its worker's process
+   * group, and every process in its control group, until no new one shows (a
+   * process the worker started in a session of its own is in no group of
+   * the worker's): a paused pod holds no CPU, so nothing of it may run on.
+   */
+  async #signalAll(child: Child, sig: "SIGSTOP" | "SIGCONT"): Promise<void> {
+    signalWorker(child, sig);
+    if (!child.cgroup) return;
+    const done = new Set<number>();
+    // A stopped process forks no more: a few passes find the last ones a moment's forks made.
+    for (let pass = 0; pass < 10; pass++) {
+      const fresh = (await child.cgroup.pids()).filter((pid) => !done.has(pid));
+      if (!fresh.length) return;
+      for (const pid of fresh) (signal(pid, sig), done.add(pid));
+    }
   }
 
   /**
@@ -1038,7 +1056,7 @@ export class ProcessRuntime implements PodRuntime {
       if (child.tier === "file") return await this.#resumeFromFile(podId, child);
       if (child.tier === "host_memory" && !child.paused) await this.#restoreGpu(child.pid);
       else {
-        signal(child.pid, "SIGCONT");
+        await this.#signalAll(child, "SIGCONT");
         child.paused = false;
       }
       child.tier = undefined;
