@@ -16,7 +16,7 @@ import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, MetaRecord, NodeAgentClient } from "../rpc/types.ts";
 import { type LocalPod as LocalPhase, reconcileAction } from "./reconcile.ts";
 import { httpCall, type HttpCallOptions } from "./probe.ts";
-import type { PodRuntime, RunningPod } from "./runtime.ts";
+import { type PodRuntime, PodSetupFailed, type RunningPod } from "./runtime.ts";
 import { BUSY, type SnapshotManager } from "./snapshots.ts";
 import { nextTurn } from "../common/clock.ts";
 
@@ -365,12 +365,14 @@ export class NodeAgent implements NodeAgentClient {
             error: why,
           });
           notes.push(`Snapshot ${snap.ref.name} could not be restored, started fresh: ${why}`);
-          // An image that fails to restore goes; one that does not fit this pod stays; one
-          // whose copies fail their restore hook goes, and its version is not snapshotted again.
+          // An image that fails to restore goes; one that does not fit this pod stays, as does
+          // one whose pod the node could not set up (no network left a moment); one whose
+          // copies fail their restore hook goes, and its version is not snapshotted again.
           if (err instanceof RestoreHookFailed) await snaps.refuse(snap, pod, why);
-          else if (!(err instanceof InferxError && err.code === "unsupported")) {
-            await snaps.discard(snap, why);
-          }
+          else if (
+            !(err instanceof PodSetupFailed) &&
+            !(err instanceof InferxError && err.code === "unsupported")
+          ) await snaps.discard(snap, why);
         } finally {
           snaps.release(snap);
         }

@@ -7,7 +7,7 @@ import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
 import { objectKey } from "../model/keys.ts";
-import type { PodRuntime } from "./runtime.ts";
+import { type PodRuntime, PodSetupFailed } from "./runtime.ts";
 import type { SnapshotManager } from "./snapshots.ts";
 
 const node: NodeInfo = {
@@ -517,6 +517,65 @@ Deno.test({
     } finally {
       await agent.stop();
       await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "NodeAgent keeps a snapshot whose pod the node could not set up, and discards one that failed to restore",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    for (
+      const [failure, kept] of [
+        [new PodSetupFailed("Cannot restore pod p: the pod range is full", undefined), true],
+        [new InferxError("worker_failed", "criu restore: bad image"), false],
+      ] as const
+    ) {
+      const calls: string[] = [];
+      const fake: PodRuntime = {
+        ...recordingRuntime(calls),
+        restore: (spec) => (calls.push(`restore ${spec.podId}`), Promise.reject(failure)),
+      };
+      const snap = { ref: { name: "f.v1.n1" }, dir: "/nowhere" };
+      const snaps = {
+        start: () => Promise.resolve(),
+        stop: () => {},
+        summary: () => ({ diskUsedMB: 0, items: [] }),
+        hold: () => snap,
+        used: () => Promise.resolve(),
+        release: () => {},
+        discard: () => (calls.push("discard"), Promise.resolve()),
+        wants: () => false,
+      } as unknown as SnapshotManager;
+      const store = await openSqliteStore();
+      const meta = new StateService(store);
+      const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000, snapshots: snaps });
+      await agent.start();
+      try {
+        await meta.create({
+          type: "pod",
+          tenant: "t",
+          namespace: "n",
+          name: "p1",
+          object: { ...testPod("p1", "n1"), fromSnapshot: true },
+        });
+        await until("a fresh start", () => Promise.resolve(calls.includes("start p1")));
+        // Before, a range full for a moment threw a good snapshot away.
+        assert.deepEqual(
+          calls,
+          kept ? ["restore p1", "start p1"] : [
+            "restore p1",
+            "discard",
+            "start p1",
+          ],
+          failure.message,
+        );
+      } finally {
+        await agent.stop();
+        await store.close();
+      }
     }
   },
 });

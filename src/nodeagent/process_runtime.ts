@@ -44,6 +44,7 @@ import {
   type AdoptedPod,
   platformEnv,
   type PodRuntime,
+  PodSetupFailed,
   type PodSpec,
   type RunningPod,
   type SnapshotTaken,
@@ -1137,8 +1138,18 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot restore pod ${spec.podId}: its image was dumped from the node's PID namespace (a GPU worker), so a copy would need PIDs that may be taken`,
       );
     }
-    const cgroup = await this.#makeCgroup(spec, "restore");
-    const net = await this.#podNet(this.#options.podNetworks!, spec, cgroup);
+    let cgroup: PodCgroup | undefined, net: PodNet;
+    try {
+      cgroup = await this.#makeCgroup(spec, "restore");
+      net = await this.#podNet(this.#options.podNetworks!, spec, cgroup);
+    } catch (err) {
+      // A pod range full a moment, say: the node's, not the image's (it is kept).
+      const why = (err as Error).message;
+      throw new PodSetupFailed(
+        why.startsWith("Cannot restore") ? why : `Cannot restore pod ${spec.podId}: ${why}`,
+        err,
+      );
+    }
     const logFile = `${this.#snapshots}/${spec.podId}.log`;
     let pid: number;
     let meta: ImageMeta;

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { InferxError } from "../common/errors.ts";
 import type { GpuSlice, PodTemplate, StandbyTier } from "../model/cluster.ts";
 
 /** Everything a runtime needs to start one pod. */
@@ -112,4 +113,16 @@ export function platformEnv(spec: PodSpec): Record<string, string> {
     CUDA_VISIBLE_DEVICES: devices,
     NVIDIA_VISIBLE_DEVICES: devices || "none",
   };
+}
+
+/**
+ * The node could not give a pod what it needs before its worker ran (its
+ * network, its control group): says nothing of a snapshot it was to be
+ * restored from, which is kept.
+ */
+export class PodSetupFailed extends InferxError {
+  constructor(message: string, cause: unknown) {
+    super("worker_failed", message, { cause });
+    this.name = "PodSetupFailed";
+  }
 }
