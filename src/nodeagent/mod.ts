@@ -89,10 +89,14 @@ async function snapshotSupport(
   scope: string,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
+  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
+  // What an earlier run left (its pods' namespaces, block claims, a fence of its range) goes
+  // whatever this run's settings: nothing else would remove it, and a fence of an earlier
+  // range would make this one's check refuse a range that overlaps it.
+  if (Deno.build.os === "linux" && Deno.uid?.() === 0) await podNetworks.sweep();
   if (docker) return off(await dockerSnapshotReason());
   if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
   if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");
-  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
   const net = await podNetworks.capability();
   if (!net.available) return off(`No pod namespaces: ${net.reason}`);
   if (!settings.enabled) {

@@ -128,6 +128,8 @@ export class PodNetworks {
   #base: number;
   #blocks: number;
   #claims: string;
+  /** Where every range's claims directory is. */
+  #stateDir: string;
   /** The range's `unreachable` route was added (by this agent, at least once). */
   #fenced = false;
 
@@ -137,7 +139,8 @@ export class PodNetworks {
     this.#base = base;
     this.#blocks = 2 ** (32 - bits) / 4;
     this.#prefix = options.prefix;
-    this.#claims = `${options.stateDir ?? "/run/inferx/podnet"}/${this.cidr.replace("/", "_")}`;
+    this.#stateDir = options.stateDir ?? "/run/inferx/podnet";
+    this.#claims = `${this.#stateDir}/${this.cidr.replace("/", "_")}`;
   }
 
   /**
@@ -319,7 +322,14 @@ export class PodNetworks {
     await Deno.remove(this.#claims).catch(() => {});
   }
 
-  /** Removes this agent's namespaces left behind by an earlier run; returns how many. */
+  /**
+   * Removes this agent's namespaces left behind by an earlier run, and its
+   * claims in every range (the earlier run's may have been another, or pod
+   * namespaces may be off now); a range left with no claim of any agent
+   * loses its `unreachable` route and directory, as {@linkcode close} would
+   * have done (a stale fence would also make this agent refuse a range that
+   * overlaps it). Returns how many namespaces it removed.
+   */
   async sweep(): Promise<number> {
     let n = 0;
     const listed = await run("ip", ["netns", "list"]).catch(() => "");
@@ -329,15 +339,33 @@ export class PodNetworks {
       await this.#teardown(name, "");
       n++;
     }
-    let claims: string[] = [];
+    let ranges: string[] = [];
     try {
-      claims = [...Deno.readDirSync(this.#claims)].map((e) => `${this.#claims}/${e.name}`);
+      ranges = [...Deno.readDirSync(this.#stateDir)].filter((e) => e.isDirectory).map((e) =>
+        e.name
+      );
     } catch {
       // none yet
     }
-    for (const claim of claims) {
-      const owner = await Deno.readTextFile(claim).catch(() => "");
-      if (owner.startsWith(`${this.#prefix}-`)) await Deno.remove(claim).catch(() => {});
+    for (const range of ranges) {
+      const dir = `${this.#stateDir}/${range}`;
+      let left = 0;
+      let entries: Deno.DirEntry[] = [];
+      try {
+        entries = [...Deno.readDirSync(dir)];
+      } catch {
+        continue; // gone meanwhile
+      }
+      for (const e of entries) {
+        const owner = await Deno.readTextFile(`${dir}/${e.name}`).catch(() => "");
+        if (owner.startsWith(`${this.#prefix}-`)) {
+          await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+        } else left++;
+      }
+      const cidr = range.replace("_", "/");
+      if (left || !parseCidrLoose(cidr)) continue;
+      await run("ip", ["route", "del", "unreachable", cidr]).catch(() => {});
+      await Deno.remove(dir).catch(() => {});
     }
     return n;
   }

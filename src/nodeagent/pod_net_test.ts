@@ -228,3 +228,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "an agent's sweep removes what an earlier run left on another range, and that range's fence with it",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const [small, wide] = ["10.218.5.0/28", "10.218.0.0/16"];
+    const netns = () =>
+      new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
+      );
+    try {
+      // An earlier run on the small range, killed: its namespace, claim and fence are left.
+      const killed = new PodNetworks({ prefix: "ixsweep", cidr: small, stateDir: dir });
+      await killed.create("p1");
+      assert.match(netns(), /ixsweep-p1/);
+      // Another agent's claim on a range of its own stays, with its fence.
+      const other = new PodNetworks({ prefix: "ixkeep", cidr: "10.217.9.0/28", stateDir: dir });
+      const kept = await other.create("p2");
+      const next = new PodNetworks({ prefix: "ixsweep", cidr: wide, stateDir: dir });
+      assert.match(
+        (await next.capability()).reason ?? "",
+        /overlaps the host route 10\.218\.5\.0\/28/,
+        "its own earlier fence refused it",
+      );
+      assert.equal(await next.sweep(), 1);
+      assert.doesNotMatch(netns(), /ixsweep-p1/);
+      assert.deepEqual(await next.capability(), { available: true });
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["10.217.9.0_28"]);
+      await other.remove(kept);
+      await other.close();
+    } finally {
+      for (const cidr of [small, wide, "10.217.9.0/28"]) {
+        await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
+      }
+      for (const ns of ["ixsweep-p1", "ixkeep-p2"]) {
+        await new Deno.Command("ip", { args: ["netns", "delete", ns], stderr: "null" }).output();
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
