@@ -125,6 +125,7 @@ const SchedulerEnv = z.object({
   SCHEDULER_HTTP_PORT: port(1239),
   GATEWAY_TIMEOUT_MS: positive(10_000),
   NODE_TIMEOUT_MS: positive(10_000),
+  RECLAIM_GRACE_MS: count(10_000),
 });
 
 /** The `Scheduler` role. */
@@ -137,6 +138,11 @@ export interface SchedulerSettings {
   gatewayTimeoutMs: number;
   /** `NODE_TIMEOUT_MS`: a node without heartbeats this long is not ready. */
   nodeTimeoutMs: number;
+  /**
+   * `RECLAIM_GRACE_MS`: a worker reclaimed for another tenant's fair share
+   * ends this long after, its calls done or not.
+   */
+  reclaimGraceMs: number;
 }
 
 const GatewayEnv = z.object({
@@ -483,6 +489,7 @@ export function readConfig(
       httpPort: s.SCHEDULER_HTTP_PORT,
       gatewayTimeoutMs: s.GATEWAY_TIMEOUT_MS,
       nodeTimeoutMs: s.NODE_TIMEOUT_MS,
+      reclaimGraceMs: s.RECLAIM_GRACE_MS,
     },
     gateway: {
       port: g.GATEWAY_PORT,

@@ -18,7 +18,13 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       schedulerAddrs: ["127.0.0.1:1238"],
     },
     statesvc: { port: 1237 },
-    scheduler: { port: 1238, httpPort: 1239, gatewayTimeoutMs: 10_000, nodeTimeoutMs: 10_000 },
+    scheduler: {
+      port: 1238,
+      httpPort: 1239,
+      gatewayTimeoutMs: 10_000,
+      nodeTimeoutMs: 10_000,
+      reclaimGraceMs: 10_000,
+    },
     gateway: {
       port: 4000,
       workers: undefined,

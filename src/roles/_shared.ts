@@ -68,6 +68,7 @@ export function schedulerOptions(config: Config): SchedulerOptions {
   return {
     gatewayTimeoutMs: config.scheduler.gatewayTimeoutMs,
     nodeTimeoutMs: config.scheduler.nodeTimeoutMs,
+    reclaimGraceMs: config.scheduler.reclaimGraceMs,
     snapshotStart: config.snapshots.start,
   };
 }

@@ -69,6 +69,11 @@ export interface SchedulerOptions {
   nodeTimeoutMs?: number;
   /** A gateway silent this long (ms) loses its leases. @default 10000 */
   gatewayTimeoutMs?: number;
+  /**
+   * A worker reclaimed for another tenant's fair share ends this long (ms)
+   * after, its calls done or not. @default 10000
+   */
+  reclaimGraceMs?: number;
   /** What time it is. @default systemClock */
   clock?: Clock;
   /** Runs the tick and the lease deadlines. @default systemTicker */
@@ -124,6 +129,7 @@ export class SchedulerService implements SchedulerClient {
       nodeTimeoutMs: options.nodeTimeoutMs ?? 10_000,
       snapshotStart: options.snapshotStart,
       recoveryGraceMs: options.recoveryGraceMs,
+      reclaimGraceMs: options.reclaimGraceMs,
     });
   }
 

@@ -95,13 +95,15 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       let reclaimed = 0;
       for (const v of plan.victims) {
         if (v.leasedBy) {
-          reclaim(ctx, v, `reclaimed for ${f.id}, whose tenant is below its fair share`);
+          reclaim(ctx, v, `reclaimed for ${f.id}, whose tenant is below its fair share`, true);
           reclaimed++;
         } else terminate(ctx, v, `evicted for ${f.id}`);
       }
-      f.lastUnschedulable =
-        `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
-        (reclaimed ? ` (${reclaimed} reclaimed from their gateways for fair share)` : "");
+      // No victims: what it waits for is on its way out already (evicted, or reclaimed).
+      f.lastUnschedulable = plan.victims.length === 0
+        ? `waiting for pods on ${plan.node.name} being ended or reclaimed from their gateways`
+        : `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
+          (reclaimed ? ` (${reclaimed} reclaimed from their gateways for fair share)` : "");
     } else {
       f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
     }

@@ -19,14 +19,15 @@
  * - a tenant that stays within its fair share even with its new pod may
  *   reclaim a *leased* worker from a tenant above its share: the gateway
  *   holding it takes no new calls on it and gives it back when its calls are
- *   done, and the pod is then terminated to make room.
+ *   done, and the pod is then terminated to make room — after
+ *   `reclaimGraceMs` whether its calls are done or not.
  *
  * So a tenant's burst can take whatever is free, but cannot starve a tenant
  * that stays within its share.
  *
  * @module
  */
-import { type Ctx, lessees } from "./_accounting.ts";
+import { type Ctx, lessees, terminate } from "./_accounting.ts";
 import { tenantOf } from "./quota.ts";
 import type { CoreFunc, CorePod, CoreState, PodDemand, Priority } from "./types.ts";
 
@@ -208,11 +209,32 @@ export function needsOrder(units: readonly CoreFunc[]): boolean {
 /**
  * Asks the gateways holding `pod` (one, or several sharing it) to give it
  * back, for `reason`; it serves no new lease meanwhile, and ends once back.
+ * `forced` (a reclaim for fair share): it ends `reclaimGraceMs` later
+ * whether given back or not ({@linkcode endOverdueReclaims}).
  */
-export function reclaim(ctx: Ctx, pod: CorePod, reason: string) {
+export function reclaim(ctx: Ctx, pod: CorePod, reason: string, forced = false) {
   if (pod.reclaiming || !pod.leasedBy) return;
   pod.reclaiming = reason;
+  if (forced) pod.reclaimDeadline = ctx.now + ctx.state.config.reclaimGraceMs;
   for (const gateway of lessees(pod)) {
     ctx.actions.push({ type: "reclaimLease", gateway, podId: pod.id, reason });
+  }
+}
+
+/**
+ * Ends the pods reclaimed for fair share whose gateways still hold them past
+ * their deadline: their calls are cut (the tenant above its share decides
+ * how long its calls last, and would otherwise hold the pool for as long).
+ */
+export function endOverdueReclaims(ctx: Ctx) {
+  for (const pod of ctx.state.pods.values()) {
+    if (pod.reclaimDeadline === undefined || pod.reclaimDeadline > ctx.now) continue;
+    delete pod.reclaimDeadline;
+    if (!pod.reclaiming || pod.state === "Terminating") continue;
+    const why = `${pod.reclaiming}; its calls did not end within ${
+      Math.round(ctx.state.config.reclaimGraceMs / 1000)
+    } s of the reclaim`;
+    delete pod.reclaiming;
+    terminate(ctx, pod, why);
   }
 }

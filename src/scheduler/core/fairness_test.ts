@@ -190,6 +190,47 @@ Deno.test("a burst that holds the whole pool gives a lease back to a tenant with
   assert.deepEqual(grants(ready), ["b1"]);
 });
 
+Deno.test("a worker reclaimed for fair share whose calls go on is ended after the grace period", () => {
+  const { d, hold } = pool();
+  hold("a1", "a/n/f1");
+  hold("a2", "a/n/f2");
+  d.now = 1000;
+  const r = hold("b1", "b/n/g1").find((a) => a.type === "reclaimLease")!;
+  const podId = r.type === "reclaimLease" ? r.podId : "";
+  // The gateways keep beating: none of them is taken for gone.
+  const tick = () => {
+    for (const gateway of ["gw-a1", "gw-a2", "gw-b1"]) d.run({ type: "gatewayHeartbeat", gateway });
+    return d.run({ type: "tick" });
+  };
+  // a's calls on it go on (a tenant decides how long its calls last): kept until the deadline.
+  d.now = 1000 + d.state.config.reclaimGraceMs - 1;
+  assert.deepEqual(kinds(tick()), []);
+  // Before, b waited for as long as a's calls lasted.
+  d.now = 1000 + d.state.config.reclaimGraceMs;
+  const ended = tick();
+  assert.deepEqual(
+    ended.map((a) => a.type === "terminatePod" && [a.podId, a.reason]),
+    [[
+      podId,
+      "reclaimed for b/n/g1, whose tenant is below its fair share; its calls did not end within 10 s of the reclaim",
+    ]],
+  );
+  // Its gateway giving it back later changes nothing; once it is gone, b's pod starts.
+  assert.deepEqual(kinds(d.run({ type: "return", podId, gateway: r.gateway })), []);
+  const pod = created(d.run({ type: "podStatus", podId, state: "Terminated" }));
+  assert.deepEqual(pod.map((p) => p.func), ["b/n/g1"]);
+  // A reclaim for a lowered max_replica is no preemption: it waits for the calls to end.
+  const { d: d2, hold: hold2 } = pool();
+  hold2("a1", "a/n/f1");
+  hold2("a2", "a/n/f1");
+  const f1 = funcReport("a/n/f1", GPU, { maxReplica: 1 });
+  const trimmed = d2.run({ type: "funcUpdate", func: f1 });
+  assert.deepEqual(kinds(trimmed), ["reclaimLease"]);
+  d2.now = 10 * d2.state.config.reclaimGraceMs;
+  for (const gateway of ["gw-a1", "gw-a2"]) d2.run({ type: "gatewayHeartbeat", gateway });
+  assert.deepEqual(kinds(d2.run({ type: "tick" })), []);
+});
+
 Deno.test("without fair sharing a burst keeps the pool and the other tenant waits", () => {
   const { hold } = pool({ fairShare: false });
   hold("a1", "a/n/f1");

@@ -37,7 +37,7 @@ import {
 } from "./leases.ts";
 import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
 import { collectOrphans, onKillPod, onPodRecord, onPodStatus, settleUnclaimed } from "./pods.ts";
-import { setTenantWeight } from "./fairness.ts";
+import { endOverdueReclaims, setTenantWeight } from "./fairness.ts";
 import { setTenantLimits } from "./quota.ts";
 import { applySnapshot } from "./snapshot.ts";
 import type { CoreAction, CoreConfig, CoreEvent, CoreState } from "./types.ts";
@@ -58,6 +58,7 @@ export function newCoreState(config: Partial<CoreConfig> = {}): CoreState {
       recoveryGraceMs: config.recoveryGraceMs ?? 5_000,
       podIdPrefix: config.podIdPrefix ?? "pod",
       fairShare: config.fairShare ?? true,
+      reclaimGraceMs: config.reclaimGraceMs ?? 10_000,
       snapshotStart: config.snapshotStart ?? "auto",
     },
     nodes: new Map(),
@@ -146,6 +147,7 @@ function onTick(ctx: Ctx) {
   expireSilentNodes(ctx);
   expireWaiters(ctx);
   reclaimSilentGateways(ctx);
+  endOverdueReclaims(ctx);
   settleUnclaimed(ctx);
   scaleIn(ctx);
   collectOrphans(ctx);

@@ -191,6 +191,8 @@ export interface CorePod extends PodPlacement {
    * `maxReplica`): it serves no new lease, and ends once given back.
    */
   reclaiming?: string;
+  /** When (ms) a reclaim for fair share ends the pod though its gateway still holds it. */
+  reclaimDeadline?: number;
   /**
    * Rebuilt Ready from its record after a restart: a gateway may hold it
    * unknown to this scheduler, so until a gateway's heartbeat claims it or
@@ -224,6 +226,14 @@ export interface CoreConfig {
    * above theirs. @default true
    */
   fairShare: boolean;
+  /**
+   * How long (ms) a gateway may keep a worker reclaimed for another tenant's
+   * fair share busy with its calls before the pod is ended all the same
+   * (their callers get 503 `worker_failed`): a tenant controls how long its
+   * calls last, so without it the tenant within its share would wait
+   * without bound. @default 10000
+   */
+  reclaimGraceMs: number;
   /**
    * When a node's snapshot serves a new pod: `auto`, when a restore is
    * expected to be faster than a fresh start; `always`, whenever there is one.
