@@ -146,7 +146,9 @@ export class NgramModel {
   *generate(prompt: string, options: GenerateOptions): Generator<string> {
     const rand = rng(options.seed ?? (Math.random() * 2 ** 32) >>> 0);
     const stops = options.stop?.filter((s) => s) ?? [];
-    let history = [...prompt.normalize("NFC")].slice(-(this.order - 1));
+    // The context is the prompt's last characters: only its end is normalized and split (a
+    // whole prompt split into characters takes tens of bytes a character).
+    let history = [...prompt.slice(-4 * this.order).normalize("NFC")].slice(-(this.order - 1));
     let out = "";
     const held: string[] = [];
     for (let i = 0; i < options.maxTokens; i++) {

@@ -7,6 +7,9 @@
  * since every copy comes back with its snapshot's generator state (Deno's
  * own, `Math.random` and `crypto`, included).
  *
+ * A prompt is at most `MAX_PROMPT_CHARS` characters (400
+ * `context_length_exceeded`), a body at most `MAX_BODY_BYTES` (413).
+ *
  * Env: `PORT` (default 8000), `NGRAM_WEIGHTS` (default the shipped weights),
  * `MODEL_NAME` (default `ngram`), `HOST` (default 127.0.0.1). A `--weights`
  * flag overrides `NGRAM_WEIGHTS`.
@@ -85,8 +88,61 @@ function json(status: number, body: unknown, extra: Record<string, string> = {})
   });
 }
 
-function error(status: number, message: string, type = "invalid_request_error"): Response {
-  return json(status, { error: { message, type, code: null } });
+function error(
+  status: number,
+  message: string,
+  type = "invalid_request_error",
+  code: string | null = null,
+): Response {
+  return json(status, { error: { message, type, code } });
+}
+
+/**
+ * The longest prompt the model takes, in characters (its "context length"):
+ * it reads only the last few, but a prompt is held whole while it is read,
+ * and one of many megabytes would take the worker past its memory limit.
+ */
+export const MAX_PROMPT_CHARS = 262_144;
+
+/**
+ * The largest request body read (bytes): a prompt of `MAX_PROMPT_CHARS`
+ * characters, every one escaped in JSON, with room to spare. A body is
+ * refused before it is parsed, so that a many-megabyte one (the gateway lets
+ * 16 MiB through) never takes the worker past its memory limit.
+ */
+export const MAX_BODY_BYTES = 4 * 1024 * 1024;
+
+class TooLarge extends Error {}
+
+/** `req`'s body as text, refused (`TooLarge`) past `max` bytes, whatever it says its length is. */
+async function boundedText(req: Request, max: number): Promise<string> {
+  if (Number(req.headers.get("content-length") ?? 0) > max) throw new TooLarge();
+  if (!req.body) return "";
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for await (const part of req.body) {
+    n += part.byteLength;
+    if (n > max) throw new TooLarge();
+    parts.push(part);
+  }
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) (all.set(p, at), at += p.byteLength);
+  return new TextDecoder().decode(all);
+}
+
+/** Characters (code points) of `s`, counted without an array of them. */
+function charCount(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) i++;
+    }
+    n++;
+  }
+  return n;
 }
 
 /** Options for {@linkcode createModelHandler}. */
@@ -126,8 +182,20 @@ export function createModelHandler(
     }
     if (req.method !== "POST") return error(405, `${pathname} takes POST`);
     let body: Record<string, unknown>;
+    let text: string;
     try {
-      const parsed = await req.json();
+      text = await boundedText(req, MAX_BODY_BYTES);
+    } catch (err) {
+      if (!(err instanceof TooLarge)) throw err;
+      return error(
+        413,
+        `The request body is larger than ${MAX_BODY_BYTES} bytes, more than a prompt of ${MAX_PROMPT_CHARS} characters takes`,
+        "invalid_request_error",
+        "request_too_large",
+      );
+    }
+    try {
+      const parsed = JSON.parse(text);
       if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
         throw new BadRequest("body must be a JSON object");
       }
@@ -148,7 +216,15 @@ export function createModelHandler(
       (++seq).toString(36)
     }`;
     const created = Math.floor(Date.now() / 1000);
-    const promptTokens = [...prompt].length;
+    const promptTokens = charCount(prompt);
+    if (promptTokens > MAX_PROMPT_CHARS) {
+      return error(
+        400,
+        `This model's maximum context length is ${MAX_PROMPT_CHARS} characters; the prompt has ${promptTokens}`,
+        "invalid_request_error",
+        "context_length_exceeded",
+      );
+    }
     // One generator a choice; with a seed, choice i samples with seed + i (so they differ).
     const gens = Array.from({ length: sampling.n }, (_, i) =>
       model.generate(prompt, {

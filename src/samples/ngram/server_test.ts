@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { encodeWeights, NgramModel, train } from "./model.ts";
-import { createModelHandler } from "./server.ts";
+import { createModelHandler, MAX_BODY_BYTES, MAX_PROMPT_CHARS } from "./server.ts";
 
 const model = new NgramModel(
   encodeWeights(train("the gpu waits. the gpu works. the gpu rests.", 5)),
@@ -152,4 +152,47 @@ Deno.test("model server takes chat content as text parts or null, as current cli
   assert.equal(res.status, 200);
   // "the gpu" and an empty assistant message, each ending in a newline: 9 characters.
   assert.equal((await res.json()).usage.prompt_tokens, 9);
+});
+
+Deno.test("model server refuses a prompt past its context length, and reads a long one by its end", async () => {
+  // Characters, not UTF-16 units: an emoji is one.
+  const at = "x".repeat(MAX_PROMPT_CHARS - 7) + "the g😀";
+  const ok = await post("/v1/completions", { prompt: at, max_tokens: 3, temperature: 0 });
+  assert.equal(ok.status, 200);
+  const body = await ok.json();
+  assert.equal(body.usage.prompt_tokens, MAX_PROMPT_CHARS - 1);
+  // Only the prompt's last characters are its context: the same as for them alone.
+  const tail = await (await post("/v1/completions", {
+    prompt: "the g😀",
+    max_tokens: 3,
+    temperature: 0,
+  })).json();
+  assert.equal(body.choices[0].text, tail.choices[0].text);
+  // Before, a 15 MB prompt took a 256 MB worker past its memory limit (as characters in arrays).
+  const over = await post("/v1/completions", { prompt: "y".repeat(MAX_PROMPT_CHARS + 1) });
+  assert.equal(over.status, 400);
+  assert.deepEqual((await over.json()).error, {
+    message:
+      `This model's maximum context length is ${MAX_PROMPT_CHARS} characters; the prompt has ${
+        MAX_PROMPT_CHARS + 1
+      }`,
+    type: "invalid_request_error",
+    code: "context_length_exceeded",
+  });
+});
+
+Deno.test("model server refuses a body past MAX_BODY_BYTES before it parses it, sized or streamed", async () => {
+  const big = JSON.stringify({ prompt: "z".repeat(MAX_BODY_BYTES) });
+  const sized = await post("/v1/completions", big);
+  const streamed = await handle(
+    new Request("http://w/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: new Blob([big]).stream(),
+    }),
+  );
+  for (const res of [sized, streamed]) {
+    assert.equal(res.status, 413);
+    assert.equal((await res.json()).error.code, "request_too_large");
+  }
 });
