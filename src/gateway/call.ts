@@ -10,6 +10,7 @@
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { BodyTooLarge } from "./http1/server.ts";
+import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { type CallInput, forwardHeaders, type FuncTarget } from "./proxy.ts";
@@ -209,14 +210,14 @@ function openaiTarget(
     : resolveBareModel(ctx.cache, principal, model);
   if (!target) {
     const parts = model.split("/");
-    if (parts.length !== 3) throw new NotFoundError(`The model ${model} does not exist`);
+    if (parts.length !== 3) throw new ModelNotFound(model);
     const named3 = { tenant: parts[0], namespace: parts[1], func: parts[2] };
     named?.(named3, false);
     authorize(principal, "inference", parts[0], parts[1]);
     // A function this gateway has not seen yet, by its full name: looked up in the store.
     const found = ctx.cache.lookup(parts[0], parts[1], parts[2]);
     const input = (a: unknown) => {
-      if (!a) throw new NotFoundError(`The model ${model} does not exist`);
+      if (!a) throw new ModelNotFound(model);
       named?.(named3, true);
       return modelInput(req, path, t0, body, named3, ctx);
     };

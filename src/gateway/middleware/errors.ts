@@ -7,7 +7,13 @@
  *
  * @module
  */
-import { errorBody, type ErrorCode, httpStatus, type InferxError } from "../../common/errors.ts";
+import {
+  errorBody,
+  type ErrorCode,
+  httpStatus,
+  type InferxError,
+  NotFoundError,
+} from "../../common/errors.ts";
 
 /** An error answer: status, headers and JSON body text. */
 export interface ErrorAnswer {
@@ -47,6 +53,14 @@ function openaiType(status: number): string {
   return "invalid_request_error";
 }
 
+/** A model (`model` of an OpenAI-style call) that is no function the caller may call. */
+export class ModelNotFound extends NotFoundError {
+  constructor(model: string) {
+    super(`The model ${model} does not exist`);
+    this.name = "ModelNotFound";
+  }
+}
+
 /** Whether `path` is one of the OpenAI-style routes (`/v1/...`): their errors are in OpenAI's shape too. */
 export const isOpenaiPath = (path: string): boolean => path.startsWith("/v1/");
 
@@ -75,6 +89,8 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   const shaped = {
     error: {
       ...body.error,
+      // OpenAI's own code where it has a narrower one than the platform's (`model_not_found`).
+      code: err instanceof ModelNotFound ? "model_not_found" : body.error.code,
       type: openaiType(status),
       param: typeof field === "string" ? field : null,
     },

@@ -7,7 +7,7 @@
  * @module
  */
 import { Hono } from "hono";
-import { NotFoundError } from "../../common/errors.ts";
+import { ModelNotFound } from "../middleware/errors.ts";
 import { allows } from "../auth.ts";
 import { openaiInput, requestCall, resolveBareModel } from "../call.ts";
 import { forward } from "../proxy.ts";
@@ -52,7 +52,7 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       ? deps.cache.resolveModel(name)
       : resolveBareModel(deps.cache, p, name);
     if (!found || !allows(p, "inference", found.tenant, found.namespace)) {
-      throw new NotFoundError(`The model ${name} does not exist`);
+      throw new ModelNotFound(name);
     }
     return c.json(model(`${found.tenant}/${found.namespace}/${found.func}`));
   });

@@ -92,7 +92,11 @@ t("/v1 refuses bad calls with clear errors", async () => {
     // In OpenAI's shape as well: its clients read `type` and `param`.
     assert.equal(e.type, "invalid_request_error");
     assert.ok("param" in e);
+    // An unknown model has OpenAI's own code, as its clients tell it apart.
+    if (status === 404) assert.equal(e.code, "model_not_found");
   }
+  const retrieve = await (await f.app.request("/v1/models/nope")).json();
+  assert.equal(retrieve.error.code, "model_not_found");
   const noModel = await (await complete(f, { prompt: "x" })).json();
   assert.deepEqual([noModel.error.code, noModel.error.param], ["invalid", "model"]);
   // A /funccall error keeps the platform's own shape.
