@@ -12,7 +12,8 @@
  *
  * Once the stream has begun its status is 200; a worker that then answers
  * with an error, or a call that fails while waiting, ends the stream with an
- * `event: error` whose data is `{"status", "error"}`.
+ * `event: error` whose data is `{"status", "error"}` (a worker's answer's
+ * own `error`, when it has one).
  *
  * @module
  */
@@ -111,7 +112,7 @@ export async function progressResponse(
           }
           answer.finish(whole);
           rec.finished();
-          controller.enqueue(errorEvent(answer.status, parseMaybe(text)));
+          controller.enqueue(errorEvent(answer.status, workerError(text)));
           return controller.close();
         }
         const res = callResponse(answer, rec, signal);
@@ -228,12 +229,22 @@ function errorEvent(status: number, error: unknown): Uint8Array {
   return enc.encode(`event: error\ndata: ${JSON.stringify({ status, error })}\n\n`);
 }
 
-function parseMaybe(text: string): unknown {
+/**
+ * What an error event says of a worker's error answer: its `error` when it is
+ * JSON with one (OpenAI's shape: the event's `error` then reads as the
+ * gateway's own do, and OpenAI's clients take its message and code), else
+ * the answer, parsed when it is JSON.
+ */
+function workerError(text: string): unknown {
+  let parsed: unknown;
   try {
-    return JSON.parse(text);
+    parsed = JSON.parse(text);
   } catch {
     return text;
   }
+  return parsed && typeof parsed === "object" && "error" in parsed
+    ? (parsed as { error: unknown }).error
+    : parsed;
 }
 
 /**
