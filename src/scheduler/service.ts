@@ -641,7 +641,13 @@ export class SchedulerService implements SchedulerClient {
       case "leaseFailed": {
         const p = this.#pending.get(a.reqId);
         this.#pending.delete(a.reqId);
-        p?.reject(new InferxError(a.code, a.message, { retryable: a.code === "timeout" }));
+        p?.reject(
+          new InferxError(a.code, a.message, {
+            retryable: a.code === "timeout",
+            // A crash loop's back-off: `Retry-After` says when a start is tried again.
+            details: a.retryAfterS === undefined ? undefined : { retry_after_s: a.retryAfterS },
+          }),
+        );
         break;
       }
       case "createPod":

@@ -125,7 +125,13 @@ function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff
   const s = Math.ceil((b.until - ctx.now) / 1000);
   const message = `${b.message} (${b.failures} failed start(s) in a row; the next in ${s} s)`;
   for (const w of f.waiters.splice(0)) {
-    ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
+    ctx.actions.push({
+      type: "leaseFailed",
+      reqId: w.reqId,
+      code: "worker_failed",
+      message,
+      retryAfterS: s,
+    });
   }
   ctx.state.starved.delete(f.id);
 }

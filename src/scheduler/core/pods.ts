@@ -49,7 +49,13 @@ export function onPodStatus(
     const waitMs = Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
     f.startBackoff = { failures, until: ctx.now + waitMs, message };
     for (const w of f.waiters) {
-      ctx.actions.push({ type: "leaseFailed", reqId: w.reqId, code: "worker_failed", message });
+      ctx.actions.push({
+        type: "leaseFailed",
+        reqId: w.reqId,
+        code: "worker_failed",
+        message,
+        retryAfterS: Math.ceil(waitMs / 1000),
+      });
     }
     f.waiters = [];
     state.starved.delete(f.id);

@@ -358,6 +358,8 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
       failed.message,
       /failed to start: exit 3 \(\d+ failed start\(s\) in a row; the next in 1 s\)/,
     );
+    // Said to the caller as `Retry-After` too (it said 5 s whatever the back-off).
+    assert.equal(failed.retryAfterS, 1);
     d.now += 1;
     [pod] = startsIn(d.run({ type: "tick" }));
     assert.ok(pod, `started again after ${waitMs} ms`);

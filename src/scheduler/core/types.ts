@@ -410,7 +410,14 @@ export type CoreAction =
     resumed: boolean;
     version: number;
   }
-  | { type: "leaseFailed"; reqId: string; code: LeaseFailure; message: string }
+  | {
+    type: "leaseFailed";
+    reqId: string;
+    code: LeaseFailure;
+    message: string;
+    /** When a new try may succeed (s): a crash loop's back-off. */
+    retryAfterS?: number;
+  }
   /**
    * Ask `gateway` to give `podId` back once its calls are done (fair share);
    * `repeat`: asked again in the answer to a heartbeat, not newly decided.
