@@ -117,7 +117,7 @@ t("the listener answers call errors as JSON and records them like the app does",
       { model: "t/n/nope" },
       { authorization: "Bearer admin-key-0123456789" },
       404,
-      "not_found",
+      "model_not_found",
     ],
     [
       "/v1/completions",

@@ -325,10 +325,12 @@ export class PodNetworks {
   /**
    * Removes this agent's namespaces left behind by an earlier run, and its
    * claims in every range (the earlier run's may have been another, or pod
-   * namespaces may be off now); a range left with no claim of any agent
-   * loses its `unreachable` route and directory, as {@linkcode close} would
-   * have done (a stale fence would also make this agent refuse a range that
-   * overlaps it). Returns how many namespaces it removed.
+   * namespaces may be off now). Another range that overlaps this agent's
+   * and is left with no claim of any agent loses its `unreachable` route and
+   * directory (that stale fence would make this agent refuse its range),
+   * and this range is fenced at once in its place: addresses of pods gone
+   * never lead out of the host by its default route. Returns how many
+   * namespaces it removed.
    */
   async sweep(): Promise<number> {
     let n = 0;
@@ -363,7 +365,9 @@ export class PodNetworks {
         } else left++;
       }
       const cidr = range.replace("_", "/");
-      if (left || !parseCidrLoose(cidr)) continue;
+      if (left || cidr === this.cidr || !rangesOverlap(cidr, this.cidr)) continue;
+      await run("ip", ["route", "replace", "unreachable", this.cidr]).catch(() => {});
+      this.#fenced = true;
       await run("ip", ["route", "del", "unreachable", cidr]).catch(() => {});
       await Deno.remove(dir).catch(() => {});
     }

@@ -238,6 +238,11 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir();
     const [small, wide] = ["10.218.5.0/28", "10.218.0.0/16"];
+    const routes = () =>
+      new TextDecoder().decode(
+        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
+          .outputSync().stdout,
+      );
     const netns = () =>
       new TextDecoder().decode(
         new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
@@ -260,6 +265,10 @@ Deno.test({
       assert.doesNotMatch(netns(), /ixsweep-p1/);
       assert.deepEqual(await next.capability(), { available: true });
       assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["10.217.9.0_28"]);
+      // The wider range is fenced in the small one's place: the gone pod's address leads nowhere.
+      assert.match(routes(), /unreachable 10\.218\.0\.0\/16/);
+      assert.doesNotMatch(routes(), /10\.218\.5\.0\/28/);
+      assert.match(routes(), /unreachable 10\.217\.9\.0\/28/, "another agent's fence stays");
       await other.remove(kept);
       await other.close();
     } finally {

@@ -569,16 +569,18 @@ export class CallQueue {
       ? this.#openMaxBytes
       : q.max_open_call_mb * 1024 * 1024;
     const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
-    const refuse = (what: string, quota: string) =>
+    // Details as the state service's quotas give them: which limit, and its value.
+    const refuse = (what: string, limit: string, quota: number) =>
       new InferxError(
         "quota_exceeded",
-        `Tenant ${tenant} has ${what} (quota ${quota}): try again once some of its calls ended`,
-        { details: { quota } },
+        `Tenant ${tenant} has ${what} (quota ${limit}): try again once some of its calls ended`,
+        { details: { limit, quota } },
       );
     if (h.calls + 1 > maxCalls) {
       throw refuse(
         `${h.calls} asynchronous calls not ended, its limit ${maxCalls}`,
         "max_open_calls",
+        maxCalls,
       );
     }
     if (h.bytes + bytes > maxBytes) {
@@ -589,6 +591,7 @@ export class CallQueue {
           mb(bytes)
         } more, its limit ${mb(maxBytes)}`,
         "max_open_call_mb",
+        q.max_open_call_mb ?? this.#openMaxBytes / 1024 / 1024,
       );
     }
   }
