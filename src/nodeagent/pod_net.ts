@@ -168,9 +168,15 @@ export class PodNetworks {
       if (typed && words[0] === "unreachable" && dst === this.cidr) continue; // this range's fence
       if (dev?.startsWith("ixh")) continue; // pods (of this range: another's is fenced)
       if (rangesOverlap(dst, this.cidr)) {
+        // A fence is another agent's range, or one an earlier run of an agent left (its range
+        // changed since): only the operator can tell, and remove it.
+        const fence = typed && words[0] === "unreachable"
+          ? `; an unreachable route is another agent's pod range, or one an earlier run left: if no agent on this host uses ${dst}, remove it with ip route del unreachable ${dst}`
+          : "";
         return {
           available: false,
-          reason: `The pod range ${this.cidr} overlaps the host route ${dst} (set INFERX_POD_CIDR)`,
+          reason:
+            `The pod range ${this.cidr} overlaps the host route ${dst} (set INFERX_POD_CIDR${fence})`,
         };
       }
     }
@@ -325,11 +331,9 @@ export class PodNetworks {
   /**
    * Removes this agent's namespaces left behind by an earlier run, and its
    * claims in every range (the earlier run's may have been another, or pod
-   * namespaces may be off now). Another range that overlaps this agent's
-   * and is left with no claim of any agent loses its `unreachable` route and
-   * directory (that stale fence would make this agent refuse its range),
-   * and this range is fenced at once in its place: addresses of pods gone
-   * never lead out of the host by its default route. Returns how many
+   * namespaces may be off now). Routes are left as they are: a range with no
+   * claim may still be an agent's that runs with no pod at the moment, and
+   * the addresses of a gone run's pods stay fenced. Returns how many
    * namespaces it removed.
    */
   async sweep(): Promise<number> {
@@ -351,7 +355,6 @@ export class PodNetworks {
     }
     for (const range of ranges) {
       const dir = `${this.#stateDir}/${range}`;
-      let left = 0;
       let entries: Deno.DirEntry[] = [];
       try {
         entries = [...Deno.readDirSync(dir)];
@@ -362,14 +365,8 @@ export class PodNetworks {
         const owner = await Deno.readTextFile(`${dir}/${e.name}`).catch(() => "");
         if (owner.startsWith(`${this.#prefix}-`)) {
           await Deno.remove(`${dir}/${e.name}`).catch(() => {});
-        } else left++;
+        }
       }
-      const cidr = range.replace("_", "/");
-      if (left || cidr === this.cidr || !rangesOverlap(cidr, this.cidr)) continue;
-      await run("ip", ["route", "replace", "unreachable", this.cidr]).catch(() => {});
-      this.#fenced = true;
-      await run("ip", ["route", "del", "unreachable", cidr]).catch(() => {});
-      await Deno.remove(dir).catch(() => {});
     }
     return n;
   }

@@ -58,6 +58,7 @@ import {
   CALL_INLINE_MAX,
   type CallBodyPart,
   callBodyRef,
+  callId,
   type CallRecord,
   type CallStatus,
   decodeCall,
@@ -243,6 +244,12 @@ export class CallQueue {
   readonly #openMaxBytes: number;
   /** Calls that need work (queued, running, or a callback to deliver), by id. */
   #open = new Map<string, Open>();
+  /**
+   * Calls being stored by `accept`, by id: true once the watch told of the
+   * record's deletion meanwhile (it is then not indexed when its create
+   * returns: nothing would take it out again).
+   */
+  #accepting = new Map<string, boolean>();
   /** What each tenant's calls not ended hold (those in `#open`, and accepts under way). */
   #held = new Map<string, Held>();
   /** Ended calls, by id (when each record goes). */
@@ -287,7 +294,8 @@ export class CallQueue {
     this.#informer = await startInformer(this.#deps.meta, "call", {
       upsert: (r) => this.#seen(r),
       remove: (ref) => {
-        const id = `${ref.tenant}:${ref.namespace}:${ref.name}`;
+        const id = callId(ref.tenant, ref.namespace, ref.name);
+        if (this.#accepting.has(id)) this.#accepting.set(id, true);
         this.#setOpen(id, undefined);
         this.#done.delete(id);
       },
@@ -347,6 +355,7 @@ export class CallQueue {
     this.#count(rec.tenant, 1, bytes);
     const room = !this.#stopped && this.#hasRoom(funcOf(rec));
     const unreserve = room ? this.#reserve(funcOf(rec)) : undefined;
+    this.#accepting.set(rec.id, false);
     try {
       // With room, the record is stored with its first attempt begun: one write fewer.
       if (room) this.#startAttempt(rec);
@@ -366,9 +375,11 @@ export class CallQueue {
       const claim = new Claim(rec, created.revision);
       claim.body = body ?? null;
       if (room) this.#begin(claim);
-      // Listed from now on, not only once the watch brings it.
-      this.#index(rec, created.revision);
+      // Listed from now on, not only once the watch brings it (unless the watch told of its
+      // deletion first: a namespace deleted meanwhile, say).
+      if (!this.#accepting.get(rec.id)) this.#index(rec, created.revision);
     } finally {
+      this.#accepting.delete(rec.id);
       this.#count(rec.tenant, -1, -bytes);
       unreserve?.();
     }
@@ -728,7 +739,10 @@ export class CallQueue {
   async #claim(e: Open): Promise<void> {
     const now = this.#now();
     const cur = await this.#deps.meta.get(e.ref);
-    if (!cur) return;
+    if (!cur) {
+      // Gone, and the watch did not say so (or said so first): not kept, nor counted.
+      return this.#setOpen(callId(e.ref.tenant, e.ref.namespace, e.ref.name), undefined);
+    }
     const rec = decodeCall(cur.value);
     const final = FINAL_STATUSES.has(rec.status);
     if (

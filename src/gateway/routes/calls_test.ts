@@ -824,3 +824,38 @@ t(
     }
   },
 );
+
+t(
+  "a call deleted before its accept's store write answered is not counted against its tenant",
+  async () => {
+    const f = await gatewayFixture({ calls: { ...QUICK, openMax: 2 } });
+    f.sched.hang = true;
+    const create = f.meta.create.bind(f.meta);
+    let race = true;
+    // Its namespace deleted between the write and its answer (over gRPC the watch is another
+    // stream than the answer's): the watch tells of the deletion first.
+    f.meta.create = async (input, options) => {
+      const made = await create(input, options);
+      if (input.type === "call" && race) {
+        await f.meta.delete({
+          type: "call",
+          tenant: input.tenant,
+          namespace: input.namespace,
+          name: input.name,
+        });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return made;
+    };
+    try {
+      await accept(f);
+      await accept(f);
+      race = false;
+      assert.deepEqual((await f.meta.list("call", "t", "n")).items, []);
+      // Before, the two stayed counted for good: the next was refused at max_open_calls.
+      await accept(f);
+    } finally {
+      await f.close();
+    }
+  },
+);
