@@ -245,6 +245,14 @@ export class CallQueue {
   /** Calls that need work (queued, running, or a callback to deliver), by id. */
   #open = new Map<string, Open>();
   /**
+   * The calls of `#open` not ended, by function, each function's oldest
+   * first: a pass over the queue stops at a function's first call it has no
+   * room for, rather than walking every call waiting behind it.
+   */
+  #waiting = new Map<string, Map<string, Open>>();
+  /** The calls of `#open` that ended, with work left (a callback, an attempt to close). */
+  #endedOpen = new Map<string, Open>();
+  /**
    * Calls being stored by `accept`, by id: true once the watch told of the
    * record's deletion meanwhile (it is then not indexed when its create
    * returns: nothing would take it out again).
@@ -302,7 +310,11 @@ export class CallQueue {
     });
     // The store lists them by key, which is random: oldest first from here on (new calls come
     // in order, and a call keeps its place while it waits again).
-    this.#open = new Map([...this.#open].sort(([, a], [, b]) => a.acceptedAt - b.acceptedAt));
+    const sorted = [...this.#open].sort(([, a], [, b]) => a.acceptedAt - b.acceptedAt);
+    this.#open = new Map();
+    this.#waiting = new Map();
+    this.#endedOpen = new Map();
+    for (const [id, e] of sorted) (this.#open.set(id, e), this.#openIndex(id, e, undefined));
     const every = Math.max(50, Math.min(1000, this.leaseMs / 4));
     this.#timer = setInterval(() => this.#tick(), every);
     this.#kick();
@@ -556,6 +568,29 @@ export class CallQueue {
       this.#open.set(id, e);
       if (!FINAL_STATUSES.has(e.status)) this.#count(e.ref.tenant, 1, e.bytes);
     } else this.#open.delete(id);
+    this.#openIndex(id, e, was);
+  }
+
+  /**
+   * Keeps `#waiting` and `#endedOpen` in step with call `id` going from
+   * `was` to `e` (either undefined: added, or taken out). A call that waits
+   * again keeps its place (a Map keeps a key's place when it is set again).
+   */
+  #openIndex(id: string, e: Open | undefined, was: Open | undefined): void {
+    const ended = (o: Open) => FINAL_STATUSES.has(o.status);
+    if (was && (!e || ended(e) !== ended(was))) {
+      if (ended(was)) this.#endedOpen.delete(id);
+      else {
+        const calls = this.#waiting.get(was.func);
+        calls?.delete(id);
+        if (calls?.size === 0) this.#waiting.delete(was.func);
+      }
+    }
+    if (!e) return;
+    if (ended(e)) return void this.#endedOpen.set(id, e);
+    let calls = this.#waiting.get(e.func);
+    if (!calls) this.#waiting.set(e.func, calls = new Map());
+    calls.set(id, e);
   }
 
   /** Adds `calls` and `bytes` (negative: takes them) to what `tenant`'s calls hold. */
@@ -670,24 +705,31 @@ export class CallQueue {
     }
   }
 
-  /** Claims the calls this gateway may take now, oldest first. */
+  /**
+   * Claims the calls this gateway may take now, each function's oldest
+   * first: ended ones with work left, calls past their expiry (to end
+   * them), and as many waiting ones as each function has room for. A
+   * function's calls are in the order they were accepted, which is the
+   * order they expire in (a gateway with a longer `INFERX_CALL_TTL_S`
+   * aside): the pass stops at the first one there is no room for.
+   */
   #pump(): void {
     if (this.#stopped) return;
     const now = this.#now();
-    // Functions found without room: they stay so for the pass (it only takes room), and the
-    // calls queued behind one (thousands, perhaps) are passed over at the cost of a lookup.
-    const full = new Set<string>();
-    for (const [id, e] of this.#open) {
-      if (this.#claims.has(id) || this.#claiming.has(id)) continue;
-      if (e.owner && (e.leaseUntil ?? 0) > now) continue;
-      const final = FINAL_STATUSES.has(e.status);
-      if (!final && (e.notBefore ?? 0) > now && e.expiresAt > now) continue;
-      const runs = !final && e.expiresAt > now;
-      if (runs && (full.has(e.func) || !this.#hasRoom(e.func))) {
-        full.add(e.func);
-        continue;
+    const free = (id: string, e: Open) =>
+      !this.#claims.has(id) && !this.#claiming.has(id) && !(e.owner && (e.leaseUntil ?? 0) > now);
+    for (const [id, e] of this.#endedOpen) if (free(id, e)) this.#takeOver(id, e);
+    for (const [func, calls] of this.#waiting) {
+      for (const [id, e] of calls) {
+        if (!free(id, e)) continue;
+        if (e.expiresAt <= now) {
+          this.#takeOver(id, e); // ended as expired
+          continue;
+        }
+        if ((e.notBefore ?? 0) > now) continue; // waits to be tried again
+        if (!this.#hasRoom(func)) break;
+        this.#takeOver(id, e, this.#reserve(func));
       }
-      this.#takeOver(id, e, runs ? this.#reserve(e.func) : undefined);
     }
   }
 

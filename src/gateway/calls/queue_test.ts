@@ -182,6 +182,47 @@ t(
 );
 
 t(
+  "a pass over the queue stops at a full function's first waiting call, yet ends its expired ones and serves other functions",
+  async () => {
+    let now = Date.now();
+    const f = await gatewayFixture({
+      calls: { leaseMs: 60_000, ttlMs: 60_000, now: () => now },
+      policy: { parallel: 1, max_replica: 1 },
+    });
+    f.sched.hang = true; // t/n/f's one slot is taken by its first call, for good
+    await f.meta.create({
+      type: "function",
+      tenant: "t",
+      namespace: "n",
+      name: "g",
+      object: { spec: { image: "x" } },
+    });
+    const w = countingWorker();
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      ids.push(await store(f, record(`f${i}`, { acceptedAt: now + i, expiresAt: now + 1000 + i })));
+    }
+    await until("the first call to run", async () => (await read(f, ids[0])).status === "running");
+    // Another function's call is not held up behind the full one's.
+    const sched = f.sched;
+    sched.hang = false;
+    sched.endpoints.push(w.endpoint);
+    const g = await store(f, { ...record("g"), func: "g" });
+    await until("g's call to succeed", async () => (await read(f, g)).status === "succeeded");
+    // The full function's waiting calls expire, in the order they were accepted.
+    now += 1015;
+    await until("15 of f's calls to expire", async () => {
+      const st = await Promise.all(ids.slice(1).map(async (id) => (await read(f, id)).status));
+      return st.filter((s) => s === "expired").length === 15;
+    });
+    const st = await Promise.all(ids.slice(1).map(async (id) => (await read(f, id)).status));
+    assert.deepEqual(st, [...Array(15).fill("expired"), ...Array(14).fill("queued")]);
+    await f.close();
+    await w.close();
+  },
+);
+
+t(
   "ended calls past their expiry are deleted a batch at a time, other work going on between",
   async () => {
     let now = Date.now();
