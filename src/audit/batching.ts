@@ -60,6 +60,14 @@ export interface BatchingOptions {
   maxBackoffMs?: number;
   /** How long {@linkcode BatchingAuditLog.close} waits for the last rows (ms). @default 10000 */
   closeMs?: number;
+  /**
+   * Rows of calls refused for their credentials (401, 403) written a
+   * second at most, in bursts of ten times that; the rest are counted in
+   * `refusedDropped`. Anyone can send such calls, an anonymous caller as
+   * fast as the gateway answers: unbounded, they would push every tenant's
+   * rows out of the retention (`AUDIT_RETAIN_MB`). @default 100
+   */
+  refusedPerS?: number;
 }
 
 /** A write out this long (ms) makes the log report itself unhealthy. */
@@ -87,6 +95,12 @@ export class BatchingAuditLog implements AuditLog {
   #written = 0;
   #dropped = 0;
   #droppedLogged = 0;
+  #refusedPerS: number;
+  /** Refused calls' rows that may be written now (a token bucket). */
+  #refusedTokens: number;
+  #refusedAt = performance.now();
+  #refusedDropped = 0;
+  #refusedLogged = 0;
   /** Rows dropped before the present spell of a full buffer began; undefined: none now. */
   #spellStart?: number;
   #healthy = true;
@@ -99,6 +113,8 @@ export class BatchingAuditLog implements AuditLog {
     this.#batch = opts.batchSize ?? 1000;
     this.#maxBackoff = opts.maxBackoffMs ?? 5000;
     this.#closeMs = opts.closeMs ?? 10_000;
+    this.#refusedPerS = opts.refusedPerS ?? 100;
+    this.#refusedTokens = this.#refusedPerS * 10;
     this.#timer = setInterval(() => {
       // A write in progress: what comes meanwhile waits for the next tick.
       if (!this.#writing && performance.now() >= this.#retryAt) this.#drain().catch(() => {});
@@ -106,6 +122,7 @@ export class BatchingAuditLog implements AuditLog {
   }
 
   request(row: RequestRow): void {
+    if ((row.status === 401 || row.status === 403) && !this.#refusedAdmitted()) return;
     if (!this.#admit()) return;
     if (this.#packer) this.#packer.push(row);
     else this.#requests.push(row);
@@ -113,6 +130,30 @@ export class BatchingAuditLog implements AuditLog {
 
   pod(row: PodRow): void {
     if (this.#admit()) this.#pods.push(row);
+  }
+
+  /** Whether a refused call's row may be written now (`refusedPerS`). */
+  #refusedAdmitted(): boolean {
+    const now = performance.now();
+    const burst = this.#refusedPerS * 10;
+    this.#refusedTokens = Math.min(
+      burst,
+      this.#refusedTokens + (now - this.#refusedAt) * this.#refusedPerS / 1000,
+    );
+    this.#refusedAt = now;
+    if (this.#refusedTokens >= 1) {
+      this.#refusedTokens--;
+      return true;
+    }
+    this.#refusedDropped++;
+    if (this.#refusedDropped - this.#refusedLogged >= 10_000 || this.#refusedLogged === 0) {
+      log.warn(
+        "Calls refused for their credentials come faster than {rate} a second: {dropped} of their audit rows not written so far",
+        { rate: this.#refusedPerS, dropped: this.#refusedDropped },
+      );
+      this.#refusedLogged = this.#refusedDropped;
+    }
+    return false;
   }
 
   #admit(): boolean {
@@ -174,6 +215,7 @@ export class BatchingAuditLog implements AuditLog {
       buffered: this.#buffered(),
       written: this.#written,
       dropped: this.#dropped,
+      refusedDropped: this.#refusedDropped,
       // A write that has not come back for a while (the table locked, the server hung) is as
       // bad as one that failed: rows pile up behind it.
       healthy: this.#healthy &&

@@ -52,6 +52,7 @@ Deno.test("BatchingAuditLog writes rows in batches, not one by one", async () =>
     buffered: 0,
     written: 250,
     dropped: 0,
+    refusedDropped: 0,
     healthy: true,
   });
   await log.close();
@@ -68,6 +69,7 @@ Deno.test("BatchingAuditLog keeps rows while the backend is down, bounded, and c
     buffered: 5,
     written: 0,
     dropped: 3,
+    refusedDropped: 0,
     healthy: false,
   });
   await assert.rejects(log.query("requests"), /Cannot read the audit/);
@@ -215,4 +217,33 @@ Deno.test("BatchingAuditLog's usage read past its limit says so, and from when i
   assert.equal(whole.truncated, undefined);
   assert.equal(whole.since, n - 100);
   await log.close();
+});
+
+Deno.test("BatchingAuditLog writes calls refused for their credentials at a bounded rate, and counts the rest", async () => {
+  const lines = await logLines();
+  const b = new MemoryBackend();
+  const log = new BatchingAuditLog(b, { flushMs: 10_000, refusedPerS: 5 });
+  try {
+    // A flood of 401s and 403s (anyone can send them): a burst of 50 is written, no more.
+    for (let i = 0; i < 300; i++) log.request({ ...row(i), status: i % 2 ? 401 : 403 });
+    // Other rows are not held back by it.
+    for (let i = 0; i < 20; i++) log.request({ ...row(1000 + i), status: 200 });
+    await log.flush();
+    assert.equal(b.requests.filter((r) => r.status !== 200).length, 50);
+    assert.equal(b.requests.filter((r) => r.status === 200).length, 20);
+    assert.equal(log.stats().refusedDropped, 250);
+    assert.ok(
+      lines.some((l) => /faster than 5 a second: 1 of their audit rows not written/.test(l)),
+      lines.join("\n"),
+    );
+    // The rate refills: a second later, 5 more.
+    await new Promise((r) => setTimeout(r, 1000));
+    for (let i = 0; i < 10; i++) log.request({ ...row(2000 + i), status: 401 });
+    await log.flush();
+    const late = b.requests.filter((r) => r.time >= 2000).length;
+    assert.ok(late >= 5 && late <= 6, String(late));
+  } finally {
+    await log.close();
+    await reset();
+  }
 });

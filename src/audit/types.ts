@@ -93,6 +93,12 @@ export interface AuditStats {
   written: number;
   /** Rows dropped because the buffer was full. */
   dropped: number;
+  /**
+   * Rows of calls refused for their credentials (401, 403) not written
+   * because they came faster than `refusedPerS`: a flood of them would
+   * otherwise push every tenant's rows out of the retention.
+   */
+  refusedDropped: number;
   /** Whether the last write succeeded. */
   healthy: boolean;
 }

@@ -319,6 +319,11 @@ export class GatewayMetrics {
         () => stats().dropped,
       );
       gauge(
+        "inferx_audit_refused_dropped_rows",
+        "Audit rows of calls refused for their credentials (401, 403) not written: they came faster than the audit takes them",
+        () => stats().refusedDropped,
+      );
+      gauge(
         "inferx_audit_healthy",
         "1 when the last audit write succeeded (in every gateway of a group)",
         () => +stats().healthy,

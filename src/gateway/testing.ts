@@ -193,6 +193,7 @@ export function memoryAudit(): MemoryAudit {
       buffered: 0,
       written: requests.length + pods.length,
       dropped: 0,
+      refusedDropped: 0,
       healthy: true,
     }),
     usage: (q) => Promise.resolve(summarizeUsage(requests, q)),

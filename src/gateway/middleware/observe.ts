@@ -28,6 +28,19 @@ import type { Slot } from "../func_agent.ts";
 import type { FuncCache } from "../func_cache.ts";
 import { tokenFormat, TokenMeter, type TokenStats } from "../tokens.ts";
 
+/** The most of a call's path (with its query) an audit row keeps, in characters. */
+export const AUDIT_PATH_MAX = 512;
+
+/**
+ * A call's path as its audit row keeps it: its first `AUDIT_PATH_MAX`
+ * characters, and how many more there were (a caller's 16 KiB targets would
+ * otherwise fill the audit 30 times as fast as calls do).
+ */
+export function auditPath(path: string): string {
+  if (path.length <= AUDIT_PATH_MAX) return path;
+  return `${path.slice(0, AUDIT_PATH_MAX)}…(${path.length - AUDIT_PATH_MAX} more)`;
+}
+
 /** Where call outcomes go. */
 export interface ObserveOptions {
   metrics: GatewayMetrics;
@@ -194,7 +207,7 @@ export class CallRecord {
       namespace: t?.namespace ?? "",
       func: t?.func ?? "",
       method: this.method,
-      path: this.path,
+      path: auditPath(this.path),
       status: this.status,
       latencyMs,
       ttfbMs: this.#ttfbMs,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { serveGateway } from "../server.ts";
 import { type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { AUDIT_PATH_MAX } from "./observe.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -152,3 +153,16 @@ t("token figures are read the same way on the Hono route", async () => {
   await f.close();
   await w.close();
 });
+
+t(
+  "an audit row keeps the first 512 characters of a call's path, and says how many more there were",
+  async () => {
+    const f = await gatewayFixture();
+    const long = `/funccall/t/n/nope/${"p".repeat(15_000)}`;
+    await (await f.app.request(long)).body?.cancel();
+    const [r] = f.audit.requests;
+    assert.equal(r.status, 404);
+    assert.equal(r.path, `${long.slice(0, AUDIT_PATH_MAX)}…(${long.length - AUDIT_PATH_MAX} more)`);
+    await f.close();
+  },
+);
