@@ -211,6 +211,8 @@ const CallsEnv = z.object({
   INFERX_CALL_LEASE_S: positive(15),
   INFERX_CALL_OPEN_MAX: count(10_000),
   INFERX_CALL_OPEN_MAX_MB: count(256),
+  INFERX_CALL_KEPT_MAX: count(100_000),
+  INFERX_CALL_KEPT_MAX_MB: count(1024),
   INFERX_CALLBACK_ALLOW: z.string().optional().transform((raw, ctx) => {
     try {
       return parseCidrList(raw ?? "", "INFERX_CALLBACK_ALLOW");
@@ -236,8 +238,12 @@ export interface CallSettings {
    * its quota sets no `max_open_calls`.
    */
   openMax: number;
-  /** `INFERX_CALL_OPEN_MAX_MB`: their request bodies together (MB), where no `max_open_call_mb`. */
+  /** `INFERX_CALL_OPEN_MAX_MB`: their requests together (MB), where no `max_open_call_mb`. */
   openMaxMB: number;
+  /** `INFERX_CALL_KEPT_MAX`: ended calls of one tenant kept, where no `max_kept_calls`. */
+  keptMax: number;
+  /** `INFERX_CALL_KEPT_MAX_MB`: their answers together (MB), where no `max_kept_call_mb`. */
+  keptMaxMB: number;
   /** `INFERX_CALLBACK_ALLOW`: non-public ranges callbacks may still reach. */
   callbackAllow: Cidr[];
 }
@@ -536,6 +542,8 @@ export function readConfig(
       leaseS: k.INFERX_CALL_LEASE_S,
       openMax: k.INFERX_CALL_OPEN_MAX,
       openMaxMB: k.INFERX_CALL_OPEN_MAX_MB,
+      keptMax: k.INFERX_CALL_KEPT_MAX,
+      keptMaxMB: k.INFERX_CALL_KEPT_MAX_MB,
       callbackAllow: k.INFERX_CALLBACK_ALLOW,
     },
   };

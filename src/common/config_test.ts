@@ -59,6 +59,8 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       leaseS: 15,
       openMax: 10_000,
       openMaxMB: 256,
+      keptMax: 100_000,
+      keptMaxMB: 1024,
       callbackAllow: [],
     },
   });
@@ -196,6 +198,8 @@ Deno.test("readConfig() reads the asynchronous calls' settings", () => {
     INFERX_CALL_LEASE_S: "2",
     INFERX_CALL_OPEN_MAX: "50",
     INFERX_CALL_OPEN_MAX_MB: "0",
+    INFERX_CALL_KEPT_MAX: "7",
+    INFERX_CALL_KEPT_MAX_MB: "3",
     INFERX_CALLBACK_ALLOW: "127.0.0.1,::1",
   }));
   assert.deepEqual(c.calls, {
@@ -205,6 +209,8 @@ Deno.test("readConfig() reads the asynchronous calls' settings", () => {
     leaseS: 2,
     openMax: 50,
     openMaxMB: 0,
+    keptMax: 7,
+    keptMaxMB: 3,
     callbackAllow: [
       { address: "127.0.0.1", prefix: 32, family: "ipv4" },
       { address: "::1", prefix: 128, family: "ipv6" },

@@ -92,6 +92,8 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       leaseMs: config.calls.leaseS * 1000,
       openMax: config.calls.openMax,
       openMaxBytes: config.calls.openMaxMB * 1024 * 1024,
+      keptMax: config.calls.keptMax,
+      keptMaxBytes: config.calls.keptMaxMB * 1024 * 1024,
       callbackAllow: config.calls.callbackAllow,
     },
   });

@@ -261,8 +261,15 @@ export const TenantQuotaSchema = z.strictObject({
    * once (accepted, not ended); absent: `INFERX_CALL_OPEN_MAX`.
    */
   max_open_calls: z.int().min(0).optional(),
-  /** Megabytes their request bodies may take together; absent: `INFERX_CALL_OPEN_MAX_MB`. */
+  /**
+   * Megabytes their requests (bodies, headers, paths) may take together;
+   * absent: `INFERX_CALL_OPEN_MAX_MB`.
+   */
   max_open_call_mb: z.number().min(0).optional(),
+  /** Ended asynchronous calls kept until they expire; absent: `INFERX_CALL_KEPT_MAX`. */
+  max_kept_calls: z.int().min(0).optional(),
+  /** Megabytes their answers may take together; absent: `INFERX_CALL_KEPT_MAX_MB`. */
+  max_kept_call_mb: z.number().min(0).optional(),
 });
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;

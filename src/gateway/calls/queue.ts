@@ -103,8 +103,15 @@ export interface CallQueueOptions {
    * `max_open_calls`. @default 10000
    */
   openMax?: number;
-  /** Their request bodies together (bytes), where no `max_open_call_mb`. @default 256 MiB */
+  /**
+   * Their requests together (bodies, headers and paths; bytes), where no
+   * `max_open_call_mb`. @default 256 MiB
+   */
   openMaxBytes?: number;
+  /** Ended calls of one tenant kept until they expire, where no `max_kept_calls`. @default 100000 */
+  keptMax?: number;
+  /** Their answers together (bytes), where no `max_kept_call_mb`. @default 1 GiB */
+  keptMaxBytes?: number;
   /** Tries to deliver a callback. @default 5 */
   deliveryTries?: number;
   /** Sends callbacks. @default a sender that allows public addresses only */
@@ -147,6 +154,11 @@ interface Open extends ListedCall {
   leaseUntil?: number;
   notBefore?: number;
   /** Its request body's size, counted against its tenant's open calls while it has not ended. */
+  bytes: number;
+}
+
+/** What the queue keeps of an ended call: what it lists, and the bytes its answer holds. */
+interface Done extends ListedCall {
   bytes: number;
 }
 
@@ -242,6 +254,8 @@ export class CallQueue {
   readonly #now: () => number;
   readonly #openMax: number;
   readonly #openMaxBytes: number;
+  readonly #keptMax: number;
+  readonly #keptMaxBytes: number;
   /** Calls that need work (queued, running, or a callback to deliver), by id. */
   #open = new Map<string, Open>();
   /**
@@ -261,7 +275,9 @@ export class CallQueue {
   /** What each tenant's calls not ended hold (those in `#open`, and accepts under way). */
   #held = new Map<string, Held>();
   /** Ended calls, by id (when each record goes). */
-  #done = new Map<string, ListedCall>();
+  #done = new Map<string, Done>();
+  /** What each tenant's ended calls kept (`#done`) hold. */
+  #kept = new Map<string, Held>();
   /** Calls this gateway holds the claim of, by id. */
   #claims = new Map<string, Claim>();
   /** Calls this gateway is claiming now. */
@@ -295,6 +311,8 @@ export class CallQueue {
     this.#now = options.now ?? Date.now;
     this.#openMax = options.openMax ?? 10_000;
     this.#openMaxBytes = options.openMaxBytes ?? 256 * 1024 * 1024;
+    this.#keptMax = options.keptMax ?? 100_000;
+    this.#keptMaxBytes = options.keptMaxBytes ?? 1024 * 1024 * 1024;
   }
 
   /** Follows the stored calls and starts taking the ones that need a gateway. */
@@ -305,7 +323,7 @@ export class CallQueue {
         const id = callId(ref.tenant, ref.namespace, ref.name);
         if (this.#accepting.has(id)) this.#accepting.set(id, true);
         this.#setOpen(id, undefined);
-        this.#done.delete(id);
+        this.#setDone(id, undefined);
       },
     });
     // The store lists them by key, which is random: oldest first from here on (new calls come
@@ -361,7 +379,7 @@ export class CallQueue {
    * record is stored: then the call survives this gateway.
    */
   async accept(rec: CallRecord, body?: Uint8Array): Promise<void> {
-    const bytes = body?.byteLength ?? 0;
+    const bytes = requestBytes({ ...rec, bodyBytes: body?.byteLength ?? 0 });
     this.#admit(rec.tenant, bytes);
     // Held while it is stored, so that accepts at once cannot pass the quota together.
     this.#count(rec.tenant, 1, bytes);
@@ -495,7 +513,9 @@ export class CallQueue {
       rec.finishedAt = now;
       rec.expiresAt = now + this.ttlMs;
       rec.error = { code: "cancelled", message: "The call was cancelled" };
-      if (!wasRunning) delete rec.body; // it will not run: its body is not needed
+      // It will not run: its request is not needed (nor kept: a call cancelled at once must not
+      // keep its request's headers for the whole retention).
+      if (!wasRunning) (delete rec.body, rec.headers = []);
       if (rec.callback) rec.delivery = { state: "pending", attempts: 0 };
       // Its runner (if any) keeps the claim to close the attempt; else anyone may deliver.
       if (!wasRunning) (delete rec.owner, delete rec.leaseUntil);
@@ -544,17 +564,28 @@ export class CallQueue {
     };
     if (!needsWork(c)) {
       this.#setOpen(id, undefined);
-      this.#done.set(id, listed);
+      this.#setDone(id, { ...listed, bytes: answerBytes(c) });
       this.#nextExpiry = Math.min(this.#nextExpiry, c.expiresAt);
     } else {
+      this.#setDone(id, undefined);
       this.#setOpen(id, {
         ...listed,
         owner: c.owner,
         leaseUntil: c.leaseUntil,
         notBefore: c.notBefore,
-        bytes: c.bodyBytes ?? (c.body ? Math.floor(c.body.length * 3 / 4) : 0),
+        bytes: requestBytes(c),
       });
     }
+  }
+
+  /** Puts `d` in `#done` as call `id` (undefined: takes it out), keeping `#kept` in step. */
+  #setDone(id: string, d: Done | undefined): void {
+    const was = this.#done.get(id);
+    if (was) tally(this.#kept, was.ref.tenant, -1, -was.bytes);
+    if (d) {
+      this.#done.set(id, d);
+      tally(this.#kept, d.ref.tenant, 1, d.bytes);
+    } else this.#done.delete(id);
   }
 
   /**
@@ -593,51 +624,75 @@ export class CallQueue {
     calls.set(id, e);
   }
 
-  /** Adds `calls` and `bytes` (negative: takes them) to what `tenant`'s calls hold. */
+  /** Adds `calls` and `bytes` (negative: takes them) to what `tenant`'s calls not ended hold. */
   #count(tenant: string, calls: number, bytes: number): void {
-    const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
-    h.calls += calls;
-    h.bytes += bytes;
-    if (h.calls <= 0) this.#held.delete(tenant);
-    else this.#held.set(tenant, h);
+    tally(this.#held, tenant, calls, bytes);
   }
 
   /**
-   * Refuses a call of `tenant` with a body of `bytes` when the tenant's
-   * calls not ended are at its quota (`max_open_calls`, `max_open_call_mb`,
-   * else the gateway's defaults): a caller may not fill the store with
-   * calls that wait.
+   * Refuses a call of `tenant` whose request holds `bytes` when the
+   * tenant's calls not ended, or its ended calls kept, are at its quota
+   * (`max_open_calls`, `max_open_call_mb`, `max_kept_calls`,
+   * `max_kept_call_mb`, else the gateway's defaults): no caller may fill the
+   * store with calls, waiting or ended (a call cancelled at once included).
+   * Refused 429, to be tried again once some have ended or expired.
    */
   #admit(tenant: string, bytes: number): void {
     const q = this.#deps.cache.tenantQuota(tenant);
-    const maxCalls = q.max_open_calls ?? this.#openMax;
-    const maxBytes = q.max_open_call_mb === undefined
-      ? this.#openMaxBytes
-      : q.max_open_call_mb * 1024 * 1024;
+    const mib = 1024 * 1024;
     const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
-    // Details as the state service's quotas give them: which limit, and its value.
-    const refuse = (what: string, limit: string, quota: number) =>
+    const k = this.#kept.get(tenant) ?? { calls: 0, bytes: 0 };
+    const mb = (n: number) => n < mib ? `${Math.ceil(n / 1024)} KB` : `${(n / mib).toFixed(1)} MB`;
+    // Details as the state service's quotas give them (which limit, its value), and when to try
+    // again: it clears as calls end, or expire (not a quota that calls for an operator).
+    const refuse = (what: string, limit: string, quota: number, after: string) =>
       new InferxError(
         "quota_exceeded",
-        `Tenant ${tenant} has ${what} (quota ${limit}): try again once some of its calls ended`,
-        { details: { limit, quota } },
+        `Tenant ${tenant} has ${what} (quota ${limit}): try again once some of its calls ${after}`,
+        { details: { limit, quota, retry_after_s: 5 }, retryable: true },
       );
+    const maxCalls = q.max_open_calls ?? this.#openMax;
     if (h.calls + 1 > maxCalls) {
       throw refuse(
         `${h.calls} asynchronous calls not ended, its limit ${maxCalls}`,
         "max_open_calls",
         maxCalls,
+        "ended",
       );
     }
+    const maxBytes = q.max_open_call_mb === undefined
+      ? this.#openMaxBytes
+      : q.max_open_call_mb * mib;
     if (h.bytes + bytes > maxBytes) {
-      const mb = (n: number) =>
-        n < 1024 * 1024 ? `${Math.ceil(n / 1024)} KB` : `${(n / 1024 / 1024).toFixed(1)} MB`;
       throw refuse(
         `asynchronous calls not ended holding ${mb(h.bytes)}, and this one ${
           mb(bytes)
         } more, its limit ${mb(maxBytes)}`,
         "max_open_call_mb",
-        q.max_open_call_mb ?? this.#openMaxBytes / 1024 / 1024,
+        q.max_open_call_mb ?? this.#openMaxBytes / mib,
+        "ended",
+      );
+    }
+    const maxKept = q.max_kept_calls ?? this.#keptMax;
+    if (k.calls + 1 > maxKept) {
+      throw refuse(
+        `${k.calls} ended asynchronous calls kept, its limit ${maxKept}`,
+        "max_kept_calls",
+        maxKept,
+        "expired (INFERX_CALL_TTL_S)",
+      );
+    }
+    const maxKeptBytes = q.max_kept_call_mb === undefined
+      ? this.#keptMaxBytes
+      : q.max_kept_call_mb * mib;
+    if (k.bytes >= maxKeptBytes) {
+      throw refuse(
+        `ended asynchronous calls kept whose answers hold ${mb(k.bytes)}, its limit ${
+          mb(maxKeptBytes)
+        }`,
+        "max_kept_call_mb",
+        q.max_kept_call_mb ?? this.#keptMaxBytes / mib,
+        "expired (INFERX_CALL_TTL_S)",
       );
     }
   }
@@ -692,12 +747,12 @@ export class CallQueue {
         due.slice(i, i + EXPIRY_BATCH).map((id) => {
           const d = this.#done.get(id);
           if (!d) return; // gone meanwhile
-          this.#done.delete(id);
+          this.#setDone(id, undefined);
           return this.#deps.meta.delete(d.ref, d.revision).catch((err) => {
             // Changed or gone meanwhile: its next version is looked at again (the watch brings
             // it). Anything else (the store away): tried again at the next tick.
             if (isConflict(err) || err instanceof NotFoundError) return;
-            if (!this.#done.has(id)) this.#done.set(id, d);
+            if (!this.#done.has(id)) this.#setDone(id, d);
             this.#nextExpiry = Math.min(this.#nextExpiry, d.expiresAt); // the next tick
           });
         }),
@@ -1056,6 +1111,7 @@ export class CallQueue {
     if (r.status === "cancelled") {
       a.error = { code: "cancelled", message: "The call was cancelled during this attempt" };
       delete r.body;
+      r.headers = [];
       if (r.delivery?.state !== "pending") (delete r.owner, delete r.leaseUntil);
       return true;
     }
@@ -1120,7 +1176,9 @@ export class CallQueue {
     r.expiresAt = now + this.ttlMs;
     if (error) r.error = error;
     delete r.notBefore;
+    // Its request goes: kept until the record expires, it would only hold the store.
     delete r.body;
+    r.headers = [];
     if (r.callback) r.delivery = { state: "pending", attempts: 0 };
     else (delete r.owner, delete r.leaseUntil);
   }
@@ -1340,4 +1398,33 @@ function needsWork(c: CallRecord): boolean {
   if (!FINAL_STATUSES.has(c.status) || c.delivery?.state === "pending") return true;
   const last = c.attempts.at(-1);
   return last !== undefined && last.endedAt === undefined;
+}
+
+/** Adds `calls` and `bytes` (negative: takes them) to `tenant`'s entry of `m`. */
+function tally(m: Map<string, Held>, tenant: string, calls: number, bytes: number): void {
+  const h = m.get(tenant) ?? { calls: 0, bytes: 0 };
+  h.calls += calls;
+  h.bytes += bytes;
+  if (h.calls <= 0) m.delete(tenant);
+  else m.set(tenant, h);
+}
+
+/** Bytes of the fields `headers` (names and values). */
+function headerBytes(headers: readonly (readonly [string, string])[]): number {
+  let n = 0;
+  for (const [k, v] of headers) n += k.length + v.length;
+  return n;
+}
+
+/** What a call's request holds in the store: its body, headers and path (bytes, roughly). */
+export function requestBytes(c: Pick<CallRecord, "body" | "bodyBytes" | "headers" | "path">) {
+  return (c.bodyBytes ?? (c.body ? Math.floor(c.body.length * 3 / 4) : 0)) +
+    headerBytes(c.headers) + c.path.length;
+}
+
+/** What an ended call's answer holds in the store: its body and headers (bytes, roughly). */
+function answerBytes(c: CallRecord): number {
+  const r = c.result;
+  if (!r) return 0;
+  return (r.bytes ?? (r.body ? Math.floor(r.body.length * 3 / 4) : 0)) + headerBytes(r.headers);
 }

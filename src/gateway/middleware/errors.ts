@@ -82,7 +82,10 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   if ((status === 429 || status === 503) && !mayHaveRun) {
     headers.push(["retry-after", String(retryAfter(err))]);
   }
-  if (mayHaveRun || NOT_RETRIED.has(err.code)) headers.push(["x-should-retry", "false"]);
+  // A quota that clears by itself as calls end (`retryable`) may be tried again.
+  if (mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable)) {
+    headers.push(["x-should-retry", "false"]);
+  }
   const body = errorBody(err);
   if (!openai) return { status, headers, body: JSON.stringify(body) };
   const field = err.details?.field;

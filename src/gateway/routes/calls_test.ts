@@ -767,22 +767,34 @@ Deno.test("Newest keeps the newest `limit` calls as a sort of them all would, ti
 });
 
 t(
-  "a tenant's asynchronous calls not ended are bounded, by count and by their bodies' bytes",
+  "a tenant's asynchronous calls are bounded: those not ended by count and by their requests' bytes, those kept ended by count",
   async () => {
     // No worker comes: every call accepted waits.
     const f = await gatewayFixture({ calls: { ...QUICK, openMax: 2 }, bodyLimit: 1 << 20 });
     f.sched.hang = true;
-    const refused = async (body: unknown, limit: string, quota: number) => {
+    const refused = async (body: unknown, limit: string, quota: number, headers = {}) => {
       const r = await f.app.request("/funccall/t/n/f/v1/completions", {
         method: "POST",
-        headers: ASYNC,
+        headers: { ...ASYNC, ...headers },
         body: JSON.stringify(body),
       });
       assert.equal(r.status, 429);
+      // It clears as calls end: worth trying again a little later, on its own.
+      assert.equal(r.headers.get("retry-after"), "5");
+      assert.equal(r.headers.get("x-should-retry"), null);
       const { error } = await r.json();
       assert.equal(error.code, "quota_exceeded");
-      assert.deepEqual(error.details, { limit, quota });
+      assert.deepEqual(error.details, { limit, quota, retry_after_s: 5 });
       return error.message as string;
+    };
+    const setQuota = async (quota: Record<string, number>) => {
+      const ref = { type: "tenant" as const, tenant: "system", namespace: "system", name: "t" };
+      const tenant = await f.meta.get(ref);
+      await f.meta.update({ ...ref, object: { spec: { quota } }, revision: tenant!.revision });
+      await until(
+        "the gateway reads the quota",
+        () => Promise.resolve(JSON.stringify(f.cache.tenantQuota("t")) === JSON.stringify(quota)),
+      );
     };
     try {
       const first = await accept(f);
@@ -795,29 +807,27 @@ t(
       // One ends: room for one more.
       await (await f.app.request(`/calls/${first}`, { method: "DELETE" })).body?.cancel();
       await accept(f);
-      // A tenant's own quota is read over the gateway's default, by count and by bytes.
-      const tenant = await f.meta.get({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "t",
-      });
-      await f.meta.update({
-        type: "tenant",
-        tenant: "system",
-        namespace: "system",
-        name: "t",
-        object: { spec: { quota: { max_open_calls: 10, max_open_call_mb: 0.05 } } },
-        revision: tenant!.revision,
-      });
-      await until(
-        "the gateway reads the quota",
-        () => Promise.resolve(f.cache.tenantQuota("t").max_open_calls === 10),
-      );
+      // A tenant's own quota is read over the gateway's default, by count and by bytes, which
+      // count the request's headers too (60 KB of them were let past a 50 KB limit).
+      await setQuota({ max_open_calls: 10, max_open_call_mb: 0.05 });
       await accept(f, { prompt: "x".repeat(20_000) });
       assert.match(
         await refused({ prompt: "x".repeat(40_000) }, "max_open_call_mb", 0.05),
         /Tenant t has asynchronous calls not ended holding 20 KB, and this one 40 KB more, its limit 52 KB \(quota max_open_call_mb\)/,
+      );
+      assert.match(
+        await refused({ prompt: "x" }, "max_open_call_mb", 0.05, { "x-pad": "y".repeat(40_000) }),
+        /and this one 40 KB more/,
+      );
+      // Ended calls are kept until they expire, counted too: a call cancelled at once included.
+      await setQuota({ max_open_calls: 10, max_kept_calls: 1 });
+      const kept = (await (await f.app.request("/calls")).json()).items.filter((
+        c: { status: string },
+      ) => c.status === "cancelled").length;
+      assert.equal(kept, 1, "the first, cancelled");
+      assert.match(
+        await refused({ prompt: "x" }, "max_kept_calls", 1),
+        /Tenant t has 1 ended asynchronous calls kept, its limit 1 \(quota max_kept_calls\): try again once some of its calls expired/,
       );
     } finally {
       await f.close();
