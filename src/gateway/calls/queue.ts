@@ -223,6 +223,15 @@ const RETRY_CODES: ReadonlySet<string> = new Set([
 const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 /** An attempt this gateway broke off because it was stopping: it does not count against `maxAttempts`. */
 const STOPPED = "gateway_stopped";
+/**
+ * Callbacks of ended calls a gateway takes on at once, and of them one
+ * tenant's: a receiver that hangs holds a delivery a minute (five tries of
+ * 10 s), and thousands of calls cancelled at once with a callback would
+ * otherwise hold as many connections, and every other tenant's callbacks
+ * behind them.
+ */
+const MAX_DELIVERIES = 64;
+const MAX_TENANT_DELIVERIES = 16;
 /** Expired calls deleted at once, between turns of the event loop. */
 const EXPIRY_BATCH = 100;
 
@@ -773,7 +782,22 @@ export class CallQueue {
     const now = this.#now();
     const free = (id: string, e: Open) =>
       !this.#claims.has(id) && !this.#claiming.has(id) && !(e.owner && (e.leaseUntil ?? 0) > now);
-    for (const [id, e] of this.#endedOpen) if (free(id, e)) this.#takeOver(id, e);
+    // Ended calls with work left, mostly callbacks: a bounded number at once, and of one tenant
+    // (those this gateway holds or is claiming count).
+    let all = 0;
+    const byTenant = new Map<string, number>();
+    const add = (tenant: string) => (byTenant.set(tenant, (byTenant.get(tenant) ?? 0) + 1), all++);
+    for (const c of this.#claims.values()) if (FINAL_STATUSES.has(c.rec.status)) add(c.rec.tenant);
+    for (const id of this.#claiming) {
+      const e = this.#endedOpen.get(id);
+      if (e) add(e.ref.tenant);
+    }
+    for (const [id, e] of this.#endedOpen) {
+      if (all >= MAX_DELIVERIES) break;
+      if ((byTenant.get(e.ref.tenant) ?? 0) >= MAX_TENANT_DELIVERIES || !free(id, e)) continue;
+      this.#takeOver(id, e);
+      add(e.ref.tenant);
+    }
     for (const [func, calls] of this.#waiting) {
       for (const [id, e] of calls) {
         if (!free(id, e)) continue;

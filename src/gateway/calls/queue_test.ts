@@ -803,3 +803,34 @@ t("a call that ends while its index is read is given once", async () => {
     await f.close();
   }
 });
+
+t(
+  "callbacks to a receiver that hangs are taken on a bounded number at once per tenant",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 60_000, backoffMs: 20 } });
+    await f.deps.calls.stop(0);
+    // A receiver that takes connections and never answers.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const open = new Set<Deno.Conn>();
+    let most = 0;
+    (async () => {
+      for await (const c of listener) (open.add(c), most = Math.max(most, open.size));
+    })().catch(() => {});
+    const g = await secondGateway(f, undefined, new CallbackSender({ allow: LOOPBACK }));
+    try {
+      // Calls cancelled at once with a callback, say: each one's delivery would hang a minute.
+      for (let i = 0; i < 40; i++) {
+        await store(f, ended(`http://127.0.0.1:${listener.addr.port}/cb`));
+      }
+      await until("deliveries to begin", () => Promise.resolve(open.size > 0));
+      await new Promise((r) => setTimeout(r, 500));
+      // Before, every one of them held a connection at once.
+      assert.equal(most, 16);
+    } finally {
+      await g.close();
+      listener.close();
+      for (const c of open) c.close();
+      await f.close();
+    }
+  },
+);
