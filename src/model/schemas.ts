@@ -256,6 +256,12 @@ export const TenantQuotaSchema = z.strictObject({
   max_replica: z.int().min(0).optional(),
   /** Functions the tenant may define, across its namespaces. */
   max_functions: z.int().min(0).optional(),
+  /** Namespaces the tenant may have; absent: {@linkcode DEFAULT_OBJECT_QUOTA}. */
+  max_namespaces: z.int().min(0).optional(),
+  /** Function policies, across its namespaces; absent: {@linkcode DEFAULT_OBJECT_QUOTA}. */
+  max_funcpolicies: z.int().min(0).optional(),
+  /** API keys kept to the tenant (working ones); absent: {@linkcode DEFAULT_OBJECT_QUOTA}. */
+  max_api_keys: z.int().min(0).optional(),
   /**
    * Asynchronous calls of the tenant's functions that may wait or run at
    * once (accepted, not ended); absent: `INFERX_CALL_OPEN_MAX`.
@@ -273,6 +279,13 @@ export const TenantQuotaSchema = z.strictObject({
 });
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;
+
+/**
+ * Namespaces, function policies and API keys a tenant may have where its
+ * quota sets no limit: each object may be 1 MiB, so a tenant's `full` key
+ * could otherwise fill the store with them.
+ */
+export const DEFAULT_OBJECT_QUOTA = 1000;
 
 /** A tenant's share of a full GPU pool, relative to the other tenants' weights. */
 const WeightSchema = z.number().positive().max(1_000_000);

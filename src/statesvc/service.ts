@@ -35,6 +35,7 @@ import { KeyedLock } from "../common/keyed_lock.ts";
 import {
   decodeStoredUserObject,
   decodeUserObject,
+  DEFAULT_OBJECT_QUOTA,
   DEFAULT_POLICY,
   encodeUserObject,
   type FuncPolicy,
@@ -348,6 +349,9 @@ export class StateService implements MetaClient {
       if (k.namespace !== undefined) {
         await this.#mustExist("namespace", k.tenant!, SYSTEM, k.namespace);
       } else if (k.tenant !== undefined) await this.#mustExist("tenant", SYSTEM, SYSTEM, k.tenant);
+      if (!current && k.tenant !== undefined) {
+        await this.#checkCount(k.tenant, "max_api_keys", () => this.#keysOf(k.tenant!));
+      }
     } else if (input.type === "callsecret") {
       await this.#mustExist("tenant", SYSTEM, SYSTEM, input.name);
     }
@@ -365,6 +369,13 @@ export class StateService implements MetaClient {
     if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
     if (obj.type === "function" || obj.type === "funcpolicy") {
       await this.#mustExist("namespace", obj.tenant, SYSTEM, obj.namespace);
+    }
+    if (!current && (obj.type === "namespace" || obj.type === "funcpolicy")) {
+      await this.#checkCount(
+        obj.tenant,
+        obj.type === "namespace" ? "max_namespaces" : "max_funcpolicies",
+        () => this.#store.list(typePrefix(obj.type, obj.tenant)).then((r) => r.items.length),
+      );
     }
     const prev = current && storedUserObject(current);
     // Rules newer than what is stored bind a changed spec only: a status write (the
@@ -536,6 +547,34 @@ export class StateService implements MetaClient {
         );
       }
     }
+  }
+
+  /**
+   * Refuses one more object of a kind `limit` counts when `tenant` has as
+   * many as its quota allows (else {@linkcode DEFAULT_OBJECT_QUOTA}).
+   */
+  async #checkCount(
+    tenant: string,
+    limit: "max_namespaces" | "max_funcpolicies" | "max_api_keys",
+    count: () => Promise<number>,
+  ) {
+    const kv = await this.#store.get(objectKey("tenant", SYSTEM, SYSTEM, tenant));
+    const quota = kv
+      ? tenantQuota(decodeStoredUserObject(kv.value, kv.revision).spec as Record<string, unknown>)
+      : {};
+    const max = quota[limit] ?? DEFAULT_OBJECT_QUOTA;
+    const n = await count();
+    if (n < max) return;
+    const what = {
+      max_namespaces: "namespaces",
+      max_funcpolicies: "function policies",
+      max_api_keys: "API keys",
+    }[limit];
+    throw new InferxError(
+      "quota_exceeded",
+      `Tenant ${tenant} quota ${limit} is ${max}: it has ${n} ${what}`,
+      { details: { limit, quota: max } },
+    );
   }
 
   async #mustExist(type: ObjectType, tenant: string, namespace: string, name: string) {

@@ -415,3 +415,91 @@ Deno.test("a linked funcpolicy whose canary ends settles its functions: set agai
   assert.equal((await stored()).stable_version, 2);
   await close();
 });
+
+Deno.test("a tenant's namespaces, function policies and API keys are bounded by its quota, 1,000 each by default", async () => {
+  const { svc, close } = await service({
+    spec: { quota: { max_namespaces: 2, max_funcpolicies: 1, max_api_keys: 1 } },
+  });
+  try {
+    const ns = (name: string) =>
+      svc.create({ type: "namespace", tenant: "t", namespace: "system", name, object: {} });
+    const policy = (name: string) =>
+      svc.create({
+        type: "funcpolicy",
+        tenant: "t",
+        namespace: "n",
+        name,
+        object: { spec: { max_replica: 1 } },
+      });
+    const key = (name: string) =>
+      svc.create({
+        type: "apikey",
+        ...sys,
+        name,
+        object: {
+          id: name,
+          name,
+          hash: "a".repeat(64),
+          scope: "inference",
+          tenant: "t",
+          createdAt: 1,
+          createdBy: "admin",
+        },
+      });
+    // Before, a tenant's full key made as many as it liked (60 namespaces of 1 MB in 2 s).
+    await ns("m"); // "n" and "m": 2
+    for (
+      const [write, limit, what] of [
+        [() => ns("o"), "max_namespaces", /quota max_namespaces is 2: it has 2 namespaces/],
+        [
+          () => policy("q"),
+          "max_funcpolicies",
+          /quota max_funcpolicies is 1: it has 1 function policies/,
+        ],
+        [() => key("key00002"), "max_api_keys", /quota max_api_keys is 1: it has 1 API keys/],
+      ] as const
+    ) {
+      if (limit === "max_funcpolicies") await policy("p");
+      if (limit === "max_api_keys") await key("key00001");
+      const err = await write().then(() => undefined, (e) => e);
+      assert.equal(err?.code, "quota_exceeded", limit);
+      assert.match(err.message, what);
+      assert.deepEqual(err.details, { limit, quota: limit === "max_namespaces" ? 2 : 1 });
+    }
+    // Changing one kept is no new one.
+    await svc.update({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "m",
+      object: { spec: { team: "a" } },
+      revision: (await svc.get({ type: "namespace", tenant: "t", namespace: "system", name: "m" }))!
+        .revision,
+    });
+  } finally {
+    await close();
+  }
+  // Without a quota, 1,000 of each.
+  const plain = await service();
+  try {
+    for (let i = 1; i < 1000; i++) {
+      await plain.svc.create({
+        type: "namespace",
+        tenant: "t",
+        namespace: "system",
+        name: `n${i}`,
+        object: {},
+      });
+    }
+    const err = await plain.svc.create({
+      type: "namespace",
+      tenant: "t",
+      namespace: "system",
+      name: "one-more",
+      object: {},
+    }).then(() => undefined, (e) => e);
+    assert.match(err?.message ?? "", /quota max_namespaces is 1000: it has 1000 namespaces/);
+  } finally {
+    await plain.close();
+  }
+});
