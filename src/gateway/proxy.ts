@@ -97,6 +97,17 @@ const MAX_ATTEMPTS = 3;
  */
 const MAY_HAVE_RUN: Readonly<Record<string, unknown>> = Object.freeze({ may_have_run: true });
 
+/**
+ * Why a worker may have gone while it answered: the scheduler took it back
+ * for another tenant's fair share (it is ended `RECLAIM_GRACE_MS` later,
+ * its calls done or not).
+ */
+function reclaimedNote(slot: Slot): string {
+  return slot.worker.reclaimed
+    ? " (the worker was reclaimed for another tenant's fair share, and ended as its grace period ran out)"
+    : "";
+}
+
 /** The worker could not be reached: the connection was refused or reset before an answer. */
 export class UpstreamUnreachable extends InferxError {
   constructor(endpoint: string, cause: unknown) {
@@ -179,7 +190,7 @@ export async function forward(
         agent.release(slot);
         throw new InferxError(
           "worker_failed",
-          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
+          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}${reclaimedNote(slot)}`,
           { cause: err, details: MAY_HAVE_RUN },
         );
       }
@@ -201,7 +212,7 @@ export async function forward(
         if (err.sent) {
           throw new InferxError(
             "worker_failed",
-            `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}`,
+            `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}${reclaimedNote(slot)}`,
             { cause: err, details: MAY_HAVE_RUN },
           );
         }

@@ -558,3 +558,30 @@ t(
     }
   },
 );
+
+t("a call cut off on a worker reclaimed for another tenant's fair share says so", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 1 } });
+  const cut = Promise.withResolvers<void>();
+  const w = scriptedWorker(() => cut.promise); // takes the call; closes when the pod is ended
+  f.sched.endpoints.push(w.endpoint);
+  try {
+    const answer = f.app.request("/funccall/t/n/f/v1/pay", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    const agent = () => f.cache.agent("t", "n", "f")!;
+    while (agent()?.workers[0]?.inflight !== 1) await new Promise((r) => setTimeout(r, 5));
+    agent().reclaim(agent().workers[0].podId); // the scheduler's advice, then its grace runs out
+    cut.resolve();
+    const r = await answer;
+    assert.equal(r.status, 503);
+    assert.match(
+      (await r.json()).error.message,
+      /closed the connection without answering.*\(the worker was reclaimed for another tenant's fair share, and ended as its grace period ran out\)/,
+    );
+  } finally {
+    await f.close();
+    await w.close();
+  }
+});
