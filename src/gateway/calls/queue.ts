@@ -649,61 +649,56 @@ export class CallQueue {
   #admit(tenant: string, bytes: number): void {
     const q = this.#deps.cache.tenantQuota(tenant);
     const mib = 1024 * 1024;
-    const h = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
-    const k = this.#kept.get(tenant) ?? { calls: 0, bytes: 0 };
+    const open = this.#held.get(tenant) ?? { calls: 0, bytes: 0 };
+    const kept = this.#kept.get(tenant) ?? { calls: 0, bytes: 0 };
     const mb = (n: number) => n < mib ? `${Math.ceil(n / 1024)} KB` : `${(n / mib).toFixed(1)} MB`;
+    const openCalls = q.max_open_calls ?? this.#openMax;
+    const openMB = q.max_open_call_mb ?? this.#openMaxBytes / mib;
+    const keptCalls = q.max_kept_calls ?? this.#keptMax;
+    const keptMB = q.max_kept_call_mb ?? this.#keptMaxBytes / mib;
+    // The first limit this call is past: [limit, its value, what the tenant has, what frees room].
+    const past: [string, number, string, string] | undefined = open.calls + 1 > openCalls
+      ? [
+        "max_open_calls",
+        openCalls,
+        `${open.calls} asynchronous calls not ended, its limit ${openCalls}`,
+        "ended",
+      ]
+      : open.bytes + bytes > openMB * mib
+      ? [
+        "max_open_call_mb",
+        openMB,
+        `asynchronous calls not ended holding ${mb(open.bytes)}, and this one ${
+          mb(bytes)
+        } more, its limit ${mb(openMB * mib)}`,
+        "ended",
+      ]
+      : kept.calls + 1 > keptCalls
+      ? [
+        "max_kept_calls",
+        keptCalls,
+        `${kept.calls} ended asynchronous calls kept, its limit ${keptCalls}`,
+        "expired (INFERX_CALL_TTL_S)",
+      ]
+      : kept.bytes >= keptMB * mib
+      ? [
+        "max_kept_call_mb",
+        keptMB,
+        `ended asynchronous calls kept whose answers hold ${mb(kept.bytes)}, its limit ${
+          mb(keptMB * mib)
+        }`,
+        "expired (INFERX_CALL_TTL_S)",
+      ]
+      : undefined;
+    if (!past) return;
+    const [limit, quota, has, frees] = past;
     // Details as the state service's quotas give them (which limit, its value), and when to try
     // again: it clears as calls end, or expire (not a quota that calls for an operator).
-    const refuse = (what: string, limit: string, quota: number, after: string) =>
-      new InferxError(
-        "quota_exceeded",
-        `Tenant ${tenant} has ${what} (quota ${limit}): try again once some of its calls ${after}`,
-        { details: { limit, quota, retry_after_s: 5 }, retryable: true },
-      );
-    const maxCalls = q.max_open_calls ?? this.#openMax;
-    if (h.calls + 1 > maxCalls) {
-      throw refuse(
-        `${h.calls} asynchronous calls not ended, its limit ${maxCalls}`,
-        "max_open_calls",
-        maxCalls,
-        "ended",
-      );
-    }
-    const maxBytes = q.max_open_call_mb === undefined
-      ? this.#openMaxBytes
-      : q.max_open_call_mb * mib;
-    if (h.bytes + bytes > maxBytes) {
-      throw refuse(
-        `asynchronous calls not ended holding ${mb(h.bytes)}, and this one ${
-          mb(bytes)
-        } more, its limit ${mb(maxBytes)}`,
-        "max_open_call_mb",
-        q.max_open_call_mb ?? this.#openMaxBytes / mib,
-        "ended",
-      );
-    }
-    const maxKept = q.max_kept_calls ?? this.#keptMax;
-    if (k.calls + 1 > maxKept) {
-      throw refuse(
-        `${k.calls} ended asynchronous calls kept, its limit ${maxKept}`,
-        "max_kept_calls",
-        maxKept,
-        "expired (INFERX_CALL_TTL_S)",
-      );
-    }
-    const maxKeptBytes = q.max_kept_call_mb === undefined
-      ? this.#keptMaxBytes
-      : q.max_kept_call_mb * mib;
-    if (k.bytes >= maxKeptBytes) {
-      throw refuse(
-        `ended asynchronous calls kept whose answers hold ${mb(k.bytes)}, its limit ${
-          mb(maxKeptBytes)
-        }`,
-        "max_kept_call_mb",
-        q.max_kept_call_mb ?? this.#keptMaxBytes / mib,
-        "expired (INFERX_CALL_TTL_S)",
-      );
-    }
+    throw new InferxError(
+      "quota_exceeded",
+      `Tenant ${tenant} has ${has} (quota ${limit}): try again once some of its calls ${frees}`,
+      { details: { limit, quota, retry_after_s: 5 }, retryable: true },
+    );
   }
 
   /**
