@@ -90,9 +90,8 @@ async function snapshotSupport(
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
   const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
-  // What an earlier run left (its pods' namespaces, block claims, a fence of its range) goes
-  // whatever this run's settings: nothing else would remove it, and a fence of an earlier
-  // range would make this one's check refuse a range that overlaps it.
+  // What an earlier run left (its pods' namespaces, their block claims) goes whatever this run's
+  // settings (pod namespaces off, another range): nothing else would remove it.
   if (Deno.build.os === "linux" && Deno.uid?.() === 0) await podNetworks.sweep();
   if (docker) return off(await dockerSnapshotReason());
   if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);

@@ -153,7 +153,7 @@ interface Open extends ListedCall {
   owner?: string;
   leaseUntil?: number;
   notBefore?: number;
-  /** Its request body's size, counted against its tenant's open calls while it has not ended. */
+  /** What its request holds (body, headers, path), counted against its tenant until it ends. */
   bytes: number;
 }
 
@@ -162,7 +162,7 @@ interface Done extends ListedCall {
   bytes: number;
 }
 
-/** What a tenant's calls not ended hold: how many, and their request bodies' bytes. */
+/** What some of a tenant's calls hold: how many, and their bytes. */
 interface Held {
   calls: number;
   bytes: number;
