@@ -321,22 +321,29 @@ function followFile(
     let behind = false;
     try {
       using f = await Deno.open(path, { read: true, write: true });
-      const size = (await f.stat()).size;
-      if (size < offset) offset = 0; // emptied
-      if (size - offset > readMax) {
-        skip(size - readMax - offset);
-        offset = size - readMax;
-        behind = true;
-      }
-      await f.seek(offset, Deno.SeekMode.Start);
-      while (offset < size) {
-        const n = await f.read(buf.subarray(0, Math.min(buf.length, size - offset)));
-        if (n === null || n === 0) break;
-        offset += n;
-        ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
-      }
+      /** Reads the file up to what it holds now (its last `readMax` bytes at most). */
+      const readOn = async () => {
+        const size = (await f.stat()).size;
+        if (size < offset) offset = 0; // emptied
+        if (size - offset > readMax) {
+          skip(size - readMax - offset);
+          offset = size - readMax;
+          behind = true;
+        }
+        await f.seek(offset, Deno.SeekMode.Start);
+        while (offset < size) {
+          const n = await f.read(buf.subarray(0, Math.min(buf.length, size - offset)));
+          if (n === null || n === 0) break;
+          offset += n;
+          ring.push(dec.decode(buf.subarray(0, n), { stream: true }));
+        }
+      };
+      await readOn();
       if (offset > maxBytes && mayTrim()) {
-        // What came after this pass's read goes with it (a worker that never pauses).
+        // What came during this pass's read is read too before the file is emptied: a worker's
+        // last lines (its crash, say) must not go with it; only what is written in the moment
+        // between that read and the emptying is lost (a worker that never pauses).
+        await readOn();
         const unread = (await f.stat()).size - offset;
         await f.truncate(0);
         offset = 0;

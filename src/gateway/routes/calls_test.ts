@@ -666,7 +666,11 @@ t("GET /calls lists from what the queue keeps, reading only the page's records",
   f.sched.endpoints.push(w.endpoint);
   try {
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) ids.push(await accept(f, { prompt: `${i}` }));
+    for (let i = 0; i < 5; i++) {
+      ids.push(await accept(f, { prompt: `${i}` }));
+      // Each in a millisecond of its own: a page never splits one (two in one came whole).
+      await new Promise((r) => setTimeout(r, 2));
+    }
     // Each listed at once, before any watch brought it; newest first.
     const first = await (await f.app.request("/calls?limit=2")).json();
     assert.equal(first.count, 5);
