@@ -295,11 +295,16 @@ cgTest(
       const spinner = Number(await (await fetch(`http://${pod.endpoint}/spin`)).text());
       assert.equal(stateOf(spinner), "R");
       await rt.park("pod-cg4", "paused");
-      // Before, it spun on at a core's worth while its pod was counted as holding no CPU.
-      assert.equal(stateOf(spinner), "T");
-      assert.equal(stateOf(rt.pidOf("pod-cg4")!), "T");
+      // Before, it spun on at a core's worth while its pod was counted as holding no CPU. (A
+      // signal lands a moment after it is sent.)
+      await until("the spinner stopped", () => Promise.resolve(stateOf(spinner) === "T"), 2000);
+      await until(
+        "the worker stopped",
+        () => Promise.resolve(stateOf(rt.pidOf("pod-cg4")!) === "T"),
+        2000,
+      );
       await rt.resume("pod-cg4");
-      assert.notEqual(stateOf(spinner), "T");
+      await until("the spinner runs again", () => Promise.resolve(stateOf(spinner) !== "T"), 2000);
       assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "up");
       await rt.park("pod-cg4", "paused");
       await rt.stop("pod-cg4"); // stopped while parked: all of it ends

@@ -135,13 +135,18 @@ Deno.test("a CRIU run cut off by its time limit ends, with every process it fork
     assert.ok(ms < 5000, `ended after ${Math.round(ms)} ms`);
     for (const name of ["parent", "helper"]) {
       const pid = Number(await Deno.readTextFile(`${dir}/${name}`));
-      // Gone, or a zombie its parent (PID 1 here, which may not reap) has not reaped yet.
-      const state = await Deno.readTextFile(`/proc/${pid}/stat`).then(
-        (s) => s.slice(s.lastIndexOf(")") + 2, s.lastIndexOf(")") + 3),
-        () => "gone",
-      );
-      const alive = state !== "gone" && state !== "Z";
-      assert.equal(alive, false, `the ${name} is gone`);
+      // Gone, or a zombie its parent (PID 1 here, which may not reap) has not reaped yet; a
+      // signal takes a moment to land (a stopped process is woken to die).
+      const alive = async () => {
+        const state = await Deno.readTextFile(`/proc/${pid}/stat`).then(
+          (s) => s.slice(s.lastIndexOf(")") + 2, s.lastIndexOf(")") + 3),
+          () => "gone",
+        );
+        return state !== "gone" && state !== "Z";
+      };
+      const deadline = Date.now() + 2000;
+      while (await alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(await alive(), false, `the ${name} is gone`);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
