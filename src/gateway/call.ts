@@ -9,6 +9,7 @@
  * @module
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
+import { readUpTo } from "../common/bytes.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
@@ -307,18 +308,9 @@ export async function readLimited(
   body: AsyncIterable<Uint8Array> | null,
   limit: number,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  if (!body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.byteLength;
-    if (size > limit) throw new BodyTooLarge(limit);
-    chunks.push(chunk);
-  }
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const c of chunks) (out.set(c, o), o += c.byteLength);
-  return out;
+  const bytes = await readUpTo(body, limit);
+  if (!bytes) throw new BodyTooLarge(limit);
+  return bytes;
 }
 
 /** An incoming call over a `Request` (the Hono routes). */

@@ -6,6 +6,7 @@
  */
 import type { InferxError } from "../common/errors.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
+import { until } from "../common/testing.ts";
 import { StateService } from "../statesvc/service.ts";
 import type {
   FuncLoad,
@@ -154,6 +155,24 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
       await store.close();
     },
   };
+}
+
+/**
+ * Registers function `tenant/namespace/name` (its namespace there already)
+ * in the fixture's store and waits until the gateway's cache has it.
+ */
+export async function addFunction(
+  f: GatewayFixture,
+  tenant: string,
+  namespace: string,
+  name: string,
+  spec: Record<string, unknown> = { image: "x" },
+): Promise<void> {
+  await f.meta.create({ type: "function", tenant, namespace, name, object: { spec } });
+  await until(
+    `the gateway to see ${tenant}/${namespace}/${name}`,
+    () => f.cache.has(`${tenant}/${namespace}/${name}`),
+  );
 }
 
 /** An audit log that keeps rows in memory, for assertions. */

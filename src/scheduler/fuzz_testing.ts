@@ -193,24 +193,19 @@ export class Fuzz {
           w.pending = true;
           break;
         }
-        case "parkPod": {
-          const w = this.world.get(a.podId);
-          if (!w) {
-            this.violate("park-known-pod", `parkPod for unknown world pod ${a.podId}`);
-            break;
-          }
-          w.desired = "Standby";
-          w.tier = a.tier;
-          w.pending = true;
-          break;
-        }
+        case "parkPod":
         case "resumePod": {
           const w = this.world.get(a.podId);
+          const park = a.type === "parkPod";
           if (!w) {
-            this.violate("resume-known-pod", `resumePod for unknown world pod ${a.podId}`);
+            this.violate(
+              park ? "park-known-pod" : "resume-known-pod",
+              `${a.type} for unknown world pod ${a.podId}`,
+            );
             break;
           }
-          w.desired = "Running";
+          w.desired = park ? "Standby" : "Running";
+          if (park) w.tier = a.tier;
           w.pending = true;
           break;
         }

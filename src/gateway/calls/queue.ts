@@ -1436,7 +1436,7 @@ function headerBytes(headers: readonly (readonly [string, string])[]): number {
 }
 
 /** What a call's request holds in the store: its body, headers and path (bytes, roughly). */
-export function requestBytes(c: Pick<CallRecord, "body" | "bodyBytes" | "headers" | "path">) {
+function requestBytes(c: Pick<CallRecord, "body" | "bodyBytes" | "headers" | "path">) {
   return (c.bodyBytes ?? (c.body ? Math.floor(c.body.length * 3 / 4) : 0)) +
     headerBytes(c.headers) + c.path.length;
 }

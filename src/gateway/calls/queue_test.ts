@@ -5,7 +5,7 @@ import { callBodyRef, type CallRecord, decodeCall } from "../../model/call.ts";
 import { FuncCache } from "../func_cache.ts";
 import { HttpPool } from "../http_pool.ts";
 import { GatewayMetrics } from "../metrics.ts";
-import { FakeScheduler, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { addFunction, FakeScheduler, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import { CallbackSender } from "./callback.ts";
 import { CallQueue, refOf } from "./queue.ts";
 import type { MetaClient } from "../../rpc/types.ts";
@@ -190,13 +190,7 @@ t(
       policy: { parallel: 1, max_replica: 1 },
     });
     f.sched.hang = true; // t/n/f's one slot is taken by its first call, for good
-    await f.meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "n",
-      name: "g",
-      object: { spec: { image: "x" } },
-    });
+    await addFunction(f, "t", "n", "g");
     const w = countingWorker();
     const ids: string[] = [];
     for (let i = 0; i < 30; i++) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fakeWorker, gatewayFixture, scriptedWorker } from "../testing.ts";
+import { addFunction, fakeWorker, gatewayFixture, scriptedWorker } from "../testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -184,17 +184,7 @@ t(
       object: {},
     };
     await f.meta.create(ns);
-    await f.meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "m",
-      name: "f",
-      object: { spec: { image: "x" } },
-    });
-    for (const d = Date.now() + 5000; f.cache.functionIds().length < 2;) {
-      assert.ok(Date.now() < d, "the gateway sees t/m/f");
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await addFunction(f, "t", "m", "f");
     const r = await complete(f, { model: "f", prompt: "x" }, { authorization: `Bearer ${admin}` });
     assert.equal(r.status, 400);
     const { error } = await r.json();
@@ -260,19 +250,7 @@ t(
       name: "demo",
       object: {},
     });
-    for (const name of ["f", "g"]) {
-      await f.meta.create({
-        type: "function",
-        tenant: "public",
-        namespace: "demo",
-        name,
-        object: { spec: { image: "x" } },
-      });
-    }
-    for (const d = Date.now() + 5000; f.cache.functionIds().length < 3;) {
-      assert.ok(Date.now() < d, "the gateway sees public's functions");
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    for (const name of ["f", "g"]) await addFunction(f, "public", "demo", name);
     const made = await f.app.request("/apikeys", {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },

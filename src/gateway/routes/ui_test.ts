@@ -7,7 +7,7 @@ import { toInferxError } from "../../common/errors.ts";
 import { authenticate } from "../middleware/authenticate.ts";
 import { errorAnswer } from "../middleware/errors.ts";
 import { serveGateway } from "../server.ts";
-import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import { addFunction, fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { type StreamLimits, uiRoutes } from "./ui.ts";
 import { callUrl, partUrl } from "../../ui/static/api.js";
@@ -221,13 +221,7 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
   try {
     await addNode(f);
     const gpu = [{ index: 0, vramMB: 30000 }];
-    await f.meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "n",
-      name: "g",
-      object: { spec: { image: "x" } },
-    });
+    await addFunction(f, "t", "n", "g");
     await addPod(f, { id: "p-a", gpus: gpu, state: "Ready" });
     await addPod(f, { id: "p-b", func: "g", gpus: gpu, state: "Ready" });
     await addPod(f, { id: "p-c", func: "g", gpus: gpu, state: "Standby", standbyTier: "file" });
@@ -257,13 +251,7 @@ t("each part shows only what the credential may see, and refuses as the API does
       name: "m",
       object: {},
     });
-    await f.meta.create({
-      type: "function",
-      tenant: "u",
-      namespace: "m",
-      name: "other",
-      object: { spec: { image: "x" } },
-    });
+    await addFunction(f, "u", "m", "other");
     await addPod(f, { id: "p-t" });
     await addPod(f, { id: "p-u", tenant: "u", namespace: "m", func: "other" });
     const reader = {

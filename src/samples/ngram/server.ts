@@ -17,6 +17,7 @@
  * @module
  */
 import { NgramModel } from "./model.ts";
+import { readUpTo } from "../../common/bytes.ts";
 import { rng } from "../../common/random.ts";
 
 const MAX_TOKENS_LIMIT = 4096;
@@ -112,23 +113,14 @@ export const MAX_PROMPT_CHARS = 262_144;
  */
 export const MAX_BODY_BYTES = 4 * 1024 * 1024;
 
-class TooLarge extends Error {}
-
-/** `req`'s body as text, refused (`TooLarge`) past `max` bytes, whatever it says its length is. */
-async function boundedText(req: Request, max: number): Promise<string> {
-  if (Number(req.headers.get("content-length") ?? 0) > max) throw new TooLarge();
-  if (!req.body) return "";
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  for await (const part of req.body) {
-    n += part.byteLength;
-    if (n > max) throw new TooLarge();
-    parts.push(part);
-  }
-  const all = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) (all.set(p, at), at += p.byteLength);
-  return new TextDecoder().decode(all);
+/**
+ * `req`'s body as text, or undefined past `max` bytes (by its length, or
+ * once that many came, whatever it said).
+ */
+async function boundedText(req: Request, max: number): Promise<string | undefined> {
+  if (Number(req.headers.get("content-length") ?? 0) > max) return undefined;
+  const bytes = await readUpTo(req.body, max);
+  return bytes && new TextDecoder().decode(bytes);
 }
 
 /** Characters (code points) of `s`, counted without an array of them. */
@@ -182,11 +174,8 @@ export function createModelHandler(
     }
     if (req.method !== "POST") return error(405, `${pathname} takes POST`);
     let body: Record<string, unknown>;
-    let text: string;
-    try {
-      text = await boundedText(req, MAX_BODY_BYTES);
-    } catch (err) {
-      if (!(err instanceof TooLarge)) throw err;
+    const text = await boundedText(req, MAX_BODY_BYTES);
+    if (text === undefined) {
       return error(
         413,
         `The request body is larger than ${MAX_BODY_BYTES} bytes, more than a prompt of ${MAX_PROMPT_CHARS} characters takes`,
