@@ -1,7 +1,8 @@
 /**
- * The two calls of the C library the node agent needs through FFI: reaping
- * a process that became its child without being spawned by it, and making
- * it a child subreaper (for tests).
+ * The calls of the C library the node agent needs through FFI: reaping a
+ * process that became its child without being spawned by it, making it a
+ * child subreaper (for tests), and giving back the blocks of a file's start
+ * that was read (a hole punched into a worker's output file).
  *
  * A worker CRIU restores with `--restore-detached` is handed to the nearest
  * subreaper or to init once CRIU exits. Where the agent is init (PID 1 of a
@@ -16,10 +17,17 @@
 const SYMBOLS = {
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32", nonblocking: true },
 } as const;
 
 const WNOHANG = 1;
 const PR_SET_CHILD_SUBREAPER = 36;
+const O_WRONLY = 1;
+const O_CLOEXEC = 0o2000000;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
 
@@ -98,4 +106,23 @@ const SIGNALS: Record<string, number> = {
 export function becomeSubreaper(): boolean {
   const c = libc();
   return c !== null && c.symbols.prctl(PR_SET_CHILD_SUBREAPER, 1n, 0n, 0n, 0n) === 0;
+}
+
+/**
+ * Gives the filesystem back the blocks of bytes `from` to `to` of the file at
+ * `path` (`fallocate` with `FALLOC_FL_PUNCH_HOLE`): they read as zeros after,
+ * the file keeps its size, and a process appending to it meanwhile loses
+ * nothing. False where it cannot (no such call, a filesystem without holes).
+ */
+export async function punchHole(path: string, from: number, to: number): Promise<boolean> {
+  const c = libc();
+  if (c === null || to <= from) return c !== null;
+  const fd = c.symbols.open(new TextEncoder().encode(`${path}\0`), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  try {
+    const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    return await c.symbols.fallocate(fd, mode, BigInt(from), BigInt(to - from)) === 0;
+  } finally {
+    c.symbols.close(fd);
+  }
 }

@@ -27,7 +27,7 @@ import { freePort } from "../common/net.ts";
 import { logger } from "../common/log.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
-import { groupAlive, procState, reapIfOrphanedToUs } from "../ffi/libc.ts";
+import { groupAlive, procState, punchHole, reapIfOrphanedToUs } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import {
   Criu,
@@ -83,7 +83,7 @@ export interface ProcessRuntimeOptions {
   snapshotDir?: string;
   /** Worker output to `{snapshotDir}/{pod}.log` instead of pipes. @default whether `criu` is set */
   outputToFile?: boolean;
-  /** A worker's output file is emptied past this, once read into its log ring. @default LOG_FILE_MAX */
+  /** A worker's output file gives back the blocks read into its log ring past this. @default LOG_FILE_MAX */
   outputFileMaxBytes?: number;
   /** CPU niceness of CRIU while it snapshots a worker, so serving pods keep the CPU. @default 10 */
   snapshotNice?: number;
@@ -273,9 +273,10 @@ async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
 }
 
 /**
- * A worker's output file is emptied once this much of it has been read into
- * its ring (the worker appends, so it writes on at the new end): a chatty
- * worker fills no disk.
+ * Once this much of a worker's output file has been read into its ring, the
+ * blocks read are given back (a hole punched at the file's start: the worker
+ * appends, so it writes on at the end and loses nothing): a chatty worker
+ * fills no disk. Where holes cannot be punched, the file is emptied instead.
  */
 const LOG_FILE_MAX = 8 * 1024 * 1024;
 /**
@@ -284,6 +285,12 @@ const LOG_FILE_MAX = 8 * 1024 * 1024;
  * its latest output read, the rest passed over (and said so in the ring).
  */
 const LOG_READ_MAX = 1024 * 1024;
+/**
+ * A file's size (holes included) past which it is emptied rather than
+ * punched further: ext4 takes files of 16 TiB at most, which a worker
+ * writing 100 MB/s reaches in two days.
+ */
+const LOG_HOLE_MAX = 2 ** 40;
 
 /** Follows a worker's output file into its ring. */
 interface Follower {
@@ -291,12 +298,14 @@ interface Follower {
   stop(): void;
   /** Reads what the file holds now into the ring (the ring lags a pass otherwise). */
   catchUp(): Promise<void>;
+  /** Where the file's kept bytes begin: before it, a hole (blocks given back, read as zeros). */
+  keptFrom(): number;
 }
 
 /**
- * Appends what is written to `path` to `ring`; empties the file past
- * `maxBytes`, while `mayTrim()` (not while the worker's image is being
- * written or kept). Each pass reads what the file held when it began (its
+ * Appends what is written to `path` to `ring`; gives back the blocks read
+ * once they pass `maxBytes` (or empties the file where it cannot), while
+ * `mayTrim()` (not while the worker's image is being written or kept). Each pass reads what the file held when it began (its
  * last `readMax` bytes at most), every 200 ms, or every 10 ms while behind: a
  * worker that never stops writing is neither chased nor lets the file grow
  * past what it writes in a few passes.
@@ -310,6 +319,8 @@ function followFile(
 ): Follower {
   let stopped = false;
   let offset = 0;
+  /** The file's bytes before this are a hole: read, and their blocks given back. */
+  let punched = 0;
   let dec = new TextDecoder();
   const buf = new Uint8Array(64 * 1024);
   const skip = (bytes: number) => {
@@ -324,7 +335,7 @@ function followFile(
       /** Reads the file up to what it holds now (its last `readMax` bytes at most). */
       const readOn = async () => {
         const size = (await f.stat()).size;
-        if (size < offset) offset = 0; // emptied
+        if (size < offset) offset = punched = 0; // emptied
         if (size - offset > readMax) {
           skip(size - readMax - offset);
           offset = size - readMax;
@@ -339,16 +350,22 @@ function followFile(
         }
       };
       await readOn();
-      if (offset > maxBytes && mayTrim()) {
-        // What came during this pass's read is read too before the file is emptied: a worker's
-        // last lines (its crash, say) must not go with it; only what is written in the moment
-        // between that read and the emptying is lost (a worker that never pauses).
-        await readOn();
-        const unread = (await f.stat()).size - offset;
-        await f.truncate(0);
-        offset = 0;
-        if (unread > 0) skip(unread);
+      if (offset - punched > maxBytes && mayTrim()) {
         behind = true;
+        // Whole blocks of what was read, up to where this pass's read ended.
+        const upTo = offset - offset % 4096;
+        if (offset < LOG_HOLE_MAX && await punchHole(path, punched, upTo)) {
+          punched = upTo;
+        } else {
+          // What came during this pass's read is read too before the file is emptied: a
+          // worker's last lines (its crash, say) must not go with it; only what is written in
+          // the moment between that read and the emptying is lost.
+          await readOn();
+          const unread = (await f.stat()).size - offset;
+          await f.truncate(0);
+          offset = punched = 0;
+          if (unread > 0) skip(unread);
+        }
       }
     } catch {
       // not there yet, or gone
@@ -369,6 +386,7 @@ function followFile(
     catchUp: async () => {
       await next();
     },
+    keptFrom: () => punched,
   };
 }
 
@@ -681,7 +699,7 @@ export class ProcessRuntime implements PodRuntime {
    * The last lines a worker printed. With an output file, the ring is caught
    * up with it first: both then end at the same line, and the longer tail is
    * given (the ring keeps 200 lines, the file's last 64 KiB may hold more,
-   * or none when it was just emptied).
+   * or none when it was just emptied where holes cannot be punched).
    */
   async #tail(child: Child, lines = 20): Promise<string> {
     if (!child.logFile) return child.logs.tail(lines);
@@ -690,7 +708,8 @@ export class ProcessRuntime implements PodRuntime {
     try {
       using f = await Deno.open(child.logFile, { read: true });
       const size = (await f.stat()).size;
-      const from = Math.max(0, size - 64 * 1024);
+      // Not from the hole at its start (zeros): a punch after that was read leaves zeros too.
+      const from = Math.min(size, Math.max(child.follow?.keptFrom() ?? 0, size - 64 * 1024));
       await f.seek(from, Deno.SeekMode.Start);
       const buf = new Uint8Array(size - from);
       let o = 0;
@@ -699,7 +718,8 @@ export class ProcessRuntime implements PodRuntime {
         if (n === null) break;
         o += n;
       }
-      const file = new TextDecoder().decode(buf.subarray(0, o)).replace(/\n$/, "").split("\n")
+      const file = new TextDecoder().decode(buf.subarray(0, o)).replace(/^\0+/, "")
+        .replace(/\n$/, "").split("\n")
         .slice(-lines);
       return file.length > ring.split("\n").length ? file.join("\n") : ring;
     } catch {
