@@ -331,3 +331,77 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "the dashboard's windows of one credential share one event stream, passed on when its window closes",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({
+      INFERX_SAMPLES: `${CONFIG}functions`,
+      INFERX_ADMIN_APIKEY: ADMIN_KEY,
+    });
+    const chromium = await launchChromium();
+    try {
+      // Eight windows, each shown (tabs in the background are hidden, and hold no stream): more
+      // than the six connections a browser opens to one host.
+      const tabs: Page[] = [];
+      /** The event streams open, by tab. */
+      const open = new Map<Page, number>();
+      const streams = () => [...open.values()].reduce((a, b) => a + b, 0);
+      for (let i = 0; i < 8; i++) {
+        const tab = await chromium.browser.newPage({ type: "window" });
+        open.set(tab, 0);
+        const isStream = (r: { url(): string }) => r.url().endsWith("/ui/events");
+        tab.on("request", (r) => isStream(r) && open.set(tab, open.get(tab)! + 1));
+        for (const ended of ["requestfinished", "requestfailed"] as const) {
+          tab.on(ended, (r) => isStream(r) && open.set(tab, open.get(tab)! - 1));
+        }
+        await tab.goto(`${p.url}/ui`);
+        await tab.evaluate((k) => sessionStorage.setItem("inferx.credential", k), ADMIN_KEY);
+        await tab.goto(`${p.url}/ui/pods`);
+        await tab.waitForSelector('#live[data-state="on"]', { timeout: 10_000 });
+        tabs.push(tab);
+      }
+      assert.equal(streams(), 1, "one stream for the eight tabs");
+      const leader = tabs.find((t) => open.get(t) === 1)!;
+
+      // A pod started is drawn in every tab.
+      const call = await request(`${p.url}/funccall/public/demo/ngram/v1/completions`, {
+        body: { prompt: "a", max_tokens: 1 },
+        headers: ADMIN,
+      });
+      assert.equal(call.status, 200, JSON.stringify(call.body));
+      const pod = call.headers.get("x-inferx-pod")!;
+      for (const tab of tabs) await tab.waitForSelector(`tr[data-pod="${pod}"]`);
+
+      // The window with the stream closes: another takes it, and the others follow on.
+      await leader.close();
+      open.delete(leader);
+      const rest = tabs.filter((t) => t !== leader);
+      await eventually("another tab takes the stream", async () => streams() === 1, 10_000);
+      for (const tab of rest) {
+        assert.match(await text(tab, "#live"), /live/);
+      }
+      const stop = await request(`${p.url}/pods/public/demo/ngram/${pod}`, {
+        method: "DELETE",
+        headers: ADMIN,
+      });
+      assert.ok(stop.status < 300, JSON.stringify(stop.body));
+      for (const tab of rest) {
+        await tab.waitForFunction(
+          (id) => !document.querySelector(`tr[data-pod="${id}"]`),
+          { timeout: 20_000 },
+          pod,
+        );
+      }
+      assert.equal(streams(), 1);
+    } finally {
+      await chromium.close();
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true }).catch(() => {});
+    }
+  },
+});
