@@ -1,6 +1,7 @@
 /**
  * Small network helpers shared by the runtimes, the test harnesses and the
- * benchmarks: a free port to listen on, and waiting for an HTTP probe.
+ * benchmarks: a free port to listen on, waiting for an HTTP probe, and
+ * telling a URL path that reads two ways.
  *
  * @module
  */
@@ -71,4 +72,20 @@ export async function waitForProbe(
 export function splitEndpoint(endpoint: string): { hostname: string; port: number } {
   const colon = endpoint.lastIndexOf(":");
   return { hostname: endpoint.slice(0, colon), port: Number(endpoint.slice(colon + 1)) };
+}
+
+/**
+ * Whether a request target's path reads otherwise to a URL parser than to a
+ * split on "/": a `.` or `..` segment, percent-encoded (`%2e`) or not, a
+ * backslash (a URL takes it for "/") or a `#` (a URL ends the path there).
+ */
+export function ambiguousPath(path: string): boolean {
+  if (path.includes("\\") || path.includes("#")) return true;
+  if (!path.includes("/.") && !path.includes("%")) return false;
+  for (const seg of path.split("/")) {
+    if (seg === "" || seg.length > 6) continue;
+    const s = seg.replace(/%2e/gi, ".");
+    if (s === "." || s === "..") return true;
+  }
+  return false;
 }

@@ -14,6 +14,7 @@
 import type { Hono } from "hono";
 import { toInferxError, ValidationError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
+import { ambiguousPath } from "../common/net.ts";
 import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
 import {
   ConnectionClosed,
@@ -210,20 +211,4 @@ export function serveGateway(
       return viaApp(req, res);
     },
   });
-}
-
-/**
- * Whether a request target's path reads otherwise to a URL parser than to a
- * split on "/": a `.` or `..` segment, percent-encoded (`%2e`) or not, a
- * backslash (a URL takes it for "/") or a `#` (a URL ends the path there).
- */
-export function ambiguousPath(path: string): boolean {
-  if (path.includes("\\") || path.includes("#")) return true;
-  if (!path.includes("/.") && !path.includes("%")) return false;
-  for (const seg of path.split("/")) {
-    if (seg === "" || seg.length > 6) continue;
-    const s = seg.replace(/%2e/gi, ".");
-    if (s === "." || s === "..") return true;
-  }
-  return false;
 }

@@ -8,6 +8,7 @@
 import { z } from "zod";
 import { invalidInput, ValidationError, type ValidationIssues } from "../common/errors.ts";
 import { jsonEqual, nestsDeeperThan, protoKeyPath } from "../common/json.ts";
+import { ambiguousPath } from "../common/net.ts";
 import { isUserType, isValidName, SYSTEM } from "./keys.ts";
 import {
   type FunctionStatus,
@@ -493,6 +494,28 @@ export function writeChecks(obj: UserObject): void {
       "must be a path on the worker: '/' then printable ASCII, no spaces",
     );
   }
+  // The dashboard's examples and playground call it with the viewer's credential.
+  const sample = samplePathProblem(spec.sample_query?.path);
+  if (sample) refuse("sample_query.path", sample);
+}
+
+/**
+ * Why `path` (a `sample_query`'s) is no path of its function, or undefined
+ * when it is one (or is not given). It is sent below
+ * `/funccall/{tenant}/{namespace}/{name}/`, where a `.` or `..` segment,
+ * escaped or not, an escaped slash or a backslash would lead elsewhere: the
+ * dashboard shows it in a curl line a viewer copies with their own key.
+ */
+export function samplePathProblem(path: unknown): string | undefined {
+  if (path === undefined) return undefined;
+  if (typeof path !== "string" || !/^[!-~]*$/.test(path)) {
+    return "must be a path of the function: printable ASCII, no spaces";
+  }
+  const rel = path.replace(/^\/+/, "");
+  if (ambiguousPath(`/${rel}`) || /%2f|%5c/i.test(rel)) {
+    return "must be a path of the function: no '.' or '..' segment, backslash, '#' or escaped slash";
+  }
+  return undefined;
 }
 
 /**

@@ -135,6 +135,14 @@ const invalid: [string, unknown, string][] = [
     "endpoint.restore_hook",
   ],
   ["a probe naming a host", fn({ image: "x", endpoint: { probe: "//h/x" } }), "endpoint.probe"],
+  // The dashboard puts the sample's path in a curl line a viewer copies with their own key.
+  ...["../../../../object/", "v1/%2e%2E/x", "v1/..", "a%2Fb", "a\\b", "v1 x", 42].map((
+    path,
+  ): [string, unknown, string] => [
+    `a sample path ${JSON.stringify(path)}`,
+    fn({ image: "x", sample_query: { path } }),
+    "sample_query.path",
+  ]),
   [
     "an unknown key beside spec",
     fn({ spec: { image: "x" }, metdata: { labels: { a: "b" } } }),

@@ -7,7 +7,12 @@
  */
 import type { RequestRow } from "../audit/types.ts";
 import type { PodInfo } from "../model/cluster.ts";
-import { type FuncPolicy, type FunctionSpec, functionSpecToJson } from "../model/schemas.ts";
+import {
+  type FuncPolicy,
+  type FunctionSpec,
+  functionSpecToJson,
+  samplePathProblem,
+} from "../model/schemas.ts";
 import { funcColor, mb, stateCounts } from "./cluster_view.ts";
 import { Empty, FuncChip, Live, ms } from "./layout.tsx";
 import { LogPanel, PodsTable } from "./pods.tsx";
@@ -221,7 +226,10 @@ interface Sample {
 /** The playground's starting point: the function's `sample_query`, or an OpenAI completion. */
 export function samplePlayground(spec: FunctionSpec): Sample {
   const q = (spec.sample_query ?? {}) as Record<string, unknown>;
-  const path = typeof q.path === "string" ? q.path.replace(/^\/+/, "") : "v1/completions";
+  // A path stored before paths were checked, which would lead out of the function: not shown.
+  const path = typeof q.path === "string" && !samplePathProblem(q.path)
+    ? q.path.replace(/^\/+/, "")
+    : "v1/completions";
   const body = q.body && typeof q.body === "object" && !Array.isArray(q.body)
     ? { ...(q.body as Record<string, unknown>) }
     : { prompt: "Hello", max_tokens: 16 };

@@ -11,7 +11,8 @@ import { addFunction, fakeWorker, type GatewayFixture, gatewayFixture } from "..
 import type { GatewayEnv } from "../types.ts";
 import { type StreamLimits, uiRoutes } from "./ui.ts";
 import { callUrl, partUrl } from "../../ui/static/api.js";
-import { callExamples, KEY } from "../../ui/functions.tsx";
+import { callExamples, KEY, samplePlayground } from "../../ui/functions.tsx";
+import type { FunctionSpec } from "../../model/schemas.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -513,6 +514,14 @@ Deno.test("the playground calls only paths of its own function, whatever the spe
     ["a%2F..%2F..%2Fx", undefined],
   ];
   for (const [path, want] of cases) assert.equal(callUrl("t/n/f", path, origin), want, path);
+});
+
+Deno.test("a function's page shows no sample path that leads out of the function", () => {
+  const spec = (path: string) => ({ sample_query: { path, body: {} } }) as unknown as FunctionSpec;
+  // Stored before such paths were refused on write: the examples call v1/completions instead.
+  assert.equal(samplePlayground(spec("../../../../object/")).path, "v1/completions");
+  assert.equal(samplePlayground(spec("v1/%2e%2e/%2e%2e/apikeys")).path, "v1/completions");
+  assert.equal(samplePlayground(spec("/v1/chat/completions")).path, "v1/chat/completions");
 });
 
 Deno.test("the copied curl example quotes the spec's path and body for a shell", () => {
