@@ -12,7 +12,7 @@
  * @module
  */
 import type { Hono } from "hono";
-import { toInferxError, ValidationError } from "../common/errors.ts";
+import { InferxError, toInferxError, ValidationError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { ambiguousPath } from "../common/net.ts";
 import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
@@ -25,6 +25,7 @@ import {
   serveHttp1,
   toRequest,
 } from "./http1/server.ts";
+import { localOnly } from "./local_only.ts";
 import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
 import {
@@ -61,6 +62,8 @@ export function serveGateway(
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
   };
+  // Without auth, web pages of other sites are kept out (see the module).
+  const guard = deps.auth.enabled ? undefined : localOnly(options.hostname ?? "127.0.0.1");
   const observed: ObserveOptions = {
     metrics: deps.metrics,
     audit: deps.audit,
@@ -185,6 +188,15 @@ export function serveGateway(
       const url = req.url;
       const q = url.indexOf("?");
       const path = q < 0 ? url : url.slice(0, q);
+      const refused = guard?.(req.method, req.header("host"), req.header("origin"));
+      if (refused !== undefined) {
+        const e = new InferxError("forbidden", refused);
+        if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
+          new CallRecord(observed, req.method, path, performance.now()).failed(e);
+        }
+        const a = errorAnswer(e, isOpenaiPath(url));
+        return res.send(a.status, a.headers, a.body);
+      }
       if (ambiguousPath(path)) {
         // Resolved by a URL (the app's routes) but not by the warm path's split: one target
         // would name two functions. A call's refusal is recorded as any call's is.

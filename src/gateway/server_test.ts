@@ -139,7 +139,7 @@ t("the listener answers call errors as JSON and records them like the app does",
   // A target with a dot segment (sent raw: fetch() would resolve it).
   const dot = await rawCall(
     g.url,
-    "POST /funccall/t/n/f/../../../x/y/z HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
+    "POST /funccall/t/n/f/../../../x/y/z HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
   );
   assert.match(dot, /^HTTP\/1.1 400 /);
   assert.deepEqual(g.f.audit.requests.map((x) => [x.status, x.error, x.tenant, x.func]), [
@@ -210,7 +210,7 @@ t("a caller that goes away aborts the worker's request and frees the slot at onc
   const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
   await c.write(
     new TextEncoder().encode(
-      "POST /funccall/t/n/f/slow HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+      "POST /funccall/t/n/f/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     ),
   );
   const agent = () => g.f.cache.agent("t", "n", "f")!;
@@ -260,7 +260,9 @@ t("a caller that disconnects while queued leaves the queue at once", async () =>
   const g = await listening();
   g.f.sched.hang = true;
   const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
-  await c.write(new TextEncoder().encode("GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\n\r\n"));
+  await c.write(
+    new TextEncoder().encode("GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+  );
   const agent = () => g.f.cache.agent("t", "n", "f")!;
   while (agent()?.queued !== 1) await new Promise((r) => setTimeout(r, 10));
   c.close();
@@ -286,7 +288,9 @@ t(
       c.close();
       return { status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) };
     };
-    for (const host of ["x:abc", "a b", "[::1", "x:99999", "x/objects/function/t/n?", "x#"]) {
+    for (
+      const host of ["x:abc", "a b", "[::1", "localhost:99999", "x/objects/function/t/n?", "x#"]
+    ) {
       const r = await raw(`GET /health HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
       assert.equal(r.status, 400, host);
       assert.equal(JSON.parse(r.body).error.code, "invalid", host);
@@ -298,7 +302,7 @@ t(
     const ok = await raw("GET /health HTTP/1.1\r\nHost: [::1]:4000\r\nConnection: close\r\n\r\n");
     assert.equal(ok.status, 200);
     const abs = await raw(
-      `GET http://gw:1/objects/function/t/n?limit=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+      `GET http://gw:1/objects/function/t/n?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
     );
     assert.equal(abs.status, 200);
     assert.deepEqual(JSON.parse(abs.body).items.map((o: { name: string }) => o.name), ["f"]);
@@ -314,7 +318,7 @@ t("fields go to the worker and back byte for byte, non-ASCII bytes included", as
   g.f.sched.endpoints.push(w.endpoint);
   // UTF-8 in one request field: two bytes a character, and the fields after it must not shift.
   const head = new TextEncoder().encode(
-    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nX-A: \u00e9\u00e9\r\nX-Next: yes\r\nConnection: close\r\n\r\n",
+    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: \u00e9\u00e9\r\nX-Next: yes\r\nConnection: close\r\n\r\n",
   );
   const out = await rawCall(g.url, head);
   assert.match(out, /^HTTP\/1.1 200 /);
@@ -331,7 +335,7 @@ t("a caller's bad streamed body is answered 413 or 400 and the worker is not dro
   const w = rawWorker();
   g.f.sched.endpoints.push(w.endpoint);
   const head =
-    "POST /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    "POST /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
   const big = "x".repeat(2000);
   const tooLarge = await rawCall(g.url, `${head}${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`);
   assert.match(tooLarge, /^HTTP\/1.1 413 /);
@@ -354,7 +358,7 @@ t("HEAD on the warm path answers the length the worker declared, without a body"
   g.f.sched.endpoints.push(w.endpoint);
   const out = await rawCall(
     g.url,
-    "HEAD /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    "HEAD /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
   );
   assert.match(out, /^HTTP\/1.1 200 /);
   assert.match(out, /\r\ncontent-length: 12345\r\n/);
@@ -369,7 +373,9 @@ t("HEAD on the warm path answers the length the worker declared, without a body"
  */
 async function halfClosedCall(url: string, seen?: string): Promise<string> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
-  await c.write(new TextEncoder().encode("GET /funccall/t/n/f/s HTTP/1.1\r\nHost: h\r\n\r\n"));
+  await c.write(
+    new TextEncoder().encode("GET /funccall/t/n/f/s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+  );
   let out = "";
   const buf = new Uint8Array(65536);
   const read = () => c.read(buf).catch(() => null);
@@ -461,7 +467,7 @@ t(
     g.f.sched.endpoints.push(w.endpoint);
     const port = Number(new URL(g.url).port);
     const post = (path: string, extra = "") =>
-      `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 7\r\n${extra}\r\n{"a":1}`;
+      `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 7\r\n${extra}\r\n{"a":1}`;
     /** A call on a connection of its own, closed after `ms` (or when its answer is in). */
     const call = async (req: string, ms: number) => {
       const c = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -527,7 +533,7 @@ t("a streamed answer quiet past answer_timeout is cut and recorded as such", asy
   try {
     const cut = await rawCall(
       g.url,
-      "POST /funccall/t/n/f/v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+      "POST /funccall/t/n/f/v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}",
     );
     assert.match(cut, /^HTTP\/1.1 200 /);
     assert.match(cut, /data: 1/);
@@ -554,13 +560,13 @@ t(
       const length = (await get.text()).length;
       const head = await rawCall(
         g.url,
-        "HEAD /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "HEAD /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
       );
       assert.match(head, new RegExp(`content-length: ${length}\\r\\n`));
       // A route that answers without reading the body: its answer, not 100 Continue first.
       const refused = await rawCall(
         g.url,
-        "POST /nope HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n",
+        "POST /nope HTTP/1.1\r\nhost: 127.0.0.1\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n",
       );
       assert.match(refused, /^HTTP\/1.1 404 /);
     } finally {
@@ -578,7 +584,7 @@ t(
       for (const path of ["/funccall/t/n/nope/x", "/object/"]) {
         const c = await Deno.connect({ hostname: "127.0.0.1", port });
         const body = new Uint8Array(5 * 1024 * 1024).fill(120);
-        const head = `PUT ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n` +
+        const head = `PUT ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: text/plain\r\n` +
           `content-length: ${body.byteLength}\r\n\r\n`;
         // As Python's http.client does: the whole request first, then the answer.
         let sent = true;
@@ -609,8 +615,8 @@ t("HEAD on a streaming app route answers its head and lets the stream go", async
   try {
     const out = await rawCall(
       g.url,
-      "HEAD /ui/events HTTP/1.1\r\nhost: x\r\n\r\n",
-      "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+      "HEAD /ui/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+      "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
     );
     const heads = out.split("HTTP/1.1 ").filter(Boolean);
     assert.equal(heads.length, 2, out);
@@ -644,7 +650,7 @@ t(
     const body = JSON.stringify({ model: "t/n/f", prompt: "x", stream: true });
     const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
     await c.write(enc.encode(
-      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-inferx-progress: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+      `POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nx-inferx-progress: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
     ));
     const buf = new Uint8Array(65536);
     let got = "";
@@ -672,7 +678,7 @@ t(
       const ask = (path: string, ...fields: string[]) =>
         rawCall(
           g.url,
-          `POST ${path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n` +
+          `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\n` +
             `content-length: ${body.length}\r\n${
               fields.map((f) => `${f}\r\n`).join("")
             }\r\n${body}`,
@@ -716,7 +722,7 @@ t("a target with a dot segment is refused 400 on every path, and reaches no work
     for (const extra of ["", "x-inferx-progress: 1\r\n"]) {
       const out = await rawCall(
         g.url,
-        `GET ${target} HTTP/1.1\r\nHost: h\r\n${extra}Connection: close\r\n\r\n`,
+        `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${extra}Connection: close\r\n\r\n`,
       );
       assert.match(out, /^HTTP\/1.1 400 /, `${target} ${extra}: ${out}`);
       assert.match(out, /"code":"invalid"/);
@@ -726,7 +732,7 @@ t("a target with a dot segment is refused 400 on every path, and reaches no work
   // Dots inside a segment are a name's: served.
   const ok = await rawCall(
     g.url,
-    "GET /funccall/t/n/f/v1.2/a..b/.x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    "GET /funccall/t/n/f/v1.2/a..b/.x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
   );
   assert.match(ok, /^HTTP\/1.1 200 /, ok);
   assert.ok(w.received().startsWith("GET /v1.2/a..b/.x "), w.received());
@@ -746,7 +752,7 @@ t(
     g.f.sched.endpoints.push(w.endpoint);
     const out = await rawCall(
       g.url,
-      "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nConnection: X-Foo, HTTP2-Settings, close\r\n" +
+      "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: X-Foo, HTTP2-Settings, close\r\n" +
         "X-Foo: secret\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nUpgrade: h2c\r\nTE: trailers\r\n" +
         "Proxy-Connection: keep-alive\r\nX-Bar: kept\r\n\r\n",
     );
@@ -774,7 +780,7 @@ t("a worker's 101 Switching Protocols, never asked for, is a broken answer: 503"
   g.f.sched.endpoints.push(w.endpoint);
   const out = await rawCall(
     g.url,
-    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
+    "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
   );
   assert.match(out, /^HTTP\/1.1 503 /, out);
   assert.match(out, /"code":"worker_failed"/);
@@ -790,8 +796,8 @@ t(
     // No such function: answered 404 at once, the body never asked for.
     const out = await rawCall(
       g.url,
-      "POST /funccall/t/n/nope/x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
-      "{}GET /funccall/t/n/nope/x HTTP/1.1\r\nHost: h\r\n\r\n",
+      "POST /funccall/t/n/nope/x HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+      "{}GET /funccall/t/n/nope/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     );
     const answers = out.match(/HTTP\/1.1 \d+/g) ?? [];
     assert.equal(answers.length, 1, out);
@@ -799,3 +805,41 @@ t(
     await g.close();
   },
 );
+
+t("without auth, requests of web pages of other sites are refused 403 on every path", async () => {
+  const g = await listening();
+  const w = fakeWorker("w");
+  g.f.sched.endpoints.push(w.endpoint);
+  const port = new URL(g.url).port;
+  const head = (method: string, path: string, fields: string) =>
+    `${method} ${path} HTTP/1.1\r\n${fields}content-type: text/plain\r\ncontent-length: 2\r\n` +
+    `connection: close\r\n\r\n{}`;
+  for (
+    const [path, fields] of [
+      ["/apikeys", `host: 127.0.0.1:${port}\r\norigin: http://evil.example\r\n`],
+      ["/funccall/t/n/f/x", `host: rebind.example:${port}\r\n`],
+      ["/v1/completions", `host: 127.0.0.1:${port}\r\norigin: null\r\n`],
+    ]
+  ) {
+    const answer = await rawCall(g.url, head("POST", path, fields));
+    assert.match(answer, /^HTTP\/1.1 403 /, path);
+    assert.match(answer, /"code":"forbidden".*without auth/, path);
+  }
+  // Recorded as any refused call is; no key was made.
+  assert.deepEqual(g.f.audit.requests.map((x) => x.status), [403, 403]);
+  assert.deepEqual((await (await fetch(`${g.url}/apikeys`)).json()).items, []);
+  // Its own pages, and clients that are not browsers, are served.
+  const own = await rawCall(
+    g.url,
+    head("POST", "/funccall/t/n/f/x", `host: 127.0.0.1:${port}\r\norigin: ${g.url}\r\n`),
+  );
+  assert.match(own, /^HTTP\/1.1 200 /);
+  assert.equal((await post(`${g.url}/funccall/t/n/f/x`, {})).status, 200);
+  await g.close();
+  await w.close();
+  // With auth on, credentials decide.
+  const a = await listening({ adminKey: "admin-key-0123456789" });
+  const r = await rawCall(a.url, head("GET", "/nodes", "host: rebind.example\r\n"));
+  assert.match(r, /^HTTP\/1.1 401 /);
+  await a.close();
+});
