@@ -35,6 +35,8 @@ import {
 } from "./types.ts";
 import { nextTurn } from "../common/clock.ts";
 
+const log = logger("store");
+
 /** Options for {@linkcode openSqliteStore}. */
 export interface SqliteStoreOptions {
   /** Changes kept for watches that start in the past. @default 10000 */
@@ -185,7 +187,6 @@ function metaValue(db: DatabaseSync, name: string): number | undefined {
 
 /** Imports a legacy store directory once, then renames its files out of the way. */
 async function migrateLegacy(db: DatabaseSync, dir: string): Promise<void> {
-  const log = logger("store");
   if (metaValue(db, "migrated_at") === undefined) {
     const legacy = await readLegacyStore(dir);
     if (!legacy) return;
@@ -432,7 +433,6 @@ class SqliteStore implements MetaStore {
       this.#rev = rev;
       this.#historyBytes = bytes;
       if (compactTo > this.#compacted) this.#compacted = compactTo;
-      this.#giveBackPages();
     } catch (err) {
       if (err instanceof InferxError) return Promise.reject(err);
       return Promise.reject(
@@ -450,14 +450,24 @@ class SqliteStore implements MetaStore {
       const key = eventKey(ev);
       for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
     }
+    this.#giveBackPages();
     return Promise.resolve(this.#rev);
   }
 
-  /** Every 256 writes, gives the file's free pages back when there are more than 256 of them. */
+  /**
+   * Every 256 writes, gives the file's free pages back when there are more
+   * than 256 of them. After a write's commit, and apart from it: the write
+   * stands whatever this does (on a full disk it fails, and is tried again
+   * 256 writes later).
+   */
   #giveBackPages(): void {
     if (++this.#writesSinceVacuum < 256) return;
     this.#writesSinceVacuum = 0;
-    if (Number((this.#q.freePages.get() as Row).freelist_count) > 256) this.#q.vacuum.all();
+    try {
+      if (Number((this.#q.freePages.get() as Row).freelist_count) > 256) this.#q.vacuum.all();
+    } catch (err) {
+      log.warn("Cannot give the store's free pages back: {error}", { error: String(err) });
+    }
   }
 
   /** Queues `ev` for `w`; a microtask hands the queue over in revision order. */
