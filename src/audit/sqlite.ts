@@ -48,6 +48,7 @@ import {
 import type { AuditBackend, AuditBatch } from "./batching.ts";
 import { encodeRequests, type PackedRequests, SLOT, SLOTS } from "./row_codec.ts";
 import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
+import { privateDir } from "../common/private_dir.ts";
 
 /** Options for {@linkcode SqliteAuditBackend}. */
 export interface SqliteAuditOptions {
@@ -1084,7 +1085,7 @@ export function openSqliteAudit(
   path: string,
   options: OpenSqliteAuditOptions = {},
 ): SqliteAuditBackend {
-  if (path !== ":memory:") Deno.mkdirSync(dirname(path), { recursive: true });
+  if (path !== ":memory:") privateDir(dirname(path));
   const backend = new SqliteAuditBackend(path, options);
   const dir = options.legacyDir ?? (path === ":memory:" ? undefined : dirname(path));
   if (dir) {

@@ -49,6 +49,7 @@ import {
   type RunningPod,
   type SnapshotTaken,
 } from "./runtime.ts";
+import { privateDir } from "../common/private_dir.ts";
 
 const log = logger("nodeagent", "runtime");
 
@@ -578,7 +579,7 @@ export class ProcessRuntime implements PodRuntime {
     const toFile = net !== undefined ||
       (this.#options.outputToFile ?? this.#options.criu !== undefined);
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
-    if (logFile) await Deno.mkdir(this.#snapshots, { recursive: true });
+    if (logFile) privateDir(this.#snapshots);
     const env = this.#env(spec, listenHost, port, logFile);
     const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
     // nsenter joins the pod's network namespace; unshare makes the worker

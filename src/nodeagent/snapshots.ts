@@ -26,6 +26,7 @@ import { decodeSnapshot, type SnapshotInfo, snapshotName } from "../model/snapsh
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, ObjectRef } from "../rpc/types.ts";
 import type { PodRuntime } from "./runtime.ts";
+import { privateDir } from "../common/private_dir.ts";
 
 const log = logger("snapshots");
 
@@ -117,7 +118,7 @@ export class SnapshotManager {
    * dumps go), then follows functions to drop snapshots of old versions.
    */
   async start(): Promise<void> {
-    await Deno.mkdir(this.#o.dir, { recursive: true });
+    privateDir(this.#o.dir);
     const { items } = await this.#o.meta.list("snapshot");
     const keep = new Set<string>();
     for (const rec of items) {

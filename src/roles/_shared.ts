@@ -24,7 +24,7 @@ export interface RoleHandle {
  */
 export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise<NodeAgentConfig> {
   const { node, auto } = await readNodeConfig(config.node);
-  await Deno.mkdir(config.dataDir, { recursive: true });
+  await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   return {
     meta,
     node,

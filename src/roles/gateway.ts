@@ -22,7 +22,7 @@ export async function start(config: Config): Promise<RoleHandle> {
   const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
   const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs);
   const agents = new Map<string, GrpcNodeAgentClient>();
-  await Deno.mkdir(config.dataDir, { recursive: true });
+  await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const audit = openAudit(config);
   const gw = await gateway.start({
     meta,

@@ -34,6 +34,7 @@ import {
   type WatchOptions,
 } from "./types.ts";
 import { nextTurn } from "../common/clock.ts";
+import { privateDir } from "../common/private_dir.ts";
 
 const log = logger("store");
 
@@ -112,7 +113,7 @@ export async function openSqliteStore(
   path = ":memory:",
   options: SqliteStoreOptions = {},
 ): Promise<MetaStore> {
-  if (path !== ":memory:") await Deno.mkdir(dirname(path), { recursive: true });
+  if (path !== ":memory:") privateDir(dirname(path));
   const db = openDatabase(path, { what: "the store", incrementalVacuum: true, check: checkOurs });
   try {
     checkWhole(db);
