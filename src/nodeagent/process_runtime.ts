@@ -391,6 +391,28 @@ function followFile(
   };
 }
 
+/**
+ * Makes `dir` (private) and `logFile` in it, and writes a block beside it:
+ * a worker whose output cannot be written (a full or read-only file system)
+ * fails at its first line with nothing to say why, so the start fails here,
+ * saying it.
+ */
+async function outputWritable(dir: string, logFile: string): Promise<void> {
+  const probe = `${logFile}.probe`;
+  try {
+    privateDir(dir);
+    await Deno.writeFile(logFile, new Uint8Array(), { append: true });
+    await Deno.writeFile(probe, new Uint8Array(4096));
+  } catch (err) {
+    throw new InferxError(
+      "worker_failed",
+      `Cannot write the worker's output to ${logFile}: ${(err as Error).message}`,
+    );
+  } finally {
+    await Deno.remove(probe).catch(() => {});
+  }
+}
+
 /** Whether a worker's output file may be emptied: not while its image is written or kept. */
 const mayTrimLog = (child: { dumping?: boolean; tier?: StandbyTier }) =>
   !child.dumping && child.tier !== "file";
@@ -522,15 +544,16 @@ export class ProcessRuntime implements PodRuntime {
     await this.#options.cgroups?.sweep();
     if (this.#options.criu) await sweepCriuOutput();
     // What the workers just ended left (every worker of this runtime is: none is adopted):
-    // output files, restore directories, and the images of pods parked in a file, which no
-    // pod could resume (pod ids are never used again). Snapshots (`images/`) stay.
+    // output files (and their probes), restore directories, and the images of pods parked in a
+    // file, which no pod could resume (pod ids are never used again). Snapshots (`images/`) stay.
     try {
       for await (const e of Deno.readDir(this.#snapshots)) {
         const path = `${this.#snapshots}/${e.name}`;
         const parked = e.isDirectory &&
           await Deno.stat(`${path}/${META}`).then(() => true, () => false);
         if (
-          (e.isFile && e.name.endsWith(".log")) || (e.isDirectory && e.name.endsWith(".restore")) ||
+          (e.isFile && /\.log(\.probe)?$/.test(e.name)) ||
+          (e.isDirectory && e.name.endsWith(".restore")) ||
           parked
         ) {
           await Deno.remove(path, { recursive: true }).catch(() => {});
@@ -579,7 +602,7 @@ export class ProcessRuntime implements PodRuntime {
     const toFile = net !== undefined ||
       (this.#options.outputToFile ?? this.#options.criu !== undefined);
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
-    if (logFile) privateDir(this.#snapshots);
+    if (logFile) await outputWritable(this.#snapshots, logFile);
     const env = this.#env(spec, listenHost, port, logFile);
     const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
     // nsenter joins the pod's network namespace; unshare makes the worker
@@ -1024,7 +1047,7 @@ export class ProcessRuntime implements PodRuntime {
       throw new InferxError("worker_failed", `Cannot restore pod ${podId}: no image in ${dir}`);
     }
     await checkImages(dir, meta, podId);
-    if (logFile) await Deno.writeFile(logFile, new Uint8Array(), { append: true });
+    if (logFile) await outputWritable(this.#snapshots, logFile);
     const inherit: InheritedFile[] = meta.files.map((f) => ({
       key: f.path,
       path: f.path === meta.logFile && logFile ? logFile : f.path,

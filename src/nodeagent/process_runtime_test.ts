@@ -903,15 +903,47 @@ t(
       await rt.start(spec(["deno", "eval", code]));
       assert.match(await died.promise, /exit code 3[\s\S]*boom/, "told with its output");
       const left = () =>
-        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".log"));
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => /\.log/.test(n));
       for (let i = 0; i < 50 && left().length; i++) {
         await new Promise((r) => setTimeout(r, 20));
       }
       assert.deepEqual(left(), []);
       // An agent that restarts after a crash of its own: the files of the workers it ended go.
       await Deno.writeTextFile(`${dir}/pod-old.log`, "from before");
+      await Deno.writeTextFile(`${dir}/pod-old.log.probe`, "");
       await rt.recover();
       assert.deepEqual(left(), []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+t(
+  "ProcessRuntime says a worker's output cannot be written (a full disk), not an empty last output",
+  async () => {
+    if (Deno.uid() !== 0) return console.log("skipped: a full file system needs a tmpfs (root)");
+    const dir = await Deno.makeTempDir();
+    try {
+      const m = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir],
+      })
+        .output().catch(() => undefined);
+      if (!m?.success) return console.log("skipped: cannot mount a tmpfs here");
+      try {
+        await Deno.writeFile(`${dir}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
+        const rt = new ProcessRuntime({ outputToFile: true, snapshotDir: dir });
+        await assert.rejects(rt.start(spec(["deno", "eval", ENV_SERVER])), (err: InferxError) => {
+          assert.equal(err.code, "worker_failed");
+          assert.match(
+            err.message,
+            /Cannot write the worker's output to .*pod-test\.log: No space/,
+          );
+          return true;
+        });
+      } finally {
+        await new Deno.Command("umount", { args: [dir] }).output();
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
