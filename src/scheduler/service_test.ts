@@ -135,8 +135,18 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 0));
       assert.equal(answer, "timeout");
       assert.equal(sched.snapshot().nodes[0].ready, true);
+      // Another node heard, n1 not: n1's silence is its own.
       clock.advance(5000);
-      assert.equal(sched.snapshot().nodes[0].ready, false, "the node missed its heartbeats");
+      await meta.create({
+        type: "node",
+        ...sys,
+        name: "n2",
+        object: { ...node("n2"), heartbeat: clock.now() },
+      });
+      await until("n2 seen", () => sched.snapshot().nodes.length === 2);
+      clock.advance(100);
+      const n1 = () => sched.snapshot().nodes.find((n) => n.name === "n1")!;
+      assert.equal(n1().ready, false, "the node missed its heartbeats");
     } finally {
       sched.stop();
       await store.close();

@@ -100,11 +100,25 @@ export function onNodeRemove(ctx: Ctx, name: string) {
   retryStarved(ctx);
 }
 
-/** Ready nodes whose heartbeat has grown older than `nodeTimeoutMs` stop being ready. */
+/**
+ * Ready nodes whose heartbeat has grown older than `nodeTimeoutMs` stop being
+ * ready, when another node has been heard since (half that time after it, at
+ * least). Heartbeats reach the scheduler through the store: when every node
+ * falls silent at once, the fault is taken to be between them and the
+ * scheduler (the store full or out of reach, its watch stalled), as
+ * Kubernetes' node controller takes it, and no pod is moved. Pods then keep
+ * serving the calls of gateways that hold their leases, and a node heard
+ * again is judged afresh.
+ */
 export function expireSilentNodes(ctx: Ctx) {
+  let heard = -Infinity;
+  for (const n of ctx.state.nodeList) {
+    if (n.heartbeat !== undefined && n.heartbeat > heard) heard = n.heartbeat;
+  }
   let lost = false;
   for (const node of ctx.state.nodeList) {
     if (!node.ready || heartbeatFresh(ctx.state, node.heartbeat, ctx.now)) continue;
+    if (heard - node.heartbeat! < ctx.state.config.nodeTimeoutMs / 2) continue;
     node.ready = false;
     loseNodePods(ctx, node, `node ${node.name} missed its heartbeats`);
     lost = true;

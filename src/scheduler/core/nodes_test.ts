@@ -47,9 +47,36 @@ Deno.test("step() decides node readiness from the agent's report and its heartbe
     d.run({ type: "nodeUpdate", node: nodeReport("n1", { ready, heartbeat }) });
     assert.equal(d.state.nodes.get("n1")!.ready, wantThen, `${what}: at the report`);
     d.now = tickAt;
+    // Another node heard meanwhile: n1's silence is its own.
+    d.run({ type: "nodeUpdate", node: nodeReport("n2", { heartbeat: tickAt }) });
     d.run({ type: "tick" });
     assert.equal(d.state.nodes.get("n1")!.ready, wantAfter, `${what}: after the tick`);
   }
+});
+
+Deno.test("step() moves no pod when every node falls silent at once, and judges each again when one is heard", () => {
+  const d = new CoreDriver();
+  const beat = (name: string, heartbeat: number) => ({
+    type: "nodeUpdate" as const,
+    node: nodeReport(name, { heartbeat }),
+  });
+  d.run(beat("n1", 0), beat("n2", 0));
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
+  const pod = [...d.state.pods.values()][0];
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e1" });
+  // Neither heard for a minute (the store full, say): the pod stays where it is.
+  d.now = 60_000;
+  assert.deepEqual(d.run({ type: "tick" }), []);
+  assert.equal(d.state.nodes.get("n1")!.ready, true);
+  assert.equal(d.state.nodes.get("n2")!.ready, true);
+  assert.equal(d.state.pods.get(pod.id)!.state, "Ready");
+  // The node without the pod is heard again: the other's silence is its own now.
+  const other = pod.node === "n1" ? "n2" : "n1";
+  d.run(beat(other, 60_000));
+  const acts = d.run({ type: "tick" });
+  assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
+  assert.equal(created(acts)[0].node, other);
+  assert.equal(d.state.nodes.get(pod.node!)!.ready, false);
 });
 
 Deno.test("step() replaces the pods of a node whose heartbeats stop, and takes it back when they resume", () => {
@@ -89,8 +116,10 @@ Deno.test("step() keeps a silent node's pods charged until it says they are gone
     func: funcReport("t/n/f", { gpuCount: 1, vramMB: 20_000 }, { minReplica: 1 }),
   }))[0];
   d.run({ type: "podStatus", podId: first.id, state: "Ready", endpoint: "e1" });
-  // Its agent stalls (the worker runs on, holding 20 GB), then is heard before it has acted.
+  // Its agent stalls (the worker runs on, holding 20 GB) while a node without GPUs is heard,
+  // then is heard before it has acted.
   d.now = 11_000;
+  d.run({ type: "nodeUpdate", node: nodeReport("cpu", { heartbeat: 11_000 }) });
   assert.deepEqual(kinds(d.run({ type: "tick" })), ["terminatePod"]);
   d.now = 12_000;
   assert.deepEqual(kinds(d.run(gpuNode(12_000))), [], "no second 20 GB pod on the 24 GB GPU");
