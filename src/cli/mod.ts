@@ -29,7 +29,15 @@ import { parseArgs } from "node:util";
 import { type Answer, answerOf, CliError, ensureOk, type Io, readLine } from "./_shared.ts";
 import { applyObjects, diffObjects } from "./apply.ts";
 
-const USAGE = `usage: inferx ctl [--gateway URL] <command>
+/**
+ * How the command line is run here: the compiled binary by its name, else
+ * the repository's task (no `inferx` is on a path then).
+ */
+const CTL = Deno.build.standalone
+  ? `${Deno.execPath().slice(Deno.execPath().lastIndexOf("/") + 1)} ctl`
+  : "deno task ctl";
+
+const USAGE = `usage: ${CTL} [--gateway URL] <command>
   apply -f FILE|DIR             create or update the objects in FILE or DIR (JSON or YAML);
                                 an object equal to the stored one is left unchanged
     --dry-run                   validate on the server, write nothing
@@ -246,7 +254,7 @@ async function callAsync(
     body === undefined ? undefined : JSON.parse(body),
     { prefer: "respond-async", ...(callback ? { "x-inferx-callback-url": callback } : {}) },
   );
-  io.err(`accepted; see: inferx ctl calls get ${res.id}`);
+  io.err(`accepted; see: ${CTL} calls get ${res.id}`);
   io.out(String(res.id));
 }
 

@@ -26,7 +26,7 @@ t("ctl call --async prints the id; ctl calls get, list and cancel follow it", as
   const first = await ctl("--gateway", gw, "call", "t/n/f", "-d", '{"prompt":"x"}', "--async");
   assert.equal(first.code, 0, first.err);
   assert.match(first.out, /^t:n:c[0-9a-f]{24}$/);
-  assert.match(first.err, /accepted; see: inferx ctl calls get t:n:c/);
+  assert.match(first.err, /accepted; see: deno task ctl calls get t:n:c/);
   const second = await ctl("--gateway", gw, "call", "t/n/f", "--async");
   assert.equal(second.code, 0, second.err);
 

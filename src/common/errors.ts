@@ -72,7 +72,8 @@ export interface ValidationIssues {
 
 /**
  * The one way a failed schema validation becomes an error: the first issue's
- * field and message, and how many more there were.
+ * field and message (the first unknown key's, if any), and how many more
+ * there were.
  *
  * @example
  * ```ts
@@ -82,7 +83,8 @@ export interface ValidationIssues {
  * ```
  */
 export function invalidInput(what: string, error: ValidationIssues): ValidationError {
-  const [issue] = error.issues;
+  // An unknown key first: a misspelt field explains the others (`imagee`, then `image` missing).
+  const issue = error.issues.find((i) => i.code === "unrecognized_keys") ?? error.issues[0];
   // An unknown key's issue has the object holding it as its path: the field is the key.
   const path = issue?.code === "unrecognized_keys" && issue.keys?.length
     ? [...issue.path, issue.keys[0]]

@@ -27,6 +27,8 @@ Deno.test("invalidInput() names an unknown key as the field, at any depth", () =
     const [value, field] of [
       [{ image: "x", env: {}, policy: { max: 1 } }, "env"],
       [{ image: "x", policy: { max: 1, max_replicas: 2 } }, "policy.max_replicas"],
+      // Misspelt: the unknown key is named, not the field it left missing.
+      [{ imagee: "x", policy: { max: 1 } }, "imagee"],
     ] as const
   ) {
     const r = schema.safeParse(value);

@@ -191,9 +191,9 @@ export const FunctionSpecSchema = z.strictObject({
   }).prefault({}),
   resources: z.strictObject({
     /** Millicores; at least 10 in a write (writeChecks). */
-    CPU: z.int().min(1).max(1_024_000).default(1000),
+    CPU: z.int().min(1, "must be at least 10 (millicores)").max(1_024_000).default(1000),
     /** Megabytes of host memory; at least 6 in a write (writeChecks). */
-    Mem: z.int().min(1).max(16_777_216).default(1024),
+    Mem: z.int().min(1, "must be at least 6 (MB)").max(16_777_216).default(1024),
     GPU: z.strictObject({
       Type: z.string().min(1).default("Any"),
       Count: z.int().min(0).max(64).default(0),

@@ -435,3 +435,16 @@ Deno.test("a stored object a later rule refuses stays readable: only a write mus
   assert.equal(fn.type, "function");
   assert.throws(() => decodeUserObject(JSON.parse(stored)), /queue_len: must be at least 1/);
 });
+
+Deno.test("decodeUserObject() says the same least CPU and memory whatever the value below them", () => {
+  for (
+    const [resources, message] of [
+      [{ CPU: 0 }, /resources\.CPU: must be at least 10 \(millicores\)$/],
+      [{ CPU: 5 }, /resources\.CPU: must be at least 10 \(millicores\)$/],
+      [{ Mem: 0 }, /resources\.Mem: must be at least 6 \(MB\)$/],
+      [{ Mem: 3 }, /resources\.Mem: must be at least 6 \(MB\)$/],
+    ] as const
+  ) {
+    assert.throws(() => decodeUserObject(fn({ image: "x", resources })), message);
+  }
+});

@@ -43,6 +43,13 @@ export async function applySamples(meta: StateService, dir: string): Promise<num
       await meta.create(input);
       created++;
     } catch (err) {
+      // An object the store refuses: said with the setting it came from.
+      if (err instanceof ValidationError) {
+        throw new ValidationError(
+          `Invalid samples (INFERX_SAMPLES=${dir}): ${err.message}`,
+          "INFERX_SAMPLES",
+        );
+      }
       if (!(err instanceof AlreadyExistsError)) throw err;
     }
     done.add(idOf(input));

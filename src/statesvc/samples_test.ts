@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { ValidationError } from "../common/errors.ts";
 import { withTempDir } from "../common/testing.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { applySamples } from "./samples.ts";
@@ -98,4 +99,31 @@ Deno.test("samples are made as ctl apply makes them: applied again from the same
     const r = await meta.update({ ...o, revision: cur.revision } as ObjectInput);
     assert.equal(r.unchanged, true, `${o.type} ${o.tenant}/${o.namespace}/${o.name}`);
   }
+});
+
+Deno.test("a sample the store refuses is said with the setting and its misspelt field", async () => {
+  await withTempDir("ixsamples-", async (dir) => {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    await Deno.writeTextFile(
+      `${dir}/a.json`,
+      JSON.stringify({
+        type: "function",
+        tenant: "public",
+        namespace: "demo",
+        name: "b",
+        object: { spec: { imagee: "x" } },
+      }),
+    );
+    await assert.rejects(applySamples(meta, dir), (err: ValidationError) => {
+      assert.match(
+        err.message,
+        new RegExp(
+          `^Invalid samples \\(INFERX_SAMPLES=${dir}\\): Invalid function public/demo/b: imagee: Unrecognized key`,
+        ),
+      );
+      return true;
+    });
+    await store.close();
+  });
 });
