@@ -90,7 +90,8 @@ export function KeysPage(props: { keys: KeyView[] }) {
             Namespace <input type="text" name="namespace" placeholder="all" />
           </label>
           <label>
-            Expires in (days) <input type="number" name="expires_days" min="0.001" step="any" />
+            Expires in (days){" "}
+            <input type="number" name="expires_days" min="0.001" max="3650" step="any" />
           </label>
           <button type="submit" class="primary">Create</button>
         </form>

@@ -13,7 +13,7 @@
  */
 import { Hono } from "hono";
 import type { Context } from "hono";
-import { InferxError, NotFoundError, toInferxError } from "../../common/errors.ts";
+import { InferxError, NotFoundError, toInferxError, ValidationError } from "../../common/errors.ts";
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { funcId, isValidName } from "../../model/keys.ts";
 import { decodeStoredUserObject, resolvePolicy } from "../../model/schemas.ts";
@@ -251,6 +251,13 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     try {
       const { kind: _kind, ...filters } = given; // the page's own parameter
       q = auditQuery({ ...filters, limit: given.limit ?? "100" });
+      // What the API takes but the page would show as nothing, or pass over unsaid.
+      if (q.limit === 0) {
+        throw new ValidationError("Invalid limit 0: the page shows 1 or more rows");
+      }
+      if (kind === "pods" && q.status !== undefined) {
+        throw new ValidationError("status filters calls only: pod changes have no status code");
+      }
     } catch (err) {
       const e = toInferxError(err);
       if (e.code !== "invalid") throw err;
@@ -258,7 +265,6 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
       return c.html(AuditPage({ filter, kept: deps.audit !== undefined, error: e.message }), 400);
     }
     filter.limit = q.limit ?? 100;
-    if (kind === "pods") q.status = undefined;
     authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) return c.html(AuditPage({ filter, kept: false }));
     return c.html(

@@ -302,6 +302,8 @@ t("the keys part lists the keys, and the audit part filters calls by status", as
     assert.equal(keys.status, 200);
     assert.match(keys.body, /data-action="revoke"/);
     assert.match(keys.body, /&lt;b&gt;&lt;script&gt;/);
+    // The form says the API's bound in its own unit (the API's message counts seconds).
+    assert.match(keys.body, /name="expires_days" min="0.001" max="3650"/);
     await (await f.app.request("/funccall/t/n/nope/x", { headers: ADMIN })).text();
     const late = await f.app.request("/funccall/t/n/f/x", {
       headers: { ...ADMIN, "x-inferx-timeout": "0.05" },
@@ -322,6 +324,13 @@ t("the keys part lists the keys, and the audit part filters calls by status", as
     assert.match(bad.body, /name="status" value="teapot"/);
     assert.match(bad.body, /class="error refused">Invalid status &quot;teapot&quot;/);
     assert.doesNotMatch(bad.body, /<table/);
+    // What the API takes but the page would show as nothing, or pass over unsaid.
+    const none = await text(f, "/ui/part/audit?tenant=t&limit=0", ADMIN);
+    assert.equal(none.status, 400);
+    assert.match(none.body, /class="error refused">Invalid limit 0/);
+    const pods = await text(f, "/ui/part/audit?tenant=t&kind=pods&status=500", ADMIN);
+    assert.equal(pods.status, 400);
+    assert.match(pods.body, /class="error refused">status filters calls only/);
   } finally {
     await f.close();
   }
