@@ -381,7 +381,11 @@ Deno.test({
       await leader.close();
       open.delete(leader);
       const rest = tabs.filter((t) => t !== leader);
-      await eventually("another tab takes the stream", async () => streams() === 1, 10_000);
+      await eventually(
+        "another window takes the stream",
+        () => Promise.resolve(streams() === 1),
+        10_000,
+      );
       for (const tab of rest) {
         assert.match(await text(tab, "#live"), /live/);
       }
