@@ -201,6 +201,26 @@ export async function withTempDir(
 }
 
 /**
+ * Runs `fn` with a new tmpfs of `size` (`1m`) mounted on a temporary
+ * directory, unmounted and removed afterwards: a file system to fill. Skips
+ * `fn`, saying why, where none can be mounted (not root).
+ */
+export async function withTmpfs(size: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  if (Deno.uid() !== 0) return console.log("skipped: a file system to fill needs a tmpfs (root)");
+  await withTempDir("inferx-tmpfs-", async (dir) => {
+    const mount = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+    }).output().catch(() => undefined);
+    if (!mount?.success) return console.log("skipped: cannot mount a tmpfs here");
+    try {
+      await fn(dir);
+    } finally {
+      await new Deno.Command("umount", { args: [dir] }).output();
+    }
+  });
+}
+
+/**
  * A call of `tenant/namespace/f` as a gateway stores it (queued, body `{}`
  * in base64), with `fields` changed.
  */

@@ -1,3 +1,4 @@
+import { withTmpfs } from "../common/testing.ts";
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
@@ -922,31 +923,15 @@ t(
 t(
   "ProcessRuntime says a worker's output cannot be written (a full disk), not an empty last output",
   async () => {
-    if (Deno.uid() !== 0) return console.log("skipped: a full file system needs a tmpfs (root)");
-    const dir = await Deno.makeTempDir();
-    try {
-      const m = await new Deno.Command("mount", {
-        args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir],
-      })
-        .output().catch(() => undefined);
-      if (!m?.success) return console.log("skipped: cannot mount a tmpfs here");
-      try {
-        await Deno.writeFile(`${dir}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
-        const rt = new ProcessRuntime({ outputToFile: true, snapshotDir: dir });
-        await assert.rejects(rt.start(spec(["deno", "eval", ENV_SERVER])), (err: InferxError) => {
-          assert.equal(err.code, "worker_failed");
-          assert.match(
-            err.message,
-            /Cannot write the worker's output to .*pod-test\.log: No space/,
-          );
-          return true;
-        });
-      } finally {
-        await new Deno.Command("umount", { args: [dir] }).output();
-      }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await withTmpfs("1m", async (dir) => {
+      await Deno.writeFile(`${dir}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
+      const rt = new ProcessRuntime({ outputToFile: true, snapshotDir: dir });
+      await assert.rejects(rt.start(spec(["deno", "eval", ENV_SERVER])), (err: InferxError) => {
+        assert.equal(err.code, "worker_failed");
+        assert.match(err.message, /Cannot write the worker's output to .*pod-test\.log: No space/);
+        return true;
+      });
+    });
   },
 );
 

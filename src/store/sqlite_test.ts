@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { InferxError } from "../common/errors.ts";
-import { withTempDir } from "../common/testing.ts";
+import { withTempDir, withTmpfs } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
 import { openSqliteStore } from "./sqlite.ts";
@@ -263,60 +263,40 @@ Deno.test("a truncated store file is refused as damaged, and left as it is", asy
 });
 
 Deno.test("a store that cannot open on a full disk says the disk is full, not 'disk I/O error'", async () => {
-  if (Deno.uid() !== 0) return console.log("skipped: a full file system needs a tmpfs (root)");
-  await withDir(async (dir) => {
-    const data = `${dir}/small`;
-    await Deno.mkdir(data);
-    const mount = (...args: string[]) => new Deno.Command("mount", { args }).output();
-    const m = await mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", data).catch(() => undefined);
-    if (!m?.success) return console.log("skipped: cannot mount a tmpfs here");
-    try {
-      await Deno.writeFile(`${data}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
-      await assert.rejects(
-        openSqliteStore(`${data}/meta.db`),
-        (e: InferxError) => /meta\.db: the file system holding it is full/.test(e.message),
-      );
-    } finally {
-      await new Deno.Command("umount", { args: [data] }).output();
-    }
+  await withTmpfs("1m", async (data) => {
+    await Deno.writeFile(`${data}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
+    await assert.rejects(
+      openSqliteStore(`${data}/meta.db`),
+      (e: InferxError) => /meta\.db: the file system holding it is full/.test(e.message),
+    );
   });
 });
 
 Deno.test("a write committed on a nearly full disk stands, and is watched, when giving pages back fails", async () => {
-  if (Deno.uid() !== 0) return console.log("skipped: a full file system needs a tmpfs (root)");
-  await withDir(async (dir) => {
-    const data = `${dir}/small`;
-    await Deno.mkdir(data);
-    const mount = (...args: string[]) => new Deno.Command("mount", { args }).output();
-    const m = await mount("-t", "tmpfs", "-o", "size=40m", "tmpfs", data).catch(() => undefined);
-    if (!m?.success) return console.log("skipped: cannot mount a tmpfs here");
+  await withTmpfs("40m", async (data) => {
+    const store = await openSqliteStore(`${data}/meta.db`, { historyLimit: 5 });
     try {
-      const store = await openSqliteStore(`${data}/meta.db`, { historyLimit: 5 });
-      try {
-        const seen: string[] = [];
-        store.watch("/k/", { onEvent: (e) => seen.push(e.type === "put" ? e.kv.key : e.key) });
-        const keys = Array.from({ length: 1500 }, (_, i) => `/k/big${i}`);
-        for (const k of keys) await store.create(k, "x".repeat(8000));
-        // Some 3,000 pages freed, then the disk filled but for room for small writes: the
-        // give-back every 256 writes has work to do, and no room to write it in.
-        await store.deleteKeys(keys);
-        const filler = await Deno.open(`${data}/filler`, { write: true, create: true });
-        await (async () => {
-          for (;;) await filler.write(new Uint8Array(4096));
-        })().catch(() => {});
-        await filler.truncate((await filler.stat()).size - 2 * 1024 * 1024);
-        filler.close();
-        for (let i = 0; i < 300; i++) {
-          const key = `/k/s${i}`;
-          await store.create(key, "v");
-          await new Promise((r) => setTimeout(r, 0));
-          assert.equal(seen.at(-1), key, `write ${i} was watched`);
-        }
-      } finally {
-        await store.close();
+      const seen: string[] = [];
+      store.watch("/k/", { onEvent: (e) => seen.push(e.type === "put" ? e.kv.key : e.key) });
+      const keys = Array.from({ length: 1500 }, (_, i) => `/k/big${i}`);
+      for (const k of keys) await store.create(k, "x".repeat(8000));
+      // Some 3,000 pages freed, then the disk filled but for room for small writes: the
+      // give-back every 256 writes has work to do, and no room to write it in.
+      await store.deleteKeys(keys);
+      const filler = await Deno.open(`${data}/filler`, { write: true, create: true });
+      await (async () => {
+        for (;;) await filler.write(new Uint8Array(4096));
+      })().catch(() => {});
+      await filler.truncate((await filler.stat()).size - 2 * 1024 * 1024);
+      filler.close();
+      for (let i = 0; i < 300; i++) {
+        const key = `/k/s${i}`;
+        await store.create(key, "v");
+        await new Promise((r) => setTimeout(r, 0));
+        assert.equal(seen.at(-1), key, `write ${i} was watched`);
       }
     } finally {
-      await new Deno.Command("umount", { args: [data] }).output();
+      await store.close();
     }
   });
 });
