@@ -55,21 +55,12 @@ function shown() {
 
 /**
  * A name for the tab's credential, the same in every tab that has it and
- * not the credential: a SHA-256 digest's first 96 bits, or two 32-bit FNV-1a
- * hashes where the page has no SubtleCrypto (not a secure context).
+ * not the credential: its SHA-256 digest's first 96 bits. (SubtleCrypto, as
+ * Web Locks, exists only in a secure context.)
  */
-export async function scopeOf(value) {
-  const bytes = new TextEncoder().encode(value);
-  if (globalThis.crypto?.subtle) {
-    const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-    return [...d.subarray(0, 12)].map((b) => b.toString(16).padStart(2, "0")).join("");
-  }
-  const fnv = (seed) => {
-    let h = seed;
-    for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-    return h.toString(16).padStart(8, "0");
-  };
-  return fnv(0x811c9dc5) + fnv(0x050c5d1f);
+async function scopeOf(value) {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(value)));
+  return [...d.subarray(0, 12)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Waits `ms`, or less when `signal` aborts. */
@@ -130,7 +121,7 @@ async function stream(on, signal) {
 /** Follows the cluster: `onChange()` after each change, and after each reconnection. */
 export async function follow(onChange) {
   const locks = navigator.locks;
-  const name = `inferx.live.${await scopeOf(credential())}`;
+  const name = locks ? `inferx.live.${await scopeOf(credential())}` : "";
   const channel = locks ? new BroadcastChannel(name) : undefined;
   /** This tab reads the stream (holds the lock). */
   let leading = false;
