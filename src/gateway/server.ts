@@ -158,6 +158,15 @@ export function serveGateway(
     }
   }
 
+  /** Refuses a request before it is routed; a call's refusal is recorded as any call's is. */
+  function refuse(req: Http1Request, res: Http1Response, path: string, e: InferxError) {
+    if (req.url.startsWith("/funccall/") || req.url.startsWith("/v1/")) {
+      new CallRecord(observed, req.method, path, performance.now()).failed(e);
+    }
+    const a = errorAnswer(e, isOpenaiPath(req.url));
+    return res.send(a.status, a.headers, a.body);
+  }
+
   async function viaApp(req: Http1Request, res: Http1Response) {
     const abort = new AbortController();
     req.onAbort(() => abort.abort());
@@ -190,25 +199,20 @@ export function serveGateway(
       const path = q < 0 ? url : url.slice(0, q);
       const refused = guard?.(req.method, req.header("host"), req.header("origin"));
       if (refused !== undefined) {
-        const e = new InferxError("forbidden", refused);
-        if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
-          new CallRecord(observed, req.method, path, performance.now()).failed(e);
-        }
-        const a = errorAnswer(e, isOpenaiPath(url));
-        return res.send(a.status, a.headers, a.body);
+        return refuse(req, res, path, new InferxError("forbidden", refused));
       }
       if (ambiguousPath(path)) {
         // Resolved by a URL (the app's routes) but not by the warm path's split: one target
-        // would name two functions. A call's refusal is recorded as any call's is.
-        const e = new ValidationError(
-          `Invalid request target: a path with a "." or ".." segment, a "\\" or a "#"`,
-          "path",
+        // would name two functions.
+        return refuse(
+          req,
+          res,
+          path,
+          new ValidationError(
+            `Invalid request target: a path with a "." or ".." segment, a "\\" or a "#"`,
+            "path",
+          ),
         );
-        if (url.startsWith("/funccall/") || url.startsWith("/v1/")) {
-          new CallRecord(observed, req.method, path, performance.now()).failed(e);
-        }
-        const a = errorAnswer(e, isOpenaiPath(url));
-        return res.send(a.status, a.headers, a.body);
       }
       if (url.startsWith("/funccall/")) {
         const parsed = parseFunccallPath(url);
