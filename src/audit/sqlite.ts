@@ -385,6 +385,42 @@ function hasTable(db: DatabaseSync, name: string): boolean {
  * dropped later: other processes may be reading it. Returns whether it
  * holds rows.
  */
+/**
+ * Creates the audit's file at `path` when there is none, whole: made with its
+ * schema under another name, then linked to `path` (which fails, harmlessly,
+ * when another process of a group made it first). So the file is never empty
+ * where it is found, and an empty one is one a copy or a restore cut short,
+ * refused as the store's is, rather than an audit started over unsaid.
+ */
+function createWhole(path: string): void {
+  try {
+    Deno.statSync(path);
+    return;
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) return; // said by the open that follows
+  }
+  const made = `${path}.new-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    const db = openDatabase(made, { incrementalVacuum: true, what: "the audit" });
+    try {
+      prepareSchema(db);
+    } finally {
+      db.close();
+    }
+    Deno.linkSync(made, path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+  } finally {
+    for (const f of [made, `${made}-wal`, `${made}-shm`]) {
+      try {
+        Deno.removeSync(f);
+      } catch {
+        // not made
+      }
+    }
+  }
+}
+
 function prepareSchema(db: DatabaseSync): boolean {
   return transaction(db, () => {
     if (hasTable(db, "requests") && !hasTable(db, "request_spans")) {
@@ -668,6 +704,7 @@ export class SqliteAuditBackend implements AuditBackend {
    * memory). Use {@linkcode openSqliteAudit} to also import older files.
    */
   constructor(path: string, options: SqliteAuditOptions = {}) {
+    if (path !== ":memory:") createWhole(path);
     this.#db = openDatabase(path, {
       synchronous: "NORMAL",
       incrementalVacuum: true,

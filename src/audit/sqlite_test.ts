@@ -576,3 +576,34 @@ Deno.test("SqliteAuditBackend: scopes pruned by one process are not used by anot
     await b.close();
   });
 });
+
+Deno.test("an emptied audit file is refused, not started over; processes making one together all open it", async () => {
+  await withTempDir("ixaudit-", async (dir) => {
+    const path = `${dir}/audit.db`;
+    const a = openSqliteAudit(path);
+    await a.write({ id: "b0", requests: [sampleRequest(0)], pods: [] });
+    await a.close();
+    await Deno.writeFile(path, new Uint8Array());
+    await Deno.remove(`${path}-wal`).catch(() => {});
+    assert.throws(() => openSqliteAudit(path), /audit\.db: it is an empty file/);
+    assert.equal((await Deno.stat(path)).size, 0, "left as it was");
+    // Four processes open one audit that is not there yet, at once (a gateway group's start).
+    const fresh = `${dir}/new/audit.db`;
+    const code = `import { SqliteAuditBackend } from ${
+      JSON.stringify(new URL("./sqlite.ts", import.meta.url).href)
+    }; await new SqliteAuditBackend(${JSON.stringify(fresh)}).close(); console.log("ok");`;
+    await Deno.mkdir(`${dir}/new`);
+    const outs = await Promise.all(
+      [0, 1, 2, 3].map(() =>
+        new Deno.Command(Deno.execPath(), {
+          args: ["eval", code],
+          stdout: "piped",
+          stderr: "piped",
+        })
+          .output()
+      ),
+    );
+    for (const o of outs) assert.ok(o.success, new TextDecoder().decode(o.stderr));
+    assert.deepEqual([...Deno.readDirSync(`${dir}/new`)].map((e) => e.name).sort(), ["audit.db"]);
+  });
+});

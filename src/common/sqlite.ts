@@ -51,9 +51,9 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
   let db: DatabaseSync | undefined;
   try {
     // SQLite takes an empty file for a new database and writes one over it: an empty file
-    // where a database was is one a copy or a restore cut short, not a fresh start. (Not for
-    // a shared one: another process that is creating it leaves it empty for a moment.)
-    if (path !== ":memory:" && !options.shared && sizeOf(path) === 0) {
+    // where a database was is one a copy or a restore cut short, not a fresh start. (A shared
+    // one is made whole under another name first: see the audit's createWhole.)
+    if (path !== ":memory:" && sizeOf(path) === 0) {
       throw new EmptyFile(
         "it is an empty file (a copy or a restore cut short?); it was left as it is: put the " +
           "database back, or remove the file to start with none",
