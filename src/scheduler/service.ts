@@ -269,6 +269,11 @@ export class SchedulerService implements SchedulerClient {
           this.#apply({ type: "nodeUpdate", node: nodeReport(decodeNode(rec.value)) }),
         remove: (ref) => this.#apply({ type: "nodeRemove", name: ref.name }),
       }),
+    );
+    // Judged together once all are known (every one silent is not one silent node), before
+    // their pods are recovered.
+    this.#apply({ type: "nodesListed" });
+    this.#informers.push(
       await startInformer(this.#meta, "pod", {
         upsert: (rec) => {
           let pod: PodInfo;

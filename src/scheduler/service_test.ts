@@ -135,17 +135,22 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 0));
       assert.equal(answer, "timeout");
       assert.equal(sched.snapshot().nodes[0].ready, true);
-      // Another node heard, n1 not: n1's silence is its own.
-      clock.advance(5000);
-      await meta.create({
-        type: "node",
-        ...sys,
-        name: "n2",
-        object: { ...node("n2"), heartbeat: clock.now() },
-      });
+      // Another node is heard, n1 is not: n1's silence is its own.
+      const n2 = { type: "node" as const, ...sys, name: "n2" };
+      await meta.create({ ...n2, object: { ...node("n2"), heartbeat: clock.now() } });
       await until("n2 seen", () => sched.snapshot().nodes.length === 2);
-      clock.advance(100);
       const n1 = () => sched.snapshot().nodes.find((n) => n.name === "n1")!;
+      for (let i = 0; i < 6 && n1().ready; i++) {
+        clock.advance(2000);
+        const rec = await meta.get(n2);
+        await meta.update({
+          ...n2,
+          object: { ...node("n2"), heartbeat: clock.now() },
+          revision: rec!.revision,
+        });
+        await new Promise((r) => setTimeout(r, 20)); // its watch brings it
+        clock.advance(1);
+      }
       assert.equal(n1().ready, false, "the node missed its heartbeats");
     } finally {
       sched.stop();

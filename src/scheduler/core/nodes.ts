@@ -12,11 +12,13 @@ import { capacityChanged, updateAllSchedulable } from "./schedulable.ts";
 import type { CoreNode, CoreState, NodeReport } from "./types.ts";
 
 /**
- * Whether a node's last heartbeat (ms) is recent enough at `now`; a node
- * with no known heartbeat never goes stale.
+ * Whether a node's last heartbeat (ms) is recent enough at `now`, its
+ * silence counted from no earlier than `state.heardFrom`; a node with no
+ * known heartbeat never goes stale.
  */
 export function heartbeatFresh(state: CoreState, heartbeat: number | undefined, now: number) {
-  return heartbeat === undefined || now - heartbeat < state.config.nodeTimeoutMs;
+  return heartbeat === undefined ||
+    now - Math.max(heartbeat, state.heardFrom ?? -Infinity) < state.config.nodeTimeoutMs;
 }
 
 /** A node registered or heartbeat: takes its figures, and loses its pods if it is not ready. */
@@ -43,7 +45,9 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
     state.nodeList.push(node);
   }
   const wasReady = node.ready;
-  const fresh = heartbeatFresh(state, r.heartbeat, ctx.now);
+  // A stale heartbeat makes a node not ready at once only when others are heard: when every
+  // node is silent, and before nodes are first judged together, the next judgement decides.
+  const fresh = heartbeatFresh(state, r.heartbeat, ctx.now) || state.allSilent !== false;
   node.ready = r.ready && fresh;
   node.heartbeat = r.heartbeat;
   node.cpuTotal = r.cpuMillis;
@@ -102,23 +106,36 @@ export function onNodeRemove(ctx: Ctx, name: string) {
 
 /**
  * Ready nodes whose heartbeat has grown older than `nodeTimeoutMs` stop being
- * ready, when another node has been heard since (half that time after it, at
- * least). Heartbeats reach the scheduler through the store: when every node
- * falls silent at once, the fault is taken to be between them and the
- * scheduler (the store full or out of reach, its watch stalled), as
- * Kubernetes' node controller takes it, and no pod is moved. Pods then keep
- * serving the calls of gateways that hold their leases, and a node heard
- * again is judged afresh.
+ * ready, while other nodes are heard. Heartbeats reach the scheduler through
+ * the store: when every node falls silent at once, the fault is taken to be
+ * between them and the scheduler (the store full or out of reach, its watch
+ * stalled), as Kubernetes' node controller takes a full disruption, and no
+ * pod is moved; pods keep serving the gateways that hold their leases. When
+ * a node is heard again, every node's silence counts afresh from then (the
+ * others' heartbeats land over the next seconds, each at its own phase).
  */
 export function expireSilentNodes(ctx: Ctx) {
-  let heard = -Infinity;
-  for (const n of ctx.state.nodeList) {
-    if (n.heartbeat !== undefined && n.heartbeat > heard) heard = n.heartbeat;
+  const { state } = ctx;
+  let known = 0;
+  let heard = false;
+  for (const n of state.nodeList) {
+    if (n.heartbeat === undefined) continue;
+    known++;
+    if (heartbeatFresh(state, n.heartbeat, ctx.now)) heard = true;
   }
+  if (known > 0 && !heard) {
+    state.allSilent = true;
+    return;
+  }
+  if (state.allSilent) {
+    state.allSilent = false;
+    state.heardFrom = ctx.now;
+    return;
+  }
+  state.allSilent = false;
   let lost = false;
-  for (const node of ctx.state.nodeList) {
-    if (!node.ready || heartbeatFresh(ctx.state, node.heartbeat, ctx.now)) continue;
-    if (heard - node.heartbeat! < ctx.state.config.nodeTimeoutMs / 2) continue;
+  for (const node of state.nodeList) {
+    if (!node.ready || heartbeatFresh(state, node.heartbeat, ctx.now)) continue;
     node.ready = false;
     loseNodePods(ctx, node, `node ${node.name} missed its heartbeats`);
     lost = true;

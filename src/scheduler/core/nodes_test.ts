@@ -36,7 +36,8 @@ Deno.test("step() decides node readiness from the agent's report and its heartbe
   const cases: [string, boolean, number | undefined, number, number, boolean, boolean][] = [
     ["fresh, ticked before the timeout", true, 1000, 1000, 10_999, true, true],
     ["fresh, ticked at the timeout", true, 1000, 1000, 11_000, true, false],
-    ["already stale when listed (restart)", true, 1000, 11_000, 11_000, false, false],
+    // Judged with the others (the next tick, or when all are listed), not as it comes.
+    ["already stale when listed (restart)", true, 1000, 11_000, 11_000, true, false],
     ["reported not ready", false, 1000, 1000, 1000, false, false],
     ["no heartbeat known", true, undefined, 1000, 1e9, true, true],
   ];
@@ -54,7 +55,7 @@ Deno.test("step() decides node readiness from the agent's report and its heartbe
   }
 });
 
-Deno.test("step() moves no pod when every node falls silent at once, and judges each again when one is heard", () => {
+Deno.test("step() moves no pod when every node falls silent at once, and judges each afresh from when one is heard", () => {
   const d = new CoreDriver();
   const beat = (name: string, heartbeat: number) => ({
     type: "nodeUpdate" as const,
@@ -63,6 +64,7 @@ Deno.test("step() moves no pod when every node falls silent at once, and judges 
   d.run(beat("n1", 0), beat("n2", 0));
   d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
   const pod = [...d.state.pods.values()][0];
+  const other = pod.node === "n1" ? "n2" : "n1";
   d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e1" });
   // Neither heard for a minute (the store full, say): the pod stays where it is.
   d.now = 60_000;
@@ -70,13 +72,63 @@ Deno.test("step() moves no pod when every node falls silent at once, and judges 
   assert.equal(d.state.nodes.get("n1")!.ready, true);
   assert.equal(d.state.nodes.get("n2")!.ready, true);
   assert.equal(d.state.pods.get(pod.id)!.state, "Ready");
-  // The node without the pod is heard again: the other's silence is its own now.
-  const other = pod.node === "n1" ? "n2" : "n1";
-  d.run(beat(other, 60_000));
+  // The store is back: the node without the pod is heard first, the other a second later
+  // (each beats at its own phase). Nothing moves meanwhile.
+  d.now = 60_100;
+  d.run(beat(other, 60_100));
+  d.now = 60_250;
+  assert.deepEqual(d.run({ type: "tick" }), []);
+  d.now = 61_100;
+  d.run(beat(pod.node!, 61_100));
+  d.now = 61_250;
+  assert.deepEqual(d.run({ type: "tick" }), []);
+  assert.equal(d.state.nodes.get(pod.node!)!.ready, true);
+  // Had the pod's node not come back, its silence would be its own a timeout after that.
+  d.run(beat(pod.node!, 0));
+  d.now = 70_000;
+  d.run(beat(other, 70_000));
+  assert.deepEqual(d.run({ type: "tick" }), []);
+  d.now = 70_300;
   const acts = d.run({ type: "tick" });
   assert.deepEqual(kinds(acts), ["terminatePod", "createPod"]);
   assert.equal(created(acts)[0].node, other);
-  assert.equal(d.state.nodes.get(pod.node!)!.ready, false);
+});
+
+Deno.test("step() moves no pod of nodes all listed stale by a scheduler that starts, and judges them from when one is heard", () => {
+  const d = new CoreDriver();
+  d.now = 30_000; // the store's nodes were last heard 30 s ago (a scheduler taking over)
+  const node = (name: string, heartbeat: number) => ({
+    type: "nodeUpdate" as const,
+    node: nodeReport(name, { heartbeat }),
+  });
+  d.run(node("n1", 0), node("n2", 0), { type: "nodesListed" });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, {}) });
+  const pod = {
+    id: "x-1",
+    func: "t/n/f",
+    version: 1,
+    node: "n1",
+    cpu: 100,
+    memMB: 64,
+    gpus: [],
+    desired: "Running" as const,
+    state: "Ready" as const,
+    endpoint: "10.0.0.9:80",
+  };
+  assert.deepEqual(kinds(d.run({ type: "podRecord", pod }, { type: "tick" })), []);
+  assert.equal(d.state.nodes.get("n1")!.ready, true);
+  assert.equal(d.state.nodes.get("n2")!.ready, true);
+  assert.equal(d.state.pods.get("x-1")!.state, "Ready");
+  // n2 is heard: n1 gets a full timeout from then, and is lost after it.
+  d.now = 31_000;
+  d.run(node("n2", 31_000), { type: "tick" });
+  d.now = 40_000;
+  d.run(node("n2", 40_000));
+  assert.deepEqual(kinds(d.run({ type: "tick" })), []);
+  d.now = 41_100;
+  d.run(node("n2", 41_000));
+  assert.deepEqual(kinds(d.run({ type: "tick" })), ["terminatePod"]);
+  assert.equal(d.state.nodes.get("n1")!.ready, false);
 });
 
 Deno.test("step() replaces the pods of a node whose heartbeats stop, and takes it back when they resume", () => {

@@ -180,6 +180,7 @@ Deno.test("a Ready pod recovered on a node that missed its heartbeats is lost wi
   d.run(
     { type: "nodeUpdate", node: nodeReport("dead", { heartbeat: 1_000 }) },
     { type: "nodeUpdate", node: nodeReport("n2", { heartbeat: 100_000 }) },
+    { type: "nodesListed" },
   );
   assert.equal(d.state.nodes.get("dead")!.ready, false);
   const recovered = d.run({

@@ -135,6 +135,9 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
     case "snapshot":
       applySnapshot(state, event);
       break;
+    case "nodesListed":
+      expireSilentNodes(ctx);
+      break;
     case "tick":
       onTick(ctx);
       break;

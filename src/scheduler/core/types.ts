@@ -262,6 +262,17 @@ export interface CoreState {
   /** Weights of tenants whose weight is not 1. */
   weights: Map<string, number>;
   podSeq: number;
+  /**
+   * Nodes' silence counts from no earlier than this (ms): the end of the
+   * last time every node was silent at once.
+   */
+  heardFrom?: number;
+  /**
+   * Every node with a known heartbeat was silent when last judged (a tick);
+   * undefined before the first judgement (nodes listed at a start are judged
+   * together, not one by one as they come).
+   */
+  allSilent?: boolean;
 }
 
 /** What a tenant may hold at once; undefined: unlimited. */
@@ -371,6 +382,8 @@ export type CoreEvent =
     /** Whether the node holds a restorable snapshot (false: it is gone). */
     ready: boolean;
   }
+  /** Every node of the store has been listed (at a start): they are judged together. */
+  | { type: "nodesListed" }
   | { type: "tick" };
 
 /** A pod the shell must create. */
