@@ -22,7 +22,7 @@
 
 /** Whether `host` (a name or address, without port) is this machine's loopback. */
 function loopbackHost(host: string): boolean {
-  const h = host.toLowerCase();
+  const h = host.toLowerCase().replace(/\.$/, ""); // a name may end in its root's dot
   return h === "localhost" || h.endsWith(".localhost") || h === "[::1]" || h === "::1" ||
     /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
@@ -35,8 +35,6 @@ function hostOf(value: string): string {
 }
 
 const SAFE = new Set(["GET", "HEAD", "OPTIONS"]);
-/** A `Host` field as a browser sends it: a name or an address, and a port. */
-const HOST = /^([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?$/i;
 
 /**
  * A check of each request for a gateway without auth bound to `hostname`:
@@ -47,8 +45,8 @@ export function localOnly(
 ): (method: string, host: string | undefined, origin: string | undefined) => string | undefined {
   const loopback = loopbackHost(hostname);
   return (method, host, origin) => {
-    // A malformed `Host` (no browser sends one) is the router's to refuse.
-    if (loopback && host !== undefined && HOST.test(host) && !loopbackHost(hostOf(host))) {
+    // Any other Host, malformed ones included (browsers take names that are no DNS names).
+    if (loopback && host !== undefined && !loopbackHost(hostOf(host))) {
       return `Host ${JSON.stringify(host.slice(0, 100))} refused: without auth the gateway ` +
         `answers only requests addressed to this machine's loopback (127.0.0.1, localhost), ` +
         `which a web page's own name can be made to resolve to; set INFERX_ADMIN_APIKEY to turn ` +

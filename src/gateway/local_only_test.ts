@@ -12,9 +12,13 @@ Deno.test("without auth, a gateway on loopback answers only requests addressed t
   for (const host of ["rebind.example:4000", "example.com", "10.0.0.5:4000", "127.0.0.1.nip.io"]) {
     assert.match(check("GET", host, undefined) ?? "", /refused: without auth/, host);
   }
-  // No Host (HTTP/1.0), or one no browser sends: the router's to judge.
+  // Names that are no DNS names, which browsers take all the same, and malformed ones.
+  for (const host of ["re_bind.evil.example:4000", "evil.example.:4000", "a b", "x:abc", "[::1"]) {
+    assert.match(check("GET", host, undefined) ?? "", /refused: without auth/, host);
+  }
+  assert.equal(check("GET", "localhost.:4000", undefined), undefined);
+  // No Host (HTTP/1.0): addressed to where it was sent.
   assert.equal(check("GET", undefined, undefined), undefined);
-  assert.equal(check("GET", "a b", undefined), undefined);
   // Bound to every address, the gateway is reached by any name: not checked.
   assert.equal(localOnly("0.0.0.0")("GET", "gw.internal:4000", undefined), undefined);
 });
