@@ -193,7 +193,14 @@ export async function follow(onChange) {
     try {
       if (locks) {
         channel.postMessage({ type: "ask" }); // the indicator of the tab that leads
-        await locks.request(name, { signal }, lead);
+        let led = false;
+        await locks.request(name, { ifAvailable: true }, (lock) => lock && (led = true, lead()));
+        if (!led) {
+          // Another window leads: whatever it heard before its stream ended and this one's
+          // begins, this window too has to catch up when it takes over.
+          first = false;
+          await locks.request(name, { signal }, lead);
+        }
       } else await lead();
     } catch {
       // hidden, or ended by the tab that leads, while waiting for the lock
