@@ -512,7 +512,8 @@ export function samplePathProblem(path: unknown): string | undefined {
     return "must be a path of the function: printable ASCII, no spaces";
   }
   const rel = path.replace(/^\/+/, "");
-  if (ambiguousPath(`/${rel}`) || /%2f|%5c/i.test(rel)) {
+  const q = rel.indexOf("?");
+  if (ambiguousPath(`/${q < 0 ? rel : rel.slice(0, q)}`) || /%2f|%5c/i.test(rel)) {
     return "must be a path of the function: no '.' or '..' segment, backslash, '#' or escaped slash";
   }
   return undefined;

@@ -136,7 +136,7 @@ const invalid: [string, unknown, string][] = [
   ],
   ["a probe naming a host", fn({ image: "x", endpoint: { probe: "//h/x" } }), "endpoint.probe"],
   // The dashboard puts the sample's path in a curl line a viewer copies with their own key.
-  ...["../../../../object/", "v1/%2e%2E/x", "v1/..", "a%2Fb", "a\\b", "v1 x", 42].map((
+  ...["../../../../object/", "v1/%2e%2E/x", "v1/..", "..?x", "a%2Fb", "a\\b", "v1 x", 42].map((
     path,
   ): [string, unknown, string] => [
     `a sample path ${JSON.stringify(path)}`,
