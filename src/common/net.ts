@@ -24,8 +24,36 @@ export function listening<T>(what: string, host: string, port: number, listen: (
   }
 }
 
-/** Finds a free TCP port on `host`. */
+/** The first port the kernel hands out as a connection's own (Linux's range), or undefined. */
+function ephemeralLow(): number | undefined {
+  try {
+    const lo = Number(
+      Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").split(/\s+/)[0],
+    );
+    return Number.isInteger(lo) ? lo : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Finds a free TCP port on `host` for a listener started later (by another
+ * process, say): one below the kernel's range of ports for connections' own
+ * ends where it can, since a port of that range, free when found, can be
+ * taken by any connection made meanwhile and held as long as it lasts (a
+ * restarted role then cannot listen on it again).
+ */
 export function freePort(host = "127.0.0.1"): number {
+  const lo = ephemeralLow();
+  for (let i = 0; lo !== undefined && lo > 12_000 && i < 50; i++) {
+    const port = 10_000 + Math.floor(Math.random() * (lo - 10_000));
+    try {
+      Deno.listen({ hostname: host, port }).close();
+      return port;
+    } catch {
+      // taken: another
+    }
+  }
   const l = Deno.listen({ hostname: host, port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
   l.close();

@@ -57,3 +57,14 @@ Deno.test("listening() names the address and the setting when a port is taken", 
     taken.close();
   }
 });
+
+Deno.test("freePort() keeps below the kernel's range of connections' own ports where there is one", () => {
+  const lo = Number(
+    Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").split(/\s+/)[0],
+  );
+  if (!(lo > 12_000)) return console.log(`skipped: the range begins at ${lo}`);
+  for (let i = 0; i < 20; i++) {
+    const port = freePort();
+    assert.ok(port >= 10_000 && port < lo, `${port}`);
+  }
+});
