@@ -45,9 +45,11 @@ export function onNodeUpdate(ctx: Ctx, r: NodeReport) {
     state.nodeList.push(node);
   }
   const wasReady = node.ready;
-  // A stale heartbeat makes a node not ready at once only when others are heard: when every
-  // node is silent, and before nodes are first judged together, the next judgement decides.
-  const fresh = heartbeatFresh(state, r.heartbeat, ctx.now) || state.allSilent !== false;
+  // Silence is judged at the tick, against the other nodes (expireSilentNodes), and nodes listed
+  // at a start together: a stale heartbeat here does not make a ready node not ready. A node
+  // not ready comes back with a fresh one.
+  const fresh = heartbeatFresh(state, r.heartbeat, ctx.now) || (!joined && wasReady) ||
+    state.allSilent !== false;
   node.ready = r.ready && fresh;
   node.heartbeat = r.heartbeat;
   node.cpuTotal = r.cpuMillis;
@@ -106,22 +108,27 @@ export function onNodeRemove(ctx: Ctx, name: string) {
 
 /**
  * Ready nodes whose heartbeat has grown older than `nodeTimeoutMs` stop being
- * ready, while other nodes are heard. Heartbeats reach the scheduler through
- * the store: when every node falls silent at once, the fault is taken to be
- * between them and the scheduler (the store full or out of reach, its watch
- * stalled), as Kubernetes' node controller takes a full disruption, and no
- * pod is moved; pods keep serving the gateways that hold their leases. When
- * a node is heard again, every node's silence counts afresh from then (the
- * others' heartbeats land over the next seconds, each at its own phase).
+ * ready, when another node was heard well after (half that time or more).
+ * Heartbeats reach the scheduler through the store: when it stops carrying
+ * them (full, out of reach, its watch stalled), every node falls silent at
+ * once, their last heartbeats within one heartbeat's interval of each other,
+ * and the fault is taken to be between them and the scheduler, as
+ * Kubernetes' node controller takes a full disruption: no pod is moved, and
+ * pods keep serving the gateways that hold their leases. When a node is heard
+ * again, every node's silence counts afresh from then (the others'
+ * heartbeats land over the next seconds, each at its own phase). This needs
+ * `nodeTimeoutMs` at least twice the agents' heartbeat interval (2 s).
  */
 export function expireSilentNodes(ctx: Ctx) {
   const { state } = ctx;
   let known = 0;
   let heard = false;
+  let latest = -Infinity;
   for (const n of state.nodeList) {
     if (n.heartbeat === undefined) continue;
     known++;
     if (heartbeatFresh(state, n.heartbeat, ctx.now)) heard = true;
+    if (n.heartbeat > latest) latest = n.heartbeat;
   }
   if (known > 0 && !heard) {
     state.allSilent = true;
@@ -136,6 +143,8 @@ export function expireSilentNodes(ctx: Ctx) {
   let lost = false;
   for (const node of state.nodeList) {
     if (!node.ready || heartbeatFresh(state, node.heartbeat, ctx.now)) continue;
+    // Silent alone only when another node was heard well after it went quiet.
+    if (latest - node.heartbeat! < state.config.nodeTimeoutMs / 2) continue;
     node.ready = false;
     loseNodePods(ctx, node, `node ${node.name} missed its heartbeats`);
     lost = true;

@@ -212,3 +212,34 @@ Deno.test("step() counts a GPU that left a node's report and came back with what
   d.run({ type: "podStatus", podId: first.id, state: "Terminated" });
   assert.equal(gpu().vramUsedMB, 0, "given back once, not twice");
 });
+
+Deno.test("step() moves no pod when the store stops carrying heartbeats that came at different moments, and does when one node alone stops", () => {
+  for (const lone of [false, true]) {
+    const d = new CoreDriver();
+    const beat = (name: string, heartbeat: number) => ({
+      type: "nodeUpdate" as const,
+      node: nodeReport(name, { heartbeat }),
+    });
+    d.run(beat("n1", 0), beat("n2", 0));
+    d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
+    const pod = [...d.state.pods.values()][0];
+    const other = pod.node === "n1" ? "n2" : "n1";
+    d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e1" });
+    // Every 2 s, the pod's node first and the other 1.75 s later; from 17.9 s on the store
+    // carries none (or, alone, none of the pod's node's): the pod's node is the first silent.
+    const acts: string[] = [];
+    for (let t = 250; t <= 40_000; t += 250) {
+      d.now = t;
+      if (t % 2000 === 0 && t <= 17_900) d.run(beat(pod.node!, t));
+      if (t % 2000 === 1750 && (t <= 17_900 || lone)) d.run(beat(other, t));
+      acts.push(...kinds(d.run({ type: "tick" })));
+    }
+    if (lone) {
+      assert.deepEqual(acts, ["terminatePod", "createPod"], "the lone silent node");
+      assert.equal(d.state.nodes.get(pod.node!)!.ready, false);
+    } else {
+      assert.deepEqual(acts, [], "every node silent");
+      assert.equal(d.state.nodes.get(pod.node!)!.ready, true);
+    }
+  }
+});
