@@ -294,7 +294,7 @@ export class FuncAgent {
   sweep(now = performance.now()): void {
     const idleMs = this.policy.scalein_timeout * 1000;
     for (const w of [...this.#workers]) {
-      if (w.inflight === 0 && now - w.idleSince >= idleMs) this.#drop(w, false);
+      if (w.inflight === 0 && now - w.idleSince >= idleMs) this.#drop(w, false, true);
     }
   }
 
@@ -459,14 +459,27 @@ export class FuncAgent {
     }
   }
 
-  #drop(w: Worker, failed: boolean): void {
+  /**
+   * Gives `w` back to the scheduler. An idle worker (`idle`: scaled in) the
+   * scheduler cannot take back is kept and serves on: the warm path needs no
+   * scheduler, and its hand-back is tried again after another
+   * `scalein_timeout`. Kept when the scheduler did take it after all, the
+   * next heartbeat's list of leases settles it (claimed again, or asked back).
+   */
+  #drop(w: Worker, failed: boolean, idle = false): void {
     const i = this.#workers.indexOf(w);
     if (i < 0) return;
     this.#workers.splice(i, 1);
     this.#deps.scheduler.returnWorker({ podId: w.podId, gatewayId: this.#deps.gatewayId, failed })
-      .catch((err) =>
-        log.warn("Cannot return {pod}: {error}", { pod: w.podId, error: String(err) })
-      );
+      .catch((err) => {
+        log.warn("Cannot return {pod}: {error}", { pod: w.podId, error: String(err) });
+        if (!idle || this.#closed || this.#workers.includes(w)) return;
+        w.draining = w.reclaimed === true || !this.#serving(w.version);
+        if (w.draining) return;
+        w.idleSince = performance.now();
+        this.#workers.push(w);
+        this.#drain();
+      });
   }
 
   /** Workers that take `lane`'s calls, and leases for it under way. */

@@ -110,6 +110,26 @@ Deno.test("sweep() returns workers idle past scalein_timeout, never busy ones", 
   assert.deepEqual(sched.returns, [{ podId: "pod-1", failed: false }]);
 });
 
+Deno.test("an idle worker the scheduler cannot take back is kept and serves on, and given back later", async () => {
+  const { a, sched } = agent({ parallel: 2, max_replica: 2, scalein_timeout: 1 });
+  a.release(await a.acquire());
+  const away = new InferxError("unavailable", "Cannot reach the scheduler at 127.0.0.1:1");
+  sched.returnWorker = () => Promise.reject(away);
+  a.sweep(performance.now() + 1_500);
+  await settle();
+  assert.equal(a.workers.length, 1, "kept");
+  const s = await a.acquire();
+  assert.equal(s.coldStart, false);
+  assert.equal(sched.leases.length, 1, "served without a lease");
+  a.release(s);
+  // The scheduler is back: the next idle sweep gives it back.
+  delete (sched as { returnWorker?: unknown }).returnWorker;
+  a.sweep(performance.now() + 1_500);
+  await settle();
+  assert.equal(a.workers.length, 0);
+  assert.deepEqual(sched.returns.map((r) => r.podId), ["pod-1"]);
+});
+
 Deno.test("a new version drains old workers: no new calls, returned when idle", async () => {
   const { a, sched } = agent({ parallel: 2, max_replica: 2 });
   const old = await a.acquire();
