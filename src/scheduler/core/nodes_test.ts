@@ -55,17 +55,24 @@ Deno.test("step() decides node readiness from the agent's report and its heartbe
   }
 });
 
-Deno.test("step() moves no pod when every node falls silent at once, and judges each afresh from when one is heard", () => {
+/** A node's heartbeat as its record brings it. */
+const beat = (name: string, heartbeat: number) => ({
+  type: "nodeUpdate" as const,
+  node: nodeReport(name, { heartbeat }),
+});
+
+/** Two nodes heard at 0 and a function's one Ready pod on one of them (`other`: the node without). */
+function twoNodesOnePod() {
   const d = new CoreDriver();
-  const beat = (name: string, heartbeat: number) => ({
-    type: "nodeUpdate" as const,
-    node: nodeReport(name, { heartbeat }),
-  });
   d.run(beat("n1", 0), beat("n2", 0));
   d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
   const pod = [...d.state.pods.values()][0];
-  const other = pod.node === "n1" ? "n2" : "n1";
   d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e1" });
+  return { d, pod, other: pod.node === "n1" ? "n2" : "n1" };
+}
+
+Deno.test("step() moves no pod when every node falls silent at once, and judges each afresh from when one is heard", () => {
+  const { d, pod, other } = twoNodesOnePod();
   // Neither heard for a minute (the store full, say): the pod stays where it is.
   d.now = 60_000;
   assert.deepEqual(d.run({ type: "tick" }), []);
@@ -133,10 +140,6 @@ Deno.test("step() moves no pod of nodes all listed stale by a scheduler that sta
 
 Deno.test("step() replaces the pods of a node whose heartbeats stop, and takes it back when they resume", () => {
   const d = new CoreDriver();
-  const beat = (name: string, heartbeat: number) => ({
-    type: "nodeUpdate" as const,
-    node: nodeReport(name, { heartbeat }),
-  });
   d.run(beat("n1", 0), { type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
   const first = [...d.state.pods.values()][0];
   assert.equal(first.node, "n1");
@@ -215,16 +218,7 @@ Deno.test("step() counts a GPU that left a node's report and came back with what
 
 Deno.test("step() moves no pod when the store stops carrying heartbeats that came at different moments, and does when one node alone stops", () => {
   for (const lone of [false, true]) {
-    const d = new CoreDriver();
-    const beat = (name: string, heartbeat: number) => ({
-      type: "nodeUpdate" as const,
-      node: nodeReport(name, { heartbeat }),
-    });
-    d.run(beat("n1", 0), beat("n2", 0));
-    d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, { minReplica: 1 }) });
-    const pod = [...d.state.pods.values()][0];
-    const other = pod.node === "n1" ? "n2" : "n1";
-    d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e1" });
+    const { d, pod, other } = twoNodesOnePod();
     // Every 2 s, the pod's node first and the other 1.75 s later; from 17.9 s on the store
     // carries none (or, alone, none of the pod's node's): the pod's node is the first silent.
     const acts: string[] = [];
