@@ -302,7 +302,12 @@ export class DockerRuntime implements PodRuntime {
     return out;
   }
 
-  async start(spec: PodSpec): Promise<RunningPod> {
+  start(spec: PodSpec): Promise<RunningPod> {
+    return this.#start(spec, false);
+  }
+
+  /** Starts `spec`'s container; `again`: after the workers' network was made again. */
+  async #start(spec: PodSpec, again: boolean): Promise<RunningPod> {
     const t = spec.template;
     const mounts = await this.#mounts(spec.podId, t.mounts);
     const port = `${t.port}/tcp`;
@@ -330,6 +335,13 @@ export class DockerRuntime implements PodRuntime {
           Init: true,
           NanoCpus: spec.cpuMillis * 1_000_000,
           Memory: spec.memMB * 1024 * 1024,
+          // No swap beyond it (the engine's default doubles it): the limit is the limit.
+          MemorySwap: spec.memMB * 1024 * 1024,
+          // Raw sockets let a worker answer ARP for another's address on the workers' bridge
+          // (and take its traffic); device nodes would land in its writable mounts. Neither is
+          // a model server's, and no setuid program in its image gains privileges.
+          CapDrop: ["NET_RAW", "MKNOD"],
+          SecurityOpt: ["no-new-privileges:true"],
           // Processes and threads of its own: a worker that forks without end cannot take the
           // node's PIDs from the others and the agent (a worker's runtime has a few hundred).
           PidsLimit: WORKER_PIDS_LIMIT,
@@ -371,6 +383,12 @@ export class DockerRuntime implements PodRuntime {
       const tail = await this.logs(spec.podId, 20);
       await this.#remove(spec.podId, container);
       this.#pods.delete(spec.podId);
+      // The engine lost the workers' network (`docker network prune` removes it while no
+      // worker runs): made again, and the start tried once more.
+      if (!again && /network \S+ not found/i.test((err as Error).message)) {
+        this.#network = undefined;
+        return await this.#start(spec, true);
+      }
       throw new InferxError("worker_failed", `${(err as Error).message}; last output:\n${tail}`);
     }
   }
@@ -511,7 +529,13 @@ export class DockerRuntime implements PodRuntime {
   async resume(podId: string): Promise<void> {
     const entry = this.#pods.get(podId);
     if (!entry) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
-    await entry.container.unpause();
+    try {
+      await entry.container.unpause();
+    } catch (err) {
+      // Unpaused from outside (`docker unpause`): running, it is resumed.
+      const state = await entry.container.inspect().then((i) => i.State, () => undefined);
+      if (!state?.Running || state.Paused) throw err;
+    }
   }
 
   async logs(podId: string, lines = 50): Promise<string> {

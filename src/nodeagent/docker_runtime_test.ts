@@ -104,6 +104,11 @@ t(
       const info = await docker.getContainer(nameOf(scope, "pod-life")).inspect();
       assert.equal(info.HostConfig.NanoCpus, 500_000_000);
       assert.equal(info.HostConfig.Memory, 256 * 1024 * 1024);
+      // No swap beyond the limit, no raw sockets (ARP for another worker's address), no device
+      // nodes, and nothing gained through a setuid program.
+      assert.equal(info.HostConfig.MemorySwap, 256 * 1024 * 1024);
+      assert.deepEqual(info.HostConfig.CapDrop, ["NET_RAW", "MKNOD"]);
+      assert.deepEqual(info.HostConfig.SecurityOpt, ["no-new-privileges:true"]);
       // Bounded processes and output: a fork bomb or a chatty worker takes nothing from others.
       assert.equal(info.HostConfig.PidsLimit, 4096);
       assert.deepEqual(info.HostConfig.LogConfig, {
@@ -140,7 +145,8 @@ t(
 t(
   "DockerRuntime parks a pod with the cgroup freezer and resumes the same process, state kept",
   async () => {
-    const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    const scope = `test-${crypto.randomUUID()}`;
+    const rt = new DockerRuntime({ scope });
     const pod = await rt.start(spec("pod-pause"));
     try {
       assert.equal((await complete(pod.endpoint)).requests, "1");
@@ -155,9 +161,37 @@ t(
         "2",
         "the same process served the next call",
       );
+      // Unpaused from outside while parked: the resume finds it running.
+      await rt.park("pod-pause", "paused");
+      await docker.getContainer(nameOf(scope, "pod-pause")).unpause();
+      await rt.resume("pod-pause");
+      assert.equal((await complete(pod.endpoint)).requests, "3");
       await assert.rejects(rt.park("pod-pause", "host_memory"), /offers paused only/);
     } finally {
       await rt.stop("pod-pause");
+    }
+  },
+);
+
+t(
+  "DockerRuntime makes the workers' network again when the engine lost it (docker network prune)",
+  async () => {
+    const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    const first = await rt.start(spec("pod-net-1"));
+    await rt.stop("pod-net-1");
+    // Pruned while no worker runs (other tests' workers may be on it: then it stays).
+    const removed = await docker.getNetwork(WORKER_NETWORK).remove().then(() => true, () => false);
+    const pod = await rt.start(spec("pod-net-2"));
+    try {
+      assert.ok(first.endpoint);
+      assert.equal((await complete(pod.endpoint)).requests, "1");
+      if (!removed) {
+        console.log(
+          "the workers' network was in use: not removed, only the start checked",
+        );
+      }
+    } finally {
+      await rt.stop("pod-net-2");
     }
   },
 );
