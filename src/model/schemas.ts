@@ -482,6 +482,8 @@ export function writeChecks(obj: UserObject): void {
   }
   spec.mounts.forEach((m, i) => {
     if (nul(m.hostpath) || nul(m.mountpath)) refuse(`mounts.${i}`, "must not contain a NUL byte");
+    // Over the container's whole file system: the engine refuses it only when the pod starts.
+    if (/^\/+(\.\/*)*$/.test(m.mountpath)) refuse(`mounts.${i}.mountpath`, "must not be /");
   });
   // The target of the probe's request line: a path on the worker, printable, without spaces.
   if (!/^\/(?!\/)[!-~]*$/.test(spec.endpoint.probe)) {

@@ -125,6 +125,11 @@ const invalid: [string, unknown, string][] = [
   ["'=' in an env name", fn({ image: "x", envs: { "A=B": "c" } }), "envs"],
   ["a probe with a space", fn({ image: "x", endpoint: { probe: "/a b" } }), "endpoint.probe"],
   [
+    "a mount over the container's root",
+    fn({ image: "x", mounts: [{ hostpath: "/data", mountpath: "//" }] }),
+    "mounts.0.mountpath",
+  ],
+  [
     "a restore hook with a space",
     fn({ image: "x", endpoint: { restore_hook: "/a b" } }),
     "endpoint.restore_hook",
