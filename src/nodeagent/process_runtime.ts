@@ -306,10 +306,11 @@ interface Follower {
 /**
  * Appends what is written to `path` to `ring`; gives back the blocks read
  * once they pass `maxBytes` (or empties the file where it cannot), while
- * `mayTrim()` (not while the worker's image is being written or kept). Each pass reads what the file held when it began (its
- * last `readMax` bytes at most), every 200 ms, or every 10 ms while behind: a
- * worker that never stops writing is neither chased nor lets the file grow
- * past what it writes in a few passes.
+ * `mayTrim()` (not while the worker's image is being written or kept). Each
+ * pass reads what the file held when it began (its last `readMax` bytes at
+ * most), every 200 ms, or every 10 ms while behind: a worker that never
+ * stops writing is neither chased nor lets the file grow past what it writes
+ * in a few passes.
  */
 function followFile(
   path: string,

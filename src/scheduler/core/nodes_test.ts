@@ -104,11 +104,7 @@ Deno.test("step() moves no pod when every node falls silent at once, and judges 
 Deno.test("step() moves no pod of nodes all listed stale by a scheduler that starts, and judges them from when one is heard", () => {
   const d = new CoreDriver();
   d.now = 30_000; // the store's nodes were last heard 30 s ago (a scheduler taking over)
-  const node = (name: string, heartbeat: number) => ({
-    type: "nodeUpdate" as const,
-    node: nodeReport(name, { heartbeat }),
-  });
-  d.run(node("n1", 0), node("n2", 0), { type: "nodesListed" });
+  d.run(beat("n1", 0), beat("n2", 0), { type: "nodesListed" });
   d.run({ type: "funcUpdate", func: funcReport("t/n/f", {}, {}) });
   const pod = {
     id: "x-1",
@@ -128,12 +124,12 @@ Deno.test("step() moves no pod of nodes all listed stale by a scheduler that sta
   assert.equal(d.state.pods.get("x-1")!.state, "Ready");
   // n2 is heard: n1 gets a full timeout from then, and is lost after it.
   d.now = 31_000;
-  d.run(node("n2", 31_000), { type: "tick" });
+  d.run(beat("n2", 31_000), { type: "tick" });
   d.now = 40_000;
-  d.run(node("n2", 40_000));
+  d.run(beat("n2", 40_000));
   assert.deepEqual(kinds(d.run({ type: "tick" })), []);
   d.now = 41_100;
-  d.run(node("n2", 41_000));
+  d.run(beat("n2", 41_000));
   assert.deepEqual(kinds(d.run({ type: "tick" })), ["terminatePod"]);
   assert.equal(d.state.nodes.get("n1")!.ready, false);
 });
