@@ -573,7 +573,7 @@ export class FuncAgent {
       }
       if (
         e.code === "worker_failed" || e.code === "not_found" || e.code === "quota_exceeded" ||
-        e.code === "unschedulable"
+        e.code === "unschedulable" || refusedStart(e)
       ) {
         for (const q of lane.queue.splice(0)) {
           clearTimeout(q.timer);
@@ -584,6 +584,16 @@ export class FuncAgent {
       if (!this.#closed) setTimeout(() => this.#scaleOut(lane), 100);
     });
   }
+}
+
+/**
+ * Whether `e` is the scheduler's answer that a start could not be made for a
+ * reason other than the worker (the store refused the pod: out of space), with
+ * when it tries again; an `unavailable` without it is a scheduler out of
+ * reach, which the lane asks again.
+ */
+function refusedStart(e: InferxError): boolean {
+  return e.code === "unavailable" && e.details?.retry_after_s !== undefined;
 }
 
 /** The version whose workers take `lane`'s calls. */

@@ -167,6 +167,23 @@ Deno.test("a start failure fails every queued call with its reason; close() refu
   await assert.rejects(a.acquire(), (e: InferxError) => /was removed/.test(e.message));
 });
 
+Deno.test("a start the store refused fails queued calls at once; an unreachable scheduler is asked again", async () => {
+  const { a, sched } = agent({ max_replica: 1, queue_timeout: 0.5 }, 0);
+  sched.failWith = new InferxError("unavailable", "the store refused its pod (space exceeded)", {
+    details: { retry_after_s: 2 },
+  });
+  const t0 = performance.now();
+  await assert.rejects(
+    a.acquire(),
+    (e: InferxError) => e.code === "unavailable" && /space exceeded/.test(e.message),
+  );
+  // It waited out the queue's deadline, asking every 100 ms, and ended a timeout.
+  assert.ok(performance.now() - t0 < 400, "at once");
+  sched.failWith = new InferxError("unavailable", "Cannot reach the scheduler");
+  await assert.rejects(a.acquire(), (e: InferxError) => e.code === "timeout");
+  assert.ok(sched.leases.length > 2, `asked again: ${sched.leases.length}`);
+});
+
 Deno.test("a slot of a resumed worker says so, once per waiting call", async () => {
   const { a, sched } = agent({ parallel: 4 });
   sched.coldStart = false;

@@ -658,7 +658,11 @@ export class SchedulerService implements SchedulerClient {
       case "createPod":
         this.#createPod(a.pod).catch((err) => {
           log.error("Cannot create pod {pod}: {error}", { pod: a.pod.id, error: String(err) });
-          this.#apply({ type: "podStatus", podId: a.pod.id, state: "Failed", error: String(err) });
+          const code = err instanceof InferxError && err.code === "unavailable"
+            ? err.code
+            : undefined;
+          const error = err instanceof Error ? err.message : String(err);
+          this.#apply({ type: "podStatus", podId: a.pod.id, state: "Failed", error, code });
         });
         break;
       case "terminatePod":

@@ -428,3 +428,49 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "SchedulerService fails a lease as unavailable when the store refuses the pod it would start",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    await meta.create({ ...nodeRef("n1"), object: node("n1") });
+    await createTestFunction(meta, {});
+    // etcd out of space: every write refused, as the state service says it.
+    const full = new Proxy(meta, {
+      get(target, key) {
+        if (key !== "create") return Reflect.get(target, key).bind(target);
+        return (r: Parameters<StateService["create"]>[0]) =>
+          r.type === "pod"
+            ? Promise.reject(
+              new InferxErrorClass("unavailable", "etcdserver: mvcc: database space exceeded"),
+            )
+            : target.create(r);
+      },
+    });
+    const sched = new SchedulerService(full, { tickMs: 50 });
+    await sched.start();
+    try {
+      const lease = () =>
+        sched.leaseWorker({
+          tenant: "t",
+          namespace: "n",
+          func: "f",
+          gatewayId: "g",
+          timeoutMs: 5000,
+        })
+          .then(() => undefined, (e) => e as InferxError);
+      const err = await lease();
+      assert.equal(err?.code, "unavailable", err?.message);
+      assert.match(err!.message, /the store refused its pod \(etcdserver: mvcc: database space/);
+      assert.equal(err!.details?.retry_after_s, 1);
+      assert.equal((await lease())?.code, "unavailable", "in the back-off too");
+    } finally {
+      sched.stop();
+      await store.close();
+    }
+  },
+});

@@ -128,7 +128,7 @@ function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff
     ctx.actions.push({
       type: "leaseFailed",
       reqId: w.reqId,
-      code: "worker_failed",
+      code: b.code,
       message,
       retryAfterS: s,
     });

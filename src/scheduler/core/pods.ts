@@ -18,7 +18,7 @@ export function onPodStatus(
   status: "Ready" | "Standby" | "Failed" | "Terminated",
   endpoint?: string,
   error?: string,
-  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number } = {},
+  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number; code?: "unavailable" } = {},
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);
@@ -44,15 +44,20 @@ export function onPodStatus(
   if (status === "Failed") terminate(ctx, pod, "failed");
   releasePod(state, pod);
   if (status === "Failed" && wasCreating && f) {
-    const message = `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
+    const code = start.code ?? "worker_failed";
+    const message = code === "unavailable"
+      ? `Cannot start a worker of ${pod.func}: the store refused its pod (${
+        error ?? "unknown error"
+      })`
+      : `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
     const failures = (f.startBackoff?.failures ?? 0) + 1;
     const waitMs = Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
-    f.startBackoff = { failures, until: ctx.now + waitMs, message };
+    f.startBackoff = { failures, until: ctx.now + waitMs, message, code };
     for (const w of f.waiters) {
       ctx.actions.push({
         type: "leaseFailed",
         reqId: w.reqId,
-        code: "worker_failed",
+        code,
         message,
         retryAfterS: Math.ceil(waitMs / 1000),
       });

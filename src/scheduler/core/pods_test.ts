@@ -376,6 +376,33 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
   );
 });
 
+Deno.test("a start the store refused fails its calls as unavailable, in the start and its back-off", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  const [pod] = created(d.run(lease("r1")));
+  const space = "etcdserver: mvcc: database space exceeded";
+  const acts = d.run({
+    type: "podStatus",
+    podId: pod.id,
+    state: "Failed",
+    error: space,
+    code: "unavailable",
+  });
+  const failed = acts.find((a) => a.type === "leaseFailed");
+  // It said worker_failed: the worker never existed, the store was full.
+  assert.ok(failed?.type === "leaseFailed", JSON.stringify(acts));
+  assert.equal(failed.code, "unavailable");
+  assert.match(
+    failed.message,
+    /Cannot start a worker of t\/n\/f: the store refused its pod \(etcdserver: mvcc/,
+  );
+  assert.equal(failed.retryAfterS, 1);
+  const later = d.run(lease("r2")).find((a) => a.type === "leaseFailed");
+  assert.ok(later?.type === "leaseFailed");
+  assert.equal(later.code, "unavailable", "the back-off says the same");
+});
+
 Deno.test("in a start back-off a parked pod is resumed for a call, and a call waits while a pod serves", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
@@ -461,7 +488,12 @@ Deno.test("in a start back-off a parked pod that cannot resume stays parked, and
   assert.ok(d.state.funcs.get("t/n/h")!.idle.has(r.id));
   d.run({ type: "tenantQuota", tenant: "t", limits: { maxReplica: 2 } });
   const f = d.state.funcs.get("t/n/f")!;
-  f.startBackoff = { failures: 1, until: d.now + 1000, message: "Worker of t/n/f failed to start" };
+  f.startBackoff = {
+    failures: 1,
+    until: d.now + 1000,
+    message: "Worker of t/n/f failed to start",
+    code: "worker_failed",
+  };
   const acts = d.run(lease("r2", "t/n/f"));
   assert.equal(
     d.state.pods.get(p.id)?.state,

@@ -143,7 +143,7 @@ export interface CoreFunc {
    * ends the run): no pod of it starts until `until` (ms), the wait doubling
    * with each failure (a crash loop's back-off), and `message` says why.
    */
-  startBackoff?: { failures: number; until: number; message: string };
+  startBackoff?: { failures: number; until: number; message: string; code: LeaseFailure };
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -353,6 +353,12 @@ export type CoreEvent =
     state: "Ready" | "Standby" | "Failed" | "Terminated";
     endpoint?: string;
     error?: string;
+    /**
+     * `unavailable`: the pod never reached a node because the store refused
+     * its record (out of space, unreachable); the calls waiting are told so
+     * rather than that a worker failed.
+     */
+    code?: "unavailable";
     /** How a Ready pod started: restored from its node's snapshot, or fresh. */
     startedFrom?: "fresh" | "snapshot";
     /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
@@ -451,6 +457,7 @@ export type CoreAction =
 export type LeaseFailure =
   | "timeout"
   | "worker_failed"
+  | "unavailable"
   | "not_found"
   | "unschedulable"
   | "quota_exceeded";
