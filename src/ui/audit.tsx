@@ -92,6 +92,8 @@ export function AuditPage(
             value={f.status ?? ""}
             placeholder="200, 5xx"
             size={5}
+            disabled={f.kind === "pods"}
+            title={f.kind === "pods" ? "pod changes have no status code" : undefined}
           />
         </label>
         <label>

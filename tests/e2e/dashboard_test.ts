@@ -305,6 +305,24 @@ Deno.test({
       await page.waitForSelector("#main .refused");
       assert.match(await text(page, "#main .refused"), /Invalid status "500s"/);
       assert.ok(await page.$("#audit-form"), "the form stays");
+      // Switched to pod changes, the status typed for calls is not sent (it was refused).
+      await page.evaluate(() => {
+        const d = document as unknown as { querySelector(s: string): { value: string } };
+        d.querySelector("#audit-form input[name=status]").value = "5xx";
+      });
+      await page.select("#audit-form select[name=kind]", "pods");
+      await Promise.all([page.waitForNavigation(), page.click("#audit-form button[type=submit]")]);
+      await page.waitForSelector("#audit-form");
+      assert.equal(await page.$("#main .refused"), null, await text(page, "#main"));
+      assert.ok(new URL(page.url()).searchParams.get("kind") === "pods", page.url());
+      assert.equal(new URL(page.url()).searchParams.get("status"), null);
+      assert.ok(
+        await page.$eval(
+          "#audit-form input[name=status]",
+          (e) => (e as { disabled: boolean }).disabled,
+        ),
+        "drawn off for pod changes",
+      );
 
       // Text a tenant writes stretches no table and turns no text after it around.
       const odd = gpuFunction("odd");

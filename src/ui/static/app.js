@@ -138,8 +138,22 @@ function wireLogin() {
   });
 }
 
+/**
+ * The audit form's status field is for calls: turned off (so not sent, its
+ * text kept) while pod changes are chosen, which have no status code.
+ */
+function wireAuditForm() {
+  document.addEventListener("change", (ev) => {
+    if (!ev.target.matches?.('#audit-form [name="kind"]')) return;
+    const status = ev.target.form.elements.status;
+    status.disabled = ev.target.value === "pods";
+    status.title = status.disabled ? "pod changes have no status code" : "";
+  });
+}
+
 async function start() {
   wireLogin();
+  wireAuditForm();
   // Kept by a dashboard before it checked (a masked key pasted in): not sent, asked again.
   const kept = credential();
   if (kept && credentialProblem(kept)) setCredential("");
