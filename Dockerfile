@@ -37,7 +37,8 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \
     INFERX_DATA_DIR=/data \
     INFERX_BIND=0.0.0.0 \
     GATEWAY_HOST=0.0.0.0 \
-    INFERX_SAMPLES=none
+    INFERX_SAMPLES=none \
+    INFERX_CTL_NAME="docker run --rm IMAGE ctl"
 WORKDIR /app
 USER 65532:65532
 LABEL org.opencontainers.image.version=$VERSION \

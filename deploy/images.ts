@@ -128,6 +128,7 @@ export function roleImages(o: ImageNameOptions = {}): Record<ImageRole, ImageCon
       INFERX_BIND: "0.0.0.0",
       GATEWAY_HOST: "0.0.0.0",
       INFERX_SAMPLES: "none",
+      INFERX_CTL_NAME: "docker run --rm IMAGE ctl",
       RUN_SERVICE: ROLES[role].runService,
     },
     entrypoint: [
@@ -187,19 +188,27 @@ export function postgresImage(pgVersion: string, o: ImageNameOptions = {}): Imag
   };
 }
 
+/** `v` as a setting's value: words of plain characters, quoted when more than one. */
 function plain(what: string, v: string): string {
-  if (!/^[\w.:/,@+=\-]*$/.test(v)) throw new Error(`Invalid ${what} "${v}" for an image setting`);
-  return v;
+  if (!/^([\w.:/,@+=\-]+( [\w.:/,@+=\-]+)*)?$/.test(v)) {
+    throw new Error(`Invalid ${what} "${v}" for an image setting`);
+  }
+  return v.includes(" ") ? `"${v}"` : v;
+}
+
+function name(k: string): string {
+  if (!/^[\w.\-]+$/.test(k)) throw new Error(`Invalid name "${k}" for an image setting`);
+  return k;
 }
 
 /** `docker import --change` lines for `c`. */
 export function dockerChanges(c: ImageConfig): string[] {
-  const out = Object.entries(c.env).map(([k, v]) => `ENV ${plain("name", k)}=${plain(k, v)}`);
+  const out = Object.entries(c.env).map(([k, v]) => `ENV ${name(k)}=${plain(k, v)}`);
   if (c.workdir) out.push(`WORKDIR ${c.workdir}`);
   out.push(`USER ${c.user}`);
   for (const p of c.expose) out.push(`EXPOSE ${p}`);
   for (const [k, v] of Object.entries(c.labels)) {
-    out.push(`LABEL ${plain("label", k)}=${plain(k, v)}`);
+    out.push(`LABEL ${name(k)}=${plain(k, v)}`);
   }
   if (c.healthcheck) {
     const h = c.healthcheck;

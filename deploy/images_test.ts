@@ -202,10 +202,15 @@ Deno.test("dockerChanges() writes every setting once and refuses values that nee
   assert.deepEqual(dockerChanges(roleImages().nodeagent).filter((l) => l.startsWith("USER")), [
     "USER 0:0",
   ]);
-  assert.throws(
-    () => dockerChanges({ ...etcdImage("3"), env: { A: "two words" } }),
-    /Invalid A "two words"/,
-  );
+  // Words are quoted; what would need escaping is refused.
+  assert.ok(lines.includes('ENV INFERX_CTL_NAME="docker run --rm IMAGE ctl"'));
+  for (const bad of ['say "hi"', "$HOME", "two  spaces", " lead"]) {
+    assert.throws(
+      () => dockerChanges({ ...etcdImage("3"), env: { A: bad } }),
+      new RegExp(`Invalid A "${bad.replace("$", "\\$")}"`),
+    );
+  }
+  assert.throws(() => dockerChanges({ ...etcdImage("3"), env: { "A B": "x" } }), /Invalid name/);
 });
 
 // ---- compose ----

@@ -30,12 +30,14 @@ import { type Answer, answerOf, CliError, ensureOk, type Io, readLine } from "./
 import { applyObjects, diffObjects } from "./apply.ts";
 
 /**
- * How the command line is run here: the compiled binary by its name, else
- * the repository's task (no `inferx` is on a path then).
+ * How the command line is run here: as `INFERX_CTL_NAME` says (the role
+ * images: `docker run --rm IMAGE ctl`), else the compiled binary by its
+ * name, else the repository's task (no `inferx` is on a path then).
  */
-const CTL = Deno.build.standalone
-  ? `${Deno.execPath().slice(Deno.execPath().lastIndexOf("/") + 1)} ctl`
-  : "deno task ctl";
+const CTL = Deno.env.get("INFERX_CTL_NAME") ||
+  (Deno.build.standalone
+    ? `${Deno.execPath().slice(Deno.execPath().lastIndexOf("/") + 1)} ctl`
+    : "deno task ctl");
 
 const USAGE = `usage: ${CTL} [--gateway URL] <command>
   apply -f FILE|DIR             create or update the objects in FILE or DIR (JSON or YAML);

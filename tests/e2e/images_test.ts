@@ -120,6 +120,19 @@ Deno.test({
         );
       }
       console.log(images.map((i) => `  ${i.name}: ${(i.size / 1e6).toFixed(1)} MB`).join("\n"));
+      // The command line names itself as it is run from an image (it said `deno task ctl`).
+      const usage = await run("docker", [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        `inferx.test=${project}`,
+        imageName("gateway", { tag }),
+        "ctl",
+        "--help",
+      ]);
+      assert.match(usage, /^usage: docker run --rm IMAGE ctl \[--gateway URL\] <command>/);
 
       // 2. Offline, read-only, every role in one process: healthy means it loaded and serves.
       await timed("offline start-up check (All, --network none, read-only)", async () => {
