@@ -23,6 +23,15 @@ export interface Ticker {
 /** The system clock. */
 export const systemClock: Clock = { now: () => Date.now() };
 
+/**
+ * The epoch time of the process's start plus the monotonic time since: what
+ * measures spans of time in one process (a silence, a deadline), which a
+ * step of the system clock (NTP setting it, a VM resumed) must not stretch or
+ * cut short. It drifts from the system clock by the steps taken since the
+ * start, so times written for others to read take {@linkcode systemClock}.
+ */
+export const steadyClock: Clock = { now: () => performance.timeOrigin + performance.now() };
+
 /** Timers of the runtime. */
 export const systemTicker: Ticker = {
   every(ms, fn) {

@@ -46,12 +46,16 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   const c = election.campaign(id);
   // Fencing: etcd may give the lease to another replica TTL after its last renewal, while the
   // library only reports a lost lease after twice the TTL without one (two leaders meanwhile).
-  // A leader whose renewals stop getting through steps down itself at 2/3 of the TTL.
-  // The library records when the lease was granted or last renewed (`lastKeepAlive`).
-  const lease = (c as unknown as { lease: { on(e: string, f: () => void): void } }).lease;
-  let renewed = Date.now();
-  lease.on("keepaliveSucceeded", () => renewed = Date.now());
-  const lastRenewal = () => (lease as { lastKeepAlive?: number }).lastKeepAlive ?? renewed;
+  // A leader whose renewals stop getting through steps down itself at 2/3 of the TTL. Times are
+  // the process's monotonic ones (the library's own `lastKeepAlive` is the system clock's, which
+  // a step back would keep from ever looking old: two leaders for as long as the step).
+  const lease = (c as unknown as {
+    lease: { on(e: string, f: () => void): void; grant(): Promise<unknown> };
+  }).lease;
+  let renewed = performance.now();
+  lease.grant().then(() => renewed = performance.now(), () => {});
+  lease.on("keepaliveSucceeded", () => renewed = performance.now());
+  const lastRenewal = () => renewed;
   let fence: ReturnType<typeof setInterval> | undefined;
   let lost = false;
   const lose = (err: Error) => {
@@ -70,8 +74,8 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
     const first = await election.leader().catch(() => undefined);
     if (lost || fence) return;
     if (first !== id) return void (oldestSince = 0);
-    oldestSince ||= Date.now();
-    const waited = Date.now() - oldestSince;
+    oldestSince ||= performance.now();
+    const waited = Math.round(performance.now() - oldestSince);
     if (waited > 2 * ttlS * 1000) {
       lose(new Error(`Leads the election in etcd for ${waited} ms, but was never elected`));
     }
@@ -79,7 +83,7 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   c.on("elected", () => {
     clearInterval(watchdog);
     fence = setInterval(() => {
-      const since = Date.now() - lastRenewal();
+      const since = Math.round(performance.now() - lastRenewal());
       if (since > (ttlS * 1000 * 2) / 3) {
         lose(new Error(`No renewal of the leader's etcd lease for ${since} ms (TTL ${ttlS} s)`));
       }

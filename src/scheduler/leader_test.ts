@@ -74,39 +74,50 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "a leader cut off from etcd steps down before etcd can elect another (no two leaders)",
-  ignore: etcdUnavailable() !== undefined,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const etcd = await startEtcd();
-    const proxy = cuttableProxy(Number(new URL(etcd.url).port));
-    const leads = { a: false, b: false };
-    let overlap = false;
-    const lost: Error[] = [];
-    const a = campaign(`http://127.0.0.1:${proxy.port}`, "a", {
-      onElected: () => leads.a = true,
-      onLost: (e) => (leads.a = false, lost.push(e)),
-    });
-    await until("a elected", () => leads.a);
-    const b = campaign(etcd.url, "b", {
-      onElected: () => (overlap = leads.a, leads.b = true),
-      onLost() {},
-    });
-    try {
-      proxy.cut(); // a partition: no FIN, no RST, the renewals just stop getting through
-      await until("b elected", () => leads.b);
-      assert.equal(overlap, false, "a still led when b was elected");
-      assert.match(lost[0].message, /No renewal of the leader's etcd lease/);
-    } finally {
-      await b.stop();
-      proxy.close();
-      a.stop().catch(() => {});
-      await etcd.stop();
-    }
-  },
-});
+for (
+  const [when, stepMs] of [["", 0], [", its system clock set back a minute", -60_000]] as const
+) {
+  Deno.test({
+    name:
+      `a leader cut off from etcd steps down before etcd can elect another (no two leaders)${when}`,
+    ignore: etcdUnavailable() !== undefined,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => cutOff(stepMs),
+  });
+}
+
+/** A leader cut off from etcd, its process's system clock stepped by `stepMs` as it is cut. */
+async function cutOff(stepMs: number) {
+  const etcd = await startEtcd();
+  const proxy = cuttableProxy(Number(new URL(etcd.url).port));
+  const leads = { a: false, b: false };
+  let overlap = false;
+  const lost: Error[] = [];
+  const a = campaign(`http://127.0.0.1:${proxy.port}`, "a", {
+    onElected: () => leads.a = true,
+    onLost: (e) => (leads.a = false, lost.push(e)),
+  });
+  await until("a elected", () => leads.a);
+  const b = campaign(etcd.url, "b", {
+    onElected: () => (overlap = leads.a, leads.b = true),
+    onLost() {},
+  });
+  const realNow = Date.now;
+  try {
+    proxy.cut(); // a partition: no FIN, no RST, the renewals just stop getting through
+    if (stepMs) Date.now = () => realNow() + stepMs; // the fence measured it on this clock
+    await until("b elected", () => leads.b);
+    assert.equal(overlap, false, "a still led when b was elected");
+    assert.match(lost[0].message, /No renewal of the leader's etcd lease/);
+  } finally {
+    Date.now = realNow;
+    await b.stop();
+    proxy.close();
+    a.stop().catch(() => {});
+    await etcd.stop();
+  }
+}
 
 /** etcd's JSON gateway: `body` posted to `/v3/{path}`. */
 async function etcdApi(url: string, path: string, body: unknown) {

@@ -6,7 +6,13 @@
  *
  * @module
  */
-import { type Clock, systemClock, systemTicker, type Ticker } from "../common/clock.ts";
+import {
+  type Clock,
+  steadyClock,
+  systemClock,
+  systemTicker,
+  type Ticker,
+} from "../common/clock.ts";
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { updateWithRetry } from "../common/retry.ts";
 import { newId } from "../common/ids.ts";
@@ -74,7 +80,7 @@ export interface SchedulerOptions {
    * after, its calls done or not. @default 10000
    */
   reclaimGraceMs?: number;
-  /** What time it is. @default systemClock */
+  /** What time it is, for spans of time (silences, deadlines). @default steadyClock */
   clock?: Clock;
   /** Runs the tick and the lease deadlines. @default systemTicker */
   ticker?: Ticker;
@@ -112,6 +118,13 @@ export class SchedulerService implements SchedulerClient {
   #informers: Informer[] = [];
   #clock: Clock;
   #ticker: Ticker;
+  /**
+   * Each node's last heartbeat as the node wrote it (its own clock), and when
+   * this scheduler first saw that value (its clock): a node's silence is
+   * counted from the latter, so that neither a step of a clock nor nodes'
+   * clocks set apart make a live node look silent.
+   */
+  #heard = new Map<string, { wrote: number; at: number }>();
   #stopTicking?: () => void;
   #conditions: ConditionWriter;
   /** Snapshot records by store key, to know what a deleted one was. */
@@ -120,9 +133,10 @@ export class SchedulerService implements SchedulerClient {
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
     this.#options = options;
-    this.#clock = options.clock ?? systemClock;
+    this.#clock = options.clock ?? steadyClock;
     this.#ticker = options.ticker ?? systemTicker;
-    this.#conditions = new ConditionWriter(meta, this.#clock);
+    // Times written for people and other roles to read: the system's clock.
+    this.#conditions = new ConditionWriter(meta, systemClock);
     this.#core = newCoreState({
       podIdPrefix: newId("p", 3),
       gatewayTimeoutMs: options.gatewayTimeoutMs ?? 10_000,
@@ -266,8 +280,11 @@ export class SchedulerService implements SchedulerClient {
     this.#informers.push(
       await startInformer(this.#meta, "node", {
         upsert: (rec) =>
-          this.#apply({ type: "nodeUpdate", node: nodeReport(decodeNode(rec.value)) }),
-        remove: (ref) => this.#apply({ type: "nodeRemove", name: ref.name }),
+          this.#apply({ type: "nodeUpdate", node: this.#nodeReport(decodeNode(rec.value)) }),
+        remove: (ref) => {
+          this.#heard.delete(ref.name);
+          this.#apply({ type: "nodeRemove", name: ref.name });
+        },
       }),
     );
     // Judged together once all are known (every one silent is not one silent node), before
@@ -700,6 +717,16 @@ export class SchedulerService implements SchedulerClient {
     }
   }
 
+  /** `n` as the core reads it, its heartbeat at when this scheduler first saw it. */
+  #nodeReport(n: NodeInfo): NodeReport {
+    if (n.heartbeat === undefined) return nodeReport(n, undefined);
+    let h = this.#heard.get(n.name);
+    if (h?.wrote !== n.heartbeat) {
+      this.#heard.set(n.name, h = { wrote: n.heartbeat, at: this.#clock.now() });
+    }
+    return nodeReport(n, h.at);
+  }
+
   async #createPod(p: PodPlacement): Promise<void> {
     const [tenant, namespace, name] = p.func.split("/");
     const f = this.#funcs.get(p.func);
@@ -729,7 +756,7 @@ export class SchedulerService implements SchedulerClient {
       },
       desired: "Running",
       state: "Creating",
-      createdAt: this.#clock.now(),
+      createdAt: Date.now(),
       ...(p.fromSnapshot ? { fromSnapshot: true } : {}),
     };
     const ref: ObjectRef = { type: "pod", tenant, namespace, name: p.id };
@@ -787,12 +814,12 @@ function demandOf(spec: FunctionSpec): PodDemand {
   };
 }
 
-/** A stored node as the core reads it. */
-function nodeReport(n: NodeInfo): NodeReport {
+/** A stored node as the core reads it, its heartbeat at `heardAt`. */
+function nodeReport(n: NodeInfo, heardAt: number | undefined): NodeReport {
   return {
     name: n.name,
     ready: n.ready,
-    heartbeat: n.heartbeat,
+    heartbeat: heardAt,
     cpuMillis: n.cpuMillis,
     memMB: n.memMB,
     gpus: n.gpus,

@@ -474,3 +474,78 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "SchedulerService measures silences on its own steady clock: a step of the system clock takes no worker from a gateway, a node's clock set back loses it nothing",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
+    await createTestFunction(meta, {});
+    const agent = await startInformer(meta, "pod", {
+      upsert(rec) {
+        const p = decodePod(rec.value);
+        if (p.state === "Creating" && p.desired === "Running") {
+          meta.update({
+            ...rec,
+            object: { ...p, state: "Ready", endpoint: "127.0.0.1:1" },
+            revision: rec.revision,
+          }).catch(() => {});
+        }
+      },
+      remove() {},
+    });
+    const realNow = Date.now;
+    let step = 0;
+    // n1's agent runs on a host whose clock is a minute behind the scheduler's, n2's on time.
+    const beat = setInterval(async () => {
+      for (const [n, skew] of [["n1", -60_000], ["n2", 0]] as const) {
+        const cur = await meta.get(nodeRef(n));
+        await meta.update({
+          ...nodeRef(n),
+          object: { ...node(n), heartbeat: Date.now() + skew },
+          revision: cur!.revision,
+        }).catch(() => {});
+      }
+    }, 100);
+    const sched = new SchedulerService(meta, {
+      tickMs: 50,
+      nodeTimeoutMs: 1000,
+      gatewayTimeoutMs: 1000,
+    });
+    await sched.start();
+    try {
+      const lease = await sched.leaseWorker({
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        gatewayId: "g",
+        timeoutMs: 5000,
+      });
+      const hb = setInterval(() => sched.refreshGateway("g", [lease.podId]).catch(() => {}), 100);
+      try {
+        await new Promise((r) => setTimeout(r, 300));
+        // The system clock set a minute ahead (NTP, a VM resumed): nothing fell silent.
+        Date.now = () => realNow() + (step = 60_000);
+        await new Promise((r) => setTimeout(r, 1500));
+      } finally {
+        Date.now = realNow;
+        clearInterval(hb);
+      }
+      const pod = sched.snapshot().pods.find((p) => p.id === lease.podId);
+      assert.equal(pod?.leasedBy, "g", `still leased after a step of ${step} ms`);
+      assert.deepEqual(sched.snapshot().nodes.map((n) => [n.name, n.ready]), [
+        ["n1", true],
+        ["n2", true],
+      ]);
+    } finally {
+      clearInterval(beat);
+      agent.stop();
+      sched.stop();
+      await store.close();
+    }
+  },
+});
