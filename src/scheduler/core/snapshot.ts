@@ -12,26 +12,15 @@ import { DEFAULT_SCORES, place, type PlaceResult } from "./placement.ts";
 import type { CoreFunc, CoreNode, CoreState } from "./types.ts";
 
 /**
- * Restore prior (ms) until a restore of the function was seen: CRIU's fixed
- * cost (namespaces, process tree, probe), then its memory from the page
- * cache or disk at about 1 GB/s.
- */
-export function snapshotPriorMs(memMB: number): number {
-  return 150 + memMB;
-}
-
-/** How long a start from a snapshot should take (ms): observed, else the prior. */
-export function expectedSnapshotStartMs(f: CoreFunc): number {
-  return f.snapshotStartMs ?? snapshotPriorMs(f.demand.memMB);
-}
-
-/**
- * Whether a restore from a snapshot should beat a fresh start: yes until a
- * fresh start was seen (the reason snapshots exist), then by the learned
- * times.
+ * Whether a restore from a snapshot should beat a fresh start, by the times
+ * learned from pods that came up: yes until both were seen, so that a restore
+ * is tried once before fresh starts are preferred (a guess from the memory
+ * limit, which says little of a process's size, had a function with a large
+ * limit never restored at all).
  */
 export function snapshotIsFaster(f: CoreFunc): boolean {
-  return f.coldStartMs === undefined || expectedSnapshotStartMs(f) < f.coldStartMs;
+  return f.coldStartMs === undefined || f.snapshotStartMs === undefined ||
+    f.snapshotStartMs < f.coldStartMs;
 }
 
 /** Where a new pod of `f` goes, and whether it restores from the node's snapshot. */

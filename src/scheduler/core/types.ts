@@ -235,8 +235,9 @@ export interface CoreConfig {
    */
   reclaimGraceMs: number;
   /**
-   * When a node's snapshot serves a new pod: `auto`, when a restore is
-   * expected to be faster than a fresh start; `always`, whenever there is one.
+   * When a node's snapshot serves a new pod: `auto`, until both kinds of
+   * start were seen, then when restores came up faster than fresh starts;
+   * `always`, whenever there is one.
    * @default "auto"
    */
   snapshotStart: "auto" | "always";
