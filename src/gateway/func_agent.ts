@@ -497,16 +497,23 @@ export class FuncAgent {
     for (const q of lane.queue) q.onProgress?.(stage);
   }
 
-  /** Leases another worker when the queue calls for it. */
+  /**
+   * Leases more workers when the queue calls for them, several at once for a
+   * burst (it asked for one at a time: a burst at zero brought its workers up
+   * one after another). The calls a lease under way will take (`parallel`
+   * each) do not call for another.
+   */
   #scaleOut(lane: Lane): void {
-    if (this.#closed || lane.queue.length === 0 || lane.pendingLeases > 0) return;
+    if (this.#closed || lane.queue.length === 0) return;
     if (!this.#lanes.includes(lane)) return; // its version left the split
-    const active = this.#active(lane);
-    if (active >= this.policy.max_replica) return;
-    const capacity = active * this.policy.parallel;
-    const pressure = active === 0 ||
-      lane.queue.length > this.policy.scaleout_policy.wait_ratio * capacity;
-    if (pressure) this.#lease(lane);
+    const { parallel, max_replica } = this.policy;
+    for (let active = this.#active(lane); active < max_replica; active++) {
+      const uncovered = lane.queue.length - lane.pendingLeases * parallel;
+      if (uncovered <= 0) return;
+      const capacity = active * parallel;
+      if (active > 0 && uncovered <= this.policy.scaleout_policy.wait_ratio * capacity) return;
+      this.#lease(lane);
+    }
   }
 
   /** Asks the scheduler for a worker of `lane`'s version. */

@@ -88,6 +88,29 @@ Deno.test("no more workers than max_replica, however long the queue", async () =
   for (const p of slots) a.release(await p);
 });
 
+Deno.test("a burst leases the workers it needs at once; calls a lease under way takes ask for no other", async () => {
+  // 40 calls at zero, one a worker: four leases asked together, not one after another.
+  const burst = agent({ parallel: 1, max_replica: 4, queue_len: 50 }, 0);
+  burst.sched.hang = true;
+  const calls = Array.from({ length: 40 }, () => burst.a.acquire().catch(() => {}));
+  await settle();
+  assert.equal(burst.sched.leases.length, 4);
+  burst.a.close();
+  await Promise.all(calls);
+  // One call, four a worker: one lease, whatever wait_ratio says of the slots to come.
+  const one = agent({ parallel: 4, max_replica: 4, scaleout_policy: { wait_ratio: 0 } }, 0);
+  one.sched.hang = true;
+  const call = one.a.acquire().catch(() => {});
+  await settle();
+  assert.equal(one.sched.leases.length, 1);
+  // Five more: the lease under way takes three of them, so one more worker.
+  const more = Array.from({ length: 5 }, () => one.a.acquire().catch(() => {}));
+  await settle();
+  assert.equal(one.sched.leases.length, 2);
+  one.a.close();
+  await Promise.all([call, ...more]);
+});
+
 Deno.test("a queued call times out with the reason of the last failed lease", async () => {
   const { a, sched } = agent({ queue_timeout: 0.2 }, 0);
   sched.hang = true;
