@@ -127,6 +127,8 @@ export class FuncAgent {
   #deps: FuncAgentDeps;
   #workers: Worker[] = [];
   #lanes: Lane[] = [];
+  /** Lanes whose version left the split while leases of theirs were under way. */
+  #leaving = new Set<Lane>();
   #leaseAbort = new AbortController();
   #closed = false;
   /** The function's status says no node could ever hold a worker of it (all its versions). */
@@ -316,6 +318,7 @@ export class FuncAgent {
     // Out of the leaving lane (whose pending lease may still settle, and must find no one).
     for (const gone of kept.values()) {
       for (const q of gone.queue.splice(0)) this.#pick().queue.push(q);
+      if (gone.pendingLeases > 0) this.#leaving.add(gone);
     }
     for (const w of [...this.#workers]) {
       w.draining = w.reclaimed === true || !this.#serving(w.version);
@@ -482,10 +485,29 @@ export class FuncAgent {
       });
   }
 
+  /**
+   * Leases under way for `lane`: its own, and for the newest version's lane
+   * those of lanes whose version left the split, which the scheduler answers
+   * with its newest version (their calls moved here; leasing again for them
+   * started a second worker for one call).
+   */
+  #pending(lane: Lane): number {
+    let n = lane.pendingLeases;
+    if (servedBy(lane) === this.version) { for (const l of this.#leaving) n += l.pendingLeases; }
+    return n;
+  }
+
+  /** A lease of `lane` settled: a lane that left the split and waits on none is forgotten. */
+  #settled(lane: Lane): void {
+    lane.pendingLeases--;
+    lane.leaseStage = undefined;
+    if (lane.pendingLeases === 0) this.#leaving.delete(lane);
+  }
+
   /** Workers that take `lane`'s calls, and leases for it under way. */
   #active(lane: Lane): number {
     const version = servedBy(lane);
-    let n = lane.pendingLeases;
+    let n = this.#pending(lane);
     for (const w of this.#workers) if (w.version === version && !w.draining) n++;
     return n;
   }
@@ -508,7 +530,7 @@ export class FuncAgent {
     if (!this.#lanes.includes(lane)) return; // its version left the split
     const { parallel, max_replica } = this.policy;
     for (let active = this.#active(lane); active < max_replica; active++) {
-      const uncovered = lane.queue.length - lane.pendingLeases * parallel;
+      const uncovered = lane.queue.length - this.#pending(lane) * parallel;
       if (uncovered <= 0) return;
       const capacity = active * parallel;
       if (active > 0 && uncovered <= this.policy.scaleout_policy.wait_ratio * capacity) return;
@@ -541,8 +563,7 @@ export class FuncAgent {
       this.#leaseAbort.signal,
       progress,
     ).then((lease) => {
-      lane.pendingLeases--;
-      lane.leaseStage = undefined;
+      this.#settled(lane);
       this.#lastError = undefined;
       // The scheduler gave its newest version: the lane's no longer serves there (this
       // gateway has not heard yet). The lane's calls take such workers rather than lease
@@ -563,13 +584,14 @@ export class FuncAgent {
       };
       this.#workers.push(w);
       if (this.#closed) return this.#drop(w, false);
-      if (w.draining) return this.#drop(w, false);
+      if (w.draining) this.#drop(w, false); // the calls it was counted for lease again
       this.#drain();
     }, (err: Error) => {
-      lane.pendingLeases--;
-      lane.leaseStage = undefined;
+      this.#settled(lane);
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
+      // A lane whose version left the split: the calls it was counted for lease again.
+      if (!this.#lanes.includes(lane)) return void (this.#closed || this.#drain());
       if (e.code === "unschedulable") {
         // This version's: another version of a split may well fit.
         lane.unschedulable = e;

@@ -409,14 +409,14 @@ class HeldScheduler {
       signal?.addEventListener("abort", () => reject(signal.reason));
     });
   }
-  grant(i: number): void {
+  grant(i: number, version = this.leases[i].version): void {
     const pod = ++this.#pods;
     this.leases[i].resolve({
       podId: `pod-${pod}`,
       endpoint: `127.0.0.1:${9000 + pod}`,
       coldStart: false,
       resumed: false,
-      version: this.leases[i].version,
+      version,
     });
   }
   returnWorker(req: { podId: string; failed?: boolean }): Promise<void> {
@@ -441,10 +441,12 @@ Deno.test("a call moved off a version leaving the split is not failed by that ve
   await settle();
   a.setVersion(2, p); // version 1's lease is pending; the call now waits for version 2
   await settle();
-  assert.deepEqual(sched.leases.map((l) => l.version), [1, 2]);
+  // The scheduler answers the pending lease with its newest version: no second one yet.
+  assert.deepEqual(sched.leases.map((l) => l.version), [1]);
   sched.leases[0].reject(new InferxError("worker_failed", "the old version's pod crashed"));
   await settle();
   assert.equal(a.queued, 1, "still waiting, for version 2");
+  assert.deepEqual(sched.leases.map((l) => l.version), [1, 2], "asked for by the call");
   sched.grant(1);
   const slot = await call;
   assert.equal(typeof slot, "object", `served: ${slot}`);
@@ -458,12 +460,44 @@ Deno.test("a version that left the split is not leased again after its lease fai
   await settle();
   a.setVersion(2, p);
   await settle();
+  sched.leases[0].reject(new InferxError("unavailable", "scheduler busy"));
+  await settle();
   sched.grant(1);
   a.release(await call);
-  sched.leases[0].reject(new InferxError("unavailable", "scheduler busy"));
   await new Promise((r) => setTimeout(r, 350)); // a retry would come after 100 ms
   assert.deepEqual(sched.leases.map((l) => l.version), [1, 2]);
   a.close();
+});
+
+Deno.test("a call whose version left the split while its lease was under way is served by that lease: one worker, not two", async () => {
+  const { a, sched, p } = heldAgent({ parallel: 1, max_replica: 2, queue_timeout: 30 });
+  const call = a.acquire();
+  await settle();
+  a.setVersion(2, p);
+  await settle();
+  // It leased again for the moved call: two new-version workers started for one call.
+  assert.equal(sched.leases.length, 1);
+  sched.grant(0, 2); // the scheduler moved the waiter to its newest version
+  const slot = await call;
+  assert.equal(slot.worker.version, 2);
+  await settle();
+  assert.equal(sched.leases.length, 1);
+  assert.equal(a.workers.length, 1);
+  a.release(slot);
+  // Answered with the old version instead (the scheduler behind): dropped, and the call leases.
+  const late = heldAgent({ parallel: 1, max_replica: 2, queue_timeout: 30 });
+  const waiting = late.a.acquire();
+  await settle();
+  late.a.setVersion(2, late.p);
+  await settle();
+  late.sched.grant(0);
+  await settle();
+  assert.deepEqual(late.sched.returns.map((r) => r.podId), ["pod-1"]);
+  assert.deepEqual(late.sched.leases.map((l) => l.version), [1, 2]);
+  late.sched.grant(1);
+  assert.equal((await waiting).worker.version, 2);
+  a.close();
+  late.a.close();
 });
 
 Deno.test("a version refused as unschedulable refuses its own calls, not another version's", async () => {
