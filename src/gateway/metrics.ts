@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { getHeapSpaceStatistics } from "node:v8";
 import { Gauge, type MetricObjectWithValues, type MetricValue, Registry } from "prom-client";
 import type { FuncCache } from "./func_cache.ts";
 import type { AuditLog } from "../audit/types.ts";
@@ -344,6 +345,13 @@ export class GatewayMetrics {
         () => pick(Deno.memoryUsage()),
       );
     }
+    gauge(
+      "inferx_process_young_generation_bytes",
+      "Memory the main thread's JavaScript engine holds for its young generation (new objects; it grows with the rate they are made, up to a bound, and holds no live objects for long) in the gateway's process",
+      () =>
+        getHeapSpaceStatistics().find((s) => s.space_name === "new_space")?.physical_space_size ??
+          0,
+    );
     new Gauge({
       name: "inferx_queue_depth",
       help: "Calls waiting for a worker slot",

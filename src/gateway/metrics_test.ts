@@ -41,3 +41,14 @@ Deno.test("a deleted function's series go at the next scrape; the series of unkn
   assert.match(text, /inferx_requests_total\{function="t\/n\/kept",code="200"\} 1/);
   assert.match(text, /inferx_requests_total\{function="\(none\)",code="200"\} 1/);
 });
+
+Deno.test("the process's memory series: resident, heap, buffers and the young generation's pages", async () => {
+  const text = await new GatewayMetrics(noAgents).registry.metrics();
+  const value = (name: string) => Number(text.match(new RegExp(`^${name} (\\S+)$`, "m"))?.[1]);
+  const rss = value("inferx_process_resident_memory_bytes");
+  const young = value("inferx_process_young_generation_bytes");
+  assert.ok(rss > 0, text);
+  assert.ok(value("inferx_process_heap_used_bytes") > 0);
+  // At least V8's smallest semi-space (256 KiB, 1 MiB by default), and a part of what is resident.
+  assert.ok(young >= 256 * 1024 && young < rss, `young ${young}, rss ${rss}`);
+});

@@ -36,7 +36,7 @@ import {
 } from "../model/schemas.ts";
 import { type FunctionObject, specOfVersion, trafficSplit } from "../model/versions.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
-import { Gauge, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type {
   FuncLoad,
   GatewayAdvice,
@@ -125,6 +125,9 @@ export class SchedulerService implements SchedulerClient {
    * clocks set apart make a live node look silent.
    */
   #heard = new Map<string, { wrote: number; at: number }>();
+  /** Pods that came up, and how long they took (with {@linkcode registerMetrics}). */
+  #starts?: Counter<"function" | "from">;
+  #startSeconds?: Histogram<"from">;
   #stopTicking?: () => void;
   #conditions: ConditionWriter;
   /** Snapshot records by store key, to know what a deleted one was. */
@@ -202,6 +205,19 @@ export class SchedulerService implements SchedulerClient {
   /** Registers the scheduler's gauges (read from the core when scraped) in `registry`. */
   registerMetrics(registry: Registry): void {
     const core = () => this.#core;
+    this.#starts = new Counter({
+      name: "inferx_pod_starts_total",
+      help: "Pods that came up, by function and how: fresh, restored from a snapshot, resumed",
+      labelNames: ["function", "from"] as const,
+      registers: [registry],
+    });
+    this.#startSeconds = new Histogram({
+      name: "inferx_pod_start_seconds",
+      help: "Time from a pod's placement (or its resume's) to ready, by how it came up",
+      labelNames: ["from"] as const,
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+      registers: [registry],
+    });
     new Gauge({
       name: "inferx_pods",
       help: "Pods by state",
@@ -345,6 +361,9 @@ export class SchedulerService implements SchedulerClient {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
           this.#funcs.delete(id);
           this.#apply({ type: "funcRemove", id });
+          for (const from of ["fresh", "snapshot", "resume"]) {
+            this.#starts?.remove({ function: id, from });
+          }
         },
       }),
       // After functions: a snapshot counts for its function's current version.
@@ -618,7 +637,26 @@ export class SchedulerService implements SchedulerClient {
   }
 
   #apply(event: CoreEvent): CoreAction[] {
-    const { actions } = step(this.#core, event, this.#clock.now());
+    const now = this.#clock.now();
+    const podId = event.type === "podStatus"
+      ? event.podId
+      : event.type === "podRecord"
+      ? event.pod.id
+      : undefined;
+    const before = podId === undefined ? undefined : this.#core.pods.get(podId);
+    const [was, since] = [before?.state, before?.since];
+    const { actions } = step(this.#core, event, now);
+    if ((was === "Creating" || was === "Resuming") && before?.state === "Ready") {
+      // A pod came up: counted by how, and timed from its placement (or its resume's).
+      const how = event.type === "podStatus"
+        ? event.startedFrom
+        : event.type === "podRecord"
+        ? event.pod.startedFrom
+        : undefined;
+      const from = was === "Resuming" ? "resume" : how ?? "fresh";
+      this.#starts?.inc({ function: before.func, from });
+      if (since !== undefined) this.#startSeconds?.observe({ from }, (now - since) / 1000);
+    }
     for (const a of actions) this.#carryOut(a);
     if (this.#progress.size) this.#reportProgress();
     return actions;

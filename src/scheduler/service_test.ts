@@ -6,6 +6,7 @@ import { startInformer } from "../rpc/informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { leaseStage, SchedulerService } from "./service.ts";
+import { Registry } from "prom-client";
 import { CoreDriver, created, gpuFunc, gpuNode, lease } from "./core/testing.ts";
 
 const node = (name: string): NodeInfo => ({
@@ -516,6 +517,8 @@ Deno.test({
       nodeTimeoutMs: 1000,
       gatewayTimeoutMs: 1000,
     });
+    const registry = new Registry();
+    sched.registerMetrics(registry);
     await sched.start();
     try {
       const lease = await sched.leaseWorker({
@@ -541,6 +544,10 @@ Deno.test({
         ["n1", true],
         ["n2", true],
       ]);
+      // Its one pod's start, counted by how it came up.
+      const text = await registry.metrics();
+      assert.match(text, /^inferx_pod_starts_total\{function="t\/n\/f",from="fresh"\} 1$/m);
+      assert.match(text, /^inferx_pod_start_seconds_count\{from="fresh"\} 1$/m);
     } finally {
       clearInterval(beat);
       agent.stop();

@@ -158,6 +158,13 @@ Deno.test({
         assert.deepEqual([b.born, b.n], [first.born, 2]);
       }
       await idle("snap");
+      // Counted in the metrics by how they came up: one fresh start, three restores.
+      const metrics = await (await fetch(`${p.url}/metrics`)).text();
+      assert.match(metrics, /^inferx_pod_starts_total\{function="t\/n\/snap",from="fresh"\} 1$/m);
+      assert.match(
+        metrics,
+        /^inferx_pod_starts_total\{function="t\/n\/snap",from="snapshot"\} 3$/m,
+      );
 
       // 4. A corrupt image: a fresh start, noted and audited; a new snapshot is taken.
       await Deno.truncate(`${image}/inventory.img`, 0);
