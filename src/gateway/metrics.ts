@@ -87,6 +87,8 @@ export class VersionMetrics {
 /** The series of one function. */
 export class FunctionMetrics {
   readonly codes = new Map<number, number>();
+  /** Answers begun and broken off (their status counted as sent), by why. */
+  readonly cut = new Map<string, number>();
   coldStarts = 0;
   resumes = 0;
   readonly ttfb = new Buckets();
@@ -219,6 +221,20 @@ export class GatewayMetrics {
         const out: MetricValue<string>[] = [];
         for (const [func, m] of s) {
           for (const [code, n] of m.codes) out.push({ labels: { function: func, code }, value: n });
+        }
+        return out;
+      },
+    );
+    metric(
+      "inferx_answers_cut_total",
+      "Answers a worker began and did not end (counted in inferx_requests_total by the status they were sent with), by function and why: timeout (answer_timeout), worker_failed",
+      "counter",
+      () => {
+        const out: MetricValue<string>[] = [];
+        for (const [func, m] of s) {
+          for (const [reason, n] of m.cut) {
+            out.push({ labels: { function: func, reason }, value: n });
+          }
         }
         return out;
       },

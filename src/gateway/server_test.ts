@@ -546,6 +546,10 @@ t("a streamed answer quiet past answer_timeout is cut and recorded as such", asy
       [200, "timeout"],
       [200, null],
     ]);
+    // Counted as sent (200), and as cut: the 200s alone did not tell.
+    const text = await g.f.deps.metrics!.registry.metrics();
+    assert.match(text, /^inferx_requests_total\{function="t\/n\/f",code="200"\} 2$/m);
+    assert.match(text, /^inferx_answers_cut_total\{function="t\/n\/f",reason="timeout"\} 1$/m);
   } finally {
     clearInterval(sweep);
     w.close();

@@ -136,6 +136,10 @@ export class CallRecord {
   finished(cutShort?: ErrorCode): void {
     if (this.#done) return;
     this.#done = true;
+    if (cutShort) {
+      const cut = this.#series().cut;
+      cut.set(cutShort, (cut.get(cutShort) ?? 0) + 1);
+    }
     this.#end(cutShort);
   }
 
