@@ -17,13 +17,14 @@
  *
  * @module
  */
-import { errorBody, type InferxError, toInferxError } from "../../common/errors.ts";
+import { errorBody, httpStatus, InferxError, toInferxError } from "../../common/errors.ts";
 import type { CallStage } from "../func_agent.ts";
 import type { CallRecord } from "../middleware/observe.ts";
 import {
   type CallAnswer,
   CallerGone,
   type CallInput,
+  cutShortCode,
   forward,
   type ProxyDeps,
   WORKER_CSP,
@@ -131,7 +132,15 @@ export async function progressResponse(
           controller.close();
         } else controller.enqueue(asEvent ? asEvent.push(r.value) : r.value);
       } catch (err) {
-        controller.error(err);
+        const code = signal.aborted ? undefined : cutShortCode(err);
+        if (!code) return controller.error(err);
+        // The worker broke its answer off (it died, or sent nothing for answer_timeout): with the
+        // status long sent, the stream ends with an error event, after a blank line that ends an
+        // event the worker half sent.
+        const e = new InferxError(code, (err as Error).message);
+        controller.enqueue(enc.encode("\n\n"));
+        controller.enqueue(errorEvent(httpStatus(code), errorBody(e).error));
+        controller.close();
       }
     },
     async cancel(reason) {

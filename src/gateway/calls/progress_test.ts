@@ -92,6 +92,41 @@ t("a worker's error answer after the stages is sent as an error event", async ()
   await w.close();
 });
 
+t(
+  "a worker that dies after its stream began ends the progress stream with an error event",
+  async () => {
+    const f = await gatewayFixture();
+    // One event, then its connection closes without the stream's end (its process killed).
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    (async () => {
+      for await (const c of listener) {
+        await c.read(new Uint8Array(64 * 1024));
+        await c.write(new TextEncoder().encode(
+          "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" +
+            "9\r\ndata: 1\n\n\r\n",
+        ));
+        c.close();
+      }
+    })().catch(() => {});
+    f.sched.stages = ["starting"];
+    f.sched.endpoints.push(`127.0.0.1:${listener.addr.port}`);
+    const r = await stream(f);
+    assert.equal(r.status, 200);
+    const text = await r.text(); // it was cut, with no word of why
+    assert.ok(
+      text.startsWith(": queued\n\n: placing\n\n: starting\n\n: ready\n\ndata: 1\n\n"),
+      text,
+    );
+    assert.match(text, /\n\nevent: error\ndata: .*\n\n$/);
+    const data = JSON.parse(text.split("event: error\ndata: ")[1]);
+    assert.equal(data.status, 503);
+    assert.equal(data.error.code, "worker_failed");
+    assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[200, "worker_failed"]]);
+    await f.close();
+    listener.close();
+  },
+);
+
 t("x-inferx-progress on a call that does not stream changes nothing", async () => {
   const f = await gatewayFixture();
   const w = sseWorker();

@@ -1101,7 +1101,9 @@ class ServerConnection {
             throw new Error("The handler returned before answering");
           }
         } catch (err) {
-          if (err instanceof ConnectionClosed || this.#closed) break;
+          // The caller gone (closed, or its input ended: taken for gone), what failed with it is
+          // its going (a worker's request broken off), nothing to report.
+          if (err instanceof ConnectionClosed || this.#closed || this.eof) break;
           this.#opts.onError?.(err);
           if (res.headersSent) break; // cannot answer twice: cut the connection
           this.keepAlive = false;

@@ -561,3 +561,34 @@ t("http1 sends no 100 Continue to an HTTP/1.0 client", async () => {
   assert.match(text, /^HTTP\/1.1 200 /);
   await s.shutdown();
 });
+
+t(
+  "http1 reports a handler's failure, unless its caller had gone (its input ended) first",
+  async () => {
+    const errors: string[] = [];
+    const s = serveHttp1({
+      port: 0,
+      onError: (err) => errors.push((err as Error).message),
+      handler: async (req, res) => {
+        await res.start(200, [["content-type", "text/event-stream"]]);
+        await res.write(enc.encode("data: 1\n\n"));
+        await new Promise((r) => setTimeout(r, 100)); // the caller half-closes meanwhile
+        throw new Error(`${req.url} broke off with its caller`);
+      },
+    });
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+    await c.write(enc.encode("GET /gone HTTP/1.1\r\nHost: h\r\n\r\n"));
+    await c.closeWrite();
+    await c.read(new Uint8Array(4096));
+    await new Promise((r) => setTimeout(r, 300));
+    c.close();
+    // The same failure with the caller there is reported.
+    const d = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+    await d.write(enc.encode("GET /here HTTP/1.1\r\nHost: h\r\n\r\n"));
+    await d.read(new Uint8Array(4096));
+    await new Promise((r) => setTimeout(r, 300));
+    d.close();
+    assert.deepEqual(errors, ["/here broke off with its caller"]);
+    await s.shutdown(100);
+  },
+);
