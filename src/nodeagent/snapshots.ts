@@ -230,8 +230,7 @@ export class SnapshotManager {
   async used(s: LocalSnapshot): Promise<void> {
     s.info = { ...s.info, lastUsedAt: Date.now(), restores: s.info.restores + 1 };
     // Dropped while it was restored (a new version, a delete): its record is not made again.
-    if (this.#local.get(`${s.ref.tenant}/${s.ref.namespace}/${s.ref.name}`) !== s) return;
-    await this.#write(s.ref, s.info).catch((err) =>
+    await this.#write(s).catch((err) =>
       log.warn("Cannot record the use of snapshot {name}: {error}", {
         name: s.ref.name,
         error: String(err),
@@ -371,10 +370,11 @@ export class SnapshotManager {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       return "No snapshot kept: the function changed or was deleted while it was taken";
     }
-    this.#local.set(key, { ref, info, dir });
+    const kept: LocalSnapshot = { ref, info, dir };
+    this.#local.set(key, kept);
     this.#evictFor(0, key);
     try {
-      await this.#write(ref, info);
+      await this.#write(kept);
     } catch (err) {
       this.#local.delete(key);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -421,8 +421,9 @@ export class SnapshotManager {
       error: reason.slice(0, 2000),
       ...(budgetMB === undefined ? {} : { budgetMB }),
     });
-    this.#local.set(this.#key(pod), { ref, info, dir: this.#dirOf(ref) });
-    await this.#write(ref, info).catch(() => {});
+    const failed: LocalSnapshot = { ref, info, dir: this.#dirOf(ref) };
+    this.#local.set(this.#key(pod), failed);
+    await this.#write(failed).catch(() => {});
     this.#o.onChange?.();
     return `No snapshot taken: ${reason}`;
   }
@@ -507,13 +508,24 @@ export class SnapshotManager {
     });
   }
 
-  /** Creates or replaces a record (compare-and-swap, retried on conflicts). */
-  async #write(ref: ObjectRef, info: SnapshotInfo): Promise<void> {
+  /**
+   * Creates or replaces the record of `s` (compare-and-swap, retried on
+   * conflicts) while this node still keeps it: one dropped meanwhile (its
+   * function deleted, a new version) has its record removed, not made again.
+   */
+  async #write(s: LocalSnapshot): Promise<void> {
+    const { ref, info } = s;
+    const kept = () => this.#local.get(`${ref.tenant}/${ref.namespace}/${ref.name}`) === s;
     for (let attempt = 0; attempt < 5; attempt++) {
+      if (!kept()) return;
       const cur = await this.#o.meta.get(ref);
+      if (!kept()) return;
       try {
-        if (!cur) await this.#o.meta.create({ ...ref, object: info });
-        else await this.#o.meta.update({ ...ref, object: info, revision: cur.revision });
+        if (!cur) {
+          await this.#o.meta.create({ ...ref, object: info });
+          // Dropped while it was made: the drop's delete may have come first.
+          if (!kept()) await this.#deleteRecord(ref);
+        } else await this.#o.meta.update({ ...ref, object: info, revision: cur.revision });
         return;
       } catch (err) {
         if (!(err instanceof ConflictError) || attempt === 4) throw err;

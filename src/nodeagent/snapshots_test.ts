@@ -573,3 +573,40 @@ t(
     assert.deepEqual(await records(meta), []);
   },
 );
+
+t(
+  "a use recorded while its function is deleted does not make the snapshot's record again",
+  async ({ meta, runtime }) => {
+    // The record's read for the use waits until the function's deletion removed the record.
+    let gate: PromiseWithResolvers<void> | undefined;
+    const slow = new Proxy(meta, {
+      get(target, key) {
+        const v = Reflect.get(target, key);
+        if (key !== "get") return typeof v === "function" ? v.bind(target) : v;
+        return async (ref: Parameters<MetaClient["get"]>[0]) => {
+          if (ref.type === "snapshot" && gate) await gate.promise;
+          return await target.get(ref);
+        };
+      },
+    }) as MetaClient;
+    const dir = await Deno.makeTempDir();
+    const mgr = new SnapshotManager({ meta: slow, node: "n2", dir, diskBudgetMB: 25, runtime });
+    await mgr.start();
+    try {
+      assert.equal(await mgr.take(pod("b")), undefined);
+      assert.equal((await records(meta)).length, 1);
+      const s = mgr.usable(pod("b"))!;
+      gate = Promise.withResolvers();
+      const using = mgr.used(s);
+      await meta.delete({ type: "function", tenant: "t", namespace: "n", name: "b" });
+      await eventually(async () => (await records(meta)).length === 0);
+      gate.resolve();
+      await using;
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(await records(meta), [], "no record of a deleted function's snapshot");
+    } finally {
+      mgr.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
