@@ -148,6 +148,8 @@ interface Child {
   endedDumping?: string;
   gpus: number[];
   exited: Promise<string>;
+  /** Settles once an exit nobody asked for was told (`#watchExit`). */
+  told?: Promise<void>;
   /** Follows its output file into `logs`. */
   follow?: Follower;
   /** The last of its park, resume and snapshot operations, which run one after another. */
@@ -816,7 +818,7 @@ export class ProcessRuntime implements PodRuntime {
 
   /** Reports an exit nobody asked for; forgets the child either way. */
   #watchExit(podId: string, child: Child): void {
-    child.exited.then((why) => {
+    child.told = child.exited.then((why) => {
       if (child.dumping) child.endedDumping = why; // told by the park if its dump failed
       else return this.#reportExit(podId, child, why);
     });
@@ -842,6 +844,16 @@ export class ProcessRuntime implements PodRuntime {
   async stop(podId: string, graceMs = 5000): Promise<void> {
     const child = this.#children.get(podId);
     if (!child) return;
+    // Ended on its own a moment before (a call saw it fail and gave its pod back, which is
+    // stopped now): its exit is told as its own, how and its last output with it (the report
+    // waits for its output, up to 500 ms, and the stop came first: both were lost).
+    if (
+      !child.stopping && !child.dumping && child.tier !== "file" && !child.paused &&
+      !await pidAlive(child.pid)
+    ) {
+      await child.told;
+      if (this.#children.get(podId) !== child) return;
+    }
     child.stopping = true;
     // A park, resume or snapshot under way ends first (a checkpoint or a
     // restore cut off half way leaves a process nobody owns); those queued

@@ -106,6 +106,23 @@ t("ProcessRuntime tells the agent when a ready worker dies, with its output", as
   assert.match(why, /out of memory/);
 });
 
+t("ProcessRuntime tells a worker's own exit when a stop comes before its report", async () => {
+  const exits: string[] = [];
+  const rt = new ProcessRuntime({ onExit: (_id, why) => exits.push(why) });
+  // A helper holds its output open: the exit's report waits up to 500 ms for the last of it.
+  const code = `${ENV_SERVER}
+new Deno.Command("sleep", { args: ["3"], stdout: "inherit", stderr: "inherit" }).spawn();
+setTimeout(() => { console.error("CUDA error: out of memory"); Deno.exit(9); }, 300);`;
+  const pod = await rt.start(spec(["deno", "eval", code]));
+  await new Promise((r) => setTimeout(r, 450)); // ended; a call saw it and gave its pod back
+  await rt.stop("pod-test");
+  // It was taken for the stop's: no exit told, its reason and output lost.
+  assert.equal(exits.length, 1, "its exit told");
+  assert.match(exits[0], /exit code 9/);
+  assert.match(exits[0], /CUDA error: out of memory/);
+  assert.match(await pod.exited, /exit code 9/);
+});
+
 t("ProcessRuntime stop() escalates to SIGKILL after the grace period", async () => {
   const rt = new ProcessRuntime();
   const stubborn = `Deno.addSignalListener("SIGTERM", () => {});
