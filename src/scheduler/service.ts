@@ -117,6 +117,8 @@ export class SchedulerService implements SchedulerClient {
   #podRefs = new Map<string, ObjectRef>();
   #informers: Informer[] = [];
   #clock: Clock;
+  /** The time nodes write their heartbeats in (the injected clock in tests). */
+  #wall: Clock;
   #ticker: Ticker;
   /**
    * Each node's last heartbeat as the node wrote it (its own clock), and when
@@ -137,6 +139,7 @@ export class SchedulerService implements SchedulerClient {
     this.#meta = meta;
     this.#options = options;
     this.#clock = options.clock ?? steadyClock;
+    this.#wall = options.clock ?? systemClock;
     this.#ticker = options.ticker ?? systemTicker;
     // Times written for people and other roles to read: the system's clock.
     this.#conditions = new ConditionWriter(meta, systemClock);
@@ -760,7 +763,13 @@ export class SchedulerService implements SchedulerClient {
     if (n.heartbeat === undefined) return nodeReport(n, undefined);
     let h = this.#heard.get(n.name);
     if (h?.wrote !== n.heartbeat) {
-      this.#heard.set(n.name, h = { wrote: n.heartbeat, at: this.#clock.now() });
+      const now = this.#clock.now();
+      // First seen (this scheduler starting, or leading anew): a heartbeat older than any skew
+      // between clocks explains is a node's gone long before, judged by its age at once
+      // (counted from now, the node got new pods for a whole NODE_TIMEOUT_MS).
+      const age = h ? 0 : this.#wall.now() - n.heartbeat;
+      const at = age > STALE_AT_SIGHT * this.#core.config.nodeTimeoutMs ? now - age : now;
+      this.#heard.set(n.name, h = { wrote: n.heartbeat, at });
     }
     return nodeReport(n, h.at);
   }
@@ -851,6 +860,13 @@ function demandOf(spec: FunctionSpec): PodDemand {
     vramMB: r.GPU.vRam,
   };
 }
+
+/**
+ * A heartbeat first seen older than this many `NODE_TIMEOUT_MS` keeps its
+ * age (its node gone before this scheduler started); a younger one, which
+ * clocks set apart could make, counts from when it is seen.
+ */
+const STALE_AT_SIGHT = 10;
 
 /** A stored node as the core reads it, its heartbeat at `heardAt`. */
 function nodeReport(n: NodeInfo, heardAt: number | undefined): NodeReport {

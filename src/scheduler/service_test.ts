@@ -556,3 +556,54 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "SchedulerService starting judges a node whose heartbeat is an hour old at once: no pod placed on it",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    await meta.create({
+      ...nodeRef("dead"),
+      object: { ...node("dead"), heartbeat: Date.now() - 3_600_000 },
+    });
+    await meta.create({ ...nodeRef("live"), object: node("live") });
+    await createTestFunction(meta, {});
+    const beat = setInterval(async () => {
+      const cur = await meta.get(nodeRef("live"));
+      await meta.update({
+        ...nodeRef("live"),
+        object: { ...node("live"), heartbeat: Date.now() },
+        revision: cur!.revision,
+      }).catch(() => {});
+    }, 100);
+    const sched = new SchedulerService(meta, { tickMs: 50, nodeTimeoutMs: 3000 });
+    await sched.start();
+    try {
+      const leases = Array.from(
+        { length: 3 },
+        () =>
+          sched.leaseWorker({
+            tenant: "t",
+            namespace: "n",
+            func: "f",
+            gatewayId: "g",
+            timeoutMs: 300,
+          })
+            .catch(() => {}),
+      );
+      await new Promise((r) => setTimeout(r, 200));
+      const ready = Object.fromEntries(sched.snapshot().nodes.map((n) => [n.name, n.ready]));
+      assert.deepEqual(ready, { dead: false, live: true });
+      const placed = (await meta.list("pod")).items.map((r) => decodePod(r.value).node);
+      assert.ok(placed.length > 0 && placed.every((n) => n === "live"), JSON.stringify(placed));
+      await Promise.all(leases);
+    } finally {
+      clearInterval(beat);
+      sched.stop();
+      await store.close();
+    }
+  },
+});
