@@ -15,6 +15,7 @@ import {
   unitOf,
 } from "./_accounting.ts";
 import { scaleOutAdvice } from "./autoscale.ts";
+import { earlyMessage, failedEarly, startFailed } from "./backoff.ts";
 import { ensureCapacity } from "./capacity.ts";
 import { leaseTarget } from "./funcs.ts";
 import { refuseUnschedulable } from "./schedulable.ts";
@@ -114,7 +115,14 @@ function grant(
 export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boolean) {
   const pod = ctx.state.pods.get(podId);
   if (!pod || !holds(pod, gateway)) return; // stale or foreign: ignore
-  if (failed) return terminate(ctx, pod, "returned as failed");
+  if (failed) {
+    // One that failed soon after it came up counts as a failed start (a crash loop).
+    const f = pod.state === "Ready" && failedEarly(ctx, pod) ? unitOf(ctx.state, pod) : undefined;
+    terminate(ctx, pod, "returned as failed");
+    const why = f && earlyMessage(ctx, pod, "its gateway found it failed");
+    if (f && why) startFailed(ctx, f, why, "worker_failed", true);
+    return;
+  }
   if (!removeLessee(pod, gateway)) return; // others still use it
   pod.lastUsed = ctx.now;
   const f = unitOf(ctx.state, pod);

@@ -9,6 +9,7 @@ import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_ac
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
 import { learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
+import { earlyMessage, failedEarly, startFailed } from "./backoff.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
 
 /** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
@@ -36,11 +37,14 @@ export function onPodStatus(
     pod.tier = undefined;
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
+    pod.readyAt = ctx.now;
     if (!f) return terminate(ctx, pod, "old version drained");
-    delete f.startBackoff; // it starts: no crash loop
+    // It starts: a crash loop's run ends once it has served START_STABLE_MS.
+    if (f.startBackoff) f.startBackoff.upSince ??= ctx.now;
     return settleUnleased(ctx, f, pod, !resumed, resumed);
   }
   const wasCreating = pod.state === "Creating";
+  const early = status === "Failed" && pod.state === "Ready" && failedEarly(ctx, pod);
   if (status === "Failed") terminate(ctx, pod, "failed");
   releasePod(state, pod);
   if (status === "Failed" && wasCreating && f) {
@@ -50,9 +54,7 @@ export function onPodStatus(
         error ?? "unknown error"
       })`
       : `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
-    const failures = (f.startBackoff?.failures ?? 0) + 1;
-    const waitMs = Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
-    f.startBackoff = { failures, until: ctx.now + waitMs, message, code };
+    const waitMs = startFailed(ctx, f, message, code);
     for (const w of f.waiters) {
       ctx.actions.push({
         type: "leaseFailed",
@@ -64,16 +66,11 @@ export function onPodStatus(
     }
     f.waiters = [];
     state.starved.delete(f.id);
+  } else if (early && f) {
+    startFailed(ctx, f, earlyMessage(ctx, pod, error ?? "unknown error"), "worker_failed", true);
   }
   retryStarved(ctx);
 }
-
-/**
- * The wait before starting a pod of a version again after its first failed
- * start; doubled at each failure in a row, up to {@linkcode START_BACKOFF_MAX_MS}.
- */
-export const START_BACKOFF_MS = 1000;
-export const START_BACKOFF_MAX_MS = 60_000;
 
 /** Terminates a pod on request. */
 export function onKillPod(ctx: Ctx, podId: string) {

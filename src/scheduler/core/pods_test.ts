@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { PodState, StandbyTier } from "../../model/cluster.ts";
 import { recoveredState } from "./pods.ts";
+import { START_STABLE_MS } from "./backoff.ts";
 import {
   CoreDriver,
   created,
@@ -365,14 +366,54 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
     [pod] = startsIn(d.run({ type: "tick" }));
     assert.ok(pod, `started again after ${waitMs} ms`);
   }
-  // One that comes up ends the run: the next failure waits 1 s again.
+  // One that comes up and fails a second later goes on with the run: it was no good start.
+  const backoff = () => d.state.funcs.get("t/n/f")!.startBackoff;
   d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
-  assert.equal(d.state.funcs.get("t/n/f")!.startBackoff, undefined);
+  d.now += 1000;
+  assert.deepEqual(
+    startsIn(d.run({ type: "podStatus", podId: pod, state: "Failed", error: "boom" })),
+    [],
+  );
+  assert.equal(backoff()?.failures, 5, "it restarted every 1.5 s, for ever");
+  assert.match(backoff()!.message, /failed 1 s after it started: boom/);
+  d.now += 16_000;
+  [pod] = startsIn(d.run({ type: "tick" }));
+  assert.ok(pod, "started again after 16 s");
+  // One that serves START_STABLE_MS ends the run: the next failure waits 1 s again.
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  d.now += START_STABLE_MS;
   d.run({ type: "podStatus", podId: pod, state: "Failed", error: "crashed" });
-  assert.equal(
-    d.state.funcs.get("t/n/f")!.startBackoff,
-    undefined,
-    "a crash of a ready pod is none",
+  assert.ok(!backoff() || d.now >= backoff()!.until, "a crash after a minute's service is none");
+  [pod] = startsIn(d.run({ type: "tick" }));
+  assert.ok(pod, "replaced at once");
+  d.run({ type: "podStatus", podId: pod, state: "Failed", error: "exit 3" });
+  assert.equal(backoff()?.failures, 1, "a new run");
+});
+
+Deno.test("a pod its gateway gives back as failed soon after it came up counts as a failed start", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  const [pod] = created(d.run(lease("r1")));
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  d.now += 2000;
+  d.run({ type: "return", podId: pod.id, gateway: "g1", failed: true });
+  const b = () => d.state.funcs.get("t/n/f")!.startBackoff;
+  assert.equal(b()?.failures, 1);
+  assert.match(b()!.message, /failed 2 s after it started: its gateway found it failed/);
+  // One crash is no loop: the next call starts a worker at once.
+  const [next] = created(d.run(lease("r2")));
+  assert.ok(next, "replaced at once");
+  d.run({ type: "podStatus", podId: next.id, state: "Ready", endpoint: "e" });
+  d.now += 1000;
+  d.run({ type: "return", podId: next.id, gateway: "g1", failed: true });
+  assert.equal(b()?.failures, 2);
+  // The second in a row waits: a call meanwhile is told why, at once (no pod serves).
+  const refused = d.run(lease("r3")).find((a) => a.type === "leaseFailed");
+  assert.ok(refused?.type === "leaseFailed", "refused");
+  assert.match(
+    refused.message,
+    /failed 1 s after it started.*\(2 failed start\(s\) in a row; the next in 2 s\)/,
   );
 });
 

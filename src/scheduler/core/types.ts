@@ -139,11 +139,19 @@ export interface CoreFunc {
   /** Observed start time from a snapshot (ms, moving average). */
   snapshotStartMs?: number;
   /**
-   * Its pods failed to start this many times in a row (a pod that came up
-   * ends the run): no pod of it starts until `until` (ms), the wait doubling
-   * with each failure (a crash loop's back-off), and `message` says why.
+   * Its pods failed to start this many times in a row, a pod that failed
+   * within `START_STABLE_MS` of coming up counted as one (a pod that serves
+   * that long, from `upSince`, ends the run): no pod of it starts until
+   * `until` (ms), the wait doubling with each failure (a crash loop's
+   * back-off), and `message` says why.
    */
-  startBackoff?: { failures: number; until: number; message: string; code: LeaseFailure };
+  startBackoff?: {
+    failures: number;
+    until: number;
+    message: string;
+    code: LeaseFailure;
+    upSince?: number;
+  };
 }
 
 /** Core pod states: a subset of the stored pod states. */
@@ -186,6 +194,8 @@ export interface CorePod extends PodPlacement {
   lastUsed: number;
   /** When its start or resume began (ms), to learn how long those take. */
   since?: number;
+  /** When it last became ready (ms): one that fails soon after was no good start. */
+  readyAt?: number;
   /**
    * Why its gateway was asked to give it back (fair share, or a lowered
    * `maxReplica`): it serves no new lease, and ends once given back.
