@@ -160,6 +160,13 @@ interface Child {
   memMB: number;
 }
 
+/** Whether `pid` has a handler of its own for SIGTERM (`SigCgt` in its status); a gone one has. */
+async function handlesSigterm(pid: number): Promise<boolean> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(() => "");
+  const caught = status.match(/^SigCgt:\s*([0-9a-f]+)$/m)?.[1];
+  return caught === undefined || (BigInt(`0x${caught}`) & (1n << 14n)) !== 0n; // SIGTERM is 15
+}
+
 /** Sends `sig` to `pid`, ignoring a process already gone. */
 function signal(pid: number, sig: Deno.Signal): void {
   try {
@@ -861,6 +868,10 @@ export class ProcessRuntime implements PodRuntime {
     await child.ops;
     if (child.tier !== "file") {
       signalWorker(child, "SIGTERM");
+      // As its PID namespace's init the worker sees only the signals it handles: one with no
+      // handler for SIGTERM (the default of Python's, Node's and Deno's servers) would sit out
+      // the whole grace period, where SIGTERM's default action ends a process at once.
+      if (child.ownPids && !await handlesSigterm(child.pid)) signalWorker(child, "SIGKILL");
       // A stopped process only sees SIGTERM once continued.
       if (child.paused) await this.#signalAll(child, "SIGCONT");
       const deadline = Date.now() + graceMs;

@@ -594,6 +594,31 @@ Deno.test({
 });
 
 criuNetTest(
+  "ProcessRuntime: a worker that is its namespace's init and handles no SIGTERM is stopped at once, one that handles it is let end",
+  async ({ rt }) => {
+    // No handler: as an init it ignored SIGTERM for the whole grace period (5 s at every stop).
+    const plain = COUNTER.replace('Deno.addSignalListener("SIGTERM", () => Deno.exit(0));', "");
+    assert.notEqual(plain, COUNTER);
+    await rt.start(spec(["deno", "eval", plain]));
+    let t0 = performance.now();
+    await rt.stop("pod-test", 3000);
+    assert.ok(performance.now() - t0 < 1500, `stopped in ${Math.round(performance.now() - t0)} ms`);
+    // A handler: SIGTERM reaches it, and it ends as it likes (here, 300 ms later).
+    const graceful = COUNTER.replace(
+      'Deno.addSignalListener("SIGTERM", () => Deno.exit(0));',
+      'Deno.addSignalListener("SIGTERM", () => setTimeout(() => Deno.exit(0), 300));',
+    );
+    assert.notEqual(graceful, COUNTER);
+    const pod = await rt.start(spec(["deno", "eval", graceful]));
+    t0 = performance.now();
+    await rt.stop("pod-test", 3000);
+    const took = performance.now() - t0;
+    assert.ok(took >= 250 && took < 2500, `stopped in ${Math.round(took)} ms`);
+    assert.match(await pod.exited, /exit code 0/);
+  },
+);
+
+criuNetTest(
   "ProcessRuntime: a restore whose worker's open file is gone fails naming it (not made again, empty), leaving nothing behind",
   async ({ dir, rt }) => {
     const state = `${dir}/state.db`;
