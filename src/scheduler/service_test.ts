@@ -29,6 +29,38 @@ const nodeRef = (name: string) => ({
   name,
 });
 
+/** Plays the node agents: every pod placed becomes Ready. */
+function readyAgents(meta: StateService) {
+  return startInformer(meta, "pod", {
+    upsert(rec) {
+      const p = decodePod(rec.value);
+      if (p.state === "Creating" && p.desired === "Running") {
+        meta.update({
+          ...rec,
+          object: { ...p, state: "Ready", endpoint: "127.0.0.1:1" },
+          revision: rec.revision,
+        }).catch(() => {});
+      }
+    },
+    remove() {},
+  });
+}
+
+/** Writes each node's heartbeat every 100 ms, its clock `skewMs` off; returns the stop. */
+function heartbeats(meta: StateService, nodes: Record<string, number>): () => void {
+  const beat = setInterval(async () => {
+    for (const [n, skewMs] of Object.entries(nodes)) {
+      const cur = await meta.get(nodeRef(n));
+      await meta.update({
+        ...nodeRef(n),
+        object: { ...node(n), heartbeat: Date.now() + skewMs },
+        revision: cur!.revision,
+      }).catch(() => {});
+    }
+  }, 100);
+  return () => clearInterval(beat);
+}
+
 Deno.test({
   name:
     "SchedulerService marks a node without heartbeats not ready and replaces its pods elsewhere",
@@ -39,21 +71,7 @@ Deno.test({
     const meta = new StateService(store);
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
     await createTestFunction(meta, { policy: { Obj: { min_replica: 1 } } });
-    // Plays both node agents: pods become Ready.
-    const agent = await startInformer(meta, "pod", {
-      upsert(rec) {
-        const p = decodePod(rec.value);
-        if (p.state === "Creating" && p.desired === "Running") {
-          meta.update({
-            ...rec,
-            object: { ...p, state: "Ready", endpoint: "127.0.0.1:1" },
-            revision: rec.revision,
-          })
-            .catch(() => {});
-        }
-      },
-      remove() {},
-    });
+    const agent = await readyAgents(meta);
     const sched = new SchedulerService(meta, { tickMs: 50, nodeTimeoutMs: 400 });
     await sched.start();
     const podsOn = async (n: string) =>
@@ -67,16 +85,7 @@ Deno.test({
     }
     assert.ok(first, "a min_replica pod was placed");
     const other = first === "n1" ? "n2" : "n1";
-    // Only the other node keeps its heartbeat.
-    const beat = setInterval(async () => {
-      const cur = await meta.get(nodeRef(other));
-      await meta.update({
-        ...nodeRef(other),
-        object: { ...node(other), heartbeat: Date.now() },
-        revision: cur!.revision,
-      })
-        .catch(() => {});
-    }, 100);
+    const stopBeats = heartbeats(meta, { [other]: 0 }); // only the other node keeps beating
     try {
       const deadline = Date.now() + 5000;
       while ((await podsOn(other)).length === 0 || (await podsOn(first)).length !== 0) {
@@ -85,7 +94,7 @@ Deno.test({
       }
       assert.equal(sched.snapshot().nodes.find((n) => n.name === first)?.ready, false);
     } finally {
-      clearInterval(beat);
+      stopBeats();
       agent.stop();
       sched.stop();
       await store.close();
@@ -486,32 +495,11 @@ Deno.test({
     const meta = new StateService(store);
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
     await createTestFunction(meta, {});
-    const agent = await startInformer(meta, "pod", {
-      upsert(rec) {
-        const p = decodePod(rec.value);
-        if (p.state === "Creating" && p.desired === "Running") {
-          meta.update({
-            ...rec,
-            object: { ...p, state: "Ready", endpoint: "127.0.0.1:1" },
-            revision: rec.revision,
-          }).catch(() => {});
-        }
-      },
-      remove() {},
-    });
+    const agent = await readyAgents(meta);
     const realNow = Date.now;
     let step = 0;
     // n1's agent runs on a host whose clock is a minute behind the scheduler's, n2's on time.
-    const beat = setInterval(async () => {
-      for (const [n, skew] of [["n1", -60_000], ["n2", 0]] as const) {
-        const cur = await meta.get(nodeRef(n));
-        await meta.update({
-          ...nodeRef(n),
-          object: { ...node(n), heartbeat: Date.now() + skew },
-          revision: cur!.revision,
-        }).catch(() => {});
-      }
-    }, 100);
+    const stopBeats = heartbeats(meta, { n1: -60_000, n2: 0 });
     const sched = new SchedulerService(meta, {
       tickMs: 50,
       nodeTimeoutMs: 1000,
@@ -549,7 +537,7 @@ Deno.test({
       assert.match(text, /^inferx_pod_starts_total\{function="t\/n\/f",from="fresh"\} 1$/m);
       assert.match(text, /^inferx_pod_start_seconds_count\{from="fresh"\} 1$/m);
     } finally {
-      clearInterval(beat);
+      stopBeats();
       agent.stop();
       sched.stop();
       await store.close();
@@ -571,14 +559,7 @@ Deno.test({
     });
     await meta.create({ ...nodeRef("live"), object: node("live") });
     await createTestFunction(meta, {});
-    const beat = setInterval(async () => {
-      const cur = await meta.get(nodeRef("live"));
-      await meta.update({
-        ...nodeRef("live"),
-        object: { ...node("live"), heartbeat: Date.now() },
-        revision: cur!.revision,
-      }).catch(() => {});
-    }, 100);
+    const stopBeats = heartbeats(meta, { live: 0 });
     const sched = new SchedulerService(meta, { tickMs: 50, nodeTimeoutMs: 3000 });
     await sched.start();
     try {
@@ -601,7 +582,7 @@ Deno.test({
       assert.ok(placed.length > 0 && placed.every((n) => n === "live"), JSON.stringify(placed));
       await Promise.all(leases);
     } finally {
-      clearInterval(beat);
+      stopBeats();
       sched.stop();
       await store.close();
     }
