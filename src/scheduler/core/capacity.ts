@@ -13,6 +13,7 @@ import {
   type Ctx,
   liveCurrent,
   terminate,
+  unitOf,
 } from "./_accounting.ts";
 import { type EvictionOptions, planEviction } from "./eviction.ts";
 import {
@@ -23,6 +24,7 @@ import {
   mayEvict,
   mayReclaim,
   needsOrder,
+  priorityRank,
   reclaim,
 } from "./fairness.ts";
 import { describeReasons } from "./placement.ts";
@@ -94,16 +96,21 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     if (plan) {
       let reclaimed = 0;
       for (const v of plan.victims) {
-        if (v.leasedBy) {
+        if (!v.leasedBy) terminate(ctx, v, `evicted for ${f.id}`);
+        else if (lowerInTenant(state, f, v)) {
+          // Its own tenant's: given back once its calls end, with no deadline on them.
+          reclaim(ctx, v, `reclaimed for ${f.id}, of higher priority in its tenant`);
+          reclaimed++;
+        } else {
           reclaim(ctx, v, `reclaimed for ${f.id}, whose tenant is below its fair share`, true);
           reclaimed++;
-        } else terminate(ctx, v, `evicted for ${f.id}`);
+        }
       }
       // No victims: what it waits for is on its way out already (evicted, or reclaimed).
       f.lastUnschedulable = plan.victims.length === 0
         ? `waiting for pods on ${plan.node.name} being ended or reclaimed from their gateways`
         : `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
-          (reclaimed ? ` (${reclaimed} reclaimed from their gateways for fair share)` : "");
+          (reclaimed ? ` (${reclaimed} reclaimed from their gateways)` : "");
     } else {
       f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
     }
@@ -161,7 +168,9 @@ export function retryStarved(ctx: Ctx) {
  * its own.
  */
 function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
-  if (!state.config.fairShare) return {};
+  // Within a tenant, a function of higher priority takes a worker back from one of lower.
+  const below = (p: CorePod) => lowerInTenant(state, f, p);
+  if (!state.config.fairShare) return { reclaim: below };
   // Computed once, when the first candidate is weighed.
   let view: FairView | undefined;
   return {
@@ -171,6 +180,7 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
       return mayEvict(v, tenantOf(f.func), tenantOf(p.func), cost, p.state === "Standby");
     },
     reclaim(p) {
+      if (below(p)) return true;
       const v = lazyView();
       return mayReclaim(v, tenantOf(f.func), tenantOf(p.func), demandAmounts(f.demand));
     },
@@ -178,6 +188,13 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
   function lazyView() {
     return view ??= fairView(state);
   }
+}
+
+/** Whether `p` serves a function of `f`'s tenant of lower priority than `f`. */
+function lowerInTenant(state: CoreState, f: CoreFunc, p: CorePod): boolean {
+  if (tenantOf(p.func) !== tenantOf(f.func)) return false;
+  const g = unitOf(state, p);
+  return g !== undefined && priorityRank(f) < priorityRank(g);
 }
 
 /**

@@ -369,3 +369,43 @@ Deno.test("room freed between ticks goes to the tenant holding least, whatever t
     assert.deepEqual(placed, ["y/n/c"], `functions registered ${xFirst ? "x" : "y"} first`);
   }
 });
+
+Deno.test("within a tenant, a waiting function of higher priority takes a worker back from a lower one, gracefully", () => {
+  for (const fair of [true, false]) {
+    const d = new CoreDriver();
+    d.state.config.fairShare = fair;
+    d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
+    const fn = (id: string, priority: Priority) =>
+      d.run({
+        type: "funcUpdate",
+        func: funcReport(id, { cpu: 500, memMB: 256 }, {
+          maxReplica: 4,
+          standbyPerNode: 0,
+          priority,
+        }),
+      });
+    fn("a/n/lo", "batch");
+    fn("a/n/hi", "high");
+    // The pool is full of the tenant's batch work, its gateway holding both workers.
+    for (const r of ["l1", "l2"]) {
+      for (const p of created(d.run(lease(r, "a/n/lo", "g1", 120_000)))) {
+        d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+      }
+    }
+    const acts = d.run(lease("h1", "a/n/hi", "g1", 60_000));
+    // It waited behind them until its deadline (priority applied only to free room).
+    const asked = acts.find((a) => a.type === "reclaimLease");
+    assert.ok(asked?.type === "reclaimLease", `${fair}: ${kinds(acts)}`);
+    assert.match(asked.reason, /reclaimed for a\/n\/hi, of higher priority in its tenant/);
+    assert.equal(d.state.pods.get(asked.podId)!.reclaimDeadline, undefined, "no deadline");
+    // Given back when its call ends: a worker of the high function starts in its room.
+    const back = d.run(
+      { type: "return", podId: asked.podId, gateway: "g1" },
+      { type: "podStatus", podId: asked.podId, state: "Terminated" },
+    );
+    assert.deepEqual(created(back).map((p) => p.func), ["a/n/hi"], `${fair}`);
+    // The batch function never takes one back from the high one.
+    const lo = d.run(lease("l3", "a/n/lo", "g1", 60_000));
+    assert.ok(!lo.some((a) => a.type === "reclaimLease"), kinds(lo).join());
+  }
+});
