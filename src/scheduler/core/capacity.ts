@@ -246,11 +246,44 @@ export function trimToMax(ctx: Ctx, f: CoreFunc) {
 }
 
 /**
+ * Brings a tenant with more replicas running than its quota's `max_replica`
+ * (lowered since they started) back to it, as {@linkcode trimToMax} does a
+ * version: idle pods retire (parked when a tier takes them), then leased ones
+ * are reclaimed from their gateways (given back when their calls end).
+ */
+export function trimTenant(ctx: Ctx, tenant: string) {
+  const { state } = ctx;
+  const max = state.quotas.get(tenant)?.maxReplica;
+  if (max === undefined) return;
+  const mine: CorePod[] = [];
+  let over = -max;
+  for (const p of state.pods.values()) {
+    if (tenantOf(p.func) !== tenant || p.state === "Terminating" || p.state === "Standby") continue;
+    over++;
+    if (p.reclaiming) over--; // on its way out already
+    else mine.push(p);
+  }
+  if (over <= 0) return;
+  const why = `above its tenant's max_replica ${max}`;
+  const idle = (p: CorePod) => unitOf(state, p)?.idle.has(p.id) === true;
+  const rank = (p: CorePod) => (idle(p) ? 0 : p.leasedBy && p.state === "Ready" ? 1 : 2);
+  for (const p of mine.sort((a, b) => rank(a) - rank(b) || a.lastUsed - b.lastUsed)) {
+    if (over <= 0) return;
+    const r = rank(p);
+    if (r === 2) return; // creating or resuming: trimmed once settled
+    if (r === 1) reclaim(ctx, p, why);
+    else retire(ctx, unitOf(state, p)!, p, why);
+    over--;
+  }
+}
+
+/**
  * Retires idle pods above `minReplica` once unused for `scaleinTimeoutS`,
- * and trims versions above their `maxReplica`.
+ * and trims versions above their `maxReplica` and tenants above their quota.
  */
 export function scaleIn(ctx: Ctx) {
   const { state, now } = ctx;
+  for (const tenant of state.quotas.keys()) trimTenant(ctx, tenant);
   for (const f of state.funcs.values()) {
     trimToMax(ctx, f);
     if (f.idle.size === 0) continue;

@@ -223,3 +223,33 @@ Deno.test("resuming a pod still being parked counts its GPUs against max_gpu", (
   const again = kinds(d.run(lease("r3", "t/n/a")));
   assert.ok(!again.includes("resumePod"), `over max_gpu: ${again.join(", ")}`);
 });
+
+Deno.test("quota: a lowered max_replica holds for the pods running: their leases are reclaimed", () => {
+  const d = cluster();
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 4 } });
+  const pods: string[] = [];
+  for (const r of ["r1", "r2", "r3"]) {
+    const p = created(d.run(lease(r, "a/n/f")))[0];
+    d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+    pods.push(p.id);
+  }
+  const acts = d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } });
+  // They ran on at 3 where the quota says 1.
+  const asked = acts.flatMap((a) => (a.type === "reclaimLease" ? [a] : []));
+  assert.equal(asked.length, 2, kinds(acts).join());
+  assert.match(asked[0].reason, /above its tenant's max_replica 1/);
+  // Nothing more at the next tick: one pod is what the quota allows.
+  d.now += 2000;
+  d.run({ type: "tick" });
+  assert.equal([...d.state.pods.values()].filter((p) => p.reclaiming).length, 2);
+  // Given back, they end; another tenant keeps its pods.
+  for (const a of asked) d.run({ type: "return", podId: a.podId, gateway: "g1" });
+  assert.equal([...d.state.pods.values()].filter((p) => p.state === "Ready").length, 1);
+  const b = created(d.run(lease("b1", "b/n/f")))[0];
+  d.run({ type: "podStatus", podId: b.id, state: "Ready", endpoint: "e" });
+  assert.ok(
+    !d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } }).some((a) =>
+      a.type === "reclaimLease"
+    ),
+  );
+});

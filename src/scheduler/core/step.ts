@@ -25,7 +25,7 @@
  * @module
  */
 import type { Ctx } from "./_accounting.ts";
-import { ensureAll, retryStarved, scaleIn } from "./capacity.ts";
+import { ensureAll, retryStarved, scaleIn, trimTenant } from "./capacity.ts";
 import { onFuncRemove, onFuncUpdate } from "./funcs.ts";
 import {
   expireWaiters,
@@ -125,6 +125,7 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
       break;
     case "tenantQuota":
       setTenantLimits(state, event.tenant, event.limits);
+      trimTenant(ctx, event.tenant); // a lowered max_replica holds for the pods it has
       retryStarved(ctx);
       break;
     case "tenantWeight":
