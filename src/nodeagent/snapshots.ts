@@ -96,7 +96,7 @@ export class SnapshotManager {
   }
 
   #key(v: VersionOf): string {
-    return `${v.tenant}/${v.namespace}/${snapshotName(v.func, v.funcVersion, this.#o.node)}`;
+    return refKey(this.#ref(v));
   }
 
   #ref(v: VersionOf): ObjectRef {
@@ -486,7 +486,7 @@ export class SnapshotManager {
    * (its image once the restores holding it have ended).
    */
   #remove(s: LocalSnapshot): Promise<void> {
-    const key = `${s.ref.tenant}/${s.ref.namespace}/${s.ref.name}`;
+    const key = refKey(s.ref);
     if (this.#local.get(key) === s) this.#local.delete(key);
     this.#o.onChange?.();
     const held = this.#held.has(s);
@@ -515,7 +515,7 @@ export class SnapshotManager {
    */
   async #write(s: LocalSnapshot): Promise<void> {
     const { ref, info } = s;
-    const kept = () => this.#local.get(`${ref.tenant}/${ref.namespace}/${ref.name}`) === s;
+    const kept = () => this.#local.get(refKey(ref)) === s;
     for (let attempt = 0; attempt < 5; attempt++) {
       if (!kept()) return;
       const cur = await this.#o.meta.get(ref);
@@ -548,6 +548,11 @@ export class SnapshotManager {
       })),
     };
   }
+}
+
+/** Where this node keeps the snapshot of record `ref` (`tenant/namespace/name`). */
+function refKey(ref: ObjectRef): string {
+  return `${ref.tenant}/${ref.namespace}/${ref.name}`;
 }
 
 /** One snapshot as a node record lists it. */

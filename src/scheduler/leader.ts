@@ -55,7 +55,6 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   let renewed = performance.now();
   lease.grant().then(() => renewed = performance.now(), () => {});
   lease.on("keepaliveSucceeded", () => renewed = performance.now());
-  const lastRenewal = () => renewed;
   let fence: ReturnType<typeof setInterval> | undefined;
   let lost = false;
   const lose = (err: Error) => {
@@ -83,7 +82,7 @@ export function campaign(etcdAddrs: string, id: string, options: CampaignOptions
   c.on("elected", () => {
     clearInterval(watchdog);
     fence = setInterval(() => {
-      const since = Math.round(performance.now() - lastRenewal());
+      const since = Math.round(performance.now() - renewed);
       if (since > (ttlS * 1000 * 2) / 3) {
         lose(new Error(`No renewal of the leader's etcd lease for ${since} ms (TTL ${ttlS} s)`));
       }

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Ctx } from "./_accounting.ts";
+import { type Ctx, unitOf } from "./_accounting.ts";
 import type { CoreFunc, CorePod, LeaseFailure } from "./types.ts";
 
 /**
@@ -22,15 +22,17 @@ export const START_BACKOFF_MAX_MS = 60_000;
  */
 export const START_STABLE_MS = 60_000;
 
-/** Whether ready `pod` failed within {@linkcode START_STABLE_MS} of coming up. */
-export function failedEarly(ctx: Ctx, pod: CorePod): boolean {
-  return pod.readyAt !== undefined && ctx.now - pod.readyAt < START_STABLE_MS;
-}
-
-/** Why a pod that failed soon after it came up counts as a failed start. */
-export function earlyMessage(ctx: Ctx, pod: CorePod, why: string): string {
-  const s = Math.round((ctx.now - pod.readyAt!) / 1000);
-  return `Worker ${pod.id} of ${pod.func} failed ${s} s after it started: ${why}`;
+/**
+ * Counts the failure of ready `pod` as a failed start of its version when it
+ * came within {@linkcode START_STABLE_MS} of its coming up (`why`: how it
+ * failed): the first of a run is replaced at once, the next waits.
+ */
+export function failedSoon(ctx: Ctx, pod: CorePod, why: string): void {
+  const f = unitOf(ctx.state, pod);
+  if (!f || pod.readyAt === undefined || ctx.now - pod.readyAt >= START_STABLE_MS) return;
+  const s = Math.round((ctx.now - pod.readyAt) / 1000);
+  const message = `Worker ${pod.id} of ${pod.func} failed ${s} s after it started: ${why}`;
+  startFailed(ctx, f, message, "worker_failed", true);
 }
 
 /**

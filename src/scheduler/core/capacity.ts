@@ -255,14 +255,13 @@ export function trimTenant(ctx: Ctx, tenant: string) {
   const { state } = ctx;
   const max = state.quotas.get(tenant)?.maxReplica;
   if (max === undefined) return;
+  // Its replicas not on their way out already (ending, parked, or being given back).
   const mine: CorePod[] = [];
-  let over = -max;
   for (const p of state.pods.values()) {
     if (tenantOf(p.func) !== tenant || p.state === "Terminating" || p.state === "Standby") continue;
-    over++;
-    if (p.reclaiming) over--; // on its way out already
-    else mine.push(p);
+    if (!p.reclaiming) mine.push(p);
   }
+  let over = mine.length - max;
   if (over <= 0) return;
   const why = `above its tenant's max_replica ${max}`;
   const idle = (p: CorePod) => unitOf(state, p)?.idle.has(p.id) === true;

@@ -15,7 +15,7 @@ import {
   unitOf,
 } from "./_accounting.ts";
 import { scaleOutAdvice } from "./autoscale.ts";
-import { earlyMessage, failedEarly, startFailed } from "./backoff.ts";
+import { failedSoon } from "./backoff.ts";
 import { ensureCapacity } from "./capacity.ts";
 import { leaseTarget } from "./funcs.ts";
 import { refuseUnschedulable } from "./schedulable.ts";
@@ -117,11 +117,8 @@ export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boole
   if (!pod || !holds(pod, gateway)) return; // stale or foreign: ignore
   if (failed) {
     // One that failed soon after it came up counts as a failed start (a crash loop).
-    const f = pod.state === "Ready" && failedEarly(ctx, pod) ? unitOf(ctx.state, pod) : undefined;
-    terminate(ctx, pod, "returned as failed");
-    const why = f && earlyMessage(ctx, pod, "its gateway found it failed");
-    if (f && why) startFailed(ctx, f, why, "worker_failed", true);
-    return;
+    if (pod.state === "Ready") failedSoon(ctx, pod, "its gateway found it failed");
+    return terminate(ctx, pod, "returned as failed");
   }
   if (!removeLessee(pod, gateway)) return; // others still use it
   pod.lastUsed = ctx.now;

@@ -9,7 +9,7 @@ import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_ac
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
 import { learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
-import { earlyMessage, failedEarly, startFailed } from "./backoff.ts";
+import { failedSoon, startFailed } from "./backoff.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
 
 /** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
@@ -44,7 +44,7 @@ export function onPodStatus(
     return settleUnleased(ctx, f, pod, !resumed, resumed);
   }
   const wasCreating = pod.state === "Creating";
-  const early = status === "Failed" && pod.state === "Ready" && failedEarly(ctx, pod);
+  if (status === "Failed" && pod.state === "Ready") failedSoon(ctx, pod, error ?? "unknown error");
   if (status === "Failed") terminate(ctx, pod, "failed");
   releasePod(state, pod);
   if (status === "Failed" && wasCreating && f) {
@@ -66,8 +66,6 @@ export function onPodStatus(
     }
     f.waiters = [];
     state.starved.delete(f.id);
-  } else if (early && f) {
-    startFailed(ctx, f, earlyMessage(ctx, pod, error ?? "unknown error"), "worker_failed", true);
   }
   retryStarved(ctx);
 }
