@@ -9,6 +9,10 @@ import { leaseStage, SchedulerService } from "./service.ts";
 import { Registry } from "prom-client";
 import { CoreDriver, created, gpuFunc, gpuNode, lease } from "./core/testing.ts";
 
+/** A test of the service: its watches and timers outlive the test's last await. */
+const t = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+
 const node = (name: string): NodeInfo => ({
   name,
   address: "127.0.0.1",
@@ -28,6 +32,10 @@ const nodeRef = (name: string) => ({
   namespace: "system",
   name,
 });
+
+/** A lease of the test function t/n/f for gateway g, waiting at most `timeoutMs`. */
+const leaseF = (sched: SchedulerService, timeoutMs: number, signal?: AbortSignal) =>
+  sched.leaseWorker({ tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs }, signal);
 
 /** Plays the node agents: every pod placed becomes Ready. */
 function readyAgents(meta: StateService) {
@@ -61,12 +69,9 @@ function heartbeats(meta: StateService, nodes: Record<string, number>): () => vo
   return () => clearInterval(beat);
 }
 
-Deno.test({
-  name:
-    "SchedulerService marks a node without heartbeats not ready and replaces its pods elsewhere",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService marks a node without heartbeats not ready and replaces its pods elsewhere",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
@@ -100,81 +105,73 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
-Deno.test({
-  name: "SchedulerService reads the injected clock and ticks on the injected ticker",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const clock = new ManualClock();
-    const store = await openSqliteStore();
-    const meta = new StateService(store);
-    const sys = { tenant: "system", namespace: "system" };
-    await meta.create({
-      type: "node",
-      ...sys,
-      name: "n1",
-      object: { ...node("n1"), heartbeat: clock.now() },
-    });
-    // Another function's min_replica pod holds most of the node's CPU: a lease can only wait.
-    await createTestFunction(meta, { resources: { CPU: 600 } });
-    await meta.create({
-      type: "function",
-      tenant: "t",
-      namespace: "n",
-      name: "hog",
-      object: { image: "x", resources: { CPU: 600 }, policy: { Obj: { min_replica: 1 } } },
-    });
-    const sched = new SchedulerService(meta, {
-      clock,
-      ticker: clock,
-      tickMs: 100,
-      nodeTimeoutMs: 10_000,
-    });
-    await sched.start();
-    try {
-      let answer = "pending";
-      sched.leaseWorker({ tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 5000 })
-        .then(() => answer = "granted", (e) => answer = e.code);
-      await new Promise((r) => setTimeout(r, 50));
-      clock.advance(4999);
-      await new Promise((r) => setTimeout(r, 0));
-      assert.equal(answer, "pending", "no answer before the deadline on the injected clock");
-      clock.advance(2);
-      await new Promise((r) => setTimeout(r, 0));
-      assert.equal(answer, "timeout");
-      assert.equal(sched.snapshot().nodes[0].ready, true);
-      // Another node is heard, n1 is not: n1's silence is its own.
-      const n2 = { type: "node" as const, ...sys, name: "n2" };
-      await meta.create({ ...n2, object: { ...node("n2"), heartbeat: clock.now() } });
-      await until("n2 seen", () => sched.snapshot().nodes.length === 2);
-      const n1 = () => sched.snapshot().nodes.find((n) => n.name === "n1")!;
-      for (let i = 0; i < 6 && n1().ready; i++) {
-        clock.advance(2000);
-        const rec = await meta.get(n2);
-        await meta.update({
-          ...n2,
-          object: { ...node("n2"), heartbeat: clock.now() },
-          revision: rec!.revision,
-        });
-        await new Promise((r) => setTimeout(r, 20)); // its watch brings it
-        clock.advance(1);
-      }
-      assert.equal(n1().ready, false, "the node missed its heartbeats");
-    } finally {
-      sched.stop();
-      await store.close();
+t("SchedulerService reads the injected clock and ticks on the injected ticker", async () => {
+  const clock = new ManualClock();
+  const store = await openSqliteStore();
+  const meta = new StateService(store);
+  const sys = { tenant: "system", namespace: "system" };
+  await meta.create({
+    type: "node",
+    ...sys,
+    name: "n1",
+    object: { ...node("n1"), heartbeat: clock.now() },
+  });
+  // Another function's min_replica pod holds most of the node's CPU: a lease can only wait.
+  await createTestFunction(meta, { resources: { CPU: 600 } });
+  await meta.create({
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "hog",
+    object: { image: "x", resources: { CPU: 600 }, policy: { Obj: { min_replica: 1 } } },
+  });
+  const sched = new SchedulerService(meta, {
+    clock,
+    ticker: clock,
+    tickMs: 100,
+    nodeTimeoutMs: 10_000,
+  });
+  await sched.start();
+  try {
+    let answer = "pending";
+    leaseF(sched, 5000)
+      .then(() => answer = "granted", (e) => answer = e.code);
+    await new Promise((r) => setTimeout(r, 50));
+    clock.advance(4999);
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(answer, "pending", "no answer before the deadline on the injected clock");
+    clock.advance(2);
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(answer, "timeout");
+    assert.equal(sched.snapshot().nodes[0].ready, true);
+    // Another node is heard, n1 is not: n1's silence is its own.
+    const n2 = { type: "node" as const, ...sys, name: "n2" };
+    await meta.create({ ...n2, object: { ...node("n2"), heartbeat: clock.now() } });
+    await until("n2 seen", () => sched.snapshot().nodes.length === 2);
+    const n1 = () => sched.snapshot().nodes.find((n) => n.name === "n1")!;
+    for (let i = 0; i < 6 && n1().ready; i++) {
+      clock.advance(2000);
+      const rec = await meta.get(n2);
+      await meta.update({
+        ...n2,
+        object: { ...node("n2"), heartbeat: clock.now() },
+        revision: rec!.revision,
+      });
+      await new Promise((r) => setTimeout(r, 20)); // its watch brings it
+      clock.advance(1);
     }
-  },
+    assert.equal(n1().ready, false, "the node missed its heartbeats");
+  } finally {
+    sched.stop();
+    await store.close();
+  }
 });
 
-Deno.test({
-  name:
-    "SchedulerService refuses leases of a function no node could hold at once, records why in the function, and clears it when a node that fits joins",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService refuses leases of a function no node could hold at once, records why in the function, and clears it when a node that fits joins",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     await meta.create({ ...nodeRef("n1"), object: node("n1") });
@@ -186,13 +183,7 @@ Deno.test({
     const stored = async () => JSON.parse((await meta.get(fnRef))!.value);
     try {
       await assert.rejects(
-        sched.leaseWorker({
-          tenant: "t",
-          namespace: "n",
-          func: "f",
-          gatewayId: "g",
-          timeoutMs: 60_000,
-        }),
+        leaseF(sched, 60_000),
         (err: InferxError) => {
           assert.equal(err.code, "unschedulable");
           assert.match(err.message, /1 GPU of type A100 wanted, no node has one/);
@@ -227,7 +218,7 @@ Deno.test({
       });
       assert.equal((await stored()).object.status.conditions[0].reason, "Fits");
       let placed = "";
-      sched.leaseWorker({ tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 100 })
+      leaseF(sched, 100)
         .catch(() => {});
       await until("a pod placed on n2", async () => {
         const pods = (await meta.list("pod")).items.map((r) => decodePod(r.value));
@@ -240,7 +231,7 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
 Deno.test("leaseStage() says what a waiting lease waits for: placing, a pod starting, a pod restoring", () => {
   const d = new CoreDriver();
@@ -258,12 +249,9 @@ Deno.test("leaseStage() says what a waiting lease waits for: placing, a pod star
   assert.equal(leaseStage(d.state, "t/n/f"), "restoring");
 });
 
-Deno.test({
-  name:
-    "SchedulerService asks again for a pod termination whose write was lost (pod records listed again)",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService asks again for a pod termination whose write was lost (pod records listed again)",
+  async () => {
     const store = await openSqliteStore();
     // A state service whose updates fail while `away` is set, as when the store is away.
     let away = false;
@@ -301,7 +289,7 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
 Deno.test("SchedulerService refuses a lease, return or heartbeat without the ids it needs, or with figures out of range", async () => {
   const store = await openSqliteStore();
@@ -354,10 +342,7 @@ Deno.test("SchedulerService forgets a lease whose caller gave up: its deadline c
   try {
     const before = clock.pending;
     const abort = new AbortController();
-    const leasing = sched.leaseWorker(
-      { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 60_000 },
-      abort.signal,
-    );
+    const leasing = leaseF(sched, 60_000, abort.signal);
     assert.equal(clock.pending, before + 1, "a call at the lease's deadline");
     abort.abort(new Error("gone"));
     await assert.rejects(leasing, /gone/);
@@ -368,11 +353,9 @@ Deno.test("SchedulerService forgets a lease whose caller gave up: its deadline c
   }
 });
 
-Deno.test({
-  name: "SchedulerService deletes the record of a pod on a node nobody knows: no agent ever will",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService deletes the record of a pod on a node nobody knows: no agent ever will",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     await meta.create({ ...nodeRef("n1"), object: node("n1") });
@@ -396,13 +379,11 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
-Deno.test({
-  name: "SchedulerService leases a function its watch has not brought yet, read from the store",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService leases a function its watch has not brought yet, read from the store",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     // A watch that trails the store by 500 ms (a scheduler busy, or just elected).
@@ -423,13 +404,7 @@ Deno.test({
     await sched.start();
     try {
       await createTestFunction(meta, {}); // made a moment ago, through another role
-      const err = await sched.leaseWorker({
-        tenant: "t",
-        namespace: "n",
-        func: "f",
-        gatewayId: "g",
-        timeoutMs: 200,
-      }).then(() => undefined, (e) => e as InferxError);
+      const err = await leaseF(sched, 200).then(() => undefined, (e) => e as InferxError);
       // No node holds it, so it waits and times out: but it is no unknown function.
       assert.notEqual(err?.code, "not_found", err?.message);
     } finally {
@@ -437,14 +412,11 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
-Deno.test({
-  name:
-    "SchedulerService fails a lease as unavailable when the store refuses the pod it would start",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService fails a lease as unavailable when the store refuses the pod it would start",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     await meta.create({ ...nodeRef("n1"), object: node("n1") });
@@ -465,13 +437,7 @@ Deno.test({
     await sched.start();
     try {
       const lease = () =>
-        sched.leaseWorker({
-          tenant: "t",
-          namespace: "n",
-          func: "f",
-          gatewayId: "g",
-          timeoutMs: 5000,
-        })
+        leaseF(sched, 5000)
           .then(() => undefined, (e) => e as InferxError);
       const err = await lease();
       assert.equal(err?.code, "unavailable", err?.message);
@@ -483,14 +449,11 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
-Deno.test({
-  name:
-    "SchedulerService measures silences on its own steady clock: a step of the system clock takes no worker from a gateway, a node's clock set back loses it nothing",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService measures silences on its own steady clock: a step of the system clock takes no worker from a gateway, a node's clock set back loses it nothing",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     for (const n of ["n1", "n2"]) await meta.create({ ...nodeRef(n), object: node(n) });
@@ -509,13 +472,7 @@ Deno.test({
     sched.registerMetrics(registry);
     await sched.start();
     try {
-      const lease = await sched.leaseWorker({
-        tenant: "t",
-        namespace: "n",
-        func: "f",
-        gatewayId: "g",
-        timeoutMs: 5000,
-      });
+      const lease = await leaseF(sched, 5000);
       const hb = setInterval(() => sched.refreshGateway("g", [lease.podId]).catch(() => {}), 100);
       try {
         await new Promise((r) => setTimeout(r, 300));
@@ -543,14 +500,11 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
 
-Deno.test({
-  name:
-    "SchedulerService starting judges a node whose heartbeat is an hour old at once: no pod placed on it",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+t(
+  "SchedulerService starting judges a node whose heartbeat is an hour old at once: no pod placed on it",
+  async () => {
     const store = await openSqliteStore();
     const meta = new StateService(store);
     await meta.create({
@@ -566,13 +520,7 @@ Deno.test({
       const leases = Array.from(
         { length: 3 },
         () =>
-          sched.leaseWorker({
-            tenant: "t",
-            namespace: "n",
-            func: "f",
-            gatewayId: "g",
-            timeoutMs: 300,
-          })
+          leaseF(sched, 300)
             .catch(() => {}),
       );
       await new Promise((r) => setTimeout(r, 200));
@@ -587,4 +535,4 @@ Deno.test({
       await store.close();
     }
   },
-});
+);
