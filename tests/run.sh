@@ -25,6 +25,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
   missing+=(docker-compose)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The init above each worker in a PID namespace of its own (it reaps what a worker leaves behind).
+command -v tini >/dev/null 2>&1 || missing+=(tini)
 # The slow-starting sample worker: PyTorch (CPU) from Debian.
 /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing+=(python3-torch)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -79,8 +79,12 @@ export async function reapIfOrphanedToUs(pid: number): Promise<string | undefine
   // The wait status: a signal in its low 7 bits, else the exit code above them.
   const signal = status[0] & 0x7f;
   if (signal === 0) return `exit code ${(status[0] >> 8) & 0xff}`;
-  const name = Object.entries(SIGNALS).find(([, n]) => n === signal)?.[0];
-  return `killed by ${name ?? `signal ${signal}`}`;
+  return `killed by ${signalName(signal)}`;
+}
+
+/** A signal's name by its number (`SIGKILL`), or `signal N` for one not named here. */
+export function signalName(signal: number): string {
+  return Object.entries(SIGNALS).find(([, n]) => n === signal)?.[0] ?? `signal ${signal}`;
 }
 
 /** Signal numbers on Linux (x86-64 and arm64 share these). */

@@ -9,7 +9,11 @@
  * worker), so everything it starts is counted there too. Both hierarchies are
  * handled: cgroup v2 (one group, `memory.max` and `cpu.weight`) and v1 (a
  * group in each controller's hierarchy, `memory.limit_in_bytes` and
- * `cpu.shares`). The kernel's OOM kill in a group is counted there
+ * `cpu.shares`). Where the pids controller is mounted too, a group also
+ * holds at most {@linkcode WORKER_PIDS_LIMIT} processes and threads
+ * (`pids.max`), as the Docker runtime's containers do: a worker that forks
+ * without end, or piles up zombies, stops at its own limit rather than the
+ * node's. The kernel's OOM kill in a group is counted there
  * (`memory.events` or `memory.oom_control`), so an exit by SIGKILL is told as
  * the memory limit's when it was.
  *
@@ -20,8 +24,10 @@
  * @module
  */
 
-/** A controller the runtime limits workers with. */
-type ControllerName = "memory" | "cpu";
+import { WORKER_PIDS_LIMIT } from "./runtime.ts";
+
+/** A controller the runtime limits workers with (pids where it is there: optional). */
+type ControllerName = "memory" | "cpu" | "pids";
 
 /** Where one controller's groups of this agent are made. */
 interface Controller {
@@ -102,14 +108,18 @@ export function planControllers(
   tag: string,
 ): { version: 1 | 2; name: ControllerName; parent: string; base: string }[] | string {
   const out = [];
-  for (const name of ["memory", "cpu"] as const) {
+  for (const name of ["memory", "cpu", "pids"] as const) {
     const v1 = mounts.find((m) => m.version === 1 && m.controllers.includes(name));
     const v2 = mounts.find((m) => m.version === 2);
-    const mount = v1 ?? v2;
+    // v1 hierarchies for memory and cpu but none for pids: the v2 mount there holds no
+    // controller a v1 hierarchy has (a hybrid host), so pids goes without.
+    const hybrid = name === "pids" && !v1 && mounts.some((m) => m.version === 1);
+    const mount = hybrid ? undefined : v1 ?? v2;
+    const path = mount && own.get(v1 ? name : "");
+    const parent = mount && path !== undefined ? dirOf(mount, path) : undefined;
+    if (name === "pids" && !parent) continue; // optional: workers go without a process limit
     if (!mount) return `no cgroup hierarchy has the ${name} controller mounted`;
-    const path = own.get(v1 ? name : "");
     if (path === undefined) return `this process is in no group of the ${name} hierarchy`;
-    const parent = dirOf(mount, path);
     if (!parent) return `this process's ${name} group ${path} is not under ${mount.point}`;
     out.push({ version: mount.version, name, parent, base: `${parent}/inferx-${tag}` });
   }
@@ -141,6 +151,8 @@ export class PodCgroups {
     if (typeof plan === "string") return { available: false, reason: plan };
     const controllers: Controller[] = [];
     for (const p of plan) {
+      // v2 offers pids only where the agent's group has it to give.
+      if (p.name === "pids" && p.version === 2 && !await offers(p.parent, "pids")) continue;
       const same = controllers.find((c) => c.base === p.base);
       if (same) {
         same.names.push(p.name);
@@ -213,6 +225,11 @@ export class PodCgroups {
     }
   }
 
+  /** Whether pods' groups hold a limit on their processes (the pids controller is there). */
+  get limitsProcesses(): boolean {
+    return this.#controllers.some((c) => c.names.includes("pids"));
+  }
+
   /** Removes this agent's base groups when no pod's group is left in them (its stop). */
   close(): void {
     for (const c of this.#controllers) {
@@ -223,6 +240,12 @@ export class PodCgroups {
       }
     }
   }
+}
+
+/** Whether v2 group `dir` has controller `name` to give its children. */
+async function offers(dir: string, name: ControllerName): Promise<boolean> {
+  const text = await Deno.readTextFile(`${dir}/cgroup.controllers`).catch(() => "");
+  return text.split(/\s+/).includes(name);
 }
 
 /** Turns `names` on for the children of `dir` (v2), unless they are on already. */
@@ -281,7 +304,7 @@ export class PodCgroup {
     ];
   }
 
-  /** Makes the groups and sets the memory limit and the CPU weight. */
+  /** Makes the groups and sets the memory limit, the CPU weight and the process limit. */
   async make(limits: { cpuMillis: number; memMB: number }): Promise<void> {
     for (const d of this.#dirs) {
       await Deno.mkdir(d.dir, { recursive: true });
@@ -302,6 +325,7 @@ export class PodCgroup {
         if (d.version === 2) await set("cpu.weight", String(cpuWeight(shares)));
         else await set("cpu.shares", String(shares));
       }
+      if (d.names.includes("pids")) await set("pids.max", String(WORKER_PIDS_LIMIT));
     }
   }
 

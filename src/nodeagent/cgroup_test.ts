@@ -51,6 +51,7 @@ Deno.test("cgroups: on v2 both controllers share one group; a container sees its
   assert.deepEqual(plan.map((p) => [p.version, p.name, p.base]), [
     [2, "memory", "/sys/fs/cgroup/inferx-ixabc"],
     [2, "cpu", "/sys/fs/cgroup/inferx-ixabc"],
+    [2, "pids", "/sys/fs/cgroup/inferx-ixabc"], // taken when the group offers it (open())
   ]);
   // A group outside what the mount shows: no place to make groups in, said so.
   const outside = planControllers(mounts, ownGroups("0::/system.slice/x\n"), "ixabc");
@@ -61,6 +62,25 @@ Deno.test("cgroups: on v2 both controllers share one group; a container sees its
     cgroupMounts(`1 2 0:3 / /mnt/a\\040b rw - cgroup2 cgroup2 rw`)[0].point,
     "/mnt/a b",
   );
+});
+
+Deno.test("cgroups: the pids controller limits processes where v1 mounts it, and is optional", () => {
+  const withPids = `${V1_MOUNTS}
+36 31 0:33 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids`;
+  const plan = planControllers(
+    cgroupMounts(withPids),
+    ownGroups(`${V1_OWN}\n5:pids:/system.slice/agent.service`),
+    "ixabc",
+  );
+  assert.ok(typeof plan !== "string");
+  assert.deepEqual(plan.map((p) => [p.version, p.name, p.base]), [
+    [1, "memory", "/sys/fs/cgroup/memory/system.slice/agent.service/inferx-ixabc"],
+    [1, "cpu", "/sys/fs/cgroup/cpu,cpuacct/system.slice/agent.service/inferx-ixabc"],
+    [1, "pids", "/sys/fs/cgroup/pids/system.slice/agent.service/inferx-ixabc"],
+  ]);
+  // Mounted, but this process in no group of it: memory and CPU limits all the same.
+  const noGroup = planControllers(cgroupMounts(withPids), ownGroups(V1_OWN), "ixabc");
+  assert.deepEqual(typeof noGroup !== "string" && noGroup.map((p) => p.name), ["memory", "cpu"]);
 });
 
 Deno.test("cgroups: CPU millicores become weights as a request does in Kubernetes", () => {
@@ -152,6 +172,12 @@ cgTest(
     const limit = await Deno.readTextFile(`${memDir}/memory.limit_in_bytes`)
       .catch(() => Deno.readTextFile(`${memDir}/memory.max`));
     assert.equal(limit.trim(), String(160 * 1024 * 1024));
+    const pidsDir = g.procsFiles.find((f) => /pids/.test(f))?.replace(/\/cgroup\.procs$/, "") ??
+      (cgroups.limitsProcesses ? memDir : undefined); // v2: one group for all
+    if (pidsDir) {
+      assert.equal((await Deno.readTextFile(`${pidsDir}/pids.max`)).trim(), "4096");
+      assert.ok(Number(await Deno.readTextFile(`${pidsDir}/pids.current`)) > 0);
+    } else console.log("no pids controller here: the process limit is not checked");
     const usage = await Deno.readTextFile(`${memDir}/memory.usage_in_bytes`)
       .catch(() => Deno.readTextFile(`${memDir}/memory.current`));
     assert.ok(Number(usage) > 0, "its memory is counted in its group");

@@ -28,6 +28,7 @@ import {
   type PodRuntime,
   type PodSpec,
   type RunningPod,
+  WORKER_PIDS_LIMIT,
 } from "./runtime.ts";
 
 /** Options for {@linkcode DockerRuntime}. */
@@ -151,8 +152,6 @@ export function containerEnv(spec: PodSpec): Record<string, string> {
   };
 }
 
-/** The most processes and threads one worker container may have (`--pids-limit`). */
-const WORKER_PIDS_LIMIT = 4096;
 /** The most of a worker's output its tail (an error's, the log route's) gives. */
 const TAIL_MAX_CHARS = 64 * 1024;
 

@@ -23,7 +23,7 @@ import {
   dockerSnapshotReason,
 } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
-import type { PodRuntime } from "./runtime.ts";
+import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
 
 export { NodeAgent } from "./agent.ts";
 export { discover, gpuType } from "./discover.ts";
@@ -169,7 +169,11 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   if (cgroups) {
     logger("nodeagent").info("Pod limits: {state}", {
       state: cgroups.available
-        ? "on (a control group per pod: its memory limit and CPU weight)"
+        ? `on (a control group per pod: its memory limit and CPU weight, ${
+          cgroups.cgroups.limitsProcesses
+            ? `at most ${WORKER_PIDS_LIMIT} processes`
+            : "no process limit: no pids controller"
+        })`
         : `off, workers run without memory limits: ${cgroups.reason}`,
     });
   }
@@ -194,6 +198,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       snapshotDir,
       cgroups: cgroups?.available ? cgroups.cgroups : undefined,
     });
+  if (runtime instanceof ProcessRuntime && podNetworks) {
+    logger("nodeagent").info("Pod init: {state}", {
+      state: runtime.init
+        ? `${runtime.init} (reaps the processes a worker leaves behind)`
+        : "none, each worker is its PID namespace's init and reaps no orphans: no tini on PATH (Debian's tini)",
+    });
+  }
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
     ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)

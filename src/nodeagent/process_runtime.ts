@@ -5,8 +5,12 @@
  *
  * With pod networks (root, `ip`, `nsenter`, `unshare`), each worker runs in
  * a network namespace of its own, reached through a veth pair, and in a PID
- * namespace of its own (it is that namespace's init): it listens on its
- * spec's port on every address of its namespace. Such a worker can be
+ * namespace of its own: it listens on its spec's port on every address of
+ * its namespace. That namespace's init is `tini` when the node has it (it
+ * reaps the processes the worker leaves behind, as Docker's `--init` does,
+ * and passes signals on to the worker's process group), else the worker
+ * itself, which then collects the zombies of whatever it started and did
+ * not wait for. Such a worker can be
  * snapshotted with CRIU while it runs, and any number of copies restored
  * from the snapshot side by side, each into a fresh pair of namespaces.
  * Without them, workers share the host's network on a free port of the host
@@ -27,7 +31,7 @@ import { freePort } from "../common/net.ts";
 import { logger } from "../common/log.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
-import { groupAlive, procState, punchHole, reapIfOrphanedToUs } from "../ffi/libc.ts";
+import { groupAlive, procState, punchHole, reapIfOrphanedToUs, signalName } from "../ffi/libc.ts";
 import type { StandbyTier } from "../model/cluster.ts";
 import {
   Criu,
@@ -90,6 +94,12 @@ export interface ProcessRuntimeOptions {
   snapshotNice?: number;
   /** A control group per pod: its memory limit and CPU weight (`cgroup.ts`). */
   cgroups?: PodCgroups;
+  /**
+   * The init run above each worker in a PID namespace of its own: it reaps
+   * orphans and passes signals on; false for none (the worker is its
+   * namespace's init). @default `tini` of the agent's PATH, when it is there
+   */
+  init?: string | false;
 }
 
 /** What a dump directory says about the process in it (`inferx.json`). */
@@ -110,6 +120,8 @@ export interface ImageMeta {
   ownPids?: boolean;
   /** It led its own session, so CRIU dumped it without `--shell-job`. */
   ownSession?: boolean;
+  /** Dumped from below an init of its namespace (tini): the image's first process is that init. */
+  init?: boolean;
   /** Its GPU memory was checkpointed into host memory before the dump. */
   gpu: boolean;
   /** The GPUs it used, by index. */
@@ -126,8 +138,13 @@ export interface ImageMeta {
 interface Child {
   /** The process as spawned; undefined once dumped to a file or restored by CRIU. */
   proc?: Deno.ChildProcess;
-  /** The worker itself (inside its namespaces: their init). */
+  /** The worker itself, or the init of its PID namespace when one runs above it (`worker`). */
   pid: number;
+  /**
+   * The worker, when an init (tini) runs above it as its namespace's first
+   * process (`pid`): its process group is the one signals go to.
+   */
+  worker?: number;
   port: number;
   net?: PodNet;
   /** Started under setsid: it leads its own session. */
@@ -180,8 +197,13 @@ function signal(pid: number, sig: Deno.Signal): void {
  * Ends a worker and whatever it started: the whole process group of one that
  * leads its own session (helpers, `--workers` children), else the process.
  */
-function signalWorker(child: { pid: number; ownSession?: boolean }, sig: Deno.Signal): void {
-  signal(child.ownSession ? -child.pid : child.pid, sig);
+function signalWorker(child: Child, sig: Deno.Signal): void {
+  signal(child.ownSession ? -groupOf(child) : child.pid, sig);
+}
+
+/** The process group of a worker that leads its own (below its namespace's init, when one runs). */
+function groupOf(child: Child): number {
+  return child.worker ?? child.pid;
 }
 
 const toolPaths = new Map<string, string>();
@@ -195,20 +217,22 @@ const toolPaths = new Map<string, string>();
 function toolPath(name: string): string {
   let found = toolPaths.get(name);
   if (found) return found;
-  found = name;
+  found = findTool(name) ?? name;
+  toolPaths.set(name, found);
+  return found;
+}
+
+/** The path of the executable `name` in the agent's `PATH`, when it is there. */
+export function findTool(name: string): string | undefined {
   for (const dir of (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
     try {
       const info = Deno.statSync(`${dir}/${name}`);
-      if (info.isFile && (info.mode ?? 0o111) & 0o111) {
-        found = `${dir}/${name}`;
-        break;
-      }
+      if (info.isFile && (info.mode ?? 0o111) & 0o111) return `${dir}/${name}`;
     } catch {
       // not here
     }
   }
-  toolPaths.set(name, found);
-  return found;
+  return undefined;
 }
 
 /** Whether `setsid` (util-linux) is here, to start a worker in its own session and group. */
@@ -509,6 +533,8 @@ export class ProcessRuntime implements PodRuntime {
   readonly standbyTiers: readonly StandbyTier[];
   /** Whether running pods can be snapshotted and started from snapshots. */
   readonly snapshots: boolean;
+  /** The init run above each worker in a PID namespace of its own, when there is one. */
+  readonly init: string | undefined;
   #children = new Map<string, Child>();
   #options: ProcessRuntimeOptions;
 
@@ -519,6 +545,7 @@ export class ProcessRuntime implements PodRuntime {
     if (options.criu) tiers.push("file");
     this.standbyTiers = tiers;
     this.snapshots = options.criu !== undefined && options.podNetworks !== undefined;
+    this.init = options.podNetworks ? (options.init ?? findTool("tini")) || undefined : undefined;
   }
 
   get #snapshots(): string {
@@ -528,7 +555,7 @@ export class ProcessRuntime implements PodRuntime {
   /** The worker process of a pod, for tier operations and tests. */
   pidOf(podId: string): number | undefined {
     const c = this.#children.get(podId);
-    return c && c.tier !== "file" ? c.pid : undefined;
+    return c && c.tier !== "file" ? c.worker ?? c.pid : undefined;
   }
 
   get #scope(): string {
@@ -614,13 +641,17 @@ export class ProcessRuntime implements PodRuntime {
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
     if (logFile) await outputWritable(this.#snapshots, logFile);
     const env = this.#env(spec, listenHost, port, logFile);
-    const shell = ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
-    // nsenter joins the pod's network namespace; unshare makes the worker
-    // the init of a new PID namespace (not a GPU worker: see the module's
-    // doc); setsid its own session: CRIU dumps whole sessions, and cannot
-    // dump one whose leader it cannot see (a node agent in a container whose
-    // session began outside it).
+    // nsenter joins the pod's network namespace; unshare makes a new PID
+    // namespace (not for a GPU worker: see the module's doc), whose init is
+    // tini when the node has it, else the worker; setsid its own session:
+    // CRIU dumps whole sessions, and cannot dump one whose leader it cannot
+    // see (a node agent in a container whose session began outside it).
     const ownPids = net !== undefined && spec.gpus.length === 0;
+    const init = ownPids ? this.init : undefined;
+    // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
+    const shell = init
+      ? ["/bin/sh", "-c", 'exec "$0" -g -- "$@" >>"$INFERX_LOG_FILE" 2>&1', init, bin, ...args]
+      : ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
     // The helpers by the agent's PATH (they run with the worker's); the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     const argv = ownPids
@@ -699,6 +730,8 @@ export class ProcessRuntime implements PodRuntime {
             return "killed by SIGKILL";
           }
           if (s.code === 125 && cgroup) return "exit code 125 (cannot join its control group?)";
+          // tini ends with 128 + the signal that ended the worker.
+          if (init && s.code > 128 && s.code < 160) return `killed by ${signalName(s.code - 128)}`;
           return `exit code ${s.code}`;
         }),
         cgroup,
@@ -717,6 +750,7 @@ export class ProcessRuntime implements PodRuntime {
     this.#watchExit(spec.podId, child);
     try {
       if (ownPids) child.pid = await childOf(proc.pid);
+      if (init) child.worker = await childOf(child.pid);
       await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;
@@ -836,7 +870,7 @@ export class ProcessRuntime implements PodRuntime {
     if (this.#children.get(podId) !== child || child.tier === "file") return;
     if (child.stopping) return; // stop() cleans up
     // What it started goes with it: nothing answers for the pod any more.
-    if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
+    if (child.ownSession && await groupAlive(groupOf(child))) signalWorker(child, "SIGKILL");
     child.follow?.stop();
     this.#children.delete(podId);
     await this.#endCgroup(child);
@@ -871,7 +905,9 @@ export class ProcessRuntime implements PodRuntime {
       // As its PID namespace's init the worker sees only the signals it handles: one with no
       // handler for SIGTERM (the default of Python's, Node's and Deno's servers) would sit out
       // the whole grace period, where SIGTERM's default action ends a process at once.
-      if (child.ownPids && !await handlesSigterm(child.pid)) signalWorker(child, "SIGKILL");
+      if (child.ownPids && child.worker === undefined && !await handlesSigterm(child.pid)) {
+        signalWorker(child, "SIGKILL");
+      }
       // A stopped process only sees SIGTERM once continued.
       if (child.paused) await this.#signalAll(child, "SIGCONT");
       const deadline = Date.now() + graceMs;
@@ -879,11 +915,11 @@ export class ProcessRuntime implements PodRuntime {
       await child.exited;
       // What it started may outlive it (a helper that ignores SIGTERM): the rest of the
       // grace period for its group, then SIGKILL.
-      while (child.ownSession && await groupAlive(child.pid) && Date.now() < deadline) {
+      while (child.ownSession && await groupAlive(groupOf(child)) && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 50));
       }
       clearTimeout(timer);
-      if (child.ownSession && await groupAlive(child.pid)) signalWorker(child, "SIGKILL");
+      if (child.ownSession && await groupAlive(groupOf(child))) signalWorker(child, "SIGKILL");
     }
     child.follow?.stop();
     this.#children.delete(podId);
@@ -927,6 +963,7 @@ export class ProcessRuntime implements PodRuntime {
    */
   async #signalAll(child: Child, sig: "SIGSTOP" | "SIGCONT"): Promise<void> {
     signalWorker(child, sig);
+    if (child.worker !== undefined) signal(child.pid, sig); // its namespace's init, in its own group
     if (!child.cgroup) return;
     const done = new Set<number>();
     // A stopped process forks no more: a few passes find the last ones a moment's forks made.
@@ -996,6 +1033,7 @@ export class ProcessRuntime implements PodRuntime {
       namespaced: child.net !== undefined,
       ownPids: child.ownPids === true,
       ownSession: child.ownSession,
+      init: child.worker !== undefined,
       gpu,
       gpus: child.gpus,
     };
@@ -1112,6 +1150,7 @@ export class ProcessRuntime implements PodRuntime {
       );
     }
     child.pid = pid;
+    if (child.worker !== undefined) child.worker = await childOf(pid);
     child.tier = undefined;
     child.exited = limitSaid(pidExited(pid), child.cgroup, child.memMB);
     this.#watchExit(podId, child);
@@ -1122,7 +1161,7 @@ export class ProcessRuntime implements PodRuntime {
   async isPaused(podId: string): Promise<boolean> {
     const child = this.#children.get(podId);
     if (!child || child.tier !== undefined || child.dumping) return false;
-    return (await procState(child.pid))?.state === "T";
+    return (await procState(groupOf(child)))?.state === "T";
   }
 
   async resume(podId: string): Promise<void> {
@@ -1241,6 +1280,7 @@ export class ProcessRuntime implements PodRuntime {
     const logs = new LogRing();
     const child: Child = {
       pid,
+      worker: meta.init ? await childOf(pid).catch(() => undefined) : undefined,
       port: meta.port,
       net,
       logFile,

@@ -1008,3 +1008,89 @@ Deno.test({
     }
   },
 });
+
+/**
+ * Serves `/`; `/orphan` starts a shell that leaves a short `sleep` behind (it
+ * exits without waiting for it) and answers once the shell is done; on
+ * SIGTERM it writes "term" to `$MARK` and exits; `/abort` ends it by SIGABRT.
+ */
+const ORPHANER = `
+Deno.addSignalListener("SIGTERM", () => { Deno.writeTextFileSync(Deno.env.get("MARK"), "term"); Deno.exit(0); });
+Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
+  async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/abort") Deno.kill(Deno.pid, "SIGABRT");
+    if (path !== "/orphan") return new Response("up");
+    await new Deno.Command("/bin/sh", { args: ["-c", "sleep 0.05 & exit 0"] }).output();
+    return new Response("left one");
+  });`;
+
+/** The processes in the PID namespace of `pid` (the host's view), with their states. */
+async function namespaceProcesses(pid: number): Promise<{ pid: number; state: string }[]> {
+  const ns = await Deno.readLink(`/proc/${pid}/ns/pid`);
+  const out = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    if (await Deno.readLink(`/proc/${e.name}/ns/pid`).catch(() => "") !== ns) continue;
+    const state = (await procState(Number(e.name)))?.state;
+    if (state) out.push({ pid: Number(e.name), state });
+  }
+  return out;
+}
+
+const tini = new ProcessRuntime({ podNetworks: new PodNetworks({ prefix: "ixtest" }) }).init;
+if (netCap.available && !tini) console.log("skipping the pod init's tests: no tini on PATH");
+
+Deno.test({
+  name:
+    "ProcessRuntime runs tini above a worker in its own namespaces: what the worker leaves behind is reaped, SIGTERM reaches it, a pause stops it, its end by a signal is told",
+  ignore: !netCap.available || !tini,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const exits: string[] = [];
+    const rt = new ProcessRuntime({
+      podNetworks: new PodNetworks({ prefix: "ixtest" }),
+      snapshotDir: dir,
+      onExit: (_id, why) => exits.push(why),
+    });
+    const mark = `${dir}/mark`;
+    const withMark = (id: string) => {
+      const s = spec(["deno", "eval", ORPHANER], { podId: id });
+      s.template.envs = [["MARK", mark]];
+      return s;
+    };
+    try {
+      const pod = await rt.start(withMark("pod-init"));
+      const worker = rt.pidOf("pod-init")!;
+      const inNs = await namespaceProcesses(worker);
+      assert.equal(inNs.length, 2, JSON.stringify(inNs)); // tini and the worker
+      for (let i = 0; i < 5; i++) {
+        assert.equal(await (await fetch(`http://${pod.endpoint}/orphan`)).text(), "left one");
+      }
+      await new Promise((r) => setTimeout(r, 300)); // the sleeps end
+      // Before, the worker was the namespace's init: each sleep stayed a zombie until the pod ended.
+      assert.deepEqual(
+        (await namespaceProcesses(worker)).filter((p) => p.state === "Z"),
+        [],
+        "no zombie is left in the pod",
+      );
+      await rt.park("pod-init", "paused");
+      await eventually(async () => (await procState(worker))?.state === "T");
+      await rt.resume("pod-init");
+      assert.equal(await (await fetch(`http://${pod.endpoint}/`)).text(), "up");
+      await rt.stop("pod-init");
+      assert.equal(await Deno.readTextFile(mark), "term", "the worker's own SIGTERM handler ran");
+      assert.equal(await procState(worker), undefined);
+
+      const second = await rt.start(withMark("pod-abort"));
+      await fetch(`http://${second.endpoint}/abort`).then((r) => r.body?.cancel(), () => {});
+      await eventually(() => Promise.resolve(exits.length > 0));
+      assert.match(exits[0], /^killed by SIGABRT/);
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
