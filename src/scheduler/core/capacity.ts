@@ -112,7 +112,9 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
         : `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
           (reclaimed ? ` (${reclaimed} reclaimed from their gateways)` : "");
     } else {
-      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
+      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})${
+        heldInTenant(state, f, ctx.now)
+      }`;
     }
     state.starved.add(f.id);
     return;
@@ -188,6 +190,22 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
   function lazyView() {
     return view ??= fairView(state);
   }
+}
+
+/**
+ * Where the room `f` waits for is held by busy workers of its own tenant's
+ * other functions, of its priority or higher (which it does not take back),
+ * says whose: the caller's own work fills the nodes, not other tenants'.
+ */
+function heldInTenant(state: CoreState, f: CoreFunc, now: number): string {
+  if (!f.waiters.length) return ""; // said to calls that wait: none to tell
+  const own = (p: CorePod) => tenantOf(p.func) === tenantOf(f.func);
+  const plan = planEviction(state, f.id, f.demand, { evict: own, reclaim: own, now });
+  const busy = [...new Set(plan?.victims.filter((p) => p.leasedBy).map((p) => p.func))].sort();
+  if (!busy.length) return "";
+  return `; busy workers of its own tenant's ${
+    busy.join(", ")
+  } hold the room it needs (only a function of higher priority takes one back)`;
 }
 
 /** Whether `p` serves a function of `f`'s tenant of lower priority than `f`. */

@@ -409,3 +409,32 @@ Deno.test("within a tenant, a waiting function of higher priority takes a worker
     assert.ok(!lo.some((a) => a.type === "reclaimLease"), kinds(lo).join());
   }
 });
+
+Deno.test("a function that finds no room says when its own tenant's busy workers hold it, and whose", () => {
+  for (const [other, said] of [["a", true], ["b", false]] as const) {
+    const d = new CoreDriver();
+    d.state.config.fairShare = false; // else tenant a, holding nothing, takes one back from b
+    d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
+    const fn = (id: string) =>
+      d.run({
+        type: "funcUpdate",
+        func: funcReport(id, { cpu: 500, memMB: 256 }, { maxReplica: 4, standbyPerNode: 0 }),
+      });
+    fn(`${other}/n/busy`);
+    fn("a/n/late");
+    for (const r of ["l1", "l2"]) {
+      for (const p of created(d.run(lease(r, `${other}/n/busy`, "g1", 120_000)))) {
+        d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+      }
+    }
+    d.run(lease("x1", "a/n/late", "g1", 60_000));
+    const why = [...d.state.funcs.values()].find((f) => f.func === "a/n/late")?.lastUnschedulable;
+    assert.match(String(why), /^no node fits \(/);
+    if (said) {
+      assert.match(
+        String(why),
+        /; busy workers of its own tenant's a\/n\/busy hold the room it needs \(only a function of higher priority takes one back\)$/,
+      );
+    } else assert.doesNotMatch(String(why), /own tenant/, "another tenant's workers: not its own");
+  }
+});
