@@ -130,11 +130,14 @@ async function rssMB(): Promise<number> {
   return Math.round(Number(status.match(/VmRSS:\s+(\d+)/)![1]) / 102.4) / 10;
 }
 
-/** The young generation's pages of the platform's main thread (MB), from `/metrics`. */
+/**
+ * The young generation's pages of the platform's threads (MB): the main
+ * thread's and the embedded audit worker's, from `/metrics`.
+ */
 async function youngMB(): Promise<number> {
   const res = await fetch(`${p.url}/metrics`, { headers: admin });
-  const [s] = series(await res.text(), "inferx_process_young_generation_bytes");
-  return Math.round(s.value / 104857.6) / 10;
+  const all = series(await res.text(), "inferx_process_young_generation_bytes");
+  return Math.round(all.reduce((n, s) => n + s.value, 0) / 104857.6) / 10;
 }
 
 async function sample(): Promise<Sample> {

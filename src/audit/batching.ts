@@ -43,6 +43,8 @@ export interface AuditBackend {
   /** Aggregates token usage itself; without it the log reads rows and aggregates them. */
   summarize?(q: UsageQuery): Promise<UsageSummary>;
   close(): Promise<void>;
+  /** The young generation's pages of its own thread (bytes), when it runs in a worker thread. */
+  readonly youngGenerationBytes?: number;
 }
 
 /** Most request rows read to aggregate usage for a backend that cannot aggregate. */
@@ -210,7 +212,7 @@ export class BatchingAuditLog implements AuditLog {
   }
 
   stats(): AuditStats {
-    return {
+    const stats: AuditStats = {
       backend: this.#backend.name,
       buffered: this.#buffered(),
       written: this.#written,
@@ -221,6 +223,8 @@ export class BatchingAuditLog implements AuditLog {
       healthy: this.#healthy &&
         !(this.#writingSince !== undefined && performance.now() - this.#writingSince > STUCK_MS),
     };
+    const young = this.#backend.youngGenerationBytes;
+    return young === undefined ? stats : { ...stats, youngGenerationBytes: young };
   }
 
   #buffered(): number {

@@ -26,10 +26,10 @@ export type WorkerRequest =
   & { id: number }
   & ({ op: "open"; path: string; options: WorkerAuditOptions } | WorkerCall);
 
-/** The worker's answer to the request with the same id. */
+/** The worker's answer to the request with the same id, and its thread's young generation. */
 export type WorkerReply =
-  | { id: number; ok: true; result?: unknown }
-  | { id: number; ok: false; error: string };
+  & { young?: number }
+  & ({ id: number; ok: true; result?: unknown } | { id: number; ok: false; error: string });
 
 interface Pending {
   resolve(v: unknown): void;
@@ -46,6 +46,8 @@ export class WorkerAuditBackend implements AuditBackend {
   #pending = new Map<number, Pending>();
   #seq = 0;
   #closed = false;
+  /** The young generation's pages of the worker's thread, as of its last answer (bytes). */
+  youngGenerationBytes = 0;
 
   /** Opens the database at `path` in a new worker (the file must be openable: see `openSqliteAudit`). */
   constructor(path: string, options: WorkerAuditOptions = {}) {
@@ -58,6 +60,7 @@ export class WorkerAuditBackend implements AuditBackend {
       type: "module",
     });
     w.onmessage = (e: MessageEvent<WorkerReply>) => {
+      this.youngGenerationBytes = e.data.young ?? 0;
       const p = this.#pending.get(e.data.id);
       if (!p) return;
       this.#pending.delete(e.data.id);
@@ -78,6 +81,7 @@ export class WorkerAuditBackend implements AuditBackend {
   #stop(err: Error): void {
     this.#worker?.terminate();
     this.#worker = undefined;
+    this.youngGenerationBytes = 0;
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
   }

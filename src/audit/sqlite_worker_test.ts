@@ -14,6 +14,9 @@ Deno.test("WorkerAuditBackend writes and answers queries from its worker", async
     await log.flush();
     const rows = await log.query("requests", { tenant: "t", func: "f", limit: 2 });
     assert.deepEqual(rows.map((r) => r.path), ["/r1499", "/r1498"]);
+    // Its thread's young generation, for the process's memory series: at least V8's least.
+    const young = log.stats().youngGenerationBytes;
+    assert.ok(young !== undefined && young >= 256 * 1024, `young ${young}`);
     await log.close();
     // Closed, the file is free for another.
     const again = new SqliteAuditBackend(`${dir}/audit.db`);

@@ -101,6 +101,11 @@ export interface AuditStats {
   refusedDropped: number;
   /** Whether the last write succeeded. */
   healthy: boolean;
+  /**
+   * The young generation's pages of the backend's own thread (bytes), for
+   * one in a worker thread (the embedded audit), as of its last answer.
+   */
+  youngGenerationBytes?: number;
 }
 
 /** Where audit rows go. */

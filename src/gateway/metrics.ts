@@ -361,13 +361,20 @@ export class GatewayMetrics {
         () => pick(Deno.memoryUsage()),
       );
     }
-    gauge(
-      "inferx_process_young_generation_bytes",
-      "Memory the main thread's JavaScript engine holds for its young generation (new objects; it grows with the rate they are made, up to a bound, and holds no live objects for long) in the gateway's process",
-      () =>
-        getHeapSpaceStatistics().find((s) => s.space_name === "new_space")?.physical_space_size ??
-          0,
-    );
+    new Gauge({
+      name: "inferx_process_young_generation_bytes",
+      help:
+        "Memory a thread's JavaScript engine holds for its young generation (new objects; it grows with the rate they are made, up to a bound, and holds no live objects for long) in the gateway's process: the main thread's, and the embedded audit's worker thread's",
+      labelNames: ["thread"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const main = getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
+        this.set({ thread: "main" }, main?.physical_space_size ?? 0);
+        const audited = audit?.stats().youngGenerationBytes;
+        if (audited !== undefined) this.set({ thread: "audit" }, audited);
+      },
+    });
     new Gauge({
       name: "inferx_queue_depth",
       help: "Calls waiting for a worker slot",

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { AuditLog, AuditStats } from "../audit/types.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { GatewayMetrics, MAX_VERSION_SERIES } from "./metrics.ts";
 
@@ -46,9 +47,25 @@ Deno.test("the process's memory series: resident, heap, buffers and the young ge
   const text = await new GatewayMetrics(noAgents).registry.metrics();
   const value = (name: string) => Number(text.match(new RegExp(`^${name} (\\S+)$`, "m"))?.[1]);
   const rss = value("inferx_process_resident_memory_bytes");
-  const young = value("inferx_process_young_generation_bytes");
+  const young = value('inferx_process_young_generation_bytes\\{thread="main"\\}');
   assert.ok(rss > 0, text);
   assert.ok(value("inferx_process_heap_used_bytes") > 0);
   // At least V8's smallest semi-space (256 KiB, 1 MiB by default), and a part of what is resident.
   assert.ok(young >= 256 * 1024 && young < rss, `young ${young}, rss ${rss}`);
+  assert.doesNotMatch(text, /thread="audit"/, "no audit, no audit thread");
+  // The embedded audit's worker thread has a young generation of its own.
+  const stats: AuditStats = {
+    backend: "embedded",
+    buffered: 0,
+    written: 0,
+    dropped: 0,
+    refusedDropped: 0,
+    healthy: true,
+    youngGenerationBytes: 3 << 20,
+  };
+  const audit = { stats: () => stats } as unknown as AuditLog;
+  assert.match(
+    await new GatewayMetrics(noAgents, audit).registry.metrics(),
+    /^inferx_process_young_generation_bytes\{thread="audit"\} 3145728$/m,
+  );
 });
