@@ -13,8 +13,9 @@
  * hold outside it, leases held by the gateway and granted by the scheduler,
  * pods by state and queue depths (`/metrics`), audit rows buffered.
  *
- * Pass: resident memory outside the JavaScript engine's young generation
- * after warm-up grows at most 5%: its floor (the lowest of the readings taken
+ * Pass: resident memory outside the JavaScript engine's young generations
+ * (the main thread's and the embedded audit's worker thread's) after warm-up
+ * grows at most 5%: its floor (the lowest of the readings taken
  * every 5 s; garbage collection makes the readings a saw-tooth, and a leak
  * lifts the floor) over the last third of the time after warm-up against the
  * first third. The young generation's pages are left out because V8 grows
