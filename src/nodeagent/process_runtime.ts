@@ -279,6 +279,12 @@ async function pidExited(pid: number): Promise<string> {
   return await reapIfOrphanedToUs(pid) ?? "exited (how, none can tell: not a child of the agent)";
 }
 
+/** How a restored worker ended (`pid`: its namespace's init, tini when `init`). */
+async function restoredExit(pid: number, init: boolean): Promise<string> {
+  const why = await pidExited(pid);
+  return init ? initSaid(why) : why;
+}
+
 /**
  * How a worker ended, `why`, told as its memory limit's doing when the
  * kernel killed a process of its group for it (an exit by SIGKILL, or one
@@ -292,6 +298,39 @@ async function limitSaid(
   const w = await why;
   if (!cgroup || !/SIGKILL|none can tell/.test(w) || await cgroup.oomKills() === 0) return w;
   return `killed by its memory limit (${memMB} MB; resources.Mem)`;
+}
+
+/**
+ * The worker below an init (tini) of its PID namespace: the process that is
+ * 2 there (tini's first and only fork; a process the worker left behind is
+ * tini's child too, once orphaned, and comes first in a restored tree's
+ * list). Undefined when the init ended before one was seen (a command that
+ * could not run): its exit tells why.
+ */
+async function workerBelow(init: number, timeoutMs = 5000): Promise<number | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const kids = await Deno.readTextFile(`/proc/${init}/task/${init}/children`).catch(() => "");
+    for (const kid of kids.trim().split(/\s+/).filter(Boolean)) {
+      const status = await Deno.readTextFile(`/proc/${kid}/status`).catch(() => "");
+      if (status.match(/^NSpid:.*\s(\d+)$/m)?.[1] === "2") return Number(kid);
+    }
+    if (!await pidAlive(init)) return undefined;
+    if (Date.now() > deadline) throw new Error(`process ${init} started no worker`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/**
+ * How a worker below an init (tini) ended, from the init's own end: tini
+ * exits with 128 + the signal that ended the worker, as a shell does (a
+ * worker that exits with such a code itself reads the same: the code is
+ * given too).
+ */
+function initSaid(why: string): string {
+  const code = Number(why.match(/^exit code (\d+)$/)?.[1]);
+  if (!(code > 128 && code < 160)) return why;
+  return `killed by ${signalName(code - 128)} (exit code ${code} of its init)`;
 }
 
 /** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
@@ -730,9 +769,7 @@ export class ProcessRuntime implements PodRuntime {
             return "killed by SIGKILL";
           }
           if (s.code === 125 && cgroup) return "exit code 125 (cannot join its control group?)";
-          // tini ends with 128 + the signal that ended the worker.
-          if (init && s.code > 128 && s.code < 160) return `killed by ${signalName(s.code - 128)}`;
-          return `exit code ${s.code}`;
+          return init ? initSaid(`exit code ${s.code}`) : `exit code ${s.code}`;
         }),
         cgroup,
         spec.memMB,
@@ -750,7 +787,8 @@ export class ProcessRuntime implements PodRuntime {
     this.#watchExit(spec.podId, child);
     try {
       if (ownPids) child.pid = await childOf(proc.pid);
-      if (init) child.worker = await childOf(child.pid);
+      // None seen: its init ended at once, and the probe says how.
+      if (init) child.worker = await workerBelow(child.pid);
       await this.#probe(child, spec);
     } catch (err) {
       child.stopping = true;
@@ -1149,10 +1187,11 @@ export class ProcessRuntime implements PodRuntime {
         `Cannot resume pod ${podId} from file: ${(err as Error).message}`,
       );
     }
+    const init = child.worker !== undefined;
     child.pid = pid;
-    if (child.worker !== undefined) child.worker = await childOf(pid);
+    if (init) child.worker = await workerBelow(pid);
     child.tier = undefined;
-    child.exited = limitSaid(pidExited(pid), child.cgroup, child.memMB);
+    child.exited = limitSaid(restoredExit(pid, init), child.cgroup, child.memMB);
     this.#watchExit(podId, child);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
@@ -1280,7 +1319,7 @@ export class ProcessRuntime implements PodRuntime {
     const logs = new LogRing();
     const child: Child = {
       pid,
-      worker: meta.init ? await childOf(pid).catch(() => undefined) : undefined,
+      worker: meta.init ? await workerBelow(pid).catch(() => undefined) : undefined,
       port: meta.port,
       net,
       logFile,
@@ -1292,7 +1331,7 @@ export class ProcessRuntime implements PodRuntime {
       ownSession: true,
       cgroup,
       memMB: spec.memMB,
-      exited: limitSaid(pidExited(pid), cgroup, spec.memMB),
+      exited: limitSaid(restoredExit(pid, meta.init === true), cgroup, spec.memMB),
     };
     child.follow = followFile(
       logFile,

@@ -1094,3 +1094,57 @@ Deno.test({
     }
   },
 });
+
+criuNetTest(
+  "a copy restored from a snapshot of a worker under tini finds the worker itself, not what it left behind: a pause stops it, a stop ends it",
+  async ({ dir, rt }) => {
+    if (!rt.init) return;
+    // It leaves a process behind before it serves: tini's child too, listed first once restored.
+    const leaver =
+      `await new Deno.Command("/bin/sh", { args: ["-c", "sleep 600 >/dev/null 2>&1 & exit 0"] }).output();
+${COUNTER}`;
+    await rt.start(spec(["deno", "eval", leaver]));
+    await rt.snapshot("pod-test", `${dir}/image`);
+    await rt.stop("pod-test");
+    const copy = await rt.restore(spec([], { podId: "copy-1" }), `${dir}/image`);
+    const worker = rt.pidOf("copy-1")!;
+    assert.match(await Deno.readTextFile(`/proc/${worker}/cmdline`), /^\S*deno\0/, "the worker");
+    await rt.park("copy-1", "paused");
+    await eventually(async () => (await procState(worker))?.state === "T");
+    await rt.resume("copy-1");
+    assert.equal(await count(copy.endpoint), 1);
+    // Before, its signals went to the leftover sleep's group (none): the stop never ended.
+    const stopped = await Promise.race([
+      rt.stop("copy-1", 1000).then(() => true),
+      new Promise<false>((r) => setTimeout(() => r(false), 10_000)),
+    ]);
+    assert.ok(stopped, "the stop ended");
+    assert.equal(await procState(worker), undefined);
+  },
+);
+
+Deno.test({
+  name: "a worker under tini whose command cannot run fails its start at once, with its exit code",
+  ignore: !netCap.available || !tini,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const rt = new ProcessRuntime({
+      podNetworks: new PodNetworks({ prefix: "ixtest" }),
+      snapshotDir: dir,
+    });
+    try {
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        const err = await rt.start(spec(["/nonexistent/worker"])).then(() => undefined, (e) => e);
+        assert.match(String(err?.message), /exit code 127/);
+        // Before, now and then: "started no worker" after 5 s, its exit code lost.
+        assert.ok(performance.now() - t0 < 3000, `${performance.now() - t0} ms`);
+      }
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
