@@ -24,7 +24,10 @@
  * @module
  */
 
+import { logger } from "../common/log.ts";
 import { WORKER_PIDS_LIMIT } from "./runtime.ts";
+
+const log = logger("nodeagent", "cgroup");
 
 /** A controller the runtime limits workers with (pids where it is there: optional). */
 type ControllerName = "memory" | "cpu" | "pids";
@@ -39,7 +42,12 @@ interface Controller {
 
 /** Whether pods can be limited on this node, and if not, why. */
 export type CgroupCapability =
-  | { available: true; cgroups: PodCgroups }
+  | {
+    available: true;
+    cgroups: PodCgroups;
+    /** Why pods' groups hold no process limit where the pids controller is there. */
+    noProcessLimit?: string;
+  }
   | { available: false; reason: string };
 
 /** One mount of a cgroup hierarchy (`/proc/self/mountinfo`). */
@@ -160,33 +168,16 @@ export class PodCgroups {
       }
       controllers.push({ names: [p.name], version: p.version, base: p.base });
     }
-    try {
-      for (const c of controllers) {
-        if (c.version === 2) {
-          // The controllers must be on for the children of the agent's group and of the base.
-          const want = c.names.map((n) => `+${n}`).join(" ");
-          const parent = c.base.slice(0, c.base.lastIndexOf("/"));
-          await enable(parent, c.names, want);
-          await Deno.mkdir(c.base, { recursive: true });
-          await enable(c.base, c.names, want);
-        } else {
-          await Deno.mkdir(c.base, { recursive: true });
-        }
-      }
-      // A group made, limited and removed: a base left by an earlier run (root's, say) proves
-      // nothing about what this one may do.
-      const probe = new PodCgroup(
-        controllers.map((c) => ({ ...c, dir: `${c.base}/probe-${Deno.pid}` })),
-      );
-      try {
-        await probe.make({ cpuMillis: 1000, memMB: 64 });
-      } finally {
-        await probe.remove(500);
-      }
-    } catch (err) {
-      return { available: false, reason: (err as Error).message };
+    const reason = await setUp(controllers);
+    if (reason === undefined) return { available: true, cgroups: new PodCgroups(controllers) };
+    // The process limit is optional: memory and CPU limits without it (a group delegated for
+    // those two alone, say).
+    const without = controllers.map((c) => ({ ...c, names: c.names.filter((n) => n !== "pids") }))
+      .filter((c) => c.names.length > 0);
+    if (controllers.some((c) => c.names.includes("pids")) && await setUp(without) === undefined) {
+      return { available: true, cgroups: new PodCgroups(without), noProcessLimit: reason };
     }
-    return { available: true, cgroups: new PodCgroups(controllers) };
+    return { available: false, reason };
   }
 
   /** The group of pod `podId` (made or not). */
@@ -242,25 +233,104 @@ export class PodCgroups {
   }
 }
 
+/**
+ * Makes the base groups of `controllers` and a probe group below them (made,
+ * limited and removed: a base left by an earlier run, root's say, proves
+ * nothing about what this one may do). Returns why it cannot, having removed
+ * the bases it made.
+ */
+async function setUp(controllers: Controller[]): Promise<string | undefined> {
+  const made: string[] = [];
+  try {
+    for (const c of controllers) {
+      const existed = await Deno.stat(c.base).then(() => true, () => false);
+      if (c.version === 2) {
+        // The controllers must be on for the children of the agent's group and of the base.
+        await giveControllers(c.base.slice(0, c.base.lastIndexOf("/")), c.names);
+        await Deno.mkdir(c.base, { recursive: true });
+        if (!existed) made.push(c.base);
+        await giveControllers(c.base, c.names);
+      } else {
+        await Deno.mkdir(c.base, { recursive: true });
+        if (!existed) made.push(c.base);
+      }
+    }
+    const probe = new PodCgroup(
+      controllers.map((c) => ({ ...c, dir: `${c.base}/probe-${Deno.pid}` })),
+    );
+    try {
+      await probe.make({ cpuMillis: 1000, memMB: 64 });
+    } finally {
+      await probe.remove(500);
+    }
+    return undefined;
+  } catch (err) {
+    for (const dir of made) await Deno.remove(dir).catch(() => {});
+    const why = (err as Error).message;
+    return err instanceof Deno.errors.PermissionDenied
+      ? `this agent may not make control groups there, which needs root or a delegated group (${why})`
+      : why;
+  }
+}
+
 /** Whether v2 group `dir` has controller `name` to give its children. */
 async function offers(dir: string, name: ControllerName): Promise<boolean> {
   const text = await Deno.readTextFile(`${dir}/cgroup.controllers`).catch(() => "");
   return text.split(/\s+/).includes(name);
 }
 
-/** Turns `names` on for the children of `dir` (v2), unless they are on already. */
-async function enable(dir: string, names: ControllerName[], want: string): Promise<void> {
-  const on = (await Deno.readTextFile(`${dir}/cgroup.subtree_control`)).split(/\s+/);
+/** The group the processes of the agent's own group move to on v2 (see {@linkcode giveControllers}). */
+export const AGENT_LEAF = "inferx-agent";
+
+/**
+ * Turns controllers `names` on for the children of v2 group `dir`, unless
+ * they are on already. The kernel gives controllers to the children of a
+ * group only while no process is in it (the root group aside), and the
+ * agent's own group holds the agent (a service's group delegated to it, a
+ * container's): its processes move to a leaf of it first ({@linkcode
+ * AGENT_LEAF}), as an init in a container does before it makes groups.
+ */
+export async function giveControllers(dir: string, names: readonly string[]): Promise<void> {
+  const control = `${dir}/cgroup.subtree_control`;
+  const on = (await Deno.readTextFile(control)).split(/\s+/);
   if (names.every((n) => on.includes(n))) return;
+  const want = names.map((n) => `+${n}`).join(" ");
   try {
-    await Deno.writeTextFile(`${dir}/cgroup.subtree_control`, want);
+    await Deno.writeTextFile(control, want);
+    return;
   } catch (err) {
-    throw new Error(
-      `cannot turn on ${names.join(" and ")} for the groups below ${dir} (${
-        (err as Error).message
-      }): a group with processes in it has no controllers for its children; give the agent a delegated group of its own`,
-    );
+    if ((err as { code?: string }).code !== "EBUSY") throw cannotGive(dir, names, err);
   }
+  try {
+    const leaf = `${dir}/${AGENT_LEAF}`;
+    await Deno.mkdir(leaf, { recursive: true });
+    // Until none is left: a process may fork while they move.
+    for (let pass = 0; pass < 10; pass++) {
+      const pids = (await Deno.readTextFile(`${dir}/cgroup.procs`)).split("\n").filter(Boolean);
+      if (!pids.length) break;
+      for (const pid of pids) {
+        await Deno.writeTextFile(`${leaf}/cgroup.procs`, pid).catch((err) => {
+          if ((err as { code?: string }).code !== "ESRCH") throw err; // gone meanwhile
+        });
+      }
+    }
+    await Deno.writeTextFile(control, want);
+    log.info("Moved the processes of control group {dir} to {leaf}, to give its children {names}", {
+      dir,
+      leaf,
+      names: names.join(" and "),
+    });
+  } catch (err) {
+    throw cannotGive(dir, names, err);
+  }
+}
+
+function cannotGive(dir: string, names: readonly string[], err: unknown): Error {
+  return new Error(
+    `cannot turn on ${names.join(" and ")} for the groups below ${dir} (${
+      (err as Error).message
+    }): the agent needs root, or a delegated group of its own`,
+  );
 }
 
 /**

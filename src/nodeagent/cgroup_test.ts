@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { reset } from "@logtape/logtape";
 import {
+  AGENT_LEAF,
   cgroupMounts,
   cpuShares,
   cpuWeight,
+  giveControllers,
   ownGroups,
   planControllers,
   PodCgroups,
@@ -364,3 +366,83 @@ cgTest(
     }
   },
 );
+
+Deno.test({
+  name:
+    "cgroups: a pids hierarchy the agent cannot make groups in leaves pods their memory and CPU limits, without a process limit",
+  ignore: !cap.available || !cap.cgroups.limitsProcesses,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // This host's own hierarchies, but the pids one mounted where no group can be made.
+    const proc = await Deno.makeTempDir();
+    try {
+      await Deno.mkdir(`${proc}/self`);
+      const mounts = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n").map((l) =>
+        / - cgroup cgroup .*\bpids\b/.test(l)
+          ? l.replace(/^(\S+ \S+ \S+ \S+) \S+/, "$1 /proc/ixnopids")
+          : l
+      );
+      await Deno.writeTextFile(`${proc}/self/mountinfo`, mounts.join("\n"));
+      await Deno.copyFile("/proc/self/cgroup", `${proc}/self/cgroup`);
+      const c = await PodCgroups.open("ixcgtestp", proc);
+      // Before, the whole capability failed: no memory limit for any pod.
+      assert.ok(c.available, c.available ? "" : c.reason);
+      assert.equal(c.cgroups.limitsProcesses, false);
+      assert.match(String(c.noProcessLimit), /ixnopids/);
+      const g = await c.cgroups.create("pod-np", { cpuMillis: 500, memMB: 64 });
+      assert.ok(g.procsFiles.some((f) => f.includes("memory")), g.procsFiles.join());
+      await g.remove();
+      c.cgroups.close();
+    } finally {
+      await Deno.remove(proc, { recursive: true });
+    }
+  },
+});
+
+/** A v2 hierarchy here, and a controller its root group can give its children, if any. */
+async function v2Controller(): Promise<{ root: string; name: string } | undefined> {
+  const v2 = cgroupMounts(await Deno.readTextFile("/proc/self/mountinfo"))
+    .find((m) => m.version === 2 && m.root === "/");
+  if (!v2 || Deno.uid() !== 0) return undefined;
+  const offered = (await Deno.readTextFile(`${v2.point}/cgroup.controllers`)).split(/\s+/);
+  const name = ["pids", "hugetlb", "memory"].find((n) => offered.includes(n));
+  return name ? { root: v2.point, name } : undefined;
+}
+const v2 = await v2Controller();
+if (!v2) console.log("skipping the cgroup v2 delegation test: no v2 controller to give here");
+
+Deno.test({
+  name:
+    "cgroups: on v2 a group that holds processes (the agent's own) gives its children controllers once they moved to a leaf of it",
+  ignore: !v2,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { root, name } = v2!;
+    const rootControl = `${root}/cgroup.subtree_control`;
+    const wasOn = (await Deno.readTextFile(rootControl)).split(/\s+/).includes(name);
+    if (!wasOn) await Deno.writeTextFile(rootControl, `+${name}`);
+    const group = `${root}/ixcgtest-give-${Deno.pid}`;
+    const sleeper = new Deno.Command("sleep", { args: ["60"] }).spawn();
+    try {
+      await Deno.mkdir(group);
+      await Deno.writeTextFile(`${group}/cgroup.procs`, String(sleeper.pid));
+      // Before, this failed (EBUSY: a group with processes in it gives no controllers).
+      await giveControllers(group, [name]);
+      assert.ok((await Deno.readTextFile(`${group}/cgroup.subtree_control`)).includes(name));
+      assert.equal((await Deno.readTextFile(`${group}/cgroup.procs`)).trim(), "");
+      assert.equal(
+        (await Deno.readTextFile(`${group}/${AGENT_LEAF}/cgroup.procs`)).trim(),
+        String(sleeper.pid),
+      );
+      await giveControllers(group, [name]); // on already: nothing to do
+    } finally {
+      sleeper.kill("SIGKILL");
+      await sleeper.status;
+      await Deno.remove(`${group}/${AGENT_LEAF}`).catch(() => {});
+      await Deno.remove(group).catch(() => {});
+      if (!wasOn) await Deno.writeTextFile(rootControl, `-${name}`);
+    }
+  },
+});

@@ -172,7 +172,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
         ? `on (a control group per pod: its memory limit and CPU weight, ${
           cgroups.cgroups.limitsProcesses
             ? `at most ${WORKER_PIDS_LIMIT} processes`
-            : "no process limit: no pids controller"
+            : `no process limit: ${cgroups.noProcessLimit ?? "no pids controller"}`
         })`
         : `off, workers run without memory limits: ${cgroups.reason}`,
     });
