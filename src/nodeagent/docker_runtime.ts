@@ -74,11 +74,23 @@ export const DOCKER_SOCKET = "/var/run/docker.sock";
 
 /** Whether a Docker engine answers on `socketPath`. */
 export async function dockerAvailable(socketPath = DOCKER_SOCKET): Promise<boolean> {
+  return await dockerUnavailable(socketPath) === undefined;
+}
+
+/** Why no Docker engine can be used on `socketPath`; undefined when one answers. */
+export async function dockerUnavailable(socketPath = DOCKER_SOCKET): Promise<string | undefined> {
   try {
     await new Docker({ socketPath }).ping();
-    return true;
-  } catch {
-    return false;
+    return undefined;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === "EACCES" || code === "EPERM") {
+      return `this user may not use the engine's socket ${socketPath} (permission denied: add the user to its group, docker, or set INFERX_RUNTIME=process)`;
+    }
+    if (code === "ENOENT" || code === "ECONNREFUSED") {
+      return `no Docker engine answers on ${socketPath} (DOCKER_HOST names another)`;
+    }
+    return `the Docker engine on ${socketPath} does not answer: ${(err as Error).message}`;
   }
 }
 

@@ -15,6 +15,7 @@ import {
   demuxLogs,
   dockerAvailable,
   DockerRuntime,
+  dockerUnavailable,
   mountAccess,
   scopeTag,
   WORKER_NETWORK,
@@ -765,3 +766,40 @@ t(
     }
   },
 );
+
+Deno.test({
+  name:
+    "without an engine to use the node agent says why: no socket, or one this user may not open (not 'no engine answers')",
+  ignore: Deno.uid() !== 0,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/engine.sock`;
+    try {
+      assert.match(String(await dockerUnavailable(path)), /^no Docker engine answers on /);
+      // A socket of another user's, mode 0600, opened by root without its right to pass over
+      // permissions: a user outside the engine's group.
+      const listener = Deno.listen({ transport: "unix", path });
+      try {
+        await Deno.chmod(path, 0o600);
+        await Deno.chown(path, 65534, 65534);
+        const code = `import { dockerUnavailable } from ${
+          JSON.stringify(import.meta.resolve("./docker_runtime.ts"))
+        };
+console.log(await dockerUnavailable(${JSON.stringify(path)}));`;
+        const out = await new Deno.Command("setpriv", {
+          args: ["--bounding-set", "-dac_override,-dac_read_search", Deno.execPath(), "eval", code],
+          stdout: "piped",
+          stderr: "piped",
+        }).output().catch(() => undefined);
+        if (!out) return console.log("no setpriv here: the permission case is not checked");
+        const said = new TextDecoder().decode(out.stdout);
+        assert.match(said, /may not use the engine's socket .*permission denied/, said);
+      } finally {
+        listener.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -17,10 +17,10 @@ import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
 import {
   DOCKER_SOCKET,
-  dockerAvailable,
   dockerHostSize,
   DockerRuntime,
   dockerSnapshotReason,
+  dockerUnavailable,
 } from "./docker_runtime.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
@@ -144,10 +144,12 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   const host = config.dockerHost;
   const socket = host ? /^unix:\/\/(\/.+)$/.exec(host)?.[1] : DOCKER_SOCKET;
-  const docker = want !== "process" && socket !== undefined && await dockerAvailable(socket);
   const why = socket === undefined
     ? `DOCKER_HOST=${host} is not a unix socket (unix:///path), the only kind it takes`
-    : `no Docker engine answers on ${socket} (DOCKER_HOST names another)`;
+    : want === "process"
+    ? "INFERX_RUNTIME=process"
+    : await dockerUnavailable(socket);
+  const docker = why === undefined;
   if (want === "docker" && !docker) {
     throw new InferxError("unavailable", `Cannot use the Docker runtime: ${why}`);
   }
