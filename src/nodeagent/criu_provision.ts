@@ -29,6 +29,8 @@ export interface ProvisionOptions {
   force?: boolean;
   /** Progress lines. @default console.log */
   say?: (line: string) => void;
+  /** The user it runs as (tests). @default `Deno.uid()` */
+  uid?: number | null;
 }
 
 /** What a provisioned prefix holds, as written to `{prefix}/inferx-criu.json`. */
@@ -85,6 +87,19 @@ export async function provisionCriu(options: ProvisionOptions = {}): Promise<Pro
   const suite = options.suite ?? "sid";
   const mirror = options.mirror ?? "http://deb.debian.org/debian";
   const keyring = options.keyring ?? DEBIAN_KEYRING;
+  // `criu check`, and so every dump and restore, needs root: as another user it fails whatever
+  // the build, and a download would end in that failure.
+  if ((options.uid === undefined ? Deno.uid() : options.uid) !== 0) {
+    const have = await provisionedInfo(prefix);
+    if (have && provisionedBinary(prefix)) {
+      say(`CRIU ${have.version} already in ${prefix} (its check needs root: not run)`);
+      return have;
+    }
+    throw new InferxError(
+      "unavailable",
+      "Cannot provision CRIU as a user other than root: CRIU, and so snapshots, needs root (run this task as root)",
+    );
+  }
   if (!options.force) {
     const have = await provisionedInfo(prefix);
     const bin = provisionedBinary(prefix);
