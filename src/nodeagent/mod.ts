@@ -228,7 +228,9 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   logger("nodeagent").info("Snapshots: {state}", {
     state: snapshots.available
       ? `on (pod namespaces in ${podNetworks!.cidr}, ${settings.diskMB} MB of disk)`
-      : `off: ${snapshots.reason}`,
+      : `off: ${snapshots.reason}${
+        podNetworks ? "" : " (workers share the node's network and PID namespace)"
+      }`,
   });
   const agent = exits.agent = new NodeAgent(config.meta, runtime, node, {
     ...config,
