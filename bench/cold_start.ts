@@ -130,8 +130,15 @@ async function remove(p: Platform, func: string) {
   await eventually(`${func} gone`, async () => (await pods(p, func)).length === 0, 60_000);
 }
 
-const pods = async (p: Platform, f: string): Promise<Json[]> =>
-  (await request(`${p.url}/pods/bench/lab/${f}`)).body;
+/** A function's pods; none once it is deleted and its last pod gone (404). */
+async function pods(p: Platform, f: string): Promise<Json[]> {
+  const res = await request(`${p.url}/pods/bench/lab/${f}`);
+  if (res.status === 404) return [];
+  if (res.status !== 200) {
+    throw new Error(`pods of ${f}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
+  }
+  return res.body;
+}
 
 function stats(xs: number[]) {
   const s = [...xs].sort((a, b) => a - b);
