@@ -29,6 +29,11 @@ import { WORKER_PIDS_LIMIT } from "./runtime.ts";
 
 const log = logger("nodeagent", "cgroup");
 
+/** The group the processes of the agent's own group move to on v2 (see {@linkcode giveControllers}). */
+export const AGENT_LEAF = "inferx-agent";
+/** The end of the path of a group in that leaf (or in a leaf of a leaf). */
+const IN_LEAF = new RegExp(`(/${AGENT_LEAF})+$`);
+
 /** A controller the runtime limits workers with (pids where it is there: optional). */
 type ControllerName = "memory" | "cpu" | "pids";
 
@@ -123,7 +128,10 @@ export function planControllers(
     // controller a v1 hierarchy has (a hybrid host), so pids goes without.
     const hybrid = name === "pids" && !v1 && mounts.some((m) => m.version === 1);
     const mount = hybrid ? undefined : v1 ?? v2;
-    const path = mount && own.get(v1 ? name : "");
+    // v2: a process in the leaf an earlier start moved its group's processes to (the agent
+    // started again by the same launcher) belongs to the group above it.
+    const given = mount && own.get(v1 ? name : "");
+    const path = !v1 && given !== undefined ? given.replace(IN_LEAF, "") : given;
     const parent = mount && path !== undefined ? dirOf(mount, path) : undefined;
     if (name === "pids" && !parent) continue; // optional: workers go without a process limit
     if (!mount) return `no cgroup hierarchy has the ${name} controller mounted`;
@@ -279,9 +287,6 @@ async function offers(dir: string, name: ControllerName): Promise<boolean> {
   return text.split(/\s+/).includes(name);
 }
 
-/** The group the processes of the agent's own group move to on v2 (see {@linkcode giveControllers}). */
-export const AGENT_LEAF = "inferx-agent";
-
 /**
  * Turns controllers `names` on for the children of v2 group `dir`, unless
  * they are on already. The kernel gives controllers to the children of a
@@ -304,17 +309,25 @@ export async function giveControllers(dir: string, names: readonly string[]): Pr
   try {
     const leaf = `${dir}/${AGENT_LEAF}`;
     await Deno.mkdir(leaf, { recursive: true });
-    // Until none is left: a process may fork while they move.
-    for (let pass = 0; pass < 10; pass++) {
+    // Until none is left and the kernel takes the write: a process may fork, or be exiting
+    // (still listed, no longer movable), while they move.
+    const deadline = Date.now() + 2000;
+    while (true) {
       const pids = (await Deno.readTextFile(`${dir}/cgroup.procs`)).split("\n").filter(Boolean);
-      if (!pids.length) break;
       for (const pid of pids) {
         await Deno.writeTextFile(`${leaf}/cgroup.procs`, pid).catch((err) => {
-          if ((err as { code?: string }).code !== "ESRCH") throw err; // gone meanwhile
+          // ESRCH, gone meanwhile (Deno gives it no code: its message names it).
+          if (!/\(os error 3\)/.test((err as Error).message)) throw err;
         });
       }
+      try {
+        await Deno.writeTextFile(control, want);
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== "EBUSY" || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 5));
+      }
     }
-    await Deno.writeTextFile(control, want);
     log.info("Moved the processes of control group {dir} to {leaf}, to give its children {names}", {
       dir,
       leaf,

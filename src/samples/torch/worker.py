@@ -67,7 +67,12 @@ def generate_weights(path):
 def load_model(path):
     if not os.path.exists(path):
         print(f"no weights at {path}: generating them (seed 0)", flush=True)
-        generate_weights(path)
+        try:
+            generate_weights(path)
+        except OSError as err:
+            # A checkout this user may not write: one line that says what to do, not a traceback.
+            sys.exit(f"cannot write the weights to {path} ({err.strerror}): make them once with "
+                     "`deno task torch-weights`, or set TORCH_WEIGHTS to a writable path")
     model = TinyLM()
     state = torch.load(path, map_location="cpu")
     model.load_state_dict(state)

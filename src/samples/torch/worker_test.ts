@@ -79,3 +79,24 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "The torch worker that cannot write its weights says so in one line, not a traceback",
+  ignore: skip !== undefined,
+  async fn() {
+    const out = await new Deno.Command(TORCH_COMMANDS[0], {
+      args: TORCH_COMMANDS.slice(1),
+      cwd: REPO_ROOT,
+      env: { PORT: String(freePort()), HOST: "127.0.0.1", TORCH_WEIGHTS: "/proc/ixno/w.pt" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const said = new TextDecoder().decode(out.stderr);
+    assert.equal(out.success, false);
+    assert.match(
+      said,
+      /^cannot write the weights to \/proc\/ixno\/w\.pt \(.+\): make them once with `deno task torch-weights`, or set TORCH_WEIGHTS to a writable path\n$/,
+    );
+    assert.doesNotMatch(said, /Traceback/);
+  },
+});

@@ -56,6 +56,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     if (quota) {
       if (freeTenantPod(ctx, f, quota)) continue;
       f.lastUnschedulable = quota.message;
+      f.noNodeFits = false;
       state.starved.add(f.id);
       // Nothing of this function runs, of any version, nothing can be freed: waiting would
       // only time out. (A pod of another version draining, or serving its share, ends or is
@@ -107,14 +108,14 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
         }
       }
       // No victims: what it waits for is on its way out already (evicted, or reclaimed).
+      f.noNodeFits = false;
       f.lastUnschedulable = plan.victims.length === 0
         ? `waiting for pods on ${plan.node.name} being ended or reclaimed from their gateways`
         : `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
           (reclaimed ? ` (${reclaimed} reclaimed from their gateways)` : "");
     } else {
-      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})${
-        heldInTenant(state, f, ctx.now)
-      }`;
+      f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
+      f.noNodeFits = true;
     }
     state.starved.add(f.id);
     return;
@@ -196,12 +197,13 @@ function fairRules(state: CoreState, f: CoreFunc): EvictionOptions {
  * Where the room `f` waits for is held by busy workers of its own tenant's
  * other functions, of its priority or higher (which it does not take back),
  * says whose: the caller's own work fills the nodes, not other tenants'.
+ * Weighed when a waiting call times out (a plan over every node's pods).
  */
-function heldInTenant(state: CoreState, f: CoreFunc, now: number): string {
-  if (!f.waiters.length) return ""; // said to calls that wait: none to tell
+export function heldInTenant(state: CoreState, f: CoreFunc, now: number): string {
   const own = (p: CorePod) => tenantOf(p.func) === tenantOf(f.func);
   const plan = planEviction(state, f.id, f.demand, { evict: own, reclaim: own, now });
-  const busy = [...new Set(plan?.victims.filter((p) => p.leasedBy).map((p) => p.func))].sort();
+  const keep = (p: CorePod) => p.leasedBy && p.func !== f.func && !lowerInTenant(state, f, p);
+  const busy = [...new Set(plan?.victims.filter(keep).map((p) => p.func))].sort();
   if (!busy.length) return "";
   return `; busy workers of its own tenant's ${
     busy.join(", ")

@@ -410,31 +410,47 @@ Deno.test("within a tenant, a waiting function of higher priority takes a worker
   }
 });
 
-Deno.test("a function that finds no room says when its own tenant's busy workers hold it, and whose", () => {
-  for (const [other, said] of [["a", true], ["b", false]] as const) {
+Deno.test("a call that times out for want of room says when its own tenant's busy workers of its priority or higher hold it, and whose", () => {
+  // [the busy function, its priority, the late one's priority, the names the timeout gives]
+  const cases: [string, Priority, Priority, string | undefined][] = [
+    ["a/n/busy", "normal", "normal", "a/n/busy"],
+    ["a/n/busy", "high", "normal", "a/n/busy"],
+    ["b/n/busy", "normal", "normal", undefined], // another tenant's workers: not its own
+    ["a/n/busy", "batch", "high", undefined], // lower: taken back as their calls end, not named
+  ];
+  for (const [busy, busyPriority, latePriority, named] of cases) {
     const d = new CoreDriver();
     d.state.config.fairShare = false; // else tenant a, holding nothing, takes one back from b
     d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
-    const fn = (id: string) =>
+    const fn = (id: string, priority: Priority) =>
       d.run({
         type: "funcUpdate",
-        func: funcReport(id, { cpu: 500, memMB: 256 }, { maxReplica: 4, standbyPerNode: 0 }),
+        func: funcReport(id, { cpu: 500, memMB: 256 }, {
+          maxReplica: 4,
+          standbyPerNode: 0,
+          priority,
+        }),
       });
-    fn(`${other}/n/busy`);
-    fn("a/n/late");
+    fn(busy, busyPriority);
+    fn("a/n/late", latePriority);
     for (const r of ["l1", "l2"]) {
-      for (const p of created(d.run(lease(r, `${other}/n/busy`, "g1", 120_000)))) {
+      for (const p of created(d.run(lease(r, busy, "g1", 120_000)))) {
         d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
       }
     }
     d.run(lease("x1", "a/n/late", "g1", 60_000));
-    const why = [...d.state.funcs.values()].find((f) => f.func === "a/n/late")?.lastUnschedulable;
-    assert.match(String(why), /^no node fits \(/);
-    if (said) {
+    d.now = 61_000;
+    const failed = d.run({ type: "tick" }).find((a) => a.type === "leaseFailed");
+    const message = failed?.type === "leaseFailed" ? failed.message : "";
+    const label = `${busy} ${busyPriority}, late ${latePriority}`;
+    if (named) {
       assert.match(
-        String(why),
-        /; busy workers of its own tenant's a\/n\/busy hold the room it needs \(only a function of higher priority takes one back\)$/,
+        message,
+        new RegExp(
+          `no node fits \\(.*\\); busy workers of its own tenant's ${named} hold the room it needs \\(only a function of higher priority takes one back\\)$`,
+        ),
+        label,
       );
-    } else assert.doesNotMatch(String(why), /own tenant/, "another tenant's workers: not its own");
+    } else assert.doesNotMatch(message, /own tenant/, label);
   }
 });

@@ -16,7 +16,7 @@ import {
 } from "./_accounting.ts";
 import { scaleOutAdvice } from "./autoscale.ts";
 import { failedSoon } from "./backoff.ts";
-import { ensureCapacity } from "./capacity.ts";
+import { ensureCapacity, heldInTenant } from "./capacity.ts";
 import { leaseTarget } from "./funcs.ts";
 import { refuseUnschedulable } from "./schedulable.ts";
 import { retire } from "./standby.ts";
@@ -228,12 +228,13 @@ export function expireWaiters(ctx: Ctx) {
     // Waiters queue in arrival order, not by deadline: look at each.
     if (!f.waiters.some((w) => w.deadline <= now)) continue;
     const keep: Waiter[] = [];
+    const held = f.noNodeFits ? heldInTenant(state, f, now) : "";
+    const why = f.lastUnschedulable ? `; ${f.lastUnschedulable}${held}` : "";
     for (const w of f.waiters) {
       if (w.deadline > now) {
         keep.push(w);
         continue;
       }
-      const why = f.lastUnschedulable ? `; ${f.lastUnschedulable}` : "";
       ctx.actions.push({
         type: "leaseFailed",
         reqId: w.reqId,

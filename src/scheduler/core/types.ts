@@ -128,6 +128,11 @@ export interface CoreFunc {
   waiters: Waiter[];
   /** Why the last placement failed, for the timeout message. */
   lastUnschedulable?: string;
+  /**
+   * It failed for want of room: the timeout also says whether its tenant's
+   * own busy workers hold it (`heldInTenant`, weighed then, not at every try).
+   */
+  noNodeFits?: boolean;
   /** Whether some node could ever hold a pod (`schedulable.ts`); unknown before the first decision. */
   schedulable?: Schedulability;
   /** Observed start-up time (ms, moving average); unknown until a pod started. */
