@@ -370,20 +370,26 @@ Deno.test("room freed between ticks goes to the tenant holding least, whatever t
   }
 });
 
+/** A node with room for two workers of half a core, and a way to register functions on it. */
+function twoWorkerNode(fairShare: boolean) {
+  const d = new CoreDriver();
+  d.state.config.fairShare = fairShare;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
+  const fn = (id: string, priority: Priority) =>
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(id, { cpu: 500, memMB: 256 }, {
+        maxReplica: 4,
+        standbyPerNode: 0,
+        priority,
+      }),
+    });
+  return { d, fn };
+}
+
 Deno.test("within a tenant, a waiting function of higher priority takes a worker back from a lower one, gracefully", () => {
   for (const fair of [true, false]) {
-    const d = new CoreDriver();
-    d.state.config.fairShare = fair;
-    d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
-    const fn = (id: string, priority: Priority) =>
-      d.run({
-        type: "funcUpdate",
-        func: funcReport(id, { cpu: 500, memMB: 256 }, {
-          maxReplica: 4,
-          standbyPerNode: 0,
-          priority,
-        }),
-      });
+    const { d, fn } = twoWorkerNode(fair);
     fn("a/n/lo", "batch");
     fn("a/n/hi", "high");
     // The pool is full of the tenant's batch work, its gateway holding both workers.
@@ -419,18 +425,8 @@ Deno.test("a call that times out for want of room says when its own tenant's bus
     ["a/n/busy", "batch", "high", undefined], // lower: taken back as their calls end, not named
   ];
   for (const [busy, busyPriority, latePriority, named] of cases) {
-    const d = new CoreDriver();
-    d.state.config.fairShare = false; // else tenant a, holding nothing, takes one back from b
-    d.run({ type: "nodeUpdate", node: nodeReport("n1", { cpuMillis: 1000, memMB: 4096 }) });
-    const fn = (id: string, priority: Priority) =>
-      d.run({
-        type: "funcUpdate",
-        func: funcReport(id, { cpu: 500, memMB: 256 }, {
-          maxReplica: 4,
-          standbyPerNode: 0,
-          priority,
-        }),
-      });
+    // Fair share off: else tenant a, holding nothing, takes one back from b.
+    const { d, fn } = twoWorkerNode(false);
     fn(busy, busyPriority);
     fn("a/n/late", latePriority);
     for (const r of ["l1", "l2"]) {
