@@ -304,21 +304,21 @@ async function limitSaid(
  * The worker below an init (tini) of its PID namespace: the process that is
  * 2 there (tini's first and only fork; a process the worker left behind is
  * tini's child too, once orphaned, and comes first in a restored tree's
- * list). Undefined when the init ended before one was seen (a command that
- * could not run): its exit tells why.
+ * list). Undefined when none is seen: the init ended first (a command that
+ * could not run; its exit tells why), or forked none within `timeoutMs`
+ * (signals then go to the init, which passes them on).
  */
 async function workerBelow(init: number, timeoutMs = 5000): Promise<number | undefined> {
   const deadline = Date.now() + timeoutMs;
-  while (true) {
+  while (await pidAlive(init) && Date.now() <= deadline) {
     const kids = await Deno.readTextFile(`/proc/${init}/task/${init}/children`).catch(() => "");
     for (const kid of kids.trim().split(/\s+/).filter(Boolean)) {
       const status = await Deno.readTextFile(`/proc/${kid}/status`).catch(() => "");
       if (status.match(/^NSpid:.*\s(\d+)$/m)?.[1] === "2") return Number(kid);
     }
-    if (!await pidAlive(init)) return undefined;
-    if (Date.now() > deadline) throw new Error(`process ${init} started no worker`);
     await new Promise((r) => setTimeout(r, 2));
   }
+  return undefined;
 }
 
 /**
@@ -1319,7 +1319,7 @@ export class ProcessRuntime implements PodRuntime {
     const logs = new LogRing();
     const child: Child = {
       pid,
-      worker: meta.init ? await workerBelow(pid).catch(() => undefined) : undefined,
+      worker: meta.init ? await workerBelow(pid) : undefined,
       port: meta.port,
       net,
       logFile,

@@ -8,13 +8,13 @@
 import { InferxError } from "../common/errors.ts";
 import type { GpuSlice, PodTemplate, StandbyTier } from "../model/cluster.ts";
 
-/** Everything a runtime needs to start one pod. */
 /**
  * The most processes and threads one worker may have, in either runtime
  * (Docker's `--pids-limit`; `pids.max` of a process-runtime worker's group).
  */
 export const WORKER_PIDS_LIMIT = 4096;
 
+/** Everything a runtime needs to start one pod. */
 export interface PodSpec {
   podId: string;
   /** `tenant/namespace/name` of the function. */
