@@ -30,6 +30,7 @@ import {
   request,
   startPlatform,
 } from "../tests/e2e/helpers.ts";
+import { describePageFill, fillFloorMs, pageFill } from "./page_fill.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import {
   generateTorchWeights,
@@ -195,6 +196,8 @@ const checks: Record<Kind, Parameters<typeof row>[3]> = {
 
 const results = new Map<string, Sample[] | string>();
 const notes: string[] = [];
+/** Each worker's snapshot image (MB), for the page-fill floor printed at the end. */
+const imageMB = new Map<string, number>();
 const active = WORKERS.filter((w) => wanted.includes(w.name));
 if (runtime === "docker") {
   const torch = active.findIndex((w) => w.name === "torch");
@@ -261,6 +264,7 @@ if (active.some((w) => w.name === "torch")) await generateTorchWeights();
           const snap = n.snapshots.items.find((s: Json) =>
             s.func === `bench/lab/${w.name}-snapshot`
           );
+          if (snap?.sizeMB) imageMB.set(w.name, snap.sizeMB);
           notes.push(
             `${w.name}: first start of a version ${first.client.toFixed(0)} ms, of which ${
               pod?.snapshotMs ?? "?"
@@ -356,3 +360,13 @@ for (const w of active) {
   );
 }
 for (const n of notes) console.log(n);
+if (imageMB.size) {
+  // What a restore cannot go below on this machine: its image read into fresh memory.
+  const fill = await pageFill();
+  console.log(describePageFill(fill));
+  for (const [w, mb] of imageMB) {
+    console.log(
+      `${w}: filling its ${mb} MB image takes at least ${fillFloorMs(fill, mb).toFixed(0)} ms here`,
+    );
+  }
+}

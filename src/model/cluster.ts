@@ -76,6 +76,11 @@ export const NodeInfoSchema = z.object({
     reason: z.string().optional(),
     /** `INFERX_SNAPSHOT_DISK_MB`. */
     diskBudgetMB: z.number().optional(),
+    /**
+     * The kernel's transparent huge page mode (`always`, `madvise`,
+     * `never`): restores fill memory in huge pages only under `always`.
+     */
+    hugePages: z.string().optional(),
     diskUsedMB: z.number().optional(),
     items: z.array(z.object({
       func: z.string(),

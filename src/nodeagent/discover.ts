@@ -18,6 +18,27 @@ import type { NodeInfo } from "../model/cluster.ts";
  */
 export const DRIVER_CONTEXT_MIN_MB = 1024;
 
+/** Where the kernel says its transparent huge page mode. */
+export const HUGE_PAGE_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/**
+ * The kernel's transparent huge page mode (`always`, `madvise` or `never`:
+ * the bracketed word of {@linkcode HUGE_PAGE_MODE_FILE}), or undefined where
+ * it cannot be read. It decides how a restore fills memory: CRIU maps a
+ * worker's memory and reads its image into it before it restores the
+ * worker's own `madvise()` flags, so only under `always` are those pages
+ * huge; otherwise each 4 KiB page is a fault of its own.
+ */
+export function hugePageMode(file = HUGE_PAGE_MODE_FILE): string | undefined {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch {
+    return undefined;
+  }
+  return text.match(/\[(\w+)\]/)?.[1];
+}
+
 /** A short GPU type from the driver's name: "NVIDIA H100 80GB HBM3" -> "H100". */
 export function gpuType(name: string): string {
   const m = name.match(/\b(B200|H200|H100|A100|A10G|A10|L40S|L40|L4|T4|V100|RTX ?\w+)\b/i);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 import type { NodeInfo } from "../model/cluster.ts";
-import { discover, DRIVER_CONTEXT_MIN_MB, gpuType } from "./discover.ts";
+import { discover, DRIVER_CONTEXT_MIN_MB, gpuType, hugePageMode } from "./discover.ts";
 
 const node: NodeInfo = {
   name: "n1",
@@ -25,6 +25,26 @@ Deno.test("gpuType() shortens the driver's device names", () => {
     ["Some Future GPU", "Some Future GPU"],
   ];
   for (const [name, want] of cases) assert.equal(gpuType(name), want);
+});
+
+Deno.test("hugePageMode() reads the bracketed mode, and nothing from a file it cannot read", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (
+      const [text, want] of [
+        ["always [madvise] never\n", "madvise"],
+        ["[always] madvise never\n", "always"],
+        ["always madvise [never]\n", "never"],
+        ["always madvise never\n", undefined],
+      ]
+    ) {
+      await Deno.writeTextFile(`${dir}/enabled`, text!);
+      assert.equal(hugePageMode(`${dir}/enabled`), want, text);
+    }
+    assert.equal(hugePageMode(`${dir}/missing`), undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test({

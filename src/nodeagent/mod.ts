@@ -11,7 +11,7 @@ import { logger } from "../common/log.ts";
 import type { MountAllow, SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
-import { discover } from "./discover.ts";
+import { discover, hugePageMode } from "./discover.ts";
 import { PodCgroups } from "./cgroup.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
@@ -207,13 +207,14 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
         : "none, each worker is its PID namespace's init and reaps no orphans: no tini on PATH (Debian's tini)",
     });
   }
+  const hugePages = snapshots.available ? hugePageMode() : undefined;
   const node: NodeInfo = {
     ...(await discover(config.node, criuCap)),
     ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)
       ? await engineSize(config.node, config.autoSized, socket!)
       : {}),
     runtime: runtime.name,
-    snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, items: [] },
+    snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, hugePages, items: [] },
   };
   const manager = snapshots.available
     ? new SnapshotManager({
@@ -227,7 +228,11 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     : undefined;
   logger("nodeagent").info("Snapshots: {state}", {
     state: snapshots.available
-      ? `on (pod namespaces in ${podNetworks!.cidr}, ${settings.diskMB} MB of disk)`
+      ? `on (pod namespaces in ${podNetworks!.cidr}, ${settings.diskMB} MB of disk${
+        hugePages && hugePages !== "always"
+          ? `; transparent huge pages \`${hugePages}\`, so a restore fills memory 4 KiB at a time: docs/standby.md#huge-pages`
+          : ""
+      })`
       : `off: ${snapshots.reason}${
         podNetworks ? "" : " (workers share the node's network and PID namespace)"
       }`,

@@ -16,6 +16,7 @@ import {
   startPlatform,
 } from "./helpers.ts";
 import { criuCapability } from "../../src/nodeagent/criu.ts";
+import { hugePageMode } from "../../src/nodeagent/discover.ts";
 import { PodNetworks } from "../../src/nodeagent/pod_net.ts";
 
 const criu = await criuCapability();
@@ -126,6 +127,9 @@ Deno.test({
       assert.equal(node.criu.available, true);
       assert.match(node.criu.version, /^4\./);
       assert.equal(node.snapshots.available, true, node.snapshots.reason);
+      // The kernel's huge page mode, which decides how a restore fills memory.
+      assert.equal(node.snapshots.hugePages, hugePageMode());
+      assert.match(node.snapshots.hugePages, /^(always|madvise|never)$/);
       await createNamespace(p.url, "t", "n");
       assert.equal((await putObject(p.url, fn("snap"))).status, 201);
 
