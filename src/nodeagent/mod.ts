@@ -77,6 +77,9 @@ export function scopeTag(scope: string): string {
   return `ix${(h >>> 0).toString(36).padStart(7, "0").slice(-7)}`;
 }
 
+/** Pod namespaces a node keeps made ahead (each is two runs of `ip` a pod's start does not wait for). */
+const POD_NET_SPARES = 2;
+
 /**
  * Whether this node can start pods from snapshots, and the pod namespaces
  * that needs: the process runtime, CRIU that passes its check, and network
@@ -89,7 +92,11 @@ async function snapshotSupport(
   scope: string,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
-  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
+  const podNetworks = new PodNetworks({
+    prefix: scopeTag(scope),
+    cidr: settings.podCidr,
+    spares: POD_NET_SPARES,
+  });
   // What an earlier run left (its pods' namespaces, their block claims) goes whatever this run's
   // settings (pod namespaces off, another range): nothing else would remove it.
   if (Deno.build.os === "linux" && Deno.uid?.() === 0) await podNetworks.sweep();
@@ -242,6 +249,8 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     snapshots: manager,
   });
   await agent.start();
+  // After the start's sweep of what an earlier run left: namespaces made ahead of pods.
+  podNetworks?.prepare().catch(() => {});
   return {
     agent,
     runtime: runtime.name,

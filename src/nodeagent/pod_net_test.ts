@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { parsePodCidr as parseCidr } from "../common/cidr.ts";
-import { blockAddrs, ipString, PodNetworks, rangesOverlap } from "./pod_net.ts";
+import { eventually } from "../../tests/e2e/helpers.ts";
+import { blockAddrs, hostIfName, ipString, PodNetworks, rangesOverlap } from "./pod_net.ts";
 
 Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
   assert.deepEqual(parseCidr("10.213.0.0/16"), {
@@ -31,9 +32,34 @@ Deno.test("rangesOverlap() tells a host route that covers the pod range", () => 
   for (const [a, b, want] of cases) assert.equal(rangesOverlap(a, b), want, `${a} ${b}`);
 });
 
+/** What `ip ARGS` prints. */
+function ipOut(...args: string[]): string {
+  return new TextDecoder().decode(
+    new Deno.Command("ip", { args, stdout: "piped" }).outputSync().stdout,
+  );
+}
+
 const nets = new PodNetworks({ prefix: "ixnettest" });
 const cap = await nets.capability();
 if (!cap.available) console.log(`skipping the pod network test: ${cap.reason}`);
+
+/** A test that needs pod namespaces, given a directory for block claims (removed after it). */
+function netTest(name: string, fn: (dir: string) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: !cap.available,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const dir = await Deno.makeTempDir();
+      try {
+        await fn(dir);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
 
 Deno.test({
   name:
@@ -71,10 +97,7 @@ Deno.test({
           assert.equal(body, n.name);
         }
         // No default route: a pod reaches nothing beyond its host end.
-        const routes = new TextDecoder().decode(
-          new Deno.Command("ip", { args: ["-n", a.name, "route"], stdout: "piped" }).outputSync()
-            .stdout,
-        );
+        const routes = ipOut("-n", a.name, "route");
         assert.doesNotMatch(routes, /default/);
       } finally {
         for (const s of servers) (s.kill("SIGKILL"), await s.status);
@@ -83,9 +106,7 @@ Deno.test({
       await nets.remove(a);
       await nets.remove(b);
     }
-    const listed = new TextDecoder().decode(
-      new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
-    );
+    const listed = ipOut("netns", "list");
     assert.doesNotMatch(listed, /ixnettest-/);
     // A freed block is handed out again.
     const c = await nets.create("c");
@@ -94,19 +115,11 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "PodNetworks leaves no route or claims directory behind once its last pod is gone",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const dir = await Deno.makeTempDir();
+netTest(
+  "PodNetworks leaves no route or claims directory behind once its last pod is gone",
+  async (dir) => {
     const cidr = "10.219.7.0/24";
-    const routes = () =>
-      new TextDecoder().decode(
-        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
-          .outputSync().stdout,
-      );
+    const routes = () => ipOut("route", "show", "type", "unreachable");
     const mine = new PodNetworks({ prefix: "ixclose", cidr, stateDir: dir });
     const other = new PodNetworks({ prefix: "ixother", cidr, stateDir: dir });
     try {
@@ -122,10 +135,9 @@ Deno.test({
       assert.deepEqual([...Deno.readDirSync(dir)], [], "the claims directory went too");
     } finally {
       await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
-      await Deno.remove(dir, { recursive: true });
     }
   },
-});
+);
 
 Deno.test({
   name: "PodNetworks: two agents taking over one stale claim together get different blocks",
@@ -182,19 +194,10 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "PodNetworks refuses a range overlapping another agent's, keeps the range's fence while one runs, and names pairs apart across ranges",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const dir = await Deno.makeTempDir();
-    const routes = () =>
-      new TextDecoder().decode(
-        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
-          .outputSync().stdout,
-      );
+netTest(
+  "PodNetworks refuses a range overlapping another agent's, keeps the range's fence while one runs, and names pairs apart across ranges",
+  async (dir) => {
+    const routes = () => ipOut("route", "show", "type", "unreachable");
     const a = new PodNetworks({ prefix: "ixova", cidr: "10.250.0.0/16", stateDir: dir });
     const b = new PodNetworks({ prefix: "ixovb", cidr: "10.250.0.0/16", stateDir: dir });
     const c = new PodNetworks({ prefix: "ixovc", cidr: "10.169.0.0/16", stateDir: dir });
@@ -224,29 +227,16 @@ Deno.test({
       for (const r of ["10.250.0.0/16", "10.169.0.0/16"]) {
         await new Deno.Command("ip", { args: ["route", "del", "unreachable", r] }).output();
       }
-      await Deno.remove(dir, { recursive: true });
     }
   },
-});
+);
 
-Deno.test({
-  name:
-    "an agent's sweep removes what an earlier run left on another range, and leaves every fence in place",
-  ignore: !cap.available,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const dir = await Deno.makeTempDir();
+netTest(
+  "an agent's sweep removes what an earlier run left on another range, and leaves every fence in place",
+  async (dir) => {
     const [small, wide] = ["10.218.5.0/28", "10.218.0.0/16"];
-    const routes = () =>
-      new TextDecoder().decode(
-        new Deno.Command("ip", { args: ["route", "show", "type", "unreachable"], stdout: "piped" })
-          .outputSync().stdout,
-      );
-    const netns = () =>
-      new TextDecoder().decode(
-        new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
-      );
+    const routes = () => ipOut("route", "show", "type", "unreachable");
+    const netns = () => ipOut("netns", "list");
     try {
       // An earlier run on the small range, killed: its namespace and claim are left.
       const killed = new PodNetworks({ prefix: "ixsweep", cidr: small, stateDir: dir });
@@ -282,7 +272,94 @@ Deno.test({
       for (const ns of ["ixsweep-p1", "ixkeep-p2"]) {
         await new Deno.Command("ip", { args: ["netns", "delete", ns], stderr: "null" }).output();
       }
-      await Deno.remove(dir, { recursive: true });
     }
   },
+);
+
+netTest(
+  "PodNetworks keeps namespaces made ahead: a pod takes one at once, it is made again, and close removes them",
+  async (dir) => {
+    const cidr = "10.219.9.0/24";
+    const listed = () =>
+      ipOut("netns", "list").split("\n").map((l) => l.split(" ")[0]).filter((n) =>
+        n.startsWith("ixspare-")
+      ).sort();
+    const spared = new PodNetworks({ prefix: "ixspare", cidr, stateDir: dir, spares: 2 });
+    try {
+      assert.deepEqual(listed(), [], "none before prepare()");
+      await spared.prepare();
+      await eventually("two spares", () => Promise.resolve(listed().length === 2), 5000);
+      assert.deepEqual(listed(), ["ixspare-spare1", "ixspare-spare2"]);
+      // What an earlier run left goes; this run's spares stay.
+      await spared.sweep();
+      assert.deepEqual(listed(), ["ixspare-spare1", "ixspare-spare2"]);
+      const a = await spared.create("a");
+      assert.equal(a.name, "ixspare-spare1");
+      await eventually("a spare made again", () => Promise.resolve(listed().length === 3), 5000);
+      assert.ok(listed().includes("ixspare-spare3"), "made again in the background");
+      // A pod's namespace from a spare is set up as one made for it: both ends addressed.
+      assert.match(
+        ipOut("-n", a.name, "-4", "addr", "show", "eth0"),
+        new RegExp(`${a.podAddr}/30`),
+      );
+      assert.match(ipOut("-4", "addr", "show", a.hostIf), new RegExp(`${a.hostAddr}/30`));
+      await spared.remove(a);
+      await spared.close();
+      assert.deepEqual(listed(), [], "the spares went at close");
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "and their claims");
+    } finally {
+      await spared.close();
+      await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
+    }
+  },
+);
+
+netTest("PodNetworks keeps no spares in a range too small to spare a block (/28)", async (dir) => {
+  const small = new PodNetworks({
+    prefix: "ixsmall",
+    cidr: "10.219.10.0/28",
+    stateDir: dir,
+    spares: 2,
+  });
+  try {
+    await small.prepare();
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "no claim was made");
+    const a = await small.create("a");
+    assert.equal(a.name, "ixsmall-a");
+    await small.remove(a);
+  } finally {
+    await small.close();
+    await new Deno.Command("ip", { args: ["route", "del", "unreachable", "10.219.10.0/28"] })
+      .output();
+  }
 });
+
+netTest(
+  "PodNetworks: a pod whose pair's name is taken fails, leaving the link that was there and freeing its block",
+  async (dir) => {
+    const cidr = "10.219.11.0/24";
+    const taken = hostIfName(parseCidr(cidr).base, 1); // the pair of the range's first block
+    const ip = (...args: string[]) =>
+      new Deno.Command("ip", { args, stdout: "null", stderr: "null" }).output();
+    const nets = new PodNetworks({ prefix: "ixclash", cidr, stateDir: dir });
+    const made = await ip("link", "add", taken, "type", "veth", "peer", "name", `${taken}p`);
+    assert.equal(made.code, 0);
+    try {
+      await assert.rejects(
+        nets.create("a"),
+        /Cannot create the network namespace of pod a: .*File exists/,
+      );
+      assert.equal((await ip("link", "show", taken)).code, 0, "another's link is not deleted");
+      assert.equal((await ip("netns", "pids", "ixclash-a")).code, 1, "the namespace went");
+      assert.deepEqual(
+        [...Deno.readDirSync(`${dir}/10.219.11.0_24`)],
+        [],
+        "the block is free again",
+      );
+    } finally {
+      await ip("link", "delete", taken);
+      await nets.close();
+      await ip("route", "del", "unreachable", cidr);
+    }
+  },
+);
