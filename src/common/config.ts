@@ -12,6 +12,7 @@ import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { adminKeyProblem, PLACEHOLDER } from "./credential.ts";
+import { redact } from "./net.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -157,6 +158,7 @@ const GatewayEnv = z.object({
     return n;
   }),
   INFERX_GATEWAY_GROUP: optional(),
+  INFERX_GATEWAY_GROUP_TOKEN: optional(),
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
@@ -190,9 +192,10 @@ export interface GatewaySettings {
   workers?: number;
   /**
    * `INFERX_GATEWAY_GROUP` (set by the platform on the processes it starts):
-   * this process's index and every member's private metrics port, `i:p0,p1,...`.
+   * this process's index and every member's private metrics port, `i:p0,p1,...`;
+   * with `INFERX_GATEWAY_GROUP_TOKEN`, the group's secret.
    */
-  group?: { index: number; ports: number[] };
+  group?: { index: number; ports: number[]; token: string };
   /** `GATEWAY_HOST`: the address it binds. */
   host: string;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
@@ -415,7 +418,8 @@ function auditAddr(addr?: string, user?: string, password?: string): string | un
   }
   if (!url || !["postgres:", "postgresql:"].includes(url.protocol)) {
     throw new ValidationError(
-      `Invalid configuration: AUDITDB_ADDR: "${addr}" is not a postgres:// URL`,
+      // Not the address itself: it may hold a password.
+      `Invalid configuration: AUDITDB_ADDR: ${redact(addr)} is not a postgres:// URL`,
       "AUDITDB_ADDR",
     );
   }
@@ -500,7 +504,7 @@ export function readConfig(
     gateway: {
       port: g.GATEWAY_PORT,
       workers: g.GATEWAY_WORKERS,
-      group: parseGroup(g.INFERX_GATEWAY_GROUP),
+      group: parseGroup(g.INFERX_GATEWAY_GROUP, g.INFERX_GATEWAY_GROUP_TOKEN),
       host: g.GATEWAY_HOST,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
@@ -549,8 +553,8 @@ export function readConfig(
   };
 }
 
-/** `i:p0,p1,...` into a group membership; malformed: a clear error. */
-function parseGroup(raw?: string): GatewaySettings["group"] {
+/** `i:p0,p1,...` and the group's secret into a group membership; malformed: a clear error. */
+function parseGroup(raw?: string, token?: string): GatewaySettings["group"] {
   if (!raw) return undefined;
   const m = /^(\d+):(\d+(?:,\d+)*)$/.exec(raw);
   const ports = m ? m[2].split(",").map(Number) : [];
@@ -561,7 +565,13 @@ function parseGroup(raw?: string): GatewaySettings["group"] {
       "INFERX_GATEWAY_GROUP",
     );
   }
-  return { index, ports };
+  if (!token || token.length < 32) {
+    throw new ValidationError(
+      "Invalid configuration: INFERX_GATEWAY_GROUP_TOKEN: the group's secret (at least 32 characters) must come with INFERX_GATEWAY_GROUP",
+      "INFERX_GATEWAY_GROUP_TOKEN",
+    );
+  }
+  return { index, ports, token };
 }
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */

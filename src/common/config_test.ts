@@ -112,7 +112,16 @@ Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the au
   assert.equal(c.audit.bufferRows, 100_000);
   assert.throws(
     () => readConfig(envOf({ AUDITDB_ADDR: "not a url", AUDITDB_PASSWORD: "x" })),
-    /AUDITDB_ADDR: "not a url" is not a postgres:\/\/ URL/,
+    /AUDITDB_ADDR: \(unparsable URL\) is not a postgres:\/\/ URL/,
+  );
+  // An address that is not one is not echoed with its password.
+  assert.throws(
+    () => readConfig(envOf({ AUDITDB_ADDR: "postgresql+ssl://audit:PGSECRET@db:5432/x" })),
+    (err: Error) =>
+      /AUDITDB_ADDR: postgresql\+ssl:\/\/audit:\*\*\*@db:5432\/x is not a postgres/.test(
+        err.message,
+      ) &&
+      !err.message.includes("PGSECRET"),
   );
   // The user too, from the secret the database was made with.
   const user = readConfig(envOf({
@@ -159,7 +168,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
       { INFERX_OIDC_AUDIENCE: "inferx" },
       /INFERX_OIDC_AUDIENCE is set without INFERX_OIDC_JWKS_URL/,
     ],
-    [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: "http:\/\/db:5432\/x" is not a postgres/],
+    [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: http:\/\/db:5432\/x is not a postgres/],
     [{ INFERX_RUNTIME: "foo" }, /INFERX_RUNTIME: is not one of auto, process, docker/],
     [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
     [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
@@ -272,15 +281,25 @@ Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME o
 });
 
 Deno.test("readConfig() reads the gateway group and refuses bad sizes and memberships", () => {
-  const c = readConfig(envOf({ GATEWAY_WORKERS: "4", INFERX_GATEWAY_GROUP: "1:4101,4102" }));
+  const token = "ab".repeat(32);
+  const c = readConfig(envOf({
+    GATEWAY_WORKERS: "4",
+    INFERX_GATEWAY_GROUP: "1:4101,4102",
+    INFERX_GATEWAY_GROUP_TOKEN: token,
+  }));
   assert.equal(c.gateway.workers, 4);
-  assert.deepEqual(c.gateway.group, { index: 1, ports: [4101, 4102] });
+  assert.deepEqual(c.gateway.group, { index: 1, ports: [4101, 4102], token });
   for (
     const [env, re] of [
       [{ GATEWAY_WORKERS: "0" }, /GATEWAY_WORKERS: "0" is not an integer from 1 to 256/],
       [{ GATEWAY_WORKERS: "many" }, /GATEWAY_WORKERS/],
       [{ INFERX_GATEWAY_GROUP: "2:4101,4102" }, /INFERX_GATEWAY_GROUP/],
       [{ INFERX_GATEWAY_GROUP: "0:" }, /INFERX_GATEWAY_GROUP/],
+      [{ INFERX_GATEWAY_GROUP: "1:4101,4102" }, /INFERX_GATEWAY_GROUP_TOKEN: the group's secret/],
+      [
+        { INFERX_GATEWAY_GROUP: "1:4101,4102", INFERX_GATEWAY_GROUP_TOKEN: "short" },
+        /INFERX_GATEWAY_GROUP_TOKEN/,
+      ],
     ] as [Record<string, string>, RegExp][]
   ) {
     assert.throws(() => readConfig(envOf(env)), re);

@@ -93,16 +93,16 @@ export function funccallInput(
   const known = ctx.cache.agent(target.tenant, target.namespace, target.func);
   named?.(target, known !== undefined);
   authorize(principal, "inference", target.tenant, target.namespace);
-  if (known) return knownInput(ctx, req, target, path, t0);
+  if (known) return knownInput(ctx, principal, req, target, path, t0);
   const found = ctx.cache.lookup(target.tenant, target.namespace, target.func);
   if (!(found instanceof Promise)) {
     if (!found) throw notFound(target);
-    return knownInput(ctx, req, target, path, t0);
+    return knownInput(ctx, principal, req, target, path, t0);
   }
   return found.then((a) => {
     if (!a) throw notFound(target);
     named?.(target, true);
-    return knownInput(ctx, req, target, path, t0);
+    return knownInput(ctx, principal, req, target, path, t0);
   });
 }
 
@@ -128,6 +128,7 @@ export function resolveBareModel(
 /** A `/funccall` call of a function the cache has. */
 function knownInput(
   ctx: CallContext,
+  principal: Principal,
   req: IncomingCall,
   target: FuncTarget,
   path: string,
@@ -144,6 +145,7 @@ function knownInput(
     timeoutMs,
     tokens: maxTokens(body.json),
     t0,
+    principal,
   });
   const body = readBody(ctx, req);
   return body instanceof Promise ? body.then(make) : make(body);
@@ -220,18 +222,19 @@ function openaiTarget(
     const input = (a: unknown) => {
       if (!a) throw new ModelNotFound(model);
       named?.(named3, true);
-      return modelInput(req, path, t0, body, named3, ctx);
+      return modelInput(req, principal, path, t0, body, named3, ctx);
     };
     return found instanceof Promise ? found.then(input) : input(found);
   }
   named?.(target, true);
   authorize(principal, "inference", target.tenant, target.namespace);
-  return modelInput(req, path, t0, body, target, ctx);
+  return modelInput(req, principal, path, t0, body, target, ctx);
 }
 
 /** An OpenAI-style call of `target`, a function the cache has, to `path` (its query kept). */
 function modelInput(
   req: IncomingCall,
+  principal: Principal,
   path: string,
   t0: number,
   body: BodyRead,
@@ -248,6 +251,7 @@ function modelInput(
     timeoutMs: timeoutHeader(req),
     tokens: maxTokens(body.json),
     t0,
+    principal,
   };
 }
 

@@ -3,7 +3,8 @@
  * gateway of its own — listener, function agents, leases — and the kernel
  * spreads connections over them (SO_REUSEPORT). So that `/metrics` counts the
  * group and not whichever member a scrape reached, every member serves its
- * own series as JSON on a private loopback port, with the id of its process's
+ * own series as JSON on a private loopback port (to requests that carry the
+ * group's secret), with the id of its process's
  * life, and the member that answers `/metrics` adds them up (prom-client's
  * aggregation: sums, and the lowest value for health gauges). A sum of
  * counters must never go down, or Prometheus takes it for a reset and counts
@@ -19,6 +20,7 @@
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { logger } from "../common/log.ts";
 import { listening } from "../common/net.ts";
+import { AdminKey } from "../common/credential.ts";
 import { UNKNOWN_FUNCTION } from "./metrics.ts";
 
 /** This process's place in its group. */
@@ -27,7 +29,16 @@ export interface GatewayGroup {
   index: number;
   /** Every member's private metrics port, on 127.0.0.1. */
   ports: number[];
+  /**
+   * The group's secret (`INFERX_GATEWAY_GROUP_TOKEN`): the private ports
+   * answer only requests that carry it, so that a local user without
+   * credentials does not read the metrics `/metrics` keeps to administrators.
+   */
+  token: string;
 }
+
+/** The field a member's request to another's private port carries the group's secret in. */
+const TOKEN_FIELD = "x-inferx-group-token";
 
 const log = logger("gateway", "group");
 
@@ -142,6 +153,7 @@ export class GroupMetrics {
     this.#exists = exists;
     this.#fetch = fetchMember ?? (async (port, path) => {
       const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+        headers: { [TOKEN_FIELD]: group.token },
         signal: AbortSignal.timeout(1000),
       });
       if (!res.ok) throw new Error(`status ${res.status}`);
@@ -189,10 +201,15 @@ export class GroupMetrics {
   serve(port = this.#port): { close(): Promise<void> } {
     // Named when taken: the group's private port, not GATEWAY_PORT.
     const what = `the private metrics port of gateway member ${this.#group.index}`;
+    // Compared by hash, in constant time, as the administrator's key is.
+    const token = new AdminKey(this.#group.token);
     const server = listening(what, "127.0.0.1", port, () =>
       Deno.serve(
         { hostname: "127.0.0.1", port, onListen() {} },
         async (req) => {
+          if (!token.matches(req.headers.get(TOKEN_FIELD) ?? "")) {
+            return new Response(null, { status: 401 });
+          }
           const url = new URL(req.url);
           if (url.pathname === "/metrics.json") return Response.json(await this.answer());
           if (url.pathname === "/seen.json") {

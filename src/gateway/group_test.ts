@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { Counter, Histogram, Registry } from "prom-client";
 import { GroupMetrics, type MemberAnswer } from "./group.ts";
+import { freePort } from "../common/net.ts";
+
+const TOKEN = "0123456789abcdef".repeat(4);
 
 /** A member's registry: a counter and a histogram by label, which it can lose (a restart). */
 function member() {
@@ -78,9 +81,17 @@ function pair() {
   let ga: GroupMetrics;
   let gb: GroupMetrics;
   const makeA = () =>
-    ga = new GroupMetrics({ index: 0, ports: [1, 2] }, a.registry, peer(() => b, () => gb, "b"));
+    ga = new GroupMetrics(
+      { index: 0, ports: [1, 2], token: TOKEN },
+      a.registry,
+      peer(() => b, () => gb, "b"),
+    );
   const makeB = () =>
-    gb = new GroupMetrics({ index: 1, ports: [1, 2] }, b.registry, peer(() => a, () => ga, "a"));
+    gb = new GroupMetrics(
+      { index: 1, ports: [1, 2], token: TOKEN },
+      b.registry,
+      peer(() => a, () => ga, "a"),
+    );
   makeA();
   makeB();
   return {
@@ -148,7 +159,7 @@ Deno.test("a member whose private metrics port is taken says which port it is", 
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (taken.addr as Deno.NetAddr).port;
   try {
-    const group = new GroupMetrics({ index: 1, ports: [1, port] }, new Registry());
+    const group = new GroupMetrics({ index: 1, ports: [1, port], token: TOKEN }, new Registry());
     assert.throws(
       () => group.serve(),
       new RegExp(`127\\.0\\.0\\.1:${port} \\(the private metrics port of gateway member 1\\)`),
@@ -171,7 +182,7 @@ Deno.test("a series carried over a member's restart goes once its function is de
   });
   const exists = (f: string) => alive.has(f);
   const ga = new GroupMetrics(
-    { index: 0, ports: [1, 2] },
+    { index: 0, ports: [1, 2], token: TOKEN },
     registries[0],
     (_port, path) => path.startsWith("/seen") ? Promise.resolve([]) : answer(1)(),
     exists,
@@ -192,4 +203,28 @@ Deno.test("a series carried over a member's restart goes once its function is de
   assert.doesNotMatch(after, /function="t\/n\/g"/);
   assert.match(after, /fn_total\{function="t\/n\/f"\} 5/);
   assert.match(after, /fn_total\{function="\(none\)"\} 2/);
+});
+
+Deno.test("a member's private port answers only requests with the group's secret, which members send", async () => {
+  const ports = [freePort(), freePort()];
+  const registries = [new Registry(), new Registry()];
+  new Counter({ name: "calls_total", help: "c", registers: [registries[1]] }).inc(3);
+  const a = new GroupMetrics({ index: 0, ports, token: TOKEN }, registries[0]);
+  const b = new GroupMetrics({ index: 1, ports, token: TOKEN }, registries[1]);
+  const server = b.serve();
+  try {
+    const url = `http://127.0.0.1:${ports[1]}/metrics.json`;
+    for (const headers of [{}, { "x-inferx-group-token": "wrong" }] as Record<string, string>[]) {
+      const refused = await fetch(url, { headers });
+      assert.equal(refused.status, 401, JSON.stringify(headers));
+      await refused.body?.cancel();
+    }
+    const seen = await fetch(`http://127.0.0.1:${ports[1]}/seen.json?port=1`);
+    assert.equal(seen.status, 401);
+    await seen.body?.cancel();
+    // The other member asks with it, and counts what b counted.
+    assert.match(await (await a.registry()).metrics(), /calls_total 3/);
+  } finally {
+    await server.close();
+  }
 });

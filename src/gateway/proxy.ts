@@ -10,6 +10,9 @@
 import { type ErrorCode, InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { DEFAULT_ANSWER_TIMEOUT_S } from "../model/schemas.ts";
+import { OUTPUT_TAIL } from "../model/cluster.ts";
+import { WORKER_OUTPUT } from "../rpc/types.ts";
+import { allows, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { CallStage, Slot } from "./func_agent.ts";
 import {
@@ -54,6 +57,11 @@ export interface CallInput {
   t0: number;
   /** Hears the stages of the wait for a worker, for callers that show them. */
   onProgress?: (stage: CallStage) => void;
+  /**
+   * Who calls: a worker's failed start shows its last output only to a caller
+   * who may read the function's namespace (none given: to nobody).
+   */
+  principal?: Principal;
 }
 
 /** A worker's answer to a call, with the `x-inferx-*` fields added. */
@@ -108,6 +116,29 @@ function reclaimedNote(slot: Slot): string {
     : "";
 }
 
+/**
+ * A lease's error as `call`'s caller gets it. A failed worker's last output
+ * (which may print its environment, secrets and all) is shown only to a
+ * caller who may read the function's namespace, as its pods' logs are;
+ * others are told where readers find it.
+ */
+export function forCaller(err: unknown, call: CallInput): unknown {
+  const output = err instanceof InferxError ? err.details?.[WORKER_OUTPUT] : undefined;
+  if (typeof output !== "string") return err;
+  const e = err as InferxError;
+  const { [WORKER_OUTPUT]: _, ...details } = e.details!;
+  const { tenant, namespace } = call.target;
+  const reads = call.principal !== undefined && allows(call.principal, "read", tenant, namespace);
+  const message = reads
+    ? `${e.message}${OUTPUT_TAIL}${output}`
+    : `${e.message} (its last output is for readers of ${tenant}/${namespace}: GET /audit/pods)`;
+  return new InferxError(e.code, message, {
+    cause: e,
+    retryable: e.retryable,
+    details: Object.keys(details).length ? details : undefined,
+  });
+}
+
 /** The worker could not be reached: the connection was refused or reset before an answer. */
 export class UpstreamUnreachable extends InferxError {
   constructor(endpoint: string, cause: unknown) {
@@ -153,7 +184,7 @@ export async function forward(
     try {
       slot = await agent.acquire(call.timeoutMs, call.onProgress, caller, call.tokens);
     } catch (err) {
-      throw gone ? new CallerGone(agent.id) : err;
+      throw gone ? new CallerGone(agent.id) : forCaller(err, call);
     }
   }
   let upstream: UpstreamAnswer | undefined;
@@ -221,7 +252,7 @@ export async function forward(
       try {
         slot = await agent.acquire(timeLeft(call), call.onProgress, caller, call.tokens);
       } catch (err) {
-        throw gone ? new CallerGone(agent.id) : err;
+        throw gone ? new CallerGone(agent.id) : forCaller(err, call);
       }
       continue;
     }

@@ -123,6 +123,21 @@ export const PodTemplateSchema = z.object({
 /** What a node agent needs to start a pod. */
 export type PodTemplate = z.infer<typeof PodTemplateSchema>;
 
+/**
+ * What joins how a worker ended (or failed to start) to the last lines it
+ * printed, in the reasons runtimes give: output a worker's readers may see
+ * (its pods' logs), which may hold what it printed of its environment.
+ */
+export const OUTPUT_TAIL = "; last output:\n";
+
+/** A runtime's reason split into what happened and the worker's last output (when it has one). */
+export function splitOutput(reason: string): { text: string; output?: string } {
+  const i = reason.indexOf(OUTPUT_TAIL);
+  return i < 0
+    ? { text: reason }
+    : { text: reason.slice(0, i), output: reason.slice(i + OUTPUT_TAIL.length) };
+}
+
 /** A pod: desired state from the scheduler, status from the node agent. */
 export const PodInfoSchema = z.object({
   /** A name (lower case, digits, `.-_`): its node agent makes files and directories of it. */

@@ -32,7 +32,7 @@ import { logger } from "../common/log.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
 import { groupAlive, procState, punchHole, reapIfOrphanedToUs, signalName } from "../ffi/libc.ts";
-import type { StandbyTier } from "../model/cluster.ts";
+import { OUTPUT_TAIL, type StandbyTier } from "../model/cluster.ts";
 import {
   Criu,
   type InheritedFile,
@@ -796,7 +796,7 @@ export class ProcessRuntime implements PodRuntime {
       await child.exited;
       const tail = await this.#tail(child);
       await this.stop(spec.podId, 1000);
-      throw new InferxError("worker_failed", `${(err as Error).message}; last output:\n${tail}`);
+      throw new InferxError("worker_failed", `${(err as Error).message}${OUTPUT_TAIL}${tail}`);
     }
     return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
   }
@@ -914,7 +914,7 @@ export class ProcessRuntime implements PodRuntime {
     await this.#endCgroup(child);
     // Removed before the exit is told: a pod started again under its id finds its name free.
     if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
-    this.#options.onExit?.(podId, `${why}; last output:\n${await this.#tail(child)}`);
+    this.#options.onExit?.(podId, `${why}${OUTPUT_TAIL}${await this.#tail(child)}`);
     // Its output was told with its exit: its files here go (the agent only forgets it).
     if (child.logFile) await Deno.remove(child.logFile).catch(() => {});
     await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});

@@ -20,7 +20,12 @@ const log = logger("gateway", "group");
 /** The group of `workers` gateways this process leads, or undefined for one. */
 export function planGroup(workers: number): GatewayGroup | undefined {
   if (workers <= 1) return undefined;
-  return { index: 0, ports: Array.from({ length: workers }, () => freePort()) };
+  const secret = crypto.getRandomValues(new Uint8Array(32));
+  return {
+    index: 0,
+    ports: Array.from({ length: workers }, () => freePort()),
+    token: Array.from(secret, (b) => b.toString(16).padStart(2, "0")).join(""),
+  };
 }
 
 /** The first and the longest pause before a member that exited is started again. */
@@ -69,6 +74,8 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
         RUN_SERVICE: "Gateway",
         GATEWAY_WORKERS: "1",
         INFERX_GATEWAY_GROUP: `${index}:${ports}`,
+        // In the environment, not on the command line, where any local user could read it.
+        INFERX_GATEWAY_GROUP_TOKEN: group.token,
       },
       stdin: "piped", // closed when this process ends: the member stops then
       stdout: "inherit",

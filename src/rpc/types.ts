@@ -134,11 +134,19 @@ export interface Lease {
  */
 export type LeaseStage = "placing" | "starting" | "restoring";
 
+/**
+ * The `details` field of a lease's `worker_failed` error that holds the
+ * failed worker's last output, apart from its message: the gateway shows it
+ * only to callers who may read the function's pods' logs.
+ */
+export const WORKER_OUTPUT = "worker_output";
+
 /** The scheduler's API (`SchedulerService`). */
 export interface SchedulerClient {
   /**
    * Leases a worker; rejects with an `InferxError` whose code says why
-   * (`timeout`, `worker_failed`, `not_found`, `unschedulable`). Aborting
+   * (`timeout`, `worker_failed`, `not_found`, `unschedulable`; the failed
+   * worker's output in `details[WORKER_OUTPUT]`). Aborting
    * `signal` withdraws the request. `onProgress` hears each stage of the
    * wait as it changes (for callers that show cold-start progress).
    */

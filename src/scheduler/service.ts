@@ -37,6 +37,7 @@ import {
 import { type FunctionObject, specOfVersion, trafficSplit } from "../model/versions.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { WORKER_OUTPUT } from "../rpc/types.ts";
 import type {
   FuncLoad,
   GatewayAdvice,
@@ -707,8 +708,12 @@ export class SchedulerService implements SchedulerClient {
         p?.reject(
           new InferxError(a.code, a.message, {
             retryable: a.code === "timeout",
-            // A crash loop's back-off: `Retry-After` says when a start is tried again.
-            details: a.retryAfterS === undefined ? undefined : { retry_after_s: a.retryAfterS },
+            // A crash loop's back-off: `Retry-After` says when a start is tried again. The
+            // worker's output goes apart: the gateway shows it to its readers only.
+            details: a.retryAfterS === undefined && a.output === undefined ? undefined : {
+              ...(a.retryAfterS === undefined ? {} : { retry_after_s: a.retryAfterS }),
+              ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output }),
+            },
           }),
         );
         break;

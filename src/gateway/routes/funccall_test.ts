@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
+import { WORKER_OUTPUT } from "../../rpc/types.ts";
 import {
   fakeWorker,
   type GatewayFixture,
@@ -243,17 +244,65 @@ t("gateway returns a worker idle past scalein_timeout", async () => {
   await w.close();
 });
 
-t("gateway passes a worker start failure to the caller as 503 with its message", async () => {
-  const f = await gatewayFixture();
-  f.sched.failWith = new InferxError(
-    "worker_failed",
-    "Worker pod-9 failed to start: exit code 3; last output:\nno weights",
-  );
-  const r = await call(f.app);
-  assert.equal(r.status, 503);
-  assert.match((await r.json()).error.message, /no weights/);
-  await f.close();
-});
+t(
+  "a worker start failure reaches the caller as 503, its output only for readers of the namespace",
+  async () => {
+    const ADMIN = { authorization: "Bearer admin-key-0123456789" };
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    f.sched.failWith = new InferxError(
+      "worker_failed",
+      "Worker pod-9 failed to start: exit code 3",
+      {
+        details: { [WORKER_OUTPUT]: "loading with HF_TOKEN=hf_secret", retry_after_s: 2 },
+      },
+    );
+    const key = async (scope: string) => {
+      const r = await f.app.request("/apikeys", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...ADMIN },
+        body: JSON.stringify({ scope, tenant: "t", namespace: "n", name: scope }),
+      });
+      return { authorization: `Bearer ${(await r.json()).key}` };
+    };
+    const openai = (headers: Record<string, string>) =>
+      f.app.request("/v1/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify({ model: "t/n/f", prompt: "x" }),
+      });
+    for (
+      const [who, headers, shown] of [
+        ["the administrator", ADMIN, true],
+        ["a reader of t/n", await key("read"), true],
+        ["a caller only", await key("inference"), false],
+      ] as const
+    ) {
+      for (
+        const [route, r] of [["funccall", await call(f.app, undefined, headers)], [
+          "/v1",
+          await openai(headers),
+        ]] as const
+      ) {
+        assert.equal(r.status, 503, `${who}, ${route}`);
+        assert.equal(r.headers.get("retry-after"), "2");
+        const { error } = await r.json();
+        assert.match(error.message, /^Worker pod-9 failed to start: exit code 3/);
+        assert.deepEqual(
+          error.details,
+          { retry_after_s: 2 },
+          "the output never goes in the details",
+        );
+        if (shown) {
+          assert.match(error.message, /; last output:\nloading with HF_TOKEN=hf_secret$/, who);
+        } else {
+          assert.doesNotMatch(error.message, /hf_secret/, `${who}, ${route}`);
+          assert.match(error.message, /its last output is for readers of t\/n: GET \/audit\/pods/);
+        }
+      }
+    }
+    await f.close();
+  },
+);
 
 t("every outcome of a call is counted in the metrics and written to the audit", async () => {
   const f = await gatewayFixture();

@@ -7,6 +7,7 @@
  */
 import { type Ctx, unitOf } from "./_accounting.ts";
 import type { CoreFunc, CorePod, LeaseFailure } from "./types.ts";
+import { splitOutput } from "../../model/cluster.ts";
 
 /**
  * The wait before starting a pod of a version again after its first failed
@@ -31,8 +32,9 @@ export function failedSoon(ctx: Ctx, pod: CorePod, why: string): void {
   const f = unitOf(ctx.state, pod);
   if (!f || pod.readyAt === undefined || ctx.now - pod.readyAt >= START_STABLE_MS) return;
   const s = Math.round((ctx.now - pod.readyAt) / 1000);
-  const message = `Worker ${pod.id} of ${pod.func} failed ${s} s after it started: ${why}`;
-  startFailed(ctx, f, message, "worker_failed", true);
+  const { text, output } = splitOutput(why);
+  const message = `Worker ${pod.id} of ${pod.func} failed ${s} s after it started: ${text}`;
+  startFailed(ctx, f, message, "worker_failed", true, output);
 }
 
 /**
@@ -48,6 +50,7 @@ export function startFailed(
   message: string,
   code: LeaseFailure,
   early = false,
+  output?: string,
 ): number {
   const b = f.startBackoff;
   const stable = b?.upSince !== undefined && ctx.now - b.upSince >= START_STABLE_MS;
@@ -55,6 +58,6 @@ export function startFailed(
   const waitMs = early && failures === 1
     ? 0
     : Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
-  f.startBackoff = { failures, until: ctx.now + waitMs, message, code };
+  f.startBackoff = { failures, until: ctx.now + waitMs, message, code, output };
   return waitMs;
 }

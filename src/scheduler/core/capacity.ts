@@ -141,6 +141,7 @@ function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff
       code: b.code,
       message,
       retryAfterS: s,
+      output: b.output,
     });
   }
   ctx.state.starved.delete(f.id);

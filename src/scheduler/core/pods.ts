@@ -11,6 +11,7 @@ import { settleUnleased } from "./leases.ts";
 import { learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
 import { failedSoon, startFailed } from "./backoff.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
+import { splitOutput } from "../../model/cluster.ts";
 
 /** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
 export function onPodStatus(
@@ -49,12 +50,11 @@ export function onPodStatus(
   releasePod(state, pod);
   if (status === "Failed" && wasCreating && f) {
     const code = start.code ?? "worker_failed";
+    const { text, output } = splitOutput(error ?? "unknown error");
     const message = code === "unavailable"
-      ? `Cannot start a worker of ${pod.func}: the store refused its pod (${
-        error ?? "unknown error"
-      })`
-      : `Worker ${podId} of ${pod.func} failed to start: ${error ?? "unknown error"}`;
-    const waitMs = startFailed(ctx, f, message, code);
+      ? `Cannot start a worker of ${pod.func}: the store refused its pod (${text})`
+      : `Worker ${podId} of ${pod.func} failed to start: ${text}`;
+    const waitMs = startFailed(ctx, f, message, code, false, output);
     for (const w of f.waiters) {
       ctx.actions.push({
         type: "leaseFailed",
@@ -62,6 +62,7 @@ export function onPodStatus(
         code,
         message,
         retryAfterS: Math.ceil(waitMs / 1000),
+        output,
       });
     }
     f.waiters = [];

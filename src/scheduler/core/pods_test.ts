@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { PodState, StandbyTier } from "../../model/cluster.ts";
+import { OUTPUT_TAIL, type PodState, type StandbyTier } from "../../model/cluster.ts";
 import { recoveredState } from "./pods.ts";
 import { START_STABLE_MS } from "./backoff.ts";
 import {
@@ -442,6 +442,33 @@ Deno.test("a start the store refused fails its calls as unavailable, in the star
   const later = d.run(lease("r2")).find((a) => a.type === "leaseFailed");
   assert.ok(later?.type === "leaseFailed");
   assert.equal(later.code, "unavailable", "the back-off says the same");
+});
+
+Deno.test("a failed worker's last output goes apart from the message, in the start, its back-off and a crash soon after", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  const [pod] = created(d.run(lease("r1")));
+  const error = `exit code 1${OUTPUT_TAIL}token=hf_secret\nTraceback`;
+  const failed = d.run({ type: "podStatus", podId: pod.id, state: "Failed", error })
+    .find((a) => a.type === "leaseFailed");
+  assert.ok(failed?.type === "leaseFailed");
+  assert.equal(failed.message, `Worker ${pod.id} of t/n/f failed to start: exit code 1`);
+  assert.equal(failed.output, "token=hf_secret\nTraceback");
+  const later = d.run(lease("r2")).find((a) => a.type === "leaseFailed");
+  assert.ok(later?.type === "leaseFailed");
+  assert.doesNotMatch(later.message, /hf_secret/);
+  assert.match(later.message, /exit code 1 \(1 failed start\(s\) in a row; the next in 1 s\)$/);
+  assert.equal(later.output, "token=hf_secret\nTraceback", "the back-off keeps it apart too");
+  // One that came up and crashed a second later.
+  d.now += 1000;
+  const [next] = created(d.run(lease("r3")));
+  d.run({ type: "podStatus", podId: next.id, state: "Ready", endpoint: "e" });
+  d.now += 1000;
+  d.run({ type: "podStatus", podId: next.id, state: "Failed", error: `killed${OUTPUT_TAIL}oom` });
+  const b = d.state.funcs.get("t/n/f")!.startBackoff!;
+  assert.match(b.message, /failed 1 s after it started: killed$/);
+  assert.equal(b.output, "oom");
 });
 
 Deno.test("in a start back-off a parked pod is resumed for a call, and a call waits while a pod serves", () => {

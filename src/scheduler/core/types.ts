@@ -155,6 +155,8 @@ export interface CoreFunc {
     until: number;
     message: string;
     code: LeaseFailure;
+    /** The last failed worker's last output (see the `leaseFailed` action). */
+    output?: string;
     upSince?: number;
   };
 }
@@ -452,6 +454,11 @@ export type CoreAction =
     message: string;
     /** When a new try may succeed (s): a crash loop's back-off. */
     retryAfterS?: number;
+    /**
+     * The failed worker's last output, apart from `message`: the gateway shows
+     * it only to callers who may read its pods' logs.
+     */
+    output?: string;
   }
   /**
    * Ask `gateway` to give `podId` back once its calls are done (fair share);
