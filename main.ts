@@ -44,8 +44,19 @@ if (import.meta.main && Deno.args[0] === "ctl") {
   let stopping = false;
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(sig, async () => {
-      if (stopping) return;
+      if (stopping) {
+        // Ctrl-C twice: what was left running is cleaned up by the next start.
+        logger().warn("{sig} again: stopping at once, without waiting for calls and workers", {
+          sig,
+        });
+        Deno.exit(sig === "SIGINT" ? 130 : 143);
+      }
       stopping = true;
+      const drains = config.role === "All" || config.role === "Gateway";
+      logger().info("Stopping ({sig}){drain}; a second {sig} stops at once", {
+        sig,
+        drain: drains ? `: calls under way get ${config.gateway.drainS} s (GATEWAY_DRAIN_S)` : "",
+      });
       // No GOAWAY from this process's gRPC servers: it can crash their clients' processes.
       (await import("./src/rpc/grpc.ts")).exitingProcess();
       await handle.stop().catch((err) =>

@@ -160,6 +160,7 @@ const GatewayEnv = z.object({
   INFERX_GATEWAY_GROUP: optional(),
   INFERX_GATEWAY_GROUP_TOKEN: optional(),
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
+  GATEWAY_DRAIN_S: count(10),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
   // could never be sent as a bearer: refused.
@@ -198,6 +199,12 @@ export interface GatewaySettings {
   group?: { index: number; ports: number[]; token: string };
   /** `GATEWAY_HOST`: the address it binds. */
   host: string;
+  /**
+   * `GATEWAY_DRAIN_S`: at a stop, how long calls under way may take to
+   * finish before their connections close (calls still waiting for a worker
+   * are answered 503 at once).
+   */
+  drainS: number;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
   bodyLimit: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
@@ -506,6 +513,7 @@ export function readConfig(
       workers: g.GATEWAY_WORKERS,
       group: parseGroup(g.INFERX_GATEWAY_GROUP, g.INFERX_GATEWAY_GROUP_TOKEN),
       host: g.GATEWAY_HOST,
+      drainS: g.GATEWAY_DRAIN_S,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
       oidc: g.INFERX_OIDC_JWKS_URL

@@ -130,7 +130,8 @@ export class FuncAgent {
   /** Lanes whose version left the split while leases of theirs were under way. */
   #leaving = new Set<Lane>();
   #leaseAbort = new AbortController();
-  #closed = false;
+  /** Closed: what waiters and new calls are refused with. */
+  #closed?: InferxError;
   /** The function's status says no node could ever hold a worker of it (all its versions). */
   /** The function's `Schedulable=False` condition and the version it speaks of (the newest). */
   #unschedulable?: { err: InferxError; version: number };
@@ -195,11 +196,7 @@ export class FuncAgent {
     caller?: { onAbort(fn: () => void): void },
     tokens = 0,
   ): Promise<Slot> {
-    if (this.#closed) {
-      return Promise.reject(
-        new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
-      );
-    }
+    if (this.#closed) return Promise.reject(this.#closed);
     const lane = this.#lanes.length === 1 ? this.#lanes[0] : this.#pick();
     if (lane.queue.length === 0) {
       const w = this.#freeWorker(servedBy(lane));
@@ -386,16 +383,18 @@ export class FuncAgent {
     } else for (const l of this.#lanes) l.unschedulable = undefined;
   }
 
-  /** The function is gone: refuse waiters, return workers when idle. */
-  close(): void {
-    this.#closed = true;
-    this.#leaseAbort.abort(
-      new InferxError("not_found", `Cannot call ${this.id}: function was removed`),
-    );
+  /**
+   * The function is gone (or `why`, the gateway stops): refuse waiters and
+   * new calls with it, return workers when idle; calls under way go on.
+   */
+  close(why?: InferxError): void {
+    const err = why ?? new InferxError("not_found", `Cannot call ${this.id}: function was removed`);
+    this.#closed = err;
+    this.#leaseAbort.abort(err);
     for (const l of this.#lanes) {
       for (const q of l.queue.splice(0)) {
         clearTimeout(q.timer);
-        q.reject(new InferxError("not_found", `Cannot call ${this.id}: function was removed`));
+        q.reject(err);
       }
     }
     for (const w of [...this.#workers]) if (w.inflight === 0) this.#drop(w, false);

@@ -41,6 +41,8 @@ type Entry = FunctionObject & {
 
 /** Functions, policies and agents of one gateway, and the tenants' quotas. */
 export class FuncCache {
+  /** Set once the gateway stops: what calls are refused with (see {@linkcode drain}). */
+  #draining?: InferxError;
   #funcs = new Map<string, Entry>();
   #policies = new Map<string, FuncPolicy>();
   /** Each tenant's quota (those with none are absent). */
@@ -113,10 +115,20 @@ export class FuncCache {
     );
   }
 
+  /**
+   * The gateway stops: calls waiting for a worker, and new ones, are refused
+   * with `why` (never sent to one); calls under way go on, and each worker
+   * is returned once it has none.
+   */
+  drain(why: InferxError): void {
+    this.#draining = why;
+    for (const a of this.#agents.values()) a.close(why);
+  }
+
   /** Stops following and returns every leased worker. */
   stop(): void {
     for (const i of this.#informers) i.stop();
-    for (const a of this.#agents.values()) a.close();
+    for (const a of this.#agents.values()) a.close(this.#draining);
     // Calls still waiting for the watch get their answer now: it will not come.
     for (const waiters of [...this.#waiting.values()]) for (const w of waiters) w.done(false);
   }
@@ -147,6 +159,7 @@ export class FuncCache {
     if (!f) return undefined;
     const policy = this.policyOf(id)!;
     a = new FuncAgent(f, policy, this.#deps, trafficSplit(f, policy));
+    if (this.#draining) a.close(this.#draining);
     if (f.unschedulable) a.setUnschedulable(f.unschedulable, f.version);
     this.#agents.set(id, a);
     return a;

@@ -11,7 +11,7 @@ import { logger } from "../common/log.ts";
 import { listening } from "../common/net.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
-import { serveGateway } from "./server.ts";
+import { drainCalls, serveGateway } from "./server.ts";
 import type { GatewayGroup } from "./group.ts";
 import { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
@@ -30,6 +30,11 @@ export interface GatewayConfig {
   scheduler: SchedulerClient;
   /** @default 4000 */
   port?: number;
+  /**
+   * At a stop, how long calls under way may take to finish (ms); calls still
+   * waiting for a worker are answered 503 at once. @default 10_000
+   */
+  drainMs?: number;
   /** @default "127.0.0.1" */
   hostname?: string;
   /** Largest request body (bytes). @default 16 MiB */
@@ -130,9 +135,13 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   return {
     port: server.addr.port,
     async stop() {
+      // Heartbeats and the pool's sweep go on while calls finish: their leases must hold.
+      await Promise.all([
+        drainCalls(cache, server, config.drainMs ?? 10_000),
+        deps.calls.stop(2_000),
+      ]);
       clearInterval(sweep);
       clearInterval(heartbeat);
-      await Promise.all([server.shutdown(2_000), deps.calls.stop(2_000)]);
       cache.stop();
       auth.stop();
       await memberMetrics?.close();

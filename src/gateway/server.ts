@@ -26,6 +26,7 @@ import {
   toRequest,
 } from "./http1/server.ts";
 import { localOnly } from "./local_only.ts";
+import type { FuncCache } from "./func_cache.ts";
 import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
 import {
@@ -111,7 +112,7 @@ export function serveGateway(
       answer = await forward(deps, input, req);
       rec.answered(answer);
     } catch (err) {
-      if (err instanceof CallerGone) return rec.callerGone();
+      if (err instanceof CallerGone) return callerGone(rec, req);
       const e = toInferxError(err);
       if (e.code === "internal") log.error("Call failed: {error}", { error: String(err) });
       // Refused before its target was looked at (its credentials): still its function's call.
@@ -144,13 +145,13 @@ export function serveGateway(
       }
       if (gone) {
         answer.finish(false);
-        return rec.callerGone();
+        return callerGone(rec, req);
       }
       await res.end();
       answer.finish(true);
     } catch (err) {
       answer.finish(false);
-      if (gone || err instanceof ConnectionClosed) return rec.callerGone();
+      if (gone || err instanceof ConnectionClosed) return callerGone(rec, req);
       rec.finished(cutShortCode(err));
       throw err;
     } finally {
@@ -227,4 +228,31 @@ export function serveGateway(
       return viaApp(req, res);
     },
   });
+}
+
+/** A call whose connection ended before its answer was whole: by its caller, or by the gateway's stop. */
+function callerGone(rec: CallRecord, req: Http1Request): void {
+  if (req.cutByStop) rec.stopped();
+  else rec.callerGone();
+}
+
+/** What a call the gateway will not run any more hears: it went to no worker, so it may be sent again. */
+export const STOPPING = new InferxError(
+  "unavailable",
+  "The gateway is stopping: the call was not sent to a worker; try again",
+  { retryable: true },
+);
+
+/**
+ * A gateway's stop, as far as calls go: calls waiting for a worker, and new
+ * ones, are answered 503 at once; those under way get `drainMs` to finish,
+ * then their connections close (recorded as `gateway_stopped`).
+ */
+export async function drainCalls(
+  cache: Pick<FuncCache, "drain">,
+  server: Pick<Http1Server, "shutdown">,
+  drainMs: number,
+): Promise<void> {
+  cache.drain(STOPPING);
+  await server.shutdown(drainMs);
 }

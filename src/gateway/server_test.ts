@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { serveGateway } from "./server.ts";
+import { drainCalls, serveGateway } from "./server.ts";
 import { fakeWorker, gatewayFixture, rawWorker, scriptedWorker } from "./testing.ts";
 import { until } from "../common/testing.ts";
 
@@ -849,3 +849,62 @@ t("without auth, requests of web pages of other sites are refused 403 on every p
   assert.match(r, /^HTTP\/1.1 401 /);
   await a.close();
 });
+
+t(
+  "a stop answers waiting calls 503 at once and lets calls under way finish within the drain",
+  async () => {
+    const f = await gatewayFixture({ policy: { parallel: 1 } });
+    const server = serveGateway(f.app, f.deps, { port: 0 });
+    const url = `http://127.0.0.1:${server.addr.port}`;
+    const slow = sseWorker(6, 400); // 2.4 s: longer than the 2 s a stop gave before
+    f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
+    const streaming = await post(`${url}/funccall/t/n/f/stream`, {});
+    assert.equal(streaming.status, 200);
+    const whole = streaming.text();
+    // A second call waits for a second worker, which does not come.
+    f.sched.hang = true;
+    const waiting = post(`${url}/funccall/t/n/f/x`, {});
+    const agent = f.cache.agent("t", "n", "f")!;
+    while (agent.queued !== 1) await new Promise((r) => setTimeout(r, 10));
+    const t0 = performance.now();
+    const stopped = drainCalls(f.cache, server, 10_000);
+    const refused = await waiting;
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    assert.equal(refused.headers.get("x-should-retry"), null, "it may be sent again");
+    assert.match(
+      (await refused.json()).error.message,
+      /gateway is stopping: the call was not sent/,
+    );
+    assert.ok(performance.now() - t0 < 1000, "at once, not at the drain's end");
+    assert.equal(await whole, [1, 2, 3, 4, 5, 6].map((i) => `data: ${i}\n\n`).join(""));
+    await stopped;
+    assert.ok(performance.now() - t0 < 5000, "the stop ended with the last call");
+    await until("both calls audited", () => f.audit.requests.length === 2);
+    assert.deepEqual(
+      f.audit.requests.map((x) => [x.status, x.error ?? null]).sort(),
+      [[200, null], [503, "unavailable"]],
+    );
+    await f.close();
+    await slow.shutdown();
+  },
+);
+
+t(
+  "a call still under way when the drain runs out is cut and recorded as gateway_stopped",
+  async () => {
+    const f = await gatewayFixture();
+    const server = serveGateway(f.app, f.deps, { port: 0 });
+    const slow = sseWorker(20, 200);
+    f.sched.endpoints.push(`127.0.0.1:${slow.addr.port}`);
+    const r = await post(`http://127.0.0.1:${server.addr.port}/funccall/t/n/f/stream`, {});
+    assert.equal(r.status, 200);
+    const body = r.text().catch((err) => `cut: ${err}`);
+    await drainCalls(f.cache, server, 300);
+    assert.match(await body, /^cut: /, "the chunked answer breaks off: the caller sees it cut");
+    await until("the cut call audited", () => f.audit.requests.length === 1);
+    assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[200, "gateway_stopped"]]);
+    await f.close();
+    await slow.shutdown();
+  },
+);

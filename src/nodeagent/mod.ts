@@ -99,7 +99,16 @@ async function snapshotSupport(
   });
   // What an earlier run left (its pods' namespaces, their block claims) goes whatever this run's
   // settings (pod namespaces off, another range): nothing else would remove it.
-  if (Deno.build.os === "linux" && Deno.uid?.() === 0) await podNetworks.sweep();
+  if (Deno.build.os === "linux" && Deno.uid?.() === 0) {
+    const removed = await podNetworks.sweep();
+    // Said here: the runtime's recovery, which counts the workers it ends, finds these gone.
+    if (removed) {
+      logger("nodeagent").warn(
+        "Recovered after a restart: {n} pod namespace(s) an earlier run left removed, with what ran in them",
+        { n: removed },
+      );
+    }
+  }
   if (docker) return off(await dockerSnapshotReason());
   if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
   if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");

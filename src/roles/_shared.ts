@@ -76,10 +76,14 @@ export function schedulerOptions(config: Config): SchedulerOptions {
 /** The gateway's listener, body limit and authentication. */
 export function gatewayOptions(
   config: Config,
-): Pick<GatewayConfig, "port" | "hostname" | "bodyLimit" | "adminApiKey" | "oidc" | "calls"> {
+): Pick<
+  GatewayConfig,
+  "port" | "hostname" | "drainMs" | "bodyLimit" | "adminApiKey" | "oidc" | "calls"
+> {
   return {
     port: config.gateway.port,
     hostname: config.gateway.host,
+    drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
     adminApiKey: config.gateway.adminApiKey,
     oidc: config.gateway.oidc,

@@ -78,7 +78,6 @@ export async function start(config: Config): Promise<AllHandle> {
   return {
     port: gw.port,
     async stop() {
-      logger().info("Stopping");
       await members?.stop();
       await gw.stop();
       for (const s of inner) await s.stop();

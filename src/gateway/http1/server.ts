@@ -195,7 +195,7 @@ export function serveHttp1(options: Http1ServerOptions): Http1Server {
         await new Promise((r) => setTimeout(r, 20));
         for (const c of conns) c.closeIfIdle();
       }
-      for (const c of conns) c.close();
+      for (const c of conns) c.close(true);
     },
   };
 }
@@ -264,6 +264,14 @@ export class Http1Request {
   /** Whether the client went away before the answer was complete. */
   get aborted(): boolean {
     return this.#conn.eof && this.#aborts !== undefined;
+  }
+
+  /**
+   * Whether it was the server's shutdown, not the client, that ended the
+   * connection before the answer was complete (its grace ran out).
+   */
+  get cutByStop(): boolean {
+    return this.#conn.stopped;
   }
 
   /** Runs `fn` once if the client goes away before the answer is complete. */
@@ -545,6 +553,8 @@ class ServerConnection {
   #end = 0;
   #out = new Uint8Array(16 * 1024);
   eof = false;
+  /** Closed by the server's shutdown, with a request still being served. */
+  stopped = false;
   #closed = false;
   /** The reader waiting for bytes, and the pump waiting for room. */
   #dataWaiter?: () => void;
@@ -1221,9 +1231,11 @@ class ServerConnection {
     if (this.#phase !== "handling") this.close();
   }
 
-  close(): void {
+  /** Closes the connection; `stopped`: by the server's shutdown, its grace run out. */
+  close(stopped = false): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.stopped = stopped;
     this.eof = true;
     // The caller is gone for the request being handled too (a failed write, a send or body
     // timeout): it hears so now, as when its end of the connection closes. Its read loop

@@ -184,6 +184,18 @@ export class CallRecord {
     this.#end(reason);
   }
 
+  /**
+   * The gateway's stop closed the connection before the answer was whole
+   * (calls under way get `GATEWAY_DRAIN_S`): counted once, with the status
+   * sent (503 when none was), `gateway_stopped` in the audit row.
+   */
+  stopped(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (this.status === 0) this.status = 503;
+    this.#end("gateway_stopped");
+  }
+
   /** The call was stored to run later as `id`: answered 202. */
   accepted(id: string): void {
     if (this.#done) return;
