@@ -77,9 +77,6 @@ export function scopeTag(scope: string): string {
   return `ix${(h >>> 0).toString(36).padStart(7, "0").slice(-7)}`;
 }
 
-/** Pod namespaces a node keeps made ahead (each is two runs of `ip` a pod's start does not wait for). */
-const POD_NET_SPARES = 2;
-
 /**
  * Whether this node can start pods from snapshots, and the pod namespaces
  * that needs: the process runtime, CRIU that passes its check, and network
@@ -92,11 +89,7 @@ async function snapshotSupport(
   scope: string,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
-  const podNetworks = new PodNetworks({
-    prefix: scopeTag(scope),
-    cidr: settings.podCidr,
-    spares: POD_NET_SPARES,
-  });
+  const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
   // What an earlier run left (its pods' namespaces, their block claims) goes whatever this run's
   // settings (pod namespaces off, another range): nothing else would remove it.
   if (Deno.build.os === "linux" && Deno.uid?.() === 0) {
@@ -258,8 +251,6 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     snapshots: manager,
   });
   await agent.start();
-  // After the start's sweep of what an earlier run left: namespaces made ahead of pods.
-  podNetworks?.prepare().catch(() => {});
   return {
     agent,
     runtime: runtime.name,

@@ -29,12 +29,6 @@ export interface PodNetworkOptions {
   cidr?: string;
   /** Where block claims are kept. @default "/run/inferx/podnet" */
   stateDir?: string;
-  /**
-   * Namespaces kept made ahead, so that a pod's start does not wait for
-   * its own (two runs of `ip`); made again in the background as they are
-   * taken, once {@linkcode PodNetworks.prepare} was called. @default 0
-   */
-  spares?: number;
 }
 
 /** One pod's namespace. */
@@ -146,13 +140,6 @@ export class PodNetworks {
   #stateDir: string;
   /** The range's `unreachable` route was added (by this agent, at least once). */
   #fenced = false;
-  /** How many namespaces to keep made ahead, and those made. */
-  #spareCount: number;
-  #spares: PodNet[] = [];
-  #spareSeq = 0;
-  /** The refill under way; whether spares are wanted (between prepare and close). */
-  #filling?: Promise<void>;
-  #keepSpares = false;
 
   constructor(options: PodNetworkOptions) {
     this.cidr = options.cidr ?? "10.213.0.0/16";
@@ -162,8 +149,6 @@ export class PodNetworks {
     this.#prefix = options.prefix;
     this.#stateDir = options.stateDir ?? "/run/inferx/podnet";
     this.#claims = `${this.#stateDir}/${this.cidr.replace("/", "_")}`;
-    // A spare holds a block: never more than an eighth of a small range's.
-    this.#spareCount = Math.max(0, Math.min(options.spares ?? 0, Math.floor(this.#blocks / 8)));
   }
 
   /**
@@ -206,47 +191,10 @@ export class PodNetworks {
     return { available: true };
   }
 
-  /**
-   * Starts keeping namespaces made ahead (`spares`), once this agent has
-   * swept what an earlier run left. Resolves when the first are made.
-   */
-  async prepare(): Promise<void> {
-    this.#keepSpares = this.#spareCount > 0;
-    this.#refill();
-    await this.#filling;
-  }
-
-  /**
-   * A namespace for pod `podId`: one made ahead when there is one (its name
-   * is then the spare's), else one made now.
-   */
+  /** Claims a free /30 block, creates the namespace and its veth pair. */
   async create(podId: string): Promise<PodNet> {
-    const spare = this.#spares.shift();
-    if (spare) {
-      this.#refill();
-      return spare;
-    }
-    return await this.#make(`${this.#prefix}-${podId}`, `pod ${podId}`);
-  }
-
-  /** Makes spares up to the count, one at a time, in the background; stops at a failure. */
-  #refill(): void {
-    if (!this.#keepSpares || this.#filling) return;
-    this.#filling = (async () => {
-      while (this.#keepSpares && this.#spares.length < this.#spareCount) {
-        const net = await this.#make(`${this.#prefix}-spare${++this.#spareSeq}`, "a spare").catch(
-          () => undefined, // a full range, say: pods make their own
-        );
-        if (!net) return;
-        if (this.#keepSpares) this.#spares.push(net);
-        else await this.remove(net);
-      }
-    })().finally(() => this.#filling = undefined);
-  }
-
-  /** Claims a free /30 block, creates namespace `name` and its veth pair. */
-  async #make(name: string, what: string): Promise<PodNet> {
     await Deno.mkdir(this.#claims, { recursive: true });
+    const name = `${this.#prefix}-${podId}`;
     for (let i = 1; i < this.#blocks; i++) {
       const claim = `${this.#claims}/${i}`;
       if (!await this.#claim(claim, name)) continue;
@@ -288,7 +236,7 @@ export class PodNetworks {
         await Deno.remove(claim).catch(() => {});
         throw new InferxError(
           "unavailable",
-          `Cannot create the network namespace of ${what}: ${(err as Error).message}`,
+          `Cannot create the network namespace of pod ${podId}: ${(err as Error).message}`,
         );
       }
       return { name, nsPath: `/run/netns/${name}`, hostIf, hostAddr: host, podAddr: pod, block: i };
@@ -376,9 +324,6 @@ export class PodNetworks {
    * holds a block of the range any more.
    */
   async close(): Promise<void> {
-    this.#keepSpares = false;
-    await this.#filling;
-    for (const net of this.#spares.splice(0)) await this.remove(net);
     if (!this.#fenced) return;
     this.#fenced = false;
     let held = 0;
@@ -406,7 +351,6 @@ export class PodNetworks {
     for (const line of listed.split("\n")) {
       const name = line.trim().split(/\s+/)[0];
       if (!name?.startsWith(`${this.#prefix}-`)) continue;
-      if (this.#spares.some((n) => n.name === name)) continue; // this run's
       await this.#teardown(name, "");
       n++;
     }
@@ -428,7 +372,7 @@ export class PodNetworks {
       }
       for (const e of entries) {
         const owner = await Deno.readTextFile(`${dir}/${e.name}`).catch(() => "");
-        if (owner.startsWith(`${this.#prefix}-`) && !this.#spares.some((n) => n.name === owner)) {
+        if (owner.startsWith(`${this.#prefix}-`)) {
           await Deno.remove(`${dir}/${e.name}`).catch(() => {});
         }
       }

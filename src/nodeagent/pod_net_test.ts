@@ -277,64 +277,6 @@ netTest(
 );
 
 netTest(
-  "PodNetworks keeps namespaces made ahead: a pod takes one at once, it is made again, and close removes them",
-  async (dir) => {
-    const cidr = "10.219.9.0/24";
-    const listed = () =>
-      ipOut("netns", "list").split("\n").map((l) => l.split(" ")[0]).filter((n) =>
-        n.startsWith("ixspare-")
-      ).sort();
-    const spared = new PodNetworks({ prefix: "ixspare", cidr, stateDir: dir, spares: 2 });
-    try {
-      assert.deepEqual(listed(), [], "none before prepare()");
-      await spared.prepare();
-      await eventually("two spares", () => Promise.resolve(listed().length === 2), 5000);
-      assert.deepEqual(listed(), ["ixspare-spare1", "ixspare-spare2"]);
-      // What an earlier run left goes; this run's spares stay.
-      await spared.sweep();
-      assert.deepEqual(listed(), ["ixspare-spare1", "ixspare-spare2"]);
-      const a = await spared.create("a");
-      assert.equal(a.name, "ixspare-spare1");
-      await eventually("a spare made again", () => Promise.resolve(listed().length === 3), 5000);
-      assert.ok(listed().includes("ixspare-spare3"), "made again in the background");
-      // A pod's namespace from a spare is set up as one made for it: both ends addressed.
-      assert.match(
-        ipOut("-n", a.name, "-4", "addr", "show", "eth0"),
-        new RegExp(`${a.podAddr}/30`),
-      );
-      assert.match(ipOut("-4", "addr", "show", a.hostIf), new RegExp(`${a.hostAddr}/30`));
-      await spared.remove(a);
-      await spared.close();
-      assert.deepEqual(listed(), [], "the spares went at close");
-      assert.deepEqual([...Deno.readDirSync(dir)], [], "and their claims");
-    } finally {
-      await spared.close();
-      await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
-    }
-  },
-);
-
-netTest("PodNetworks keeps no spares in a range too small to spare a block (/28)", async (dir) => {
-  const small = new PodNetworks({
-    prefix: "ixsmall",
-    cidr: "10.219.10.0/28",
-    stateDir: dir,
-    spares: 2,
-  });
-  try {
-    await small.prepare();
-    assert.deepEqual([...Deno.readDirSync(dir)], [], "no claim was made");
-    const a = await small.create("a");
-    assert.equal(a.name, "ixsmall-a");
-    await small.remove(a);
-  } finally {
-    await small.close();
-    await new Deno.Command("ip", { args: ["route", "del", "unreachable", "10.219.10.0/28"] })
-      .output();
-  }
-});
-
-netTest(
   "PodNetworks: a pod whose pair's name is taken fails, leaving the link that was there and freeing its block",
   async (dir) => {
     const cidr = "10.219.11.0/24";
