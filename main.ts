@@ -42,13 +42,21 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     Deno.exit(1);
   }
   let stopping = false;
+  const member = (config.gateway.group?.index ?? 0) > 0;
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(sig, async () => {
       if (stopping) {
+        // A gateway group's member hears its leader's SIGTERM after a Ctrl-C that reached the
+        // whole group: it goes on draining (its leader kills it when the drain is over). A
+        // second Ctrl-C (SIGINT) ends it at once, as it does the leader.
+        if (member && sig === "SIGTERM") return;
         // Ctrl-C twice: what was left running is cleaned up by the next start.
-        logger().warn("{sig} again: stopping at once, without waiting for calls and workers", {
-          sig,
-        });
+        logger().warn(
+          "A second signal ({sig}): stopping at once, without waiting for calls and workers",
+          {
+            sig,
+          },
+        );
         Deno.exit(sig === "SIGINT" ? 130 : 143);
       }
       stopping = true;

@@ -12,7 +12,6 @@ import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { adminKeyProblem, PLACEHOLDER } from "./credential.ts";
-import { redact } from "./net.ts";
 import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
@@ -425,8 +424,9 @@ function auditAddr(addr?: string, user?: string, password?: string): string | un
   }
   if (!url || !["postgres:", "postgresql:"].includes(url.protocol)) {
     throw new ValidationError(
-      // Not the address itself: it may hold a password.
-      `Invalid configuration: AUDITDB_ADDR: ${redact(addr)} is not a postgres:// URL`,
+      // Not the value: a password may be anywhere in it (a query, a keyword list).
+      "Invalid configuration: AUDITDB_ADDR: is not a postgres:// URL " +
+        "(postgres://USER:PASSWORD@HOST:PORT/DB; the value is not shown, as it may hold a password)",
       "AUDITDB_ADDR",
     );
   }

@@ -58,8 +58,16 @@ function commandLine(): string[] {
   return [Deno.execPath(), "run", "-A", `${REPO_ROOT}/main.ts`];
 }
 
-/** Starts members 1..N-1 of `group` with `env` (on top of this process's environment). */
-export function startMembers(group: GatewayGroup, env: Record<string, string>): Members {
+/**
+ * Starts members 1..N-1 of `group` with `env` (on top of this process's
+ * environment). At their stop each has `drainMs` (its calls' drain) and 5 s
+ * more before it is killed.
+ */
+export function startMembers(
+  group: GatewayGroup,
+  env: Record<string, string>,
+  drainMs: number,
+): Members {
   const [cmd, ...args] = commandLine();
   const ports = group.ports.join(",");
   let stopping = false;
@@ -114,7 +122,7 @@ export function startMembers(group: GatewayGroup, env: Record<string, string>): 
             c.kill("SIGKILL");
           } catch { /* gone */ }
         }
-      }, 5000);
+      }, drainMs + 5000);
       await Promise.all(children.map((c) => c.status));
       clearTimeout(timer);
     },

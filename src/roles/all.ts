@@ -73,7 +73,7 @@ export async function start(config: Config): Promise<AllHandle> {
     members = startMembers(group, {
       STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
       SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
-    });
+    }, config.gateway.drainS * 1000);
   }
   return {
     port: gw.port,

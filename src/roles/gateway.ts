@@ -37,7 +37,9 @@ export async function start(config: Config): Promise<RoleHandle> {
     audit,
     group,
   });
-  const members = !member && group ? startMembers(group, {}) : undefined;
+  const members = !member && group
+    ? startMembers(group, {}, config.gateway.drainS * 1000)
+    : undefined;
   const handle: RoleHandle = {
     async stop() {
       await members?.stop();

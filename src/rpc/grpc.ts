@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
@@ -67,7 +68,10 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.FAILED_PRECONDITION]: "unsupported",
 };
 
-/** An error as a gRPC status object for a callback or `call.destroy()`. */
+/** Where an error's `details` travel, as UTF-8 JSON. */
+const DETAILS_KEY = "ix-details-bin";
+
+/** An error as a gRPC status object for a callback or a stream's `error` event. */
 export function toGrpcError(err: unknown): Partial<grpc.StatusObject> & Error {
   const metadata = new grpc.Metadata();
   if (err instanceof CompactedError) {
@@ -80,12 +84,29 @@ export function toGrpcError(err: unknown): Partial<grpc.StatusObject> & Error {
   }
   const e = toInferxError(err);
   metadata.set("ix-code", e.code);
-  if (e.details) metadata.set("ix-details", JSON.stringify(e.details));
+  // Binary (`-bin`: base64 on the wire): a text field takes printable ASCII only, and the library
+  // throws on anything else (a worker's output with a progress bar in it, say).
+  if (e.details) metadata.set(DETAILS_KEY, Buffer.from(JSON.stringify(e.details)));
   return Object.assign(new Error(e.message), {
     code: TO_GRPC[e.code],
     details: e.message,
     metadata,
   });
+}
+
+/**
+ * Ends a server stream with `err` as its status, then drops what is queued
+ * behind it. (Destroying the stream with the error sends no status at all:
+ * grpc-js ends a destroyed stream without one, and the client, hearing
+ * nothing, waits on a watch that is over.)
+ */
+export function endWithStatus(
+  stream: grpc.ServerWritableStream<unknown, unknown>,
+  err: Partial<grpc.StatusObject>,
+): void {
+  (stream as unknown as { call: { sendStatus(s: Partial<grpc.StatusObject>): void } })
+    .call.sendStatus(err);
+  stream.destroy();
 }
 
 /** A gRPC client error as the `InferxError` the server raised (or the best match). */
@@ -95,8 +116,14 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
   const code = e.metadata?.get("ix-code")?.[0]?.toString();
   if (code === "compacted") return new CompactedError(0, 0);
   let details: Record<string, unknown> | undefined;
-  const raw = e.metadata?.get("ix-details")?.[0]?.toString();
-  if (raw) details = JSON.parse(raw);
+  const raw = e.metadata?.get(DETAILS_KEY)?.[0]?.toString();
+  if (raw) {
+    try {
+      details = JSON.parse(raw);
+    } catch {
+      // not the platform's: no details
+    }
+  }
   if (code && code in TO_GRPC) {
     return new InferxError(code as ErrorCode, e.details || e.message, {
       details,

@@ -10,6 +10,7 @@ import { isObjectType, type ObjectType } from "../model/keys.ts";
 import { InferxError, ValidationError } from "../common/errors.ts";
 import {
   call,
+  endWithStatus,
   fromGrpcError,
   grpc,
   loadService,
@@ -211,21 +212,6 @@ export async function serveMeta(
     },
   }, address);
   return { port, stop: () => shutdown(server) };
-}
-
-/**
- * Ends a server stream with `err` as its status, then drops what is queued
- * behind it. (Destroying the stream with the error sends no status at all:
- * grpc-js ends a destroyed stream without one, and the client, hearing
- * nothing, waits on a watch that is over.)
- */
-function endWithStatus(
-  stream: grpc.ServerWritableStream<unknown, unknown>,
-  err: Partial<grpc.StatusObject>,
-): void {
-  (stream as unknown as { call: { sendStatus(s: Partial<grpc.StatusObject>): void } })
-    .call.sendStatus(err);
-  stream.destroy();
 }
 
 function parseObject(json: string): unknown {

@@ -8,9 +8,9 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import { createTestFunction, fixtureTests } from "../common/testing.ts";
-import { decodePod, type NodeInfo } from "../model/cluster.ts";
+import { decodePod, type NodeInfo, OUTPUT_TAIL } from "../model/cluster.ts";
 import { startInformer } from "./informer.ts";
-import type { MetaClient, SchedulerClient } from "./types.ts";
+import { type MetaClient, type SchedulerClient, WORKER_OUTPUT } from "./types.ts";
 
 /** A scheduler over `meta` (an empty store) and how to dispose of both. */
 export interface SchedulerFixture {
@@ -160,6 +160,43 @@ export function schedulerContract(name: string, open: () => Promise<SchedulerFix
       agent.stop();
     },
   );
+
+  for (const progress of [false, true]) {
+    t(
+      `a failed start reaches the caller at once, its worker's output apart, non-ASCII too${
+        progress ? " (with onProgress)" : ""
+      }`,
+      async ({ scheduler, meta }) => {
+        await seed(meta);
+        const output = "█████ 100% loaded\nError: ✗ no weights";
+        const failing = await startInformer(meta, "pod", {
+          upsert(rec) {
+            const pod = decodePod(rec.value);
+            if (pod.state !== "Creating" || pod.desired !== "Running") return;
+            meta.update({
+              ...rec,
+              object: { ...pod, state: "Failed", error: `exit code 3${OUTPUT_TAIL}${output}` },
+              revision: rec.revision,
+            }).catch(() => {});
+          },
+          remove() {},
+        });
+        const t0 = Date.now();
+        await assert.rejects(
+          scheduler.leaseWorker(req("f", 20_000), undefined, progress ? () => {} : undefined),
+          (err: unknown) => {
+            assert.ok(err instanceof InferxError, String(err));
+            assert.equal(err.code, "worker_failed", err.message);
+            assert.match(err.message, /failed to start: exit code 3$/);
+            assert.equal(err.details?.[WORKER_OUTPUT], output);
+            return true;
+          },
+        );
+        assert.ok(Date.now() - t0 < 10_000, "at once, not at the lease's deadline");
+        failing.stop();
+      },
+    );
+  }
 
   t("leaseWorker() refuses an unknown function with not_found", async ({ scheduler, meta }) => {
     await seed(meta);

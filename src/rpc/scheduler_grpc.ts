@@ -10,6 +10,7 @@ import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_optio
 import { InferxError } from "../common/errors.ts";
 import {
   call,
+  endWithStatus,
   fromGrpcError,
   grpc,
   loadService,
@@ -143,7 +144,8 @@ export async function serveScheduler(
             c.write({ stage: "", lease: wireLease(l) });
             c.end();
           },
-          (err) => c.destroy(toGrpcError(err)),
+          // Not `destroy()`: the gateway would hear of the failure only at its deadline.
+          (err) => endWithStatus(c, toGrpcError(err)),
         );
     },
     ReturnWorker: unary(async (req: { pod_id: string; gateway_id: string; failed: boolean }) => {

@@ -66,6 +66,9 @@ import {
 } from "./core/mod.ts";
 import { ConditionWriter } from "./conditions.ts";
 
+/** The most of a failed worker's output (its end) a lease's error carries: gRPC metadata is small. */
+const OUTPUT_MAX = 4096;
+
 const log = logger("scheduler");
 
 /** Options for {@linkcode SchedulerService}. */
@@ -712,7 +715,7 @@ export class SchedulerService implements SchedulerClient {
             // worker's output goes apart: the gateway shows it to its readers only.
             details: a.retryAfterS === undefined && a.output === undefined ? undefined : {
               ...(a.retryAfterS === undefined ? {} : { retry_after_s: a.retryAfterS }),
-              ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output }),
+              ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output.slice(-OUTPUT_MAX) }),
             },
           }),
         );

@@ -36,6 +36,8 @@ export interface SpawnOptions {
   runtimeArgs?: string[];
   /** Another checkout's `main.ts` (a benchmark's baseline). @default this checkout's */
   main?: string;
+  /** In a session and process group of its own (`setsid`), as a terminal's foreground job is. */
+  ownGroup?: boolean;
 }
 
 /** Starts `main.ts` with `env`, then waits until `ready()` says so (30 s at most). */
@@ -44,8 +46,10 @@ export async function spawnRole(
   ready: () => Promise<boolean>,
   options: SpawnOptions = {},
 ): Promise<RoleProcess> {
-  const proc = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...options.runtimeArgs ?? [], options.main ?? MAIN],
+  const args = ["run", "-A", ...options.runtimeArgs ?? [], options.main ?? MAIN];
+  // setsid execs it in place (a child is no group's leader yet): its pid leads the new group.
+  const proc = new Deno.Command(options.ownGroup ? "setsid" : Deno.execPath(), {
+    args: options.ownGroup ? [Deno.execPath(), ...args] : args,
     env: { INFERX_SAMPLES: "none", INFERX_RUNTIME: "process", ...env },
     stdout: "piped",
     stderr: "piped",
@@ -97,6 +101,7 @@ export async function listening(port: number): Promise<boolean> {
 export async function startPlatform(
   env: Record<string, string> = {},
   dataDir?: string,
+  options: SpawnOptions = {},
 ): Promise<Platform> {
   const port = freePort();
   const dir = dataDir ?? await Deno.makeTempDir({ prefix: "inferx-e2e-" });
@@ -104,6 +109,7 @@ export async function startPlatform(
   const role = await spawnRole(
     { GATEWAY_PORT: String(port), INFERX_DATA_DIR: dir, ...env },
     async () => (await fetch(`${url}/health`).then((r) => (r.body?.cancel(), r.ok))),
+    options,
   );
   return { url, dataDir: dir, proc: role.proc, output: role.output, stop: role.stop };
 }

@@ -1,20 +1,83 @@
 /**
- * Stopping `All` while a call is under way: the call gets `GATEWAY_DRAIN_S`
- * to finish (it had 2 s), and a second SIGTERM stops the process at once.
+ * Stopping `All` while calls are under way: they get `GATEWAY_DRAIN_S` to
+ * finish (they had 2 s), in every process of a gateway group too, whether the
+ * leader alone is stopped (an orchestrator's SIGTERM) or the whole group is
+ * (a terminal's Ctrl-C); a second signal stops the process at once.
  */
 import assert from "node:assert/strict";
-import { createNamespace, putObject, startPlatform } from "./helpers.ts";
+import { createNamespace, type Platform, putObject, startPlatform } from "./helpers.ts";
 
-/** A worker that answers after 3 s, its probe at once, and ignores SIGTERM (its stop takes the grace). */
+/**
+ * A worker that answers `/x/{ms}` after `ms`, its probe at once, and
+ * ignores SIGTERM (its stop takes the pod's grace).
+ */
 const MARK = "ix-stop-test-worker";
 const SLOW = `// ${MARK}
 Deno.addSignalListener("SIGTERM", () => {});
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} },
   async (req) => {
-    if (new URL(req.url).pathname === "/health") return new Response("ok");
-    await new Promise((r) => setTimeout(r, 3000));
+    const path = new URL(req.url).pathname;
+    if (path === "/health") return new Response("ok");
+    await new Promise((r) => setTimeout(r, Number(path.split("/").pop()) || 0));
     return new Response("done");
   });`;
+
+/** Registers function t/n/slow (`replicas` workers taking `parallel` calls each). */
+async function slowFunction(p: Platform, replicas: number, parallel: number): Promise<void> {
+  await createNamespace(p.url, "t", "n");
+  const created = await putObject(p.url, {
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "slow",
+    object: {
+      spec: {
+        image: "x",
+        commands: ["deno", "eval", SLOW],
+        endpoint: { port: 8000, probe: "/health" },
+        resources: { CPU: 100, Mem: 128 },
+        policy: {
+          Obj: { max_replica: replicas, parallel, scalein_timeout: 600, standby_per_node: 0 },
+        },
+      },
+    },
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+}
+
+/** A call taking `ms` on the worker, on a connection of its own: its status and body, or its error. */
+async function call(p: Platform, ms: number): Promise<string> {
+  const client = Deno.createHttpClient({});
+  try {
+    const r = await fetch(`${p.url}/funccall/t/n/slow/x/${ms}`, { client });
+    return `${r.status} ${await r.text()}`;
+  } catch (err) {
+    return `failed: ${err}`;
+  } finally {
+    client.close();
+  }
+}
+
+/** Waits until both processes of a group of two answer on the port (each names itself in /health). */
+async function bothServe(p: Platform): Promise<void> {
+  const seen = new Set<string>();
+  for (const deadline = Date.now() + 20_000; seen.size < 2;) {
+    assert.ok(Date.now() < deadline, `only ${[...seen]} answered`);
+    const client = Deno.createHttpClient({});
+    try {
+      seen.add((await (await fetch(`${p.url}/health`, { client })).json()).gateway);
+    } finally {
+      client.close();
+    }
+  }
+}
+
+/** Ends what a stop cut short left running (the next start on its data directory would). */
+async function cleanUp(p: Platform): Promise<void> {
+  await p.stop();
+  await new Deno.Command("pkill", { args: ["-KILL", "-f", MARK] }).output();
+  await Deno.remove(p.dataDir, { recursive: true });
+}
 
 Deno.test({
   name:
@@ -24,30 +87,12 @@ Deno.test({
   async fn() {
     const p = await startPlatform({ INFERX_POD_NETNS: "off", GATEWAY_DRAIN_S: "10" });
     try {
-      await createNamespace(p.url, "t", "n");
-      const created = await putObject(p.url, {
-        type: "function",
-        tenant: "t",
-        namespace: "n",
-        name: "slow",
-        object: {
-          spec: {
-            image: "x",
-            commands: ["deno", "eval", SLOW],
-            endpoint: { port: 8000, probe: "/health" },
-            resources: { CPU: 100, Mem: 128 },
-            policy: { Obj: { max_replica: 1, scalein_timeout: 600, standby_per_node: 0 } },
-          },
-        },
-      });
-      assert.equal(created.status, 201, JSON.stringify(created.body));
-      const call = () =>
-        fetch(`${p.url}/funccall/t/n/slow/x`).then(async (r) => [r.status, await r.text()]);
-      assert.deepEqual(await call(), [200, "done"], "warm");
-      const underWay = call();
+      await slowFunction(p, 1, 1);
+      assert.equal(await call(p, 3000), "200 done", "warm");
+      const underWay = call(p, 3000);
       await new Promise((r) => setTimeout(r, 300));
       p.proc.kill("SIGTERM");
-      assert.deepEqual(await underWay, [200, "done"], "finished within the drain");
+      assert.equal(await underWay, "200 done", "finished within the drain");
       // The stop now waits for the worker, which ignores SIGTERM (5 s grace): a second one ends it.
       await new Promise((r) => setTimeout(r, 300));
       const t0 = performance.now();
@@ -59,12 +104,44 @@ Deno.test({
         p.output(),
         /Stopping \(SIGTERM\): calls under way get 10 s \(GATEWAY_DRAIN_S\)/,
       );
-      assert.match(p.output(), /SIGTERM again: stopping at once/);
+      assert.match(p.output(), /A second signal \(SIGTERM\): stopping at once/);
     } finally {
-      await p.stop();
-      // What the cut stop left running (the next start would end it).
-      await new Deno.Command("pkill", { args: ["-KILL", "-f", MARK] }).output();
-      await Deno.remove(p.dataDir, { recursive: true });
+      await cleanUp(p);
     }
   },
 });
+
+for (
+  const [how, stop] of [
+    ["its leader alone gets SIGTERM", (p: Platform) => p.proc.kill("SIGTERM")],
+    ["the whole group gets Ctrl-C (SIGINT)", (p: Platform) => Deno.kill(-p.proc.pid, "SIGINT")],
+  ] as const
+) {
+  Deno.test({
+    name:
+      `a gateway group lets every call under way finish within its drain, its members' too, when ${how}`,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const p = await startPlatform(
+        { INFERX_POD_NETNS: "off", GATEWAY_DRAIN_S: "10", GATEWAY_WORKERS: "2" },
+        undefined,
+        { ownGroup: true },
+      );
+      try {
+        await slowFunction(p, 2, 8);
+        await bothServe(p);
+        // Connections of their own spread the calls over both processes.
+        const warm = await Promise.all(Array.from({ length: 8 }, () => call(p, 0)));
+        assert.deepEqual(warm, Array(8).fill("200 done"));
+        // Past the 5 s after which a member used to be killed.
+        const underWay = Promise.all(Array.from({ length: 8 }, () => call(p, 6000)));
+        await new Promise((r) => setTimeout(r, 500));
+        stop(p);
+        assert.deepEqual(await underWay, Array(8).fill("200 done"), p.output());
+      } finally {
+        await cleanUp(p);
+      }
+    },
+  });
+}
