@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { parsePodCidr as parseCidr } from "../common/cidr.ts";
-import { eventually } from "../../tests/e2e/helpers.ts";
 import { blockAddrs, hostIfName, ipString, PodNetworks, rangesOverlap } from "./pod_net.ts";
 
 Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
