@@ -300,6 +300,7 @@ Deno.test({
     } finally {
       await sql.end({ timeout: 1 });
       await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
       await pg.stop();
     }
   },

@@ -365,5 +365,6 @@ Deno.test({
       "the rows are in the audit database",
     );
     for (const secret of [ADMIN_KEY, ...created]) assert.ok(!audit.includes(secret));
+    await Deno.remove(p.dataDir, { recursive: true });
   },
 });

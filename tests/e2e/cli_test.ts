@@ -136,6 +136,7 @@ Deno.test({
       assert.match(gone.stderr, /401 Invalid API key/);
     } finally {
       await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -81,6 +81,7 @@ Deno.test({
       assert.equal(ok, 1, "b runs once the quota allows two replicas");
     } finally {
       await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
     }
   },
 });
