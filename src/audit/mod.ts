@@ -7,7 +7,6 @@
  * @module
  */
 import { logger } from "../common/log.ts";
-import { redact } from "../common/net.ts";
 import { decodePod } from "../model/cluster.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient } from "../rpc/types.ts";
@@ -58,6 +57,17 @@ export function openAudit(env: AuditConfig): AuditLog {
     retainMB: env.audit.retainMB,
   });
   return new BatchingAuditLog(backend, config.batching);
+}
+
+/** A URL without its password, for logs. */
+export function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * Small network helpers shared by the runtimes, the test harnesses and the
- * benchmarks: a free port to listen on, waiting for an HTTP probe,
- * telling a URL path that reads two ways, and a URL without its password.
+ * benchmarks: a free port to listen on, waiting for an HTTP probe, and
+ * telling a URL path that reads two ways.
  *
  * @module
  */
@@ -116,15 +116,4 @@ export function ambiguousPath(path: string): boolean {
     if (s === "." || s === "..") return true;
   }
   return false;
-}
-
-/** `url` without its password, for logs and errors ("(unparsable URL)" when it is none). */
-export function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "(unparsable URL)";
-  }
 }

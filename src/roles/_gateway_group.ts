@@ -13,6 +13,7 @@ import { freePort } from "../common/net.ts";
 import { type Backoff, cappedBackoff } from "../common/retry.ts";
 import { logger } from "../common/log.ts";
 import { REPO_ROOT } from "../common/config.ts";
+import { newId } from "../common/ids.ts";
 import type { GatewayGroup } from "../gateway/group.ts";
 
 const log = logger("gateway", "group");
@@ -20,11 +21,10 @@ const log = logger("gateway", "group");
 /** The group of `workers` gateways this process leads, or undefined for one. */
 export function planGroup(workers: number): GatewayGroup | undefined {
   if (workers <= 1) return undefined;
-  const secret = crypto.getRandomValues(new Uint8Array(32));
   return {
     index: 0,
     ports: Array.from({ length: workers }, () => freePort()),
-    token: Array.from(secret, (b) => b.toString(16).padStart(2, "0")).join(""),
+    token: newId("group", 32),
   };
 }
 
