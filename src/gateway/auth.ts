@@ -104,6 +104,21 @@ export function allowsOwn(
   return granted(p.grants, action, tenant, namespace);
 }
 
+/**
+ * How far `p`'s own grants to read reach over `tenant`/`namespace`: the
+ * whole cluster, the whole tenant, or that namespace only (undefined: none).
+ */
+export function readReach(
+  p: Principal,
+  tenant: string,
+  namespace?: string,
+): "cluster" | "tenant" | "namespace" | undefined {
+  if (granted(p.grants, "read")) return "cluster";
+  if (granted(p.grants, "read", tenant)) return "tenant";
+  if (namespace !== undefined && granted(p.grants, "read", tenant, namespace)) return "namespace";
+  return undefined;
+}
+
 /** Whether `p` may create or revoke a key with `scope` over `tenant`/`namespace`. */
 export function mayManageKey(
   p: Principal,

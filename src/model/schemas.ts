@@ -366,6 +366,11 @@ export interface ObjectMeta {
   name: string;
   /** Store revision of the last write; 0 before the first. */
   revision: number;
+  /**
+   * When the state service created it (epoch ms), kept by every later write;
+   * never taken from a writer. Absent on objects stored before it was kept.
+   */
+  createdAt?: number;
   /** Labels and annotations; absent when there are none. */
   metadata?: ObjectMetadata;
 }
@@ -646,6 +651,8 @@ export function decodeStoredUserObject(value: string, revision: number): UserObj
     older_versions?: { version: number; spec: unknown }[];
   };
   const obj = decodeObject({ ...parsed, revision });
+  const createdAt = storedCreatedAt(parsed);
+  if (createdAt !== undefined) obj.createdAt = createdAt;
   if (obj.type === "function") {
     obj.version = parsed.version ?? revision;
     if (parsed.stable_version !== undefined) obj.stableVersion = parsed.stable_version;
@@ -659,6 +666,21 @@ export function decodeStoredUserObject(value: string, revision: number): UserObj
     }
   }
   return obj;
+}
+
+/**
+ * When a stored user object was created (epoch ms), from its value (the
+ * store's JSON text, or that text parsed); undefined when it does not say.
+ */
+export function storedCreatedAt(value: string | Record<string, unknown>): number | undefined {
+  let v: unknown;
+  try {
+    v = (typeof value === "string" ? JSON.parse(value) : value)?.created_at;
+  } catch {
+    return undefined;
+  }
+  const ms = typeof v === "string" ? Date.parse(v) : NaN;
+  return Number.isFinite(ms) ? ms : undefined;
 }
 
 /** The version recorded in a stored function's value (0 when none). */
@@ -679,6 +701,7 @@ export function userObjectToJson(obj: UserObject): Record<string, unknown> {
     namespace: obj.namespace,
     name: obj.name,
     revision: obj.revision,
+    ...(obj.createdAt === undefined ? {} : { created_at: new Date(obj.createdAt).toISOString() }),
     object,
   };
   if (obj.type === "function") {

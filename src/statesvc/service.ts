@@ -42,6 +42,7 @@ import {
   type FunctionSpec,
   functionSpecToJson,
   sameWorker,
+  storedCreatedAt,
   tenantQuota,
   type UserObject,
   userObjectToJson,
@@ -400,6 +401,9 @@ export class StateService implements MetaClient {
         "traffic",
       );
     }
+    // Its creation time is the state service's to keep, whatever the writer sent.
+    const createdAt = current ? storedCreatedAt(current.value) : Date.now();
+    if (createdAt !== undefined) stored = { ...stored, createdAt };
     const value = encodeUserObject(stored);
     // UTF-8 bytes, what a store takes: up to 3 a character of JSON text.
     const bytes = value.length * 3 <= MAX_USER_OBJECT

@@ -503,3 +503,53 @@ Deno.test("a tenant's namespaces, function policies and API keys are bounded by 
     await plain.close();
   }
 });
+
+Deno.test("an object's creation time is the state service's: set on create, kept by every write, never a writer's", async () => {
+  const { svc, store, close } = await service();
+  try {
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const createdOf = async () => JSON.parse((await svc.get(ref))!.value).created_at;
+    const before = Date.now();
+    await svc.create({ ...fn("f"), created_at: "2001-01-01T00:00:00.000Z" } as never);
+    const created = await createdOf();
+    assert.ok(Date.parse(created) >= before, `set by the service, not the writer: ${created}`);
+    let cur = (await svc.get(ref))!;
+    // A new version, a status write (on what is stored then) and an unchanged write keep it.
+    const spec = { image: "y", policy: { Obj: { max_replica: 1 } } };
+    const writes = [
+      () => ({ spec }),
+      () => ({ ...JSON.parse(cur.value).object, status: { conditions: [] } }),
+    ];
+    for (const object of writes) {
+      await new Promise((r) => setTimeout(r, 2));
+      const w = await svc.update({
+        ...ref,
+        revision: cur.revision,
+        object: object(),
+        created_at: "2001-01-01T00:00:00.000Z",
+      } as never);
+      assert.equal(await createdOf(), created);
+      cur = (await svc.get(ref))!;
+      assert.equal(cur.revision, w.revision);
+    }
+    const again = await svc.update({ ...ref, revision: cur.revision, object: { spec } });
+    assert.equal(again.unchanged, true, "the kept time is no change");
+    // An object stored before creation times were kept gets none later.
+    await store.create(
+      objectKey("namespace", "t", "system", "old"),
+      JSON.stringify({
+        type: "namespace",
+        tenant: "t",
+        namespace: "system",
+        name: "old",
+        object: { spec: {} },
+      }),
+    );
+    const old = { type: "namespace" as const, tenant: "t", namespace: "system", name: "old" };
+    const o = (await svc.get(old))!;
+    await svc.update({ ...old, revision: o.revision, object: { spec: { a: 1 } } });
+    assert.equal(JSON.parse((await svc.get(old))!.value).created_at, undefined);
+  } finally {
+    await close();
+  }
+});

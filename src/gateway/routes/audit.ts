@@ -14,7 +14,10 @@
 import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
 import type { AuditQuery } from "../../audit/types.ts";
-import { allows, authorize, type Principal } from "../auth.ts";
+import { SYSTEM } from "../../model/keys.ts";
+import { storedCreatedAt } from "../../model/schemas.ts";
+import type { ObjectRef } from "../../rpc/types.ts";
+import { allows, authorize, type Principal, readReach } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam, knownParams } from "./_query.ts";
 
@@ -35,12 +38,16 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
           );
         }
       }
-      const { tenant, since } = auditQuery(given);
+      const { tenant, since: asked } = auditQuery(given);
       authorize(c.var.principal, "read", tenant);
       if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
+      const since = asked ?? Date.now() - HOUR_MS;
+      const floor = await auditFloor(deps, c.var.principal, tenant);
       // The log's health must show while its backend is down: usage then says why it is missing.
-      const usage = await deps.audit.usage({ tenant, since: since ?? Date.now() - HOUR_MS })
-        .catch((err: Error) => ({ error: err.message }));
+      const usage = floor === undefined
+        ? { since, functions: [], tenants: [] }
+        : await deps.audit.usage({ tenant, since: Math.max(since, floor) })
+          .catch((err: Error) => ({ error: err.message }));
       return c.json({ ...bufferStats(deps, c.var.principal), usage });
     }
     if (kind !== "requests" && kind !== "pods") {
@@ -54,15 +61,17 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     }
     authorize(c.var.principal, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
+    const readable = await readableAudit(deps, c.var.principal, q);
+    if (!readable) return c.json({ items: [], stats: bufferStats(deps, c.var.principal) });
     const query = (q: AuditQuery): Promise<{ time: number }[]> =>
       kind === "requests" ? deps.audit!.query("requests", q) : deps.audit!.query("pods", q);
     // One row more than asked: whether another page follows, and where it begins.
-    const rows = await query({ ...q, limit: q.limit! + 1 });
+    const rows = await query({ ...readable, limit: q.limit! + 1 });
     let { items, nextUntil } = pageOf(rows, q.limit!);
     const ms = items.at(-1)?.time;
     if (nextUntil === ms && items.length && items[0].time === ms && ms !== undefined) {
       // One millisecond holds more rows than a page: it comes whole (a page never splits one).
-      items = await query({ ...q, since: ms, until: ms + 1, limit: MAX_LIMIT });
+      items = await query({ ...readable, since: ms, until: ms + 1, limit: MAX_LIMIT });
       nextUntil = ms;
     }
     return c.json({
@@ -72,6 +81,53 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     });
   });
   return app;
+}
+
+/**
+ * Query `q` as reader `p` may run it: from the creation of the tenant or
+ * namespace its grants stop at ({@linkcode auditFloor}); undefined when it
+ * may see nothing there.
+ */
+export async function readableAudit(
+  deps: RouteDeps,
+  p: Principal,
+  q: AuditQuery,
+): Promise<AuditQuery | undefined> {
+  const floor = await auditFloor(deps, p, q.tenant, q.namespace);
+  if (floor === undefined) return undefined;
+  return floor > (q.since ?? 0) ? { ...q, since: floor } : q;
+}
+
+/**
+ * The first millisecond of the audit of `tenant` (and `namespace`) that `p`
+ * may read: for a reader whose grants stop at the tenant or the namespace,
+ * when that was created, so that one made again under a deleted one's name
+ * does not show the deleted one's rows (nor its workers' output); 0 for a
+ * reader of the whole cluster and for objects stored before their creation
+ * time was kept; undefined when the tenant or namespace is gone (nothing to
+ * show but to such a reader).
+ */
+async function auditFloor(
+  deps: RouteDeps,
+  p: Principal,
+  tenant?: string,
+  namespace?: string,
+): Promise<number | undefined> {
+  const reach = tenant === undefined ? "cluster" : readReach(p, tenant, namespace);
+  if (reach === "cluster" || reach === undefined) return 0;
+  const created = async (ref: ObjectRef) => {
+    const r = await deps.meta.get(ref);
+    return r && (storedCreatedAt(r.value) ?? 0);
+  };
+  const t = await created({ type: "tenant", tenant: SYSTEM, namespace: SYSTEM, name: tenant! });
+  if (t === undefined || reach === "tenant") return t;
+  const n = await created({
+    type: "namespace",
+    tenant: tenant!,
+    namespace: SYSTEM,
+    name: namespace!,
+  });
+  return n === undefined ? undefined : Math.max(t, n);
 }
 
 /**

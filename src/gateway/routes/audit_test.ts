@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { gatewayFixture } from "../testing.ts";
-import { pageOf } from "./audit.ts";
+import { ADMIN } from "../auth.ts";
+import { pageOf, readableAudit } from "./audit.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -156,3 +157,82 @@ t("the audit pages back with next_until, each row once, a millisecond never spli
   assert.deepEqual(paged, [["e"], ["d", "c", "b"], ["a"]], "9's three rows whole, none lost");
   await f.close();
 });
+
+t(
+  "a tenant or namespace made again under a deleted one's name shows its readers none of the old rows",
+  async () => {
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    const admin = { authorization: "Bearer admin-key-0123456789" };
+    const sys = "system";
+    const put = (type: "tenant" | "namespace", tenant: string, name: string) =>
+      f.meta.create({ type, tenant, namespace: sys, name, object: {} });
+    const drop = (type: "tenant" | "namespace", tenant: string, name: string) =>
+      f.meta.delete({ type, tenant, namespace: sys, name });
+    const call = async (path: string) => await (await f.app.request(path)).body?.cancel();
+    const keyFor = async (tenant: string, namespace?: string) => {
+      const r = await f.app.request("/apikeys", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...admin },
+        body: JSON.stringify({ scope: "read", tenant, namespace, name: "reader" }),
+      });
+      assert.equal(r.status, 201);
+      return { authorization: `Bearer ${(await r.json()).key}` };
+    };
+    const funcs = async (path: string, headers: Record<string, string>) => {
+      const r = await f.app.request(path, { headers });
+      assert.equal(r.status, 200, path);
+      return (await r.json()).items.map((x: { func: string }) => x.func);
+    };
+    const tick = () => new Promise((r) => setTimeout(r, 5));
+
+    // Namespace t/m: a row, then the namespace deleted and made again.
+    await put("namespace", "t", "m");
+    await call("/funccall/t/m/old/x");
+    await tick();
+    await drop("namespace", "t", "m");
+    await put("namespace", "t", "m");
+    await tick();
+    await call("/funccall/t/m/new/x");
+    const nsKey = await keyFor("t", "m");
+    const inM = "/audit/requests?tenant=t&namespace=m";
+    assert.deepEqual(await funcs(inM, nsKey), ["new"], "the namespace's reader: its own rows only");
+    assert.deepEqual(
+      await funcs(inM, await keyFor("t")),
+      ["new", "old"],
+      "the tenant's: all of it",
+    );
+    assert.deepEqual(await funcs(inM, admin), ["new", "old"]);
+    const page = await (await f.app.request(
+      "/ui/part/audit?kind=requests&tenant=t&namespace=m",
+      { headers: nsKey },
+    )).text();
+    assert.ok(page.includes("t/m/new") && !page.includes("t/m/old"), "the dashboard's page alike");
+
+    // Tenant u: a row, then the tenant deleted and made again.
+    await put("tenant", sys, "u");
+    await put("namespace", "u", "a");
+    await call("/funccall/u/a/gone/x");
+    await tick();
+    await drop("namespace", "u", "a");
+    await drop("tenant", sys, "u");
+    await put("tenant", sys, "u");
+    const uKey = await keyFor("u");
+    assert.deepEqual(await funcs("/audit/requests?tenant=u", uKey), []);
+    assert.deepEqual(await funcs("/audit/requests?tenant=u", admin), ["gone"]);
+    const created = Date.parse(
+      (await (await f.app.request("/object/tenant/system/system/u", { headers: admin })).json())
+        .created_at,
+    );
+    assert.ok(Number.isFinite(created), "GET shows when the object was created");
+    const stats = await (await f.app.request("/audit/stats?tenant=u&since=0", { headers: uKey }))
+      .json();
+    assert.equal(stats.usage.since, created, "token usage counted from the tenant's creation");
+
+    // Grants naming a tenant that is gone (an OIDC token's, say) read nothing there.
+    const oidc = { id: "oidc:x", grants: [{ scope: "read" as const, tenant: "nobody" }] };
+    assert.equal(await readableAudit(f.deps, oidc, { tenant: "nobody", limit: 5 }), undefined);
+    const q = { tenant: "nobody", limit: 5 };
+    assert.equal(await readableAudit(f.deps, ADMIN, q), q, "the cluster's reader: unchanged");
+    await f.close();
+  },
+);

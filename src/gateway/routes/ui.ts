@@ -29,7 +29,7 @@ import { PodsPage, PodsTable } from "../../ui/pods.tsx";
 import { allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { listKeys } from "./apikeys.ts";
-import { auditQuery } from "./audit.ts";
+import { auditQuery, readableAudit } from "./audit.ts";
 
 /** Scripts only from the gateway; no frames either way, no plugins, no outside connections. */
 const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; " +
@@ -188,8 +188,13 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     )
       .filter((p) => p.func === name);
     const id = funcId(tenant, namespace, name);
-    const calls = deps.audit &&
-      await deps.audit.query("requests", { tenant, namespace, func: name, limit: 20 });
+    const q = await readableAudit(deps, c.var.principal, {
+      tenant,
+      namespace,
+      func: name,
+      limit: 20,
+    });
+    const calls = deps.audit && (q ? await deps.audit.query("requests", q) : []);
     return c.html(FunctionPage({
       func: { ...o, pods },
       policy: deps.cache.policyOf(id) ?? resolvePolicy(o.spec, () => undefined),
@@ -267,10 +272,15 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     filter.limit = q.limit ?? 100;
     authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) return c.html(AuditPage({ filter, kept: false }));
+    const rq = await readableAudit(deps, p, q);
     return c.html(
       kind === "pods"
-        ? AuditPage({ filter, kept: true, pods: await deps.audit.query("pods", q) })
-        : AuditPage({ filter, kept: true, requests: await deps.audit.query("requests", q) }),
+        ? AuditPage({ filter, kept: true, pods: rq ? await deps.audit.query("pods", rq) : [] })
+        : AuditPage({
+          filter,
+          kept: true,
+          requests: rq ? await deps.audit.query("requests", rq) : [],
+        }),
     );
   });
 
