@@ -160,6 +160,7 @@ const GatewayEnv = z.object({
   INFERX_GATEWAY_GROUP_TOKEN: optional(),
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
   GATEWAY_DRAIN_S: count(10),
+  GATEWAY_READ_AHEAD_MB: count(64),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
   // could never be sent as a bearer: refused.
@@ -204,6 +205,12 @@ export interface GatewaySettings {
    * are answered 503 at once).
    */
   drainS: number;
+  /**
+   * `GATEWAY_READ_AHEAD_MB`: how much of streamed answers the gateway may
+   * hold read ahead of slow callers, all calls together (each up to 1 MiB),
+   * so that their workers go back when done; 0: none.
+   */
+  readAheadMb: number;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
   bodyLimit: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
@@ -514,6 +521,7 @@ export function readConfig(
       group: parseGroup(g.INFERX_GATEWAY_GROUP, g.INFERX_GATEWAY_GROUP_TOKEN),
       host: g.GATEWAY_HOST,
       drainS: g.GATEWAY_DRAIN_S,
+      readAheadMb: g.GATEWAY_READ_AHEAD_MB,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
       oidc: g.INFERX_OIDC_JWKS_URL

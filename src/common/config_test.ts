@@ -31,6 +31,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       group: undefined,
       host: "127.0.0.1",
       drainS: 10,
+      readAheadMb: 64,
       bodyLimit: 16 * 1024 * 1024,
       adminApiKey: undefined,
       oidc: undefined,

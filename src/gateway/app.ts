@@ -18,6 +18,7 @@ import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.
 import { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
+import { DEFAULT_READ_AHEAD_BYTES, ReadAheadBudget } from "./read_ahead.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { authenticate } from "./middleware/authenticate.ts";
 import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
@@ -50,6 +51,11 @@ export interface GatewayDeps {
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** Keep-alive connections to workers. @default a new pool */
   upstream?: HttpPool;
+  /**
+   * The most bytes of streamed answers held read ahead of slow callers, all
+   * calls together (src/gateway/read_ahead.ts); 0: none. @default 64 MiB
+   */
+  readAheadBytes?: number;
   /** The gateway's metrics. @default new metrics on a registry of their own */
   metrics?: GatewayMetrics;
   /** More registries served at `/metrics` (the scheduler's, in `All`). */
@@ -72,7 +78,8 @@ export interface GatewayDeps {
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
 export function resolveDeps(deps: GatewayDeps): RouteDeps {
-  const metrics = deps.metrics ?? new GatewayMetrics(deps.cache, deps.audit);
+  const readAhead = new ReadAheadBudget(deps.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES);
+  const metrics = deps.metrics ?? new GatewayMetrics(deps.cache, deps.audit, readAhead);
   const pool = deps.upstream ?? new HttpPool();
   const gatewayId = deps.gatewayId ?? "gateway";
   const { callbackAllow, ...queueOptions } = deps.calls ?? {};
@@ -91,6 +98,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     meta: deps.meta,
     cache: deps.cache,
     pool,
+    readAhead,
     auth: deps.auth ?? new Authenticator({}),
     metrics,
     registry,

@@ -16,6 +16,7 @@ import { getHeapSpaceStatistics } from "node:v8";
 import { Gauge, type MetricObjectWithValues, type MetricValue, Registry } from "prom-client";
 import type { FuncCache } from "./func_cache.ts";
 import type { AuditLog } from "../audit/types.ts";
+import type { ReadAheadBudget } from "./read_ahead.ts";
 
 /** The metrics label of calls whose function is not known. */
 export const UNKNOWN_FUNCTION = "(none)";
@@ -196,7 +197,7 @@ export class GatewayMetrics {
     return m;
   }
 
-  constructor(cache: FuncCache, audit?: AuditLog) {
+  constructor(cache: FuncCache, audit?: AuditLog, readAhead?: ReadAheadBudget) {
     const s = this.#series;
     // A deleted function's series go at the next scrape: a caller who may create and delete
     // functions cannot grow the series for ever (a function made again starts at 0).
@@ -375,6 +376,13 @@ export class GatewayMetrics {
         if (audited !== undefined) this.set({ thread: "audit" }, audited);
       },
     });
+    if (readAhead) {
+      gauge(
+        "inferx_read_ahead_bytes",
+        "Bytes of streamed answers read from workers ahead of slow callers, held for them",
+        () => readAhead.held,
+      );
+    }
     new Gauge({
       name: "inferx_queue_depth",
       help: "Calls waiting for a worker slot",

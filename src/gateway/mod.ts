@@ -39,6 +39,8 @@ export interface GatewayConfig {
   hostname?: string;
   /** Largest request body (bytes). @default 16 MiB */
   bodyLimit?: number;
+  /** Bytes of streamed answers held read ahead of slow callers, in all. @default 64 MiB */
+  readAheadBytes?: number;
   /** Heartbeat period to the scheduler (ms). @default 2000 */
   heartbeatMs?: number;
   /** The client of a node's agent, for pod logs. */
@@ -83,6 +85,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     cache,
     upstream,
     bodyLimit: config.bodyLimit,
+    readAheadBytes: config.readAheadBytes,
     nodeAgent: config.nodeAgent,
     extraRegistries: config.extraRegistries,
     auth,

@@ -23,6 +23,7 @@ import {
   type UpstreamAnswer,
 } from "./http_pool.ts";
 import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
+import { ReadAhead, type ReadAheadBudget } from "./read_ahead.ts";
 
 const log = logger("gateway");
 
@@ -94,6 +95,12 @@ function timeLeft(call: CallInput): number | undefined {
 export interface ProxyDeps {
   cache: FuncCache;
   pool: HttpPool;
+  /**
+   * What streamed answers may hold read ahead of slow callers, so that their
+   * workers go back when they are done (src/gateway/read_ahead.ts); none: an
+   * answer is read only as its caller takes it.
+   */
+  readAhead?: ReadAheadBudget;
 }
 
 const RETRY_STATUSES = new Set([502, 503, 504]);
@@ -283,13 +290,24 @@ export async function forward(
     ["content-security-policy", WORKER_CSP],
     ["x-content-type-options", "nosniff"],
   );
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    agent.release(held);
+  };
+  // A streamed answer is read ahead of its caller: the worker goes back when it is done.
+  const ahead = answer.bytes || !deps.readAhead?.limit
+    ? undefined
+    : new ReadAhead(answer.read, deps.readAhead, release);
   let finished = false;
   const finish = (delivered: boolean) => {
     if (finished) return;
     finished = true;
     onGone = undefined;
+    ahead?.stop();
     if (!delivered) answer.cancel();
-    agent.release(held);
+    release();
   };
   if (answer.bytes) onGone = undefined;
   else onGone = () => finish(false);
@@ -300,7 +318,7 @@ export async function forward(
     headers,
     length: answer.length,
     bytes: answer.bytes,
-    read: answer.read,
+    read: ahead ? () => ahead.read() : answer.read,
     slot: held,
     ttfbMs,
     finish,

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { drainCalls, serveGateway } from "./server.ts";
+import { forward } from "./proxy.ts";
 import { fakeWorker, gatewayFixture, rawWorker, scriptedWorker } from "./testing.ts";
 import { until } from "../common/testing.ts";
 
@@ -906,5 +907,116 @@ t(
     assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[200, "gateway_stopped"]]);
     await f.close();
     await slow.shutdown();
+  },
+);
+
+/** A worker answering with `mb` MiB, chunked in 64 KiB pieces (byte i of the body: i % 251). */
+function bigWorker(mb: number) {
+  const sent = { done: false };
+  const piece = 64 * 1024;
+  const w = scriptedWorker(async (c) => {
+    const enc = new TextEncoder();
+    const write = async (b: Uint8Array) => {
+      for (let o = 0; o < b.length;) o += await c.write(b.subarray(o));
+    };
+    await write(enc.encode(
+      "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    ));
+    for (let at = 0; at < mb * 1024 * 1024; at += piece) {
+      const body = new Uint8Array(piece).map((_, i) => (at + i) % 251);
+      await write(enc.encode(`${piece.toString(16)}\r\n`));
+      await write(body);
+      await write(enc.encode("\r\n"));
+    }
+    await write(enc.encode("0\r\n\r\n"));
+    sent.done = true;
+  });
+  return { ...w, sent };
+}
+
+t(
+  "a streamed answer is read ahead of its caller: the worker's slot goes back when the worker is done",
+  async () => {
+    const g = await listening({ policy: { parallel: 1, max_replica: 1 } });
+    const w = bigWorker(2);
+    g.f.sched.endpoints.push(w.endpoint);
+    try {
+      const answer = await forward(g.f.deps, {
+        target: { tenant: "t", namespace: "n", func: "f" },
+        method: "GET",
+        path: "/big",
+        headers: [],
+        body: null,
+        replayable: true,
+        t0: performance.now(),
+      });
+      const agent = g.f.cache.agent("t", "n", "f")!;
+      // Nothing read by the caller yet: the worker has sent all of it, and its slot is free.
+      await until("the worker's answer read whole", () => w.sent.done);
+      await until("the slot back", () => agent.workers[0].inflight === 0);
+      assert.ok(g.f.deps.readAhead.held >= 2 * 1024 * 1024 - 64 * 1024, "held for the caller");
+      let n = 0;
+      for (let c; (c = await answer.read()) !== null;) {
+        for (let i = 0; i < c.length; i += 4099) assert.equal(c[i], (n + i) % 251, `byte ${n + i}`);
+        n += c.length;
+      }
+      assert.equal(n, 2 * 1024 * 1024, "the whole answer, in order");
+      answer.finish(true);
+      assert.equal(g.f.deps.readAhead.held, 0);
+      assert.equal(agent.workers[0].inflight, 0, "released once");
+    } finally {
+      w.close();
+      await g.close();
+    }
+  },
+);
+
+t(
+  "through the listener, a caller that reads late gets the whole answer; what was held goes back",
+  async () => {
+    const g = await listening();
+    const w = bigWorker(24);
+    g.f.sched.endpoints.push(w.endpoint);
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+    try {
+      await c.write(
+        new TextEncoder().encode("GET /funccall/t/n/f/big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"),
+      );
+      // The caller reads nothing for a while: the gateway reads ahead for it, up to its share.
+      await until("read ahead", () => g.f.deps.readAhead.held >= 8 * 1024 * 1024);
+      assert.ok(!w.sent.done, "24 MiB is more than the share and the sockets hold");
+      const scraped = await g.f.deps.metrics.registry.metrics();
+      const held = Number(/^inferx_read_ahead_bytes (\d+)$/m.exec(scraped)?.[1]);
+      assert.ok(held >= 8 * 1024 * 1024, `the metric shows it: ${held}`);
+      // Read to the last chunk, then undo the chunked framing (the gateway's pieces are its own).
+      const all = new Uint8Array(32 * 1024 * 1024);
+      let got = 0;
+      const tail = () => new TextDecoder("latin1").decode(all.subarray(Math.max(0, got - 5), got));
+      for (let n; tail() !== "0\r\n\r\n" && (n = await c.read(all.subarray(got))) !== null;) {
+        got += n;
+      }
+      const text = (a: number, b: number) => new TextDecoder("latin1").decode(all.subarray(a, b));
+      const find = (from: number) =>
+        all.subarray(from, got).findIndex((b, i, a) => b === 13 && a[i + 1] === 10) + from;
+      let at = text(0, got > 4096 ? 4096 : got).indexOf("\r\n\r\n") + 4;
+      assert.match(text(0, at), /^HTTP\/1.1 200 /);
+      let body = 0;
+      for (let size; (size = parseInt(text(at, find(at)), 16)) > 0;) {
+        at = find(at) + 2;
+        for (let i = 0; i < size; i += 4099) {
+          assert.equal(all[at + i], (body + i) % 251, `byte ${body + i}`);
+        }
+        body += size;
+        at += size + 2;
+      }
+      assert.equal(body, 24 * 1024 * 1024, "the whole answer, in order");
+      await until("nothing held", () => g.f.deps.readAhead.held === 0);
+      await until("the slot back", () => g.f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
+      assert.equal(w.sent.done, true);
+    } finally {
+      c.close();
+      w.close();
+      await g.close();
+    }
   },
 );

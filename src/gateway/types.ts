@@ -11,6 +11,7 @@ import type { Authenticator } from "./auth.ts";
 import type { CallQueue } from "./calls/queue.ts";
 import type { FuncCache } from "./func_cache.ts";
 import type { HttpPool } from "./http_pool.ts";
+import type { ReadAheadBudget } from "./read_ahead.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { GatewayVars } from "./middleware/observe.ts";
 import type { GatewayGroup, GroupMetrics } from "./group.ts";
@@ -20,6 +21,8 @@ export interface RouteDeps {
   meta: MetaClient;
   cache: FuncCache;
   pool: HttpPool;
+  /** What streamed answers may hold read ahead of slow callers. */
+  readAhead: ReadAheadBudget;
   auth: Authenticator;
   metrics: GatewayMetrics;
   /** Every registry `/metrics` serves (the gateway's first). */

@@ -78,13 +78,21 @@ export function gatewayOptions(
   config: Config,
 ): Pick<
   GatewayConfig,
-  "port" | "hostname" | "drainMs" | "bodyLimit" | "adminApiKey" | "oidc" | "calls"
+  | "port"
+  | "hostname"
+  | "drainMs"
+  | "bodyLimit"
+  | "readAheadBytes"
+  | "adminApiKey"
+  | "oidc"
+  | "calls"
 > {
   return {
     port: config.gateway.port,
     hostname: config.gateway.host,
     drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
+    readAheadBytes: config.gateway.readAheadMb * 1024 * 1024,
     adminApiKey: config.gateway.adminApiKey,
     oidc: config.gateway.oidc,
     calls: config.calls,

@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { ReadAhead, ReadAheadBudget } from "./read_ahead.ts";
+
+/** A source of `n` pieces of `size` bytes (piece i filled with i), counting its reads. */
+function source(n: number, size: number) {
+  let i = 0;
+  const s = {
+    reads: 0,
+    fail: undefined as Error | undefined,
+    read: () => {
+      s.reads++;
+      if (s.fail && i === n) return Promise.reject(s.fail);
+      return Promise.resolve(i < n ? new Uint8Array(size).fill(++i) : null);
+    },
+  };
+  return s;
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 0));
+
+Deno.test("an answer that fits is read whole ahead of its caller, and then ends", async () => {
+  const src = source(4, 1000);
+  const budget = new ReadAheadBudget(1 << 20);
+  let ended = 0;
+  const ahead = new ReadAhead(src.read, budget, () => ended++, 10_000);
+  await settle();
+  assert.equal(ended, 1, "the worker's answer was read to its end with no caller reading");
+  assert.equal(ahead.queued, 4000);
+  assert.equal(budget.held, 4000);
+  const got: number[] = [];
+  for (let c; (c = await ahead.read()) !== null;) got.push(c[0]);
+  assert.deepEqual(got, [1, 2, 3, 4], "in order, whole");
+  assert.equal(budget.held, 0, "all of it given back");
+  assert.equal(ended, 1);
+});
+
+Deno.test("a call reads no further ahead than its share, then as its caller takes it", async () => {
+  const src = source(10, 1000);
+  const budget = new ReadAheadBudget(1 << 20);
+  let ended = false;
+  const ahead = new ReadAhead(src.read, budget, () => ended = true, 2500);
+  await settle();
+  assert.equal(ahead.queued, 3000, "up to its share (the last piece may pass it)");
+  assert.equal(ended, false);
+  assert.equal((await ahead.read())![0], 1);
+  await settle();
+  assert.equal(ahead.queued, 3000, "one more read for the one taken");
+  while (await ahead.read() !== null);
+  assert.equal(ended, true);
+  assert.equal(budget.held, 0);
+});
+
+Deno.test("past the gateway's budget a call reads only as its caller takes it, never less", async () => {
+  const budget = new ReadAheadBudget(1500);
+  const a = source(10, 1000);
+  const b = source(10, 1000);
+  const first = new ReadAhead(a.read, budget, () => {}, 10_000);
+  await settle();
+  assert.equal(first.queued, 2000, "the budget holds two pieces at most (the last past it)");
+  const second = new ReadAhead(b.read, budget, () => {}, 10_000);
+  await settle();
+  assert.equal(second.queued, 1000, "none left: one piece, read for the caller waiting on it");
+  // Its caller still gets every piece, one by one, as without reading ahead.
+  const got: number[] = [];
+  for (let i = 0; i < 3; i++) got.push((await second.read())![0]);
+  assert.deepEqual(got, [1, 2, 3]);
+  // The first caller takes what it held: the budget frees, and the second reads ahead again.
+  await first.read();
+  await first.read();
+  first.stop();
+  await settle();
+  assert.ok(second.queued >= 1000, `read ahead again (${second.queued})`);
+  second.stop();
+  assert.equal(budget.held, 0, "stopping gives back what was held");
+});
+
+Deno.test("a source that fails: what came before is handed out, then the error; a stop is quiet", async () => {
+  const src = source(2, 10);
+  src.fail = new Error("broke off");
+  const budget = new ReadAheadBudget(1 << 20);
+  let ended = false;
+  const ahead = new ReadAhead(src.read, budget, () => ended = true);
+  assert.equal((await ahead.read())![0], 1);
+  assert.equal((await ahead.read())![0], 2);
+  await assert.rejects(ahead.read(), /broke off/);
+  assert.equal(ended, false, "an answer broken off did not end");
+  assert.equal(budget.held, 0);
+
+  // Stopped while a read is under way: that read's end or failure goes nowhere.
+  let reject!: (e: Error) => void;
+  const hanging = new ReadAhead(
+    () => new Promise((_, r) => reject = r),
+    budget,
+    () => ended = true,
+  );
+  const waiting = hanging.read();
+  hanging.stop();
+  await assert.rejects(waiting, /given up/, "the caller waiting learns it, never as an end");
+  reject(new Error("closed"));
+  await settle();
+  await assert.rejects(hanging.read(), /given up/);
+  assert.equal(ended, false);
+});
+
+Deno.test("calls that wait for the budget leave no waiter behind", async () => {
+  const budget = new ReadAheadBudget(1000);
+  const holder = new ReadAhead(source(5, 1000).read, budget, () => {}, 10_000);
+  await settle();
+  const waiters = Array.from({ length: 20 }, () => {
+    const a = new ReadAhead(source(5, 1000).read, budget, () => {}, 10_000);
+    return a;
+  });
+  await settle();
+  for (const a of waiters) a.stop();
+  holder.stop();
+  await settle();
+  assert.equal(budget.held, 0);
+  assert.equal(budget.waiting, 0, "no wake-up kept for a call that stopped");
+});
