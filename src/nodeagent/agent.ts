@@ -261,7 +261,7 @@ export class NodeAgent implements NodeAgentClient {
         // Stopped meanwhile, or resumed (its resume ran after the park and says how it went).
         if (local.phase !== "parked") return;
         local.phase = "running";
-        this.#setStatus(pod.id, { state: "Failed", error: `Cannot park: ${err.message}` });
+        this.#failStopped(pod.id, `Cannot park: ${err.message}`);
       },
     );
   }
@@ -282,9 +282,24 @@ export class NodeAgent implements NodeAgentClient {
           this.#stillIn(pod.id, local, "running"),
         );
       },
-      (err: Error) =>
-        this.#setStatus(pod.id, { state: "Failed", error: `Cannot resume: ${err.message}` }),
+      (err: Error) => {
+        if (this.#local.get(pod.id) !== local || local.phase !== "running") return;
+        this.#failStopped(pod.id, `Cannot resume: ${err.message}`);
+      },
     );
+  }
+
+  /**
+   * Reports a pod whose park or resume failed as Failed once its worker is
+   * stopped. The worker may run on after such a failure, holding what its
+   * pod was charged (a GPU slice whose memory a refused checkpoint left in
+   * place, or one a restore put back before its unlock failed), and the
+   * scheduler gives that to other pods as soon as it hears of the failure.
+   */
+  #failStopped(podId: string, error: string): void {
+    this.#stopPod(podId, false).catch((err: Error) =>
+      log.warn("Cannot stop pod {pod}: {error}", { pod: podId, error: err.message })
+    ).then(() => this.#setStatus(podId, { state: "Failed", error }));
   }
 
   #startPod(pod: PodInfo): void {

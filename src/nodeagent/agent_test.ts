@@ -51,6 +51,24 @@ function recordingRuntime(calls: string[]): PodRuntime {
   };
 }
 
+/** Pod `p1`'s record in `meta`: read it, and change what it asks for as a scheduler does. */
+function podRecord(meta: MetaClient) {
+  const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+  const current = async () => {
+    const rec = await meta.get(ref);
+    return rec && decodePod(rec.value);
+  };
+  const ask = async (change: Partial<PodInfo>) => {
+    const rec = (await meta.get(ref))!;
+    await meta.update({
+      ...ref,
+      object: { ...decodePod(rec.value), ...change },
+      revision: rec.revision,
+    });
+  };
+  return { ref, current, ask };
+}
+
 /** A store holding the node's record, whose updates fail with `failures` in turn. */
 function nodeStore(failures: Error[]) {
   let record: MetaRecord = {
@@ -112,19 +130,7 @@ Deno.test({
     const meta = new StateService(store);
     const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
     await agent.start();
-    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
-    const current = async () => {
-      const rec = await meta.get(ref);
-      return rec && decodePod(rec.value);
-    };
-    const ask = async (change: Partial<PodInfo>) => {
-      const rec = (await meta.get(ref))!;
-      await meta.update({
-        ...ref,
-        object: { ...decodePod(rec.value), ...change },
-        revision: rec.revision,
-      });
-    };
+    const { ref, current, ask } = podRecord(meta);
     try {
       await meta.create({ ...ref, object: testPod("p1", "n1") });
       await meta.create({ ...ref, name: "p2", object: testPod("p2", "n2") });
@@ -146,6 +152,52 @@ Deno.test({
     } finally {
       await agent.stop();
       await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "NodeAgent stops a pod whose park or resume failed before it reports it Failed: its worker may run on",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    for (const step of ["park", "resume"] as const) {
+      const calls: string[] = [];
+      const fake: PodRuntime = {
+        ...recordingRuntime(calls),
+        // The driver refused: the worker runs on, with what it held (a GPU slice).
+        [step]: async (id: string) => {
+          calls.push(`${step} ${id}`);
+          await new Promise((r) => setTimeout(r, 5));
+          throw new Error("CUDA_ERROR_NOT_SUPPORTED");
+        },
+        stop: async (id: string) => {
+          calls.push(`stop ${id}`);
+          await new Promise((r) => setTimeout(r, 100));
+          calls.push(`stopped ${id}`);
+        },
+      };
+      const store = await openSqliteStore();
+      const meta = new StateService(store);
+      const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
+      await agent.start();
+      const { ref, current, ask } = podRecord(meta);
+      try {
+        await meta.create({ ...ref, object: testPod("p1", "n1") });
+        await until("p1 ready", async () => (await current())?.state === "Ready");
+        await ask({ desired: "Standby", standbyTier: "paused" });
+        if (step === "resume") {
+          await until("p1 parked", async () => (await current())?.state === "Standby");
+          await ask({ desired: "Running" });
+        }
+        await until("p1 failed", async () => (await current())?.state === "Failed");
+        assert.match((await current())?.error ?? "", new RegExp(`Cannot ${step}: CUDA_ERROR`));
+        assert.ok(calls.includes("stopped p1"), `${step}: stopped first (${calls.join(", ")})`);
+      } finally {
+        await agent.stop();
+        await store.close();
+      }
     }
   },
 });
@@ -371,16 +423,8 @@ Deno.test({
     });
     const agent = new NodeAgent(meta, quiet, node, { heartbeatMs: 50 });
     await agent.start();
-    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
-    const cur = async () => decodePod((await state.get(ref))!.value);
-    const ask = async (change: Partial<PodInfo>) => {
-      const rec = (await state.get(ref))!;
-      await state.update({
-        ...ref,
-        object: { ...decodePod(rec.value), ...change },
-        revision: rec.revision,
-      });
-    };
+    const { ref, current, ask } = podRecord(state);
+    const cur = async () => (await current())!;
     try {
       await state.create({ ...ref, object: testPod("p1", "n1") });
       await until("ready", async () => (await cur()).state === "Ready");

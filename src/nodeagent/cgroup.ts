@@ -389,26 +389,40 @@ export class PodCgroup {
 
   /** Makes the groups and sets the memory limit, the CPU weight and the process limit. */
   async make(limits: { cpuMillis: number; memMB: number }): Promise<void> {
+    for (const d of this.#dirs) await Deno.mkdir(d.dir, { recursive: true });
+    await this.limitMemory(limits.memMB);
     for (const d of this.#dirs) {
-      await Deno.mkdir(d.dir, { recursive: true });
       const set = (file: string, value: string) => Deno.writeTextFile(`${d.dir}/${file}`, value);
-      if (d.names.includes("memory") && limits.memMB > 0) {
-        const bytes = String(limits.memMB * 1024 * 1024);
-        if (d.version === 2) {
-          await set("memory.max", bytes);
-          // No swap beyond the limit (a worker past it is killed, as a container is).
-          await set("memory.swap.max", "0").catch(() => {});
-        } else {
-          await set("memory.limit_in_bytes", bytes);
-          await set("memory.memsw.limit_in_bytes", bytes).catch(() => {});
-        }
-      }
       if (d.names.includes("cpu") && limits.cpuMillis > 0) {
         const shares = cpuShares(limits.cpuMillis);
         if (d.version === 2) await set("cpu.weight", String(cpuWeight(shares)));
         else await set("cpu.shares", String(shares));
       }
       if (d.names.includes("pids")) await set("pids.max", String(WORKER_PIDS_LIMIT));
+    }
+  }
+
+  /**
+   * Sets the group's memory limit (0: none set), with no swap beyond it (a
+   * worker past it is killed, as a container is).
+   */
+  async limitMemory(memMB: number): Promise<void> {
+    if (memMB <= 0) return;
+    const bytes = String(memMB * 1024 * 1024);
+    for (const d of this.#dirs) {
+      if (!d.names.includes("memory")) continue;
+      const set = (file: string, value: string) => Deno.writeTextFile(`${d.dir}/${file}`, value);
+      if (d.version === 2) {
+        await set("memory.max", bytes);
+        await set("memory.swap.max", "0").catch(() => {});
+      } else if (Number(await Deno.readTextFile(`${d.dir}/memory.limit_in_bytes`)) < +bytes) {
+        // v1 refuses a memory limit above the memory+swap one: raised in that order.
+        await set("memory.memsw.limit_in_bytes", bytes).catch(() => {});
+        await set("memory.limit_in_bytes", bytes);
+      } else {
+        await set("memory.limit_in_bytes", bytes);
+        await set("memory.memsw.limit_in_bytes", bytes).catch(() => {});
+      }
     }
   }
 

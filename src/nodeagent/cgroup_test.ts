@@ -16,6 +16,11 @@ import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { logLines, until } from "../common/testing.ts";
 import { procState } from "../ffi/libc.ts";
+import { openLibCuda } from "../ffi/libcuda.ts";
+import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
+
+/** One slice of GPU 0, of 300 MB. */
+const GPU = [{ index: 0, vramMB: 300 }];
 
 const V1_MOUNTS = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
@@ -470,3 +475,40 @@ Deno.test({
     }
   },
 });
+
+cgTest(
+  "a GPU worker's memory limit holds its GPU memory too while the driver keeps that in host memory, and only then",
+  async (cgroups) => {
+    if (fakeLibCudaUnavailable()) return console.log(`skipped: ${fakeLibCudaUnavailable()}`);
+    for (const refused of [false, true]) {
+      const lib = await buildFakeLibCuda(refused ? ["-DCHECKPOINT_RESULT=801"] : []);
+      const { cuda } = openLibCuda(lib);
+      assert.ok(cuda);
+      const rt = new ProcessRuntime({ cgroups, cuda });
+      const withGpu: PodSpec = { ...spec("pod-gpu", ["deno", "eval", HOG], 160), gpus: GPU };
+      await rt.start(withGpu);
+      const memDir = dirsOf(cgroups, "pod-gpu").find((d) => /memory|inferx-ixcgtest/.test(d))!;
+      const limitMB = async () =>
+        Number(
+          await Deno.readTextFile(`${memDir}/memory.limit_in_bytes`)
+            .catch(() => Deno.readTextFile(`${memDir}/memory.max`)),
+        ) / 1024 / 1024;
+      try {
+        assert.equal(await limitMB(), 160);
+        if (refused) {
+          await assert.rejects(rt.park("pod-gpu", "host_memory"), /CUDA_ERROR_NOT_SUPPORTED/);
+          assert.equal(await limitMB(), 160, "a refused checkpoint leaves the limit as it was");
+          continue;
+        }
+        await rt.park("pod-gpu", "host_memory");
+        assert.equal(await limitMB(), 160 + 300, "its own and its slice's");
+        await rt.resume("pod-gpu");
+        assert.equal(await limitMB(), 160, "back on the GPU: its own");
+      } finally {
+        await rt.stop("pod-gpu");
+        cuda.close();
+        await Deno.remove(lib.replace(/\/[^/]+$/, ""), { recursive: true });
+      }
+    }
+  },
+);

@@ -24,6 +24,7 @@ import { OUTPUT_TAIL, type StandbyTier } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
+  gpuId,
   platformEnv,
   type PodRuntime,
   type PodSpec,
@@ -159,6 +160,7 @@ export function containerEnv(spec: PodSpec): Record<string, string> {
     ...Object.fromEntries(spec.template.envs),
     ...platformEnv(spec),
     CUDA_VISIBLE_DEVICES: spec.gpus.map((_, i) => String(i)).join(","),
+    NVIDIA_VISIBLE_DEVICES: spec.gpus.map((g) => gpuId(g.index, true)).join(",") || "none",
     PORT: String(spec.template.port),
     HOST: "0.0.0.0",
   };
@@ -363,7 +365,7 @@ export class DockerRuntime implements PodRuntime {
           DeviceRequests: spec.gpus.length
             ? [{
               Driver: "nvidia",
-              DeviceIDs: spec.gpus.map((g) => String(g.index)),
+              DeviceIDs: spec.gpus.map((g) => gpuId(g.index, true)),
               Capabilities: [["gpu"]],
             }]
             : undefined,

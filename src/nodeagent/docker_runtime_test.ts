@@ -20,7 +20,7 @@ import {
   scopeTag,
   WORKER_NETWORK,
 } from "./docker_runtime.ts";
-import type { PodSpec } from "./runtime.ts";
+import { gpuId, platformEnv, type PodSpec } from "./runtime.ts";
 import type { NodeInfo } from "../model/cluster.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import * as nodeagent from "./mod.ts";
@@ -529,6 +529,31 @@ Deno.test("a container's CUDA devices are numbered as the container sees them, f
   assert.equal(env.NVIDIA_VISIBLE_DEVICES, "2,5");
   assert.equal(env.MODEL_NAME, "lm-in-docker");
   assert.equal(containerEnv(spec("pod-cpu")).NVIDIA_VISIBLE_DEVICES, "none");
+});
+
+Deno.test("an agent that sees some of the host's GPUs gives workers the host's names for them", () => {
+  // Started with CUDA_VISIBLE_DEVICES=2,3 its driver numbers them 0 and 1.
+  const env = { CUDA_VISIBLE_DEVICES: "2, 3" };
+  assert.deepEqual([gpuId(0, false, env), gpuId(1, false, env)], ["2", "3"]);
+  assert.equal(gpuId(0, false, {}), "0", "sees all: the same numbers");
+  assert.equal(gpuId(0, false, { CUDA_VISIBLE_DEVICES: "GPU-8f2e" }), "GPU-8f2e", "a UUID kept");
+  // In a container given host GPUs 4 and 6: a worker beside it names them as the agent does,
+  // the host's engine as the host does.
+  const inContainer = { NVIDIA_VISIBLE_DEVICES: "4,6", CUDA_VISIBLE_DEVICES: "1" };
+  assert.equal(gpuId(0, false, inContainer), "1");
+  assert.equal(gpuId(0, true, inContainer), "6");
+  assert.equal(gpuId(1, true, { NVIDIA_VISIBLE_DEVICES: "all" }), "1");
+  // The process runtime's workers get the agent's view through the platform's variables.
+  const saved = Deno.env.get("CUDA_VISIBLE_DEVICES");
+  Deno.env.set("CUDA_VISIBLE_DEVICES", "2,3");
+  try {
+    const s = spec("pod-gpu");
+    s.gpus = [{ index: 1, vramMB: 1000 }];
+    assert.equal(platformEnv(s).CUDA_VISIBLE_DEVICES, "3");
+  } finally {
+    if (saved === undefined) Deno.env.delete("CUDA_VISIBLE_DEVICES");
+    else Deno.env.set("CUDA_VISIBLE_DEVICES", saved);
+  }
 });
 
 t("agents of two scopes on one engine run pods of the same id side by side", async () => {

@@ -175,7 +175,15 @@ interface Child {
   cgroup?: PodCgroup;
   /** Its memory limit (MB), as its exit says when the limit killed it. */
   memMB: number;
+  /**
+   * Its GPU slices' memory (MB), which its host memory holds too while the
+   * driver keeps it there (checkpointed): its limit is raised by as much then.
+   */
+  gpuMemMB: number;
 }
+
+/** What sets a pod's memory limit: its group, its own limit and its GPU slices' memory. */
+type Limits = Pick<Child, "cgroup" | "memMB" | "gpuMemMB">;
 
 /** Whether `pid` has a handler of its own for SIGTERM (`SigCgt` in its status); a gone one has. */
 async function handlesSigterm(pid: number): Promise<boolean> {
@@ -756,6 +764,7 @@ export class ProcessRuntime implements PodRuntime {
       gpus: spec.gpus.map((g) => g.index),
       cgroup,
       memMB: spec.memMB,
+      gpuMemMB: spec.gpus.reduce((sum, g) => sum + g.vramMB, 0),
       exited: limitSaid(
         proc.status.then(async (s) => {
           // Its last output, when the pipes end soon: a process it started may hold them open
@@ -984,7 +993,7 @@ export class ProcessRuntime implements PodRuntime {
       // A worker without GPU memory (CPU only, or one that never called CUDA) has nothing
       // for the driver to move: host memory is where it is, stopped as the paused tier is.
       if (tier === "host_memory" && child.gpus.length > 0 && this.#usesGpu(child.pid)) {
-        await this.#checkpointGpu(child.pid);
+        await this.#checkpointGpu(child);
       } else {
         await this.#signalAll(child, "SIGSTOP");
         child.paused = true;
@@ -1026,18 +1035,38 @@ export class ProcessRuntime implements PodRuntime {
     return run;
   }
 
-  /** Tier 2: the driver moves the worker's GPU memory into its host memory. */
-  async #checkpointGpu(pid: number): Promise<void> {
+  /**
+   * Tier 2: the driver moves the worker's GPU memory into its host memory,
+   * whose limit is raised by as much first (else the copy would meet it).
+   */
+  async #checkpointGpu(child: Child): Promise<void> {
     const cuda = this.#options.cuda!;
-    await cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
+    const pid = child.pid;
+    await this.#gpuInHost(child, true);
+    try {
+      await cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
+    } catch (err) {
+      await this.#gpuInHost(child, false).catch(() => {});
+      throw err;
+    }
     try {
       await cuda.checkpoint(pid);
     } catch (err) {
       // The driver does not keep a failed checkpoint's process in a good state: its unlock
       // may fail too, and must not hide why the checkpoint did (UVM or IPC memory, say).
       await cuda.unlock(pid).catch(() => {});
+      await this.#gpuInHost(child, false).catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * Sets the pod's memory limit for its GPU memory being in its host memory
+   * (`held`: its own limit and its slices' memory) or not (its own).
+   */
+  async #gpuInHost(child: Limits, held: boolean): Promise<void> {
+    if (!child.gpuMemMB) return;
+    await child.cgroup?.limitMemory(child.memMB + (held ? child.gpuMemMB : 0));
   }
 
   /** Whether the driver knows `pid` as a CUDA process. */
@@ -1051,10 +1080,12 @@ export class ProcessRuntime implements PodRuntime {
     }
   }
 
-  async #restoreGpu(pid: number): Promise<void> {
+  /** Tier 2 undone: the driver moves the worker's memory back to the GPU; its limit is its own. */
+  async #restoreGpu(pid: number, child: Limits): Promise<void> {
     const cuda = this.#options.cuda!;
     await cuda.restore(pid);
     await cuda.unlock(pid);
+    await this.#gpuInHost(child, false);
   }
 
   /**
@@ -1079,7 +1110,7 @@ export class ProcessRuntime implements PodRuntime {
     // failing after it (a full disk) would lose the worker with its image.
     await Deno.mkdir(dir, { recursive: true });
     await Deno.writeTextFile(`${dir}/${META}`, JSON.stringify(meta));
-    if (gpu) await this.#checkpointGpu(child.pid);
+    if (gpu) await this.#checkpointGpu(child);
     try {
       await this.#options.criu!.dump(child.pid, dir, {
         leaveRunning,
@@ -1088,7 +1119,7 @@ export class ProcessRuntime implements PodRuntime {
         nice: leaveRunning ? this.#options.snapshotNice ?? 10 : 0,
       });
     } finally {
-      if (gpu && leaveRunning) await this.#restoreGpu(child.pid);
+      if (gpu && leaveRunning) await this.#restoreGpu(child.pid, child);
     }
     await recordImages(dir, meta);
     return meta;
@@ -1107,7 +1138,7 @@ export class ProcessRuntime implements PodRuntime {
       // A dump that failed after ending the worker: its exit was not told (it came while dumping).
       if (child.endedDumping !== undefined) {
         await this.#reportExit(podId, child, `${child.endedDumping} during a failed dump`);
-      } else if (this.#usesGpuCheckpointed(child.pid)) await this.#restoreGpu(child.pid);
+      } else if (this.#usesGpuCheckpointed(child.pid)) await this.#restoreGpu(child.pid, child);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new InferxError(
         "unavailable",
@@ -1140,7 +1171,7 @@ export class ProcessRuntime implements PodRuntime {
     dir: string,
     net: PodNet | undefined,
     logFile: string | undefined,
-    cgroup: PodCgroup | undefined,
+    limits: Limits,
   ): Promise<{ pid: number; meta: ImageMeta }> {
     const meta = await readMeta(dir);
     if (!meta) {
@@ -1153,16 +1184,18 @@ export class ProcessRuntime implements PodRuntime {
       path: f.path === meta.logFile && logFile ? logFile : f.path,
       flags: f.flags,
     }));
+    // Its GPU memory comes back in its host memory first (a pod parked in a file with it).
+    if (meta.gpu) await this.#gpuInHost(limits, true);
     const pid = await this.#options.criu!.restore(dir, {
       workDir: `${this.#snapshots}/${podId}.restore`,
       netns: net?.nsPath,
-      cgroup: cgroup?.joinPrefix,
+      cgroup: limits.cgroup?.joinPrefix,
       inherit,
       shellJob: !meta.namespaced && !meta.ownSession,
     });
     if (meta.gpu) {
       try {
-        await this.#restoreGpu(pid);
+        await this.#restoreGpu(pid, limits);
       } catch (err) {
         signal(pid, "SIGKILL");
         throw err;
@@ -1180,7 +1213,7 @@ export class ProcessRuntime implements PodRuntime {
       // which its dumped process holds until its parent reaps it (a restored
       // one's parent is not this process).
       if (!child.ownPids) await pidFreed(child.pid, 10_000);
-      ({ pid } = await this.#restore(podId, dir, child.net, child.logFile, child.cgroup));
+      ({ pid } = await this.#restore(podId, dir, child.net, child.logFile, child));
     } catch (err) {
       throw new InferxError(
         "worker_failed",
@@ -1208,7 +1241,7 @@ export class ProcessRuntime implements PodRuntime {
     if (!child) throw new InferxError("not_found", `Cannot resume pod ${podId}: it is not running`);
     return await this.#serial(child, async () => {
       if (child.tier === "file") return await this.#resumeFromFile(podId, child);
-      if (child.tier === "host_memory" && !child.paused) await this.#restoreGpu(child.pid);
+      if (child.tier === "host_memory" && !child.paused) await this.#restoreGpu(child.pid, child);
       else {
         await this.#signalAll(child, "SIGCONT");
         child.paused = false;
@@ -1307,7 +1340,11 @@ export class ProcessRuntime implements PodRuntime {
     let pid: number;
     let meta: ImageMeta;
     try {
-      ({ pid, meta } = await this.#restore(spec.podId, dir, net, logFile, cgroup));
+      ({ pid, meta } = await this.#restore(spec.podId, dir, net, logFile, {
+        cgroup,
+        memMB: spec.memMB,
+        gpuMemMB: 0, // a GPU worker is never snapshotted
+      }));
     } catch (err) {
       await cgroup?.remove();
       await this.#options.podNetworks!.remove(net);
@@ -1331,6 +1368,7 @@ export class ProcessRuntime implements PodRuntime {
       ownSession: true,
       cgroup,
       memMB: spec.memMB,
+      gpuMemMB: spec.gpus.reduce((sum, g) => sum + g.vramMB, 0),
       exited: limitSaid(restoredExit(pid, meta.init === true), cgroup, spec.memMB),
     };
     child.follow = followFile(

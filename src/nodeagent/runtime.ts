@@ -104,9 +104,34 @@ export interface AdoptedPod {
   legacy?: boolean;
 }
 
+/** A device list as `CUDA_VISIBLE_DEVICES` or `NVIDIA_VISIBLE_DEVICES` gives it; none: all. */
+function deviceList(value: string | undefined): string[] | undefined {
+  const v = value?.trim();
+  if (!v || v === "all" || v === "none" || v === "void") return undefined;
+  return v.split(",").map((d) => d.trim());
+}
+
+/**
+ * How a process beside the agent names the GPU the agent's driver numbers
+ * `index`: an agent started with `CUDA_VISIBLE_DEVICES` (say `2,3`) sees
+ * only those, numbered from 0, and a worker, whose environment is its own,
+ * must be given `2`, not `0`. For `host` (a container the host's engine
+ * starts), also through the agent's own container's `NVIDIA_VISIBLE_DEVICES`.
+ */
+export function gpuId(
+  index: number,
+  host = false,
+  env: Record<string, string | undefined> = Deno.env.toObject(),
+): string {
+  let id = deviceList(env.CUDA_VISIBLE_DEVICES)?.[index] ?? String(index);
+  const outer = host ? deviceList(env.NVIDIA_VISIBLE_DEVICES) : undefined;
+  if (outer && /^\d+$/.test(id)) id = outer[Number(id)] ?? id;
+  return id;
+}
+
 /** The environment every worker gets from the platform, runtime-independent. */
 export function platformEnv(spec: PodSpec): Record<string, string> {
-  const devices = spec.gpus.map((g) => String(g.index)).join(",");
+  const devices = spec.gpus.map((g) => gpuId(g.index)).join(",");
   return {
     INFERX_POD_ID: spec.podId,
     INFERX_FUNCTION: spec.func,

@@ -289,7 +289,7 @@ export class Fuzz {
           this.violate("node-pods-exist", `${id} on ${p.node} listed by ${node.name}`);
         }
         if (p.held.cpu) cpu += p.cpu;
-        if (p.held.mem) mem += p.memMB;
+        if (p.held.mem) mem += p.memMB + (p.held.gpuInMem ? p.gpus.length * p.vramChargeMB : 0);
         if (p.held.vram) {
           for (const g of p.gpus) {
             vram.set(g.index, (vram.get(g.index) ?? 0) + p.vramChargeMB);
@@ -453,6 +453,11 @@ export class Fuzz {
         const e = perNode.get(w.node) ?? { cpu: 0, mem: 0 };
         if (h.cpu) e.cpu += w.cpu;
         if (h.mem) e.mem += w.memMB;
+        // A GPU pod parked in host memory holds its GPU memory there too.
+        if (h.mem && w.state === "Standby" && w.tier === "host_memory") {
+          const over = this.nodeSpec.get(w.node)?.contextOverheadMB ?? 0;
+          for (const g of w.gpus) e.mem += g.vramMB + over;
+        }
         perNode.set(w.node, e);
       }
       for (const [n, e] of perNode) {

@@ -127,6 +127,10 @@ static int copy_step(int pid, int from, int to) {
 }
 int cuCheckpointProcessCheckpoint(int pid, void *args) {
   (void)args;
+#ifdef CHECKPOINT_RESULT
+  /* The driver refuses (as for UVM or IPC memory): the process stays locked. */
+  { PROLOGUE if (*s != LOCKED) RETURN(ILLEGAL_STATE); RETURN(CHECKPOINT_RESULT); }
+#endif
   return copy_step(pid, LOCKED, CHECKPOINTED);
 }
 int cuCheckpointProcessRestore(int pid, void *args) {

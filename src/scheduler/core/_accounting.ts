@@ -168,7 +168,7 @@ export function setHeld(state: CoreState, pod: CorePod, want: Held) {
   pod.held = { ...want };
   if (!node) return;
   if (had.cpu !== want.cpu) node.cpuUsed += want.cpu ? pod.cpu : -pod.cpu;
-  if (had.mem !== want.mem) node.memUsedMB += want.mem ? pod.memMB : -pod.memMB;
+  node.memUsedMB += heldMemMB(pod, want) - heldMemMB(pod, had);
   if (had.vram !== want.vram && pod.gpus.length) {
     for (const s of pod.gpus) {
       const g = node.gpus.find((g) => g.index === s.index);
@@ -178,6 +178,20 @@ export function setHeld(state: CoreState, pod: CorePod, want: Held) {
     }
     refreshGpuSummary(node);
   }
+}
+
+/**
+ * The host memory (MB) `pod` holds as `held` says: its own, and its GPU
+ * memory too while that is kept in host memory (the host-memory tier).
+ */
+export function heldMemMB(pod: CorePod, held: Held = pod.held): number {
+  if (!held.mem) return 0;
+  return pod.memMB + (held.gpuInMem ? gpuMemMB(pod) : 0);
+}
+
+/** The GPU memory (MB) `pod` may hold, over all its GPUs. */
+export function gpuMemMB(pod: CorePod): number {
+  return pod.gpus.length * pod.vramChargeMB;
 }
 
 /** Forgets a pod that is gone, giving its node back what it held. */

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { unitOf } from "./_accounting.ts";
+import { heldMemMB, unitOf } from "./_accounting.ts";
 import { PRIORITY_RANK } from "./fairness.ts";
 import { gpuGroups, gpuTypeFit, nodeReady, vramCharge } from "./placement.ts";
 import type { CoreNode, CorePod, CoreState, PodDemand } from "./types.ts";
@@ -129,7 +129,7 @@ function fitsAfterFreeing(node: CoreNode, d: PodDemand, freed: readonly CorePod[
   for (const g of node.gpus) vram.set(g.index, g.vramTotalMB - g.vramUsedMB);
   for (const p of freed) {
     if (p.held.cpu) cpu += p.cpu;
-    if (p.held.mem) mem += p.memMB;
+    mem += heldMemMB(p);
     if (p.held.vram) {
       for (const s of p.gpus) vram.set(s.index, vram.get(s.index)! + p.vramChargeMB);
     }

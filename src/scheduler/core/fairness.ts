@@ -27,7 +27,7 @@
  *
  * @module
  */
-import { type Ctx, lessees, terminate } from "./_accounting.ts";
+import { type Ctx, heldMemMB, lessees, terminate } from "./_accounting.ts";
 import { tenantOf } from "./quota.ts";
 import type { CoreFunc, CorePod, CoreState, PodDemand, Priority } from "./types.ts";
 
@@ -112,7 +112,7 @@ export function fairView(state: CoreState): FairView {
     if (!h) held.set(t, h = { cpu: 0, memMB: 0, vramMB: 0 });
     // What its node still spends on it (a parked pod: what its tier keeps).
     if (p.held.cpu) h.cpu += p.cpu;
-    if (p.held.mem) h.memMB += p.memMB;
+    h.memMB += heldMemMB(p);
     if (p.held.vram) h.vramMB += p.gpus.length * p.vramChargeMB;
     if (p.state !== "Standby") active.add(t);
   }

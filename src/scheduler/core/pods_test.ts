@@ -287,8 +287,9 @@ Deno.test("after a restart, a parked pod being terminated is charged what its ti
     },
   });
   const n = d.state.nodes.get("n1")!;
-  // Parked in host memory it holds memory only: its CPU and GPU memory are free.
-  assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 1024, 0]);
+  // Parked in host memory it holds memory only (its own and its GPU memory's copy): its CPU
+  // and its slice of the GPU are free.
+  assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 1024 + 40_000, 0]);
   d.run({ type: "podStatus", podId: "old-1", state: "Terminated" });
   assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 0, 0]);
 });

@@ -11,6 +11,7 @@ import {
   clearLessees,
   createPod,
   type Ctx,
+  gpuMemMB,
   liveCurrent,
   setHeld,
   terminate,
@@ -22,7 +23,7 @@ import type { CoreFunc, CorePod, CoreState, Held } from "./types.ts";
 /** What a pod parked in each tier still holds on its node. */
 export const TIER_HOLDS: Record<StandbyTier, Held> = {
   paused: { cpu: false, mem: true, vram: true },
-  host_memory: { cpu: false, mem: true, vram: false },
+  host_memory: { cpu: false, mem: true, vram: false, gpuInMem: true },
   file: { cpu: false, mem: false, vram: false },
 };
 
@@ -56,6 +57,13 @@ export function retire(
     ? chooseTier(f.policy.standbyTier ?? "paused", node.standbyTiers)
     : undefined;
   if (tier && freeing && TIER_HOLDS[tier][freeing]) tier = undefined;
+  // Its GPU memory would move into host memory: only where the node has that much to spare
+  // (a pod whose GPU memory stays on the GPU, paused, needs none).
+  const free = node ? node.memTotalMB - node.memUsedMB : 0;
+  if (tier === "host_memory" && node && pod.gpus.length && free < gpuMemMB(pod)) {
+    tier = chooseTier("paused", node.standbyTiers);
+    if (freeing === "vram") tier = undefined;
+  }
   // A parked pod is still a replica: none kept above a (lowered) maxReplica.
   if (tier && liveCurrent(ctx.state, f) > f.policy.maxReplica) tier = undefined;
   if (tier) {
@@ -67,6 +75,10 @@ export function retire(
       pod.tier = tier;
       pod.lastUsed = ctx.now;
       pod.parkingSince = ctx.now; // it holds all until its agent reports it parked (parkDone)
+      // ...and the host memory its GPU memory moves into, from the start of the copy.
+      if (TIER_HOLDS[tier].gpuInMem && pod.gpus.length) {
+        setHeld(ctx.state, pod, { ...pod.held, gpuInMem: true });
+      }
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }

@@ -38,7 +38,11 @@ Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and res
   const n = d.state.nodes.get("n1")!;
   assert.equal(n.gpus[0].vramUsedMB, 0, "host-memory tier frees the GPU");
   assert.equal(n.cpuUsed, 0);
-  assert.equal(n.memUsedMB, 1024, "its memory stays charged");
+  assert.equal(
+    n.memUsedMB,
+    1024 + 30_000,
+    "its memory stays charged, and its GPU memory moved there",
+  );
   const again = d.run(lease("r2"));
   assert.deepEqual(again, [{ type: "resumePod", podId: pod, tier: "host_memory" }]);
   assert.equal(n.gpus[0].vramUsedMB, 30_000);
@@ -53,6 +57,35 @@ Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and res
     resumed: true,
     version: 1,
   }]);
+  assert.equal(n.memUsedMB, 1024, "back on the GPU: its own memory only");
+});
+
+Deno.test("a GPU pod is parked in host memory only where the node has memory for its GPU memory", () => {
+  for (
+    const [tiers, want] of [[["paused", "host_memory"], "parkPod"], [
+      ["host_memory"],
+      "terminatePod",
+    ]] as const
+  ) {
+    const d = new CoreDriver();
+    const node = gpuNode("n1", [...tiers]);
+    d.run({ type: "nodeUpdate", node: { ...node, memMB: 16_384 } }, {
+      type: "funcUpdate",
+      func: gpuFunc("t/n/f", "host_memory"),
+    });
+    const pod = created(d.run(lease("r1")))[0].id;
+    d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+    const out = d.run({ type: "return", podId: pod, gateway: "g1" });
+    assert.deepEqual(kinds(out), [want], tiers.join());
+    if (want === "parkPod") {
+      assert.deepEqual(
+        out,
+        [{ type: "parkPod", podId: pod, tier: "paused" }],
+        "paused: it stays on the GPU",
+      );
+    }
+    assert.ok(d.state.nodes.get("n1")!.memUsedMB <= 16_384, "never more than the node has");
+  }
 });
 
 Deno.test("step() keeps the GPU charged for the paused tier and parks at most standby_per_node", () => {

@@ -169,6 +169,11 @@ export interface Held {
   cpu: boolean;
   mem: boolean;
   vram: boolean;
+  /**
+   * Its GPU memory is (or is being) moved into its host memory, the
+   * host-memory tier: charged as host memory too, with `mem`.
+   */
+  gpuInMem?: boolean;
 }
 
 /** One pod as the core accounts it: where it was placed, and its state. */
