@@ -207,7 +207,7 @@ export interface GatewaySettings {
   drainS: number;
   /**
    * `GATEWAY_READ_AHEAD_MB`: how much of streamed answers the gateway may
-   * hold read ahead of slow callers, all calls together (each up to 1 MiB),
+   * hold read ahead of slow callers, all calls together (each up to 8 MiB),
    * so that their workers go back when done; 0: none.
    */
   readAheadMb: number;

@@ -48,6 +48,8 @@ interface BroughtUp {
 interface LocalPod extends LocalPhase {
   id: string;
   done?: Promise<void>;
+  /** Its record goes once it is stopped (asked by one of the stops under way). */
+  deleteRecord?: boolean;
 }
 
 /** One node's agent. Implements {@linkcode NodeAgentClient} in-process. */
@@ -297,9 +299,14 @@ export class NodeAgent implements NodeAgentClient {
    * scheduler gives that to other pods as soon as it hears of the failure.
    */
   #failStopped(podId: string, error: string): void {
+    const entry = this.#local.get(podId);
     this.#stopPod(podId, false).catch((err: Error) =>
       log.warn("Cannot stop pod {pod}: {error}", { pod: podId, error: err.message })
-    ).then(() => this.#setStatus(podId, { state: "Failed", error }));
+    ).then(() => {
+      // Stopped for good meanwhile (the agent's stop, a termination): its record is gone.
+      if (entry?.deleteRecord || this.#stopped) return;
+      return this.#setStatus(podId, { state: "Failed", error });
+    });
   }
 
   #startPod(pod: PodInfo): void {
@@ -488,6 +495,9 @@ export class NodeAgent implements NodeAgentClient {
   #stopPod(podId: string, deleteRecord: boolean): Promise<void> {
     const entry = this.#local.get(podId);
     if (!entry) return Promise.resolve();
+    // A stop under way deletes the record too when this one asks (the agent's own stop
+    // during a failed park's).
+    if (deleteRecord) entry.deleteRecord = true;
     if (entry.phase === "stopping") return entry.done ?? Promise.resolve();
     const starting = entry.done;
     entry.phase = "stopping";
@@ -496,7 +506,7 @@ export class NodeAgent implements NodeAgentClient {
       await starting?.catch(() => {});
       await this.#runtime.stop(podId, this.#options.stopGraceMs ?? 5000);
       this.#local.delete(podId);
-      if (deleteRecord) await this.#deletePod(podId);
+      if (entry.deleteRecord) await this.#deletePod(podId);
     })();
     return entry.done;
   }

@@ -158,11 +158,12 @@ Deno.test({
 
 Deno.test({
   name:
-    "NodeAgent stops a pod whose park or resume failed before it reports it Failed: its worker may run on",
+    "NodeAgent stops a pod whose park or resume failed before it reports it Failed (its worker may run on); stopped itself meanwhile, it deletes the record",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    for (const step of ["park", "resume"] as const) {
+    for (const test of ["park", "resume", "stop during"] as const) {
+      const step = test === "resume" ? "resume" : "park";
       const calls: string[] = [];
       const fake: PodRuntime = {
         ...recordingRuntime(calls),
@@ -187,6 +188,14 @@ Deno.test({
         await meta.create({ ...ref, object: testPod("p1", "n1") });
         await until("p1 ready", async () => (await current())?.state === "Ready");
         await ask({ desired: "Standby", standbyTier: "paused" });
+        if (test === "stop during") {
+          // The agent's own stop while the failed park's stop is under way: as any stop of it.
+          await until("its worker being stopped", () => calls.includes("stop p1"));
+          await agent.stop();
+          await new Promise((r) => setTimeout(r, 150)); // a late Failed report would land by now
+          assert.equal(await current(), undefined, "the record deleted");
+          continue;
+        }
         if (step === "resume") {
           await until("p1 parked", async () => (await current())?.state === "Standby");
           await ask({ desired: "Running" });

@@ -8,7 +8,7 @@
 import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
-import { learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
+import { learnReadyTime, parkDone, parkingHolds, TIER_HOLDS } from "./standby.ts";
 import { failedSoon, startFailed } from "./backoff.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
 import { splitOutput } from "../../model/cluster.ts";
@@ -151,9 +151,10 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   const podState = lost ? "Terminating" : recovered;
   const charge = r.gpus.length ? r.gpus[0].vramMB + node.contextOverheadMB : 0;
   // Parked by its record's report (being terminated, too); asked to park and not yet
-  // reported: it holds all still.
+  // reported: it holds all still (and what its park's copy takes).
   const parked = r.state === "Standby" && r.tier !== undefined &&
     (podState === "Standby" || podState === "Terminating");
+  const parking = podState === "Standby" && !parked && r.tier !== undefined;
   const placement = {
     id: r.id,
     func: r.func,
@@ -169,7 +170,7 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     podState,
     charge,
     ctx.now,
-    parked ? TIER_HOLDS[r.tier!] : ALL_HELD,
+    parked ? TIER_HOLDS[r.tier!] : parking ? parkingHolds(r, r.tier!) : ALL_HELD,
   );
   pod.endpoint = r.endpoint;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;

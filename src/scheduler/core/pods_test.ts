@@ -576,3 +576,39 @@ Deno.test("in a start back-off a parked pod that cannot resume stays parked, and
   );
   assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
 });
+
+Deno.test("a GPU pod asked to park in host memory is charged the same before and after a restart", () => {
+  const start = (d: CoreDriver) =>
+    d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "host_memory"]) }, {
+      type: "funcUpdate",
+      func: gpuFunc("t/n/f", "host_memory"),
+    });
+  const live = new CoreDriver();
+  start(live);
+  const id = created(live.run(lease("r1")))[0].id;
+  live.run({ type: "podStatus", podId: id, state: "Ready", endpoint: "e" });
+  assert.deepEqual(kinds(live.run({ type: "return", podId: id, gateway: "g1" })), ["parkPod"]);
+  const p = live.state.pods.get(id)!;
+  // Restarted before the park was reported: rebuilt from its record.
+  const again = new CoreDriver();
+  start(again);
+  again.run({
+    type: "podRecord",
+    pod: {
+      id,
+      func: "t/n/f",
+      version: 1,
+      node: "n1",
+      cpu: p.cpu,
+      memMB: p.memMB,
+      gpus: p.gpus,
+      desired: "Standby",
+      state: "Ready",
+      tier: "host_memory",
+      endpoint: "e",
+    },
+  });
+  const used = (d: CoreDriver) => d.state.nodes.get("n1")!.memUsedMB;
+  assert.equal(used(live), 1024 + 30_000, "its GPU memory's copy, from the start of the park");
+  assert.equal(used(again), used(live));
+});

@@ -60,7 +60,7 @@ export function retire(
   // Its GPU memory would move into host memory: only where the node has that much to spare
   // (a pod whose GPU memory stays on the GPU, paused, needs none).
   const free = node ? node.memTotalMB - node.memUsedMB : 0;
-  if (tier === "host_memory" && node && pod.gpus.length && free < gpuMemMB(pod)) {
+  if (tier && COPIES_GPU_MEMORY.has(tier) && node && pod.gpus.length && free < gpuMemMB(pod)) {
     tier = chooseTier("paused", node.standbyTiers);
     if (freeing === "vram") tier = undefined;
   }
@@ -75,15 +75,29 @@ export function retire(
       pod.tier = tier;
       pod.lastUsed = ctx.now;
       pod.parkingSince = ctx.now; // it holds all until its agent reports it parked (parkDone)
-      // ...and the host memory its GPU memory moves into, from the start of the copy.
-      if (TIER_HOLDS[tier].gpuInMem && pod.gpus.length) {
-        setHeld(ctx.state, pod, { ...pod.held, gpuInMem: true });
-      }
+      setHeld(ctx.state, pod, parkingHolds(pod, tier));
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }
   }
   terminate(ctx, pod, reason);
+}
+
+/**
+ * The tiers whose park first moves a GPU worker's GPU memory into its host
+ * memory (the file tier then writes it all to disk).
+ */
+const COPIES_GPU_MEMORY: ReadonlySet<StandbyTier> = new Set(["host_memory", "file"]);
+
+/**
+ * What a pod being parked in `tier` holds until its agent reports the park
+ * done: all it held, and the host memory its GPU memory moves into, from the
+ * start of the copy.
+ */
+export function parkingHolds(pod: Pick<CorePod, "gpus">, tier: StandbyTier): Held {
+  return COPIES_GPU_MEMORY.has(tier) && pod.gpus.length
+    ? { ...ALL_HELD, gpuInMem: true }
+    : ALL_HELD;
 }
 
 /** The parked pods of `f`'s version, by node. */
