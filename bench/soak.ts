@@ -22,16 +22,22 @@
  * them with the rate objects are made, up to a bound, over tens of minutes
  * (`docs/benchmarks.md`): they hold no live objects for long, and what leaks
  * is kept in the old generation, in buffers or in native memory, all counted.
- * Resident memory as a whole is printed beside it. Descriptors flat (at the
+ * Resident memory as a whole is printed beside it, and by kind of mapping
+ * (`bench/smaps.ts`: V8's heap and code, malloc's arenas, files, ...) at the
+ * two floors, to place what grew. Descriptors flat (at the
  * end at most 5 above the end of warm-up); after the load, leases and pods
  * back to what they were before it; no 5xx.
  * Exits 1 when a criterion fails.
  *
- * Run: `deno run -A bench/soak.ts [--minutes 10] [--sample-s 60] [--warmup-min 2]`
+ * Run: `deno run -A bench/soak.ts [--minutes 10] [--sample-s 60] [--warmup-min 2] [--trace-gc]`
+ * (`--trace-gc`: the heap each thread of the platform kept after each of its
+ * full collections, over the first and last third, tells live objects that
+ * pile up from pages V8 keeps)
  * (shorter or longer runs: `--minutes 1`, `--minutes 60`).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { eventually, type Json, request, startPlatform } from "../tests/e2e/helpers.ts";
+import { growthTable, residentByKind } from "./smaps.ts";
 
 function flag(name: string, dflt: number): number {
   const i = Deno.args.indexOf(`--${name}`);
@@ -48,7 +54,14 @@ const ADMIN = `soak-admin-${crypto.randomUUID()}`;
 const T = "soak";
 const NS = "ns";
 
-const p = await startPlatform({ INFERX_ADMIN_APIKEY: ADMIN, LOG_LEVEL: "warning" });
+/** `--trace-gc`: the platform's collections are traced, and its full ones' results printed. */
+const traceGc = Deno.args.includes("--trace-gc");
+const spawnedAt = performance.now();
+const p = await startPlatform(
+  { INFERX_ADMIN_APIKEY: ADMIN, LOG_LEVEL: "warning" },
+  undefined,
+  traceGc ? { runtimeArgs: ["--v8-flags=--trace-gc"] } : {},
+);
 const pid = p.proc.pid;
 const admin = { authorization: `Bearer ${ADMIN}` };
 
@@ -317,10 +330,10 @@ try {
     on = false;
   });
   const samples: Sample[] = [];
-  const rss: { t: number; mb: number; youngMB: number }[] = [];
+  const rss: { t: number; mb: number; youngMB: number; kinds: Map<string, number> }[] = [];
   const probe = setInterval(async () => {
-    const [mb, young] = await Promise.all([rssMB(), youngMB()]);
-    rss.push({ t: (performance.now() - t0) / 1000, mb, youngMB: young });
+    const [mb, young, kinds] = await Promise.all([rssMB(), youngMB(), residentByKind(pid)]);
+    rss.push({ t: (performance.now() - t0) / 1000, mb, youngMB: young, kinds });
   }, 5000);
   const end = Date.now() + minutes * 60_000;
   let warmed: Sample | undefined;
@@ -348,8 +361,11 @@ try {
 
   const from = warmed.t;
   const third = (last.t - from) / 3;
+  /** The reading with the least `mb` from `a` to `b` s. */
+  const lowest = (a: number, b: number, mb: (r: typeof rss[number]) => number) =>
+    rss.filter((r) => r.t >= a && r.t <= b).reduce((x, y) => mb(y) < mb(x) ? y : x);
   const floor = (a: number, b: number, mb: (r: typeof rss[number]) => number) =>
-    Math.round(Math.min(...rss.filter((r) => r.t >= a && r.t <= b).map(mb)) * 10) / 10;
+    Math.round(mb(lowest(a, b, mb)) * 10) / 10;
   const outside = (r: typeof rss[number]) => r.mb - r.youngMB;
   const early = floor(from, from + third, outside);
   const late = floor(last.t - third, last.t, outside);
@@ -370,6 +386,22 @@ try {
       ((rssLate - rssEarly) / rssEarly * 100).toFixed(1)
     }%)`,
   );
+  // Where it grew: the two floors' readings by kind of mapping (the young generation is in
+  // V8's heap: its pages at each floor are given below the table).
+  const [atEarly, atLate] = [
+    lowest(from, from + third, outside),
+    lowest(last.t - third, last.t, outside),
+  ];
+  log(`at the floors (${Math.round(atEarly.t)} s and ${Math.round(atLate.t)} s):`);
+  for (const line of growthTable(atEarly.kinds, atLate.kinds)) log(line);
+  log(
+    `of V8's heap, the young generations' pages: ${atEarly.youngMB} MB, then ${atLate.youngMB} MB`,
+  );
+  if (traceGc) {
+    for (const line of fullCollections(p.output(), (t0 - spawnedAt) / 1000, from, last.t)) {
+      log(line);
+    }
+  }
   const heaps = samples.filter((s) => s.t >= from).map((s) => s.heapMB);
   log(
     `JavaScript heap in use after warm-up (MB): ${heaps.join(" ")}; lowest over its first third ${
@@ -407,6 +439,44 @@ try {
   await p.stop();
   await Deno.remove(p.dataDir, { recursive: true }).catch(() => {});
 }
+/**
+ * From V8's `--trace-gc` lines in `output`: each thread's (isolate's) heap
+ * after its full collections (Mark-Compact) from `from` to `to` s of the
+ * soak (`offset`: how long after its start the soak's clock began), the
+ * least over the first third against the last.
+ */
+function fullCollections(output: string, offset: number, from: number, to: number): string[] {
+  const re =
+    /\[\d+:(0x[0-9a-f]+)\]\s+(\d+) ms: Mark-Compact[^\d]*[\d.]+ \(([\d.]+)\) -> ([\d.]+) \(([\d.]+)\) MB/g;
+  const byIsolate = new Map<string, { t: number; after: number; committed: number }[]>();
+  for (const m of output.matchAll(re)) {
+    const t = Number(m[2]) / 1000 - offset;
+    if (t < from || t > to) continue;
+    const list = byIsolate.get(m[1]) ?? [];
+    list.push({ t, after: Number(m[4]), committed: Number(m[5]) });
+    byIsolate.set(m[1], list);
+  }
+  const all = [...output.matchAll(/ ms: (Scavenge|Mark-Compact|Minor Mark-Sweep)/g)];
+  const lines = [
+    `--trace-gc: ${all.length} collections traced, ${
+      all.filter((m) => m[1] === "Mark-Compact").length
+    } of them full; of these ${[...byIsolate.values()].flat().length} after warm-up`,
+  ];
+  const third = (to - from) / 3;
+  const least = (l: { t: number; after: number }[], a: number, b: number) =>
+    Math.min(...l.filter((x) => x.t >= a && x.t <= b).map((x) => x.after));
+  return [
+    ...lines,
+    ...[...byIsolate].map(([isolate, l]) =>
+      `full collections of isolate ${isolate} after warm-up: ${l.length}; heap kept (MB): ${
+        l.map((x) => x.after).join(" ")
+      }; least over the first third ${least(l, from, from + third)}, over the last ${
+        least(l, to - third, to)
+      }; committed ${l[0].committed} -> ${l.at(-1)!.committed}`
+    ),
+  ];
+}
+
 if (failures.length) {
   console.log(`soak FAILED:\n${failures.join("\n")}`);
   exitCode = 1;

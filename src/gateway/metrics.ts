@@ -352,7 +352,11 @@ export class GatewayMetrics {
     for (
       const [name, help, pick] of [
         ["resident_memory", "Resident memory", (m) => m.rss],
-        ["heap_used", "JavaScript heap in use, after the last collection,", (m) => m.heapUsed],
+        [
+          "heap_used",
+          "JavaScript heap in use (what the last collection kept, and all made since)",
+          (m) => m.heapUsed,
+        ],
         ["external_memory", "Buffers held outside the JavaScript heap", (m) => m.external],
       ] as [string, string, (m: Deno.MemoryUsage) => number][]
     ) {
