@@ -69,6 +69,15 @@ function podRecord(meta: MetaClient) {
   return { ref, current, ask };
 }
 
+/** A started agent of node `n1` on `runtime`, its store, and pod `p1`'s record there. */
+async function agentWith(runtime: PodRuntime) {
+  const store = await openSqliteStore();
+  const meta = new StateService(store);
+  const agent = new NodeAgent(meta, runtime, node, { heartbeatMs: 60_000 });
+  await agent.start();
+  return { store, meta, agent, ...podRecord(meta) };
+}
+
 /** A store holding the node's record, whose updates fail with `failures` in turn. */
 function nodeStore(failures: Error[]) {
   let record: MetaRecord = {
@@ -126,11 +135,7 @@ Deno.test({
   async fn() {
     const calls: string[] = [];
     const fake = recordingRuntime(calls);
-    const store = await openSqliteStore();
-    const meta = new StateService(store);
-    const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
-    await agent.start();
-    const { ref, current, ask } = podRecord(meta);
+    const { store, meta, agent, ref, current, ask } = await agentWith(fake);
     try {
       await meta.create({ ...ref, object: testPod("p1", "n1") });
       await meta.create({ ...ref, name: "p2", object: testPod("p2", "n2") });
@@ -179,11 +184,7 @@ Deno.test({
           calls.push(`stopped ${id}`);
         },
       };
-      const store = await openSqliteStore();
-      const meta = new StateService(store);
-      const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
-      await agent.start();
-      const { ref, current, ask } = podRecord(meta);
+      const { store, meta, agent, ref, current, ask } = await agentWith(fake);
       try {
         await meta.create({ ...ref, object: testPod("p1", "n1") });
         await until("p1 ready", async () => (await current())?.state === "Ready");

@@ -182,6 +182,9 @@ interface Child {
   gpuMemMB: number;
 }
 
+/** The memory (MB) of a pod's GPU slices, all together. */
+const gpuMemOf = (spec: PodSpec) => spec.gpus.reduce((sum, g) => sum + g.vramMB, 0);
+
 /** What sets a pod's memory limit: its group, its own limit and its GPU slices' memory. */
 type Limits = Pick<Child, "cgroup" | "memMB" | "gpuMemMB">;
 
@@ -764,7 +767,7 @@ export class ProcessRuntime implements PodRuntime {
       gpus: spec.gpus.map((g) => g.index),
       cgroup,
       memMB: spec.memMB,
-      gpuMemMB: spec.gpus.reduce((sum, g) => sum + g.vramMB, 0),
+      gpuMemMB: gpuMemOf(spec),
       exited: limitSaid(
         proc.status.then(async (s) => {
           // Its last output, when the pipes end soon: a process it started may hold them open
@@ -1043,18 +1046,15 @@ export class ProcessRuntime implements PodRuntime {
     const cuda = this.#options.cuda!;
     const pid = child.pid;
     await this.#gpuInHost(child, true);
+    let locked = false;
     try {
       await cuda.lock(pid, this.#options.cudaLockTimeoutMs ?? 10_000);
-    } catch (err) {
-      await this.#gpuInHost(child, false).catch(() => {});
-      throw err;
-    }
-    try {
+      locked = true;
       await cuda.checkpoint(pid);
     } catch (err) {
       // The driver does not keep a failed checkpoint's process in a good state: its unlock
       // may fail too, and must not hide why the checkpoint did (UVM or IPC memory, say).
-      await cuda.unlock(pid).catch(() => {});
+      if (locked) await cuda.unlock(pid).catch(() => {});
       await this.#gpuInHost(child, false).catch(() => {});
       throw err;
     }
@@ -1368,7 +1368,7 @@ export class ProcessRuntime implements PodRuntime {
       ownSession: true,
       cgroup,
       memMB: spec.memMB,
-      gpuMemMB: spec.gpus.reduce((sum, g) => sum + g.vramMB, 0),
+      gpuMemMB: gpuMemOf(spec),
       exited: limitSaid(restoredExit(pid, meta.init === true), cgroup, spec.memMB),
     };
     child.follow = followFile(

@@ -42,12 +42,12 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       authorize(c.var.principal, "read", tenant);
       if (!deps.audit) throw new InferxError("unsupported", "This gateway keeps no audit log");
       const since = asked ?? Date.now() - HOUR_MS;
-      const floor = await auditFloor(deps, c.var.principal, tenant);
+      const readable = await readableAudit(deps, c.var.principal, { tenant, since });
       // The log's health must show while its backend is down: usage then says why it is missing.
-      const usage = floor === undefined
-        ? { since, functions: [], tenants: [] }
-        : await deps.audit.usage({ tenant, since: Math.max(since, floor) })
-          .catch((err: Error) => ({ error: err.message }));
+      const usage = readable
+        ? await deps.audit.usage({ tenant, since: readable.since! })
+          .catch((err: Error) => ({ error: err.message }))
+        : { since, functions: [], tenants: [] };
       return c.json({ ...bufferStats(deps, c.var.principal), usage });
     }
     if (kind !== "requests" && kind !== "pods") {
