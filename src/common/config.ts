@@ -161,6 +161,8 @@ const GatewayEnv = z.object({
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
   GATEWAY_DRAIN_S: count(10),
   GATEWAY_READ_AHEAD_MB: count(64),
+  GATEWAY_SPILL_MB: count(1024),
+  GATEWAY_SPILL_DIR: optional(),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
   // could never be sent as a bearer: refused.
@@ -211,6 +213,14 @@ export interface GatewaySettings {
    * so that their workers go back when done; 0: none.
    */
   readAheadMb: number;
+  /**
+   * `GATEWAY_SPILL_MB`: how much of streamed answers the gateway may hold
+   * read ahead of slow callers on disk, past memory, all calls together
+   * (each up to 256 MiB); 0: none.
+   */
+  spillMb: number;
+  /** `GATEWAY_SPILL_DIR`: where (default: `gateway-spill` in `INFERX_DATA_DIR`). */
+  spillDir: string;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
   bodyLimit: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
@@ -522,6 +532,8 @@ export function readConfig(
       host: g.GATEWAY_HOST,
       drainS: g.GATEWAY_DRAIN_S,
       readAheadMb: g.GATEWAY_READ_AHEAD_MB,
+      spillMb: g.GATEWAY_SPILL_MB,
+      spillDir: g.GATEWAY_SPILL_DIR ?? `${p.INFERX_DATA_DIR.replace(/\/+$/, "")}/gateway-spill`,
       bodyLimit: g.INFERX_BODY_LIMIT,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
       oidc: g.INFERX_OIDC_JWKS_URL

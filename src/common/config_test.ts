@@ -32,6 +32,8 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       host: "127.0.0.1",
       drainS: 10,
       readAheadMb: 64,
+      spillMb: 1024,
+      spillDir: "./data/gateway-spill",
       bodyLimit: 16 * 1024 * 1024,
       adminApiKey: undefined,
       oidc: undefined,
@@ -80,6 +82,8 @@ Deno.test("readConfig() reads each section from its variables", () => {
     NODE_NAME: "gpu-7",
     INFERX_RUNTIME: "process",
     INFERX_CPU_PROFILE: "/tmp/role-{pid}.cpuprofile",
+    INFERX_DATA_DIR: "/var/lib/inferx/",
+    GATEWAY_SPILL_MB: "0",
   }));
   assert.equal(c.role, "Scheduler");
   assert.equal(c.samplesDir, undefined);
@@ -89,6 +93,9 @@ Deno.test("readConfig() reads each section from its variables", () => {
   assert.equal(c.scheduler.httpPort, 1249);
   assert.equal(c.scheduler.nodeTimeoutMs, 6000);
   assert.equal(c.gateway.port, 0);
+  assert.equal(c.gateway.spillMb, 0);
+  assert.equal(c.gateway.spillDir, "/var/lib/inferx/gateway-spill");
+  assert.equal(readConfig(envOf({ GATEWAY_SPILL_DIR: "/spill" })).gateway.spillDir, "/spill");
   assert.equal(c.node.name, "gpu-7");
   assert.equal(c.node.runtime, "process");
 });

@@ -18,7 +18,7 @@ import type { MetaClient, NodeAgentClient, SchedulerClient } from "../rpc/types.
 import { Authenticator } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { HttpPool } from "./http_pool.ts";
-import { DEFAULT_READ_AHEAD_BYTES, ReadAheadBudget } from "./read_ahead.ts";
+import { DEFAULT_READ_AHEAD_BYTES, ReadAheadBudget, type SpillOptions } from "./read_ahead.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { authenticate } from "./middleware/authenticate.ts";
 import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
@@ -56,6 +56,8 @@ export interface GatewayDeps {
    * calls together (src/gateway/read_ahead.ts); 0: none. @default 64 MiB
    */
   readAheadBytes?: number;
+  /** Where, and how much, answers read ahead go on disk past memory; none: memory only. */
+  spill?: SpillOptions;
   /** The gateway's metrics. @default new metrics on a registry of their own */
   metrics?: GatewayMetrics;
   /** More registries served at `/metrics` (the scheduler's, in `All`). */
@@ -78,7 +80,10 @@ export interface GatewayDeps {
 
 /** The dependencies with their defaults, as the routes and the raw listener see them. */
 export function resolveDeps(deps: GatewayDeps): RouteDeps {
-  const readAhead = new ReadAheadBudget(deps.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES);
+  const readAhead = new ReadAheadBudget(
+    deps.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES,
+    deps.spill,
+  );
   const metrics = deps.metrics ?? new GatewayMetrics(deps.cache, deps.audit, readAhead);
   const pool = deps.upstream ?? new HttpPool();
   const gatewayId = deps.gatewayId ?? "gateway";

@@ -383,9 +383,16 @@ export class GatewayMetrics {
     if (readAhead) {
       gauge(
         "inferx_read_ahead_bytes",
-        "Bytes of streamed answers read from workers ahead of slow callers, held for them",
+        "Bytes of streamed answers read from workers ahead of slow callers, held for them in memory",
         () => readAhead.held,
       );
+      if (readAhead.spill) {
+        gauge(
+          "inferx_read_ahead_spilled_bytes",
+          "Bytes of streamed answers read from workers ahead of slow callers, held for them on disk",
+          () => readAhead.spilled,
+        );
+      }
     }
     new Gauge({
       name: "inferx_queue_depth",

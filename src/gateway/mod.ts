@@ -18,6 +18,7 @@ import { HttpPool } from "./http_pool.ts";
 import { Authenticator } from "./auth.ts";
 import { type OidcOptions, OidcVerifier } from "./oidc.ts";
 import type { AuditLog } from "../audit/types.ts";
+import type { SpillOptions } from "./read_ahead.ts";
 import type { CallSettings } from "../common/config.ts";
 
 export { createGatewayApp, type GatewayDeps } from "./app.ts";
@@ -41,6 +42,8 @@ export interface GatewayConfig {
   bodyLimit?: number;
   /** Bytes of streamed answers held read ahead of slow callers, in all. @default 64 MiB */
   readAheadBytes?: number;
+  /** Where, and how much, answers read ahead go on disk past memory. @default none */
+  spill?: SpillOptions;
   /** Heartbeat period to the scheduler (ms). @default 2000 */
   heartbeatMs?: number;
   /** The client of a node's agent, for pod logs. */
@@ -86,6 +89,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     upstream,
     bodyLimit: config.bodyLimit,
     readAheadBytes: config.readAheadBytes,
+    spill: config.spill,
     nodeAgent: config.nodeAgent,
     extraRegistries: config.extraRegistries,
     auth,

@@ -2,17 +2,26 @@
  * Reading a worker's streamed answer ahead of a caller who takes it slowly
  * (or not at all), as a buffering proxy does (nginx's `proxy_buffering`):
  * the worker's answer is read as fast as the worker sends it, up to
- * {@linkcode READ_AHEAD_PER_CALL} bytes ahead of the caller, so that an answer
- * that fits is read to its end and its worker's slot goes back then, not when
- * the caller has taken the last byte. What a gateway holds so for all its
- * calls together is bounded by a {@linkcode ReadAheadBudget}
- * (`GATEWAY_READ_AHEAD_MB`); past it, and past a call's own share, an answer
- * is read only as its caller takes it, as without reading ahead. A caller who
- * reads as fast as the worker writes sees no difference but one more read
- * under way.
+ * {@linkcode READ_AHEAD_PER_CALL} bytes in memory ahead of the caller, and
+ * past that into a file of its own on disk (nginx's temporary files), up to
+ * {@linkcode SPILL_PER_CALL} bytes, so that its worker's slot goes back when
+ * the worker is done, not when the caller has taken the last byte. What a
+ * gateway holds so for all its calls together is bounded by a
+ * {@linkcode ReadAheadBudget}, in memory (`GATEWAY_READ_AHEAD_MB`) and on
+ * disk (`GATEWAY_SPILL_MB`); past both, an answer is read only as its caller
+ * takes it, as without reading ahead. A caller who reads as fast as the
+ * worker writes sees no difference but one more read under way.
+ *
+ * A spill file is unlinked as soon as it is open (nothing is left behind by
+ * a crash), written at its end and read from its start, both in order; it is
+ * emptied whenever the caller has caught up with it.
  *
  * @module
  */
+
+import { logger } from "../common/log.ts";
+
+const log = logger("gateway");
 
 /** What a gateway's calls may hold read ahead together, unless configured (bytes). */
 export const DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024;
@@ -25,23 +34,75 @@ export const DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024;
  */
 export const READ_AHEAD_PER_CALL = 8 * 1024 * 1024;
 
+/** How far at most one call's answer is read ahead of its caller on disk (bytes). */
+export const SPILL_PER_CALL = 256 * 1024 * 1024;
+
+/** What a gateway's calls may hold on disk together, unless configured (bytes). */
+export const DEFAULT_SPILL_BYTES = 1024 * 1024 * 1024;
+
+/** Where, and how much, answers read ahead go on disk past memory. */
+export interface SpillOptions {
+  /** A directory of the gateway's own (made when missing). */
+  dir: string;
+  /** The most bytes all calls hold there together. */
+  limit: number;
+  /** The most one call holds there. @default SPILL_PER_CALL */
+  perCall?: number;
+}
+
 /**
  * The bytes the answers of a gateway's calls may hold read ahead of their
- * callers, all together.
+ * callers, all together: in memory, and on disk when `spill` is given.
  */
 export class ReadAheadBudget {
-  /** The most bytes held. */
+  /** The most bytes held in memory. */
   readonly limit: number;
+  readonly spill?: Readonly<SpillOptions>;
   #held = 0;
+  #spilled = 0;
   #waiting = new Set<() => void>();
 
-  constructor(limit: number) {
+  constructor(limit: number, spill?: SpillOptions) {
     this.limit = limit;
+    if (spill && spill.limit > 0) this.spill = spill;
   }
 
-  /** Bytes held now. */
+  /** Bytes held in memory now. */
   get held(): number {
     return this.#held;
+  }
+
+  /** Bytes held on disk now (the spill files' sizes). */
+  get spilled(): number {
+    return this.#spilled;
+  }
+
+  /** Whether `n` more bytes may go to disk. */
+  spillRoom(n: number): boolean {
+    return this.spill !== undefined && this.#spilled + n <= this.spill.limit;
+  }
+
+  takeSpill(n: number): void {
+    this.#spilled += n;
+  }
+
+  #spillWarned = 0;
+
+  /** A spill failed (the disk full, the directory unusable): said at most once a minute. */
+  spillFailed(err: unknown): void {
+    const now = performance.now();
+    if (this.#spillWarned && now - this.#spillWarned < 60_000) return;
+    this.#spillWarned = now;
+    log.warn("Cannot spill an answer read ahead to {dir}: {error}; it is held in memory", {
+      dir: this.spill?.dir,
+      error: String(err),
+    });
+  }
+
+  giveSpill(n: number): void {
+    if (n === 0) return;
+    this.#spilled -= n;
+    this.#wake();
   }
 
   /** Calls waiting for room. */
@@ -60,13 +121,17 @@ export class ReadAheadBudget {
 
   give(n: number): void {
     this.#held -= n;
-    if (!this.open || !this.#waiting.size) return;
+    if (this.open) this.#wake();
+  }
+
+  #wake(): void {
+    if (!this.#waiting.size) return;
     const waiting = [...this.#waiting];
     this.#waiting.clear();
     for (const wake of waiting) wake();
   }
 
-  /** Runs `wake` once, when the budget has room again. */
+  /** Runs `wake` once, when the budget has room again (in memory or on disk). */
   onFreed(wake: () => void): void {
     this.#waiting.add(wake);
   }
@@ -77,19 +142,45 @@ export class ReadAheadBudget {
   }
 }
 
+/** Bytes of an answer on disk, in order among the pieces held in memory. */
+interface Extent {
+  left: number;
+}
+
+/** How much of a spill file one read hands out at most. */
+const SPILL_READ = 64 * 1024;
+
+/** A call's spill file: unlinked, written at its end by one handle, read in order by another. */
+interface SpillFile {
+  writer: Deno.FsFile;
+  reader: Deno.FsFile;
+  /** Bytes in the file (written, read or not), as taken from the budget. */
+  size: number;
+}
+
 /**
  * One answer read ahead of its caller: {@linkcode ReadAhead.read} hands out
- * what was read, in order; `onEnd` runs once the worker's answer has been
- * read whole (before the caller may have all of it).
+ * what was read, in order, from memory or from its spill file; `onEnd` runs
+ * once the worker's answer has been read whole (before the caller may have
+ * all of it).
  */
 export class ReadAhead {
   readonly #source: () => Promise<Uint8Array | null>;
   readonly #budget: ReadAheadBudget;
   readonly #onEnd: () => void;
   readonly #perCall: number;
-  #queue: Uint8Array[] = [];
+  /** What is held for the caller, in order: pieces in memory and extents on disk. */
+  #queue: (Uint8Array | Extent)[] = [];
   #head = 0;
+  /** Bytes held in memory. */
   #queued = 0;
+  /** Bytes on disk not yet handed out. */
+  #unread = 0;
+  #file?: SpillFile;
+  /** The size of the last piece read from the source. */
+  #lastPiece = SPILL_READ;
+  /** Writing to disk failed once: this call spills no more. */
+  #diskOff = false;
   #ended = false;
   #stopped = false;
   #failed = false;
@@ -112,9 +203,14 @@ export class ReadAhead {
     this.#pump();
   }
 
-  /** Bytes read and not yet handed out. */
+  /** Bytes read and not yet handed out, in memory. */
   get queued(): number {
     return this.#queued;
+  }
+
+  /** Bytes read and not yet handed out, on disk. */
+  get spilled(): number {
+    return this.#unread;
   }
 
   /** The worker's answer was read whole. */
@@ -129,21 +225,53 @@ export class ReadAhead {
    */
   async read(): Promise<Uint8Array | null> {
     while (true) {
+      if (this.#stopped) throw new Error("the answer was given up");
       if (this.#head < this.#queue.length) {
-        const c = this.#queue[this.#head];
-        this.#queue[this.#head++] = EMPTY;
-        if (this.#head === this.#queue.length) this.#queue.length = this.#head = 0;
-        this.#queued -= c.byteLength;
-        this.#budget.give(c.byteLength);
-        this.#wakePump?.();
-        return c;
+        const item = this.#queue[this.#head];
+        if (item instanceof Uint8Array) {
+          this.#shift();
+          this.#queued -= item.byteLength;
+          this.#budget.give(item.byteLength);
+          this.#wakePump?.();
+          return item;
+        }
+        return await this.#readDisk(item);
       }
       if (this.#failed) throw this.#error;
-      if (this.#stopped) throw new Error("the answer was given up");
-      if (this.#ended) return null;
+      if (this.#ended) {
+        this.#closeFile();
+        return null;
+      }
       await new Promise<void>((resolve) => this.#wakeReader = resolve);
       this.#wakeReader = undefined;
     }
+  }
+
+  #shift(): void {
+    this.#queue[this.#head++] = EMPTY;
+    if (this.#head === this.#queue.length) this.#queue.length = this.#head = 0;
+  }
+
+  /** The next piece of `extent`, read from the spill file. */
+  async #readDisk(extent: Extent): Promise<Uint8Array> {
+    const out = new Uint8Array(Math.min(SPILL_READ, extent.left));
+    for (let got = 0; got < out.byteLength;) {
+      let n: number | null;
+      try {
+        n = await this.#file!.reader.read(out.subarray(got));
+      } catch (err) {
+        if (this.#stopped) throw new Error("the answer was given up"); // its file closed under it
+        throw err;
+      }
+      if (this.#stopped) throw new Error("the answer was given up");
+      if (n === null) throw new Error("the spill file ended short of what was written to it");
+      got += n;
+    }
+    extent.left -= out.byteLength;
+    this.#unread -= out.byteLength;
+    if (extent.left === 0) this.#shift();
+    this.#wakePump?.();
+    return out;
   }
 
   /** Gives up what is held (the caller is gone, or had enough); reading stops. */
@@ -152,20 +280,47 @@ export class ReadAhead {
     this.#stopped = true;
     this.#budget.give(this.#queued);
     this.#queue = [];
-    this.#head = this.#queued = 0;
+    this.#head = this.#queued = this.#unread = 0;
+    this.#closeFile();
     this.#wakePump?.();
     this.#wakeReader?.();
   }
 
+  #closeFile(): void {
+    const f = this.#file;
+    if (!f) return;
+    this.#file = undefined;
+    this.#budget.giveSpill(f.size);
+    f.writer.close();
+    f.reader.close();
+  }
+
+  /** Whether memory has room for the next piece: always when nothing is held there. */
+  #memoryRoom(): boolean {
+    return this.#queued === 0 || (this.#queued < this.#perCall && this.#budget.open);
+  }
+
+  /** Whether the next piece (of at most `n` bytes) may go to disk. */
+  #diskRoom(n: number): boolean {
+    const spill = this.#budget.spill;
+    if (!spill || this.#diskOff) return false;
+    // A file the caller has caught up with is emptied before it grows again.
+    const size = this.#unread === 0 ? 0 : this.#file?.size ?? 0;
+    const more = size + n - (this.#file?.size ?? 0);
+    return size + n <= (spill.perCall ?? SPILL_PER_CALL) && this.#budget.spillRoom(more);
+  }
+
   /**
-   * Reads the source while there is room: always when nothing is held for the
-   * caller (then the caller is waiting, as without reading ahead); else while
-   * this call's share and the budget allow.
+   * Reads the source while there is room: always when nothing is held in
+   * memory (then the caller is waiting, as without reading ahead); else while
+   * this call's share and the budget allow, in memory, then on disk.
    */
   async #pump(): Promise<void> {
     try {
       while (!this.#stopped) {
-        if (this.#queued > 0 && (this.#queued >= this.#perCall || !this.#budget.open)) {
+        // The next piece taken to be as large as the last: one that is not, and finds no room
+        // on disk, is held in memory past the share (by that piece, once).
+        if (!this.#memoryRoom() && !this.#diskRoom(this.#lastPiece)) {
           await this.#room();
           continue;
         }
@@ -176,9 +331,14 @@ export class ReadAhead {
           this.#onEnd();
           break;
         }
-        this.#queue.push(c);
-        this.#queued += c.byteLength;
-        this.#budget.take(c.byteLength);
+        this.#lastPiece = c.byteLength;
+        if (this.#memoryRoom() || !this.#diskRoom(c.byteLength) || !(await this.#spill(c))) {
+          // In memory (past its share by one piece at most when the disk fails it).
+          if (this.#stopped) return;
+          this.#queue.push(c);
+          this.#queued += c.byteLength;
+          this.#budget.take(c.byteLength);
+        }
         this.#wakeReader?.();
       }
     } catch (err) {
@@ -189,15 +349,77 @@ export class ReadAhead {
     this.#wakeReader?.();
   }
 
+  /**
+   * Writes `c` at the end of the spill file (opened, or emptied when the
+   * caller has caught up with it, first); false when the disk failed it, and
+   * this call spills no more.
+   */
+  async #spill(c: Uint8Array): Promise<boolean> {
+    // A stop closes the file under any of the awaits below: each is followed by a look at
+    // whether this is still the call's file (the stop has given its bytes back).
+    try {
+      let f = this.#file;
+      if (!f) {
+        const opened = await openSpill(this.#budget.spill!.dir);
+        if (this.#stopped) {
+          opened.writer.close();
+          opened.reader.close();
+          return true;
+        }
+        f = this.#file = opened;
+      }
+      if (this.#unread === 0 && f.size > 0) {
+        await f.writer.truncate(0);
+        await f.writer.seek(0, Deno.SeekMode.Start);
+        await f.reader.seek(0, Deno.SeekMode.Start);
+        if (this.#file !== f) return true;
+        this.#budget.giveSpill(f.size);
+        f.size = 0;
+      }
+      this.#budget.takeSpill(c.byteLength);
+      f.size += c.byteLength;
+      for (let o = 0; o < c.byteLength;) o += await f.writer.write(c.subarray(o));
+      if (this.#file !== f) return true;
+    } catch (err) {
+      if (this.#stopped) return true;
+      // Disk full, or the directory gone: what was written of this piece is never read (its
+      // extent is not recorded), and the piece is held in memory instead.
+      this.#diskOff = true;
+      this.#budget.spillFailed(err);
+      return false;
+    }
+    const last = this.#queue.length > this.#head ? this.#queue[this.#queue.length - 1] : undefined;
+    if (last && !(last instanceof Uint8Array)) last.left += c.byteLength;
+    else this.#queue.push({ left: c.byteLength });
+    this.#unread += c.byteLength;
+    return true;
+  }
+
   /** Waits until the caller took a piece, the budget has room again, or reading stopped. */
   async #room(): Promise<void> {
     let wake!: () => void;
     await new Promise<void>((resolve) => {
       this.#wakePump = wake = resolve;
-      if (!this.#budget.open) this.#budget.onFreed(resolve);
+      if (!this.#budget.open || this.#budget.spill) this.#budget.onFreed(resolve);
     });
     this.#wakePump = undefined;
     this.#budget.forget(wake);
+  }
+}
+
+/** Opens a new spill file in `dir` (made when missing) for writing and reading, and unlinks it. */
+async function openSpill(dir: string): Promise<SpillFile> {
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const path = `${dir}/${crypto.randomUUID()}`;
+  const writer = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+  try {
+    const reader = await Deno.open(path, { read: true });
+    return { writer, reader, size: 0 };
+  } catch (err) {
+    writer.close();
+    throw err;
+  } finally {
+    await Deno.remove(path).catch(() => {});
   }
 }
 

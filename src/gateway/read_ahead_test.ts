@@ -117,3 +117,125 @@ Deno.test("calls that wait for the budget leave no waiter behind", async () => {
   assert.equal(budget.held, 0);
   assert.equal(budget.waiting, 0, "no wake-up kept for a call that stopped");
 });
+
+/** Reads `ahead` to its end; every byte must be its piece's number (pieces of `size`, from 1). */
+async function readAll(ahead: ReadAhead, size: number): Promise<number> {
+  let at = 0;
+  for (let c; (c = await ahead.read()) !== null;) {
+    for (let i = 0; i < c.byteLength; i++) {
+      if (c[i] !== Math.floor((at + i) / size) + 1) {
+        assert.fail(`byte ${at + i} is ${c[i]}, not ${Math.floor((at + i) / size) + 1}`);
+      }
+    }
+    at += c.byteLength;
+  }
+  return at;
+}
+
+/** Waits (a settled turn at a time, bounded) until `ok`. */
+async function until(what: string, ok: () => boolean) {
+  for (let i = 0; !ok(); i++) {
+    if (i > 2000) assert.fail(`never: ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+async function spillDir(): Promise<string> {
+  return await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+}
+
+async function entries(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) out.push(e.name);
+  return out;
+}
+
+Deno.test("past its share in memory an answer goes to disk: it is read to its end before its caller reads, and comes back whole, in order", async () => {
+  const dir = await spillDir();
+  try {
+    const budget = new ReadAheadBudget(1 << 20, { dir, limit: 1 << 20 });
+    let ended = false;
+    const ahead = new ReadAhead(source(50, 1000).read, budget, () => ended = true, 2500);
+    await until("the worker's answer read whole", () => ended);
+    assert.equal(ahead.queued, 3000, "memory holds its share");
+    assert.equal(ahead.spilled, 47_000, "the rest is on disk");
+    assert.equal(budget.spilled, 47_000);
+    assert.deepEqual(await entries(dir), [], "the spill file is unlinked once open");
+    assert.equal(await readAll(ahead, 1000), 50_000);
+    assert.equal(budget.held, 0);
+    assert.equal(budget.spilled, 0, "the file given back at the end");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("past the disk's limits a call reads as its caller takes it; a file the caller caught up with is emptied, and nothing is lost", async () => {
+  const dir = await spillDir();
+  try {
+    const budget = new ReadAheadBudget(1 << 20, { dir, limit: 1 << 20, perCall: 4000 });
+    let ended = false;
+    const ahead = new ReadAhead(source(30, 1000).read, budget, () => ended = true, 2000);
+    await settle();
+    await until("the disk's share taken", () => ahead.spilled === 4000);
+    await settle();
+    assert.equal(ended, false, "30 pieces are more than memory's 2 and the disk's 4 hold");
+    assert.ok(budget.spilled <= 4000, `${budget.spilled}`);
+    let most = 0;
+    const watch = setInterval(() => most = Math.max(most, budget.spilled), 0);
+    try {
+      assert.equal(await readAll(ahead, 1000), 30_000, "memory, disk and memory again, in order");
+    } finally {
+      clearInterval(watch);
+    }
+    assert.ok(most <= 4000, `the call's file never grew past its share: ${most}`);
+    assert.equal(ended, true);
+    assert.equal(budget.spilled, 0);
+    assert.equal(budget.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the gateway's disk budget is shared: a call past it holds what memory allows", async () => {
+  const dir = await spillDir();
+  try {
+    const budget = new ReadAheadBudget(1 << 20, { dir, limit: 5000 });
+    const first = new ReadAhead(source(20, 1000).read, budget, () => {}, 1000);
+    await until("the first call's spill", () => budget.spilled === 5000);
+    const second = new ReadAhead(source(20, 1000).read, budget, () => {}, 1000);
+    await settle();
+    await settle();
+    assert.equal(second.spilled, 0, "no disk left for it");
+    assert.equal(second.queued, 1000);
+    first.stop();
+    assert.equal(budget.spilled, 0, "a stopped call gives its file back at once");
+    await until("the second call's spill", () => second.spilled === 5000);
+    await assert.rejects(first.read(), /given up/);
+    assert.equal(await readAll(second, 1000), 20_000);
+    assert.equal(budget.spilled, 0);
+    assert.equal(budget.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a disk that fails the spill: the answer is held in memory as without one, nothing lost", async () => {
+  const dir = await spillDir();
+  try {
+    const notADir = `${dir}/file`;
+    await Deno.writeTextFile(notADir, "");
+    const budget = new ReadAheadBudget(1 << 20, { dir: notADir, limit: 1 << 20 });
+    let ended = false;
+    const ahead = new ReadAhead(source(10, 1000).read, budget, () => ended = true, 2500);
+    await settle();
+    await settle();
+    assert.equal(ahead.spilled, 0);
+    assert.equal(ahead.queued, 4000, "its share in memory, and the piece the disk refused");
+    assert.equal(ended, false);
+    assert.equal(await readAll(ahead, 1000), 10_000);
+    assert.equal(budget.spilled, 0);
+    assert.equal(budget.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -934,6 +934,44 @@ function bigWorker(mb: number) {
   return { ...w, sent };
 }
 
+/** A connection to the gateway at `url` on which `GET /funccall/t/n/f/big` was sent. */
+async function askBig(url: string): Promise<Deno.Conn> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
+  await c.write(
+    new TextEncoder().encode("GET /funccall/t/n/f/big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"),
+  );
+  return c;
+}
+
+/**
+ * Reads a 200 answer of {@linkcode bigWorker}'s to its last chunk from `c`
+ * (up to `max` body bytes), undoes the chunked framing (the gateway's pieces
+ * are its own) and checks its bytes; the body's length.
+ */
+async function readChunked(c: Deno.Conn, max: number): Promise<number> {
+  const all = new Uint8Array(max + 1024 * 1024);
+  let got = 0;
+  const tail = () => new TextDecoder("latin1").decode(all.subarray(Math.max(0, got - 5), got));
+  for (let n; tail() !== "0\r\n\r\n" && (n = await c.read(all.subarray(got))) !== null;) {
+    got += n;
+  }
+  const text = (a: number, b: number) => new TextDecoder("latin1").decode(all.subarray(a, b));
+  const find = (from: number) =>
+    all.subarray(from, got).findIndex((b, i, a) => b === 13 && a[i + 1] === 10) + from;
+  let at = text(0, got > 4096 ? 4096 : got).indexOf("\r\n\r\n") + 4;
+  assert.match(text(0, at), /^HTTP\/1.1 200 /);
+  let body = 0;
+  for (let size; (size = parseInt(text(at, find(at)), 16)) > 0;) {
+    at = find(at) + 2;
+    for (let i = 0; i < size; i += 4099) {
+      assert.equal(all[at + i], (body + i) % 251, `byte ${body + i}`);
+    }
+    body += size;
+    at += size + 2;
+  }
+  return body;
+}
+
 t(
   "a streamed answer is read ahead of its caller: the worker's slot goes back when the worker is done",
   async () => {
@@ -972,44 +1010,57 @@ t(
 );
 
 t(
+  "with a spill directory, an answer larger than memory's share is read to its end ahead of a caller who reads nothing; it gets all of it later",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+    const g = await listening({ spill: { dir, limit: 64 * 1024 * 1024 } });
+    const w = bigWorker(24);
+    g.f.sched.endpoints.push(w.endpoint);
+    const c = await askBig(g.url);
+    try {
+      // The caller reads nothing: past memory's 8 MiB the rest goes to disk, and the worker is
+      // done and its slot back before the caller has read a byte.
+      await until("the worker's answer read whole", () => w.sent.done, 20_000);
+      await until("the slot back", () => g.f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
+      const spilled = g.f.deps.readAhead.spilled;
+      assert.ok(spilled >= 8 * 1024 * 1024, `on disk: ${spilled}`);
+      assert.ok(g.f.deps.readAhead.held <= 8 * 1024 * 1024 + 64 * 1024, "memory holds its share");
+      const scraped = await g.f.deps.metrics.registry.metrics();
+      assert.equal(
+        Number(/^inferx_read_ahead_spilled_bytes (\d+)$/m.exec(scraped)?.[1]),
+        spilled,
+        "the metric shows it",
+      );
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "no file left to see in the directory");
+      assert.equal(await readChunked(c, 24 * 1024 * 1024), 24 * 1024 * 1024, "all of it, in order");
+      await until(
+        "nothing held",
+        () => g.f.deps.readAhead.held === 0 && g.f.deps.readAhead.spilled === 0,
+      );
+    } finally {
+      c.close();
+      w.close();
+      await g.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+t(
   "through the listener, a caller that reads late gets the whole answer; what was held goes back",
   async () => {
     const g = await listening();
     const w = bigWorker(24);
     g.f.sched.endpoints.push(w.endpoint);
-    const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+    const c = await askBig(g.url);
     try {
-      await c.write(
-        new TextEncoder().encode("GET /funccall/t/n/f/big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"),
-      );
       // The caller reads nothing for a while: the gateway reads ahead for it, up to its share.
       await until("read ahead", () => g.f.deps.readAhead.held >= 8 * 1024 * 1024);
       assert.ok(!w.sent.done, "24 MiB is more than the share and the sockets hold");
       const scraped = await g.f.deps.metrics.registry.metrics();
       const held = Number(/^inferx_read_ahead_bytes (\d+)$/m.exec(scraped)?.[1]);
       assert.ok(held >= 8 * 1024 * 1024, `the metric shows it: ${held}`);
-      // Read to the last chunk, then undo the chunked framing (the gateway's pieces are its own).
-      const all = new Uint8Array(32 * 1024 * 1024);
-      let got = 0;
-      const tail = () => new TextDecoder("latin1").decode(all.subarray(Math.max(0, got - 5), got));
-      for (let n; tail() !== "0\r\n\r\n" && (n = await c.read(all.subarray(got))) !== null;) {
-        got += n;
-      }
-      const text = (a: number, b: number) => new TextDecoder("latin1").decode(all.subarray(a, b));
-      const find = (from: number) =>
-        all.subarray(from, got).findIndex((b, i, a) => b === 13 && a[i + 1] === 10) + from;
-      let at = text(0, got > 4096 ? 4096 : got).indexOf("\r\n\r\n") + 4;
-      assert.match(text(0, at), /^HTTP\/1.1 200 /);
-      let body = 0;
-      for (let size; (size = parseInt(text(at, find(at)), 16)) > 0;) {
-        at = find(at) + 2;
-        for (let i = 0; i < size; i += 4099) {
-          assert.equal(all[at + i], (body + i) % 251, `byte ${body + i}`);
-        }
-        body += size;
-        at += size + 2;
-      }
-      assert.equal(body, 24 * 1024 * 1024, "the whole answer, in order");
+      assert.equal(await readChunked(c, 24 * 1024 * 1024), 24 * 1024 * 1024, "all of it, in order");
       await until("nothing held", () => g.f.deps.readAhead.held === 0);
       await until("the slot back", () => g.f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
       assert.equal(w.sent.done, true);

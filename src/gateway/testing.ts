@@ -101,6 +101,8 @@ export interface FixtureOptions {
   adminKey?: string;
   /** Settings of the asynchronous calls' queue. */
   calls?: GatewayDeps["calls"];
+  /** Answers read ahead spill to disk so. */
+  spill?: GatewayDeps["spill"];
 }
 
 /** Builds a {@linkcode GatewayFixture}. */
@@ -137,6 +139,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     gatewayId: "gw-test",
     scheduler: sched,
     calls: opts.calls,
+    spill: opts.spill,
   });
   const app = createGatewayApp(deps);
   await deps.calls.start();

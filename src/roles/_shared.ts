@@ -83,6 +83,7 @@ export function gatewayOptions(
   | "drainMs"
   | "bodyLimit"
   | "readAheadBytes"
+  | "spill"
   | "adminApiKey"
   | "oidc"
   | "calls"
@@ -93,6 +94,7 @@ export function gatewayOptions(
     drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
     readAheadBytes: config.gateway.readAheadMb * 1024 * 1024,
+    spill: { dir: config.gateway.spillDir, limit: config.gateway.spillMb * 1024 * 1024 },
     adminApiKey: config.gateway.adminApiKey,
     oidc: config.gateway.oidc,
     calls: config.calls,
