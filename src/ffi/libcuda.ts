@@ -71,7 +71,7 @@ export interface CudaDevice {
   ordinal: number;
   name: string;
   totalMemMB: number;
-  /** `GPU-xxxxxxxx-xxxx-...` as nvidia-smi prints it. */
+  /** `GPU-xxxxxxxx-xxxx-...` as nvidia-smi prints it (`MIG-...` for a MIG instance). */
   uuid: string;
 }
 
@@ -203,16 +203,23 @@ export class LibCuda {
       this.#check("cuDeviceGetName", lib.cuDeviceGetName(name, name.length, dev[0]));
       const mem = new BigUint64Array(1);
       this.#check("cuDeviceTotalMem_v2", lib.cuDeviceTotalMem_v2(mem, dev[0]));
+      // The physical GPU's UUID (v1), and under MIG the instance's own (v2, where the driver
+      // has it): the two differ only for a MIG instance, which its tools name `MIG-`.
       const uuid = new Uint8Array(16);
+      this.#check("cuDeviceGetUuid", lib.cuDeviceGetUuid(uuid, dev[0]));
+      let mig = false;
       if (lib.cuDeviceGetUuid_v2) {
-        this.#check("cuDeviceGetUuid_v2", lib.cuDeviceGetUuid_v2(uuid, dev[0]));
-      } else this.#check("cuDeviceGetUuid", lib.cuDeviceGetUuid(uuid, dev[0]));
+        const own = new Uint8Array(16);
+        this.#check("cuDeviceGetUuid_v2", lib.cuDeviceGetUuid_v2(own, dev[0]));
+        mig = own.some((b, i) => b !== uuid[i]);
+        uuid.set(own);
+      }
       const end = name.indexOf(0);
       out.push({
         ordinal,
         name: new TextDecoder().decode(name.subarray(0, end < 0 ? name.length : end)),
         totalMemMB: Number(mem[0] / 1048576n),
-        uuid: formatUuid(uuid),
+        uuid: formatUuid(uuid, mig ? "MIG" : "GPU"),
       });
     }
     return out;
@@ -309,10 +316,10 @@ export class LibCuda {
   }
 }
 
-/** Formats 16 UUID bytes as the driver's tools do: `GPU-8-4-4-4-12` hex. */
-export function formatUuid(b: Uint8Array): string {
+/** Formats 16 UUID bytes as the driver's tools do: `GPU-8-4-4-4-12` hex (`MIG-` for an instance). */
+export function formatUuid(b: Uint8Array, kind: "GPU" | "MIG" = "GPU"): string {
   const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  return `GPU-${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${
+  return `${kind}-${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${
     h.slice(20)
   }`;
 }

@@ -142,15 +142,47 @@ t("a driver without the checkpoint API is a missing capability, not a crash", as
   }
 });
 
+t(
+  "a MIG instance is named MIG- as nvidia-smi names it; a driver without cuDeviceGetUuid_v2 gives GPU- UUIDs",
+  async () => {
+    const uuids = async (defines: string[]) => {
+      const { cuda, reason } = openLibCuda(await buildFake(defines));
+      assert.ok(cuda, reason);
+      try {
+        return cuda.devices().map((d) => d.uuid);
+      } finally {
+        cuda.close();
+      }
+    };
+    Deno.env.set("FAKE_CUDA_MIG", "1"); // the fake's device 1 is then a MIG instance
+    try {
+      assert.deepEqual(await uuids([]), [
+        "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f",
+        "MIG-a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf",
+      ]);
+      assert.deepEqual(await uuids(["-DNO_UUID_V2"]), [
+        "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f",
+        "GPU-10111213-1415-1617-1819-1a1b1c1d1e1f",
+      ]);
+    } finally {
+      Deno.env.delete("FAKE_CUDA_MIG");
+    }
+  },
+);
+
 Deno.test("openLibCuda() reports a missing library as a reason", () => {
   const r = openLibCuda("/nonexistent/libcuda.so.1");
   assert.equal(r.cuda, undefined);
   assert.match(r.reason!, /Cannot load \/nonexistent\/libcuda\.so\.1/);
 });
 
-Deno.test("formatUuid() prints the driver's GPU- form", () => {
+Deno.test("formatUuid() prints the driver's GPU- and MIG- forms", () => {
   assert.equal(
     formatUuid(new Uint8Array(16).fill(0xab)),
     "GPU-abababab-abab-abab-abab-abababababab",
+  );
+  assert.equal(
+    formatUuid(new Uint8Array(16).fill(0x01), "MIG"),
+    "MIG-01010101-0101-0101-0101-010101010101",
   );
 });

@@ -71,6 +71,16 @@ int cuDeviceGetUuid(unsigned char *uuid, int dev) {
   for (int i = 0; i < 16; i++) uuid[i] = (unsigned char)(dev * 16 + i);
   return SUCCESS;
 }
+#ifndef NO_UUID_V2
+/* The physical GPU's UUID, but with FAKE_CUDA_MIG set: device 1 is a MIG instance of its own. */
+int cuDeviceGetUuid_v2(unsigned char *uuid, int dev) {
+  int r = cuDeviceGetUuid(uuid, dev);
+  if (r == SUCCESS && dev == 1 && getenv("FAKE_CUDA_MIG")) {
+    for (int i = 0; i < 16; i++) uuid[i] = (unsigned char)(0xa0 + i);
+  }
+  return r;
+}
+#endif
 
 #ifndef NO_CHECKPOINT
 static void copy_delay(void) {
