@@ -5,10 +5,18 @@
  *
  * @module
  */
-import { addPod, ALL_HELD, type Ctx, releasePod, terminate, unitOf } from "./_accounting.ts";
+import {
+  addPod,
+  ALL_HELD,
+  type Ctx,
+  releasePod,
+  setHeld,
+  terminate,
+  unitOf,
+} from "./_accounting.ts";
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
-import { learnReadyTime, parkDone, parkingHolds, TIER_HOLDS } from "./standby.ts";
+import { copyingHolds, learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
 import { failedSoon, startFailed } from "./backoff.ts";
 import type { CorePodState, PodRecord } from "./types.ts";
 import { splitOutput } from "../../model/cluster.ts";
@@ -33,6 +41,7 @@ export function onPodStatus(
   if (status === "Ready") {
     if (pod.state !== "Creating" && pod.state !== "Resuming") return;
     const resumed = pod.state === "Resuming";
+    if (resumed) setHeld(state, pod, ALL_HELD); // its GPU memory back on the GPU
     if (f) learnReadyTime(f, pod, ctx.now, start);
     pod.state = "Ready";
     pod.tier = undefined;
@@ -170,7 +179,11 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
     podState,
     charge,
     ctx.now,
-    parked ? TIER_HOLDS[r.tier!] : parking ? parkingHolds(r, r.tier!) : ALL_HELD,
+    parked
+      ? TIER_HOLDS[r.tier!]
+      : parking || podState === "Resuming"
+      ? copyingHolds(r, r.tier!)
+      : ALL_HELD,
   );
   pod.endpoint = r.endpoint;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;

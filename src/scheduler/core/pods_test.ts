@@ -577,7 +577,7 @@ Deno.test("in a start back-off a parked pod that cannot resume stays parked, and
   assert.ok(acts.some((a) => a.type === "leaseFailed" && a.code === "worker_failed"));
 });
 
-Deno.test("a GPU pod asked to park in host memory is charged the same before and after a restart", () => {
+Deno.test("a GPU pod asked to park in host memory, or resumed from it, is charged the same before and after a restart", () => {
   const start = (d: CoreDriver) =>
     d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused", "host_memory"]) }, {
       type: "funcUpdate",
@@ -589,26 +589,37 @@ Deno.test("a GPU pod asked to park in host memory is charged the same before and
   live.run({ type: "podStatus", podId: id, state: "Ready", endpoint: "e" });
   assert.deepEqual(kinds(live.run({ type: "return", podId: id, gateway: "g1" })), ["parkPod"]);
   const p = live.state.pods.get(id)!;
-  // Restarted before the park was reported: rebuilt from its record.
-  const again = new CoreDriver();
-  start(again);
-  again.run({
-    type: "podRecord",
-    pod: {
-      id,
-      func: "t/n/f",
-      version: 1,
-      node: "n1",
-      cpu: p.cpu,
-      memMB: p.memMB,
-      gpus: p.gpus,
-      desired: "Standby",
-      state: "Ready",
-      tier: "host_memory",
-      endpoint: "e",
-    },
-  });
+  /** A scheduler restarted now, rebuilt from the pod's record. */
+  const restarted = (desired: "Standby" | "Running", state: "Ready" | "Standby") => {
+    const d = new CoreDriver();
+    start(d);
+    d.run({
+      type: "podRecord",
+      pod: {
+        id,
+        func: "t/n/f",
+        version: 1,
+        node: "n1",
+        cpu: p.cpu,
+        memMB: p.memMB,
+        gpus: p.gpus,
+        desired,
+        state,
+        tier: "host_memory",
+        endpoint: "e",
+      },
+    });
+    return d;
+  };
   const used = (d: CoreDriver) => d.state.nodes.get("n1")!.memUsedMB;
+  // Restarted before the park was reported.
   assert.equal(used(live), 1024 + 30_000, "its GPU memory's copy, from the start of the park");
-  assert.equal(used(again), used(live));
+  assert.equal(used(restarted("Standby", "Ready")), used(live));
+  // Parked, then asked to run again, and restarted before it was Ready.
+  live.run({ type: "podStatus", podId: id, state: "Standby" });
+  assert.deepEqual(kinds(live.run(lease("r2"))), ["resumePod"]);
+  const resuming = restarted("Running", "Standby");
+  assert.equal(resuming.state.pods.get(id)!.state, "Resuming");
+  assert.equal(used(live), 1024 + 30_000, "resuming: the copy until it is back on the GPU");
+  assert.equal(used(resuming), used(live));
 });

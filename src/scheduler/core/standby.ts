@@ -12,6 +12,7 @@ import {
   createPod,
   type Ctx,
   gpuMemMB,
+  heldMemMB,
   liveCurrent,
   setHeld,
   terminate,
@@ -75,7 +76,7 @@ export function retire(
       pod.tier = tier;
       pod.lastUsed = ctx.now;
       pod.parkingSince = ctx.now; // it holds all until its agent reports it parked (parkDone)
-      setHeld(ctx.state, pod, parkingHolds(pod, tier));
+      setHeld(ctx.state, pod, copyingHolds(pod, tier));
       ctx.actions.push({ type: "parkPod", podId: pod.id, tier });
       return;
     }
@@ -90,11 +91,13 @@ export function retire(
 const COPIES_GPU_MEMORY: ReadonlySet<StandbyTier> = new Set(["host_memory", "file"]);
 
 /**
- * What a pod being parked in `tier` holds until its agent reports the park
- * done: all it held, and the host memory its GPU memory moves into, from the
- * start of the copy.
+ * What a pod holds while its GPU memory is copied through host memory: being
+ * parked in `tier` (until its agent reports the park done) or resumed from it
+ * (until it is Ready again; from a file, the dump is read back into host
+ * memory first): all it holds running, and the host memory its GPU memory
+ * takes, from the start of the copy to its end.
  */
-export function parkingHolds(pod: Pick<CorePod, "gpus">, tier: StandbyTier): Held {
+export function copyingHolds(pod: Pick<CorePod, "gpus">, tier: StandbyTier): Held {
   return COPIES_GPU_MEMORY.has(tier) && pod.gpus.length
     ? { ...ALL_HELD, gpuInMem: true }
     : ALL_HELD;
@@ -178,12 +181,17 @@ export function parkedPod(state: CoreState, f: CoreFunc): CorePod | undefined {
   return best;
 }
 
-/** Whether the node can give a parked pod back what it released. */
+/**
+ * Whether the node can give a parked pod back what it released, and the host
+ * memory its restore copies its GPU memory through.
+ */
 export function canResume(state: CoreState, pod: CorePod): boolean {
   const node = state.nodes.get(pod.node);
   if (!node?.ready) return false;
   if (!pod.held.cpu && node.cpuTotal - node.cpuUsed < pod.cpu) return false;
-  if (!pod.held.mem && node.memTotalMB - node.memUsedMB < pod.memMB) return false;
+  // Its memory, and its GPU memory's copy while it is restored (what it holds parked counts).
+  const more = heldMemMB(pod, copyingHolds(pod, pod.tier!)) - heldMemMB(pod);
+  if (node.memTotalMB - node.memUsedMB < more) return false;
   if (!pod.held.vram) {
     for (const s of pod.gpus) {
       const g = node.gpus.find((g) => g.index === s.index);
@@ -260,7 +268,7 @@ export function restoreOrStart(
     return "started";
   }
   if (canResume(ctx.state, parked)) {
-    setHeld(ctx.state, parked, ALL_HELD);
+    setHeld(ctx.state, parked, copyingHolds(parked, parked.tier!));
     delete parked.parkingSince;
     parked.state = "Resuming";
     parked.since = ctx.now;

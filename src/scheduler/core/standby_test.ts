@@ -46,6 +46,7 @@ Deno.test("step() parks a scaled-in pod in host memory, freeing its GPU, and res
   const again = d.run(lease("r2"));
   assert.deepEqual(again, [{ type: "resumePod", podId: pod, tier: "host_memory" }]);
   assert.equal(n.gpus[0].vramUsedMB, 30_000);
+  assert.equal(n.memUsedMB, 1024 + 30_000, "the copy is in host memory until it is restored");
   const granted = d.run({ type: "podStatus", podId: pod, state: "Ready" });
   assert.deepEqual(granted, [{
     type: "leaseGranted",
@@ -85,6 +86,39 @@ Deno.test("a GPU pod is parked in host memory only where the node has memory for
       );
     }
     assert.ok(d.state.nodes.get("n1")!.memUsedMB <= 16_384, "never more than the node has");
+  }
+});
+
+Deno.test("a GPU pod resumed from a file is charged its GPU memory's copy in host memory until Ready; a node without that memory does not resume it", () => {
+  for (const room of [true, false]) {
+    const d = new CoreDriver();
+    const node = gpuNode("n1", ["file"]);
+    d.run({ type: "nodeUpdate", node }, { type: "funcUpdate", func: gpuFunc("t/n/f", "file") });
+    const pod = created(d.run(lease("r1")))[0].id;
+    d.now = 60_000; // a minute to start: a restore from a file is expected to be faster
+    d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+    assert.deepEqual(d.run({ type: "return", podId: pod, gateway: "g1" }), [
+      { type: "parkPod", podId: pod, tier: "file" },
+    ]);
+    d.run({ type: "podStatus", podId: pod, state: "Standby" });
+    const n = d.state.nodes.get("n1")!;
+    assert.equal(n.memUsedMB, 0, "parked in a file, it holds no memory");
+    // The node's memory shrinks (taken by others) below what the restore copies through.
+    if (!room) d.run({ type: "nodeUpdate", node: { ...node, memMB: 20_000 } });
+    const acts = d.run(lease("r2"));
+    if (!room) {
+      assert.deepEqual(kinds(acts), ["terminatePod", "createPod"], "dropped, started fresh");
+      assert.ok(n.memUsedMB <= 20_000);
+      continue;
+    }
+    assert.deepEqual(acts, [{ type: "resumePod", podId: pod, tier: "file" }]);
+    assert.equal(
+      n.memUsedMB,
+      1024 + 30_000,
+      "its memory, and its GPU memory's copy while restored",
+    );
+    d.run({ type: "podStatus", podId: pod, state: "Ready" });
+    assert.equal(n.memUsedMB, 1024, "back on the GPU");
   }
 });
 
