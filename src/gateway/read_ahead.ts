@@ -14,7 +14,8 @@
  *
  * A spill file is unlinked as soon as it is open (nothing is left behind by
  * a crash), written at its end and read from its start, both in order; it is
- * emptied whenever the caller has caught up with it.
+ * closed, and its room given back, whenever the caller has caught up with it
+ * (a later spill of the call opens another).
  *
  * @module
  */
@@ -60,7 +61,9 @@ export class ReadAheadBudget {
   readonly spill?: Readonly<SpillOptions>;
   #held = 0;
   #spilled = 0;
-  #waiting = new Set<() => void>();
+  /** Calls waiting for room in memory, and on disk (one may wait for either). */
+  #waitingMemory = new Set<() => void>();
+  #waitingDisk = new Set<() => void>();
 
   constructor(limit: number, spill?: SpillOptions) {
     this.limit = limit;
@@ -82,6 +85,7 @@ export class ReadAheadBudget {
     return this.spill !== undefined && this.#spilled + n <= this.spill.limit;
   }
 
+  /** Takes `n` bytes on disk (before the file is open or written: others see them taken). */
   takeSpill(n: number): void {
     this.#spilled += n;
   }
@@ -102,12 +106,14 @@ export class ReadAheadBudget {
   giveSpill(n: number): void {
     if (n === 0) return;
     this.#spilled -= n;
-    this.#wake();
+    wakeAll(this.#waitingDisk);
   }
 
   /** Calls waiting for room. */
   get waiting(): number {
-    return this.#waiting.size;
+    let n = this.#waitingMemory.size;
+    for (const w of this.#waitingDisk) if (!this.#waitingMemory.has(w)) n++;
+    return n;
   }
 
   /** Whether another piece may be read ahead (the last may go past the limit by its size). */
@@ -121,25 +127,32 @@ export class ReadAheadBudget {
 
   give(n: number): void {
     this.#held -= n;
-    if (this.open) this.#wake();
+    if (this.open) wakeAll(this.#waitingMemory);
   }
 
-  #wake(): void {
-    if (!this.#waiting.size) return;
-    const waiting = [...this.#waiting];
-    this.#waiting.clear();
-    for (const wake of waiting) wake();
-  }
-
-  /** Runs `wake` once, when the budget has room again (in memory or on disk). */
-  onFreed(wake: () => void): void {
-    this.#waiting.add(wake);
+  /**
+   * Runs `wake` when the budget has room again: in memory, on disk, or
+   * either. Only calls that wait on the budget itself are woken by it, not
+   * those waiting for their own callers.
+   */
+  onFreed(wake: () => void, on: { memory: boolean; disk: boolean }): void {
+    if (on.memory) this.#waitingMemory.add(wake);
+    if (on.disk) this.#waitingDisk.add(wake);
   }
 
   /** Takes back `wake` (woken otherwise meanwhile). */
   forget(wake: () => void): void {
-    this.#waiting.delete(wake);
+    this.#waitingMemory.delete(wake);
+    this.#waitingDisk.delete(wake);
   }
+}
+
+/** Wakes every call in `waiting` (each looks again, and waits again when there is no room). */
+function wakeAll(waiting: Set<() => void>): void {
+  if (!waiting.size) return;
+  const woken = [...waiting];
+  waiting.clear();
+  for (const wake of woken) wake();
 }
 
 /** Bytes of an answer on disk, in order among the pieces held in memory. */
@@ -160,14 +173,16 @@ interface SpillFile {
 
 /**
  * One answer read ahead of its caller: {@linkcode ReadAhead.read} hands out
- * what was read, in order, from memory or from its spill file; `onEnd` runs
- * once the worker's answer has been read whole (before the caller may have
- * all of it).
+ * what was read, in order, from memory or from its spill file; `onDone` runs
+ * once the worker is done with it (before the caller may have all of it):
+ * the answer read whole, or its reading failed (the worker broke it off,
+ * or went quiet past its limit; the caller learns it after what came
+ * before).
  */
 export class ReadAhead {
   readonly #source: () => Promise<Uint8Array | null>;
   readonly #budget: ReadAheadBudget;
-  readonly #onEnd: () => void;
+  readonly #onDone: () => void;
   readonly #perCall: number;
   /** What is held for the caller, in order: pieces in memory and extents on disk. */
   #queue: (Uint8Array | Extent)[] = [];
@@ -181,6 +196,8 @@ export class ReadAhead {
   #lastPiece = SPILL_READ;
   /** Writing to disk failed once: this call spills no more. */
   #diskOff = false;
+  /** A spill is under way (opening the file, or writing to it). */
+  #writing = false;
   #ended = false;
   #stopped = false;
   #failed = false;
@@ -193,12 +210,12 @@ export class ReadAhead {
   constructor(
     source: () => Promise<Uint8Array | null>,
     budget: ReadAheadBudget,
-    onEnd: () => void,
+    onDone: () => void,
     perCall = READ_AHEAD_PER_CALL,
   ) {
     this.#source = source;
     this.#budget = budget;
-    this.#onEnd = onEnd;
+    this.#onDone = onDone;
     this.#perCall = perCall;
     this.#pump();
   }
@@ -270,8 +287,18 @@ export class ReadAhead {
     extent.left -= out.byteLength;
     this.#unread -= out.byteLength;
     if (extent.left === 0) this.#shift();
+    this.#closeIfCaughtUp();
     this.#wakePump?.();
     return out;
+  }
+
+  /**
+   * Closes the spill file once the caller has read all of it, giving its
+   * room back at once; not while a spill is under way (that one adds to
+   * what is unread, or closes it when it fails).
+   */
+  #closeIfCaughtUp(): void {
+    if (this.#unread === 0 && !this.#writing) this.#closeFile();
   }
 
   /** Gives up what is held (the caller is gone, or had enough); reading stops. */
@@ -300,14 +327,16 @@ export class ReadAhead {
     return this.#queued === 0 || (this.#queued < this.#perCall && this.#budget.open);
   }
 
-  /** Whether the next piece (of at most `n` bytes) may go to disk. */
-  #diskRoom(n: number): boolean {
+  /** Whether this call's own share on disk has room for `n` bytes more. */
+  #diskShare(n: number): boolean {
     const spill = this.#budget.spill;
     if (!spill || this.#diskOff) return false;
-    // A file the caller has caught up with is emptied before it grows again.
-    const size = this.#unread === 0 ? 0 : this.#file?.size ?? 0;
-    const more = size + n - (this.#file?.size ?? 0);
-    return size + n <= (spill.perCall ?? SPILL_PER_CALL) && this.#budget.spillRoom(more);
+    return (this.#file?.size ?? 0) + n <= (spill.perCall ?? SPILL_PER_CALL);
+  }
+
+  /** Whether the next piece (of at most `n` bytes) may go to disk. */
+  #diskRoom(n: number): boolean {
+    return this.#diskShare(n) && this.#budget.spillRoom(n);
   }
 
   /**
@@ -328,7 +357,7 @@ export class ReadAhead {
         if (this.#stopped) return;
         if (c === null) {
           this.#ended = true;
-          this.#onEnd();
+          this.#onDone();
           break;
         }
         this.#lastPiece = c.byteLength;
@@ -345,16 +374,23 @@ export class ReadAhead {
       if (this.#stopped) return;
       this.#failed = true;
       this.#error = err;
+      // The worker is done with it too: its slot goes back now, not when the caller gets here.
+      this.#onDone();
     }
     this.#wakeReader?.();
   }
 
   /**
-   * Writes `c` at the end of the spill file (opened, or emptied when the
-   * caller has caught up with it, first); false when the disk failed it, and
-   * this call spills no more.
+   * Writes `c` at the end of the spill file (opened first when the call has
+   * none); false when the disk failed it, and this call spills no more.
    */
   async #spill(c: Uint8Array): Promise<boolean> {
+    const n = c.byteLength;
+    // Taken before the first await, so that calls spilling at once never pass the limit
+    // together; the file's once it is open (given back with it), else given back here.
+    this.#budget.takeSpill(n);
+    let owned = false;
+    this.#writing = true;
     // A stop closes the file under any of the awaits below: each is followed by a look at
     // whether this is still the call's file (the stop has given its bytes back).
     try {
@@ -364,34 +400,32 @@ export class ReadAhead {
         if (this.#stopped) {
           opened.writer.close();
           opened.reader.close();
+          this.#budget.giveSpill(n);
           return true;
         }
         f = this.#file = opened;
       }
-      if (this.#unread === 0 && f.size > 0) {
-        await f.writer.truncate(0);
-        await f.writer.seek(0, Deno.SeekMode.Start);
-        await f.reader.seek(0, Deno.SeekMode.Start);
-        if (this.#file !== f) return true;
-        this.#budget.giveSpill(f.size);
-        f.size = 0;
-      }
-      this.#budget.takeSpill(c.byteLength);
-      f.size += c.byteLength;
-      for (let o = 0; o < c.byteLength;) o += await f.writer.write(c.subarray(o));
+      f.size += n;
+      owned = true;
+      for (let o = 0; o < n;) o += await f.writer.write(c.subarray(o));
       if (this.#file !== f) return true;
     } catch (err) {
+      if (!owned) this.#budget.giveSpill(n);
       if (this.#stopped) return true;
       // Disk full, or the directory gone: what was written of this piece is never read (its
       // extent is not recorded), and the piece is held in memory instead.
       this.#diskOff = true;
       this.#budget.spillFailed(err);
+      this.#writing = false;
+      this.#closeIfCaughtUp();
       return false;
+    } finally {
+      this.#writing = false;
     }
     const last = this.#queue.length > this.#head ? this.#queue[this.#queue.length - 1] : undefined;
-    if (last && !(last instanceof Uint8Array)) last.left += c.byteLength;
-    else this.#queue.push({ left: c.byteLength });
-    this.#unread += c.byteLength;
+    if (last && !(last instanceof Uint8Array)) last.left += n;
+    else this.#queue.push({ left: n });
+    this.#unread += n;
     return true;
   }
 
@@ -400,7 +434,12 @@ export class ReadAhead {
     let wake!: () => void;
     await new Promise<void>((resolve) => {
       this.#wakePump = wake = resolve;
-      if (!this.#budget.open || this.#budget.spill) this.#budget.onFreed(resolve);
+      // On the budget only for what the budget withholds: what this call's own share
+      // withholds comes back as its caller reads, and the budget's wake-ups would be for
+      // nothing (with many calls, each give would wake them all).
+      const memory = this.#queued < this.#perCall && !this.#budget.open;
+      const disk = this.#diskShare(this.#lastPiece) && !this.#budget.spillRoom(this.#lastPiece);
+      if (memory || disk) this.#budget.onFreed(resolve, { memory, disk });
     });
     this.#wakePump = undefined;
     this.#budget.forget(wake);

@@ -74,17 +74,20 @@ Deno.test("past the gateway's budget a call reads only as its caller takes it, n
   assert.equal(budget.held, 0, "stopping gives back what was held");
 });
 
-Deno.test("a source that fails: what came before is handed out, then the error; a stop is quiet", async () => {
+Deno.test("a source that fails: the worker is done at once; what came before is handed out, then the error; a stop is quiet", async () => {
   const src = source(2, 10);
   src.fail = new Error("broke off");
   const budget = new ReadAheadBudget(1 << 20);
   let ended = false;
   const ahead = new ReadAhead(src.read, budget, () => ended = true);
+  await settle();
+  assert.equal(ended, true, "the worker that broke off is done with it before its caller reads");
+  assert.equal(ahead.ended, false, "an answer broken off did not end");
   assert.equal((await ahead.read())![0], 1);
   assert.equal((await ahead.read())![0], 2);
   await assert.rejects(ahead.read(), /broke off/);
-  assert.equal(ended, false, "an answer broken off did not end");
   assert.equal(budget.held, 0);
+  ended = false;
 
   // Stopped while a read is under way: that read's end or failure goes nowhere.
   let reject!: (e: Error) => void;
@@ -140,8 +143,20 @@ async function until(what: string, ok: () => boolean) {
   }
 }
 
-async function spillDir(): Promise<string> {
-  return await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+/** Runs `test` with a spill directory of its own, removed after. */
+async function inSpillDir(test: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+  try {
+    await test(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Nothing held, in memory or on disk. */
+function assertAllBack(budget: ReadAheadBudget): void {
+  assert.equal(budget.held, 0, "memory given back");
+  assert.equal(budget.spilled, 0, "disk given back");
 }
 
 async function entries(dir: string): Promise<string[]> {
@@ -151,8 +166,7 @@ async function entries(dir: string): Promise<string[]> {
 }
 
 Deno.test("past its share in memory an answer goes to disk: it is read to its end before its caller reads, and comes back whole, in order", async () => {
-  const dir = await spillDir();
-  try {
+  await inSpillDir(async (dir) => {
     const budget = new ReadAheadBudget(1 << 20, { dir, limit: 1 << 20 });
     let ended = false;
     const ahead = new ReadAhead(source(50, 1000).read, budget, () => ended = true, 2500);
@@ -164,14 +178,11 @@ Deno.test("past its share in memory an answer goes to disk: it is read to its en
     assert.equal(await readAll(ahead, 1000), 50_000);
     assert.equal(budget.held, 0);
     assert.equal(budget.spilled, 0, "the file given back at the end");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("past the disk's limits a call reads as its caller takes it; a file the caller caught up with is emptied, and nothing is lost", async () => {
-  const dir = await spillDir();
-  try {
+  await inSpillDir(async (dir) => {
     const budget = new ReadAheadBudget(1 << 20, { dir, limit: 1 << 20, perCall: 4000 });
     let ended = false;
     const ahead = new ReadAhead(source(30, 1000).read, budget, () => ended = true, 2000);
@@ -189,16 +200,12 @@ Deno.test("past the disk's limits a call reads as its caller takes it; a file th
     }
     assert.ok(most <= 4000, `the call's file never grew past its share: ${most}`);
     assert.equal(ended, true);
-    assert.equal(budget.spilled, 0);
-    assert.equal(budget.held, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    assertAllBack(budget);
+  });
 });
 
 Deno.test("the gateway's disk budget is shared: a call past it holds what memory allows", async () => {
-  const dir = await spillDir();
-  try {
+  await inSpillDir(async (dir) => {
     const budget = new ReadAheadBudget(1 << 20, { dir, limit: 5000 });
     const first = new ReadAhead(source(20, 1000).read, budget, () => {}, 1000);
     await until("the first call's spill", () => budget.spilled === 5000);
@@ -212,16 +219,12 @@ Deno.test("the gateway's disk budget is shared: a call past it holds what memory
     await until("the second call's spill", () => second.spilled === 5000);
     await assert.rejects(first.read(), /given up/);
     assert.equal(await readAll(second, 1000), 20_000);
-    assert.equal(budget.spilled, 0);
-    assert.equal(budget.held, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    assertAllBack(budget);
+  });
 });
 
 Deno.test("a disk that fails the spill: the answer is held in memory as without one, nothing lost", async () => {
-  const dir = await spillDir();
-  try {
+  await inSpillDir(async (dir) => {
     const notADir = `${dir}/file`;
     await Deno.writeTextFile(notADir, "");
     const budget = new ReadAheadBudget(1 << 20, { dir: notADir, limit: 1 << 20 });
@@ -233,9 +236,94 @@ Deno.test("a disk that fails the spill: the answer is held in memory as without 
     assert.equal(ahead.queued, 4000, "its share in memory, and the piece the disk refused");
     assert.equal(ended, false);
     assert.equal(await readAll(ahead, 1000), 10_000);
-    assert.equal(budget.spilled, 0);
-    assert.equal(budget.held, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    assertAllBack(budget);
+  });
+});
+
+Deno.test("a file the caller caught up with is closed at once, its room given back while the answer goes on", async () => {
+  await inSpillDir(async (dir) => {
+    const budget = new ReadAheadBudget(1 << 20, { dir, limit: 6000 });
+    // A burst of 8 pieces, then one at a time as the test lets them come.
+    let i = 0;
+    let more!: () => void;
+    const a = new ReadAhead(
+      async () => {
+        if (i >= 8) await new Promise<void>((r) => more = r);
+        return i < 60 ? new Uint8Array(1000).fill(++i) : null;
+      },
+      budget,
+      () => {},
+      2000,
+    );
+    await until("the burst spilled", () => a.spilled === 6000);
+    assert.equal(budget.spilled, 6000);
+    // The caller catches up with what was spilled (and what memory holds after it).
+    for (let n = 0; n < 8000;) n += (await a.read())!.byteLength;
+    assert.equal(a.spilled, 0);
+    assert.equal(
+      budget.spilled,
+      0,
+      "caught up: the file's room is given back before it grows again",
+    );
+    // Another call may now spill all of it.
+    const b = new ReadAhead(source(10, 1000).read, budget, () => {}, 1000);
+    await until("the other call's spill", () => b.spilled === 6000);
+    // The first one's answer goes on, in memory as its caller keeps up, and ends whole.
+    const rest = (async () => {
+      let got = 0;
+      for (let c; (c = await a.read()) !== null;) got += c.byteLength;
+      return got;
+    })();
+    while (i < 60) {
+      more();
+      await settle();
+    }
+    more();
+    assert.equal(await rest, 52_000);
+    assert.equal(await readAll(b, 1000), 10_000);
+    assertAllBack(budget);
+  });
+});
+
+Deno.test("calls spilling at once never pass the disk's limit together", async () => {
+  await inSpillDir(async (dir) => {
+    const budget = new ReadAheadBudget(1, { dir, limit: 100_000 });
+    // Ten calls, each with a first piece for memory and more: their first spills begin together.
+    const calls = Array.from(
+      { length: 10 },
+      () => new ReadAhead(source(5, 60_000).read, budget, () => {}, 1),
+    );
+    let most = 0;
+    const watch = setInterval(() => most = Math.max(most, budget.spilled), 0);
+    try {
+      await until("one call's spill", () => calls.some((c) => c.spilled > 0));
+      for (let k = 0; k < 20; k++) await settle();
+    } finally {
+      clearInterval(watch);
+    }
+    assert.ok(most <= 100_000, `at most the limit on disk: ${most}`);
+    assert.equal(calls.filter((c) => c.spilled > 0).length, 1, "one piece of 60 KB fits in 100 KB");
+    for (const c of calls) c.stop();
+    assertAllBack(budget);
+    assert.equal(budget.waiting, 0);
+  });
+});
+
+Deno.test("calls held back by their own share wait for their callers, not on the budget", async () => {
+  await inSpillDir(async (dir) => {
+    // Room in the budget, none in each call's share (memory and disk).
+    const budget = new ReadAheadBudget(1 << 30, { dir, limit: 1 << 30, perCall: 1000 });
+    const calls = Array.from(
+      { length: 50 },
+      () => new ReadAhead(source(10, 1000).read, budget, () => {}, 1000),
+    );
+    await until(
+      "every call's share taken",
+      () => calls.every((c) => c.queued === 1000 && c.spilled === 1000),
+    );
+    assert.equal(budget.waiting, 0, "none is woken by every other call's reads");
+    // Each still goes on as its own caller reads.
+    for (const c of calls) assert.equal(await readAll(c, 1000), 10_000);
+    assertAllBack(budget);
+  });
 });

@@ -911,7 +911,7 @@ t(
 );
 
 /** A worker answering with `mb` MiB, chunked in 64 KiB pieces (byte i of the body: i % 251). */
-function bigWorker(mb: number) {
+function bigWorker(mb: number, breakAtMb?: number) {
   const sent = { done: false };
   const piece = 64 * 1024;
   const w = scriptedWorker(async (c) => {
@@ -923,6 +923,10 @@ function bigWorker(mb: number) {
       "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n",
     ));
     for (let at = 0; at < mb * 1024 * 1024; at += piece) {
+      if (breakAtMb !== undefined && at >= breakAtMb * 1024 * 1024) {
+        sent.done = true;
+        return; // the connection closed mid-answer, with no last chunk
+      }
       const body = new Uint8Array(piece).map((_, i) => (at + i) % 251);
       await write(enc.encode(`${piece.toString(16)}\r\n`));
       await write(body);
@@ -946,7 +950,8 @@ async function askBig(url: string): Promise<Deno.Conn> {
 /**
  * Reads a 200 answer of {@linkcode bigWorker}'s to its last chunk from `c`
  * (up to `max` body bytes), undoes the chunked framing (the gateway's pieces
- * are its own) and checks its bytes; the body's length.
+ * are its own) and checks its bytes; the body's length. Throws when the
+ * connection closed before the last chunk.
  */
 async function readChunked(c: Deno.Conn, max: number): Promise<number> {
   const all = new Uint8Array(max + 1024 * 1024);
@@ -969,6 +974,7 @@ async function readChunked(c: Deno.Conn, max: number): Promise<number> {
     body += size;
     at += size + 2;
   }
+  if (tail() !== "0\r\n\r\n") throw new Error(`the answer was cut after ${body} bytes`);
   return body;
 }
 
@@ -1037,6 +1043,39 @@ t(
         "nothing held",
         () => g.f.deps.readAhead.held === 0 && g.f.deps.readAhead.spilled === 0,
       );
+    } finally {
+      c.close();
+      w.close();
+      await g.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+t(
+  "a worker that breaks off an answer read ahead (to disk) is released at once; its caller gets what came, then a cut answer",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+    const g = await listening({ spill: { dir, limit: 64 * 1024 * 1024 } });
+    const w = bigWorker(24, 12);
+    g.f.sched.endpoints.push(w.endpoint);
+    const c = await askBig(g.url);
+    try {
+      await until("the worker broke off", () => w.sent.done, 20_000);
+      // The caller has read nothing: the slot is back all the same.
+      await until("the slot back", () => g.f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
+      assert.ok(g.f.deps.readAhead.spilled > 0, "part of it on disk");
+      await assert.rejects(
+        readChunked(c, 24 * 1024 * 1024),
+        /cut after 12582912 bytes/,
+        "what came, in order, and no last chunk",
+      );
+      await until(
+        "nothing held",
+        () => g.f.deps.readAhead.held === 0 && g.f.deps.readAhead.spilled === 0,
+      );
+      await until("audited", () => g.f.audit.requests.length === 1);
+      assert.equal(g.f.audit.requests[0].error, "worker_failed");
     } finally {
       c.close();
       w.close();

@@ -73,9 +73,15 @@ export function schedulerOptions(config: Config): SchedulerOptions {
   };
 }
 
-/** The gateway's listener, body limit and authentication. */
+/**
+ * The gateway's listener, body limit and authentication. What streamed
+ * answers may hold read ahead, in memory and on disk, is the gateway's as a
+ * whole: each of a group of `members` processes (`GATEWAY_WORKERS`) takes
+ * its share.
+ */
 export function gatewayOptions(
   config: Config,
+  members = 1,
 ): Pick<
   GatewayConfig,
   | "port"
@@ -93,8 +99,11 @@ export function gatewayOptions(
     hostname: config.gateway.host,
     drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
-    readAheadBytes: config.gateway.readAheadMb * 1024 * 1024,
-    spill: { dir: config.gateway.spillDir, limit: config.gateway.spillMb * 1024 * 1024 },
+    readAheadBytes: Math.floor(config.gateway.readAheadMb * 1024 * 1024 / members),
+    spill: {
+      dir: config.gateway.spillDir,
+      limit: Math.floor(config.gateway.spillMb * 1024 * 1024 / members),
+    },
     adminApiKey: config.gateway.adminApiKey,
     oidc: config.gateway.oidc,
     calls: config.calls,

@@ -65,7 +65,7 @@ export async function start(config: Config): Promise<AllHandle> {
     scheduler: sched.service,
     extraRegistries: [schedulerMetrics],
     nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
-    ...gatewayOptions(config),
+    ...gatewayOptions(config, group?.ports.length),
     audit,
     group,
   });

@@ -33,7 +33,7 @@ export async function start(config: Config): Promise<RoleHandle> {
       if (!c) agents.set(node.agentAddr, c = new GrpcNodeAgentClient(node.agentAddr));
       return c;
     },
-    ...gatewayOptions(config),
+    ...gatewayOptions(config, group?.ports.length),
     audit,
     group,
   });
