@@ -48,11 +48,15 @@
  * runtime's native code and generated code (JavaScript, WebAssembly), with
  * the JavaScript functions whose calls into the runtime cost the most
  * (`native_split.ts`; the Deno proxies run with `--perf-basic-prof` then).
+ * `GATEWAY_SYSCALLS=1` (needs `perf` too) runs every proxy once more,
+ * with the system calls each of its threads makes a request counted
+ * (`syscalls.ts`).
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
 import { startNginx } from "./nginx.ts";
 import { recordThread, splitLine, topCallers } from "./native_split.ts";
+import { syscallLines, traceSyscalls } from "./syscalls.ts";
 import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
 import {
@@ -88,6 +92,11 @@ const heapProfile = Deno.env.get("GATEWAY_HEAP_PROFILE");
 const perfSplit = Deno.env.get("GATEWAY_PERF") === "1" && await hasCommand("perf");
 if (Deno.env.get("GATEWAY_PERF") === "1" && !perfSplit) {
   console.log("GATEWAY_PERF: skipped (no perf: apt-get install linux-perf)");
+}
+/** Count each proxy's system calls a request (`syscalls.ts`). */
+const syscalls = Deno.env.get("GATEWAY_SYSCALLS") === "1" && await hasCommand("perf");
+if (Deno.env.get("GATEWAY_SYSCALLS") === "1" && !syscalls) {
+  console.log("GATEWAY_SYSCALLS: skipped (no perf: apt-get install linux-perf)");
 }
 /** V8 flags the Deno proxies under test run with: names for JIT code in perf's samples. */
 const perfV8 = perfSplit ? ["--perf-basic-prof"] : [];
@@ -385,30 +394,52 @@ try {
     );
   }
 
+  /**
+   * One more run of each proxy, not counted above, with `measure` on its process (nginx: its
+   * worker process) from half a second in, for a second less than the run; `report` prints it.
+   */
+  const onceMore = async <T>(
+    measure: (pid: number, secs: number) => Promise<T>,
+    report: (name: string, isNginx: boolean, requests: number, result: T) => void,
+  ) => {
+    const secs = Math.max(1, seconds - 1);
+    for (const path of paths.slice(1)) {
+      const pids = await path.pids!();
+      const isNginx = path.name === "nginx";
+      if (perfSplit && !isNginx) perfMaps.push(...pids);
+      const [r, result] = await Promise.all([
+        run(path.url),
+        new Promise((res) => setTimeout(res, 500)).then(() => measure(pids[isNginx ? 1 : 0], secs)),
+      ]);
+      report(
+        `${path.name}${isNginx ? " (its worker process)" : ""}`,
+        isNginx,
+        r.rps * secs,
+        result,
+      );
+    }
+  };
   if (perfSplit) {
-    // One more run of each proxy with its main thread sampled (999 Hz), not counted above.
+    // Its main thread sampled (999 Hz).
     console.log(
       "where each proxy's main thread spends a request (one more run each, under perf; " +
         "µs of the main thread a request in that run; the functions below are shares of all its " +
         "samples spent in the runtime's native code on their behalf):",
     );
-    const secs = Math.max(1, seconds - 1);
-    for (const path of paths.slice(1)) {
-      const pids = await path.pids!();
-      const isNginx = path.name === "nginx";
-      if (!isNginx) perfMaps.push(...pids);
-      const [r, split] = await Promise.all([
-        run(path.url),
-        new Promise((res) => setTimeout(res, 500)).then(() =>
-          recordThread(pids[isNginx ? 1 : 0], secs)
-        ),
-      ]);
-      const us = (split.samples / 999 / (r.rps * secs)) * 1e6;
-      console.log(
-        `- ${path.name}${isNginx ? " (its worker process)" : ""}: ${splitLine(split, us)}`,
-      );
+    await onceMore(recordThread, (name, isNginx, requests, split) => {
+      console.log(`- ${name}: ${splitLine(split, (split.samples / 999 / requests) * 1e6)}`);
       if (!isNginx) { for (const line of topCallers(split, 10)) console.log(`    ${line}`); }
-    }
+    });
+  }
+  if (syscalls) {
+    console.log(
+      "system calls a request, by thread (one more run each, counted by perf stat; its calls of " +
+        "each kind a request, down to 0.05):",
+    );
+    await onceMore(traceSyscalls, (name, _isNginx, requests, counts) => {
+      console.log(`- ${name}:`);
+      for (const line of syscallLines(counts, requests)) console.log(`    ${line}`);
+    });
   }
 
   // Streaming: time to the first chunk of a 1024-token streamed completion (long enough that
