@@ -938,6 +938,39 @@ function bigWorker(mb: number, breakAtMb?: number) {
   return { ...w, sent };
 }
 
+/**
+ * Runs `test` on a gateway that spills to a directory of its own (64 MiB),
+ * with `w` its worker and `c` a caller that asked for `/big`; all closed
+ * and removed after.
+ */
+async function spillingCall(
+  w: ReturnType<typeof bigWorker>,
+  test: (
+    g: Awaited<ReturnType<typeof listening>>,
+    w: ReturnType<typeof bigWorker>,
+    c: Deno.Conn,
+    dir: string,
+  ) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
+  const g = await listening({ spill: { dir, limit: 64 * 1024 * 1024 } });
+  g.f.sched.endpoints.push(w.endpoint);
+  const c = await askBig(g.url);
+  try {
+    await test(g, w, c, dir);
+  } finally {
+    c.close();
+    w.close();
+    await g.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Waits until what answers held read ahead, in memory and on disk, is all given back. */
+async function allGivenBack(budget: { held: number; spilled: number }): Promise<void> {
+  await until("nothing held", () => budget.held === 0 && budget.spilled === 0);
+}
+
 /** A connection to the gateway at `url` on which `GET /funccall/t/n/f/big` was sent. */
 async function askBig(url: string): Promise<Deno.Conn> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
@@ -1017,13 +1050,8 @@ t(
 
 t(
   "with a spill directory, an answer larger than memory's share is read to its end ahead of a caller who reads nothing; it gets all of it later",
-  async () => {
-    const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
-    const g = await listening({ spill: { dir, limit: 64 * 1024 * 1024 } });
-    const w = bigWorker(24);
-    g.f.sched.endpoints.push(w.endpoint);
-    const c = await askBig(g.url);
-    try {
+  () =>
+    spillingCall(bigWorker(24), async (g, w, c, dir) => {
       // The caller reads nothing: past memory's 8 MiB the rest goes to disk, and the worker is
       // done and its slot back before the caller has read a byte.
       await until("the worker's answer read whole", () => w.sent.done, 20_000);
@@ -1039,28 +1067,14 @@ t(
       );
       assert.deepEqual([...Deno.readDirSync(dir)], [], "no file left to see in the directory");
       assert.equal(await readChunked(c, 24 * 1024 * 1024), 24 * 1024 * 1024, "all of it, in order");
-      await until(
-        "nothing held",
-        () => g.f.deps.readAhead.held === 0 && g.f.deps.readAhead.spilled === 0,
-      );
-    } finally {
-      c.close();
-      w.close();
-      await g.close();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+      await allGivenBack(g.f.deps.readAhead);
+    }),
 );
 
 t(
   "a worker that breaks off an answer read ahead (to disk) is released at once; its caller gets what came, then a cut answer",
-  async () => {
-    const dir = await Deno.makeTempDir({ prefix: "inferx-spill-test-" });
-    const g = await listening({ spill: { dir, limit: 64 * 1024 * 1024 } });
-    const w = bigWorker(24, 12);
-    g.f.sched.endpoints.push(w.endpoint);
-    const c = await askBig(g.url);
-    try {
+  () =>
+    spillingCall(bigWorker(24, 12), async (g, w, c) => {
       await until("the worker broke off", () => w.sent.done, 20_000);
       // The caller has read nothing: the slot is back all the same.
       await until("the slot back", () => g.f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
@@ -1070,19 +1084,10 @@ t(
         /cut after 12582912 bytes/,
         "what came, in order, and no last chunk",
       );
-      await until(
-        "nothing held",
-        () => g.f.deps.readAhead.held === 0 && g.f.deps.readAhead.spilled === 0,
-      );
+      await allGivenBack(g.f.deps.readAhead);
       await until("audited", () => g.f.audit.requests.length === 1);
       assert.equal(g.f.audit.requests[0].error, "worker_failed");
-    } finally {
-      c.close();
-      w.close();
-      await g.close();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 );
 
 t(
