@@ -101,7 +101,7 @@ if (Deno.env.get("GATEWAY_SYSCALLS") === "1" && !syscalls) {
 /** V8 flags the Deno proxies under test run with: names for JIT code in perf's samples. */
 const perfV8 = perfSplit ? ["--perf-basic-prof"] : [];
 /** The processes whose JIT code maps (`/tmp/perf-PID.map`, left by V8) go when they stop. */
-const perfMaps: number[] = [];
+const perfMaps = new Set<number>();
 /** `GATEWAY_ONLY=1`: measure direct and the gateway(s) only (an A/B run in half the time). */
 const gatewayOnly = Deno.env.get("GATEWAY_ONLY") === "1";
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
@@ -180,7 +180,7 @@ try {
   else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
   const rawPid = raw.pid;
   const framingPid = framing.pid;
-  if (perfSplit) perfMaps.push(rawPid, framingPid); // run with --perf-basic-prof even when not measured
+  if (perfSplit) perfMaps.add(rawPid).add(framingPid); // run with --perf-basic-prof even when not measured
   const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
     { name: "direct", url: direct },
     ...(gatewayOnly ? [] : [
@@ -406,7 +406,7 @@ try {
     for (const path of paths.slice(1)) {
       const pids = await path.pids!();
       const isNginx = path.name === "nginx";
-      if (perfSplit && !isNginx) perfMaps.push(...pids);
+      if (perfSplit && !isNginx) pids.forEach((pid) => perfMaps.add(pid));
       const [r, result] = await Promise.all([
         run(path.url),
         new Promise((res) => setTimeout(res, 500)).then(() => measure(pids[isNginx ? 1 : 0], secs)),
@@ -490,10 +490,12 @@ try {
   await p.stop();
   for (const pid of perfMaps) await Deno.remove(`/tmp/perf-${pid}.map`).catch(() => {});
   // V8 also logs to isolate-*-PID-v8.log in the working directory under --perf-basic-prof.
-  if (perfMaps.length) {
+  if (perfMaps.size) {
     for (const e of Deno.readDirSync(".")) {
       if (
-        perfMaps.some((pid) => e.name.startsWith("isolate-") && e.name.endsWith(`-${pid}-v8.log`))
+        [...perfMaps].some((pid) =>
+          e.name.startsWith("isolate-") && e.name.endsWith(`-${pid}-v8.log`)
+        )
       ) {
         await Deno.remove(e.name).catch(() => {});
       }
