@@ -37,7 +37,10 @@
  * about 3% is not told from the noise. `GATEWAY_PROFILE=DIR` writes the gateway's V8
  * profile there (`node --prof-process DIR/isolate-*.log`); `GATEWAY_V8_FLAGS`
  * runs the gateway under test (not the baseline) with those V8 flags,
- * `GATEWAY_LOG=FILE` keeps its output (say, of `--trace-deopt`) there, and
+ * `GATEWAY_DENO_FLAGS` passes Deno's own flags to it (space-separated: say,
+ * `--trace-ops`, which names every runtime call it makes, or
+ * `--inspect=127.0.0.1:PORT`). `GATEWAY_LOG=FILE` keeps its output (say, of
+ * `--trace-deopt` or `--trace-ops`) there, and
  * `GATEWAY_CPU_PROFILE=FILE` / `GATEWAY_HEAP_PROFILE=FILE` its CPU and
  * heap profiles (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`; sum one with
  * `deno run -A bench/profile_summary.ts FILE`). `GATEWAY_ONLY=1` leaves out
@@ -83,6 +86,8 @@ const profile = Deno.env.get("GATEWAY_PROFILE");
 const baseline = Deno.env.get("GATEWAY_BASELINE");
 /** V8 flags for the gateway under test (not the baseline's), comma-separated. */
 const v8Flags = Deno.env.get("GATEWAY_V8_FLAGS");
+/** Deno's own flags for the gateway under test (say, `--trace-ops` or `--inspect=127.0.0.1:PORT`), space-separated. */
+const denoFlags = Deno.env.get("GATEWAY_DENO_FLAGS")?.split(" ").filter(Boolean) ?? [];
 /** A file for the output of the gateway under test (say, of `--trace-deopt`), written at the end. */
 const gatewayLog = Deno.env.get("GATEWAY_LOG");
 /** Files for the gateway's CPU and heap profiles (`INFERX_*_PROFILE`), for `bench/profile_summary.ts`. */
@@ -566,7 +571,7 @@ async function startRoles() {
       options,
     );
   const gateway = await startGateway(port.gw, {
-    runtimeArgs: v8.length ? [`--v8-flags=${v8.join(",")}`] : [],
+    runtimeArgs: [...(v8.length ? [`--v8-flags=${v8.join(",")}`] : []), ...denoFlags],
   }, {
     ...(cpuProfile ? { INFERX_CPU_PROFILE: cpuProfile } : {}),
     ...(heapProfile ? { INFERX_HEAP_PROFILE: heapProfile } : {}),
