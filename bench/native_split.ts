@@ -31,16 +31,17 @@ export interface NativeSplit {
 export const NO_JS = "(no JavaScript on the stack: the event loop)";
 
 /** One frame of `perf script -F ip,sym,dso`: `<ip> <symbol> (<dso>)`. */
-const FRAME = /^\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$/;
+const FRAME = /^\s*([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$/;
 
 /**
  * Splits `perf script -F ip,sym,dso` output (samples with call chains,
  * blank-line separated, innermost frame first). A frame is the kernel's
  * when its object is `[kernel.kallsyms]`, native when it is a file (the
  * executable, a shared library, the vDSO) and generated otherwise (a
- * `perf-PID.map` of JIT code, or unknown memory).
+ * `perf-PID.map` of JIT code, or unknown memory). With `jit`, generated
+ * frames are named from it rather than by perf (see {@linkcode JitMap}).
  */
-export function splitPerfScript(text: string): NativeSplit {
+export function splitPerfScript(text: string, jit?: JitMap): NativeSplit {
   const out: NativeSplit = {
     samples: 0,
     kernel: 0,
@@ -49,17 +50,77 @@ export function splitPerfScript(text: string): NativeSplit {
     nativeBy: new Map(),
   };
   for (const block of text.split(/\n\s*\n/)) {
-    const frames = block.split("\n").map((l) => FRAME.exec(l)).filter((m) => m !== null);
+    const frames = [];
+    for (const line of block.split("\n")) {
+      const m = FRAME.exec(line);
+      if (!m) continue;
+      const kind = frameKind(m[3]);
+      const sym = kind === "generated" && jit ? jit.name(BigInt(`0x${m[1]}`)) ?? m[2] : m[2];
+      frames.push({ kind, sym });
+    }
     if (!frames.length) continue;
     out.samples++;
-    const kind = frameKind(frames[0][2]);
+    const kind = frames[0].kind;
     out[kind]++;
     if (kind !== "native") continue;
-    const js = frames.find((f) => frameKind(f[2]) === "generated" && f[1].startsWith("JS:"));
-    const name = js ? jsName(js[1]) : NO_JS;
+    const js = frames.find((f) => f.kind === "generated" && f.sym.startsWith("JS:"));
+    const name = js ? jsName(js.sym) : NO_JS;
     out.nativeBy.set(name, (out.nativeBy.get(name) ?? 0) + 1);
   }
   return out;
+}
+
+/**
+ * V8's map of the code it generated (`/tmp/perf-PID.map`, written under
+ * `--perf-basic-prof`), read so that an address names the code that was
+ * there last. The file only grows: V8 does not say when code is freed, and
+ * code made later (say, a hot function optimized under load) can take the
+ * addresses of code freed since (say, a library's start-up code). perf then
+ * names a sample by either, and has been seen to name the gateway's
+ * `#apply` after zod's and protobufjs's start-up functions. Here an entry
+ * stands only until a later one overlaps it.
+ */
+export class JitMap {
+  /** Live entries, sorted by start, none overlapping. */
+  readonly #starts: bigint[] = [];
+  readonly #ends: bigint[] = [];
+  readonly #names: string[] = [];
+
+  /** Reads the map's text (`START SIZE NAME` lines, hexadecimal, oldest first). */
+  constructor(text: string) {
+    for (const line of text.split("\n")) {
+      const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/i.exec(line);
+      if (!m) continue;
+      const start = BigInt(`0x${m[1]}`);
+      const end = start + BigInt(`0x${m[2]}`);
+      if (end === start) continue;
+      // Drop what it overlaps: the entries from the last one starting before its end, back
+      // to the first one ending after its start.
+      const hi = this.#upper(end); // entries [0, hi) start before `end`
+      let lo = hi;
+      while (lo > 0 && this.#ends[lo - 1] > start) lo--;
+      this.#starts.splice(lo, hi - lo, start);
+      this.#ends.splice(lo, hi - lo, end);
+      this.#names.splice(lo, hi - lo, m[3]);
+    }
+  }
+
+  /** The number of live entries starting before `at`. */
+  #upper(at: bigint): number {
+    let [lo, hi] = [0, this.#starts.length];
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#starts[mid] < at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The name of the code last made at `ip`, or undefined where the map has none. */
+  name(ip: bigint): string | undefined {
+    const i = this.#upper(ip + 1n) - 1;
+    return i >= 0 && ip < this.#ends[i] ? this.#names[i] : undefined;
+  }
 }
 
 function frameKind(dso: string): "kernel" | "native" | "generated" {
@@ -109,7 +170,12 @@ export async function recordThread(pid: number, seconds: number): Promise<Native
       stdout: "piped",
       stderr: "null",
     }).output();
-    return splitPerfScript(new TextDecoder().decode(script.stdout));
+    // Read after the samples: the code made during them is in it (absent without --perf-basic-prof).
+    const map = await Deno.readTextFile(`/tmp/perf-${pid}.map`).catch(() => undefined);
+    return splitPerfScript(
+      new TextDecoder().decode(script.stdout),
+      map === undefined ? undefined : new JitMap(map),
+    );
   } finally {
     await Deno.remove(data).catch(() => {});
   }

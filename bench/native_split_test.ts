@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { NO_JS, splitLine, splitPerfScript, topCallers } from "./native_split.ts";
+import { JitMap, NO_JS, splitLine, splitPerfScript, topCallers } from "./native_split.ts";
 
 const EXE = "/usr/local/bin/deno";
 const MAP = "/tmp/perf-4242.map";
@@ -67,4 +67,54 @@ Deno.test("splitPerfScript of nothing is empty", () => {
     splitLine(s),
     "kernel 0.0%, runtime native 0.0%, generated code (JS, wasm, builtins) 0.0%; 0 samples",
   );
+});
+
+// V8's map as --perf-basic-prof writes it, oldest first: a library's start-up code, freed,
+// then code made under load at its addresses.
+const JIT = [
+  "7f5834210000 2b64 JS:+'core.$constructor.~standard file:///lib/zod/schemas.js:8:69",
+  "7f5834300000 100 JS:^'keep file:///lib/keep.js:1:1",
+  "7f5834210000 fd0 JS:*'#apply file:///repo/src/gateway/http1/server.ts:474:97",
+  "7f58342110c0 e90 JS:*'#apply file:///repo/src/gateway/http_pool.ts:151:96",
+  "",
+].join("\n");
+
+Deno.test("JitMap names an address by the code made there last", () => {
+  const m = new JitMap(JIT);
+  assert.equal(
+    m.name(0x7f5834210b77n),
+    "JS:*'#apply file:///repo/src/gateway/http1/server.ts:474:97",
+  );
+  assert.equal(m.name(0x7f5834211ee5n), "JS:*'#apply file:///repo/src/gateway/http_pool.ts:151:96");
+  // The rest of the freed code's range is not named after it.
+  assert.equal(m.name(0x7f5834212100n), undefined);
+  assert.equal(m.name(0x7f5834300000n), "JS:^'keep file:///lib/keep.js:1:1");
+  assert.equal(m.name(0x7f58343000ffn), "JS:^'keep file:///lib/keep.js:1:1");
+  assert.equal(m.name(0x7f5834300100n), undefined); // one past its end
+  assert.equal(m.name(0x7f583420ffffn), undefined);
+  assert.equal(new JitMap("").name(0x7f5834210000n), undefined);
+});
+
+Deno.test("an entry that overlaps several older ones drops them all", () => {
+  const m = new JitMap(
+    ["1000 100 JS:a", "1100 100 JS:b", "1200 100 JS:c", "10f0 110 JS:new"].join("\n"),
+  );
+  assert.equal(m.name(0x1000n), undefined); // a overlapped at its end: dropped whole
+  assert.equal(m.name(0x10f0n), "JS:new");
+  assert.equal(m.name(0x1180n), "JS:new");
+  assert.equal(m.name(0x1200n), "JS:c"); // c starts at new's end (0x1200): kept
+});
+
+Deno.test("splitPerfScript names generated frames from the map when given one", () => {
+  const script = `
+\t         362187a [unknown] (${EXE})
+\t    7f5834210b77 JS:+'core.$constructor.~standard file:///lib/zod/schemas.js:8:69 (${MAP})
+\t    7f583425b67e JS:*'serve file://${cwd}/src/gateway/http1/server.ts:808:14 (${MAP})
+`;
+  assert.deepEqual(Object.fromEntries(splitPerfScript(script).nativeBy), {
+    "core.$constructor.~standard file:///lib/zod/schemas.js:8": 1,
+  });
+  assert.deepEqual(Object.fromEntries(splitPerfScript(script, new JitMap(JIT)).nativeBy), {
+    "#apply file:///repo/src/gateway/http1/server.ts:474": 1,
+  });
 });
