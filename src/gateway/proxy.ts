@@ -23,6 +23,7 @@ import {
   type UpstreamAnswer,
 } from "./http_pool.ts";
 import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
+import { ConnectionClosed } from "./http1/server.ts";
 import { ReadAhead, type ReadAheadBudget } from "./read_ahead.ts";
 
 const log = logger("gateway");
@@ -163,6 +164,15 @@ export class CallerGone extends InferxError {
     super("unavailable", `The caller of ${target} went away`);
     this.name = "CallerGone";
   }
+}
+
+/**
+ * Whether `err` says the caller went away: a {@linkcode CallerGone}, or its
+ * connection closed under a read of its request (a JSON body is read whole
+ * before the call goes anywhere). Recorded 499, not the gateway's failure.
+ */
+export function callerLeft(err: unknown): boolean {
+  return err instanceof CallerGone || err instanceof ConnectionClosed;
 }
 
 /**

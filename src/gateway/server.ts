@@ -31,7 +31,7 @@ import { errorAnswer, isOpenaiPath } from "./middleware/errors.ts";
 import { CallRecord, type ObserveOptions } from "./middleware/observe.ts";
 import {
   type CallAnswer,
-  CallerGone,
+  callerLeft,
   type CallInput,
   cutShortCode,
   forward,
@@ -112,7 +112,7 @@ export function serveGateway(
       answer = await forward(deps, input, req);
       rec.answered(answer);
     } catch (err) {
-      if (err instanceof CallerGone) return callerGone(rec, req);
+      if (callerLeft(err)) return callerGone(rec, req);
       const e = toInferxError(err);
       if (e.code === "internal") log.error("Call failed: {error}", { error: String(err) });
       // Refused before its target was looked at (its credentials): still its function's call.

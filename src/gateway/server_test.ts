@@ -257,6 +257,45 @@ t(
   },
 );
 
+t(
+  "a caller that closes in the middle of its request body is a caller gone, whatever the route",
+  async () => {
+    const g = await listening({ calls: { backoffMs: 20 } });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint);
+    const port = Number(new URL(g.url).port);
+    const cases: [string, string, string][] = [
+      ["/funccall/t/n/f/v1/completions", "application/json", ""],
+      ["/funccall/t/n/f/v1/completions", "application/octet-stream", ""],
+      ["/v1/completions", "application/json", ""],
+      ["/funccall/t/n/f/v1/completions", "application/json", "prefer: respond-async\r\n"],
+      ["/v1/completions", "application/json", "prefer: respond-async\r\n"],
+    ];
+    try {
+      for (const [i, [path, type, extra]] of cases.entries()) {
+        const c = await Deno.connect({ hostname: "127.0.0.1", port });
+        await c.write(new TextEncoder().encode(
+          `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: ${type}\r\n` +
+            `content-length: 100\r\n${extra}\r\n{"model":"t/n/f","prompt":`,
+        ));
+        await new Promise((r) => setTimeout(r, 50)); // the gateway is reading the body
+        c.close();
+        await until(`row ${i + 1}`, () => g.f.audit.requests.length === i + 1, 2000);
+        const row = g.f.audit.requests[i];
+        assert.deepEqual([row.status, row.error], [499, "caller_gone"], `${path} ${type} ${extra}`);
+      }
+      const text = await g.f.deps.registry.metrics();
+      assert.match(text, /inferx_requests_total\{function="t\/n\/f",code="499"\} 3/);
+      // An OpenAI-style call names its function in the body it did not finish sending.
+      assert.match(text, /inferx_requests_total\{function="\(none\)",code="499"\} 2/);
+      assert.doesNotMatch(text, /code="500"/);
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);
+
 t("a caller that disconnects while queued leaves the queue at once", async () => {
   const g = await listening();
   g.f.sched.hang = true;

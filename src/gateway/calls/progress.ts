@@ -22,7 +22,7 @@ import type { CallStage } from "../func_agent.ts";
 import type { CallRecord } from "../middleware/observe.ts";
 import {
   type CallAnswer,
-  CallerGone,
+  callerLeft,
   type CallInput,
   cutShortCode,
   forward,
@@ -173,7 +173,7 @@ function failed(
   rec: CallRecord,
   err: unknown,
 ) {
-  if (err instanceof CallerGone) {
+  if (callerLeft(err)) {
     rec.callerGone();
     controller.close();
     return;

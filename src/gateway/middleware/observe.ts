@@ -22,7 +22,7 @@ import {
   type VersionMetrics,
 } from "../metrics.ts";
 import type { Principal } from "../auth.ts";
-import { type CallAnswer, CallerGone, type FuncTarget } from "../proxy.ts";
+import { type CallAnswer, callerLeft, type FuncTarget } from "../proxy.ts";
 import { parseFunccallPath } from "../call.ts";
 import type { Slot } from "../func_agent.ts";
 import type { FuncCache } from "../func_cache.ts";
@@ -271,7 +271,7 @@ export function observe(opts: ObserveOptions): MiddlewareHandler<{ Variables: Ga
     if (parsed) rec.named(parsed.target);
     c.set("call", rec);
     await next();
-    if (c.error instanceof CallerGone) rec.callerGone();
+    if (callerLeft(c.error)) rec.callerGone();
     else if (c.error) rec.failed(toInferxError(c.error));
   };
 }
