@@ -67,7 +67,7 @@ export class Buckets {
   }
 }
 
-/** Versions of one function that keep metric series (the newest). */
+/** Versions of one function that keep metric series (those that answered calls last). */
 export const MAX_VERSION_SERIES = 8;
 
 /** The series of one version of a function: calls its workers answered, and their tokens. */
@@ -94,8 +94,10 @@ export class FunctionMetrics {
   resumes = 0;
   readonly ttfb = new Buckets();
   readonly duration = new Buckets();
-  /** Per version of the function, by number. */
+  /** Per version of the function, the one that answered a call longest ago first. */
   readonly versions = new Map<number, VersionMetrics>();
+  /** The version that answered last (the last in `versions`). */
+  #recent = 0;
 
   /** Counts a call answered with `code`. */
   request(code: number): void {
@@ -103,17 +105,21 @@ export class FunctionMetrics {
   }
 
   /**
-   * The series of version `v` (made on first use). Only the newest
-   * {@linkcode MAX_VERSION_SERIES} versions keep series, so that versions
-   * over a function's life do not grow the label set without end.
+   * The series of version `v` (made on first use). Only the
+   * {@linkcode MAX_VERSION_SERIES} versions that answered calls last keep
+   * series, so that versions over a function's life do not grow the label
+   * set without end, while a version still answering (the stable one of a
+   * standing canary, however old) keeps its series.
    */
   version(v: number): VersionMetrics {
     let m = this.versions.get(v);
-    if (!m) {
-      this.versions.set(v, m = new VersionMetrics());
-      if (this.versions.size > MAX_VERSION_SERIES) {
-        this.versions.delete(Math.min(...this.versions.keys()));
-      }
+    if (m && v === this.#recent) return m;
+    if (m) this.versions.delete(v); // to the end: answered last
+    else m = new VersionMetrics();
+    this.versions.set(v, m);
+    this.#recent = v;
+    if (this.versions.size > MAX_VERSION_SERIES) {
+      this.versions.delete(this.versions.keys().next().value!);
     }
     return m;
   }

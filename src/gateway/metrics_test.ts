@@ -22,11 +22,28 @@ Deno.test("per-version series are labelled by function and version, histograms w
   has('inferx_inter_token_seconds_count{function="t/n/f",version="2"} 1');
 });
 
-Deno.test("only the newest versions of a function keep series", () => {
+Deno.test("only the versions that answered last keep series", () => {
   const f = new GatewayMetrics(noAgents).of("t/n/f");
   for (let v = 1; v <= MAX_VERSION_SERIES + 3; v++) f.version(v).request(200);
   assert.equal(f.versions.size, MAX_VERSION_SERIES);
   assert.equal(Math.min(...f.versions.keys()), 4);
+});
+
+Deno.test("a version still answering keeps its series through any number of updates", () => {
+  // A standing canary: the stable version 1 answers half the calls while versions 2..20 come
+  // and go as canaries.
+  const f = new GatewayMetrics(noAgents).of("t/n/f");
+  for (let canary = 2; canary <= 20; canary++) {
+    for (let i = 0; i < 3; i++) {
+      f.version(1).request(200);
+      f.version(canary).request(200);
+    }
+  }
+  assert.equal(f.versions.size, MAX_VERSION_SERIES);
+  assert.equal(f.versions.get(1)?.codes.get(200), 19 * 3);
+  assert.equal(f.versions.get(20)?.codes.get(200), 3);
+  // The canaries gone longest are the ones dropped.
+  assert.deepEqual([...f.versions.keys()].sort((a, b) => a - b), [1, 14, 15, 16, 17, 18, 19, 20]);
 });
 
 Deno.test("a deleted function's series go at the next scrape; the series of unknown names stays", async () => {
