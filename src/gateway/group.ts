@@ -12,8 +12,10 @@
  * last answer; one whose life changed (a restart: its counters back at 0)
  * with everything it had shown before carried, series it has not counted
  * again included; and a member that restarted asks the others what they last
- * saw of it, and carries that in its own answers to scrapes. A carried
- * series of a function deleted since goes, as a member's own do.
+ * saw of it, and carries that in its own answers to scrapes. So that the
+ * others have seen everything a scrape was shown, a member answering one
+ * sends its own series to each of them with its request for theirs. A
+ * carried series of a function deleted since goes, as a member's own do.
  *
  * @module
  */
@@ -45,11 +47,18 @@ const log = logger("gateway", "group");
 /** A registry's series as prom-client gives them in JSON. */
 export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
 
-/** What a member answers on its private port. */
+/** What a member answers on its private port, and sends with its requests for the others'. */
 export interface MemberAnswer {
   /** The id of this life of its process: a new one after a restart. */
   life: string;
+  /** Its answers in this life, numbered from 1: a later one has every count of an earlier one. */
+  seq: number;
   metrics: MetricsJson;
+}
+
+/** What a member sends with its request for another's series: its own, and its private port. */
+interface Told extends MemberAnswer {
+  port: number;
 }
 
 /** Series whose values only grow while their process lives. */
@@ -111,23 +120,37 @@ function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
 /** One other member's series as last seen, what it counted in earlier lives carried. */
 class MemberSeries {
   life?: string;
+  #seq = 0;
   /** Its last answer, corrected: what counts for it while it does not answer. */
   last?: MetricsJson;
   #carried: Flat = new Map();
 
   /**
    * Takes a new answer; returns it with what the member counted in its
-   * earlier lives added (of functions that still exist).
+   * earlier lives added (of functions that still exist). An answer of the
+   * same life older than the last one taken (the two crossed) is not taken:
+   * the last one is returned.
    */
   take(answer: MemberAnswer, exists?: (func: string) => boolean): MetricsJson {
+    if (answer.life === this.life && answer.seq <= this.#seq && this.last) return this.last;
     if (this.life !== undefined && answer.life !== this.life && this.last) {
       this.#carried = flatten(this.last); // everything it had shown, earlier carries included
     }
     forgetGone(this.#carried, exists);
     this.life = answer.life;
+    this.#seq = answer.seq;
     this.last = withCarried(answer.metrics, this.#carried);
     return this.last;
   }
+}
+
+/** `value` as a member's answer, or undefined when it is not one. */
+function asTold(value: unknown): Told | undefined {
+  const t = value as Partial<Told> | null;
+  return t && typeof t === "object" && typeof t.life === "string" && Number.isInteger(t.seq) &&
+      Number.isInteger(t.port) && Array.isArray(t.metrics)
+    ? t as Told
+    : undefined;
 }
 
 /** The group's metrics as one member sees them, scrape after scrape. */
@@ -135,25 +158,32 @@ export class GroupMetrics {
   readonly #group: GatewayGroup;
   readonly #local: Registry;
   readonly #life = crypto.randomUUID();
+  #seq = 0;
   readonly #members = new Map<number, MemberSeries>();
   /** What this member counted in its earlier lives, as the others last saw it. */
   #self: Flat = new Map();
-  readonly #fetch: (port: number, path: string) => Promise<unknown>;
+  readonly #fetch: (port: number, path: string, body?: unknown) => Promise<unknown>;
   readonly #exists?: (func: string) => boolean;
 
-  /** `exists`: whether a function exists (the series carried of one deleted go). */
+  /**
+   * `fetchMember`: asks the member on `port` for `path`, sending `body` as
+   * JSON (POST) when there is one. `exists`: whether a function exists (the
+   * series carried of one deleted go).
+   */
   constructor(
     group: GatewayGroup,
     local: Registry,
-    fetchMember?: (port: number, path: string) => Promise<unknown>,
+    fetchMember?: (port: number, path: string, body?: unknown) => Promise<unknown>,
     exists?: (func: string) => boolean,
   ) {
     this.#group = group;
     this.#local = local;
     this.#exists = exists;
-    this.#fetch = fetchMember ?? (async (port, path) => {
+    this.#fetch = fetchMember ?? (async (port, path, body) => {
       const res = await fetch(`http://127.0.0.1:${port}${path}`, {
-        headers: { [TOKEN_FIELD]: group.token },
+        method: body === undefined ? "GET" : "POST",
+        headers: { [TOKEN_FIELD]: group.token, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(1000),
       });
       if (!res.ok) throw new Error(`status ${res.status}`);
@@ -167,12 +197,30 @@ export class GroupMetrics {
 
   /** This member's own answer: its series as counted in this life, and the life's id. */
   async answer(): Promise<MemberAnswer> {
-    return { life: this.#life, metrics: await this.#local.getMetricsAsJSON() };
+    return { life: this.#life, seq: ++this.#seq, metrics: await this.#local.getMetricsAsJSON() };
   }
 
   /** What this member last saw of the member on `port` (corrected), for that member's restart. */
   seen(port: number): MetricsJson {
     return this.#members.get(port)?.last ?? [];
+  }
+
+  /**
+   * Takes what another member sent with its request for this one's series
+   * (its own, as it is about to show them to a scrape), and answers that
+   * request. Undefined when `body` is not a member's answer.
+   */
+  told(body: unknown): Promise<MemberAnswer> | undefined {
+    const t = asTold(body);
+    if (!t || t.port === this.#port || !this.#group.ports.includes(t.port)) return undefined;
+    this.#member(t.port).take(t, this.#exists);
+    return this.answer();
+  }
+
+  #member(port: number): MemberSeries {
+    let member = this.#members.get(port);
+    if (!member) this.#members.set(port, member = new MemberSeries());
+    return member;
   }
 
   /**
@@ -211,6 +259,11 @@ export class GroupMetrics {
             return new Response(null, { status: 401 });
           }
           const url = new URL(req.url);
+          if (url.pathname === "/metrics.json" && req.method === "POST") {
+            const answer = this.told(await req.json().catch(() => undefined));
+            if (!answer) return Response.json({ error: "not a member's answer" }, { status: 400 });
+            return Response.json(await answer);
+          }
           if (url.pathname === "/metrics.json") return Response.json(await this.answer());
           if (url.pathname === "/seen.json") {
             return Response.json(this.seen(Number(url.searchParams.get("port"))));
@@ -228,15 +281,17 @@ export class GroupMetrics {
    */
   async registry(): Promise<Registry> {
     forgetGone(this.#self, this.#exists);
-    const all = [withCarried(await this.#local.getMetricsAsJSON(), this.#self)];
+    // What this scrape is shown of this member goes to the others first, with the requests
+    // for theirs: one that restarts later then learns it from them (`recall`).
+    const mine: Told = { ...await this.answer(), port: this.#port };
+    const all = [withCarried(mine.metrics, this.#self)];
     const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
     const answers = await Promise.allSettled(
-      others.map((port) => this.#fetch(port, "/metrics.json")),
+      others.map((port) => this.#fetch(port, "/metrics.json", mine)),
     );
     for (const [i, a] of answers.entries()) {
       const port = others[i];
-      let member = this.#members.get(port);
-      if (!member) this.#members.set(port, member = new MemberSeries());
+      const member = this.#member(port);
       if (a.status === "fulfilled") all.push(member.take(a.value as MemberAnswer, this.#exists));
       else {
         log.warn("Gateway member on port {port} did not give its metrics: {error}", {

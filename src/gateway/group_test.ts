@@ -10,10 +10,8 @@ function member() {
   let registry = new Registry();
   let calls: Counter<"code">;
   let seconds: Histogram<"code">;
-  let life = crypto.randomUUID();
   const make = () => {
     registry = new Registry();
-    life = crypto.randomUUID();
     calls = new Counter({
       name: "calls_total",
       help: "c",
@@ -35,10 +33,6 @@ function member() {
       for (let i = 0; i < n; i++) seconds.observe({ code }, secs);
     },
     restart: make,
-    answer: async (): Promise<MemberAnswer> => ({
-      life,
-      metrics: await registry.getMetricsAsJSON(),
-    }),
     get registry() {
       return registry;
     },
@@ -69,14 +63,14 @@ function pair() {
   const a = member();
   const b = member();
   const down = new Set<string>();
+  // What `name` answers on its private port (`mine()`: its group view), as its server would.
   const peer =
-    (which: () => ReturnType<typeof member>, mine: () => GroupMetrics, name: string) =>
-    (_port: number, path: string) => {
+    (mine: () => GroupMetrics, name: string) => (_port: number, path: string, body?: unknown) => {
       if (down.has(name)) return Promise.reject(new Error("slow"));
       if (path.startsWith("/seen.json")) {
         return Promise.resolve(mine().seen(Number(path.split("=")[1])));
       }
-      return which().answer();
+      return body === undefined ? mine().answer() : mine().told(body)!;
     };
   let ga: GroupMetrics;
   let gb: GroupMetrics;
@@ -84,13 +78,13 @@ function pair() {
     ga = new GroupMetrics(
       { index: 0, ports: [1, 2], token: TOKEN },
       a.registry,
-      peer(() => b, () => gb, "b"),
+      peer(() => gb, "b"),
     );
   const makeB = () =>
     gb = new GroupMetrics(
       { index: 1, ports: [1, 2], token: TOKEN },
       b.registry,
-      peer(() => a, () => ga, "a"),
+      peer(() => ga, "a"),
     );
   makeA();
   makeB();
@@ -155,6 +149,49 @@ Deno.test("after a member's restart, every member answers the same sums, series 
   assert.deepEqual(await total(p.gb), after);
 });
 
+Deno.test("a member scraped through itself and then restarted: the sums do not go down, whoever answers", async () => {
+  const p = pair();
+  p.a.add(2);
+  p.b.add(5);
+  assert.equal((await total(p.gb)).ok, 7); // shown through b, b's 5 in it
+  await p.restartB(); // killed before a scrape through a ever asked it
+  assert.equal((await total(p.ga)).ok, 7);
+  assert.equal((await total(p.gb)).ok, 7);
+  p.b.add(1);
+  assert.equal((await total(p.ga)).ok, 8);
+  assert.equal((await total(p.gb)).ok, 8);
+});
+
+Deno.test("a member that counted on after the others last asked it, then was scraped through itself and restarted, keeps its count", async () => {
+  const p = pair();
+  p.b.add(3);
+  assert.equal((await total(p.ga)).ok, 3); // a has seen b's 3
+  p.b.add(4);
+  assert.equal((await total(p.gb)).ok, 7); // shown through b: 7
+  await p.restartB();
+  assert.equal((await total(p.ga)).ok, 7);
+  assert.equal((await total(p.gb)).ok, 7);
+});
+
+Deno.test("an older answer of a member's life that arrives after a newer one is not taken", async () => {
+  const a = new GroupMetrics({ index: 0, ports: [1, 2], token: TOKEN }, new Registry());
+  const registry = new Registry();
+  const calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+  const b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
+  calls.inc(3);
+  const older = { ...await b.answer(), port: 2 };
+  calls.inc(4);
+  const newer = { ...await b.answer(), port: 2 };
+  await a.told(newer);
+  await a.told(older); // crossed on the way
+  const seen = a.seen(2).find((m) => m.name === "calls_total");
+  assert.equal(seen?.values[0].value, 7);
+  // Not a member's answer, or from no member of the group: not taken.
+  assert.equal(a.told({ life: "x" }), undefined);
+  assert.equal(a.told({ ...newer, port: 9 }), undefined);
+  assert.equal(a.told({ ...newer, port: 1 }), undefined); // its own port
+});
+
 Deno.test("a member whose private metrics port is taken says which port it is", () => {
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (taken.addr as Deno.NetAddr).port;
@@ -176,8 +213,10 @@ Deno.test("a series carried over a member's restart goes once its function is de
     new Counter({ name: "fn_total", help: "c", labelNames: ["function"], registers: [r] });
   let calls = registries.map(counter);
   const lives = [crypto.randomUUID(), crypto.randomUUID()];
+  let seq = 0;
   const answer = (i: number) => async (): Promise<MemberAnswer> => ({
     life: lives[i],
+    seq: ++seq,
     metrics: await registries[i].getMetricsAsJSON(),
   });
   const exists = (f: string) => alive.has(f);
@@ -222,8 +261,21 @@ Deno.test("a member's private port answers only requests with the group's secret
     const seen = await fetch(`http://127.0.0.1:${ports[1]}/seen.json?port=1`);
     assert.equal(seen.status, 401);
     await seen.body?.cancel();
-    // The other member asks with it, and counts what b counted.
-    assert.match(await (await a.registry()).metrics(), /calls_total 3/);
+    const told = await fetch(url, { method: "POST", body: "{}" });
+    assert.equal(told.status, 401);
+    await told.body?.cancel();
+    // With it, a body that is not a member's answer is refused.
+    const bad = await fetch(url, {
+      method: "POST",
+      headers: { "x-inferx-group-token": TOKEN },
+      body: '{"life":"x"}',
+    });
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    // The other member asks with it, and counts what b counted; b keeps what a showed.
+    new Counter({ name: "calls_total", help: "c", registers: [registries[0]] }).inc(2);
+    assert.match(await (await a.registry()).metrics(), /calls_total 5/);
+    assert.equal(b.seen(ports[0]).find((m) => m.name === "calls_total")?.values[0].value, 2);
   } finally {
     await server.close();
   }
