@@ -83,6 +83,23 @@ export function creatingCurrent(state: CoreState, f: CoreFunc): number {
   return n;
 }
 
+/**
+ * Ready pods of the current version rebuilt after a restart that no gateway
+ * has claimed yet: each goes to a waiting call at the grace's end
+ * (`settleUnclaimed`) unless its gateway claims it first.
+ */
+export function unclaimedCurrent(state: CoreState, f: CoreFunc): number {
+  let n = 0;
+  for (const id of f.pods) {
+    const p = state.pods.get(id)!;
+    if (
+      p.version === f.version && p.state === "Ready" && !p.leasedBy &&
+      p.unclaimedUntil !== undefined
+    ) n++;
+  }
+  return n;
+}
+
 /** Whether `gateway` holds a lease on `pod`, alone or shared. */
 export function holds(pod: CorePod, gateway: string): boolean {
   return pod.leasedBy === gateway || (pod.sharedWith?.includes(gateway) ?? false);

@@ -13,6 +13,7 @@ import {
   type Ctx,
   liveCurrent,
   terminate,
+  unclaimedCurrent,
   unitOf,
 } from "./_accounting.ts";
 import { type EvictionOptions, planEviction } from "./eviction.ts";
@@ -43,8 +44,11 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   // Its pods keep failing to start: none starts until the back-off ends (a parked one may resume).
   const backoff = f.startBackoff && ctx.now < f.startBackoff.until ? f.startBackoff : undefined;
   let live = liveCurrent(state, f);
+  // Pods on their way count for waiters: those starting or resuming, and those rebuilt after a
+  // restart and not claimed yet (a call waits out the grace for one: the next tick after a claim
+  // starts its own).
   let need = Math.max(
-    f.waiters.length - creatingCurrent(state, f),
+    f.waiters.length - creatingCurrent(state, f) - unclaimedCurrent(state, f),
     f.policy.minReplica - activeCurrent(state, f),
   );
   while (need > 0) {

@@ -339,6 +339,51 @@ Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats befor
   );
 });
 
+Deno.test("after a restart, a call waits for a Ready pod no gateway has claimed yet rather than start another", () => {
+  const setup = () => {
+    const d = new CoreDriver("s2");
+    d.run(
+      { type: "nodeUpdate", node: nodeReport("n1") },
+      {
+        type: "podRecord",
+        pod: {
+          id: "old-1",
+          func: "t/n/f",
+          version: 1,
+          node: "n1",
+          cpu: 500,
+          memMB: 1024,
+          gpus: [],
+          desired: "Running",
+          state: "Ready",
+          endpoint: "e1",
+        },
+      },
+      { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica: 2 }) },
+    );
+    return d;
+  };
+  // Nobody claims it: the call gets it after the grace, and no second pod was started.
+  const d = setup();
+  d.now = 1000;
+  assert.deepEqual(created(d.run(lease("r1", "t/n/f", "g2"))), []);
+  assert.deepEqual(created(d.run({ type: "tick" })), []);
+  d.now = 6000;
+  const granted = d.run({ type: "tick" });
+  assert.ok(
+    granted.some((a) => a.type === "leaseGranted" && a.podId === "old-1" && a.gateway === "g2"),
+    JSON.stringify(granted),
+  );
+  assert.deepEqual(created(granted), []);
+  // Its gateway claims it in the grace: the waiting call gets a pod of its own then.
+  const e = setup();
+  e.now = 1000;
+  assert.deepEqual(created(e.run(lease("r1", "t/n/f", "g2"))), []);
+  e.run({ type: "gatewayHeartbeat", gateway: "g1", leases: ["old-1"] });
+  e.now = 1500;
+  assert.equal(created(e.run({ type: "tick" })).length, 1);
+});
+
 Deno.test("a version whose pods keep failing to start backs off, doubling, and calls meanwhile fail at once", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1") });
