@@ -124,6 +124,9 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     state.starved.add(f.id);
     return;
   }
+  // Placed, or waiting on pods it has: an earlier failure's reason no longer holds.
+  f.lastUnschedulable = undefined;
+  f.noNodeFits = false;
   state.starved.delete(f.id);
 }
 

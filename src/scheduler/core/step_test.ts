@@ -350,3 +350,23 @@ Deno.test("a gateway whose lease was taken back while it was silent is told so b
   const gone = d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: ["p-none"] });
   assert.ok(gone.some((a) => a.type === "reclaimLease" && a.podId === "p-none"));
 });
+
+Deno.test("a lease's timeout gives a placement failure's reason only while it holds", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { ready: false }) });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  const failed = (actions: CoreAction[]) =>
+    actions.filter((a) => a.type === "leaseFailed").map((a) => (a as { message: string }).message);
+  // The node is not ready: the call times out saying so.
+  d.run(lease("r1", "t/n/f", "g1", 1_000));
+  d.now = 1_000;
+  assert.match(failed(d.run({ type: "tick" }))[0], /no node fits \(1 node_not_ready\)$/);
+  // The node is back: the next call's pod is placed, and never gets ready (its agent died).
+  d.now = 2_000;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  assert.equal(created(d.run(lease("r2", "t/n/f", "g1", 5_000))).length, 1);
+  d.now = 5_000;
+  assert.deepEqual(failed(d.run({ type: "tick" })), [
+    "Cannot lease worker for t/n/f: no worker was ready before the deadline",
+  ]);
+});
