@@ -167,6 +167,16 @@ export class CallerGone extends InferxError {
 }
 
 /**
+ * What a call the gateway will not run any more hears (it is stopping): it
+ * went to no worker, so it may be sent again.
+ */
+export const STOPPING = new InferxError(
+  "unavailable",
+  "The gateway is stopping: the call was not sent to a worker; try again",
+  { retryable: true },
+);
+
+/**
  * Whether `err` says the caller went away: a {@linkcode CallerGone}, or its
  * connection closed under a read of its request (a JSON body is read whole
  * before the call goes anywhere). Recorded 499, not the gateway's failure.

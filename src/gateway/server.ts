@@ -36,6 +36,7 @@ import {
   cutShortCode,
   forward,
   type FuncTarget,
+  STOPPING,
 } from "./proxy.ts";
 import { OPENAI_CALL_PATHS } from "./routes/openai.ts";
 import { wantsCallPath } from "./calls/accept.ts";
@@ -235,13 +236,6 @@ function callerGone(rec: CallRecord, req: Http1Request): void {
   if (req.cutByStop) rec.stopped();
   else rec.callerGone();
 }
-
-/** What a call the gateway will not run any more hears: it went to no worker, so it may be sent again. */
-export const STOPPING = new InferxError(
-  "unavailable",
-  "The gateway is stopping: the call was not sent to a worker; try again",
-  { retryable: true },
-);
 
 /**
  * A gateway's stop, as far as calls go: calls waiting for a worker, and new

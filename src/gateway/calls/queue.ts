@@ -77,6 +77,7 @@ import {
   cutShortCode,
   forward,
   type ProxyDeps,
+  STOPPING,
 } from "../proxy.ts";
 import { signalSource } from "../routes/_call.ts";
 import { type CallbackSender, tenantSecret, UnresolvedHost } from "./callback.ts";
@@ -1058,6 +1059,8 @@ export class CallQueue {
     try {
       answer = await forward(this.#deps, input, signalSource(signal));
     } catch (err) {
+      // This gateway is stopping (the call went to no worker): handed back, the try not counted.
+      if (err === STOPPING) return (rec.stopped(), { kind: "aborted" });
       if (err instanceof CallerGone || signal.aborted) {
         rec.callerGone("cancelled");
         return { kind: "aborted" };

@@ -10,6 +10,7 @@ import { CallbackSender } from "./callback.ts";
 import { CallQueue, refOf } from "./queue.ts";
 import type { MetaClient } from "../../rpc/types.ts";
 import { InferxError } from "../../common/errors.ts";
+import { drainCalls } from "../server.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -287,6 +288,32 @@ t(
     await other.close();
     await f.close();
     await slow.shutdown();
+    await w.close();
+  },
+);
+
+t(
+  "a call waiting for a worker when its gateway stops is handed back, its try not counted",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+    f.sched.hang = true; // no worker comes: the call waits in its function's queue
+    const id = await store(f, record("w", { maxAttempts: 1 }));
+    await until("the call to wait", () => f.cache.agent("t", "n", "f")?.queued === 1);
+    // The gateway's stop, as `mod.ts` runs it: waiting calls hear STOPPING at once.
+    await Promise.all([drainCalls(f.cache, { shutdown: async () => {} }, 0), f.deps.calls.stop(0)]);
+    await until("the call handed back", async () => (await read(f, id)).status === "queued");
+    const handed = await read(f, id);
+    assert.equal(handed.attempts[0].error?.code, "gateway_stopped");
+    assert.equal(f.audit.requests.at(-1)?.error, "gateway_stopped");
+    // Another gateway runs it: the one attempt it has is still there to use.
+    const w = countingWorker();
+    const other = await secondGateway(f, w.endpoint);
+    await until(
+      "another gateway to finish it",
+      async () => (await read(f, id)).status === "succeeded",
+    );
+    await other.close();
+    await f.close();
     await w.close();
   },
 );
