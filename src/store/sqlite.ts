@@ -54,7 +54,18 @@ export interface SqliteStoreOptions {
   legacyDir?: string;
 }
 
-const SCHEMA_VERSION = 1;
+/**
+ * The store's schema version (`pragma user_version`). Raised whenever a
+ * release writes records an older release would misread, so that the older
+ * one refuses the store instead of losing data (releases since version 1
+ * refuse any version but their own). 2: a queued call's large request body
+ * and a finished call's large answer in records of their own, objects'
+ * `created_at`, tenants' `max_api_keys`. A store of an older version this
+ * release reads ({@linkcode OLDEST_VERSION}) is marked with this one at open.
+ */
+const SCHEMA_VERSION = 2;
+/** The oldest schema version this release reads (and marks as its own). */
+const OLDEST_VERSION = 1;
 
 const SCHEMA = `
   create table if not exists meta (
@@ -153,11 +164,20 @@ function checkOurs(db: DatabaseSync): void {
   ).all() as Row[]).map((r) => String(r.name));
   if (tables.length === 0) return;
   const version = Number((db.prepare("pragma user_version").get() as Row).user_version);
-  if (version !== SCHEMA_VERSION || tables.join() !== TABLES.join()) {
+  if (tables.join() === TABLES.join() && version > SCHEMA_VERSION) {
+    throw new InferxError(
+      "unavailable",
+      `it was written by a newer release of the platform (schema version ${version}; this ` +
+        `release reads ${OLDEST_VERSION} to ${SCHEMA_VERSION}); it was left as it is: run that ` +
+        `release or a newer one on it`,
+    );
+  }
+  if (version < OLDEST_VERSION || tables.join() !== TABLES.join()) {
     throw new InferxError(
       "unavailable",
       `it is not this platform's store (tables: ${tables.join(", ")}; schema version ${version}, ` +
-        `not ${SCHEMA_VERSION}); it was left as it is: move it away, or name another data directory`,
+        `not ${OLDEST_VERSION} to ${SCHEMA_VERSION}); it was left as it is: move it away, or ` +
+        `name another data directory`,
     );
   }
 }

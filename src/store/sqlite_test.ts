@@ -389,9 +389,10 @@ Deno.test("sqlite store refuses another program's database, and leaves it as it 
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" &&
-        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7/.test(
-          e.message,
-        ),
+        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7, not 1 to 2/
+          .test(
+            e.message,
+          ),
     );
     assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
     // This store's own file opens as before.
@@ -462,6 +463,32 @@ Deno.test("a store made before pages were given back is converted once at open, 
       (db.prepare("pragma auto_vacuum").get() as { auto_vacuum: number }).auto_vacuum,
       2,
     );
+    // Marked with this release's schema version: an older release refuses it now.
+    assert.equal(
+      (db.prepare("pragma user_version").get() as { user_version: number }).user_version,
+      2,
+    );
     db.close();
+  });
+});
+
+Deno.test("a store written by a newer release is refused, saying so, and left as it was", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path);
+    await store.create("/k", "v");
+    await store.close();
+    const newer = new DatabaseSync(path);
+    newer.exec("pragma user_version = 3");
+    newer.close();
+    const before = await Deno.readFile(path);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        /meta\.db: it was written by a newer release of the platform \(schema version 3; this release reads 1 to 2\)/
+          .test(e.message),
+    );
+    assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
   });
 });
