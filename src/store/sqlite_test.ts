@@ -3,7 +3,7 @@ import type { InferxError } from "../common/errors.ts";
 import { withTempDir, withTmpfs } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
-import { openSqliteStore } from "./sqlite.ts";
+import { openSqliteStore, VACUUM_PAGES } from "./sqlite.ts";
 import { CompactedError, type MetaStore, type WatchEvent } from "./types.ts";
 
 storeContract("sqlite in memory", async () => {
@@ -360,6 +360,46 @@ Deno.test("sqlite store keeps its history within historyMaxBytes, and the file g
     // 25 MiB were written; what stays is the capped history, the pages of the rest given back.
     const size = (await Deno.stat(path)).size;
     assert.ok(size < 8 * 1024 * 1024, `the file is ${size} bytes`);
+  });
+});
+
+Deno.test("the store gives free pages back a bounded number at a time", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    // The store holds its file exclusively: its free pages are counted between opens.
+    const free = () => {
+      const db = new DatabaseSync(path, { readOnly: true });
+      try {
+        return (db.prepare("pragma freelist_count").get() as { freelist_count: number })
+          .freelist_count;
+      } finally {
+        db.close();
+      }
+    };
+    let store = await openSqliteStore(path, { historyMaxBytes: 1024 * 1024 });
+    const big = "x".repeat(256 * 1024);
+    for (let i = 0; i < 64; i++) await store.create(`/big/${i}`, big);
+    for (let i = 0; i < 64; i++) await store.delete(`/big/${i}`); // 16 MiB of pages free at once
+    await store.close();
+    const before = free();
+    assert.ok(before > 3 * VACUUM_PAGES, `${before} free pages`);
+    // 256 writes after an open: one pass, which gives back at most VACUUM_PAGES (the small
+    // writes take a few free pages, and free the pages of the big values the history still had).
+    store = await openSqliteStore(path, { historyMaxBytes: 1024 * 1024 });
+    for (let i = 0; i < 256; i++) await store.create(`/small/${i}`, "v");
+    await store.close();
+    const after = free();
+    assert.ok(
+      before - after >= VACUUM_PAGES / 2 && before - after <= VACUUM_PAGES + 64,
+      `${before} -> ${after}`,
+    );
+    // Pass after pass, all of them.
+    store = await openSqliteStore(path, { historyMaxBytes: 1024 * 1024 });
+    for (let i = 0; i < 256 * Math.ceil(after / VACUUM_PAGES); i++) {
+      await store.create(`/more/${i}`, "v");
+    }
+    await store.close();
+    assert.ok(free() <= 256, `${free()} free pages left`);
   });
 });
 
