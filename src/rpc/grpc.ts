@@ -109,6 +109,14 @@ export function endWithStatus(
   stream.destroy();
 }
 
+/**
+ * A gRPC error's text, without the library's empty `Resolution note: ` (its
+ * connection errors end with one) that would reach callers in JSON bodies.
+ */
+function grpcText(e: grpc.ServiceError): string {
+  return (e.details || e.message).replace(/\.? Resolution note: *$/, "");
+}
+
 /** A gRPC client error as the `InferxError` the server raised (or the best match). */
 export function fromGrpcError(err: unknown, what: string): InferxError {
   const e = err as grpc.ServiceError;
@@ -125,15 +133,13 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
     }
   }
   if (code && code in TO_GRPC) {
-    return new InferxError(code as ErrorCode, e.details || e.message, {
+    return new InferxError(code as ErrorCode, grpcText(e), {
       details,
       retryable: code === "conflict" || code === "unavailable" || code === "timeout",
     });
   }
   const mapped = FROM_GRPC[e.code as grpc.status] ?? "internal";
-  const message = mapped === "unavailable"
-    ? `Cannot reach ${what}: ${e.details || e.message}`
-    : e.details || e.message;
+  const message = mapped === "unavailable" ? `Cannot reach ${what}: ${grpcText(e)}` : grpcText(e);
   return new InferxError(mapped, message, {
     cause: err,
     retryable: mapped !== "internal" && mapped !== "too_large",

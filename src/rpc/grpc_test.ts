@@ -14,6 +14,28 @@ Deno.test("a message over the size limit, raised by the library itself, is too_l
   assert.equal(e.retryable, false);
 });
 
+Deno.test("a connection error's empty resolution note is left out of the message", () => {
+  const e = fromGrpcError(
+    {
+      code: grpc.status.UNAVAILABLE,
+      details: "No connection established. Last error: Error: connect ECONNREFUSED " +
+        "127.0.0.1:1238. Resolution note: ",
+    },
+    "the scheduler",
+  );
+  assert.equal(
+    e.message,
+    "Cannot reach the scheduler: No connection established. Last error: Error: connect " +
+      "ECONNREFUSED 127.0.0.1:1238",
+  );
+  // A note with words in it stays.
+  const noted = fromGrpcError(
+    { code: grpc.status.UNAVAILABLE, details: "No addresses resolved. Resolution note: bad name" },
+    "the scheduler",
+  );
+  assert.match(noted.message, /Resolution note: bad name$/);
+});
+
 Deno.test("the platform's own RESOURCE_EXHAUSTED errors keep their codes across the wire", () => {
   for (const code of ["queue_full", "quota_exceeded", "unschedulable", "too_large"] as const) {
     const wire = toGrpcError(new InferxError(code, "x"));

@@ -41,6 +41,9 @@ export interface InformerOptions {
   resyncMs?: number;
 }
 
+/** Of the lists that fail in a row, every this many is logged (the first included). */
+const LIST_FAILURES_SAID = 20;
+
 /**
  * Lists `type`, calls `upsert` for each object, then follows changes. Resolves
  * once the first list has been delivered.
@@ -73,6 +76,18 @@ export async function startInformer(
     }
   };
 
+  // Lists that failed in a row: said at the first and every LIST_FAILURES_SAID-th after
+  // (the retries come every half second while the state service is away), and at the end.
+  let failures = 0;
+  const listFailed = (e: unknown) => {
+    if (failures++ % LIST_FAILURES_SAID !== 0) return;
+    log.warn("Cannot list {type} yet ({n} tries): {error}", {
+      type,
+      n: failures,
+      error: (e as Error).message,
+    });
+  };
+
   const sync = async () => {
     const gen = ++generation;
     // One watch at a time: the one before goes, and a sync overtaken by a later one (a retry
@@ -80,6 +95,8 @@ export async function startInformer(
     watch?.cancel();
     watch = undefined;
     const { items, revision } = await meta.list(type, options.tenant, options.namespace);
+    if (failures) log.info("Listed {type} again after {n} tries", { type, n: failures + 1 });
+    failures = 0;
     if (stopped || gen !== generation) return;
     const seen = new Set<string>();
     for (const rec of items) {
@@ -120,7 +137,7 @@ export async function startInformer(
         watch?.cancel();
         watch = undefined;
         sync().catch((e) => {
-          log.warn("Cannot list {type} yet: {error}", { type, error: (e as Error).message });
+          listFailed(e);
           if (!stopped) resync();
         });
       }, options.resyncMs);
@@ -132,7 +149,7 @@ export async function startInformer(
     timer = setTimeout(() => {
       timer = undefined;
       sync().catch((e) => {
-        log.warn("Cannot list {type} yet: {error}", { type, error: (e as Error).message });
+        listFailed(e);
         if (!stopped) resync();
       });
     }, options.retryMs ?? 500);

@@ -101,3 +101,38 @@ Deno.test("an informer passes over a record its handler cannot take, in its list
     await store.close();
   }
 });
+
+Deno.test("an informer that cannot list says so at the first try and every 20th, and when it lists again", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  let down = false;
+  let tries = 0;
+  const meta = new Proxy(svc, {
+    get(target, prop, receiver) {
+      if (prop === "list") {
+        return (...args: Parameters<MetaClient["list"]>) => {
+          if (!down) return target.list(...args);
+          if (++tries === 45) down = false; // back after 45 failed lists
+          return Promise.reject(new Error("state service away"));
+        };
+      }
+      const v = Reflect.get(target, prop, receiver);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  }) as unknown as MetaClient;
+  const lines = await logLines();
+  const informer = await startInformer(meta, "tenant", { upsert() {}, remove() {} }, {
+    retryMs: 5,
+    resyncMs: 10, // lists again soon: while `down`, that fails, and is tried again
+  });
+  try {
+    down = true;
+    await until("it to list again", () => lines.some((l) => l.startsWith("Listed tenant")));
+    const said = lines.filter((l) => l.startsWith("Cannot list tenant"));
+    assert.deepEqual(said.map((l) => /\((\d+) tries\)/.exec(l)?.[1]), ["1", "21", "41"]);
+  } finally {
+    informer.stop();
+    await reset();
+    await store.close();
+  }
+});
