@@ -234,9 +234,12 @@ export class FuncAgent {
             const i = l.queue.indexOf(waiter);
             if (i >= 0) l.queue.splice(i, 1);
           }
+          // The scheduler out of reach (asked again until now, as a failover takes seconds): 503
+          // with Retry-After, another role being away, not a 504 that blames the function.
+          const away = this.#lastError?.code === "unavailable";
           reject(
             new InferxError(
-              "timeout",
+              away ? "unavailable" : "timeout",
               `Cannot call ${this.id}: no worker was free within ${
                 Math.round(wait)
               } ms${this.#lastErrorText()}`,

@@ -200,11 +200,22 @@ Deno.test("a start the store refused fails queued calls at once; an unreachable 
     a.acquire(),
     (e: InferxError) => e.code === "unavailable" && /space exceeded/.test(e.message),
   );
-  // It waited out the queue's deadline, asking every 100 ms, and ended a timeout.
   assert.ok(performance.now() - t0 < 400, "at once");
+  // A scheduler out of reach: asked every 100 ms until the queue's deadline, then 503 (another
+  // role away), not a 504 that blames the function.
   sched.failWith = new InferxError("unavailable", "Cannot reach the scheduler");
-  await assert.rejects(a.acquire(), (e: InferxError) => e.code === "timeout");
+  await assert.rejects(
+    a.acquire(),
+    (e: InferxError) =>
+      e.code === "unavailable" && e.retryable &&
+      /no worker was free within 500 ms; last lease attempt: Cannot reach the scheduler$/.test(
+        e.message,
+      ),
+  );
   assert.ok(sched.leases.length > 2, `asked again: ${sched.leases.length}`);
+  // Once it answers again, a call that still finds no worker in time is a timeout.
+  sched.failWith = new InferxError("timeout", "no worker was ready before the deadline");
+  await assert.rejects(a.acquire(), (e: InferxError) => e.code === "timeout");
 });
 
 Deno.test("a slot of a resumed worker says so, once per waiting call", async () => {
