@@ -296,6 +296,46 @@ t(
   },
 );
 
+t(
+  "a call that arrives on an idle connection as the gateway stops is answered 503, not cut",
+  async () => {
+    const f = await gatewayFixture();
+    const w = fakeWorker("w");
+    f.sched.endpoints.push(w.endpoint);
+    const server = serveGateway(f.app, f.deps, { port: 0 });
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    const buf = new Uint8Array(65536);
+    const call = new TextEncoder().encode(
+      "GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
+    const answer = async () => {
+      let out = "";
+      for (let n; !/\r\n\r\n[\s\S]*\}$/.test(out) && (n = await c.read(buf)) !== null;) {
+        out += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      return out;
+    };
+    try {
+      await c.write(call);
+      assert.match(await answer(), /^HTTP\/1.1 200 /); // the connection is idle, kept alive
+      const stopped = drainCalls(f.cache, server, 2000);
+      await new Promise((r) => setTimeout(r, 50)); // a call on its way as the stop begins
+      await c.write(call);
+      const late = await answer();
+      assert.match(late, /^HTTP\/1.1 503 /);
+      assert.match(late, /\r\nretry-after: \d+\r\n/i);
+      assert.match(late, /\r\nconnection: close\r\n/i);
+      assert.match(late, /the call was not sent to a worker; try again/);
+      assert.equal(await c.read(buf), null, "closed after it");
+      await stopped;
+    } finally {
+      c.close();
+      await f.close();
+      await w.close();
+    }
+  },
+);
+
 t("a caller that disconnects while queued leaves the queue at once", async () => {
   const g = await listening();
   g.f.sched.hang = true;

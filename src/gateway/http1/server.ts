@@ -106,6 +106,8 @@ const DRAIN_LIMIT = 64 * 1024;
 /** How long a body answered before it was read is read and dropped at most, and idle. */
 const LINGER_MS = 5_000;
 const LINGER_IDLE_MS = 1_000;
+/** How long a shutdown keeps idle connections open for a request already on its way. */
+export const SHUTDOWN_LINGER_MS = 250;
 
 let dateHeader = new Date().toUTCString();
 
@@ -189,11 +191,17 @@ export function serveHttp1(options: Http1ServerOptions): Http1Server {
       listener.close();
       await accepting;
       clearInterval(sweep);
-      for (const c of conns) c.closeIfIdle();
-      const deadline = Date.now() + graceMs;
+      // Idle connections stay open a moment: a request already on its way on one is answered
+      // (with `Connection: close`) rather than met by a closed socket, which leaves its caller
+      // unsure whether it ran. Each connection closes after the request it is serving.
+      for (const c of conns) c.closeAfterRequest();
+      const start = Date.now();
+      const deadline = start + graceMs;
+      const lingered = start + Math.min(graceMs, SHUTDOWN_LINGER_MS);
       while (conns.size && Date.now() < deadline) {
+        if (Date.now() >= lingered) { for (const c of conns) c.closeIfIdle(); }
+        if (!conns.size) break;
         await new Promise((r) => setTimeout(r, 20));
-        for (const c of conns) c.closeIfIdle();
       }
       for (const c of conns) c.close(true);
     },
@@ -1223,6 +1231,11 @@ class ServerConnection {
     } else if (this.#bodyWaitSince && now - this.#bodyWaitSince > this.#limits.bodyTimeoutMs) {
       this.close(); // the handler's read fails with ConnectionClosed
     }
+  }
+
+  /** For shutdown: the request being served, or the next one, is the last. */
+  closeAfterRequest(): void {
+    this.#closing = true;
   }
 
   /** For shutdown: closes now unless a request is being served (then after it). */
