@@ -742,7 +742,12 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "resumePod":
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
-        this.#setDesired(a.podId, "Running");
+        this.#setDesired(a.podId, "Running", undefined, (err) => {
+          // Refused by the store (not a lost answer: that is asked again by the re-list).
+          if (err instanceof InferxError && err.code === "unavailable") {
+            this.#apply({ type: "resumeRefused", podId: a.podId, error: err.message });
+          }
+        });
         break;
       case "reclaimLease":
         // Asked of the gateway in the answer to its heartbeat, again until it gives the pod back.
@@ -836,21 +841,30 @@ export class SchedulerService implements SchedulerClient {
     });
   }
 
-  /** Writes a pod's desired state (compare-and-swap, retried on conflicts); the node agent acts. */
-  #setDesired(podId: string, desired: PodInfo["desired"], tier?: PodInfo["standbyTier"]): void {
+  /**
+   * Writes a pod's desired state (compare-and-swap, retried on conflicts);
+   * the node agent acts. `failed` hears a write that failed.
+   */
+  #setDesired(
+    podId: string,
+    desired: PodInfo["desired"],
+    tier?: PodInfo["standbyTier"],
+    failed?: (err: unknown) => void,
+  ): void {
     const ref = this.#podRefs.get(podId);
     if (!ref) return;
     updateWithRetry(this.#meta, ref, (cur) => {
       const pod = cur && decodePod(cur.value);
       if (!pod || pod.desired === desired || pod.desired === "Terminated") return undefined;
       return { ...pod, desired, ...(tier ? { standbyTier: tier } : {}) };
-    }).catch((err) =>
+    }).catch((err) => {
       log.error("Cannot set pod {pod} to {desired}: {error}", {
         pod: podId,
         desired,
         error: String(err),
-      })
-    );
+      });
+      failed?.(err);
+    });
   }
 }
 

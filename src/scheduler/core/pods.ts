@@ -80,6 +80,38 @@ export function onPodStatus(
   retryStarved(ctx);
 }
 
+/**
+ * The store refused the write that resumes `podId`: the pod is parked still
+ * (charged its tier's holds again), and its function's waiting calls fail at
+ * once with `unavailable`, as when the store refuses a new pod's record, and
+ * the same back-off follows (calls meanwhile fail at once; none waits out its
+ * deadline for a resume that was never asked of the node).
+ */
+export function onResumeRefused(ctx: Ctx, podId: string, error: string) {
+  const { state } = ctx;
+  const pod = state.pods.get(podId);
+  if (!pod || pod.state !== "Resuming") return;
+  pod.state = "Standby";
+  pod.since = ctx.now;
+  setHeld(state, pod, TIER_HOLDS[pod.tier!]);
+  const f = unitOf(state, pod);
+  if (!f) return retryStarved(ctx);
+  const message = `Cannot resume worker ${podId} of ${pod.func}: the store refused it (${error})`;
+  const waitMs = startFailed(ctx, f, message, "unavailable");
+  for (const w of f.waiters) {
+    ctx.actions.push({
+      type: "leaseFailed",
+      reqId: w.reqId,
+      code: "unavailable",
+      message,
+      retryAfterS: Math.ceil(waitMs / 1000),
+    });
+  }
+  f.waiters = [];
+  state.starved.delete(f.id);
+  retryStarved(ctx);
+}
+
 /** Terminates a pod on request. */
 export function onKillPod(ctx: Ctx, podId: string) {
   const pod = ctx.state.pods.get(podId);

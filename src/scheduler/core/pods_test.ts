@@ -490,6 +490,45 @@ Deno.test("a start the store refused fails its calls as unavailable, in the star
   assert.equal(later.code, "unavailable", "the back-off says the same");
 });
 
+Deno.test("a resume the store refused fails its calls as unavailable at once; the pod stays parked, tried again for the next call", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
+  d.run({
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 1, standbyTier: "paused", scaleinTimeoutS: 1 }),
+  });
+  const [p] = created(d.run(lease("r1")));
+  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e1" });
+  d.run({ type: "return", podId: p.id, gateway: "g1" });
+  d.state.pods.get(p.id)!.lastUsed = -10_000;
+  d.run({ type: "tick" });
+  d.run({ type: "podStatus", podId: p.id, state: "Standby" });
+  const parked = structuredClone(d.state.nodes.get("n1")!);
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  // A call resumes it; the store refuses the write.
+  assert.ok(kinds(d.run(lease("r2"))).includes("resumePod"));
+  const acts = d.run({
+    type: "resumeRefused",
+    podId: p.id,
+    error: "Cannot reach the state service",
+  });
+  const failed = acts.find((a) => a.type === "leaseFailed");
+  assert.ok(failed?.type === "leaseFailed", JSON.stringify(acts));
+  assert.equal(failed.reqId, "r2");
+  assert.equal(failed.code, "unavailable");
+  assert.equal(
+    failed.message,
+    `Cannot resume worker ${p.id} of t/n/f: the store refused it (Cannot reach the state service)`,
+  );
+  assert.equal(failed.retryAfterS, 1);
+  // Parked still, charged as it was parked.
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  assert.deepEqual(d.state.nodes.get("n1"), parked);
+  // The next call tries the resume again (none waits out its deadline for a write never made).
+  assert.ok(kinds(d.run(lease("r3"))).includes("resumePod"));
+  assert.equal(d.state.pods.get(p.id)?.state, "Resuming");
+});
+
 Deno.test("a failed worker's last output goes apart from the message, in the start, its back-off and a crash soon after", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1") });

@@ -36,7 +36,14 @@ import {
   reclaimSilentGateways,
 } from "./leases.ts";
 import { expireSilentNodes, onNodeRemove, onNodeUpdate } from "./nodes.ts";
-import { collectOrphans, onKillPod, onPodRecord, onPodStatus, settleUnclaimed } from "./pods.ts";
+import {
+  collectOrphans,
+  onKillPod,
+  onPodRecord,
+  onPodStatus,
+  onResumeRefused,
+  settleUnclaimed,
+} from "./pods.ts";
 import { endOverdueReclaims, setTenantWeight } from "./fairness.ts";
 import { setTenantLimits } from "./quota.ts";
 import { applySnapshot } from "./snapshot.ts";
@@ -103,6 +110,9 @@ export function step(state: CoreState, event: CoreEvent, now: number): StepResul
     // Node agents and the store: pods, nodes.
     case "podStatus":
       onPodStatus(ctx, event.podId, event.state, event.endpoint, event.error, event);
+      break;
+    case "resumeRefused":
+      onResumeRefused(ctx, event.podId, event.error);
       break;
     case "podRecord":
       onPodRecord(ctx, event.pod);

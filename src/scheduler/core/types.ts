@@ -387,6 +387,11 @@ export type CoreEvent =
     /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
     snapshotMs?: number;
   }
+  /**
+   * The store refused the write that resumes a parked pod (out of space,
+   * unreachable): the pod is still parked, and the calls waiting are told so.
+   */
+  | { type: "resumeRefused"; podId: string; error: string }
   | { type: "podRecord"; pod: PodRecord }
   | { type: "nodeUpdate"; node: NodeReport }
   | { type: "nodeRemove"; name: string }
