@@ -102,21 +102,43 @@ function integerAt(b: Uint8Array, at: number): number | undefined {
 }
 
 /**
- * Prompt and completion tokens from the `usage` object of a JSON answer.
- * Read from the bytes, without decoding or parsing the body: `usage` is
- * found from the end (where servers put it), then its two top-level counts,
- * so the cost is a few hundred byte comparisons whatever the completion's
- * length.
+ * Prompt and completion tokens from the top-level `usage` object of a JSON
+ * answer. Read from the bytes, without decoding or parsing the body: read
+ * backwards from the end (where servers put `usage`), strings skipped whole
+ * and nesting counted, to the top-level `usage` key (not one nested later in
+ * the answer, nor the word inside generated text), then its two top-level
+ * counts forwards; so the cost is a few hundred byte comparisons whatever
+ * the completion's length.
  */
 export function usageOf(body: Uint8Array): { prompt?: number; completion?: number } {
-  let at = body.length - USAGE.length;
-  for (; at >= 0; at--) {
-    // Outside strings a key is not preceded by a backslash.
-    if (body[at] === 34 && holds(body, at, USAGE) && body[at - 1] !== 92) break;
+  let depth = 0;
+  for (let i = body.length - 1; i >= 0; i--) {
+    const c = body[i];
+    if (c === 125 /* } */ || c === 93 /* ] */) depth++;
+    else if (c === 123 /* { */ || c === 91 /* [ */) {
+      if (--depth < 0) return {}; // not one JSON value: no figures
+    } else if (c === 34 /* " */) {
+      const end = i;
+      // Back to the string's opening quote: one after an even number of backslashes.
+      for (i--; i >= 0; i--) {
+        if (body[i] !== 34) continue;
+        let k = i - 1;
+        while (k >= 0 && body[k] === 92 /* \ */) k--;
+        if ((i - 1 - k) % 2 === 0) break;
+      }
+      if (i < 0) return {};
+      if (depth === 1 && end - i + 1 === USAGE.length && holds(body, i, USAGE)) {
+        const open = afterColon(body, end + 1);
+        if (open >= 0) return countsAt(body, open);
+      }
+    }
   }
-  if (at < 0) return {};
-  const open = afterColon(body, at + USAGE.length);
-  if (open < 0 || body[open] !== 123 /* { */) return {};
+  return {};
+}
+
+/** The two counts of the `usage` object that opens at `open`. */
+function countsAt(body: Uint8Array, open: number): { prompt?: number; completion?: number } {
+  if (body[open] !== 123 /* { */) return {};
   const out: { prompt?: number; completion?: number } = {};
   let depth = 0;
   for (let i = open; i < body.length; i++) {

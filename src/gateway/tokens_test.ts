@@ -49,6 +49,18 @@ Deno.test("usageOf() finds usage at the end of a completion, nested details incl
     }],
     // "usage" only inside the generated text: no figures, no error.
     ['{"choices":[{"text":"say \\"usage\\": {1}"}]}', {}],
+    // A usage nested in the answer after the top-level one is not the answer's.
+    [
+      '{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[{"meta":{"usage":{"prompt_tokens":900,"completion_tokens":800}}}]}',
+      { prompt: 1, completion: 2 },
+    ],
+    ['{"choices":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}]}', {}],
+    // Braces, brackets, quotes and backslashes in strings after it are skipped whole.
+    [
+      '{"usage":{"prompt_tokens":3,"completion_tokens":4},"text":"} ] \\\\","x":"\\"usage\\":{"}',
+      { prompt: 3, completion: 4 },
+    ],
+    ['[{"usage":{"prompt_tokens":1,"completion_tokens":1}}]', {}], // not an object at the top
     ['{"usage":null}', {}],
     ['{"usage":{"prompt_tokens":-1,"completion_tokens":"x"}}', {}],
     ['{"usage":{"prompt_tokens":1', {}], // cut short
