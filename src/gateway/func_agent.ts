@@ -235,8 +235,11 @@ export class FuncAgent {
             if (i >= 0) l.queue.splice(i, 1);
           }
           // The scheduler out of reach (asked again until now, as a failover takes seconds): 503
-          // with Retry-After, another role being away, not a 504 that blames the function.
-          const away = this.#lastError?.code === "unavailable";
+          // with Retry-After, another role being away, not a 504 that blames the function. Only
+          // while it still is: its failures come every 100 ms then, and an older one is history
+          // (its lease asked again since, and waiting on it).
+          const away = this.#lastError?.code === "unavailable" &&
+            performance.now() - this.#lastErrorAt < AWAY_MS;
           reject(
             new InferxError(
               away ? "unavailable" : "timeout",
@@ -404,6 +407,8 @@ export class FuncAgent {
   }
 
   #lastError?: InferxError;
+  /** When (`performance.now()`) `#lastError` came. */
+  #lastErrorAt = 0;
 
   #lastErrorText(): string {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
@@ -592,6 +597,7 @@ export class FuncAgent {
       this.#settled(lane);
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
+      this.#lastErrorAt = performance.now();
       // A lane whose version left the split: the calls it was counted for lease again.
       if (!this.#lanes.includes(lane)) return void (this.#closed || this.#drain());
       if (e.code === "unschedulable") {
@@ -616,6 +622,12 @@ export class FuncAgent {
     });
   }
 }
+
+/**
+ * How recent a lease's failure to reach the scheduler must be for a call's
+ * timeout to blame it: three of the 100 ms between its leases while it is away.
+ */
+const AWAY_MS = 300;
 
 /**
  * Whether `e` is the scheduler's answer that a start could not be made for a
