@@ -87,7 +87,6 @@ const SCHEMA = `
     value text,
     create_revision integer
   );
-  pragma user_version = ${SCHEMA_VERSION};
 `;
 
 interface Watcher {
@@ -131,7 +130,10 @@ export async function openSqliteStore(
   const db = openDatabase(path, { what: "the store", incrementalVacuum: true, check: checkOurs });
   try {
     checkWhole(db);
-    db.exec(SCHEMA);
+    // A new store's tables and version in one transaction: none is left without the other.
+    const fresh = Number((db.prepare("pragma user_version").get() as Row).user_version) === 0;
+    if (fresh) db.exec(`begin; ${SCHEMA}; pragma user_version = ${SCHEMA_VERSION}; commit;`);
+    else db.exec(SCHEMA);
     // A store made before pages were given back: converted once (the file is rewritten).
     if ((db.prepare("pragma auto_vacuum").get() as Row).auto_vacuum !== 2) {
       const size = path === ":memory:" ? 0 : Deno.statSync(path).size;
@@ -144,6 +146,9 @@ export async function openSqliteStore(
     }
     const legacyDir = options.legacyDir ?? (path === ":memory:" ? undefined : dirname(path));
     if (legacyDir) await migrateLegacy(db, legacyDir);
+    // An older store is marked this release's once all of the above went through: one whose
+    // open failed half-way stays readable by the release it came from.
+    db.exec(`pragma user_version = ${SCHEMA_VERSION}`);
     return new SqliteStore(
       db,
       options.historyLimit ?? 10_000,

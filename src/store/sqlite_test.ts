@@ -512,6 +512,24 @@ Deno.test("a store made before pages were given back is converted once at open, 
   });
 });
 
+Deno.test("an older store whose open fails half-way is not marked with the new version", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const s = await openSqliteStore(path);
+    await s.create("/k", "v");
+    await s.close();
+    const db = new DatabaseSync(path);
+    db.exec("pragma user_version = 1"); // as the release before left it
+    db.close();
+    await Deno.writeTextFile(`${dir}/snapshot.json`, "{not json"); // a legacy store to migrate
+    await assert.rejects(openSqliteStore(path));
+    const after = new DatabaseSync(path, { readOnly: true });
+    const v = (after.prepare("pragma user_version").get() as { user_version: number }).user_version;
+    after.close();
+    assert.equal(v, 1, "still the release before's");
+  });
+});
+
 Deno.test("a store written by a newer release is refused, saying so, and left as it was", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;
