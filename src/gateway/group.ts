@@ -4,18 +4,24 @@
  * spreads connections over them (SO_REUSEPORT). So that `/metrics` counts the
  * group and not whichever member a scrape reached, every member serves its
  * own series as JSON on a private loopback port (to requests that carry the
- * group's secret), with the id of its process's
- * life, and the member that answers `/metrics` adds them up (prom-client's
- * aggregation: sums, and the lowest value for health gauges). A sum of
- * counters must never go down, or Prometheus takes it for a reset and counts
- * everything again: a member that does not answer in time counts with its
- * last answer; one whose life changed (a restart: its counters back at 0)
- * with everything it had shown before carried, series it has not counted
- * again included; and a member that restarted asks the others what they last
- * saw of it, and carries that in its own answers to scrapes. So that the
- * others have seen everything a scrape was shown, a member answering one
- * sends its own series to each of them with its request for theirs. A
- * carried series of a function deleted since goes, as a member's own do.
+ * group's secret), and the member that answers `/metrics` adds them up
+ * (prom-client's aggregation: sums, and the lowest value for health gauges).
+ *
+ * A sum of counters must never go down, or Prometheus takes it for a reset
+ * and counts everything again. So a member's counters are its **base** (what
+ * it counted in its earlier lives: a restart sets its own counters back to 0)
+ * plus what it counted in this life, and every member answers with both, the
+ * id of its process's life, and a number that grows with each answer. Bases
+ * only grow, merged series by series as the larger of what each member knows:
+ * a member that sees another's life change makes everything it had shown of
+ * it that one's base; a member that restarts asks the others what they last
+ * saw of it; and at every scrape the member answering it sends each other
+ * member its own answer and what it knows of that member's base, and hears
+ * back theirs and what they know of its own. So whichever member a scrape
+ * reaches, each member's part is its latest answer, base included (or, when
+ * it does not answer within a second, its last), and what one scrape showed
+ * of a member, the member itself knows. A base's series of a function
+ * deleted since goes, as a member's own do.
  *
  * @module
  */
@@ -53,11 +59,19 @@ export interface MemberAnswer {
   life: string;
   /** Its answers in this life, numbered from 1: a later one has every count of an earlier one. */
   seq: number;
+  /** Its series as counted in this life. */
   metrics: MetricsJson;
+  /** What it counted in its earlier lives, as far as it knows (cumulative series only). */
+  base: MetricsJson;
 }
 
-/** What a member sends with its request for another's series: its own, and its private port. */
-interface Told extends MemberAnswer {
+/** An answer sent or given back in an exchange: with what the sender knows of the other's base. */
+export interface Exchanged extends MemberAnswer {
+  yourBase: MetricsJson;
+}
+
+/** What a member sends with its request for another's series: also its private port. */
+interface Told extends Exchanged {
   port: number;
 }
 
@@ -117,39 +131,86 @@ function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
   return out as MetricsJson;
 }
 
-/** One other member's series as last seen, what it counted in earlier lives carried. */
-class MemberSeries {
-  life?: string;
-  #seq = 0;
-  /** Its last answer, corrected: what counts for it while it does not answer. */
-  last?: MetricsJson;
-  #carried: Flat = new Map();
-
-  /**
-   * Takes a new answer; returns it with what the member counted in its
-   * earlier lives added (of functions that still exist). An answer of the
-   * same life older than the last one taken (the two crossed) is not taken:
-   * the last one is returned.
-   */
-  take(answer: MemberAnswer, exists?: (func: string) => boolean): MetricsJson {
-    if (answer.life === this.life && answer.seq <= this.#seq && this.last) return this.last;
-    if (this.life !== undefined && answer.life !== this.life && this.last) {
-      this.#carried = flatten(this.last); // everything it had shown, earlier carries included
-    }
-    forgetGone(this.#carried, exists);
-    this.life = answer.life;
-    this.#seq = answer.seq;
-    this.last = withCarried(answer.metrics, this.#carried);
-    return this.last;
+/** The larger of `into`'s and `from`'s value, series by series, into `into`. */
+function maxInto(into: Flat, from: Flat): void {
+  for (const [key, e] of from) {
+    const had = into.get(key);
+    if (!had || had.value.value < e.value.value) into.set(key, e);
   }
 }
 
-/** `value` as a member's answer, or undefined when it is not one. */
-function asTold(value: unknown): Told | undefined {
-  const t = value as Partial<Told> | null;
+/** `flat` as series in JSON, by metric. */
+function unflatten(flat: Flat): MetricsJson {
+  const out = new Map<string, Metric>();
+  for (const { metric, value } of flat.values()) {
+    let m = out.get(metric.name);
+    if (!m) out.set(metric.name, m = { ...metric, values: [] } as Metric);
+    (m.values as Value[]).push(value);
+  }
+  return [...out.values()] as MetricsJson;
+}
+
+/** Lives of a member remembered as over: an answer of one that comes late is not taken. */
+const ENDED_LIVES = 16;
+
+/** One other member's series as last seen: this life's, and its base. */
+class MemberSeries {
+  life?: string;
+  #seq = 0;
+  readonly #ended: string[] = [];
+  /** Its series as counted in its current life, as it last answered. */
+  #local?: MetricsJson;
+  /** What it counted in its earlier lives, as far as this member knows. */
+  readonly base: Flat = new Map();
+
+  /** What counts for it: its last answer with its base. */
+  get last(): MetricsJson | undefined {
+    return this.#local && withCarried(this.#local, this.base);
+  }
+
+  /**
+   * Takes an answer; returns what counts for the member now. An answer of
+   * the same life older than the last one taken (the two crossed), or of a
+   * life over since, is not taken.
+   */
+  take(answer: MemberAnswer, exists?: (func: string) => boolean): MetricsJson {
+    const stale = this.#ended.includes(answer.life) ||
+      (answer.life === this.life && answer.seq <= this.#seq);
+    if (stale && this.#local) return this.last!;
+    if (this.life !== undefined && answer.life !== this.life) {
+      // A new life: everything it had shown is its base now.
+      if (this.#local) maxInto(this.base, flatten(this.last!));
+      this.#ended.push(this.life);
+      if (this.#ended.length > ENDED_LIVES) this.#ended.shift();
+    }
+    maxInto(this.base, flatten(answer.base));
+    forgetGone(this.base, exists);
+    this.life = answer.life;
+    this.#seq = answer.seq;
+    this.#local = answer.metrics;
+    return this.last!;
+  }
+}
+
+/** Whether `m` is series in JSON as prom-client gives them: named metrics of numbered values. */
+function isMetrics(m: unknown): m is MetricsJson {
+  return Array.isArray(m) &&
+    m.every((x) =>
+      x !== null && typeof x === "object" && typeof x.name === "string" &&
+      typeof x.type === "string" && Array.isArray(x.values) &&
+      x.values.every((v: unknown) =>
+        v !== null && typeof v === "object" && Number.isFinite((v as Value).value) &&
+        ((v as Value).labels === undefined || typeof (v as Value).labels === "object")
+      )
+    );
+}
+
+/** `value` as another member's answer, or undefined when it is not one. */
+function asAnswer(value: unknown): Exchanged | undefined {
+  const t = value as Partial<Exchanged> | null;
   return t && typeof t === "object" && typeof t.life === "string" && Number.isInteger(t.seq) &&
-      Number.isInteger(t.port) && Array.isArray(t.metrics)
-    ? t as Told
+      isMetrics(t.metrics) && isMetrics(t.base) && isMetrics(t.yourBase)
+    ? t as Exchanged
     : undefined;
 }
 
@@ -160,8 +221,8 @@ export class GroupMetrics {
   readonly #life = crypto.randomUUID();
   #seq = 0;
   readonly #members = new Map<number, MemberSeries>();
-  /** What this member counted in its earlier lives, as the others last saw it. */
-  #self: Flat = new Map();
+  /** What this member counted in its earlier lives: its base. */
+  readonly #self: Flat = new Map();
   readonly #fetch: (port: number, path: string, body?: unknown) => Promise<unknown>;
   readonly #exists?: (func: string) => boolean;
 
@@ -195,9 +256,10 @@ export class GroupMetrics {
     return this.#group.ports[this.#group.index];
   }
 
-  /** This member's own answer: its series as counted in this life, and the life's id. */
+  /** This member's own answer: its series as counted in this life, its base, its life's id. */
   async answer(): Promise<MemberAnswer> {
-    return { life: this.#life, seq: ++this.#seq, metrics: await this.#local.getMetricsAsJSON() };
+    const metrics = await this.#local.getMetricsAsJSON();
+    return { life: this.#life, seq: ++this.#seq, metrics, base: unflatten(this.#self) };
   }
 
   /** What this member last saw of the member on `port` (corrected), for that member's restart. */
@@ -207,14 +269,19 @@ export class GroupMetrics {
 
   /**
    * Takes what another member sent with its request for this one's series
-   * (its own, as it is about to show them to a scrape), and answers that
-   * request. Undefined when `body` is not a member's answer.
+   * (its own answer, as it is about to show it to a scrape, and what it knows
+   * of this one's base), and answers that request: this one's answer and
+   * what it knows of the sender's base. Undefined when `body` is not a
+   * member's.
    */
-  told(body: unknown): Promise<MemberAnswer> | undefined {
-    const t = asTold(body);
-    if (!t || t.port === this.#port || !this.#group.ports.includes(t.port)) return undefined;
-    this.#member(t.port).take(t, this.#exists);
-    return this.answer();
+  async told(body: unknown): Promise<Exchanged | undefined> {
+    const t = asAnswer(body) as Told | undefined;
+    if (!t || !Number.isInteger(t.port) || t.port === this.#port) return undefined;
+    if (!this.#group.ports.includes(t.port)) return undefined;
+    const member = this.#member(t.port);
+    member.take(t, this.#exists);
+    maxInto(this.#self, flatten(t.yourBase));
+    return { ...await this.answer(), yourBase: unflatten(member.base) };
   }
 
   #member(port: number): MemberSeries {
@@ -234,11 +301,7 @@ export class GroupMetrics {
       others.map((port) => this.#fetch(port, `/seen.json?port=${this.#port}`)),
     );
     for (const s of seen) {
-      if (s.status !== "fulfilled") continue;
-      for (const [key, e] of flatten(s.value as MetricsJson)) {
-        const had = this.#self.get(key);
-        if (!had || had.value.value < e.value.value) this.#self.set(key, e);
-      }
+      if (s.status === "fulfilled" && isMetrics(s.value)) maxInto(this.#self, flatten(s.value));
     }
   }
 
@@ -260,11 +323,10 @@ export class GroupMetrics {
           }
           const url = new URL(req.url);
           if (url.pathname === "/metrics.json" && req.method === "POST") {
-            const answer = this.told(await req.json().catch(() => undefined));
+            const answer = await this.told(await req.json().catch(() => undefined));
             if (!answer) return Response.json({ error: "not a member's answer" }, { status: 400 });
-            return Response.json(await answer);
+            return Response.json(answer);
           }
-          if (url.pathname === "/metrics.json") return Response.json(await this.answer());
           if (url.pathname === "/seen.json") {
             return Response.json(this.seen(Number(url.searchParams.get("port"))));
           }
@@ -281,26 +343,41 @@ export class GroupMetrics {
    */
   async registry(): Promise<Registry> {
     forgetGone(this.#self, this.#exists);
-    // What this scrape is shown of this member goes to the others first, with the requests
-    // for theirs: one that restarts later then learns it from them (`recall`).
-    const mine: Told = { ...await this.answer(), port: this.#port };
-    const all = [withCarried(mine.metrics, this.#self)];
+    // This member's answer goes to the others with the requests for theirs, and with what it
+    // knows of their bases; their answers bring what they know of its own.
+    const mine = await this.answer();
     const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
     const answers = await Promise.allSettled(
-      others.map((port) => this.#fetch(port, "/metrics.json", mine)),
+      others.map((port) =>
+        this.#fetch(
+          port,
+          "/metrics.json",
+          {
+            ...mine,
+            port: this.#port,
+            yourBase: unflatten(this.#member(port).base),
+          } satisfies Told,
+        )
+      ),
     );
+    const all: MetricsJson[] = [];
     for (const [i, a] of answers.entries()) {
       const port = others[i];
       const member = this.#member(port);
-      if (a.status === "fulfilled") all.push(member.take(a.value as MemberAnswer, this.#exists));
-      else {
-        log.warn("Gateway member on port {port} did not give its metrics: {error}", {
-          port,
-          error: String(a.reason),
-        });
-        if (member.last) all.push(member.last);
+      const answer = a.status === "fulfilled" ? asAnswer(a.value) : undefined;
+      if (answer) {
+        all.push(member.take(answer, this.#exists));
+        maxInto(this.#self, flatten(answer.yourBase));
+        continue;
       }
+      log.warn("Gateway member on port {port} did not give its metrics: {error}", {
+        port,
+        error: a.status === "rejected" ? String(a.reason) : "not a member's answer",
+      });
+      if (member.last) all.push(member.last);
     }
+    // Its own part with its base as the others' answers left it.
+    all.unshift(withCarried(mine.metrics, this.#self));
     return AggregatorRegistry.aggregate(all);
   }
 }

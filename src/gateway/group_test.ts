@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Counter, Histogram, Registry } from "prom-client";
-import { GroupMetrics, type MemberAnswer } from "./group.ts";
+import { type Exchanged, GroupMetrics } from "./group.ts";
 import { freePort } from "../common/net.ts";
 
 const TOKEN = "0123456789abcdef".repeat(4);
@@ -58,52 +58,64 @@ async function total(group: GroupMetrics) {
   };
 }
 
-/** Two members each answering scrapes; `down` members do not answer the other. */
-function pair() {
-  const a = member();
-  const b = member();
-  const down = new Set<string>();
-  // What `name` answers on its private port (`mine()`: its group view), as its server would.
-  const peer =
-    (mine: () => GroupMetrics, name: string) => (_port: number, path: string, body?: unknown) => {
-      if (down.has(name)) return Promise.reject(new Error("slow"));
-      if (path.startsWith("/seen.json")) {
-        return Promise.resolve(mine().seen(Number(path.split("=")[1])));
-      }
-      return body === undefined ? mine().answer() : mine().told(body)!;
-    };
-  let ga: GroupMetrics;
-  let gb: GroupMetrics;
-  const makeA = () =>
-    ga = new GroupMetrics(
-      { index: 0, ports: [1, 2], token: TOKEN },
-      a.registry,
-      peer(() => gb, "b"),
+/** `v` as it comes out of JSON: what a member gets over the wire, sharing nothing with `v`. */
+const wire = <T>(v: T): T => v === undefined ? v : JSON.parse(JSON.stringify(v));
+
+/**
+ * `n` members on ports 1..n, each answering the others as its server would
+ * (through JSON); `down` members answer none.
+ */
+function group(n: number) {
+  const members = Array.from({ length: n }, () => member());
+  const views: GroupMetrics[] = [];
+  const down = new Set<number>();
+  const ports = members.map((_, i) => i + 1);
+  const make = (i: number) =>
+    views[i] = new GroupMetrics(
+      { index: i, ports, token: TOKEN },
+      members[i].registry,
+      async (port, path, body) => {
+        const j = port - 1;
+        if (down.has(j)) throw new Error("slow");
+        const them = views[j];
+        if (path.startsWith("/seen.json")) return wire(them.seen(Number(path.split("=")[1])));
+        const answer = await them.told(wire(body));
+        if (!answer) throw new Error("status 400");
+        return wire(answer);
+      },
     );
-  const makeB = () =>
-    gb = new GroupMetrics(
-      { index: 1, ports: [1, 2], token: TOKEN },
-      b.registry,
-      peer(() => ga, "a"),
-    );
-  makeA();
-  makeB();
+  members.forEach((_, i) => make(i));
   return {
-    a,
-    b,
+    members,
+    views,
     down,
+    /** Member `i`'s process restarts: its registry and its group view are new; it recalls its past. */
+    async restart(i: number) {
+      members[i].restart();
+      make(i);
+      await views[i].recall();
+    },
+  };
+}
+
+/** Two members, `a` and `b`. */
+function pair() {
+  const g = group(2);
+  const names = new Map([["a", 0], ["b", 1]]);
+  return {
+    a: g.members[0],
+    b: g.members[1],
+    down: {
+      add: (name: string) => g.down.add(names.get(name)!),
+      delete: (name: string) => g.down.delete(names.get(name)!),
+    },
     get ga() {
-      return ga;
+      return g.views[0];
     },
     get gb() {
-      return gb;
+      return g.views[1];
     },
-    /** `b`'s process restarts: its registry and its group view are new; it recalls its past. */
-    async restartB() {
-      b.restart();
-      makeB();
-      await gb.recall();
-    },
+    restartB: () => g.restart(1),
   };
 }
 
@@ -173,23 +185,86 @@ Deno.test("a member that counted on after the others last asked it, then was scr
   assert.equal((await total(p.gb)).ok, 7);
 });
 
-Deno.test("an older answer of a member's life that arrives after a newer one is not taken", async () => {
+Deno.test("an answer that arrives after a newer one (of the same life, or of a life over since) is not taken", async () => {
   const a = new GroupMetrics({ index: 0, ports: [1, 2], token: TOKEN }, new Registry());
-  const registry = new Registry();
-  const calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
-  const b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
+  let registry = new Registry();
+  let calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+  let b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
+  const told = async (g: GroupMetrics) => wire({ ...await g.answer(), port: 2, yourBase: [] });
+  const shown = () => a.seen(2).find((m) => m.name === "calls_total")?.values[0].value;
   calls.inc(3);
-  const older = { ...await b.answer(), port: 2 };
+  const older = await told(b);
   calls.inc(4);
-  const newer = { ...await b.answer(), port: 2 };
+  const newer = await told(b);
   await a.told(newer);
   await a.told(older); // crossed on the way
-  const seen = a.seen(2).find((m) => m.name === "calls_total");
-  assert.equal(seen?.values[0].value, 7);
-  // Not a member's answer, or from no member of the group: not taken.
-  assert.equal(a.told({ life: "x" }), undefined);
-  assert.equal(a.told({ ...newer, port: 9 }), undefined);
-  assert.equal(a.told({ ...newer, port: 1 }), undefined); // its own port
+  assert.equal(shown(), 7);
+  // b restarts (its base 7, as the others saw it), counts 1; then its old life's answer comes.
+  registry = new Registry();
+  calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+  b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
+  calls.inc(1);
+  await a.told(await told(b));
+  assert.equal(shown(), 8);
+  await a.told(newer);
+  assert.equal(shown(), 8, "not 7 + 7 + 1");
+});
+
+Deno.test("what is not a member's answer, or from no member of the group, is not taken", async () => {
+  const a = new GroupMetrics({ index: 0, ports: [1, 2], token: TOKEN }, new Registry());
+  const registry = new Registry();
+  new Counter({ name: "calls_total", help: "c", registers: [registry] }).inc(5);
+  const b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
+  const good = wire({ ...await b.answer(), port: 2, yourBase: [] });
+  assert.equal(await a.told({ life: "x" }), undefined);
+  assert.equal(await a.told({ ...good, port: 9 }), undefined);
+  assert.equal(await a.told({ ...good, port: 1 }), undefined); // its own port
+  // Series whose values are not numbers: refused whole, nothing of it taken.
+  const bad = wire(good);
+  (bad.metrics[0] as { values: unknown }).values = 3;
+  assert.equal(await a.told(bad), undefined);
+  const nan = wire(good);
+  (nan.base as unknown[]).push({ name: "x", type: "counter", values: [{ value: "5" }] });
+  assert.equal(await a.told(nan), undefined);
+  assert.deepEqual(a.seen(2), []);
+  assert.ok(await a.told(good));
+  assert.equal(a.seen(2).find((m) => m.name === "calls_total")?.values[0].value, 5);
+});
+
+Deno.test("two members restarting one after the other: the sums hold through either", async () => {
+  const g = group(2);
+  const [a, b] = g.members;
+  a.add(10);
+  b.add(5);
+  assert.equal((await total(g.views[0])).ok, 15);
+  await g.restart(0);
+  for (const v of [0, 1, 0, 1]) assert.equal((await total(g.views[v])).ok, 15, `through ${v}`);
+  await g.restart(1);
+  for (const v of [0, 1, 0, 1]) assert.equal((await total(g.views[v])).ok, 15, `through ${v}`);
+  a.add(1);
+  b.add(2);
+  for (const v of [0, 1]) assert.equal((await total(g.views[v])).ok, 18, `through ${v}`);
+});
+
+Deno.test("three members: what one scrape showed of a member holds through every member after its restart", async () => {
+  const g = group(3);
+  const [, b] = g.members;
+  b.add(5);
+  assert.equal((await total(g.views[0])).ok, 5); // through A: b at 5
+  b.add(3);
+  assert.equal((await total(g.views[2])).ok, 8); // through C only: b at 8
+  await g.restart(1);
+  for (const v of [0, 1, 2, 0]) assert.equal((await total(g.views[v])).ok, 8, `through ${v}`);
+  // C was away when b restarted (b's recall reached A only): the first scrape through C, or
+  // through b, brings b's base up, and nothing shown goes down after.
+  b.add(1);
+  assert.equal((await total(g.views[2])).ok, 9);
+  g.down.add(2);
+  await g.restart(1);
+  g.down.delete(2);
+  const seen = [];
+  for (const v of [2, 1, 0, 2, 1, 0]) seen.push((await total(g.views[v])).ok);
+  assert.deepEqual(seen, [9, 9, 9, 9, 9, 9]);
 });
 
 Deno.test("a member whose private metrics port is taken says which port it is", () => {
@@ -214,11 +289,14 @@ Deno.test("a series carried over a member's restart goes once its function is de
   let calls = registries.map(counter);
   const lives = [crypto.randomUUID(), crypto.randomUUID()];
   let seq = 0;
-  const answer = (i: number) => async (): Promise<MemberAnswer> => ({
-    life: lives[i],
-    seq: ++seq,
-    metrics: await registries[i].getMetricsAsJSON(),
-  });
+  const answer = (i: number) => async (): Promise<Exchanged> =>
+    wire({
+      life: lives[i],
+      seq: ++seq,
+      metrics: await registries[i].getMetricsAsJSON(),
+      base: [],
+      yourBase: [],
+    });
   const exists = (f: string) => alive.has(f);
   const ga = new GroupMetrics(
     { index: 0, ports: [1, 2], token: TOKEN },
