@@ -743,10 +743,18 @@ export class SchedulerService implements SchedulerClient {
       case "resumePod":
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
         this.#setDesired(a.podId, "Running", undefined, (err) => {
-          // Refused by the store (not a lost answer: that is asked again by the re-list).
-          if (err instanceof InferxError && err.code === "unavailable") {
-            this.#apply({ type: "resumeRefused", podId: a.podId, error: err.message });
-          }
+          if (!(err instanceof InferxError && err.code === "unavailable")) return;
+          // Refused, or written with its answer lost: the record says which. Only a record
+          // read back without the resume is a refusal (a resumed worker taken for parked would
+          // have its memory given to another); unread, the re-list settles it.
+          const ref = this.#podRefs.get(a.podId);
+          if (!ref) return;
+          this.#meta.get(ref).then((cur) => {
+            const pod = cur && decodePod(cur.value);
+            if (pod && pod.desired === "Standby") {
+              this.#apply({ type: "resumeRefused", podId: a.podId, error: err.message });
+            }
+          }, () => {});
         });
         break;
       case "reclaimLease":

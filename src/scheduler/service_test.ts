@@ -5,6 +5,7 @@ import { decodePod, type NodeInfo } from "../model/cluster.ts";
 import { startInformer } from "../rpc/informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
+import type { MetaClient } from "../rpc/types.ts";
 import { leaseStage, SchedulerService } from "./service.ts";
 import { Registry } from "prom-client";
 import { CoreDriver, created, gpuFunc, gpuNode, lease } from "./core/testing.ts";
@@ -447,6 +448,92 @@ t(
     } finally {
       sched.stop();
       await store.close();
+    }
+  },
+);
+
+/**
+ * Plays a node agent that also parks and resumes; a pod of t/n/f made Ready,
+ * given back and parked through the scheduler; its id.
+ */
+async function parkedPod(meta: MetaClient, sched: SchedulerService): Promise<string> {
+  await startInformer(meta, "pod", {
+    upsert(rec) {
+      const p = decodePod(rec.value);
+      const state = p.desired === "Running" && (p.state === "Creating" || p.state === "Standby")
+        ? "Ready"
+        : p.desired === "Standby" && p.state === "Ready"
+        ? "Standby"
+        : undefined;
+      if (!state) return;
+      // A resume takes its agent a moment (the scheduler hears how its write went first).
+      setTimeout(() => {
+        meta.update({
+          ...rec,
+          object: { ...p, state, endpoint: "127.0.0.1:1" },
+          revision: rec.revision,
+        }).catch(() => {});
+      }, p.state === "Standby" ? 200 : 0);
+    },
+    remove() {},
+  });
+  const lease = await leaseF(sched, 5000);
+  await sched.returnWorker({ podId: lease.podId, gatewayId: "g" });
+  await until("the pod parked", async () => {
+    const rec = (await meta.list("pod")).items.find((r) => r.name === lease.podId);
+    return rec !== undefined && decodePod(rec.value).state === "Standby";
+  });
+  return lease.podId;
+}
+
+t(
+  "SchedulerService fails a resume's calls at once when the store refuses it, and not when the write went through with its answer lost",
+  async () => {
+    for (const lost of [false, true]) {
+      const store = await openSqliteStore();
+      const meta = new StateService(store);
+      await meta.create({
+        ...nodeRef("n1"),
+        object: { ...node("n1"), standbyTiers: ["host_memory"] },
+      });
+      await createTestFunction(meta, { policy: { Obj: { scalein_timeout: 0.1 } } });
+      let refusing = false;
+      const flaky = new Proxy(meta, {
+        get(target, key) {
+          if (key !== "update") return Reflect.get(target, key).bind(target);
+          return async (r: Parameters<StateService["update"]>[0]) => {
+            const resume = r.type === "pod" &&
+              (r.object as { desired?: string }).desired === "Running";
+            if (!refusing || !resume) return await target.update(r);
+            if (lost) await target.update(r); // written; its answer lost
+            throw new InferxErrorClass("unavailable", "etcdserver: request timed out");
+          };
+        },
+      }) as unknown as MetaClient;
+      const sched = new SchedulerService(flaky, { tickMs: 50 });
+      await sched.start();
+      try {
+        const pod = await parkedPod(meta, sched);
+        refusing = true;
+        const t0 = performance.now();
+        const got = await leaseF(sched, 5000).then((l) => l, (e) => e as InferxError);
+        if (!lost) {
+          assert.ok(got instanceof InferxErrorClass, JSON.stringify(got));
+          assert.equal(got.code, "unavailable");
+          assert.match(
+            got.message,
+            new RegExp(`Cannot resume worker ${pod} of t/n/f: the store refused it`),
+          );
+          assert.ok(performance.now() - t0 < 2000, "at once, not at the deadline");
+        } else {
+          // Resumed after all (the agent acted on the record): the call gets it.
+          assert.ok(!(got instanceof Error), String(got));
+          assert.equal((got as { podId: string }).podId, pod);
+        }
+      } finally {
+        sched.stop();
+        await store.close();
+      }
     }
   },
 );
