@@ -204,6 +204,13 @@ export class Fuzz {
             );
             break;
           }
+          // A resume the store refuses (its write never made): the agent never hears of it, the
+          // core is told (the service reads the record back first: a write with its answer lost
+          // is no refusal).
+          if (!park && this.r.chance(0.1)) {
+            this.refused.push(a.podId);
+            break;
+          }
           w.desired = park ? "Standby" : "Running";
           if (park) w.tier = a.tier;
           w.pending = true;
@@ -528,7 +535,12 @@ export class Fuzz {
     return funcReport(id, demand, policy, version);
   }
 
+  /** Resumes the store refused, told to the core at the next event. */
+  readonly refused: string[] = [];
+
   randomEvent() {
+    const refused = this.refused.shift();
+    if (refused) return this.apply({ type: "resumeRefused", podId: refused, error: "refused" });
     const r = this.r;
     const x = r.next();
     const p = (w: number) => x < (acc += w);

@@ -81,11 +81,13 @@ export function onPodStatus(
 }
 
 /**
- * The store refused the write that resumes `podId`: the pod is parked still
- * (charged its tier's holds again), and its function's waiting calls fail at
- * once with `unavailable`, as when the store refuses a new pod's record, and
- * the same back-off follows (calls meanwhile fail at once; none waits out its
- * deadline for a resume that was never asked of the node).
+ * The store refused the write that resumes `podId`: the pod is parked still,
+ * and its function's waiting calls fail at once with `unavailable`, as when
+ * the store refuses a new pod's record, and the same back-off follows (calls
+ * meanwhile fail at once; none waits out its deadline for a resume that was
+ * never asked of the node). Its agent may not have finished parking it (the
+ * resume came first): it is taken for parking again, and keeps what a copy
+ * holds until its agent or its record says it is parked.
  */
 export function onResumeRefused(ctx: Ctx, podId: string, error: string) {
   const { state } = ctx;
@@ -93,7 +95,7 @@ export function onResumeRefused(ctx: Ctx, podId: string, error: string) {
   if (!pod || pod.state !== "Resuming") return;
   pod.state = "Standby";
   pod.since = ctx.now;
-  setHeld(state, pod, TIER_HOLDS[pod.tier!]);
+  pod.parkingSince = ctx.now; // what it holds: a resume's, as a park's, `copyingHolds`
   const f = unitOf(state, pod);
   if (!f) return retryStarved(ctx);
   const message = `Cannot resume worker ${podId} of ${pod.func}: the store refused it (${error})`;

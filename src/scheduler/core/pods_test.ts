@@ -521,8 +521,10 @@ Deno.test("a resume the store refused fails its calls as unavailable at once; th
     `Cannot resume worker ${p.id} of t/n/f: the store refused it (Cannot reach the state service)`,
   );
   assert.equal(failed.retryAfterS, 1);
-  // Parked still, charged as it was parked.
+  // Parked still: charged what a copy holds until its agent says it is parked (it may have been
+  // parking still when the resume came), then as it was parked.
   assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  d.run({ type: "podStatus", podId: p.id, state: "Standby" });
   assert.deepEqual(d.state.nodes.get("n1"), parked);
   // The next call tries the resume again (none waits out its deadline for a write never made).
   assert.ok(kinds(d.run(lease("r3"))).includes("resumePod"));
