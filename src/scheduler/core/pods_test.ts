@@ -294,30 +294,33 @@ Deno.test("after a restart, a parked pod being terminated is charged what its ti
   assert.deepEqual([n.cpuUsed, n.memUsedMB, n.gpus[0].vramUsedMB], [0, 0, 0]);
 });
 
-Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats before it is handed out or parked", () => {
-  const setup = () => {
-    const d = new CoreDriver("s2");
-    d.run(
-      { type: "nodeUpdate", node: nodeReport("n1") },
-      {
-        type: "podRecord",
-        pod: {
-          id: "old-1",
-          func: "t/n/f",
-          version: 1,
-          node: "n1",
-          cpu: 500,
-          memMB: 1024,
-          gpus: [],
-          desired: "Running",
-          state: "Ready",
-          endpoint: "e1",
-        },
+/** A scheduler just restarted: it rebuilt Ready pod `old-1` of t/n/f (at most `maxReplica`) from its record. */
+function restartedWithReadyPod(maxReplica: number): CoreDriver {
+  const d = new CoreDriver("s2");
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1") },
+    {
+      type: "podRecord",
+      pod: {
+        id: "old-1",
+        func: "t/n/f",
+        version: 1,
+        node: "n1",
+        cpu: 500,
+        memMB: 1024,
+        gpus: [],
+        desired: "Running",
+        state: "Ready",
+        endpoint: "e1",
       },
-      { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica: 1 }) },
-    );
-    return d;
-  };
+    },
+    { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica }) },
+  );
+  return d;
+}
+
+Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats before it is handed out or parked", () => {
+  const setup = () => restartedWithReadyPod(1);
   // A gateway still serving a call on it claims it with its next heartbeat.
   const d = setup();
   d.now = 1000;
@@ -340,29 +343,7 @@ Deno.test("after a restart, a Ready pod waits for the gateways' heartbeats befor
 });
 
 Deno.test("after a restart, a call waits for a Ready pod no gateway has claimed yet rather than start another", () => {
-  const setup = () => {
-    const d = new CoreDriver("s2");
-    d.run(
-      { type: "nodeUpdate", node: nodeReport("n1") },
-      {
-        type: "podRecord",
-        pod: {
-          id: "old-1",
-          func: "t/n/f",
-          version: 1,
-          node: "n1",
-          cpu: 500,
-          memMB: 1024,
-          gpus: [],
-          desired: "Running",
-          state: "Ready",
-          endpoint: "e1",
-        },
-      },
-      { type: "funcUpdate", func: funcReport("t/n/f", {}, { maxReplica: 2 }) },
-    );
-    return d;
-  };
+  const setup = () => restartedWithReadyPod(2);
   // Nobody claims it: the call gets it after the grace, and no second pod was started.
   const d = setup();
   d.now = 1000;
