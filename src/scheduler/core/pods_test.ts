@@ -471,13 +471,19 @@ Deno.test("a start the store refused fails its calls as unavailable, in the star
   assert.equal(later.code, "unavailable", "the back-off says the same");
 });
 
-Deno.test("a resume the store refused fails its calls as unavailable at once; the pod stays parked, tried again for the next call", () => {
+/** A node with the paused tier, and t/n/f parked there 1 s after its last call (at most `maxReplica`). */
+function pausedTier(maxReplica: number): CoreDriver {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
   d.run({
     type: "funcUpdate",
-    func: funcReport("t/n/f", {}, { maxReplica: 1, standbyTier: "paused", scaleinTimeoutS: 1 }),
+    func: funcReport("t/n/f", {}, { maxReplica, standbyTier: "paused", scaleinTimeoutS: 1 }),
   });
+  return d;
+}
+
+Deno.test("a resume the store refused fails its calls as unavailable at once; the pod stays parked, tried again for the next call", () => {
+  const d = pausedTier(1);
   const [p] = created(d.run(lease("r1")));
   d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e1" });
   d.run({ type: "return", podId: p.id, gateway: "g1" });
@@ -540,12 +546,7 @@ Deno.test("a failed worker's last output goes apart from the message, in the sta
 });
 
 Deno.test("in a start back-off a parked pod is resumed for a call, and a call waits while a pod serves", () => {
-  const d = new CoreDriver();
-  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) });
-  d.run({
-    type: "funcUpdate",
-    func: funcReport("t/n/f", {}, { maxReplica: 2, standbyTier: "paused", scaleinTimeoutS: 1 }),
-  });
+  const d = pausedTier(2);
   const [p1] = created(d.run(lease("r1")));
   d.run({ type: "podStatus", podId: p1.id, state: "Ready", endpoint: "e1" });
   // A second pod, for another gateway, fails to start: a back-off of 1 s begins.
