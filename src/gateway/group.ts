@@ -5,23 +5,22 @@
  * group and not whichever member a scrape reached, every member serves its
  * own series as JSON on a private loopback port (to requests that carry the
  * group's secret), and the member that answers `/metrics` adds them up
- * (prom-client's aggregation: sums, and the lowest value for health gauges).
+ * (prom-client's aggregation: sums, and the lowest value for health gauges),
+ * in the members' order (sums of fractions in another order differ in their
+ * last digit).
  *
  * A sum of counters must never go down, or Prometheus takes it for a reset
- * and counts everything again. So a member's counters are its **base** (what
- * it counted in its earlier lives: a restart sets its own counters back to 0)
- * plus what it counted in this life, and every member answers with both, the
- * id of its process's life, and a number that grows with each answer. Bases
- * only grow, merged series by series as the larger of what each member knows:
- * a member that sees another's life change makes everything it had shown of
- * it that one's base; a member that restarts asks the others what they last
- * saw of it; and at every scrape the member answering it sends each other
- * member its own answer and what it knows of that member's base, and hears
- * back theirs and what they know of its own. So whichever member a scrape
- * reaches, each member's part is its latest answer, base included (or, when
- * it does not answer within a second, its last), and what one scrape showed
- * of a member, the member itself knows. A base's series of a function
- * deleted since goes, as a member's own do.
+ * and counts everything again. A member's counters are its **base** (what it
+ * counted in its earlier lives: a restart sets its own back to 0) plus what
+ * it counted in this life. The group's first member, which the others live
+ * and die with (a restart of the whole group is a reset Prometheus takes as
+ * one), keeps for each other member the most it ever showed: a member reports
+ * its series to the first before it shows them to anyone, a restarted member
+ * takes what the first kept of it as its base, and a scrape counts a member
+ * that does not answer within a second with what the first kept of it. So
+ * whatever a scrape showed of a member, the first member knows, and no later
+ * scrape shows less. Series of a function deleted since go from a base and
+ * from what the first keeps, as a member's own do.
  *
  * @module
  */
@@ -53,26 +52,11 @@ const log = logger("gateway", "group");
 /** A registry's series as prom-client gives them in JSON. */
 export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
 
-/** What a member answers on its private port, and sends with its requests for the others'. */
+/** What a member answers on its private port: its series with its base, and its life's id. */
 export interface MemberAnswer {
   /** The id of this life of its process: a new one after a restart. */
   life: string;
-  /** Its answers in this life, numbered from 1: a later one has every count of an earlier one. */
-  seq: number;
-  /** Its series as counted in this life. */
   metrics: MetricsJson;
-  /** What it counted in its earlier lives, as far as it knows (cumulative series only). */
-  base: MetricsJson;
-}
-
-/** An answer sent or given back in an exchange: with what the sender knows of the other's base. */
-export interface Exchanged extends MemberAnswer {
-  yourBase: MetricsJson;
-}
-
-/** What a member sends with its request for another's series: also its private port. */
-interface Told extends Exchanged {
-  port: number;
 }
 
 /** Series whose values only grow while their process lives. */
@@ -150,48 +134,6 @@ function unflatten(flat: Flat): MetricsJson {
   return [...out.values()] as MetricsJson;
 }
 
-/** Lives of a member remembered as over: an answer of one that comes late is not taken. */
-const ENDED_LIVES = 16;
-
-/** One other member's series as last seen: this life's, and its base. */
-class MemberSeries {
-  life?: string;
-  #seq = 0;
-  readonly #ended: string[] = [];
-  /** Its series as counted in its current life, as it last answered. */
-  #local?: MetricsJson;
-  /** What it counted in its earlier lives, as far as this member knows. */
-  readonly base: Flat = new Map();
-
-  /** What counts for it: its last answer with its base. */
-  get last(): MetricsJson | undefined {
-    return this.#local && withCarried(this.#local, this.base);
-  }
-
-  /**
-   * Takes an answer; returns what counts for the member now. An answer of
-   * the same life older than the last one taken (the two crossed), or of a
-   * life over since, is not taken.
-   */
-  take(answer: MemberAnswer, exists?: (func: string) => boolean): MetricsJson {
-    const stale = this.#ended.includes(answer.life) ||
-      (answer.life === this.life && answer.seq <= this.#seq);
-    if (stale && this.#local) return this.last!;
-    if (this.life !== undefined && answer.life !== this.life) {
-      // A new life: everything it had shown is its base now.
-      if (this.#local) maxInto(this.base, flatten(this.last!));
-      this.#ended.push(this.life);
-      if (this.#ended.length > ENDED_LIVES) this.#ended.shift();
-    }
-    maxInto(this.base, flatten(answer.base));
-    forgetGone(this.base, exists);
-    this.life = answer.life;
-    this.#seq = answer.seq;
-    this.#local = answer.metrics;
-    return this.last!;
-  }
-}
-
 /** Whether `m` is series in JSON as prom-client gives them: named metrics of numbered values. */
 function isMetrics(m: unknown): m is MetricsJson {
   return Array.isArray(m) &&
@@ -200,17 +142,17 @@ function isMetrics(m: unknown): m is MetricsJson {
       typeof x.type === "string" && Array.isArray(x.values) &&
       x.values.every((v: unknown) =>
         v !== null && typeof v === "object" && Number.isFinite((v as Value).value) &&
-        ((v as Value).labels === undefined || typeof (v as Value).labels === "object")
+        ((v as Value).labels === undefined ||
+          ((v as Value).labels !== null && typeof (v as Value).labels === "object"))
       )
     );
 }
 
-/** `value` as another member's answer, or undefined when it is not one. */
-function asAnswer(value: unknown): Exchanged | undefined {
-  const t = value as Partial<Exchanged> | null;
-  return t && typeof t === "object" && typeof t.life === "string" && Number.isInteger(t.seq) &&
-      isMetrics(t.metrics) && isMetrics(t.base) && isMetrics(t.yourBase)
-    ? t as Exchanged
+/** `value` as a member's answer, or undefined when it is not one. */
+function asAnswer(value: unknown): MemberAnswer | undefined {
+  const a = value as Partial<MemberAnswer> | null;
+  return a && typeof a === "object" && typeof a.life === "string" && isMetrics(a.metrics)
+    ? a as MemberAnswer
     : undefined;
 }
 
@@ -219,17 +161,20 @@ export class GroupMetrics {
   readonly #group: GatewayGroup;
   readonly #local: Registry;
   readonly #life = crypto.randomUUID();
-  #seq = 0;
-  readonly #members = new Map<number, MemberSeries>();
   /** What this member counted in its earlier lives: its base. */
-  readonly #self: Flat = new Map();
+  readonly #base: Flat = new Map();
+  /** The first member's: the most each other member ever showed, by its port. */
+  readonly #shown = new Map<number, Flat>();
+  /** Each other member's last answer, by its port: the first's, when it does not answer. */
+  readonly #last = new Map<number, MetricsJson>();
   readonly #fetch: (port: number, path: string, body?: unknown) => Promise<unknown>;
   readonly #exists?: (func: string) => boolean;
 
   /**
    * `fetchMember`: asks the member on `port` for `path`, sending `body` as
-   * JSON (POST) when there is one. `exists`: whether a function exists (the
-   * series carried of one deleted go).
+   * JSON (POST) when there is one; resolves with its JSON answer, or with
+   * null when it had none to give. `exists`: whether a function exists (the
+   * series kept of one deleted go).
    */
   constructor(
     group: GatewayGroup,
@@ -248,7 +193,7 @@ export class GroupMetrics {
         signal: AbortSignal.timeout(1000),
       });
       if (!res.ok) throw new Error(`status ${res.status}`);
-      return await res.json();
+      return res.status === 204 ? null : await res.json();
     });
   }
 
@@ -256,58 +201,84 @@ export class GroupMetrics {
     return this.#group.ports[this.#group.index];
   }
 
-  /** This member's own answer: its series as counted in this life, its base, its life's id. */
-  async answer(): Promise<MemberAnswer> {
-    const metrics = await this.#local.getMetricsAsJSON();
-    return { life: this.#life, seq: ++this.#seq, metrics, base: unflatten(this.#self) };
-  }
-
-  /** What this member last saw of the member on `port` (corrected), for that member's restart. */
-  seen(port: number): MetricsJson {
-    return this.#members.get(port)?.last ?? [];
+  get #first(): number {
+    return this.#group.ports[0];
   }
 
   /**
-   * Takes what another member sent with its request for this one's series
-   * (its own answer, as it is about to show it to a scrape, and what it knows
-   * of this one's base), and answers that request: this one's answer and
-   * what it knows of the sender's base. Undefined when `body` is not a
-   * member's.
+   * This member's answer: its series with its base. A member but the first
+   * reports them to the first before they are shown (a first member that
+   * does not take them within a second is logged, and they are shown).
    */
-  async told(body: unknown): Promise<Exchanged | undefined> {
-    const t = asAnswer(body) as Told | undefined;
-    if (!t || !Number.isInteger(t.port) || t.port === this.#port) return undefined;
-    if (!this.#group.ports.includes(t.port)) return undefined;
-    const member = this.#member(t.port);
-    member.take(t, this.#exists);
-    maxInto(this.#self, flatten(t.yourBase));
-    return { ...await this.answer(), yourBase: unflatten(member.base) };
-  }
-
-  #member(port: number): MemberSeries {
-    let member = this.#members.get(port);
-    if (!member) this.#members.set(port, member = new MemberSeries());
-    return member;
+  async answer(): Promise<MemberAnswer> {
+    forgetGone(this.#base, this.#exists);
+    const metrics = withCarried(await this.#local.getMetricsAsJSON(), this.#base);
+    if (this.#group.index !== 0) {
+      try {
+        await this.#fetch(this.#first, "/shown.json", { port: this.#port, metrics });
+      } catch (err) {
+        log.warn("Gateway member {index} could not report its metrics to the first: {error}", {
+          index: this.#group.index,
+          error: String(err),
+        });
+      }
+    }
+    return { life: this.#life, metrics };
   }
 
   /**
-   * At start: what the others last saw of this member (the most any of them
-   * saw, series by series) is carried into its answers to scrapes, so that
-   * the group's sums do not go down whichever member a scrape reaches.
+   * The first member: takes the series the member on `port` is about to
+   * show. False when `body` is not such a report.
+   */
+  takeShown(body: unknown): boolean {
+    const b = body as { port?: unknown; metrics?: unknown } | null;
+    const port = b?.port;
+    if (this.#group.index !== 0 || typeof port !== "number" || port === this.#port) return false;
+    if (!this.#group.ports.includes(port) || !isMetrics(b!.metrics)) return false;
+    let shown = this.#shown.get(port);
+    if (!shown) this.#shown.set(port, shown = new Map());
+    maxInto(shown, flatten(b!.metrics));
+    forgetGone(shown, this.#exists);
+    return true;
+  }
+
+  /** The first member: the most the member on `port` ever showed. */
+  shown(port: number): MetricsJson {
+    const shown = this.#shown.get(port);
+    if (!shown) return [];
+    forgetGone(shown, this.#exists);
+    return unflatten(shown);
+  }
+
+  /**
+   * At start, a member but the first: what the first kept of it is its base,
+   * so that nothing it showed before goes down (asked three times, 200 ms
+   * apart; the first started it, so it is there).
    */
   async recall(): Promise<void> {
-    const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
-    const seen = await Promise.allSettled(
-      others.map((port) => this.#fetch(port, `/seen.json?port=${this.#port}`)),
-    );
-    for (const s of seen) {
-      if (s.status === "fulfilled" && isMetrics(s.value)) maxInto(this.#self, flatten(s.value));
+    if (this.#group.index === 0) return;
+    for (let attempt = 0;; attempt++) {
+      try {
+        const v = await this.#fetch(this.#first, `/shown.json?port=${this.#port}`);
+        if (isMetrics(v)) maxInto(this.#base, flatten(v));
+        return;
+      } catch (err) {
+        if (attempt === 2) {
+          log.warn("Gateway member {index} could not learn what it counted before: {error}", {
+            index: this.#group.index,
+            error: String(err),
+          });
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
     }
   }
 
   /**
-   * Serves this member's answer at `/metrics.json` and what it saw of
-   * another at `/seen.json?port=`, on 127.0.0.1 (`port`: its private one).
+   * Serves, on 127.0.0.1 (`port`: its private one), this member's answer at
+   * `/metrics.json`, and on the first member `/shown.json`: a report of
+   * another's series (POST) and what it kept of one (`?port=`).
    */
   serve(port = this.#port): { close(): Promise<void> } {
     // Named when taken: the group's private port, not GATEWAY_PORT.
@@ -322,13 +293,15 @@ export class GroupMetrics {
             return new Response(null, { status: 401 });
           }
           const url = new URL(req.url);
-          if (url.pathname === "/metrics.json" && req.method === "POST") {
-            const answer = await this.told(await req.json().catch(() => undefined));
-            if (!answer) return Response.json({ error: "not a member's answer" }, { status: 400 });
-            return Response.json(answer);
-          }
-          if (url.pathname === "/seen.json") {
-            return Response.json(this.seen(Number(url.searchParams.get("port"))));
+          if (url.pathname === "/metrics.json") return Response.json(await this.answer());
+          if (url.pathname === "/shown.json" && this.#group.index === 0) {
+            if (req.method !== "POST") {
+              return Response.json(this.shown(Number(url.searchParams.get("port"))));
+            }
+            if (this.takeShown(await req.json().catch(() => undefined))) {
+              return new Response(null, { status: 204 });
+            }
+            return Response.json({ error: "not a member's report" }, { status: 400 });
           }
           return new Response(null, { status: 404 });
         },
@@ -337,47 +310,39 @@ export class GroupMetrics {
   }
 
   /**
-   * This member's series (with what it counted in earlier lives) and every
-   * other member's: as they answer within a second, else as they last
-   * answered (none before its first answer).
+   * Every member's series, this one's included, in the members' order: as
+   * they answer within a second, else as the first member kept them (the
+   * first member's own: as it last answered).
    */
   async registry(): Promise<Registry> {
-    forgetGone(this.#self, this.#exists);
-    // This member's answer goes to the others with the requests for theirs, and with what it
-    // knows of their bases; their answers bring what they know of its own.
-    const mine = await this.answer();
-    const others = this.#group.ports.filter((_, i) => i !== this.#group.index);
-    const answers = await Promise.allSettled(
-      others.map((port) =>
-        this.#fetch(
+    const parts = await Promise.all(this.#group.ports.map(async (port) => {
+      if (port === this.#port) return (await this.answer()).metrics;
+      try {
+        const a = asAnswer(await this.#fetch(port, "/metrics.json"));
+        if (!a) throw new Error("not a member's answer");
+        this.#last.set(port, a.metrics);
+        return a.metrics;
+      } catch (err) {
+        log.warn("Gateway member on port {port} did not give its metrics: {error}", {
           port,
-          "/metrics.json",
-          {
-            ...mine,
-            port: this.#port,
-            yourBase: unflatten(this.#member(port).base),
-          } satisfies Told,
-        )
-      ),
-    );
-    const all: MetricsJson[] = [];
-    for (const [i, a] of answers.entries()) {
-      const port = others[i];
-      const member = this.#member(port);
-      const answer = a.status === "fulfilled" ? asAnswer(a.value) : undefined;
-      if (answer) {
-        all.push(member.take(answer, this.#exists));
-        maxInto(this.#self, flatten(answer.yourBase));
-        continue;
+          error: String(err),
+        });
+        return await this.#kept(port);
       }
-      log.warn("Gateway member on port {port} did not give its metrics: {error}", {
-        port,
-        error: a.status === "rejected" ? String(a.reason) : "not a member's answer",
-      });
-      if (member.last) all.push(member.last);
+    }));
+    return AggregatorRegistry.aggregate(parts.filter((p): p is MetricsJson => p !== undefined));
+  }
+
+  /** What counts for the member on `port` while it does not answer. */
+  async #kept(port: number): Promise<MetricsJson | undefined> {
+    if (port === this.#first) return this.#last.get(port);
+    if (this.#group.index === 0) return this.shown(port);
+    try {
+      const v = await this.#fetch(this.#first, `/shown.json?port=${port}`);
+      if (isMetrics(v)) return v;
+    } catch {
+      // the first does not answer either
     }
-    // Its own part with its base as the others' answers left it.
-    all.unshift(withCarried(mine.metrics, this.#self));
-    return AggregatorRegistry.aggregate(all);
+    return this.#last.get(port);
   }
 }

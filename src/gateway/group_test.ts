@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Counter, Histogram, Registry } from "prom-client";
-import { type Exchanged, GroupMetrics } from "./group.ts";
+import { GroupMetrics } from "./group.ts";
 import { freePort } from "../common/net.ts";
 
 const TOKEN = "0123456789abcdef".repeat(4);
@@ -8,14 +8,14 @@ const TOKEN = "0123456789abcdef".repeat(4);
 /** A member's registry: a counter and a histogram by label, which it can lose (a restart). */
 function member() {
   let registry = new Registry();
-  let calls: Counter<"code">;
+  let calls: Counter<"code" | "function">;
   let seconds: Histogram<"code">;
   const make = () => {
     registry = new Registry();
     calls = new Counter({
       name: "calls_total",
       help: "c",
-      labelNames: ["code"],
+      labelNames: ["code", "function"],
       registers: [registry],
     });
     seconds = new Histogram({
@@ -31,6 +31,14 @@ function member() {
     add(n: number, code = "200", secs = 0.5) {
       calls.inc({ code }, n);
       for (let i = 0; i < n; i++) seconds.observe({ code }, secs);
+    },
+    /** `n` calls of function `func`, a series of their own. */
+    call(func: string, n: number) {
+      calls.inc({ code: "200", function: func }, n);
+    },
+    /** The series of `func` go (a function deleted: its metrics pruned). */
+    forget(func: string) {
+      calls.remove({ code: "200", function: func });
     },
     restart: make,
     get registry() {
@@ -63,9 +71,9 @@ const wire = <T>(v: T): T => v === undefined ? v : JSON.parse(JSON.stringify(v))
 
 /**
  * `n` members on ports 1..n, each answering the others as its server would
- * (through JSON); `down` members answer none.
+ * (through JSON); `down` members answer none. `exists`: which functions exist.
  */
-function group(n: number) {
+function group(n: number, exists?: (func: string) => boolean) {
   const members = Array.from({ length: n }, () => member());
   const views: GroupMetrics[] = [];
   const down = new Set<number>();
@@ -75,14 +83,16 @@ function group(n: number) {
       { index: i, ports, token: TOKEN },
       members[i].registry,
       async (port, path, body) => {
-        const j = port - 1;
-        if (down.has(j)) throw new Error("slow");
-        const them = views[j];
-        if (path.startsWith("/seen.json")) return wire(them.seen(Number(path.split("=")[1])));
-        const answer = await them.told(wire(body));
-        if (!answer) throw new Error("status 400");
-        return wire(answer);
+        const them = views[port - 1];
+        if (down.has(port - 1)) throw new Error("slow");
+        if (path === "/metrics.json") return wire(await them.answer());
+        if (body !== undefined) {
+          if (!them.takeShown(wire(body))) throw new Error("status 400");
+          return null;
+        }
+        return wire(them.shown(Number(path.split("=")[1])));
       },
+      exists,
     );
   members.forEach((_, i) => make(i));
   return {
@@ -98,7 +108,7 @@ function group(n: number) {
   };
 }
 
-/** Two members, `a` and `b`. */
+/** Two members, `a` (the first) and `b`. */
 function pair() {
   const g = group(2);
   const names = new Map([["a", 0], ["b", 1]]);
@@ -117,6 +127,32 @@ function pair() {
     },
     restartB: () => g.restart(1),
   };
+}
+
+/** Every series of a scrape's text, by name and labels. */
+function seriesOf(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const i = line.lastIndexOf(" ");
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+/** Scrapes through members `through` in turn; fails when a series goes down or away between two. */
+async function neverDown(g: ReturnType<typeof group>, through: number[]): Promise<number> {
+  let before: Map<string, number> | undefined;
+  let ok = 0;
+  for (const i of through) {
+    const now = seriesOf(await (await g.views[i].registry()).metrics());
+    for (const [k, v] of before ?? []) {
+      assert.ok((now.get(k) ?? -1) >= v, `${k}: ${v} then ${now.get(k)} (through ${i})`);
+    }
+    before = now;
+    ok = now.get('calls_total{code="200"}') ?? 0;
+  }
+  return ok;
 }
 
 Deno.test("the group's counters never go down: a member slow to answer, or restarted, counts what it had", async () => {
@@ -185,50 +221,48 @@ Deno.test("a member that counted on after the others last asked it, then was scr
   assert.equal((await total(p.gb)).ok, 7);
 });
 
-Deno.test("an answer that arrives after a newer one (of the same life, or of a life over since) is not taken", async () => {
-  const a = new GroupMetrics({ index: 0, ports: [1, 2], token: TOKEN }, new Registry());
-  let registry = new Registry();
-  let calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
-  let b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
-  const told = async (g: GroupMetrics) => wire({ ...await g.answer(), port: 2, yourBase: [] });
-  const shown = () => a.seen(2).find((m) => m.name === "calls_total")?.values[0].value;
+Deno.test("reports that cross on their way do not lower what the first member keeps", async () => {
+  const g = group(2);
+  const b = g.views[1];
+  const registry = new Registry();
+  const calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+  const reporter = new GroupMetrics(
+    { index: 1, ports: [1, 2], token: TOKEN },
+    registry,
+    () => Promise.resolve(null),
+  );
   calls.inc(3);
-  const older = await told(b);
+  const older = wire({ port: 2, metrics: (await reporter.answer()).metrics });
   calls.inc(4);
-  const newer = await told(b);
-  await a.told(newer);
-  await a.told(older); // crossed on the way
-  assert.equal(shown(), 7);
-  // b restarts (its base 7, as the others saw it), counts 1; then its old life's answer comes.
-  registry = new Registry();
-  calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
-  b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
-  calls.inc(1);
-  await a.told(await told(b));
-  assert.equal(shown(), 8);
-  await a.told(newer);
-  assert.equal(shown(), 8, "not 7 + 7 + 1");
+  const newer = wire({ port: 2, metrics: (await reporter.answer()).metrics });
+  const first = g.views[0];
+  assert.ok(first.takeShown(newer));
+  assert.ok(first.takeShown(older));
+  assert.equal(first.shown(2).find((m) => m.name === "calls_total")?.values[0].value, 7);
+  void b;
 });
 
-Deno.test("what is not a member's answer, or from no member of the group, is not taken", async () => {
-  const a = new GroupMetrics({ index: 0, ports: [1, 2], token: TOKEN }, new Registry());
-  const registry = new Registry();
-  new Counter({ name: "calls_total", help: "c", registers: [registry] }).inc(5);
-  const b = new GroupMetrics({ index: 1, ports: [1, 2], token: TOKEN }, registry);
-  const good = wire({ ...await b.answer(), port: 2, yourBase: [] });
-  assert.equal(await a.told({ life: "x" }), undefined);
-  assert.equal(await a.told({ ...good, port: 9 }), undefined);
-  assert.equal(await a.told({ ...good, port: 1 }), undefined); // its own port
-  // Series whose values are not numbers: refused whole, nothing of it taken.
-  const bad = wire(good);
-  (bad.metrics[0] as { values: unknown }).values = 3;
-  assert.equal(await a.told(bad), undefined);
-  const nan = wire(good);
-  (nan.base as unknown[]).push({ name: "x", type: "counter", values: [{ value: "5" }] });
-  assert.equal(await a.told(nan), undefined);
-  assert.deepEqual(a.seen(2), []);
-  assert.ok(await a.told(good));
-  assert.equal(a.seen(2).find((m) => m.name === "calls_total")?.values[0].value, 5);
+Deno.test("what is not a member's report, or from no member of the group, is not taken", async () => {
+  const g = group(2);
+  const first = g.views[0];
+  const good = wire({ port: 2, metrics: (await g.views[1].answer()).metrics });
+  assert.equal(first.takeShown({ port: 9, metrics: good.metrics }), false);
+  assert.equal(first.takeShown({ port: 1, metrics: good.metrics }), false); // its own port
+  assert.equal(
+    first.takeShown({ port: 2, metrics: [{ name: "x", type: "counter", values: 3 }] }),
+    false,
+  );
+  assert.equal(
+    first.takeShown({
+      port: 2,
+      metrics: [{ name: "x", type: "counter", values: [{ value: "5" }] }],
+    }),
+    false,
+  );
+  // Only the first member keeps reports.
+  assert.equal(g.views[1].takeShown({ port: 1, metrics: good.metrics }), false);
+  assert.deepEqual(first.shown(2), []);
+  assert.ok(first.takeShown(good));
 });
 
 Deno.test("two members restarting one after the other: the sums hold through either", async () => {
@@ -236,35 +270,93 @@ Deno.test("two members restarting one after the other: the sums hold through eit
   const [a, b] = g.members;
   a.add(10);
   b.add(5);
-  assert.equal((await total(g.views[0])).ok, 15);
-  await g.restart(0);
-  for (const v of [0, 1, 0, 1]) assert.equal((await total(g.views[v])).ok, 15, `through ${v}`);
+  assert.equal(await neverDown(g, [0, 1]), 15);
   await g.restart(1);
-  for (const v of [0, 1, 0, 1]) assert.equal((await total(g.views[v])).ok, 15, `through ${v}`);
+  assert.equal(await neverDown(g, [0, 1, 0, 1]), 15);
   a.add(1);
   b.add(2);
-  for (const v of [0, 1]) assert.equal((await total(g.views[v])).ok, 18, `through ${v}`);
+  assert.equal(await neverDown(g, [0, 1]), 18);
 });
 
-Deno.test("three members: what one scrape showed of a member holds through every member after its restart", async () => {
+Deno.test("members restarting one after another with no scrape between keep what was shown", async () => {
+  const g = group(3);
+  g.members[1].add(3);
+  g.members[2].add(4);
+  assert.equal(await neverDown(g, [1]), 7);
+  await g.restart(1);
+  await g.restart(2);
+  await g.restart(1);
+  assert.equal(await neverDown(g, [1, 2, 0, 2, 1]), 7);
+});
+
+Deno.test("three members: what one scrape showed of a member holds through every member", async () => {
   const g = group(3);
   const [, b] = g.members;
   b.add(5);
-  assert.equal((await total(g.views[0])).ok, 5); // through A: b at 5
+  assert.equal(await neverDown(g, [0]), 5);
   b.add(3);
-  assert.equal((await total(g.views[2])).ok, 8); // through C only: b at 8
+  assert.equal(await neverDown(g, [2]), 8); // through C only
   await g.restart(1);
-  for (const v of [0, 1, 2, 0]) assert.equal((await total(g.views[v])).ok, 8, `through ${v}`);
-  // C was away when b restarted (b's recall reached A only): the first scrape through C, or
-  // through b, brings b's base up, and nothing shown goes down after.
+  assert.equal(await neverDown(g, [2, 0, 1, 0]), 8);
+  // A member away when another restarts, then scrapes through each.
   b.add(1);
-  assert.equal((await total(g.views[2])).ok, 9);
+  assert.equal(await neverDown(g, [2]), 9);
   g.down.add(2);
   await g.restart(1);
+  assert.equal(await neverDown(g, [0, 1, 0]), 9);
   g.down.delete(2);
-  const seen = [];
-  for (const v of [2, 1, 0, 2, 1, 0]) seen.push((await total(g.views[v])).ok);
-  assert.deepEqual(seen, [9, 9, 9, 9, 9, 9]);
+  assert.equal(await neverDown(g, [2, 1, 0, 2]), 9);
+});
+
+Deno.test("a member that stops answering counts with the most it ever showed, through any member", async () => {
+  const g = group(3);
+  const [, b] = g.members;
+  b.add(3);
+  assert.equal(await neverDown(g, [0]), 3);
+  b.add(4);
+  assert.equal(await neverDown(g, [2]), 7);
+  g.down.add(1);
+  assert.equal(await neverDown(g, [2, 0, 2]), 7);
+});
+
+Deno.test("the sums of fractions are added in the members' order, the same through each", async () => {
+  const g = group(3);
+  g.members[0].add(1, "200", 0.1);
+  g.members[1].add(1, "200", 0.1);
+  g.members[2].add(1, "200", 1.1);
+  const sums = [];
+  for (const i of [2, 0, 1]) {
+    const text = await (await g.views[i].registry()).metrics();
+    sums.push(seriesOf(text).get('call_seconds_sum{code="200"}'));
+  }
+  assert.equal(new Set(sums).size, 1, String(sums));
+});
+
+Deno.test("random restarts, stops and scrapes of 2 to 4 members never take a series down", async () => {
+  let seed = 7;
+  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+  for (let run = 0; run < 30; run++) {
+    const g = group(2 + run % 3);
+    const n = g.members.length;
+    let before: Map<string, number> | undefined;
+    for (let step = 0; step < 40; step++) {
+      const i = rand(n);
+      const what = rand(10);
+      if (what < 4) g.members[i].add(1 + rand(3), rand(2) ? "200" : "404", rand(2) ? 0.05 : 0.5);
+      else if (what < 6 && i > 0) await g.restart(i);
+      else if (what < 7 && i > 0) g.down.has(i) ? g.down.delete(i) : g.down.add(i);
+      else {
+        const now = seriesOf(await (await g.views[i].registry()).metrics());
+        for (const [k, v] of before ?? []) {
+          assert.ok(
+            (now.get(k) ?? -1) >= v,
+            `run ${run} step ${step}: ${k}: ${v} then ${now.get(k)}`,
+          );
+        }
+        before = now;
+      }
+    }
+  }
 });
 
 Deno.test("a member whose private metrics port is taken says which port it is", () => {
@@ -283,43 +375,28 @@ Deno.test("a member whose private metrics port is taken says which port it is", 
 
 Deno.test("a series carried over a member's restart goes once its function is deleted", async () => {
   const alive = new Set(["t/n/f", "t/n/g"]);
-  const registries = [new Registry(), new Registry()];
-  const counter = (r: Registry) =>
-    new Counter({ name: "fn_total", help: "c", labelNames: ["function"], registers: [r] });
-  let calls = registries.map(counter);
-  const lives = [crypto.randomUUID(), crypto.randomUUID()];
-  let seq = 0;
-  const answer = (i: number) => async (): Promise<Exchanged> =>
-    wire({
-      life: lives[i],
-      seq: ++seq,
-      metrics: await registries[i].getMetricsAsJSON(),
-      base: [],
-      yourBase: [],
-    });
-  const exists = (f: string) => alive.has(f);
-  const ga = new GroupMetrics(
-    { index: 0, ports: [1, 2], token: TOKEN },
-    registries[0],
-    (_port, path) => path.startsWith("/seen") ? Promise.resolve([]) : answer(1)(),
-    exists,
-  );
-  calls[1].inc({ function: "t/n/f" }, 5);
-  calls[1].inc({ function: "t/n/g" }, 7);
-  calls[1].inc({ function: "(none)" }, 2);
-  const text = async () => await (await ga.registry()).metrics();
-  assert.match(await text(), /fn_total\{function="t\/n\/f"\} 5/);
-  // Member 1 restarts: what it had counted is carried...
-  registries[1] = new Registry();
-  lives[1] = crypto.randomUUID();
-  calls = [calls[0], counter(registries[1])];
-  assert.match(await text(), /fn_total\{function="t\/n\/g"\} 7/);
+  const g = group(2, (f) => alive.has(f));
+  const b = g.members[1];
+  b.call("t/n/f", 5);
+  b.call("t/n/g", 7);
+  b.call("(none)", 2);
+  const text = async () => await (await g.views[0].registry()).metrics();
+  assert.match(await text(), /calls_total\{code="200",function="t\/n\/f"\} 5/);
+  // b restarts: what it had counted is carried...
+  await g.restart(1);
+  assert.match(await text(), /calls_total\{code="200",function="t\/n\/g"\} 7/);
   // ...until its function is deleted: then its carried series goes too ("(none)" stays).
   alive.delete("t/n/g");
   const after = await text();
   assert.doesNotMatch(after, /function="t\/n\/g"/);
-  assert.match(after, /fn_total\{function="t\/n\/f"\} 5/);
-  assert.match(after, /fn_total\{function="\(none\)"\} 2/);
+  assert.match(after, /calls_total\{code="200",function="t\/n\/f"\} 5/);
+  assert.match(after, /calls_total\{code="200",function="\(none\)"\} 2/);
+  // Made again, it starts from 0, a restart later too.
+  alive.add("t/n/g");
+  b.call("t/n/g", 1);
+  assert.match(await text(), /calls_total\{code="200",function="t\/n\/g"\} 1/);
+  await g.restart(1);
+  assert.match(await text(), /calls_total\{code="200",function="t\/n\/g"\} 1/);
 });
 
 Deno.test("a member's private port answers only requests with the group's secret, which members send", async () => {
@@ -328,7 +405,7 @@ Deno.test("a member's private port answers only requests with the group's secret
   new Counter({ name: "calls_total", help: "c", registers: [registries[1]] }).inc(3);
   const a = new GroupMetrics({ index: 0, ports, token: TOKEN }, registries[0]);
   const b = new GroupMetrics({ index: 1, ports, token: TOKEN }, registries[1]);
-  const server = b.serve();
+  const servers = [a.serve(), b.serve()];
   try {
     const url = `http://127.0.0.1:${ports[1]}/metrics.json`;
     for (const headers of [{}, { "x-inferx-group-token": "wrong" }] as Record<string, string>[]) {
@@ -336,25 +413,27 @@ Deno.test("a member's private port answers only requests with the group's secret
       assert.equal(refused.status, 401, JSON.stringify(headers));
       await refused.body?.cancel();
     }
-    const seen = await fetch(`http://127.0.0.1:${ports[1]}/seen.json?port=1`);
-    assert.equal(seen.status, 401);
-    await seen.body?.cancel();
-    const told = await fetch(url, { method: "POST", body: "{}" });
-    assert.equal(told.status, 401);
-    await told.body?.cancel();
-    // With it, a body that is not a member's answer is refused.
-    const bad = await fetch(url, {
+    const shownUrl = `http://127.0.0.1:${ports[0]}/shown.json`;
+    const kept = await fetch(`${shownUrl}?port=${ports[1]}`);
+    assert.equal(kept.status, 401);
+    await kept.body?.cancel();
+    // With it, a body that is not a member's report is refused.
+    const bad = await fetch(shownUrl, {
       method: "POST",
       headers: { "x-inferx-group-token": TOKEN },
-      body: '{"life":"x"}',
+      body: '{"port":1}',
     });
     assert.equal(bad.status, 400);
     await bad.body?.cancel();
-    // The other member asks with it, and counts what b counted; b keeps what a showed.
+    // The first member asks with it and counts what b counted; b reported it first.
     new Counter({ name: "calls_total", help: "c", registers: [registries[0]] }).inc(2);
     assert.match(await (await a.registry()).metrics(), /calls_total 5/);
-    assert.equal(b.seen(ports[0]).find((m) => m.name === "calls_total")?.values[0].value, 2);
+    assert.equal(a.shown(ports[1]).find((m) => m.name === "calls_total")?.values[0].value, 3);
+    // And b, through the wire, finds what it counted in a life before.
+    const again = new GroupMetrics({ index: 1, ports, token: TOKEN }, new Registry());
+    await again.recall();
+    assert.match(await (await again.registry()).metrics(), /calls_total 5/);
   } finally {
-    await server.close();
+    for (const s of servers) await s.close();
   }
 });
