@@ -25,6 +25,7 @@
  * @module
  */
 import { AggregatorRegistry, type Registry } from "prom-client";
+import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { listening } from "../common/net.ts";
 import { AdminKey } from "../common/credential.ts";
@@ -71,12 +72,13 @@ type Flat = Map<string, { metric: Metric; value: Value }>;
 const keyOf = (m: Metric, v: Value) =>
   `${m.name}\0${(v as { metricName?: string }).metricName ?? m.name}\0${JSON.stringify(v.labels)}`;
 
-/** The cumulative series of `metrics`, by key. */
+/** The cumulative series of `metrics`, by key (each with its metric's head, not its values). */
 function flatten(metrics: MetricsJson): Flat {
   const out: Flat = new Map();
   for (const m of metrics) {
     if (!CUMULATIVE.has(String(m.type))) continue;
-    for (const v of m.values) out.set(keyOf(m, v), { metric: m, value: v });
+    const head = { name: m.name, help: m.help, type: m.type, aggregator: m.aggregator } as Metric;
+    for (const v of m.values) out.set(keyOf(m, v), { metric: head, value: v });
   }
   return out;
 }
@@ -94,9 +96,13 @@ function forgetGone(carried: Flat, exists?: (func: string) => boolean): void {
 function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
   if (carried.size === 0) return metrics;
   const seen = new Set<string>();
-  const out = metrics.map((m) => {
-    if (!CUMULATIVE.has(String(m.type))) return m;
-    return {
+  const out = new Map<string, Metric>();
+  for (const m of metrics) {
+    if (!CUMULATIVE.has(String(m.type))) {
+      out.set(m.name, m);
+      continue;
+    }
+    out.set(m.name, {
       ...m,
       values: m.values.map((v) => {
         const key = keyOf(m, v);
@@ -104,15 +110,15 @@ function withCarried(metrics: MetricsJson, carried: Flat): MetricsJson {
         const c = carried.get(key);
         return c ? { ...v, value: v.value + c.value.value } : v;
       }),
-    };
-  }) as Metric[];
+    } as Metric);
+  }
   for (const [key, c] of carried) {
     if (seen.has(key)) continue;
-    let m = out.find((x) => x.name === c.metric.name);
-    if (!m) out.push(m = { ...c.metric, values: [] } as Metric);
-    m.values = [...m.values, c.value] as Metric["values"];
+    let m = out.get(c.metric.name);
+    if (!m) out.set(c.metric.name, m = { ...c.metric, values: [] } as Metric);
+    (m.values as Value[]).push(c.value);
   }
-  return out as MetricsJson;
+  return [...out.values()] as MetricsJson;
 }
 
 /** The larger of `into`'s and `from`'s value, series by series, into `into`. */
@@ -134,12 +140,15 @@ function unflatten(flat: Flat): MetricsJson {
   return [...out.values()] as MetricsJson;
 }
 
+/** How prom-client adds up a metric's values over members. */
+const AGGREGATORS = new Set(["sum", "first", "min", "max", "average", "omit"]);
+
 /** Whether `m` is series in JSON as prom-client gives them: named metrics of numbered values. */
 function isMetrics(m: unknown): m is MetricsJson {
   return Array.isArray(m) &&
     m.every((x) =>
       x !== null && typeof x === "object" && typeof x.name === "string" &&
-      typeof x.type === "string" && Array.isArray(x.values) &&
+      typeof x.type === "string" && AGGREGATORS.has(x.aggregator) && Array.isArray(x.values) &&
       x.values.every((v: unknown) =>
         v !== null && typeof v === "object" && Number.isFinite((v as Value).value) &&
         ((v as Value).labels === undefined ||
@@ -156,6 +165,17 @@ function asAnswer(value: unknown): MemberAnswer | undefined {
     : undefined;
 }
 
+/** The first member did not answer: the group's metrics cannot be shown (503). */
+function firstAway(err: unknown): InferxError {
+  return new InferxError(
+    "unavailable",
+    `The gateway group's first process did not answer (${
+      err instanceof Error ? err.message : String(err)
+    }): the group's metrics are not shown until it does`,
+    { retryable: true },
+  );
+}
+
 /** The group's metrics as one member sees them, scrape after scrape. */
 export class GroupMetrics {
   readonly #group: GatewayGroup;
@@ -165,8 +185,8 @@ export class GroupMetrics {
   readonly #base: Flat = new Map();
   /** The first member's: the most each other member ever showed, by its port. */
   readonly #shown = new Map<number, Flat>();
-  /** Each other member's last answer, by its port: the first's, when it does not answer. */
-  readonly #last = new Map<number, MetricsJson>();
+  /** A member but the first: whether it has its base (what the first kept of it). */
+  #recalled = false;
   readonly #fetch: (port: number, path: string, body?: unknown) => Promise<unknown>;
   readonly #exists?: (func: string) => boolean;
 
@@ -207,20 +227,19 @@ export class GroupMetrics {
 
   /**
    * This member's answer: its series with its base. A member but the first
-   * reports them to the first before they are shown (a first member that
-   * does not take them within a second is logged, and they are shown).
+   * shows nothing the first has not taken: it reports its series to the
+   * first before they are shown, and does not answer (503) when the first
+   * does not take them within a second, nor before it has its base.
    */
   async answer(): Promise<MemberAnswer> {
+    if (this.#group.index !== 0 && !this.#recalled) await this.#recallOnce();
     forgetGone(this.#base, this.#exists);
     const metrics = withCarried(await this.#local.getMetricsAsJSON(), this.#base);
     if (this.#group.index !== 0) {
       try {
         await this.#fetch(this.#first, "/shown.json", { port: this.#port, metrics });
       } catch (err) {
-        log.warn("Gateway member {index} could not report its metrics to the first: {error}", {
-          index: this.#group.index,
-          error: String(err),
-        });
+        throw firstAway(err);
       }
     }
     return { life: this.#life, metrics };
@@ -253,15 +272,14 @@ export class GroupMetrics {
   /**
    * At start, a member but the first: what the first kept of it is its base,
    * so that nothing it showed before goes down (asked three times, 200 ms
-   * apart; the first started it, so it is there).
+   * apart; the first started it, so it is there). Without it, the member
+   * answers nothing, and asks again at each request for its series.
    */
   async recall(): Promise<void> {
     if (this.#group.index === 0) return;
     for (let attempt = 0;; attempt++) {
       try {
-        const v = await this.#fetch(this.#first, `/shown.json?port=${this.#port}`);
-        if (isMetrics(v)) maxInto(this.#base, flatten(v));
-        return;
+        return await this.#recallOnce();
       } catch (err) {
         if (attempt === 2) {
           log.warn("Gateway member {index} could not learn what it counted before: {error}", {
@@ -273,6 +291,18 @@ export class GroupMetrics {
         await new Promise((r) => setTimeout(r, 200));
       }
     }
+  }
+
+  async #recallOnce(): Promise<void> {
+    let v: unknown;
+    try {
+      v = await this.#fetch(this.#first, `/shown.json?port=${this.#port}`);
+    } catch (err) {
+      throw firstAway(err);
+    }
+    if (!isMetrics(v)) throw firstAway(new Error("not a list of series"));
+    maxInto(this.#base, flatten(v));
+    this.#recalled = true;
   }
 
   /**
@@ -293,7 +323,13 @@ export class GroupMetrics {
             return new Response(null, { status: 401 });
           }
           const url = new URL(req.url);
-          if (url.pathname === "/metrics.json") return Response.json(await this.answer());
+          if (url.pathname === "/metrics.json") {
+            try {
+              return Response.json(await this.answer());
+            } catch (err) {
+              return Response.json({ error: String(err) }, { status: 503 });
+            }
+          }
           if (url.pathname === "/shown.json" && this.#group.index === 0) {
             if (req.method !== "POST") {
               return Response.json(this.shown(Number(url.searchParams.get("port"))));
@@ -311,8 +347,9 @@ export class GroupMetrics {
 
   /**
    * Every member's series, this one's included, in the members' order: as
-   * they answer within a second, else as the first member kept them (the
-   * first member's own: as it last answered).
+   * they answer within a second, else as the first member kept them. Throws
+   * 503 when the first member does not answer (nothing could be shown that
+   * it would keep).
    */
   async registry(): Promise<Registry> {
     const parts = await Promise.all(this.#group.ports.map(async (port) => {
@@ -320,29 +357,29 @@ export class GroupMetrics {
       try {
         const a = asAnswer(await this.#fetch(port, "/metrics.json"));
         if (!a) throw new Error("not a member's answer");
-        this.#last.set(port, a.metrics);
         return a.metrics;
       } catch (err) {
         log.warn("Gateway member on port {port} did not give its metrics: {error}", {
           port,
           error: String(err),
         });
-        return await this.#kept(port);
+        return await this.#kept(port, err);
       }
     }));
-    return AggregatorRegistry.aggregate(parts.filter((p): p is MetricsJson => p !== undefined));
+    return AggregatorRegistry.aggregate(parts);
   }
 
-  /** What counts for the member on `port` while it does not answer. */
-  async #kept(port: number): Promise<MetricsJson | undefined> {
-    if (port === this.#first) return this.#last.get(port);
+  /** What counts for the member on `port` while it does not answer: what the first kept. */
+  async #kept(port: number, why: unknown): Promise<MetricsJson> {
+    if (port === this.#first) throw firstAway(why);
     if (this.#group.index === 0) return this.shown(port);
+    let v: unknown;
     try {
-      const v = await this.#fetch(this.#first, `/shown.json?port=${port}`);
-      if (isMetrics(v)) return v;
-    } catch {
-      // the first does not answer either
+      v = await this.#fetch(this.#first, `/shown.json?port=${port}`);
+    } catch (err) {
+      throw firstAway(err);
     }
-    return this.#last.get(port);
+    if (!isMetrics(v)) throw firstAway(new Error("not a list of series"));
+    return v;
   }
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Counter, Histogram, Registry } from "prom-client";
 import { GroupMetrics } from "./group.ts";
+import type { InferxError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
 
 const TOKEN = "0123456789abcdef".repeat(4);
@@ -226,10 +227,11 @@ Deno.test("reports that cross on their way do not lower what the first member ke
   const b = g.views[1];
   const registry = new Registry();
   const calls = new Counter({ name: "calls_total", help: "c", registers: [registry] });
+  // A member whose reports are taken apart (its base: nothing kept of it yet).
   const reporter = new GroupMetrics(
     { index: 1, ports: [1, 2], token: TOKEN },
     registry,
-    () => Promise.resolve(null),
+    (_port, _path, body) => Promise.resolve(body === undefined ? [] : null),
   );
   calls.inc(3);
   const older = wire({ port: 2, metrics: (await reporter.answer()).metrics });
@@ -259,6 +261,10 @@ Deno.test("what is not a member's report, or from no member of the group, is not
     }),
     false,
   );
+  // Series without how to add them up (prom-client's aggregator) would break every scrape after.
+  const bare = wire(good);
+  delete (bare.metrics[0] as { aggregator?: string }).aggregator;
+  assert.equal(first.takeShown(bare), false);
   // Only the first member keeps reports.
   assert.equal(g.views[1].takeShown({ port: 1, metrics: good.metrics }), false);
   assert.deepEqual(first.shown(2), []);
@@ -317,6 +323,27 @@ Deno.test("a member that stops answering counts with the most it ever showed, th
   assert.equal(await neverDown(g, [2]), 7);
   g.down.add(1);
   assert.equal(await neverDown(g, [2, 0, 2]), 7);
+});
+
+Deno.test("while the first member does not answer, the others show nothing of the group (503) rather than less", async () => {
+  const g = group(3);
+  g.members[0].add(100);
+  g.members[1].add(1);
+  assert.equal(await neverDown(g, [0]), 101);
+  g.down.add(0);
+  for (const i of [1, 2]) {
+    await assert.rejects(
+      g.views[i].registry(),
+      (e: InferxError) =>
+        e.code === "unavailable" && /first process did not answer/.test(e.message),
+    );
+  }
+  // A member restarted meanwhile has no base yet: it answers nothing either, and takes its base
+  // at its next answer once the first is back.
+  await g.restart(1);
+  await assert.rejects(g.views[2].registry(), (e: InferxError) => e.code === "unavailable");
+  g.down.delete(0);
+  assert.equal(await neverDown(g, [0, 1, 2, 1]), 101);
 });
 
 Deno.test("the sums of fractions are added in the members' order, the same through each", async () => {

@@ -111,8 +111,9 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   });
   const app = createGatewayApp(deps);
   await deps.calls.start();
-  const memberMetrics = deps.groupMetrics?.serve();
+  // Its base first: a member answers nothing of its series before it has it.
   await deps.groupMetrics?.recall();
+  const memberMetrics = deps.groupMetrics?.serve();
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const a of cache.agents()) a.sweep(now);
