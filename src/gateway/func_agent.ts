@@ -235,11 +235,8 @@ export class FuncAgent {
             if (i >= 0) l.queue.splice(i, 1);
           }
           // The scheduler out of reach (asked again until now, as a failover takes seconds): 503
-          // with Retry-After, another role being away, not a 504 that blames the function. Only
-          // while it still is: its failures come every 100 ms then, and an older one is history
-          // (its lease asked again since, and waiting on it).
-          const away = this.#lastError?.code === "unavailable" &&
-            performance.now() - this.#lastErrorAt < AWAY_MS;
+          // with Retry-After, another role being away, not a 504 that blames the function.
+          const away = this.#schedulerAway();
           reject(
             new InferxError(
               away ? "unavailable" : "timeout",
@@ -407,8 +404,20 @@ export class FuncAgent {
   }
 
   #lastError?: InferxError;
-  /** When (`performance.now()`) `#lastError` came. */
+  /** When (`performance.now()`) `#lastError` came, and how long its attempt took to fail (ms). */
   #lastErrorAt = 0;
+  #lastErrorTook = 0;
+
+  /**
+   * Whether the scheduler is out of reach still: its last answer said so,
+   * recently for the time an attempt takes to fail (attempts follow each
+   * other 100 ms apart while it is away; an older failure is history, its
+   * lease asked again since and waiting on it).
+   */
+  #schedulerAway(): boolean {
+    return this.#lastError?.code === "unavailable" &&
+      performance.now() - this.#lastErrorAt < Math.max(AWAY_MS, 2 * this.#lastErrorTook + 100);
+  }
 
   #lastErrorText(): string {
     return this.#lastError ? `; last lease attempt: ${this.#lastError.message}` : "";
@@ -548,6 +557,7 @@ export class FuncAgent {
   /** Asks the scheduler for a worker of `lane`'s version. */
   #lease(lane: Lane): void {
     lane.pendingLeases++;
+    const sent = performance.now();
     this.#stage(lane, "placing");
     // Ask the scheduler to give up a little before the queue does, so its
     // reason (e.g. no node has the vRAM) reaches the caller's 504.
@@ -598,6 +608,7 @@ export class FuncAgent {
       const e = err instanceof InferxError ? err : new InferxError("unavailable", err.message);
       this.#lastError = e;
       this.#lastErrorAt = performance.now();
+      this.#lastErrorTook = this.#lastErrorAt - sent;
       // A lane whose version left the split: the calls it was counted for lease again.
       if (!this.#lanes.includes(lane)) return void (this.#closed || this.#drain());
       if (e.code === "unschedulable") {
@@ -624,8 +635,9 @@ export class FuncAgent {
 }
 
 /**
- * How recent a lease's failure to reach the scheduler must be for a call's
- * timeout to blame it: three of the 100 ms between its leases while it is away.
+ * How recent (ms) a lease's failure to reach the scheduler must be for a
+ * call's timeout to blame it, at least: three of the 100 ms between attempts
+ * while it is away (more when attempts are slow to fail).
  */
 const AWAY_MS = 300;
 

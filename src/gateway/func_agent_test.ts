@@ -221,6 +221,19 @@ Deno.test("a start the store refused fails queued calls at once; an unreachable 
   await assert.rejects(a.acquire(200), (e: InferxError) => e.code === "timeout");
 });
 
+Deno.test("a scheduler away whose failures are slow to come is still the reason calls end (503)", async () => {
+  const { a, sched } = agent({ max_replica: 1, queue_timeout: 1.3 }, 0);
+  // Every lease fails after 400 ms (a connection timing out), not at once.
+  sched.leaseWorker = () =>
+    new Promise((_, reject) =>
+      setTimeout(() => reject(new InferxError("unavailable", "Cannot reach the scheduler")), 400)
+    );
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(a.acquire(), (e: InferxError) => e.code === "unavailable", `call ${i}`);
+  }
+  a.close();
+});
+
 Deno.test("a slot of a resumed worker says so, once per waiting call", async () => {
   const { a, sched } = agent({ parallel: 4 });
   sched.coldStart = false;
