@@ -53,10 +53,8 @@ const log = logger("gateway", "group");
 /** A registry's series as prom-client gives them in JSON. */
 export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
 
-/** What a member answers on its private port: its series with its base, and its life's id. */
+/** What a member answers on its private port: its series with its base. */
 export interface MemberAnswer {
-  /** The id of this life of its process: a new one after a restart. */
-  life: string;
   metrics: MetricsJson;
 }
 
@@ -160,9 +158,7 @@ function isMetrics(m: unknown): m is MetricsJson {
 /** `value` as a member's answer, or undefined when it is not one. */
 function asAnswer(value: unknown): MemberAnswer | undefined {
   const a = value as Partial<MemberAnswer> | null;
-  return a && typeof a === "object" && typeof a.life === "string" && isMetrics(a.metrics)
-    ? a as MemberAnswer
-    : undefined;
+  return a && typeof a === "object" && isMetrics(a.metrics) ? a as MemberAnswer : undefined;
 }
 
 /** The first member did not answer: the group's metrics cannot be shown (503). */
@@ -180,7 +176,6 @@ function firstAway(err: unknown): InferxError {
 export class GroupMetrics {
   readonly #group: GatewayGroup;
   readonly #local: Registry;
-  readonly #life = crypto.randomUUID();
   /** What this member counted in its earlier lives: its base. */
   readonly #base: Flat = new Map();
   /** The first member's: the most each other member ever showed, by its port. */
@@ -242,7 +237,7 @@ export class GroupMetrics {
         throw firstAway(err);
       }
     }
-    return { life: this.#life, metrics };
+    return { metrics };
   }
 
   /**
@@ -294,15 +289,20 @@ export class GroupMetrics {
   }
 
   async #recallOnce(): Promise<void> {
+    maxInto(this.#base, flatten(await this.#keptByFirst(this.#port)));
+    this.#recalled = true;
+  }
+
+  /** What the first member kept of the member on `port`; 503 when it does not answer. */
+  async #keptByFirst(port: number): Promise<MetricsJson> {
     let v: unknown;
     try {
-      v = await this.#fetch(this.#first, `/shown.json?port=${this.#port}`);
+      v = await this.#fetch(this.#first, `/shown.json?port=${port}`);
     } catch (err) {
       throw firstAway(err);
     }
     if (!isMetrics(v)) throw firstAway(new Error("not a list of series"));
-    maxInto(this.#base, flatten(v));
-    this.#recalled = true;
+    return v;
   }
 
   /**
@@ -370,16 +370,8 @@ export class GroupMetrics {
   }
 
   /** What counts for the member on `port` while it does not answer: what the first kept. */
-  async #kept(port: number, why: unknown): Promise<MetricsJson> {
+  #kept(port: number, why: unknown): MetricsJson | Promise<MetricsJson> {
     if (port === this.#first) throw firstAway(why);
-    if (this.#group.index === 0) return this.shown(port);
-    let v: unknown;
-    try {
-      v = await this.#fetch(this.#first, `/shown.json?port=${port}`);
-    } catch (err) {
-      throw firstAway(err);
-    }
-    if (!isMetrics(v)) throw firstAway(new Error("not a list of series"));
-    return v;
+    return this.#group.index === 0 ? this.shown(port) : this.#keptByFirst(port);
   }
 }
