@@ -58,7 +58,7 @@
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
 import { startNginx } from "./nginx.ts";
-import { recordThread, splitLine, topCallers } from "./native_split.ts";
+import { recordThread, splitLine, topBuiltins, topCallers } from "./native_split.ts";
 import { syscallLines, traceSyscalls } from "./syscalls.ts";
 import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
@@ -429,11 +429,14 @@ try {
     console.log(
       "where each proxy's main thread spends a request (one more run each, under perf; " +
         "µs of the main thread a request in that run; the functions below are shares of all its " +
-        "samples spent in the runtime's native code on their behalf):",
+        "samples spent in the runtime's native code on their behalf, then V8's builtins by " +
+        "their own share):",
     );
     await onceMore(recordThread, (name, isNginx, requests, split) => {
       console.log(`- ${name}: ${splitLine(split, (split.samples / 999 / requests) * 1e6)}`);
-      if (!isNginx) { for (const line of topCallers(split, 10)) console.log(`    ${line}`); }
+      if (isNginx) return;
+      for (const line of topCallers(split, 10)) console.log(`    ${line}`);
+      for (const line of topBuiltins(split, 12)) console.log(`    builtin ${line}`);
     });
   }
   if (syscalls) {

@@ -10,6 +10,14 @@
  * stack (the one that called into the runtime), which perf names when the
  * process runs with V8's `--perf-basic-prof`.
  *
+ * V8's builtins and the interpreter's bytecode handlers run from the
+ * executable's own pages (the embedded blob, mapped again near the
+ * generated code), so perf puts them in the executable like its C++, at
+ * their offset in the file; V8's map names them at their address
+ * (`Builtin:...`, `BytecodeHandler:...`), which the process's mappings
+ * turn into that offset ({@linkcode builtinOffsets}). With both, they are
+ * counted apart, by name.
+ *
  * Run: `deno run -A bench/native_split.ts PID [seconds] [rows]` (3, 15)
  * samples the main thread of PID; `bench/gateway.ts` does it for each proxy
  * under load with `GATEWAY_PERF=1`. Needs `perf` (Debian's `linux-perf`).
@@ -22,9 +30,13 @@ export interface NativeSplit {
   samples: number;
   kernel: number;
   native: number;
+  /** V8's builtins and bytecode handlers (in the executable; named only with the map). */
+  builtin: number;
   generated: number;
   /** Native samples by the innermost JavaScript function on their stack. */
   nativeBy: Map<string, number>;
+  /** Builtin samples by the builtin or bytecode handler they were in. */
+  builtinBy: Map<string, number>;
 }
 
 /** Native samples with no JavaScript on the stack: the event loop, op completions, timers. */
@@ -39,29 +51,40 @@ const FRAME = /^\s*([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$/;
  * when its object is `[kernel.kallsyms]`, native when it is a file (the
  * executable, a shared library, the vDSO) and generated otherwise (a
  * `perf-PID.map` of JIT code, or unknown memory). With `jit`, generated
- * frames are named from it rather than by perf (see {@linkcode JitMap}).
+ * frames are named from it rather than by perf (see {@linkcode JitMap});
+ * with `builtins` (file offsets: {@linkcode builtinOffsets}), native frames
+ * it names are V8's builtins.
  */
-export function splitPerfScript(text: string, jit?: JitMap): NativeSplit {
+export function splitPerfScript(text: string, jit?: JitMap, builtins?: JitMap): NativeSplit {
   const out: NativeSplit = {
     samples: 0,
     kernel: 0,
     native: 0,
+    builtin: 0,
     generated: 0,
     nativeBy: new Map(),
+    builtinBy: new Map(),
   };
   for (const block of text.split(/\n\s*\n/)) {
     const frames = [];
     for (const line of block.split("\n")) {
       const m = FRAME.exec(line);
       if (!m) continue;
-      const kind = frameKind(m[3]);
-      const sym = kind === "generated" && jit ? jit.name(BigInt(`0x${m[1]}`)) ?? m[2] : m[2];
+      let kind: Kind = frameKind(m[3]);
+      let sym = m[2];
+      const ip = BigInt(`0x${m[1]}`);
+      if (kind === "generated" && jit) sym = jit.name(ip) ?? sym;
+      const builtin = kind === "native" ? builtins?.name(ip) : undefined;
+      if (builtin !== undefined) [kind, sym] = ["builtin", builtin];
       frames.push({ kind, sym });
     }
     if (!frames.length) continue;
     out.samples++;
     const kind = frames[0].kind;
     out[kind]++;
+    if (kind === "builtin") {
+      out.builtinBy.set(frames[0].sym, (out.builtinBy.get(frames[0].sym) ?? 0) + 1);
+    }
     if (kind !== "native") continue;
     const js = frames.find((f) => f.kind === "generated" && f.sym.startsWith("JS:"));
     const name = js ? jsName(js.sym) : NO_JS;
@@ -116,11 +139,48 @@ export class JitMap {
     return lo;
   }
 
+  /** The live entries: start, size, name. */
+  *entries(): Generator<[bigint, bigint, string]> {
+    for (let i = 0; i < this.#starts.length; i++) {
+      yield [this.#starts[i], this.#ends[i] - this.#starts[i], this.#names[i]];
+    }
+  }
+
   /** The name of the code last made at `ip`, or undefined where the map has none. */
   name(ip: bigint): string | undefined {
     const i = this.#upper(ip + 1n) - 1;
     return i >= 0 && ip < this.#ends[i] ? this.#names[i] : undefined;
   }
+}
+
+type Kind = "kernel" | "native" | "builtin" | "generated";
+
+/** The names V8's map gives the code of its embedded blob. */
+const BUILTIN = /^(Builtin|BytecodeHandler):/;
+
+/**
+ * The builtins of `jit` at their offsets in the files mapped where they run
+ * (`maps`: the process's `/proc/PID/maps`), as perf gives a file's frames.
+ */
+export function builtinOffsets(jit: JitMap, maps: string): JitMap {
+  const files: { start: bigint; end: bigint; offset: bigint }[] = [];
+  for (const line of maps.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) r-xp ([0-9a-f]+) \S+ \d+\s+(\/\S.*)$/.exec(line);
+    if (m) {
+      files.push({
+        start: BigInt(`0x${m[1]}`),
+        end: BigInt(`0x${m[2]}`),
+        offset: BigInt(`0x${m[3]}`),
+      });
+    }
+  }
+  const lines = [];
+  for (const [start, size, name] of jit.entries()) {
+    if (!BUILTIN.test(name)) continue;
+    const f = files.find((f) => f.start <= start && start < f.end);
+    if (f) lines.push(`${(start - f.start + f.offset).toString(16)} ${size.toString(16)} ${name}`);
+  }
+  return new JitMap(lines.join("\n"));
 }
 
 function frameKind(dso: string): "kernel" | "native" | "generated" {
@@ -172,9 +232,12 @@ export async function recordThread(pid: number, seconds: number): Promise<Native
     }).output();
     // Read after the samples: the code made during them is in it (absent without --perf-basic-prof).
     const map = await Deno.readTextFile(`/tmp/perf-${pid}.map`).catch(() => undefined);
+    const jit = map === undefined ? undefined : new JitMap(map);
+    const maps = await Deno.readTextFile(`/proc/${pid}/maps`).catch(() => "");
     return splitPerfScript(
       new TextDecoder().decode(script.stdout),
-      map === undefined ? undefined : new JitMap(map),
+      jit,
+      jit && builtinOffsets(jit, maps),
     );
   } finally {
     await Deno.remove(data).catch(() => {});
@@ -190,7 +253,15 @@ export function splitLine(s: NativeSplit, usPerRequest?: number): string {
       : `${(share * usPerRequest).toFixed(1)} µs (${(share * 100).toFixed(1)}%)`;
   };
   return `kernel ${part(s.kernel)}, runtime native ${part(s.native)}, ` +
-    `generated code (JS, wasm, builtins) ${part(s.generated)}; ${s.samples} samples`;
+    `V8 builtins and interpreter ${part(s.builtin)}, ` +
+    `generated code (JS, wasm) ${part(s.generated)}; ${s.samples} samples`;
+}
+
+/** The builtins and bytecode handlers that took the most samples. */
+export function topBuiltins(s: NativeSplit, rows: number): string[] {
+  return [...s.builtinBy].sort((a, b) => b[1] - a[1]).slice(0, rows).map(([name, n]) =>
+    `${(n / Math.max(1, s.samples) * 100).toFixed(1)}% ${name}`
+  );
 }
 
 /** The JavaScript functions whose calls into the runtime took the most native samples. */
@@ -210,4 +281,6 @@ if (import.meta.main) {
   console.log(splitLine(s));
   console.log("native time by the JavaScript that called into the runtime (share of all samples):");
   for (const line of topCallers(s, Number(Deno.args[2] ?? 15))) console.log(`  ${line}`);
+  console.log("V8's builtins and bytecode handlers (share of all samples):");
+  for (const line of topBuiltins(s, Number(Deno.args[2] ?? 15))) console.log(`  ${line}`);
 }

@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { JitMap, NO_JS, splitLine, splitPerfScript, topCallers } from "./native_split.ts";
+import {
+  builtinOffsets,
+  JitMap,
+  NO_JS,
+  splitLine,
+  splitPerfScript,
+  topBuiltins,
+  topCallers,
+} from "./native_split.ts";
 
 const EXE = "/usr/local/bin/deno";
 const MAP = "/tmp/perf-4242.map";
@@ -31,8 +39,14 @@ const SCRIPT = `
 Deno.test("splitPerfScript sorts samples by the kind of code they ran in", () => {
   const s = splitPerfScript(SCRIPT);
   assert.deepEqual(
-    { samples: s.samples, kernel: s.kernel, native: s.native, generated: s.generated },
-    { samples: 5, kernel: 1, native: 3, generated: 1 },
+    {
+      samples: s.samples,
+      kernel: s.kernel,
+      native: s.native,
+      builtin: s.builtin,
+      generated: s.generated,
+    },
+    { samples: 5, kernel: 1, native: 3, builtin: 0, generated: 1 },
   );
 });
 
@@ -51,12 +65,14 @@ Deno.test("splitLine gives shares, and µs a request when the thread's cost is k
   const s = splitPerfScript(SCRIPT);
   assert.deepEqual(
     splitLine(s),
-    "kernel 20.0%, runtime native 60.0%, generated code (JS, wasm, builtins) 20.0%; 5 samples",
+    "kernel 20.0%, runtime native 60.0%, V8 builtins and interpreter 0.0%, " +
+      "generated code (JS, wasm) 20.0%; 5 samples",
   );
   assert.deepEqual(
     splitLine(s, 50),
     "kernel 10.0 µs (20.0%), runtime native 30.0 µs (60.0%), " +
-      "generated code (JS, wasm, builtins) 10.0 µs (20.0%); 5 samples",
+      "V8 builtins and interpreter 0.0 µs (0.0%), generated code (JS, wasm) 10.0 µs (20.0%); " +
+      "5 samples",
   );
 });
 
@@ -65,7 +81,8 @@ Deno.test("splitPerfScript of nothing is empty", () => {
   assert.deepEqual([s.samples, s.nativeBy.size], [0, 0]);
   assert.deepEqual(
     splitLine(s),
-    "kernel 0.0%, runtime native 0.0%, generated code (JS, wasm, builtins) 0.0%; 0 samples",
+    "kernel 0.0%, runtime native 0.0%, V8 builtins and interpreter 0.0%, " +
+      "generated code (JS, wasm) 0.0%; 0 samples",
   );
 });
 
@@ -117,4 +134,50 @@ Deno.test("splitPerfScript names generated frames from the map when given one", 
   assert.deepEqual(Object.fromEntries(splitPerfScript(script, new JitMap(JIT)).nativeBy), {
     "#apply file:///repo/src/gateway/http1/server.ts:474": 1,
   });
+});
+
+Deno.test("the executable's builtins and bytecode handlers, named by the map, count apart", () => {
+  const jit = new JitMap([
+    "7f5393dc0000 400 Builtin:JsonParse",
+    "7f5393dc0400 100 BytecodeHandler:LdaNamedProperty",
+    "7f583425b600 100 JS:*'parsed file:///repo/src/gateway/call.ts:166:16",
+  ].join("\n"));
+  // The blob mapped again from the executable's offset 0x35cf000 (perf gives such frames by it).
+  const maps = [
+    `55a0b178a000-55a0b547e000 r-xp 01b8e000 fe:00 1441955                    ${EXE}`,
+    `7f5393dc0000-7f5393fe6000 r-xp 035cf000 fe:00 1441955                    ${EXE}`,
+    "7f583425b000-7f583425c000 rwxp 00000000 00:00 0 ",
+  ].join("\n");
+  const builtins = builtinOffsets(jit, maps);
+  assert.deepEqual([...builtins.entries()], [
+    [0x35cf000n, 0x400n, "Builtin:JsonParse"],
+    [0x35cf400n, 0x100n, "BytecodeHandler:LdaNamedProperty"],
+  ]);
+  const script = `
+\t         35cf010 [unknown] (${EXE})
+\t    7f583425b67e [unknown] (${MAP})
+
+\t         35cf420 [unknown] (${EXE})
+\t    7f583425b67e [unknown] (${MAP})
+
+\t         35cf020 [unknown] (${EXE})
+
+\t         362187a [unknown] (${EXE})
+\t         35cf010 [unknown] (${EXE})
+\t    7f583425b67e [unknown] (${MAP})
+`;
+  const s = splitPerfScript(script, jit, builtins);
+  assert.deepEqual([s.samples, s.native, s.builtin, s.generated], [4, 1, 3, 0]);
+  assert.deepEqual(Object.fromEntries(s.builtinBy), {
+    "Builtin:JsonParse": 2,
+    "BytecodeHandler:LdaNamedProperty": 1,
+  });
+  // The C++ the builtin called is charged to the JavaScript beneath both.
+  assert.deepEqual(Object.fromEntries(s.nativeBy), {
+    "parsed file:///repo/src/gateway/call.ts:166": 1,
+  });
+  assert.deepEqual(topBuiltins(s, 1), ["50.0% Builtin:JsonParse"]);
+  // Without the offsets, they are the executable's native code.
+  const plain = splitPerfScript(script, jit);
+  assert.deepEqual([plain.native, plain.builtin], [4, 0]);
 });
