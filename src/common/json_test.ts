@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { jsonEqual, nestsDeeperThan, stableJson } from "./json.ts";
+import { jsonEqual, jsonTooHeavy, nestsDeeperThan, stableJson } from "./json.ts";
 
 Deno.test("stableJson() sorts keys at every depth and keeps array order", () => {
   assert.equal(stableJson({ b: 1, a: { d: [2, 1], c: null } }), '{"a":{"c":null,"d":[2,1]},"b":1}');
@@ -25,4 +25,32 @@ Deno.test("nestsDeeperThan() counts arrays and objects, at any depth without rec
   const deep = JSON.parse("[".repeat(100_000) + "]".repeat(100_000));
   assert.equal(nestsDeeperThan(deep, 64), true);
   assert.equal(nestsDeeperThan(deep, 100_000), false);
+});
+
+Deno.test("jsonTooHeavy() counts the arrays and objects of JSON text, strings skipped", () => {
+  const enc = (s: string) => new TextEncoder().encode(s);
+  assert.equal(jsonTooHeavy(enc('{"a":[[1]]}'), 3, 10), undefined);
+  assert.equal(
+    jsonTooHeavy(enc('{"a":[[1]]}'), 2, 10),
+    "nests arrays and objects more than 2 levels deep",
+  );
+  assert.equal(jsonTooHeavy(enc("[[],[],[],{}]"), 5, 4), "holds more than 4 arrays and objects");
+  assert.equal(jsonTooHeavy(enc("[[],[],{}]"), 5, 4), undefined);
+  // Brackets in strings, escaped quotes and backslashes included, are text.
+  const texts = JSON.stringify(["[[[[\\", '"[{[{', "\\", 'x\\"]']);
+  assert.equal(jsonTooHeavy(enc(texts), 1, 1), undefined);
+  // A string ending in an escaped backslash ends there: the array after it counts.
+  assert.equal(
+    jsonTooHeavy(enc(JSON.stringify(["\\", [1]])), 1, 5),
+    "nests arrays and objects more than 1 levels deep",
+  );
+  // Text shorter than both bounds is not read (it cannot exceed them).
+  assert.equal(jsonTooHeavy(enc("[[[]]]"), 6, 6), undefined);
+  // A 16 MiB body of empty arrays is told at once, not parsed for seconds.
+  const heavy = enc("[" + "[],".repeat(5_000_000) + "[]]");
+  assert.equal(jsonTooHeavy(heavy, 64), "holds more than 100000 arrays and objects");
+  assert.equal(
+    jsonTooHeavy(enc("[" + "[".repeat(200) + "]".repeat(200) + "]"), 64, 1000),
+    "nests arrays and objects more than 64 levels deep",
+  );
 });

@@ -10,6 +10,7 @@
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { readUpTo } from "../common/bytes.ts";
+import { jsonTooHeavy, MAX_JSON_CONTAINERS } from "../common/json.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
@@ -216,7 +217,7 @@ function openaiTarget(
     if (parts.length !== 3) throw new ModelNotFound(model);
     const named3 = { tenant: parts[0], namespace: parts[1], func: parts[2] };
     named?.(named3, false);
-    authorize(principal, "inference", parts[0], parts[1]);
+    mayCallModel(principal, named3, model);
     // A function this gateway has not seen yet, by its full name: looked up in the store.
     const found = ctx.cache.lookup(parts[0], parts[1], parts[2]);
     const input = (a: unknown) => {
@@ -227,8 +228,22 @@ function openaiTarget(
     return found instanceof Promise ? found.then(input) : input(found);
   }
   named?.(target, true);
-  authorize(principal, "inference", target.tenant, target.namespace);
+  mayCallModel(principal, target, model);
   return modelInput(req, principal, path, t0, body, target, ctx);
+}
+
+/**
+ * Throws unless `principal` may call `target`, named `model`: as OpenAI's
+ * API does, a model the caller cannot reach is one that does not exist for
+ * it (404 `model_not_found`, as `GET /v1/models/{model}` answers), whether
+ * it exists or not. (Every scope that reads a namespace may call in it, so
+ * no caller who could see the function is told less than it could learn.)
+ * A caller without credentials is told 401 to send some, as elsewhere.
+ */
+function mayCallModel(principal: Principal, target: FuncTarget, model: string): void {
+  if (allows(principal, "inference", target.tenant, target.namespace)) return;
+  if (principal.anonymous) authorize(principal, "inference", target.tenant, target.namespace);
+  throw new ModelNotFound(model);
 }
 
 /** An OpenAI-style call of `target`, a function the cache has, to `path` (its query kept). */
@@ -284,6 +299,13 @@ function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyR
 function parsed(bytes: Uint8Array): BodyRead {
   let json: unknown;
   if (bytes.byteLength) {
+    // Counted before it is parsed: parsing cannot be interrupted (see jsonTooHeavy).
+    const heavy = jsonTooHeavy(bytes, MAX_JSON_CONTAINERS);
+    if (heavy) {
+      throw new ValidationError(
+        `Request body ${heavy}, more than the gateway reads in a JSON body (another Content-Type passes a /funccall body through unread)`,
+      );
+    }
     try {
       json = JSON.parse(dec.decode(bytes));
     } catch (err) {

@@ -1194,3 +1194,40 @@ t(
     }
   },
 );
+
+t(
+  "a call's JSON body too heavy to parse is refused 400 before it is parsed; other types pass unread",
+  async () => {
+    const g = await listening({ bodyLimit: 4 << 20 });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint, w.endpoint);
+    try {
+      const heavy = "[" + "[],".repeat(100_000) + "[]]";
+      const send = (path: string, type: string) =>
+        fetch(`${g.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": type },
+          body: heavy,
+        });
+      for (const path of ["/funccall/t/n/f/x", "/v1/completions"]) {
+        const r = await send(path, "application/json");
+        assert.equal(r.status, 400, path);
+        const e = (await r.json()).error;
+        assert.equal(e.code, "invalid");
+        assert.match(e.message, /^Request body holds more than 100000 arrays and objects/);
+      }
+      assert.equal(g.f.sched.leases.length, 0, "no worker was asked for");
+      // As bytes of another type, a /funccall body is the worker's to read.
+      const raw = await send("/funccall/t/n/f/x", "application/octet-stream");
+      assert.equal(raw.status, 200);
+      assert.equal((await raw.json()).body.length, heavy.length);
+      // Calls go on as before.
+      const ok = await post(`${g.url}/funccall/t/n/f/x`, { prompt: "x" });
+      assert.equal(ok.status, 200);
+      await ok.body?.cancel();
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);

@@ -178,6 +178,28 @@ export async function addFunction(
   );
 }
 
+/** Makes tenant `tenant` and its namespace `namespace`, as a test's second place to call in. */
+export async function addNamespace(
+  f: GatewayFixture,
+  tenant: string,
+  namespace: string,
+): Promise<void> {
+  await f.meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: tenant,
+    object: {},
+  });
+  await f.meta.create({
+    type: "namespace",
+    tenant,
+    namespace: "system",
+    name: namespace,
+    object: {},
+  });
+}
+
 /** An audit log that keeps rows in memory, for assertions. */
 export interface MemoryAudit extends AuditLog {
   requests: RequestRow[];

@@ -204,14 +204,19 @@ Deno.test({
       for (const r of acmeRoutes(target.id)) {
         for (const [what, cred] of [["beta's key", betaFull.key], ["beta's token", betaToken]]) {
           const res = await call(p, r, cred);
-          // Another tenant's API key, named by its id alone, is not told to exist.
-          const hidden = r.path.startsWith("/apikeys/");
+          // Another tenant's API key, named by its id alone, is not told to exist; nor is a
+          // model (as OpenAI's API answers one the caller cannot reach).
+          const model = r.path.startsWith("/v1/");
+          const hidden = r.path.startsWith("/apikeys/") || model;
           assert.equal(
             res.status,
             hidden ? 404 : 403,
             `${r.method} ${r.path} with ${what}: ${JSON.stringify(res.body)}`,
           );
-          assert.equal(res.body.error.code, hidden ? "not_found" : "forbidden");
+          assert.equal(
+            res.body.error.code,
+            model ? "model_not_found" : hidden ? "not_found" : "forbidden",
+          );
         }
       }
       for (const r of CLUSTER_ROUTES) {
@@ -245,6 +250,11 @@ Deno.test({
           // The namespaces of its tenant: it sees its own only.
           const res = await allowed(acmeDev.key, r);
           assert.deepEqual(res.body.items.map((n: Json) => n.name), ["dev"]);
+        } else if (r.path.startsWith("/v1/")) {
+          // prod is not its namespace, and it may not read it: no such model, for it.
+          const res = await call(p, r, acmeDev.key);
+          assert.equal(res.status, 404, `${r.method} ${r.path}: ${JSON.stringify(res.body)}`);
+          assert.equal(res.body.error.code, "model_not_found");
         } else await forbidden(acmeDev.key, r); // prod is not its namespace
         if (r.needs === "read") await allowed(clusterRead.key, r);
       }

@@ -830,16 +830,38 @@ class ServerConnection {
     const headers: [string, string][] = new Array(r.length / 4);
     let contentLength: number | undefined;
     let chunked = false;
+    let coding: string | undefined;
     for (let i = 0, j = 0; i < r.length; i += 4, j++) {
       const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
       const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
       headers[j] = [name, value];
       if (name === "content-length") contentLength = Number(value);
-      else if (name === "transfer-encoding") chunked = true;
-      else if (name === "expect" && value.toLowerCase() === "100-continue") {
+      else if (name === "transfer-encoding") {
+        chunked = true;
+        // llhttp frames any list that ends in chunked (`gzip, chunked`); no other coding is
+        // undone here, and passing its bytes on as if plain would corrupt them unseen.
+        if (value.trim().toLowerCase() !== "chunked") coding = value;
+      } else if (name === "expect" && value.toLowerCase() === "100-continue") {
         // An HTTP/1.0 client knows no interim answers (RFC 9110 §10.1.1): ignored.
         this.#expectContinue = p.httpMinor >= 1;
       }
+    }
+    if (p.httpMajor !== 1) {
+      // llhttp reads any version line (`HTTP/2.0`): one spoken here is 1.0 or 1.1 only.
+      this.#error = {
+        status: 505,
+        message: `HTTP/${p.httpMajor}.${p.httpMinor} is not supported: HTTP/1.1 and HTTP/1.0 are`,
+      };
+      return undefined;
+    }
+    if (coding !== undefined) {
+      this.#error = {
+        status: 501,
+        message: `Transfer-Encoding ${
+          JSON.stringify(coding)
+        } is not supported: a body may be sent chunked or with Content-Length, with no other coding`,
+      };
+      return undefined;
     }
     const method = p.method;
     if (method === "CONNECT" || method === "TRACE" || method === "TRACK") {
@@ -1199,7 +1221,11 @@ class ServerConnection {
     const code = e.status === 400 ? "invalid" : e.status === 408 ? "timeout" : "too_large";
     const body = JSON.stringify({
       error: {
-        code: e.status === 405 ? "method_not_allowed" : e.status === 501 ? "unsupported" : code,
+        code: e.status === 405
+          ? "method_not_allowed"
+          : e.status === 501 || e.status === 505
+          ? "unsupported"
+          : code,
         message: e.message,
       },
     });

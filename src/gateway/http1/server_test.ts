@@ -284,6 +284,39 @@ t(
   },
 );
 
+t(
+  "http1 refuses a transfer coding other than chunked (501) and HTTP versions other than 1.x (505)",
+  async () => {
+    const s = echo();
+    const first = async (raw: string) => answers(await exchange(s.addr.port, raw))[0];
+    // llhttp frames `gzip, chunked` as chunked: the gzip coding would reach the handler unsaid.
+    for (const te of ["gzip, chunked", "deflate,chunked", "identity, chunked"]) {
+      const a = await first(
+        `POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ${te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n`,
+      );
+      assert.equal(a.status, 501, te);
+      assert.match(a.head, /connection: close/);
+      const e = JSON.parse(a.body).error;
+      assert.equal(e.code, "unsupported");
+      assert.match(e.message, /Transfer-Encoding ".*" is not supported/);
+    }
+    // Any case and spacing of chunked alone is chunked.
+    const ok = await first(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:  Chunked \r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert.equal(ok.status, 200);
+    // llhttp reads 0.9 and 2.0 as versions (and refuses others: 400).
+    for (const version of ["2.0", "0.9"]) {
+      const a = await first(`GET / HTTP/${version}\r\n\r\n`);
+      assert.equal(a?.status, 505, version);
+      assert.equal(JSON.parse(a.body).error.code, "unsupported");
+    }
+    assert.equal((await first("GET / HTTP/3.0\r\n\r\n")).status, 400);
+    assert.equal((await first("GET / HTTP/1.0\r\n\r\n")).status, 200);
+    await s.shutdown();
+  },
+);
+
 t("http1 limits heads (431), header counts (431), targets (414) and bodies (413)", async () => {
   const s = echo({ maxHeadBytes: 2048, maxHeaders: 10, maxUrlBytes: 100 });
   const status = async (raw: string) => answers(await exchange(s.addr.port, raw))[0]?.status;
@@ -388,7 +421,7 @@ t(
       );
       for (const text of texts) {
         for (const a of answers(text)) {
-          assert.ok([200, 400, 408, 413, 414, 431, 501].includes(a.status), text);
+          assert.ok([200, 400, 408, 413, 414, 431, 501, 505].includes(a.status), text);
         }
       }
     }

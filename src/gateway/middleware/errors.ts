@@ -56,7 +56,7 @@ function openaiType(status: number): string {
 /** A model (`model` of an OpenAI-style call) that is no function the caller may call. */
 export class ModelNotFound extends NotFoundError {
   constructor(model: string) {
-    super(`The model ${model} does not exist`);
+    super(`The model ${model} does not exist or you do not have access to it`);
     this.name = "ModelNotFound";
   }
 }
@@ -82,8 +82,10 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   if ((status === 429 || status === 503) && !mayHaveRun) {
     headers.push(["retry-after", String(retryAfter(err))]);
   }
-  // A quota that clears by itself as calls end (`retryable`) may be tried again.
-  if (mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable)) {
+  // A quota that clears by itself as calls end (`retryable`) may be tried again. A 504 waited
+  // as long as the function's policy says a call waits (`queue_timeout`, or the caller's own
+  // limit): sent twice more, a caller of OpenAI's client would wait three times that.
+  if (mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable) || status === 504) {
     headers.push(["x-should-retry", "false"]);
   }
   const body = errorBody(err);

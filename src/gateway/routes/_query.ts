@@ -42,3 +42,33 @@ export function knownParams(
     );
   }
 }
+
+/**
+ * The query parameters of `url`, each in `takes` and given once: an unknown
+ * one is refused as {@linkcode knownParams} refuses it (on a route that
+ * changes something, a misspelt `dryRun` would write and a misspelt
+ * `revision` delete unchecked), and so is a repeated one, whose values
+ * disagree on what was meant (`?dryRun=0&dryRun=1`).
+ */
+export function queryOnce(
+  what: string,
+  url: string,
+  takes: readonly string[],
+): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = Object.create(null);
+  for (const [k, v] of new URL(url).searchParams) {
+    if (!takes.includes(k)) {
+      throw new ValidationError(
+        `Invalid ${what}: unknown parameter "${k}" (${
+          takes.length ? `it takes ${takes.join(", ")}` : "it takes none"
+        })`,
+        k,
+      );
+    }
+    if (out[k] !== undefined) {
+      throw new ValidationError(`Invalid ${what}: parameter "${k}" given more than once`, k);
+    }
+    out[k] = v;
+  }
+  return out;
+}

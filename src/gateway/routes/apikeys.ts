@@ -17,6 +17,7 @@ import { authorize, mayManageKey, newApiKey, type Principal, requireCredentials 
 import { hashKey } from "../../common/credential.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
+import { queryOnce } from "./_query.ts";
 
 const log = logger("gateway");
 
@@ -37,6 +38,9 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   app.post("/", async (c) => {
     const p = c.var.principal;
+    // Refused before the body is read: it is not parsed for a caller who may make no key.
+    requireCredentials(p, "create API keys");
+    queryOnce("API key request", c.req.url, []);
     const req = KeyRequestSchema.safeParse(await readJson(c.req.raw, deps.bodyLimit));
     if (!req.success) throw invalidInput("API key request", req.error);
     const { scope, tenant, namespace, name, expires_in_s } = req.data;
@@ -87,6 +91,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   );
   app.delete("/:id", async (c) => {
     const rec = await managedKey(c.req.param("id"), c.var.principal, deps.meta);
+    queryOnce("API key revocation", c.req.url, []);
     await deps.meta.delete({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: rec.id });
     deps.auth.revokeKey(rec.id);
     log.info("API key {id} revoked by {by}", { id: rec.id, by: c.var.principal.id });

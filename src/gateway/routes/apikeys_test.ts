@@ -131,3 +131,35 @@ t("an expired key keeps no namespace from being deleted, and its record goes", a
   await gone.body?.cancel();
   await f.close();
 });
+
+t(
+  "a key request without credentials is refused 401 before its body is read; parameters 400",
+  async () => {
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    const make = (query: string, body: string, headers: Record<string, string> = {}) =>
+      f.app.request(`/apikeys${query}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body,
+      });
+    // Not its scope's 400, nor its body's size, nor its JSON: credentials first.
+    for (const body of ['{"scope":"bogus"}', "{", "x".repeat(4096)]) {
+      const r = await make("", body);
+      assert.equal(r.status, 401, body.slice(0, 20));
+      assert.equal((await r.json()).error.code, "unauthenticated");
+    }
+    const extra = await make(
+      "?dryRun=1",
+      JSON.stringify({ scope: "inference", tenant: "t" }),
+      ADMIN,
+    );
+    assert.equal(extra.status, 400);
+    assert.match(
+      (await extra.json()).error.message,
+      /unknown parameter "dryRun" \(it takes none\)/,
+    );
+    const list = await (await f.app.request("/apikeys", { headers: ADMIN })).json();
+    assert.deepEqual(list.items, [], "no key was made");
+    await f.close();
+  },
+);

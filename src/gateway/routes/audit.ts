@@ -19,7 +19,7 @@ import { storedCreatedAt } from "../../model/schemas.ts";
 import type { ObjectRef } from "../../rpc/types.ts";
 import { allows, authorize, type Principal, readReach } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam, knownParams } from "./_query.ts";
+import { intParam, knownParams, queryOnce } from "./_query.ts";
 
 const HOUR_MS = 3_600_000;
 
@@ -29,7 +29,7 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/:kind", async (c) => {
     const kind = c.req.param("kind");
     if (kind === "stats") {
-      const given = c.req.query();
+      const given = queryOnce("audit query", c.req.url, AUDIT_PARAMS);
       for (const k of Object.keys(given)) {
         if (k !== "tenant" && k !== "since") {
           throw new ValidationError(
@@ -55,7 +55,7 @@ export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
         `No audit of "${kind}": use /audit/requests, /audit/pods or /audit/stats`,
       );
     }
-    const q = auditQuery(c.req.query());
+    const q = auditQuery(queryOnce("audit query", c.req.url, AUDIT_PARAMS));
     if (kind === "pods" && q.status) {
       throw new ValidationError("Invalid audit query: status filters request rows only", "status");
     }

@@ -20,7 +20,7 @@ import { tenantSecret } from "../calls/callback.ts";
 import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam, knownParams } from "./_query.ts";
+import { intParam, queryOnce } from "./_query.ts";
 import { nextTurn } from "../../common/clock.ts";
 
 const MAX_LIST = 1000;
@@ -33,12 +33,11 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/", async (c) => {
     const p = c.var.principal;
     requireCredentials(p, "list calls");
-    knownParams("call list", c.req.query(), ["func", "status", "limit", "until"]);
-    const func = c.req.query("func");
-    const status = c.req.query("status");
-    const limit = intParam(c.req.query("limit"), "limit", 1, MAX_LIST) ?? 100;
+    const q = queryOnce("call list", c.req.url, ["func", "status", "limit", "until"]);
+    const { func, status } = q;
+    const limit = intParam(q.limit, "limit", 1, MAX_LIST) ?? 100;
     // Calls accepted before this (ms since the epoch, exclusive): the next page's `next_until`.
-    const until = intParam(c.req.query("until"), "until", 0, Number.MAX_SAFE_INTEGER);
+    const until = intParam(q.until, "until", 0, Number.MAX_SAFE_INTEGER);
     if (status !== undefined && !(CALL_STATUSES as readonly string[]).includes(status)) {
       throw new ValidationError(
         `Invalid status "${status}": one of ${CALL_STATUSES.join(", ")}`,
@@ -120,6 +119,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   app.post("/callback-secret/:tenant", async (c) => {
     const tenant = await secretTenant(c);
+    queryOnce("secret rotation", c.req.url, []);
     return c.json({ tenant, secret: await tenantSecret(deps.meta, tenant, { rotate: true }) });
   });
 
@@ -135,6 +135,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const id = c.req.param("id");
     const { tenant, namespace } = parseCallId(id);
     authorize(c.var.principal, "inference", tenant, namespace);
+    queryOnce("call cancellation", c.req.url, []);
     return c.json(callView(await queue.cancel(id)));
   });
   return app;

@@ -90,6 +90,9 @@ t("gateway answers 503 when the queue is full and 504 when the wait runs out", a
   assert.match((await full.json()).error.message, /queue is full \(1 waiting\)/);
   const timedOut = await first;
   assert.equal(timedOut.status, 504);
+  // It waited what the policy says a call waits: OpenAI's clients are told not to wait it again
+  // twice (they send any 5xx again unless told not to).
+  assert.equal(timedOut.headers.get("x-should-retry"), "false");
   assert.match((await timedOut.json()).error.message, /no worker was free within 300 ms/);
   await f.close();
 });

@@ -20,20 +20,24 @@ import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
-import { intParam, knownParams } from "./_query.ts";
+import { intParam, queryOnce } from "./_query.ts";
 
 /** The object, node and pod routes, mounted at `/`. */
 export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   const limit = deps.bodyLimit;
   app.put("/object/", async (c) => {
-    const dryRun = dryRunParam(c.req.query("dryRun"));
+    // Refused before the body is read: it is not parsed for a caller who may write nothing.
+    requireCredentials(c.var.principal, "write objects");
+    const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
     const input = objectInput(await readJson(c.req.raw, limit));
     authorizeObject(c.var.principal, "write", input);
     const rec = await deps.meta.create(input, { dryRun });
     return c.json(writeJson(rec), dryRun ? 200 : 201);
   });
   app.post("/object/", async (c) => {
+    requireCredentials(c.var.principal, "write objects");
+    const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
     const input = objectInput(await readJson(c.req.raw, limit));
     if (input.revision === undefined) {
       throw new ValidationError(
@@ -42,7 +46,6 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     authorizeObject(c.var.principal, "write", input);
-    const dryRun = dryRunParam(c.req.query("dryRun"));
     return c.json(writeJson(await deps.meta.update(input, { dryRun })));
   });
   app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
@@ -57,7 +60,8 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "write", { type, tenant, namespace, name });
-    const revision = intParam(c.req.query("revision"), "revision", 1, Number.MAX_SAFE_INTEGER);
+    const { revision: raw } = queryOnce("object delete", c.req.url, ["revision"]);
+    const revision = intParam(raw, "revision", 1, Number.MAX_SAFE_INTEGER);
     const at = await deps.meta.delete({ type, tenant, namespace, name }, revision);
     return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
   });
@@ -90,8 +94,12 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/snapshots", async (c) => {
     const p = c.var.principal;
     requireCredentials(p, "list snapshots");
-    knownParams("snapshot list", c.req.query(), ["tenant", "namespace", "func", "node"]);
-    const { tenant, namespace, func, node } = c.req.query();
+    const { tenant, namespace, func, node } = queryOnce("snapshot list", c.req.url, [
+      "tenant",
+      "namespace",
+      "func",
+      "node",
+    ]);
     // An empty filter is none (as a form sends it); a namespace narrows the list only with its tenant.
     const { items } = await deps.meta.list(
       "snapshot",
@@ -130,6 +138,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.delete("/pods/:tenant/:namespace/:func/:pod", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();
     authorize(c.var.principal, "write", tenant, namespace);
+    queryOnce("pod termination", c.req.url, []);
     const pod = await podOf(deps.meta, tenant, namespace, func, podId);
     if (!deps.scheduler) {
       throw new InferxError("unsupported", "This gateway cannot reach the scheduler");

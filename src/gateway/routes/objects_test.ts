@@ -352,3 +352,74 @@ t("a known path with the wrong method is answered 405 with Allow, an unknown one
   }
   await f.close();
 });
+
+t("object writes and deletes refuse parameters they do not take, and repeated ones", async () => {
+  const f = await gatewayFixture();
+  const policy = (name: string) =>
+    JSON.stringify({ type: "funcpolicy", tenant: "t", namespace: "n", name, object: {} });
+  const write = (method: string, query: string, name = "p") =>
+    f.app.request(`/object/${query}`, { method, body: policy(name) });
+  // A misspelt dryRun wrote, a repeated one wrote or not by its first value.
+  for (const query of ["?dryrun=1", "?dry_run=1", "?dryRun=0&dryRun=1", "?dryRun=1&dryRun=0"]) {
+    const r = await write("PUT", query);
+    assert.equal(r.status, 400, query);
+    const e = (await r.json()).error;
+    assert.match(
+      e.message,
+      /Invalid object write: (unknown parameter "dry.?run"|parameter "dryRun" given more than once)/,
+    );
+  }
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 404, "nothing written");
+  const dry = await write("PUT", "?dryRun=1");
+  assert.equal(dry.status, 200);
+  await dry.body?.cancel();
+  const made = await write("PUT", "");
+  assert.equal(made.status, 201);
+  const { revision } = await made.json();
+  const post = await f.app.request("/object/?dryRun=1&x=1", {
+    method: "POST",
+    body: JSON.stringify({ ...JSON.parse(policy("p")), revision }),
+  });
+  assert.equal(post.status, 400);
+  await post.body?.cancel();
+  // A misspelt revision deleted unchecked.
+  for (const query of ["?revison=1", `?revision=${revision}&revision=1`, "?force=1"]) {
+    const r = await f.app.request(`/object/funcpolicy/t/n/p${query}`, { method: "DELETE" });
+    assert.equal(r.status, 400, query);
+    await r.body?.cancel();
+  }
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 200, "still there");
+  const del = await f.app.request(`/object/funcpolicy/t/n/p?revision=${revision}`, {
+    method: "DELETE",
+  });
+  assert.equal(del.status, 200);
+  await del.body?.cancel();
+  await f.close();
+});
+
+t("object writes refuse a caller without credentials before reading the body", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  for (const method of ["PUT", "POST"]) {
+    // Neither a bad body's 400 nor the time to parse a heavy one: 401 at once.
+    for (const body of ['{"type":"pod"}', "[" + "[],".repeat(300_000) + "[]]"]) {
+      const r = await f.app.request("/object/", { method, body });
+      assert.equal(r.status, 401, `${method} ${body.slice(0, 20)}`);
+      assert.equal((await r.json()).error.code, "unauthenticated");
+    }
+  }
+  await f.close();
+});
+
+t("object writes refuse JSON too deep or too heavy to parse, before parsing it", async () => {
+  const f = await gatewayFixture({ bodyLimit: 1 << 20 });
+  const cases: [string, RegExp][] = [
+    ["[".repeat(65) + "]".repeat(65), /nests arrays and objects more than 64 levels deep/],
+    ["[" + "[],".repeat(100_000) + "[]]", /holds more than 100000 arrays and objects/],
+  ];
+  for (const [body, re] of cases) {
+    const r = await f.app.request("/object/", { method: "PUT", body });
+    assert.equal(r.status, 400);
+    assert.match((await r.json()).error.message, re);
+  }
+  await f.close();
+});

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { addFunction, fakeWorker, gatewayFixture, scriptedWorker } from "../testing.ts";
+import {
+  addFunction,
+  addNamespace,
+  fakeWorker,
+  gatewayFixture,
+  scriptedWorker,
+} from "../testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -286,6 +292,54 @@ t(
       const obj = await f.app.request("/object/function/public/demo/g", { headers: bearer });
       assert.equal(obj.status, 403);
       await obj.body?.cancel();
+    } finally {
+      await f.close();
+      await w.close();
+    }
+  },
+);
+
+t(
+  "a model the caller may not call is one that does not exist for it, on every /v1 route",
+  async () => {
+    const admin = "admin-key-0123456789";
+    const f = await gatewayFixture({ adminKey: admin });
+    const w = fakeWorker("w");
+    f.sched.endpoints.push(w.endpoint);
+    await addNamespace(f, "u", "m");
+    await addFunction(f, "u", "m", "h");
+    const made = await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+      body: JSON.stringify({ scope: "inference", tenant: "u", name: "app" }),
+    });
+    const bearer = { authorization: `Bearer ${(await made.json()).key}` };
+    try {
+      // t/n/f exists, t/n/nope does not: the key, which reaches tenant u only, hears the same.
+      for (const model of ["t/n/f", "t/n/nope", "f"]) {
+        for (const path of ["/v1/completions", "/v1/chat/completions"]) {
+          const r = await complete(f, { model, prompt: "x", messages: [] }, bearer, path);
+          assert.equal(r.status, 404, `${path} ${model}`);
+          const e = (await r.json()).error;
+          assert.equal(e.code, "model_not_found", `${path} ${model}`);
+          assert.equal(
+            e.message,
+            `The model ${model} does not exist or you do not have access to it`,
+          );
+        }
+        const one = await f.app.request(`/v1/models/${encodeURIComponent(model)}`, {
+          headers: bearer,
+        });
+        assert.equal(one.status, 404, model);
+        assert.equal((await one.json()).error.code, "model_not_found");
+      }
+      const own = await complete(f, { model: "u/m/h", prompt: "x" }, bearer);
+      assert.equal(own.status, 200);
+      await own.body?.cancel();
+      // /funccall keeps the platform's answer: 403 for a function of another tenant.
+      const fc = await f.app.request("/funccall/t/n/f/x", { method: "POST", headers: bearer });
+      assert.equal(fc.status, 403);
+      await fc.body?.cancel();
     } finally {
       await f.close();
       await w.close();

@@ -23,6 +23,7 @@ import { type FunctionObject, rolloutVersions, trafficSplit } from "../../model/
 import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { queryOnce } from "./_query.ts";
 
 const ACTIONS = new Set(["promote", "rollback"]);
 
@@ -45,6 +46,7 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     authorize(c.var.principal, "write", tenant, namespace);
+    queryOnce("rollout", c.req.url, []);
     const ref = { type: "function" as const, tenant, namespace, name };
     // Nothing to roll out is answered 409 at once: the update below would take it for a lost
     // compare-and-swap (the same code) and try again for a second.

@@ -7,7 +7,13 @@ import { toInferxError } from "../../common/errors.ts";
 import { authenticate } from "../middleware/authenticate.ts";
 import { errorAnswer } from "../middleware/errors.ts";
 import { serveGateway } from "../server.ts";
-import { addFunction, fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import {
+  addFunction,
+  addNamespace,
+  fakeWorker,
+  type GatewayFixture,
+  gatewayFixture,
+} from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { type StreamLimits, uiRoutes } from "./ui.ts";
 import { callUrl, partUrl } from "../../ui/static/api.js";
@@ -244,14 +250,7 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
 t("each part shows only what the credential may see, and refuses as the API does", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
   try {
-    await addTenant(f, "u");
-    await f.meta.create({
-      type: "namespace",
-      tenant: "u",
-      namespace: "system",
-      name: "m",
-      object: {},
-    });
+    await addNamespace(f, "u", "m");
     await addFunction(f, "u", "m", "other");
     await addPod(f, { id: "p-t" });
     await addPod(f, { id: "p-u", tenant: "u", namespace: "m", func: "other" });

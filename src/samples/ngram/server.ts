@@ -51,7 +51,7 @@ function parseSampling(body: Record<string, unknown>): Sampling {
   if (typeof temperature !== "number" || temperature < 0 || temperature > 2) {
     throw new BadRequest("temperature must be a number from 0 to 2");
   }
-  const seed = body.seed;
+  const seed = body.seed ?? undefined; // null: none, as OpenAI's API takes it
   if (seed !== undefined && !Number.isInteger(seed)) {
     throw new BadRequest("seed must be an integer");
   }
@@ -192,11 +192,16 @@ export function createModelHandler(
     } catch (err) {
       return error(400, err instanceof BadRequest ? err.message : "body is not valid JSON");
     }
-    let prompt: string;
+    let prompts: string[];
     let sampling: Sampling;
     try {
-      prompt = chat ? chatPrompt(body.messages) : completionPrompt(body.prompt);
+      prompts = chat ? [chatPrompt(body.messages)] : completionPrompts(body.prompt);
       sampling = parseSampling(body);
+      if (prompts.length * sampling.n > MAX_ALL_CHOICES) {
+        throw new BadRequest(
+          `${prompts.length} prompts with n ${sampling.n} make more than ${MAX_ALL_CHOICES} choices`,
+        );
+      }
     } catch (err) {
       if (err instanceof BadRequest) return error(400, err.message);
       throw err;
@@ -205,21 +210,29 @@ export function createModelHandler(
       (++seq).toString(36)
     }`;
     const created = Math.floor(Date.now() / 1000);
-    const promptTokens = charCount(prompt);
-    if (promptTokens > MAX_PROMPT_CHARS) {
-      return error(
-        400,
-        `This model's maximum context length is ${MAX_PROMPT_CHARS} characters; the prompt has ${promptTokens}`,
-        "invalid_request_error",
-        "context_length_exceeded",
-      );
+    let promptTokens = 0;
+    for (const prompt of prompts) {
+      const chars = charCount(prompt);
+      if (chars > MAX_PROMPT_CHARS) {
+        return error(
+          400,
+          `This model's maximum context length is ${MAX_PROMPT_CHARS} characters; the prompt has ${chars}`,
+          "invalid_request_error",
+          "context_length_exceeded",
+        );
+      }
+      promptTokens += chars;
     }
-    // One generator a choice; with a seed, choice i samples with seed + i (so they differ).
-    const gens = Array.from({ length: sampling.n }, (_, i) =>
-      model.generate(prompt, {
-        ...sampling,
-        seed: sampling.seed === undefined ? (seeds() * 2 ** 32) >>> 0 : sampling.seed + i,
-      }));
+    // One generator a choice, `n` for each prompt in turn (choice i*n+j: prompt i's j-th, as
+    // OpenAI's API numbers them); with a seed, choice k samples with seed + k (so they differ).
+    const gens = Array.from(
+      { length: prompts.length * sampling.n },
+      (_, k) =>
+        model.generate(prompts[Math.floor(k / sampling.n)], {
+          ...sampling,
+          seed: sampling.seed === undefined ? (seeds() * 2 ** 32) >>> 0 : sampling.seed + k,
+        }),
+    );
     const finishOf = (n: number) => n < sampling.maxTokens ? "stop" : "length";
     const usageOf = (completion: number) => ({
       prompt_tokens: promptTokens,
@@ -328,9 +341,18 @@ export function createModelHandler(
   };
 }
 
-function completionPrompt(p: unknown): string {
-  if (typeof p === "string") return p;
-  if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string")) return p.join("");
+/** The most choices one request makes: its prompts times `n`. */
+export const MAX_ALL_CHOICES = 64;
+
+/** A completion's prompts: one string, or several (each answered by its own `n` choices). */
+function completionPrompts(p: unknown): string[] {
+  if (typeof p === "string") return [p];
+  if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string")) {
+    if (p.length > MAX_ALL_CHOICES) {
+      throw new BadRequest(`prompt takes at most ${MAX_ALL_CHOICES} strings`);
+    }
+    return p;
+  }
   throw new BadRequest("prompt must be a string or a non-empty array of strings");
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { encodeWeights, NgramModel, train } from "./model.ts";
-import { createModelHandler, MAX_BODY_BYTES, MAX_PROMPT_CHARS } from "./server.ts";
+import { createModelHandler, MAX_ALL_CHOICES, MAX_BODY_BYTES, MAX_PROMPT_CHARS } from "./server.ts";
 
 const model = new NgramModel(
   encodeWeights(train("the gpu waits. the gpu works. the gpu rests.", 5)),
@@ -69,6 +69,19 @@ const bad: [string, string, unknown, RegExp][] = [
   ["a bad temperature", "/v1/completions", { prompt: "a", temperature: 5 }, /temperature/],
   ["empty messages", "/v1/chat/completions", { messages: [] }, /messages/],
   ["n out of range", "/v1/completions", { prompt: "a", n: 0 }, /n must be an integer/],
+  ["a seed that is not an integer", "/v1/completions", { prompt: "a", seed: 1.5 }, /seed/],
+  [
+    "more choices than it makes",
+    "/v1/completions",
+    { prompt: Array(MAX_ALL_CHOICES / 4 + 1).fill("a"), n: 4 },
+    /17 prompts with n 4 make more than 64 choices/,
+  ],
+  [
+    "token ids for a prompt",
+    "/v1/completions",
+    { prompt: [1, 2] },
+    /prompt must be a string or a non-empty array of strings/,
+  ],
   [
     "an image content part",
     "/v1/chat/completions",
@@ -195,4 +208,39 @@ Deno.test("model server refuses a body past MAX_BODY_BYTES before it parses it, 
     assert.equal(res.status, 413);
     assert.equal((await res.json()).error.code, "request_too_large");
   }
+});
+
+Deno.test("model server takes null for every optional field, as OpenAI's API does", async () => {
+  const res = await post("/v1/completions", {
+    prompt: "the",
+    max_tokens: null,
+    temperature: null,
+    seed: null,
+    stop: null,
+    n: null,
+    stream: null,
+    stream_options: null,
+  });
+  assert.equal(res.status, 200, await res.clone().text());
+  assert.equal((await res.json()).choices.length, 1);
+});
+
+Deno.test("model server answers each prompt of an array with its own n choices, numbered in turn", async () => {
+  const one = async (prompt: string) =>
+    (await (await post("/v1/completions", { prompt, max_tokens: 4, temperature: 0 })).json())
+      .choices[0].text;
+  const res = await post("/v1/completions", {
+    prompt: ["the g", "gpu r"],
+    max_tokens: 4,
+    temperature: 0,
+    n: 2,
+  });
+  const body = await res.json();
+  assert.deepEqual(body.choices.map((c: { index: number }) => c.index), [0, 1, 2, 3]);
+  // Greedy: choices 0 and 1 are the first prompt's, 2 and 3 the second's, each as if alone.
+  const [a, b] = [await one("the g"), await one("gpu r")];
+  assert.notEqual(a, b);
+  assert.deepEqual(body.choices.map((c: { text: string }) => c.text), [a, a, b, b]);
+  // Each prompt counted once.
+  assert.deepEqual(body.usage, { prompt_tokens: 10, completion_tokens: 16, total_tokens: 26 });
 });

@@ -1,9 +1,14 @@
 """A model server on PyTorch (CPU): a small character-level transformer
-language model whose weights are loaded from a file, served over HTTP.
+language model whose weights are loaded from a file, served over HTTP with
+OpenAI's completion routes.
 
-Routes: GET /health, GET /v1/models, POST /v1/completions
-({"prompt": str, "max_tokens": int}, greedy decoding). Every answer carries
-x-worker-requests, the count of completions this process has served.
+Routes: GET /health, GET /v1/models, POST /v1/completions ("prompt": a string
+or a list of strings, each answered by its own `n` choices) and POST
+/v1/chat/completions ("messages"), both with max_tokens (16), temperature
+(0: greedy, the default; otherwise sampled, from `seed` when given), n, stop,
+stream (server-sent events, with stream_options.include_usage). Tokens are
+bytes of UTF-8. Every answer carries x-worker-requests, the count of
+completions this process has served.
 
 Env: PORT (8000), HOST (127.0.0.1), TORCH_WEIGHTS (weights.pt beside this
 file), MODEL_NAME (tiny-lm), TORCH_THREADS (1).
@@ -13,6 +18,7 @@ them from a fixed seed (the same bytes every time); a worker that finds no
 weights file generates it first.
 """
 
+import codecs
 import ctypes
 import gc
 import io
@@ -31,6 +37,8 @@ from torch import nn  # noqa: E402
 VOCAB = 256  # bytes
 CONTEXT = 256
 MAX_TOKENS = 256
+MAX_CHOICES = 16
+MAX_ALL_CHOICES = 64  # prompts times n
 
 
 class TinyLM(nn.Module):
@@ -93,15 +101,141 @@ def trim_heap():
 
 
 @torch.no_grad()
-def complete(model, prompt, max_tokens):
+def generate(model, prompt, max_tokens, temperature=0.0, generator=None):
+    """Yields the bytes the model makes after `prompt`, one a step."""
     ids = list(prompt.encode("utf-8"))[-CONTEXT:] or [32]
-    out = []
     for _ in range(max_tokens):
         logits = model(torch.tensor([ids[-CONTEXT:]]))[0, -1]
-        nxt = int(torch.argmax(logits))
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = int(torch.multinomial(probs, 1, generator=generator))
+        else:
+            nxt = int(torch.argmax(logits))
         ids.append(nxt)
-        out.append(nxt)
-    return bytes(out).decode("utf-8", errors="replace")
+        yield nxt
+
+
+def complete(model, prompt, max_tokens):
+    """Greedy completion of `prompt`: `max_tokens` bytes, as text."""
+    return bytes(generate(model, prompt, max_tokens)).decode("utf-8", errors="replace")
+
+
+class Choice:
+    """One choice as it is made: its text so far, held back while it may be the start of a stop."""
+
+    def __init__(self, tokens, stop):
+        self.tokens = tokens
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # made and not yet given out
+        self.count = 0
+        self.finish = None
+
+    def next_piece(self):
+        """The next text to give out ("" when there is none yet), or None when the choice is done."""
+        if self.finish is not None:
+            return None
+        for tok in self.tokens:
+            self.count += 1
+            self.text += self.decoder.decode(bytes([tok]))
+            for s in self.stop:
+                at = self.text.find(s)
+                if at >= 0:
+                    self.finish = "stop"
+                    piece, self.text = self.text[:at], ""
+                    return piece
+            if len(self.text) > self.hold:
+                cut = len(self.text) - self.hold
+                piece, self.text = self.text[:cut], self.text[cut:]
+                return piece
+        self.text += self.decoder.decode(b"", final=True)
+        self.finish = "length"
+        piece, self.text = self.text, ""
+        return piece
+
+
+class BadRequest(ValueError):
+    def __init__(self, message, param=None, code=None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def field(req, name, default):
+    """A request field; null is the same as absent, as OpenAI's API takes it."""
+    value = req.get(name)
+    return default if value is None else value
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_request(req, chat):
+    """The prompts and sampling of a completion request; BadRequest when they are not valid."""
+    if not isinstance(req, dict):
+        raise BadRequest("body must be a JSON object")
+    if chat:
+        messages = req.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty array", "messages")
+        lines = []
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                        raise BadRequest("a message's content parts must be text parts", "messages")
+                    parts.append(part["text"])
+                content = "".join(parts)
+            elif content is None and isinstance(m, dict):
+                content = ""
+            if not isinstance(content, str):
+                raise BadRequest("every message must be an object whose content is a string, text parts or null", "messages")
+            lines.append(content)
+        prompts = ["\n".join(lines) + "\n"]
+    else:
+        prompt = req.get("prompt")
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = prompt
+        else:
+            raise BadRequest("prompt must be a string or a non-empty array of strings", "prompt")
+    max_tokens = field(req, "max_tokens", field(req, "max_completion_tokens", 16))
+    if not is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
+        raise BadRequest(f"max_tokens must be an integer from 1 to {MAX_TOKENS}", "max_tokens")
+    temperature = field(req, "temperature", 0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise BadRequest("temperature must be a number from 0 to 2", "temperature")
+    seed = field(req, "seed", None)
+    if seed is not None and not is_int(seed):
+        raise BadRequest("seed must be an integer", "seed")
+    n = field(req, "n", 1)
+    if not is_int(n) or not 1 <= n <= MAX_CHOICES:
+        raise BadRequest(f"n must be an integer from 1 to {MAX_CHOICES}", "n")
+    if len(prompts) * n > MAX_ALL_CHOICES:
+        raise BadRequest(f"{len(prompts)} prompts with n {n} make more than {MAX_ALL_CHOICES} choices", "n")
+    stop = field(req, "stop", [])
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise BadRequest("stop must be a string or up to 4 non-empty strings", "stop")
+    options = field(req, "stream_options", {})
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options must be an object", "stream_options")
+    return {
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "seed": seed,
+        "n": n,
+        "stop": stop,
+        "stream": field(req, "stream", False) is True,
+        "include_usage": options.get("include_usage") is True,
+    }
 
 
 class Server:
@@ -119,12 +253,12 @@ def handler_for(server):
         def log_message(self, *args):
             pass
 
-        def answer(self, status, body):
+        def answer(self, status, body, served=None):
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
-            self.send_header("x-worker-requests", str(server.served))
+            self.send_header("x-worker-requests", str(server.served if served is None else served))
             self.end_headers()
             self.wfile.write(data)
 
@@ -132,36 +266,112 @@ def handler_for(server):
             if self.path == "/health":
                 self.answer(200, {"status": "ok", "model": server.name})
             elif self.path == "/v1/models":
-                self.answer(200, {"object": "list", "data": [{"id": server.name, "object": "model"}]})
+                self.answer(200, {"object": "list", "data": [{"id": server.name, "object": "model",
+                                                              "created": 0, "owned_by": "inferx"}]})
             else:
                 self.answer(404, {"error": {"message": f"No route for GET {self.path}"}})
 
         def do_POST(self):
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
-            if self.path != "/v1/completions":
-                self.answer(404, {"error": {"message": f"No route for POST {self.path}"}})
+            chat = self.path.split("?")[0] == "/v1/chat/completions"
+            if not chat and self.path.split("?")[0] != "/v1/completions":
+                self.answer(404, {"error": {"message": f"No route for POST {self.path}", "type": "not_found"}})
                 return
             try:
-                req = json.loads(raw or b"{}")
-                prompt = req.get("prompt", "")
-                max_tokens = req.get("max_tokens", 16)
-                if not isinstance(prompt, str):
-                    raise ValueError("prompt must be a string")
-                if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
-                    raise ValueError(f"max_tokens must be an integer from 1 to {MAX_TOKENS}")
-            except ValueError as err:
-                self.answer(400, {"error": {"message": str(err), "type": "invalid_request_error"}})
+                try:
+                    req = json.loads(raw or b"{}")
+                except ValueError:
+                    raise BadRequest("body is not valid JSON")
+                asked = parse_request(req, chat)
+            except BadRequest as err:
+                self.answer(400, {"error": {"message": str(err), "type": "invalid_request_error",
+                                            "param": err.param, "code": err.code}})
                 return
             with server.lock:
-                text = complete(server.model, prompt, max_tokens)
                 server.served += 1
-            self.answer(200, {
-                "object": "text_completion",
-                "model": server.name,
-                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
-                "usage": {"completion_tokens": max_tokens},
-            })
+                served = server.served
+            self.complete(asked, chat, served)
+
+        def complete(self, asked, chat, served):
+            n = asked["n"]
+            prompts = asked["prompts"]
+            base = asked["seed"] if asked["seed"] is not None else int.from_bytes(os.urandom(4), "little")
+            choices = []
+            for k in range(len(prompts) * n):
+                generator = torch.Generator().manual_seed(base + k)
+                tokens = generate(server.model, prompts[k // n], asked["max_tokens"], asked["temperature"], generator)
+                choices.append(Choice(tokens, asked["stop"]))
+            prompt_tokens = sum(len(p.encode("utf-8")) for p in prompts)
+            ident = f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(9).hex()}"
+            created = int(time.time())
+
+            def usage():
+                completion = sum(c.count for c in choices)
+                return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                        "total_tokens": prompt_tokens + completion}
+
+            if not asked["stream"]:
+                texts = []
+                for c in choices:
+                    with server.lock:  # one forward pass at a time: the model is not shared safely
+                        parts = []
+                        while (piece := c.next_piece()) is not None:
+                            parts.append(piece)
+                    texts.append("".join(parts))
+                if chat:
+                    body_choices = [{"index": i, "message": {"role": "assistant", "content": t},
+                                     "finish_reason": c.finish} for i, (t, c) in enumerate(zip(texts, choices))]
+                else:
+                    body_choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": c.finish}
+                                    for i, (t, c) in enumerate(zip(texts, choices))]
+                self.answer(200, {"id": ident, "object": "chat.completion" if chat else "text_completion",
+                                  "created": created, "model": server.name, "choices": body_choices,
+                                  "usage": usage()}, served)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("x-worker-requests", str(served))
+            self.end_headers()
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            extra = {"usage": None} if asked["include_usage"] else {}
+
+            def send(data):
+                line = f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+
+            def event(index, piece=None, finish=None, first=False):
+                if chat:
+                    delta = {"role": "assistant", "content": ""} if first else ({} if piece is None else {"content": piece})
+                    choice = {"index": index, "delta": delta, "finish_reason": finish}
+                else:
+                    choice = {"index": index, "text": piece or "", "logprobs": None, "finish_reason": finish}
+                send({"id": ident, "object": obj, "created": created, "model": server.name,
+                      "choices": [choice], **extra})
+
+            try:
+                for i, c in enumerate(choices):
+                    if chat:
+                        event(i, first=True)
+                    while True:
+                        with server.lock:
+                            piece = c.next_piece()
+                        if piece is None:
+                            break
+                        if piece:
+                            event(i, piece)
+                    event(i, finish=c.finish)
+                if asked["include_usage"]:
+                    send({"id": ident, "object": obj, "created": created, "model": server.name,
+                          "choices": [], "usage": usage()})
+                send("[DONE]")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the caller left: the rest is not made
 
     return Handler
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import OpenAI from "openai";
 import { freePort } from "../../common/net.ts";
 import { generateTorchWeights, TORCH_COMMANDS, torchUnavailable } from "./mod.ts";
 import { REPO_ROOT } from "../../common/config.ts";
@@ -69,6 +70,7 @@ Deno.test({
       const missing = await fetch(`${url}/nope`);
       assert.equal(missing.status, 404);
       await missing.body?.cancel();
+      await speaksOpenai(url);
     } finally {
       proc.kill("SIGTERM");
       const status = await proc.status;
@@ -100,3 +102,85 @@ Deno.test({
     assert.doesNotMatch(said, /Traceback/);
   },
 });
+
+/** What OpenAI's own client gets from the worker at `url`: the routes a user reaches through /v1. */
+async function speaksOpenai(url: string) {
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+  const models = await client.models.list();
+  assert.deepEqual(models.data.map((m) => m.id), ["tiny-lm"]);
+  // Greedy by default: the same text every time, usage in bytes.
+  const one = await client.completions.create({
+    model: "tiny-lm",
+    prompt: "The GPU",
+    max_tokens: 6,
+  });
+  const text = one.choices[0].text;
+  assert.deepEqual(one.usage, { prompt_tokens: 7, completion_tokens: 6, total_tokens: 13 });
+  assert.equal(one.choices[0].finish_reason, "length");
+  // A list of prompts: each its own n choices, numbered in turn; null fields are absent ones.
+  const many = await client.completions.create({
+    model: "tiny-lm",
+    prompt: ["The GPU", "A cold"],
+    max_tokens: 6,
+    n: 2,
+    seed: null,
+    stop: null,
+  });
+  assert.deepEqual(many.choices.map((c) => c.index), [0, 1, 2, 3]);
+  assert.deepEqual(many.choices.slice(0, 2).map((c) => c.text), [text, text]);
+  assert.equal(many.usage?.prompt_tokens, 13);
+  // A stop string ends the text before it.
+  const cut = [...text].find((ch, i) => i > 0 && ch !== text[0]);
+  if (cut !== undefined) {
+    const stopped = await client.completions.create({
+      model: "tiny-lm",
+      prompt: "The GPU",
+      max_tokens: 6,
+      stop: cut,
+    });
+    assert.equal(stopped.choices[0].text, text.slice(0, text.indexOf(cut)));
+    assert.equal(stopped.choices[0].finish_reason, "stop");
+  }
+  // Sampled with a seed: the same seed, the same text.
+  const sampled = () =>
+    client.chat.completions.create({
+      model: "tiny-lm",
+      messages: [{ role: "user", content: [{ type: "text", text: "hi" }] }],
+      max_tokens: 5,
+      temperature: 1,
+      seed: 11,
+    });
+  const [a, b] = [await sampled(), await sampled()];
+  assert.equal(a.choices[0].message.content, b.choices[0].message.content);
+  assert.equal(a.object, "chat.completion");
+  // Streamed chat, usage last: the pieces are the text whole.
+  const stream = await client.chat.completions.create({
+    model: "tiny-lm",
+    messages: [{ role: "user", content: "The GPU" }],
+    max_tokens: 6,
+    n: 2,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  const pieces = ["", ""];
+  let usage;
+  const finished: (string | null)[] = [];
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      pieces[c.index] += c.delta.content ?? "";
+      if (c.finish_reason) finished.push(c.finish_reason);
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.deepEqual(finished, ["length", "length"]);
+  assert.equal(pieces[0], pieces[1], "greedy: both choices alike");
+  assert.ok(pieces[0].length > 0);
+  assert.equal(usage?.completion_tokens, 12);
+  // OpenAI's error shape, which the client turns into its error classes.
+  const err = await client.completions.create({ model: "tiny-lm", prompt: 5 as never }).then(
+    () => assert.fail("answered"),
+    (e) => e,
+  );
+  assert.ok(err instanceof OpenAI.BadRequestError);
+  assert.equal(err.param, "prompt");
+}
