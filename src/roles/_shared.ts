@@ -5,6 +5,7 @@
  * @module
  */
 import { type Config, readNodeConfig, REPO_ROOT } from "../common/config.ts";
+import { logger } from "../common/log.ts";
 import type { GatewayConfig } from "../gateway/mod.ts";
 import type { NodeAgentConfig } from "../nodeagent/mod.ts";
 import type { MetaClient } from "../rpc/types.ts";
@@ -13,6 +14,43 @@ import type { SchedulerOptions } from "../scheduler/service.ts";
 /** A running role: what `main.ts` stops on SIGINT or SIGTERM. */
 export interface RoleHandle {
   stop(): Promise<void>;
+}
+
+/**
+ * What a role's start has started so far, to stop again, newest first, when
+ * a later step fails (a port already taken): the process then exits with
+ * nothing of it left behind (a node agent's control groups, the store's lock,
+ * workers). {@linkcode Started.stop} is also the role's own stop.
+ */
+export class Started {
+  readonly #stops: (() => unknown)[] = [];
+
+  /** Keeps `stop` (of what was just started) for later; returns `value`. */
+  add<T>(value: T, stop: (value: T) => unknown): T {
+    this.#stops.push(() => stop(value));
+    return value;
+  }
+
+  /** Stops everything added, newest first; a stop that fails is logged, the rest go on. */
+  async stop(): Promise<void> {
+    while (this.#stops.length) {
+      try {
+        await this.#stops.pop()!();
+      } catch (err) {
+        logger().error("Stop failed: {error}", { error: String(err) });
+      }
+    }
+  }
+
+  /** Runs `start`, stopping what it started if it throws (the error rethrown). */
+  async run<T>(start: (started: Started) => Promise<T>): Promise<T> {
+    try {
+      return await start(this);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
 }
 
 /**

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readConfig } from "../common/config.ts";
 import type { MetaClient } from "../rpc/types.ts";
-import { gatewayOptions, nodeAgentConfig } from "./_shared.ts";
+import { gatewayOptions, nodeAgentConfig, Started } from "./_shared.ts";
 
 Deno.test("each installation has an id of its own, kept across restarts, for its containers' scope", async () => {
   const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
@@ -38,4 +38,34 @@ Deno.test("what answers may hold read ahead is the gateway's as a whole: each of
     dir: "/var/lib/inferx/gateway-spill",
     limit: 256 * 1024 * 1024,
   });
+});
+
+Deno.test("Started stops what a failed start had started, newest first, and the error goes on", async () => {
+  const stopped: string[] = [];
+  const started = new Started();
+  await assert.rejects(
+    started.run(async (on) => {
+      on.add("store", (s) => stopped.push(s));
+      on.add("agent", async (s) => {
+        await new Promise((r) => setTimeout(r, 5));
+        stopped.push(s);
+      });
+      on.add("broken", () => {
+        throw new Error("its stop fails: the others still stop");
+      });
+      await Promise.resolve();
+      throw new Error("port taken");
+    }),
+    /port taken/,
+  );
+  assert.deepEqual(stopped, ["agent", "store"]);
+  // Stopped once: a later stop finds nothing left.
+  await started.stop();
+  assert.deepEqual(stopped, ["agent", "store"]);
+  // A start that succeeds keeps what it started until the role's stop.
+  const ok = new Started();
+  assert.equal(await ok.run((on) => Promise.resolve(on.add(7, (n) => stopped.push(`n${n}`)))), 7);
+  assert.deepEqual(stopped, ["agent", "store"]);
+  await ok.stop();
+  assert.deepEqual(stopped, ["agent", "store", "n7"]);
 });

@@ -18,8 +18,14 @@ import { applySamples } from "../statesvc/samples.ts";
 import { Registry } from "prom-client";
 import { buildNgramImage, imageExists, NGRAM_IMAGE } from "../samples/ngram/image.ts";
 import { openAudit, startPodAudit } from "../audit/mod.ts";
-import { gatewayOptions, nodeAgentConfig, type RoleHandle, schedulerOptions } from "./_shared.ts";
-import { type Members, planGroup, startMembers } from "./_gateway_group.ts";
+import {
+  gatewayOptions,
+  nodeAgentConfig,
+  type RoleHandle,
+  schedulerOptions,
+  Started,
+} from "./_shared.ts";
+import { planGroup, startMembers } from "./_gateway_group.ts";
 import { serveMeta } from "../rpc/meta_grpc.ts";
 import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
@@ -30,62 +36,71 @@ export interface AllHandle extends RoleHandle {
   port: number;
 }
 
-/** Starts state service, node agent, scheduler and gateway, in that order. */
+/**
+ * Starts state service, node agent, scheduler and gateway, in that order;
+ * stops them in the reverse order, and so what it had started when a step
+ * fails.
+ */
 export async function start(config: Config): Promise<AllHandle> {
   if (config.cluster.etcdAddrs) {
     logger().warning(
       "ETCD_ADDRS is set but All runs on its embedded store: etcd is for the roles run apart",
     );
   }
-  const state = await statesvc.start({ dataDir: config.dataDir });
-  const meta = state.service;
-  if (config.samplesDir) await applySamples(meta, config.samplesDir);
-  const audit = openAudit(config);
-  const podAudit = await startPodAudit(meta, audit);
-  const node = await nodeagent.start(await nodeAgentConfig(config, meta));
-  if (config.samplesDir && node.runtime === "docker" && !await imageExists(NGRAM_IMAGE)) {
-    logger().info("Building the sample image {tag} (no registry needed)", { tag: NGRAM_IMAGE });
-    await buildNgramImage();
-  }
-  // Its gateways restart with it: no lease outlives it, so rebuilt pods wait for no one.
-  const sched = await scheduler.start({ meta, ...schedulerOptions(config), recoveryGraceMs: 0 });
-  const schedulerMetrics = new Registry();
-  sched.service.registerMetrics(schedulerMetrics);
-  const group = planGroup(config.gateway.workers ?? 1);
-  const inner: GrpcServerHandle[] = [];
-  let members: Members | undefined;
-  if (group) {
-    inner.push(await serveMeta(meta, "127.0.0.1:0"));
-    inner.push(await serveScheduler(sched.service, "127.0.0.1:0", "all"));
-    inner.push(await serveNodeAgent(node.agent, "127.0.0.1:0"));
-    await node.agent.setAgentAddr(`127.0.0.1:${inner[2].port}`);
-  }
-  const gw = await gateway.start({
-    meta,
-    scheduler: sched.service,
-    extraRegistries: [schedulerMetrics],
-    nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
-    ...gatewayOptions(config, group?.ports.length),
-    audit,
-    group,
+  const started = new Started();
+  const port = await started.run(async (on) => {
+    const state = on.add(await statesvc.start({ dataDir: config.dataDir }), (s) => s.stop());
+    const meta = state.service;
+    if (config.samplesDir) await applySamples(meta, config.samplesDir);
+    const audit = on.add(openAudit(config), (a) => a.close());
+    on.add(await startPodAudit(meta, audit), (a) => a.stop());
+    const node = on.add(
+      await nodeagent.start(await nodeAgentConfig(config, meta)),
+      (n) => n.stop(),
+    );
+    if (config.samplesDir && node.runtime === "docker" && !await imageExists(NGRAM_IMAGE)) {
+      logger().info("Building the sample image {tag} (no registry needed)", { tag: NGRAM_IMAGE });
+      await buildNgramImage();
+    }
+    // Its gateways restart with it: no lease outlives it, so rebuilt pods wait for no one.
+    const sched = on.add(
+      await scheduler.start({ meta, ...schedulerOptions(config), recoveryGraceMs: 0 }),
+      (s) => s.stop(),
+    );
+    const schedulerMetrics = new Registry();
+    sched.service.registerMetrics(schedulerMetrics);
+    const group = planGroup(config.gateway.workers ?? 1);
+    const inner: GrpcServerHandle[] = [];
+    if (group) {
+      const serve = async (server: Promise<GrpcServerHandle>) =>
+        inner.push(on.add(await server, (s) => s.stop()));
+      await serve(serveMeta(meta, "127.0.0.1:0"));
+      await serve(serveScheduler(sched.service, "127.0.0.1:0", "all"));
+      await serve(serveNodeAgent(node.agent, "127.0.0.1:0"));
+      await node.agent.setAgentAddr(`127.0.0.1:${inner[2].port}`);
+    }
+    const gw = on.add(
+      await gateway.start({
+        meta,
+        scheduler: sched.service,
+        extraRegistries: [schedulerMetrics],
+        nodeAgent: (n) => n.name === node.agent.name ? node.agent : undefined,
+        ...gatewayOptions(config, group?.ports.length),
+        audit,
+        group,
+      }),
+      (g) => g.stop(),
+    );
+    if (group) {
+      on.add(
+        startMembers(group, {
+          STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
+          SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
+        }, config.gateway.drainS * 1000),
+        (m) => m.stop(),
+      );
+    }
+    return gw.port;
   });
-  if (group) {
-    members = startMembers(group, {
-      STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
-      SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
-    }, config.gateway.drainS * 1000);
-  }
-  return {
-    port: gw.port,
-    async stop() {
-      await members?.stop();
-      await gw.stop();
-      for (const s of inner) await s.stop();
-      await sched.stop();
-      await node.stop();
-      podAudit.stop();
-      await audit.close();
-      await state.stop();
-    },
-  };
+  return { port, stop: () => started.stop() };
 }

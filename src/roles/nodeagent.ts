@@ -9,26 +9,26 @@ import { logger } from "../common/log.ts";
 import * as nodeagent from "../nodeagent/mod.ts";
 import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
-import { nodeAgentConfig, type RoleHandle } from "./_shared.ts";
+import { nodeAgentConfig, type RoleHandle, Started } from "./_shared.ts";
 
-/** Starts this node's agent. */
+/** Starts this node's agent (stopped again if a later step of the start fails). */
 export async function start(config: Config): Promise<RoleHandle> {
-  const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
-  const settings = await nodeAgentConfig(config, meta);
-  const agent = await nodeagent.start(settings);
-  const bind = config.cluster.bindHost;
-  const server = await serveNodeAgent(agent.agent, `${bind}:${config.node.port}`);
-  await agent.agent.setAgentAddr(`${settings.node.address}:${server.port}`);
-  logger("nodeagent").info("NodeAgentService of {node} on {host}:{port}", {
-    node: settings.node.name,
-    host: bind,
-    port: server.port,
+  const started = new Started();
+  await started.run(async (on) => {
+    const meta = on.add(new GrpcMetaClient(config.cluster.statesvcAddr), (m) => m.close());
+    const settings = await nodeAgentConfig(config, meta);
+    const agent = on.add(await nodeagent.start(settings), (a) => a.stop());
+    const bind = config.cluster.bindHost;
+    const server = on.add(
+      await serveNodeAgent(agent.agent, `${bind}:${config.node.port}`),
+      (s) => s.stop(),
+    );
+    await agent.agent.setAgentAddr(`${settings.node.address}:${server.port}`);
+    logger("nodeagent").info("NodeAgentService of {node} on {host}:{port}", {
+      node: settings.node.name,
+      host: bind,
+      port: server.port,
+    });
   });
-  return {
-    async stop() {
-      await server.stop();
-      await agent.stop();
-      meta.close();
-    },
-  };
+  return { stop: () => started.stop() };
 }

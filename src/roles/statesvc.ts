@@ -11,31 +11,37 @@ import { serveMeta } from "../rpc/meta_grpc.ts";
 import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
 import { openEtcdStore } from "../store/etcd.ts";
-import type { RoleHandle } from "./_shared.ts";
+import { type RoleHandle, Started } from "./_shared.ts";
 
 /** Starts the state service. */
 export async function start(config: Config): Promise<RoleHandle> {
   const { bindHost, etcdAddrs } = config.cluster;
-  const store = etcdAddrs ? await openEtcdStore(etcdAddrs) : undefined;
-  // The one writer of the metadata keeps etcd's history bounded (nothing else compacts it).
-  store?.startCompaction();
-  const state = await statesvc.start({ store, dataDir: config.dataDir });
-  if (config.samplesDir) await applySamples(state.service, config.samplesDir);
-  // The one state service sees every pod change: it writes the pod audit.
-  const audit = openAudit(config);
-  const podAudit = await startPodAudit(state.service, audit);
-  const server = await serveMeta(state.service, `${bindHost}:${config.statesvc.port}`);
-  logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {
-    host: bindHost,
-    port: server.port,
-    store: etcdAddrs ? `etcd ${etcdAddrs}` : "embedded",
+  const started = new Started();
+  await started.run(async (on) => {
+    const store = etcdAddrs ? await openEtcdStore(etcdAddrs) : undefined;
+    // The one writer of the metadata keeps etcd's history bounded (nothing else compacts it).
+    store?.startCompaction();
+    // Its stop closes the store.
+    const state = on.add(
+      await statesvc.start({ store, dataDir: config.dataDir }).catch(async (err) => {
+        await store?.close();
+        throw err;
+      }),
+      (s) => s.stop(),
+    );
+    if (config.samplesDir) await applySamples(state.service, config.samplesDir);
+    // The one state service sees every pod change: it writes the pod audit.
+    const audit = on.add(openAudit(config), (a) => a.close());
+    on.add(await startPodAudit(state.service, audit), (a) => a.stop());
+    const server = on.add(
+      await serveMeta(state.service, `${bindHost}:${config.statesvc.port}`),
+      (s) => s.stop(),
+    );
+    logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {
+      host: bindHost,
+      port: server.port,
+      store: etcdAddrs ? `etcd ${etcdAddrs}` : "embedded",
+    });
   });
-  return {
-    async stop() {
-      await server.stop();
-      podAudit.stop();
-      await audit.close();
-      await state.stop();
-    },
-  };
+  return { stop: () => started.stop() };
 }

@@ -60,3 +60,57 @@ Deno.test({
     }
   },
 });
+
+/** The node agents' control groups (`inferx-*`) under the host's cgroup mounts. */
+async function inferxGroups(): Promise<Set<string>> {
+  const found = new Set<string>();
+  const walk = async (dir: string, depth: number): Promise<void> => {
+    if (depth > 4) return;
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (!e.isDirectory) continue;
+        if (e.name.startsWith("inferx-")) found.add(`${dir}/${e.name}`);
+        else await walk(`${dir}/${e.name}`, depth + 1);
+      }
+    } catch {
+      // not readable
+    }
+  };
+  await walk("/sys/fs/cgroup", 0);
+  return found;
+}
+
+Deno.test({
+  name:
+    "All that cannot start (its port taken) stops what it had started: no control group is left",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const before = await inferxGroups();
+    const port = freePort();
+    const taken = Deno.listen({ hostname: "127.0.0.1", port });
+    const dir = await Deno.makeTempDir({ prefix: "inferx-e2e-" });
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../../main.ts", import.meta.url).pathname],
+        env: {
+          GATEWAY_PORT: String(port),
+          INFERX_DATA_DIR: dir,
+          INFERX_SAMPLES: "none",
+          INFERX_RUNTIME: "process",
+          INFERX_POD_NETNS: "off",
+        },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 1, text);
+      assert.match(text, /Cannot start All/);
+      // The node agent made its groups before the gateway found its port taken.
+      assert.deepEqual([...await inferxGroups()].filter((g) => !before.has(g)), [], text);
+    } finally {
+      taken.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
