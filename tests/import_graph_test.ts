@@ -86,3 +86,23 @@ Deno.test("the scheduler core imports only itself and the model, and does no I/O
     }
   }
 });
+
+Deno.test("`deno task compile` takes in every module a worker thread runs (a compiled binary has only what it was given)", async () => {
+  const tasks = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url))).tasks;
+  const included = [...(tasks.compile as string).matchAll(/--include (\S+)/g)].map((m) => m[1]);
+  const workers: string[] = [];
+  for (const file of await sourceFiles(SRC.replace(/\/$/, ""))) {
+    const text = await Deno.readTextFile(file);
+    for (const m of text.matchAll(/new Worker\(new URL\("\.\/([^"]+)", import\.meta\.url\)/g)) {
+      const dir = file.slice(file.indexOf("/src/") + 1, file.lastIndexOf("/"));
+      workers.push(`${dir}/${m[1]}`);
+    }
+  }
+  assert.ok(workers.length >= 2, `the workers found: ${workers}`);
+  for (const w of workers) {
+    assert.ok(
+      included.some((i) => w === i || w.startsWith(`${i}/`)),
+      `${w} is not in the compile task's --include list`,
+    );
+  }
+});

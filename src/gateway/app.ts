@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { JsonProbe } from "./json_probe.ts";
 import { Hono } from "hono";
 import { Registry } from "prom-client";
 import { InferxError, NotFoundError, toInferxError } from "../common/errors.ts";
@@ -110,6 +111,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     audit: deps.audit,
     gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
+    jsonProbe: new JsonProbe(),
     nodeAgent: deps.nodeAgent,
     group: deps.group,
     groupMetrics: deps.group &&

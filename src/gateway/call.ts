@@ -10,7 +10,7 @@
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { readUpTo } from "../common/bytes.ts";
-import { jsonTooHeavy, MAX_JSON_CONTAINERS } from "../common/json.ts";
+import { type JsonProbe, OFF_THREAD_BYTES, probeJson, type ProbeResult } from "./json_probe.ts";
 import { BodyTooLarge } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
@@ -41,11 +41,12 @@ export interface CallContext {
   bodyLimit: number;
   /** Auth is on: the platform's credentials are not forwarded. */
   authEnabled: boolean;
+  /** Where JSON bodies past `OFF_THREAD_BYTES` are read; none: on the event loop. */
+  probe?: JsonProbe;
 }
 
 const CREDENTIALS: ReadonlySet<string> = new Set(["authorization", "x-api-key"]);
 const PREFIX = "/funccall/";
-const dec = new TextDecoder();
 
 /**
  * The function and worker path a `/funccall/...` target names, or undefined
@@ -278,14 +279,19 @@ function maxTokens(json: unknown): number {
   return typeof n === "number" && n > 0 && n < 1e9 ? Math.floor(n) : 0;
 }
 
-/** A call's body as read: bytes (JSON, parsed) or a stream. */
+/** A call's body as read: bytes (JSON: with its top-level call fields) or a stream. */
 interface BodyRead {
   bytes?: Uint8Array;
   stream?: AsyncIterable<Uint8Array>;
-  json?: unknown;
+  /** Of a JSON body, its `CALL_FIELDS` that are strings or numbers. */
+  json?: Record<string, string | number>;
 }
 
-/** A call's body: JSON read whole and parsed (at once when it came with the head); anything else streamed. */
+/**
+ * A call's body: JSON read whole and parsed (at once when it came with the
+ * head; a large one in the gateway's thread for them: `json_probe.ts`);
+ * anything else streamed.
+ */
 function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyRead> {
   if (!req.hasBody || req.method === "GET" || req.method === "HEAD") return {};
   if ((req.contentLength ?? 0) > ctx.bodyLimit) throw new BodyTooLarge(ctx.bodyLimit);
@@ -293,26 +299,27 @@ function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyR
     return { stream: req.chunks(ctx.bodyLimit) };
   }
   const now = req.bodyNow?.(ctx.bodyLimit);
-  return now ? parsed(now) : req.readAll(ctx.bodyLimit).then(parsed);
+  return now ? parsed(ctx, now) : req.readAll(ctx.bodyLimit).then((b) => parsed(ctx, b));
 }
 
-function parsed(bytes: Uint8Array): BodyRead {
-  let json: unknown;
-  if (bytes.byteLength) {
-    // Counted before it is parsed: parsing cannot be interrupted (see jsonTooHeavy).
-    const heavy = jsonTooHeavy(bytes, MAX_JSON_CONTAINERS);
-    if (heavy) {
-      throw new ValidationError(
-        `Request body ${heavy}, more than the gateway reads in a JSON body (another Content-Type passes a /funccall body through unread)`,
-      );
-    }
-    try {
-      json = JSON.parse(dec.decode(bytes));
-    } catch (err) {
-      throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
-    }
+function parsed(ctx: CallContext, bytes: Uint8Array): BodyRead | Promise<BodyRead> {
+  if (!bytes.byteLength) return { bytes };
+  if (bytes.byteLength > OFF_THREAD_BYTES && ctx.probe) {
+    // Only the body's own bytes go (a view's whole buffer would be copied).
+    const own = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    return ctx.probe.probe(own).then((r) => bodyRead(bytes, r));
   }
-  return { bytes, json };
+  return bodyRead(bytes, probeJson(bytes));
+}
+
+function bodyRead(bytes: Uint8Array, r: ProbeResult): BodyRead {
+  if (r.ok) return { bytes, json: r.fields };
+  if (r.heavy !== undefined) {
+    throw new ValidationError(
+      `Request body ${r.heavy}, more than the gateway reads in a JSON body (another Content-Type passes a /funccall body through unread)`,
+    );
+  }
+  throw new ValidationError(`Request body is not valid JSON: ${r.invalid}`);
 }
 
 /** `x-inferx-timeout` in milliseconds, when the caller sent one. */

@@ -154,6 +154,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
       auth.stop();
       await memberMetrics?.close();
       upstream.close();
+      deps.jsonProbe.close();
     },
   };
 }

@@ -63,6 +63,7 @@ export function serveGateway(
     cache: deps.cache,
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
+    probe: deps.jsonProbe,
   };
   // Without auth, web pages of other sites are kept out (see the module).
   const guard = deps.auth.enabled ? undefined : localOnly(options.hostname ?? "127.0.0.1");

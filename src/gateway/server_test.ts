@@ -1231,3 +1231,35 @@ t(
     }
   },
 );
+
+t(
+  "a large JSON call body is read off the event loop and forwarded whole; a broken one is refused",
+  async () => {
+    const g = await listening({ bodyLimit: 4 << 20 });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint, w.endpoint);
+    try {
+      const big = JSON.stringify({ model: "t/n/f", max_tokens: 3, input: Array(600_000).fill(12) });
+      assert.ok(big.length > 1 << 20);
+      for (const path of ["/funccall/t/n/f/x", "/v1/completions"]) {
+        const r = await fetch(`${g.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: big,
+        });
+        assert.equal(r.status, 200, path);
+        assert.equal((await r.json()).body, big, "the worker got it as it came");
+      }
+      const broken = await fetch(`${g.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: big.slice(0, -1),
+      });
+      assert.equal(broken.status, 400);
+      assert.match((await broken.json()).error.message, /^Request body is not valid JSON/);
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);

@@ -155,6 +155,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
       cache.stop();
       auth.stop();
       deps.pool.close();
+      deps.jsonProbe.close();
       await store.close();
     },
   };

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { JsonProbe } from "./json_probe.ts";
 import type { Registry } from "prom-client";
 import type { AuditLog } from "../audit/types.ts";
 import type { NodeInfo } from "../model/cluster.ts";
@@ -31,6 +32,8 @@ export interface RouteDeps {
   gatewayId: string;
   /** Largest request body (bytes). */
   bodyLimit: number;
+  /** Reads large JSON call bodies off the event loop (closed with the gateway). */
+  jsonProbe: JsonProbe;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */

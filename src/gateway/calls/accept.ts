@@ -60,6 +60,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
     cache: deps.cache,
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
+    probe: deps.jsonProbe,
   };
   const asyncCtx: CallContext = { ...ctx, bodyLimit: Math.min(deps.bodyLimit, maxBytes) };
   return async function callPaths(c, next) {

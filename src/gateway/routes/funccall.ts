@@ -16,7 +16,12 @@ import { callResponse, signalSource } from "./_call.ts";
 /** The call routes, mounted at `/funccall`. */
 export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
-  const ctx = { cache: deps.cache, bodyLimit: deps.bodyLimit, authEnabled: deps.auth.enabled };
+  const ctx = {
+    cache: deps.cache,
+    bodyLimit: deps.bodyLimit,
+    authEnabled: deps.auth.enabled,
+    probe: deps.jsonProbe,
+  };
   app.all("/*", async (c) => {
     const url = new URL(c.req.url);
     const call = parseFunccallPath(url.pathname + url.search);

@@ -23,7 +23,12 @@ export const OPENAI_CALL_PATHS: ReadonlySet<string> = new Set([
 /** The `/v1` routes, mounted at `/v1`. */
 export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
-  const ctx = { cache: deps.cache, bodyLimit: deps.bodyLimit, authEnabled: deps.auth.enabled };
+  const ctx = {
+    cache: deps.cache,
+    bodyLimit: deps.bodyLimit,
+    authEnabled: deps.auth.enabled,
+    probe: deps.jsonProbe,
+  };
   const model = (id: string) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] });
   app.get("/models", (c) => {
     const p = c.var.principal;

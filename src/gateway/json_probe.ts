@@ -1,0 +1,129 @@
+/**
+ * Large JSON call bodies read off the event loop. The gateway reads a call's
+ * JSON body for a few top-level fields (`model`, `max_tokens`) and to refuse
+ * one that is not JSON; `JSON.parse` cannot be interrupted and takes about
+ * 25 ms a MiB of numbers (a 16 MiB body: 0.4 s in which no other call is
+ * served). A body past {@linkcode OFF_THREAD_BYTES} is counted and parsed in
+ * a worker thread of its own, which sends back only those fields: the event
+ * loop copies the bytes and goes on. Smaller bodies are read at once, on the
+ * loop, where a thread's round trip would cost more than the parse.
+ *
+ * @module
+ */
+import { InferxError } from "../common/errors.ts";
+import { jsonTooHeavy, MAX_JSON_CONTAINERS } from "../common/json.ts";
+
+const dec = new TextDecoder();
+
+/** Bodies larger than this (bytes) are parsed in the worker. */
+export const OFF_THREAD_BYTES = 1024 * 1024;
+
+/** The top-level fields a call's JSON body is read for (strings and numbers only). */
+export const CALL_FIELDS = ["model", "max_tokens", "max_completion_tokens"] as const;
+
+/** What the worker found: the fields, or why the body is refused. */
+export type ProbeResult =
+  | { ok: true; fields: Record<string, string | number> }
+  | { ok: false; heavy?: string; invalid?: string };
+
+/** A request to the worker. */
+export interface ProbeRequest {
+  id: number;
+  bytes: Uint8Array;
+}
+
+/** The worker's answer to {@linkcode ProbeRequest} `id`. */
+export type ProbeReply = ProbeResult & { id: number };
+
+/**
+ * `bytes` as JSON text, counted (see `jsonTooHeavy`) and parsed; of what it
+ * holds, the {@linkcode CALL_FIELDS} of a top-level object that are strings
+ * or numbers (what the gateway reads of any other value is what it reads of
+ * none). The same code runs on the loop and in the worker.
+ */
+export function probeJson(bytes: Uint8Array): ProbeResult {
+  const heavy = jsonTooHeavy(bytes, MAX_JSON_CONTAINERS);
+  if (heavy) return { ok: false, heavy };
+  let json: unknown;
+  try {
+    json = JSON.parse(dec.decode(bytes));
+  } catch (err) {
+    return { ok: false, invalid: (err as Error).message };
+  }
+  const fields: Record<string, string | number> = {};
+  if (json && typeof json === "object" && !Array.isArray(json)) {
+    for (const k of CALL_FIELDS) {
+      const v = (json as Record<string, unknown>)[k];
+      if (typeof v === "string" || typeof v === "number") fields[k] = v;
+    }
+  }
+  return { ok: true, fields };
+}
+
+/**
+ * The worker that parses large bodies, started at the first one and ended by
+ * {@linkcode JsonProbe.close} (the gateway's stop). Bodies are parsed one at a
+ * time, in order; a worker that dies fails what waited on it (503
+ * `unavailable`: the call went to no worker), and the next body starts
+ * another.
+ */
+export class JsonProbe {
+  #worker?: Worker;
+  #pending = new Map<number, { resolve: (r: ProbeResult) => void; reject: (e: Error) => void }>();
+  #seq = 0;
+  #closed = false;
+
+  /** What `bytes` holds, read in the worker (a copy of them goes there). */
+  probe(bytes: Uint8Array): Promise<ProbeResult> {
+    if (this.#closed) return Promise.reject(unavailable("the gateway is stopping"));
+    const w = this.#worker ??= this.#start();
+    const id = ++this.#seq;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      w.postMessage({ id, bytes } satisfies ProbeRequest);
+    });
+  }
+
+  /** Bodies sent to the worker and not answered yet. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
+  #start(): Worker {
+    const w = new Worker(new URL("./_json_probe_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
+    w.onmessage = (e: MessageEvent<ProbeReply>) => {
+      const p = this.#pending.get(e.data.id);
+      this.#pending.delete(e.data.id);
+      const { id: _, ...result } = e.data;
+      p?.resolve(result as ProbeResult);
+    };
+    w.onerror = (e: ErrorEvent) => {
+      e.preventDefault();
+      this.#stop(`the thread that reads large bodies stopped (${e.message})`);
+    };
+    return w;
+  }
+
+  #stop(why: string): void {
+    this.#worker?.terminate();
+    this.#worker = undefined;
+    for (const p of this.#pending.values()) p.reject(unavailable(why));
+    this.#pending.clear();
+  }
+
+  /** Ends the worker; bodies still waiting are refused. */
+  close(): void {
+    this.#closed = true;
+    this.#stop("the gateway is stopping");
+  }
+}
+
+function unavailable(why: string): InferxError {
+  return new InferxError(
+    "unavailable",
+    `The call's body could not be read: ${why}; it went to no worker, try again`,
+    { retryable: true },
+  );
+}
