@@ -63,13 +63,22 @@ export interface BatchingOptions {
   /** How long {@linkcode BatchingAuditLog.close} waits for the last rows (ms). @default 10000 */
   closeMs?: number;
   /**
-   * Rows of calls refused for their credentials (401, 403) written a
-   * second at most, in bursts of ten times that; the rest are counted in
+   * Rows of calls refused before they reached a function ({@linkcode refusedRow})
+   * written a second at most, in bursts of ten times that; the rest are counted in
    * `refusedDropped`. Anyone can send such calls, an anonymous caller as
    * fast as the gateway answers: unbounded, they would push every tenant's
    * rows out of the retention (`AUDIT_RETAIN_MB`). @default 100
    */
   refusedPerS?: number;
+}
+
+/**
+ * Whether `row` is of a call anyone can make the gateway refuse as fast as
+ * it answers: for its credentials (401, 403), or naming no function or model
+ * the caller may call (a 404 no worker gave: a worker's own 404 was a call).
+ */
+export function refusedRow(row: RequestRow): boolean {
+  return row.status === 401 || row.status === 403 || (row.status === 404 && row.pod === undefined);
 }
 
 /** A write out this long (ms) makes the log report itself unhealthy. */
@@ -124,7 +133,7 @@ export class BatchingAuditLog implements AuditLog {
   }
 
   request(row: RequestRow): void {
-    if ((row.status === 401 || row.status === 403) && !this.#refusedAdmitted()) return;
+    if (refusedRow(row) && !this.#refusedAdmitted()) return;
     if (!this.#admit()) return;
     if (this.#packer) this.#packer.push(row);
     else this.#requests.push(row);

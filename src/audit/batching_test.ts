@@ -224,13 +224,16 @@ Deno.test("BatchingAuditLog writes calls refused for their credentials at a boun
   const b = new MemoryBackend();
   const log = new BatchingAuditLog(b, { flushMs: 10_000, refusedPerS: 5 });
   try {
-    // A flood of 401s and 403s (anyone can send them): a burst of 50 is written, no more.
-    for (let i = 0; i < 300; i++) log.request({ ...row(i), status: i % 2 ? 401 : 403 });
-    // Other rows are not held back by it.
+    // A flood of 401s, 403s and 404s of no function (anyone can send them): a burst of 50 is
+    // written, no more.
+    for (let i = 0; i < 300; i++) log.request({ ...row(i), status: [401, 403, 404][i % 3] });
+    // Other rows are not held back by it, a worker's own 404 among them.
     for (let i = 0; i < 20; i++) log.request({ ...row(1000 + i), status: 200 });
+    for (let i = 0; i < 20; i++) log.request({ ...row(1100 + i), status: 404, pod: "p" });
     await log.flush();
-    assert.equal(b.requests.filter((r) => r.status !== 200).length, 50);
+    assert.equal(b.requests.filter((r) => r.status !== 200 && !r.pod).length, 50);
     assert.equal(b.requests.filter((r) => r.status === 200).length, 20);
+    assert.equal(b.requests.filter((r) => r.pod === "p").length, 20);
     assert.equal(log.stats().refusedDropped, 250);
     assert.ok(
       lines.some((l) => /faster than 5 a second: 1 of their audit rows not written/.test(l)),

@@ -94,7 +94,8 @@ export interface AuditStats {
   /** Rows dropped because the buffer was full. */
   dropped: number;
   /**
-   * Rows of calls refused for their credentials (401, 403) not written
+   * Rows of calls refused before they reached a function (401, 403, and a
+   * 404 no worker gave: `refusedRow`) not written
    * because they came faster than `refusedPerS`: a flood of them would
    * otherwise push every tenant's rows out of the retention.
    */

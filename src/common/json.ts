@@ -70,18 +70,22 @@ export function protoKeyPath(value: unknown): string | undefined {
   return undefined;
 }
 
-/** The most arrays and objects a request body may hold before it is parsed. */
-export const MAX_JSON_CONTAINERS = 100_000;
+/**
+ * The most arrays, objects and object members a request body may hold
+ * before it is parsed.
+ */
+export const MAX_JSON_ITEMS = 100_000;
 
 /**
  * Why JSON text `bytes` is not parsed, or undefined: it nests arrays and
- * objects more than `maxDepth` levels deep, or holds more than
- * `maxContainers` of them. `JSON.parse` takes about half a microsecond an
- * array or object and cannot be interrupted: a 16 MiB body of `[]`s holds
- * the event loop (every call the process serves) for seconds, where the
- * same bytes of text or numbers take a few hundred milliseconds at most. A
- * pass over the bytes (strings skipped) counts them first; text shorter
- * than both bounds cannot exceed them and is not read.
+ * objects more than `maxDepth` levels deep, or holds more than `maxItems`
+ * arrays, objects and object members together. `JSON.parse` cannot be
+ * interrupted, and what it makes of them costs most: 16 MiB of `[]`s or of
+ * one object's keys hold the event loop (every call the process serves)
+ * for seconds, where the same bytes of text or numbers take a few hundred
+ * milliseconds at most. A pass over the bytes (strings skipped) counts
+ * them first; text shorter than both bounds cannot exceed them and is not
+ * read.
  *
  * @example
  * ```ts
@@ -92,11 +96,11 @@ export const MAX_JSON_CONTAINERS = 100_000;
 export function jsonTooHeavy(
   bytes: Uint8Array,
   maxDepth: number,
-  maxContainers = MAX_JSON_CONTAINERS,
+  maxItems = MAX_JSON_ITEMS,
 ): string | undefined {
-  if (bytes.byteLength <= Math.min(maxDepth, maxContainers)) return undefined;
+  if (bytes.byteLength <= Math.min(maxDepth, maxItems)) return undefined;
   let depth = 0;
-  let containers = 0;
+  let items = 0;
   for (let i = 0; i < bytes.byteLength; i++) {
     const c = bytes[i];
     if (c === 0x22) {
@@ -110,10 +114,12 @@ export function jsonTooHeavy(
       if (++depth > maxDepth) {
         return `nests arrays and objects more than ${maxDepth} levels deep`;
       }
-      if (++containers > maxContainers) {
-        return `holds more than ${maxContainers} arrays and objects`;
-      }
+      if (++items > maxItems) return tooMany(maxItems);
     } else if (c === 0x5d || c === 0x7d) depth--;
+    // A member's colon (outside strings, nothing else has one).
+    else if (c === 0x3a && ++items > maxItems) return tooMany(maxItems);
   }
   return undefined;
 }
+
+const tooMany = (n: number) => `holds more than ${n} arrays, objects and object members`;

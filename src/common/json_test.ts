@@ -27,15 +27,28 @@ Deno.test("nestsDeeperThan() counts arrays and objects, at any depth without rec
   assert.equal(nestsDeeperThan(deep, 100_000), false);
 });
 
-Deno.test("jsonTooHeavy() counts the arrays and objects of JSON text, strings skipped", () => {
+Deno.test("jsonTooHeavy() counts the arrays, objects and members of JSON text, strings skipped", () => {
   const enc = (s: string) => new TextEncoder().encode(s);
   assert.equal(jsonTooHeavy(enc('{"a":[[1]]}'), 3, 10), undefined);
   assert.equal(
     jsonTooHeavy(enc('{"a":[[1]]}'), 2, 10),
     "nests arrays and objects more than 2 levels deep",
   );
-  assert.equal(jsonTooHeavy(enc("[[],[],[],{}]"), 5, 4), "holds more than 4 arrays and objects");
+  assert.equal(
+    jsonTooHeavy(enc("[[],[],[],{}]"), 5, 4),
+    "holds more than 4 arrays, objects and object members",
+  );
   assert.equal(jsonTooHeavy(enc("[[],[],{}]"), 5, 4), undefined);
+  // An object's members count too (one object of a million keys parses for over a second).
+  assert.equal(
+    jsonTooHeavy(enc('{"a":1,"b":2,"c":{"d":3}}'), 5, 4),
+    "holds more than 4 arrays, objects and object members",
+  );
+  assert.equal(
+    jsonTooHeavy(enc('{"a:b":1,"c":"::"}'), 5, 4),
+    undefined,
+    "colons in strings are text",
+  );
   // Brackets in strings, escaped quotes and backslashes included, are text.
   const texts = JSON.stringify(["[[[[\\", '"[{[{', "\\", 'x\\"]']);
   assert.equal(jsonTooHeavy(enc(texts), 1, 1), undefined);
@@ -48,7 +61,10 @@ Deno.test("jsonTooHeavy() counts the arrays and objects of JSON text, strings sk
   assert.equal(jsonTooHeavy(enc("[[[]]]"), 6, 6), undefined);
   // A 16 MiB body of empty arrays is told at once, not parsed for seconds.
   const heavy = enc("[" + "[],".repeat(5_000_000) + "[]]");
-  assert.equal(jsonTooHeavy(heavy, 64), "holds more than 100000 arrays and objects");
+  assert.equal(
+    jsonTooHeavy(heavy, 64),
+    "holds more than 100000 arrays, objects and object members",
+  );
   assert.equal(
     jsonTooHeavy(enc("[" + "[".repeat(200) + "]".repeat(200) + "]"), 64, 1000),
     "nests arrays and objects more than 64 levels deep",

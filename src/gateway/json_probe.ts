@@ -1,22 +1,23 @@
 /**
- * Large JSON call bodies read off the event loop. The gateway reads a call's
+ * Larger JSON call bodies read off the event loop. The gateway reads a call's
  * JSON body for a few top-level fields (`model`, `max_tokens`) and to refuse
  * one that is not JSON; `JSON.parse` cannot be interrupted and takes about
- * 25 ms a MiB of numbers (a 16 MiB body: 0.4 s in which no other call is
- * served). A body past {@linkcode OFF_THREAD_BYTES} is counted and parsed in
- * a worker thread of its own, which sends back only those fields: the event
- * loop copies the bytes and goes on. Smaller bodies are read at once, on the
- * loop, where a thread's round trip would cost more than the parse.
+ * 25 ms a MiB of numbers, more for keys (a 16 MiB body: 0.4 to 1.4 s in which
+ * no other call is served). A body past {@linkcode OFF_THREAD_BYTES} is
+ * counted and parsed in a worker thread of its own, which sends back only
+ * those fields: the event loop copies the bytes and goes on. Smaller bodies
+ * (a few ms to parse at most) are read at once, on the loop, where a
+ * thread's round trip would cost more than the parse.
  *
  * @module
  */
 import { InferxError } from "../common/errors.ts";
-import { jsonTooHeavy, MAX_JSON_CONTAINERS } from "../common/json.ts";
+import { jsonTooHeavy, MAX_JSON_ITEMS } from "../common/json.ts";
 
 const dec = new TextDecoder();
 
 /** Bodies larger than this (bytes) are parsed in the worker. */
-export const OFF_THREAD_BYTES = 1024 * 1024;
+export const OFF_THREAD_BYTES = 64 * 1024;
 
 /** The top-level fields a call's JSON body is read for (strings and numbers only). */
 export const CALL_FIELDS = ["model", "max_tokens", "max_completion_tokens"] as const;
@@ -42,7 +43,7 @@ export type ProbeReply = ProbeResult & { id: number };
  * none). The same code runs on the loop and in the worker.
  */
 export function probeJson(bytes: Uint8Array): ProbeResult {
-  const heavy = jsonTooHeavy(bytes, MAX_JSON_CONTAINERS);
+  const heavy = jsonTooHeavy(bytes, MAX_JSON_ITEMS);
   if (heavy) return { ok: false, heavy };
   let json: unknown;
   try {

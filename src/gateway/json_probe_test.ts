@@ -15,7 +15,7 @@ Deno.test("probeJson keeps a call's top-level fields that are strings or numbers
   assert.match((bad as { invalid: string }).invalid, /JSON/);
   assert.deepEqual(probeJson(enc("[" + "[],".repeat(100_000) + "[]]")), {
     ok: false,
-    heavy: "holds more than 100000 arrays and objects",
+    heavy: "holds more than 100000 arrays, objects and object members",
   });
 });
 

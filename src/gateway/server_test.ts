@@ -1214,7 +1214,10 @@ t(
         assert.equal(r.status, 400, path);
         const e = (await r.json()).error;
         assert.equal(e.code, "invalid");
-        assert.match(e.message, /^Request body holds more than 100000 arrays and objects/);
+        assert.match(
+          e.message,
+          /^Request body holds more than 100000 arrays, objects and object members/,
+        );
       }
       assert.equal(g.f.sched.leases.length, 0, "no worker was asked for");
       // As bytes of another type, a /funccall body is the worker's to read.

@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { freePort } from "../../src/common/net.ts";
+import { scopeTag } from "../../src/nodeagent/mod.ts";
 import { listening, spawnRole, startPlatform } from "./helpers.ts";
 
 Deno.test({
@@ -61,16 +62,16 @@ Deno.test({
   },
 });
 
-/** The node agents' control groups (`inferx-*`) under the host's cgroup mounts. */
-async function inferxGroups(): Promise<Set<string>> {
-  const found = new Set<string>();
+/** The control groups named `name` under the host's cgroup mounts. */
+async function groupsNamed(name: string): Promise<string[]> {
+  const found: string[] = [];
   const walk = async (dir: string, depth: number): Promise<void> => {
     if (depth > 4) return;
     try {
       for await (const e of Deno.readDir(dir)) {
         if (!e.isDirectory) continue;
-        if (e.name.startsWith("inferx-")) found.add(`${dir}/${e.name}`);
-        else await walk(`${dir}/${e.name}`, depth + 1);
+        if (e.name === name) found.push(`${dir}/${e.name}`);
+        else if (!e.name.startsWith("inferx-")) await walk(`${dir}/${e.name}`, depth + 1);
       }
     } catch {
       // not readable
@@ -86,7 +87,6 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const before = await inferxGroups();
     const port = freePort();
     const taken = Deno.listen({ hostname: "127.0.0.1", port });
     const dir = await Deno.makeTempDir({ prefix: "inferx-e2e-" });
@@ -99,6 +99,7 @@ Deno.test({
           INFERX_SAMPLES: "none",
           INFERX_RUNTIME: "process",
           INFERX_POD_NETNS: "off",
+          NODE_NAME: "roles-test",
         },
         stdout: "piped",
         stderr: "piped",
@@ -106,8 +107,10 @@ Deno.test({
       const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
       assert.equal(out.code, 1, text);
       assert.match(text, /Cannot start All/);
-      // The node agent made its groups before the gateway found its port taken.
-      assert.deepEqual([...await inferxGroups()].filter((g) => !before.has(g)), [], text);
+      // The node agent made its groups (named by its scope: node and data directory) before
+      // the gateway found its port taken.
+      const tag = scopeTag(`roles-test@${await Deno.realPath(dir)}`);
+      assert.deepEqual(await groupsNamed(`inferx-${tag}`), [], text);
     } finally {
       taken.close();
       await Deno.remove(dir, { recursive: true });

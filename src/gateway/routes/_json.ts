@@ -13,7 +13,7 @@ import { BodyTooLarge } from "../http1/server.ts";
 /**
  * The parsed JSON body of `req`, at most `limit` bytes, nesting no deeper
  * than objects may (`MAX_OBJECT_DEPTH`) and holding no more arrays and
- * objects than `MAX_JSON_CONTAINERS`.
+ * objects than `MAX_JSON_ITEMS`.
  */
 export async function readJson(req: Request, limit: number): Promise<unknown> {
   if (Number(req.headers.get("content-length") ?? 0) > limit) throw new BodyTooLarge(limit);

@@ -24,7 +24,9 @@ import gc
 import io
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -211,8 +213,8 @@ def parse_request(req, chat):
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise BadRequest("temperature must be a number from 0 to 2", "temperature")
     seed = field(req, "seed", None)
-    if seed is not None and not is_int(seed):
-        raise BadRequest("seed must be an integer", "seed")
+    if seed is not None and (not is_int(seed) or not -SEED_RANGE <= seed < SEED_RANGE):
+        raise BadRequest(f"seed must be an integer from {-SEED_RANGE} to {SEED_RANGE - 1}", "seed")
     n = field(req, "n", 1)
     if not is_int(n) or not 1 <= n <= MAX_CHOICES:
         raise BadRequest(f"n must be an integer from 1 to {MAX_CHOICES}", "n")
@@ -238,12 +240,38 @@ def parse_request(req, chat):
     }
 
 
+class FairLock:
+    """A lock taken in the order it was asked for: requests share the model a token at a time,
+    in turn (threading.Lock lets the thread that let go take it again at once, so one long
+    request held every other one up to its end)."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self):
+        with self._cv:
+            ticket = self._next
+            self._next += 1
+            while ticket != self._serving:
+                self._cv.wait()
+
+    def __exit__(self, *_):
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()
+
+
+SEED_RANGE = 2**63  # torch takes a 64-bit seed
+
+
 class Server:
     def __init__(self, model, name):
         self.model = model
         self.name = name
         self.served = 0
-        self.lock = threading.Lock()
+        self.lock = FairLock()
 
 
 def handler_for(server):
@@ -293,13 +321,22 @@ def handler_for(server):
                 served = server.served
             self.complete(asked, chat, served)
 
+        def caller_gone(self):
+            """Whether the caller closed its connection (it waits for nothing more: a readable
+            socket with nothing to read). A request it sent next is something to read."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def complete(self, asked, chat, served):
             n = asked["n"]
             prompts = asked["prompts"]
             base = asked["seed"] if asked["seed"] is not None else int.from_bytes(os.urandom(4), "little")
             choices = []
             for k in range(len(prompts) * n):
-                generator = torch.Generator().manual_seed(base + k)
+                generator = torch.Generator().manual_seed((base + k) % SEED_RANGE)
                 tokens = generate(server.model, prompts[k // n], asked["max_tokens"], asked["temperature"], generator)
                 choices.append(Choice(tokens, asked["stop"]))
             prompt_tokens = sum(len(p.encode("utf-8")) for p in prompts)
@@ -314,10 +351,16 @@ def handler_for(server):
             if not asked["stream"]:
                 texts = []
                 for c in choices:
-                    with server.lock:  # one forward pass at a time: the model is not shared safely
-                        parts = []
-                        while (piece := c.next_piece()) is not None:
-                            parts.append(piece)
+                    parts = []
+                    while True:
+                        if self.caller_gone():
+                            self.close_connection = True  # the rest is made for no one
+                            return
+                        with server.lock:  # one forward pass at a time: the model is not shared safely
+                            piece = c.next_piece()
+                        if piece is None:
+                            break
+                        parts.append(piece)
                     texts.append("".join(parts))
                 if chat:
                     body_choices = [{"index": i, "message": {"role": "assistant", "content": t},

@@ -183,4 +183,23 @@ async function speaksOpenai(url: string) {
   );
   assert.ok(err instanceof OpenAI.BadRequestError);
   assert.equal(err.param, "prompt");
+  // A seed torch cannot take is refused, not the connection dropped; a large one works.
+  const big = await client.completions.create({
+    model: "tiny-lm",
+    prompt: "x",
+    max_tokens: 1,
+    temperature: 1,
+    n: 2,
+    seed: Number.MAX_SAFE_INTEGER,
+  });
+  assert.equal(big.choices.length, 2);
+  const over = await client.completions.create({
+    model: "tiny-lm",
+    prompt: "x",
+    max_tokens: 1,
+    temperature: 1,
+    seed: 2 ** 64,
+  }).then(() => assert.fail("answered"), (e) => e);
+  assert.ok(over instanceof OpenAI.BadRequestError);
+  assert.equal(over.param, "seed");
 }
