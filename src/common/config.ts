@@ -164,6 +164,7 @@ const GatewayEnv = z.object({
   GATEWAY_SPILL_MB: count(1024),
   GATEWAY_SPILL_DIR: optional(),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
+  INFERX_BODY_BUFFER_MB: positive(256),
   // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
   // could never be sent as a bearer: refused.
   INFERX_ADMIN_APIKEY: z.string().optional().transform((raw, ctx) => {
@@ -223,6 +224,12 @@ export interface GatewaySettings {
   spillDir: string;
   /** `INFERX_BODY_LIMIT`: the largest request body (bytes). */
   bodyLimit: number;
+  /**
+   * `INFERX_BODY_BUFFER_MB`: request bodies read whole the gateway holds
+   * while they arrive, all requests together (a gateway group's processes
+   * share it).
+   */
+  bodyBufferMb: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
   adminApiKey?: string;
   /** `INFERX_OIDC_JWKS_URL`, `INFERX_OIDC_ISSUER`, `INFERX_OIDC_AUDIENCE`: bearer tokens. */
@@ -535,6 +542,7 @@ export function readConfig(
       spillMb: g.GATEWAY_SPILL_MB,
       spillDir: g.GATEWAY_SPILL_DIR ?? `${p.INFERX_DATA_DIR.replace(/\/+$/, "")}/gateway-spill`,
       bodyLimit: g.INFERX_BODY_LIMIT,
+      bodyBufferMb: g.INFERX_BODY_BUFFER_MB,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
       oidc: g.INFERX_OIDC_JWKS_URL
         ? {

@@ -35,6 +35,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       spillMb: 1024,
       spillDir: "./data/gateway-spill",
       bodyLimit: 16 * 1024 * 1024,
+      bodyBufferMb: 256,
       adminApiKey: undefined,
       oidc: undefined,
     },

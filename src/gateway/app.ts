@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { BodyBudget } from "./http1/body.ts";
 import { JsonProbe } from "./json_probe.ts";
 import { Hono } from "hono";
 import { Registry } from "prom-client";
@@ -42,12 +43,20 @@ import { callRoutes } from "./routes/calls.ts";
 
 const log = logger("gateway");
 
+/** The default of `bodyBufferBytes`. */
+export const DEFAULT_BODY_BUFFER_BYTES = 256 * 1024 * 1024;
+
 /** What the gateway app needs. */
 export interface GatewayDeps {
   meta: MetaClient;
   cache: FuncCache;
   /** Largest request body (bytes). @default 16 MiB */
   bodyLimit?: number;
+  /**
+   * The most bytes of request bodies held while they arrive, all requests
+   * together (src/gateway/http1/body.ts). @default 256 MiB
+   */
+  bodyBufferBytes?: number;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** Keep-alive connections to workers. @default a new pool */
@@ -112,6 +121,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
     jsonProbe: new JsonProbe(),
+    bodyBudget: new BodyBudget(deps.bodyBufferBytes ?? DEFAULT_BODY_BUFFER_BYTES),
     nodeAgent: deps.nodeAgent,
     group: deps.group,
     groupMetrics: deps.group &&

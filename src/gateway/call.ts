@@ -11,7 +11,7 @@
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
 import { readUpTo } from "../common/bytes.ts";
 import { type JsonProbe, OFF_THREAD_BYTES, probeJson, type ProbeResult } from "./json_probe.ts";
-import { BodyTooLarge } from "./http1/server.ts";
+import { type BodyBudget, BodyTooLarge } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
@@ -288,15 +288,26 @@ interface BodyRead {
 }
 
 /**
+ * Bodies of other types than JSON up to this size (declared) are read whole
+ * before the call goes to a worker; larger ones, and chunked ones, stream.
+ */
+export const BUFFERED_BYTES = 1024 * 1024;
+
+/**
  * A call's body: JSON read whole and parsed (at once when it came with the
  * head; a large one in the gateway's thread for them: `json_probe.ts`);
- * anything else streamed.
+ * anything else read whole up to `BUFFERED_BYTES`, streamed past it.
  */
 function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyRead> {
   if (!req.hasBody || req.method === "GET" || req.method === "HEAD") return {};
   if ((req.contentLength ?? 0) > ctx.bodyLimit) throw new BodyTooLarge(ctx.bodyLimit);
   if (!isJsonType(req.get("content-type"))) {
-    return { stream: req.chunks(ctx.bodyLimit) };
+    // A small body is read whole before a worker's slot is taken, as nginx buffers bodies: one
+    // sent a byte a minute would hold the slot (each of a function's, with as many callers).
+    const len = req.contentLength;
+    if (len === undefined || len > BUFFERED_BYTES) return { stream: req.chunks(ctx.bodyLimit) };
+    const whole = req.bodyNow?.(ctx.bodyLimit);
+    return whole ? { bytes: whole } : req.readAll(ctx.bodyLimit).then((bytes) => ({ bytes }));
   }
   const now = req.bodyNow?.(ctx.bodyLimit);
   return now ? parsed(ctx, now) : req.readAll(ctx.bodyLimit).then((b) => parsed(ctx, b));
@@ -340,14 +351,16 @@ function timeoutHeader(req: IncomingCall): number | undefined {
 export async function readLimited(
   body: AsyncIterable<Uint8Array> | null,
   limit: number,
+  budget?: BodyBudget,
 ): Promise<Uint8Array<ArrayBuffer>> {
+  if (budget && body) return await budget.readAll(body, limit);
   const bytes = await readUpTo(body, limit);
   if (!bytes) throw new BodyTooLarge(limit);
   return bytes;
 }
 
 /** An incoming call over a `Request` (the Hono routes). */
-export function requestCall(req: Request): IncomingCall {
+export function requestCall(req: Request, budget?: BodyBudget): IncomingCall {
   const len = req.headers.get("content-length");
   const headers: [string, string][] = [];
   for (const pair of req.headers) headers.push(pair);
@@ -357,7 +370,7 @@ export function requestCall(req: Request): IncomingCall {
     get: (name) => req.headers.get(name),
     hasBody: req.body !== null,
     contentLength: len === null ? undefined : Number(len),
-    readAll: (limit) => readLimited(req.body, limit),
+    readAll: (limit) => readLimited(req.body, limit, budget),
     async *chunks(limit) {
       let size = 0;
       for await (const chunk of req.body ?? []) {

@@ -40,6 +40,8 @@ export interface GatewayConfig {
   hostname?: string;
   /** Largest request body (bytes). @default 16 MiB */
   bodyLimit?: number;
+  /** Request bodies held while they arrive, all together (bytes). @default 256 MiB */
+  bodyBufferBytes?: number;
   /** Bytes of streamed answers held read ahead of slow callers, in all. @default 64 MiB */
   readAheadBytes?: number;
   /** Where, and how much, answers read ahead go on disk past memory. @default none */
@@ -88,6 +90,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     cache,
     upstream,
     bodyLimit: config.bodyLimit,
+    bodyBufferBytes: config.bodyBufferBytes,
     readAheadBytes: config.readAheadBytes,
     spill: config.spill,
     nodeAgent: config.nodeAgent,

@@ -185,6 +185,7 @@ export function serveGateway(
   }
 
   return serveHttp1({
+    bodyBudget: deps.bodyBudget,
     hostname: options.hostname,
     port: options.port,
     reusePort: options.reusePort,

@@ -1266,3 +1266,100 @@ t(
     }
   },
 );
+
+t(
+  "bodies arriving slowly hold no more than the gateway's budget: past it a body is refused 503",
+  async () => {
+    const g = await listening({ bodyLimit: 4 << 20, bodyBufferBytes: 1 << 20 });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint, w.endpoint, w.endpoint);
+    const port = Number(new URL(g.url).port);
+    const head = (n: number) =>
+      new TextEncoder().encode(
+        `POST /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${n}\r\n\r\n`,
+      );
+    const json = (n: number) => new TextEncoder().encode(`"${"x".repeat(n - 2)}"`);
+    const answerOf = async (c: Deno.Conn) => {
+      const buf = new Uint8Array(64 * 1024);
+      let text = "";
+      for (let n; !/\r\n\r\n[^]*\}/.test(text) && (n = await c.read(buf)) !== null;) {
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      return text;
+    };
+    const a = await Deno.connect({ hostname: "127.0.0.1", port });
+    const b = await Deno.connect({ hostname: "127.0.0.1", port });
+    try {
+      // A sends 700 KB of an 800 KB body and waits: held while it arrives.
+      const bodyA = json(800_000);
+      await a.write(head(bodyA.byteLength));
+      for (let o = 0; o < 700_000; o += 100_000) await a.write(bodyA.subarray(o, o + 100_000));
+      await until("A's bytes to be held", () => g.f.deps.bodyBudget.held >= 600_000);
+      // B's 600 KB would take the budget (1 MiB) past its limit: refused, its connection closed.
+      const bodyB = json(600_000);
+      await b.write(head(bodyB.byteLength));
+      await b.write(bodyB).catch(() => {}); // the gateway may close before it has it all
+      const refused = await answerOf(b);
+      assert.match(refused, /^HTTP\/1.1 503 /);
+      assert.match(refused, /retry-after: 1/i);
+      assert.match(refused, /connection: close/i);
+      assert.match(refused, /INFERX_BODY_BUFFER_MB/);
+      // A's call goes on when the rest comes; what it held is given back.
+      await a.write(bodyA.subarray(700_000));
+      assert.match(await answerOf(a), /^HTTP\/1.1 200 /);
+      assert.equal(g.f.deps.bodyBudget.held, 0);
+      const after = await fetch(`${g.url}/funccall/t/n/f/x`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: new TextDecoder().decode(bodyB),
+      });
+      assert.equal(after.status, 200, "room again");
+      await after.body?.cancel();
+    } finally {
+      a.close();
+      b.close();
+      await g.close();
+      await w.close();
+    }
+  },
+);
+
+t(
+  "a small body of another type than JSON is read whole before the call takes a worker's slot",
+  async () => {
+    const g = await listening({ policy: { max_replica: 1, parallel: 1, queue_timeout: 1 } });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint, w.endpoint);
+    const a = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+    try {
+      // A sends half its body and waits: it holds no slot meanwhile.
+      await a.write(
+        new TextEncoder().encode(
+          "POST /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: text/plain\r\n" +
+            "content-length: 100\r\n\r\n" + "a".repeat(50),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      // The function's one slot is free for B (while A held it, B waited out its queue_timeout: 504).
+      const b = await fetch(`${g.url}/funccall/t/n/f/y`, {
+        method: "POST",
+        headers: { "content-type": "text/plain" },
+        body: "b",
+      });
+      assert.equal(b.status, 200);
+      await b.body?.cancel();
+      await a.write(new TextEncoder().encode("a".repeat(50)));
+      const buf = new Uint8Array(4096);
+      let text = "";
+      for (let n; !/\r\n\r\n[^]*\}/.test(text) && (n = await a.read(buf)) !== null;) {
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      assert.match(text, /^HTTP\/1.1 200 /);
+      assert.match(text, /"body":"a{100}"/, "the worker got it whole");
+    } finally {
+      a.close();
+      await g.close();
+      await w.close();
+    }
+  },
+);

@@ -97,6 +97,8 @@ export interface FixtureOptions {
   policy?: Record<string, unknown>;
   /** @default 1024 */
   bodyLimit?: number;
+  /** What bodies read whole may hold while they arrive. @default 256 MiB */
+  bodyBufferBytes?: number;
   /** Turns auth on with this administrator key. */
   adminKey?: string;
   /** Settings of the asynchronous calls' queue. */
@@ -136,6 +138,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     auth,
     audit,
     bodyLimit: opts.bodyLimit ?? 1024,
+    bodyBufferBytes: opts.bodyBufferBytes,
     gatewayId: "gw-test",
     scheduler: sched,
     calls: opts.calls,

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { BodyBudget } from "./http1/body.ts";
 import type { JsonProbe } from "./json_probe.ts";
 import type { Registry } from "prom-client";
 import type { AuditLog } from "../audit/types.ts";
@@ -34,6 +35,8 @@ export interface RouteDeps {
   bodyLimit: number;
   /** Reads large JSON call bodies off the event loop (closed with the gateway). */
   jsonProbe: JsonProbe;
+  /** What request bodies read whole may hold while they arrive, all together. */
+  bodyBudget: BodyBudget;
   /** The client of a node's agent (for pod logs), or undefined when it has none. */
   nodeAgent?: (node: NodeInfo) => NodeAgentClient | undefined;
   /** The gateways sharing this one's port, when it is one of several (`GATEWAY_WORKERS`). */

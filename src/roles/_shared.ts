@@ -126,6 +126,7 @@ export function gatewayOptions(
   | "hostname"
   | "drainMs"
   | "bodyLimit"
+  | "bodyBufferBytes"
   | "readAheadBytes"
   | "spill"
   | "adminApiKey"
@@ -137,6 +138,7 @@ export function gatewayOptions(
     hostname: config.gateway.host,
     drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
+    bodyBufferBytes: Math.floor(config.gateway.bodyBufferMb * 1024 * 1024 / members),
     readAheadBytes: Math.floor(config.gateway.readAheadMb * 1024 * 1024 / members),
     spill: {
       dir: config.gateway.spillDir,

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import type { BodyBudget } from "../http1/body.ts";
 import type { MiddlewareHandler } from "hono";
 import { InferxError } from "../../common/errors.ts";
 import { callId, type CallRecord, newCallKey } from "../../model/call.ts";
@@ -69,7 +70,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
     if (!respondAsync && req.headers.get("x-inferx-progress") !== "1") return await next();
     const rec = c.var.call;
     const url = new URL(req.url);
-    const incoming = requestCall(req);
+    const incoming = requestCall(req, deps.bodyBudget);
     let input: CallInput;
     const use = respondAsync ? asyncCtx : ctx;
     try {
@@ -104,7 +105,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
         rec.answered(answer);
         return callResponse(answer, rec, req.signal);
       }
-      const body = await wholeBody(input.body, use.bodyLimit);
+      const body = await wholeBody(input.body, use.bodyLimit, deps.bodyBudget);
       const callback = req.headers.get("x-inferx-callback-url") ?? undefined;
       if (callback !== undefined) await deps.calls.callbacks.check(callback);
       const { tenant, namespace, func } = input.target;
@@ -152,7 +153,8 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
 async function wholeBody(
   body: CallInput["body"],
   limit: number,
+  budget: BodyBudget,
 ): Promise<Uint8Array | undefined> {
-  const bytes = body instanceof Uint8Array ? body : await readLimited(body, limit);
+  const bytes = body instanceof Uint8Array ? body : await readLimited(body, limit, budget);
   return bytes.byteLength ? bytes : undefined;
 }

@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { BodiesBusy, BodyBudget, BodyTooLarge } from "./body.ts";
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { type Backoff, cappedBackoff } from "../../common/retry.ts";
@@ -56,7 +57,17 @@ export interface Http1ServerOptions extends Partial<Http1Limits> {
   handler: (req: Http1Request, res: Http1Response) => Promise<void> | void;
   /** Called with errors a handler threw before answering (it then answers 500). */
   onError?: (err: unknown) => void;
+  /**
+   * What bodies read whole may hold while they arrive, all connections
+   * together (`body.ts`). @default unbounded
+   */
+  bodyBudget?: BodyBudget;
 }
+
+export { BodiesBusy, BodyBudget, BodyTooLarge };
+
+/** The budget of a server not given one. */
+const UNBOUNDED = new BodyBudget(Infinity);
 
 /** The peer closed the connection, or the request broke off. */
 export class ConnectionClosed extends Error {
@@ -74,18 +85,6 @@ export class MalformedBody extends InferxError {
   constructor(message: string) {
     super("invalid", message);
     this.name = "MalformedBody";
-  }
-}
-
-/** A request body over its limit (413 `too_large`). */
-export class BodyTooLarge extends InferxError {
-  readonly limit: number;
-  constructor(limit: number) {
-    super("too_large", `Request body is larger than the limit of ${limit} bytes`, {
-      details: { limit },
-    });
-    this.name = "BodyTooLarge";
-    this.limit = limit;
   }
 }
 
@@ -950,19 +949,17 @@ class ServerConnection {
       this.#bodyBytes = 0;
       return only;
     }
-    const parts: Uint8Array[] = [];
-    let size = 0;
-    while (true) {
-      const c = await this.nextBodyChunk(req);
-      if (c === null) break;
-      size += c.byteLength;
-      if (size > limit) {
-        this.keepAlive = false;
-        throw new BodyTooLarge(limit);
-      }
-      parts.push(c);
+    const next = () => this.nextBodyChunk(req);
+    const chunks = (async function* () {
+      for (let c; (c = await next()) !== null;) yield c;
+    })();
+    try {
+      return await (this.#opts.bodyBudget ?? UNBOUNDED).readAll(chunks, limit);
+    } catch (err) {
+      // The rest of its bytes will not be read.
+      if (err instanceof BodyTooLarge || err instanceof BodiesBusy) this.keepAlive = false;
+      throw err;
     }
-    return concatBytes(parts) as Uint8Array<ArrayBuffer>;
   }
 
   #bodyWaitSince = 0;

@@ -41,7 +41,9 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     // Refused before the body is read: it is not parsed for a caller who may make no key.
     requireCredentials(p, "create API keys");
     queryOnce("API key request", c.req.url, []);
-    const req = KeyRequestSchema.safeParse(await readJson(c.req.raw, deps.bodyLimit));
+    const req = KeyRequestSchema.safeParse(
+      await readJson(c.req.raw, deps.bodyLimit, deps.bodyBudget),
+    );
     if (!req.success) throw invalidInput("API key request", req.error);
     const { scope, tenant, namespace, name, expires_in_s } = req.data;
     checkKeyManager(p, { scope, tenant, namespace });

@@ -35,7 +35,7 @@ export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const input = await funccallInput(
       ctx,
       c.var.principal,
-      requestCall(req),
+      requestCall(req, deps.bodyBudget),
       call.target,
       call.path,
       rec.t0,

@@ -30,7 +30,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     // Refused before the body is read: it is not parsed for a caller who may write nothing.
     requireCredentials(c.var.principal, "write objects");
     const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
-    const input = objectInput(await readJson(c.req.raw, limit));
+    const input = objectInput(await readJson(c.req.raw, limit, deps.bodyBudget));
     authorizeObject(c.var.principal, "write", input);
     const rec = await deps.meta.create(input, { dryRun });
     return c.json(writeJson(rec), dryRun ? 200 : 201);
@@ -38,7 +38,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.post("/object/", async (c) => {
     requireCredentials(c.var.principal, "write objects");
     const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
-    const input = objectInput(await readJson(c.req.raw, limit));
+    const input = objectInput(await readJson(c.req.raw, limit, deps.bodyBudget));
     if (input.revision === undefined) {
       throw new ValidationError(
         "Invalid update: revision is required (the revision you read, for compare-and-swap)",

@@ -68,7 +68,7 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       const input = await openaiInput(
         ctx,
         c.var.principal,
-        requestCall(req),
+        requestCall(req, deps.bodyBudget),
         path,
         rec.t0,
         (t, known) => rec.setTarget(t, known),
