@@ -22,10 +22,15 @@ import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
 import { intParam, queryOnce } from "./_query.ts";
 
+/** The largest body of an object write (bytes). */
+export const MAX_OBJECT_BODY = 4 * 1024 * 1024;
+
 /** The object, node and pod routes, mounted at `/`. */
 export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
-  const limit = deps.bodyLimit;
+  // A stored object is 1 MiB at most; its body, however laid out, gets four times that: read
+  // and parsed on the event loop, a larger one would hold every call meanwhile.
+  const limit = Math.min(deps.bodyLimit, MAX_OBJECT_BODY);
   app.put("/object/", async (c) => {
     // Refused before the body is read: it is not parsed for a caller who may write nothing.
     requireCredentials(c.var.principal, "write objects");

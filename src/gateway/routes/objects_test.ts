@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { gatewayFixture } from "../testing.ts";
+import { MAX_OBJECT_BODY } from "./objects.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -424,5 +425,20 @@ t("object writes refuse JSON too deep or too heavy to parse, before parsing it",
     assert.equal(r.status, 400);
     assert.match((await r.json()).error.message, re);
   }
+  await f.close();
+});
+
+t("an object write's body is 4 MiB at most, whatever INFERX_BODY_LIMIT allows calls", async () => {
+  const f = await gatewayFixture({ bodyLimit: 16 << 20 });
+  const big = JSON.stringify({
+    type: "funcpolicy",
+    tenant: "t",
+    namespace: "n",
+    name: "p",
+    object: { x: "y".repeat(MAX_OBJECT_BODY) },
+  });
+  const r = await f.app.request("/object/", { method: "PUT", body: big });
+  assert.equal(r.status, 413);
+  assert.equal((await r.json()).error.details.limit, MAX_OBJECT_BODY);
   await f.close();
 });
