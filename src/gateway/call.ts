@@ -9,9 +9,8 @@
  * @module
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
-import { readUpTo } from "../common/bytes.ts";
 import { type JsonProbe, OFF_THREAD_BYTES, probeJson, type ProbeResult } from "./json_probe.ts";
-import { type BodyBudget, BodyTooLarge } from "./http1/server.ts";
+import { type BodyBudget, BodyTooLarge, UNBOUNDED_BODIES } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
@@ -327,7 +326,7 @@ function bodyRead(bytes: Uint8Array, r: ProbeResult): BodyRead {
   if (r.ok) return { bytes, json: r.fields };
   if (r.heavy !== undefined) {
     throw new ValidationError(
-      `Request body ${r.heavy}, more than the gateway reads in a JSON body (another Content-Type passes a /funccall body through unread)`,
+      `Request body ${r.heavy}, more than the gateway reads in a JSON body (a /funccall body of another Content-Type goes to the worker unparsed)`,
     );
   }
   throw new ValidationError(`Request body is not valid JSON: ${r.invalid}`);
@@ -353,10 +352,8 @@ export async function readLimited(
   limit: number,
   budget?: BodyBudget,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  if (budget && body) return await budget.readAll(body, limit);
-  const bytes = await readUpTo(body, limit);
-  if (!bytes) throw new BodyTooLarge(limit);
-  return bytes;
+  if (!body) return new Uint8Array(0);
+  return await (budget ?? UNBOUNDED_BODIES).readAll(body, limit);
 }
 
 /** An incoming call over a `Request` (the Hono routes). */

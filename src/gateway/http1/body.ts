@@ -12,6 +12,7 @@
  * @module
  */
 import { InferxError } from "../../common/errors.ts";
+import { concatBytes } from "./bytes.ts";
 
 /** A request body over its limit (413 `too_large`). */
 export class BodyTooLarge extends InferxError {
@@ -53,15 +54,12 @@ export class BodyBudget {
     } finally {
       this.held -= size;
     }
-    if (parts.length === 1 && parts[0].byteLength === parts[0].buffer.byteLength) {
-      return parts[0] as Uint8Array<ArrayBuffer>;
-    }
-    const out = new Uint8Array(size);
-    let o = 0;
-    for (const c of parts) (out.set(c, o), o += c.byteLength);
-    return out;
+    return concatBytes(parts) as Uint8Array<ArrayBuffer>;
   }
 }
+
+/** The budget of a reader given none: bodies are bounded by their own limit only. */
+export const UNBOUNDED_BODIES: BodyBudget = new BodyBudget(Infinity);
 
 /** The gateway holds as many request bodies as it may: try again soon. */
 export class BodiesBusy extends InferxError {

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { BodiesBusy, BodyBudget, BodyTooLarge } from "./body.ts";
+import { BodiesBusy, BodyBudget, BodyTooLarge, UNBOUNDED_BODIES } from "./body.ts";
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { type Backoff, cappedBackoff } from "../../common/retry.ts";
@@ -64,10 +64,7 @@ export interface Http1ServerOptions extends Partial<Http1Limits> {
   bodyBudget?: BodyBudget;
 }
 
-export { BodiesBusy, BodyBudget, BodyTooLarge };
-
-/** The budget of a server not given one. */
-const UNBOUNDED = new BodyBudget(Infinity);
+export { BodiesBusy, BodyBudget, BodyTooLarge, UNBOUNDED_BODIES };
 
 /** The peer closed the connection, or the request broke off. */
 export class ConnectionClosed extends Error {
@@ -954,7 +951,7 @@ class ServerConnection {
       for (let c; (c = await next()) !== null;) yield c;
     })();
     try {
-      return await (this.#opts.bodyBudget ?? UNBOUNDED).readAll(chunks, limit);
+      return await (this.#opts.bodyBudget ?? UNBOUNDED_BODIES).readAll(chunks, limit);
     } catch (err) {
       // The rest of its bytes will not be read.
       if (err instanceof BodyTooLarge || err instanceof BodiesBusy) this.keepAlive = false;
