@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { testCall } from "../common/testing.ts";
-import { admitCallRecord, admitCallSecret, newCallKey, parseCallId } from "./call.ts";
+import {
+  admitCallBody,
+  admitCallRecord,
+  admitCallSecret,
+  newCallKey,
+  parseCallId,
+} from "./call.ts";
 
 const base = testCall();
 const key = parseCallId(base.id).key;
@@ -31,6 +37,23 @@ Deno.test("admitCallRecord() keeps a valid record and names the first bad field"
     assert.throws(() => admitCallRecord(at, call(fields)), want, JSON.stringify(fields));
   }
   assert.throws(() => admitCallRecord({ ...at, name: "x" }, call()), /must match/);
+});
+
+Deno.test("a call body is padded base64 without whitespace, as the gateway writes it", () => {
+  const ok = btoa("a body of a call\n");
+  assert.equal(JSON.parse(admitCallBody(at, { body: ok })).body, ok);
+  assert.ok(admitCallBody(at, { body: "" }), "an empty body");
+  for (
+    const bad of [
+      ok.slice(0, -1),
+      ok.slice(0, 8) + " \n\r\t" + ok.slice(8),
+      `    ${ok}`,
+      "QUJD!A==",
+      5,
+    ]
+  ) {
+    assert.throws(() => admitCallBody(at, { body: bad }), /body/, JSON.stringify(bad));
+  }
 });
 
 Deno.test("admitCallSecret() wants 32 hex bytes for the tenant it is named after", () => {

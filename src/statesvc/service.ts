@@ -262,17 +262,22 @@ export class StateService implements MetaClient {
     const gone = (e: unknown) => {
       if (!(e instanceof NotFoundError)) throw e;
     };
-    const current = await this.get(ref);
-    if (!current) throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
     const stale = (now: number) =>
       new ConflictError(
         `Cannot delete ${refText(ref)}: it changed (revision ${now}, you sent ${revision})`,
         { revision: now },
       );
-    if (revision !== undefined && revision !== current.revision) throw stale(current.revision);
+    const notFound = () => new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
     // What hangs off a tenant or a namespace goes before it, so that a crash half way leaves
     // it standing, to be deleted again; never its calls without it, for one made again
-    // under the same name to take over (and run).
+    // under the same name to take over (and run). So those two are looked at first; for the
+    // others the store's delete checks the same (and a call's body, a MB perhaps, is not read
+    // to be deleted).
+    if (ref.type === "tenant" || ref.type === "namespace") {
+      const current = await this.get(ref);
+      if (!current) throw notFound();
+      if (revision !== undefined && revision !== current.revision) throw stale(current.revision);
+    }
     if (ref.type === "tenant") {
       // Its callback signing secret too: a tenant made again must not sign with the one before's.
       await this.#deleteCalls(ref.name);
@@ -285,12 +290,8 @@ export class StateService implements MetaClient {
     try {
       deleted = await this.#store.delete(key, revision);
     } catch (err) {
-      if (err instanceof NotFoundError) {
-        throw new NotFoundError(`Cannot delete ${refText(ref)}: it does not exist`);
-      }
-      if (err instanceof ConflictError) {
-        throw stale(Number(err.details?.revision ?? current.revision));
-      }
+      if (err instanceof NotFoundError) throw notFound();
+      if (err instanceof ConflictError) throw stale(Number(err.details?.revision));
       throw err;
     }
     if (ref.type === "call") {

@@ -12,6 +12,16 @@
  * database, another schema) is refused before anything is written to it.
  * Keys and values cannot hold U+0000 (SQLite's text ends there): refused.
  *
+ * A value of {@linkcode FILE_VALUE_CHARS} characters or more (an
+ * asynchronous call's large body, say) is written to a file of its own in
+ * `<path>-blobs/`, synced, off the event loop, and the tables hold its
+ * name: SQLite writes such a value page by page on the event loop, twice
+ * (its key and its change), about 30 ms for 1.4 MB, which held every other
+ * request that long. Writes still commit in the order they were made (one
+ * made while such a file is written waits for it); a file goes once neither
+ * the key's current value nor a kept change names it, and files a crash
+ * left unnamed go at the next open.
+ *
  * A data directory written by the store that came before (`snapshot.json` +
  * `wal.log`) is migrated into the database on first open, in the same
  * transaction that marks it done; the old files are then renamed with a
@@ -19,7 +29,7 @@
  *
  * @module
  */
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { type DatabaseSync, openDatabase, transaction } from "../common/sqlite.ts";
@@ -60,12 +70,21 @@ export interface SqliteStoreOptions {
  * one refuses the store instead of losing data (releases since version 1
  * refuse any version but their own). 2: a queued call's large request body
  * and a finished call's large answer in records of their own, objects'
- * `created_at`, tenants' `max_api_keys`. A store of an older version this
+ * `created_at`, tenants' `max_api_keys`. 3: large values in files of their
+ * own (`history.size`). A store of an older version this
  * release reads ({@linkcode OLDEST_VERSION}) is marked with this one at open.
  */
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 /** The oldest schema version this release reads (and marks as its own). */
 const OLDEST_VERSION = 1;
+
+/** Values of this many characters or more are kept in files of their own. */
+export const FILE_VALUE_CHARS = 64 * 1024;
+/** What a stored value kept in a file starts with, followed by the file's name. */
+const FILE_MARK = "\u0001";
+const FILE_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const isFileRef = (stored: unknown): stored is string =>
+  typeof stored === "string" && stored.startsWith(FILE_MARK);
 
 /** The most free pages one pass gives back (4 MiB of 4 KiB pages: tens of ms). */
 export const VACUUM_PAGES = 1024;
@@ -85,7 +104,8 @@ const SCHEMA = `
     revision integer primary key,
     key text not null,
     value text,
-    create_revision integer
+    create_revision integer,
+    size integer
   );
 `;
 
@@ -127,13 +147,26 @@ export async function openSqliteStore(
   options: SqliteStoreOptions = {},
 ): Promise<MetaStore> {
   if (path !== ":memory:") privateDir(dirname(path));
-  const db = openDatabase(path, { what: "the store", incrementalVacuum: true, check: checkOurs });
+  // The store syncs its log itself, off the event loop, after commits (see #synced); SQLite
+  // syncs it before checkpoints and the database after them, which keeps the file whole.
+  const db = openDatabase(path, {
+    what: "the store",
+    incrementalVacuum: true,
+    check: checkOurs,
+    synchronous: "NORMAL",
+  });
   try {
     checkWhole(db);
     // A new store's tables and version in one transaction: none is left without the other.
     const fresh = Number((db.prepare("pragma user_version").get() as Row).user_version) === 0;
     if (fresh) db.exec(`begin; ${SCHEMA}; pragma user_version = ${SCHEMA_VERSION}; commit;`);
     else db.exec(SCHEMA);
+    // A store of schema version 2 or older: changes get their value's size (null: the value
+    // itself is in the row). Older releases name their columns, so the column bothers none.
+    const columns = (db.prepare("pragma table_info(history)").all() as Row[]).map((r) => r.name);
+    if (!columns.includes("size")) db.exec("alter table history add column size integer");
+    const files = path === ":memory:" ? undefined : `${path}-blobs`;
+    if (files) checkFiles(db, files);
     // A store made before pages were given back: converted once (the file is rewritten).
     if ((db.prepare("pragma auto_vacuum").get() as Row).auto_vacuum !== 2) {
       const size = path === ":memory:" ? 0 : Deno.statSync(path).size;
@@ -153,6 +186,7 @@ export async function openSqliteStore(
       db,
       options.historyLimit ?? 10_000,
       options.historyMaxBytes ?? 64 * 1024 * 1024,
+      path,
     );
   } catch (err) {
     db.close();
@@ -215,6 +249,38 @@ function checkWhole(db: DatabaseSync): void {
   );
 }
 
+/**
+ * Makes the directory of values kept in files, refuses a store whose tables
+ * name a file that is not there (damaged, as a page would be: a copy of the
+ * data directory made without it?), and removes the files no value names
+ * (a crash between writing one and committing its name, or between a
+ * commit and the removal of the file it let go).
+ */
+function checkFiles(db: DatabaseSync, dir: string): void {
+  privateDir(dir);
+  const named = new Map<string, string>();
+  for (
+    const r of db.prepare(
+      "select key, value from kv where substr(value, 1, 1) = char(1) " +
+        "union all select key, value from history where size is not null",
+    ).iterate() as Iterable<Row>
+  ) named.set(String(r.value).slice(FILE_MARK.length), String(r.key));
+  const found = new Set<string>();
+  for (const e of Deno.readDirSync(dir)) {
+    if (!e.isFile || !FILE_NAME.test(e.name)) continue;
+    if (named.has(e.name)) found.add(e.name);
+    else Deno.removeSync(`${dir}/${e.name}`);
+  }
+  const missing = [...named].filter(([name]) => !found.has(name));
+  if (missing.length) {
+    throw new Error(
+      `it is damaged (${missing.length} value file(s) missing from ${basename(dir)}/, the ` +
+        `first of ${missing[0][1]}: ${missing[0][0]}); it was left as it is: put back a copy of ` +
+        `the whole store directory, or move it away to start with an empty store`,
+    );
+  }
+}
+
 function metaValue(db: DatabaseSync, name: string): number | undefined {
   const row = db.prepare("select value from meta where name = ?").get(name) as Row | undefined;
   return row === undefined ? undefined : Number(row.value);
@@ -273,12 +339,15 @@ function statements(db: DatabaseSync) {
     update: db.prepare("update kv set value = ?, revision = ? where key = ?"),
     delete: db.prepare("delete from kv where key = ?"),
     record: db.prepare(
-      "insert into history (revision, key, value, create_revision) values (?, ?, ?, ?)",
+      "insert into history (revision, key, value, create_revision, size) values (?, ?, ?, ?, ?)",
     ),
     setRevision: db.prepare("insert or replace into meta (name, value) values ('revision', ?)"),
     compact: db.prepare("delete from history where revision <= ?"),
     historySizes: db.prepare(
-      "select revision, coalesce(length(value), 0) as n from history where revision > ? order by revision",
+      "select revision, coalesce(size, length(value), 0) as n from history where revision > ? order by revision",
+    ),
+    filesUpTo: db.prepare(
+      "select key, value from history where revision > ? and revision <= ? and size is not null",
     ),
     freePages: db.prepare("pragma freelist_count"),
     vacuum: db.prepare(`pragma incremental_vacuum(${VACUUM_PAGES})`),
@@ -304,13 +373,40 @@ class SqliteStore implements MetaStore {
   #watchers = new Set<Watcher>();
   #closed = false;
   #q: ReturnType<typeof statements>;
+  /** Where values of `FILE_VALUE_CHARS` or more go (none in memory: they stay in the rows). */
+  #files: string | undefined;
+  /** Writes made and not yet committed because one before them waits for its file. */
+  #waiting = 0;
+  /** The last of those writes (settled: none waits). */
+  #tail: Promise<unknown> = Promise.resolve();
+  /** The database's write-ahead log, synced after commits (none in memory). */
+  #wal: string | undefined;
+  #walFile: Deno.FsFile | undefined;
+  /** Commits waiting for the next sync of the log. */
+  #unsynced: PromiseWithResolvers<void>[] = [];
+  /** The loop of syncs, while one runs. */
+  #syncing: Promise<void> | undefined;
+  /** Why the store takes no more writes: a sync failed. */
+  #broken: InferxError | undefined;
+  /** Removals of files under way (a close waits for them). */
+  #removals = new Set<Promise<void>>();
+  /** Syncs of the log made (commits made together share one). */
+  syncs = 0;
 
-  constructor(db: DatabaseSync, historyLimit: number, historyMaxBytes: number) {
+  constructor(
+    db: DatabaseSync,
+    historyLimit: number,
+    historyMaxBytes: number,
+    path: string,
+  ) {
     this.#db = db;
+    this.#files = path === ":memory:" ? undefined : `${path}-blobs`;
+    this.#wal = path === ":memory:" ? undefined : `${path}-wal`;
     this.#historyLimit = historyLimit;
     this.#historyMaxBytes = historyMaxBytes;
     this.#historyBytes = Number(
-      (db.prepare("select coalesce(sum(length(value)), 0) as n from history").get() as Row).n,
+      (db.prepare("select coalesce(sum(coalesce(size, length(value))), 0) as n from history")
+        .get() as Row).n,
     );
     this.#rev = metaValue(db, "revision") ?? 0;
     const oldest = db.prepare("select min(revision) as r from history").get() as Row;
@@ -324,6 +420,11 @@ class SqliteStore implements MetaStore {
     }
   }
 
+  #checkWritable(): void {
+    this.#checkOpen();
+    if (this.#broken) throw this.#broken;
+  }
+
   revision(): Promise<number> {
     return Promise.resolve(this.#rev);
   }
@@ -332,7 +433,7 @@ class SqliteStore implements MetaStore {
     try {
       this.#checkOpen();
       const row = this.#q.get.get(key) as Row | undefined;
-      return Promise.resolve(row && toKv(row));
+      return Promise.resolve(row && this.#kv(row));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -347,11 +448,10 @@ class SqliteStore implements MetaStore {
         : this.#q.listRange.all(prefix, end)) as Row[];
       const items: KeyValue[] = [];
       for (const row of rows) {
-        const kv = toKv(row);
-        if (end === undefined && !kv.key.startsWith(prefix)) {
+        if (end === undefined && !String(row.key).startsWith(prefix)) {
           break;
         }
-        items.push(kv);
+        items.push(this.#kv(row));
       }
       return Promise.resolve({ items, revision: this.#rev });
     } catch (err) {
@@ -360,32 +460,146 @@ class SqliteStore implements MetaStore {
   }
 
   create(key: string, value: string): Promise<number> {
-    return this.#write((rev) => {
-      if (this.#q.get.get(key)) {
-        throw new AlreadyExistsError(`Cannot create ${key}: it already exists`);
-      }
-      this.#q.insert.run(key, value, rev, rev);
-      return [{ type: "put", kv: { key, value, revision: rev, createRevision: rev } }];
-    });
+    return this.#inOrder(key, value, (stored) =>
+      this.#write((rev) => {
+        if (this.#q.get.get(key)) {
+          throw new AlreadyExistsError(`Cannot create ${key}: it already exists`);
+        }
+        this.#q.insert.run(key, stored, rev, rev);
+        return [{ type: "put", kv: { key, value, revision: rev, createRevision: rev } }];
+      }, stored));
   }
 
   update(key: string, value: string, expectedRevision: number): Promise<number> {
-    return this.#write((rev) => {
-      const cur = this.#current("update", key, expectedRevision);
-      this.#q.update.run(value, rev, key);
-      return [{
-        type: "put",
-        kv: { key, value, revision: rev, createRevision: cur.createRevision },
-      }];
-    });
+    return this.#inOrder(key, value, (stored) =>
+      this.#write((rev, drop) => {
+        const cur = this.#current("update", key, expectedRevision, drop);
+        this.#q.update.run(stored, rev, key);
+        return [{
+          type: "put",
+          kv: { key, value, revision: rev, createRevision: cur.createRevision },
+        }];
+      }, stored));
   }
 
   delete(key: string, expectedRevision?: number): Promise<number> {
-    return this.#write((rev) => {
-      this.#current("delete", key, expectedRevision);
-      this.#q.delete.run(key);
-      return [{ type: "delete", key, revision: rev }];
-    });
+    return this.#inOrder(key, undefined, () =>
+      this.#write((rev, drop) => {
+        this.#current("delete", key, expectedRevision, drop);
+        this.#q.delete.run(key);
+        return [{ type: "delete", key, revision: rev }];
+      }));
+  }
+
+  /**
+   * Runs `commit` once the writes made before it have committed, with what
+   * the tables are to hold for `value`: the value itself, or, for one of
+   * `FILE_VALUE_CHARS` or more, the name of the file it was written to
+   * (synced) meanwhile. With no such write under way and a small value, at
+   * once, as every write was before.
+   */
+  #inOrder(
+    key: string,
+    value: string | undefined,
+    commit: (stored: string) => Promise<number>,
+  ): Promise<number> {
+    const toFile = value !== undefined && this.#files !== undefined &&
+      value.length >= FILE_VALUE_CHARS;
+    if (!toFile && this.#waiting === 0) return commit(value ?? "");
+    let file: Promise<string> | undefined;
+    try {
+      this.#checkWritable();
+      if (toFile) {
+        checkText(key, value);
+        file = this.#writeFile(value);
+        file.catch(() => {}); // its failure is the write's, told when its turn comes
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const before = this.#tail;
+    this.#waiting++;
+    const run = (async () => {
+      try {
+        await before;
+        const stored = file ? await file : value ?? "";
+        try {
+          return await commit(stored);
+        } catch (err) {
+          // Not committed, the file goes; but a failed sync's write may be in the log, naming
+          // it (the store takes no more writes; a file no value names goes at the next open).
+          if (file && err !== this.#broken) this.#removeFiles([stored]);
+          throw err;
+        }
+      } finally {
+        this.#waiting--;
+      }
+    })();
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  /** Writes `value` to a new file, synced with its directory entry; its stored name. */
+  async #writeFile(value: string): Promise<string> {
+    const name = crypto.randomUUID();
+    const path = `${this.#files}/${name}`;
+    try {
+      const bytes = new TextEncoder().encode(value);
+      const f = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+      try {
+        for (let at = 0; at < bytes.length;) at += await f.write(bytes.subarray(at));
+        await f.syncData();
+      } finally {
+        f.close();
+      }
+      await syncFile(this.#files!);
+      return FILE_MARK + name;
+    } catch (err) {
+      await Deno.remove(path).catch(() => {});
+      throw new InferxError(
+        "unavailable",
+        `Cannot write to the embedded store: ${(err as Error).message}`,
+        { cause: err, retryable: true },
+      );
+    }
+  }
+
+  /**
+   * Removes the files of stored values `refs` names, off the event loop (a
+   * MB's file took half a ms to unlink on it); gone already: fine. One left
+   * by a failure, or a crash, goes at the next open.
+   */
+  #removeFiles(refs: readonly string[]): void {
+    for (const ref of refs) {
+      const removal = Deno.remove(`${this.#files}/${ref.slice(FILE_MARK.length)}`).catch((err) => {
+        if (!(err instanceof Deno.errors.NotFound)) {
+          log.warn("Cannot remove a value's file from the store: {error}", { error: String(err) });
+        }
+      }).finally(() => this.#removals.delete(removal));
+      this.#removals.add(removal);
+    }
+  }
+
+  /** `row` of `kv` as a key-value, its value read from its file when it is kept in one. */
+  #kv(row: Row): KeyValue {
+    const kv = toKv(row);
+    if (isFileRef(kv.value)) kv.value = this.#readFile(kv.key, kv.value);
+    return kv;
+  }
+
+  #readFile(key: string, ref: string): string {
+    const path = `${this.#files}/${ref.slice(FILE_MARK.length)}`;
+    try {
+      return new TextDecoder().decode(Deno.readFileSync(path));
+    } catch (err) {
+      throw new InferxError(
+        "unavailable",
+        `Cannot read ${key} from the embedded store: its value's file ${path}: ${
+          (err as Error).message
+        }`,
+        { cause: err },
+      );
+    }
   }
 
   async deleteKeys(keys: readonly string[]): Promise<number> {
@@ -394,21 +608,28 @@ class SqliteStore implements MetaStore {
     for (let i = 0; i < keys.length; i += DELETE_CHUNK) {
       if (i > 0) await nextTurn();
       const chunk = keys.slice(i, i + DELETE_CHUNK);
-      await this.#write((rev) => {
-        const events: WatchEvent[] = [];
-        for (const key of chunk) {
-          if (!this.#q.get.get(key)) continue;
-          this.#q.delete.run(key);
-          events.push({ type: "delete", key, revision: rev + events.length });
-        }
-        return events;
-      });
+      await this.#inOrder("", undefined, () =>
+        this.#write((rev, drop) => {
+          const events: WatchEvent[] = [];
+          for (const key of chunk) {
+            const row = this.#q.get.get(key) as Row | undefined;
+            if (!row) continue;
+            this.#letGo(row, drop);
+            this.#q.delete.run(key);
+            events.push({ type: "delete", key, revision: rev + events.length });
+          }
+          return events;
+        }));
     }
     return this.#rev;
   }
 
-  /** The current value of `key`, checked against `expected` when given. */
-  #current(verb: string, key: string, expected: number | undefined): KeyValue {
+  /**
+   * The current row of `key` (its value as stored), checked against
+   * `expected` when given, about to be replaced: its file, if its change is
+   * no longer kept, goes into `drop`.
+   */
+  #current(verb: string, key: string, expected: number | undefined, drop: string[]): KeyValue {
     const row = this.#q.get.get(key) as Row | undefined;
     if (!row) throw new NotFoundError(`Cannot ${verb} ${key}: it does not exist`);
     const cur = toKv(row);
@@ -418,31 +639,46 @@ class SqliteStore implements MetaStore {
         { revision: cur.revision },
       );
     }
+    this.#letGo(row, drop);
     return cur;
+  }
+
+  /** The file of a row of `kv` about to be replaced goes, unless a kept change still names it. */
+  #letGo(row: Row, drop: string[]): void {
+    if (isFileRef(row.value) && Number(row.revision) <= this.#compacted) drop.push(row.value);
   }
 
   /**
    * Runs changes in one transaction (the changes, a revision and a history
-   * row each, the new revision, the compaction of the oldest history), then
-   * tells the watchers. `change` gets the revision of its first change, and
+   * row each, the new revision, the compaction of the oldest history), then,
+   * once the log is synced, tells the watchers. `change` gets the revision of its first change, and
    * numbers the others on from it.
    */
-  #write(change: (rev: number) => WatchEvent[]): Promise<number> {
+  #write(change: (rev: number, drop: string[]) => WatchEvent[], stored?: string): Promise<number> {
     let evs: WatchEvent[];
+    const drop: string[] = [];
     try {
-      this.#checkOpen();
+      this.#checkWritable();
       let rev = this.#rev;
       let compactTo = 0;
       let bytes = this.#historyBytes;
       evs = transaction(this.#db, () => {
-        const es = change(this.#rev + 1);
+        const es = change(this.#rev + 1, drop);
         for (const e of es) {
           rev = eventRevision(e);
           checkText(eventKey(e), e.type === "put" ? e.kv.value : "");
           if (e.type === "put") {
-            this.#q.record.run(rev, e.kv.key, e.kv.value, e.kv.createRevision);
+            // A put of create or update, the only one of its write: `stored` is what its row holds.
+            const file = isFileRef(stored) ? stored : undefined;
+            this.#q.record.run(
+              rev,
+              e.kv.key,
+              file ?? e.kv.value,
+              e.kv.createRevision,
+              file ? e.kv.value.length : null,
+            );
             bytes += e.kv.value.length;
-          } else this.#q.record.run(rev, e.key, null, null);
+          } else this.#q.record.run(rev, e.key, null, null, null);
         }
         if (!es.length) return es;
         compactTo = rev - this.#historyLimit;
@@ -462,7 +698,16 @@ class SqliteStore implements MetaStore {
             if (at > compactTo) (bytes -= Number(r.n), compactTo = at);
           }
         }
-        if (compactTo > this.#compacted) this.#q.compact.run(compactTo);
+        if (compactTo > this.#compacted) {
+          // The files of the changes compacted go, but those still their key's current value.
+          for (
+            const r of this.#q.filesUpTo.iterate(this.#compacted, compactTo) as Iterable<Row>
+          ) {
+            const cur = this.#q.get.get(String(r.key)) as Row | undefined;
+            if (cur?.value !== r.value) drop.push(String(r.value));
+          }
+          this.#q.compact.run(compactTo);
+        }
         return es;
       });
       this.#rev = rev;
@@ -481,12 +726,63 @@ class SqliteStore implements MetaStore {
         ),
       );
     }
-    for (const ev of evs) {
-      const key = eventKey(ev);
-      for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
+    const rev = this.#rev;
+    if (!evs.length) return Promise.resolve(rev); // nothing was written
+    // Watchers hear of the change, and the files it let go go, once it is on disk.
+    return this.#synced().then(() => {
+      this.#removeFiles(drop);
+      for (const ev of evs) {
+        const key = eventKey(ev);
+        for (const w of this.#watchers) if (key.startsWith(w.prefix)) this.#deliver(w, ev);
+      }
+      if (!this.#closed) this.#giveBackPages();
+      return rev;
+    });
+  }
+
+  /**
+   * Resolves once what was committed before the call is on disk: the
+   * write-ahead log synced (`fdatasync`) off the event loop, the writes
+   * committed while one sync runs sharing the next (SQLite's own sync of a
+   * commit, `synchronous=FULL`, held the process 3-6 ms a write, every write,
+   * on a busy disk). Batches resolve in the order they were made. A sync
+   * that fails fails its writes, and the store takes no more (they may be in
+   * the log, or not: only a restart, which reads the log, can say).
+   */
+  #synced(): Promise<void> {
+    if (!this.#wal) return Promise.resolve();
+    const done = Promise.withResolvers<void>();
+    this.#unsynced.push(done);
+    if (!this.#syncing) this.#syncing = this.#syncAll();
+    return done.promise;
+  }
+
+  async #syncAll(): Promise<void> {
+    while (this.#unsynced.length) {
+      const batch = this.#unsynced;
+      this.#unsynced = [];
+      try {
+        if (this.#broken) throw this.#broken;
+        if (!this.#walFile) {
+          // Opened once, with the log's own name in its directory synced: SQLite keeps the
+          // file while it has the database open (a checkpoint writes it again from its start).
+          this.#walFile = await Deno.open(this.#wal!, { read: true });
+          await syncFile(dirname(this.#wal!));
+        }
+        await this.#walFile.syncData();
+        this.syncs++;
+        for (const w of batch) w.resolve();
+      } catch (err) {
+        this.#broken ??= new InferxError(
+          "unavailable",
+          `Cannot write to the embedded store: syncing its log (${this.#wal}) to disk failed ` +
+            `(${(err as Error).message}); it takes no more writes: restart the platform`,
+          { cause: err, retryable: true },
+        );
+        for (const w of batch) w.reject(this.#broken);
+      }
     }
-    this.#giveBackPages();
-    return Promise.resolve(this.#rev);
+    this.#syncing = undefined;
   }
 
   /**
@@ -509,7 +805,10 @@ class SqliteStore implements MetaStore {
 
   /** Queues `ev` for `w`; a microtask hands the queue over in revision order. */
   #deliver(w: Watcher, ev: WatchEvent): void {
+    // Each change once, in order: a watch from the past replays changes not yet on disk,
+    // which it is then told of again when they are.
     if (eventRevision(ev) <= w.after) return;
+    w.after = eventRevision(ev);
     w.queue.push(ev);
     if (w.scheduled) return;
     w.scheduled = true;
@@ -563,7 +862,7 @@ class SqliteStore implements MetaStore {
             type: "put",
             kv: {
               key,
-              value: String(row.value),
+              value: isFileRef(row.value) ? this.#readFile(key, row.value) : String(row.value),
               revision,
               createRevision: Number(row.create_revision),
             },
@@ -575,17 +874,36 @@ class SqliteStore implements MetaStore {
     return { cancel: () => this.#end(w) };
   }
 
-  close(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
+  async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
+    // Writes waiting for their turn fail (closed); those committed are synced first: their
+    // callers are told how that went.
+    await this.#tail;
+    await this.#syncing;
+    await Promise.all(this.#removals);
+    this.#walFile?.close();
     for (const w of this.#watchers) w.cancelled = true;
     this.#watchers.clear();
     this.#db.close();
-    return Promise.resolve();
   }
 }
 
-/** Refuses U+0000 in a key or value: SQLite's text ends there, so it would come back cut. */
+/** Syncs the file or directory at `path` to disk (`fdatasync`), off the event loop. */
+async function syncFile(path: string): Promise<void> {
+  const f = await Deno.open(path, { read: true });
+  try {
+    await f.syncData();
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Refuses U+0000 in a key or value (SQLite's text ends there, so it would
+ * come back cut) and a value that starts with U+0001 (as the rows of values
+ * kept in files do). JSON escapes both.
+ */
 function checkText(key: string, value: string): void {
   if (key.includes("\0") || value.includes("\0")) {
     throw new InferxError(
@@ -593,6 +911,15 @@ function checkText(key: string, value: string): void {
       `Cannot store ${
         JSON.stringify(key)
       }: the embedded store cannot hold U+0000 in a key or value`,
+    );
+  }
+  if (value.startsWith(FILE_MARK)) {
+    // What the store's own rows hold for a value kept in a file starts so.
+    throw new InferxError(
+      "invalid",
+      `Cannot store ${
+        JSON.stringify(key)
+      }: the embedded store cannot hold a value that starts with U+0001`,
     );
   }
 }

@@ -3,7 +3,7 @@ import type { InferxError } from "../common/errors.ts";
 import { withTempDir, withTmpfs } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
-import { openSqliteStore, VACUUM_PAGES } from "./sqlite.ts";
+import { FILE_VALUE_CHARS, openSqliteStore, VACUUM_PAGES } from "./sqlite.ts";
 import { CompactedError, type MetaStore, type WatchEvent } from "./types.ts";
 
 storeContract("sqlite in memory", async () => {
@@ -354,12 +354,16 @@ Deno.test("sqlite store keeps its history within historyMaxBytes, and the file g
     await assert.rejects(watchFor(store, "/calls/", 0, 1), CompactedError);
     await store.close();
     const db = new DatabaseSync(path, { readOnly: true });
-    const kept = db.prepare("select sum(length(value)) as n from history").get() as { n: number };
+    const kept = db.prepare("select sum(coalesce(size, length(value))) as n from history")
+      .get() as { n: number };
     db.close();
     assert.ok(kept.n <= 4 * 1024 * 1024, `history holds ${kept.n} characters`);
-    // 25 MiB were written; what stays is the capped history, the pages of the rest given back.
+    // 25 MiB were written (to files of their own: each value is large); what stays is the
+    // capped history's, the files of the rest removed.
     const size = (await Deno.stat(path)).size;
     assert.ok(size < 8 * 1024 * 1024, `the file is ${size} bytes`);
+    const files = [...Deno.readDirSync(`${path}-blobs`)].length;
+    assert.ok(files > 0 && files <= 16, `${files} value files kept`);
   });
 });
 
@@ -377,9 +381,9 @@ Deno.test("the store gives free pages back a bounded number at a time", async ()
       }
     };
     let store = await openSqliteStore(path, { historyMaxBytes: 1024 * 1024 });
-    const big = "x".repeat(256 * 1024);
-    for (let i = 0; i < 64; i++) await store.create(`/big/${i}`, big);
-    for (let i = 0; i < 64; i++) await store.delete(`/big/${i}`); // 16 MiB of pages free at once
+    const big = "x".repeat(FILE_VALUE_CHARS - 1); // the largest kept in the database's pages
+    for (let i = 0; i < 256; i++) await store.create(`/big/${i}`, big);
+    for (let i = 0; i < 256; i++) await store.delete(`/big/${i}`); // 16 MiB of pages free at once
     await store.close();
     const before = free();
     assert.ok(before > 3 * VACUUM_PAGES, `${before} free pages`);
@@ -416,6 +420,220 @@ Deno.test("sqlite store refuses U+0000 in a key or value, rather than cut it on 
   await store.close();
 });
 
+Deno.test("sqlite store refuses a value that starts with U+0001, as its rows of values in files do", async () => {
+  const store = await openSqliteStore();
+  await assert.rejects(
+    store.create("/a", "\u0001" + "0".repeat(36)),
+    (e: InferxError) => e.code === "invalid" && /starts with U\+0001/.test(e.message),
+  );
+  await store.create("/a", "v\u0001"); // elsewhere in a value: fine
+  await store.close();
+});
+
+/**
+ * A store file as a release of schema `version` left it (`/k` = `v`, at
+ * revision 1), its settings made first by `settings`.
+ */
+function olderStore(path: string, version: number, settings = ""): void {
+  const old = new DatabaseSync(path);
+  old.exec(`
+    ${settings}
+    create table meta (name text primary key, value integer not null) without rowid;
+    create table kv (key text primary key, value text not null, revision integer not null,
+      create_revision integer not null) without rowid;
+    create table history (revision integer primary key, key text not null, value text,
+      create_revision integer);
+    insert into kv values ('/k', 'v', 1, 1);
+    insert into history values (1, '/k', 'v', 1);
+    insert into meta values ('revision', 1);
+    pragma user_version = ${version};`);
+  old.close();
+}
+
+/** The names of the files values are kept in, beside the store at `path`. */
+const valueFiles = (path: string) =>
+  [...Deno.readDirSync(`${path}-blobs`)].map((e) => e.name).sort();
+
+Deno.test("large values are kept in files of their own, read back by get, list and watches, across a restart", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    let store = await openSqliteStore(path);
+    const big = (c: string) => c.repeat(FILE_VALUE_CHARS) + "é😀"; // not only ASCII
+    const live = watchFor(store, "/calls/", await store.revision(), 3);
+    const r1 = await store.create("/calls/a", big("a"));
+    await store.create("/calls/b", "small");
+    await store.update("/calls/a", big("b"), r1);
+    assert.deepEqual((await live).map((e) => e.type === "put" && e.kv.value.length), [
+      FILE_VALUE_CHARS + 3,
+      5,
+      FILE_VALUE_CHARS + 3,
+    ]);
+    assert.equal((await store.get("/calls/a"))?.value, big("b"));
+    assert.deepEqual((await store.list("/calls/")).items.map((kv) => kv.value), [
+      big("b"),
+      "small",
+    ]);
+    await store.close();
+    // The database holds their names, not them: two files, the older one still a kept change.
+    assert.equal(valueFiles(path).length, 2);
+    assert.ok((await Deno.stat(path)).size < FILE_VALUE_CHARS, "not in the database's pages");
+    store = await openSqliteStore(path);
+    assert.equal((await store.get("/calls/a"))?.value, big("b"));
+    const replayed = await watchFor(store, "/calls/", 0, 3);
+    assert.deepEqual(replayed.map((e) => e.type === "put" && e.kv.value), [
+      big("a"),
+      "small",
+      big("b"),
+    ]);
+    await store.close();
+  });
+});
+
+Deno.test("a value's file goes once neither its key nor a kept change names it", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path, { historyLimit: 3 });
+    const big = "x".repeat(FILE_VALUE_CHARS);
+    let rev = await store.create("/k", big + 1);
+    rev = await store.update("/k", big + 2, rev); // 1 is still a kept change
+    await store.close();
+    assert.equal(valueFiles(path).length, 2);
+    const again = await openSqliteStore(path, { historyLimit: 3 });
+    await again.create("/other/1", "v");
+    await again.create("/other/2", "v"); // change 1 compacted: its file goes
+    await again.create("/other/3", "v"); // change 2 compacted, but still /k's value: it stays
+    await again.close();
+    assert.equal(valueFiles(path).length, 1);
+    const last = await openSqliteStore(path, { historyLimit: 3 });
+    assert.equal((await last.get("/k"))?.value, big + 2);
+    await last.delete("/k"); // its change compacted before: the file goes with the key
+    await last.close();
+    assert.deepEqual(valueFiles(path), []);
+  });
+});
+
+Deno.test("writes commit in the order they were made, a large value's file or not", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore(`${dir}/meta.db`);
+    const big = "x".repeat(4 * FILE_VALUE_CHARS);
+    const seen = watchFor(store, "/", 0, 4);
+    // Made together, not awaited one by one: the small ones wait for the large one's file.
+    const revs = await Promise.all([
+      store.create("/1", big),
+      store.create("/2", "small"),
+      store.create("/1", "again"), // after /1 exists: refused
+      store.delete("/2"),
+      store.create("/3", big),
+    ].map((p) => p.catch((e: Error) => e.name)));
+    assert.deepEqual(revs, [1, 2, "AlreadyExistsError", 3, 4]);
+    assert.deepEqual((await seen).map(describe).map((d) => d.slice(0, 8)), [
+      "/1=xxxxx",
+      "/2=small",
+      "-/2",
+      "/3=xxxxx",
+    ]);
+    await store.close();
+  });
+});
+
+Deno.test("writes made together share syncs of the store's log", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore(`${dir}/meta.db`);
+    const syncs = () => (store as unknown as { syncs: number }).syncs;
+    await store.create("/first", "v");
+    assert.equal(syncs(), 1, "one write, one sync");
+    await Promise.all(Array.from({ length: 200 }, (_, i) => store.create(`/k/${i}`, "v")));
+    const after = syncs();
+    assert.ok(after >= 2 && after <= 3, `200 writes made together: ${after - 1} syncs`);
+    await store.close();
+  });
+});
+
+Deno.test("a watch from the past started before a write is synced is told of it once", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore(`${dir}/meta.db`);
+    await store.create("/a", "1");
+    const written = store.create("/b", "2"); // committed; its sync under way
+    const got: string[] = [];
+    const w = store.watch("/", { afterRevision: 0, onEvent: (e) => got.push(describe(e)) });
+    await written;
+    await store.create("/c", "3");
+    w.cancel();
+    assert.deepEqual(got, ["/a=1", "/b=2", "/c=3"]);
+    await store.close();
+  });
+});
+
+Deno.test("a store whose log cannot be synced fails the writes and takes no more, reads going on", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path);
+    // The log taken away under the store before its first sync, which opens it: that fails.
+    await Deno.rename(`${path}-wal`, `${dir}/moved`);
+    await assert.rejects(
+      store.create("/b", "2"),
+      (e: InferxError) => e.code === "unavailable" && /syncing its log .* failed/.test(e.message),
+    );
+    await assert.rejects(store.create("/c", "3"), /it takes no more writes: restart/);
+    assert.equal((await store.get("/b"))?.value, "2", "committed, if not known to be on disk");
+    await store.close();
+  });
+});
+
+Deno.test("at open, files no value names go, and a named file that is missing refuses the store", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    let store = await openSqliteStore(path);
+    await store.create("/big", "x".repeat(FILE_VALUE_CHARS));
+    await store.close();
+    const [kept] = valueFiles(path);
+    // A crash between writing a file and committing its name leaves one behind.
+    const stray = crypto.randomUUID();
+    await Deno.writeTextFile(`${path}-blobs/${stray}`, "left behind");
+    await Deno.writeTextFile(`${path}-blobs/notes.txt`, "not the store's"); // left alone
+    store = await openSqliteStore(path);
+    await store.close();
+    assert.deepEqual(valueFiles(path), [kept, "notes.txt"].sort());
+    const copy = await Deno.readFile(`${path}-blobs/${kept}`);
+    await Deno.remove(`${path}-blobs/${kept}`);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        new RegExp(
+          `it is damaged \\(1 value file\\(s\\) missing from meta\\.db-blobs/, the ` +
+            `first of /big: ${kept}\\)`,
+        ).test(e.message),
+    );
+    // Left as it was: with the file put back, the store opens whole.
+    await Deno.writeFile(`${path}-blobs/${kept}`, copy);
+    store = await openSqliteStore(path);
+    assert.equal((await store.get("/big"))?.value.length, FILE_VALUE_CHARS);
+    await store.close();
+  });
+});
+
+Deno.test("a store of schema version 2 takes values in files after its open, its changes kept", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    olderStore(path, 2, "pragma auto_vacuum = incremental;");
+    const store = await openSqliteStore(path);
+    await store.create("/big", "x".repeat(FILE_VALUE_CHARS));
+    const events = await watchFor(store, "/", 0, 2);
+    assert.deepEqual(events.map((e) => e.type === "put" && e.kv.value.length), [
+      1,
+      FILE_VALUE_CHARS,
+    ]);
+    await store.close();
+    const db = new DatabaseSync(path, { readOnly: true });
+    assert.equal(
+      (db.prepare("pragma user_version").get() as { user_version: number }).user_version,
+      3,
+    );
+    db.close();
+  });
+});
+
 Deno.test("sqlite store refuses another program's database, and leaves it as it was", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;
@@ -429,7 +647,7 @@ Deno.test("sqlite store refuses another program's database, and leaves it as it 
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" &&
-        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7, not 1 to 2/
+        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7, not 1 to 3/
           .test(
             e.message,
           ),
@@ -482,18 +700,7 @@ Deno.test("sqlite store on a read-only directory says so, not 'disk I/O error'",
 Deno.test("a store made before pages were given back is converted once at open, its data kept", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;
-    const old = new DatabaseSync(path);
-    old.exec(`
-      create table meta (name text primary key, value integer not null) without rowid;
-      create table kv (key text primary key, value text not null, revision integer not null,
-        create_revision integer not null) without rowid;
-      create table history (revision integer primary key, key text not null, value text,
-        create_revision integer);
-      insert into kv values ('/k', 'v', 1, 1);
-      insert into history values (1, '/k', 'v', 1);
-      insert into meta values ('revision', 1);
-      pragma user_version = 1;`);
-    old.close();
+    olderStore(path, 1);
     const store = await openSqliteStore(path);
     assert.equal((await store.get("/k"))?.value, "v");
     assert.equal(await store.create("/k2", "w"), 2);
@@ -506,7 +713,7 @@ Deno.test("a store made before pages were given back is converted once at open, 
     // Marked with this release's schema version: an older release refuses it now.
     assert.equal(
       (db.prepare("pragma user_version").get() as { user_version: number }).user_version,
-      2,
+      3,
     );
     db.close();
   });
@@ -537,14 +744,14 @@ Deno.test("a store written by a newer release is refused, saying so, and left as
     await store.create("/k", "v");
     await store.close();
     const newer = new DatabaseSync(path);
-    newer.exec("pragma user_version = 3");
+    newer.exec("pragma user_version = 4");
     newer.close();
     const before = await Deno.readFile(path);
     await assert.rejects(
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" &&
-        /meta\.db: it was written by a newer release of the platform \(schema version 3; this release reads 1 to 2\)/
+        /meta\.db: it was written by a newer release of the platform \(schema version 4; this release reads 1 to 3\)/
           .test(e.message),
     );
     assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
