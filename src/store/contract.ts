@@ -125,6 +125,16 @@ export function storeContract(
     },
   );
 
+  t("keys() returns the keys of the prefix only, sorted, without values", async ({ store }) => {
+    await store.create("/q/b", "2");
+    await store.create("/q/a", "x".repeat(100_000));
+    await store.create("/qq", "3");
+    await store.create("/r", "4");
+    assert.deepEqual(await store.keys("/q/"), ["/q/a", "/q/b"]);
+    assert.deepEqual(await store.keys("/q"), ["/q/a", "/q/b", "/qq"]);
+    assert.deepEqual(await store.keys("/none/"), []);
+  });
+
   t("list() returns only the prefix, sorted, with the store revision", async ({ store }) => {
     await store.create("/p/b", "2");
     await store.create("/p/a", "1");

@@ -212,6 +212,13 @@ export class EtcdStore implements MetaStore {
     return { items: res.kvs.map(toKv), revision: Number(res.header.revision) };
   }
 
+  async keys(prefix: string): Promise<string[]> {
+    return await call(
+      `list ${prefix}`,
+      () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").keys(),
+    );
+  }
+
   async create(key: string, value: string): Promise<number> {
     const res = await call(
       `create ${key}`,

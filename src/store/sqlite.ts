@@ -32,7 +32,12 @@
 import { basename, dirname } from "node:path";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import { type DatabaseSync, openDatabase, transaction } from "../common/sqlite.ts";
+import {
+  type DatabaseSync,
+  openDatabase,
+  type StatementSync,
+  transaction,
+} from "../common/sqlite.ts";
 import { LEGACY_FILES, readLegacyStore } from "./_legacy.ts";
 import {
   CompactedError,
@@ -333,6 +338,8 @@ function statements(db: DatabaseSync) {
     listFrom: db.prepare(
       "select key, value, revision, create_revision from kv where key >= ? order by key",
     ),
+    keysRange: db.prepare("select key from kv where key >= ? and key < ? order by key"),
+    keysFrom: db.prepare("select key from kv where key >= ? order by key"),
     insert: db.prepare(
       "insert into kv (key, value, revision, create_revision) values (?, ?, ?, ?)",
     ),
@@ -390,6 +397,10 @@ class SqliteStore implements MetaStore {
   #broken: InferxError | undefined;
   /** Removals of files under way (a close waits for them). */
   #removals = new Set<Promise<void>>();
+  /** The revision up to which the log is on disk. */
+  #syncedRev: number;
+  /** A close under way. */
+  #closing: Promise<void> | undefined;
   /** Syncs of the log made (commits made together share one). */
   syncs = 0;
 
@@ -409,6 +420,7 @@ class SqliteStore implements MetaStore {
         .get() as Row).n,
     );
     this.#rev = metaValue(db, "revision") ?? 0;
+    this.#syncedRev = this.#rev;
     const oldest = db.prepare("select min(revision) as r from history").get() as Row;
     this.#compacted = oldest.r === null ? this.#rev : Number(oldest.r) - 1;
     this.#q = statements(db);
@@ -441,22 +453,32 @@ class SqliteStore implements MetaStore {
 
   list(prefix: string): Promise<ListResult> {
     try {
-      this.#checkOpen();
-      const end = prefixEnd(prefix);
-      const rows = (end === undefined
-        ? this.#q.listFrom.all(prefix)
-        : this.#q.listRange.all(prefix, end)) as Row[];
-      const items: KeyValue[] = [];
-      for (const row of rows) {
-        if (end === undefined && !String(row.key).startsWith(prefix)) {
-          break;
-        }
-        items.push(this.#kv(row));
-      }
+      const items = this.#under(prefix, this.#q.listRange, this.#q.listFrom).map((r) =>
+        this.#kv(r)
+      );
       return Promise.resolve({ items, revision: this.#rev });
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  keys(prefix: string): Promise<string[]> {
+    try {
+      const rows = this.#under(prefix, this.#q.keysRange, this.#q.keysFrom);
+      return Promise.resolve(rows.map((r) => String(r.key)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** The rows of `kv` under `prefix`, by key: `range` (from, to) or `from` (from, to the end). */
+  #under(prefix: string, range: StatementSync, from: StatementSync): Row[] {
+    this.#checkOpen();
+    const end = prefixEnd(prefix);
+    if (end !== undefined) return range.all(prefix, end) as Row[];
+    const rows = from.all(prefix) as Row[];
+    const past = rows.findIndex((r) => !String(r.key).startsWith(prefix));
+    return past < 0 ? rows : rows.slice(0, past);
   }
 
   create(key: string, value: string): Promise<number> {
@@ -603,12 +625,14 @@ class SqliteStore implements MetaStore {
   }
 
   async deleteKeys(keys: readonly string[]): Promise<number> {
+    // The revision after its own last change, or, with none, after the writes made before it.
+    let after = await this.#inOrder("", undefined, () => Promise.resolve(this.#rev));
     // A transaction (one sync to disk) per chunk, and the event loop let go between chunks:
     // a namespace's tens of thousands of calls go in a second or two, other work going on.
     for (let i = 0; i < keys.length; i += DELETE_CHUNK) {
       if (i > 0) await nextTurn();
       const chunk = keys.slice(i, i + DELETE_CHUNK);
-      await this.#inOrder("", undefined, () =>
+      after = await this.#inOrder("", undefined, () =>
         this.#write((rev, drop) => {
           const events: WatchEvent[] = [];
           for (const key of chunk) {
@@ -621,7 +645,7 @@ class SqliteStore implements MetaStore {
           return events;
         }));
     }
-    return this.#rev;
+    return after;
   }
 
   /**
@@ -761,6 +785,7 @@ class SqliteStore implements MetaStore {
     while (this.#unsynced.length) {
       const batch = this.#unsynced;
       this.#unsynced = [];
+      const upTo = this.#rev; // committed so far, all in the log now
       try {
         if (this.#broken) throw this.#broken;
         if (!this.#walFile) {
@@ -770,6 +795,7 @@ class SqliteStore implements MetaStore {
           await syncFile(dirname(this.#wal!));
         }
         await this.#walFile.syncData();
+        this.#syncedRev = upTo;
         this.syncs++;
         for (const w of batch) w.resolve();
       } catch (err) {
@@ -805,8 +831,8 @@ class SqliteStore implements MetaStore {
 
   /** Queues `ev` for `w`; a microtask hands the queue over in revision order. */
   #deliver(w: Watcher, ev: WatchEvent): void {
-    // Each change once, in order: a watch from the past replays changes not yet on disk,
-    // which it is then told of again when they are.
+    // Each change once, in order (a watch started after a write's commit and before its
+    // sync is among those told of it then: one from the past that replayed up to it too).
     if (eventRevision(ev) <= w.after) return;
     w.after = eventRevision(ev);
     w.queue.push(ev);
@@ -852,6 +878,10 @@ class SqliteStore implements MetaStore {
         : this.#q.replayRange.all(after, prefix, end)) as Row[];
       for (const row of rows) {
         const key = String(row.key);
+        // A change not yet on disk is told with the others of its sync, this watch among them.
+        if (this.#wal && Number(row.revision) > this.#syncedRev) {
+          break;
+        }
         if (!key.startsWith(prefix)) {
           continue;
         }
@@ -874,8 +904,12 @@ class SqliteStore implements MetaStore {
     return { cancel: () => this.#end(w) };
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     this.#closed = true;
     // Writes waiting for their turn fail (closed); those committed are synced first: their
     // callers are told how that went.

@@ -536,6 +536,19 @@ Deno.test("writes commit in the order they were made, a large value's file or no
   });
 });
 
+Deno.test("a second close() resolves once the store is closed, as the first does", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path);
+    const written = store.create("/a", "1"); // its sync under way when the store closes
+    const first = store.close();
+    await store.close();
+    await (await openSqliteStore(path)).close(); // no "another process has it open"
+    await first;
+    assert.equal(await written, 1);
+  });
+});
+
 Deno.test("writes made together share syncs of the store's log", async () => {
   await withDir(async (dir) => {
     const store = await openSqliteStore(`${dir}/meta.db`);
@@ -570,12 +583,19 @@ Deno.test("a store whose log cannot be synced fails the writes and takes no more
     const store = await openSqliteStore(path);
     // The log taken away under the store before its first sync, which opens it: that fails.
     await Deno.rename(`${path}-wal`, `${dir}/moved`);
+    const written = store.create("/b", "2");
+    // A watch from the past, started before the sync, is not told of a write not on disk.
+    const told: string[] = [];
+    const w = store.watch("/", { afterRevision: 0, onEvent: (e) => told.push(describe(e)) });
     await assert.rejects(
-      store.create("/b", "2"),
+      written,
       (e: InferxError) => e.code === "unavailable" && /syncing its log .* failed/.test(e.message),
     );
     await assert.rejects(store.create("/c", "3"), /it takes no more writes: restart/);
     assert.equal((await store.get("/b"))?.value, "2", "committed, if not known to be on disk");
+    await new Promise((r) => setTimeout(r, 10));
+    w.cancel();
+    assert.deepEqual(told, []);
     await store.close();
   });
 });

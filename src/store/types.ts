@@ -54,6 +54,8 @@ export interface MetaStore {
   get(key: string): Promise<KeyValue | undefined>;
   /** All keys under `prefix`, sorted by key. */
   list(prefix: string): Promise<ListResult>;
+  /** The keys under `prefix`, sorted, without their values (which may be large). */
+  keys(prefix: string): Promise<string[]>;
   /** Creates `key`; throws `AlreadyExistsError` when present. Returns the new revision. */
   create(key: string, value: string): Promise<number>;
   /**
