@@ -62,8 +62,13 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     db = new DatabaseSync(path);
     db.exec(`pragma busy_timeout = ${options.shared ? options.busyTimeoutMs ?? 5000 : 0}`);
     options.check?.(db);
-    // Before anything writes the file's first page, or it has no effect.
-    if (options.incrementalVacuum) db.exec("pragma auto_vacuum = incremental");
+    // Before anything writes the file's first page, or it has no effect; on a file that has
+    // pages it changes nothing but the file's change counter (a file refused at open after
+    // this would not be left byte for byte as it was).
+    const empty = () =>
+      (db!.prepare("pragma page_count").get() as { page_count: number })
+        .page_count === 0;
+    if (options.incrementalVacuum && empty()) db.exec("pragma auto_vacuum = incremental");
     if (path !== ":memory:") {
       if (!options.shared) db.exec("pragma locking_mode = exclusive");
       const mode = db.prepare("pragma journal_mode = wal").get() as { journal_mode: string };

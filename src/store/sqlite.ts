@@ -3,8 +3,9 @@
  * `RUN_SERVICE=All` and of a `StateSvc` without etcd. Table `kv` holds the
  * current value of each key, table `history` one row per revision (the
  * change made at it) for watches that start in the past, and table `meta`
- * the global revision. Every write is one transaction, committed with
- * `synchronous=FULL` in WAL mode before the call returns; the newest
+ * the global revision. Every write is one transaction in WAL mode, and the
+ * call returns (and watchers hear of it) once the log is synced, off the
+ * event loop, writes made together sharing a sync (see `#synced`); the newest
  * `historyLimit` changes are kept, and no more of them than
  * `historyMaxBytes` of values (each change holds the whole value it wrote, as
  * in etcd): older ones are compacted away, and the pages they held given back

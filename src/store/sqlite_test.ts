@@ -616,6 +616,7 @@ Deno.test("at open, files no value names go, and a named file that is missing re
     assert.deepEqual(valueFiles(path), [kept, "notes.txt"].sort());
     const copy = await Deno.readFile(`${path}-blobs/${kept}`);
     await Deno.remove(`${path}-blobs/${kept}`);
+    const before = await Deno.readFile(path);
     await assert.rejects(
       openSqliteStore(path),
       (e: InferxError) =>
@@ -625,7 +626,8 @@ Deno.test("at open, files no value names go, and a named file that is missing re
             `first of /big: ${kept}\\)`,
         ).test(e.message),
     );
-    // Left as it was: with the file put back, the store opens whole.
+    assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
+    // With the file put back, the store opens whole.
     await Deno.writeFile(`${path}-blobs/${kept}`, copy);
     store = await openSqliteStore(path);
     assert.equal((await store.get("/big"))?.value.length, FILE_VALUE_CHARS);
