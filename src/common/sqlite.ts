@@ -65,10 +65,10 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     // Before anything writes the file's first page, or it has no effect; on a file that has
     // pages it changes nothing but the file's change counter (a file refused at open after
     // this would not be left byte for byte as it was).
-    const empty = () =>
-      (db!.prepare("pragma page_count").get() as { page_count: number })
-        .page_count === 0;
-    if (options.incrementalVacuum && empty()) db.exec("pragma auto_vacuum = incremental");
+    if (options.incrementalVacuum) {
+      const { page_count } = db.prepare("pragma page_count").get() as { page_count: number };
+      if (page_count === 0) db.exec("pragma auto_vacuum = incremental");
+    }
     if (path !== ":memory:") {
       if (!options.shared) db.exec("pragma locking_mode = exclusive");
       const mode = db.prepare("pragma journal_mode = wal").get() as { journal_mode: string };
