@@ -19,6 +19,7 @@
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, startPlatform } from "../tests/e2e/helpers.ts";
+import { probeCalls, quantile } from "./probe.ts";
 
 const calls = Number(Deno.args[0] ?? 300);
 const mb = Number(Deno.args[1] ?? 1);
@@ -60,33 +61,18 @@ try {
     if (r.status !== 200) throw new Error(`warm-up of ${f} failed: ${JSON.stringify(r.body)}`);
   }
 
-  /** Small synchronous calls one after another until `stop()`; their latencies (ms). */
-  const probe = () => {
-    const ms: number[] = [];
-    let stopped = false;
-    const done = (async () => {
-      while (!stopped) {
-        const t = performance.now();
-        const r = await fetch(url("probe"), { method: "POST", body: small });
-        await r.arrayBuffer();
-        if (r.status !== 200) throw new Error(`probe call: ${r.status}`);
-        ms.push(performance.now() - t);
-      }
-    })();
-    return { ms, stop: async () => (stopped = true, await done) };
-  };
-  const stats = (ms: number[]) => {
-    const s = [...ms].sort((a, b) => a - b);
-    const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-    return { n: s.length, p50: at(0.5), p99: at(0.99), max: s[s.length - 1] };
-  };
+  const probe = () => probeCalls(url("probe"), small);
+  const stats = (ms: number[]) => ({
+    n: ms.length,
+    p50: quantile(ms, 0.5),
+    p99: quantile(ms, 0.99),
+    max: Math.max(...ms),
+  });
 
   const alone = probe();
   await new Promise((r) => setTimeout(r, 5000));
   await alone.stop();
 
-  // The size in a field the n-gram sample passes over (OpenAI's `user`): the worker's own
-  // work stays small, and what is measured is the platform's.
   // The size in a field the n-gram sample passes over (OpenAI's `user`): the worker's own
   // work stays small, and what is measured is the platform's. Sent from a thread of its own,
   // so that making and sending them does not delay the probe's own event loop.

@@ -57,14 +57,34 @@ export function nestsDeeperThan(value: unknown, max: number): boolean {
  * that has one must be refused rather than lose it silently.
  */
 export function protoKeyPath(value: unknown): string | undefined {
-  const stack: [unknown, string][] = [[value, ""]];
+  // Containers only, each with its parent: a path is built only for the key found (a body of
+  // a million numbers made a million path strings).
+  interface At {
+    v: object;
+    up?: At;
+    key: string;
+  }
+  const path = (at: At, key: string) => {
+    const parts = [key];
+    for (let a: At | undefined = at; a?.up; a = a.up) parts.push(a.key);
+    return parts.reverse().join(".");
+  };
+  if (!value || typeof value !== "object") return undefined;
+  const stack: At[] = [{ v: value, key: "" }];
   while (stack.length) {
-    const [v, path] = stack.pop()!;
-    if (!v || typeof v !== "object") continue;
-    for (const key of Object.keys(v)) {
-      const at = path ? `${path}.${key}` : key;
-      if (key === "__proto__") return at;
-      stack.push([(v as Record<string, unknown>)[key], at]);
+    const at = stack.pop()!;
+    if (Array.isArray(at.v)) {
+      // An array parsed from JSON has no key but its indexes.
+      for (let i = 0; i < at.v.length; i++) {
+        const child: unknown = at.v[i];
+        if (child && typeof child === "object") stack.push({ v: child, up: at, key: String(i) });
+      }
+      continue;
+    }
+    for (const key of Object.keys(at.v)) {
+      if (key === "__proto__") return path(at, key);
+      const child = (at.v as Record<string, unknown>)[key];
+      if (child && typeof child === "object") stack.push({ v: child, up: at, key });
     }
   }
   return undefined;

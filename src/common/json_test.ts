@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { jsonEqual, jsonTooHeavy, nestsDeeperThan, stableJson } from "./json.ts";
+import { jsonEqual, jsonTooHeavy, nestsDeeperThan, protoKeyPath, stableJson } from "./json.ts";
 
 Deno.test("stableJson() sorts keys at every depth and keeps array order", () => {
   assert.equal(stableJson({ b: 1, a: { d: [2, 1], c: null } }), '{"a":{"c":null,"d":[2,1]},"b":1}');
@@ -69,4 +69,19 @@ Deno.test("jsonTooHeavy() counts the arrays, objects and members of JSON text, s
     jsonTooHeavy(enc("[" + "[".repeat(200) + "]".repeat(200) + "]"), 64, 1000),
     "nests arrays and objects more than 64 levels deep",
   );
+});
+
+Deno.test("protoKeyPath() names the first __proto__ key of parsed JSON, under objects and arrays", () => {
+  assert.equal(protoKeyPath(JSON.parse('{"__proto__":1}')), "__proto__");
+  assert.equal(
+    protoKeyPath(JSON.parse('{"a":{"b":[1,{"c":2},[{"__proto__":{}}]]}}')),
+    "a.b.2.0.__proto__",
+  );
+  assert.equal(protoKeyPath(JSON.parse('{"a":[1,2,{"__proto__x":3}],"b":"__proto__"}')), undefined);
+  assert.equal(protoKeyPath(JSON.parse('[[["x"]]]')), undefined);
+  assert.equal(protoKeyPath(null), undefined);
+  assert.equal(protoKeyPath("__proto__"), undefined);
+  // Past a million numbers (no path is made for any of them).
+  const many = Array.from({ length: 1_000_000 }, (_, i) => i);
+  assert.equal(protoKeyPath({ x: many, y: { z: JSON.parse('{"__proto__":0}') } }), "y.z.__proto__");
 });

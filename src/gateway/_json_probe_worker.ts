@@ -5,8 +5,9 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { probeJson, type ProbeReply, type ProbeRequest } from "./json_probe.ts";
+import { compactObject, probeJson, type ProbeReply, type ProbeRequest } from "./json_probe.ts";
 
-self.onmessage = (e: MessageEvent<ProbeRequest>) => {
-  self.postMessage({ id: e.data.id, ...probeJson(e.data.bytes) } satisfies ProbeReply);
+self.onmessage = ({ data: { id, bytes, object } }: MessageEvent<ProbeRequest>) => {
+  const result = object ? compactObject(bytes, object) : probeJson(bytes);
+  self.postMessage({ id, ...result } satisfies ProbeReply);
 };

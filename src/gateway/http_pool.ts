@@ -73,8 +73,8 @@ export class AnswerBroken extends Error {
  * to another worker.
  */
 export class AnswerTimeout extends Error {
-  constructor(endpoint: string, limitMs: number) {
-    super(`${endpoint} sent nothing for ${limitMs / 1000} s`);
+  constructor(limitMs: number) {
+    super(`it sent nothing for ${limitMs / 1000} s`);
     this.name = "AnswerTimeout";
   }
 }
@@ -664,7 +664,7 @@ export class HttpPool {
       });
       try {
         const head = await conn.exchange(endpoint, req);
-        if (!head) throw new ConnectError(`${endpoint} closed the connection before answering`);
+        if (!head) throw new ConnectError("it closed the connection before answering");
         const answer = this.#answer(endpoint, conn, head);
         return answer instanceof Promise ? await answer : answer;
       } catch (err) {
@@ -672,14 +672,14 @@ export class HttpPool {
         const answered = conn.closed || conn.heard;
         this.#discard(conn);
         if (err instanceof RequestBodyError) throw err.cause;
-        if (cancelled) throw new ConnectError(`${endpoint}: the exchange was cancelled`);
-        if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
+        if (cancelled) throw new ConnectError("the exchange was cancelled");
+        if (conn.timedOut) throw new AnswerTimeout(conn.quietLimitMs);
         // A kept-alive connection the worker closed just as it was taken (a close heard while
         // idle puts it out of use): a fresh one, once — when nothing went out, or sending it
         // again does no harm (an idempotent method, an idempotency key), as Go's client does.
         if (pooled && !answered && (!conn.wroteSome || mayRepeat(req))) continue;
         if (answered) {
-          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
+          throw new AnswerBroken(`it broke off its answer: ${(err as Error).message}`, {
             cause: err,
           });
         }
@@ -687,9 +687,7 @@ export class HttpPool {
         // unreachable), and may have begun the request.
         if (conn.writeFailed) {
           throw new AnswerBroken(
-            `${endpoint} closed the connection while the request was sent: ${
-              (err as Error).message
-            }`,
+            `it closed the connection while the request was sent: ${(err as Error).message}`,
             { cause: err },
           );
         }
@@ -697,14 +695,14 @@ export class HttpPool {
         // a request that may be sent twice goes to another worker.
         if (conn.wroteSome && !mayRepeat(req)) {
           throw new AnswerBroken(
-            `${endpoint} closed the connection without answering, after taking the whole request (it may have run it, so it was not sent to another worker)`,
+            "it closed the connection without answering, after taking the whole request (it may have run it)",
             { cause: err },
           );
         }
-        const message = err instanceof ConnectError
-          ? err.message
-          : `${endpoint}: ${(err as Error).message}`;
-        throw new ConnectError(message, { cause: err, sent: conn.wroteSome });
+        throw new ConnectError(err instanceof ConnectError ? err.message : (err as Error).message, {
+          cause: err,
+          sent: conn.wroteSome,
+        });
       } finally {
         inFlight = false;
       }
@@ -724,11 +722,11 @@ export class HttpPool {
         // This process (or host) is out of descriptors: nothing is wrong with the worker.
         throw new InferxError(
           "unavailable",
-          `The gateway cannot open a connection to ${endpoint}: ${(err as Error).message}`,
+          `The gateway cannot open a connection to a worker: ${(err as Error).message}`,
           { cause: err, retryable: true },
         );
       }
-      throw new ConnectError(`cannot connect to ${endpoint}: ${(err as Error).message}`, {
+      throw new ConnectError(`cannot connect to it: ${(err as Error).message}`, {
         cause: err,
       });
     }
@@ -773,8 +771,8 @@ export class HttpPool {
           return c;
         } catch (err) {
           finish(false);
-          if (conn.timedOut) throw new AnswerTimeout(endpoint, conn.quietLimitMs);
-          throw new AnswerBroken(`${endpoint} broke off its answer: ${(err as Error).message}`, {
+          if (conn.timedOut) throw new AnswerTimeout(conn.quietLimitMs);
+          throw new AnswerBroken(`it broke off its answer: ${(err as Error).message}`, {
             cause: err,
           });
         }

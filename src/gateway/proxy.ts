@@ -149,8 +149,9 @@ export function forCaller(err: unknown, call: CallInput): unknown {
 
 /** The worker could not be reached: the connection was refused or reset before an answer. */
 export class UpstreamUnreachable extends InferxError {
-  constructor(endpoint: string, cause: unknown) {
-    super("unavailable", `Cannot reach worker at ${endpoint}: ${(cause as Error).message}`, {
+  constructor(worker: string, cause: unknown) {
+    // Named, not addressed: its address (a node's, a pod's) is the cluster's, not the caller's.
+    super("unavailable", `Cannot reach worker ${worker}: ${(cause as Error).message}`, {
       cause,
       retryable: true,
     });
@@ -256,9 +257,10 @@ export async function forward(
         agent.release(slot);
         throw err;
       }
-      log.warn("Worker {pod} of {func} unreachable: {error}", {
+      log.warn("Worker {pod} of {func} at {endpoint} unreachable: {error}", {
         pod: slot.worker.podId,
         func: agent.id,
+        endpoint: slot.worker.endpoint,
         error: err.message,
       });
       agent.release(slot, true);
@@ -274,7 +276,7 @@ export async function forward(
             { cause: err, details: MAY_HAVE_RUN },
           );
         }
-        throw new UpstreamUnreachable(slot.worker.endpoint, err);
+        throw new UpstreamUnreachable(`${slot.worker.podId} of ${agent.id}`, err);
       }
       try {
         slot = await agent.acquire(timeLeft(call), call.onProgress, caller, call.tokens);

@@ -6,6 +6,11 @@ import {
   DEFAULT_POLICY,
   encodeUserObject,
   type FunctionSpec,
+  listPastBound,
+  MAX_ANNOTATIONS,
+  MAX_COMMANDS,
+  MAX_ENVS,
+  MAX_MOUNTS,
   resolvePolicy,
   sameWorker,
   userObjectToJson,
@@ -404,6 +409,83 @@ Deno.test("a function spec a Docker node would refuse at every start is refused 
   ) {
     decodeUserObject(fn({ spec: { image, resources: { CPU: 10, Mem: 6 } } }));
   }
+});
+
+Deno.test("a function spec's commands, envs and mounts are bounded in a write, not in storage", () => {
+  const many = (n: number, f: (i: number) => unknown) => Array.from({ length: n }, (_, i) => f(i));
+  const lists: [string, (n: number) => unknown, number][] = [
+    ["commands", (n) => many(n, (i) => `a${i}`), MAX_COMMANDS],
+    ["envs", (n) => many(n, (i) => [`K${i}`, "v"]), MAX_ENVS],
+    [
+      "envs",
+      (n) => Object.fromEntries(many(n, (i) => [`K${i}`, "v"]) as [string, string][]),
+      MAX_ENVS,
+    ],
+    ["mounts", (n) => many(n, (i) => ({ hostpath: `/h${i}`, mountpath: `/m${i}` })), MAX_MOUNTS],
+  ];
+  for (const [field, make, most] of lists) {
+    decodeUserObject(fn({ spec: { image: "x", [field]: make(most) } }));
+    assert.throws(
+      () => decodeUserObject(fn({ spec: { image: "x", [field]: make(most + 1) } })),
+      (e: unknown) =>
+        e instanceof ValidationError && e.details?.field === field &&
+        e.message.includes(`${field}: at most ${most} entries (got ${most + 1})`),
+      field,
+    );
+    // Stored before the bound, it is read as it was.
+    const stored = JSON.stringify({
+      ...fn({ spec: { image: "x", [field]: make(most + 1) } }),
+      version: 1,
+    });
+    assert.equal(decodeStoredUserObject(stored, 2).type, "function");
+  }
+});
+
+Deno.test("listPastBound() counts a write's lists as sent, and leaves a list stored past its bound to the checks", () => {
+  const pairs = (n: number) => Array.from({ length: n }, (_, i) => [`K${i}`, "v"]);
+  const input = (object: unknown) => ({
+    type: "function",
+    tenant: "t",
+    namespace: "n",
+    name: "f",
+    object,
+  });
+  assert.equal(listPastBound(input({ image: "x", envs: pairs(MAX_ENVS) })), undefined);
+  assert.match(
+    listPastBound(input({ image: "x", envs: pairs(MAX_ENVS + 1) }))!.message,
+    /^Invalid function t\/n\/f: envs: at most 1000 entries \(got 1001\)$/,
+  );
+  assert.match(
+    listPastBound(input({ spec: { envs: Object.fromEntries(pairs(MAX_ENVS + 1)) } }))!.message,
+    /envs: at most/,
+  );
+  const annotations = Object.fromEntries(pairs(MAX_ANNOTATIONS + 1));
+  const withAnnotations = input({ metadata: { annotations }, spec: { image: "x" } });
+  assert.equal(listPastBound(withAnnotations)!.details?.field, "metadata.annotations");
+  assert.equal(
+    listPastBound({ ...withAnnotations, type: "namespace" })!.details?.field,
+    "metadata.annotations",
+  );
+  // A spec's lists count only for a function; what is not a list counts as none.
+  assert.equal(
+    listPastBound({ ...input({ envs: pairs(MAX_ENVS + 1) }), type: "tenant" }),
+    undefined,
+  );
+  assert.equal(listPastBound(input({ envs: "x".repeat(5000), commands: 7 })), undefined);
+  // Stored past the bound (before it existed): the write goes on to the full checks.
+  const prev = decodeStoredUserObject(
+    JSON.stringify({
+      ...input({ metadata: { annotations }, spec: { image: "x", envs: pairs(1200) } }),
+      version: 1,
+    }),
+    1,
+  );
+  assert.equal(listPastBound(withAnnotations, prev), undefined);
+  assert.equal(listPastBound(input({ image: "x", envs: pairs(1100) }), prev), undefined);
+  assert.match(
+    listPastBound(input({ image: "x", mounts: Array(MAX_MOUNTS + 1).fill({}) }), prev)!.message,
+    /mounts/,
+  );
 });
 
 Deno.test("a stored object nested deeper than the input limit stays readable", () => {

@@ -41,6 +41,9 @@ import {
   type FuncPolicy,
   type FunctionSpec,
   functionSpecToJson,
+  listPastBound,
+  MAX_USER_OBJECT,
+  metadataWriteChecks,
   sameWorker,
   storedCreatedAt,
   tenantQuota,
@@ -70,9 +73,6 @@ const refText = (r: ObjectRef) => `${r.type} ${r.tenant}/${r.namespace}/${r.name
 
 /** Where the ids of the sample objects created once are kept (outside the registry). */
 const SAMPLES_KEY = "/inferx/samples-created";
-
-/** The largest user object stored (its JSON, UTF-8 bytes): well under etcd's default request limit. */
-export const MAX_USER_OBJECT = 1024 * 1024;
 
 const utf8 = new TextEncoder();
 
@@ -367,6 +367,9 @@ export class StateService implements MetaClient {
    * one (users cannot: the gateway drops it).
    */
   async #admitUser(input: ObjectInput, current: MetaRecord | undefined) {
+    const prev = current && storedUserObject(current);
+    const past = listPastBound(input, prev);
+    if (past) throw past;
     const obj = decodeUserObject(input, { writeChecks: false });
     if (obj.type === "namespace") await this.#mustExist("tenant", SYSTEM, SYSTEM, obj.tenant);
     if (obj.type === "function" || obj.type === "funcpolicy") {
@@ -379,11 +382,11 @@ export class StateService implements MetaClient {
         () => this.#store.list(typePrefix(obj.type, obj.tenant)).then((r) => r.items.length),
       );
     }
-    const prev = current && storedUserObject(current);
     // Rules newer than what is stored bind a changed spec only: a status write (the
     // scheduler's) or a rollout of an object stored before them passes.
     const specOf = (o: UserObject) => userObjectToJson(o).object as { spec: unknown };
     if (!prev || !jsonEqual(specOf(prev).spec, specOf(obj).spec)) writeChecks(obj);
+    if (!prev || !jsonEqual(prev.metadata, obj.metadata)) metadataWriteChecks(obj);
     let stored: UserObject = obj;
     if (obj.type === "function") {
       if (obj.spec.policy?.kind === "link") {

@@ -283,6 +283,61 @@ Deno.test("a function stored before a rule it breaks takes status writes and rol
   }
 });
 
+Deno.test("labels and annotations stored past their bounds stay; a write that changes them must meet them", async () => {
+  const { svc, store, close } = await service();
+  try {
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const labels = (n: number) =>
+      Object.fromEntries(Array.from({ length: n }, (_, i) => [`l${i}`, "v"]));
+    await store.create(
+      "/registry/function/t/n/f",
+      JSON.stringify({
+        ...ref,
+        object: { metadata: { labels: labels(300) }, spec: { image: "x" } },
+        version: 1,
+      }),
+    );
+    const cur = (await svc.get(ref))!;
+    const stored = JSON.parse(cur.value);
+    // The spec changes, the labels do not: the bound is not asked of them.
+    const w = await svc.update({
+      ...ref,
+      revision: cur.revision,
+      object: { metadata: stored.object.metadata, spec: { image: "y" } },
+    });
+    assert.ok(w.revision > cur.revision);
+    await assert.rejects(
+      svc.update({
+        ...ref,
+        revision: w.revision,
+        object: { metadata: { labels: labels(301) }, spec: { image: "y" } },
+      }),
+      /metadata\.labels: at most 256 entries \(got 301\)/,
+    );
+    await assert.rejects(
+      svc.create({
+        type: "function",
+        tenant: "t",
+        namespace: "n",
+        name: "g",
+        object: {
+          metadata: { annotations: labels(257) },
+          spec: { image: "x" },
+        },
+      }),
+      /metadata\.annotations: at most 256 entries \(got 257\)/,
+    );
+    const ok = await svc.update({
+      ...ref,
+      revision: w.revision,
+      object: { metadata: { labels: labels(256) }, spec: { image: "y" } },
+    });
+    assert.ok(ok.revision > w.revision);
+  } finally {
+    await close();
+  }
+});
+
 Deno.test("cluster records are refused where they would stand for something else: a pod id no path may hold, a pod or node stored elsewhere", async () => {
   const { svc, close } = await service();
   const pod = (id: string, at = { tenant: "t", namespace: "n" }) => ({

@@ -168,13 +168,33 @@ t("a POST a worker took and closed without answering is not sent to another work
   assert.equal(r.headers.get("retry-after"), null);
   const e = (await r.json()).error;
   assert.equal(e.code, "worker_failed");
-  assert.match(e.message, /closed the connection without answering/);
+  assert.match(e.message, /^Worker \S+ of t\/n\/f: it closed the connection without answering/);
+  // The worker is named, not addressed: its address is the cluster's.
+  assert.ok(!e.message.includes(a.endpoint) && !e.message.includes(b.endpoint), e.message);
   assert.deepEqual(e.details, { may_have_run: true });
   assert.deepEqual(seen, ["POST /v1/pay HTTP/1.1"], "one worker had it, once");
   assert.deepEqual(f.sched.returns, [], "the worker is not reported unreachable");
   await f.close();
   await a.close();
   await b.close();
+});
+
+t("a worker that cannot be reached is named to the caller, not addressed", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 3 } });
+  const endpoints = [];
+  for (let i = 0; i < 3; i++) {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    endpoints.push(`127.0.0.1:${l.addr.port}`);
+    l.close(); // nothing listens there now: connections are refused
+  }
+  f.sched.endpoints.push(...endpoints);
+  const r = await f.app.request("/funccall/t/n/f/v1/models");
+  assert.equal(r.status, 503);
+  const e = (await r.json()).error;
+  assert.equal(e.code, "unavailable");
+  assert.match(e.message, /^Cannot reach worker \S+ of t\/n\/f: cannot connect to it: /);
+  assert.ok(endpoints.every((at) => !e.message.includes(at)), e.message);
+  await f.close();
 });
 
 t(

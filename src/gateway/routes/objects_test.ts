@@ -323,7 +323,8 @@ t("an object larger than the store takes is refused 413, not left to the store",
       tenant: "t",
       namespace: "n",
       name: "big",
-      object: { image: "x", commands: ["a".repeat(1_200_000)] },
+      // Within 1 MiB as sent; past it once stored with its defaults.
+      object: { image: "x", commands: ["a".repeat(1_048_400)] },
     }),
   });
   assert.equal(r.status, 413);
@@ -334,6 +335,55 @@ t("an object larger than the store takes is refused 413, not left to the store",
   assert.equal((await f.app.request("/object/function/t/n/big")).status, 404);
   await f.close();
 });
+
+t(
+  "a large object body is read in the JSON thread: whitespace goes, the rest is checked as on the loop",
+  async () => {
+    const f = await gatewayFixture({ bodyLimit: 4 << 20 });
+    const put = (body: string) => f.app.request("/object/", { method: "PUT", body });
+    const fn = (name: string, spec: unknown) =>
+      JSON.stringify({ type: "function", tenant: "t", namespace: "n", name, object: spec });
+    // Over 1 MiB without whitespace: refused before the event loop parses it.
+    const big = await put(fn("big", { image: "x", commands: ["a".repeat(1_200_000)] }));
+    assert.equal(big.status, 413);
+    const bigError = (await big.json()).error;
+    assert.equal(bigError.code, "too_large");
+    assert.match(
+      bigError.message,
+      /^Request body is 12\d{5} characters of JSON without its whitespace; a stored object is 1048576 bytes at most$/,
+    );
+    // 3 MiB of spaces around a small function: stored as any other.
+    const padded = fn("padded", { image: "x", envs: [["A", "b"]] }).replace(
+      '"object"',
+      `${" ".repeat(3 << 20)}"object"`,
+    );
+    const ok = await put(padded);
+    assert.equal(ok.status, 201, await ok.clone().text());
+    assert.deepEqual((await ok.json()).object.spec.envs, [["A", "b"]]);
+    // A __proto__ key survives the thread's round trip and is refused by name.
+    const proto = await put(
+      fn("proto", { spec: { image: "x", sample_query: { pad: "p".repeat(70_000) } } })
+        .replace('"pad"', '"__proto__":1,"pad"'),
+    );
+    assert.equal(proto.status, 400);
+    assert.match(
+      (await proto.json()).error.message,
+      /sample_query\.__proto__: "__proto__" is not allowed/,
+    );
+    // Not JSON, and too deep: 400 as on the loop.
+    const bad = await put(`{"type":"function",${" ".repeat(70_000)}`);
+    assert.equal(bad.status, 400);
+    assert.match((await bad.json()).error.message, /^Request body is not valid JSON: /);
+    const deep = await put(`${"[".repeat(65)}${" ".repeat(70_000)}${"]".repeat(65)}`);
+    assert.equal(deep.status, 400);
+    assert.match(
+      (await deep.json()).error.message,
+      /nests arrays and objects more than 64 levels deep/,
+    );
+    assert.equal(f.deps.jsonProbe.pending, 0);
+    await f.close();
+  },
+);
 
 t("a known path with the wrong method is answered 405 with Allow, an unknown one 404", async () => {
   const f = await gatewayFixture();
