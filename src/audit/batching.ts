@@ -159,7 +159,7 @@ export class BatchingAuditLog implements AuditLog {
     this.#refusedDropped++;
     if (this.#refusedDropped - this.#refusedLogged >= 10_000 || this.#refusedLogged === 0) {
       log.warn(
-        "Calls refused for their credentials come faster than {rate} a second: {dropped} of their audit rows not written so far",
+        "Calls refused before any function took them (401, 403, or a 404 the gateway gave: no such function) come faster than {rate} a second: {dropped} of their audit rows not written so far",
         { rate: this.#refusedPerS, dropped: this.#refusedDropped },
       );
       this.#refusedLogged = this.#refusedDropped;

@@ -344,7 +344,7 @@ export class GatewayMetrics {
       );
       gauge(
         "inferx_audit_refused_dropped_rows",
-        "Audit rows of calls refused for their credentials (401, 403) not written: they came faster than the audit takes them",
+        "Audit rows of calls refused before any function took them (401, 403, or a 404 the gateway gave) not written: they came faster than the audit takes them",
         () => stats().refusedDropped,
       );
       gauge(

@@ -161,10 +161,14 @@ export function rolloutVersions(
     };
   }
   const stable = prev.stableVersion ?? prev.version;
-  const target = stable !== prev.version
+  // A `traffic` split names who serves: the older version with the largest share (the stable
+  // one stays the old one under it, and may have none); else a canary's stable version.
+  const target = policy.traffic
+    ? split.filter((s) => s.version !== prev.version).sort((a, b) => b.percent - a.percent)[0]
+      ?.version
+    : stable !== prev.version
     ? stable
-    : split.filter((s) => s.version !== prev.version).sort((a, b) => b.percent - a.percent)[0]
-      ?.version;
+    : undefined;
   const spec = target === undefined ? undefined : keptSpecs(prev).get(target);
   if (target === undefined || !spec) {
     throw new ConflictError(

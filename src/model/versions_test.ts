@@ -186,6 +186,30 @@ Deno.test("a rollout of an explicit split ends it: traffic leaves the inline pol
   );
 });
 
+Deno.test("a rollback under a traffic split goes to the older version with the largest share, not to the stable one", () => {
+  const v1 = nextVersions(undefined, fn("a"), policy({}));
+  const t2 = { traffic: [{ version: 1, percent: 50 }, { version: 2, percent: 50 }] };
+  const v2 = nextVersions(v1, fn("b", {}, t2), policy(t2));
+  const t3 = {
+    traffic: [{ version: 1, percent: 10 }, { version: 2, percent: 60 }, {
+      version: 3,
+      percent: 30,
+    }],
+  };
+  const v3 = nextVersions(v2, fn("c", {}, t3), policy(t3));
+  assert.equal(v3.stableVersion, 1, "a split keeps the stable version");
+  const back = rolloutVersions(v3, "rollback", policy(t3));
+  assert.deepEqual([back.version, back.spec.image, back.stableVersion], [2, "b", 2]);
+  // The split took the stable version out: no older version serves, nothing to roll back to.
+  const only2 = { traffic: [{ version: 2, percent: 100 }] };
+  const out = nextVersions(v1, fn("b", {}, only2), policy(only2));
+  assert.equal(out.stableVersion, 1);
+  assert.throws(
+    () => rolloutVersions(out, "rollback", policy(only2)),
+    (e: unknown) => e instanceof ConflictError && /no older version serves/.test(e.message),
+  );
+});
+
 Deno.test("versions survive the store: stable, last and older versions with their specs", () => {
   const p = policy({ canary_percent: 10 });
   const canary = nextVersions(

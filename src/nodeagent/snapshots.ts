@@ -81,8 +81,8 @@ export class SnapshotManager {
   #o: SnapshotManagerOptions;
   /** By store key `tenant/namespace/name`. */
   #local = new Map<string, LocalSnapshot>();
-  /** Current version of each function (`tenant/namespace/name`). */
-  #versions = new Map<string, number>();
+  /** The versions of each function (`tenant/namespace/name`) that serve calls. */
+  #versions = new Map<string, Set<number>>();
   /** Function versions being dumped now. */
   #taking = new Set<string>();
   /** Snapshots being restored from, with how many restores each: never removed under them. */
@@ -159,10 +159,13 @@ export class SnapshotManager {
         const o = decodeStoredUserObject(rec.value, rec.revision);
         if (o.type !== "function") return;
         const id = funcId(o.tenant, o.namespace, o.name);
-        this.#versions.set(id, o.version);
+        // The versions that serve calls: the newest, and the older ones a canary or a traffic
+        // split keeps (the stable one's cold starts restore too).
+        const live = new Set([o.version, ...(o.olderVersions ?? []).map((v) => v.version)]);
+        this.#versions.set(id, live);
         this.#dropWhere(
-          (s) => funcOf(s.info) === id && s.info.funcVersion !== o.version,
-          "a new version",
+          (s) => funcOf(s.info) === id && !live.has(s.info.funcVersion),
+          "its version no longer serves",
         );
       },
       remove: (ref) => {
@@ -221,9 +224,9 @@ export class SnapshotManager {
   /** Whether a fresh pod of this version should be snapshotted: none held, none failed, none under way. */
   wants(pod: VersionOf): boolean {
     const key = this.#key(pod);
-    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
+    const live = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
     return !this.#local.has(key) && !this.#taking.has(key) &&
-      (current === undefined || current === pod.funcVersion);
+      (live === undefined || live.has(pod.funcVersion));
   }
 
   /** Records a restore from `s` (for least-recently-used removal). */
@@ -393,8 +396,8 @@ export class SnapshotManager {
 
   /** The function changed (another version) or was deleted since a take that found it `known` began. */
   #changed(pod: PodInfo, known: boolean): boolean {
-    const current = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
-    return current === undefined ? known : current !== pod.funcVersion;
+    const live = this.#versions.get(funcId(pod.tenant, pod.namespace, pod.func));
+    return live === undefined ? known : !live.has(pod.funcVersion);
   }
 
   /**

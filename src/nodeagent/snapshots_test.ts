@@ -64,10 +64,12 @@ async function fixture(budgetMB = 25) {
   };
 }
 
-async function putFunction(meta: MetaClient, name: string, image = "x") {
+async function putFunction(meta: MetaClient, name: string, image = "x", policy?: unknown) {
   const ref = { type: "function" as const, tenant: "t", namespace: "n", name };
   const cur = await meta.get(ref);
-  const object = { spec: { image, commands: ["w"], resources: { CPU: 100, Mem: 64 } } };
+  const object = {
+    spec: { image, commands: ["w"], resources: { CPU: 100, Mem: 64 }, policy },
+  };
   return cur
     ? await meta.update({ ...ref, object, revision: cur.revision })
     : await meta.create({ ...ref, object });
@@ -404,6 +406,24 @@ t(
     await eventually(async () => (await records(meta)).length === 0);
     // Nothing left behind: the folders of its tenant and namespace go with the last image.
     await eventually(() => Promise.resolve(Deno.readDirSync(dir).toArray().length === 0));
+  },
+);
+
+t(
+  "SnapshotManager: a version a canary keeps serving keeps its snapshot until it serves no more",
+  async ({ meta, mgr }) => {
+    await mgr.take(pod("a"));
+    await putFunction(meta, "a", "y", { Obj: { canary_percent: 10 } }); // version 2, 10%
+    await eventually(() => Promise.resolve(mgr.wants(pod("a", 2))));
+    assert.ok(mgr.usable(pod("a")), "the stable version's cold starts still restore");
+    assert.equal(mgr.wants(pod("a", 1)), false, "it has one");
+    await mgr.take(pod("a", 2, "a-pod-2"));
+    assert.ok(mgr.usable(pod("a", 2)));
+    // Promoted (the canary ends): version 1 serves no more.
+    await putFunction(meta, "a", "y", { Obj: {} });
+    await eventually(() => Promise.resolve(mgr.usable(pod("a")) === undefined));
+    assert.ok(mgr.usable(pod("a", 2)), "the version that serves keeps its own");
+    assert.deepEqual((await records(meta)).map((r) => r.funcVersion), [2]);
   },
 );
 

@@ -583,7 +583,8 @@ export class SchedulerService implements SchedulerClient {
       f.spec,
       (name) => this.#policies.get(funcId(f.tenant, f.namespace, name)),
     );
-    const older = trafficSplit(f, policy).flatMap((s) => {
+    const split = trafficSplit(f, policy);
+    const older = split.flatMap((s) => {
       const spec = s.version === f.version ? undefined : specOfVersion(f, s.version);
       return spec ? [{ version: s.version, demand: demandOf(spec) }] : [];
     });
@@ -592,6 +593,7 @@ export class SchedulerService implements SchedulerClient {
       version: f.version,
       demand: demandOf(f.spec),
       older,
+      newestTakesNone: !split.some((s) => s.version === f.version),
       policy: {
         minReplica: policy.min_replica,
         maxReplica: policy.max_replica,

@@ -68,7 +68,8 @@ export function onFuncUpdate(ctx: Ctx, r: FuncReport) {
     const decide = !u.schedulable || !prevDemand || !sameDemand(prevDemand, w.demand);
     u.id = id;
     u.demand = w.demand;
-    u.policy = r.policy;
+    // The newest version a split gives no calls keeps no pods warm for them.
+    u.policy = i === 0 && r.newestTakesNone ? { ...r.policy, minReplica: 0 } : r.policy;
     state.funcs.set(id, u);
     units.push(u);
     if (decide) updateSchedulable(ctx, u);

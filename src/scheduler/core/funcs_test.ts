@@ -209,3 +209,38 @@ Deno.test("a lowered max_replica with idle and parked pods keeps one replica in 
   d.run({ type: "tick" });
   assert.equal(live().length, 1);
 });
+
+Deno.test("standby_per_node counts the parked pods of every serving version together", () => {
+  const d = new CoreDriver();
+  d.run(
+    { type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) },
+    { type: "funcUpdate", func: versions(3, [1, 2], { standbyPerNode: 1, scaleinTimeoutS: 0 }) },
+  );
+  const ends: string[][] = [];
+  for (const v of [1, 2, 3]) {
+    const pod = created(d.run({ ...lease(`r${v}`), version: v }))[0];
+    assert.equal(pod.version, v);
+    d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: `e${v}` });
+    ends.push(kinds(d.run({ type: "return", podId: pod.id, gateway: "g1" })));
+  }
+  assert.deepEqual(ends, [["parkPod"], ["terminatePod"], ["terminatePod"]]);
+  // Lowered to 0: the one parked goes too, whichever version it is of.
+  const lowered = d.run({
+    type: "funcUpdate",
+    func: versions(3, [1, 2], { standbyPerNode: 0, scaleinTimeoutS: 0 }),
+  });
+  assert.deepEqual(kinds(lowered), ["terminatePod"]);
+});
+
+Deno.test("a newest version the split gives no calls keeps no min_replica pods; a lease for it still starts one", () => {
+  const { d, pods, ready } = setup({
+    ...versions(2, [1], { minReplica: 1 }),
+    newestTakesNone: true,
+  });
+  assert.deepEqual(pods.map((p) => p.version), [1], "the version that takes the calls");
+  const acts = ready(d.run({ ...lease("r1"), version: 2 }));
+  assert.deepEqual(granted(acts), [["r1", 2]]);
+  // Given calls again (the split names it): its min_replica holds.
+  const { pods: both } = setup(versions(2, [1], { minReplica: 1 }));
+  assert.deepEqual(both.map((p) => p.version).sort(), [1, 2]);
+});

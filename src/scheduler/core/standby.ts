@@ -103,23 +103,32 @@ export function copyingHolds(pod: Pick<CorePod, "gpus">, tier: StandbyTier): Hel
     : ALL_HELD;
 }
 
-/** The parked pods of `f`'s version, by node. */
+/**
+ * The parked pods of `f`'s function, by node: of every version that serves
+ * (`standby_per_node` is the function's, however many versions a split keeps).
+ */
 function parkedByNode(state: CoreState, f: CoreFunc): Map<string, CorePod[]> {
   const byNode = new Map<string, CorePod[]>();
-  for (const id of f.pods) {
-    const p = state.pods.get(id)!;
-    if (p.state !== "Standby" || p.version !== f.version) continue;
-    const list = byNode.get(p.node) ?? [];
-    list.push(p);
-    byNode.set(p.node, list);
+  const seen = new Set<string>();
+  const units = state.units.get(f.func) ?? [f];
+  const serving = new Set(units.map((u) => u.version));
+  for (const unit of units) {
+    for (const id of unit.pods) {
+      const p = state.pods.get(id)!;
+      if (seen.has(id) || p.state !== "Standby" || !serving.has(p.version)) continue;
+      seen.add(id);
+      const list = byNode.get(p.node) ?? [];
+      list.push(p);
+      byNode.set(p.node, list);
+    }
   }
   return byNode;
 }
 
 /**
  * A lowered `standbyPerNode` holds for the pods already parked: those of the
- * current version above it on a node end, least recently used first (0: none
- * stays parked).
+ * function above it on a node end, least recently used first (0: none stays
+ * parked).
  */
 export function trimParked(ctx: Ctx, f: CoreFunc) {
   const keep = f.policy.standbyPerNode;

@@ -334,6 +334,11 @@ export interface FuncReport {
    * with what their pods need; pods of versions not named drain.
    */
   older?: { version: number; demand: PodDemand }[];
+  /**
+   * The split gives the newest version no share of calls (`traffic` leaves it
+   * out): it keeps no pods for `min_replica` (a lease for it still starts one).
+   */
+  newestTakesNone?: boolean;
 }
 
 /**
