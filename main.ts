@@ -41,11 +41,15 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     });
     Deno.exit(1);
   }
-  let stopping = false;
+  let stoppingSince: number | undefined;
   const member = (config.gateway.group?.index ?? 0) > 0;
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(sig, async () => {
-      if (stopping) {
+      if (stoppingSince !== undefined) {
+        // One stop heard twice: a terminal's Ctrl-C reaches `deno task` and this process, and
+        // `deno task` passes it on at once (so does a service manager that signals a whole
+        // control group). Within a second of the first, a signal is that one again.
+        if (performance.now() - stoppingSince < SAME_STOP_MS) return;
         // A gateway group's member hears its leader's SIGTERM after a Ctrl-C that reached the
         // whole group: it goes on draining (its leader kills it when the drain is over). A
         // second Ctrl-C (SIGINT) ends it at once, as it does the leader.
@@ -59,7 +63,7 @@ if (import.meta.main && Deno.args[0] === "ctl") {
         );
         Deno.exit(sig === "SIGINT" ? 130 : 143);
       }
-      stopping = true;
+      stoppingSince = performance.now();
       const drains = config.role === "All" || config.role === "Gateway";
       logger().info("Stopping ({sig}){drain}; a second {sig} stops at once", {
         sig,
@@ -75,6 +79,9 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     });
   }
 }
+
+/** A stop signal this soon (ms) after the first is the same stop, heard twice. */
+const SAME_STOP_MS = 1000;
 
 /**
  * Starts the profiles asked for (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`);

@@ -18,6 +18,7 @@ import { ambiguousPath } from "../common/net.ts";
 import { type CallContext, funccallInput, openaiInput, parseFunccallPath } from "./call.ts";
 import {
   ConnectionClosed,
+  hostProblem,
   type Http1Limits,
   type Http1Request,
   type Http1Response,
@@ -201,9 +202,14 @@ export function serveGateway(
       const url = req.url;
       const q = url.indexOf("?");
       const path = q < 0 ? url : url.slice(0, q);
-      const refused = guard?.(req.method, req.header("host"), req.header("origin"));
-      if (refused !== undefined) {
-        return refuse(req, res, path, new InferxError("forbidden", refused));
+      if (guard) {
+        // A Host that is none (two of them, say) is malformed before it is anyone's.
+        const malformed = url.startsWith("/") ? hostProblem(req.headers) : undefined;
+        if (malformed) return refuse(req, res, path, new ValidationError(malformed, "host"));
+        const refused = guard(req.method, req.header("host"), req.header("origin"));
+        if (refused !== undefined) {
+          return refuse(req, res, path, new InferxError("forbidden", refused));
+        }
       }
       if (ambiguousPath(path)) {
         // Resolved by a URL (the app's routes) but not by the warm path's split: one target
@@ -249,6 +255,8 @@ export async function drainCalls(
   server: Pick<Http1Server, "shutdown">,
   drainMs: number,
 ): Promise<void> {
+  // The server first: its connections are marked to close before the waiting calls' 503s.
+  const shutdown = server.shutdown(drainMs);
   cache.drain(STOPPING);
-  await server.shutdown(drainMs);
+  await shutdown;
 }

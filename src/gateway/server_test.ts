@@ -336,6 +336,35 @@ t(
   },
 );
 
+t(
+  "a call waiting for a worker when the gateway stops gets its 503 with Connection: close",
+  async () => {
+    const f = await gatewayFixture();
+    f.sched.hang = true; // no worker comes
+    const server = serveGateway(f.app, f.deps, { port: 0 });
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    try {
+      await c.write(
+        new TextEncoder().encode("GET /funccall/t/n/f/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+      );
+      await until("the call queued", () => f.cache.agent("t", "n", "f")?.queued === 1);
+      const stopped = drainCalls(f.cache, server, 2000);
+      const buf = new Uint8Array(65536);
+      let out = "";
+      for (let n; !/\r\n\r\n[\s\S]*\}$/.test(out) && (n = await c.read(buf)) !== null;) {
+        out += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      assert.match(out, /^HTTP\/1.1 503 /);
+      assert.match(out, /\r\nconnection: close\r\n/i, out);
+      assert.equal(await c.read(buf), null, "closed after it");
+      await stopped;
+    } finally {
+      c.close();
+      await f.close();
+    }
+  },
+);
+
 t("a caller that disconnects while queued leaves the queue at once", async () => {
   const g = await listening();
   g.f.sched.hang = true;
@@ -911,8 +940,16 @@ t("without auth, requests of web pages of other sites are refused 403 on every p
     assert.match(answer, /^HTTP\/1.1 403 /, path);
     assert.match(answer, /"code":"forbidden".*without auth/, path);
   }
+  // A Host that is none (two, a path in it) is malformed, loopback or not: 400, not 403.
+  for (const fields of [`host: 127.0.0.1\r\nhost: 127.0.0.1\r\n`, `host: 127.0.0.1/x\r\n`]) {
+    for (const path of ["/nodes", "/funccall/t/n/f/x"]) {
+      const answer = await rawCall(g.url, head("POST", path, fields));
+      assert.match(answer, /^HTTP\/1.1 400 /, `${path} ${fields}`);
+      assert.match(answer, /Malformed HTTP request: (more than one Host|invalid Host header)/);
+    }
+  }
   // Recorded as any refused call is; no key was made.
-  assert.deepEqual(g.f.audit.requests.map((x) => x.status), [403, 403]);
+  assert.deepEqual(g.f.audit.requests.map((x) => x.status), [403, 403, 400, 400]);
   assert.deepEqual((await (await fetch(`${g.url}/apikeys`)).json()).items, []);
   // Its own pages, and clients that are not browsers, are served.
   const own = await rawCall(

@@ -38,6 +38,8 @@ export interface SpawnOptions {
   main?: string;
   /** In a session and process group of its own (`setsid`), as a terminal's foreground job is. */
   ownGroup?: boolean;
+  /** Through `deno task start`, as the README starts it (`runtimeArgs` and `main` unused). */
+  task?: boolean;
 }
 
 /** Starts `main.ts` with `env`, then waits until `ready()` says so (30 s at most). */
@@ -46,7 +48,9 @@ export async function spawnRole(
   ready: () => Promise<boolean>,
   options: SpawnOptions = {},
 ): Promise<RoleProcess> {
-  const args = ["run", "-A", ...options.runtimeArgs ?? [], options.main ?? MAIN];
+  const args = options.task
+    ? ["task", "--quiet", "--config", new URL("../../deno.json", import.meta.url).pathname, "start"]
+    : ["run", "-A", ...options.runtimeArgs ?? [], options.main ?? MAIN];
   // setsid execs it in place (a child is no group's leader yet): its pid leads the new group.
   const proc = new Deno.Command(options.ownGroup ? "setsid" : Deno.execPath(), {
     args: options.ownGroup ? [Deno.execPath(), ...args] : args,

@@ -111,6 +111,42 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "a Ctrl-C to `deno task start` in a terminal (its process group: deno task passes it on) drains calls under way",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform(
+      { INFERX_POD_NETNS: "off", GATEWAY_DRAIN_S: "10" },
+      undefined,
+      { ownGroup: true, task: true },
+    );
+    try {
+      await slowFunction(p, 1, 1);
+      assert.equal(await call(p, 0), "200 done", "warm");
+      const underWay = call(p, 2000);
+      await new Promise((r) => setTimeout(r, 300));
+      Deno.kill(-p.proc.pid, "SIGINT");
+      assert.equal(await underWay, "200 done", p.output());
+      assert.doesNotMatch(p.output(), /A second signal/);
+      assert.match(p.output(), /Stopping \(SIGINT\): calls under way get 10 s/);
+      // A Ctrl-C again, past the second: at once.
+      await new Promise((r) => setTimeout(r, 1200));
+      if (!(await Promise.race([p.proc.status.then(() => true), Promise.resolve(false)]))) {
+        Deno.kill(-p.proc.pid, "SIGINT");
+      }
+      assert.notEqual(
+        (await p.proc.status).code,
+        0,
+        "stopped at once, not after the workers' grace",
+      );
+    } finally {
+      await cleanUp(p);
+    }
+  },
+});
+
 for (
   const [how, stop] of [
     ["its leader alone gets SIGTERM", (p: Platform) => p.proc.kill("SIGTERM")],

@@ -185,11 +185,14 @@ export function serveHttp1(options: Http1ServerOptions): Http1Server {
     async shutdown(graceMs = 10_000) {
       closing = true;
       listener.close();
-      await accepting;
-      clearInterval(sweep);
       // Idle connections stay open a moment: a request already on its way on one is answered
       // (with `Connection: close`) rather than met by a closed socket, which leaves its caller
-      // unsure whether it ran. Each connection closes after the request it is serving.
+      // unsure whether it ran. Each connection closes after the request it is serving: marked
+      // before this returns, so that an answer the caller of shutdown() makes at once (a
+      // waiting call's 503) says so; and again for those accepted meanwhile.
+      for (const c of conns) c.closeAfterRequest();
+      await accepting;
+      clearInterval(sweep);
       for (const c of conns) c.closeAfterRequest();
       const start = Date.now();
       const deadline = start + graceMs;
@@ -482,6 +485,25 @@ function absoluteTarget(target: string): boolean {
 const HOST = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
 
 /**
+ * Why the Host fields of a request whose target is a path are not one Host
+ * (RFC 9110 §7.2: a name or address and an optional port), or undefined
+ * (none is not wrong: HTTP/1.0 may leave it out).
+ */
+export function hostProblem(headers: readonly [string, string][]): string | undefined {
+  let host: string | undefined;
+  for (const [k, v] of headers) {
+    if (k !== "host") continue;
+    if (host !== undefined) return "Malformed HTTP request: more than one Host";
+    host = v.trim();
+  }
+  if (host === undefined) return undefined;
+  const m = HOST.exec(host);
+  return !m || (m[1] !== undefined && Number(m[1]) > 65535)
+    ? "Malformed HTTP request: invalid Host header"
+    : undefined;
+}
+
+/**
  * Builds a `Request` for handlers that want one (a Hono app). Routing sees the
  * request target's path only: the Host field (or an absolute target's
  * authority) becomes the URL's authority once checked. Throws a
@@ -500,14 +522,10 @@ export function toRequest(
     host = u.host;
     target = `${u.pathname}${u.search}`;
   } else {
-    const hosts = req.headers.filter((h) => h[0] === "host");
-    if (hosts.length > 1) throw new ValidationError("Malformed HTTP request: more than one Host");
+    const problem = hostProblem(req.headers);
+    if (problem) throw new ValidationError(problem, "host");
     const own = req.remoteAddr.hostname; // HTTP/1.0 may leave Host out
-    host = hosts.length ? hosts[0][1].trim() : own.includes(":") ? `[${own}]` : own;
-    const m = HOST.exec(host);
-    if (!m || (m[1] !== undefined && Number(m[1]) > 65535)) {
-      throw new ValidationError("Malformed HTTP request: invalid Host header", "host");
-    }
+    host = req.header("host")?.trim() ?? (own.includes(":") ? `[${own}]` : own);
   }
   const headers = new Headers();
   for (const [k, v] of req.headers) headers.append(k, v);
