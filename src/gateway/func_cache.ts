@@ -43,6 +43,7 @@ type Entry = FunctionObject & {
 export class FuncCache {
   /** Set once the gateway stops: what calls are refused with (see {@linkcode drain}). */
   #draining?: InferxError;
+  #stopping = new AbortController();
   #funcs = new Map<string, Entry>();
   #policies = new Map<string, FuncPolicy>();
   /** Each tenant's quota (those with none are absent). */
@@ -116,12 +117,22 @@ export class FuncCache {
   }
 
   /**
+   * Aborted when the gateway begins to stop ({@linkcode drain}): what holds a
+   * connection open for good (the dashboard's event streams) ends then, so
+   * as not to hold the stop for its whole drain.
+   */
+  get stopping(): AbortSignal {
+    return this.#stopping.signal;
+  }
+
+  /**
    * The gateway stops: calls waiting for a worker, and new ones, are refused
    * with `why` (never sent to one); calls under way go on, and each worker
    * is returned once it has none.
    */
   drain(why: InferxError): void {
     this.#draining = why;
+    this.#stopping.abort(why);
     for (const a of this.#agents.values()) a.close(why);
   }
 

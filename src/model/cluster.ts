@@ -130,6 +130,24 @@ export type PodTemplate = z.infer<typeof PodTemplateSchema>;
  */
 export const OUTPUT_TAIL = "; last output:\n";
 
+/**
+ * `why` a worker ended or failed, with `output`, its last lines, after
+ * {@linkcode OUTPUT_TAIL}: in plain text, the terminal's escape sequences
+ * (colours, cursor moves) taken out, since a person reads it in an error
+ * message, the audit or the dashboard.
+ */
+export function withOutput(why: string, output: string): string {
+  return `${why}${OUTPUT_TAIL}${plainText(output)}`;
+}
+
+/** `text` without ANSI escape sequences: CSI (`ESC [ ... m`), OSC (`ESC ] ... BEL`) and the rest. */
+export function plainText(text: string): string {
+  return text.includes("\x1b")
+    // deno-lint-ignore no-control-regex
+    ? text.replace(/\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])/g, "")
+    : text;
+}
+
 /** A runtime's reason split into what happened and the worker's last output (when it has one). */
 export function splitOutput(reason: string): { text: string; output?: string } {
   const i = reason.indexOf(OUTPUT_TAIL);

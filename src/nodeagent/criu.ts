@@ -14,6 +14,7 @@
  */
 import { REPO_ROOT } from "../common/config.ts";
 import { InferxError } from "../common/errors.ts";
+import { procState } from "../ffi/libc.ts";
 
 /** How to run one `criu`. */
 export interface CriuBinary {
@@ -184,7 +185,8 @@ export async function sweepCriuOutput(): Promise<void> {
       const pid = e.name.startsWith(OUTPUT_PREFIX)
         ? Number(e.name.slice(OUTPUT_PREFIX.length).split("-")[0])
         : NaN;
-      if (!(pid > 0) || await Deno.stat(`/proc/${pid}`).then(() => true, () => false)) continue;
+      // A zombie ran: killed, it stays in /proc until reaped (this host's init took 2 s).
+      if (!(pid > 0) || ((await procState(pid))?.state ?? "Z") !== "Z") continue;
       await Deno.remove(`${tmp}/${e.name}`).catch(() => {});
     }
   } catch {

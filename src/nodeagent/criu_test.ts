@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { procState } from "../ffi/libc.ts";
 import {
   Criu,
   criuCapability,
@@ -180,11 +181,27 @@ Deno.test("sweepCriuOutput() removes the output files of CRIU runs whose agent h
   const left = await Deno.makeTempFile({ prefix: `inferx-criu-${ended.pid}-` });
   const ours = await Deno.makeTempFile({ prefix: `inferx-criu-${Deno.pid}-` });
   const other = await Deno.makeTempFile({ prefix: "inferx-criux-" });
+  // An agent killed a moment ago and not yet reaped (a zombie: its parent, `sleep`, never
+  // waits for it) has ended too.
+  const parent = new Deno.Command("sh", {
+    args: ["-c", "true & echo $!; exec sleep 30"],
+    stdout: "piped",
+  }).spawn();
+  const reader = parent.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const zombie = Number((await reader.read()).value);
+  while ((await procState(zombie))?.state !== "Z") await new Promise((r) => setTimeout(r, 10));
+  const dead = await Deno.makeTempFile({ prefix: `inferx-criu-${zombie}-` });
   try {
     await sweepCriuOutput();
     const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
-    assert.deepEqual(await Promise.all([left, ours, other].map(exists)), [false, true, true]);
+    assert.deepEqual(
+      await Promise.all([left, ours, other, dead].map(exists)),
+      [false, true, true, false],
+    );
   } finally {
-    for (const p of [left, ours, other]) await Deno.remove(p).catch(() => {});
+    parent.kill("SIGKILL");
+    await parent.status;
+    await reader.cancel();
+    for (const p of [left, ours, other, dead]) await Deno.remove(p).catch(() => {});
   }
 });

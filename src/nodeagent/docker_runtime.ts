@@ -20,7 +20,7 @@ import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import { forEachLimit } from "../common/limit.ts";
 import type { MountAllow } from "../common/config.ts";
-import { OUTPUT_TAIL, type StandbyTier } from "../model/cluster.ts";
+import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
 import {
   type AdoptedPod,
@@ -402,7 +402,7 @@ export class DockerRuntime implements PodRuntime {
         this.#network = undefined;
         return await this.#start(spec, true);
       }
-      throw new InferxError("worker_failed", `${(err as Error).message}${OUTPUT_TAIL}${tail}`);
+      throw new InferxError("worker_failed", withOutput((err as Error).message, tail));
     }
   }
 
@@ -457,7 +457,7 @@ export class DockerRuntime implements PodRuntime {
     if (this.#pods.get(podId) !== entry) return;
     this.#pods.delete(podId);
     await this.#remove(podId, entry.container);
-    this.#options.onExit?.(podId, `${why}${OUTPUT_TAIL}${tail}`);
+    this.#options.onExit?.(podId, withOutput(why, tail));
   }
 
   async stop(podId: string, graceMs = 5000): Promise<void> {

@@ -22,7 +22,7 @@ import {
   dockerSnapshotReason,
   dockerUnavailable,
 } from "./docker_runtime.ts";
-import { ProcessRuntime } from "./process_runtime.ts";
+import { ProcessRuntime, sweepProcessPods } from "./process_runtime.ts";
 import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
 
 export { NodeAgent } from "./agent.ts";
@@ -114,6 +114,30 @@ async function snapshotSupport(
 }
 
 /**
+ * What an earlier run of this agent on the process runtime left (`auto`
+ * chooses Docker once an engine answers): its workers, their control groups
+ * and files. The Docker runtime's own recovery looks at containers alone.
+ * Its pod namespaces went already (see {@linkcode snapshotSupport}).
+ */
+async function sweepEarlierProcessRun(scope: string, snapshotDir: string): Promise<void> {
+  const groups = Deno.build.os === "linux" && Deno.uid?.() === 0
+    ? await PodCgroups.open(scopeTag(scope))
+    : undefined;
+  const killed = await sweepProcessPods({
+    scope,
+    snapshotDir,
+    cgroups: groups?.available ? groups.cgroups : undefined,
+  });
+  if (groups?.available) groups.cgroups.close();
+  if (killed) {
+    logger("nodeagent").warn(
+      "Recovered after a restart: {n} worker process(es) an earlier run on the process runtime left ended",
+      { n: killed },
+    );
+  }
+}
+
+/**
  * The node's CPU and memory sized `auto` from the Docker engine's host, where
  * the containers run: an agent in a container of its own (a Kubernetes
  * DaemonSet with a CPU limit) sees that container's quota, not the node.
@@ -188,6 +212,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
         : `off, workers run without memory limits: ${cgroups.reason}`,
     });
   }
+  if (docker) await sweepEarlierProcessRun(scope, snapshotDir);
   const runtime: PodRuntime = docker
     ? new DockerRuntime({
       host: config.node.address,

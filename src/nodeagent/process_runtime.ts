@@ -32,7 +32,7 @@ import { logger } from "../common/log.ts";
 import { LogRing } from "./log_ring.ts";
 import type { LibCuda } from "../ffi/libcuda.ts";
 import { groupAlive, procState, punchHole, reapIfOrphanedToUs, signalName } from "../ffi/libc.ts";
-import { OUTPUT_TAIL, type StandbyTier } from "../model/cluster.ts";
+import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import {
   Criu,
   type InheritedFile,
@@ -618,37 +618,12 @@ export class ProcessRuntime implements PodRuntime {
    * this agent's pod namespaces removed.
    */
   async recover(): Promise<{ adopted: AdoptedPod[]; removed: number }> {
-    let removed = 0;
-    for (const pid of await scopeProcesses(this.#scope)) {
-      try {
-        Deno.kill(pid, "SIGKILL");
-        removed++;
-      } catch {
-        // exited meanwhile
-      }
-    }
-    await this.#options.podNetworks?.sweep();
-    await this.#options.cgroups?.sweep();
-    if (this.#options.criu) await sweepCriuOutput();
-    // What the workers just ended left (every worker of this runtime is: none is adopted):
-    // output files (and their probes), restore directories, and the images of pods parked in a
-    // file, which no pod could resume (pod ids are never used again). Snapshots (`images/`) stay.
-    try {
-      for await (const e of Deno.readDir(this.#snapshots)) {
-        const path = `${this.#snapshots}/${e.name}`;
-        const parked = e.isDirectory &&
-          await Deno.stat(`${path}/${META}`).then(() => true, () => false);
-        if (
-          (e.isFile && /\.log(\.probe)?$/.test(e.name)) ||
-          (e.isDirectory && e.name.endsWith(".restore")) ||
-          parked
-        ) {
-          await Deno.remove(path, { recursive: true }).catch(() => {});
-        }
-      }
-    } catch {
-      // no such directory yet
-    }
+    const removed = await sweepProcessPods({
+      scope: this.#scope,
+      snapshotDir: this.#snapshots,
+      podNetworks: this.#options.podNetworks,
+      cgroups: this.#options.cgroups,
+    });
     return { adopted: [], removed };
   }
 
@@ -808,7 +783,7 @@ export class ProcessRuntime implements PodRuntime {
       await child.exited;
       const tail = await this.#tail(child);
       await this.stop(spec.podId, 1000);
-      throw new InferxError("worker_failed", `${(err as Error).message}${OUTPUT_TAIL}${tail}`);
+      throw new InferxError("worker_failed", withOutput((err as Error).message, tail));
     }
     return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
   }
@@ -926,7 +901,7 @@ export class ProcessRuntime implements PodRuntime {
     await this.#endCgroup(child);
     // Removed before the exit is told: a pod started again under its id finds its name free.
     if (child.net) await this.#options.podNetworks?.remove(child.net).catch(() => {});
-    this.#options.onExit?.(podId, `${why}${OUTPUT_TAIL}${await this.#tail(child)}`);
+    this.#options.onExit?.(podId, withOutput(why, await this.#tail(child)));
     // Its output was told with its exit: its files here go (the agent only forgets it).
     if (child.logFile) await Deno.remove(child.logFile).catch(() => {});
     await Deno.remove(`${this.#snapshots}/${podId}.restore`, { recursive: true }).catch(() => {});
@@ -1452,4 +1427,49 @@ function indexOf(hay: Uint8Array, needle: Uint8Array): number {
     return i;
   }
   return -1;
+}
+
+/**
+ * Ends what process-runtime workers of `scope` left on this node (an agent
+ * killed, or one that runs the Docker runtime now): their processes, pod
+ * namespaces, control groups and CRIU output, and in `snapshotDir` their
+ * output files, restore directories and the images of pods parked in a file,
+ * which no pod could resume (pod ids are never used again). Snapshots
+ * (`images/`) stay. Returns how many processes it killed.
+ */
+export async function sweepProcessPods(o: {
+  scope: string;
+  snapshotDir: string;
+  podNetworks?: { sweep(): Promise<unknown> };
+  cgroups?: { sweep(): Promise<void> };
+}): Promise<number> {
+  let removed = 0;
+  for (const pid of await scopeProcesses(o.scope)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+      removed++;
+    } catch {
+      // exited meanwhile
+    }
+  }
+  await o.podNetworks?.sweep();
+  await o.cgroups?.sweep();
+  await sweepCriuOutput();
+  try {
+    for await (const e of Deno.readDir(o.snapshotDir)) {
+      const path = `${o.snapshotDir}/${e.name}`;
+      const parked = e.isDirectory &&
+        await Deno.stat(`${path}/${META}`).then(() => true, () => false);
+      if (
+        (e.isFile && /\.log(\.probe)?$/.test(e.name)) ||
+        (e.isDirectory && e.name.endsWith(".restore")) ||
+        parked
+      ) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+    }
+  } catch {
+    // no such directory yet
+  }
+  return removed;
 }

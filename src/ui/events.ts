@@ -1,6 +1,6 @@
 /**
- * Live updates for the dashboard: {@linkcode ClusterEvents} follows pods and
- * nodes through the state service's watch while at least one browser
+ * Live updates for the dashboard: {@linkcode ClusterEvents} follows pods,
+ * nodes and functions through the state service's watch while at least one browser
  * listens (the first listener starts the watches, the last one gone stops
  * them), and {@linkcode eventStream} turns those changes into a
  * server-sent-events body for one caller, holding only what the caller may
@@ -29,11 +29,12 @@ export type ClusterEvent =
     standbyTier?: string;
     node?: string;
   }
-  | { kind: "node"; op: "put" | "delete"; name: string; ready?: boolean };
+  | { kind: "node"; op: "put" | "delete"; name: string; ready?: boolean }
+  | { kind: "function"; op: "put" | "delete"; tenant: string; namespace: string; name: string };
 
 type Listener = (ev: ClusterEvent) => void;
 
-/** Pod and node changes, watched only while someone listens. */
+/** Pod, node and function changes, watched only while someone listens. */
 export class ClusterEvents {
   readonly #meta: MetaClient;
   readonly #listeners = new Set<Listener>();
@@ -89,6 +90,10 @@ export class ClusterEvents {
           upsert: (r) => this.#emit(() => podEvent("put", r)),
           remove: (ref) => this.#emit(() => podEvent("delete", ref)),
         }),
+        await startInformer(this.#meta, "function", {
+          upsert: (r) => this.#emit(() => functionEvent("put", r)),
+          remove: (ref) => this.#emit(() => functionEvent("delete", ref)),
+        }),
         await startInformer(this.#meta, "node", {
           upsert: (r) => this.#emit(() => this.#nodeChange(r)),
           remove: (ref) =>
@@ -130,6 +135,10 @@ export class ClusterEvents {
   }
 }
 
+function functionEvent(op: "put" | "delete", r: ObjectRef): ClusterEvent {
+  return { kind: "function", op, tenant: r.tenant, namespace: r.namespace, name: r.name };
+}
+
 function podEvent(op: "put" | "delete", r: MetaRecord | ObjectRef): ClusterEvent {
   const base = { kind: "pod" as const, op, id: r.name, tenant: r.tenant, namespace: r.namespace };
   if (!("value" in r)) return base;
@@ -161,7 +170,7 @@ function sse(event: string, data: unknown): Uint8Array {
 
 /**
  * A server-sent-events body of the changes `events` sees that the caller may
- * see: `event: pod` and `event: node`, each with a JSON `data` line, a
+ * see: `event: pod`, `event: node` and `event: function`, each with a JSON `data` line, a
  * comment every `pingMs`, and `event: bye` when the credential stops
  * holding (checked before anything is sent). Resolves once the watches run.
  */
@@ -221,7 +230,7 @@ export async function eventStream(
   return new ReadableStream<Uint8Array>({
     start(c) {
       controller = c;
-      c.enqueue(enc.encode("retry: 2000\n: watching pods and nodes\n\n"));
+      c.enqueue(enc.encode("retry: 2000\n: watching pods, nodes and functions\n\n"));
       for (const q of queued.splice(0)) c.enqueue(q);
       if (done) c.close();
     },

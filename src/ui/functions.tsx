@@ -13,6 +13,7 @@ import {
   functionSpecToJson,
   samplePathProblem,
 } from "../model/schemas.ts";
+import { type FunctionObject, trafficSplit } from "../model/versions.ts";
 import { funcColor, mb, stateCounts } from "./cluster_view.ts";
 import { Empty, FuncChip, Live, ms } from "./layout.tsx";
 import { LogPanel, PodsTable } from "./pods.tsx";
@@ -27,6 +28,9 @@ export interface FuncRow {
   spec: FunctionSpec;
   /** Its pods, every version. */
   pods: PodInfo[];
+  /** The versions a canary or a split keeps serving (see `trafficSplit`). */
+  stableVersion?: number;
+  olderVersions?: FunctionObject["olderVersions"];
 }
 
 const idOf = (f: Pick<FuncRow, "tenant" | "namespace" | "name">) =>
@@ -117,9 +121,7 @@ export interface FunctionPageProps {
 export function FunctionPage(props: FunctionPageProps) {
   const f = props.func;
   const id = idOf(f);
-  const versions = new Map<number, PodInfo[]>();
-  for (const p of f.pods) versions.set(p.funcVersion, [...(versions.get(p.funcVersion) ?? []), p]);
-  versions.set(f.version, versions.get(f.version) ?? []);
+  const split = trafficSplit(asObject(f), props.policy);
   const sample = samplePlayground(f.spec);
   return (
     <>
@@ -170,16 +172,19 @@ export function FunctionPage(props: FunctionPageProps) {
             <dd>wait ratio {props.policy.scaleout_policy.wait_ratio}</dd>
             <dt>Scale in after</dt>
             <dd>{props.policy.scalein_timeout} s idle</dd>
+            {props.policy.canary_percent !== undefined && (
+              <>
+                <dt>Canary</dt>
+                <dd>{props.policy.canary_percent}% of calls to the newest version</dd>
+              </>
+            )}
+            <dt>Traffic</dt>
+            <dd>{split.map((s) => `v${s.version} ${s.percent}%`).join(" · ")}</dd>
           </dl>
           <h2>Versions</h2>
-          <ul class="versions">
-            {[...versions.entries()].sort((a, b) => b[0] - a[0]).map(([v, pods]) => (
-              <li>
-                v{v}
-                {v === f.version ? " (current)" : " (draining)"}: {stateCounts(pods) || "no pods"}
-              </li>
-            ))}
-          </ul>
+          <Live src={`/ui/part/functions/${id}/versions`}>
+            <Versions func={f} policy={props.policy} />
+          </Live>
         </section>
       </div>
       <Playground id={id} path={sample.path} body={sample.body} prompt={sample.prompt} />
@@ -203,9 +208,9 @@ export function FunctionPage(props: FunctionPageProps) {
       />
       <section class="card">
         <h2>Recent calls</h2>
-        {props.calls === undefined
-          ? <Empty>This gateway keeps no audit log.</Empty>
-          : <CallsTable rows={props.calls} showFunc={false} />}
+        <Live src={`/ui/part/functions/${id}/calls`}>
+          <RecentCalls calls={props.calls} />
+        </Live>
         <p>
           <a href={`/ui/audit?tenant=${f.tenant}&namespace=${f.namespace}&func=${f.name}`}>
             All calls of {id} in the audit
@@ -214,6 +219,45 @@ export function FunctionPage(props: FunctionPageProps) {
       </section>
     </>
   );
+}
+
+/** `f` as the version rules read it. */
+function asObject(f: FuncRow): FunctionObject {
+  return { ...f, type: "function" } as FunctionObject;
+}
+
+/**
+ * Each version with pods or calls: the newest (current), the stable one a
+ * canary leaves the rest of the calls to, each one's share of calls, and
+ * the versions that take none and drain.
+ */
+export function Versions(props: { func: FuncRow; policy: FuncPolicy }) {
+  const f = props.func;
+  const shares = new Map(trafficSplit(asObject(f), props.policy).map((s) => [s.version, s]));
+  const pods = new Map<number, PodInfo[]>();
+  for (const p of f.pods) pods.set(p.funcVersion, [...(pods.get(p.funcVersion) ?? []), p]);
+  const stable = f.stableVersion ?? f.version;
+  const versions = new Set([f.version, ...shares.keys(), ...pods.keys()]);
+  return (
+    <ul class="versions">
+      {[...versions].sort((a, b) => b - a).map((v) => {
+        const share = shares.get(v);
+        const tags = [
+          ...(v === f.version ? ["current"] : []),
+          ...(v === stable && v !== f.version ? ["stable"] : []),
+          share ? `${share.percent}% of calls` : v === f.version ? "no calls" : "draining",
+        ];
+        return <li>v{v} ({tags.join(", ")}): {stateCounts(pods.get(v) ?? []) || "no pods"}</li>;
+      })}
+    </ul>
+  );
+}
+
+/** A function's recent calls, or why there are none to show. */
+export function RecentCalls(props: { calls?: RequestRow[] }) {
+  return props.calls === undefined
+    ? <Empty>This gateway keeps no audit log.</Empty>
+    : <CallsTable rows={props.calls} showFunc={false} />;
 }
 
 interface Sample {
@@ -391,7 +435,7 @@ export function CallsTable(props: { rows: RequestRow[]; showFunc: boolean }) {
             <td>{r.status}</td>
             <td>{ms(r.latencyMs)}</td>
             <td>{ms(r.ttfbMs)}</td>
-            <td>{r.coldStart ? "cold start" : r.resumed ? "resumed" : "warm"}</td>
+            <td>{startOf(r)}</td>
             <td class="mono">{r.pod ?? "–"}</td>
             <td class="mono">{r.principal}</td>
             <td>{r.error ?? ""}</td>
@@ -400,4 +444,11 @@ export function CallsTable(props: { rows: RequestRow[]; showFunc: boolean }) {
       </tbody>
     </table>
   );
+}
+
+/** How a call's worker served it; "–" when none did (refused, failed to start, gone before). */
+function startOf(r: RequestRow): string {
+  if (r.coldStart) return "cold start";
+  if (r.resumed) return "resumed";
+  return r.pod === undefined ? "–" : "warm";
 }

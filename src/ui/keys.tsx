@@ -84,10 +84,10 @@ export function KeysPage(props: { keys: KeyView[] }) {
             </select>
           </label>
           <label>
-            Tenant <input type="text" name="tenant" placeholder="all" />
+            Tenant <input type="text" name="tenant" placeholder="every tenant (administrator)" />
           </label>
           <label>
-            Namespace <input type="text" name="namespace" placeholder="all" />
+            Namespace <input type="text" name="namespace" placeholder="every namespace of it" />
           </label>
           <label>
             Expires in (days){" "}

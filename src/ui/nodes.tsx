@@ -62,7 +62,7 @@ function NodeCard(props: { view: NodeView; now: number }) {
                   class={s.state === "Standby" ? "slice paused" : "slice"}
                   style={`width:${
                     percent(s.vramMB + s.overheadMB, g.totalMB)
-                  };background:${s.color}`}
+                  };background-color:${s.color}`}
                   title={`${s.func} · ${s.pod} · ${s.state}${s.tier ? ` (${s.tier})` : ""} · ${
                     mb(s.vramMB)
                   } + ${mb(s.overheadMB)} context`}

@@ -10,6 +10,7 @@ import {
   createNamespace,
   eventually,
   type Json,
+  type Platform,
   putObject,
   request,
   startPlatform,
@@ -22,6 +23,27 @@ const reason = !(await dockerAvailable())
   : undefined;
 if (reason) console.log(`skipping the Docker end-to-end test: ${reason}`);
 
+/** Function d/n/lm, the n-gram sample, under `policy`. */
+async function putLm(p: Platform, policy: Record<string, unknown>): Promise<void> {
+  await createNamespace(p.url, "d", "n");
+  const r = await putObject(p.url, {
+    type: "function",
+    tenant: "d",
+    namespace: "n",
+    name: "lm",
+    object: {
+      spec: {
+        image: NGRAM_IMAGE,
+        commands: NGRAM_COMMANDS,
+        endpoint: { port: 8000, probe: "/health" },
+        resources: { CPU: 500, Mem: 256 },
+        policy: { Obj: policy },
+      },
+    },
+  });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+}
+
 Deno.test({
   name: "All on Docker: cold start in a container, paused tier, adoption after SIGKILL",
   ignore: reason !== undefined,
@@ -30,24 +52,7 @@ Deno.test({
   async fn() {
     let p = await startPlatform({ INFERX_RUNTIME: "docker" });
     try {
-      const put = (body: unknown) => putObject(p.url, body);
-      await createNamespace(p.url, "d", "n");
-      const r = await put({
-        type: "function",
-        tenant: "d",
-        namespace: "n",
-        name: "lm",
-        object: {
-          spec: {
-            image: NGRAM_IMAGE,
-            commands: NGRAM_COMMANDS,
-            endpoint: { port: 8000, probe: "/health" },
-            resources: { CPU: 500, Mem: 256 },
-            policy: { Obj: { scalein_timeout: 0.5, standby_per_node: 1 } },
-          },
-        },
-      });
-      assert.equal(r.status, 201, JSON.stringify(r.body));
+      await putLm(p, { scalein_timeout: 0.5, standby_per_node: 1 });
       const call = () =>
         request(`${p.url}/funccall/d/n/lm/v1/completions`, {
           body: { prompt: "The GPU", max_tokens: 4 },
@@ -82,6 +87,41 @@ Deno.test({
       );
       assert.equal(after.headers.get("x-inferx-cold-start"), "0");
       assert.equal(after.headers.get("x-worker-requests"), "3");
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a restart that chooses Docker ends the workers a run on the process runtime left, and their files",
+  ignore: reason !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let p = await startPlatform({ INFERX_RUNTIME: "process", INFERX_POD_NETNS: "off" });
+    try {
+      await putLm(p, { min_replica: 1 });
+      let pod: Json | undefined;
+      await eventually("a worker", async () => {
+        [pod] = (await request(`${p.url}/pods/d/n/lm`)).body as Json[];
+        return pod?.state === "Ready";
+      });
+      const logs = `${p.dataDir}/snapshots`;
+      const outputs = () =>
+        [...Deno.readDirSync(logs)].filter((e) => e.name.endsWith(".log")).map((e) => e.name);
+      assert.ok(outputs().length > 0, "the worker's output file");
+      p.proc.kill("SIGKILL");
+      await p.stop().catch(() => {});
+      const alive = () =>
+        fetch(`http://${pod!.endpoint}/health`).then((x) => (x.body?.cancel(), true), () => false);
+      assert.ok(await alive(), "the worker outlived the platform");
+      p = await startPlatform({ INFERX_RUNTIME: "docker" }, p.dataDir);
+      assert.equal(await alive(), false, "ended by the start on Docker");
+      assert.deepEqual(outputs(), []);
+      assert.match(p.output(), /an earlier run on the process runtime left ended/);
     } finally {
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });

@@ -16,12 +16,20 @@ import type { Context } from "hono";
 import { InferxError, NotFoundError, toInferxError, ValidationError } from "../../common/errors.ts";
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { funcId, isValidName } from "../../model/keys.ts";
-import { decodeStoredUserObject, resolvePolicy } from "../../model/schemas.ts";
+import type { RequestRow } from "../../audit/types.ts";
+import { decodeStoredUserObject, type FuncPolicy, resolvePolicy } from "../../model/schemas.ts";
 import { asset } from "../../ui/assets.ts";
 import { type AuditFilter, AuditPage } from "../../ui/audit.tsx";
 import { nodeViews } from "../../ui/cluster_view.ts";
 import { type ClusterEvent, ClusterEvents, eventStream } from "../../ui/events.ts";
-import { type FuncRow, FunctionPage, FunctionsPage, FunctionsTable } from "../../ui/functions.tsx";
+import {
+  type FuncRow,
+  FunctionPage,
+  FunctionsPage,
+  FunctionsTable,
+  RecentCalls,
+  Versions,
+} from "../../ui/functions.tsx";
 import { KeysPage, KeysTable } from "../../ui/keys.tsx";
 import { type PageId, PAGES, Shell } from "../../ui/layout.tsx";
 import { NodesBody, NodesPage } from "../../ui/nodes.tsx";
@@ -139,6 +147,46 @@ class StreamCounts {
   }
 }
 
+/** Function `tenant/namespace/name` with its pods, for a caller who may read it (404: none). */
+async function functionRow(
+  deps: RouteDeps,
+  principal: Principal,
+  tenant: string,
+  namespace: string,
+  name: string,
+): Promise<FuncRow> {
+  authorize(principal, "read", tenant, namespace);
+  const rec = await deps.meta.get({ type: "function", tenant, namespace, name });
+  if (!rec) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+  const o = decodeStoredUserObject(rec.value, rec.revision);
+  if (o.type !== "function") throw new NotFoundError(`${name} is not a function`);
+  const pods = (await deps.meta.list("pod", tenant, namespace)).items
+    .map((r) => decodePod(r.value))
+    .filter((p) => p.func === name);
+  return { ...o, pods };
+}
+
+/** The policy `f` runs under: the gateway's (a linked one resolved), else its own. */
+function policyOf(deps: RouteDeps, f: FuncRow): FuncPolicy {
+  return deps.cache.policyOf(funcId(f.tenant, f.namespace, f.name)) ??
+    resolvePolicy(f.spec, () => undefined);
+}
+
+/** `f`'s last 20 calls the caller may read; undefined: the gateway keeps no audit. */
+async function recentCalls(
+  deps: RouteDeps,
+  principal: Principal,
+  f: FuncRow,
+): Promise<RequestRow[] | undefined> {
+  const q = await readableAudit(deps, principal, {
+    tenant: f.tenant,
+    namespace: f.namespace,
+    func: f.name,
+    limit: 20,
+  });
+  return deps.audit && (q ? await deps.audit.query("requests", q) : []);
+}
+
 /** The dashboard's routes, mounted at `/ui`. */
 export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
@@ -178,31 +226,26 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
   });
   app.get("/part/functions/:tenant/:namespace/:name", async (c) => {
     const { tenant, namespace, name } = c.req.param();
-    authorize(c.var.principal, "read", tenant, namespace);
-    const rec = await deps.meta.get({ type: "function", tenant, namespace, name });
-    if (!rec) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
-    const o = decodeStoredUserObject(rec.value, rec.revision);
-    if (o.type !== "function") throw new NotFoundError(`${name} is not a function`);
-    const pods = (await deps.meta.list("pod", tenant, namespace)).items.map((r) =>
-      decodePod(r.value)
-    )
-      .filter((p) => p.func === name);
-    const id = funcId(tenant, namespace, name);
-    const q = await readableAudit(deps, c.var.principal, {
-      tenant,
-      namespace,
-      func: name,
-      limit: 20,
-    });
-    const calls = deps.audit && (q ? await deps.audit.query("requests", q) : []);
+    const func = await functionRow(deps, c.var.principal, tenant, namespace, name);
     return c.html(FunctionPage({
-      func: { ...o, pods },
-      policy: deps.cache.policyOf(id) ?? resolvePolicy(o.spec, () => undefined),
-      calls,
+      func,
+      policy: policyOf(deps, func),
+      calls: await recentCalls(deps, c.var.principal, func),
       origin: new URL(c.req.url).origin,
       authEnabled: deps.auth.enabled,
       now: Date.now(),
     }));
+  });
+  // The function page's live regions (beside its pods table).
+  app.get("/part/functions/:tenant/:namespace/:name/versions", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const func = await functionRow(deps, c.var.principal, tenant, namespace, name);
+    return c.html(Versions({ func, policy: policyOf(deps, func) }));
+  });
+  app.get("/part/functions/:tenant/:namespace/:name/calls", async (c) => {
+    const { tenant, namespace, name } = c.req.param();
+    const func = await functionRow(deps, c.var.principal, tenant, namespace, name);
+    return c.html(RecentCalls({ calls: await recentCalls(deps, c.var.principal, func) }));
   });
   app.get("/part/pods", async (c) => {
     return c.html(PodsPage({ pods: await visiblePods(deps, c.var.principal), now: Date.now() }));
@@ -304,13 +347,17 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     if (!p.grants.some((g) => g.scope !== "inference")) {
       throw new InferxError("forbidden", `${p.id} may not follow the cluster: it reads nothing`);
     }
+    // A stream never ends by itself: the gateway's stop ends it (the page reconnects) rather
+    // than wait for it as for a call under way.
+    const stopping = deps.cache.stopping;
+    if (stopping.aborted) throw stopping.reason;
     const ended = streams.take(p, events.listeners, deps.auth.enabled);
     const headers = c.req.raw.headers;
     const body = await eventStream(events, {
       visible: (ev: ClusterEvent) =>
-        ev.kind === "pod" ? allows(p, "read", ev.tenant, ev.namespace) : allows(p, "read"),
+        ev.kind === "node" ? allows(p, "read") : allows(p, "read", ev.tenant, ev.namespace),
       stillAllowed: async () => (await deps.auth.authenticate(headers)).id === p.id,
-      signal: c.req.raw.signal,
+      signal: AbortSignal.any([c.req.raw.signal, stopping]),
       pingMs: opts.pingMs,
       onEnd: ended,
     }).catch((err) => {

@@ -3,7 +3,7 @@ import { Hono } from "hono";
 import { testPod, until } from "../../common/testing.ts";
 import type { NodeInfo, PodInfo } from "../../model/cluster.ts";
 import { ClusterEvents } from "../../ui/events.ts";
-import { toInferxError } from "../../common/errors.ts";
+import { InferxError, toInferxError } from "../../common/errors.ts";
 import { authenticate } from "../middleware/authenticate.ts";
 import { errorAnswer } from "../middleware/errors.ts";
 import { serveGateway } from "../server.ts";
@@ -204,7 +204,7 @@ t("the function part shows spec, policy, versions, pods, examples and recent cal
     const r = await text(f, "/ui/part/functions/t/n/f", ADMIN);
     assert.equal(r.status, 200);
     assert.match(r.body, /Parallel per pod<\/dt><dd>7</);
-    assert.match(r.body, /v1 \(current\): 1 Standby/);
+    assert.match(r.body, /v1 \(current, 100% of calls\): 1 Standby/);
     assert.match(r.body, /v0 \(draining\): 1 Ready/);
     assert.match(r.body, /data-pod="p-old"/);
     assert.match(
@@ -239,7 +239,7 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
       "t/n/f",
       "t/n/g",
     ]);
-    assert.match(bar, /width:37\.246%;background:hsl\(/, "30000 MB + 512 MB of 81920 MB");
+    assert.match(bar, /width:37\.246%;background-color:hsl\(/, "30000 MB + 512 MB of 81920 MB");
     assert.match(r.body, /class="chip parked-pod" data-func="t\/n\/g" data-pod="p-c"/);
     assert.match(r.body, /GPU 0 · <bdi>H100<\/bdi> · 59.6 GB of 80 GB held/);
   } finally {
@@ -402,18 +402,102 @@ t(
           seen += value;
         }
       };
-      await readUntil(/: watching pods and nodes/);
+      await readUntil(/: watching pods, nodes and functions/);
       await addPod(f, { id: "p-hidden", tenant: "u", namespace: "m", func: "other" });
       await addPod(f, { id: "p-seen" });
       await readUntil(/"id":"p-seen"/);
       assert.match(seen, /event: pod\ndata: \{"kind":"pod","op":"put","id":"p-seen"/);
       assert.doesNotMatch(seen, /p-hidden/, "another tenant's pod is not streamed");
+      // Functions made, changed and deleted: the functions list follows them.
+      for (
+        const o of [
+          { type: "namespace" as const, tenant: "u", namespace: "system", name: "m" },
+          { type: "function" as const, tenant: "u", namespace: "m", name: "hidden" },
+          { type: "function" as const, tenant: "t", namespace: "n", name: "g" },
+        ]
+      ) {
+        await f.meta.create({ ...o, object: o.type === "function" ? { image: "x" } : {} });
+      }
+      await f.meta.delete({ type: "function", tenant: "t", namespace: "n", name: "g" });
+      await readUntil(/"op":"delete","tenant":"t","namespace":"n","name":"g"/);
+      assert.match(
+        seen,
+        /event: function\ndata: \{"kind":"function","op":"put","tenant":"t","namespace":"n","name":"g"\}/,
+      );
+      assert.doesNotMatch(seen, /"hidden"/, "another tenant's function is not streamed");
       await readUntil(/: ping/);
 
       abort.abort();
       await reader.cancel().catch(() => {});
       assert.equal(events.listeners, 0);
       assert.equal(events.watching, false, "the last listener gone stops the watches");
+    } finally {
+      await f.close();
+    }
+  },
+);
+
+t("/ui/events ends when the gateway begins to stop, and a new one is refused 503", async () => {
+  const f = await gatewayFixture({ adminKey: ADMIN_KEY });
+  const { app, events } = eventsApp(f, 60_000);
+  try {
+    const headers = { authorization: `Bearer ${ADMIN_KEY}` };
+    const res = await app.request("/ui/events", { headers });
+    assert.equal(res.status, 200);
+    const body = res.text();
+    f.deps.cache.drain(new InferxError("unavailable", "The gateway is stopping"));
+    assert.match(await body, /: watching pods, nodes and functions/, "it ends by itself");
+    assert.equal(events.watching, false);
+    const late = await app.request("/ui/events", { headers });
+    assert.equal(late.status, 503);
+    assert.match((await late.json()).error.message, /The gateway is stopping/);
+  } finally {
+    await f.close();
+  }
+});
+
+t(
+  "a function page's versions part names the current and stable versions with their shares, and says when the function is gone",
+  async () => {
+    const f = await gatewayFixture();
+    try {
+      const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "c" };
+      await f.meta.create({ ...ref, object: { image: "x" } });
+      const cur = (await f.meta.get(ref))!;
+      await f.meta.update({
+        ...ref,
+        revision: cur.revision,
+        object: { image: "y", policy: { Obj: { canary_percent: 25 } } },
+      });
+      await addPod(f, { id: "p-old", func: "c", funcVersion: 1 });
+      await until(
+        "the gateway's policy",
+        () => f.deps.cache.policyOf("t/n/c")?.canary_percent === 25,
+      );
+      const versions = await text(f, "/ui/part/functions/t/n/c/versions");
+      assert.equal(versions.status, 200);
+      assert.match(versions.body, /v2 \(current, 25% of calls\): no pods/);
+      assert.match(versions.body, /v1 \(stable, 75% of calls\): 1 Creating/);
+      const page = await text(f, "/ui/part/functions/t/n/c");
+      assert.match(page.body, /data-live="\/ui\/part\/functions\/t\/n\/c\/versions"/);
+      assert.match(page.body, /data-live="\/ui\/part\/functions\/t\/n\/c\/calls"/);
+      assert.match(page.body, /<dt>Traffic<\/dt><dd>v2 25% · v1 75%<\/dd>/);
+      assert.equal((await text(f, "/ui/part/functions/t/n/c/calls")).status, 200);
+      // Promoted: the older version drains.
+      const now = (await f.meta.get(ref))!;
+      await f.meta.update({ ...ref, revision: now.revision, object: { image: "y" } });
+      await until(
+        "the split gone",
+        () => f.deps.cache.policyOf("t/n/c")?.canary_percent === undefined,
+      );
+      assert.match(
+        (await text(f, "/ui/part/functions/t/n/c/versions")).body,
+        /v1 \(draining\): 1 Creating/,
+      );
+      await f.meta.delete(ref);
+      const gone = await text(f, "/ui/part/functions/t/n/c/versions");
+      assert.equal(gone.status, 404);
+      assert.match(gone.body, /Function t\/n\/c does not exist/);
     } finally {
       await f.close();
     }
@@ -480,7 +564,7 @@ t("a dashboard that goes away from the gateway's listener ends its event stream"
     assert.equal(res.status, 200);
     assert.equal(res.headers.get("transfer-encoding"), "chunked", "streamed as it is produced");
     const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
-    assert.match((await reader.read()).value ?? "", /: watching pods and nodes/);
+    assert.match((await reader.read()).value ?? "", /: watching pods, nodes and functions/);
     assert.equal(events.listeners, 1);
     await addPod(f, { id: "p-live" });
     let seen = "";

@@ -3,16 +3,23 @@
 // the JSON API with the tab's credential; a refusal shows the API's message.
 import { api, apiJson, credential, flash, messageOf } from "./api.js";
 
-/** A button that needs a second click within 4 s. */
+/**
+ * A button that needs a second click within 4 s. The second click disarms it
+ * at once: live regions are not redrawn under an armed button, and the one
+ * clicked is about to change.
+ */
 function armed(button, label) {
-  if (button.dataset.armed) return true;
+  if (button.dataset.armed) {
+    clearTimeout(Number(button.dataset.armed));
+    delete button.dataset.armed;
+    return true;
+  }
   const before = button.textContent;
-  button.dataset.armed = "1";
   button.textContent = label;
-  setTimeout(() => {
+  button.dataset.armed = String(setTimeout(() => {
     delete button.dataset.armed;
     button.textContent = before;
-  }, 4000);
+  }, 4000));
   return false;
 }
 
@@ -71,13 +78,17 @@ async function createKey(form, loadInto) {
   }
   const days = f.get("expires_days");
   if (days) body.expires_in_s = Math.round(Number(days) * 86400);
+  // The last key's secret goes whatever comes of this one: shown beside a refusal, it reads as
+  // this key's.
+  const box = document.getElementById("new-key");
+  box.hidden = true;
+  box.querySelector(".new-key-secret").textContent = "";
   try {
     const k = await apiJson("/apikeys", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
     });
-    const box = document.getElementById("new-key");
     box.hidden = false;
     box.querySelector(".new-key-id").textContent = k.id;
     box.querySelector(".new-key-secret").textContent = k.key;

@@ -51,7 +51,9 @@ export async function loadInto(el, url, { quiet = false } = {}) {
   }
   if (!res.ok) {
     const message = await messageOf(res);
-    if (quiet) return false;
+    // A live region's redraw says nothing of a passing failure, but shows what is gone (the
+    // function of the page deleted meanwhile).
+    if (quiet && res.status !== 404) return false;
     const p = document.createElement("p");
     p.className = "error refused";
     p.textContent = message;

@@ -1,6 +1,6 @@
 // Live updates: reads the gateway's server-sent events (`/ui/events`) with
 // the tab's credential (EventSource cannot send one) and calls back on every
-// pod or node change; reconnects after a break and catches up.
+// pod, node or function change; reconnects after a break and catches up.
 //
 // A browser opens six connections to a host at most, so six tabs each
 // holding a stream would stall every other request of the dashboard. The
@@ -103,7 +103,7 @@ async function stream(on, signal) {
           buffer = parsed.rest;
           for (const ev of parsed.events) {
             if (ev.event === "bye") return "○ not live: signed out";
-            if (ev.event === "pod" || ev.event === "node") on.change();
+            if (ev.event === "pod" || ev.event === "node" || ev.event === "function") on.change();
           }
         }
       } catch {
