@@ -64,7 +64,8 @@ const USAGE = `usage: ${CTL} [--gateway URL] <command>
   apikey revoke ID              revoke a key
   rollout status TENANT/NS/FUNC   the versions kept and the share of calls each takes
   rollout promote TENANT/NS/FUNC  the newest version takes every call
-  rollout rollback TENANT/NS/FUNC the stable version takes every call again
+  rollout rollback TENANT/NS/FUNC an older version takes every call again (the stable one;
+                                  under traffic, the one with the largest share)
 options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY),
   --timeout SECONDS (the longest wait for an answer: 60 for the API, 900 for a call);
   -f may be given more than once`;

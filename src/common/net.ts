@@ -60,42 +60,6 @@ export function freePort(host = "127.0.0.1"): number {
   return port;
 }
 
-/** Options for {@linkcode waitForProbe}. */
-export interface ProbeOptions {
-  /** How long the worker may take to answer (ms). */
-  timeoutMs: number;
-  /** Pause between probes (ms). @default 25 */
-  intervalMs?: number;
-}
-
-/**
- * Waits until `url` answers 2xx; rejects when `died` settles first (with the
- * reason it gives) or when `timeoutMs` passes.
- */
-export async function waitForProbe(
-  url: string,
-  died: Promise<string>,
-  options: ProbeOptions,
-): Promise<void> {
-  let dead: string | undefined;
-  died.then((why) => dead = why);
-  const deadline = Date.now() + options.timeoutMs;
-  while (true) {
-    if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.body?.cancel();
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`worker did not answer ${url} within ${options.timeoutMs} ms`);
-    }
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
-  }
-}
-
 /** The host and port of an endpoint `host:port` (as pods' endpoints are written). */
 export function splitEndpoint(endpoint: string): { hostname: string; port: number } {
   const colon = endpoint.lastIndexOf(":");

@@ -75,14 +75,22 @@ export function probeJson(bytes: Uint8Array): ProbeResult {
  * written again without whitespace: what the event loop then parses is at
  * most `maxChars` long, however the body was laid out (4 MiB of numbers took
  * 60 ms to parse and 50 more to collect). Refused past `maxChars`: a stored
- * object is no smaller than that text.
+ * object is no smaller than that text (the `status` a writer may send, which
+ * the route drops, left out).
  */
 export function compactObject(bytes: Uint8Array, bounds: ObjectBounds): ObjectResult {
   const read = countedParse(bytes, bounds.maxDepth);
   if (!("json" in read)) return { ok: false, ...read };
+  // A `status` beside the spec is the platform's: the object route drops a writer's, so it
+  // neither counts nor goes back.
+  const object = isRecord(read.json) ? read.json.object : undefined;
+  if (isRecord(object) && "spec" in object) delete object.status;
   const text = JSON.stringify(read.json);
   return text.length > bounds.maxChars ? { ok: false, chars: text.length } : { ok: true, text };
 }
+
+const isRecord = (v: unknown): v is Record<string, unknown> =>
+  !!v && typeof v === "object" && !Array.isArray(v);
 
 /** `bytes` parsed as JSON once `jsonTooHeavy` has counted them (`maxDepth`), or why not. */
 function countedParse(

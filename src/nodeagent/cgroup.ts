@@ -45,6 +45,17 @@ interface Controller {
   base: string;
 }
 
+/** {@linkcode planControllers} for this process (`proc`: where `/proc` is), or why there is none. */
+async function planOf(tag: string, proc: string): Promise<ReturnType<typeof planControllers>> {
+  try {
+    const mountinfo = await Deno.readTextFile(`${proc}/self/mountinfo`);
+    const own = await Deno.readTextFile(`${proc}/self/cgroup`);
+    return planControllers(cgroupMounts(mountinfo), ownGroups(own), tag);
+  } catch (err) {
+    return `cannot read ${proc}/self: ${(err as Error).message}`;
+  }
+}
+
 /** Whether pods can be limited on this node, and if not, why. */
 export type CgroupCapability =
   | {
@@ -156,14 +167,7 @@ export class PodCgroups {
    * `/proc` is (tests).
    */
   static async open(tag: string, proc = "/proc"): Promise<CgroupCapability> {
-    let mountinfo: string, own: string;
-    try {
-      mountinfo = await Deno.readTextFile(`${proc}/self/mountinfo`);
-      own = await Deno.readTextFile(`${proc}/self/cgroup`);
-    } catch (err) {
-      return { available: false, reason: `cannot read ${proc}/self: ${(err as Error).message}` };
-    }
-    const plan = planControllers(cgroupMounts(mountinfo), ownGroups(own), tag);
+    const plan = await planOf(tag, proc);
     if (typeof plan === "string") return { available: false, reason: plan };
     const controllers: Controller[] = [];
     for (const p of plan) {
@@ -186,6 +190,28 @@ export class PodCgroups {
       return { available: true, cgroups: new PodCgroups(without), noProcessLimit: reason };
     }
     return { available: false, reason };
+  }
+
+  /**
+   * Removes the groups an agent of `tag` left (its pods' and its base
+   * groups, what is still in them killed) without making any: for a start on
+   * a runtime that uses none (Docker), where making them would change the
+   * host's groups for nothing.
+   */
+  static async sweepLeftBehind(tag: string, proc = "/proc"): Promise<void> {
+    const plan = await planOf(tag, proc);
+    if (typeof plan === "string") return;
+    const controllers: Controller[] = [];
+    for (const p of plan) {
+      if (!await Deno.stat(p.base).then((st) => st.isDirectory, () => false)) continue;
+      const same = controllers.find((c) => c.base === p.base);
+      if (same) same.names.push(p.name);
+      else controllers.push({ names: [p.name], version: p.version, base: p.base });
+    }
+    if (!controllers.length) return;
+    const groups = new PodCgroups(controllers);
+    await groups.sweep();
+    groups.close();
   }
 
   /** The group of pod `podId` (made or not). */

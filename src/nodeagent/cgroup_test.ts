@@ -357,6 +357,38 @@ cgTest(
   },
 );
 
+Deno.test({
+  name:
+    "sweepLeftBehind() ends an earlier agent's pods' groups and its base groups, and makes none",
+  ignore: !cap.available,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!cap.available) return;
+    // Nothing of this tag: nothing is made.
+    await PodCgroups.sweepLeftBehind("ixcgnone");
+    const none = dirsOf(cap.cgroups, "x").map((d) => d.replace(/ixcgtest\/x$/, "ixcgnone"));
+    for (const d of none) assert.equal(await exists(d), false, d);
+    // An earlier agent's groups, one with a process in it.
+    const earlier = await PodCgroups.open("ixcgleft");
+    assert.ok(earlier.available);
+    const g = await earlier.cgroups.create("pod-left", { cpuMillis: 100, memMB: 64 });
+    const [cmd, ...args] = [...g.joinPrefix, "sleep", "600"];
+    const p = new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).spawn();
+    await until("it joined", async () => (await g.pids()).includes(p.pid));
+    const bases = dirsOf(earlier.cgroups, "pod-left").map((d) => d.replace(/\/pod-left$/, ""));
+    try {
+      await PodCgroups.sweepLeftBehind("ixcgleft");
+      assert.equal((await p.status).signal, "SIGKILL");
+      for (const d of bases) assert.equal(await exists(d), false, d);
+    } finally {
+      await g.killAll(1000).catch(() => {});
+      await g.remove(1000).catch(() => {});
+      earlier.cgroups.close();
+    }
+  },
+});
+
 cgTest(
   "a restarted agent's sweep kills what is left in its pods' groups and removes them",
   async (cgroups) => {

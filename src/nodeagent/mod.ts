@@ -120,15 +120,13 @@ async function snapshotSupport(
  * Its pod namespaces went already (see {@linkcode snapshotSupport}).
  */
 async function sweepEarlierProcessRun(scope: string, snapshotDir: string): Promise<void> {
-  const groups = Deno.build.os === "linux" && Deno.uid?.() === 0
-    ? await PodCgroups.open(scopeTag(scope))
-    : undefined;
+  const root = Deno.build.os === "linux" && Deno.uid?.() === 0;
   const killed = await sweepProcessPods({
     scope,
     snapshotDir,
-    cgroups: groups?.available ? groups.cgroups : undefined,
+    // Those that are there: none is made (a host on Docker alone keeps its groups as they were).
+    cgroups: root ? { sweep: () => PodCgroups.sweepLeftBehind(scopeTag(scope)) } : undefined,
   });
-  if (groups?.available) groups.cgroups.close();
   if (killed) {
     logger("nodeagent").warn(
       "Recovered after a restart: {n} worker process(es) an earlier run on the process runtime left ended",

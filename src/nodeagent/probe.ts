@@ -41,7 +41,7 @@ export async function httpCall(
     conn = await Deno.connect({ hostname: host, port, signal: timeout });
   } catch (err) {
     if (!timeout.aborted) throw err;
-    throw new Error(`No answer from ${host}:${port}${path} within ${options.timeoutMs ?? 5000} ms`);
+    throw new Error(`No answer to ${path} within ${options.timeoutMs ?? 5000} ms`);
   }
   const onAbort = () => conn.close();
   timeout.addEventListener("abort", onAbort, { once: true });
@@ -70,21 +70,19 @@ export async function httpCall(
         try {
           whole = answer.push(buf.subarray(0, n));
         } catch (err) {
-          throw new Error(`${(err as Error).message} from ${host}:${port}${path}`);
+          throw new Error(`${(err as Error).message} (the answer to ${path})`);
         }
         if (whole) return whole;
       }
       const closed = answer.closed();
-      if (!closed) throw new Error(`Not an HTTP answer from ${host}:${port}${path}`);
+      if (!closed) throw new Error(`Not an HTTP answer to ${path}`);
       return closed;
     } finally {
       answer.free();
     }
   } catch (err) {
     if (timeout.aborted) {
-      throw new Error(
-        `No answer from ${host}:${port}${path} within ${options.timeoutMs ?? 5000} ms`,
-      );
+      throw new Error(`No answer to ${path} within ${options.timeoutMs ?? 5000} ms`);
     }
     throw err;
   } finally {
@@ -161,7 +159,11 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Waits until `host:port{path}` answers 2xx, `died` settles, or `timeoutMs` passes. */
+/**
+ * Waits until `host:port{path}` answers 2xx, `died` settles, or `timeoutMs`
+ * passes. Its errors name the path, not the address: they reach the callers
+ * of a function whose worker failed to start, and the address is the cluster's.
+ */
 export async function waitForProbe(
   host: string,
   port: number,
@@ -182,7 +184,7 @@ export async function waitForProbe(
     }
     if (Date.now() > deadline) {
       throw new Error(
-        `worker did not answer http://${host}:${port}${path} within ${options.timeoutMs} ms` +
+        `worker did not answer its probe, GET ${path} on its $PORT, within ${options.timeoutMs} ms` +
           " (a worker must listen on $HOST:$PORT; one bound to 127.0.0.1 is unreachable in its pod's network)",
       );
     }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { hasPython } from "../common/testing.ts";
-import { httpCall } from "./probe.ts";
+import { freePort } from "../common/net.ts";
+import { httpCall, waitForProbe } from "./probe.ts";
 
 const python = hasPython();
 if (!python) console.log("skipping the unanswered-connect probe test: no python3 here");
@@ -35,7 +36,7 @@ Deno.test({
     try {
       await assert.rejects(
         httpCall("127.0.0.1", port, "/ready", { timeoutMs: 300 }),
-        /No answer from 127\.0\.0\.1:\d+\/ready within 300 ms/,
+        /No answer to \/ready within 300 ms$/,
       );
     } finally {
       held.close();
@@ -162,10 +163,48 @@ await httpCall("127.0.0.1", ${listener.addr.port}, "/probe", { timeoutMs: 1000 }
   const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
   try {
     const out = new TextDecoder().decode((await child.output()).stdout);
-    assert.match(out, /failed: Not an HTTP answer \(.*chunk size.*\) from 127\.0\.0\.1:\d+\/probe/);
+    assert.match(out, /failed: Not an HTTP answer \(.*chunk size.*\) \(the answer to \/probe\)/);
   } finally {
     clearTimeout(timer);
     listener.close();
     for (const c of held) c.close();
   }
+});
+
+Deno.test("waitForProbe() resolves once the worker answers 2xx", async () => {
+  let calls = 0;
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => new Response(null, { status: ++calls < 3 ? 503 : 200 }),
+  );
+  try {
+    await waitForProbe("127.0.0.1", server.addr.port, "/", new Promise(() => {}), {
+      timeoutMs: 5000,
+      intervalMs: 1,
+    });
+    assert.equal(calls, 3);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("waitForProbe() rejects with the reason when the worker dies first, or at the timeout, naming no address", async () => {
+  const port = freePort();
+  await assert.rejects(
+    waitForProbe("127.0.0.1", port, "/health", Promise.resolve("exit code 3"), {
+      timeoutMs: 5000,
+    }),
+    /worker exited before it was ready \(exit code 3\)/,
+  );
+  await assert.rejects(
+    waitForProbe("127.0.0.1", port, "/health", new Promise(() => {}), {
+      timeoutMs: 50,
+      intervalMs: 5,
+    }),
+    (e: Error) =>
+      /^worker did not answer its probe, GET \/health on its \$PORT, within 50 ms/.test(
+        e.message,
+      ) &&
+      !e.message.includes(`127.0.0.1:${port}`) && !e.message.includes(String(port)),
+  );
 });

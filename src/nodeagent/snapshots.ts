@@ -22,6 +22,7 @@ import { logger } from "../common/log.ts";
 import type { PodInfo } from "../model/cluster.ts";
 import { funcId, isValidName } from "../model/keys.ts";
 import { decodeStoredUserObject } from "../model/schemas.ts";
+import { trafficSplit } from "../model/versions.ts";
 import { decodeSnapshot, type SnapshotInfo, snapshotName } from "../model/snapshot.ts";
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, ObjectRef } from "../rpc/types.ts";
@@ -159,9 +160,15 @@ export class SnapshotManager {
         const o = decodeStoredUserObject(rec.value, rec.revision);
         if (o.type !== "function") return;
         const id = funcId(o.tenant, o.namespace, o.name);
-        // The versions that serve calls: the newest, and the older ones a canary or a traffic
-        // split keeps (the stable one's cold starts restore too).
-        const live = new Set([o.version, ...(o.olderVersions ?? []).map((v) => v.version)]);
+        // The versions that serve calls: those a `traffic` split (inline only) gives a share,
+        // else the newest and the stable one a canary leaves the rest to (its cold starts
+        // restore too); the specs kept of others (the stable one under a split) serve none.
+        const inline = o.spec.policy?.kind === "inline" ? o.spec.policy.policy : undefined;
+        const live = new Set(
+          inline?.traffic
+            ? trafficSplit(o, inline).map((v) => v.version)
+            : [o.version, ...(o.olderVersions ?? []).map((v) => v.version)],
+        );
         this.#versions.set(id, live);
         this.#dropWhere(
           (s) => funcOf(s.info) === id && !live.has(s.info.funcVersion),

@@ -424,6 +424,11 @@ t(
     await eventually(() => Promise.resolve(mgr.usable(pod("a")) === undefined));
     assert.ok(mgr.usable(pod("a", 2)), "the version that serves keeps its own");
     assert.deepEqual((await records(meta)).map((r) => r.funcVersion), [2]);
+    // A traffic split that gives version 3 every call: 2, kept as the stable one, serves none.
+    await putFunction(meta, "a", "z", { Obj: { traffic: [{ version: 3, percent: 100 }] } });
+    await eventually(() => Promise.resolve(mgr.usable(pod("a", 2)) === undefined));
+    assert.equal(mgr.wants(pod("a", 2)), false);
+    assert.equal(mgr.wants(pod("a", 3)), true);
   },
 );
 

@@ -1085,7 +1085,10 @@ export class CallQueue {
         pod,
         error: new InferxError(
           cut,
-          `The answer of worker ${pod} broke off: ${(err as Error).message}`,
+          // The pool's own words say "it broke off its answer" already.
+          `The answer of worker ${pod} broke off: ${
+            (err as Error).message.replace(/^it broke off its answer: /, "")
+          }`,
         ),
       };
     } finally {

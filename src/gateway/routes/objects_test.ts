@@ -360,6 +360,12 @@ t(
     const ok = await put(padded);
     assert.equal(ok.status, 201, await ok.clone().text());
     assert.deepEqual((await ok.json()).object.spec.envs, [["A", "b"]]);
+    // A status beside the spec is dropped, not counted: 1.2 MB of it leaves a small object.
+    const withStatus = await put(
+      fn("status", { spec: { image: "x" }, status: { note: "x".repeat(1_200_000) } }),
+    );
+    assert.equal(withStatus.status, 201, await withStatus.clone().text());
+    assert.equal((await withStatus.json()).object.status, undefined);
     // A __proto__ key survives the thread's round trip and is refused by name.
     const proto = await put(
       fn("proto", { spec: { image: "x", sample_query: { pad: "p".repeat(70_000) } } })

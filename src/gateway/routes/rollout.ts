@@ -2,8 +2,9 @@
  * Rollouts of function versions (docs/traffic.md):
  * `GET /rollout/{tenant}/{namespace}/{function}` shows the versions kept and
  * the share of calls each takes; `POST .../promote` makes the newest version
- * take every call (and the stable one); `POST .../rollback` makes the stable
- * version the function's again, its warm pods serving at once. Both are
+ * take every call (and the stable one); `POST .../rollback` makes an older
+ * version the function's again (the stable one; under a `traffic` split, the
+ * one with the largest share), its warm pods serving at once. Both are
  * updates through the state service, retried when the function changed
  * meanwhile.
  *

@@ -9,17 +9,18 @@ import { api, apiJson, credential, flash, messageOf } from "./api.js";
  * clicked is about to change.
  */
 function armed(button, label) {
+  const disarm = () => {
+    delete button.dataset.armed;
+    button.textContent = button.dataset.label;
+  };
   if (button.dataset.armed) {
     clearTimeout(Number(button.dataset.armed));
-    delete button.dataset.armed;
+    disarm(); // its own label again, whatever comes of the action (a refusal leaves it usable)
     return true;
   }
-  const before = button.textContent;
+  button.dataset.label ??= button.textContent;
   button.textContent = label;
-  button.dataset.armed = String(setTimeout(() => {
-    delete button.dataset.armed;
-    button.textContent = before;
-  }, 4000));
+  button.dataset.armed = String(setTimeout(disarm, 4000));
   return false;
 }
 
