@@ -361,14 +361,23 @@ export function callExamples(
   ];
   if (o.authEnabled) curl.push("  -H 'authorization: Bearer ", KEY, "' \\\n");
   curl.push(`  -d ${quoted}`);
+  const maxTokens = Number.isInteger(b.max_tokens) ? b.max_tokens : 16;
+  // A chat sample (its path, or `messages` in its body) is shown as a chat; JSON's strings are
+  // Python's too.
+  const messages = Array.isArray(b.messages) ? b.messages as { content?: unknown }[] : undefined;
+  const chat = /(^|\/)chat\/completions$/.test(o.path) || messages !== undefined;
+  const said = messages?.findLast((m) => typeof m?.content === "string")?.content;
+  const call = chat
+    ? `r = client.chat.completions.create(\n    model="${o.id}",\n    messages=[{"role": "user", "content": ${
+      JSON.stringify(typeof said === "string" ? said : "Hello")
+    }}],\n    max_tokens=${maxTokens},\n)\nprint(r.choices[0].message.content)`
+    : `r = client.completions.create(\n    model="${o.id}",\n    prompt=${
+      JSON.stringify(typeof b.prompt === "string" ? b.prompt : "Hello")
+    },\n    max_tokens=${maxTokens},\n)\nprint(r.choices[0].text)`;
   const openai: (string | typeof KEY)[] = [
     `from openai import OpenAI\n\nclient = OpenAI(base_url="${o.origin}/v1", api_key=`,
     ...(o.authEnabled ? ['"', KEY, '"'] as const : ['"none"'] as const),
-    `)\nr = client.completions.create(\n    model="${o.id}",\n    prompt=${
-      JSON.stringify(typeof b.prompt === "string" ? b.prompt : "Hello")
-    },\n    max_tokens=${
-      Number.isInteger(b.max_tokens) ? b.max_tokens : 16
-    },\n)\nprint(r.choices[0].text)`,
+    `)\n${call}`,
   ];
   return { curl, openai };
 }

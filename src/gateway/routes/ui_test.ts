@@ -631,6 +631,26 @@ Deno.test("the copied curl example quotes the spec's path and body for a shell",
   assert.ok(text.includes(`-d '{"x":"it'\\''s"}'`), text);
 });
 
+Deno.test("the OpenAI example is a chat for a chat sample, a completion otherwise", () => {
+  const text = (path: string, body: unknown) =>
+    callExamples({ id: "t/n/f", origin: "http://localhost", path, body, authEnabled: false })
+      .openai.join("");
+  const chat = text("v1/chat/completions", {
+    messages: [{ role: "system", content: "Be brief" }, { role: "user", content: 'Say "hi"' }],
+    max_tokens: 9,
+  });
+  assert.match(chat, /client\.chat\.completions\.create\(/);
+  assert.match(chat, /messages=\[\{"role": "user", "content": "Say \\"hi\\""\}\]/);
+  assert.match(chat, /max_tokens=9,/);
+  assert.match(chat, /print\(r\.choices\[0\]\.message\.content\)/);
+  const completion = text("v1/completions", { prompt: "The GPU", max_tokens: 4 });
+  assert.match(
+    completion,
+    /client\.completions\.create\(\n    model="t\/n\/f",\n    prompt="The GPU",/,
+  );
+  assert.match(completion, /print\(r\.choices\[0\]\.text\)/);
+});
+
 t("/ui/events holds a few streams per credential, so one cannot take them all", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
   const { app, events } = eventsApp(f, 60_000, { perCaller: 2 });
