@@ -62,7 +62,10 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.ABORTED]: "conflict",
   // Without an `ix-code`, raised by the library itself: a message over the size limit.
   [grpc.status.RESOURCE_EXHAUSTED]: "too_large",
-  [grpc.status.DEADLINE_EXCEEDED]: "timeout",
+  // Without an `ix-code`, the client's own deadline passed: the role (or what it waits on, the
+  // store) did not answer in time, which a caller may try again later (a `timeout` is a call's
+  // own wait for a worker, not sent again).
+  [grpc.status.DEADLINE_EXCEEDED]: "unavailable",
   [grpc.status.UNAVAILABLE]: "unavailable",
   [grpc.status.CANCELLED]: "unavailable",
   [grpc.status.FAILED_PRECONDITION]: "unsupported",
@@ -139,7 +142,11 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
     });
   }
   const mapped = FROM_GRPC[e.code as grpc.status] ?? "internal";
-  const message = mapped === "unavailable" ? `Cannot reach ${what}: ${grpcText(e)}` : grpcText(e);
+  const message = e.code === grpc.status.DEADLINE_EXCEEDED
+    ? `No answer from ${what} in time: it, or the store it waits on, is slow or out of reach`
+    : mapped === "unavailable"
+    ? `Cannot reach ${what}: ${grpcText(e)}`
+    : grpcText(e);
   return new InferxError(mapped, message, {
     cause: err,
     retryable: mapped !== "internal" && mapped !== "too_large",

@@ -36,6 +36,25 @@ Deno.test("a connection error's empty resolution note is left out of the message
   assert.match(noted.message, /Resolution note: bad name$/);
 });
 
+Deno.test("a client's own deadline is a role out of reach (503, to try again), not a call's timeout", () => {
+  const e = fromGrpcError(
+    {
+      code: grpc.status.DEADLINE_EXCEEDED,
+      details: "Deadline exceeded after 5.000s,remote_addr=127.0.0.1:4782",
+    },
+    "the state service",
+  );
+  assert.equal(e.code, "unavailable");
+  assert.equal(e.retryable, true);
+  assert.equal(
+    e.message,
+    "No answer from the state service in time: it, or the store it waits on, is slow or out of reach",
+  );
+  // A role's own timeout (a lease that waited its whole time) keeps its code.
+  const own = fromGrpcError(toGrpcError(new InferxError("timeout", "no worker in 30 s")), "x");
+  assert.equal(own.code, "timeout");
+});
+
 Deno.test("the platform's own RESOURCE_EXHAUSTED errors keep their codes across the wire", () => {
   for (const code of ["queue_full", "quota_exceeded", "unschedulable", "too_large"] as const) {
     const wire = toGrpcError(new InferxError(code, "x"));

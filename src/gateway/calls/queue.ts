@@ -409,6 +409,11 @@ export class CallQueue {
       try {
         created = await this.#deps.meta.create({ ...ref, object: rec });
       } catch (err) {
+        const e = toInferxError(err);
+        // A store out of reach may yet apply a write it was sent (etcd resumed), and one whose
+        // disk failed its sync has it committed: the call may run. Told so, with its id, rather
+        // than asked to send it again (it would run twice); its body stays for it.
+        if (e.code === "unavailable" || e.code === "timeout") throw mayBeStored(rec.id, e);
         if (apart) await this.#dropBody(ref, "request");
         throw err;
       }
@@ -1452,4 +1457,14 @@ function answerBytes(c: CallRecord): number {
   const r = c.result;
   if (!r) return 0;
   return (r.bytes ?? (r.body ? Math.floor(r.body.length * 3 / 4) : 0)) + headerBytes(r.headers);
+}
+
+/** Storing call `id` failed in a way that may have stored it (see `CallQueue.accept`). */
+function mayBeStored(id: string, cause: InferxError): InferxError {
+  return new InferxError(
+    "unavailable",
+    `Cannot tell whether call ${id} was stored: ${cause.message}. A call stored runs: ` +
+      `GET /calls/${id} says whether it was; send it again only if that answers 404`,
+    { cause, retryable: false, details: { call_id: id, may_be_stored: true } },
+  );
 }

@@ -78,7 +78,8 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   // The worker had the request (it may have run it): not to be sent again blindly, so no
   // `Retry-After`, and `x-should-retry: false` (OpenAI's client libraries would otherwise send it
   // twice more on their own, as they do any 5xx).
-  const mayHaveRun = err.details?.may_have_run === true;
+  // So too an asynchronous call that may have been stored (it runs if it was).
+  const mayHaveRun = err.details?.may_have_run === true || err.details?.may_be_stored === true;
   if ((status === 429 || status === 503) && !mayHaveRun) {
     headers.push(["retry-after", String(retryAfter(err))]);
   }

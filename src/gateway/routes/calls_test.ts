@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import { InferxError } from "../../common/errors.ts";
 import { testCall, until } from "../../common/testing.ts";
 import { type ListedCall, refOf } from "../calls/queue.ts";
 import { Newest } from "./calls.ts";
@@ -228,6 +229,47 @@ t("a worker's 4xx or 500 answer ends the call as failed at once, with that answe
   await f.close();
   await w.close();
 });
+
+t(
+  "a call whose store failed after taking it is answered 503 with its id and no retry, and runs",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const w = scriptedWorker(() => Response.json({ ok: true }));
+    f.sched.endpoints.push(w.endpoint);
+    // As etcd does when it resumes after the write's connection dropped: the write applied, the
+    // writer told it failed.
+    const meta = f.deps.meta;
+    const create = meta.create.bind(meta);
+    meta.create = async (input, options) => {
+      const done = await create(input, options);
+      if (input.type === "call") throw new InferxError("unavailable", "etcd did not answer");
+      return done;
+    };
+    const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+      method: "POST",
+      headers: ASYNC,
+      body: JSON.stringify({ prompt: "x" }),
+    });
+    assert.equal(r.status, 503);
+    assert.equal(r.headers.get("retry-after"), null);
+    assert.equal(r.headers.get("x-should-retry"), "false");
+    const e = (await r.json()).error;
+    assert.equal(e.details.may_be_stored, true);
+    assert.match(
+      e.message,
+      /^Cannot tell whether call \S+ was stored: etcd did not answer\. A call/,
+    );
+    assert.match(e.message, new RegExp(`GET /calls/${e.details.call_id} says whether it was`));
+    meta.create = create;
+    // It was: it runs (once its first claim's lease is over), as a stored call does.
+    assert.equal((await get(f, e.details.call_id)).status, 200);
+    const call = await ended(f, e.details.call_id);
+    assert.equal(call.status, "succeeded");
+    assert.equal(w.count, 1);
+    await f.close();
+    await w.close();
+  },
+);
 
 t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async () => {
   const f = await gatewayFixture({ calls: QUICK, policy: { parallel: 1, max_replica: 1 } });

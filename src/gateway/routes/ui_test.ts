@@ -646,7 +646,7 @@ Deno.test("the OpenAI example is a chat for a chat sample, a completion otherwis
   const completion = text("v1/completions", { prompt: "The GPU", max_tokens: 4 });
   assert.match(
     completion,
-    /client\.completions\.create\(\n    model="t\/n\/f",\n    prompt="The GPU",/,
+    /client\.completions\.create\(\n {4}model="t\/n\/f",\n {4}prompt="The GPU",/,
   );
   assert.match(completion, /print\(r\.choices\[0\]\.text\)/);
 });
