@@ -268,6 +268,16 @@ export class GrpcSchedulerClient implements SchedulerClient {
             return resolve(lease);
           }
           if (signal?.aborted) return reject(signal.reason);
+          // Its deadline (the lease's own wait, and 2 s) passed: the caller's wait is over, not
+          // a scheduler out of reach to try the next one for (with the same deadline, past).
+          if ((err as grpc.ServiceError)?.code === grpc.status.DEADLINE_EXCEEDED) {
+            return reject(
+              new InferxError("timeout", `No worker lease within ${req.timeoutMs} ms`, {
+                cause: err,
+                retryable: true,
+              }),
+            );
+          }
           const e = fromGrpcError(err, `the scheduler at ${address}`);
           if (e.code === "unavailable") attempt(i + 1, e);
           else reject(e);

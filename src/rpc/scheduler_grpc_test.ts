@@ -59,3 +59,37 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a lease whose deadline passes is the caller's timeout, not a scheduler out of reach to try the next one for",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // Two schedulers that take connections and never answer (stopped, or stuck on their store).
+    const hung = [0, 1].map(() => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+    const reached = [0, 0];
+    const held: Deno.Conn[] = [];
+    const accepting = hung.map(async (l, i) => {
+      for await (const c of l) (reached[i]++, held.push(c));
+    });
+    const client = new GrpcSchedulerClient(hung.map((l) => `127.0.0.1:${l.addr.port}`));
+    try {
+      const err = await client.leaseWorker({
+        tenant: "t",
+        namespace: "n",
+        func: "f",
+        gatewayId: "g",
+        timeoutMs: 200,
+      }).then(() => undefined, (e) => e);
+      assertEquals(err?.code, "timeout", String(err));
+      assertEquals(err.message, "No worker lease within 200 ms");
+      assertEquals(reached[1], 0, "the second scheduler was not asked with the deadline past");
+    } finally {
+      client.close();
+      for (const c of held) c.close();
+      for (const l of hung) l.close();
+      await Promise.allSettled(accepting);
+    }
+  },
+});

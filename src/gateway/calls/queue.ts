@@ -301,6 +301,8 @@ export class CallQueue {
   #timer?: ReturnType<typeof setInterval>;
   #kicked = false;
   #stopped = false;
+  /** Timers of calls whose store did not confirm them (`#confirm`). */
+  #confirming = new Set<ReturnType<typeof setTimeout>>();
   /** The earliest `expiresAt` in `#done`. */
   #nextExpiry = Infinity;
   /** An expiry pass runs. */
@@ -356,6 +358,7 @@ export class CallQueue {
     this.#stopped = true;
     this.#informer?.stop();
     clearInterval(this.#timer);
+    for (const t of this.#confirming) clearTimeout(t);
     const settled = async () => {
       if (!this.#runs.size) return;
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -413,7 +416,10 @@ export class CallQueue {
         // A store out of reach may yet apply a write it was sent (etcd resumed), and one whose
         // disk failed its sync has it committed: the call may run. Told so, with its id, rather
         // than asked to send it again (it would run twice); its body stays for it.
-        if (e.code === "unavailable" || e.code === "timeout") throw mayBeStored(rec.id, e);
+        if (e.code === "unavailable" || e.code === "timeout") {
+          this.#confirm(ref, room ? body ?? null : undefined, apart);
+          throw mayBeStored(rec.id, e);
+        }
         if (apart) await this.#dropBody(ref, "request");
         throw err;
       }
@@ -428,6 +434,50 @@ export class CallQueue {
       this.#count(rec.tenant, -1, -bytes);
       unreserve?.();
     }
+  }
+
+  /**
+   * A call whose store did not confirm it (answered 503 "may have been
+   * stored"), looked for until the store answers. Found with its first
+   * attempt begun by this gateway (`run`: it had room, and the body), it is
+   * run here at once, as its acceptance meant, rather than lost to its own
+   * claim's lapse (a phantom attempt, counted). Not there a whole call lease
+   * after (any write of it applied by then), its request body, stored apart
+   * (`apart`), goes: no call will read it.
+   */
+  #confirm(ref: ObjectRef, run: Uint8Array | null | undefined, apart: boolean): void {
+    const since = this.#now();
+    const check = async () => {
+      if (this.#stopped) return;
+      let cur: MetaRecord | undefined;
+      try {
+        cur = await this.#deps.meta.get(ref);
+      } catch {
+        return again(); // the store away still
+      }
+      if (cur) {
+        const c = decodeCall(cur.value);
+        const mine = c.owner === this.#self && c.status === "running" &&
+          (c.leaseUntil ?? 0) > this.#now() && c.attempts.at(-1)?.endedAt === undefined;
+        if (run !== undefined && mine && !this.#claims.has(c.id) && !this.#stopped) {
+          const claim = new Claim(c, cur.revision);
+          claim.body = run;
+          this.#begin(claim);
+        }
+        return;
+      }
+      if (this.#now() - since < this.leaseMs) return again();
+      if (apart) await this.#dropBody(ref, "request").catch(() => {});
+    };
+    const again = () => {
+      if (this.#stopped || this.#now() - since > 10 * this.leaseMs) return;
+      const t = setTimeout(() => {
+        this.#confirming.delete(t);
+        check();
+      }, Math.max(20, this.leaseMs / 10));
+      this.#confirming.add(t);
+    };
+    again();
   }
 
   /** The call `id`, or undefined. */

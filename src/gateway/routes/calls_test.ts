@@ -230,46 +230,66 @@ t("a worker's 4xx or 500 answer ends the call as failed at once, with that answe
   await w.close();
 });
 
+/** Makes `f`'s store fail every write of a call record: after it (`applied`) or instead of it. */
+function failCallWrites(f: GatewayFixture, applied: boolean) {
+  const meta = f.deps.meta;
+  const create = meta.create.bind(meta);
+  meta.create = async (input, options) => {
+    if (input.type !== "call") return await create(input, options);
+    // As etcd does when it resumes after the write's connection dropped: the write applied,
+    // the writer told it failed.
+    if (applied) await create(input, options);
+    throw new InferxError("unavailable", "etcd did not answer");
+  };
+  return () => meta.create = create;
+}
+
+async function mayBeStored(f: GatewayFixture, body: unknown) {
+  const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: ASYNC,
+    body: JSON.stringify(body),
+  });
+  assert.equal(r.status, 503);
+  assert.equal(r.headers.get("retry-after"), null);
+  assert.equal(r.headers.get("x-should-retry"), "false");
+  const e = (await r.json()).error;
+  assert.equal(e.details.may_be_stored, true);
+  assert.match(e.message, /^Cannot tell whether call \S+ was stored: etcd did not answer\. A call/);
+  assert.match(e.message, new RegExp(`GET /calls/${e.details.call_id} says whether it was`));
+  return e.details.call_id as string;
+}
+
 t(
-  "a call whose store failed after taking it is answered 503 with its id and no retry, and runs",
+  "a call whose store failed after taking it is answered 503 with its id and no retry, and runs here, once",
   async () => {
-    const f = await gatewayFixture({ calls: QUICK });
+    // One attempt: the one its acceptance began is the one that runs (not lost to its own claim).
+    const f = await gatewayFixture({ calls: { ...QUICK, maxAttempts: 1 } });
     const w = scriptedWorker(() => Response.json({ ok: true }));
     f.sched.endpoints.push(w.endpoint);
-    // As etcd does when it resumes after the write's connection dropped: the write applied, the
-    // writer told it failed.
-    const meta = f.deps.meta;
-    const create = meta.create.bind(meta);
-    meta.create = async (input, options) => {
-      const done = await create(input, options);
-      if (input.type === "call") throw new InferxError("unavailable", "etcd did not answer");
-      return done;
-    };
-    const r = await f.app.request("/funccall/t/n/f/v1/completions", {
-      method: "POST",
-      headers: ASYNC,
-      body: JSON.stringify({ prompt: "x" }),
-    });
-    assert.equal(r.status, 503);
-    assert.equal(r.headers.get("retry-after"), null);
-    assert.equal(r.headers.get("x-should-retry"), "false");
-    const e = (await r.json()).error;
-    assert.equal(e.details.may_be_stored, true);
-    assert.match(
-      e.message,
-      /^Cannot tell whether call \S+ was stored: etcd did not answer\. A call/,
-    );
-    assert.match(e.message, new RegExp(`GET /calls/${e.details.call_id} says whether it was`));
-    meta.create = create;
-    // It was: it runs (once its first claim's lease is over), as a stored call does.
-    assert.equal((await get(f, e.details.call_id)).status, 200);
-    const call = await ended(f, e.details.call_id);
-    assert.equal(call.status, "succeeded");
+    const restore = failCallWrites(f, true);
+    const id = await mayBeStored(f, { prompt: "x" });
+    restore();
+    const call = await ended(f, id);
+    assert.equal(call.status, "succeeded", JSON.stringify(call));
+    assert.equal(call.attempts.length, 1);
     assert.equal(w.count, 1);
     await f.close();
     await w.close();
   },
 );
+
+t("the body of a call its store never took goes a call lease later", async () => {
+  const f = await gatewayFixture({ calls: QUICK, bodyLimit: 64 * 1024 });
+  const restore = failCallWrites(f, false);
+  const id = await mayBeStored(f, { prompt: "x".repeat(8_000) });
+  restore();
+  assert.equal((await get(f, id)).status, 404);
+  const bodies = async () => (await f.deps.meta.list("callbody")).items.length;
+  assert.equal(await bodies(), 1, "kept while it may yet be stored");
+  await until("the body gone", async () => await bodies() === 0, 10_000);
+  await f.close();
+});
 
 t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async () => {
   const f = await gatewayFixture({ calls: QUICK, policy: { parallel: 1, max_replica: 1 } });
