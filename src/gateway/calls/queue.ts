@@ -220,6 +220,8 @@ const RETRY_CODES: ReadonlySet<string> = new Set([
   "timeout",
   "queue_full",
   "unschedulable",
+  // The tenant at its replica or GPU quota (its other calls hold them): clears as they end.
+  "quota_exceeded",
 ]);
 const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 /** An attempt this gateway broke off because it was stopping: it does not count against `maxAttempts`. */
@@ -729,12 +731,14 @@ export class CallQueue {
         } more, its limit ${mb(openMB * mib)}`,
         "ended",
       ]
-      : kept.calls + 1 > keptCalls
+      // Every call not ended will be kept once it ends: counted now, or the kept could pass
+      // their bound by as many as may be open.
+      : kept.calls + open.calls + 1 > keptCalls
       ? [
         "max_kept_calls",
         keptCalls,
-        `${kept.calls} ended asynchronous calls kept, its limit ${keptCalls}`,
-        "expired (INFERX_CALL_TTL_S)",
+        `${kept.calls} ended asynchronous calls kept and ${open.calls} not ended, its limit ${keptCalls}`,
+        open.calls ? "ended and expired (INFERX_CALL_TTL_S)" : "expired (INFERX_CALL_TTL_S)",
       ]
       : kept.bytes >= keptMB * mib
       ? [

@@ -291,6 +291,31 @@ t("the body of a call its store never took goes a call lease later", async () =>
   await f.close();
 });
 
+t(
+  "a call its tenant's replica quota keeps from a worker for now is tried again, not failed",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const w = scriptedWorker(() => Response.json({ ok: true }));
+    f.sched.failWith = new InferxError(
+      "quota_exceeded",
+      "Cannot lease worker for t/n/f: tenant t is at its max_replica quota (1 running)",
+    );
+    const id = await accept(f);
+    await until("its first attempt failed", async () => {
+      const c = (await get(f, id)).body;
+      return c.attempts.length === 1 && c.attempts[0].ended_at !== undefined;
+    });
+    f.sched.failWith = undefined;
+    f.sched.endpoints.push(w.endpoint);
+    const call = await ended(f, id);
+    assert.equal(call.status, "succeeded", JSON.stringify(call));
+    assert.equal(call.attempts[0].error.code, "quota_exceeded");
+    assert.equal(call.attempts.length, 2);
+    await f.close();
+    await w.close();
+  },
+);
+
 t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async () => {
   const f = await gatewayFixture({ calls: QUICK, policy: { parallel: 1, max_replica: 1 } });
   // Holds the first call until the gateway gives up on it.
@@ -893,7 +918,19 @@ t(
       assert.equal(kept, 1, "the first, cancelled");
       assert.match(
         await refused({ prompt: "x" }, "max_kept_calls", 1),
-        /Tenant t has 1 ended asynchronous calls kept, its limit 1 \(quota max_kept_calls\): try again once some of its calls expired/,
+        /Tenant t has 1 ended asynchronous calls kept and \d+ not ended, its limit 1 \(quota max_kept_calls\): try again once some of its calls ended and expired/,
+      );
+      // Calls not ended will be kept once they end: counted now, so the kept never pass the
+      // bound (room for one more with the bound at kept + open + 1, and not for two).
+      const open = (await (await f.app.request("/calls")).json()).items.filter((
+        c: { status: string },
+      ) => c.status === "queued" || c.status === "running").length;
+      assert.ok(open > 0);
+      await setQuota({ max_open_calls: 100, max_kept_calls: 1 + open + 1 });
+      await accept(f);
+      assert.match(
+        await refused({ prompt: "x" }, "max_kept_calls", 1 + open + 1),
+        new RegExp(`has 1 ended asynchronous calls kept and ${open + 1} not ended`),
       );
     } finally {
       await f.close();
