@@ -344,13 +344,18 @@ function initSaid(why: string): string {
   return `killed by ${signalName(code - 128)} (exit code ${code} of its init)`;
 }
 
-/** The only child of `pid`, once it has one (`unshare --fork` makes the worker its child). */
-async function childOf(pid: number, timeoutMs = 5000): Promise<number> {
+/**
+ * The only child of `pid`, once it has one (`unshare --fork` makes the worker
+ * its child); undefined when `pid` ended first (its child, a command that
+ * could not run under tini, say, ended at once: its exit tells why).
+ */
+async function childOf(pid: number, timeoutMs = 5000): Promise<number | undefined> {
   const deadline = Date.now() + timeoutMs;
   while (true) {
     const kids = await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`).catch(() => "");
     const first = kids.trim().split(/\s+/).filter(Boolean)[0];
     if (first) return Number(first);
+    if (!await pidAlive(pid)) return undefined;
     if (Date.now() > deadline) throw new Error(`process ${pid} started no worker`);
     await new Promise((r) => setTimeout(r, 2));
   }
@@ -773,7 +778,13 @@ export class ProcessRuntime implements PodRuntime {
     this.#children.set(spec.podId, child);
     this.#watchExit(spec.podId, child);
     try {
-      if (ownPids) child.pid = await childOf(proc.pid);
+      if (ownPids) {
+        const worker = await childOf(proc.pid);
+        if (worker === undefined) {
+          throw new Error(`worker exited before it was ready (${await child.exited})`);
+        }
+        child.pid = worker;
+      }
       // None seen: its init ended at once, and the probe says how.
       if (init) child.worker = await workerBelow(child.pid);
       await this.#probe(child, spec);
