@@ -81,16 +81,24 @@ export function probeJson(bytes: Uint8Array): ProbeResult {
 export function compactObject(bytes: Uint8Array, bounds: ObjectBounds): ObjectResult {
   const read = countedParse(bytes, bounds.maxDepth);
   if (!("json" in read)) return { ok: false, ...read };
-  // A `status` beside the spec is the platform's: the object route drops a writer's, so it
-  // neither counts nor goes back.
-  const object = isRecord(read.json) ? read.json.object : undefined;
-  if (isRecord(object) && "spec" in object) delete object.status;
+  // A writer's `status` is dropped by the route: it neither counts nor goes back.
+  if (isRecord(read.json)) read.json.object = withoutStatus(read.json.object);
   const text = JSON.stringify(read.json);
   return text.length > bounds.maxChars ? { ok: false, chars: text.length } : { ok: true, text };
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> =>
   !!v && typeof v === "object" && !Array.isArray(v);
+
+/**
+ * An object write's `object` without the `status` beside its spec: the
+ * platform's to write (the scheduler's conditions), never a writer's.
+ */
+export function withoutStatus(object: unknown): unknown {
+  if (!isRecord(object) || !("spec" in object)) return object;
+  const { status: _, ...rest } = object;
+  return rest;
+}
 
 /** `bytes` parsed as JSON once `jsonTooHeavy` has counted them (`maxDepth`), or why not. */
 function countedParse(

@@ -463,23 +463,71 @@ export const MAX_LABELS = 256;
 export const MAX_ANNOTATIONS = 256;
 
 /**
- * What a write's labels and annotations must meet beyond what a stored
- * object is read with (bound after objects were stored: see
- * {@linkcode writeChecks}): every role that reads the object checks each key
- * again.
+ * The bounded lists of an object: where each is (`metadata`, or a function's
+ * `spec`), its field, and its bound.
  */
-export function metadataWriteChecks(obj: UserObject): void {
-  const m = obj.metadata;
-  if (!m) return;
-  for (const [part, most] of [["labels", MAX_LABELS], ["annotations", MAX_ANNOTATIONS]] as const) {
-    const n = Object.keys(m[part]).length;
-    if (n > most) {
-      throw new ValidationError(
-        `Invalid ${obj.type} ${obj.tenant}/${obj.namespace}/${obj.name}: metadata.${part}: at most ${most} entries (got ${n})`,
-        `metadata.${part}`,
-      );
+const LIST_BOUNDS = [
+  ["metadata", "labels", MAX_LABELS],
+  ["metadata", "annotations", MAX_ANNOTATIONS],
+  ["spec", "commands", MAX_COMMANDS],
+  ["spec", "envs", MAX_ENVS],
+  ["spec", "mounts", MAX_MOUNTS],
+] as const;
+
+type ListPart = (typeof LIST_BOUNDS)[number][0];
+
+/**
+ * How many entries each bounded list of an object holds (`parts` of it),
+ * decoded or as a writer sent it (`envs` a list of pairs or a mapping):
+ * `[field, entries, bound]`, the field named as errors name it.
+ */
+function listSizes(
+  type: string,
+  parts: { spec?: unknown; metadata?: unknown },
+): [string, number, number][] {
+  const field = (v: unknown, k: string) =>
+    v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>)[k] : undefined;
+  const count = (v: unknown) =>
+    Array.isArray(v) ? v.length : v && typeof v === "object" ? Object.keys(v).length : 0;
+  return LIST_BOUNDS.filter(([part]) => part === "metadata" || type === "function")
+    .map(([part, name, most]) => [
+      part === "metadata" ? `metadata.${name}` : name,
+      count(field(parts[part], name)),
+      most,
+    ]);
+}
+
+function pastBound(
+  o: { type: string; tenant: string; namespace: string; name: string },
+  field: string,
+  n: number,
+  most: number,
+): ValidationError {
+  return new ValidationError(
+    `Invalid ${o.type} ${o.tenant}/${o.namespace}/${o.name}: ${field}: at most ${most} entries (got ${n})`,
+    field,
+  );
+}
+
+/**
+ * The bounds of `obj`'s lists in `part` (see {@linkcode LIST_BOUNDS}), which
+ * a write must meet beyond what a stored object is read with (bound after
+ * objects were stored: see {@linkcode writeChecks}): past them an object is
+ * costly to check and decode in every role that reads it, and no worker
+ * needs more.
+ */
+function listBounds(obj: UserObject, part: ListPart): void {
+  const parts = { spec: obj.spec, metadata: obj.metadata };
+  for (const [field, n, most] of listSizes(obj.type, parts)) {
+    if (n > most && field.startsWith("metadata.") === (part === "metadata")) {
+      throw pastBound(obj, field, n, most);
     }
   }
+}
+
+/** {@linkcode listBounds} of a write's labels and annotations. */
+export function metadataWriteChecks(obj: UserObject): void {
+  listBounds(obj, "metadata");
 }
 
 /**
@@ -496,48 +544,19 @@ export function listPastBound(
   input: { type: string; tenant: string; namespace: string; name: string; object?: unknown },
   prev?: UserObject,
 ): ValidationError | undefined {
-  const count = (v: unknown) =>
-    Array.isArray(v) ? v.length : v && typeof v === "object" ? Object.keys(v).length : 0;
   const o = input.object;
   const wrapped = !!o && typeof o === "object" && !Array.isArray(o) && "spec" in o;
-  const part = (v: unknown, k: string) =>
-    v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>)[k] : undefined;
-  const spec = wrapped ? part(o, "spec") : o;
-  const metadata = wrapped ? part(o, "metadata") : undefined;
-  const was = prev?.type === "function" ? prev.spec : undefined;
-  const lists: [string, unknown, number, number][] = [
-    ["metadata.labels", part(metadata, "labels"), MAX_LABELS, count(prev?.metadata?.labels)],
-    [
-      "metadata.annotations",
-      part(metadata, "annotations"),
-      MAX_ANNOTATIONS,
-      count(prev?.metadata?.annotations),
-    ],
-  ];
-  if (input.type === "function") {
-    lists.push(
-      ["commands", part(spec, "commands"), MAX_COMMANDS, count(was?.commands)],
-      ["envs", part(spec, "envs"), MAX_ENVS, count(was?.envs)],
-      ["mounts", part(spec, "mounts"), MAX_MOUNTS, count(was?.mounts)],
-    );
-  }
-  for (const [field, list, most, before] of lists) {
-    const n = count(list);
-    if (n > most && before <= most) {
-      return new ValidationError(
-        `Invalid ${input.type} ${input.tenant}/${input.namespace}/${input.name}: ${field}: at most ${most} entries (got ${n})`,
-        field,
-      );
-    }
+  const sent = wrapped ? o as { spec?: unknown; metadata?: unknown } : { spec: o };
+  const before = new Map(
+    prev
+      ? listSizes(prev.type, { spec: prev.spec, metadata: prev.metadata }).map(([f, n]) => [f, n])
+      : [],
+  );
+  for (const [field, n, most] of listSizes(input.type, sent)) {
+    if (n > most && (before.get(field) ?? 0) <= most) return pastBound(input, field, n, most);
   }
   return undefined;
 }
-
-const SPEC_LIST_LIMITS = (spec: FunctionSpec): [string, unknown[], number][] => [
-  ["commands", spec.commands, MAX_COMMANDS],
-  ["envs", spec.envs, MAX_ENVS],
-  ["mounts", spec.mounts, MAX_MOUNTS],
-];
 
 /**
  * What a write must meet beyond what a stored object is read with: rules
@@ -572,11 +591,7 @@ export function writeChecks(obj: UserObject): void {
   // A smaller CPU quota is one the kernel refuses a container; 6 MB is Docker's least memory.
   if (spec.resources.CPU < 10) refuse("resources.CPU", "must be at least 10 (millicores)");
   if (spec.resources.Mem < 6) refuse("resources.Mem", "must be at least 6 (MB)");
-  // Past these a spec is costly to check and to decode, in every role that reads it, and no
-  // worker needs more.
-  for (const [field, list, most] of SPEC_LIST_LIMITS(spec)) {
-    if (list.length > most) refuse(field, `at most ${most} entries (got ${list.length})`);
-  }
+  listBounds(obj, "spec");
   spec.commands.forEach((c, i) => nul(c) && refuse(`commands.${i}`, "must not contain a NUL byte"));
   for (const [name, value] of spec.envs) {
     if (/[=\0]/.test(name)) refuse("envs", `"${name}": a name must not contain '=' or a NUL byte`);

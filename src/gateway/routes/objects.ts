@@ -19,6 +19,7 @@ import { decodeSnapshot } from "../../model/snapshot.ts";
 import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
+import { withoutStatus } from "../json_probe.ts";
 import { readObjectJson } from "./_json.ts";
 import { intParam, queryOnce } from "./_query.ts";
 
@@ -242,15 +243,6 @@ function dryRunParam(q: string | undefined): boolean {
   if (q === undefined || q === "0" || q === "false") return false;
   if (q === "1" || q === "true" || q === "") return true;
   throw new ValidationError(`Invalid dryRun "${q}": 1, true, 0 or false`, "dryRun");
-}
-
-/** `object` without `status`: the platform writes status, users do not. */
-function withoutStatus(object: unknown): unknown {
-  if (!object || typeof object !== "object" || Array.isArray(object) || !("spec" in object)) {
-    return object;
-  }
-  const { status: _, ...rest } = object as Record<string, unknown>;
-  return rest;
 }
 
 /** The `{type, tenant, namespace, name, object, revision?}` envelope of a change. */
