@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { InferxError } from "../common/errors.ts";
+import { connectionText, InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
 import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
@@ -191,7 +191,7 @@ export class BatchingAuditLog implements AuditLog {
     } catch (err) {
       throw new InferxError(
         "unavailable",
-        `Cannot read the audit (${this.#backend.name}): ${(err as Error).message}`,
+        `Cannot read the audit (${this.#backend.name}): ${connectionText((err as Error).message)}`,
         { cause: err, retryable: true },
       );
     }
@@ -214,7 +214,7 @@ export class BatchingAuditLog implements AuditLog {
     } catch (err) {
       throw new InferxError(
         "unavailable",
-        `Cannot read the audit (${this.#backend.name}): ${(err as Error).message}`,
+        `Cannot read the audit (${this.#backend.name}): ${connectionText((err as Error).message)}`,
         { cause: err, retryable: true },
       );
     }

@@ -159,3 +159,17 @@ export function errorBody(err: InferxError): {
 } {
   return { error: { code: err.code, message: err.message, details: err.details } };
 }
+
+/**
+ * A connection error's text for callers: `ip:port`, `[v6]:port` and
+ * `dns.name:port` taken out (a role's or a store's address is the cluster's,
+ * not a caller's), and gRPC's empty `Resolution note: ` at its end.
+ */
+export function connectionText(text: string): string {
+  return text
+    .replace(/\.? Resolution note: *$/, "")
+    .replace(
+      / ?(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\]|[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+):\d{1,5}\b/gi,
+      "",
+    );
+}

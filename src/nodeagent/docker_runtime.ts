@@ -95,6 +95,43 @@ export async function dockerUnavailable(socketPath = DOCKER_SOCKET): Promise<str
   }
 }
 
+/**
+ * Removes the containers of `scope` (label `inferx.scope`) an earlier run of
+ * this agent on Docker left, when a restart chooses the process runtime:
+ * nothing else would. How many; none when no engine answers on `socketPath`
+ * within `timeoutMs`.
+ */
+export async function removeScopeContainers(
+  socketPath: string,
+  scope: string,
+  timeoutMs = 2000,
+): Promise<number> {
+  const docker = new Docker({ socketPath, timeout: timeoutMs });
+  let found: Docker.ContainerInfo[];
+  try {
+    found = await docker.listContainers({
+      all: true,
+      filters: { label: [`inferx.scope=${scope}`] },
+    });
+  } catch {
+    return 0; // no engine here (or none that answers): nothing it holds to remove
+  }
+  let removed = 0;
+  for (const c of found) {
+    try {
+      await docker.getContainer(c.Id).remove({ force: true });
+      removed++;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) continue;
+      logger("nodeagent").warn(
+        "Cannot remove container {id} of pod {pod} an earlier run on Docker left: {error}",
+        { id: c.Id.slice(0, 12), pod: c.Labels["inferx.pod"], error: (err as Error).message },
+      );
+    }
+  }
+  return removed;
+}
+
 /** The CPUs and memory of the engine's host (undefined when it does not answer). */
 export async function dockerHostSize(
   socketPath = DOCKER_SOCKET,

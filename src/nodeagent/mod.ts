@@ -21,6 +21,7 @@ import {
   DockerRuntime,
   dockerSnapshotReason,
   dockerUnavailable,
+  removeScopeContainers,
 } from "./docker_runtime.ts";
 import { ProcessRuntime, sweepProcessPods } from "./process_runtime.ts";
 import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
@@ -136,6 +137,22 @@ async function sweepEarlierProcessRun(scope: string, snapshotDir: string): Promi
 }
 
 /**
+ * What an earlier run of this agent on Docker left when this one runs
+ * processes (`INFERX_RUNTIME=process`, or `auto` with the engine gone since):
+ * its containers, where an engine answers. The process runtime's recovery
+ * looks at processes alone.
+ */
+async function sweepEarlierDockerRun(socket: string, scope: string): Promise<void> {
+  const removed = await removeScopeContainers(socket, scope);
+  if (removed) {
+    logger("nodeagent").warn(
+      "Recovered after a restart: {n} container(s) an earlier run on Docker left removed",
+      { n: removed },
+    );
+  }
+}
+
+/**
  * The node's CPU and memory sized `auto` from the Docker engine's host, where
  * the containers run: an agent in a container of its own (a Kubernetes
  * DaemonSet with a CPU limit) sees that container's quota, not the node.
@@ -210,11 +227,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
         : `off, workers run without memory limits: ${cgroups.reason}`,
     });
   }
+  const containerScope = config.installId ? `${scope}#${config.installId}` : scope;
   if (docker) await sweepEarlierProcessRun(scope, snapshotDir);
+  else if (socket !== undefined) await sweepEarlierDockerRun(socket, containerScope);
   const runtime: PodRuntime = docker
     ? new DockerRuntime({
       host: config.node.address,
-      scope: config.installId ? `${scope}#${config.installId}` : scope,
+      scope: containerScope,
       // Containers of a version before install ids (the label was the scope alone).
       legacyScopes: config.installId ? [scope] : [],
       onExit,

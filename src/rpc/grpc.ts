@@ -10,7 +10,7 @@
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
+import { connectionText, type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
 import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { CompactedError } from "../store/types.ts";
 
@@ -142,10 +142,12 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
     });
   }
   const mapped = FROM_GRPC[e.code as grpc.status] ?? "internal";
+  // Named, not addressed: the library's text names the role's address, the cluster's and not a
+  // caller's (the error's `cause` keeps it for the logs).
   const message = e.code === grpc.status.DEADLINE_EXCEEDED
     ? `No answer from ${what} in time: it, or the store it waits on, is slow or out of reach`
     : mapped === "unavailable"
-    ? `Cannot reach ${what}: ${grpcText(e)}`
+    ? `Cannot reach ${what}: ${connectionText(e.details || e.message)}`
     : grpcText(e);
   return new InferxError(mapped, message, {
     cause: err,

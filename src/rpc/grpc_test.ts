@@ -26,8 +26,16 @@ Deno.test("a connection error's empty resolution note is left out of the message
   assert.equal(
     e.message,
     "Cannot reach the scheduler: No connection established. Last error: Error: connect " +
-      "ECONNREFUSED 127.0.0.1:1238",
+      "ECONNREFUSED",
   );
+  // Named, not addressed, whatever the address's form.
+  for (const at of ["10.1.2.3:1238", "[fd00::1]:1238", "scheduler.inferx.svc:1238"]) {
+    const e = fromGrpcError(
+      { code: grpc.status.UNAVAILABLE, details: `connect ECONNREFUSED ${at} (at 12:00:01)` },
+      "the scheduler",
+    );
+    assert.equal(e.message, "Cannot reach the scheduler: connect ECONNREFUSED (at 12:00:01)");
+  }
   // A note with words in it stays.
   const noted = fromGrpcError(
     { code: grpc.status.UNAVAILABLE, details: "No addresses resolved. Resolution note: bad name" },

@@ -713,12 +713,7 @@ export class SchedulerService implements SchedulerClient {
         p?.reject(
           new InferxError(a.code, a.message, {
             retryable: a.code === "timeout",
-            // A crash loop's back-off: `Retry-After` says when a start is tried again. The
-            // worker's output goes apart: the gateway shows it to its readers only.
-            details: a.retryAfterS === undefined && a.output === undefined ? undefined : {
-              ...(a.retryAfterS === undefined ? {} : { retry_after_s: a.retryAfterS }),
-              ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output.slice(-OUTPUT_MAX) }),
-            },
+            details: leaseDetails(a),
           }),
         );
         break;
@@ -880,6 +875,24 @@ export class SchedulerService implements SchedulerClient {
 
 /** The longest a lease may wait for a worker (ms): a day, within a timer's reach. */
 const MAX_LEASE_WAIT_MS = 86_400_000;
+
+/**
+ * The `details` of a failed lease: a crash loop's back-off (`Retry-After` says
+ * when a start is tried again), the tenant quota that refused it, and the
+ * worker's output apart (the gateway shows it to its readers only).
+ */
+function leaseDetails(
+  a: Extract<CoreAction, { type: "leaseFailed" }>,
+): Record<string, unknown> | undefined {
+  if (a.retryAfterS === undefined && a.output === undefined && a.quota === undefined) {
+    return undefined;
+  }
+  return {
+    ...(a.retryAfterS === undefined ? {} : { retry_after_s: a.retryAfterS }),
+    ...a.quota,
+    ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output.slice(-OUTPUT_MAX) }),
+  };
+}
 
 /** What one pod of a function spec needs. */
 function demandOf(spec: FunctionSpec): PodDemand {

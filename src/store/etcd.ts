@@ -28,7 +28,13 @@
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
 import { Etcd3, GRPCResourceExhastedError, type IKeyValue, isRecoverableError } from "etcd3";
 import { logger } from "../common/log.ts";
-import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
+import {
+  AlreadyExistsError,
+  ConflictError,
+  connectionText,
+  InferxError,
+  NotFoundError,
+} from "../common/errors.ts";
 import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { forEachLimit } from "../common/limit.ts";
 import { cappedBackoff } from "../common/retry.ts";
@@ -101,7 +107,7 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     }
     throw new InferxError(
       "unavailable",
-      `Cannot ${what}: etcd did not answer (${(err as Error).message})`,
+      `Cannot ${what}: etcd did not answer (${connectionText((err as Error).message)})`,
       { cause: err, retryable: true },
     );
   }

@@ -44,6 +44,16 @@ async function putLm(p: Platform, policy: Record<string, unknown>): Promise<void
   assert.equal(r.status, 201, JSON.stringify(r.body));
 }
 
+/** The pod of d/n/lm once it is ready. */
+async function readyPod(p: Platform): Promise<Json> {
+  let pod: Json | undefined;
+  await eventually("a worker", async () => {
+    [pod] = (await request(`${p.url}/pods/d/n/lm`)).body as Json[];
+    return pod?.state === "Ready";
+  });
+  return pod!;
+}
+
 Deno.test({
   name: "All on Docker: cold start in a container, paused tier, adoption after SIGKILL",
   ignore: reason !== undefined,
@@ -104,11 +114,7 @@ Deno.test({
     let p = await startPlatform({ INFERX_RUNTIME: "process", INFERX_POD_NETNS: "off" });
     try {
       await putLm(p, { min_replica: 1 });
-      let pod: Json | undefined;
-      await eventually("a worker", async () => {
-        [pod] = (await request(`${p.url}/pods/d/n/lm`)).body as Json[];
-        return pod?.state === "Ready";
-      });
+      const pod = await readyPod(p);
       const logs = `${p.dataDir}/snapshots`;
       const outputs = () =>
         [...Deno.readDirSync(logs)].filter((e) => e.name.endsWith(".log")).map((e) => e.name);
@@ -116,12 +122,41 @@ Deno.test({
       p.proc.kill("SIGKILL");
       await p.stop().catch(() => {});
       const alive = () =>
-        fetch(`http://${pod!.endpoint}/health`).then((x) => (x.body?.cancel(), true), () => false);
+        fetch(`http://${pod.endpoint}/health`).then((x) => (x.body?.cancel(), true), () => false);
       assert.ok(await alive(), "the worker outlived the platform");
       p = await startPlatform({ INFERX_RUNTIME: "docker" }, p.dataDir);
       assert.equal(await alive(), false, "ended by the start on Docker");
       assert.deepEqual(outputs(), []);
       assert.match(p.output(), /an earlier run on the process runtime left ended/);
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a restart that chooses the process runtime removes the containers a run on Docker left",
+  ignore: reason !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let p = await startPlatform({ INFERX_RUNTIME: "docker" });
+    try {
+      await putLm(p, { min_replica: 1 });
+      const pod = await readyPod(p);
+      const containers = async () => {
+        const out = await new Deno.Command("docker", {
+          args: ["ps", "-aq", "--filter", `label=inferx.pod=${pod.id}`],
+        }).output();
+        return new TextDecoder().decode(out.stdout).trim();
+      };
+      assert.notEqual(await containers(), "", "the pod's container");
+      p.proc.kill("SIGKILL");
+      await p.stop().catch(() => {});
+      p = await startPlatform({ INFERX_RUNTIME: "process", INFERX_POD_NETNS: "off" }, p.dataDir);
+      assert.equal(await containers(), "", "removed by the start on processes");
+      assert.match(p.output(), /1 container\(s\) an earlier run on Docker left removed/);
     } finally {
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });

@@ -48,6 +48,7 @@ Deno.test({
       assert.equal(gpu.status, 429, JSON.stringify(gpu.body));
       assert.equal(gpu.body.error.code, "quota_exceeded");
       assert.match(gpu.body.error.message, /max_gpu is 0/);
+      assert.deepEqual(gpu.body.error.details, { limit: "max_gpu", quota: 0 });
       assert.equal((await putObject(p.url, fn("a"))).status, 201);
       assert.equal((await putObject(p.url, fn("b"))).status, 201);
       const third = await putObject(p.url, fn("c"));
@@ -62,6 +63,8 @@ Deno.test({
       const b = await call("b");
       assert.equal(b.status, 429, JSON.stringify(b.body));
       assert.match(b.body.error.message, /tenant small is at its max_replica quota \(1 running\)/);
+      // Which limit, and its value, as the state service's refusals say.
+      assert.deepEqual(b.body.error.details, { limit: "max_replica", quota: 1 });
 
       // Raising the quota takes effect without a restart.
       const cur = await request(`${p.url}/object/tenant/system/system/small`);

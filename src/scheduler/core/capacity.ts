@@ -72,6 +72,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
             reqId: w.reqId,
             code: "quota_exceeded",
             message: `Cannot lease worker for ${f.id}: ${quota.message}`,
+            quota: { limit: quota.limit, quota: quota.quota },
           });
         }
       }

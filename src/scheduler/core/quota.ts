@@ -21,6 +21,8 @@ export function setTenantLimits(state: CoreState, tenant: string, limits: Tenant
 /** Which of a tenant's limits one more replica would break, and a message saying so. */
 export interface QuotaBlock {
   limit: "max_replica" | "max_gpu";
+  /** The limit's value. */
+  quota: number;
   message: string;
 }
 
@@ -49,12 +51,14 @@ export function quotaBlock(
   if (q.maxReplica !== undefined && replicas + 1 > q.maxReplica) {
     return {
       limit: "max_replica",
+      quota: q.maxReplica,
       message: `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`,
     };
   }
   if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
     return {
       limit: "max_gpu",
+      quota: q.maxGpu,
       message:
         `tenant ${tenant} would exceed its max_gpu quota (${gpus} of ${q.maxGpu} GPU(s) held, ${moreGpus} more needed)`,
     };

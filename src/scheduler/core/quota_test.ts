@@ -35,6 +35,7 @@ Deno.test("quota: max_replica refuses a function with nothing running, with the 
   assert.equal(created(acts).length, 0);
   assert.deepEqual(failed(acts).map((f) => [f.reqId, f.code]), [["r2", "quota_exceeded"]]);
   assert.match(failed(acts)[0].message, /tenant a is at its max_replica quota \(1 running\)/);
+  assert.deepEqual(failed(acts)[0].quota, { limit: "max_replica", quota: 1 });
   // Another tenant is not limited by it.
   assert.equal(created(d.run(lease("r3", "b/n/f"))).length, 1);
 });

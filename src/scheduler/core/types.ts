@@ -474,6 +474,8 @@ export type CoreAction =
      * it only to callers who may read its pods' logs.
      */
     output?: string;
+    /** The tenant quota that refused it (`quota_exceeded`): its name and value. */
+    quota?: { limit: string; quota: number };
   }
   /**
    * Ask `gateway` to give `podId` back once its calls are done (fair share);
