@@ -31,7 +31,7 @@ import {
 import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
 import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
-import { canResume, parkedPod, restoreOrStart, retire } from "./standby.ts";
+import { canResume, parkedPod, restoreOrStart, retire, willHold } from "./standby.ts";
 import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 
 /**
@@ -281,6 +281,7 @@ export function trimToMax(ctx: Ctx, f: CoreFunc) {
  * are reclaimed from their gateways (given back when their calls end).
  */
 export function trimTenant(ctx: Ctx, tenant: string) {
+  trimTenantGpus(ctx, tenant);
   const { state } = ctx;
   const max = state.quotas.get(tenant)?.maxReplica;
   if (max === undefined) return;
@@ -302,6 +303,48 @@ export function trimTenant(ctx: Ctx, tenant: string) {
     if (r === 1) reclaim(ctx, p, why);
     else retire(ctx, unitOf(state, p)!, p, why);
     over--;
+  }
+}
+
+/**
+ * Brings a tenant holding more GPUs than its quota's `max_gpu` (lowered since
+ * its pods started) back to it: parked pods that kept their GPU memory end,
+ * then idle pods retire (parked only in a tier that gives the GPU memory
+ * back), then leased ones are reclaimed from their gateways (they end when
+ * given back).
+ */
+function trimTenantGpus(ctx: Ctx, tenant: string) {
+  const { state } = ctx;
+  const max = state.quotas.get(tenant)?.maxGpu;
+  if (max === undefined) return;
+  // Its GPU pods not on their way out already (ending, or being given back).
+  const mine: CorePod[] = [];
+  let held = 0;
+  for (const p of state.pods.values()) {
+    if (tenantOf(p.func) !== tenant || p.state === "Terminating" || p.reclaiming) continue;
+    if (!p.gpus.length || !willHold(p).vram) continue;
+    mine.push(p);
+    held += p.gpus.length;
+  }
+  if (held <= max) return;
+  const why = `above its tenant's max_gpu ${max}`;
+  const idle = (p: CorePod) => unitOf(state, p)?.idle.has(p.id) === true;
+  const rank = (p: CorePod) =>
+    p.state === "Standby" && p.parkingSince === undefined
+      ? 0
+      : idle(p)
+      ? 1
+      : p.leasedBy && p.state === "Ready"
+      ? 2
+      : 3;
+  for (const p of mine.sort((a, b) => rank(a) - rank(b) || a.lastUsed - b.lastUsed)) {
+    if (held <= max) return;
+    const r = rank(p);
+    if (r === 3) return; // creating, resuming or being parked: trimmed once settled
+    if (r === 0) terminate(ctx, p, why);
+    else if (r === 1) retire(ctx, unitOf(state, p)!, p, why, "vram");
+    else reclaim(ctx, p, why);
+    held -= p.gpus.length;
   }
 }
 

@@ -254,3 +254,51 @@ Deno.test("quota: a lowered max_replica holds for the pods running: their leases
     ),
   );
 });
+
+Deno.test("quota: a lowered max_gpu holds for the pods there: parked, then idle, then leased ones go", () => {
+  const d = new CoreDriver();
+  d.run({
+    type: "nodeUpdate",
+    node: nodeReport("n", { gpuCount: 4, vramMB: 80_000, standbyTiers: ["paused"] }),
+  });
+  const pods: Record<string, string> = {};
+  for (const n of ["b", "c", "e"]) {
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(`t/n/${n}`, { gpuCount: 1, vramMB: 10_000 }, { standbyTier: "paused" }),
+    });
+    const [p] = created(d.run(lease(`r${n}`, `t/n/${n}`)));
+    pods[n] = p.id;
+    d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  }
+  d.run({ type: "return", podId: pods.b, gateway: "g1" }); // parked, its GPU memory kept
+  d.returnKeptIdle("t/n/c", pods.c); // idle
+  assert.equal(d.state.pods.get(pods.b)?.state, "Standby");
+  const lower = (maxGpu: number) => d.run({ type: "tenantQuota", tenant: "t", limits: { maxGpu } });
+  const ended = (acts: CoreAction[]) =>
+    acts.flatMap((a) => (a.type === "terminatePod" ? [a.podId] : []));
+
+  // Three GPUs held where the quota now says two: the parked pod goes first.
+  const two = lower(2);
+  assert.deepEqual(ended(two), [pods.b], kinds(two).join());
+  assert.match((two[0] as { reason: string }).reason, /above its tenant's max_gpu 2/);
+  // Then the idle one: ended, not parked in a tier that keeps its GPU memory.
+  assert.deepEqual(ended(lower(1)), [pods.c]);
+  // Then the leased one, asked back from its gateway; nothing more at the next tick.
+  const zero = lower(0);
+  assert.deepEqual(
+    zero.flatMap((a) => (a.type === "reclaimLease" ? [a.podId] : [])),
+    [pods.e],
+    kinds(zero).join(),
+  );
+  d.now += 2000;
+  assert.deepEqual(kinds(d.run({ type: "tick" })).filter((k) => k !== "scaleOut"), []);
+  assert.deepEqual(ended(d.run({ type: "return", podId: pods.e, gateway: "g1" })), [pods.e]);
+  // A quota the pods are within asks nothing.
+  const e2 = created(d.run(lease("re2", "t/n/e")));
+  assert.equal(e2.length, 0, "no GPU may be held at max_gpu 0");
+  d.run({ type: "tenantQuota", tenant: "t", limits: { maxGpu: 1 } });
+  const [again] = created(d.run(lease("re3", "t/n/e")));
+  d.run({ type: "podStatus", podId: again.id, state: "Ready", endpoint: "e" });
+  assert.deepEqual(kinds(lower(1)), []);
+});
