@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { readConfig } from "./src/common/config.ts";
+import { dataDirProblem, readConfig } from "./src/common/config.ts";
 import { logger, setupLogging } from "./src/common/log.ts";
 
 // Literal specifiers, so that `deno compile` takes every role in.
@@ -27,6 +27,11 @@ if (import.meta.main && Deno.args[0] === "ctl") {
     config = readConfig();
   } catch (err) {
     console.error((err as Error).message);
+    Deno.exit(2);
+  }
+  const dataDir = dataDirProblem(config.dataDir);
+  if (dataDir) {
+    console.error(dataDir);
     Deno.exit(2);
   }
   await setupLogging(config.logLevel);

@@ -384,7 +384,8 @@ export async function runCtl(
     const options = {
       gateway: {
         type: "string",
-        default: Deno.env.get("INFERX_GATEWAY") ?? "http://127.0.0.1:4000",
+        // Set empty (a compose file's `${INFERX_GATEWAY:-}`): the default, as for the key.
+        default: Deno.env.get("INFERX_GATEWAY") || "http://127.0.0.1:4000",
       },
       key: { type: "string", default: Deno.env.get("INFERX_APIKEY") },
       name: { type: "string" },

@@ -12,7 +12,7 @@ import { invalidInput, ValidationError } from "./errors.ts";
 import { type Cidr, parseCidrList, parsePodCidr } from "./cidr.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { adminKeyProblem, PLACEHOLDER } from "./credential.ts";
-import { GpuSchema, type NodeInfo } from "../model/cluster.ts";
+import { GpuSchema, NODE_NAME_RE, NODE_NAME_RULE, type NodeInfo } from "../model/cluster.ts";
 
 /** The roles `RUN_SERVICE` selects. */
 export const ROLES = ["All", "StateSvc", "Scheduler", "Gateway", "NodeAgent"] as const;
@@ -27,8 +27,8 @@ const RUNTIMES = ["auto", "process", "docker"] as const;
 
 // ------------------------------------------------------- variable kinds
 
-/** A variable with a default: unset gives `dflt`; set, even empty, is taken as is. */
-const text = (dflt: string) => z.string().optional().transform((v) => v ?? dflt);
+const DAY_S = 86_400;
+
 /** A variable that is off when unset or empty. */
 const optional = () => z.string().optional().transform((v) => v || undefined);
 /** A non-negative integer; unset or empty gives `dflt`. */
@@ -55,6 +55,9 @@ const oneOf = <T extends string>(values: readonly T[], dflt: T) =>
 
 /** A positive integer; unset or empty gives `dflt`. */
 const positive = (dflt: number) => count(dflt).refine((n) => n > 0, { message: "must be above 0" });
+/** A length of time, at most `max` (a timer takes 2^31 - 1 ms at most; past it, it fires at once). */
+const upTo = (kind: z.ZodType<number, unknown>, max: number, unit: string) =>
+  kind.refine((n) => n <= max, { message: `must be ${max.toLocaleString("en")} ${unit} at most` });
 /** A variable with a default that must not be set empty (a path, say). */
 const nonEmpty = (dflt: string) =>
   z.string().optional().transform((raw, ctx) => {
@@ -88,7 +91,7 @@ const PlatformEnv = z.object({
   }),
   LOG_LEVEL: oneOf(LOG_LEVELS, "info"),
   INFERX_DATA_DIR: nonEmpty("./data"),
-  INFERX_SAMPLES: text(`${REPO_ROOT}/config/functions`),
+  INFERX_SAMPLES: nonEmpty(`${REPO_ROOT}/config/functions`),
   INFERX_CPU_PROFILE: optional(),
   INFERX_HEAP_PROFILE: optional(),
 });
@@ -97,7 +100,10 @@ const ClusterEnv = z.object({
   INFERX_BIND: nonEmpty("127.0.0.1"),
   ETCD_ADDRS: optional(),
   STATESVC_ADDR: nonEmpty("127.0.0.1:1237"),
-  SCHEDULER_ADDR: nonEmpty("127.0.0.1:1238"),
+  SCHEDULER_ADDR: nonEmpty("127.0.0.1:1238").refine(
+    (v) => v.split(",").some((a) => a.trim()),
+    { message: "names no address (host:port, comma-separated)" },
+  ),
 });
 
 /** Where the roles find each other (distributed mode). */
@@ -123,9 +129,9 @@ export interface StateSvcSettings {
 const SchedulerEnv = z.object({
   SCHEDULER_PORT: port(1238),
   SCHEDULER_HTTP_PORT: port(1239),
-  GATEWAY_TIMEOUT_MS: positive(10_000),
-  NODE_TIMEOUT_MS: positive(10_000),
-  RECLAIM_GRACE_MS: count(10_000),
+  GATEWAY_TIMEOUT_MS: upTo(positive(10_000), DAY_S * 1000, "ms"),
+  NODE_TIMEOUT_MS: upTo(positive(10_000), DAY_S * 1000, "ms"),
+  RECLAIM_GRACE_MS: upTo(count(10_000), DAY_S * 1000, "ms"),
 });
 
 /** The `Scheduler` role. */
@@ -147,9 +153,11 @@ export interface SchedulerSettings {
 
 const GatewayEnv = z.object({
   GATEWAY_PORT: port(4000),
+  // Unset: the role's default (1 in All, the core count for Gateway).
   GATEWAY_WORKERS: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw === "") return undefined;
-    const n = Number(raw);
+    // Digits only, as `count` takes them.
+    const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
     if (!Number.isInteger(n) || n < 1 || n > 256) {
       ctx.addIssue({ code: "custom", message: `"${raw}" is not an integer from 1 to 256` });
       return z.NEVER;
@@ -159,7 +167,7 @@ const GatewayEnv = z.object({
   INFERX_GATEWAY_GROUP: optional(),
   INFERX_GATEWAY_GROUP_TOKEN: optional(),
   GATEWAY_HOST: nonEmpty("127.0.0.1"),
-  GATEWAY_DRAIN_S: count(10),
+  GATEWAY_DRAIN_S: upTo(count(10), DAY_S, "s"),
   GATEWAY_READ_AHEAD_MB: count(64),
   GATEWAY_SPILL_MB: count(1024),
   GATEWAY_SPILL_DIR: optional(),
@@ -170,7 +178,9 @@ const GatewayEnv = z.object({
   INFERX_ADMIN_APIKEY: z.string().optional().transform((raw, ctx) => {
     const v = raw?.trim() || undefined;
     const problem = v === undefined
-      ? undefined
+      // Set but blank (an empty secret mounted, say) would turn auth off unseen: only unset or
+      // empty does.
+      ? raw ? "is blank (unset it, or leave it empty, for no administrator key)" : undefined
       : /\s/.test(v)
       ? "must not contain whitespace"
       : adminKeyProblem(v);
@@ -237,11 +247,12 @@ export interface GatewaySettings {
 }
 
 const CallsEnv = z.object({
-  INFERX_CALL_TTL_S: positive(86_400),
+  // Ten years, as an API key's expiry: a call's expiry must be a date.
+  INFERX_CALL_TTL_S: upTo(positive(86_400), 10 * 365 * DAY_S, "s"),
   INFERX_CALL_MAX_BYTES: positive(1024 * 1024),
   // A call record holds at most 100 (src/model/call.ts).
   INFERX_CALL_ATTEMPTS: positive(3).refine((n) => n <= 100, { message: "must be 100 at most" }),
-  INFERX_CALL_LEASE_S: positive(15),
+  INFERX_CALL_LEASE_S: upTo(positive(15), DAY_S, "s"),
   INFERX_CALL_OPEN_MAX: count(10_000),
   INFERX_CALL_OPEN_MAX_MB: count(256),
   INFERX_CALL_KEPT_MAX: count(100_000),
@@ -283,7 +294,9 @@ export interface CallSettings {
 
 const NodeEnv = z.object({
   NODE_CONFIG: optional(),
-  NODE_NAME: z.string().optional(),
+  NODE_NAME: optional().refine((v) => v === undefined || NODE_NAME_RE.test(v), {
+    message: NODE_NAME_RULE,
+  }),
   NODE_ADDRESS: optional().refine((v) => v === undefined || isIP(v) === 4, {
     message: "is not an IPv4 address (workers listen on it and are reached at it)",
   }),
@@ -612,13 +625,16 @@ function parseGroup(raw?: string, token?: string): GatewaySettings["group"] {
 
 /** `config/node.json`: what a node offers. `auto` sizes CPU and memory from the host. */
 export const NodeConfigSchema = z.strictObject({
-  name: z.string().min(1).default("node1"),
+  name: z.string().regex(NODE_NAME_RE, NODE_NAME_RULE).default("node1"),
   /** Address workers listen on and are reached at: an IPv4 address (endpoints are `ip:port`). */
   address: z.string().refine((a) => isIP(a) === 4, "is not an IPv4 address").default("127.0.0.1"),
   cpuMillis: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   memMB: z.union([z.int().min(1), z.literal("auto")]).default("auto"),
   /** GPUs declared for placement when the driver reports none. */
-  gpus: z.array(GpuSchema).default([]),
+  gpus: z.array(GpuSchema).default([]).refine(
+    (gpus) => new Set(gpus.map((g) => g.index)).size === gpus.length,
+    "two GPUs have the same index",
+  ),
   contextOverheadMB: z.int().min(0).default(0),
   /** `auto`: Docker when its socket answers, else processes. Env `INFERX_RUNTIME` overrides. */
   runtime: z.enum(RUNTIMES).default("auto"),
@@ -672,4 +688,21 @@ export async function readNodeConfig(
     heartbeat: 0,
   };
   return { node, auto: { cpu: c.cpuMillis === "auto", mem: c.memMB === "auto" } };
+}
+
+/**
+ * What keeps `INFERX_DATA_DIR` from being used, said at start with the
+ * variable's name (a role would fail later on a path inside it); undefined
+ * when it is a directory, or not there yet (each role makes what it needs).
+ */
+export function dataDirProblem(path: string): string | undefined {
+  try {
+    if (!Deno.statSync(path).isDirectory) {
+      return `Invalid configuration: INFERX_DATA_DIR: ${path} is not a directory`;
+    }
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    return `Invalid configuration: INFERX_DATA_DIR: ${path}: ${(err as Error).message}`;
+  }
+  return undefined;
 }

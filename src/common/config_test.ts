@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { CONFIG_ENV, loadNodeConfig, readConfig, REPO_ROOT } from "./config.ts";
+import { CONFIG_ENV, dataDirProblem, loadNodeConfig, readConfig, REPO_ROOT } from "./config.ts";
 
 const envOf = (vars: Record<string, string>) => (k: string) => vars[k];
 
@@ -206,6 +206,21 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ NODE_ADDRESS: "10.999.0.1" }, /NODE_ADDRESS: is not an IPv4 address/],
     // Endpoints are ip:port, unbracketed: an IPv6 address would read as one with no port.
     [{ NODE_ADDRESS: "fd00::1" }, /NODE_ADDRESS: is not an IPv4 address/],
+    // One segment of its key in the store: a node named so would never be listed.
+    [{ NODE_NAME: "a/b" }, /NODE_NAME: is not a node name/],
+    [{ NODE_NAME: "  " }, /NODE_NAME: is not a node name/],
+    // Past a timer's reach (2^31 - 1 ms): a claim's renewal fired at once, an expiry was no date.
+    [{ INFERX_CALL_LEASE_S: "3000000" }, /INFERX_CALL_LEASE_S: must be 86,400 s at most/],
+    [{ INFERX_CALL_TTL_S: "9000000000000" }, /INFERX_CALL_TTL_S: must be 315,360,000 s at most/],
+    [{ GATEWAY_DRAIN_S: "2147479" }, /GATEWAY_DRAIN_S: must be 86,400 s at most/],
+    [{ RECLAIM_GRACE_MS: "9000000000" }, /RECLAIM_GRACE_MS: must be 86,400,000 ms at most/],
+    [{ GATEWAY_WORKERS: "0x2" }, /GATEWAY_WORKERS: "0x2" is not an integer from 1 to 256/],
+    [{ GATEWAY_WORKERS: " 2" }, /GATEWAY_WORKERS: " 2" is not an integer/],
+    [{ GATEWAY_WORKERS: "1e0" }, /GATEWAY_WORKERS: "1e0" is not an integer/],
+    [{ SCHEDULER_ADDR: "," }, /SCHEDULER_ADDR: names no address/],
+    [{ INFERX_SAMPLES: "" }, /INFERX_SAMPLES: must not be empty/],
+    // A blank secret (an empty file mounted) would turn auth off unseen.
+    [{ INFERX_ADMIN_APIKEY: " \n" }, /INFERX_ADMIN_APIKEY: is blank/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {
@@ -287,6 +302,17 @@ Deno.test("loadNodeConfig() applies NODE_NAME, NODE_ADDRESS and INFERX_RUNTIME o
       loadNodeConfig({ configPath: path, port: 0 }),
       /address: is not an IPv4 address/,
     );
+    await Deno.writeTextFile(path, JSON.stringify({ name: "a/b" }));
+    await assert.rejects(loadNodeConfig({ configPath: path, port: 0 }), /name: is not a node name/);
+    const gpu = { type: "H100", vramMB: 80_000 };
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ gpus: [{ index: 0, ...gpu }, { index: 0, ...gpu }] }),
+    );
+    await assert.rejects(
+      loadNodeConfig({ configPath: path, port: 0 }),
+      /gpus: two GPUs have the same index/,
+    );
     await Deno.writeTextFile(path, JSON.stringify({ cpuMillis: 0 }));
     await assert.rejects(
       loadNodeConfig({ configPath: path, port: 0 }),
@@ -351,5 +377,20 @@ Deno.test("readConfig() reads the host directories containers may mount, and ref
       () => readConfig(envOf({ INFERX_MOUNT_ALLOW: bad })),
       /INFERX_MOUNT_ALLOW: .* is not an absolute directory/,
     );
+  }
+});
+
+Deno.test("dataDirProblem() names INFERX_DATA_DIR when it is a file, not when it is not there yet", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    assert.equal(dataDirProblem(dir), undefined);
+    assert.equal(dataDirProblem(`${dir}/later`), undefined, "each role makes it");
+    await Deno.writeTextFile(`${dir}/file`, "");
+    assert.equal(
+      dataDirProblem(`${dir}/file`),
+      `Invalid configuration: INFERX_DATA_DIR: ${dir}/file is not a directory`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -13,15 +13,25 @@ import { InferxError } from "./errors.ts";
  * use") names neither the address nor the setting.
  */
 export function listening<T>(what: string, host: string, port: number, listen: () => T): T {
-  try {
-    return listen();
-  } catch (err) {
-    throw new InferxError(
+  const refused = (err: unknown) =>
+    new InferxError(
       "unavailable",
-      `Cannot listen on ${host}:${port} (${what}): ${(err as Error).message}`,
+      `Cannot listen on ${hostPort(host, port)} (${what}): ${(err as Error).message}`,
       { cause: err },
     );
+  try {
+    const r = listen();
+    // A listener started asynchronously (a gRPC server's bind): its refusal named alike.
+    if (r instanceof Promise) return r.catch((err) => Promise.reject(refused(err))) as T;
+    return r;
+  } catch (err) {
+    throw refused(err);
   }
+}
+
+/** `host:port`, an IPv6 address in brackets (`[::1]:4000`), as URLs and gRPC take them. */
+export function hostPort(host: string, port: number | string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** The first port the kernel hands out as a connection's own (Linux's range), or undefined. */

@@ -8,7 +8,7 @@
  */
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import { listening } from "../common/net.ts";
+import { hostPort, listening } from "../common/net.ts";
 import type { MetaClient, SchedulerClient } from "../rpc/types.ts";
 import { createGatewayApp, resolveDeps } from "./app.ts";
 import { drainCalls, serveGateway } from "./server.ts";
@@ -132,16 +132,15 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const heartbeat = setInterval(beat, config.heartbeatMs ?? 2000);
   const port = config.port ?? 4000;
   const hostname = config.hostname ?? "127.0.0.1";
-  const server = listening("GATEWAY_PORT", hostname, port, () => {
+  const server = listening("GATEWAY_HOST, GATEWAY_PORT", hostname, port, () => {
     // The group's first member binds before the others: a port another process holds (another
     // platform's group, which shares it too) is refused, as a single gateway's would be.
     if (config.group?.index === 0) Deno.listen({ hostname, port }).close();
     return serveGateway(app, deps, { port, hostname, reusePort: config.group !== undefined });
   });
-  logger("gateway").info("Gateway {id} on http://{hostname}:{port}", {
+  logger("gateway").info("Gateway {id} on http://{address}", {
     id: gatewayId,
-    hostname: server.addr.hostname,
-    port: server.addr.port,
+    address: hostPort(server.addr.hostname, server.addr.port),
   });
   return {
     port: server.addr.port,

@@ -36,9 +36,19 @@ export const GpuSchema = z.object({
 /** One GPU of a node. */
 export type Gpu = z.infer<typeof GpuSchema>;
 
+/**
+ * A node's name: a host name's letters, digits, `.`, `_` and `-`, 1 to 253
+ * characters, starting and ending with a letter or digit (it is one segment
+ * of its key in the store, and part of its workers' scope).
+ */
+export const NODE_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+/** What a node name must be, for errors. */
+export const NODE_NAME_RULE =
+  "is not a node name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit, at most 253)";
+
 /** A node as its agent registers it. */
 export const NodeInfoSchema = z.object({
-  name: z.string().min(1),
+  name: z.string().regex(NODE_NAME_RE, NODE_NAME_RULE),
   /** Host the node's workers are reached on (127.0.0.1 for a single host). */
   address: z.string().min(1),
   cpuMillis: z.int().min(1),

@@ -19,6 +19,15 @@ import type { GatewayGroup } from "../gateway/group.ts";
 const log = logger("gateway", "group");
 
 /** The group of `workers` gateways this process leads, or undefined for one. */
+/**
+ * How many processes `RUN_SERVICE=Gateway` runs: `GATEWAY_WORKERS`, else the
+ * core count, or one on a port the system picks (`GATEWAY_PORT=0`), which no
+ * other process could share.
+ */
+export function gatewayProcesses(workers: number | undefined, port: number): number {
+  return workers ?? (port === 0 ? 1 : navigator.hardwareConcurrency);
+}
+
 export function planGroup(workers: number): GatewayGroup | undefined {
   if (workers <= 1) return undefined;
   return {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { RESTART, restartDelay } from "./_gateway_group.ts";
+import { gatewayProcesses, RESTART, restartDelay } from "./_gateway_group.ts";
 
 Deno.test("a member failing at start waits longer each time; one that ran a while comes back at once", () => {
   // Each pause within the backoff's ±20% of its step.
@@ -12,4 +12,11 @@ Deno.test("a member failing at start waits longer each time; one that ran a whil
   }
   const again = restartDelay(last, RESTART.maxMs);
   assert.ok(near(again.duration, RESTART.firstMs), "it had run a minute");
+});
+
+Deno.test("a Gateway role runs GATEWAY_WORKERS processes, else the core count, else one on port 0", () => {
+  assert.equal(gatewayProcesses(3, 4000), 3);
+  assert.equal(gatewayProcesses(undefined, 4000), navigator.hardwareConcurrency);
+  // A port the system picks is one process's: others would each get one of their own.
+  assert.equal(gatewayProcesses(undefined, 0), 1);
 });

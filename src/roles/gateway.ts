@@ -13,12 +13,13 @@ import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { GrpcNodeAgentClient } from "../rpc/nodeagent_grpc.ts";
 import { GrpcSchedulerClient } from "../rpc/scheduler_grpc.ts";
 import { gatewayOptions, type RoleHandle } from "./_shared.ts";
-import { planGroup, startMembers, stopWithLeader } from "./_gateway_group.ts";
+import { gatewayProcesses, planGroup, startMembers, stopWithLeader } from "./_gateway_group.ts";
 
 /** Starts a gateway (and, with `GATEWAY_WORKERS` over 1, the others of its group). */
 export async function start(config: Config): Promise<RoleHandle> {
   const member = config.gateway.group;
-  const group = member ?? planGroup(config.gateway.workers ?? navigator.hardwareConcurrency);
+  const group = member ??
+    planGroup(gatewayProcesses(config.gateway.workers, config.gateway.port));
   const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
   const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs);
   const agents = new Map<string, GrpcNodeAgentClient>();

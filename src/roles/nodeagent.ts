@@ -6,6 +6,7 @@
  */
 import type { Config } from "../common/config.ts";
 import { logger } from "../common/log.ts";
+import { hostPort, listening } from "../common/net.ts";
 import * as nodeagent from "../nodeagent/mod.ts";
 import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
@@ -20,7 +21,12 @@ export async function start(config: Config): Promise<RoleHandle> {
     const agent = on.add(await nodeagent.start(settings), (a) => a.stop());
     const bind = config.cluster.bindHost;
     const server = on.add(
-      await serveNodeAgent(agent.agent, `${bind}:${config.node.port}`),
+      await listening(
+        "NODEAGENT_PORT",
+        bind,
+        config.node.port,
+        () => serveNodeAgent(agent.agent, hostPort(bind, config.node.port)),
+      ),
       (s) => s.stop(),
     );
     await agent.agent.setAgentAddr(`${settings.node.address}:${server.port}`);

@@ -10,7 +10,7 @@ import { Registry } from "prom-client";
 import type { Config } from "../common/config.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import { listening } from "../common/net.ts";
+import { hostPort, listening } from "../common/net.ts";
 import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { createSchedulerApp } from "../scheduler/http.ts";
@@ -25,10 +25,12 @@ export async function start(config: Config): Promise<RoleHandle> {
   const meta = new GrpcMetaClient(statesvcAddr);
   const id = newId("sched", 4);
   let leader: SchedulerService | undefined;
-  const server = await serveScheduler(
-    leaderOnly(id, () => leader),
-    `${bindHost}:${config.scheduler.port}`,
-    id,
+  const server = await listening(
+    "SCHEDULER_PORT",
+    bindHost,
+    config.scheduler.port,
+    () =>
+      serveScheduler(leaderOnly(id, () => leader), hostPort(bindHost, config.scheduler.port), id),
   );
   const registry = new Registry();
   const lead = async () => {

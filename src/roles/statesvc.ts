@@ -6,6 +6,7 @@
  */
 import type { Config } from "../common/config.ts";
 import { logger } from "../common/log.ts";
+import { hostPort, listening } from "../common/net.ts";
 import { openAudit, startPodAudit } from "../audit/mod.ts";
 import { serveMeta } from "../rpc/meta_grpc.ts";
 import * as statesvc from "../statesvc/mod.ts";
@@ -34,7 +35,12 @@ export async function start(config: Config): Promise<RoleHandle> {
     const audit = on.add(openAudit(config), (a) => a.close());
     on.add(await startPodAudit(state.service, audit), (a) => a.stop());
     const server = on.add(
-      await serveMeta(state.service, `${bindHost}:${config.statesvc.port}`),
+      await listening(
+        "STATESVC_PORT",
+        bindHost,
+        config.statesvc.port,
+        () => serveMeta(state.service, hostPort(bindHost, config.statesvc.port)),
+      ),
       (s) => s.stop(),
     );
     logger("statesvc").info("IxMetaService on {host}:{port} ({store})", {

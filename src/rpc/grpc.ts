@@ -175,10 +175,29 @@ export function serve(
   return new Promise((resolve, reject) => {
     server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
       if (err) {
-        reject(new InferxError("unavailable", `Cannot listen on ${address}: ${err.message}`));
+        // The reason alone: the role's `listening` names the address and the setting.
+        reject(new InferxError("unavailable", bindFailure(address, err)));
       } else resolve({ server, port });
     });
   });
+}
+
+/**
+ * Why `address` could not be bound, in the system's words ("Address already
+ * in use"), where the library says only "No address added out of total 1
+ * resolved": a listener tried there at once says why.
+ */
+function bindFailure(address: string, err: Error): string {
+  const at = address.lastIndexOf(":");
+  const hostname = address.slice(0, at).replace(/^\[(.*)\]$/, "$1");
+  const port = Number(address.slice(at + 1));
+  if (at < 0 || !Number.isInteger(port)) return err.message;
+  try {
+    Deno.listen({ hostname, port }).close();
+  } catch (why) {
+    return (why as Error).message;
+  }
+  return err.message;
 }
 
 let exiting = false;
