@@ -38,12 +38,15 @@
  * @module
  */
 import { dirname } from "node:path";
+import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import {
+  checkpointWhole,
   type DatabaseSync,
   openDatabase,
   type StatementSync,
   transaction,
+  writeTrouble,
 } from "../common/sqlite.ts";
 import type { AuditBackend, AuditBatch } from "./batching.ts";
 import { encodeRequests, type PackedRequests, SLOT, SLOTS } from "./row_codec.ts";
@@ -404,12 +407,31 @@ function createWhole(path: string): void {
     const db = openDatabase(made, { incrementalVacuum: true, what: "the audit" });
     try {
       prepareSchema(db);
+      // Whole in the file itself before it is linked into place: its log goes with the name it
+      // was made under (and is removed below).
+      checkpointWhole(db);
+    } catch (err) {
+      const trouble = writeTrouble(made);
+      throw new InferxError(
+        "unavailable",
+        `Cannot make the audit at ${path}: ${
+          trouble ? `${trouble} (${(err as Error).message})` : (err as Error).message
+        }`,
+        { cause: err },
+      );
     } finally {
       db.close();
     }
     Deno.linkSync(made, path);
   } catch (err) {
-    if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+    if (err instanceof Deno.errors.AlreadyExists) return; // another process made it meanwhile
+    // Named as the file it was made for, not the name it was made under.
+    if (err instanceof InferxError) {
+      throw new InferxError(err.code, err.message.replaceAll(made, path), { cause: err });
+    }
+    throw new InferxError("unavailable", `Cannot make the audit at ${path}: ${err}`, {
+      cause: err,
+    });
   } finally {
     for (const f of [made, `${made}-wal`, `${made}-shm`]) {
       try {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { withTempDir } from "../common/testing.ts";
+import { fillLeaving, withTempDir, withTmpfs } from "../common/testing.ts";
 import { BatchingAuditLog } from "./batching.ts";
 import { openSqliteAudit, SqliteAuditBackend } from "./sqlite.ts";
 import { sampleRequest, tokenRows } from "./testing.ts";
@@ -606,4 +606,34 @@ Deno.test("an emptied audit file is refused, not started over; processes making 
     for (const o of outs) assert.ok(o.success, new TextDecoder().decode(o.stderr));
     assert.deepEqual([...Deno.readDirSync(`${dir}/new`)].map((e) => e.name).sort(), ["audit.db"]);
   });
+});
+
+Deno.test("an audit made on a nearly full disk is refused whole, and made once the space is back", async () => {
+  // The reviewer's sweep: with 120-180 KB free, the schema stayed in the new file's log, the
+  // checkpoint at close failed without a word, and a file cut short was linked into place.
+  for (const kb of [0, 40, 80, 120, 140, 180, 240]) {
+    await withTmpfs("4m", async (data) => {
+      const path = `${data}/audit/audit.db`;
+      await Deno.mkdir(`${data}/audit`);
+      const filler = await fillLeaving(data, kb * 1024);
+      try {
+        await openSqliteAudit(path, keepAll).close();
+      } catch (err) {
+        assert.match(
+          (err as Error).message,
+          /^Cannot (make|open) the audit at .*audit\.db: the file system holding it is full/,
+          `${kb} KB free: ${(err as Error).message}`,
+        );
+        assert.deepEqual([...Deno.readDirSync(`${data}/audit`)], [], `${kb} KB free: nothing left`);
+      }
+      await Deno.remove(filler);
+      const audit = openSqliteAudit(path, keepAll);
+      try {
+        await audit.write(batch([sampleRequest(1, 1000)], []));
+        assert.equal((await audit.query("requests", {})).length, 1, `${kb} KB free, then room`);
+      } finally {
+        await audit.close();
+      }
+    });
+  }
 });

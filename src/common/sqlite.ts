@@ -49,6 +49,11 @@ export interface OpenDatabaseOptions {
 export function openDatabase(path: string, options: OpenDatabaseOptions = {}): DatabaseSync {
   const what = options.what ?? "the database";
   let db: DatabaseSync | undefined;
+  // What this open makes, removed when it fails: an empty file left would be refused at the
+  // next start, with the space back, as a database cut short.
+  const made = path === ":memory:"
+    ? []
+    : [path, `${path}-wal`, `${path}-shm`].filter((f) => sizeOf(f) === undefined);
   try {
     // SQLite takes an empty file for a new database and writes one over it: an empty file
     // where a database was is one a copy or a restore cut short, not a fresh start. (A shared
@@ -82,6 +87,13 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     return db;
   } catch (err) {
     db?.close();
+    for (const f of made) {
+      try {
+        Deno.removeSync(f);
+      } catch {
+        // not made after all
+      }
+    }
     const message = (err as Error).message;
     const busy = /locked|busy/i.test(message);
     const trouble = busy || err instanceof EmptyFile ? undefined : writeTrouble(path);
@@ -95,6 +107,24 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
         ? `Cannot open ${what} at ${path}: it is damaged (SQLite: ${message})`
         : `Cannot open ${what} at ${path}: ${message}`,
       { cause: err },
+    );
+  }
+}
+
+/**
+ * Writes everything `db`'s log holds into its file and empties the log, or
+ * throws: a checkpoint that cannot write (a full disk) fails without a word
+ * at close, the log then the only whole copy.
+ */
+export function checkpointWhole(db: DatabaseSync): void {
+  const c = db.prepare("pragma wal_checkpoint(truncate)").get() as {
+    busy: number;
+    log: number;
+    checkpointed: number;
+  };
+  if (c.busy !== 0 || c.log !== c.checkpointed) {
+    throw new Error(
+      `its log could not be written into the file (${c.checkpointed} of ${c.log} pages)`,
     );
   }
 }
@@ -117,7 +147,7 @@ function sizeOf(path: string): number | undefined {
  * "disk I/O error" or "readonly database" then, which reads like failing
  * hardware.
  */
-function writeTrouble(path: string): string | undefined {
+export function writeTrouble(path: string): string | undefined {
   if (path === ":memory:") return undefined;
   const readOnly = (err: unknown) =>
     err instanceof Deno.errors.PermissionDenied || /read-only|EROFS/i.test(String(err));

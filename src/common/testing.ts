@@ -221,6 +221,26 @@ export async function withTmpfs(size: string, fn: (dir: string) => Promise<void>
 }
 
 /**
+ * Fills the file system of `dir` (a tmpfs of {@linkcode withTmpfs}) with a
+ * file `filler` but for `free` bytes; the filler's path, to remove for the
+ * space back.
+ */
+export async function fillLeaving(dir: string, free: number): Promise<string> {
+  const path = `${dir}/filler`;
+  const filler = await Deno.open(path, { write: true, create: true });
+  try {
+    await (async () => {
+      for (;;) await filler.write(new Uint8Array(64 * 1024));
+    })().catch(() => {});
+    const size = (await filler.stat()).size;
+    await filler.truncate(Math.max(0, size - free));
+  } finally {
+    filler.close();
+  }
+  return path;
+}
+
+/**
  * A call of `tenant/namespace/f` as a gateway stores it (queued, body `{}`
  * in base64), with `fields` changed.
  */

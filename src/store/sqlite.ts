@@ -38,6 +38,7 @@ import {
   openDatabase,
   type StatementSync,
   transaction,
+  writeTrouble,
 } from "../common/sqlite.ts";
 import { LEGACY_FILES, readLegacyStore } from "./_legacy.ts";
 import {
@@ -404,6 +405,8 @@ class SqliteStore implements MetaStore {
   #closing: Promise<void> | undefined;
   /** Syncs of the log made (commits made together share one). */
   syncs = 0;
+  /** The database file (`:memory:` for none). */
+  #path: string;
 
   constructor(
     db: DatabaseSync,
@@ -412,6 +415,7 @@ class SqliteStore implements MetaStore {
     path: string,
   ) {
     this.#db = db;
+    this.#path = path;
     this.#files = path === ":memory:" ? undefined : `${path}-blobs`;
     this.#wal = path === ":memory:" ? undefined : `${path}-wal`;
     this.#historyLimit = historyLimit;
@@ -562,6 +566,23 @@ class SqliteStore implements MetaStore {
     return run;
   }
 
+  /**
+   * A write refused whole: nothing of it is stored (its transaction rolled
+   * back, its value file removed), which `details.not_written` tells a
+   * caller that would otherwise not know (an asynchronous call's acceptance).
+   * Why, where the file system says: full, or read-only (SQLite says "disk
+   * I/O error").
+   */
+  #refused(err: unknown): InferxError {
+    const message = (err as Error).message;
+    const trouble = writeTrouble(this.#path);
+    return new InferxError(
+      "unavailable",
+      `Cannot write to the embedded store: ${trouble ? `${trouble} (${message})` : message}`,
+      { cause: err, retryable: true, details: { not_written: true } },
+    );
+  }
+
   /** Writes `value` to a new file, synced with its directory entry; its stored name. */
   async #writeFile(value: string): Promise<string> {
     const name = crypto.randomUUID();
@@ -579,11 +600,7 @@ class SqliteStore implements MetaStore {
       return FILE_MARK + name;
     } catch (err) {
       await Deno.remove(path).catch(() => {});
-      throw new InferxError(
-        "unavailable",
-        `Cannot write to the embedded store: ${(err as Error).message}`,
-        { cause: err, retryable: true },
-      );
+      throw this.#refused(err);
     }
   }
 
@@ -740,16 +757,8 @@ class SqliteStore implements MetaStore {
       if (compactTo > this.#compacted) this.#compacted = compactTo;
     } catch (err) {
       if (err instanceof InferxError) return Promise.reject(err);
-      return Promise.reject(
-        new InferxError(
-          "unavailable",
-          `Cannot write to the embedded store: ${(err as Error).message}`,
-          {
-            cause: err,
-            retryable: true,
-          },
-        ),
-      );
+      // Its transaction rolled back.
+      return Promise.reject(this.#refused(err));
     }
     const rev = this.#rev;
     if (!evs.length) return Promise.resolve(rev); // nothing was written

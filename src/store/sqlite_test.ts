@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { InferxError } from "../common/errors.ts";
-import { withTempDir, withTmpfs } from "../common/testing.ts";
+import { fillLeaving, withTempDir, withTmpfs } from "../common/testing.ts";
 import { DatabaseSync } from "node:sqlite";
 import { storeContract } from "./contract.ts";
 import { FILE_VALUE_CHARS, openSqliteStore, VACUUM_PAGES } from "./sqlite.ts";
@@ -269,6 +269,33 @@ Deno.test("a store that cannot open on a full disk says the disk is full, not 'd
       openSqliteStore(`${data}/meta.db`),
       (e: InferxError) => /meta\.db: the file system holding it is full/.test(e.message),
     );
+    // It leaves no empty file, which the next start would refuse as a store cut short.
+    assert.deepEqual([...Deno.readDirSync(data)].map((e) => e.name).sort(), ["filler"]);
+    await Deno.remove(`${data}/filler`);
+    await (await openSqliteStore(`${data}/meta.db`)).close();
+  });
+});
+
+Deno.test("a write refused on a full disk says so, and that nothing of it was stored", async () => {
+  await withTmpfs("4m", async (data) => {
+    const store = await openSqliteStore(`${data}/meta.db`);
+    try {
+      await store.create("/k/a", "1");
+      const filler = await fillLeaving(data, 0);
+      let refused: InferxError | undefined;
+      for (let i = 0; i < 200 && !refused; i++) {
+        await store.create(`/k/big${i}`, "x".repeat(8000)).catch((e) => refused = e);
+      }
+      assert.ok(refused, "a write refused");
+      assert.equal(refused.code, "unavailable");
+      assert.equal(refused.details?.not_written, true);
+      assert.match(refused.message, /the file system holding it is full/);
+      await Deno.remove(filler);
+      await store.create("/k/b", "2");
+      assert.equal((await store.get("/k/b"))?.value, "2");
+    } finally {
+      await store.close();
+    }
   });
 });
 
@@ -283,12 +310,7 @@ Deno.test("a write committed on a nearly full disk stands, and is watched, when 
       // Some 3,000 pages freed, then the disk filled but for room for small writes: the
       // give-back every 256 writes has work to do, and no room to write it in.
       await store.deleteKeys(keys);
-      const filler = await Deno.open(`${data}/filler`, { write: true, create: true });
-      await (async () => {
-        for (;;) await filler.write(new Uint8Array(4096));
-      })().catch(() => {});
-      await filler.truncate((await filler.stat()).size - 2 * 1024 * 1024);
-      filler.close();
+      await fillLeaving(data, 2 * 1024 * 1024);
       for (let i = 0; i < 300; i++) {
         const key = `/k/s${i}`;
         await store.create(key, "v");

@@ -417,8 +417,9 @@ export class CallQueue {
         const e = toInferxError(err);
         // A store out of reach may yet apply a write it was sent (etcd resumed), and one whose
         // disk failed its sync has it committed: the call may run. Told so, with its id, rather
-        // than asked to send it again (it would run twice); its body stays for it.
-        if (e.code === "unavailable" || e.code === "timeout") {
+        // than asked to send it again (it would run twice); its body stays for it. A write the
+        // store refused whole (a full disk) stored nothing: to be sent again.
+        if ((e.code === "unavailable" || e.code === "timeout") && !e.details?.not_written) {
           this.#confirm(ref, room ? body ?? null : undefined, apart);
           throw mayBeStored(rec.id, e);
         }

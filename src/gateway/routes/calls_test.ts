@@ -279,6 +279,36 @@ t(
   },
 );
 
+t(
+  "a call the store refused whole (a full disk) is a plain 503 to send again, not 'may be stored'",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    const meta = f.deps.meta;
+    const create = meta.create.bind(meta);
+    meta.create = async (input, options) => {
+      if (input.type !== "call") return await create(input, options);
+      throw new InferxError("unavailable", "Cannot write to the embedded store: full", {
+        retryable: true,
+        details: { not_written: true },
+      });
+    };
+    const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+      method: "POST",
+      headers: ASYNC,
+      body: JSON.stringify({ prompt: "x" }),
+    });
+    assert.equal(r.status, 503);
+    assert.equal(r.headers.get("retry-after"), "1");
+    assert.notEqual(r.headers.get("x-should-retry"), "false");
+    const e = (await r.json()).error;
+    assert.equal(e.details.may_be_stored, undefined);
+    assert.equal(e.details.not_written, true);
+    meta.create = create;
+    assert.deepEqual((await f.deps.meta.list("call")).items, []);
+    await f.close();
+  },
+);
+
 t("the body of a call its store never took goes a call lease later", async () => {
   const f = await gatewayFixture({ calls: QUICK, bodyLimit: 64 * 1024 });
   const restore = failCallWrites(f, false);
