@@ -182,6 +182,11 @@ class Claim {
   /** Set when another gateway took the claim: no more writes. */
   lost = false;
   /**
+   * Set when the claim ran out unrenewed (the store took no writes): an
+   * attempt's outcome in hand may still be stored (`CallQueue.#settleLapsed`).
+   */
+  lapsed = false;
+  /**
    * Fires when this gateway lets the claim go (lost, run out, handed back):
    * a callback try under way is broken off. (`abort` also fires for a cancel,
    * which ends the worker's request, not the claim: its callback still goes.)
@@ -303,6 +308,8 @@ export class CallQueue {
   #timer?: ReturnType<typeof setInterval>;
   #kicked = false;
   #stopped = false;
+  /** Fires at the stop: wakes what waits to write again. */
+  #halt = new AbortController();
   /** Timers of calls whose store did not confirm them (`#confirm`). */
   #confirming = new Set<ReturnType<typeof setTimeout>>();
   /** The earliest `expiresAt` in `#done`. */
@@ -358,6 +365,7 @@ export class CallQueue {
    */
   async stop(graceMs = 2000): Promise<void> {
     this.#stopped = true;
+    this.#halt.abort();
     this.#informer?.stop();
     clearInterval(this.#timer);
     for (const t of this.#confirming) clearTimeout(t);
@@ -1014,6 +1022,7 @@ export class CallQueue {
       if (c.lost) return;
       log.warn("Letting call {id} go: its claim could not be renewed in time", { id: c.rec.id });
       c.lost = true;
+      c.lapsed = true;
       c.abort.abort();
       c.release.abort();
     }, Math.max(0, until - this.#now() - this.leaseMs / 6));
@@ -1037,14 +1046,17 @@ export class CallQueue {
       if (outcome.kind === "answer") {
         outcome.retry = RETRY_STATUSES.has(outcome.status) &&
           countedAttempts(c.rec) < c.rec.maxAttempts;
-        // Stored before the record says the call ended, so whoever reads that finds it.
-        if (!outcome.retry && outcome.body.byteLength > CALL_INLINE_MAX) {
-          const body = outcome.body;
-          await this.#whileHeld(c, () => this.#putBody(c.ref, "result", body));
-          c.result = body;
-        }
       }
-      await this.#save(c, (r) => this.#settle(r, n, outcome));
+      try {
+        await this.#storeOutcome(c, n, outcome);
+      } catch (err) {
+        // The store took no writes for as long as the claim lasted (its disk full, say): the
+        // worker's answer is not thrown away, to run the call again.
+        if (err instanceof LostClaim && c.lapsed && outcome.kind !== "aborted") {
+          return await this.#settleLapsed(c, n, outcome);
+        }
+        throw err;
+      }
       if (c.rec.status === "queued") {
         // Handed back to wait for its next try: look again when it is due.
         const wait = (c.rec.notBefore ?? 0) - this.#now();
@@ -1061,6 +1073,69 @@ export class CallQueue {
         this.#kick();
       }
       await this.#deliver(c);
+    }
+  }
+
+  /** Stores how attempt `n` of `c` ended: its answer's body first when large, then the record. */
+  async #storeOutcome(c: Claim, n: number, o: Outcome): Promise<void> {
+    // Stored before the record says the call ended, so whoever reads that finds it.
+    if (o.kind === "answer" && !o.retry && o.body.byteLength > CALL_INLINE_MAX) {
+      await this.#whileHeld(c, () => this.#putBody(c.ref, "result", o.body));
+      c.result = o.body;
+    }
+    await this.#save(c, (r) => this.#settle(r, n, o));
+  }
+
+  /**
+   * Stores how attempt `n` of `c` ended after its claim ran out unrenewed
+   * while the store took no writes: tried again until the store takes it,
+   * the gateway stops, or the call expires. Written at the record's revision
+   * this gateway last wrote, or read again while it still names this gateway
+   * the owner: another gateway that took the call over since closed the
+   * attempt (`gateway_lost`), and this outcome then goes. Handed on unowned,
+   * for any gateway to go on with it (a callback, a next attempt).
+   */
+  async #settleLapsed(c: Claim, n: number, o: Outcome): Promise<void> {
+    log.warn("Cannot store how call {id} ended yet (the store takes no writes): trying again", {
+      id: c.rec.id,
+    });
+    let rec = c.rec;
+    let revision = c.revision;
+    let bodyStored = !(o.kind === "answer" && !o.retry && o.body.byteLength > CALL_INLINE_MAX);
+    for (let pause = 100; !this.#stopped && rec.expiresAt > this.#now();) {
+      await sleep(pause, this.#halt.signal);
+      pause = Math.min(pause * 2, 2000);
+      try {
+        const draft = structuredClone(rec);
+        if (draft.owner !== this.#self || !this.#settle(draft, n, o)) return; // taken over
+        delete draft.owner;
+        delete draft.leaseUntil;
+        if (!bodyStored && o.kind === "answer") {
+          // Not over the answer of a gateway that took the call over meanwhile.
+          const cur = await this.#deps.meta.get(c.ref);
+          if (!cur) return;
+          if (cur.revision !== revision) {
+            (rec = decodeCall(cur.value), revision = cur.revision);
+            continue;
+          }
+          await this.#putBody(c.ref, "result", o.body);
+          bodyStored = true;
+        }
+        const w = await this.#deps.meta.update({ ...c.ref, object: draft, revision });
+        c.rec = draft;
+        c.revision = w.revision;
+        if (!c.ended && FINAL_STATUSES.has(draft.status)) {
+          (c.ended = true, this.#ended(c.ref, draft));
+        }
+        log.info("Stored how call {id} ended, its claim run out meanwhile", { id: c.rec.id });
+        return;
+      } catch (err) {
+        if (err instanceof NotFoundError) return; // deleted meanwhile (its namespace, say)
+        if (!isConflict(err) && !transient(err)) throw err;
+        if (!isConflict(err)) continue;
+      }
+      const cur = await this.#deps.meta.get(c.ref).catch(() => undefined);
+      if (cur) (rec = decodeCall(cur.value), revision = cur.revision);
     }
   }
 

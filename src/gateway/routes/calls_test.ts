@@ -309,6 +309,45 @@ t(
   },
 );
 
+for (const size of [10, 100_000]) {
+  t(
+    `a worker's answer (${size} B) the store takes no writes for past the claim is stored once it does, not run again`,
+    async () => {
+      const f = await gatewayFixture({ calls: { ...QUICK, leaseMs: 600 } });
+      let full = false;
+      const w = scriptedWorker(() => {
+        full = true; // the disk fills while the worker answers
+        return new Response("x".repeat(size), { headers: { "content-type": "text/plain" } });
+      });
+      f.sched.endpoints.push(w.endpoint);
+      const meta = f.deps.meta;
+      const [update, create] = [meta.update.bind(meta), meta.create.bind(meta)];
+      const refuse = () =>
+        Promise.reject(
+          new InferxError("unavailable", "Cannot write to the embedded store: full", {
+            retryable: true,
+            details: { not_written: true },
+          }),
+        );
+      meta.update = (input, options) => full ? refuse() : update(input, options);
+      meta.create = (input, options) =>
+        full && input.type !== "call" ? refuse() : create(input, options);
+      const id = await accept(f);
+      await until("the worker's answer", () => Promise.resolve(w.count === 1), 5_000);
+      // Past the claim's lease (600 ms): it lapses, the answer in hand.
+      await new Promise((r) => setTimeout(r, 1500));
+      full = false;
+      const call = await ended(f, id);
+      assert.equal(call.status, "succeeded", JSON.stringify(call));
+      assert.equal(call.attempts.length, 1);
+      assert.equal(atob(call.result.body_base64), "x".repeat(size));
+      assert.equal(w.count, 1, "run once");
+      await f.close();
+      await w.close();
+    },
+  );
+}
+
 t("the body of a call its store never took goes a call lease later", async () => {
   const f = await gatewayFixture({ calls: QUICK, bodyLimit: 64 * 1024 });
   const restore = failCallWrites(f, false);
