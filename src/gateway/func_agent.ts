@@ -292,12 +292,32 @@ export class FuncAgent {
     this.#drain();
   }
 
-  /** Returns workers idle past `scalein_timeout`; called periodically. */
+  /**
+   * Returns workers idle past `scalein_timeout`; called periodically. Not
+   * those the tokens of their version's calls in flight still call for
+   * (`scaleout_policy.inflight_tokens`): calls under way stay on their
+   * workers, so the ones leased for them wait idle for the calls after, and
+   * given back they would be advised again at the next heartbeat.
+   */
   sweep(now = performance.now()): void {
     const idleMs = this.policy.scalein_timeout * 1000;
     for (const w of [...this.#workers]) {
-      if (w.inflight === 0 && now - w.idleSince >= idleMs) this.#drop(w, false, true);
+      if (w.inflight !== 0 || now - w.idleSince < idleMs || this.#tokensHold(w.version)) continue;
+      this.#drop(w, false, true);
     }
+  }
+
+  /** Whether one worker less of `version` would leave more than `inflight_tokens` a worker. */
+  #tokensHold(version: number): boolean {
+    const per = this.policy.scaleout_policy.inflight_tokens;
+    if (per === undefined) return false;
+    let tokens = 0, workers = 0;
+    for (const w of this.#workers) {
+      if (w.version !== version) continue;
+      tokens += w.tokens;
+      if (!w.draining) workers++;
+    }
+    return tokens > 0 && Math.ceil(tokens / per) >= workers;
   }
 
   /**

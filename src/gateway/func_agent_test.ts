@@ -133,6 +133,30 @@ Deno.test("sweep() returns workers idle past scalein_timeout, never busy ones", 
   assert.deepEqual(sched.returns, [{ podId: "pod-1", failed: false }]);
 });
 
+Deno.test("sweep() keeps idle workers the tokens of calls in flight call for (inflight_tokens)", async () => {
+  const { a, sched } = agent({
+    parallel: 10,
+    max_replica: 3,
+    scalein_timeout: 1,
+    scaleout_policy: { inflight_tokens: 100 },
+  });
+  // Four calls of 60 tokens on the first worker: 240 tokens, three workers' worth.
+  const slots = [];
+  for (let i = 0; i < 4; i++) slots.push(await a.acquire(undefined, undefined, undefined, 60));
+  a.advise(1, 2); // as the scheduler advises, for the calls after these
+  await settle();
+  assert.equal(a.workers.length, 3);
+  a.sweep(performance.now() + 5_000);
+  assert.equal(a.workers.length, 3, "kept while the calls in flight call for them");
+  a.release(slots.pop()!); // 180 tokens: two workers' worth
+  a.sweep(performance.now() + 5_000);
+  assert.equal(a.workers.length, 2);
+  for (const s of slots.splice(0)) a.release(s);
+  a.sweep(performance.now() + 5_000);
+  assert.equal(a.workers.length, 0, "no calls: all go back");
+  assert.equal(sched.returns.length, 3);
+});
+
 Deno.test("an idle worker the scheduler cannot take back is kept and serves on, and given back later", async () => {
   const { a, sched } = agent({ parallel: 2, max_replica: 2, scalein_timeout: 1 });
   a.release(await a.acquire());
