@@ -52,6 +52,7 @@ import type {
 import {
   type CoreAction,
   type CoreEvent,
+  type CorePodState,
   type CorePolicy,
   type CoreState,
   fairShare,
@@ -231,8 +232,8 @@ export class SchedulerService implements SchedulerClient {
       labelNames: ["state"] as const,
       registers: [registry],
       collect() {
-        this.reset();
-        const counts = new Map<string, number>();
+        // Every state, at 0 too: a series that goes away reads as no data, not as none.
+        const counts = new Map<string, number>(POD_STATES.map((state) => [state, 0]));
         for (const p of core().pods.values()) counts.set(p.state, (counts.get(p.state) ?? 0) + 1);
         for (const [state, n] of counts) this.set({ state }, n);
       },
@@ -872,6 +873,15 @@ export class SchedulerService implements SchedulerClient {
     });
   }
 }
+
+/** The states of the core's pods, each one series of `inferx_pods`. */
+const POD_STATES: readonly CorePodState[] = [
+  "Creating",
+  "Ready",
+  "Standby",
+  "Resuming",
+  "Terminating",
+];
 
 /** The longest a lease may wait for a worker (ms): a day, within a timer's reach. */
 const MAX_LEASE_WAIT_MS = 86_400_000;

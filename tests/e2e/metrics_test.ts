@@ -53,6 +53,8 @@ Deno.test({
       assert.equal(value(text, "inferx_leases_granted"), 1, "the scheduler's count agrees");
       assert.equal(value(text, 'inferx_queue_depth{function="m/n/lm"}'), 0);
       assert.equal(value(text, 'inferx_pods{state="Ready"}'), 1);
+      // A state no pod is in reads 0, not no data.
+      assert.equal(value(text, 'inferx_pods{state="Standby"}'), 0);
       assert.equal(
         value(text, 'inferx_gpu_vram_used_mb{node="node1",gpu="0"}') +
           value(text, 'inferx_gpu_vram_used_mb{node="node1",gpu="1"}'),

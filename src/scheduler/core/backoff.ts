@@ -55,9 +55,19 @@ export function startFailed(
   const b = f.startBackoff;
   const stable = b?.upSince !== undefined && ctx.now - b.upSince >= START_STABLE_MS;
   const failures = b && !stable ? b.failures + 1 : 1;
+  // 1 s after the first failure, then 2, 4, ...; a run whose first worker was replaced at once
+  // waits 1 s after its second.
+  const freeFirst = failures === 1 ? early : b!.freeFirst === true;
   const waitMs = early && failures === 1
     ? 0
-    : Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - 1));
-  f.startBackoff = { failures, until: ctx.now + waitMs, message, code, output };
+    : Math.min(START_BACKOFF_MAX_MS, START_BACKOFF_MS * 2 ** (failures - (freeFirst ? 2 : 1)));
+  f.startBackoff = {
+    failures,
+    until: ctx.now + waitMs,
+    message,
+    code,
+    output,
+    ...(freeFirst ? { freeFirst } : {}),
+  };
   return waitMs;
 }

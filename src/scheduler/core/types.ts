@@ -158,6 +158,8 @@ export interface CoreFunc {
     /** The last failed worker's last output (see the `leaseFailed` action). */
     output?: string;
     upSince?: number;
+    /** The run began with a worker replaced at once (one crash is no loop): its waits come after. */
+    freeFirst?: boolean;
   };
 }
 
