@@ -224,9 +224,14 @@ export function expectedRestoreMs(f: CoreFunc, tier: StandbyTier): number {
 
 /**
  * Whether resuming a parked pod beats a fresh start: yes unless a start-up
- * has been seen and was faster than the expected restore.
+ * has been seen and was faster than the expected restore. A worker without
+ * GPU memory has no size a prior could judge its restore by: one of a tier
+ * is tried before a fresh start is preferred (else a pod parked there, a
+ * restore never seen, would never be resumed, and hold its node's standby
+ * room for ever).
  */
 export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
+  if (f.restoreMs[tier] === undefined && f.demand.vramMB * f.demand.gpuCount === 0) return true;
   return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
 }
 

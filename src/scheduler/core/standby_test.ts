@@ -174,6 +174,24 @@ Deno.test("step() starts fresh instead of resuming when the function has started
   assert.deepEqual(kinds(d.run(lease("r2", "t/n/small"))), ["createPod"]);
 });
 
+Deno.test("a worker without GPU memory is resumed from a tier once before a fresh start is preferred", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/cpu", {}, { maxReplica: 2, standbyTier: "file" }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/cpu")))[0].id;
+  d.now = 60; // started in 60 ms, where the prior of a restore from a file is a second
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(kinds(d.run(lease("r2", "t/n/cpu"))), ["resumePod"], "tried once");
+  d.now = 125; // restored in 65 ms: slower than the start, learned
+  d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  assert.equal(d.state.funcs.get("t/n/cpu")!.restoreMs.file, 65);
+  d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.deepEqual(kinds(d.run(lease("r3", "t/n/cpu"))), ["createPod"], "then fresh");
+});
+
 Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) }, {
