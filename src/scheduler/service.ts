@@ -50,6 +50,7 @@ import type {
   SchedulerClient,
 } from "../rpc/types.ts";
 import {
+  activeCurrent,
   type CoreAction,
   type CoreEvent,
   type CorePodState,
@@ -116,6 +117,8 @@ export class SchedulerService implements SchedulerClient {
     string,
     { func: string; version?: number; stage?: LeaseStage; report(s: LeaseStage): void }
   >();
+  /** Function versions short of the workers they need: why, as last logged. */
+  #short = new Map<string, { func: string; version: number; why: string }>();
   #funcs = new Map<string, FunctionObject>();
   #policies = new Map<string, FuncPolicy>();
   /** Pod records as last seen, for writes. */
@@ -669,7 +672,40 @@ export class SchedulerService implements SchedulerClient {
     }
     for (const a of actions) this.#carryOut(a);
     if (this.#progress.size) this.#reportProgress();
+    if (this.#core.starved.size || this.#short.size) this.#logShortfalls();
     return actions;
+  }
+
+  /**
+   * Says in the log when a function version cannot have the workers it
+   * needs (its `min_replica`, or calls waiting: no node has room, or what it
+   * waits for is being freed) and when it has them again: the calls waiting
+   * hear why, a `min_replica` short of pods would go unsaid.
+   */
+  #logShortfalls(): void {
+    for (const id of this.#core.starved) {
+      const f = this.#core.funcs.get(id);
+      const why = f?.lastUnschedulable;
+      if (!f || !why || this.#short.get(id)?.why === why) continue;
+      this.#short.set(id, { func: f.func, version: f.version, why });
+      // Room being freed for it is the normal way of a full pool: said, not warned of.
+      log[f.freeing ? "info" : "warn"](
+        "{func} version {version} is short of workers ({active} of min_replica {min}, {waiting} call(s) waiting): {why}",
+        {
+          func: f.func,
+          version: f.version,
+          active: activeCurrent(this.#core, f),
+          min: f.policy.minReplica,
+          waiting: f.waiters.length,
+          why,
+        },
+      );
+    }
+    for (const [id, was] of this.#short) {
+      if (this.#core.starved.has(id)) continue;
+      this.#short.delete(id);
+      log.info("{func} version {version} has the workers it needs again", was);
+    }
   }
 
   /**

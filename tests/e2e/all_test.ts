@@ -250,3 +250,52 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a min_replica no node has room for is said in the log, and when it has its workers again",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_SAMPLES: "none" });
+    try {
+      const cpu = Math.floor(navigator.hardwareConcurrency * 1000 * 0.6); // one pod fits, not two
+      const spec = (min: number) => ({
+        commands: NGRAM_COMMANDS,
+        resources: { CPU: cpu, Mem: 128 },
+        policy: { Obj: { min_replica: min, max_replica: 2, standby_per_node: 0 } },
+      });
+      for (
+        const obj of [
+          { type: "tenant", tenant: "system", namespace: "system", name: "public", object: {} },
+          { type: "namespace", tenant: "public", namespace: "system", name: "demo", object: {} },
+          fn("wide", spec(2)),
+        ]
+      ) {
+        assert.equal((await request(`${p.url}/object/`, { method: "PUT", body: obj })).status, 201);
+      }
+      await eventually(
+        "the shortfall in the log",
+        () =>
+          Promise.resolve(
+            /public\/demo\/wide version 1 is short of workers \(\d of min_replica 2, 0 call\(s\) waiting\): no node fits/
+              .test(p.output()),
+          ),
+      );
+      const cur = await request(`${p.url}/object/function/public/demo/wide`);
+      const lowered = await request(`${p.url}/object/`, {
+        body: fn("wide", spec(1), cur.body.revision),
+      });
+      assert.equal(lowered.status, 200, JSON.stringify(lowered.body));
+      await eventually(
+        "the shortfall over",
+        () =>
+          Promise.resolve(
+            /public\/demo\/wide version \d+ has the workers it needs again/.test(p.output()),
+          ),
+      );
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  },
+});

@@ -61,6 +61,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       if (freeTenantPod(ctx, f, quota)) continue;
       f.lastUnschedulable = quota.message;
       f.noNodeFits = false;
+      f.freeing = false;
       state.starved.add(f.id);
       // Nothing of this function runs, of any version, nothing can be freed: waiting would
       // only time out. (A pod of another version draining, or serving its share, ends or is
@@ -114,6 +115,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
       }
       // No victims: what it waits for is on its way out already (evicted, or reclaimed).
       f.noNodeFits = false;
+      f.freeing = true;
       f.lastUnschedulable = plan.victims.length === 0
         ? `waiting for pods on ${plan.node.name} being ended or reclaimed from their gateways`
         : `waiting for ${plan.victims.length} evicted pod(s) on ${plan.node.name}` +
@@ -121,6 +123,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
     } else {
       f.lastUnschedulable = `no node fits (${describeReasons(r.reasons)})`;
       f.noNodeFits = true;
+      f.freeing = false;
     }
     state.starved.add(f.id);
     return;
@@ -128,6 +131,7 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
   // Placed, or waiting on pods it has: an earlier failure's reason no longer holds.
   f.lastUnschedulable = undefined;
   f.noNodeFits = false;
+  f.freeing = false;
   state.starved.delete(f.id);
 }
 

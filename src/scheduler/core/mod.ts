@@ -9,6 +9,7 @@ export * from "./types.ts";
 export * from "./placement.ts";
 export * from "./eviction.ts";
 export * from "./fairness.ts";
+export { activeCurrent } from "./_accounting.ts";
 export { extraWorkers } from "./autoscale.ts";
 export { leaseTarget, unitId } from "./funcs.ts";
 export {

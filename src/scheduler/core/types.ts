@@ -133,6 +133,8 @@ export interface CoreFunc {
    * own busy workers hold it (`heldInTenant`, weighed then, not at every try).
    */
   noNodeFits?: boolean;
+  /** It waits for room being freed for it (pods evicted, or reclaimed from their gateways). */
+  freeing?: boolean;
   /** Whether some node could ever hold a pod (`schedulable.ts`); unknown before the first decision. */
   schedulable?: Schedulability;
   /** Observed start-up time (ms, moving average); unknown until a pod started. */
