@@ -119,7 +119,9 @@ export class NodeAgent implements NodeAgentClient {
     await this.#writeNode(true);
     this.#heartbeat = setInterval(() => {
       this.#writeNode(true).then(
-        () => this.#resyncPods().then(() => this.#thawPaused()).then(() => this.#runtime.sweep?.()),
+        () =>
+          this.#resyncPods().then(() => this.#thawPaused()).then(() => this.#endParkedGone())
+            .then(() => this.#runtime.sweep?.()),
         (err) =>
           log.warn("Cannot heartbeat node {node}: {error}", {
             node: this.name,
@@ -482,6 +484,23 @@ export class NodeAgent implements NodeAgentClient {
       await this.#runtime.resume(id).catch((err: Error) =>
         log.warn("Cannot resume pod {pod}: {error}", { pod: id, error: err.message })
       );
+    }
+  }
+
+  /**
+   * Ends the parked pods whose worker ended meanwhile (killed from outside):
+   * listed as parked, each would fail the resume of the next call to it.
+   * Looked at each heartbeat.
+   */
+  async #endParkedGone(): Promise<void> {
+    if (!this.#runtime.endedWhileParked) return;
+    for (const [id, local] of [...this.#local]) {
+      if (this.#stopped) return;
+      if (local.phase !== "parked") continue;
+      const why = await this.#runtime.endedWhileParked(id).catch(() => undefined);
+      if (!why || this.#local.get(id) !== local || local.phase !== "parked") continue;
+      await this.#runtime.stop(id, 0).catch(() => {}); // its init and what is left, stopped too
+      this.podExited(id, `its worker ${why}`);
     }
   }
 

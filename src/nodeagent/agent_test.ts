@@ -70,10 +70,10 @@ function podRecord(meta: MetaClient) {
 }
 
 /** A started agent of node `n1` on `runtime`, its store, and pod `p1`'s record there. */
-async function agentWith(runtime: PodRuntime) {
+async function agentWith(runtime: PodRuntime, heartbeatMs = 60_000) {
   const store = await openSqliteStore();
   const meta = new StateService(store);
-  const agent = new NodeAgent(meta, runtime, node, { heartbeatMs: 60_000 });
+  const agent = new NodeAgent(meta, runtime, node, { heartbeatMs });
   await agent.start();
   return { store, meta, agent, ...podRecord(meta) };
 }
@@ -512,6 +512,37 @@ Deno.test({
       const c = decodePod((await state.get(ref))!.value);
       assert.equal(c.state, "Failed");
       assert.match(c.error ?? "", /CUDA out of memory/);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeAgent ends a parked pod whose worker ended while parked, rather than list it parked",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const calls: string[] = [];
+    let killed = false;
+    const fake: PodRuntime = {
+      ...recordingRuntime(calls),
+      endedWhileParked: () =>
+        Promise.resolve(killed ? "ended while parked (killed from outside?)" : undefined),
+    };
+    const { store, meta, agent, ref, current, ask } = await agentWith(fake, 30);
+    try {
+      await meta.create({ ...ref, object: testPod("p1", "n1") });
+      await until("p1 ready", async () => (await current())?.state === "Ready");
+      await ask({ desired: "Standby", standbyTier: "paused" });
+      await until("p1 parked", async () => (await current())?.state === "Standby");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await current())?.state, "Standby", "a worker that is there stays parked");
+      killed = true; // kill -9 of the stopped worker, from outside
+      await until("p1 failed", async () => (await current())?.state === "Failed");
+      assert.match((await current())!.error!, /its worker ended while parked/);
+      assert.ok(calls.includes("stop p1"), "what was left of it stopped");
     } finally {
       await agent.stop();
       await store.close();

@@ -1215,6 +1215,17 @@ export class ProcessRuntime implements PodRuntime {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
+  async endedWhileParked(podId: string): Promise<string | undefined> {
+    const child = this.#children.get(podId);
+    // In the file tier no process is kept: nothing to end.
+    if (!child || child.tier === undefined || child.tier === "file" || child.dumping) return;
+    const pid = child.worker ?? child.pid;
+    const s = await procState(pid);
+    if (s === undefined) return "gone while parked (killed from outside?)";
+    if (s.state === "Z") return "ended while parked (killed from outside?)";
+    return undefined;
+  }
+
   /** Whether the worker is stopped (SIGSTOP) while it is not parked: stopped from outside. */
   async isPaused(podId: string): Promise<boolean> {
     const child = this.#children.get(podId);

@@ -57,6 +57,12 @@ export interface PodRuntime {
    * outside too), where the runtime can tell.
    */
   isPaused?(podId: string): Promise<boolean>;
+  /**
+   * How a parked pod's worker ended, when it did while parked (killed from
+   * outside: its stopped init cannot reap it, nor tell its end); undefined
+   * while it is there, or the pod is not parked with its process kept.
+   */
+  endedWhileParked?(podId: string): Promise<string | undefined>;
   /** Starts the pod and resolves once it answers its probe; rejects with the log tail. */
   start(spec: PodSpec): Promise<RunningPod>;
   /** Stops the pod: SIGTERM, then SIGKILL after `graceMs`. */
