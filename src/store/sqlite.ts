@@ -78,10 +78,11 @@ export interface SqliteStoreOptions {
  * refuse any version but their own). 2: a queued call's large request body
  * and a finished call's large answer in records of their own, objects'
  * `created_at`, tenants' `max_api_keys`. 3: large values in files of their
- * own (`history.size`). A store of an older version this
+ * own (`history.size`). 4: a value file's reference says its length in
+ * bytes (a file cut short is refused at open). A store of an older version this
  * release reads ({@linkcode OLDEST_VERSION}) is marked with this one at open.
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 /** The oldest schema version this release reads (and marks as its own). */
 const OLDEST_VERSION = 1;
 
@@ -92,6 +93,15 @@ const FILE_MARK = "\u0001";
 const FILE_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const isFileRef = (stored: unknown): stored is string =>
   typeof stored === "string" && stored.startsWith(FILE_MARK);
+
+/**
+ * A value file's reference: `FILE_MARK` and its name, then `#` and its
+ * length in bytes (schema version 4; those of version 3 name it alone).
+ */
+function fileRef(ref: string): { name: string; bytes?: number } {
+  const [name, bytes] = ref.slice(FILE_MARK.length).split("#");
+  return { name, bytes: bytes === undefined ? undefined : Number(bytes) };
+}
 
 /** The most free pages one pass gives back (4 MiB of 4 KiB pages: tens of ms). */
 export const VACUUM_PAGES = 1024;
@@ -265,26 +275,39 @@ function checkWhole(db: DatabaseSync): void {
  */
 function checkFiles(db: DatabaseSync, dir: string): void {
   privateDir(dir);
-  const named = new Map<string, string>();
+  const named = new Map<string, { key: string; bytes?: number }>();
   for (
     const r of db.prepare(
       "select key, value from kv where substr(value, 1, 1) = char(1) " +
         "union all select key, value from history where size is not null",
     ).iterate() as Iterable<Row>
-  ) named.set(String(r.value).slice(FILE_MARK.length), String(r.key));
+  ) {
+    const { name, bytes } = fileRef(String(r.value));
+    named.set(name, { key: String(r.key), bytes });
+  }
   const found = new Set<string>();
+  const damaged = (what: string, name: string, key: string) =>
+    new Error(
+      `it is damaged (${what} ${basename(dir)}/, the first of ${key}: ${name}); it was left as ` +
+        `it is: put back a copy of the whole store directory, or move it away to start with an ` +
+        `empty store`,
+    );
   for (const e of Deno.readDirSync(dir)) {
     if (!e.isFile || !FILE_NAME.test(e.name)) continue;
-    if (named.has(e.name)) found.add(e.name);
-    else Deno.removeSync(`${dir}/${e.name}`);
+    const ref = named.get(e.name);
+    if (!ref) {
+      Deno.removeSync(`${dir}/${e.name}`);
+      continue;
+    }
+    found.add(e.name);
+    // A file cut short (or grown): its length is in its reference.
+    if (ref.bytes !== undefined && Deno.statSync(`${dir}/${e.name}`).size !== ref.bytes) {
+      throw damaged("a value file cut short, or grown, in", e.name, ref.key);
+    }
   }
   const missing = [...named].filter(([name]) => !found.has(name));
   if (missing.length) {
-    throw new Error(
-      `it is damaged (${missing.length} value file(s) missing from ${basename(dir)}/, the ` +
-        `first of ${missing[0][1]}: ${missing[0][0]}); it was left as it is: put back a copy of ` +
-        `the whole store directory, or move it away to start with an empty store`,
-    );
+    throw damaged(`${missing.length} value file(s) missing from`, missing[0][0], missing[0][1].key);
   }
 }
 
@@ -597,7 +620,7 @@ class SqliteStore implements MetaStore {
         f.close();
       }
       await syncFile(this.#files!);
-      return FILE_MARK + name;
+      return `${FILE_MARK}${name}#${bytes.length}`;
     } catch (err) {
       await Deno.remove(path).catch(() => {});
       throw this.#refused(err);
@@ -611,7 +634,7 @@ class SqliteStore implements MetaStore {
    */
   #removeFiles(refs: readonly string[]): void {
     for (const ref of refs) {
-      const removal = Deno.remove(`${this.#files}/${ref.slice(FILE_MARK.length)}`).catch((err) => {
+      const removal = Deno.remove(`${this.#files}/${fileRef(ref).name}`).catch((err) => {
         if (!(err instanceof Deno.errors.NotFound)) {
           log.warn("Cannot remove a value's file from the store: {error}", { error: String(err) });
         }
@@ -628,9 +651,14 @@ class SqliteStore implements MetaStore {
   }
 
   #readFile(key: string, ref: string): string {
-    const path = `${this.#files}/${ref.slice(FILE_MARK.length)}`;
+    const { name, bytes } = fileRef(ref);
+    const path = `${this.#files}/${name}`;
     try {
-      return new TextDecoder().decode(Deno.readFileSync(path));
+      const data = Deno.readFileSync(path);
+      if (bytes !== undefined && data.length !== bytes) {
+        throw new Error(`it is damaged: ${data.length} bytes where ${bytes} were written`);
+      }
+      return new TextDecoder().decode(data);
     } catch (err) {
       throw new InferxError(
         "unavailable",

@@ -657,6 +657,34 @@ Deno.test("at open, files no value names go, and a named file that is missing re
   });
 });
 
+Deno.test("a value file cut short is refused at open, naming its key; one of version 3 is still read", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    let store = await openSqliteStore(path);
+    await store.create("/big", "x".repeat(FILE_VALUE_CHARS + 10));
+    await store.close();
+    const [file] = valueFiles(path);
+    await Deno.truncate(`${path}-blobs/${file}`, 60_000);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.code === "unavailable" &&
+        e.message.includes(
+          `it is damaged (a value file cut short, or grown, in meta.db-blobs/, the first of /big: ${file})`,
+        ),
+    );
+    // A reference of schema version 3 names the file alone: read as it is.
+    const db = new DatabaseSync(path);
+    db.exec(
+      `update kv set value = char(1) || '${file}'; update history set value = char(1) || '${file}'`,
+    );
+    db.close();
+    store = await openSqliteStore(path);
+    assert.equal((await store.get("/big"))?.value.length, 60_000);
+    await store.close();
+  });
+});
+
 Deno.test("a store of schema version 2 takes values in files after its open, its changes kept", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;
@@ -672,7 +700,7 @@ Deno.test("a store of schema version 2 takes values in files after its open, its
     const db = new DatabaseSync(path, { readOnly: true });
     assert.equal(
       (db.prepare("pragma user_version").get() as { user_version: number }).user_version,
-      3,
+      4,
     );
     db.close();
   });
@@ -691,7 +719,7 @@ Deno.test("sqlite store refuses another program's database, and leaves it as it 
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" &&
-        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7, not 1 to 3/
+        /at .*meta\.db: it is not this platform's store \(tables: requests; schema version 7, not 1 to 4/
           .test(
             e.message,
           ),
@@ -757,7 +785,7 @@ Deno.test("a store made before pages were given back is converted once at open, 
     // Marked with this release's schema version: an older release refuses it now.
     assert.equal(
       (db.prepare("pragma user_version").get() as { user_version: number }).user_version,
-      3,
+      4,
     );
     db.close();
   });
@@ -788,14 +816,14 @@ Deno.test("a store written by a newer release is refused, saying so, and left as
     await store.create("/k", "v");
     await store.close();
     const newer = new DatabaseSync(path);
-    newer.exec("pragma user_version = 4");
+    newer.exec("pragma user_version = 5");
     newer.close();
     const before = await Deno.readFile(path);
     await assert.rejects(
       openSqliteStore(path),
       (e: InferxError) =>
         e.code === "unavailable" &&
-        /meta\.db: it was written by a newer release of the platform \(schema version 4; this release reads 1 to 3\)/
+        /meta\.db: it was written by a newer release of the platform \(schema version 5; this release reads 1 to 4\)/
           .test(e.message),
     );
     assert.deepEqual(await Deno.readFile(path), before, "not a byte changed");
