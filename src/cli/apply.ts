@@ -20,7 +20,9 @@
  *
  * @module
  */
+import { ValidationError } from "../common/errors.ts";
 import { APPLIED_BY_ANNOTATION, selectorMatches } from "../model/metadata.ts";
+import { decodeUserObject } from "../model/schemas.ts";
 import { appliedForm, ObjectFileError, readObjectFiles } from "../model/object_files.ts";
 import { CliError, type Ctl, ensureOk, type Io, readLine, type Send } from "./_shared.ts";
 import { fieldDiff, formatChange } from "./diff.ts";
@@ -145,6 +147,20 @@ class DryCreates {
   }
 }
 
+/**
+ * Checks `o`, whose parent only this dry run would create (the server is not
+ * asked), against the object's schema here: a dry run does not call created
+ * what the server would refuse (a function without its image, say).
+ */
+function checkLocally(o: Obj): void {
+  try {
+    decodeUserObject(o);
+  } catch (err) {
+    if (!(err instanceof ValidationError)) throw err;
+    throw new CliError(`${idOf(o)}: 400 ${err.message} (checked here: its parent is not made yet)`);
+  }
+}
+
 /** Applies one prepared object; returns the line to print. */
 async function applyOne(send: Send, o: Obj, dryRun: boolean, creates: DryCreates): Promise<string> {
   const q = dryRun ? "?dryRun=1" : "";
@@ -156,7 +172,7 @@ async function applyOne(send: Send, o: Obj, dryRun: boolean, creates: DryCreates
     if (!cur) {
       const parent = dryRun ? creates.after(o) : undefined;
       creates.add(o);
-      if (parent) return `created ${idOf(o)} (dry run, after ${parent})`;
+      if (parent) return (checkLocally(o), `created ${idOf(o)} (dry run, after ${parent})`);
       const r = await send("PUT", `/object/${q}`, o);
       if (again(r.status)) continue;
       ensureOk("PUT", "/object/", r);
@@ -283,6 +299,7 @@ export async function diffObjects(
       const parent = creates.after(o);
       creates.add(o);
       if (!parent) ensureOk("PUT", "/object/", await send("PUT", "/object/?dryRun=1", o));
+      else checkLocally(o);
       io.out(`${idOf(o)}: would be created${parent ? ` (after ${parent})` : ""}`);
       n.create++;
       continue;

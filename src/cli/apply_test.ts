@@ -263,6 +263,16 @@ t(
     await s.apply();
     const made = await s.f.app.request("/object/function/t/n2/g");
     assert.equal(made.status, 200);
+    // Checked here what the server is not asked about: not "created" when it would be refused.
+    const ns3 = { ...ns, name: "n3" };
+    const bad = { ...fn("h", {}), namespace: "n3" };
+    delete (bad.object.spec as Record<string, unknown>).image;
+    await s.write("a.json", [ns3, bad]);
+    await assert.rejects(
+      s.apply({ dryRun: true }),
+      /function t\/n3\/h: 400 .*image.* \(checked here: its parent is not made yet\)/,
+    );
+    await assert.rejects(s.diff(), /function t\/n3\/h: 400 .*image/);
   },
 );
 
