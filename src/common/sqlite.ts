@@ -58,7 +58,10 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     // SQLite takes an empty file for a new database and writes one over it: an empty file
     // where a database was is one a copy or a restore cut short, not a fresh start. (A shared
     // one is made whole under another name first: see the audit's createWhole.)
-    if (path !== ":memory:" && sizeOf(path) === 0) {
+    // One another process has just made is written within a moment: looked at again after it.
+    if (
+      path !== ":memory:" && sizeOf(path) === 0 && (pause(EMPTY_RECHECK_MS), sizeOf(path) === 0)
+    ) {
       throw new EmptyFile(
         "it is an empty file (a copy or a restore cut short?); it was left as it is: put the " +
           "database back, or remove the file to start with none",
@@ -87,15 +90,19 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
     return db;
   } catch (err) {
     db?.close();
-    for (const f of made) {
-      try {
-        Deno.removeSync(f);
-      } catch {
-        // not made after all
-      }
-    }
     const message = (err as Error).message;
     const busy = /locked|busy/i.test(message);
+    // Only a file this open made and left empty, with its log files: another process that won
+    // the lock meanwhile (busy) has made them its own, and a file with pages is a store.
+    if (!busy && !(err instanceof EmptyFile) && made.includes(path) && sizeOf(path) === 0) {
+      for (const f of made) {
+        try {
+          Deno.removeSync(f);
+        } catch {
+          // not made after all
+        }
+      }
+    }
     const trouble = busy || err instanceof EmptyFile ? undefined : writeTrouble(path);
     throw new InferxError(
       "unavailable",
@@ -127,6 +134,14 @@ export function checkpointWhole(db: DatabaseSync): void {
       `its log could not be written into the file (${c.checkpointed} of ${c.log} pages)`,
     );
   }
+}
+
+/** How long an empty database file is given to be written by the process that may be making it. */
+const EMPTY_RECHECK_MS = 200;
+
+/** Blocks this thread for `ms` (a start's synchronous open: nothing else runs yet). */
+function pause(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** An empty file where a database was looked for. */

@@ -46,9 +46,14 @@ export const NODE_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 export const NODE_NAME_RULE =
   "is not a node name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit, at most 253)";
 
-/** A node as its agent registers it. */
+/**
+ * A node as its agent registers it. Its name is checked against
+ * {@linkcode NODE_NAME_RE} where it is written (the configuration, the state
+ * service), not where it is read: a node an earlier release registered under
+ * another name still lists.
+ */
 export const NodeInfoSchema = z.object({
-  name: z.string().regex(NODE_NAME_RE, NODE_NAME_RULE),
+  name: z.string().min(1),
   /** Host the node's workers are reached on (127.0.0.1 for a single host). */
   address: z.string().min(1),
   cpuMillis: z.int().min(1),

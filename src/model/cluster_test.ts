@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { plainText, splitOutput, withOutput } from "./cluster.ts";
+import { decodeNode, NODE_NAME_RE, plainText, splitOutput, withOutput } from "./cluster.ts";
 
 Deno.test("withOutput() joins a reason and a worker's last output, its terminal escapes taken out", () => {
   const colored =
@@ -11,4 +11,20 @@ Deno.test("withOutput() joins a reason and a worker's last output, its terminal 
     output: "error: Module not found x\ndone",
   });
   assert.equal(plainText("plain [31m text"), "plain [31m text");
+});
+
+Deno.test("a node an earlier release registered under a name now refused at writes still reads", () => {
+  const stored = {
+    name: "rack1:node1",
+    address: "127.0.0.1",
+    cpuMillis: 1000,
+    memMB: 1024,
+    gpus: [],
+    standbyTiers: [],
+    runtime: "process",
+    ready: true,
+    heartbeat: 0,
+  };
+  assert.equal(NODE_NAME_RE.test(stored.name), false);
+  assert.equal(decodeNode(JSON.stringify(stored)).name, "rack1:node1");
 });

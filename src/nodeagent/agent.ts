@@ -379,9 +379,9 @@ export class NodeAgent implements NodeAgentClient {
           snaps.used(snap);
           return { running, startedFrom: "snapshot" };
         } catch (err) {
-          // Stopped meanwhile: the restore broke off for that, not for its image (kept), and
-          // nothing is started in its place.
-          if (entry.phase !== "starting") throw err;
+          // Stopped (or forgotten) meanwhile: the restore broke off for that, not for its image
+          // (kept), and nothing is started in its place.
+          if (entry.phase !== "starting" || this.#local.get(pod.id) !== entry) throw err;
           const why = (err as Error).message;
           log.warn("Pod {pod}: snapshot {snapshot} failed, starting fresh: {error}", {
             pod: pod.id,

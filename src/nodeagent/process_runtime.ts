@@ -165,6 +165,11 @@ interface Child {
   endedDumping?: string;
   gpus: number[];
   exited: Promise<string>;
+  /**
+   * Set while its start or restore is under way: an exit then is that
+   * start's failure (it stops the pod and says why), told by no one else.
+   */
+  settling?: Promise<void>;
   /** Settles once an exit nobody asked for was told (`#watchExit`). */
   told?: Promise<void>;
   /** Follows its output file into `logs`. */
@@ -776,6 +781,7 @@ export class ProcessRuntime implements PodRuntime {
       );
     }
     this.#children.set(spec.podId, child);
+    const settled = settling(child);
     this.#watchExit(spec.podId, child);
     try {
       if (ownPids) {
@@ -795,6 +801,8 @@ export class ProcessRuntime implements PodRuntime {
       const tail = await this.#tail(child);
       await this.stop(spec.podId, 1000);
       throw new InferxError("worker_failed", withOutput((err as Error).message, tail));
+    } finally {
+      settled();
     }
     return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
   }
@@ -903,6 +911,9 @@ export class ProcessRuntime implements PodRuntime {
 
   /** Tells the agent of an exit nobody asked for and forgets the child. */
   async #reportExit(podId: string, child: Child, why: string): Promise<void> {
+    // During its start or restore, that start's to tell (a restore that fails is followed by a
+    // fresh start under the same id, which an exit told now would orphan).
+    await child.settling;
     if (this.#children.get(podId) !== child || child.tier === "file") return;
     if (child.stopping) return; // stop() cleans up
     // What it started goes with it: nothing answers for the pod any more.
@@ -1375,6 +1386,7 @@ export class ProcessRuntime implements PodRuntime {
       this.#options.outputFileMaxBytes,
     );
     this.#children.set(spec.podId, child);
+    const settled = settling(child);
     this.#watchExit(spec.podId, child);
     try {
       await this.#probe(child, spec);
@@ -1385,6 +1397,8 @@ export class ProcessRuntime implements PodRuntime {
         "worker_failed",
         `Restored pod ${spec.podId} does not serve: ${(err as Error).message}`,
       );
+    } finally {
+      settled();
     }
     return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
   }
@@ -1411,6 +1425,13 @@ export class ProcessRuntime implements PodRuntime {
   running(): string[] {
     return [...this.#children.keys()];
   }
+}
+
+/** Marks `child`'s start or restore under way (`Child.settling`); the function ends it. */
+function settling(child: Child): () => void {
+  let done!: () => void;
+  child.settling = new Promise((r) => done = r);
+  return () => (child.settling = undefined, done());
 }
 
 /** Pids of processes whose environment has `INFERX_SCOPE=scope` (Linux `/proc`; none elsewhere). */

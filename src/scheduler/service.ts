@@ -704,7 +704,10 @@ export class SchedulerService implements SchedulerClient {
     for (const [id, was] of this.#short) {
       if (this.#core.starved.has(id)) continue;
       this.#short.delete(id);
-      log.info("{func} version {version} has the workers it needs again", was);
+      // Deleted (or a version gone): nothing to say.
+      if (this.#core.funcs.has(id)) {
+        log.info("{func} version {version} has the workers it needs again", was);
+      }
     }
   }
 

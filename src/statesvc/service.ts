@@ -18,7 +18,7 @@ import {
   NotFoundError,
   ValidationError,
 } from "../common/errors.ts";
-import { NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
+import { NODE_NAME_RE, NODE_NAME_RULE, NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
 import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
 import { admitCallBody, admitCallRecord, admitCallSecret, callBodyRef } from "../model/call.ts";
@@ -432,6 +432,9 @@ export class StateService implements MetaClient {
     if (input.type === "node") {
       const r = NodeInfoSchema.safeParse(input.object);
       if (!r.success) throw invalidInput(refText(input), r.error);
+      if (!NODE_NAME_RE.test(r.data.name)) {
+        throw new ValidationError(`Invalid ${refText(input)}: name: ${NODE_NAME_RULE}`, "name");
+      }
       if (r.data.name !== input.name || input.tenant !== SYSTEM || input.namespace !== SYSTEM) {
         // Another record of the same name elsewhere would stand for the node to the scheduler.
         throw new ValidationError(

@@ -380,6 +380,12 @@ Deno.test("cluster records are refused where they would stand for something else
       { type: "node", tenant: "x", namespace: "y", name: "n1", object: node },
       /a node lives at system\/system\/\{its name\}/,
     ],
+    [
+      // One segment of its key: a node named so would never be listed.
+      "a node whose name is no node name",
+      { type: "node", ...sys, name: "rack1:n1", object: { ...node, name: "rack1:n1" } },
+      /name: is not a node name/,
+    ],
   ];
   for (const [what, input, re] of cases) {
     await assert.rejects(svc.create(input), (e: Error & { code?: string }) => {

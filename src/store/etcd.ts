@@ -96,7 +96,9 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
         "unavailable",
         `Cannot ${what}: etcd is out of space (its --quota-backend-bytes): compact and ` +
           `defragment it, then disarm its NOSPACE alarm (${message})`,
-        { cause: err },
+        // Refused by etcd itself: nothing of it was written (an asynchronous call may be sent
+        // again).
+        { cause: err, details: { not_written: true } },
       );
     }
     if (/request is too large|larger than max/i.test(message)) {

@@ -109,7 +109,7 @@ Deno.test({
             { GATEWAY_PORT: port, GATEWAY_WORKERS: "2", INFERX_DATA_DIR: dir },
             () => Promise.resolve(false),
           ),
-          new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port} \\(GATEWAY_PORT\\)`),
+          new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port} \\(GATEWAY_HOST, GATEWAY_PORT\\)`),
         );
       } finally {
         await Deno.remove(dir, { recursive: true });

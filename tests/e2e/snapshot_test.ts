@@ -31,7 +31,8 @@ if (skip) console.log(`skipping the snapshot end-to-end test: ${skip}`);
  * who it was born as (a restored copy was born as the snapshotted pod, unless its restore hook,
  * `/restored`, made it anew: with FAIL_HOOK that hook fails).
  * With HOLD_UNIX it keeps a connection to a Unix socket outside its pod,
- * which CRIU cannot dump.
+ * which CRIU cannot dump. With DIE_FILE, a copy started before that file was
+ * written (one restored from a snapshot taken before) exits at its probe.
  */
 const WORKER = `
 // From the operating system: Deno's own generator (crypto.*) is process memory, which a restored
@@ -44,6 +45,8 @@ const fresh = () => {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 };
 let born = fresh();
+const startedAt = Date.now();
+const die = Deno.env.get("DIE_FILE");
 let n = 0;
 let hooked = 0;
 const hold = Deno.env.get("HOLD_UNIX");
@@ -53,7 +56,14 @@ console.log("worker loaded");
 Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: Deno.env.get("HOST"), onListen() {} }, async (req) => {
   const path = new URL(req.url).pathname;
-  if (path === "/health") return new Response("ok");
+  if (path === "/health") {
+    try {
+      if (die && Deno.statSync(die).mtime.getTime() > startedAt) Deno.exit(3);
+    } catch {
+      // not written yet
+    }
+    return new Response("ok");
+  }
   if (path === "/restored" && req.method === "POST") {
     if (Deno.env.get("FAIL_HOOK")) return new Response("cannot reseed", { status: 500 });
     born = fresh();
@@ -234,6 +244,56 @@ Deno.test({
       await p.stop();
       await Deno.remove(p.dataDir, { recursive: true });
       await Deno.remove(unixDir, { recursive: true });
+    }
+  },
+});
+
+/** Pids of processes whose environment holds `entry` (`K=V`). */
+function withEnv(entry: string): number[] {
+  const mark = new TextEncoder().encode(`\0${entry}\0`);
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const env = new Uint8Array([0, ...Deno.readFileSync(`/proc/${e.name}/environ`)]);
+      const text = new TextDecoder("latin1").decode(env);
+      if (text.includes(new TextDecoder("latin1").decode(mark))) pids.push(Number(e.name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+Deno.test({
+  name:
+    "Snapshots: a restored copy that exits before it answers its probe gives way to a fresh start under its pod, and leaves no worker behind",
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await startPlatform({ INFERX_RUNTIME: "process" });
+    const { call, idle } = helpers(p.url);
+    const die = `${p.dataDir}/die-now`;
+    try {
+      await createNamespace(p.url, "t", "n");
+      assert.equal((await putObject(p.url, fn("dies", [["DIE_FILE", die]]))).status, 201);
+      const first = await call("dies");
+      assert.equal(first.pod.startedFrom, "fresh");
+      await idle("dies");
+      await Deno.writeTextFile(die, ""); // copies of the snapshot taken before it now exit
+      const next = await call("dies");
+      assert.equal(next.pod.startedFrom, "fresh");
+      assert.match(next.pod.note, /could not be restored, started fresh/);
+      assert.notEqual(next.born, first.born);
+      await idle("dies");
+      await eventually(
+        "no worker of it left",
+        () => Promise.resolve(withEnv(`DIE_FILE=${die}`).length === 0),
+      );
+    } finally {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
     }
   },
 });

@@ -67,6 +67,9 @@ export function retire(
   }
   // A parked pod is still a replica: none kept above a (lowered) maxReplica.
   if (tier && liveCurrent(ctx.state, f) > f.policy.maxReplica) tier = undefined;
+  // Not parked where resumes were seen slower than fresh starts: it would hold its node's
+  // standby room, and memory or disk, for a resume that is not chosen.
+  if (tier && resumeSeenSlower(f, tier)) tier = undefined;
   if (tier) {
     const parked = parkedByNode(ctx.state, f).get(pod.node)?.length ?? 0;
     if (parked < f.policy.standbyPerNode) {
@@ -235,6 +238,12 @@ export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
   return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
 }
 
+/** Whether resumes of `f` from `tier` were seen to take as long as its fresh starts, or longer. */
+function resumeSeenSlower(f: CoreFunc, tier: StandbyTier): boolean {
+  const seen = f.restoreMs[tier];
+  return seen !== undefined && f.coldStartMs !== undefined && seen >= f.coldStartMs;
+}
+
 const ewma = (old: number | undefined, sample: number) =>
   old === undefined ? sample : 0.7 * old + 0.3 * sample;
 
@@ -277,8 +286,13 @@ export function restoreOrStart(
     : planStart(ctx.state.nodeList, f, ctx.state.config.snapshotStart);
   const fresh = plan?.result;
   if (fresh?.ok) {
-    // Starting anew (or from a snapshot) is faster than this tier's restore: leave the parked pod be.
+    // Starting anew (or from a snapshot) is faster than this tier's restore. Seen so (not only
+    // expected), the parked pod goes, rather than hold its node's standby room for a resume that
+    // would not be chosen; expected so, it stays for a call past `maxReplica`.
     createPod(ctx, f, fresh.node, fresh.gpus, plan!.fromSnapshot);
+    if (resumeSeenSlower(f, parked.tier!)) {
+      terminate(ctx, parked, `resumes from ${parked.tier} were seen slower than fresh starts`);
+    }
     return "started";
   }
   if (canResume(ctx.state, parked)) {

@@ -178,18 +178,32 @@ Deno.test("a worker without GPU memory is resumed from a tier once before a fres
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
     type: "funcUpdate",
-    func: funcReport("t/n/cpu", {}, { maxReplica: 2, standbyTier: "file" }),
+    func: funcReport("t/n/cpu", {}, { maxReplica: 3, standbyTier: "file", standbyPerNode: 2 }),
   });
-  const pod = created(d.run(lease("r1", "t/n/cpu")))[0].id;
+  const [a] = created(d.run(lease("r1", "t/n/cpu")));
+  const [b] = created(d.run(lease("r2", "t/n/cpu")));
   d.now = 60; // started in 60 ms, where the prior of a restore from a file is a second
-  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
-  d.run({ type: "return", podId: pod, gateway: "g1" });
-  assert.deepEqual(kinds(d.run(lease("r2", "t/n/cpu"))), ["resumePod"], "tried once");
+  for (const p of [a, b]) d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  for (const p of [a, b]) d.run({ type: "return", podId: p.id, gateway: "g1" });
+  assert.deepEqual([a, b].map((p) => d.state.pods.get(p.id)?.state), ["Standby", "Standby"]);
+  const tried = d.run(lease("r3", "t/n/cpu"));
+  assert.deepEqual(kinds(tried), ["resumePod"], "tried once");
+  const resumed = (tried[0] as { podId: string }).podId;
+  const other = resumed === a.id ? b.id : a.id;
   d.now = 125; // restored in 65 ms: slower than the start, learned
-  d.run({ type: "podStatus", podId: pod, state: "Ready" });
+  d.run({ type: "podStatus", podId: resumed, state: "Ready" });
   assert.equal(d.state.funcs.get("t/n/cpu")!.restoreMs.file, 65);
-  d.run({ type: "return", podId: pod, gateway: "g1" });
-  assert.deepEqual(kinds(d.run(lease("r3", "t/n/cpu"))), ["createPod"], "then fresh");
+  // Then fresh; the pod still parked goes, rather than hold the node's standby room for good.
+  const r4 = d.run(lease("r4", "t/n/cpu"));
+  assert.deepEqual(kinds(r4), ["createPod", "terminatePod"]);
+  assert.equal((r4[1] as { podId: string }).podId, other);
+  assert.match((r4[1] as { reason: string }).reason, /resumes from file were seen slower/);
+  const [c] = created(r4);
+  d.run({ type: "podStatus", podId: c.id, state: "Ready", endpoint: "e" }); // r4's
+  // And a worker idle later is not parked there: ended.
+  assert.deepEqual(kinds(d.run({ type: "return", podId: resumed, gateway: "g1" })), [
+    "terminatePod",
+  ]);
 });
 
 Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {
