@@ -288,6 +288,7 @@ export class NodeAgent implements NodeAgentClient {
       },
       (err: Error) => {
         if (this.#local.get(pod.id) !== local || local.phase !== "running") return;
+        log.warn("Cannot resume pod {pod}: {error}", { pod: pod.id, error: err.message });
         this.#failStopped(pod.id, `Cannot resume: ${err.message}`);
       },
     );

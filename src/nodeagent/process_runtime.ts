@@ -276,14 +276,27 @@ async function pidAlive(pid: number): Promise<boolean> {
  * Resolves when no process, not even a zombie, holds `pid` (reaping it when
  * it was handed to this process); throws after `timeoutMs`.
  */
-async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
+export async function pidFreed(pid: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (await procState(pid)) {
+  let liveSince: number | undefined;
+  for (let s; (s = await procState(pid));) {
     if (await reapIfOrphanedToUs(pid) !== undefined) continue;
+    // A live process there past a moment is not the one that was dumped (killed after its
+    // dump, it ends at once and waits only to be reaped): another took its PID meanwhile.
+    if (s.state !== "Z") {
+      liveSince ??= Date.now();
+      if (Date.now() - liveSince > LIVE_HOLDER_MS) {
+        const comm = await Deno.readTextFile(`/proc/${pid}/comm`).catch(() => "?");
+        throw new Error(`PID ${pid} is taken by another process (${comm.trim()})`);
+      }
+    } else liveSince = undefined;
     if (Date.now() > deadline) throw new Error(`PID ${pid} is still taken (an unreaped process)`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** How long a live process may hold a dumped worker's PID before it is taken for another's. */
+const LIVE_HOLDER_MS = 1000;
 
 /**
  * Resolves when `pid` is gone (or a zombie, reaped when it was handed to

@@ -2,7 +2,7 @@ import { withTmpfs } from "../common/testing.ts";
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
-import { ProcessRuntime } from "./process_runtime.ts";
+import { pidFreed, ProcessRuntime } from "./process_runtime.ts";
 import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
@@ -1148,4 +1148,22 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("pidFreed() gives up at once on a PID a live process holds past a moment: not the dumped one", async () => {
+  const other = new Deno.Command("sleep", { args: ["30"] }).spawn();
+  try {
+    const t0 = performance.now();
+    await assert.rejects(
+      pidFreed(other.pid, 10_000),
+      /PID \d+ is taken by another process \(sleep\)/,
+    );
+    const took = performance.now() - t0;
+    assert.ok(took < 5_000, `gave up after ${took} ms, not the 10 s a zombie is given`);
+  } finally {
+    other.kill("SIGKILL");
+    await other.status;
+  }
+  // Once gone, it is free at once.
+  await pidFreed(other.pid, 1000);
 });

@@ -734,7 +734,9 @@ export class Fuzz {
     }
     if (
       w.desired === "Running" &&
-      (w.state === "Creating" || w.state === "Standby" || w.state === "Resuming")
+      (w.state === "Creating" || w.state === "Standby" || w.state === "Resuming" ||
+        // Asked to park, then to run before it reported the park: parked, then resumed.
+        (w.state === "Ready" && w.tier !== undefined))
     ) {
       if (w.state === "Creating" && this.r.chance(0.1)) {
         w.state = "Failed";
@@ -744,6 +746,7 @@ export class Fuzz {
       }
       w.state = "Ready";
       w.endpoint = `127.0.0.1:${w.id}`;
+      delete w.tier; // as an agent's Ready report clears it
       w.pending = false;
       this.apply({
         type: "podStatus",
@@ -882,6 +885,7 @@ export class Fuzz {
         } else if (w.desired === "Running") {
           w.state = "Ready";
           w.endpoint = `127.0.0.1:${w.id}`;
+          delete w.tier; // as an agent's Ready report clears it
           w.pending = false;
           this.apply({ type: "podStatus", podId: w.id, state: "Ready", endpoint: w.endpoint });
         } else if (w.desired === "Standby") {

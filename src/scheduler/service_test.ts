@@ -470,7 +470,13 @@ async function parkedPod(meta: MetaClient, sched: SchedulerService): Promise<str
       setTimeout(() => {
         meta.update({
           ...rec,
-          object: { ...p, state, endpoint: "127.0.0.1:1" },
+          // As an agent's Ready report, the tier cleared.
+          object: {
+            ...p,
+            state,
+            endpoint: "127.0.0.1:1",
+            standbyTier: state === "Ready" ? undefined : p.standbyTier,
+          },
           revision: rec.revision,
         }).catch(() => {});
       }, p.state === "Standby" ? 200 : 0);

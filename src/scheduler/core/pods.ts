@@ -141,7 +141,13 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
     ctx.actions.push({ type: "resumePod", podId: r.id, tier: known.tier! });
   } else if (known.parkingSince !== undefined && r.state === "Standby") {
     onPodStatus(ctx, r.id, "Standby");
-  } else if (r.state === "Ready" && (known.state === "Creating" || known.state === "Resuming")) {
+  } else if (
+    r.state === "Ready" &&
+    // A resume's Ready is its agent's report, which clears the tier: a record still naming one is
+    // from before the park (resumed before its agent reported it parked, its worker still being
+    // dumped), not a worker back.
+    (known.state === "Creating" || (known.state === "Resuming" && r.tier === undefined))
+  ) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
     onPodStatus(ctx, r.id, "Failed", undefined, r.error);
@@ -161,7 +167,12 @@ export function recoveredState(r: PodRecord): CorePodState | undefined {
   if (r.tier && r.desired === "Standby" && (r.state === "Ready" || r.state === "Standby")) {
     return "Standby";
   }
-  if (r.tier && r.desired === "Running" && (r.state === "Standby" || r.state === "Resuming")) {
+  // Ready with a tier still named: asked to run before its park was reported (a resume's Ready
+  // clears the tier), so its worker may still be being parked: resuming.
+  if (
+    r.tier && r.desired === "Running" &&
+    (r.state === "Standby" || r.state === "Resuming" || r.state === "Ready")
+  ) {
     return "Resuming";
   }
   if (r.state === "Ready") return "Ready";

@@ -263,7 +263,7 @@ Deno.test("a park or a resume under way at a restart: the parking pod is not han
   const c = d.run(lease("r2", "t/n/c"));
   assert.deepEqual(created(c), [], "no pod placed into the memory a restore fills");
   // The resume done: b is up, not parked again.
-  const done = d.run({ type: "podRecord", pod: { ...resuming, state: "Ready" } });
+  const done = d.run({ type: "podRecord", pod: { ...resuming, state: "Ready", tier: undefined } });
   assert.ok(!done.some((x) => x.type === "parkPod"), JSON.stringify(done));
   assert.equal(d.state.pods.get("old-2")!.state, "Ready");
 });
@@ -697,4 +697,32 @@ Deno.test("a GPU pod asked to park in host memory, or resumed from it, is charge
   assert.equal(resuming.state.pods.get(id)!.state, "Resuming");
   assert.equal(used(live), 1024 + 30_000, "resuming: the copy until it is back on the GPU");
   assert.equal(used(resuming), used(live));
+});
+
+Deno.test("a pod asked to run before its park was reported waits for its agent's Ready, not its own record's", () => {
+  const d = new CoreDriver();
+  d.confirmParks = false; // the agent is still parking it (a dump to file: a moment)
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { standbyTier: "file", maxReplica: 1 }),
+  });
+  const [pod] = created(d.run(lease("r1")));
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  assert.deepEqual(kinds(d.run({ type: "return", podId: pod.id, gateway: "g1" })), ["parkPod"]);
+  assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  // The scheduler's own writes come back: Ready still (the agent reported nothing yet), the
+  // tier named. Not a worker back: its worker is being dumped.
+  const record: PodRecord = {
+    ...pod,
+    desired: "Running",
+    state: "Ready",
+    endpoint: "e",
+    tier: "file",
+  };
+  assert.ok(!kinds(d.run({ type: "podRecord", pod: record })).includes("leaseGranted"));
+  assert.equal(d.state.pods.get(pod.id)!.state, "Resuming");
+  assert.equal(recoveredState(record), "Resuming", "so after a restart too");
+  // The agent's report of the resume clears the tier: the call gets it.
+  const back = d.run({ type: "podRecord", pod: { ...record, tier: undefined } });
+  assert.deepEqual(kinds(back), ["leaseGranted"]);
 });
