@@ -228,7 +228,12 @@ export class NodeAgent implements NodeAgentClient {
         break;
       case "reportReady":
         // Our Ready report was lost (state service restarting): say it again.
-        this.#setStatus(pod.id, { state: "Ready", endpoint: local!.endpoint, readyAt: Date.now() });
+        this.#setStatus(pod.id, {
+          state: "Ready",
+          standbyTier: undefined,
+          endpoint: local!.endpoint,
+          readyAt: Date.now(),
+        });
         break;
       case "reportStandby":
         this.#setStatus(pod.id, {

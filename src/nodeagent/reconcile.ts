@@ -42,7 +42,7 @@ export type ReconcileAction =
 
 /** The next step for a pod of this node. */
 export function reconcileAction(
-  pod: Pick<PodInfo, "desired" | "state">,
+  pod: Pick<PodInfo, "desired" | "state" | "standbyTier">,
   local: LocalPod | undefined,
 ): ReconcileAction {
   if (pod.desired === "Terminated") return local ? "stop" : "delete";
@@ -59,7 +59,14 @@ export function reconcileAction(
     return lost ? "reportLost" : "none";
   }
   if (local?.phase === "parked") return "resume";
-  if (local?.phase === "running" && pod.state === "Creating" && local.endpoint) {
+  // Ready lost, or a Ready still naming the tier a park was asked for (it was asked to run
+  // before this agent parked it, or heard of the park): the scheduler waits for a Ready without.
+  if (
+    local?.phase === "running" && local.endpoint &&
+    (pod.state === "Creating" ||
+      // (Not while its resume is under way: that one reports when done.)
+      (pod.state === "Ready" && pod.standbyTier !== undefined && !local.resuming))
+  ) {
     return "reportReady";
   }
   if (local) return "none";

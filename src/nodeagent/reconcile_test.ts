@@ -89,3 +89,12 @@ Deno.test("reconcileAction() reports Standby again for a parked worker whose rec
   assert.equal(reconcileAction(rec, { phase: "parked", parking: true }), "none", "on its way");
   assert.equal(reconcileAction({ ...rec, state: "Standby" }, { phase: "parked" }), "none");
 });
+
+Deno.test("reconcileAction() reports Ready again, the tier cleared, for a running worker whose record names a park's tier", () => {
+  // Asked to park, then to run, before this agent heard of the park (one record, read whole):
+  // the scheduler waits for a Ready without the tier.
+  const rec = { desired: "Running", state: "Ready", standbyTier: "file" } as const;
+  assert.equal(reconcileAction(rec, running), "reportReady");
+  assert.equal(reconcileAction({ desired: "Running", state: "Ready" }, running), "none");
+  assert.equal(reconcileAction(rec, { ...running, resuming: true }), "none", "its resume reports");
+});
