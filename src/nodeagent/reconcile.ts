@@ -64,8 +64,10 @@ export function reconcileAction(
   if (
     local?.phase === "running" && local.endpoint &&
     (pod.state === "Creating" ||
-      // (Not while its resume is under way: that one reports when done.)
-      (pod.state === "Ready" && pod.standbyTier !== undefined && !local.resuming))
+      // Or recorded parked while it runs here (adopted running at a restart). Not while its
+      // resume is under way: that one reports when done.
+      ((pod.state === "Standby" || (pod.state === "Ready" && pod.standbyTier !== undefined)) &&
+        !local.resuming))
   ) {
     return "reportReady";
   }

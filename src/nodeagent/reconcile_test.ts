@@ -97,4 +97,6 @@ Deno.test("reconcileAction() reports Ready again, the tier cleared, for a runnin
   assert.equal(reconcileAction(rec, running), "reportReady");
   assert.equal(reconcileAction({ desired: "Running", state: "Ready" }, running), "none");
   assert.equal(reconcileAction(rec, { ...running, resuming: true }), "none", "its resume reports");
+  // Recorded parked, running here (adopted running after a restart): Ready, not waited on.
+  assert.equal(reconcileAction({ desired: "Running", state: "Standby" }, running), "reportReady");
 });
