@@ -228,12 +228,14 @@ export class NodeAgent implements NodeAgentClient {
         break;
       case "reportReady":
         // Our Ready report was lost (state service restarting): say it again.
+        // Not once it is asked to park again meanwhile (a Ready without the tier on a pod to
+        // park would be taken for running after a scheduler's restart).
         this.#setStatus(pod.id, {
           state: "Ready",
           standbyTier: undefined,
           endpoint: local!.endpoint,
           readyAt: Date.now(),
-        });
+        }, this.#stillIn(pod.id, local!, "running"));
         break;
       case "reportStandby":
         this.#setStatus(pod.id, {

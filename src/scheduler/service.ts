@@ -330,7 +330,7 @@ export class SchedulerService implements SchedulerClient {
               error: String(err),
             });
           }
-          this.#onPod(rec, pod);
+          this.#onPod(rec, pod, rec.revision);
         },
         remove: (ref) => {
           this.#podRefs.delete(ref.name);
@@ -621,7 +621,7 @@ export class SchedulerService implements SchedulerClient {
     }
   }
 
-  #onPod(ref: ObjectRef, pod: PodInfo): void {
+  #onPod(ref: ObjectRef, pod: PodInfo, revision?: number): void {
     this.#podRefs.set(pod.id, {
       type: "pod",
       tenant: ref.tenant,
@@ -645,6 +645,7 @@ export class SchedulerService implements SchedulerClient {
         error: pod.error,
         startedFrom: pod.startedFrom,
         snapshotMs: pod.snapshotMs,
+        revision: revision,
       },
     });
   }

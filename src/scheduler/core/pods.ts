@@ -45,6 +45,8 @@ export function onPodStatus(
     if (f) learnReadyTime(f, pod, ctx.now, start);
     pod.state = "Ready";
     pod.tier = undefined;
+    delete pod.resumeFrom;
+    delete pod.resumedWhileParking;
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
     pod.readyAt = ctx.now;
@@ -129,6 +131,11 @@ export function onKillPod(ctx: Ctx, podId: string) {
 export function onPodRecord(ctx: Ctx, r: PodRecord) {
   const known = ctx.state.pods.get(r.id);
   if (!known) return recoverPod(ctx, r);
+  if (r.revision !== undefined) {
+    // Read before one already seen (a re-list that lagged the watch): nothing it says is news.
+    if (known.seenRevision !== undefined && r.revision < known.seenRevision) return;
+    known.seenRevision = r.revision;
+  }
   if (known.state === "Terminating" && r.desired !== "Terminated") {
     ctx.actions.push({
       type: "terminatePod",
@@ -146,7 +153,11 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
     // A resume's Ready is its agent's report, which clears the tier: a record still naming one is
     // from before the park (resumed before its agent reported it parked, its worker still being
     // dumped), not a worker back.
-    (known.state === "Creating" || (known.state === "Resuming" && r.tier === undefined))
+    (known.state === "Creating" || (known.state === "Resuming" && r.tier === undefined &&
+      // and newer than what was seen when the resume was decided (not a record from before the
+      // park, which lacks the tier too, delivered late).
+      (r.revision === undefined || known.resumeFrom === undefined ||
+        r.revision > known.resumeFrom)))
   ) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
@@ -231,8 +242,11 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
       : ALL_HELD,
   );
   pod.endpoint = r.endpoint;
+  pod.seenRevision = r.revision;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;
   if (podState === "Standby" && !parked) pod.parkingSince = ctx.now;
+  // Its resume's Ready is a record newer than this one; how long it took is not known.
+  if (podState === "Resuming") (pod.resumeFrom = r.revision, pod.resumedWhileParking = true);
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     const reason = lost ? `node ${r.node} missed its heartbeats` : "terminating before restart";

@@ -726,3 +726,27 @@ Deno.test("a pod asked to run before its park was reported waits for its agent's
   const back = d.run({ type: "podRecord", pod: { ...record, tier: undefined } });
   assert.deepEqual(kinds(back), ["leaseGranted"]);
 });
+
+Deno.test("a record read before a park, delivered after the resume (a late re-list), is no resume's Ready", () => {
+  const d = new CoreDriver();
+  d.confirmParks = false;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { standbyTier: "file", maxReplica: 1 }),
+  });
+  const [pod] = created(d.run(lease("r1")));
+  const ready: PodRecord = { ...pod, desired: "Running", state: "Ready", endpoint: "e" };
+  d.run({ type: "podRecord", pod: { ...ready, revision: 5 } });
+  assert.deepEqual(kinds(d.run({ type: "return", podId: pod.id, gateway: "g1" })), ["parkPod"]);
+  assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  // The store stalled: the re-list read before the park was written comes now. No tier, as the
+  // resume's Ready, but not newer than what was seen when the resume was decided.
+  assert.deepEqual(kinds(d.run({ type: "podRecord", pod: { ...ready, revision: 5 } })), []);
+  assert.deepEqual(kinds(d.run({ type: "podRecord", pod: { ...ready, revision: 4 } })), []);
+  assert.equal(d.state.pods.get(pod.id)!.state, "Resuming");
+  // The agent's report, after the park and resume written (6, 7): the call gets it.
+  const back = d.run({ type: "podRecord", pod: { ...ready, revision: 8 } });
+  assert.deepEqual(kinds(back), ["leaseGranted"]);
+  // Its resume waited for its park: no restore time learned from it.
+  assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.file, undefined);
+});

@@ -69,7 +69,7 @@ export function retire(
   if (tier && liveCurrent(ctx.state, f) > f.policy.maxReplica) tier = undefined;
   // Not parked where resumes were seen slower than fresh starts: it would hold its node's
   // standby room, and memory or disk, for a resume that is not chosen.
-  if (tier && resumeSeenSlower(f, tier)) tier = undefined;
+  if (tier && resumeSeenSlower(f, tier, ctx.now)) tier = undefined;
   if (tier) {
     const parked = parkedByNode(ctx.state, f).get(pod.node)?.length ?? 0;
     if (parked < f.policy.standbyPerNode) {
@@ -238,11 +238,21 @@ export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
   return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
 }
 
-/** Whether resumes of `f` from `tier` were seen to take as long as its fresh starts, or longer. */
-function resumeSeenSlower(f: CoreFunc, tier: StandbyTier): boolean {
+/**
+ * Whether resumes of `f` from `tier` were seen, within {@linkcode SLOWER_SEEN_MS}
+ * of `now`, to take as long as its fresh starts, or longer. Past that the
+ * tier is used again, and a resume measured anew (the node, or the worker,
+ * may have changed).
+ */
+function resumeSeenSlower(f: CoreFunc, tier: StandbyTier, now: number): boolean {
   const seen = f.restoreMs[tier];
-  return seen !== undefined && f.coldStartMs !== undefined && seen >= f.coldStartMs;
+  const at = f.restoreSeenAt?.[tier];
+  return seen !== undefined && f.coldStartMs !== undefined && seen >= f.coldStartMs &&
+    at !== undefined && now - at < SLOWER_SEEN_MS;
 }
+
+/** How long resumes seen slower than fresh starts keep a tier out of use (ms). */
+export const SLOWER_SEEN_MS = 10 * 60_000;
 
 const ewma = (old: number | undefined, sample: number) =>
   old === undefined ? sample : 0.7 * old + 0.3 * sample;
@@ -256,8 +266,11 @@ export function learnReadyTime(
 ) {
   if (pod.since === undefined) return;
   const took = now - pod.since;
-  if (pod.state === "Resuming") f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], took);
-  else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
+  if (pod.state === "Resuming") {
+    if (pod.resumedWhileParking) return;
+    f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], took);
+    (f.restoreSeenAt ??= {})[pod.tier!] = now;
+  } else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
   // A fresh start that also took the snapshot is learned without the dump.
   else f.coldStartMs = ewma(f.coldStartMs, Math.max(0, took - (start.snapshotMs ?? 0)));
 }
@@ -290,13 +303,16 @@ export function restoreOrStart(
     // expected), the parked pod goes, rather than hold its node's standby room for a resume that
     // would not be chosen; expected so, it stays for a call past `maxReplica`.
     createPod(ctx, f, fresh.node, fresh.gpus, plan!.fromSnapshot);
-    if (resumeSeenSlower(f, parked.tier!)) {
+    if (resumeSeenSlower(f, parked.tier!, ctx.now)) {
       terminate(ctx, parked, `resumes from ${parked.tier} were seen slower than fresh starts`);
     }
     return "started";
   }
   if (canResume(ctx.state, parked)) {
     setHeld(ctx.state, parked, copyingHolds(parked, parked.tier!));
+    // Its resume waits for its park first: no restore time to learn from.
+    parked.resumedWhileParking = parked.parkingSince !== undefined;
+    parked.resumeFrom = parked.seenRevision;
     delete parked.parkingSince;
     parked.state = "Resuming";
     parked.since = ctx.now;

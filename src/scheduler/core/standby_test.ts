@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { StandbyTier } from "../../model/cluster.ts";
-import { chooseTier, PARK_REPORT_WAIT_MS } from "./standby.ts";
+import { chooseTier, PARK_REPORT_WAIT_MS, SLOWER_SEEN_MS } from "./standby.ts";
 import {
   CoreDriver,
   created,
@@ -204,6 +204,9 @@ Deno.test("a worker without GPU memory is resumed from a tier once before a fres
   assert.deepEqual(kinds(d.run({ type: "return", podId: resumed, gateway: "g1" })), [
     "terminatePod",
   ]);
+  // For a while: then the tier is used again, and a resume measured anew.
+  d.now += SLOWER_SEEN_MS;
+  assert.deepEqual(kinds(d.run({ type: "return", podId: c.id, gateway: "g1" })), ["parkPod"]);
 });
 
 Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {

@@ -141,6 +141,8 @@ export interface CoreFunc {
   coldStartMs?: number;
   /** Observed restore time per tier (ms, moving average). */
   restoreMs: Partial<Record<StandbyTier, number>>;
+  /** When (ms) a restore from each tier was last seen. */
+  restoreSeenAt?: Partial<Record<StandbyTier, number>>;
   /** Nodes holding a snapshot of the current version. */
   snapshotNodes: Set<string>;
   /** Observed start time from a snapshot (ms, moving average). */
@@ -225,6 +227,16 @@ export interface CorePod extends PodPlacement {
    * this time (ms) passes it is neither handed out, parked nor evicted.
    */
   unclaimedUntil?: number;
+  /** The newest revision of its record seen: an older one (a re-list read before) is stale. */
+  seenRevision?: number;
+  /**
+   * Resuming: the newest revision of its record seen when the resume was
+   * decided. Its agent's Ready is a record newer than that (one read before
+   * the park was written, delivered late, also lacks the tier).
+   */
+  resumeFrom?: number;
+  /** Resuming: decided while its park was still under way, so its wait is no restore time. */
+  resumedWhileParking?: boolean;
 }
 
 /** Tunables of the core. */
@@ -363,6 +375,8 @@ export interface PodRecord extends PodPlacement {
   startedFrom?: "fresh" | "snapshot";
   /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
   snapshotMs?: number;
+  /** The store's revision of the record (per key, rising). */
+  revision?: number;
 }
 
 /** Inputs of the core. */
