@@ -181,15 +181,19 @@ Deno.test("sweepCriuOutput() removes the output files of CRIU runs whose agent h
   const left = await Deno.makeTempFile({ prefix: `inferx-criu-${ended.pid}-` });
   const ours = await Deno.makeTempFile({ prefix: `inferx-criu-${Deno.pid}-` });
   const other = await Deno.makeTempFile({ prefix: "inferx-criux-" });
-  // An agent killed a moment ago and not yet reaped (a zombie: its parent, `sleep`, never
-  // waits for it) has ended too.
-  const parent = new Deno.Command("sh", {
-    args: ["-c", "true & echo $!; exec sleep 30"],
+  // An agent killed a moment ago and not yet reaped (a zombie: its parent never waits for it)
+  // has ended too. (perl, essential in Debian: a shell may reap its background child before it
+  // `exec`s, and the PID is then gone, not a zombie.)
+  const parent = new Deno.Command("perl", {
+    args: ["-e", 'if (my $p = fork) { $| = 1; print "$p\\n"; sleep 30 } else { exit 0 }'],
     stdout: "piped",
   }).spawn();
   const reader = parent.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const zombie = Number((await reader.read()).value);
-  while ((await procState(zombie))?.state !== "Z") await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; (await procState(zombie))?.state !== "Z"; i++) {
+    assert.ok(i < 500, `PID ${zombie} never became a zombie`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
   const dead = await Deno.makeTempFile({ prefix: `inferx-criu-${zombie}-` });
   try {
     await sweepCriuOutput();
