@@ -204,6 +204,8 @@ export const PodInfoSchema = z.object({
   note: z.string().optional(),
   /** Observed: time (ms) its node spent warming and snapshotting it before reporting it Ready. */
   snapshotMs: z.number().min(0).optional(),
+  /** Observed: time (ms) its node took to resume it, in the Ready that ended that resume. */
+  resumeMs: z.number().min(0).optional(),
 });
 /** A pod: desired state from the scheduler, status from the node agent. */
 export type PodInfo = z.infer<typeof PodInfoSchema>;

@@ -227,15 +227,20 @@ export class NodeAgent implements NodeAgentClient {
         this.#startPod(pod);
         break;
       case "reportReady":
-        // Our Ready report was lost (state service restarting): say it again.
-        // Not once it is asked to park again meanwhile (a Ready without the tier on a pod to
-        // park would be taken for running after a scheduler's restart).
-        this.#setStatus(pod.id, {
-          state: "Ready",
-          standbyTier: undefined,
-          endpoint: local!.endpoint,
-          readyAt: Date.now(),
-        }, this.#stillIn(pod.id, local!, "running"));
+        // Our Ready report was lost (state service restarting), or the record says parked while
+        // the worker runs here: say it. Not once it is asked to park again meanwhile, here or in
+        // the record it writes over (a Ready without the tier on a pod to park would be taken
+        // for running after a scheduler's restart, and its park would lose the tier asked for).
+        {
+          const running = this.#stillIn(pod.id, local!, "running");
+          this.#setStatus(pod.id, {
+            state: "Ready",
+            standbyTier: undefined,
+            endpoint: local!.endpoint,
+            readyAt: Date.now(),
+            resumeMs: undefined, // not timed: no restore time to learn
+          }, (p) => running() && (p === undefined || p.desired === "Running"));
+        }
         break;
       case "reportStandby":
         this.#setStatus(pod.id, {
@@ -283,13 +288,16 @@ export class NodeAgent implements NodeAgentClient {
     const t0 = performance.now();
     this.#runtime.resume(pod.id).finally(() => local.resuming = false).then(
       () => {
-        log.info("Pod {pod} resumed in {ms} ms", {
-          pod: pod.id,
-          ms: (performance.now() - t0).toFixed(1),
-        });
+        const ms = performance.now() - t0;
+        log.info("Pod {pod} resumed in {ms} ms", { pod: pod.id, ms: ms.toFixed(1) });
         return this.#setStatus(
           pod.id,
-          { state: "Ready", standbyTier: undefined, endpoint: local.endpoint },
+          {
+            state: "Ready",
+            standbyTier: undefined,
+            endpoint: local.endpoint,
+            resumeMs: Math.round(ms * 10) / 10,
+          },
           this.#stillIn(pod.id, local, "running"),
         );
       },
@@ -611,7 +619,7 @@ export class NodeAgent implements NodeAgentClient {
   async #setStatus(
     podId: string,
     status: Partial<PodInfo>,
-    still: () => boolean = () => true,
+    still: (pod?: PodInfo) => boolean = () => true,
   ): Promise<void> {
     const report = { status, still };
     this.#unsent.set(podId, report); // until written; a later report takes its place
@@ -622,7 +630,7 @@ export class NodeAgent implements NodeAgentClient {
           if (!cur || !still()) return undefined;
           // A record it cannot read (a newer writer's) is not written over: the report goes.
           const pod = this.#decode(cur);
-          return pod && { ...pod, ...status };
+          return pod && still(pod) ? { ...pod, ...status } : undefined;
         });
       }
       if (this.#unsent.get(podId) === report) this.#unsent.delete(podId);
@@ -640,7 +648,7 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   /** The latest report of each pod not written yet: tried again at each heartbeat. */
-  #unsent = new Map<string, { status: Partial<PodInfo>; still: () => boolean }>();
+  #unsent = new Map<string, { status: Partial<PodInfo>; still: (pod?: PodInfo) => boolean }>();
 
   /** A pod record, or undefined (logged) when it cannot be read: one bad record blinds nothing else. */
   #decode(rec: MetaRecord): PodInfo | undefined {

@@ -645,7 +645,9 @@ export class SchedulerService implements SchedulerClient {
         error: pod.error,
         startedFrom: pod.startedFrom,
         snapshotMs: pod.snapshotMs,
-        revision: revision,
+        // A Ready without it did not end a resume its node timed (one re-reported, say).
+        resumeMs: pod.resumeMs ?? null,
+        revision,
       },
     });
   }

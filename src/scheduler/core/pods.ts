@@ -28,7 +28,12 @@ export function onPodStatus(
   status: "Ready" | "Standby" | "Failed" | "Terminated",
   endpoint?: string,
   error?: string,
-  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number; code?: "unavailable" } = {},
+  start: {
+    startedFrom?: "fresh" | "snapshot";
+    snapshotMs?: number;
+    resumeMs?: number | null;
+    code?: "unavailable";
+  } = {},
 ) {
   const { state } = ctx;
   const pod = state.pods.get(podId);

@@ -750,3 +750,22 @@ Deno.test("a record read before a park, delivered after the resume (a late re-li
   // Its resume waited for its park: no restore time learned from it.
   assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.file, undefined);
 });
+
+Deno.test("a resume's time is learned from its node's measure, and not at all from a Ready it did not time", () => {
+  for (const [resumeMs, learned] of [[40, 40], [null, undefined]] as const) {
+    const d = new CoreDriver();
+    d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) }, {
+      type: "funcUpdate",
+      func: funcReport("t/n/f", {}, { standbyTier: "paused", maxReplica: 1 }),
+    });
+    const [pod] = created(d.run(lease("r1")));
+    const ready: PodRecord = { ...pod, desired: "Running", state: "Ready", endpoint: "e" };
+    d.run({ type: "podRecord", pod: { ...ready, revision: 5 } });
+    d.run({ type: "return", podId: pod.id, gateway: "g1" }); // parked (confirmed at once)
+    assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+    d.now += 5_000; // an agent restarted meanwhile, say: the scheduler waited 5 s
+    d.run({ type: "podRecord", pod: { ...ready, revision: 9, resumeMs } });
+    assert.equal(d.state.pods.get(pod.id)!.state, "Ready");
+    assert.equal(d.state.funcs.get("t/n/f")!.restoreMs.paused, learned, String(resumeMs));
+  }
+});

@@ -233,8 +233,12 @@ export function expectedRestoreMs(f: CoreFunc, tier: StandbyTier): number {
  * restore never seen, would never be resumed, and hold its node's standby
  * room for ever).
  */
-export function resumeIsFaster(f: CoreFunc, tier: StandbyTier): boolean {
+export function resumeIsFaster(f: CoreFunc, tier: StandbyTier, now: number): boolean {
   if (f.restoreMs[tier] === undefined && f.demand.vramMB * f.demand.gpuCount === 0) return true;
+  // Seen slower, a while ago: one resume is measured anew (the node, or the worker, may have
+  // changed), rather than leave the tier unused, and what is parked there, for good.
+  const at = f.restoreSeenAt?.[tier];
+  if (at !== undefined && now - at >= SLOWER_SEEN_MS) return true;
   return f.coldStartMs === undefined || expectedRestoreMs(f, tier) < f.coldStartMs;
 }
 
@@ -262,13 +266,20 @@ export function learnReadyTime(
   f: CoreFunc,
   pod: CorePod,
   now: number,
-  start: { startedFrom?: "fresh" | "snapshot"; snapshotMs?: number } = {},
+  start: {
+    startedFrom?: "fresh" | "snapshot";
+    snapshotMs?: number;
+    /** A resume's time as its node measured it; null: its node did not (not learned). */
+    resumeMs?: number | null;
+  } = {},
 ) {
   if (pod.since === undefined) return;
   const took = now - pod.since;
   if (pod.state === "Resuming") {
-    if (pod.resumedWhileParking) return;
-    f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], took);
+    // A resume that waited for its park, or one whose node did not time it (a worker found
+    // running by an agent restarted meanwhile), is no restore time.
+    if (pod.resumedWhileParking || start.resumeMs === null) return;
+    f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], start.resumeMs ?? took);
     (f.restoreSeenAt ??= {})[pod.tier!] = now;
   } else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
   // A fresh start that also took the snapshot is learned without the dump.
@@ -293,7 +304,8 @@ export function restoreOrStart(
   freshAllowed = true,
 ): Revival {
   // A fresh pod needs what the parked one may still hold (its GPUs): only within the quota.
-  const plan = !freshAllowed || resumeIsFaster(f, parked.tier!) || live >= f.policy.maxReplica ||
+  const plan = !freshAllowed || resumeIsFaster(f, parked.tier!, ctx.now) ||
+      live >= f.policy.maxReplica ||
       quotaBlock(ctx.state, f) !== undefined
     ? undefined
     : planStart(ctx.state.nodeList, f, ctx.state.config.snapshotStart);

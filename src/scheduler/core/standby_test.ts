@@ -207,6 +207,7 @@ Deno.test("a worker without GPU memory is resumed from a tier once before a fres
   // For a while: then the tier is used again, and a resume measured anew.
   d.now += SLOWER_SEEN_MS;
   assert.deepEqual(kinds(d.run({ type: "return", podId: c.id, gateway: "g1" })), ["parkPod"]);
+  assert.deepEqual(kinds(d.run(lease("r5", "t/n/cpu"))), ["resumePod"], "not left parked");
 });
 
 Deno.test("step() resumes when the restore is faster, and learns how long restores take", () => {

@@ -377,6 +377,8 @@ export interface PodRecord extends PodPlacement {
   snapshotMs?: number;
   /** The store's revision of the record (per key, rising). */
   revision?: number;
+  /** A resume's time as its node measured it; null: the record has none (not learned). */
+  resumeMs?: number | null;
 }
 
 /** Inputs of the core. */
