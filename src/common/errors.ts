@@ -160,14 +160,18 @@ export function errorBody(err: InferxError): {
   return { error: { code: err.code, message: err.message, details: err.details } };
 }
 
+/** `text` without the empty `Resolution note: ` gRPC ends its connection errors with. */
+export function withoutResolutionNote(text: string): string {
+  return text.replace(/\.? Resolution note: *$/, "");
+}
+
 /**
  * A connection error's text for callers: `ip:port`, `[v6]:port` and
  * `dns.name:port` taken out (a role's or a store's address is the cluster's,
- * not a caller's), and gRPC's empty `Resolution note: ` at its end.
+ * not a caller's), and gRPC's empty resolution note.
  */
 export function connectionText(text: string): string {
-  return text
-    .replace(/\.? Resolution note: *$/, "")
+  return withoutResolutionNote(text)
     .replace(
       / ?(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\]|[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+):\d{1,5}\b/gi,
       "",

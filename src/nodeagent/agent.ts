@@ -227,20 +227,7 @@ export class NodeAgent implements NodeAgentClient {
         this.#startPod(pod);
         break;
       case "reportReady":
-        // Our Ready report was lost (state service restarting), or the record says parked while
-        // the worker runs here: say it. Not once it is asked to park again meanwhile, here or in
-        // the record it writes over (a Ready without the tier on a pod to park would be taken
-        // for running after a scheduler's restart, and its park would lose the tier asked for).
-        {
-          const running = this.#stillIn(pod.id, local!, "running");
-          this.#setStatus(pod.id, {
-            state: "Ready",
-            standbyTier: undefined,
-            endpoint: local!.endpoint,
-            readyAt: Date.now(),
-            resumeMs: undefined, // not timed: no restore time to learn
-          }, (p) => running() && (p === undefined || p.desired === "Running"));
-        }
+        this.#reportReadyAgain(pod.id, local!);
         break;
       case "reportStandby":
         this.#setStatus(pod.id, {
@@ -254,6 +241,29 @@ export class NodeAgent implements NodeAgentClient {
         this.#setStatus(pod.id, { state: "Failed", error: "Process lost: node agent restarted" });
         break;
     }
+  }
+
+  /**
+   * Reports a worker that runs here Ready, its record not saying so (its
+   * report lost while the state service restarted, or the record says
+   * parked): untimed, no restore time to learn. Not once it is asked to park
+   * again, here or in the record it writes over (a Ready without the tier on
+   * a pod to park would be taken for running after a scheduler's restart,
+   * and its park would lose the tier asked for).
+   */
+  #reportReadyAgain(podId: string, local: LocalPod): void {
+    const running = this.#stillIn(podId, local, "running");
+    this.#setStatus(
+      podId,
+      {
+        state: "Ready",
+        standbyTier: undefined,
+        endpoint: local.endpoint,
+        readyAt: Date.now(),
+        resumeMs: undefined,
+      },
+      (p) => running() && p.desired === "Running",
+    );
   }
 
   #park(pod: PodInfo, local: LocalPod): void {
@@ -609,9 +619,9 @@ export class NodeAgent implements NodeAgentClient {
 
   /**
    * Writes observed fields of a pod with compare-and-swap, retrying on
-   * conflicts, while `still()` holds (checked again at each try: a worker
-   * that died while its Ready was written is not reported Ready over its
-   * failure). A write that fails otherwise is logged and tried again at the
+   * conflicts, while `still` holds of the record it writes over (checked
+   * again at each try: a worker that died while its Ready was written is not
+   * reported Ready over its failure). A write that fails otherwise is logged and tried again at the
    * next heartbeat, unless a later report of the pod came meanwhile (the
    * latest says what is true): a resume's or a park's report, lost, left the
    * scheduler waiting for the pod for ever.
@@ -619,7 +629,7 @@ export class NodeAgent implements NodeAgentClient {
   async #setStatus(
     podId: string,
     status: Partial<PodInfo>,
-    still: (pod?: PodInfo) => boolean = () => true,
+    still: (pod: PodInfo) => boolean = () => true,
   ): Promise<void> {
     const report = { status, still };
     this.#unsent.set(podId, report); // until written; a later report takes its place
@@ -627,9 +637,8 @@ export class NodeAgent implements NodeAgentClient {
       const ref = await this.#findPod(podId);
       if (ref) {
         await updateWithRetry(this.#meta, ref, (cur) => {
-          if (!cur || !still()) return undefined;
           // A record it cannot read (a newer writer's) is not written over: the report goes.
-          const pod = this.#decode(cur);
+          const pod = cur && this.#decode(cur);
           return pod && still(pod) ? { ...pod, ...status } : undefined;
         });
       }
@@ -648,7 +657,7 @@ export class NodeAgent implements NodeAgentClient {
   }
 
   /** The latest report of each pod not written yet: tried again at each heartbeat. */
-  #unsent = new Map<string, { status: Partial<PodInfo>; still: (pod?: PodInfo) => boolean }>();
+  #unsent = new Map<string, { status: Partial<PodInfo>; still: (pod: PodInfo) => boolean }>();
 
   /** A pod record, or undefined (logged) when it cannot be read: one bad record blinds nothing else. */
   #decode(rec: MetaRecord): PodInfo | undefined {

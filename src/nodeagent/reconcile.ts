@@ -59,15 +59,15 @@ export function reconcileAction(
     return lost ? "reportLost" : "none";
   }
   if (local?.phase === "parked") return "resume";
-  // Ready lost, or a Ready still naming the tier a park was asked for (it was asked to run
-  // before this agent parked it, or heard of the park): the scheduler waits for a Ready without.
+  // The worker runs here, its record not saying so: its Ready was lost; or the record says parked
+  // (adopted running at a restart), or names the tier a park was asked for (asked to run before
+  // this agent parked it). The scheduler waits for a Ready without the tier. (Not while a resume
+  // is under way: that one reports when done.)
+  const parkedOnRecord = pod.state === "Standby" ||
+    (pod.state === "Ready" && pod.standbyTier !== undefined);
   if (
-    local?.phase === "running" && local.endpoint &&
-    (pod.state === "Creating" ||
-      // Or recorded parked while it runs here (adopted running at a restart). Not while its
-      // resume is under way: that one reports when done.
-      ((pod.state === "Standby" || (pod.state === "Ready" && pod.standbyTier !== undefined)) &&
-        !local.resuming))
+    local?.phase === "running" && local.endpoint && !local.resuming &&
+    (pod.state === "Creating" || parkedOnRecord)
   ) {
     return "reportReady";
   }

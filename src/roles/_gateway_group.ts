@@ -18,7 +18,6 @@ import type { GatewayGroup } from "../gateway/group.ts";
 
 const log = logger("gateway", "group");
 
-/** The group of `workers` gateways this process leads, or undefined for one. */
 /**
  * How many processes `RUN_SERVICE=Gateway` runs: `GATEWAY_WORKERS`, else the
  * core count, or one on a port the system picks (`GATEWAY_PORT=0`), which no
@@ -28,6 +27,7 @@ export function gatewayProcesses(workers: number | undefined, port: number): num
   return workers ?? (port === 0 ? 1 : navigator.hardwareConcurrency);
 }
 
+/** The group of `workers` gateways this process leads, or undefined for one. */
 export function planGroup(workers: number): GatewayGroup | undefined {
   if (workers <= 1) return undefined;
   return {

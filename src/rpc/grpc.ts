@@ -10,7 +10,13 @@
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { connectionText, type ErrorCode, InferxError, toInferxError } from "../common/errors.ts";
+import {
+  connectionText,
+  type ErrorCode,
+  InferxError,
+  toInferxError,
+  withoutResolutionNote,
+} from "../common/errors.ts";
 import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { CompactedError } from "../store/types.ts";
 
@@ -117,7 +123,7 @@ export function endWithStatus(
  * connection errors end with one) that would reach callers in JSON bodies.
  */
 function grpcText(e: grpc.ServiceError): string {
-  return (e.details || e.message).replace(/\.? Resolution note: *$/, "");
+  return withoutResolutionNote(e.details || e.message);
 }
 
 /** A gRPC client error as the `InferxError` the server raised (or the best match). */
@@ -147,7 +153,7 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
   const message = e.code === grpc.status.DEADLINE_EXCEEDED
     ? `No answer from ${what} in time: it, or the store it waits on, is slow or out of reach`
     : mapped === "unavailable"
-    ? `Cannot reach ${what}: ${connectionText(e.details || e.message)}`
+    ? `Cannot reach ${what}: ${connectionText(grpcText(e))}`
     : grpcText(e);
   return new InferxError(mapped, message, {
     cause: err,

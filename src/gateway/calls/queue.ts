@@ -1079,7 +1079,7 @@ export class CallQueue {
   /** Stores how attempt `n` of `c` ended: its answer's body first when large, then the record. */
   async #storeOutcome(c: Claim, n: number, o: Outcome): Promise<void> {
     // Stored before the record says the call ended, so whoever reads that finds it.
-    if (o.kind === "answer" && !o.retry && o.body.byteLength > CALL_INLINE_MAX) {
+    if (storesBody(o)) {
       await this.#whileHeld(c, () => this.#putBody(c.ref, "result", o.body));
       c.result = o.body;
     }
@@ -1101,7 +1101,8 @@ export class CallQueue {
     });
     let rec = c.rec;
     let revision = c.revision;
-    let bodyStored = !(o.kind === "answer" && !o.retry && o.body.byteLength > CALL_INLINE_MAX);
+    // Its body stored before the claim ran out, or none to store.
+    let bodyStored = !storesBody(o) || c.result !== undefined;
     for (let pause = 100; !this.#stopped && rec.expiresAt > this.#now();) {
       await sleep(pause, this.#halt.signal);
       pause = Math.min(pause * 2, 2000);
@@ -1110,7 +1111,7 @@ export class CallQueue {
         if (draft.owner !== this.#self || !this.#settle(draft, n, o)) return; // taken over
         delete draft.owner;
         delete draft.leaseUntil;
-        if (!bodyStored && o.kind === "answer") {
+        if (!bodyStored && storesBody(o)) {
           // Not over the answer of a gateway that took the call over meanwhile.
           const cur = await this.#deps.meta.get(c.ref);
           if (!cur) return;
@@ -1587,6 +1588,11 @@ function answerBytes(c: CallRecord): number {
   const r = c.result;
   if (!r) return 0;
   return (r.bytes ?? (r.body ? Math.floor(r.body.length * 3 / 4) : 0)) + headerBytes(r.headers);
+}
+
+/** Whether outcome `o` ends its call with an answer whose body is stored apart from the record. */
+function storesBody(o: Outcome): o is Extract<Outcome, { kind: "answer" }> {
+  return o.kind === "answer" && !o.retry && o.body.byteLength > CALL_INLINE_MAX;
 }
 
 /** Storing call `id` failed in a way that may have stored it (see `CallQueue.accept`). */

@@ -18,7 +18,7 @@ import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
 import { copyingHolds, learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
 import { failedSoon, startFailed } from "./backoff.ts";
-import type { CorePodState, PodRecord } from "./types.ts";
+import type { CorePod, CorePodState, PodRecord } from "./types.ts";
 import { splitOutput } from "../../model/cluster.ts";
 
 /** A pod's agent reports it Ready, Failed or gone (Standby: a park the core decided is done). */
@@ -51,7 +51,7 @@ export function onPodStatus(
     pod.state = "Ready";
     pod.tier = undefined;
     delete pod.resumeFrom;
-    delete pod.resumedWhileParking;
+    delete pod.resumeUntimed;
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
     pod.readyAt = ctx.now;
@@ -154,20 +154,26 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
   } else if (known.parkingSince !== undefined && r.state === "Standby") {
     onPodStatus(ctx, r.id, "Standby");
   } else if (
-    r.state === "Ready" &&
-    // A resume's Ready is its agent's report, which clears the tier: a record still naming one is
-    // from before the park (resumed before its agent reported it parked, its worker still being
-    // dumped), not a worker back.
-    (known.state === "Creating" || (known.state === "Resuming" && r.tier === undefined &&
-      // and newer than what was seen when the resume was decided (not a record from before the
-      // park, which lacks the tier too, delivered late).
-      (r.revision === undefined || known.resumeFrom === undefined ||
-        r.revision > known.resumeFrom)))
+    r.state === "Ready" && (known.state === "Creating" || (known.state === "Resuming" &&
+      resumeReported(known, r)))
   ) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
     onPodStatus(ctx, r.id, "Failed", undefined, r.error);
   }
+}
+
+/**
+ * Whether Ready record `r` of Resuming pod `pod` is its agent's report of the
+ * resume: that report clears the tier (a record still naming one is from
+ * before the park: resumed before its agent reported it parked, its worker
+ * still being dumped), and it is newer than what was seen when the resume
+ * was decided (a record read before the park, delivered late by a re-list,
+ * lacks the tier too).
+ */
+function resumeReported(pod: CorePod, r: PodRecord): boolean {
+  return r.tier === undefined &&
+    (r.revision === undefined || pod.resumeFrom === undefined || r.revision > pod.resumeFrom);
 }
 
 /**
@@ -250,8 +256,8 @@ function recoverPod(ctx: Ctx, r: PodRecord) {
   pod.seenRevision = r.revision;
   if (podState === "Standby" || podState === "Resuming") pod.tier = r.tier;
   if (podState === "Standby" && !parked) pod.parkingSince = ctx.now;
-  // Its resume's Ready is a record newer than this one; how long it took is not known.
-  if (podState === "Resuming") (pod.resumeFrom = r.revision, pod.resumedWhileParking = true);
+  // Its resume's Ready is a record newer than this one; when it began is not known.
+  if (podState === "Resuming") (pod.resumeFrom = r.revision, pod.resumeUntimed = true);
   const f = unitOf(state, r);
   if (podState === "Terminating") {
     const reason = lost ? `node ${r.node} missed its heartbeats` : "terminating before restart";

@@ -699,26 +699,33 @@ Deno.test("a GPU pod asked to park in host memory, or resumed from it, is charge
   assert.equal(used(resuming), used(live));
 });
 
-Deno.test("a pod asked to run before its park was reported waits for its agent's Ready, not its own record's", () => {
+/**
+ * One pod of t/n/f, Ready at record revision 5, parked in `tier` when its
+ * call is done (the park reported at once or not, `confirmParks`), then
+ * asked to run again for a second call: the driver, the pod, its Ready record.
+ */
+function resumedPod(tier: StandbyTier, confirmParks: boolean) {
   const d = new CoreDriver();
-  d.confirmParks = false; // the agent is still parking it (a dump to file: a moment)
-  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
+  d.confirmParks = confirmParks;
+  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: [tier] }) }, {
     type: "funcUpdate",
-    func: funcReport("t/n/f", {}, { standbyTier: "file", maxReplica: 1 }),
+    func: funcReport("t/n/f", {}, { standbyTier: tier, maxReplica: 1 }),
   });
   const [pod] = created(d.run(lease("r1")));
-  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
-  assert.deepEqual(kinds(d.run({ type: "return", podId: pod.id, gateway: "g1" })), ["parkPod"]);
+  const ready: PodRecord = { ...pod, desired: "Running", state: "Ready", endpoint: "e" };
+  d.run({ type: "podRecord", pod: { ...ready, revision: 5 } });
+  const parked = d.run({ type: "return", podId: pod.id, gateway: "g1" });
+  assert.ok(kinds(parked).includes("parkPod"), kinds(parked).join());
   assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  return { d, pod, ready };
+}
+
+Deno.test("a pod asked to run before its park was reported waits for its agent's Ready, not its own record's", () => {
+  // The agent is still parking it (a dump to file: a moment).
+  const { d, pod, ready } = resumedPod("file", false);
   // The scheduler's own writes come back: Ready still (the agent reported nothing yet), the
   // tier named. Not a worker back: its worker is being dumped.
-  const record: PodRecord = {
-    ...pod,
-    desired: "Running",
-    state: "Ready",
-    endpoint: "e",
-    tier: "file",
-  };
+  const record: PodRecord = { ...ready, tier: "file" };
   assert.ok(!kinds(d.run({ type: "podRecord", pod: record })).includes("leaseGranted"));
   assert.equal(d.state.pods.get(pod.id)!.state, "Resuming");
   assert.equal(recoveredState(record), "Resuming", "so after a restart too");
@@ -728,17 +735,7 @@ Deno.test("a pod asked to run before its park was reported waits for its agent's
 });
 
 Deno.test("a record read before a park, delivered after the resume (a late re-list), is no resume's Ready", () => {
-  const d = new CoreDriver();
-  d.confirmParks = false;
-  d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["file"] }) }, {
-    type: "funcUpdate",
-    func: funcReport("t/n/f", {}, { standbyTier: "file", maxReplica: 1 }),
-  });
-  const [pod] = created(d.run(lease("r1")));
-  const ready: PodRecord = { ...pod, desired: "Running", state: "Ready", endpoint: "e" };
-  d.run({ type: "podRecord", pod: { ...ready, revision: 5 } });
-  assert.deepEqual(kinds(d.run({ type: "return", podId: pod.id, gateway: "g1" })), ["parkPod"]);
-  assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+  const { d, pod, ready } = resumedPod("file", false);
   // The store stalled: the re-list read before the park was written comes now. No tier, as the
   // resume's Ready, but not newer than what was seen when the resume was decided.
   assert.deepEqual(kinds(d.run({ type: "podRecord", pod: { ...ready, revision: 5 } })), []);
@@ -753,16 +750,7 @@ Deno.test("a record read before a park, delivered after the resume (a late re-li
 
 Deno.test("a resume's time is learned from its node's measure, and not at all from a Ready it did not time", () => {
   for (const [resumeMs, learned] of [[40, 40], [null, undefined]] as const) {
-    const d = new CoreDriver();
-    d.run({ type: "nodeUpdate", node: nodeReport("n1", { standbyTiers: ["paused"] }) }, {
-      type: "funcUpdate",
-      func: funcReport("t/n/f", {}, { standbyTier: "paused", maxReplica: 1 }),
-    });
-    const [pod] = created(d.run(lease("r1")));
-    const ready: PodRecord = { ...pod, desired: "Running", state: "Ready", endpoint: "e" };
-    d.run({ type: "podRecord", pod: { ...ready, revision: 5 } });
-    d.run({ type: "return", podId: pod.id, gateway: "g1" }); // parked (confirmed at once)
-    assert.deepEqual(kinds(d.run(lease("r2"))), ["resumePod"]);
+    const { d, pod, ready } = resumedPod("paused", true); // parked (confirmed at once)
     d.now += 5_000; // an agent restarted meanwhile, say: the scheduler waited 5 s
     d.run({ type: "podRecord", pod: { ...ready, revision: 9, resumeMs } });
     assert.equal(d.state.pods.get(pod.id)!.state, "Ready");

@@ -278,7 +278,7 @@ export function learnReadyTime(
   if (pod.state === "Resuming") {
     // A resume that waited for its park, or one whose node did not time it (a worker found
     // running by an agent restarted meanwhile), is no restore time.
-    if (pod.resumedWhileParking || start.resumeMs === null) return;
+    if (pod.resumeUntimed || start.resumeMs === null) return;
     f.restoreMs[pod.tier!] = ewma(f.restoreMs[pod.tier!], start.resumeMs ?? took);
     (f.restoreSeenAt ??= {})[pod.tier!] = now;
   } else if (start.startedFrom === "snapshot") f.snapshotStartMs = ewma(f.snapshotStartMs, took);
@@ -323,7 +323,7 @@ export function restoreOrStart(
   if (canResume(ctx.state, parked)) {
     setHeld(ctx.state, parked, copyingHolds(parked, parked.tier!));
     // Its resume waits for its park first: no restore time to learn from.
-    parked.resumedWhileParking = parked.parkingSince !== undefined;
+    parked.resumeUntimed = parked.parkingSince !== undefined;
     parked.resumeFrom = parked.seenRevision;
     delete parked.parkingSince;
     parked.state = "Resuming";

@@ -235,8 +235,11 @@ export interface CorePod extends PodPlacement {
    * the park was written, delivered late, also lacks the tier).
    */
   resumeFrom?: number;
-  /** Resuming: decided while its park was still under way, so its wait is no restore time. */
-  resumedWhileParking?: boolean;
+  /**
+   * Resuming, its wait no restore time: decided while its park was still
+   * under way, or rebuilt after a restart mid-resume.
+   */
+  resumeUntimed?: boolean;
 }
 
 /** Tunables of the core. */
