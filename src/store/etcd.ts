@@ -25,7 +25,13 @@
  *
  * @module
  */
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
+import {
+  circuitBreaker,
+  ConsecutiveBreaker,
+  handleWhen,
+  isBrokenCircuitError,
+  retry,
+} from "cockatiel";
 import { Etcd3, GRPCResourceExhastedError, type IKeyValue, isRecoverableError } from "etcd3";
 import { logger } from "../common/log.ts";
 import {
@@ -83,7 +89,8 @@ function casFailure(
 /**
  * Runs one etcd call; a failure of etcd itself (down, unreachable, the
  * client's circuit breaker open) becomes a retryable `unavailable` error,
- * so that callers answer 503 rather than an internal error.
+ * so that callers answer 503 rather than an internal error; one the breaker
+ * held back says that nothing was written (`not_written`).
  */
 async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
   try {
@@ -106,6 +113,17 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
       throw new InferxError("too_large", `Cannot ${what}: etcd refused it: ${message}`, {
         cause: err,
       });
+    }
+    if (isBrokenCircuitError(err)) {
+      // The client's breaker held the call back, every try of it: the client throws this only
+      // when no try went out (an earlier try's own failure is thrown instead), so nothing of it
+      // was written (an asynchronous call may be sent again).
+      throw new InferxError(
+        "unavailable",
+        `Cannot ${what}: etcd failed the calls before it, so none is sent to it for a few ` +
+          `seconds; nothing was written`,
+        { cause: err, retryable: true, details: { not_written: true } },
+      );
     }
     throw new InferxError(
       "unavailable",

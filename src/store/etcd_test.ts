@@ -302,6 +302,42 @@ etcdTest("a request etcd refuses for its size does not stop the next ones", asyn
   assert.equal((await store.get("/registry/big/t/n/ok2"))?.value, "1");
 });
 
+etcdTest(
+  "a call the client's circuit breaker holds back says that nothing was written",
+  async (store, etcd) => {
+    await etcd.down("SIGKILL");
+    // The first calls fail trying (their tries go out: a write among them might have landed) and
+    // open the client's breaker.
+    let held: InferxError | undefined;
+    for (let i = 0; i < 6 && !held; i++) {
+      const err = await store.create(`/registry/cb/t/n/a${i}`, "1").then(
+        () => assert.fail("etcd is down"),
+        (e: InferxError) => e,
+      );
+      assert.equal(err.code, "unavailable", err.message);
+      if (err.details?.not_written) held = err;
+      else assert.match(err.message, /etcd did not answer/);
+    }
+    assert.ok(held, "the breaker opened and held a call back");
+    assert.equal(held.retryable, true);
+    assert.match(held.message, /nothing was written/);
+    await etcd.up();
+    // The breaker lets a call through again after a few seconds, and that one is written.
+    const deadline = Date.now() + 15_000;
+    while (true) {
+      try {
+        await store.create("/registry/cb/t/n/after", "1");
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    assert.equal((await store.get("/registry/cb/t/n/after"))?.value, "1");
+  },
+  500,
+);
+
 etcdTest("startCompaction() keeps etcd's newest revisions and compacts the rest", async (store) => {
   let rev = await store.create("/registry/k/t/n/a", "0");
   const first = rev;
