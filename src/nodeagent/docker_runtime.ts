@@ -5,7 +5,8 @@
  * init process (`--init`: a worker without a SIGTERM handler still stops at
  * once), and its endpoint port published on the host address only, on a
  * network where containers cannot reach each other ({@linkcode WORKER_NETWORK}:
- * one tenant's worker cannot call another's past the gateway). Paused tier:
+ * one tenant's worker cannot call another's past the gateway) nor the node
+ * itself (`worker_fence.ts`). Paused tier:
  * the cgroup freezer (`docker pause`). After an agent restart, running
  * containers of its scope are adopted and stopped ones removed.
  *
@@ -22,6 +23,7 @@ import { forEachLimit } from "../common/limit.ts";
 import type { MountAllow } from "../common/config.ts";
 import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
+import { fenceBridge, fenceRule } from "./worker_fence.ts";
 import {
   type AdoptedPod,
   gpuId,
@@ -56,6 +58,11 @@ export interface DockerRuntimeOptions {
    * of the host it was not given by the operator.
    */
   mountAllow?: MountAllow[];
+  /**
+   * Fences the workers' bridge off the node; why it could not.
+   * @default {@linkcode fenceBridge}
+   */
+  fence?: (bridge: string) => Promise<string[]>;
 }
 
 interface Entry {
@@ -214,6 +221,9 @@ const TAIL_MAX_CHARS = 64 * 1024;
  */
 export const WORKER_NETWORK = "inferx-workers";
 
+/** The host's name for the bridge of {@linkcode WORKER_NETWORK} (when this release made it). */
+export const WORKER_BRIDGE = "inferx-workers";
+
 /** A short tag of a scope for container names (scopes are free text; names are not). */
 export function scopeTag(scope: string): string {
   return createHash("sha256").update(scope).digest("hex").slice(0, 8);
@@ -278,24 +288,44 @@ export class DockerRuntime implements PodRuntime {
     this.#docker = new Docker({ socketPath: options.socketPath ?? DOCKER_SOCKET });
   }
 
-  /** Makes {@linkcode WORKER_NETWORK} when the engine has none (once; again after a failure). */
+  /**
+   * Makes {@linkcode WORKER_NETWORK} when the engine has none, and fences
+   * its bridge off the node ({@linkcode fenceBridge}) (once; again after a
+   * failure).
+   */
   #workerNetwork(): Promise<void> {
     this.#network ??= (async () => {
-      try {
-        await this.#docker.getNetwork(WORKER_NETWORK).inspect();
-        return;
-      } catch {
-        // not there yet
+      const network = this.#docker.getNetwork(WORKER_NETWORK);
+      let info = await network.inspect().catch(() => undefined);
+      if (!info) {
+        await this.#docker.createNetwork({
+          Name: WORKER_NETWORK,
+          Driver: "bridge",
+          CheckDuplicate: true,
+          Options: {
+            "com.docker.network.bridge.enable_icc": "false",
+            // Named, so that the node's firewall rule for it is one whatever the engine's
+            // network id (the rule outlives the network).
+            "com.docker.network.bridge.name": WORKER_BRIDGE,
+          },
+          Labels: { "inferx.network": "workers" },
+        }).catch((err: { statusCode?: number }) => {
+          if (err.statusCode !== 409) throw err; // another agent made it meanwhile
+        });
+        info = await network.inspect();
       }
-      await this.#docker.createNetwork({
-        Name: WORKER_NETWORK,
-        Driver: "bridge",
-        CheckDuplicate: true,
-        Options: { "com.docker.network.bridge.enable_icc": "false" },
-        Labels: { "inferx.network": "workers" },
-      }).catch((err: { statusCode?: number }) => {
-        if (err.statusCode !== 409) throw err; // another agent made it meanwhile
-      });
+      // A network an earlier release made has the engine's name for its bridge.
+      const bridge = info.Options?.["com.docker.network.bridge.name"] ??
+        `br-${String(info.Id).slice(0, 12)}`;
+      const problems = await (this.#options.fence ?? fenceBridge)(bridge);
+      if (problems.length) {
+        logger("nodeagent").warn(
+          "Docker workers can reach this node's own ports (the roles' gRPC, etcd) through " +
+            "their bridge {bridge}: {problems}. Put the rule on the node by hand: " +
+            "iptables -I {rule} (and ip6tables)",
+          { bridge, problems: problems.join("; "), rule: fenceRule(bridge).join(" ") },
+        );
+      }
     })().catch((err) => {
       this.#network = undefined;
       throw err;

@@ -197,6 +197,55 @@ t(
   },
 );
 
+t(
+  "a Docker worker cannot open a connection to the node (a listener on 0.0.0.0 through its bridge's gateway)",
+  async () => {
+    const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
+    // The node's port, as an unauthenticated role's gRPC listens: every address.
+    const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+    let accepted = 0;
+    (async () => {
+      for await (const c of listener) {
+        accepted++;
+        c.close();
+      }
+    })().catch(() => {});
+    // The worker tries the node at its default route's gateway (the bridge's address), then
+    // serves what it saw.
+    const probe = [
+      "deno",
+      "eval",
+      String
+        .raw`const f = Deno.readTextFileSync("/proc/net/route").split("\n").map((l) => l.trim().split(/\s+/))
+        .find((x) => x[1] === "00000000");
+      const gw = [6, 4, 2, 0].map((i) => parseInt(f[2].slice(i, i + 2), 16)).join(".");
+      let seen;
+      try {
+        const c = await Promise.race([
+          Deno.connect({ hostname: gw, port: Number(Deno.env.get("TARGET")) }),
+          new Promise((_, no) => setTimeout(() => no(new Error("timed out")), 3000)),
+        ]);
+        c.close();
+        seen = "connected to " + gw;
+      } catch (e) {
+        seen = e.name + " at " + gw + ": " + e.message;
+      }
+      Deno.serve({ hostname: "0.0.0.0", port: Number(Deno.env.get("PORT")) }, () => new Response(seen));`,
+    ];
+    const s = spec("pod-fence", probe);
+    s.template.envs = [["TARGET", String((listener.addr as Deno.NetAddr).port)]];
+    const pod = await rt.start(s);
+    try {
+      const seen = await (await fetch(`http://${pod.endpoint}/health`)).text();
+      assert.match(seen, /^ConnectionRefused at \d+\.\d+\.\d+\.\d+:/, seen);
+      assert.equal(accepted, 0);
+    } finally {
+      await rt.stop("pod-fence");
+      listener.close();
+    }
+  },
+);
+
 t("DockerRuntime reports a worker that crashes at start with the tail of its output", async () => {
   const scope = `test-${crypto.randomUUID()}`;
   const rt = new DockerRuntime({ scope });

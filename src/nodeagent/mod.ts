@@ -251,6 +251,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       snapshotDir,
       cgroups: cgroups?.available ? cgroups.cgroups : undefined,
     });
+  if (runtime instanceof ProcessRuntime && Deno.uid() === 0) {
+    logger("nodeagent").warn(
+      "The process runtime's workers run as root, as this agent: whoever may create or change " +
+        "a function has this node and what its processes hold (the admin key among them). Let " +
+        "only trusted owners write functions, or use the Docker runtime for tenants kept apart",
+    );
+  }
   if (runtime instanceof ProcessRuntime && podNetworks) {
     logger("nodeagent").info("Pod init: {state}", {
       state: runtime.init
