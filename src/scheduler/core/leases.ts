@@ -275,8 +275,34 @@ export function reclaimSilentGateways(ctx: Ctx) {
     }
   }
   for (const gw of silent) {
-    for (const pod of state.pods.values()) {
-      if (holds(pod, gw)) onReturn(ctx, pod.id, gw, false);
+    for (const pod of [...state.pods.values()]) {
+      if (holds(pod, gw)) onSilentReturn(ctx, pod, gw);
     }
   }
+}
+
+/**
+ * A silent gateway's lease, taken back. That gateway may be alive with calls
+ * under way on the worker (stalled, or cut off from this scheduler alone):
+ * it is neither scaled in nor parked at once (frozen under a call, the call
+ * would wait out its answer timeout). As a restart's rebuilt pods do, it
+ * waits `recoveryGraceMs` for a heartbeat of that gateway to claim it again,
+ * then idles as one returned (given to a waiter, or scaled in after its
+ * policy's `scalein_timeout`).
+ */
+function onSilentReturn(ctx: Ctx, pod: CorePod, gateway: string) {
+  if (!removeLessee(pod, gateway)) return; // others still use it
+  pod.lastUsed = ctx.now;
+  const f = unitOf(ctx.state, pod);
+  if (!f) return terminate(ctx, pod, "old version drained");
+  if (pod.reclaiming) {
+    const why = pod.reclaiming;
+    delete pod.reclaiming;
+    return terminate(ctx, pod, why);
+  }
+  if (pod.state !== "Ready") return;
+  const grace = ctx.state.config.recoveryGraceMs;
+  if (grace > 0) pod.unclaimedUntil = ctx.now + grace;
+  else if (f.waiters.length) settleUnleased(ctx, f, pod, false);
+  else f.idle.add(pod.id);
 }

@@ -205,7 +205,39 @@ Deno.test("step() reclaims the leases of a silent gateway", () => {
   d.now = 10_000;
   d.run({ type: "tick" });
   assert.equal(d.state.pods.get(pod)!.leasedBy, undefined);
+  // Its gateway may yet beat again: the worker waits for it a while before it idles.
+  assert.ok(!d.state.funcs.get("t/n/f")!.idle.has(pod));
+  d.now = 15_000;
+  d.run({ type: "tick" });
   assert.ok(d.state.funcs.get("t/n/f")!.idle.has(pod));
+});
+
+Deno.test("step() neither parks nor scales in a silent gateway's worker at once, and gives it back when that gateway beats again", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") }, {
+    type: "funcUpdate",
+    func: funcReport("t/n/f", {}, { maxReplica: 1, standbyPerNode: 1 }),
+  });
+  const pod = created(d.run(lease("r1", "t/n/f", "g1")))[0].id;
+  d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" });
+  assert.equal(d.state.pods.get(pod)!.leasedBy, "g1");
+  // g1 stalls (a call under way on the worker) past the gateway timeout.
+  d.now = 10_000;
+  const taken = d.run({ type: "tick" });
+  assert.deepEqual(kinds(taken), [], "not parked, not ended under its call");
+  // Meanwhile another gateway's lease waits rather than take the worker.
+  d.now = 11_000;
+  assert.deepEqual(kinds(d.run(lease("r2", "t/n/f", "g2"))), []);
+  // g1 beats again, listing its lease: the worker is its again, as it was.
+  d.now = 12_000;
+  d.run({ type: "gatewayHeartbeat", gateway: "g1", leases: [pod] });
+  const p = d.state.pods.get(pod)!;
+  assert.equal(p.leasedBy, "g1");
+  assert.equal(p.state, "Ready");
+  assert.equal(p.unclaimedUntil, undefined);
+  // g1 gives it back when its call is done: g2's waiting lease gets it.
+  const back = d.run({ type: "return", podId: pod, gateway: "g1" });
+  assert.ok(back.some((a) => a.type === "leaseGranted" && a.reqId === "r2"), JSON.stringify(back));
 });
 
 Deno.test("step() is deterministic: the same events give the same actions", () => {
@@ -331,8 +363,11 @@ Deno.test("a gateway whose lease was taken back while it was silent is told so b
   const pod = [...d.state.pods.keys()][0];
   d.run({ type: "podStatus", podId: pod, state: "Ready", endpoint: "e" }, lease("r1"));
   assert.equal(d.state.pods.get(pod)!.leasedBy, "g1");
-  // g1 is silent past the timeout: its lease is taken back, and g2 gets the worker.
+  // g1 is silent past the timeout and the grace after it: its lease is taken back, and g2
+  // gets the worker.
   d.now = 10_000;
+  d.run({ type: "tick" });
+  d.now = 15_000;
   d.run({ type: "tick" });
   const g2 = d.run(lease("r2", "t/n/f", "g2"));
   assert.ok(g2.some((a) => a.type === "leaseGranted" && a.podId === pod));
