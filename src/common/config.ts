@@ -308,6 +308,9 @@ const NodeEnv = z.object({
   // As the docker command reads it (which builds the sample image): where the engine is. Read
   // by the node agent (a unix socket only), which says so of another; nothing else refuses it.
   DOCKER_HOST: optional(),
+  INFERX_WORKER_USER: optional().refine((v) => v === undefined || WORKER_USER_RE.test(v), {
+    message: "is not a user name, a uid or uid:gid",
+  }),
   INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
     const entries = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
     const out: MountAllow[] = [];
@@ -326,6 +329,9 @@ const NodeEnv = z.object({
     return out;
   }),
 });
+
+/** What `INFERX_WORKER_USER` may be: a user name, a uid, or `uid:gid`. */
+export const WORKER_USER_RE = /^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?)$/;
 
 /**
  * A host directory functions may bind (`INFERX_MOUNT_ALLOW`). Read-only: it
@@ -361,6 +367,8 @@ export interface NodeSettings {
   mountAllow?: MountAllow[];
   /** `DOCKER_HOST`: where the Docker engine is (`unix:///path`); unset, the default socket. */
   dockerHost?: string;
+  /** `INFERX_WORKER_USER`: the user the process runtime's workers run as; unset, the agent's. */
+  workerUser?: string;
 }
 
 const SnapshotEnv = z.object({
@@ -574,6 +582,7 @@ export function readConfig(
       port: n.NODEAGENT_PORT,
       mountAllow: n.INFERX_MOUNT_ALLOW,
       dockerHost: n.DOCKER_HOST,
+      workerUser: n.INFERX_WORKER_USER,
     },
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_USER, a.AUDITDB_PASSWORD),

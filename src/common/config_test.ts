@@ -44,6 +44,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       configRequired: false,
       mountAllow: [],
       dockerHost: undefined,
+      workerUser: undefined,
       name: undefined,
       address: undefined,
       runtime: undefined,
@@ -82,6 +83,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
     GATEWAY_PORT: "0",
     NODE_NAME: "gpu-7",
     INFERX_RUNTIME: "process",
+    INFERX_WORKER_USER: "65534:65534",
     INFERX_CPU_PROFILE: "/tmp/role-{pid}.cpuprofile",
     INFERX_DATA_DIR: "/var/lib/inferx/",
     GATEWAY_SPILL_MB: "0",
@@ -98,6 +100,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
   assert.equal(c.gateway.spillDir, "/var/lib/inferx/gateway-spill");
   assert.equal(readConfig(envOf({ GATEWAY_SPILL_DIR: "/spill" })).gateway.spillDir, "/spill");
   assert.equal(c.node.name, "gpu-7");
+  assert.equal(c.node.workerUser, "65534:65534");
   assert.equal(c.node.runtime, "process");
 });
 
@@ -209,6 +212,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     // One segment of its key in the store: a node named so would never be listed.
     [{ NODE_NAME: "a/b" }, /NODE_NAME: is not a node name/],
     [{ NODE_NAME: "  " }, /NODE_NAME: is not a node name/],
+    [{ INFERX_WORKER_USER: "no body" }, /INFERX_WORKER_USER: is not a user name, a uid or uid:gid/],
     // Past a timer's reach (2^31 - 1 ms): a claim's renewal fired at once, an expiry was no date.
     [{ INFERX_CALL_LEASE_S: "3000000" }, /INFERX_CALL_LEASE_S: must be 86,400 s at most/],
     [{ INFERX_CALL_TTL_S: "9000000000000" }, /INFERX_CALL_TTL_S: must be 315,360,000 s at most/],

@@ -23,7 +23,8 @@ import {
   dockerUnavailable,
   removeScopeContainers,
 } from "./docker_runtime.ts";
-import { ProcessRuntime, sweepProcessPods } from "./process_runtime.ts";
+import { findTool, ProcessRuntime, sweepProcessPods } from "./process_runtime.ts";
+import { resolveWorkerUser, type WorkerUser } from "./worker_user.ts";
 import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
 
 export { NodeAgent } from "./agent.ts";
@@ -60,6 +61,11 @@ export interface NodeAgentConfig extends NodeAgentOptions {
   mountAllow?: MountAllow[];
   /** Where the Docker engine is (`DOCKER_HOST`, a unix socket). @default the default socket */
   dockerHost?: string;
+  /**
+   * The user the process runtime's workers run as (`INFERX_WORKER_USER`: a
+   * name, a uid or `uid:gid`). @default the agent's own
+   */
+  workerUser?: string;
 }
 
 /** The defaults of {@linkcode SnapshotSettings}. */
@@ -88,6 +94,7 @@ async function snapshotSupport(
   criu: CriuCapability,
   settings: SnapshotSettings,
   scope: string,
+  workerUser?: WorkerUser,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
   const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
@@ -110,6 +117,12 @@ async function snapshotSupport(
   if (!net.available) return off(`No pod namespaces: ${net.reason}`);
   if (!settings.enabled) {
     return { podNetworks, snapshots: { available: false, reason: "INFERX_SNAPSHOTS=off" } };
+  }
+  if (workerUser) {
+    // CRIU's parasite code runs as the worker: in a PID namespace of its own it must mount a
+    // /proc there, which a worker without privileges may not. The file tier goes with it.
+    const reason = "INFERX_WORKER_USER: CRIU cannot dump a worker without privileges";
+    return { podNetworks, snapshots: { available: false, reason } };
   }
   return { podNetworks, snapshots: { available: true } };
 }
@@ -179,6 +192,27 @@ export interface NodeAgentHandle {
 }
 
 /**
+ * The user `INFERX_WORKER_USER` names, once the agent can run workers as it:
+ * as root, with `setpriv` (util-linux) on its PATH.
+ */
+function processWorkerUser(spec: string): WorkerUser {
+  const user = resolveWorkerUser(spec);
+  if (Deno.uid() !== 0) {
+    throw new InferxError(
+      "invalid",
+      `INFERX_WORKER_USER=${spec} needs the node agent to run as root (it runs as uid ${Deno.uid()}, and its workers as that already)`,
+    );
+  }
+  if (!findTool("setpriv")) {
+    throw new InferxError(
+      "invalid",
+      `INFERX_WORKER_USER=${spec} needs setpriv (Debian's util-linux) on the node agent's PATH`,
+    );
+  }
+  return user;
+}
+
+/**
  * Starts a node agent. Its runtime is `node.runtime`: `docker`, `process`,
  * or `auto` (Docker when its socket answers, else processes).
  */
@@ -206,6 +240,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       choice: docker ? `docker (the engine on ${socket})` : `process (${why})`,
     });
   }
+  const workerUser = config.workerUser ? processWorkerUser(config.workerUser) : undefined;
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
   // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
@@ -214,7 +249,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const criu = criuBin && new Criu(criuBin);
   const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
-  const { podNetworks, snapshots } = await snapshotSupport(docker, criuCap, settings, scope);
+  const { podNetworks, snapshots } = await snapshotSupport(
+    docker,
+    criuCap,
+    settings,
+    scope,
+    workerUser,
+  );
   const cgroups = docker ? undefined : await PodCgroups.open(scopeTag(scope));
   if (cgroups) {
     logger("nodeagent").info("Pod limits: {state}", {
@@ -250,8 +291,25 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       podNetworks,
       snapshotDir,
       cgroups: cgroups?.available ? cgroups.cgroups : undefined,
+      workerUser,
     });
-  if (runtime instanceof ProcessRuntime && Deno.uid() === 0) {
+  if (docker && workerUser) {
+    logger("nodeagent").warn(
+      "INFERX_WORKER_USER is for the process runtime: Docker workers run as their image's user",
+    );
+  }
+  if (runtime instanceof ProcessRuntime && workerUser) {
+    logger("nodeagent").info("Workers run as uid {uid}, gid {gid}, without capabilities", {
+      uid: workerUser.uid,
+      gid: workerUser.gid,
+    });
+    if (!podNetworks) {
+      logger("nodeagent").warn(
+        "Workers share this node's network (no pod namespaces: see 'Snapshots' below): they " +
+          "reach every listener of the node, the roles' gRPC on 127.0.0.1 among them",
+      );
+    }
+  } else if (runtime instanceof ProcessRuntime && Deno.uid() === 0) {
     logger("nodeagent").warn(
       "The process runtime's workers run as root, as this agent: whoever may create or change " +
         "a function has this node and what its processes hold (the admin key among them). Let " +

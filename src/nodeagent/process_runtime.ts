@@ -44,6 +44,8 @@ import {
 import type { PodCgroup, PodCgroups } from "./cgroup.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
 import { waitForProbe } from "./probe.ts";
+import { dropPrivileges, type WorkerUser } from "./worker_user.ts";
+import { fenceInterface, fenceRule, POD_HOST_ENDS } from "./worker_fence.ts";
 import {
   type AdoptedPod,
   platformEnv,
@@ -100,6 +102,16 @@ export interface ProcessRuntimeOptions {
    * namespace's init). @default `tini` of the agent's PATH, when it is there
    */
   init?: string | false;
+  /**
+   * The user workers run as, through `setpriv` (`worker_user.ts`), the
+   * agent being root. @default the agent's own user
+   */
+  workerUser?: WorkerUser;
+  /**
+   * Fences pod pairs' host ends off the node; why it could not.
+   * @default {@linkcode fenceInterface}
+   */
+  fence?: (name: string) => Promise<string[]>;
 }
 
 /** What a dump directory says about the process in it (`inferx.json`). */
@@ -615,9 +627,12 @@ export class ProcessRuntime implements PodRuntime {
     this.#options = options;
     const tiers: StandbyTier[] = ["paused"];
     if (options.cuda?.hasCheckpointApi) tiers.push("host_memory");
-    if (options.criu) tiers.push("file");
+    // CRIU cannot dump a worker without privileges: in a PID namespace of its own, its
+    // parasite code (which runs as the worker) must mount a /proc there.
+    const dumpable = options.criu !== undefined && !options.workerUser;
+    if (dumpable) tiers.push("file");
     this.standbyTiers = tiers;
-    this.snapshots = options.criu !== undefined && options.podNetworks !== undefined;
+    this.snapshots = dumpable && options.podNetworks !== undefined;
     this.init = options.podNetworks ? (options.init ?? findTool("tini")) || undefined : undefined;
   }
 
@@ -652,9 +667,10 @@ export class ProcessRuntime implements PodRuntime {
 
   /** The environment of a worker. */
   #env(spec: PodSpec, host: string, port: number, logFile?: string): Record<string, string> {
+    const user = this.#options.workerUser;
     return {
       PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/tmp",
+      HOME: user ? user.home ?? "/" : Deno.env.get("HOME") ?? "/tmp",
       ...Object.fromEntries(spec.template.envs),
       ...platformEnv(spec),
       PORT: String(port),
@@ -696,10 +712,15 @@ export class ProcessRuntime implements PodRuntime {
     // see (a node agent in a container whose session began outside it).
     const ownPids = net !== undefined && spec.gpus.length === 0;
     const init = ownPids ? this.init : undefined;
+    // Its user's, when it has one of its own: the last helper drops the agent's privileges
+    // (after the shell opened the output file, which stays the agent's).
+    const user = this.#options.workerUser;
+    const drop = user ? dropPrivileges(toolPath("setpriv"), user) : [];
     // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
+    const redirect = 'exec "$@" >>"$INFERX_LOG_FILE" 2>&1';
     const shell = init
-      ? ["/bin/sh", "-c", 'exec "$0" -g -- "$@" >>"$INFERX_LOG_FILE" 2>&1', init, bin, ...args]
-      : ["/bin/sh", "-c", 'exec "$0" "$@" >>"$INFERX_LOG_FILE" 2>&1', bin, ...args];
+      ? ["/bin/sh", "-c", redirect, "sh", ...drop, init, "-g", "--", bin, ...args]
+      : ["/bin/sh", "-c", redirect, "sh", ...drop, bin, ...args];
     // The helpers by the agent's PATH (they run with the worker's); the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     const argv = ownPids
@@ -711,8 +732,8 @@ export class ProcessRuntime implements PodRuntime {
       : logFile
       ? shell
       : hasSetsid()
-      ? [setsid, bin, ...args] // its own group: stopped with what it starts
-      : [bin, ...args];
+      ? [setsid, ...drop, bin, ...args] // its own group: stopped with what it starts
+      : [...drop, bin, ...args];
     const ownSession = argv[0] === setsid || net !== undefined;
     // The worker joins its control group before it runs: what it starts is counted there too.
     if (cgroup) argv.unshift(...cgroup.joinPrefix);
@@ -877,11 +898,31 @@ export class ProcessRuntime implements PodRuntime {
 
   /** The network namespace of a pod about to start; none made, its control group goes. */
   async #podNet(nets: PodNetworks, spec: PodSpec, cgroup?: PodCgroup): Promise<PodNet> {
+    await (this.#fenced ??= this.#fence());
     try {
       return await nets.create(spec.podId);
     } catch (err) {
       await cgroup?.remove();
       throw err;
+    }
+  }
+
+  /** Once the host ends of pod pairs are fenced off the node (or said not to be). */
+  #fenced?: Promise<void>;
+
+  /**
+   * Fences the host ends of the pod pairs off the node (`worker_fence.ts`),
+   * once, before the first pod: a worker would otherwise reach every
+   * listener of the node on `0.0.0.0` through its host end.
+   */
+  async #fence(): Promise<void> {
+    const problems = await (this.#options.fence ?? fenceInterface)(POD_HOST_ENDS);
+    if (problems.length) {
+      logger("nodeagent").warn(
+        "Workers can reach this node's own ports through their pod pairs: {problems}. Put " +
+          "the rule on the node by hand: iptables -I {rule} (and ip6tables)",
+        { problems: problems.join("; "), rule: fenceRule(POD_HOST_ENDS).join(" ") },
+      );
     }
   }
 

@@ -2,7 +2,7 @@ import { withTmpfs } from "../common/testing.ts";
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
-import { pidFreed, ProcessRuntime } from "./process_runtime.ts";
+import { findTool, pidFreed, ProcessRuntime } from "./process_runtime.ts";
 import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
@@ -514,6 +514,125 @@ for (const namespaced of [false, true]) {
         assert.equal(await count(pod.endpoint), 3);
       } finally {
         await rt.stop("pod-test");
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
+
+/**
+ * A worker that says who it runs as, what it may do, and whether it reached
+ * port `TARGET` of its pod pair's host end; counts its calls (`/n`).
+ */
+const WHOAMI = `
+import http.server, json, os, re, socket, subprocess
+n = 0
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return line.split()[1]
+def reach():
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True,
+        text=True).stdout
+    m = re.search(r"inet (\\d+\\.\\d+\\.\\d+\\.)(\\d+)/", out)
+    if not m:
+        return "no eth0"
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((m.group(1) + str(int(m.group(2)) - 1), int(os.environ["TARGET"])))
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        global n
+        n += 1
+        try:
+            open("/proc/%s/environ" % os.environ["AGENT_PID"]).read()
+            environ = "read"
+        except OSError as e:
+            environ = type(e).__name__
+        body = json.dumps({"n": n, "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
+            "groups": os.getgroups(), "capEff": status("CapEff"), "capBnd": status("CapBnd"),
+            "noNewPrivs": status("NoNewPrivs"), "environ": environ, "home": os.environ["HOME"],
+            "hostEnd": reach() if self.path == "/reach" else None})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), H).serve_forever()`;
+
+for (const namespaced of [false, true]) {
+  Deno.test({
+    name: `ProcessRuntime runs a worker as its worker user, without capabilities${
+      namespaced ? ", in its own namespaces under its init, fenced off the node" : ""
+    }; it parks paused, not in a file`,
+    ignore: Deno.uid() !== 0 || !findTool("setpriv") || (namespaced && !netCap.available),
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const dir = await Deno.makeTempDir();
+      const rt = new ProcessRuntime({
+        criu: criuCap.available ? new Criu(locateCriu()!) : undefined,
+        podNetworks: namespaced ? new PodNetworks({ prefix: "ixtest" }) : undefined,
+        snapshotDir: dir,
+        workerUser: { uid: 65534, gid: 65534, home: "/nonexistent" },
+      });
+      // CRIU cannot dump it (its parasite code would run without privileges).
+      assert.deepEqual(rt.standbyTiers, ["paused"]);
+      assert.equal(rt.snapshots, false);
+      // A node's port, as an unauthenticated role's gRPC listens: every address.
+      const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+      let accepted = 0;
+      (async () => {
+        for await (const c of listener) {
+          accepted++;
+          c.close();
+        }
+      })().catch(() => {});
+      // Python of the system: the PATH of a test run may lead to a python3 under /root.
+      const s = spec(["/usr/bin/python3", "-c", WHOAMI]);
+      s.template.envs = [
+        ["AGENT_PID", String(Deno.pid)],
+        ["TARGET", String((listener.addr as Deno.NetAddr).port)],
+      ];
+      const pod = await rt.start(s);
+      try {
+        const who = async (path = "/n") =>
+          await (await fetch(`http://${pod.endpoint}${path}`, { headers: { connection: "close" } }))
+            .json();
+        const seen = await who();
+        let calls = seen.n;
+        assert.deepEqual(
+          [seen.uid, seen.euid, seen.gid, seen.groups, seen.home],
+          [65534, 65534, 65534, [], "/nonexistent"],
+        );
+        assert.equal(seen.capEff, "0000000000000000");
+        assert.equal(seen.capBnd, "0000000000000000");
+        assert.equal(seen.noNewPrivs, "1");
+        // The platform's own processes' environments (the admin key) are not its to read.
+        assert.equal(seen.environ, "PermissionError");
+        if (namespaced) {
+          if (rt.init) {
+            const inNs = await namespaceProcesses(rt.pidOf("pod-test")!);
+            assert.equal(inNs.length, 2, JSON.stringify(inNs)); // its init (tini) and itself
+          }
+          const reach = await who("/reach");
+          calls = reach.n;
+          assert.equal(reach.hostEnd, "ConnectionRefusedError");
+          assert.equal(accepted, 0);
+        }
+        await rt.park("pod-test", "paused");
+        await rt.resume("pod-test");
+        assert.equal((await who()).n, calls + 1, "the same worker, its state kept");
+      } finally {
+        await rt.stop("pod-test");
+        listener.close();
         await Deno.remove(dir, { recursive: true });
       }
     },

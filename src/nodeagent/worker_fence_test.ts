@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fenceBridge, fenceRule } from "./worker_fence.ts";
+import { fenceInterface, fenceRule } from "./worker_fence.ts";
 
 /** A firewall of fake commands: the rules put, and which commands fail. */
 function fakeFirewall(fails: Set<string> = new Set()) {
@@ -17,11 +17,11 @@ function fakeFirewall(fails: Set<string> = new Set()) {
   return { rules, calls, run };
 }
 
-Deno.test("fenceBridge() puts the rule once in iptables and ip6tables", async () => {
+Deno.test("fenceInterface() puts the rule once in iptables and ip6tables", async () => {
   const fw = fakeFirewall();
   const options = { run: fw.run, interfaceHere: () => true };
-  assert.deepEqual(await fenceBridge("inferx-workers", options), []);
-  assert.deepEqual(await fenceBridge("inferx-workers", options), []);
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
   const rule = fenceRule("inferx-workers").join(" ");
   assert.equal(rule, "INPUT -i inferx-workers -m conntrack --ctstate NEW -j REJECT");
   assert.deepEqual([...fw.rules], [`iptables ${rule}`, `ip6tables ${rule}`]);
@@ -32,15 +32,15 @@ Deno.test("fenceBridge() puts the rule once in iptables and ip6tables", async ()
   ]);
 });
 
-Deno.test("fenceBridge() says why it could not fence", async () => {
+Deno.test("fenceInterface() says why it could not fence", async () => {
   const fw = fakeFirewall(new Set(["ip6tables"]));
   assert.deepEqual(
-    await fenceBridge("br-0123456789ab", { run: fw.run, interfaceHere: () => true }),
+    await fenceInterface("br-0123456789ab", { run: fw.run, interfaceHere: () => true }),
     ["ip6tables failed: ip6tables: Permission denied"],
   );
   // An agent in a container of its own: a rule put there would hold nothing back.
   const elsewhere = fakeFirewall();
-  const problems = await fenceBridge("inferx-workers", {
+  const problems = await fenceInterface("inferx-workers", {
     run: elsewhere.run,
     interfaceHere: () => false,
   });

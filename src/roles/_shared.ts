@@ -71,6 +71,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     snapshotSettings: config.snapshots,
     mountAllow: config.node.mountAllow,
     dockerHost: config.node.dockerHost,
+    workerUser: config.node.workerUser,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
     installId: await installId(config.dataDir),
     autoSized: auto,
