@@ -22,8 +22,8 @@
  *
  * Retention: rows older than `retainDays` are deleted, and when the rows
  * take more than `retainMB` the oldest go until they take 90% of it; freed
- * pages are given back to the file system. Retention runs with the writes,
- * a bounded number of rows at a time, so it never stalls the process: every
+ * pages are given back to the file system. Retention runs with the writes
+ * (and on a timer while none comes), a bounded number of rows at a time, so it never stalls the process: every
  * `retentionEveryMs`, and as soon as the rows pass the size limit (looked
  * at once a second at most).
  *
@@ -766,7 +766,15 @@ export class SqliteAuditBackend implements AuditBackend {
     this.#chunk = options.retentionChunk ?? 20_000;
     this.#every = options.retentionEveryMs ?? 60_000;
     this.#now = options.now ?? Date.now;
+    // Passes run with the writes, and on this timer while none comes: rows of an idle
+    // platform pass their age too, and were listed until the next write.
+    this.#timer = setInterval(() => {
+      if (this.#db.isOpen) this.#retainIfDue();
+    }, this.#every);
+    Deno.unrefTimer(this.#timer);
   }
+
+  #timer: ReturnType<typeof setInterval>;
 
   write(batch: AuditBatch): Promise<void> {
     try {
@@ -780,18 +788,22 @@ export class SqliteAuditBackend implements AuditBackend {
       this.#scopes.forget(); // ids made in the rolled-back transaction are gone
       return Promise.reject(err);
     }
-    if (this.#now() >= this.#nextRetention || this.#overSize()) {
-      try {
-        this.retain();
-      } catch (err) {
-        // The batch is written: a failed pass must not make the caller write it again.
-        log.warn("Audit retention failed, trying again later: {error}", {
-          error: (err as Error).message,
-        });
-        this.#nextRetention = this.#now() + this.#every;
-      }
-    }
+    // The batch is written: a failed pass must not make the caller write it again.
+    this.#retainIfDue(this.#overSize());
     return Promise.resolve();
+  }
+
+  /** A retention pass, when one is due (or `now`); a failure is logged and tried later. */
+  #retainIfDue(now = false): void {
+    if (!now && this.#now() < this.#nextRetention) return;
+    try {
+      this.retain();
+    } catch (err) {
+      log.warn("Audit retention failed, trying again later: {error}", {
+        error: (err as Error).message,
+      });
+      this.#nextRetention = this.#now() + this.#every;
+    }
   }
 
   /**
@@ -1115,6 +1127,7 @@ export class SqliteAuditBackend implements AuditBackend {
   }
 
   close(): Promise<void> {
+    clearInterval(this.#timer);
     if (this.#db.isOpen) this.#db.close();
     return Promise.resolve();
   }

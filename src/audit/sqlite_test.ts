@@ -101,6 +101,22 @@ Deno.test("SqliteAuditBackend deletes rows past AUDIT_RETAIN_DAYS", async () => 
   await b.close();
 });
 
+Deno.test("SqliteAuditBackend deletes rows past their age while nothing is written", async () => {
+  let now = 100 * 86_400_000;
+  const b = new SqliteAuditBackend(":memory:", {
+    retainDays: 1,
+    retentionEveryMs: 50,
+    now: () => now,
+  });
+  await b.write(batch([sampleRequest(1, now - 1000)], [pod(1, "f", now - 1000)]));
+  assert.equal((await b.query("requests", {})).length, 1);
+  now += 86_400_000; // a day on, with no write since
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(await b.query("requests", {}), []);
+  assert.deepEqual(await b.query("pods", {}), []);
+  await b.close();
+});
+
 Deno.test("SqliteAuditBackend keeps its rows under AUDIT_RETAIN_MB, oldest out first, and gives the space back", async () => {
   await withDir(async (dir) => {
     const b = openSqliteAudit(`${dir}/audit.db`, { ...keepAll, retainMB: 1, retentionChunk: 2000 });

@@ -455,6 +455,7 @@ export class DockerRuntime implements PodRuntime {
       await waitForProbe(this.#host, Number(endpoint.split(":").pop()), t.probe, entry.exited, {
         timeoutMs: t.startupTimeoutS * 1000,
         intervalMs: this.#options.probeIntervalMs,
+        ownNetwork: "container",
       });
       entry.ready = true;
       return { podId: spec.podId, endpoint, exited: entry.exited };

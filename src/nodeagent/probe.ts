@@ -169,23 +169,39 @@ export async function waitForProbe(
   port: number,
   path: string,
   died: Promise<string>,
-  options: { timeoutMs: number; intervalMs?: number },
+  options: {
+    timeoutMs: number;
+    intervalMs?: number;
+    /** The worker's network is its own (a pod's namespace, a container's): 127.0.0.1 is its own. */
+    ownNetwork?: "pod" | "container";
+  },
 ): Promise<void> {
   let dead: string | undefined;
   died.then((why) => dead = why);
   const deadline = Date.now() + options.timeoutMs;
+  let lastStatus: number | undefined;
   while (true) {
     if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
     try {
       const res = await httpCall(host, port, path, { timeoutMs: 1000 });
       if (res.status >= 200 && res.status < 300) return;
+      lastStatus = res.status;
     } catch {
       // not listening yet
     }
     if (Date.now() > deadline) {
+      const within = `within ${options.timeoutMs} ms`;
+      if (lastStatus !== undefined) {
+        throw new Error(
+          `worker did not answer its probe, GET ${path}, with a 2xx ${within} (its last answer: ${lastStatus})`,
+        );
+      }
+      const hint = options.ownNetwork
+        ? `; one bound to 127.0.0.1 is unreachable in its ${options.ownNetwork}'s network`
+        : "";
       throw new Error(
-        `worker did not answer its probe, GET ${path} on its $PORT, within ${options.timeoutMs} ms` +
-          " (a worker must listen on $HOST:$PORT; one bound to 127.0.0.1 is unreachable in its pod's network)",
+        `worker did not answer its probe, GET ${path} on its $PORT, ${within}` +
+          ` (a worker must listen on $HOST:$PORT${hint})`,
       );
     }
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));

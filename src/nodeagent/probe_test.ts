@@ -205,6 +205,43 @@ Deno.test("waitForProbe() rejects with the reason when the worker dies first, or
       /^worker did not answer its probe, GET \/health on its \$PORT, within 50 ms/.test(
         e.message,
       ) &&
-      !e.message.includes(`127.0.0.1:${port}`) && !e.message.includes(String(port)),
+      !e.message.includes(`127.0.0.1:${port}`) && !e.message.includes(String(port)) &&
+      !e.message.includes("unreachable"),
   );
+  // In a network of its own, a worker on 127.0.0.1 is the likely cause: said.
+  await assert.rejects(
+    waitForProbe("127.0.0.1", port, "/health", new Promise(() => {}), {
+      timeoutMs: 50,
+      intervalMs: 5,
+      ownNetwork: "pod",
+    }),
+    /one bound to 127\.0\.0\.1 is unreachable in its pod's network\)$/,
+  );
+});
+
+Deno.test("waitForProbe() names the last answer of a worker that answered, but not 2xx", async () => {
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("warming up", { status: 503 }),
+  );
+  try {
+    await assert.rejects(
+      waitForProbe(
+        "127.0.0.1",
+        (server.addr as Deno.NetAddr).port,
+        "/health",
+        new Promise(() => {}),
+        { timeoutMs: 100, intervalMs: 10, ownNetwork: "pod" },
+      ),
+      (e: Error) => {
+        assert.equal(
+          e.message,
+          "worker did not answer its probe, GET /health, with a 2xx within 100 ms (its last answer: 503)",
+        );
+        return true;
+      },
+    );
+  } finally {
+    await server.shutdown();
+  }
 });

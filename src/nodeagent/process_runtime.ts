@@ -952,6 +952,7 @@ export class ProcessRuntime implements PodRuntime {
     return waitForProbe(host, child.port, spec.template.probe, child.exited, {
       timeoutMs: spec.template.startupTimeoutS * 1000,
       intervalMs: this.#options.probeIntervalMs,
+      ownNetwork: child.net ? "pod" : undefined,
     });
   }
 
