@@ -95,7 +95,8 @@ Deno.test({
       ) {
         await assert.rejects(op(), (err: unknown) => {
           assert.ok(err instanceof InferxError && err.code === "unavailable", String(err));
-          assert.match(err.message, /etcd did not answer/);
+          // The first call's tries open the client's breaker, which holds the next one back.
+          assert.match(err.message, /etcd did not answer|none is sent to it/);
           // Named, not addressed: the message reaches API callers.
           assert.doesNotMatch(err.message, new RegExp(`${new URL(etcd.url).port}|Resolution`));
           return err.retryable;
