@@ -331,3 +331,20 @@ export async function logLines(): Promise<string[]> {
   });
   return lines;
 }
+
+/**
+ * A node's port as an unauthenticated role's listens (every address, a free
+ * port), counting the connections it takes: what a fenced worker must not
+ * reach. Close it with `listener.close()`.
+ */
+export function nodeListener(): { listener: Deno.TcpListener; port: number; accepted(): number } {
+  const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+  let accepted = 0;
+  (async () => {
+    for await (const c of listener) {
+      accepted++;
+      c.close();
+    }
+  })().catch(() => {});
+  return { listener, port: listener.addr.port, accepted: () => accepted };
+}

@@ -26,7 +26,7 @@ import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../samples/ngram/image
 import * as nodeagent from "./mod.ts";
 import { StateService } from "../statesvc/service.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
-import { logLines, until } from "../common/testing.ts";
+import { logLines, nodeListener, until } from "../common/testing.ts";
 
 const reason = !(await dockerAvailable())
   ? "no Docker engine answers on /var/run/docker.sock"
@@ -201,15 +201,7 @@ t(
   "a Docker worker cannot open a connection to the node (a listener on 0.0.0.0 through its bridge's gateway)",
   async () => {
     const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}` });
-    // The node's port, as an unauthenticated role's gRPC listens: every address.
-    const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
-    let accepted = 0;
-    (async () => {
-      for await (const c of listener) {
-        accepted++;
-        c.close();
-      }
-    })().catch(() => {});
+    const node = nodeListener();
     // The worker tries the node at its default route's gateway (the bridge's address), then
     // serves what it saw.
     const probe = [
@@ -233,15 +225,15 @@ t(
       Deno.serve({ hostname: "0.0.0.0", port: Number(Deno.env.get("PORT")) }, () => new Response(seen));`,
     ];
     const s = spec("pod-fence", probe);
-    s.template.envs = [["TARGET", String((listener.addr as Deno.NetAddr).port)]];
+    s.template.envs = [["TARGET", String(node.port)]];
     const pod = await rt.start(s);
     try {
       const seen = await (await fetch(`http://${pod.endpoint}/health`)).text();
       assert.match(seen, /^ConnectionRefused at \d+\.\d+\.\d+\.\d+:/, seen);
-      assert.equal(accepted, 0);
+      assert.equal(node.accepted(), 0);
     } finally {
       await rt.stop("pod-fence");
-      listener.close();
+      node.listener.close();
     }
   },
 );

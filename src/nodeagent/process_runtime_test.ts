@@ -1,4 +1,4 @@
-import { withTmpfs } from "../common/testing.ts";
+import { nodeListener, withTmpfs } from "../common/testing.ts";
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
 import type { PodSpec } from "./runtime.ts";
@@ -586,20 +586,12 @@ for (const namespaced of [false, true]) {
       // CRIU cannot dump it (its parasite code would run without privileges).
       assert.deepEqual(rt.standbyTiers, ["paused"]);
       assert.equal(rt.snapshots, false);
-      // A node's port, as an unauthenticated role's gRPC listens: every address.
-      const listener = Deno.listen({ hostname: "0.0.0.0", port: 0 });
-      let accepted = 0;
-      (async () => {
-        for await (const c of listener) {
-          accepted++;
-          c.close();
-        }
-      })().catch(() => {});
+      const node = nodeListener();
       // Python of the system: the PATH of a test run may lead to a python3 under /root.
       const s = spec(["/usr/bin/python3", "-c", WHOAMI]);
       s.template.envs = [
         ["AGENT_PID", String(Deno.pid)],
-        ["TARGET", String((listener.addr as Deno.NetAddr).port)],
+        ["TARGET", String(node.port)],
       ];
       const pod = await rt.start(s);
       try {
@@ -625,14 +617,14 @@ for (const namespaced of [false, true]) {
           const reach = await who("/reach");
           calls = reach.n;
           assert.equal(reach.hostEnd, "ConnectionRefusedError");
-          assert.equal(accepted, 0);
+          assert.equal(node.accepted(), 0);
         }
         await rt.park("pod-test", "paused");
         await rt.resume("pod-test");
         assert.equal((await who()).n, calls + 1, "the same worker, its state kept");
       } finally {
         await rt.stop("pod-test");
-        listener.close();
+        node.listener.close();
         await Deno.remove(dir, { recursive: true });
       }
     },

@@ -120,16 +120,26 @@ export function onReturn(ctx: Ctx, podId: string, gateway: string, failed: boole
     if (pod.state === "Ready") failedSoon(ctx, pod, "its gateway found it failed");
     return terminate(ctx, pod, "returned as failed");
   }
-  if (!removeLessee(pod, gateway)) return; // others still use it
+  const f = takeBack(ctx, pod, gateway);
+  if (f) settleUnleased(ctx, f, pod, false);
+}
+
+/**
+ * Takes `gateway`'s lease of `pod` back: the pod's function when no other
+ * gateway shares it and it is to be settled; undefined when others still
+ * use it, or it ended (its version drained, or it was being reclaimed).
+ */
+function takeBack(ctx: Ctx, pod: CorePod, gateway: string): CoreFunc | undefined {
+  if (!removeLessee(pod, gateway)) return undefined; // others still use it
   pod.lastUsed = ctx.now;
   const f = unitOf(ctx.state, pod);
-  if (!f) return terminate(ctx, pod, "old version drained");
+  if (!f) return void terminate(ctx, pod, "old version drained");
   if (pod.reclaiming) {
     const why = pod.reclaiming;
     delete pod.reclaiming;
-    return terminate(ctx, pod, why);
+    return void terminate(ctx, pod, why);
   }
-  settleUnleased(ctx, f, pod, false);
+  return f;
 }
 
 /**
@@ -291,16 +301,9 @@ export function reclaimSilentGateways(ctx: Ctx) {
  * policy's `scalein_timeout`).
  */
 function onSilentReturn(ctx: Ctx, pod: CorePod, gateway: string) {
-  if (!removeLessee(pod, gateway)) return; // others still use it
-  pod.lastUsed = ctx.now;
-  const f = unitOf(ctx.state, pod);
-  if (!f) return terminate(ctx, pod, "old version drained");
-  if (pod.reclaiming) {
-    const why = pod.reclaiming;
-    delete pod.reclaiming;
-    return terminate(ctx, pod, why);
-  }
-  if (pod.state !== "Ready") return;
+  const f = takeBack(ctx, pod, gateway);
+  if (!f) return;
+  if (pod.state !== "Ready") return settleUnleased(ctx, f, pod, false); // as any returned
   const grace = ctx.state.config.recoveryGraceMs;
   if (grace > 0) pod.unclaimedUntil = ctx.now + grace;
   else if (f.waiters.length) settleUnleased(ctx, f, pod, false);
