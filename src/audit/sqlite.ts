@@ -768,9 +768,10 @@ export class SqliteAuditBackend implements AuditBackend {
     this.#now = options.now ?? Date.now;
     // Passes run with the writes, and on this timer while none comes: rows of an idle
     // platform pass their age too, and were listed until the next write.
+    // Looked at every 10 s at most: a pass a write made moves the next one past the timer's.
     this.#timer = setInterval(() => {
       if (this.#db.isOpen) this.#retainIfDue();
-    }, this.#every);
+    }, Math.min(this.#every, 10_000));
     Deno.unrefTimer(this.#timer);
   }
 

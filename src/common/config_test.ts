@@ -212,7 +212,10 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     // One segment of its key in the store: a node named so would never be listed.
     [{ NODE_NAME: "a/b" }, /NODE_NAME: is not a node name/],
     [{ NODE_NAME: "  " }, /NODE_NAME: is not a node name/],
-    [{ INFERX_WORKER_USER: "no body" }, /INFERX_WORKER_USER: is not a user name, a uid or uid:gid/],
+    [
+      { INFERX_WORKER_USER: "no body" },
+      /INFERX_WORKER_USER: is not a user name, a uid, uid:gid or a range of uids/,
+    ],
     // Past a timer's reach (2^31 - 1 ms): a claim's renewal fired at once, an expiry was no date.
     [{ INFERX_CALL_LEASE_S: "3000000" }, /INFERX_CALL_LEASE_S: must be 86,400 s at most/],
     [{ INFERX_CALL_TTL_S: "9000000000000" }, /INFERX_CALL_TTL_S: must be 315,360,000 s at most/],

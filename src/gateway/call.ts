@@ -337,10 +337,10 @@ function timeoutHeader(req: IncomingCall): number | undefined {
   const raw = req.get("x-inferx-timeout");
   if (raw === null || raw === undefined) return undefined;
   // Decimal only: Number() also reads "0x10" (16), "1e3" and " " (0).
-  const s = /^\s*\d+(?:\.\d+)?\s*$/.test(raw) ? Number(raw) : NaN;
+  const s = /^\s*(?:\d+\.?\d*|\.\d+)\s*$/.test(raw) ? Number(raw) : NaN;
   if (!Number.isFinite(s) || s <= 0 || !Number.isFinite(s * 1000)) {
     throw new ValidationError(
-      `Invalid X-Inferx-Timeout "${raw}": must be a positive number of seconds`,
+      `Invalid X-Inferx-Timeout "${raw}": must be a positive decimal number of seconds (2, 0.5)`,
       "X-Inferx-Timeout",
     );
   }

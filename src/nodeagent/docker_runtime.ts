@@ -23,7 +23,7 @@ import { forEachLimit } from "../common/limit.ts";
 import type { MountAllow } from "../common/config.ts";
 import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
-import { fenceInterface, fenceRule } from "./worker_fence.ts";
+import { fenceCommands, fenceInterface } from "./worker_fence.ts";
 import {
   type AdoptedPod,
   gpuId,
@@ -321,9 +321,8 @@ export class DockerRuntime implements PodRuntime {
       if (problems.length) {
         logger("nodeagent").warn(
           "Docker workers can reach this node's own ports (the roles' gRPC, etcd) through " +
-            "their bridge {bridge}: {problems}. Put the rule on the node by hand: " +
-            "iptables -I {rule} (and ip6tables)",
-          { bridge, problems: problems.join("; "), rule: fenceRule(bridge).join(" ") },
+            "their bridge {bridge}: {problems}. Fence it by hand: {commands}",
+          { bridge, problems: problems.join("; "), commands: fenceCommands(bridge) },
         );
       }
     })().catch((err) => {

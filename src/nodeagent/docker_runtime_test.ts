@@ -18,6 +18,7 @@ import {
   dockerUnavailable,
   mountAccess,
   scopeTag,
+  WORKER_BRIDGE,
   WORKER_NETWORK,
 } from "./docker_runtime.ts";
 import { gpuId, platformEnv, type PodSpec } from "./runtime.ts";
@@ -193,6 +194,41 @@ t(
       }
     } finally {
       await rt.stop("pod-net-2");
+    }
+  },
+);
+
+t(
+  "DockerRuntime fences the workers' bridge by its name, or by the engine's name for a network an earlier release made",
+  async () => {
+    const fenced: string[] = [];
+    const fence = (name: string) => (fenced.push(name), Promise.resolve([]));
+    // Made by an earlier release: no name of its own for its bridge (pruned first while no
+    // worker runs; other tests' workers may be on it: then only the named case is checked).
+    const old = await docker.getNetwork(WORKER_NETWORK).remove().then(() => true, () => false);
+    let oldId: string | undefined;
+    if (old) {
+      const made = await docker.createNetwork({
+        Name: WORKER_NETWORK,
+        Driver: "bridge",
+        Options: { "com.docker.network.bridge.enable_icc": "false" },
+      });
+      oldId = made.id;
+    }
+    const rt = new DockerRuntime({ scope: `test-${crypto.randomUUID()}`, fence });
+    await rt.start(spec("pod-fenced"));
+    await rt.stop("pod-fenced");
+    if (oldId) {
+      assert.deepEqual(fenced, [`br-${oldId.slice(0, 12)}`]);
+      // Made again by this release: its bridge named, so that one rule holds for it for good.
+      await docker.getNetwork(WORKER_NETWORK).remove().catch(() => {});
+      const again = new DockerRuntime({ scope: `test-${crypto.randomUUID()}`, fence });
+      await again.start(spec("pod-fenced-2"));
+      await again.stop("pod-fenced-2");
+      assert.deepEqual(fenced.at(-1), WORKER_BRIDGE);
+    } else {
+      console.log("the workers' network was in use: only its bridge's fence checked");
+      assert.equal(fenced.length, 1);
     }
   },
 );

@@ -44,8 +44,8 @@ import {
 import type { PodCgroup, PodCgroups } from "./cgroup.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
 import { waitForProbe } from "./probe.ts";
-import { dropPrivileges, type WorkerUser } from "./worker_user.ts";
-import { fenceInterface, fenceRule, POD_HOST_ENDS } from "./worker_fence.ts";
+import { dropPrivileges, userFor, type WorkerUser, type WorkerUsers } from "./worker_user.ts";
+import { fenceCommands, fenceInterface, POD_HOST_ENDS } from "./worker_fence.ts";
 import {
   type AdoptedPod,
   platformEnv,
@@ -103,10 +103,11 @@ export interface ProcessRuntimeOptions {
    */
   init?: string | false;
   /**
-   * The user workers run as, through `setpriv` (`worker_user.ts`), the
-   * agent being root. @default the agent's own user
+   * The users workers run as, through `setpriv` (`worker_user.ts`): one for
+   * all, or a uid of its own each; the agent being root. @default the
+   * agent's own user
    */
-  workerUser?: WorkerUser;
+  workerUsers?: WorkerUsers;
   /**
    * Fences pod pairs' host ends off the node; why it could not.
    * @default {@linkcode fenceInterface}
@@ -159,6 +160,8 @@ interface Child {
   worker?: number;
   port: number;
   net?: PodNet;
+  /** The uid it runs as, when one of `INFERX_WORKER_USER`'s range. */
+  uid?: number;
   /** Started under setsid: it leads its own session. */
   ownSession?: boolean;
   /** The init of a PID namespace of its own (pod networks, no GPU). */
@@ -629,7 +632,7 @@ export class ProcessRuntime implements PodRuntime {
     if (options.cuda?.hasCheckpointApi) tiers.push("host_memory");
     // CRIU cannot dump a worker without privileges: in a PID namespace of its own, its
     // parasite code (which runs as the worker) must mount a /proc there.
-    const dumpable = options.criu !== undefined && !options.workerUser;
+    const dumpable = options.criu !== undefined && !options.workerUsers;
     if (dumpable) tiers.push("file");
     this.standbyTiers = tiers;
     this.snapshots = dumpable && options.podNetworks !== undefined;
@@ -666,8 +669,13 @@ export class ProcessRuntime implements PodRuntime {
   }
 
   /** The environment of a worker. */
-  #env(spec: PodSpec, host: string, port: number, logFile?: string): Record<string, string> {
-    const user = this.#options.workerUser;
+  #env(
+    spec: PodSpec,
+    host: string,
+    port: number,
+    logFile?: string,
+    user?: WorkerUser,
+  ): Record<string, string> {
     return {
       PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
       HOME: user ? user.home ?? "/" : Deno.env.get("HOME") ?? "/tmp",
@@ -680,7 +688,35 @@ export class ProcessRuntime implements PodRuntime {
     };
   }
 
+  /** The uids of the workers here, and of those being started. */
+  #takenUids(): Set<number> {
+    const taken = new Set(this.#startingUids.values());
+    for (const c of this.#children.values()) if (c.uid !== undefined) taken.add(c.uid);
+    return taken;
+  }
+
+  /** The uids of the starts under way, by pod, until their workers are among the children. */
+  #startingUids = new Map<string, number>();
+
   async start(spec: PodSpec): Promise<RunningPod> {
+    const users = this.#options.workerUsers;
+    const user = users && userFor(users, this.#takenUids());
+    if (users && !user) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot start pod ${spec.podId}: every uid of INFERX_WORKER_USER's range runs a worker already`,
+        { retryable: true },
+      );
+    }
+    if (user) this.#startingUids.set(spec.podId, user.uid);
+    try {
+      return await this.#startAs(spec, user);
+    } finally {
+      this.#startingUids.delete(spec.podId);
+    }
+  }
+
+  async #startAs(spec: PodSpec, user: WorkerUser | undefined): Promise<RunningPod> {
     const t = spec.template;
     if (t.commands.length === 0) {
       throw new InferxError(
@@ -704,7 +740,7 @@ export class ProcessRuntime implements PodRuntime {
       (this.#options.outputToFile ?? this.#options.criu !== undefined);
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
     if (logFile) await outputWritable(this.#snapshots, logFile);
-    const env = this.#env(spec, listenHost, port, logFile);
+    const env = this.#env(spec, listenHost, port, logFile, user);
     // nsenter joins the pod's network namespace; unshare makes a new PID
     // namespace (not for a GPU worker: see the module's doc), whose init is
     // tini when the node has it, else the worker; setsid its own session:
@@ -714,7 +750,6 @@ export class ProcessRuntime implements PodRuntime {
     const init = ownPids ? this.init : undefined;
     // Its user's, when it has one of its own: the last helper drops the agent's privileges
     // (after the shell opened the output file, which stays the agent's).
-    const user = this.#options.workerUser;
     const drop = user ? dropPrivileges(toolPath("setpriv"), user) : [];
     // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
     const redirect = 'exec "$@" >>"$INFERX_LOG_FILE" 2>&1';
@@ -777,6 +812,7 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
+      uid: user?.uid,
       ownSession,
       ownPids,
       logFile,
@@ -919,9 +955,9 @@ export class ProcessRuntime implements PodRuntime {
     const problems = await (this.#options.fence ?? fenceInterface)(POD_HOST_ENDS);
     if (problems.length) {
       logger("nodeagent").warn(
-        "Workers can reach this node's own ports through their pod pairs: {problems}. Put " +
-          "the rule on the node by hand: iptables -I {rule} (and ip6tables)",
-        { problems: problems.join("; "), rule: fenceRule(POD_HOST_ENDS).join(" ") },
+        "Workers can reach this node's own ports through their pod pairs: {problems}. Fence " +
+          "them by hand: {commands}",
+        { problems: problems.join("; "), commands: fenceCommands(POD_HOST_ENDS) },
       );
     }
   }

@@ -6,6 +6,7 @@ import { findTool, pidFreed, ProcessRuntime } from "./process_runtime.ts";
 import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
+import { fenceInterface, POD_HOST_ENDS } from "./worker_fence.ts";
 import { procState } from "../ffi/libc.ts";
 import { buildFakeLibCuda, fakeLibCudaUnavailable } from "../ffi/testing.ts";
 
@@ -577,11 +578,14 @@ for (const namespaced of [false, true]) {
     sanitizeResources: false,
     async fn() {
       const dir = await Deno.makeTempDir();
+      const fenced: string[] = [];
       const rt = new ProcessRuntime({
         criu: criuCap.available ? new Criu(locateCriu()!) : undefined,
         podNetworks: namespaced ? new PodNetworks({ prefix: "ixtest" }) : undefined,
         snapshotDir: dir,
-        workerUser: { uid: 65534, gid: 65534, home: "/nonexistent" },
+        workerUsers: { one: { uid: 65534, gid: 65534, home: "/nonexistent" } },
+        // The node's own fence, asked for (its rules may be there from an earlier run already).
+        fence: (name) => (fenced.push(name), fenceInterface(name)),
       });
       // CRIU cannot dump it (its parasite code would run without privileges).
       assert.deepEqual(rt.standbyTiers, ["paused"]);
@@ -614,6 +618,7 @@ for (const namespaced of [false, true]) {
             const inNs = await namespaceProcesses(rt.pidOf("pod-test")!);
             assert.equal(inNs.length, 2, JSON.stringify(inNs)); // its init (tini) and itself
           }
+          assert.deepEqual(fenced, [POD_HOST_ENDS], "fenced once, before its first pod");
           const reach = await who("/reach");
           calls = reach.n;
           assert.equal(reach.hostEnd, "ConnectionRefusedError");
@@ -630,6 +635,46 @@ for (const namespaced of [false, true]) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "ProcessRuntime gives each worker a uid of its own from a range: one cannot read another's environment, and a uid is free again once its worker ends",
+  ignore: Deno.uid() !== 0 || !findTool("setpriv"),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const rt = new ProcessRuntime({ workerUsers: { first: 200_000, last: 200_001 } });
+    const start = (id: string, peer: number) => {
+      const s = spec(["/usr/bin/python3", "-c", WHOAMI], { podId: id });
+      s.template.envs = [["AGENT_PID", String(peer)]];
+      return rt.start(s);
+    };
+    const who = async (endpoint: string) =>
+      await (await fetch(`http://${endpoint}/n`, { headers: { connection: "close" } })).json();
+    try {
+      const a = await start("pod-a", Deno.pid);
+      const b = await start("pod-b", rt.pidOf("pod-a")!);
+      const [seenA, seenB] = [await who(a.endpoint), await who(b.endpoint)];
+      assert.deepEqual([seenA.uid, seenA.gid, seenB.uid, seenB.gid], [
+        200_000,
+        200_000,
+        200_001,
+        200_001,
+      ]);
+      // Another tenant's worker, say: its environment (its function's secrets) is not b's to read.
+      assert.equal(seenB.environ, "PermissionError");
+      await assert.rejects(
+        start("pod-c", Deno.pid),
+        /Cannot start pod pod-c: every uid of INFERX_WORKER_USER's range runs a worker already/,
+      );
+      await rt.stop("pod-a");
+      const c = await start("pod-c", Deno.pid);
+      assert.equal((await who(c.endpoint)).uid, 200_000, "a's uid, free again");
+    } finally {
+      for (const id of rt.running()) await rt.stop(id);
+    }
+  },
+});
 
 Deno.test({
   name: "Criu: a dump cut off by its time limit says so (retryable), and the worker runs on",

@@ -8,29 +8,50 @@
  * serves (a node agent's or a state service's gRPC, which take any caller,
  * etcd, a gateway's port without its auth in front of it). No option of the
  * engine's bridge driver turns that off (`enable_icc=false` keeps
- * containers from each other only). So the agent puts one rule at the head
- * of the node's `INPUT` chain (iptables and ip6tables) for the workers'
- * interfaces: a connection a worker opens to the node is refused. The
- * answers of the node's own connections to the workers (a gateway calling
- * a published port, an agent's probe) are not new connections and pass; the
- * engine's DNS for containers is served inside each container's namespace,
- * not here.
+ * containers from each other only). So the agent sends what comes in by the
+ * workers' interfaces, at the head of the node's `INPUT` chain (iptables and
+ * ip6tables), through a chain of its own, {@linkcode FENCE_CHAIN}: a
+ * connection a worker opens to the node is refused, but for DNS (port 53:
+ * a resolver on one of the node's addresses, such as Kubernetes' node-local
+ * DNS cache, which the engine's DNS for containers forwards to from inside
+ * the container). The answers of the node's own connections to the workers
+ * (a gateway calling a published port, an agent's probe) are not new
+ * connections and pass.
  *
  * The rule can only be put where the interfaces are: the agent must run in
  * the node's network namespace, as root (or with `CAP_NET_ADMIN`). An agent
  * in a container of its own, or one that may not change the firewall, says
- * so in its log with the rule to put by hand ({@linkcode fenceRule}).
+ * so in its log with the commands to run by hand ({@linkcode fenceCommands}).
  *
  * @module
  */
 
+/** The chain the workers' connections to the node go through. */
+export const FENCE_CHAIN = "INFERX-WORKERS";
+
+/** The chain's rules, in order: DNS passes on, any other new connection is refused. */
+const CHAIN_RULES = [
+  ["-p", "udp", "--dport", "53", "-j", "RETURN"],
+  ["-p", "tcp", "--dport", "53", "-j", "RETURN"],
+  ["-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"],
+];
+
 /**
- * The rule (its arguments after the chain operation) that refuses the
- * connections coming in by interface `name` (iptables' `prefix+` for every
- * interface whose name starts so).
+ * The jump (its arguments after the chain operation) that sends what comes
+ * in by interface `name` (iptables' `prefix+` for every interface whose name
+ * starts so) through {@linkcode FENCE_CHAIN}.
  */
-export function fenceRule(name: string): string[] {
-  return ["INPUT", "-i", name, "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"];
+export function fenceJump(name: string): string[] {
+  return ["INPUT", "-i", name, "-j", FENCE_CHAIN];
+}
+
+/** The commands that fence `name` off the node, for an operator to run by hand. */
+export function fenceCommands(name: string): string {
+  return [
+    `iptables -N ${FENCE_CHAIN}`,
+    ...CHAIN_RULES.map((r) => `iptables -A ${FENCE_CHAIN} ${r.join(" ")}`),
+    `iptables -I ${fenceJump(name).join(" ")}`,
+  ].join("; ") + " (and the same with ip6tables)";
 }
 
 /** Runs a command; whether it succeeded, and its error output. */
@@ -59,11 +80,12 @@ function interfaceHere(name: string): boolean {
 export const POD_HOST_ENDS = "ixh+";
 
 /**
- * Puts the rule of {@linkcode fenceRule} for interface `name` in iptables
- * and ip6tables unless it is there already. Why it could not, for each that
- * failed; an empty list when it is fenced. A bridge's name is checked to be
- * in this agent's network namespace first (not `POD_HOST_ENDS`, which this
- * agent itself makes there).
+ * Fences interface `name` off the node, in iptables and ip6tables: makes
+ * {@linkcode FENCE_CHAIN} with its rules unless they are there (in order),
+ * and the jump to it from `INPUT` unless it is there. Why it could not, for
+ * each tool that failed; an empty list when it is fenced. A bridge's name is
+ * checked to be in this agent's network namespace first (not
+ * `POD_HOST_ENDS`, which this agent itself makes there).
  */
 export async function fenceInterface(
   name: string,
@@ -78,11 +100,32 @@ export async function fenceInterface(
   }
   const problems: string[] = [];
   for (const cmd of ["iptables", "ip6tables"]) {
-    const rule = fenceRule(name);
     // `-w`: wait for the lock another program (the engine) holds, rather than fail.
-    if ((await run(cmd, ["-w", "5", "-C", ...rule])).ok) continue;
-    const put = await run(cmd, ["-w", "5", "-I", ...rule]);
-    if (!put.ok) problems.push(`${cmd} failed: ${put.err || "no reason given"}`);
+    const ipt = (...args: string[]) => run(cmd, ["-w", "5", ...args]);
+    const why = await (async () => {
+      if (!(await ipt("-S", FENCE_CHAIN)).ok) {
+        const made = await ipt("-N", FENCE_CHAIN);
+        // Made meanwhile by another agent: fine, its rules are looked at below.
+        if (!made.ok && !(await ipt("-S", FENCE_CHAIN)).ok) return made.err;
+      }
+      let whole = true;
+      for (const rule of CHAIN_RULES) {
+        if (!(await ipt("-C", FENCE_CHAIN, ...rule)).ok) whole = false;
+      }
+      if (!whole) {
+        // Made again in order (one put alone would land after the refusal).
+        const flushed = await ipt("-F", FENCE_CHAIN);
+        if (!flushed.ok) return flushed.err;
+        for (const rule of CHAIN_RULES) {
+          const put = await ipt("-A", FENCE_CHAIN, ...rule);
+          if (!put.ok) return put.err;
+        }
+      }
+      if ((await ipt("-C", ...fenceJump(name))).ok) return undefined;
+      const jump = await ipt("-I", ...fenceJump(name));
+      return jump.ok ? undefined : jump.err;
+    })();
+    if (why !== undefined) problems.push(`${cmd} failed: ${why || "no reason given"}`);
   }
   return problems;
 }

@@ -1,38 +1,82 @@
 import assert from "node:assert/strict";
-import { fenceInterface, fenceRule } from "./worker_fence.ts";
+import { FENCE_CHAIN, fenceCommands, fenceInterface, POD_HOST_ENDS } from "./worker_fence.ts";
 
-/** A firewall of fake commands: the rules put, and which commands fail. */
+/** A firewall of fake commands: chains of rules, and which commands fail. */
 function fakeFirewall(fails: Set<string> = new Set()) {
-  const rules = new Set<string>();
+  const tables = new Map<string, Map<string, string[]>>();
   const calls: string[] = [];
   const run = (cmd: string, args: string[]) => {
-    calls.push(`${cmd} ${args.join(" ")}`);
+    calls.push(`${cmd} ${args.slice(2).join(" ")}`);
     if (fails.has(cmd)) return Promise.resolve({ ok: false, err: `${cmd}: Permission denied` });
-    const [, , op, ...rule] = args;
-    const key = `${cmd} ${rule.join(" ")}`;
-    if (op === "-C") return Promise.resolve({ ok: rules.has(key), err: "" });
-    rules.add(key);
-    return Promise.resolve({ ok: true, err: "" });
+    const chains = tables.get(cmd) ?? new Map([["INPUT", []]]);
+    tables.set(cmd, chains);
+    const [, , op, chain, ...rule] = args;
+    const rules = chains.get(chain);
+    const r = rule.join(" ");
+    const ok = (v: boolean) => Promise.resolve({ ok: v, err: v ? "" : "No chain/target/match" });
+    switch (op) {
+      case "-S":
+        return ok(rules !== undefined);
+      case "-N":
+        if (rules) return ok(false);
+        chains.set(chain, []);
+        return ok(true);
+      case "-F":
+        rules?.splice(0);
+        return ok(rules !== undefined);
+      case "-C":
+        return ok(rules?.includes(r) ?? false);
+      case "-A":
+        rules?.push(r);
+        return ok(rules !== undefined);
+      case "-I":
+        rules?.unshift(r);
+        return ok(rules !== undefined);
+    }
+    return ok(false);
   };
-  return { rules, calls, run };
+  return { tables, calls, run };
 }
 
-Deno.test("fenceInterface() puts the rule once in iptables and ip6tables", async () => {
+const CHAIN = [
+  "-p udp --dport 53 -j RETURN",
+  "-p tcp --dport 53 -j RETURN",
+  "-m conntrack --ctstate NEW -j REJECT",
+];
+
+Deno.test("fenceInterface() makes the chain once and jumps to it from INPUT, in iptables and ip6tables", async () => {
   const fw = fakeFirewall();
   const options = { run: fw.run, interfaceHere: () => true };
   assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.deepEqual(await fenceInterface(POD_HOST_ENDS, options), []);
   assert.deepEqual(await fenceInterface("inferx-workers", options), []);
-  const rule = fenceRule("inferx-workers").join(" ");
-  assert.equal(rule, "INPUT -i inferx-workers -m conntrack --ctstate NEW -j REJECT");
-  assert.deepEqual([...fw.rules], [`iptables ${rule}`, `ip6tables ${rule}`]);
-  // Checked first each time, put only when missing: an agent's restart adds no second rule.
-  assert.deepEqual(fw.calls.filter((c) => c.includes(" -I ")), [
-    `iptables -w 5 -I ${rule}`,
-    `ip6tables -w 5 -I ${rule}`,
+  for (const cmd of ["iptables", "ip6tables"]) {
+    const chains = fw.tables.get(cmd)!;
+    // DNS passes on (a resolver on the node's address), any other new connection is refused.
+    assert.deepEqual(chains.get(FENCE_CHAIN), CHAIN);
+    assert.deepEqual(chains.get("INPUT"), [
+      `-i ixh+ -j ${FENCE_CHAIN}`,
+      `-i inferx-workers -j ${FENCE_CHAIN}`,
+    ]);
+  }
+  // Looked at first each time, put only when missing: an agent's restart adds nothing.
+  assert.equal(fw.calls.filter((c) => / -[AIN] /.test(` ${c} `)).length, 2 * (1 + 3 + 2));
+});
+
+Deno.test("fenceInterface() puts a chain found partial back in order", async () => {
+  const fw = fakeFirewall();
+  const options = { run: fw.run, interfaceHere: () => true };
+  await fenceInterface("inferx-workers", options);
+  // Say an operator removed the DNS rules: put back alone, they would come after the refusal.
+  fw.tables.get("iptables")!.set(FENCE_CHAIN, [CHAIN[2]]);
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.deepEqual(fw.tables.get("iptables")!.get(FENCE_CHAIN), CHAIN);
+  assert.deepEqual(fw.tables.get("iptables")!.get("INPUT"), [
+    `-i inferx-workers -j ${FENCE_CHAIN}`,
   ]);
 });
 
-Deno.test("fenceInterface() says why it could not fence", async () => {
+Deno.test("fenceInterface() says why it could not fence, and how to by hand", async () => {
   const fw = fakeFirewall(new Set(["ip6tables"]));
   assert.deepEqual(
     await fenceInterface("br-0123456789ab", { run: fw.run, interfaceHere: () => true }),
@@ -46,4 +90,11 @@ Deno.test("fenceInterface() says why it could not fence", async () => {
   });
   assert.match(problems[0], /not in this agent's network namespace/);
   assert.deepEqual(elsewhere.calls, []);
+  assert.equal(
+    fenceCommands("inferx-workers"),
+    `iptables -N ${FENCE_CHAIN}; iptables -A ${FENCE_CHAIN} -p udp --dport 53 -j RETURN; ` +
+      `iptables -A ${FENCE_CHAIN} -p tcp --dport 53 -j RETURN; ` +
+      `iptables -A ${FENCE_CHAIN} -m conntrack --ctstate NEW -j REJECT; ` +
+      `iptables -I INPUT -i inferx-workers -j ${FENCE_CHAIN} (and the same with ip6tables)`,
+  );
 });

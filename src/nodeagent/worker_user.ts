@@ -1,27 +1,39 @@
 /**
- * The user the process runtime runs its workers as (`INFERX_WORKER_USER`).
+ * The users the process runtime runs its workers as (`INFERX_WORKER_USER`).
  *
  * Unset, a worker runs as the node agent's user: root, on a node where the
  * agent makes pod namespaces and snapshots, with every capability. Set, the
- * agent (root) starts each worker through util-linux's `setpriv`: that
- * user's uid and gid, no supplementary groups, no capabilities (none kept,
- * none to inherit, an empty bounding set) and `no_new_privs` (no setuid
- * program gains any). Such a worker cannot read the environment of the
- * platform's processes, enter their namespaces, change its own namespace's
- * routes, or write what its user may not.
+ * agent (root) starts each worker through util-linux's `setpriv`: a uid and
+ * gid, no supplementary groups, no capabilities (none kept, none to
+ * inherit, an empty bounding set) and `no_new_privs` (no setuid program
+ * gains any). Such a worker cannot read the environment of the platform's
+ * processes, enter their namespaces, change its own namespace's routes, or
+ * write what its user may not.
+ *
+ * One user (a name, a uid, `uid:gid`) is shared by every worker, so workers
+ * are not kept from each other: the kernel lets processes of one uid read
+ * each other's `/proc/PID/environ` and signal each other. A range of uids
+ * (`FIRST-LAST`) gives each worker a uid of its own (and a group of the
+ * same number), so one tenant's worker cannot read or signal another's.
  *
  * @module
  */
 import { WORKER_USER_RE } from "../common/config.ts";
 import { InferxError } from "../common/errors.ts";
 
-/** A user workers run as. */
+/** A user a worker runs as. */
 export interface WorkerUser {
   uid: number;
   gid: number;
   /** Its home directory (from the password file), the worker's `HOME`. */
   home?: string;
 }
+
+/** What `INFERX_WORKER_USER` gives: one user for every worker, or a uid of its own each. */
+export type WorkerUsers = { one: WorkerUser } | { first: number; last: number };
+
+/** The largest id a user or group may have (2^32 - 1 is "unchanged" to the system calls). */
+export const MAX_ID = 4_294_967_294;
 
 /** The entries of a password file (`name:x:uid:gid:gecos:home:shell`) by name and by uid. */
 function passwdEntries(text: string): { name: string; uid: number; gid: number; home: string }[] {
@@ -33,18 +45,37 @@ function passwdEntries(text: string): { name: string; uid: number; gid: number; 
   }));
 }
 
+function invalid(spec: string, why: string): InferxError {
+  return new InferxError("invalid", `INFERX_WORKER_USER="${spec}" ${why}`);
+}
+
+/** Refuses root's ids (0: what unset means) and ids past {@linkcode MAX_ID}. */
+function checkIds(spec: string, uid: number, gid: number): void {
+  if (uid === 0 || gid === 0) {
+    throw invalid(spec, "is root's user or group: leave it unset to run workers as the agent's");
+  }
+  if (uid > MAX_ID || gid > MAX_ID) {
+    throw invalid(spec, `has an id past ${MAX_ID}, which no user may have`);
+  }
+}
+
 /**
- * The user `spec` names (`INFERX_WORKER_USER`): a name, found in the
+ * The users `spec` names (`INFERX_WORKER_USER`): a name, found in the
  * password file; a uid, with its group from the password file when it is
- * there, else the uid's number; or `uid:gid`. Root (uid 0) is refused: it
- * is what unset means.
+ * there, else the uid's number; `uid:gid`; or `FIRST-LAST`, a range of
+ * uids, one a worker. Root's user and group (0) are refused.
  */
-export function resolveWorkerUser(spec: string, passwd?: string): WorkerUser {
+export function resolveWorkerUsers(spec: string, passwd?: string): WorkerUsers {
   if (!WORKER_USER_RE.test(spec)) {
-    throw new InferxError(
-      "invalid",
-      `INFERX_WORKER_USER="${spec}" is not a user name, a uid or uid:gid`,
-    );
+    throw invalid(spec, "is not a user name, a uid, uid:gid or a range of uids FIRST-LAST");
+  }
+  const range = /^(\d+)-(\d+)$/.exec(spec);
+  if (range) {
+    const [first, last] = [Number(range[1]), Number(range[2])];
+    checkIds(spec, first, first);
+    checkIds(spec, last, last);
+    if (last < first) throw invalid(spec, "is a range whose last uid comes before its first");
+    return { first, last };
   }
   let entries: ReturnType<typeof passwdEntries> | undefined;
   const read = () =>
@@ -65,20 +96,25 @@ export function resolveWorkerUser(spec: string, passwd?: string): WorkerUser {
   } else {
     const entry = read().find((e) => e.name === spec);
     if (!entry) {
-      throw new InferxError(
-        "invalid",
-        `INFERX_WORKER_USER="${spec}": no such user in /etc/passwd (a uid, or uid:gid, needs none)`,
-      );
+      throw invalid(spec, "names no user of /etc/passwd (a uid, or uid:gid, needs none)");
     }
     user = { uid: entry.uid, gid: entry.gid, home: entry.home };
   }
-  if (user.uid === 0) {
-    throw new InferxError(
-      "invalid",
-      `INFERX_WORKER_USER="${spec}" is root: leave it unset to run workers as the agent's user`,
-    );
+  checkIds(spec, user.uid, user.gid);
+  return { one: user };
+}
+
+/**
+ * The user for a new worker: the one user, or the lowest uid of the range
+ * that none of `taken` (the uids of the workers there) holds; undefined
+ * when the range is all taken.
+ */
+export function userFor(users: WorkerUsers, taken: ReadonlySet<number>): WorkerUser | undefined {
+  if ("one" in users) return users.one;
+  for (let uid = users.first; uid <= users.last; uid++) {
+    if (!taken.has(uid)) return { uid, gid: uid };
   }
-  return user;
+  return undefined;
 }
 
 /** The `setpriv` command line (before the worker's own) that runs a program as `user`. */

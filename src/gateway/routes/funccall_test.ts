@@ -104,6 +104,9 @@ t("gateway honours X-Inferx-Timeout up to the policy's queue_timeout", async () 
   const r = await call(f.app, { prompt: "x" }, { "x-inferx-timeout": "0.1" });
   assert.equal(r.status, 504);
   await r.body?.cancel();
+  const short = await call(f.app, { prompt: "x" }, { "x-inferx-timeout": ".1" });
+  assert.equal(short.status, 504, "a decimal without its leading 0");
+  await short.body?.cancel();
   assert.ok(performance.now() - t0 < 5000);
   // Decimal seconds only: Number() also read "0x1" as 1 and "1e3" as 1000.
   for (const value of ["soon", "0", "-1", "1e308", "0x1", "1e3", "+1", "Infinity"]) {
