@@ -8,6 +8,7 @@ import { ConfigMap, Namespace, Secret, Service, ServiceAccount } from "kubernete
 import { DaemonSet, Deployment, StatefulSet } from "kubernetes-models/apps/v1";
 import { Ingress, NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
 import { StorageClass } from "kubernetes-models/storage.k8s.io/v1";
+import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { parseAllDocuments } from "yaml";
 import { type K8sObject, merge, renderKustomization } from "../k8s/render.ts";
@@ -30,6 +31,7 @@ const MODELS: Record<string, new (o: any) => { validate(): void }> = {
   Ingress,
   StorageClass,
   ServiceMonitor,
+  PodDisruptionBudget,
 };
 
 /** DESIGN.md: one image per role, its RUN_SERVICE, its port. */

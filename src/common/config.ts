@@ -190,6 +190,20 @@ const GatewayEnv = z.object({
     }
     return v;
   }),
+  // A scrape credential: /metrics of the gateways and schedulers, nothing else.
+  INFERX_METRICS_KEY: z.string().optional().transform((raw, ctx) => {
+    const v = raw?.trim() || undefined;
+    const problem = v === undefined
+      ? raw ? "is blank (unset it, or leave it empty, for no metrics key)" : undefined
+      : /\s/.test(v)
+      ? "must not contain whitespace"
+      : adminKeyProblem(v);
+    if (problem) {
+      ctx.addIssue({ code: "custom", message: problem });
+      return z.NEVER;
+    }
+    return v;
+  }),
   INFERX_OIDC_JWKS_URL: httpUrl(),
   INFERX_OIDC_ISSUER: optional(),
   INFERX_OIDC_AUDIENCE: optional(),
@@ -242,6 +256,8 @@ export interface GatewaySettings {
   bodyBufferMb: number;
   /** `INFERX_ADMIN_APIKEY`: the administrator's key; with it (or OIDC) auth is on. */
   adminApiKey?: string;
+  /** `INFERX_METRICS_KEY`: a credential for `/metrics` alone (a scraper's). */
+  metricsKey?: string;
   /** `INFERX_OIDC_JWKS_URL`, `INFERX_OIDC_ISSUER`, `INFERX_OIDC_AUDIENCE`: bearer tokens. */
   oidc?: { jwksUrl: string; issuer?: string; audience?: string };
 }
@@ -529,6 +545,13 @@ export function readConfig(
       name,
     );
   }
+  if (g.INFERX_METRICS_KEY && g.INFERX_METRICS_KEY === g.INFERX_ADMIN_APIKEY) {
+    throw new ValidationError(
+      "Invalid configuration: INFERX_METRICS_KEY is the admin key: a scraper's credential must " +
+        "be one of its own, good for /metrics alone",
+      "INFERX_METRICS_KEY",
+    );
+  }
   if (g.GATEWAY_PORT === 0 && (g.GATEWAY_WORKERS ?? 1) > 1) {
     throw new ValidationError(
       "Invalid configuration: GATEWAY_PORT: 0 (a port the system picks) cannot be shared by " +
@@ -569,6 +592,7 @@ export function readConfig(
       bodyLimit: g.INFERX_BODY_LIMIT,
       bodyBufferMb: g.INFERX_BODY_BUFFER_MB,
       adminApiKey: g.INFERX_ADMIN_APIKEY,
+      metricsKey: g.INFERX_METRICS_KEY,
       oidc: g.INFERX_OIDC_JWKS_URL
         ? {
           jwksUrl: g.INFERX_OIDC_JWKS_URL,

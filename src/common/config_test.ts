@@ -37,6 +37,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       bodyLimit: 16 * 1024 * 1024,
       bodyBufferMb: 256,
       adminApiKey: undefined,
+      metricsKey: undefined,
       oidc: undefined,
     },
     node: {
@@ -212,6 +213,11 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     // One segment of its key in the store: a node named so would never be listed.
     [{ NODE_NAME: "a/b" }, /NODE_NAME: is not a node name/],
     [{ NODE_NAME: "  " }, /NODE_NAME: is not a node name/],
+    [{ INFERX_METRICS_KEY: "short" }, /INFERX_METRICS_KEY: must be at least 16 characters/],
+    [
+      { INFERX_ADMIN_APIKEY: "admin-key-0123456789", INFERX_METRICS_KEY: "admin-key-0123456789" },
+      /INFERX_METRICS_KEY is the admin key/,
+    ],
     [
       { INFERX_WORKER_USER: "no body" },
       /INFERX_WORKER_USER: is not a user name, a uid, uid:gid or a range of uids/,

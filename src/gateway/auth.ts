@@ -49,6 +49,8 @@ export interface Principal {
   anonymous?: boolean;
   /** An API key's expiry (epoch ms): keys it creates expire no later. */
   expiresAt?: number;
+  /** The scrape credential (`INFERX_METRICS_KEY`): `/metrics`, and nothing else. */
+  metrics?: boolean;
 }
 
 const ACTIONS: Record<Scope, readonly Action[]> = {
@@ -68,6 +70,9 @@ export const ANONYMOUS: Principal = {
 
 /** The administrator (and every caller while auth is off). */
 export const ADMIN: Principal = { id: "admin", grants: [{ scope: "full" }] };
+
+/** A scraper with the metrics key: no grant, so every route but `/metrics` refuses it. */
+export const METRICS: Principal = { id: "metrics", grants: [], metrics: true };
 
 /** Whether grant `g` reaches `tenant`/`namespace` (undefined: the whole tenant or cluster). */
 export function covers(g: Grant, tenant?: string, namespace?: string): boolean {
@@ -198,6 +203,8 @@ export function newApiKey(): { id: string; key: string } {
 export interface AuthOptions {
   /** The administrator's key (`INFERX_ADMIN_APIKEY`). */
   adminKey?: string;
+  /** A credential for `/metrics` alone (`INFERX_METRICS_KEY`). */
+  metricsKey?: string;
   oidc?: OidcVerifier;
   /** Current time (ms); for tests. */
   now?: () => number;
@@ -211,6 +218,7 @@ const EXPIRED_SWEEP_MS = 60_000;
 export class Authenticator {
   readonly enabled: boolean;
   #admin?: AdminKey;
+  #metrics?: AdminKey;
   #oidc?: OidcVerifier;
   #now: () => number;
   #byHash = new Map<string, KeyEntry>();
@@ -225,6 +233,11 @@ export class Authenticator {
     const problem = opts.adminKey === undefined ? undefined : adminKeyProblem(opts.adminKey);
     if (problem) throw new InferxError("invalid", `INFERX_ADMIN_APIKEY ${problem}`);
     this.#admin = opts.adminKey ? new AdminKey(opts.adminKey) : undefined;
+    const metricsProblem = opts.metricsKey === undefined
+      ? undefined
+      : adminKeyProblem(opts.metricsKey);
+    if (metricsProblem) throw new InferxError("invalid", `INFERX_METRICS_KEY ${metricsProblem}`);
+    this.#metrics = opts.metricsKey ? new AdminKey(opts.metricsKey) : undefined;
     this.#oidc = opts.oidc;
     this.#now = opts.now ?? Date.now;
     this.enabled = this.#admin !== undefined || this.#oidc !== undefined;
@@ -306,6 +319,7 @@ export class Authenticator {
     if (cred === undefined) return ANONYMOUS;
     if (cred.startsWith(KEY_PREFIX)) return this.#byKey(cred);
     if (this.#admin?.matches(cred)) return ADMIN;
+    if (this.#metrics?.matches(cred)) return METRICS;
     if (this.#oidc && cred.split(".").length === 3) return this.#byToken(cred);
     throw new InferxError("unauthenticated", "Invalid credentials: unknown API key or token");
   }

@@ -144,6 +144,10 @@ Deno.test("Authenticator without admin key or OIDC lets everyone in as the admin
   assert.ok(!auth.enabled);
   assert.equal(await auth.authenticate(new Headers({ authorization: "Bearer junk" })), ADMIN);
   assert.throws(() => new Authenticator({ adminKey: "short" }), /at least 16/);
+  assert.throws(
+    () => new Authenticator({ adminKey: "admin-key-0123456789", metricsKey: "short" }),
+    /INFERX_METRICS_KEY must be at least 16/,
+  );
   // Looked up as a stored key, it could never be the admin's: refused at start.
   assert.throws(
     () => new Authenticator({ adminKey: "ixk_0123456789abcdef" }),

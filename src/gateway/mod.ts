@@ -54,6 +54,8 @@ export interface GatewayConfig {
   extraRegistries?: GatewayDeps["extraRegistries"];
   /** The administrator's key; with it (or `oidc`) auth is on. */
   adminApiKey?: string;
+  /** A credential for `/metrics` alone (`INFERX_METRICS_KEY`). */
+  metricsKey?: string;
   /** Where OIDC bearer tokens are checked. */
   oidc?: OidcOptions;
   /** Where request rows go (the caller closes it). */
@@ -79,6 +81,7 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
   const gatewayId = newId("gw", 4);
   const auth = new Authenticator({
     adminKey: config.adminApiKey,
+    metricsKey: config.metricsKey,
     oidc: config.oidc && new OidcVerifier(config.oidc),
   });
   await auth.start(config.meta);

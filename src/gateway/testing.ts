@@ -101,6 +101,8 @@ export interface FixtureOptions {
   bodyBufferBytes?: number;
   /** Turns auth on with this administrator key. */
   adminKey?: string;
+  /** The scrape credential (`INFERX_METRICS_KEY`). */
+  metricsKey?: string;
   /** Settings of the asynchronous calls' queue. */
   calls?: GatewayDeps["calls"];
   /** Answers read ahead spill to disk so. */
@@ -129,7 +131,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
   const sched = new FakeScheduler();
   const cache = new FuncCache({ scheduler: sched, gatewayId: "gw-test" });
   await cache.start(meta);
-  const auth = new Authenticator({ adminKey: opts.adminKey });
+  const auth = new Authenticator({ adminKey: opts.adminKey, metricsKey: opts.metricsKey });
   await auth.start(meta);
   const audit = memoryAudit();
   const deps = resolveDeps({

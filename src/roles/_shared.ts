@@ -131,6 +131,7 @@ export function gatewayOptions(
   | "readAheadBytes"
   | "spill"
   | "adminApiKey"
+  | "metricsKey"
   | "oidc"
   | "calls"
 > {
@@ -146,6 +147,7 @@ export function gatewayOptions(
       limit: Math.floor(config.gateway.spillMb * 1024 * 1024 / members),
     },
     adminApiKey: config.gateway.adminApiKey,
+    metricsKey: config.gateway.metricsKey,
     oidc: config.gateway.oidc,
     calls: config.calls,
   };

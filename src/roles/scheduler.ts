@@ -49,6 +49,7 @@ export async function start(config: Config): Promise<RoleHandle> {
     leader: () => leader,
     registry,
     adminApiKey: config.gateway.adminApiKey,
+    metricsKey: config.gateway.metricsKey,
     authEnabled: config.gateway.adminApiKey !== undefined || config.gateway.oidc !== undefined,
   });
   const http = listening(

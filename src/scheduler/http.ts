@@ -4,7 +4,8 @@
  * (Prometheus text). With auth on, `/state` and `/metrics` need the
  * administrator's key (`INFERX_ADMIN_APIKEY`: they name every tenant's
  * functions, pods and leases), and are closed when auth is on by OIDC alone;
- * `/health` stays open for probes.
+ * `/metrics` also takes `INFERX_METRICS_KEY`, a scraper's credential good
+ * for nothing else. `/health` stays open for probes.
  *
  * @module
  */
@@ -24,6 +25,8 @@ export interface SchedulerAppDeps {
   registry: Registry;
   /** The administrator's key: `/state` and `/metrics` need it when set. */
   adminApiKey?: string;
+  /** A credential for `/metrics` alone (`INFERX_METRICS_KEY`). */
+  metricsKey?: string;
   /** Auth is on (an admin key, or OIDC): without the key, `/state` and `/metrics` are closed. */
   authEnabled?: boolean;
 }
@@ -33,23 +36,28 @@ export function createSchedulerApp(deps: SchedulerAppDeps): Hono {
   const app = new Hono();
   app.get("/health", (c) => c.json({ status: "ok", id: deps.id, leader: !!deps.leader() }));
   const admin = deps.adminApiKey ? new AdminKey(deps.adminApiKey) : undefined;
+  const scraper = deps.metricsKey ? new AdminKey(deps.metricsKey) : undefined;
   if (admin || deps.authEnabled) {
     app.use(async (c, next) => {
       if (c.req.path === "/health") return await next();
-      if (!admin) {
+      if (!admin && !scraper) {
         throw new InferxError(
           "unauthenticated",
           `${c.req.path} needs the admin key, and this scheduler has none (INFERX_ADMIN_APIKEY): auth is on by OIDC alone`,
         );
       }
       const cred = credential(c.req.raw.headers);
+      // The scrape credential: /metrics, nothing else.
+      if (cred !== undefined && c.req.path === "/metrics" && scraper?.matches(cred)) {
+        return await next();
+      }
       if (cred === undefined) {
         throw new InferxError(
           "unauthenticated",
           `Credentials required for ${c.req.path}: send Authorization: Bearer <admin key>`,
         );
       }
-      if (!admin.matches(cred)) {
+      if (!admin?.matches(cred)) {
         throw new InferxError("unauthenticated", "Invalid credentials: not the admin key");
       }
       await next();

@@ -5,7 +5,7 @@ import type { SchedulerService } from "./service.ts";
 
 const snapshot = { nodes: [], pods: [{ id: "p-1", func: "t/n/f", node: "n1", state: "Ready" }] };
 
-function app(leads: boolean, adminApiKey?: string, authEnabled?: boolean) {
+function app(leads: boolean, adminApiKey?: string, authEnabled?: boolean, metricsKey?: string) {
   const registry = new Registry();
   registry.setDefaultLabels({});
   const leader = { snapshot: () => snapshot } as unknown as SchedulerService;
@@ -15,6 +15,7 @@ function app(leads: boolean, adminApiKey?: string, authEnabled?: boolean) {
     registry,
     adminApiKey,
     authEnabled,
+    metricsKey,
   });
 }
 
@@ -78,5 +79,19 @@ Deno.test("with auth on by OIDC alone (no admin key), the scheduler's /state and
     assert.equal(r.status, 401, path);
     assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="inferx"');
     assert.match((await r.json()).error.message, /needs the admin key.*INFERX_ADMIN_APIKEY/);
+  }
+});
+
+Deno.test("the metrics key opens the scheduler's /metrics and nothing else", async () => {
+  for (
+    const a of [app(true, "s3cret", true, "scrape-only"), app(true, undefined, true, "scrape-only")]
+  ) {
+    const headers = { authorization: "Bearer scrape-only" };
+    const metrics = await a.request("/metrics", { headers });
+    assert.equal(metrics.status, 200);
+    await metrics.body?.cancel();
+    const state = await a.request("/state", { headers });
+    assert.equal(state.status, 401, "the accounting is the admin's");
+    await state.body?.cancel();
   }
 });

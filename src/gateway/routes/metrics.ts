@@ -1,6 +1,7 @@
 /**
- * `GET /metrics`: Prometheus text (needs a cluster-wide read grant when auth
- * is on); the whole group's when gateways share the port.
+ * `GET /metrics`: Prometheus text (needs a cluster-wide read grant, or the
+ * metrics key, when auth is on); the whole group's when gateways share the
+ * port.
  *
  * @module
  */
@@ -12,7 +13,8 @@ import type { GatewayEnv, RouteDeps } from "../types.ts";
 export function metricsRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   app.get("/metrics", async (c) => {
-    authorize(c.var.principal, "read");
+    // A cluster-wide read grant, or the scrape credential, good for nothing else.
+    if (!c.var.principal.metrics) authorize(c.var.principal, "read");
     const registry = deps.groupMetrics ? await deps.groupMetrics.registry() : deps.registry;
     return c.body(await registry.metrics(), 200, { "content-type": registry.contentType });
   });

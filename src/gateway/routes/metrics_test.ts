@@ -31,3 +31,40 @@ Deno.test({
     await w.close();
   },
 });
+
+Deno.test({
+  name: "the metrics key opens /metrics and nothing else",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const f = await gatewayFixture({
+      adminKey: "admin-key-0123456789",
+      metricsKey: "scrape-key-0123456789",
+    });
+    try {
+      const as = { authorization: "Bearer scrape-key-0123456789" };
+      const metrics = await f.app.request("/metrics", { headers: as });
+      assert.equal(metrics.status, 200);
+      await metrics.body?.cancel();
+      const anonymous = await f.app.request("/metrics");
+      assert.equal(anonymous.status, 401);
+      await anonymous.body?.cancel();
+      for (
+        const [path, init] of [
+          ["/nodes", {}],
+          ["/funccall/t/n/f/x", { method: "POST", body: "{}" }],
+          ["/apikeys", { method: "POST", body: JSON.stringify({ scope: "read" }) }],
+        ] as const
+      ) {
+        const r = await f.app.request(path, { ...init, headers: as });
+        assert.equal(r.status, 403, path);
+        await r.body?.cancel();
+      }
+      // A list shows what it may read: nothing.
+      const list = await f.app.request("/objects/function", { headers: as });
+      assert.deepEqual((await list.json()).items, []);
+    } finally {
+      await f.close();
+    }
+  },
+});
