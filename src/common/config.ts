@@ -151,6 +151,28 @@ export interface SchedulerSettings {
   reclaimGraceMs: number;
 }
 
+/**
+ * A key sent as a bearer (`what`, for messages). From a Secret or a file it
+ * often ends in a newline: trimmed. A key with a space inside could never be
+ * sent as a bearer: refused. Set but blank (an empty secret mounted, say)
+ * would turn it off unseen: only unset or empty does.
+ */
+function bearerKey(what: string) {
+  return z.string().optional().transform((raw, ctx) => {
+    const v = raw?.trim() || undefined;
+    const problem = v === undefined
+      ? raw ? `is blank (unset it, or leave it empty, for no ${what})` : undefined
+      : /\s/.test(v)
+      ? "must not contain whitespace"
+      : adminKeyProblem(v);
+    if (problem) {
+      ctx.addIssue({ code: "custom", message: problem });
+      return z.NEVER;
+    }
+    return v;
+  });
+}
+
 const GatewayEnv = z.object({
   GATEWAY_PORT: port(4000),
   // Unset: the role's default (1 in All, the core count for Gateway).
@@ -173,37 +195,9 @@ const GatewayEnv = z.object({
   GATEWAY_SPILL_DIR: optional(),
   INFERX_BODY_LIMIT: positive(16 * 1024 * 1024),
   INFERX_BODY_BUFFER_MB: positive(256),
-  // From a Secret or a file it often ends in a newline: trimmed. A key with a space inside
-  // could never be sent as a bearer: refused.
-  INFERX_ADMIN_APIKEY: z.string().optional().transform((raw, ctx) => {
-    const v = raw?.trim() || undefined;
-    const problem = v === undefined
-      // Set but blank (an empty secret mounted, say) would turn auth off unseen: only unset or
-      // empty does.
-      ? raw ? "is blank (unset it, or leave it empty, for no administrator key)" : undefined
-      : /\s/.test(v)
-      ? "must not contain whitespace"
-      : adminKeyProblem(v);
-    if (problem) {
-      ctx.addIssue({ code: "custom", message: problem });
-      return z.NEVER;
-    }
-    return v;
-  }),
+  INFERX_ADMIN_APIKEY: bearerKey("administrator key"),
   // A scrape credential: /metrics of the gateways and schedulers, nothing else.
-  INFERX_METRICS_KEY: z.string().optional().transform((raw, ctx) => {
-    const v = raw?.trim() || undefined;
-    const problem = v === undefined
-      ? raw ? "is blank (unset it, or leave it empty, for no metrics key)" : undefined
-      : /\s/.test(v)
-      ? "must not contain whitespace"
-      : adminKeyProblem(v);
-    if (problem) {
-      ctx.addIssue({ code: "custom", message: problem });
-      return z.NEVER;
-    }
-    return v;
-  }),
+  INFERX_METRICS_KEY: bearerKey("metrics key"),
   INFERX_OIDC_JWKS_URL: httpUrl(),
   INFERX_OIDC_ISSUER: optional(),
   INFERX_OIDC_AUDIENCE: optional(),
