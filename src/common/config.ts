@@ -319,7 +319,7 @@ const NodeEnv = z.object({
   // by the node agent (a unix socket only), which says so of another; nothing else refuses it.
   DOCKER_HOST: optional(),
   INFERX_WORKER_USER: optional().refine((v) => v === undefined || WORKER_USER_RE.test(v), {
-    message: "is not a user name, a uid, uid:gid or a range of uids FIRST-LAST",
+    message: "is not a user name, a uid or uid:gid",
   }),
   INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
     const entries = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
@@ -340,9 +340,8 @@ const NodeEnv = z.object({
   }),
 });
 
-/** What `INFERX_WORKER_USER` may be: a user name, a uid, `uid:gid`, or a range of uids. */
-export const WORKER_USER_RE =
-  /^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?|\d{1,10}-\d{1,10})$/;
+/** What `INFERX_WORKER_USER` may be: a user name, a uid, or `uid:gid`. */
+export const WORKER_USER_RE = /^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?)$/;
 
 /**
  * A host directory functions may bind (`INFERX_MOUNT_ALLOW`). Read-only: it
@@ -378,10 +377,7 @@ export interface NodeSettings {
   mountAllow?: MountAllow[];
   /** `DOCKER_HOST`: where the Docker engine is (`unix:///path`); unset, the default socket. */
   dockerHost?: string;
-  /**
-   * `INFERX_WORKER_USER`: the user (or range of uids, one a worker) the
-   * process runtime's workers run as; unset, the agent's.
-   */
+  /** `INFERX_WORKER_USER`: the user the process runtime's workers run as; unset, the agent's. */
   workerUser?: string;
 }
 
@@ -537,6 +533,13 @@ export function readConfig(
     throw new ValidationError(
       `Invalid configuration: ${name} is set without INFERX_OIDC_JWKS_URL, where the keys are`,
       name,
+    );
+  }
+  if (g.INFERX_METRICS_KEY && !g.INFERX_ADMIN_APIKEY && !g.INFERX_OIDC_JWKS_URL) {
+    throw new ValidationError(
+      "Invalid configuration: INFERX_METRICS_KEY is set but auth is off (no INFERX_ADMIN_APIKEY " +
+        "nor INFERX_OIDC_JWKS_URL): every caller would read /metrics, and everything else",
+      "INFERX_METRICS_KEY",
     );
   }
   if (g.INFERX_METRICS_KEY && g.INFERX_METRICS_KEY === g.INFERX_ADMIN_APIKEY) {

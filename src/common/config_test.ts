@@ -214,13 +214,14 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ NODE_NAME: "a/b" }, /NODE_NAME: is not a node name/],
     [{ NODE_NAME: "  " }, /NODE_NAME: is not a node name/],
     [{ INFERX_METRICS_KEY: "short" }, /INFERX_METRICS_KEY: must be at least 16 characters/],
+    [{ INFERX_METRICS_KEY: "scrape-key-0123456789" }, /INFERX_METRICS_KEY is set but auth is off/],
     [
       { INFERX_ADMIN_APIKEY: "admin-key-0123456789", INFERX_METRICS_KEY: "admin-key-0123456789" },
       /INFERX_METRICS_KEY is the admin key/,
     ],
     [
       { INFERX_WORKER_USER: "no body" },
-      /INFERX_WORKER_USER: is not a user name, a uid, uid:gid or a range of uids/,
+      /INFERX_WORKER_USER: is not a user name, a uid or uid:gid/,
     ],
     // Past a timer's reach (2^31 - 1 ms): a claim's renewal fired at once, an expiry was no date.
     [{ INFERX_CALL_LEASE_S: "3000000" }, /INFERX_CALL_LEASE_S: must be 86,400 s at most/],

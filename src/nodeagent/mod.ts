@@ -24,7 +24,7 @@ import {
   removeScopeContainers,
 } from "./docker_runtime.ts";
 import { findTool, ProcessRuntime, sweepProcessPods } from "./process_runtime.ts";
-import { resolveWorkerUsers, type WorkerUsers } from "./worker_user.ts";
+import { resolveWorkerUser, type WorkerUser } from "./worker_user.ts";
 import { type PodRuntime, WORKER_PIDS_LIMIT } from "./runtime.ts";
 
 export { NodeAgent } from "./agent.ts";
@@ -94,7 +94,7 @@ async function snapshotSupport(
   criu: CriuCapability,
   settings: SnapshotSettings,
   scope: string,
-  workerUsers?: WorkerUsers,
+  workerUser?: WorkerUser,
 ): Promise<{ podNetworks?: PodNetworks; snapshots: { available: boolean; reason?: string } }> {
   const off = (reason: string) => ({ snapshots: { available: false, reason } });
   const podNetworks = new PodNetworks({ prefix: scopeTag(scope), cidr: settings.podCidr });
@@ -118,7 +118,7 @@ async function snapshotSupport(
   if (!settings.enabled) {
     return { podNetworks, snapshots: { available: false, reason: "INFERX_SNAPSHOTS=off" } };
   }
-  if (workerUsers) {
+  if (workerUser) {
     // CRIU's parasite code runs as the worker: in a PID namespace of its own it must mount a
     // /proc there, which a worker without privileges may not. The file tier goes with it.
     const reason = "INFERX_WORKER_USER: CRIU cannot dump a worker without privileges";
@@ -192,11 +192,11 @@ export interface NodeAgentHandle {
 }
 
 /**
- * The users `INFERX_WORKER_USER` names, once the agent can run workers as
- * them: as root, with `setpriv` (util-linux) on its PATH.
+ * The user `INFERX_WORKER_USER` names, once the agent can run workers as it:
+ * as root, with `setpriv` (util-linux) on its PATH.
  */
-function processWorkerUsers(spec: string): WorkerUsers {
-  const users = resolveWorkerUsers(spec);
+function processWorkerUser(spec: string): WorkerUser {
+  const user = resolveWorkerUser(spec);
   if (Deno.uid() !== 0) {
     throw new InferxError(
       "invalid",
@@ -209,7 +209,7 @@ function processWorkerUsers(spec: string): WorkerUsers {
       `INFERX_WORKER_USER=${spec} needs setpriv (Debian's util-linux) on the node agent's PATH`,
     );
   }
-  return users;
+  return user;
 }
 
 /**
@@ -241,8 +241,8 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     });
   }
   // The process runtime's alone: an agent on Docker only says it does not use it.
-  const workerUsers = config.workerUser && !docker
-    ? processWorkerUsers(config.workerUser)
+  const workerUser = config.workerUser && !docker
+    ? processWorkerUser(config.workerUser)
     : undefined;
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
@@ -257,7 +257,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     criuCap,
     settings,
     scope,
-    workerUsers,
+    workerUser,
   );
   const cgroups = docker ? undefined : await PodCgroups.open(scopeTag(scope));
   if (cgroups) {
@@ -294,19 +294,19 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       podNetworks,
       snapshotDir,
       cgroups: cgroups?.available ? cgroups.cgroups : undefined,
-      workerUsers,
+      workerUser,
     });
   if (docker && config.workerUser) {
     logger("nodeagent").warn(
       "INFERX_WORKER_USER is for the process runtime: Docker workers run as their image's user",
     );
   }
-  if (runtime instanceof ProcessRuntime && workerUsers) {
-    logger("nodeagent").info("Workers run {as}, without capabilities", {
-      as: "one" in workerUsers
-        ? `as uid ${workerUsers.one.uid}, gid ${workerUsers.one.gid}, all of them (not kept from each other)`
-        : `each as a uid of its own, ${workerUsers.first} to ${workerUsers.last}`,
-    });
+  if (runtime instanceof ProcessRuntime && workerUser) {
+    logger("nodeagent").info(
+      "Workers run as uid {uid}, gid {gid}, without capabilities (all of them: not kept from " +
+        "each other)",
+      { uid: workerUser.uid, gid: workerUser.gid },
+    );
     if (!podNetworks) {
       logger("nodeagent").warn(
         "Workers share this node's network (no pod namespaces: see 'Snapshots' below): they " +

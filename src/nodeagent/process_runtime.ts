@@ -44,7 +44,7 @@ import {
 import type { PodCgroup, PodCgroups } from "./cgroup.ts";
 import type { PodNet, PodNetworks } from "./pod_net.ts";
 import { waitForProbe } from "./probe.ts";
-import { dropPrivileges, userFor, type WorkerUser, type WorkerUsers } from "./worker_user.ts";
+import { dropPrivileges, type WorkerUser } from "./worker_user.ts";
 import { fenceCommands, fenceInterface, POD_HOST_ENDS } from "./worker_fence.ts";
 import {
   type AdoptedPod,
@@ -103,11 +103,10 @@ export interface ProcessRuntimeOptions {
    */
   init?: string | false;
   /**
-   * The users workers run as, through `setpriv` (`worker_user.ts`): one for
-   * all, or a uid of its own each; the agent being root. @default the
-   * agent's own user
+   * The user workers run as, through `setpriv` (`worker_user.ts`), the
+   * agent being root. @default the agent's own user
    */
-  workerUsers?: WorkerUsers;
+  workerUser?: WorkerUser;
   /**
    * Fences pod pairs' host ends off the node; why it could not.
    * @default {@linkcode fenceInterface}
@@ -160,8 +159,6 @@ interface Child {
   worker?: number;
   port: number;
   net?: PodNet;
-  /** The uid it runs as, when one of `INFERX_WORKER_USER`'s range. */
-  uid?: number;
   /** Started under setsid: it leads its own session. */
   ownSession?: boolean;
   /** The init of a PID namespace of its own (pod networks, no GPU). */
@@ -632,7 +629,7 @@ export class ProcessRuntime implements PodRuntime {
     if (options.cuda?.hasCheckpointApi) tiers.push("host_memory");
     // CRIU cannot dump a worker without privileges: in a PID namespace of its own, its
     // parasite code (which runs as the worker) must mount a /proc there.
-    const dumpable = options.criu !== undefined && !options.workerUsers;
+    const dumpable = options.criu !== undefined && !options.workerUser;
     if (dumpable) tiers.push("file");
     this.standbyTiers = tiers;
     this.snapshots = dumpable && options.podNetworks !== undefined;
@@ -688,35 +685,8 @@ export class ProcessRuntime implements PodRuntime {
     };
   }
 
-  /** The uids of the workers here, and of those being started. */
-  #takenUids(): Set<number> {
-    const taken = new Set(this.#startingUids.values());
-    for (const c of this.#children.values()) if (c.uid !== undefined) taken.add(c.uid);
-    return taken;
-  }
-
-  /** The uids of the starts under way, by pod, until their workers are among the children. */
-  #startingUids = new Map<string, number>();
-
   async start(spec: PodSpec): Promise<RunningPod> {
-    const users = this.#options.workerUsers;
-    const user = users && userFor(users, this.#takenUids());
-    if (users && !user) {
-      throw new InferxError(
-        "worker_failed",
-        `Cannot start pod ${spec.podId}: every uid of INFERX_WORKER_USER's range runs a worker already`,
-        { retryable: true },
-      );
-    }
-    if (user) this.#startingUids.set(spec.podId, user.uid);
-    try {
-      return await this.#startAs(spec, user);
-    } finally {
-      this.#startingUids.delete(spec.podId);
-    }
-  }
-
-  async #startAs(spec: PodSpec, user: WorkerUser | undefined): Promise<RunningPod> {
+    const user = this.#options.workerUser;
     const t = spec.template;
     if (t.commands.length === 0) {
       throw new InferxError(
@@ -812,7 +782,6 @@ export class ProcessRuntime implements PodRuntime {
       pid: proc.pid,
       port,
       net,
-      uid: user?.uid,
       ownSession,
       ownPids,
       logFile,

@@ -583,7 +583,7 @@ for (const namespaced of [false, true]) {
         criu: criuCap.available ? new Criu(locateCriu()!) : undefined,
         podNetworks: namespaced ? new PodNetworks({ prefix: "ixtest" }) : undefined,
         snapshotDir: dir,
-        workerUsers: { one: { uid: 65534, gid: 65534, home: "/nonexistent" } },
+        workerUser: { uid: 65534, gid: 65534, home: "/nonexistent" },
         // The node's own fence, asked for (its rules may be there from an earlier run already).
         fence: (name) => (fenced.push(name), fenceInterface(name)),
       });
@@ -635,46 +635,6 @@ for (const namespaced of [false, true]) {
     },
   });
 }
-
-Deno.test({
-  name:
-    "ProcessRuntime gives each worker a uid of its own from a range: one cannot read another's environment, and a uid is free again once its worker ends",
-  ignore: Deno.uid() !== 0 || !findTool("setpriv"),
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const rt = new ProcessRuntime({ workerUsers: { first: 200_000, last: 200_001 } });
-    const start = (id: string, peer: number) => {
-      const s = spec(["/usr/bin/python3", "-c", WHOAMI], { podId: id });
-      s.template.envs = [["AGENT_PID", String(peer)]];
-      return rt.start(s);
-    };
-    const who = async (endpoint: string) =>
-      await (await fetch(`http://${endpoint}/n`, { headers: { connection: "close" } })).json();
-    try {
-      const a = await start("pod-a", Deno.pid);
-      const b = await start("pod-b", rt.pidOf("pod-a")!);
-      const [seenA, seenB] = [await who(a.endpoint), await who(b.endpoint)];
-      assert.deepEqual([seenA.uid, seenA.gid, seenB.uid, seenB.gid], [
-        200_000,
-        200_000,
-        200_001,
-        200_001,
-      ]);
-      // Another tenant's worker, say: its environment (its function's secrets) is not b's to read.
-      assert.equal(seenB.environ, "PermissionError");
-      await assert.rejects(
-        start("pod-c", Deno.pid),
-        /Cannot start pod pod-c: every uid of INFERX_WORKER_USER's range runs a worker already/,
-      );
-      await rt.stop("pod-a");
-      const c = await start("pod-c", Deno.pid);
-      assert.equal((await who(c.endpoint)).uid, 200_000, "a's uid, free again");
-    } finally {
-      for (const id of rt.running()) await rt.stop(id);
-    }
-  },
-});
 
 Deno.test({
   name: "Criu: a dump cut off by its time limit says so (retryable), and the worker runs on",

@@ -36,6 +36,19 @@ const CHAIN_RULES = [
   ["-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"],
 ];
 
+/** An earlier release's whole fence for `name`: one rule in `INPUT`. */
+const EARLIER_RULE = (name: string) => [
+  "INPUT",
+  "-i",
+  name,
+  "-m",
+  "conntrack",
+  "--ctstate",
+  "NEW",
+  "-j",
+  "REJECT",
+];
+
 /**
  * The jump (its arguments after the chain operation) that sends what comes
  * in by interface `name` (iptables' `prefix+` for every interface whose name
@@ -120,6 +133,11 @@ export async function fenceInterface(
           const put = await ipt("-A", FENCE_CHAIN, ...rule);
           if (!put.ok) return put.err;
         }
+      }
+      // The one rule of an earlier release, which refused DNS too, goes (behind the jump, it
+      // would still refuse what the chain lets pass).
+      for (let i = 0; i < 8 && (await ipt("-C", ...EARLIER_RULE(name))).ok; i++) {
+        await ipt("-D", ...EARLIER_RULE(name));
       }
       if ((await ipt("-C", ...fenceJump(name))).ok) return undefined;
       const jump = await ipt("-I", ...fenceJump(name));

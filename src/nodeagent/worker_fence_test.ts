@@ -32,6 +32,11 @@ function fakeFirewall(fails: Set<string> = new Set()) {
       case "-I":
         rules?.unshift(r);
         return ok(rules !== undefined);
+      case "-D": {
+        const at = rules?.indexOf(r) ?? -1;
+        if (at >= 0) rules!.splice(at, 1);
+        return ok(at >= 0);
+      }
     }
     return ok(false);
   };
@@ -73,6 +78,20 @@ Deno.test("fenceInterface() puts a chain found partial back in order", async () 
   assert.deepEqual(fw.tables.get("iptables")!.get(FENCE_CHAIN), CHAIN);
   assert.deepEqual(fw.tables.get("iptables")!.get("INPUT"), [
     `-i inferx-workers -j ${FENCE_CHAIN}`,
+  ]);
+});
+
+Deno.test("fenceInterface() takes an earlier release's one rule away, which refused DNS behind the jump", async () => {
+  const fw = fakeFirewall();
+  const earlier = "-i inferx-workers -m conntrack --ctstate NEW -j REJECT";
+  fw.tables.set("iptables", new Map([["INPUT", ["-i ixh+ -j ACCEPT", earlier]]]));
+  assert.deepEqual(
+    await fenceInterface("inferx-workers", { run: fw.run, interfaceHere: () => true }),
+    [],
+  );
+  assert.deepEqual(fw.tables.get("iptables")!.get("INPUT"), [
+    `-i inferx-workers -j ${FENCE_CHAIN}`,
+    "-i ixh+ -j ACCEPT",
   ]);
 });
 

@@ -1,36 +1,33 @@
 /**
- * The users the process runtime runs its workers as (`INFERX_WORKER_USER`).
+ * The user the process runtime runs its workers as (`INFERX_WORKER_USER`).
  *
  * Unset, a worker runs as the node agent's user: root, on a node where the
  * agent makes pod namespaces and snapshots, with every capability. Set, the
- * agent (root) starts each worker through util-linux's `setpriv`: a uid and
- * gid, no supplementary groups, no capabilities (none kept, none to
+ * agent (root) starts each worker through util-linux's `setpriv`: that
+ * user's uid and gid, no supplementary groups, no capabilities (none kept, none to
  * inherit, an empty bounding set) and `no_new_privs` (no setuid program
  * gains any). Such a worker cannot read the environment of the platform's
  * processes, enter their namespaces, change its own namespace's routes, or
  * write what its user may not.
  *
- * One user (a name, a uid, `uid:gid`) is shared by every worker, so workers
- * are not kept from each other: the kernel lets processes of one uid read
- * each other's `/proc/PID/environ` and signal each other. A range of uids
- * (`FIRST-LAST`) gives each worker a uid of its own (and a group of the
- * same number), so one tenant's worker cannot read or signal another's.
+ * The one user is every worker's, so workers are not kept from each other:
+ * the kernel lets processes of one uid read each other's `/proc/PID/environ`
+ * and signal each other, and they share the host's `/tmp`, `/dev/shm` and
+ * IPC objects. (A uid of its own per worker would not be enough either: a
+ * uid handed to the next worker gives it what the last one left there.)
  *
  * @module
  */
 import { WORKER_USER_RE } from "../common/config.ts";
 import { InferxError } from "../common/errors.ts";
 
-/** A user a worker runs as. */
+/** A user workers run as. */
 export interface WorkerUser {
   uid: number;
   gid: number;
   /** Its home directory (from the password file), the worker's `HOME`. */
   home?: string;
 }
-
-/** What `INFERX_WORKER_USER` gives: one user for every worker, or a uid of its own each. */
-export type WorkerUsers = { one: WorkerUser } | { first: number; last: number };
 
 /** The largest id a user or group may have (2^32 - 1 is "unchanged" to the system calls). */
 export const MAX_ID = 4_294_967_294;
@@ -60,23 +57,13 @@ function checkIds(spec: string, uid: number, gid: number): void {
 }
 
 /**
- * The users `spec` names (`INFERX_WORKER_USER`): a name, found in the
+ * The user `spec` names (`INFERX_WORKER_USER`): a name, found in the
  * password file; a uid, with its group from the password file when it is
- * there, else the uid's number; `uid:gid`; or `FIRST-LAST`, a range of
- * uids, one a worker. Root's user and group (0) are refused.
+ * there, else the uid's number; or `uid:gid`. Root's user and group (0),
+ * and ids past {@linkcode MAX_ID}, are refused.
  */
-export function resolveWorkerUsers(spec: string, passwd?: string): WorkerUsers {
-  if (!WORKER_USER_RE.test(spec)) {
-    throw invalid(spec, "is not a user name, a uid, uid:gid or a range of uids FIRST-LAST");
-  }
-  const range = /^(\d+)-(\d+)$/.exec(spec);
-  if (range) {
-    const [first, last] = [Number(range[1]), Number(range[2])];
-    checkIds(spec, first, first);
-    checkIds(spec, last, last);
-    if (last < first) throw invalid(spec, "is a range whose last uid comes before its first");
-    return { first, last };
-  }
+export function resolveWorkerUser(spec: string, passwd?: string): WorkerUser {
+  if (!WORKER_USER_RE.test(spec)) throw invalid(spec, "is not a user name, a uid or uid:gid");
   let entries: ReturnType<typeof passwdEntries> | undefined;
   const read = () =>
     entries ??= passwdEntries(
@@ -101,20 +88,7 @@ export function resolveWorkerUsers(spec: string, passwd?: string): WorkerUsers {
     user = { uid: entry.uid, gid: entry.gid, home: entry.home };
   }
   checkIds(spec, user.uid, user.gid);
-  return { one: user };
-}
-
-/**
- * The user for a new worker: the one user, or the lowest uid of the range
- * that none of `taken` (the uids of the workers there) holds; undefined
- * when the range is all taken.
- */
-export function userFor(users: WorkerUsers, taken: ReadonlySet<number>): WorkerUser | undefined {
-  if ("one" in users) return users.one;
-  for (let uid = users.first; uid <= users.last; uid++) {
-    if (!taken.has(uid)) return { uid, gid: uid };
-  }
-  return undefined;
+  return user;
 }
 
 /** The `setpriv` command line (before the worker's own) that runs a program as `user`. */

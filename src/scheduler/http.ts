@@ -3,9 +3,9 @@
  * replica leads), `/state` (the leader's accounting) and `/metrics`
  * (Prometheus text). With auth on, `/state` and `/metrics` need the
  * administrator's key (`INFERX_ADMIN_APIKEY`: they name every tenant's
- * functions, pods and leases), and are closed when auth is on by OIDC alone;
- * `/metrics` also takes `INFERX_METRICS_KEY`, a scraper's credential good
- * for nothing else. `/health` stays open for probes.
+ * functions, pods and leases), and are closed to all else when auth is on
+ * by OIDC alone; `/metrics` also takes `INFERX_METRICS_KEY`, a scraper's
+ * credential good for nothing else. `/health` stays open for probes.
  *
  * @module
  */
@@ -40,16 +40,16 @@ export function createSchedulerApp(deps: SchedulerAppDeps): Hono {
   if (admin || deps.authEnabled) {
     app.use(async (c, next) => {
       if (c.req.path === "/health") return await next();
-      if (!admin && !scraper) {
-        throw new InferxError(
-          "unauthenticated",
-          `${c.req.path} needs the admin key, and this scheduler has none (INFERX_ADMIN_APIKEY): auth is on by OIDC alone`,
-        );
-      }
       const cred = credential(c.req.raw.headers);
       // The scrape credential: /metrics, nothing else.
       if (cred !== undefined && c.req.path === "/metrics" && scraper?.matches(cred)) {
         return await next();
+      }
+      if (!admin) {
+        throw new InferxError(
+          "unauthenticated",
+          `${c.req.path} needs the admin key, and this scheduler has none (INFERX_ADMIN_APIKEY): auth is on by OIDC alone`,
+        );
       }
       if (cred === undefined) {
         throw new InferxError(

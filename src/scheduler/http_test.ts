@@ -94,4 +94,10 @@ Deno.test("the metrics key opens the scheduler's /metrics and nothing else", asy
     assert.equal(state.status, 401, "the accounting is the admin's");
     await state.body?.cancel();
   }
+  // With OIDC alone, what it asks for is said to be no one's to send.
+  const oidc = await app(true, undefined, true, "scrape-only").request("/state");
+  assert.match(
+    (await oidc.json()).error.message,
+    /needs the admin key, and this scheduler has none/,
+  );
 });
