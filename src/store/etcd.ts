@@ -87,6 +87,18 @@ function casFailure(
 }
 
 /**
+ * A store key as a caller reads it in an outage's error (the store's own
+ * names are not theirs): `/registry/function/t/n/f` is `function t/n/f`,
+ * the prefix `/registry/namespace/` every namespace.
+ */
+export function keyText(key: string): string {
+  const m = /^\/registry\/([^/]+)\/(.*)$/.exec(key);
+  if (!m) return key;
+  const rest = m[2].replace(/\/$/, "");
+  return rest ? `${m[1]} ${rest}` : `every ${m[1]}`;
+}
+
+/**
  * Runs one etcd call; a failure of etcd itself (down, unreachable, the
  * client's circuit breaker open) becomes a retryable `unavailable` error,
  * so that callers answer 503 rather than an internal error; one the breaker
@@ -226,13 +238,13 @@ export class EtcdStore implements MetaStore {
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
-    const res = await call(`read ${key}`, () => this.client.get(key).exec());
+    const res = await call(`read ${keyText(key)}`, () => this.client.get(key).exec());
     return res.kvs.length ? toKv(res.kvs[0]) : undefined;
   }
 
   async list(prefix: string): Promise<ListResult> {
     const res = await call(
-      `list ${prefix}`,
+      `list ${keyText(prefix)}`,
       () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").exec(),
     );
     return { items: res.kvs.map(toKv), revision: Number(res.header.revision) };
@@ -240,14 +252,14 @@ export class EtcdStore implements MetaStore {
 
   async keys(prefix: string): Promise<string[]> {
     return await call(
-      `list ${prefix}`,
+      `list ${keyText(prefix)}`,
       () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").keys(),
     );
   }
 
   async create(key: string, value: string): Promise<number> {
     const res = await call(
-      `create ${key}`,
+      `create ${keyText(key)}`,
       () => this.client.if(key, "Create", "==", 0).then(this.client.put(key).value(value)).commit(),
     );
     if (!res.succeeded) throw new AlreadyExistsError(`Cannot create ${key}: it already exists`);
@@ -256,7 +268,7 @@ export class EtcdStore implements MetaStore {
 
   async update(key: string, value: string, expectedRevision: number): Promise<number> {
     const res = await call(
-      `update ${key}`,
+      `update ${keyText(key)}`,
       () =>
         this.client.if(key, "Mod", "==", expectedRevision)
           .then(this.client.put(key).value(value))
@@ -271,7 +283,7 @@ export class EtcdStore implements MetaStore {
       ? this.client.if(key, "Create", ">", 0)
       : this.client.if(key, "Mod", "==", expectedRevision);
     const res = await call(
-      `delete ${key}`,
+      `delete ${keyText(key)}`,
       () => guard.then(this.client.delete().key(key)).else(this.client.get(key)).commit(),
     );
     if (res.succeeded) return Number(res.header.revision);

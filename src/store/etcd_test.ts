@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { storeContract } from "./contract.ts";
-import { type EtcdStore, openEtcdStore } from "./etcd.ts";
+import { type EtcdStore, keyText, openEtcdStore } from "./etcd.ts";
 import { etcdUnavailable, startEtcd } from "./etcd_server.ts";
 import { CompactedError } from "./types.ts";
 import { InferxError } from "../common/errors.ts";
@@ -97,6 +97,8 @@ Deno.test({
           assert.ok(err instanceof InferxError && err.code === "unavailable", String(err));
           // The first call's tries open the client's breaker, which holds the next one back.
           assert.match(err.message, /etcd did not answer|none is sent to it/);
+          // Named as the caller knows it, not by the store's key.
+          assert.match(err.message, /^Cannot (read|update) o t\/n\/a: /);
           // Named, not addressed: the message reaches API callers.
           assert.doesNotMatch(err.message, new RegExp(`${new URL(etcd.url).port}|Resolution`));
           return err.retryable;
@@ -367,4 +369,12 @@ etcdTest("startCompaction() keeps etcd's newest revisions and compacts the rest"
     });
   });
   assert.deepEqual(events, ["27", "28", "29"], "the newest revisions are kept");
+});
+
+Deno.test("keyText() names a store key as callers know its object", () => {
+  assert.equal(keyText("/registry/function/t/n/f"), "function t/n/f");
+  assert.equal(keyText("/registry/namespace/t2/system/b"), "namespace t2/system/b");
+  assert.equal(keyText("/registry/call/t/n/"), "call t/n");
+  assert.equal(keyText("/registry/namespace/"), "every namespace");
+  assert.equal(keyText("/other"), "/other");
 });
