@@ -186,6 +186,15 @@ export function createGatewayApp(deps: GatewayDeps | RouteDeps): Hono<GatewayEnv
     }
     throw new NotFoundError(`No route for ${c.req.method} ${c.req.path}`);
   });
+  // The gateway's own answers (keys, secrets, objects, logs, errors) are kept by no cache and
+  // never sniffed; a worker's carry its own caching and get nosniff where they are forwarded.
+  app.use("*", async (c, next) => {
+    await next();
+    if (c.req.path.startsWith("/funccall/") || OPENAI_CALL_PATHS.has(c.req.path)) return;
+    const h = c.res.headers;
+    if (!h.has("cache-control")) h.set("cache-control", "no-store");
+    if (!h.has("x-content-type-options")) h.set("x-content-type-options", "nosniff");
+  });
   app.get("/health", (c) => c.json({ status: "ok", gateway: d.gatewayId }));
 
   // Calls are recorded whatever happens to them, authentication failures included.

@@ -143,13 +143,24 @@ interface Head {
  * (every function answers on the gateway's one origin, the dashboard's too: a
  * cookie one function sets would reach the others); `x-content-type-options`
  * (the gateway sends `nosniff` itself, and a browser reads the first of two:
- * a worker's `sniff` before it would undo it).
+ * a worker's `sniff` before it would undo it); and the fields a browser
+ * applies to the whole origin whatever answer carries them, a `fetch()`'s
+ * included: `clear-site-data` (it signed the dashboard out and deleted the
+ * host's cookies), `strict-transport-security`, `alt-svc`, `nel`,
+ * `report-to`, `reporting-endpoints` and `service-worker-allowed`.
  */
 const NOT_PASSED: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
   "content-length",
   "set-cookie",
   "x-content-type-options",
+  "clear-site-data",
+  "strict-transport-security",
+  "alt-svc",
+  "nel",
+  "report-to",
+  "reporting-endpoints",
+  "service-worker-allowed",
 ]);
 
 /**

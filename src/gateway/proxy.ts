@@ -365,12 +365,18 @@ export function cutShortCode(err: unknown): ErrorCode | undefined {
  */
 export const WORKER_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
 
-/** Hop-by-hop fields, and those the gateway sets itself. */
+/**
+ * Hop-by-hop fields, those the gateway sets itself, and `cookie`: a browser
+ * sends the gateway's host every cookie of it (another app's on another
+ * port of the host, a parent domain's sign-in), none of them a function's
+ * (no worker may set one: `set-cookie` is not passed back).
+ */
 const NOT_FORWARDED: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
   "host",
   "content-length",
   "expect",
+  "cookie",
 ]);
 
 /**

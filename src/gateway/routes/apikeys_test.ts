@@ -163,3 +163,32 @@ t(
     await f.close();
   },
 );
+
+Deno.test({
+  name: "the gateway's own answers, a new key's included, are kept by no cache and never sniffed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+    try {
+      const headers = {
+        authorization: "Bearer admin-key-0123456789",
+        "content-type": "application/json",
+      };
+      for (
+        const [path, init] of [
+          ["/apikeys", { method: "POST", body: JSON.stringify({ scope: "read" }), headers }],
+          ["/nodes", { headers }],
+          ["/no-such-route", { headers }],
+        ] as const
+      ) {
+        const r = await f.app.request(path, init);
+        assert.equal(r.headers.get("cache-control"), "no-store", path);
+        assert.equal(r.headers.get("x-content-type-options"), "nosniff", path);
+        await r.body?.cancel();
+      }
+    } finally {
+      await f.close();
+    }
+  },
+});

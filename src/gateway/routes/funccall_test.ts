@@ -377,10 +377,28 @@ t("the platform's credentials are not forwarded to the worker when auth is on", 
   const r = await call(f.app, { prompt: "x" }, {
     authorization: "Bearer admin-key-0123456789",
     "x-trace": "1",
+    // A browser's: any app's of the gateway's host (another port, a parent domain's sign-in).
+    cookie: "otherapp_session=s3cret",
   });
   assert.equal(await r.text(), "ok");
   assert.ok(seen.includes("x-trace"));
   assert.ok(!seen.includes("authorization"));
+  assert.ok(!seen.includes("cookie"));
+  await f.close();
+  await server.shutdown();
+});
+
+t("a browser's cookies are not forwarded to the worker, with auth off too", async () => {
+  const f = await gatewayFixture();
+  const seen: string[] = [];
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req) => {
+    seen.push(...req.headers.keys());
+    return new Response("ok");
+  });
+  f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+  const r = await call(f.app, { prompt: "x" }, { cookie: "otherapp_session=s3cret" });
+  assert.equal(await r.text(), "ok");
+  assert.ok(!seen.includes("cookie"), seen.join(","));
   await f.close();
   await server.shutdown();
 });
@@ -516,6 +534,9 @@ t(
       answer: "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n" +
         "set-cookie: sid=planted; Path=/; HttpOnly\r\n" +
         "x-content-type-options: sniff\r\n" + // read first by a browser, it would undo nosniff
+        // Applied by a browser to the whole origin, whatever answer (a fetch's too) carries them.
+        'clear-site-data: "storage", "cookies"\r\nstrict-transport-security: max-age=60\r\n' +
+        "alt-svc: clear\r\n" +
         "x-inferx-pod: spoofed\r\nx-inferx-cold-start: 0\r\nx-app: kept\r\n" +
         `content-length: ${html.length}\r\n\r\n${html}`,
     });
@@ -523,6 +544,9 @@ t(
     const r = await f.app.request("/funccall/t/n/f/", { method: "GET" });
     assert.equal(await r.text(), html, "the body is passed on unchanged");
     assert.equal(r.headers.get("set-cookie"), null);
+    for (const field of ["clear-site-data", "strict-transport-security", "alt-svc"]) {
+      assert.equal(r.headers.get(field), null, field);
+    }
     assert.equal(r.headers.get("x-inferx-pod"), f.sched.leases[0] && "pod-1");
     assert.equal(r.headers.get("x-inferx-cold-start"), "1");
     assert.equal(r.headers.get("x-app"), "kept");
