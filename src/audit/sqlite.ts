@@ -23,9 +23,9 @@
  * Retention: rows older than `retainDays` are deleted, and when the rows
  * take more than `retainMB` the oldest go until they take 90% of it; freed
  * pages are given back to the file system. Retention runs with the writes
- * (and on a timer while none comes), a bounded number of rows at a time, so it never stalls the process: every
- * `retentionEveryMs`, and as soon as the rows pass the size limit (looked
- * at once a second at most).
+ * (and on a timer while none comes), a bounded number of rows at a time, so
+ * it never stalls the process: every `retentionEveryMs`, and as soon as the
+ * rows pass the size limit (looked at once a second at most).
  *
  * Commits use `synchronous=NORMAL` in WAL mode: a committed batch survives a
  * crash of the process (not a power loss), as rows still in the batching
@@ -766,9 +766,8 @@ export class SqliteAuditBackend implements AuditBackend {
     this.#chunk = options.retentionChunk ?? 20_000;
     this.#every = options.retentionEveryMs ?? 60_000;
     this.#now = options.now ?? Date.now;
-    // Passes run with the writes, and on this timer while none comes: rows of an idle
-    // platform pass their age too, and were listed until the next write.
-    // Looked at every 10 s at most: a pass a write made moves the next one past the timer's.
+    // Passes run with the writes, and on this timer while none comes (rows of an idle platform
+    // pass their age too), looked at every 10 s at most: a pass a write made moves the next one.
     this.#timer = setInterval(() => {
       if (this.#db.isOpen) this.#retainIfDue();
     }, Math.min(this.#every, 10_000));

@@ -23,7 +23,7 @@ import { forEachLimit } from "../common/limit.ts";
 import type { MountAllow } from "../common/config.ts";
 import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import { httpCall, waitForProbe } from "./probe.ts";
-import { fenceCommands, fenceInterface } from "./worker_fence.ts";
+import { fenceBridge, fenceCommands } from "./worker_fence.ts";
 import {
   type AdoptedPod,
   gpuId,
@@ -60,7 +60,7 @@ export interface DockerRuntimeOptions {
   mountAllow?: MountAllow[];
   /**
    * Fences the workers' bridge off the node; why it could not.
-   * @default {@linkcode fenceInterface}
+   * @default {@linkcode fenceBridge}
    */
   fence?: (bridge: string) => Promise<string[]>;
 }
@@ -290,7 +290,7 @@ export class DockerRuntime implements PodRuntime {
 
   /**
    * Makes {@linkcode WORKER_NETWORK} when the engine has none, and fences
-   * its bridge off the node ({@linkcode fenceInterface}) (once; again after a
+   * its bridge off the node ({@linkcode fenceBridge}) (once; again after a
    * failure).
    */
   #workerNetwork(): Promise<void> {
@@ -317,7 +317,7 @@ export class DockerRuntime implements PodRuntime {
       // A network an earlier release made has the engine's name for its bridge.
       const bridge = info.Options?.["com.docker.network.bridge.name"] ??
         `br-${String(info.Id).slice(0, 12)}`;
-      const problems = await (this.#options.fence ?? fenceInterface)(bridge);
+      const problems = await (this.#options.fence ?? fenceBridge)(bridge);
       if (problems.length) {
         logger("nodeagent").warn(
           "Docker workers can reach this node's own ports (the roles' gRPC, etcd) through " +

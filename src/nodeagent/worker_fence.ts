@@ -29,25 +29,18 @@
 /** The chain the workers' connections to the node go through. */
 export const FENCE_CHAIN = "INFERX-WORKERS";
 
+/** Any new connection refused. */
+const REFUSE_NEW = ["-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"];
+
 /** The chain's rules, in order: DNS passes on, any other new connection is refused. */
 const CHAIN_RULES = [
   ["-p", "udp", "--dport", "53", "-j", "RETURN"],
   ["-p", "tcp", "--dport", "53", "-j", "RETURN"],
-  ["-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"],
+  REFUSE_NEW,
 ];
 
-/** An earlier release's whole fence for `name`: one rule in `INPUT`. */
-const EARLIER_RULE = (name: string) => [
-  "INPUT",
-  "-i",
-  name,
-  "-m",
-  "conntrack",
-  "--ctstate",
-  "NEW",
-  "-j",
-  "REJECT",
-];
+/** An earlier release's whole fence for `name`: one rule in `INPUT`, DNS refused too. */
+const earlierRule = (name: string) => ["INPUT", "-i", name, ...REFUSE_NEW];
 
 /**
  * The jump (its arguments after the chain operation) that sends what comes
@@ -93,24 +86,34 @@ function interfaceHere(name: string): boolean {
 export const POD_HOST_ENDS = "ixh+";
 
 /**
- * Fences interface `name` off the node, in iptables and ip6tables: makes
- * {@linkcode FENCE_CHAIN} with its rules unless they are there (in order),
- * and the jump to it from `INPUT` unless it is there. Why it could not, for
- * each tool that failed; an empty list when it is fenced. A bridge's name is
- * checked to be in this agent's network namespace first (not
- * `POD_HOST_ENDS`, which this agent itself makes there).
+ * Fences the Docker workers' bridge off the node ({@linkcode fenceInterface}),
+ * once it is seen in this agent's network namespace: an agent in a container
+ * of its own would fence its own namespace, which holds nothing back.
  */
-export async function fenceInterface(
-  name: string,
+export async function fenceBridge(
+  bridge: string,
   options: { run?: CommandRunner; interfaceHere?: (name: string) => boolean } = {},
 ): Promise<string[]> {
-  const run = options.run ?? runCommand;
-  if (name !== POD_HOST_ENDS && !(options.interfaceHere ?? interfaceHere)(name)) {
+  if (!(options.interfaceHere ?? interfaceHere)(bridge)) {
     return [
-      `the workers' bridge ${name} is not in this agent's network namespace (it runs in a ` +
+      `the workers' bridge ${bridge} is not in this agent's network namespace (it runs in a ` +
       `container of its own)`,
     ];
   }
+  return await fenceInterface(bridge, options);
+}
+
+/**
+ * Fences interface `name` off the node, in iptables and ip6tables: makes
+ * {@linkcode FENCE_CHAIN} with its rules unless they are there (in order),
+ * and the jump to it from `INPUT` unless it is there. Why it could not, for
+ * each tool that failed; an empty list when it is fenced.
+ */
+export async function fenceInterface(
+  name: string,
+  options: { run?: CommandRunner } = {},
+): Promise<string[]> {
+  const run = options.run ?? runCommand;
   const problems: string[] = [];
   for (const cmd of ["iptables", "ip6tables"]) {
     // `-w`: wait for the lock another program (the engine) holds, rather than fail.
@@ -136,8 +139,8 @@ export async function fenceInterface(
       }
       // The one rule of an earlier release, which refused DNS too, goes (behind the jump, it
       // would still refuse what the chain lets pass).
-      for (let i = 0; i < 8 && (await ipt("-C", ...EARLIER_RULE(name))).ok; i++) {
-        await ipt("-D", ...EARLIER_RULE(name));
+      for (let i = 0; i < 8 && (await ipt("-C", ...earlierRule(name))).ok; i++) {
+        await ipt("-D", ...earlierRule(name));
       }
       if ((await ipt("-C", ...fenceJump(name))).ok) return undefined;
       const jump = await ipt("-I", ...fenceJump(name));

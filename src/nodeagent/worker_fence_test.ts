@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { FENCE_CHAIN, fenceCommands, fenceInterface, POD_HOST_ENDS } from "./worker_fence.ts";
+import {
+  FENCE_CHAIN,
+  fenceBridge,
+  fenceCommands,
+  fenceInterface,
+  POD_HOST_ENDS,
+} from "./worker_fence.ts";
 
 /** A firewall of fake commands: chains of rules, and which commands fail. */
 function fakeFirewall(fails: Set<string> = new Set()) {
@@ -51,7 +57,7 @@ const CHAIN = [
 
 Deno.test("fenceInterface() makes the chain once and jumps to it from INPUT, in iptables and ip6tables", async () => {
   const fw = fakeFirewall();
-  const options = { run: fw.run, interfaceHere: () => true };
+  const options = { run: fw.run };
   assert.deepEqual(await fenceInterface("inferx-workers", options), []);
   assert.deepEqual(await fenceInterface(POD_HOST_ENDS, options), []);
   assert.deepEqual(await fenceInterface("inferx-workers", options), []);
@@ -70,7 +76,7 @@ Deno.test("fenceInterface() makes the chain once and jumps to it from INPUT, in 
 
 Deno.test("fenceInterface() puts a chain found partial back in order", async () => {
   const fw = fakeFirewall();
-  const options = { run: fw.run, interfaceHere: () => true };
+  const options = { run: fw.run };
   await fenceInterface("inferx-workers", options);
   // Say an operator removed the DNS rules: put back alone, they would come after the refusal.
   fw.tables.get("iptables")!.set(FENCE_CHAIN, [CHAIN[2]]);
@@ -86,7 +92,7 @@ Deno.test("fenceInterface() takes an earlier release's one rule away, which refu
   const earlier = "-i inferx-workers -m conntrack --ctstate NEW -j REJECT";
   fw.tables.set("iptables", new Map([["INPUT", ["-i ixh+ -j ACCEPT", earlier]]]));
   assert.deepEqual(
-    await fenceInterface("inferx-workers", { run: fw.run, interfaceHere: () => true }),
+    await fenceInterface("inferx-workers", { run: fw.run }),
     [],
   );
   assert.deepEqual(fw.tables.get("iptables")!.get("INPUT"), [
@@ -98,12 +104,12 @@ Deno.test("fenceInterface() takes an earlier release's one rule away, which refu
 Deno.test("fenceInterface() says why it could not fence, and how to by hand", async () => {
   const fw = fakeFirewall(new Set(["ip6tables"]));
   assert.deepEqual(
-    await fenceInterface("br-0123456789ab", { run: fw.run, interfaceHere: () => true }),
+    await fenceInterface("br-0123456789ab", { run: fw.run }),
     ["ip6tables failed: ip6tables: Permission denied"],
   );
   // An agent in a container of its own: a rule put there would hold nothing back.
   const elsewhere = fakeFirewall();
-  const problems = await fenceInterface("inferx-workers", {
+  const problems = await fenceBridge("inferx-workers", {
     run: elsewhere.run,
     interfaceHere: () => false,
   });
