@@ -248,16 +248,14 @@ Deno.test({
   },
 });
 
-/** Pids of processes whose environment holds `entry` (`K=V`). */
+/** Pids of processes whose environment holds `entry` (`K=V`, ASCII). */
 function withEnv(entry: string): number[] {
-  const mark = new TextEncoder().encode(`\0${entry}\0`);
   const pids: number[] = [];
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     try {
-      const env = new Uint8Array([0, ...Deno.readFileSync(`/proc/${e.name}/environ`)]);
-      const text = new TextDecoder("latin1").decode(env);
-      if (text.includes(new TextDecoder("latin1").decode(mark))) pids.push(Number(e.name));
+      const env = new TextDecoder("latin1").decode(Deno.readFileSync(`/proc/${e.name}/environ`));
+      if (`\0${env}`.includes(`\0${entry}\0`)) pids.push(Number(e.name));
     } catch {
       // gone meanwhile
     }
