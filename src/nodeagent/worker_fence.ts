@@ -60,16 +60,36 @@ export function fenceCommands(name: string): string {
   ].join("; ") + " (and the same with ip6tables)";
 }
 
-/** Runs a command; whether it succeeded, and its error output. */
-export type CommandRunner = (cmd: string, args: string[]) => Promise<{ ok: boolean; err: string }>;
+/** What a command did: whether it succeeded, its output and its error output. */
+export interface CommandResult {
+  ok: boolean;
+  out?: string;
+  err: string;
+}
 
-async function runCommand(cmd: string, args: string[]): Promise<{ ok: boolean; err: string }> {
+/** Runs a command. */
+export type CommandRunner = (cmd: string, args: string[]) => Promise<CommandResult>;
+
+async function runCommand(cmd: string, args: string[]): Promise<CommandResult> {
   try {
-    const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
-    return { ok: out.success, err: new TextDecoder().decode(out.stderr).trim() };
+    const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+    const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes).trim();
+    return { ok: out.success, out: text(out.stdout), err: text(out.stderr) };
   } catch (err) {
     return { ok: false, err: (err as Error).message };
   }
+}
+
+/**
+ * Whether a chain listed by `iptables -S` (`-N` line, then one `-A` line a
+ * rule) holds as many rules as {@linkcode CHAIN_RULES} with the refusal
+ * last. Together with each rule found by `-C`, the chain is then exactly
+ * the fence: a rule put in front of the refusal by hand (an `ACCEPT`), or
+ * the refusal moved up ahead of DNS, makes it no longer so.
+ */
+function inOrder(listing: string): boolean {
+  const rules = listing.split("\n").filter((line) => line.startsWith("-A "));
+  return rules.length === CHAIN_RULES.length && / -j REJECT\b/.test(rules[rules.length - 1]);
 }
 
 /** Whether network interface `name` is in this process's network namespace. */
@@ -105,7 +125,8 @@ export async function fenceBridge(
 
 /**
  * Fences interface `name` off the node, in iptables and ip6tables: makes
- * {@linkcode FENCE_CHAIN} with its rules unless they are there (in order),
+ * {@linkcode FENCE_CHAIN} with its rules unless they are there, in order and
+ * alone (a chain found otherwise is made again),
  * and the jump to it from `INPUT` unless it is there. Why it could not, for
  * each tool that failed; an empty list when it is fenced.
  */
@@ -128,8 +149,10 @@ export async function fenceInterface(
       for (const rule of CHAIN_RULES) {
         if (!(await ipt("-C", FENCE_CHAIN, ...rule)).ok) whole = false;
       }
+      if (whole) whole = inOrder((await ipt("-S", FENCE_CHAIN)).out ?? "");
       if (!whole) {
-        // Made again in order (one put alone would land after the refusal).
+        // Made again in order (one put alone would land after the refusal; one an operator put
+        // ahead of it would let through what it refuses).
         const flushed = await ipt("-F", FENCE_CHAIN);
         if (!flushed.ok) return flushed.err;
         for (const rule of CHAIN_RULES) {

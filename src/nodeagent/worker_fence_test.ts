@@ -22,7 +22,13 @@ function fakeFirewall(fails: Set<string> = new Set()) {
     const ok = (v: boolean) => Promise.resolve({ ok: v, err: v ? "" : "No chain/target/match" });
     switch (op) {
       case "-S":
-        return ok(rules !== undefined);
+        if (rules === undefined) return ok(false);
+        // As iptables lists a chain: its `-N` line, then a line a rule.
+        return Promise.resolve({
+          ok: true,
+          out: [`-N ${chain}`, ...rules.map((x) => `-A ${chain} ${x}`)].join("\n"),
+          err: "",
+        });
       case "-N":
         if (rules) return ok(false);
         chains.set(chain, []);
@@ -85,6 +91,25 @@ Deno.test("fenceInterface() puts a chain found partial back in order", async () 
   assert.deepEqual(fw.tables.get("iptables")!.get("INPUT"), [
     `-i inferx-workers -j ${FENCE_CHAIN}`,
   ]);
+});
+
+Deno.test("fenceInterface() makes a chain again whose rules are all there but out of order or with others", async () => {
+  const fw = fakeFirewall();
+  const options = { run: fw.run };
+  await fenceInterface("inferx-workers", options);
+  const chain = () => fw.tables.get("iptables")!.get(FENCE_CHAIN)!;
+  // The refusal moved ahead of DNS: a resolver on the node's address would be refused.
+  chain().splice(0, 3, CHAIN[2], CHAIN[0], CHAIN[1]);
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.deepEqual(chain(), CHAIN);
+  // A rule of an operator's put in front: it lets through what the chain refuses.
+  chain().unshift("-p tcp --dport 1237 -j ACCEPT");
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.deepEqual(chain(), CHAIN);
+  // In order and alone, the chain is not touched.
+  const before = fw.calls.length;
+  assert.deepEqual(await fenceInterface("inferx-workers", options), []);
+  assert.equal(fw.calls.slice(before).filter((c) => / -[AFIN] /.test(` ${c} `)).length, 0);
 });
 
 Deno.test("fenceInterface() takes an earlier release's one rule away, which refused DNS behind the jump", async () => {
