@@ -52,7 +52,8 @@ export function quotaBlock(
     return {
       limit: "max_replica",
       quota: q.maxReplica,
-      message: `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running)`,
+      message: `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running` +
+        `${keptByMinimum(state, tenant)})`,
     };
   }
   if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
@@ -64,6 +65,27 @@ export function quotaBlock(
     };
   }
   return undefined;
+}
+
+/**
+ * How many of a tenant's replicas its functions' `min_replica` keeps, and
+ * whose (the first three by count), for a refusal's message: a tenant whose
+ * minimums fill its `max_replica` has no room for its other functions, and
+ * nothing to free for them; empty when no minimum keeps one.
+ */
+function keptByMinimum(state: CoreState, tenant: string): string {
+  const kept: [string, number][] = [];
+  for (const g of state.funcs.values()) {
+    if (tenantOf(g.id) !== tenant || g.policy.minReplica === 0) continue;
+    const n = Math.min(activeCurrent(state, g), g.policy.minReplica);
+    if (n > 0) kept.push([g.id, n]);
+  }
+  if (!kept.length) return "";
+  kept.sort((x, y) => y[1] - x[1] || (x[0] < y[0] ? -1 : 1));
+  const total = kept.reduce((sum, [, n]) => sum + n, 0);
+  const whose = kept.slice(0, 3).map(([id, n]) => `${id} ${n}`).join(", ") +
+    (kept.length > 3 ? `, ${kept.length - 3} more` : "");
+  return `; min_replica keeps ${total} of them: ${whose}`;
 }
 
 /**

@@ -40,6 +40,23 @@ Deno.test("quota: max_replica refuses a function with nothing running, with the 
   assert.equal(created(d.run(lease("r3", "b/n/f"))).length, 1);
 });
 
+Deno.test("quota: a refusal says when the functions' min_replica keeps the tenant's replicas", () => {
+  const d = cluster();
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 2 } });
+  const pods = created(
+    d.run({ type: "funcUpdate", func: funcReport("a/n/f", {}, { maxReplica: 4, minReplica: 2 }) }),
+  );
+  assert.equal(pods.length, 2);
+  for (const p of pods) d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  const acts = d.run(lease("r1", "a/n/g"));
+  assert.equal(created(acts).length, 0, "a pod kept by min_replica is not freed");
+  assert.equal(
+    failed(acts)[0].message,
+    "Cannot lease worker for a/n/g: tenant a is at its max_replica quota (2 running; " +
+      "min_replica keeps 2 of them: a/n/f 2)",
+  );
+});
+
 Deno.test("quota: a busy function's own waiters queue instead of failing", () => {
   const d = cluster();
   d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } });
