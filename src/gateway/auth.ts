@@ -312,6 +312,35 @@ export class Authenticator {
     if (gone) { for (const [key, entry] of this.#seen) if (entry === gone) this.#seen.delete(key); }
   }
 
+  /**
+   * Throws `unauthenticated` when `p`, authenticated from an API key at a
+   * request's head, no longer holds: the key was revoked, or expired, while
+   * the request's body was still coming. A call whose body took its time is
+   * checked again once it is in, before it runs or is stored; an
+   * administrator, an OIDC token's holder (valid to its expiry) and the
+   * anonymous caller always hold.
+   */
+  stillHolds(p: Principal): void {
+    if (!p.id.startsWith("key:")) return;
+    const id = p.id.slice(4);
+    const entry = this.#byHash.get(this.#idToHash.get(id) ?? "");
+    if (!entry) {
+      throw new InferxError(
+        "unauthenticated",
+        `API key ${id} was revoked while the request's body was being sent`,
+      );
+    }
+    const exp = entry.rec.expiresAt;
+    if (exp !== undefined && exp <= this.#now()) {
+      throw new InferxError(
+        "unauthenticated",
+        `API key ${id} expired at ${
+          new Date(exp).toISOString()
+        }, while the request's body was being sent`,
+      );
+    }
+  }
+
   /** The caller of a request; throws `unauthenticated` for bad credentials. */
   authenticate(headers: HeaderSource): Principal | Promise<Principal> {
     if (!this.enabled) return ADMIN;

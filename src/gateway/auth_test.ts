@@ -132,11 +132,17 @@ Deno.test("Authenticator finds keys by hash, refuses unknown, expired and malfor
     twice("x-api-key", [key, key]),
     /^Invalid credentials: X-Api-Key sent more than once$/,
   );
+  // Checked again once a slow body is in: it holds until the key expires or goes.
+  auth.stillHolds(p);
+  auth.stillHolds(ADMIN);
+  auth.stillHolds(ANONYMOUS);
   now += 1000;
   await fails(h({ authorization: `Bearer ${key}` }), /expired at/);
+  assert.throws(() => auth.stillHolds(p), /expired at .*, while the request's body was being sent/);
   auth.removeKey(id);
   now -= 1000;
   await fails(h({ authorization: `Bearer ${key}` }), /Invalid API key/);
+  assert.throws(() => auth.stillHolds(p), /was revoked while the request's body was being sent/);
 });
 
 Deno.test("Authenticator without admin key or OIDC lets everyone in as the administrator", async () => {

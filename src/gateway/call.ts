@@ -12,7 +12,7 @@ import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts
 import { type JsonProbe, OFF_THREAD_BYTES, probeJson, type ProbeResult } from "./json_probe.ts";
 import { type BodyBudget, BodyTooLarge, UNBOUNDED_BODIES } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
-import { allows, allowsOwn, authorize, type Principal } from "./auth.ts";
+import { allows, allowsOwn, type Authenticator, authorize, type Principal } from "./auth.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { type CallInput, forwardHeaders, type FuncTarget } from "./proxy.ts";
 
@@ -42,6 +42,8 @@ export interface CallContext {
   authEnabled: boolean;
   /** Where JSON bodies past `OFF_THREAD_BYTES` are read; none: on the event loop. */
   probe?: JsonProbe;
+  /** Checks again, once a body that was not in at the head is, that its caller's key holds. */
+  auth?: Pick<Authenticator, "stillHolds">;
 }
 
 const CREDENTIALS: ReadonlySet<string> = new Set(["authorization", "x-api-key"]);
@@ -149,7 +151,17 @@ function knownInput(
     principal,
   });
   const body = readBody(ctx, req);
-  return body instanceof Promise ? body.then(make) : make(body);
+  return body instanceof Promise ? body.then((b) => make(held(ctx, principal, b))) : make(body);
+}
+
+/**
+ * `body`, once `principal` is found to hold still (its key not revoked
+ * while the body came: a call must not run for a key its owner has taken
+ * back, on a function that may be someone else's by then).
+ */
+function held<T>(ctx: CallContext, principal: Principal, body: T): T {
+  ctx.auth?.stillHolds(principal);
+  return body;
 }
 
 /**
@@ -187,7 +199,9 @@ export function openaiInput(
   }
   const body = readBody(ctx, req);
   if (body instanceof Promise) {
-    return body.then((b) => openaiTarget(ctx, principal, req, path + query, t0, b, named));
+    return body.then((b) =>
+      openaiTarget(ctx, principal, req, path + query, t0, held(ctx, principal, b), named)
+    );
   }
   return openaiTarget(ctx, principal, req, path + query, t0, body, named);
 }

@@ -65,6 +65,7 @@ export function serveGateway(
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
     probe: deps.jsonProbe,
+    auth: deps.auth,
   };
   // Without auth, web pages of other sites are kept out (see the module).
   const guard = deps.auth.enabled ? undefined : localOnly(options.hostname ?? "127.0.0.1");

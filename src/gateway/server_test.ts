@@ -1402,3 +1402,63 @@ t(
     }
   },
 );
+
+t(
+  "a call whose body comes after its key was revoked is refused, sync, OpenAI-style and async",
+  async () => {
+    const admin = { authorization: "Bearer admin-key-0123456789" };
+    const g = await listening({ adminKey: "admin-key-0123456789" });
+    const w = fakeWorker("w1");
+    g.f.sched.endpoints.push(w.endpoint);
+    const made = await (await post(`${g.url}/apikeys`, { scope: "inference", tenant: "t" }, admin))
+      .json();
+    const key = { authorization: `Bearer ${made.key}` };
+    // Each call's head and the first bytes of its body, the rest held back.
+    const body = JSON.stringify({ model: "t/n/f", prompt: "x" });
+    const conns = await Promise.all(
+      [
+        ["/funccall/t/n/f/v1/completions", ""],
+        ["/v1/completions", ""],
+        ["/funccall/t/n/f/v1/completions", "prefer: respond-async\r\n"],
+      ].map(async ([path, extra]) => {
+        const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
+        await c.write(
+          new TextEncoder().encode(
+            `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: ${key.authorization}\r\n` +
+              `content-type: application/json\r\ncontent-length: ${body.length}\r\n${extra}\r\n` +
+              body.slice(0, 5),
+          ),
+        );
+        return c;
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 100)); // the gateway has the heads
+    const revoked = await fetch(`${g.url}/apikeys/${made.id}`, {
+      method: "DELETE",
+      headers: admin,
+    });
+    assert.equal(revoked.status, 200);
+    await revoked.body?.cancel();
+    const answers = await Promise.all(conns.map(async (c) => {
+      await c.write(new TextEncoder().encode(body.slice(5)));
+      const buf = new Uint8Array(64 * 1024);
+      let out = "";
+      while (!out.includes("}")) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        out += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      c.close();
+      return out;
+    }));
+    for (const a of answers) {
+      assert.match(a, /^HTTP\/1\.1 401 /, a);
+      assert.match(a, /API key [^ ]+ was revoked while the request's body was being sent/);
+    }
+    assert.equal(g.f.sched.leases.length, 0, "nothing ran");
+    const calls = await (await fetch(`${g.url}/calls`, { headers: admin })).json();
+    assert.equal(calls.items.length, 0, "nothing stored");
+    await g.close();
+    await w.close();
+  },
+);

@@ -62,6 +62,7 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
     probe: deps.jsonProbe,
+    auth: deps.auth,
   };
   const asyncCtx: CallContext = { ...ctx, bodyLimit: Math.min(deps.bodyLimit, maxBytes) };
   return async function callPaths(c, next) {
@@ -108,6 +109,8 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
       const body = await wholeBody(input.body, use.bodyLimit, deps.bodyBudget);
       const callback = req.headers.get("x-inferx-callback-url") ?? undefined;
       if (callback !== undefined) await deps.calls.callbacks.check(callback);
+      // The body, streamed, and the callback's check took their time: the key may be gone.
+      deps.auth.stillHolds(c.var.principal);
       const { tenant, namespace, func } = input.target;
       const key = newCallKey();
       const id = callId(tenant, namespace, key);

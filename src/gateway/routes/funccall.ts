@@ -21,6 +21,7 @@ export function funccallRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
     probe: deps.jsonProbe,
+    auth: deps.auth,
   };
   app.all("/*", async (c) => {
     const url = new URL(c.req.url);

@@ -28,6 +28,7 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     bodyLimit: deps.bodyLimit,
     authEnabled: deps.auth.enabled,
     probe: deps.jsonProbe,
+    auth: deps.auth,
   };
   const model = (id: string) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] });
   app.get("/models", (c) => {
