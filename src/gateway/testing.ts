@@ -6,6 +6,7 @@
  */
 import type { InferxError } from "../common/errors.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
+import type { MetaStore } from "../store/types.ts";
 import { until } from "../common/testing.ts";
 import { StateService } from "../statesvc/service.ts";
 import type {
@@ -87,6 +88,8 @@ export interface GatewayFixture {
   sched: FakeScheduler;
   cache: FuncCache;
   meta: StateService;
+  /** The state service's store, to write past its checks (what an earlier release left). */
+  store: MetaStore;
   audit: MemoryAudit;
   close(): Promise<void>;
 }
@@ -154,6 +157,7 @@ export async function gatewayFixture(opts: FixtureOptions = {}): Promise<Gateway
     sched,
     cache,
     meta,
+    store,
     audit,
     close: async () => {
       await deps.calls.stop(0);

@@ -145,6 +145,15 @@ export class StateService implements MetaClient {
   }
 
   create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {
+    if (input.type === "call" || input.type === "callbody") {
+      // Stored beside each other (a tenant's calls' writes share the store's syncs), but not
+      // beside the deletion of their namespace or tenant, which deletes the calls there: one
+      // stored after it looked would outlive them, for a namesake made later to read (and run).
+      return this.#admission.runShared(input.tenant, async () => {
+        await this.#mustExist("namespace", input.tenant, SYSTEM, input.namespace);
+        return await this.#create(input, options);
+      });
+    }
     return this.#serialized(input, () => this.#create(input, options));
   }
 

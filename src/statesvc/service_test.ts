@@ -159,6 +159,35 @@ Deno.test("deleting a namespace deletes its calls and their bodies: a namesake m
   }
 });
 
+Deno.test("a call is stored only in a namespace that is there, never past its deletion", async () => {
+  const { svc, close } = await service();
+  try {
+    const callIn = (namespace: string) => {
+      const c = testCall("t", namespace);
+      return { type: "call" as const, tenant: "t", namespace, name: c.id.split(":")[2], object: c };
+    };
+    await assert.rejects(svc.create(callIn("gone")), /namespace t\/gone does not exist/);
+    await assert.rejects(
+      svc.create({ ...callBodyRef(callIn("gone"), "request"), object: { body: "eA==" } }),
+      /namespace t\/gone does not exist/,
+    );
+    // Stored while the namespace is being deleted: each either before (deleted with it) or
+    // refused after, none outliving it, for a namesake made later to show and run.
+    const ns = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };
+    for (let round = 0; round < 5; round++) {
+      const writes = Array.from({ length: 20 }, () => svc.create(callIn("n")).catch(() => "no"));
+      const deleted = svc.delete(ns);
+      const later = Array.from({ length: 20 }, () => svc.create(callIn("n")).catch(() => "no"));
+      const outcomes = await Promise.all([...writes, deleted, ...later]);
+      assert.ok(outcomes.slice(21).every((o) => o === "no"), "after the deletion: refused");
+      assert.equal((await svc.list("call", "t")).items.length, 0, `round ${round}`);
+      await svc.create({ ...ns, object: {} });
+    }
+  } finally {
+    await close();
+  }
+});
+
 Deno.test("a namespace's delete cut off half way leaves it standing with what is left of its calls, to be deleted again", async () => {
   // The store as the state service sees it, cut off (a crash) at its `crashAt`th delete.
   let deletes = 0;
