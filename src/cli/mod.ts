@@ -63,9 +63,10 @@ const USAGE = `usage: ${CTL} [--gateway URL] <command>
   apikey list                   list the keys you may manage
   apikey revoke ID              revoke a key
   rollout status TENANT/NS/FUNC   the versions kept and the share of calls each takes
-  rollout promote TENANT/NS/FUNC  the newest version takes every call
-  rollout rollback TENANT/NS/FUNC an older version takes every call again (the stable one;
-                                  under traffic, the one with the largest share)
+  rollout promote TENANT/NS/FUNC [--version N]   the newest version takes every call
+  rollout rollback TENANT/NS/FUNC [--version N]  an older version takes every call again (the
+                                stable one; under traffic, the one with the largest share);
+                                --version: the newest version you saw (another one there: refused)
 options: --gateway URL (env INFERX_GATEWAY), --key KEY (env INFERX_APIKEY),
   --timeout SECONDS (the longest wait for an answer: 60 for the API, 900 for a call);
   -f may be given more than once`;
@@ -83,7 +84,7 @@ const TAKES: Record<string, { options: string[]; args: number }> = {
   call: { options: ["data", "async", "callback"], args: 2 },
   calls: { options: ["func", "status", "rotate"], args: 2 },
   apikey: { options: ["name", "expires"], args: 3 },
-  rollout: { options: [], args: 2 },
+  rollout: { options: ["version"], args: 2 },
 };
 
 /** The longest waits for an answer (ms) unless `--timeout` says: of the API, and of a call. */
@@ -354,15 +355,28 @@ async function apikey(
   }
 }
 
-async function rollout(gw: string, action: string | undefined, target: string | undefined, io: Io) {
+async function rollout(
+  gw: string,
+  action: string | undefined,
+  target: string | undefined,
+  version: string | undefined,
+  io: Io,
+) {
   if (!action || !["status", "promote", "rollback"].includes(action) || !target) {
-    throw new CliError("usage: rollout status|promote|rollback TENANT/NS/FUNC");
+    throw new CliError("usage: rollout status|promote|rollback TENANT/NS/FUNC [--version N]");
+  }
+  if (version !== undefined && (action === "status" || !/^[1-9]\d*$/.test(version))) {
+    throw new CliError(
+      action === "status"
+        ? "rollout status does not take --version"
+        : `--version "${version}": the newest version you saw, a whole number from 1`,
+    );
   }
   const [t, ns, f] = ref(target, 3);
   const path = `/rollout/${t}/${ns}/${f}`;
   const r = action === "status"
     ? await http(gw, "GET", path)
-    : await http(gw, "POST", `${path}/${action}`);
+    : await http(gw, "POST", `${path}/${action}${version ? `?version=${version}` : ""}`);
   const traffic = (r.traffic as { version: number; percent: number }[])
     .map((s) => `v${s.version} ${s.percent}%`).join(", ");
   io.out(
@@ -402,6 +416,7 @@ export async function runCtl(
       func: { type: "string" },
       status: { type: "string" },
       rotate: { type: "boolean" },
+      version: { type: "string" },
       help: { type: "boolean", short: "h" },
     } as const;
     // `diff` exits 1 for differences: its usage errors must say 2, found before the strict parse.
@@ -502,7 +517,7 @@ export async function runCtl(
         await apikey(gw, a, b, c, values, io);
         return 0;
       case "rollout":
-        await rollout(gw, a, b, io);
+        await rollout(gw, a, b, values.version, io);
         return 0;
       default:
         throw new CliError(`Unknown command "${cmd}"\n${USAGE}`);

@@ -107,6 +107,11 @@ t("ctl refuses what a command does not take, and answers that are not the gatewa
     "t/n/g",
   );
   assert.match(extra.err, /delete: unexpected argument "t\/n\/g"/);
+  const gw = ["--gateway", "http://127.0.0.1:9"];
+  const badVersion = await ctl(...gw, "rollout", "promote", "t/n/f", "--version", "2.5");
+  assert.match(badVersion.err, /--version "2\.5": the newest version you saw/);
+  const statusVersion = await ctl(...gw, "rollout", "status", "t/n/f", "--version", "2");
+  assert.match(statusVersion.err, /rollout status does not take --version/);
   // A server that answers every request with a page (a proxy's default): not success.
   const page = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },

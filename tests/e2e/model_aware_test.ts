@@ -144,7 +144,11 @@ Deno.test({
       const now = await request(`${p.url}/object/function/ma/ns/lm`);
       const v3 = ngramFunction("ma", "ns", "lm", { envs: { MODEL_NAME: "v3" }, policy });
       await request(`${p.url}/object/`, { body: { ...v3, revision: now.body.revision } });
-      const promoted = await ctl(p.url, "rollout", "promote", "ma/ns/lm");
+      // Promoting the version one saw, when another came since, is refused.
+      const stale = await ctl(p.url, "rollout", "promote", "ma/ns/lm", "--version", "1");
+      assert.equal(stale.code, 1);
+      assert.match(stale.stderr, /409 Cannot promote ma\/ns\/lm: its newest version is 3, not 1/);
+      const promoted = await ctl(p.url, "rollout", "promote", "ma/ns/lm", "--version", "3");
       assert.equal(promoted.stdout.trim(), "ma/ns/lm: version 3, stable 3, traffic v3 100%");
       await eventually(
         "every call to reach version 3",

@@ -6,12 +6,14 @@
  * version the function's again (the stable one; under a `traffic` split, the
  * one with the largest share), its warm pods serving at once. Both are
  * updates through the state service, retried when the function changed
- * meanwhile.
+ * meanwhile, but not past a new version: `?version=N` names the newest
+ * version the caller saw (else the one there when the request came), and
+ * another one there answers 409.
  *
  * @module
  */
 import { Hono } from "hono";
-import { NotFoundError, ValidationError } from "../../common/errors.ts";
+import { ConflictError, NotFoundError, ValidationError } from "../../common/errors.ts";
 import { updateWithRetry } from "../../common/retry.ts";
 import { funcId } from "../../model/keys.ts";
 import {
@@ -24,7 +26,7 @@ import { type FunctionObject, rolloutVersions, trafficSplit } from "../../model/
 import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { queryOnce } from "./_query.ts";
+import { intParam, queryOnce } from "./_query.ts";
 
 const ACTIONS = new Set(["promote", "rollback"]);
 
@@ -47,20 +49,37 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       );
     }
     authorize(c.var.principal, "write", tenant, namespace);
-    queryOnce("rollout", c.req.url, []);
+    const query = queryOnce("rollout", c.req.url, ["version"]);
+    const asked = intParam(query.version, "version", 1, Number.MAX_SAFE_INTEGER);
     const ref = { type: "function" as const, tenant, namespace, name };
+    const id = `${tenant}/${namespace}/${name}`;
     // Nothing to roll out is answered 409 at once: the update below would take it for a lost
     // compare-and-swap (the same code) and try again for a second.
     const before = await deps.meta.get(ref);
-    if (!before) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+    if (!before) throw new NotFoundError(`Function ${id} does not exist`);
     const f = decodeStoredUserObject(before.value, before.revision) as FunctionObject;
+    // The newest version the caller saw (`?version=`), else the one there now: a version
+    // deployed meanwhile is not promoted, nor rolled back from, unseen.
+    const seen = asked ?? f.version;
+    const moved = (now: number) =>
+      new ConflictError(
+        `Cannot ${action} ${id}: its newest version is ${now}, not ${seen}` +
+          `${asked === undefined ? " (deployed meanwhile)" : ""}; look again ` +
+          `(GET /rollout/${id}) and send ?version=${now} to ${action} with it`,
+        { version: now },
+      );
+    if (f.version !== seen) throw moved(f.version);
     rolloutVersions(f, action as "promote" | "rollback", await policyOf(deps.meta, f));
+    let newer: number | undefined;
     const rec = await updateWithRetry(deps.meta, ref, (cur) => {
-      if (!cur) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
+      if (!cur) throw new NotFoundError(`Function ${id} does not exist`);
       const f = decodeStoredUserObject(cur.value, cur.revision) as FunctionObject;
+      // Not thrown from here: a conflict would be taken for a lost compare-and-swap and tried again.
+      if (f.version !== seen) return void (newer = f.version);
       // The current spec, unchanged: the state service does the rollout.
       return { spec: functionSpecToJson(f.spec), rollout: action };
     });
+    if (newer !== undefined) throw moved(newer);
     return c.json(await rolloutJson(deps.meta, rec!));
   });
   return app;

@@ -146,3 +146,61 @@ t("a canary no node can hold refuses its own calls only: the stable version's go
   await w.close();
   await f.close();
 });
+
+t(
+  "a rollout does not promote, nor roll back from, a version deployed since the caller looked",
+  async () => {
+    const f = await gatewayFixture({ policy: { canary_percent: 10 } });
+    const ref = { type: "function" as const, tenant: "t", namespace: "n", name: "f" };
+    const deploy = async (image: string) => {
+      const cur = (await f.meta.get(ref))!;
+      const spec = JSON.parse(cur.value).object.spec;
+      await f.meta.update({ ...ref, object: { ...spec, image }, revision: cur.revision });
+    };
+    await deploy("v2");
+    const shown = await (await f.app.request("/rollout/t/n/f")).json();
+    assert.equal(shown.version, 2);
+    await deploy("v3"); // meanwhile, another deploy
+    for (const action of ["promote", "rollback"]) {
+      const r = await f.app.request(`/rollout/t/n/f/${action}?version=2`, { method: "POST" });
+      assert.equal(r.status, 409, action);
+      const { error } = await r.json();
+      assert.equal(
+        error.message,
+        `Cannot ${action} t/n/f: its newest version is 3, not 2; look again ` +
+          `(GET /rollout/t/n/f) and send ?version=3 to ${action} with it`,
+      );
+      assert.deepEqual(error.details, { version: 3 });
+    }
+    const bad = await f.app.request("/rollout/t/n/f/promote?version=two", { method: "POST" });
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    // Without ?version=, a deploy landing between the route's read and its write is not promoted.
+    const meta = f.deps.meta;
+    let raced = false;
+    f.deps.meta = new Proxy(meta, {
+      get(target, prop) {
+        const v = Reflect.get(target, prop, target);
+        if (prop !== "get") return typeof v === "function" ? v.bind(target) : v;
+        return async (...args: Parameters<typeof meta.get>) => {
+          const rec = await meta.get(...args);
+          if (!raced && args[0].type === "function") (raced = true, await deploy("v4"));
+          return rec;
+        };
+      },
+    });
+    const r = await f.app.request("/rollout/t/n/f/promote", { method: "POST" });
+    assert.equal(r.status, 409);
+    assert.match(
+      (await r.json()).error.message,
+      /newest version is 4, not 3 \(deployed meanwhile\)/,
+    );
+    f.deps.meta = meta;
+    const stored = JSON.parse((await f.meta.get(ref))!.value);
+    assert.deepEqual([stored.version, stored.stable_version], [4, 1], "nothing promoted");
+    const ok = await f.app.request("/rollout/t/n/f/promote?version=4", { method: "POST" });
+    assert.equal(ok.status, 200);
+    assert.deepEqual((await ok.json()).traffic, [{ version: 4, percent: 100 }]);
+    await f.close();
+  },
+);
