@@ -412,7 +412,7 @@ t(
     const ok = await raw("GET /health HTTP/1.1\r\nHost: [::1]:4000\r\nConnection: close\r\n\r\n");
     assert.equal(ok.status, 200);
     const abs = await raw(
-      `GET http://gw:1/objects/function/t/n?limit=1 HTTP/1.1\r\nHost: x\r\n` +
+      `GET http://gw:1/objects/function/t/n HTTP/1.1\r\nHost: x\r\n` +
         `Authorization: Bearer admin-key-0123456789\r\nConnection: close\r\n\r\n`,
     );
     assert.equal(abs.status, 200);

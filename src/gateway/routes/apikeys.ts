@@ -86,7 +86,10 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     log.info("API key {id} ({scope}) created by {by}", { id, scope, by: p.id });
     return c.json({ ...keyJson(rec), key }, 201);
   });
-  app.get("/", async (c) => c.json({ items: await listKeys(c.var.principal, deps.meta) }));
+  app.get("/", async (c) => {
+    queryOnce("API key list", c.req.url, []);
+    return c.json({ items: await listKeys(c.var.principal, deps.meta) });
+  });
   app.get(
     "/:id",
     async (c) => c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta))),

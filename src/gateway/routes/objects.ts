@@ -61,6 +61,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "read", { type, tenant, namespace, name });
+    queryOnce("object read", c.req.url, []);
     const rec = await deps.meta.get({ type, tenant, namespace, name });
     if (!rec) throw new NotFoundError(`${type} ${tenant}/${namespace}/${name} does not exist`);
     return c.json(recordJson(rec));
@@ -85,6 +86,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
       // Namespaces (and tenants) of a tenant: whoever reads anything in it sees what it may.
       authorize(p, "read", tenant);
     }
+    queryOnce(`${type} list`, c.req.url, []);
     const { items, revision } = await deps.meta.list(type, tenant, namespace);
     return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
   });
@@ -92,11 +94,13 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const type = userType(c.req.param("type"));
     const p = c.var.principal;
     requireCredentials(p, `list ${type} objects`);
+    queryOnce(`${type} list`, c.req.url, []);
     const { items, revision } = await deps.meta.list(type);
     return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
   });
   app.get("/nodes", async (c) => {
     authorize(c.var.principal, "read");
+    queryOnce("node list", c.req.url, []);
     const { items } = await deps.meta.list("node");
     return c.json(items.map((r) => decodeNode(r.value)));
   });
@@ -125,6 +129,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/nodes/:node/snapshots", async (c) => {
     authorize(c.var.principal, "read");
     const node = c.req.param("node");
+    queryOnce("snapshot list", c.req.url, []);
     const { items } = await deps.meta.list("snapshot");
     const snapshots = items.map((r) => decodeSnapshot(r.value)).filter((s) => s.node === node);
     const ref = { type: "node" as const, tenant: "system", namespace: "system", name: node };
@@ -136,6 +141,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/pods/:tenant/:namespace/:func", async (c) => {
     const { tenant, namespace, func } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
+    queryOnce("pod list", c.req.url, []);
     const { items } = await deps.meta.list("pod", tenant, namespace);
     const pods = items.map((r) => decodePod(r.value)).filter((p) => p.func === func);
     // A misspelt name is not "no pods" (a deleted function's pods still ending are listed).

@@ -498,3 +498,28 @@ t("an object write's body is 4 MiB at most, whatever INFERX_BODY_LIMIT allows ca
   assert.equal((await r.json()).error.details.limit, MAX_OBJECT_BODY);
   await f.close();
 });
+
+Deno.test("the reads that take no parameter refuse one, rather than answer everything as if filtered", async () => {
+  const f = await gatewayFixture();
+  for (
+    const path of [
+      "/object/function/t/n/f?fields=spec",
+      "/objects/function?limit=10",
+      "/objects/function/t/n?limit=10",
+      "/objects/tenant?continue=x",
+      "/nodes?x=1",
+      "/nodes/n1/snapshots?func=f",
+      "/pods/t/n/f?state=Ready",
+      "/apikeys?tenant=t",
+    ]
+  ) {
+    const r = await f.app.request(path);
+    assert.equal(r.status, 400, path);
+    const { error } = await r.json();
+    assert.match(error.message, /: unknown parameter "[a-z]+" \(it takes none\)$/, path);
+  }
+  const r = await f.app.request("/objects/function");
+  assert.equal(r.status, 200);
+  await r.body?.cancel();
+  await f.close();
+});
