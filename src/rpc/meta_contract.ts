@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { fixtureTests, hasCode, testCall } from "../common/testing.ts";
+import { fixtureTests, hasCode, seedNamespace, testCall } from "../common/testing.ts";
 import type { MetaClient, MetaEvent } from "./types.ts";
 import { newCallKey, parseCallId } from "../model/call.ts";
 
@@ -219,7 +219,19 @@ export function metaContract(name: string, open: () => Promise<MetaFixture>): vo
   t(
     "call records are validated and kept as written, compare-and-swap included",
     async ({ meta }) => {
+      // A call is stored only in a namespace that is there.
       const object = testCall("acme", "prod");
+      await assert.rejects(
+        meta.create({
+          type: "call",
+          tenant: "acme",
+          namespace: "prod",
+          name: parseCallId(object.id).key,
+          object,
+        }),
+        code("not_found"),
+      );
+      await seedNamespace(meta, "acme", "prod");
       const ref = {
         type: "call" as const,
         tenant: "acme",

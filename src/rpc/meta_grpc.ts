@@ -31,6 +31,9 @@ import type {
 
 const Service = loadService("ixmeta.proto", "ixmeta", "IxMetaService");
 
+/** About how many bytes of records a piece of `ListChunks` carries. */
+const LIST_CHUNK_BYTES = 4 * 1024 * 1024;
+
 interface WireRef {
   type: string;
   tenant: string;
@@ -123,6 +126,38 @@ export async function serveMeta(
       );
       return { items: items.map(wireRecord), revision };
     }),
+    ListChunks: async (
+      stream: grpc.ServerWritableStream<
+        { type: string; tenant: string; namespace: string },
+        unknown
+      >,
+    ) => {
+      const req = stream.request;
+      try {
+        const { items, revision } = await meta.list(
+          objectType(req.type),
+          req.tenant || undefined,
+          req.namespace || undefined,
+        );
+        let chunk: WireRecord[] = [];
+        let bytes = 0;
+        for (const rec of items) {
+          chunk.push(wireRecord(rec));
+          bytes += 128 + rec.value.length;
+          if (bytes < LIST_CHUNK_BYTES) continue;
+          // Each piece handed on before the next is made: a slow reader holds one piece more.
+          if (!stream.write({ items: chunk, revision })) {
+            await new Promise((r) => stream.once("drain", r));
+          }
+          chunk = [];
+          bytes = 0;
+        }
+        if (chunk.length || !items.length) stream.write({ items: chunk, revision });
+        stream.end();
+      } catch (err) {
+        endWithStatus(stream, toGrpcError(err));
+      }
+    },
     Create: unary(async (req: { ref: WireRef; object_json: string; dry_run: boolean }) =>
       wireWrite(
         await meta.create({ ...toRef(req.ref), object: parseObject(req.object_json) }, {
@@ -227,13 +262,21 @@ function parseObject(json: string): unknown {
 export interface GrpcMetaClientOptions extends GrpcChannelTuning {
   /** Deadline of unary calls (ms). @default 5000 */
   timeoutMs?: number;
+  /**
+   * Deadline of a list, all its pieces (ms): a list of many large objects
+   * takes longer than one object's call. @default 60000, at least `timeoutMs`
+   */
+  listTimeoutMs?: number;
 }
 
 /** `MetaClient` that calls a state service over gRPC. */
 export class GrpcMetaClient implements MetaClient {
   #client: grpc.Client;
   #timeout: number;
+  #listTimeout: number;
   #what: string;
+  /** The state service answered ListChunks UNIMPLEMENTED: an earlier release's. */
+  #oldService = false;
 
   constructor(address: string, options: GrpcMetaClientOptions = {}) {
     this.#client = new Service(
@@ -242,6 +285,7 @@ export class GrpcMetaClient implements MetaClient {
       grpcChannelOptions(options),
     );
     this.#timeout = options.timeoutMs ?? 5000;
+    this.#listTimeout = Math.max(options.listTimeoutMs ?? 60_000, this.#timeout);
     this.#what = `the state service at ${address}`;
   }
 
@@ -261,12 +305,41 @@ export class GrpcMetaClient implements MetaClient {
   }
 
   async list(type: ObjectType, tenant?: string, namespace?: string) {
-    const res = await this.#call<{ items: WireRecord[]; revision: number }>("List", {
-      type,
-      tenant: tenant ?? "",
-      namespace: namespace ?? "",
-    });
+    const req = { type, tenant: tenant ?? "", namespace: namespace ?? "" };
+    if (!this.#oldService) {
+      try {
+        return await this.#listChunks(req);
+      } catch (err) {
+        if ((err as { grpcCode?: number }).grpcCode !== grpc.status.UNIMPLEMENTED) throw err;
+        // A state service of a release before ListChunks (a rolling update): its one message.
+        this.#oldService = true;
+      }
+    }
+    const res = await this.#call<{ items: WireRecord[]; revision: number }>("List", req);
     return { items: res.items.map(fromRecord), revision: res.revision };
+  }
+
+  /** A list in pieces, each a message of its own; the whole of it within the lists' deadline. */
+  #listChunks(req: { type: string; tenant: string; namespace: string }) {
+    return new Promise<{ items: MetaRecord[]; revision: number }>((resolve, reject) => {
+      const items: MetaRecord[] = [];
+      let revision = 0;
+      const stream = (this.#client as unknown as {
+        ListChunks(
+          req: unknown,
+          options: grpc.CallOptions,
+        ): grpc.ClientReadableStream<{ items: WireRecord[]; revision: number }>;
+      }).ListChunks(req, { deadline: Date.now() + this.#listTimeout });
+      stream.on("data", (chunk) => {
+        revision = Number(chunk.revision);
+        for (const rec of chunk.items) items.push(fromRecord(rec));
+      });
+      stream.on("error", (err: grpc.ServiceError) => {
+        const e = fromGrpcError(err, this.#what);
+        reject(Object.assign(e, { grpcCode: err.code }));
+      });
+      stream.on("end", () => resolve({ items, revision }));
+    });
   }
 
   async create(input: ObjectInput, options: WriteOptions = {}): Promise<WriteResult> {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { cuttableProxy, seedNamespace, testCall } from "../common/testing.ts";
+import { loadService, serve, unary } from "./grpc.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
@@ -38,6 +39,7 @@ t("a list larger than gRPC's default 4 MiB limit is read over the wire as in-pro
   const meta = new GrpcMetaClient(`127.0.0.1:${server.port}`);
   try {
     // Four queued calls with bodies of about 1 MiB each.
+    await seedNamespace(meta, "acme", "prod");
     const body = btoa("x".repeat(1024 * 1024 - 10));
     for (let i = 0; i < 4; i++) {
       const object = testCall("acme", "prod", { body });
@@ -51,6 +53,55 @@ t("a list larger than gRPC's default 4 MiB limit is read over the wire as in-pro
     await store.close();
   }
 });
+
+t(
+  "a list comes in pieces, whole and in order; from a state service without them, in one",
+  async () => {
+    const store = await openSqliteStore();
+    const svc = new StateService(store);
+    await seedNamespace(svc, "acme", "prod");
+    // Ten calls of about 1 MiB each: three pieces of ListChunks.
+    const body = btoa("x".repeat(1024 * 1024 - 10));
+    const names: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const object = testCall("acme", "prod", { body });
+      names.push(parseCallId(object.id).key);
+      await svc.create({ type: "call", tenant: "acme", namespace: "prod", name: names[i], object });
+    }
+    names.sort();
+    const current = await serveMeta(svc, "127.0.0.1:0");
+    // An earlier release's state service: no ListChunks (UNIMPLEMENTED), List alone.
+    let lists = 0;
+    const earlier = await serve(loadService("ixmeta.proto", "ixmeta", "IxMetaService"), {
+      List: unary(async (req: { type: string }) => {
+        lists++;
+        const { items, revision } = await svc.list(req.type as "call");
+        return {
+          items: items.map((r) => ({ ref: r, revision: r.revision, value: r.value })),
+          revision,
+        };
+      }),
+    }, "127.0.0.1:0");
+    const clients = [current.port, earlier.port].map((p) => new GrpcMetaClient(`127.0.0.1:${p}`));
+    try {
+      const want = await svc.list("call");
+      for (const [i, meta] of clients.entries()) {
+        for (let round = 0; round < 2; round++) {
+          const got = await meta.list("call");
+          assert.deepEqual(got.items.map((r) => r.name), names, `client ${i}`);
+          assert.equal(got.revision, want.revision);
+          assert.equal(got.items[9].value, want.items[9].value);
+        }
+      }
+      assert.equal(lists, 2, "the earlier service asked for List, once a list");
+    } finally {
+      for (const c of clients) c.close();
+      await current.stop();
+      earlier.server.forceShutdown();
+      await store.close();
+    }
+  },
+);
 
 t(
   "a connection whose peer went silent is found by keepalive: calls and watches come back",

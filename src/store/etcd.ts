@@ -32,7 +32,8 @@ import {
   isBrokenCircuitError,
   retry,
 } from "cockatiel";
-import { Etcd3, GRPCResourceExhastedError, type IKeyValue, isRecoverableError } from "etcd3";
+import { Etcd3, GRPCResourceExhastedError, type IKeyValue, isRecoverableError, Range } from "etcd3";
+import { Buffer } from "node:buffer";
 import { logger } from "../common/log.ts";
 import {
   AlreadyExistsError,
@@ -149,6 +150,12 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
 /** Deletes {@linkcode EtcdStore.deleteKeys} keeps in flight. */
 const DELETES_IN_FLIGHT = 32;
 
+/**
+ * Keys a page of a list reads: at etcd's default request size (1.5 MiB) each at most, a page
+ * stays under 100 MiB, well within what the client takes in one answer.
+ */
+const LIST_PAGE = 64;
+
 const transient = (err: Error) =>
   isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError);
 
@@ -243,11 +250,23 @@ export class EtcdStore implements MetaStore {
   }
 
   async list(prefix: string): Promise<ListResult> {
-    const res = await call(
-      `list ${keyText(prefix)}`,
-      () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").exec(),
-    );
-    return { items: res.kvs.map(toKv), revision: Number(res.header.revision) };
+    // In pages, all read at the first one's revision: a range of objects up to etcd's request
+    // size each, read whole, could pass what the client takes in one answer (256 MiB).
+    const end = Range.prefix(prefix).end;
+    const items: KeyValue[] = [];
+    let revision: number | undefined;
+    for (let from: Buffer = Buffer.from(prefix);;) {
+      const res = await call(`list ${keyText(prefix)}`, () => {
+        const range = this.client.getAll().inRange({ start: from, end }).sort("Key", "Ascend")
+          .limit(LIST_PAGE);
+        return (revision === undefined ? range : range.revision(revision)).exec();
+      });
+      revision ??= Number(res.header.revision);
+      for (const kv of res.kvs) items.push(toKv(kv));
+      if (!res.more || !res.kvs.length) return { items, revision };
+      // The key right after the last one read.
+      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+    }
   }
 
   async keys(prefix: string): Promise<string[]> {

@@ -64,6 +64,30 @@ etcdTest(
   },
 );
 
+etcdTest(
+  "etcd store lists a prefix past one page whole, at one revision, while keys are written",
+  async (store) => {
+    const key = (i: number) => `/registry/c/t/n/k${String(i).padStart(4, "0")}`;
+    for (let i = 0; i < 150; i++) await store.create(key(i), String(i));
+    await store.create("/registry/d/t/n/other", "x"); // past the prefix's end
+    const writes = (async () => {
+      for (let i = 150; i < 200; i++) await store.create(key(i), String(i));
+    })();
+    const listed = await store.list("/registry/c/");
+    await writes;
+    const all = await store.list("/registry/c/");
+    assert.equal(all.items.length, 200);
+    // Exactly what was there at the list's revision, each once and in order.
+    const then = all.items.filter((kv) => kv.revision <= listed.revision);
+    assert.deepEqual(listed.items.map((kv) => kv.key), then.map((kv) => kv.key));
+    assert.ok(listed.items.length >= 150, `${listed.items.length} listed`);
+    assert.deepEqual(
+      listed.items.slice(0, 150).map((kv) => kv.value),
+      [...Array(150).keys()].map(String),
+    );
+  },
+);
+
 Deno.test({
   name: "openEtcdStore() says clearly when etcd cannot be reached",
   sanitizeOps: false,
