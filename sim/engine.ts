@@ -283,6 +283,8 @@ export function simulate(
   let evictions = 0, parks = 0, podStarts = 0, snapshotStarts = 0;
   /** Nodes holding a snapshot, per function. */
   const snapshotAt = funcs.map(() => new Set<string>());
+  /** Until when each node is taking a snapshot (the start it follows included). */
+  const dumpingUntil = new Map<string, number>();
   /** How each starting pod comes up: its node, whether restored, the dump it waits for. */
   const starting = new Map<string, { node: string; fromSnapshot: boolean; dumpMs: number }>();
   let vramIntegral = 0;
@@ -298,8 +300,13 @@ export function simulate(
           podStarts++;
           const snap = policy.snapshots ? funcs[f].snapshot : undefined;
           const fromSnapshot = snap !== undefined && a.pod.fromSnapshot === true;
-          // A node's first fresh start of the function also takes its snapshot.
-          const dumpMs = snap && !fromSnapshot && !snapshotAt[f].has(a.pod.node) ? snap.dumpMs : 0;
+          // A node's first fresh start of the function also takes its snapshot, unless the node
+          // is taking another one (its agent dumps one at a time, and starts the pod unsnapshotted).
+          const dumping = (dumpingUntil.get(a.pod.node) ?? 0) > now;
+          const dumpMs = snap && !fromSnapshot && !dumping && !snapshotAt[f].has(a.pod.node)
+            ? snap.dumpMs
+            : 0;
+          if (dumpMs) dumpingUntil.set(a.pod.node, now + funcs[f].coldStartMs + dumpMs);
           if (fromSnapshot) snapshotStarts++;
           starting.set(a.pod.id, { node: a.pod.node, fromSnapshot, dumpMs });
           const took = fromSnapshot ? snap!.restoreMs : funcs[f].coldStartMs + dumpMs;
@@ -331,8 +338,9 @@ export function simulate(
             func: f,
             busy: 0,
             idleSince: now,
-            coldLeft: a.coldStart ? queued(agent) : 0,
-            restoredLeft: a.resumed ? queued(agent) : 0,
+            // As the gateway counts them (func_agent.ts): the calls this worker takes at once.
+            coldLeft: a.coldStart ? Math.min(queued(agent), policy.parallel) : 0,
+            restoredLeft: a.resumed ? Math.min(queued(agent), policy.parallel) : 0,
             gone: false,
             reclaimed: false,
           };
@@ -684,7 +692,7 @@ export const POLICIES: Record<"dedicated" | "packed" | "full" | "snapshot", SimP
   },
 };
 
-/** A node of 8 H100s (80 GB), 128 cores and 1 TB memory. */
+/** A node of 8 H100s (80 GB), 128 cores and 2 TiB of memory (a DGX H100, a cloud p5 or ND H100 v5). */
 export function h100Nodes(nodes: number): ClusterSpec {
   return {
     nodes,
@@ -692,7 +700,7 @@ export function h100Nodes(nodes: number): ClusterSpec {
     gpuVramMB: 81_920,
     contextOverheadMB: 512,
     cpuPerNode: 128_000,
-    memPerNodeMB: 1_048_576,
+    memPerNodeMB: 2_097_152,
   };
 }
 

@@ -113,3 +113,17 @@ Deno.test("simulate(): a node's first start pays for its snapshot, a later cold 
   assert.equal(s.snapshotStarts, 1);
   assert.equal(s.podStarts, 3);
 });
+
+Deno.test("simulate(): calls counted as cold starts are those a started worker takes at once, not later warm ones", () => {
+  const slow = { ...fn("a", 10_000), serviceMs: 10_000 };
+  // 40 calls at once wait for workers to start; 100 later ones, one a second, find them warm.
+  const calls: [number, number][] = [];
+  for (let i = 0; i < 40; i++) calls.push([i, 0]);
+  for (let i = 0; i < 100; i++) calls.push([200_000 + i * 1000, 0]);
+  for (const seed of [1, 2, 3]) {
+    const r = simulate(trace([slow], calls), h100Nodes(1), POLICIES.packed, { seed });
+    assert.equal(r.served, 140);
+    assert.ok(r.coldStarts <= r.podStarts * POLICIES.packed.parallel, `${r.coldStarts} cold`);
+    assert.ok(r.coldStarts <= 40, `seed ${seed}: ${r.coldStarts} of 40 waiting calls counted cold`);
+  }
+});

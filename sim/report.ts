@@ -68,10 +68,10 @@ const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${Math.ro
 /** The comparison as a markdown table. */
 export function table(rows: { result: SimResult; met: boolean }[]): string {
   const head =
-    "| policy | GPUs needed | p99 TTFB | p50 / p99 latency | cold starts | restores | vRAM held | vRAM models need | evictions | pod starts | from snapshots |\n" +
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+    "| policy | GPUs needed | p99 TTFB | refused | p50 / p99 latency | cold starts | restores | vRAM held | vRAM models need | evictions | pod starts | from snapshots |\n" +
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
   const lines = rows.map(({ result: r, met }) =>
-    `| ${r.policy} | ${met ? r.gpus : `> ${r.gpus}`} | ${ms(r.ttfbP99Ms)} | ${
+    `| ${r.policy} | ${met ? r.gpus : `> ${r.gpus}`} | ${ms(r.ttfbP99Ms)} | ${r.rejected} | ${
       ms(r.latencyP50Ms)
     } / ${ms(r.latencyP99Ms)} | ${pct(r.coldFraction, 2)} | ${
       pct(r.restores / Math.max(1, r.served), 2)
@@ -148,15 +148,16 @@ inter-arrival times (functions with 50+ calls) is ${s.medianCv.toFixed(2)}.
 
 ## Objective
 
-The fewest 8-GPU nodes (80 GB H100s) at which p99 time to first byte is at most
+The fewest 8-GPU nodes (80 GB H100s, 2 TiB of host memory and 128 cores each, as DGX H100 and the
+clouds' 8-GPU machines have) at which p99 time to first byte (of the calls served) is at most
 ${ms(input.objective.ttfbP99Ms)} and at most ${pct(input.objective.maxRejected, 1)} of requests are
-refused (queue timeout 30 s).
+refused (queue timeout 30 s). A pod parked in host memory holds its GPU memory's copy there.
 
 ## Result
 
 ${table(input.rows)}
 
-"vRAM held" is what pods reserve (a whole GPU each for dedicated); "vRAM models need" is the
+"refused": calls that waited out the queue timeout. "vRAM held" is what pods reserve (a whole GPU each for dedicated); "vRAM models need" is the
 share of the cluster's vRAM the models on the GPUs actually use, time-weighted.
 
 ![GPUs needed and vRAM the models need](chart.svg)

@@ -135,6 +135,7 @@ export function generateTrace(options: GenerateOptions): Trace {
   const weibullMean = gamma(1 + 1 / k);
   const functions: SimFunction[] = [];
   const keys: number[] = [];
+  const ticks = ticksPerMs(durationMs);
   const hourly = Math.log10(1 / 60);
   for (let i = 0; i < options.functions; i++) {
     const fn = drawFunction(`f${i}`, rand);
@@ -154,21 +155,41 @@ export function generateTrace(options: GenerateOptions): Trace {
     while (true) {
       t += scale * (-Math.log(Math.max(rand(), 1e-300))) ** (1 / k);
       if (t >= durationMs) break;
-      if (t >= 0) keys.push(packKey(t, i));
+      if (t >= 0) keys.push(packKey(t, i, ticks));
     }
   }
-  return sortTrace(functions, keys, durationMs);
+  return sortTrace(functions, keys, durationMs, ticks);
 }
 
-// Times in microseconds and function indexes packed in one float (< 2^53),
-// so a native numeric sort orders the trace.
+// Times and function indexes packed in one float, so a native numeric sort
+// orders the trace: a time in ticks (a microsecond for traces up to 38 h, ten
+// for up to 15 days, and so on), times FUNC_SLOTS, plus the index. The whole
+// must stay below 2^53, where every integer is exact: past it the index, in
+// the low digits, would be rounded into another function's.
 const FUNC_SLOTS = 65_536;
 
-function packKey(tMs: number, func: number): number {
-  return Math.floor(tMs * 1000) * FUNC_SLOTS + func;
+/** Ticks a millisecond for a trace of `durationMs`: the finest whose keys stay exact. */
+export function ticksPerMs(durationMs: number): number {
+  for (let ticks = 1000; ticks >= 1; ticks /= 10) {
+    if (Math.ceil(durationMs * ticks) * FUNC_SLOTS < Number.MAX_SAFE_INTEGER) return ticks;
+  }
+  throw new Error(
+    `Cannot build a trace of ${Math.round(durationMs / 3_600_000)} h: at most ${
+      Math.floor(Number.MAX_SAFE_INTEGER / FUNC_SLOTS / 3_600_000)
+    } h`,
+  );
 }
 
-function sortTrace(functions: SimFunction[], keys: number[], durationMs: number): Trace {
+function packKey(tMs: number, func: number, ticks: number): number {
+  return Math.floor(tMs * ticks) * FUNC_SLOTS + func;
+}
+
+function sortTrace(
+  functions: SimFunction[],
+  keys: number[],
+  durationMs: number,
+  ticks: number,
+): Trace {
   if (functions.length > FUNC_SLOTS) {
     throw new Error(`Cannot build a trace of ${functions.length} functions: at most ${FUNC_SLOTS}`);
   }
@@ -178,7 +199,7 @@ function sortTrace(functions: SimFunction[], keys: number[], durationMs: number)
   for (let i = 0; i < sorted.length; i++) {
     const f = sorted[i] % FUNC_SLOTS;
     func[i] = f;
-    times[i] = (sorted[i] - f) / FUNC_SLOTS / 1000;
+    times[i] = (sorted[i] - f) / FUNC_SLOTS / ticks;
   }
   return { functions, times, func, durationMs };
 }
@@ -212,44 +233,59 @@ function gamma(z: number): number {
  * Model figures are drawn per function from `seed`.
  */
 export function loadAzureCsv(text: string, seed: number): Trace {
-  const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+  const lines = text.replace(/^\uFEFF/, "").split(/\r?\n/).filter((l) => l.trim() !== "");
   if (lines.length < 2) throw new Error("Cannot load trace: no rows after the header");
   const header = lines[0].split(",");
-  if (header[2] !== "HashFunction" || header[4] !== "1") {
+  const minutes = header.length - 4;
+  const named = ["HashOwner", "HashApp", "HashFunction", "Trigger"];
+  // The minutes numbered 1, 2, ... in order: a column left out, or an empty one after a
+  // trailing comma, would shift every count after it.
+  const bad = named.findIndex((h, i) => header[i] !== h) >= 0 || minutes < 1 ||
+    header.slice(4).some((h, m) => h !== String(m + 1));
+  if (bad) {
     throw new Error(
-      `Cannot load trace: header must start HashOwner,HashApp,HashFunction,Trigger,1,... (got ${
-        header.slice(0, 5).join(",")
-      })`,
+      `Cannot load trace: the header must be HashOwner,HashApp,HashFunction,Trigger,1,2,... ` +
+        `(minutes numbered from 1, in order; got ${JSON.stringify(lines[0].slice(0, 120))})`,
     );
   }
-  const minutes = header.length - 4;
+  const ticks = ticksPerMs(minutes * 60_000);
   const rand = rng(seed);
   const functions: SimFunction[] = [];
   const keys: number[] = [];
+  /** Row of each function (owner, app, function), and how many rows named each function. */
+  const rows = new Map<string, number>();
+  const names = new Map<string, number>();
   for (let row = 1; row < lines.length; row++) {
     const cells = lines[row].split(",");
+    const at = `Cannot load trace: row ${row + 1}`;
     if (cells.length !== header.length) {
-      throw new Error(
-        `Cannot load trace: row ${row + 1} has ${cells.length} columns, not ${header.length}`,
-      );
+      throw new Error(`${at} has ${cells.length} columns, not ${header.length}`);
     }
+    const whole = cells.slice(0, 3).join(",");
+    const before = rows.get(whole);
+    if (before !== undefined) {
+      throw new Error(`${at} is the function of row ${before} again (${whole})`);
+    }
+    rows.set(whole, row + 1);
+    // The same function hash in another owner's or app's row: a function of its own.
+    const seen = names.get(cells[2]) ?? 0;
+    names.set(cells[2], seen + 1);
     const idx = functions.length;
-    const fn = drawFunction(cells[2], rand);
+    const fn = drawFunction(seen ? `${cells[2]}-${seen + 1}` : cells[2], rand);
     functions.push(fn);
     let total = 0;
     for (let m = 0; m < minutes; m++) {
-      const n = Number(cells[4 + m]);
-      if (!Number.isInteger(n) || n < 0) {
-        throw new Error(
-          `Cannot load trace: row ${row + 1}, minute ${m + 1}: "${cells[4 + m]}" is not a count`,
-        );
+      const cell = cells[4 + m];
+      if (!/^\d{1,9}$/.test(cell)) {
+        throw new Error(`${at}, minute ${m + 1}: "${cell}" is not a count (digits only)`);
       }
+      const n = Number(cell);
       total += n;
-      for (let j = 0; j < n; j++) keys.push(packKey((m + rand()) * 60_000, idx));
+      for (let j = 0; j < n; j++) keys.push(packKey((m + rand()) * 60_000, idx, ticks));
     }
     fn.ratePerMin = total / minutes;
   }
-  return sortTrace(functions, keys, minutes * 60_000);
+  return sortTrace(functions, keys, minutes * 60_000, ticks);
 }
 
 /** Shape statistics of a trace, to compare with the published figures. */
