@@ -874,3 +874,84 @@ t(
     }
   },
 );
+
+/** An address nobody listens on: every attempt there fails, the worker unreachable. */
+function deadEndpoint(): string {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return `127.0.0.1:${port}`;
+}
+
+const ENDED = ["succeeded", "failed", "cancelled", "expired"];
+
+async function endOf(f: GatewayFixture, id: string): Promise<CallRecord> {
+  await until("the call to end", async () => ENDED.includes((await read(f, id)).status), 15_000);
+  return await read(f, id);
+}
+
+t("a call whose worker cannot be reached fails after exactly its attempts", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 2000, backoffMs: 20 } });
+  for (let i = 0; i < 12; i++) f.sched.endpoints.push(deadEndpoint());
+  const c = await endOf(f, await store(f, record("u", { maxAttempts: 2 })));
+  assert.equal(c.status, "failed");
+  assert.deepEqual(c.attempts.map((a) => a.error?.code), ["unavailable", "unavailable"]);
+  await f.close();
+});
+
+t("an attempt lost with its gateway counts against the call's attempts", async () => {
+  const f = await gatewayFixture({ calls: { leaseMs: 500, backoffMs: 20 } });
+  const w = countingWorker();
+  f.sched.endpoints.push(w.endpoint);
+  const c = await endOf(
+    f,
+    await store(
+      f,
+      record("l", {
+        maxAttempts: 1,
+        status: "running",
+        owner: "gw-dead",
+        leaseUntil: Date.now() - 1,
+        startedAt: Date.now() - 100,
+        attempts: [{ n: 1, gateway: "gw-dead", startedAt: Date.now() - 100 }],
+      }),
+    ),
+  );
+  assert.equal(c.status, "failed", "its one attempt was the lost one");
+  assert.equal(c.attempts.length, 1);
+  assert.match(c.error?.message ?? "", /All 1 attempt\(s\) failed; the last: Gateway gw-dead/);
+  assert.deepEqual([...w.seen], [], "not run again");
+  await f.close();
+  await w.close();
+});
+
+t(
+  "an attempt a stopping gateway broke off does not count against the call's attempts",
+  async () => {
+    const f = await gatewayFixture({ calls: { leaseMs: 2000, backoffMs: 20 } });
+    for (let i = 0; i < 12; i++) f.sched.endpoints.push(deadEndpoint());
+    const now = Date.now();
+    const c = await endOf(
+      f,
+      await store(
+        f,
+        record("s", {
+          maxAttempts: 2,
+          attempts: [{
+            n: 1,
+            gateway: "gw-old",
+            startedAt: now - 100,
+            endedAt: now - 50,
+            error: { code: "gateway_stopped", message: "Gateway gw-old stopped" },
+          }],
+        }),
+      ),
+    );
+    assert.deepEqual(
+      c.attempts.map((a) => a.error?.code),
+      ["gateway_stopped", "unavailable", "unavailable"],
+      "the broken-off try and two counted ones",
+    );
+    await f.close();
+  },
+);

@@ -246,6 +246,61 @@ t("gateway retries a 503 answer on another free worker", async () => {
   await ok.close();
 });
 
+t(
+  "a streamed body answered 503 is not sent again to another worker: the 503 is the caller's",
+  async () => {
+    const f = await gatewayFixture({ policy: { parallel: 1, scaleout_policy: { wait_ratio: 0 } } });
+    const busy = fakeWorker("busy", { status: 503, delayMs: 100 });
+    const ok = fakeWorker("ok");
+    f.sched.endpoints.push(busy.endpoint);
+    const a = call(f.app); // leases busy; the queue behind it leases ok
+    await new Promise((r) => setTimeout(r, 20));
+    f.sched.endpoints.push(ok.endpoint);
+    await (await call(f.app)).body?.cancel();
+    await (await a).body?.cancel();
+    // Both free now, busy first in line: a body read whole would go on to ok (the test above).
+    const r = await f.app.request("/funccall/t/n/f/upload", {
+      method: "POST",
+      headers: { "content-type": "text/plain" }, // no length: streamed to the worker
+      body: ReadableStream.from([new TextEncoder().encode("hello streamed body")]),
+    });
+    assert.equal(r.status, 503);
+    const answer = await r.json();
+    assert.deepEqual([answer.worker, answer.body], ["busy", "hello streamed body"]);
+    await f.close();
+    await busy.close();
+    await ok.close();
+  },
+);
+
+t("a PUT's streamed body its worker took and closed on is not sent again, empty", async () => {
+  const f = await gatewayFixture({ policy: { parallel: 1, max_replica: 3 } });
+  const seen: string[] = [];
+  const drop = () =>
+    scriptedWorker(async (c, got) => {
+      // The whole request, its chunked body's end included, then closed without an answer.
+      const buf = new Uint8Array(65536);
+      while (!got.includes("0\r\n\r\n")) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        got += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      seen.push(got.slice(got.indexOf("\r\n\r\n") + 4));
+    });
+  const workers = [drop(), drop(), drop()];
+  f.sched.endpoints.push(...workers.map((w) => w.endpoint));
+  const r = await f.app.request("/funccall/t/n/f/v1/things", {
+    method: "PUT", // may be sent twice, but only with a body read whole or none
+    headers: { "content-type": "text/plain" },
+    body: ReadableStream.from([new TextEncoder().encode("hello streamed body")]),
+  });
+  assert.equal(r.status, 503);
+  assert.equal((await r.json()).error.code, "worker_failed");
+  assert.deepEqual(seen, ["13\r\nhello streamed body\r\n0\r\n\r\n"], "sent once, whole");
+  await f.close();
+  for (const w of workers) await w.close();
+});
+
 t("gateway passes a 503 answer through when no other worker is free", async () => {
   const f = await gatewayFixture();
   const busy = fakeWorker("busy", { status: 503 });

@@ -237,6 +237,27 @@ t("snapshots are listed for those who may read their namespace, and per node", a
   assert.deepEqual(one.items.map((s: { node: string }) => s.node), ["n2"]);
   const byNode = await (await f.app.request("/nodes/n1/snapshots", { headers: admin })).json();
   assert.deepEqual(byNode.items.map((s: { node: string }) => s.node), ["n1"]);
+  // A key of t's sees them; one of another tenant, none of them.
+  await f.meta.create({
+    type: "tenant",
+    tenant: "system",
+    namespace: "system",
+    name: "u",
+    object: {},
+  });
+  const keyOf = async (tenant: string) => {
+    const r = await f.app.request("/apikeys", {
+      method: "POST",
+      headers: { ...admin, "content-type": "application/json" },
+      body: JSON.stringify({ scope: "full", tenant }),
+    });
+    return { authorization: `Bearer ${(await r.json()).key}` };
+  };
+  for (const [tenant, count] of [["t", 2], ["u", 0]] as const) {
+    const r = await f.app.request("/snapshots", { headers: await keyOf(tenant) });
+    assert.equal(r.status, 200);
+    assert.equal((await r.json()).items.length, count, `a key of ${tenant}`);
+  }
   // A namespace filter without its tenant still filters.
   for (const namespace of ["n", "other"]) {
     const r = await f.app.request(`/snapshots?namespace=${namespace}`, { headers: admin });
