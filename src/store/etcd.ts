@@ -42,7 +42,7 @@ import {
   InferxError,
   NotFoundError,
 } from "../common/errors.ts";
-import { grpcChannelOptions } from "../common/grpc_options.ts";
+import { GRPC_MAX_MESSAGE_BYTES, grpcChannelOptions } from "../common/grpc_options.ts";
 import { forEachLimit } from "../common/limit.ts";
 import { cappedBackoff } from "../common/retry.ts";
 import {
@@ -58,6 +58,8 @@ import {
 export interface EtcdStoreOptions {
   /** Deadline of each call (ms). @default 5000 */
   timeoutMs?: number;
+  /** The most one answer of etcd may hold (bytes); for tests. @default GRPC_MAX_MESSAGE_BYTES */
+  maxAnswerBytes?: number;
 }
 
 function toKv(kv: IKeyValue): KeyValue {
@@ -146,15 +148,26 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Failures worth another try: etcd away, not etcd refusing (out of space, too large). */
 /** Deletes {@linkcode EtcdStore.deleteKeys} keeps in flight. */
 const DELETES_IN_FLIGHT = 32;
 
 /**
- * Keys a page of a list reads: at etcd's default request size (1.5 MiB) each at most, a page
- * stays under 100 MiB, well within what the client takes in one answer.
+ * Keys the first page of a list reads: at etcd's default request size (1.5 MiB) an object at
+ * most, under 100 MiB. Each later page reads about LIST_PAGE_BYTES (an eighth of what one answer
+ * may hold, when less): as many objects as those of the page before would make, LIST_PAGE_MAX at
+ * most, so small objects come in a round trip or two. A page past what the client takes in one
+ * answer (objects larger than etcd's default lets in) is read again in halves.
  */
 const LIST_PAGE = 64;
+const LIST_PAGE_BYTES = 32 * 1024 * 1024;
+const LIST_PAGE_MAX = 10_000;
+
+/** A later page of a list found its revision compacted (its `cause`). */
+class PageCompacted extends Error {
+  constructor(override readonly cause: unknown) {
+    super("compacted while listed");
+  }
+}
 
 const transient = (err: Error) =>
   isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError);
@@ -186,15 +199,20 @@ export async function openEtcdStore(
 /** The etcd backend; exposes its client for leader election. */
 export class EtcdStore implements MetaStore {
   readonly client: Etcd3;
+  #maxAnswer: number;
 
   constructor(hosts: string, options: EtcdStoreOptions = {}) {
+    this.#maxAnswer = options.maxAnswerBytes ?? GRPC_MAX_MESSAGE_BYTES;
     this.client = new Etcd3({
       hosts: hosts.split(",").map((h) => h.trim()).filter(Boolean),
       defaultCallOptions: (ctx) =>
         ctx.isStream ? {} : { deadline: Date.now() + (options.timeoutMs ?? 5000) },
       // A watch tries again 0.1 s after its stream ends, then up to every 2 s (the
       // library's default grows to 30 s, so a watch could lag that long after etcd returned).
-      grpcOptions: grpcChannelOptions({ pingIdle: false }),
+      grpcOptions: {
+        ...grpcChannelOptions({ pingIdle: false }),
+        "grpc.max_receive_message_length": this.#maxAnswer,
+      },
       faultHandling: {
         watchBackoff: cappedBackoff(100, 2000),
         // The library's defaults, less the refusals no retry changes.
@@ -252,18 +270,56 @@ export class EtcdStore implements MetaStore {
   async list(prefix: string): Promise<ListResult> {
     // In pages, all read at the first one's revision: a range of objects up to etcd's request
     // size each, read whole, could pass what the client takes in one answer (256 MiB).
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#listPaged(prefix);
+      } catch (err) {
+        // A compaction (`startCompaction`, another state service's) passed the first page's
+        // revision while the later pages were read: the list again, at a new one.
+        if (!(err instanceof PageCompacted)) throw err;
+        if (attempt >= 3) throw err.cause;
+      }
+    }
+  }
+
+  async #listPaged(prefix: string): Promise<ListResult> {
     const end = Range.prefix(prefix).end;
     const items: KeyValue[] = [];
+    const what = `list ${keyText(prefix)}`;
     let revision: number | undefined;
+    let page = LIST_PAGE;
+    /** The most keys a page may read: lowered by a page found too large for one answer. */
+    let most = LIST_PAGE_MAX;
+    const pageBytes = Math.min(LIST_PAGE_BYTES, this.#maxAnswer / 8);
     for (let from: Buffer = Buffer.from(prefix);;) {
-      const res = await call(`list ${keyText(prefix)}`, () => {
+      let res;
+      try {
         const range = this.client.getAll().inRange({ start: from, end }).sort("Key", "Ascend")
-          .limit(LIST_PAGE);
-        return (revision === undefined ? range : range.revision(revision)).exec();
-      });
+          .limit(page);
+        res = await call(
+          what,
+          () => (revision === undefined ? range : range.revision(revision!)).exec(),
+        );
+      } catch (err) {
+        const message = String((err as Error).cause ?? "") + (err as Error).message;
+        // Past what the client takes in one answer (etcd let larger objects in, with a larger
+        // --max-request-bytes): the same page in halves.
+        if (page > 1 && err instanceof InferxError && err.code === "too_large") {
+          page = most = Math.max(1, page >> 1);
+          continue;
+        }
+        if (revision !== undefined && /compacted/i.test(message)) throw new PageCompacted(err);
+        throw err;
+      }
       revision ??= Number(res.header.revision);
-      for (const kv of res.kvs) items.push(toKv(kv));
+      let bytes = 0;
+      for (const kv of res.kvs) {
+        items.push(toKv(kv));
+        bytes += kv.key.length + kv.value.length;
+      }
       if (!res.more || !res.kvs.length) return { items, revision };
+      // The next page sized by this one's objects: about `pageBytes` of them.
+      page = Math.max(1, Math.min(most, Math.floor(pageBytes * res.kvs.length / bytes)));
       // The key right after the last one read.
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
