@@ -34,6 +34,9 @@ const Service = loadService("ixmeta.proto", "ixmeta", "IxMetaService");
 /** About how many bytes of records a piece of `ListChunks` carries. */
 const LIST_CHUNK_BYTES = 4 * 1024 * 1024;
 
+/** How long a client lists with List alone once a state service did not know ListChunks (ms). */
+export const LIST_ONLY_MS = 60_000;
+
 interface WireRef {
   type: string;
   tenant: string;
@@ -267,6 +270,8 @@ export interface GrpcMetaClientOptions extends GrpcChannelTuning {
    * takes longer than one object's call. @default 60000, at least `timeoutMs`
    */
   listTimeoutMs?: number;
+  /** The clock (ms); for tests. @default Date.now */
+  now?: () => number;
 }
 
 /** `MetaClient` that calls a state service over gRPC. */
@@ -275,8 +280,13 @@ export class GrpcMetaClient implements MetaClient {
   #timeout: number;
   #listTimeout: number;
   #what: string;
-  /** The state service answered ListChunks UNIMPLEMENTED: an earlier release's. */
-  #oldService = false;
+  /**
+   * Until when lists use List (ms): the state service answered ListChunks
+   * UNIMPLEMENTED, an earlier release's; asked again after a minute, since a
+   * rolling update may replace it.
+   */
+  #listOnlyUntil = 0;
+  #now: () => number;
 
   constructor(address: string, options: GrpcMetaClientOptions = {}) {
     this.#client = new Service(
@@ -286,6 +296,7 @@ export class GrpcMetaClient implements MetaClient {
     );
     this.#timeout = options.timeoutMs ?? 5000;
     this.#listTimeout = Math.max(options.listTimeoutMs ?? 60_000, this.#timeout);
+    this.#now = options.now ?? Date.now;
     this.#what = `the state service at ${address}`;
   }
 
@@ -306,13 +317,13 @@ export class GrpcMetaClient implements MetaClient {
 
   async list(type: ObjectType, tenant?: string, namespace?: string) {
     const req = { type, tenant: tenant ?? "", namespace: namespace ?? "" };
-    if (!this.#oldService) {
+    if (this.#now() >= this.#listOnlyUntil) {
       try {
         return await this.#listChunks(req);
       } catch (err) {
         if ((err as { grpcCode?: number }).grpcCode !== grpc.status.UNIMPLEMENTED) throw err;
         // A state service of a release before ListChunks (a rolling update): its one message.
-        this.#oldService = true;
+        this.#listOnlyUntil = this.#now() + LIST_ONLY_MS;
       }
     }
     const res = await this.#call<{ items: WireRecord[]; revision: number }>("List", req);

@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { cuttableProxy, seedNamespace, testCall } from "../common/testing.ts";
-import { loadService, serve, unary } from "./grpc.ts";
+import { grpc, loadService, serve, unary } from "./grpc.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import { CompactedError } from "../store/types.ts";
 import { StateService } from "../statesvc/service.ts";
 import { metaContract } from "./meta_contract.ts";
-import { GrpcMetaClient, serveMeta } from "./meta_grpc.ts";
+import { GrpcMetaClient, LIST_ONLY_MS, serveMeta } from "./meta_grpc.ts";
 
 metaContract("MetaClient in-process", async () => {
   const store = await openSqliteStore();
@@ -72,7 +72,12 @@ t(
     const current = await serveMeta(svc, "127.0.0.1:0");
     // An earlier release's state service: no ListChunks (UNIMPLEMENTED), List alone.
     let lists = 0;
+    let chunkTries = 0;
     const earlier = await serve(loadService("ixmeta.proto", "ixmeta", "IxMetaService"), {
+      ListChunks: (stream: grpc.ServerWritableStream<unknown, unknown>) => {
+        chunkTries++;
+        stream.emit("error", { code: grpc.status.UNIMPLEMENTED, details: "unknown method" });
+      },
       List: unary(async (req: { type: string }) => {
         lists++;
         const { items, revision } = await svc.list(req.type as "call");
@@ -82,7 +87,10 @@ t(
         };
       }),
     }, "127.0.0.1:0");
-    const clients = [current.port, earlier.port].map((p) => new GrpcMetaClient(`127.0.0.1:${p}`));
+    let now = 0;
+    const clients = [current.port, earlier.port].map((p) =>
+      new GrpcMetaClient(`127.0.0.1:${p}`, { now: () => now })
+    );
     try {
       const want = await svc.list("call");
       for (const [i, meta] of clients.entries()) {
@@ -94,6 +102,11 @@ t(
         }
       }
       assert.equal(lists, 2, "the earlier service asked for List, once a list");
+      assert.equal(chunkTries, 1, "ListChunks not asked for again at once");
+      // A minute on, it may have been replaced by this release's: asked again.
+      now += LIST_ONLY_MS;
+      assert.equal((await clients[1].list("call")).items.length, 10);
+      assert.deepEqual([chunkTries, lists], [2, 3]);
     } finally {
       for (const c of clients) c.close();
       await current.stop();
