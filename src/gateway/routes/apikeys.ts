@@ -90,10 +90,10 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     queryOnce("API key list", c.req.url, []);
     return c.json({ items: await listKeys(c.var.principal, deps.meta) });
   });
-  app.get(
-    "/:id",
-    async (c) => c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta))),
-  );
+  app.get("/:id", async (c) => {
+    queryOnce("API key read", c.req.url, []);
+    return c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta)));
+  });
   app.delete("/:id", async (c) => {
     const rec = await managedKey(c.req.param("id"), c.var.principal, deps.meta);
     queryOnce("API key revocation", c.req.url, []);

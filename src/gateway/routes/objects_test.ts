@@ -532,6 +532,8 @@ Deno.test("the reads that take no parameter refuse one, rather than answer every
       "/nodes/n1/snapshots?func=f",
       "/pods/t/n/f?state=Ready",
       "/apikeys?tenant=t",
+      "/apikeys/k1?tenant=u",
+      "/rollout/t/n/f?version=1",
     ]
   ) {
     const r = await f.app.request(path);

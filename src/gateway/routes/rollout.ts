@@ -36,6 +36,7 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/:tenant/:namespace/:name", async (c) => {
     const { tenant, namespace, name } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
+    queryOnce("rollout status", c.req.url, []);
     const rec = await deps.meta.get({ type: "function", tenant, namespace, name });
     if (!rec) throw new NotFoundError(`Function ${tenant}/${namespace}/${name} does not exist`);
     return c.json(await rolloutJson(deps.meta, rec));
