@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { storeContract } from "./contract.ts";
-import { type EtcdStore, keyText, openEtcdStore } from "./etcd.ts";
+import { type EtcdStore, type EtcdStoreOptions, keyText, openEtcdStore } from "./etcd.ts";
 import { etcdUnavailable, startEtcd } from "./etcd_server.ts";
 import { CompactedError } from "./types.ts";
 import { InferxError } from "../common/errors.ts";
@@ -26,11 +26,11 @@ storeContract("etcd", async () => {
   };
 }, { ignoreReason: missing });
 
-/** A test against a fresh etcd and a store on it (calls timing out after `timeoutMs`), both stopped after it. */
+/** A test against a fresh etcd and a store on it (opened with `options`), both stopped after it. */
 function etcdTest(
   name: string,
   fn: (store: EtcdStore, etcd: Awaited<ReturnType<typeof startEtcd>>) => Promise<void>,
-  timeoutMs?: number,
+  options: EtcdStoreOptions = {},
 ) {
   Deno.test({
     name,
@@ -39,7 +39,7 @@ function etcdTest(
     sanitizeResources: false,
     async fn() {
       const etcd = await startEtcd();
-      const store = await openEtcdStore(etcd.url, { timeoutMs });
+      const store = await openEtcdStore(etcd.url, options);
       try {
         await fn(store, etcd);
       } finally {
@@ -115,29 +115,20 @@ etcdTest(
   },
 );
 
-Deno.test({
-  name: "etcd store reads a page too large for one answer again in halves",
-  ignore: missing !== undefined,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const etcd = await startEtcd();
+etcdTest(
+  "etcd store reads a page too large for one answer again in halves",
+  async (store) => {
     // Answers of 1 MiB at most: the first page of 64 objects of 64 KiB (4 MiB) is too large.
-    const store = await openEtcdStore(etcd.url, { maxAnswerBytes: 1024 * 1024 });
-    try {
-      const value = "v".repeat(64 * 1024);
-      for (let i = 0; i < 100; i++) await store.create(`/registry/c/t/n/k${100 + i}`, value);
-      const listed = await store.list("/registry/c/");
-      assert.deepEqual(
-        listed.items.map((kv) => kv.key),
-        [...Array(100).keys()].map((i) => `/registry/c/t/n/k${100 + i}`),
-      );
-    } finally {
-      await store.close();
-      await etcd.stop();
-    }
+    const value = "v".repeat(64 * 1024);
+    for (let i = 0; i < 100; i++) await store.create(`/registry/c/t/n/k${100 + i}`, value);
+    const listed = await store.list("/registry/c/");
+    assert.deepEqual(
+      listed.items.map((kv) => kv.key),
+      [...Array(100).keys()].map((i) => `/registry/c/t/n/k${100 + i}`),
+    );
   },
-});
+  { maxAnswerBytes: 1024 * 1024 },
+);
 
 Deno.test({
   name: "openEtcdStore() says clearly when etcd cannot be reached",
@@ -365,7 +356,7 @@ etcdTest(
     quietWatch.cancel();
     busy.cancel();
   },
-  1000,
+  { timeoutMs: 1000 },
 );
 
 etcdTest("a request etcd refuses for its size does not stop the next ones", async (store) => {
@@ -413,7 +404,7 @@ etcdTest(
     }
     assert.equal((await store.get("/registry/cb/t/n/after"))?.value, "1");
   },
-  500,
+  { timeoutMs: 500 },
 );
 
 etcdTest("startCompaction() keeps etcd's newest revisions and compacts the rest", async (store) => {
