@@ -151,6 +151,20 @@ export class StateService implements MetaClient {
       // stored after it looked would outlive them, for a namesake made later to read (and run).
       return this.#admission.runShared(input.tenant, async () => {
         await this.#mustExist("namespace", input.tenant, SYSTEM, input.namespace);
+        // A call whose body is stored apart comes after its body, a write of its own: a
+        // namespace deleted between the two (and made again) took the body with it.
+        const apart = (input.object as { bodyBytes?: unknown } | undefined)?.bodyBytes;
+        if (input.type === "call" && typeof apart === "number" && apart > 0) {
+          const body = callBodyRef(input, "request");
+          if (
+            !await this.#store.get(objectKey(body.type, body.tenant, body.namespace, body.name))
+          ) {
+            throw new NotFoundError(
+              `Cannot admit object: call ${input.tenant}/${input.namespace}/${input.name}'s ` +
+                `request body is not stored (its namespace was deleted meanwhile?)`,
+            );
+          }
+        }
         return await this.#create(input, options);
       });
     }

@@ -171,6 +171,19 @@ Deno.test("a call is stored only in a namespace that is there, never past its de
       svc.create({ ...callBodyRef(callIn("gone"), "request"), object: { body: "eA==" } }),
       /namespace t\/gone does not exist/,
     );
+    // A call whose body is stored apart comes after its body: one whose namespace was deleted
+    // (and made again) between the two writes finds its body gone and is refused.
+    const big = callIn("n");
+    (big.object as { bodyBytes?: number; body?: string }).bodyBytes = 5000;
+    delete (big.object as { body?: string }).body;
+    await svc.create({ ...callBodyRef(big, "request"), object: { body: "eA==" } });
+    const nsRef = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };
+    await svc.delete(nsRef);
+    await svc.create({ ...nsRef, object: {} });
+    await assert.rejects(svc.create(big), /request body is not stored/);
+    await svc.create({ ...callBodyRef(big, "request"), object: { body: "eA==" } });
+    await svc.create(big);
+    await svc.delete({ type: "call", tenant: "t", namespace: "n", name: big.name });
     // Stored while the namespace is being deleted: each either before (deleted with it) or
     // refused after, none outliving it, for a namesake made later to show and run.
     const ns = { type: "namespace" as const, tenant: "t", namespace: "system", name: "n" };

@@ -414,7 +414,12 @@ t(
       object: { body: Buffer.from(JSON.stringify({ n: "apart" })).toString("base64") },
     });
     const id = await store(f, kept);
-    const gone = await store(f, lost("gone"));
+    // Stored with its body, which then went (a record is refused without it).
+    const goneRec = lost("gone");
+    const goneBody = callBodyRef(refOf(goneRec), "request");
+    await f.meta.create({ ...goneBody, object: { body: "eA==" } });
+    const gone = await store(f, goneRec);
+    await f.meta.delete(goneBody);
     await until(
       "both calls to end",
       async () =>
