@@ -60,6 +60,11 @@ export interface EtcdStoreOptions {
   timeoutMs?: number;
   /** The most one answer of etcd may hold (bytes); for tests. @default GRPC_MAX_MESSAGE_BYTES */
   maxAnswerBytes?: number;
+  /**
+   * Deadline of each page of a list (ms): a page may read tens of MiB. At least `timeoutMs`.
+   * @default 60000
+   */
+  listTimeoutMs?: number;
 }
 
 function toKv(kv: IKeyValue): KeyValue {
@@ -152,15 +157,21 @@ async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
 const DELETES_IN_FLIGHT = 32;
 
 /**
- * Keys the first page of a list reads: at etcd's default request size (1.5 MiB) an object at
- * most, under 100 MiB. Each later page reads about LIST_PAGE_BYTES (an eighth of what one answer
- * may hold, when less): as many objects as those of the page before would make, LIST_PAGE_MAX at
- * most, so small objects come in a round trip or two. A page past what the client takes in one
- * answer (objects larger than etcd's default lets in) is read again in halves.
+ * The largest object etcd takes by default (its `--max-request-bytes`): what a page of a list
+ * is sized for at worst.
+ */
+const ETCD_OBJECT_BYTES = 1.5 * 1024 * 1024;
+
+/**
+ * Keys the first page of a list reads. Each later page reads about LIST_PAGE_BYTES (an eighth of
+ * what one answer may hold, when less) as far as the objects read so far tell, and never more
+ * keys than one answer holds of objects of etcd's default largest (170 in 256 MiB): objects after
+ * small ones may be large, and a page is read whole by etcd before it answers. A page past what
+ * the client takes in one answer (objects larger than etcd's default lets in, with a larger
+ * `--max-request-bytes`) is read again in halves.
  */
 const LIST_PAGE = 64;
 const LIST_PAGE_BYTES = 32 * 1024 * 1024;
-const LIST_PAGE_MAX = 10_000;
 
 /** A later page of a list found its revision compacted (its `cause`). */
 class PageCompacted extends Error {
@@ -200,9 +211,11 @@ export async function openEtcdStore(
 export class EtcdStore implements MetaStore {
   readonly client: Etcd3;
   #maxAnswer: number;
+  #listTimeout: number;
 
   constructor(hosts: string, options: EtcdStoreOptions = {}) {
     this.#maxAnswer = options.maxAnswerBytes ?? GRPC_MAX_MESSAGE_BYTES;
+    this.#listTimeout = Math.max(options.listTimeoutMs ?? 60_000, options.timeoutMs ?? 5000);
     this.client = new Etcd3({
       hosts: hosts.split(",").map((h) => h.trim()).filter(Boolean),
       defaultCallOptions: (ctx) =>
@@ -277,7 +290,17 @@ export class EtcdStore implements MetaStore {
         // A compaction (`startCompaction`, another state service's) passed the first page's
         // revision while the later pages were read: the list again, at a new one.
         if (!(err instanceof PageCompacted)) throw err;
-        if (attempt >= 3) throw err.cause;
+        if (attempt >= 3) {
+          throw new InferxError(
+            "unavailable",
+            `Cannot list ${keyText(prefix)}: etcd compacted the revision of the list while its ` +
+              `pages were read, ${attempt} times in a row (compactions more often than a list ` +
+              `takes: etcd's --auto-compaction-retention too short?)`,
+            { cause: err.cause, retryable: true },
+          );
+        }
+        // A moment for the compactions to pass before the next try.
+        await new Promise((r) => setTimeout(r, 100 * attempt));
       }
     }
   }
@@ -287,15 +310,19 @@ export class EtcdStore implements MetaStore {
     const items: KeyValue[] = [];
     const what = `list ${keyText(prefix)}`;
     let revision: number | undefined;
-    let page = LIST_PAGE;
-    /** The most keys a page may read: lowered by a page found too large for one answer. */
-    let most = LIST_PAGE_MAX;
+    /** The most keys a page may read: lowered by a page found too large. */
+    let most = Math.max(1, Math.floor(this.#maxAnswer / ETCD_OBJECT_BYTES));
+    let page = Math.min(LIST_PAGE, most);
     const pageBytes = Math.min(LIST_PAGE_BYTES, this.#maxAnswer / 8);
+    let read = 0;
+    let bytes = 0;
     for (let from: Buffer = Buffer.from(prefix);;) {
       let res;
       try {
-        const range = this.client.getAll().inRange({ start: from, end }).sort("Key", "Ascend")
-          .limit(page);
+        // Not sorted: a range comes in key order, and a sorted one makes etcd (3.4) read the
+        // whole rest of the range for every page.
+        const range = this.client.getAll().inRange({ start: from, end }).limit(page)
+          .options({ deadline: Date.now() + this.#listTimeout });
         res = await call(
           what,
           () => (revision === undefined ? range : range.revision(revision!)).exec(),
@@ -312,14 +339,15 @@ export class EtcdStore implements MetaStore {
         throw err;
       }
       revision ??= Number(res.header.revision);
-      let bytes = 0;
       for (const kv of res.kvs) {
         items.push(toKv(kv));
         bytes += kv.key.length + kv.value.length;
       }
+      read += res.kvs.length;
       if (!res.more || !res.kvs.length) return { items, revision };
-      // The next page sized by this one's objects: about `pageBytes` of them.
-      page = Math.max(1, Math.min(most, Math.floor(pageBytes * res.kvs.length / bytes)));
+      // The next page sized by the objects read so far: about `pageBytes` of them.
+      const fits = Math.floor(pageBytes * read / Math.max(1, bytes));
+      page = Math.max(1, Math.min(most, fits));
       // The key right after the last one read.
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
@@ -328,7 +356,7 @@ export class EtcdStore implements MetaStore {
   async keys(prefix: string): Promise<string[]> {
     return await call(
       `list ${keyText(prefix)}`,
-      () => this.client.getAll().prefix(prefix).sort("Key", "Ascend").keys(),
+      () => this.client.getAll().prefix(prefix).keys(),
     );
   }
 

@@ -32,8 +32,14 @@ export function etcdUnavailable(): string | undefined {
   }
 }
 
+/** Options of {@linkcode startEtcd}. */
+export interface StartEtcdOptions {
+  /** etcd's `--max-request-bytes`: the largest object it takes. @default etcd's, 1.5 MiB */
+  maxRequestBytes?: number;
+}
+
 /** Starts etcd and waits until it answers. */
-export async function startEtcd(): Promise<EtcdServer> {
+export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdServer> {
   const dir = await Deno.makeTempDir({ prefix: "inferx-etcd-" });
   const client = freePort();
   const peer = freePort();
@@ -60,6 +66,9 @@ export async function startEtcd(): Promise<EtcdServer> {
         // Progress notifications every 200 ms (10 minutes by default): tests see them.
         "--experimental-watch-progress-notify-interval",
         "200ms",
+        ...(options.maxRequestBytes
+          ? ["--max-request-bytes", String(options.maxRequestBytes)]
+          : []),
       ],
       stdout: "null",
       stderr: "piped",

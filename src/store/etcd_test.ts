@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { storeContract } from "./contract.ts";
 import { type EtcdStore, type EtcdStoreOptions, keyText, openEtcdStore } from "./etcd.ts";
-import { etcdUnavailable, startEtcd } from "./etcd_server.ts";
+import { etcdUnavailable, startEtcd, type StartEtcdOptions } from "./etcd_server.ts";
 import { CompactedError } from "./types.ts";
 import { InferxError } from "../common/errors.ts";
 
@@ -26,11 +26,14 @@ storeContract("etcd", async () => {
   };
 }, { ignoreReason: missing });
 
-/** A test against a fresh etcd and a store on it (opened with `options`), both stopped after it. */
+/**
+ * A test against a fresh etcd (started with `options.etcd`) and a store on it (opened with the
+ * rest of `options`), both stopped after it.
+ */
 function etcdTest(
   name: string,
   fn: (store: EtcdStore, etcd: Awaited<ReturnType<typeof startEtcd>>) => Promise<void>,
-  options: EtcdStoreOptions = {},
+  options: EtcdStoreOptions & { etcd?: StartEtcdOptions } = {},
 ) {
   Deno.test({
     name,
@@ -38,7 +41,7 @@ function etcdTest(
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      const etcd = await startEtcd();
+      const etcd = await startEtcd(options.etcd);
       const store = await openEtcdStore(etcd.url, options);
       try {
         await fn(store, etcd);
@@ -88,46 +91,107 @@ etcdTest(
   },
 );
 
+/**
+ * Runs `before` ahead of each range `store` reads (given its count so far; one returning false
+ * leaves the range alone), and counts the ranges and those that fail.
+ */
+function onRanges(store: EtcdStore, before?: (n: number) => false | Promise<void>) {
+  const counts = { ranges: 0, failed: 0 };
+  const client = store.client;
+  const getAll = client.getAll.bind(client);
+  client.getAll = () => {
+    const range = getAll();
+    const exec = range.exec.bind(range);
+    range.exec = async () => {
+      const n = ++counts.ranges;
+      await before?.(n);
+      try {
+        return await exec();
+      } catch (err) {
+        counts.failed++;
+        throw err;
+      }
+    };
+    return range;
+  };
+  return counts;
+}
+
+/** Writes a key past `prefix`'s list, then compacts etcd to the newest revision. */
+async function compactPast(store: EtcdStore, key: string) {
+  await store.create(key, "x");
+  await store.client.kv.compact({ revision: await store.revision() });
+}
+
 etcdTest(
   "etcd store lists again, at a new revision, when a compaction passes the first page's",
   async (store) => {
     const key = (i: number) => `/registry/c/t/n/k${String(i).padStart(4, "0")}`;
     for (let i = 0; i < 100; i++) await store.create(key(i), String(i));
     // The second range (the list's second page) finds the first page's revision compacted.
-    const client = store.client;
-    const getAll = client.getAll.bind(client);
-    let ranges = 0;
-    client.getAll = () => {
-      const range = getAll();
-      if (++ranges === 2) {
-        const exec = range.exec.bind(range);
-        range.exec = async () => {
-          await store.create(key(100), "100");
-          await client.kv.compact({ revision: await store.revision() });
-          return await exec();
-        };
-      }
-      return range;
-    };
+    const counts = onRanges(store, (n) => n === 2 && compactPast(store, key(100)));
     const listed = await store.list("/registry/c/");
     assert.equal(listed.items.length, 101);
-    assert.ok(ranges >= 4, `${ranges} ranges: two pages, then two again`);
+    assert.ok(counts.ranges >= 4, `${counts.ranges} ranges: two pages, then two again`);
+  },
+);
+
+etcdTest(
+  "etcd store says so when compactions pass every list's revision, and lists once they stop",
+  async (store) => {
+    const key = (i: number) => `/registry/c/t/n/k${String(i).padStart(4, "0")}`;
+    for (let i = 0; i < 100; i++) await store.create(key(i), String(i));
+    // Every second page of a list finds its first page's revision compacted.
+    let compacting = true;
+    let made = 100;
+    onRanges(store, (n) => compacting && n % 2 === 0 && compactPast(store, key(made++)));
+    const err = await store.list("/registry/c/").catch((e) => e);
+    assert.ok(err instanceof InferxError && err.code === "unavailable", String(err));
+    assert.match(err.message, /compacted the revision of the list .* 3 times in a row/);
+    assert.equal(err.retryable, true);
+    compacting = false;
+    const listed = await store.list("/registry/c/");
+    assert.deepEqual(listed.items.map((kv) => kv.key), await store.keys("/registry/c/"));
+    assert.equal(listed.items.length, made);
   },
 );
 
 etcdTest(
   "etcd store reads a page too large for one answer again in halves",
   async (store) => {
-    // Answers of 1 MiB at most: the first page of 64 objects of 64 KiB (4 MiB) is too large.
-    const value = "v".repeat(64 * 1024);
-    for (let i = 0; i < 100; i++) await store.create(`/registry/c/t/n/k${100 + i}`, value);
+    // Answers of 4 MiB at most: pages of two objects, at etcd's default largest; these, of
+    // 3 MiB (let in by a larger --max-request-bytes), make pages too large for one answer.
+    const value = "v".repeat(3 * 1024 * 1024);
+    for (let i = 0; i < 5; i++) await store.create(`/registry/c/t/n/k${100 + i}`, value);
+    const counts = onRanges(store);
     const listed = await store.list("/registry/c/");
     assert.deepEqual(
       listed.items.map((kv) => kv.key),
-      [...Array(100).keys()].map((i) => `/registry/c/t/n/k${100 + i}`),
+      [...Array(5).keys()].map((i) => `/registry/c/t/n/k${100 + i}`),
     );
+    assert.ok(counts.failed >= 1, `${counts.failed} pages read again`);
   },
-  { maxAnswerBytes: 1024 * 1024 },
+  { maxAnswerBytes: 4 * 1024 * 1024, etcd: { maxRequestBytes: 4 * 1024 * 1024 } },
+);
+
+etcdTest(
+  "etcd store sizes pages for large objects after small ones, and reads none twice",
+  async (store) => {
+    // Answers of 16 MiB at most (ten objects of etcd's default largest): 300 small objects,
+    // then 12 of 1.4 MiB. Pages sized by the small ones alone would pass one answer.
+    const key = (i: number) => `/registry/c/t/n/k${String(i).padStart(4, "0")}`;
+    for (let i = 0; i < 300; i++) await store.create(key(i), String(i));
+    const large = "v".repeat(1.4 * 1024 * 1024);
+    for (let i = 300; i < 312; i++) await store.create(key(i), large);
+    const counts = onRanges(store);
+    const listed = await store.list("/registry/c/");
+    assert.deepEqual(listed.items.map((kv) => kv.key), [...Array(312).keys()].map(key));
+    assert.equal(counts.failed, 0);
+    assert.ok(counts.ranges >= 32, `${counts.ranges} pages of ten keys at most`);
+    // A list of small objects is not sorted by etcd, and its keys come in order as well.
+    assert.deepEqual(await store.keys("/registry/c/"), [...Array(312).keys()].map(key));
+  },
+  { maxAnswerBytes: 16 * 1024 * 1024 },
 );
 
 Deno.test({
