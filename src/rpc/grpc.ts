@@ -158,8 +158,16 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
   return new InferxError(mapped, message, {
     cause: err,
     retryable: mapped !== "internal" && mapped !== "too_large",
+    // No connection to send it on (the library's own refusal, before the call went out): the
+    // role never saw it, so nothing of it was written.
+    details: e.code === grpc.status.UNAVAILABLE && !code && NOT_SENT.test(grpcText(e))
+      ? { not_written: true }
+      : undefined,
   });
 }
+
+/** What grpc-js says of a call it failed without sending it: no connection, or its channel closed. */
+const NOT_SENT = /^(No connection established|Channel closed before call started)/;
 
 /** Adapts an async handler to a unary gRPC handler with error mapping. */
 export function unary<Req, Res>(

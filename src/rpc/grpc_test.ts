@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { fromGrpcError, grpc, toGrpcError } from "./grpc.ts";
 import { InferxError } from "../common/errors.ts";
+import { freePort } from "../common/net.ts";
+import { GrpcMetaClient } from "./meta_grpc.ts";
 
 Deno.test("a message over the size limit, raised by the library itself, is too_large and not retried", () => {
   const e = fromGrpcError(
@@ -92,4 +94,36 @@ Deno.test("a server stopped while its process exits sends no GOAWAY: its connect
     stderr: "inherit",
   }).output();
   assert.equal(new TextDecoder().decode(out.stdout).trim(), "still connected");
+});
+
+Deno.test({
+  name: "a call no connection could carry says nothing was written; one cut off midway does not",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // Nothing listens there: the library fails the call before it goes out.
+    const port = freePort();
+    const meta = new GrpcMetaClient(`127.0.0.1:${port}`, { timeoutMs: 2000 });
+    try {
+      const err = await meta.get({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "t",
+      })
+        .catch((e) => e);
+      assert.ok(err instanceof InferxError, String(err));
+      assert.equal(err.code, "unavailable");
+      assert.deepEqual(err.details, { not_written: true });
+    } finally {
+      meta.close();
+    }
+    // The connection dropped with the call under way: the role may have written it.
+    const dropped = fromGrpcError(
+      { code: grpc.status.UNAVAILABLE, details: "Connection dropped" },
+      "the state service",
+    );
+    assert.equal(dropped.code, "unavailable");
+    assert.equal(dropped.details, undefined);
+  },
 });

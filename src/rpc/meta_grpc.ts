@@ -51,6 +51,28 @@ interface WireRecord {
   dry_run?: boolean;
 }
 
+/**
+ * Until `stream` takes more, or its call ends: a cancelled call (its client gone, its deadline
+ * past) emits no "drain", and the list it waits on is dropped rather than held.
+ */
+function drained(stream: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
+  if (stream.cancelled) return Promise.reject(new Error("the list's call was cancelled"));
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error) => {
+      stream.off("drain", onDrain);
+      stream.off("cancelled", onEnd);
+      stream.off("close", onEnd);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onEnd = () => done(new Error("the list's call ended before it was read"));
+    stream.once("drain", onDrain);
+    stream.once("cancelled", onEnd);
+    stream.once("close", onEnd);
+  });
+}
+
 function toRef(r: WireRef | null | undefined): ObjectRef {
   if (!r || !isObjectType(r.type)) {
     throw new ValidationError(
@@ -149,9 +171,7 @@ export async function serveMeta(
           bytes += 128 + rec.value.length;
           if (bytes < LIST_CHUNK_BYTES) continue;
           // Each piece handed on before the next is made: a slow reader holds one piece more.
-          if (!stream.write({ items: chunk, revision })) {
-            await new Promise((r) => stream.once("drain", r));
-          }
+          if (!stream.write({ items: chunk, revision })) await drained(stream);
           chunk = [];
           bytes = 0;
         }
@@ -326,7 +346,14 @@ export class GrpcMetaClient implements MetaClient {
         this.#listOnlyUntil = this.#now() + LIST_ONLY_MS;
       }
     }
-    const res = await this.#call<{ items: WireRecord[]; revision: number }>("List", req);
+    // One message, within the lists' deadline as a list in pieces is.
+    const res = await call<unknown, { items: WireRecord[]; revision: number }>(
+      this.#client,
+      "List",
+      req,
+      this.#listTimeout,
+      this.#what,
+    );
     return { items: res.items.map(fromRecord), revision: res.revision };
   }
 

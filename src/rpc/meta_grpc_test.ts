@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { cuttableProxy, seedNamespace, testCall } from "../common/testing.ts";
+import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { grpc, loadService, serve, unary } from "./grpc.ts";
 import { parseCallId } from "../model/call.ts";
 import { startInformer } from "./informer.ts";
@@ -115,6 +116,89 @@ t(
     }
   },
 );
+
+t("a list from a state service without pieces has the lists' deadline, not a call's", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  await seedNamespace(svc, "acme", "prod");
+  const earlier = await serve(loadService("ixmeta.proto", "ixmeta", "IxMetaService"), {
+    ListChunks: (stream: grpc.ServerWritableStream<unknown, unknown>) => {
+      stream.emit("error", { code: grpc.status.UNIMPLEMENTED, details: "unknown method" });
+    },
+    // Longer than a call's deadline: a list of many objects in one message.
+    List: unary(async (req: { type: string }) => {
+      await new Promise((r) => setTimeout(r, 700));
+      const { items, revision } = await svc.list(req.type as "namespace");
+      return {
+        items: items.map((r) => ({ ref: r, revision: r.revision, value: r.value })),
+        revision,
+      };
+    }),
+  }, "127.0.0.1:0");
+  const meta = new GrpcMetaClient(`127.0.0.1:${earlier.port}`, {
+    timeoutMs: 300,
+    listTimeoutMs: 5000,
+  });
+  try {
+    assert.equal((await meta.list("namespace")).items.length, 1);
+  } finally {
+    meta.close();
+    earlier.server.forceShutdown();
+    await store.close();
+  }
+});
+
+t("a list in pieces its reader left is dropped by the state service, not held", async () => {
+  const store = await openSqliteStore();
+  const svc = new StateService(store);
+  await seedNamespace(svc, "acme", "prod");
+  const [ns] = (await svc.list("namespace")).items;
+  // Forty pieces of 4 MiB; the state service notes when it stops walking them.
+  let walked = 0;
+  let left!: () => void;
+  const dropped = new Promise<void>((r) => left = r);
+  const many = {
+    *[Symbol.iterator]() {
+      try {
+        for (let i = 0; i < 40 * 64; i++) {
+          walked++;
+          yield { ...ns, value: "x".repeat(64 * 1024) };
+        }
+      } finally {
+        left();
+      }
+    },
+    length: 40 * 64,
+  };
+  const lister = Object.create(svc, {
+    list: { value: () => Promise.resolve({ items: many, revision: ns.revision }) },
+  });
+  const server = await serveMeta(lister, "127.0.0.1:0");
+  const Client = loadService("ixmeta.proto", "ixmeta", "IxMetaService");
+  const client = new Client(
+    `127.0.0.1:${server.port}`,
+    grpc.credentials.createInsecure(),
+    grpcChannelOptions({}),
+  );
+  try {
+    const stream = client.ListChunks({ type: "namespace", tenant: "", namespace: "" });
+    stream.on("error", () => {});
+    // Read one piece, then none: the state service waits for room, until the call is cancelled.
+    await new Promise((r) => stream.once("data", r));
+    stream.pause();
+    await new Promise((r) => setTimeout(r, 300));
+    stream.cancel();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<string>((r) => timer = setTimeout(() => r("still held"), 5000));
+    assert.equal(await Promise.race([dropped.then(() => "dropped"), late]), "dropped");
+    clearTimeout(timer);
+    assert.ok(walked < 40 * 64, `the whole list walked: ${walked} records`);
+  } finally {
+    client.close();
+    await server.stop();
+    await store.close();
+  }
+});
 
 t(
   "a connection whose peer went silent is found by keepalive: calls and watches come back",
