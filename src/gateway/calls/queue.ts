@@ -1080,7 +1080,17 @@ export class CallQueue {
   async #storeOutcome(c: Claim, n: number, o: Outcome): Promise<void> {
     // Stored before the record says the call ended, so whoever reads that finds it.
     if (storesBody(o)) {
-      await this.#whileHeld(c, () => this.#putBody(c.ref, "result", o.body));
+      try {
+        await this.#whileHeld(c, () => this.#putBody(c.ref, "result", o.body));
+      } catch (err) {
+        // Its namespace deleted meanwhile, and the call with it: no answer to keep, nor claim.
+        if (err instanceof NotFoundError && !await this.#deps.meta.get(c.ref).catch(() => true)) {
+          c.lost = true;
+          c.release.abort();
+          throw new LostClaim();
+        }
+        throw err;
+      }
       c.result = o.body;
     }
     await this.#save(c, (r) => this.#settle(r, n, o));

@@ -86,11 +86,14 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     log.info("API key {id} ({scope}) created by {by}", { id, scope, by: p.id });
     return c.json({ ...keyJson(rec), key }, 201);
   });
+  // Who may not ask is told so (401) before what was asked is looked at.
   app.get("/", async (c) => {
+    requireCredentials(c.var.principal, "manage API keys");
     queryOnce("API key list", c.req.url, []);
     return c.json({ items: await listKeys(c.var.principal, deps.meta) });
   });
   app.get("/:id", async (c) => {
+    requireCredentials(c.var.principal, "manage API keys");
     queryOnce("API key read", c.req.url, []);
     return c.json(keyJson(await managedKey(c.req.param("id"), c.var.principal, deps.meta)));
   });

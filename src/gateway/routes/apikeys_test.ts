@@ -160,6 +160,12 @@ t(
     );
     const list = await (await f.app.request("/apikeys", { headers: ADMIN })).json();
     assert.deepEqual(list.items, [], "no key was made");
+    // Reads, too: credentials before their parameters.
+    for (const path of ["/apikeys?tenant=t", "/apikeys/k1?tenant=t"]) {
+      const r = await f.app.request(path);
+      assert.equal(r.status, 401, path);
+      assert.equal((await r.json()).error.code, "unauthenticated");
+    }
     await f.close();
   },
 );

@@ -17,7 +17,7 @@ import type { AuditQuery } from "../../audit/types.ts";
 import { SYSTEM } from "../../model/keys.ts";
 import { storedCreatedAt } from "../../model/schemas.ts";
 import type { ObjectRef } from "../../rpc/types.ts";
-import { allows, authorize, type Principal, readReach } from "../auth.ts";
+import { allows, authorize, type Principal, readReach, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam, knownParams, queryOnce } from "./_query.ts";
 
@@ -27,6 +27,8 @@ const HOUR_MS = 3_600_000;
 export function auditRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
   app.get("/:kind", async (c) => {
+    // Who may read none of it is told so (401) before its query is looked at.
+    requireCredentials(c.var.principal, "read the audit log");
     const kind = c.req.param("kind");
     if (kind === "stats") {
       const given = queryOnce("audit query", c.req.url, AUDIT_PARAMS);

@@ -115,6 +115,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   };
   app.get("/callback-secret/:tenant", async (c) => {
     const tenant = await secretTenant(c);
+    queryOnce("secret read", c.req.url, []);
     return c.json({ tenant, secret: await tenantSecret(deps.meta, tenant) });
   });
   app.post("/callback-secret/:tenant", async (c) => {
@@ -127,6 +128,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const id = c.req.param("id");
     const { tenant, namespace } = parseCallId(id);
     authorize(c.var.principal, "inference", tenant, namespace);
+    queryOnce("call read", c.req.url, []);
     const call = await queue.view(id);
     if (!call) throw new NotFoundError(`Call ${id} does not exist (or its result has expired)`);
     return c.json(callView(call.rec, call.result));

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { InferxError } from "../../common/errors.ts";
-import { testCall, until } from "../../common/testing.ts";
+import { logLines, testCall, until } from "../../common/testing.ts";
+import { reset } from "@logtape/logtape";
 import { type ListedCall, refOf } from "../calls/queue.ts";
 import { Newest } from "./calls.ts";
 import { signature } from "../calls/callback.ts";
@@ -596,6 +597,21 @@ t(
   },
 );
 
+t("call and secret reads refuse parameters they do not take, after credentials", async () => {
+  const { f, w } = await callbackFixture();
+  const id = await accept(f, { prompt: "x" }, ADMIN);
+  for (const path of [`/calls/${id}?wait=1`, "/calls/callback-secret/t?rotate=1"]) {
+    const anonymous = await f.app.request(path);
+    assert.equal(anonymous.status, 401, path);
+    assert.equal((await anonymous.json()).error.code, "unauthenticated");
+    const r = await f.app.request(path, { headers: ADMIN });
+    assert.equal(r.status, 400, path);
+    assert.match((await r.json()).error.message, /unknown parameter "[a-z]+" \(it takes none\)$/);
+  }
+  await f.close();
+  await w.close();
+});
+
 t(
   "callback URLs are checked at accept: only http(s), and no loopback or private address unless allowed",
   async () => {
@@ -1038,6 +1054,39 @@ t(
       await accept(f);
     } finally {
       await f.close();
+    }
+  },
+);
+
+t(
+  "a namespace deleted under running calls ends them quietly: its calls go, no error is logged",
+  async () => {
+    const lines = await logLines();
+    const f = await gatewayFixture({ calls: QUICK, bodyLimit: 64 * 1024 });
+    const w = fakeWorker("w1", { delayMs: 300 });
+    f.sched.endpoints.push(w.endpoint);
+    try {
+      // Answers past what a record holds: stored apart, in the namespace being deleted.
+      const ids = [
+        await accept(f, { prompt: "x".repeat(6000) }),
+        await accept(f, { prompt: "short" }),
+      ];
+      await until("the calls to run", async () => {
+        for (const id of ids) if ((await get(f, id)).body.status !== "running") return false;
+        return true;
+      });
+      await f.meta.delete({ type: "function", tenant: "t", namespace: "n", name: "f" });
+      await f.meta.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
+      await new Promise((r) => setTimeout(r, 800));
+      for (const id of ids) assert.equal((await get(f, id)).status, 404, id);
+      assert.deepEqual((await f.meta.list("call")).items, []);
+      assert.deepEqual((await f.meta.list("callbody")).items, [], "no answer stored after it");
+      const failed = lines.filter((l) => /failed in the gateway/.test(l));
+      assert.deepEqual(failed, []);
+    } finally {
+      await f.close();
+      await w.close();
+      await reset();
     }
   },
 );
