@@ -374,9 +374,21 @@ async function rollout(
   }
   const [t, ns, f] = ref(target, 3);
   const path = `/rollout/${t}/${ns}/${f}`;
-  const r = action === "status"
-    ? await http(gw, "GET", path)
-    : await http(gw, "POST", `${path}/${action}${version ? `?version=${version}` : ""}`);
+  let r;
+  if (action === "status") r = await http(gw, "GET", path);
+  else {
+    const at = `${path}/${action}${version ? `?version=${version}` : ""}`;
+    const a = await send(gw, "POST", at);
+    // A gateway of a release before `?version=` refuses the parameter: said in the CLI's terms.
+    if (version && a.status === 400 && a.json?.error?.details?.field === "version") {
+      throw new CliError(
+        `POST ${at}: 400 ${a.json.error.message}: this gateway is of an earlier release, ` +
+          `which takes no --version (upgrade it, or leave --version out: then the version the ` +
+          `gateway sees is rolled out)`,
+      );
+    }
+    r = ensureOk("POST", at, a).json;
+  }
   const traffic = (r.traffic as { version: number; percent: number }[])
     .map((s) => `v${s.version} ${s.percent}%`).join(", ");
   io.out(

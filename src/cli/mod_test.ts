@@ -112,6 +112,29 @@ t("ctl refuses what a command does not take, and answers that are not the gatewa
   assert.match(badVersion.err, /--version "2\.5": the newest version you saw/);
   const statusVersion = await ctl(...gw, "rollout", "status", "t/n/f", "--version", "2");
   assert.match(statusVersion.err, /rollout status does not take --version/);
+  // A gateway of the release before --version refuses the parameter as it refuses any unknown.
+  const earlier = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    (req) =>
+      Response.json({
+        error: {
+          code: "invalid",
+          message: `Invalid rollout: unknown parameter "version" (it takes none)`,
+          details: { field: new URL(req.url).searchParams.has("version") ? "version" : "x" },
+        },
+      }, { status: 400 }),
+  );
+  const old = await ctl(
+    "--gateway",
+    `http://127.0.0.1:${earlier.addr.port}`,
+    "rollout",
+    "promote",
+    "t/n/f",
+    "--version",
+    "2",
+  );
+  await earlier.shutdown();
+  assert.match(old.err, /unknown parameter "version".*earlier release, which takes no --version/);
   // A server that answers every request with a page (a proxy's default): not success.
   const page = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
