@@ -150,12 +150,22 @@ export type CallBody = z.infer<typeof CallBodySchema>;
 /** Which body of a call: the request's (kept while it may run) or the answer's. */
 export type CallBodyPart = "request" | "result";
 
+/** What a call's key is followed by in the name of its answer's body. */
+const RESULT_SUFFIX = ".result";
+
+/** The key of the call whose answer's body is named `name`; undefined for any other name. */
+export function resultBodyCall(name: string): string | undefined {
+  if (!name.endsWith(RESULT_SUFFIX)) return undefined;
+  const key = name.slice(0, -RESULT_SUFFIX.length);
+  return KEY_RE.test(key) ? key : undefined;
+}
+
 /** The store reference of one body of the call stored at `ref` (type `call`, name its key). */
 export function callBodyRef(
   ref: { tenant: string; namespace: string; name: string },
   part: CallBodyPart,
 ): { type: "callbody"; tenant: string; namespace: string; name: string } {
-  const name = part === "request" ? ref.name : `${ref.name}.result`;
+  const name = part === "request" ? ref.name : `${ref.name}${RESULT_SUFFIX}`;
   return { type: "callbody", tenant: ref.tenant, namespace: ref.namespace, name };
 }
 
@@ -226,7 +236,7 @@ export function admitCallBody(
   if (!r.success) throw invalidInput(what, r.error);
   if (
     !isValidName(ref.tenant) || !isValidName(ref.namespace) ||
-    !KEY_RE.test(ref.name.replace(/\.result$/, ""))
+    !KEY_RE.test(resultBodyCall(ref.name) ?? ref.name)
   ) {
     throw new ValidationError(
       `Invalid ${what}: the name is a call's key, or it and .result`,

@@ -21,7 +21,13 @@ import {
 import { NODE_NAME_RE, NODE_NAME_RULE, NodeInfoSchema, PodInfoSchema } from "../model/cluster.ts";
 import { ApiKeyRecordSchema } from "../model/apikey.ts";
 import { SnapshotInfoSchema, snapshotName } from "../model/snapshot.ts";
-import { admitCallBody, admitCallRecord, admitCallSecret, callBodyRef } from "../model/call.ts";
+import {
+  admitCallBody,
+  admitCallRecord,
+  admitCallSecret,
+  callBodyRef,
+  resultBodyCall,
+} from "../model/call.ts";
 import {
   isUserType,
   objectKey,
@@ -162,6 +168,17 @@ export class StateService implements MetaClient {
             throw new NotFoundError(
               `Cannot admit object: call ${input.tenant}/${input.namespace}/${input.name}'s ` +
                 `request body is not stored (its namespace was deleted meanwhile?)`,
+            );
+          }
+        }
+        // A call's answer is stored for a call that is there: one whose namespace was deleted
+        // (and made again) under it, taking the call, would leave the answer for good.
+        const call = input.type === "callbody" ? resultBodyCall(input.name) : undefined;
+        if (call !== undefined) {
+          if (!await this.#store.get(objectKey("call", input.tenant, input.namespace, call))) {
+            throw new NotFoundError(
+              `Cannot admit object: call ${input.tenant}/${input.namespace}/${call} is not ` +
+                `stored (its namespace was deleted meanwhile?)`,
             );
           }
         }

@@ -1059,7 +1059,7 @@ t(
 );
 
 t(
-  "a namespace deleted under running calls ends them quietly: its calls go, no error is logged",
+  "a namespace deleted (and made again) under running calls ends them quietly: no answer stays, no error is logged",
   async () => {
     const lines = await logLines();
     const f = await gatewayFixture({ calls: QUICK, bodyLimit: 64 * 1024 });
@@ -1077,6 +1077,14 @@ t(
       });
       await f.meta.delete({ type: "function", tenant: "t", namespace: "n", name: "f" });
       await f.meta.delete({ type: "namespace", tenant: "t", namespace: "system", name: "n" });
+      // Made again at once, for someone else: the answers do not land in it.
+      await f.meta.create({
+        type: "namespace",
+        tenant: "t",
+        namespace: "system",
+        name: "n",
+        object: {},
+      });
       await new Promise((r) => setTimeout(r, 800));
       for (const id of ids) assert.equal((await get(f, id)).status, 404, id);
       assert.deepEqual((await f.meta.list("call")).items, []);
