@@ -286,6 +286,11 @@ export class FuncCache {
     return [...this.#funcs.keys()].sort();
   }
 
+  /** When function `id` was created (epoch ms), when known. */
+  createdAt(id: string): number | undefined {
+    return this.#funcs.get(id)?.createdAt;
+  }
+
   /**
    * The function an OpenAI-style `model` names: `tenant/namespace/name`, or a
    * bare name that only one function `visible` to the caller has (400

@@ -96,7 +96,8 @@ etcdTest(
  * leaves the range alone), and counts the ranges and those that fail.
  */
 function onRanges(store: EtcdStore, before?: (n: number) => false | Promise<void>) {
-  const counts = { ranges: 0, failed: 0 };
+  /** `deadlines`: each range's own deadline, in ms from when it was read (none: the call's). */
+  const counts = { ranges: 0, failed: 0, deadlines: [] as (number | undefined)[] };
   const client = store.client;
   const getAll = client.getAll.bind(client);
   client.getAll = () => {
@@ -104,6 +105,8 @@ function onRanges(store: EtcdStore, before?: (n: number) => false | Promise<void
     const exec = range.exec.bind(range);
     range.exec = async () => {
       const n = ++counts.ranges;
+      const own = (range as unknown as { callOptions?: { deadline?: number } }).callOptions;
+      counts.deadlines.push(own?.deadline && own.deadline - Date.now());
       await before?.(n);
       try {
         return await exec();
@@ -154,6 +157,19 @@ etcdTest(
     assert.deepEqual(listed.items.map((kv) => kv.key), await store.keys("/registry/c/"));
     assert.equal(listed.items.length, made);
   },
+);
+
+etcdTest(
+  "etcd store reads lists and keys within the lists' deadline, not a call's",
+  async (store) => {
+    for (let i = 0; i < 200; i++) await store.create(`/registry/c/t/n/k${1000 + i}`, "v");
+    const counts = onRanges(store);
+    assert.equal((await store.list("/registry/c/")).items.length, 200);
+    assert.equal((await store.keys("/registry/c/")).length, 200);
+    assert.ok(counts.ranges >= 3, `${counts.ranges} ranges`);
+    for (const ms of counts.deadlines) assert.ok(ms !== undefined && ms > 20_000, String(ms));
+  },
+  { timeoutMs: 1000, listTimeoutMs: 30_000 },
 );
 
 etcdTest(

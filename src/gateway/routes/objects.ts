@@ -57,7 +57,9 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     authorizeObject(c.var.principal, "write", input);
     return c.json(writeJson(await deps.meta.update(input, { dryRun })));
   });
+  // Who may read or write no object is told so (401) before the type is looked at.
   app.get("/object/:type/:tenant/:namespace/:name", async (c) => {
+    requireCredentials(c.var.principal, "read objects");
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "read", { type, tenant, namespace, name });
@@ -67,6 +69,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json(recordJson(rec));
   });
   app.delete("/object/:type/:tenant/:namespace/:name", async (c) => {
+    requireCredentials(c.var.principal, "delete objects");
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "write", { type, tenant, namespace, name });
@@ -76,9 +79,10 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
   });
   app.get("/objects/:type/:tenant/:namespace", async (c) => {
+    const p = c.var.principal;
+    requireCredentials(p, "list objects");
     const { tenant, namespace } = c.req.param();
     const type = userType(c.req.param("type"));
-    const p = c.var.principal;
     if (type === "function" || type === "funcpolicy") authorize(p, "read", tenant, namespace);
     else if (
       !p.grants.some((g) => g.scope !== "inference" && (g.tenant ?? tenant) === tenant)
@@ -91,9 +95,9 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
   });
   app.get("/objects/:type", async (c) => {
-    const type = userType(c.req.param("type"));
     const p = c.var.principal;
-    requireCredentials(p, `list ${type} objects`);
+    requireCredentials(p, "list objects");
+    const type = userType(c.req.param("type"));
     queryOnce(`${type} list`, c.req.url, []);
     const { items, revision } = await deps.meta.list(type);
     return c.json({ items: items.filter((r) => mayRead(p, r)).map(recordJson), revision });
@@ -164,6 +168,8 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/pods/:tenant/:namespace/:func/:pod/log", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();
     authorize(c.var.principal, "read", tenant, namespace);
+    const lines = intParam(queryOnce("pod log", c.req.url, ["lines"]).lines, "lines", 1, 10_000) ??
+      50;
     const pod = await podOf(deps.meta, tenant, namespace, func, podId);
     const nodeRec = await deps.meta.get({
       type: "node",
@@ -173,7 +179,6 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     });
     const agent = nodeRec && deps.nodeAgent?.(decodeNode(nodeRec.value));
     if (!agent) throw new InferxError("unavailable", `Cannot reach the agent of node ${pod.node}`);
-    const lines = intParam(c.req.query("lines"), "lines", 1, 10_000) ?? 50;
     return c.text(await agent.readPodLog(podId, lines));
   });
   return app;

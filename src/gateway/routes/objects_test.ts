@@ -541,8 +541,38 @@ Deno.test("the reads that take no parameter refuse one, rather than answer every
     const { error } = await r.json();
     assert.match(error.message, /: unknown parameter "[a-z]+" \(it takes none\)$/, path);
   }
+  // A pod's log takes `lines`, once: a misspelt one would give the default 50 lines unsaid.
+  for (
+    const [path, want] of [
+      ["/pods/t/n/f/p1/log?line=5", /unknown parameter "line" \(it takes lines\)$/],
+      ["/pods/t/n/f/p1/log?lines=1&lines=3", /parameter "lines" given more than once$/],
+      ["/pods/t/n/f/p1/log?lines=0", /lines/],
+    ] as const
+  ) {
+    const r = await f.app.request(path);
+    assert.equal(r.status, 400, path);
+    assert.match((await r.json()).error.message, want, path);
+  }
   const r = await f.app.request("/objects/function");
   assert.equal(r.status, 200);
   await r.body?.cancel();
+  await f.close();
+});
+
+Deno.test("object reads and deletes tell a caller without credentials 401 before a bad type or action", async () => {
+  const f = await gatewayFixture({ adminKey: "admin-key-0123456789" });
+  for (
+    const [method, path] of [
+      ["GET", "/object/bogus/t/n/x"],
+      ["DELETE", "/object/bogus/t/n/x"],
+      ["GET", "/objects/bogus"],
+      ["GET", "/objects/bogus/t/n"],
+      ["POST", "/rollout/t/n/f/bogus"],
+    ]
+  ) {
+    const r = await f.app.request(path, { method });
+    assert.equal(r.status, 401, `${method} ${path}`);
+    assert.equal((await r.json()).error.code, "unauthenticated");
+  }
   await f.close();
 });

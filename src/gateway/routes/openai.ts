@@ -30,7 +30,13 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     probe: deps.jsonProbe,
     auth: deps.auth,
   };
-  const model = (id: string) => ({ id, object: "model", created: 0, owned_by: id.split("/")[0] });
+  // `created` in seconds since the epoch, as OpenAI's; the function's creation (0 when unknown).
+  const model = (id: string) => ({
+    id,
+    object: "model",
+    created: Math.floor((deps.cache.createdAt(id) ?? 0) / 1000),
+    owned_by: id.split("/")[0],
+  });
   app.get("/models", (c) => {
     const p = c.var.principal;
     return c.json({

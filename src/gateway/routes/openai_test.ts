@@ -25,15 +25,19 @@ const complete = (
 t("/v1/models lists the functions as models named tenant/namespace/name", async () => {
   const f = await gatewayFixture();
   const r = await f.app.request("/v1/models");
+  // `created`: when the function was, in seconds (as OpenAI's clients take it).
+  const fn = await f.meta.get({ type: "function", tenant: "t", namespace: "n", name: "f" });
+  const created = Math.floor(Date.parse(JSON.parse(fn!.value).created_at) / 1000);
+  assert.ok(Math.abs(created - Date.now() / 1000) < 600, String(created));
   assert.deepEqual(await r.json(), {
     object: "list",
-    data: [{ id: "t/n/f", object: "model", created: 0, owned_by: "t" }],
+    data: [{ id: "t/n/f", object: "model", created, owned_by: "t" }],
   });
   // One model, as `models.retrieve` asks: by full id (slashes escaped or not) or bare name.
   for (const path of ["/v1/models/t%2Fn%2Ff", "/v1/models/t/n/f", "/v1/models/f"]) {
     const one = await f.app.request(path);
     assert.equal(one.status, 200, path);
-    assert.deepEqual(await one.json(), { id: "t/n/f", object: "model", created: 0, owned_by: "t" });
+    assert.deepEqual(await one.json(), { id: "t/n/f", object: "model", created, owned_by: "t" });
   }
   for (const path of ["/v1/models/t/n/nope", "/v1/models/nope", "/v1/models/"]) {
     const none = await f.app.request(path);

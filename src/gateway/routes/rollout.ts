@@ -43,13 +43,13 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   app.post("/:tenant/:namespace/:name/:action", async (c) => {
     const { tenant, namespace, name, action } = c.req.param();
+    authorize(c.var.principal, "write", tenant, namespace);
     if (!ACTIONS.has(action)) {
       throw new ValidationError(
         `Invalid rollout action "${action}": use promote or rollback`,
         "action",
       );
     }
-    authorize(c.var.principal, "write", tenant, namespace);
     const query = queryOnce("rollout", c.req.url, ["version"]);
     const asked = intParam(query.version, "version", 1, Number.MAX_SAFE_INTEGER);
     const ref = { type: "function" as const, tenant, namespace, name };

@@ -279,6 +279,8 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
   });
   app.get("/part/audit", async (c) => {
     const p = c.var.principal;
+    // Who may read none of it is told so (401) before its filters are looked at.
+    requireCredentials(p, "read the audit log");
     const given: Record<string, string> = {};
     for (const [k, v] of Object.entries(c.req.query())) if (v !== "") given[k] = v;
     if (given.tenant === undefined && !allows(p, "read")) {

@@ -262,6 +262,11 @@ t("each part shows only what the credential may see, and refuses as the API does
     assert.equal(anon.status, 401);
     assert.match(anon.body, /Credentials required/);
     assert.equal(anon.headers.get("www-authenticate"), 'Bearer realm="inferx"');
+    // The audit part too, whatever its filters: credentials first, as the API does.
+    for (const q of ["", "?limit=0", "?kind=pods&status=5xx", "?tenant=t&status=teapot"]) {
+      const audit = await text(f, `/ui/part/audit${q}`);
+      assert.equal(audit.status, 401, q);
+    }
 
     const funcs = await text(f, "/ui/part/functions", reader);
     assert.match(funcs.body, /data-func="t\/n\/f"/);
