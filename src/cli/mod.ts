@@ -365,11 +365,14 @@ async function rollout(
   if (!action || !["status", "promote", "rollback"].includes(action) || !target) {
     throw new CliError("usage: rollout status|promote|rollback TENANT/NS/FUNC [--version N]");
   }
-  if (version !== undefined && (action === "status" || !/^[1-9]\d*$/.test(version))) {
+  if (
+    version !== undefined &&
+    (action === "status" || !/^[1-9]\d*$/.test(version) || !Number.isSafeInteger(Number(version)))
+  ) {
     throw new CliError(
       action === "status"
         ? "rollout status does not take --version"
-        : `--version "${version}": the newest version you saw, a whole number from 1`,
+        : `--version "${version}": the newest version you saw, a whole number from 1 to ${Number.MAX_SAFE_INTEGER}`,
     );
   }
   const [t, ns, f] = ref(target, 3);
@@ -380,7 +383,10 @@ async function rollout(
     const at = `${path}/${action}${version ? `?version=${version}` : ""}`;
     const a = await send(gw, "POST", at);
     // A gateway of a release before `?version=` refuses the parameter: said in the CLI's terms.
-    if (version && a.status === 400 && a.json?.error?.details?.field === "version") {
+    if (
+      version && a.status === 400 && a.json?.error?.details?.field === "version" &&
+      /unknown parameter "version"/.test(a.json.error.message)
+    ) {
       throw new CliError(
         `POST ${at}: 400 ${a.json.error.message}: this gateway is of an earlier release, ` +
           `which takes no --version (upgrade it, or leave --version out: then the version the ` +

@@ -110,31 +110,37 @@ t("ctl refuses what a command does not take, and answers that are not the gatewa
   const gw = ["--gateway", "http://127.0.0.1:9"];
   const badVersion = await ctl(...gw, "rollout", "promote", "t/n/f", "--version", "2.5");
   assert.match(badVersion.err, /--version "2\.5": the newest version you saw/);
+  const hugeVersion = await ctl(...gw, "rollout", "promote", "t/n/f", "--version", "9".repeat(17));
+  assert.match(hugeVersion.err, /a whole number from 1 to 9007199254740991/);
   const statusVersion = await ctl(...gw, "rollout", "status", "t/n/f", "--version", "2");
   assert.match(statusVersion.err, /rollout status does not take --version/);
+  // `ctl rollout promote t/n/f --version 2` against a gateway refusing the version with `message`.
+  const promoteRefused = async (message: string) => {
+    const gateway = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      (req) =>
+        Response.json({
+          error: {
+            code: "invalid",
+            message,
+            details: { field: new URL(req.url).searchParams.has("version") ? "version" : "x" },
+          },
+        }, { status: 400 }),
+    );
+    const at = `http://127.0.0.1:${gateway.addr.port}`;
+    const { err } = await ctl("--gateway", at, "rollout", "promote", "t/n/f", "--version", "2");
+    await gateway.shutdown();
+    return err;
+  };
   // A gateway of the release before --version refuses the parameter as it refuses any unknown.
-  const earlier = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", onListen() {} },
-    (req) =>
-      Response.json({
-        error: {
-          code: "invalid",
-          message: `Invalid rollout: unknown parameter "version" (it takes none)`,
-          details: { field: new URL(req.url).searchParams.has("version") ? "version" : "x" },
-        },
-      }, { status: 400 }),
+  assert.match(
+    await promoteRefused(`Invalid rollout: unknown parameter "version" (it takes none)`),
+    /unknown parameter "version".*earlier release, which takes no --version/,
   );
-  const old = await ctl(
-    "--gateway",
-    `http://127.0.0.1:${earlier.addr.port}`,
-    "rollout",
-    "promote",
-    "t/n/f",
-    "--version",
-    "2",
-  );
-  await earlier.shutdown();
-  assert.match(old.err, /unknown parameter "version".*earlier release, which takes no --version/);
+  // This release's own refusal of a version (past its range) is not taken for that.
+  const range = await promoteRefused(`Invalid version "0": an integer from 1 to 9007199254740991`);
+  assert.match(range, /400 Invalid version "0": an integer from 1 to 9007199254740991$/m);
+  assert.doesNotMatch(range, /earlier release/);
   // A server that answers every request with a page (a proxy's default): not success.
   const page = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
