@@ -106,6 +106,8 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   /** The tenant a secret route names, once the caller may manage it and it exists. */
   const secretTenant = async (c: Context<GatewayEnv>) => {
     const tenant = c.req.param("tenant")!;
+    // Read or replaced alike by a tenant's administrators: a read is not told it "writes".
+    requireCredentials(c.var.principal, "manage a tenant's callback secret");
     authorize(c.var.principal, "write", tenant);
     const ref = { type: "tenant" as const, tenant: SYSTEM, namespace: SYSTEM, name: tenant };
     if (!isValidName(tenant) || !await deps.meta.get(ref)) {

@@ -608,6 +608,11 @@ t("call and secret reads refuse parameters they do not take, after credentials",
     assert.equal(r.status, 400, path);
     assert.match((await r.json()).error.message, /unknown parameter "[a-z]+" \(it takes none\)$/);
   }
+  const secret = await f.app.request("/calls/callback-secret/t");
+  assert.match(
+    (await secret.json()).error.message,
+    /^Credentials required to manage a tenant's callback secret: /,
+  );
   await f.close();
   await w.close();
 });
