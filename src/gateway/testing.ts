@@ -8,6 +8,7 @@ import type { InferxError } from "../common/errors.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaStore } from "../store/types.ts";
 import { until } from "../common/testing.ts";
+import { PRIVATE_PREFIXES } from "../statesvc/mod.ts";
 import { StateService } from "../statesvc/service.ts";
 import type {
   FuncLoad,
@@ -114,7 +115,7 @@ export interface FixtureOptions {
 
 /** Builds a {@linkcode GatewayFixture}. */
 export async function gatewayFixture(opts: FixtureOptions = {}): Promise<GatewayFixture> {
-  const store = await openSqliteStore();
+  const store = await openSqliteStore(":memory:", { privatePrefixes: PRIVATE_PREFIXES });
   const meta = new StateService(store);
   await meta.create({
     type: "tenant",

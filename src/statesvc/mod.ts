@@ -5,6 +5,7 @@
  * @module
  */
 import { logger } from "../common/log.ts";
+import { typePrefix } from "../model/keys.ts";
 import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaStore } from "../store/types.ts";
 import { StateService } from "./service.ts";
@@ -19,6 +20,12 @@ export interface StateSvcConfig {
   store?: MetaStore;
 }
 
+/**
+ * The keys whose superseded changes the embedded store keeps none of: calls' records and
+ * bodies, so that what a call held goes with it.
+ */
+export const PRIVATE_PREFIXES: readonly string[] = [typePrefix("call"), typePrefix("callbody")];
+
 /** A running state service. */
 export interface StateSvcHandle {
   service: StateService;
@@ -28,7 +35,7 @@ export interface StateSvcHandle {
 /** Starts the state service. */
 export async function start(config: StateSvcConfig): Promise<StateSvcHandle> {
   const path = config.dataDir ? `${config.dataDir}/store/meta.db` : ":memory:";
-  const store = config.store ?? await openSqliteStore(path);
+  const store = config.store ?? await openSqliteStore(path, { privatePrefixes: PRIVATE_PREFIXES });
   logger("statesvc").info("State service on {where}", {
     where: config.store ? "the given store" : path,
   });

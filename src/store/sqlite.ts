@@ -69,6 +69,15 @@ export interface SqliteStoreOptions {
    * first open. @default the database file's directory
    */
   legacyDir?: string;
+  /**
+   * Keys whose superseded changes are not kept: a change to one drops its
+   * earlier ones from the history at once (with their files), so that what
+   * a key held is gone from the store once the key is (an asynchronous
+   * call's body, say, rather than kept with the history for hours). A watch
+   * that starts in the past sees such a key's newest change only.
+   * @default none
+   */
+  privatePrefixes?: readonly string[];
 }
 
 /**
@@ -124,6 +133,7 @@ const SCHEMA = `
     create_revision integer,
     size integer
   );
+  create index if not exists history_key on history (key, revision);
 `;
 
 interface Watcher {
@@ -173,6 +183,9 @@ export async function openSqliteStore(
     synchronous: "NORMAL",
   });
   try {
+    // What is deleted is overwritten, not left in free pages for the file to hold (a call's
+    // body, its answer): a delete writes the pages it frees.
+    db.exec("pragma secure_delete = on");
     checkWhole(db);
     // A new store's tables and version in one transaction: none is left without the other.
     const fresh = Number((db.prepare("pragma user_version").get() as Row).user_version) === 0;
@@ -204,6 +217,7 @@ export async function openSqliteStore(
       options.historyLimit ?? 10_000,
       options.historyMaxBytes ?? 64 * 1024 * 1024,
       path,
+      options.privatePrefixes ?? [],
     );
   } catch (err) {
     db.close();
@@ -378,6 +392,10 @@ function statements(db: DatabaseSync) {
     historySizes: db.prepare(
       "select revision, coalesce(size, length(value), 0) as n from history where revision > ? order by revision",
     ),
+    superseded: db.prepare(
+      "select value, coalesce(size, length(value), 0) as n from history where key = ? and revision < ?",
+    ),
+    forget: db.prepare("delete from history where key = ? and revision < ?"),
     filesUpTo: db.prepare(
       "select key, value from history where revision > ? and revision <= ? and size is not null",
     ),
@@ -430,14 +448,18 @@ class SqliteStore implements MetaStore {
   syncs = 0;
   /** The database file (`:memory:` for none). */
   #path: string;
+  /** See {@linkcode SqliteStoreOptions.privatePrefixes}. */
+  #private: readonly string[];
 
   constructor(
     db: DatabaseSync,
     historyLimit: number,
     historyMaxBytes: number,
     path: string,
+    privatePrefixes: readonly string[],
   ) {
     this.#db = db;
+    this.#private = privatePrefixes;
     this.#path = path;
     this.#files = path === ":memory:" ? undefined : `${path}-blobs`;
     this.#wal = path === ":memory:" ? undefined : `${path}-wal`;
@@ -633,7 +655,7 @@ class SqliteStore implements MetaStore {
    * by a failure, or a crash, goes at the next open.
    */
   #removeFiles(refs: readonly string[]): void {
-    for (const ref of refs) {
+    for (const ref of new Set(refs)) {
       const removal = Deno.remove(`${this.#files}/${fileRef(ref).name}`).catch((err) => {
         if (!(err instanceof Deno.errors.NotFound)) {
           log.warn("Cannot remove a value's file from the store: {error}", { error: String(err) });
@@ -749,6 +771,16 @@ class SqliteStore implements MetaStore {
             );
             bytes += e.kv.value.length;
           } else this.#q.record.run(rev, e.key, null, null, null);
+          const key = eventKey(e);
+          if (this.#private.some((p) => key.startsWith(p))) {
+            // Its earlier changes go now, with their files (the current one's included: this
+            // change replaced it).
+            for (const r of this.#q.superseded.iterate(key, rev) as Iterable<Row>) {
+              bytes -= Number(r.n);
+              if (isFileRef(r.value)) drop.push(r.value);
+            }
+            this.#q.forget.run(key, rev);
+          }
         }
         if (!es.length) return es;
         compactTo = rev - this.#historyLimit;

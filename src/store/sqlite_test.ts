@@ -534,6 +534,42 @@ Deno.test("a value's file goes once neither its key nor a kept change names it",
   });
 });
 
+Deno.test("a private key's superseded changes go at once, with their files; a watch from the past sees its newest", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const store = await openSqliteStore(path, { privatePrefixes: ["/p/"] });
+    const before = await store.revision();
+    const big = (c: string) => c.repeat(FILE_VALUE_CHARS);
+    let a = await store.create("/p/a", big("1"));
+    a = await store.update("/p/a", big("2"), a);
+    let q = await store.create("/q/b", big("3")); // not private: every change kept
+    q = await store.update("/q/b", "small", q);
+    a = await store.update("/p/a", "private text", a);
+    a = await store.update("/p/a", "secret words ".repeat(2000), a); // past a page
+    assert.equal(valueFiles(path).length, 1, "the file of /q/b's kept first change alone");
+    const live = await store.create("/p/c", "kept");
+    await store.delete("/p/a", a);
+    const replayed = await watchFor(store, "/", before, 4);
+    assert.deepEqual(
+      replayed.map((e) =>
+        e.type === "put" ? `put ${e.kv.key} ${e.kv.value.slice(0, 5)}` : `delete ${e.key}`
+      ),
+      ["put /q/b 33333", "put /q/b small", "put /p/c kept", "delete /p/a"],
+    );
+    assert.equal((await store.get("/p/c"))?.revision, live);
+    await store.close();
+    // Nothing of what /p/a held is left in the database or beside it.
+    const db = new DatabaseSync(path);
+    const rows = db.prepare("select revision, value from history where key = '/p/a'").all();
+    db.close();
+    assert.deepEqual(rows.map((r) => r.value), [null], "its deletion alone");
+    const raw = new TextDecoder().decode(await Deno.readFile(path));
+    assert.ok(!raw.includes("private text"), "not in a page of the file, free or not");
+    assert.ok(!raw.includes("secret words"));
+    assert.equal(valueFiles(path).length, 1);
+  });
+});
+
 Deno.test("writes commit in the order they were made, a large value's file or not", async () => {
   await withDir(async (dir) => {
     const store = await openSqliteStore(`${dir}/meta.db`);
