@@ -105,12 +105,13 @@ export class FuncCache {
         },
         remove: (ref, revision) => {
           const id = funcId(ref.tenant, ref.namespace, ref.name);
-          this.#funcs.delete(id);
+          const had = this.#funcs.delete(id);
           this.#agents.get(id)?.close();
           this.#agents.delete(id);
           // A lookup in flight must know the watch went past its revision: the function is gone.
           if (this.#lookups.has(id)) this.#removed.set(id, revision);
           this.#wake(id, revision);
+          if (had) { for (const f of this.#onRemoved) f(id); }
         },
       }),
     );
@@ -279,6 +280,13 @@ export class FuncCache {
   split(id: string): VersionShare[] | undefined {
     const f = this.#funcs.get(id);
     return f && trafficSplit(f, this.policyOf(id)!);
+  }
+
+  #onRemoved: ((id: string) => void)[] = [];
+
+  /** Calls `f` with the id of each function the watch removes from now on. */
+  onRemoved(f: (id: string) => void): void {
+    this.#onRemoved.push(f);
   }
 
   /** `tenant/namespace/name` of every function, sorted. */

@@ -205,8 +205,10 @@ export class GatewayMetrics {
 
   constructor(cache: FuncCache, audit?: AuditLog, readAhead?: ReadAheadBudget) {
     const s = this.#series;
-    // A deleted function's series go at the next scrape: a caller who may create and delete
-    // functions cannot grow the series for ever (a function made again starts at 0).
+    // A deleted function's series go with it: a caller who may create and delete functions
+    // cannot grow them for ever, scraped or not, and one made again under its name starts at 0.
+    cache.onRemoved((func) => s.delete(func));
+    // Those a call still under way made again after its function went: at the next scrape.
     let prunedAt = -Infinity;
     const prune = () => {
       const now = performance.now();

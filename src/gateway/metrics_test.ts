@@ -3,7 +3,11 @@ import type { AuditLog, AuditStats } from "../audit/types.ts";
 import type { FuncCache } from "./func_cache.ts";
 import { GatewayMetrics, MAX_VERSION_SERIES } from "./metrics.ts";
 
-const noAgents = { agents: () => [][Symbol.iterator](), has: () => true } as unknown as FuncCache;
+const noAgents = {
+  agents: () => [][Symbol.iterator](),
+  has: () => true,
+  onRemoved() {},
+} as unknown as FuncCache;
 
 Deno.test("per-version series are labelled by function and version, histograms with their own buckets", async () => {
   const m = new GatewayMetrics(noAgents);
@@ -46,18 +50,32 @@ Deno.test("a version still answering keeps its series through any number of upda
   assert.deepEqual([...f.versions.keys()].sort((a, b) => a - b), [1, 14, 15, 16, 17, 18, 19, 20]);
 });
 
-Deno.test("a deleted function's series go at the next scrape; the series of unknown names stays", async () => {
+Deno.test("a deleted function's series go with it, scraped or not; the series of unknown names stays", async () => {
   const live = new Set(["t/n/kept", "t/n/gone"]);
-  const cache = { agents: () => [][Symbol.iterator](), has: (id: string) => live.has(id) };
+  const removed: ((id: string) => void)[] = [];
+  const remove = (id: string) => (live.delete(id), removed.forEach((f) => f(id)));
+  const cache = {
+    agents: () => [][Symbol.iterator](),
+    has: (id: string) => live.has(id),
+    onRemoved: (f: (id: string) => void) => removed.push(f),
+  };
   const m = new GatewayMetrics(cache as unknown as FuncCache);
   for (const f of ["t/n/kept", "t/n/gone", "(none)"]) m.of(f).request(200);
-  assert.match(await m.registry.metrics(), /function="t\/n\/gone"/);
-  live.delete("t/n/gone");
-  await new Promise((r) => setTimeout(r, 1100)); // pruned at most once a second
-  const text = await m.registry.metrics();
-  assert.doesNotMatch(text, /t\/n\/gone/);
+  // Deleted and made again between two scrapes: what the new one answered is all it shows.
+  remove("t/n/gone");
+  live.add("t/n/gone");
+  m.of("t/n/gone").request(503);
+  let text = await m.registry.metrics();
+  assert.doesNotMatch(text, /function="t\/n\/gone",code="200"/);
+  assert.match(text, /inferx_requests_total\{function="t\/n\/gone",code="503"\} 1/);
   assert.match(text, /inferx_requests_total\{function="t\/n\/kept",code="200"\} 1/);
   assert.match(text, /inferx_requests_total\{function="\(none\)",code="200"\} 1/);
+  // A call under way when its function went, counted after: its series goes at the next scrape.
+  remove("t/n/gone");
+  m.of("t/n/gone").request(200);
+  await new Promise((r) => setTimeout(r, 1100)); // pruned at most once a second
+  text = await m.registry.metrics();
+  assert.doesNotMatch(text, /t\/n\/gone/);
 });
 
 Deno.test("the process's memory series: resident, heap, buffers and the young generation's pages", async () => {

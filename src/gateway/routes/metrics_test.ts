@@ -1,14 +1,33 @@
 import assert from "node:assert/strict";
-import { fakeWorker, gatewayFixture } from "../testing.ts";
+import { until } from "../../common/testing.ts";
+import { addFunction, fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
 
-Deno.test({
-  name: "/metrics serves the call series as Prometheus text, histograms cumulative",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const f = await gatewayFixture();
-    const w = fakeWorker("w");
-    f.sched.endpoints.push(w.endpoint);
+/** A test with a gateway and one worker of t/n/f behind it, both closed after it. */
+function withWorker(
+  name: string,
+  fn: (f: GatewayFixture, w: ReturnType<typeof fakeWorker>) => Promise<void>,
+) {
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const f = await gatewayFixture();
+      const w = fakeWorker("w");
+      f.sched.endpoints.push(w.endpoint);
+      try {
+        await fn(f, w);
+      } finally {
+        await f.close();
+        await w.close();
+      }
+    },
+  });
+}
+
+withWorker(
+  "/metrics serves the call series as Prometheus text, histograms cumulative",
+  async (f) => {
     for (let i = 0; i < 3; i++) {
       await (await f.app.request("/funccall/t/n/f/x", { method: "POST", body: "{}" })).text();
     }
@@ -27,10 +46,8 @@ Deno.test({
     const heap = Number(text.match(/^inferx_process_heap_used_bytes (\d+)$/m)?.[1]);
     const rss = Number(text.match(/^inferx_process_resident_memory_bytes (\d+)$/m)?.[1]);
     assert.ok(heap > 1e6 && rss > heap, `heap ${heap}, resident ${rss}`);
-    await f.close();
-    await w.close();
   },
-});
+);
 
 Deno.test({
   name: "the metrics key opens /metrics and nothing else",
@@ -68,3 +85,19 @@ Deno.test({
     }
   },
 });
+
+withWorker(
+  "a function deleted and made again between two scrapes starts its series at 0",
+  async (f, w) => {
+    const call = async () =>
+      await (await f.app.request("/funccall/t/n/f/x", { method: "POST", body: "{}" })).text();
+    for (let i = 0; i < 3; i++) await call();
+    await f.meta.delete({ type: "function", tenant: "t", namespace: "n", name: "f" });
+    await until("the gateway to see it gone", () => !f.cache.has("t/n/f"));
+    await addFunction(f, "t", "n", "f");
+    f.sched.endpoints.push(w.endpoint); // the new function's worker
+    await call();
+    const text = await (await f.app.request("/metrics")).text();
+    assert.match(text, /^inferx_requests_total\{function="t\/n\/f",code="200"\} 1$/m);
+  },
+);
