@@ -195,6 +195,9 @@ export async function openSqliteStore(
     // itself is in the row). Older releases name their columns, so the column bothers none.
     const columns = (db.prepare("pragma table_info(history)").all() as Row[]).map((r) => r.name);
     if (!columns.includes("size")) db.exec("alter table history add column size integer");
+    // Private keys' earlier changes an earlier release kept (it kept every change) go now,
+    // before the files no row names any longer go with the others.
+    settleHistory(db, options.privatePrefixes ?? []);
     const files = path === ":memory:" ? undefined : `${path}-blobs`;
     if (files) checkFiles(db, files);
     // A store made before pages were given back: converted once (the file is rewritten).
@@ -278,6 +281,31 @@ function checkWhole(db: DatabaseSync): void {
     `it is damaged (SQLite's check: ${found.join("\n").split(/\s*\n\s*/).join("; ")}); ` +
       `it was left as it is: put back a copy of it, or move it away to start with an empty store`,
   );
+}
+
+/**
+ * Where the history begins, written down (meta `compacted`, with the revision it was written at,
+ * `compacted_at`, to tell it stale once an earlier release, which keeps no such row, has written
+ * since): a private key's changes going (see {@linkcode SqliteStoreOptions.privatePrefixes})
+ * leave gaps, and the oldest change kept no longer tells it. Then the changes of keys under
+ * `prefixes` that a later change of the same key superseded go, as {@linkcode SqliteStore} drops
+ * them at each write of such a key: those a store opened without them (an earlier release) kept.
+ */
+function settleHistory(db: DatabaseSync, prefixes: readonly string[]): void {
+  const forget = db.prepare(
+    "delete from history where key >= ?1 and substr(key, 1, length(?1)) = ?1 and revision < " +
+      "(select max(h.revision) from history h where h.key = history.key)",
+  );
+  transaction(db, () => {
+    const rev = metaValue(db, "revision") ?? 0;
+    if (metaValue(db, "compacted_at") !== rev) {
+      const oldest = (db.prepare("select min(revision) as r from history").get() as Row).r;
+      db.prepare(
+        "insert or replace into meta (name, value) values ('compacted', ?), ('compacted_at', ?)",
+      ).run(oldest === null ? rev : Number(oldest) - 1, rev);
+    }
+    for (const prefix of prefixes) forget.run(prefix);
+  });
 }
 
 /**
@@ -387,7 +415,11 @@ function statements(db: DatabaseSync) {
     record: db.prepare(
       "insert into history (revision, key, value, create_revision, size) values (?, ?, ?, ?, ?)",
     ),
-    setRevision: db.prepare("insert or replace into meta (name, value) values ('revision', ?)"),
+    /** The revision, and where the history begins (see {@linkcode settleHistory}). */
+    setRevision: db.prepare(
+      "insert or replace into meta (name, value) values " +
+        "('revision', ?1), ('compacted', ?2), ('compacted_at', ?1)",
+    ),
     compact: db.prepare("delete from history where revision <= ?"),
     historySizes: db.prepare(
       "select revision, coalesce(size, length(value), 0) as n from history where revision > ? order by revision",
@@ -471,8 +503,14 @@ class SqliteStore implements MetaStore {
     );
     this.#rev = metaValue(db, "revision") ?? 0;
     this.#syncedRev = this.#rev;
-    const oldest = db.prepare("select min(revision) as r from history").get() as Row;
-    this.#compacted = oldest.r === null ? this.#rev : Number(oldest.r) - 1;
+    // Where the history begins, as written down at open (settleHistory) and at each write; one
+    // written before the last revision (a legacy store's migration) is told by the history.
+    const floor = metaValue(db, "compacted");
+    if (floor !== undefined && metaValue(db, "compacted_at") === this.#rev) this.#compacted = floor;
+    else {
+      const oldest = db.prepare("select min(revision) as r from history").get() as Row;
+      this.#compacted = oldest.r === null ? this.#rev : Number(oldest.r) - 1;
+    }
     this.#q = statements(db);
   }
 
@@ -784,7 +822,6 @@ class SqliteStore implements MetaStore {
         }
         if (!es.length) return es;
         compactTo = rev - this.#historyLimit;
-        this.#q.setRevision.run(rev);
         if (compactTo > this.#compacted) {
           for (const r of this.#q.historySizes.iterate(this.#compacted) as Iterable<Row>) {
             if (Number(r.revision) > compactTo) break;
@@ -810,6 +847,7 @@ class SqliteStore implements MetaStore {
           }
           this.#q.compact.run(compactTo);
         }
+        this.#q.setRevision.run(rev, Math.max(this.#compacted, compactTo));
         return es;
       });
       this.#rev = rev;

@@ -570,6 +570,65 @@ Deno.test("a private key's superseded changes go at once, with their files; a wa
   });
 });
 
+Deno.test("a store an earlier release wrote loses its private keys' superseded changes at open", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    // Opened as an earlier release opens it: every change kept.
+    const earlier = await openSqliteStore(path);
+    const big = (c: string) => c.repeat(FILE_VALUE_CHARS);
+    let a = await earlier.create("/p/a", big("1"));
+    a = await earlier.update("/p/a", "private text", a);
+    a = await earlier.update("/p/a", "newest", a);
+    await earlier.create("/p/b", big("2")); // its one change: kept
+    let q = await earlier.create("/q/c", "first");
+    q = await earlier.update("/q/c", "second", q);
+    await earlier.close();
+    assert.equal(valueFiles(path).length, 2);
+    const store = await openSqliteStore(path, { privatePrefixes: ["/p/"] });
+    const replayed = await watchFor(store, "/", 0, 4);
+    assert.deepEqual(
+      replayed.map((e) => e.type === "put" && `${e.kv.key} ${e.kv.value.slice(0, 6)}`),
+      ["/p/a newest", "/p/b 222222", "/q/c first", "/q/c second"],
+    );
+    assert.equal((await store.get("/p/a"))?.value, "newest");
+    await store.close();
+    assert.equal(valueFiles(path).length, 1, "the file of /p/a's first change went");
+    assert.ok(!new TextDecoder().decode(await Deno.readFile(path)).includes("private text"));
+  });
+});
+
+Deno.test("where the history begins is kept across a restart, private keys' gaps or not", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const opts = { privatePrefixes: ["/p/"] };
+    let store = await openSqliteStore(path, opts);
+    const a = await store.create("/p/a", "1"); // revision 1: goes with the next change of /p/a
+    await store.create("/x", "2");
+    await store.create("/y", "3");
+    await store.update("/p/a", "4", a);
+    await store.close();
+    store = await openSqliteStore(path, opts);
+    const replayed = await watchFor(store, "/", 0, 3);
+    assert.deepEqual(replayed.map((e) => e.type === "put" && e.kv.revision), [2, 3, 4]);
+    await store.close();
+    // A release that keeps no such row wrote since, and compacted: the history tells it then.
+    const db = new DatabaseSync(path);
+    db.exec("delete from history where revision <= 2");
+    db.exec("insert into history (revision, key, value, create_revision) values (5, '/z', '5', 5)");
+    db.exec("insert into kv (key, value, revision, create_revision) values ('/z', '5', 5, 5)");
+    db.exec("update meta set value = 5 where name = 'revision'");
+    db.close();
+    store = await openSqliteStore(path, opts);
+    const err = await watchFor(store, "/", 1, 1).catch((e) => e);
+    assert.ok(err instanceof CompactedError, String(err));
+    assert.deepEqual(
+      (await watchFor(store, "/", 2, 3)).map((e) => e.type === "put" && e.kv.revision),
+      [3, 4, 5],
+    );
+    await store.close();
+  });
+});
+
 Deno.test("writes commit in the order they were made, a large value's file or not", async () => {
   await withDir(async (dir) => {
     const store = await openSqliteStore(`${dir}/meta.db`);
