@@ -9,7 +9,13 @@
  * @module
  */
 import { InferxError, NotFoundError, ValidationError } from "../common/errors.ts";
-import { type JsonProbe, OFF_THREAD_BYTES, probeJson, type ProbeResult } from "./json_probe.ts";
+import {
+  type CallFields,
+  type JsonProbe,
+  OFF_THREAD_BYTES,
+  probeJson,
+  type ProbeResult,
+} from "./json_probe.ts";
 import { type BodyBudget, BodyTooLarge, UNBOUNDED_BODIES } from "./http1/server.ts";
 import { ModelNotFound } from "./middleware/errors.ts";
 import { allows, allowsOwn, type Authenticator, authorize, type Principal } from "./auth.ts";
@@ -147,6 +153,7 @@ function knownInput(
     replayable: body.stream === undefined,
     timeoutMs,
     tokens: maxTokens(body.json),
+    stream: body.json?.stream === true,
     t0,
     principal,
   });
@@ -279,6 +286,7 @@ function modelInput(
     replayable: true,
     timeoutMs: timeoutHeader(req),
     tokens: maxTokens(body.json),
+    stream: body.json?.stream === true,
     t0,
     principal,
   };
@@ -296,8 +304,8 @@ function maxTokens(json: unknown): number {
 interface BodyRead {
   bytes?: Uint8Array;
   stream?: AsyncIterable<Uint8Array>;
-  /** Of a JSON body, its `CALL_FIELDS` that are strings or numbers. */
-  json?: Record<string, string | number>;
+  /** Of a JSON body, its `CALL_FIELDS` that are strings, numbers or booleans. */
+  json?: CallFields;
 }
 
 /**

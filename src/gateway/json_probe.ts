@@ -19,12 +19,15 @@ const dec = new TextDecoder();
 /** Bodies larger than this (bytes) are parsed in the worker. */
 export const OFF_THREAD_BYTES = 64 * 1024;
 
-/** The top-level fields a call's JSON body is read for (strings and numbers only). */
-export const CALL_FIELDS = ["model", "max_tokens", "max_completion_tokens"] as const;
+/** The top-level fields a call's JSON body is read for (strings, numbers and booleans only). */
+export const CALL_FIELDS = ["model", "max_tokens", "max_completion_tokens", "stream"] as const;
+
+/** A call's {@linkcode CALL_FIELDS} its body has. */
+export type CallFields = Record<string, string | number | boolean>;
 
 /** What the worker found: the fields, or why the body is refused. */
 export type ProbeResult =
-  | { ok: true; fields: Record<string, string | number> }
+  | { ok: true; fields: CallFields }
   | { ok: false; heavy?: string; invalid?: string };
 
 /** What an object write's body reads as: its JSON text without whitespace, or why it is refused. */
@@ -52,19 +55,19 @@ export type ProbeReply = (ProbeResult | ObjectResult) & { id: number };
 
 /**
  * `bytes` as JSON text, counted (see `jsonTooHeavy`) and parsed; of what it
- * holds, the {@linkcode CALL_FIELDS} of a top-level object that are strings
- * or numbers (what the gateway reads of any other value is what it reads of
- * none). The same code runs on the loop and in the worker.
+ * holds, the {@linkcode CALL_FIELDS} of a top-level object that are strings,
+ * numbers or booleans (what the gateway reads of any other value is what it
+ * reads of none). The same code runs on the loop and in the worker.
  */
 export function probeJson(bytes: Uint8Array): ProbeResult {
   const read = countedParse(bytes, MAX_JSON_ITEMS);
   if (!("json" in read)) return { ok: false, ...read };
   const json = read.json;
-  const fields: Record<string, string | number> = {};
+  const fields: CallFields = {};
   if (json && typeof json === "object" && !Array.isArray(json)) {
     for (const k of CALL_FIELDS) {
       const v = (json as Record<string, unknown>)[k];
-      if (typeof v === "string" || typeof v === "number") fields[k] = v;
+      if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") fields[k] = v;
     }
   }
   return { ok: true, fields };

@@ -4,10 +4,12 @@ import { JsonProbe, OFF_THREAD_BYTES, probeJson } from "./json_probe.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
-Deno.test("probeJson keeps a call's top-level fields that are strings or numbers, and says why not", () => {
+Deno.test("probeJson keeps a call's top-level fields that are strings, numbers or booleans, and says why not", () => {
   assert.deepEqual(
-    probeJson(enc('{"model":"t/n/f","max_tokens":5,"prompt":"x","max_completion_tokens":{}}')),
-    { ok: true, fields: { model: "t/n/f", max_tokens: 5 } },
+    probeJson(
+      enc('{"model":"t/n/f","max_tokens":5,"prompt":"x","max_completion_tokens":{},"stream":true}'),
+    ),
+    { ok: true, fields: { model: "t/n/f", max_tokens: 5, stream: true } },
   );
   assert.deepEqual(probeJson(enc('[{"model":"f"}]')), { ok: true, fields: {} });
   const bad = probeJson(enc("{oops"));

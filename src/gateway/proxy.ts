@@ -55,6 +55,8 @@ export interface CallInput {
   timeoutMs?: number;
   /** Tokens the call asks for (`max_tokens` of a JSON body), counted in flight while it runs. */
   tokens?: number;
+  /** Whether its JSON body asks for a streamed answer (`"stream": true`). */
+  stream?: boolean;
   /** When the gateway received the call (`performance.now()`). */
   t0: number;
   /** Hears the stages of the wait for a worker, for callers that show them. */

@@ -100,7 +100,8 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
       }
       if (!respondAsync) {
         if (isStreaming(input, req.headers.get("accept"))) {
-          return await progressResponse(deps, input, rec, req.signal);
+          const openai = !url.pathname.startsWith("/funccall/");
+          return await progressResponse(deps, input, rec, req.signal, openai);
         }
         const answer = await forward(deps, input, signalSource(req.signal));
         rec.answered(answer);

@@ -17,7 +17,8 @@
  *
  * @module
  */
-import { errorBody, httpStatus, InferxError, toInferxError } from "../../common/errors.ts";
+import { httpStatus, InferxError, toInferxError } from "../../common/errors.ts";
+import { errorObject } from "../middleware/errors.ts";
 import type { CallStage } from "../func_agent.ts";
 import type { CallRecord } from "../middleware/observe.ts";
 import {
@@ -36,15 +37,12 @@ const dec = new TextDecoder();
 /** The most of a worker's error answer put into the `error` event. */
 const ERROR_BODY_MAX = 64 * 1024;
 
-/** Whether `input` asks for a streamed answer: `Accept: text/event-stream` or `"stream": true`. */
+/**
+ * Whether `input` asks for a streamed answer: `Accept: text/event-stream` or `"stream": true` (as
+ * the gateway read its JSON body, a large one off the event loop).
+ */
 export function isStreaming(input: CallInput, accept: string | null): boolean {
-  if (accept?.toLowerCase().includes("text/event-stream")) return true;
-  if (!(input.body instanceof Uint8Array) || input.body.byteLength === 0) return false;
-  try {
-    return (JSON.parse(dec.decode(input.body)) as { stream?: unknown })?.stream === true;
-  } catch {
-    return false;
-  }
+  return accept?.toLowerCase().includes("text/event-stream") === true || input.stream === true;
 }
 
 /**
@@ -56,7 +54,10 @@ export async function progressResponse(
   input: CallInput,
   rec: CallRecord,
   signal: AbortSignal,
+  openai = false,
 ): Promise<Response> {
+  // The platform's error, in OpenAI's shape on its routes (as their answers are).
+  const errorOf = (e: InferxError) => errorObject(e, openai);
   const stages: CallStage[] = [];
   let wake: (() => void) | undefined;
   const poke = () => {
@@ -101,7 +102,7 @@ export async function progressResponse(
           continue;
         }
         done = true;
-        if ("error" in outcome) return failed(controller, rec, outcome.error);
+        if ("error" in outcome) return failed(controller, rec, outcome.error, errorOf);
         const answer = outcome.answer;
         rec.answered(answer);
         if (answer.status >= 400) {
@@ -139,7 +140,7 @@ export async function progressResponse(
         // event the worker half sent.
         const e = new InferxError(code, (err as Error).message);
         controller.enqueue(enc.encode("\n\n"));
-        controller.enqueue(errorEvent(httpStatus(code), errorBody(e).error));
+        controller.enqueue(errorEvent(httpStatus(code), errorOf(e)));
         controller.close();
       }
     },
@@ -172,6 +173,7 @@ function failed(
   controller: ReadableStreamDefaultController<Uint8Array>,
   rec: CallRecord,
   err: unknown,
+  errorOf: (e: InferxError) => unknown,
 ) {
   if (callerLeft(err)) {
     rec.callerGone();
@@ -180,7 +182,7 @@ function failed(
   }
   const e: InferxError = toInferxError(err);
   rec.failed(e);
-  controller.enqueue(errorEvent(rec.status, errorBody(e).error));
+  controller.enqueue(errorEvent(rec.status, errorOf(e)));
   controller.close();
 }
 

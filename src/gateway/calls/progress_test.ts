@@ -63,6 +63,17 @@ t("a worker restored from standby shows as restoring", async () => {
   await w.close();
 });
 
+t("a large streaming body, read off the event loop, is known for streaming too", async () => {
+  const f = await gatewayFixture({ bodyLimit: 1024 * 1024 });
+  const w = sseWorker();
+  f.sched.endpoints.push(w.endpoint);
+  const r = await stream(f, { prompt: "x".repeat(100 * 1024), stream: true });
+  assert.equal(r.headers.get("x-inferx-progress"), "1");
+  assert.match(await r.text(), /^: queued\n\n: placing\n\n: ready\n\ndata: 1/);
+  await f.close();
+  await w.close();
+});
+
 t("a call that fails while it waits ends its progress stream with an error event", async () => {
   const f = await gatewayFixture();
   f.sched.failWith = new InferxError("worker_failed", "Worker of t/n/f exited with status 4");
@@ -75,6 +86,18 @@ t("a call that fails while it waits ends its progress stream with an error event
   assert.equal(data.error.code, "worker_failed");
   assert.match(data.error.message, /exited with status 4/);
   assert.deepEqual(f.audit.requests.map((x) => [x.status, x.error]), [[503, "worker_failed"]]);
+  // On /v1, in OpenAI's shape, as the answer without a stream would be: its clients read
+  // `type` and `param` from the event's `error`.
+  const v1 = await f.app.request("/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-progress": "1" },
+    body: JSON.stringify({ model: "t/n/f", prompt: "x", stream: true }),
+  });
+  const openai = JSON.parse((await v1.text()).split("data: ")[1]);
+  assert.equal(openai.status, 503);
+  assert.equal(openai.error.code, "worker_failed");
+  assert.equal(openai.error.type, "server_error");
+  assert.equal(openai.error.param, null);
   await f.close();
 });
 

@@ -42,6 +42,13 @@ const RETRY_AFTER_S: Partial<Record<ErrorCode, number>> = {
 const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set(["unschedulable", "quota_exceeded"]);
 
 /**
+ * A crash loop's back-off from which a failed start is not sent again by a client on its own
+ * (s): the third failed start in a row (1, 2, 4 s). A client's library would wait it out and
+ * start another worker that fails, up to a minute a try, where its caller is better told now.
+ */
+const CRASH_LOOP_S = 4;
+
+/**
  * OpenAI's error `type` by status, which its client libraries expose
  * (`APIError.type`) beside the status.
  */
@@ -86,22 +93,32 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   // A quota that clears by itself as calls end (`retryable`) may be tried again. A 504 waited
   // as long as the function's policy says a call waits (`queue_timeout`, or the caller's own
   // limit): sent twice more, a caller of OpenAI's client would wait three times that.
-  if (mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable) || status === 504) {
+  const backoff = err.details?.retry_after_s;
+  const crashLoop = err.code === "worker_failed" && typeof backoff === "number" &&
+    backoff >= CRASH_LOOP_S;
+  if (
+    mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable) || status === 504 || crashLoop
+  ) {
     headers.push(["x-should-retry", "false"]);
   }
-  const body = errorBody(err);
-  if (!openai) return { status, headers, body: JSON.stringify(body) };
+  return { status, headers, body: JSON.stringify({ error: errorObject(err, openai) }) };
+}
+
+/**
+ * The `error` object of the answer to `err` (see {@linkcode errorAnswer}): also what a stream
+ * already begun ends with, in its `event: error`.
+ */
+export function errorObject(err: InferxError, openai = false): Record<string, unknown> {
+  const { error } = errorBody(err);
+  if (!openai) return error;
   const field = err.details?.field;
-  const shaped = {
-    error: {
-      ...body.error,
-      // OpenAI's own code where it has a narrower one than the platform's (`model_not_found`).
-      code: err instanceof ModelNotFound ? "model_not_found" : body.error.code,
-      type: openaiType(status),
-      param: typeof field === "string" ? field : null,
-    },
+  return {
+    ...error,
+    // OpenAI's own code where it has a narrower one than the platform's (`model_not_found`).
+    code: err instanceof ModelNotFound ? "model_not_found" : error.code,
+    type: openaiType(httpStatus(err.code)),
+    param: typeof field === "string" ? field : null,
   };
-  return { status, headers, body: JSON.stringify(shaped) };
 }
 
 /** `Retry-After` for `err`: `details.retry_after_s` when the error says, else by its code. */

@@ -573,6 +573,20 @@ t(
     assert.equal(never.status, 503);
     assert.equal(never.headers.get("x-should-retry"), "false");
     await never.body?.cancel();
+    // A failed start: sent again after its back-off, but not once the failures are a crash loop
+    // (a client would wait a minute a try to start another worker that fails).
+    for (const [s, retry] of [[1, null], [2, null], [4, "false"], [60, "false"]] as const) {
+      const w = await gatewayFixture();
+      w.sched.failWith = new InferxError("worker_failed", "Worker failed to start", {
+        details: { retry_after_s: s },
+      });
+      const failed = await call(w.app);
+      assert.equal(failed.status, 503);
+      assert.equal(failed.headers.get("retry-after"), String(s));
+      assert.equal(failed.headers.get("x-should-retry"), retry, `back-off ${s} s`);
+      await failed.body?.cancel();
+      await w.close();
+    }
     const missing = await q.app.request("/funccall/t/n/nope/x");
     assert.equal(missing.headers.get("retry-after"), null, "only 429 and 503 carry it");
     await missing.body?.cancel();

@@ -24,8 +24,45 @@ const MAX_TOKENS_LIMIT = 4096;
 /** The most completions one request may ask for (`n`). */
 const MAX_CHOICES = 16;
 
-/** A bad request: answered 400 with an OpenAI-style error body. */
-class BadRequest extends Error {}
+/** A bad request: answered 400 with an OpenAI-style error body naming the field at fault. */
+class BadRequest extends Error {
+  constructor(message: string, readonly param: string | null = null) {
+    super(message);
+  }
+}
+
+/**
+ * What the model cannot do, refused rather than passed over (a client asking for tool calls or
+ * JSON would take plain text for an answer): each field's name, whether a value of it asks for
+ * that, and what is refused. The other fields a model of OpenAI's API takes and this one does not
+ * use (`top_p`, penalties, `user`, ...) change nothing.
+ */
+const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
+  ["tools", (v) => Array.isArray(v) && v.length > 0, "this model calls no tools"],
+  ["tool_choice", (v) => v !== "none", "this model calls no tools"],
+  ["functions", (v) => Array.isArray(v) && v.length > 0, "this model calls no functions"],
+  ["function_call", (v) => v !== "none", "this model calls no functions"],
+  [
+    "response_format",
+    (v) => (v as { type?: unknown })?.type !== "text",
+    "this model answers in text only",
+  ],
+  ["logprobs", (v) => v !== false && v !== 0, "this model gives no log probabilities"],
+  ["top_logprobs", (v) => v !== 0, "this model gives no log probabilities"],
+  ["echo", (v) => v !== false, "this model does not echo the prompt"],
+  ["suffix", (v) => v !== "", "this model does not insert text"],
+  ["best_of", (v) => v !== 1, "this model makes no best_of candidates (n makes choices)"],
+];
+
+/** Throws for the first field of `body` that asks for what the model cannot do (null: absent). */
+function checkSupported(body: Record<string, unknown>): void {
+  for (const [field, asks, why] of UNSUPPORTED) {
+    const v = body[field];
+    if (v !== undefined && v !== null && asks(v)) {
+      throw new BadRequest(`${field} is not supported: ${why}`, field);
+    }
+  }
+}
 
 interface Sampling {
   maxTokens: number;
@@ -40,42 +77,51 @@ interface Sampling {
 }
 
 function parseSampling(body: Record<string, unknown>): Sampling {
-  const maxTokens = body.max_tokens ?? body.max_completion_tokens ?? 16;
+  checkSupported(body);
+  const tokensField = body.max_tokens != null ? "max_tokens" : "max_completion_tokens";
+  const maxTokens = body[tokensField] ?? 16;
   if (
     !Number.isInteger(maxTokens) || (maxTokens as number) < 1 ||
     (maxTokens as number) > MAX_TOKENS_LIMIT
   ) {
-    throw new BadRequest(`max_tokens must be an integer from 1 to ${MAX_TOKENS_LIMIT}`);
+    throw new BadRequest(
+      `${tokensField} must be an integer from 1 to ${MAX_TOKENS_LIMIT}`,
+      tokensField,
+    );
   }
   const temperature = body.temperature ?? 1;
   if (typeof temperature !== "number" || temperature < 0 || temperature > 2) {
-    throw new BadRequest("temperature must be a number from 0 to 2");
+    throw new BadRequest("temperature must be a number from 0 to 2", "temperature");
   }
   const seed = body.seed ?? undefined; // null: none, as OpenAI's API takes it
   if (seed !== undefined && !Number.isInteger(seed)) {
-    throw new BadRequest("seed must be an integer");
+    throw new BadRequest("seed must be an integer", "seed");
   }
-  let stop = body.stop;
+  let stop = body.stop ?? [];
   if (typeof stop === "string") stop = [stop];
   if (
-    stop !== undefined && stop !== null &&
-    (!Array.isArray(stop) || stop.some((s) => typeof s !== "string"))
+    !Array.isArray(stop) || stop.length > 4 || stop.some((s) => typeof s !== "string" || !s)
   ) {
-    throw new BadRequest("stop must be a string or an array of strings");
+    throw new BadRequest("stop must be a string or up to 4 non-empty strings", "stop");
   }
   const n = body.n ?? 1;
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > MAX_CHOICES) {
-    throw new BadRequest(`n must be an integer from 1 to ${MAX_CHOICES}`);
+    throw new BadRequest(`n must be an integer from 1 to ${MAX_CHOICES}`, "n");
   }
   const options = body.stream_options;
-  if (options !== undefined && options !== null && typeof options !== "object") {
-    throw new BadRequest("stream_options must be an object");
+  if (options !== undefined && options !== null) {
+    if (typeof options !== "object") {
+      throw new BadRequest("stream_options must be an object", "stream_options");
+    }
+    if (body.stream !== true) {
+      throw new BadRequest("stream_options is only allowed when stream is true", "stream_options");
+    }
   }
   return {
     maxTokens: maxTokens as number,
     temperature,
     seed: seed as number | undefined,
-    stop: (stop ?? undefined) as string[] | undefined,
+    stop: stop.length ? stop as string[] : undefined,
     stream: body.stream === true,
     n: n as number,
     includeUsage: (options as { include_usage?: unknown } | null)?.include_usage === true,
@@ -92,10 +138,10 @@ function json(status: number, body: unknown, extra: Record<string, string> = {})
 function error(
   status: number,
   message: string,
-  type = "invalid_request_error",
-  code: string | null = null,
+  options: { param?: string | null; code?: string | null } = {},
 ): Response {
-  return json(status, { error: { message, type, code } });
+  const { param = null, code = null } = options;
+  return json(status, { error: { message, type: "invalid_request_error", param, code } });
 }
 
 /**
@@ -170,7 +216,7 @@ export function createModelHandler(
     }
     const chat = pathname === "/v1/chat/completions";
     if (!chat && pathname !== "/v1/completions") {
-      return error(404, `No route for ${pathname}`, "not_found");
+      return error(404, `Invalid URL (${req.method} ${pathname})`);
     }
     if (req.method !== "POST") return error(405, `${pathname} takes POST`);
     let body: Record<string, unknown>;
@@ -179,8 +225,7 @@ export function createModelHandler(
       return error(
         413,
         `The request body is larger than ${MAX_BODY_BYTES} bytes, more than a prompt of ${MAX_PROMPT_CHARS} characters takes`,
-        "invalid_request_error",
-        "request_too_large",
+        { code: "request_too_large" },
       );
     }
     try {
@@ -200,10 +245,11 @@ export function createModelHandler(
       if (prompts.length * sampling.n > MAX_ALL_CHOICES) {
         throw new BadRequest(
           `${prompts.length} prompts with n ${sampling.n} make more than ${MAX_ALL_CHOICES} choices`,
+          "n",
         );
       }
     } catch (err) {
-      if (err instanceof BadRequest) return error(400, err.message);
+      if (err instanceof BadRequest) return error(400, err.message, { param: err.param });
       throw err;
     }
     const id = `${chat ? "chatcmpl" : "cmpl"}-${tag}${Date.now().toString(36)}${
@@ -217,8 +263,7 @@ export function createModelHandler(
         return error(
           400,
           `This model's maximum context length is ${MAX_PROMPT_CHARS} characters; the prompt has ${chars}`,
-          "invalid_request_error",
-          "context_length_exceeded",
+          { param: chat ? "messages" : "prompt", code: "context_length_exceeded" },
         );
       }
       promptTokens += chars;
@@ -349,16 +394,16 @@ function completionPrompts(p: unknown): string[] {
   if (typeof p === "string") return [p];
   if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string")) {
     if (p.length > MAX_ALL_CHOICES) {
-      throw new BadRequest(`prompt takes at most ${MAX_ALL_CHOICES} strings`);
+      throw new BadRequest(`prompt takes at most ${MAX_ALL_CHOICES} strings`, "prompt");
     }
     return p;
   }
-  throw new BadRequest("prompt must be a string or a non-empty array of strings");
+  throw new BadRequest("prompt must be a string or a non-empty array of strings", "prompt");
 }
 
 function chatPrompt(messages: unknown): string {
   if (!Array.isArray(messages) || messages.length === 0) {
-    throw new BadRequest("messages must be a non-empty array");
+    throw new BadRequest("messages must be a non-empty array", "messages");
   }
   return messages.map((m) => messageText(m)).join("\n") + "\n";
 }
@@ -369,7 +414,9 @@ function chatPrompt(messages: unknown): string {
  * assistant message that only called tools).
  */
 function messageText(m: unknown): string {
-  if (!m || typeof m !== "object") throw new BadRequest("every message must be an object");
+  if (!m || typeof m !== "object") {
+    throw new BadRequest("every message must be an object", "messages");
+  }
   const content = (m as { content?: unknown }).content;
   if (typeof content === "string") return content;
   if (content === null) return "";
@@ -379,10 +426,11 @@ function messageText(m: unknown): string {
       if (p?.type === "text" && typeof p.text === "string") return p.text;
       throw new BadRequest(
         `a content part of type ${JSON.stringify(p?.type)} is not supported: only text parts`,
+        "messages",
       );
     }).join("");
   }
-  throw new BadRequest("a message's content must be a string, text parts or null");
+  throw new BadRequest("a message's content must be a string, text parts or null", "messages");
 }
 
 if (import.meta.main) {

@@ -62,40 +62,154 @@ Deno.test("model server streams chat deltas, role first", async () => {
   assert.equal(chunks.length, 4);
 });
 
-const bad: [string, string, unknown, RegExp][] = [
-  ["malformed JSON", "/v1/completions", "{nope", /not valid JSON/],
-  ["a missing prompt", "/v1/completions", { max_tokens: 2 }, /prompt/],
-  ["max_tokens out of range", "/v1/completions", { prompt: "a", max_tokens: 0 }, /max_tokens/],
-  ["a bad temperature", "/v1/completions", { prompt: "a", temperature: 5 }, /temperature/],
-  ["empty messages", "/v1/chat/completions", { messages: [] }, /messages/],
-  ["n out of range", "/v1/completions", { prompt: "a", n: 0 }, /n must be an integer/],
-  ["a seed that is not an integer", "/v1/completions", { prompt: "a", seed: 1.5 }, /seed/],
+const bad: [string, string, unknown, RegExp, string | null][] = [
+  ["malformed JSON", "/v1/completions", "{nope", /not valid JSON/, null],
+  ["a missing prompt", "/v1/completions", { max_tokens: 2 }, /prompt/, "prompt"],
+  [
+    "max_tokens out of range",
+    "/v1/completions",
+    { prompt: "a", max_tokens: 0 },
+    /^max_tokens/,
+    "max_tokens",
+  ],
+  [
+    "max_completion_tokens out of range, by its name",
+    "/v1/chat/completions",
+    { messages: [{ role: "user", content: "a" }], max_completion_tokens: 5000 },
+    /^max_completion_tokens must be an integer from 1 to 4096/,
+    "max_completion_tokens",
+  ],
+  [
+    "a bad temperature",
+    "/v1/completions",
+    { prompt: "a", temperature: 5 },
+    /temperature/,
+    "temperature",
+  ],
+  ["empty messages", "/v1/chat/completions", { messages: [] }, /messages/, "messages"],
+  ["n out of range", "/v1/completions", { prompt: "a", n: 0 }, /n must be an integer/, "n"],
+  ["a seed that is not an integer", "/v1/completions", { prompt: "a", seed: 1.5 }, /seed/, "seed"],
+  [
+    "five stop strings",
+    "/v1/completions",
+    { prompt: "a", stop: ["a", "b", "c", "d", "e"] },
+    /up to 4/,
+    "stop",
+  ],
+  ["an empty stop string", "/v1/completions", { prompt: "a", stop: [""] }, /non-empty/, "stop"],
   [
     "more choices than it makes",
     "/v1/completions",
     { prompt: Array(MAX_ALL_CHOICES / 4 + 1).fill("a"), n: 4 },
     /17 prompts with n 4 make more than 64 choices/,
+    "n",
   ],
   [
     "token ids for a prompt",
     "/v1/completions",
     { prompt: [1, 2] },
     /prompt must be a string or a non-empty array of strings/,
+    "prompt",
   ],
   [
     "an image content part",
     "/v1/chat/completions",
     { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] },
     /only text parts/,
+    "messages",
+  ],
+  [
+    "stream_options without a stream",
+    "/v1/completions",
+    { prompt: "a", stream_options: { include_usage: true } },
+    /only allowed when stream is true/,
+    "stream_options",
   ],
 ];
-for (const [title, path, body, re] of bad) {
+// What the model cannot do is refused, naming the field, rather than answered as plain text.
+const chatOf = (extra: Record<string, unknown>) => ({
+  messages: [{ role: "user", content: "a" }],
+  ...extra,
+});
+for (
+  const [field, value, path] of [
+    ["tools", [{ type: "function", function: { name: "f", parameters: {} } }], "chat"],
+    ["tool_choice", "required", "chat"],
+    ["functions", [{ name: "f", parameters: {} }], "chat"],
+    ["function_call", "auto", "chat"],
+    ["response_format", { type: "json_object" }, "chat"],
+    ["logprobs", true, "chat"],
+    ["top_logprobs", 2, "chat"],
+    ["logprobs", 2, "completions"],
+    ["echo", true, "completions"],
+    ["suffix", "x", "completions"],
+    ["best_of", 3, "completions"],
+  ] as const
+) {
+  bad.push([
+    `${field} ${JSON.stringify(value)}`,
+    `/v1/${path === "chat" ? "chat/completions" : "completions"}`,
+    path === "chat" ? chatOf({ [field]: value }) : { prompt: "a", [field]: value },
+    new RegExp(`^${field} is not supported: this model`),
+    field,
+  ]);
+}
+for (const [title, path, body, re, param] of bad) {
   Deno.test(`model server refuses ${title} with 400`, async () => {
     const res = await post(path, body);
     assert.equal(res.status, 400);
-    assert.match((await res.json()).error.message, re);
+    const { error } = await res.json();
+    assert.match(error.message, re);
+    assert.equal(error.type, "invalid_request_error");
+    assert.equal(error.param, param);
   });
 }
+
+Deno.test("model server takes the fields asking for nothing it cannot do, and ignores the rest", async () => {
+  const res = await post(
+    "/v1/chat/completions",
+    chatOf({
+      tools: [],
+      tool_choice: "none",
+      response_format: { type: "text" },
+      logprobs: false,
+      top_logprobs: 0,
+      user: "u",
+      top_p: 0.5,
+      presence_penalty: 1,
+      max_tokens: 2,
+    }),
+  );
+  assert.equal(res.status, 200);
+  assert.equal([...(await res.json()).choices[0].message.content].length, 2);
+  const completion = await post("/v1/completions", {
+    prompt: "a",
+    echo: false,
+    suffix: "",
+    best_of: 1,
+    max_tokens: 2,
+  });
+  assert.equal(completion.status, 200);
+  await completion.body?.cancel();
+});
+
+Deno.test("model server answers with its own model's name, whatever the call named", async () => {
+  // As OpenAI's API answers with the model that served (a dated snapshot of the one named): here
+  // the worker's MODEL_NAME, which tells a canary's versions apart.
+  for (const asked of ["public/demo/ngram", undefined]) {
+    const res = await post("/v1/completions", { prompt: "a", max_tokens: 2, model: asked });
+    assert.equal((await res.json()).model, "tiny");
+    const streamed = await post("/v1/chat/completions", {
+      ...chatOf({ model: asked }),
+      max_tokens: 2,
+      stream: true,
+    });
+    const text = await streamed.text();
+    for (const line of text.split("\n").filter((l) => l.startsWith("data: {"))) {
+      assert.equal(JSON.parse(line.slice(6)).model, "tiny");
+    }
+  }
+});
 
 Deno.test("model server takes its restore hook (new seeds from the system) and samples on", async () => {
   const hook = await handle(new Request("http://w/restored", { method: "POST" }));
@@ -109,7 +223,14 @@ Deno.test("model server answers /health and 404 for unknown routes", async () =>
   assert.equal((await handle(new Request("http://w/health"))).status, 200);
   const res = await handle(new Request("http://w/nope"));
   assert.equal(res.status, 404);
-  await res.body?.cancel();
+  assert.deepEqual(await res.json(), {
+    error: {
+      message: "Invalid URL (GET /nope)",
+      type: "invalid_request_error",
+      param: null,
+      code: null,
+    },
+  });
 });
 
 Deno.test("model server makes n completions, each its own choice, usage over all", async () => {
@@ -190,6 +311,7 @@ Deno.test("model server refuses a prompt past its context length, and reads a lo
         MAX_PROMPT_CHARS + 1
       }`,
     type: "invalid_request_error",
+    param: "prompt",
     code: "context_length_exceeded",
   });
 });

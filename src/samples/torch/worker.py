@@ -164,6 +164,12 @@ class BadRequest(ValueError):
         self.code = code
 
 
+def not_found(method, path):
+    """An unknown route's answer, as OpenAI's API words it."""
+    return {"error": {"message": f"Invalid URL ({method} {path})", "type": "invalid_request_error",
+                      "param": None, "code": None}}
+
+
 def field(req, name, default):
     """A request field; null is the same as absent, as OpenAI's API takes it."""
     value = req.get(name)
@@ -174,10 +180,33 @@ def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# What the model cannot do, refused rather than passed over (a client asking for tool calls or
+# JSON would take plain text for an answer): each field, whether a value of it asks for that, and
+# why. The other fields of OpenAI's API it does not use (top_p, penalties, user, ...) change
+# nothing. As the n-gram sample's server refuses them.
+UNSUPPORTED = [
+    ("tools", lambda v: isinstance(v, list) and len(v) > 0, "this model calls no tools"),
+    ("tool_choice", lambda v: v != "none", "this model calls no tools"),
+    ("functions", lambda v: isinstance(v, list) and len(v) > 0, "this model calls no functions"),
+    ("function_call", lambda v: v != "none", "this model calls no functions"),
+    ("response_format", lambda v: not (isinstance(v, dict) and v.get("type") == "text"),
+     "this model answers in text only"),
+    ("logprobs", lambda v: v is not False and v != 0, "this model gives no log probabilities"),
+    ("top_logprobs", lambda v: v != 0, "this model gives no log probabilities"),
+    ("echo", lambda v: v is not False, "this model does not echo the prompt"),
+    ("suffix", lambda v: v != "", "this model does not insert text"),
+    ("best_of", lambda v: v != 1, "this model makes no best_of candidates (n makes choices)"),
+]
+
+
 def parse_request(req, chat):
     """The prompts and sampling of a completion request; BadRequest when they are not valid."""
     if not isinstance(req, dict):
         raise BadRequest("body must be a JSON object")
+    for name, asks, why in UNSUPPORTED:
+        value = req.get(name)
+        if value is not None and asks(value):
+            raise BadRequest(f"{name} is not supported: {why}", name)
     if chat:
         messages = req.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -206,9 +235,10 @@ def parse_request(req, chat):
             prompts = prompt
         else:
             raise BadRequest("prompt must be a string or a non-empty array of strings", "prompt")
-    max_tokens = field(req, "max_tokens", field(req, "max_completion_tokens", 16))
+    tokens_field = "max_tokens" if req.get("max_tokens") is not None else "max_completion_tokens"
+    max_tokens = field(req, tokens_field, 16)
     if not is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
-        raise BadRequest(f"max_tokens must be an integer from 1 to {MAX_TOKENS}", "max_tokens")
+        raise BadRequest(f"{tokens_field} must be an integer from 1 to {MAX_TOKENS}", tokens_field)
     temperature = field(req, "temperature", 0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise BadRequest("temperature must be a number from 0 to 2", "temperature")
@@ -228,6 +258,8 @@ def parse_request(req, chat):
     options = field(req, "stream_options", {})
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", "stream_options")
+    if req.get("stream_options") is not None and field(req, "stream", False) is not True:
+        raise BadRequest("stream_options is only allowed when stream is true", "stream_options")
     return {
         "prompts": prompts,
         "max_tokens": max_tokens,
@@ -297,14 +329,14 @@ def handler_for(server):
                 self.answer(200, {"object": "list", "data": [{"id": server.name, "object": "model",
                                                               "created": 0, "owned_by": "inferx"}]})
             else:
-                self.answer(404, {"error": {"message": f"No route for GET {self.path}"}})
+                self.answer(404, not_found("GET", self.path))
 
         def do_POST(self):
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
             chat = self.path.split("?")[0] == "/v1/chat/completions"
             if not chat and self.path.split("?")[0] != "/v1/completions":
-                self.answer(404, {"error": {"message": f"No route for POST {self.path}", "type": "not_found"}})
+                self.answer(404, not_found("POST", self.path))
                 return
             try:
                 try:
@@ -331,6 +363,7 @@ def handler_for(server):
                 return True
 
         def complete(self, asked, chat, served):
+            model = server.name
             n = asked["n"]
             prompts = asked["prompts"]
             base = asked["seed"] if asked["seed"] is not None else int.from_bytes(os.urandom(4), "little")
@@ -369,7 +402,7 @@ def handler_for(server):
                     body_choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": c.finish}
                                     for i, (t, c) in enumerate(zip(texts, choices))]
                 self.answer(200, {"id": ident, "object": "chat.completion" if chat else "text_completion",
-                                  "created": created, "model": server.name, "choices": body_choices,
+                                  "created": created, "model": model, "choices": body_choices,
                                   "usage": usage()}, served)
                 return
             self.send_response(200)
@@ -392,7 +425,7 @@ def handler_for(server):
                     choice = {"index": index, "delta": delta, "finish_reason": finish}
                 else:
                     choice = {"index": index, "text": piece or "", "logprobs": None, "finish_reason": finish}
-                send({"id": ident, "object": obj, "created": created, "model": server.name,
+                send({"id": ident, "object": obj, "created": created, "model": model,
                       "choices": [choice], **extra})
 
             try:
@@ -408,7 +441,7 @@ def handler_for(server):
                             event(i, piece)
                     event(i, finish=c.finish)
                 if asked["include_usage"]:
-                    send({"id": ident, "object": obj, "created": created, "model": server.name,
+                    send({"id": ident, "object": obj, "created": created, "model": model,
                           "choices": [], "usage": usage()})
                 send("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")

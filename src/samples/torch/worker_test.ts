@@ -202,4 +202,37 @@ async function speaksOpenai(url: string) {
   }).then(() => assert.fail("answered"), (e) => e);
   assert.ok(over instanceof OpenAI.BadRequestError);
   assert.equal(over.param, "seed");
+  // What the model cannot do is refused, naming the field, as the n-gram server refuses it.
+  for (
+    const extra of [
+      { tools: [{ type: "function" as const, function: { name: "f", parameters: {} } }] },
+      { response_format: { type: "json_object" as const } },
+      { logprobs: true },
+      { stream_options: { include_usage: true } }, // without a stream
+    ]
+  ) {
+    const refused = await client.chat.completions.create({
+      model: "tiny-lm",
+      messages: [{ role: "user", content: "x" }],
+      max_tokens: 1,
+      ...extra,
+    }).then(() => assert.fail(`answered ${JSON.stringify(extra)}`), (e) => e);
+    assert.ok(refused instanceof OpenAI.BadRequestError);
+    assert.equal(refused.param, Object.keys(extra)[0]);
+  }
+  // The model that answered, whatever the call named (as OpenAI's API names its snapshot).
+  const named = await client.completions.create({
+    model: "public/demo/torch",
+    prompt: "x",
+    max_tokens: 1,
+  });
+  assert.equal(named.model, "tiny-lm");
+  const lost = await fetch(`${url}/v1/nope`, { method: "POST", body: "{}" });
+  assert.equal(lost.status, 404);
+  assert.deepEqual((await lost.json()).error, {
+    message: "Invalid URL (POST /v1/nope)",
+    type: "invalid_request_error",
+    param: null,
+    code: null,
+  });
 }
