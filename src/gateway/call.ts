@@ -328,21 +328,45 @@ function readBody(ctx: CallContext, req: IncomingCall): BodyRead | Promise<BodyR
     const len = req.contentLength;
     if (len === undefined || len > BUFFERED_BYTES) return { stream: req.chunks(ctx.bodyLimit) };
     const whole = req.bodyNow?.(ctx.bodyLimit);
-    return whole ? { bytes: whole } : req.readAll(ctx.bodyLimit).then((bytes) => ({ bytes }));
+    return whole ? loosely(ctx, whole) : req.readAll(ctx.bodyLimit).then((b) => loosely(ctx, b));
   }
   const now = req.bodyNow?.(ctx.bodyLimit);
   return now ? parsed(ctx, now) : req.readAll(ctx.bodyLimit).then((b) => parsed(ctx, b));
 }
 
+/**
+ * A buffered body of another type than JSON, with its call fields when it is a JSON object all
+ * the same (`curl -d '{"stream": true}'` sends `application/x-www-form-urlencoded`, and a worker
+ * may read it as JSON): never refused for not being JSON, it goes to the worker as it came.
+ */
+function loosely(ctx: CallContext, bytes: Uint8Array): BodyRead | Promise<BodyRead> {
+  if (!startsObject(bytes)) return { bytes };
+  const fields = (r: ProbeResult): BodyRead => r.ok ? { bytes, json: r.fields } : { bytes };
+  if (bytes.byteLength > OFF_THREAD_BYTES && ctx.probe) {
+    return ctx.probe.probe(ownBytes(bytes)).then(fields);
+  }
+  return fields(probeJson(bytes));
+}
+
+/** Whether `bytes` begin, past JSON's whitespace, with `{`. */
+function startsObject(bytes: Uint8Array): boolean {
+  for (const b of bytes) {
+    if (b !== 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d) return b === 0x7b;
+  }
+  return false;
+}
+
 function parsed(ctx: CallContext, bytes: Uint8Array): BodyRead | Promise<BodyRead> {
   if (!bytes.byteLength) return { bytes };
   if (bytes.byteLength > OFF_THREAD_BYTES && ctx.probe) {
-    // Only the body's own bytes go (a view's whole buffer would be copied).
-    const own = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
-    return ctx.probe.probe(own).then((r) => bodyRead(bytes, r));
+    return ctx.probe.probe(ownBytes(bytes)).then((r) => bodyRead(bytes, r));
   }
   return bodyRead(bytes, probeJson(bytes));
 }
+
+/** Only a body's own bytes, to send to the probe (a view's whole buffer would be copied). */
+const ownBytes = (bytes: Uint8Array): Uint8Array =>
+  bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
 
 function bodyRead(bytes: Uint8Array, r: ProbeResult): BodyRead {
   if (r.ok) return { bytes, json: r.fields };

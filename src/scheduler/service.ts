@@ -930,7 +930,7 @@ const MAX_LEASE_WAIT_MS = 86_400_000;
 
 /**
  * The `details` of a failed lease: a crash loop's back-off (`Retry-After` says
- * when a start is tried again), the tenant quota that refused it, and the
+ * when a start is tried again) and its failed starts in a row, the tenant quota that refused it, and the
  * worker's output apart (the gateway shows it to its readers only).
  */
 function leaseDetails(
@@ -941,6 +941,7 @@ function leaseDetails(
   }
   return {
     ...(a.retryAfterS === undefined ? {} : { retry_after_s: a.retryAfterS }),
+    ...(a.failures === undefined ? {} : { failed_starts: a.failures }),
     ...a.quota,
     ...(a.output === undefined ? {} : { [WORKER_OUTPUT]: a.output.slice(-OUTPUT_MAX) }),
   };

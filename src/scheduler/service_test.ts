@@ -444,7 +444,10 @@ t(
       assert.equal(err?.code, "unavailable", err?.message);
       assert.match(err!.message, /the store refused its pod \(etcdserver: mvcc: database space/);
       assert.equal(err!.details?.retry_after_s, 1);
-      assert.equal((await lease())?.code, "unavailable", "in the back-off too");
+      assert.equal(err!.details?.failed_starts, 1);
+      const again = await lease();
+      assert.equal(again?.code, "unavailable", "in the back-off too");
+      assert.equal(again!.details?.failed_starts, 1, "the same run");
     } finally {
       sched.stop();
       await store.close();

@@ -412,8 +412,13 @@ function statements(db: DatabaseSync) {
     ),
     update: db.prepare("update kv set value = ?, revision = ? where key = ?"),
     delete: db.prepare("delete from kv where key = ?"),
+    /**
+     * A change, and what it counts toward the history's bytes, as SQLite counts it (characters,
+     * not JavaScript's UTF-16 units: they are taken off again, as SQLite counts them).
+     */
     record: db.prepare(
-      "insert into history (revision, key, value, create_revision, size) values (?, ?, ?, ?, ?)",
+      "insert into history (revision, key, value, create_revision, size) values (?, ?, ?, ?, ?) " +
+        "returning coalesce(size, length(value), 0) as n",
     ),
     /** The revision, and where the history begins (see {@linkcode settleHistory}). */
     setRevision: db.prepare(
@@ -800,15 +805,15 @@ class SqliteStore implements MetaStore {
           if (e.type === "put") {
             // A put of create or update, the only one of its write: `stored` is what its row holds.
             const file = isFileRef(stored) ? stored : undefined;
-            this.#q.record.run(
+            const row = this.#q.record.get(
               rev,
               e.kv.key,
               file ?? e.kv.value,
               e.kv.createRevision,
               file ? e.kv.value.length : null,
-            );
-            bytes += e.kv.value.length;
-          } else this.#q.record.run(rev, e.key, null, null, null);
+            ) as Row;
+            bytes += Number(row.n);
+          } else this.#q.record.get(rev, e.key, null, null, null);
           const key = eventKey(e);
           if (this.#private.some((p) => key.startsWith(p))) {
             // Its earlier changes go now, with their files (the current one's included: this

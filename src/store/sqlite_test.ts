@@ -570,6 +570,23 @@ Deno.test("a private key's superseded changes go at once, with their files; a wa
   });
 });
 
+Deno.test("the history's bytes are counted alike in and out, characters past U+FFFF included", async () => {
+  // A character past U+FFFF is two of JavaScript's units and one of SQLite's: a change counted in
+  // the one and taken off in the other left 20,000 more each time, and a store rewriting such a
+  // call's record ran past its budget with little kept, compacting changes still to be watched.
+  const store = await openSqliteStore(":memory:", {
+    privatePrefixes: ["/p/"],
+    historyMaxBytes: 1024 * 1024,
+  });
+  const first = await store.create("/q/kept", "a change a watch replays");
+  const emoji = "\u{1F600}".repeat(20_000);
+  let rev = await store.create("/p/call", emoji);
+  for (let i = 0; i < 100; i++) rev = await store.update("/p/call", emoji + i, rev);
+  const replayed = await watchFor(store, "/q/", first - 1, 1);
+  assert.equal(replayed[0].type === "put" && replayed[0].kv.value, "a change a watch replays");
+  await store.close();
+});
+
 Deno.test("a store an earlier release wrote loses its private keys' superseded changes at open", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/meta.db`;

@@ -74,6 +74,49 @@ t("a large streaming body, read off the event loop, is known for streaming too",
   await w.close();
 });
 
+t(
+  "a body of another type than JSON that is a JSON object is known for streaming (curl -d)",
+  async () => {
+    const w = sseWorker();
+    const cases = [
+      // curl -d's default type.
+      ["application/x-www-form-urlencoded", ' \n{"prompt": "x", "stream": true}', true, 0],
+      // Large: read in the thread for large bodies, as a JSON one is.
+      ["text/plain", JSON.stringify({ prompt: "x".repeat(100 * 1024), stream: true }), true, 1],
+      // Not JSON after all: not refused, it goes to the worker as it came, without progress.
+      ["text/plain", '{"stream": true', false, 0],
+      ["text/plain", JSON.stringify({ prompt: "x".repeat(100 * 1024), stream: 1 }), false, 1],
+    ] as const;
+    for (const [type, body, streams, threads] of cases) {
+      const f = await gatewayFixture({ bodyLimit: 1024 * 1024 });
+      f.sched.stages = ["starting"];
+      f.sched.endpoints.push(w.endpoint);
+      // How many bodies went to that thread.
+      let offLoop = 0;
+      const probe = f.deps.jsonProbe.probe.bind(f.deps.jsonProbe);
+      f.deps.jsonProbe.probe = (bytes) => (offLoop++, probe(bytes));
+      const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+        method: "POST",
+        // As a client sends it: a body of unknown length streams to the worker unread.
+        headers: {
+          "content-type": type,
+          "content-length": String(new TextEncoder().encode(body).byteLength),
+          "x-inferx-progress": "1",
+        },
+        body,
+      });
+      assert.equal(r.status, 200, type);
+      assert.equal(r.headers.get("x-inferx-progress"), streams ? "1" : null, body.slice(0, 40));
+      const text = await r.text();
+      if (streams) assert.match(text, /^: queued\n\n: placing\n\n: starting\n\n: ready\n\ndata: 1/);
+      else assert.equal(text, "data: 1\n\ndata: 2\n\ndata: [DONE]\n\n");
+      assert.equal(offLoop, threads, body.slice(0, 40));
+      await f.close();
+    }
+    await w.close();
+  },
+);
+
 t("a call that fails while it waits ends its progress stream with an error event", async () => {
   const f = await gatewayFixture();
   f.sched.failWith = new InferxError("worker_failed", "Worker of t/n/f exited with status 4");

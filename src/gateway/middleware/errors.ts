@@ -42,11 +42,12 @@ const RETRY_AFTER_S: Partial<Record<ErrorCode, number>> = {
 const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set(["unschedulable", "quota_exceeded"]);
 
 /**
- * A crash loop's back-off from which a failed start is not sent again by a client on its own
- * (s): the third failed start in a row (1, 2, 4 s). A client's library would wait it out and
- * start another worker that fails, up to a minute a try, where its caller is better told now.
+ * The failed starts in a row (`details.failed_starts`) from which a failed start is not sent
+ * again by a client on its own: the third (back-off 1, 2, 4 s). A client's library would wait it
+ * out and start another worker that fails, up to a minute a try, where its caller is better told
+ * now. (Not the back-off left, `retry_after_s`: a call late in a long one has only seconds left.)
  */
-const CRASH_LOOP_S = 4;
+const CRASH_LOOP_STARTS = 3;
 
 /**
  * OpenAI's error `type` by status, which its client libraries expose
@@ -93,9 +94,9 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   // A quota that clears by itself as calls end (`retryable`) may be tried again. A 504 waited
   // as long as the function's policy says a call waits (`queue_timeout`, or the caller's own
   // limit): sent twice more, a caller of OpenAI's client would wait three times that.
-  const backoff = err.details?.retry_after_s;
-  const crashLoop = err.code === "worker_failed" && typeof backoff === "number" &&
-    backoff >= CRASH_LOOP_S;
+  const failedStarts = err.details?.failed_starts;
+  const crashLoop = err.code === "worker_failed" && typeof failedStarts === "number" &&
+    failedStarts >= CRASH_LOOP_STARTS;
   if (
     mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable) || status === 504 || crashLoop
   ) {

@@ -574,16 +574,18 @@ t(
     assert.equal(never.headers.get("x-should-retry"), "false");
     await never.body?.cancel();
     // A failed start: sent again after its back-off, but not once the failures are a crash loop
-    // (a client would wait a minute a try to start another worker that fails).
-    for (const [s, retry] of [[1, null], [2, null], [4, "false"], [60, "false"]] as const) {
+    // (a client would wait a minute a try to start another worker that fails), however little
+    // of the back-off is left.
+    const tries = [[1, 1, null], [2, 2, null], [3, 1, "false"], [7, 60, "false"]] as const;
+    for (const [n, s, retry] of tries) {
       const w = await gatewayFixture();
       w.sched.failWith = new InferxError("worker_failed", "Worker failed to start", {
-        details: { retry_after_s: s },
+        details: { retry_after_s: s, failed_starts: n },
       });
       const failed = await call(w.app);
       assert.equal(failed.status, 503);
       assert.equal(failed.headers.get("retry-after"), String(s));
-      assert.equal(failed.headers.get("x-should-retry"), retry, `back-off ${s} s`);
+      assert.equal(failed.headers.get("x-should-retry"), retry, `${n} failed starts`);
       await failed.body?.cancel();
       await w.close();
     }

@@ -37,7 +37,7 @@ class BadRequest extends Error {
  * that, and what is refused. The other fields a model of OpenAI's API takes and this one does not
  * use (`top_p`, penalties, `user`, ...) change nothing.
  */
-const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
+const UNSUPPORTED: [string, (v: unknown, chat: boolean) => boolean, string][] = [
   ["tools", (v) => Array.isArray(v) && v.length > 0, "this model calls no tools"],
   ["tool_choice", (v) => v !== "none", "this model calls no tools"],
   ["functions", (v) => Array.isArray(v) && v.length > 0, "this model calls no functions"],
@@ -47,18 +47,25 @@ const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
     (v) => (v as { type?: unknown })?.type !== "text",
     "this model answers in text only",
   ],
-  ["logprobs", (v) => v !== false && v !== 0, "this model gives no log probabilities"],
+  // A chat's is whether to give them; a completion's how many alternatives each (0: none, but
+  // still the sampled token's).
+  ["logprobs", (v, chat) => !chat || v !== false, "this model gives no log probabilities"],
   ["top_logprobs", (v) => v !== 0, "this model gives no log probabilities"],
   ["echo", (v) => v !== false, "this model does not echo the prompt"],
   ["suffix", (v) => v !== "", "this model does not insert text"],
   ["best_of", (v) => v !== 1, "this model makes no best_of candidates (n makes choices)"],
+  [
+    "logit_bias",
+    (v) => !(v && typeof v === "object" && Object.keys(v).length === 0),
+    "this model takes no token biases",
+  ],
 ];
 
 /** Throws for the first field of `body` that asks for what the model cannot do (null: absent). */
-function checkSupported(body: Record<string, unknown>): void {
+function checkSupported(body: Record<string, unknown>, chat: boolean): void {
   for (const [field, asks, why] of UNSUPPORTED) {
     const v = body[field];
-    if (v !== undefined && v !== null && asks(v)) {
+    if (v !== undefined && v !== null && asks(v, chat)) {
       throw new BadRequest(`${field} is not supported: ${why}`, field);
     }
   }
@@ -76,8 +83,8 @@ interface Sampling {
   includeUsage: boolean;
 }
 
-function parseSampling(body: Record<string, unknown>): Sampling {
-  checkSupported(body);
+function parseSampling(body: Record<string, unknown>, chat: boolean): Sampling {
+  checkSupported(body, chat);
   const tokensField = body.max_tokens != null ? "max_tokens" : "max_completion_tokens";
   const maxTokens = body[tokensField] ?? 16;
   if (
@@ -241,7 +248,7 @@ export function createModelHandler(
     let sampling: Sampling;
     try {
       prompts = chat ? [chatPrompt(body.messages)] : completionPrompts(body.prompt);
-      sampling = parseSampling(body);
+      sampling = parseSampling(body, chat);
       if (prompts.length * sampling.n > MAX_ALL_CHOICES) {
         throw new BadRequest(
           `${prompts.length} prompts with n ${sampling.n} make more than ${MAX_ALL_CHOICES} choices`,

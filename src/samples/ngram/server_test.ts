@@ -141,6 +141,9 @@ for (
     ["logprobs", true, "chat"],
     ["top_logprobs", 2, "chat"],
     ["logprobs", 2, "completions"],
+    ["logprobs", 0, "completions"], // the sampled tokens' own
+    ["logit_bias", { "50256": -100 }, "chat"],
+    ["logit_bias", { "50256": -100 }, "completions"],
     ["echo", true, "completions"],
     ["suffix", "x", "completions"],
     ["best_of", 3, "completions"],
@@ -174,6 +177,7 @@ Deno.test("model server takes the fields asking for nothing it cannot do, and ig
       response_format: { type: "text" },
       logprobs: false,
       top_logprobs: 0,
+      logit_bias: {},
       user: "u",
       top_p: 0.5,
       presence_penalty: 1,

@@ -185,17 +185,20 @@ def is_int(v):
 # why. The other fields of OpenAI's API it does not use (top_p, penalties, user, ...) change
 # nothing. As the n-gram sample's server refuses them.
 UNSUPPORTED = [
-    ("tools", lambda v: isinstance(v, list) and len(v) > 0, "this model calls no tools"),
-    ("tool_choice", lambda v: v != "none", "this model calls no tools"),
-    ("functions", lambda v: isinstance(v, list) and len(v) > 0, "this model calls no functions"),
-    ("function_call", lambda v: v != "none", "this model calls no functions"),
-    ("response_format", lambda v: not (isinstance(v, dict) and v.get("type") == "text"),
+    ("tools", lambda v, chat: isinstance(v, list) and len(v) > 0, "this model calls no tools"),
+    ("tool_choice", lambda v, chat: v != "none", "this model calls no tools"),
+    ("functions", lambda v, chat: isinstance(v, list) and len(v) > 0, "this model calls no functions"),
+    ("function_call", lambda v, chat: v != "none", "this model calls no functions"),
+    ("response_format", lambda v, chat: not (isinstance(v, dict) and v.get("type") == "text"),
      "this model answers in text only"),
-    ("logprobs", lambda v: v is not False and v != 0, "this model gives no log probabilities"),
-    ("top_logprobs", lambda v: v != 0, "this model gives no log probabilities"),
-    ("echo", lambda v: v is not False, "this model does not echo the prompt"),
-    ("suffix", lambda v: v != "", "this model does not insert text"),
-    ("best_of", lambda v: v != 1, "this model makes no best_of candidates (n makes choices)"),
+    # A chat's is whether to give them; a completion's how many alternatives each (0: none, but
+    # still the sampled token's).
+    ("logprobs", lambda v, chat: not chat or v is not False, "this model gives no log probabilities"),
+    ("top_logprobs", lambda v, chat: v != 0, "this model gives no log probabilities"),
+    ("echo", lambda v, chat: v is not False, "this model does not echo the prompt"),
+    ("suffix", lambda v, chat: v != "", "this model does not insert text"),
+    ("best_of", lambda v, chat: v != 1, "this model makes no best_of candidates (n makes choices)"),
+    ("logit_bias", lambda v, chat: not (isinstance(v, dict) and not v), "this model takes no token biases"),
 ]
 
 
@@ -205,7 +208,7 @@ def parse_request(req, chat):
         raise BadRequest("body must be a JSON object")
     for name, asks, why in UNSUPPORTED:
         value = req.get(name)
-        if value is not None and asks(value):
+        if value is not None and asks(value, chat):
             raise BadRequest(f"{name} is not supported: {why}", name)
     if chat:
         messages = req.get("messages")

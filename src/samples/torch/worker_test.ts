@@ -208,6 +208,7 @@ async function speaksOpenai(url: string) {
       { tools: [{ type: "function" as const, function: { name: "f", parameters: {} } }] },
       { response_format: { type: "json_object" as const } },
       { logprobs: true },
+      { logit_bias: { "50256": -100 } },
       { stream_options: { include_usage: true } }, // without a stream
     ]
   ) {
@@ -220,6 +221,15 @@ async function speaksOpenai(url: string) {
     assert.ok(refused instanceof OpenAI.BadRequestError);
     assert.equal(refused.param, Object.keys(extra)[0]);
   }
+  // A completion's logprobs, 0 too, asks for the sampled tokens' own.
+  const zero = await client.completions.create({
+    model: "tiny-lm",
+    prompt: "x",
+    max_tokens: 1,
+    logprobs: 0,
+  }).then(() => assert.fail("answered logprobs 0"), (e) => e);
+  assert.ok(zero instanceof OpenAI.BadRequestError);
+  assert.equal(zero.param, "logprobs");
   // The model that answered, whatever the call named (as OpenAI's API names its snapshot).
   const named = await client.completions.create({
     model: "public/demo/torch",

@@ -153,6 +153,7 @@ function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff
       code: b.code,
       message,
       retryAfterS: s,
+      failures: b.failures,
       output: b.output,
     });
   }

@@ -78,6 +78,7 @@ export function onPodStatus(
         code,
         message,
         retryAfterS: Math.ceil(waitMs / 1000),
+        failures: f.startBackoff?.failures,
         output,
       });
     }
@@ -114,6 +115,7 @@ export function onResumeRefused(ctx: Ctx, podId: string, error: string) {
       code: "unavailable",
       message,
       retryAfterS: Math.ceil(waitMs / 1000),
+      failures: f.startBackoff?.failures,
     });
   }
   f.waiters = [];

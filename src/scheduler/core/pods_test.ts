@@ -374,7 +374,7 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
   );
   const fail = () => d.run({ type: "podStatus", podId: pod, state: "Failed", error: "exit 3" });
   // Without it, every failure started the next pod at once: one every ~250 ms, for ever.
-  for (const waitMs of [1000, 2000, 4000, 8000]) {
+  for (const [i, waitMs] of [1000, 2000, 4000, 8000].entries()) {
     assert.deepEqual(startsIn(fail()), [], "not at once");
     d.now += waitMs - 1;
     assert.deepEqual(startsIn(d.run({ type: "tick" })), [], `not before ${waitMs} ms`);
@@ -389,6 +389,8 @@ Deno.test("a version whose pods keep failing to start backs off, doubling, and c
     );
     // Said to the caller as `Retry-After` too (it said 5 s whatever the back-off).
     assert.equal(failed.retryAfterS, 1);
+    // And how many failed in a row: the back-off left cannot tell a crash loop (1 s left of 8).
+    assert.equal(failed.failures, i + 1);
     d.now += 1;
     [pod] = startsIn(d.run({ type: "tick" }));
     assert.ok(pod, `started again after ${waitMs} ms`);
@@ -473,6 +475,7 @@ Deno.test("a start the store refused fails its calls as unavailable, in the star
     /Cannot start a worker of t\/n\/f: the store refused its pod \(etcdserver: mvcc/,
   );
   assert.equal(failed.retryAfterS, 1);
+  assert.equal(failed.failures, 1);
   const later = d.run(lease("r2")).find((a) => a.type === "leaseFailed");
   assert.ok(later?.type === "leaseFailed");
   assert.equal(later.code, "unavailable", "the back-off says the same");

@@ -492,6 +492,8 @@ export type CoreAction =
     message: string;
     /** When a new try may succeed (s): a crash loop's back-off. */
     retryAfterS?: number;
+    /** A crash loop's failed starts in a row, with `retryAfterS`. */
+    failures?: number;
     /**
      * The failed worker's last output, apart from `message`: the gateway shows
      * it only to callers who may read its pods' logs.
