@@ -98,11 +98,13 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
   const pool = deps.upstream ?? new HttpPool();
   const gatewayId = deps.gatewayId ?? "gateway";
   const { callbackAllow, ...queueOptions } = deps.calls ?? {};
+  const jsonProbe = new JsonProbe();
   const calls = new CallQueue({
     meta: deps.meta,
     cache: deps.cache,
     pool,
     observe: { metrics, audit: deps.audit, gatewayId },
+    probe: jsonProbe,
   }, {
     ...queueOptions,
     gatewayId,
@@ -120,7 +122,7 @@ export function resolveDeps(deps: GatewayDeps): RouteDeps {
     audit: deps.audit,
     gatewayId,
     bodyLimit: deps.bodyLimit ?? 16 * 1024 * 1024,
-    jsonProbe: new JsonProbe(),
+    jsonProbe,
     bodyBudget: new BodyBudget(deps.bodyBufferBytes ?? DEFAULT_BODY_BUFFER_BYTES),
     nodeAgent: deps.nodeAgent,
     group: deps.group,

@@ -13,6 +13,7 @@ import {
   type CallFields,
   type JsonProbe,
   OFF_THREAD_BYTES,
+  ownBytes,
   probeJson,
   type ProbeResult,
 } from "./json_probe.ts";
@@ -363,10 +364,6 @@ function parsed(ctx: CallContext, bytes: Uint8Array): BodyRead | Promise<BodyRea
   }
   return bodyRead(bytes, probeJson(bytes));
 }
-
-/** Only a body's own bytes, to send to the probe (a view's whole buffer would be copied). */
-const ownBytes = (bytes: Uint8Array): Uint8Array =>
-  bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
 
 function bodyRead(bytes: Uint8Array, r: ProbeResult): BodyRead {
   if (r.ok) return { bytes, json: r.fields };

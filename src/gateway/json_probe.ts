@@ -19,6 +19,10 @@ const dec = new TextDecoder();
 /** Bodies larger than this (bytes) are parsed in the worker. */
 export const OFF_THREAD_BYTES = 64 * 1024;
 
+/** Only a body's own bytes, to send to the probe (a view's whole buffer would be copied). */
+export const ownBytes = (bytes: Uint8Array): Uint8Array =>
+  bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+
 /** The top-level fields a call's JSON body is read for (strings, numbers and booleans only). */
 export const CALL_FIELDS = ["model", "max_tokens", "max_completion_tokens", "stream"] as const;
 

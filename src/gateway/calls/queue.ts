@@ -81,7 +81,8 @@ import {
 } from "../proxy.ts";
 import { signalSource } from "../routes/_call.ts";
 import { type CallbackSender, tenantSecret, UnresolvedHost } from "./callback.ts";
-import { callView } from "./view.ts";
+import { callViewText } from "./view.ts";
+import type { JsonProbe } from "../json_probe.ts";
 
 const log = logger("gateway", "calls");
 
@@ -125,6 +126,8 @@ export interface CallQueueOptions {
 export interface CallQueueDeps extends ProxyDeps {
   meta: MetaClient;
   observe: ObserveOptions;
+  /** The thread that reads large JSON (a callback's large answer is checked there). */
+  probe?: JsonProbe;
 }
 
 /**
@@ -1394,7 +1397,7 @@ export class CallQueue {
         if (c.rec.expiresAt <= this.#now()) {
           throw new InferxError("invalid", "Not delivered before the call's retention ran out");
         }
-        const body = JSON.stringify(callView(c.rec, c.result));
+        const body = await callViewText(c.rec, c.result, this.#deps.probe);
         // Its claim let go while the secret or the result was read: another gateway delivers.
         if (!this.#holds(c)) return;
         status = await this.callbacks.post(

@@ -18,7 +18,7 @@ import { isValidName, SYSTEM } from "../../model/keys.ts";
 import { allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import { tenantSecret } from "../calls/callback.ts";
 import type { ListedCall } from "../calls/queue.ts";
-import { callSummary, callView } from "../calls/view.ts";
+import { callSummary, callView, callViewText } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { intParam, queryOnce } from "./_query.ts";
 import { nextTurn } from "../../common/clock.ts";
@@ -133,7 +133,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     queryOnce("call read", c.req.url, []);
     const call = await queue.view(id);
     if (!call) throw new NotFoundError(`Call ${id} does not exist (or its result has expired)`);
-    return c.json(callView(call.rec, call.result));
+    return c.body(await callViewText(call.rec, call.result, deps.jsonProbe), 200, JSON_TYPE);
   });
   app.delete("/:id", async (c) => {
     const id = c.req.param("id");
@@ -144,6 +144,9 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   return app;
 }
+
+/** A JSON answer's head. */
+const JSON_TYPE = { "content-type": "application/json" };
 
 /** Entries of the index looked at between two turns of the event loop. */
 const SLICE = 5000;

@@ -837,6 +837,47 @@ t(
   },
 );
 
+t(
+  "a call's large JSON answer is checked off the event loop and shown as its own text; one that is not JSON as base64",
+  async () => {
+    const MiB = 1024 * 1024;
+    const f = await gatewayFixture({ calls: QUICK, bodyLimit: MiB });
+    let offLoop = 0;
+    const probe = f.deps.jsonProbe.probe.bind(f.deps.jsonProbe);
+    f.deps.jsonProbe.probe = (bytes) => (offLoop++, probe(bytes));
+    // Laid out as the worker wrote it (indented, a string past U+FFFF): shown as such.
+    const pretty = JSON.stringify({ text: "y".repeat(100_000), mood: "\u{1F600}" }, null, 2);
+    const answers = [
+      pretty,
+      '{"text": "' + "y".repeat(100_000), // declared JSON, cut short
+      `[${"[],".repeat(150_000)}[]]`, // more arrays than the gateway parses
+      JSON.stringify({ text: "y".repeat(1000) }), // small: read here
+    ];
+    const w = scriptedWorker((n) =>
+      new Response(answers[n - 1], { headers: { "content-type": "application/json" } })
+    );
+    f.sched.endpoints.push(w.endpoint);
+    const shown: string[] = [];
+    for (const _ of answers) {
+      const id = (await ended(f, await accept(f))).id;
+      offLoop = 0;
+      const r = await f.app.request(`/calls/${id}`);
+      assert.equal(r.headers.get("content-type"), "application/json");
+      shown.push(await r.text());
+      assert.equal(offLoop, shown.length < 4 ? 1 : 0, `answer ${shown.length}`);
+    }
+    const [whole, cut, many, small] = shown.map((x) => JSON.parse(x).result);
+    assert.deepEqual(whole.body, JSON.parse(pretty));
+    assert.ok(shown[0].includes(pretty), "its own text, not written again");
+    assert.equal(Buffer.from(cut.body_base64, "base64").toString(), answers[1]);
+    assert.equal(cut.body, undefined);
+    assert.equal(Buffer.from(many.body_base64, "base64").toString(), answers[2]);
+    assert.equal(small.body.text.length, 1000);
+    await f.close();
+    await w.close();
+  },
+);
+
 t("GET /calls lists from what the queue keeps, reading only the page's records", async () => {
   const f = await gatewayFixture({ calls: QUICK });
   const w = fakeWorker("w1");
