@@ -5,9 +5,19 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { compactObject, probeJson, type ProbeReply, type ProbeRequest } from "./json_probe.ts";
+import {
+  checkJson,
+  compactObject,
+  probeJson,
+  type ProbeReply,
+  type ProbeRequest,
+} from "./json_probe.ts";
 
-self.onmessage = ({ data: { id, bytes, object } }: MessageEvent<ProbeRequest>) => {
-  const result = object ? compactObject(bytes, object) : probeJson(bytes);
+self.onmessage = ({ data: { id, bytes, object, check } }: MessageEvent<ProbeRequest>) => {
+  const result = check
+    ? checkJson(bytes)
+    : object
+    ? compactObject(bytes, object)
+    : probeJson(bytes);
   self.postMessage({ id, ...result } satisfies ProbeReply);
 };

@@ -344,7 +344,8 @@ function loosely(ctx: CallContext, bytes: Uint8Array): BodyRead | Promise<BodyRe
   if (!startsObject(bytes)) return { bytes };
   const fields = (r: ProbeResult): BodyRead => r.ok ? { bytes, json: r.fields } : { bytes };
   if (bytes.byteLength > OFF_THREAD_BYTES && ctx.probe) {
-    return ctx.probe.probe(ownBytes(bytes)).then(fields);
+    // That thread stopped (the gateway stopping): the body goes unread, as it came.
+    return ctx.probe.probe(ownBytes(bytes)).then(fields, () => ({ bytes }));
   }
   return fields(probeJson(bytes));
 }

@@ -47,11 +47,15 @@ export interface ObjectBounds {
   maxChars: number;
 }
 
-/** A request to the worker: a call's body, or an object write's with its bounds. */
+/**
+ * A request to the worker: a call's body, an object write's with its bounds, or (`check`) an
+ * answer to be shown, whose JSON is only checked.
+ */
 export interface ProbeRequest {
   id: number;
   bytes: Uint8Array;
   object?: ObjectBounds;
+  check?: boolean;
 }
 
 /** The worker's answer to {@linkcode ProbeRequest} `id`. */
@@ -75,6 +79,19 @@ export function probeJson(bytes: Uint8Array): ProbeResult {
     }
   }
   return { ok: true, fields };
+}
+
+/**
+ * Whether `bytes` are JSON text, parsed whatever they hold (an answer a worker sent, to be shown
+ * as it is: in the worker, where its parse holds up no call); no fields are read.
+ */
+export function checkJson(bytes: Uint8Array): ProbeResult {
+  try {
+    JSON.parse(dec.decode(bytes));
+    return { ok: true, fields: {} };
+  } catch (err) {
+    return { ok: false, invalid: (err as Error).message };
+  }
 }
 
 /**
@@ -140,6 +157,11 @@ export class JsonProbe {
   /** What `bytes` holds, read in the worker (a copy of them goes there). */
   probe(bytes: Uint8Array): Promise<ProbeResult> {
     return this.#ask({ id: 0, bytes }) as Promise<ProbeResult>;
+  }
+
+  /** {@linkcode checkJson} of `bytes`, in the worker. */
+  check(bytes: Uint8Array): Promise<ProbeResult> {
+    return this.#ask({ id: 0, bytes, check: true }) as Promise<ProbeResult>;
   }
 
   /** {@linkcode compactObject} of `bytes`, in the worker. */

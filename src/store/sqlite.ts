@@ -413,12 +413,13 @@ function statements(db: DatabaseSync) {
     update: db.prepare("update kv set value = ?, revision = ? where key = ?"),
     delete: db.prepare("delete from kv where key = ?"),
     /**
-     * A change, and what it counts toward the history's bytes, as SQLite counts it (characters,
-     * not JavaScript's UTF-16 units: they are taken off again, as SQLite counts them).
+     * A change, and what it counts toward the history's bytes: its value's UTF-8 bytes, as SQLite
+     * counts them (not JavaScript's UTF-16 units: they are taken off again as SQLite counts them),
+     * or its file's (`size`).
      */
     record: db.prepare(
       "insert into history (revision, key, value, create_revision, size) values (?, ?, ?, ?, ?) " +
-        "returning coalesce(size, length(value), 0) as n",
+        "returning coalesce(size, octet_length(value), 0) as n",
     ),
     /** The revision, and where the history begins (see {@linkcode settleHistory}). */
     setRevision: db.prepare(
@@ -427,10 +428,10 @@ function statements(db: DatabaseSync) {
     ),
     compact: db.prepare("delete from history where revision <= ?"),
     historySizes: db.prepare(
-      "select revision, coalesce(size, length(value), 0) as n from history where revision > ? order by revision",
+      "select revision, coalesce(size, octet_length(value), 0) as n from history where revision > ? order by revision",
     ),
     superseded: db.prepare(
-      "select value, coalesce(size, length(value), 0) as n from history where key = ? and revision < ?",
+      "select value, coalesce(size, octet_length(value), 0) as n from history where key = ? and revision < ?",
     ),
     forget: db.prepare("delete from history where key = ? and revision < ?"),
     filesUpTo: db.prepare(
@@ -503,7 +504,7 @@ class SqliteStore implements MetaStore {
     this.#historyLimit = historyLimit;
     this.#historyMaxBytes = historyMaxBytes;
     this.#historyBytes = Number(
-      (db.prepare("select coalesce(sum(coalesce(size, length(value))), 0) as n from history")
+      (db.prepare("select coalesce(sum(coalesce(size, octet_length(value))), 0) as n from history")
         .get() as Row).n,
     );
     this.#rev = metaValue(db, "revision") ?? 0;
@@ -810,7 +811,7 @@ class SqliteStore implements MetaStore {
               e.kv.key,
               file ?? e.kv.value,
               e.kv.createRevision,
-              file ? e.kv.value.length : null,
+              file ? fileRef(file).bytes ?? e.kv.value.length : null,
             ) as Row;
             bytes += Number(row.n);
           } else this.#q.record.get(rev, e.key, null, null, null);

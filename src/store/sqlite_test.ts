@@ -570,10 +570,11 @@ Deno.test("a private key's superseded changes go at once, with their files; a wa
   });
 });
 
-Deno.test("the history's bytes are counted alike in and out, characters past U+FFFF included", async () => {
-  // A character past U+FFFF is two of JavaScript's units and one of SQLite's: a change counted in
-  // the one and taken off in the other left 20,000 more each time, and a store rewriting such a
-  // call's record ran past its budget with little kept, compacting changes still to be watched.
+Deno.test("the history's bytes are counted alike in and out, in UTF-8, characters past U+FFFF included", async () => {
+  // A character past U+FFFF is two of JavaScript's units, one of SQLite's characters and four
+  // bytes: a change counted in one unit and taken off in another drifted (20,000 more each time,
+  // counted in units and taken off in characters), and a store rewriting such a call's record ran
+  // past its budget with little kept, compacting changes still to be watched.
   const store = await openSqliteStore(":memory:", {
     privatePrefixes: ["/p/"],
     historyMaxBytes: 1024 * 1024,
@@ -584,6 +585,11 @@ Deno.test("the history's bytes are counted alike in and out, characters past U+F
   for (let i = 0; i < 100; i++) rev = await store.update("/p/call", emoji + i, rev);
   const replayed = await watchFor(store, "/q/", first - 1, 1);
   assert.equal(replayed[0].type === "put" && replayed[0].kv.value, "a change a watch replays");
+  // And counted in UTF-8 bytes, as the bound says: 15 such changes kept are 1.2 MB (600,000 of
+  // JavaScript's units), past 1 MiB, so the oldest go.
+  const start = await store.revision();
+  for (let i = 0; i < 14; i++) await store.create(`/q/${i}`, emoji);
+  await assert.rejects(watchFor(store, "/q/", start, 1), CompactedError);
   await store.close();
 });
 

@@ -86,15 +86,20 @@ t(
       // Not JSON after all: not refused, it goes to the worker as it came, without progress.
       ["text/plain", '{"stream": true', false, 0],
       ["text/plain", JSON.stringify({ prompt: "x".repeat(100 * 1024), stream: 1 }), false, 1],
+      // That thread stopped (the gateway stopping): it goes unread, not refused.
+      ["text/plain", JSON.stringify({ prompt: "x".repeat(100 * 1024), stream: true }), false, -1],
     ] as const;
-    for (const [type, body, streams, threads] of cases) {
+    for (const [type, body, streams, threadsOrStopped] of cases) {
+      const threads = Math.abs(threadsOrStopped);
       const f = await gatewayFixture({ bodyLimit: 1024 * 1024 });
       f.sched.stages = ["starting"];
       f.sched.endpoints.push(w.endpoint);
       // How many bodies went to that thread.
       let offLoop = 0;
       const probe = f.deps.jsonProbe.probe.bind(f.deps.jsonProbe);
-      f.deps.jsonProbe.probe = (bytes) => (offLoop++, probe(bytes));
+      f.deps.jsonProbe.probe = (bytes) => (
+        offLoop++, threadsOrStopped < 0 ? Promise.reject(new Error("stopped")) : probe(bytes)
+      );
       const r = await f.app.request("/funccall/t/n/f/v1/completions", {
         method: "POST",
         // As a client sends it: a body of unknown length streams to the worker unread.

@@ -9,7 +9,13 @@
 import { Buffer } from "node:buffer";
 import type { CallAttempt, CallRecord } from "../../model/call.ts";
 import { isJsonType } from "../call.ts";
-import { type JsonProbe, OFF_THREAD_BYTES, ownBytes } from "../json_probe.ts";
+import {
+  checkJson,
+  type JsonProbe,
+  OFF_THREAD_BYTES,
+  ownBytes,
+  type ProbeResult,
+} from "../json_probe.ts";
 
 const dec = new TextDecoder();
 
@@ -124,11 +130,11 @@ function resultBytes(c: CallRecord, result?: Uint8Array): Uint8Array {
 }
 
 /**
- * {@linkcode callView} as JSON text. A JSON result larger than `OFF_THREAD_BYTES` is checked in
- * the gateway's thread for large bodies and put in as its own text: parsed and written again on
- * the event loop, a MiB of it held every other call for 30 to 40 ms. One that thread will not
- * parse (deeper or more items than a call's body may have) is shown as base64, as one that is not
- * JSON is.
+ * {@linkcode callView} as JSON text, a JSON answer put in as the worker wrote it (its layout and
+ * numbers kept), once found to be JSON: a small one here, one larger than `OFF_THREAD_BYTES` in
+ * the gateway's thread for large bodies (parsed and written again on the event loop, 1.3 MB of
+ * small objects held every other call for 11 ms), whatever it holds. One that is not JSON is shown
+ * as base64.
  */
 export function callViewText(
   c: CallRecord,
@@ -136,18 +142,15 @@ export function callViewText(
   probe: JsonProbe | undefined,
 ): string | Promise<string> {
   const bytes = c.result && resultBytes(c, result);
-  if (
-    !probe || !bytes || bytes.byteLength <= OFF_THREAD_BYTES || !isJsonResult(c.result!.headers)
-  ) {
+  if (!bytes?.byteLength || !isJsonResult(c.result!.headers)) {
     return JSON.stringify(callView(c, result));
   }
-  return probe.probe(ownBytes(bytes)).then(
-    (r) => {
-      if (!r.ok) return JSON.stringify(callView(c, result, "not"));
-      const text = JSON.stringify(callView(c, result, "json"));
-      return text.replace(`"${SPLICED}"`, () => dec.decode(bytes));
-    },
-    // That thread stopped (the gateway stopping): read here, as before.
-    () => JSON.stringify(callView(c, result)),
-  );
+  const shown = (r: ProbeResult) => {
+    if (!r.ok) return JSON.stringify(callView(c, result, "not"));
+    const text = JSON.stringify(callView(c, result, "json"));
+    return text.replace(`"${SPLICED}"`, () => dec.decode(bytes));
+  };
+  if (!probe || bytes.byteLength <= OFF_THREAD_BYTES) return shown(checkJson(bytes));
+  // That thread stopped (the gateway stopping): checked here.
+  return probe.check(ownBytes(bytes)).then(shown, () => shown(checkJson(bytes)));
 }

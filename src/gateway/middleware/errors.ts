@@ -43,11 +43,24 @@ const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set(["unschedulable", "quota_exc
 
 /**
  * The failed starts in a row (`details.failed_starts`) from which a failed start is not sent
- * again by a client on its own: the third (back-off 1, 2, 4 s). A client's library would wait it
+ * again by a client on its own: the third (back-off 1, 2, 4 s, or 0, 1, 2 in a run whose first
+ * worker was replaced at once). A client's library would wait it
  * out and start another worker that fails, up to a minute a try, where its caller is better told
  * now. (Not the back-off left, `retry_after_s`: a call late in a long one has only seconds left.)
  */
 const CRASH_LOOP_STARTS = 3;
+
+/**
+ * Whether a failed start's `details` say a crash loop: {@linkcode CRASH_LOOP_STARTS} failed starts
+ * in a row, or, from a scheduler of the release before, which tells only the back-off left, one
+ * of 4 s or more (the third's, at the earliest).
+ */
+function isCrashLoop(details: Record<string, unknown> | undefined): boolean {
+  const starts = details?.failed_starts;
+  if (typeof starts === "number") return starts >= CRASH_LOOP_STARTS;
+  const backoff = details?.retry_after_s;
+  return typeof backoff === "number" && backoff >= 4;
+}
 
 /**
  * OpenAI's error `type` by status, which its client libraries expose
@@ -94,9 +107,7 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   // A quota that clears by itself as calls end (`retryable`) may be tried again. A 504 waited
   // as long as the function's policy says a call waits (`queue_timeout`, or the caller's own
   // limit): sent twice more, a caller of OpenAI's client would wait three times that.
-  const failedStarts = err.details?.failed_starts;
-  const crashLoop = err.code === "worker_failed" && typeof failedStarts === "number" &&
-    failedStarts >= CRASH_LOOP_STARTS;
+  const crashLoop = err.code === "worker_failed" && isCrashLoop(err.details);
   if (
     mayHaveRun || (NOT_RETRIED.has(err.code) && !err.retryable) || status === 504 || crashLoop
   ) {

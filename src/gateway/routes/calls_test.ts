@@ -838,23 +838,28 @@ t(
 );
 
 t(
-  "a call's large JSON answer is checked off the event loop and shown as its own text; one that is not JSON as base64",
+  "a call's JSON answer is shown as the worker wrote it, a large one checked off the event loop; one that is not JSON as base64",
   async () => {
     const MiB = 1024 * 1024;
-    const f = await gatewayFixture({ calls: QUICK, bodyLimit: MiB });
+    const f = await gatewayFixture({
+      calls: { ...QUICK, callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }] },
+      bodyLimit: MiB,
+    });
     let offLoop = 0;
-    const probe = f.deps.jsonProbe.probe.bind(f.deps.jsonProbe);
-    f.deps.jsonProbe.probe = (bytes) => (offLoop++, probe(bytes));
+    const check = f.deps.jsonProbe.check.bind(f.deps.jsonProbe);
+    f.deps.jsonProbe.check = (bytes) => (offLoop++, check(bytes));
     // Laid out as the worker wrote it (indented, a string past U+FFFF): shown as such.
     const pretty = JSON.stringify({ text: "y".repeat(100_000), mood: "\u{1F600}" }, null, 2);
     const answers = [
       pretty,
       '{"text": "' + "y".repeat(100_000), // declared JSON, cut short
-      `[${"[],".repeat(150_000)}[]]`, // more arrays than the gateway parses
-      JSON.stringify({ text: "y".repeat(1000) }), // small: read here
+      `[${"[],".repeat(150_000)}[]]`, // more than the gateway reads of a call's body: read there
+      '{"n": 1.0, "id": 12345678901234567890}', // small: checked here; its numbers as written
     ];
     const w = scriptedWorker((n) =>
-      new Response(answers[n - 1], { headers: { "content-type": "application/json" } })
+      new Response(answers[(n - 1) % answers.length], {
+        headers: { "content-type": "application/json" },
+      })
     );
     f.sched.endpoints.push(w.endpoint);
     const shown: string[] = [];
@@ -871,8 +876,27 @@ t(
     assert.ok(shown[0].includes(pretty), "its own text, not written again");
     assert.equal(Buffer.from(cut.body_base64, "base64").toString(), answers[1]);
     assert.equal(cut.body, undefined);
-    assert.equal(Buffer.from(many.body_base64, "base64").toString(), answers[2]);
-    assert.equal(small.body.text.length, 1000);
+    assert.equal(many.body.length, 150_001);
+    assert.ok(shown[3].includes(answers[3]), "1.0 and the large integer as the worker wrote them");
+    assert.equal(small.body.n, 1);
+    // A callback carries the same view, checked there too.
+    const got = Promise.withResolvers<string>();
+    const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      got.resolve(await req.text());
+      return new Response("ok");
+    });
+    offLoop = 0;
+    const url = `http://127.0.0.1:${receiver.addr.port}/hook`;
+    await accept(f, { prompt: "x" }, { "x-inferx-callback-url": url }); // the fifth: `pretty`
+    const sent = await got.promise;
+    assert.ok(sent.includes(pretty), "the callback's body holds the answer's own text");
+    assert.deepEqual(JSON.parse(sent).result.body, JSON.parse(pretty));
+    assert.equal(offLoop, 1);
+    // That thread stopped (the gateway stopping): the answer is checked here, and shown.
+    f.deps.jsonProbe.check = () => Promise.reject(new Error("stopped"));
+    const again = JSON.parse(await (await f.app.request(`/calls/${JSON.parse(sent).id}`)).text());
+    assert.deepEqual(again.result.body, JSON.parse(pretty));
+    await receiver.shutdown();
     await f.close();
     await w.close();
   },

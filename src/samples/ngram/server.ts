@@ -56,7 +56,7 @@ const UNSUPPORTED: [string, (v: unknown, chat: boolean) => boolean, string][] = 
   ["best_of", (v) => v !== 1, "this model makes no best_of candidates (n makes choices)"],
   [
     "logit_bias",
-    (v) => !(v && typeof v === "object" && Object.keys(v).length === 0),
+    (v) => !(v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 0),
     "this model takes no token biases",
   ],
 ];

@@ -144,6 +144,7 @@ for (
     ["logprobs", 0, "completions"], // the sampled tokens' own
     ["logit_bias", { "50256": -100 }, "chat"],
     ["logit_bias", { "50256": -100 }, "completions"],
+    ["logit_bias", [], "chat"], // not a map of biases: as the torch sample refuses it
     ["echo", true, "completions"],
     ["suffix", "x", "completions"],
     ["best_of", 3, "completions"],
