@@ -930,8 +930,9 @@ const MAX_LEASE_WAIT_MS = 86_400_000;
 
 /**
  * The `details` of a failed lease: a crash loop's back-off (`Retry-After` says
- * when a start is tried again) and its failed starts in a row, the tenant quota that refused it, and the
- * worker's output apart (the gateway shows it to its readers only).
+ * when a start is tried again) and its failed starts in a row, the tenant
+ * quota that refused it, and the worker's output apart (the gateway shows it
+ * to its readers only).
  */
 function leaseDetails(
   a: Extract<CoreAction, { type: "leaseFailed" }>,

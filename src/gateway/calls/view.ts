@@ -20,8 +20,8 @@ import {
 const dec = new TextDecoder();
 
 /**
- * What stands for a large JSON body in a view written out, replaced by the body's own text once
- * it was found to be JSON (off the event loop): no other string of a view is it.
+ * What stands for a JSON body in a view written out, replaced by the body's own text once it was
+ * found to be JSON: no other string of a view is it (made anew by each process, never shown).
  */
 const SPLICED = `inferx-body-${crypto.randomUUID()}`;
 
@@ -51,8 +51,8 @@ const isJsonResult = (headers: [string, string][]) =>
   isJsonType(headers.find(([k]) => k === "content-type")?.[1]);
 
 /**
- * The body of a result: parsed when it is JSON, else base64. `checked`: what the thread for large
- * bodies found it is (`json`: {@linkcode SPLICED} stands for it).
+ * The body of a result: parsed when it is JSON, else base64. `checked`: whether it was found to be
+ * JSON already (`json`: {@linkcode SPLICED} stands for it).
  */
 function bodyView(
   headers: [string, string][],
@@ -133,7 +133,7 @@ function resultBytes(c: CallRecord, result?: Uint8Array): Uint8Array {
  * {@linkcode callView} as JSON text, a JSON answer put in as the worker wrote it (its layout and
  * numbers kept), once found to be JSON: a small one here, one larger than `OFF_THREAD_BYTES` in
  * the gateway's thread for large bodies (parsed and written again on the event loop, 1.3 MB of
- * small objects held every other call for 11 ms), whatever it holds. One that is not JSON is shown
+ * small objects held every other call for 8 ms: `bench/call_view.ts`), whatever it holds. One that is not JSON is shown
  * as base64.
  */
 export function callViewText(

@@ -44,9 +44,9 @@ const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set(["unschedulable", "quota_exc
 /**
  * The failed starts in a row (`details.failed_starts`) from which a failed start is not sent
  * again by a client on its own: the third (back-off 1, 2, 4 s, or 0, 1, 2 in a run whose first
- * worker was replaced at once). A client's library would wait it
- * out and start another worker that fails, up to a minute a try, where its caller is better told
- * now. (Not the back-off left, `retry_after_s`: a call late in a long one has only seconds left.)
+ * worker was replaced at once). A client's library would wait it out and start another worker
+ * that fails, up to a minute a try, where its caller is better told now. (Not the back-off left,
+ * `retry_after_s`: a call late in a long one has only seconds left.)
  */
 const CRASH_LOOP_STARTS = 3;
 
