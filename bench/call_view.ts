@@ -3,7 +3,7 @@
  * callback's body) costs the gateway's event loop, which serves every other
  * call meanwhile. For each shape of answer (many small objects, as log
  * probabilities are; long text), the longest turn of the loop while the view
- * is made, timed by a 0 ms interval: the baseline, in the same run, parses
+ * is made, timed by a 1 ms interval (`loop_stall.ts`): the baseline, in the same run, parses
  * the answer and writes it again on the loop (`JSON.stringify(callView())`,
  * what the gateway did before); then the gateway's way (`callViewText`: a
  * large answer checked in its thread for large bodies, the worker's own
@@ -16,6 +16,7 @@
 import { callView, callViewText } from "../src/gateway/calls/view.ts";
 import { JsonProbe } from "../src/gateway/json_probe.ts";
 import type { CallRecord } from "../src/model/call.ts";
+import { measure } from "./loop_stall.ts";
 
 const mb = Number(Deno.args[0] ?? 1.3);
 const rounds = Number(Deno.args[1] ?? 15);
@@ -40,23 +41,8 @@ const shapes: [string, string][] = [
 
 const median = (xs: number[]) => xs.toSorted((a, b) => a - b)[xs.length >> 1];
 
-/** The longest turn of the event loop (ms) while `work` runs, and a few ms either side. */
-async function longestTurn(work: () => unknown): Promise<number> {
-  const pause = () => new Promise((r) => setTimeout(r, 5));
-  let worst = 0;
-  let last = performance.now();
-  const tick = setInterval(() => {
-    const now = performance.now();
-    worst = Math.max(worst, now - last);
-    last = now;
-  }, 0);
-  await pause();
-  last = performance.now();
-  await work();
-  await pause();
-  clearInterval(tick);
-  return worst;
-}
+/** The longest turn of the event loop (ms) while `work` runs. */
+const longestTurn = async (work: () => unknown) => (await measure(work)).stallMs;
 
 const probe = new JsonProbe();
 console.log(`call view benchmark: ${rounds} rounds, deno ${Deno.version.deno}`);

@@ -10,6 +10,7 @@
  */
 import type { ListedCall } from "../src/gateway/calls/queue.ts";
 import { Newest } from "../src/gateway/routes/calls.ts";
+import { measure } from "./loop_stall.ts";
 
 const n = Number(Deno.args[0] ?? 1_000_000);
 const limit = Number(Deno.args[1] ?? 100);
@@ -47,26 +48,20 @@ for (let round = 0; round < 5; round++) {
   }));
 }
 // The longest turn of the event loop while a list runs in slices of 5,000, as the route does.
-let longest = 0;
-let last = performance.now();
-const tick = setInterval(() => {
-  const now = performance.now();
-  longest = Math.max(longest, now - last);
-  last = now;
-}, 0);
-const matches: ListedCall[] = [];
-let seen = 0;
-for (const e of calls) {
-  if (++seen % 5000 === 0) await new Promise((r) => setTimeout(r, 0));
-  if (e.status === "succeeded") matches.push(e);
-}
-const page = new Newest(limit);
-for (let i = matches.length - 1; i >= 0; i--) {
-  if (i % 5000 === 0) await new Promise((r) => setTimeout(r, 0));
-  page.add(matches[i]);
-}
-page.sorted();
-clearInterval(tick);
+const { stallMs: longest } = await measure(async () => {
+  const matches: ListedCall[] = [];
+  let seen = 0;
+  for (const e of calls) {
+    if (++seen % 5000 === 0) await new Promise((r) => setTimeout(r, 0));
+    if (e.status === "succeeded") matches.push(e);
+  }
+  const page = new Newest(limit);
+  for (let i = matches.length - 1; i >= 0; i--) {
+    if (i % 5000 === 0) await new Promise((r) => setTimeout(r, 0));
+    page.add(matches[i]);
+  }
+  page.sorted();
+});
 console.log(
   `${n} calls kept, limit ${limit} (medians of 5): every match sorted ${
     median(sorted).toFixed(1)

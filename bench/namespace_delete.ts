@@ -11,6 +11,7 @@
  * Run: `deno run -A bench/namespace_delete.ts [calls] [--etcd]` (20000).
  */
 import { nextTurn } from "../src/common/clock.ts";
+import { measure } from "./loop_stall.ts";
 import { openEtcdStore } from "../src/store/etcd.ts";
 import { type EtcdServer, startEtcd } from "../src/store/etcd_server.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
@@ -32,23 +33,6 @@ async function fill(s: MetaStore, prefix: string): Promise<string[]> {
     if (i % 500 === 0) await nextTurn();
   }
   return keys;
-}
-
-/** Runs `work`, timing it and the longest gap between the ticks of a 1 ms timer meanwhile. */
-async function measure(work: () => Promise<unknown>): Promise<{ ms: number; stallMs: number }> {
-  let last = performance.now();
-  let stall = 0;
-  const timer = setInterval(() => {
-    const now = performance.now();
-    stall = Math.max(stall, now - last);
-    last = now;
-  }, 1);
-  const t0 = performance.now();
-  await work();
-  const ms = performance.now() - t0;
-  stall = Math.max(stall, performance.now() - last);
-  clearInterval(timer);
-  return { ms, stallMs: stall };
 }
 
 try {
