@@ -160,12 +160,23 @@ try {
   const direct = `http://${pod.endpoint}/v1/completions`;
   /** A gateway role's process and the gateway processes it started (GATEWAY_WORKERS > 1). */
   const gatewayPids = (role: RoleProcess, strict = true) => async () => {
-    const members = await gatewayChildren(role.proc.pid);
+    let members = await gatewayChildren(role.proc.pid);
+    // A member being started again (it exited) is waited for, 10 s at most.
+    for (let i = 0; strict && i < 100 && members.length !== gatewayWorkers - 1; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      members = await gatewayChildren(role.proc.pid);
+    }
     // Every member's CPU counts: one missed would make the gateway look cheaper than it is.
     // A baseline checkout may predate INFERX_GATEWAY_GROUP: it is counted as found, with a warning.
     if (members.length !== gatewayWorkers - 1) {
       const what = `${members.length} of ${gatewayWorkers - 1} gateway member processes found`;
-      if (strict) throw new Error(`${what} (GATEWAY_WORKERS=${gatewayWorkers})`);
+      if (strict) {
+        throw new Error(
+          `${what} (GATEWAY_WORKERS=${gatewayWorkers}); the gateway's log ends:\n${
+            role.output().slice(-4000)
+          }`,
+        );
+      }
       console.warn(`baseline: ${what}; its CPU counts those`);
     }
     return [role.proc.pid, ...members];

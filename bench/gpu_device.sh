@@ -13,7 +13,8 @@
 #   there: bash bench/gpu_device.sh run OUT_DIR [model MB,MB] [gateway seconds]
 #
 # STEPS picks steps (default: machine discovery namespaces restore e2e
-# gateway); ROUNDS, FILE_NETNS (on, off, both) and WEIGHTS_DIR go to
+# gateway); GATEWAY_COUNTS the gateway's worker counts (default: 1 2 4 8);
+# ROUNDS, FILE_NETNS (on, off, both) and WEIGHTS_DIR go to
 # bench/gpu_restore.ts.
 #
 # `pack` writes into .device/ (git-ignored; take it along): the Deno binary
@@ -122,7 +123,7 @@ run() {
     ${WEIGHTS_DIR:+--weights-dir=$WEIGHTS_DIR}
   has e2e && step e2e "${E2E_LIMIT:-200}" deno test -A --cached-only tests/e2e/gpu_test.ts
   if has gateway; then
-    for w in 1 2 4 8; do
+    for w in ${GATEWAY_COUNTS:-1 2 4 8}; do
       WRK_THREADS=4 step "gateway-$w" $((secs * 5 + 60)) deno run -A --cached-only bench/gateway.ts "$secs" 64 "$w" 1
     done
     cat "$OUT"/gateway-*.txt > "$OUT/gateway.txt" && rm -f "$OUT"/gateway-?.txt

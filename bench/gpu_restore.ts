@@ -32,6 +32,7 @@ import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
 import { PodNetworks } from "../src/nodeagent/pod_net.ts";
 import { dirBytes, ProcessRuntime } from "../src/nodeagent/process_runtime.ts";
 import type { PodSpec } from "../src/nodeagent/runtime.ts";
+import { measure } from "./loop_stall.ts";
 
 const arg = (name: string, fallback: string) =>
   Deno.args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? fallback;
@@ -149,17 +150,19 @@ async function hostTier(modelMB: number): Promise<void> {
     const parks: number[] = [];
     const restores: number[] = [];
     const ttfts: number[] = [];
+    /** The event loop's longest turn during each park and restore (the driver's calls run off it). */
+    const stalls: number[] = [];
     let same = 0;
     for (let i = 0; i < rounds; i++) {
-      const t1 = performance.now();
-      await rt.park(podId, "host_memory"); // lock, checkpoint
-      parks.push(performance.now() - t1);
+      const park = await measure(() => rt.park(podId, "host_memory")); // lock, checkpoint
+      parks.push(park.ms);
+      stalls.push(park.stallMs);
       const parkedMB = await gpuMemoryOf(pid);
       if (i === 0 && parkedMB !== undefined) say(`  GPU memory while parked: ${parkedMB} MB`);
-      const t2 = performance.now();
-      await rt.resume(podId); // restore, unlock
-      const restoreMs = performance.now() - t2;
+      const resume = await measure(() => rt.resume(podId)); // restore, unlock
+      const restoreMs = resume.ms;
       restores.push(restoreMs);
+      stalls.push(resume.stallMs);
       const answer = await completion(pod.endpoint);
       ttfts.push(restoreMs + answer.ms);
       if (answer.text === first.text) same++;
@@ -188,6 +191,11 @@ async function hostTier(modelMB: number): Promise<void> {
       `  restore (restore + unlock): ${f(restoreMs)} ms = ${f(restoreGbps, 2)} GB/s (all: ${
         restores.map((x) => f(x, 0)).join(", ")
       })`,
+    );
+    say(
+      `  the event loop's longest turn during a park or restore: ${
+        f(Math.max(...stalls), 1)
+      } ms (all: ${stalls.map((x) => f(x, 1)).join(", ")})`,
     );
     say(
       `  restore / pinned host-to-device: ${

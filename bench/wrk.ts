@@ -183,12 +183,18 @@ export type ThreadKind = "main" | "workers" | "v8" | "other";
 
 /** The pids of `pid`'s children (direct). */
 export async function childPids(pid: number): Promise<number[]> {
+  const out = new Set<number>();
   try {
-    const text = await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`);
-    return text.trim().split(/\s+/).filter(Boolean).map(Number);
+    // A child is listed under the thread that started it, not always the main one.
+    for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
+      const text = await Deno.readTextFile(`/proc/${pid}/task/${task.name}/children`)
+        .catch(() => "");
+      for (const c of text.trim().split(/\s+/).filter(Boolean)) out.add(Number(c));
+    }
   } catch {
-    return [];
+    // gone
   }
+  return [...out];
 }
 
 /**
