@@ -54,6 +54,13 @@
  * `GATEWAY_SYSCALLS=1` (needs `perf` too) runs every proxy once more,
  * with the system calls each of its threads makes a request counted
  * (`syscalls.ts`).
+ *
+ * `GATEWAY_REPLICAS=R` puts R workers behind the function (min and max
+ * replicas R, `parallel` the connections over R, so a gateway needs them
+ * all), for a machine with cores to spare where one worker would be the
+ * ceiling: nginx then balances over the same R workers and is the baseline
+ * (the bench proxies, which take one upstream, are left out), and direct is
+ * one of the R workers.
  */
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import { request, type RoleProcess, type SpawnOptions, spawnRole } from "../tests/e2e/helpers.ts";
@@ -109,6 +116,12 @@ const perfV8 = perfSplit ? ["--perf-basic-prof"] : [];
 const perfMaps = new Set<number>();
 /** `GATEWAY_ONLY=1`: measure direct and the gateway(s) only (an A/B run in half the time). */
 const gatewayOnly = Deno.env.get("GATEWAY_ONLY") === "1";
+/** `GATEWAY_REPLICAS=R`: R workers behind the function (nginx balances over them). */
+const replicas = Number(Deno.env.get("GATEWAY_REPLICAS") ?? 1);
+if (!Number.isInteger(replicas) || replicas < 1 || replicas > 64) {
+  console.error(`GATEWAY_REPLICAS must be a whole number from 1 to 64, not ${replicas}`);
+  Deno.exit(2);
+}
 const BODY = JSON.stringify({ prompt: "The GPU", max_tokens: 4, temperature: 0 });
 const ADMIN = "bench-admin-key-0123456789";
 
@@ -139,7 +152,14 @@ try {
           image: "inferx/ngram:latest",
           commands: NGRAM_COMMANDS,
           resources: { CPU: 500, Mem: 256 },
-          policy: { Obj: { min_replica: 1, max_replica: 1, parallel: 64, scalein_timeout: 600 } },
+          policy: {
+            Obj: {
+              min_replica: replicas,
+              max_replica: replicas,
+              parallel: replicas === 1 ? 64 : Math.ceil(connections / replicas),
+              scalein_timeout: 600,
+            },
+          },
         },
       },
     ]
@@ -156,7 +176,26 @@ try {
   const viaGateway = `${p.url}/funccall/bench/gw/lm/v1/completions`;
   const warm = await request(viaGateway, { body: JSON.parse(BODY), headers: auth });
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
-  const [pod] = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
+  // Every replica up and answering (min_replica starts them; one answered the warm-up).
+  let pods: { endpoint?: string }[] = [];
+  for (const deadline = Date.now() + 120_000;;) {
+    pods = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
+    const up = await Promise.all(
+      pods.map((q) =>
+        q.endpoint
+          ? request(`http://${q.endpoint}/v1/completions`, { body: JSON.parse(BODY) })
+            .then((r) => r.status === 200, () => false)
+          : false
+      ),
+    );
+    if (up.filter(Boolean).length >= replicas) break;
+    if (Date.now() > deadline) {
+      throw new Error(`${replicas} workers not up: ${JSON.stringify(pods)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const endpoints = pods.map((q) => q.endpoint!);
+  const pod = { endpoint: endpoints[0] };
   const direct = `http://${pod.endpoint}/v1/completions`;
   /** A gateway role's process and the gateway processes it started (GATEWAY_WORKERS > 1). */
   const gatewayPids = (role: RoleProcess, strict = true) => async () => {
@@ -183,24 +222,37 @@ try {
   };
 
   const run = (url: string) => wrk(url, { seconds, connections, body: BODY, headers: auth });
+  // The bench proxies take one upstream: with several replicas nginx alone stands beside the gateway.
+  const benchProxies = !gatewayOnly && replicas === 1;
+  if (!gatewayOnly && !benchProxies) {
+    console.log("bench proxies: skipped (GATEWAY_REPLICAS > 1: they take one upstream)");
+  }
   // The floor: a forty-line proxy on raw sockets in the same runtime.
   const rawPort = freePort();
-  raw = startProxy("raw_proxy.ts", rawPort, pod.endpoint);
   // The gateway's HTTP server and upstream pool with nothing else: its framing's share.
   const framingPort = freePort();
-  framing = startProxy("framing_proxy.ts", framingPort, pod.endpoint);
-  while (!(await listening(rawPort)) || !(await listening(framingPort))) {
-    await new Promise((r) => setTimeout(r, 50));
+  if (benchProxies) {
+    raw = startProxy("raw_proxy.ts", rawPort, pod.endpoint);
+    framing = startProxy("framing_proxy.ts", framingPort, pod.endpoint);
+    while (!(await listening(rawPort)) || !(await listening(framingPort))) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
-  if (nginxPath) nginx = await startNginx(pod.endpoint, gatewayWorkers);
-  else console.log("nginx: skipped (not installed: apt-get install nginx-light)");
-  const rawPid = raw.pid;
-  const framingPid = framing.pid;
-  if (perfSplit) perfMaps.add(rawPid).add(framingPid); // run with --perf-basic-prof even when not measured
+  if (nginxPath && !gatewayOnly) nginx = await startNginx(endpoints, gatewayWorkers);
+  else if (!nginxPath) console.log("nginx: skipped (not installed: apt-get install nginx-light)");
+  const rawPid = raw?.pid ?? 0;
+  const framingPid = framing?.pid ?? 0;
+  if (perfSplit && benchProxies) perfMaps.add(rawPid).add(framingPid); // run with --perf-basic-prof even when not measured
   const paths: { name: string; url: string; pids?: () => Promise<number[]> }[] = [
-    { name: "direct", url: direct },
-    ...(gatewayOnly ? [] : [
-      ...(nginx ? [{ name: "nginx", url: `${nginx.url}/v1/completions`, pids: nginx.pids }] : []),
+    { name: replicas > 1 ? `direct (one of ${replicas} workers)` : "direct", url: direct },
+    ...(nginx
+      ? [{
+        name: replicas > 1 ? `nginx (over ${replicas} workers)` : "nginx",
+        url: `${nginx.url}/v1/completions`,
+        pids: nginx.pids,
+      }]
+      : []),
+    ...(!benchProxies ? [] : [
       {
         name: "raw-socket JS proxy (floor)",
         url: `http://127.0.0.1:${rawPort}/v1/completions`,
@@ -251,6 +303,12 @@ try {
   const [podHost, podPort] = pod.endpoint.split(":");
   const workerPid = await listenerPid(podHost, Number(podPort));
   const busy: Busy[][] = [[], []];
+  // With several replicas: each worker's process, found by its port, and how busy each was
+  // while the gateway was measured (whether the gateway spread its calls over them).
+  const replicaPids = replicas === 1 ? [] : (await Promise.all(
+    endpoints.map((e) => listenerPid(e.split(":")[0], Number(e.split(":")[1]))),
+  )).filter((pid): pid is number => pid !== undefined);
+  const spread: number[][] = [];
   const workerPids = workerPid === undefined ? [] : [workerPid];
   const measured = async <T extends { requests: number }>(
     load: () => Promise<T>,
@@ -300,7 +358,12 @@ try {
       }
       const pids = await path.pids!();
       const before = await threadCpu(pids);
+      const spread0 = await Promise.all(replicaPids.map((pid) => cpuTimes(pid)));
       const [r, b] = await measured(() => withCpu(pids, () => run(path.url)), pids);
+      const spread1 = await Promise.all(replicaPids.map((pid) => cpuTimes(pid)));
+      spread.push(
+        spread1.map((t, k) => (t.user + t.sys - spread0[k].user - spread0[k].sys) / b.wall),
+      );
       const after = await threadCpu(pids);
       results[i].push(r);
       busy[1].push({ ...b, main: (after.main - before.main) / b.wall });
@@ -330,7 +393,9 @@ try {
   console.log(
     `gateway warm-path benchmark: wrk, ${seconds} s per path, ${connections} connections, ` +
       `median of ${rounds} interleaved rounds, ` +
-      `4-token completion, auth+audit+metrics on; deno ${Deno.version.deno}, ` +
+      `4-token completion, auth+audit+metrics on, ${
+        replicas > 1 ? `${replicas} workers behind the function` : "one worker"
+      }; deno ${Deno.version.deno}, ` +
       `${navigator.hardwareConcurrency} cores`,
   );
   console.log(
@@ -340,7 +405,7 @@ try {
   for (const [name, r] of rows) {
     console.log(
       `| ${name} | ${r.rps.toFixed(0)} | ${f(r.rps / d.rps)} | ${f(r.p50)} | ${
-        name === "direct" ? "—" : f(r.p50 - d.p50)
+        r === d ? "—" : f(r.p50 - d.p50)
       } | ${f(r.p99)} | ${r.cpuUsPerRequest === undefined ? "—" : f(r.cpuUsPerRequest, 1)} | ${
         r.sysUsPerRequest === undefined ? "—" : f(r.sysUsPerRequest, 1)
       } | ${r.errors} |`,
@@ -354,6 +419,12 @@ try {
     } ms (budget <= 0.4), ${f(gw.cpuUsPerRequest!, 1)} µs CPU per request (budget <= 60)` +
       (ng ? `, ${f(gw.cpuUsPerRequest! / ng.cpuUsPerRequest!, 2)}x nginx's CPU` : ""),
   );
+  if (ng && replicas > 1) {
+    console.log(
+      `gateway against nginx over the same ${replicas} workers: ${f(gw.rps / ng.rps)} of its ` +
+        `throughput, ${f(gw.p50 - ng.p50)} ms at p50`,
+    );
+  }
   const mid = (k: ThreadKind) => f(byThread.map((t) => t[k]).sort((x, y) => x - y)[rounds >> 1], 1);
   console.log(
     `gateway CPU µs per request by thread (medians of rounds${
@@ -361,7 +432,14 @@ try {
     }): main ${mid("main")}, web workers (audit) ${mid("workers")}, ` +
       `V8 platform (GC, compilers) ${mid("v8")}, runtime's other threads ${mid("other")}`,
   );
-  if (workerPid === undefined) {
+  if (replicas > 1) {
+    console.log(
+      `what bounds throughput: skipped (GATEWAY_REPLICAS > 1: several workers); the ${replicaPids.length} ` +
+        `workers found were busy ${
+          spread.map((r) => r.map((x) => f(x, 2)).join(", ")).join("; ")
+        } of a core while the gateway was measured (each round)`,
+    );
+  } else if (workerPid === undefined) {
     console.log("what bounds throughput: skipped (the worker's process was not found in /proc)");
   } else {
     // A path whose busiest single thread is near one core is bound by that thread, not by the
@@ -421,7 +499,7 @@ try {
     const secs = Math.max(1, seconds - 1);
     for (const path of paths.slice(1)) {
       const pids = await path.pids!();
-      const isNginx = path.name === "nginx";
+      const isNginx = path.name.startsWith("nginx");
       if (perfSplit && !isNginx) pids.forEach((pid) => perfMaps.add(pid));
       const [r, result] = await Promise.all([
         run(path.url),

@@ -10,7 +10,7 @@ import { freePort } from "../src/common/net.ts";
 import { listening } from "../tests/e2e/helpers.ts";
 import { childPids } from "./wrk.ts";
 
-/** A running nginx in front of one upstream. */
+/** A running nginx in front of its upstreams. */
 export interface Nginx {
   url: string;
   /** The master and its workers. */
@@ -18,8 +18,12 @@ export interface Nginx {
   stop(): Promise<void>;
 }
 
-/** Starts nginx with `workers` processes on a free 127.0.0.1 port proxying to `upstream` (`host:port`). */
-export async function startNginx(upstream: string, workers = 1): Promise<Nginx> {
+/**
+ * Starts nginx with `workers` processes on a free 127.0.0.1 port proxying to
+ * `upstream` (`host:port`), or round robin to each of several.
+ */
+export async function startNginx(upstream: string | string[], workers = 1): Promise<Nginx> {
+  const servers = (Array.isArray(upstream) ? upstream : [upstream]).map((u) => `server ${u};`);
   const dir = await Deno.makeTempDir({ prefix: "inferx-nginx-" });
   const port = freePort();
   const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
@@ -34,7 +38,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   ${temp}
-  upstream worker { server ${upstream}; keepalive 64; }
+  upstream worker { ${servers.join(" ")} keepalive 64; }
   server {
     listen 127.0.0.1:${port};
     location / {
