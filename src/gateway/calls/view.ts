@@ -62,7 +62,7 @@ function bodyView(
   if (checked === "json") return { body: SPLICED };
   if (checked !== "not" && isJsonResult(headers) && bytes.byteLength) {
     try {
-      return { body: JSON.parse(new TextDecoder().decode(bytes)) };
+      return { body: JSON.parse(dec.decode(bytes)) };
     } catch {
       // Declared JSON but is not: show the bytes.
     }
