@@ -13,7 +13,9 @@
 #   there: bash bench/gpu_device.sh run OUT_DIR [model MB,MB] [gateway seconds]
 #
 # STEPS picks steps (default: machine discovery namespaces restore e2e
-# gateway); GATEWAY_COUNTS the gateway's worker counts (default: 1 2 4 8);
+# gateway); GATEWAY_COUNTS the gateway's worker counts (default: 1 2 4 8),
+# GATEWAY_ROUNDS its rounds (default: 1; bench/gateway.ts reads its other
+# GATEWAY_* settings from the environment);
 # ROUNDS, FILE_NETNS (on, off, both) and WEIGHTS_DIR go to
 # bench/gpu_restore.ts.
 #
@@ -124,7 +126,8 @@ run() {
   has e2e && step e2e "${E2E_LIMIT:-200}" deno test -A --cached-only tests/e2e/gpu_test.ts
   if has gateway; then
     for w in ${GATEWAY_COUNTS:-1 2 4 8}; do
-      WRK_THREADS=4 step "gateway-$w" $((secs * 5 + 60)) deno run -A --cached-only bench/gateway.ts "$secs" 64 "$w" 1
+      WRK_THREADS=4 step "gateway-$w" $((secs * 5 * ${GATEWAY_ROUNDS:-1} + 60)) \
+        deno run -A --cached-only bench/gateway.ts "$secs" 64 "$w" "${GATEWAY_ROUNDS:-1}"
     done
     cat "$OUT"/gateway-*.txt > "$OUT/gateway.txt" && rm -f "$OUT"/gateway-?.txt
   fi
