@@ -177,9 +177,10 @@ try {
   const warm = await request(viaGateway, { body: JSON.parse(BODY), headers: auth });
   if (warm.status !== 200) throw new Error(`warm-up failed: ${JSON.stringify(warm.body)}`);
   // Every replica up and answering (min_replica starts them; one answered the warm-up).
-  let pods: { endpoint?: string }[] = [];
+  let endpoints: string[] = [];
   for (const deadline = Date.now() + 120_000;;) {
-    pods = (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
+    const pods: { endpoint?: string }[] =
+      (await request(`${p.url}/pods/bench/gw/lm`, { headers: admin })).body;
     const up = await Promise.all(
       pods.map((q) =>
         q.endpoint
@@ -188,13 +189,13 @@ try {
           : false
       ),
     );
-    if (up.filter(Boolean).length >= replicas) break;
+    endpoints = pods.filter((_, k) => up[k]).map((q) => q.endpoint!);
+    if (endpoints.length >= replicas) break;
     if (Date.now() > deadline) {
       throw new Error(`${replicas} workers not up: ${JSON.stringify(pods)}`);
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  const endpoints = pods.map((q) => q.endpoint!);
   const pod = { endpoint: endpoints[0] };
   const direct = `http://${pod.endpoint}/v1/completions`;
   /** A gateway role's process and the gateway processes it started (GATEWAY_WORKERS > 1). */

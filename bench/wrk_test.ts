@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mainThreadSched } from "./wrk.ts";
+import { childPids, mainThreadSched } from "./wrk.ts";
 
 const linux = Deno.build.os === "linux";
 
@@ -39,5 +39,36 @@ Deno.test({
     assert.ok(one.run > 0);
     // The same thread read twice, a moment later: at least twice the first reading.
     assert.ok(two.run >= 2 * one.run, `${two.run} >= 2 * ${one.run}`);
+  },
+});
+
+Deno.test({
+  name: "childPids finds a process's children",
+  ignore: !linux,
+  async fn() {
+    const parent = new Deno.Command("sh", { args: ["-c", "sleep 30 & sleep 30 & wait"] }).spawn();
+    let kids: number[] = [];
+    try {
+      for (const end = Date.now() + 10_000; kids.length < 2 && Date.now() < end;) {
+        await new Promise((r) => setTimeout(r, 20));
+        kids = await childPids(parent.pid);
+      }
+      assert.equal(kids.length, 2);
+      for (const pid of kids) {
+        assert.match(await Deno.readTextFile(`/proc/${pid}/comm`), /^sleep/);
+      }
+      assert.deepEqual(await childPids(2 ** 22 + 1), []); // no such process
+    } finally {
+      // The children first, so that the shell's `wait` reaps them and it ends.
+      for (const pid of kids) Deno.kill(pid, "SIGKILL");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        parent.status.then(() => true),
+        new Promise<false>((r) => timer = setTimeout(() => r(false), 2000)),
+      ]);
+      clearTimeout(timer);
+      if (!ended) parent.kill("SIGKILL");
+      await parent.status;
+    }
   },
 });
