@@ -50,25 +50,19 @@ function attemptView(a: CallAttempt) {
 const isJsonResult = (headers: [string, string][]) =>
   isJsonType(headers.find(([k]) => k === "content-type")?.[1]);
 
-/**
- * The body of a result: parsed when it is JSON, else base64. `checked`: whether it was found to be
- * JSON already (`json`: {@linkcode SPLICED} stands for it).
- */
-function bodyView(
-  headers: [string, string][],
-  bytes: Uint8Array,
-  checked?: "json" | "not",
-): Record<string, unknown> {
-  if (checked === "json") return { body: SPLICED };
-  if (checked !== "not" && isJsonResult(headers) && bytes.byteLength) {
+/** The body of a result: parsed when it is JSON, else base64. */
+function bodyView(headers: [string, string][], bytes: Uint8Array): Record<string, unknown> {
+  if (isJsonResult(headers) && bytes.byteLength) {
     try {
       return { body: JSON.parse(dec.decode(bytes)) };
     } catch {
       // Declared JSON but is not: show the bytes.
     }
   }
-  return { body_base64: Buffer.from(bytes).toString("base64") };
+  return base64View(bytes);
 }
+
+const base64View = (bytes: Uint8Array) => ({ body_base64: Buffer.from(bytes).toString("base64") });
 
 /** A call without its result: what `GET /calls` lists. */
 export function callSummary(c: CallRecord): Record<string, unknown> {
@@ -97,11 +91,12 @@ export function callSummary(c: CallRecord): Record<string, unknown> {
  * The whole call: what `GET /calls/{id}` answers and its callback sends.
  * `result` is the answer's body, kept apart from the record (src/model/call.ts).
  */
-export function callView(
-  c: CallRecord,
-  result?: Uint8Array,
-  checked?: "json" | "not",
-): Record<string, unknown> {
+export function callView(c: CallRecord, result?: Uint8Array): Record<string, unknown> {
+  return viewOf(c, c.result && bodyView(c.result.headers, resultBytes(c, result)));
+}
+
+/** {@linkcode callView} with its result's `body` (or `body_base64`) made already. */
+function viewOf(c: CallRecord, body: Record<string, unknown> | undefined): Record<string, unknown> {
   return {
     ...callSummary(c),
     attempts: c.attempts.map(attemptView),
@@ -109,7 +104,7 @@ export function callView(
     result: c.result && {
       status: c.result.status,
       headers: headerObject(c.result.headers),
-      ...bodyView(c.result.headers, resultBytes(c, result), checked),
+      ...body,
     },
     error: c.error,
     callback: c.callback && {
@@ -132,22 +127,23 @@ function resultBytes(c: CallRecord, result?: Uint8Array): Uint8Array {
 /**
  * {@linkcode callView} as JSON text, a JSON answer put in as the worker wrote it (its layout and
  * numbers kept), once found to be JSON: a small one here, one larger than `OFF_THREAD_BYTES` in
- * the gateway's thread for large bodies (parsed and written again on the event loop, 1.3 MB of
- * small objects held every other call for 8 ms: `bench/call_view.ts`), whatever it holds. One that is not JSON is shown
- * as base64.
+ * the gateway's thread for large bodies, whatever it holds (parsed and written again on the event
+ * loop, 1.3 MB of small objects held every other call for 8 ms: `bench/call_view.ts`). One that is
+ * not JSON is shown as base64.
  */
 export function callViewText(
   c: CallRecord,
   result: Uint8Array | undefined,
   probe: JsonProbe | undefined,
 ): string | Promise<string> {
-  const bytes = c.result && resultBytes(c, result);
-  if (!bytes?.byteLength || !isJsonResult(c.result!.headers)) {
-    return JSON.stringify(callView(c, result));
+  if (!c.result) return JSON.stringify(viewOf(c, undefined));
+  const bytes = resultBytes(c, result);
+  if (!bytes.byteLength || !isJsonResult(c.result.headers)) {
+    return JSON.stringify(viewOf(c, base64View(bytes)));
   }
   const shown = (r: ProbeResult) => {
-    if (!r.ok) return JSON.stringify(callView(c, result, "not"));
-    const text = JSON.stringify(callView(c, result, "json"));
+    if (!r.ok) return JSON.stringify(viewOf(c, base64View(bytes)));
+    const text = JSON.stringify(viewOf(c, { body: SPLICED }));
     return text.replace(`"${SPLICED}"`, () => dec.decode(bytes));
   };
   if (!probe || bytes.byteLength <= OFF_THREAD_BYTES) return shown(checkJson(bytes));
