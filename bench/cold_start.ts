@@ -31,49 +31,12 @@ import {
   startPlatform,
 } from "../tests/e2e/helpers.ts";
 import { describePageFill, fillFloorMs, pageFill } from "./page_fill.ts";
-import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import {
-  generateTorchWeights,
-  TORCH_COMMANDS,
-  torchUnavailable,
-} from "../src/samples/torch/mod.ts";
+import { type Worker, WORKERS } from "./sample_workers.ts";
+import { generateTorchWeights, torchUnavailable } from "../src/samples/torch/mod.ts";
 
 const rounds = Number(Deno.args[0] ?? 5);
 const runtime = Deno.args[1] ?? "process";
 const wanted = (Deno.args[2] ?? "ngram,torch").split(",");
-
-interface Worker {
-  name: string;
-  spec: Record<string, unknown>;
-  body: Record<string, unknown>;
-}
-
-const WORKERS: Worker[] = [
-  {
-    name: "ngram",
-    spec: {
-      image: "inferx/ngram:latest",
-      commands: NGRAM_COMMANDS,
-      endpoint: { port: 8000, probe: "/health" },
-      resources: { CPU: 250, Mem: 128 },
-      sample_query: { path: "v1/completions", body: { prompt: "The GPU", max_tokens: 8 } },
-    },
-    body: { prompt: "The GPU", max_tokens: 8 },
-  },
-  {
-    name: "torch",
-    spec: {
-      image: "inferx/torch:latest",
-      commands: TORCH_COMMANDS,
-      envs: [["TORCH_THREADS", "1"]],
-      endpoint: { port: 8000, probe: "/health" },
-      resources: { CPU: 250, Mem: 1024 },
-      startup_timeout: 120,
-      sample_query: { path: "v1/completions", body: { prompt: "The GPU", max_tokens: 1 } },
-    },
-    body: { prompt: "The GPU", max_tokens: 1 },
-  },
-];
 
 type Kind = "fresh" | "snapshot" | "file" | "paused" | "warm";
 interface Sample {

@@ -393,6 +393,7 @@ const SnapshotEnv = z.object({
     }
   }, { message: "is not an IPv4 range /16 to /28 (a.b.c.d/n)" }),
   INFERX_SNAPSHOT_START: oneOf(["auto", "always"] as const, "auto"),
+  INFERX_CRIU_CACHE: oneOf(["seed", "off"] as const, "seed"),
 });
 
 /** Where and whether a node snapshots workers (CRIU itself: `INFERX_CRIU`). */
@@ -411,6 +412,11 @@ export interface SnapshotSettings {
    * `always` (whenever the node holds one).
    */
   start: "auto" | "always";
+  /**
+   * `INFERX_CRIU_CACHE`: `seed` (default: where `/run` is not a tmpfs, the
+   * agent makes CRIU's kernel cache `/run/criu.kdat` for this boot) or `off`.
+   */
+  criuCache: "seed" | "off";
 }
 
 const AuditEnv = z.object({
@@ -621,6 +627,7 @@ export function readConfig(
       podNamespaces: snap.INFERX_POD_NETNS === "auto",
       podCidr: snap.INFERX_POD_CIDR,
       start: snap.INFERX_SNAPSHOT_START,
+      criuCache: snap.INFERX_CRIU_CACHE,
     },
     calls: {
       ttlS: k.INFERX_CALL_TTL_S,

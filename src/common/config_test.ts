@@ -58,6 +58,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       podNamespaces: true,
       podCidr: "10.213.0.0/16",
       start: "auto",
+      criuCache: "seed",
     },
     calls: {
       ttlS: 86_400,
@@ -88,6 +89,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
     INFERX_CPU_PROFILE: "/tmp/role-{pid}.cpuprofile",
     INFERX_DATA_DIR: "/var/lib/inferx/",
     GATEWAY_SPILL_MB: "0",
+    INFERX_CRIU_CACHE: "off",
   }));
   assert.equal(c.role, "Scheduler");
   assert.equal(c.samplesDir, undefined);
@@ -103,6 +105,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
   assert.equal(c.node.name, "gpu-7");
   assert.equal(c.node.workerUser, "65534:65534");
   assert.equal(c.node.runtime, "process");
+  assert.equal(c.snapshots.criuCache, "off");
 });
 
 Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth settings", () => {
@@ -191,6 +194,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     ],
     [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: is not a postgres:\/\/ URL/],
     [{ INFERX_RUNTIME: "foo" }, /INFERX_RUNTIME: is not one of auto, process, docker/],
+    [{ INFERX_CRIU_CACHE: "no" }, /INFERX_CRIU_CACHE: .*seed, off/],
     [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
     [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
     [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],

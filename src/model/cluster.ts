@@ -81,6 +81,13 @@ export const NodeInfoSchema = z.object({
     path: z.string().optional(),
     /** Where it was found: `INFERX_CRIU`, `provisioned` (`deno task criu`), `system`. */
     source: z.string().optional(),
+    /**
+     * CRIU's kernel cache (`/run/criu.kdat`): `tmpfs` (CRIU keeps it),
+     * `seeded` (the agent made it: `/run` is not a tmpfs) or `off` (every
+     * dump and restore probes the kernel first; `kernelCacheReason` says why).
+     */
+    kernelCache: z.string().optional(),
+    kernelCacheReason: z.string().optional(),
   }).optional(),
   /**
    * Whether pods start from snapshots here, or why not; the snapshots this

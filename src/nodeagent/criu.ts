@@ -292,6 +292,32 @@ export class Criu {
   }
 
   /**
+   * Runs `criu check` in a mount namespace of its own with a tmpfs on `/run`,
+   * where CRIU keeps its kernel cache, and copies the cache to `dest`
+   * (`criu_cache.ts`). Only the check's cache matters here, not its verdict.
+   */
+  async makeKernelCache(dest: string): Promise<CheckResult> {
+    const script =
+      'dest=$1; shift; mount -t tmpfs -o size=1m,mode=0755 inferx-criu-cache /run || exit 1; "$@" >/dev/null 2>&1; cp /run/criu.kdat "$dest"';
+    const { ok, out } = await this.#run(["check"], {
+      prefix: ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dest],
+      timeoutMs: 30_000,
+    });
+    return ok ? { ok: true } : { ok: false, reason: logReason(out) || "no cache written" };
+  }
+
+  /** Whether `criu check` reads its kernel cache (`/run/criu.kdat`) rather than probing. */
+  async loadsKernelCache(): Promise<boolean> {
+    const log = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
+    try {
+      await this.#run(["check", "-v4", "--log-file", log], { timeoutMs: 30_000 });
+      return /Loaded kdat cache/.test(await Deno.readTextFile(log).catch(() => ""));
+    } finally {
+      await Deno.remove(log).catch(() => {});
+    }
+  }
+
+  /**
    * Dumps the process tree rooted at `pid` into `dir`. A worker started in
    * its own PID namespace is that namespace's init; CRIU then dumps the
    * namespace, and a restore gets a fresh one.
@@ -410,6 +436,9 @@ export interface CriuCapability {
   /** The criu executable used. */
   path?: string;
   source?: CriuBinary["source"];
+  /** How its kernel cache stands (`criu_cache.ts`), once the agent has readied it. */
+  kernelCache?: "tmpfs" | "seeded" | "off";
+  kernelCacheReason?: string;
 }
 
 /** Runs the check of `binary` (by default the one {@linkcode locateCriu} finds; null: none). */

@@ -10,6 +10,7 @@ import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { MountAllow, SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
+import { type CriuCacheState, prepareCriuCache } from "./criu_cache.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover, hugePageMode } from "./discover.ts";
 import { PodCgroups } from "./cgroup.ts";
@@ -75,7 +76,30 @@ export const DEFAULT_SNAPSHOT_SETTINGS: SnapshotSettings = {
   podNamespaces: true,
   podCidr: "10.213.0.0/16",
   start: "auto",
+  criuCache: "seed",
 };
+
+/** Says how CRIU's kernel cache stands, when not as it should (`criu_cache.ts`). */
+function logCriuCache(c: CriuCacheState): void {
+  if (c.staleRemoved) {
+    logger("nodeagent").info(
+      "Removed /run/criu.kdat.tmp, left by a CRIU killed while it wrote its kernel cache: with " +
+        "it there, no CRIU run keeps that cache",
+    );
+  }
+  if (c.state === "seeded") {
+    logger("nodeagent").info(
+      "CRIU's kernel cache: /run is not a tmpfs, where CRIU keeps it; made by this agent for " +
+        "this boot (INFERX_CRIU_CACHE=off to leave it)",
+    );
+  } else if (c.state === "off") {
+    logger("nodeagent").warn(
+      "CRIU's kernel cache is off: {reason}. Every dump and restore probes the kernel first " +
+        "(tens of ms each): docs/standby.md#criu",
+      { reason: c.reason },
+    );
+  }
+}
 
 /** A short tag of `scope` for names on the host (network namespaces). */
 export function scopeTag(scope: string): string {
@@ -251,6 +275,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
   const criu = criuBin && new Criu(criuBin);
   const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
+  const criuCache = criu
+    ? await prepareCriuCache(criu, {
+      seed: settings.criuCache !== "off",
+      criu: `${criuCap.version} ${criuCap.path}`,
+    })
+    : undefined;
+  if (criuCache) logCriuCache(criuCache);
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(
     docker,
@@ -329,7 +360,12 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   const hugePages = snapshots.available ? hugePageMode() : undefined;
   const node: NodeInfo = {
-    ...(await discover(config.node, criuCap)),
+    ...(await discover(
+      config.node,
+      criuCache
+        ? { ...criuCap, kernelCache: criuCache.state, kernelCacheReason: criuCache.reason }
+        : criuCap,
+    )),
     ...(docker && (config.autoSized?.cpu || config.autoSized?.mem)
       ? await engineSize(config.node, config.autoSized, socket!)
       : {}),

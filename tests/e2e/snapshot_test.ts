@@ -16,6 +16,7 @@ import {
   startPlatform,
 } from "./helpers.ts";
 import { criuCapability } from "../../src/nodeagent/criu.ts";
+import { fsTypeOf } from "../../src/nodeagent/criu_cache.ts";
 import { hugePageMode } from "../../src/nodeagent/discover.ts";
 import { PodNetworks } from "../../src/nodeagent/pod_net.ts";
 
@@ -136,6 +137,13 @@ Deno.test({
       const [node]: Json[] = (await request(`${p.url}/nodes`)).body;
       assert.equal(node.criu.available, true);
       assert.match(node.criu.version, /^4\./);
+      // CRIU's kernel cache: its own on a tmpfs /run, else made by the agent (`criu_cache.ts`).
+      const runType = fsTypeOf("/run", await Deno.readTextFile("/proc/self/mountinfo"));
+      assert.equal(
+        node.criu.kernelCache,
+        runType === "tmpfs" ? "tmpfs" : "seeded",
+        node.criu.kernelCacheReason,
+      );
       assert.equal(node.snapshots.available, true, node.snapshots.reason);
       // The kernel's huge page mode, which decides how a restore fills memory.
       assert.equal(node.snapshots.hugePages, hugePageMode());

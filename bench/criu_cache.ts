@@ -1,0 +1,139 @@
+/**
+ * What CRIU's kernel cache (`/run/criu.kdat`, `src/nodeagent/criu_cache.ts`)
+ * saves a cold start: restores from a snapshot with the cache and without
+ * it, in alternating rounds on one platform, for the n-gram and the PyTorch
+ * worker: the time to the first byte of a call that restores its pod, as
+ * its client sees it, in rounds of with, without, without, with.
+ *
+ * "Without" removes the cache (and, where `/run` is a tmpfs, holds
+ * `/run/criu.kdat.tmp` so that CRIU cannot keep one); "with" makes it again
+ * the way the agent does at its start. The node is left with its cache.
+ *
+ * Run: `deno run -A bench/criu_cache.ts [rounds] [workers]` (8, ngram,torch;
+ * needs root, CRIU from `deno task criu`, and `python3-torch` for torch).
+ */
+import {
+  createNamespace,
+  eventually,
+  type Json,
+  putObject,
+  request,
+  startPlatform,
+} from "../tests/e2e/helpers.ts";
+import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
+import { fsTypeOf, KDAT_FILE, prepareCriuCache } from "../src/nodeagent/criu_cache.ts";
+import { WORKERS } from "./sample_workers.ts";
+import { generateTorchWeights, torchUnavailable } from "../src/samples/torch/mod.ts";
+
+const rounds = Number(Deno.args[0] ?? 8);
+const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
+
+const binary = locateCriu();
+const cap = await criuCapability(binary ?? null);
+if (!binary || !cap.available) {
+  console.log(`skipped: ${cap.reason}`);
+  Deno.exit(0);
+}
+const criu = new Criu(binary);
+const criuName = `${cap.version} ${binary.path}`;
+const tmpfs = fsTypeOf("/run", await Deno.readTextFile("/proc/self/mountinfo")) === "tmpfs";
+
+/** Takes the cache away, so that every CRIU run probes the kernel. */
+async function withoutCache() {
+  for (const f of [KDAT_FILE, `${KDAT_FILE}.inferx`, `${KDAT_FILE}.tmp`]) {
+    await Deno.remove(f).catch(() => {});
+  }
+  // On a tmpfs CRIU would keep a new one at once: its temporary file there keeps it from that.
+  if (tmpfs) await Deno.writeFile(`${KDAT_FILE}.tmp`, new Uint8Array(), { createNew: true });
+}
+
+/** Gives the cache back, as an agent's start does. */
+async function withCache() {
+  await Deno.remove(`${KDAT_FILE}.tmp`).catch(() => {});
+  const s = await prepareCriuCache(criu, { criu: criuName });
+  if (s.state === "tmpfs") await criu.check(); // CRIU writes its own
+  if (!await criu.loadsKernelCache()) throw new Error(`no cache: ${s.state} ${s.reason ?? ""}`);
+}
+
+const workers = WORKERS.filter((w) => wanted.includes(w.name));
+const noTorch = torchUnavailable();
+if (noTorch && workers.some((w) => w.name === "torch")) {
+  console.log(`torch: skipped, ${noTorch}`);
+  workers.splice(workers.findIndex((w) => w.name === "torch"), 1);
+}
+if (workers.some((w) => w.name === "torch")) await generateTorchWeights();
+
+async function pods(url: string, func: string): Promise<Json[]> {
+  const res = await request(`${url}/pods/bench/lab/${func}`);
+  return res.status === 200 ? res.body : [];
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+console.log(
+  `CRIU's kernel cache: restores from a snapshot with and without it, ${rounds} alternating rounds each; /run ${
+    tmpfs ? "is" : "is not"
+  } a tmpfs; CRIU ${criuName}`,
+);
+const p = await startPlatform({ LOG_LEVEL: "warning", INFERX_SNAPSHOT_START: "always" });
+try {
+  await createNamespace(p.url, "bench", "lab");
+  for (const w of workers) {
+    const func = `${w.name}-cache`;
+    await putObject(p.url, {
+      type: "function",
+      tenant: "bench",
+      namespace: "lab",
+      name: func,
+      object: {
+        spec: {
+          ...w.spec,
+          policy: {
+            Obj: { parallel: 1, max_replica: 1, scalein_timeout: 0.2, standby_per_node: 0 },
+          },
+        },
+      },
+    });
+    const call = async () => {
+      const t0 = performance.now();
+      const res = await fetch(`${p.url}/funccall/bench/lab/${func}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(w.body),
+      });
+      const ms = performance.now() - t0;
+      const text = await res.text();
+      if (res.status !== 200) throw new Error(`${func}: HTTP ${res.status} ${text}`);
+      return { ms, pod: res.headers.get("x-inferx-pod") ?? "" };
+    };
+    await call(); // the version's first start: fresh, then its snapshot
+    const times = { with: [] as number[], without: [] as number[] };
+    for (let i = 0; i < rounds * 2; i++) {
+      const arm = i % 4 === 0 || i % 4 === 3 ? "with" : "without"; // ABBA
+      await eventually(
+        `${func} at zero`,
+        async () => (await pods(p.url, func)).length === 0,
+        60_000,
+      );
+      await (arm === "with" ? withCache() : withoutCache());
+      const r = await call();
+      const pod = (await pods(p.url, func)).find((q) => q.id === r.pod);
+      if (pod?.startedFrom !== "snapshot") {
+        throw new Error(`${func} round ${i}: not restored (${pod?.note ?? pod?.startedFrom})`);
+      }
+      times[arm].push(r.ms);
+    }
+    const a = median(times.with), b = median(times.without);
+    const f = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(" ");
+    console.log(
+      `${w.name.padEnd(6)} restore to first byte: with the cache ${a.toFixed(1)} ms, without ${
+        b.toFixed(1)
+      } ms (medians); with/without ${(a / b).toFixed(3)}, ${(b - a).toFixed(1)} ms saved`,
+    );
+    console.log(`       with: ${f(times.with)}\n       without: ${f(times.without)}`);
+  }
+} finally {
+  await p.stop();
+  await Deno.remove(p.dataDir, { recursive: true });
+  await withCache().catch((err) => console.log(`cache not given back: ${err.message}`));
+}

@@ -1,0 +1,164 @@
+import assert from "node:assert/strict";
+import { type CheckResult, Criu, locateCriu } from "./criu.ts";
+import {
+  type CacheMaker,
+  fsTypeOf,
+  KDAT_FILE,
+  prepareCriuCache,
+  STALE_TMP_MS,
+} from "./criu_cache.ts";
+
+/** Mount lines as the kernel writes them (this VM's: `/` on ext4, `/run` a directory of it). */
+const EXT4_RUN = `
+23 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+24 23 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,size=12288k
+31 23 254:0 /run/netns /run/netns rw,relatime shared:5 - ext4 /dev/vda rw
+40 23 0:40 / /tmp/with\\040space rw - tmpfs tmpfs rw
+`;
+
+Deno.test("fsTypeOf() takes the longest mount point that holds the path, the last one stacked on it", () => {
+  assert.equal(fsTypeOf("/run", EXT4_RUN), "ext4");
+  assert.equal(fsTypeOf("/run/netns", EXT4_RUN), "ext4");
+  assert.equal(fsTypeOf("/dev/shm", EXT4_RUN), "devtmpfs");
+  assert.equal(fsTypeOf("/devices", EXT4_RUN), "ext4", "a prefix of the name is not a parent");
+  assert.equal(fsTypeOf("/tmp/with space/x", EXT4_RUN), "tmpfs", "octal escapes read");
+  const stacked = `${EXT4_RUN}50 23 0:50 / /run rw,nosuid - tmpfs tmpfs rw,mode=755\n`;
+  assert.equal(fsTypeOf("/run", stacked), "tmpfs");
+  assert.equal(fsTypeOf("/run", `${stacked}51 50 254:0 / /run rw - ext4 /dev/vda rw\n`), "ext4");
+  assert.equal(fsTypeOf("/run", "garbage\nno dash here"), undefined);
+});
+
+/** A maker that writes `bytes` (or fails) and counts its runs. */
+function fakeMaker(bytes: Uint8Array | CheckResult = new Uint8Array([1, 2, 3])) {
+  const runs = { made: 0, loads: 0 };
+  const maker: CacheMaker = {
+    async makeKernelCache(dest) {
+      runs.made++;
+      if (!(bytes instanceof Uint8Array)) return bytes;
+      await Deno.writeFile(dest, bytes);
+      return { ok: true };
+    },
+    loadsKernelCache() {
+      runs.loads++;
+      return Promise.resolve(true);
+    },
+  };
+  return { maker, runs };
+}
+
+/** A temporary folder standing for `/run`, and mount lines giving it `type`. */
+async function runDir(type: string) {
+  const dir = await Deno.makeTempDir();
+  const mountinfo = `23 1 254:0 / / rw - ext4 /dev/vda rw\n60 23 0:60 / ${dir} rw - ${type} x rw\n`;
+  return { dir, file: `${dir}/criu.kdat`, mountinfo };
+}
+
+Deno.test("prepareCriuCache() leaves a tmpfs to CRIU, and removes a temporary file a killed CRIU left", async () => {
+  const { dir, file, mountinfo } = await runDir("tmpfs");
+  try {
+    const { maker, runs } = fakeMaker();
+    const now = Date.now();
+    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1", now };
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs" });
+    assert.equal(runs.made, 0);
+    // One just written (a CRIU saving its cache now) stays; one older than a minute goes.
+    await Deno.writeFile(`${file}.tmp`, new Uint8Array());
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs" });
+    assert.ok(await Deno.stat(`${file}.tmp`));
+    const old = new Date(now - STALE_TMP_MS - 1000);
+    await Deno.utime(`${file}.tmp`, old, old);
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs", staleRemoved: true });
+    await assert.rejects(Deno.stat(`${file}.tmp`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("prepareCriuCache() seeds the cache on a /run that is no tmpfs, once per boot and CRIU", async () => {
+  const { dir, file, mountinfo } = await runDir("ext4");
+  try {
+    const { maker, runs } = fakeMaker(new Uint8Array([7, 7, 7, 7]));
+    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1" };
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "seeded" });
+    assert.deepEqual(await Deno.readFile(file), new Uint8Array([7, 7, 7, 7]));
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(`${file}.inferx`)), {
+      bootId: "b1",
+      criu: "4.2.1 /x/criu",
+    });
+    assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
+    // Kept for the same boot and CRIU; made again for another boot, or another CRIU.
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "seeded" });
+    assert.equal(runs.made, 1);
+    await prepareCriuCache(maker, { ...opts, bootId: "b2" });
+    await prepareCriuCache(maker, { ...opts, bootId: "b2", criu: "4.2.2 /x/criu" });
+    assert.equal(runs.made, 3);
+    // An emptied cache is made again.
+    await Deno.writeFile(file, new Uint8Array());
+    await prepareCriuCache(maker, { ...opts, bootId: "b2", criu: "4.2.2 /x/criu" });
+    assert.equal(runs.made, 4);
+    // Only CRIU's own path is checked by CRIU (a `criu check` reads nothing else).
+    assert.equal(runs.loads, 0);
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(names, ["criu.kdat", "criu.kdat.inferx"], "no part file left");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("prepareCriuCache() says why the cache is off: switched off, or not made", async () => {
+  const { dir, file, mountinfo } = await runDir("ext4");
+  try {
+    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1" };
+    const off = await prepareCriuCache(fakeMaker().maker, { ...opts, seed: false });
+    assert.equal(off.state, "off");
+    assert.match(off.reason!, /is ext4, not a tmpfs, and INFERX_CRIU_CACHE=off/);
+    const failed = await prepareCriuCache(
+      fakeMaker({ ok: false, reason: "mount: permission denied" }).maker,
+      opts,
+    );
+    assert.equal(failed.state, "off");
+    assert.match(failed.reason!, /making it failed: mount: permission denied/);
+    const empty = await prepareCriuCache(fakeMaker(new Uint8Array()).maker, opts);
+    assert.match(empty.reason!, /empty cache/);
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing put in place");
+    const unread = await prepareCriuCache(fakeMaker().maker, {
+      ...opts,
+      mountinfo: "",
+      seed: false,
+    });
+    assert.match(unread.reason!, /is on no mount found/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const criuBin = locateCriu();
+Deno.test({
+  name: "with the node's CRIU, the cache is CRIU's own, or made for it, and CRIU loads it",
+  ignore: !criuBin || Deno.uid?.() !== 0 || Deno.build.os !== "linux",
+  async fn() {
+    const criu = new Criu(criuBin!);
+    const version = await criu.version();
+    // Made in a mount namespace of its own: the real /run is left as it was.
+    const before = await Deno.stat(KDAT_FILE).catch(() => undefined);
+    const dest = await Deno.makeTempFile();
+    try {
+      assert.deepEqual(await criu.makeKernelCache(dest), { ok: true });
+      assert.ok((await Deno.stat(dest)).size > 0, "a cache written");
+    } finally {
+      await Deno.remove(dest);
+    }
+    assert.equal(
+      (await Deno.stat(KDAT_FILE).catch(() => undefined))?.mtime?.getTime(),
+      before?.mtime?.getTime(),
+    );
+    const state = await prepareCriuCache(criu, { criu: `${version} ${criuBin!.path}` });
+    const type = fsTypeOf("/run", await Deno.readTextFile("/proc/self/mountinfo"));
+    assert.equal(state.state, type === "tmpfs" ? "tmpfs" : "seeded", state.reason);
+    if (state.state === "tmpfs") {
+      console.log("  /run is a tmpfs here: CRIU keeps its cache itself; seeding not run");
+      return;
+    }
+    assert.ok(await criu.loadsKernelCache(), "criu check loads the seeded cache");
+  },
+});
