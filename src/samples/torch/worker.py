@@ -15,7 +15,8 @@ file), MODEL_NAME (tiny-lm), TORCH_THREADS (1).
 
 The weights are not downloaded: `python3 worker.py --generate PATH` writes
 them from a fixed seed (the same bytes every time); a worker that finds no
-weights file generates it first.
+weights file generates it first. They are mapped from the file, not copied
+(see mapped_state), so a snapshot of the worker does not hold them.
 """
 
 import codecs
@@ -24,15 +25,20 @@ import gc
 import io
 import json
 import os
+import pickle
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
+import warnings
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 T0 = time.monotonic()
+import numpy as np  # noqa: E402
 import torch  # noqa: E402  (the import is most of a fresh start)
 from torch import nn  # noqa: E402
 
@@ -84,15 +90,76 @@ def load_model(path):
             sys.exit(f"cannot write the weights to {path} ({err.strerror}): make them once with "
                      "`deno task torch-weights`, or set TORCH_WEIGHTS to a writable path")
     model = TinyLM()
-    state = torch.load(path, map_location="cpu")
-    model.load_state_dict(state)
+    place_weights(model, mapped_state(path))
     model.eval()
-    # The loaded copy of the weights is garbage now: hand its memory back to
-    # the system, so a snapshot of this process does not carry it.
-    del state
+    # The weights the model was built with are garbage now: hand their memory back to the
+    # system, so a snapshot of this process does not carry it.
     gc.collect()
     trim_heap()
     return model
+
+
+def mapped_state(path):
+    """The state dict saved in `path` (torch.save's zip), each tensor on the file's own pages.
+
+    torch.save stores every tensor's bytes uncompressed and aligned in the zip, so they can be
+    mapped read-only where they lie (as torch.load(mmap=True) does from torch 2.1; Debian's is
+    1.13). The weights then live in the page cache, shared by every worker of the node that maps
+    the file, and a snapshot of this process holds none of them: a restore maps the file again.
+    """
+    storages = {}
+    whole = np.memmap(path, dtype=np.uint8, mode="r")  # one read-only shared mapping
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+        prefix = pkl[: -len("data.pkl")]
+
+        def storage(key, dtype, numel):
+            info = zf.getinfo(f"{prefix}data/{key}")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: tensor {key} is compressed, cannot be mapped")
+            raw.seek(info.header_offset)
+            head = raw.read(30)  # the member's local header: its name and extra field follow
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            offset = info.header_offset + 30 + name_len + extra_len
+            kind = np.dtype(NUMPY_TYPES[dtype])
+            if offset % kind.itemsize:
+                raise ValueError(f"{path}: tensor {key} is not aligned, cannot be mapped")
+            array = whole[offset:offset + numel * kind.itemsize].view(kind)
+            with warnings.catch_warnings():  # read-only on purpose: nothing writes the weights
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(array).storage()
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):
+                _, storage_type, key, _location, numel = pid
+                if key not in storages:
+                    storages[key] = storage(key, storage_type.dtype, numel)
+                return storages[key]
+
+        with zf.open(pkl) as f:
+            return Unpickler(f).load()
+
+
+NUMPY_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+
+
+def place_weights(model, state):
+    """Makes the tensors of `state` the model's own (no copy), as strictly as load_state_dict."""
+    want = set(model.state_dict().keys())
+    if set(state.keys()) != want:
+        raise ValueError(f"weights do not fit the model: missing {sorted(want - set(state))}, "
+                         f"unexpected {sorted(set(state) - want)}")
+    for name, tensor in state.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        old = getattr(module, attr)
+        if old.shape != tensor.shape:
+            raise ValueError(f"weights do not fit the model: {name} is {tuple(tensor.shape)}, "
+                             f"the model's {tuple(old.shape)}")
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            module._buffers[attr] = tensor
 
 
 def trim_heap():

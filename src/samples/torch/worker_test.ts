@@ -64,6 +64,11 @@ Deno.test({
         "1",
         "2",
       ]);
+      // Its weights are the file's own pages, mapped read-only and shared, not a copy.
+      const maps = (await Deno.readTextFile(`/proc/${proc.pid}/maps`)).split("\n");
+      const mapped = maps.filter((l) => l.endsWith(`${dir}/w.pt`));
+      assert.equal(mapped.length, 1, maps.join("\n"));
+      assert.match(mapped[0], / r--s /);
       const bad = await complete({ prompt: "x", max_tokens: 0 });
       assert.equal(bad.status, 400);
       assert.match((await bad.json()).error.message, /max_tokens must be an integer/);
@@ -77,6 +82,61 @@ Deno.test({
       await proc.stdout.cancel();
       await proc.stderr.cancel();
       assert.equal(status.success, true, "SIGTERM shuts it down cleanly");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** Runs `code` in Python with the worker's module as `w`; what it printed. */
+async function withWorker(code: string): Promise<string> {
+  const script = `import importlib.util, sys
+sys.argv = ["worker"]
+spec = importlib.util.spec_from_file_location("w", "${REPO_ROOT}/src/samples/torch/worker.py")
+w = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(w)
+import torch
+${code}`;
+  const out = await new Deno.Command(TORCH_COMMANDS[0], { args: ["-c", script] }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  return text.trim();
+}
+
+Deno.test({
+  name:
+    "The torch worker's mapped weights are the saved ones, and weights that do not fit its model are refused",
+  ignore: skip !== undefined,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      await generateTorchWeights(`${dir}/w.pt`);
+      const same = await withWorker(`
+mapped = w.load_model("${dir}/w.pt")
+copied = w.TinyLM()
+copied.load_state_dict(torch.load("${dir}/w.pt", map_location="cpu"))
+copied.eval()
+ids = torch.tensor([[ord(c) for c in "The GPU"]])
+with torch.no_grad():
+    print(torch.equal(mapped(ids), copied(ids)), w.complete(mapped, "The GPU", 8) == w.complete(copied, "The GPU", 8))`);
+      assert.equal(same, "True True");
+      const refused = await withWorker(`
+small = w.TinyLM(d=192, heads=6, layers=6, ff=768)
+torch.save(small.state_dict(), "${dir}/small.pt")
+fewer = w.TinyLM(layers=5)
+torch.save(fewer.state_dict(), "${dir}/fewer.pt")
+for path in ("${dir}/small.pt", "${dir}/fewer.pt"):
+    try:
+        w.place_weights(w.TinyLM(), w.mapped_state(path))
+        print("placed")
+    except ValueError as err:
+        print(err)`);
+      const [small, fewer] = refused.split("\n");
+      assert.match(
+        small,
+        /weights do not fit the model: tok\.weight is \(256, 192\), the model's \(256, 384\)/,
+      );
+      assert.match(fewer, /weights do not fit the model: missing \['body\.layers\.5\./);
+    } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },
