@@ -297,23 +297,27 @@ export class Criu {
    * (`criu_cache.ts`). Only the check's cache matters here, not its verdict.
    */
   async makeKernelCache(dest: string): Promise<CheckResult> {
+    // The destination is opened before the tmpfs hides what lies under /run (a TMPDIR there).
     const script =
-      'dest=$1; shift; mount -t tmpfs -o size=1m,mode=0755 inferx-criu-cache /run || exit 1; "$@" >/dev/null 2>&1; cp /run/criu.kdat "$dest"';
+      'exec 3>"$1"; shift; mount -t tmpfs -o size=1m,mode=0755 inferx-criu-cache /run || exit 1; "$@"; cat /run/criu.kdat >&3';
     const { ok, out } = await this.#run(["check"], {
       prefix: ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dest],
       timeoutMs: 30_000,
     });
-    return ok ? { ok: true } : { ok: false, reason: logReason(out) || "no cache written" };
+    return ok ? { ok: true } : { ok: false, reason: logReason(out) };
   }
 
   /** Whether `criu check` reads its kernel cache (`/run/criu.kdat`) rather than probing. */
   async loadsKernelCache(): Promise<boolean> {
-    const log = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
+    let log: string | undefined;
     try {
+      log = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
       await this.#run(["check", "-v4", "--log-file", log], { timeoutMs: 30_000 });
       return /Loaded kdat cache/.test(await Deno.readTextFile(log).catch(() => ""));
+    } catch {
+      return false;
     } finally {
-      await Deno.remove(log).catch(() => {});
+      if (log) await Deno.remove(log).catch(() => {});
     }
   }
 

@@ -1,27 +1,33 @@
 /**
  * CRIU's cache of what it found out about the kernel (its "kerndat": which
- * system calls, socket options and memory features there are).
+ * system calls, socket options and memory features there are, and the
+ * physical page of the kernel's zero page).
  *
  * Every `criu dump` and `criu restore` first probes the kernel for these
  * unless it can read them from `/run/criu.kdat`, which takes tens of
- * milliseconds a run (35–40 ms measured on a 2-core VM: a quarter of the
- * PyTorch worker's restore). CRIU writes that file only when `/run` is a
- * tmpfs, so that it is gone after a reboot into another kernel, and it writes
- * it through `/run/criu.kdat.tmp` opened exclusively: a run killed between
- * the two leaves that file behind, and no later run keeps a cache until it
- * goes.
+ * milliseconds a run (28–49 ms a restore measured on a 2-core VM). CRIU reads
+ * that file from any file system but keeps one only on a tmpfs, so that it is
+ * gone after a reboot: some of it (the zero page's frame, device numbers) may
+ * change with any reboot, and a dump that trusted a stale zero page frame
+ * could leave pages out. It writes the file through `/run/criu.kdat.tmp`,
+ * opened exclusively; where `/run` is not a tmpfs, a run that probed the
+ * kernel then removes `criu.kdat` and leaves `criu.kdat.tmp` behind, and
+ * while that file is there no run writes or removes the cache. On a tmpfs, a
+ * run killed mid-write leaves it too, and no run keeps a cache until it goes.
  *
- * {@linkcode prepareCriuCache}, at a node agent's start:
+ * At a node agent's start, {@linkcode dropStaleCriuCache} runs before any
+ * CRIU does:
  *
- * - removes a `criu.kdat.tmp` older than {@linkcode STALE_TMP_MS} (a live run
- *   holds it for microseconds);
- * - on a `/run` that is a tmpfs, leaves the rest to CRIU;
- * - on one that is not, makes the cache the way CRIU does, by running
- *   `criu check` in a mount namespace of its own with a tmpfs on `/run`, and
- *   puts the file it wrote in place: CRIU reads the cache from any file
- *   system. A note beside it (`criu.kdat.inferx`) names the boot and the
- *   CRIU it was made for; an agent of another boot or CRIU makes it again.
- *   `criu check` then says whether CRIU takes it.
+ * - on a tmpfs, it removes a `criu.kdat.tmp` older than {@linkcode STALE_TMP_MS}
+ *   (a live run holds it for microseconds);
+ * - elsewhere, it removes a cache that no note of this agent's
+ *   (`criu.kdat.inferx`) says was made in this boot.
+ *
+ * Then {@linkcode prepareCriuCache}, where `/run` is not a tmpfs, makes the
+ * cache the way CRIU does, by running `criu check` in a mount namespace of
+ * its own with a tmpfs on `/run`, puts the file it wrote in place with the
+ * note beside it (the boot and the CRIU it is for), keeps `criu.kdat.tmp`
+ * there so that no run removes it, and checks that `criu check` loads it.
  *
  * Dumps and restores themselves cannot run in such a namespace: CRIU must
  * share its mount namespace with the processes it dumps and restores.
@@ -53,8 +59,6 @@ export interface CriuCacheState {
    */
   state: "tmpfs" | "seeded" | "off";
   reason?: string;
-  /** A `criu.kdat.tmp` a killed CRIU had left was removed. */
-  staleRemoved?: boolean;
 }
 
 export interface CacheOptions {
@@ -68,7 +72,7 @@ export interface CacheOptions {
   mountinfo?: string;
   /** This boot's id. @default `/proc/sys/kernel/random/boot_id` */
   bootId?: string;
-  /** @default Date.now() */
+  /** Now, for the age of a `criu.kdat.tmp`. @default Date.now() */
   now?: number;
 }
 
@@ -102,84 +106,144 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
+/** Where the cache lies, and what is known of the machine. */
+interface Where {
+  file: string;
+  note: string;
+  dir: string;
+  /** The file system type of `dir`; undefined when no mount holds it. */
+  type?: string;
+}
+
+async function where(file = KDAT_FILE, mountinfo?: string): Promise<Where | string> {
+  try {
+    mountinfo ??= await Deno.readTextFile("/proc/self/mountinfo");
+  } catch (err) {
+    return `cannot read the mounts: ${(err as Error).message}`;
+  }
+  const dir = dirname(file);
+  return { file, note: `${file}.inferx`, dir, type: fsTypeOf(dir, mountinfo) };
+}
+
+async function readBootId(bootId?: string): Promise<string> {
+  return bootId ?? (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim();
+}
+
+/**
+ * Removes what CRIU must not read (see the module's note), before any CRIU
+ * runs: a stale `criu.kdat.tmp` on a tmpfs; elsewhere a cache of an earlier
+ * boot (one without this agent's note too, unless `seed` is false: it is then
+ * not the agent's to remove). Says what it removed; never throws.
+ */
+export async function dropStaleCriuCache(
+  options: Omit<CacheOptions, "criu"> = {},
+): Promise<string | undefined> {
+  const w = await where(options.file, options.mountinfo);
+  if (typeof w === "string") return undefined;
+  if (w.type === "tmpfs") {
+    const tmp = `${w.file}.tmp`;
+    const st = await Deno.lstat(tmp).catch(() => undefined);
+    const now = options.now ?? Date.now();
+    if (!st?.isFile || !st.mtime || now - st.mtime.getTime() < STALE_TMP_MS) return undefined;
+    const gone = await Deno.remove(tmp).then(() => true, () => false);
+    return gone ? `${tmp}, left by a CRIU killed while it wrote its kernel cache` : undefined;
+  }
+  if (!(await Deno.lstat(w.file).catch(() => undefined))) return undefined;
+  let bootId: string;
+  try {
+    bootId = await readBootId(options.bootId);
+  } catch {
+    return undefined; // and no cache is seeded either (prepareCriuCache says why)
+  }
+  const note = await readNote(w.note);
+  if (note ? note.bootId === bootId : options.seed === false) return undefined;
+  await Deno.remove(w.file).catch(() => {});
+  await Deno.remove(w.note).catch(() => {});
+  return `${w.file}, ${note ? "made in an earlier boot" : "of unknown making"}`;
+}
+
 /** Readies CRIU's kernel cache (see the module's note); never throws. */
 export async function prepareCriuCache(
   maker: CacheMaker,
   options: CacheOptions,
 ): Promise<CriuCacheState> {
-  const file = options.file ?? KDAT_FILE;
-  const dir = dirname(file);
-  const staleRemoved = await removeStaleTmp(`${file}.tmp`, options.now ?? Date.now());
-  const done = (s: CriuCacheState): CriuCacheState => staleRemoved ? { ...s, staleRemoved } : s;
-  let mountinfo = options.mountinfo;
-  try {
-    mountinfo ??= await Deno.readTextFile("/proc/self/mountinfo");
-  } catch (err) {
-    return done({ state: "off", reason: `cannot read the mounts: ${(err as Error).message}` });
-  }
-  const type = fsTypeOf(dir, mountinfo);
-  if (type === "tmpfs") return done({ state: "tmpfs" });
-  const notTmpfs = `${dir} is ${type ? `${type}, not a tmpfs` : "on no mount found"}`;
+  const w = await where(options.file, options.mountinfo);
+  if (typeof w === "string") return { state: "off", reason: w };
+  if (w.type === "tmpfs") return { state: "tmpfs" };
+  const notTmpfs = `${w.dir} is ${w.type ? `${w.type}, not a tmpfs` : "on no mount found"}`;
   if (options.seed === false) {
-    return done({ state: "off", reason: `${notTmpfs}, and INFERX_CRIU_CACHE=off` });
+    return { state: "off", reason: `${notTmpfs}, and INFERX_CRIU_CACHE=off` };
   }
-  let bootId = options.bootId;
+  let bootId: string;
   try {
-    bootId ??= (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim();
+    bootId = await readBootId(options.bootId);
   } catch (err) {
-    return done({ state: "off", reason: `cannot read the boot id: ${(err as Error).message}` });
+    return { state: "off", reason: `cannot read the boot id: ${(err as Error).message}` };
   }
   const want: SeedNote = { bootId, criu: options.criu };
-  const note = `${file}.inferx`;
-  if (await seededFor(file, note, want)) return done({ state: "seeded" });
-  const why = await seed(maker, file, note, want);
-  return done(why ? { state: "off", reason: `${notTmpfs}; ${why}` } : { state: "seeded" });
+  const why = await seededFor(w, want) ? await guard(w) : await seed(maker, w, want);
+  return why ? { state: "off", reason: `${notTmpfs}; ${why}` } : { state: "seeded" };
 }
 
-/** Removes `tmp` when it is older than {@linkcode STALE_TMP_MS}; whether it did. */
-async function removeStaleTmp(tmp: string, now: number): Promise<boolean> {
-  const st = await Deno.lstat(tmp).catch(() => undefined);
-  if (!st?.isFile || !st.mtime || now - st.mtime.getTime() < STALE_TMP_MS) return false;
-  return await Deno.remove(tmp).then(() => true, () => false);
-}
-
-/** Whether `file` is there, made for this boot and CRIU. */
-async function seededFor(file: string, note: string, want: SeedNote): Promise<boolean> {
-  const size = (await Deno.stat(file).catch(() => undefined))?.size ?? 0;
-  if (!size) return false;
+async function readNote(note: string): Promise<SeedNote | undefined> {
   try {
-    const had = JSON.parse(await Deno.readTextFile(note)) as SeedNote;
-    return had.bootId === want.bootId && had.criu === want.criu;
+    const n = JSON.parse(await Deno.readTextFile(note));
+    return typeof n?.bootId === "string" && typeof n?.criu === "string" ? n : undefined;
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+/**
+ * Keeps `criu.kdat.tmp` beside the cache: a CRIU run that probes the kernel
+ * (or, CRIU 4.2, finds a feature the cache lacks) would otherwise remove the
+ * cache where it may not keep one. Undefined, or why it cannot.
+ */
+async function guard(w: Where): Promise<string | undefined> {
+  try {
+    await Deno.writeFile(`${w.file}.tmp`, new Uint8Array(), { createNew: true, mode: 0o600 });
+  } catch (err) {
+    if (!(err instanceof Deno.errors.AlreadyExists)) {
+      return `cannot keep ${w.file}.tmp, without which CRIU removes the cache: ${
+        (err as Error).message
+      }`;
+    }
+  }
+  return undefined;
+}
+
+/** Whether the cache is there, made for this boot and CRIU. */
+async function seededFor(w: Where, want: SeedNote): Promise<boolean> {
+  const size = (await Deno.stat(w.file).catch(() => undefined))?.size ?? 0;
+  const had = await readNote(w.note);
+  return size > 0 && had?.bootId === want.bootId && had.criu === want.criu;
 }
 
 /** Makes the cache and puts it in place; undefined, or why not. */
-async function seed(
-  maker: CacheMaker,
-  file: string,
-  note: string,
-  want: SeedNote,
-): Promise<string | undefined> {
-  const made = await Deno.makeTempFile({ prefix: "inferx-criu-kdat-" });
+async function seed(maker: CacheMaker, w: Where, want: SeedNote): Promise<string | undefined> {
+  let made: string | undefined;
   try {
+    made = await Deno.makeTempFile({ prefix: "inferx-criu-kdat-" });
     const run = await maker.makeKernelCache(made);
     if (!run.ok) return `making it failed: ${run.reason}`;
     const bytes = await Deno.readFile(made);
     if (!bytes.length) return "making it failed: CRIU wrote an empty cache";
     // Written beside it and renamed: a CRIU starting meanwhile reads the old file or the new.
-    const part = `${file}.inferx-${Deno.pid}`;
+    const part = `${w.file}.inferx-${Deno.pid}`;
     await Deno.writeFile(part, bytes, { mode: 0o600 });
-    await Deno.rename(part, file);
-    await Deno.writeTextFile(note, JSON.stringify(want) + "\n", { mode: 0o600 });
+    await Deno.rename(part, w.file);
+    await Deno.writeTextFile(w.note, JSON.stringify(want) + "\n", { mode: 0o600 });
   } catch (err) {
     return `cannot put it in place: ${(err as Error).message}`;
   } finally {
-    await Deno.remove(made).catch(() => {});
+    if (made) await Deno.remove(made).catch(() => {});
   }
-  if (file !== KDAT_FILE || await maker.loadsKernelCache()) return undefined;
-  await Deno.remove(file).catch(() => {});
-  await Deno.remove(note).catch(() => {});
-  return "CRIU did not load the cache made for it";
+  const unguarded = await guard(w);
+  if (unguarded) return unguarded;
+  if (w.file !== KDAT_FILE) return undefined; // CRIU reads its own path alone
+  const loads = await maker.loadsKernelCache();
+  if (loads && (await Deno.stat(w.file).catch(() => undefined))) return undefined;
+  await Deno.remove(w.file).catch(() => {});
+  await Deno.remove(w.note).catch(() => {});
+  return loads ? "CRIU removed the cache made for it" : "CRIU did not load the cache made for it";
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { type CheckResult, Criu, locateCriu } from "./criu.ts";
 import {
   type CacheMaker,
+  dropStaleCriuCache,
   fsTypeOf,
   KDAT_FILE,
   prepareCriuCache,
@@ -53,28 +54,56 @@ async function runDir(type: string) {
   return { dir, file: `${dir}/criu.kdat`, mountinfo };
 }
 
-Deno.test("prepareCriuCache() leaves a tmpfs to CRIU, and removes a temporary file a killed CRIU left", async () => {
+Deno.test("dropStaleCriuCache() on a tmpfs removes a criu.kdat.tmp a killed CRIU left, not one being written", async () => {
   const { dir, file, mountinfo } = await runDir("tmpfs");
   try {
-    const { maker, runs } = fakeMaker();
     const now = Date.now();
-    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1", now };
-    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs" });
-    assert.equal(runs.made, 0);
-    // One just written (a CRIU saving its cache now) stays; one older than a minute goes.
+    await Deno.writeFile(file, new Uint8Array([1]));
     await Deno.writeFile(`${file}.tmp`, new Uint8Array());
-    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs" });
-    assert.ok(await Deno.stat(`${file}.tmp`));
+    assert.equal(await dropStaleCriuCache({ file, mountinfo, now }), undefined);
+    assert.ok(await Deno.stat(`${file}.tmp`), "one just written (a CRIU saving its cache) stays");
     const old = new Date(now - STALE_TMP_MS - 1000);
     await Deno.utime(`${file}.tmp`, old, old);
-    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs", staleRemoved: true });
+    assert.match(await dropStaleCriuCache({ file, mountinfo, now }) ?? "", /killed while it wrote/);
     await assert.rejects(Deno.stat(`${file}.tmp`), Deno.errors.NotFound);
+    assert.ok(await Deno.stat(file), "CRIU's own cache on a tmpfs is CRIU's to keep");
+    const { maker, runs } = fakeMaker();
+    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1" };
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "tmpfs" });
+    assert.equal(runs.made, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
-Deno.test("prepareCriuCache() seeds the cache on a /run that is no tmpfs, once per boot and CRIU", async () => {
+Deno.test("dropStaleCriuCache() elsewhere removes a cache of an earlier boot, and one of unknown making unless seeding is off", async () => {
+  const { dir, file, mountinfo } = await runDir("ext4");
+  try {
+    const opts = { file, mountinfo, bootId: "b2" };
+    const old = new Date(Date.now() - STALE_TMP_MS - 1000);
+    await Deno.writeFile(`${file}.tmp`, new Uint8Array());
+    await Deno.utime(`${file}.tmp`, old, old);
+    assert.equal(await dropStaleCriuCache(opts), undefined, "nothing to drop");
+    assert.ok(await Deno.stat(`${file}.tmp`), "kept: it keeps CRIU from removing the cache");
+    // This boot's stays.
+    await Deno.writeFile(file, new Uint8Array([1]));
+    await Deno.writeTextFile(`${file}.inferx`, JSON.stringify({ bootId: "b2", criu: "c" }));
+    assert.equal(await dropStaleCriuCache(opts), undefined);
+    // An earlier boot's goes, with its note, seeding or not.
+    await Deno.writeTextFile(`${file}.inferx`, JSON.stringify({ bootId: "b1", criu: "c" }));
+    assert.match(await dropStaleCriuCache({ ...opts, seed: false }) ?? "", /an earlier boot/);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["criu.kdat.tmp"]);
+    // One without a note is not the agent's when it seeds none.
+    await Deno.writeFile(file, new Uint8Array([1]));
+    assert.equal(await dropStaleCriuCache({ ...opts, seed: false }), undefined);
+    assert.match(await dropStaleCriuCache(opts) ?? "", /unknown making/);
+    await assert.rejects(Deno.stat(file), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("prepareCriuCache() seeds the cache on a /run that is no tmpfs, once per boot and CRIU, with its guard", async () => {
   const { dir, file, mountinfo } = await runDir("ext4");
   try {
     const { maker, runs } = fakeMaker(new Uint8Array([7, 7, 7, 7]));
@@ -92,14 +121,15 @@ Deno.test("prepareCriuCache() seeds the cache on a /run that is no tmpfs, once p
     await prepareCriuCache(maker, { ...opts, bootId: "b2" });
     await prepareCriuCache(maker, { ...opts, bootId: "b2", criu: "4.2.2 /x/criu" });
     assert.equal(runs.made, 3);
-    // An emptied cache is made again.
+    // An emptied or removed cache is made again; so is the guard.
     await Deno.writeFile(file, new Uint8Array());
+    await Deno.remove(`${file}.tmp`);
     await prepareCriuCache(maker, { ...opts, bootId: "b2", criu: "4.2.2 /x/criu" });
     assert.equal(runs.made, 4);
     // Only CRIU's own path is checked by CRIU (a `criu check` reads nothing else).
     assert.equal(runs.loads, 0);
     const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-    assert.deepEqual(names, ["criu.kdat", "criu.kdat.inferx"], "no part file left");
+    assert.deepEqual(names, ["criu.kdat", "criu.kdat.inferx", "criu.kdat.tmp"], "no part file");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -160,5 +190,35 @@ Deno.test({
       return;
     }
     assert.ok(await criu.loadsKernelCache(), "criu check loads the seeded cache");
+    assert.ok(await Deno.stat(KDAT_FILE), "and leaves it there");
+    assert.ok(await Deno.stat(`${KDAT_FILE}.tmp`), "its guard beside it");
+  },
+});
+
+Deno.test({
+  name:
+    "makeKernelCache() says what CRIU said when it wrote no cache, and leaves the real /run alone",
+  ignore: Deno.uid?.() !== 0 || Deno.build.os !== "linux",
+  async fn() {
+    // A "criu" that fails its check the way CRIU says so, writing nothing.
+    const criu = new Criu({
+      argv: [
+        "bash",
+        "-c",
+        'echo "Error (criu/kerndat.c:1): kerndat_init failed" >&2; exit 1',
+        "criu",
+      ],
+      path: "bash",
+      source: "system",
+    });
+    const dest = await Deno.makeTempFile();
+    try {
+      const r = await criu.makeKernelCache(dest);
+      assert.equal(r.ok, false);
+      assert.match(r.ok ? "" : r.reason, /kerndat_init failed/);
+      assert.equal((await Deno.stat(dest)).size, 0);
+    } finally {
+      await Deno.remove(dest);
+    }
   },
 });

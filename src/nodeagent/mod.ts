@@ -10,7 +10,7 @@ import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { MountAllow, SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
-import { type CriuCacheState, prepareCriuCache } from "./criu_cache.ts";
+import { type CriuCacheState, dropStaleCriuCache, prepareCriuCache } from "./criu_cache.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover, hugePageMode } from "./discover.ts";
 import { PodCgroups } from "./cgroup.ts";
@@ -81,12 +81,6 @@ export const DEFAULT_SNAPSHOT_SETTINGS: SnapshotSettings = {
 
 /** Says how CRIU's kernel cache stands, when not as it should (`criu_cache.ts`). */
 function logCriuCache(c: CriuCacheState): void {
-  if (c.staleRemoved) {
-    logger("nodeagent").info(
-      "Removed /run/criu.kdat.tmp, left by a CRIU killed while it wrote its kernel cache: with " +
-        "it there, no CRIU run keeps that cache",
-    );
-  }
   if (c.state === "seeded") {
     logger("nodeagent").info(
       "CRIU's kernel cache: /run is not a tmpfs, where CRIU keeps it; made by this agent for " +
@@ -95,7 +89,7 @@ function logCriuCache(c: CriuCacheState): void {
   } else if (c.state === "off") {
     logger("nodeagent").warn(
       "CRIU's kernel cache is off: {reason}. Every dump and restore probes the kernel first " +
-        "(tens of ms each): docs/standby.md#criu",
+        "(tens of ms each): docs/standby.md#crius-kernel-cache",
       { reason: c.reason },
     );
   }
@@ -271,10 +265,15 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
   // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
+  const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
+  // Before any CRIU runs, the check among them: what it must not read.
+  const dropped = await dropStaleCriuCache({ seed: settings.criuCache !== "off" });
+  if (dropped) {
+    logger("nodeagent").info("Removed CRIU's stale kernel cache: {dropped}", { dropped });
+  }
   const criuCap = await criuCapability();
   const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
   const criu = criuBin && new Criu(criuBin);
-  const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
   const criuCache = criu
     ? await prepareCriuCache(criu, {
       seed: settings.criuCache !== "off",

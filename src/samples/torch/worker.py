@@ -24,6 +24,7 @@ import ctypes
 import gc
 import io
 import json
+import mmap
 import os
 import pickle
 import select
@@ -69,7 +70,13 @@ class TinyLM(nn.Module):
 
 
 def generate_weights(path):
-    """Writes the model's weights from a fixed seed (atomically: temp file, then rename)."""
+    """Writes the model's weights from a fixed seed, unless a file is there already.
+
+    Written to a temporary file and linked into place, never replacing one: workers map the
+    file, and one replaced under them would map a deleted file, which CRIU cannot dump (it
+    would have to copy the whole file into the image). Two workers generating at once link
+    one file; the other's copy goes.
+    """
     torch.manual_seed(0)
     model = TinyLM()
     buf = io.BytesIO()  # saved to memory: the archive then names no file, same bytes every time
@@ -77,7 +84,12 @@ def generate_weights(path):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(buf.getvalue())
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        print(f"weights already at {path}: kept", flush=True)
+    finally:
+        os.unlink(tmp)
 
 
 def load_model(path):
@@ -105,11 +117,14 @@ def mapped_state(path):
     torch.save stores every tensor's bytes uncompressed and aligned in the zip, so they can be
     mapped read-only where they lie (as torch.load(mmap=True) does from torch 2.1; Debian's is
     1.13). The weights then live in the page cache, shared by every worker of the node that maps
-    the file, and a snapshot of this process holds none of them: a restore maps the file again.
+    the file, and a snapshot of this process holds none of them: CRIU records the mapping by the
+    file's path, checks the file's size at a restore and maps it again. No descriptor of the file
+    stays open (np.memmap would keep one): CRIU would hand such a descriptor to the restored
+    worker as it was and map through it, size unchecked.
     """
     storages = {}
-    whole = np.memmap(path, dtype=np.uint8, mode="r")  # one read-only shared mapping
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        whole = map_whole(raw)
         pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
         prefix = pkl[: -len("data.pkl")]
 
@@ -117,11 +132,16 @@ def mapped_state(path):
             info = zf.getinfo(f"{prefix}data/{key}")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ValueError(f"{path}: tensor {key} is compressed, cannot be mapped")
+            if dtype not in NUMPY_TYPES:
+                raise ValueError(f"{path}: tensor {key} is {dtype}, which cannot be mapped")
+            kind = np.dtype(NUMPY_TYPES[dtype])
+            if numel * kind.itemsize > info.file_size:
+                raise ValueError(f"{path}: tensor {key} says {numel} elements, its member holds "
+                                 f"{info.file_size} bytes")
             raw.seek(info.header_offset)
             head = raw.read(30)  # the member's local header: its name and extra field follow
             name_len, extra_len = struct.unpack("<HH", head[26:30])
             offset = info.header_offset + 30 + name_len + extra_len
-            kind = np.dtype(NUMPY_TYPES[dtype])
             if offset % kind.itemsize:
                 raise ValueError(f"{path}: tensor {key} is not aligned, cannot be mapped")
             array = whole[offset:offset + numel * kind.itemsize].view(kind)
@@ -140,7 +160,28 @@ def mapped_state(path):
             return Unpickler(f).load()
 
 
-NUMPY_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+def map_whole(f):
+    """The whole of open file `f` mapped read-only and shared, as a read-only byte array."""
+    size = os.fstat(f.fileno()).st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot map {f.name}: {os.strerror(err)}")
+    # Never unmapped: the model's weights live in it for as long as the process.
+    array = np.frombuffer((ctypes.c_uint8 * size).from_address(addr), dtype=np.uint8)
+    array.flags.writeable = False
+    return array
+
+
+NUMPY_TYPES = {
+    torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16,
+    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+    torch.uint8: np.uint8, torch.bool: np.bool_,
+}
 
 
 def place_weights(model, state):
@@ -153,9 +194,9 @@ def place_weights(model, state):
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
         old = getattr(module, attr)
-        if old.shape != tensor.shape:
-            raise ValueError(f"weights do not fit the model: {name} is {tuple(tensor.shape)}, "
-                             f"the model's {tuple(old.shape)}")
+        if old.shape != tensor.shape or old.dtype != tensor.dtype:
+            raise ValueError(f"weights do not fit the model: {name} is {tuple(tensor.shape)} "
+                             f"{tensor.dtype}, the model's {tuple(old.shape)} {old.dtype}")
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         else:

@@ -22,6 +22,11 @@ Deno.test({
       await generateTorchWeights(`${dir}/a.pt`);
       await generateTorchWeights(`${dir}/b.pt`);
       assert.equal(await sha256(`${dir}/a.pt`), await sha256(`${dir}/b.pt`));
+      // A file there is kept, never replaced: workers map it.
+      const before = await Deno.stat(`${dir}/a.pt`);
+      await generateTorchWeights(`${dir}/a.pt`);
+      assert.equal((await Deno.stat(`${dir}/a.pt`)).ino, before.ino);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["a.pt", "b.pt"]);
       assert.ok((await Deno.stat(`${dir}/a.pt`)).size > 40_000_000, "10.9 M float32 parameters");
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -69,6 +74,11 @@ Deno.test({
       const mapped = maps.filter((l) => l.endsWith(`${dir}/w.pt`));
       assert.equal(mapped.length, 1, maps.join("\n"));
       assert.match(mapped[0], / r--s /);
+      // And no descriptor of it kept open, so that CRIU records the mapping by path.
+      for (const fd of Deno.readDirSync(`/proc/${proc.pid}/fd`)) {
+        const target = await Deno.readLink(`/proc/${proc.pid}/fd/${fd.name}`).catch(() => "");
+        assert.notEqual(target, `${dir}/w.pt`, `fd ${fd.name}`);
+      }
       const bad = await complete({ prompt: "x", max_tokens: 0 });
       assert.equal(bad.status, 400);
       assert.match((await bad.json()).error.message, /max_tokens must be an integer/);
@@ -124,16 +134,21 @@ small = w.TinyLM(d=192, heads=6, layers=6, ff=768)
 torch.save(small.state_dict(), "${dir}/small.pt")
 fewer = w.TinyLM(layers=5)
 torch.save(fewer.state_dict(), "${dir}/fewer.pt")
-for path in ("${dir}/small.pt", "${dir}/fewer.pt"):
+torch.save(w.TinyLM().double().state_dict(), "${dir}/double.pt")
+for path in ("${dir}/small.pt", "${dir}/fewer.pt", "${dir}/double.pt"):
     try:
         w.place_weights(w.TinyLM(), w.mapped_state(path))
         print("placed")
     except ValueError as err:
         print(err)`);
-      const [small, fewer] = refused.split("\n");
+      const [small, fewer, double] = refused.split("\n");
       assert.match(
         small,
-        /weights do not fit the model: tok\.weight is \(256, 192\), the model's \(256, 384\)/,
+        /weights do not fit the model: tok\.weight is \(256, 192\) torch\.float32, the model's \(256, 384\) torch\.float32/,
+      );
+      assert.match(
+        double,
+        /tok\.weight is \(256, 384\) torch\.float64, the model's \(256, 384\) torch\.float32/,
       );
       assert.match(fewer, /weights do not fit the model: missing \['body\.layers\.5\./);
     } finally {
