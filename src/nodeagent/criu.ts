@@ -101,6 +101,18 @@ export interface OpenFile {
   path: string;
   /** Its `open()` flags, from `/proc/{pid}/fdinfo`. */
   flags: number;
+  /**
+   * A file open read-only, as it was at the dump (its size, modification
+   * time and inode): a restore refuses one that changed since.
+   */
+  was?: FileStamp;
+}
+
+/** What tells a file's content changed: its size, modification time and inode. */
+export interface FileStamp {
+  size: number;
+  mtimeMs: number;
+  ino: number;
 }
 
 /**
@@ -112,6 +124,21 @@ export interface InheritedFile {
   /** What to open for it. */
   path: string;
   flags: number;
+  /** What a file open read-only was at the dump; the restore refuses it changed. */
+  was?: FileStamp;
+}
+
+/** How `now` differs from `was`, or undefined when it does not. */
+export function stampChange(was: FileStamp, now: FileStamp): string | undefined {
+  if (now.ino !== was.ino) return "replaced by another file";
+  if (now.size !== was.size) return `${was.size} bytes then, ${now.size} now`;
+  if (now.mtimeMs !== was.mtimeMs) return "modified, its size the same";
+  return undefined;
+}
+
+function stampOf(st: Deno.FileInfo): FileStamp | undefined {
+  if (st.ino === null || !st.mtime) return undefined;
+  return { size: st.size, mtimeMs: st.mtime.getTime(), ino: st.ino };
 }
 
 const O_ACCMODE = 0o3;
@@ -386,10 +413,21 @@ export class Criu {
     // Reopened, a file gone since the dump would be made again, empty: the worker would come back
     // with its data lost (CRIU itself refuses a missing file it reopens).
     for (const f of inherit) {
-      if (!await Deno.lstat(f.path).then(() => true, () => false)) {
+      const st = await Deno.stat(f.path).catch(() => undefined);
+      if (!st) {
         throw new InferxError(
           "worker_failed",
           `Cannot restore from ${dir}: ${f.path}, which the worker had open, is gone`,
+        );
+      }
+      // One it only read (its weights, say) may be mapped: changed, it would hand the restored
+      // worker other bytes than it read, or fault it (SIGBUS) past a shorter end.
+      const now = stampOf(st);
+      const change = f.was && now && stampChange(f.was, now);
+      if (change) {
+        throw new InferxError(
+          "worker_failed",
+          `Cannot restore from ${dir}: ${f.path}, which the worker had open read-only, changed since the dump (${change})`,
         );
       }
     }
@@ -524,7 +562,13 @@ export async function openFiles(pids: number[]): Promise<OpenFile[]> {
       const info = await Deno.readTextFile(`/proc/${pid}/fdinfo/${fd}`).catch(() => "");
       const m = info.match(/^flags:\s*([0-7]+)/m);
       if (!m) continue;
-      seen.set(path, { path, flags: parseInt(m[1], 8) });
+      const flags = parseInt(m[1], 8);
+      // A restore hands CRIU a descriptor for it, which CRIU takes unchecked: what it was is kept.
+      const st = (flags & O_ACCMODE) === 0
+        ? await Deno.stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)
+        : undefined;
+      const was = st && stampOf(st);
+      seen.set(path, was ? { path, flags, was } : { path, flags });
     }
   }
   return [...seen.values()];

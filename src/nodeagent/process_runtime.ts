@@ -1240,6 +1240,7 @@ export class ProcessRuntime implements PodRuntime {
       key: f.path,
       path: f.path === meta.logFile && logFile ? logFile : f.path,
       flags: f.flags,
+      was: f.was,
     }));
     // Its GPU memory comes back in its host memory first (a pod parked in a file with it).
     if (meta.gpu) await this.#gpuInHost(limits, true);

@@ -758,6 +758,42 @@ criuNetTest(
 );
 
 criuNetTest(
+  "ProcessRuntime: a restore refuses a file the worker held open read-only that changed since the dump",
+  async ({ dir, rt }) => {
+    const weights = `${dir}/weights.bin`;
+    await Deno.writeTextFile(weights, "0123456789");
+    const worker = `const f = Deno.openSync(${
+      JSON.stringify(weights)
+    }, { read: true }); const b = new Uint8Array(4); f.readSync(b); ${COUNTER}`;
+    await rt.start(spec(["deno", "eval", worker]));
+    await rt.snapshot("pod-test", `${dir}/image`);
+    await rt.stop("pod-test");
+    const restore = (podId: string) =>
+      rt.restore(spec([], { podId }), `${dir}/image`).then(
+        async (pod) => (await rt.stop(podId), pod),
+        (e) => e,
+      );
+    // As it was: restored.
+    assert.ok((await restore("same")).endpoint, "restored while the file is as it was");
+    // Longer, then as long but written again, then another file under its name: refused.
+    await Deno.writeTextFile(weights, "0123456789abc");
+    assert.match(
+      String(await restore("longer")),
+      new RegExp(
+        `${weights}, which the worker had open read-only, changed since the dump \\(10 bytes then, 13 now\\)`,
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    await Deno.writeTextFile(weights, "9876543210");
+    assert.match(String(await restore("rewritten")), /\(modified, its size the same\)/);
+    await Deno.writeTextFile(`${weights}.new`, "0123456789");
+    await Deno.rename(`${weights}.new`, weights);
+    assert.match(String(await restore("replaced")), /\(replaced by another file\)/);
+    assert.deepEqual(rt.running(), []);
+  },
+);
+
+criuNetTest(
   "ProcessRuntime: a snapshot of a worker that died under it fails as the worker's, not as what CRIU cannot dump",
   async ({ dir, rt }) => {
     // A worker that exits a moment after it is asked: while it is being dumped, or before. (30 ms
