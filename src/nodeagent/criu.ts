@@ -137,12 +137,14 @@ export function stampChange(was: FileStamp, now: FileStamp): string | undefined 
 }
 
 function stampOf(st: Deno.FileInfo): FileStamp | undefined {
-  if (st.ino === null || !st.mtime) return undefined;
+  // A directory's modification time moves with what is made in it: only files are stamped.
+  if (!st.isFile || st.ino === null || !st.mtime) return undefined;
   return { size: st.size, mtimeMs: st.mtime.getTime(), ino: st.ino };
 }
 
 const O_ACCMODE = 0o3;
 const O_WRONLY = 0o1;
+const O_RDWR = 0o2;
 const O_APPEND = 0o2000;
 
 /** The bash redirection that opens a file the way `flags` did, without truncating it. */
@@ -224,6 +226,9 @@ export async function sweepCriuOutput(): Promise<void> {
 /** One CRIU binary. */
 export class Criu {
   readonly binary: CriuBinary;
+
+  /** Run before each dump and restore (the agent keeps CRIU's kernel cache: `criu_cache.ts`). */
+  beforeRun?: () => Promise<void>;
 
   constructor(binary: CriuBinary) {
     this.binary = binary;
@@ -354,6 +359,7 @@ export class Criu {
    * namespace, and a restore gets a fresh one.
    */
   async dump(pid: number, dir: string, options: DumpOptions = {}): Promise<void> {
+    await this.beforeRun?.();
     await Deno.mkdir(dir, { recursive: true });
     const args = [
       "dump",
@@ -388,6 +394,7 @@ export class Criu {
    * returns the host pid of its root.
    */
   async restore(dir: string, options: RestoreOptions): Promise<number> {
+    await this.beforeRun?.();
     await Deno.mkdir(options.workDir, { recursive: true });
     const pidfile = `${options.workDir}/restore.pid`;
     const logFile = `${options.workDir}/restore.log`;
@@ -423,7 +430,7 @@ export class Criu {
       // One it only read (its weights, say) may be mapped: changed, it would hand the restored
       // worker other bytes than it read, or fault it (SIGBUS) past a shorter end.
       const now = stampOf(st);
-      const change = f.was && now && stampChange(f.was, now);
+      const change = f.was && (now ? stampChange(f.was, now) : "no longer a file");
       if (change) {
         throw new InferxError(
           "worker_failed",
@@ -558,11 +565,19 @@ export async function openFiles(pids: number[]): Promise<OpenFile[]> {
       ) {
         continue;
       }
-      if (seen.has(path)) continue;
       const info = await Deno.readTextFile(`/proc/${pid}/fdinfo/${fd}`).catch(() => "");
       const m = info.match(/^flags:\s*([0-7]+)/m);
       if (!m) continue;
       const flags = parseInt(m[1], 8);
+      // One descriptor is handed over for every one of a path: opened read-only and for
+      // writing, it is opened for both, and it is no file the worker only reads.
+      const had = seen.get(path);
+      if (had) {
+        if ((had.flags & O_ACCMODE) !== (flags & O_ACCMODE)) {
+          seen.set(path, { path, flags: (had.flags & ~O_ACCMODE) | O_RDWR });
+        }
+        continue;
+      }
       // A restore hands CRIU a descriptor for it, which CRIU takes unchecked: what it was is kept.
       const st = (flags & O_ACCMODE) === 0
         ? await Deno.stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined)

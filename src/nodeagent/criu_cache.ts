@@ -70,7 +70,7 @@ export interface CacheOptions {
   file?: string;
   /** `/proc/self/mountinfo`'s text. @default read */
   mountinfo?: string;
-  /** This boot's id. @default `/proc/sys/kernel/random/boot_id` */
+  /** This boot's id; empty: it cannot be told. @default `/proc/sys/kernel/random/boot_id` */
   bootId?: string;
   /** Now, for the age of a `criu.kdat.tmp`. @default Date.now() */
   now?: number;
@@ -131,35 +131,43 @@ async function readBootId(bootId?: string): Promise<string> {
 
 /**
  * Removes what CRIU must not read (see the module's note), before any CRIU
- * runs: a stale `criu.kdat.tmp` on a tmpfs; elsewhere a cache of an earlier
- * boot (one without this agent's note too, unless `seed` is false: it is then
- * not the agent's to remove). Says what it removed; never throws.
+ * runs: a stale `criu.kdat.tmp` on a tmpfs; elsewhere a cache not made in
+ * this boot by this agent (one without its note only when `seed` is on: it is
+ * otherwise not the agent's to remove), or any of its own, guard included,
+ * when `seed` is off or the boot cannot be told. Says what it removed; never
+ * throws.
  */
 export async function dropStaleCriuCache(
   options: Omit<CacheOptions, "criu"> = {},
 ): Promise<string | undefined> {
-  const w = await where(options.file, options.mountinfo);
-  if (typeof w === "string") return undefined;
-  if (w.type === "tmpfs") {
-    const tmp = `${w.file}.tmp`;
+  const file = options.file ?? KDAT_FILE;
+  const w = await where(file, options.mountinfo);
+  if (typeof w !== "string" && w.type === "tmpfs") {
+    const tmp = `${file}.tmp`;
     const st = await Deno.lstat(tmp).catch(() => undefined);
     const now = options.now ?? Date.now();
     if (!st?.isFile || !st.mtime || now - st.mtime.getTime() < STALE_TMP_MS) return undefined;
     const gone = await Deno.remove(tmp).then(() => true, () => false);
     return gone ? `${tmp}, left by a CRIU killed while it wrote its kernel cache` : undefined;
   }
-  if (!(await Deno.lstat(w.file).catch(() => undefined))) return undefined;
-  let bootId: string;
-  try {
-    bootId = await readBootId(options.bootId);
-  } catch {
-    return undefined; // and no cache is seeded either (prepareCriuCache says why)
-  }
-  const note = await readNote(w.note);
-  if (note ? note.bootId === bootId : options.seed === false) return undefined;
-  await Deno.remove(w.file).catch(() => {});
-  await Deno.remove(w.note).catch(() => {});
-  return `${w.file}, ${note ? "made in an earlier boot" : "of unknown making"}`;
+  // Not a tmpfs, or not known to be one.
+  const note = await readNote(`${file}.inferx`);
+  const there = await Deno.lstat(file).then(() => true, () => false);
+  if (!there && !note) return undefined;
+  const bootId = (await readBootId(options.bootId).catch(() => "")) || undefined;
+  let why: string | undefined;
+  let unguard = false;
+  if (options.seed === false) {
+    if (note) [why, unguard] = ["made by this agent, and INFERX_CRIU_CACHE=off", true];
+  } else if (typeof w === "string" || bootId === undefined) {
+    [why, unguard] = ["this boot cannot be told", note !== undefined];
+  } else if (!note) why = "of unknown making";
+  else if (note.bootId !== bootId) why = "made in an earlier boot";
+  if (!why) return undefined;
+  await Deno.remove(file).catch(() => {});
+  await Deno.remove(`${file}.inferx`).catch(() => {});
+  if (unguard) await Deno.remove(`${file}.tmp`).catch(() => {});
+  return `${file}, ${why}`;
 }
 
 /** Readies CRIU's kernel cache (see the module's note); never throws. */
@@ -228,6 +236,9 @@ async function seed(maker: CacheMaker, w: Where, want: SeedNote): Promise<string
     if (!run.ok) return `making it failed: ${run.reason}`;
     const bytes = await Deno.readFile(made);
     if (!bytes.length) return "making it failed: CRIU wrote an empty cache";
+    // The guard first: a cache put in place without it may be removed by the next CRIU run.
+    const unguarded = await guard(w);
+    if (unguarded) return unguarded;
     // Written beside it and renamed: a CRIU starting meanwhile reads the old file or the new.
     const part = `${w.file}.inferx-${Deno.pid}`;
     await Deno.writeFile(part, bytes, { mode: 0o600 });
@@ -238,12 +249,31 @@ async function seed(maker: CacheMaker, w: Where, want: SeedNote): Promise<string
   } finally {
     if (made) await Deno.remove(made).catch(() => {});
   }
-  const unguarded = await guard(w);
-  if (unguarded) return unguarded;
   if (w.file !== KDAT_FILE) return undefined; // CRIU reads its own path alone
   const loads = await maker.loadsKernelCache();
   if (loads && (await Deno.stat(w.file).catch(() => undefined))) return undefined;
   await Deno.remove(w.file).catch(() => {});
   await Deno.remove(w.note).catch(() => {});
   return loads ? "CRIU removed the cache made for it" : "CRIU did not load the cache made for it";
+}
+
+/**
+ * What a node agent runs before each dump and restore where it seeded the
+ * cache: a CRIU of another build on the node removes the cache as it loads
+ * it (its size or build stamp differ), so it is made again when gone. One
+ * `stat` a run; `said` hears of each remaking and of a failure.
+ */
+export function keepCriuCache(
+  maker: CacheMaker,
+  options: CacheOptions,
+  said: (s: CriuCacheState) => void,
+): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  const file = options.file ?? KDAT_FILE;
+  const run = async () => {
+    if (await Deno.stat(file).then((st) => st.size > 0, () => false)) return;
+    said(await prepareCriuCache(maker, options));
+  };
+  // Runs that come while one looks share it.
+  return () => running ??= run().finally(() => running = undefined);
 }

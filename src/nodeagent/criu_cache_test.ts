@@ -5,6 +5,7 @@ import {
   dropStaleCriuCache,
   fsTypeOf,
   KDAT_FILE,
+  keepCriuCache,
   prepareCriuCache,
   STALE_TMP_MS,
 } from "./criu_cache.ts";
@@ -91,13 +92,21 @@ Deno.test("dropStaleCriuCache() elsewhere removes a cache of an earlier boot, an
     assert.equal(await dropStaleCriuCache(opts), undefined);
     // An earlier boot's goes, with its note, seeding or not.
     await Deno.writeTextFile(`${file}.inferx`, JSON.stringify({ bootId: "b1", criu: "c" }));
-    assert.match(await dropStaleCriuCache({ ...opts, seed: false }) ?? "", /an earlier boot/);
+    assert.match(await dropStaleCriuCache(opts) ?? "", /an earlier boot/);
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["criu.kdat.tmp"]);
     // One without a note is not the agent's when it seeds none.
     await Deno.writeFile(file, new Uint8Array([1]));
     assert.equal(await dropStaleCriuCache({ ...opts, seed: false }), undefined);
     assert.match(await dropStaleCriuCache(opts) ?? "", /unknown making/);
     await assert.rejects(Deno.stat(file), Deno.errors.NotFound);
+    // Its own of this boot goes, guard and all, once seeding is off, or when the boot is unknown.
+    for (const o of [{ ...opts, seed: false }, { ...opts, bootId: "" }]) {
+      await Deno.writeFile(file, new Uint8Array([1]));
+      await Deno.writeTextFile(`${file}.inferx`, JSON.stringify({ bootId: "b2", criu: "c" }));
+      await Deno.writeFile(`${file}.tmp`, new Uint8Array());
+      assert.match(await dropStaleCriuCache(o) ?? "", /INFERX_CRIU_CACHE=off|cannot be told/);
+      assert.deepEqual([...Deno.readDirSync(dir)], [], JSON.stringify(o));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -130,6 +139,26 @@ Deno.test("prepareCriuCache() seeds the cache on a /run that is no tmpfs, once p
     assert.equal(runs.loads, 0);
     const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
     assert.deepEqual(names, ["criu.kdat", "criu.kdat.inferx", "criu.kdat.tmp"], "no part file");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("keepCriuCache() makes the cache again once it is gone, once for runs that find it gone together", async () => {
+  const { dir, file, mountinfo } = await runDir("ext4");
+  try {
+    const { maker, runs } = fakeMaker();
+    const opts = { file, mountinfo, criu: "4.2.1 /x/criu", bootId: "b1" };
+    const heard: string[] = [];
+    const keep = keepCriuCache(maker, opts, (s) => heard.push(s.state));
+    assert.deepEqual(await prepareCriuCache(maker, opts), { state: "seeded" });
+    await keep();
+    assert.equal(runs.made, 1, "there: nothing made");
+    await Deno.remove(file); // what a CRIU of another build does as it loads it
+    await Promise.all([keep(), keep(), keep()]);
+    assert.equal(runs.made, 2);
+    assert.deepEqual(heard, ["seeded"]);
+    assert.ok((await Deno.stat(file)).size > 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

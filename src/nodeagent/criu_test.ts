@@ -5,6 +5,7 @@ import {
   criuCapability,
   locateCriu,
   logReason,
+  openFiles,
   redirection,
   sweepCriuOutput,
 } from "./criu.ts";
@@ -96,6 +97,32 @@ Deno.test({
     assert.match(cap.version!, /^\d+\.\d+/);
     assert.match(cap.path!, /\.criu\/usr\/sbin\/criu$/);
   },
+});
+
+Deno.test("openFiles() stamps a file open read-only alone, and takes one open both ways as read-write", async () => {
+  const dir = await Deno.makeTempDir();
+  const ro = `${dir}/weights`, both = `${dir}/state`;
+  await Deno.writeTextFile(ro, "0123456789");
+  await Deno.writeTextFile(both, "x");
+  const held = [
+    Deno.openSync(ro, { read: true }),
+    Deno.openSync(both, { read: true }),
+    Deno.openSync(both, { read: true, write: true }),
+  ];
+  try {
+    const files = await openFiles([Deno.pid]);
+    const weights = files.find((f) => f.path === ro)!;
+    const st = await Deno.stat(ro);
+    assert.deepEqual(weights.was, { size: 10, mtimeMs: st.mtime!.getTime(), ino: st.ino });
+    const state = files.filter((f) => f.path === both);
+    assert.equal(state.length, 1);
+    assert.equal(state[0].flags & 0o3, 0o2, "read-write");
+    assert.equal(state[0].was, undefined);
+    assert.equal(files.some((f) => f.path === dir), false);
+  } finally {
+    for (const f of held) f.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("logReason() keeps CRIU's fatal error lines and drops the ones it survives", () => {

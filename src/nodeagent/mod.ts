@@ -10,7 +10,12 @@ import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { MountAllow, SnapshotSettings } from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
-import { type CriuCacheState, dropStaleCriuCache, prepareCriuCache } from "./criu_cache.ts";
+import {
+  type CriuCacheState,
+  dropStaleCriuCache,
+  keepCriuCache,
+  prepareCriuCache,
+} from "./criu_cache.ts";
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover, hugePageMode } from "./discover.ts";
 import { PodCgroups } from "./cgroup.ts";
@@ -274,13 +279,19 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   const criuCap = await criuCapability();
   const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
   const criu = criuBin && new Criu(criuBin);
-  const criuCache = criu
-    ? await prepareCriuCache(criu, {
-      seed: settings.criuCache !== "off",
-      criu: `${criuCap.version} ${criuCap.path}`,
-    })
-    : undefined;
+  const cacheOptions = {
+    seed: settings.criuCache !== "off",
+    criu: `${criuCap.version} ${criuCap.path}`,
+  };
+  const criuCache = criu ? await prepareCriuCache(criu, cacheOptions) : undefined;
   if (criuCache) logCriuCache(criuCache);
+  if (criu && criuCache?.state === "seeded") {
+    criu.beforeRun = keepCriuCache(criu, cacheOptions, (s) => {
+      logger("nodeagent").info("CRIU's kernel cache was gone (a CRIU of another build?): {now}", {
+        now: s.state === "seeded" ? "made again" : `not made again: ${s.reason}`,
+      });
+    });
+  }
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(
     docker,

@@ -197,6 +197,8 @@ def place_weights(model, state):
         if old.shape != tensor.shape or old.dtype != tensor.dtype:
             raise ValueError(f"weights do not fit the model: {name} is {tuple(tensor.shape)} "
                              f"{tensor.dtype}, the model's {tuple(old.shape)} {old.dtype}")
+        # The tensors lie on read-only pages: an operation in place on a weight would end
+        # the process (SIGSEGV) instead of raising. Inference makes none.
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         else:
