@@ -5,9 +5,9 @@
  * worker: the time to the first byte of a call that restores its pod, as
  * its client sees it, in rounds of with, without, without, with.
  *
- * "Without" removes the cache (and, where `/run` is a tmpfs, holds
- * `/run/criu.kdat.tmp` so that CRIU cannot keep one); "with" makes it again
- * the way the agent does at its start. The node is left with its cache.
+ * "Without" leaves CRIU a cache it cannot use (see `withoutCache`); "with"
+ * makes it again the way the agent does at its start. The node is left with
+ * its cache.
  *
  * Run: `deno run -A bench/criu_cache.ts [rounds] [workers]` (8, ngram,torch;
  * needs root, CRIU from `deno task criu`, and `python3-torch` for torch).
@@ -38,18 +38,21 @@ const criu = new Criu(binary);
 const criuName = `${cap.version} ${binary.path}`;
 const tmpfs = fsTypeOf("/run", await Deno.readTextFile("/proc/self/mountinfo")) === "tmpfs";
 
-/** Takes the cache away, so that every CRIU run probes the kernel. */
+/**
+ * Leaves CRIU no cache it can use, so that the next run probes the kernel: a
+ * file of the wrong size, which CRIU removes as it loads it (the agent, which
+ * makes the cache again once it is gone, sees one there), and
+ * `criu.kdat.tmp`, so that the run keeps no new one.
+ */
 async function withoutCache() {
-  for (const f of [KDAT_FILE, `${KDAT_FILE}.inferx`, `${KDAT_FILE}.tmp`]) {
-    await Deno.remove(f).catch(() => {});
-  }
-  // On a tmpfs CRIU would keep a new one at once: its temporary file there keeps it from that.
-  if (tmpfs) await Deno.writeFile(`${KDAT_FILE}.tmp`, new Uint8Array(), { createNew: true });
+  await Deno.writeFile(KDAT_FILE, new Uint8Array([0]));
+  await Deno.writeFile(`${KDAT_FILE}.tmp`, new Uint8Array());
 }
 
 /** Gives the cache back, as an agent's start does. */
 async function withCache() {
-  await Deno.remove(`${KDAT_FILE}.tmp`).catch(() => {});
+  await Deno.remove(KDAT_FILE).catch(() => {});
+  if (tmpfs) await Deno.remove(`${KDAT_FILE}.tmp`).catch(() => {});
   const s = await prepareCriuCache(criu, { criu: criuName });
   if (s.state === "tmpfs") await criu.check(); // CRIU writes its own
   if (!await criu.loadsKernelCache()) throw new Error(`no cache: ${s.state} ${s.reason ?? ""}`);

@@ -5,7 +5,7 @@
  *
  * Every `criu dump` and `criu restore` first probes the kernel for these
  * unless it can read them from `/run/criu.kdat`, which takes tens of
- * milliseconds a run (28–49 ms a restore measured on a 2-core VM). CRIU reads
+ * milliseconds a run (28–53 ms a restore measured on a 2-core VM). CRIU reads
  * that file from any file system but keeps one only on a tmpfs, so that it is
  * gone after a reboot: some of it (the zero page's frame, device numbers) may
  * change with any reboot, and a dump that trusted a stale zero page frame
