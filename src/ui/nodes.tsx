@@ -24,6 +24,35 @@ function UsageBar(props: { label: string; usage: Usage; unit: (n: number) => str
 
 const cores = (m: number) => `${Number((m / 1000).toFixed(1))} cores`;
 
+/**
+ * Whether pods start from snapshots on the node, or why not, and what makes
+ * its restores slower than they could be (docs/standby.md).
+ */
+function SnapshotLine(props: { node: NodeView["node"] }) {
+  const s = props.node.snapshots;
+  if (!s) return null;
+  if (!s.available) {
+    return <p class="muted small snapshots">Snapshots off: {s.reason ?? "no reason given"}</p>;
+  }
+  const cache = props.node.criu?.kernelCache;
+  return (
+    <p class="muted small snapshots">
+      Snapshots on · {s.items.length} image(s), {mb(Math.round(s.diskUsedMB ?? 0))} of{" "}
+      {mb(Math.round(s.diskBudgetMB ?? 0))}
+      {s.hugePages && s.hugePages !== "always" && (
+        <span title="restores fill memory 4 KiB at a time">
+          {` · transparent huge pages ${s.hugePages}`}
+        </span>
+      )}
+      {cache === "off" && (
+        <span title={props.node.criu?.kernelCacheReason}>
+          {" · CRIU's kernel cache off: each dump and restore probes the kernel"}
+        </span>
+      )}
+    </p>
+  );
+}
+
 function NodeCard(props: { view: NodeView; now: number }) {
   const { node, gpus, parked } = props.view;
   const beat = node.heartbeat ? `heartbeat ${age(props.now - node.heartbeat)} ago` : "";
@@ -47,6 +76,7 @@ function NodeCard(props: { view: NodeView; now: number }) {
           )
           : ""}
       </p>
+      <SnapshotLine node={node} />
       <UsageBar label="CPU" usage={props.view.cpu} unit={cores} />
       <UsageBar label="Memory" usage={props.view.mem} unit={mb} />
       {gpus.length === 0

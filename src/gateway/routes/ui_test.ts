@@ -44,7 +44,7 @@ async function addPod(f: GatewayFixture, fields: Partial<PodInfo> & { id: string
   return p;
 }
 
-async function addNode(f: GatewayFixture) {
+async function addNode(f: GatewayFixture, more: Partial<NodeInfo> = {}) {
   const node: NodeInfo = {
     name: "n1",
     address: "127.0.0.1",
@@ -56,12 +56,13 @@ async function addNode(f: GatewayFixture) {
     runtime: "process",
     ready: true,
     heartbeat: Date.now(),
+    ...more,
   };
   await f.meta.create({
     type: "node",
     tenant: "system",
     namespace: "system",
-    name: "n1",
+    name: node.name,
     object: node,
   });
 }
@@ -246,6 +247,57 @@ t("the nodes part draws a GPU bar with one slice per pod, colored by function", 
     await f.close();
   }
 });
+
+t(
+  "the nodes part says whether a node takes snapshots, or why not, and what slows its restores",
+  async () => {
+    const f = await gatewayFixture();
+    try {
+      const item = { func: "t/n/f", version: 1, state: "Ready", sizeMB: 116.4 };
+      await addNode(f, {
+        criu: {
+          available: true,
+          kernelCache: "off",
+          kernelCacheReason: "/run is ext4, not a tmpfs",
+        },
+        snapshots: {
+          available: true,
+          diskBudgetMB: 10240,
+          diskUsedMB: 139.6,
+          hugePages: "madvise",
+          items: [item],
+        },
+      });
+      await addNode(f, {
+        name: "n2",
+        snapshots: {
+          available: false,
+          reason: "CRIU is not available: CRIU needs root",
+          items: [],
+        },
+      });
+      await addNode(f, {
+        name: "n3",
+        criu: { available: true, kernelCache: "seeded" },
+        snapshots: { available: true, diskBudgetMB: 10240, hugePages: "always", items: [] },
+      });
+      const r = await text(f, "/ui/part/nodes");
+      assert.equal(r.status, 200);
+      const line = (node: string) =>
+        new RegExp(`data-node="${node}".*?<p class="muted small snapshots">(.*?)</p>`, "s")
+          .exec(r.body)?.[1].replace(/<[^>]+>/g, "") ?? "";
+      assert.equal(
+        line("n1"),
+        "Snapshots on · 1 image(s), 140 MB of 10 GB · transparent huge pages madvise · CRIU&#39;s kernel cache off: each dump and restore probes the kernel",
+      );
+      assert.match(r.body, /title="\/run is ext4, not a tmpfs"/);
+      assert.equal(line("n2"), "Snapshots off: CRIU is not available: CRIU needs root");
+      assert.equal(line("n3"), "Snapshots on · 0 image(s), 0 MB of 10 GB");
+    } finally {
+      await f.close();
+    }
+  },
+);
 
 t("each part shows only what the credential may see, and refuses as the API does", async () => {
   const f = await gatewayFixture({ adminKey: ADMIN_KEY });
