@@ -37,8 +37,8 @@ function SnapshotLine(props: { node: NodeView["node"] }) {
   const cache = props.node.criu?.kernelCache;
   return (
     <p class="muted small snapshots">
-      Snapshots on · {s.items.length} image(s), {mb(Math.round(s.diskUsedMB ?? 0))} of{" "}
-      {mb(Math.round(s.diskBudgetMB ?? 0))}
+      Snapshots on · {s.items.filter((i) => i.state === "Ready").length} image(s),{" "}
+      {mb(Math.round(s.diskUsedMB ?? 0))} of {mb(Math.round(s.diskBudgetMB ?? 0))}
       {s.hugePages && s.hugePages !== "always" && (
         <span title="restores fill memory 4 KiB at a time">
           {` · transparent huge pages ${s.hugePages}`}

@@ -254,6 +254,8 @@ t(
     const f = await gatewayFixture();
     try {
       const item = { func: "t/n/f", version: 1, state: "Ready", sizeMB: 116.4 };
+      // A dump that failed is kept as a record, with no image: not counted.
+      const failed = { func: "t/n/g", version: 1, state: "Failed", error: "CRIU said no" };
       await addNode(f, {
         criu: {
           available: true,
@@ -265,7 +267,7 @@ t(
           diskBudgetMB: 10240,
           diskUsedMB: 139.6,
           hugePages: "madvise",
-          items: [item],
+          items: [item, failed],
         },
       });
       await addNode(f, {

@@ -424,7 +424,7 @@ def handler_for(server):
         protocol_version = "HTTP/1.1"
         # An answer goes out as two writes (the head, then the body): on a kept-alive
         # connection Nagle's algorithm held the body until the caller acknowledged the head,
-        # which it delays up to 40 ms, and every call through the gateway's pool paid that.
+        # which it delays 40 ms or more, and every call through the gateway's pool paid that.
         disable_nagle_algorithm = True
 
         def log_message(self, *args):
