@@ -31,8 +31,7 @@ import {
   startPlatform,
 } from "../tests/e2e/helpers.ts";
 import { describePageFill, fillFloorMs, pageFill } from "./page_fill.ts";
-import { type Worker, WORKERS } from "./sample_workers.ts";
-import { generateTorchWeights, torchUnavailable } from "../src/samples/torch/mod.ts";
+import { callSample, podsOf, runnableWorkers, type Worker } from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 5);
 const runtime = Deno.args[1] ?? "process";
@@ -69,39 +68,13 @@ function fn(w: Worker, kind: Kind) {
   };
 }
 
-async function call(p: Platform, func: string, body: unknown) {
-  const t0 = performance.now();
-  const res = await fetch(`${p.url}/funccall/bench/lab/${func}/v1/completions`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const client = performance.now() - t0;
-  const text = await res.text();
-  if (res.status !== 200) throw new Error(`${func}: HTTP ${res.status} ${text}`);
-  return {
-    client,
-    gateway: Number(res.headers.get("x-inferx-ttfb-ms")),
-    cold: res.headers.get("x-inferx-cold-start") === "1",
-    resumed: res.headers.get("x-inferx-resumed") === "1",
-    pod: res.headers.get("x-inferx-pod") ?? "",
-  };
-}
+const call = (p: Platform, func: string, body: unknown) => callSample(p.url, func, body);
+const pods = (p: Platform, func: string) => podsOf(p.url, func);
 
 /** Deletes a function and waits for its pods to go. */
 async function remove(p: Platform, func: string) {
   await request(`${p.url}/object/function/bench/lab/${func}`, { method: "DELETE" });
   await eventually(`${func} gone`, async () => (await pods(p, func)).length === 0, 60_000);
-}
-
-/** A function's pods; none once it is deleted and its last pod gone (404). */
-async function pods(p: Platform, f: string): Promise<Json[]> {
-  const res = await request(`${p.url}/pods/bench/lab/${f}`);
-  if (res.status === 404) return [];
-  if (res.status !== 200) {
-    throw new Error(`pods of ${f}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
-  }
-  return res.body;
 }
 
 function stats(xs: number[]) {
@@ -161,20 +134,11 @@ const results = new Map<string, Sample[] | string>();
 const notes: string[] = [];
 /** Each worker's snapshot image (MB), for the page-fill floor printed at the end. */
 const imageMB = new Map<string, number>();
-const active = WORKERS.filter((w) => wanted.includes(w.name));
-if (runtime === "docker") {
-  const torch = active.findIndex((w) => w.name === "torch");
-  if (torch >= 0) {
-    active.splice(torch, 1);
-    notes.push("torch: no container image of the torch worker; process runtime only");
-  }
+if (runtime === "docker" && wanted.includes("torch")) {
+  wanted.splice(wanted.indexOf("torch"), 1);
+  notes.push("torch: no container image of the torch worker; process runtime only");
 }
-const noTorch = torchUnavailable();
-if (noTorch && active.some((w) => w.name === "torch")) {
-  active.splice(active.findIndex((w) => w.name === "torch"), 1);
-  notes.push(`torch: skipped, ${noTorch}`);
-}
-if (active.some((w) => w.name === "torch")) await generateTorchWeights();
+const active = await runnableWorkers(wanted, (why) => notes.push(why));
 
 // Fresh starts, without snapshots.
 {

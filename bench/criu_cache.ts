@@ -12,18 +12,10 @@
  * Run: `deno run -A bench/criu_cache.ts [rounds] [workers]` (8, ngram,torch;
  * needs root, CRIU from `deno task criu`, and `python3-torch` for torch).
  */
-import {
-  createNamespace,
-  eventually,
-  type Json,
-  putObject,
-  request,
-  startPlatform,
-} from "../tests/e2e/helpers.ts";
+import { createNamespace, eventually, putObject, startPlatform } from "../tests/e2e/helpers.ts";
 import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
 import { fsTypeOf, KDAT_FILE, prepareCriuCache } from "../src/nodeagent/criu_cache.ts";
-import { WORKERS } from "./sample_workers.ts";
-import { generateTorchWeights, torchUnavailable } from "../src/samples/torch/mod.ts";
+import { callSample, podsOf, runnableWorkers } from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 8);
 const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
@@ -58,18 +50,7 @@ async function withCache() {
   if (!await criu.loadsKernelCache()) throw new Error(`no cache: ${s.state} ${s.reason ?? ""}`);
 }
 
-const workers = WORKERS.filter((w) => wanted.includes(w.name));
-const noTorch = torchUnavailable();
-if (noTorch && workers.some((w) => w.name === "torch")) {
-  console.log(`torch: skipped, ${noTorch}`);
-  workers.splice(workers.findIndex((w) => w.name === "torch"), 1);
-}
-if (workers.some((w) => w.name === "torch")) await generateTorchWeights();
-
-async function pods(url: string, func: string): Promise<Json[]> {
-  const res = await request(`${url}/pods/bench/lab/${func}`);
-  return res.status === 200 ? res.body : [];
-}
+const workers = await runnableWorkers(wanted, console.log);
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -97,34 +78,23 @@ try {
         },
       },
     });
-    const call = async () => {
-      const t0 = performance.now();
-      const res = await fetch(`${p.url}/funccall/bench/lab/${func}/v1/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(w.body),
-      });
-      const ms = performance.now() - t0;
-      const text = await res.text();
-      if (res.status !== 200) throw new Error(`${func}: HTTP ${res.status} ${text}`);
-      return { ms, pod: res.headers.get("x-inferx-pod") ?? "" };
-    };
+    const call = () => callSample(p.url, func, w.body);
     await call(); // the version's first start: fresh, then its snapshot
     const times = { with: [] as number[], without: [] as number[] };
     for (let i = 0; i < rounds * 2; i++) {
       const arm = i % 4 === 0 || i % 4 === 3 ? "with" : "without"; // ABBA
       await eventually(
         `${func} at zero`,
-        async () => (await pods(p.url, func)).length === 0,
+        async () => (await podsOf(p.url, func)).length === 0,
         60_000,
       );
       await (arm === "with" ? withCache() : withoutCache());
       const r = await call();
-      const pod = (await pods(p.url, func)).find((q) => q.id === r.pod);
+      const pod = (await podsOf(p.url, func)).find((q) => q.id === r.pod);
       if (pod?.startedFrom !== "snapshot") {
         throw new Error(`${func} round ${i}: not restored (${pod?.note ?? pod?.startedFrom})`);
       }
-      times[arm].push(r.ms);
+      times[arm].push(r.client);
     }
     const a = median(times.with), b = median(times.without);
     const f = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(" ");

@@ -1,10 +1,16 @@
 /**
- * The two sample workers as the cold start benchmarks register them: the
+ * The two sample workers as the cold start benchmarks register them (the
  * n-gram Deno server and the PyTorch transformer, each with the body of the
- * call they time.
+ * call they time), and how those benchmarks call them in tenant `bench`,
+ * namespace `lab`.
  */
+import { type Json, request } from "../tests/e2e/helpers.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
-import { TORCH_COMMANDS } from "../src/samples/torch/mod.ts";
+import {
+  generateTorchWeights,
+  TORCH_COMMANDS,
+  torchUnavailable,
+} from "../src/samples/torch/mod.ts";
 
 export interface Worker {
   name: string;
@@ -38,3 +44,51 @@ export const WORKERS: Worker[] = [
     body: { prompt: "The GPU", max_tokens: 1 },
   },
 ];
+
+/**
+ * The workers of `names` that can run here, their weights made; `skipped`
+ * hears why one cannot.
+ */
+export async function runnableWorkers(
+  names: string[],
+  skipped: (why: string) => void,
+): Promise<Worker[]> {
+  const out = WORKERS.filter((w) => names.includes(w.name));
+  const noTorch = torchUnavailable();
+  if (noTorch && out.some((w) => w.name === "torch")) {
+    out.splice(out.findIndex((w) => w.name === "torch"), 1);
+    skipped(`torch: skipped, ${noTorch}`);
+  }
+  if (out.some((w) => w.name === "torch")) await generateTorchWeights();
+  return out;
+}
+
+/** Calls `bench/lab/{func}`'s completions; its time to the whole answer and what the gateway said. */
+export async function callSample(url: string, func: string, body: unknown) {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/funccall/bench/lab/${func}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const client = performance.now() - t0;
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`${func}: HTTP ${res.status} ${text}`);
+  return {
+    client,
+    gateway: Number(res.headers.get("x-inferx-ttfb-ms")),
+    cold: res.headers.get("x-inferx-cold-start") === "1",
+    resumed: res.headers.get("x-inferx-resumed") === "1",
+    pod: res.headers.get("x-inferx-pod") ?? "",
+  };
+}
+
+/** A function's pods; none once it is deleted and its last pod gone (404). */
+export async function podsOf(url: string, func: string): Promise<Json[]> {
+  const res = await request(`${url}/pods/bench/lab/${func}`);
+  if (res.status === 404) return [];
+  if (res.status !== 200) {
+    throw new Error(`pods of ${func}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
+  }
+  return res.body;
+}

@@ -24,6 +24,7 @@
  * @module
  */
 
+import { parseMountinfo } from "./mounts.ts";
 import { logger } from "../common/log.ts";
 import { WORKER_PIDS_LIMIT } from "./runtime.ts";
 
@@ -78,26 +79,14 @@ interface CgroupMount {
 
 /** The cgroup hierarchies mounted, from `/proc/self/mountinfo`'s text. */
 export function cgroupMounts(mountinfo: string): CgroupMount[] {
-  const out: CgroupMount[] = [];
-  for (const line of mountinfo.split("\n")) {
-    const [pre, post] = line.split(" - ");
-    if (!post) continue;
-    const f = pre.split(" ");
-    const [fstype, , superOpts = ""] = post.split(" ");
-    if (fstype !== "cgroup" && fstype !== "cgroup2") continue;
-    out.push({
-      version: fstype === "cgroup2" ? 2 : 1,
-      root: unescapeMount(f[3]),
-      point: unescapeMount(f[4]),
-      controllers: fstype === "cgroup" ? superOpts.split(",") : [],
-    });
-  }
-  return out;
-}
-
-/** mountinfo writes space, tab, newline and backslash as octal escapes. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+  return parseMountinfo(mountinfo)
+    .filter((m) => m.fstype === "cgroup" || m.fstype === "cgroup2")
+    .map((m) => ({
+      version: m.fstype === "cgroup2" ? 2 : 1,
+      root: m.root,
+      point: m.point,
+      controllers: m.fstype === "cgroup" ? m.superOpts.split(",") : [],
+    }));
 }
 
 /**

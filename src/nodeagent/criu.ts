@@ -129,7 +129,7 @@ export interface InheritedFile {
 }
 
 /** How `now` differs from `was`, or undefined when it does not. */
-export function stampChange(was: FileStamp, now: FileStamp): string | undefined {
+function stampChange(was: FileStamp, now: FileStamp): string | undefined {
   if (now.ino !== was.ino) return "replaced by another file";
   if (now.size !== was.size) return `${was.size} bytes then, ${now.size} now`;
   if (now.mtimeMs !== was.mtimeMs) return "modified, its size the same";

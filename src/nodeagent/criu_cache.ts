@@ -34,6 +34,7 @@
  */
 
 import { dirname } from "node:path";
+import { type Mount, parseMountinfo } from "./mounts.ts";
 import type { CheckResult } from "./criu.ts";
 
 /** Where CRIU, run as root, keeps its kernel cache (fixed when CRIU is built). */
@@ -88,22 +89,13 @@ interface SeedNote {
  * seen); undefined when no line parses.
  */
 export function fsTypeOf(path: string, mountinfo: string): string | undefined {
-  let best: { point: string; type: string } | undefined;
-  for (const line of mountinfo.split("\n")) {
-    const dash = line.indexOf(" - ");
-    if (dash < 0) continue;
-    const point = unescapeMount(line.slice(0, dash).split(" ")[4] ?? "");
-    const type = line.slice(dash + 3).split(" ")[0];
-    if (!point.startsWith("/") || !type) continue;
-    const holds = point === "/" || path === point || path.startsWith(`${point}/`);
-    if (holds && (!best || point.length >= best.point.length)) best = { point, type };
+  let best: Mount | undefined;
+  for (const m of parseMountinfo(mountinfo)) {
+    if (!m.point.startsWith("/")) continue;
+    const holds = m.point === "/" || path === m.point || path.startsWith(`${m.point}/`);
+    if (holds && (!best || m.point.length >= best.point.length)) best = m;
   }
-  return best?.type;
-}
-
-/** mountinfo writes a space, tab, newline and backslash in a path as octal escapes. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return best?.fstype;
 }
 
 /** Where the cache lies, and what is known of the machine. */

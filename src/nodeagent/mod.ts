@@ -269,20 +269,18 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     : undefined;
   // The driver stays open while the agent runs: the host-memory tier calls it.
   const { cuda } = docker ? { cuda: undefined } : openLibCuda();
-  // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
   const settings = config.snapshotSettings ?? DEFAULT_SNAPSHOT_SETTINGS;
+  const seed = settings.criuCache !== "off";
   // Before any CRIU runs, the check among them: what it must not read.
-  const dropped = await dropStaleCriuCache({ seed: settings.criuCache !== "off" });
+  const dropped = await dropStaleCriuCache({ seed });
   if (dropped) {
     logger("nodeagent").info("Removed CRIU's stale kernel cache: {dropped}", { dropped });
   }
+  // The file tier and snapshots (CRIU) are the process runtime's, when CRIU passes its check.
   const criuCap = await criuCapability();
   const criuBin = !docker && criuCap.available ? locateCriu() : undefined;
   const criu = criuBin && new Criu(criuBin);
-  const cacheOptions = {
-    seed: settings.criuCache !== "off",
-    criu: `${criuCap.version} ${criuCap.path}`,
-  };
+  const cacheOptions = { seed, criu: `${criuCap.version} ${criuCap.path}` };
   const criuCache = criu ? await prepareCriuCache(criu, cacheOptions) : undefined;
   if (criuCache) logCriuCache(criuCache);
   if (criu && criuCache?.state === "seeded") {
