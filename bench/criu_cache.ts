@@ -15,7 +15,7 @@
 import { createNamespace, eventually, putObject, startPlatform } from "../tests/e2e/helpers.ts";
 import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
 import { fsTypeOf, KDAT_FILE, prepareCriuCache } from "../src/nodeagent/criu_cache.ts";
-import { callSample, podsOf, runnableWorkers } from "./sample_workers.ts";
+import { callSample, coldFunction, podsOf, runnableWorkers } from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 8);
 const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
@@ -64,20 +64,7 @@ try {
   await createNamespace(p.url, "bench", "lab");
   for (const w of workers) {
     const func = `${w.name}-cache`;
-    await putObject(p.url, {
-      type: "function",
-      tenant: "bench",
-      namespace: "lab",
-      name: func,
-      object: {
-        spec: {
-          ...w.spec,
-          policy: {
-            Obj: { parallel: 1, max_replica: 1, scalein_timeout: 0.2, standby_per_node: 0 },
-          },
-        },
-      },
-    });
+    await putObject(p.url, coldFunction(w, func));
     const call = () => callSample(p.url, func, w.body);
     await call(); // the version's first start: fresh, then its snapshot
     const times = { with: [] as number[], without: [] as number[] };

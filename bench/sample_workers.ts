@@ -63,6 +63,27 @@ export async function runnableWorkers(
   return out;
 }
 
+/**
+ * Function `name` of `w` in `bench/lab` for cold starts: one pod at most,
+ * none parked, back at zero 0.2 s after its last call.
+ */
+export function coldFunction(w: Worker, name: string) {
+  return {
+    type: "function",
+    tenant: "bench",
+    namespace: "lab",
+    name,
+    object: {
+      spec: {
+        ...w.spec,
+        policy: {
+          Obj: { parallel: 1, max_replica: 1, scalein_timeout: 0.2, standby_per_node: 0 },
+        },
+      },
+    },
+  };
+}
+
 /** Calls `bench/lab/{func}`'s completions; its time to the whole answer and what the gateway said. */
 export async function callSample(url: string, func: string, body: unknown) {
   const t0 = performance.now();

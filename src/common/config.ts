@@ -321,6 +321,7 @@ const NodeEnv = z.object({
   INFERX_WORKER_USER: optional().refine((v) => v === undefined || WORKER_USER_RE.test(v), {
     message: "is not a user name, a uid or uid:gid",
   }),
+  INFERX_CGROUP_FAVOR_DYNMODS: oneOf(["on", "off"] as const, "on"),
   INFERX_MOUNT_ALLOW: z.string().optional().transform((raw, ctx) => {
     const entries = (raw ?? "").split(",").map((d) => d.trim()).filter(Boolean);
     const out: MountAllow[] = [];
@@ -379,6 +380,11 @@ export interface NodeSettings {
   dockerHost?: string;
   /** `INFERX_WORKER_USER`: the user the process runtime's workers run as; unset, the agent's. */
   workerUser?: string;
+  /**
+   * `INFERX_CGROUP_FAVOR_DYNMODS`: `on` (default: pod starts' control group
+   * moves wait for no RCU grace period) or `off`. Unset: on.
+   */
+  favorDynmods?: boolean;
 }
 
 const SnapshotEnv = z.object({
@@ -614,6 +620,7 @@ export function readConfig(
       mountAllow: n.INFERX_MOUNT_ALLOW,
       dockerHost: n.DOCKER_HOST,
       workerUser: n.INFERX_WORKER_USER,
+      favorDynmods: n.INFERX_CGROUP_FAVOR_DYNMODS === "on",
     },
     audit: {
       dbAddr: auditAddr(a.AUDITDB_ADDR, a.AUDITDB_USER, a.AUDITDB_PASSWORD),

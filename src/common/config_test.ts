@@ -46,6 +46,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       mountAllow: [],
       dockerHost: undefined,
       workerUser: undefined,
+      favorDynmods: true,
       name: undefined,
       address: undefined,
       runtime: undefined,
@@ -90,6 +91,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
     INFERX_DATA_DIR: "/var/lib/inferx/",
     GATEWAY_SPILL_MB: "0",
     INFERX_CRIU_CACHE: "off",
+    INFERX_CGROUP_FAVOR_DYNMODS: "off",
   }));
   assert.equal(c.role, "Scheduler");
   assert.equal(c.samplesDir, undefined);
@@ -106,6 +108,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
   assert.equal(c.node.workerUser, "65534:65534");
   assert.equal(c.node.runtime, "process");
   assert.equal(c.snapshots.criuCache, "off");
+  assert.equal(c.node.favorDynmods, false);
 });
 
 Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth settings", () => {
@@ -195,6 +198,7 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ AUDITDB_ADDR: "http://db:5432/x" }, /AUDITDB_ADDR: is not a postgres:\/\/ URL/],
     [{ INFERX_RUNTIME: "foo" }, /INFERX_RUNTIME: is not one of auto, process, docker/],
     [{ INFERX_CRIU_CACHE: "no" }, /INFERX_CRIU_CACHE: .*seed, off/],
+    [{ INFERX_CGROUP_FAVOR_DYNMODS: "yes" }, /INFERX_CGROUP_FAVOR_DYNMODS: .*on, off/],
     [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
     [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
     [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],

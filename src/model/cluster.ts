@@ -90,6 +90,18 @@ export const NodeInfoSchema = z.object({
     kernelCacheReason: z.string().optional(),
   }).optional(),
   /**
+   * Whether moving a process into a pod's control group, at every start of a
+   * pod of the process runtime, waits for the kernel's RCU grace period:
+   * `node` (a cgroup hierarchy of the node's is mounted with
+   * `favordynmods`) and `mounted` (the agent's is) say it does not; `off`
+   * that it does, `reason` why (`src/nodeagent/favor_dynmods.ts`).
+   */
+  favorDynmods: z.object({
+    state: z.string(),
+    reason: z.string().optional(),
+    mountPoint: z.string().optional(),
+  }).optional(),
+  /**
    * Whether pods start from snapshots here, or why not; the snapshots this
    * node holds and the disk they take.
    */

@@ -19,6 +19,7 @@ import {
 import { openLibCuda } from "../ffi/libcuda.ts";
 import { discover, hugePageMode } from "./discover.ts";
 import { PodCgroups } from "./cgroup.ts";
+import { favorDynmods, type FavorDynmodsState } from "./favor_dynmods.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { SnapshotManager } from "./snapshots.ts";
 import {
@@ -72,6 +73,12 @@ export interface NodeAgentConfig extends NodeAgentOptions {
    * name, a uid or `uid:gid`). @default the agent's own
    */
   workerUser?: string;
+  /**
+   * `INFERX_CGROUP_FAVOR_DYNMODS`: with pod control groups, keep their
+   * moves from waiting for an RCU grace period (`favor_dynmods.ts`);
+   * `false` unmounts the hierarchy an agent mounted for it. @default true
+   */
+  favorDynmods?: boolean;
 }
 
 /** The defaults of {@linkcode SnapshotSettings}. */
@@ -98,6 +105,34 @@ function logCriuCache(c: CriuCacheState): void {
       { reason: c.reason },
     );
   }
+}
+
+/**
+ * Keeps pod starts' control group moves from waiting for a grace period
+ * (`favor_dynmods.ts`) where pods get control groups; `enabled` false
+ * unmounts what an agent mounted for it. Says how it stands.
+ */
+async function podStartMoves(
+  groups: boolean,
+  enabled: boolean,
+): Promise<FavorDynmodsState | undefined> {
+  if (!groups && enabled) return undefined;
+  const s = await favorDynmods({ enabled });
+  const log = logger("nodeagent");
+  if (s.state === "mounted" && !s.reason) {
+    log.info(
+      "Pod starts: control group moves wait for no RCU grace period (favordynmods, on the " +
+        "hierarchy at {dir}; INFERX_CGROUP_FAVOR_DYNMODS=off to unmount it)",
+      { dir: s.mountPoint },
+    );
+  } else if (s.state === "off" && enabled) {
+    log.warn(
+      "Pod starts wait for an RCU grace period each (several ms, tens under load) to move the " +
+        "pod into its control group: {reason}. docs/standby.md#control-group-moves",
+      { reason: s.reason },
+    );
+  } else if (s.reason) log.info("Control group moves: {reason}", { reason: s.reason });
+  return groups ? s : undefined;
 }
 
 /** A short tag of `scope` for names on the host (network namespaces). */
@@ -310,6 +345,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
         : `off, workers run without memory limits: ${cgroups.reason}`,
     });
   }
+  const dynmods = await podStartMoves(cgroups?.available === true, config.favorDynmods !== false);
   const containerScope = config.installId ? `${scope}#${config.installId}` : scope;
   if (docker) await sweepEarlierProcessRun(scope, snapshotDir);
   else if (socket !== undefined) await sweepEarlierDockerRun(socket, containerScope);
@@ -378,6 +414,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
       ? await engineSize(config.node, config.autoSized, socket!)
       : {}),
     runtime: runtime.name,
+    favorDynmods: dynmods,
     snapshots: { ...snapshots, diskBudgetMB: settings.diskMB, hugePages, items: [] },
   };
   const manager = snapshots.available

@@ -72,6 +72,7 @@ export async function nodeAgentConfig(config: Config, meta: MetaClient): Promise
     mountAllow: config.node.mountAllow,
     dockerHost: config.node.dockerHost,
     workerUser: config.node.workerUser,
+    favorDynmods: config.node.favorDynmods,
     scope: `${node.name}@${await Deno.realPath(config.dataDir)}`,
     installId: await installId(config.dataDir),
     autoSized: auto,

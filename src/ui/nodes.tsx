@@ -24,15 +24,31 @@ function UsageBar(props: { label: string; usage: Usage; unit: (n: number) => str
 
 const cores = (m: number) => `${Number((m / 1000).toFixed(1))} cores`;
 
+/** Pod starts that wait for the kernel to move each pod into its control group. */
+function MovesWait(props: { node: NodeView["node"] }) {
+  const d = props.node.favorDynmods;
+  if (d?.state !== "off") return null;
+  return (
+    <span title={d.reason}>
+      {" · each pod start waits for an RCU grace period (favordynmods off)"}
+    </span>
+  );
+}
+
 /**
  * Whether pods start from snapshots on the node, or why not, and what makes
- * its restores slower than they could be (docs/standby.md).
+ * its restores and starts slower than they could be (docs/standby.md).
  */
 function SnapshotLine(props: { node: NodeView["node"] }) {
   const s = props.node.snapshots;
   if (!s) return null;
   if (!s.available) {
-    return <p class="muted small snapshots">Snapshots off: {s.reason ?? "no reason given"}</p>;
+    return (
+      <p class="muted small snapshots">
+        Snapshots off: {s.reason ?? "no reason given"}
+        <MovesWait node={props.node} />
+      </p>
+    );
   }
   const cache = props.node.criu?.kernelCache;
   return (
@@ -49,6 +65,7 @@ function SnapshotLine(props: { node: NodeView["node"] }) {
           {" · CRIU's kernel cache off: each dump and restore probes the kernel"}
         </span>
       )}
+      <MovesWait node={props.node} />
     </p>
   );
 }

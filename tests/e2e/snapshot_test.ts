@@ -17,6 +17,8 @@ import {
 } from "./helpers.ts";
 import { criuCapability } from "../../src/nodeagent/criu.ts";
 import { fsTypeOf } from "../../src/nodeagent/criu_cache.ts";
+import { favorsDynmods } from "../../src/nodeagent/favor_dynmods.ts";
+import { parseMountinfo } from "../../src/nodeagent/mounts.ts";
 import { hugePageMode } from "../../src/nodeagent/discover.ts";
 import { PodNetworks } from "../../src/nodeagent/pod_net.ts";
 
@@ -145,6 +147,18 @@ Deno.test({
         node.criu.kernelCacheReason,
       );
       assert.equal(node.snapshots.available, true, node.snapshots.reason);
+      // Pod starts' control group moves wait for no grace period (`favor_dynmods.ts`): the agent
+      // mounted its hierarchy for it, or the node has one, or the kernel cannot (it says why).
+      assert.ok(node.favorDynmods, "reported with pod control groups");
+      if (node.favorDynmods.state === "off") {
+        assert.match(node.favorDynmods.reason, /cannot mount|needs root/);
+        console.log(`  control group moves wait here: ${node.favorDynmods.reason}`);
+      } else {
+        assert.match(node.favorDynmods.state, /^(mounted|node)$/);
+        const m = parseMountinfo(await Deno.readTextFile("/proc/self/mountinfo"))
+          .find((x) => x.point === node.favorDynmods.mountPoint);
+        assert.ok(m && favorsDynmods(m), "mounted with favordynmods");
+      }
       // The kernel's huge page mode, which decides how a restore fills memory.
       assert.equal(node.snapshots.hugePages, hugePageMode());
       assert.match(node.snapshots.hugePages, /^(always|madvise|never)$/);

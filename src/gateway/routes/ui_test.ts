@@ -262,6 +262,7 @@ t(
           kernelCache: "off",
           kernelCacheReason: "/run is ext4, not a tmpfs",
         },
+        favorDynmods: { state: "off", reason: "mounting a cgroup hierarchy needs root" },
         snapshots: {
           available: true,
           diskBudgetMB: 10240,
@@ -272,6 +273,7 @@ t(
       });
       await addNode(f, {
         name: "n2",
+        favorDynmods: { state: "off", reason: "INFERX_CGROUP_FAVOR_DYNMODS=off" },
         snapshots: {
           available: false,
           reason: "CRIU is not available: CRIU needs root",
@@ -281,6 +283,7 @@ t(
       await addNode(f, {
         name: "n3",
         criu: { available: true, kernelCache: "seeded" },
+        favorDynmods: { state: "mounted", mountPoint: "/run/inferx/cgroup-favordynmods" },
         snapshots: { available: true, diskBudgetMB: 10240, hugePages: "always", items: [] },
       });
       const r = await text(f, "/ui/part/nodes");
@@ -290,10 +293,14 @@ t(
           .exec(r.body)?.[1].replace(/<[^>]+>/g, "") ?? "";
       assert.equal(
         line("n1"),
-        "Snapshots on · 1 image(s), 140 MB of 10 GB · transparent huge pages madvise · CRIU&#39;s kernel cache off: each dump and restore probes the kernel",
+        "Snapshots on · 1 image(s), 140 MB of 10 GB · transparent huge pages madvise · CRIU&#39;s kernel cache off: each dump and restore probes the kernel · each pod start waits for an RCU grace period (favordynmods off)",
       );
       assert.match(r.body, /title="\/run is ext4, not a tmpfs"/);
-      assert.equal(line("n2"), "Snapshots off: CRIU is not available: CRIU needs root");
+      assert.match(r.body, /title="mounting a cgroup hierarchy needs root"/);
+      assert.equal(
+        line("n2"),
+        "Snapshots off: CRIU is not available: CRIU needs root · each pod start waits for an RCU grace period (favordynmods off)",
+      );
       assert.equal(line("n3"), "Snapshots on · 0 image(s), 0 MB of 10 GB");
     } finally {
       await f.close();
