@@ -391,6 +391,7 @@ const SnapshotEnv = z.object({
   INFERX_SNAPSHOTS: oneOf(["on", "off"] as const, "on"),
   INFERX_SNAPSHOT_DISK_MB: count(10_240),
   INFERX_POD_NETNS: oneOf(["auto", "off"] as const, "auto"),
+  INFERX_POD_NETNS_SPARES: count(2).refine((n) => n <= 64, { message: "must be at most 64" }),
   INFERX_POD_CIDR: nonEmpty("10.213.0.0/16").refine((v) => {
     try {
       return parsePodCidr(v) !== undefined;
@@ -410,6 +411,12 @@ export interface SnapshotSettings {
   diskMB: number;
   /** `INFERX_POD_NETNS`: `auto` (default: a network and PID namespace per pod when CRIU works) or `off`. */
   podNamespaces: boolean;
+  /**
+   * `INFERX_POD_NETNS_SPARES`: pod network namespaces kept made ahead for
+   * the next starts (default 2; none in a range of fewer than 64 blocks).
+   * Unset: 2.
+   */
+  podNetSpares?: number;
   /** `INFERX_POD_CIDR`: the private range pod namespaces get addresses from, default 10.213.0.0/16. */
   podCidr: string;
   /**
@@ -632,6 +639,7 @@ export function readConfig(
       enabled: snap.INFERX_SNAPSHOTS === "on",
       diskMB: snap.INFERX_SNAPSHOT_DISK_MB,
       podNamespaces: snap.INFERX_POD_NETNS === "auto",
+      podNetSpares: snap.INFERX_POD_NETNS_SPARES,
       podCidr: snap.INFERX_POD_CIDR,
       start: snap.INFERX_SNAPSHOT_START,
       criuCache: snap.INFERX_CRIU_CACHE,

@@ -57,6 +57,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       enabled: true,
       diskMB: 10_240,
       podNamespaces: true,
+      podNetSpares: 2,
       podCidr: "10.213.0.0/16",
       start: "auto",
       criuCache: "seed",
@@ -92,6 +93,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
     GATEWAY_SPILL_MB: "0",
     INFERX_CRIU_CACHE: "off",
     INFERX_CGROUP_FAVOR_DYNMODS: "off",
+    INFERX_POD_NETNS_SPARES: "0",
   }));
   assert.equal(c.role, "Scheduler");
   assert.equal(c.samplesDir, undefined);
@@ -109,6 +111,7 @@ Deno.test("readConfig() reads each section from its variables", () => {
   assert.equal(c.node.runtime, "process");
   assert.equal(c.snapshots.criuCache, "off");
   assert.equal(c.node.favorDynmods, false);
+  assert.equal(c.snapshots.podNetSpares, 0);
 });
 
 Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the auth settings", () => {
@@ -199,6 +202,8 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ INFERX_RUNTIME: "foo" }, /INFERX_RUNTIME: is not one of auto, process, docker/],
     [{ INFERX_CRIU_CACHE: "no" }, /INFERX_CRIU_CACHE: .*seed, off/],
     [{ INFERX_CGROUP_FAVOR_DYNMODS: "yes" }, /INFERX_CGROUP_FAVOR_DYNMODS: .*on, off/],
+    [{ INFERX_POD_NETNS_SPARES: "65" }, /INFERX_POD_NETNS_SPARES: must be at most 64/],
+    [{ INFERX_POD_NETNS_SPARES: "-1" }, /INFERX_POD_NETNS_SPARES: "-1" is not a non-negative/],
     [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
     [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
     [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],

@@ -9,6 +9,10 @@
  * route on the host: a call to a pod that is gone fails at once instead of
  * leaving the host by its default route.
  *
+ * Making a namespace takes two runs of `ip` (5–6 ms on a 2-core VM), so an
+ * agent keeps a few made ahead ({@linkcode PodNetworkOptions.spares}): a pod
+ * start takes one and the next is made a moment later, off its path.
+ *
  * Why: a worker restored from a snapshot keeps the sockets it had, among them
  * a listener on its port. In a namespace of its own, every copy restored from
  * one snapshot binds that port again without meeting the others.
@@ -29,7 +33,19 @@ export interface PodNetworkOptions {
   cidr?: string;
   /** Where block claims are kept. @default "/run/inferx/podnet" */
   stateDir?: string;
+  /**
+   * Namespaces kept made ahead, each with its block, for the next pods'
+   * starts (a start then takes one instead of waiting for `ip`); none in a
+   * range of fewer than {@linkcode SPARE_MIN_BLOCKS} blocks. @default 0
+   */
+  spares?: number;
 }
+
+/** The least blocks a range must have for spare namespaces to be kept in it. */
+export const SPARE_MIN_BLOCKS = 64;
+
+/** How long after a spare is taken the next is made: the start that took it goes first. */
+const REFILL_DELAY_MS = 250;
 
 /** One pod's namespace. */
 export interface PodNet {
@@ -140,6 +156,15 @@ export class PodNetworks {
   #stateDir: string;
   /** The range's `unreachable` route was added (by this agent, at least once). */
   #fenced = false;
+  /** How many spare namespaces to keep. */
+  #spareTarget: number;
+  /** Namespaces made ahead, none of them a pod's yet. */
+  #spares: PodNet[] = [];
+  /** The spares being made. */
+  #filling?: Promise<void>;
+  #spareSeq = 0;
+  /** Stopped: no more spares. */
+  #closed = false;
 
   constructor(options: PodNetworkOptions) {
     this.cidr = options.cidr ?? "10.213.0.0/16";
@@ -149,6 +174,38 @@ export class PodNetworks {
     this.#prefix = options.prefix;
     this.#stateDir = options.stateDir ?? "/run/inferx/podnet";
     this.#claims = `${this.#stateDir}/${this.cidr.replace("/", "_")}`;
+    this.#spareTarget = this.#blocks >= SPARE_MIN_BLOCKS ? options.spares ?? 0 : 0;
+  }
+
+  /** The spare namespaces made ahead now (their names). */
+  get spares(): string[] {
+    return this.#spares.map((n) => n.name);
+  }
+
+  /**
+   * Makes the spare namespaces in the background, up to the number asked
+   * for (once this agent's leftovers are swept: their names are its own).
+   * Resolves when they are made, or could not be.
+   */
+  fill(delayMs = 0): Promise<void> {
+    if (this.#closed || this.#filling || this.#spares.length >= this.#spareTarget) {
+      return this.#filling ?? Promise.resolve();
+    }
+    const filling = (async () => {
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+      while (!this.#closed && this.#spares.length < this.#spareTarget) {
+        let net: PodNet;
+        try {
+          net = await this.#make(`${this.#prefix}-spare${++this.#spareSeq}`, "a spare");
+        } catch {
+          return; // the range full, say: pods make their own, and say why if they cannot
+        }
+        if (this.#closed) return await this.remove(net);
+        this.#spares.push(net);
+      }
+    })();
+    this.#filling = filling.finally(() => this.#filling = undefined);
+    return this.#filling;
   }
 
   /**
@@ -191,10 +248,24 @@ export class PodNetworks {
     return { available: true };
   }
 
-  /** Claims a free /30 block, creates the namespace and its veth pair. */
+  /**
+   * A namespace for pod `podId`: a spare made ahead when there is one (the
+   * next is then made a moment later), else one made now.
+   */
   async create(podId: string): Promise<PodNet> {
+    const spare = this.#spares.shift();
+    if (spare) {
+      this.fill(REFILL_DELAY_MS).catch(() => {});
+      return spare;
+    }
+    const net = await this.#make(`${this.#prefix}-${podId}`, `pod ${podId}`);
+    this.fill(REFILL_DELAY_MS).catch(() => {});
+    return net;
+  }
+
+  /** Claims a free /30 block, creates namespace `name` (for `what`) and its veth pair. */
+  async #make(name: string, what: string): Promise<PodNet> {
     await Deno.mkdir(this.#claims, { recursive: true });
-    const name = `${this.#prefix}-${podId}`;
     for (let i = 1; i < this.#blocks; i++) {
       const claim = `${this.#claims}/${i}`;
       if (!await this.#claim(claim, name)) continue;
@@ -211,7 +282,7 @@ export class PodNetworks {
           "ip",
           ["-batch", "-"],
           [
-            // At every pod, not once: another agent of the range that stopped meanwhile, holding
+            // At every namespace, not once: another agent of the range that stopped meanwhile, holding
             // no block at that moment, removed it.
             `route replace unreachable ${this.cidr}`,
             `netns add ${name}`,
@@ -236,7 +307,7 @@ export class PodNetworks {
         await Deno.remove(claim).catch(() => {});
         throw new InferxError(
           "unavailable",
-          `Cannot create the network namespace of pod ${podId}: ${(err as Error).message}`,
+          `Cannot create the network namespace of ${what}: ${(err as Error).message}`,
         );
       }
       return { name, nsPath: `/run/netns/${name}`, hostIf, hostAddr: host, podAddr: pod, block: i };
@@ -324,6 +395,9 @@ export class PodNetworks {
    * holds a block of the range any more.
    */
   async close(): Promise<void> {
+    this.#closed = true;
+    await this.#filling;
+    for (const net of this.#spares.splice(0)) await this.remove(net);
     if (!this.#fenced) return;
     this.#fenced = false;
     let held = 0;
@@ -347,10 +421,12 @@ export class PodNetworks {
    */
   async sweep(): Promise<number> {
     let n = 0;
+    // This run's own spares, made already, are not left behind.
+    const spares = new Set(this.spares);
     const listed = await run("ip", ["netns", "list"]).catch(() => "");
     for (const line of listed.split("\n")) {
       const name = line.trim().split(/\s+/)[0];
-      if (!name?.startsWith(`${this.#prefix}-`)) continue;
+      if (!name?.startsWith(`${this.#prefix}-`) || spares.has(name)) continue;
       await this.#teardown(name, "");
       n++;
     }
@@ -372,7 +448,7 @@ export class PodNetworks {
       }
       for (const e of entries) {
         const owner = await Deno.readTextFile(`${dir}/${e.name}`).catch(() => "");
-        if (owner.startsWith(`${this.#prefix}-`)) {
+        if (owner.startsWith(`${this.#prefix}-`) && !spares.has(owner)) {
           await Deno.remove(`${dir}/${e.name}`).catch(() => {});
         }
       }

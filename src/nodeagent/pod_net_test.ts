@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { parsePodCidr as parseCidr } from "../common/cidr.ts";
-import { blockAddrs, hostIfName, ipString, PodNetworks, rangesOverlap } from "./pod_net.ts";
+import {
+  blockAddrs,
+  hostIfName,
+  ipString,
+  type PodNet,
+  PodNetworks,
+  rangesOverlap,
+} from "./pod_net.ts";
 
 Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
   assert.deepEqual(parseCidr("10.213.0.0/16"), {
@@ -133,6 +140,65 @@ netTest(
       assert.doesNotMatch(routes(), /10\.219\.7\.0\/24/);
       assert.deepEqual([...Deno.readDirSync(dir)], [], "the claims directory went too");
     } finally {
+      await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
+    }
+  },
+);
+
+netTest(
+  "PodNetworks keeps spare namespaces made ahead: a start takes one, the next is made after, a stop removes them",
+  async (dir) => {
+    const cidr = "10.219.9.0/24";
+    const listed = () => ipOut("netns", "list").split("\n").map((l) => l.split(" ")[0]);
+    const nets = new PodNetworks({ prefix: "ixspare", cidr, stateDir: dir, spares: 1 });
+    const small = new PodNetworks({
+      prefix: "ixsmall",
+      cidr: "10.219.10.0/28",
+      stateDir: dir,
+      spares: 1,
+    });
+    const made: PodNet[] = [];
+    try {
+      await small.fill();
+      assert.deepEqual(small.spares, [], "none kept in a range of 4 blocks");
+      await nets.fill();
+      const [spare] = nets.spares;
+      assert.match(spare, /^ixspare-spare\d+$/);
+      assert.ok(listed().includes(spare));
+      // The sweep of an earlier run's leftovers leaves this run's spares alone.
+      await nets.sweep();
+      assert.deepEqual(nets.spares, [spare]);
+      assert.ok(listed().includes(spare));
+
+      const a = await nets.create("a");
+      made.push(a);
+      assert.equal(a.name, spare, "the start took the spare");
+      assert.deepEqual(nets.spares, [], "and it is a pod's now");
+      assert.match(
+        ipOut("-n", a.name, "-4", "addr", "show", "dev", "eth0"),
+        /inet 10\.219\.9\.\d+\/30/,
+      );
+      await nets.fill(); // the next one, made a moment after the start
+      const [next] = nets.spares;
+      assert.ok(next && next !== spare);
+      const b = await nets.create("b");
+      made.push(b);
+      assert.equal(b.name, next);
+      assert.notEqual(b.podAddr, a.podAddr);
+      await nets.fill();
+      const [left] = nets.spares;
+      for (const n of made.splice(0)) await nets.remove(n);
+      await nets.close();
+      assert.equal(listed().includes(left), false, "the stop removed the spare");
+      assert.equal(listed().some((n) => n.startsWith("ixspare-")), false);
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "no claim left");
+      // Stopped, it makes none again.
+      await nets.fill();
+      assert.deepEqual(nets.spares, []);
+    } finally {
+      for (const n of made) await nets.remove(n);
+      await nets.close();
+      await small.close();
       await new Deno.Command("ip", { args: ["route", "del", "unreachable", cidr] }).output();
     }
   },

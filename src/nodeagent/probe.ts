@@ -160,6 +160,22 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 }
 
 /**
+ * How often a worker is probed while it starts: every
+ * {@linkcode PROBE_FAST_MS} for its first {@linkcode PROBE_FAST_FOR_MS}
+ * (a start is late by half the interval on average, and a probe of a port no
+ * one listens on yet is one refused connect), then every
+ * {@linkcode PROBE_SLOW_MS}.
+ */
+export const PROBE_FAST_MS = 5;
+export const PROBE_FAST_FOR_MS = 3000;
+export const PROBE_SLOW_MS = 25;
+
+/** The wait before the next probe of a worker that started `elapsedMs` ago. */
+export function probeInterval(elapsedMs: number): number {
+  return elapsedMs < PROBE_FAST_FOR_MS ? PROBE_FAST_MS : PROBE_SLOW_MS;
+}
+
+/**
  * Waits until `host:port{path}` answers 2xx, `died` settles, or `timeoutMs`
  * passes. Its errors name the path, not the address: they reach the callers
  * of a function whose worker failed to start, and the address is the cluster's.
@@ -171,6 +187,7 @@ export async function waitForProbe(
   died: Promise<string>,
   options: {
     timeoutMs: number;
+    /** A fixed interval between probes. @default fast, then slow (see {@linkcode PROBE_FAST_MS}) */
     intervalMs?: number;
     /** The worker's network is its own (a pod's namespace, a container's): 127.0.0.1 is its own. */
     ownNetwork?: "pod" | "container";
@@ -178,7 +195,8 @@ export async function waitForProbe(
 ): Promise<void> {
   let dead: string | undefined;
   died.then((why) => dead = why);
-  const deadline = Date.now() + options.timeoutMs;
+  const started = Date.now();
+  const deadline = started + options.timeoutMs;
   let lastStatus: number | undefined;
   while (true) {
     if (dead !== undefined) throw new Error(`worker exited before it was ready (${dead})`);
@@ -204,6 +222,7 @@ export async function waitForProbe(
           ` (a worker must listen on $HOST:$PORT${hint})`,
       );
     }
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 25));
+    const interval = options.intervalMs ?? probeInterval(Date.now() - started);
+    await new Promise((r) => setTimeout(r, interval));
   }
 }

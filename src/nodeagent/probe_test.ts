@@ -1,10 +1,25 @@
 import assert from "node:assert/strict";
 import { hasPython } from "../common/testing.ts";
 import { freePort } from "../common/net.ts";
-import { httpCall, waitForProbe } from "./probe.ts";
+import {
+  httpCall,
+  PROBE_FAST_FOR_MS,
+  PROBE_FAST_MS,
+  PROBE_SLOW_MS,
+  probeInterval,
+  waitForProbe,
+} from "./probe.ts";
 
 const python = hasPython();
 if (!python) console.log("skipping the unanswered-connect probe test: no python3 here");
+
+Deno.test("a starting worker is probed often at first, then less often", () => {
+  assert.equal(probeInterval(0), PROBE_FAST_MS);
+  assert.equal(probeInterval(PROBE_FAST_FOR_MS - 1), PROBE_FAST_MS);
+  assert.equal(probeInterval(PROBE_FAST_FOR_MS), PROBE_SLOW_MS);
+  assert.equal(probeInterval(60_000), PROBE_SLOW_MS);
+  assert.ok(PROBE_FAST_MS < PROBE_SLOW_MS);
+});
 
 Deno.test("httpCall() answers status and body of one call on its own connection", async () => {
   const server = Deno.serve(

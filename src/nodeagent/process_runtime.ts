@@ -662,6 +662,8 @@ export class ProcessRuntime implements PodRuntime {
       podNetworks: this.#options.podNetworks,
       cgroups: this.#options.cgroups,
     });
+    // Namespaces for the next pods, made ahead once the earlier run's are gone.
+    this.#options.podNetworks?.fill().catch(() => {});
     return { adopted: [], removed };
   }
 

@@ -401,10 +401,18 @@ Deno.test({
         const [q]: Json[] = (await request(`${p.url}/pods/t/n/lm`)).body;
         return q?.state === "Standby" && q.standbyTier === "file";
       });
-      // Its process is gone (memory freed): nothing runs in its network namespace.
-      const netns = new TextDecoder().decode(
-        new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).outputSync().stdout,
-      ).split("\n").map((l) => l.split(" ")[0]).find((n) => n.endsWith(`-${pod.id}`))!;
+      // Its process is gone (memory freed): nothing runs in its network namespace (the one with
+      // its address: a pod may have taken a namespace made ahead, named otherwise).
+      const ipText = (...args: string[]) =>
+        new TextDecoder().decode(
+          new Deno.Command("ip", { args, stdout: "piped", stderr: "null" }).outputSync().stdout,
+        );
+      const podAddr = String(pod.endpoint).split(":")[0];
+      const netns = ipText("netns", "list").split("\n").map((l) => l.split(" ")[0])
+        .find((n) =>
+          n && ipText("-n", n, "-4", "addr", "show", "dev", "eth0").includes(`${podAddr}/`)
+        )!;
+      assert.ok(netns, `a namespace with ${podAddr}`);
       const pids = new TextDecoder().decode(
         new Deno.Command("ip", { args: ["netns", "pids", netns], stdout: "piped" }).outputSync()
           .stdout,

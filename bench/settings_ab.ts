@@ -1,0 +1,130 @@
+/**
+ * Cold starts under two sets of node settings, side by side: two platforms
+ * run at once on this machine, one with settings A and one with B, and the
+ * same worker is started cold on each in alternating rounds (A, B, B, A), so
+ * that both arms meet the same drift of the host. Fresh starts (snapshots
+ * off) and restores from a snapshot, for the n-gram worker and, with
+ * `python3-torch`, the PyTorch one: the time to the first byte of a call
+ * that starts its pod, as its client sees it.
+ *
+ * `AB_BASELINE=DIR` runs A's platform from another checkout (say `git
+ * worktree add DIR HEAD~1`, with its `node_modules`): two versions of the
+ * code side by side, under settings A and B (give both the same, or none:
+ * `""`). With neither, an A/A run (`"" ""`) shows the bench's own noise.
+ *
+ * A setting that is the kernel's or the node's as a whole (CRIU's kernel
+ * cache, `favordynmods`) cannot be compared this way: both platforms would
+ * share it (see `criu_cache.ts` and `favor_dynmods.ts`).
+ *
+ * Run: `deno run -A bench/settings_ab.ts [rounds] [workers] [A] [B]` (8,
+ * ngram,torch, `INFERX_POD_NETNS_SPARES=0`, `INFERX_POD_NETNS_SPARES=2`; a
+ * set is `KEY=VALUE` pairs split by commas; needs root and CRIU from
+ * `deno task criu` for the restores).
+ */
+import {
+  createNamespace,
+  eventually,
+  type Platform,
+  putObject,
+  startPlatform,
+} from "../tests/e2e/helpers.ts";
+import { criuCapability } from "../src/nodeagent/criu.ts";
+import { callSample, coldFunction, podsOf, runnableWorkers } from "./sample_workers.ts";
+
+const rounds = Number(Deno.args[0] ?? 8);
+const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
+const sets = [
+  Deno.args[2] ?? "INFERX_POD_NETNS_SPARES=0",
+  Deno.args[3] ?? "INFERX_POD_NETNS_SPARES=2",
+];
+/** Another checkout, whose platform is A's. */
+const baseline = Deno.env.get("AB_BASELINE");
+
+function settingsOf(set: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of set.split(",").filter(Boolean)) {
+    const i = pair.indexOf("=");
+    if (i < 1) throw new Error(`"${pair}" is not KEY=VALUE`);
+    out[pair.slice(0, i)] = pair.slice(i + 1);
+  }
+  return out;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(" ");
+
+console.log(
+  `settings A/B: cold starts with A (${sets[0]}${
+    baseline ? `, the code of ${baseline}` : ""
+  }) and B (${
+    sets[1]
+  }), ${rounds} alternating rounds each (linux ${Deno.osRelease()}, ${navigator.hardwareConcurrency} cores)`,
+);
+const workers = await runnableWorkers(wanted, console.log);
+const criu = await criuCapability();
+const kinds: ("fresh" | "snapshot")[] = criu.available ? ["fresh", "snapshot"] : ["fresh"];
+if (!criu.available) console.log(`restores: skipped, ${criu.reason}`);
+
+for (const kind of kinds) {
+  const base = {
+    LOG_LEVEL: "warning",
+    INFERX_RUNTIME: "process",
+    ...(kind === "fresh" ? { INFERX_SNAPSHOTS: "off" } : { INFERX_SNAPSHOT_START: "always" }),
+  };
+  const platforms: Platform[] = [];
+  try {
+    for (const [i, set] of sets.entries()) {
+      const main = i === 0 && baseline ? { main: `${baseline}/main.ts` } : {};
+      platforms.push(await startPlatform({ ...base, ...settingsOf(set) }, undefined, main));
+    }
+    for (const p of platforms) await createNamespace(p.url, "bench", "lab");
+    for (const w of workers) {
+      const func = `${w.name}-${kind}`;
+      for (const p of platforms) {
+        await putObject(p.url, coldFunction(w, func));
+        await callSample(p.url, func, w.body); // the version's first start (and its snapshot)
+      }
+      const t: number[][] = [[], []];
+      for (let i = 0; i < rounds * 2; i++) {
+        const arm = i % 4 === 0 || i % 4 === 3 ? 0 : 1;
+        const p = platforms[arm];
+        for (const q of platforms) {
+          await eventually(
+            `${func} at zero`,
+            async () => (await podsOf(q.url, func)).length === 0,
+            60_000,
+          );
+        }
+        const r = await callSample(p.url, func, w.body);
+        const pod = (await podsOf(p.url, func)).find((q) => q.id === r.pod);
+        if (!r.cold || pod?.startedFrom !== kind) {
+          throw new Error(
+            `${func} round ${i} (${"AB"[arm]}): not a ${kind} start: ${
+              JSON.stringify({
+                cold: r.cold,
+                pod: r.pod,
+                startedFrom: pod?.startedFrom,
+                note: pod?.note,
+              })
+            }`,
+          );
+        }
+        t[arm].push(r.client);
+      }
+      const [a, b] = t.map(median);
+      console.log(
+        `${w.name} ${kind === "fresh" ? "fresh start" : "restore"} to first byte: A ${
+          a.toFixed(2)
+        } ms, B ${b.toFixed(2)} ms (medians); B/A ${(b / a).toFixed(3)}, ${
+          (a - b).toFixed(2)
+        } ms less with B`,
+      );
+      console.log(`    A: ${list(t[0])}\n    B: ${list(t[1])}`);
+    }
+  } finally {
+    for (const p of platforms) {
+      await p.stop();
+      await Deno.remove(p.dataDir, { recursive: true });
+    }
+  }
+}
