@@ -155,6 +155,34 @@ export function redirection(flags: number): "<" | ">>" | "<>" {
   return "<>";
 }
 
+/**
+ * What the shell that runs CRIU does first (`lines`, each taking its
+ * arguments from `args` with `shift`), in bash where a descriptor past 9
+ * is opened (sh's redirections take one digit).
+ */
+export interface ShellSetup {
+  lines: string[];
+  args: string[];
+  bash?: boolean;
+}
+
+/**
+ * A restore's setup, in the shell that runs CRIU rather than in a shell
+ * each (each exec about a millisecond): it joins the control group whose
+ * `cgroup.procs` files are `procs` (exit 125 when it cannot), then opens
+ * each file handed over on descriptor 100, 101... as `--inherit-fd` names it.
+ */
+export function restoreSetup(procs: string[], inherit: InheritedFile[]): ShellSetup {
+  return {
+    lines: [
+      ...procs.map(() => 'echo $$ >"$1" || exit 125; shift'),
+      ...inherit.map((f, i) => `exec ${100 + i}${redirection(f.flags)}"$1"; shift`),
+    ],
+    args: [...procs, ...inherit.map((f) => f.path)],
+    bash: inherit.length > 0,
+  };
+}
+
 /** Options for {@linkcode Criu.dump}. */
 export interface DumpOptions {
   /** Leave the process running after the dump (a snapshot) instead of ending it. */
@@ -178,8 +206,9 @@ export interface RestoreOptions {
   /** Descriptors to hand over in place of dumped files. */
   inherit?: InheritedFile[];
   /**
-   * A command prefix that puts CRIU in a control group (`PodCgroup.joinPrefix`):
-   * the processes it restores are its children, and start there.
+   * The `cgroup.procs` files of a control group to put CRIU in
+   * (`PodCgroup.procsFiles`): the processes it restores are its children,
+   * and start there.
    */
   cgroup?: string[];
   /** The process was dumped with `shellJob`. */
@@ -250,17 +279,26 @@ export class Criu {
    */
   async #run(
     args: string[],
-    options: { prefix?: string[]; timeoutMs?: number; failed?: { log: string; said: RegExp } } = {},
+    options: {
+      prefix?: string[];
+      setup?: ShellSetup;
+      timeoutMs?: number;
+      failed?: { log: string; said: RegExp };
+    } = {},
   ): Promise<{ ok: boolean; out: string; timedOut?: boolean }> {
     const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
     const outFile = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
+    const setup = options.setup;
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let watch: ReturnType<typeof setInterval> | undefined;
     let givenUp: ReturnType<typeof setTimeout> | undefined;
     try {
+      // One shell: its output to the file, then what `setup` does, then CRIU (or its prefix).
+      const script = ['exec >"$1" 2>&1', "shift", ...(setup?.lines ?? []), 'exec "$@"'].join("; ");
+      const shell = setup?.bash ? "bash" : "sh";
       const child = new Deno.Command("setsid", {
-        args: ["sh", "-c", 'exec "$@" >"$0" 2>&1', outFile, ...argv],
+        args: [shell, "-c", script, shell, outFile, ...(setup?.args ?? []), ...argv],
         stdin: "null",
         stdout: "null",
         stderr: "null",
@@ -438,27 +476,15 @@ export class Criu {
         );
       }
     }
-    // bash opens each handed-over file on a descriptor of its own, then execs CRIU.
-    const opens = inherit.map((f, i) => `exec ${100 + i}${redirection(f.flags)}"\${${i + 1}}"`);
     for (const [i, f] of inherit.entries()) {
       args.push("--inherit-fd", `fd[${100 + i}]:${f.key.replace(/^\//, "")}`);
     }
-    const prefix = [
-      ...(options.cgroup ?? []),
-      ...(inherit.length
-        ? [
-          "bash",
-          "-c",
-          `${opens.join("; ")}; shift ${inherit.length}; exec "$@"`,
-          "bash",
-          ...inherit.map((f) => f.path),
-        ]
-        : []),
-      ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
-    ];
+    const setup = restoreSetup(options.cgroup ?? [], inherit);
+    const prefix = options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : [];
     const timeoutMs = options.timeoutMs ?? 60_000;
     const { ok, out, timedOut } = await this.#run(args, {
       prefix,
+      setup,
       timeoutMs,
       failed: { log: logFile, said: RESTORE_FAILED },
     });

@@ -7,6 +7,7 @@ import {
   logReason,
   openFiles,
   redirection,
+  restoreSetup,
   sweepCriuOutput,
 } from "./criu.ts";
 
@@ -136,6 +137,57 @@ Deno.test("logReason() keeps CRIU's fatal error lines and drops the ones it surv
   );
   assert.equal(logReason("a\nb\nc\nd"), "b; c; d");
   assert.equal(logReason(""), "no log");
+});
+
+Deno.test({
+  name:
+    "restoreSetup() joins the group and opens the handed-over files in the shell that runs CRIU",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      // Plain files for the group's cgroup.procs: what is written there is the shell's PID.
+      const procs = [`${dir}/memory.procs`, `${dir}/cpu.procs`];
+      const [weights, log] = [`${dir}/weights`, `${dir}/out.log`];
+      await Deno.writeTextFile(weights, "w");
+      await Deno.writeTextFile(log, "before\n");
+      const setup = restoreSetup(procs, [
+        { key: weights, path: weights, flags: 0 },
+        { key: log, path: log, flags: 0o2001 }, // O_WRONLY | O_APPEND
+      ]);
+      assert.equal(setup.bash, true, "descriptors past 9 need bash");
+      // What CRIU would be: it says its PID, and what its descriptors 100 and 101 are.
+      const criu = "echo $$; readlink /proc/$$/fd/100 /proc/$$/fd/101; echo after >&101";
+      const out = await new Deno.Command("bash", {
+        args: [
+          "-c",
+          [...setup.lines, 'exec "$@"'].join("; "),
+          "bash",
+          ...setup.args,
+          "bash",
+          "-c",
+          criu,
+        ],
+        stdout: "piped",
+      }).output();
+      assert.ok(out.success);
+      const [pid, fd100, fd101] = new TextDecoder().decode(out.stdout).trim().split("\n");
+      for (const f of procs) assert.equal((await Deno.readTextFile(f)).trim(), pid);
+      assert.deepEqual([fd100, fd101], [weights, log]);
+      assert.equal(await Deno.readTextFile(log), "before\nafter\n", "appended, not truncated");
+
+      // A group that cannot be joined stops it before CRIU runs: exit 125.
+      const bad = restoreSetup([`${dir}/gone/cgroup.procs`], []);
+      assert.equal(bad.bash, false);
+      const refused = await new Deno.Command("sh", {
+        args: ["-c", [...bad.lines, 'exec "$@"'].join("; "), "sh", ...bad.args, "true"],
+        stderr: "null",
+      }).output();
+      assert.equal(refused.code, 125);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("redirection() reopens a file as it was opened, never truncating it", () => {

@@ -1249,7 +1249,7 @@ export class ProcessRuntime implements PodRuntime {
     const pid = await this.#options.criu!.restore(dir, {
       workDir: `${this.#snapshots}/${podId}.restore`,
       netns: net?.nsPath,
-      cgroup: limits.cgroup?.joinPrefix,
+      cgroup: limits.cgroup?.procsFiles,
       inherit,
       shellJob: !meta.namespaced && !meta.ownSession,
     });
