@@ -12,10 +12,17 @@
  * Run: `deno run -A bench/criu_cache.ts [rounds] [workers]` (8, ngram,torch;
  * needs root, CRIU from `deno task criu`, and `python3-torch` for torch).
  */
-import { createNamespace, eventually, putObject, startPlatform } from "../tests/e2e/helpers.ts";
+import { createNamespace, putObject, startPlatform } from "../tests/e2e/helpers.ts";
 import { Criu, criuCapability, locateCriu } from "../src/nodeagent/criu.ts";
 import { fsTypeOf, KDAT_FILE, prepareCriuCache } from "../src/nodeagent/criu_cache.ts";
-import { callSample, coldFunction, podsOf, runnableWorkers } from "./sample_workers.ts";
+import {
+  atZero,
+  callSample,
+  coldCall,
+  coldFunction,
+  median,
+  runnableWorkers,
+} from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 8);
 const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
@@ -52,8 +59,6 @@ async function withCache() {
 
 const workers = await runnableWorkers(wanted, console.log);
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 console.log(
   `CRIU's kernel cache: restores from a snapshot with and without it, ${rounds} alternating rounds each; /run ${
     tmpfs ? "is" : "is not"
@@ -65,23 +70,13 @@ try {
   for (const w of workers) {
     const func = `${w.name}-cache`;
     await putObject(p.url, coldFunction(w, func));
-    const call = () => callSample(p.url, func, w.body);
-    await call(); // the version's first start: fresh, then its snapshot
+    await callSample(p.url, func, w.body); // the version's first start: fresh, then its snapshot
     const times = { with: [] as number[], without: [] as number[] };
     for (let i = 0; i < rounds * 2; i++) {
       const arm = i % 4 === 0 || i % 4 === 3 ? "with" : "without"; // ABBA
-      await eventually(
-        `${func} at zero`,
-        async () => (await podsOf(p.url, func)).length === 0,
-        60_000,
-      );
+      await atZero(p.url, func);
       await (arm === "with" ? withCache() : withoutCache());
-      const r = await call();
-      const pod = (await podsOf(p.url, func)).find((q) => q.id === r.pod);
-      if (pod?.startedFrom !== "snapshot") {
-        throw new Error(`${func} round ${i}: not restored (${pod?.note ?? pod?.startedFrom})`);
-      }
-      times[arm].push(r.client);
+      times[arm].push(await coldCall(p.url, func, w.body, "snapshot"));
     }
     const a = median(times.with), b = median(times.without);
     const f = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(" ");

@@ -17,20 +17,32 @@
  * processes under a lock of their own (Linux 6.18 and later with the option
  * on) and has said it cannot stop doing so ("per threadgroup rwsem mechanism
  * can't be disabled", in its log once the option went off): from then until
- * the next boot, "without" is the same as "with". The bench then measures
- * the move against the same shell without it, and says why it compares no
- * more; run it on a fresh boot before any agent starts (or with
- * `INFERX_CGROUP_FAVOR_DYNMODS=off` for the agents before it).
+ * the next boot, "without" is the same as "with". On such a kernel the bench
+ * runs every "without" round before the first "with" (in sequence, not
+ * alternating), and when the option had been on in the boot before it ran
+ * says so instead of comparing; it compares on a fresh boot where no agent
+ * (nor the test suite, whose node agents mount it) started with the option
+ * on (`INFERX_CGROUP_FAVOR_DYNMODS=off` for the agents before it).
  *
  * Run: `deno run -A bench/favor_dynmods.ts [rounds] [workers]` (8,
  * ngram,torch; needs root, and CRIU from `deno task criu` for the restores).
  */
-import { createNamespace, eventually, putObject, startPlatform } from "../tests/e2e/helpers.ts";
+import { createNamespace, type Platform, putObject, startPlatform } from "../tests/e2e/helpers.ts";
 import { favorDynmods, favorsDynmods } from "../src/nodeagent/favor_dynmods.ts";
 import { parseMountinfo } from "../src/nodeagent/mounts.ts";
 import { PodCgroups } from "../src/nodeagent/cgroup.ts";
-import { criuCapability } from "../src/nodeagent/criu.ts";
-import { callSample, coldFunction, podsOf, runnableWorkers } from "./sample_workers.ts";
+import {
+  atZero,
+  callSample,
+  coldCall,
+  coldFunction,
+  type ColdKind,
+  coldKinds,
+  median,
+  msList,
+  runnableWorkers,
+  type Worker,
+} from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 8);
 const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
@@ -60,24 +72,48 @@ async function arm(a: Arm) {
   const want = a === "with" ? "mounted" : "off";
   if (s.state !== want) throw new Error(`${a}: ${s.state} ${s.reason ?? ""}`);
 }
-/** Rounds of with, without, without, with: neither arm always goes first. */
-const armOf = (i: number): Arm => i % 4 === 0 || i % 4 === 3 ? "with" : "without";
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(" ");
+/**
+ * From Linux 6.18 the kernel keeps its faster moves for the rest of the boot once the option has
+ * been on. There every "without" round goes first, the moves' and the cold starts' (the moves are
+ * measured without the option alone: with it, a move costs what the shell without one does), and
+ * nothing is compared in a boot where the option has been on already. Elsewhere rounds go with,
+ * without, without, with, so that neither arm always goes first.
+ */
+const [major, minor] = Deno.osRelease().split(".").map(Number);
+const oneWay = major > 6 || (major === 6 && minor >= 18);
+const onAlready = parseMountinfo(await Deno.readTextFile("/proc/self/mountinfo"))
+  .some(favorsDynmods);
+if (oneWay && (onAlready || await sticky())) {
+  console.log(
+    `skipped: Linux ${Deno.osRelease()} keeps its faster moves until the next boot once ` +
+      "favordynmods has been on, as it has in this boot (an agent, the test suite): nothing " +
+      "to compare. Run it on a fresh boot before any agent starts with the option on",
+  );
+  Deno.exit(0);
+}
+const armOf = (i: number): Arm =>
+  oneWay ? (i < rounds ? "without" : "with") : i % 4 === 0 || i % 4 === 3 ? "with" : "without";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function report(label: string, t: Record<Arm, number[]>) {
+  if (!t.with.length) {
+    console.log(`${label}, without: ${median(t.without).toFixed(2)} ms (median)`);
+    console.log(`    without: ${msList(t.without)}`);
+    return;
+  }
   const a = median(t.with), b = median(t.without);
   console.log(
     `${label}: with ${a.toFixed(2)} ms, without ${b.toFixed(2)} ms (medians); with/without ${
       (a / b).toFixed(3)
     }, ${(b - a).toFixed(2)} ms saved`,
   );
-  console.log(`    with: ${list(t.with)}\n    without: ${list(t.without)}`);
+  console.log(`    with: ${msList(t.with)}\n    without: ${msList(t.without)}`);
 }
 
 console.log(
-  `favordynmods: pod starts with and without it, ${rounds} alternating rounds each (linux ${Deno.osRelease()}, ${navigator.hardwareConcurrency} cores)`,
+  `favordynmods: pod starts with and without it, ${rounds} ${
+    oneWay ? "rounds each, every one without it first" : "alternating rounds each"
+  } (linux ${Deno.osRelease()}, ${navigator.hardwareConcurrency} cores)`,
 );
 
 // 1. The move alone.
@@ -97,7 +133,9 @@ console.log(
     const moved = { with: [] as number[], without: [] as number[] };
     const plain = { with: [] as number[], without: [] as number[] };
     try {
-      for (let i = 0; i < rounds * 2; i++) {
+      // On a one-way kernel the "with" rounds would turn the option on before the cold
+      // starts' "without" rounds: the moves are measured without it alone there.
+      for (let i = 0; i < (oneWay ? rounds : rounds * 2); i++) {
         const a = armOf(i);
         await arm(a);
         moved[a].push(await run([...g.joinPrefix, "true"]));
@@ -107,61 +145,51 @@ console.log(
       await g.remove();
       cap.cgroups.close();
     }
-    if (await sticky()) {
-      console.log(
-        "without: not measurable in this boot: the kernel said it keeps moving processes under " +
-          'their own lock ("per threadgroup rwsem mechanism can\'t be disabled"); both arms ' +
-          "below are with it",
-      );
-    }
     report("a shell that moves into a pod's group and execs true", moved);
     report("the same shell without the move", plain);
   }
 }
-if (await sticky()) {
-  console.log("cold starts: skipped, nothing to compare in this boot (see above)");
-  await arm("with");
-  Deno.exit(0);
-}
 
 // 2. Cold starts through a platform.
 const workers = await runnableWorkers(wanted, console.log);
-const criu = await criuCapability();
-const kinds: ("fresh" | "snapshot")[] = criu.available ? ["fresh", "snapshot"] : ["fresh"];
-if (!criu.available) console.log(`restores: skipped, ${criu.reason}`);
+const kinds = await coldKinds(console.log);
 
-for (const kind of kinds) {
-  const p = await startPlatform({
-    LOG_LEVEL: "warning",
-    INFERX_RUNTIME: "process",
-    ...(kind === "fresh" ? { INFERX_SNAPSHOTS: "off" } : { INFERX_SNAPSHOT_START: "always" }),
-  });
-  try {
+// Both platforms at once, their agents leaving the option to the bench; every round calls each
+// worker of each once, so that on a one-way kernel every "without" round comes first.
+const platforms: { kind: ColdKind; p: Platform }[] = [];
+try {
+  for (const kind of kinds) {
+    const p = await startPlatform({
+      LOG_LEVEL: "warning",
+      INFERX_RUNTIME: "process",
+      INFERX_CGROUP_FAVOR_DYNMODS: "off",
+      ...(kind === "fresh" ? { INFERX_SNAPSHOTS: "off" } : { INFERX_SNAPSHOT_START: "always" }),
+    });
+    platforms.push({ kind, p });
     await createNamespace(p.url, "bench", "lab");
+  }
+  const rows: { kind: ColdKind; p: Platform; w: Worker; t: Record<Arm, number[]> }[] = [];
+  for (const { kind, p } of platforms) {
     for (const w of workers) {
-      const func = `${w.name}-${kind}`;
-      await putObject(p.url, coldFunction(w, func));
-      const call = () => callSample(p.url, func, w.body);
-      await call(); // the version's first start (and its snapshot)
-      const t = { with: [] as number[], without: [] as number[] };
-      for (let i = 0; i < rounds * 2; i++) {
-        const a = armOf(i);
-        await eventually(
-          `${func} at zero`,
-          async () => (await podsOf(p.url, func)).length === 0,
-          60_000,
-        );
-        await arm(a);
-        const r = await call();
-        const pod = (await podsOf(p.url, func)).find((q) => q.id === r.pod);
-        if (!r.cold || pod?.startedFrom !== kind) {
-          throw new Error(`${func} round ${i}: not a ${kind} start (${pod?.note ?? ""})`);
-        }
-        t[a].push(r.client);
-      }
-      report(`${w.name} ${kind === "fresh" ? "fresh start" : "restore"} to first byte`, t);
+      await putObject(p.url, coldFunction(w, `${w.name}-${kind}`));
+      await callSample(p.url, `${w.name}-${kind}`, w.body); // its first start (and snapshot)
+      rows.push({ kind, p, w, t: { with: [], without: [] } });
     }
-  } finally {
+  }
+  for (let i = 0; i < rounds * 2; i++) {
+    const a = armOf(i);
+    await arm(a);
+    for (const { kind, p, w, t } of rows) {
+      const func = `${w.name}-${kind}`;
+      await atZero(p.url, func);
+      t[a].push(await coldCall(p.url, func, w.body, kind));
+    }
+  }
+  for (const { kind, w, t } of rows) {
+    report(`${w.name} ${kind === "fresh" ? "fresh start" : "restore"} to first byte`, t);
+  }
+} finally {
+  for (const { p } of platforms) {
     await p.stop();
     await Deno.remove(p.dataDir, { recursive: true });
   }

@@ -4,7 +4,8 @@
  * call they time), and how those benchmarks call them in tenant `bench`,
  * namespace `lab`.
  */
-import { type Json, request } from "../tests/e2e/helpers.ts";
+import { eventually, type Json, request } from "../tests/e2e/helpers.ts";
+import { criuCapability } from "../src/nodeagent/criu.ts";
 import { NGRAM_COMMANDS } from "../src/samples/ngram/image.ts";
 import {
   generateTorchWeights,
@@ -112,4 +113,45 @@ export async function podsOf(url: string, func: string): Promise<Json[]> {
     throw new Error(`pods of ${func}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
   }
   return res.body;
+}
+
+/** The median of times (the upper one of an even count). */
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Times in ms, one decimal each, for a bench's raw rows. */
+export const msList = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(" ");
+
+/** How a cold start begins: a fresh start, or a restore from a snapshot. */
+export type ColdKind = "fresh" | "snapshot";
+
+/** The kinds of cold start this node can make: restores where CRIU works (`skipped` hears why not). */
+export async function coldKinds(skipped: (why: string) => void): Promise<ColdKind[]> {
+  const criu = await criuCapability();
+  if (criu.available) return ["fresh", "snapshot"];
+  skipped(`restores: skipped, ${criu.reason}`);
+  return ["fresh"];
+}
+
+/** Waits until `bench/lab/{func}` has no pod (back at zero after its last call). */
+export async function atZero(url: string, func: string): Promise<void> {
+  await eventually(`${func} at zero`, async () => (await podsOf(url, func)).length === 0, 60_000);
+}
+
+/**
+ * Calls `bench/lab/{func}`, which must start a pod of `kind` for it (at
+ * zero before): its time to the whole answer, as its client saw it.
+ */
+export async function coldCall(
+  url: string,
+  func: string,
+  body: unknown,
+  kind: ColdKind,
+): Promise<number> {
+  const r = await callSample(url, func, body);
+  const pod = (await podsOf(url, func)).find((q) => q.id === r.pod);
+  if (!r.cold || pod?.startedFrom !== kind) {
+    const was = { cold: r.cold, pod: r.pod, startedFrom: pod?.startedFrom, note: pod?.note };
+    throw new Error(`${func}: not a ${kind} start: ${JSON.stringify(was)}`);
+  }
+  return r.client;
 }

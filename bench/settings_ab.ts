@@ -21,15 +21,17 @@
  * set is `KEY=VALUE` pairs split by commas; needs root and CRIU from
  * `deno task criu` for the restores).
  */
+import { createNamespace, type Platform, putObject, startPlatform } from "../tests/e2e/helpers.ts";
 import {
-  createNamespace,
-  eventually,
-  type Platform,
-  putObject,
-  startPlatform,
-} from "../tests/e2e/helpers.ts";
-import { criuCapability } from "../src/nodeagent/criu.ts";
-import { callSample, coldFunction, podsOf, runnableWorkers } from "./sample_workers.ts";
+  atZero,
+  callSample,
+  coldCall,
+  coldFunction,
+  coldKinds,
+  median,
+  msList,
+  runnableWorkers,
+} from "./sample_workers.ts";
 
 const rounds = Number(Deno.args[0] ?? 8);
 const wanted = (Deno.args[1] ?? "ngram,torch").split(",");
@@ -50,9 +52,6 @@ function settingsOf(set: string): Record<string, string> {
   return out;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(" ");
-
 console.log(
   `settings A/B: cold starts with A (${sets[0]}${
     baseline ? `, the code of ${baseline}` : ""
@@ -61,9 +60,7 @@ console.log(
   }), ${rounds} alternating rounds each (linux ${Deno.osRelease()}, ${navigator.hardwareConcurrency} cores)`,
 );
 const workers = await runnableWorkers(wanted, console.log);
-const criu = await criuCapability();
-const kinds: ("fresh" | "snapshot")[] = criu.available ? ["fresh", "snapshot"] : ["fresh"];
-if (!criu.available) console.log(`restores: skipped, ${criu.reason}`);
+const kinds = await coldKinds(console.log);
 
 for (const kind of kinds) {
   const base = {
@@ -77,6 +74,16 @@ for (const kind of kinds) {
       const main = i === 0 && baseline ? { main: `${baseline}/main.ts` } : {};
       platforms.push(await startPlatform({ ...base, ...settingsOf(set) }, undefined, main));
     }
+    // Both arms must start pods the same way (a baseline checkout without `.criu` finds no
+    // CRIU, so no snapshots and no pod namespaces): the settings are the difference, not that.
+    const nodes = await Promise.all(
+      platforms.map(async (p) => (await (await fetch(`${p.url}/nodes`)).json())[0]),
+    );
+    const how = (n: { criu?: { available: boolean }; snapshots?: { reason?: string } }) =>
+      `CRIU ${n.criu?.available ? "on" : "off"}, snapshots ${n.snapshots?.reason ?? "on"}`;
+    if (how(nodes[0]) !== how(nodes[1])) {
+      throw new Error(`the arms differ: A ${how(nodes[0])}; B ${how(nodes[1])}`);
+    }
     for (const p of platforms) await createNamespace(p.url, "bench", "lab");
     for (const w of workers) {
       const func = `${w.name}-${kind}`;
@@ -88,28 +95,12 @@ for (const kind of kinds) {
       for (let i = 0; i < rounds * 2; i++) {
         const arm = i % 4 === 0 || i % 4 === 3 ? 0 : 1;
         const p = platforms[arm];
-        for (const q of platforms) {
-          await eventually(
-            `${func} at zero`,
-            async () => (await podsOf(q.url, func)).length === 0,
-            60_000,
-          );
+        for (const q of platforms) await atZero(q.url, func);
+        try {
+          t[arm].push(await coldCall(p.url, func, w.body, kind));
+        } catch (err) {
+          throw new Error(`round ${i} (${"AB"[arm]}): ${(err as Error).message}`);
         }
-        const r = await callSample(p.url, func, w.body);
-        const pod = (await podsOf(p.url, func)).find((q) => q.id === r.pod);
-        if (!r.cold || pod?.startedFrom !== kind) {
-          throw new Error(
-            `${func} round ${i} (${"AB"[arm]}): not a ${kind} start: ${
-              JSON.stringify({
-                cold: r.cold,
-                pod: r.pod,
-                startedFrom: pod?.startedFrom,
-                note: pod?.note,
-              })
-            }`,
-          );
-        }
-        t[arm].push(r.client);
       }
       const [a, b] = t.map(median);
       console.log(
@@ -119,7 +110,7 @@ for (const kind of kinds) {
           (a - b).toFixed(2)
         } ms less with B`,
       );
-      console.log(`    A: ${list(t[0])}\n    B: ${list(t[1])}`);
+      console.log(`    A: ${msList(t[0])}\n    B: ${msList(t[1])}`);
     }
   } finally {
     for (const p of platforms) {

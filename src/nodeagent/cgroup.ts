@@ -77,6 +77,24 @@ interface CgroupMount {
   controllers: string[];
 }
 
+/** The controllers a cgroup v1 hierarchy can hold (the kernel's). */
+const V1_CONTROLLERS: ReadonlySet<string> = new Set([
+  "cpu",
+  "cpuacct",
+  "cpuset",
+  "memory",
+  "devices",
+  "freezer",
+  "net_cls",
+  "net_prio",
+  "blkio",
+  "perf_event",
+  "hugetlb",
+  "pids",
+  "rdma",
+  "misc",
+]);
+
 /** The cgroup hierarchies mounted, from `/proc/self/mountinfo`'s text. */
 export function cgroupMounts(mountinfo: string): CgroupMount[] {
   return parseMountinfo(mountinfo)
@@ -125,8 +143,11 @@ export function planControllers(
     const v1 = mounts.find((m) => m.version === 1 && m.controllers.includes(name));
     const v2 = mounts.find((m) => m.version === 2);
     // v1 hierarchies for memory and cpu but none for pids: the v2 mount there holds no
-    // controller a v1 hierarchy has (a hybrid host), so pids goes without.
-    const hybrid = name === "pids" && !v1 && mounts.some((m) => m.version === 1);
+    // controller a v1 hierarchy has (a hybrid host), so pids goes without. A named v1
+    // hierarchy with no controller (systemd's, the node agent's for favordynmods) makes no host
+    // hybrid.
+    const hybrid = name === "pids" && !v1 &&
+      mounts.some((m) => m.version === 1 && m.controllers.some((c) => V1_CONTROLLERS.has(c)));
     const mount = hybrid ? undefined : v1 ?? v2;
     // v2: a process in the leaf an earlier start moved its group's processes to (the agent
     // started again by the same launcher) belongs to the group above it.

@@ -60,6 +60,21 @@ Deno.test("cgroups: on v2 both controllers share one group; a container sees its
     [2, "cpu", "/sys/fs/cgroup/inferx-ixabc"],
     [2, "pids", "/sys/fs/cgroup/inferx-ixabc"], // taken when the group offers it (open())
   ]);
+  // A named v1 hierarchy with no controller beside it (systemd's, the agent's for
+  // favordynmods) makes no hybrid host: pids is still v2's.
+  const named = cgroupMounts([
+    `30 23 0:27 /kubepods/pod1/c1 /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate`,
+    "45 27 0:40 / /run/inferx/cgroup-favordynmods rw,relatime - cgroup inferx-favordynmods " +
+    "rw,favordynmods,name=inferx-favordynmods",
+    "46 27 0:41 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd",
+  ].join("\n"));
+  const withNamed = planControllers(named, ownGroups("0::/kubepods/pod1/c1\n"), "ixabc");
+  assert.ok(typeof withNamed !== "string");
+  assert.deepEqual(withNamed.map((p) => [p.version, p.name]), [
+    [2, "memory"],
+    [2, "cpu"],
+    [2, "pids"],
+  ]);
   // A group outside what the mount shows: no place to make groups in, said so.
   const outside = planControllers(mounts, ownGroups("0::/system.slice/x\n"), "ixabc");
   assert.match(String(outside), /not under \/sys\/fs\/cgroup/);

@@ -29,10 +29,13 @@
  * node's own `cgroup2` mount, say), and otherwise mounts one of its own: a
  * named cgroup v1 hierarchy with no controllers
  * ({@linkcode FAVOR_DYNMODS_NAME}, at {@linkcode FAVOR_DYNMODS_DIR}), which
- * holds no groups and changes nothing else. It stays mounted until the
- * node's next boot, or until an agent starts with
- * `INFERX_CGROUP_FAVOR_DYNMODS=off`, which unmounts it (on Linux 6.18 and
- * later, moves stay without the wait until the next boot all the same).
+ * holds no groups (every process's `/proc/PID/cgroup` shows one more line,
+ * `N:name=inferx-favordynmods:/`). It stays mounted until the node's next
+ * boot, or until an agent starts with `INFERX_CGROUP_FAVOR_DYNMODS=off`,
+ * which unmounts it (on Linux 6.18 and later, moves stay without the wait
+ * until the next boot all the same). The setting is the host's: the agents
+ * of several platforms on one host share the hierarchy, and one started with
+ * `off` unmounts it for all.
  *
  * @module
  */
@@ -141,6 +144,14 @@ export async function favorDynmods(options: FavorDynmodsOptions = {}): Promise<F
     };
   }
   const now = parseMountinfo(await read()).find((m) => m.point === dir && favorsDynmods(m));
-  if (!now) return { state: "off", reason: `${dir} was mounted without favordynmods` };
+  if (!now) {
+    // A hierarchy of that name mounted before without the option: the mount took it as it was.
+    await run("umount", [dir]).catch(() => {});
+    return {
+      state: "off",
+      reason:
+        `${dir} was mounted without favordynmods (a hierarchy named ${name} without it was there)`,
+    };
+  }
   return { state: "mounted", mountPoint: dir };
 }

@@ -91,6 +91,33 @@ Deno.test("favorDynmods() says why moves still wait: not root, or the mount refu
   }
 });
 
+Deno.test("favorDynmods() unmounts what it mounted when the mount came without the option", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A hierarchy of the name mounted before without the option: a new mount takes it as it was.
+    const lines = [BASE];
+    const calls: string[] = [];
+    const s = await favorDynmods({
+      dir: `${dir}/fd`,
+      root: true,
+      mountinfo: () => Promise.resolve(lines.join("\n")),
+      run(cmd, args) {
+        calls.push(cmd);
+        if (cmd === "mount") {
+          lines.push(`46 27 0:41 / ${args[5]} rw - cgroup x rw,name=inferx-favordynmods`);
+        } else lines.pop();
+        return Promise.resolve("");
+      },
+    });
+    assert.equal(s.state, "off");
+    assert.match(s.reason!, /mounted without favordynmods/);
+    assert.deepEqual(calls, ["mount", "umount"]);
+    assert.deepEqual(lines, [BASE]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("favorDynmods() switched off unmounts the agent's hierarchy, every mount of it, and only it", async () => {
   const node = fakeNode([BASE, OURS, OURS.replace(/^45/, "47")]);
   assert.deepEqual(await favorDynmods({ ...node, enabled: false, root: true }), {

@@ -8,7 +8,11 @@ import type { MetaClient } from "../rpc/types.ts";
 import { NodeAgent, type NodeAgentOptions } from "./agent.ts";
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
-import type { MountAllow, SnapshotSettings } from "../common/config.ts";
+import {
+  DEFAULT_POD_NET_SPARES,
+  type MountAllow,
+  type SnapshotSettings,
+} from "../common/config.ts";
 import { Criu, type CriuCapability, criuCapability, locateCriu } from "./criu.ts";
 import {
   type CriuCacheState,
@@ -127,20 +131,13 @@ async function podStartMoves(
     );
   } else if (s.state === "off" && enabled) {
     log.warn(
-      "Pod starts wait for an RCU grace period each (several ms, tens under load) to move the " +
+      "Pod starts may wait for an RCU grace period each (7-19 ms measured on a 2-core VM) to move the " +
         "pod into its control group: {reason}. docs/standby.md#control-group-moves",
       { reason: s.reason },
     );
   } else if (s.reason) log.info("Control group moves: {reason}", { reason: s.reason });
   return groups ? s : undefined;
 }
-
-/**
- * Pod network namespaces the process runtime keeps made ahead unless
- * `INFERX_POD_NETNS_SPARES` says otherwise: a pod start takes one instead
- * of making its own (5–6 ms of `ip` on a 2-core VM).
- */
-export const POD_NET_SPARES = 2;
 
 /** A short tag of `scope` for names on the host (network namespaces). */
 export function scopeTag(scope: string): string {
@@ -165,7 +162,7 @@ async function snapshotSupport(
   const podNetworks = new PodNetworks({
     prefix: scopeTag(scope),
     cidr: settings.podCidr,
-    spares: settings.podNetSpares ?? POD_NET_SPARES,
+    spares: settings.podNetSpares ?? DEFAULT_POD_NET_SPARES,
   });
   // What an earlier run left (its pods' namespaces, their block claims) goes whatever this run's
   // settings (pod namespaces off, another range): nothing else would remove it.
@@ -453,7 +450,16 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     ...config,
     snapshots: manager,
   });
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (err) {
+    // What the runtime made before the start failed (the spare pod namespaces among it): a
+    // handle that is never returned is never stopped.
+    await podNetworks?.close().catch(() => {});
+    if (cgroups?.available) cgroups.cgroups.close();
+    cuda?.close();
+    throw err;
+  }
   return {
     agent,
     runtime: runtime.name,

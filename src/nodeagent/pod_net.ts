@@ -21,6 +21,7 @@
  */
 import { parsePodCidr } from "../common/cidr.ts";
 import { InferxError } from "../common/errors.ts";
+import { logger } from "../common/log.ts";
 
 /** A claim (or a takeover's lock) older than this, whose namespace is gone, may be taken over. */
 const STALE_MS = 30_000;
@@ -165,6 +166,8 @@ export class PodNetworks {
   #spareSeq = 0;
   /** Stopped: no more spares. */
   #closed = false;
+  /** The last spare could not be made (said once until one can). */
+  #fillFailed = false;
 
   constructor(options: PodNetworkOptions) {
     this.cidr = options.cidr ?? "10.213.0.0/16";
@@ -197,8 +200,17 @@ export class PodNetworks {
         let net: PodNet;
         try {
           net = await this.#make(`${this.#prefix}-spare${++this.#spareSeq}`, "a spare");
-        } catch {
-          return; // the range full, say: pods make their own, and say why if they cannot
+          this.#fillFailed = false;
+        } catch (err) {
+          // The range full, say: pods make their own (and say why if they cannot); tried again
+          // at the next start or end of a pod.
+          if (!this.#fillFailed) {
+            logger("nodeagent").warn("{error}; pod starts make their own until one can be made", {
+              error: (err as Error).message,
+            });
+          }
+          this.#fillFailed = true;
+          return;
         }
         if (this.#closed) return await this.remove(net);
         this.#spares.push(net);
@@ -253,14 +265,21 @@ export class PodNetworks {
    * next is then made a moment later), else one made now.
    */
   async create(podId: string): Promise<PodNet> {
-    const spare = this.#spares.shift();
-    if (spare) {
+    for (let spare; (spare = this.#spares.shift());) {
       this.fill(REFILL_DELAY_MS).catch(() => {});
-      return spare;
+      if (await this.#intact(spare)) return spare;
+      // Deleted from outside while it waited: its block may be another's by now.
+      await this.remove(spare);
     }
     const net = await this.#make(`${this.#prefix}-${podId}`, `pod ${podId}`);
     this.fill(REFILL_DELAY_MS).catch(() => {});
     return net;
+  }
+
+  /** Whether a spare's namespace is still there, its block still claimed for it. */
+  async #intact(net: PodNet): Promise<boolean> {
+    return exists(net.nsPath) &&
+      (await Deno.readTextFile(`${this.#claims}/${net.block}`).catch(() => "")) === net.name;
   }
 
   /** Claims a free /30 block, creates namespace `name` (for `what`) and its veth pair. */
@@ -365,11 +384,14 @@ export class PodNetworks {
 
   /** Kills what still runs in the namespace, deletes it (its veth pair goes with it), frees its block. */
   async remove(net: Pick<PodNet, "name" | "hostIf" | "block">): Promise<void> {
-    await this.#teardown(net.name, net.hostIf);
     const claim = `${this.#claims}/${net.block}`;
-    if ((await Deno.readTextFile(claim).catch(() => "")) === net.name) {
-      await Deno.remove(claim).catch(() => {});
-    }
+    // The host end by its name only while the block is still this namespace's: one taken over
+    // since (its namespace deleted from outside, its claim gone stale) has a pair of that name.
+    const own = (await Deno.readTextFile(claim).catch(() => "")) === net.name;
+    await this.#teardown(net.name, own ? net.hostIf : "");
+    if (own) await Deno.remove(claim).catch(() => {});
+    // A block freed: spares the range had no room for may fit now.
+    this.fill(REFILL_DELAY_MS).catch(() => {});
   }
 
   async #teardown(name: string, hostIf: string): Promise<void> {
@@ -417,18 +439,19 @@ export class PodNetworks {
    * namespaces may be off now). Routes are left as they are: a range with no
    * claim may still be an agent's that runs with no pod at the moment, and
    * the addresses of a gone run's pods stay fenced. Returns how many
-   * namespaces it removed.
+   * pods' namespaces it removed (spares made ahead not counted).
    */
   async sweep(): Promise<number> {
     let n = 0;
-    // This run's own spares, made already, are not left behind.
+    // This run's own idle spares are not left behind (it sweeps before it makes any: at
+    // its start, before the first fill).
     const spares = new Set(this.spares);
     const listed = await run("ip", ["netns", "list"]).catch(() => "");
     for (const line of listed.split("\n")) {
       const name = line.trim().split(/\s+/)[0];
       if (!name?.startsWith(`${this.#prefix}-`) || spares.has(name)) continue;
       await this.#teardown(name, "");
-      n++;
+      if (!name.startsWith(`${this.#prefix}-spare`)) n++; // a pod's, not one made ahead
     }
     let ranges: string[] = [];
     try {

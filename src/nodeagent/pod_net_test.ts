@@ -186,6 +186,15 @@ netTest(
       assert.equal(b.name, next);
       assert.notEqual(b.podAddr, a.podAddr);
       await nets.fill();
+      // A spare deleted from outside while it waited is not handed out.
+      const [broken] = nets.spares;
+      await new Deno.Command("ip", { args: ["netns", "delete", broken] }).output();
+      const c = await nets.create("c");
+      made.push(c);
+      assert.notEqual(c.name, broken);
+      assert.ok(listed().includes(c.name));
+      assert.match(ipOut("-n", c.name, "-4", "addr", "show", "dev", "eth0"), /inet 10\.219\.9\./);
+      await nets.fill();
       const [left] = nets.spares;
       for (const n of made.splice(0)) await nets.remove(n);
       await nets.close();

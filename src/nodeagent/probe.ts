@@ -161,10 +161,11 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 
 /**
  * How often a worker is probed while it starts: every
- * {@linkcode PROBE_FAST_MS} for its first {@linkcode PROBE_FAST_FOR_MS}
- * (a start is late by half the interval on average, and a probe of a port no
- * one listens on yet is one refused connect), then every
- * {@linkcode PROBE_SLOW_MS}.
+ * {@linkcode PROBE_FAST_MS} for its first {@linkcode PROBE_FAST_FOR_MS}, then
+ * every {@linkcode PROBE_SLOW_MS}. A start is found late by half the
+ * interval on average. A probe of a worker not listening yet is one refused
+ * connect; one that listens early and answers other than 2xx while it loads
+ * gets 200 requests a second for those 3 s.
  */
 export const PROBE_FAST_MS = 5;
 export const PROBE_FAST_FOR_MS = 3000;

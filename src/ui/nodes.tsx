@@ -30,7 +30,7 @@ function MovesWait(props: { node: NodeView["node"] }) {
   if (d?.state !== "off") return null;
   return (
     <span title={d.reason}>
-      {" · each pod start waits for an RCU grace period (favordynmods off)"}
+      {" · pod starts may wait for an RCU grace period (favordynmods off)"}
     </span>
   );
 }

@@ -293,13 +293,13 @@ t(
           .exec(r.body)?.[1].replace(/<[^>]+>/g, "") ?? "";
       assert.equal(
         line("n1"),
-        "Snapshots on · 1 image(s), 140 MB of 10 GB · transparent huge pages madvise · CRIU&#39;s kernel cache off: each dump and restore probes the kernel · each pod start waits for an RCU grace period (favordynmods off)",
+        "Snapshots on · 1 image(s), 140 MB of 10 GB · transparent huge pages madvise · CRIU&#39;s kernel cache off: each dump and restore probes the kernel · pod starts may wait for an RCU grace period (favordynmods off)",
       );
       assert.match(r.body, /title="\/run is ext4, not a tmpfs"/);
       assert.match(r.body, /title="mounting a cgroup hierarchy needs root"/);
       assert.equal(
         line("n2"),
-        "Snapshots off: CRIU is not available: CRIU needs root · each pod start waits for an RCU grace period (favordynmods off)",
+        "Snapshots off: CRIU is not available: CRIU needs root · pod starts may wait for an RCU grace period (favordynmods off)",
       );
       assert.equal(line("n3"), "Snapshots on · 0 image(s), 0 MB of 10 GB");
     } finally {
