@@ -77,6 +77,16 @@ interface CgroupMount {
   controllers: string[];
 }
 
+/**
+ * Shell statements that move the shell into the groups whose `cgroup.procs`
+ * files are `files`, each taking its file from `$1` and shifting it off;
+ * exit 125 when one cannot be joined. A shell that then execs takes its
+ * command there.
+ */
+export function joinLines(files: string[]): string[] {
+  return files.map(() => 'echo $$ >"$1" || exit 125; shift');
+}
+
 /** The controllers a cgroup v1 hierarchy can hold (the kernel's). */
 const V1_CONTROLLERS: ReadonlySet<string> = new Set([
   "cpu",
@@ -413,14 +423,8 @@ export class PodCgroup {
    * a shell joins it and execs the rest (exit 125 when it cannot).
    */
   get joinPrefix(): string[] {
-    return [
-      "/bin/sh",
-      "-c",
-      'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"',
-      "sh",
-      ...this.procsFiles,
-      "--",
-    ];
+    const files = this.procsFiles;
+    return ["/bin/sh", "-c", [...joinLines(files), 'exec "$@"'].join("; "), "sh", ...files];
   }
 
   /** Makes the groups and sets the memory limit, the CPU weight and the process limit. */

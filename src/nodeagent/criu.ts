@@ -15,6 +15,7 @@
 import { REPO_ROOT } from "../common/config.ts";
 import { InferxError } from "../common/errors.ts";
 import { procState } from "../ffi/libc.ts";
+import { joinLines } from "./cgroup.ts";
 
 /** How to run one `criu`. */
 export interface CriuBinary {
@@ -175,7 +176,7 @@ export interface ShellSetup {
 export function restoreSetup(procs: string[], inherit: InheritedFile[]): ShellSetup {
   return {
     lines: [
-      ...procs.map(() => 'echo $$ >"$1" || exit 125; shift'),
+      ...joinLines(procs),
       ...inherit.map((f, i) => `exec ${100 + i}${redirection(f.flags)}"$1"; shift`),
     ],
     args: [...procs, ...inherit.map((f) => f.path)],
