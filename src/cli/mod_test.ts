@@ -52,7 +52,7 @@ t("ctl call --async prints the id; ctl calls get, list and cancel follow it", as
 
   const again = await ctl("--gateway", gw, "calls", "cancel", first.out);
   assert.equal(again.code, 1);
-  assert.match(again.err, /409 Cannot cancel call .*: it has already succeeded/);
+  assert.match(again.err, /409 Cannot cancel call .*: it has already ended \(succeeded\)/);
   const bad = await ctl("--gateway", gw, "calls", "get", "nope");
   assert.match(bad.err, /400 Invalid call id "nope"/);
   const secret = await ctl("--gateway", gw, "calls", "secret", "t");

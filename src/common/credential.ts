@@ -22,8 +22,9 @@ export function hashKey(key: string): string {
 
 /**
  * The bearer credential of a request: `Authorization: Bearer X` or
- * `X-Api-Key: X`. A field sent twice (`Headers` joins the two with ", ",
- * which no key or token holds) is refused, saying so.
+ * `X-Api-Key: X` (both: the same). A field sent twice (`Headers` joins the
+ * two with ", ", which no key or token holds) is refused, saying so, and so
+ * are two fields that differ.
  */
 export function credential(headers: HeaderSource): string | undefined {
   const auth = headers.get("authorization");
@@ -34,6 +35,14 @@ export function credential(headers: HeaderSource): string | undefined {
       throw new InferxError(
         "unauthenticated",
         "Invalid Authorization header: expected Bearer <API key or token>",
+      );
+    }
+    // Two credentials that differ leave who calls unsaid: neither is taken over the other.
+    const key = headers.get("x-api-key");
+    if (key !== null && key !== undefined && key !== m[1]) {
+      throw new InferxError(
+        "unauthenticated",
+        "Invalid credentials: Authorization and X-Api-Key carry different credentials (send one)",
       );
     }
     return m[1];

@@ -23,6 +23,22 @@ export function stableJson(value: unknown): string {
   });
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * `bytes` as text, when they are UTF-8, as JSON text must be (RFC 8259
+ * §8.1); throws a `SyntaxError` when they are not, where a lenient decoder
+ * would put U+FFFD in place of the bad bytes and the text would read as
+ * JSON that is not what was sent.
+ */
+export function jsonText(bytes: Uint8Array): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new SyntaxError("it is not UTF-8 text");
+  }
+}
+
 /** Whether `a` and `b` are equal as JSON data (key order aside). */
 export function jsonEqual(a: unknown, b: unknown): boolean {
   return stableJson(a) === stableJson(b);

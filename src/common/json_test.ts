@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { jsonEqual, jsonTooHeavy, nestsDeeperThan, protoKeyPath, stableJson } from "./json.ts";
+import {
+  jsonEqual,
+  jsonText,
+  jsonTooHeavy,
+  nestsDeeperThan,
+  protoKeyPath,
+  stableJson,
+} from "./json.ts";
 
 Deno.test("stableJson() sorts keys at every depth and keeps array order", () => {
   assert.equal(stableJson({ b: 1, a: { d: [2, 1], c: null } }), '{"a":{"c":null,"d":[2,1]},"b":1}');
@@ -84,4 +91,13 @@ Deno.test("protoKeyPath() names the first __proto__ key of parsed JSON, under ob
   // Past a million numbers (no path is made for any of them).
   const many = Array.from({ length: 1_000_000 }, (_, i) => i);
   assert.equal(protoKeyPath({ x: many, y: { z: JSON.parse('{"__proto__":0}') } }), "y.z.__proto__");
+});
+
+Deno.test("jsonText() reads UTF-8, and refuses bytes that are not rather than replace them", () => {
+  assert.equal(jsonText(new TextEncoder().encode('{"a":"ÿ€𝄞"}')), '{"a":"ÿ€𝄞"}');
+  for (
+    const bad of [[0x22, 0xff, 0x22], [0x22, 0xc3, 0x28, 0x22], [0x22, 0xed, 0xa0, 0x80, 0x22]]
+  ) {
+    assert.throws(() => jsonText(new Uint8Array(bad)), SyntaxError, String(bad));
+  }
 });

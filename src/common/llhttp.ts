@@ -15,7 +15,7 @@ import simdWasm from "undici/lib/llhttp/llhttp_simd-wasm.js";
 import plainWasm from "undici/lib/llhttp/llhttp-wasm.js";
 
 /** llhttp's error numbers that callers look at. */
-export const HPE = { OK: 0, PAUSED: 21, PAUSED_UPGRADE: 22 } as const;
+export const HPE = { OK: 0, INVALID_METHOD: 6, PAUSED: 21, PAUSED_UPGRADE: 22 } as const;
 
 /** The kinds of events in {@linkcode Http1Parser.events}. */
 export const EV = {

@@ -132,6 +132,15 @@ Deno.test("Authenticator finds keys by hash, refuses unknown, expired and malfor
     twice("x-api-key", [key, key]),
     /^Invalid credentials: X-Api-Key sent more than once$/,
   );
+  // Both fields: the same credential is taken, two that differ are refused, the valid one too.
+  assert.equal(
+    (await auth.authenticate(h({ authorization: `Bearer ${key}`, "x-api-key": key }))).id,
+    p.id,
+  );
+  await fails(
+    h({ authorization: `Bearer ${key}`, "x-api-key": "admin-key-0123456789" }),
+    /^Invalid credentials: Authorization and X-Api-Key carry different credentials \(send one\)$/,
+  );
   // Checked again once a slow body is in: it holds until the key expires or goes.
   auth.stillHolds(p);
   auth.stillHolds(ADMIN);

@@ -12,9 +12,7 @@
  * @module
  */
 import { InferxError } from "../common/errors.ts";
-import { jsonTooHeavy, MAX_JSON_ITEMS } from "../common/json.ts";
-
-const dec = new TextDecoder();
+import { jsonText, jsonTooHeavy, MAX_JSON_ITEMS } from "../common/json.ts";
 
 /** Bodies larger than this (bytes) are parsed in the worker. */
 export const OFF_THREAD_BYTES = 64 * 1024;
@@ -87,7 +85,7 @@ export function probeJson(bytes: Uint8Array): ProbeResult {
  */
 export function checkJson(bytes: Uint8Array): ProbeResult {
   try {
-    JSON.parse(dec.decode(bytes));
+    JSON.parse(jsonText(bytes));
     return { ok: true, fields: {} };
   } catch (err) {
     return { ok: false, invalid: (err as Error).message };
@@ -132,7 +130,7 @@ function countedParse(
   const heavy = jsonTooHeavy(bytes, maxDepth);
   if (heavy) return { heavy };
   try {
-    return { json: JSON.parse(dec.decode(bytes)) };
+    return { json: JSON.parse(jsonText(bytes)) };
   } catch (err) {
     return { invalid: (err as Error).message };
   }

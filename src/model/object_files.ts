@@ -9,6 +9,7 @@
  */
 import { parseAllDocuments } from "yaml";
 import { APPLIED_BY_ANNOTATION } from "./metadata.ts";
+import { strayEnvelopeKey } from "./schemas.ts";
 
 /** An object as a file holds it. */
 // deno-lint-ignore no-explicit-any
@@ -99,6 +100,12 @@ export async function readObjectFiles(
             }, not a string (quote it in YAML)`,
           );
         }
+      }
+      const stray = strayEnvelopeKey(o);
+      if (stray) {
+        throw new ObjectFileError(
+          `Cannot apply ${file}: object ${i + 1} (${idOf(o)}): ${stray.key}: ${stray.why}`,
+        );
       }
       const first = seen.get(idOf(o));
       if (first !== undefined) {

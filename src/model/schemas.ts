@@ -25,6 +25,12 @@ export const PRIORITIES = ["high", "normal", "batch"] as const;
 /** One of {@linkcode PRIORITIES}. */
 export type Priority = typeof PRIORITIES[number];
 
+/**
+ * A policy's `answer_timeout` when it sets none: ten minutes, room for a long
+ * answer that is not streamed (it comes whole when generation ends).
+ */
+export const DEFAULT_ANSWER_TIMEOUT_S = 600;
+
 /** Scaling policy schema with InferX's defaults. */
 export const FuncPolicySchema = z.strictObject({
   min_replica: z.int().min(0).default(0),
@@ -37,10 +43,9 @@ export const FuncPolicySchema = z.strictObject({
   queue_timeout: z.number().positive().max(3600).default(30),
   /**
    * Seconds a worker may send nothing while answering a call (before its
-   * answer's head, or between two pieces of it) before the gateway cuts it;
-   * absent: {@linkcode DEFAULT_ANSWER_TIMEOUT_S}.
+   * answer's head, or between two pieces of it) before the gateway cuts it.
    */
-  answer_timeout: z.number().positive().max(86_400).optional(),
+  answer_timeout: z.number().positive().max(86_400).default(DEFAULT_ANSWER_TIMEOUT_S),
   scaleout_policy: z.strictObject({
     wait_ratio: z.number().min(0).max(100).default(0.1),
     /** Scale out when a call has waited this long (ms) in a gateway's queue. */
@@ -52,9 +57,9 @@ export const FuncPolicySchema = z.strictObject({
   scalein_timeout: z.number().min(0).max(86_400).default(1),
   /**
    * Order of this function's waiting calls among its tenant's when the GPU
-   * pool is full; absent: `normal`.
+   * pool is full.
    */
-  priority: z.enum(PRIORITIES).optional(),
+  priority: z.enum(PRIORITIES).default("normal"),
   /**
    * Share of calls per version (percent, summing to 100). Names versions of
    * one function, so only in a function's inline policy.
@@ -78,12 +83,6 @@ export const FuncPolicySchema = z.strictObject({
   message: "set traffic or canary_percent, not both",
   path: ["canary_percent"],
 });
-
-/**
- * A policy's `answer_timeout` when it sets none: ten minutes, room for a long
- * answer that is not streamed (it comes whole when generation ends).
- */
-export const DEFAULT_ANSWER_TIMEOUT_S = 600;
 
 /** A function's scaling policy, all defaults filled in. */
 export type FuncPolicy = z.infer<typeof FuncPolicySchema>;
@@ -323,6 +322,47 @@ export const EnvelopeSchema = z.object({
   object: z.unknown().optional(),
   revision: z.int().min(0).optional(),
 });
+
+/**
+ * The fields an answer's envelope carries besides the written ones
+ * ({@linkcode userObjectToJson}): accepted in a write, so that what was read
+ * can be sent back, and ignored there (`revision` excepted: an update's
+ * compare-and-swap).
+ */
+const ENVELOPE_ANSWER_FIELDS = [
+  "revision",
+  "created_at",
+  "version",
+  "stable_version",
+  "last_version",
+  "older_versions",
+];
+const ENVELOPE_FIELDS: ReadonlySet<string> = new Set([
+  "type",
+  "tenant",
+  "namespace",
+  "name",
+  "object",
+  ...ENVELOPE_ANSWER_FIELDS,
+]);
+
+/**
+ * The first key of envelope `o` that is none of its fields (undefined when
+ * none), with why: a `metadata`, `spec`, `status` or `rollout` there (the
+ * habit of Kubernetes' files) would otherwise be lost without a word.
+ */
+export function strayEnvelopeKey(
+  o: Record<string, unknown>,
+): { key: string; why: string } | undefined {
+  for (const key of Object.keys(o)) {
+    if (ENVELOPE_FIELDS.has(key)) continue;
+    const why = ["metadata", "spec", "status", "rollout"].includes(key)
+      ? `belongs in object, beside spec ({"object": {"metadata": {...}, "spec": {...}}})`
+      : "not a field of the envelope (type, tenant, namespace, name, object)";
+    return { key, why };
+  }
+  return undefined;
+}
 
 /** A user object with its decoded spec. */
 export type UserObject =

@@ -26,7 +26,7 @@ const fn = (object: unknown, extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
-Deno.test("FuncPolicy defaults are InferX's", () => {
+Deno.test("FuncPolicy defaults are InferX's, and the platform's own fields' are filled in too", () => {
   assert.deepEqual(DEFAULT_POLICY, {
     min_replica: 0,
     max_replica: 1,
@@ -34,8 +34,10 @@ Deno.test("FuncPolicy defaults are InferX's", () => {
     parallel: 50,
     queue_len: 100,
     queue_timeout: 30,
+    answer_timeout: 600,
     scaleout_policy: { wait_ratio: 0.1 },
     scalein_timeout: 1,
+    priority: "normal",
   });
 });
 

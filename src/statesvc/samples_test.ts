@@ -86,6 +86,16 @@ Deno.test("samples are read as ctl apply reads files: YAML and links too; a bad 
       applySamples(meta, `${dir}/cm`),
       /Invalid samples \(INFERX_SAMPLES\): Cannot parse .*bad\.json/,
     );
+    // Metadata beside the envelope's fields, as Kubernetes' files have it, is not lost unsaid.
+    await Deno.writeTextFile(
+      `${dir}/cm/bad.json`,
+      '{"type": "tenant", "tenant": "system", "namespace": "system", "name": "zlab", ' +
+        '"metadata": {"labels": {"team": "a"}}, "object": {}}',
+    );
+    await assert.rejects(
+      applySamples(meta, `${dir}/cm`),
+      /Cannot apply .*bad\.json: object 1 \(tenant system\/system\/zlab\): metadata: belongs in object, beside spec/,
+    );
   });
 });
 

@@ -359,7 +359,8 @@ export function callExamples(
       shell(`${o.origin}/funccall/${o.id}/${o.path}`)
     } \\\n  -H 'content-type: application/json' \\\n`,
   ];
-  if (o.authEnabled) curl.push("  -H 'authorization: Bearer ", KEY, "' \\\n");
+  // Double-quoted, so that the placeholder a reader copies by hand is the shell's variable.
+  if (o.authEnabled) curl.push('  -H "authorization: Bearer ', KEY, '" \\\n');
   curl.push(`  -d ${quoted}`);
   const maxTokens = Number.isInteger(b.max_tokens) ? b.max_tokens : 16;
   // A chat sample (its path, or `messages` in its body) is shown as a chat; JSON's strings are
@@ -382,10 +383,17 @@ export function callExamples(
   return { curl, openai };
 }
 
-function ExampleText(props: { parts: (string | typeof KEY)[] }) {
+/**
+ * An example, its key marks shown masked (`app.js`); `quote` is how **Copy**
+ * escapes the key it puts there: in a shell's double quotes or a Python
+ * string's.
+ */
+function ExampleText(props: { parts: (string | typeof KEY)[]; quote: "sh" | "py" }) {
   return (
     <pre class="code example">
-      {props.parts.map((p) => p === KEY ? <span class="apikey" data-key>$INFERX_API_KEY</span> : p)}
+      {props.parts.map((p) =>
+        p === KEY ? <span class="apikey" data-key={props.quote}>$INFERX_APIKEY</span> : p
+      )}
     </pre>
   );
 }
@@ -405,11 +413,11 @@ function Examples(
       <h3>
         curl <button type="button" class="link" data-action="copy">Copy</button>
       </h3>
-      <ExampleText parts={ex.curl} />
+      <ExampleText parts={ex.curl} quote="sh" />
       <h3>
         OpenAI client (Python) <button type="button" class="link" data-action="copy">Copy</button>
       </h3>
-      <ExampleText parts={ex.openai} />
+      <ExampleText parts={ex.openai} quote="py" />
     </section>
   );
 }

@@ -11,7 +11,7 @@
  */
 import type { BodyBudget } from "../http1/body.ts";
 import type { MiddlewareHandler } from "hono";
-import { InferxError } from "../../common/errors.ts";
+import { InferxError, ValidationError } from "../../common/errors.ts";
 import { callId, type CallRecord, newCallKey } from "../../model/call.ts";
 import {
   type CallContext,
@@ -68,7 +68,16 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
   return async function callPaths(c, next) {
     const req = c.req.raw;
     const respondAsync = prefersAsync(req.headers.get("prefer"));
-    if (!respondAsync && req.headers.get("x-inferx-progress") !== "1") return await next();
+    const progress = req.headers.get("x-inferx-progress");
+    if (progress !== null && progress !== "1" && progress !== "0") {
+      throw new ValidationError(
+        `Invalid x-inferx-progress "${
+          progress.slice(0, 100)
+        }": 1 (follow the call's progress) or 0`,
+        "x-inferx-progress",
+      );
+    }
+    if (!respondAsync && progress !== "1") return await next();
     const rec = c.var.call;
     const url = new URL(req.url);
     const incoming = requestCall(req, deps.bodyBudget);

@@ -89,6 +89,16 @@ export class CallbackSender {
    */
   async check(raw: string): Promise<CheckedUrl> {
     const field = "x-inferx-callback-url";
+    // A URL has no whitespace (a space is %20): two fields of the header are joined with ", ".
+    if (raw.includes(", ")) {
+      throw new ValidationError(
+        "Invalid callback URL: x-inferx-callback-url sent more than once (a call has one callback)",
+        field,
+      );
+    }
+    if (/\s/.test(raw)) {
+      throw new ValidationError(`Invalid callback URL "${raw}": whitespace in a URL`, field);
+    }
     let url: URL;
     try {
       url = new URL(raw);

@@ -52,6 +52,34 @@ t(
   },
 );
 
+t("x-inferx-progress is 1 or 0: another value is refused, not taken for off", async () => {
+  const f = await gatewayFixture();
+  const w = sseWorker();
+  f.sched.endpoints.push(w.endpoint);
+  for (const value of ["yes", "true", "1, 1"]) {
+    const r = await f.app.request("/funccall/t/n/f/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-inferx-progress": value },
+      body: JSON.stringify({ prompt: "x", stream: true }),
+    });
+    assert.equal(r.status, 400, value);
+    const { error } = await r.json();
+    assert.match(
+      error.message,
+      /^Invalid x-inferx-progress ".*": 1 \(follow the call's progress\) or 0$/,
+    );
+  }
+  const off = await f.app.request("/funccall/t/n/f/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-inferx-progress": "0" },
+    body: JSON.stringify({ prompt: "x", stream: true }),
+  });
+  assert.equal(off.status, 200);
+  assert.equal(await off.text(), "data: 1\n\ndata: 2\n\ndata: [DONE]\n\n");
+  await f.close();
+  await w.close();
+});
+
 t("a worker restored from standby shows as restoring", async () => {
   const f = await gatewayFixture();
   const w = sseWorker();

@@ -235,6 +235,20 @@ const RETRY_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 /** An attempt this gateway broke off because it was stopping: it does not count against `maxAttempts`. */
 const STOPPED = "gateway_stopped";
 /**
+ * Why a run's attempt was broken off (its abort signal's reason), as its
+ * request audit says: the gateway stopping, its claim on the call lost, or
+ * the call cancelled.
+ */
+const LOST = "gateway_lost";
+const CANCELLED = "cancelled";
+
+/** Records in `rec` why `signal` broke its attempt off. */
+function brokenOff(rec: Observed, signal: AbortSignal): void {
+  const why = signal.reason;
+  if (why === STOPPED || why === LOST) rec.stopped(why);
+  else rec.callerGone(CANCELLED);
+}
+/**
  * Callbacks of ended calls a gateway takes on at once, and of them one
  * tenant's: a receiver that hangs holds a delivery a minute (five tries of
  * 10 s), and thousands of calls cancelled at once with a callback would
@@ -382,7 +396,7 @@ export class CallQueue {
       clearTimeout(timer);
     };
     await settled();
-    for (const c of this.#claims.values()) (c.abort.abort(), c.release.abort());
+    for (const c of this.#claims.values()) (c.abort.abort(STOPPED), c.release.abort());
     // Handing back writes their attempts to the store; one that cannot be reached (its state
     // service down) must not hold the gateway's stop for ever: the claims lapse by themselves.
     await settled();
@@ -571,7 +585,7 @@ export class CallQueue {
       if (FINAL_STATUSES.has(rec.status)) {
         throw new InferxError(
           "conflict",
-          `Cannot cancel call ${id}: it has already ${rec.status}`,
+          `Cannot cancel call ${id}: it has already ended (${rec.status})`,
           {
             details: { status: rec.status },
           },
@@ -605,7 +619,7 @@ export class CallQueue {
         throw err;
       }
       if (!wasRunning) this.#ended(ref, rec); // else its runner drops the body when it stops
-      this.#claims.get(id)?.abort.abort();
+      this.#claims.get(id)?.abort.abort(CANCELLED);
       return rec;
     }
   }
@@ -622,7 +636,7 @@ export class CallQueue {
     const id = c.id;
     this.#index(c, r.revision);
     const mine = this.#claims.get(id);
-    if (mine && c.status === "cancelled" && !mine.abort.signal.aborted) mine.abort.abort();
+    if (mine && c.status === "cancelled" && !mine.abort.signal.aborted) mine.abort.abort(CANCELLED);
     this.#kick();
   }
 
@@ -1026,7 +1040,7 @@ export class CallQueue {
       log.warn("Letting call {id} go: its claim could not be renewed in time", { id: c.rec.id });
       c.lost = true;
       c.lapsed = true;
-      c.abort.abort();
+      c.abort.abort(LOST);
       c.release.abort();
     }, Math.max(0, until - this.#now() - this.leaseMs / 6));
   }
@@ -1211,7 +1225,7 @@ export class CallQueue {
       // This gateway is stopping (the call went to no worker): handed back, the try not counted.
       if (err === STOPPING) return (rec.stopped(), { kind: "aborted" });
       if (err instanceof CallerGone || signal.aborted) {
-        rec.callerGone("cancelled");
+        brokenOff(rec, signal);
         return { kind: "aborted" };
       }
       const e = toInferxError(err);
@@ -1227,7 +1241,7 @@ export class CallQueue {
       if (body === undefined) return { kind: "too_large", ...head };
       return { kind: "answer", ...head, body };
     } catch (err) {
-      if (signal.aborted) return { kind: "aborted" };
+      if (signal.aborted) return (brokenOff(rec, signal), { kind: "aborted" });
       cut = cutShortCode(err) ?? "worker_failed";
       return {
         kind: "error",
@@ -1478,13 +1492,13 @@ export class CallQueue {
         const fresh = cur && decodeCall(cur.value);
         if (!cur || !fresh || fresh.owner !== this.#self) {
           c.lost = true;
-          c.abort.abort();
+          c.abort.abort(LOST);
           c.release.abort();
           throw new LostClaim();
         }
         c.rec = fresh;
         c.revision = cur.revision;
-        if (fresh.status === "cancelled" && !c.abort.signal.aborted) c.abort.abort();
+        if (fresh.status === "cancelled" && !c.abort.signal.aborted) c.abort.abort(CANCELLED);
       }
       throw new InferxError("conflict", `Cannot update call ${c.rec.id}: it kept changing`);
     });

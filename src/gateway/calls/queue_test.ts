@@ -278,6 +278,10 @@ t(
     const handed = await read(f, id);
     assert.equal(handed.owner, undefined);
     assert.equal(handed.attempts[0].error?.code, "gateway_stopped");
+    // Its request audit says so too, not that the call was cancelled.
+    const row = () => f.audit.requests.find((r) => r.call === id && r.attempt === 1);
+    await until("the attempt's audit row", () => Promise.resolve(row() !== undefined));
+    assert.deepEqual([row()!.status, row()!.error], [503, "gateway_stopped"]);
     const w = countingWorker();
     const other = await secondGateway(f, w.endpoint);
     await until(

@@ -7,6 +7,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { jsonText } from "../../common/json.ts";
 import type { CallAttempt, CallRecord } from "../../model/call.ts";
 import { isJsonType } from "../call.ts";
 import {
@@ -17,6 +18,7 @@ import {
   type ProbeResult,
 } from "../json_probe.ts";
 
+/** For a body already found to be JSON (so UTF-8). */
 const dec = new TextDecoder();
 
 /**
@@ -54,7 +56,7 @@ const isJsonResult = (headers: [string, string][]) =>
 function bodyView(headers: [string, string][], bytes: Uint8Array): Record<string, unknown> {
   if (isJsonResult(headers) && bytes.byteLength) {
     try {
-      return { body: JSON.parse(dec.decode(bytes)) };
+      return { body: JSON.parse(jsonText(bytes)) };
     } catch {
       // Declared JSON but is not: show the bytes.
     }

@@ -718,10 +718,10 @@ class ServerConnection {
         break;
       }
       if (error !== 0) {
-        this.#error = {
-          status: 400,
-          message: `Malformed HTTP request: ${this.#parser.errorReason}`,
-        };
+        const method = error === HPE.INVALID_METHOD ? this.#extensionMethod() : undefined;
+        this.#error = method !== undefined
+          ? { status: 501, message: `${method} is not supported` }
+          : { status: 400, message: `Malformed HTTP request: ${this.#parser.errorReason}` };
         return false;
       }
       if (this.#phase === "head" && !this.#headersDone) {
@@ -733,6 +733,20 @@ class ServerConnection {
     }
     this.#wakeRoom();
     return true;
+  }
+
+  /**
+   * The method of a request line whose method llhttp does not know, when it
+   * is a token (RFC 9110 §9.1: `FOO`, `Get`): a method this server does not
+   * implement (501), where other bytes are no HTTP (400). Up to 32
+   * characters, said as sent.
+   */
+  #extensionMethod(): string | undefined {
+    const line = this.#buf.subarray(this.#headStart, Math.min(this.#end, this.#headStart + 33));
+    const sp = line.indexOf(32);
+    if (sp < 1) return undefined;
+    for (let i = 0; i < sp; i++) if (!TCHAR.test(String.fromCharCode(line[i]))) return undefined;
+    return String.fromCharCode(...line.subarray(0, sp));
   }
 
   /** Waits for more bytes; false at end of stream. */
@@ -1304,6 +1318,8 @@ class ServerConnection {
   }
 }
 
+/** A character of a token (RFC 9110 §5.6.2): what a method is made of. */
+const TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]$/;
 const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 const CRLF = new Uint8Array([13, 10]);
 const JSON_TYPE: [string, string][] = [["content-type", "application/json"]];

@@ -271,6 +271,26 @@ t(
       assert.equal(a.status, 501, m);
       assert.equal(JSON.parse(a.body).error.code, "unsupported");
     }
+    // Methods the parser does not know: 501 for a token (methods are case-sensitive), 400 else.
+    for (const m of ["FOO", "Get", "X-CUSTOM"]) {
+      const a = await first(`${m} / HTTP/1.1\r\nHost: h\r\n\r\n`);
+      assert.equal(a.status, 501, m);
+      assert.deepEqual(JSON.parse(a.body).error, {
+        code: "unsupported",
+        message: `${m} is not supported`,
+      });
+    }
+    for (
+      const raw of [
+        "\u0016\u0003\u0001 / HTTP/1.1\r\n\r\n",
+        "G(T / HTTP/1.1\r\n\r\n",
+        `${"A".repeat(40)} / HTTP/1.1\r\n\r\n`,
+      ]
+    ) {
+      const a = await first(raw);
+      assert.equal(a.status, 400, JSON.stringify(raw));
+      assert.match(JSON.parse(a.body).error.message, /^Malformed HTTP request: /);
+    }
     for (const target of ["*", "x", "http:///", "ftp://h/x"]) {
       const a = await first(`OPTIONS ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
       assert.equal(a.status, 400, target);

@@ -186,14 +186,16 @@ export class CallRecord {
 
   /**
    * The gateway's stop closed the connection before the answer was whole
-   * (calls under way get `GATEWAY_DRAIN_S`): counted once, with the status
-   * sent (503 when none was), `gateway_stopped` in the audit row.
+   * (calls under way get `GATEWAY_DRAIN_S`), or broke off an asynchronous
+   * call's attempt (`gateway_lost`: the gateway let the call go, its claim
+   * not renewed in time): counted once, with the status sent (503 when none
+   * was), `reason` in the audit row.
    */
-  stopped(): void {
+  stopped(reason: "gateway_stopped" | "gateway_lost" = "gateway_stopped"): void {
     if (this.#done) return;
     this.#done = true;
     if (this.status === 0) this.status = 503;
-    this.#end("gateway_stopped");
+    this.#end(reason);
   }
 
   /** The call was stored to run later as `id`: answered 202. */

@@ -5,7 +5,7 @@
  * @module
  */
 import { InferxError, ValidationError } from "../../common/errors.ts";
-import { jsonTooHeavy } from "../../common/json.ts";
+import { jsonText, jsonTooHeavy } from "../../common/json.ts";
 import { MAX_OBJECT_DEPTH } from "../../model/schemas.ts";
 import { readLimited } from "../call.ts";
 import { type JsonProbe, OFF_THREAD_BYTES } from "../json_probe.ts";
@@ -29,7 +29,13 @@ export async function readJson(
 function parseCounted(bytes: Uint8Array): unknown {
   const heavy = jsonTooHeavy(bytes, MAX_OBJECT_DEPTH);
   if (heavy) throw new ValidationError(`Invalid request body: it ${heavy}`);
-  return parse(new TextDecoder().decode(bytes));
+  let text: string;
+  try {
+    text = jsonText(bytes);
+  } catch (err) {
+    throw new ValidationError(`Request body is not valid JSON: ${(err as Error).message}`);
+  }
+  return parse(text);
 }
 
 /**

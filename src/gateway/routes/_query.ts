@@ -72,3 +72,26 @@ export function queryOnce(
   }
   return out;
 }
+
+/**
+ * The query parameters of request `req` to a route that changes something
+ * and takes no body, as {@linkcode queryOnce} reads them; a body is refused:
+ * a guard sent there (`{"revision": 3}`, `{"version": 2}`) would be ignored,
+ * and what it guarded done unchecked.
+ */
+export function queryOnly(
+  what: string,
+  req: Request,
+  takes: readonly string[],
+): Record<string, string | undefined> {
+  const query = queryOnce(what, req.url, takes);
+  // The listener gives a request a body when it has one (a length above 0, or chunked).
+  if (req.body !== null) {
+    throw new ValidationError(
+      `Invalid ${what}: it takes no body (${
+        takes.length ? `its parameters go in the query: ${takes.join(", ")}` : "nor parameters"
+      })`,
+    );
+  }
+  return query;
+}

@@ -17,7 +17,7 @@ import { authorize, mayManageKey, newApiKey, type Principal, requireCredentials 
 import { hashKey } from "../../common/credential.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { readJson } from "./_json.ts";
-import { queryOnce } from "./_query.ts";
+import { queryOnce, queryOnly } from "./_query.ts";
 
 const log = logger("gateway");
 
@@ -99,7 +99,7 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   app.delete("/:id", async (c) => {
     const rec = await managedKey(c.req.param("id"), c.var.principal, deps.meta);
-    queryOnce("API key revocation", c.req.url, []);
+    queryOnly("API key revocation", c.req.raw, []);
     await deps.meta.delete({ type: "apikey", tenant: SYSTEM, namespace: SYSTEM, name: rec.id });
     deps.auth.revokeKey(rec.id);
     log.info("API key {id} revoked by {by}", { id: rec.id, by: c.var.principal.id });

@@ -20,7 +20,7 @@ import { tenantSecret } from "../calls/callback.ts";
 import type { ListedCall } from "../calls/queue.ts";
 import { callSummary, callView, callViewText } from "../calls/view.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam, queryOnce } from "./_query.ts";
+import { intParam, queryOnce, queryOnly } from "./_query.ts";
 import { nextTurn } from "../../common/clock.ts";
 
 const MAX_LIST = 1000;
@@ -122,7 +122,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   });
   app.post("/callback-secret/:tenant", async (c) => {
     const tenant = await secretTenant(c);
-    queryOnce("secret rotation", c.req.url, []);
+    queryOnly("secret rotation", c.req.raw, []);
     return c.json({ tenant, secret: await tenantSecret(deps.meta, tenant, { rotate: true }) });
   });
 
@@ -139,7 +139,7 @@ export function callRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const id = c.req.param("id");
     const { tenant, namespace } = parseCallId(id);
     authorize(c.var.principal, "inference", tenant, namespace);
-    queryOnce("call cancellation", c.req.url, []);
+    queryOnly("call cancellation", c.req.raw, []);
     return c.json(callView(await queue.cancel(id)));
   });
   return app;

@@ -116,6 +116,36 @@ t(
 );
 
 t(
+  "a result declared JSON that is not UTF-8 comes back as its bytes, small or read off the loop",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK, bodyLimit: 4096 });
+    // Bad bytes in a string: a lenient decoder would read JSON with U+FFFD in their place.
+    const small = new Uint8Array([...new TextEncoder().encode('{"s":"'), 0xff, 0xfe, 0x22, 0x7d]);
+    const large = new Uint8Array(70_000 + 4);
+    large.set(new TextEncoder().encode('["' + "a".repeat(70_000 - 2)));
+    large.set([0xff, 0xfe, 0x22, 0x5d], 70_000);
+    for (const bytes of [small, large]) {
+      const w = scriptedWorker(() =>
+        new Response(bytes, { headers: { "content-type": "application/json" } })
+      );
+      f.sched.endpoints.splice(0, f.sched.endpoints.length, w.endpoint);
+      const r = await f.app.request("/funccall/t/n/f/x", {
+        method: "POST",
+        headers: ASYNC,
+        body: "{}",
+      });
+      assert.equal(r.status, 202);
+      const call = await ended(f, (await r.json()).id);
+      assert.equal(call.status, "succeeded");
+      assert.equal(call.result.body, undefined, `${bytes.length} bytes`);
+      assert.deepEqual(new Uint8Array(Buffer.from(call.result.body_base64, "base64")), bytes);
+      await w.close();
+    }
+    await f.close();
+  },
+);
+
+t(
   "the OpenAI-style route accepts asynchronous calls too; other bodies come back as base64",
   async () => {
     const f = await gatewayFixture({ calls: QUICK, bodyLimit: 4096 });
@@ -405,7 +435,7 @@ t("DELETE /calls/{id} cancels a queued call: it never reaches a worker", async (
   assert.equal(cancelled.error.code, "cancelled");
   const again = await f.app.request(`/calls/${second}`, { method: "DELETE" });
   assert.equal(again.status, 409);
-  assert.match((await again.json()).error.message, /already cancelled/);
+  assert.match((await again.json()).error.message, /already ended \(cancelled\)/);
   await (await f.app.request(`/calls/${first}`, { method: "DELETE" })).body?.cancel();
   await new Promise((r) => setTimeout(r, 100));
   assert.equal(w.count, 1, "the cancelled queued call never ran");
@@ -623,7 +653,10 @@ t(
     const f = await gatewayFixture({ calls: QUICK });
     const cases: [string, RegExp][] = [
       ["ftp://example.com/x", /only http and https/],
-      ["not a url", /not an absolute URL/],
+      ["not-a-url", /not an absolute URL/],
+      ["http://example.com/a b", /whitespace in a URL/],
+      // The header twice: joined with ", " (one call, one callback).
+      ["https://example.com/one, https://example.com/two", /sent more than once/],
       [
         "http://127.0.0.1:9/x",
         /127\.0\.0\.1, which is not a public address.*INFERX_CALLBACK_ALLOW/,
@@ -644,6 +677,16 @@ t(
       assert.equal(r.status, 400, url);
       assert.match(body.error.message, want, url);
     }
+    const twice = new Headers(ASYNC);
+    twice.append("x-inferx-callback-url", "https://example.com/one");
+    twice.append("x-inferx-callback-url", "https://example.com/two");
+    const r = await f.app.request("/funccall/t/n/f/x", {
+      method: "POST",
+      headers: twice,
+      body: "{}",
+    });
+    assert.equal(r.status, 400);
+    assert.match((await r.json()).error.message, /x-inferx-callback-url sent more than once/);
     assert.equal((await f.meta.list("call")).items.length, 0, "nothing was accepted");
     await f.close();
   },

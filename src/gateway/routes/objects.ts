@@ -14,14 +14,19 @@ import { Hono } from "hono";
 import { InferxError, NotFoundError, ValidationError } from "../../common/errors.ts";
 import { decodeNode, decodePod, type PodInfo } from "../../model/cluster.ts";
 import { isUserType, isValidName, type UserType } from "../../model/keys.ts";
-import { decodeStoredUserObject, MAX_USER_OBJECT, userObjectToJson } from "../../model/schemas.ts";
+import {
+  decodeStoredUserObject,
+  MAX_USER_OBJECT,
+  strayEnvelopeKey,
+  userObjectToJson,
+} from "../../model/schemas.ts";
 import { decodeSnapshot } from "../../model/snapshot.ts";
 import type { MetaClient, MetaRecord, WriteResult } from "../../rpc/types.ts";
 import { type Action, allows, authorize, type Principal, requireCredentials } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
 import { withoutStatus } from "../json_probe.ts";
 import { readObjectJson } from "./_json.ts";
-import { intParam, queryOnce } from "./_query.ts";
+import { intParam, queryOnce, queryOnly } from "./_query.ts";
 
 /** The largest body of an object write (bytes). */
 export const MAX_OBJECT_BODY = 4 * 1024 * 1024;
@@ -73,7 +78,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     const { tenant, namespace, name } = c.req.param();
     const type = userType(c.req.param("type"));
     authorizeObject(c.var.principal, "write", { type, tenant, namespace, name });
-    const { revision: raw } = queryOnce("object delete", c.req.url, ["revision"]);
+    const { revision: raw } = queryOnly("object delete", c.req.raw, ["revision"]);
     const revision = intParam(raw, "revision", 1, Number.MAX_SAFE_INTEGER);
     const at = await deps.meta.delete({ type, tenant, namespace, name }, revision);
     return c.json({ deleted: { type, tenant, namespace, name }, revision: at });
@@ -157,7 +162,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.delete("/pods/:tenant/:namespace/:func/:pod", async (c) => {
     const { tenant, namespace, func, pod: podId } = c.req.param();
     authorize(c.var.principal, "write", tenant, namespace);
-    queryOnce("pod termination", c.req.url, []);
+    queryOnly("pod termination", c.req.raw, []);
     const pod = await podOf(deps.meta, tenant, namespace, func, podId);
     if (!deps.scheduler) {
       throw new InferxError("unsupported", "This gateway cannot reach the scheduler");
@@ -262,6 +267,10 @@ function objectInput(body: unknown) {
     throw new ValidationError("Invalid object envelope: body must be a JSON object");
   }
   const b = body as Record<string, unknown>;
+  const stray = strayEnvelopeKey(b);
+  if (stray) {
+    throw new ValidationError(`Invalid object envelope: ${stray.key}: ${stray.why}`, stray.key);
+  }
   if (typeof b.type !== "string") {
     throw new ValidationError("Invalid object envelope: type: must be a string", "type");
   }

@@ -5,6 +5,39 @@ import { MAX_OBJECT_BODY } from "./objects.ts";
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
 
+t(
+  "object API refuses a key the envelope has no field for, and takes back what it answered",
+  async () => {
+    const f = await gatewayFixture();
+    const env = { type: "funcpolicy", tenant: "t", namespace: "n", name: "p" };
+    const put = (body: unknown) =>
+      f.app.request("/object/", { method: "PUT", body: JSON.stringify(body) });
+    for (
+      const [extra, why] of [
+        [{ metadata: { labels: { team: "a" } } }, /metadata: belongs in object, beside spec/],
+        [{ spec: { max_replica: 2 } }, /spec: belongs in object, beside spec/],
+        [{ foo: 1 }, /foo: not a field of the envelope/],
+      ] as const
+    ) {
+      const res = await put({ ...env, ...extra, object: { spec: { max_replica: 3 } } });
+      assert.equal(res.status, 400, JSON.stringify(extra));
+      const { error } = await res.json();
+      assert.equal(error.details.field, Object.keys(extra)[0]);
+      assert.match(error.message, why);
+    }
+    assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 404, "nothing written");
+    // An answer's own fields (revision, created_at) come back with what was read, unchanged.
+    const created = await put({ ...env, object: { spec: { max_replica: 3 } } });
+    assert.equal(created.status, 201);
+    const read = await (await f.app.request("/object/funcpolicy/t/n/p")).json();
+    assert.ok(read.created_at);
+    read.object.spec.max_replica = 5;
+    const back = await f.app.request("/object/", { method: "POST", body: JSON.stringify(read) });
+    assert.equal(back.status, 200, await back.clone().text());
+    assert.equal((await back.json()).object.spec.max_replica, 5);
+  },
+);
+
 t("object API creates, reads, updates with compare-and-swap, lists and deletes", async () => {
   const f = await gatewayFixture();
   const put = await f.app.request("/object/", {
@@ -52,6 +85,14 @@ t("object API creates, reads, updates with compare-and-swap, lists and deletes",
   }
   const ok = await upd(created.revision);
   assert.equal(ok.status, 200);
+  // A delete's guard goes in its query: one in a body is refused, the object left.
+  const bodied = await f.app.request("/object/funcpolicy/t/n/p", {
+    method: "DELETE",
+    body: JSON.stringify({ revision: 1 }),
+  });
+  assert.equal(bodied.status, 400);
+  assert.match((await bodied.json()).error.message, /object delete: it takes no body/);
+  assert.equal((await f.app.request("/object/funcpolicy/t/n/p")).status, 200);
   const stale = await upd(created.revision);
   assert.equal(stale.status, 409);
   assert.match((await stale.json()).error.message, /it changed/);
@@ -401,6 +442,18 @@ t(
     const bad = await put(`{"type":"function",${" ".repeat(70_000)}`);
     assert.equal(bad.status, 400);
     assert.match((await bad.json()).error.message, /^Request body is not valid JSON: /);
+    // Not UTF-8, off the loop and on it: 400, nothing stored with U+FFFD in place of its bytes.
+    for (const pad of [70_000, 0]) {
+      const text = fn("latin", { image: "x", envs: [["A", "b\u00ff"]] })
+        .replace('"object"', `${" ".repeat(pad)}"object"`);
+      const bytes = new TextEncoder().encode(text);
+      const at = bytes.lastIndexOf(0xc3); // "ÿ" as UTF-8 is c3 bf: its first byte alone is not
+      const latin = new Uint8Array([...bytes.subarray(0, at), 0xff, ...bytes.subarray(at + 2)]);
+      const res = await f.app.request("/object/", { method: "PUT", body: latin });
+      assert.equal(res.status, 400, `padded ${pad}`);
+      assert.match((await res.json()).error.message, /^Request body is not valid JSON: .*UTF-8/);
+    }
+    assert.equal((await f.app.request("/object/function/t/n/latin")).status, 404);
     const deep = await put(`${"[".repeat(65)}${" ".repeat(70_000)}${"]".repeat(65)}`);
     assert.equal(deep.status, 400);
     assert.match(

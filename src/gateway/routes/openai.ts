@@ -7,6 +7,7 @@
  * @module
  */
 import { Hono } from "hono";
+import { ValidationError } from "../../common/errors.ts";
 import { ModelNotFound } from "../middleware/errors.ts";
 import { allows } from "../auth.ts";
 import { openaiInput, requestCall, resolveBareModel } from "../call.ts";
@@ -52,11 +53,15 @@ export function openaiRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.get("/models/*", (c) => {
     const p = c.var.principal;
     const path = c.req.path;
+    const raw = path.slice(path.indexOf("/models/") + "/models/".length);
     let name: string;
     try {
-      name = decodeURIComponent(path.slice(path.indexOf("/models/") + "/models/".length));
+      name = decodeURIComponent(raw);
     } catch {
-      name = "";
+      throw new ValidationError(
+        `Invalid model id "${raw.slice(0, 200)}": bad percent-encoding`,
+        "model",
+      );
     }
     const found = !name
       ? undefined

@@ -44,6 +44,12 @@ t("/v1/models lists the functions as models named tenant/namespace/name", async 
     assert.equal(none.status, 404, path);
     await none.body?.cancel();
   }
+  const garbled = await f.app.request("/v1/models/%ZZ");
+  assert.equal(garbled.status, 400);
+  assert.match(
+    (await garbled.json()).error.message,
+    /^Invalid model id "%ZZ": bad percent-encoding$/,
+  );
   // A trailing slash is another path, not a known one with the wrong method.
   const slash = await complete(f, { model: "f", prompt: "x" }, {}, "/v1/completions/");
   assert.equal(slash.status, 404);

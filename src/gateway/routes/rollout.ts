@@ -26,7 +26,7 @@ import { type FunctionObject, rolloutVersions, trafficSplit } from "../../model/
 import type { MetaClient, MetaRecord } from "../../rpc/types.ts";
 import { authorize } from "../auth.ts";
 import type { GatewayEnv, RouteDeps } from "../types.ts";
-import { intParam, queryOnce } from "./_query.ts";
+import { intParam, queryOnce, queryOnly } from "./_query.ts";
 
 const ACTIONS = new Set(["promote", "rollback"]);
 
@@ -50,7 +50,7 @@ export function rolloutRoutes(deps: RouteDeps): Hono<GatewayEnv> {
         "action",
       );
     }
-    const query = queryOnce("rollout", c.req.url, ["version"]);
+    const query = queryOnly("rollout", c.req.raw, ["version"]);
     const asked = intParam(query.version, "version", 1, Number.MAX_SAFE_INTEGER);
     const ref = { type: "function" as const, tenant, namespace, name };
     const id = `${tenant}/${namespace}/${name}`;

@@ -42,6 +42,18 @@ t(
       "the audit says which version answered",
     );
 
+    // A guard in a body would be ignored: refused, nothing promoted.
+    const guarded = await f.app.request("/rollout/t/n/f/promote", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ version: 99 }),
+    });
+    assert.equal(guarded.status, 400);
+    assert.match(
+      (await guarded.json()).error.message,
+      /^Invalid rollout: it takes no body \(its parameters go in the query: version\)$/,
+    );
+    assert.equal((await (await f.app.request("/rollout/t/n/f")).json()).stable_version, 1);
     const promoted = await f.app.request("/rollout/t/n/f/promote", { method: "POST" });
     assert.equal(promoted.status, 200);
     assert.deepEqual((await promoted.json()).traffic, [{ version: 2, percent: 100 }]);

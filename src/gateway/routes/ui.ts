@@ -282,7 +282,12 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     // Who may read none of it is told so (401) before its filters are looked at.
     requireCredentials(p, "read the audit log");
     const given: Record<string, string> = {};
-    for (const [k, v] of Object.entries(c.req.query())) if (v !== "") given[k] = v;
+    let twice: string | undefined;
+    for (const [k, v] of new URL(c.req.url).searchParams) {
+      if (v === "") continue;
+      if (given[k] !== undefined) twice ??= k;
+      given[k] = v;
+    }
     if (given.tenant === undefined && !allows(p, "read")) {
       // A tenant's key sees its own tenant's audit without naming it.
       const g = p.grants.find((g) => g.scope !== "inference" && g.tenant !== undefined);
@@ -299,6 +304,15 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
     };
     let q: ReturnType<typeof auditQuery>;
     try {
+      // Two values of one filter disagree on what was meant, as the API's own refuse.
+      if (twice !== undefined) {
+        throw new ValidationError(
+          `Invalid audit filter: parameter "${twice}" given more than once`,
+        );
+      }
+      if (given.kind !== undefined && given.kind !== "pods" && given.kind !== "requests") {
+        throw new ValidationError(`Invalid kind "${given.kind}": requests or pods`);
+      }
       const { kind: _kind, ...filters } = given; // the page's own parameter
       q = auditQuery({ ...filters, limit: given.limit ?? "100" });
       // What the API takes but the page would show as nothing, or pass over unsaid.

@@ -16,7 +16,7 @@ import {
 } from "../testing.ts";
 import type { GatewayEnv } from "../types.ts";
 import { type StreamLimits, uiRoutes } from "./ui.ts";
-import { callUrl, partUrl } from "../../ui/static/api.js";
+import { callUrl, keyForExample, partUrl } from "../../ui/static/api.js";
 import { callExamples, KEY, samplePlayground } from "../../ui/functions.tsx";
 import type { FunctionSpec } from "../../model/schemas.ts";
 
@@ -396,6 +396,18 @@ t("the keys part lists the keys, and the audit part filters calls by status", as
     const pods = await text(f, "/ui/part/audit?tenant=t&kind=pods&status=500", ADMIN);
     assert.equal(pods.status, 400);
     assert.match(pods.body, /class="error refused">status filters calls only/);
+    const kind = await text(f, "/ui/part/audit?tenant=t&kind=bogus", ADMIN);
+    assert.equal(kind.status, 400);
+    assert.match(
+      kind.body,
+      /class="error refused">Invalid kind &quot;bogus&quot;: requests or pods/,
+    );
+    const twice = await text(f, "/ui/part/audit?tenant=t&status=404&status=500", ADMIN);
+    assert.equal(twice.status, 400);
+    assert.match(
+      twice.body,
+      /class="error refused">Invalid audit filter: parameter &quot;status&quot; given more than once/,
+    );
   } finally {
     await f.close();
   }
@@ -695,6 +707,23 @@ Deno.test("the copied curl example quotes the spec's path and body for a shell",
     "$(id>/tmp/pwned) '";
   assert.ok(text.startsWith(`curl -sN '${url.replaceAll("'", "'\\''")}' \\\n`), text);
   assert.ok(text.includes(`-d '{"x":"it'\\''s"}'`), text);
+});
+
+Deno.test("the curl example's key is the shell's variable until copied, then escaped where it goes", () => {
+  const { curl } = callExamples({
+    id: "t/n/f",
+    origin: "http://localhost",
+    path: "v1/completions",
+    body: {},
+    authEnabled: true,
+  });
+  const text = curl.map((p) => p === KEY ? keyForExample("", "sh") : p).join("");
+  assert.ok(text.includes(`-H "authorization: Bearer $INFERX_APIKEY"`), text);
+  // An administrator's key is the operator's choice: whatever it holds reaches curl as typed.
+  const key = 'a$b`c"d\\e';
+  assert.equal(keyForExample(key, "sh"), 'a\\$b\\`c\\"d\\\\e');
+  assert.equal(keyForExample(key, "py"), 'a$b`c\\"d\\\\e');
+  assert.equal(keyForExample("ixk_AbC-_9", "sh"), "ixk_AbC-_9");
 });
 
 Deno.test("the OpenAI example is a chat for a chat sample, a completion otherwise", () => {

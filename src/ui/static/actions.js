@@ -1,7 +1,7 @@
 // The dashboard's buttons and forms: terminate a pod, read its log, create
 // and revoke API keys, copy an example, render snapshots. Each is a call of
 // the JSON API with the tab's credential; a refusal shows the API's message.
-import { api, apiJson, credential, flash, messageOf } from "./api.js";
+import { api, apiJson, credential, flash, keyForExample, messageOf } from "./api.js";
 
 /**
  * A button that needs a second click within 4 s. The second click disarms it
@@ -47,8 +47,9 @@ async function copyExample(button) {
   while (pre && !pre.matches("pre")) pre = pre.nextElementSibling;
   if (!pre) return;
   const clone = pre.cloneNode(true);
+  const key = credential();
   for (const k of clone.querySelectorAll("[data-key]")) {
-    k.textContent = credential() || "$INFERX_API_KEY";
+    k.textContent = keyForExample(key, k.dataset.key);
   }
   const text = clone.textContent;
   try {

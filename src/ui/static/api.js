@@ -14,9 +14,18 @@ export function setCredential(value) {
   else sessionStorage.removeItem(KEY);
 }
 
+/**
+ * `key` as an example's copy puts it where `quote` says: in a shell's double
+ * quotes (`sh`) or a Python string (`py`); the placeholder without one.
+ */
+export function keyForExample(key, quote) {
+  if (!key) return "$INFERX_APIKEY";
+  return key.replace(quote === "py" ? /[\\"]/g : /[\\"$`]/g, "\\$&");
+}
+
 /** A credential as examples show it: its first characters, then dots. */
 export function masked(value) {
-  if (!value) return "$INFERX_API_KEY";
+  if (!value) return "$INFERX_APIKEY";
   return `${value.slice(0, Math.min(8, Math.floor(value.length / 3)))}••••••••`;
 }
 
