@@ -52,6 +52,12 @@ function settingsOf(set: string): Record<string, string> {
   return out;
 }
 
+/** The ms of each `Pod ... of {func} ready at ... in N ms` line of a platform's log, in order. */
+function agentReadyMs(log: string, func: string): number[] {
+  const re = new RegExp(`Pod \\S+ of ${func} ready at \\S+ in (\\d+) ms`, "g");
+  return [...log.matchAll(re)].map((m) => Number(m[1]));
+}
+
 console.log(
   `settings A/B: cold starts with A (${sets[0]}${
     baseline ? `, the code of ${baseline}` : ""
@@ -64,7 +70,8 @@ const kinds = await coldKinds(console.log);
 
 for (const kind of kinds) {
   const base = {
-    LOG_LEVEL: "warning",
+    // Info: each agent's "Pod ... ready ... in N ms" is read back (agentReadyMs).
+    LOG_LEVEL: "info",
     INFERX_RUNTIME: "process",
     ...(kind === "fresh" ? { INFERX_SNAPSHOTS: "off" } : { INFERX_SNAPSHOT_START: "always" }),
   };
@@ -111,6 +118,15 @@ for (const kind of kinds) {
         } ms less with B`,
       );
       console.log(`    A: ${msList(t[0])}\n    B: ${msList(t[1])}`);
+      // The agents' own count, from the pod's record to Ready: no gateway, client or scheduler.
+      const [ra, rb] = platforms.map((p) => agentReadyMs(p.output(), func).slice(1));
+      if (ra.length && rb.length) {
+        console.log(
+          `    each node agent's pod start to Ready (its log, whole ms): A ${median(ra)} ms, B ${
+            median(rb)
+          } ms (medians of ${ra.length} and ${rb.length})`,
+        );
+      }
     }
   } finally {
     for (const p of platforms) {

@@ -347,7 +347,7 @@ export class NodeAgent implements NodeAgentClient {
       // It exited while it was being brought up (during its sample query or its dump):
       // reported Failed, with its last output, by podExited (which may come a moment after
       // its exit, once the runtime cleaned up); not Ready.
-      if (this.#local.get(pod.id) !== entry || await settled(running.exited)) return;
+      if (this.#local.get(pod.id) !== entry || await ended(running)) return;
       entry.phase = "running";
       entry.endpoint = running.endpoint;
       log.info("Pod {pod} of {func} ready at {endpoint} in {ms} ms ({from})", {
@@ -673,10 +673,15 @@ export class NodeAgent implements NodeAgentClient {
   }
 }
 
-/** Whether `p` has settled already (looked at once the pending callbacks have run). */
-async function settled(p: Promise<unknown>): Promise<boolean> {
+/**
+ * Whether a pod just brought up has ended: as the runtime reads it from the
+ * system, else once the pending callbacks have had a turn of the event loop
+ * (a timer's: 1–2 ms in Deno) to settle `exited`.
+ */
+async function ended(running: RunningPod): Promise<boolean> {
   let done = false;
-  p.then(() => done = true, () => done = true);
+  running.exited.then(() => done = true, () => done = true);
+  if (running.alive) return !(await running.alive()) || done;
   await nextTurn();
   return done;
 }

@@ -7,7 +7,7 @@ import { openSqliteStore } from "../store/sqlite.ts";
 import { StateService } from "../statesvc/service.ts";
 import { NodeAgent } from "./agent.ts";
 import { objectKey } from "../model/keys.ts";
-import { type PodRuntime, PodSetupFailed } from "./runtime.ts";
+import { type PodRuntime, PodSetupFailed, type RunningPod } from "./runtime.ts";
 import type { SnapshotManager } from "./snapshots.ts";
 
 const node: NodeInfo = {
@@ -34,17 +34,21 @@ const runtime: PodRuntime = {
   recover: () => Promise.resolve({ adopted: [], removed: 0 }),
 };
 
+/** A pod as a fake runtime starts it: at once, on 127.0.0.1:9, never exiting unless `more` says. */
+const startedPod = (podId: string, more: Partial<RunningPod> = {}): Promise<RunningPod> =>
+  Promise.resolve({
+    podId,
+    endpoint: "127.0.0.1:9",
+    exited: new Promise<string>(() => {}),
+    ...more,
+  });
+
 /** A runtime whose pods start at once and never exit, each step told in `calls`. */
 function recordingRuntime(calls: string[]): PodRuntime {
   return {
     ...runtime,
     standbyTiers: ["paused"],
-    start: (spec) => (calls.push(`start ${spec.podId}`),
-      Promise.resolve({
-        podId: spec.podId,
-        endpoint: "127.0.0.1:9",
-        exited: new Promise<string>(() => {}),
-      })),
+    start: (spec) => (calls.push(`start ${spec.podId}`), startedPod(spec.podId)),
     park: (id, tier) => (calls.push(`park ${id} ${tier}`), Promise.resolve()),
     resume: (id) => (calls.push(`resume ${id}`), Promise.resolve()),
     stop: (id) => (calls.push(`stop ${id}`), Promise.resolve()),
@@ -235,12 +239,7 @@ Deno.test({
     };
     const fake: PodRuntime = {
       ...runtime,
-      start: (spec) =>
-        Promise.resolve({
-          podId: spec.podId,
-          endpoint: "127.0.0.1:9",
-          exited: new Promise<string>(() => {}),
-        }),
+      start: (spec) => startedPod(spec.podId),
     };
     const agent = new NodeAgent(meta as unknown as MetaClient, fake, node, { heartbeatMs: 50 });
     await agent.start();
@@ -337,6 +336,41 @@ Deno.test({
       await agent.stop();
       await store.close();
       listener.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "NodeAgent reports Ready only a pod whose runtime reads it alive; a dead one waits for its exit",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // Worker p1 is dead by the system's account before its exit is told; p2 lives.
+    const told = Promise.withResolvers<string>();
+    const fake: PodRuntime = {
+      ...runtime,
+      start: (spec) =>
+        startedPod(spec.podId, {
+          ...(spec.podId === "p1" ? { exited: told.promise } : {}),
+          alive: () => Promise.resolve(spec.podId !== "p1"),
+        }),
+    };
+    const { store, meta, agent, ref } = await agentWith(fake);
+    const ref2 = { ...ref, name: "p2" };
+    const state = async (r: typeof ref) => decodePod((await meta.get(r))!.value).state;
+    try {
+      await meta.create({ ...ref, object: testPod("p1", "n1") });
+      await meta.create({ ...ref2, object: testPod("p2", "n1") });
+      await until("p2 ready", async () => await state(ref2) === "Ready");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.notEqual(await state(ref), "Ready", "a dead worker is not reported Ready");
+      agent.podExited("p1", "exit code 1");
+      told.resolve("exit code 1");
+      await until("p1 failed", async () => await state(ref) === "Failed");
+    } finally {
+      await agent.stop();
+      await store.close();
     }
   },
 });

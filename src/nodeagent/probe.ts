@@ -161,19 +161,29 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 
 /**
  * How often a worker is probed while it starts: every
- * {@linkcode PROBE_FAST_MS} for its first {@linkcode PROBE_FAST_FOR_MS}, then
- * every {@linkcode PROBE_SLOW_MS}. A start is found late by half the
- * interval on average. A probe of a worker not listening yet is one refused
- * connect; one that listens early and answers other than 2xx while it loads
- * gets 200 requests a second for those 3 s.
+ * {@linkcode PROBE_FIRST_MS} for its first {@linkcode PROBE_FIRST_FOR_MS}
+ * (a worker that comes up that soon, say a small server, is found within
+ * about 2 ms: Deno's timers fire 1–2 ms after they are due), every
+ * {@linkcode PROBE_FAST_MS} until {@linkcode PROBE_FAST_FOR_MS}, then every
+ * {@linkcode PROBE_SLOW_MS}. A start is found late by half the wait on
+ * average. A probe of a worker not listening yet is one refused connect: at
+ * most about 120 in the first quarter second, 200 a second after; one that
+ * listens early and answers other than 2xx while it loads gets as many
+ * requests.
  */
+export const PROBE_FIRST_MS = 1;
+export const PROBE_FIRST_FOR_MS = 250;
 export const PROBE_FAST_MS = 5;
 export const PROBE_FAST_FOR_MS = 3000;
 export const PROBE_SLOW_MS = 25;
 
 /** The wait before the next probe of a worker that started `elapsedMs` ago. */
 export function probeInterval(elapsedMs: number): number {
-  return elapsedMs < PROBE_FAST_FOR_MS ? PROBE_FAST_MS : PROBE_SLOW_MS;
+  return elapsedMs < PROBE_FIRST_FOR_MS
+    ? PROBE_FIRST_MS
+    : elapsedMs < PROBE_FAST_FOR_MS
+    ? PROBE_FAST_MS
+    : PROBE_SLOW_MS;
 }
 
 /**

@@ -5,6 +5,8 @@ import {
   httpCall,
   PROBE_FAST_FOR_MS,
   PROBE_FAST_MS,
+  PROBE_FIRST_FOR_MS,
+  PROBE_FIRST_MS,
   PROBE_SLOW_MS,
   probeInterval,
   waitForProbe,
@@ -14,11 +16,14 @@ const python = hasPython();
 if (!python) console.log("skipping the unanswered-connect probe test: no python3 here");
 
 Deno.test("a starting worker is probed often at first, then less often", () => {
-  assert.equal(probeInterval(0), PROBE_FAST_MS);
+  assert.equal(probeInterval(0), PROBE_FIRST_MS);
+  assert.equal(probeInterval(PROBE_FIRST_FOR_MS - 1), PROBE_FIRST_MS);
+  assert.equal(probeInterval(PROBE_FIRST_FOR_MS), PROBE_FAST_MS);
   assert.equal(probeInterval(PROBE_FAST_FOR_MS - 1), PROBE_FAST_MS);
   assert.equal(probeInterval(PROBE_FAST_FOR_MS), PROBE_SLOW_MS);
   assert.equal(probeInterval(60_000), PROBE_SLOW_MS);
-  assert.ok(PROBE_FAST_MS < PROBE_SLOW_MS);
+  assert.ok(PROBE_FIRST_MS < PROBE_FAST_MS && PROBE_FAST_MS < PROBE_SLOW_MS);
+  assert.ok(PROBE_FIRST_FOR_MS < PROBE_FAST_FOR_MS);
 });
 
 Deno.test("httpCall() answers status and body of one call on its own connection", async () => {

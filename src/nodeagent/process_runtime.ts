@@ -845,7 +845,19 @@ export class ProcessRuntime implements PodRuntime {
     } finally {
       settled();
     }
-    return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
+    return this.#running(spec.podId, child);
+  }
+
+  /** What the agent holds of a started pod. */
+  #running(podId: string, child: Child): RunningPod {
+    return {
+      podId,
+      endpoint: this.#endpoint(child),
+      exited: child.exited,
+      // Its process (the worker, or its namespace's init) and the worker below an init.
+      alive: async () =>
+        await pidAlive(child.pid) && (child.worker === undefined || await pidAlive(child.worker)),
+    };
   }
 
   /**
@@ -1463,7 +1475,7 @@ export class ProcessRuntime implements PodRuntime {
     } finally {
       settled();
     }
-    return { podId: spec.podId, endpoint: this.#endpoint(child), exited: child.exited };
+    return this.#running(spec.podId, child);
   }
 
   /** Resident memory of the pod's process tree (bytes). */

@@ -1,7 +1,7 @@
 import { nodeListener, withTmpfs } from "../common/testing.ts";
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import type { PodSpec } from "./runtime.ts";
+import type { PodSpec, RunningPod } from "./runtime.ts";
 import { findTool, pidFreed, ProcessRuntime } from "./process_runtime.ts";
 import { type LibCuda, openLibCuda } from "../ffi/libcuda.ts";
 import { Criu, criuCapability, locateCriu } from "./criu.ts";
@@ -62,6 +62,25 @@ t(
     assert.deepEqual(rt.running(), []);
   },
 );
+
+t("ProcessRuntime tells whether a started worker lives from the system, at once", async () => {
+  const rt = new ProcessRuntime();
+  const pod = await rt.start(spec(["deno", "eval", ENV_SERVER]));
+  try {
+    assert.equal(await pod.alive!(), true);
+    let exited = false;
+    pod.exited.then(() => exited = true);
+    Deno.kill(rt.pidOf("pod-test")!, "SIGKILL");
+    // Dead as soon as the kernel has it so, whether or not its exit was told yet.
+    const t0 = performance.now();
+    while (await pod.alive!()) assert.ok(performance.now() - t0 < 5000, "still alive after 5 s");
+    await pod.exited;
+    assert.ok(exited);
+    assert.equal(await pod.alive!(), false);
+  } finally {
+    await rt.stop("pod-test");
+  }
+});
 
 t("ProcessRuntime starts a worker whose envs set a PATH without the agent's helpers", async () => {
   const rt = new ProcessRuntime();
@@ -1020,7 +1039,7 @@ Deno.test({
       const taken = await rt.snapshot("pod-test", `${dir}/image`);
       assert.ok(taken.bytes > 1_000_000, `an image of ${taken.bytes} bytes`);
       assert.equal(await count(a.endpoint), 2, "the snapshotted worker keeps running");
-      const copies = [];
+      const copies: RunningPod[] = [];
       for (const id of ["copy-1", "copy-2"]) {
         copies.push(await rt.restore({ ...spec([]), podId: id }, `${dir}/image`));
         ids.push(id);
@@ -1037,8 +1056,14 @@ Deno.test({
       assert.match(await rt.logs("pod-test"), /loaded/);
       const pids = ["copy-1", "copy-2"].map((id) => rt.pidOf(id)!);
       assert.notEqual(pids[0], pids[1]);
+      // Each copy (its namespace's init and the worker below it) reads as alive on its own.
+      assert.deepEqual(await Promise.all(copies.map((c) => c.alive!())), [true, true]);
+      Deno.kill(pids[1], "SIGKILL");
+      await eventually(async () => !(await copies[1].alive!()));
+      assert.equal(await copies[0].alive!(), true);
       await rt.stop("copy-1");
-      assert.equal(await count(copies[1].endpoint), 3, "stopping one copy leaves the other");
+      assert.equal(await copies[0].alive!(), false);
+      assert.equal(await count(a.endpoint), 4, "stopping the copies leaves the original");
       await assert.rejects(rt.restore({ ...spec([]), podId: "copy-3" }, `${dir}/nothing`), {
         name: "InferxError",
         message: /no image/,

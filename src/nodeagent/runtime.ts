@@ -33,6 +33,12 @@ export interface RunningPod {
   endpoint: string;
   /** Resolves when the process ends, with a description of how. */
   exited: Promise<string>;
+  /**
+   * Whether its worker lives now, read from the system at once (a process
+   * that just ended is told before `exited`, which may wait on its output to
+   * settle). Absent: the agent gives `exited` a turn of the event loop.
+   */
+  alive?(): Promise<boolean>;
 }
 
 /** A snapshot a runtime took. */
