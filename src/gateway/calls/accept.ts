@@ -33,13 +33,14 @@ const GATEWAY_FIELDS: ReadonlySet<string> = new Set(["prefer", "x-inferx-callbac
 
 /**
  * Whether a request (its header list, names in lower case) takes this
- * branch: it carries `Prefer` or `x-inferx-progress`. One pass, no
- * allocation, for the warm path's routing.
+ * branch: it carries `Prefer`, `x-inferx-progress` or
+ * `x-inferx-callback-url` (refused there without `Prefer: respond-async`).
+ * One pass, no allocation, for the warm path's routing.
  */
 export function wantsCallPath(headers: readonly (readonly [string, string])[]): boolean {
   for (let i = 0; i < headers.length; i++) {
     const k = headers[i][0];
-    if (k === "prefer" || k === "x-inferx-progress") return true;
+    if (k === "prefer" || k === "x-inferx-progress" || k === "x-inferx-callback-url") return true;
   }
   return false;
 }
@@ -75,6 +76,13 @@ export function callPaths(deps: RouteDeps): MiddlewareHandler<GatewayEnv> {
           progress.slice(0, 100)
         }": 1 (follow the call's progress) or 0`,
         "x-inferx-progress",
+      );
+    }
+    if (!respondAsync && req.headers.has("x-inferx-callback-url")) {
+      // Answered where it was sent, the call would have no callback: said, not dropped.
+      throw new ValidationError(
+        "x-inferx-callback-url is for asynchronous calls: add Prefer: respond-async",
+        "x-inferx-callback-url",
       );
     }
     if (!respondAsync && progress !== "1") return await next();

@@ -15,9 +15,10 @@ Deno.test("prefersAsync() finds respond-async among the preferences, in any case
   for (const [value, want] of table) assert.equal(prefersAsync(value), want, String(value));
 });
 
-Deno.test("wantsCallPath() picks calls that carry Prefer or x-inferx-progress", () => {
+Deno.test("wantsCallPath() picks calls that carry Prefer, x-inferx-progress or a callback URL", () => {
   assert.equal(wantsCallPath([["host", "h"], ["content-type", "application/json"]]), false);
   assert.equal(wantsCallPath([["host", "h"], ["prefer", "respond-async"]]), true);
   assert.equal(wantsCallPath([["x-inferx-progress", "1"]]), true);
+  assert.equal(wantsCallPath([["x-inferx-callback-url", "https://e.test/"]]), true);
   assert.equal(wantsCallPath([]), false);
 });

@@ -677,6 +677,14 @@ t(
       assert.equal(r.status, 400, url);
       assert.match(body.error.message, want, url);
     }
+    // Without Prefer: respond-async it would come to nothing: refused.
+    const sync = await f.app.request("/funccall/t/n/f/x", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-inferx-callback-url": "https://e.test/x" },
+      body: "{}",
+    });
+    assert.equal(sync.status, 400);
+    assert.match((await sync.json()).error.message, /is for asynchronous calls: add Prefer/);
     const twice = new Headers(ASYNC);
     twice.append("x-inferx-callback-url", "https://example.com/one");
     twice.append("x-inferx-callback-url", "https://example.com/two");
