@@ -88,6 +88,39 @@ export interface CallAnswer {
   finish(delivered: boolean): void;
 }
 
+/** Where {@linkcode onWorker} keeps the worker an error came from. */
+const WORKER_SLOT = Symbol("workerSlot");
+
+/**
+ * `err`, marked as what the worker of `slot` (which had the call) gave: the
+ * call's audit row and an asynchronous call's attempt name that pod, as they
+ * do for an answer.
+ */
+function onWorker<E extends Error>(err: E, slot: Slot): E {
+  (err as E & { [WORKER_SLOT]?: Slot })[WORKER_SLOT] = slot;
+  return err;
+}
+
+/** The slot of the worker an error of {@linkcode forward} came from, when one had the call. */
+export function workerSlotOf(err: unknown): Slot | undefined {
+  return err instanceof Error ? (err as Error & { [WORKER_SLOT]?: Slot })[WORKER_SLOT] : undefined;
+}
+
+/**
+ * The worker of `slot` had the call and failed it (`err`: it closed without
+ * answering, or broke off its answer): it may have run it.
+ */
+function workerFailed(slot: Slot, func: string, err: Error): InferxError {
+  return onWorker(
+    new InferxError(
+      "worker_failed",
+      `Worker ${slot.worker.podId} of ${func}: ${err.message}${reclaimedNote(slot)}`,
+      { cause: err, details: MAY_HAVE_RUN },
+    ),
+    slot,
+  );
+}
+
 /** What is left of the caller's own wait limit (at least 1 ms), if it set one. */
 function timeLeft(call: CallInput): number | undefined {
   if (call.timeoutMs === undefined) return undefined;
@@ -240,20 +273,19 @@ export async function forward(
       if (err instanceof AnswerTimeout) {
         // Hung, or slower than its policy allows: it had the request, so it is not sent again.
         agent.release(slot);
-        throw new InferxError(
-          "timeout",
-          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message} (the policy's answer_timeout)`,
-          { cause: err, details: MAY_HAVE_RUN },
+        throw onWorker(
+          new InferxError(
+            "timeout",
+            `Worker ${slot.worker.podId} of ${agent.id}: ${err.message} (the policy's answer_timeout)`,
+            { cause: err, details: MAY_HAVE_RUN },
+          ),
+          slot,
         );
       }
       if (err instanceof AnswerBroken) {
         // It had the request (it may have run it): not sent again, the worker not dropped.
         agent.release(slot);
-        throw new InferxError(
-          "worker_failed",
-          `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}${reclaimedNote(slot)}`,
-          { cause: err, details: MAY_HAVE_RUN },
-        );
+        throw workerFailed(slot, agent.id, err);
       }
       if (!(err instanceof ConnectError)) {
         agent.release(slot);
@@ -271,14 +303,8 @@ export async function forward(
       if ((err.sent && !call.replayable) || attempt >= MAX_ATTEMPTS) {
         // A worker that had the request and closed without answering failed (crashed, killed):
         // as for a request that cannot be sent again, whichever attempt it was.
-        if (err.sent) {
-          throw new InferxError(
-            "worker_failed",
-            `Worker ${slot.worker.podId} of ${agent.id}: ${err.message}${reclaimedNote(slot)}`,
-            { cause: err, details: MAY_HAVE_RUN },
-          );
-        }
-        throw new UpstreamUnreachable(`${slot.worker.podId} of ${agent.id}`, err);
+        if (err.sent) throw workerFailed(slot, agent.id, err);
+        throw onWorker(new UpstreamUnreachable(`${slot.worker.podId} of ${agent.id}`, err), slot);
       }
       try {
         slot = await agent.acquire(timeLeft(call), call.onProgress, caller, call.tokens);

@@ -78,6 +78,7 @@ import {
   forward,
   type ProxyDeps,
   STOPPING,
+  workerSlotOf,
 } from "../proxy.ts";
 import { signalSource } from "../routes/_call.ts";
 import { type CallbackSender, tenantSecret, UnresolvedHost } from "./callback.ts";
@@ -1230,7 +1231,7 @@ export class CallQueue {
       }
       const e = toInferxError(err);
       rec.failed(e);
-      return { kind: "error", error: e };
+      return { kind: "error", error: e, pod: workerSlotOf(err)?.worker.podId };
     }
     rec.answered(answer);
     const pod = answer.slot.worker.podId;

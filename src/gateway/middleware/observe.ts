@@ -22,7 +22,7 @@ import {
   type VersionMetrics,
 } from "../metrics.ts";
 import type { Principal } from "../auth.ts";
-import { type CallAnswer, callerLeft, type FuncTarget } from "../proxy.ts";
+import { type CallAnswer, callerLeft, type FuncTarget, workerSlotOf } from "../proxy.ts";
 import { parseFunccallPath } from "../call.ts";
 import type { Slot } from "../func_agent.ts";
 import type { FuncCache } from "../func_cache.ts";
@@ -166,6 +166,8 @@ export class CallRecord {
   failed(err: InferxError): void {
     if (this.#done) return;
     this.#done = true;
+    // A worker that had the call and failed it: named in the row, as one that answered is.
+    this.#slot ??= workerSlotOf(err);
     this.status = httpStatus(err.code);
     const m = this.#series();
     m.request(this.status);

@@ -6,7 +6,12 @@ import { reset } from "@logtape/logtape";
 import { type ListedCall, refOf } from "../calls/queue.ts";
 import { Newest } from "./calls.ts";
 import { signature } from "../calls/callback.ts";
-import { fakeWorker, type GatewayFixture, gatewayFixture } from "../testing.ts";
+import {
+  fakeWorker,
+  type GatewayFixture,
+  gatewayFixture,
+  scriptedWorker as tcpScriptedWorker,
+} from "../testing.ts";
 
 const t = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
@@ -207,6 +212,28 @@ t("a result over the bound fails the call and says why; it is never cut short", 
   await f.close();
   await w.close();
 });
+
+t(
+  "an attempt whose worker had it and failed it names that pod, in the record and the audit",
+  async () => {
+    const f = await gatewayFixture({ calls: QUICK });
+    // It reads the request and closes, answering nothing (killed mid-call, say).
+    const w = tcpScriptedWorker(() => Promise.resolve());
+    f.sched.endpoints.push(w.endpoint);
+    const id = await accept(f);
+    const call = await ended(f, id);
+    assert.equal(call.status, "failed", JSON.stringify(call));
+    assert.ok(call.attempts.length >= 1);
+    for (const a of call.attempts) {
+      assert.equal(a.error?.code, "worker_failed");
+      assert.ok(a.pod && a.error.message.includes(a.pod), JSON.stringify(a));
+    }
+    const rows = f.audit.requests.filter((r) => r.call === id && r.attempt);
+    assert.deepEqual(rows.map((r) => r.pod), call.attempts.map((a: Json) => a.pod));
+    await f.close();
+    await w.close();
+  },
+);
 
 t(
   "a worker failure is tried again after a backoff; every attempt is in the record and the audit",

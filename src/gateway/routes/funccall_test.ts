@@ -178,6 +178,10 @@ t("a POST a worker took and closed without answering is not sent to another work
   assert.deepEqual(e.details, { may_have_run: true });
   assert.deepEqual(seen, ["POST /v1/pay HTTP/1.1"], "one worker had it, once");
   assert.deepEqual(f.sched.returns, [], "the worker is not reported unreachable");
+  // Its audit row names the pod that had it, as for an answer.
+  const row = f.audit.requests.at(-1)!;
+  assert.deepEqual([row.status, row.error], [503, "worker_failed"]);
+  assert.ok(row.pod && e.message.startsWith(`Worker ${row.pod} of t/n/f:`), JSON.stringify(row));
   await f.close();
   await a.close();
   await b.close();
