@@ -87,6 +87,25 @@ const TAKES: Record<string, { options: string[]; args: number }> = {
   rollout: { options: ["version"], args: 2 },
 };
 
+/**
+ * What each subcommand takes, where a command has them: `apikey revoke A B`
+ * would revoke A alone, and `apikey list --name x` list every key, each
+ * saying nothing of the rest.
+ */
+const SUBCOMMAND_TAKES: Record<string, Record<string, { options: string[]; args: number }>> = {
+  calls: {
+    get: { options: [], args: 2 },
+    cancel: { options: [], args: 2 },
+    list: { options: ["func", "status"], args: 1 },
+    secret: { options: ["rotate"], args: 2 },
+  },
+  apikey: {
+    create: { options: ["name", "expires"], args: 3 },
+    list: { options: [], args: 1 },
+    revoke: { options: [], args: 2 },
+  },
+};
+
 /** The longest waits for an answer (ms) unless `--timeout` says: of the API, and of a call. */
 const WAITS = { api: 60_000, call: 15 * 60_000 } as const;
 /** The waits of the command running. */
@@ -451,15 +470,17 @@ export async function runCtl(
       io.out(USAGE);
       return values.help ? 0 : 1;
     }
-    const takes = TAKES[cmd];
+    const sub = a === undefined ? undefined : SUBCOMMAND_TAKES[cmd]?.[a];
+    const takes = sub ?? TAKES[cmd];
+    const named = sub ? `${cmd} ${a}` : cmd;
     if (takes) {
       for (const [k, v] of Object.entries(values)) {
         if (v !== undefined && !GLOBAL_OPTIONS.has(k) && !takes.options.includes(k)) {
-          throw new CliError(`${cmd} does not take --${k}`);
+          throw new CliError(`${named} does not take --${k}`);
         }
       }
       if (positionals.length > takes.args + 1) {
-        throw new CliError(`${cmd}: unexpected argument "${positionals[takes.args + 1]}"`);
+        throw new CliError(`${named}: unexpected argument "${positionals[takes.args + 1]}"`);
       }
     }
     Object.assign(waits, WAITS);

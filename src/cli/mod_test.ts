@@ -114,6 +114,22 @@ t("ctl refuses what a command does not take, and answers that are not the gatewa
   assert.match(hugeVersion.err, /a whole number from 1 to 9007199254740991/);
   const statusVersion = await ctl(...gw, "rollout", "status", "t/n/f", "--version", "2");
   assert.match(statusVersion.err, /rollout status does not take --version/);
+  // Each subcommand takes its own: a second key to revoke would be left as it is, unsaid.
+  for (
+    const [args, said] of [
+      [["apikey", "revoke", "k1", "k2"], /apikey revoke: unexpected argument "k2"/],
+      [["apikey", "list", "--name", "x"], /apikey list does not take --name/],
+      [["apikey", "revoke", "k1", "--expires", "5"], /apikey revoke does not take --expires/],
+      [["calls", "list", "extra"], /calls list: unexpected argument "extra"/],
+      [["calls", "list", "--rotate"], /calls list does not take --rotate/],
+      [["calls", "get", "c1", "--func", "x"], /calls get does not take --func/],
+      [["calls", "secret", "t", "--status", "failed"], /calls secret does not take --status/],
+    ] as const
+  ) {
+    const r = await ctl(...gw, ...args);
+    assert.equal(r.code, 1, args.join(" "));
+    assert.match(r.err, said);
+  }
   // `ctl rollout promote t/n/f --version 2` against a gateway refusing the version with `message`.
   const promoteRefused = async (message: string) => {
     const gateway = Deno.serve(

@@ -48,9 +48,14 @@ function gpuText(spec: FunctionSpec) {
 }
 
 /** The table of functions (a live region of the functions page). */
-export function FunctionsTable(props: { funcs: FuncRow[] }) {
+export function FunctionsTable(props: { funcs: FuncRow[]; mayCreate: boolean }) {
   if (!props.funcs.length) {
-    return <Empty>No functions you may read. Create one with PUT /object/.</Empty>;
+    // The way to make one, only to a credential that may.
+    return (
+      <Empty>
+        No functions you may read.{props.mayCreate ? " Create one with PUT /object/." : ""}
+      </Empty>
+    );
   }
   return (
     <table class="grid" id="functions-table">
@@ -93,12 +98,12 @@ export function FunctionsTable(props: { funcs: FuncRow[] }) {
 }
 
 /** The functions page's part. */
-export function FunctionsPage(props: { funcs: FuncRow[] }) {
+export function FunctionsPage(props: { funcs: FuncRow[]; mayCreate: boolean }) {
   return (
     <>
       <h1>Functions</h1>
       <Live src="/ui/part/functions/table">
-        <FunctionsTable funcs={props.funcs} />
+        <FunctionsTable funcs={props.funcs} mayCreate={props.mayCreate} />
       </Live>
     </>
   );

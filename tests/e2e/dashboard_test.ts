@@ -16,6 +16,7 @@ import { createNamespace, eventually, putObject, request, startPlatform } from "
 /** The page's document, as the functions run in the browser see it. */
 declare const document: {
   querySelector(selector: string): { textContent: string | null } | null;
+  querySelectorAll(selector: string): Iterable<{ textContent: string | null }>;
   dispatchEvent(event: Event): boolean;
 };
 
@@ -205,10 +206,40 @@ Deno.test({
       assert.match(example, /authorization: Bearer \S*••••/);
       assert.ok(!example.includes(ADMIN_KEY), "the key is masked");
       await shot("playground");
+      // With snapshots on (CRIU here), the version's snapshot is listed, its fields formatted.
+      const snaps = await request(`${p.url}/snapshots?tenant=public&namespace=demo&func=ngram`, {
+        headers: ADMIN,
+      });
+      if (snaps.body.items?.length) {
+        await page.reload();
+        await page.waitForSelector("#snapshots table");
+        const heads = await page.$$eval(
+          "#snapshots th",
+          (ths) => ths.map((t) => (t as unknown as { textContent: string }).textContent),
+        );
+        assert.deepEqual(heads, [
+          "Version",
+          "Node",
+          "State",
+          "Size",
+          "Dump",
+          "Restores",
+          "Taken",
+          "Last restored",
+          "From pod",
+        ]);
+        assert.match(await text(page, "#snapshots td:nth-child(4)"), /^\d+\.\d MB$/);
+        assert.match(await text(page, "#snapshots td:nth-child(7)"), /^\d{4}-\d\d-\d\dT[\d:]+Z$/);
+      }
 
       // A warm streaming call can be cancelled.
       await page.goto(`${p.url}/ui/functions/gpu/lab/${LLAMA}`);
       await page.waitForSelector("#playground");
+      // A prompt's max tokens out of range, left behind in prompt mode, does not stop a raw send.
+      await page.$eval(
+        "#playground input[name=max_tokens]",
+        (e) => (e as unknown as { value: string }).value = "5000",
+      );
       await page.click('#playground input[name=mode][value="raw"]');
       await page.$eval(
         "#playground input[name=path]",
@@ -223,11 +254,22 @@ Deno.test({
       await page.click("#playground button[name=cancel]");
       await page.waitForSelector('#playground[data-state="cancelled"]');
       assert.match(await stat("total"), /^cancelled after/);
+      // The call is drawn among the function's recent calls without a reload (no pod changed).
+      await page.waitForFunction(
+        () =>
+          [...document.querySelectorAll("table.calls tbody tr")].some((tr) =>
+            tr.textContent?.includes("/slow")
+          ),
+        { timeout: 10_000 },
+      );
 
       // An API key is created (shown once) and revoked. An expiry of 0 days is refused by the
       // form itself (the API wants more than 0).
       await page.goto(`${p.url}/ui/keys`);
       await page.waitForSelector("#key-form");
+      // Nothing on this page follows the cluster: the header says so, not "offline".
+      await page.waitForSelector('#live[data-state="none"]');
+      assert.equal(await text(page, "#live"), "○ not live on this page");
       await page.type("#key-form input[name=expires_days]", "0");
       assert.equal(
         await page.$eval(
@@ -242,9 +284,17 @@ Deno.test({
       );
       await page.type("#key-form input[name=name]", "ci-dashboard");
       await page.select("#key-form select[name=scope]", "read");
+      // A namespace without its tenant is refused; the banner goes once the key is made.
+      await page.type("#key-form input[name=namespace]", "demo");
+      await page.click("#key-form button[type=submit]");
+      await page.waitForSelector(".flash-error:not([hidden])");
       await page.type("#key-form input[name=tenant]", "public");
       await page.click("#key-form button[type=submit]");
       await page.waitForSelector("#new-key:not([hidden])");
+      assert.equal(
+        await page.$eval("#flash", (e) => (e as unknown as { hidden: boolean }).hidden),
+        true,
+      );
       assert.match(await text(page, "#new-key .new-key-secret"), /^ixk_/);
       const keyId = await text(page, "#new-key .new-key-id");
       await page.waitForSelector(`tr[data-key-id="${keyId}"]`);

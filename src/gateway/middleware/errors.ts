@@ -77,7 +77,11 @@ function openaiType(status: number): string {
 /** A model (`model` of an OpenAI-style call) that is no function the caller may call. */
 export class ModelNotFound extends NotFoundError {
   constructor(model: string) {
-    super(`The model ${model} does not exist or you do not have access to it`);
+    super(
+      model
+        ? `The model ${model} does not exist or you do not have access to it`
+        : "No model named: GET /v1/models/{model} (GET /v1/models lists them)",
+    );
     this.name = "ModelNotFound";
   }
 }

@@ -44,6 +44,11 @@ t("/v1/models lists the functions as models named tenant/namespace/name", async 
     assert.equal(none.status, 404, path);
     await none.body?.cancel();
   }
+  const unnamed = await (await f.app.request("/v1/models/")).json();
+  assert.equal(
+    unnamed.error.message,
+    "No model named: GET /v1/models/{model} (GET /v1/models lists them)",
+  );
   const garbled = await f.app.request("/v1/models/%ZZ");
   assert.equal(garbled.status, 400);
   assert.match(

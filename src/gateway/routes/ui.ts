@@ -218,11 +218,19 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
   });
 
   // Parts: rendered for the caller.
+  // Whether the caller may make a function somewhere (a key of full scope, or the administrator).
+  const mayCreate = (p: Principal) => p.grants.some((g) => g.scope === "full");
   app.get("/part/functions", async (c) => {
-    return c.html(FunctionsPage({ funcs: await visibleFunctions(deps, c.var.principal) }));
+    const p = c.var.principal;
+    return c.html(
+      FunctionsPage({ funcs: await visibleFunctions(deps, p), mayCreate: mayCreate(p) }),
+    );
   });
   app.get("/part/functions/table", async (c) => {
-    return c.html(FunctionsTable({ funcs: await visibleFunctions(deps, c.var.principal) }));
+    const p = c.var.principal;
+    return c.html(
+      FunctionsTable({ funcs: await visibleFunctions(deps, p), mayCreate: mayCreate(p) }),
+    );
   });
   app.get("/part/functions/:tenant/:namespace/:name", async (c) => {
     const { tenant, namespace, name } = c.req.param();
@@ -322,14 +330,18 @@ export function uiRoutes(deps: RouteDeps, opts: UiOptions = {}): Hono<GatewayEnv
       if (kind === "pods" && q.status !== undefined) {
         throw new ValidationError("status filters calls only: pod changes have no status code");
       }
+      authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     } catch (err) {
       const e = toInferxError(err);
-      if (e.code !== "invalid") throw err;
-      // The page with the form as given, and why: corrected where it was typed.
-      return c.html(AuditPage({ filter, kept: deps.audit !== undefined, error: e.message }), 400);
+      if (e.code !== "invalid" && e.code !== "forbidden") throw err;
+      // The page with the form as given, and why: corrected where it was typed (a tenant the
+      // credential may not read, too).
+      return c.html(
+        AuditPage({ filter, kept: deps.audit !== undefined, error: e.message }),
+        e.code === "forbidden" ? 403 : 400,
+      );
     }
     filter.limit = q.limit ?? 100;
-    authorize(p, "read", q.tenant, q.tenant === undefined ? undefined : q.namespace);
     if (!deps.audit) return c.html(AuditPage({ filter, kept: false }));
     const rq = await readableAudit(deps, p, q);
     return c.html(

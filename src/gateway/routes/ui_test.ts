@@ -347,6 +347,23 @@ t("each part shows only what the credential may see, and refuses as the API does
     const audit = await text(f, "/ui/part/audit", reader);
     assert.equal(audit.status, 200, "a tenant's key reads its own tenant's audit");
     assert.match(audit.body, /name="tenant" value="t"/);
+    // Another tenant's: refused under the form, which keeps what was typed.
+    const other = await text(f, "/ui/part/audit?tenant=u", reader);
+    assert.equal(other.status, 403);
+    assert.match(other.body, /<form id="audit-form"/);
+    assert.match(other.body, /name="tenant" value="u"/);
+    assert.match(other.body, /class="error refused">[^<]*may not read in tenant u/);
+    assert.doesNotMatch(other.body, /<table/);
+
+    // A key that may only call sees none to read, and is not told to make one.
+    const caller = {
+      authorization: `Bearer ${await createKey(f, { scope: "inference", tenant: "t" })}`,
+    };
+    const none = await text(f, "/ui/part/functions/table", caller);
+    assert.match(none.body, /No functions you may read\./);
+    assert.doesNotMatch(none.body, /PUT \/object/);
+    const empty = await text(f, "/ui/part/functions/table", ADMIN);
+    assert.doesNotMatch(empty.body, /No functions/, "the admin sees the functions");
 
     const me = await (await f.app.request("/ui/me", { headers: reader })).json();
     assert.equal(me.auth_enabled, true);

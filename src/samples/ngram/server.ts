@@ -115,6 +115,9 @@ function parseSampling(body: Record<string, unknown>, chat: boolean): Sampling {
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > MAX_CHOICES) {
     throw new BadRequest(`n must be an integer from 1 to ${MAX_CHOICES}`, "n");
   }
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== "boolean") {
+    throw new BadRequest("stream must be a boolean", "stream");
+  }
   const options = body.stream_options;
   if (options !== undefined && options !== null) {
     if (typeof options !== "object") {

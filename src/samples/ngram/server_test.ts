@@ -125,6 +125,13 @@ const bad: [string, string, unknown, RegExp, string | null][] = [
     /only allowed when stream is true/,
     "stream_options",
   ],
+  [
+    "a stream that is not a boolean",
+    "/v1/completions",
+    { prompt: "a", stream: "yes" },
+    /stream must be a boolean/,
+    "stream",
+  ],
 ];
 // What the model cannot do is refused, naming the field, rather than answered as plain text.
 const chatOf = (extra: Record<string, unknown>) => ({

@@ -1,7 +1,7 @@
 // The dashboard's buttons and forms: terminate a pod, read its log, create
 // and revoke API keys, copy an example, render snapshots. Each is a call of
 // the JSON API with the tab's credential; a refusal shows the API's message.
-import { api, apiJson, credential, flash, keyForExample, messageOf } from "./api.js";
+import { api, apiJson, clearFlash, credential, flash, keyForExample, messageOf } from "./api.js";
 
 /**
  * A button that needs a second click within 4 s. The second click disarms it
@@ -91,6 +91,7 @@ async function createKey(form, loadInto) {
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
     });
+    clearFlash(); // a refusal of an earlier try would read as this key's
     box.hidden = false;
     box.querySelector(".new-key-id").textContent = k.id;
     box.querySelector(".new-key-secret").textContent = k.key;
@@ -123,24 +124,31 @@ async function showSnapshots() {
     out.textContent = "No snapshots of this function.";
     return;
   }
-  const cols = [...new Set(mine.flatMap((s) => Object.keys(s)))];
+  // The fields a reader wants, formatted; the rest (the template's hash, the function's name
+  // and tenant, which the page is about) left out.
+  const when = (ms) =>
+    typeof ms === "number" ? new Date(ms).toISOString().replace(/\.\d+Z$/, "Z") : "";
+  const cols = [
+    ["Version", (s) => `v${s.funcVersion}`],
+    ["Node", (s) => s.node],
+    ["State", (s) => s.error ? `${s.state}: ${s.error}` : s.state],
+    ["Size", (s) => typeof s.bytes === "number" ? `${(s.bytes / 1048576).toFixed(1)} MB` : ""],
+    ["Dump", (s) => typeof s.dumpMs === "number" ? `${Math.round(s.dumpMs)} ms` : ""],
+    ["Restores", (s) => String(s.restores ?? 0)],
+    ["Taken", (s) => when(s.createdAt)],
+    ["Last restored", (s) => when(s.lastUsedAt)],
+    ["From pod", (s) => s.sourcePod ?? ""],
+  ];
   const table = document.createElement("table");
   table.className = "grid";
   const head = table.createTHead().insertRow();
-  for (const c of cols) {
-    head.append(Object.assign(document.createElement("th"), { textContent: c }));
+  for (const [title] of cols) {
+    head.append(Object.assign(document.createElement("th"), { textContent: title }));
   }
   const tbody = table.createTBody();
   for (const s of mine) {
     const row = tbody.insertRow();
-    for (const c of cols) {
-      const v = s[c];
-      row.insertCell().textContent = v === undefined || v === null
-        ? ""
-        : typeof v === "object"
-        ? JSON.stringify(v)
-        : String(v);
-    }
+    for (const [, cell] of cols) row.insertCell().textContent = cell(s) ?? "";
   }
   out.replaceChildren(table);
 }

@@ -129,3 +129,10 @@ export function flash(message, kind = "error") {
   clearTimeout(flashTimer);
   flashTimer = setTimeout(() => el.hidden = true, kind === "error" ? 12_000 : 4_000);
 }
+
+/** Takes the banner down: what it said no longer holds (the form it was about went through). */
+export function clearFlash() {
+  clearTimeout(flashTimer);
+  const el = document.getElementById("flash");
+  if (el) el.hidden = true;
+}

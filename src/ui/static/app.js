@@ -160,11 +160,17 @@ async function start() {
   const kept = credential();
   if (kept && credentialProblem(kept)) setCredential("");
   wireActions({ refreshLive, loadInto });
-  wirePlayground();
+  wirePlayground({ refreshLive });
   showWho();
   if (!(await loadInto(main, main.dataset.part))) return;
   document.dispatchEvent(new CustomEvent("inferx:loaded"));
   if (document.querySelector("[data-live]")) follow(refreshLive);
+  else {
+    // Nothing here follows the cluster: said so, rather than "offline" (read as the gateway's).
+    const live = document.getElementById("live");
+    live.textContent = "○ not live on this page";
+    live.dataset.state = "none";
+  }
 }
 
 start();

@@ -148,11 +148,18 @@ async function send(section, form) {
     cancel.removeEventListener("click", onCancel);
     cancel.disabled = true;
     sendButton.disabled = false;
+    // The call is in the function's recent calls once the audit has written it (it writes every
+    // 200 ms): drawn then, as no pod's change may come to draw it.
+    setTimeout(() => afterCall?.(), 400);
   }
 }
 
+/** Redraws the page's live parts (set by {@linkcode wirePlayground}). */
+let afterCall;
+
 /** Wires the playground whenever a function's page is shown. */
-export function wirePlayground() {
+export function wirePlayground({ refreshLive } = {}) {
+  afterCall = refreshLive;
   document.addEventListener("submit", (ev) => {
     const form = ev.target;
     if (!form.matches?.(".pg-form")) return;
@@ -161,11 +168,22 @@ export function wirePlayground() {
   });
   document.addEventListener("change", (ev) => {
     if (ev.target.name !== "mode") return;
-    ev.target.closest(".playground").dataset.mode = ev.target.value;
+    setMode(ev.target.closest(".playground"), ev.target.value);
   });
   document.addEventListener("inferx:loaded", () => {
     const pg = document.querySelector(".playground");
     const checked = pg?.querySelector('[name="mode"]:checked');
-    if (checked) pg.dataset.mode = checked.value;
+    if (checked) setMode(pg, checked.value);
   });
+}
+
+/**
+ * Shows the fields of `mode`. The prompt's own field goes out of the form in
+ * raw mode: hidden, a value out of its range would stop the form unsaid (the
+ * browser cannot point at a field it does not show).
+ */
+function setMode(pg, mode) {
+  pg.dataset.mode = mode;
+  const max = pg.querySelector('[name="max_tokens"]');
+  if (max) max.disabled = mode !== "prompt";
 }
