@@ -617,78 +617,91 @@ async function startRoles() {
     SCHEDULER_ADDR: `127.0.0.1:${port.sched}`,
   };
   const roles: RoleProcess[] = [];
-  roles.push(
-    await spawnRole(
-      { ...common, RUN_SERVICE: "StateSvc", STATESVC_PORT: String(port.statesvc) },
-      () => listening(port.statesvc),
-    ),
-  );
-  roles.push(
-    await spawnRole(
-      {
-        ...common,
-        RUN_SERVICE: "Scheduler",
-        SCHEDULER_PORT: String(port.sched),
-        SCHEDULER_HTTP_PORT: String(port.schedHttp),
-      },
-      // Ready when both its ports answer: the node agent's readiness is read from the HTTP one.
-      async () => {
-        if (!await listening(port.sched)) return false;
-        const r = await fetch(`http://127.0.0.1:${port.schedHttp}/health`);
-        await r.body?.cancel();
-        return r.ok;
-      },
-    ),
-  );
-  roles.push(
-    await spawnRole(
-      { ...common, RUN_SERVICE: "NodeAgent", NODEAGENT_PORT: "0" },
-      async () =>
-        (await fetch(`http://127.0.0.1:${port.schedHttp}/state`).then((r) => r.json()))
-          .nodes?.length > 0,
-    ),
-  );
-  const v8 = [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`, ...perfV8]
-    .filter(Boolean);
-  const startGateway = (gwPort: number, options: SpawnOptions, env: Record<string, string> = {}) =>
-    spawnRole(
-      {
-        ...common,
-        ...env,
-        RUN_SERVICE: "Gateway",
-        GATEWAY_PORT: String(gwPort),
-        GATEWAY_WORKERS: String(gatewayWorkers),
-        INFERX_ADMIN_APIKEY: ADMIN,
-      },
-      () => listening(gwPort),
-      options,
+  // A role that does not start stops those started before it: left running, their output's
+  // pipe gone with this process, they would die at their next log line, leaving what they made
+  // (a node agent's pod namespaces) behind.
+  try {
+    roles.push(
+      await spawnRole(
+        { ...common, RUN_SERVICE: "StateSvc", STATESVC_PORT: String(port.statesvc) },
+        () => listening(port.statesvc),
+      ),
     );
-  const gateway = await startGateway(port.gw, {
-    runtimeArgs: [...(v8.length ? [`--v8-flags=${v8.join(",")}`] : []), ...denoFlags],
-  }, {
-    ...(cpuProfile ? { INFERX_CPU_PROFILE: cpuProfile } : {}),
-    ...(heapProfile ? { INFERX_HEAP_PROFILE: heapProfile } : {}),
-  });
-  roles.push(gateway);
-  // Another checkout's gateway on the same platform (its own audit file), measured alongside.
-  let baselineGateway: { url: string; role: RoleProcess } | undefined;
-  if (baseline) {
-    const bport = freePort();
-    const role = await startGateway(bport, { main: `${baseline}/main.ts` }, {
-      INFERX_DATA_DIR: `${dir}/baseline`,
+    roles.push(
+      await spawnRole(
+        {
+          ...common,
+          RUN_SERVICE: "Scheduler",
+          SCHEDULER_PORT: String(port.sched),
+          SCHEDULER_HTTP_PORT: String(port.schedHttp),
+        },
+        // Ready when both its ports answer: the node agent's readiness is read from the HTTP one.
+        async () => {
+          if (!await listening(port.sched)) return false;
+          const r = await fetch(`http://127.0.0.1:${port.schedHttp}/health`);
+          await r.body?.cancel();
+          return r.ok;
+        },
+      ),
+    );
+    roles.push(
+      await spawnRole(
+        { ...common, RUN_SERVICE: "NodeAgent", NODEAGENT_PORT: "0" },
+        async () =>
+          (await fetch(`http://127.0.0.1:${port.schedHttp}/state`).then((r) => r.json()))
+            .nodes?.length > 0,
+      ),
+    );
+    const v8 = [v8Flags, profile && `--prof,--logfile=${profile}/isolate-%p.log`, ...perfV8]
+      .filter(Boolean);
+    const startGateway = (
+      gwPort: number,
+      options: SpawnOptions,
+      env: Record<string, string> = {},
+    ) =>
+      spawnRole(
+        {
+          ...common,
+          ...env,
+          RUN_SERVICE: "Gateway",
+          GATEWAY_PORT: String(gwPort),
+          GATEWAY_WORKERS: String(gatewayWorkers),
+          INFERX_ADMIN_APIKEY: ADMIN,
+        },
+        () => listening(gwPort),
+        options,
+      );
+    const gateway = await startGateway(port.gw, {
+      runtimeArgs: [...(v8.length ? [`--v8-flags=${v8.join(",")}`] : []), ...denoFlags],
+    }, {
+      ...(cpuProfile ? { INFERX_CPU_PROFILE: cpuProfile } : {}),
+      ...(heapProfile ? { INFERX_HEAP_PROFILE: heapProfile } : {}),
     });
-    roles.push(role);
-    baselineGateway = { url: `http://127.0.0.1:${bport}`, role };
+    roles.push(gateway);
+    // Another checkout's gateway on the same platform (its own audit file), measured alongside.
+    let baselineGateway: { url: string; role: RoleProcess } | undefined;
+    if (baseline) {
+      const bport = freePort();
+      const role = await startGateway(bport, { main: `${baseline}/main.ts` }, {
+        INFERX_DATA_DIR: `${dir}/baseline`,
+      });
+      roles.push(role);
+      baselineGateway = { url: `http://127.0.0.1:${bport}`, role };
+    }
+    return {
+      url: `http://127.0.0.1:${port.gw}`,
+      gateway,
+      baselineGateway,
+      async stop() {
+        for (const r of roles.reverse()) await r.stop();
+        await Deno.remove(dir, { recursive: true });
+      },
+    };
+  } catch (err) {
+    for (const r of roles.reverse()) await r.stop().catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw err;
   }
-  return {
-    url: `http://127.0.0.1:${port.gw}`,
-    gateway,
-    baselineGateway,
-    async stop() {
-      for (const r of roles.reverse()) await r.stop();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
 }
 
 /** Runs one of the benchmark's own proxies (`bench/{script}`) on `port`, forwarding to `upstream`. */

@@ -394,11 +394,14 @@ export class PodNetworks {
     this.fill(REFILL_DELAY_MS).catch(() => {});
   }
 
-  async #teardown(name: string, hostIf: string): Promise<void> {
+  /** Removes namespace `name` (and `hostIf`), killing what runs in it: how many it killed. */
+  async #teardown(name: string, hostIf: string): Promise<number> {
     const pids = await run("ip", ["netns", "pids", name]).catch(() => "");
+    let killed = 0;
     for (const p of pids.split(/\s+/).filter(Boolean)) {
       try {
         Deno.kill(Number(p), "SIGKILL");
+        killed++;
       } catch {
         // gone
       }
@@ -409,6 +412,7 @@ export class PodNetworks {
       ["-force", "-batch", "-"],
       `netns delete ${name}\n${hostIf ? `link delete ${hostIf}\n` : ""}`,
     ).catch(() => {});
+    return killed;
   }
 
   /**
@@ -450,8 +454,9 @@ export class PodNetworks {
     for (const line of listed.split("\n")) {
       const name = line.trim().split(/\s+/)[0];
       if (!name?.startsWith(`${this.#prefix}-`) || spares.has(name)) continue;
-      await this.#teardown(name, "");
-      if (!name.startsWith(`${this.#prefix}-spare`)) n++; // a pod's, not one made ahead
+      const killed = await this.#teardown(name, "");
+      // A pod's: named after it, or a spare one was given (something ran in it).
+      if (killed > 0 || !name.startsWith(`${this.#prefix}-spare`)) n++;
     }
     let ranges: string[] = [];
     try {

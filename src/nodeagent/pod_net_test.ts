@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { parsePodCidr as parseCidr } from "../common/cidr.ts";
+import { until } from "../common/testing.ts";
 import {
   blockAddrs,
   hostIfName,
@@ -169,6 +170,40 @@ netTest(
       await nets.sweep();
       assert.deepEqual(nets.spares, [spare]);
       assert.ok(listed().includes(spare));
+      {
+        // An earlier run killed with a pod in a spare it was given, and one spare idle: both go,
+        // and the pod's is counted (its worker ended with it).
+        const earlier = new PodNetworks({
+          prefix: "ixgone",
+          cidr: "10.219.11.0/24",
+          stateDir: dir,
+          spares: 2,
+        });
+        await earlier.fill();
+        const [given, idle] = earlier.spares;
+        const pod = await earlier.create("p");
+        assert.equal(pod.name, given);
+        await earlier.fill(); // the spare made after the start, idle too
+        const worker = new Deno.Command("ip", {
+          args: ["netns", "exec", pod.name, "sleep", "600"],
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        await until(
+          "the worker in its namespace",
+          async () =>
+            (await new Deno.Command("ip", { args: ["netns", "pids", pod.name] }).output()).stdout
+              .length > 0,
+        );
+        const next = new PodNetworks({ prefix: "ixgone", cidr: "10.219.11.0/24", stateDir: dir });
+        assert.equal(await next.sweep(), 1, "the pod's namespace, not the idle spare");
+        assert.ok(!listed().some((n) => n.startsWith("ixgone-")), String(idle));
+        assert.equal((await worker.status).signal, "SIGKILL");
+        // What a killed run leaves for good (see the sweep's test): its range's fence and folder.
+        await new Deno.Command("ip", { args: ["route", "del", "unreachable", "10.219.11.0/24"] })
+          .output();
+        await Deno.remove(`${dir}/10.219.11.0_24`, { recursive: true });
+      }
 
       const a = await nets.create("a");
       made.push(a);

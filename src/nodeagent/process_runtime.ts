@@ -730,11 +730,15 @@ export class ProcessRuntime implements PodRuntime {
       : ["/bin/sh", "-c", redirect, "sh", ...drop, bin, ...args];
     // The helpers by the agent's PATH (they run with the worker's); the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
+    // Every pod runs in a session of its own from its first process on, its helpers too: in the
+    // agent's process group, a helper stopped with its pod (a pause stops all its control
+    // group) would be killed by SIGHUP once that group is orphaned (the shell that started the
+    // agent exits). In a PID namespace the worker starts another session, inside it, for CRIU.
     const argv = ownPids
-      ? [nsenter, `--net=${net.nsPath}`, "--", unshare, "--pid", "--fork", setsid, ...shell]
+      ? [setsid, nsenter, `--net=${net.nsPath}`, "--", unshare, "--pid", "--fork", setsid, ...shell]
       : net
-      ? [nsenter, `--net=${net.nsPath}`, "--", setsid, ...shell]
-      : logFile && this.#options.criu
+      ? [setsid, nsenter, `--net=${net.nsPath}`, "--", ...shell]
+      : logFile && (this.#options.criu || hasSetsid())
       ? [setsid, ...shell]
       : logFile
       ? shell

@@ -728,6 +728,40 @@ Deno.test({
   },
 });
 
+/** Field `i` (after the command) of /proc/PID/stat: 1 the parent, 2 the process group, 3 the session. */
+function statField(pid: number, i: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[i]);
+}
+
+criuNetTest(
+  "ProcessRuntime: no process of a pod is in the agent's process group, paused or not (an orphaned group's stopped members get SIGHUP)",
+  async ({ rt }) => {
+    const pod = await rt.start(spec(["deno", "eval", COUNTER]));
+    const ours = statField(Deno.pid, 2);
+    // This process's children (spawned from any of its threads).
+    const children = () =>
+      [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).filter((pid) => {
+        try {
+          return Number.isInteger(pid) && statField(pid, 1) === Deno.pid;
+        } catch {
+          return false; // gone meanwhile
+        }
+      });
+    // The pod's first process (its helpers' chain: it runs unshare now, the worker's parent).
+    const wrappers = children();
+    assert.ok(wrappers.length >= 1, "the pod's first process is the agent's child");
+    for (const pid of wrappers) {
+      assert.notEqual(statField(pid, 2), ours, `process ${pid} in the agent's group`);
+      assert.equal(statField(pid, 3), pid, `process ${pid} leads a session of its own`);
+    }
+    await rt.park("pod-test", "paused");
+    for (const pid of wrappers) assert.notEqual(statField(pid, 2), ours);
+    await rt.resume("pod-test");
+    assert.equal(await count(pod.endpoint), 1);
+  },
+);
+
 criuNetTest(
   "ProcessRuntime: a worker that is its namespace's init and handles no SIGTERM is stopped at once, one that handles it is let end",
   async ({ rt }) => {

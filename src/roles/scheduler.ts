@@ -23,6 +23,14 @@ export async function start(config: Config): Promise<RoleHandle> {
   const log = logger("scheduler");
   const { bindHost, etcdAddrs, statesvcAddr } = config.cluster;
   const meta = new GrpcMetaClient(statesvcAddr);
+  // Crash-only, as the other roles: one that cannot reach the state service at its start exits,
+  // rather than stand for election, healthy by its /health, and fail only once it has won.
+  try {
+    await meta.list("node");
+  } catch (err) {
+    meta.close();
+    throw err;
+  }
   const id = newId("sched", 4);
   let leader: SchedulerService | undefined;
   const server = await listening(

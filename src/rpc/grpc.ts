@@ -142,10 +142,12 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
     }
   }
   if (code && code in TO_GRPC) {
-    return new InferxError(code as ErrorCode, grpcText(e), {
+    const answer = new InferxError(code as ErrorCode, grpcText(e), {
       details,
       retryable: code === "conflict" || code === "unavailable" || code === "timeout",
     });
+    (answer as InferxError & { [ROLE_ANSWER]?: true })[ROLE_ANSWER] = true;
+    return answer;
   }
   const mapped = FROM_GRPC[e.code as grpc.status] ?? "internal";
   // Named, not addressed: the library's text names the role's address, the cluster's and not a
@@ -164,6 +166,18 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
       ? { not_written: true }
       : undefined,
   });
+}
+
+/** Marks an error a role sent back (see {@linkcode answeredByRole}). */
+const ROLE_ANSWER = Symbol("roleAnswer");
+
+/**
+ * Whether `err` (of {@linkcode fromGrpcError}) is a role's own answer, not
+ * the transport's: the role heard the call and refused it (its store out of
+ * reach, say), where an error of the transport says it was not reached.
+ */
+export function answeredByRole(err: unknown): boolean {
+  return (err as { [ROLE_ANSWER]?: true } | undefined)?.[ROLE_ANSWER] === true;
 }
 
 /** What grpc-js says of a call it failed without sending it: no connection, or its channel closed. */

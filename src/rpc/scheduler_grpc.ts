@@ -9,6 +9,7 @@
 import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { InferxError } from "../common/errors.ts";
 import {
+  answeredByRole,
   call,
   endWithStatus,
   fromGrpcError,
@@ -20,13 +21,14 @@ import {
   unary,
 } from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
-import type {
-  FuncLoad,
-  GatewayAdvice,
-  Lease,
-  LeaseRequest,
-  LeaseStage,
-  SchedulerClient,
+import {
+  type FuncLoad,
+  type GatewayAdvice,
+  type Lease,
+  type LeaseRequest,
+  type LeaseStage,
+  NOT_LEADER,
+  type SchedulerClient,
 } from "./types.ts";
 
 const Service = loadService("scheduler.proto", "scheduler", "SchedulerService");
@@ -184,6 +186,16 @@ export async function serveScheduler(
   return { port, stop: () => shutdown(server) };
 }
 
+/**
+ * Whether a client of several replicas asks the next one after `e` from
+ * one: that one could not be reached, or does not lead. A refusal of the
+ * leader's own (a pod its store would not take, its `retry_after_s` with
+ * it) is the answer: the next replica, not leading, would only hide it.
+ */
+function askNext(e: InferxError): boolean {
+  return e.code === "unavailable" && (!answeredByRole(e) || e.details?.[NOT_LEADER] === true);
+}
+
 /** Options for {@linkcode GrpcSchedulerClient}. */
 export interface GrpcSchedulerClientOptions extends GrpcChannelTuning {
   /** Deadline of calls other than leases (ms). @default 5000 */
@@ -223,7 +235,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
         return res;
       } catch (err) {
         last = err as InferxError;
-        if (last.code !== "unavailable") throw last;
+        if (!askNext(last)) throw last;
       }
     }
     throw last!;
@@ -279,7 +291,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
             );
           }
           const e = fromGrpcError(err, `the scheduler at ${address}`);
-          if (e.code === "unavailable") attempt(i + 1, e);
+          if (askNext(e)) attempt(i + 1, e);
           else reject(e);
         };
         let c: { cancel(): void };

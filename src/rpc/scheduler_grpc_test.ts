@@ -4,6 +4,9 @@ import { StateService } from "../statesvc/service.ts";
 import { SchedulerService } from "../scheduler/service.ts";
 import { schedulerContract } from "./scheduler_contract.ts";
 import { GrpcSchedulerClient, serveScheduler } from "./scheduler_grpc.ts";
+import { InferxError } from "../common/errors.ts";
+import { leaderOnly } from "../scheduler/leader.ts";
+import type { SchedulerClient } from "./types.ts";
 
 async function inProcess() {
   const store = await openSqliteStore();
@@ -90,6 +93,60 @@ Deno.test({
       for (const c of held) c.close();
       for (const l of hung) l.close();
       await Promise.allSettled(accepting);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the leader's own refusal of a lease is the answer: the client asks another replica only of one that does not lead",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // The leader cannot start a pod (its store out of reach): it says when to try again.
+    let asked = 0;
+    const refusing: SchedulerClient = {
+      leaseWorker: () => {
+        asked++;
+        return Promise.reject(
+          new InferxError(
+            "unavailable",
+            "Cannot start a worker of t/n/f: the store refused its pod",
+            {
+              retryable: true,
+              details: { retry_after_s: 1, failed_starts: 1 },
+            },
+          ),
+        );
+      },
+      returnWorker: () => Promise.resolve(),
+      refreshGateway: () => Promise.resolve({ reclaim: [], scaleOut: [] }),
+      killPod: () => Promise.resolve(),
+    };
+    const leader = await serveScheduler(refusing, "127.0.0.1:0", "leader");
+    const follower = await serveScheduler(
+      leaderOnly("follower", () => undefined),
+      "127.0.0.1:0",
+      "f",
+    );
+    const at = (s: { port: number }) => `127.0.0.1:${s.port}`;
+    const req = { tenant: "t", namespace: "n", func: "f", gatewayId: "g", timeoutMs: 1000 };
+    try {
+      for (const order of [[leader, follower], [follower, leader]]) {
+        const client = new GrpcSchedulerClient(order.map(at));
+        try {
+          const err = await client.leaseWorker(req).then(() => undefined, (e) => e);
+          assertEquals(err?.code, "unavailable");
+          assertEquals(err.message, "Cannot start a worker of t/n/f: the store refused its pod");
+          assertEquals(err.details?.retry_after_s, 1);
+        } finally {
+          client.close();
+        }
+      }
+      assertEquals(asked, 2, "the leader was asked once in each order");
+    } finally {
+      await leader.stop();
+      await follower.stop();
     }
   },
 });

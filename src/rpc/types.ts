@@ -141,6 +141,12 @@ export type LeaseStage = "placing" | "starting" | "restoring";
  */
 export const WORKER_OUTPUT = "worker_output";
 
+/**
+ * The detail a scheduler replica that does not lead refuses with (`true`):
+ * a client of several replicas asks the next one.
+ */
+export const NOT_LEADER = "not_leader";
+
 /** The scheduler's API (`SchedulerService`). */
 export interface SchedulerClient {
   /**

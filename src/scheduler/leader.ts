@@ -12,7 +12,7 @@ import { Etcd3 } from "etcd3";
 import { InferxError } from "../common/errors.ts";
 import { grpcChannelOptions } from "../common/grpc_options.ts";
 import { cappedBackoff } from "../common/retry.ts";
-import type { Lease, SchedulerClient } from "../rpc/types.ts";
+import { type Lease, NOT_LEADER, type SchedulerClient } from "../rpc/types.ts";
 
 /** Options for {@linkcode campaign}. */
 export interface CampaignOptions {
@@ -112,7 +112,11 @@ export function leaderOnly(
 ): SchedulerClient {
   const notLeader = () =>
     Promise.reject(
-      new InferxError("unavailable", `Scheduler ${id} is not the leader`, { retryable: true }),
+      new InferxError("unavailable", `Scheduler ${id} is not the leader`, {
+        retryable: true,
+        // A client of several replicas asks the next for it (`GrpcSchedulerClient`).
+        details: { [NOT_LEADER]: true },
+      }),
     );
   return {
     leaseWorker: (req, signal, onProgress): Promise<Lease> =>

@@ -784,6 +784,10 @@ export class SchedulerService implements SchedulerClient {
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
         this.#setDesired(a.podId, "Running", undefined, (err) => {
           if (!(err instanceof InferxError && err.code === "unavailable")) return;
+          const refused = () =>
+            this.#apply({ type: "resumeRefused", podId: a.podId, error: err.message });
+          // Never sent (no connection to the state service): nothing was written, a refusal.
+          if (err.details?.not_written === true) return refused();
           // Refused, or written with its answer lost: the record says which. Only a record
           // read back without the resume is a refusal (a resumed worker taken for parked would
           // have its memory given to another); unread, the re-list settles it.
@@ -791,9 +795,7 @@ export class SchedulerService implements SchedulerClient {
           if (!ref) return;
           this.#meta.get(ref).then((cur) => {
             const pod = cur && decodePod(cur.value);
-            if (pod && pod.desired === "Standby") {
-              this.#apply({ type: "resumeRefused", podId: a.podId, error: err.message });
-            }
+            if (pod && pod.desired === "Standby") refused();
           }, () => {});
         });
         break;

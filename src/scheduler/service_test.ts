@@ -498,7 +498,9 @@ async function parkedPod(meta: MetaClient, sched: SchedulerService): Promise<str
 t(
   "SchedulerService fails a resume's calls at once when the store refuses it, and not when the write went through with its answer lost",
   async () => {
-    for (const lost of [false, true]) {
+    // "unsent": the state service out of reach, so no write went out and no read comes back.
+    for (const mode of ["refused", "lost", "unsent"] as const) {
+      const lost = mode === "lost";
       const store = await openSqliteStore();
       const meta = new StateService(store);
       await meta.create({
@@ -509,12 +511,28 @@ t(
       let refusing = false;
       const flaky = new Proxy(meta, {
         get(target, key) {
+          if (key === "get" && mode === "unsent") {
+            return (r: Parameters<StateService["get"]>[0]) =>
+              refusing && r.type === "pod"
+                ? Promise.reject(
+                  // As the gRPC client says it: not sent, so nothing of it done.
+                  new InferxErrorClass("unavailable", "No connection established", {
+                    details: { not_written: true },
+                  }),
+                )
+                : target.get(r);
+          }
           if (key !== "update") return Reflect.get(target, key).bind(target);
           return async (r: Parameters<StateService["update"]>[0]) => {
             const resume = r.type === "pod" &&
               (r.object as { desired?: string }).desired === "Running";
             if (!refusing || !resume) return await target.update(r);
             if (lost) await target.update(r); // written; its answer lost
+            if (mode === "unsent") {
+              throw new InferxErrorClass("unavailable", "No connection established", {
+                details: { not_written: true },
+              });
+            }
             throw new InferxErrorClass("unavailable", "etcdserver: request timed out");
           };
         },
@@ -527,7 +545,7 @@ t(
         const t0 = performance.now();
         const got = await leaseF(sched, 5000).then((l) => l, (e) => e as InferxError);
         if (!lost) {
-          assert.ok(got instanceof InferxErrorClass, JSON.stringify(got));
+          assert.ok(got instanceof InferxErrorClass, `${mode}: ${JSON.stringify(got)}`);
           assert.equal(got.code, "unavailable");
           assert.match(
             got.message,

@@ -62,6 +62,32 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "A scheduler that cannot reach the state service at its start exits, as the other roles do",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dead = freePort(); // nothing listens there
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../../main.ts", import.meta.url).pathname],
+      env: {
+        RUN_SERVICE: "Scheduler",
+        STATESVC_ADDR: `127.0.0.1:${dead}`,
+        SCHEDULER_PORT: String(freePort()),
+        SCHEDULER_HTTP_PORT: String(freePort()),
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 1);
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.match(
+      text,
+      /Cannot start Scheduler: Cannot reach the state service at 127\.0\.0\.1:\d+/,
+    );
+  },
+});
+
 /** The control groups named `name` under the host's cgroup mounts. */
 async function groupsNamed(name: string): Promise<string[]> {
   const found: string[] = [];
