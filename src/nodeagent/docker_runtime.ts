@@ -72,6 +72,8 @@ interface Entry {
   ready: boolean;
   stopping: boolean;
   exited: Promise<string>;
+  /** Settles `exited`, whoever learns of the end first: its wait, or a heartbeat's look. */
+  end(why: string): void;
 }
 
 /** Workers a restarted agent probes at once. */
@@ -491,15 +493,18 @@ export class DockerRuntime implements PodRuntime {
 
   /** Follows a container until it exits; `exited` tells how. */
   #track(podId: string, container: Docker.Container, fresh: boolean): Promise<Entry> {
+    const done = Promise.withResolvers<string>();
     const entry: Entry = {
       container,
       endpoint: "",
       ready: !fresh,
       stopping: false,
-      exited: Promise.resolve(""),
+      exited: done.promise,
+      end: done.resolve,
     };
-    entry.exited = (async () => {
-      // Waits for the next exit ("next-exit" also covers a container not started yet).
+    (async () => {
+      // Waits for the next exit ("next-exit" also covers a container not started yet). An
+      // engine that dies with the wait open may never end it: the heartbeat looks too (sweep).
       const res = await container.wait(fresh ? { condition: "next-exit" } : {}).catch((
         err: Error,
       ) => ({
@@ -509,7 +514,7 @@ export class DockerRuntime implements PodRuntime {
       if (res.StatusCode === -1) return `lost: ${res.Error?.Message}`;
       const info = await container.inspect().catch(() => undefined);
       return info ? ended(info) : `exit code ${res.StatusCode}`;
-    })();
+    })().then(done.resolve);
     this.#pods.set(podId, entry);
     entry.exited.then((why) => {
       if (!entry.stopping) return this.#tellExit(podId, entry, why);
@@ -578,9 +583,10 @@ export class DockerRuntime implements PodRuntime {
 
   async sweep(): Promise<void> {
     // One at a time: an engine that hangs holds one sweep, not one more every heartbeat.
-    if (this.#sweeping || !this.#leftovers.size) return;
+    if (this.#sweeping || (!this.#leftovers.size && !this.#pods.size)) return;
     this.#sweeping = true;
     try {
+      await this.#endedUnsaid();
       for (const [podId, container] of [...this.#leftovers]) {
         // Taken over again meanwhile (a restart's recovery): not a leftover any more.
         if (this.#pods.get(podId)?.container.id === container.id) {
@@ -591,6 +597,35 @@ export class DockerRuntime implements PodRuntime {
       }
     } finally {
       this.#sweeping = false;
+    }
+  }
+
+  /**
+   * Ends the pods whose container the engine has no longer running or
+   * paused: their wait would have told of it, but an engine killed (and
+   * started again, having stopped its containers) leaves a wait open that
+   * never ends. One list of the scope's containers a heartbeat.
+   */
+  async #endedUnsaid(): Promise<void> {
+    const ready = [...this.#pods.values()].filter((e) => e.ready && !e.stopping);
+    if (!ready.length) return;
+    let found: Docker.ContainerInfo[];
+    try {
+      found = await this.#docker.listContainers({
+        all: true,
+        filters: { label: [`inferx.scope=${this.#scope}`] },
+      });
+    } catch {
+      return; // the engine does not answer now: asked again at the next heartbeat
+    }
+    const state = new Map(found.map((c) => [c.Id, c.State]));
+    for (const entry of ready) {
+      const now = state.get(entry.container.id);
+      if (now === "running" || now === "paused" || now === "restarting") continue;
+      const info = await entry.container.inspect().catch(() => undefined);
+      // Gone from the engine, or stopped without its wait telling of it.
+      if (!info) entry.end("lost: its container is gone from the Docker engine (restarted?)");
+      else if (!info.State.Running) entry.end(ended(info));
     }
   }
 

@@ -417,6 +417,42 @@ t(
 );
 
 t(
+  "a container that stopped while the engine's connection was cut is found ended by a later sweep",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const proxy = engineProxy();
+    const exits: string[] = [];
+    const rt = new DockerRuntime({
+      scope,
+      socketPath: proxy.path,
+      onExit: (pod, why) => exits.push(`${pod}: ${why}`),
+    });
+    try {
+      await rt.start(spec("pod-cut"));
+      // The engine dies: its connections are cut, the wait on the container with them (its
+      // answer's head had come: the library's promise never ends), and, started again, it
+      // has stopped the container.
+      proxy.answering = false;
+      await docker.getContainer(nameOf(scope, "pod-cut")).stop({ t: 0 });
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(exits, [], "the cut wait told nothing");
+      proxy.answering = true;
+      await rt.sweep(); // a heartbeat's
+      await until("its exit told", () => exits.length === 1, 5000);
+      assert.match(exits[0], /^pod-cut: exit code \d+/);
+      await assert.rejects(
+        docker.getContainer(nameOf(scope, "pod-cut")).inspect(),
+        /404|no such/i,
+        "its container removed",
+      );
+    } finally {
+      proxy.close();
+      await docker.getContainer(nameOf(scope, "pod-cut")).remove({ force: true }).catch(() => {});
+    }
+  },
+);
+
+t(
   "a restarted DockerRuntime does not take a container that never answered its probe for ready",
   async () => {
     const scope = `test-${crypto.randomUUID()}`;
