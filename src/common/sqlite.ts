@@ -38,6 +38,12 @@ export interface OpenDatabaseOptions {
    * write to it): throws to refuse it, left as it was.
    */
   check?: (db: DatabaseSync) => void;
+  /**
+   * Paths only this database names (its value files' directory): one that
+   * holds something where the database file is missing, as its log does,
+   * makes the open refused rather than start a new database beside them.
+   */
+  companions?: string[];
 }
 
 /**
@@ -65,6 +71,19 @@ export function openDatabase(path: string, options: OpenDatabaseOptions = {}): D
       throw new EmptyFile(
         "it is an empty file (a copy or a restore cut short?); it was left as it is: put the " +
           "database back, or remove the file to start with none",
+      );
+    }
+    // Missing, with what only it names beside it (its log, its value files): a copy or a restore
+    // that left it out, not a first start. A new database there would take that for leftovers
+    // (a log it does not know is dropped, value files no row names are removed).
+    const orphan = path === ":memory:" || sizeOf(path) !== undefined
+      ? undefined
+      : [`${path}-wal`, ...(options.companions ?? [])].find(holdsSomething);
+    if (orphan) {
+      throw new EmptyFile(
+        `it is missing, but ${orphan}, which only it names, is there (a copy or a restore cut ` +
+          `short?); both were left as they are: put the database back, or remove ${orphan} too ` +
+          "to start with none",
       );
     }
     db = new DatabaseSync(path);
@@ -146,6 +165,18 @@ function pause(ms: number): void {
 
 /** An empty file where a database was looked for. */
 class EmptyFile extends Error {}
+
+/** Whether `path` is a file with bytes in it or a directory with entries. */
+function holdsSomething(path: string): boolean {
+  try {
+    const st = Deno.statSync(path);
+    if (!st.isDirectory) return st.size > 0;
+    for (const _ of Deno.readDirSync(path)) return true;
+    return false;
+  } catch {
+    return false;
+  }
+}
 
 /** The size of the file at `path`, or undefined when there is none. */
 function sizeOf(path: string): number | undefined {

@@ -797,6 +797,17 @@ export class SchedulerService implements SchedulerClient {
             const pod = cur && decodePod(cur.value);
             if (pod && pod.desired === "Standby") refused();
           }, () => {});
+        }, (pod) => {
+          // Its record says Running already: its park was never written (the store refused it),
+          // so its worker never stopped, and no agent will report a resume. Ready as it is.
+          if (pod.state === "Ready" && !pod.standbyTier) {
+            this.#apply({
+              type: "podStatus",
+              podId: a.podId,
+              state: "Ready",
+              endpoint: pod.endpoint,
+            });
+          }
         });
         break;
       case "reclaimLease":
@@ -900,14 +911,20 @@ export class SchedulerService implements SchedulerClient {
     desired: PodInfo["desired"],
     tier?: PodInfo["standbyTier"],
     failed?: (err: unknown) => void,
+    already?: (pod: PodInfo) => void,
   ): void {
     const ref = this.#podRefs.get(podId);
     if (!ref) return;
+    let found: PodInfo | undefined;
     updateWithRetry(this.#meta, ref, (cur) => {
       const pod = cur && decodePod(cur.value);
-      if (!pod || pod.desired === desired || pod.desired === "Terminated") return undefined;
+      found = undefined;
+      if (!pod || pod.desired === "Terminated") return undefined;
+      if (pod.desired === desired) return void (found = pod);
       return { ...pod, desired, ...(tier ? { standbyTier: tier } : {}) };
-    }).catch((err) => {
+    }).then(() => {
+      if (found) already?.(found);
+    }, (err) => {
       log.error("Cannot set pod {pod} to {desired}: {error}", {
         pod: podId,
         desired,

@@ -455,6 +455,18 @@ t(
   },
 );
 
+/** A store with node n1 (it parks in host memory) and function t/n/f, parked 0.1 s after use. */
+async function parkingStore() {
+  const store = await openSqliteStore();
+  const meta = new StateService(store);
+  await meta.create({
+    ...nodeRef("n1"),
+    object: { ...node("n1"), standbyTiers: ["host_memory"] },
+  });
+  await createTestFunction(meta, { policy: { Obj: { scalein_timeout: 0.1 } } });
+  return { store, meta };
+}
+
 /**
  * Plays a node agent that also parks and resumes; a pod of t/n/f made Ready,
  * given back and parked through the scheduler; its id.
@@ -501,13 +513,7 @@ t(
     // "unsent": the state service out of reach, so no write went out and no read comes back.
     for (const mode of ["refused", "lost", "unsent"] as const) {
       const lost = mode === "lost";
-      const store = await openSqliteStore();
-      const meta = new StateService(store);
-      await meta.create({
-        ...nodeRef("n1"),
-        object: { ...node("n1"), standbyTiers: ["host_memory"] },
-      });
-      await createTestFunction(meta, { policy: { Obj: { scalein_timeout: 0.1 } } });
+      const { store, meta } = await parkingStore();
       let refusing = false;
       const flaky = new Proxy(meta, {
         get(target, key) {
@@ -561,6 +567,45 @@ t(
         sched.stop();
         await store.close();
       }
+    }
+  },
+);
+
+t(
+  "SchedulerService serves a worker whose park the store refused: the resume finds it running, not one to wait for",
+  async () => {
+    const { store, meta } = await parkingStore();
+    // The store's disk full: a park's write is refused, nothing of it written.
+    let parks = 0;
+    const full = new Proxy(meta, {
+      get(target, key) {
+        if (key !== "update") return Reflect.get(target, key).bind(target);
+        return async (r: Parameters<StateService["update"]>[0]) => {
+          if (r.type === "pod" && (r.object as { desired?: string }).desired === "Standby") {
+            parks++;
+            throw new InferxErrorClass("unavailable", "the file system holding it is full", {
+              details: { not_written: true },
+            });
+          }
+          return await target.update(r);
+        };
+      },
+    }) as unknown as MetaClient;
+    const sched = new SchedulerService(full, { tickMs: 50 });
+    await sched.start();
+    await readyAgents(meta);
+    try {
+      const first = await leaseF(sched, 5000);
+      await sched.returnWorker({ podId: first.podId, gatewayId: "g" });
+      await until("a park asked of the store", () => Promise.resolve(parks > 0));
+      // The next call: the worker never stopped, its record still says it runs.
+      const t0 = performance.now();
+      const again = await leaseF(sched, 5000);
+      assert.equal(again.podId, first.podId);
+      assert.ok(performance.now() - t0 < 2000, "at once, not at the deadline");
+    } finally {
+      sched.stop();
+      await store.close();
     }
   },
 );

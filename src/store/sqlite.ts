@@ -181,6 +181,7 @@ export async function openSqliteStore(
     incrementalVacuum: true,
     check: checkOurs,
     synchronous: "NORMAL",
+    companions: path === ":memory:" ? [] : [`${path}-blobs`],
   });
   try {
     // What is deleted is overwritten, not left in free pages for the file to hold (a call's

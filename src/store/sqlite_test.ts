@@ -262,6 +262,37 @@ Deno.test("a truncated store file is refused as damaged, and left as it is", asy
   });
 });
 
+Deno.test("a missing store file beside its value files or its log is refused, and what is there left as it is", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/meta.db`;
+    const s = await openSqliteStore(path);
+    await s.create("/k/big", "x".repeat(200_000)); // a value of its own file
+    await s.create("/k/small", "1");
+    // Its log as a copy taken while it ran has it, before a checkpoint wrote it into the file.
+    await Deno.mkdir(`${dir}/copy`);
+    await Deno.copyFile(`${path}-wal`, `${dir}/copy/meta.db-wal`);
+    await s.close();
+    const files = [...Deno.readDirSync(`${path}-blobs`)].map((e) => e.name);
+    assert.equal(files.length, 1);
+    await Deno.remove(path);
+    await assert.rejects(
+      openSqliteStore(path),
+      (e: InferxError) =>
+        e.message.startsWith(`Cannot open the store at ${path}: it is missing, but ${path}-blobs`),
+    );
+    assert.deepEqual([...Deno.readDirSync(`${path}-blobs`)].map((e) => e.name), files, "kept");
+    assert.equal(await Deno.stat(path).then(() => true, () => false), false, "none made");
+    const copy = `${dir}/copy/meta.db`;
+    const walSize = (await Deno.stat(`${copy}-wal`)).size;
+    assert.ok(walSize > 0);
+    await assert.rejects(
+      openSqliteStore(copy),
+      (e: InferxError) => e.message.includes(`it is missing, but ${copy}-wal`),
+    );
+    assert.equal((await Deno.stat(`${copy}-wal`)).size, walSize, "its log left as it is");
+  });
+});
+
 Deno.test("a store that cannot open on a full disk says the disk is full, not 'disk I/O error'", async () => {
   await withTmpfs("1m", async (data) => {
     await Deno.writeFile(`${data}/filler`, new Uint8Array(1024 * 1024)).catch(() => {});
