@@ -27,6 +27,9 @@ import type { Schedulability } from "./core/mod.ts";
 
 const log = logger("scheduler", "conditions");
 
+/** How long a decision a function's object had no room for waits before it is tried again (ms). */
+const NO_ROOM_RETRY_MS = 10 * 60_000;
+
 /** A decision about a function: its condition, for the version it was made for. */
 export interface Decision {
   version: number;
@@ -39,6 +42,14 @@ export class ConditionWriter {
   #clock: Clock;
   #latest = new Map<string, Decision>();
   #running = new Map<string, Promise<void>>();
+  /**
+   * The decision, by function, that its stored object had no room for (it is
+   * near the largest an object may be), and when: not tried again at each
+   * re-list, nor said again, for {@linkcode NO_ROOM_RETRY_MS} (the object
+   * may shrink without a new version); a new decision, or one written,
+   * clears it.
+   */
+  #noRoom = new Map<string, { key: string; at: number }>();
 
   constructor(meta: MetaClient, clock: Clock) {
     this.#meta = meta;
@@ -58,6 +69,10 @@ export class ConditionWriter {
    * (after a restart, or when a write was skipped); nothing when it agrees.
    */
   reconcile(func: string, decision: Decision, stored?: FunctionStatus): void {
+    const full = this.#noRoom.get(func);
+    if (
+      full?.key === JSON.stringify(decision) && this.#clock.now() - full.at < NO_ROOM_RETRY_MS
+    ) return;
     if (this.#next(stored?.conditions ?? [], decision.condition)) this.write(func, decision);
   }
 
@@ -77,9 +92,16 @@ export class ConditionWriter {
   async #run(func: string): Promise<void> {
     for (let p = this.#latest.get(func); p; p = this.#latest.get(func)) {
       this.#latest.delete(func);
+      const key = JSON.stringify(p);
       try {
         await this.#writeOne(func, p);
+        this.#noRoom.delete(func);
       } catch (err) {
+        const said = this.#noRoom.get(func)?.key === key;
+        if ((err as { code?: string }).code === "too_large") {
+          this.#noRoom.set(func, { key, at: this.#clock.now() });
+        }
+        if (said) continue; // said once already
         log.warn("Cannot record the Schedulable condition of {func}: {error}", {
           func,
           error: String(err),
