@@ -123,6 +123,11 @@ export class SchedulerService implements SchedulerClient {
   #policies = new Map<string, FuncPolicy>();
   /** Pod records as last seen, for writes. */
   #podRefs = new Map<string, ObjectRef>();
+  /**
+   * Pods whose latest park the store refused with nothing written (its disk
+   * full, say), no park asked since: their records still say they run.
+   */
+  #parkUnwritten = new Set<string>();
   #informers: Informer[] = [];
   #clock: Clock;
   /** The time nodes write their heartbeats in (the injected clock in tests). */
@@ -334,6 +339,7 @@ export class SchedulerService implements SchedulerClient {
         },
         remove: (ref) => {
           this.#podRefs.delete(ref.name);
+          this.#parkUnwritten.delete(ref.name);
           this.#apply({ type: "podStatus", podId: ref.name, state: "Terminated" });
         },
       }, { resyncMs: this.#options.podResyncMs ?? 10_000 }),
@@ -778,7 +784,13 @@ export class SchedulerService implements SchedulerClient {
         break;
       case "parkPod":
         log.info("Parking pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
-        this.#setDesired(a.podId, "Standby", a.tier);
+        // A park under way may land: from here its record may say parked.
+        this.#parkUnwritten.delete(a.podId);
+        this.#setDesired(a.podId, "Standby", a.tier, (err) => {
+          if (err instanceof InferxError && err.details?.not_written === true) {
+            this.#parkUnwritten.add(a.podId);
+          }
+        });
         break;
       case "resumePod":
         log.info("Resuming pod {pod} ({tier})", { pod: a.podId, tier: a.tier });
@@ -798,8 +810,10 @@ export class SchedulerService implements SchedulerClient {
             if (pod && pod.desired === "Standby") refused();
           }, () => {});
         }, (pod) => {
-          // Its record says Running already: its park was never written (the store refused it),
-          // so its worker never stopped, and no agent will report a resume. Ready as it is.
+          // Its record says Running already because its park was never written (the store
+          // refused it, none asked since: one under way could land after this read), so its
+          // worker never stopped, and no agent will report a resume. Ready as it is.
+          if (!this.#parkUnwritten.delete(a.podId)) return;
           if (pod.state === "Ready" && !pod.standbyTier) {
             this.#apply({
               type: "podStatus",
