@@ -64,9 +64,9 @@ function sseWorker(events: number, everyMs: number) {
   });
 }
 
-const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
+const post = (url: string, body: unknown, headers: Record<string, string> = {}, method = "POST") =>
   fetch(url, {
-    method: "POST",
+    method,
     headers: { "content-type": "application/json", ...headers },
     body: JSON.stringify(body),
   });
@@ -1403,6 +1403,98 @@ t(
   },
 );
 
+/**
+ * The answers to requests (`[head, JSON body]`, the head's lines up to its framing) whose heads
+ * and first 5 bytes of body reach `url`'s gateway before `admin` revokes API key `keyId`, and
+ * the rest of each body after.
+ */
+async function revokedMidBody(
+  url: string,
+  admin: Record<string, string>,
+  keyId: string,
+  requests: readonly (readonly [string, string])[],
+): Promise<string[]> {
+  const port = Number(new URL(url).port);
+  const conns = await Promise.all(requests.map(async ([head, body]) => {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    await c.write(
+      new TextEncoder().encode(
+        `${head}content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n` +
+          body.slice(0, 5),
+      ),
+    );
+    return c;
+  }));
+  await new Promise((r) => setTimeout(r, 100)); // the gateway has the heads
+  const revoked = await fetch(`${url}/apikeys/${keyId}`, { method: "DELETE", headers: admin });
+  assert.equal(revoked.status, 200);
+  await revoked.body?.cancel();
+  return await Promise.all(conns.map(async (c, i) => {
+    await c.write(new TextEncoder().encode(requests[i][1].slice(5)));
+    const buf = new Uint8Array(64 * 1024);
+    let out = "";
+    while (!out.includes("}")) {
+      const n = await c.read(buf);
+      if (n === null) break;
+      out += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    c.close();
+    return out;
+  }));
+}
+
+t(
+  "a key or object write whose body comes after its key was revoked is refused, nothing written",
+  async () => {
+    const admin = { authorization: "Bearer admin-key-0123456789" };
+    const g = await listening({ adminKey: "admin-key-0123456789" });
+    const made = await (await post(`${g.url}/apikeys`, { scope: "full", tenant: "t" }, admin))
+      .json();
+    const policy = { type: "funcpolicy", tenant: "t", namespace: "n" };
+    const old = await post(
+      `${g.url}/object/`,
+      { ...policy, name: "old", object: {} },
+      admin,
+      "PUT",
+    );
+    assert.equal(old.status, 201);
+    const { revision } = await old.json();
+    const writes: [string, string][] = [
+      ["POST /apikeys", JSON.stringify({ scope: "full", tenant: "t", name: "minted" })],
+      ["PUT /object/", JSON.stringify({ ...policy, name: "new", object: {} })],
+      [
+        "POST /object/",
+        JSON.stringify({ ...policy, name: "old", revision, object: { max_replica: 9 } }),
+      ],
+    ];
+    const answers = await revokedMidBody(
+      g.url,
+      admin,
+      made.id,
+      writes.map(([line, body]) =>
+        [
+          `${line} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${made.key}\r\n`,
+          body,
+        ] as const
+      ),
+    );
+    for (const [i, a] of answers.entries()) {
+      assert.match(a, /^HTTP\/1\.1 401 /, `${writes[i][0]}: ${a}`);
+      assert.match(a, /API key [^ ]+ was revoked while the request's body was being sent/);
+    }
+    const keys = await (await fetch(`${g.url}/apikeys`, { headers: admin })).json();
+    assert.deepEqual(keys.items.map((k: { name: string }) => k.name), [], "no key minted");
+    const got = (name: string) =>
+      fetch(`${g.url}/object/funcpolicy/t/n/${name}`, { headers: admin });
+    const created = await got("new");
+    assert.equal(created.status, 404, "nothing created");
+    await created.body?.cancel();
+    const kept = await (await got("old")).json();
+    assert.equal(kept.revision, revision, "nothing updated");
+    await g.close();
+  },
+);
+
 t(
   "a call whose body comes after its key was revoked is refused, sync, OpenAI-style and async",
   async () => {
@@ -1413,44 +1505,22 @@ t(
     const made = await (await post(`${g.url}/apikeys`, { scope: "inference", tenant: "t" }, admin))
       .json();
     const key = { authorization: `Bearer ${made.key}` };
-    // Each call's head and the first bytes of its body, the rest held back.
     const body = JSON.stringify({ model: "t/n/f", prompt: "x" });
-    const conns = await Promise.all(
+    const answers = await revokedMidBody(
+      g.url,
+      admin,
+      made.id,
       [
         ["/funccall/t/n/f/v1/completions", ""],
         ["/v1/completions", ""],
         ["/funccall/t/n/f/v1/completions", "prefer: respond-async\r\n"],
-      ].map(async ([path, extra]) => {
-        const c = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(g.url).port) });
-        await c.write(
-          new TextEncoder().encode(
-            `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: ${key.authorization}\r\n` +
-              `content-type: application/json\r\ncontent-length: ${body.length}\r\n${extra}\r\n` +
-              body.slice(0, 5),
-          ),
-        );
-        return c;
-      }),
+      ].map(([path, extra]) =>
+        [
+          `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: ${key.authorization}\r\n${extra}`,
+          body,
+        ] as const
+      ),
     );
-    await new Promise((r) => setTimeout(r, 100)); // the gateway has the heads
-    const revoked = await fetch(`${g.url}/apikeys/${made.id}`, {
-      method: "DELETE",
-      headers: admin,
-    });
-    assert.equal(revoked.status, 200);
-    await revoked.body?.cancel();
-    const answers = await Promise.all(conns.map(async (c) => {
-      await c.write(new TextEncoder().encode(body.slice(5)));
-      const buf = new Uint8Array(64 * 1024);
-      let out = "";
-      while (!out.includes("}")) {
-        const n = await c.read(buf);
-        if (n === null) break;
-        out += new TextDecoder().decode(buf.subarray(0, n));
-      }
-      c.close();
-      return out;
-    }));
     for (const a of answers) {
       assert.match(a, /^HTTP\/1\.1 401 /, a);
       assert.match(a, /API key [^ ]+ was revoked while the request's body was being sent/);

@@ -12,17 +12,28 @@ import { type JsonProbe, OFF_THREAD_BYTES } from "../json_probe.ts";
 import { type BodyBudget, BodyTooLarge } from "../http1/server.ts";
 
 /**
+ * Throws when the caller, authenticated at the request's head, no longer
+ * holds (its key was revoked, or expired, while the body came: a slow body
+ * can take minutes). Run once the body is in, before it is parsed or acted
+ * on (`Authenticator.stillHolds`), as for calls.
+ */
+export type StillHolds = () => void;
+
+/**
  * The parsed JSON body of `req`, at most `limit` bytes, nesting no deeper
  * than objects may (`MAX_OBJECT_DEPTH`) and holding no more arrays and
- * objects than `MAX_JSON_ITEMS`.
+ * objects than `MAX_JSON_ITEMS`; `holds` is checked once it is in.
  */
 export async function readJson(
   req: Request,
   limit: number,
+  holds: StillHolds,
   budget?: BodyBudget,
 ): Promise<unknown> {
   if (Number(req.headers.get("content-length") ?? 0) > limit) throw new BodyTooLarge(limit);
-  return parseCounted(await readLimited(req.body, limit, budget));
+  const bytes = await readLimited(req.body, limit, budget);
+  holds();
+  return parseCounted(bytes);
 }
 
 /** JSON text `bytes` parsed, counted first: parsing cannot be interrupted (see jsonTooHeavy). */
@@ -39,7 +50,7 @@ function parseCounted(bytes: Uint8Array): unknown {
 }
 
 /**
- * An object write's body, as {@linkcode readJson}; one past `OFF_THREAD_BYTES`
+ * An object write's body, as {@linkcode readJson} (`holds` checked once it is in); one past `OFF_THREAD_BYTES`
  * is parsed in `probe`'s thread and comes back without whitespace, refused
  * 413 when that is longer than a stored object may be (`maxChars`).
  */
@@ -48,10 +59,12 @@ export async function readObjectJson(
   limit: number,
   maxChars: number,
   probe: JsonProbe,
+  holds: StillHolds,
   budget?: BodyBudget,
 ): Promise<unknown> {
   if (Number(req.headers.get("content-length") ?? 0) > limit) throw new BodyTooLarge(limit);
   const bytes = await readLimited(req.body, limit, budget);
+  holds();
   if (bytes.byteLength <= OFF_THREAD_BYTES) return parseCounted(bytes);
   // Only the body's own bytes go (a view's whole buffer would be copied).
   const own = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();

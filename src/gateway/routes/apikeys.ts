@@ -42,7 +42,12 @@ export function apikeyRoutes(deps: RouteDeps): Hono<GatewayEnv> {
     requireCredentials(p, "create API keys");
     queryOnce("API key request", c.req.url, []);
     const req = KeyRequestSchema.safeParse(
-      await readJson(c.req.raw, Math.min(deps.bodyLimit, 64 * 1024), deps.bodyBudget),
+      await readJson(
+        c.req.raw,
+        Math.min(deps.bodyLimit, 64 * 1024),
+        () => deps.auth.stillHolds(p),
+        deps.bodyBudget,
+      ),
     );
     if (!req.success) throw invalidInput("API key request", req.error);
     const { scope, tenant, namespace, name, expires_in_s } = req.data;

@@ -38,13 +38,21 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   // 64 KiB is parsed in the gateway's JSON thread, and what the event loop parses of it is its
   // text without whitespace, refused past 1 MiB.
   const limit = Math.min(deps.bodyLimit, MAX_OBJECT_BODY);
-  const readObject = (req: Request) =>
-    readObjectJson(req, limit, MAX_USER_OBJECT, deps.jsonProbe, deps.bodyBudget);
+  // The writer's key is checked again once the body is in: it may have been revoked meanwhile.
+  const readObject = (req: Request, p: Principal) =>
+    readObjectJson(
+      req,
+      limit,
+      MAX_USER_OBJECT,
+      deps.jsonProbe,
+      () => deps.auth.stillHolds(p),
+      deps.bodyBudget,
+    );
   app.put("/object/", async (c) => {
     // Refused before the body is read: it is not parsed for a caller who may write nothing.
     requireCredentials(c.var.principal, "write objects");
     const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
-    const input = objectInput(await readObject(c.req.raw));
+    const input = objectInput(await readObject(c.req.raw, c.var.principal));
     authorizeObject(c.var.principal, "write", input);
     const rec = await deps.meta.create(input, { dryRun });
     return c.json(writeJson(rec), dryRun ? 200 : 201);
@@ -52,7 +60,7 @@ export function objectRoutes(deps: RouteDeps): Hono<GatewayEnv> {
   app.post("/object/", async (c) => {
     requireCredentials(c.var.principal, "write objects");
     const dryRun = dryRunParam(queryOnce("object write", c.req.url, ["dryRun"]).dryRun);
-    const input = objectInput(await readObject(c.req.raw));
+    const input = objectInput(await readObject(c.req.raw, c.var.principal));
     if (input.revision === undefined) {
       throw new ValidationError(
         "Invalid update: revision is required (the revision you read, for compare-and-swap)",

@@ -30,7 +30,7 @@ import {
 } from "./fairness.ts";
 import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
-import { freeTenantPod, quotaBlock, tenantOf } from "./quota.ts";
+import { freeTenantPod, namedForCaller, quotaBlock, tenantOf } from "./quota.ts";
 import { canResume, parkedPod, restoreOrStart, retire, willHold } from "./standby.ts";
 import type { CoreFunc, CorePod, CoreState } from "./types.ts";
 
@@ -220,7 +220,7 @@ export function heldInTenant(state: CoreState, f: CoreFunc, now: number): string
   const busy = [...new Set(plan?.victims.filter(keep).map((p) => p.func))].sort();
   if (!busy.length) return "";
   return `; busy workers of its own tenant's ${
-    busy.join(", ")
+    namedForCaller(f.func, busy).join(", ")
   } hold the room it needs (only a function of higher priority takes one back)`;
 }
 

@@ -423,6 +423,8 @@ Deno.test("a call that times out for want of room says when its own tenant's bus
     ["a/n/busy", "high", "normal", "a/n/busy"],
     ["b/n/busy", "normal", "normal", undefined], // another tenant's workers: not its own
     ["a/n/busy", "batch", "high", undefined], // lower: taken back as their calls end, not named
+    // Another namespace's: counted, not named (the caller may be kept to its own namespace).
+    ["a/other/busy", "normal", "normal", "1 function of its other namespaces"],
   ];
   for (const [busy, busyPriority, latePriority, named] of cases) {
     // Fair share off: else tenant a, holding nothing, takes one back from b.

@@ -12,6 +12,24 @@ import type { CoreFunc, CorePod, CoreState, TenantLimits } from "./types.ts";
 /** The tenant of a function or pod id `tenant/namespace/name`. */
 export const tenantOf = (funcId: string): string => funcId.slice(0, funcId.indexOf("/"));
 
+/** The `tenant/namespace/` a function id starts with. */
+const namespacePrefix = (funcId: string): string =>
+  funcId.slice(0, funcId.indexOf("/", funcId.indexOf("/") + 1) + 1);
+
+/**
+ * `ids` (functions of `funcId`'s tenant) as a refusal of `funcId` may name
+ * them: those of its own namespace by name, the others only counted. Its
+ * caller may call that namespace and may be kept out of the tenant's others
+ * (a namespace's key), whose function names are not its to learn.
+ */
+export function namedForCaller(funcId: string, ids: readonly string[]): string[] {
+  const own = namespacePrefix(funcId);
+  const named = ids.filter((id) => id.startsWith(own));
+  const others = ids.length - named.length;
+  if (others) named.push(`${others} function${others > 1 ? "s" : ""} of its other namespaces`);
+  return named;
+}
+
 /** Sets a tenant's limits; no limit at all removes the entry. */
 export function setTenantLimits(state: CoreState, tenant: string, limits: TenantLimits) {
   if (limits.maxGpu === undefined && limits.maxReplica === undefined) state.quotas.delete(tenant);
@@ -53,7 +71,7 @@ export function quotaBlock(
       limit: "max_replica",
       quota: q.maxReplica,
       message: `tenant ${tenant} is at its max_replica quota (${q.maxReplica} running` +
-        `${keptByMinimum(state, tenant)})`,
+        `${keptByMinimum(state, f.func, tenant)})`,
     };
   }
   if (q.maxGpu !== undefined && moreGpus > 0 && gpus + moreGpus > q.maxGpu) {
@@ -69,23 +87,30 @@ export function quotaBlock(
 
 /**
  * How many of a tenant's replicas its functions' `min_replica` keeps, and
- * whose (the first three by count), for a refusal's message: a tenant whose
- * minimums fill its `max_replica` has no room for its other functions, and
- * nothing to free for them; empty when no minimum keeps one.
+ * whose (the first three by count of those in `funcId`'s namespace, the
+ * rest counted: {@linkcode namedForCaller}), for the refusal of `funcId`: a
+ * tenant whose minimums fill its `max_replica` has no room for its other
+ * functions, and nothing to free for them; empty when no minimum keeps one.
  */
-function keptByMinimum(state: CoreState, tenant: string): string {
+function keptByMinimum(state: CoreState, funcId: string, tenant: string): string {
+  const own = namespacePrefix(funcId);
   const kept: [string, number][] = [];
+  let elsewhere = 0;
+  let total = 0;
   for (const g of state.funcs.values()) {
     if (tenantOf(g.id) !== tenant || g.policy.minReplica === 0) continue;
     const n = Math.min(activeCurrent(state, g), g.policy.minReplica);
-    if (n > 0) kept.push([g.id, n]);
+    if (n === 0) continue;
+    total += n;
+    if (g.id.startsWith(own)) kept.push([g.id, n]);
+    else elsewhere += n;
   }
-  if (!kept.length) return "";
+  if (!total) return "";
   kept.sort((x, y) => y[1] - x[1] || (x[0] < y[0] ? -1 : 1));
-  const total = kept.reduce((sum, [, n]) => sum + n, 0);
-  const whose = kept.slice(0, 3).map(([id, n]) => `${id} ${n}`).join(", ") +
-    (kept.length > 3 ? `, ${kept.length - 3} more` : "");
-  return `; min_replica keeps ${total} of them: ${whose}`;
+  const whose = kept.slice(0, 3).map(([id, n]) => `${id} ${n}`);
+  if (kept.length > 3) whose.push(`${kept.length - 3} more`);
+  if (elsewhere) whose.push(`${elsewhere} by functions of its other namespaces`);
+  return `; min_replica keeps ${total} of them: ${whose.join(", ")}`;
 }
 
 /**

@@ -57,6 +57,28 @@ Deno.test("quota: a refusal says when the functions' min_replica keeps the tenan
   );
 });
 
+Deno.test("quota: a refusal names the functions min_replica keeps in its own namespace only", () => {
+  const d = cluster();
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 3 } });
+  for (const [func, min] of [["a/n/f", 1], ["a/dev/secret", 2]] as const) {
+    const acts = d.run({
+      type: "funcUpdate",
+      func: funcReport(func, {}, { maxReplica: 4, minReplica: min }),
+    });
+    for (const p of created(acts)) {
+      d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+    }
+  }
+  const acts = d.run(lease("r1", "a/n/g"));
+  assert.equal(created(acts).length, 0);
+  // A key of a/n may be kept out of a/dev: its function is counted, not named.
+  assert.equal(
+    failed(acts)[0].message,
+    "Cannot lease worker for a/n/g: tenant a is at its max_replica quota (3 running; " +
+      "min_replica keeps 3 of them: a/n/f 1, 2 by functions of its other namespaces)",
+  );
+});
+
 Deno.test("quota: a busy function's own waiters queue instead of failing", () => {
   const d = cluster();
   d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 1 } });
