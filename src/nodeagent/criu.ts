@@ -83,17 +83,16 @@ export function locateCriu(options: LocateOptions = {}): CriuBinary | undefined 
 
 /**
  * The error lines of a CRIU log (without the ones CRIU survives), or its
- * last lines when none says Error.
+ * last lines when no other says Error.
  */
 export function logReason(log: string): string {
-  const lines = log.split("\n").map((l) => l.trim()).filter(Boolean);
+  // CRIU logs a failed attempt to raise its own fd limit as an error and goes on: never the reason.
+  const lines = log.split("\n").map((l) => l.trim())
+    .filter((l) => l && !/RLIMIT_NOFILE for self/.test(l));
   const errors = lines.filter((l) => /\bError\b/.test(l)).map((l) =>
     l.replace(/^\(\s*\d+\.\d+\)\s*(\d+:\s*)?/, "")
   );
-  // CRIU logs a failed attempt to raise its own fd limit as an error and goes on.
-  const fatal = errors.filter((l) => !/RLIMIT_NOFILE for self/.test(l));
-  const picked = fatal.length ? fatal : errors;
-  return (picked.length ? picked : lines.slice(-3)).join("; ") || "no log";
+  return (errors.length ? errors : lines.slice(-3)).join("; ") || "no log";
 }
 
 /** A file a process held open when it was dumped. */
@@ -230,6 +229,24 @@ export type CheckResult = { ok: true } | { ok: false; reason: string };
 const RESTORE_FAILED = /Restoring FAILED|Killing processes because of failure on restore/;
 const GIVEN_UP_GRACE_MS = 2000;
 
+/** Signals an operator or the kernel's OOM killer ends a process with, not CRIU's own faults. */
+const FROM_OUTSIDE: ReadonlySet<Deno.Signal> = new Set(["SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"]);
+
+/**
+ * A CRIU run ended from outside (the OOM killer, an operator) before it
+ * finished: nothing said about the worker, so a dump is tried again later, as
+ * one cut off by its time limit is. (A CRIU that crashed, SIGSEGV say, is
+ * said as its log says, and its dump's failure kept.)
+ */
+export class CriuKilled extends InferxError {
+  constructor(what: string, signal: Deno.Signal) {
+    super("unavailable", `${what}: CRIU was killed (${signal}) before it finished`, {
+      retryable: true,
+    });
+    this.name = "CriuKilled";
+  }
+}
+
 /** How the temporary files of CRIU's output begin (then the agent's PID and a dash). */
 const OUTPUT_PREFIX = "inferx-criu-";
 
@@ -286,7 +303,7 @@ export class Criu {
       timeoutMs?: number;
       failed?: { log: string; said: RegExp };
     } = {},
-  ): Promise<{ ok: boolean; out: string; timedOut?: boolean }> {
+  ): Promise<{ ok: boolean; out: string; timedOut?: boolean; killed?: Deno.Signal }> {
     const argv = [...(options.prefix ?? []), ...this.binary.argv, ...args];
     const outFile = await Deno.makeTempFile({ prefix: `${OUTPUT_PREFIX}${Deno.pid}-` });
     const setup = options.setup;
@@ -328,7 +345,12 @@ export class Criu {
       }
       const status = await child.status;
       const out = await Deno.readTextFile(outFile).catch(() => "");
-      return { ok: status.success, out, timedOut: !status.success && timedOut };
+      // Ended by a signal this run did not send (its time limit's, or its kill once CRIU gave up).
+      const ours = timedOut || givenUp !== undefined;
+      const killed = !ours && status.signal !== null && FROM_OUTSIDE.has(status.signal)
+        ? status.signal
+        : undefined;
+      return { ok: status.success, out, timedOut: !status.success && timedOut, killed };
     } catch (err) {
       const out = `Error: cannot run ${argv[0]}: ${(err as Error).message}`;
       return { ok: false, out, timedOut };
@@ -421,9 +443,10 @@ export class Criu {
       ...(options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : []),
     ];
     const timeoutMs = options.timeoutMs ?? 120_000;
-    const { ok, out, timedOut } = await this.#run(args, { prefix, timeoutMs });
+    const { ok, out, timedOut, killed } = await this.#run(args, { prefix, timeoutMs });
     if (ok) return;
     if (timedOut) throw this.#timedOut(`Cannot dump process ${pid}`, timeoutMs);
+    if (killed) throw new CriuKilled(`Cannot dump process ${pid}`, killed);
     const log = await Deno.readTextFile(`${dir}/dump.log`).catch(() => out);
     throw new InferxError("internal", `Cannot dump process ${pid}: ${logReason(log || out)}`);
   }
@@ -483,7 +506,7 @@ export class Criu {
     const setup = restoreSetup(options.cgroup ?? [], inherit);
     const prefix = options.netns ? ["nsenter", `--net=${options.netns}`, "--"] : [];
     const timeoutMs = options.timeoutMs ?? 60_000;
-    const { ok, out, timedOut } = await this.#run(args, {
+    const { ok, out, timedOut, killed } = await this.#run(args, {
       prefix,
       setup,
       timeoutMs,
@@ -499,6 +522,12 @@ export class Criu {
       }
     }
     if (timedOut) throw this.#timedOut(`Cannot restore from ${dir}`, timeoutMs);
+    if (killed) {
+      throw new InferxError(
+        "worker_failed",
+        `Cannot restore from ${dir}: CRIU was killed (${killed}) before it finished`,
+      );
+    }
     const log = await Deno.readTextFile(logFile).catch(() => out);
     throw new InferxError("worker_failed", `Cannot restore from ${dir}: ${logReason(log || out)}`);
   }

@@ -3,6 +3,7 @@ import { procState } from "../ffi/libc.ts";
 import {
   Criu,
   criuCapability,
+  CriuKilled,
   locateCriu,
   logReason,
   openFiles,
@@ -136,6 +137,11 @@ Deno.test("logReason() keeps CRIU's fatal error lines and drops the ones it surv
     "Error (criu/files-reg.c:2175): File tmp/x has bad size 10 (expect 4); Error (criu/cr-restore.c:2331): Restoring FAILED.",
   );
   assert.equal(logReason("a\nb\nc\nd"), "b; c; d");
+  // Only the error CRIU survives: its other last lines, not that error.
+  assert.equal(
+    logReason("(00.01) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\nx"),
+    "x",
+  );
   assert.equal(logReason(""), "no log");
 });
 
@@ -249,6 +255,39 @@ Deno.test("a restore CRIU has given up on is ended a moment after it says so, no
     assert.equal(err.code, "worker_failed", String(err));
     assert.match(err.message, /Restoring FAILED/);
     assert.ok(ms < 6000, `ended after ${Math.round(ms)} ms`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a dump whose CRIU is killed from outside says so, retryable; one that crashes, its log", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A "criu" that logs the error CRIU logs at every dump and survives, then ends by `signal`.
+    const criuEndedBy = (signal: string) =>
+      new Criu({
+        argv: [
+          "bash",
+          "-c",
+          `echo "(00.01) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self" >> ${dir}/img/dump.log; ` +
+          `echo "(00.02) Dumping pages" >> ${dir}/img/dump.log; kill -${signal} $$`,
+          "criu",
+        ],
+        path: "bash",
+        source: "system",
+      });
+    const killed = await criuEndedBy("KILL").dump(7, `${dir}/img`).catch((e) => e);
+    assert.ok(killed instanceof CriuKilled, String(killed));
+    assert.equal(killed.retryable, true);
+    assert.equal(
+      killed.message,
+      "Cannot dump process 7: CRIU was killed (SIGKILL) before it finished",
+    );
+    const crashed = await criuEndedBy("SEGV").dump(7, `${dir}/img`).catch((e) => e);
+    assert.ok(!(crashed instanceof CriuKilled), String(crashed));
+    assert.equal(crashed.code, "internal");
+    assert.doesNotMatch(crashed.message, /RLIMIT_NOFILE/, "the line CRIU survives is no reason");
+    assert.match(crashed.message, /Dumping pages/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -27,6 +27,7 @@ import { decodeSnapshot, type SnapshotInfo, snapshotName } from "../model/snapsh
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { MetaClient, ObjectRef } from "../rpc/types.ts";
 import type { PodRuntime } from "./runtime.ts";
+import { CriuKilled } from "./criu.ts";
 import { privateDir } from "../common/private_dir.ts";
 
 const log = logger("snapshots");
@@ -337,6 +338,14 @@ export class SnapshotManager {
       }
       if (err instanceof InferxError && err.code === "worker_failed") {
         // Its worker died while it was dumped: tried again at the next fresh start.
+        return `No snapshot taken: ${reason}`;
+      }
+      if (err instanceof CriuKilled) {
+        // Ended from outside (the OOM killer, an operator): nothing said against the worker.
+        log.warn("Snapshot of pod {pod} cut short; tried again later: {error}", {
+          pod: pod.id,
+          error: reason,
+        });
         return `No snapshot taken: ${reason}`;
       }
       if (err instanceof InferxError && err.code === "timeout") {

@@ -7,7 +7,7 @@ import { openSqliteStore } from "../store/sqlite.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import { BUSY, SnapshotManager, type SnapshotRuntime } from "./snapshots.ts";
 import { seedNamespace } from "../common/testing.ts";
-import { Criu, criuCapability, locateCriu } from "./criu.ts";
+import { Criu, criuCapability, CriuKilled, locateCriu } from "./criu.ts";
 import { PodNetworks } from "./pod_net.ts";
 import { ProcessRuntime } from "./process_runtime.ts";
 
@@ -181,37 +181,42 @@ t(
   },
 );
 
-t(
-  "a dump that runs out of time leaves nothing listed and is tried again later",
-  async ({ meta, mgr, runtime }) => {
-    runtime.fail = new InferxError(
-      "timeout",
-      "Cannot dump process 7: CRIU did not finish within 120000 ms",
-    );
-    assert.match((await mgr.take(pod("a")))!, /the dump timed out/);
-    assert.deepEqual(await records(meta), [], "not recorded Failed");
-    assert.equal(mgr.wants(pod("a")), true);
-    runtime.fail = undefined;
-    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
-    assert.equal((await records(meta))[0].state, "Ready");
-  },
-);
-
-t(
-  "a dump whose worker died meanwhile leaves nothing listed and is tried again later",
-  async ({ meta, mgr, runtime }) => {
-    runtime.fail = new InferxError(
-      "worker_failed",
-      "Cannot snapshot pod a-pod: the worker exited while it was dumped",
-    );
-    assert.match((await mgr.take(pod("a")))!, /the worker exited while it was dumped/);
-    assert.deepEqual(await records(meta), [], "not recorded Failed");
-    assert.equal(mgr.wants(pod("a")), true);
-    runtime.fail = undefined;
-    assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
-    assert.equal((await records(meta))[0].state, "Ready");
-  },
-);
+// Nothing said against the worker: not recorded Failed, tried again at the next fresh start.
+for (
+  const [why, fail, said] of [
+    [
+      "runs out of time",
+      new InferxError("timeout", "Cannot dump process 7: CRIU did not finish within 120000 ms"),
+      /the dump timed out/,
+    ],
+    [
+      "whose worker died meanwhile",
+      new InferxError(
+        "worker_failed",
+        "Cannot snapshot pod a-pod: the worker exited while it was dumped",
+      ),
+      /the worker exited while it was dumped/,
+    ],
+    [
+      "whose CRIU was killed from outside",
+      new CriuKilled("Cannot dump process 7", "SIGKILL"),
+      /No snapshot taken: Cannot dump process 7: CRIU was killed \(SIGKILL\) before it finished/,
+    ],
+  ] as const
+) {
+  t(
+    `a dump that ${why} leaves nothing listed and is tried again later`,
+    async ({ meta, mgr, runtime }) => {
+      runtime.fail = fail;
+      assert.match((await mgr.take(pod("a")))!, said);
+      assert.deepEqual(await records(meta), [], "not recorded Failed");
+      assert.equal(mgr.wants(pod("a")), true);
+      runtime.fail = undefined;
+      assert.equal(await mgr.take(pod("a", 1, "a-pod-2")), undefined);
+      assert.equal((await records(meta))[0].state, "Ready");
+    },
+  );
+}
 
 t(
   "a pod that would wait for another pod's dump takes no snapshot, and its version is taken at a later fresh start",
