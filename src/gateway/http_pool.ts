@@ -21,7 +21,7 @@
  */
 import { InferxError } from "../common/errors.ts";
 import { splitEndpoint } from "../common/net.ts";
-import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./http1/bytes.ts";
+import { concatBytes, copyBytes, headText, latin1Into, restOf, valueEnd } from "./http1/bytes.ts";
 import { HOP_BY_HOP, withoutConnectionNamed } from "./http1/fields.ts";
 import { EV, HPE, Http1Parser } from "../common/llhttp.ts";
 
@@ -339,6 +339,8 @@ class Conn {
         // The gateway asks no worker to switch protocols (`upgrade` is not forwarded): a 101
         // is a broken answer, not one to pass on and leave the caller's connection hanging.
         if (status === 101) throw new Error("upstream answered 101 Switching Protocols unasked");
+        // llhttp reads any three digits: one below 100 is no status a caller could be sent.
+        if (status < 100) throw new Error(`upstream sent an invalid status (${status})`);
         if (status >= 100 && status < 200) {
           // An interim answer (100 Continue, 103 Early Hints): the real one follows. A worker
           // sending them without end is cut off (each is small; all of them are counted).
@@ -470,10 +472,18 @@ class Conn {
     let connection: string | undefined;
     for (let i = 0; i < r.length; i += 4) {
       const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
-      const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
+      const value = r[i + 2] < 0
+        ? ""
+        : text.substring(r[i + 2] - base, valueEnd(this.#buf, r, i) - base);
       if (name === "content-length") length = Number(value);
-      else if (name === "transfer-encoding") chunked = true;
-      else if (name === "connection") {
+      else if (name === "transfer-encoding") {
+        // llhttp frames any list that ends in chunked (`gzip, chunked`); no other coding is
+        // undone here, and its bytes passed on as plain would reach the caller corrupted, unsaid.
+        if (value.toLowerCase() !== "chunked") {
+          throw new Error(`upstream sent Transfer-Encoding ${JSON.stringify(value)}`);
+        }
+        chunked = true;
+      } else if (name === "connection") {
         connection = connection === undefined ? value : `${connection},${value}`;
       }
       if (passed(name)) headers.push([name, value]);

@@ -646,6 +646,47 @@ t("HttpPool cuts off a worker that sends interim answers without end", async () 
   }
 });
 
+t(
+  "HttpPool refuses an answer with a status below 100, or a coding other than chunked",
+  async () => {
+    const heads: [string, RegExp][] = [
+      ["HTTP/1.1 099 Weird\r\ncontent-length: 2\r\n\r\nok", /invalid status \(99\)/],
+      ["HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nGZIP", /Transfer-Encoding "gzip"/],
+      [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nGZ\r\n0\r\n\r\n",
+        /Transfer-Encoding "gzip, chunked"/,
+      ],
+    ];
+    const pool = new HttpPool();
+    for (const [raw, why] of heads) {
+      const w = scriptedWorker(async (c) => {
+        await c.write(enc.encode(raw));
+      });
+      try {
+        await assert.rejects(
+          pool.send(w.endpoint, post(enc.encode("{}"))),
+          (err) => err instanceof AnswerBroken && why.test(err.message),
+          raw,
+        );
+      } finally {
+        w.close();
+      }
+    }
+    // Chunked, its spaces after it and its case aside, is framed and passed on.
+    const ok = scriptedWorker(async (c) => {
+      await c.write(
+        enc.encode("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+      );
+    });
+    try {
+      assert.equal(await text(await pool.send(ok.endpoint, post(enc.encode("{}")))), "ok");
+    } finally {
+      pool.close();
+      ok.close();
+    }
+  },
+);
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 Deno.test({

@@ -101,3 +101,16 @@ export function concatBytes(parts: readonly Uint8Array[], sep?: number): Uint8Ar
   }
   return out;
 }
+
+/**
+ * Where the value of the field at `ranges[i]` (name start, name end, value
+ * start, value end: llhttp's spans) ends without the spaces and tabs after
+ * it, which are no part of it (RFC 9112 §5: `Host: a  ` is `a`). llhttp
+ * skips those before a value, not those after.
+ */
+export function valueEnd(bytes: Uint8Array, ranges: ArrayLike<number>, i: number): number {
+  const start = ranges[i + 2];
+  let end = ranges[i + 3];
+  while (end > start && (bytes[end - 1] === 32 || bytes[end - 1] === 9)) end--;
+  return end;
+}

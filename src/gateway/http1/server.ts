@@ -20,7 +20,7 @@ import { BodiesBusy, BodyBudget, BodyTooLarge, UNBOUNDED_BODIES } from "./body.t
 import { STATUS_CODES } from "node:http";
 import { errorBody, httpStatus, InferxError, ValidationError } from "../../common/errors.ts";
 import { type Backoff, cappedBackoff } from "../../common/retry.ts";
-import { concatBytes, copyBytes, headText, latin1Into, restOf } from "./bytes.ts";
+import { concatBytes, copyBytes, headText, latin1Into, restOf, valueEnd } from "./bytes.ts";
 import { HOP_BY_HOP } from "./fields.ts";
 import { EV, HPE, Http1Parser } from "../../common/llhttp.ts";
 
@@ -726,7 +726,10 @@ class ServerConnection {
       }
       if (this.#phase === "head" && !this.#headersDone) {
         if (this.#start - this.#headStart > this.#limits.maxHeadBytes) {
-          this.#error = { status: 431, message: "Request head is too large" };
+          // A target past its own limit already is what makes the head too large: said so.
+          this.#error = this.#urlEnd - this.#urlStart > this.#limits.maxUrlBytes
+            ? { status: 414, message: "Request target is too long" }
+            : { status: 431, message: "Request head is too large" };
           return false;
         }
       }
@@ -843,13 +846,13 @@ class ServerConnection {
       this.#error = { status: 431, message: `More than ${this.#limits.maxHeaders} header fields` };
       return undefined;
     }
+    if (this.#urlEnd - this.#urlStart > this.#limits.maxUrlBytes) {
+      this.#error = { status: 414, message: "Request target is too long" };
+      return undefined;
+    }
     const last = r.length ? Math.max(r[r.length - 1], r[r.length - 3]) : this.#urlEnd;
     if (last - this.#headStart > this.#limits.maxHeadBytes) {
       this.#error = { status: 431, message: "Request head is too large" };
-      return undefined;
-    }
-    if (this.#urlEnd - this.#urlStart > this.#limits.maxUrlBytes) {
-      this.#error = { status: 414, message: "Request target is too long" };
       return undefined;
     }
     // One decode of the head; names and values are substrings of it.
@@ -861,7 +864,9 @@ class ServerConnection {
     let coding: string | undefined;
     for (let i = 0, j = 0; i < r.length; i += 4, j++) {
       const name = text.substring(r[i] - base, r[i + 1] - base).toLowerCase();
-      const value = r[i + 2] < 0 ? "" : text.substring(r[i + 2] - base, r[i + 3] - base);
+      const value = r[i + 2] < 0
+        ? ""
+        : text.substring(r[i + 2] - base, valueEnd(this.#buf, r, i) - base);
       headers[j] = [name, value];
       if (name === "content-length") contentLength = Number(value);
       else if (name === "transfer-encoding") {
@@ -879,6 +884,14 @@ class ServerConnection {
       this.#error = {
         status: 505,
         message: `HTTP/${p.httpMajor}.${p.httpMinor} is not supported: HTTP/1.1 and HTTP/1.0 are`,
+      };
+      return undefined;
+    }
+    if (chunked && p.httpMinor === 0) {
+      // HTTP/1.0 has no chunked coding: such a message's framing is unknown (RFC 9112 §6.1).
+      this.#error = {
+        status: 400,
+        message: "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request",
       };
       return undefined;
     }

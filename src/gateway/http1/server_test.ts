@@ -249,6 +249,8 @@ t("http1 refuses request smuggling and malformed framing with 400 and closes", a
     "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
     "GET / HTTP/1.1\r\n\r\n",
     "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+    // HTTP/1.0 has no chunked coding (RFC 9112 §6.1): framing unknown, even kept alive.
+    "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
   ];
   for (const raw of cases) {
     const got = answers(await exchange(s.addr.port, raw + "GET /next HTTP/1.1\r\nHost: h\r\n\r\n"));
@@ -348,8 +350,39 @@ t("http1 limits heads (431), header counts (431), targets (414) and bodies (413)
   assert.equal(await status(`GET / HTTP/1.1\r\nHost: h\r\n${fields(10)}\r\n`), 431);
   assert.equal(await status(`GET /${"u".repeat(99)} HTTP/1.1\r\nHost: h\r\n${closing}\r\n`), 200);
   assert.equal(await status(`GET /${"u".repeat(100)} HTTP/1.1\r\nHost: h\r\n\r\n`), 414);
+  // A target past the head's limit too: still a target too long, not a head too large.
+  assert.equal(await status(`GET /${"u".repeat(4000)} HTTP/1.1\r\nHost: h\r\n\r\n`), 414);
+  assert.equal(await status(`GET /${"u".repeat(200_000)} HTTP/1.1\r\nHost: h\r\n\r\n`), 414);
   const big = `POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n${"b".repeat(5000)}`;
   assert.equal(await status(big), 413, "a handler's BodyTooLarge is answered 413");
+  await s.shutdown();
+});
+
+t("http1 takes the spaces and tabs after a field's value off it (RFC 9112 §5)", async () => {
+  const s = serveHttp1({
+    port: 0,
+    handler: async (req, res) => {
+      const body = await req.readAll(1000);
+      const seen = { host: req.header("host"), x: req.header("x-a"), body: dec.decode(body) };
+      await res.send(200, [["content-type", "application/json"]], JSON.stringify(seen));
+    },
+  });
+  const [a] = answers(
+    await exchange(
+      s.addr.port,
+      "GET / HTTP/1.1\r\nHost: h \t\r\nX-A: 1 2\t \r\nConnection: close\r\n\r\n",
+    ),
+  );
+  assert.deepEqual(JSON.parse(a.body), { host: "h", x: "1 2", body: "" });
+  // `Expect: 100-continue ` is still asked: the client that waits for the 100 gets it.
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+  await c.write(
+    enc.encode("POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue \r\nContent-Length: 2\r\n\r\n"),
+  );
+  const buf = new Uint8Array(1024);
+  const n = await c.read(buf);
+  assert.match(dec.decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 100 Continue\r\n/);
+  c.close();
   await s.shutdown();
 });
 
