@@ -12,7 +12,15 @@
 import { connectionText, InferxError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import { logger } from "../common/log.ts";
-import type { AuditKind, AuditLog, AuditQuery, AuditStats, PodRow, RequestRow } from "./types.ts";
+import {
+  type AuditKind,
+  type AuditLog,
+  type AuditQuery,
+  type AuditStats,
+  type PodRow,
+  type RequestRow,
+  UNAUTHENTICATED,
+} from "./types.ts";
 import { type PackedRequests, RequestPacker, SLOTS } from "./row_codec.ts";
 import { summarizeUsage, type UsageQuery, type UsageSummary } from "./usage.ts";
 
@@ -74,11 +82,14 @@ export interface BatchingOptions {
 
 /**
  * Whether `row` is of a call anyone can make the gateway refuse as fast as
- * it answers: for its credentials (401, 403), or naming no function or model
+ * it answers: for its credentials (401, 403, or any answer given a caller
+ * whose credential was not accepted: a token naming a key the issuer has
+ * not published is 503, to be tried again), or naming no function or model
  * the caller may call (a 404 no worker gave: a worker's own 404 was a call).
  */
 export function refusedRow(row: RequestRow): boolean {
-  return row.status === 401 || row.status === 403 || (row.status === 404 && row.pod === undefined);
+  return row.status === 401 || row.status === 403 || row.principal === UNAUTHENTICATED ||
+    (row.status === 404 && row.pod === undefined);
 }
 
 /** A write out this long (ms) makes the log report itself unhealthy. */

@@ -6,7 +6,13 @@ import {
   BatchingAuditLog,
   USAGE_READ_LIMIT,
 } from "./batching.ts";
-import type { AuditKind, AuditQuery, PodRow, RequestRow } from "./types.ts";
+import {
+  type AuditKind,
+  type AuditQuery,
+  type PodRow,
+  type RequestRow,
+  UNAUTHENTICATED,
+} from "./types.ts";
 import { sampleRequest } from "./testing.ts";
 import { logLines } from "../common/testing.ts";
 
@@ -224,14 +230,20 @@ Deno.test("BatchingAuditLog writes calls refused for their credentials at a boun
   const b = new MemoryBackend();
   const log = new BatchingAuditLog(b, { flushMs: 10_000, refusedPerS: 5 });
   try {
-    // A flood of 401s, 403s and 404s of no function (anyone can send them): a burst of 50 is
-    // written, no more.
-    for (let i = 0; i < 300; i++) log.request({ ...row(i), status: [401, 403, 404][i % 3] });
+    // A flood of 401s, 403s, 404s of no function and answers to callers whose credential was not
+    // accepted (a token naming a key not published yet: 503), which anyone can send: a burst
+    // of 50 is written, no more.
+    for (let i = 0; i < 300; i++) {
+      const r = { ...row(i), status: [401, 403, 404, 503][i % 4] };
+      log.request(r.status === 503 ? { ...r, principal: UNAUTHENTICATED } : r);
+    }
     // Other rows are not held back by it, a worker's own 404 among them.
     for (let i = 0; i < 20; i++) log.request({ ...row(1000 + i), status: 200 });
     for (let i = 0; i < 20; i++) log.request({ ...row(1100 + i), status: 404, pod: "p" });
+    for (let i = 0; i < 20; i++) log.request({ ...row(1200 + i), status: 503 });
     await log.flush();
-    assert.equal(b.requests.filter((r) => r.status !== 200 && !r.pod).length, 50);
+    assert.equal(b.requests.filter((r) => r.time < 1000).length, 50);
+    assert.equal(b.requests.filter((r) => r.time >= 1200 && r.time < 1300).length, 20);
     assert.equal(b.requests.filter((r) => r.status === 200).length, 20);
     assert.equal(b.requests.filter((r) => r.pod === "p").length, 20);
     assert.equal(log.stats().refusedDropped, 250);

@@ -23,12 +23,18 @@ export interface TokenFigures {
   completionTokens?: number;
 }
 
+/** The principal of a call whose credential was not accepted (no one, as far as the gateway knows). */
+export const UNAUTHENTICATED = "unauthenticated";
+
 /** One request through the gateway. */
 export interface RequestRow extends TokenFigures {
   /** When it arrived (ms since the epoch). */
   time: number;
   gateway: string;
-  /** Who called (`admin`, `key:{id}`, `oidc:{sub}`, `anonymous`); never a secret. */
+  /**
+   * Who called (`admin`, `key:{id}`, `oidc:{sub}`, `anonymous`, {@linkcode UNAUTHENTICATED});
+   * never a secret.
+   */
   principal: string;
   tenant: string;
   namespace: string;

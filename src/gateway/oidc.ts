@@ -80,9 +80,25 @@ const ALGS: Record<
 const unauthenticated = (why: string) =>
   new InferxError("unauthenticated", `Invalid token: ${why}`);
 
+/** The last character of a base64url text of `n % 3 === 1` bytes (2 chars) or 2 (3): its spare bits zero. */
+const LAST_OF_1 = /[AQgw]$/;
+const LAST_OF_2 = /[AEIMQUYcgkosw048]$/;
+
+/**
+ * `s` decoded as base64url (RFC 7515 §2): its alphabet alone, no padding, and
+ * the spare bits of its last character zero, so that one value has one text
+ * (`atob` also takes `+`, `/`, `=` and any spare bits: a token would verify
+ * in many spellings, each a new entry of the verified tokens' cache).
+ */
 function b64urlBytes(s: string): Uint8Array<ArrayBuffer> {
-  const b64 = s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4);
-  const bin = atob(b64);
+  const rest = s.length % 4;
+  if (
+    !/^[A-Za-z0-9_-]*$/.test(s) || rest === 1 || (rest === 2 && !LAST_OF_1.test(s)) ||
+    (rest === 3 && !LAST_OF_2.test(s))
+  ) {
+    throw new Error("not canonical base64url");
+  }
+  const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - rest) % 4));
   const out = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
@@ -141,8 +157,12 @@ export class OidcVerifier {
     const header = b64urlJson(parts[0], "header");
     const payload = b64urlJson(parts[1], "payload");
     const alg = String(header.alg);
-    const spec = ALGS[alg];
+    const spec = Object.hasOwn(ALGS, alg) ? ALGS[alg] : undefined;
     if (!spec) throw unauthenticated(`algorithm ${alg} is not accepted`);
+    // Extensions it must understand (RFC 7515 §4.1.11): none is, here.
+    if (header.crit !== undefined) {
+      throw unauthenticated("it has critical header extensions (crit)");
+    }
     const kid = typeof header.kid === "string" ? header.kid : "";
     const key = await this.#key(kid, alg);
     let signature: Uint8Array<ArrayBuffer>;
@@ -159,6 +179,12 @@ export class OidcVerifier {
     const leeway = this.#opts.leewayS ?? 30;
     if (typeof payload.exp !== "number") throw unauthenticated("no exp claim");
     if (payload.exp + leeway < now) throw unauthenticated("expired");
+    for (const claim of ["nbf", "iat"] as const) {
+      // A time in another form is no time (RFC 7519 §2: NumericDate): not taken for "none".
+      if (payload[claim] !== undefined && typeof payload[claim] !== "number") {
+        throw unauthenticated(`its ${claim} claim is not a number`);
+      }
+    }
     if (typeof payload.nbf === "number" && payload.nbf - leeway > now) {
       throw unauthenticated("not valid yet (nbf)");
     }
@@ -178,6 +204,12 @@ export class OidcVerifier {
 
   async #key(kid: string, alg: string): Promise<CryptoKey> {
     await this.freshen();
+    if (!kid && this.#keys.size > 1) {
+      // Which key signed it is not said, and no read of the keys would say: not to try again.
+      throw unauthenticated(
+        `it names no key (kid), and the issuer publishes ${this.#keys.size}`,
+      );
+    }
     let entry = this.#find(kid);
     if (!entry) {
       const fetched = await this.#refresh();

@@ -66,6 +66,38 @@ Deno.test("OidcVerifier refuses bad tokens with the reason", async () => {
     );
     const none = `${btoa(JSON.stringify({ alg: "none" })).replace(/=+$/, "")}.${p}.`;
     await rejects(v.verify(none), /algorithm none/);
+    // One signature, one spelling (RFC 7515 base64url): no padding, no `+` or `/`, no spare bits.
+    const tail = s.at(-1)!;
+    const flipped = "AEIMQUYcgkosw048".includes(tail) // 256 bytes: 342 characters, 4 spare bits
+      ? String.fromCharCode(tail.charCodeAt(0) + 1)
+      : tail;
+    assert.notEqual(flipped, tail, `last character ${tail}`);
+    for (
+      const sig of [`${s}==`, s.replace(/-/g, "+").replace(/_/g, "/"), s.slice(0, -1) + flipped]
+    ) {
+      if (sig === s) continue; // no `-` or `_` to spell otherwise
+      await rejects(v.verify(`${h}.${p}.${sig}`), /signature is not base64url/);
+    }
+    await rejects(v.verify(`${h}.${p}=.${s}`), /payload is not base64url/);
+    assert.equal((await v.verify(good)).sub, "a", "the token as signed still verifies");
+    await rejects(
+      v.verify(await iss.sign({ sub: "a", aud: "inferx" }, { header: { crit: ["exp"] } })),
+      /critical header extensions/,
+    );
+    for (const claim of ["nbf", "iat"]) {
+      await rejects(
+        v.verify(await iss.sign({ sub: "a", aud: "inferx", [claim]: String(now + 600) })),
+        new RegExp(`its ${claim} claim is not a number`),
+      );
+    }
+    const proto = `${btoa(JSON.stringify({ alg: "constructor" })).replace(/=+$/, "")}.${p}.${s}`;
+    await rejects(v.verify(proto), /algorithm constructor is not accepted/);
+    // No kid, and the issuer publishes two keys: which one is not said, now or later (401, not
+    // a 503 to try again).
+    const noKid = await iss.sign({ sub: "a", aud: "inferx" }, { header: { kid: undefined } });
+    for (let i = 0; i < 2; i++) {
+      await rejects(v.verify(noKid), /names no key \(kid\).* publishes 2/);
+    }
     // An RSA key id with an EC signature: the key's alg decides.
     await rejects(
       v.verify(await iss.sign({ sub: "a", aud: "inferx" }, { alg: "ES256", kid: "rsa1" })),

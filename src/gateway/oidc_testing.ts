@@ -9,10 +9,13 @@
 export interface TestIssuer {
   jwksUrl: string;
   issuer: string;
-  /** Signs `claims` (with `exp` an hour ahead unless given) as RS256, or ES256. */
+  /**
+   * Signs `claims` (with `exp` an hour ahead unless given) as RS256, or ES256;
+   * `header`: fields of the token's header besides (or instead of: `undefined` drops one).
+   */
   sign(
     claims: Record<string, unknown>,
-    opts?: { alg?: "RS256" | "ES256"; kid?: string },
+    opts?: { alg?: "RS256" | "ES256"; kid?: string; header?: Record<string, unknown> },
   ): Promise<string>;
   /** How many times the JWKS was fetched. */
   fetches(): number;
@@ -62,7 +65,12 @@ export async function startTestIssuer(): Promise<TestIssuer> {
     issuer,
     async sign(claims, opts = {}) {
       const alg = opts.alg ?? "RS256";
-      const header = { alg, typ: "JWT", kid: opts.kid ?? (alg === "RS256" ? "rsa1" : "ec1") };
+      const header = {
+        alg,
+        typ: "JWT",
+        kid: opts.kid ?? (alg === "RS256" ? "rsa1" : "ec1"),
+        ...opts.header,
+      };
       const body = { iss: issuer, exp: Math.floor(Date.now() / 1000) + 3600, ...claims };
       const input = `${b64urlJson(header)}.${b64urlJson(body)}`;
       const sig = alg === "RS256"

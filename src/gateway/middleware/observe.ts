@@ -14,7 +14,7 @@ import {
   type InferxError,
   toInferxError,
 } from "../../common/errors.ts";
-import type { AuditLog } from "../../audit/types.ts";
+import { type AuditLog, UNAUTHENTICATED } from "../../audit/types.ts";
 import {
   type FunctionMetrics,
   type GatewayMetrics,
@@ -58,7 +58,7 @@ export class CallRecord {
   readonly method: string;
   readonly path: string;
   readonly t0: number;
-  principal = "unauthenticated";
+  principal = UNAUTHENTICATED;
   /** The function the call names (as given, for the audit). */
   target?: FuncTarget;
   #metrics?: FunctionMetrics;
