@@ -196,10 +196,20 @@ export class CallbackSender {
         res.on("error", () => {});
         res.destroy();
       });
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${this.#timeoutMs} ms`)));
+      // The whole try is bounded, not only the quiet between bytes (`timeout`): a receiver that
+      // sends its head a byte every few seconds is never quiet for long, and held the delivery
+      // (and a connection of the tenant's few) for as long as it went on.
+      const noAnswer = () => new Error(`no answer within ${this.#timeoutMs} ms`);
+      const deadline = setTimeout(() => req.destroy(noAnswer()), this.#timeoutMs);
+      req.on("timeout", () => req.destroy(noAnswer()));
       req.on("error", reject);
       // Broken off when its sender no longer holds the call (another gateway delivers).
-      signal?.addEventListener("abort", () => req.destroy(new Error("aborted")), { once: true });
+      const abort = () => req.destroy(new Error("aborted"));
+      signal?.addEventListener("abort", abort, { once: true });
+      req.on("close", () => {
+        clearTimeout(deadline);
+        signal?.removeEventListener("abort", abort);
+      });
       req.end(bytes);
     });
   }

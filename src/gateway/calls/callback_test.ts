@@ -90,3 +90,38 @@ Deno.test("post() takes the receiver's status as its answer, without waiting for
     await receiver.shutdown();
   }
 });
+
+Deno.test("post() gives up at its time limit on a receiver that sends its head a byte at a time", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const serving = (async () => {
+    for await (const c of listener) {
+      conns.push(c);
+      (async () => {
+        await c.write(new TextEncoder().encode("HTTP/1.1 200 OK\r\nX-Drip: "));
+        // Never quiet for the socket's idle limit, never done.
+        for (let i = 0; i < 100; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          if (!await c.write(new TextEncoder().encode("a")).catch(() => 0)) return;
+        }
+      })();
+    }
+  })();
+  const s = new CallbackSender({
+    allow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }],
+    timeoutMs: 300,
+  });
+  try {
+    const t0 = performance.now();
+    await assert.rejects(
+      s.post(`http://127.0.0.1:${listener.addr.port}/cb`, "{}", "k"),
+      /no answer within 300 ms/,
+    );
+    const ms = performance.now() - t0;
+    assert.ok(ms < 2000, `gave up after ${Math.round(ms)} ms`);
+  } finally {
+    listener.close();
+    for (const c of conns) c.close();
+    await serving.catch(() => {});
+  }
+});

@@ -204,6 +204,8 @@ class Claim {
   ended: boolean;
   /** Fires when the claim the store confirmed runs out (`#hold`). */
   deadline?: ReturnType<typeof setTimeout>;
+  /** Holds one of the gateway's places for callbacks tried at once (`CallQueue.#deliveries`). */
+  delivers = false;
 
   constructor(rec: CallRecord, revision: number) {
     this.rec = rec;
@@ -363,6 +365,14 @@ export class CallQueue {
         if (this.#accepting.has(id)) this.#accepting.set(id, true);
         this.#setOpen(id, undefined);
         this.#setDone(id, undefined);
+        // Deleted (with its namespace, say) while this gateway works on it: its attempt and its
+        // callback's tries stop now, not at the next write that finds it gone.
+        const mine = this.#claims.get(id);
+        if (mine && !mine.lost) {
+          mine.lost = true;
+          mine.abort.abort(LOST);
+          mine.release.abort();
+        }
       },
     });
     // The store lists them by key, which is random: oldest first from here on (new calls come
@@ -866,19 +876,12 @@ export class CallQueue {
       !this.#claims.has(id) && !this.#claiming.has(id) && !(e.owner && (e.leaseUntil ?? 0) > now);
     // Ended calls with work left, mostly callbacks: a bounded number at once, and of one tenant
     // (those this gateway holds or is claiming count).
-    let all = 0;
-    const byTenant = new Map<string, number>();
-    const add = (tenant: string) => (byTenant.set(tenant, (byTenant.get(tenant) ?? 0) + 1), all++);
-    for (const c of this.#claims.values()) if (FINAL_STATUSES.has(c.rec.status)) add(c.rec.tenant);
-    for (const id of this.#claiming) {
-      const e = this.#endedOpen.get(id);
-      if (e) add(e.ref.tenant);
-    }
+    const held = this.#deliveries();
     for (const [id, e] of this.#endedOpen) {
-      if (all >= MAX_DELIVERIES) break;
-      if ((byTenant.get(e.ref.tenant) ?? 0) >= MAX_TENANT_DELIVERIES || !free(id, e)) continue;
+      if (held.all >= MAX_DELIVERIES) break;
+      if ((held.byTenant.get(e.ref.tenant) ?? 0) >= MAX_TENANT_DELIVERIES || !free(id, e)) continue;
       this.#takeOver(id, e);
-      add(e.ref.tenant);
+      held.add(e.ref.tenant);
     }
     for (const [func, calls] of this.#waiting) {
       for (const [id, e] of calls) {
@@ -892,6 +895,27 @@ export class CallQueue {
         this.#takeOver(id, e, this.#reserve(func));
       }
     }
+  }
+
+  /**
+   * The callbacks this gateway tries (its claims that took a place for one) or is claiming
+   * ended calls for, all and by tenant, `except` one's; `add` counts one more.
+   */
+  #deliveries(except?: Claim) {
+    const held = {
+      all: 0,
+      byTenant: new Map<string, number>(),
+      add(tenant: string) {
+        held.byTenant.set(tenant, (held.byTenant.get(tenant) ?? 0) + 1);
+        held.all++;
+      },
+    };
+    for (const c of this.#claims.values()) if (c !== except && c.delivers) held.add(c.rec.tenant);
+    for (const id of this.#claiming) {
+      const e = this.#endedOpen.get(id);
+      if (e && id !== except?.rec.id) held.add(e.ref.tenant);
+    }
+    return held;
   }
 
   /** One claim of `func` less in `#active`; none left, its entry goes (functions come and go). */
@@ -1090,8 +1114,25 @@ export class CallQueue {
         this.#uncount(funcOf(c.rec));
         this.#kick();
       }
+      // Past the bounds on deliveries at once (all, and of its tenant: #pump's), it is handed
+      // on, for a pass to take in its turn: a tenant's calls ending here hold no more. Counted
+      // and taken in one turn of the loop, so that calls ending together cannot all pass.
+      const held = this.#deliveries(c);
+      if (
+        held.all >= MAX_DELIVERIES ||
+        (held.byTenant.get(c.rec.tenant) ?? 0) >= MAX_TENANT_DELIVERIES
+      ) {
+        return await this.#letDeliveryGo(c);
+      }
+      c.delivers = true;
       await this.#deliver(c);
     }
+  }
+
+  /** Hands the delivery of `c` on unowned, for any gateway to take at once. */
+  async #letDeliveryGo(c: Claim): Promise<void> {
+    if (c.lost) return;
+    await this.#save(c, (r) => (delete r.owner, delete r.leaseUntil, true)).catch(() => {});
   }
 
   /** Stores how attempt `n` of `c` ended: its answer's body first when large, then the record. */
@@ -1386,7 +1427,9 @@ export class CallQueue {
   async #deliver(c: Claim): Promise<void> {
     const url = c.rec.callback!;
     while (c.rec.delivery?.state === "pending") {
-      if (this.#stopped || !this.#holds(c)) return;
+      // A stopping gateway hands it back, between tries too (another takes it at once).
+      if (this.#stopped) return await this.#letDeliveryGo(c);
+      if (!this.#holds(c)) return;
       // Read for each try: a secret replaced meanwhile signs the tries after it.
       let secret: string;
       try {
@@ -1428,9 +1471,7 @@ export class CallQueue {
         // failed: not counted. A stopping gateway hands the delivery back (another takes it at
         // once); one whose claim went has nothing more to write.
         if (c.release.signal.aborted) {
-          if (this.#stopped && !c.lost) {
-            await this.#save(c, (r) => (delete r.owner, delete r.leaseUntil, true)).catch(() => {});
-          }
+          if (this.#stopped) await this.#letDeliveryGo(c);
           return;
         }
         error = (err as Error).message;

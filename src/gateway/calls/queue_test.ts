@@ -783,28 +783,70 @@ t(
   },
 );
 
-t(
-  "a callback try broken off by its gateway's stop is not counted, and the delivery is handed back",
-  async () => {
+// A stopping gateway hands the delivery back, for another gateway to take at once: a try under
+// way is broken off and not counted; one waiting between tries keeps its count (before, it kept
+// its claim, a minute here, and no gateway tried it until that ran out).
+for (
+  const [when, slow, tried] of [
+    ["while a try is under way", true, 0],
+    ["between tries", false, 1],
+  ] as const
+) {
+  t(`a stopping gateway hands back a callback's delivery ${when}`, async () => {
     const f = await gatewayFixture({
-      calls: {
-        leaseMs: 6000,
-        callbackAllow: LOOPBACK,
-      },
+      calls: { leaseMs: 60_000, backoffMs: 30_000, callbackAllow: LOOPBACK },
     });
     let tries = 0;
     const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async () => {
       tries++;
-      await new Promise((r) => setTimeout(r, 3000)); // slow: the stop comes while it answers
-      return new Response("ok");
+      if (slow) await new Promise((r) => setTimeout(r, 3000)); // the stop comes while it answers
+      return new Response("not yet", { status: 500 });
     });
     try {
       const id = await store(f, ended(`http://127.0.0.1:${receiver.addr.port}/cb`));
-      await until("the try under way", () => tries === 1);
+      await until(
+        "the try",
+        async () => tries === 1 && (await read(f, id)).delivery?.attempts === tried,
+      );
+      if (!slow) await new Promise((r) => setTimeout(r, 100)); // waiting 30 s for the next
       await f.deps.calls.stop(100);
       const c = await read(f, id);
-      assert.deepEqual([c.delivery?.state, c.delivery?.attempts], ["pending", 0]);
+      assert.deepEqual([c.delivery?.state, c.delivery?.attempts], ["pending", tried]);
       assert.equal(c.owner, undefined, "handed back: another gateway may take it at once");
+      assert.equal(c.leaseUntil, undefined);
+      assert.equal(tries, 1);
+    } finally {
+      await receiver.shutdown();
+      await f.close();
+    }
+  });
+}
+
+t(
+  "a call deleted while its callback is tried gets no more tries, the one under way broken off",
+  async () => {
+    const f = await gatewayFixture({
+      calls: { leaseMs: 60_000, backoffMs: 50, callbackAllow: LOOPBACK },
+    });
+    let tries = 0;
+    let closed = 0;
+    const receiver = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen() {} },
+      async (req) => {
+        tries++;
+        req.signal.addEventListener("abort", () => closed++);
+        await new Promise((r) => setTimeout(r, 400)); // slow: the delete comes while it answers
+        return new Response("not yet", { status: 500 });
+      },
+    );
+    try {
+      const rec = ended(`http://127.0.0.1:${receiver.addr.port}/cb`);
+      await store(f, rec);
+      await until("the second try under way", () => tries === 2);
+      await f.meta.delete(refOf(rec));
+      await until("the try under way broken off", () => closed === 1);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(tries, 2, "no try after the delete");
     } finally {
       await receiver.shutdown();
       await f.close();
@@ -853,33 +895,76 @@ t("a call that ends while its index is read is given once", async () => {
   }
 });
 
+/** A receiver that takes connections and never answers; `most`: the most it held at once. */
+function hangingReceiver() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<Deno.Conn>();
+  const r = {
+    url: `http://127.0.0.1:${listener.addr.port}/cb`,
+    most: 0,
+    get open() {
+      return open.size;
+    },
+    close() {
+      listener.close();
+      for (const c of open) c.close();
+    },
+  };
+  (async () => {
+    for await (const c of listener) (open.add(c), r.most = Math.max(r.most, open.size));
+  })().catch(() => {});
+  return r;
+}
+
 t(
   "callbacks to a receiver that hangs are taken on a bounded number at once per tenant",
   async () => {
     const f = await gatewayFixture({ calls: { leaseMs: 60_000, backoffMs: 20 } });
     await f.deps.calls.stop(0);
-    // A receiver that takes connections and never answers.
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const open = new Set<Deno.Conn>();
-    let most = 0;
-    (async () => {
-      for await (const c of listener) (open.add(c), most = Math.max(most, open.size));
-    })().catch(() => {});
+    const hang = hangingReceiver();
     const g = await secondGateway(f, undefined, new CallbackSender({ allow: LOOPBACK }));
     try {
       // Calls cancelled at once with a callback, say: each one's delivery would hang a minute.
       for (let i = 0; i < 40; i++) {
-        await store(f, ended(`http://127.0.0.1:${listener.addr.port}/cb`));
+        await store(f, ended(hang.url));
       }
-      await until("deliveries to begin", () => Promise.resolve(open.size > 0));
+      await until("deliveries to begin", () => Promise.resolve(hang.open > 0));
       await new Promise((r) => setTimeout(r, 500));
       // Before, every one of them held a connection at once.
-      assert.equal(most, 16);
+      assert.equal(hang.most, 16);
     } finally {
       await g.close();
-      listener.close();
-      for (const c of open) c.close();
+      hang.close();
       await f.close();
+    }
+  },
+);
+
+t(
+  "callbacks of calls that end on the gateway that ran them are bounded per tenant too",
+  async () => {
+    const f = await gatewayFixture({
+      calls: { leaseMs: 60_000, backoffMs: 20, callbackAllow: LOOPBACK },
+    });
+    const w = countingWorker();
+    f.sched.endpoints.push(w.endpoint);
+    const hang = hangingReceiver();
+    try {
+      const ids = [];
+      for (let i = 0; i < 24; i++) {
+        const delivery = { state: "pending" as const, attempts: 0 };
+        ids.push(await store(f, record(`r${i}`, { callback: hang.url, delivery })));
+      }
+      await until("every call run", () => w.seen.size === 24, 10_000);
+      await new Promise((r) => setTimeout(r, 500));
+      // Before, each call that ended here went to its callback at once: 24 connections.
+      assert.equal(hang.most, 16);
+      const pending = await Promise.all(ids.map(async (id) => (await read(f, id)).delivery?.state));
+      assert.deepEqual(new Set(pending), new Set(["pending"]), "the rest wait their turn");
+    } finally {
+      await f.close();
+      hang.close();
+      await w.close();
     }
   },
 );
