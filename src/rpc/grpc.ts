@@ -11,9 +11,12 @@ import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import {
+  AlreadyExistsError,
+  ConflictError,
   connectionText,
   type ErrorCode,
   InferxError,
+  NotFoundError,
   toInferxError,
   withoutResolutionNote,
 } from "../common/errors.ts";
@@ -142,10 +145,18 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
     }
   }
   if (code && code in TO_GRPC) {
-    const answer = new InferxError(code as ErrorCode, grpcText(e), {
-      details,
-      retryable: code === "conflict" || code === "unavailable" || code === "timeout",
-    });
+    // The classes callers tell these by (`instanceof NotFoundError`), as in one process.
+    const text = grpcText(e);
+    const answer = code === "not_found"
+      ? new NotFoundError(text)
+      : code === "conflict"
+      ? new ConflictError(text, details)
+      : code === "already_exists"
+      ? new AlreadyExistsError(text)
+      : new InferxError(code as ErrorCode, text, {
+        details,
+        retryable: code === "unavailable" || code === "timeout",
+      });
     (answer as InferxError & { [ROLE_ANSWER]?: true })[ROLE_ANSWER] = true;
     return answer;
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fromGrpcError, grpc, toGrpcError } from "./grpc.ts";
-import { InferxError } from "../common/errors.ts";
+import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
 import { GrpcMetaClient } from "./meta_grpc.ts";
 
@@ -126,4 +126,20 @@ Deno.test({
     assert.equal(dropped.code, "unavailable");
     assert.equal(dropped.details, undefined);
   },
+});
+
+Deno.test("a role's not_found, conflict and already_exists come back as the classes callers test for", () => {
+  const cases = [
+    [new NotFoundError("Call t:n:c does not exist"), NotFoundError],
+    [new ConflictError("Revision 3 is not 4", { revision: 4 }), ConflictError],
+    [new AlreadyExistsError("function t/n/f exists"), AlreadyExistsError],
+  ] as const;
+  for (const [sent, cls] of cases) {
+    const back = fromGrpcError(toGrpcError(sent), "the state service");
+    assert.ok(back instanceof cls, `${sent.code}: ${back.constructor.name}`);
+    assert.equal(back.code, sent.code);
+    assert.equal(back.message, sent.message);
+    assert.equal(back.retryable, sent.retryable);
+    assert.deepEqual(back.details, sent.details);
+  }
 });
