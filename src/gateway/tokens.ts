@@ -32,6 +32,21 @@ export interface TokenStats extends TokenFigures {
 const SUFFIX = "/completions";
 
 /**
+ * Whether `path` names a completion, spelled out or percent-encoded
+ * (`/v1/%63ompletions`: a worker that decodes its path, as most servers do,
+ * serves the same completion, which is metered the same).
+ */
+function isCompletion(path: string): boolean {
+  if (path.endsWith(SUFFIX)) return true;
+  if (!path.includes("%")) return false;
+  try {
+    return decodeURIComponent(path).endsWith(SUFFIX);
+  } catch {
+    return false; // not valid percent-encoding: no worker reads it as a completion
+  }
+}
+
+/**
  * The format to read an answer's tokens in, or undefined for an answer that
  * is not read (not 2xx, not a completion, neither JSON nor an event stream).
  * `path` is the call's path without its query.
@@ -41,7 +56,7 @@ export function tokenFormat(
   status: number,
   headers: readonly (readonly [string, string])[],
 ): TokenFormat | undefined {
-  if (status < 200 || status > 299 || !path.endsWith(SUFFIX)) return undefined;
+  if (status < 200 || status > 299 || !isCompletion(path)) return undefined;
   let format: TokenFormat | undefined;
   for (const [k, v] of headers) {
     // An encoded body (gzip...) is not read: its figures would be wrong, not missing.

@@ -30,6 +30,10 @@ Deno.test("tokenFormat() reads only 2xx completions answered as JSON or as an ev
     ["/v1/completions", 400, json, undefined], // an error body has no tokens
     ["/v1/completions", 200, [["content-type", "text/plain"]], undefined],
     ["/v1/completions", 200, [], undefined],
+    // Percent-encoded, as a worker that decodes its path serves it: metered the same.
+    ["/funccall/t/n/f/v1/%63ompletions", 200, json, "json"],
+    ["/funccall/t/n/f/v1/chat%2Fcompletions", 200, sse, "sse"],
+    ["/funccall/t/n/f/%zz/v1/%63ompletions", 200, json, undefined], // no valid encoding
   ];
   for (const [path, status, headers, want] of cases) {
     assert.equal(tokenFormat(path, status, headers), want, `${path} ${status}`);

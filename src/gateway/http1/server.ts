@@ -416,6 +416,7 @@ export class Http1Response {
     }
     if (!res.body) return await this.send(res.status, headers, null, res.statusText);
     const reader = res.body.getReader();
+    const sized = length !== undefined && Number.isSafeInteger(length) ? length : undefined;
     try {
       // Take what the body already holds; a body still being produced
       // (server-sent events) shows itself by not answering within a tick.
@@ -423,7 +424,18 @@ export class Http1Response {
       let size = 0;
       let pending: Promise<ReadableStreamReadResult<Uint8Array>> | undefined = reader.read();
       while (pending) {
-        const r = await Promise.race([pending, nextTick()]);
+        let r;
+        try {
+          r = await Promise.race([pending, nextTick()]);
+        } catch (err) {
+          // The body failed before its head went (a worker's stream broken off at once): the
+          // status is the handler's, sent with what came, and the body cut as it would be a
+          // moment later (not an error answer of the gateway's own, which a client may take
+          // for one to try again).
+          await this.start(res.status, headers, sized, res.statusText);
+          if (!this.#head) { for (const p of parts) await this.write(p); }
+          throw err;
+        }
         if (r === TICK) break;
         pending = undefined;
         if (r.done) {
@@ -433,7 +445,6 @@ export class Http1Response {
         size += r.value.byteLength;
         if (size < 1024 * 1024) pending = reader.read();
       }
-      const sized = length !== undefined && Number.isSafeInteger(length) ? length : undefined;
       await this.start(res.status, headers, sized, res.statusText);
       if (this.#head) {
         // HEAD: the head is all there is; a stream still being produced (events) is let go.

@@ -455,6 +455,38 @@ t(
 );
 
 t(
+  "http1 sendResponse sends the handler's head, then cuts, when the body fails before its first byte",
+  async () => {
+    const s = serveHttp1({
+      port: 0,
+      onError() {},
+      handler: async (req, res) => {
+        const body = new ReadableStream<Uint8Array>({
+          start(c) {
+            if (req.url === "/some") c.enqueue(enc.encode("data: 1\n\n"));
+          },
+          pull(c) {
+            c.error(new Error("the worker broke its answer off"));
+          },
+        });
+        await res.sendResponse(
+          new Response(body, { headers: { "content-type": "text/event-stream" } }),
+        );
+      },
+    });
+    for (const [path, came] of [["/none", ""], ["/some", "9\r\ndata: 1\n\n\r\n"]]) {
+      const raw = await exchange(s.addr.port, `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+      // Before: 500 with the gateway's own error, which a client may send again.
+      assert.match(raw, /^HTTP\/1\.1 200 OK\r\n/, raw);
+      assert.match(raw, /transfer-encoding: chunked/);
+      const body = raw.slice(raw.indexOf("\r\n\r\n") + 4);
+      assert.equal(body, came, "what came, then the connection cut: no last chunk");
+    }
+    await s.shutdown();
+  },
+);
+
+t(
   "http1 survives malformed heads: every mutation gets an answer or a close, never a crash",
   async () => {
     const s = echo();

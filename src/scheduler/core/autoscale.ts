@@ -14,16 +14,19 @@ import type { CorePolicy, GatewayLoad } from "./types.ts";
 
 /**
  * How many more workers one gateway's load calls for: one when a queued call
- * has waited `queueMs`; enough for `inflightTokens` per worker.
+ * has waited `queueMs`; enough for `inflightTokens` per worker, but no more
+ * than one a call (a call runs on one worker: one asking for a million tokens
+ * would otherwise have started `max_replica` of them, all but one idle).
  */
 export function extraWorkers(
   policy: Pick<CorePolicy, "queueMs" | "inflightTokens">,
-  load: Pick<GatewayLoad, "queued" | "waitMs" | "inflightTokens" | "workers">,
+  load: Pick<GatewayLoad, "queued" | "waitMs" | "inflight" | "inflightTokens" | "workers">,
 ): number {
   let n = 0;
   if (policy.queueMs !== undefined && load.queued > 0 && load.waitMs >= policy.queueMs) n = 1;
   if (policy.inflightTokens !== undefined && load.inflightTokens > 0) {
-    n = Math.max(n, Math.ceil(load.inflightTokens / policy.inflightTokens) - load.workers);
+    const forTokens = Math.ceil(load.inflightTokens / policy.inflightTokens);
+    n = Math.max(n, Math.min(forTokens, load.inflight + load.queued) - load.workers);
   }
   return n;
 }

@@ -25,7 +25,23 @@ Deno.test("extraWorkers() scales out on queue time and on in-flight tokens per w
     ["a call waited past queue_ms", 500, undefined, { queued: 3, waitMs: 600 }, 1],
     ["calls wait, not yet for queue_ms", 500, undefined, { queued: 3, waitMs: 400 }, 0],
     ["nothing queued, whatever the wait", 500, undefined, { queued: 0, waitMs: 900 }, 0],
-    ["tokens for three workers on one", undefined, 1000, { inflightTokens: 2500, workers: 1 }, 2],
+    ["tokens for three workers on one", undefined, 1000, {
+      inflight: 5,
+      inflightTokens: 2500,
+      workers: 1,
+    }, 2],
+    // A call runs on one worker: more would sit idle, however many tokens it asked for.
+    ["one call asking for a billion tokens", undefined, 100, {
+      inflight: 1,
+      inflightTokens: 1e9,
+      workers: 1,
+    }, 0],
+    ["three calls, one waiting", undefined, 100, {
+      inflight: 2,
+      queued: 1,
+      inflightTokens: 1e9,
+      workers: 1,
+    }, 2],
     [
       "tokens within what the workers take",
       undefined,
@@ -33,7 +49,12 @@ Deno.test("extraWorkers() scales out on queue time and on in-flight tokens per w
       { inflightTokens: 1800, workers: 2 },
       0,
     ],
-    ["both: the larger wins", 100, 1000, { queued: 1, waitMs: 200, inflightTokens: 4000 }, 3],
+    ["both: the larger wins", 100, 1000, {
+      queued: 1,
+      waitMs: 200,
+      inflight: 6,
+      inflightTokens: 4000,
+    }, 3],
   ];
   for (const [name, queueMs, inflightTokens, l, want] of cases) {
     assert.equal(extraWorkers({ queueMs, inflightTokens }, load(l)), want, name);
@@ -69,7 +90,7 @@ Deno.test("advice never goes past max_replica, counting idle pods as room", () =
   const acts = d.run({
     type: "gatewayHeartbeat",
     gateway: "g1",
-    load: [load({ inflightTokens: 1000, workers: 1 })],
+    load: [load({ inflight: 10, inflightTokens: 1000, workers: 1 })],
   });
   assert.deepEqual(advice(acts), [["g1", "t/n/f", 1, 2]], "9 more wanted, 2 more allowed");
   const unknown = d.run({
