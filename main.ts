@@ -36,16 +36,17 @@ if (import.meta.main && Deno.args[0] === "ctl") {
   }
   await setupLogging(config.logLevel);
   const profiles = await startProfiles(config.cpuProfile, config.heapProfile);
-  let handle: { stop(): Promise<void> };
-  try {
-    handle = await (await ROLES[config.role]()).start(config);
-  } catch (err) {
+  // Listened for before the role starts: a stop asked meanwhile waits for the start, then stops
+  // what it started (the signal's default action would end the process unsaid, what it had
+  // started left running).
+  const started = (async () => await (await ROLES[config.role]()).start(config))();
+  started.catch((err) => {
     logger().fatal("Cannot start {role}: {error}", {
       role: config.role,
       error: (err as Error).message,
     });
     Deno.exit(1);
-  }
+  });
   let stoppingSince: number | undefined;
   const member = (config.gateway.group?.index ?? 0) > 0;
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
@@ -76,6 +77,7 @@ if (import.meta.main && Deno.args[0] === "ctl") {
       });
       // No GOAWAY from this process's gRPC servers: it can crash their clients' processes.
       (await import("./src/rpc/grpc.ts")).exitingProcess();
+      const handle = await started;
       await handle.stop().catch((err) =>
         logger().error("Stop failed: {error}", { error: String(err) })
       );

@@ -116,5 +116,15 @@ export function parsePodCidr(cidr: string): { base: number; bits: number } {
   }
   const base = ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
   const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
-  return { base: (base & mask) >>> 0, bits };
+  const start = (base & mask) >>> 0;
+  if (start !== base) {
+    // `ip` refuses such a range, in the route that fences it and in every pod's address: taken,
+    // it would fail each pod start on the node.
+    const dotted = [24, 16, 8, 0].map((s) => (start >>> s) & 255).join(".");
+    throw new ValidationError(
+      `Invalid pod network "${cidr}": its address has bits set past /${bits} (the range is ${dotted}/${bits})`,
+      "cidr",
+    );
+  }
+  return { base: start, bits };
 }

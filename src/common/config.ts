@@ -401,13 +401,21 @@ const SnapshotEnv = z.object({
   INFERX_POD_NETNS_SPARES: count(DEFAULT_POD_NET_SPARES).refine((n) => n <= 64, {
     message: "must be at most 64",
   }),
-  INFERX_POD_CIDR: nonEmpty("10.213.0.0/16").refine((v) => {
+  INFERX_POD_CIDR: nonEmpty("10.213.0.0/16").transform((v, ctx) => {
     try {
-      return parsePodCidr(v) !== undefined;
-    } catch {
-      return false;
+      parsePodCidr(v);
+      return v;
+    } catch (err) {
+      const why = (err as Error).message.replace(/^Invalid pod network "[^"]*": /, "");
+      ctx.addIssue({
+        code: "custom",
+        message: why.startsWith("its address")
+          ? `"${v}": ${why}`
+          : "is not an IPv4 range /16 to /28 (a.b.c.d/n)",
+      });
+      return z.NEVER;
     }
-  }, { message: "is not an IPv4 range /16 to /28 (a.b.c.d/n)" }),
+  }),
   INFERX_SNAPSHOT_START: oneOf(["auto", "always"] as const, "auto"),
   INFERX_CRIU_CACHE: oneOf(["seed", "off"] as const, "seed"),
 });

@@ -206,6 +206,11 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ INFERX_POD_NETNS_SPARES: "-1" }, /INFERX_POD_NETNS_SPARES: "-1" is not a non-negative/],
     [{ INFERX_POD_CIDR: "garbage" }, /INFERX_POD_CIDR: is not an IPv4 range \/16 to \/28/],
     [{ INFERX_POD_CIDR: "10.0.0.0/8" }, /INFERX_POD_CIDR: is not an IPv4 range/],
+    // `ip` refuses it in every pod's address: each start on the node would fail.
+    [
+      { INFERX_POD_CIDR: "10.213.117.64/24" },
+      /INFERX_POD_CIDR: "10\.213\.117\.64\/24": its address has bits set past \/24 \(the range is 10\.213\.117\.0\/24\)/,
+    ],
     [{ GATEWAY_HOST: "" }, /GATEWAY_HOST: must not be empty/],
     [{ STATESVC_ADDR: "" }, /STATESVC_ADDR: must not be empty/],
     [{ SCHEDULER_ADDR: "" }, /SCHEDULER_ADDR: must not be empty/],

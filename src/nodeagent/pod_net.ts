@@ -146,6 +146,37 @@ const REFUSING_ROUTES: ReadonlySet<string> = new Set([
 /** The line of {@linkcode PodNetworks}' first `ip -batch` that makes the veth pair. */
 const LINK_ADD_LINE = 3;
 
+/**
+ * Why pod range `cidr` may not be used beside the host's routes (`ip -4
+ * route show table all`'s text): one overlaps it that is neither a pod's of
+ * this range nor its fence; undefined when none does.
+ */
+export function routeConflict(routes: string, cidr: string): string | undefined {
+  for (const line of routes.split("\n")) {
+    const words = line.trim().split(/\s+/);
+    // A route of a type (`unreachable 10.213.0.0/16`: another agent's range) names its
+    // destination second; read as the destination, the type hid overlapping ranges.
+    const typed = REFUSING_ROUTES.has(words[0]);
+    const [dst, , dev] = typed ? [words[1], "", undefined] : words;
+    if (!dst || dst === "default" || !dst.includes(".")) continue; // local, broadcast...
+    if (typed && words[0] === "unreachable" && dst === cidr) continue; // this range's fence
+    if (dev?.startsWith("ixh")) continue; // pods (of this range: another's is fenced)
+    // A device gone, its routes going (`ip` names it by index): a pod's host end the start's
+    // sweep has just deleted, which the kernel takes down a moment later. Read as a host
+    // route, it turned pod namespaces off for the whole run.
+    if (dev && /^if\d+$/.test(dev)) continue;
+    if (rangesOverlap(dst, cidr)) {
+      // A fence is another agent's range, or one an earlier run of an agent left (its range
+      // changed since): only the operator can tell, and remove it.
+      const fence = typed && words[0] === "unreachable"
+        ? `; an unreachable route is another agent's pod range, or one an earlier run left: if no agent on this host uses ${dst}, remove it with ip route del unreachable ${dst}`
+        : "";
+      return `The pod range ${cidr} overlaps the host route ${dst} (set INFERX_POD_CIDR${fence})`;
+    }
+  }
+  return undefined;
+}
+
 /** Creates and removes pod network namespaces for one agent. */
 export class PodNetworks {
   readonly cidr: string;
@@ -235,28 +266,8 @@ export class PodNetworks {
       }
     }
     const routes = await run("ip", ["-4", "route", "show", "table", "all"]).catch(() => "");
-    for (const line of routes.split("\n")) {
-      const words = line.trim().split(/\s+/);
-      // A route of a type (`unreachable 10.213.0.0/16`: another agent's range) names its
-      // destination second; read as the destination, the type hid overlapping ranges.
-      const typed = REFUSING_ROUTES.has(words[0]);
-      const [dst, , dev] = typed ? [words[1], "", undefined] : words;
-      if (!dst || dst === "default" || !dst.includes(".")) continue; // local, broadcast...
-      if (typed && words[0] === "unreachable" && dst === this.cidr) continue; // this range's fence
-      if (dev?.startsWith("ixh")) continue; // pods (of this range: another's is fenced)
-      if (rangesOverlap(dst, this.cidr)) {
-        // A fence is another agent's range, or one an earlier run of an agent left (its range
-        // changed since): only the operator can tell, and remove it.
-        const fence = typed && words[0] === "unreachable"
-          ? `; an unreachable route is another agent's pod range, or one an earlier run left: if no agent on this host uses ${dst}, remove it with ip route del unreachable ${dst}`
-          : "";
-        return {
-          available: false,
-          reason:
-            `The pod range ${this.cidr} overlaps the host route ${dst} (set INFERX_POD_CIDR${fence})`,
-        };
-      }
-    }
+    const reason = routeConflict(routes, this.cidr);
+    if (reason) return { available: false, reason };
     return { available: true };
   }
 

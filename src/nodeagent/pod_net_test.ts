@@ -8,17 +8,42 @@ import {
   type PodNet,
   PodNetworks,
   rangesOverlap,
+  routeConflict,
 } from "./pod_net.ts";
 
 Deno.test("parseCidr() takes a private IPv4 range and refuses what it cannot split into /30 blocks", () => {
-  assert.deepEqual(parseCidr("10.213.0.0/16"), {
-    base: parseCidr("10.213.255.255/16").base,
-    bits: 16,
-  });
-  assert.equal(ipString(parseCidr("10.213.7.9/24").base), "10.213.7.0");
+  assert.deepEqual(parseCidr("10.213.0.0/16"), { base: 0x0ad50000, bits: 16 });
+  assert.equal(ipString(parseCidr("10.213.7.0/24").base), "10.213.7.0");
   for (const bad of ["10.213.0.0", "10.213.0.0/8", "10.213.0.0/30", "300.1.1.1/16", "::1/64"]) {
     assert.throws(() => parseCidr(bad), /Invalid pod network/, bad);
   }
+  // An address past the range's start: `ip` would refuse it in every pod's address.
+  assert.throws(
+    () => parseCidr("10.213.7.9/24"),
+    /"10\.213\.7\.9\/24": its address has bits set past \/24 \(the range is 10\.213\.7\.0\/24\)/,
+  );
+});
+
+Deno.test("routeConflict() passes over pods' routes, this range's fence and routes of a device gone", () => {
+  const cidr = "10.213.7.0/24";
+  const fine = [
+    "default via 172.17.0.1 dev eth0",
+    "10.213.7.4/30 dev ixh3a9f proto kernel scope link src 10.213.7.5",
+    "unreachable 10.213.7.0/24",
+    // A pod's host end a restart's sweep has just deleted: gone in a moment, not a host route.
+    "10.213.7.48/30 dev if10776 proto kernel scope link src 10.213.7.49",
+    "local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1",
+    "192.168.1.0/24 dev eth1 proto kernel scope link src 192.168.1.2",
+  ].join("\n");
+  assert.equal(routeConflict(fine, cidr), undefined);
+  assert.match(
+    routeConflict(`${fine}\n10.213.0.0/16 dev br0 scope link`, cidr)!,
+    /overlaps the host route 10\.213\.0\.0\/16 \(set INFERX_POD_CIDR\)$/,
+  );
+  assert.match(
+    routeConflict("unreachable 10.213.0.0/16", cidr)!,
+    /another agent's pod range, or one an earlier run left/,
+  );
 });
 
 Deno.test("blockAddrs() gives block i the host end .4i+1 and the pod end .4i+2", () => {

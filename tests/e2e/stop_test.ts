@@ -181,3 +181,47 @@ for (
     },
   });
 }
+
+Deno.test({
+  name: "a SIGTERM while All starts waits for the start, then stops what it started (exit 0)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "inferx-e2e-" });
+    const proc = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../../main.ts", import.meta.url).pathname],
+      env: {
+        INFERX_DATA_DIR: dir,
+        INFERX_SAMPLES: "none",
+        INFERX_RUNTIME: "process",
+        INFERX_POD_NETNS: "off",
+        GATEWAY_PORT: "0",
+        NODEAGENT_PORT: "0",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let out = "";
+    let signalled = false;
+    const pump = async (s: ReadableStream<Uint8Array>) => {
+      for await (const t of s.pipeThrough(new TextDecoderStream())) {
+        out += t;
+        // Its first line: the store is open, the node agent and the gateway still to start.
+        if (!signalled && out.includes("State service on")) {
+          signalled = true;
+          proc.kill("SIGTERM");
+        }
+      }
+    };
+    try {
+      await Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+      const status = await proc.status;
+      // Before, the signal's default action ended it (143), what had started left running.
+      assert.equal(status.code, 0, out);
+      assert.match(out, /Stopping \(SIGTERM\)/);
+      assert.match(out, /Gateway gw-[0-9a-f]+ on http:/, "the start went on to its end");
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
