@@ -237,10 +237,10 @@ function groupOf(child: Child): number {
 const toolPaths = new Map<string, string>();
 
 /**
- * Where the agent's own `PATH` finds `name` (`nsenter`, `setsid`...): the
- * helpers that start a worker run with the worker's environment, whose `PATH`
- * is the function's (a virtualenv's `bin`) and may not hold them. `name`
- * itself when not found (the spawn then says so).
+ * Where the agent's own `PATH` finds `name` (`nsenter`, `setsid`, `env`...):
+ * the helpers that start a worker are run by their paths, whatever `PATH` the
+ * function gives its worker (a virtualenv's `bin`). `name` itself when not
+ * found (the spawn then says so).
  */
 function toolPath(name: string): string {
   let found = toolPaths.get(name);
@@ -250,9 +250,26 @@ function toolPath(name: string): string {
   return found;
 }
 
+/** The agent's own `PATH`, where its helpers are found. */
+function toolSearchPath(): string {
+  return Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+}
+
+/**
+ * `command` run by `env -i` with the worker's environment `env`:
+ * the last helper, after `setpriv` where there is one, so that no helper
+ * before it runs with the function's variables. (`env` takes the words with
+ * `=` before the command as variables, and the first without as the
+ * command: one whose path has `=` is run through a shell.)
+ */
+export function withWorkerEnv(env: Record<string, string>, command: string[]): string[] {
+  const run = command[0].includes("=") ? ["/bin/sh", "-c", 'exec "$0" "$@"', ...command] : command;
+  return [toolPath("env"), "-i", "--", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...run];
+}
+
 /** The path of the executable `name` in the agent's `PATH`, when it is there. */
 export function findTool(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
+  for (const dir of toolSearchPath().split(":")) {
     try {
       const info = Deno.statSync(`${dir}/${name}`);
       if (info.isFile && (info.mode ?? 0o111) & 0o111) return `${dir}/${name}`;
@@ -410,6 +427,14 @@ const LOG_READ_MAX = 1024 * 1024;
  * writing 100 MB/s reaches in two days.
  */
 const LOG_HOLE_MAX = 2 ** 40;
+/**
+ * Disk a worker's output file may hold past what its kept bytes need before
+ * what lies past its end is given back: a worker can allocate blocks there
+ * through its descriptor (`fallocate` with `FALLOC_FL_KEEP_SIZE`) without
+ * the size growing, which alone would bound it (a file system's own
+ * allocation ahead, XFS's say, stays well below this).
+ */
+const LOG_ALLOC_SLACK = 64 * 1024 * 1024;
 
 /** Follows a worker's output file into its ring. */
 interface Follower {
@@ -470,6 +495,18 @@ function followFile(
         }
       };
       await readOn();
+      const st = await f.stat();
+      const allocated = st.blocks === null ? 0 : st.blocks * 512;
+      if (allocated > st.size - punched + maxBytes + LOG_ALLOC_SLACK && mayTrim()) {
+        // Blocks allocated past its end: truncated to its size (what it holds is kept), they
+        // go back (a worker writing in that moment may lose those bytes: only such a worker).
+        await f.truncate(st.size);
+        ring.push(
+          `\n[${
+            allocated - (st.size - punched)
+          } bytes of disk allocated past the output's end given back]\n`,
+        );
+      }
       if (offset - punched > maxBytes && mayTrim()) {
         behind = true;
         // Whole blocks of what was read, up to where this pass's read ended.
@@ -713,6 +750,11 @@ export class ProcessRuntime implements PodRuntime {
     const logFile = toFile ? `${this.#snapshots}/${spec.podId}.log` : undefined;
     if (logFile) await outputWritable(this.#snapshots, logFile);
     const env = this.#env(spec, listenHost, port, logFile, user);
+    // The helpers run with the agent's environment, the worker with its own (set by `env -i`, the
+    // last of them): a function's `LD_PRELOAD` or `PATH` in the helpers would run its code as
+    // the agent (root) before `setpriv` drops to the worker's user.
+    const helperEnv = { PATH: toolSearchPath(), ...(logFile ? { INFERX_LOG_FILE: logFile } : {}) };
+    const withEnv = (command: string[]) => withWorkerEnv(env, command);
     // nsenter joins the pod's network namespace; unshare makes a new PID
     // namespace (not for a GPU worker: see the module's doc), whose init is
     // tini when the node has it, else the worker; setsid its own session:
@@ -726,9 +768,9 @@ export class ProcessRuntime implements PodRuntime {
     // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
     const redirect = 'exec "$@" >>"$INFERX_LOG_FILE" 2>&1';
     const shell = init
-      ? ["/bin/sh", "-c", redirect, "sh", ...drop, init, "-g", "--", bin, ...args]
-      : ["/bin/sh", "-c", redirect, "sh", ...drop, bin, ...args];
-    // The helpers by the agent's PATH (they run with the worker's); the worker by its own.
+      ? ["/bin/sh", "-c", redirect, "sh", ...drop, ...withEnv([init, "-g", "--", bin, ...args])]
+      : ["/bin/sh", "-c", redirect, "sh", ...drop, ...withEnv([bin, ...args])];
+    // The helpers by the agent's PATH; the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     // Every pod runs in a session of its own from its first process on, its helpers too: in the
     // agent's process group, a helper stopped with its pod (a pause stops all its control
@@ -743,8 +785,8 @@ export class ProcessRuntime implements PodRuntime {
       : logFile
       ? shell
       : hasSetsid()
-      ? [setsid, ...drop, bin, ...args] // its own group: stopped with what it starts
-      : [...drop, bin, ...args];
+      ? [setsid, ...drop, ...withEnv([bin, ...args])] // its own group: stopped with what it starts
+      : [...drop, ...withEnv([bin, ...args])];
     const ownSession = argv[0] === setsid || net !== undefined;
     // The worker joins its control group before it runs: what it starts is counted there too.
     if (cgroup) argv.unshift(...cgroup.joinPrefix);
@@ -752,7 +794,7 @@ export class ProcessRuntime implements PodRuntime {
     try {
       proc = new Deno.Command(argv[0], {
         args: argv.slice(1),
-        env,
+        env: helperEnv,
         clearEnv: true,
         cwd: this.#options.workDir,
         stdin: "null",

@@ -93,6 +93,58 @@ t("ProcessRuntime starts a worker whose envs set a PATH without the agent's help
   await rt.stop("pod-test");
 });
 
+/** A library that, loaded in a process, appends its executable's path to `$IX_PRELOAD_MARKS`. */
+const MARKER_C = `#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+  const char *out = getenv("IX_PRELOAD_MARKS");
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (!out || n < 0) return;
+  exe[n] = 0;
+  FILE *f = fopen(out, "a");
+  if (f) { fprintf(f, "%s\\n", exe); fclose(f); }
+}
+`;
+
+Deno.test({
+  name: "ProcessRuntime runs a function's LD_PRELOAD in its worker only, never in the helpers",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const noCompiler = fakeLibCudaUnavailable(); // gcc, which builds the library
+    if (noCompiler) return console.log(`skipped: ${noCompiler}`);
+    const dir = await Deno.makeTempDir({ prefix: "inferx-preload-" });
+    try {
+      await Deno.writeTextFile(`${dir}/marker.c`, MARKER_C);
+      const cc = await new Deno.Command("gcc", {
+        args: ["-shared", "-fPIC", "-o", `${dir}/marker.so`, `${dir}/marker.c`],
+      }).output();
+      assert.ok(cc.success, new TextDecoder().decode(cc.stderr));
+      const rt = new ProcessRuntime();
+      const s = spec(["deno", "eval", ENV_SERVER]);
+      s.template = {
+        ...s.template,
+        envs: [["LD_PRELOAD", `${dir}/marker.so`], ["IX_PRELOAD_MARKS", `${dir}/marks`]],
+      };
+      const pod = await rt.start(s);
+      try {
+        const env = await (await fetch(`http://${pod.endpoint}/`)).json();
+        assert.equal(env.LD_PRELOAD, `${dir}/marker.so`, "the worker has its environment");
+        const marks = new Set((await Deno.readTextFile(`${dir}/marks`)).trim().split("\n"));
+        // Before, the helpers (setsid, sh, nsenter, unshare, setpriv) ran it too, as the agent:
+        // with INFERX_WORKER_USER, a tenant's code as root.
+        assert.deepEqual([...marks], [Deno.realPathSync(Deno.execPath())]);
+      } finally {
+        await rt.stop("pod-test");
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 t("ProcessRuntime reports a worker that crashes at start with the tail of its output", async () => {
   const rt = new ProcessRuntime();
   const crash =
@@ -293,6 +345,17 @@ t(
   },
 );
 
+/** A runtime whose workers' output goes to files in a directory of its own, 256 KiB read and kept. */
+async function smallOutputRuntime(): Promise<{ dir: string; rt: ProcessRuntime }> {
+  const dir = await Deno.makeTempDir();
+  const rt = new ProcessRuntime({
+    outputToFile: true,
+    snapshotDir: dir,
+    outputFileMaxBytes: 256 * 1024,
+  });
+  return { dir, rt };
+}
+
 /**
  * Runs `worker` with its output in a file of at most 256 KiB read and kept
  * and returns the most disk the file took (its blocks) until the worker
@@ -303,12 +366,7 @@ async function biggestOutputFile(
   worker: string,
   last: string,
 ): Promise<{ biggest: number; size: number; logs: string }> {
-  const dir = await Deno.makeTempDir();
-  const rt = new ProcessRuntime({
-    outputToFile: true,
-    snapshotDir: dir,
-    outputFileMaxBytes: 256 * 1024,
-  });
+  const { dir, rt } = await smallOutputRuntime();
   try {
     await rt.start(spec(["deno", "eval", worker]));
     let biggest = 0;
@@ -326,6 +384,33 @@ async function biggestOutputFile(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+t(
+  "ProcessRuntime gives back disk a worker allocates past its output file's end (fallocate)",
+  async () => {
+    const { dir, rt } = await smallOutputRuntime();
+    try {
+      // 200 MiB allocated through its output, the file's size unchanged.
+      const script =
+        'fallocate -n -l 200M /proc/self/fd/1 && echo allocated && exec "$0" eval "$1"';
+      await rt.start(spec(["/bin/sh", "-c", script, Deno.execPath(), ENV_SERVER]));
+      const file = `${dir}/pod-test.log`;
+      let logs = "";
+      const end = Date.now() + 20_000;
+      while (Date.now() < end && !/allocated past the output's end given back/.test(logs)) {
+        await new Promise((r) => setTimeout(r, 50));
+        logs = await rt.logs("pod-test");
+      }
+      assert.match(logs, /allocated\n/);
+      assert.match(logs, /\d+ bytes of disk allocated past the output's end given back/);
+      const st = await Deno.stat(file);
+      assert.ok(st.blocks! * 512 < 1024 * 1024, `the file still takes ${st.blocks! * 512} bytes`);
+      await rt.stop("pod-test");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 t(
   "ProcessRuntime keeps a chatty worker's output file bounded, its latest lines in the log",
