@@ -98,7 +98,7 @@ export async function dockerUnavailable(socketPath = DOCKER_SOCKET): Promise<str
       return `this user may not use the engine's socket ${socketPath} (permission denied: add the user to its group, docker, or set INFERX_RUNTIME=process)`;
     }
     if (code === "ENOENT" || code === "ECONNREFUSED") {
-      return `no Docker engine answers on ${socketPath} (DOCKER_HOST=unix:///PATH names another socket)`;
+      return `no Docker engine answers on ${socketPath} (set DOCKER_HOST=unix:///PATH for an engine on another socket)`;
     }
     return `the Docker engine on ${socketPath} does not answer: ${(err as Error).message}`;
   }

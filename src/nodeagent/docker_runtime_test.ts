@@ -805,7 +805,7 @@ Deno.test("a node agent asked for Docker names the socket it found no engine on 
         node: dockerNode("n1"),
         dockerHost: "unix:///nonexistent/docker.sock",
       }),
-      /no Docker engine answers on \/nonexistent\/docker\.sock \(DOCKER_HOST=unix:\/\/\/PATH names another socket\)/,
+      /no Docker engine answers on \/nonexistent\/docker\.sock \(set DOCKER_HOST=unix:\/\/\/PATH for an engine on another socket\)/,
     );
     // A DOCKER_HOST that is no unix socket (a TCP engine) is said so.
     await assert.rejects(
