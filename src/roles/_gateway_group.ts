@@ -37,17 +37,21 @@ export function planGroup(workers: number): GatewayGroup | undefined {
   };
 }
 
-/** The first and the longest pause before a member that exited is started again. */
-export const RESTART = { firstMs: 1000, maxMs: 60_000 } as const;
+/**
+ * The first and the longest pause before a member that exited is started
+ * again, and how long one must have run to have got past its start (a start
+ * takes a second or two).
+ */
+export const RESTART = { firstMs: 1000, maxMs: 60_000, startedMs: 10_000 } as const;
 
 /**
  * The pause before starting again a member that ran `ranMs` and exited,
- * after `last` (none yet: undefined): a member that ran a minute or more is
- * started again after the first pause; one that keeps failing at start
- * waits twice as long each time, up to the longest.
+ * after `last` (none yet: undefined): a member that got past its start is
+ * started again after the first pause, however often it has been; one that
+ * keeps failing at start waits twice as long each time, up to the longest.
  */
 export function restartDelay(last: Backoff | undefined, ranMs: number): Backoff {
-  if (!last || ranMs >= RESTART.maxMs) return cappedBackoff(RESTART.firstMs, RESTART.maxMs);
+  if (!last || ranMs >= RESTART.startedMs) return cappedBackoff(RESTART.firstMs, RESTART.maxMs);
   return last.next();
 }
 

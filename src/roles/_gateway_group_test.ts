@@ -10,8 +10,13 @@ Deno.test("a member failing at start waits longer each time; one that ran a whil
     last = restartDelay(last, 200); // dies 200 ms in
     assert.ok(near(last.duration, w), `${last.duration} for ${w}`);
   }
-  const again = restartDelay(last, RESTART.maxMs);
-  assert.ok(near(again.duration, RESTART.firstMs), "it had run a minute");
+  const again = restartDelay(last, RESTART.startedMs);
+  assert.ok(near(again.duration, RESTART.firstMs), "it had got past its start");
+  // One that crashes after running a while, again and again: the first pause each time.
+  for (let i = 0, d = again; i < 3; i++) {
+    d = restartDelay(d, 25_000);
+    assert.ok(near(d.duration, RESTART.firstMs), `crash ${i + 2}: ${d.duration} ms`);
+  }
 });
 
 Deno.test("a Gateway role runs GATEWAY_WORKERS processes, else the core count, else one on port 0", () => {

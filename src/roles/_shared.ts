@@ -7,6 +7,7 @@
 import { type Config, readNodeConfig, REPO_ROOT } from "../common/config.ts";
 import { logger } from "../common/log.ts";
 import type { GatewayConfig } from "../gateway/mod.ts";
+import { READ_AHEAD_PER_CALL, SPILL_PER_CALL } from "../gateway/read_ahead.ts";
 import type { NodeAgentConfig } from "../nodeagent/mod.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import type { SchedulerOptions } from "../scheduler/service.ts";
@@ -113,11 +114,23 @@ export function schedulerOptions(config: Config): SchedulerOptions {
   };
 }
 
+const MIB = 1024 * 1024;
+
 /**
- * The gateway's listener, body limit and authentication. What streamed
- * answers may hold read ahead, in memory and on disk, is the gateway's as a
- * whole: each of a group of `members` processes (`GATEWAY_WORKERS`) takes
- * its share.
+ * `total` bytes split among a group of `members` processes, each share at
+ * least `least` (one body, or what one call may hold) where `total` has
+ * that much: past as many processes as `total` holds of them, an even share
+ * would refuse, for good, what a single process takes.
+ */
+export function groupShare(total: number, members: number, least: number): number {
+  return Math.max(Math.floor(total / members), Math.min(total, least));
+}
+
+/**
+ * The gateway's listener, body limit and authentication. The request bodies
+ * it holds while they arrive, and what streamed answers may hold read ahead,
+ * in memory and on disk, are the gateway's as a whole: each of a group of
+ * `members` processes (`GATEWAY_WORKERS`) takes its share ({@linkcode groupShare}).
  */
 export function gatewayOptions(
   config: Config,
@@ -141,11 +154,15 @@ export function gatewayOptions(
     hostname: config.gateway.host,
     drainMs: config.gateway.drainS * 1000,
     bodyLimit: config.gateway.bodyLimit,
-    bodyBufferBytes: Math.floor(config.gateway.bodyBufferMb * 1024 * 1024 / members),
-    readAheadBytes: Math.floor(config.gateway.readAheadMb * 1024 * 1024 / members),
+    bodyBufferBytes: groupShare(
+      config.gateway.bodyBufferMb * MIB,
+      members,
+      config.gateway.bodyLimit,
+    ),
+    readAheadBytes: groupShare(config.gateway.readAheadMb * MIB, members, READ_AHEAD_PER_CALL),
     spill: {
       dir: config.gateway.spillDir,
-      limit: Math.floor(config.gateway.spillMb * 1024 * 1024 / members),
+      limit: groupShare(config.gateway.spillMb * MIB, members, SPILL_PER_CALL),
     },
     adminApiKey: config.gateway.adminApiKey,
     metricsKey: config.gateway.metricsKey,

@@ -25,7 +25,7 @@ import {
   schedulerOptions,
   Started,
 } from "./_shared.ts";
-import { planGroup, startMembers } from "./_gateway_group.ts";
+import { type Members, planGroup, startMembers } from "./_gateway_group.ts";
 import { serveMeta } from "../rpc/meta_grpc.ts";
 import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
@@ -79,6 +79,10 @@ export async function start(config: Config): Promise<AllHandle> {
       await serve(serveNodeAgent(node.agent, "127.0.0.1:0"));
       await node.agent.setAgentAddr(`127.0.0.1:${inner[2].port}`);
     }
+    // The group's members stop with this gateway, all draining at once: stopped one after the
+    // other, this one took new calls (every new connection, once the members closed their
+    // listeners) through their drain, and the group took two drains to stop.
+    let members: Members | undefined;
     const gw = on.add(
       await gateway.start({
         meta,
@@ -89,16 +93,13 @@ export async function start(config: Config): Promise<AllHandle> {
         audit,
         group,
       }),
-      (g) => g.stop(),
+      async (g) => void await Promise.all([members?.stop(), g.stop()]),
     );
     if (group) {
-      on.add(
-        startMembers(group, {
-          STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
-          SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
-        }, config.gateway.drainS * 1000),
-        (m) => m.stop(),
-      );
+      members = startMembers(group, {
+        STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
+        SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
+      }, config.gateway.drainS * 1000);
     }
     return gw.port;
   });

@@ -43,8 +43,9 @@ export async function start(config: Config): Promise<RoleHandle> {
     : undefined;
   const handle: RoleHandle = {
     async stop() {
-      await members?.stop();
-      await gw.stop();
+      // Every process drains at once: stopped one after the other, the first took new calls
+      // (every new connection, once the members closed their listeners) through their drain.
+      await Promise.all([members?.stop(), gw.stop()]);
       await audit.close();
       for (const c of agents.values()) c.close();
       scheduler.close();

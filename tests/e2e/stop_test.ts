@@ -147,6 +147,28 @@ Deno.test({
   },
 });
 
+/**
+ * A group of two gateway processes draining `drainS`, with t/n/slow's two workers (8 calls
+ * each) warm, both processes serving; its calls on connections of their own spread over both.
+ */
+async function warmGroup(drainS: number): Promise<Platform> {
+  const p = await startPlatform(
+    { INFERX_POD_NETNS: "off", GATEWAY_DRAIN_S: String(drainS), GATEWAY_WORKERS: "2" },
+    undefined,
+    { ownGroup: true },
+  );
+  try {
+    await slowFunction(p, 2, 8);
+    await bothServe(p);
+    const warm = await Promise.all(Array.from({ length: 8 }, () => call(p, 0)));
+    assert.deepEqual(warm, Array(8).fill("200 done"));
+    return p;
+  } catch (err) {
+    await cleanUp(p);
+    throw err;
+  }
+}
+
 for (
   const [how, stop] of [
     ["its leader alone gets SIGTERM", (p: Platform) => p.proc.kill("SIGTERM")],
@@ -159,17 +181,8 @@ for (
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      const p = await startPlatform(
-        { INFERX_POD_NETNS: "off", GATEWAY_DRAIN_S: "10", GATEWAY_WORKERS: "2" },
-        undefined,
-        { ownGroup: true },
-      );
+      const p = await warmGroup(10);
       try {
-        await slowFunction(p, 2, 8);
-        await bothServe(p);
-        // Connections of their own spread the calls over both processes.
-        const warm = await Promise.all(Array.from({ length: 8 }, () => call(p, 0)));
-        assert.deepEqual(warm, Array(8).fill("200 done"));
         // Past the 5 s after which a member used to be killed.
         const underWay = Promise.all(Array.from({ length: 8 }, () => call(p, 6000)));
         await new Promise((r) => setTimeout(r, 500));
@@ -181,6 +194,32 @@ for (
     },
   });
 }
+
+Deno.test({
+  name:
+    "a gateway group's processes all drain from the leader's SIGTERM: no call outlasts one drain",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const p = await warmGroup(3);
+    try {
+      // Longer than any drain: each is cut at its process's drain's end.
+      let stoppedAt = 0;
+      const ended = Promise.all(
+        Array.from({ length: 8 }, () => call(p, 30_000).then(() => performance.now() - stoppedAt)),
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      stoppedAt = performance.now();
+      p.proc.kill("SIGTERM");
+      const after = await ended;
+      // Before, the leader drained only once its members had: its calls ran two drains.
+      const longest = Math.max(...after);
+      assert.ok(longest < 5500, `a call ended ${Math.round(longest)} ms after the SIGTERM`);
+    } finally {
+      await cleanUp(p);
+    }
+  },
+});
 
 Deno.test({
   name: "a SIGTERM while All starts waits for the start, then stops what it started (exit 0)",
