@@ -77,7 +77,18 @@ if (import.meta.main && Deno.args[0] === "ctl") {
       });
       // No GOAWAY from this process's gRPC servers: it can crash their clients' processes.
       (await import("./src/rpc/grpc.ts")).exitingProcess();
-      const handle = await started;
+      // A start that does not end (an image being built, a store out of reach) is not waited
+      // for past a service manager's patience: the next start cleans up what it left.
+      const handle = await Promise.race([
+        started,
+        new Promise<undefined>((r) => setTimeout(() => r(undefined), START_WAIT_MS)),
+      ]);
+      if (!handle) {
+        logger().warn("The start did not end within {s} s: stopping at once", {
+          s: START_WAIT_MS / 1000,
+        });
+        Deno.exit(sig === "SIGINT" ? 130 : 143);
+      }
       await handle.stop().catch((err) =>
         logger().error("Stop failed: {error}", { error: String(err) })
       );
@@ -89,6 +100,8 @@ if (import.meta.main && Deno.args[0] === "ctl") {
 
 /** A stop signal this soon (ms) after the first is the same stop, heard twice. */
 const SAME_STOP_MS = 1000;
+/** How long (ms) a stop asked during the start waits for it to end, to stop what it started. */
+const START_WAIT_MS = 10_000;
 
 /**
  * Starts the profiles asked for (`INFERX_CPU_PROFILE`, `INFERX_HEAP_PROFILE`);

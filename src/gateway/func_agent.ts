@@ -307,17 +307,24 @@ export class FuncAgent {
     }
   }
 
-  /** Whether one worker less of `version` would leave more than `inflight_tokens` a worker. */
+  /**
+   * Whether one worker less of `version` would leave more than
+   * `inflight_tokens` a worker, counting no more workers than calls (in
+   * flight and queued: a call runs on one worker, so one asking for a billion
+   * tokens holds no other idle).
+   */
   #tokensHold(version: number): boolean {
     const per = this.policy.scaleout_policy.inflight_tokens;
     if (per === undefined) return false;
-    let tokens = 0, workers = 0;
+    let tokens = 0, workers = 0, calls = 0;
     for (const w of this.#workers) {
       if (w.version !== version) continue;
       tokens += w.tokens;
+      calls += w.inflight;
       if (!w.draining) workers++;
     }
-    return tokens > 0 && Math.ceil(tokens / per) >= workers;
+    calls += this.#lanes.find((l) => l.version === version)?.queue.length ?? 0;
+    return tokens > 0 && Math.min(Math.ceil(tokens / per), calls) >= workers;
   }
 
   /**

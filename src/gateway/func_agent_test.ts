@@ -157,6 +157,23 @@ Deno.test("sweep() keeps idle workers the tokens of calls in flight call for (in
   assert.equal(sched.returns.length, 3);
 });
 
+Deno.test("sweep() keeps no more workers for inflight_tokens than calls: one asking for a billion holds one", async () => {
+  const { a } = agent({
+    parallel: 10,
+    max_replica: 3,
+    scalein_timeout: 1,
+    scaleout_policy: { inflight_tokens: 100 },
+  });
+  const huge = await a.acquire(undefined, undefined, undefined, 1e9);
+  a.advise(1, 2); // leased before the scheduler capped its advice by calls
+  await settle();
+  assert.equal(a.workers.length, 3);
+  a.sweep(performance.now() + 5_000);
+  // Before, all three were kept while the call ran: its tokens called for ten million.
+  assert.equal(a.workers.length, 1, "the call's own worker alone");
+  a.release(huge);
+});
+
 Deno.test("an idle worker the scheduler cannot take back is kept and serves on, and given back later", async () => {
   const { a, sched } = agent({ parallel: 2, max_replica: 2, scalein_timeout: 1 });
   a.release(await a.acquire());

@@ -239,7 +239,7 @@ const FROM_OUTSIDE: ReadonlySet<Deno.Signal> = new Set(["SIGKILL", "SIGTERM", "S
  * said as its log says, and its dump's failure kept.)
  */
 export class CriuKilled extends InferxError {
-  constructor(what: string, signal: Deno.Signal) {
+  constructor(what: string, readonly signal: Deno.Signal) {
     super("unavailable", `${what}: CRIU was killed (${signal}) before it finished`, {
       retryable: true,
     });

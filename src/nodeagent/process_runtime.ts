@@ -35,6 +35,7 @@ import { groupAlive, procState, punchHole, reapIfOrphanedToUs, signalName } from
 import { type StandbyTier, withOutput } from "../model/cluster.ts";
 import {
   Criu,
+  CriuKilled,
   type InheritedFile,
   type OpenFile,
   openFiles,
@@ -256,16 +257,30 @@ function toolSearchPath(): string {
 }
 
 /**
- * `command` run by `env -i` with the worker's environment `env`:
- * the last helper, after `setpriv` where there is one, so that no helper
- * before it runs with the function's variables. (`env` takes the words with
- * `=` before the command as variables, and the first without as the
- * command: one whose path has `=` is run through a shell.)
+ * `command` run by the last helper before the worker, after `setpriv` where
+ * there is one: a shell that reads from its standard input (a pipe the agent
+ * writes {@linkcode workerEnvScript} to, then closes) one line that runs `env
+ * -i` with the worker's environment, then `command`. No helper runs with the
+ * function's variables (its `LD_PRELOAD` or `PATH` would run its code as the
+ * agent, root), and they are in no process's arguments, which any local user
+ * may read (`/proc/PID/cmdline`). (`env` takes the words with `=` before the
+ * command as variables: a command whose path has one goes through a shell.)
  */
-export function withWorkerEnv(env: Record<string, string>, command: string[]): string[] {
+export function withWorkerEnv(command: string[]): string[] {
   const run = command[0].includes("=") ? ["/bin/sh", "-c", 'exec "$0" "$@"', ...command] : command;
-  return [toolPath("env"), "-i", "--", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...run];
+  return ["/bin/sh", "-s", "--", ...run];
 }
+
+/** What the shell of {@linkcode withWorkerEnv} reads: `env -i` with `env` and its arguments, its input none. */
+export function workerEnvScript(env: Record<string, string>): Uint8Array {
+  const words = Object.entries(env).map(([k, v]) => shellQuote(`${k}=${v}`)).join(" ");
+  return new TextEncoder().encode(
+    `exec ${shellQuote(toolPath("env"))} -i -- ${words} "$@" </dev/null\n`,
+  );
+}
+
+/** `s` as one word of a POSIX shell, whatever it holds (NUL aside). */
+const shellQuote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
 
 /** The path of the executable `name` in the agent's `PATH`, when it is there. */
 export function findTool(name: string): string | undefined {
@@ -467,6 +482,8 @@ function followFile(
   /** The file's bytes before this are a hole: read, and their blocks given back. */
   let punched = 0;
   let dec = new TextDecoder();
+  /** When the log last said that disk allocated outside the kept bytes was given back. */
+  let allocSaidAt = -Infinity;
   const buf = new Uint8Array(64 * 1024);
   const skip = (bytes: number) => {
     ring.push(`\n[${bytes} bytes of output not read: written faster than they are followed]\n`);
@@ -498,14 +515,19 @@ function followFile(
       const st = await f.stat();
       const allocated = st.blocks === null ? 0 : st.blocks * 512;
       if (allocated > st.size - punched + maxBytes + LOG_ALLOC_SLACK && mayTrim()) {
-        // Blocks allocated past its end: truncated to its size (what it holds is kept), they
-        // go back (a worker writing in that moment may lose those bytes: only such a worker).
+        // Blocks allocated past its end, or back in the hole before what it keeps: truncated
+        // to its size (what it holds is kept) and the hole punched again, they go back (a
+        // worker writing in that moment may lose those bytes: only such a worker).
         await f.truncate(st.size);
-        ring.push(
-          `\n[${
-            allocated - (st.size - punched)
-          } bytes of disk allocated past the output's end given back]\n`,
-        );
+        if (punched > 0) await punchHole(path, 0, punched);
+        const back = allocated - ((await f.stat()).blocks ?? 0) * 512;
+        const now = Date.now();
+        if (back > 0 && now - allocSaidAt > 60_000) {
+          allocSaidAt = now;
+          ring.push(
+            `\n[${back} bytes of disk allocated outside the output's kept bytes given back]\n`,
+          );
+        }
       }
       if (offset - punched > maxBytes && mayTrim()) {
         behind = true;
@@ -754,7 +776,6 @@ export class ProcessRuntime implements PodRuntime {
     // last of them): a function's `LD_PRELOAD` or `PATH` in the helpers would run its code as
     // the agent (root) before `setpriv` drops to the worker's user.
     const helperEnv = { PATH: toolSearchPath(), ...(logFile ? { INFERX_LOG_FILE: logFile } : {}) };
-    const withEnv = (command: string[]) => withWorkerEnv(env, command);
     // nsenter joins the pod's network namespace; unshare makes a new PID
     // namespace (not for a GPU worker: see the module's doc), whose init is
     // tini when the node has it, else the worker; setsid its own session:
@@ -768,8 +789,15 @@ export class ProcessRuntime implements PodRuntime {
     // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
     const redirect = 'exec "$@" >>"$INFERX_LOG_FILE" 2>&1';
     const shell = init
-      ? ["/bin/sh", "-c", redirect, "sh", ...drop, ...withEnv([init, "-g", "--", bin, ...args])]
-      : ["/bin/sh", "-c", redirect, "sh", ...drop, ...withEnv([bin, ...args])];
+      ? [
+        "/bin/sh",
+        "-c",
+        redirect,
+        "sh",
+        ...drop,
+        ...withWorkerEnv([init, "-g", "--", bin, ...args]),
+      ]
+      : ["/bin/sh", "-c", redirect, "sh", ...drop, ...withWorkerEnv([bin, ...args])];
     // The helpers by the agent's PATH; the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     // Every pod runs in a session of its own from its first process on, its helpers too: in the
@@ -785,8 +813,8 @@ export class ProcessRuntime implements PodRuntime {
       : logFile
       ? shell
       : hasSetsid()
-      ? [setsid, ...drop, ...withEnv([bin, ...args])] // its own group: stopped with what it starts
-      : [...drop, ...withEnv([bin, ...args])];
+      ? [setsid, ...drop, ...withWorkerEnv([bin, ...args])] // its own group: stopped with what it starts
+      : [...drop, ...withWorkerEnv([bin, ...args])];
     const ownSession = argv[0] === setsid || net !== undefined;
     // The worker joins its control group before it runs: what it starts is counted there too.
     if (cgroup) argv.unshift(...cgroup.joinPrefix);
@@ -797,7 +825,7 @@ export class ProcessRuntime implements PodRuntime {
         env: helperEnv,
         clearEnv: true,
         cwd: this.#options.workDir,
-        stdin: "null",
+        stdin: "piped", // the worker's environment, for the last helper (withWorkerEnv)
         stdout: logFile ? "null" : "piped",
         // As a PID namespace's init the worker is unshare's child: what unshare says of its
         // end is heard (the worker's own output goes to its file).
@@ -812,6 +840,9 @@ export class ProcessRuntime implements PodRuntime {
         { cause: err },
       );
     }
+    // Written, then closed: the shell reads to its end (a chain that failed before it: unread).
+    const input = proc.stdin.getWriter();
+    input.write(workerEnvScript(env)).then(() => input.close()).catch(() => {});
     const pump = async (s: ReadableStream<Uint8Array>) => {
       for await (const text of s.pipeThrough(new TextDecoderStream())) logs.push(text);
     };
@@ -1421,6 +1452,15 @@ export class ProcessRuntime implements PodRuntime {
         throw new InferxError(
           "worker_failed",
           `Cannot snapshot pod ${podId}: the worker exited while it was dumped`,
+        );
+      }
+      if (err instanceof CriuKilled) {
+        // Cut off halfway, CRIU may have left its code in the worker or its pod's network
+        // locked: not served on (its exit is told as any worker's).
+        signalWorker(child, "SIGKILL");
+        throw new CriuKilled(
+          `Cannot snapshot pod ${podId}, whose worker is ended (CRIU's code or locks may be left in it)`,
+          err.signal,
         );
       }
       throw err;

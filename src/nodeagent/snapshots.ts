@@ -32,6 +32,9 @@ import { privateDir } from "../common/private_dir.ts";
 
 const log = logger("snapshots");
 
+/** Dumps of one version a CRIU killed from outside may cut short here before it is recorded failed. */
+const MAX_KILLED_DUMPS = 3;
+
 /** What a snapshot manager needs of its runtime. */
 export type SnapshotRuntime = Required<Pick<PodRuntime, "snapshot" | "footprintBytes">>;
 
@@ -87,6 +90,8 @@ export class SnapshotManager {
   #versions = new Map<string, Set<number>>();
   /** Function versions being dumped now. */
   #taking = new Set<string>();
+  /** How many dumps of each version (key) here a CRIU killed from outside has cut short. */
+  #killed = new Map<string, number>();
   /** Snapshots being restored from, with how many restores each: never removed under them. */
   #held = new Map<LocalSnapshot, number>();
   /** Held snapshots already forgotten, whose images go when their last restore ends. */
@@ -341,7 +346,14 @@ export class SnapshotManager {
         return `No snapshot taken: ${reason}`;
       }
       if (err instanceof CriuKilled) {
-        // Ended from outside (the OOM killer, an operator): nothing said against the worker.
+        // Ended from outside (the OOM killer, an operator): nothing said against the worker,
+        // tried again, up to a few times (a dump the OOM killer ends for what it takes would
+        // be ended at every fresh start, and the agent could be the next it picks).
+        const kills = (this.#killed.get(key) ?? 0) + 1;
+        this.#killed.set(key, kills);
+        if (kills >= MAX_KILLED_DUMPS) {
+          return await this.#fail(pod, known, ref, `${reason} (${kills} times: not tried again)`);
+        }
         log.warn("Snapshot of pod {pod} cut short; tried again later: {error}", {
           pod: pod.id,
           error: reason,

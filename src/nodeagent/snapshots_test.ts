@@ -219,6 +219,25 @@ for (
 }
 
 t(
+  "a version whose dumps a CRIU killed from outside cut short three times is recorded failed",
+  async ({ meta, mgr, runtime }) => {
+    runtime.fail = new CriuKilled("Cannot dump process 7", "SIGKILL");
+    for (const n of [1, 2]) {
+      assert.match((await mgr.take(pod("a", 1, `a-pod-${n}`)))!, /CRIU was killed/);
+      assert.deepEqual(await records(meta), [], `try ${n}: not recorded`);
+    }
+    await mgr.take(pod("a", 1, "a-pod-3"));
+    const [rec] = await records(meta);
+    assert.equal(rec.state, "Failed");
+    assert.match(
+      rec.error!,
+      /CRIU was killed \(SIGKILL\) before it finished \(3 times: not tried again\)/,
+    );
+    assert.equal(mgr.wants(pod("a", 1, "a-pod-4")), false);
+  },
+);
+
+t(
   "a pod that would wait for another pod's dump takes no snapshot, and its version is taken at a later fresh start",
   async ({ meta, mgr, runtime }) => {
     let open!: () => void;

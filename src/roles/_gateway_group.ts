@@ -55,6 +55,20 @@ export function restartDelay(last: Backoff | undefined, ranMs: number): Backoff 
   return last.next();
 }
 
+/**
+ * Waits for the members' stop and the first process's own, run at once, to
+ * end both (the first failing does not cut the other's drain short: what
+ * they use, the inner state and scheduler services, is stopped after);
+ * rethrows the first failure.
+ */
+export async function bothStopped(
+  members: Promise<void> | undefined,
+  own: Promise<void>,
+): Promise<void> {
+  const [a, b] = await Promise.allSettled([members, own]);
+  for (const r of [a, b]) if (r.status === "rejected") throw r.reason;
+}
+
 /** The other members, running. */
 export interface Members {
   stop(): Promise<void>;

@@ -7,7 +7,6 @@
 import { type Config, readNodeConfig, REPO_ROOT } from "../common/config.ts";
 import { logger } from "../common/log.ts";
 import type { GatewayConfig } from "../gateway/mod.ts";
-import { READ_AHEAD_PER_CALL, SPILL_PER_CALL } from "../gateway/read_ahead.ts";
 import type { NodeAgentConfig } from "../nodeagent/mod.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import type { SchedulerOptions } from "../scheduler/service.ts";
@@ -118,9 +117,9 @@ const MIB = 1024 * 1024;
 
 /**
  * `total` bytes split among a group of `members` processes, each share at
- * least `least` (one body, or what one call may hold) where `total` has
- * that much: past as many processes as `total` holds of them, an even share
- * would refuse, for good, what a single process takes.
+ * least `least` (one body) where `total` has that much: past as many
+ * processes as `total` holds of them, an even share would refuse, for good,
+ * what a single process takes.
  */
 export function groupShare(total: number, members: number, least: number): number {
   return Math.max(Math.floor(total / members), Math.min(total, least));
@@ -130,7 +129,8 @@ export function groupShare(total: number, members: number, least: number): numbe
  * The gateway's listener, body limit and authentication. The request bodies
  * it holds while they arrive, and what streamed answers may hold read ahead,
  * in memory and on disk, are the gateway's as a whole: each of a group of
- * `members` processes (`GATEWAY_WORKERS`) takes its share ({@linkcode groupShare}).
+ * `members` processes (`GATEWAY_WORKERS`) takes its share (of bodies at
+ * least one: {@linkcode groupShare}).
  */
 export function gatewayOptions(
   config: Config,
@@ -159,10 +159,11 @@ export function gatewayOptions(
       members,
       config.gateway.bodyLimit,
     ),
-    readAheadBytes: groupShare(config.gateway.readAheadMb * MIB, members, READ_AHEAD_PER_CALL),
+    // Even shares: past them an answer is read as its caller takes it, never refused.
+    readAheadBytes: Math.floor(config.gateway.readAheadMb * MIB / members),
     spill: {
       dir: config.gateway.spillDir,
-      limit: groupShare(config.gateway.spillMb * MIB, members, SPILL_PER_CALL),
+      limit: Math.floor(config.gateway.spillMb * MIB / members),
     },
     adminApiKey: config.gateway.adminApiKey,
     metricsKey: config.gateway.metricsKey,

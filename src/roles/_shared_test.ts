@@ -39,21 +39,18 @@ Deno.test("what answers may hold read ahead is the gateway's as a whole: each of
     dir: "/var/lib/inferx/gateway-spill",
     limit: 256 * 1024 * 1024,
   });
-  // Past as many processes as the budget holds shares of one body (16 MiB) or one call's read
-  // ahead (8 MiB, 256 MiB on disk), each keeps that much: an even share refused, for good, a
-  // body or an answer that one process takes.
+  // Past as many processes as the budget holds shares of one body (16 MiB), each keeps one: an
+  // even share refused, for good, a body that one process takes. Read ahead is never refused
+  // (past its budget an answer is read as its caller takes it): even shares, the total kept.
   const ofThirtyTwo = gatewayOptions(config, 32);
   assert.equal(ofThirtyTwo.bodyBufferBytes, 16 * 1024 * 1024);
-  assert.equal(ofThirtyTwo.readAheadBytes, 8 * 1024 * 1024);
-  assert.equal(ofThirtyTwo.spill?.limit, 256 * 1024 * 1024);
-  // A budget below that stays the budget; none stays none.
+  assert.equal(ofThirtyTwo.readAheadBytes, 2 * 1024 * 1024);
+  assert.equal(ofThirtyTwo.spill?.limit, 32 * 1024 * 1024);
+  // A budget below one body stays the budget.
   const small = readConfig((k) =>
-    ({ ...env, INFERX_BODY_BUFFER_MB: "4", GATEWAY_READ_AHEAD_MB: "0" } as Record<string, string>)[
-      k
-    ]
+    ({ ...env, INFERX_BODY_BUFFER_MB: "4" } as Record<string, string>)[k]
   );
   assert.equal(gatewayOptions(small, 8).bodyBufferBytes, 4 * 1024 * 1024);
-  assert.equal(gatewayOptions(small, 8).readAheadBytes, 0);
 });
 
 Deno.test("Started stops what a failed start had started, newest first, and the error goes on", async () => {

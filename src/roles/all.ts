@@ -25,7 +25,7 @@ import {
   schedulerOptions,
   Started,
 } from "./_shared.ts";
-import { type Members, planGroup, startMembers } from "./_gateway_group.ts";
+import { bothStopped, type Members, planGroup, startMembers } from "./_gateway_group.ts";
 import { serveMeta } from "../rpc/meta_grpc.ts";
 import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { serveNodeAgent } from "../rpc/nodeagent_grpc.ts";
@@ -93,7 +93,7 @@ export async function start(config: Config): Promise<AllHandle> {
         audit,
         group,
       }),
-      async (g) => void await Promise.all([members?.stop(), g.stop()]),
+      (g) => bothStopped(members?.stop(), g.stop()),
     );
     if (group) {
       members = startMembers(group, {

@@ -13,7 +13,13 @@ import { GrpcMetaClient } from "../rpc/meta_grpc.ts";
 import { GrpcNodeAgentClient } from "../rpc/nodeagent_grpc.ts";
 import { GrpcSchedulerClient } from "../rpc/scheduler_grpc.ts";
 import { gatewayOptions, type RoleHandle } from "./_shared.ts";
-import { gatewayProcesses, planGroup, startMembers, stopWithLeader } from "./_gateway_group.ts";
+import {
+  bothStopped,
+  gatewayProcesses,
+  planGroup,
+  startMembers,
+  stopWithLeader,
+} from "./_gateway_group.ts";
 
 /** Starts a gateway (and, with `GATEWAY_WORKERS` over 1, the others of its group). */
 export async function start(config: Config): Promise<RoleHandle> {
@@ -45,7 +51,7 @@ export async function start(config: Config): Promise<RoleHandle> {
     async stop() {
       // Every process drains at once: stopped one after the other, the first took new calls
       // (every new connection, once the members closed their listeners) through their drain.
-      await Promise.all([members?.stop(), gw.stop()]);
+      await bothStopped(members?.stop(), gw.stop());
       await audit.close();
       for (const c of agents.values()) c.close();
       scheduler.close();
