@@ -5,6 +5,8 @@
  * @module
  */
 import { freePort } from "../../src/common/net.ts";
+import { PodCgroups } from "../../src/nodeagent/cgroup.ts";
+import { scopeTag } from "../../src/nodeagent/mod.ts";
 import { NGRAM_COMMANDS } from "../../src/samples/ngram/image.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -110,12 +112,26 @@ export async function startPlatform(
   const port = freePort();
   const dir = dataDir ?? await Deno.makeTempDir({ prefix: "inferx-e2e-" });
   const url = `http://127.0.0.1:${port}`;
+  // Its node agent's scope: the control groups of its pods are named after it.
+  const tag = scopeTag(`${env.NODE_NAME ?? "node1"}@${await Deno.realPath(dir)}`);
   const role = await spawnRole(
     { GATEWAY_PORT: String(port), INFERX_DATA_DIR: dir, ...env },
     async () => (await fetch(`${url}/health`).then((r) => (r.body?.cancel(), r.ok))),
     options,
   );
-  return { url, dataDir: dir, proc: role.proc, output: role.output, stop: role.stop };
+  return {
+    url,
+    dataDir: dir,
+    proc: role.proc,
+    output: role.output,
+    async stop() {
+      const status = await role.stop();
+      // A platform ended without its stop (SIGKILL, a second signal) leaves its pods' control
+      // groups to its next start, which a test's never gets: removed here, what is in them too.
+      if (Deno.uid() === 0) await PodCgroups.sweepLeftBehind(tag).catch(() => {});
+      return status;
+    },
+  };
 }
 
 /** A parsed JSON answer; tests read arbitrary answers field by field. */
