@@ -20,6 +20,12 @@ export interface Platform {
   output(): string;
   /** SIGTERM and wait for exit. */
   stop(): Promise<Deno.CommandStatus>;
+  /**
+   * Removes, once it has exited, the control groups of its pods, what is in them too: a
+   * platform ended without its stop (SIGKILL, a second signal) leaves them to its next start,
+   * which a test's may never get.
+   */
+  sweep(): Promise<void>;
 }
 
 /** A process running one role of `main.ts`. */
@@ -124,12 +130,9 @@ export async function startPlatform(
     dataDir: dir,
     proc: role.proc,
     output: role.output,
-    async stop() {
-      const status = await role.stop();
-      // A platform ended without its stop (SIGKILL, a second signal) leaves its pods' control
-      // groups to its next start, which a test's never gets: removed here, what is in them too.
+    stop: role.stop,
+    async sweep() {
       if (Deno.uid() === 0) await PodCgroups.sweepLeftBehind(tag).catch(() => {});
-      return status;
     },
   };
 }

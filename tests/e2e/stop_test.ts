@@ -75,6 +75,7 @@ async function bothServe(p: Platform): Promise<void> {
 /** Ends what a stop cut short left running (the next start on its data directory would). */
 async function cleanUp(p: Platform): Promise<void> {
   await p.stop();
+  await p.sweep(); // what a second signal left
   await new Deno.Command("pkill", { args: ["-KILL", "-f", MARK] }).output();
   await Deno.remove(p.dataDir, { recursive: true });
 }
