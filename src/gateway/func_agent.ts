@@ -20,7 +20,7 @@
 import { InferxError } from "../common/errors.ts";
 import { logger } from "../common/log.ts";
 import type { FuncPolicy } from "../model/schemas.ts";
-import type { VersionLoad, VersionShare } from "../model/versions.ts";
+import { type VersionLoad, type VersionShare, workersForTokens } from "../model/versions.ts";
 import type { LeaseStage, SchedulerClient } from "../rpc/types.ts";
 
 const log = logger("gateway", "agent");
@@ -324,7 +324,7 @@ export class FuncAgent {
       if (!w.draining) workers++;
     }
     calls += this.#lanes.find((l) => l.version === version)?.queue.length ?? 0;
-    return tokens > 0 && Math.min(Math.ceil(tokens / per), calls) >= workers;
+    return tokens > 0 && workersForTokens(tokens, per, calls) >= workers;
   }
 
   /**

@@ -202,6 +202,17 @@ export interface VersionLoad {
   workers: number;
 }
 
+/**
+ * How many workers `tokens` in flight call for at `per` a worker
+ * (`scaleout_policy.inflight_tokens`), no more than `calls` (in flight and
+ * queued): a call runs on one worker, so one asking for a billion tokens
+ * calls for one. The scheduler's advice and a gateway's hold on idle workers
+ * both go by it.
+ */
+export function workersForTokens(tokens: number, per: number, calls: number): number {
+  return Math.min(Math.ceil(tokens / per), calls);
+}
+
 /** The spec of version `v` of `f`, when kept. */
 export function specOfVersion(f: FunctionObject, v: number): FunctionSpec | undefined {
   if (v === f.version) return f.spec;

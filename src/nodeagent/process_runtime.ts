@@ -788,16 +788,12 @@ export class ProcessRuntime implements PodRuntime {
     const drop = user ? dropPrivileges(toolPath("setpriv"), user) : [];
     // tini's own output goes where the worker's does (a pipe to the agent could not be dumped).
     const redirect = 'exec "$@" >>"$INFERX_LOG_FILE" 2>&1';
-    const shell = init
-      ? [
-        "/bin/sh",
-        "-c",
-        redirect,
-        "sh",
-        ...drop,
-        ...withWorkerEnv([init, "-g", "--", bin, ...args]),
-      ]
-      : ["/bin/sh", "-c", redirect, "sh", ...drop, ...withWorkerEnv([bin, ...args])];
+    // The worker (below tini, in a PID namespace of its own), as its user, with its environment.
+    const worker = [
+      ...drop,
+      ...withWorkerEnv(init ? [init, "-g", "--", bin, ...args] : [bin, ...args]),
+    ];
+    const shell = ["/bin/sh", "-c", redirect, "sh", ...worker];
     // The helpers by the agent's PATH; the worker by its own.
     const [nsenter, unshare, setsid] = ["nsenter", "unshare", "setsid"].map(toolPath);
     // Every pod runs in a session of its own from its first process on, its helpers too: in the
@@ -813,8 +809,8 @@ export class ProcessRuntime implements PodRuntime {
       : logFile
       ? shell
       : hasSetsid()
-      ? [setsid, ...drop, ...withWorkerEnv([bin, ...args])] // its own group: stopped with what it starts
-      : [...drop, ...withWorkerEnv([bin, ...args])];
+      ? [setsid, ...worker] // its own group: stopped with what it starts
+      : worker;
     const ownSession = argv[0] === setsid || net !== undefined;
     // The worker joins its control group before it runs: what it starts is counted there too.
     if (cgroup) argv.unshift(...cgroup.joinPrefix);

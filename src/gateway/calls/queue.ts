@@ -879,7 +879,7 @@ export class CallQueue {
     const held = this.#deliveries();
     for (const [id, e] of this.#endedOpen) {
       if (held.all >= MAX_DELIVERIES) break;
-      if ((held.byTenant.get(e.ref.tenant) ?? 0) >= MAX_TENANT_DELIVERIES || !free(id, e)) continue;
+      if (held.full(e.ref.tenant) || !free(id, e)) continue;
       this.#takeOver(id, e);
       held.add(e.ref.tenant);
     }
@@ -899,7 +899,8 @@ export class CallQueue {
 
   /**
    * The callbacks this gateway tries (its claims that took a place for one) or is claiming
-   * ended calls for, all and by tenant, `except` one's; `add` counts one more.
+   * ended calls for, all and by tenant, `except` one's; `add` counts one more, `full` says
+   * whether one more of `tenant` would pass the bounds.
    */
   #deliveries(except?: Claim) {
     const held = {
@@ -909,6 +910,8 @@ export class CallQueue {
         held.byTenant.set(tenant, (held.byTenant.get(tenant) ?? 0) + 1);
         held.all++;
       },
+      full: (tenant: string) =>
+        held.all >= MAX_DELIVERIES || (held.byTenant.get(tenant) ?? 0) >= MAX_TENANT_DELIVERIES,
     };
     for (const c of this.#claims.values()) if (c !== except && c.delivers) held.add(c.rec.tenant);
     for (const id of this.#claiming) {
@@ -1117,13 +1120,7 @@ export class CallQueue {
       // Past the bounds on deliveries at once (all, and of its tenant: #pump's), it is handed
       // on, for a pass to take in its turn: a tenant's calls ending here hold no more. Counted
       // and taken in one turn of the loop, so that calls ending together cannot all pass.
-      const held = this.#deliveries(c);
-      if (
-        held.all >= MAX_DELIVERIES ||
-        (held.byTenant.get(c.rec.tenant) ?? 0) >= MAX_TENANT_DELIVERIES
-      ) {
-        return await this.#letDeliveryGo(c);
-      }
+      if (this.#deliveries(c).full(c.rec.tenant)) return await this.#letDeliveryGo(c);
       c.delivers = true;
       await this.#deliver(c);
     }

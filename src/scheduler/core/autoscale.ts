@@ -11,6 +11,7 @@
 import { activeCurrent, type Ctx, liveCurrent } from "./_accounting.ts";
 import { leaseTarget } from "./funcs.ts";
 import type { CorePolicy, GatewayLoad } from "./types.ts";
+import { workersForTokens } from "../../model/versions.ts";
 
 /**
  * How many more workers one gateway's load calls for: one when a queued call
@@ -25,8 +26,12 @@ export function extraWorkers(
   let n = 0;
   if (policy.queueMs !== undefined && load.queued > 0 && load.waitMs >= policy.queueMs) n = 1;
   if (policy.inflightTokens !== undefined && load.inflightTokens > 0) {
-    const forTokens = Math.ceil(load.inflightTokens / policy.inflightTokens);
-    n = Math.max(n, Math.min(forTokens, load.inflight + load.queued) - load.workers);
+    const want = workersForTokens(
+      load.inflightTokens,
+      policy.inflightTokens,
+      load.inflight + load.queued,
+    );
+    n = Math.max(n, want - load.workers);
   }
   return n;
 }
