@@ -40,25 +40,25 @@ const ROLES: Record<string, { kind: string; runService: string; port: number; en
     kind: "Deployment",
     runService: "StateSvc",
     port: 1237,
-    env: ["ETCD_ADDRS", "INFERX_BIND"],
+    env: ["ETCD_ADDRS", "INFERX_BIND", "INFERX_CLUSTER_TOKEN"],
   },
   scheduler: {
     kind: "StatefulSet",
     runService: "Scheduler",
     port: 1238,
-    env: ["ETCD_ADDRS", "STATESVC_ADDR", "INFERX_BIND"],
+    env: ["ETCD_ADDRS", "STATESVC_ADDR", "INFERX_BIND", "INFERX_CLUSTER_TOKEN"],
   },
   gateway: {
     kind: "Deployment",
     runService: "Gateway",
     port: 4000,
-    env: ["STATESVC_ADDR", "SCHEDULER_ADDR", "GATEWAY_HOST"],
+    env: ["STATESVC_ADDR", "SCHEDULER_ADDR", "GATEWAY_HOST", "INFERX_CLUSTER_TOKEN"],
   },
   nodeagent: {
     kind: "DaemonSet",
     runService: "NodeAgent",
     port: 1233,
-    env: ["STATESVC_ADDR", "NODE_NAME", "NODE_ADDRESS", "INFERX_BIND"],
+    env: ["STATESVC_ADDR", "NODE_NAME", "NODE_ADDRESS", "INFERX_BIND", "INFERX_CLUSTER_TOKEN"],
   },
 };
 

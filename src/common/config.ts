@@ -104,6 +104,7 @@ const ClusterEnv = z.object({
     (v) => v.split(",").some((a) => a.trim()),
     { message: "names no address (host:port, comma-separated)" },
   ),
+  INFERX_CLUSTER_TOKEN: bearerKey("cluster token"),
 });
 
 /** Where the roles find each other (distributed mode). */
@@ -116,6 +117,11 @@ export interface ClusterSettings {
   statesvcAddr: string;
   /** `SCHEDULER_ADDR`: the scheduler replicas, comma-separated. */
   schedulerAddrs: string[];
+  /**
+   * `INFERX_CLUSTER_TOKEN`: a secret every role sends on its gRPC calls to
+   * the others, and asks of every call it serves; unset: none.
+   */
+  clusterToken?: string;
 }
 
 const StateSvcEnv = z.object({ STATESVC_PORT: port(1237) });
@@ -604,6 +610,7 @@ export function readConfig(
       etcdAddrs: c.ETCD_ADDRS,
       statesvcAddr: c.STATESVC_ADDR,
       schedulerAddrs: c.SCHEDULER_ADDR.split(",").map((a) => a.trim()).filter(Boolean),
+      clusterToken: c.INFERX_CLUSTER_TOKEN,
     },
     statesvc: { port: section(StateSvcEnv, vars).STATESVC_PORT },
     scheduler: {

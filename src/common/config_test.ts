@@ -15,6 +15,7 @@ Deno.test("readConfig() gives every setting its default when the environment is 
       bindHost: "127.0.0.1",
       etcdAddrs: undefined,
       statesvcAddr: "127.0.0.1:1237",
+      clusterToken: undefined,
       schedulerAddrs: ["127.0.0.1:1238"],
     },
     statesvc: { port: 1237 },
@@ -127,6 +128,9 @@ Deno.test("readConfig() puts AUDITDB_PASSWORD into AUDITDB_ADDR and reads the au
   // A key from a Secret or a file ends in a newline: trimmed, as a bearer carries it.
   const trimmed = readConfig(envOf({ INFERX_ADMIN_APIKEY: `${"k".repeat(20)}\n` }));
   assert.equal(trimmed.gateway.adminApiKey, "k".repeat(20));
+  const token = readConfig(envOf({ INFERX_CLUSTER_TOKEN: `${"t".repeat(32)}\n` }));
+  assert.equal(token.cluster.clusterToken, "t".repeat(32));
+  assert.equal(readConfig(envOf({})).cluster.clusterToken, undefined);
   assert.deepEqual(c.gateway.oidc, {
     jwksUrl: "http://127.0.0.1:8080/certs",
     issuer: undefined,
@@ -253,6 +257,12 @@ Deno.test("readConfig() refuses a bad value, naming the variable", () => {
     [{ INFERX_SAMPLES: "" }, /INFERX_SAMPLES: must not be empty/],
     // A blank secret (an empty file mounted) would turn auth off unseen.
     [{ INFERX_ADMIN_APIKEY: " \n" }, /INFERX_ADMIN_APIKEY: is blank/],
+    [{ INFERX_CLUSTER_TOKEN: "short" }, /INFERX_CLUSTER_TOKEN: must be at least 16 characters/],
+    [
+      { INFERX_CLUSTER_TOKEN: "change-me-cluster-token" },
+      /INFERX_CLUSTER_TOKEN: is the manifests'/,
+    ],
+    [{ INFERX_CLUSTER_TOKEN: "two words 0123456789" }, /INFERX_CLUSTER_TOKEN: must not contain/],
   ];
   for (const [vars, want] of cases) {
     assert.throws(() => readConfig(envOf(vars)), (e: Error & { code?: string }) => {

@@ -11,6 +11,27 @@ import type { NodeAgentConfig } from "../nodeagent/mod.ts";
 import type { MetaClient } from "../rpc/types.ts";
 import type { SchedulerOptions } from "../scheduler/service.ts";
 
+/**
+ * Warns when this role's gRPC port (`setting`) is reached from beyond this
+ * host with no cluster token asked of its callers: whoever reaches it can
+ * write any record, down to the commands a node agent runs.
+ */
+export function warnOpenPeers(config: Config, setting: string): void {
+  const host = config.cluster.bindHost;
+  if (config.cluster.clusterToken || isLoopback(host)) return;
+  logger().warning(
+    "{setting} listens on {host} and takes calls from any peer: set INFERX_CLUSTER_TOKEN, the " +
+      "same on every role, and keep the port on a private network",
+    { setting, host },
+  );
+}
+
+/** Whether `host` (a name or an address to bind) is this host's loopback alone. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
 /** A running role: what `main.ts` stops on SIGINT or SIGTERM. */
 export interface RoleHandle {
   stop(): Promise<void>;

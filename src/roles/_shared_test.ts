@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readConfig } from "../common/config.ts";
 import type { MetaClient } from "../rpc/types.ts";
-import { gatewayOptions, nodeAgentConfig, Started } from "./_shared.ts";
+import { gatewayOptions, isLoopback, nodeAgentConfig, Started } from "./_shared.ts";
 
 Deno.test("each installation has an id of its own, kept across restarts, for its containers' scope", async () => {
   const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
@@ -81,4 +81,13 @@ Deno.test("Started stops what a failed start had started, newest first, and the 
   assert.deepEqual(stopped, ["agent", "store"]);
   await ok.stop();
   assert.deepEqual(stopped, ["agent", "store", "n7"]);
+});
+
+Deno.test("a role bound to the loopback alone is not warned about its open gRPC port; any other is", () => {
+  for (const h of ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]", "LOCALHOST"]) {
+    assert.ok(isLoopback(h), h);
+  }
+  for (const h of ["0.0.0.0", "::", "10.0.0.5", "node-1.cluster", "127.0.0.1.nip.io", "[::]"]) {
+    assert.ok(!isLoopback(h), h);
+  }
 });

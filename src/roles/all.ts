@@ -71,12 +71,15 @@ export async function start(config: Config): Promise<AllHandle> {
     sched.service.registerMetrics(schedulerMetrics);
     const group = planGroup(config.gateway.workers ?? 1);
     const inner: GrpcServerHandle[] = [];
+    // Asked of every call to the inner services: any local process (a worker of the process
+    // runtime among them) reaches the loopback and could write any record through them.
+    const clusterToken = config.cluster.clusterToken ?? group?.token;
     if (group) {
       const serve = async (server: Promise<GrpcServerHandle>) =>
         inner.push(on.add(await server, (s) => s.stop()));
-      await serve(serveMeta(meta, "127.0.0.1:0"));
-      await serve(serveScheduler(sched.service, "127.0.0.1:0", "all"));
-      await serve(serveNodeAgent(node.agent, "127.0.0.1:0"));
+      await serve(serveMeta(meta, "127.0.0.1:0", { clusterToken }));
+      await serve(serveScheduler(sched.service, "127.0.0.1:0", "all", clusterToken));
+      await serve(serveNodeAgent(node.agent, "127.0.0.1:0", clusterToken));
       await node.agent.setAgentAddr(`127.0.0.1:${inner[2].port}`);
     }
     // The group's members stop with this gateway, all draining at once: stopped one after the
@@ -99,6 +102,8 @@ export async function start(config: Config): Promise<AllHandle> {
       members = startMembers(group, {
         STATESVC_ADDR: `127.0.0.1:${inner[0].port}`,
         SCHEDULER_ADDR: `127.0.0.1:${inner[1].port}`,
+        // In the environment, not on the command line, where any local user could read it.
+        INFERX_CLUSTER_TOKEN: clusterToken!,
       }, config.gateway.drainS * 1000);
     }
     return gw.port;

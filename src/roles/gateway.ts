@@ -26,8 +26,9 @@ export async function start(config: Config): Promise<RoleHandle> {
   const member = config.gateway.group;
   const group = member ??
     planGroup(gatewayProcesses(config.gateway.workers, config.gateway.port));
-  const meta = new GrpcMetaClient(config.cluster.statesvcAddr);
-  const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs);
+  const { clusterToken } = config.cluster;
+  const meta = new GrpcMetaClient(config.cluster.statesvcAddr, { clusterToken });
+  const scheduler = new GrpcSchedulerClient(config.cluster.schedulerAddrs, { clusterToken });
   const agents = new Map<string, GrpcNodeAgentClient>();
   await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const audit = openAudit(config);
@@ -37,7 +38,9 @@ export async function start(config: Config): Promise<RoleHandle> {
     nodeAgent(node) {
       if (!node.agentAddr) return undefined;
       let c = agents.get(node.agentAddr);
-      if (!c) agents.set(node.agentAddr, c = new GrpcNodeAgentClient(node.agentAddr));
+      if (!c) {
+        agents.set(node.agentAddr, c = new GrpcNodeAgentClient(node.agentAddr, { clusterToken }));
+      }
       return c;
     },
     ...gatewayOptions(config, group?.ports.length),

@@ -16,13 +16,14 @@ import { serveScheduler } from "../rpc/scheduler_grpc.ts";
 import { createSchedulerApp } from "../scheduler/http.ts";
 import { type Campaign, campaign, leaderOnly } from "../scheduler/leader.ts";
 import { SchedulerService } from "../scheduler/mod.ts";
-import { type RoleHandle, schedulerOptions } from "./_shared.ts";
+import { type RoleHandle, schedulerOptions, warnOpenPeers } from "./_shared.ts";
 
 /** Starts one scheduler replica. */
 export async function start(config: Config): Promise<RoleHandle> {
   const log = logger("scheduler");
-  const { bindHost, etcdAddrs, statesvcAddr } = config.cluster;
-  const meta = new GrpcMetaClient(statesvcAddr);
+  const { bindHost, etcdAddrs, statesvcAddr, clusterToken } = config.cluster;
+  warnOpenPeers(config, "SCHEDULER_PORT");
+  const meta = new GrpcMetaClient(statesvcAddr, { clusterToken });
   // Crash-only, as the other roles: one that cannot reach the state service at its start exits,
   // rather than stand for election, healthy by its /health, and fail only once it has won.
   try {
@@ -38,7 +39,12 @@ export async function start(config: Config): Promise<RoleHandle> {
     bindHost,
     config.scheduler.port,
     () =>
-      serveScheduler(leaderOnly(id, () => leader), hostPort(bindHost, config.scheduler.port), id),
+      serveScheduler(
+        leaderOnly(id, () => leader),
+        hostPort(bindHost, config.scheduler.port),
+        id,
+        clusterToken,
+      ),
   );
   const registry = new Registry();
   const lead = async () => {

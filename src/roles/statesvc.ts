@@ -12,12 +12,13 @@ import { serveMeta } from "../rpc/meta_grpc.ts";
 import * as statesvc from "../statesvc/mod.ts";
 import { applySamples } from "../statesvc/samples.ts";
 import { openEtcdStore } from "../store/etcd.ts";
-import { type RoleHandle, Started } from "./_shared.ts";
+import { type RoleHandle, Started, warnOpenPeers } from "./_shared.ts";
 
 /** Starts the state service. */
 export async function start(config: Config): Promise<RoleHandle> {
   const { bindHost, etcdAddrs } = config.cluster;
   const started = new Started();
+  warnOpenPeers(config, "STATESVC_PORT");
   await started.run(async (on) => {
     const store = etcdAddrs ? await openEtcdStore(etcdAddrs) : undefined;
     // The one writer of the metadata keeps etcd's history bounded (nothing else compacts it).
@@ -39,7 +40,10 @@ export async function start(config: Config): Promise<RoleHandle> {
         "STATESVC_PORT",
         bindHost,
         config.statesvc.port,
-        () => serveMeta(state.service, hostPort(bindHost, config.statesvc.port)),
+        () =>
+          serveMeta(state.service, hostPort(bindHost, config.statesvc.port), {
+            clusterToken: config.cluster.clusterToken,
+          }),
       ),
       (s) => s.stop(),
     );

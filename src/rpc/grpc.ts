@@ -20,7 +20,8 @@ import {
   toInferxError,
   withoutResolutionNote,
 } from "../common/errors.ts";
-import { grpcChannelOptions } from "../common/grpc_options.ts";
+import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
+import { AdminKey } from "../common/credential.ts";
 import { CompactedError } from "../store/types.ts";
 
 export { grpc };
@@ -135,6 +136,17 @@ export function fromGrpcError(err: unknown, what: string): InferxError {
   if (typeof e?.code !== "number") return toInferxError(err);
   const code = e.metadata?.get("ix-code")?.[0]?.toString();
   if (code === "compacted") return new CompactedError(0, 0);
+  const refused = e.metadata?.get(PEER_REFUSED)?.[0]?.toString();
+  if (e.code === grpc.status.UNAUTHENTICATED && refused) {
+    // This role's configuration, not the caller's credentials: a 503 to callers, not a 401.
+    return new InferxError(
+      "unavailable",
+      refused === "missing"
+        ? `${what} takes calls only with the cluster's token: set INFERX_CLUSTER_TOKEN here as there`
+        : `${what} refused this role's cluster token: INFERX_CLUSTER_TOKEN differs between them`,
+      { cause: err },
+    );
+  }
   let details: Record<string, unknown> | undefined;
   const raw = e.metadata?.get(DETAILS_KEY)?.[0]?.toString();
   if (raw) {
@@ -194,6 +206,83 @@ export function answeredByRole(err: unknown): boolean {
 /** What grpc-js says of a call it failed without sending it: no connection, or its channel closed. */
 const NOT_SENT = /^(No connection established|Channel closed before call started)/;
 
+/**
+ * The metadata field that carries the cluster's token (`INFERX_CLUSTER_TOKEN`)
+ * on every call between the roles.
+ */
+const TOKEN_FIELD = "authorization";
+
+/**
+ * Set on a refusal for the cluster's token, which the caller's side turns
+ * into an error about its own configuration (not the 401 of a user's key).
+ */
+const PEER_REFUSED = "ix-peer-refused";
+
+/**
+ * Refuses every call that does not carry `token` (UNAUTHENTICATED) before
+ * its handler runs: for unary and streaming calls alike, as the first thing
+ * a call's metadata meets. The token is compared by its hash in constant time.
+ */
+function requireToken(token: string): grpc.ServerInterceptor {
+  const key = new AdminKey(token);
+  return (_method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(metadata, pass) {
+            const sent = metadata.get(TOKEN_FIELD)[0];
+            const text = typeof sent === "string" ? sent : "";
+            const bearer = /^Bearer (\S+)$/.exec(text)?.[1] ?? "";
+            if (key.matches(bearer)) {
+              // Not handed on to the handlers, which have no use for it.
+              metadata.remove(TOKEN_FIELD);
+              pass(metadata);
+              return;
+            }
+            const refused = new grpc.Metadata();
+            refused.set(PEER_REFUSED, sent === undefined ? "missing" : "wrong");
+            call.sendStatus({
+              code: grpc.status.UNAUTHENTICATED,
+              details: sent === undefined
+                ? "This role takes calls only from the cluster's roles: no cluster token was sent"
+                : "This role takes calls only from the cluster's roles: the cluster token is not its",
+              metadata: refused,
+            });
+          },
+        });
+      },
+    });
+}
+
+/** Sends `token` on every call of a client. */
+function sendToken(token: string): grpc.Interceptor {
+  const field = `Bearer ${token}`;
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(TOKEN_FIELD, field);
+        next(metadata, listener);
+      },
+    });
+}
+
+/** A client of a role: how its channel is tuned and the token it sends. */
+export interface PeerClientOptions extends GrpcChannelTuning {
+  /** `INFERX_CLUSTER_TOKEN`: sent on every call; unset: none. */
+  clusterToken?: string;
+}
+
+/**
+ * A client's channel options: {@linkcode grpcChannelOptions} and, with the
+ * cluster's token, the interceptor that sends it on every call.
+ */
+export function clientOptions(t: PeerClientOptions = {}): grpc.ClientOptions {
+  return {
+    ...grpcChannelOptions(t),
+    ...(t.clusterToken ? { interceptors: [sendToken(t.clusterToken)] } : {}),
+  };
+}
+
 /** Adapts an async handler to a unary gRPC handler with error mapping. */
 export function unary<Req, Res>(
   fn: (req: Req) => Promise<Res>,
@@ -203,13 +292,20 @@ export function unary<Req, Res>(
   };
 }
 
-/** Starts a gRPC server for `impl` of `service` on `host:port`; returns its port. */
+/**
+ * Starts a gRPC server for `impl` of `service` on `address` (`host:port`);
+ * returns its port. With `clusterToken`, a call that does not carry it is
+ * refused.
+ */
 export function serve(
   service: grpc.ServiceClientConstructor,
   impl: grpc.UntypedServiceImplementation,
-  address: string,
+  { address, clusterToken }: { address: string; clusterToken?: string },
 ): Promise<{ server: grpc.Server; port: number }> {
-  const server = new grpc.Server(grpcChannelOptions());
+  const server = new grpc.Server({
+    ...grpcChannelOptions(),
+    ...(clusterToken ? { interceptors: [requireToken(clusterToken)] } : {}),
+  });
   server.addService(service.service, impl);
   return new Promise((resolve, reject) => {
     server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {

@@ -143,3 +143,71 @@ Deno.test("a role's not_found, conflict and already_exists come back as the clas
     assert.deepEqual(back.details, sent.details);
   }
 });
+
+Deno.test({
+  name: "with a cluster token, a role refuses every call without it, unary and streaming, as 503s",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { openSqliteStore } = await import("../store/sqlite.ts");
+    const { StateService } = await import("../statesvc/service.ts");
+    const { serveMeta } = await import("./meta_grpc.ts");
+    const store = await openSqliteStore();
+    const token = "cluster-secret-0123456789";
+    const server = await serveMeta(new StateService(store), "127.0.0.1:0", {
+      clusterToken: token,
+    });
+    const at = `127.0.0.1:${server.port}`;
+    const clients = {
+      none: new GrpcMetaClient(at, { timeoutMs: 2000 }),
+      wrong: new GrpcMetaClient(at, { timeoutMs: 2000, clusterToken: `${token}x` }),
+      right: new GrpcMetaClient(at, { timeoutMs: 2000, clusterToken: token }),
+    };
+    try {
+      const none = await clients.none.version().catch((e) => e);
+      assert.ok(none instanceof InferxError, String(none));
+      // The caller's role is misconfigured: a 503 to its callers, never a 401 about their key.
+      assert.equal(none.code, "unavailable");
+      assert.equal(none.retryable, false);
+      assert.match(none.message, /takes calls only with the cluster's token: set INFERX_CLUSTER/);
+      const wrong = await clients.wrong.list("tenant").catch((e) => e);
+      assert.equal(wrong.code, "unavailable");
+      assert.match(
+        wrong.message,
+        /refused this role's cluster token: INFERX_CLUSTER_TOKEN differs/,
+      );
+      assert.equal(typeof await clients.right.version(), "string");
+      assert.ok((await clients.right.list("tenant")).items.length >= 0);
+      // A stream (a watch) is refused the same way, before anything is sent on it.
+      const ended = await new Promise<Error>((resolve) => {
+        clients.none.watch("tenant", { onEvent() {}, onError: resolve });
+      });
+      assert.ok(ended instanceof InferxError);
+      assert.equal(ended.code, "unavailable");
+      assert.match(ended.message, /cluster's token/);
+      // With the token, the watch delivers.
+      const seen = new Promise<string>((resolve) => {
+        const w = clients.right.watch("tenant", {
+          onEvent(ev) {
+            if (ev.type === "put") {
+              w.cancel();
+              resolve(ev.record.name);
+            }
+          },
+        });
+      });
+      await clients.right.create({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "tok",
+        object: {},
+      });
+      assert.equal(await seen, "tok");
+    } finally {
+      for (const c of Object.values(clients)) c.close();
+      await server.stop();
+      store.close();
+    }
+  },
+});

@@ -5,15 +5,16 @@
  *
  * @module
  */
-import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { isObjectType, type ObjectType } from "../model/keys.ts";
 import { InferxError, ValidationError } from "../common/errors.ts";
 import {
   call,
+  clientOptions,
   endWithStatus,
   fromGrpcError,
   grpc,
   loadService,
+  type PeerClientOptions,
   serve,
   shutdown,
   toGrpcError,
@@ -121,6 +122,8 @@ export interface GrpcServerHandle {
 /** Serves `meta` as `IxMetaService` on `address` (`host:port`, port 0 for any). */
 /** Options of {@linkcode serveMeta}. */
 export interface ServeMetaOptions {
+  /** `INFERX_CLUSTER_TOKEN`: calls without it are refused; unset: none is asked for. */
+  clusterToken?: string;
   /**
    * The most bytes of events one watch may hold that its watcher has not
    * taken (bytes of the records' values): past it the watch ends with
@@ -268,7 +271,7 @@ export async function serveMeta(
       stream.on("cancelled", () => w?.cancel());
       stream.on("close", () => w?.cancel());
     },
-  }, address);
+  }, { address, clusterToken: options.clusterToken });
   return { port, stop: () => shutdown(server) };
 }
 
@@ -282,7 +285,7 @@ function parseObject(json: string): unknown {
 }
 
 /** Options for {@linkcode GrpcMetaClient}. */
-export interface GrpcMetaClientOptions extends GrpcChannelTuning {
+export interface GrpcMetaClientOptions extends PeerClientOptions {
   /** Deadline of unary calls (ms). @default 5000 */
   timeoutMs?: number;
   /**
@@ -312,7 +315,7 @@ export class GrpcMetaClient implements MetaClient {
     this.#client = new Service(
       address,
       grpc.credentials.createInsecure(),
-      grpcChannelOptions(options),
+      clientOptions(options),
     );
     this.#timeout = options.timeoutMs ?? 5000;
     this.#listTimeout = Math.max(options.listTimeoutMs ?? 60_000, this.#timeout);

@@ -87,7 +87,7 @@ t(
           revision,
         };
       }),
-    }, "127.0.0.1:0");
+    }, { address: "127.0.0.1:0" });
     let now = 0;
     const clients = [current.port, earlier.port].map((p) =>
       new GrpcMetaClient(`127.0.0.1:${p}`, { now: () => now })
@@ -134,7 +134,7 @@ t("a list from a state service without pieces has the lists' deadline, not a cal
         revision,
       };
     }),
-  }, "127.0.0.1:0");
+  }, { address: "127.0.0.1:0" });
   const meta = new GrpcMetaClient(`127.0.0.1:${earlier.port}`, {
     timeoutMs: 300,
     listTimeoutMs: 5000,

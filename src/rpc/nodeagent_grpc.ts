@@ -5,23 +5,35 @@
  *
  * @module
  */
-import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
-import { call, grpc, loadService, serve, shutdown, unary } from "./grpc.ts";
+import {
+  call,
+  clientOptions,
+  grpc,
+  loadService,
+  type PeerClientOptions,
+  serve,
+  shutdown,
+  unary,
+} from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
 import type { NodeAgentClient } from "./types.ts";
 
 const Service = loadService("nodeagent.proto", "nodeagent", "NodeAgentService");
 
-/** Serves `agent` as `NodeAgentService` on `address`. */
+/**
+ * Serves `agent` as `NodeAgentService` on `address`; with `clusterToken`,
+ * calls without it are refused.
+ */
 export async function serveNodeAgent(
   agent: NodeAgentClient,
   address: string,
+  clusterToken?: string,
 ): Promise<GrpcServerHandle> {
   const { server, port } = await serve(Service, {
     ReadPodLog: unary(async (req: { pod_id: string; lines: number }) => ({
       log: await agent.readPodLog(req.pod_id, req.lines || undefined),
     })),
-  }, address);
+  }, { address, clusterToken });
   return { port, stop: () => shutdown(server) };
 }
 
@@ -31,12 +43,8 @@ export class GrpcNodeAgentClient implements NodeAgentClient {
   #what: string;
   #timeout: number;
 
-  constructor(address: string, options: { timeoutMs?: number } & GrpcChannelTuning = {}) {
-    this.#client = new Service(
-      address,
-      grpc.credentials.createInsecure(),
-      grpcChannelOptions(options),
-    );
+  constructor(address: string, options: { timeoutMs?: number } & PeerClientOptions = {}) {
+    this.#client = new Service(address, grpc.credentials.createInsecure(), clientOptions(options));
     this.#what = `the node agent at ${address}`;
     this.#timeout = options.timeoutMs ?? 5000;
   }

@@ -6,15 +6,16 @@
  *
  * @module
  */
-import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { InferxError } from "../common/errors.ts";
 import {
   answeredByRole,
   call,
+  clientOptions,
   endWithStatus,
   fromGrpcError,
   grpc,
   loadService,
+  type PeerClientOptions,
   serve,
   shutdown,
   toGrpcError,
@@ -119,11 +120,15 @@ function cancelled(c: { on(event: "cancelled", fn: () => void): unknown }): Abor
   return abort.signal;
 }
 
-/** Serves `sched` as `SchedulerService` on `address`; `id` names this instance. */
+/**
+ * Serves `sched` as `SchedulerService` on `address`; `id` names this
+ * instance. With `clusterToken`, calls without it are refused.
+ */
 export async function serveScheduler(
   sched: SchedulerClient,
   address: string,
   id: string,
+  clusterToken?: string,
 ): Promise<GrpcServerHandle> {
   const { server, port } = await serve(Service, {
     ConnectScheduler: unary(async (req: { gateway_id: string; leased_pods: string[] }) => {
@@ -182,7 +187,7 @@ export async function serveScheduler(
       await sched.killPod(req.pod_id);
       return {};
     }),
-  }, address);
+  }, { address, clusterToken });
   return { port, stop: () => shutdown(server) };
 }
 
@@ -197,7 +202,7 @@ function askNext(e: InferxError): boolean {
 }
 
 /** Options for {@linkcode GrpcSchedulerClient}. */
-export interface GrpcSchedulerClientOptions extends GrpcChannelTuning {
+export interface GrpcSchedulerClientOptions extends PeerClientOptions {
   /** Deadline of calls other than leases (ms). @default 5000 */
   timeoutMs?: number;
 }
@@ -212,7 +217,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
     if (addresses.length === 0) throw new InferxError("invalid", "No scheduler address given");
     this.#clients = addresses.map((address) => ({
       address,
-      client: new Service(address, grpc.credentials.createInsecure(), grpcChannelOptions(options)),
+      client: new Service(address, grpc.credentials.createInsecure(), clientOptions(options)),
     }));
     this.#timeout = options.timeoutMs ?? 5000;
   }

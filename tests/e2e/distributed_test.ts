@@ -43,6 +43,8 @@ Deno.test({
     };
     const common = {
       ETCD_ADDRS: etcd.url,
+      // Every call between the roles carries it, as a cluster should run.
+      INFERX_CLUSTER_TOKEN: "dist-cluster-token-0123456789abcdef",
       STATESVC_ADDR: `127.0.0.1:${port.statesvc}`,
       SCHEDULER_ADDR: `127.0.0.1:${port.s1},127.0.0.1:${port.s2}`,
       // Heartbeats come every 2 s; the state service is down for ~1.5 s in step 2.

@@ -15,6 +15,7 @@ import {
   startPlatform,
 } from "./helpers.ts";
 import { childPids } from "../../bench/wrk.ts";
+import { GrpcMetaClient } from "../../src/rpc/meta_grpc.ts";
 
 /** The gateway ids that answer `/health` over `n` fresh connections. */
 async function gatewayIds(url: string, n = 40): Promise<Set<string>> {
@@ -47,6 +48,28 @@ Deno.test({
     try {
       await eventually("both gateways answering", async () => (await gatewayIds(p.url)).size === 2);
       await createNamespace(p.url, "g", "n");
+      // The inner state service the members reach takes calls only with the group's token: any
+      // local process reaches the loopback.
+      const [first] = await members(p.proc.pid);
+      const env = Object.fromEntries(
+        (await Deno.readTextFile(`/proc/${first}/environ`)).split("\0").filter(Boolean)
+          .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
+      );
+      assert.ok(env.INFERX_CLUSTER_TOKEN?.length >= 32, "the member has the inner token");
+      const bare = new GrpcMetaClient(env.STATESVC_ADDR, { timeoutMs: 3000 });
+      const withToken = new GrpcMetaClient(env.STATESVC_ADDR, {
+        timeoutMs: 3000,
+        clusterToken: env.INFERX_CLUSTER_TOKEN,
+      });
+      try {
+        const refused = await bare.list("tenant").catch((e) => e);
+        assert.equal(refused.code, "unavailable");
+        assert.match(refused.message, /takes calls only with the cluster's token/);
+        assert.ok((await withToken.list("tenant")).items.some((t) => t.name === "g"));
+      } finally {
+        bare.close();
+        withToken.close();
+      }
       const r = await putObject(
         p.url,
         ngramFunction("g", "n", "one", {
@@ -71,6 +94,15 @@ Deno.test({
         client.close();
       }
       assert.equal(pods.size, 1, "one worker served both gateways");
+      // Its log, from the node agent, over fresh connections that land on both gateways (a
+      // member reaches the inner agent service with the group's token).
+      for (let i = 0; i < 20; i++) {
+        const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+        const res = await fetch(`${p.url}/pods/g/n/one/${[...pods][0]}/log?lines=5`, { client });
+        assert.equal(res.status, 200, await res.clone().text());
+        await res.body?.cancel();
+        client.close();
+      }
       const metrics = await (await fetch(`${p.url}/metrics`)).text();
       const line = metrics.split("\n").find((l) =>
         l.startsWith('inferx_requests_total{function="g/n/one",code="200"}')

@@ -76,7 +76,14 @@ Deno.test({
         "NODEAGENT_PORT",
       ].map((k) => [k, String(freePort())]),
     );
-    const env = { ...ports, INFERX_TAG: tag, NODE_NAME: node, COMPOSE_PROJECT_NAME: project };
+    const env = {
+      ...ports,
+      INFERX_TAG: tag,
+      NODE_NAME: node,
+      COMPOSE_PROJECT_NAME: project,
+      // The roles' calls to each other carry it, as the file's header asks.
+      INFERX_CLUSTER_TOKEN: `compose-${crypto.randomUUID()}`,
+    };
     const dc = (...args: string[]) =>
       run(compose![0], [...compose!.slice(1), "-p", project, "-f", COMPOSE_FILE, ...args], {
         env,

@@ -88,6 +88,58 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "roles with INFERX_CLUSTER_TOKEN take calls only from roles with the same: another exits saying so",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "inferx-roles-" });
+    const token = "cluster-token-0123456789abcdef";
+    const port = { statesvc: freePort(), scheduler: freePort(), http: freePort() };
+    const state = await spawnRole({
+      RUN_SERVICE: "StateSvc",
+      STATESVC_PORT: String(port.statesvc),
+      INFERX_DATA_DIR: dir,
+      INFERX_CLUSTER_TOKEN: token,
+    }, () => listening(port.statesvc));
+    const scheduler = (clusterToken?: string) => ({
+      RUN_SERVICE: "Scheduler",
+      STATESVC_ADDR: `127.0.0.1:${port.statesvc}`,
+      SCHEDULER_PORT: String(port.scheduler),
+      SCHEDULER_HTTP_PORT: String(port.http),
+      ...(clusterToken ? { INFERX_CLUSTER_TOKEN: clusterToken } : {}),
+    });
+    try {
+      for (
+        const [sent, said] of [
+          [undefined, /the state service at 127\.0\.0\.1:\d+ takes calls only with the cluster's/],
+          [`${token}-other`, /refused this role's cluster token: INFERX_CLUSTER_TOKEN differs/],
+        ] as const
+      ) {
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", new URL("../../main.ts", import.meta.url).pathname],
+          env: scheduler(sent),
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assert.equal(out.code, 1);
+        const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+        assert.match(text, said);
+      }
+      // The same token: it reaches the state service and leads.
+      const ok = await spawnRole(scheduler(token), async () => {
+        const r = await fetch(`http://127.0.0.1:${port.http}/health`);
+        return (await r.json()).leader === true;
+      });
+      await ok.stop();
+    } finally {
+      await state.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 /** The control groups named `name` under the host's cgroup mounts. */
 async function groupsNamed(name: string): Promise<string[]> {
   const found: string[] = [];
