@@ -1,20 +1,9 @@
 import assert from "node:assert/strict";
 import { fixtureTests } from "../common/testing.ts";
 import { gatewayFixture } from "../gateway/testing.ts";
-import { answerOf, type Io, type Send } from "./_shared.ts";
+import { type Io } from "./_shared.ts";
+import { sendTo } from "./testing.ts";
 import { applyObjects, type ApplyOptions, diffObjects } from "./apply.ts";
-
-type App = Awaited<ReturnType<typeof gatewayFixture>>["app"];
-
-/** `Send` over the gateway app, without sockets. */
-const sendTo = (app: App): Send => async (method, path, body) => {
-  const r = await app.request(path, {
-    method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return answerOf(r.status, await r.text());
-};
 
 /** An `Io` that records lines and answers questions with `answer`. */
 function recorder(answer = "") {

@@ -28,6 +28,7 @@
 import { parseArgs } from "node:util";
 import { type Answer, answerOf, CliError, ensureOk, type Io, readLine } from "./_shared.ts";
 import { applyObjects, diffObjects } from "./apply.ts";
+import { exportObjects } from "./export.ts";
 
 /**
  * How the command line is run here: as `INFERX_CTL_NAME` says (the role
@@ -48,6 +49,9 @@ const USAGE = `usage: ${CTL} [--gateway URL] <command>
                                 FILE or DIR no longer has (asks first unless --yes)
   diff -f FILE|DIR [-l SELECTOR [--prune]]
                                 what apply would change, field by field (exit 1 if anything)
+  export [TENANT[/NS]] [-l SELECTOR]
+                                every tenant, namespace, policy and function you may read,
+                                as YAML that apply -f takes back (a backup, a copy)
   get TYPE TENANT/NS/NAME       print one object
   list TYPE TENANT/NS           list the objects of a namespace
   delete TYPE TENANT/NS/NAME    delete one object
@@ -78,6 +82,7 @@ const GLOBAL_OPTIONS = new Set(["gateway", "key", "timeout", "help"]);
 const TAKES: Record<string, { options: string[]; args: number }> = {
   apply: { options: ["file", "dry-run", "selector", "prune", "yes"], args: 0 },
   diff: { options: ["file", "selector", "prune"], args: 0 },
+  export: { options: ["selector"], args: 1 },
   get: { options: [], args: 2 },
   list: { options: [], args: 2 },
   delete: { options: [], args: 2 },
@@ -514,6 +519,12 @@ export async function runCtl(
         }
         return await diffObjects(ctl, values.file, apply) ? 1 : 0;
       }
+      case "export":
+        await exportObjects({ send: (m, p, body) => send(gw, m, p, body), io }, {
+          scope: a,
+          selector: values.selector,
+        });
+        return 0;
       case "get": {
         if (!a || !b) throw new CliError("usage: get TYPE TENANT/NS/NAME");
         const [t, ns, n] = ref(b, 3);

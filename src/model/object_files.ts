@@ -44,8 +44,8 @@ export function appliedForm(o: FileObject): FileObject {
   return { type, tenant, namespace, name, object: parts };
 }
 
-/** Creation order: parents first. */
-const ORDER = ["tenant", "namespace", "funcpolicy", "function"];
+/** The types a file of objects holds, in creation order: parents first. */
+export const CREATION_ORDER = ["tenant", "namespace", "funcpolicy", "function"] as const;
 
 const idOf = (o: FileObject) => `${o.type} ${o.tenant}/${o.namespace}/${o.name}`;
 const isMap = (v: unknown): v is FileObject => !!v && typeof v === "object" && !Array.isArray(v);
@@ -120,7 +120,8 @@ export async function readObjectFiles(
   if (objs.length === 0 && !options.allowNone) {
     throw new ObjectFileError(`Cannot apply ${named}: it holds no objects`);
   }
-  return objs.sort((a, b) => ORDER.indexOf(a.type) - ORDER.indexOf(b.type));
+  const rank = (t: string) => (CREATION_ORDER as readonly string[]).indexOf(t);
+  return objs.sort((a, b) => rank(a.type) - rank(b.type));
 }
 
 async function readFile(file: string): Promise<FileObject[]> {
