@@ -103,15 +103,20 @@ export function funccallInput(
   const known = ctx.cache.agent(target.tenant, target.namespace, target.func);
   named?.(target, known !== undefined);
   authorize(principal, "inference", target.tenant, target.namespace);
-  if (known) return knownInput(ctx, principal, req, target, path, t0);
+  if (known) {
+    ctx.cache.limits.admit(target);
+    return knownInput(ctx, principal, req, target, path, t0);
+  }
   const found = ctx.cache.lookup(target.tenant, target.namespace, target.func);
   if (!(found instanceof Promise)) {
     if (!found) throw notFound(target);
+    ctx.cache.limits.admit(target);
     return knownInput(ctx, principal, req, target, path, t0);
   }
   return found.then((a) => {
     if (!a) throw notFound(target);
     named?.(target, true);
+    ctx.cache.limits.admit(target);
     return knownInput(ctx, principal, req, target, path, t0);
   });
 }
@@ -278,6 +283,7 @@ function modelInput(
   target: FuncTarget,
   ctx: CallContext,
 ): CallInput {
+  ctx.cache.limits.admit(target);
   return {
     target,
     method: req.method,

@@ -21,6 +21,7 @@ import { type FunctionObject, trafficSplit, type VersionShare } from "../model/v
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import type { FuncLoad, GatewayAdvice, MetaClient } from "../rpc/types.ts";
 import { FuncAgent, type FuncAgentDeps } from "./func_agent.ts";
+import { CallLimiter } from "./call_limits.ts";
 
 const log = logger("gateway", "cache");
 
@@ -61,6 +62,8 @@ export class FuncCache {
   /** Lookups that may start now (a token bucket, `LOOKUPS_PER_S`). */
   #budget = LOOKUPS_PER_S;
   #budgetAt = 0;
+  /** The tenants' call rates (`max_calls_per_s`) at this gateway. */
+  readonly limits: CallLimiter = new CallLimiter((tenant) => this.tenantQuota(tenant));
 
   constructor(deps: FuncAgentDeps) {
     this.#deps = deps;
@@ -361,8 +364,12 @@ export class FuncCache {
     return out;
   }
 
-  /** Acts on the scheduler's answer to a heartbeat: workers to give back, versions to scale out. */
+  /**
+   * Acts on the scheduler's answer to a heartbeat: workers to give back,
+   * versions to scale out, this gateway's shares of the call rates.
+   */
   advise(advice: GatewayAdvice): void {
+    this.limits.advise(advice.rates ?? [], advice.gateways);
     for (const podId of advice.reclaim) {
       for (const a of this.#agents.values()) if (a.reclaim(podId)) break;
     }

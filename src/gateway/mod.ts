@@ -126,7 +126,12 @@ export async function start(config: GatewayConfig): Promise<GatewayHandle> {
     upstream.sweep(now);
   }, 100);
   const beat = () =>
-    config.scheduler.refreshGateway(gatewayId, cache.leasedPods(), cache.load()).then(
+    config.scheduler.refreshGateway(
+      gatewayId,
+      cache.leasedPods(),
+      cache.load(),
+      cache.limits.demand(),
+    ).then(
       (advice) => cache.advise(advice),
       (err) =>
         logger("gateway").warn("Cannot reach the scheduler: {error}", { error: String(err) }),

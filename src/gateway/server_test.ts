@@ -100,6 +100,40 @@ t("the listener serves calls on the warm path and every other route through the 
   await w.close();
 });
 
+t("the listener refuses calls past their tenant's max_calls_per_s, recorded as 429s", async () => {
+  const g = await listening();
+  const w = fakeWorker("w");
+  g.f.sched.endpoints.push(w.endpoint);
+  try {
+    const ref = { type: "tenant" as const, tenant: "system", namespace: "system", name: "t" };
+    const tenant = await g.f.meta.get(ref);
+    await g.f.meta.update({
+      ...ref,
+      object: { spec: { quota: { max_calls_per_s: 1, max_call_burst: 2 } } },
+      revision: tenant!.revision,
+    });
+    await until(
+      "the gateway reads the quota",
+      () => Promise.resolve(g.f.cache.tenantQuota("t").max_calls_per_s === 1),
+    );
+    const statuses: number[] = [];
+    for (const path of ["/funccall/t/n/f/x", "/v1/completions", "/funccall/t/n/f/x"]) {
+      const r = await post(`${g.url}${path}`, { model: "t/n/f", prompt: "x" });
+      statuses.push(r.status);
+      if (r.status === 429) {
+        assert.ok(Number(r.headers.get("retry-after-ms")) > 0);
+        assert.equal(r.headers.get("retry-after"), "1");
+        assert.equal((await r.json()).error.details.limit, "max_calls_per_s");
+      } else await r.body?.cancel();
+    }
+    assert.deepEqual(statuses, [200, 200, 429]);
+    assert.deepEqual(g.f.audit.requests.map((x) => x.status), [200, 200, 429]);
+  } finally {
+    await g.close();
+    await w.close();
+  }
+});
+
 t("the listener answers call errors as JSON and records them like the app does", async () => {
   const g = await listening({ adminKey: "admin-key-0123456789" });
   const cases: [string, unknown, Record<string, string>, number, string][] = [

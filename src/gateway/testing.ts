@@ -11,6 +11,7 @@ import { until } from "../common/testing.ts";
 import { PRIVATE_PREFIXES } from "../statesvc/mod.ts";
 import { StateService } from "../statesvc/service.ts";
 import type {
+  CallDemand,
   FuncLoad,
   GatewayAdvice,
   Lease,
@@ -70,8 +71,16 @@ export class FakeScheduler implements SchedulerClient {
   advice: GatewayAdvice = { reclaim: [], scaleOut: [] };
   /** The load each heartbeat reported. */
   loads: FuncLoad[][] = [];
-  refreshGateway(_gw: string, _pods?: string[], load?: FuncLoad[]): Promise<GatewayAdvice> {
+  /** The calls of tenants with a call rate each heartbeat reported. */
+  demands: CallDemand[][] = [];
+  refreshGateway(
+    _gw: string,
+    _pods?: string[],
+    load?: FuncLoad[],
+    calls?: CallDemand[],
+  ): Promise<GatewayAdvice> {
     this.loads.push(load ?? []);
+    this.demands.push(calls ?? []);
     return Promise.resolve(this.advice);
   }
   /** Pods terminated through {@linkcode killPod}. */

@@ -276,6 +276,17 @@ export const TenantQuotaSchema = z.strictObject({
   max_kept_calls: z.int().min(0).optional(),
   /** Megabytes their answers may take together; absent: `INFERX_CALL_KEPT_MAX_MB`. */
   max_kept_call_mb: z.number().min(0).optional(),
+  /**
+   * Calls of the tenant's functions the gateways take a second, together
+   * (synchronous, OpenAI-style and asynchronous ones accepted); absent:
+   * unlimited.
+   */
+  max_calls_per_s: z.number().positive().max(1_000_000).optional(),
+  /**
+   * Calls over the rate taken at once after a quiet spell; absent: a
+   * second's worth of `max_calls_per_s` (at least 1).
+   */
+  max_call_burst: z.int().min(1).max(1_000_000).optional(),
 });
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;
@@ -300,6 +311,21 @@ const TenantSpecSchema = z.looseObject({
 export function tenantQuota(spec: Record<string, unknown>): TenantQuota {
   const r = TenantQuotaSchema.safeParse(spec.quota ?? {});
   return r.success ? r.data : {};
+}
+
+/** A tenant's call rate (`max_calls_per_s`, `max_call_burst`): the whole platform's. */
+export interface CallRate {
+  /** Calls a second. */
+  perS: number;
+  /** Calls at once after a quiet spell. */
+  burst: number;
+}
+
+/** The call rate `quota` sets, or undefined for none. */
+export function callRate(quota: TenantQuota): CallRate | undefined {
+  const perS = quota.max_calls_per_s;
+  if (perS === undefined) return undefined;
+  return { perS, burst: quota.max_call_burst ?? Math.max(1, Math.ceil(perS)) };
 }
 
 /** The weight in a stored tenant's value (default 1). */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ValidationError } from "../common/errors.ts";
 import {
+  callRate,
   decodeStoredUserObject,
   decodeUserObject,
   DEFAULT_POLICY,
@@ -336,6 +337,24 @@ Deno.test("a tenant quota with an unknown field is refused, not stored as unlimi
   );
   const o = decodeUserObject(tenant({ max_gpu: 4 }));
   assert.deepEqual(o.type === "tenant" && o.spec.quota, { max_gpu: 4 });
+  // A call rate: positive, a burst a whole number of calls.
+  for (
+    const [quota, field] of [
+      [{ max_calls_per_s: 0 }, "max_calls_per_s"],
+      [{ max_calls_per_s: -1 }, "max_calls_per_s"],
+      [{ max_calls_per_s: "10" }, "max_calls_per_s"],
+      [{ max_calls_per_s: 2e6 }, "max_calls_per_s"],
+      [{ max_calls_per_s: 5, max_call_burst: 0 }, "max_call_burst"],
+      [{ max_calls_per_s: 5, max_call_burst: 2.5 }, "max_call_burst"],
+    ] as const
+  ) {
+    assert.throws(() => decodeUserObject(tenant(quota)), new RegExp(`quota\\.${field}`));
+  }
+  const rated = decodeUserObject(tenant({ max_calls_per_s: 0.5, max_call_burst: 3 }));
+  assert.deepEqual(rated.type === "tenant" && callRate(rated.spec.quota!), { perS: 0.5, burst: 3 });
+  assert.deepEqual(callRate({ max_calls_per_s: 2.5 }), { perS: 2.5, burst: 3 });
+  assert.deepEqual(callRate({ max_calls_per_s: 0.1 }), { perS: 0.1, burst: 1 });
+  assert.equal(callRate({ max_gpu: 1 }), undefined);
 });
 
 Deno.test("an object nested deeper than MAX_OBJECT_DEPTH is refused before it is read", () => {

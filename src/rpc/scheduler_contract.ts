@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { InferxError } from "../common/errors.ts";
-import { createTestFunction, fixtureTests } from "../common/testing.ts";
+import { createTestFunction, fixtureTests, until } from "../common/testing.ts";
 import { decodePod, type NodeInfo, OUTPUT_TAIL } from "../model/cluster.ts";
 import { startInformer } from "./informer.ts";
 import { type MetaClient, type SchedulerClient, WORKER_OUTPUT } from "./types.ts";
@@ -132,12 +132,56 @@ export function schedulerContract(name: string, open: () => Promise<SchedulerFix
       assert.deepEqual(await scheduler.refreshGateway("gw1", undefined, load(10)), {
         reclaim: [],
         scaleOut: [],
+        rates: [],
+        gateways: 1,
       });
       assert.deepEqual(await scheduler.refreshGateway("gw1", undefined, load(500)), {
         reclaim: [],
         scaleOut: [{ tenant: "t", namespace: "n", func: "f", version: 2, workers: 1 }],
+        rates: [],
+        gateways: 1,
       });
       agent.stop();
+    },
+  );
+
+  t(
+    "refreshGateway() shares a tenant's call rate between the gateways by the calls each was asked",
+    async ({ scheduler, meta }) => {
+      await seed(meta);
+      const tenant = (await meta.get({
+        type: "tenant",
+        tenant: "system",
+        namespace: "system",
+        name: "t",
+      }))!;
+      await meta.update({
+        ...tenant,
+        object: { spec: { quota: { max_calls_per_s: 10, max_call_burst: 20 } } },
+        revision: tenant.revision,
+      });
+      const beat = async (gw: string, calls: number) =>
+        (await scheduler.refreshGateway(gw, [], [], calls ? [{ tenant: "t", calls }] : []))
+          .rates ?? [];
+      // One gateway: the whole rate, once the scheduler has read the quota.
+      await until("the quota read", async () => (await beat("gw1", 0)).length === 1);
+      assert.deepEqual(await beat("gw1", 0), [{ tenant: "t", perS: 10, burst: 20 }]);
+      // A second gateway asked 30 calls takes almost all of it; the first, asked none, a floor.
+      const [second] = await beat("gw2", 30);
+      assert.ok(Math.abs(second.perS - 10 * 30.1 / 30.2) < 1e-9, JSON.stringify(second));
+      assert.ok(Math.abs(second.burst - 20 * 30.1 / 30.2) < 1e-9);
+      // The first now asked 10: the shares follow the calls (10.1 : 30.1).
+      const [first] = await beat("gw1", 10);
+      assert.ok(Math.abs(first.perS - 10 * 10.1 / 40.2) < 1e-9, JSON.stringify(first));
+      // A burst share is one call at least.
+      const [idle] = await beat("gw1", 0);
+      assert.equal(idle.burst, 1);
+      assert.ok(idle.perS < 0.05);
+      // A gateway heard for the first time counts as asked the others' mean (0 and 30): 15.1 of
+      // 45.3 (0.1 + 30.1 + 15.1), a third.
+      const fresh = await scheduler.refreshGateway("gw3", [], [], []);
+      assert.equal(fresh.gateways, 3);
+      assert.ok(Math.abs(fresh.rates![0].perS - 10 * 15.1 / 45.3) < 1e-9, JSON.stringify(fresh));
     },
   );
 

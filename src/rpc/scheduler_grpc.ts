@@ -23,6 +23,7 @@ import {
 } from "./grpc.ts";
 import type { GrpcServerHandle } from "./meta_grpc.ts";
 import {
+  type CallDemand,
   type FuncLoad,
   type GatewayAdvice,
   type Lease,
@@ -55,6 +56,9 @@ interface WireAdvice {
     version: number;
     workers: number;
   }[];
+  /** Absent from a scheduler of an earlier release. */
+  rates?: { tenant: string; per_s: number; burst: number }[];
+  gateways?: number;
 }
 
 interface WireLease {
@@ -164,7 +168,14 @@ export async function serveScheduler(
       return {};
     }),
     RefreshGateway: unary(
-      async (req: { gateway_id: string; leased_pods: string[]; load: WireLoad[] }) => {
+      async (
+        req: {
+          gateway_id: string;
+          leased_pods: string[];
+          load: WireLoad[];
+          calls: { tenant: string; calls: number }[];
+        },
+      ) => {
         const advice = await sched.refreshGateway(
           req.gateway_id,
           req.leased_pods,
@@ -179,8 +190,18 @@ export async function serveScheduler(
             inflightTokens: l.inflight_tokens,
             workers: l.workers,
           })),
+          req.calls,
         );
-        return { reclaim: advice.reclaim, scale_out: advice.scaleOut } satisfies WireAdvice;
+        return {
+          reclaim: advice.reclaim,
+          scale_out: advice.scaleOut,
+          rates: (advice.rates ?? []).map((r) => ({
+            tenant: r.tenant,
+            per_s: r.perS,
+            burst: r.burst,
+          })),
+          gateways: advice.gateways ?? 0,
+        } satisfies WireAdvice;
       },
     ),
     KillPod: unary(async (req: { pod_id: string }) => {
@@ -350,6 +371,7 @@ export class GrpcSchedulerClient implements SchedulerClient {
     gatewayId: string,
     leasedPods: string[] = [],
     load: FuncLoad[] = [],
+    calls: CallDemand[] = [],
   ): Promise<GatewayAdvice> {
     const res = await this.#call<WireAdvice>(
       "RefreshGateway",
@@ -367,10 +389,16 @@ export class GrpcSchedulerClient implements SchedulerClient {
           inflight_tokens: l.inflightTokens,
           workers: l.workers,
         })),
+        calls,
       },
       this.#timeout,
     );
-    return { reclaim: res.reclaim ?? [], scaleOut: res.scale_out ?? [] };
+    return {
+      reclaim: res.reclaim ?? [],
+      scaleOut: res.scale_out ?? [],
+      rates: (res.rates ?? []).map((r) => ({ tenant: r.tenant, perS: r.per_s, burst: r.burst })),
+      gateways: res.gateways || 1,
+    };
   }
 
   async killPod(podId: string): Promise<void> {

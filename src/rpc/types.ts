@@ -107,12 +107,38 @@ export interface FuncLoad extends VersionLoad {
   func: string;
 }
 
+/** What a gateway reports of a tenant with a call rate: the calls it was asked since its last heartbeat. */
+export interface CallDemand {
+  tenant: string;
+  calls: number;
+}
+
+/** A gateway's share of a tenant's call rate (`quota.max_calls_per_s`, `max_call_burst`). */
+export interface CallShare {
+  tenant: string;
+  /** Calls a second. */
+  perS: number;
+  /** Calls at once after a quiet spell. */
+  burst: number;
+}
+
 /** The scheduler's answer to a gateway's heartbeat. */
 export interface GatewayAdvice {
   /** Leased workers to give back once their calls are done (fair share between tenants). */
   reclaim: string[];
   /** Function versions to lease more workers of (`scaleout_policy.queue_ms`, `inflight_tokens`). */
   scaleOut: { tenant: string; namespace: string; func: string; version: number; workers: number }[];
+  /**
+   * This gateway's share of each tenant's call rate, for every tenant with
+   * one (absent from a scheduler of an earlier release: the whole rates).
+   */
+  rates?: CallShare[];
+  /**
+   * The gateways the scheduler hears from, this one included: a tenant
+   * whose rate has no share here yet (a quota just set) takes this part of
+   * it until the next heartbeat. Absent, or 0: one.
+   */
+  gateways?: number;
 }
 
 /** A worker leased to a gateway. */
@@ -165,14 +191,16 @@ export interface SchedulerClient {
   returnWorker(req: { podId: string; gatewayId: string; failed?: boolean }): Promise<void>;
   /**
    * Heartbeat of a gateway with the pods it holds and, when it says, the load
-   * of its functions: keeps its leases, tells a restarted scheduler who
-   * holds what, and is answered with leases to give back and functions to
-   * lease more workers of.
+   * of its functions and the calls it was asked of tenants with a call
+   * rate: keeps its leases, tells a restarted scheduler who holds what, and
+   * is answered with leases to give back, functions to lease more workers
+   * of, and its shares of the call rates.
    */
   refreshGateway(
     gatewayId: string,
     leasedPods?: string[],
     load?: FuncLoad[],
+    calls?: CallDemand[],
   ): Promise<GatewayAdvice>;
   /** Terminates a pod now. */
   killPod(podId: string): Promise<void>;

@@ -122,7 +122,8 @@ export function leaderOnly(
     leaseWorker: (req, signal, onProgress): Promise<Lease> =>
       leader()?.leaseWorker(req, signal, onProgress) ?? notLeader(),
     returnWorker: (req) => leader()?.returnWorker(req) ?? notLeader(),
-    refreshGateway: (gw, pods, load) => leader()?.refreshGateway(gw, pods, load) ?? notLeader(),
+    refreshGateway: (gw, pods, load, calls) =>
+      leader()?.refreshGateway(gw, pods, load, calls) ?? notLeader(),
     killPod: (podId) => leader()?.killPod(podId) ?? notLeader(),
   };
 }

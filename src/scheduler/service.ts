@@ -38,7 +38,9 @@ import { type FunctionObject, specOfVersion, trafficSplit } from "../model/versi
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { WORKER_OUTPUT } from "../rpc/types.ts";
+import { CallRates } from "./call_rates.ts";
 import type {
+  CallDemand,
   FuncLoad,
   GatewayAdvice,
   Lease,
@@ -147,6 +149,8 @@ export class SchedulerService implements SchedulerClient {
   #conditions: ConditionWriter;
   /** Snapshot records by store key, to know what a deleted one was. */
   #snapshots = new Map<string, { func: string; version: number; node: string }>();
+  /** The tenants' call rates, shared out between the gateways at their heartbeats. */
+  #rates: CallRates;
 
   constructor(meta: MetaClient, options: SchedulerOptions = {}) {
     this.#meta = meta;
@@ -164,6 +168,7 @@ export class SchedulerService implements SchedulerClient {
       recoveryGraceMs: options.recoveryGraceMs,
       reclaimGraceMs: options.reclaimGraceMs,
     });
+    this.#rates = new CallRates(options.gatewayTimeoutMs ?? 10_000, () => this.#clock.now());
   }
 
   /** The core's state, read-only, for views and tests. */
@@ -359,6 +364,7 @@ export class SchedulerService implements SchedulerClient {
         upsert: (rec) => {
           const o = decodeStoredUserObject(rec.value, rec.revision);
           const q = tenantQuota(o.spec as Record<string, unknown>);
+          this.#rates.setQuota(o.name, q);
           this.#apply({
             type: "tenantQuota",
             tenant: o.name,
@@ -368,6 +374,7 @@ export class SchedulerService implements SchedulerClient {
           this.#apply({ type: "tenantWeight", tenant: o.name, weight });
         },
         remove: (ref) => {
+          this.#rates.setQuota(ref.name, undefined);
           this.#apply({ type: "tenantQuota", tenant: ref.name, limits: {} });
           this.#apply({ type: "tenantWeight", tenant: ref.name, weight: 1 });
         },
@@ -547,6 +554,7 @@ export class SchedulerService implements SchedulerClient {
     gatewayId: string,
     leasedPods?: string[],
     load?: FuncLoad[],
+    calls?: CallDemand[],
   ): Promise<GatewayAdvice> {
     if (!gatewayId) {
       return Promise.reject(
@@ -571,7 +579,8 @@ export class SchedulerService implements SchedulerClient {
       leases: leasedPods,
       load: load?.map((l) => ({ ...l, func: funcId(l.tenant, l.namespace, l.func) })),
     });
-    const advice: GatewayAdvice = { reclaim: [], scaleOut: [] };
+    const { shares, gateways } = this.#rates.heartbeat(gatewayId, calls ?? []);
+    const advice: GatewayAdvice = { reclaim: [], scaleOut: [], rates: shares, gateways };
     for (const a of actions) {
       if (a.type === "reclaimLease" && a.gateway === gatewayId) advice.reclaim.push(a.podId);
       if (a.type === "scaleOut" && a.gateway === gatewayId) {

@@ -29,6 +29,24 @@ async function gatewayIds(url: string, n = 40): Promise<Set<string>> {
   return ids;
 }
 
+/** A call of `g/n/one` over a connection of its own (so that calls land on both gateways). */
+async function freshCall(
+  url: string,
+): Promise<{ status: number; pod: string | null; text: string }> {
+  const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  try {
+    const res = await fetch(`${url}/funccall/g/n/one/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "The GPU", max_tokens: 2 }),
+      client,
+    });
+    return { status: res.status, pod: res.headers.get("x-inferx-pod"), text: await res.text() };
+  } finally {
+    client.close();
+  }
+}
+
 /** The member processes of the group `pid` leads. */
 async function members(pid: number): Promise<number[]> {
   const out: number[] = [];
@@ -81,17 +99,9 @@ Deno.test({
       // they share the one worker instead of one waiting on the other.
       const pods = new Set<string>();
       for (let i = 0; i < 20; i++) {
-        const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
-        const res = await fetch(`${p.url}/funccall/g/n/one/v1/completions`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ prompt: "The GPU", max_tokens: 2 }),
-          client,
-        });
-        assert.equal(res.status, 200, await res.clone().text());
-        pods.add(res.headers.get("x-inferx-pod")!);
-        await res.body?.cancel();
-        client.close();
+        const res = await freshCall(p.url);
+        assert.equal(res.status, 200, res.text);
+        pods.add(res.pod!);
       }
       assert.equal(pods.size, 1, "one worker served both gateways");
       // Its log, from the node agent, over fresh connections that land on both gateways (a
@@ -132,6 +142,32 @@ Deno.test({
         )?.split(" ")[1];
         assert.equal(n, "20", `scrape ${i} after the restart`);
       }
+      // The tenant's call rate holds for the group as a whole: the shares the scheduler hands out
+      // at the heartbeats add up to the rate, wherever the calls land. (Each gateway held to the
+      // whole rate would let through twice as many.)
+      const tenant = (await request(`${p.url}/object/tenant/system/system/g`)).body;
+      const rated = await request(`${p.url}/object/`, {
+        method: "POST",
+        body: { ...tenant, object: { spec: { quota: { max_calls_per_s: 2, max_call_burst: 2 } } } },
+      });
+      assert.equal(rated.status, 200, JSON.stringify(rated.body));
+      const t0 = performance.now();
+      const seen = new Map<number, number>();
+      while (performance.now() - t0 < 8000) {
+        const res = await freshCall(p.url);
+        seen.set(res.status, (seen.get(res.status) ?? 0) + 1);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const s = (performance.now() - t0) / 1000;
+      const ok = seen.get(200) ?? 0;
+      console.log(
+        `call rate 2/s over the group for ${s.toFixed(1)} s: ${JSON.stringify([...seen])}`,
+      );
+      assert.deepEqual([...seen.keys()].sort(), [200, 429]);
+      // The rate over the time, both gateways' bursts, and a share's tokens kept as shares change.
+      assert.ok(ok <= 2 * s + 2 + 2, `${ok} calls taken in ${s.toFixed(1)} s at 2 a second`);
+      assert.ok(ok >= s, `${ok} calls taken in ${s.toFixed(1)} s: the shares left the rate unused`);
+
       // Another platform's group cannot take a share of the port.
       const port = new URL(p.url).port;
       const dir = await Deno.makeTempDir({ prefix: "inferx-e2e-" });

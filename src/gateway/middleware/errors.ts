@@ -107,6 +107,9 @@ export function errorAnswer(err: InferxError, openai = false): ErrorAnswer {
   const mayHaveRun = err.details?.may_have_run === true || err.details?.may_be_stored === true;
   if ((status === 429 || status === 503) && !mayHaveRun) {
     headers.push(["retry-after", String(retryAfter(err))]);
+    // Finer than whole seconds, as OpenAI's client libraries read it (a call rate's wait).
+    const ms = err.details?.retry_after_ms;
+    if (typeof ms === "number") headers.push(["retry-after-ms", String(ms)]);
   }
   // A quota that clears by itself as calls end (`retryable`) may be tried again. A 504 waited
   // as long as the function's policy says a call waits (`queue_timeout`, or the caller's own

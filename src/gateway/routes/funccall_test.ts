@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
+import { until } from "../../common/testing.ts";
 import { WORKER_OUTPUT } from "../../rpc/types.ts";
 import {
   fakeWorker,
@@ -763,6 +764,55 @@ t("a call cut off on a worker reclaimed for another tenant's fair share says so"
       (await r.json()).error.message,
       /closed the connection without answering.*\(the worker was reclaimed for another tenant's fair share, and ended as its grace period ran out\)/,
     );
+  } finally {
+    await f.close();
+    await w.close();
+  }
+});
+
+t("a tenant's max_calls_per_s holds for /funccall, /v1 and asynchronous calls alike", async () => {
+  const f = await gatewayFixture();
+  const w = fakeWorker("w1");
+  f.sched.endpoints.push(w.endpoint);
+  try {
+    const ref = { type: "tenant" as const, tenant: "system", namespace: "system", name: "t" };
+    const tenant = await f.meta.get(ref);
+    const quota = { max_calls_per_s: 0.5, max_call_burst: 3 };
+    await f.meta.update({ ...ref, object: { spec: { quota } }, revision: tenant!.revision });
+    await until(
+      "the gateway reads the quota",
+      () => Promise.resolve(f.cache.tenantQuota("t").max_calls_per_s === 0.5),
+    );
+    const openai = () =>
+      f.app.request("/v1/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "t/n/f", prompt: "x" }),
+      });
+    const queued = () =>
+      f.app.request("/funccall/t/n/f/v1/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json", prefer: "respond-async" },
+        body: JSON.stringify({ prompt: "x" }),
+      });
+    // The burst, taken by each kind of call once.
+    for (const r of [await call(f.app), await openai(), await queued()]) {
+      assert.ok(r.status === 200 || r.status === 202, `${r.status} ${await r.clone().text()}`);
+      await r.body?.cancel();
+    }
+    for (const r of [await call(f.app), await openai(), await queued()]) {
+      assert.equal(r.status, 429);
+      assert.equal(r.headers.get("retry-after"), "2");
+      assert.ok(Number(r.headers.get("retry-after-ms")) > 1000);
+      const { error } = await r.json();
+      assert.equal(error.code, "quota_exceeded");
+      assert.match(error.message, /tenant t is at its max_calls_per_s quota \(0\.5 a second/);
+      assert.equal(error.details.limit, "max_calls_per_s");
+    }
+    // Each refused call counts in the tenant's demand for the scheduler's shares.
+    assert.deepEqual(f.cache.limits.demand(), [{ tenant: "t", calls: 6 }]);
+    // Refused before any worker was asked for.
+    assert.equal(f.sched.leases.length <= 1, true);
   } finally {
     await f.close();
     await w.close();

@@ -1,0 +1,82 @@
+/**
+ * Tenants' call rates (`quota.max_calls_per_s`) shared out between the
+ * gateways: each gateway's share of a tenant's rate and burst is in
+ * proportion to the calls it was asked for the tenant since its last
+ * heartbeat, so that the gateways together keep to the rate wherever the
+ * callers' connections land. A gateway asked nothing holds a small floor
+ * (a tenth of a call's weight): all of them idle share alike, and one a
+ * caller moves to takes a call at once (its burst is one at least), the
+ * rest as its share follows the demand there, at the next heartbeat or
+ * two. Gateways not heard for the scheduler's gateway timeout drop out.
+ *
+ * @module
+ */
+import { type CallRate, callRate, type TenantQuota } from "../model/schemas.ts";
+import type { CallDemand, CallShare } from "../rpc/types.ts";
+
+/** The weight of a gateway that was asked no call of a tenant. */
+const FLOOR = 0.1;
+
+interface Heard {
+  at: number;
+  asked: Map<string, number>;
+}
+
+/** The call rates of the tenants that have one, and the gateways' demand for them. */
+export class CallRates {
+  readonly #rates = new Map<string, CallRate>();
+  readonly #gateways = new Map<string, Heard>();
+  readonly #timeoutMs: number;
+  readonly #now: () => number;
+
+  /** `timeoutMs`: a gateway not heard this long is left out of the shares. */
+  constructor(timeoutMs: number, now: () => number = Date.now) {
+    this.#timeoutMs = timeoutMs;
+    this.#now = now;
+  }
+
+  /** Tenant `tenant`'s quota as stored (undefined: the tenant is gone). */
+  setQuota(tenant: string, quota: TenantQuota | undefined): void {
+    const rate = quota && callRate(quota);
+    if (rate) this.#rates.set(tenant, rate);
+    else this.#rates.delete(tenant);
+  }
+
+  /**
+   * Records the heartbeat of `gateway` with its `demand`, and answers its
+   * shares of every tenant that has a rate, and how many gateways there are.
+   */
+  heartbeat(
+    gateway: string,
+    demand: readonly CallDemand[],
+  ): { shares: CallShare[]; gateways: number } {
+    const now = this.#now();
+    for (const [id, g] of this.#gateways) {
+      if (now - g.at > this.#timeoutMs) this.#gateways.delete(id);
+    }
+    const asked = new Map<string, number>();
+    for (const d of demand) {
+      if (Number.isFinite(d.calls) && d.calls > 0) asked.set(d.tenant, d.calls);
+    }
+    // A gateway heard for the first time (just started, or this scheduler is) has asked nothing
+    // yet: it counts as asked as much as the others on average, so that it takes an even part
+    // at once rather than the floor until its next heartbeat (a rolling restart's new gateway
+    // would refuse most calls for two seconds).
+    if (!this.#gateways.has(gateway) && asked.size === 0 && this.#gateways.size > 0) {
+      for (const tenant of this.#rates.keys()) {
+        let sum = 0;
+        for (const g of this.#gateways.values()) sum += g.asked.get(tenant) ?? 0;
+        if (sum > 0) asked.set(tenant, sum / this.#gateways.size);
+      }
+    }
+    this.#gateways.set(gateway, { at: now, asked });
+    const out: CallShare[] = [];
+    for (const [tenant, rate] of this.#rates) {
+      let total = 0;
+      for (const g of this.#gateways.values()) total += (g.asked.get(tenant) ?? 0) + FLOOR;
+      const part = ((asked.get(tenant) ?? 0) + FLOOR) / total;
+      out.push({ tenant, perS: rate.perS * part, burst: Math.max(1, rate.burst * part) });
+    }
+    return { shares: out, gateways: this.#gateways.size };
+  }
+}
