@@ -147,7 +147,11 @@ interface Head {
  * applies to the whole origin whatever answer carries them, a `fetch()`'s
  * included: `clear-site-data` (it signed the dashboard out and deleted the
  * host's cookies), `strict-transport-security`, `alt-svc`, `nel`,
- * `report-to`, `reporting-endpoints` and `service-worker-allowed`.
+ * `report-to`, `reporting-endpoints` and `service-worker-allowed`; and the
+ * fields a proxy in front acts on (`x-sendfile`, `x-lighttpd-send-file`,
+ * and nginx's `x-accel-*`, see {@linkcode passed}): nginx in front followed
+ * a worker's `X-Accel-Redirect` and sent the caller's request, credentials
+ * and all, to the route the worker named.
  */
 const NOT_PASSED: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
@@ -161,15 +165,17 @@ const NOT_PASSED: ReadonlySet<string> = new Set([
   "report-to",
   "reporting-endpoints",
   "service-worker-allowed",
+  "x-sendfile",
+  "x-lighttpd-send-file",
 ]);
 
 /**
  * Whether a worker's answer field is passed to the caller: not one of
  * {@linkcode NOT_PASSED}, nor the gateway's own (`x-inferx-*`: callers and
- * `ctl` trust them).
+ * `ctl` trust them), nor one nginx in front would act on (`x-accel-*`).
  */
 function passed(name: string): boolean {
-  return !NOT_PASSED.has(name) && !name.startsWith("x-inferx-");
+  return !NOT_PASSED.has(name) && !name.startsWith("x-inferx-") && !name.startsWith("x-accel-");
 }
 
 class Conn {
@@ -700,6 +706,8 @@ export class HttpPool {
         // again does no harm (an idempotent method, an idempotency key), as Go's client does.
         if (pooled && !answered && (!conn.wroteSome || mayRepeat(req))) continue;
         if (answered) {
+          // Its body read whole here: the read's own failure says so already.
+          if (err instanceof AnswerBroken) throw err;
           throw new AnswerBroken(`it broke off its answer: ${(err as Error).message}`, {
             cause: err,
           });

@@ -409,8 +409,11 @@ const NOT_FORWARDED: ReadonlySet<string> = new Set([
 
 /**
  * The request headers to forward, minus hop-by-hop fields, those its
- * `Connection` names, and `drop` (the platform's credentials): one pass over
- * the list (a second only where `Connection` names a field).
+ * `Connection` names, `drop` (the platform's credentials), and names with an
+ * underscore, as nginx drops them: a server that maps names to variables
+ * (CGI, WSGI: `Content_Length` and `Content-Length` both `CONTENT_LENGTH`)
+ * could take `Transfer_Encoding` for the framing the gateway checked. One
+ * pass over the list (a second only where `Connection` names a field).
  */
 export function forwardHeaders(
   headers: Iterable<readonly [string, string]>,
@@ -422,7 +425,9 @@ export function forwardHeaders(
     const k = pair[0];
     if (k === "connection") {
       connection = connection === undefined ? pair[1] : `${connection},${pair[1]}`;
-    } else if (!NOT_FORWARDED.has(k) && !drop?.has(k)) out.push([k, pair[1]]);
+    } else if (!NOT_FORWARDED.has(k) && !drop?.has(k) && !k.includes("_")) {
+      out.push([k, pair[1]]);
+    }
   }
   return withoutConnectionNamed(out, connection);
 }
