@@ -94,7 +94,8 @@ Deno.test("`deno task compile` takes in every module a worker thread runs (a com
   for (const file of await sourceFiles(SRC.replace(/\/$/, ""))) {
     const text = await Deno.readTextFile(file);
     for (const m of text.matchAll(/new Worker\(new URL\("\.\/([^"]+)", import\.meta\.url\)/g)) {
-      const dir = file.slice(file.indexOf("/src/") + 1, file.lastIndexOf("/"));
+      // Relative to the repository, wherever it is checked out (`/src/inferx`, say).
+      const dir = file.slice(SRC.length - "src/".length, file.lastIndexOf("/"));
       workers.push(`${dir}/${m[1]}`);
     }
   }

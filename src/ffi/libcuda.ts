@@ -136,7 +136,9 @@ export function openLibCuda(path = Deno.env.get("INFERX_LIBCUDA") ?? "libcuda.so
   try {
     lib = Deno.dlopen(path, SYMBOLS);
   } catch (err) {
-    return { reason: `Cannot load ${path}: ${(err as Error).message}` };
+    // The runtime says its "Could not open library: " twice over the system's reason.
+    const why = (err as Error).message.replace(/^(Could not open library: )+/, "");
+    return { reason: `Cannot load ${path}: ${why}` };
   }
   const cuda = new LibCuda(lib);
   try {

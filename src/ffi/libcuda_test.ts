@@ -174,6 +174,11 @@ Deno.test("openLibCuda() reports a missing library as a reason", () => {
   const r = openLibCuda("/nonexistent/libcuda.so.1");
   assert.equal(r.cuda, undefined);
   assert.match(r.reason!, /Cannot load \/nonexistent\/libcuda\.so\.1/);
+  // The system's reason once, without the runtime's prefix twice over it.
+  assert.equal(
+    r.reason,
+    "Cannot load /nonexistent/libcuda.so.1: /nonexistent/libcuda.so.1: cannot open shared object file: No such file or directory",
+  );
 });
 
 Deno.test("formatUuid() prints the driver's GPU- and MIG- forms", () => {

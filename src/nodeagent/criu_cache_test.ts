@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type CheckResult, Criu, locateCriu } from "./criu.ts";
+import { type CheckResult, Criu, criuCapability, locateCriu } from "./criu.ts";
 import {
   type CacheMaker,
   dropStaleCriuCache,
@@ -192,9 +192,15 @@ Deno.test("prepareCriuCache() says why the cache is off: switched off, or not ma
 });
 
 const criuBin = locateCriu();
+// One that fails its check (Debian 12's on a recent kernel) makes no cache either: skipped, as
+// the snapshot tests are.
+const criuCap = criuBin && Deno.build.os === "linux" ? await criuCapability(criuBin) : undefined;
+if (criuCap && !criuCap.available) {
+  console.log(`skipping the CRIU kernel cache test: ${criuCap.reason}`);
+}
 Deno.test({
   name: "with the node's CRIU, the cache is CRIU's own, or made for it, and CRIU loads it",
-  ignore: !criuBin || Deno.uid?.() !== 0 || Deno.build.os !== "linux",
+  ignore: !criuBin || !criuCap?.available || Deno.uid?.() !== 0 || Deno.build.os !== "linux",
   async fn() {
     const criu = new Criu(criuBin!);
     const version = await criu.version();

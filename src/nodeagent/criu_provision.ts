@@ -145,7 +145,18 @@ export async function provisionCriu(options: ProvisionOptions = {}): Promise<Pro
       "APT::Sandbox::User=root",
     ];
     say(`Fetching the package lists of Debian ${suite} from ${mirror}`);
-    await run("apt-get", [...apt, "-qq", "update"]);
+    try {
+      await run("apt-get", [...apt, "-qq", "update"]);
+    } catch (err) {
+      // A mirror that serves a snapshot of the suite (or a clock ahead of it) has a Release past
+      // its Valid-Until: still signed by Debian's key, which apt checks all the same.
+      if (!/is expired/.test((err as Error).message)) throw err;
+      say(
+        `Debian ${suite}'s Release file at ${mirror} is past its Valid-Until: taken all the same`,
+      );
+      apt.push("-o", "Acquire::Check-Valid-Until=false");
+      await run("apt-get", [...apt, "-qq", "update"]);
+    }
     const closure = parseDependsClosure(
       await run("apt-cache", [
         ...apt,

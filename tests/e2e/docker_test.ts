@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { dockerAvailable } from "../../src/nodeagent/docker_runtime.ts";
+import { criuCapability } from "../../src/nodeagent/criu.ts";
 import { imageExists, NGRAM_COMMANDS, NGRAM_IMAGE } from "../../src/samples/ngram/image.ts";
 import {
   createNamespace,
@@ -115,10 +116,13 @@ Deno.test({
     try {
       await putLm(p, { min_replica: 1 });
       const pod = await readyPod(p);
+      // Workers write their output to files only with CRIU (without it, to pipes): the files are
+      // looked for where they are made.
+      const withFiles = (await criuCapability()).available;
       const logs = `${p.dataDir}/snapshots`;
       const outputs = () =>
         [...Deno.readDirSync(logs)].filter((e) => e.name.endsWith(".log")).map((e) => e.name);
-      assert.ok(outputs().length > 0, "the worker's output file");
+      if (withFiles) assert.ok(outputs().length > 0, "the worker's output file");
       p.proc.kill("SIGKILL");
       await p.stop().catch(() => {});
       const alive = () =>
@@ -126,7 +130,7 @@ Deno.test({
       assert.ok(await alive(), "the worker outlived the platform");
       p = await startPlatform({ INFERX_RUNTIME: "docker" }, p.dataDir);
       assert.equal(await alive(), false, "ended by the start on Docker");
-      assert.deepEqual(outputs(), []);
+      if (withFiles) assert.deepEqual(outputs(), []);
       assert.match(p.output(), /an earlier run on the process runtime left ended/);
     } finally {
       await p.stop();

@@ -39,9 +39,16 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 T0 = time.monotonic()
-import numpy as np  # noqa: E402
-import torch  # noqa: E402  (the import is most of a fresh start)
-from torch import nn  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+    import torch  # noqa: E402  (the import is most of a fresh start)
+    from torch import nn  # noqa: E402
+except ImportError as e:
+    # Said in the words of the fix: the output's last line reaches the caller (503 worker_failed).
+    sys.exit(
+        f"PyTorch is not installed for {sys.executable} ({e}): "
+        "on Debian, apt-get install python3-torch"
+    )
 
 VOCAB = 256  # bytes
 CONTEXT = 256
