@@ -1451,10 +1451,11 @@ async function revokedMidBody(
   const port = Number(new URL(url).port);
   const conns = await Promise.all(requests.map(async ([head, body]) => {
     const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    // JSON unless the head names its own type.
+    const type = /content-type:/i.test(head) ? "" : "content-type: application/json\r\n";
     await c.write(
       new TextEncoder().encode(
-        `${head}content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n` +
-          body.slice(0, 5),
+        `${head}${type}content-length: ${body.length}\r\n\r\n` + body.slice(0, 5),
       ),
     );
     return c;
@@ -1533,7 +1534,11 @@ t(
   "a call whose body comes after its key was revoked is refused, sync, OpenAI-style and async",
   async () => {
     const admin = { authorization: "Bearer admin-key-0123456789" };
-    const g = await listening({ adminKey: "admin-key-0123456789" });
+    const g = await listening({
+      adminKey: "admin-key-0123456789",
+      bodyLimit: 4 << 20,
+      calls: { maxBytes: 4 << 20 },
+    });
     const w = fakeWorker("w1");
     g.f.sched.endpoints.push(w.endpoint);
     const made = await (await post(`${g.url}/apikeys`, { scope: "inference", tenant: "t" }, admin))
@@ -1548,10 +1553,17 @@ t(
         ["/funccall/t/n/f/v1/completions", ""],
         ["/v1/completions", ""],
         ["/funccall/t/n/f/v1/completions", "prefer: respond-async\r\n"],
-      ].map(([path, extra]) =>
+        // Past 1 MiB and not JSON, an asynchronous call's body streams: read after the head's
+        // checks, in the accept itself.
+        [
+          "/funccall/t/n/f/upload",
+          "prefer: respond-async\r\ncontent-type: application/octet-stream\r\n",
+          "x".repeat(1_100_000),
+        ],
+      ].map(([path, extra, own]) =>
         [
           `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: ${key.authorization}\r\n${extra}`,
-          body,
+          own ?? body,
         ] as const
       ),
     );

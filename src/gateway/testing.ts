@@ -272,7 +272,10 @@ function statusIn(status: number | undefined, range: { min: number; max: number 
 
 /** A worker on a free port that answers with its name, the path and query it got, after `delayMs`. */
 export function fakeWorker(name: string, options: { status?: number; delayMs?: number } = {}) {
+  /** The request headers of each call it had, in order. */
+  const heard: Headers[] = [];
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    heard.push(req.headers);
     if (options.delayMs) await new Promise((r) => setTimeout(r, options.delayMs));
     const body = req.body ? await req.text() : "";
     const url = new URL(req.url);
@@ -280,7 +283,7 @@ export function fakeWorker(name: string, options: { status?: number; delayMs?: n
       status: options.status ?? 200,
     });
   });
-  return { endpoint: `127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+  return { endpoint: `127.0.0.1:${server.addr.port}`, heard, close: () => server.shutdown() };
 }
 
 /**

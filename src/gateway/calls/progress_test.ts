@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { InferxError } from "../../common/errors.ts";
+import { until } from "../../common/testing.ts";
 import { type GatewayFixture, gatewayFixture } from "../testing.ts";
 import { EventLines } from "./progress.ts";
 
@@ -178,18 +179,48 @@ t("a call that fails while it waits ends its progress stream with an error event
 });
 
 t("a worker's error answer after the stages is sent as an error event", async () => {
-  const f = await gatewayFixture();
-  const w = sseWorker(500);
-  f.sched.endpoints.push(w.endpoint);
-  const text = await (await stream(f)).text();
-  assert.ok(text.startsWith(": queued\n\n: placing\n\n: ready\n\nevent: error\n"), text);
-  const data = JSON.parse(text.split("data: ")[1]);
-  // The answer's own `error`, not wrapped in a second one.
-  assert.deepEqual(data, { status: 500, error: "model not loaded" });
-  assert.equal(f.cache.agent("t", "n", "f")!.workers[0].inflight, 0, "the slot is back");
-  await f.close();
-  await w.close();
+  // 400 as well as 500: every error status, the first of them included.
+  for (const status of [500, 400]) {
+    const f = await gatewayFixture();
+    const w = sseWorker(status);
+    f.sched.endpoints.push(w.endpoint);
+    const text = await (await stream(f)).text();
+    assert.ok(text.startsWith(": queued\n\n: placing\n\n: ready\n\nevent: error\n"), text);
+    const data = JSON.parse(text.split("data: ")[1]);
+    // The answer's own `error`, not wrapped in a second one.
+    assert.deepEqual(data, { status, error: "model not loaded" });
+    assert.equal(f.cache.agent("t", "n", "f")!.workers[0].inflight, 0, "the slot is back");
+    await f.close();
+    await w.close();
+  }
 });
+
+t(
+  "a caller that leaves after its worker answered, before the stream read it, frees the slot",
+  async () => {
+    const f = await gatewayFixture();
+    const heard = Promise.withResolvers<void>();
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+      heard.resolve();
+      return new Response("data: 1\n\n", { headers: { "content-type": "text/event-stream" } });
+    });
+    f.sched.stages = ["starting"];
+    f.sched.endpoints.push(`127.0.0.1:${server.addr.port}`);
+    try {
+      const r = await stream(f);
+      // Nothing of the stream is read (its first stage waits in its queue, so nothing pulls
+      // the answer into it) while the worker answers.
+      await heard.promise;
+      await new Promise((r) => setTimeout(r, 100));
+      await r.body!.cancel();
+      await until("the slot back", () => f.cache.agent("t", "n", "f")!.workers[0].inflight === 0);
+      assert.deepEqual(f.audit.requests.map((x) => x.error), ["caller_gone"]);
+    } finally {
+      await f.close();
+      await server.shutdown();
+    }
+  },
+);
 
 t(
   "a worker that dies after its stream began ends the progress stream with an error event",

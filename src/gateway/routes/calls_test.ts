@@ -277,15 +277,18 @@ t("when every attempt fails the call fails with the worker's last answer", async
 });
 
 t("a worker's 4xx or 500 answer ends the call as failed at once, with that answer", async () => {
-  const f = await gatewayFixture({ calls: QUICK });
-  const w = scriptedWorker(() => Response.json({ error: "bad prompt" }, { status: 422 }));
-  f.sched.endpoints.push(w.endpoint);
-  const call = await ended(f, await accept(f));
-  assert.equal(call.status, "failed");
-  assert.equal(call.attempts.length, 1);
-  assert.deepEqual(call.result.body, { error: "bad prompt" });
-  await f.close();
-  await w.close();
+  // 400 too: every error status, the first of them included.
+  for (const status of [422, 400]) {
+    const f = await gatewayFixture({ calls: QUICK });
+    const w = scriptedWorker(() => Response.json({ error: "bad prompt" }, { status }));
+    f.sched.endpoints.push(w.endpoint);
+    const call = await ended(f, await accept(f));
+    assert.equal(call.status, "failed", String(status));
+    assert.equal(call.attempts.length, 1);
+    assert.deepEqual(call.result.body, { error: "bad prompt" });
+    await f.close();
+    await w.close();
+  }
 });
 
 /** Makes `f`'s store fail every write of a call record: after it (`applied`) or instead of it. */
@@ -617,10 +620,13 @@ t(
       const c = (await get(f, id, ADMIN)).body;
       return c.callback.state === "delivered" && c.callback.attempts === 2;
     });
-    // The gateway's own fields are not kept for the worker.
-    const stored = (await f.meta.list("call")).items.map((r) => JSON.parse(r.value));
-    const fields = stored[0].headers.map(([k]: [string, string]) => k);
-    assert.ok(!fields.includes("prefer") && !fields.includes("x-inferx-callback-url"), fields);
+    // The gateway's own fields do not reach the worker, nor the caller's credentials.
+    const fields = [...w.heard[0].keys()];
+    assert.ok(fields.includes("content-type"), fields.join());
+    assert.ok(
+      !fields.includes("prefer") && !fields.includes("x-inferx-callback-url"),
+      fields.join(),
+    );
     assert.ok(!fields.includes("authorization"), "nor the caller's credentials");
     // A rotated secret signs the next callbacks; only a tenant administrator reads it.
     const rotated = await f.app.request("/calls/callback-secret/t", {
@@ -651,6 +657,46 @@ t(
     await f.close();
     await w.close();
     await receiver.shutdown();
+  },
+);
+
+t(
+  "a receiver that answers a redirect has not taken the callback: tried as often as allowed, no more",
+  async () => {
+    const f = await gatewayFixture({
+      calls: {
+        ...QUICK,
+        deliveryTries: 3,
+        callbackAllow: [{ address: "127.0.0.1", prefix: 32, family: "ipv4" }],
+      },
+      adminKey: "admin-key-0123456789",
+    });
+    const w = fakeWorker("w1");
+    f.sched.endpoints.push(w.endpoint);
+    let posts = 0;
+    // Redirects are not followed: the receiver never had the call.
+    const receiver = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+      await req.text();
+      posts++;
+      return new Response(null, { status: 302, headers: { location: "https://elsewhere/x" } });
+    });
+    try {
+      const url = `http://127.0.0.1:${receiver.addr.port}/hook`;
+      const id = await accept(f, { prompt: "x" }, { ...ADMIN, "x-inferx-callback-url": url });
+      let call: Json;
+      await until("the delivery given up", async () => {
+        call = (await get(f, id, ADMIN)).body;
+        return call.callback?.state === "failed";
+      });
+      assert.equal(call.callback.attempts, 3);
+      assert.equal(call.callback.last_error, "the receiver answered 302");
+      await new Promise((r) => setTimeout(r, 200)); // a fourth try would have come by now
+      assert.equal(posts, 3);
+    } finally {
+      await f.close();
+      await w.close();
+      await receiver.shutdown();
+    }
   },
 );
 
@@ -693,6 +739,8 @@ t(
       ["http://10.1.2.3/x", /10\.1\.2\.3/],
       ["http://localhost:9/x", /not a public address/],
       ["http://user:pw@example.com/x", /credentials in the URL/],
+      ["http://:pw@example.com/x", /credentials in the URL/],
+      ["http://user@example.com/x", /credentials in the URL/],
     ];
     for (const [url, want] of cases) {
       const r = await f.app.request("/funccall/t/n/f/x", {
