@@ -5,10 +5,12 @@
  * one onto another, or the first commit of a GitOps repository.
  *
  * What is exported is each object as stored (`metadata` and `spec`), not
- * its revision, its status or its function's older versions: applied
- * elsewhere, a function starts at version 1 with the newest spec taking
- * every call. API keys are not exported (the platform keeps their hashes
- * only), nor asynchronous calls, nodes or pods.
+ * its revision, its status or its function's older versions: applied back
+ * to the same platform nothing changes; applied elsewhere, a function
+ * starts at version 1 with the newest spec taking every call (an inline
+ * `traffic` split naming other versions is refused there, and said here).
+ * API keys are not exported (the platform keeps their hashes only), nor
+ * asynchronous calls, nodes or pods.
  *
  * @module
  */
@@ -55,19 +57,23 @@ function fileForm(o: Obj): Obj {
 }
 
 /**
- * Leaves out of function `file` (of stored `o`) what names its versions, which
- * do not carry over (applied elsewhere, it is version 1): an inline `traffic`
- * split, refused on a create unless it names version 1 alone. Says so on
- * `io.err`, as it does of a rollout under way.
+ * Says on `io.err` what of function `o` holds only on the platform it came
+ * from, since versions do not carry over (applied elsewhere, a function is
+ * version 1): an inline `traffic` split that names another version (kept:
+ * applied back here it holds; applied elsewhere it is refused until taken
+ * out), and a rollout under way.
  */
-function withoutVersions(file: Obj, o: Obj, io: Ctl["io"]): void {
+function noteVersions(o: Obj, io: Ctl["io"]): void {
   const id = `function ${o.tenant}/${o.namespace}/${o.name}`;
-  const inline = file.object.spec?.policy?.Obj;
-  if (inline?.traffic !== undefined) {
-    const split = (inline.traffic as { version: number; percent: number }[])
-      .map((t) => `v${t.version} ${t.percent}%`).join(", ");
-    delete inline.traffic;
-    io.err(`note: ${id}: its traffic split (${split}) is left out: versions do not carry over`);
+  const traffic = o.object?.spec?.policy?.Obj?.traffic as
+    | { version: number; percent: number }[]
+    | undefined;
+  if (traffic?.some((t) => t.version !== 1)) {
+    const split = traffic.map((t) => `v${t.version} ${t.percent}%`).join(", ");
+    io.err(
+      `note: ${id}: its traffic split (${split}) names its versions: applied to another ` +
+        `platform, where it would be version 1, take policy.Obj.traffic out first`,
+    );
   }
   if (o.stable_version !== undefined && o.stable_version !== o.version) {
     io.err(
@@ -109,7 +115,7 @@ export async function exportObjects({ send, io }: Ctl, options: ExportOptions = 
       );
     for (const o of kept) {
       const file = fileForm(o);
-      if (type === "function") withoutVersions(file, o, io);
+      if (type === "function") noteVersions(o, io);
       docs.push(stringify(file));
     }
   }

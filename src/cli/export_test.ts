@@ -100,24 +100,20 @@ t(
       assert.deepEqual(Object.keys(d), ["type", "tenant", "namespace", "name", "object"]);
       assert.equal(d.object.status, undefined);
     }
-    // The split names versions, which do not carry over: left out, and said.
-    assert.equal(docs.find((d) => d.name === "batch").object.spec.policy.Obj.traffic, undefined);
-    assert.match(
-      all.err.join("\n"),
-      /function u\/q\/batch: its traffic split \(v1 100%\) is left out/,
-    );
-    assert.match(all.err.at(-1)!, /^exported 9 object\(s\)$/);
+    // A split that names version 1 alone holds anywhere: kept, nothing said.
+    assert.deepEqual(docs.find((d) => d.name === "batch").object.spec.policy.Obj.traffic, [
+      { version: 1, percent: 100 },
+    ]);
+    assert.deepEqual(all.err, ["exported 9 object(s)"]);
 
     // Applied to the platform it came from: nothing changes.
     await Deno.writeTextFile(`${s.dir}/backup.yaml`, all.text);
     const same = recorder();
     await applyObjects({ send: s.send.a, io: same.io }, [`${s.dir}/backup.yaml`]);
     const changed = same.out.filter((l) => !l.startsWith("unchanged"));
-    // The fixture made its own objects without ctl: apply marks them as its own, and the one
-    // whose split was left out loses it.
+    // The fixture made its own objects without ctl: apply marks them as its own.
     assert.deepEqual(changed.sort(), [
       "updated function t/n/f (version 1 kept)",
-      "updated function u/q/batch (version 1 kept)",
       "updated namespace t/system/n",
       "updated tenant system/system/t",
     ]);
@@ -170,3 +166,41 @@ t("export TENANT, TENANT/NS and -l keep to what they name", async (s) => {
   }
   await assert.rejects(s.exported(s.send.a, { selector: "a==b=" }), CliError);
 });
+
+t(
+  "a rollout under way is exported as it is: applied back it holds, and what elsewhere refuses is said",
+  async (s) => {
+    // Version 2 of u/q/batch takes 30% of the calls, version 1 the rest.
+    const cur = (await s.send.a("GET", "/object/function/u/q/batch")).json;
+    const split = [{ version: 1, percent: 70 }, { version: 2, percent: 30 }];
+    const r = await s.send.a("POST", "/object/", {
+      ...cur,
+      object: {
+        metadata: cur.object.metadata,
+        spec: { ...cur.object.spec, image: "y2", policy: { Obj: { traffic: split } } },
+      },
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+    const rollout = async () => (await s.send.a("GET", "/rollout/u/q/batch")).json.traffic;
+    const before = await rollout();
+    const all = await s.exported(s.send.a, { scope: "u/q" });
+    const batch = parseAllDocuments(all.text).map((d) => d.toJS()).find((d) => d.name === "batch");
+    assert.deepEqual(batch.object.spec.policy.Obj.traffic, split);
+    assert.match(
+      all.err.join("\n"),
+      /note: function u\/q\/batch: its traffic split \(v1 70%, v2 30%\) names its versions: applied to another platform, .* take policy\.Obj\.traffic out first/,
+    );
+    await Deno.writeTextFile(`${s.dir}/q.yaml`, all.text);
+    const back = recorder();
+    await applyObjects({ send: s.send.a, io: back.io }, [`${s.dir}/q.yaml`]);
+    assert.ok(back.out.includes("unchanged function u/q/batch"), back.out.join("\n"));
+    assert.deepEqual(await rollout(), before, "the split holds");
+    // Elsewhere, where it would be version 1: refused, as the note said.
+    const tenant = OBJECTS[0];
+    assert.equal((await s.send.b("PUT", "/object/", tenant)).status, 201);
+    await assert.rejects(
+      applyObjects({ send: s.send.b, io: recorder().io }, [`${s.dir}/q.yaml`]),
+      /traffic/,
+    );
+  },
+);

@@ -13,7 +13,7 @@
  * @module
  */
 import { InferxError } from "../common/errors.ts";
-import { type CallRate, callRate, type TenantQuota } from "../model/schemas.ts";
+import { type CallRate, defaultBurst, type TenantQuota } from "../model/schemas.ts";
 import type { CallDemand, CallShare } from "../rpc/types.ts";
 import type { FuncTarget } from "./proxy.ts";
 
@@ -51,16 +51,18 @@ export class CallLimiter {
   /** Takes a call of `target`, or refuses it (429 `quota_exceeded`) when its tenant is at its rate. */
   admit(target: FuncTarget): void {
     const quota = this.#quota(target.tenant);
-    if (quota.max_calls_per_s === undefined) return;
+    const rate = quota.max_calls_per_s;
+    if (rate === undefined) return;
     const tenant = target.tenant;
-    const whole = callRate(quota)!;
+    // Read in place, as `callRate` would make them (no object a call).
+    const wholeBurst = quota.max_call_burst ?? defaultBurst(rate);
     this.#asked.set(tenant, (this.#asked.get(tenant) ?? 0) + 1);
     const share = this.#shares.get(tenant);
     // A share from before the quota changed is never more than the quota; a rate that has none
     // yet (its quota just set) is split evenly until the next heartbeat.
     const n = this.#gateways;
-    const perS = Math.min(share?.perS ?? whole.perS / n, whole.perS);
-    const burst = Math.min(share?.burst ?? Math.max(1, whole.burst / n), whole.burst);
+    const perS = Math.min(share?.perS ?? rate / n, rate);
+    const burst = Math.min(share?.burst ?? Math.max(1, wholeBurst / n), wholeBurst);
     const now = this.#now();
     let b = this.#buckets.get(tenant);
     if (!b) this.#buckets.set(tenant, b = { tokens: burst, at: now });
@@ -80,13 +82,13 @@ export class CallLimiter {
     const f = `${target.tenant}/${target.namespace}/${target.func}`;
     throw new InferxError(
       "quota_exceeded",
-      `Cannot call ${f}: tenant ${tenant} is at its max_calls_per_s quota (${whole.perS} a ` +
-        `second, ${whole.burst} at once): try again in ${waitMs} ms`,
+      `Cannot call ${f}: tenant ${tenant} is at its max_calls_per_s quota (${rate} a ` +
+        `second, ${wholeBurst} at once): try again in ${waitMs} ms`,
       {
         retryable: true,
         details: {
           limit: "max_calls_per_s",
-          quota: whole.perS,
+          quota: rate,
           retry_after_s: Math.max(1, Math.ceil(waitMs / 1000)),
           retry_after_ms: waitMs,
         },

@@ -148,7 +148,7 @@ interface Head {
  * included: `clear-site-data` (it signed the dashboard out and deleted the
  * host's cookies), `strict-transport-security`, `alt-svc`, `nel`,
  * `report-to`, `reporting-endpoints` and `service-worker-allowed`; and the
- * fields a proxy in front acts on (`x-sendfile`, `x-lighttpd-send-file`,
+ * fields a proxy in front acts on (`x-sendfile`, `x-sendfile2`, `x-lighttpd-send-file`,
  * and nginx's `x-accel-*`, see {@linkcode passed}): nginx in front followed
  * a worker's `X-Accel-Redirect` and sent the caller's request, credentials
  * and all, to the route the worker named.
@@ -166,6 +166,7 @@ const NOT_PASSED: ReadonlySet<string> = new Set([
   "reporting-endpoints",
   "service-worker-allowed",
   "x-sendfile",
+  "x-sendfile2",
   "x-lighttpd-send-file",
 ]);
 

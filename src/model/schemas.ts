@@ -325,7 +325,12 @@ export interface CallRate {
 export function callRate(quota: TenantQuota): CallRate | undefined {
   const perS = quota.max_calls_per_s;
   if (perS === undefined) return undefined;
-  return { perS, burst: quota.max_call_burst ?? Math.max(1, Math.ceil(perS)) };
+  return { perS, burst: quota.max_call_burst ?? defaultBurst(perS) };
+}
+
+/** `max_call_burst` when a quota sets none: a second's worth of the rate, one call at least. */
+export function defaultBurst(perS: number): number {
+  return Math.max(1, Math.ceil(perS));
 }
 
 /** The weight in a stored tenant's value (default 1). */

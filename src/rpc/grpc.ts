@@ -22,6 +22,7 @@ import {
 } from "../common/errors.ts";
 import { grpcChannelOptions, type GrpcChannelTuning } from "../common/grpc_options.ts";
 import { AdminKey } from "../common/credential.ts";
+import { logger } from "../common/log.ts";
 import { CompactedError } from "../store/types.ts";
 
 export { grpc };
@@ -219,6 +220,13 @@ const TOKEN_FIELD = "authorization";
 const PEER_REFUSED = "ix-peer-refused";
 
 /**
+ * On every answer of a role that asks the token: a client that sends one
+ * and hears an answer without it has reached a role that takes calls from
+ * anyone (its `INFERX_CLUSTER_TOKEN` unset), and says so.
+ */
+const TOKEN_ASKED = "ix-peer-token";
+
+/**
  * Refuses every call that does not carry `token` (UNAUTHENTICATED) before
  * its handler runs: for unary and streaming calls alike, as the first thing
  * a call's metadata meets. The token is compared by its hash in constant time.
@@ -227,6 +235,10 @@ function requireToken(token: string): grpc.ServerInterceptor {
   const key = new AdminKey(token);
   return (_method, call) =>
     new grpc.ServerInterceptingCall(call, {
+      sendMetadata(metadata, next) {
+        metadata.set(TOKEN_ASKED, "asked");
+        next(metadata);
+      },
       start(next) {
         next({
           onReceiveMetadata(metadata, pass) {
@@ -254,14 +266,28 @@ function requireToken(token: string): grpc.ServerInterceptor {
     });
 }
 
-/** Sends `token` on every call of a client. */
-function sendToken(token: string): grpc.Interceptor {
+/**
+ * Sends `token` on every call of a client, and calls `unasked` once when
+ * an answer shows the role did not ask for it (a role started without the
+ * token takes calls from anyone: the others would never know).
+ */
+function sendToken(token: string, unasked: () => void): grpc.Interceptor {
   const field = `Bearer ${token}`;
+  let told = false;
   return (options, nextCall) =>
     new grpc.InterceptingCall(nextCall(options), {
       start(metadata, listener, next) {
         metadata.set(TOKEN_FIELD, field);
-        next(metadata, listener);
+        next(metadata, {
+          ...listener,
+          onReceiveMetadata(answer, pass) {
+            if (!told && answer.get(TOKEN_ASKED).length === 0) {
+              told = true;
+              unasked();
+            }
+            pass(answer);
+          },
+        });
       },
     });
 }
@@ -270,17 +296,24 @@ function sendToken(token: string): grpc.Interceptor {
 export interface PeerClientOptions extends GrpcChannelTuning {
   /** `INFERX_CLUSTER_TOKEN`: sent on every call; unset: none. */
   clusterToken?: string;
+  /** Told once that the role reached does not ask for the token. @default a warning logged */
+  onUnasked?: (message: string) => void;
 }
 
 /**
- * A client's channel options: {@linkcode grpcChannelOptions} and, with the
- * cluster's token, the interceptor that sends it on every call.
+ * A client's channel options for the role `what` (its name and address, as
+ * messages say it): {@linkcode grpcChannelOptions} and, with the cluster's
+ * token, the interceptor that sends it on every call.
  */
-export function clientOptions(t: PeerClientOptions = {}): grpc.ClientOptions {
-  return {
-    ...grpcChannelOptions(t),
-    ...(t.clusterToken ? { interceptors: [sendToken(t.clusterToken)] } : {}),
-  };
+export function clientOptions(what: string, t: PeerClientOptions = {}): grpc.ClientOptions {
+  const token = t.clusterToken;
+  if (!token) return grpcChannelOptions(t);
+  const unasked = () =>
+    (t.onUnasked ?? ((m: string) => logger("rpc").warn(m)))(
+      `${what} takes calls without the cluster's token (its INFERX_CLUSTER_TOKEN is unset): ` +
+        "any peer that reaches its port may write any record; set the token there",
+    );
+  return { ...grpcChannelOptions(t), interceptors: [sendToken(token, unasked)] };
 }
 
 /** Adapts an async handler to a unary gRPC handler with error mapping. */

@@ -211,3 +211,43 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a client with the token that reaches a role which does not ask for it says so, once",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { openSqliteStore } = await import("../store/sqlite.ts");
+    const { StateService } = await import("../statesvc/service.ts");
+    const { serveMeta } = await import("./meta_grpc.ts");
+    const store = await openSqliteStore();
+    const token = "cluster-secret-0123456789";
+    const open = await serveMeta(new StateService(store), "127.0.0.1:0");
+    const closed = await serveMeta(new StateService(store), "127.0.0.1:0", { clusterToken: token });
+    const told: string[] = [];
+    const onUnasked = (m: string) => told.push(m);
+    const toOpen = new GrpcMetaClient(`127.0.0.1:${open.port}`, { clusterToken: token, onUnasked });
+    const toClosed = new GrpcMetaClient(`127.0.0.1:${closed.port}`, {
+      clusterToken: token,
+      onUnasked,
+    });
+    try {
+      await toClosed.version();
+      await toClosed.list("tenant");
+      assert.deepEqual(told, [], "a role that asks for it");
+      await toOpen.version();
+      await toOpen.list("tenant");
+      assert.equal(told.length, 1, told.join("\n"));
+      assert.match(
+        told[0],
+        /^the state service at 127\.0\.0\.1:\d+ takes calls without the cluster's token \(its INFERX_CLUSTER_TOKEN is unset\)/,
+      );
+    } finally {
+      toOpen.close();
+      toClosed.close();
+      await open.stop();
+      await closed.stop();
+      store.close();
+    }
+  },
+});

@@ -315,7 +315,7 @@ export class GrpcMetaClient implements MetaClient {
     this.#client = new Service(
       address,
       grpc.credentials.createInsecure(),
-      clientOptions(options),
+      clientOptions(`the state service at ${address}`, options),
     );
     this.#timeout = options.timeoutMs ?? 5000;
     this.#listTimeout = Math.max(options.listTimeoutMs ?? 60_000, this.#timeout);

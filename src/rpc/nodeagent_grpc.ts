@@ -44,7 +44,11 @@ export class GrpcNodeAgentClient implements NodeAgentClient {
   #timeout: number;
 
   constructor(address: string, options: { timeoutMs?: number } & PeerClientOptions = {}) {
-    this.#client = new Service(address, grpc.credentials.createInsecure(), clientOptions(options));
+    this.#client = new Service(
+      address,
+      grpc.credentials.createInsecure(),
+      clientOptions(`the node agent at ${address}`, options),
+    );
     this.#what = `the node agent at ${address}`;
     this.#timeout = options.timeoutMs ?? 5000;
   }

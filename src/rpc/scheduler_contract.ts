@@ -166,22 +166,24 @@ export function schedulerContract(name: string, open: () => Promise<SchedulerFix
       // One gateway: the whole rate, once the scheduler has read the quota.
       await until("the quota read", async () => (await beat("gw1", 0)).length === 1);
       assert.deepEqual(await beat("gw1", 0), [{ tenant: "t", perS: 10, burst: 20 }]);
-      // A second gateway asked 30 calls takes almost all of it; the first, asked none, a floor.
+      // A second gateway asked 30 calls takes almost all of it; the first, asked none, a floor:
+      // each gateway's weight is its calls and a twentieth of the calls' mean (here 0.75).
+      const near = (a: number, b: number) => assert.ok(Math.abs(a - b) < 1e-9, `${a} vs ${b}`);
       const [second] = await beat("gw2", 30);
-      assert.ok(Math.abs(second.perS - 10 * 30.1 / 30.2) < 1e-9, JSON.stringify(second));
-      assert.ok(Math.abs(second.burst - 20 * 30.1 / 30.2) < 1e-9);
-      // The first now asked 10: the shares follow the calls (10.1 : 30.1).
+      near(second.perS, 10 * 30.75 / 31.5);
+      near(second.burst, 20 * 30.75 / 31.5);
+      // The first now asked 10: the shares follow the calls (11 : 31, floor 1).
       const [first] = await beat("gw1", 10);
-      assert.ok(Math.abs(first.perS - 10 * 10.1 / 40.2) < 1e-9, JSON.stringify(first));
-      // A burst share is one call at least.
+      near(first.perS, 10 * 11 / 42);
+      // Idle again: its floor; a burst share is one call at least.
       const [idle] = await beat("gw1", 0);
+      near(idle.perS, 10 * 0.75 / 31.5);
       assert.equal(idle.burst, 1);
-      assert.ok(idle.perS < 0.05);
-      // A gateway heard for the first time counts as asked the others' mean (0 and 30): 15.1 of
-      // 45.3 (0.1 + 30.1 + 15.1), a third.
+      // A gateway heard for the first time counts as asked the others' mean (0 and 30): 15, of 45
+      // asked in all (floor 0.75 each), a third.
       const fresh = await scheduler.refreshGateway("gw3", [], [], []);
       assert.equal(fresh.gateways, 3);
-      assert.ok(Math.abs(fresh.rates![0].perS - 10 * 15.1 / 45.3) < 1e-9, JSON.stringify(fresh));
+      near(fresh.rates![0].perS, 10 * 15.75 / 47.25);
     },
   );
 

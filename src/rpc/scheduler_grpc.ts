@@ -238,7 +238,11 @@ export class GrpcSchedulerClient implements SchedulerClient {
     if (addresses.length === 0) throw new InferxError("invalid", "No scheduler address given");
     this.#clients = addresses.map((address) => ({
       address,
-      client: new Service(address, grpc.credentials.createInsecure(), clientOptions(options)),
+      client: new Service(
+        address,
+        grpc.credentials.createInsecure(),
+        clientOptions(`the scheduler at ${address}`, options),
+      ),
     }));
     this.#timeout = options.timeoutMs ?? 5000;
   }

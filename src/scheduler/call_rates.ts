@@ -4,18 +4,26 @@
  * proportion to the calls it was asked for the tenant since its last
  * heartbeat, so that the gateways together keep to the rate wherever the
  * callers' connections land. A gateway asked nothing holds a small floor
- * (a tenth of a call's weight): all of them idle share alike, and one a
- * caller moves to takes a call at once (its burst is one at least), the
- * rest as its share follows the demand there, at the next heartbeat or
- * two. Gateways not heard for the scheduler's gateway timeout drop out.
+ * (the idle ones together about a twentieth of the rate): all of them idle
+ * share alike, and one a caller moves to takes a call at once (its burst
+ * is one at least), the rest as its share follows the demand there, at the
+ * next heartbeat or two. Gateways not heard for the scheduler's gateway timeout drop out.
  *
  * @module
  */
 import { type CallRate, callRate, type TenantQuota } from "../model/schemas.ts";
 import type { CallDemand, CallShare } from "../rpc/types.ts";
 
-/** The weight of a gateway that was asked no call of a tenant. */
-const FLOOR = 0.1;
+/**
+ * The floor every gateway's weight has, as a part of the calls asked of all
+ * gateways on average: the idle ones together hold about this part of the
+ * rate (an absolute floor held back a fixed share from a busy gateway, the
+ * more the more gateways: a third of a low rate over ten of them).
+ */
+const FLOOR_PART = 0.05;
+
+/** The floor when no gateway was asked anything: all share alike. */
+const FLOOR_MIN = 0.001;
 
 interface Heard {
   at: number;
@@ -71,12 +79,14 @@ export class CallRates {
     }
     this.#gateways.set(gateway, { at: now, asked });
     const out: CallShare[] = [];
+    const n = this.#gateways.size;
     for (const [tenant, rate] of this.#rates) {
-      let total = 0;
-      for (const g of this.#gateways.values()) total += (g.asked.get(tenant) ?? 0) + FLOOR;
-      const part = ((asked.get(tenant) ?? 0) + FLOOR) / total;
+      let sum = 0;
+      for (const g of this.#gateways.values()) sum += g.asked.get(tenant) ?? 0;
+      const floor = Math.max(FLOOR_MIN, (FLOOR_PART * sum) / n);
+      const part = ((asked.get(tenant) ?? 0) + floor) / (sum + floor * n);
       out.push({ tenant, perS: rate.perS * part, burst: Math.max(1, rate.burst * part) });
     }
-    return { shares: out, gateways: this.#gateways.size };
+    return { shares: out, gateways: n };
   }
 }

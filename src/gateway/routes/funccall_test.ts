@@ -630,7 +630,7 @@ t(
         "alt-svc: clear\r\n" +
         // Acted on by nginx in front: it would send the caller's request where the worker says.
         "x-accel-redirect: /apikeys\r\nX-Accel-Buffering: no\r\nx-sendfile: /etc/passwd\r\n" +
-        "x-lighttpd-send-file: /etc/passwd\r\n" +
+        "x-lighttpd-send-file: /etc/passwd\r\nx-sendfile2: /etc/passwd 0-\r\n" +
         "x-inferx-pod: spoofed\r\nx-inferx-cold-start: 0\r\nx-app: kept\r\n" +
         `content-length: ${html.length}\r\n\r\n${html}`,
     });
@@ -647,6 +647,7 @@ t(
         "x-accel-buffering",
         "x-sendfile",
         "x-lighttpd-send-file",
+        "x-sendfile2",
       ]
     ) {
       assert.equal(r.headers.get(field), null, field);
