@@ -2,7 +2,10 @@ import assert from "node:assert/strict";
 import { fromGrpcError, grpc, toGrpcError } from "./grpc.ts";
 import { AlreadyExistsError, ConflictError, InferxError, NotFoundError } from "../common/errors.ts";
 import { freePort } from "../common/net.ts";
-import { GrpcMetaClient } from "./meta_grpc.ts";
+import { GrpcMetaClient, serveMeta } from "./meta_grpc.ts";
+import { openSqliteStore } from "../store/sqlite.ts";
+import { StateService } from "../statesvc/service.ts";
+import type { MetaStore } from "../store/types.ts";
 
 Deno.test("a message over the size limit, raised by the library itself, is too_large and not retried", () => {
   const e = fromGrpcError(
@@ -144,19 +147,21 @@ Deno.test("a role's not_found, conflict and already_exists come back as the clas
   }
 });
 
+const TOKEN = "cluster-secret-0123456789";
+
+/** A state service over `store` on a free port, asking `clusterToken` of its callers if given. */
+function stateService(store: MetaStore, clusterToken?: string) {
+  return serveMeta(new StateService(store), "127.0.0.1:0", { clusterToken });
+}
+
 Deno.test({
   name: "with a cluster token, a role refuses every call without it, unary and streaming, as 503s",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const { openSqliteStore } = await import("../store/sqlite.ts");
-    const { StateService } = await import("../statesvc/service.ts");
-    const { serveMeta } = await import("./meta_grpc.ts");
     const store = await openSqliteStore();
-    const token = "cluster-secret-0123456789";
-    const server = await serveMeta(new StateService(store), "127.0.0.1:0", {
-      clusterToken: token,
-    });
+    const token = TOKEN;
+    const server = await stateService(store, token);
     const at = `127.0.0.1:${server.port}`;
     const clients = {
       none: new GrpcMetaClient(at, { timeoutMs: 2000 }),
@@ -217,13 +222,10 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const { openSqliteStore } = await import("../store/sqlite.ts");
-    const { StateService } = await import("../statesvc/service.ts");
-    const { serveMeta } = await import("./meta_grpc.ts");
     const store = await openSqliteStore();
-    const token = "cluster-secret-0123456789";
-    const open = await serveMeta(new StateService(store), "127.0.0.1:0");
-    const closed = await serveMeta(new StateService(store), "127.0.0.1:0", { clusterToken: token });
+    const token = TOKEN;
+    const open = await stateService(store);
+    const closed = await stateService(store, token);
     const told: string[] = [];
     const onUnasked = (m: string) => told.push(m);
     const toOpen = new GrpcMetaClient(`127.0.0.1:${open.port}`, { clusterToken: token, onUnasked });
