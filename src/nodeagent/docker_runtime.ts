@@ -52,6 +52,8 @@ export interface DockerRuntimeOptions {
   onExit?(podId: string, why: string): void;
   /** Probe interval (ms). @default 25 */
   probeIntervalMs?: number;
+  /** How long a call of the engine may go unanswered (ms). @default {@linkcode DOCKER_ANSWER_MS} */
+  answerMs?: number;
   /**
    * Host directories a function's `mounts` may bind (each, or under it);
    * any other mount is refused. @default none: a container reaches nothing
@@ -82,17 +84,37 @@ const RECOVER_PROBES = 16;
 /** Where the Docker engine listens unless `DOCKER_HOST` says otherwise. */
 export const DOCKER_SOCKET = "/var/run/docker.sock";
 
+/**
+ * How long the engine may keep an answer to the agent waiting, its
+ * connection silent (ms): an engine that is stopped (SIGSTOP, a frozen VM)
+ * still takes connections and answers nothing, and a start, a stop or the
+ * platform's own stop would wait on it for ever. Waits for a container's
+ * exit have none (they are meant to last).
+ */
+export const DOCKER_ANSWER_MS = 10_000;
+
+/** How long the check at start waits for the engine to answer (ms). */
+export const DOCKER_PING_MS = 3000;
+
 /** Whether a Docker engine answers on `socketPath`. */
 export async function dockerAvailable(socketPath = DOCKER_SOCKET): Promise<boolean> {
   return await dockerUnavailable(socketPath) === undefined;
 }
 
 /** Why no Docker engine can be used on `socketPath`; undefined when one answers. */
-export async function dockerUnavailable(socketPath = DOCKER_SOCKET): Promise<string | undefined> {
+export async function dockerUnavailable(
+  socketPath = DOCKER_SOCKET,
+  timeoutMs = DOCKER_PING_MS,
+): Promise<string | undefined> {
   try {
-    await new Docker({ socketPath }).ping();
+    await answered(new Docker({ socketPath, timeout: timeoutMs }).ping(), timeoutMs);
     return undefined;
   } catch (err) {
+    if (err instanceof Silent) {
+      return `the Docker engine on ${socketPath} takes connections but answered nothing within ${
+        timeoutMs / 1000
+      } s (stopped, or overloaded)`;
+    }
     const code = (err as { code?: string }).code;
     if (code === "EACCES" || code === "EPERM") {
       return `this user may not use the engine's socket ${socketPath} (permission denied: add the user to its group, docker, or set INFERX_RUNTIME=process)`;
@@ -101,6 +123,24 @@ export async function dockerUnavailable(socketPath = DOCKER_SOCKET): Promise<str
       return `no Docker engine answers on ${socketPath} (set DOCKER_HOST=unix:///PATH for an engine on another socket)`;
     }
     return `the Docker engine on ${socketPath} does not answer: ${(err as Error).message}`;
+  }
+}
+
+/** The engine answered nothing in time. */
+class Silent extends Error {}
+
+/** `p`, or {@linkcode Silent} once `ms` pass without it. */
+async function answered<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Silent(`no answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -146,7 +186,10 @@ export async function dockerHostSize(
   socketPath = DOCKER_SOCKET,
 ): Promise<{ cpuMillis: number; memMB: number } | undefined> {
   try {
-    const info = await new Docker({ socketPath }).info();
+    const info = await answered(
+      new Docker({ socketPath, timeout: DOCKER_PING_MS }).info(),
+      DOCKER_PING_MS,
+    );
     return { cpuMillis: info.NCPU * 1000, memMB: Math.floor(info.MemTotal / 1048576) };
   } catch {
     return undefined;
@@ -167,7 +210,8 @@ export async function dockerSnapshotReason(
 ): Promise<string> {
   let experimental: boolean | undefined;
   try {
-    experimental = (await new Docker({ socketPath }).info()).ExperimentalBuild === true;
+    const docker = new Docker({ socketPath, timeout: DOCKER_PING_MS });
+    experimental = (await answered(docker.info(), DOCKER_PING_MS)).ExperimentalBuild === true;
   } catch {
     // reported below as unknown
   }
@@ -268,7 +312,10 @@ export class DockerRuntime implements PodRuntime {
   readonly name = "docker";
   /** Paused: the cgroup freezer keeps the container's memory and GPU memory. */
   readonly standbyTiers: readonly StandbyTier[] = ["paused"];
+  /** Every call but the waits for an exit: silent past {@linkcode DOCKER_ANSWER_MS}, failed. */
   #docker: Docker;
+  /** The waits for a container's exit, which last. */
+  #waits: Docker;
   #options: DockerRuntimeOptions;
   #pods = new Map<string, Entry>();
   /** Containers whose removal failed, by pod: {@linkcode DockerRuntime.sweep} tries again. */
@@ -287,7 +334,9 @@ export class DockerRuntime implements PodRuntime {
       );
     }
     this.#options = options;
-    this.#docker = new Docker({ socketPath: options.socketPath ?? DOCKER_SOCKET });
+    const socketPath = options.socketPath ?? DOCKER_SOCKET;
+    this.#docker = new Docker({ socketPath, timeout: options.answerMs ?? DOCKER_ANSWER_MS });
+    this.#waits = new Docker({ socketPath });
   }
 
   /**
@@ -505,7 +554,8 @@ export class DockerRuntime implements PodRuntime {
     (async () => {
       // Waits for the next exit ("next-exit" also covers a container not started yet). An
       // engine that dies with the wait open may never end it: the heartbeat looks too (sweep).
-      const res = await container.wait(fresh ? { condition: "next-exit" } : {}).catch((
+      const waited = this.#waits.getContainer(container.id);
+      const res = await waited.wait(fresh ? { condition: "next-exit" } : {}).catch((
         err: Error,
       ) => ({
         StatusCode: -1,
@@ -604,10 +654,12 @@ export class DockerRuntime implements PodRuntime {
    * Ends the pods whose container the engine has no longer running or
    * paused: their wait would have told of it, but an engine killed (and
    * started again, having stopped its containers) leaves a wait open that
-   * never ends. One list of the scope's containers a heartbeat.
+   * never ends. Pods still starting too: their start would otherwise wait
+   * out its whole `startup_timeout` for a worker that is gone. One list of
+   * the scope's containers a heartbeat.
    */
   async #endedUnsaid(): Promise<void> {
-    const ready = [...this.#pods.values()].filter((e) => e.ready && !e.stopping);
+    const ready = [...this.#pods.values()].filter((e) => !e.stopping);
     if (!ready.length) return;
     let found: Docker.ContainerInfo[];
     try {
@@ -622,6 +674,8 @@ export class DockerRuntime implements PodRuntime {
     for (const entry of ready) {
       const now = state.get(entry.container.id);
       if (now === "running" || now === "paused" || now === "restarting") continue;
+      // Made, its start asked for a moment ago: not ended.
+      if (now === "created" && !entry.ready) continue;
       const info = await entry.container.inspect().catch(() => undefined);
       // Gone from the engine, or stopped without its wait telling of it.
       if (!info) entry.end("lost: its container is gone from the Docker engine (restarted?)");

@@ -337,6 +337,8 @@ function engineProxy() {
   const listener = Deno.listen({ transport: "unix", path });
   const open = new Set<Deno.Conn>();
   let answering = true;
+  /** New connections taken and held, never answered (a stopped engine). */
+  let silent = false;
   const pipe = (from: Deno.Conn, to: Deno.Conn) =>
     from.readable.pipeTo(to.writable).catch(() => {}).finally(() => {
       for (const c of [from, to]) {
@@ -354,6 +356,10 @@ function engineProxy() {
         conn.close();
         continue;
       }
+      if (silent) {
+        open.add(conn);
+        continue;
+      }
       const engine = await Deno.connect({ transport: "unix", path: "/var/run/docker.sock" });
       open.add(conn).add(engine);
       pipe(conn, engine);
@@ -362,6 +368,9 @@ function engineProxy() {
   })().catch(() => {});
   return {
     path,
+    set silent(on: boolean) {
+      silent = on;
+    },
     set answering(on: boolean) {
       answering = on;
       if (!on) {
@@ -448,6 +457,65 @@ t(
     } finally {
       proxy.close();
       await docker.getContainer(nameOf(scope, "pod-cut")).remove({ force: true }).catch(() => {});
+    }
+  },
+);
+
+t(
+  "a pod still starting whose container stopped while the engine's connection was cut fails at the next sweep",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const proxy = engineProxy();
+    const rt = new DockerRuntime({ scope, socketPath: proxy.path });
+    try {
+      // A worker that never answers its probe: its start waits up to its startup_timeout (30 s).
+      const starting = rt.start(spec("pod-slow", ["deno", "eval", "setInterval(() => {}, 1000)"]))
+        .then(() => "started", (e: Error) => e.message);
+      for (let i = 0; i < 100; i++) {
+        const [c] = await docker.listContainers({ filters: { label: [`inferx.scope=${scope}`] } });
+        if (c?.State === "running") break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      // The engine dies with the start's wait open, and, started again, has stopped it.
+      proxy.answering = false;
+      await docker.getContainer(nameOf(scope, "pod-slow")).stop({ t: 0 });
+      proxy.answering = true;
+      const t0 = performance.now();
+      await rt.sweep(); // a heartbeat's
+      const why = await starting;
+      assert.match(why, /^worker exited before it was ready \(exit code \d+/);
+      assert.ok(performance.now() - t0 < 10_000, "not its startup_timeout");
+    } finally {
+      proxy.close();
+      await docker.getContainer(nameOf(scope, "pod-slow")).remove({ force: true }).catch(() => {});
+    }
+  },
+);
+
+t(
+  "a stop while the engine takes connections and answers nothing ends, keeping the container for later",
+  async () => {
+    const scope = `test-${crypto.randomUUID()}`;
+    const proxy = engineProxy();
+    const rt = new DockerRuntime({ scope, socketPath: proxy.path, answerMs: 300 });
+    try {
+      await rt.start(spec("pod-frozen"));
+      proxy.silent = true; // as an engine under SIGSTOP
+      const t0 = performance.now();
+      await rt.stop("pod-frozen", 1000);
+      assert.ok(performance.now() - t0 < 8000, `${performance.now() - t0} ms`);
+      // Answering again: the sweep removes what the stop could not.
+      proxy.silent = false;
+      await rt.sweep();
+      await assert.rejects(
+        docker.getContainer(nameOf(scope, "pod-frozen")).inspect(),
+        /404|no such/i,
+      );
+    } finally {
+      proxy.close();
+      await docker.getContainer(nameOf(scope, "pod-frozen")).remove({ force: true }).catch(
+        () => {},
+      );
     }
   },
 );
@@ -940,4 +1008,23 @@ console.log(await dockerUnavailable(${JSON.stringify(path)}));`;
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("an engine that takes connections and answers nothing is no engine to the check at start", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "inferx-engine-" });
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/docker.sock` });
+  const held: Deno.Conn[] = [];
+  (async () => {
+    for await (const c of listener) held.push(c); // taken, never answered (a stopped engine)
+  })().catch(() => {});
+  try {
+    const t0 = performance.now();
+    const why = await dockerUnavailable(`${dir}/docker.sock`, 300);
+    assert.match(why!, /takes connections but answered nothing within 0\.3 s/);
+    assert.ok(performance.now() - t0 < 3000);
+  } finally {
+    listener.close();
+    for (const c of held) c.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -152,7 +152,8 @@ export function scopeTag(scope: string): string {
  * and PID namespaces per pod (root, iproute2, util-linux).
  */
 async function snapshotSupport(
-  docker: boolean,
+  /** The Docker engine's socket, when the node runs workers on Docker. */
+  docker: string | undefined,
   criu: CriuCapability,
   settings: SnapshotSettings,
   scope: string,
@@ -176,7 +177,8 @@ async function snapshotSupport(
       );
     }
   }
-  if (docker) return off(await dockerSnapshotReason());
+  // The engine it uses is asked, not the default socket's.
+  if (docker) return off(await dockerSnapshotReason(docker));
   if (!criu.available) return off(`CRIU is not available: ${criu.reason}`);
   if (!settings.podNamespaces) return off("Pod namespaces are off (INFERX_POD_NETNS=off)");
   const net = await podNetworks.capability();
@@ -335,7 +337,7 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
   }
   const snapshotDir = config.snapshotDir ?? `${config.workDir ?? Deno.cwd()}/snapshots`;
   const { podNetworks, snapshots } = await snapshotSupport(
-    docker,
+    docker ? socket : undefined,
     criuCap,
     settings,
     scope,

@@ -54,7 +54,9 @@ export function onPodStatus(
     delete pod.resumeUntimed;
     pod.endpoint = endpoint ?? pod.endpoint;
     pod.lastUsed = ctx.now;
-    pod.readyAt = ctx.now;
+    // A resume is no start: a worker that served before it was parked is no crash loop's if it
+    // dies soon after (its fresh start's time holds).
+    if (!resumed || pod.readyAt === undefined) pod.readyAt = ctx.now;
     if (!f) return terminate(ctx, pod, "old version drained");
     // It starts: a crash loop's run ends once it has served START_STABLE_MS.
     if (f.startBackoff) f.startBackoff.upSince ??= ctx.now;

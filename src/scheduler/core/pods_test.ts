@@ -453,6 +453,22 @@ Deno.test("a pod its gateway gives back as failed soon after it came up counts a
   assert.equal(b()!.until - d.now, 2000);
 });
 
+Deno.test("a worker that dies soon after a resume, long after its start, is no failed start", () => {
+  const { d, pod } = podIn("Resuming");
+  // It came up a minute and more before it was parked and resumed.
+  d.now += 70_000;
+  d.run({ type: "podStatus", podId: pod.id, state: "Ready", endpoint: "e" });
+  d.now += 1000;
+  d.run({ type: "return", podId: pod.id, gateway: "g1", failed: true });
+  assert.equal(d.state.funcs.get("t/n/f")!.startBackoff, undefined, "no crash loop begun");
+  // One that dies soon after its fresh start still counts.
+  const [next] = created(d.run(lease("r3")));
+  d.run({ type: "podStatus", podId: next.id, state: "Ready", endpoint: "e" });
+  d.now += 1000;
+  d.run({ type: "return", podId: next.id, gateway: "g1", failed: true });
+  assert.equal(d.state.funcs.get("t/n/f")!.startBackoff?.failures, 1);
+});
+
 Deno.test("a start the store refused fails its calls as unavailable, in the start and its back-off", () => {
   const d = new CoreDriver();
   d.run({ type: "nodeUpdate", node: nodeReport("n1") });

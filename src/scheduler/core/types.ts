@@ -212,7 +212,10 @@ export interface CorePod extends PodPlacement {
   lastUsed: number;
   /** When its start or resume began (ms), to learn how long those take. */
   since?: number;
-  /** When it last became ready (ms): one that fails soon after was no good start. */
+  /**
+   * When it came up from a start (ms; a resume keeps it): one that fails
+   * soon after was no good start.
+   */
   readyAt?: number;
   /**
    * Why its gateway was asked to give it back (fair share, or a lowered
