@@ -213,6 +213,11 @@ export const PodInfoSchema = z.object({
   standbyTier: z.enum(STANDBY_TIERS).optional(),
   /** Why the pod failed, with the tail of its output. */
   error: z.string().optional(),
+  /**
+   * Observed: `unavailable` when what failed was the node's means to start
+   * it (its Docker engine out of reach), not the worker: no crash loop.
+   */
+  failCode: z.enum(["unavailable"]).optional(),
   createdAt: z.number(),
   readyAt: z.number().optional(),
   /** Desired: start by restoring its node's snapshot of this function version. */

@@ -373,7 +373,13 @@ export class NodeAgent implements NodeAgentClient {
         func: pod.func,
         error: err.message,
       });
-      await this.#setStatus(pod.id, { state: "Failed", error: err.message });
+      // The node's own means failing (its engine out of reach) is no crash loop of the worker's.
+      const unavailable = err instanceof InferxError && err.code === "unavailable";
+      await this.#setStatus(pod.id, {
+        state: "Failed",
+        error: err.message,
+        ...(unavailable ? { failCode: "unavailable" as const } : {}),
+      });
     });
   }
 

@@ -698,3 +698,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NodeAgent reports a start its runtime could not make (its engine out of reach) as unavailable, not a worker's failure",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const fake: PodRuntime = {
+      ...runtime,
+      start: (spec) =>
+        Promise.reject(
+          new InferxError(
+            "unavailable",
+            `Cannot start pod ${spec.podId}: the Docker engine on /x.sock is out of reach (connect ENOENT)`,
+          ),
+        ),
+    };
+    const store = await openSqliteStore();
+    const meta = new StateService(store);
+    const agent = new NodeAgent(meta, fake, node, { heartbeatMs: 60_000 });
+    await agent.start();
+    const ref = { type: "pod" as const, tenant: "t", namespace: "n", name: "p1" };
+    try {
+      await meta.create({ ...ref, object: testPod("p1", "n1") });
+      await until(
+        "p1 failed",
+        async () => decodePod((await meta.get(ref))!.value).state === "Failed",
+      );
+      const now = decodePod((await meta.get(ref))!.value);
+      assert.equal(now.failCode, "unavailable");
+      assert.match(now.error ?? "", /Docker engine on \/x\.sock is out of reach/);
+    } finally {
+      await agent.stop();
+      await store.close();
+    }
+  },
+});

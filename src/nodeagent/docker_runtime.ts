@@ -316,6 +316,7 @@ export class DockerRuntime implements PodRuntime {
   #docker: Docker;
   /** The waits for a container's exit, which last. */
   #waits: Docker;
+  #socketPath: string;
   #options: DockerRuntimeOptions;
   #pods = new Map<string, Entry>();
   /** Containers whose removal failed, by pod: {@linkcode DockerRuntime.sweep} tries again. */
@@ -335,6 +336,7 @@ export class DockerRuntime implements PodRuntime {
     }
     this.#options = options;
     const socketPath = options.socketPath ?? DOCKER_SOCKET;
+    this.#socketPath = socketPath;
     this.#docker = new Docker({ socketPath, timeout: options.answerMs ?? DOCKER_ANSWER_MS });
     this.#waits = new Docker({ socketPath });
   }
@@ -489,6 +491,7 @@ export class DockerRuntime implements PodRuntime {
         },
       });
     } catch (err) {
+      this.#engineGone(spec.podId, err);
       const message = (err as { json?: { message?: string } }).json?.message ??
         (err as Error).message;
       throw new InferxError(
@@ -520,8 +523,27 @@ export class DockerRuntime implements PodRuntime {
         this.#network = undefined;
         return await this.#start(spec, true);
       }
+      this.#engineGone(spec.podId, err);
       throw new InferxError("worker_failed", withOutput((err as Error).message, tail));
     }
+  }
+
+  /**
+   * Throws `unavailable` when `err` is the engine out of reach (no socket, a
+   * connection refused or cut, no answer in time), not the worker's failure:
+   * no crash loop of the function's grows with an engine's outage.
+   */
+  #engineGone(podId: string, err: unknown): void {
+    const code = (err as { code?: string }).code;
+    const text = (err as Error).message ?? String(err);
+    const gone = ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE"].includes(code ?? "") ||
+      /socket hang up|connect ENOENT|ECONNREFUSED/.test(text);
+    if (!gone) return;
+    throw new InferxError(
+      "unavailable",
+      `Cannot start pod ${podId}: the Docker engine on ${this.#socketPath} is out of reach (${text})`,
+      { cause: err },
+    );
   }
 
   async #endpoint(container: Docker.Container, port: string): Promise<string> {

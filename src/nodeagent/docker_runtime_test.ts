@@ -1028,3 +1028,14 @@ Deno.test("an engine that takes connections and answers nothing is no engine to 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a start with the engine out of reach fails as unavailable, naming the engine, not the worker", async () => {
+  const rt = new DockerRuntime({ scope: "test-gone", socketPath: "/nonexistent/docker.sock" });
+  const err = await rt.start(spec("pod-nowhere")).catch((e) => e);
+  assert.ok(err instanceof InferxError, String(err));
+  assert.equal(err.code, "unavailable");
+  assert.match(
+    err.message,
+    /^Cannot start pod pod-nowhere: the Docker engine on \/nonexistent\/docker\.sock is out of reach \(/,
+  );
+});

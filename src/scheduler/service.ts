@@ -658,6 +658,7 @@ export class SchedulerService implements SchedulerClient {
         tier: pod.standbyTier,
         endpoint: pod.endpoint,
         error: pod.error,
+        failCode: pod.failCode,
         startedFrom: pod.startedFrom,
         snapshotMs: pod.snapshotMs,
         // A Ready without it did not end a resume its node timed (one re-reported, say).

@@ -53,6 +53,22 @@ export function startFailed(
   output?: string,
 ): number {
   const b = f.startBackoff;
+  if (code === "unavailable") {
+    // The platform's failure (a store or an engine out of reach), not the worker's: no crash
+    // loop grows with it (every call during an outage would add one, and the function would wait
+    // out a minute's back-off after the outage ended). A second, or what a run holds already.
+    const until = Math.max(b?.until ?? 0, ctx.now + START_BACKOFF_MS);
+    f.startBackoff = {
+      ...b,
+      failures: b?.failures ?? 0,
+      until,
+      message,
+      code,
+      output,
+      transient: true,
+    };
+    return until - ctx.now;
+  }
   const stable = b?.upSince !== undefined && ctx.now - b.upSince >= START_STABLE_MS;
   const failures = b && !stable ? b.failures + 1 : 1;
   // 1 s after the first failure, then 2, 4, ...; a run whose first worker was replaced at once
@@ -70,4 +86,10 @@ export function startFailed(
     ...(freeFirst ? { freeFirst } : {}),
   };
   return waitMs;
+}
+
+/** The failed starts in a row that `f`'s back-off counts, for callers; none for the platform's. */
+export function failedStarts(f: CoreFunc): number | undefined {
+  const b = f.startBackoff;
+  return b && !b.transient ? b.failures : undefined;
 }

@@ -28,6 +28,7 @@ import {
   priorityRank,
   reclaim,
 } from "./fairness.ts";
+import { failedStarts } from "./backoff.ts";
 import { describeReasons } from "./placement.ts";
 import { planStart } from "./snapshot.ts";
 import { freeTenantPod, namedForCaller, quotaBlock, tenantOf } from "./quota.ts";
@@ -145,7 +146,9 @@ export function ensureCapacity(ctx: Ctx, f: CoreFunc) {
 function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff"]>) {
   if (!f.waiters.length || activeCurrent(ctx.state, f) > 0) return;
   const s = Math.ceil((b.until - ctx.now) / 1000);
-  const message = `${b.message} (${b.failures} failed start(s) in a row; the next in ${s} s)`;
+  const message = b.transient
+    ? `${b.message} (the next try in ${s} s)`
+    : `${b.message} (${b.failures} failed start(s) in a row; the next in ${s} s)`;
   for (const w of f.waiters.splice(0)) {
     ctx.actions.push({
       type: "leaseFailed",
@@ -153,7 +156,7 @@ function backingOff(ctx: Ctx, f: CoreFunc, b: NonNullable<CoreFunc["startBackoff
       code: b.code,
       message,
       retryAfterS: s,
-      failures: b.failures,
+      failures: failedStarts(f),
       output: b.output,
     });
   }

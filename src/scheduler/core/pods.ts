@@ -17,7 +17,7 @@ import {
 import { retryStarved } from "./capacity.ts";
 import { settleUnleased } from "./leases.ts";
 import { copyingHolds, learnReadyTime, parkDone, TIER_HOLDS } from "./standby.ts";
-import { failedSoon, startFailed } from "./backoff.ts";
+import { failedSoon, failedStarts, startFailed } from "./backoff.ts";
 import type { CorePod, CorePodState, PodRecord } from "./types.ts";
 import { splitOutput } from "../../model/cluster.ts";
 
@@ -33,6 +33,7 @@ export function onPodStatus(
     snapshotMs?: number;
     resumeMs?: number | null;
     code?: "unavailable";
+    fromNode?: boolean;
   } = {},
 ) {
   const { state } = ctx;
@@ -69,9 +70,11 @@ export function onPodStatus(
   if (status === "Failed" && wasCreating && f) {
     const code = start.code ?? "worker_failed";
     const { text, output } = splitOutput(error ?? "unknown error");
-    const message = code === "unavailable"
-      ? `Cannot start a worker of ${pod.func}: the store refused its pod (${text})`
-      : `Worker ${podId} of ${pod.func} failed to start: ${text}`;
+    const message = code !== "unavailable"
+      ? `Worker ${podId} of ${pod.func} failed to start: ${text}`
+      : start.fromNode
+      ? `Cannot start a worker of ${pod.func}: ${text}`
+      : `Cannot start a worker of ${pod.func}: the store refused its pod (${text})`;
     const waitMs = startFailed(ctx, f, message, code, false, output);
     for (const w of f.waiters) {
       ctx.actions.push({
@@ -80,7 +83,7 @@ export function onPodStatus(
         code,
         message,
         retryAfterS: Math.ceil(waitMs / 1000),
-        failures: f.startBackoff?.failures,
+        failures: failedStarts(f),
         output,
       });
     }
@@ -117,7 +120,7 @@ export function onResumeRefused(ctx: Ctx, podId: string, error: string) {
       code: "unavailable",
       message,
       retryAfterS: Math.ceil(waitMs / 1000),
-      failures: f.startBackoff?.failures,
+      failures: failedStarts(f),
     });
   }
   f.waiters = [];
@@ -163,7 +166,7 @@ export function onPodRecord(ctx: Ctx, r: PodRecord) {
   ) {
     onPodStatus(ctx, r.id, "Ready", r.endpoint, undefined, r);
   } else if (r.state === "Failed") {
-    onPodStatus(ctx, r.id, "Failed", undefined, r.error);
+    onPodStatus(ctx, r.id, "Failed", undefined, r.error, { code: r.failCode, fromNode: true });
   }
 }
 

@@ -491,10 +491,39 @@ Deno.test("a start the store refused fails its calls as unavailable, in the star
     /Cannot start a worker of t\/n\/f: the store refused its pod \(etcdserver: mvcc/,
   );
   assert.equal(failed.retryAfterS, 1);
-  assert.equal(failed.failures, 1);
+  assert.equal(failed.failures, undefined, "no failed start of the worker's");
   const later = d.run(lease("r2")).find((a) => a.type === "leaseFailed");
   assert.ok(later?.type === "leaseFailed");
   assert.equal(later.code, "unavailable", "the back-off says the same");
+  assert.match(later.message, /\(the next try in 1 s\)$/);
+});
+
+Deno.test("an engine out of reach at every start of an outage grows no crash loop: a second's wait, then a start", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  const engine = "Cannot start pod p: the Docker engine on /var/run/docker.sock is out of reach";
+  for (let i = 0; i < 6; i++) {
+    const [pod] = created(d.run(lease(`r${i}`)));
+    assert.ok(pod, `start ${i} asked`);
+    // As its node reports it: the record Failed with failCode unavailable.
+    const failed = d.run({
+      type: "podRecord",
+      pod: record(d.state.pods.get(pod.id)!, "Running", "Failed", {
+        error: engine,
+        failCode: "unavailable",
+      }),
+    }).find((a) => a.type === "leaseFailed");
+    assert.ok(failed?.type === "leaseFailed");
+    assert.equal(failed.code, "unavailable");
+    assert.equal(failed.message, `Cannot start a worker of t/n/f: ${engine}`);
+    assert.equal(failed.retryAfterS, 1, `after failure ${i + 1}`);
+    d.now += 1000;
+  }
+  // The engine back: the next call starts a worker at once, as before the outage.
+  const b = d.state.funcs.get("t/n/f")!.startBackoff!;
+  assert.equal(b.failures, 0);
+  assert.ok(created(d.run(lease("r9")))[0], "started");
 });
 
 /** A node with the paused tier, and t/n/f parked there 1 s after its last call (at most `maxReplica`). */

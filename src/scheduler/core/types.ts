@@ -164,6 +164,11 @@ export interface CoreFunc {
     upSince?: number;
     /** The run began with a worker replaced at once (one crash is no loop): its waits come after. */
     freeFirst?: boolean;
+    /**
+     * The last failure was the platform's (`unavailable`: a store or an
+     * engine out of reach), not a worker's: a short fixed wait, no run grown.
+     */
+    transient?: boolean;
   };
 }
 
@@ -377,6 +382,8 @@ export interface PodRecord extends PodPlacement {
   endpoint?: string;
   /** Why it failed, when it did. */
   error?: string;
+  /** `unavailable`: its node could not start it (its engine out of reach), not the worker failed. */
+  failCode?: "unavailable";
   /** How a Ready pod started: restored from its node's snapshot, or fresh. */
   startedFrom?: "fresh" | "snapshot";
   /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
@@ -409,10 +416,13 @@ export type CoreEvent =
     error?: string;
     /**
      * `unavailable`: the pod never reached a node because the store refused
-     * its record (out of space, unreachable); the calls waiting are told so
-     * rather than that a worker failed.
+     * its record (out of space, unreachable), or its node could not start it
+     * (`fromNode`: its engine out of reach); the calls waiting are told so
+     * rather than that a worker failed, and no crash loop's back-off grows.
      */
     code?: "unavailable";
+    /** The failure is its node's report (see `code`), not the store's refusal. */
+    fromNode?: boolean;
     /** How a Ready pod started: restored from its node's snapshot, or fresh. */
     startedFrom?: "fresh" | "snapshot";
     /** Time (ms) its node spent taking a snapshot before reporting it Ready. */
