@@ -746,3 +746,21 @@ Deno.test({
     }
   },
 });
+
+t("HttpPool keeps at most 64 idle connections to one endpoint after a burst", async () => {
+  const s = server();
+  const ep = `127.0.0.1:${s.addr.port}`;
+  const pool = new HttpPool();
+  try {
+    // Seventy at once: seventy connections, each back once its sized answer is read.
+    const answers = await Promise.all(
+      Array.from({ length: 70 }, () => pool.send(ep, post(null, "/slow", "GET"))),
+    );
+    assert.equal(new Set(answers.map((a) => a.status)).size, 1);
+    for (const a of answers) assert.equal(await text(a), "late");
+    assert.equal(pool.idleConnections, 64, "the rest closed, not kept open for ever");
+  } finally {
+    pool.close();
+    await s.shutdown();
+  }
+});

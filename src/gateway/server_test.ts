@@ -134,6 +134,31 @@ t("the listener refuses calls past their tenant's max_calls_per_s, recorded as 4
   }
 });
 
+t(
+  "a chunked body past the limit that came whole with its head is refused, no worker asked",
+  async () => {
+    const g = await listening({ bodyLimit: 1000 });
+    const w = fakeWorker("w");
+    g.f.sched.endpoints.push(w.endpoint);
+    try {
+      const body = JSON.stringify({ prompt: "x".repeat(2000) });
+      const chunked = `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+      const out = await rawCall(
+        g.url,
+        "POST /funccall/t/n/f/v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n" +
+          `content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${chunked}`,
+      );
+      assert.match(out, /^HTTP\/1\.1 413 /, out.slice(0, 200));
+      assert.match(out, /"code":"too_large"/);
+      assert.equal(w.heard.length, 0, "the worker had nothing");
+      assert.equal(g.f.sched.leases.length, 0);
+    } finally {
+      await g.close();
+      await w.close();
+    }
+  },
+);
+
 t("the listener answers call errors as JSON and records them like the app does", async () => {
   const g = await listening({ adminKey: "admin-key-0123456789" });
   const cases: [string, unknown, Record<string, string>, number, string][] = [

@@ -117,6 +117,12 @@ Deno.test("inter-token gaps give the call's p50 and p99; time to first token is 
   assert.equal(r.itlP50Ms, 10);
   assert.equal(r.itlP99Ms, 50);
   assert.equal(r.completionTokens, 5);
+  // Nearest rank: of gaps 20, 30, 40, 40 the median is the second, 30 (not the third).
+  const ranked = new TokenMeter("sse", 0);
+  [10, 30, 60, 100, 140].forEach((t, i) => ranked.chunk(event(`r${i}`), t));
+  const q = ranked.result(141);
+  assert.deepEqual(q.gapsMs, [20, 30, 40, 40]);
+  assert.equal(q.itlP50Ms, 30);
 });
 
 Deno.test("a whole JSON answer has its tokens when it arrives, and its usage", async () => {

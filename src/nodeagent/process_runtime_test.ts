@@ -164,9 +164,18 @@ t("ProcessRuntime stop() escalates to SIGKILL after the grace period", async () 
 Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1", onListen() {} }, () => new Response("ok"));`;
   const pod = await rt.start(spec(["deno", "eval", stubborn]));
   const t0 = performance.now();
-  await rt.stop("pod-test", 300);
-  assert.ok(performance.now() - t0 >= 250);
-  assert.match(await pod.exited, /SIGKILL/);
+  // Raced with a deadline: without the SIGKILL the stop would wait for ever, and the suite too.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const never = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error("stop() never ended the stubborn worker")), 10_000);
+  });
+  try {
+    await Promise.race([rt.stop("pod-test", 300), never]);
+    assert.ok(performance.now() - t0 >= 250);
+    assert.match(await Promise.race([pod.exited, never]), /SIGKILL/);
+  } finally {
+    clearTimeout(timer);
+  }
 });
 
 /** Processes whose command line holds `mark`. */

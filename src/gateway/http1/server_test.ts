@@ -397,6 +397,31 @@ t("http1 closes idle keep-alive connections and answers 408 to a stalled head", 
   await s.shutdown();
 });
 
+t(
+  "http1 closes a connection whose request body stalls between bytes past bodyTimeoutMs",
+  async () => {
+    const read = Promise.withResolvers<string>();
+    const s = serveHttp1({
+      port: 0,
+      bodyTimeoutMs: 300,
+      handler: async (req, res) => {
+        read.resolve(await req.readAll(1000).then(() => "whole", (e: Error) => e.name));
+        await res.send(200, [], "x").catch(() => {});
+      },
+    });
+    const t0 = performance.now();
+    // Ten of a hundred bytes, then nothing: the connection is not held open for ever.
+    await exchange(
+      s.addr.port,
+      "POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 100\r\n\r\n0123456789",
+      5000,
+    );
+    assert.ok(performance.now() - t0 < 4000, `${performance.now() - t0} ms: the server closed it`);
+    assert.notEqual(await read.promise, "whole");
+    await s.shutdown();
+  },
+);
+
 t("http1 tells the handler when its client goes away", async () => {
   let aborted = false;
   const done = Promise.withResolvers<void>();

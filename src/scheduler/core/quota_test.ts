@@ -119,6 +119,41 @@ Deno.test("quota: an idle pod of the same tenant is retired to make room", () =>
   assert.match((acts[0] as { reason: string }).reason, /within the tenant's quota/);
 });
 
+Deno.test("quota: of the tenant's idle pods, the least recently used is retired to make room", () => {
+  const d = cluster();
+  d.run({ type: "tenantQuota", tenant: "a", limits: { maxReplica: 2 } });
+  const ids: Record<string, string> = {};
+  for (const [func, at] of [["a/n/f", 200], ["a/n/gpu", 100]] as const) {
+    const p = created(d.run(lease(`r-${func}`, func)))[0];
+    d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+    d.returnKeptIdle(func, p.id);
+    d.state.pods.get(p.id)!.lastUsed = at;
+    ids[func] = p.id;
+  }
+  const acts = d.run(lease("r2", "a/n/g"));
+  assert.deepEqual(acts.map((a) => a.type), ["terminatePod", "createPod"]);
+  assert.equal((acts[0] as { podId: string }).podId, ids["a/n/gpu"], "the one used longest ago");
+});
+
+Deno.test("quota: parked pods are no replicas: a tenant at max_replica in parked pods alone starts one", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: gpuNode("n1", ["paused"]) });
+  for (const n of ["a", "b"]) {
+    d.run({
+      type: "funcUpdate",
+      func: funcReport(`t/n/${n}`, { gpuCount: 1, vramMB: 10_000 }, { standbyTier: "paused" }),
+    });
+  }
+  const [p] = created(d.run(lease("ra", "t/n/a")));
+  d.run({ type: "podStatus", podId: p.id, state: "Ready", endpoint: "e" });
+  d.run({ type: "return", podId: p.id, gateway: "g1" }); // parked
+  assert.equal(d.state.pods.get(p.id)?.state, "Standby");
+  d.run({ type: "tenantQuota", tenant: "t", limits: { maxReplica: 1 } });
+  const acts = d.run(lease("rb", "t/n/b"));
+  assert.equal(created(acts).length, 1, JSON.stringify(acts.map((a) => a.type)));
+  assert.equal(failed(acts).length, 0);
+});
+
 Deno.test("quota: max_gpu counts GPUs held, and raising the quota lets waiters through", () => {
   const d = cluster();
   d.run({ type: "tenantQuota", tenant: "a", limits: { maxGpu: 1 } });
