@@ -317,6 +317,7 @@ export class DockerRuntime implements PodRuntime {
   /** The waits for a container's exit, which last. */
   #waits: Docker;
   #socketPath: string;
+  #answerMs: number;
   #options: DockerRuntimeOptions;
   #pods = new Map<string, Entry>();
   /** Containers whose removal failed, by pod: {@linkcode DockerRuntime.sweep} tries again. */
@@ -337,7 +338,8 @@ export class DockerRuntime implements PodRuntime {
     this.#options = options;
     const socketPath = options.socketPath ?? DOCKER_SOCKET;
     this.#socketPath = socketPath;
-    this.#docker = new Docker({ socketPath, timeout: options.answerMs ?? DOCKER_ANSWER_MS });
+    this.#answerMs = options.answerMs ?? DOCKER_ANSWER_MS;
+    this.#docker = new Docker({ socketPath, timeout: this.#answerMs });
     this.#waits = new Docker({ socketPath });
   }
 
@@ -616,7 +618,14 @@ export class DockerRuntime implements PodRuntime {
     }
     entry.stopping = true;
     await entry.container.unpause().catch(() => {}); // a frozen container cannot stop
-    await entry.container.stop({ t: Math.ceil(graceMs / 1000) }).catch(() => {});
+    // The engine answers once the container is down, up to the grace period later: asked on the
+    // client without the silence limit, and given the grace and that limit in all.
+    const t = Math.ceil(graceMs / 1000);
+    await answered(
+      this.#waits.getContainer(entry.container.id).stop({ t }),
+      t * 1000 + this.#answerMs,
+    )
+      .catch(() => {});
     // Killed by its memory limit a moment before the engine told of it (the call that saw it
     // fail gave its pod back, which is stopped): said here, where nothing else tells it.
     const after = await entry.container.inspect().catch(() => undefined);
