@@ -89,7 +89,10 @@ export interface BatchingOptions {
  */
 export function refusedRow(row: RequestRow): boolean {
   return row.status === 401 || row.status === 403 || row.principal === UNAUTHENTICATED ||
-    (row.status === 404 && row.pod === undefined);
+    (row.status === 404 && row.pod === undefined) ||
+    // A quota's refusal (a call rate's among them): a tenant past its rate refused at once,
+    // thousands a second, would fill the audit with them.
+    (row.status === 429 && row.pod === undefined);
 }
 
 /** A write out this long (ms) makes the log report itself unhealthy. */

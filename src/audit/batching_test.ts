@@ -230,16 +230,18 @@ Deno.test("BatchingAuditLog writes calls refused for their credentials at a boun
   const b = new MemoryBackend();
   const log = new BatchingAuditLog(b, { flushMs: 10_000, refusedPerS: 5 });
   try {
-    // A flood of 401s, 403s, 404s of no function and answers to callers whose credential was not
-    // accepted (a token naming a key not published yet: 503), which anyone can send: a burst
-    // of 50 is written, no more.
+    // A flood of 401s, 403s, 404s of no function, quota refusals (a tenant past its call rate)
+    // and answers to callers whose credential was not accepted (a token naming a key not
+    // published yet: 503), which anyone can send: a burst of 50 is written, no more.
     for (let i = 0; i < 300; i++) {
-      const r = { ...row(i), status: [401, 403, 404, 503][i % 4] };
+      const r = { ...row(i), status: [401, 403, 404, 503, 429][i % 5] };
       log.request(r.status === 503 ? { ...r, principal: UNAUTHENTICATED } : r);
     }
-    // Other rows are not held back by it, a worker's own 404 among them.
+    // Other rows are not held back by it, a worker's own 404 and 429 among them.
     for (let i = 0; i < 20; i++) log.request({ ...row(1000 + i), status: 200 });
-    for (let i = 0; i < 20; i++) log.request({ ...row(1100 + i), status: 404, pod: "p" });
+    for (let i = 0; i < 20; i++) {
+      log.request({ ...row(1100 + i), status: i % 2 ? 404 : 429, pod: "p" });
+    }
     for (let i = 0; i < 20; i++) log.request({ ...row(1200 + i), status: 503 });
     await log.flush();
     assert.equal(b.requests.filter((r) => r.time < 1000).length, 50);

@@ -101,6 +101,9 @@ export async function exportObjects({ send, io }: Ctl, options: ExportOptions = 
     }
   }
   const docs: string[] = [];
+  /** What the export holds, by `type tenant/namespace/name`. */
+  const held = new Set<string>();
+  const links: { from: string; to: string }[] = [];
   for (const type of CREATION_ORDER) {
     const path = `/objects/${type}`;
     const items = ensureOk("GET", path, await send("GET", path)).json.items as Obj[];
@@ -115,11 +118,36 @@ export async function exportObjects({ send, io }: Ctl, options: ExportOptions = 
       );
     for (const o of kept) {
       const file = fileForm(o);
-      if (type === "function") noteVersions(o, io);
+      const id = `${type} ${o.tenant}/${o.namespace}/${o.name}`;
+      held.add(id);
+      if (type === "function") {
+        noteVersions(o, io);
+        const link = o.object?.spec?.policy?.Link?.name;
+        if (typeof link === "string") {
+          links.push({ from: id, to: `funcpolicy ${o.tenant}/${o.namespace}/${link}` });
+        }
+      }
       docs.push(stringify(file));
     }
   }
+  // Applied elsewhere, a function whose linked policy is not there is refused (404).
+  for (const { from, to } of links) {
+    if (held.has(to)) continue;
+    io.err(
+      `note: ${from} links ${to}, which is not exported (its labels do not match, or this key ` +
+        `may not read it): applied elsewhere, that policy must be there first`,
+    );
+  }
   if (docs.length) io.out(docs.map((d) => `---\n${d}`).join("").trimEnd());
+  if (!docs.length) {
+    // A backup with a key that reads nothing, or a misspelt tenant, fails rather than writes an
+    // empty file and says it succeeded.
+    const where = options.scope ? ` in ${options.scope}` : "";
+    const which = options.selector === undefined
+      ? ""
+      : ` with labels matching -l ${options.selector}`;
+    throw new CliError(`Nothing to export: no object${where}${which} this key may read`);
+  }
   io.err(`exported ${docs.length} object(s)`);
   return docs.length;
 }

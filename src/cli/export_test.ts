@@ -158,9 +158,22 @@ t("export TENANT, TENANT/NS and -l keep to what they name", async (s) => {
   ]);
   assert.deepEqual(await names({ selector: "app=web" }), ["function u/p/web"]);
   assert.deepEqual(await names({ scope: "u", selector: "team" }), ["tenant system/system/u"]);
-  const none = await s.exported(s.send.a, { scope: "nobody" });
-  assert.equal(none.n, 0);
-  assert.deepEqual(none.out, []);
+  // Nothing readable there (a misspelt tenant, a key that reads nothing): an error, not an empty
+  // backup that says it succeeded.
+  await assert.rejects(
+    s.exported(s.send.a, { scope: "nobody" }),
+    /^CliError: Nothing to export: no object in nobody this key may read$|Nothing to export: no object in nobody this key may read/,
+  );
+  await assert.rejects(
+    s.exported(s.send.a, { selector: "app=none" }),
+    /Nothing to export: no object with labels matching -l app=none this key may read/,
+  );
+  // A function exported without the policy it links: said, since elsewhere it would be refused.
+  const web = await s.exported(s.send.a, { selector: "app=web" });
+  assert.match(
+    web.err.join("\n"),
+    /note: function u\/p\/web links funcpolicy u\/p\/pol, which is not exported/,
+  );
   for (const scope of ["u/p/web", "u/", "/p"]) {
     await assert.rejects(s.exported(s.send.a, { scope }), CliError);
   }

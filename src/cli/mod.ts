@@ -450,7 +450,7 @@ export async function runCtl(
       timeout: { type: "string" },
       data: { type: "string", short: "d" },
       "dry-run": { type: "boolean" },
-      selector: { type: "string", short: "l" },
+      selector: { type: "string", short: "l", multiple: true },
       prune: { type: "boolean" },
       yes: { type: "boolean", short: "y" },
       async: { type: "boolean" },
@@ -469,6 +469,13 @@ export async function runCtl(
     }
     const { values, positionals } = parseArgs({ args, allowPositionals: true, options });
     const gw = values.gateway!.replace(/\/$/, "");
+    // Given twice, the last alone was taken, unsaid (a prune then deleted more than meant).
+    if ((values.selector?.length ?? 0) > 1) {
+      throw new CliError(
+        `-l may be given once: join its terms with commas (-l ${values.selector!.join(",")})`,
+      );
+    }
+    const selector = values.selector?.[0];
     bearer = values.key || undefined;
     const [cmd, a, b, c] = positionals;
     if (values.help || !cmd) {
@@ -509,7 +516,7 @@ export async function runCtl(
         };
         const apply = {
           dryRun: values["dry-run"],
-          selector: values.selector,
+          selector,
           prune: values.prune,
           yes: values.yes,
         };
@@ -522,7 +529,7 @@ export async function runCtl(
       case "export":
         await exportObjects({ send: (m, p, body) => send(gw, m, p, body), io }, {
           scope: a,
-          selector: values.selector,
+          selector,
         });
         return 0;
       case "get": {

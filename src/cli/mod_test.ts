@@ -226,3 +226,19 @@ t("ctl escapes a name's characters in the path: a # or ? is part of the name", a
     await f.close();
   }
 });
+
+t("ctl takes -l once: two are refused, naming the one selector that joins them", async () => {
+  for (const cmd of [["export"], ["apply", "-f", "x.json"], ["diff", "-f", "x.json"]]) {
+    const r = await ctl(
+      "--gateway",
+      `http://127.0.0.1:${freePort()}`,
+      ...cmd,
+      "-l",
+      "team=ml",
+      "-l",
+      "env=prod",
+    );
+    assert.notEqual(r.code, 0, cmd.join(" "));
+    assert.match(r.err, /-l may be given once: join its terms with commas \(-l team=ml,env=prod\)/);
+  }
+});

@@ -25,6 +25,8 @@ const SHARE_WAIT_MS = 2000;
 
 interface Bucket {
   tokens: number;
+  /** Calls refused since the last one taken: the turn the next refused one is told. */
+  waiting: number;
   /** When `tokens` was last filled (ms). */
   at: number;
 }
@@ -65,18 +67,23 @@ export class CallLimiter {
     const burst = Math.min(share?.burst ?? Math.max(1, wholeBurst / n), wholeBurst);
     const now = this.#now();
     let b = this.#buckets.get(tenant);
-    if (!b) this.#buckets.set(tenant, b = { tokens: burst, at: now });
+    if (!b) this.#buckets.set(tenant, b = { tokens: burst, at: now, waiting: 0 });
     else {
       b.tokens = Math.min(burst, b.tokens + ((now - b.at) * perS) / 1000);
       b.at = now;
     }
     if (b.tokens >= 1) {
       b.tokens -= 1;
+      b.waiting = 0;
       return;
     }
-    // A share is the scheduler's for now: it follows the calls asked here at the next heartbeat.
+    // Each caller refused since the last call taken is told a later turn (the second the one
+    // after the next token, ...): told alike, callers of OpenAI's clients, which wait exactly
+    // what they are told, all came back at once and all but one were refused again. A share is
+    // the scheduler's for now: it follows the calls asked here at the next heartbeat.
+    b.waiting++;
     const waitMs = Math.min(
-      Math.ceil(((1 - b.tokens) * 1000) / perS),
+      Math.ceil(((b.waiting - b.tokens) * 1000) / perS),
       share || n > 1 ? SHARE_WAIT_MS : Infinity,
     );
     const f = `${target.tenant}/${target.namespace}/${target.func}`;

@@ -73,6 +73,22 @@ Deno.test("a refusal is a 429 naming the quota, with the wait in seconds and in 
   // It clears by itself: a client may send it again.
   assert.equal(headers.get("x-should-retry"), null);
   assert.equal(JSON.parse(answer.body).error.type, "rate_limit_error");
+  assert.equal(JSON.parse(answer.body).error.code, "rate_limit_exceeded", "OpenAI's own code");
+  assert.equal(JSON.parse(errorAnswer(err).body).error.code, "quota_exceeded", "elsewhere");
+});
+
+Deno.test("callers refused together are told turns one token apart, not one time for all", () => {
+  const { l, target } = limiter({ t: { max_calls_per_s: 2, max_call_burst: 1 } });
+  l.admit(target("t"));
+  const waits: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    try {
+      l.admit(target("t"));
+    } catch (e) {
+      waits.push((e as InferxError).details?.retry_after_ms as number);
+    }
+  }
+  assert.deepEqual(waits, [500, 1000, 1500, 2000]);
 });
 
 Deno.test("demand counts every call asked of a tenant with a rate, refused or not, once", () => {

@@ -281,12 +281,15 @@ export const TenantQuotaSchema = z.strictObject({
    * (synchronous, OpenAI-style and asynchronous ones accepted); absent:
    * unlimited.
    */
-  max_calls_per_s: z.number().positive().max(1_000_000).optional(),
+  max_calls_per_s: z.number().min(0.0001).max(1_000_000).optional(),
   /**
    * Calls over the rate taken at once after a quiet spell; absent: a
    * second's worth of `max_calls_per_s` (at least 1).
    */
   max_call_burst: z.int().min(1).max(1_000_000).optional(),
+}).refine((q) => q.max_call_burst === undefined || q.max_calls_per_s !== undefined, {
+  message: "max_call_burst is the burst of max_calls_per_s, which is not set",
+  path: ["max_call_burst"],
 });
 /** A tenant's limits. */
 export type TenantQuota = z.infer<typeof TenantQuotaSchema>;

@@ -346,6 +346,8 @@ Deno.test("a tenant quota with an unknown field is refused, not stored as unlimi
       [{ max_calls_per_s: 2e6 }, "max_calls_per_s"],
       [{ max_calls_per_s: 5, max_call_burst: 0 }, "max_call_burst"],
       [{ max_calls_per_s: 5, max_call_burst: 2.5 }, "max_call_burst"],
+      [{ max_call_burst: 5 }, "max_call_burst"],
+      [{ max_calls_per_s: 1e-9 }, "max_calls_per_s"],
     ] as const
   ) {
     assert.throws(() => decodeUserObject(tenant(quota)), new RegExp(`quota\\.${field}`));

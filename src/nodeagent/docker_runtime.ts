@@ -14,6 +14,7 @@
  */
 // @ts-types="npm:@types/dockerode@^4"
 import { createHash } from "node:crypto";
+import { Agent } from "node:http";
 import { isIP } from "node:net";
 import Docker from "dockerode";
 import { posix } from "node:path";
@@ -339,7 +340,14 @@ export class DockerRuntime implements PodRuntime {
     const socketPath = options.socketPath ?? DOCKER_SOCKET;
     this.#socketPath = socketPath;
     this.#answerMs = options.answerMs ?? DOCKER_ANSWER_MS;
-    this.#docker = new Docker({ socketPath, timeout: this.#answerMs });
+    // A connection of its own each call: the silence limit is the socket's, and the runtime's
+    // keep-alive connections, reused, took none (a frozen engine held a stop for ever).
+    // (docker-modem takes `agent`; dockerode's types leave it out.)
+    this.#docker = new Docker({
+      socketPath,
+      timeout: this.#answerMs,
+      agent: new Agent({ keepAlive: false }),
+    } as Docker.DockerOptions);
     this.#waits = new Docker({ socketPath });
   }
 
@@ -446,12 +454,15 @@ export class DockerRuntime implements PodRuntime {
     const mounts = await this.#mounts(spec.podId, t.mounts);
     const port = `${t.port}/tcp`;
     const env = containerEnv(spec);
+    const name = `inferx-${scopeTag(this.#scope)}-${spec.podId}`;
     let container: Docker.Container;
     try {
       await this.#workerNetwork();
-      container = await this.#docker.createContainer({
+      // Bounded by the start's own time, not the silence limit: a large image or a loaded engine
+      // may take longer than that to make a container, and is no engine out of reach.
+      const creating = this.#waits.createContainer({
         // Its agent's scope in the name too: agents of several scopes may share one engine.
-        name: `inferx-${scopeTag(this.#scope)}-${spec.podId}`,
+        name,
         Image: t.image,
         Cmd: t.commands.length ? t.commands : undefined,
         Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
@@ -492,6 +503,13 @@ export class DockerRuntime implements PodRuntime {
             : undefined,
         },
       });
+      container = await answered(creating, t.startupTimeoutS * 1000).catch((err) => {
+        // Made after the wait gave up, it would be nobody's: the sweep removes it.
+        if (err instanceof Silent) this.#leftovers.set(spec.podId, this.#docker.getContainer(name));
+        throw err;
+      });
+      // Calls on it go by the silence limit from here.
+      container = this.#docker.getContainer(container.id);
     } catch (err) {
       this.#engineGone(spec.podId, err);
       const message = (err as { json?: { message?: string } }).json?.message ??
@@ -504,7 +522,8 @@ export class DockerRuntime implements PodRuntime {
     }
     const entry = await this.#track(spec.podId, container, true);
     try {
-      await container.start();
+      // As the create: bounded by the start's time (a GPU container's hooks take their time).
+      await answered(this.#waits.getContainer(container.id).start(), t.startupTimeoutS * 1000);
       const endpoint = await this.#endpoint(container, port);
       entry.endpoint = endpoint;
       await waitForProbe(this.#host, Number(endpoint.split(":").pop()), t.probe, entry.exited, {
@@ -538,8 +557,10 @@ export class DockerRuntime implements PodRuntime {
   #engineGone(podId: string, err: unknown): void {
     const code = (err as { code?: string }).code;
     const text = (err as Error).message ?? String(err);
-    const gone = ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE"].includes(code ?? "") ||
-      /socket hang up|connect ENOENT|ECONNREFUSED/.test(text);
+    // No engine on the socket, or one silent for the start's whole time. A connection cut
+    // midway is not taken for it: a call the engine was slow to answer looks the same.
+    const gone = err instanceof Silent || code === "ENOENT" || code === "ECONNREFUSED" ||
+      /connect (ENOENT|ECONNREFUSED)/.test(text);
     if (!gone) return;
     throw new InferxError(
       "unavailable",

@@ -304,8 +304,13 @@ export async function start(config: NodeAgentConfig): Promise<NodeAgentHandle> {
     throw new InferxError("unavailable", `Cannot use the Docker runtime: ${why}`);
   }
   if (want === "auto") {
-    logger("nodeagent").info("Runtime auto: {choice}", {
-      choice: docker ? `docker (the engine on ${socket})` : `process (${why})`,
+    // An engine there but silent (still starting after a boot, say) is worth a warning: the
+    // agent keeps the process runtime for its whole life.
+    const silent = !docker && /answered nothing/.test(why ?? "");
+    logger("nodeagent")[silent ? "warn" : "info"]("Runtime auto: {choice}", {
+      choice: docker
+        ? `docker (the engine on ${socket})`
+        : `process (${why})${silent ? "; restart the agent once the engine answers" : ""}`,
     });
   }
   // The process runtime's alone: an agent on Docker only says it does not use it.

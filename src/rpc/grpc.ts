@@ -310,8 +310,9 @@ export function clientOptions(what: string, t: PeerClientOptions = {}): grpc.Cli
   if (!token) return grpcChannelOptions(t);
   const unasked = () =>
     (t.onUnasked ?? ((m: string) => logger("rpc").warn(m)))(
-      `${what} takes calls without the cluster's token (its INFERX_CLUSTER_TOKEN is unset): ` +
-        "any peer that reaches its port may write any record; set the token there",
+      `${what} does not say it asks for the cluster's token (its INFERX_CLUSTER_TOKEN unset, or ` +
+        "a release from before the token): then any peer that reaches its port may write any " +
+        "record; set the token there",
     );
   return { ...grpcChannelOptions(t), interceptors: [sendToken(token, unasked)] };
 }

@@ -242,7 +242,7 @@ Deno.test({
       assert.equal(told.length, 1, told.join("\n"));
       assert.match(
         told[0],
-        /^the state service at 127\.0\.0\.1:\d+ takes calls without the cluster's token \(its INFERX_CLUSTER_TOKEN is unset\)/,
+        /^the state service at 127\.0\.0\.1:\d+ does not say it asks for the cluster's token \(its INFERX_CLUSTER_TOKEN unset, or a release from before the token\)/,
       );
     } finally {
       toOpen.close();

@@ -133,8 +133,13 @@ export function errorObject(err: InferxError, openai = false): Record<string, un
   const field = err.details?.field;
   return {
     ...error,
-    // OpenAI's own code where it has a narrower one than the platform's (`model_not_found`).
-    code: err instanceof ModelNotFound ? "model_not_found" : error.code,
+    // OpenAI's own code where it has a narrower one than the platform's (`model_not_found`,
+    // `rate_limit_exceeded`).
+    code: err instanceof ModelNotFound
+      ? "model_not_found"
+      : err.details?.limit === "max_calls_per_s"
+      ? "rate_limit_exceeded"
+      : error.code,
     type: openaiType(httpStatus(err.code)),
     param: typeof field === "string" ? field : null,
   };

@@ -822,15 +822,23 @@ t("a tenant's max_calls_per_s holds for /funccall, /v1 and asynchronous calls al
       assert.ok(r.status === 200 || r.status === 202, `${r.status} ${await r.clone().text()}`);
       await r.body?.cancel();
     }
-    for (const r of [await call(f.app), await openai(), await queued()]) {
+    // Each told a later turn, a token (2 s at half a call a second) after the one before.
+    const turns: number[] = [];
+    const refused = [await call(f.app), await openai(), await queued()];
+    // OpenAI's own code on its route.
+    const codes = ["quota_exceeded", "rate_limit_exceeded", "quota_exceeded"];
+    for (const [i, r] of refused.entries()) {
       assert.equal(r.status, 429);
-      assert.equal(r.headers.get("retry-after"), "2");
-      assert.ok(Number(r.headers.get("retry-after-ms")) > 1000);
+      const ms = Number(r.headers.get("retry-after-ms"));
+      assert.equal(r.headers.get("retry-after"), String(Math.ceil(ms / 1000)));
+      turns.push(ms);
       const { error } = await r.json();
-      assert.equal(error.code, "quota_exceeded");
+      assert.equal(error.code, codes[i]);
       assert.match(error.message, /tenant t is at its max_calls_per_s quota \(0\.5 a second/);
       assert.equal(error.details.limit, "max_calls_per_s");
     }
+    assert.ok(turns[0] > 1000 && turns[0] <= 2000, String(turns));
+    assert.ok(turns[1] - turns[0] > 1900 && turns[2] - turns[1] > 1900, String(turns));
     // Each refused call counts in the tenant's demand for the scheduler's shares.
     assert.deepEqual(f.cache.limits.demand(), [{ tenant: "t", calls: 6 }]);
     // Refused before any worker was asked for.

@@ -54,10 +54,13 @@ export function startFailed(
 ): number {
   const b = f.startBackoff;
   if (code === "unavailable") {
+    // A crash loop's wait under way stands as it is, its worker's failure and output with it:
+    // callers are told of the loop, not of the outage that came on top of it.
+    if (b && !b.transient && ctx.now < b.until) return b.until - ctx.now;
     // The platform's failure (a store or an engine out of reach), not the worker's: no crash
     // loop grows with it (every call during an outage would add one, and the function would wait
-    // out a minute's back-off after the outage ended). A second, or what a run holds already.
-    const until = Math.max(b?.until ?? 0, ctx.now + START_BACKOFF_MS);
+    // out a minute's back-off after the outage ended). A second.
+    const until = ctx.now + START_BACKOFF_MS;
     f.startBackoff = {
       ...b,
       failures: b?.failures ?? 0,

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { OUTPUT_TAIL, type PodState, type StandbyTier } from "../../model/cluster.ts";
 import { recoveredState } from "./pods.ts";
-import { START_STABLE_MS } from "./backoff.ts";
+import { START_STABLE_MS, startFailed } from "./backoff.ts";
+import type { Ctx } from "./_accounting.ts";
 import {
   CoreDriver,
   created,
@@ -524,6 +525,39 @@ Deno.test("an engine out of reach at every start of an outage grows no crash loo
   const b = d.state.funcs.get("t/n/f")!.startBackoff!;
   assert.equal(b.failures, 0);
   assert.ok(created(d.run(lease("r9")))[0], "started");
+});
+
+Deno.test("an engine out of reach during a crash loop's wait leaves the loop as it is", () => {
+  const d = new CoreDriver();
+  d.run({ type: "nodeUpdate", node: nodeReport("n1") });
+  d.run({ type: "funcUpdate", func: funcReport("t/n/f") });
+  // Three failed starts in a row: the next in 4 s.
+  for (let i = 0; i < 3; i++) {
+    const [pod] = created(d.run(lease(`r${i}`)));
+    d.run({ type: "podStatus", podId: pod.id, state: "Failed", error: "exit code 3" });
+    d.now = d.state.funcs.get("t/n/f")!.startBackoff!.until;
+  }
+  const [pod] = created(d.run(lease("r3")));
+  d.run({ type: "podStatus", podId: pod.id, state: "Failed", error: "exit code 3" });
+  const f = d.state.funcs.get("t/n/f")!;
+  const before = structuredClone(f.startBackoff!);
+  assert.equal(before.failures, 4);
+  d.now += 1000;
+  // A start of it the engine could not make meanwhile (a pod placed before the wait): the
+  // loop's failures, wait and message stand.
+  const waited = startFailed(
+    { now: d.now } as unknown as Ctx,
+    f,
+    "Cannot start a worker of t/n/f: the Docker engine on /x.sock is out of reach",
+    "unavailable",
+  );
+  assert.equal(waited, before.until - d.now);
+  assert.deepEqual(f.startBackoff, before, "the loop as it was");
+  const refused = d.run(lease("r4")).find((a) => a.type === "leaseFailed");
+  assert.ok(refused?.type === "leaseFailed");
+  assert.equal(refused.code, "worker_failed");
+  assert.equal(refused.failures, 4);
+  assert.match(refused.message, /exit code 3.*\(4 failed start\(s\) in a row/);
 });
 
 /** A node with the paused tier, and t/n/f parked there 1 s after its last call (at most `maxReplica`). */
