@@ -324,6 +324,17 @@ export interface CallRate {
   burst: number;
 }
 
+/** What a gateway reports of a tenant with a call rate: the calls it was asked since its last heartbeat. */
+export interface CallDemand {
+  tenant: string;
+  calls: number;
+}
+
+/** A gateway's share of a tenant's call rate, as the scheduler hands it out at a heartbeat. */
+export interface CallShare extends CallRate {
+  tenant: string;
+}
+
 /** The call rate `quota` sets, or undefined for none. */
 export function callRate(quota: TenantQuota): CallRate | undefined {
   const perS = quota.max_calls_per_s;

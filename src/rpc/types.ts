@@ -8,6 +8,9 @@
  */
 import type { ObjectType } from "../model/keys.ts";
 import type { VersionLoad } from "../model/versions.ts";
+import type { CallDemand, CallShare } from "../model/schemas.ts";
+
+export type { CallDemand, CallShare };
 
 /** Names one stored object. */
 export interface ObjectRef {
@@ -105,21 +108,6 @@ export interface FuncLoad extends VersionLoad {
   tenant: string;
   namespace: string;
   func: string;
-}
-
-/** What a gateway reports of a tenant with a call rate: the calls it was asked since its last heartbeat. */
-export interface CallDemand {
-  tenant: string;
-  calls: number;
-}
-
-/** A gateway's share of a tenant's call rate (`quota.max_calls_per_s`, `max_call_burst`). */
-export interface CallShare {
-  tenant: string;
-  /** Calls a second. */
-  perS: number;
-  /** Calls at once after a quiet spell. */
-  burst: number;
 }
 
 /** The scheduler's answer to a gateway's heartbeat. */

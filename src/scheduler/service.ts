@@ -38,7 +38,7 @@ import { type FunctionObject, specOfVersion, trafficSplit } from "../model/versi
 import { type Informer, startInformer } from "../rpc/informer.ts";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { WORKER_OUTPUT } from "../rpc/types.ts";
-import { CallRates } from "./call_rates.ts";
+import { CallRates } from "./core/call_rates.ts";
 import type {
   CallDemand,
   FuncLoad,
@@ -168,7 +168,7 @@ export class SchedulerService implements SchedulerClient {
       recoveryGraceMs: options.recoveryGraceMs,
       reclaimGraceMs: options.reclaimGraceMs,
     });
-    this.#rates = new CallRates(options.gatewayTimeoutMs ?? 10_000, () => this.#clock.now());
+    this.#rates = new CallRates(options.gatewayTimeoutMs ?? 10_000);
   }
 
   /** The core's state, read-only, for views and tests. */
@@ -579,7 +579,7 @@ export class SchedulerService implements SchedulerClient {
       leases: leasedPods,
       load: load?.map((l) => ({ ...l, func: funcId(l.tenant, l.namespace, l.func) })),
     });
-    const { shares, gateways } = this.#rates.heartbeat(gatewayId, calls ?? []);
+    const { shares, gateways } = this.#rates.heartbeat(gatewayId, calls ?? [], this.#clock.now());
     const advice: GatewayAdvice = { reclaim: [], scaleOut: [], rates: shares, gateways };
     for (const a of actions) {
       if (a.type === "reclaimLease" && a.gateway === gatewayId) advice.reclaim.push(a.podId);

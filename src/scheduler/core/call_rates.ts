@@ -7,12 +7,19 @@
  * (the idle ones together about a twentieth of the rate): all of them idle
  * share alike, and one a caller moves to takes a call at once (its burst
  * is one at least), the rest as its share follows the demand there, at the
- * next heartbeat or two. Gateways not heard for the scheduler's gateway timeout drop out.
+ * next heartbeat or two. Gateways not heard for the scheduler's gateway
+ * timeout drop out. Pure, as the rest of the core: the service feeds it the
+ * quotas it reads and the heartbeats it hears.
  *
  * @module
  */
-import { type CallRate, callRate, type TenantQuota } from "../model/schemas.ts";
-import type { CallDemand, CallShare } from "../rpc/types.ts";
+import {
+  type CallDemand,
+  type CallRate,
+  callRate,
+  type CallShare,
+  type TenantQuota,
+} from "../../model/schemas.ts";
 
 /**
  * The floor every gateway's weight has, as a part of the calls asked of all
@@ -35,12 +42,10 @@ export class CallRates {
   readonly #rates = new Map<string, CallRate>();
   readonly #gateways = new Map<string, Heard>();
   readonly #timeoutMs: number;
-  readonly #now: () => number;
 
   /** `timeoutMs`: a gateway not heard this long is left out of the shares. */
-  constructor(timeoutMs: number, now: () => number = Date.now) {
+  constructor(timeoutMs: number) {
     this.#timeoutMs = timeoutMs;
-    this.#now = now;
   }
 
   /** Tenant `tenant`'s quota as stored (undefined: the tenant is gone). */
@@ -51,14 +56,15 @@ export class CallRates {
   }
 
   /**
-   * Records the heartbeat of `gateway` with its `demand`, and answers its
-   * shares of every tenant that has a rate, and how many gateways there are.
+   * Records the heartbeat of `gateway` with its `demand`, heard at `now`
+   * (ms), and answers its shares of every tenant that has a rate, and how
+   * many gateways there are.
    */
   heartbeat(
     gateway: string,
     demand: readonly CallDemand[],
+    now: number,
   ): { shares: CallShare[]; gateways: number } {
-    const now = this.#now();
     for (const [id, g] of this.#gateways) {
       if (now - g.at > this.#timeoutMs) this.#gateways.delete(id);
     }
